@@ -1,0 +1,74 @@
+"""Content hashes: the identity of data, weights and protocols.
+
+A hash here is always ``"sha256:" + hexdigest`` of a canonical byte form, so that two things with the
+same content have the same identity whatever file, order of keys or array layout they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+PREFIX = "sha256:"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the byte form that digests are taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def sha256_json(obj: Any) -> str:
+    return sha256_bytes(canonical_json(obj).encode("ascii"))
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """Hash of an array's dtype, shape and C-ordered bytes."""
+    array = np.ascontiguousarray(array)
+    h = hashlib.sha256()
+    h.update(f"{array.dtype.str}{array.shape}".encode("ascii"))
+    h.update(memoryview(array).cast("B"))
+    return PREFIX + h.hexdigest()
+
+
+def sha256_tensors(named: Iterable[tuple[str, Any]]) -> str:
+    """Hash of named tensors (a state dict), independent of the order they come in."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(named, key=lambda item: item[0]):
+        array = tensor.detach().cpu().contiguous().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+        h.update(name.encode("utf-8"))
+        h.update(f"{array.dtype.str}{array.shape}".encode("ascii"))
+        h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return PREFIX + h.hexdigest()
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return PREFIX + h.hexdigest()
+
+
+def short(digest: str, n: int = 12) -> str:
+    """The first ``n`` hex digits of a digest, for display."""
+    return digest.removeprefix(PREFIX)[:n]
+
+
+def is_digest(value: Any) -> bool:
+    if not isinstance(value, str) or not value.startswith(PREFIX):
+        return False
+    hexpart = value[len(PREFIX):]
+    return len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart)
+
+
+def freeze(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain-JSON copy of a mapping (tuples become lists), checked to be serialisable."""
+    return json.loads(canonical_json(mapping))

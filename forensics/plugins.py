@@ -1,0 +1,229 @@
+"""Plugin collection: entry points in, named providers out, failures reported instead of raised.
+
+The host owns everything here: which plugins load, what each provides, and what happens when one
+breaks. Third-party plugins and the bundled ones (``plugins/`` in the source tree) come in the same way,
+through the entry-point group ``forensics``.
+
+Environment switches (read when a :class:`PluginHost` is built):
+
+``FORENSICS_DISABLE_PLUGIN_AUTOLOAD=1``
+    load only the plugins bundled with ``forensics`` itself, none installed by other packages
+    (what the test suite does, so that a user's plugins never change its results).
+``FORENSICS_DISABLE_PLUGINS=name,name``
+    skip these entry points by name.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from forensics import hookspecs
+from forensics.errors import PluginError, UsageError
+
+GROUP = "forensics"
+KINDS = ("encoders", "statistics", "matchers", "datasets")
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+@dataclass(frozen=True)
+class Provided:
+    """One thing a plugin registered: an encoder, a statistic, a matcher or a data set."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    description: str = ""
+
+
+@dataclass
+class PluginInfo:
+    """What the host knows of one plugin: where it came from and what it gave or why it failed."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    module: str | None = None
+    bundled: bool = False
+    error: str | None = None
+    provides: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "module": self.module,
+            "bundled": self.bundled,
+            "ok": self.error is None,
+            "error": self.error,
+            "provides": {kind: sorted(names) for kind, names in self.provides.items() if names},
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class PluginHost:
+    """Loads plugins once and collects what they provide, kind by kind, on first use."""
+
+    def __init__(self, *, autoload: bool | None = None, disabled: Iterable[str] | None = None,
+                 entry_points: bool = True):
+        if autoload is None:
+            autoload = os.environ.get("FORENSICS_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+        if disabled is None:
+            disabled = [n.strip() for n in os.environ.get("FORENSICS_DISABLE_PLUGINS", "").split(",") if n.strip()]
+        self.autoload = autoload
+        self.disabled = set(disabled)
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        self._collected: dict[str, dict[str, Provided]] = {}
+        if entry_points:
+            self._load_entry_points()
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            bundled = dist_name is not None and dist_name.lower() == hookspecs.PROJECT
+            if ep.name in self.disabled or (not self.autoload and not bundled):
+                continue
+            info = PluginInfo(name=ep.name, distribution=dist_name,
+                              version=dist.version if dist is not None else None,
+                              module=ep.value, bundled=bundled)
+            if ep.name in self.info:
+                other = self.info[ep.name]
+                info.error = (f"entry point name {ep.name!r} is also used by {other.distribution or '?'}; "
+                              "rename one of them")
+                self.info[f"{ep.name} ({dist_name})"] = info
+                continue
+            self.info[ep.name] = info
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+                self._validate(ep.name, plugin)
+            except Exception as exc:  # a broken plugin is reported, never fatal
+                if self.pm.get_plugin(ep.name) is not None:
+                    self.pm.unregister(name=ep.name)
+                info.error = _describe(exc)
+
+    def _validate(self, name: str, plugin: Any) -> None:
+        """Catch misspelt hooks (``forensics_encoder`` for ``forensics_encoders``), as pluggy's check_pending does."""
+        known = {f"forensics_{kind}" for kind in KINDS}
+        for attr in dir(plugin):
+            if attr.startswith("forensics_") and attr not in known and callable(getattr(plugin, attr, None)):
+                raise PluginError(f"unknown hook {attr!r}; known hooks: {', '.join(sorted(known))}")
+
+    def add(self, plugin: Any, name: str, *, version: str | None = None) -> None:
+        """Register a plugin object directly (tests, embedding applications)."""
+        if name in self.info:
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        info = PluginInfo(name=name, version=version, module=getattr(plugin, "__name__", type(plugin).__name__))
+        self.info[name] = info
+        try:
+            self.pm.register(plugin, name=name)
+            self._validate(name, plugin)
+        except Exception as exc:
+            if self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)
+            info.error = _describe(exc)
+        self._collected.clear()
+
+    def remove(self, name: str) -> None:
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.info.pop(name, None)
+        self._collected.clear()
+
+    # -- collecting ------------------------------------------------------------------------------
+    def collect(self, kind: str) -> dict[str, Provided]:
+        """Everything of one kind, by name. Two plugins claiming one name is a :class:`PluginError`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        if kind in self._collected:
+            return self._collected[kind]
+        found: dict[str, Provided] = {}
+        conflicts: list[str] = []
+        hook = getattr(self.pm.hook, f"forensics_{kind}")
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            plugin_name = impl.plugin_name
+            info = self.info.setdefault(plugin_name, PluginInfo(name=plugin_name))
+            mine: list[Provided] = []
+
+            def register(name: str, obj: Any, *, description: str = "", _plugin=plugin_name, _mine=mine) -> None:
+                if not isinstance(name, str) or not name or set(name) - _NAME_CHARS:
+                    raise PluginError(f"{kind[:-1]} name {name!r} must be lower case letters, digits, '_', '.', '-'")
+                if any(p.name == name for p in _mine):
+                    raise PluginError(f"{kind[:-1]} {name!r} registered twice")
+                _mine.append(Provided(kind=kind, name=name, obj=obj, plugin=_plugin, description=description))
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a hook that raises is reported; the rest goes on
+                info.error = f"forensics_{kind}: {_describe(exc)}"
+                continue
+            for provided in mine:
+                if provided.name in found:
+                    first = found[provided.name]
+                    conflicts.append(f"{kind[:-1]} {provided.name!r} is provided by both plugin "
+                                     f"{first.plugin!r} and plugin {provided.plugin!r}")
+                else:
+                    found[provided.name] = provided
+            info.provides.setdefault(kind, []).extend(p.name for p in mine)
+        if conflicts:
+            raise PluginError("; ".join(conflicts) + " (disable one with FORENSICS_DISABLE_PLUGINS=name)")
+        self._collected[kind] = found
+        return found
+
+    def get(self, kind: str, name: str) -> Provided:
+        """One provider by name, or a :class:`UsageError` that lists what exists."""
+        found = self.collect(kind)
+        if name not in found:
+            known = ", ".join(sorted(found)) or "none"
+            raise UsageError(f"no {kind[:-1]} named {name!r}; available: {known} "
+                             f"(see `forensics plugins`)")
+        return found[name]
+
+    def describe(self) -> list[PluginInfo]:
+        """Every plugin, after collecting every kind (so hook failures show too)."""
+        for kind in KINDS:
+            try:
+                self.collect(kind)
+            except PluginError as exc:
+                for info in self.info.values():
+                    if info.error is None and repr(info.name) in str(exc):
+                        info.error = str(exc)
+        return sorted(self.info.values(), key=lambda i: (not i.bundled, i.name))
+
+
+_host: PluginHost | None = None
+
+
+def host() -> PluginHost:
+    """The process-wide plugin host, built on first use."""
+    global _host
+    if _host is None:
+        _host = PluginHost()
+    return _host
+
+
+def reset(new: PluginHost | None = None) -> PluginHost | None:
+    """Replace the process-wide host (tests); returns the previous one."""
+    global _host
+    old, _host = _host, new
+    return old
+
+
+def get_encoder_factory(name: str) -> Callable[..., Any]:
+    return host().get("encoders", name).obj

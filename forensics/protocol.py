@@ -1,0 +1,237 @@
+"""Protocols and fingerprints.
+
+A **protocol** is everything that makes two C_T curves comparable: the reference sets T and P_n (by
+data-set name and content hash), the encoder (name, options, weights digest, layers, pooling,
+preprocessing), the statistic and its parameters, and the batch size m. Its :meth:`Protocol.digest`
+is a hash of exactly those things (not of its name or description), so renaming a protocol never
+breaks its fingerprints, while changing any one setting does.
+
+A **fingerprint** is the curve of one statistic value per layer for one batch of m images, computed
+under one protocol. It is only ever compared with fingerprints of the same protocol digest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from forensics.errors import ProtocolMismatch, RegistryError
+from forensics.hashing import freeze, is_digest, sha256_json
+
+
+def _need(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise RegistryError(f"{where}: expected a mapping, got {type(d).__name__}")
+    if key not in d:
+        raise RegistryError(f"{where}: missing key {key!r}")
+    value = d[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise RegistryError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _digest_field(d: Mapping[str, Any], key: str, where: str, *, optional: bool = False) -> str | None:
+    if optional and d.get(key) is None:
+        if key not in d:
+            raise RegistryError(f"{where}: missing key {key!r} (null when not recorded)")
+        return None
+    value = _need(d, key, str, where)
+    if not is_digest(value):
+        raise RegistryError(f"{where}.{key}: expected 'sha256:' and 64 hex digits, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A reference set: which data-set plugin gives it, which split, how many images, their content hash.
+
+    ``sha256`` is the hash of the uint8 image array (:func:`forensics.hashing.sha256_array`); ``None``
+    only for protocols imported from elsewhere whose data could not be hashed here (the data-set plugin
+    then checks the files against their published checksums instead).
+    """
+
+    dataset: str
+    split: str
+    count: int
+    sha256: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "split": self.split, "count": self.count, "sha256": self.sha256,
+                "options": freeze(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> DataRef:
+        count = _need(d, "count", int, where)
+        if count <= 0:
+            raise RegistryError(f"{where}.count: must be positive, got {count}")
+        return cls(dataset=_need(d, "dataset", str, where), split=_need(d, "split", str, where), count=count,
+                   sha256=_digest_field(d, "sha256", where, optional=True), options=dict(d.get("options") or {}))
+
+
+@dataclass(frozen=True)
+class EncoderRef:
+    """The encoder of a protocol, as :meth:`forensics.encoders.Encoder.identity` describes it.
+
+    ``weights`` is the digest of the weight tensors; ``None`` only for protocols imported from elsewhere
+    whose weights were not available to hash (``weights_source`` then names them exactly).
+    """
+
+    name: str
+    weights: str | None
+    weights_source: str
+    layers: tuple[str, ...]
+    pooling: str
+    preprocessing: Mapping[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": freeze(self.options), "weights": self.weights,
+                "weights_source": self.weights_source, "layers": list(self.layers), "pooling": self.pooling,
+                "preprocessing": freeze(self.preprocessing)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> EncoderRef:
+        layers = _need(d, "layers", list, where)
+        if not layers or not all(isinstance(x, str) and x for x in layers):
+            raise RegistryError(f"{where}.layers: expected a non-empty list of layer names")
+        if len(set(layers)) != len(layers):
+            raise RegistryError(f"{where}.layers: a layer is listed twice")
+        return cls(name=_need(d, "name", str, where), weights=_digest_field(d, "weights", where, optional=True),
+                   weights_source=_need(d, "weights_source", str, where), layers=tuple(layers),
+                   pooling=_need(d, "pooling", str, where),
+                   preprocessing=dict(_need(d, "preprocessing", dict, where)),
+                   options=dict(d.get("options") or {}))
+
+    @classmethod
+    def from_identity(cls, identity: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> EncoderRef:
+        return cls(name=identity["name"], weights=identity["weights"], weights_source=identity["weights_source"],
+                   layers=tuple(identity["layers"]), pooling=identity["pooling"],
+                   preprocessing=dict(identity["preprocessing"]), options=dict(options or {}))
+
+
+@dataclass(frozen=True)
+class StatisticRef:
+    """The statistic of a protocol and all its parameters (for C_T: k, distance, projection, tau, seed)."""
+
+    name: str
+    params: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": freeze(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> StatisticRef:
+        return cls(name=_need(d, "name", str, where), params=dict(_need(d, "params", dict, where)))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that makes two fingerprints comparable. See the module docstring."""
+
+    name: str
+    train: DataRef
+    test: DataRef
+    encoder: EncoderRef
+    statistic: StatisticRef
+    batch_size: int
+    description: str = ""
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.encoder.layers
+
+    def content(self) -> dict[str, Any]:
+        """The part of the protocol that the digest covers."""
+        return {"train": self.train.to_dict(), "test": self.test.to_dict(), "encoder": self.encoder.to_dict(),
+                "statistic": self.statistic.to_dict(), "batch_size": self.batch_size}
+
+    @property
+    def digest(self) -> str:
+        return sha256_json(self.content())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "description": self.description, **self.content()}
+        if self.notes:
+            d["notes"] = freeze(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "protocol") -> Protocol:
+        batch_size = _need(d, "batch_size", int, where)
+        if batch_size <= 0:
+            raise RegistryError(f"{where}.batch_size: must be positive, got {batch_size}")
+        return cls(name=_need(d, "name", str, where),
+                   description=str(d.get("description") or ""),
+                   train=DataRef.from_dict(_need(d, "train", dict, where), f"{where}.train"),
+                   test=DataRef.from_dict(_need(d, "test", dict, where), f"{where}.test"),
+                   encoder=EncoderRef.from_dict(_need(d, "encoder", dict, where), f"{where}.encoder"),
+                   statistic=StatisticRef.from_dict(_need(d, "statistic", dict, where), f"{where}.statistic"),
+                   batch_size=batch_size, notes=dict(d.get("notes") or {}))
+
+    def with_name(self, name: str) -> Protocol:
+        return replace(self, name=name)
+
+    def differences(self, other: Protocol) -> list[str]:
+        """Human-readable list of settings that differ (empty when the digests are equal)."""
+        return _diff(self.content(), other.content(), "")
+
+    def require_same(self, other: Protocol, what: str = "these fingerprints") -> None:
+        if self.digest != other.digest:
+            diffs = self.differences(other)
+            raise ProtocolMismatch(f"refusing to compare {what}: protocols {self.name!r} and {other.name!r} differ "
+                                   f"in {'; '.join(diffs[:4])}{' …' if len(diffs) > 4 else ''}")
+
+
+def _diff(a: Any, b: Any, path: str) -> list[str]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            sub = f"{path}.{key}" if path else key
+            if key not in a or key not in b:
+                out.append(f"{sub} ({'only in ' + ('second' if key not in a else 'first')})")
+            else:
+                out.extend(_diff(a[key], b[key], sub))
+        return out
+    if a != b:
+        short = lambda v: (repr(v)[:40] + "…") if len(repr(v)) > 41 else repr(v)  # noqa: E731
+        return [f"{path}: {short(a)} vs {short(b)}"]
+    return []
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """One statistic value per protocol layer for one batch; ``None`` where the value is undefined
+    (no cell passed the threshold). :meth:`vector` gives the curve matchers use, undefined as 0
+    (He et al.'s rule)."""
+
+    protocol_digest: str
+    values: tuple[float | None, ...]
+
+    def __post_init__(self):
+        for v in self.values:
+            if v is not None and not math.isfinite(v):
+                raise ValueError("fingerprint values must be finite or None")
+
+    def vector(self) -> np.ndarray:
+        return np.array([0.0 if v is None else v for v in self.values], dtype=np.float64)
+
+    @property
+    def undefined(self) -> list[int]:
+        return [i for i, v in enumerate(self.values) if v is None]
+
+    @classmethod
+    def from_values(cls, protocol_digest: str, values: Sequence[float | None]) -> Fingerprint:
+        clean: list[float | None] = []
+        for v in values:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                clean.append(None)
+            else:
+                clean.append(float(v))
+        return cls(protocol_digest=protocol_digest, values=tuple(clean))
