@@ -1,0 +1,62 @@
+"""What every command shares: the two consoles, error handling, JSON output.
+
+Data goes to stdout (``out``); progress, warnings and errors go to stderr (``err``). A
+:class:`~forensics.errors.ForensicsError` becomes one line on stderr and its exit code (1 for a failed
+run, 2 for wrong usage); the traceback is shown only with ``--debug`` or ``FORENSICS_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+STATE = {"debug": os.environ.get("FORENSICS_DEBUG", "") not in ("", "0")}
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one error line on stderr and exit."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Turn expected errors into one line and an exit code; show tracebacks only in debug mode."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from forensics.errors import ForensicsError
+
+        try:
+            return fn(*args, **kwargs)
+        except ForensicsError as exc:
+            if STATE["debug"]:
+                raise
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one line unless debugging
+            if STATE["debug"]:
+                raise
+            fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    """Write ``obj`` as JSON to stdout (no rich markup, no wrapping)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+REGISTRY_HELP = "Registry folder (default: $FORENSICS_REGISTRY, else the bundled registry/)."
