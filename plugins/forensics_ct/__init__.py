@@ -1,1 +1,33 @@
-"""placeholder during bootstrap"""
+"""The bundled statistic: C_T, the data-copying test of Meehan, Chaudhuri & Dasgupta (2020).
+
+Parameters (all recorded in a protocol): ``k`` cells (k-means on T, seeded by ``seed``), ``distance``
+("euclidean" or "cosine" = 1 − |cos|), ``projection`` (PCA dimensions fitted on T, or null), ``tau``
+(a cell counts when more than tau·m generated points fall in it; null = 20/m).
+"""
+
+from __future__ import annotations
+
+from forensics.hookspecs import hookimpl
+
+
+class CTStatistic:
+    """Adapter from the statistic hook's interface to :class:`forensics.ct.CTReference`."""
+
+    fit_params = ("k", "distance", "projection", "seed")
+    score_params = ("tau",)
+    defaults = {"k": 10, "distance": "euclidean", "projection": None, "tau": None, "seed": 0}
+
+    def fit(self, train, test, **params):
+        from forensics.ct import CTReference
+
+        return CTReference.fit(train, test, **{k: params[k] for k in self.fit_params if k in params})
+
+    def from_arrays(self, arrays):
+        from forensics.ct import CTReference
+
+        return CTReference.from_arrays(arrays)
+
+
+@hookimpl
+def forensics_statistics(register):
+    register("ct", CTStatistic(), description="C_T data-copying statistic (Meehan et al. 2020), per layer")

@@ -1,0 +1,23 @@
+# Set-up and the two everyday jobs. Each target creates the virtual environment at .venv when it is
+# missing (or when pyproject.toml changed since), then runs.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.forensics-installed
+DEMO ?= registry/mnist-effnet-lite0/samples/heldout/dcgan.npz
+
+.PHONY: demo test venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+# The main job on the embedded default: attribute a bundled held-out sample set.
+demo: $(STAMP)
+	$(VENV)/bin/forensics attribute $(DEMO)
+
+# The test suite (offline, CPU).
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 -q

@@ -1,0 +1,118 @@
+"""Reading the image sets a user points at: a folder of PNG/JPEG files, or an .npz / .npy array.
+
+Images come back as one uint8 array, (N, H, W) for grey sets or (N, H, W, 3) for colour ones, with the
+content hash that reports record. Images of different sizes in one folder are brought to one size with
+the protocol's own resize and centre crop (the step the encoder would take anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from forensics.errors import UsageError
+from forensics.hashing import PREFIX, sha256_array
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def load_images(path: str | Path, *, size: int | None = None, resize: int | None = None) -> tuple[np.ndarray, str]:
+    """Read an image set; return ``(images, sha256)``.
+
+    ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
+    holds images of different sizes. The hash is of the decoded pixels, so re-encoding a PNG does not
+    change it, but any pixel change does.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UsageError(f"{path} does not exist; give a folder of PNG/JPEG images or an .npz/.npy file")
+    if path.is_dir():
+        return _load_folder(path, size=size, resize=resize)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise UsageError(f"{path} holds arrays {keys}; name the image array 'images'")
+            array = data[key]
+    elif path.suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"{path} is one image; attribution needs a set — give the folder that holds it")
+    else:
+        raise UsageError(f"cannot read {path}: expected a folder of images, an .npz or an .npy file")
+    images = as_uint8_images(array, str(path))
+    return images, sha256_array(images)
+
+
+def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
+    """Check and normalise an image array to uint8 (N, H, W) or (N, H, W, C)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.number):
+            raise UsageError(f"{where}: images must be numbers, got dtype {array.dtype}")
+        finite = np.isfinite(array).all()
+        if not finite or array.min() < 0 or array.max() > 255 or not np.all(array == np.round(array)):
+            raise UsageError(f"{where}: images must be uint8 or whole numbers in 0..255 (got {array.dtype} "
+                             f"in [{np.nanmin(array):.3g}, {np.nanmax(array):.3g}]); scale float images by 255 first")
+        array = array.astype(np.uint8)
+    if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))  # channels first -> last
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (3, 4)):
+        raise UsageError(f"{where}: expected images shaped (N, H, W) or (N, H, W, 3); got {array.shape}")
+    if array.ndim == 4 and array.shape[-1] == 4:
+        array = np.ascontiguousarray(array[..., :3])
+    if len(array) == 0:
+        raise UsageError(f"{where}: holds no images")
+    return array
+
+
+def _load_folder(folder: Path, *, size: int | None, resize: int | None) -> tuple[np.ndarray, str]:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"{folder} holds no PNG/JPEG images")
+    decoded: list[np.ndarray] = []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                im.load()
+                if im.mode in ("L", "I;16", "I", "F") and im.mode != "L":
+                    im = im.convert("L")
+                elif im.mode not in ("L", "RGB"):
+                    im = im.convert("RGB")
+                decoded.append(np.asarray(im, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UsageError(f"cannot decode {file}: {exc}") from exc
+    if any(a.ndim == 3 for a in decoded):
+        decoded = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in decoded]
+    h = hashlib.sha256()
+    for file, a in zip(files, decoded):
+        h.update(f"{a.shape}".encode("ascii"))
+        h.update(a.tobytes())
+    digest = PREFIX + h.hexdigest()
+    shapes = {a.shape for a in decoded}
+    if len(shapes) == 1:
+        return np.stack(decoded), digest
+    if size is None or resize is None:
+        raise UsageError(f"{folder} holds images of {len(shapes)} different sizes; they can be read only under a "
+                         "protocol, which says how to resize them")
+    return np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest
+
+
+def _fit(image: np.ndarray, *, size: int, resize: int) -> np.ndarray:
+    """Resize the short side to ``resize`` (bicubic, antialiased) and centre-crop ``size``."""
+    from PIL import Image
+
+    im = Image.fromarray(image)
+    w, h = im.size
+    scale = resize / min(w, h)
+    im = im.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.Resampling.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -1,0 +1,301 @@
+"""From images to fingerprints under a protocol.
+
+:class:`Engine` holds what one protocol needs — its encoder (built and checked against the protocol's
+record) and the fitted reference side of its statistic, one per layer — and turns image batches into
+C_T curves. The reference side depends only on the protocol, so it is computed once and kept: first
+looked up among the files shipped beside the protocol in the registry, then in the user cache,
+otherwise computed (embedding T and P_n) and written to the cache atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forensics.encoders import Encoder, Preprocessing
+from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
+from forensics.hashing import sha256_array, sha256_json, short
+from forensics.protocol import DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
+from forensics.statistics import Statistic, get_statistic, split_params
+
+Progress = Callable[[str, int, int], None]
+REFERENCE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """The user cache folder (``$FORENSICS_CACHE_DIR`` or the platform's cache dir)."""
+    env = os.environ.get("FORENSICS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("forensics"))
+
+
+@dataclass(frozen=True)
+class LayerValue:
+    """The statistic at one layer: its value, or why it is undefined."""
+
+    layer: str
+    value: float | None
+    counted_weight: float | None = None
+    undefined_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A computed fingerprint with its per-layer details."""
+
+    fingerprint: Fingerprint
+    layers: tuple[LayerValue, ...]
+    n_images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [lv.layer for lv in self.layers], "values": list(self.fingerprint.values),
+                "counted_weight": [lv.counted_weight for lv in self.layers],
+                "undefined": {lv.layer: lv.undefined_reason for lv in self.layers if lv.value is None},
+                "n_images": self.n_images}
+
+
+def load_reference_set(ref: DataRef) -> np.ndarray:
+    """The images of a protocol's reference set, checked against its recorded count and hash."""
+    from forensics.plugins import host
+
+    loader = host().get("datasets", ref.dataset).obj
+    images = loader(ref.split, **dict(ref.options))
+    if len(images) != ref.count:
+        raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split} has {len(images)} images here, "
+                               f"the protocol recorded {ref.count}")
+    if ref.sha256 is not None:
+        digest = sha256_array(np.asarray(images))
+        if digest != ref.sha256:
+            raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split} on this machine (sha256 {short(digest)}) is "
+                                   f"not the protocol's ({short(ref.sha256)}); fingerprints would not be comparable")
+    return np.asarray(images)
+
+
+def build_encoder(ref: EncoderRef, *, weights: str | None = None, device: str = "cpu") -> Encoder:
+    """Build a protocol's encoder and check that it is the one the protocol recorded."""
+    from forensics.plugins import host
+
+    factory = host().get("encoders", ref.name).obj
+    if weights is None and ref.weights_source == "random":
+        weights = "random"
+    encoder = factory(weights=weights, device=device, **dict(ref.options))
+    if ref.weights is not None and encoder.weights.digest != ref.weights:
+        raise ProtocolMismatch(f"the {ref.name} weights found ({encoder.weights.source}: {encoder.weights.detail}, "
+                               f"sha256 {short(encoder.weights.digest)}) are not the protocol's "
+                               f"(sha256 {short(ref.weights)}); pass --weights with the protocol's weights file")
+    encoder.check_layers(ref.layers)
+    if encoder.pooling != ref.pooling:
+        raise ProtocolMismatch(f"encoder {ref.name} pools by {encoder.pooling!r}, the protocol by {ref.pooling!r}")
+    encoder.preprocessing = Preprocessing.from_dict(ref.preprocessing)
+    return encoder
+
+
+def reference_key(protocol: Protocol) -> str:
+    """What the fitted reference side depends on: data, encoder and the statistic's fit parameters."""
+    statistic = get_statistic(protocol.statistic.name)
+    fit_params, _ = split_params(statistic, protocol.statistic.params)
+    return sha256_json({"format": REFERENCE_FORMAT, "train": protocol.train.to_dict(),
+                        "test": protocol.test.to_dict(), "encoder": protocol.encoder.to_dict(),
+                        "statistic": protocol.statistic.name, "fit": fit_params})
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz through a temporary file and a rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Read a cached .npz; None (and the damaged file removed) when it cannot be read whole."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+class Engine:
+    """Computes fingerprints under one protocol (see the module docstring)."""
+
+    def __init__(self, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
+                 use_cache: bool = True, shipped_dir: Path | None = None, progress: Progress | None = None,
+                 batch_size: int = 64):
+        self.protocol = protocol
+        self.device = device
+        self.weights = weights
+        self.use_cache = use_cache
+        self.shipped_dir = shipped_dir
+        self.progress = progress
+        self.batch_size = batch_size
+        self.statistic: Statistic = get_statistic(protocol.statistic.name)
+        self.fit_params, self.score_params = split_params(self.statistic, protocol.statistic.params)
+        self._encoder: Encoder | None = None
+        self._references: list[Any] | None = None
+        self.reference_origin: str | None = None
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = build_encoder(self.protocol.encoder, weights=self.weights, device=self.device)
+        return self._encoder
+
+    def embed(self, images: np.ndarray, what: str = "images") -> list[np.ndarray]:
+        from forensics.embedding import embed
+
+        report = None
+        if self.progress is not None:
+            report = lambda done, total: self.progress(what, done, total)  # noqa: E731
+        return embed(self.encoder, images, layers=self.protocol.layers, batch_size=self.batch_size, progress=report)
+
+    # -- the reference side ----------------------------------------------------------------------
+    def _reference_paths(self) -> list[Path]:
+        name = f"{short(reference_key(self.protocol), 24)}.npz"
+        paths = []
+        if self.shipped_dir is not None:
+            paths.append(self.shipped_dir / name)
+        if self.use_cache:
+            paths.append(cache_dir() / "reference" / name)
+        return paths
+
+    @property
+    def references(self) -> list[Any]:
+        """The statistic fitted on T and P_n, one per protocol layer."""
+        if self._references is None:
+            self._references = self._load_or_fit()
+        return self._references
+
+    def _load_or_fit(self) -> list[Any]:
+        layers = self.protocol.layers
+        for path in self._reference_paths():
+            if path.is_file() and (arrays := _read_npz(path)) is not None:
+                refs = _unpack(arrays, layers, self.statistic)
+                if refs is not None:
+                    self.reference_origin = str(path)
+                    return refs
+        train = load_reference_set(self.protocol.train)
+        test = load_reference_set(self.protocol.test)
+        train_emb = self.embed(train, "training set T")
+        test_emb = self.embed(test, "held-out set P_n")
+        refs = []
+        for layer, t, p in zip(layers, train_emb, test_emb):
+            refs.append(self.statistic.fit(t, p, **self.fit_params))
+            if self.progress is not None:
+                self.progress(f"fitting {self.protocol.statistic.name}", len(refs), len(layers))
+        self.reference_origin = "computed"
+        if self.use_cache:
+            path = cache_dir() / "reference" / self._reference_paths()[-1].name
+            save_npz_atomic(path, _pack(refs, layers))
+            self.reference_origin = f"computed, cached at {path}"
+        return refs
+
+    def write_reference(self, path: Path) -> Path:
+        """Write the fitted reference side to ``path`` (a folder), for shipping beside a protocol."""
+        target = Path(path) / f"{short(reference_key(self.protocol), 24)}.npz"
+        save_npz_atomic(target, _pack(self.references, self.protocol.layers))
+        return target
+
+    # -- curves ----------------------------------------------------------------------------------
+    def curve_from_embeddings(self, embeddings: Sequence[np.ndarray]) -> Curve:
+        values: list[LayerValue] = []
+        for layer, ref, q in zip(self.protocol.layers, self.references, embeddings):
+            try:
+                result = ref.score(q, **self.score_params)
+            except StatisticError as exc:
+                values.append(LayerValue(layer, None, None, str(exc)))
+            else:
+                values.append(LayerValue(layer, float(result.value), getattr(result, "counted_weight", None)))
+        n = len(embeddings[0]) if len(embeddings) else 0
+        fp = Fingerprint.from_values(self.protocol.digest, [lv.value for lv in values])
+        return Curve(fingerprint=fp, layers=tuple(values), n_images=n)
+
+    def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
+        """One curve per batch of the protocol's m images.
+
+        With fewer than m images, one curve of them all (``partial``; its values are not on the same scale
+        as the registry's and reports say so). A remainder after the last full batch is left out.
+        """
+        m = self.protocol.batch_size
+        n = len(images)
+        if n == 0:
+            raise UsageError("no images to fingerprint")
+        if n < m and not partial:
+            raise UsageError(f"the protocol's batch size is {m} images, only {n} given")
+        embeddings = self.embed(images, what)
+        if n < m:
+            return [self.curve_from_embeddings(embeddings)]
+        return [self.curve_from_embeddings([e[s:s + m] for e in embeddings]) for s in range(0, n - m + 1, m)]
+
+
+def _pack(refs: Sequence[Any], layers: Sequence[str]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {"__format__": np.array(REFERENCE_FORMAT),
+                                     "__layers__": np.array(list(layers))}
+    for i, ref in enumerate(refs):
+        for key, value in ref.to_arrays().items():
+            arrays[f"{i}/{key}"] = np.asarray(value)
+    return arrays
+
+
+def _unpack(arrays: dict[str, np.ndarray], layers: Sequence[str], statistic: Statistic) -> list[Any] | None:
+    if int(arrays.get("__format__", -1)) != REFERENCE_FORMAT or list(arrays.get("__layers__", [])) != list(layers):
+        return None
+    refs = []
+    for i in range(len(layers)):
+        prefix = f"{i}/"
+        part = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        try:
+            refs.append(statistic.from_arrays(part))
+        except (KeyError, ValueError, ForensicsError):
+            return None
+    return refs
+
+
+def compute_fingerprints(images: np.ndarray, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
+                         progress: Progress | None = None, shipped_dir: Path | None = None) -> list[Fingerprint]:
+    """One fingerprint per full batch of the protocol's m images (what ``registry enroll`` stores)."""
+    if len(images) < protocol.batch_size:
+        raise UsageError(f"enrolling needs at least one full batch of {protocol.batch_size} images; got {len(images)}")
+    engine = Engine(protocol, device=device, weights=weights, progress=progress, shipped_dir=shipped_dir)
+    return [c.fingerprint for c in engine.curves(images, partial=False)]
+
+
+def make_protocol(name: str, *, dataset: str, encoder: str, encoder_options: dict[str, Any] | None = None,
+                  weights: str | None = None, layers: Sequence[str] | None = None, statistic: str = "ct",
+                  statistic_params: dict[str, Any] | None = None, batch_size: int = 500, description: str = "",
+                  notes: dict[str, Any] | None = None, device: str = "cpu") -> Protocol:
+    """Define a new protocol: hash the reference sets, build the encoder, record everything."""
+    from forensics.plugins import host
+
+    loader = host().get("datasets", dataset).obj
+    refs = []
+    for split in ("train", "test"):
+        images = np.asarray(loader(split))
+        refs.append(DataRef(dataset=dataset, split=split, count=len(images), sha256=sha256_array(images)))
+    factory = host().get("encoders", encoder).obj
+    options = dict(encoder_options or {})
+    enc = factory(weights=weights, device=device, **options)
+    stat = get_statistic(statistic)
+    fit, score = split_params(stat, statistic_params or {})
+    return Protocol(name=name, description=description, train=refs[0], test=refs[1],
+                    encoder=EncoderRef.from_identity(enc.identity(layers), options),
+                    statistic=StatisticRef(statistic, {**fit, **score}), batch_size=batch_size,
+                    notes=dict(notes or {}))

@@ -1,0 +1,179 @@
+"""Reports of an attribution: the rich terminal view and the versioned JSON document.
+
+JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
+
+    {
+      "schema": "forensics.attribution/1",
+      "tool": {"forensics": "0.1.0", "python": "3.11.7", "torch": "...", "numpy": "..."},
+      "created": "2026-11-23T06:30:00Z",
+      "input": {"path": "...", "n_images": 500, "sha256": "sha256:..."},
+      "protocol": {"name": "...", "digest": "sha256:...", "record": {...the full protocol...}},
+      "curve": {"layers": [...], "values": [float | null, ...], "counted_weight": [...],
+                "undefined": {layer: reason}, "n_images": 500, "readings": ["copying" | "no evidence" | "underfitting" | "undefined", ...]},
+      "batches": [{"values": [...], "verdict": "..." | null}, ...],   # one per batch of m images
+      "partial_batch": false,                                         # fewer than m images were given
+      "matcher": {"name": "alpha", ...},
+      "candidates": [{"generator": "...", "score": 0.93, "instance": "..."}, ...],   # best first
+      "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null, "reason": "..."},
+      "reference": {"origin": "...", "n_references": 15}
+    }
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "forensics.attribution/1"
+COPYING_BELOW = -2.0
+UNDERFIT_ABOVE = 2.0
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def reading(value: float | None) -> str:
+    """What one layer's C_T says: C_T is a weighted mean of per-cell Z scores, so |C_T| > 2 is significant."""
+    if value is None:
+        return "undefined"
+    if value < COPYING_BELOW:
+        return "copying"
+    if value > UNDERFIT_ABOVE:
+        return "underfitting"
+    return "no evidence"
+
+
+def tool_versions() -> dict[str, str]:
+    import forensics
+
+    versions = {"forensics": forensics.__version__, "python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "timm", "sklearn", "scipy"):
+        try:
+            module = __import__(name)
+            versions[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            pass
+    return versions
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    finite = [v for v in values if v is not None]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo or 1.0
+    return "".join("·" if v is None else _SPARK[min(7, int((v - lo) / span * 7.999))] for v in values)
+
+
+def bar(value: float | None, scale: float, width: int = 20) -> str:
+    """A bar centred on zero: left for negative C_T (copying), right for positive."""
+    if value is None:
+        return " " * width + "│" + " " * width
+    n = min(width, int(round(abs(value) / scale * width))) if scale > 0 else 0
+    if value < 0:
+        return " " * (width - n) + "█" * n + "│" + " " * width
+    return " " * width + "│" + "█" * n + " " * (width - n)
+
+
+def attribution_document(*, input_path: str, n_images: int, input_sha256: str, protocol, curve, batches,
+                         attribution, matcher_info: dict[str, Any], reference_origin: str | None,
+                         n_references: int, partial: bool) -> dict[str, Any]:
+    cd = curve.to_dict()
+    cd["readings"] = [reading(v) for v in curve.fingerprint.values]
+    best = attribution.candidates[0] if attribution.candidates else None
+    return {
+        "schema": SCHEMA,
+        "tool": tool_versions(),
+        "created": utc_now(),
+        "input": {"path": input_path, "n_images": n_images, "sha256": input_sha256},
+        "protocol": {"name": protocol.name, "digest": protocol.digest, "record": protocol.to_dict()},
+        "curve": cd,
+        "batches": batches,
+        "partial_batch": partial,
+        "matcher": matcher_info,
+        "candidates": [{"generator": c.generator, "score": float(c.score), "instance": c.instance}
+                       for c in attribution.candidates],
+        "verdict": {"generator": attribution.verdict,
+                    "score": float(best.score) if best is not None and attribution.verdict is not None else None,
+                    "margin": None if attribution.margin is None else float(attribution.margin),
+                    "reason": attribution.reason},
+        "reference": {"origin": reference_origin, "n_references": n_references},
+    }
+
+
+def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
+    """Print an attribution document as the terminal report."""
+    from rich import box
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    proto = doc["protocol"]
+    inp = doc["input"]
+    verdict = doc["verdict"]
+    header = Text()
+    header.append(f"{inp['n_images']} images", style="bold")
+    header.append(f" from {inp['path']}  (sha256 {inp['sha256'][7:19]})\n")
+    header.append("protocol ", style="dim")
+    header.append(proto["name"], style="bold")
+    header.append(f"  digest {proto['digest'][7:19]}  ·  encoder {proto['record']['encoder']['name']}"
+                  f"  ·  m = {proto['record']['batch_size']}  ·  matcher {doc['matcher'].get('name')}", style="dim")
+    console.print(Panel(header, title="forensics attribute", title_align="left", box=box.ROUNDED))
+
+    if verdict["generator"] is not None:
+        line = Text.assemble(("Verdict: ", "bold"), (verdict["generator"], "bold green"),
+                             f"   score {verdict['score']:.3f}")
+        if verdict["margin"] is not None and len(doc["candidates"]) > 1:
+            line.append(f"   margin {verdict['margin']:+.3f} over {doc['candidates'][1]['generator']}")
+    else:
+        line = Text.assemble(("Verdict: ", "bold"), ("unknown", "bold yellow"))
+    if verdict.get("reason"):
+        line.append(f"\n  {verdict['reason']}", style="dim")
+    console.print(line)
+    if doc["partial_batch"]:
+        console.print(Text(f"  warning: only {inp['n_images']} images, fewer than the protocol's batch of "
+                           f"{proto['record']['batch_size']}; C_T values shrink with fewer images, so scores "
+                           "are less reliable", style="yellow"))
+
+    table = Table(title="Candidates", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("generator")
+    table.add_column("score", justify="right")
+    table.add_column("closest instance", style="dim")
+    for i, c in enumerate(doc["candidates"][:top], 1):
+        style = "bold" if i == 1 and verdict["generator"] is not None else None
+        table.add_row(str(i), c["generator"], f"{c['score']:.3f}", str(c.get("instance") or ""), style=style)
+    console.print(table)
+
+    curve = doc["curve"]
+    values = curve["values"]
+    finite = [abs(v) for v in values if v is not None]
+    scale = max(finite) if finite else 1.0
+    ct = Table(title=f"C_T per layer   {sparkline(values)}", box=box.SIMPLE_HEAD, title_justify="left")
+    ct.add_column("layer")
+    ct.add_column("C_T", justify="right")
+    ct.add_column("copying ◄ │ ► underfitting", no_wrap=True)
+    ct.add_column("reading")
+    ct.add_column("P_n counted", justify="right", style="dim")
+    colours = {"copying": "red", "underfitting": "cyan", "no evidence": "white", "undefined": "yellow"}
+    for layer, v, r, w in zip(curve["layers"], values, curve["readings"], curve["counted_weight"]):
+        ct.add_row(layer, "—" if v is None else f"{v:+.2f}", bar(v, scale), Text(r, style=colours[r]),
+                   "" if w is None else f"{100 * w:.0f}%")
+    console.print(ct)
+    for layer, reason in curve.get("undefined", {}).items():
+        console.print(Text(f"  {layer}: undefined — {reason}", style="yellow"))
+    if len(doc["batches"]) > 1:
+        votes = [b["verdict"] or "unknown" for b in doc["batches"]]
+        tally = ", ".join(f"{g} × {votes.count(g)}" for g in sorted(set(votes), key=lambda g: -votes.count(g)))
+        console.print(Text(f"Per batch of {proto['record']['batch_size']}: {tally} (verdict above is on the mean curve)",
+                           style="dim"))
+    tool = doc["tool"]
+    console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · reference side: "
+                       f"{doc['reference']['origin']} · {doc['reference']['n_references']} reference fingerprints",
+                       style="dim"))

@@ -1,0 +1,60 @@
+"""The statistic interface that statistic plugins implement (C_T is the bundled one).
+
+A statistic is fitted once on the reference side of a protocol (training set T and held-out set P_n,
+embedded at one layer) and then scores any number of generated batches::
+
+    reference = statistic.fit(train, test, **fit_params)     # query-independent, cacheable
+    result = reference.score(generated, **score_params)      # result.value is a float
+    arrays = reference.to_arrays()                           # dict of numpy arrays, for an .npz cache
+    reference = statistic.from_arrays(arrays)
+
+``fit_params`` and ``score_params`` name the parameters each step takes; ``defaults`` gives every
+parameter's default. All of them are recorded in a protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from forensics.errors import UsageError
+
+
+@runtime_checkable
+class Reference(Protocol):
+    def score(self, generated: np.ndarray, **params: Any) -> Any: ...
+
+    def to_arrays(self) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class Statistic(Protocol):
+    fit_params: tuple[str, ...]
+    score_params: tuple[str, ...]
+    defaults: Mapping[str, Any]
+
+    def fit(self, train: np.ndarray, test: np.ndarray, **params: Any) -> Reference: ...
+
+    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Reference: ...
+
+
+def get_statistic(name: str) -> Statistic:
+    from forensics.plugins import host
+
+    return host().get("statistics", name).obj
+
+
+def resolve_params(statistic: Statistic, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter of ``statistic`` with defaults filled in; unknown names are a UsageError."""
+    known = set(statistic.fit_params) | set(statistic.score_params)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise UsageError(f"unknown statistic parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return {name: params.get(name, statistic.defaults.get(name)) for name in sorted(known)}
+
+
+def split_params(statistic: Statistic, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    full = resolve_params(statistic, params)
+    return ({k: full[k] for k in statistic.fit_params}, {k: full[k] for k in statistic.score_params})

@@ -1,0 +1,47 @@
+"""Test-suite conventions: offline, CPU, no installed third-party plugins, a private cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Set before anything builds the plugin host: only the plugins bundled with forensics load.
+os.environ["FORENSICS_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("FORENSICS_REGISTRY", None)
+os.environ.pop("FORENSICS_DISABLE_PLUGINS", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches written by tests go to a temporary folder, never the user's."""
+    old = os.environ.get("FORENSICS_CACHE_DIR")
+    os.environ["FORENSICS_CACHE_DIR"] = str(tmp_path_factory.mktemp("forensics-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FORENSICS_CACHE_DIR", None)
+    else:
+        os.environ["FORENSICS_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def plugin_host():
+    """A fresh process-wide plugin host for one test (bundled plugins only), restored afterwards."""
+    from forensics import plugins
+
+    host = plugins.PluginHost(autoload=False)
+    old = plugins.reset(host)
+    yield host
+    plugins.reset(old)
+
+
+@pytest.fixture
+def register_plugin(plugin_host):
+    """Register a test-local plugin object for one test: ``register_plugin(obj, "name")``."""
+
+    def register(obj, name: str):
+        plugin_host.add(obj, name)
+        return plugin_host
+
+    return register

@@ -1,0 +1,75 @@
+"""Reading image sets: folders of any size and mode, .npz/.npy arrays, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from forensics.errors import UsageError
+from forensics.hashing import sha256_array
+from forensics.images import as_uint8_images, load_images
+
+
+def test_npz_and_npy_roundtrip(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 12, 12), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images)
+    np.save(tmp_path / "b.npy", images)
+    for name in ("a.npz", "b.npy"):
+        got, digest = load_images(tmp_path / name)
+        assert np.array_equal(got, images)
+        assert digest == sha256_array(images)
+
+
+def test_npz_needs_a_named_array_when_several(tmp_path):
+    np.savez(tmp_path / "x.npz", a=np.zeros((2, 4, 4), np.uint8), b=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(UsageError, match="name the image array 'images'"):
+        load_images(tmp_path / "x.npz")
+
+
+def test_folder_of_mixed_modes_is_rgb_and_hash_is_of_pixels(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (10, 10), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(grey).save(tmp_path / "b.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "c.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "d.png")
+    images, digest = load_images(tmp_path)
+    assert images.shape == (4, 10, 10, 3) and images.dtype == np.uint8
+    assert np.array_equal(images[1], np.repeat(grey[..., None], 3, -1))
+    # the same pixels saved again (other compression) give the same hash
+    Image.fromarray(rgb).save(tmp_path / "a.png", compress_level=0)
+    assert load_images(tmp_path)[1] == digest
+
+
+def test_folder_of_different_sizes_uses_protocol_resize(tmp_path):
+    Image.fromarray(np.full((20, 30), 100, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((40, 40), 200, np.uint8)).save(tmp_path / "b.jpg")
+    with pytest.raises(UsageError, match="different sizes"):
+        load_images(tmp_path)
+    images, _ = load_images(tmp_path, size=16, resize=18)
+    assert images.shape == (2, 16, 16)
+    assert abs(int(images[0].mean()) - 100) <= 1 and abs(int(images[1].mean()) - 200) <= 2
+
+
+def test_bad_inputs_have_clear_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no PNG/JPEG"):
+        load_images(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(UsageError, match="cannot decode"):
+        load_images(tmp_path / "bad")
+    with pytest.raises(UsageError, match="scale float images by 255"):
+        as_uint8_images(np.full((2, 4, 4), 0.5))
+    with pytest.raises(UsageError, match="expected images shaped"):
+        as_uint8_images(np.zeros((2, 4), np.uint8))
+
+
+def test_channels_first_and_integral_floats_are_accepted():
+    chw = np.random.default_rng(2).integers(0, 256, (3, 3, 8, 8)).astype(np.float64)
+    out = as_uint8_images(chw)
+    assert out.shape == (3, 8, 8, 3) and out.dtype == np.uint8
