@@ -63,6 +63,7 @@ def attribute(
     weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache."),
     top: int = typer.Option(6, "--top", min=1, help="How many candidates the terminal report lists."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
 ):
     """Attribute a batch of images to the generator in the registry whose fingerprint it matches.
 
@@ -91,7 +92,7 @@ def attribute(
                     shipped_dir=reg.reference_dir(name), progress=update)
     with progress:
         curves = engine.curves(data)
-    m = make_matcher(matcher)
+    m = make_matcher(matcher, calibration=reg.calibration(name, matcher))
     m.fit(references)
     batches = []
     for c in curves:
@@ -111,6 +112,14 @@ def attribute(
         input_path=str(images), n_images=len(data), input_sha256=digest, protocol=proto, curve=curve,
         batches=batches, attribution=result, matcher_info=m.describe(), reference_origin=engine.reference_origin,
         n_references=len(references), partial=len(data) < proto.batch_size)
+    if html_out is not None:
+        from forensics.html import attribution_html
+        from forensics.matching import similarity
+        from forensics.atomic import write_text_atomic
+
+        refs = [(r.generator, r.instance, r.fingerprint.vector()) for r in references]
+        write_text_atomic(html_out, attribution_html(doc, refs, similarity))
+        err.print(f"HTML report written to {html_out}")
     if json_out:
         print_json(doc)
     else:
@@ -177,7 +186,7 @@ def curate(
     from forensics.curate import curate as make
     from forensics.hashing import sha256_array
     from forensics.images import load_images
-    from forensics.pipeline import save_npz_atomic
+    from forensics.atomic import save_npz_atomic
 
     if ":" in source and not Path(source).exists():
         dataset, split = source.split(":", 1)
@@ -248,7 +257,7 @@ def protocol_create(
     from forensics.pipeline import Engine, make_protocol
     from forensics.registry import Registry
 
-    reg = Registry.open(registry)
+    reg = Registry.open(registry, create=True)
     params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
     proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=dict(map(_parse_option, option)),
                           weights=weights, layers=layer or None, statistic_params=params, batch_size=batch_size,

@@ -66,7 +66,8 @@ def forensics_matchers(register):
     """Provide matchers: ways of ranking reference fingerprints against a query curve.
 
     :param register: ``register(name, factory, *, description="")``. ``factory(**options)`` returns a
-        :class:`forensics.matching.Matcher` (``fit(references)`` then ``rank(curve)``).
+        :class:`forensics.matching.Matcher`: ``fit(references)``, then ``rank(curve)`` (candidates, best
+        first) and ``attribute(curve)`` (candidates plus a verdict, ``None`` meaning "unknown").
 
     Example::
 

@@ -10,7 +10,6 @@ otherwise computed (embedding T and P_n) and written to the cache atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from forensics.atomic import save_npz_atomic
 from forensics.encoders import Encoder, Preprocessing
 from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
 from forensics.hashing import sha256_array, sha256_json, short
@@ -107,21 +107,6 @@ def reference_key(protocol: Protocol) -> str:
     return sha256_json({"format": REFERENCE_FORMAT, "train": protocol.train.to_dict(),
                         "test": protocol.test.to_dict(), "encoder": protocol.encoder.to_dict(),
                         "statistic": protocol.statistic.name, "fit": fit_params})
-
-
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz through a temporary file and a rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray] | None:

@@ -16,7 +16,6 @@ Environment switches (read when a :class:`PluginHost` is built):
 from __future__ import annotations
 
 import os
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata

@@ -1,0 +1,484 @@
+"""``forensics registry …``: list, show, validate, enrol, remove, diff, evaluate, calibrate, import-paper."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from forensics.cli_common import REGISTRY_HELP, err, handle_errors, out, print_json
+
+app = typer.Typer(name="registry", no_args_is_help=True,
+                  help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.")
+
+_REG = typer.Option(None, "--registry", help=REGISTRY_HELP)
+_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
+_PROTO = typer.Option(None, "--protocol", "-p", help="Protocol name (default: the registry's default protocol).")
+
+
+def _short(digest: str | None) -> str:
+    from forensics.hashing import short
+
+    return short(digest) if digest else "—"
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+# -- list / show / validate -----------------------------------------------------------------------
+@app.command("list")
+@handle_errors
+def list_(registry: Optional[Path] = _REG, json_out: bool = _JSON):
+    """List the protocols of the registry and their generators.
+
+    Example: forensics registry list --json
+    """
+    from rich.table import Table
+
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    rows = []
+    for name in sorted(reg.protocols):
+        proto = reg.protocols[name]
+        gens = reg.generators.get(name, {})
+        rows.append({"name": name, "digest": proto.digest, "default": name == reg.default_protocol,
+                     "description": proto.description, "encoder": proto.encoder.name,
+                     "n_layers": len(proto.layers), "batch_size": proto.batch_size,
+                     "generators": {g: len(e.instances) for g, e in sorted(gens.items())}})
+    if json_out:
+        print_json({"schema": "forensics.registry-list/1", "registry": str(reg.path),
+                    "default_protocol": reg.default_protocol, "protocols": rows})
+        return
+    table = Table(title=f"registry {reg.path}", title_justify="left")
+    table.add_column("protocol", no_wrap=True)
+    table.add_column("digest", no_wrap=True)
+    for col in ("encoder", "layers", "m", "generators (instances)"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        name = row["name"] + (" [bold](default)[/]" if row["default"] else "")
+        gens = ", ".join(f"{g} ({n})" for g, n in row["generators"].items()) or "[dim]none[/]"
+        table.add_row(name, _short(row["digest"]), row["encoder"], str(row["n_layers"]), str(row["batch_size"]), gens)
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def show(
+    protocol: Optional[str] = typer.Argument(None, help="Protocol name (default: the registry's default)."),
+    generator: Optional[str] = typer.Option(None, "--generator", "-g", help="Show this generator's instances in full."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """Show a protocol's record, its generators and their instances with provenance.
+
+    Example: forensics registry show he2024-cifar10-vitb16 --generator DDPM
+    """
+    from rich.table import Table
+
+    from forensics.errors import UsageError
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    name = reg.resolve_protocol(protocol)
+    proto = reg.protocol(name)
+    entries = reg.generator_entries(name)
+    if generator is not None and generator not in entries:
+        raise UsageError(f"no generator {generator!r} under {name!r}; known: {', '.join(sorted(entries)) or 'none'}")
+    chosen = {generator: entries[generator]} if generator else entries
+    doc = {"schema": "forensics.registry-show/1", "registry": str(reg.path), "name": name, "digest": proto.digest,
+           "protocol": proto.to_dict(),
+           "generators": {g: {"description": e.description,
+                              "instances": [i.to_dict() for i in e.instances]} for g, e in sorted(chosen.items())}}
+    if json_out:
+        print_json(doc)
+        return
+    out.print(f"[bold]{name}[/]  digest {proto.digest}")
+    if proto.description:
+        out.print(f"  {proto.description}")
+    enc, stat = proto.encoder, proto.statistic
+    out.print(f"  encoder   {enc.name} ({enc.weights_source}; weights {_short(enc.weights)}), pooling {enc.pooling}, "
+              f"{len(enc.layers)} layers {enc.layers[0]} … {enc.layers[-1]}")
+    out.print(f"  prep      {dict(enc.preprocessing)}")
+    out.print(f"  statistic {stat.name} {dict(stat.params)}; batch m = {proto.batch_size}")
+    out.print(f"  T         {proto.train.dataset}:{proto.train.split} ({proto.train.count}, {_short(proto.train.sha256)})"
+              f"   P_n {proto.test.dataset}:{proto.test.split} ({proto.test.count}, {_short(proto.test.sha256)})")
+    for key, value in dict(proto.notes).items():
+        out.print(f"  [dim]{key}: {value}[/]")
+    table = Table(title_justify="left", title=f"{len(chosen)} generator(s)")
+    for col in ("generator", "instance", "created", "by", "images", "input", "curve" if generator else "role"):
+        table.add_column(col, overflow="fold")
+    for g, e in sorted(chosen.items()):
+        for k, inst in enumerate(e.instances):
+            p = inst.provenance
+            last = (" ".join(_fmt(v, 2) for v in inst.values) if generator else str(p.get("role") or ""))
+            table.add_row(g if k == 0 else "", inst.id, str(p.get("created", "")), str(p.get("by", ""))[:40],
+                          _fmt(p.get("n_images")), _short(p.get("input_sha256")), last)
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def validate(registry: Optional[Path] = _REG, json_out: bool = _JSON):
+    """Check every registry file: schema, digests, NaN/inf, duplicate names, curve lengths. Exit 1 on problems.
+
+    Example: forensics registry validate --registry ./registry
+    """
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry, strict=False)
+    problems = reg.validate()
+    n_instances = sum(len(e.instances) for gens in reg.generators.values() for e in gens.values())
+    if json_out:
+        print_json({"schema": "forensics.registry-validate/1", "registry": str(reg.path), "ok": not problems,
+                    "problems": problems, "warnings": reg.warnings, "protocols": len(reg.protocols),
+                    "instances": n_instances})
+    else:
+        for p in problems:
+            out.print(f"[red]✗[/] {p}")
+        for w in reg.warnings:
+            out.print(f"[yellow]![/] {w}")
+        if not problems:
+            out.print(f"[green]✓[/] {reg.path}: {len(reg.protocols)} protocol(s), {n_instances} instance(s), no problems")
+        else:
+            err.print(f"{len(problems)} problem(s) in {reg.path}")
+    if problems:
+        raise typer.Exit(1)
+
+
+# -- enrol / remove -------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def enroll(
+    name: str = typer.Argument(..., help="Generator name (letters, digits, '_.+-'); new or existing."),
+    images: Path = typer.Argument(..., help="Images it made: a folder of PNG/JPEG, or an .npz/.npy uint8 array."),
+    protocol: Optional[str] = _PROTO,
+    description: str = typer.Option("", "--description", help="One line about the generator (kept in its file)."),
+    note: Optional[str] = typer.Option(None, "--note", help="A note kept with each instance's provenance."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder: cpu, cuda, cuda:1."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
+
+    Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
+    """
+    from forensics.images import load_images
+    from forensics.pipeline import compute_fingerprints
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    pname = reg.resolve_protocol(protocol)
+    proto = reg.protocol(pname)
+    prep = proto.encoder.preprocessing
+    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
+    m = proto.batch_size
+    if len(data) % m:
+        err.print(f"[yellow]note:[/] {len(data)} images make {len(data) // m} batch(es) of {m}; "
+                  f"the last {len(data) % m} are left out")
+    fps = compute_fingerprints(data, proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+    provenance = {"input_sha256": digest, "n_images": int(len(data)), "input": str(images),
+                  "command": " ".join(shlex.quote(a) for a in
+                                      ["forensics", "registry", "enroll", name, str(images), "--protocol", pname])}
+    if note:
+        provenance["note"] = note
+    ids = reg.enroll(pname, name, fps, provenance, description=description)
+    undefined = sum(len(fp.undefined) for fp in fps)
+    if undefined:
+        err.print(f"[yellow]note:[/] {undefined} layer value(s) undefined (no cell passed the threshold), stored as null")
+    doc = {"protocol": pname, "generator": name, "instances": ids, "n_images": int(len(data)),
+           "input_sha256": digest, "registry": str(reg.path)}
+    if json_out:
+        print_json(doc)
+    else:
+        out.print(f"enrolled {len(ids)} instance(s) of [bold]{name}[/] under {pname}: {', '.join(ids)}")
+
+
+@app.command()
+@handle_errors
+def remove(
+    name: str = typer.Argument(..., help="Generator to remove (all its instances unless --instance)."),
+    protocol: Optional[str] = _PROTO,
+    instance: Optional[str] = typer.Option(None, "--instance", "-i", help="Remove only this instance."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """Remove a generator, or one of its instances, from a protocol.
+
+    Example: forensics registry remove dcgan --instance 3fa9c2d1e0b4-0 --protocol mnist-effnet-lite0
+    """
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    pname = reg.resolve_protocol(protocol)
+    removed = reg.remove(pname, name, instance)
+    if json_out:
+        print_json({"protocol": pname, "generator": name, "removed": removed})
+    else:
+        out.print(f"removed {len(removed)} instance(s) of {name} from {pname}: {', '.join(removed)}")
+
+
+# -- diff -----------------------------------------------------------------------------------------
+def _git_snapshot(spec: str, base: Path, tmp: Path) -> Path:
+    """Extract the registry folder as it is at git revision REV (``git:REV``) into ``tmp``."""
+    from forensics.errors import UsageError
+
+    rev = spec[4:] or "HEAD"
+    folder = base.resolve()
+    try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        rel = folder.relative_to(Path(top).resolve()).as_posix()
+        archive = subprocess.run(["git", "-C", top, "archive", "--format=tar", rev, rel], check=True,
+                                 capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        detail = detail.decode() if isinstance(detail, bytes) else str(detail)
+        if "did not match any files" in detail:  # no registry at that revision: an empty one
+            return tmp / "empty-registry"
+        raise UsageError(f"cannot read the registry at git revision {rev!r}: "
+                         f"{detail.strip().splitlines()[0] if detail.strip() else exc}") from None
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        try:
+            tar.extractall(tmp, filter="data")
+        except TypeError:  # Python without extraction filters
+            tar.extractall(tmp)
+    return tmp / rel
+
+
+@app.command()
+@handle_errors
+def diff(
+    other: str = typer.Argument(..., help="The other registry state: a folder, or git:REV (the registry at a "
+                                          "git revision, e.g. git:HEAD or git:main)."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """What two registry states disagree on: protocols, generators, instances, curves, provenance.
+
+    Changes read from OTHER (old) to --registry (new). Example: forensics registry diff git:HEAD
+    """
+    from rich.table import Table
+
+    from forensics.registry import Registry, default_registry_path
+    from forensics.registry import diff as registry_diff
+
+    new = Registry.open(registry, strict=False)
+    with tempfile.TemporaryDirectory(prefix="forensics-diff-") as tmp:
+        if other.startswith("git:"):
+            old_path = _git_snapshot(other, registry or default_registry_path(), Path(tmp))
+            old = Registry.open(old_path, strict=False, create=True)
+        else:
+            old = Registry.open(Path(other), strict=False)
+        changes = registry_diff(old, new)
+    if json_out:
+        print_json({"schema": "forensics.registry-diff/1", "old": other, "new": str(new.path), "changes": changes})
+        return
+    if not changes:
+        out.print("no differences")
+        return
+    table = Table(title=f"{other} → {new.path}", title_justify="left")
+    for col in ("change", "what", "protocol", "generator", "instance", "detail"):
+        table.add_column(col, overflow="fold")
+    colour = {"added": "green", "removed": "red", "changed": "yellow"}
+    for c in changes:
+        table.add_row(f"[{colour[c['change']]}]{c['change']}[/]", c["what"], c["protocol"] or "",
+                      c["generator"] or "", c["instance"] or "", c["detail"])
+    out.print(table)
+
+
+# -- evaluate / calibrate -------------------------------------------------------------------------
+def evaluate_protocol(reg: Any, name: str, matchers: list[str]) -> dict[str, Any]:
+    """LOO, leave-generator-out and (when roles exist) the hold-out split, for each matcher."""
+    from forensics.errors import UsageError
+    from forensics.matching import holdout, leave_generator_out, leave_one_out
+
+    refs = reg.references(name)
+    has_split = any(r.provenance.get("role") == "test_batch" for r in refs)
+    results = []
+    for mname in matchers:
+        ev = leave_one_out(refs, mname) if refs else None
+        if ev is None:
+            results.append({"matcher": mname, "loo_accuracy": None, "n": 0, "correct": 0, "error": "no references"})
+            continue
+        doc = ev.to_dict()
+        if ev.error is None:
+            doc["leave_generator_out"] = leave_generator_out(refs, mname)
+            if has_split:
+                try:
+                    split = holdout(refs, mname)
+                    split.pop("queries", None)
+                    doc["split"] = {"query_role": "test_batch", **split}
+                except UsageError as exc:
+                    doc["split"] = {"error": str(exc)}
+        results.append(doc)
+    gens = sorted({r.generator for r in refs})
+    return {"protocol": name, "digest": reg.protocol(name).digest, "n_generators": len(gens),
+            "n_instances": len(refs), "generators": gens, "matchers": results}
+
+
+def _render_evaluation(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    for p in doc["protocols"]:
+        table = Table(title=f"{p['protocol']}: {p['n_instances']} instances of {p['n_generators']} generators "
+                            "— leave-one-out", title_justify="left")
+        for col in ("matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
+                    "generator left out: unknown", "split (test_batch)"):
+            table.add_column(col, justify="right" if col != "matcher" else "left")
+        for m in p["matchers"]:
+            if m.get("error"):
+                table.add_row(m["matcher"], "—", "—", f"[red]{m['error']}[/]", "", "")
+                continue
+            os_ = m.get("open_set") or {}
+            lgo = m.get("leave_generator_out") or {}
+            split = m.get("split") or {}
+            table.add_row(
+                m["matcher"], f"{m['loo_accuracy']:.3f}", f"{m['correct']}/{m['n']}",
+                f"{os_.get('answered_right', '—')} · {os_.get('answered_wrong', '—')} · {os_.get('unknown', '—')}",
+                f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}",
+                f"{split['correct']}/{split['n']}" if "correct" in split else "—")
+        out.print(table)
+        for m in p["matchers"]:
+            conf = m.get("confusion")
+            if not conf or m.get("error"):
+                continue
+            labels, matrix = conf["labels"], conf["matrix"]
+            ct = Table(title=f"{p['protocol']} · {m['matcher']}: confusion (rows true, columns predicted)",
+                       title_justify="left")
+            ct.add_column("true \\ predicted")
+            for lab in labels:
+                ct.add_column(lab, justify="right")
+            for i, lab in enumerate(labels):
+                cells = [(f"[bold green]{v}[/]" if i == j and v else ("[red]" + str(v) + "[/]" if v else "[dim]·[/]"))
+                         for j, v in enumerate(matrix[i])]
+                ct.add_row(lab, *cells)
+            out.print(ct)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Evaluate this protocol only "
+                                                                           "(default: every protocol)."),
+    matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s) to evaluate, repeatable "
+                                                                  "(default: every registered matcher)."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """Leave-one-out attribution over every enrolled instance, each matcher side by side.
+
+    Reports LOO accuracy, n and the confusion matrix; the open-set verdicts (right, wrong, unknown);
+    how often a generator left out entirely comes out "unknown"; and the paper's split where instances
+    carry a role. Example: forensics registry evaluate --protocol he2024-cifar10-vitb16 --json
+    """
+    from forensics.matching import available_matchers
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    names = [protocol] if protocol else sorted(reg.protocols)
+    for n in names:
+        reg.protocol(n)
+    matchers = list(dict.fromkeys(matcher)) or available_matchers()
+    doc = {"schema": "forensics.evaluation/1", "registry": str(reg.path),
+           "protocols": [evaluate_protocol(reg, n, matchers) for n in names]}
+    if json_out:
+        print_json(doc)
+    else:
+        _render_evaluation(doc)
+
+
+@app.command()
+@handle_errors
+def calibrate(
+    protocol: Optional[str] = _PROTO,
+    matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s), repeatable (default: all)."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """Calibrate the open-set thresholds ("unknown") from the references and record them in the registry.
+
+    Writes <protocol>/calibration.yaml; matchers reuse it while the references are unchanged.
+    Example: forensics registry calibrate --protocol he2024-cifar10-vitb16
+    """
+    from forensics.matching import available_matchers, make_matcher
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    name = reg.resolve_protocol(protocol)
+    refs = reg.references(name)
+    records = {}
+    for mname in list(dict.fromkeys(matcher)) or available_matchers():
+        m = make_matcher(mname).fit(refs)
+        cal = dict(m.calibration or {})
+        cal.pop("source", None)
+        records[mname] = {"options": m.options(), **cal}
+    path = reg.save_calibration(name, records)
+    if json_out:
+        print_json({"protocol": name, "file": str(path), "matchers": records})
+    else:
+        for mname, cal in records.items():
+            if cal.get("calibrated"):
+                out.print(f"{mname}: unknown below score {_fmt(cal['score'], 4)} or margin {_fmt(cal['margin'], 4)} "
+                          f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {cal['n_answer']} + "
+                          f"{cal['n_unknown']} leave-one-out queries)")
+            else:
+                out.print(f"{mname}: not calibrated — {cal.get('reason')}")
+        err.print(f"written to {path}")
+
+
+# -- the paper's curves ---------------------------------------------------------------------------
+@app.command("import-paper")
+@handle_errors
+def import_paper(
+    src: Path = typer.Argument(..., help="The paper-curves folder (holds Ffull_score.txt, model_ct_scores.txt)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the protocol's generators if present."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """Import He et al. 2024's published CIFAR-10 curves as the protocol he2024-cifar10-vitb16.
+
+    Example: forensics registry import-paper ../shared/reference/paper-curves --overwrite
+    """
+    from forensics.papercurves import import_paper as run
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry, create=True)
+    result = run(src, reg, overwrite=overwrite)
+    if json_out:
+        print_json(result)
+    else:
+        n = sum(len(v) for v in result["generators"].values())
+        out.print(f"imported {n} curves of {len(result['generators'])} generators as {result['protocol']} "
+                  f"({_short(result['digest'])}) into {result['registry']}")
+
+
+@app.command("default")
+@handle_errors
+def default(
+    protocol: Optional[str] = typer.Argument(None, help="Protocol to make the default (omit to print it)."),
+    registry: Optional[Path] = _REG,
+):
+    """Print or set the registry's default protocol.
+
+    Example: forensics registry default he2024-cifar10-vitb16
+    """
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    if protocol is not None:
+        reg.set_default(protocol)
+    out.print(reg.default_protocol or "none")

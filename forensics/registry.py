@@ -1,0 +1,740 @@
+"""The fingerprint registry: reviewable YAML files, validated on load, written atomically under a lock.
+
+Layout (every file carries ``schema_version``)::
+
+    registry/
+      registry.yaml                      # schema_version, default_protocol
+      <protocol>/
+        protocol.yaml                    # schema_version, digest, protocol: Protocol.to_dict()
+        calibration.yaml                 # optional: open-set thresholds recorded by `registry calibrate`
+        generators/<generator>.yaml      # schema_version, generator, description, protocol_digest,
+                                         # instances: [{id, curve: [float | null, ...], provenance: {...}}]
+        reference/                       # optional: the fitted reference side (pipeline's business)
+
+One generator per file keeps git diffs small and concurrent enrolments of different generators apart;
+one curve per line keeps a diff of a re-enrolment readable. Files are read with ``yaml.safe_load`` only
+and every problem is reported with the file and the key (``validate()`` lists them all; ``open()``
+refuses a registry that has any). Writes take ``<registry>/.lock`` and go through a temporary file and
+an atomic rename, re-reading the file under the lock, so that two processes enrolling at once lose
+nothing and a crash never leaves half a file.
+
+The registry is ``$FORENSICS_REGISTRY`` when set, else the ``registry/`` folder of the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from forensics.errors import ProtocolMismatch, RegistryError, UsageError
+from forensics.hashing import is_digest, short
+from forensics.matching import Reference, references_digest
+from forensics.protocol import Fingerprint, Protocol
+
+SCHEMA_VERSION = 1
+ENV = "FORENSICS_REGISTRY"
+REGISTRY_FILE = "registry.yaml"
+PROTOCOL_FILE = "protocol.yaml"
+CALIBRATION_FILE = "calibration.yaml"
+GENERATORS_DIR = "generators"
+REFERENCE_DIR = "reference"
+LOCK_FILE = ".lock"
+LOCK_TIMEOUT_S = 120.0
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+PROVENANCE_REQUIRED = ("created", "by", "tool_version", "input_sha256", "n_images")
+_GENERATOR_KEYS = {"schema_version", "generator", "description", "protocol_digest", "instances"}
+_INSTANCE_KEYS = {"id", "curve", "provenance"}
+
+__all__ = ["Registry", "Reference", "default_registry_path", "diff", "SCHEMA_VERSION"]
+
+
+def default_registry_path() -> Path:
+    """``$FORENSICS_REGISTRY`` when set, else the ``registry/`` folder at the project root."""
+    env = os.environ.get(ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import forensics
+
+    return Path(forensics.__file__).resolve().parent.parent / "registry"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment
+        return "unknown"
+
+
+def _tool_version() -> str:
+    from forensics import __version__
+
+    return f"forensics {__version__}"
+
+
+# -- YAML ----------------------------------------------------------------------------------------
+class _Dumper(yaml.SafeDumper):
+    """Block style for mappings, one line per list of scalars (a curve is one line of a diff)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list, tuple)) for v in data) and len(data) > 0
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(tuple, _represent_list)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1 << 16,
+                     default_flow_style=False)
+
+
+def _read_yaml(path: Path, label: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(f"{label}: file is missing") from None
+    except OSError as exc:
+        raise RegistryError(f"{label}: cannot read ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RegistryError(f"{label}:{where}: not valid YAML ({what})") from None
+
+
+def _write_yaml(path: Path, data: Any, header: str = "") -> None:
+    from forensics.atomic import write_text_atomic
+
+    write_text_atomic(path, header + dump_yaml(data))
+
+
+_HEADER = "# forensics fingerprint registry (schema {v}); edit with `forensics registry …`, review in git.\n"
+
+
+# -- records -------------------------------------------------------------------------------------
+@dataclass
+class Instance:
+    id: str
+    values: tuple[float | None, ...]
+    provenance: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "curve": list(self.values), "provenance": dict(self.provenance)}
+
+
+@dataclass
+class GeneratorEntry:
+    name: str
+    description: str
+    protocol_digest: str
+    instances: list[Instance] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "generator": self.name, "description": self.description,
+                "protocol_digest": self.protocol_digest, "instances": [i.to_dict() for i in self.instances]}
+
+
+class _Problems(list):
+    def add(self, label: str, key: str | None, message: str) -> None:
+        self.append(f"{label}: {key}: {message}" if key else f"{label}: {message}")
+
+
+def _check_schema(data: Any, label: str, problems: _Problems) -> bool:
+    if not isinstance(data, Mapping):
+        problems.add(label, None, f"expected a mapping at the top, got {type(data).__name__}")
+        return False
+    version = data.get("schema_version")
+    if "schema_version" not in data:
+        problems.add(label, "schema_version", f"missing (expected {SCHEMA_VERSION})")
+        return False
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        problems.add(label, "schema_version", f"{version!r} is not supported by this version of forensics "
+                                              f"(expected {SCHEMA_VERSION}; upgrade forensics?)")
+        return False
+    return True
+
+
+def _parse_generator(data: Any, label: str, stem: str, protocol: Protocol | None,
+                     problems: _Problems) -> GeneratorEntry | None:
+    n0 = len(problems)
+    if not _check_schema(data, label, problems):
+        return None
+    for key in sorted(set(data) - _GENERATOR_KEYS):
+        problems.add(label, key, f"unknown key (expected {', '.join(sorted(_GENERATOR_KEYS))})")
+    name = data.get("generator")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.add(label, "generator", f"expected a name of letters, digits, '_.+-', got {name!r}")
+        name = stem
+    elif name != stem:
+        problems.add(label, "generator", f"{name!r} does not match the file name {stem!r}.yaml")
+    description = data.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        problems.add(label, "description", f"expected text, got {type(description).__name__}")
+        description = str(description)
+    digest = data.get("protocol_digest")
+    if not is_digest(digest):
+        problems.add(label, "protocol_digest", f"expected 'sha256:' and 64 hex digits, got {digest!r}")
+    elif protocol is not None and digest != protocol.digest:
+        problems.add(label, "protocol_digest", f"{short(digest)} is not the digest of protocol {protocol.name!r} "
+                                               f"({short(protocol.digest)}): curves made under another protocol")
+    instances = data.get("instances")
+    entry = GeneratorEntry(name, description, digest if isinstance(digest, str) else "", [])
+    if not isinstance(instances, list):
+        problems.add(label, "instances", f"expected a list, got {type(instances).__name__}")
+        return None
+    if not instances:
+        problems.add(label, "instances", "empty (remove the generator instead)")
+    n_layers = len(protocol.layers) if protocol is not None else None
+    seen: set[str] = set()
+    for i, inst in enumerate(instances):
+        key = f"instances[{i}]"
+        if not isinstance(inst, Mapping):
+            problems.add(label, key, f"expected a mapping, got {type(inst).__name__}")
+            continue
+        for extra in sorted(set(inst) - _INSTANCE_KEYS):
+            problems.add(label, f"{key}.{extra}", "unknown key (expected id, curve, provenance)")
+        iid = inst.get("id")
+        if not isinstance(iid, str) or not NAME_RE.match(iid):
+            problems.add(label, f"{key}.id", f"expected an id of letters, digits, '_.+-', got {iid!r}")
+            continue
+        key = f"instances[{i}] ({iid})"
+        if iid in seen:
+            problems.add(label, f"{key}.id", "duplicate instance id")
+        seen.add(iid)
+        curve = inst.get("curve")
+        values: list[float | None] = []
+        if not isinstance(curve, list) or not curve:
+            problems.add(label, f"{key}.curve", f"expected a list of numbers, got {curve!r:.60}")
+            continue
+        if n_layers is not None and len(curve) != n_layers:
+            problems.add(label, f"{key}.curve", f"has {len(curve)} values; the protocol has {n_layers} layers")
+        for j, v in enumerate(curve):
+            if v is None:
+                values.append(None)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                if not math.isfinite(v):
+                    problems.add(label, f"{key}.curve[{j}]", f"{v} is not allowed; write null for an undefined value")
+                values.append(float(v))
+            else:
+                problems.add(label, f"{key}.curve[{j}]", f"expected a number or null, got {v!r}")
+        prov = inst.get("provenance")
+        if not isinstance(prov, Mapping):
+            problems.add(label, f"{key}.provenance", "missing (who, when, tool version, input hash, images)")
+            prov = {}
+        else:
+            for req in PROVENANCE_REQUIRED:
+                if req not in prov:
+                    problems.add(label, f"{key}.provenance.{req}", "missing (null when not known)")
+            sha = prov.get("input_sha256")
+            if sha is not None and not is_digest(sha):
+                problems.add(label, f"{key}.provenance.input_sha256", f"expected a sha256 digest or null, got {sha!r}")
+            n = prov.get("n_images")
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
+                problems.add(label, f"{key}.provenance.n_images", f"expected a positive integer or null, got {n!r}")
+            created = prov.get("created")
+            if "created" in prov and not _is_iso(created):
+                problems.add(label, f"{key}.provenance.created", f"expected a UTC ISO time, got {created!r}")
+        entry.instances.append(Instance(iid, tuple(values), dict(prov)))
+    return entry if len(problems) == n0 else (entry if entry.instances else None)
+
+
+def _is_iso(value: Any) -> bool:
+    if isinstance(value, datetime):
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+# -- the registry --------------------------------------------------------------------------------
+class Registry:
+    """A registry folder, loaded and validated. Use :meth:`open`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.default_protocol: str | None = None
+        self.protocols: dict[str, Protocol] = {}
+        self.generators: dict[str, dict[str, GeneratorEntry]] = {}
+        self.calibrations: dict[str, dict[str, Any]] = {}
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.exists = False
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path | None = None, *, strict: bool = True, create: bool = False) -> Registry:
+        """Load and validate the registry at ``path`` (default :func:`default_registry_path`).
+
+        ``strict``: raise :class:`RegistryError` on the first problem (with the count of others); with
+        ``strict=False`` the problems are in ``.problems``. ``create``: a missing folder is an empty
+        registry (written on the first change) rather than an error.
+        """
+        reg = cls(Path(path).expanduser() if path is not None else default_registry_path())
+        if not reg.path.exists() and not create:
+            raise RegistryError(f"no registry at {reg.path} (pass --registry PATH or set {ENV})")
+        if reg.path.exists() and not reg.path.is_dir():
+            raise RegistryError(f"{reg.path}: a registry is a folder, this is a file")
+        reg._load(create=create)
+        if strict and reg.problems:
+            more = f" (and {len(reg.problems) - 1} more; run `forensics registry validate`)" if len(reg.problems) > 1 else ""
+            raise RegistryError(reg.problems[0] + more)
+        return reg
+
+    def reload(self) -> Registry:
+        self.__init__(self.path)
+        self._load(create=True)
+        return self
+
+    def _label(self, p: Path) -> str:
+        try:
+            return str(Path(self.path.name) / p.relative_to(self.path))
+        except ValueError:
+            return str(p)
+
+    def _load(self, *, create: bool) -> None:
+        problems = _Problems()
+        self.exists = self.path.is_dir()
+        top = self.path / REGISTRY_FILE
+        if top.is_file():
+            try:
+                data = _read_yaml(top, self._label(top))
+            except RegistryError as exc:
+                problems.append(str(exc))
+                data = None
+            if data is not None and _check_schema(data, self._label(top), problems):
+                for key in sorted(set(data) - {"schema_version", "default_protocol", "description"}):
+                    problems.add(self._label(top), key, "unknown key (expected schema_version, default_protocol)")
+                default = data.get("default_protocol")
+                if default is not None and not isinstance(default, str):
+                    problems.add(self._label(top), "default_protocol", f"expected a protocol name, got {default!r}")
+                else:
+                    self.default_protocol = default
+        elif self.exists and not create:
+            problems.add(self._label(top), None, "missing (every registry folder has one)")
+        folders = sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.exists else []
+        for folder in folders:
+            pfile = folder / PROTOCOL_FILE
+            if not pfile.is_file():
+                if (folder / GENERATORS_DIR).is_dir():
+                    problems.add(self._label(pfile), None, "missing, but the folder holds generators")
+                continue
+            proto = self._load_protocol(pfile, folder.name, problems)
+            if proto is None:
+                continue
+            self.protocols[proto.name] = proto
+            self.generators[proto.name] = self._load_generators(folder, proto, problems)
+            cfile = folder / CALIBRATION_FILE
+            if cfile.is_file():
+                self._load_calibration(cfile, proto.name, problems)
+        if self.default_protocol is not None and self.default_protocol not in self.protocols:
+            problems.add(self._label(top), "default_protocol",
+                         f"{self.default_protocol!r} is not a protocol of this registry "
+                         f"(known: {', '.join(sorted(self.protocols)) or 'none'})")
+        self.problems = list(problems)
+
+    def _load_protocol(self, pfile: Path, folder: str, problems: _Problems) -> Protocol | None:
+        label = self._label(pfile)
+        try:
+            data = _read_yaml(pfile, label)
+        except RegistryError as exc:
+            problems.append(str(exc))
+            return None
+        if not _check_schema(data, label, problems):
+            return None
+        for key in sorted(set(data) - {"schema_version", "digest", "protocol"}):
+            problems.add(label, key, "unknown key (expected schema_version, digest, protocol)")
+        try:
+            proto = Protocol.from_dict(data.get("protocol"), f"{label}: protocol")
+        except RegistryError as exc:
+            problems.append(str(exc))
+            return None
+        if proto.name != folder:
+            problems.add(label, "protocol.name", f"{proto.name!r} does not match its folder {folder!r}")
+            return None
+        if data.get("digest") != proto.digest:
+            problems.add(label, "digest", f"stored {data.get('digest')!r} is not the digest of the protocol record "
+                                          f"({proto.digest}); the record was edited by hand?")
+        return proto
+
+    def _load_generators(self, folder: Path, proto: Protocol, problems: _Problems) -> dict[str, GeneratorEntry]:
+        found: dict[str, GeneratorEntry] = {}
+        gdir = folder / GENERATORS_DIR
+        if not gdir.is_dir():
+            return found
+        lower: dict[str, str] = {}
+        curves: dict[tuple, str] = {}
+        for gfile in sorted(gdir.iterdir()):
+            if gfile.name.startswith(".") or gfile.is_dir():
+                continue
+            label = self._label(gfile)
+            if gfile.suffix not in (".yaml", ".yml"):
+                problems.add(label, None, "not a .yaml file (only generator files belong in generators/)")
+                continue
+            try:
+                data = _read_yaml(gfile, label)
+            except RegistryError as exc:
+                problems.append(str(exc))
+                continue
+            entry = _parse_generator(data, label, gfile.stem, proto, problems)
+            if entry is None:
+                continue
+            if entry.name.lower() in lower:
+                problems.add(label, "generator", f"{entry.name!r} duplicates generator {lower[entry.name.lower()]!r} "
+                                                 "(names are compared ignoring case)")
+                continue
+            lower[entry.name.lower()] = entry.name
+            for inst in entry.instances:
+                key = inst.values
+                if key in curves:
+                    problems.add(label, f"instances ({inst.id}).curve",
+                                 f"identical to the curve of {curves[key]} (enrolled twice?)")
+                else:
+                    curves[key] = f"{entry.name}/{inst.id}"
+            found[entry.name] = entry
+        return found
+
+    def _load_calibration(self, cfile: Path, protocol: str, problems: _Problems) -> None:
+        label = self._label(cfile)
+        try:
+            data = _read_yaml(cfile, label)
+        except RegistryError as exc:
+            problems.append(str(exc))
+            return
+        if not _check_schema(data, label, problems):
+            return
+        matchers = data.get("matchers")
+        if not isinstance(matchers, Mapping):
+            problems.add(label, "matchers", "expected a mapping of matcher name to calibration")
+            return
+        self.calibrations[protocol] = {str(k): dict(v) for k, v in matchers.items() if isinstance(v, Mapping)}
+        current = references_digest(self.references(protocol))
+        for name, cal in self.calibrations[protocol].items():
+            if cal.get("references_digest") != current:
+                self.warnings.append(f"{label}: matchers.{name}: calibrated on other references than the registry "
+                                     "now holds; matchers recalibrate at fit (run `forensics registry calibrate`)")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def protocol(self, name: str) -> Protocol:
+        if name not in self.protocols:
+            known = ", ".join(sorted(self.protocols)) or "none"
+            raise UsageError(f"no protocol {name!r} in the registry at {self.path}; known: {known}")
+        return self.protocols[name]
+
+    def resolve_protocol(self, name: str | None) -> str:
+        """``name``, or the registry's default protocol when ``name`` is None."""
+        if name is not None:
+            self.protocol(name)
+            return name
+        if self.default_protocol is None:
+            raise UsageError("the registry names no default protocol; pass --protocol "
+                             f"(known: {', '.join(sorted(self.protocols)) or 'none'})")
+        return self.default_protocol
+
+    def generator_entries(self, protocol_name: str) -> dict[str, GeneratorEntry]:
+        self.protocol(protocol_name)
+        return self.generators.get(protocol_name, {})
+
+    def references(self, protocol_name: str) -> list[Reference]:
+        """Every enrolled instance of every generator of a protocol (generators by name, instances in file order)."""
+        proto = self.protocol(protocol_name)
+        refs = []
+        for name in sorted(self.generators.get(protocol_name, {})):
+            entry = self.generators[protocol_name][name]
+            for inst in entry.instances:
+                refs.append(Reference(name, inst.id, Fingerprint(proto.digest, inst.values), dict(inst.provenance)))
+        return refs
+
+    def reference_dir(self, protocol_name: str) -> Path:
+        """Where the fitted reference side of a protocol may be shipped (the pipeline writes it)."""
+        return self.path / protocol_name / REFERENCE_DIR
+
+    def calibration(self, protocol_name: str, matcher: str) -> dict[str, Any] | None:
+        """The open-set calibration recorded for ``matcher`` (by ``registry calibrate``), if any."""
+        return self.calibrations.get(protocol_name, {}).get(matcher)
+
+    def validate(self) -> list[str]:
+        """Every problem found (empty when the registry is sound): file, key and what is wrong."""
+        return list(self.problems)
+
+    # -- writing ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the registry's write lock (``<registry>/.lock``)."""
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
+        try:
+            with lock:
+                yield
+        except Timeout:
+            raise RegistryError(f"the registry at {self.path} is locked by another process "
+                                f"({self.path / LOCK_FILE}); try again when it has finished") from None
+
+    def _write_top(self, default: str | None) -> None:
+        data = {"schema_version": SCHEMA_VERSION, "default_protocol": default}
+        _write_yaml(self.path / REGISTRY_FILE, data, _HEADER.format(v=SCHEMA_VERSION))
+
+    def _current_default(self) -> str | None:
+        top = self.path / REGISTRY_FILE
+        if not top.is_file():
+            return None
+        data = _read_yaml(top, self._label(top))
+        return data.get("default_protocol") if isinstance(data, Mapping) else None
+
+    def add_protocol(self, protocol: Protocol, *, overwrite: bool = False, default: bool = False) -> Path:
+        """Write ``<registry>/<name>/protocol.yaml``. An existing protocol of that name is kept unless it is
+        the same protocol (same digest) or ``overwrite`` is given; overwriting a protocol that has
+        generators with another digest is refused (their curves would no longer match)."""
+        if not NAME_RE.match(protocol.name):
+            raise UsageError(f"protocol name {protocol.name!r}: use letters, digits, '_', '.', '+', '-'")
+        folder = self.path / protocol.name
+        with self.lock():
+            pfile = folder / PROTOCOL_FILE
+            if pfile.is_file():
+                problems = _Problems()
+                old = self._load_protocol(pfile, protocol.name, problems)
+                if old is not None and old.digest != protocol.digest:
+                    if not overwrite:
+                        raise UsageError(f"protocol {protocol.name!r} already exists with other settings "
+                                         f"({'; '.join(old.differences(protocol)[:3])}); pick another name")
+                    if (folder / GENERATORS_DIR).is_dir() and any((folder / GENERATORS_DIR).glob("*.yaml")):
+                        raise UsageError(f"protocol {protocol.name!r} has enrolled generators; their curves would "
+                                         "no longer match a changed protocol: create a new protocol instead")
+            data = {"schema_version": SCHEMA_VERSION, "digest": protocol.digest, "protocol": protocol.to_dict()}
+            _write_yaml(pfile, data, _HEADER.format(v=SCHEMA_VERSION))
+            if default or not (self.path / REGISTRY_FILE).is_file():
+                current = self._current_default()
+                self._write_top(protocol.name if default else current)
+            self._ensure_gitignore()
+        self.reload()
+        return pfile
+
+    def set_default(self, protocol_name: str | None) -> None:
+        if protocol_name is not None:
+            self.protocol(protocol_name)
+        with self.lock():
+            self._write_top(protocol_name)
+        self.reload()
+
+    def _ensure_gitignore(self) -> None:
+        gi = self.path / ".gitignore"
+        if not gi.exists():
+            from forensics.atomic import write_text_atomic
+
+            write_text_atomic(gi, "# written by forensics: the write lock and interrupted temporary files\n"
+                                  ".lock\n.*.tmp\n")
+
+    def _read_entry(self, protocol: Protocol, gfile: Path) -> GeneratorEntry | None:
+        if not gfile.is_file():
+            return None
+        problems = _Problems()
+        entry = _parse_generator(_read_yaml(gfile, self._label(gfile)), self._label(gfile), gfile.stem,
+                                 protocol, problems)
+        if problems:
+            raise RegistryError(problems[0] + " (fix the file before writing to it)")
+        return entry
+
+    def _generator_file(self, protocol_name: str, generator: str) -> Path:
+        return self.path / protocol_name / GENERATORS_DIR / f"{generator}.yaml"
+
+    def enroll(self, protocol_name: str, generator: str, fingerprints: Sequence[Fingerprint],
+               provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None) -> list[str]:
+        """Add ``fingerprints`` as new instances of ``generator`` under a protocol; returns their ids.
+
+        ``provenance`` is recorded with every instance, completed with ``created`` (UTC), ``by``,
+        ``tool_version`` and the batch index; ``input_sha256`` and ``n_images`` describe the input the
+        fingerprints were computed from (null when unknown). Instance ids default to the first hex
+        digits of ``input_sha256`` and the batch index, so enrolling the same images twice is refused.
+        """
+        proto = self.protocol(protocol_name)
+        if not NAME_RE.match(generator):
+            raise UsageError(f"generator name {generator!r}: use letters, digits, '_', '.', '+', '-'")
+        fingerprints = list(fingerprints)
+        if not fingerprints:
+            raise UsageError("nothing to enrol: no fingerprints")
+        for fp in fingerprints:
+            if fp.protocol_digest != proto.digest:
+                raise ProtocolMismatch(f"a fingerprint was computed under protocol {short(fp.protocol_digest)}, "
+                                       f"not {protocol_name!r} ({short(proto.digest)})")
+            if len(fp.values) != len(proto.layers):
+                raise UsageError(f"a fingerprint has {len(fp.values)} values; protocol {protocol_name!r} has "
+                                 f"{len(proto.layers)} layers")
+        if ids is not None and len(ids) != len(fingerprints):
+            raise UsageError("one id per fingerprint is needed")
+        base = {"created": utc_now(), "by": _user(), "tool_version": _tool_version(),
+                "input_sha256": None, "n_images": None}
+        base.update(dict(provenance))
+        if base["input_sha256"] is not None and not is_digest(base["input_sha256"]):
+            raise UsageError(f"input_sha256 must be a sha256 digest, got {base['input_sha256']!r}")
+        prefix = short(base["input_sha256"], 12) if base["input_sha256"] else uuid.uuid4().hex[:12]
+        gfile = self._generator_file(protocol_name, generator)
+        with self.lock():
+            gdir = gfile.parent
+            if gdir.is_dir():
+                for other in gdir.glob("*.y*ml"):
+                    if other.stem.lower() == generator.lower() and other.stem != generator:
+                        raise UsageError(f"generator {other.stem!r} already exists (names are compared ignoring "
+                                         f"case); enrol under {other.stem!r}")
+            entry = self._read_entry(proto, gfile) or GeneratorEntry(generator, description, proto.digest, [])
+            elsewhere: dict[tuple, str] = {}
+            if gdir.is_dir():
+                for other in sorted(gdir.glob("*.yaml")):
+                    if other.stem != generator:
+                        got = self._read_entry(proto, other)
+                        for inst in got.instances if got is not None else []:
+                            elsewhere[inst.values] = f"{got.name}/{inst.id}"
+            for fp in fingerprints:
+                if fp.values in elsewhere:
+                    raise UsageError(f"this curve is already enrolled as {elsewhere[fp.values]} (the same images "
+                                     "under another name?)")
+            if description:
+                entry.description = description
+            existing = {i.id for i in entry.instances}
+            existing_curves = {i.values: i.id for i in entry.instances}
+            new_ids = list(ids) if ids is not None else [f"{prefix}-{j}" for j in range(len(fingerprints))]
+            for iid, fp in zip(new_ids, fingerprints):
+                if not NAME_RE.match(iid):
+                    raise UsageError(f"instance id {iid!r}: use letters, digits, '_', '.', '+', '-'")
+                if iid in existing:
+                    raise UsageError(f"{generator} already has an instance {iid!r} (the same images enrolled "
+                                     f"twice?); remove it first with `forensics registry remove`")
+                if fp.values in existing_curves:
+                    raise UsageError(f"{generator} already has this curve as instance {existing_curves[fp.values]!r}")
+                existing.add(iid)
+            for j, (iid, fp) in enumerate(zip(new_ids, fingerprints)):
+                prov = dict(base)
+                if len(fingerprints) > 1:
+                    prov["batch"] = j
+                entry.instances.append(Instance(iid, tuple(fp.values), prov))
+            _write_yaml(gfile, entry.to_dict())
+            self._ensure_gitignore()
+        self.reload()
+        return new_ids
+
+    def remove(self, protocol_name: str, generator: str, instance: str | None = None) -> list[str]:
+        """Remove a generator (its file) or one of its instances; returns the ids removed."""
+        proto = self.protocol(protocol_name)
+        gfile = self._generator_file(protocol_name, generator)
+        with self.lock():
+            entry = self._read_entry(proto, gfile)
+            if entry is None:
+                known = ", ".join(sorted(self.generators.get(protocol_name, {}))) or "none"
+                raise UsageError(f"no generator {generator!r} under protocol {protocol_name!r}; known: {known}")
+            if instance is None:
+                removed = [i.id for i in entry.instances]
+                gfile.unlink()
+            else:
+                keep = [i for i in entry.instances if i.id != instance]
+                if len(keep) == len(entry.instances):
+                    known = ", ".join(i.id for i in entry.instances)
+                    raise UsageError(f"{generator} has no instance {instance!r}; its instances: {known}")
+                removed = [instance]
+                if keep:
+                    entry.instances = keep
+                    _write_yaml(gfile, entry.to_dict())
+                else:
+                    gfile.unlink()
+        self.reload()
+        return removed
+
+    def save_calibration(self, protocol_name: str, calibrations: Mapping[str, Mapping[str, Any]]) -> Path:
+        """Record open-set calibrations (matcher name → :meth:`Matcher.describe`'s ``open_set`` plus options)."""
+        self.protocol(protocol_name)
+        cfile = self.path / protocol_name / CALIBRATION_FILE
+        with self.lock():
+            data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": _tool_version(),
+                    "matchers": {k: dict(v) for k, v in sorted(calibrations.items())}}
+            _write_yaml(cfile, data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
+        self.reload()
+        return cfile
+
+    def copy_to(self, target: Path) -> None:
+        """Copy the registry's files to ``target`` (tests, snapshots)."""
+        shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(LOCK_FILE, ".*.tmp"))
+
+
+# -- diff ----------------------------------------------------------------------------------------
+def diff(a: Registry, b: Registry) -> list[dict[str, Any]]:
+    """What two registry states disagree on, from ``a`` (old) to ``b`` (new).
+
+    Each change is ``{"change": "added" | "removed" | "changed", "what": "default_protocol" | "protocol" |
+    "generator" | "instance", "protocol", "generator", "instance", "detail"}``.
+    """
+    changes: list[dict[str, Any]] = []
+
+    def add(change, what, protocol=None, generator=None, instance=None, detail=""):
+        changes.append({"change": change, "what": what, "protocol": protocol, "generator": generator,
+                        "instance": instance, "detail": detail})
+
+    if a.default_protocol != b.default_protocol:
+        add("changed", "default_protocol", detail=f"{a.default_protocol!r} → {b.default_protocol!r}")
+    for name in sorted(set(a.protocols) | set(b.protocols)):
+        pa, pb = a.protocols.get(name), b.protocols.get(name)
+        if pa is None or pb is None:
+            owner = pb or pa
+            n = len((b if pa is None else a).generators.get(name, {}))
+            add("added" if pa is None else "removed", "protocol", name,
+                detail=f"digest {short(owner.digest)}, {n} generator(s)")
+            continue
+        if pa.digest != pb.digest:
+            add("changed", "protocol", name, detail="; ".join(pa.differences(pb)))
+        elif pa.to_dict() != pb.to_dict():
+            add("changed", "protocol", name, detail="description or notes")
+        ga, gb = a.generators.get(name, {}), b.generators.get(name, {})
+        for g in sorted(set(ga) | set(gb)):
+            ea, eb = ga.get(g), gb.get(g)
+            if ea is None or eb is None:
+                owner = eb or ea
+                add("added" if ea is None else "removed", "generator", name, g,
+                    detail=f"{len(owner.instances)} instance(s)")
+                continue
+            if ea.description != eb.description:
+                add("changed", "generator", name, g, detail=f"description {ea.description!r} → {eb.description!r}")
+            ia = {i.id: i for i in ea.instances}
+            ib = {i.id: i for i in eb.instances}
+            for iid in sorted(set(ia) | set(ib)):
+                xa, xb = ia.get(iid), ib.get(iid)
+                if xa is None or xb is None:
+                    owner = xb or xa
+                    add("added" if xa is None else "removed", "instance", name, g, iid,
+                        detail=f"created {owner.provenance.get('created')} by {owner.provenance.get('by')}")
+                    continue
+                if xa.values != xb.values:
+                    delta = max((abs((u or 0.0) - (v or 0.0)) for u, v in zip(xa.values, xb.values)), default=0.0)
+                    detail = (f"curve length {len(xa.values)} → {len(xb.values)}" if len(xa.values) != len(xb.values)
+                              else f"curve changed (largest difference {delta:.3g})")
+                    add("changed", "instance", name, g, iid, detail=detail)
+                if xa.provenance != xb.provenance:
+                    keys = sorted(k for k in set(xa.provenance) | set(xb.provenance)
+                                  if xa.provenance.get(k) != xb.provenance.get(k))
+                    add("changed", "instance", name, g, iid, detail=f"provenance: {', '.join(keys)}")
+    return changes

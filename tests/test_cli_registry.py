@@ -1,0 +1,170 @@
+"""``forensics registry …`` end to end through typer: list, show, validate, enrol, remove, diff, evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from forensics.cli_registry import app
+from forensics.papercurves import PROTOCOL_NAME
+from forensics.protocol import Fingerprint
+from forensics.registry import Registry
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _bundled_plugins_only(plugin_host):
+    yield plugin_host
+
+
+@pytest.fixture
+def paper_copy(tmp_path):
+    Registry.open().copy_to(tmp_path / "reg")
+    return tmp_path / "reg"
+
+
+def run(*args, code=0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    return result
+
+
+def test_every_command_has_an_example_in_its_help():
+    for cmd in ("list", "show", "validate", "enroll", "remove", "diff", "evaluate", "calibrate", "import-paper"):
+        result = run(cmd, "--help")
+        assert "Example" in result.output, cmd
+        assert "--registry" in result.output
+
+
+def test_list_show_validate(paper_copy):
+    doc = json.loads(run("list", "--registry", paper_copy, "--json").stdout)
+    assert doc["default_protocol"] == PROTOCOL_NAME
+    (p,) = [p for p in doc["protocols"] if p["name"] == PROTOCOL_NAME]
+    assert p["generators"] == {g: 3 for g in ("BigGAN", "ContraGAN", "DDIM", "DDPM", "PNDM", "SNGAN")}
+    assert PROTOCOL_NAME in run("list", "--registry", paper_copy).stdout
+    show = json.loads(run("show", PROTOCOL_NAME, "--registry", paper_copy, "--generator", "DDPM", "--json").stdout)
+    assert list(show["generators"]) == ["DDPM"] and len(show["generators"]["DDPM"]["instances"]) == 3
+    assert "ddpm_1" in run("show", "--registry", paper_copy, "--generator", "DDPM").stdout
+    run("show", "--registry", paper_copy, "--generator", "nope", code=2)
+    ok = json.loads(run("validate", "--registry", paper_copy, "--json").stdout)
+    assert ok["ok"] and ok["instances"] == 18
+
+
+def test_validate_fails_with_file_and_key(paper_copy):
+    path = paper_copy / PROTOCOL_NAME / "generators" / "DDIM.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["instances"][2]["curve"][4] = float("nan")
+    path.write_text(yaml.safe_dump(data))
+    result = run("validate", "--registry", paper_copy, code=1)
+    assert "DDIM.yaml: instances[2] (ddim_3).curve[4]: nan is not allowed" in result.stdout
+    # every other command refuses the damaged registry with one line naming the file and key
+    result = run("list", "--registry", paper_copy, code=1)
+    assert "DDIM.yaml" in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_reports_loo_confusion_and_split(paper_copy):
+    doc = json.loads(run("evaluate", "--registry", paper_copy, "--protocol", PROTOCOL_NAME,
+                         "-m", "alpha", "-m", "cosine", "--json").stdout)
+    assert doc["schema"] == "forensics.evaluation/1"
+    (p,) = doc["protocols"]
+    alpha, cosine = p["matchers"]
+    assert (alpha["matcher"], alpha["n"], alpha["correct"]) == ("alpha", 18, 15)
+    assert alpha["loo_accuracy"] == pytest.approx(15 / 18)
+    assert alpha["confusion"]["labels"] == ["BigGAN", "ContraGAN", "DDIM", "DDPM", "PNDM", "SNGAN"]
+    assert sum(map(sum, alpha["confusion"]["matrix"])) == 18
+    assert (alpha["split"]["correct"], alpha["split"]["n"]) == (6, 6)
+    assert alpha["leave_generator_out"]["n"] == 18
+    assert (cosine["correct"], cosine["split"]["correct"]) == (12, 4)
+    text = run("evaluate", "--registry", paper_copy, "-m", "alpha").stdout
+    assert "confusion" in text and "15/18" in text and "PNDM" in text
+
+
+def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
+    from forensics.matching import make_matcher
+
+    run("calibrate", "--registry", paper_copy, "-m", "alpha")
+    reg = Registry.open(paper_copy)
+    recorded = reg.calibration(PROTOCOL_NAME, "alpha")
+    assert recorded["calibrated"] and recorded["options"]["alpha"] == 0.5
+    m = make_matcher("alpha", calibration=recorded).fit(reg.references(PROTOCOL_NAME))
+    assert m.calibration["source"] == "recorded" and m.calibration["score"] == recorded["score"]
+    run("remove", "DDPM", "--instance", "ddpm_3", "--registry", paper_copy)
+    assert any("calibrated on other references" in w for w in Registry.open(paper_copy).warnings)
+
+
+def test_remove_and_diff(paper_copy, tmp_path):
+    before = tmp_path / "before"
+    Registry.open(paper_copy).copy_to(before)
+    out = json.loads(run("remove", "PNDM", "--registry", paper_copy, "--json").stdout)
+    assert out["removed"] == ["pndm_1", "pndm_2", "pndm_3"]
+    run("remove", "PNDM", "--registry", paper_copy, code=2)
+    doc = json.loads(run("diff", before, "--registry", paper_copy, "--json").stdout)
+    assert [(c["change"], c["what"], c["generator"]) for c in doc["changes"]] == [("removed", "generator", "PNDM")]
+    assert "removed" in run("diff", before, "--registry", paper_copy).stdout
+    assert "no differences" in run("diff", before, "--registry", before).stdout
+
+
+def test_import_paper_command(tmp_path):
+    from test_papercurves import SRC, needs_src  # noqa: F401
+
+    if not (SRC / "Ffull_score.txt").is_file():
+        pytest.skip("reference curves not present")
+    doc = json.loads(run("import-paper", SRC, "--registry", tmp_path / "new", "--json").stdout)
+    assert doc["n_curves"] == 18
+    run("import-paper", SRC, "--registry", tmp_path / "new", code=2)
+
+
+def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch):
+    """The command splits into batches of m, records provenance; the pipeline itself is stubbed here."""
+    pipeline = pytest.importorskip("forensics.pipeline")
+    from test_registry import toy_protocol
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    reg.add_protocol(proto, default=True)
+    calls = {}
+
+    def fake(images, protocol, **kw):
+        calls["n"] = len(images)
+        m = protocol.batch_size
+        return [Fingerprint.from_values(protocol.digest, [float(i), float(images[i * m:(i + 1) * m].mean()), None])
+                for i in range(len(images) // m)]
+
+    monkeypatch.setattr(pipeline, "compute_fingerprints", fake)
+    images = np.random.default_rng(0).integers(0, 255, size=(25, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", images=images)
+    doc = json.loads(run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg",
+                         "--description", "a GAN", "--note", "run 1", "--json").stdout)
+    assert calls["n"] == 25 and len(doc["instances"]) == 2
+    refs = Registry.open(tmp_path / "reg").references("toy")
+    assert [r.fingerprint.values[2] for r in refs] == [None, None]
+    prov = refs[0].provenance
+    assert prov["input_sha256"] == doc["input_sha256"] and prov["n_images"] == 25 and prov["note"] == "run 1"
+    assert prov["command"].startswith("forensics registry enroll gan")
+    run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", code=2)  # same images twice
+
+
+def test_enroll_with_the_real_pipeline(tmp_path):
+    """Fingerprints computed for real: digits under a random tiny ViT, batches of 100."""
+    pipeline = pytest.importorskip("forensics.pipeline")
+    pytest.importorskip("forensics.ct")  # the C_T statistic the pipeline computes with
+    import forensics_datasets
+
+    proto = pipeline.make_protocol("digits-tiny", dataset="digits", encoder="vit_tiny_patch16_224.augreg_in21k",
+                                   encoder_options={"image_size": 32}, weights="random",
+                                   statistic_params={"k": 3, "distance": "cosine", "projection": 16, "seed": 0},
+                                   batch_size=100)
+    reg = Registry.open(tmp_path / "reg", create=True)
+    reg.add_protocol(proto, default=True)
+    images = forensics_datasets.load_digits("test")[:200]
+    np.savez(tmp_path / "copies.npz", images=images)
+    doc = json.loads(run("enroll", "copies", tmp_path / "copies.npz", "--registry", tmp_path / "reg",
+                         "--json").stdout)
+    assert len(doc["instances"]) == 2
+    refs = Registry.open(tmp_path / "reg").references("digits-tiny")
+    assert len(refs) == 2 and all(len(r.fingerprint.values) == len(proto.layers) for r in refs)

@@ -1,0 +1,244 @@
+"""Matchers: He et al.'s similarity and 1-NN, cosine, SVM, open-set "unknown", evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from forensics.errors import ProtocolMismatch, UsageError
+from forensics.matching import (
+    Matcher,
+    Reference,
+    holdout,
+    leave_generator_out,
+    leave_one_out,
+    make_matcher,
+    similarity,
+    similarity_matrix,
+)
+from forensics.papercurves import PROTOCOL_NAME, paper_split
+from forensics.protocol import Fingerprint
+from forensics.registry import Registry
+
+DIGEST = "sha256:" + "1" * 64
+
+
+@pytest.fixture(autouse=True)
+def _bundled_plugins_only(plugin_host):
+    yield plugin_host
+
+
+@pytest.fixture(scope="module")
+def paper_refs():
+    return Registry.open().references(PROTOCOL_NAME)
+
+
+def toy_refs(seed=0, per=4, gens=("a", "b", "c"), n_layers=6, spread=0.05):
+    """Well-separated synthetic generators: each a distinct curve shape plus small noise."""
+    rng = np.random.default_rng(seed)
+    refs = []
+    x = np.linspace(0, 1, n_layers)
+    shapes = [4 * x - 1, 2 * np.sin(6 * x) + 1, 8 * (x - 0.5) ** 2 - 1, -3 * x + 0.5, 2 * np.cos(9 * x)]
+    for k, g in enumerate(gens):
+        base = shapes[k]
+        for i in range(per):
+            v = base + rng.normal(0, spread, n_layers)
+            refs.append(Reference(g, f"{g}{i}", Fingerprint.from_values(DIGEST, v.tolist())))
+    return refs
+
+
+# -- similarity -----------------------------------------------------------------------------------
+def test_similarity_is_the_papers_formula():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 0.0, 4.0])
+    cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    l2 = np.linalg.norm(a - b)
+    assert similarity(a, b) == pytest.approx(0.5 * cos + 0.5 / (1 + l2), abs=1e-15)
+    assert similarity(a, b, alpha=1.0) == pytest.approx(cos, abs=1e-15)
+    assert similarity(a, b, alpha=0.2) == pytest.approx(0.2 * cos + 0.8 / (1 + l2), abs=1e-15)
+    assert similarity(a, a) == pytest.approx(1.0)
+    m = similarity_matrix(np.stack([a, b]), np.stack([a, b, np.zeros(3)]))
+    assert m.shape == (2, 3) and np.isfinite(m).all()
+    assert m[0, 2] == pytest.approx(0.5 / (1 + np.linalg.norm(a)))  # zero curve: cosine counts as 0
+
+
+def test_bundled_matchers_come_through_the_plugin_host(plugin_host):
+    found = plugin_host.collect("matchers")
+    assert {"alpha", "cosine", "svm"} <= set(found)
+    assert all(p.plugin == "matchers" for n, p in found.items() if n in ("alpha", "cosine", "svm"))
+    assert make_matcher("alpha").alpha == 0.5 and make_matcher("cosine").alpha == 1.0
+    assert make_matcher("alpha", alpha=0.3).options()["alpha"] == 0.3
+    with pytest.raises(UsageError, match="available: .*alpha"):
+        make_matcher("nope")
+    with pytest.raises(UsageError, match="does not take"):
+        make_matcher("alpha", bogus=1)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        make_matcher("alpha", alpha=2)
+
+
+# -- the paper's numbers --------------------------------------------------------------------------
+def test_paper_curves_leave_one_out_alpha_is_15_of_18(paper_refs):
+    ev = leave_one_out(paper_refs, "alpha")
+    assert (ev.correct, ev.n) == (15, 18)
+    assert ev.loo_accuracy == pytest.approx(15 / 18)
+    assert ev.labels == ["BigGAN", "ContraGAN", "DDIM", "DDPM", "PNDM", "SNGAN"]
+    assert sum(map(sum, ev.confusion)) == 18
+    assert sum(ev.confusion[i][i] for i in range(6)) == 15
+    # the three misses: DDPM → SNGAN once, PNDM → DDIM twice
+    assert ev.confusion[3][5] == 1 and ev.confusion[4][2] == 2
+
+
+@pytest.mark.parametrize("matcher,full,small", [("alpha", 6, 5), ("cosine", 4, 4)])
+def test_paper_split_full_and_small(paper_refs, matcher, full, small):
+    for which, expected in (("full", full), ("small", small)):
+        refs, queries = paper_split(paper_refs, which)
+        assert len(queries) == 6 and len(refs) == (12 if which == "full" else 6)
+        m = make_matcher(matcher, open_set=False).fit(refs)
+        right = sum(m.attribute(q.fingerprint).verdict == q.generator for q in queries)
+        assert right == expected, (matcher, which)
+
+
+def test_holdout_uses_the_test_batch_role(paper_refs):
+    result = holdout(paper_refs, "alpha")
+    assert (result["correct"], result["n"], result["n_references"]) == (6, 6, 12)
+
+
+def test_cosine_and_svm_on_paper_curves(paper_refs):
+    assert leave_one_out(paper_refs, "cosine").correct == 12
+    ev = leave_one_out(paper_refs, "svm")  # rbf, C = 10: one better than the paper's 1-NN
+    assert (ev.correct, ev.n) == (16, 18)
+    assert holdout(paper_refs, "svm")["correct"] == 6
+    assert leave_one_out(paper_refs, "svm", kernel="linear", C=1.0).correct == 15
+
+
+# -- attribution ----------------------------------------------------------------------------------
+def test_attribution_ranks_one_candidate_per_generator(paper_refs):
+    m = make_matcher("alpha", open_set=False).fit(paper_refs)
+    q = paper_refs[0]
+    res = m.attribute(q.fingerprint)
+    gens = [c.generator for c in res.candidates]
+    assert sorted(gens) == sorted(set(r.generator for r in paper_refs))
+    scores = [c.score for c in res.candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert res.candidates[0].score == pytest.approx(1.0)  # the query itself is a reference
+    assert res.margin == pytest.approx(scores[0] - scores[1])
+    assert res.verdict == q.generator and res.candidates[0].instance == q.instance
+    assert res.threshold is None and res.to_dict()["candidates"][0]["generator"] == q.generator
+    # an array works too, NaN counting as 0 (He et al.)
+    v = q.fingerprint.vector().copy()
+    v[0] = math.nan
+    assert m.attribute(v).verdict == q.generator
+
+
+def test_refuses_other_protocols_and_lengths():
+    refs = toy_refs()
+    m = make_matcher("alpha").fit(refs)
+    with pytest.raises(ProtocolMismatch):
+        m.attribute(Fingerprint.from_values("sha256:" + "2" * 64, [0.0] * 6))
+    with pytest.raises(UsageError, match="5 values"):
+        m.attribute(np.zeros(5))
+    mixed = refs + [Reference("d", "d0", Fingerprint.from_values("sha256:" + "2" * 64, [0.0] * 6))]
+    with pytest.raises(ProtocolMismatch):
+        make_matcher("alpha").fit(mixed)
+    with pytest.raises(UsageError, match="no reference"):
+        make_matcher("alpha").fit([])
+    with pytest.raises(UsageError, match="two generators"):
+        make_matcher("svm").fit([r for r in refs if r.generator == "a"])
+    with pytest.raises(UsageError, match="not been fitted"):
+        make_matcher("alpha").attribute(np.zeros(6))
+
+
+# -- open set -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["alpha", "cosine", "svm"])
+def test_open_set_says_unknown_for_a_generator_left_out(name):
+    refs = toy_refs(per=4, gens=("a", "b", "c", "d"))
+    known = [r for r in refs if r.generator != "d"]
+    m = make_matcher(name).fit(known)
+    cal = m.calibration
+    assert cal["calibrated"] and cal["n_references"] == 12 and "balanced accuracy" in cal["rule"]
+    assert cal["references_digest"] == m.describe()["references_digest"]
+    for r in refs:
+        res = m.attribute(r.fingerprint)
+        if r.generator == "d":
+            assert res.verdict is None and res.reason.startswith("unknown"), (name, res)
+            assert res.candidates  # still ranked
+        else:
+            assert res.verdict == r.generator, (name, res.reason)
+        assert res.threshold["score"] == cal["score"]
+    lgo = leave_generator_out(refs, name)
+    assert lgo["unknown"] == lgo["n"] == 16
+
+
+def test_open_set_on_paper_curves_leaving_each_generator_out(paper_refs):
+    lgo = leave_generator_out(paper_refs, "alpha")
+    assert lgo["n"] == 18
+    assert lgo["unknown"] == 13  # measured; recorded in the report to the lead
+    ev = leave_one_out(paper_refs, "alpha")
+    assert ev.open_set == {"answered_right": 9, "answered_wrong": 2, "unknown": 7}
+    closed = leave_one_out(paper_refs, "alpha", open_set=False)
+    assert closed.open_set is None and closed.correct == 15
+
+
+def test_uncalibratable_references_fall_back_to_closed_set():
+    refs = toy_refs(per=1)
+    m = make_matcher("alpha").fit(refs)
+    assert m.calibration["calibrated"] is False
+    res = m.attribute(refs[0].fingerprint)
+    assert res.verdict == "a" and "unavailable" in res.reason
+
+
+def test_recorded_calibration_is_reused_only_for_the_same_references():
+    refs = toy_refs()
+    cal = make_matcher("alpha").fit(refs).calibration
+    recorded = {**cal, "score": 0.123}
+    m = make_matcher("alpha", calibration=recorded).fit(refs)
+    assert m.calibration["score"] == 0.123 and m.calibration["source"] == "recorded"
+    m2 = make_matcher("alpha", calibration=recorded).fit(refs[:-1])
+    assert m2.calibration["source"] == "calibrated at fit" and m2.calibration["score"] != 0.123
+
+
+def test_describe_is_json_ready():
+    import json
+
+    m = make_matcher("svm", kernel="rbf", C=3).fit(toy_refs())
+    d = m.describe()
+    assert d["name"] == "svm" and d["options"] == {"kernel": "rbf", "C": 3.0, "gamma": "scale", "open_set": True}
+    json.dumps(d, allow_nan=False)
+    cosine = make_matcher("cosine").fit(Registry.open().references(PROTOCOL_NAME))
+    assert cosine.calibration["margin"] is None  # not applied: recorded as null, never -inf
+    json.dumps(cosine.describe(), allow_nan=False)
+
+
+def test_matcher_base_is_a_plugin_contract():
+    class Mean(Matcher):
+        """A plugin author's matcher: closeness to each generator's mean curve."""
+
+        def _fit(self, x, labels, ids):
+            self.means = {g: x[labels == g].mean(axis=0) for g in set(labels)}
+
+        def _rank(self, curve):
+            from forensics.matching import Candidate
+
+            return [Candidate(g, -float(np.linalg.norm(curve - mu))) for g, mu in self.means.items()]
+
+    refs = toy_refs()
+    assert leave_one_out(refs, Mean()).correct == len(refs)
+
+
+def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
+    from forensics.matching import _generic_points
+
+    for name in ("alpha", "cosine"):
+        m = make_matcher(name)
+        fast_a, fast_u, _ = m._calibration_points(paper_refs)
+        slow_a, slow_u, how = _generic_points(m, paper_refs)
+        assert how == "leave-one-out"
+        np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)
+
+
+def test_calibration_thresholds_on_paper_curves(paper_refs):
+    cal = make_matcher("alpha").fit(paper_refs).calibration
+    assert (cal["n_answer"], cal["n_unknown"]) == (15, 21)
+    assert cal["score"] == pytest.approx(0.71273, abs=1e-5) and cal["margin"] == pytest.approx(0.03967, abs=1e-5)

@@ -1,0 +1,258 @@
+"""The registry: layout, validation with file and key, atomic locked writes, enrol/remove, diff."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from forensics.errors import ProtocolMismatch, RegistryError, UsageError
+from forensics.papercurves import PROTOCOL_NAME
+from forensics.protocol import DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
+from forensics.registry import Registry, default_registry_path, diff
+
+SHA = "sha256:" + "ab" * 32
+
+
+def toy_protocol(name="toy", layers=3, k=3) -> Protocol:
+    return Protocol(
+        name=name, train=DataRef("digits", "train", 100, SHA), test=DataRef("digits", "test", 50, SHA),
+        encoder=EncoderRef("tiny", SHA, "random", tuple(f"l{i}" for i in range(layers)), "mean",
+                           {"size": 8, "resize": 8, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}),
+        statistic=StatisticRef("ct", {"k": k, "distance": "cosine", "projection": None, "tau": None, "seed": 0}),
+        batch_size=10, description="a toy protocol")
+
+
+def fps(proto: Protocol, *curves):
+    return [Fingerprint.from_values(proto.digest, c) for c in curves]
+
+
+@pytest.fixture
+def reg(tmp_path) -> Registry:
+    r = Registry.open(tmp_path / "reg", create=True)
+    r.add_protocol(toy_protocol(), default=True)
+    return r
+
+
+def test_default_path_and_environment(monkeypatch, tmp_path):
+    import forensics
+
+    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
+    assert default_registry_path() == Path(forensics.__file__).resolve().parent.parent / "registry"
+    monkeypatch.setenv("FORENSICS_REGISTRY", str(tmp_path))
+    assert default_registry_path() == tmp_path
+    with pytest.raises(RegistryError, match="no registry at"):
+        Registry.open(tmp_path / "missing")
+
+
+def test_bundled_registry_is_valid_and_holds_the_paper_protocol():
+    reg = Registry.open()
+    assert reg.validate() == [] and reg.default_protocol in reg.protocols
+    assert PROTOCOL_NAME in reg.protocols
+    refs = reg.references(PROTOCOL_NAME)
+    assert len(refs) == 18 and all(len(r.fingerprint.values) == 12 for r in refs)
+    with pytest.raises(UsageError, match=f"known: .*{PROTOCOL_NAME}"):
+        reg.protocol("nope")
+
+
+def test_round_trip_is_exact_and_keeps_undefined_values(reg):
+    proto = reg.protocol("toy")
+    curves = [[0.1 + 1e-17, -2.123456789012345, None], [1 / 3, 2e-300, 5.0]]
+    ids = reg.enroll("toy", "gan", fps(proto, *curves), {"input_sha256": SHA, "n_images": 20, "note": "x"},
+                     description="a GAN")
+    assert ids == ["abababababab-0", "abababababab-1"]
+    again = Registry.open(reg.path)
+    refs = again.references("toy")
+    assert [r.fingerprint.values for r in refs] == [tuple(c) for c in curves]
+    assert refs[0].fingerprint.protocol_digest == proto.digest
+    prov = refs[1].provenance
+    assert prov["input_sha256"] == SHA and prov["n_images"] == 20 and prov["batch"] == 1 and prov["note"] == "x"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", prov["created"])
+    assert prov["tool_version"].startswith("forensics ") and prov["by"]
+    text = (reg.path / "toy" / "generators" / "gan.yaml").read_text()
+    assert f"curve: [{curves[0][0]!r}, -2.123456789012345, null]" in text  # one line per curve, null = undefined
+    assert again.generators["toy"]["gan"].description == "a GAN"
+    assert not list(reg.path.rglob(".*.tmp"))
+
+
+def test_enroll_refuses_mismatches_and_duplicates(reg):
+    proto = reg.protocol("toy")
+    other = toy_protocol(k=5)
+    with pytest.raises(ProtocolMismatch):
+        reg.enroll("toy", "gan", fps(other, [1, 2, 3]), {})
+    with pytest.raises(UsageError, match="3 layers"):
+        reg.enroll("toy", "gan", fps(proto, [1, 2]), {})
+    with pytest.raises(UsageError, match="generator name"):
+        reg.enroll("toy", "bad name", fps(proto, [1, 2, 3]), {})
+    reg.enroll("toy", "gan", fps(proto, [1, 2, 3]), {"input_sha256": SHA})
+    with pytest.raises(UsageError, match="enrolled twice"):
+        reg.enroll("toy", "gan", fps(proto, [4, 5, 6]), {"input_sha256": SHA})
+    with pytest.raises(UsageError, match="already has this curve"):
+        reg.enroll("toy", "gan", fps(proto, [1, 2, 3]), {})
+    with pytest.raises(UsageError, match="already enrolled as gan/"):
+        reg.enroll("toy", "vae", fps(proto, [1, 2, 3]), {})
+    with pytest.raises(UsageError, match="ignoring case"):
+        reg.enroll("toy", "GAN", fps(proto, [7, 8, 9]), {})
+    with pytest.raises(UsageError, match="no protocol 'nope'"):
+        reg.enroll("nope", "gan", fps(proto, [1, 2, 3]), {})
+
+
+def test_remove_instance_and_generator(reg):
+    proto = reg.protocol("toy")
+    ids = reg.enroll("toy", "gan", fps(proto, [1, 2, 3], [2, 3, 4]), {})
+    reg.enroll("toy", "vae", fps(proto, [3, 2, 1]), {})
+    assert reg.remove("toy", "gan", ids[0]) == [ids[0]]
+    assert [r.instance for r in reg.references("toy") if r.generator == "gan"] == [ids[1]]
+    with pytest.raises(UsageError, match="no instance"):
+        reg.remove("toy", "gan", "nope")
+    assert reg.remove("toy", "gan") == [ids[1]]
+    assert not (reg.path / "toy" / "generators" / "gan.yaml").exists()
+    with pytest.raises(UsageError, match="known: vae"):
+        reg.remove("toy", "gan")
+
+
+def test_protocol_writes(reg):
+    changed = toy_protocol(k=7)
+    with pytest.raises(UsageError, match="other settings"):
+        reg.add_protocol(changed)
+    reg.add_protocol(changed, overwrite=True)  # no generators yet: allowed
+    reg.enroll("toy", "gan", fps(changed, [1, 2, 3]), {})
+    with pytest.raises(UsageError, match="enrolled generators"):
+        reg.add_protocol(toy_protocol(k=3), overwrite=True)
+    reg.add_protocol(changed)  # same digest: a no-op rewrite
+    reg.add_protocol(toy_protocol("second"))
+    assert reg.default_protocol == "toy" and set(reg.protocols) == {"toy", "second"}
+    reg.set_default("second")
+    assert Registry.open(reg.path).default_protocol == "second"
+
+
+# -- validation: every problem names the file and the key ----------------------------------------
+def _edit(path: Path, fn):
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture
+def filled(reg):
+    proto = reg.protocol("toy")
+    reg.enroll("toy", "gan", fps(proto, [1, 2, 3], [2, 3, 4]), {"input_sha256": SHA, "n_images": 20})
+    reg.enroll("toy", "vae", fps(proto, [3, 2, 1]), {})
+    assert Registry.open(reg.path).validate() == []
+    return reg
+
+
+@pytest.mark.parametrize("case,file,expected", [
+    ("digest", "toy/protocol.yaml", r"toy/protocol\.yaml: digest: stored .* is not the digest"),
+    ("layers", "toy/protocol.yaml", r"toy/protocol\.yaml: protocol\.encoder\.layers"),
+    ("nan", "toy/generators/gan.yaml", r"gan\.yaml: instances\[0\] \(abababababab-0\)\.curve\[1\]: nan is not allowed"),
+    ("inf", "toy/generators/gan.yaml", r"gan\.yaml: instances\[1\] \(abababababab-1\)\.curve\[2\]: inf is not allowed"),
+    ("length", "toy/generators/gan.yaml", r"gan\.yaml: instances\[0\] \(abababababab-0\)\.curve: has 2 values; "
+                                          r"the protocol has 3 layers"),
+    ("schema", "toy/generators/gan.yaml", r"gan\.yaml: schema_version: 2 is not supported"),
+    ("name", "toy/generators/gan.yaml", r"gan\.yaml: generator: 'GAN2' does not match the file name"),
+    ("dupid", "toy/generators/gan.yaml", r"gan\.yaml: instances\[1\] \(abababababab-0\)\.id: duplicate instance id"),
+    ("provenance", "toy/generators/gan.yaml", r"gan\.yaml: instances\[0\] \(abababababab-0\)\.provenance\.created: "
+                                              r"missing"),
+    ("protodigest", "toy/generators/gan.yaml", r"gan\.yaml: protocol_digest: .* another protocol"),
+    ("string", "toy/generators/gan.yaml", r"gan\.yaml: instances\[0\] \(abababababab-0\)\.curve\[0\]: expected a number"),
+    ("default", "registry.yaml", r"registry\.yaml: default_protocol: 'gone' is not a protocol"),
+])
+def test_validate_names_file_and_key(filled, case, file, expected):
+    path = filled.path / file
+    edits = {
+        "digest": lambda d: d.update(digest="sha256:" + "0" * 64),
+        "layers": lambda d: d["protocol"]["encoder"].update(layers=["l0", "l0"]),
+        "nan": lambda d: d["instances"][0]["curve"].__setitem__(1, float("nan")),
+        "inf": lambda d: d["instances"][1]["curve"].__setitem__(2, float("inf")),
+        "length": lambda d: d["instances"][0].update(curve=[1.0, 2.0]),
+        "schema": lambda d: d.update(schema_version=2),
+        "name": lambda d: d.update(generator="GAN2"),
+        "dupid": lambda d: d["instances"][1].update(id=d["instances"][0]["id"]),
+        "provenance": lambda d: d["instances"][0]["provenance"].pop("created"),
+        "protodigest": lambda d: d.update(protocol_digest="sha256:" + "0" * 64),
+        "string": lambda d: d["instances"][0]["curve"].__setitem__(0, "one"),
+        "default": lambda d: d.update(default_protocol="gone"),
+    }
+    _edit(path, edits[case])
+    problems = Registry.open(filled.path, strict=False).validate()
+    assert any(re.search(expected, p) for p in problems), problems
+    with pytest.raises(RegistryError) as info:
+        Registry.open(filled.path)
+    assert info.value.args[0] in problems[0] or problems[0] in info.value.args[0]
+
+
+def test_validate_reports_yaml_errors_duplicates_and_stray_files(filled):
+    gdir = filled.path / "toy" / "generators"
+    (gdir / "broken.yaml").write_text("schema_version: 1\ninstances: [1, 2\n")
+    (gdir / "GAN.yaml").write_text((gdir / "gan.yaml").read_text().replace("generator: gan", "generator: GAN"))
+    (gdir / "notes.txt").write_text("hello")
+    problems = Registry.open(filled.path, strict=False).validate()
+    text = "\n".join(problems)
+    assert re.search(r"broken\.yaml: line \d+: not valid YAML", text)
+    assert re.search(r"(GAN|gan)\.yaml: generator: .* duplicates generator", text)
+    assert "notes.txt: not a .yaml file" in text
+
+
+def test_validate_flags_one_curve_under_two_generators(filled):
+    vae = filled.path / "toy" / "generators" / "vae.yaml"
+    _edit(vae, lambda d: d["instances"][0].update(curve=[1.0, 2.0, 3.0]))
+    problems = Registry.open(filled.path, strict=False).validate()
+    assert any("vae.yaml" in p and "identical to the curve of gan/" in p for p in problems), problems
+
+
+def test_files_are_read_with_safe_load_only(filled):
+    path = filled.path / "toy" / "generators" / "vae.yaml"
+    path.write_text("!!python/object/apply:os.system ['echo unsafe']\n")
+    problems = Registry.open(filled.path, strict=False).validate()
+    assert any("vae.yaml" in p and "not valid YAML" in p for p in problems)
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+def _enrol_many(path: str, worker: int, n: int) -> None:
+    reg = Registry.open(path)
+    proto = reg.protocol("toy")
+    for i in range(n):
+        curve = [worker + i / 10, worker * 2.0 + i, float(i)]
+        reg.enroll("toy", "shared", fps(proto, curve), {"note": f"w{worker}"}, ids=[f"w{worker}-{i}"])
+        reg.enroll("toy", f"own{worker}", fps(proto, [v + 100.0 for v in curve]), {}, ids=[f"i{i}"])
+
+
+def test_concurrent_enrolments_lose_nothing(reg):
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_enrol_many, args=(str(reg.path), w, 6)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    final = Registry.open(reg.path)
+    assert final.validate() == []
+    shared = [r.instance for r in final.references("toy") if r.generator == "shared"]
+    assert sorted(shared) == sorted(f"w{w}-{i}" for w in range(4) for i in range(6))
+    assert all(len(final.generators["toy"][f"own{w}"].instances) == 6 for w in range(4))
+    assert not list(reg.path.rglob(".*.tmp"))
+
+
+# -- diff -----------------------------------------------------------------------------------------
+def test_diff_says_what_two_states_disagree_on(filled, tmp_path):
+    before = tmp_path / "before"
+    filled.copy_to(before)
+    proto = filled.protocol("toy")
+    filled.enroll("toy", "gan", fps(proto, [9, 9, 9]), {}, ids=["new"])
+    filled.remove("toy", "vae")
+    _edit(filled.path / "toy" / "generators" / "gan.yaml",
+          lambda d: d["instances"][0].update(curve=[1.0, 2.5, 3.0]))
+    filled.add_protocol(toy_protocol("extra"))
+    changes = diff(Registry.open(before), Registry.open(filled.path))
+    got = {(c["change"], c["what"], c["protocol"], c["generator"], c["instance"]) for c in changes}
+    assert ("added", "instance", "toy", "gan", "new") in got
+    assert ("removed", "generator", "toy", "vae", None) in got
+    assert ("changed", "instance", "toy", "gan", "abababababab-0") in got
+    assert ("added", "protocol", "extra", None, None) in got
+    detail = next(c["detail"] for c in changes if c["instance"] == "abababababab-0")
+    assert "largest difference 0.5" in detail
+    assert diff(Registry.open(filled.path), Registry.open(filled.path)) == []
