@@ -51,8 +51,23 @@ def test_protocol_records_everything(protocol):
         protocol.require_same(changed)
 
 
-def test_copies_read_as_copying_and_noise_as_underfitting(protocol, plugin_host):
-    engine = Engine(protocol, use_cache=False)
+@pytest.fixture(scope="module")
+def warm(protocol):
+    """Fit the protocol's reference side once into the (private) cache; later engines load it."""
+    from forensics import plugins
+
+    old = plugins.reset(plugins.PluginHost(autoload=False))
+    try:
+        engine = Engine(protocol)
+        engine.references
+        yield engine
+    finally:
+        plugins.reset(old)
+
+
+def test_copies_read_as_copying_and_noise_as_underfitting(protocol, warm, plugin_host):
+    engine = Engine(protocol)
+    assert engine.references and engine.reference_origin.endswith(".npz")
     train = load_split("train")
     copies = engine.curves(train[:100])
     assert len(copies) == 1
@@ -82,8 +97,8 @@ def test_reference_side_is_cached_and_damage_recomputed(protocol, plugin_host, t
     assert third.reference_origin.startswith("computed") and c == a
 
 
-def test_shipped_reference_is_used_first(protocol, plugin_host, tmp_path):
-    engine = Engine(protocol, use_cache=False)
+def test_shipped_reference_is_used_first(protocol, warm, plugin_host, tmp_path):
+    engine = Engine(protocol)
     path = engine.write_reference(tmp_path / "reference")
     shipped = Engine(protocol, use_cache=False, shipped_dir=tmp_path / "reference")
     batch = load_split("train")[100:200]
@@ -91,14 +106,14 @@ def test_shipped_reference_is_used_first(protocol, plugin_host, tmp_path):
     assert shipped.reference_origin == str(path)
 
 
-def test_embedding_batch_size_does_not_change_the_curve(protocol, plugin_host):
+def test_embedding_batch_size_does_not_change_the_curve(protocol, warm, plugin_host):
     batch = load_split("train")[:100]
-    a = Engine(protocol, use_cache=False, batch_size=7).curves(batch)[0].fingerprint.vector()
-    b = Engine(protocol, use_cache=False, batch_size=100).curves(batch)[0].fingerprint.vector()
+    a = Engine(protocol, batch_size=7).curves(batch)[0].fingerprint.vector()
+    b = Engine(protocol, batch_size=100).curves(batch)[0].fingerprint.vector()
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def test_fingerprints_per_full_batch(protocol, plugin_host):
+def test_fingerprints_per_full_batch(protocol, warm, plugin_host):
     images = load_split("train")[:250]
     fps = compute_fingerprints(images, protocol)
     assert len(fps) == 2 and all(fp.protocol_digest == protocol.digest for fp in fps)
