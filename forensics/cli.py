@@ -78,9 +78,7 @@ def attribute(
     from forensics.report import attribution_document, render_attribution
 
     reg = Registry.open(registry)
-    name = protocol or reg.default_protocol
-    if name is None:
-        raise_usage("the registry names no default protocol; pass --protocol (see `forensics registry list`)")
+    name = reg.resolve_protocol(protocol)
     proto = reg.protocol(name)
     references = reg.references(name)
     if not references:
@@ -147,9 +145,7 @@ def memorization(
     from forensics.report import memorization_document, render_memorization
 
     reg = Registry.open(registry)
-    name = protocol or reg.default_protocol
-    if name is None:
-        raise_usage("the registry names no default protocol; pass --protocol (see `forensics registry list`)")
+    name = reg.resolve_protocol(protocol)
     proto = reg.protocol(name)
     prep = proto.encoder.preprocessing
     data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))

@@ -1,0 +1,148 @@
+"""`forensics attribute` and `forensics memorization` end to end, through the command line, on a small
+protocol made here: scikit-learn's digits as T / P_n, a randomly initialised tiny ViT (asked for by name),
+and four generators made from the training set by curated transforms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from forensics.cli import app
+
+PROTOCOL = ["protocol", "create", "digits-vit", "--dataset", "digits", "--encoder", "vit_tiny_patch16_224.augreg_in21k",
+            "--weights", "random", "--option", "image_size=32", "--k", "3", "--projection", "16",
+            "--batch-size", "100", "--default", "--description", "test protocol"]
+GENERATORS = ("rotate", "shuffle", "noise", "background-noise")
+
+
+def run(args, **kw):
+    result = CliRunner().invoke(app, args, **kw)
+    return result
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A registry with the protocol and four generators × 3 instances of 100 images."""
+    from forensics import plugins
+    from forensics.curate import curate
+    from forensics_datasets import load_digits
+
+    old = plugins.reset(plugins.PluginHost(autoload=False))
+    root = tmp_path_factory.mktemp("reg")
+    reg = root / "registry"
+    data = root / "data"
+    data.mkdir()
+    train = load_digits("train")
+    try:
+        r = run([*PROTOCOL, "--registry", str(reg)])
+        assert r.exit_code == 0, r.output
+        for i, kind in enumerate(GENERATORS):
+            images = curate(train[:300], kind, seed=i)
+            np.savez(data / f"{kind}.npz", images=images)
+            r = run(["registry", "enroll", kind, str(data / f"{kind}.npz"), "--registry", str(reg)])
+            assert r.exit_code == 0, r.output
+            query = curate(train[300:400], kind, seed=100 + i)
+            np.savez(data / f"query-{kind}.npz", images=query)
+        np.savez(data / "copies.npz", images=train[500:600])
+        yield reg, data
+    finally:
+        plugins.reset(old)
+
+
+def test_protocol_create_wrote_a_valid_registry(registry, plugin_host):
+    reg, _ = registry
+    r = run(["registry", "validate", "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    r = run(["registry", "list", "--registry", str(reg), "--json"])
+    listing = json.loads(r.stdout)
+    assert listing["default_protocol"] == "digits-vit"
+    assert listing["protocols"][0]["generators"] == {g: 3 for g in sorted(GENERATORS)}
+
+
+def test_attribute_json_names_the_generator(registry, plugin_host, tmp_path):
+    reg, data = registry
+    html = tmp_path / "report.html"
+    r = run(["attribute", str(data / "query-rotate.npz"), "--registry", str(reg), "--json", "--html", str(html)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "forensics.attribution/1"
+    assert doc["verdict"]["generator"] == "rotate", doc["candidates"]
+    assert doc["candidates"][0]["generator"] == "rotate"
+    assert doc["verdict"]["margin"] > 0
+    assert [c["score"] for c in doc["candidates"]] == sorted((c["score"] for c in doc["candidates"]), reverse=True)
+    assert doc["curve"]["layers"] == [f"blocks.{i}" for i in range(12)] and len(doc["curve"]["values"]) == 12
+    assert doc["protocol"]["name"] == "digits-vit" and doc["protocol"]["digest"].startswith("sha256:")
+    assert doc["input"]["n_images"] == 100 and doc["input"]["sha256"].startswith("sha256:")
+    assert doc["tool"]["forensics"] and doc["partial_batch"] is False
+    page = html.read_text()
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 3 and "rotate" in page
+
+
+def test_attribute_terminal_report(registry, plugin_host):
+    reg, data = registry
+    r = run(["attribute", str(data / "query-shuffle.npz"), "--registry", str(reg)], env={"COLUMNS": "160"})
+    assert r.exit_code == 0, r.output
+    assert "Verdict: shuffle" in r.stdout
+    assert "margin" in r.stdout and "C_T per layer" in r.stdout and "blocks.11" in r.stdout
+
+
+def test_fewer_images_than_m_are_attributed_with_a_warning(registry, plugin_host, tmp_path):
+    reg, data = registry
+    small = np.load(data / "query-noise.npz")["images"][:60]
+    np.save(tmp_path / "small.npy", small)
+    r = run(["attribute", str(tmp_path / "small.npy"), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["partial_batch"] is True
+
+
+def test_memorization_reads_exact_copies_as_copying(registry, plugin_host):
+    reg, data = registry
+    r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "forensics.memorization/1"
+    assert set(doc["curve"]["readings"]) == {"copying"} and doc["level"].startswith("every layer")
+    r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg)], env={"COLUMNS": "160"})
+    assert "Copying: every layer" in r.stdout
+
+
+def test_registry_from_environment(registry, plugin_host, monkeypatch):
+    reg, data = registry
+    monkeypatch.setenv("FORENSICS_REGISTRY", str(reg))
+    r = run(["attribute", str(data / "query-noise.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["protocol"]["name"] == "digits-vit"
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["attribute", "no/such/dir"], 2, "does not exist"),
+    (["attribute", "{data}/copies.npz", "--protocol", "nope"], 2, "nope"),
+    (["attribute", "{data}/copies.npz", "--matcher", "nope"], 2, "no matcher named 'nope'"),
+    (["curate", "digits:train", "--kind", "blur", "--out", "{data}/x.npz"], 2, "unknown curated kind"),
+])
+def test_errors_are_one_line_with_exit_codes(registry, plugin_host, args, code, message):
+    reg, data = registry
+    args = [a.replace("{data}", str(data)) for a in args]
+    if args[0] != "curate":
+        args += ["--registry", str(reg)]
+    r = run(args)
+    assert r.exit_code == code, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+
+
+def test_debug_shows_the_traceback(registry, plugin_host):
+    reg, _ = registry
+    r = run(["--debug", "attribute", "no/such/dir", "--registry", str(reg)])
+    assert r.exit_code != 0 and r.exception is not None and type(r.exception).__name__ == "UsageError"
+
+
+def test_curate_writes_a_set(plugin_host, tmp_path):
+    out = tmp_path / "rot.npz"
+    r = run(["curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["n_images"] == 20 and np.load(out)["images"].shape == (20, 8, 8)
