@@ -1,33 +1,158 @@
-"""Running an encoder over a set of images: batched, every requested layer from one forward pass."""
+"""Running an encoder over a set of images: batched, every requested layer from one forward pass.
+
+Images are either one uint8 array (N, H, W[, C]) or a sequence of image files (decoded with Pillow). With
+``workers > 0`` decoding and preprocessing run in worker processes (a torch DataLoader) while the model
+works on the previous batch. :func:`iter_embed` streams embeddings batch by batch; :func:`embed` fills one
+array per layer and can keep them in the on-disk cache (:mod:`forensics.cache`). Results do not depend on
+the batch size: every image is preprocessed on its own terms and encoders run in inference mode.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
 
-from forensics.encoders import Encoder, preprocess
+from forensics.encoders import Encoder, Preprocessing, as_rgb_uint8, preprocess
+from forensics.errors import UsageError
+from forensics.hashing import sha256_array, sha256_bytes, sha256_json
 
 Progress = Callable[[int, int], None]
+Images = Union[np.ndarray, Sequence[Union[str, Path]]]
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def embed(encoder: Encoder, images: np.ndarray, *, layers: Sequence[str] | None = None, batch_size: int = 64,
-          progress: Progress | None = None) -> list[np.ndarray]:
-    """Embed uint8 ``images`` (N, H, W[, C]) at ``layers`` (all when None).
+def _is_paths(images: Images) -> bool:
+    return not isinstance(images, np.ndarray) and len(images) > 0 and isinstance(images[0], (str, Path))
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """One image file → (H, W, 3) uint8."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch ``i`` of the images, preprocessed: what a worker process returns."""
+
+    def __init__(self, images: Images, prep: Preprocessing, batch_size: int):
+        self.images, self.prep, self.batch_size = images, prep, batch_size
+        self.paths = _is_paths(images)
+
+    def __len__(self) -> int:
+        return (len(self.images) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        chunk = self.images[i * self.batch_size:(i + 1) * self.batch_size]
+        if self.paths:  # files may differ in size: each is resized on its own
+            return torch.cat([preprocess(decode_image(p)[None], self.prep) for p in chunk])
+        return preprocess(chunk, self.prep)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _batches(images: Images, prep: Preprocessing, batch_size: int, workers: int,
+             pin: bool) -> Iterator[torch.Tensor]:
+    dataset = _Batches(images, prep, batch_size)
+    if workers <= 0:
+        for i in range(len(dataset)):
+            yield dataset[i]
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         worker_init_fn=_worker_init, pin_memory=pin, prefetch_factor=2)
+    yield from loader
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise UsageError(f"amp must be one of {', '.join(AMP_DTYPES)} or None, not {amp!r}")
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def _check_images(images: Images) -> None:
+    if isinstance(images, np.ndarray):
+        as_rgb_uint8(images[:1])
+    elif not isinstance(images, Sequence):
+        raise UsageError(f"images must be a uint8 array or a list of image files, not {type(images).__name__}")
+
+
+def iter_embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = None, batch_size: int = 64,
+               workers: int = 0, amp: str | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Stream embeddings: yields ``(start, [array (b, dim) per layer])`` for each batch, in order."""
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+    _check_images(images)
+    names = encoder.check_layers(layers)
+    device = torch.device(getattr(encoder, "device", "cpu"))
+    start = 0
+    for pixels in _batches(images, encoder.preprocessing, batch_size, workers, pin=device.type == "cuda"):
+        with torch.inference_mode(), _autocast(device, amp):
+            feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
+        yield start, [f.detach().to("cpu", torch.float32).numpy() for f in feats]
+        start += len(pixels)
+
+
+def images_digest(images: Images) -> str:
+    """Content hash of an image set: of the pixels for an array, of the file bytes for a list of files."""
+    if isinstance(images, np.ndarray):
+        return sha256_array(images)
+    return sha256_json([sha256_bytes(Path(p).read_bytes()) for p in images])
+
+
+def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = None, batch_size: int = 64,
+          progress: Progress | None = None, workers: int = 0, cache: bool = False, amp: str | None = None,
+          images_hash: str | None = None) -> list[np.ndarray]:
+    """Embed ``images`` (a uint8 array (N, H, W[, C]) or a list of image files) at ``layers`` (all when None).
 
     Returns one float32 array (N, dim) per layer, in the encoder's depth order. ``progress(done, total)``
-    is called after each batch.
+    is called after each batch. ``workers``: processes that decode and preprocess (0: in this process).
+    ``amp``: ``"bf16"`` or ``"fp16"`` to autocast the forward pass (meant for CUDA). ``cache``: read and
+    write the on-disk embedding cache (:mod:`forensics.cache`); only the layers not found there are
+    computed, from one forward pass. ``images_hash``: the images' content hash when the caller has it.
     """
     names = encoder.check_layers(layers)
     n = len(images)
-    outputs: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, n, batch_size):
-        pixels = preprocess(images[start:start + batch_size], encoder.preprocessing)
-        with torch.inference_mode():
-            feats = encoder.forward_layers(pixels, names)
-        for slot, f in zip(outputs, feats):
-            slot.append(f.detach().to("cpu", torch.float32).numpy())
-        if progress is not None:
-            progress(min(start + batch_size, n), n)
-    return [np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32) for parts in outputs]
+    dims = {layer.name: layer.dim for layer in encoder.layers}
+    results: dict[str, np.ndarray] = {}
+    keys: dict[str, str] = {}
+    store = None
+    if cache and n:
+        from forensics.cache import EmbeddingCache, embedding_key, encoder_record
+
+        store = EmbeddingCache()
+        digest = images_hash or images_digest(images)
+        record = encoder_record(encoder)
+        for name in names:
+            keys[name] = embedding_key(images=digest, encoder=record, layer=name, amp=amp)
+            hit = store.get(keys[name], rows=n)
+            if hit is not None:
+                results[name] = hit
+    todo = [name for name in names if name not in results]
+    if todo:
+        out = {name: np.empty((n, dims[name]), np.float32) for name in todo}
+        for start, feats in iter_embed(encoder, images, layers=todo, batch_size=batch_size, workers=workers,
+                                       amp=amp):
+            for name, f in zip(todo, feats):
+                if f.shape[1] != dims[name]:
+                    raise UsageError(f"encoder {encoder.name} declares {dims[name]} values at {name} but returned "
+                                     f"{f.shape[1]}")
+                out[name][start:start + len(f)] = f
+            if progress is not None:
+                progress(min(start + len(feats[0]), n), n)
+        results.update(out)
+        if store is not None:
+            for name in todo:
+                store.put(keys[name], out[name])
+    elif progress is not None:
+        progress(n, n)
+    return [results[name] for name in names]

