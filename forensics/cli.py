@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,9 @@ def main_options(
 ):
     if debug:
         STATE["debug"] = True
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():  # honour the width asked for now, not the one at import time
+        out.width = err.width = int(columns)
 
 
 def _progress_bar():

@@ -9,7 +9,6 @@ otherwise computed (embedding T and P_n) and written to the cache atomically.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from forensics.atomic import save_npz_atomic
+from forensics.cache import cache_dir
 from forensics.encoders import Encoder, Preprocessing
 from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
 from forensics.hashing import sha256_array, sha256_json, short
@@ -27,16 +27,6 @@ from forensics.statistics import Statistic, get_statistic, split_params
 
 Progress = Callable[[str, int, int], None]
 REFERENCE_FORMAT = 1
-
-
-def cache_dir() -> Path:
-    """The user cache folder (``$FORENSICS_CACHE_DIR`` or the platform's cache dir)."""
-    env = os.environ.get("FORENSICS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("forensics"))
 
 
 @dataclass(frozen=True)
@@ -144,13 +134,16 @@ class Engine:
             self._encoder = build_encoder(self.protocol.encoder, weights=self.weights, device=self.device)
         return self._encoder
 
-    def embed(self, images: np.ndarray, what: str = "images") -> list[np.ndarray]:
+    def embed(self, images: np.ndarray, what: str = "images", *, cache: bool = False,
+              images_hash: str | None = None) -> list[np.ndarray]:
+        """Embed at the protocol's layers; ``cache`` uses the on-disk embedding cache (reference sets)."""
         from forensics.embedding import embed
 
         report = None
         if self.progress is not None:
             report = lambda done, total: self.progress(what, done, total)  # noqa: E731
-        return embed(self.encoder, images, layers=self.protocol.layers, batch_size=self.batch_size, progress=report)
+        return embed(self.encoder, images, layers=self.protocol.layers, batch_size=self.batch_size, progress=report,
+                     cache=cache and self.use_cache, images_hash=images_hash)
 
     # -- the reference side ----------------------------------------------------------------------
     def _reference_paths(self) -> list[Path]:
@@ -179,8 +172,8 @@ class Engine:
                     return refs
         train = load_reference_set(self.protocol.train)
         test = load_reference_set(self.protocol.test)
-        train_emb = self.embed(train, "training set T")
-        test_emb = self.embed(test, "held-out set P_n")
+        train_emb = self.embed(train, "training set T", cache=True, images_hash=self.protocol.train.sha256)
+        test_emb = self.embed(test, "held-out set P_n", cache=True, images_hash=self.protocol.test.sha256)
         refs = []
         for layer, t, p in zip(layers, train_emb, test_emb):
             refs.append(self.statistic.fit(t, p, **self.fit_params))

@@ -13,6 +13,14 @@ os.environ.pop("FORENSICS_REGISTRY", None)
 os.environ.pop("FORENSICS_DISABLE_PLUGINS", None)
 
 
+def pytest_configure(config):
+    # One BLAS/torch thread per test process: the suite runs with one pytest-xdist worker per core, and
+    # small models slow down by an order of magnitude when threads of two processes compete for a core.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Caches written by tests go to a temporary folder, never the user's."""
