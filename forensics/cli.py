@@ -267,7 +267,7 @@ def protocol_create(
     if ship_reference:
         progress, update = _progress_bar()
         engine = Engine(proto, device=device, weights=None if weights == "random" else weights,
-                        use_cache=False, progress=update)
+                        progress=update)
         with progress:
             path = engine.write_reference(reg.reference_dir(name))
         err.print(f"reference side written to {path}")

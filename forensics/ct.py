@@ -2,7 +2,8 @@
 
 For training set T (l × d), held-out set P_n (n × d) and generated set Q_m (m × d), embedded alike:
 
-1. optionally project all three by PCA fitted on T only;
+1. optionally project all three by PCA fitted on T only (to min(p, d) dimensions: a layer narrower than
+   p is centred and rotated, which changes no Euclidean distance);
 2. partition the space into cells: k-means fitted on T (seeded), or cell ids given from outside;
 3. in every cell π, for each test and generated point, the distance to its nearest training point *of
    the same cell* — Euclidean, or 1 − |cos| (He et al.'s official choice);
@@ -253,10 +254,10 @@ class CTReference:
         dim = t.shape[1]
         mean = components = None
         if projection is not None:
-            if isinstance(projection, bool) or not isinstance(projection, (int, np.integer)) or \
-                    not 0 < projection <= min(t.shape):
-                raise UsageError(f"projection must be an integer in 1..{min(t.shape)} (or None), not {projection!r}")
-            mean, components = _pca(t, int(projection))
+            if isinstance(projection, bool) or not isinstance(projection, (int, np.integer)) or projection < 1:
+                raise UsageError(f"projection must be a positive integer (or None), not {projection!r}")
+            # a layer narrower than the projection is centred and rotated, not cut: PCA to min(p, d, l)
+            mean, components = _pca(t, int(min(projection, t.shape[1], t.shape[0])))
             t, p = (t - mean) @ components, (p - mean) @ components
         if distance == "cosine":
             t, p = _normalise(t, "train"), _normalise(p, "test")
