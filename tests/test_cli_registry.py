@@ -24,8 +24,16 @@ def _bundled_plugins_only(plugin_host):
 
 @pytest.fixture
 def paper_copy(tmp_path):
-    Registry.open().copy_to(tmp_path / "reg")
-    return tmp_path / "reg"
+    """A registry holding only the bundled paper protocol, as its default."""
+    import shutil
+
+    bundled = Registry.open()
+    target = tmp_path / "reg"
+    target.mkdir()
+    shutil.copytree(bundled.path / PROTOCOL_NAME, target / PROTOCOL_NAME)
+    reg = Registry.open(target, create=True)
+    reg.set_default(PROTOCOL_NAME)
+    return target
 
 
 def run(*args, code=0):
