@@ -1,0 +1,173 @@
+"""Diffusion schedules and samplers over a generic noise-prediction callable.
+
+Every sampler takes ``eps_fn(x, t) -> eps`` where ``x`` is a float tensor (N, C, H, W) and ``t`` a
+long tensor (N,) of integer training timesteps in 0..T-1, plus a :class:`Schedule`. Nothing here
+knows about a particular network, so InvMM (and anything else) can reuse the samplers.
+
+Samplers:
+- :func:`ddpm_ancestral` — DDPM ancestral sampling (posterior variance, "fixed small"), on all T
+  steps or on an evenly respaced subsequence (Nichol & Dhariwal respacing).
+- :func:`ddim` — DDIM (Song et al.) with ``eta`` (0 = deterministic given the starting noise).
+- :func:`pndm` — PNDM's pseudo linear multistep (PLMS) method: 4th-order Adams–Bashforth on eps with
+  the DDIM transfer, warm-started by a pseudo improved-Euler step (as in LDM's PLMS sampler).
+
+All samplers are deterministic for a given ``seed`` (CPU ``torch.Generator``) and the same thread
+settings; ``x_T`` may be passed instead of drawing it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Discrete variance schedule; ``alphas_cumprod[t]`` is ᾱ_t for t = 0..T-1."""
+
+    betas: np.ndarray
+
+    @property
+    def T(self) -> int:
+        return int(self.betas.shape[0])
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.cumprod(1.0 - self.betas.astype(np.float64))
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+        return cls(np.linspace(beta_start, beta_end, T, dtype=np.float64))
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008) -> Schedule:
+        f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
+        ac = f / f[0]
+        return cls(np.clip(1 - ac[1:] / ac[:-1], 0, 0.999))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float32)[t].view(-1, *([1] * (x0.dim() - 1)))
+        return ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+
+
+def timesteps(T: int, steps: int | None) -> list[int]:
+    """Descending timesteps: all of T-1..0, or ``steps`` evenly spaced ones from T-1 down to 0."""
+    if steps is None or steps >= T:
+        return list(range(T - 1, -1, -1))
+    ts = np.unique(np.round(np.linspace(0, T - 1, steps)).astype(np.int64))
+    return [int(t) for t in ts[::-1]]
+
+
+def _x0_from_eps(x, eps, a_t):
+    return (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+
+
+def _eps_from_x0(x, x0, a_t):
+    return (x - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5
+
+
+def _start(shape, seed, x_T, generator):
+    g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+    x = torch.randn(shape, generator=g) if x_T is None else x_T.clone().float()
+    return x, g
+
+
+def _call(eps_fn, x, t):
+    return eps_fn(x, torch.full((x.shape[0],), int(t), dtype=torch.long))
+
+
+def _predict(eps_fn, x, t, a_t, clip):
+    eps = _call(eps_fn, x, t)
+    x0 = _x0_from_eps(x, eps, a_t)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        eps = _eps_from_x0(x, x0, a_t)
+    return eps, x0
+
+
+@torch.no_grad()
+def ddpm_ancestral(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, steps: int | None = None,
+                   clip: bool = True, x_T: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling, x_T -> x_0 (posterior variance β̃; no noise on the last step)."""
+    ac = schedule.alphas_cumprod
+    ts = timesteps(schedule.T, steps)
+    x, g = _start(shape, seed, x_T, generator)
+    for i, t in enumerate(ts):
+        a_t = float(ac[t])
+        a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        beta = 1.0 - a_t / a_prev
+        _, x0 = _predict(eps_fn, x, t, a_t, clip)
+        mean = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
+        if i + 1 < len(ts):
+            var = beta * (1 - a_prev) / (1 - a_t)
+            x = mean + var ** 0.5 * torch.randn(shape, generator=g)
+        else:
+            x = mean
+    return x
+
+
+@torch.no_grad()
+def ddim(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, steps: int = 50, eta: float = 0.0,
+         clip: bool = True, x_T: torch.Tensor | None = None,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDIM sampling; with ``eta=0`` the map x_T -> x_0 is deterministic."""
+    ac = schedule.alphas_cumprod
+    ts = timesteps(schedule.T, steps)
+    x, g = _start(shape, seed, x_T, generator)
+    for i, t in enumerate(ts):
+        a_t = float(ac[t])
+        a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        eps, x0 = _predict(eps_fn, x, t, a_t, clip)
+        sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
+        x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+        if sigma > 0 and i + 1 < len(ts):
+            x = x + sigma * torch.randn(shape, generator=g)
+    return x
+
+
+@torch.no_grad()
+def pndm(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, steps: int = 50, clip: bool = True,
+         x_T: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PNDM / PLMS: Adams–Bashforth (orders 1→4) on eps with the deterministic DDIM transfer."""
+    ac = schedule.alphas_cumprod
+    ts = timesteps(schedule.T, steps)
+    x, _ = _start(shape, seed, x_T, generator)
+    hist: list[torch.Tensor] = []
+
+    def transfer(x, eps, a_t, a_prev):
+        x0 = _x0_from_eps(x, eps, a_t)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = _eps_from_x0(x, x0, a_t)
+        return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+    for i, t in enumerate(ts):
+        a_t = float(ac[t])
+        last = i + 1 >= len(ts)
+        t_prev = ts[i + 1] if not last else None
+        a_prev = float(ac[t_prev]) if not last else 1.0
+        e = _call(eps_fn, x, t)
+        if not hist:
+            if last:
+                e_p = e
+            else:  # pseudo improved Euler warm start (one extra evaluation)
+                x_next = transfer(x, e, a_t, a_prev)
+                e_p = (e + _call(eps_fn, x_next, t_prev)) / 2
+        elif len(hist) == 1:
+            e_p = (3 * e - hist[-1]) / 2
+        elif len(hist) == 2:
+            e_p = (23 * e - 16 * hist[-1] + 5 * hist[-2]) / 12
+        else:
+            e_p = (55 * e - 59 * hist[-1] + 37 * hist[-2] - 9 * hist[-3]) / 24
+        hist.append(e)
+        hist = hist[-3:]
+        x = transfer(x, e_p, a_t, a_prev)
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm_ancestral, "ddim": ddim, "pndm": pndm}

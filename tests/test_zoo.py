@@ -1,0 +1,158 @@
+"""Fast tests of the generator zoo (CPU, offline, deterministic, < 30 s)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from forensics.zoo import models as M
+from forensics.zoo import samplers as S
+from forensics.zoo.data import mnist_split
+
+
+@pytest.fixture(scope="module")
+def split():
+    return mnist_split()
+
+
+def test_split_deterministic_and_stratified(split):
+    tr, ytr, te, yte = split
+    assert tr.shape == (4000, 28, 28) and te.shape == (1000, 28, 28)
+    assert tr.dtype == np.uint8 and te.dtype == np.uint8
+    assert np.array_equal(np.bincount(ytr), [400] * 10)
+    assert np.array_equal(np.bincount(yte), [100] * 10)
+    # classes concatenated in order 0..9
+    assert np.array_equal(ytr, np.repeat(np.arange(10), 400))
+    assert np.array_equal(yte, np.repeat(np.arange(10), 100))
+    tr2, _ytr2, te2, _yte2 = mnist_split()
+    assert np.array_equal(tr, tr2) and np.array_equal(te, te2)
+    # T and P_n are disjoint draws of the 5,000 images (no image row shared by index)
+    from forensics.zoo.data import _raw
+
+    X, y = _raw()
+    rng = np.random.default_rng(0)
+    idx0 = rng.permutation(np.flatnonzero(y == 0))
+    assert np.array_equal(tr[:400], X[idx0[:400]].reshape(-1, 28, 28).astype(np.uint8))
+    assert np.array_equal(te[:100], X[idx0[400:]].reshape(-1, 28, 28).astype(np.uint8))
+
+
+def test_uint8_roundtrip(split):
+    tr = split[0][:8]
+    assert np.array_equal(M.to_uint8(M.from_uint8(tr)), tr)
+
+
+def _check(x):
+    u = M.to_uint8(x)
+    assert u.dtype == np.uint8 and u.shape == (x.shape[0], 28, 28)
+
+
+def _one_step(params, loss):
+    opt = torch.optim.Adam(params, lr=1e-3)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+
+
+def test_vae_step_and_sample(split):
+    torch.manual_seed(0)
+    x01 = M.from_uint8(split[0][:8]).add(1).div(2)
+    m = M.ConvVAE()
+    _one_step(m.parameters(), m.loss(x01)[0])
+    _check(m.sample(5, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("G,D", [(M.DCGANGenerator, M.DCGANDiscriminator), (M.SNGANGenerator, M.SNGANDiscriminator)])
+def test_gan_step_and_sample(split, G, D):
+    torch.manual_seed(0)
+    g, d = G(), D()
+    x = M.from_uint8(split[0][:8])
+    _one_step(d.parameters(), torch.relu(1 - d(x)).mean() + torch.relu(1 + d(g(torch.randn(8, g.zdim)).detach())).mean())
+    _one_step(g.parameters(), -d(g(torch.randn(8, g.zdim))).mean())
+    g.eval()
+    with torch.no_grad():
+        _check(g(torch.randn(5, g.zdim)))
+
+
+def test_unet_step_and_ddpm_shapes(split):
+    torch.manual_seed(0)
+    net = M.SmallUNet(8, 16, 32)
+    sched = S.Schedule.linear(1000)
+    x0 = M.from_uint8(split[0][:4])
+    t = torch.randint(0, 1000, (4,))
+    n = torch.randn_like(x0)
+    _one_step(net.parameters(), (net(sched.q_sample(x0, t, n), t) - n).pow(2).mean())
+    net.eval()
+    with torch.no_grad():
+        x = S.ddim(lambda x, t: net(x, t), sched, (3, 1, 28, 28), seed=0, steps=4)
+    _check(x)
+
+
+def _toy_eps(x, t):
+    # a fixed smooth "network": deterministic function of x and t
+    return 0.3 * torch.tanh(x) * (t.float().view(-1, 1, 1, 1) / 1000.0)
+
+
+@pytest.mark.parametrize("name,kw", [("ddpm", {"steps": 20}), ("ddpm", {"steps": None}),
+                                     ("ddim", {"steps": 10, "eta": 0.0}), ("ddim", {"steps": 10, "eta": 1.0}),
+                                     ("pndm", {"steps": 10})])
+def test_samplers_deterministic_for_seed(name, kw):
+    f = S.SAMPLERS[name]
+    sched = S.Schedule.linear(1000)
+    a = f(_toy_eps, sched, (2, 1, 28, 28), seed=7, **kw)
+    b = f(_toy_eps, sched, (2, 1, 28, 28), seed=7, **kw)
+    c = f(_toy_eps, sched, (2, 1, 28, 28), seed=8, **kw)
+    assert a.shape == (2, 1, 28, 28) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_ddim_eta0_deterministic_given_noise():
+    sched = S.Schedule.cosine(1000)
+    xT = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    a = S.ddim(_toy_eps, sched, xT.shape, seed=1, steps=10, eta=0.0, x_T=xT)
+    b = S.ddim(_toy_eps, sched, xT.shape, seed=999, steps=10, eta=0.0, x_T=xT)  # seed unused when eta=0
+    assert torch.equal(a, b)
+    # the stochastic variants do depend on the seed beyond x_T
+    c = S.ddim(_toy_eps, sched, xT.shape, seed=1, steps=10, eta=1.0, x_T=xT)
+    d = S.ddim(_toy_eps, sched, xT.shape, seed=2, steps=10, eta=1.0, x_T=xT)
+    assert not torch.equal(c, d)
+
+
+def test_ddim_eta1_matches_respaced_ancestral():
+    """DDIM with eta=1 and DDPM ancestral on the same respaced steps share one mean and variance."""
+    sched = S.Schedule.linear(1000)
+    a = S.ddim(_toy_eps, sched, (2, 1, 28, 28), seed=3, steps=10, eta=1.0)
+    b = S.ddpm_ancestral(_toy_eps, sched, (2, 1, 28, 28), seed=3, steps=10)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_perfect_eps_recovers_x0():
+    """With the true noise as prediction, one DDIM step from any t lands on x0."""
+    sched = S.Schedule.linear(1000)
+    x0 = torch.rand(2, 1, 28, 28) * 2 - 1
+    noise = torch.randn_like(x0)
+    ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
+    xt = sched.q_sample(x0, torch.full((2,), 999), noise)
+
+    def oracle(x, t):
+        a = ac[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    out = S.ddim(oracle, sched, x0.shape, steps=5, x_T=xt)
+    assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_kde_copier_and_manifest(tmp_path, monkeypatch):
+    from forensics.zoo import train as T
+
+    monkeypatch.setattr(T, "quality", lambda x: {"nn_ratio": 0.5})  # the real one fits PCA + k-means
+
+    meta = T.run("kde-copier", 3, tmp_path, None, tmp_path / "ck", tmp_path / "w.safetensors", {})
+    assert meta["instance"] == "heldout" and meta["quality"]["nn_ratio"] < 1
+    x = np.load(tmp_path / "kde-copier" / "heldout.npz")["images"]
+    assert x.shape == (500, 28, 28) and x.dtype == np.uint8
+    man = T.write_manifest(tmp_path)
+    import json
+
+    assert json.loads(man.read_text())["instances"][0]["sha256"] == meta["sha256"]
