@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 STATE = {"debug": os.environ.get("FORENSICS_DEBUG", "") not in ("", "0")}

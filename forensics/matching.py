@@ -247,8 +247,11 @@ class Matcher:
             reason = (f"unknown: {best.generator} leads {candidates[1].generator} by {m:.4f}, less than the "
                       f"margin threshold {t_margin:.4f} calibrated on {cal['n_references']} references")
             return Attribution(candidates, None, margin, reason, self.name, _threshold_info(cal))
-        reason = (f"score {best.score:.4f} ≥ {_fmt(t_score)} and margin "
-                  f"{'n/a' if margin is None else format(margin, '.4f')} ≥ {_fmt(t_margin)}")
+        passed = [f"score {best.score:.4f} ≥ {t_score:.4f}"] if t_score > -math.inf else []
+        if t_margin > -math.inf and margin is not None:
+            passed.append(f"margin {margin:.4f} ≥ {t_margin:.4f}")
+        reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
+                  "no open-set threshold applies") + f" (calibrated on {cal['n_references']} references)"
         return Attribution(candidates, best.generator, margin, reason, self.name, _threshold_info(cal))
 
     def describe(self) -> dict[str, Any]:
@@ -257,10 +260,6 @@ class Matcher:
                 "n_references": len(self.references), "generators": self.generators,
                 "references_digest": references_digest(self.references) if self.references else None,
                 "open_set": self.calibration}
-
-
-def _fmt(v: float) -> str:
-    return "-inf (not applied)" if v == -math.inf else f"{v:.4f}"
 
 
 def _threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
