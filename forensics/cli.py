@@ -54,6 +54,23 @@ def _progress_bar():
     return progress, update
 
 
+def _open(images: Path, protocol: str | None, registry: Path | None, device: str, weights: str | None,
+          no_cache: bool):
+    """Registry, protocol, an Engine, its progress display, and the images read under the protocol."""
+    from forensics.images import load_images
+    from forensics.pipeline import Engine
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry)
+    proto = reg.protocol(reg.resolve_protocol(protocol))
+    prep = proto.encoder.preprocessing
+    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
+    progress, update = _progress_bar()
+    engine = Engine(proto, device=device, weights=weights, use_cache=not no_cache,
+                    shipped_dir=reg.reference_dir(proto.name), progress=update)
+    return reg, proto, engine, progress, data, digest
+
+
 @app.command()
 @handle_errors
 def attribute(
@@ -75,23 +92,14 @@ def attribute(
     """
     import numpy as np
 
-    from forensics.images import load_images
     from forensics.matching import make_matcher
-    from forensics.pipeline import Engine
-    from forensics.registry import Registry
     from forensics.report import attribution_document, render_attribution
 
-    reg = Registry.open(registry)
-    name = reg.resolve_protocol(protocol)
-    proto = reg.protocol(name)
+    reg, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache)
+    name = proto.name
     references = reg.references(name)
     if not references:
         raise_usage(f"protocol {name!r} has no enrolled generators to attribute to")
-    prep = proto.encoder.preprocessing
-    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
-    progress, update = _progress_bar()
-    engine = Engine(proto, device=device, weights=weights, use_cache=not no_cache,
-                    shipped_dir=reg.reference_dir(name), progress=update)
     with progress:
         curves = engine.curves(data)
     m = make_matcher(matcher, calibration=reg.calibration(name, matcher))
@@ -143,19 +151,9 @@ def memorization(
 
     Example: forensics memorization copies.npz --protocol mnist-effnet-lite0
     """
-    from forensics.images import load_images
-    from forensics.pipeline import Engine
-    from forensics.registry import Registry
     from forensics.report import memorization_document, render_memorization
 
-    reg = Registry.open(registry)
-    name = reg.resolve_protocol(protocol)
-    proto = reg.protocol(name)
-    prep = proto.encoder.preprocessing
-    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
-    progress, update = _progress_bar()
-    engine = Engine(proto, device=device, weights=weights, use_cache=not no_cache,
-                    shipped_dir=reg.reference_dir(name), progress=update)
+    _, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache)
     with progress:
         curve = engine.curve_from_embeddings(engine.embed(data, "images"))
     doc = memorization_document(input_path=str(images), input_sha256=digest, protocol=proto, curve=curve,
