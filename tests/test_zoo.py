@@ -156,3 +156,19 @@ def test_kde_copier_and_manifest(tmp_path, monkeypatch):
     import json
 
     assert json.loads(man.read_text())["instances"][0]["sha256"] == meta["sha256"]
+
+
+def test_checkpoints_resume_with_weights_only_loading(tmp_path):
+    import torch
+
+    from forensics.zoo.train import _load_ckpt, _save_ckpt
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    _save_ckpt(tmp_path / "c.pt", 7, {"net": net, "opt": opt}, {"train_seconds": 1.5})
+    fresh, fresh_opt = torch.nn.Linear(3, 2), torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    it, extra = _load_ckpt(tmp_path / "c.pt", {"net": fresh, "opt": fresh_opt})
+    assert it == 7 and extra == {"train_seconds": 1.5}
+    assert torch.equal(fresh.weight, net.weight)

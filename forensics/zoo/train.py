@@ -106,7 +106,7 @@ def _save_ckpt(path: Path, it: int, modules: dict, extra: dict | None = None):
 def _load_ckpt(path: Path, modules: dict) -> tuple[int, dict]:
     if not path.exists():
         return 0, {}
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     for k, v in modules.items():
         v.load_state_dict(state[k])
     torch.set_rng_state(state["rng"])
