@@ -31,8 +31,9 @@ def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
-    if debug:
-        STATE["debug"] = True
+    from forensics.cli_common import env_debug
+
+    STATE["debug"] = debug or env_debug()  # set on every invocation: nothing carries over between runs
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit():  # honour the width asked for now, not the one at import time
         out.width = err.width = int(columns)

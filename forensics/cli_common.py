@@ -16,10 +16,14 @@ from typing import Any
 import typer
 from rich.console import Console
 
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
-STATE = {"debug": os.environ.get("FORENSICS_DEBUG", "") not in ("", "0")}
+def env_debug() -> bool:
+    return os.environ.get("FORENSICS_DEBUG", "") not in ("", "0")
+
+
+STATE = {"debug": env_debug()}
 
 
 def fail(message: str, code: int = 1) -> None:

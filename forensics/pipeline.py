@@ -99,13 +99,14 @@ def reference_key(protocol: Protocol) -> str:
                         "statistic": protocol.statistic.name, "fit": fit_params})
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Read a cached .npz; None (and the damaged file removed) when it cannot be read whole."""
+def _read_npz(path: Path, *, remove: bool = True) -> dict[str, np.ndarray] | None:
+    """Read an .npz; None when it cannot be read whole (a damaged cache file is then removed)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        path.unlink(missing_ok=True)
+        if remove:
+            path.unlink(missing_ok=True)
         return None
 
 
@@ -164,12 +165,19 @@ class Engine:
 
     def _load_or_fit(self) -> list[Any]:
         layers = self.protocol.layers
+        shipped = self._reference_paths()[0] if self.shipped_dir is not None else None
         for path in self._reference_paths():
-            if path.is_file() and (arrays := _read_npz(path)) is not None:
+            if path.is_file() and (arrays := _read_npz(path, remove=path != shipped)) is not None:
                 refs = _unpack(arrays, layers, self.statistic)
                 if refs is not None:
                     self.reference_origin = str(path)
                     return refs
+            if path == shipped and path.is_file():
+                # a registry's fingerprints were scored against exactly this file: refitting could move the
+                # cells and make the query incomparable, so say so rather than silently recompute
+                raise ForensicsError(f"the reference side shipped with protocol {self.protocol.name!r} ({path}) "
+                                     "cannot be read by this version of forensics; re-create it with "
+                                     "`forensics protocol create … --ship-reference` and re-enrol")
         train = load_reference_set(self.protocol.train)
         test = load_reference_set(self.protocol.test)
         train_emb = self.embed(train, "training set T", cache=True, images_hash=self.protocol.train.sha256)

@@ -122,8 +122,9 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
     header.append(f" from {inp['path']}  (sha256 {inp['sha256'][7:19]})\n")
     header.append("protocol ", style="dim")
     header.append(proto["name"], style="bold")
-    header.append(f"  digest {proto['digest'][7:19]}  ·  encoder {proto['record']['encoder']['name']}"
-                  f"  ·  m = {proto['record']['batch_size']}  ·  matcher {doc['matcher'].get('name')}", style="dim")
+    header.append(f"  digest {proto['digest'][7:19]}\n", style="dim")
+    header.append(f"encoder {proto['record']['encoder']['name']}  ·  m = {proto['record']['batch_size']}"
+                  f"  ·  matcher {doc['matcher'].get('name')}", style="dim")
     console.print(Panel(header, title="forensics attribute", title_align="left", box=box.ROUNDED))
 
     if verdict["generator"] is not None:

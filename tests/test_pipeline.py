@@ -131,3 +131,16 @@ def test_protocol_checks_data_and_weights(protocol, plugin_host):
         protocol.encoder, options={**OPTIONS, "seed": 1}))
     with pytest.raises(ProtocolMismatch, match="weights found"):
         Engine(other_weights, use_cache=False).encoder
+
+
+def test_an_unreadable_shipped_reference_is_an_error_not_a_silent_refit(protocol, warm, plugin_host, tmp_path):
+    from forensics.errors import ForensicsError
+    from forensics.pipeline import reference_key
+    from forensics.hashing import short
+
+    shipped = tmp_path / "reference"
+    shipped.mkdir()
+    (shipped / f"{short(reference_key(protocol), 24)}.npz").write_bytes(b"from another version")
+    with pytest.raises(ForensicsError, match="cannot be read by this version"):
+        Engine(protocol, shipped_dir=shipped).references
+    assert (shipped / f"{short(reference_key(protocol), 24)}.npz").exists()  # never deleted
