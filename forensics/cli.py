@@ -56,7 +56,7 @@ def _progress_bar():
 
 
 def _open(images: Path, protocol: str | None, registry: Path | None, device: str, weights: str | None,
-          no_cache: bool):
+          no_cache: bool, workers: int, amp: str | None):
     """Registry, protocol, an Engine, its progress display, and the images read under the protocol."""
     from forensics.images import load_images
     from forensics.pipeline import Engine
@@ -65,10 +65,12 @@ def _open(images: Path, protocol: str | None, registry: Path | None, device: str
     reg = Registry.open(registry)
     proto = reg.protocol(reg.resolve_protocol(protocol))
     prep = proto.encoder.preprocessing
-    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
+    if amp not in (None, "bf16", "fp16"):
+        raise_usage(f"--amp takes bf16 or fp16, not {amp!r}")
+    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers)
     progress, update = _progress_bar()
     engine = Engine(proto, device=device, weights=weights, use_cache=not no_cache,
-                    shipped_dir=reg.reference_dir(proto.name), progress=update)
+                    shipped_dir=reg.reference_dir(proto.name), progress=update, workers=workers, amp=amp)
     return reg, proto, engine, progress, data, digest
 
 
@@ -84,6 +86,8 @@ def attribute(
     device: str = typer.Option("cpu", "--device", help="Torch device for the encoder: cpu, cuda, cuda:1."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16."),
     top: int = typer.Option(6, "--top", min=1, help="How many candidates the terminal report lists."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
 ):
@@ -96,7 +100,7 @@ def attribute(
     from forensics.matching import make_matcher
     from forensics.report import attribution_document, render_attribution
 
-    reg, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache)
+    reg, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache, workers, amp)
     name = proto.name
     references = reg.references(name)
     if not references:
@@ -147,6 +151,8 @@ def memorization(
     device: str = typer.Option("cpu", "--device", help="Torch device for the encoder."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16."),
 ):
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
 
@@ -154,7 +160,7 @@ def memorization(
     """
     from forensics.report import memorization_document, render_memorization
 
-    _, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache)
+    _, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache, workers, amp)
     with progress:
         curve = engine.curve_from_embeddings(engine.embed(data, "images"))
     doc = memorization_document(input_path=str(images), input_sha256=digest, protocol=proto, curve=curve,

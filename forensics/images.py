@@ -18,18 +18,19 @@ from forensics.hashing import PREFIX, sha256_array
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def load_images(path: str | Path, *, size: int | None = None, resize: int | None = None) -> tuple[np.ndarray, str]:
+def load_images(path: str | Path, *, size: int | None = None, resize: int | None = None,
+                workers: int = 0) -> tuple[np.ndarray, str]:
     """Read an image set; return ``(images, sha256)``.
 
     ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
-    holds images of different sizes. The hash is of the decoded pixels, so re-encoding a PNG does not
+    holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes. The hash is of the decoded pixels, so re-encoding a PNG does not
     change it, but any pixel change does.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise UsageError(f"{path} does not exist; give a folder of PNG/JPEG images or an .npz/.npy file")
     if path.is_dir():
-        return _load_folder(path, size=size, resize=resize)
+        return _load_folder(path, size=size, resize=resize, workers=workers)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
@@ -71,24 +72,33 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
     return array
 
 
-def _load_folder(folder: Path, *, size: int | None, resize: int | None) -> tuple[np.ndarray, str]:
+def _decode(file: Path) -> np.ndarray:
+    """One file → uint8 pixels: grey stays grey (16-bit and float grey converted), anything else RGB."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(file) as im:
+            im.load()
+            if im.mode in ("I;16", "I", "F"):
+                im = im.convert("L")
+            elif im.mode not in ("L", "RGB"):
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"cannot decode {file}: {exc}") from exc
+
+
+def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int) -> tuple[np.ndarray, str]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UsageError(f"{folder} holds no PNG/JPEG images")
-    decoded: list[np.ndarray] = []
-    for file in files:
-        try:
-            with Image.open(file) as im:
-                im.load()
-                if im.mode in ("L", "I;16", "I", "F") and im.mode != "L":
-                    im = im.convert("L")
-                elif im.mode not in ("L", "RGB"):
-                    im = im.convert("RGB")
-                decoded.append(np.asarray(im, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UsageError(f"cannot decode {file}: {exc}") from exc
+    if workers > 0 and len(files) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            decoded = list(pool.map(_decode, files, chunksize=max(1, len(files) // (4 * workers))))
+    else:
+        decoded = [_decode(file) for file in files]
     if any(a.ndim == 3 for a in decoded):
         decoded = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in decoded]
     h = hashlib.sha256()

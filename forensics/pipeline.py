@@ -115,7 +115,7 @@ class Engine:
 
     def __init__(self, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
                  use_cache: bool = True, shipped_dir: Path | None = None, progress: Progress | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, workers: int = 0, amp: str | None = None):
         self.protocol = protocol
         self.device = device
         self.weights = weights
@@ -123,6 +123,8 @@ class Engine:
         self.shipped_dir = shipped_dir
         self.progress = progress
         self.batch_size = batch_size
+        self.workers = workers
+        self.amp = amp
         self.statistic: Statistic = get_statistic(protocol.statistic.name)
         self.fit_params, self.score_params = split_params(self.statistic, protocol.statistic.params)
         self._encoder: Encoder | None = None
@@ -144,7 +146,7 @@ class Engine:
         if self.progress is not None:
             report = lambda done, total: self.progress(what, done, total)  # noqa: E731
         return embed(self.encoder, images, layers=self.protocol.layers, batch_size=self.batch_size, progress=report,
-                     cache=cache and self.use_cache, images_hash=images_hash)
+                     cache=cache and self.use_cache, images_hash=images_hash, workers=self.workers, amp=self.amp)
 
     # -- the reference side ----------------------------------------------------------------------
     def _reference_paths(self) -> list[Path]:

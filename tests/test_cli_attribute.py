@@ -146,3 +146,17 @@ def test_curate_writes_a_set(plugin_host, tmp_path):
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
     assert info["n_images"] == 20 and np.load(out)["images"].shape == (20, 8, 8)
+
+
+def test_attribute_a_folder_of_pngs_with_worker_processes(registry, plugin_host, tmp_path):
+    from PIL import Image
+
+    reg, data = registry
+    for i, image in enumerate(np.load(data / "query-rotate.npz")["images"]):
+        Image.fromarray(image).save(tmp_path / f"{i:03d}.png")
+    r = run(["attribute", str(tmp_path), "--registry", str(reg), "--json", "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["verdict"]["generator"] == "rotate" and doc["input"]["n_images"] == 100
+    r = run(["attribute", str(tmp_path), "--registry", str(reg), "--amp", "int4"])
+    assert r.exit_code == 2 and "--amp takes bf16 or fp16" in r.stderr

@@ -73,3 +73,12 @@ def test_channels_first_and_integral_floats_are_accepted():
     chw = np.random.default_rng(2).integers(0, 256, (3, 3, 8, 8)).astype(np.float64)
     out = as_uint8_images(chw)
     assert out.shape == (3, 8, 8, 3) and out.dtype == np.uint8
+
+
+def test_folder_decoded_in_worker_processes_is_identical(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    serial = load_images(tmp_path)
+    parallel = load_images(tmp_path, workers=2)
+    assert np.array_equal(serial[0], parallel[0]) and serial[1] == parallel[1]
