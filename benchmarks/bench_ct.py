@@ -1,0 +1,354 @@
+"""Benchmark of the C_T statistic (forensics.ct) against a plain baseline built from the usual libraries.
+
+Baseline ("what people reach for", as in dgm-eval / Meehan's code, all float64): scikit-learn
+PCA(projection) fitted on the training set, KMeans(k, n_init, same seed) on it, then per cell a
+scikit-learn NearestNeighbors(n_neighbors=1) on the cell's training points for its test and generated
+points, and scipy's mannwhitneyu(L_Q, L_P, alternative='less') per cell.
+
+Both run in the same process on the same seeded synthetic data (a Gaussian mixture; the generated set
+mixes near-copies of training points with fresh samples) and with the same thread settings. It prints
+per-phase times, one layer end to end, 12 layers with the reference side cached (the baseline is timed
+on fewer layers and scaled, as printed), speed ratios, the largest |difference| of C_T given the same
+cells, peak memory (resident set size measured in fresh subprocesses) and scaling with the training-set
+size and the dimension.
+
+    .venv/bin/python benchmarks/bench_ct.py            # the full run (several minutes)
+    .venv/bin/python benchmarks/bench_ct.py --quick    # a smoke run (well under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from forensics import ct
+
+N_CENTRES = 20
+
+
+# -- data ------------------------------------------------------------------------------------------
+def make_layer(seed: int, l: int, n: int, m: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, test and generated float32 embeddings of one synthetic 'layer', built in float32 chunks
+    (so that making them costs no more memory than holding them)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=1.0, size=(N_CENTRES, d)).astype(np.float32)
+    spread = rng.uniform(0.3, 0.7, size=N_CENTRES).astype(np.float32)
+
+    def draw(count: int) -> np.ndarray:
+        out = np.empty((count, d), dtype=np.float32)
+        for s in range(0, count, 8192):
+            e = min(count, s + 8192)
+            which = rng.integers(0, N_CENTRES, e - s)
+            out[s:e] = centres[which] + spread[which, None] * rng.standard_normal((e - s, d), dtype=np.float32)
+        return out
+
+    train, test = draw(l), draw(n)
+    copies = m // 5  # a fifth of the generated set are near-copies of training points
+    gen = draw(m)
+    pick = rng.choice(l, copies, replace=False)
+    gen[:copies] = train[pick] + 0.05 * rng.standard_normal((copies, d), dtype=np.float32)
+    return train, test, gen
+
+
+# -- the baseline ----------------------------------------------------------------------------------
+def baseline(train, test, gen, *, k, seed, n_init, projection, distance="euclidean", cells=None, times=None):
+    """C_T as the plain libraries compute it (float64). ``cells``: given (train, test, gen) ids, or None
+    for KMeans. ``times``: a dict that receives the phases' seconds."""
+    from scipy.stats import mannwhitneyu
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    times = {} if times is None else times
+    t0 = time.perf_counter()
+    T, P, Q = (np.asarray(a, dtype=np.float64) for a in (train, test, gen))
+    if projection is not None:
+        pca = PCA(n_components=projection, random_state=seed).fit(T)
+        T, P, Q = pca.transform(T), pca.transform(P), pca.transform(Q)
+    t1 = time.perf_counter()
+    if cells is None:
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(T)
+        tc, pc, qc = km.labels_, km.predict(P), km.predict(Q)
+    else:
+        tc, pc, qc = cells
+    t2 = time.perf_counter()
+    m, n = len(Q), len(P)
+    tau = 20 / m
+    num = den = 0.0
+    for c in np.unique(tc):
+        Tc, Pc, Qc = T[tc == c], P[pc == c], Q[qc == c]
+        if distance == "cosine":  # 1 − |cos(x, t)| = min over ±t of the cosine distance
+            nn = NearestNeighbors(n_neighbors=1, metric="cosine").fit(np.concatenate([Tc, -Tc]))
+        else:
+            nn = NearestNeighbors(n_neighbors=1).fit(Tc)
+        lp = nn.kneighbors(Pc)[0][:, 0]
+        if len(Qc) == 0 or not len(Qc) / m > tau:
+            continue
+        lq = nn.kneighbors(Qc)[0][:, 0]
+        u = mannwhitneyu(lq, lp, alternative="less").statistic
+        mq, np_ = len(lq), len(lp)
+        z = (u - (mq * np_ / 2 - 0.5)) / np.sqrt(mq * np_ * (mq + np_ + 1) / 12)
+        num += np_ / n * z
+        den += np_ / n
+    t3 = time.perf_counter()
+    times.update(pca=t1 - t0, kmeans=t2 - t1, stat=t3 - t2, total=t3 - t0)
+    return num / den
+
+
+# -- ours, phase by phase (the same steps CTReference.fit / score take) ----------------------------
+def ours_phases(train, test, gen, *, k, seed, projection):
+    times = {}
+    t0 = time.perf_counter()
+    mean, comp = ct._pca(train, min(projection, train.shape[1]))
+    t1 = time.perf_counter()
+    tp, pp = ct._project(train, mean, comp), ct._project(test, mean, comp)
+    t2 = time.perf_counter()
+    centres = ct.kmeans(tp, k, seed)
+    t3 = time.perf_counter()
+    tc = ct._assign(tp, centres)
+    pc = ct._assign(pp, centres)
+    for c in range(k):
+        ct._Cell(tp[tc == c], "euclidean").nearest(pp[pc == c])
+    t4 = time.perf_counter()
+    ref = ct.CTReference.fit(train, test, k=k, seed=seed, projection=projection)
+    t5 = time.perf_counter()
+    ref.score(gen)
+    t6 = time.perf_counter()
+    times.update(pca=t1 - t0, project=t2 - t1, kmeans=t3 - t2, test_side=t4 - t3, fit=t5 - t4, score=t6 - t5)
+    return times
+
+
+def timed(f):
+    t = time.perf_counter()
+    out = f()
+    return out, time.perf_counter() - t
+
+
+def fmt(x: float) -> str:
+    return f"{x:8.3f} s"
+
+
+# -- memory (fresh subprocesses) -------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def memory_child(which: str, l: int, n: int, m: int, d: int, k: int, n_init: int, projection: int) -> None:
+    """One run in a fresh process: the peak resident set size during the call (Linux VmHWM, reset just
+    before the call by writing 5 to /proc/self/clear_refs) against the resident size before it."""
+    train, test, gen = make_layer(0, l, n, m, d)
+    import torch  # noqa: F401  (imports are not the statistic's memory: both load the same libraries)
+    from sklearn.cluster import KMeans  # noqa: F401
+    ct.ct_score(train[:500], test[:200], gen[:200], k=k, projection=min(projection, d))
+    baseline(train[:500], test[:200], gen[:200], k=k, seed=0, n_init=1, projection=min(projection, d))
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    if which == "ours":
+        ct.ct_score(train, test, gen, k=k, projection=projection, seed=0)
+    else:
+        baseline(train, test, gen, k=k, seed=0, n_init=n_init, projection=projection)
+    print(json.dumps({"rss_before_kib": before, "peak_kib": _status_kib("VmHWM"),
+                      "data_mib": (train.nbytes + test.nbytes + gen.nbytes) / 2**20}))
+
+
+def measure_memory(which: str, args, l, n, m, d) -> dict:
+    cmd = [sys.executable, __file__, "--memory-child", which, "--sizes", f"{l},{n},{m},{d}",
+           "--k", str(args.k), "--n-init", str(args.n_init), "--projection", str(args.projection)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- main ------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--n-init", type=int, default=10, help="k-means restarts, the same for both (dgm-eval: 10)")
+    ap.add_argument("--projection", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--baseline-layers", type=int, default=2, help="layers the baseline is timed on (scaled)")
+    ap.add_argument("--threads", type=int, default=0, help="BLAS/OpenMP/torch threads for both (0: defaults)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of the one-layer comparison (fastest kept)")
+    ap.add_argument("--scaling-repeats", type=int, default=2)
+    ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--memory-child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
+    ct._KMEANS_INIT = args.n_init
+
+    if args.memory_child:
+        l, n, m, d = (int(v) for v in args.sizes.split(","))
+        memory_child(args.memory_child, l, n, m, d, args.k, args.n_init, args.projection)
+        return
+
+    if args.quick:
+        l, n, m, d = 5000, 1000, 1000, 128
+        args.layers, args.baseline_layers, args.repeats, args.scaling_repeats = 3, 1, 1, 1
+        train_sizes, dims = (2000, 5000, 20000), (32, 128, 256)
+    else:
+        l, n, m, d = 50000, 10000, 10000, 768
+        train_sizes, dims = (10000, 50000, 200000), (64, 256, 768, 1024)
+    k, p = args.k, args.projection
+
+    blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture', '-')}, {i['num_threads']} threads)"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+    print("C_T benchmark: forensics.ct vs scikit-learn PCA + KMeans + NearestNeighbors + scipy mannwhitneyu")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); numpy BLAS: {blas[0] if blas else '?'}")
+    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  "
+          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}")
+    print(f"data: l={l} train, n={n} test, m={m} generated, d={d} float32; PCA to {p}, k={k}, "
+          f"k-means restarts n_init={args.n_init} for both, seed 0\n")
+
+    train, test, gen = make_layer(0, l, n, m, d)
+    # warm-up (imports, first calls) on a small slice, not timed
+    ct.ct_score(train[:2000], test[:500], gen[:500], k=k, projection=min(p, d))
+    baseline(train[:2000], test[:500], gen[:500], k=k, seed=0, n_init=1, projection=min(p, d))
+
+    # 1. one layer, end to end: the two alternate, each timing is the fastest of --repeats runs
+    R = args.repeats
+    bt: dict = {}
+    phases: dict = {}
+    ours_total = float("inf")
+    for _ in range(R):
+        times: dict = {}
+        base_value = baseline(train, test, gen, k=k, seed=0, n_init=args.n_init, projection=p, times=times)
+        bt = {key: min(v, bt.get(key, float("inf"))) for key, v in times.items()}
+        ph = ours_phases(train, test, gen, k=k, seed=0, projection=p)
+        phases = {key: min(v, phases.get(key, float("inf"))) for key, v in ph.items()}
+        result, dt = timed(lambda: ct.ct_score(train, test, gen, k=k, projection=p, seed=0))
+        ours_total = min(ours_total, dt)
+    print(f"1. one layer, end to end (euclidean; each figure the fastest of {R} alternating runs)")
+    print(f"   baseline: PCA {fmt(bt['pca'])} | KMeans {fmt(bt['kmeans'])} | NN + U per cell {fmt(bt['stat'])}"
+          f" | total {fmt(bt['total'])}")
+    print(f"   ours:     PCA {fmt(phases['pca'])} | project {fmt(phases['project'])} | k-means "
+          f"{fmt(phases['kmeans'])} | test-side NN {fmt(phases['test_side'])}")
+    print(f"             CTReference.fit {fmt(phases['fit'])} | score {fmt(phases['score'])} | "
+          f"ct_score total {fmt(ours_total)}")
+    print(f"   speed-up, one layer end to end: {bt['total'] / ours_total:6.1f}x   "
+          f"(C_T: ours {result.value:+.4f}, baseline on its own KMeans cells {base_value:+.4f})\n")
+
+    if not args.quick:  # the PCA solvers scikit-learn used before its covariance solver (1.5) was the default
+        from sklearn.decomposition import PCA
+
+        t64 = np.asarray(train, dtype=np.float64)
+        solvers = {}
+        for solver in ("covariance_eigh", "randomized", "full"):
+            solvers[solver] = timed(lambda s=solver: PCA(p, svd_solver=s, random_state=0).fit(t64))[1]
+        print("   scikit-learn PCA fit alone, by solver: " + ", ".join(f"{k_} {v:.3f} s" for k_, v in solvers.items())
+              + f"  (the baseline uses 'auto' = {PCA(p).fit(t64[:20000])._fit_svd_solver} here; randomized "
+              "was 'auto' for this shape before scikit-learn 1.5 and is not exact)")
+        print(f"   ours, PCA alone: {phases['pca']:.3f} s\n")
+        del t64
+
+    # 2. exactness given the same cells
+    print("2. C_T given the same cells (baseline: sklearn PCA + NearestNeighbors + scipy, float64)")
+    worst = 0.0
+    for distance in ("euclidean", "cosine"):
+        for proj in (p, None):
+            ref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
+            cells = (ref.assign(train), ref.assign(test), ref.assign(gen))
+            ours_v = ct.ct_score(train, test, gen, cells=cells, projection=proj, distance=distance).value
+            base_v = baseline(train, test, gen, k=k, seed=0, n_init=1, projection=proj, distance=distance, cells=cells)
+            diff = abs(ours_v - base_v)
+            worst = max(worst, diff)
+            print(f"   {distance:9s} projection={proj!s:4s}: ours {ours_v:+.12f} baseline {base_v:+.12f} "
+                  f"|diff| {diff:.2e}")
+    print(f"   max |difference| = {worst:.2e} ({'within' if worst <= 1e-9 else 'OVER'} 1e-9)\n")
+
+    # 3. many layers, reference cached
+    L, Lb = args.layers, min(args.baseline_layers, args.layers)
+    print(f"3. {L} layers (different data per layer), reference side cached as .npz")
+    with tempfile.TemporaryDirectory() as tmp:
+        fit_time = 0.0
+        for i in range(L):
+            tr, te = (train, test) if i == 0 else make_layer(i, l, n, m, d)[:2]
+            ref, dt = timed(lambda tr=tr, te=te: ct.CTReference.fit(tr, te, k=k, projection=p, seed=0))
+            fit_time += dt
+            np.savez(Path(tmp) / f"layer{i}.npz", **ref.to_arrays())
+        cached = 0.0
+        for i in range(L):
+            g = gen if i == 0 else make_layer(i, l, n, m, d)[2]
+            t = time.perf_counter()
+            with np.load(Path(tmp) / f"layer{i}.npz") as z:
+                ref = ct.CTReference.from_arrays(dict(z))
+            ref.score(g)
+            cached += time.perf_counter() - t
+    base_layers = bt["total"]  # layer 0: the fastest of the runs above
+    for i in range(1, Lb):
+        tr, te, g = make_layer(i, l, n, m, d)
+        _, dt = timed(lambda tr=tr, te=te, g=g: baseline(tr, te, g, k=k, seed=0, n_init=args.n_init, projection=p))
+        base_layers += dt
+    base_scaled = base_layers / Lb * L
+    print(f"   baseline, everything per layer: {fmt(base_scaled)}  (timed on {Lb} layer(s): "
+          f"{base_layers:.3f} s, scaled to {L})")
+    print(f"   ours, fit once per layer:       {fmt(fit_time)}  (not part of the cached run)")
+    print(f"   ours, cached (load .npz + score): {fmt(cached)}  ({cached / L * 1000:.0f} ms a layer)")
+    print(f"   ours, uncached (fit + score):   {fmt(fit_time + cached)}")
+    print(f"   speed-up, {L} layers cached: {base_scaled / cached:6.1f}x; uncached: "
+          f"{base_scaled / (fit_time + cached):6.1f}x\n")
+
+    # 4. memory
+    print("4. peak memory, one layer end to end (peak resident set size, Linux VmHWM, in a fresh subprocess each; the data "
+          f"themselves are {(train.nbytes + test.nbytes + gen.nbytes) / 2**20:.0f} MiB float32)")
+    for which in ("baseline", "ours"):
+        mem = measure_memory(which, args, l, n, m, d)
+        extra = (mem["peak_kib"] - mem["rss_before_kib"]) / 1024
+        print(f"   {which:8s}: peak RSS {mem['peak_kib'] / 1024:7.0f} MiB, {extra:6.0f} MiB above the RSS "
+              f"before the call ({mem['rss_before_kib'] / 1024:.0f} MiB: interpreter, libraries, data)")
+    print()
+
+    if args.no_scaling:
+        return
+    # 5. scaling
+    print(f"5. scaling, one layer end to end (n=m={n}, PCA {p}, k={k}; fastest of {args.scaling_repeats} "
+          f"alternating runs)")
+    print(f"   training-set size l (d = {d}):")
+    for size in train_sizes:
+        tr, te, g = make_layer(100 + size, size, n, m, d)
+        to, tb = scaling_pair(tr, te, g, k, p, args)
+        print(f"     l={size:7d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
+        del tr, te, g
+    print(f"   dimension d (l = {l}):")
+    for dim in dims:
+        tr, te, g = make_layer(200 + dim, l, n, m, dim)
+        to, tb = scaling_pair(tr, te, g, k, min(p, dim), args)
+        print(f"     d={dim:5d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
+        del tr, te, g
+
+
+def scaling_pair(tr, te, g, k, p, args) -> tuple[float, float]:
+    """Fastest of --scaling-repeats alternating runs of ours and the baseline."""
+    to = tb = float("inf")
+    for _ in range(args.scaling_repeats):
+        to = min(to, timed(lambda: ct.ct_score(tr, te, g, k=k, projection=p, seed=0))[1])
+        tb = min(tb, timed(lambda: baseline(tr, te, g, k=k, seed=0, n_init=args.n_init, projection=p))[1])
+    return to, tb
+
+if __name__ == "__main__":
+    main()
