@@ -6,17 +6,8 @@ is also checked to declare its layers (through ``describe()``, on the meta devic
 from __future__ import annotations
 
 import pytest
-import torch
 
 from forensics.testing import EncoderContract, check_encoder, sample_images
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP spinning makes small models 50x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 CASES = {

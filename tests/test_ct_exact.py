@@ -86,29 +86,6 @@ def test_equals_brute_force_given_cells(distance, dim):
     assert abs(got - brute_force(train, test, gen, cells, distance)) <= 1e-9
 
 
-@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
-def test_projection_matches_sklearn_pca(distance):
-    from sklearn.decomposition import PCA
-
-    rng = np.random.default_rng(7)
-    basis = rng.normal(size=(6, 40))
-    make = lambda n: rng.normal(size=(n, 6)) @ basis + 0.1 * rng.normal(size=(n, 40))  # noqa: E731
-    train, test, gen = make(500), make(200), make(200)
-    pca = PCA(n_components=8, svd_solver="full").fit(train)
-    cells = (rng.integers(0, 2, 500), rng.integers(0, 2, 200), rng.integers(0, 2, 200))
-    want = brute_force(pca.transform(train), pca.transform(test), pca.transform(gen), cells, distance)
-    got = ct_score(train, test, gen, cells=cells, distance=distance, projection=8).value
-    assert abs(got - want) <= 1e-9
-
-
-def test_projection_wider_than_the_layer_only_centres_and_rotates():
-    rng = np.random.default_rng(3)
-    train, test, gen = rng.normal(size=(300, 12)), rng.normal(size=(100, 12)), rng.normal(size=(100, 12))
-    cells = (rng.integers(0, 2, 300), rng.integers(0, 2, 100), rng.integers(0, 2, 100))
-    raw = ct_score(train, test, gen, cells=cells).value
-    assert ct_score(train, test, gen, cells=cells, projection=64).value == pytest.approx(raw, abs=1e-9)
-
-
 def test_tau_is_strict():
     rng = np.random.default_rng(0)
     train, test = rng.normal(size=(200, 3)), rng.normal(size=(100, 3))

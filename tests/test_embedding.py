@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from forensics.embedding import embed, iter_embed
 from forensics.errors import UsageError
 from forensics.testing import sample_images
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP spinning makes small models 50x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
