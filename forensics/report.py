@@ -173,14 +173,17 @@ def render_curve(curve: dict[str, Any], console) -> None:
     finite = [abs(v) for v in values if v is not None]
     scale = max(finite) if finite else 1.0
     ct = Table(title=f"C_T per layer   {sparkline(values)}", box=box.SIMPLE_HEAD, title_justify="left")
-    ct.add_column("layer")
-    ct.add_column("C_T", justify="right")
-    ct.add_column("copying ◄ │ ► underfitting", no_wrap=True)
-    ct.add_column("reading")
-    ct.add_column("P_n counted", justify="right", style="dim")
+    name_width = max(len(name) for name in curve["layers"])
+    # the bars take what the other columns leave (they need about 40 columns with the layer names)
+    half = max(4, min(20, (console.width - name_width - 44) // 2))
+    ct.add_column("layer", no_wrap=True, min_width=name_width)
+    ct.add_column("C_T", justify="right", no_wrap=True)
+    ct.add_column("copying ◄│► underfitting" if half >= 12 else "◄│►", no_wrap=True)
+    ct.add_column("reading", no_wrap=True, min_width=12)
+    ct.add_column("P_n counted" if half >= 16 else "P_n", justify="right", style="dim", no_wrap=True)
     colours = {"copying": "red", "underfitting": "cyan", "no evidence": "white", "undefined": "yellow"}
     for layer, v, r, w in zip(curve["layers"], values, curve["readings"], curve["counted_weight"]):
-        ct.add_row(layer, "—" if v is None else f"{v:+.2f}", bar(v, scale), Text(r, style=colours[r]),
+        ct.add_row(layer, "—" if v is None else f"{v:+.2f}", bar(v, scale, half), Text(r, style=colours[r]),
                    "" if w is None else f"{100 * w:.0f}%")
     console.print(ct)
     for layer, reason in curve.get("undefined", {}).items():
