@@ -7,39 +7,10 @@ import math
 import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
+from test_ct import brute_ct  # the one plain float64 reference of the suite
 
 from forensics.ct import CTReference, ct_score, mann_whitney_u, z_score
 from forensics.errors import StatisticError, UsageError
-
-
-def brute_force(train, test, gen, cells, distance, tau=None):
-    """ALGORITHMS.md §1 written as plainly as possible, in float64."""
-    tc, pc, qc = (np.asarray(c) for c in cells)
-    m, n = len(gen), len(test)
-    tau = 20 / m if tau is None else tau
-
-    def nearest(points, ids):
-        out = []
-        for x, c in zip(points, ids):
-            t = train[tc == c]
-            if distance == "euclidean":
-                d = np.sqrt(((t - x) ** 2).sum(axis=1))
-            else:
-                d = 1 - np.abs(t @ x / (np.linalg.norm(t, axis=1) * np.linalg.norm(x)))
-            out.append(d.min())
-        return np.array(out)
-
-    lp, lq = nearest(test, pc), nearest(gen, qc)
-    num = den = 0.0
-    for c in np.unique(tc):
-        a, b = lq[qc == c], lp[pc == c]
-        if len(a) == 0 or not len(a) / m > tau:
-            continue
-        u = mannwhitneyu(a, b, alternative="less").statistic
-        z = (u - (len(a) * len(b) / 2 - 0.5)) / math.sqrt(len(a) * len(b) * (len(a) + len(b) + 1) / 12)
-        num += len(b) / n * z
-        den += len(b) / n
-    return num / den
 
 
 def test_hand_worked_one_dimension():
@@ -83,7 +54,7 @@ def test_equals_brute_force_given_cells(distance, dim):
     gen = np.concatenate([train[:60] + 0.05 * rng.normal(size=(60, dim)), rng.normal(size=(90, dim))])
     cells = (rng.integers(0, 3, 400), rng.integers(0, 3, 150), rng.integers(0, 3, 150))
     got = ct_score(train, test, gen, cells=cells, distance=distance).value
-    assert abs(got - brute_force(train, test, gen, cells, distance)) <= 1e-9
+    assert abs(got - brute_ct(train, test, gen, cells, distance)) <= 1e-9
 
 
 def test_tau_is_strict():
