@@ -311,10 +311,11 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
     out.print(table)
 
 
-from forensics import cli_encoders, cli_registry  # noqa: E402
+from forensics import cli_encoders, cli_registry, cli_zoo  # noqa: E402
 
 app.command("encoders")(cli_encoders.encoders)
 app.add_typer(cli_registry.app, name="registry")
+app.add_typer(cli_zoo.app, name="zoo")
 
 
 def main() -> None:

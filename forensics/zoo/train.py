@@ -30,12 +30,13 @@ import torch.nn.functional as F
 
 from . import models as M
 from . import samplers as S
+from .catalog import SAMPLES_SUBDIR
 from .data import mnist_split
 from .quality import quality
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO / "registry" / "mnist-effnet-lite0" / "samples"
-DEFAULT_WEIGHTS = REPO / "registry" / "mnist-effnet-lite0" / "models" / "ddpm.safetensors"
+DEFAULT_OUT = REPO / "registry" / SAMPLES_SUBDIR
+DEFAULT_WEIGHTS = DEFAULT_OUT.parent / "models" / "ddpm.safetensors"
 DEFAULT_CKPT = Path(os.environ.get("FORENSICS_ZOO_CKPT", "/tmp/zoo"))
 M_IMAGES = 500
 

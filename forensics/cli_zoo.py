@@ -1,0 +1,195 @@
+"""``forensics zoo …``: the generator zoo of the embedded default — list it, enrol it, rebuild it."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from forensics.cli_common import REGISTRY_HELP, err, handle_errors, out, print_json
+from forensics.errors import UsageError
+
+app = typer.Typer(name="zoo", no_args_is_help=True,
+                  help="The generator zoo trained on the embedded MNIST split: list, enrol, retrain, resample.")
+
+_REG = typer.Option(None, "--registry", help=REGISTRY_HELP)
+_SAMPLES = typer.Option(None, "--samples", help="Sample-set folder (default: the registry's "
+                                                "mnist-effnet-lite0/samples).")
+_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
+_PROTO = typer.Option(None, "--protocol", "-p", help="Protocol name (default: the registry's default protocol).")
+
+
+def _folder(samples: Path | None, registry: Path | None) -> Path:
+    from forensics.zoo.catalog import samples_dir
+
+    return samples.expanduser() if samples is not None else samples_dir(registry)
+
+
+def _enrolled(reg, protocol: str) -> dict[str, set[str]]:
+    """generator → the input hashes of its enrolled instances under ``protocol``."""
+    return {name: {i.provenance.get("input_sha256") for i in entry.instances}
+            for name, entry in reg.generator_entries(protocol).items()}
+
+
+@app.command("list")
+@handle_errors
+def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = _PROTO, registry: Optional[Path] = _REG,
+          json_out: bool = _JSON):
+    """List the zoo's sample sets with their quality figures and whether each is enrolled in a protocol.
+
+    Example: forensics zoo list --protocol mnist-effnet-lite0
+    """
+    from rich.table import Table
+
+    from forensics.images import load_images
+    from forensics.registry import Registry
+    from forensics.zoo.catalog import read_manifest
+
+    folder = _folder(samples, registry)
+    instances = read_manifest(folder)
+    reg = Registry.open(registry)
+    pname = reg.resolve_protocol(protocol)
+    enrolled = _enrolled(reg, pname)
+    rows = []
+    for z in instances:
+        digest = load_images(z.path)[1] if z.path.is_file() else None
+        rows.append({"generator": z.generator, "instance": z.instance, "seed": z.seed, "file": str(z.path),
+                     "present": z.path.is_file(), "quality": z.quality,
+                     "enrolled": digest is not None and digest in enrolled.get(z.generator, set())})
+    if json_out:
+        print_json({"schema": "forensics.zoo-list/1", "samples": str(folder), "protocol": pname, "instances": rows})
+        return
+    table = Table(title=f"zoo sample sets in {folder}", title_justify="left")
+    for col, justify in (("generator", "left"), ("instance", "left"), ("seed", "right"), ("fd_pca", "right"),
+                         ("nn_ratio", "right"), ("ct_pixel", "right"), (f"enrolled in {pname}", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        q = r["quality"]
+        state = "yes" if r["enrolled"] else ("[red]file missing[/]" if not r["present"] else "no")
+        table.add_row(r["generator"], r["instance"], str(r["seed"]), *(str(q.get(k, "—")) for k in
+                                                                       ("fd_pca", "nn_ratio", "ct_pixel")), state)
+    out.print(table)
+    if instances:
+        ref = instances[0].quality.get("fd_pca_test")
+        out.print(f"fd_pca, nn_ratio, ct_pixel: pixel-space quality against T (forensics/zoo/README.md); "
+                  f"a fresh real set scores fd_pca {ref}, nn_ratio 1, ct_pixel ≈ 0.")
+
+
+@app.command()
+@handle_errors
+def enroll(
+    protocol: Optional[str] = _PROTO,
+    generator: Optional[list[str]] = typer.Option(None, "--generator", "-g",
+                                                  help="Enrol only this generator (repeatable; default: all)."),
+    instance: Optional[list[str]] = typer.Option(None, "--instance", "-i",
+                                                 help="Enrol this instance (repeatable; default: run0, run1, run2; "
+                                                      "'heldout' is the query set and best kept out)."),
+    samples: Optional[Path] = _SAMPLES,
+    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder: cpu, cuda, cuda:1."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
+    registry: Optional[Path] = _REG,
+    json_out: bool = _JSON,
+):
+    """Enrol the zoo's sample sets in a protocol; sets already enrolled there are skipped.
+
+    One encoder serves every set, so enrolling the 24 reference instances costs one start-up.
+    Example: forensics zoo enroll --protocol mnist-effnet-lite0
+    """
+    from forensics.images import load_images
+    from forensics.pipeline import Engine
+    from forensics.registry import Registry
+    from forensics.zoo.catalog import read_manifest, select
+
+    folder = _folder(samples, registry)
+    chosen = select(read_manifest(folder), generator, instance)
+    reg = Registry.open(registry)
+    pname = reg.resolve_protocol(protocol)
+    proto = reg.protocol(pname)
+    enrolled = _enrolled(reg, pname)
+    todo = []
+    for z in chosen:
+        if not z.path.is_file():
+            raise _missing(z.path)
+        images, digest = load_images(z.path)
+        if digest in enrolled.get(z.generator, set()):
+            continue
+        if len(images) < proto.batch_size:
+            raise UsageError(f"{z.path} holds {len(images)} images; protocol {pname} needs batches of "
+                             f"{proto.batch_size}")
+        todo.append((z, images, digest))
+    done = []
+    if todo:
+        engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+        for z, images, digest in todo:
+            fps = [c.fingerprint for c in engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)]
+            command = ["forensics", "zoo", "enroll", "--protocol", pname, "--generator", z.generator,
+                       "--instance", z.instance]
+            provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
+                          "command": " ".join(shlex.quote(a) for a in command),
+                          "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
+            ids = reg.enroll(pname, z.generator, fps, provenance)
+            done.append({"generator": z.generator, "instance": z.instance, "ids": ids})
+            if not json_out:
+                err.print(f"enrolled {z.generator}/{z.instance} as {', '.join(ids)}")
+    skipped = len(chosen) - len(todo)
+    if json_out:
+        print_json({"schema": "forensics.zoo-enroll/1", "protocol": pname, "enrolled": done, "skipped": skipped})
+    else:
+        out.print(f"{len(done)} zoo set(s) enrolled under {pname}; {skipped} already there")
+
+
+def _missing(path: Path) -> UsageError:
+    return UsageError(f"zoo sample set {path} is missing; rebuild it with `forensics zoo train` "
+                      f"(see forensics/zoo/README.md)")
+
+
+@app.command()
+@handle_errors
+def train(
+    generator: str = typer.Argument(..., help="vae, dcgan, sngan, gmm, kde-copier, ddpm-net (the diffusion "
+                                              "network), or a sampler of it: ddpm, ddim, pndm."),
+    seed: int = typer.Option(0, "--seed", help="Seed: 0, 1, 2 make run0..run2, 3 makes heldout."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Override the training iterations (resumes)."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads (1 reproduces the shipped sets bit for bit)."),
+    samples: Optional[Path] = _SAMPLES,
+    ckpt_dir: Optional[Path] = typer.Option(None, "--ckpt-dir", help="Checkpoints (default $FORENSICS_ZOO_CKPT "
+                                                                     "or /tmp/zoo); training resumes from them."),
+    registry: Optional[Path] = _REG,
+):
+    """Train one zoo generator on T (resuming from its checkpoint) and write its sample set.
+
+    Example: forensics zoo train vae --seed 1
+    """
+    import torch
+
+    from forensics.zoo import train as zoo_train
+
+    if generator not in zoo_train.GENERATORS:
+        raise UsageError(f"unknown zoo generator {generator!r}; choose from {', '.join(zoo_train.GENERATORS)}")
+    torch.set_num_threads(threads)
+    folder = _folder(samples, registry)
+    meta = zoo_train.run(generator, seed, folder, None, ckpt_dir or zoo_train.DEFAULT_CKPT,
+                         folder.parent / "models" / "ddpm.safetensors", {"iters": iters} if iters else {})
+    if meta is None:
+        out.print(f"trained {generator}; its weights are in {folder.parent / 'models'}")
+    else:
+        out.print(f"wrote {folder / meta['file']} (quality {meta['quality']}); run `forensics zoo manifest` "
+                  f"to record it")
+
+
+@app.command()
+@handle_errors
+def manifest(samples: Optional[Path] = _SAMPLES, registry: Optional[Path] = _REG):
+    """Rewrite MANIFEST.json from the sample sets' records (checks every file's sha256).
+
+    Example: forensics zoo manifest
+    """
+    from forensics.zoo import train as zoo_train
+
+    try:
+        path = zoo_train.write_manifest(_folder(samples, registry))
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+    out.print(f"wrote {path}")

@@ -1,0 +1,74 @@
+"""The zoo's shipped sample sets: where they are and what their ``MANIFEST.json`` says.
+
+Kept free of torch so that listing the zoo is instant. The sample sets live in the bundled registry
+(``registry/mnist-effnet-lite0/samples/<generator>/<instance>.npz``); every protocol over the same MNIST
+split enrols from them. ``run0`` … ``run2`` are the reference instances, ``heldout`` is each class's
+query set and is never enrolled by default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forensics.errors import UsageError
+
+SAMPLES_SUBDIR = Path("mnist-effnet-lite0") / "samples"
+REFERENCE_INSTANCES = ("run0", "run1", "run2")
+HELDOUT_INSTANCE = "heldout"
+
+
+def samples_dir(registry: str | Path | None = None) -> Path:
+    """The sample-set folder of ``registry`` (default: the bundled one, or ``$FORENSICS_REGISTRY``)."""
+    from forensics.registry import default_registry_path
+
+    root = Path(registry).expanduser() if registry is not None else default_registry_path()
+    return root / SAMPLES_SUBDIR
+
+
+@dataclass(frozen=True)
+class ZooInstance:
+    """One sample set of the zoo, as recorded in the manifest."""
+
+    generator: str
+    instance: str
+    path: Path
+    sha256: str
+    seed: int | None
+    quality: dict[str, Any]
+    record: dict[str, Any]
+
+
+def read_manifest(folder: str | Path) -> list[ZooInstance]:
+    """Every instance listed in ``folder/MANIFEST.json``, sorted by generator and instance."""
+    folder = Path(folder)
+    path = folder / "MANIFEST.json"
+    if not path.is_file():
+        raise UsageError(f"no zoo manifest at {path}; rebuild it with `forensics zoo manifest --samples {folder}`")
+    try:
+        doc = json.loads(path.read_text())
+        entries = doc["instances"]
+        out = [ZooInstance(generator=str(e["generator"]), instance=str(e["instance"]), path=folder / e["file"],
+                           sha256=str(e["sha256"]), seed=e.get("seed"), quality=dict(e.get("quality") or {}),
+                           record=e)
+               for e in entries]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a zoo manifest ({type(exc).__name__}: {exc}); rebuild it with "
+                         f"`forensics zoo manifest`") from None
+    return sorted(out, key=lambda z: (z.generator, z.instance))
+
+
+def select(instances: list[ZooInstance], generators: list[str] | None,
+           names: list[str] | None) -> list[ZooInstance]:
+    """The instances of ``generators`` (all when None) named in ``names`` (the reference runs when None)."""
+    known = sorted({z.generator for z in instances})
+    for g in generators or []:
+        if g not in known:
+            raise UsageError(f"the zoo has no generator {g!r}; it has {', '.join(known)}")
+    wanted = set(names) if names else set(REFERENCE_INSTANCES)
+    chosen = [z for z in instances if (not generators or z.generator in generators) and z.instance in wanted]
+    if not chosen:
+        raise UsageError(f"no zoo instance matches (instances {sorted(wanted)}); `forensics zoo list` shows them")
+    return chosen

@@ -1,0 +1,89 @@
+"""``forensics zoo …``: list the shipped sample sets, enrol them (reproducing the shipped curves), rebuild one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from forensics.cli_zoo import app
+from forensics.registry import Registry
+from forensics.zoo.catalog import REFERENCE_INSTANCES, samples_dir
+
+PROTOCOL = "mnist-effnet-lite0"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _bundled_plugins_only(plugin_host):
+    yield plugin_host
+
+
+def run(*args, code=0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    return result
+
+
+@pytest.fixture
+def registry_copy(tmp_path):
+    """The default protocol's folder without its sample sets and models (tests pass --samples)."""
+    bundled = Registry.open()
+    target = tmp_path / "reg"
+    target.mkdir()
+    shutil.copytree(bundled.path / PROTOCOL, target / PROTOCOL, ignore=shutil.ignore_patterns("samples", "models"))
+    shutil.copy(bundled.path / "registry.yaml", target / "registry.yaml")
+    return target
+
+
+def test_every_command_has_an_example_in_its_help():
+    for cmd in ("list", "enroll", "train", "manifest"):
+        assert "Example" in run(cmd, "--help").output, cmd
+
+
+def test_list_shows_every_set_and_what_is_enrolled():
+    doc = json.loads(run("list", "--json").output)
+    rows = doc["instances"]
+    assert doc["protocol"] == PROTOCOL and len(rows) == 32
+    assert all(r["present"] for r in rows)
+    enrolled = {(r["generator"], r["instance"]) for r in rows if r["enrolled"]}
+    assert {i for _, i in enrolled} == set(REFERENCE_INSTANCES) and len(enrolled) == 24
+    assert all(r["quality"]["fd_pca"] > 0 for r in rows)
+
+
+def test_enroll_reproduces_the_shipped_curve_and_is_idempotent(registry_copy):
+    shipped = {i.provenance["input"].rsplit("/", 1)[-1]: i.values
+               for i in Registry.open(registry_copy).generator_entries(PROTOCOL)["gmm"].instances}
+    Registry.open(registry_copy).remove(PROTOCOL, "gmm")
+    samples = samples_dir()
+    doc = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
+                         "--json").output)
+    assert [d["instance"] for d in doc["enrolled"]] == ["run0"] and doc["skipped"] == 0
+    (inst,) = Registry.open(registry_copy).generator_entries(PROTOCOL)["gmm"].instances
+    np.testing.assert_allclose(inst.values, shipped["run0.npz"], rtol=0, atol=1e-9)
+    assert inst.provenance["command"].startswith("forensics zoo enroll --protocol mnist-effnet-lite0")
+    again = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
+                           "--json").output)
+    assert again["enrolled"] == [] and again["skipped"] == 1
+
+
+def test_bad_requests_are_one_line_errors(tmp_path):
+    result = run("enroll", "-g", "stylegan", code=2)
+    assert "the zoo has no generator 'stylegan'" in result.output and "Traceback" not in result.output
+    result = run("list", "--samples", tmp_path, code=2)
+    assert "no zoo manifest" in result.output
+    assert "unknown zoo generator" in run("train", "biggan", "--samples", tmp_path, code=2).output
+
+
+def test_train_rebuilds_a_set_bit_for_bit(tmp_path):
+    # the copier needs no training: seconds, and its output must equal the shipped run0 exactly
+    run("train", "kde-copier", "--seed", "0", "--samples", tmp_path, "--ckpt-dir", tmp_path / "ckpt")
+    rebuilt = np.load(tmp_path / "kde-copier" / "run0.npz")["images"]
+    shipped = np.load(samples_dir() / "kde-copier" / "run0.npz")["images"]
+    np.testing.assert_array_equal(rebuilt, shipped)
+    run("manifest", "--samples", tmp_path)
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert [e["instance"] for e in manifest["instances"]] == ["run0"]
