@@ -9,7 +9,10 @@ from typing import Optional
 import typer
 
 from forensics import __version__
-from forensics.cli_common import REGISTRY_HELP, STATE, err, handle_errors, out, print_json
+from forensics.cli_common import (
+    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, err,
+    handle_errors, out, print_json,
+)
 
 app = typer.Typer(
     name="forensics",
@@ -78,22 +81,21 @@ def _open(images: Path, protocol: str | None, registry: Path | None, device: str
 @handle_errors
 def attribute(
     images: Path = typer.Argument(..., help="A folder of PNG/JPEG images, or an .npz/.npy array of uint8 images."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", "-p",
-                                           help="Protocol to attribute under (default: the registry's default)."),
-    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+    protocol: Optional[str] = OPT_PROTOCOL,
+    registry: Optional[Path] = OPT_REGISTRY,
     matcher: str = typer.Option("alpha", "--matcher", "-m", help="Matcher: alpha (paper, α=0.5), cosine, svm, …"),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (schema forensics.attribution/1)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder: cpu, cuda, cuda:1."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16."),
+    device: str = OPT_DEVICE,
+    weights: Optional[str] = OPT_WEIGHTS,
+    no_cache: bool = OPT_NO_CACHE,
+    workers: int = OPT_WORKERS,
+    amp: Optional[str] = OPT_AMP,
     top: int = typer.Option(6, "--top", min=1, help="How many candidates the terminal report lists."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
 ):
     """Attribute a batch of images to the generator in the registry whose fingerprint it matches.
 
-    Example: forensics attribute registry/mnist-effnet-lite0/samples/heldout/dcgan.npz
+    Example: forensics attribute registry/mnist-effnet-lite0/samples/dcgan/heldout.npz
     """
     import numpy as np
 
@@ -145,14 +147,14 @@ def attribute(
 @handle_errors
 def memorization(
     images: Path = typer.Argument(..., help="A folder of images, or an .npz/.npy array of uint8 images."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Protocol (default: the registry's)."),
-    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+    protocol: Optional[str] = OPT_PROTOCOL,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.memorization/1)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16."),
+    device: str = OPT_DEVICE,
+    weights: Optional[str] = OPT_WEIGHTS,
+    no_cache: bool = OPT_NO_CACHE,
+    workers: int = OPT_WORKERS,
+    amp: Optional[str] = OPT_AMP,
 ):
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
 
@@ -251,8 +253,8 @@ def protocol_create(
     ship_reference: bool = typer.Option(False, "--ship-reference", help="Also compute the reference side and "
                                         "store it in the registry beside the protocol."),
     make_default: bool = typer.Option(False, "--default", help="Make it the registry's default protocol."),
-    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder."),
+    registry: Optional[Path] = OPT_REGISTRY,
+    device: str = OPT_DEVICE,
 ):
     """Define a protocol: hash the reference sets, record the encoder, statistic and batch size.
 

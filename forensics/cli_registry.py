@@ -10,14 +10,14 @@ from typing import Any, Optional
 
 import typer
 
-from forensics.cli_common import REGISTRY_HELP, err, handle_errors, out, print_json
+from forensics.cli_common import (
+    OPT_DEVICE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
+)
 
 app = typer.Typer(name="registry", no_args_is_help=True,
                   help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.")
 
-_REG = typer.Option(None, "--registry", help=REGISTRY_HELP)
 _JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
-_PROTO = typer.Option(None, "--protocol", "-p", help="Protocol name (default: the registry's default protocol).")
 
 
 def _short(digest: str | None) -> str:
@@ -37,7 +37,7 @@ def _fmt(v: Any, nd: int = 3) -> str:
 # -- list / show / validate -----------------------------------------------------------------------
 @app.command("list")
 @handle_errors
-def list_(registry: Optional[Path] = _REG, json_out: bool = _JSON):
+def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = _JSON):
     """List the protocols of the registry and their generators.
 
     Example: forensics registry list --json
@@ -76,7 +76,7 @@ def list_(registry: Optional[Path] = _REG, json_out: bool = _JSON):
 def show(
     protocol: Optional[str] = typer.Argument(None, help="Protocol name (default: the registry's default)."),
     generator: Optional[str] = typer.Option(None, "--generator", "-g", help="Show this generator's instances in full."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """Show a protocol's record, its generators and their instances with provenance.
@@ -128,7 +128,7 @@ def show(
 
 @app.command()
 @handle_errors
-def validate(registry: Optional[Path] = _REG, json_out: bool = _JSON):
+def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = _JSON):
     """Check every registry file: schema, digests, NaN/inf, duplicate names, curve lengths. Exit 1 on problems.
 
     Example: forensics registry validate --registry ./registry
@@ -161,12 +161,12 @@ def validate(registry: Optional[Path] = _REG, json_out: bool = _JSON):
 def enroll(
     name: str = typer.Argument(..., help="Generator name (letters, digits, '_.+-'); new or existing."),
     images: Path = typer.Argument(..., help="Images it made: a folder of PNG/JPEG, or an .npz/.npy uint8 array."),
-    protocol: Optional[str] = _PROTO,
+    protocol: Optional[str] = OPT_PROTOCOL,
     description: str = typer.Option("", "--description", help="One line about the generator (kept in its file)."),
     note: Optional[str] = typer.Option(None, "--note", help="A note kept with each instance's provenance."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder: cpu, cuda, cuda:1."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
-    registry: Optional[Path] = _REG,
+    device: str = OPT_DEVICE,
+    weights: Optional[str] = OPT_WEIGHTS,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
@@ -208,9 +208,9 @@ def enroll(
 @handle_errors
 def remove(
     name: str = typer.Argument(..., help="Generator to remove (all its instances unless --instance)."),
-    protocol: Optional[str] = _PROTO,
+    protocol: Optional[str] = OPT_PROTOCOL,
     instance: Optional[str] = typer.Option(None, "--instance", "-i", help="Remove only this instance."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """Remove a generator, or one of its instances, from a protocol.
@@ -264,7 +264,7 @@ def _git_snapshot(spec: str, base: Path, tmp: Path) -> Path:
 def diff(
     other: str = typer.Argument(..., help="The other registry state: a folder, or git:REV (the registry at a "
                                           "git revision, e.g. git:HEAD or git:main)."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """What two registry states disagree on: protocols, generators, instances, curves, provenance.
@@ -376,7 +376,7 @@ def evaluate(
                                                                            "(default: every protocol)."),
     matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s) to evaluate, repeatable "
                                                                   "(default: every registered matcher)."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """Leave-one-out attribution over every enrolled instance, each matcher side by side.
@@ -404,9 +404,9 @@ def evaluate(
 @app.command()
 @handle_errors
 def calibrate(
-    protocol: Optional[str] = _PROTO,
+    protocol: Optional[str] = OPT_PROTOCOL,
     matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s), repeatable (default: all)."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """Calibrate the open-set thresholds ("unknown") from the references and record them in the registry.
@@ -446,7 +446,7 @@ def calibrate(
 def import_paper(
     src: Path = typer.Argument(..., help="The paper-curves folder (holds Ffull_score.txt, model_ct_scores.txt)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the protocol's generators if present."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """Import He et al. 2024's published CIFAR-10 curves as the protocol he2024-cifar10-vitb16.
@@ -470,7 +470,7 @@ def import_paper(
 @handle_errors
 def default(
     protocol: Optional[str] = typer.Argument(None, help="Protocol to make the default (omit to print it)."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
 ):
     """Print or set the registry's default protocol.
 

@@ -8,17 +8,17 @@ from typing import Optional
 
 import typer
 
-from forensics.cli_common import REGISTRY_HELP, err, handle_errors, out, print_json
+from forensics.cli_common import (
+    OPT_DEVICE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
+)
 from forensics.errors import UsageError
 
 app = typer.Typer(name="zoo", no_args_is_help=True,
                   help="The generator zoo trained on the embedded MNIST split: list, enrol, retrain, resample.")
 
-_REG = typer.Option(None, "--registry", help=REGISTRY_HELP)
 _SAMPLES = typer.Option(None, "--samples", help="Sample-set folder (default: the registry's "
                                                 "mnist-effnet-lite0/samples).")
 _JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
-_PROTO = typer.Option(None, "--protocol", "-p", help="Protocol name (default: the registry's default protocol).")
 
 
 def _folder(samples: Path | None, registry: Path | None) -> Path:
@@ -35,7 +35,7 @@ def _enrolled(reg, protocol: str) -> dict[str, set[str]]:
 
 @app.command("list")
 @handle_errors
-def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = _PROTO, registry: Optional[Path] = _REG,
+def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROTOCOL, registry: Optional[Path] = OPT_REGISTRY,
           json_out: bool = _JSON):
     """List the zoo's sample sets with their quality figures and whether each is enrolled in a protocol.
 
@@ -80,16 +80,16 @@ def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = _PROTO, 
 @app.command()
 @handle_errors
 def enroll(
-    protocol: Optional[str] = _PROTO,
+    protocol: Optional[str] = OPT_PROTOCOL,
     generator: Optional[list[str]] = typer.Option(None, "--generator", "-g",
                                                   help="Enrol only this generator (repeatable; default: all)."),
     instance: Optional[list[str]] = typer.Option(None, "--instance", "-i",
                                                  help="Enrol this instance (repeatable; default: run0, run1, run2; "
                                                       "'heldout' is the query set and best kept out)."),
     samples: Optional[Path] = _SAMPLES,
-    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder: cpu, cuda, cuda:1."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise."),
-    registry: Optional[Path] = _REG,
+    device: str = OPT_DEVICE,
+    weights: Optional[str] = OPT_WEIGHTS,
+    registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = _JSON,
 ):
     """Enrol the zoo's sample sets in a protocol; sets already enrolled there are skipped.
@@ -156,7 +156,7 @@ def train(
     samples: Optional[Path] = _SAMPLES,
     ckpt_dir: Optional[Path] = typer.Option(None, "--ckpt-dir", help="Checkpoints (default $FORENSICS_ZOO_CKPT "
                                                                      "or /tmp/zoo); training resumes from them."),
-    registry: Optional[Path] = _REG,
+    registry: Optional[Path] = OPT_REGISTRY,
 ):
     """Train one zoo generator on T (resuming from its checkpoint) and write its sample set.
 
@@ -181,7 +181,7 @@ def train(
 
 @app.command()
 @handle_errors
-def manifest(samples: Optional[Path] = _SAMPLES, registry: Optional[Path] = _REG):
+def manifest(samples: Optional[Path] = _SAMPLES, registry: Optional[Path] = OPT_REGISTRY):
     """Rewrite MANIFEST.json from the sample sets' records (checks every file's sha256).
 
     Example: forensics zoo manifest

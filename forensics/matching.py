@@ -416,14 +416,20 @@ def _generic_points(matcher: Matcher, refs: list[Reference]):
         order = sorted(range(n), key=lambda i: (refs[i].generator, refs[i].instance))
         folds = [order[k::FOLDS] for k in range(FOLDS)]
         how = f"{FOLDS}-fold (more than {LOO_LIMIT} references)"
-    for fold in folds:
-        held = set(fold)
-        rest = [r for i, r in enumerate(refs) if i not in held]
+    def fitted(rest: list[Reference]) -> bool:
+        # a split that leaves too few generators (or that the matcher cannot fit) is skipped
         if len({x.generator for x in rest}) < need:
-            continue
+            return False
         try:
             probe.fit(rest)
         except UsageError:
+            return False
+        return True
+
+    for fold in folds:
+        held = set(fold)
+        rest = [r for i, r in enumerate(refs) if i not in held]
+        if not fitted(rest):
             continue
         present = {x.generator for x in rest}
         for i in fold:
@@ -432,12 +438,7 @@ def _generic_points(matcher: Matcher, refs: list[Reference]):
             ok = r.generator in present and cands[0].generator == r.generator
             (answer if ok else unknown).append(_point(cands))
     for g in sorted({r.generator for r in refs}):
-        rest = [x for x in refs if x.generator != g]
-        if len({x.generator for x in rest}) < need:
-            continue
-        try:
-            probe.fit(rest)
-        except UsageError:
+        if not fitted([x for x in refs if x.generator != g]):
             continue
         for r in refs:
             if r.generator == g:
