@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,16 +40,24 @@ class ModelEntry:
     package: tuple[str, Callable[[], str]] | None = None
     adapt: StateAdapter | None = None
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the encoder's own preprocessing, for weights that timm's pretrained configs know nothing of
+    preprocessing: Preprocessing | None = None
+    #: False when the weights exist only in ``package`` (no timm / Hugging Face / torch hub cache to search)
+    hub: bool = True
+    #: extra advice for the "no weights" message
+    how: str = ""
 
     @property
     def timm_name(self) -> str:
         return f"{self.architecture}.{self.pretrained_tag}" if self.pretrained_tag else self.architecture
 
     def sources(self) -> Sources:
+        if not self.hub:
+            return Sources(package=self.package, how=self.how)
         cfg = _timm().models.get_pretrained_cfg(self.timm_name)
         hf = (cfg.hf_hub_id,) if cfg is not None and cfg.hf_hub_id else ()
         urls = (cfg.url,) if cfg is not None and cfg.url else ()
-        return Sources(package=self.package, hf_ids=hf, urls=urls)
+        return Sources(package=self.package, hf_ids=hf, urls=urls, how=self.how)
 
 
 def preprocessing_from_cfg(cfg: Any, size: int) -> Preprocessing:
@@ -61,6 +69,15 @@ def preprocessing_from_cfg(cfg: Any, size: int) -> Preprocessing:
                                                                                       "nearest") else "bicubic",
         mean=tuple(float(v) for v in cfg.mean) if cfg is not None else (0.5, 0.5, 0.5),
         std=tuple(float(v) for v in cfg.std) if cfg is not None else (0.5, 0.5, 0.5))
+
+
+def entry_preprocessing(entry: ModelEntry, size: int) -> Preprocessing:
+    """The preprocessing of ``entry`` at input ``size``: its own when it declares one (the resize scaled
+    with the size), else timm's pretrained config."""
+    own = entry.preprocessing
+    if own is not None:
+        return own if own.size == size else replace(own, size=size, resize=round(own.resize * size / own.size))
+    return preprocessing_from_cfg(_timm().models.get_pretrained_cfg(entry.timm_name), size)
 
 
 def global_average(x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +113,6 @@ class TimmEncoder(Encoder):
         self.options = {k: v for k, v in (("pooling", pooling if pooling != self.poolings[0] else None),
                                           ("image_size", image_size), ("seed", seed or None)) if v is not None}
         kwargs = self.model_kwargs(image_size)
-        cfg = timm.models.get_pretrained_cfg(entry.timm_name)
         model = random_init(lambda: timm.create_model(entry.architecture, **kwargs), seed=seed)
         if weights == RANDOM:
             source, detail = "random", f"timm {entry.architecture} random init, seed={seed}"
@@ -111,7 +127,7 @@ class TimmEncoder(Encoder):
         model.eval()
         self.model = self.prune(model)
         self.weights = weights_info(self.model, source, detail)
-        self.preprocessing = preprocessing_from_cfg(cfg, self.input_size(model, image_size))
+        self.preprocessing = entry_preprocessing(entry, self.input_size(model, image_size))
         self.layers = self.declared_layers(kwargs, self.preprocessing.size)
         self.to(device)
 
@@ -188,7 +204,7 @@ class TimmEncoder(Encoder):
         with torch.device("meta"):
             meta = timm.create_model(entry.architecture, **kwargs)
         size = shell.input_size(meta, options.get("image_size"))
-        prep = preprocessing_from_cfg(timm.models.get_pretrained_cfg(entry.timm_name), size)
+        prep = entry_preprocessing(entry, size)
         return EncoderSpec(name=entry.name, family=cls.family, description=entry.description,
                            layers=shell.declared_layers(kwargs, size, meta), preprocessing=prep, pooling=shell.pooling,
                            poolings=cls.poolings, weights=availability(entry.name, entry.sources()))

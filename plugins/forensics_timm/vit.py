@@ -4,6 +4,9 @@ ViT: every block's output is one layer (``blocks.0`` … ``blocks.{depth-1}``); 
 its CLS token (He et al.'s official choice) or, with ``pooling="mean"``, the mean of its patch tokens. The
 patch-embedding output is left out: its CLS token is the same for every image.
 
+``vit_mnist_tiny.forensics`` is the project's own small ViT, trained on the MNIST T of the ``mnist-vit``
+protocol by ``python -m forensics.zoo.encoder``; its weights ship inside the forensics package.
+
 Swin: every stage's output is one layer (``layers.0`` … ``layers.3``), globally average pooled.
 
 All requested layers come from one forward pass that stops after the deepest one requested.
@@ -115,10 +118,25 @@ SWIN_MODELS = {
 }
 
 
+def project_vit() -> ModelEntry:
+    """The ViT the project trains on MNIST's T itself (``forensics.zoo.encoder``); weights ship with forensics."""
+    from forensics.zoo import encoder as trained
+
+    size = trained.ARCH_KWARGS
+    return ModelEntry(
+        name="vit_mnist_tiny.forensics", architecture=trained.ARCHITECTURE,
+        description=(f"ViT trained by the project on the 4,000 MNIST digits of T (patch {size['patch_size']}, "
+                     f"{size['depth']} blocks, width {size['embed_dim']}, 28 px): the mnist-vit protocol's encoder"),
+        package=("forensics", trained.weights_path), extra_kwargs=dict(size),
+        preprocessing=trained.PREPROCESSING, hub=False,
+        how="rebuild them with `python -m forensics.zoo.encoder --seed 0` (about 16 min on 2 CPU cores)")
+
+
 def entries() -> list[tuple[type[TimmEncoder], ModelEntry]]:
     out: list[tuple[type[TimmEncoder], ModelEntry]] = []
     for models, cls in ((VIT_MODELS, ViTEncoder), (SWIN_MODELS, SwinEncoder)):
         for name, description in models.items():
             arch, tag = name.split(".", 1)
             out.append((cls, ModelEntry(name=name, architecture=arch, description=description, pretrained_tag=tag)))
+    out.append((ViTEncoder, project_vit()))
     return out

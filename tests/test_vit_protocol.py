@@ -1,0 +1,121 @@
+"""The second offline protocol, ``mnist-vit``: the project's own ViT trained on T, and its registry.
+
+The encoder's weights ship inside the package (``forensics/zoo/weights``); the reference side ships in the
+registry, so each curve here costs one pass of 500 digits through a 1.6 M-parameter ViT at 28 px.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forensics.hashing import sha256_file
+from forensics.matching import make_matcher
+from forensics.pipeline import Engine, build_encoder
+from forensics.registry import Registry
+from forensics.testing import EncoderContract, sample_images
+from forensics.zoo import encoder as vit_mnist
+from forensics.zoo.data import mnist_split
+
+PROTOCOL = "mnist-vit"
+ENCODER = "vit_mnist_tiny.forensics"
+GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pndm", "sngan", "vae"}
+# measured 0.968 on P_n (forensics/zoo/weights/vit_mnist.json); the test keeps a margin
+MIN_TEST_ACCURACY = 0.95
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.open()
+
+
+@pytest.fixture(scope="module")
+def engine(registry):
+    from forensics import plugins
+
+    old = plugins.reset(plugins.PluginHost(autoload=False))
+    try:
+        engine = Engine(registry.protocol(PROTOCOL), use_cache=False, shipped_dir=registry.reference_dir(PROTOCOL))
+        engine.references
+        yield engine
+    finally:
+        plugins.reset(old)
+
+
+def test_registry_validates_with_both_offline_protocols(registry):
+    assert registry.validate() == []
+    assert registry.default_protocol == "mnist-effnet-lite0"
+    refs = registry.references(PROTOCOL)
+    assert {r.generator for r in refs} == GENERATORS and len(refs) == 24
+    assert all(len(r.fingerprint.values) == len(registry.protocol(PROTOCOL).layers) for r in refs)
+
+
+def test_shipped_weights_are_the_protocols(registry, plugin_host):
+    proto = registry.protocol(PROTOCOL)
+    assert proto.encoder.name == ENCODER
+    encoder = build_encoder(proto.encoder)
+    assert encoder.weights.source == "package"
+    assert encoder.weights.digest == proto.encoder.weights
+    record = json.loads((Path(vit_mnist.weights_path()).parent / vit_mnist.RECORD_FILE).read_text())
+    assert record["file_sha256"] == sha256_file(vit_mnist.weights_path())
+    assert record["encoder_digest"] == proto.encoder.weights
+
+
+def test_encoder_is_listed_with_its_own_preprocessing(plugin_host):
+    factory = plugin_host.get("encoders", ENCODER).obj
+    spec = factory.describe()
+    assert spec.weights.startswith("package:")
+    assert spec.preprocessing == vit_mnist.PREPROCESSING
+    assert [layer.name for layer in spec.layers] == [f"blocks.{i}" for i in range(vit_mnist.ARCH_KWARGS["depth"])]
+
+
+def test_own_preprocessing_follows_another_input_size(plugin_host):
+    encoder = plugin_host.get("encoders", ENCODER).obj(image_size=56)
+    prep = encoder.preprocessing
+    assert (prep.size, prep.resize, prep.mean, prep.std) == (56, 56, vit_mnist.PREPROCESSING.mean,
+                                                             vit_mnist.PREPROCESSING.std)
+
+
+def test_shipped_encoder_classifies_the_held_out_digits():
+    _, _, test_x, test_y = mnist_split()
+    accuracy = float((vit_mnist.predict(vit_mnist.load_classifier(), test_x) == test_y).mean())
+    assert accuracy >= MIN_TEST_ACCURACY, accuracy
+
+
+def test_exact_training_copies_are_copying_at_every_layer(engine):
+    from forensics.curate import pick
+    from forensics.pipeline import load_reference_set
+
+    train = load_reference_set(engine.protocol.train)
+    subset = pick(len(train), engine.protocol.batch_size, seed=0)
+    values = np.array(engine.curves(train[subset])[0].fingerprint.values, dtype=float)
+    assert np.all(values < -8), values
+
+
+def test_a_held_out_sample_set_is_attributed_to_its_generator(engine, registry, plugin_host):
+    samples = Path(registry.path) / "mnist-effnet-lite0" / "samples"
+    images = np.load(samples / "sngan" / "heldout.npz")["images"]
+    curve = engine.curves(images)[0]
+    matcher = make_matcher("alpha", calibration=registry.calibration(PROTOCOL, "alpha"))
+    result = matcher.fit(registry.references(PROTOCOL)).attribute(curve.fingerprint.vector())
+    assert result.candidates[0].generator == "sngan"
+    assert result.verdict == "sngan" and result.margin > 0.05  # measured margin 0.128
+
+
+class TestShippedViT(EncoderContract):
+    """The encoder contract, on the real shipped weights."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def encoder(cls):
+        from forensics.plugins import PluginHost
+
+        return PluginHost(autoload=False).get("encoders", ENCODER).obj()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def images(cls):
+        return sample_images(n=3, size=28)
