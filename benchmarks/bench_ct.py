@@ -7,13 +7,15 @@ points, and scipy's mannwhitneyu(L_Q, L_P, alternative='less') per cell.
 
 Both run in the same process on the same seeded synthetic data (a Gaussian mixture; the generated set
 mixes near-copies of training points with fresh samples) and with the same thread settings. It prints
-per-phase times, one layer end to end, 12 layers with the reference side cached (the baseline is timed
-on fewer layers and scaled, as printed), speed ratios, the largest |difference| of C_T given the same
-cells, peak memory (resident set size measured in fresh subprocesses) and scaling with the training-set
-size and the dimension.
+per-phase times, one layer end to end, the floor (one float64 XᵀX of the training set), 12 layers with
+the reference side cached exactly as the pipeline caches it (one uncompressed .npz for all layers, read
+through forensics.pipeline), speed ratios, the largest |difference| of C_T given the same cells, peak
+memory (resident set size measured in fresh subprocesses) and scaling with the training-set size and
+the dimension; with --main-command also the README's main command, cold and warm.
 
-    .venv/bin/python benchmarks/bench_ct.py            # the full run (several minutes)
-    .venv/bin/python benchmarks/bench_ct.py --quick    # a smoke run (well under a minute)
+    .venv/bin/python benchmarks/bench_ct.py                   # the full run (several minutes)
+    .venv/bin/python benchmarks/bench_ct.py --quick           # a smoke run (well under a minute)
+    .venv/bin/python benchmarks/bench_ct.py --main-command    # also time `forensics attribute` (make demo)
 """
 
 from __future__ import annotations
@@ -26,15 +28,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forensics import ct
+from forensics import ct  # noqa: E402
+from forensics import pipeline  # noqa: E402
+from forensics.atomic import save_npz_atomic  # noqa: E402
 
 N_CENTRES = 20
+DEMO = ROOT / "registry" / "mnist-effnet-lite0" / "samples" / "pndm" / "heldout.npz"
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -116,10 +122,8 @@ def ours_phases(train, test, gen, *, k, seed, projection):
     t2 = time.perf_counter()
     centres = ct.kmeans(tp, k, seed)
     t3 = time.perf_counter()
-    tc = ct._assign(tp, centres)
-    pc = ct._assign(pp, centres)
-    for c in range(k):
-        ct._Cell(tp[tc == c], "euclidean").nearest(pp[pc == c])
+    tc, pc = ct._assign(tp, centres), ct._assign(pp, centres)
+    ct._parallel(lambda c: ct._Cell(tp[tc == c], "euclidean").nearest(pp[pc == c]), list(range(k)))
     t4 = time.perf_counter()
     ref = ct.CTReference.fit(train, test, k=k, seed=seed, projection=projection)
     t5 = time.perf_counter()
@@ -127,6 +131,53 @@ def ours_phases(train, test, gen, *, k, seed, projection):
     t6 = time.perf_counter()
     times.update(pca=t1 - t0, project=t2 - t1, kmeans=t3 - t2, test_side=t4 - t3, fit=t5 - t4, score=t6 - t5)
     return times
+
+
+def cached_phases(ref: ct.CTReference, gen: np.ndarray) -> dict:
+    """The steps of CTReference.score on a reference loaded from the cache, timed one by one."""
+    times = {}
+    t0 = time.perf_counter()
+    q = ref._prepare(gen)
+    t1 = time.perf_counter()
+    qc = ct._assign(q, ref._centres)
+    t2 = time.perf_counter()
+    busy = [i for i in range(len(ref._cells)) if (qc == ref._cells[i]).any()]
+    ct._parallel(lambda i: ref._cell(i), busy)
+    t3 = time.perf_counter()
+    found = ct._parallel(lambda i: ref._cell(i).nearest(q[qc == ref._cells[i]]), busy)
+    t4 = time.perf_counter()
+    test_index = np.searchsorted(ref._cells, ref._test_cells)
+    for i, lq in zip(busy, found):
+        ct.mann_whitney_u(lq, ref._test_dist[test_index == i])
+    t5 = time.perf_counter()
+    times.update(project=t1 - t0, assign=t2 - t1, cells=t3 - t2, search=t4 - t3, u=t5 - t4)
+    return times
+
+
+def covariance_floor(train) -> tuple[float, float]:
+    """The product any exact PCA needs, one float64 XᵀX of the training set, timed two ways: as numpy
+    computes it (BLAS syrk on the library's threads — what scikit-learn's covariance_eigh solver does)
+    from a float64 copy made beforehand (not timed), and as forensics.ct's PCA computes it (centred
+    float64 blocks converted from the float32 data, syrk per row group on single-threaded workers)."""
+    t64 = np.asarray(train, dtype=np.float64)
+    t = time.perf_counter()
+    t64.T @ t64
+    numpy_time = time.perf_counter() - t
+    del t64
+    n, d = train.shape
+    mean = train.mean(axis=0, dtype=np.float64)
+
+    def accumulate(group):
+        cov = np.zeros((d, d))
+        buf = np.empty((max(1, min(group[1] - group[0], ct._ROWS // d)), d))
+        for s, e in ct._row_blocks(group[1] - group[0], d):
+            b = ct._centred_block(train, group[0] + s, group[0] + e, mean, buf)
+            cov += b.T @ b
+        return cov
+
+    t = time.perf_counter()
+    ct._parallel(accumulate, ct._row_groups(n, d))
+    return numpy_time, time.perf_counter() - t
 
 
 def timed(f):
@@ -137,6 +188,10 @@ def timed(f):
 
 def fmt(x: float) -> str:
     return f"{x:8.3f} s"
+
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.1f}"
 
 
 # -- memory (fresh subprocesses) -------------------------------------------------------------------
@@ -176,6 +231,38 @@ def measure_memory(which: str, args, l, n, m, d) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# -- the README's main command ---------------------------------------------------------------------
+def main_command(repeats: int) -> None:
+    """`forensics attribute` on the bundled 500-image sample (what `make demo` runs), in fresh processes:
+    cold (empty user cache, first run) and warm (same cache, later runs)."""
+    exe = Path(sys.executable).with_name("forensics")
+    print(f"6. the README's main command: {exe.name} attribute {DEMO.relative_to(ROOT)} ({load()})")
+    if not exe.exists() or not DEMO.exists():
+        print("   (skipped: the forensics entry point or the bundled sample set is missing)\n")
+        return
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "FORENSICS_CACHE_DIR": cache}
+        walls = []
+        for _ in range(1 + repeats):
+            t = time.perf_counter()
+            subprocess.run([str(exe), "attribute", str(DEMO)], check=True, capture_output=True, env=env)
+            walls.append(time.perf_counter() - t)
+    print(f"   cold (empty cache): {fmt(walls[0])};  warm: " + ", ".join(fmt(w).strip() for w in walls[1:]))
+    # the statistic's share of it: the shipped reference side read from the registry, 9 layers scored
+    ref_dir = DEMO.parent.parent.parent / "reference"
+    (path,) = ref_dir.glob("*.npz")
+    arrays, t_load = timed(lambda: pipeline._read_npz(path, remove=False))
+    layers = list(arrays["__layers__"])
+    refs, t_unpack = timed(lambda: pipeline._unpack(arrays, layers, SimpleNamespace(
+        from_arrays=ct.CTReference.from_arrays)))
+    rng = np.random.default_rng(0)
+    queries = [rng.normal(size=(500, r.dim)).astype(np.float32) for r in refs]
+    _, t_score = timed(lambda: [r.score(q) for r, q in zip(refs, queries)])
+    print(f"   of which the statistic: reference read {t_load * 1e3:.0f} ms + unpacked {t_unpack * 1e3:.0f} ms, "
+          f"{len(refs)} layers scored on 500 points {t_score * 1e3:.0f} ms (the rest: start-up, the encoder, "
+          f"embedding the 500 images, matching, the report)\n")
+
+
 # -- main ------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -187,8 +274,10 @@ def main() -> None:
     ap.add_argument("--baseline-layers", type=int, default=2, help="layers the baseline is timed on (scaled)")
     ap.add_argument("--threads", type=int, default=0, help="BLAS/OpenMP/torch threads for both (0: defaults)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of the one-layer comparison (fastest kept)")
+    ap.add_argument("--cached-repeats", type=int, default=2, help="runs of the cached 12 layers (fastest kept)")
     ap.add_argument("--scaling-repeats", type=int, default=2)
     ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--main-command", action="store_true", help="also time the README's main command")
     ap.add_argument("--memory-child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--sizes", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -209,6 +298,7 @@ def main() -> None:
     if args.quick:
         l, n, m, d = 5000, 1000, 1000, 128
         args.layers, args.baseline_layers, args.repeats, args.scaling_repeats = 3, 1, 1, 1
+        args.cached_repeats = 1
         train_sizes, dims = (2000, 5000, 20000), (32, 128, 256)
     else:
         l, n, m, d = 50000, 10000, 10000, 768
@@ -218,10 +308,9 @@ def main() -> None:
     blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture', '-')}, {i['num_threads']} threads)"
             for i in threadpool_info() if i["user_api"] == "blas"]
     print("C_T benchmark: forensics.ct vs scikit-learn PCA + KMeans + NearestNeighbors + scipy mannwhitneyu")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); numpy BLAS: {blas[0] if blas else '?'}")
-    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  "
-          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}")
+    print(f"machine: {os.cpu_count()} CPUs, {load()}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); numpy BLAS: {blas[0] if blas else '?'}; per-thread "
+          f"thread limits: {'yes' if ct._per_thread_setters() else 'no (process-wide switch)'}")
     print(f"data: l={l} train, n={n} test, m={m} generated, d={d} float32; PCA to {p}, k={k}, "
           f"k-means restarts n_init={args.n_init} for both, seed 0\n")
 
@@ -234,7 +323,9 @@ def main() -> None:
     R = args.repeats
     bt: dict = {}
     phases: dict = {}
-    ours_total = float("inf")
+    ours_total = floor_np = floor_ours = float("inf")
+    ratios = []
+    print(f"1. one layer, end to end (euclidean; each figure the fastest of {R} alternating runs; {load()})")
     for _ in range(R):
         times: dict = {}
         base_value = baseline(train, test, gen, k=k, seed=0, n_init=args.n_init, projection=p, times=times)
@@ -243,17 +334,24 @@ def main() -> None:
         phases = {key: min(v, phases.get(key, float("inf"))) for key, v in ph.items()}
         result, dt = timed(lambda: ct.ct_score(train, test, gen, k=k, projection=p, seed=0))
         ours_total = min(ours_total, dt)
-    print(f"1. one layer, end to end (euclidean; each figure the fastest of {R} alternating runs)")
+        ratios.append(times["total"] / dt)
+        if not args.quick:
+            f_np, f_ours = covariance_floor(train)
+            floor_np, floor_ours = min(floor_np, f_np), min(floor_ours, f_ours)
     print(f"   baseline: PCA {fmt(bt['pca'])} | KMeans {fmt(bt['kmeans'])} | NN + U per cell {fmt(bt['stat'])}"
           f" | total {fmt(bt['total'])}")
     print(f"   ours:     PCA {fmt(phases['pca'])} | project {fmt(phases['project'])} | k-means "
           f"{fmt(phases['kmeans'])} | test-side NN {fmt(phases['test_side'])}")
     print(f"             CTReference.fit {fmt(phases['fit'])} | score {fmt(phases['score'])} | "
           f"ct_score total {fmt(ours_total)}")
-    print(f"   speed-up, one layer end to end: {bt['total'] / ours_total:6.1f}x   "
-          f"(C_T: ours {result.value:+.4f}, baseline on its own KMeans cells {base_value:+.4f})\n")
-
-    if not args.quick:  # the PCA solvers scikit-learn used before its covariance solver (1.5) was the default
+    print(f"   speed-up, one layer end to end: {bt['total'] / ours_total:6.1f}x   (per run: "
+          + ", ".join(f"{r:.1f}x" for r in ratios)
+          + f"; C_T: ours {result.value:+.4f}, baseline on its own KMeans cells {base_value:+.4f})")
+    if not args.quick:
+        floor = min(floor_np, floor_ours)
+        print(f"   floor, one float64 XᵀX of T ({l * d * d / 1e9:.1f} GFLOP): numpy syrk {fmt(floor_np).strip()}, "
+              f"ours {fmt(floor_ours).strip()} ({l * d * d / floor_ours / 1e9:.0f} GFLOP/s) — the baseline's "
+              f"total is {bt['total'] / floor:.1f}x the faster: no exact method can be faster than that")
         from sklearn.decomposition import PCA
 
         t64 = np.asarray(train, dtype=np.float64)
@@ -265,6 +363,8 @@ def main() -> None:
               "was 'auto' for this shape before scikit-learn 1.5 and is not exact)")
         print(f"   ours, PCA alone: {phases['pca']:.3f} s\n")
         del t64
+    else:
+        print()
 
     # 2. exactness given the same cells
     print("2. C_T given the same cells (baseline: sklearn PCA + NearestNeighbors + scipy, float64)")
@@ -281,24 +381,39 @@ def main() -> None:
                   f"|diff| {diff:.2e}")
     print(f"   max |difference| = {worst:.2e} ({'within' if worst <= 1e-9 else 'OVER'} 1e-9)\n")
 
-    # 3. many layers, reference cached
+    # 3. many layers, reference cached as the pipeline caches it
     L, Lb = args.layers, min(args.baseline_layers, args.layers)
-    print(f"3. {L} layers (different data per layer), reference side cached as .npz")
+    print(f"3. {L} layers (different data per layer), reference side cached as the pipeline caches it: one "
+          f"uncompressed .npz for all layers ({load()})")
+    statistic = SimpleNamespace(from_arrays=ct.CTReference.from_arrays)
+    names = [f"layer{i}" for i in range(L)]
     with tempfile.TemporaryDirectory() as tmp:
-        fit_time = 0.0
+        fit_time, refs, gens = 0.0, [], []
         for i in range(L):
-            tr, te = (train, test) if i == 0 else make_layer(i, l, n, m, d)[:2]
+            tr, te, g = (train, test, gen) if i == 0 else make_layer(i, l, n, m, d)
             ref, dt = timed(lambda tr=tr, te=te: ct.CTReference.fit(tr, te, k=k, projection=p, seed=0))
             fit_time += dt
-            np.savez(Path(tmp) / f"layer{i}.npz", **ref.to_arrays())
-        cached = 0.0
-        for i in range(L):
-            g = gen if i == 0 else make_layer(i, l, n, m, d)[2]
+            refs.append(ref)
+            gens.append(g)
+        path = save_npz_atomic(Path(tmp) / "reference.npz", pipeline._pack(refs, names))
+        size = path.stat().st_size
+        del refs
+        cached = read_time = float("inf")
+        for _ in range(args.cached_repeats):
             t = time.perf_counter()
-            with np.load(Path(tmp) / f"layer{i}.npz") as z:
-                ref = ct.CTReference.from_arrays(dict(z))
-            ref.score(g)
-            cached += time.perf_counter() - t
+            loaded = pipeline._unpack(pipeline._read_npz(path, remove=False), names, statistic)
+            t_read = time.perf_counter() - t
+            for ref, g in zip(loaded, gens):
+                ref.score(g)
+            total = time.perf_counter() - t
+            if total < cached:
+                cached, read_time = total, t_read
+        # where the cached time goes, per layer (one more pass, phase by phase)
+        loaded = pipeline._unpack(pipeline._read_npz(path, remove=False), names, statistic)
+        parts: dict = {}
+        for ref, g in zip(loaded, gens):
+            for key, v in cached_phases(ref, g).items():
+                parts[key] = parts.get(key, 0.0) + v
     base_layers = bt["total"]  # layer 0: the fastest of the runs above
     for i in range(1, Lb):
         tr, te, g = make_layer(i, l, n, m, d)
@@ -308,7 +423,11 @@ def main() -> None:
     print(f"   baseline, everything per layer: {fmt(base_scaled)}  (timed on {Lb} layer(s): "
           f"{base_layers:.3f} s, scaled to {L})")
     print(f"   ours, fit once per layer:       {fmt(fit_time)}  (not part of the cached run)")
-    print(f"   ours, cached (load .npz + score): {fmt(cached)}  ({cached / L * 1000:.0f} ms a layer)")
+    print(f"   ours, cached (read .npz + score): {fmt(cached)}  ({cached / L * 1000:.0f} ms a layer; the fastest "
+          f"of {args.cached_repeats})")
+    print(f"     read the {size / 2**20:.0f} MiB .npz (every array, zip CRC checked) and unpack {L} references: "
+          f"{read_time * 1e3:.0f} ms")
+    print("     per layer: " + " | ".join(f"{key} {v / L * 1e3:.0f} ms" for key, v in parts.items()))
     print(f"   ours, uncached (fit + score):   {fmt(fit_time + cached)}")
     print(f"   speed-up, {L} layers cached: {base_scaled / cached:6.1f}x; uncached: "
           f"{base_scaled / (fit_time + cached):6.1f}x\n")
@@ -323,23 +442,27 @@ def main() -> None:
               f"before the call ({mem['rss_before_kib'] / 1024:.0f} MiB: interpreter, libraries, data)")
     print()
 
-    if args.no_scaling:
-        return
-    # 5. scaling
-    print(f"5. scaling, one layer end to end (n=m={n}, PCA {p}, k={k}; fastest of {args.scaling_repeats} "
-          f"alternating runs)")
-    print(f"   training-set size l (d = {d}):")
-    for size in train_sizes:
-        tr, te, g = make_layer(100 + size, size, n, m, d)
-        to, tb = scaling_pair(tr, te, g, k, p, args)
-        print(f"     l={size:7d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
-        del tr, te, g
-    print(f"   dimension d (l = {l}):")
-    for dim in dims:
-        tr, te, g = make_layer(200 + dim, l, n, m, dim)
-        to, tb = scaling_pair(tr, te, g, k, min(p, dim), args)
-        print(f"     d={dim:5d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
-        del tr, te, g
+    if not args.no_scaling:
+        # 5. scaling
+        print(f"5. scaling, one layer end to end (n=m={n}, PCA {p}, k={k}; fastest of {args.scaling_repeats} "
+              f"alternating runs; {load()})")
+        print(f"   training-set size l (d = {d}):")
+        for size in train_sizes:
+            tr, te, g = make_layer(100 + size, size, n, m, d)
+            to, tb = scaling_pair(tr, te, g, k, p, args)
+            print(f"     l={size:7d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
+            del tr, te, g
+        print(f"   dimension d (l = {l}):")
+        for dim in dims:
+            tr, te, g = make_layer(200 + dim, l, n, m, dim)
+            to, tb = scaling_pair(tr, te, g, k, min(p, dim), args)
+            print(f"     d={dim:5d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
+            del tr, te, g
+        print()
+
+    if args.main_command:
+        main_command(repeats=2)
+    print(f"done ({load()})")
 
 
 def scaling_pair(tr, te, g, k, p, args) -> tuple[float, float]:
@@ -349,6 +472,7 @@ def scaling_pair(tr, te, g, k, p, args) -> tuple[float, float]:
         to = min(to, timed(lambda: ct.ct_score(tr, te, g, k=k, projection=p, seed=0))[1])
         tb = min(tb, timed(lambda: baseline(tr, te, g, k=k, seed=0, n_init=args.n_init, projection=p))[1])
     return to, tb
+
 
 if __name__ == "__main__":
     main()

@@ -24,24 +24,38 @@ How it is fast and still exact (equal to a plain float64 computation to ~1e-15):
 
 - PCA comes from the d × d covariance, accumulated in float64 over blocks of rows (never an SVD of T,
   never a float64 copy of T); the small d × d eigenproblem is then solved and the leading axes kept.
+  The covariance (a float64 pass over T of about l·d²/2 multiply-adds) is the one cost no exact method
+  avoids: float32 would move the principal axes by ~1e-7 and reorder near-equal distances.
 - k-means: greedy k-means++ and Lloyd iterations by matrix products in float32, restarted from several
-  seeds on a sample of T; the best run is refined on all of T. The cells are then the float64
-  nearest-centre assignment, the same rule for T, P_n and Q_m.
-- Nearest neighbours: a blocked float32 search (matrix products, bounded memory) finds, for each query,
-  every training point whose float32 score lies within a proven rounding bound of the best; the exact
-  distance to those few candidates is then recomputed in float64 from the original coordinates. The
-  reported distance is therefore the float64 one, whatever float32 did.
+  seeds on a sample of T (the restarts in parallel, with the random numbers of running them in turn);
+  the best run is refined on all of T. The cells are then the float64 nearest-centre assignment, the
+  same rule for T, P_n and Q_m.
+- Nearest neighbours: a blocked float32 search (one matrix product per tile, the squared norms folded
+  into it, bounded memory) finds, for each query, every training point whose float32 score lies within
+  a proven rounding bound of the best — per row the minimum and, after masking it, the second
+  minimum, so a full scan is needed only for the rare rows with several candidates; the exact distance
+  to those few candidates is then recomputed in float64 from the original coordinates. The reported
+  distance is therefore the float64 one, whatever float32 did.
 - U is counted from the sorted test distances (ranks), not from pairwise comparisons.
 
-Large matrix products run through torch's CPU BLAS (MKL) on torch's configured threads; small ones
-(k-means, assignment, small search tiles, the d × d eigenproblem) run on one thread, since on a busy
-machine a threaded BLAS loses far more to synchronisation than it gains. Memory stays bounded: PCA and
-projection convert a block of rows at a time, and a search tile holds at most ``_TILE`` scores.
+Threads: the work is split into independent jobs — row groups of the covariance, row blocks of the
+projection, k-means restarts, cells of the search — each run on one thread, spread over torch's
+configured number of threads (:func:`_parallel`). Single-threaded jobs need no synchronisation, so they
+keep their speed on a busy machine, where a threaded BLAS waits on descheduled threads (a 768 × 768
+eigh took seconds on two threads and 0.06 s on one, with another job on the other core); and every job
+computes the same thing on any thread, so results do not depend on the thread count. "One thread" is
+set for the calling thread only (see :func:`_one_thread`), never process-wide where the libraries
+allow it. Memory stays bounded: PCA and projection convert a block of rows per worker at a time, the
+covariance keeps at most ``_GROUPS`` d × d accumulators, and a search tile holds at most ``_TILE`` scores.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -55,10 +69,11 @@ DISTANCES = ("euclidean", "cosine")
 BLOCK = 4096                 # query rows per block of the nearest-neighbour search
 _TILE = 1 << 24              # float32 elements in one query-block × training-chunk score tile (64 MiB)
 _PAIRS = 1 << 22             # float64 elements gathered at once when recomputing exact distances
-_ROWS = 1 << 22              # float64 elements per row block in PCA (a block of T converted at a time)
+_ROWS = 1 << 20              # float64 elements per row block in PCA and projection (converted at a time)
+_GROUPS = 4                  # row groups of the covariance (each its own d × d float64 accumulator)
+_ACCUMULATORS = 1 << 26      # bytes all the groups' accumulators may take together
 _U32 = 2.0 ** -24            # unit roundoff of float32
 _CACHE = 1 << 20             # scores per query block that should stay in cache (4 MiB of float32)
-_SERIAL = 1 << 26            # multiply-adds below which a search tile runs on one torch thread
 _KMEANS_INIT = 10            # k-means restarts (like scikit-learn's n_init)
 _KMEANS_SAMPLE = 8192        # restarts run on a sample of this many training points
 _KMEANS_ITER = 300
@@ -161,49 +176,254 @@ def _t(a: np.ndarray):
         return _torch().from_numpy(a)
 
 
-def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for the large products, through torch's BLAS (MKL on x86 wheels: several times faster than
-    the OpenBLAS numpy ships, here) when torch is importable. Transposed views are used without copies."""
-    if _torch() is None:  # pragma: no cover
-        return a @ b
-    return (_t(a) @ _t(b)).numpy()
+# -- threads -------------------------------------------------------------------------------------
+# Small products, reductions and the d × d eigenproblem lose far more to waking and synchronising
+# threads than they gain, dramatically so on a busy machine (a 768 × 768 eigh took 0.06 s on one thread
+# and several seconds on two, with another job holding a core). Such work runs on one thread *of the
+# calling thread only*: OpenMP's thread count is a per-thread setting, and MKL and OpenBLAS have
+# per-thread overrides (mkl_set_num_threads_local, openblas_set_num_threads_local), so the rest of the
+# process keeps its settings. Where the libraries do not expose them, a process-wide switch is used,
+# reference-counted under a lock so that concurrent users restore the original setting exactly once.
+_LOCK = threading.Lock()
+_NATIVE: list | None = None   # per-thread setters found, resolved once
+_SHARED = {"depth": 0, "torch": 0, "limits": None}
+_LOCAL = threading.local()    # per thread: depth of _one_thread, torch's thread count outside it, worker flag
+
+
+def _per_thread_setters() -> list:
+    """Per-thread thread-count setters of the libraries doing the work: torch's OpenMP runtime and
+    MKL, numpy's OpenBLAS. Each entry is ``set(n) -> restore callable``. Empty when not all are found."""
+    global _NATIVE
+    if _NATIVE is not None:
+        return _NATIVE
+    with _LOCK:
+        if _NATIVE is not None:
+            return _NATIVE
+        found: list = []
+        try:
+            found = _find_setters()
+        except (OSError, AttributeError, ImportError, ValueError):  # pragma: no cover - other builds
+            found = []
+        _NATIVE = found
+    return _NATIVE
+
+
+def _find_setters() -> list:
+    torch = _torch()
+    names = {"linux": "libtorch_cpu.so", "darwin": "libtorch_cpu.dylib"}
+    if torch is None or sys.platform not in names:  # pragma: no cover
+        return []
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", names[sys.platform]))
+    # symbols are looked up in libtorch_cpu and its dependencies: the OpenMP runtime torch really uses
+    omp_get, omp_set = lib.omp_get_max_threads, lib.omp_set_num_threads
+    omp_get.restype, omp_get.argtypes, omp_set.argtypes = ctypes.c_int, [], [ctypes.c_int]
+
+    def openmp(n):
+        torch.get_num_threads()  # torch sets a new thread's OpenMP count on first use: let it do so first
+        before = omp_get()
+        omp_set(n)
+        return lambda: omp_set(before)
+
+    setters = [openmp]
+    if hasattr(lib, "MKL_Set_Num_Threads_Local"):
+        mkl = lib.MKL_Set_Num_Threads_Local
+        mkl.restype, mkl.argtypes = ctypes.c_int, [ctypes.c_int]
+
+        def mkl_local(n):
+            before = mkl(n)
+            return lambda: mkl(before)
+
+        setters.append(mkl_local)
+    elif torch.backends.mkl.is_available():  # pragma: no cover - MKL without its per-thread setter
+        return []
+    blas = _openblas_local()
+    if blas is None:  # pragma: no cover - numpy on another BLAS: no per-thread control known
+        return []
+    setters.append(blas)
+    return setters
+
+
+def _openblas_local():
+    """numpy's OpenBLAS per-thread setter (OpenBLAS ≥ 0.3.27), or None."""
+    from threadpoolctl import ThreadpoolController
+
+    for controller in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        if "numpy" not in controller.filepath:
+            continue
+        dynlib = controller.dynlib
+        for name in ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local64_",
+                     "scipy_openblas_set_num_threads_local"):
+            if hasattr(dynlib, name):
+                fn = getattr(dynlib, name)
+                fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+
+                def blas_local(n, fn=fn):
+                    before = fn(n)
+                    return lambda: fn(before)
+
+                return blas_local
+    return None
 
 
 @contextmanager
-def _torch_threads(limit: int | None):
-    """Run torch on at most ``limit`` threads inside the block (None: as configured). Small products
-    lose far more to waking and synchronising threads than they gain, dramatically so on a busy
-    machine (a 100 × 500 tile took 10 ms on two threads and 0.1 ms on one, on a loaded 2-core box)."""
+def _one_thread():
+    """Torch (OpenMP, MKL) and numpy's BLAS on one thread inside the block, for the calling thread."""
+    depth = getattr(_LOCAL, "depth", 0)
+    if depth == 0:
+        _LOCAL.threads = _threads()
+    _LOCAL.depth = depth + 1
+    try:
+        setters = _per_thread_setters()
+        if setters:
+            undo = [s(1) for s in setters]
+            try:
+                yield
+            finally:
+                for u in reversed(undo):
+                    u()
+        else:  # pragma: no cover - builds without per-thread setters
+            with _process_wide_one_thread():
+                yield
+    finally:
+        _LOCAL.depth = depth
+
+
+def _threads() -> int:
+    """Torch's thread count for the calling thread as configured (outside any :func:`_one_thread`)."""
+    if getattr(_LOCAL, "depth", 0):
+        return _LOCAL.threads
     torch = _torch()
-    if torch is None or limit is None or torch.get_num_threads() <= limit:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(limit)
+    return torch.get_num_threads() if torch is not None else 1
+
+
+@contextmanager
+def _process_wide_one_thread():
+    torch = _torch()
+    with _LOCK:
+        if _SHARED["depth"] == 0:
+            _SHARED["torch"] = torch.get_num_threads() if torch is not None else 0
+            if torch is not None:
+                torch.set_num_threads(1)
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:
+                _SHARED["limits"] = None
+            else:
+                _SHARED["limits"] = threadpool_limits(1, user_api="blas")
+        _SHARED["depth"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _LOCK:
+            _SHARED["depth"] -= 1
+            if _SHARED["depth"] == 0:
+                if _SHARED["limits"] is not None:
+                    _SHARED["limits"].restore_original_limits()
+                if torch is not None:
+                    torch.set_num_threads(_SHARED["torch"])
 
 
-@contextmanager
-def _small_blas():
-    """numpy's BLAS on one thread: the products inside k-means and cell assignment are small, and a
-    threaded BLAS spends more time waking and spinning threads than computing (dramatically so on a
-    busy 2-core machine). The large products go through :func:`_mm`, which keeps torch's threads."""
+def _workers(items: int) -> int:
+    """Worker threads for ``items`` independent single-threaded jobs: torch's configured thread count at
+    most; one inside a worker (no nested pools) or where the one-thread switch is process-wide."""
+    if getattr(_LOCAL, "worker", False) or not _per_thread_setters():
+        return 1
+    return max(1, min(items, _threads()))
+
+
+def _parallel(fn, jobs: list, costs: list | None = None) -> list:
+    """``[fn(job) for job in jobs]``, each call on one thread, the calls spread over :func:`_workers`
+    threads (the costliest first): the calling thread and helpers from a pool kept for the process
+    (starting threads costs milliseconds on a busy machine). Independent single-threaded jobs need no
+    synchronisation, so they keep their speed on a busy machine, where a threaded BLAS waits on
+    descheduled threads; and each job computes the same thing whichever thread runs it, so results never
+    depend on the thread count. Calls from inside a job run serially (no nested pools)."""
+    workers = _workers(len(jobs))
+    outer = getattr(_LOCAL, "worker", False)
+    _LOCAL.worker = True
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+        if workers <= 1:
+            out = []
+            for job in jobs:
+                with _one_thread():
+                    out.append(fn(job))
+            return out
+        order = iter(sorted(range(len(jobs)), key=lambda i: -(costs[i] if costs is not None else 0)))
+        results: list = [None] * len(jobs)
+        errors: list = []
+        lock, finished, running = threading.Lock(), threading.Event(), [0]
+
+        def runner() -> None:
+            with _one_thread():
+                while True:
+                    with lock:
+                        i = None if errors else next(order, None)
+                        if i is None:  # nothing left to start: the last one to stop says so
+                            if running[0] == 0:
+                                finished.set()
+                            return
+                        running[0] += 1
+                    try:
+                        results[i] = fn(jobs[i])
+                    except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                        with lock:
+                            errors.append(exc)
+                    finally:
+                        with lock:
+                            running[0] -= 1
+
+        pool = _pool(workers - 1)
+        for _ in range(workers - 1):
+            pool.submit(runner)
+        try:
+            runner()  # the calling thread works too; a helper that starts late finds nothing left to do
+            finished.wait()
+        except BaseException as exc:  # e.g. KeyboardInterrupt: the helpers start nothing more
+            with lock:
+                errors.append(exc)
+            raise
+        if errors:
+            raise errors[0]
+        return results
+    finally:
+        _LOCAL.worker = outer
+
+
+_POOL: dict = {"pool": None, "size": 0, "pid": 0}
+
+
+def _pool(size: int):
+    """The process's helper threads (at least ``size``), made again after a fork or when too small."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _LOCK:
+        if _POOL["pool"] is None or _POOL["pid"] != os.getpid() or _POOL["size"] < size:
+            if _POOL["pool"] is not None and _POOL["pid"] == os.getpid():
+                _POOL["pool"].shutdown(wait=False)
+            _POOL.update(pool=ThreadPoolExecutor(size, thread_name_prefix="forensics-ct", initializer=_mark_worker),
+                         size=size, pid=os.getpid())
+        return _POOL["pool"]
+
+
+def _mark_worker() -> None:
+    _LOCAL.worker = True
 
 
 def _row_blocks(n: int, width: int, budget: int | None = None):
     step = max(1, (_ROWS if budget is None else budget) // max(1, width))
     for s in range(0, n, step):
         yield s, min(n, s + step)
+
+
+def _row_groups(n: int, d: int) -> list[tuple[int, int]]:
+    """A fixed split of n rows into contiguous groups for the covariance: each group sums into its own
+    d × d accumulator, on whichever worker thread, and the groups are then added in order — so the
+    result does not depend on the number of threads. At most _GROUPS groups, fewer when the
+    accumulators would pass _ACCUMULATORS bytes or there are few rows."""
+    rows = max(1, _ROWS // max(1, d))
+    count = max(1, min(_GROUPS, -(-n // rows), _ACCUMULATORS // max(1, 8 * d * d)))
+    edges = np.linspace(0, n, count + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _centred_block(x: np.ndarray, s: int, e: int, mean: np.ndarray, buf: np.ndarray) -> np.ndarray:
@@ -215,27 +435,37 @@ def _centred_block(x: np.ndarray, s: int, e: int, mean: np.ndarray, buf: np.ndar
 def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the top ``dims`` principal axes (d × dims, float64) of ``x``, from its covariance.
 
-    The covariance is accumulated in float64 over centred blocks of rows (bounded memory), its upper
-    block triangle only; the leading eigenvectors are kept, their signs fixed (largest
-    entry positive) so that the projection is reproducible."""
+    The covariance is accumulated in float64 over centred blocks of rows (bounded memory: one block
+    per worker thread, never a float64 copy of ``x``) by symmetric rank-k updates (BLAS syrk: half the
+    multiply-adds of a general product); the groups of rows run in parallel, each on one thread
+    (:func:`_parallel`). The leading eigenvectors are kept,
+    their signs fixed (largest entry positive) so that the projection is reproducible."""
     n, d = x.shape
-    mean = x.mean(axis=0, dtype=np.float64)
-    cov = np.zeros((d, d))
-    edges = np.linspace(0, d, max(1, d // 256) + 1).astype(int)  # column blocks of ~256
-    buf = np.empty((max(1, min(n, _ROWS // d)), d))
-    for s, e in _row_blocks(n, d):
-        b = _centred_block(x, s, e, mean, buf)
-        for i in range(len(edges) - 1):
-            a, z = edges[i], edges[i + 1]
-            cov[a:z, a:] += _mm(b[:, a:z].T, b[:, a:])
-    upper = np.triu(cov)
-    cov = upper + np.triu(cov, 1).T
+    groups = _row_groups(n, d)
+    sums = _parallel(lambda g: x[g[0]:g[1]].sum(axis=0, dtype=np.float64), groups)
+    mean = sums[0]
+    for part in sums[1:]:
+        mean = mean + part
+    mean = mean / n
+
+    def accumulate(group: tuple[int, int]) -> np.ndarray:
+        cov = np.zeros((d, d))
+        buf = np.empty((max(1, min(group[1] - group[0], _ROWS // d)), d))
+        for s, e in _row_blocks(group[1] - group[0], d):
+            b = _centred_block(x, group[0] + s, group[0] + e, mean, buf)
+            cov += b.T @ b  # numpy sees one operand as the other's transpose: a symmetric rank-k update
+        return cov
+
+    parts = _parallel(accumulate, groups)
+    cov = parts[0]
+    for part in parts[1:]:
+        cov += part
     # A full symmetric eigensolver (divide and conquer) is both faster and steadier here than a subset
     # one: MRRR slows down badly on the clustered eigenvalues that embeddings' noise floors produce.
     torch = _torch()
     if torch is not None:
-        with _torch_threads(1):  # a d × d problem: threads only add synchronisation, badly so on a busy
-            vectors = torch.linalg.eigh(torch.from_numpy(cov)).eigenvectors.numpy()  # machine (s, not 0.1 s)
+        with _one_thread():  # a d × d problem: threads only add synchronisation (see "threads" above)
+            vectors = torch.linalg.eigh(torch.from_numpy(cov)).eigenvectors.numpy()
     else:  # pragma: no cover
         vectors = np.linalg.eigh(cov)[1]
     vectors = vectors[:, d - min(dims, d):]
@@ -246,11 +476,21 @@ def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _project(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """(x − mean) @ components in float64, a block of rows at a time."""
-    out = np.empty((len(x), components.shape[1]))
-    buf = np.empty((max(1, min(len(x), _ROWS // x.shape[1])), x.shape[1]))
-    for s, e in _row_blocks(len(x), x.shape[1]):
-        out[s:e] = _mm(_centred_block(x, s, e, mean, buf), components)
+    """(x − mean) @ components in float64, a block of rows at a time, the blocks spread over the worker
+    threads (each block computed the same way whatever their number)."""
+    n, d = x.shape
+    out = np.empty((n, components.shape[1]))
+    blocks = list(_row_blocks(n, d))
+
+    def project(block: tuple[int, int]) -> None:
+        s, e = block
+        b = _centred_block(x, s, e, mean, np.empty((e - s, d)))
+        if _torch() is not None:
+            _torch().mm(_t(b), _t(components), out=_t(out[s:e]))
+        else:  # pragma: no cover
+            np.matmul(b, components, out=out[s:e])
+
+    _parallel(project, blocks)
     return out
 
 
@@ -327,6 +567,41 @@ def _lloyd(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray, tol: float,
     return centres, float(d.min(axis=1).sum(dtype=np.float64))
 
 
+def _restarts(x: np.ndarray, x_sq: np.ndarray, k: int, rng: np.random.Generator, tol: float) -> list:
+    """The _KMEANS_INIT runs of k-means++ and Lloyd, in parallel, with exactly the random numbers (and so
+    the results) of running them one after the other from ``rng``, which ends where that would leave it.
+
+    A run's draws do not depend on the data — one integer, then ``2 + ln k`` uniforms per further
+    centre — except when the points run out of distinct values (a centre is then drawn as an integer
+    instead). So each run starts from the generator state that the draws of the runs before it lead to,
+    computed ahead; a run that took the other path is detected by its end state, and the runs after it
+    are then redone from the right state."""
+    trials = 2 + int(math.log(k))
+    starts, probe = [], np.random.Generator(type(rng.bit_generator)())
+    probe.bit_generator.state = rng.bit_generator.state
+    for _ in range(_KMEANS_INIT):
+        starts.append(probe.bit_generator.state)
+        probe.integers(len(x))
+        for _ in range(1, k):
+            probe.random(trials)
+
+    def run(state):
+        own = np.random.Generator(type(rng.bit_generator)())
+        own.bit_generator.state = state
+        centres, inertia = _lloyd(x, x_sq, _kmeans_pp(x, x_sq, k, own), tol)
+        return centres, inertia, own.bit_generator.state
+
+    done = _parallel(run, starts)
+    state = rng.bit_generator.state
+    for i in range(_KMEANS_INIT):
+        if starts[i] != state:  # an earlier run drew differently: redo this one
+            with _one_thread():
+                done[i] = run(state)
+        state = done[i][2]
+    rng.bit_generator.state = state
+    return [(c, inertia) for c, inertia, _ in done]
+
+
 def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Seeded k-means on the rows of ``x``; returns the k centres (float64).
 
@@ -335,7 +610,7 @@ def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     in float32; the centres are then the float64 means of the points nearest to them. Deterministic
     for a seed."""
     rng = np.random.default_rng(seed)
-    with _small_blas():
+    with _one_thread():
         x32 = np.ascontiguousarray(x, dtype=np.float32)
         tol = _KMEANS_TOL * float(np.mean(np.var(x32, axis=0, dtype=np.float64)))
         if len(x32) > _KMEANS_SAMPLE:
@@ -344,8 +619,7 @@ def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
             sub = x32
         sub_sq = np.einsum("ij,ij->i", sub, sub)
         best = None
-        for _ in range(_KMEANS_INIT):
-            centres, inertia = _lloyd(sub, sub_sq, _kmeans_pp(sub, sub_sq, k, rng), tol)
+        for centres, inertia in _restarts(sub, sub_sq, k, rng, tol):
             if best is None or inertia < best[1]:
                 best = (centres, inertia)
         centres = best[0]
@@ -364,7 +638,7 @@ def _assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the nearest centre (float64 squared distances) for every row of ``x``."""
     c_sq = np.einsum("ij,ij->i", centres, centres)
     out = np.empty(len(x), dtype=np.int64)
-    with _small_blas():
+    with _one_thread():
         for s, e in _row_blocks(len(x), max(x.shape[1], len(centres))):
             b = x[s:e].astype(np.float64, copy=False)
             d = c_sq[None, :] - 2.0 * (b @ centres.T)  # + |x|², the same for every centre
@@ -374,7 +648,12 @@ def _assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 # -- nearest neighbours --------------------------------------------------------------------------
 class _Cell:
-    """One cell's training points, ready for the fast search and the float64 re-check."""
+    """One cell's training points, ready for the fast search and the float64 re-check.
+
+    The fast search scores every (query, point) pair with one float32 matrix product: for Euclidean
+    distance the points are stored as rows [−2p | |p|²] and the queries as [q | 1], so the product is
+    |p|² − 2 q·p (the squared distance less |q|², the same for every point of a query); for the cosine
+    distance rows of unit vectors, and the score is −|q·p|."""
 
     def __init__(self, points: np.ndarray, distance: str):
         self.points, self.distance = points, distance
@@ -391,77 +670,86 @@ class _Cell:
         fast = distance == "cosine" or 1e-15 < self.reach < 1e15
         self.dtype = np.float32 if fast else np.float64
         unit = _U32 if fast else 2.0 ** -53
-        self.sq = (norms * norms).astype(self.dtype)
-        self.pts = np.ascontiguousarray(centred, dtype=self.dtype)
+        if distance == "euclidean":
+            self.rows = np.empty((len(points), dim + 1), dtype=self.dtype)
+            np.multiply(centred, -2.0, out=self.rows[:, :dim], casting="same_kind")  # exact: a power of 2
+            self.rows[:, dim] = norms * norms
+        else:
+            self.rows = np.ascontiguousarray(centred, dtype=self.dtype)
         # Bound on |computed score − exact score|, relative to |p|² + 2|q||p|: rounding both operands,
-        # a dot product of length dim (at most dim·u·|q||p|), the stored squared norm and the final
-        # operations — each counted twice over.
+        # a dot product of length dim + 1 (at most (dim + 1)·u·(|p|² + 2|q||p|)), the stored squared norm
+        # — each counted twice over.
         self.rel = (2.0 * dim + 16.0) * unit
 
     def nearest(self, queries: np.ndarray) -> np.ndarray:
         """Exact (float64) distance from each query row to its nearest training point in this cell."""
         out = np.full(len(queries), np.inf)
+        if len(queries) == 0:
+            return out
         # query blocks small enough that a block's scores stay in cache between the product and the
-        # selection (a third faster than one big block), at most BLOCK rows
-        step = int(min(BLOCK, max(64, _CACHE // max(1, len(self.points)))))
-        for s in range(0, len(queries), step):
-            q = queries[s:s + step].astype(np.float64, copy=False)
-            self._search(q, out[s:s + step])
+        # selection, at most BLOCK rows; training chunks keep a tile within _TILE scores
+        n_pts = len(self.points)
+        step = int(min(BLOCK, len(queries), max(64, _CACHE // max(1, n_pts))))
+        chunk = max(1, min(n_pts, _TILE // step))
+        scratch = np.empty(step * chunk, dtype=self.dtype)
+        product = _product()
+        with _one_thread():  # small products and reductions (see "threads")
+            for s in range(0, len(queries), step):
+                q = queries[s:s + step].astype(np.float64, copy=False)
+                self._search(q, out[s:s + step], scratch, chunk, product)
         return out
 
-    def _search(self, q: np.ndarray, out: np.ndarray) -> None:
+    def _search(self, q: np.ndarray, out: np.ndarray, scratch: np.ndarray, chunk: int, product) -> None:
         """For a block of queries: every (query, point) pair whose fast score is within twice the error
-        bound of the query's best so far is re-checked exactly, so the true nearest point always is."""
+        bound of the query's best is re-checked exactly, so the true nearest point always is."""
         b, n_pts = len(q), len(self.points)
         if self.distance == "euclidean":
             qc = q - self.shift
             qn = np.sqrt(np.einsum("ij,ij->i", qc, qc))
             err = self.rel * (self.reach * self.reach + 2.0 * qn * self.reach) + 1e-300
-            qf = np.ascontiguousarray(qc, dtype=self.dtype)
+            qf = np.empty((b, qc.shape[1] + 1), dtype=self.dtype)
+            qf[:, :-1] = qc
+            qf[:, -1] = 1.0
         else:
             err = np.full(b, self.rel * 3.0)
             qf = np.ascontiguousarray(q, dtype=self.dtype)
         best = np.full(b, np.inf)
-        chunk = max(1, _TILE // max(1, b))
-        torch = _torch()
         for a in range(0, n_pts, chunk):
             z = min(n_pts, a + chunk)
-            if torch is not None:
-                small = b * (z - a) * qf.shape[1] < _SERIAL
-                with _torch_threads(1 if small else None):
-                    rows, cols, best = self._tile(torch, qf, a, z, err, best)
-            else:  # pragma: no cover - torch is a dependency
-                prod = qf @ self.pts[a:z].T
-                score = self.sq[None, a:z] - 2.0 * prod if self.distance == "euclidean" else -np.abs(prod)
-                best = np.minimum(best, score.min(axis=1))
-                rows, cols = np.nonzero(score <= self._limit(best, err)[:, None])
+            rows, cols, best = self._tile(qf, a, z, err, best, scratch, product)
             self._exact(q, rows, cols + a, out)
 
     def _limit(self, best: np.ndarray, err: np.ndarray) -> np.ndarray:
         limit = (best + 2.0 * err).astype(self.dtype)
         return np.nextafter(limit, self.dtype(np.inf))  # rounded up, never below
 
-    def _tile(self, torch, qf: np.ndarray, a: int, z: int, err: np.ndarray, best: np.ndarray):
-        """Candidates among training points a:z for a block of queries; updates the running best."""
-        qt, pt = _t(qf), _t(self.pts[a:z])
-        if self.distance == "euclidean":  # |p|² − 2 q·p: the squared distance less |q|²
-            score = torch.addmm(_t(self.sq[a:z])[None, :], qt, pt.T, alpha=-2.0)
-        else:                              # −|q·p|: 1 − |cos| less 1
-            score = (qt @ pt.T).abs_().neg_()
-        # the two best of each row: a row whose second best is out of reach has one candidate, and
-        # only the (rare) other rows are scanned in full
-        top, idx = torch.topk(score, min(2, z - a), dim=1, largest=False)
-        top_np = top.numpy()
-        best = np.minimum(best, top_np[:, 0].astype(np.float64))
+    def _tile(self, qf: np.ndarray, a: int, z: int, err: np.ndarray, best: np.ndarray, scratch: np.ndarray,
+              product):
+        """Candidates among training points a:z for a block of queries; updates the running best.
+
+        Per row the smallest score and its place are taken; that entry is then masked and the second
+        smallest taken: a row whose second best is out of reach has one candidate, and only the (rare)
+        other rows are scanned in full."""
+        b, w = len(qf), z - a
+        score = scratch[: b * w].reshape(b, w)
+        product(qf, self.rows[a:z], score)
+        if self.distance == "cosine":  # −|q·p|
+            np.abs(score, out=score)
+            np.negative(score, out=score)
+        every = np.arange(b)
+        idx = score.argmin(axis=1)
+        low = score[every, idx]
+        best = np.minimum(best, low.astype(np.float64))
         limit = self._limit(best, err)
-        several = top_np[:, -1] <= limit if z - a > 1 else np.zeros(len(qf), dtype=bool)
-        one = np.flatnonzero((top_np[:, 0] <= limit) & ~several)
-        rows, cols = [one], [idx.numpy()[one, 0]]
-        if several.any():
-            rs = np.flatnonzero(several)
-            rr, cc = torch.nonzero(score[_t(rs)] <= _t(limit[rs])[:, None], as_tuple=True)
-            rows.append(rs[rr.numpy()])
-            cols.append(cc.numpy())
+        hit = low <= limit
+        rows, cols = [np.flatnonzero(hit)], [idx[hit]]
+        if w > 1 and hit.any():
+            score[every, idx] = np.inf
+            several = np.flatnonzero(hit & (score.min(axis=1) <= limit))
+            if len(several):
+                rr, cc = np.nonzero(score[several] <= limit[several, None])
+                rows.append(several[rr])
+                cols.append(cc)
         return np.concatenate(rows), np.concatenate(cols), best
 
     def _exact(self, q: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
@@ -475,6 +763,23 @@ class _Cell:
             else:
                 dist = 1.0 - np.abs((q[r] * p).sum(axis=1))
             np.minimum.at(out, r, dist)
+
+
+def _product():
+    """``f(a, b, out)``: out = a @ b.T, through torch's BLAS (MKL on x86: faster than numpy's OpenBLAS)
+    unless torch has been allowed to compute float32 products in reduced precision (e.g.
+    ``torch.set_float32_matmul_precision("medium")``, which may use bfloat16): the search's error bound
+    assumes IEEE float32 arithmetic, so numpy computes them then."""
+    torch = _torch()
+    if torch is None or torch.get_float32_matmul_precision() != "highest" or getattr(
+            getattr(getattr(torch.backends, "mkldnn", None), "matmul", None), "fp32_precision", "none") \
+            not in ("none", "ieee"):
+        return _numpy_product
+    return lambda a, b, out: torch.mm(_t(a), _t(b).T, out=_t(out))
+
+
+def _numpy_product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.matmul(a, b.T, out=out)
 
 
 def nearest_distance(queries: np.ndarray, points: np.ndarray, distance: str) -> np.ndarray:
@@ -597,9 +902,11 @@ class CTReference:
                   seed=seed, dim=dim, mean=mean, components=components, centres=centres, cells=cells,
                   train=np.ascontiguousarray(t[order]), offsets=offsets, test_dist=np.empty(len(p)),
                   test_cells=pc)
-        for i, c in enumerate(cells):
-            in_cell = np.flatnonzero(pc == c)
-            ref._test_dist[in_cell] = ref._cell(i).nearest(p[in_cell])
+        members = [np.flatnonzero(pc == c) for c in cells]
+        found = _parallel(lambda i: ref._cell(i).nearest(p[members[i]]), list(range(len(cells))),
+                          [len(members[i]) * (offsets[i + 1] - offsets[i]) for i in range(len(cells))])
+        for rows, dist in zip(members, found):
+            ref._test_dist[rows] = dist
         return ref
 
     def _cell(self, i: int) -> _Cell:
@@ -649,6 +956,10 @@ class CTReference:
                                  f"or test points")
         counts_q = np.bincount(index, minlength=len(self._cells))
         test_index = np.searchsorted(self._cells, self._test_cells)
+        busy = [i for i in range(len(self._cells)) if counts_q[i] > 0]
+        found = _parallel(lambda i: self._cell(i).nearest(q[index == i]), busy,
+                          [int(counts_q[i]) * int(self._offsets[i + 1] - self._offsets[i]) for i in busy])
+        nearest = dict(zip(busy, found))
         cells, num, den = [], 0.0, 0.0
         for i, c in enumerate(self._cells):
             n_train = int(self._offsets[i + 1] - self._offsets[i])
@@ -657,7 +968,7 @@ class CTReference:
             if mq == 0:
                 cells.append(CellResult(int(c), n_train, len(lp), 0, None, None, False))
                 continue
-            lq = self._cell(i).nearest(q[index == i])
+            lq = nearest[i]
             u = mann_whitney_u(lq, lp)
             z = z_score(u, mq, len(lp))
             counted = mq / m > tau

@@ -214,7 +214,7 @@ def test_blocked_paths_give_the_same_result(monkeypatch):
     monkeypatch.setattr(ct, "_TILE", 37 * 29)  # training chunks inside a cell
     monkeypatch.setattr(ct, "_PAIRS", 300)     # exact re-check in small gathers
     monkeypatch.setattr(ct, "_ROWS", 150 * 41)  # PCA and projection row blocks
-    monkeypatch.setattr(ct, "_SERIAL", 0)      # every tile on the configured threads
+    monkeypatch.setattr(ct, "_workers", lambda items: 1)  # every cell searched in the calling thread
     got = [ct_score(train, test, gen, k=3, projection=20, distance=d).value for d in DIST]
     assert got == pytest.approx(want, abs=1e-12)
 
@@ -320,6 +320,126 @@ def test_result_to_dict_is_json():
     back = json.loads(json.dumps(result.to_dict()))
     assert back["value"] == result.value and len(back["cells"]) == 3
     assert set(back["cells"][0]) == {"cell", "n_train", "n_test", "n_generated", "u", "z", "counted"}
+
+
+
+# -- threads: parallel paths, per-thread limits, reduced-precision products -----------------------
+def test_parallel_paths_give_identical_results(monkeypatch):
+    # the worker pool is used only where torch has several threads (the suite runs on one): force it,
+    # and the results must be bit-identical to the serial run — covariance row groups, projection blocks,
+    # k-means restarts and per-cell searches are each computed the same way on any thread
+    rng = np.random.default_rng(8)
+    centres = rng.normal(scale=4, size=(4, 90))
+    train, test, gen = mixture(rng, 3000, centres), mixture(rng, 500, centres), mixture(rng, 500, centres)
+    monkeypatch.setattr(ct, "_ROWS", 90 * 200)  # several row groups and projection blocks
+    monkeypatch.setattr(ct, "_KMEANS_SAMPLE", 1000)
+    kw = [{"k": 4, "projection": 12}, {"k": 3, "projection": 12, "distance": "cosine"}, {"k": 5}]
+    monkeypatch.setattr(ct, "_workers", lambda items: 1)
+    serial = [ct_score(train, test, gen, seed=2, **k) for k in kw]
+    monkeypatch.setattr(ct, "_workers", lambda items: min(items, 3))
+    assert [ct_score(train, test, gen, seed=2, **k) for k in kw] == serial
+
+
+def test_parallel_map_keeps_order_and_raises_a_jobs_error(monkeypatch):
+    monkeypatch.setattr(ct, "_workers", lambda items: min(items, 3))
+    assert ct._parallel(lambda j: j * j, list(range(20)), costs=list(range(20))) == [j * j for j in range(20)]
+
+    def fail(j):
+        if j == 7:
+            raise StatisticError("job 7")
+        return j
+
+    with pytest.raises(StatisticError, match="job 7"):
+        ct._parallel(fail, list(range(20)))
+    # inside a job, a nested call runs serially in that thread
+    assert ct._parallel(lambda j: ct._parallel(lambda i: i + j, [0, 1]), [10, 20]) == [[10, 11], [20, 21]]
+
+
+@pytest.mark.parametrize("points", ["spread", "few distinct"])
+def test_parallel_kmeans_restarts_draw_what_sequential_runs_draw(monkeypatch, points):
+    # with fewer distinct points than cells k-means++ draws differently (an integer, not uniforms): the
+    # runs after such a one must be redone from the generator state it really left
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 5)) if points == "spread" else np.repeat(rng.normal(size=(3, 5)), 40, axis=0)
+    x = x.astype(np.float32)
+    x_sq = np.einsum("ij,ij->i", x, x)
+    monkeypatch.setattr(ct, "_workers", lambda items: min(items, 2))
+    a, b = np.random.default_rng(11), np.random.default_rng(11)
+    got = ct._restarts(x, x_sq, 6, a, 1e-6)
+    want = [ct._lloyd(x, x_sq, ct._kmeans_pp(x, x_sq, 6, b), 1e-6) for _ in range(ct._KMEANS_INIT)]
+    assert len(got) == len(want)
+    for (gc, gi), (wc, wi) in zip(got, want):
+        assert np.array_equal(gc, wc) and gi == wi
+    assert a.random() == b.random()  # and the generator is left where the sequential runs leave it
+
+
+def test_one_thread_is_per_thread_and_restored():
+    import threading
+
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = {}
+        with ct._one_thread():
+            seen["inside"] = torch.get_num_threads()
+            other = threading.Thread(target=lambda: seen.setdefault("other", torch.get_num_threads()))
+            other.start()
+            other.join()
+            with ct._one_thread():  # nested: still one, and the outer setting comes back after it
+                pass
+            seen["nested"] = torch.get_num_threads()
+        assert seen["inside"] == seen["nested"] == 1
+        assert torch.get_num_threads() == 2
+        if ct._per_thread_setters():  # the usual case: the rest of the process never saw the change
+            assert seen["other"] == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("setters", ["per-thread", "process-wide"])
+def test_concurrent_callers_agree_and_thread_settings_survive(monkeypatch, setters):
+    import threading
+
+    torch = pytest.importorskip("torch")
+    if setters == "process-wide":  # as on builds where the per-thread setters are not found
+        monkeypatch.setattr(ct, "_NATIVE", [])
+    rng = np.random.default_rng(12)
+    centres = rng.normal(scale=4, size=(3, 30))
+    train, test, gen = mixture(rng, 1500, centres), mixture(rng, 300, centres), mixture(rng, 300, centres)
+    want = ct_score(train, test, gen, k=3, projection=8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = []
+        callers = [threading.Thread(target=lambda: got.append(ct_score(train, test, gen, k=3, projection=8)))
+                   for _ in range(4)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert got == [want] * 4
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_reduced_precision_float32_products_are_not_used():
+    # torch may compute float32 products in bfloat16 when allowed; the search's error bound assumes
+    # IEEE float32, so numpy computes them then — with the same results
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    centres = rng.normal(scale=4, size=(3, 20))
+    train, test, gen = mixture(rng, 800, centres), mixture(rng, 200, centres), mixture(rng, 200, centres)
+    want = [ct_score(train, test, gen, k=3, distance=d).value for d in DIST]
+    assert ct._product().__code__ is not ct._numpy_product.__code__
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        assert ct._product() is ct._numpy_product
+        assert [ct_score(train, test, gen, k=3, distance=d).value for d in DIST] == pytest.approx(want, abs=1e-12)
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 # -- errors ---------------------------------------------------------------------------------------

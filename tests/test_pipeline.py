@@ -144,3 +144,22 @@ def test_an_unreadable_shipped_reference_is_an_error_not_a_silent_refit(protocol
     with pytest.raises(ForensicsError, match="cannot be read by this version"):
         Engine(protocol, shipped_dir=shipped).references
     assert (shipped / f"{short(reference_key(protocol), 24)}.npz").exists()  # never deleted
+
+
+def test_damaged_reference_files_are_detected(tmp_path):
+    from forensics.atomic import save_npz_atomic
+    from forensics.pipeline import _read_npz
+
+    arrays = {"__layers__": np.array(["a", "bb"]), "0/train": np.arange(12.0).reshape(3, 4),
+              "0/distance": np.array("cosine"), "0/k": np.array(3), "0/empty": np.empty((0, 5), np.float32)}
+    for compressed in (False, True):
+        path = save_npz_atomic(tmp_path / f"r{compressed}.npz", arrays, compressed=compressed)
+        got = _read_npz(path)
+        assert got.keys() == arrays.keys()
+        assert all(got[k].dtype == v.dtype and np.array_equal(got[k], v) for k, v in arrays.items())
+    path = tmp_path / "rFalse.npz"
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(np.arange(12.0).tobytes()) + 5] ^= 0xFF  # one damaged byte inside an array: the zip CRC
+    path.write_bytes(bytes(raw))
+    assert _read_npz(path, remove=False) is None and path.exists()
+    assert _read_npz(path) is None and not path.exists()
