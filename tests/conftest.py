@@ -53,3 +53,29 @@ def register_plugin(plugin_host):
         return plugin_host
 
     return register
+
+
+@pytest.fixture(scope="module")
+def bundled_registry():
+    """The registry bundled with forensics (tests only read it)."""
+    from forensics.registry import Registry
+
+    return Registry.open()
+
+
+@pytest.fixture(scope="module")
+def shipped_engine(request, bundled_registry):
+    """An Engine for the test module's ``PROTOCOL`` that reads the reference side shipped in the bundled
+    registry: bundled plugins only, no user cache, the reference loaded once per module."""
+    from forensics import plugins
+    from forensics.pipeline import Engine
+
+    name = request.module.PROTOCOL
+    old = plugins.reset(plugins.PluginHost(autoload=False))
+    try:
+        engine = Engine(bundled_registry.protocol(name), use_cache=False,
+                        shipped_dir=bundled_registry.reference_dir(name))
+        engine.references
+        yield engine
+    finally:
+        plugins.reset(old)

@@ -9,76 +9,55 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from forensics.matching import leave_one_out, make_matcher
-from forensics.pipeline import Engine
-from forensics.registry import Registry
 from forensics.report import reading
 
 PROTOCOL = "mnist-effnet-lite0"
 GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pndm", "sngan", "vae"}
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return Registry.open()
-
-
-@pytest.fixture(scope="module")
-def engine(registry):
-    from forensics import plugins
-
-    old = plugins.reset(plugins.PluginHost(autoload=False))
-    try:
-        engine = Engine(registry.protocol(PROTOCOL), use_cache=False, shipped_dir=registry.reference_dir(PROTOCOL))
-        engine.references
-        yield engine
-    finally:
-        plugins.reset(old)
-
-
-def test_default_protocol_and_zoo_are_bundled(registry):
-    assert registry.default_protocol == PROTOCOL
-    refs = registry.references(PROTOCOL)
+def test_default_protocol_and_zoo_are_bundled(bundled_registry):
+    assert bundled_registry.default_protocol == PROTOCOL
+    refs = bundled_registry.references(PROTOCOL)
     assert {r.generator for r in refs} == GENERATORS and len(refs) == 24
-    samples = Path(registry.path) / PROTOCOL / "samples"
+    samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     for g in GENERATORS:
         images = np.load(samples / g / "heldout.npz")["images"]
         assert images.shape == (500, 28, 28) and images.dtype == np.uint8
 
 
-def test_leave_one_out_with_the_papers_matcher(plugin_host, registry):
-    refs = registry.references(PROTOCOL)
+def test_leave_one_out_with_the_papers_matcher(plugin_host, bundled_registry):
+    refs = bundled_registry.references(PROTOCOL)
     result = leave_one_out(refs, "alpha")
     assert result.correct / result.n >= 0.9, result
 
 
-def test_generated_sets_do_not_read_as_copies(registry):
+def test_generated_sets_do_not_read_as_copies(bundled_registry):
     # the zoo's generators were trained on T; none of their enrolled curves may read as copying anywhere
-    for ref in registry.references(PROTOCOL):
+    for ref in bundled_registry.references(PROTOCOL):
         readings = {reading(v) for v in ref.fingerprint.values}
         assert "copying" not in readings, (ref.generator, ref.fingerprint.values)
 
 
-def test_reference_side_comes_from_the_registry(engine, registry):
-    assert engine.reference_origin.startswith(str(registry.reference_dir(PROTOCOL)))
+def test_reference_side_comes_from_the_registry(shipped_engine, bundled_registry):
+    assert shipped_engine.reference_origin.startswith(str(bundled_registry.reference_dir(PROTOCOL)))
 
 
-def test_exact_training_copies_are_copying_at_every_layer(engine):
+def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
     from forensics.curate import pick
     from forensics.pipeline import load_reference_set
 
-    train = load_reference_set(engine.protocol.train)
-    curve = engine.curves(train[pick(len(train), 500, seed=0)])[0]  # a random 500: every class, every cell
+    train = load_reference_set(shipped_engine.protocol.train)
+    curve = shipped_engine.curves(train[pick(len(train), 500, seed=0)])[0]  # a random 500: every class, every cell
     values = np.array(curve.fingerprint.values, dtype=float)
     assert np.all(values < -10), values
 
 
-def test_a_held_out_sample_set_is_attributed_to_its_generator(engine, registry, plugin_host):
-    images = np.load(Path(registry.path) / PROTOCOL / "samples" / "pndm" / "heldout.npz")["images"]
-    curve = engine.curves(images)[0]
-    matcher = make_matcher("alpha").fit(registry.references(PROTOCOL))
+def test_a_held_out_sample_set_is_attributed_to_its_generator(shipped_engine, bundled_registry, plugin_host):
+    images = np.load(Path(bundled_registry.path) / PROTOCOL / "samples" / "pndm" / "heldout.npz")["images"]
+    curve = shipped_engine.curves(images)[0]
+    matcher = make_matcher("alpha").fit(bundled_registry.references(PROTOCOL))
     result = matcher.attribute(curve.fingerprint.vector())
     assert result.candidates[0].generator == "pndm"
     assert result.verdict == "pndm" and result.margin > 0.05

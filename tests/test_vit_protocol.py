@@ -14,8 +14,7 @@ import pytest
 
 from forensics.hashing import sha256_file
 from forensics.matching import make_matcher
-from forensics.pipeline import Engine, build_encoder
-from forensics.registry import Registry
+from forensics.pipeline import build_encoder
 from forensics.testing import EncoderContract, sample_images
 from forensics.zoo import encoder as vit_mnist
 from forensics.zoo.data import mnist_split
@@ -27,34 +26,16 @@ GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pndm", "sngan", "va
 MIN_TEST_ACCURACY = 0.95
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return Registry.open()
-
-
-@pytest.fixture(scope="module")
-def engine(registry):
-    from forensics import plugins
-
-    old = plugins.reset(plugins.PluginHost(autoload=False))
-    try:
-        engine = Engine(registry.protocol(PROTOCOL), use_cache=False, shipped_dir=registry.reference_dir(PROTOCOL))
-        engine.references
-        yield engine
-    finally:
-        plugins.reset(old)
-
-
-def test_registry_validates_with_both_offline_protocols(registry):
-    assert registry.validate() == []
-    assert registry.default_protocol == "mnist-effnet-lite0"
-    refs = registry.references(PROTOCOL)
+def test_registry_validates_with_both_offline_protocols(bundled_registry):
+    assert bundled_registry.validate() == []
+    assert bundled_registry.default_protocol == "mnist-effnet-lite0"
+    refs = bundled_registry.references(PROTOCOL)
     assert {r.generator for r in refs} == GENERATORS and len(refs) == 24
-    assert all(len(r.fingerprint.values) == len(registry.protocol(PROTOCOL).layers) for r in refs)
+    assert all(len(r.fingerprint.values) == len(bundled_registry.protocol(PROTOCOL).layers) for r in refs)
 
 
-def test_shipped_weights_are_the_protocols(registry, plugin_host):
-    proto = registry.protocol(PROTOCOL)
+def test_shipped_weights_are_the_protocols(bundled_registry, plugin_host):
+    proto = bundled_registry.protocol(PROTOCOL)
     assert proto.encoder.name == ENCODER
     encoder = build_encoder(proto.encoder)
     assert encoder.weights.source == "package"
@@ -85,22 +66,22 @@ def test_shipped_encoder_classifies_the_held_out_digits():
     assert accuracy >= MIN_TEST_ACCURACY, accuracy
 
 
-def test_exact_training_copies_are_copying_at_every_layer(engine):
+def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
     from forensics.curate import pick
     from forensics.pipeline import load_reference_set
 
-    train = load_reference_set(engine.protocol.train)
-    subset = pick(len(train), engine.protocol.batch_size, seed=0)
-    values = np.array(engine.curves(train[subset])[0].fingerprint.values, dtype=float)
+    train = load_reference_set(shipped_engine.protocol.train)
+    subset = pick(len(train), shipped_engine.protocol.batch_size, seed=0)
+    values = np.array(shipped_engine.curves(train[subset])[0].fingerprint.values, dtype=float)
     assert np.all(values < -8), values
 
 
-def test_a_held_out_sample_set_is_attributed_to_its_generator(engine, registry, plugin_host):
-    samples = Path(registry.path) / "mnist-effnet-lite0" / "samples"
+def test_a_held_out_sample_set_is_attributed_to_its_generator(shipped_engine, bundled_registry, plugin_host):
+    samples = Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples"
     images = np.load(samples / "sngan" / "heldout.npz")["images"]
-    curve = engine.curves(images)[0]
-    matcher = make_matcher("alpha", calibration=registry.calibration(PROTOCOL, "alpha"))
-    result = matcher.fit(registry.references(PROTOCOL)).attribute(curve.fingerprint.vector())
+    curve = shipped_engine.curves(images)[0]
+    matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
+    result = matcher.fit(bundled_registry.references(PROTOCOL)).attribute(curve.fingerprint.vector())
     assert result.candidates[0].generator == "sngan"
     assert result.verdict == "sngan" and result.margin > 0.05  # measured margin 0.128
 
