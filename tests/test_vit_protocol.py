@@ -76,6 +76,26 @@ def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
     assert np.all(values < -8), values
 
 
+def test_the_noisy_copier_reads_as_copying_and_trained_generators_do_not(bundled_registry):
+    # the finding this protocol exists for: EfficientNet reads the kde-copier (training image + σ ≈ 13
+    # noise) as underfitting; this encoder reads it as copying from block 2 on (block 1: −1.7 … −2.4 over
+    # the enrolled instances), while every trained
+    # generator reads no copying anywhere and rises with depth (measured +1.4…+3.2 → +5.3…+7.6)
+    for ref in bundled_registry.references(PROTOCOL):
+        values = np.array(ref.fingerprint.values, dtype=float)
+        if ref.generator == "kde-copier":
+            assert np.all(values[2:] < -2) and values[1] < -1, values
+        else:
+            assert np.all(values > 0) and values[-1] > values[0] + 2, (ref.generator, values)
+
+
+def test_the_held_out_copier_reads_as_copying_in_the_deep_layers(shipped_engine, bundled_registry):
+    samples = Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples"
+    values = np.array(shipped_engine.curves(np.load(samples / "kde-copier" / "heldout.npz")["images"])[0]
+                      .fingerprint.values, dtype=float)
+    assert np.all(values[2:] < -2) and values[-1] < -4, values  # measured −2.1 … −5.8 from block 1
+
+
 def test_a_held_out_sample_set_is_attributed_to_its_generator(shipped_engine, bundled_registry, plugin_host):
     samples = Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples"
     images = np.load(samples / "sngan" / "heldout.npz")["images"]
