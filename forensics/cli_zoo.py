@@ -140,6 +140,65 @@ def enroll(
         out.print(f"{len(done)} zoo set(s) enrolled under {pname}; {skipped} already there")
 
 
+@app.command()
+@handle_errors
+def quality(
+    protocol: Optional[str] = OPT_PROTOCOL,
+    generator: Optional[list[str]] = typer.Option(None, "--generator", "-g",
+                                                  help="Only this generator (repeatable; default: all)."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Protocol layer (default: the deepest)."),
+    samples: Optional[Path] = _SAMPLES,
+    device: str = OPT_DEVICE,
+    weights: Optional[str] = OPT_WEIGHTS,
+    registry: Optional[Path] = OPT_REGISTRY,
+    json_out: bool = _JSON,
+):
+    """How close each zoo set sits to T in a protocol encoder's space: Fréchet distance and nearest-neighbour ratio.
+
+    Measured in the statistic's own space of one layer (PCA fitted on T; unit vectors for the cosine
+    distance), against P_n as the fresh-data reference. Example: forensics zoo quality --protocol mnist-vit
+    """
+    from rich.table import Table
+
+    from forensics.images import load_images
+    from forensics.pipeline import Engine, load_reference_set
+    from forensics.registry import Registry
+    from forensics.zoo.catalog import read_manifest, select
+    from forensics.zoo.quality import encoder_quality
+
+    folder = _folder(samples, registry)
+    instances = read_manifest(folder)
+    instances = select(instances, generator, sorted({z.instance for z in instances}))
+    reg = Registry.open(registry)
+    pname = reg.resolve_protocol(protocol)
+    proto = reg.protocol(pname)
+    layers = list(proto.layers)
+    name = layer if layer is not None else layers[-1]
+    if name not in layers:
+        raise UsageError(f"protocol {pname} has no layer {name!r}; it has {', '.join(layers)}")
+    index = layers.index(name)
+    engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+    reference = engine.references[index]
+    test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,
+                        images_hash=proto.test.sha256)[index]
+    rows = []
+    for z in instances:
+        if not z.path.is_file():
+            raise _missing(z.path)
+        emb = engine.embed(load_images(z.path)[0], f"{z.generator}/{z.instance}")[index]
+        rows.append({"generator": z.generator, "instance": z.instance, **encoder_quality(reference, emb, test)})
+    if json_out:
+        print_json({"schema": "forensics.zoo-quality/1", "protocol": pname, "layer": name, "instances": rows})
+        return
+    table = Table(title=f"zoo quality in {pname}, layer {name} (P_n, a fresh real set: fd "
+                        f"{rows[0]['fd_test'] if rows else '—'}, nn_ratio 1)", title_justify="left")
+    for col, justify in (("generator", "left"), ("instance", "left"), ("fd", "right"), ("nn_ratio", "right")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r["generator"], r["instance"], f"{r['fd']:.4g}", f"{r['nn_ratio']:.3f}")
+    out.print(table)
+
+
 def _missing(path: Path) -> UsageError:
     return UsageError(f"zoo sample set {path} is missing; rebuild it with `forensics zoo train` "
                       f"(see forensics/zoo/README.md)")

@@ -915,6 +915,19 @@ class CTReference:
             self._search[i] = _Cell(self._train[a:b], self._distance)
         return self._search[i]
 
+    @property
+    def training_points(self) -> np.ndarray:
+        """T in the statistic's space (projected, and unit-normalised for the cosine distance), grouped by
+        cell; read-only."""
+        view = self._train.view()
+        view.flags.writeable = False
+        return view
+
+    def transform(self, points) -> np.ndarray:
+        """Rows of ``points`` (m × d, the layer's embeddings) in the statistic's space, as
+        :attr:`training_points` are: projected, and unit-normalised for the cosine distance."""
+        return self._prepare(points, "points")
+
     def _prepare(self, generated, name: str = "generated") -> np.ndarray:
         q = _as_matrix(generated, name)
         if q.shape[1] != self._dim:
@@ -931,7 +944,7 @@ class CTReference:
         normalised here as the reference's own points were). Only for references with k-means cells."""
         if self._centres is None:
             raise UsageError("this reference was fitted on given cells: it has no centres to assign to")
-        return _assign(self._prepare(points, "points"), self._centres)
+        return _assign(self.transform(points), self._centres)
 
     def score(self, generated, *, tau: float | None = None, generated_cells=None) -> CTResult:
         """C_T of the generated set (m × d) against this reference.

@@ -40,7 +40,7 @@ def registry_copy(tmp_path):
 
 
 def test_every_command_has_an_example_in_its_help():
-    for cmd in ("list", "enroll", "train", "manifest"):
+    for cmd in ("list", "enroll", "train", "manifest", "quality"):
         assert "Example" in run(cmd, "--help").output, cmd
 
 
@@ -87,3 +87,15 @@ def test_train_rebuilds_a_set_bit_for_bit(tmp_path):
     run("manifest", "--samples", tmp_path)
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert [e["instance"] for e in manifest["instances"]] == ["run0"]
+
+
+def test_quality_in_the_encoders_space_tells_copier_from_generator():
+    # the ViT protocol's deepest layer: fresh data (P_n) is the yardstick, nn_ratio 1 by construction
+    doc = json.loads(run("quality", "--protocol", "mnist-vit", "-g", "kde-copier", "-g", "ddpm", "--json").output)
+    assert doc["layer"] == "blocks.7" and len(doc["instances"]) == 8
+    for row in doc["instances"]:
+        if row["generator"] == "kde-copier":
+            assert row["nn_ratio"] < 0.7, row  # measured 0.44–0.49: closer to T than fresh digits
+        else:
+            assert row["nn_ratio"] > 1.3 and row["fd"] > row["fd_test"], row  # measured 1.81–1.94
+    assert "has no layer 'head'" in run("quality", "--protocol", "mnist-vit", "--layer", "head", code=2).output

@@ -1,4 +1,5 @@
-"""Quality figures of a sample set against T and P_n, all in pixel space (intensities / 255).
+"""Quality figures of a sample set against T and P_n: in pixel space (:func:`quality`, intensities / 255,
+recorded with every zoo set) and in an encoder's space (:func:`encoder_quality`, under a protocol).
 
 - ``fd_pca``: Fréchet distance between Gaussians fitted to the samples and to T, in the 64-d PCA
   space fitted on T. Reference: P_n's own value (``fd_pca_test``) — the floor for m-sized real sets.
@@ -6,6 +7,10 @@
   same mean for P_n. ≈ 1: on the data; > 1: off the manifold (under-fitting); < 1: copying.
 - ``ct_pixel``: Meehan et al.'s C_T in PCA-64 pixel space (k-means k = 10 on T, Euclidean, τ = 20/m).
   ≪ 0 copying, ≈ 0 no evidence, ≫ 0 under-fitting. (The protocol's own C_T uses encoder layers.)
+
+In an encoder's space (one layer of a protocol, in the statistic's own space: PCA fitted on T, and
+unit vectors for the cosine distance), :func:`encoder_quality` gives ``fd`` and ``nn_ratio`` defined as
+above, against the T points the protocol's reference side holds — nothing of T is re-embedded.
 """
 from __future__ import annotations
 
@@ -83,3 +88,21 @@ def quality(images_uint8: np.ndarray) -> dict:
         "nn_ratio": round(float(nn_q / nn_p), 4),
         "ct_pixel": round(_ct(Qp, Tp, Pp, km), 3),
     }
+
+
+def encoder_quality(reference, embeddings: np.ndarray, test_embeddings: np.ndarray, *, seed: int = 0) -> dict:
+    """``fd`` and ``nn_ratio`` of one set in a protocol layer's space, with P_n's values for reference.
+
+    ``reference``: the layer's fitted C_T reference (``Engine.references[i]``); ``embeddings``: the set's
+    embeddings at that layer; ``test_embeddings``: P_n's. ``fd_test`` is the FD of a random subset of
+    P_n as large as the set (FD grows as sets shrink), so a set on the data scores about ``fd_test`` and
+    ``nn_ratio`` about 1 (below 1: closer to T than fresh data, i.e. copying)."""
+    from forensics.ct import nearest_distance
+
+    train = np.asarray(reference.training_points, dtype=np.float64)
+    q, p = reference.transform(embeddings), reference.transform(test_embeddings)
+    sub = np.random.default_rng(seed).permutation(len(p))[:min(len(q), len(p))]
+    nn_q = nearest_distance(q, train, reference.distance).mean()
+    nn_p = nearest_distance(p, train, reference.distance).mean()
+    return {"fd": round(_fd(q, train), 4), "fd_test": round(_fd(p[sub], train), 4),
+            "nn_ratio": round(float(nn_q / nn_p), 4)}
