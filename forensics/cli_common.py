@@ -73,3 +73,4 @@ OPT_WEIGHTS = typer.Option(None, "--weights", help="Encoder weights file, when n
 OPT_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache.")
 OPT_WORKERS = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images.")
 OPT_AMP = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16.")
+OPT_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")

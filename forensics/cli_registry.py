@@ -11,13 +11,12 @@ from typing import Any, Optional
 import typer
 
 from forensics.cli_common import (
-    OPT_DEVICE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
+    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
 )
 
 app = typer.Typer(name="registry", no_args_is_help=True,
                   help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.")
 
-_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
 
 
 def _short(digest: str | None) -> str:
@@ -37,7 +36,7 @@ def _fmt(v: Any, nd: int = 3) -> str:
 # -- list / show / validate -----------------------------------------------------------------------
 @app.command("list")
 @handle_errors
-def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = _JSON):
+def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
     """List the protocols of the registry and their generators.
 
     Example: forensics registry list --json
@@ -77,7 +76,7 @@ def show(
     protocol: Optional[str] = typer.Argument(None, help="Protocol name (default: the registry's default)."),
     generator: Optional[str] = typer.Option(None, "--generator", "-g", help="Show this generator's instances in full."),
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """Show a protocol's record, its generators and their instances with provenance.
 
@@ -128,7 +127,7 @@ def show(
 
 @app.command()
 @handle_errors
-def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = _JSON):
+def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
     """Check every registry file: schema, digests, NaN/inf, duplicate names, curve lengths. Exit 1 on problems.
 
     Example: forensics registry validate --registry ./registry
@@ -167,7 +166,7 @@ def enroll(
     device: str = OPT_DEVICE,
     weights: Optional[str] = OPT_WEIGHTS,
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
 
@@ -211,7 +210,7 @@ def remove(
     protocol: Optional[str] = OPT_PROTOCOL,
     instance: Optional[str] = typer.Option(None, "--instance", "-i", help="Remove only this instance."),
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """Remove a generator, or one of its instances, from a protocol.
 
@@ -265,7 +264,7 @@ def diff(
     other: str = typer.Argument(..., help="The other registry state: a folder, or git:REV (the registry at a "
                                           "git revision, e.g. git:HEAD or git:main)."),
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """What two registry states disagree on: protocols, generators, instances, curves, provenance.
 
@@ -377,7 +376,7 @@ def evaluate(
     matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s) to evaluate, repeatable "
                                                                   "(default: every registered matcher)."),
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """Leave-one-out attribution over every enrolled instance, each matcher side by side.
 
@@ -407,7 +406,7 @@ def calibrate(
     protocol: Optional[str] = OPT_PROTOCOL,
     matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s), repeatable (default: all)."),
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """Calibrate the open-set thresholds ("unknown") from the references and record them in the registry.
 
@@ -447,7 +446,7 @@ def import_paper(
     src: Path = typer.Argument(..., help="The paper-curves folder (holds Ffull_score.txt, model_ct_scores.txt)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the protocol's generators if present."),
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """Import He et al. 2024's published CIFAR-10 curves as the protocol he2024-cifar10-vitb16.
 

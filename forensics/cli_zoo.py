@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from forensics.cli_common import (
-    OPT_DEVICE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
+    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
 )
 from forensics.errors import UsageError
 
@@ -18,7 +18,6 @@ app = typer.Typer(name="zoo", no_args_is_help=True,
 
 _SAMPLES = typer.Option(None, "--samples", help="Sample-set folder (default: the registry's "
                                                 "mnist-effnet-lite0/samples).")
-_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
 
 
 def _folder(samples: Path | None, registry: Path | None) -> Path:
@@ -35,8 +34,8 @@ def _enrolled(reg, protocol: str) -> dict[str, set[str]]:
 
 @app.command("list")
 @handle_errors
-def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROTOCOL, registry: Optional[Path] = OPT_REGISTRY,
-          json_out: bool = _JSON):
+def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROTOCOL,
+          registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
     """List the zoo's sample sets with their quality figures and whether each is enrolled in a protocol.
 
     Example: forensics zoo list --protocol mnist-effnet-lite0
@@ -90,7 +89,7 @@ def enroll(
     device: str = OPT_DEVICE,
     weights: Optional[str] = OPT_WEIGHTS,
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """Enrol the zoo's sample sets in a protocol; sets already enrolled there are skipped.
 
@@ -151,7 +150,7 @@ def quality(
     device: str = OPT_DEVICE,
     weights: Optional[str] = OPT_WEIGHTS,
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = _JSON,
+    json_out: bool = OPT_JSON,
 ):
     """How close each zoo set sits to T in a protocol encoder's space: Fréchet distance and nearest-neighbour ratio.
 
