@@ -16,6 +16,7 @@ from forensics.errors import UsageError
 app = typer.Typer(name="zoo", no_args_is_help=True,
                   help="The generator zoo trained on the embedded MNIST split: list, enrol, retrain, resample.")
 
+_GENERATOR = typer.Option(None, "--generator", "-g", help="Only this generator (repeatable; default: all).")
 _SAMPLES = typer.Option(None, "--samples", help="Sample-set folder (default: the registry's "
                                                 "mnist-effnet-lite0/samples).")
 
@@ -80,8 +81,7 @@ def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROT
 @handle_errors
 def enroll(
     protocol: Optional[str] = OPT_PROTOCOL,
-    generator: Optional[list[str]] = typer.Option(None, "--generator", "-g",
-                                                  help="Enrol only this generator (repeatable; default: all)."),
+    generator: Optional[list[str]] = _GENERATOR,
     instance: Optional[list[str]] = typer.Option(None, "--instance", "-i",
                                                  help="Enrol this instance (repeatable; default: run0, run1, run2; "
                                                       "'heldout' is the query set and best kept out)."),
@@ -143,8 +143,7 @@ def enroll(
 @handle_errors
 def quality(
     protocol: Optional[str] = OPT_PROTOCOL,
-    generator: Optional[list[str]] = typer.Option(None, "--generator", "-g",
-                                                  help="Only this generator (repeatable; default: all)."),
+    generator: Optional[list[str]] = _GENERATOR,
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Protocol layer (default: the deepest)."),
     samples: Optional[Path] = _SAMPLES,
     device: str = OPT_DEVICE,
