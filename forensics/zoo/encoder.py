@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from forensics.encoders import Preprocessing, preprocess
+from forensics.errors import UsageError
 
 ARCHITECTURE = "vit_tiny_patch16_224"  # timm's ViT builder; every size below overrides its defaults
 ARCH_KWARGS: dict[str, Any] = {"img_size": 28, "patch_size": 4, "in_chans": 3, "embed_dim": 128, "depth": 8,
@@ -141,7 +142,7 @@ def train(seed: int, *, cfg: dict[str, Any] | None = None, ckpt_dir: Path = DEFA
     if path.exists():
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state["settings"] != json.dumps(cfg, sort_keys=True):
-            raise SystemExit(f"checkpoint {path} was made with other settings; delete it to start afresh")
+            raise UsageError(f"checkpoint {path} was made with other settings; delete it to start afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
@@ -224,7 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = {} if args.epochs is None else {"epochs": args.epochs}
     t0 = time.time()
-    model, record = train(args.seed, cfg=cfg, ckpt_dir=args.ckpt_dir, threads=args.threads)
+    try:
+        model, record = train(args.seed, cfg=cfg, ckpt_dir=args.ckpt_dir, threads=args.threads)
+    except UsageError as exc:
+        raise SystemExit(f"error: {exc}") from None
     record = export(model, record, args.out)
     _log(f"P_n accuracy {record['test_accuracy']:.4f}, T accuracy {record['train_accuracy']:.4f}, "
          f"{record['train_seconds']:.0f}s of training ({time.time() - t0:.0f}s this call); "
