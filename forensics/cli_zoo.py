@@ -179,12 +179,13 @@ def quality(
     reference = engine.references[index]
     test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,
                         images_hash=proto.test.sha256)[index]
-    rows = []
+    sets = []
     for z in instances:
         if not z.path.is_file():
             raise _missing(z.path)
-        emb = engine.embed(load_images(z.path)[0], f"{z.generator}/{z.instance}")[index]
-        rows.append({"generator": z.generator, "instance": z.instance, **encoder_quality(reference, emb, test)})
+        sets.append(engine.embed(load_images(z.path)[0], f"{z.generator}/{z.instance}")[index])
+    rows = [{"generator": z.generator, "instance": z.instance, **q}
+            for z, q in zip(instances, encoder_quality(reference, sets, test))]
     if json_out:
         print_json({"schema": "forensics.zoo-quality/1", "protocol": pname, "layer": name, "instances": rows})
         return

@@ -25,13 +25,15 @@ from forensics.ct import CTReference, nearest_distance
 
 @lru_cache(maxsize=1)
 def _reference():
-    """T and P_n as float pixel rows, and the pixel-space C_T reference (PCA-64 and k = 10 cells on T)."""
+    """T and P_n as float pixel rows, the pixel-space C_T reference (PCA-64 and k = 10 cells on T) and
+    P_n's mean nearest-T distance."""
     from .data import mnist_split
 
     tr, _, te, _ = mnist_split()
     T = tr.reshape(len(tr), -1).astype(np.float64) / 255.0
     P = te.reshape(len(te), -1).astype(np.float64) / 255.0
-    return T, P, CTReference.fit(T, P, k=10, distance="euclidean", projection=64, seed=0)
+    return T, P, CTReference.fit(T, P, k=10, distance="euclidean", projection=64, seed=0), \
+        float(nearest_distance(P, T, "euclidean").mean())
 
 
 def _fd(a, b):
@@ -43,11 +45,10 @@ def _fd(a, b):
 
 
 def quality(images_uint8: np.ndarray) -> dict:
-    T, P, ref = _reference()
+    T, P, ref, nn_p = _reference()
     Q = images_uint8.reshape(len(images_uint8), -1).astype(np.float64) / 255.0
     Tp, Pp, Qp = ref.training_points, ref.transform(P), ref.transform(Q)
     nn_q = nearest_distance(Q, T, "euclidean").mean()
-    nn_p = nearest_distance(P, T, "euclidean").mean()
     # reference FD: a random real subset of P_n of the same size (FD is biased upwards for small sets)
     sub = np.random.default_rng(0).permutation(len(Pp))[:min(len(Q), len(Pp))]
     return {
@@ -60,19 +61,24 @@ def quality(images_uint8: np.ndarray) -> dict:
     }
 
 
-def encoder_quality(reference, embeddings: np.ndarray, test_embeddings: np.ndarray, *, seed: int = 0) -> dict:
-    """``fd`` and ``nn_ratio`` of one set in a protocol layer's space, with P_n's values for reference.
+def encoder_quality(reference, sets: list[np.ndarray], test_embeddings: np.ndarray, *, seed: int = 0) -> list[dict]:
+    """``fd`` and ``nn_ratio`` of each set in a protocol layer's space, with P_n's FD for reference.
 
-    ``reference``: the layer's fitted C_T reference (``Engine.references[i]``); ``embeddings``: the set's
+    ``reference``: the layer's fitted C_T reference (``Engine.references[i]``); ``sets``: each set's
     embeddings at that layer; ``test_embeddings``: P_n's. ``fd_test`` is the FD of a random subset of
     P_n as large as the set (FD grows as sets shrink), so a set on the data scores about ``fd_test`` and
-    ``nn_ratio`` about 1 (below 1: closer to T than fresh data, i.e. copying)."""
-    from forensics.ct import nearest_distance
-
+    ``nn_ratio`` about 1 (below 1: closer to T than fresh data, i.e. copying). P_n's side is computed once."""
     train = np.asarray(reference.training_points, dtype=np.float64)
-    q, p = reference.transform(embeddings), reference.transform(test_embeddings)
-    sub = np.random.default_rng(seed).permutation(len(p))[:min(len(q), len(p))]
-    nn_q = nearest_distance(q, train, reference.distance).mean()
+    p = reference.transform(test_embeddings)
     nn_p = nearest_distance(p, train, reference.distance).mean()
-    return {"fd": round(_fd(q, train), 4), "fd_test": round(_fd(p[sub], train), 4),
-            "nn_ratio": round(float(nn_q / nn_p), 4)}
+    order = np.random.default_rng(seed).permutation(len(p))
+    fd_test: dict[int, float] = {}
+    out = []
+    for embeddings in sets:
+        q = reference.transform(embeddings)
+        size = min(len(q), len(p))
+        if size not in fd_test:
+            fd_test[size] = round(_fd(p[order[:size]], train), 4)
+        nn_q = nearest_distance(q, train, reference.distance).mean()
+        out.append({"fd": round(_fd(q, train), 4), "fd_test": fd_test[size], "nn_ratio": round(float(nn_q / nn_p), 4)})
+    return out
