@@ -198,6 +198,90 @@ def quality(
     out.print(table)
 
 
+@app.command()
+@handle_errors
+def heldout(
+    protocol: Optional[str] = OPT_PROTOCOL,
+    generator: Optional[list[str]] = _GENERATOR,
+    matcher: Optional[list[str]] = typer.Option(None, "--matcher", "-m",
+                                                help="Matcher(s), repeatable (default: every registered one)."),
+    samples: Optional[Path] = _SAMPLES,
+    device: str = OPT_DEVICE,
+    weights: Optional[str] = OPT_WEIGHTS,
+    registry: Optional[Path] = OPT_REGISTRY,
+    json_out: bool = OPT_JSON,
+):
+    """Attribute every generator's held-out set (never enrolled) against the protocol's references.
+
+    For each set and matcher: the top candidate, the runner-up, the score and margin, and the open-set
+    verdict with the registry's calibrated thresholds; with each set's share of P_n counted.
+    Example: forensics zoo heldout --protocol mnist-effnet-lite0
+    """
+    import numpy as np
+    from rich.table import Table
+
+    from forensics.images import load_images
+    from forensics.matching import available_matchers, make_matcher
+    from forensics.pipeline import Engine
+    from forensics.registry import Registry
+    from forensics.zoo.catalog import read_manifest, select
+
+    folder = _folder(samples, registry)
+    chosen = select(read_manifest(folder), generator, ["heldout"])
+    reg = Registry.open(registry)
+    pname = reg.resolve_protocol(protocol)
+    proto = reg.protocol(pname)
+    references = reg.references(pname)
+    if not references:
+        raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol {pname}`")
+    names = list(matcher) if matcher else available_matchers()
+    unknown = sorted(set(names) - set(available_matchers()))
+    if unknown:
+        raise UsageError(f"unknown matcher {unknown[0]!r}; `forensics plugins` lists the installed ones")
+    matchers = {n: make_matcher(n, calibration=reg.calibration(pname, n)).fit(references) for n in names}
+    engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+    rows = []
+    for z in chosen:
+        if not z.path.is_file():
+            raise _missing(z.path)
+        curve = engine.curves(load_images(z.path)[0], what=f"{z.generator}/{z.instance}", partial=False)[0]
+        counted = [lv.counted_weight for lv in curve.layers if lv.counted_weight is not None]
+        row = {"generator": z.generator, "file": str(z.path), "curve": list(curve.fingerprint.values),
+               "counted_weight_mean": float(np.mean(counted)) if counted else None, "matchers": {}}
+        for n, m in matchers.items():
+            a = m.attribute(curve.fingerprint.vector())
+            row["matchers"][n] = {"top": a.candidates[0].generator, "top_right": a.candidates[0].generator == z.generator,
+                                  "runner_up": a.candidates[1].generator if len(a.candidates) > 1 else None,
+                                  **a.to_dict()}
+        rows.append(row)
+    summary = {n: {"top_right": sum(r["matchers"][n]["top_right"] for r in rows),
+                   "verdict_right": sum(r["matchers"][n]["verdict"] == r["generator"] for r in rows),
+                   "verdict_unknown": sum(r["matchers"][n]["verdict"] is None for r in rows),
+                   "verdict_wrong": sum(r["matchers"][n]["verdict"] not in (None, r["generator"]) for r in rows),
+                   "n": len(rows)} for n in names}
+    if json_out:
+        print_json({"schema": "forensics.zoo-heldout/1", "protocol": pname, "sets": rows, "summary": summary})
+        return
+    for n in names:
+        table = Table(title=f"held-out sets under {pname}, matcher {n}", title_justify="left")
+        for col, justify in (("set", "left"), ("top", "left"), ("score", "right"), ("margin", "right"),
+                             ("runner-up", "left"), ("verdict", "left"), ("P_n counted", "right")):
+            table.add_column(col, justify=justify)
+        for r in rows:
+            a = r["matchers"][n]
+            top = a["top"] if a["top_right"] else f"[red]{a['top']}[/]"
+            verdict = a["verdict"] or "unknown"
+            if a["verdict"] not in (None, r["generator"]):
+                verdict = f"[red]{verdict}[/]"
+            margin = "—" if a["margin"] is None else f"{a['margin']:+.3g}"
+            cw = "—" if r["counted_weight_mean"] is None else f"{r['counted_weight_mean']:.2f}"
+            table.add_row(r["generator"], top, f"{a['score']:.4f}", margin, a["runner_up"] or "—", verdict, cw)
+        out.print(table)
+        s = summary[n]
+        out.print(f"{n}: top candidate right {s['top_right']}/{s['n']}; verdicts: {s['verdict_right']} right, "
+                  f"{s['verdict_unknown']} unknown, {s['verdict_wrong']} wrong")
+
+
 def _missing(path: Path) -> UsageError:
     return UsageError(f"zoo sample set {path} is missing; rebuild it with `forensics zoo train` "
                       f"(see forensics/zoo/README.md)")

@@ -40,7 +40,7 @@ def registry_copy(tmp_path):
 
 
 def test_every_command_has_an_example_in_its_help():
-    for cmd in ("list", "enroll", "train", "manifest", "quality"):
+    for cmd in ("list", "enroll", "train", "manifest", "quality", "heldout"):
         assert "Example" in run(cmd, "--help").output, cmd
 
 
@@ -99,3 +99,18 @@ def test_quality_in_the_encoders_space_tells_copier_from_generator():
         else:
             assert row["nn_ratio"] > 1.3 and row["fd"] > row["fd_test"], row  # measured 1.81–1.94
     assert "has no layer 'head'" in run("quality", "--protocol", "mnist-vit", "--layer", "head", code=2).output
+
+
+def test_heldout_attributes_the_copiers_held_out_set_with_every_matcher():
+    # the copier's held-out set: its curve is negative where every generator's is positive (ViT protocol)
+    doc = json.loads(run("heldout", "--protocol", "mnist-vit", "-g", "kde-copier", "--json").output)
+    (row,) = doc["sets"]
+    assert row["generator"] == "kde-copier" and row["file"].endswith("kde-copier/heldout.npz")
+    assert len(row["curve"]) == 8 and row["counted_weight_mean"] > 0.5
+    assert set(row["matchers"]) == {"alpha", "cosine", "svm"}
+    for name, answer in row["matchers"].items():
+        assert answer["top"] == "kde-copier" and answer["verdict"] == "kde-copier", (name, answer)
+        assert answer["margin"] > 0.1 and answer["runner_up"] != "kde-copier"
+        assert doc["summary"][name] == {"top_right": 1, "verdict_right": 1, "verdict_unknown": 0,
+                                        "verdict_wrong": 0, "n": 1}
+    assert "unknown matcher 'nearest'" in run("heldout", "--protocol", "mnist-vit", "-m", "nearest", code=2).output
