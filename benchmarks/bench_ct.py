@@ -278,6 +278,8 @@ def main() -> None:
     ap.add_argument("--scaling-repeats", type=int, default=2)
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--main-command", action="store_true", help="also time the README's main command")
+    ap.add_argument("--device", help="also time the statistic on this torch device (e.g. cuda), against the "
+                                      "CPU path and the baseline of section 1")
     ap.add_argument("--memory-child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--sizes", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -460,9 +462,34 @@ def main() -> None:
             del tr, te, g
         print()
 
+    if args.device:
+        device_section(args.device, train, test, gen, k, p, bt["total"], ours_total, R)
+
     if args.main_command:
         main_command(repeats=2)
     print(f"done ({load()})")
+
+
+def device_section(device: str, train, test, gen, k: int, p: int, base_total: float, cpu_total: float,
+                   repeats: int) -> None:
+    """6. The statistic with its covariance and searches on a torch device: time and equality."""
+    ct.ct_score(train[:2000], test[:500], gen[:500], k=k, projection=min(p, train.shape[1]), device=device)  # warm-up
+    on = float("inf")
+    for _ in range(repeats):
+        result, dt = timed(lambda: ct.ct_score(train, test, gen, k=k, projection=p, seed=0, device=device))
+        on = min(on, dt)
+    cpu = ct.ct_score(train, test, gen, k=k, projection=p, seed=0)
+    ref = ct.CTReference.fit(train, test, k=k, projection=p, seed=0, device=device)
+    score_on = min(timed(lambda: ref.score(gen))[1] for _ in range(repeats))
+    score_cpu = min(timed(lambda: ref.to(None).score(gen))[1] for _ in range(repeats))
+    print(f"6. on {device} (covariance and nearest-neighbour searches there; k-means and the float64 re-check "
+          f"on the CPU; fastest of {repeats})")
+    print(f"   one layer end to end: {fmt(on)}  vs CPU path {fmt(cpu_total)} ({cpu_total / on:.1f}x), "
+          f"vs baseline {base_total / on:.1f}x")
+    print(f"   score against a fitted reference: {fmt(score_on)} vs CPU path {fmt(score_cpu)} "
+          f"({score_cpu / score_on:.1f}x)")
+    print(f"   C_T on {device} {result.value:+.12f}, CPU path {cpu.value:+.12f}, "
+          f"|diff| {abs(result.value - cpu.value):.2e}\n")
 
 
 def scaling_pair(tr, te, g, k, p, args) -> tuple[float, float]:

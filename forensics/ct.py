@@ -47,10 +47,18 @@ computes the same thing on any thread, so results do not depend on the thread co
 set for the calling thread only (see :func:`_one_thread`), never process-wide where the libraries
 allow it. Memory stays bounded: PCA and projection convert a block of rows per worker at a time, the
 covariance keeps at most ``_GROUPS`` d × d accumulators, and a search tile holds at most ``_TILE`` scores.
+
+Devices: given a torch ``device`` (``fit(..., device="cuda")`` or ``reference.to("cuda")``; the pipeline
+passes its ``--device``), the covariance is accumulated there in float64 and the search's float32
+tiles are scored and reduced there (``DEVICE_BLOCK`` queries by up to ``_DEVICE_TILE`` scores), with the
+same candidates and error bound; the candidates come back to the CPU for the same float64 re-check, so
+the values are the same as on the CPU path. k-means (on a sample, cheap) stays on the CPU. A device
+whose float32 products may use TF32 or bfloat16 is refused with a warning (the CPU path runs).
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import os
@@ -74,6 +82,8 @@ _GROUPS = 4                  # row groups of the covariance (each its own d × d
 _ACCUMULATORS = 1 << 26      # bytes all the groups' accumulators may take together
 _U32 = 2.0 ** -24            # unit roundoff of float32
 _CACHE = 1 << 20             # scores per query block that should stay in cache (4 MiB of float32)
+DEVICE_BLOCK = 16384         # query rows per block of the search on a torch device (a GPU)
+_DEVICE_TILE = 1 << 26       # float32 scores in one tile there (256 MiB)
 _KMEANS_INIT = 10            # k-means restarts (like scikit-learn's n_init)
 _KMEANS_SAMPLE = 8192        # restarts run on a sample of this many training points
 _KMEANS_ITER = 300
@@ -174,6 +184,46 @@ def _t(a: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return _torch().from_numpy(a)
+
+
+def _ieee_float32(torch, device) -> bool:
+    """Whether float32 matrix products on ``device`` are IEEE float32 (no TF32 or bfloat16 shortcuts,
+    which torch allows on request): the search's error bound assumes them."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    with warnings.catch_warnings():  # some of these flags are deprecated aliases in newer torch
+        warnings.simplefilter("ignore")
+        if device.type == "cuda":
+            matmul = torch.backends.cuda.matmul
+            return getattr(matmul, "fp32_precision", "none") in ("none", "ieee") and not getattr(
+                matmul, "allow_tf32", False)
+        if device.type == "cpu":
+            return getattr(getattr(getattr(torch.backends, "mkldnn", None), "matmul", None), "fp32_precision",
+                           "none") in ("none", "ieee")
+    return True
+
+
+def resolve_device(device: Any):
+    """``None`` (the CPU path: numpy and the CPU BLAS, on worker threads) or the torch device the search
+    and the covariance run on. A device whose float32 products are not IEEE (TF32 or bfloat16
+    allowed) gives a warning and ``None``: the results would still be exact, but only by the CPU path."""
+    if device is None:
+        return None
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a dependency
+        raise UsageError("a device for the statistic needs torch installed")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UsageError(f"unknown device {device!r} ({exc}); use e.g. 'cuda' or 'cpu'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for, but this torch sees no CUDA GPU; leave the device out "
+                         f"(the CPU path)")
+    if not _ieee_float32(torch, dev):
+        warnings.warn(f"float32 matrix products on {dev} may use TF32 or bfloat16 "
+                      f"(torch.set_float32_matmul_precision); C_T's search runs on the CPU instead", stacklevel=3)
+        return None
+    return dev
 
 
 # -- threads -------------------------------------------------------------------------------------
@@ -432,7 +482,7 @@ def _centred_block(x: np.ndarray, s: int, e: int, mean: np.ndarray, buf: np.ndar
     return out
 
 
-def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+def _pca(x: np.ndarray, dims: int, device=None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the top ``dims`` principal axes (d × dims, float64) of ``x``, from its covariance.
 
     The covariance is accumulated in float64 over centred blocks of rows (bounded memory: one block
@@ -456,10 +506,13 @@ def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
             cov += b.T @ b  # numpy sees one operand as the other's transpose: a symmetric rank-k update
         return cov
 
-    parts = _parallel(accumulate, groups)
-    cov = parts[0]
-    for part in parts[1:]:
-        cov += part
+    if device is not None and device.type != "mps":  # (MPS has no float64)
+        cov = _covariance_on(x, mean, device)
+    else:
+        parts = _parallel(accumulate, groups)
+        cov = parts[0]
+        for part in parts[1:]:
+            cov += part
     # A full symmetric eigensolver (divide and conquer) is both faster and steadier here than a subset
     # one: MRRR slows down badly on the clustered eigenvalues that embeddings' noise floors produce.
     torch = _torch()
@@ -473,6 +526,18 @@ def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
     signs[signs == 0] = 1.0
     return mean, np.ascontiguousarray(vectors * signs)
+
+
+def _covariance_on(x: np.ndarray, mean: np.ndarray, device) -> np.ndarray:
+    """Σ (x − mean)ᵀ(x − mean) in float64 on a torch device, a block of rows at a time."""
+    torch = _torch()
+    d = x.shape[1]
+    cov = torch.zeros((d, d), dtype=torch.float64, device=device)
+    centre = torch.from_numpy(mean).to(device)
+    for s, e in _row_blocks(len(x), d, budget=_DEVICE_TILE // 2):
+        block = torch.from_numpy(np.ascontiguousarray(x[s:e])).to(device, torch.float64) - centre
+        cov.addmm_(block.T, block)
+    return cov.cpu().numpy()
 
 
 def _project(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
@@ -680,6 +745,7 @@ class _Cell:
         # a dot product of length dim + 1 (at most (dim + 1)·u·(|p|² + 2|q||p|)), the stored squared norm
         # — each counted twice over.
         self.rel = (2.0 * dim + 16.0) * unit
+        self._device_rows: dict = {}   # torch device → the rows there, for nearest_on
 
     def nearest(self, queries: np.ndarray) -> np.ndarray:
         """Exact (float64) distance from each query row to its nearest training point in this cell."""
@@ -699,10 +765,9 @@ class _Cell:
                 self._search(q, out[s:s + step], scratch, chunk, product)
         return out
 
-    def _search(self, q: np.ndarray, out: np.ndarray, scratch: np.ndarray, chunk: int, product) -> None:
-        """For a block of queries: every (query, point) pair whose fast score is within twice the error
-        bound of the query's best is re-checked exactly, so the true nearest point always is."""
-        b, n_pts = len(q), len(self.points)
+    def _queries(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A block of queries in the fast search's form, with each one's bound on the score error."""
+        b = len(q)
         if self.distance == "euclidean":
             qc = q - self.shift
             qn = np.sqrt(np.einsum("ij,ij->i", qc, qc))
@@ -713,11 +778,62 @@ class _Cell:
         else:
             err = np.full(b, self.rel * 3.0)
             qf = np.ascontiguousarray(q, dtype=self.dtype)
-        best = np.full(b, np.inf)
+        return qf, err
+
+    def _search(self, q: np.ndarray, out: np.ndarray, scratch: np.ndarray, chunk: int, product) -> None:
+        """For a block of queries: every (query, point) pair whose fast score is within twice the error
+        bound of the query's best is re-checked exactly, so the true nearest point always is."""
+        qf, err = self._queries(q)
+        best = np.full(len(q), np.inf)
+        n_pts = len(self.points)
         for a in range(0, n_pts, chunk):
             z = min(n_pts, a + chunk)
             rows, cols, best = self._tile(qf, a, z, err, best, scratch, product)
             self._exact(q, rows, cols + a, out)
+
+    def nearest_on(self, queries: np.ndarray, device) -> np.ndarray:
+        """:meth:`nearest` with the fast search on a torch ``device`` (a CUDA GPU, or any other): the same
+        float32 scores, candidates and error bound, and the same float64 re-check on the CPU, so the
+        same distances. Falls back to :meth:`nearest` where the cell needs float64 scores."""
+        if self.dtype != np.float32 or len(queries) == 0:
+            return self.nearest(queries)
+        torch = _torch()
+        rows = self._device_rows.get(device)
+        if rows is None:
+            rows = self._device_rows[device] = torch.from_numpy(self.rows).to(device)
+        out = np.full(len(queries), np.inf)
+        n_pts = len(self.points)
+        step = int(min(len(queries), DEVICE_BLOCK))
+        chunk = max(1, min(n_pts, _DEVICE_TILE // step))
+        for s in range(0, len(queries), step):
+            q = queries[s:s + step].astype(np.float64, copy=False)
+            qf, err = self._queries(q)
+            qd = torch.from_numpy(qf).to(device)
+            best = np.full(len(q), np.inf)
+            every = torch.arange(len(q), device=device)
+            for a in range(0, n_pts, chunk):
+                z = min(n_pts, a + chunk)
+                score = qd @ rows[a:z].T
+                if self.distance == "cosine":  # −|q·p|
+                    score = score.abs_().neg_()
+                low, idx = score.min(dim=1)
+                low_h, idx_h = low.cpu().numpy(), idx.cpu().numpy()
+                best = np.minimum(best, low_h.astype(np.float64))
+                limit = self._limit(best, err)
+                hit = low_h <= limit
+                found_rows, found_cols = [np.flatnonzero(hit)], [idx_h[hit]]
+                if z - a > 1 and hit.any():  # the second minimum, as in _tile
+                    score[every, idx] = math.inf
+                    second = score.min(dim=1).values.cpu().numpy()
+                    several = np.flatnonzero(hit & (second <= limit))
+                    if len(several):
+                        pick = torch.from_numpy(several).to(device)
+                        bound = torch.from_numpy(limit[several]).to(device)
+                        rr, cc = torch.nonzero(score[pick] <= bound[:, None], as_tuple=True)
+                        found_rows.append(several[rr.cpu().numpy()])
+                        found_cols.append(cc.cpu().numpy())
+                self._exact(q, np.concatenate(found_rows), np.concatenate(found_cols) + a, out[s:s + step])
+        return out
 
     def _limit(self, best: np.ndarray, err: np.ndarray) -> np.ndarray:
         limit = (best + 2.0 * err).astype(self.dtype)
@@ -771,9 +887,7 @@ def _product():
     ``torch.set_float32_matmul_precision("medium")``, which may use bfloat16): the search's error bound
     assumes IEEE float32 arithmetic, so numpy computes them then."""
     torch = _torch()
-    if torch is None or torch.get_float32_matmul_precision() != "highest" or getattr(
-            getattr(getattr(torch.backends, "mkldnn", None), "matmul", None), "fp32_precision", "none") \
-            not in ("none", "ieee"):
+    if torch is None or not _ieee_float32(torch, torch.device("cpu")):
         return _numpy_product
     return lambda a, b, out: torch.mm(_t(a), _t(b).T, out=_t(out))
 
@@ -821,7 +935,7 @@ class CTReference:
     def __init__(self, *, k: int, distance: str, projection: int | None, seed: int, dim: int,
                  mean: np.ndarray | None, components: np.ndarray | None, centres: np.ndarray | None,
                  cells: np.ndarray, train: np.ndarray, offsets: np.ndarray, test_dist: np.ndarray,
-                 test_cells: np.ndarray):
+                 test_cells: np.ndarray, device=None):
         self._k, self._distance, self._projection, self._seed, self._dim = k, distance, projection, seed, dim
         self._mean, self._components, self._centres = mean, components, centres
         self._cells = cells            # the cell ids, sorted
@@ -830,6 +944,7 @@ class CTReference:
         self._test_dist = test_dist
         self._test_cells = test_cells
         self._search: dict[int, _Cell] = {}
+        self._device = device          # None: the CPU path; else the torch device the searches run on
 
     # read-only attributes
     k = property(lambda self: self._k, doc="Number of k-means cells asked for (ignored with given cells).")
@@ -839,16 +954,36 @@ class CTReference:
     dim = property(lambda self: self._dim, doc="Dimension of the input embeddings.")
     n_train = property(lambda self: len(self._train), doc="Number of training points.")
     n_test = property(lambda self: len(self._test_dist), doc="Number of test points.")
+    device = property(lambda self: self._device, doc="The torch device the searches run on, or None (the CPU path).")
+
+    def to(self, device) -> CTReference:
+        """This reference with its nearest-neighbour searches on a torch ``device`` (e.g. "cuda"; None for
+        the CPU path). The arrays are shared, the results are the same (see :meth:`_Cell.nearest_on`)."""
+        dev = resolve_device(device)
+        if dev == self._device:
+            return self
+        other = copy.copy(self)
+        other._device, other._search = dev, self._search  # the cells (and their device copies) are shared
+        return other
+
+    def _nearest(self, members: list[np.ndarray], points: np.ndarray, busy: list[int]) -> list[np.ndarray]:
+        """For each cell index in ``busy``: the exact nearest-training distances of its rows of ``points``."""
+        if self._device is not None:  # one device: the cells in turn, each search a few large products
+            return [self._cell(i).nearest_on(points[members[i]], self._device) for i in busy]
+        costs = [len(members[i]) * int(self._offsets[i + 1] - self._offsets[i]) for i in busy]
+        return _parallel(lambda i: self._cell(i).nearest(points[members[i]]), busy, costs)
 
     @classmethod
     def fit(cls, train, test, *, k: int = 10, distance: str = "euclidean", projection: int | None = None,
-            seed: int = 0, train_cells=None, test_cells=None) -> CTReference:
+            seed: int = 0, train_cells=None, test_cells=None, device=None) -> CTReference:
         """Fit the reference side on training set ``train`` (l × d) and held-out set ``test`` (n × d).
 
         ``projection``: PCA dimensions fitted on ``train`` (a layer no wider than that is centred and
         rotated), or None. Cells: k-means with ``k`` cells on the (projected) training set, seeded by
         ``seed``, or cell ids given for both sets (``train_cells``, ``test_cells``), in which case
-        :meth:`score` needs ``generated_cells`` too."""
+        :meth:`score` needs ``generated_cells`` too. ``device``: a torch device (e.g. "cuda") for the
+        covariance and the nearest-neighbour searches, here and in :meth:`score`; None (default) for
+        the CPU path. The values are the same either way."""
         if distance not in DISTANCES:
             raise UsageError(f"distance must be one of {DISTANCES}, not {distance!r}")
         if projection is not None:
@@ -858,6 +993,7 @@ class CTReference:
         seed = int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
         if seed is None:
             raise UsageError("seed must be an integer")
+        dev = resolve_device(device)
         given = (train_cells is not None, test_cells is not None)
         if any(given) and not all(given):
             raise UsageError("give cell ids for both train and test, or for neither")
@@ -873,7 +1009,7 @@ class CTReference:
             if projection < dim and projection > l:
                 raise UsageError(f"projection to {projection} dimensions needs at least {projection} training "
                                  f"points, got {l}; project to fewer dimensions or give more training points")
-            mean, components = _pca(t, min(projection, dim))
+            mean, components = _pca(t, min(projection, dim), dev)
             t, p = _project(t, mean, components), _project(p, mean, components)
         if distance == "cosine":
             t, p = _normalise(t, "train"), _normalise(p, "test")
@@ -901,10 +1037,9 @@ class CTReference:
         ref = cls(k=int(k) if isinstance(k, (int, np.integer)) else 0, distance=distance, projection=projection,
                   seed=seed, dim=dim, mean=mean, components=components, centres=centres, cells=cells,
                   train=np.ascontiguousarray(t[order]), offsets=offsets, test_dist=np.empty(len(p)),
-                  test_cells=pc)
+                  test_cells=pc, device=dev)
         members = [np.flatnonzero(pc == c) for c in cells]
-        found = _parallel(lambda i: ref._cell(i).nearest(p[members[i]]), list(range(len(cells))),
-                          [len(members[i]) * (offsets[i + 1] - offsets[i]) for i in range(len(cells))])
+        found = ref._nearest(members, p, list(range(len(cells))))
         for rows, dist in zip(members, found):
             ref._test_dist[rows] = dist
         return ref
@@ -970,8 +1105,8 @@ class CTReference:
         counts_q = np.bincount(index, minlength=len(self._cells))
         test_index = np.searchsorted(self._cells, self._test_cells)
         busy = [i for i in range(len(self._cells)) if counts_q[i] > 0]
-        found = _parallel(lambda i: self._cell(i).nearest(q[index == i]), busy,
-                          [int(counts_q[i]) * int(self._offsets[i + 1] - self._offsets[i]) for i in busy])
+        members = [np.flatnonzero(index == i) for i in range(len(self._cells))]
+        found = self._nearest(members, q, busy)
         nearest = dict(zip(busy, found))
         cells, num, den = [], 0.0, 0.0
         for i, c in enumerate(self._cells):
@@ -1038,13 +1173,14 @@ class CTReference:
 
 
 def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str = "euclidean",
-             projection: int | None = None, tau: float | None = None, seed: int = 0) -> CTResult:
+             projection: int | None = None, tau: float | None = None, seed: int = 0, device=None) -> CTResult:
     """C_T of ``generated`` (m × d) against training set ``train`` (l × d) and held-out set ``test`` (n × d).
 
     ``cells``: optional (train_ids, test_ids, generated_ids) cell ids; otherwise k-means with ``k`` cells
     on the (projected) training set, seeded by ``seed``. ``distance``: "euclidean" or "cosine"
     (1 − |cos|). ``projection``: PCA dimensions fitted on ``train``, or None. ``tau``: a cell counts when
-    more than tau·m generated points fall in it (default 20/m). Exactly
+    more than tau·m generated points fall in it (default 20/m). ``device``: a torch device for the
+    covariance and the searches (None: the CPU path), with the same values. Exactly
     ``CTReference.fit(...).score(...)``. Raises :class:`StatisticError` when the value is undefined (no
     counted cell, an empty cell, mismatched dimensions, NaN) and :class:`UsageError` on bad parameters.
     """
@@ -1055,5 +1191,5 @@ def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str =
             raise UsageError("cells must be a tuple of three id arrays: (train, test, generated)")
         train_cells, test_cells, generated_cells = cells
     reference = CTReference.fit(train, test, k=k, distance=distance, projection=projection, seed=seed,
-                                train_cells=train_cells, test_cells=test_cells)
+                                train_cells=train_cells, test_cells=test_cells, device=device)
     return reference.score(generated, tau=tau, generated_cells=generated_cells)

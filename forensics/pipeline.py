@@ -164,10 +164,17 @@ class Engine:
 
     @property
     def references(self) -> list[Any]:
-        """The statistic fitted on T and P_n, one per protocol layer."""
+        """The statistic fitted on T and P_n, one per protocol layer (on the engine's device where the
+        statistic can compute on one)."""
         if self._references is None:
-            self._references = self._load_or_fit()
+            refs = self._load_or_fit()
+            device = self._statistic_device()
+            self._references = refs if device is None else [r.to(device) for r in refs]
         return self._references
+
+    def _statistic_device(self) -> str | None:
+        """The engine's device for the statistic, when it is not the CPU and the statistic can use it."""
+        return self.device if self.device != "cpu" and getattr(self.statistic, "devices", False) else None
 
     def _load_or_fit(self) -> list[Any]:
         layers = self.protocol.layers
@@ -190,7 +197,8 @@ class Engine:
         test_emb = self.embed(test, "held-out set P_n", cache=True, images_hash=self.protocol.test.sha256)
         refs = []
         for layer, t, p in zip(layers, train_emb, test_emb):
-            refs.append(self.statistic.fit(t, p, **self.fit_params))
+            device = self._statistic_device()
+            refs.append(self.statistic.fit(t, p, **self.fit_params, **({"device": device} if device else {})))
             if self.progress is not None:
                 self.progress(f"fitting {self.protocol.statistic.name}", len(refs), len(layers))
         self.reference_origin = "computed"

@@ -10,6 +10,10 @@ embedded at one layer) and then scores any number of generated batches::
 
 ``fit_params`` and ``score_params`` name the parameters each step takes; ``defaults`` gives every
 parameter's default. All of them are recorded in a protocol.
+
+A statistic that can compute on a torch device (a GPU) says so with ``devices = True``: its ``fit`` then
+also takes ``device=`` and its references have ``.to(device)``, and the engine passes them its own
+device whenever that is not the CPU. The device may change how fast a value comes, never the value.
 """
 
 from __future__ import annotations

@@ -540,3 +540,64 @@ def test_sign_copies_fresh_and_far():
         assert all(abs(v) < 3 for v in fresh)                   # no evidence
         far = mixture(rng, 600, centres) + rng.normal(scale=3, size=(600, 8))
         assert ref.score(far).value > 5                         # underfitting: farther than fresh data
+
+
+# -- a torch device for the searches and the covariance --------------------------------------------
+def test_device_path_gives_the_cpu_paths_values(monkeypatch):
+    # "cpu" as a torch device runs the device code (torch products, torch selection, transfers to the
+    # host for the float64 re-check) — the code a GPU runs; it must give the CPU path's values
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    centres = rng.normal(scale=4, size=(3, 90))
+    train, test = mixture(rng, 900, centres), mixture(rng, 300, centres)
+    gen = np.concatenate([train[:60] + 1e-6 * rng.normal(size=(60, 90)), mixture(rng, 240, centres)])
+    for distance in DIST:
+        cpu = CTReference.fit(train, test, k=3, projection=20, distance=distance)
+        dev = CTReference.fit(train, test, k=3, projection=20, distance=distance, device="cpu")
+        assert dev.device.type == "cpu" and cpu.device is None
+        np.testing.assert_array_equal(dev.assign(gen), cpu.assign(gen))
+        np.testing.assert_allclose(dev.to_arrays()["test_dist"], cpu.to_arrays()["test_dist"], rtol=1e-12)
+        want = cpu.score(gen)
+        assert dev.score(gen).value == pytest.approx(want.value, abs=1e-12)
+        moved = cpu.to("cpu")  # a fitted (or loaded) reference moved to a device: arrays shared, same values
+        assert moved.device.type == "cpu" and moved.score(gen) == want and cpu.to(None) is cpu
+    # small blocks and tiles: several query blocks and training chunks per cell, as on large sets
+    monkeypatch.setattr(ct, "DEVICE_BLOCK", 41)
+    monkeypatch.setattr(ct, "_DEVICE_TILE", 41 * 23)
+    cells = (rng.integers(0, 3, 900), rng.integers(0, 3, 300), rng.integers(0, 3, 300))
+    for distance in DIST:
+        got = ct_score(train, test, gen, cells=cells, distance=distance, device="cpu").value
+        assert abs(got - brute_ct(train, test, gen, cells, distance)) <= 1e-9
+
+
+def test_device_search_is_exact_on_near_ties_and_duplicates():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    base = 1e4 + rng.normal(size=(300, 64))
+    train = np.concatenate([base, base[:40]])
+    queries = np.concatenate([(train[:80] + train[80:160]) / 2, train[160:220] + 1e-9])
+    cell = ct._Cell(train, "euclidean")
+    got = cell.nearest_on(queries, torch.device("cpu"))
+    np.testing.assert_array_equal(got, cell.nearest(queries))
+    want = np.array([np.sqrt(((train - x) ** 2).sum(axis=1)).min() for x in queries])
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+
+
+def test_device_errors_and_reduced_precision():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    train, test, gen = rng.normal(size=(200, 6)), rng.normal(size=(80, 6)), rng.normal(size=(80, 6))
+    with pytest.raises(UsageError, match="unknown device 'gpu0'"):
+        ct_score(train, test, gen, k=2, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="sees no CUDA GPU"):
+            ct_score(train, test, gen, k=2, device="cuda")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # bfloat16 / TF32 allowed: the bound would not hold
+    try:
+        with pytest.warns(UserWarning, match="runs on the CPU instead"):
+            ref = CTReference.fit(train, test, k=2, device="cpu")
+        assert ref.device is None
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert ref.score(gen) == ct_score(train, test, gen, k=2)

@@ -96,6 +96,20 @@ def test_the_held_out_copier_reads_as_copying_in_the_deep_layers(shipped_engine,
     assert np.all(values[2:] < -2) and values[-1] < -4, values  # measured −2.1 … −5.8 from block 1
 
 
+def test_an_engine_on_a_torch_device_runs_the_statistic_there_with_the_same_curve(shipped_engine, bundled_registry):
+    # "cpu:0" is a torch device that is not the engine's default "cpu": the encoder and the statistic's
+    # searches run through the device code a GPU runs, on the shipped reference side
+    from forensics.pipeline import Engine
+
+    engine = Engine(bundled_registry.protocol(PROTOCOL), device="cpu:0", use_cache=False,
+                    shipped_dir=bundled_registry.reference_dir(PROTOCOL))
+    assert all(r.device is not None and r.device.type == "cpu" for r in engine.references)
+    assert all(r.device is None for r in shipped_engine.references)
+    images = np.load(Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples" / "vae" / "heldout.npz")["images"]
+    want = shipped_engine.curves(images)[0].fingerprint.values
+    assert engine.curves(images)[0].fingerprint.values == pytest.approx(want, abs=1e-12)
+
+
 def test_a_held_out_sample_set_is_attributed_to_its_generator(shipped_engine, bundled_registry, plugin_host):
     samples = Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples"
     images = np.load(samples / "sngan" / "heldout.npz")["images"]

@@ -16,11 +16,12 @@ class CTStatistic:
     fit_params = ("k", "distance", "projection", "seed")
     score_params = ("tau",)
     defaults = {"k": 10, "distance": "euclidean", "projection": None, "tau": None, "seed": 0}
+    devices = True  # fit(device=…) and reference.to(device): the covariance and searches on a GPU
 
-    def fit(self, train, test, **params):
+    def fit(self, train, test, *, device=None, **params):
         from forensics.ct import CTReference
 
-        return CTReference.fit(train, test, **{k: params[k] for k in self.fit_params if k in params})
+        return CTReference.fit(train, test, device=device, **{k: params[k] for k in self.fit_params if k in params})
 
     def from_arrays(self, arrays):
         from forensics.ct import CTReference
