@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.forensics-installed
-DEMO ?= registry/mnist-effnet-lite0/samples/pndm/heldout.npz
+DEMO ?= registry/mnist-effnet-lite0/samples/ddpm/heldout.npz
 
 .PHONY: demo test venv
 

@@ -40,7 +40,7 @@ from forensics import pipeline  # noqa: E402
 from forensics.atomic import save_npz_atomic  # noqa: E402
 
 N_CENTRES = 20
-DEMO = ROOT / "registry" / "mnist-effnet-lite0" / "samples" / "pndm" / "heldout.npz"
+DEMO = ROOT / "registry" / "mnist-effnet-lite0" / "samples" / "ddpm" / "heldout.npz"  # the Makefile's DEMO
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -172,3 +172,22 @@ def test_checkpoints_resume_with_weights_only_loading(tmp_path):
     it, extra = _load_ckpt(tmp_path / "c.pt", {"net": fresh, "opt": fresh_opt})
     assert it == 7 and extra == {"train_seconds": 1.5}
     assert torch.equal(fresh.weight, net.weight)
+
+
+def test_each_sampler_of_the_shared_network_draws_its_own_noise():
+    # DDIM and PNDM solve one ODE: from the same starting noise they give nearly the same images (1.2
+    # grey levels apart on average), which would let attribution match runs by their shared noise
+    import json
+
+    from forensics.zoo import train as T
+    from forensics.zoo.catalog import samples_dir
+
+    seeds = {g: T.sampling_seed(g, 0) for g in sorted(T.DIFFUSION_SAMPLERS)}
+    assert len(set(seeds.values())) == 3 and T.sampling_seed("vae", 0) == 10_000
+    folder = samples_dir()
+    images = {}
+    for g in ("ddim", "pndm"):
+        meta = json.loads((folder / g / "run0.json").read_text())
+        assert meta["sampling_seed"] == seeds[g]
+        images[g] = np.load(folder / g / "run0.npz")["images"].astype(float)
+    assert np.abs(images["ddim"] - images["pndm"]).mean() > 20  # two seeds of one sampler: about 45

@@ -44,9 +44,9 @@ M_IMAGES = 500
 SETTINGS = {
     "vae": {"zdim": 16, "ch": 32, "iters": 3000, "batch": 64, "lr": 1e-3,
             "sample": "decoder mean of z~N(0,I)"},
-    "dcgan": {"zdim": 64, "ch": 32, "iters": 3000, "batch": 64, "lr": 2e-4, "betas": (0.5, 0.999),
+    "dcgan": {"zdim": 64, "ch": 32, "iters": 9000, "batch": 64, "lr": 2e-4, "betas": (0.5, 0.999),
               "loss": "BCE", "ema": 0.999, "sample": "EMA generator, BN on the sampled batch of 500"},
-    "sngan": {"zdim": 64, "ch": 32, "iters": 1500, "batch": 64, "lr": 2e-4, "betas": (0.5, 0.999),
+    "sngan": {"zdim": 64, "ch": 32, "iters": 3000, "batch": 64, "lr": 2e-4, "betas": (0.5, 0.999),
               "n_dis": 1, "ema": 0.999, "sample": "EMA generator, BN on the sampled batch of 500",
               "loss": "hinge", "arch": "upsample+conv3x3 G with BN; spectral-norm CNN D (LeakyReLU 0.1)"},
     "gmm": {"pca_dims": 50, "components": 40, "covariance": "full",
@@ -54,13 +54,22 @@ SETTINGS = {
     "kde-copier": {"sigma": 0.1,
                    "sample": "uniform training image + N(0, sigma^2) pixel noise on [-1,1], clipped"},
     "ddpm-net": {"unet_c1": 16, "unet_c2": 32, "tdim": 128, "schedule": "linear 1e-4..0.02", "T": 1000,
-                 "iters": 10000, "batch": 64, "lr": 5e-4, "ema": 0.999, "grad_clip": 1.0, "eval_every": 2000},
+                 "iters": 15000, "batch": 64, "lr": 5e-4, "ema": 0.999, "grad_clip": 1.0, "eval_every": 2000},
     "ddpm": {"sampler": "ddpm_ancestral", "steps": 200, "clip": True,
              "note": "ancestral sampling, posterior variance, respaced to 200 of 1000 steps"},
     "ddim": {"sampler": "ddim", "steps": 50, "eta": 0.0, "clip": True},
     "pndm": {"sampler": "pndm (PLMS)", "steps": 50, "clip": True},
 }
 DIFFUSION_SAMPLERS = {"ddpm", "ddim", "pndm"}
+# The three samplers share one network, so each draws its noise from its own stream: with one stream,
+# DDIM and PNDM (two solvers of the same ODE) turned the same x_T into nearly the same images (mean
+# |difference| 1.2 grey levels against 45 between seeds), and run k of one class was a near-duplicate
+# of run k of the other -- a coincidence no real pair of deployments shares.
+SAMPLING_SEED_BASE = {"ddpm": 10_000, "ddim": 20_000, "pndm": 30_000}
+
+
+def sampling_seed(gen: str, seed: int) -> int:
+    return SAMPLING_SEED_BASE.get(gen, 10_000) + seed
 GENERATORS = list(SETTINGS)
 
 
@@ -272,7 +281,7 @@ def _eps_fn(net):
 def sample_diffusion(net, sched, which: str, seed: int, n: int = M_IMAGES, batch: int = 500,
                      cfg: dict | None = None) -> np.ndarray:
     cfg = cfg or SETTINGS[which]
-    g = torch.Generator().manual_seed(10_000 + seed)
+    g = torch.Generator().manual_seed(sampling_seed(which, seed))
     out = []
     for i in range(0, n, batch):
         shape = (min(batch, n - i), 1, 28, 28)
@@ -418,7 +427,7 @@ def run(gen: str, seed: int, out: Path, instance: str | None, ckpt_dir: Path, we
         images = sample_diffusion(net, sched, gen, seed, cfg=cfg)
         train_secs = json.loads((weights.parent / "ddpm.json").read_text())["train_seconds"] \
             if (weights.parent / "ddpm.json").exists() else None
-        meta = {"seed": seed, "sampling_seed": 10_000 + seed, "settings": cfg,
+        meta = {"seed": seed, "sampling_seed": sampling_seed(gen, seed), "settings": cfg,
                 "network": {"weights": "models/ddpm.safetensors", "sha256": sha256(weights),
                             "settings": SETTINGS["ddpm-net"]},
                 "train_seconds": train_secs, "sample_seconds": round(time.time() - t0, 1), "env": env}
