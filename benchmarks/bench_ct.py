@@ -462,11 +462,10 @@ def main() -> None:
             del tr, te, g
         print()
 
-    if args.device:
-        device_section(args.device, train, test, gen, k, p, bt["total"], ours_total, R)
-
     if args.main_command:
         main_command(repeats=2)
+    if args.device:
+        device_section(args.device, train, test, gen, k, p, bt["total"], ours_total, R)
     print(f"done ({load()})")
 
 
@@ -482,7 +481,7 @@ def device_section(device: str, train, test, gen, k: int, p: int, base_total: fl
     ref = ct.CTReference.fit(train, test, k=k, projection=p, seed=0, device=device)
     score_on = min(timed(lambda: ref.score(gen))[1] for _ in range(repeats))
     score_cpu = min(timed(lambda: ref.to(None).score(gen))[1] for _ in range(repeats))
-    print(f"6. on {device} (covariance and nearest-neighbour searches there; k-means and the float64 re-check "
+    print(f"7. on {device} (covariance and nearest-neighbour searches there; k-means and the float64 re-check "
           f"on the CPU; fastest of {repeats})")
     print(f"   one layer end to end: {fmt(on)}  vs CPU path {fmt(cpu_total)} ({cpu_total / on:.1f}x), "
           f"vs baseline {base_total / on:.1f}x")
