@@ -209,16 +209,10 @@ def resolve_device(device: Any):
     allowed) gives a warning and ``None``: the results would still be exact, but only by the CPU path."""
     if device is None:
         return None
+    from forensics.devices import torch_device
+
     torch = _torch()
-    if torch is None:  # pragma: no cover - torch is a dependency
-        raise UsageError("a device for the statistic needs torch installed")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise UsageError(f"unknown device {device!r} ({exc}); use e.g. 'cuda' or 'cpu'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} asked for, but this torch sees no CUDA GPU; leave the device out "
-                         f"(the CPU path)")
+    dev = torch_device(device)
     if not _ieee_float32(torch, dev):
         warnings.warn(f"float32 matrix products on {dev} may use TF32 or bfloat16 "
                       f"(torch.set_float32_matmul_precision); C_T's search runs on the CPU instead", stacklevel=3)

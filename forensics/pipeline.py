@@ -120,6 +120,9 @@ class Engine:
     def __init__(self, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
                  use_cache: bool = True, shipped_dir: Path | None = None, progress: Progress | None = None,
                  batch_size: int = 64, workers: int = 0, amp: str | None = None):
+        from forensics.devices import torch_device
+
+        torch_device(device)  # an unknown or absent device fails here, in one line, before any work
         self.protocol = protocol
         self.device = device
         self.weights = weights

@@ -110,6 +110,20 @@ def test_an_engine_on_a_torch_device_runs_the_statistic_there_with_the_same_curv
     assert engine.curves(images)[0].fingerprint.values == pytest.approx(want, abs=1e-12)
 
 
+def test_an_absent_or_unknown_device_is_a_one_line_usage_error(bundled_registry):
+    import torch
+
+    from forensics.errors import UsageError
+    from forensics.pipeline import Engine
+
+    proto = bundled_registry.protocol(PROTOCOL)
+    with pytest.raises(UsageError, match="unknown device 'gpu'.*use cpu, cuda or cuda:N"):
+        Engine(proto, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="sees no CUDA GPU.*use --device cpu"):
+            Engine(proto, device="cuda")
+
+
 def test_a_held_out_sample_set_is_attributed_to_its_generator(shipped_engine, bundled_registry, plugin_host):
     samples = Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples"
     images = np.load(samples / "ddpm" / "heldout.npz")["images"]
