@@ -290,7 +290,7 @@ def _missing(path: Path) -> UsageError:
 @app.command()
 @handle_errors
 def train(
-    generator: str = typer.Argument(..., help="vae, dcgan, sngan, gmm, kde-copier, ddpm-net (the diffusion "
+    generator: str = typer.Argument(..., help="vae, dcgan, sngan, pixelcnn, gmm, kde-copier, ddpm-net (the diffusion "
                                               "network), or a sampler of it: ddpm, ddim, pndm."),
     seed: int = typer.Option(0, "--seed", help="Seed: 0, 1, 2 make run0..run2, 3 makes heldout."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Override the training iterations (resumes)."),

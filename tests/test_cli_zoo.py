@@ -109,8 +109,11 @@ def test_heldout_attributes_the_copiers_held_out_set_with_every_matcher():
     assert len(row["curve"]) == 8 and row["counted_weight_mean"] > 0.5
     assert set(row["matchers"]) == {"alpha", "cosine", "svm"}
     for name, answer in row["matchers"].items():
-        assert answer["top"] == "kde-copier" and answer["verdict"] == "kde-copier", (name, answer)
-        assert answer["margin"] > 0.1 and answer["runner_up"] != "kde-copier"
-        assert doc["summary"][name] == {"top_right": 1, "verdict_right": 1, "verdict_unknown": 0,
+        assert answer["top"] == "kde-copier" and answer["margin"] > 0.1 and answer["runner_up"] != "kde-copier"
+        # the ViT's curves are nearly collinear (cosine ≈ 1 between any two), so its calibrated cosine
+        # threshold sits at 0.9998 and may turn even this clear answer into "unknown" -- never into a wrong one
+        right = answer["verdict"] == "kde-copier"
+        assert right or (name == "cosine" and answer["verdict"] is None), (name, answer)
+        assert doc["summary"][name] == {"top_right": 1, "verdict_right": int(right), "verdict_unknown": int(not right),
                                         "verdict_wrong": 0, "n": 1}
     assert "unknown matcher 'nearest'" in run("heldout", "--protocol", "mnist-vit", "-m", "nearest", code=2).output

@@ -55,8 +55,9 @@ def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
 
 
 def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine, bundled_registry, plugin_host):
-    # `make demo`'s set: the diffusion network's ancestral sampler, named with a clear margin over the same
-    # network's DDIM (measured 0.214); and a GAN, whose runner-up is the other GAN (measured margin 0.104)
+    # `make demo`'s set: the diffusion network's ancestral sampler, named with a clear margin over another
+    # sampler of the same network (measured 0.181 over PNDM); and a GAN, whose runner-up is the other GAN
+    # (measured margin 0.104)
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
     matcher.fit(bundled_registry.references(PROTOCOL))
@@ -65,6 +66,6 @@ def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine,
         curve = shipped_engine.curves(np.load(samples / g / "heldout.npz")["images"])[0]
         results[g] = matcher.attribute(curve.fingerprint.vector())
     assert results["ddpm"].verdict == "ddpm" and results["ddpm"].margin > 0.1
-    assert results["ddpm"].candidates[1].generator == "ddim"
+    assert results["ddpm"].candidates[1].generator in {"ddim", "pndm"}
     assert [c.generator for c in results["dcgan"].candidates[:2]] == ["dcgan", "sngan"]
     assert results["dcgan"].margin > 0.05

@@ -49,6 +49,9 @@ SETTINGS = {
     "sngan": {"zdim": 64, "ch": 32, "iters": 3000, "batch": 64, "lr": 2e-4, "betas": (0.5, 0.999),
               "n_dis": 1, "ema": 0.999, "sample": "EMA generator, BN on the sampled batch of 500",
               "loss": "hinge", "arch": "upsample+conv3x3 G with BN; spectral-norm CNN D (LeakyReLU 0.1)"},
+    "pixelcnn": {"ch": 16, "blocks": 6, "levels": 256, "iters": 3000, "batch": 32, "lr": 1e-3,
+                 "sample": "ancestral, raster order, temperature 1",
+                 "arch": "masked 7x7 (A) to 32 channels, 6 residual blocks (1x1, masked 3x3 B, 1x1), 256-way softmax"},
     "gmm": {"pca_dims": 50, "components": 40, "covariance": "full",
             "sample": "GMM in PCA-50 pixel space, inverse PCA"},
     "kde-copier": {"sigma": 0.1,
@@ -58,7 +61,11 @@ SETTINGS = {
     "ddpm": {"sampler": "ddpm_ancestral", "steps": 200, "clip": True,
              "note": "ancestral sampling, posterior variance, respaced to 200 of 1000 steps"},
     "ddim": {"sampler": "ddim", "steps": 50, "eta": 0.0, "clip": True},
-    "pndm": {"sampler": "pndm (PLMS)", "steps": 50, "clip": True},
+    # PNDM does not clip x̂0: diffusers' PNDMScheduler, which ran the paper's PNDM, has no such option,
+    # while its DDIM and DDPM schedulers clip (clip_sample=True). With clipping here too, DDIM and PNDM
+    # were two 50-step solvers of one clipped ODE and gave one distribution (curve distance 1.4, as
+    # close as two runs of one sampler).
+    "pndm": {"sampler": "pndm (PLMS)", "steps": 50, "clip": False},
 }
 DIFFUSION_SAMPLERS = {"ddpm", "ddim", "pndm"}
 # The three samplers share one network, so each draws its noise from its own stream: with one stream,
@@ -151,24 +158,45 @@ def _loop(name, seed, ckpt_dir, iters, modules, step_fn, every_s=60.0, on_eval=N
 
 
 # ------------------------------------------------------------------ generators
-def train_vae(seed, ckpt_dir, cfg):
-    _seed_all(seed)
+def _fit_and_sample(name, seed, ckpt_dir, cfg, model, loss_fn):
+    """Adam on ``loss_fn(batch in [-1, 1]) -> (loss, log text)`` for the configured iterations (resumable),
+    then ``model.sample`` from the sampling seed. The model must be built right after ``_seed_all``."""
     data = _Data(seed)
-    model = M.ConvVAE(cfg["zdim"], cfg["ch"])
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
 
     def step(it):
-        x01 = (data.batch(it, cfg["batch"]) + 1) / 2
-        loss, rec, kl = model.loss(x01)
+        loss, info = loss_fn(data.batch(it, cfg["batch"]))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return f"loss {loss.item():.1f} rec {rec.item():.1f} kl {kl.item():.1f}"
+        return info
 
-    secs, _ = _loop("vae", seed, ckpt_dir, cfg["iters"], {"model": model, "opt": opt}, step)
+    secs, _ = _loop(name, seed, ckpt_dir, cfg["iters"], {"model": model, "opt": opt}, step)
     model.eval()
     g = torch.Generator().manual_seed(10_000 + seed)
     return M.to_uint8(model.sample(M_IMAGES, g)), secs
+
+
+def train_vae(seed, ckpt_dir, cfg):
+    _seed_all(seed)
+    model = M.ConvVAE(cfg["zdim"], cfg["ch"])
+
+    def loss_fn(x):
+        loss, rec, kl = model.loss((x + 1) / 2)
+        return loss, f"loss {loss.item():.1f} rec {rec.item():.1f} kl {kl.item():.1f}"
+
+    return _fit_and_sample("vae", seed, ckpt_dir, cfg, model, loss_fn)
+
+
+def train_pixelcnn(seed, ckpt_dir, cfg):
+    _seed_all(seed)
+    model = M.PixelCNN(cfg["ch"], cfg["blocks"], cfg["levels"])
+
+    def loss_fn(x):
+        loss = model.loss(x)
+        return loss, f"nll {loss.item():.3f} nats/pixel"
+
+    return _fit_and_sample("pixelcnn", seed, ckpt_dir, cfg, model, loss_fn)
 
 
 def _gan(name, seed, ckpt_dir, cfg, G, D, loss_kind):
@@ -432,8 +460,8 @@ def run(gen: str, seed: int, out: Path, instance: str | None, ckpt_dir: Path, we
                             "settings": SETTINGS["ddpm-net"]},
                 "train_seconds": train_secs, "sample_seconds": round(time.time() - t0, 1), "env": env}
         return write_instance(out, gen, instance, images, meta)
-    fn = {"vae": train_vae, "dcgan": train_dcgan, "sngan": train_sngan, "gmm": train_gmm,
-          "kde-copier": train_kde_copier}[gen]
+    fn = {"vae": train_vae, "dcgan": train_dcgan, "sngan": train_sngan, "pixelcnn": train_pixelcnn,
+          "gmm": train_gmm, "kde-copier": train_kde_copier}[gen]
     images, secs = fn(seed, ckpt_dir, cfg)
     meta = {"seed": seed, "sampling_seed": 10_000 + seed, "settings": cfg, "train_seconds": round(secs, 1),
             "total_seconds": round(time.time() - t0, 1), "env": env}
