@@ -47,10 +47,10 @@ def test_every_command_has_an_example_in_its_help():
 def test_list_shows_every_set_and_what_is_enrolled():
     doc = json.loads(run("list", "--json").output)
     rows = doc["instances"]
-    assert doc["protocol"] == PROTOCOL and len(rows) == 32
+    assert doc["protocol"] == PROTOCOL and len(rows) == 36
     assert all(r["present"] for r in rows)
     enrolled = {(r["generator"], r["instance"]) for r in rows if r["enrolled"]}
-    assert {i for _, i in enrolled} == set(REFERENCE_INSTANCES) and len(enrolled) == 24
+    assert {i for _, i in enrolled} == set(REFERENCE_INSTANCES) and len(enrolled) == 27
     assert all(r["quality"]["fd_pca"] > 0 for r in rows)
 
 

@@ -14,13 +14,13 @@ from forensics.matching import leave_one_out, make_matcher
 from forensics.report import reading
 
 PROTOCOL = "mnist-effnet-lite0"
-GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pndm", "sngan", "vae"}
+GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pixelcnn", "pndm", "sngan", "vae"}
 
 
 def test_default_protocol_and_zoo_are_bundled(bundled_registry):
     assert bundled_registry.default_protocol == PROTOCOL
     refs = bundled_registry.references(PROTOCOL)
-    assert {r.generator for r in refs} == GENERATORS and len(refs) == 24
+    assert {r.generator for r in refs} == GENERATORS and len(refs) == 27
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     for g in GENERATORS:
         images = np.load(samples / g / "heldout.npz")["images"]

@@ -21,7 +21,7 @@ from forensics.zoo.data import mnist_split
 
 PROTOCOL = "mnist-vit"
 ENCODER = "vit_mnist_tiny.forensics"
-GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pndm", "sngan", "vae"}
+GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pixelcnn", "pndm", "sngan", "vae"}
 # measured 0.968 on P_n (forensics/zoo/weights/vit_mnist.json); the test keeps a margin
 MIN_TEST_ACCURACY = 0.95
 
@@ -30,7 +30,7 @@ def test_registry_validates_with_both_offline_protocols(bundled_registry):
     assert bundled_registry.validate() == []
     assert bundled_registry.default_protocol == "mnist-effnet-lite0"
     refs = bundled_registry.references(PROTOCOL)
-    assert {r.generator for r in refs} == GENERATORS and len(refs) == 24
+    assert {r.generator for r in refs} == GENERATORS and len(refs) == 27
     assert all(len(r.fingerprint.values) == len(bundled_registry.protocol(PROTOCOL).layers) for r in refs)
 
 
