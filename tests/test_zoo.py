@@ -193,28 +193,34 @@ def test_each_sampler_of_the_shared_network_draws_its_own_noise():
     assert np.abs(images["ddim"] - images["pndm"]).mean() > 20  # two seeds of one sampler: about 45
 
 
-def test_pixelcnn_is_causal_in_raster_order():
+@pytest.mark.parametrize("dilations", [None, [1, 2, 4]])
+def test_pixelcnn_is_causal_in_raster_order(dilations):
     torch.manual_seed(0)
-    net = M.PixelCNN(ch=4, blocks=2)
-    x = torch.rand(1, 1, 12, 12, requires_grad=True)
-    net(x)[0, :, 5, 6].sum().backward()
+    net = M.PixelCNN(ch=4, blocks=3, dilations=dilations)
+    x = torch.rand(1, 1, 16, 16, requires_grad=True)
+    net(x)[0, :, 12, 6].sum().backward()
     g = x.grad[0, 0].abs()
-    assert g[5, 6:].sum() == 0 and g[6:].sum() == 0  # the pixel itself and everything after it
-    assert g[5, :6].sum() > 0 and g[:5].sum() > 0
+    assert g[12, 6:].sum() == 0 and g[13:].sum() == 0  # the pixel itself and everything after it
+    assert g[12, :6].sum() > 0 and g[:12].sum() > 0
+    # it sees exactly `reach` rows up: 3 from the 7x7 input layer plus each block's dilation
+    assert net.reach == 3 + (3 if dilations is None else 7)
+    assert int((g.sum(1) > 0).nonzero().min()) == 12 - net.reach
+    with pytest.raises(ValueError, match="3 blocks need 3 dilations"):
+        M.PixelCNN(blocks=3, dilations=[1, 2])
 
 
 def test_pixelcnn_windowed_sampling_equals_full_image_sampling():
     # sample() runs the network on each pixel's receptive-field window; a naive sampler runs it on
     # the whole image: the same generator must give the same images
     torch.manual_seed(0)
-    net = M.PixelCNN(ch=4, blocks=2, levels=256).eval()
-    assert net.reach == 3 + 2
-    a = net.sample(3, torch.Generator().manual_seed(5), size=14)
+    net = M.PixelCNN(ch=4, blocks=2, levels=256, dilations=[1, 2]).eval()
+    assert net.reach == 3 + 1 + 2
+    a = net.sample(3, torch.Generator().manual_seed(5), size=16)
     g = torch.Generator().manual_seed(5)
-    b = torch.zeros(3, 1, 14, 14)
+    b = torch.zeros(3, 1, 16, 16)
     with torch.no_grad():
-        for i in range(14):
-            for j in range(14):
+        for i in range(16):
+            for j in range(16):
                 p = torch.softmax(net(b)[:, :, i, j], dim=1)
                 b[:, 0, i, j] = torch.multinomial(p, 1, generator=g).squeeze(1).float() / 127.5 - 1
     assert torch.equal(a, b)

@@ -147,8 +147,8 @@ class MaskedConv2d(nn.Conv2d):
     channel needs no colour masks.
     """
 
-    def __init__(self, mask_type: str, cin: int, cout: int, k: int):
-        super().__init__(cin, cout, k, padding=k // 2)
+    def __init__(self, mask_type: str, cin: int, cout: int, k: int, dilation: int = 1):
+        super().__init__(cin, cout, k, padding=dilation * (k // 2), dilation=dilation)
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask type must be 'A' or 'B', not {mask_type!r}")
         mask = torch.ones_like(self.weight)
@@ -158,16 +158,17 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer("mask", mask)
 
     def forward(self, x):
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding, dilation=self.dilation)
 
 
 class _PixelBlock(nn.Module):
-    """Residual block of the PixelCNN: 1x1 down, masked 3x3 (type B), 1x1 up."""
+    """Residual block of the PixelCNN: 1x1 down, masked 3x3 (type B, optionally dilated), 1x1 up."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, dilation: int = 1):
         super().__init__()
-        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * ch, ch, 1), nn.ReLU(), MaskedConv2d("B", ch, ch, 3),
-                                 nn.ReLU(), nn.Conv2d(ch, 2 * ch, 1))
+        self.dilation = dilation
+        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * ch, ch, 1), nn.ReLU(),
+                                 MaskedConv2d("B", ch, ch, 3, dilation), nn.ReLU(), nn.Conv2d(ch, 2 * ch, 1))
 
     def forward(self, x):
         return x + self.net(x)
@@ -180,11 +181,14 @@ class PixelCNN(nn.Module):
     The plain (not gated) architecture: it has the original's blind spot above-right of each pixel.
     """
 
-    def __init__(self, ch: int = 16, blocks: int = 6, levels: int = 256):
+    def __init__(self, ch: int = 16, blocks: int = 6, levels: int = 256, dilations: list[int] | None = None):
         super().__init__()
+        dilations = list(dilations) if dilations is not None else [1] * blocks
+        if len(dilations) != blocks:
+            raise ValueError(f"{blocks} blocks need {blocks} dilations, not {len(dilations)}")
         self.levels = levels
         self.inp = MaskedConv2d("A", 1, 2 * ch, 7)
-        self.blocks = nn.Sequential(*[_PixelBlock(ch) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[_PixelBlock(ch, d) for d in dilations])
         self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * ch, 2 * ch, 1), nn.ReLU(), nn.Conv2d(2 * ch, levels, 1))
 
     def forward(self, x):
@@ -198,7 +202,7 @@ class PixelCNN(nn.Module):
     @property
     def reach(self) -> int:
         """How many rows above (and columns either side) one output pixel can see."""
-        return self.inp.kernel_size[0] // 2 + len(self.blocks)
+        return self.inp.kernel_size[0] // 2 + sum(b.dilation for b in self.blocks)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, size: int = 28) -> torch.Tensor:

@@ -190,7 +190,7 @@ def train_vae(seed, ckpt_dir, cfg):
 
 def train_pixelcnn(seed, ckpt_dir, cfg):
     _seed_all(seed)
-    model = M.PixelCNN(cfg["ch"], cfg["blocks"], cfg["levels"])
+    model = M.PixelCNN(cfg["ch"], cfg["blocks"], cfg["levels"], cfg.get("dilations"))
 
     def loss_fn(x):
         loss = model.loss(x)
