@@ -245,9 +245,9 @@ def test_pixelcnn_learns_and_the_zoo_run_writes_its_set(tmp_path, monkeypatch, s
     monkeypatch.setattr(T, "quality", lambda x: {"nn_ratio": 1.0})  # the real one fits PCA + k-means
     monkeypatch.setattr(T, "M_IMAGES", 8)  # 784 sequential steps per set: keep the batch small
     meta = T.run("pixelcnn", 0, tmp_path, None, tmp_path / "ck", tmp_path / "w.safetensors",
-                 {"iters": 2, "ch": 2, "blocks": 1})
+                 {"iters": 2, "ch": 2, "blocks": 1, "dilations": [2]})
     x = np.load(tmp_path / "pixelcnn" / "run0.npz")["images"]
-    assert x.shape == (8, 28, 28) and x.dtype == np.uint8 and meta["settings"]["blocks"] == 1
+    assert x.shape == (8, 28, 28) and x.dtype == np.uint8 and meta["settings"]["dilations"] == [2]
     assert (tmp_path / "ck" / "pixelcnn" / "seed0.pt").is_file()  # resumable like every trained generator
 
 
