@@ -208,9 +208,9 @@ class PixelCNN(nn.Module):
     def sample(self, n: int, generator: torch.Generator, size: int = 28) -> torch.Tensor:
         """Ancestral sampling in raster order at temperature 1; returns (n, 1, size, size) in [-1, 1].
 
-        Each step runs the network on the window that pixel's receptive field covers (``reach`` rows
-        up, ``reach`` columns either side), which gives exactly the full-image logits at a third of
-        the cost.
+        Each step runs the network only on the window that pixel's receptive field covers (``reach``
+        rows up, ``reach`` columns either side): the same logits as the whole image, to float rounding,
+        without the rows below and the columns out of reach.
         """
         r = self.reach
         x = torch.zeros(n, 1, size, size)
