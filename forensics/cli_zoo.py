@@ -93,7 +93,7 @@ def enroll(
 ):
     """Enrol the zoo's sample sets in a protocol; sets already enrolled there are skipped.
 
-    One encoder serves every set, so enrolling the 24 reference instances costs one start-up.
+    One encoder serves every set, so enrolling the 27 reference instances costs one start-up.
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
     from forensics.images import load_images
