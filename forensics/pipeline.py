@@ -170,9 +170,7 @@ class Engine:
         """The statistic fitted on T and P_n, one per protocol layer (on the engine's device where the
         statistic can compute on one)."""
         if self._references is None:
-            refs = self._load_or_fit()
-            device = self._statistic_device()
-            self._references = refs if device is None else [r.to(device) for r in refs]
+            self._references = self._load_or_fit()
         return self._references
 
     def _statistic_device(self) -> str | None:
@@ -181,13 +179,14 @@ class Engine:
 
     def _load_or_fit(self) -> list[Any]:
         layers = self.protocol.layers
+        device = self._statistic_device()
         shipped = self._reference_paths()[0] if self.shipped_dir is not None else None
         for path in self._reference_paths():
             if path.is_file() and (arrays := _read_npz(path, remove=path != shipped)) is not None:
                 refs = _unpack(arrays, layers, self.statistic)
                 if refs is not None:
                     self.reference_origin = str(path)
-                    return refs
+                    return refs if device is None else [r.to(device) for r in refs]
             if path == shipped and path.is_file():
                 # a registry's fingerprints were scored against exactly this file: refitting could move the
                 # cells and make the query incomparable, so say so rather than silently recompute
@@ -200,7 +199,6 @@ class Engine:
         test_emb = self.embed(test, "held-out set P_n", cache=True, images_hash=self.protocol.test.sha256)
         refs = []
         for layer, t, p in zip(layers, train_emb, test_emb):
-            device = self._statistic_device()
             refs.append(self.statistic.fit(t, p, **self.fit_params, **({"device": device} if device else {})))
             if self.progress is not None:
                 self.progress(f"fitting {self.protocol.statistic.name}", len(refs), len(layers))
