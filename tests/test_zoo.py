@@ -143,6 +143,49 @@ def test_perfect_eps_recovers_x0():
     assert torch.allclose(out, x0, atol=1e-4)
 
 
+@pytest.mark.parametrize("warmup", ["prk", "euler"])
+def test_pndm_with_the_true_noise_lands_on_x0(warmup):
+    """Every stage, the half steps of the Runge-Kutta warm-up included, must evaluate the network at the
+    timestep its transfer went to: then the oracle's x0 is exact at every evaluation."""
+    sched = S.Schedule.linear(1000)
+    x0 = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
+    xt = sched.q_sample(x0, torch.full((2,), 999), torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)))
+
+    def oracle(x, t):
+        a = ac[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    out = S.pndm(oracle, sched, x0.shape, steps=8, clip=False, x_T=xt, warmup=warmup)
+    assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_pndm_runge_kutta_warmup_evaluates_as_f_pndm():
+    """F-PNDM (diffusers' default scheduler): three pseudo-RK4 steps of four evaluations, at t, the
+    half step twice and the next step, then one evaluation per linear multistep step."""
+    from forensics.zoo import train as T
+
+    assert T.SETTINGS["pndm"]["warmup"] == "prk"  # the zoo's sets are sampled this way
+    sched = S.Schedule.linear(1000)
+    seen = []
+
+    def spy(x, t):
+        seen.append(int(t[0]))
+        return 0.1 * x
+
+    S.pndm(spy, sched, (1, 1, 4, 4), steps=10, warmup="prk")
+    ts = S.timesteps(1000, 10)
+    rk = []
+    for a, b in zip(ts[:3], ts[1:4]):
+        rk += [a, (a + b) // 2, (a + b) // 2, b]
+    assert seen == rk + ts[3:] and len(seen) == 10 + 9
+    seen.clear()
+    S.pndm(spy, sched, (1, 1, 4, 4), steps=10, warmup="euler")
+    assert seen == [ts[0], ts[1]] + ts[1:] and len(seen) == 10 + 1
+    with pytest.raises(ValueError, match="warm-up"):
+        S.pndm(spy, sched, (1, 1, 4, 4), steps=10, warmup="rk45")
+
+
 def test_kde_copier_and_manifest(tmp_path, monkeypatch):
     from forensics.zoo import train as T
 

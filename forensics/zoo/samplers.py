@@ -8,8 +8,9 @@ Samplers:
 - :func:`ddpm_ancestral` — DDPM ancestral sampling (posterior variance, "fixed small"), on all T
   steps or on an evenly respaced subsequence (Nichol & Dhariwal respacing).
 - :func:`ddim` — DDIM (Song et al.) with ``eta`` (0 = deterministic given the starting noise).
-- :func:`pndm` — PNDM's pseudo linear multistep (PLMS) method: 4th-order Adams–Bashforth on eps with
-  the DDIM transfer, warm-started by a pseudo improved-Euler step (as in LDM's PLMS sampler).
+- :func:`pndm` — PNDM's pseudo linear multistep method: 4th-order Adams–Bashforth on eps with the
+  DDIM transfer, warm-started by three pseudo Runge–Kutta steps (F-PNDM, as diffusers' scheduler
+  does by default) or by one pseudo improved-Euler step (LDM's PLMS sampler).
 
 All samplers are deterministic for a given ``seed`` (CPU ``torch.Generator``) and the same thread
 settings; ``x_T`` may be passed instead of drawing it.
@@ -130,43 +131,65 @@ def ddim(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, steps: int = 5
     return x
 
 
+def _transfer(x, eps, a_t, a_prev, clip):
+    """PNDM's transfer φ (its eq. 9), which is the deterministic DDIM step from ᾱ_t to ᾱ_prev."""
+    x0 = _x0_from_eps(x, eps, a_t)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        eps = _eps_from_x0(x, x0, a_t)
+    return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
+PNDM_WARMUPS = ("prk", "euler")
+
+
 @torch.no_grad()
 def pndm(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, steps: int = 50, clip: bool = True,
-         x_T: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """PNDM / PLMS: Adams–Bashforth (orders 1→4) on eps with the deterministic DDIM transfer."""
+         x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
+         warmup: str = "prk") -> torch.Tensor:
+    """PNDM (Liu et al. 2022): 4th-order pseudo linear multistep on eps with the transfer φ.
+
+    The multistep formula needs three earlier eps values. ``warmup="prk"`` (F-PNDM, the paper's
+    method and diffusers' ``PNDMScheduler`` default) makes the first three steps pseudo Runge–Kutta
+    steps of four evaluations each, through the half-way timestep, so ``steps + 9`` evaluations in all.
+    ``warmup="euler"`` starts with one pseudo improved-Euler step and raises the order one step at a
+    time (LDM's PLMS sampler; ``steps + 1`` evaluations).
+    """
+    if warmup not in PNDM_WARMUPS:
+        raise ValueError(f"unknown PNDM warm-up {warmup!r}; use one of {', '.join(PNDM_WARMUPS)}")
     ac = schedule.alphas_cumprod
     ts = timesteps(schedule.T, steps)
     x, _ = _start(shape, seed, x_T, generator)
-    hist: list[torch.Tensor] = []
+    hist: list[torch.Tensor] = []  # the eps evaluated at the start of each earlier step, newest last
 
-    def transfer(x, eps, a_t, a_prev):
-        x0 = _x0_from_eps(x, eps, a_t)
-        if clip:
-            x0 = x0.clamp(-1, 1)
-            eps = _eps_from_x0(x, x0, a_t)
-        return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    def alpha(t):
+        return float(ac[t]) if t is not None else 1.0
 
     for i, t in enumerate(ts):
-        a_t = float(ac[t])
-        last = i + 1 >= len(ts)
-        t_prev = ts[i + 1] if not last else None
-        a_prev = float(ac[t_prev]) if not last else 1.0
+        t_prev = ts[i + 1] if i + 1 < len(ts) else None
+        a_t, a_prev = alpha(t), alpha(t_prev)
         e = _call(eps_fn, x, t)
-        if not hist:
-            if last:
+        if warmup == "prk" and len(hist) < 3 and t_prev is not None:
+            # pseudo RK4: the stages use φ from x_t, with the midpoint as the half step
+            t_mid = (t + t_prev) // 2
+            a_mid = alpha(t_mid)
+            e2 = _call(eps_fn, _transfer(x, e, a_t, a_mid, clip), t_mid)
+            e3 = _call(eps_fn, _transfer(x, e2, a_t, a_mid, clip), t_mid)
+            e4 = _call(eps_fn, _transfer(x, e3, a_t, a_prev, clip), t_prev)
+            e_p = (e + 2 * e2 + 2 * e3 + e4) / 6
+        elif not hist:
+            if t_prev is None:
                 e_p = e
-            else:  # pseudo improved Euler warm start (one extra evaluation)
-                x_next = transfer(x, e, a_t, a_prev)
-                e_p = (e + _call(eps_fn, x_next, t_prev)) / 2
+            else:  # pseudo improved Euler (one extra evaluation)
+                e_p = (e + _call(eps_fn, _transfer(x, e, a_t, a_prev, clip), t_prev)) / 2
         elif len(hist) == 1:
             e_p = (3 * e - hist[-1]) / 2
         elif len(hist) == 2:
             e_p = (23 * e - 16 * hist[-1] + 5 * hist[-2]) / 12
         else:
             e_p = (55 * e - 59 * hist[-1] + 37 * hist[-2] - 9 * hist[-3]) / 24
-        hist.append(e)
-        hist = hist[-3:]
-        x = transfer(x, e_p, a_t, a_prev)
+        hist = (hist + [e])[-3:]
+        x = _transfer(x, e_p, a_t, a_prev, clip)
     return x
 
 
