@@ -67,8 +67,9 @@ SETTINGS = {
     # PNDM does not clip x̂0: diffusers' PNDMScheduler, which ran the paper's PNDM, has no such option,
     # while its DDIM and DDPM schedulers clip (clip_sample=True). With clipping here too, DDIM and PNDM
     # were two 50-step solvers of one clipped ODE and gave one distribution (curve distance 1.4, as
-    # close as two runs of one sampler).
-    "pndm": {"sampler": "pndm (PLMS)", "steps": 50, "clip": False},
+    # close as two runs of one sampler). Its first three steps are pseudo Runge-Kutta steps (F-PNDM), as
+    # in that scheduler's default (skip_prk_steps=False), then 4th-order pseudo linear multistep.
+    "pndm": {"sampler": "pndm (F-PNDM)", "steps": 50, "clip": False, "warmup": "prk"},
 }
 DIFFUSION_SAMPLERS = {"ddpm", "ddim", "pndm"}
 # The three samplers share one network, so each draws its noise from its own stream: with one stream,
@@ -321,7 +322,8 @@ def sample_diffusion(net, sched, which: str, seed: int, n: int = M_IMAGES, batch
         elif which == "ddim":
             x = S.ddim(_eps_fn(net), sched, shape, steps=cfg["steps"], eta=cfg["eta"], clip=cfg["clip"], generator=g)
         elif which == "pndm":
-            x = S.pndm(_eps_fn(net), sched, shape, steps=cfg["steps"], clip=cfg["clip"], generator=g)
+            x = S.pndm(_eps_fn(net), sched, shape, steps=cfg["steps"], clip=cfg["clip"], generator=g,
+                       warmup=cfg["warmup"])
         else:
             raise ValueError(which)
         out.append(M.to_uint8(x))
