@@ -30,7 +30,10 @@ def test_default_protocol_and_zoo_are_bundled(bundled_registry):
 def test_leave_one_out_with_the_papers_matcher(plugin_host, bundled_registry):
     refs = bundled_registry.references(PROTOCOL)
     result = leave_one_out(refs, "alpha")
-    assert result.correct / result.n >= 0.9, result
+    # the issue's target: every instance right with the best matcher (measured 27/27; 26/27 while one
+    # SNGAN run had a third of DCGAN's training)
+    wrong = [(p["generator"], p["predicted"]) for p in result.predictions if p["predicted"] != p["generator"]]
+    assert result.correct == result.n == 27, wrong
 
 
 def test_generated_sets_do_not_read_as_copies(bundled_registry):
@@ -56,8 +59,8 @@ def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
 
 def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine, bundled_registry, plugin_host):
     # `make demo`'s set: the diffusion network's ancestral sampler, named with a clear margin over another
-    # sampler of the same network (measured 0.181 over PNDM); and a GAN, whose runner-up is the other GAN
-    # (measured margin 0.104)
+    # sampler of the same network (measured 0.183 over PNDM); and a GAN, whose runner-up is the other GAN
+    # (measured margin 0.096)
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
     matcher.fit(bundled_registry.references(PROTOCOL))
