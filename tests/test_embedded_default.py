@@ -59,7 +59,7 @@ def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
 
 def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine, bundled_registry, plugin_host):
     # `make demo`'s set: the diffusion network's ancestral sampler, named with a clear margin over another
-    # sampler of the same network (measured 0.183 over PNDM); and a GAN, whose runner-up is the other GAN
+    # sampler of the same network (measured 0.170 over PNDM); and a GAN, whose runner-up is the other GAN
     # (measured margin 0.096)
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
