@@ -431,7 +431,12 @@ def calibrate(
     else:
         for mname, cal in records.items():
             if cal.get("calibrated"):
-                out.print(f"{mname}: unknown below score {_fmt(cal['score'], 4)} or margin {_fmt(cal['margin'], 4)} "
+                tests = [f"score < {cal['score']:.4f}" if cal.get("score") is not None else None,
+                         f"margin < {cal['margin']:.4g}" if cal.get("margin") is not None else None,
+                         f"distance > {cal['distance_ratio']:.3f}× the named generator's spread"
+                         if cal.get("distance_ratio") is not None else None]
+                tests = [t for t in tests if t]
+                out.print(f"{mname}: unknown when {' or '.join(tests) if tests else 'never (no threshold applies)'} "
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {cal['n_answer']} + "
                           f"{cal['n_unknown']} leave-one-out queries)")
             else:

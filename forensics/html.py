@@ -125,6 +125,8 @@ def attribution_html(doc: dict[str, Any], references: Sequence[tuple[str, str, n
                    for layer, v, r in zip(doc["curve"]["layers"], doc["curve"]["values"], doc["curve"]["readings"]))
     margin = "" if verdict["margin"] is None else f" · margin {verdict['margin']:+.3f}"
     score = "" if verdict["score"] is None else f" · score {verdict['score']:.3f}"
+    if verdict.get("distance_ratio") is not None and verdict["generator"] is not None:
+        margin += f" · distance {verdict['distance_ratio']:.2f}× {_esc(verdict['generator'])}'s spread"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>forensics attribution: {_esc(title)}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}

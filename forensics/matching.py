@@ -9,13 +9,20 @@ A :class:`Matcher` is fitted on the reference fingerprints of one protocol (:cla
 
 Every matcher ranks one candidate per generator (the best score any of its instances gets, or the
 classifier's score of the class). With ``open_set=True`` (the default) a matcher also says "unknown"
-(verdict ``None``) when the best candidate is not close enough, or not far enough ahead of the
-runner-up. The two thresholds are calibrated at :meth:`Matcher.fit` from the references alone (see
+(verdict ``None``) when the best candidate is not close enough, not far enough ahead of the
+runner-up, or lies farther from the named generator's curves than they lie from each other. That last
+test is the *distance ratio*: the Euclidean distance from the query to the named generator's nearest
+curve, divided by the generator's *spread* (the median distance from one of its curves to the nearest
+other; see :func:`generator_spreads`). It is the same for every matcher, since it looks at the curves,
+not at the matcher's score, and it scales with each generator: a generator whose runs vary a lot
+accepts a query farther away than one whose runs agree.
+
+The three thresholds are calibrated at :meth:`Matcher.fit` from the references alone (see
 :func:`calibrate`): every reference instance is attributed once with itself left out, and once with its
 whole generator left out. The first kind should be answered when the answer is right; a wrong answer
-and every answer about a left-out generator should be "unknown". The thresholds on (best score,
-margin) are the pair that maximises the balanced accuracy of that decision; they are recorded in
-:meth:`Matcher.describe` and in every :class:`Attribution`.
+and every answer about a left-out generator should be "unknown". The thresholds on (best score, margin,
+distance ratio) are the triple that maximises the balanced accuracy of that decision; they are recorded
+in :meth:`Matcher.describe` and in every :class:`Attribution`.
 
 Evaluation (``forensics registry evaluate``): :func:`leave_one_out`, :func:`leave_generator_out` and
 :func:`holdout`.
@@ -34,10 +41,11 @@ from forensics.errors import ProtocolMismatch, UsageError
 from forensics.hashing import sha256_json
 from forensics.protocol import Fingerprint
 
-CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up) maximising balanced accuracy between "
-                    "leave-one-out queries attributed right (answer) and leave-one-out queries attributed wrong "
-                    "or whose generator was left out entirely (unknown); among tying pairs a threshold that need not "
-                    "apply is not, else the middle of the tying range")
+CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, distance ratio to the named generator's "
+                    "spread) maximising balanced accuracy between leave-one-out queries attributed right (answer) "
+                    "and leave-one-out queries attributed wrong or whose generator was left out entirely (unknown); "
+                    "among tying triples a threshold that need not apply is not (margin, then score, then distance "
+                    "ratio), else the middle of the tying range (geometric for the ratio)")
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -70,6 +78,8 @@ class Attribution:
     ``candidates``: one per generator, best first. ``verdict``: the generator named, or ``None`` for
     "unknown". ``margin``: best score minus the runner-up's (``None`` with a single candidate).
     ``threshold``: the open-set thresholds applied (``None`` when the matcher is closed-set).
+    ``distance_ratio``: the query's distance to the best candidate's nearest curve over that generator's
+    spread (``None`` when no generator has two curves to measure a spread on).
     """
 
     candidates: tuple[Candidate, ...]
@@ -78,6 +88,7 @@ class Attribution:
     reason: str
     matcher: str
     threshold: Mapping[str, Any] | None = None
+    distance_ratio: float | None = None
 
     @property
     def best(self) -> Candidate | None:
@@ -90,6 +101,7 @@ class Attribution:
     def to_dict(self) -> dict[str, Any]:
         return {"matcher": self.matcher, "verdict": self.verdict,
                 "score": self.score, "margin": None if self.margin is None else float(self.margin),
+                "distance_ratio": None if self.distance_ratio is None else float(self.distance_ratio),
                 "reason": self.reason, "threshold": None if self.threshold is None else dict(self.threshold),
                 "candidates": [c.to_dict() for c in self.candidates]}
 
@@ -114,8 +126,46 @@ def similarity_matrix(a: np.ndarray, b: np.ndarray, alpha: float = 0.5) -> np.nd
     denom = na * nb
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(denom > 0, (a @ b.T) / np.where(denom > 0, denom, 1.0), 0.0)
-    dist = np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0.0))
-    return alpha * cos + (1.0 - alpha) / (1.0 + dist)
+    return alpha * cos + (1.0 - alpha) / (1.0 + pairwise_distances(a, b))
+
+
+def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances of every row of ``a`` (q × L) to every row of ``b`` (r × L): a q × r array."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    return np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0.0))
+
+
+def generator_spreads(distances: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Each generator's spread: the median, over its curves, of the distance to its nearest other curve.
+
+    ``distances``: the n × n Euclidean distances of the reference curves (:func:`pairwise_distances`);
+    ``labels``: their generators. A generator with a single curve gets the pooled median over every
+    generator's curves instead; when no generator has two curves, every spread is ``None``.
+    """
+    labels = np.asarray(labels, dtype=object)
+    own: dict[str, float] = {}
+    pooled: list[float] = []
+    for g in sorted(set(labels)):
+        idx = np.flatnonzero(labels == g)
+        if len(idx) < 2:
+            continue
+        d = distances[np.ix_(idx, idx)].copy()
+        np.fill_diagonal(d, np.inf)
+        nearest = d.min(axis=1)
+        own[str(g)] = float(np.median(nearest))
+        pooled.extend(nearest.tolist())
+    fallback = float(np.median(pooled)) if pooled else None
+    return {str(g): own.get(str(g), fallback) for g in set(labels)}
+
+
+def _ratio(distance: float, spread: float | None) -> float | None:
+    """A distance in units of a spread (a zero spread: 0 for a zero distance, else infinite)."""
+    if spread is None:
+        return None
+    if spread > 0:
+        return float(distance / spread)
+    return 0.0 if distance == 0 else math.inf
 
 
 def references_digest(references: Sequence[Reference]) -> str:
@@ -187,10 +237,13 @@ class Matcher:
         labels = np.array([r.generator for r in references], dtype=object)
         ids = [r.instance for r in references]
         self._fit(x, labels, ids)
+        self._curves, self._curve_labels = x, labels
+        self._spreads = generator_spreads(pairwise_distances(x, x), labels)
         self.calibration = None
         if self.open_set:
             given = self._given_calibration
-            if given and given.get("references_digest") == references_digest(references):
+            if (given and given.get("references_digest") == references_digest(references)
+                    and given.get("rule") == CALIBRATION_RULE):
                 self.calibration = {**given, "source": "recorded"}
             else:
                 self.calibration = calibrate(self, references)
@@ -200,9 +253,18 @@ class Matcher:
         raise NotImplementedError
 
     def _calibration_points(self, refs: list[Reference]):
-        """(answer points, unknown points, how held out): (best score, margin) pairs, see :func:`calibrate`.
-        Subclasses may compute the same points faster."""
+        """(answer points, unknown points, how held out): (best score, margin, distance ratio) triples, see
+        :func:`calibrate`. Subclasses may compute the same points faster."""
         return _generic_points(self, refs)
+
+    def distance_ratio(self, curve: Any, generator: str) -> float | None:
+        """How far ``curve`` lies from ``generator``'s nearest reference curve, in units of that
+        generator's spread (:func:`generator_spreads`); ``None`` when no spread can be measured."""
+        vec = self._query(curve)
+        own = self._curves[self._curve_labels == generator]
+        if not len(own):
+            raise UsageError(f"no reference curve of generator {generator!r}")
+        return _ratio(float(pairwise_distances(vec[None, :], own).min()), self._spreads[generator])
 
     def _rank(self, curve: np.ndarray) -> list[Candidate]:
         raise NotImplementedError
@@ -212,47 +274,57 @@ class Matcher:
         return sorted({r.generator for r in self.references})
 
     # attributing ------------------------------------------------------------------------------
-    def rank(self, curve: Any) -> list[Candidate]:
-        """One candidate per generator, best first (ties by name)."""
+    def _query(self, curve: Any) -> np.ndarray:
         if self.n_layers is None:
             raise UsageError("the matcher has not been fitted (call fit(references) first)")
         vec = as_curve(curve, self.protocol_digest)
         if vec.shape[0] != self.n_layers:
             raise UsageError(f"the query curve has {vec.shape[0]} values, the references {self.n_layers} "
                              "(computed under another protocol?)")
-        return sorted(self._rank(vec), key=lambda c: (-c.score, c.generator))
+        return vec
+
+    def rank(self, curve: Any) -> list[Candidate]:
+        """One candidate per generator, best first (ties by name)."""
+        return sorted(self._rank(self._query(curve)), key=lambda c: (-c.score, c.generator))
 
     def attribute(self, curve: Any) -> Attribution:
-        candidates = tuple(self.rank(curve))
+        vec = self._query(curve)
+        candidates = tuple(self.rank(vec))
         best = candidates[0]
         margin = float(best.score - candidates[1].score) if len(candidates) > 1 else None
+        ratio = self.distance_ratio(vec, best.generator)
         cal = self.calibration
+
+        def answer(verdict: str | None, reason: str, threshold: Mapping[str, Any] | None) -> Attribution:
+            return Attribution(candidates, verdict, margin, reason, self.name, threshold, ratio)
+
         if not self.open_set:
-            return Attribution(candidates, best.generator, margin,
-                               f"closest reference generator (closed set; score {best.score:.4f})",
-                               self.name, None)
+            return answer(best.generator, f"closest reference generator (closed set; score {best.score:.4f})", None)
         if cal is None or not cal.get("calibrated"):
             why = (cal or {}).get("reason", "not calibrated")
-            return Attribution(candidates, best.generator, margin,
-                               f"closest reference generator; open-set thresholds unavailable: {why}",
-                               self.name, _threshold_info(cal))
-        t_score = -math.inf if cal.get("score") is None else float(cal["score"])
-        t_margin = -math.inf if cal.get("margin") is None else float(cal["margin"])
+            return answer(best.generator, f"closest reference generator; open-set thresholds unavailable: {why}",
+                          _threshold_info(cal))
+        info = _threshold_info(cal)
+        n_refs = f"calibrated on {cal['n_references']} references"
+        t_score, t_margin, t_ratio = _thresholds(cal)
         m = math.inf if margin is None else margin
         if best.score < t_score:
-            reason = (f"unknown: best score {best.score:.4f} ({best.generator}) is below the threshold "
-                      f"{t_score:.4f} calibrated on {cal['n_references']} references")
-            return Attribution(candidates, None, margin, reason, self.name, _threshold_info(cal))
+            return answer(None, f"unknown: best score {best.score:.4f} ({best.generator}) is below the threshold "
+                                f"{t_score:.4f} {n_refs}", info)
         if m < t_margin:
-            reason = (f"unknown: {best.generator} leads {candidates[1].generator} by {m:.4f}, less than the "
-                      f"margin threshold {t_margin:.4f} calibrated on {cal['n_references']} references")
-            return Attribution(candidates, None, margin, reason, self.name, _threshold_info(cal))
+            return answer(None, f"unknown: {best.generator} leads {candidates[1].generator} by {m:.4f}, less than "
+                                f"the margin threshold {t_margin:.4f} {n_refs}", info)
+        if ratio is not None and ratio > t_ratio:
+            return answer(None, f"unknown: the query lies {ratio:.2f}× {best.generator}'s spread from its nearest "
+                                f"{best.generator} curve, beyond the threshold {t_ratio:.2f}× {n_refs}", info)
         passed = [f"score {best.score:.4f} ≥ {t_score:.4f}"] if t_score > -math.inf else []
         if t_margin > -math.inf and margin is not None:
             passed.append(f"margin {margin:.4f} ≥ {t_margin:.4f}")
+        if t_ratio < math.inf and ratio is not None:
+            passed.append(f"distance {ratio:.2f}× {best.generator}'s spread ≤ {t_ratio:.2f}×")
         reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
-                  "no open-set threshold applies") + f" (calibrated on {cal['n_references']} references)"
-        return Attribution(candidates, best.generator, margin, reason, self.name, _threshold_info(cal))
+                  "no open-set threshold applies") + f" ({n_refs})"
+        return answer(best.generator, reason, info)
 
     def describe(self) -> dict[str, Any]:
         """What a report records about the matcher: its name, options and open-set calibration."""
@@ -265,7 +337,15 @@ class Matcher:
 def _threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if cal is None:
         return None
-    return {k: cal.get(k) for k in ("calibrated", "score", "margin", "n_references", "source")}
+    return {k: cal.get(k) for k in ("calibrated", "score", "margin", "distance_ratio", "n_references", "source")}
+
+
+def _thresholds(cal: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(score, margin, distance ratio) thresholds of a calibration; one not applied (null) never rejects."""
+    def get(key: str, default: float) -> float:
+        return default if cal.get(key) is None else float(cal[key])
+
+    return get("score", -math.inf), get("margin", -math.inf), get("distance_ratio", math.inf)
 
 
 class SimilarityMatcher(Matcher):
@@ -291,9 +371,12 @@ class SimilarityMatcher(Matcher):
         x = np.stack([r.fingerprint.vector() for r in refs])
         labels = np.array([r.generator for r in refs], dtype=object)
         gens = sorted(set(labels))
+        dist = pairwise_distances(x, x)
         sims = similarity_matrix(x, x, self.alpha)
         np.fill_diagonal(sims, -np.inf)
         best = np.stack([np.where(labels == g, sims, -np.inf).max(axis=1) for g in gens], axis=1)  # n × G
+        without_generator = {g: generator_spreads(dist[np.ix_(labels != g, labels != g)], labels[labels != g])
+                             for g in gens}
         answer, unknown = [], []
         for i, own in enumerate(labels):
             k = gens.index(own)
@@ -301,11 +384,17 @@ class SimilarityMatcher(Matcher):
             if not ranked:
                 continue
             cands = [Candidate(g, -s) for s, g in ranked]
+            keep = np.arange(len(labels)) != i
+            spreads = generator_spreads(dist[np.ix_(keep, keep)], labels[keep])
+
+            def ratio(g: str, spreads: Mapping[str, float | None]) -> float | None:
+                return _ratio(float(dist[i, keep & (labels == g)].min()), spreads[g])
+
             ok = np.isfinite(best[i, k]) and cands[0].generator == own
-            (answer if ok else unknown).append(_point(cands))
+            (answer if ok else unknown).append(_point(cands, ratio(cands[0].generator, spreads)))
             others = [c for c in cands if c.generator != own]
             if others:
-                unknown.append(_point(others))
+                unknown.append(_point(others, ratio(others[0].generator, without_generator[own])))
         return answer, unknown, "leave-one-out (exact, from the similarity matrix)"
 
     def _rank(self, curve):
@@ -374,10 +463,12 @@ class SVMMatcher(Matcher):
 
 
 # -- open-set calibration ------------------------------------------------------------------------
-def _point(candidates: Sequence[Candidate]) -> tuple[float, float]:
+def _point(candidates: Sequence[Candidate], ratio: float | None) -> tuple[float, float, float]:
+    """A calibration point: (best score, margin, distance ratio); no runner-up: an infinite margin;
+    no spread to measure: a NaN ratio, which no threshold rejects."""
     score = candidates[0].score
     margin = candidates[0].score - candidates[1].score if len(candidates) > 1 else math.inf
-    return float(score), float(margin)
+    return float(score), float(margin), math.nan if ratio is None else float(ratio)
 
 
 LOO_LIMIT = 40  # above this many references, the generic calibration uses 10 folds instead of leave-one-out
@@ -397,9 +488,10 @@ def calibrate(matcher: Matcher, references: Sequence[Reference]) -> dict[str, An
     if not unknown:
         return {**base, "calibrated": False, "score": None, "margin": None,
                 "reason": "too few generators to simulate an unknown one"}
-    t_score, t_margin, ba, acc_answer, acc_unknown = _best_thresholds(np.array(answer), np.array(unknown))
-    # JSON-ready: a threshold that is not applied (-inf) is recorded as null
+    t_score, t_margin, t_ratio, ba, acc_answer, acc_unknown = _best_thresholds(np.array(answer), np.array(unknown))
+    # JSON-ready: a threshold that is not applied (±inf) is recorded as null
     return {**base, "calibrated": True, "score": _finite_or_none(t_score), "margin": _finite_or_none(t_margin),
+            "distance_ratio": _finite_or_none(t_ratio),
             "balanced_accuracy": ba, "answered_right": acc_answer, "unknown_right": acc_unknown}
 
 
@@ -436,13 +528,14 @@ def _generic_points(matcher: Matcher, refs: list[Reference]):
             r = refs[i]
             cands = probe.rank(r.fingerprint)
             ok = r.generator in present and cands[0].generator == r.generator
-            (answer if ok else unknown).append(_point(cands))
+            (answer if ok else unknown).append(_point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator)))
     for g in sorted({r.generator for r in refs}):
         if not fitted([x for x in refs if x.generator != g]):
             continue
         for r in refs:
             if r.generator == g:
-                unknown.append(_point(probe.rank(r.fingerprint)))
+                cands = probe.rank(r.fingerprint)
+                unknown.append(_point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator)))
     return answer, unknown, how
 
 
@@ -454,7 +547,9 @@ def _min_generators(matcher: Matcher) -> int:
     return 2 if isinstance(matcher, SVMMatcher) else 1
 
 
-def _cuts(values: np.ndarray, limit: int = 256) -> np.ndarray:
+def _cuts(values: np.ndarray, limit: int = 64) -> np.ndarray:
+    """Candidate lower-bound thresholds for ``values``: -inf (no threshold) and the midpoints between
+    consecutive distinct finite values (at most ``limit``, at quantiles, when there are more)."""
     finite = np.unique(values[np.isfinite(values)])
     mids = (finite[:-1] + finite[1:]) / 2 if len(finite) > 1 else np.array([])
     if len(mids) > limit:
@@ -463,31 +558,51 @@ def _cuts(values: np.ndarray, limit: int = 256) -> np.ndarray:
 
 
 def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
-    """Grid search over (score, margin) cuts; among the pairs with the best balanced accuracy, a
-    threshold that need not be applied is not (-inf), else the one in the middle of the tying range
-    (for separable values: halfway between the closest "unknown" and "answer" points)."""
-    both = np.concatenate([answer, unknown])
-    table = []
-    score_cuts = _cuts(both[:, 0])
-    for tm in _cuts(both[:, 1]):
-        acc_a = ((answer[None, :, 0] >= score_cuts[:, None]) & (answer[None, :, 1] >= tm)).mean(axis=1)
-        acc_u = ((unknown[None, :, 0] < score_cuts[:, None]) | (unknown[None, :, 1] < tm)).mean(axis=1)
-        ba = 0.5 * (acc_a + acc_u)
-        table.extend((float(ts), float(tm), float(b), float(a), float(u))
-                     for ts, b, a, u in zip(score_cuts, ba, acc_a, acc_u))
-    best_ba = max(row[2] for row in table)
-    ties = [row for row in table if row[2] >= best_ba - 1e-12]
+    """Grid search over (score, margin, distance ratio) cuts; among the triples with the best balanced
+    accuracy, a threshold that need not be applied is not (±inf; decided for the margin, then the score,
+    then the ratio), else the one in the middle of the tying range (for separable values: halfway between
+    the closest "unknown" and "answer" points; for the ratio, halfway on a log scale). Returns (score, margin, ratio, balanced accuracy,
+    share of answers kept, share of unknowns caught)."""
+    def lower_bounds(points: np.ndarray) -> np.ndarray:
+        # every test as "value ≥ cut": the ratio is an upper bound, so it is negated; NaN passes
+        closeness = np.where(np.isnan(points[:, 2]), math.inf, -points[:, 2])
+        return np.stack([points[:, 0], points[:, 1], closeness], axis=1)
 
-    def middle(values):
+    a, u = lower_bounds(answer), lower_bounds(unknown)
+    both = np.concatenate([a, u])
+    cuts = [_cuts(both[:, k]) for k in range(3)]
+
+    def passing(points: np.ndarray, ratio_cut: float) -> np.ndarray:   # score cuts × margin cuts × points
+        return ((points[None, None, :, 0] >= cuts[0][:, None, None])
+                & (points[None, None, :, 1] >= cuts[1][None, :, None])
+                & (points[None, None, :, 2] >= ratio_cut))
+
+    table = []
+    for tr in cuts[2]:
+        acc_a = passing(a, tr).mean(axis=2)
+        acc_u = 1.0 - passing(u, tr).mean(axis=2)
+        ba = 0.5 * (acc_a + acc_u)
+        i, j = np.nonzero(ba >= ba.max() - 1e-12)
+        table.extend((float(cuts[0][p]), float(cuts[1][q]), float(tr), float(ba[p, q]), float(acc_a[p, q]),
+                      float(acc_u[p, q])) for p, q in zip(i, j))
+    best_ba = max(row[3] for row in table)
+    ties = [row for row in table if row[3] >= best_ba - 1e-12]
+
+    def middle(values, scale=lambda v: v):
         values = sorted(set(values))
         if values[0] == -math.inf:
             return -math.inf
-        mid = (values[0] + values[-1]) / 2
-        return min(values, key=lambda v: (abs(v - mid), v))
+        mid = (scale(values[0]) + scale(values[-1])) / 2
+        return min(values, key=lambda v: (abs(scale(v) - mid), v))
 
     tm = middle([row[1] for row in ties])
-    ts = middle([row[0] for row in ties if row[1] == tm])
-    return next(row for row in ties if row[0] == ts and row[1] == tm)
+    ties = [row for row in ties if row[1] == tm]
+    ts = middle([row[0] for row in ties])
+    ties = [row for row in ties if row[0] == ts]
+    # a ratio's middle is geometric: halfway between 1.5× and 24× is 6×, not 12.75×
+    tr = middle([row[2] for row in ties], lambda v: math.log(max(-v, 1e-12)))
+    row = next(row for row in ties if row[2] == tr)
+    return row[0], row[1], -row[2], *row[3:]
 
 
 # -- construction --------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import yaml
 
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
 from forensics.hashing import is_digest, short
-from forensics.matching import Reference, references_digest
+from forensics.matching import CALIBRATION_RULE, Reference, references_digest
 from forensics.protocol import Fingerprint, Protocol
 
 SCHEMA_VERSION = 1
@@ -440,6 +440,9 @@ class Registry:
             if cal.get("references_digest") != current:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated on other references than the registry "
                                      "now holds; matchers recalibrate at fit (run `forensics registry calibrate`)")
+            elif cal.get("rule") != CALIBRATION_RULE:
+                self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
+                                     "matchers recalibrate at fit (run `forensics registry calibrate`)")
 
     # -- reading ---------------------------------------------------------------------------------
     def protocol(self, name: str) -> Protocol:

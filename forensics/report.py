@@ -14,7 +14,9 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
       "partial_batch": false,                                         # fewer than m images were given
       "matcher": {"name": "alpha", ...},
       "candidates": [{"generator": "...", "score": 0.93, "instance": "..."}, ...],   # best first
-      "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null, "reason": "..."},
+      "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null,
+                  "distance_ratio": float | null,   # to the best candidate's nearest curve, in its spreads
+                  "reason": "..."},
       "reference": {"origin": "...", "n_references": 15}
     }
 """
@@ -102,6 +104,7 @@ def attribution_document(*, input_path: str, n_images: int, input_sha256: str, p
         "verdict": {"generator": attribution.verdict,
                     "score": float(best.score) if best is not None and attribution.verdict is not None else None,
                     "margin": None if attribution.margin is None else float(attribution.margin),
+                    "distance_ratio": None if attribution.distance_ratio is None else float(attribution.distance_ratio),
                     "reason": attribution.reason},
         "reference": {"origin": reference_origin, "n_references": n_references},
     }
@@ -132,6 +135,8 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
                              f"   score {verdict['score']:.3f}")
         if verdict["margin"] is not None and len(doc["candidates"]) > 1:
             line.append(f"   margin {verdict['margin']:+.3f} over {doc['candidates'][1]['generator']}")
+        if verdict.get("distance_ratio") is not None:
+            line.append(f"   distance {verdict['distance_ratio']:.2f}× {verdict['generator']}'s spread")
     else:
         line = Text.assemble(("Verdict: ", "bold"), ("unknown", "bold yellow"))
     if verdict.get("reason"):

@@ -72,13 +72,14 @@ def test_attribute_json_names_the_generator(registry, plugin_host, tmp_path):
     assert doc["verdict"]["generator"] == "rotate", doc["candidates"]
     assert doc["candidates"][0]["generator"] == "rotate"
     assert doc["verdict"]["margin"] > 0
+    assert doc["verdict"]["distance_ratio"] >= 0  # in units of rotate's spread between its own runs
     assert [c["score"] for c in doc["candidates"]] == sorted((c["score"] for c in doc["candidates"]), reverse=True)
     assert doc["curve"]["layers"] == [f"blocks.{i}" for i in range(12)] and len(doc["curve"]["values"]) == 12
     assert doc["protocol"]["name"] == "digits-vit" and doc["protocol"]["digest"].startswith("sha256:")
     assert doc["input"]["n_images"] == 100 and doc["input"]["sha256"].startswith("sha256:")
     assert doc["tool"]["forensics"] and doc["partial_batch"] is False
     page = html.read_text()
-    assert page.startswith("<!doctype html>") and page.count("<svg") == 3 and "rotate" in page
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 3 and "rotate's spread" in page
 
 
 def test_attribute_terminal_report(registry, plugin_host):
@@ -87,6 +88,7 @@ def test_attribute_terminal_report(registry, plugin_host):
     assert r.exit_code == 0, r.output
     assert "Verdict: shuffle" in r.stdout
     assert "margin" in r.stdout and "C_T per layer" in r.stdout and "blocks.11" in r.stdout
+    assert "shuffle's spread" in r.stdout
 
 
 def test_fewer_images_than_m_are_attributed_with_a_warning(registry, plugin_host, tmp_path):

@@ -15,6 +15,8 @@ from forensics.matching import (
     leave_generator_out,
     leave_one_out,
     make_matcher,
+    generator_spreads,
+    pairwise_distances,
     similarity,
     similarity_matrix,
 )
@@ -173,11 +175,61 @@ def test_open_set_says_unknown_for_a_generator_left_out(name):
 def test_open_set_on_paper_curves_leaving_each_generator_out(paper_refs):
     lgo = leave_generator_out(paper_refs, "alpha")
     assert lgo["n"] == 18
-    assert lgo["unknown"] == 13  # measured; recorded in the report to the lead
+    assert lgo["unknown"] == 14  # measured (13 on score and margin alone, before the distance ratio)
     ev = leave_one_out(paper_refs, "alpha")
     assert ev.open_set == {"answered_right": 9, "answered_wrong": 2, "unknown": 7}
     closed = leave_one_out(paper_refs, "alpha", open_set=False)
     assert closed.open_set is None and closed.correct == 15
+
+
+def test_spread_is_the_median_nearest_neighbour_distance_within_a_generator():
+    x = np.array([[0.0], [1.0], [3.0], [10.0]])
+    labels = np.array(["a", "a", "a", "b"], dtype=object)
+    spreads = generator_spreads(pairwise_distances(x, x), labels)
+    assert spreads["a"] == 1.0  # nearest-other distances 1, 1, 2
+    assert spreads["b"] == 1.0  # one curve: the pooled median over every generator's curves
+    assert generator_spreads(pairwise_distances(x[2:], x[2:]), labels[2:]) == {"a": None, "b": None}
+
+
+def sibling_refs(offset=0.4):
+    """Generators a, b, c and two near siblings (as two samplers of one network): b2 and a2, the shapes
+    of b and a shifted by ``offset`` in every layer -- far closer to their sibling than to anything
+    else, yet many spreads away from it."""
+    refs = toy_refs(per=4, gens=("a", "b", "c"), spread=0.03)
+    for r in toy_refs(per=4, gens=("a", "b"), spread=0.03, seed=1):
+        shifted = Fingerprint.from_values(DIGEST, (np.array(r.fingerprint.values) + offset).tolist())
+        refs.append(Reference(r.generator + "2", "sibling-" + r.instance, shifted))
+    return refs
+
+
+def test_a_near_sibling_left_out_is_unknown_by_the_distance_ratio():
+    # calibrated with one pair of siblings (b, b2) enrolled, the matcher meets a2, whose sibling a is enrolled
+    refs = sibling_refs()
+    known = [r for r in refs if r.generator != "a2"]
+    m = make_matcher("alpha").fit(known)
+    assert m.calibration["distance_ratio"] is not None
+    for r in refs:
+        res = m.attribute(r.fingerprint)
+        if r.generator == "a2":
+            # a is by far the best candidate, but the query sits many of a's spreads from a's curves
+            assert res.candidates[0].generator == "a" and res.verdict is None, res.reason
+            assert res.distance_ratio > m.calibration["distance_ratio"]
+            assert res.reason.startswith("unknown: the query lies") and "spread" in res.reason
+        else:
+            assert res.verdict == r.generator and res.distance_ratio <= m.calibration["distance_ratio"]
+            assert res.to_dict()["distance_ratio"] == res.distance_ratio
+    # with a2 enrolled, every instance of both siblings is answered right
+    assert leave_one_out(refs, "alpha").open_set == {"answered_right": 20, "answered_wrong": 0, "unknown": 0}
+    assert leave_generator_out(refs, "alpha")["unknown"] == 20
+
+
+def test_distance_ratio_is_measured_on_the_curves_for_any_matcher():
+    refs = toy_refs()
+    alpha, svm = make_matcher("alpha").fit(refs), make_matcher("svm").fit(refs)
+    q = np.array(refs[0].fingerprint.values) + 0.01
+    assert alpha.distance_ratio(q, "a") == pytest.approx(svm.distance_ratio(q, "a"), abs=1e-15)
+    with pytest.raises(UsageError, match="no reference curve"):
+        alpha.distance_ratio(q, "zz")
 
 
 def test_uncalibratable_references_fall_back_to_closed_set():
@@ -196,6 +248,10 @@ def test_recorded_calibration_is_reused_only_for_the_same_references():
     assert m.calibration["score"] == 0.123 and m.calibration["source"] == "recorded"
     m2 = make_matcher("alpha", calibration=recorded).fit(refs[:-1])
     assert m2.calibration["source"] == "calibrated at fit" and m2.calibration["score"] != 0.123
+    # a calibration recorded under an older rule (no distance ratio) is not reused either
+    older = {k: v for k, v in recorded.items() if k != "distance_ratio"} | {"rule": "thresholds on (score, margin)"}
+    m3 = make_matcher("alpha", calibration=older).fit(refs)
+    assert m3.calibration["source"] == "calibrated at fit" and "distance ratio" in m3.calibration["rule"]
 
 
 def test_describe_is_json_ready():
@@ -205,9 +261,9 @@ def test_describe_is_json_ready():
     d = m.describe()
     assert d["name"] == "svm" and d["options"] == {"kernel": "rbf", "C": 3.0, "gamma": "scale", "open_set": True}
     json.dumps(d, allow_nan=False)
-    cosine = make_matcher("cosine").fit(Registry.open().references(PROTOCOL_NAME))
-    assert cosine.calibration["margin"] is None  # not applied: recorded as null, never -inf
-    json.dumps(cosine.describe(), allow_nan=False)
+    alpha = make_matcher("alpha").fit(Registry.open().references(PROTOCOL_NAME))
+    assert alpha.calibration["score"] is None  # not applied: recorded as null, never -inf
+    json.dumps(alpha.describe(), allow_nan=False)
 
 
 def test_matcher_base_is_a_plugin_contract():
@@ -241,4 +297,7 @@ def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
 def test_calibration_thresholds_on_paper_curves(paper_refs):
     cal = make_matcher("alpha").fit(paper_refs).calibration
     assert (cal["n_answer"], cal["n_unknown"]) == (15, 21)
-    assert cal["score"] == pytest.approx(0.71273, abs=1e-5) and cal["margin"] == pytest.approx(0.03967, abs=1e-5)
+    # measured: the distance ratio alone separates best (before it: score 0.71273 and margin 0.03967)
+    assert cal["score"] is None and cal["margin"] is None
+    assert cal["distance_ratio"] == pytest.approx(0.97456, abs=1e-5)
+    assert cal["balanced_accuracy"] == pytest.approx(13 / 15, abs=1e-12)

@@ -1,8 +1,8 @@
 """The bundled matchers: He et al.'s 1-NN (``alpha``), pure cosine (``cosine``) and an SVM (``svm``).
 
 Every matcher takes ``open_set`` (default True: answer "unknown" when the best candidate is not close
-enough or not far enough ahead, with thresholds calibrated by leave-one-out on the references; see
-:mod:`forensics.matching`).
+enough, not far enough ahead, or farther from its generator's curves than they lie from each other,
+with thresholds calibrated by leave-one-out on the references; see :mod:`forensics.matching`).
 """
 
 from __future__ import annotations
