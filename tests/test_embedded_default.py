@@ -83,3 +83,18 @@ def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine,
     assert results["ddpm"].candidates[1].generator in {"ddim", "pndm"}
     assert [c.generator for c in results["dcgan"].candidates[:2]] == ["dcgan", "sngan"]
     assert results["dcgan"].margin > 0.05
+
+
+def test_a_batch_from_no_enrolled_generator_comes_back_unknown(shipped_engine, bundled_registry, plugin_host):
+    # noisy copies of T (σ = 25) are no generator of the zoo; the kde-copier's curves are the nearest
+    # (measured 3.46 of its spreads away, beyond the calibrated 2.10), and fresh digits of P_n are farther
+    from forensics.curate import curate, pick
+    from forensics.pipeline import load_reference_set
+
+    train = load_reference_set(shipped_engine.protocol.train)
+    matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
+    matcher.fit(bundled_registry.references(PROTOCOL))
+    noisy = curate(train[pick(len(train), 500, seed=0)], "noise", seed=0)
+    result = matcher.attribute(shipped_engine.curves(noisy)[0].fingerprint.vector())
+    assert result.verdict is None and result.candidates[0].generator == "kde-copier", result.reason
+    assert result.distance_ratio > matcher.calibration["distance_ratio"]
