@@ -265,7 +265,8 @@ def heldout(
     for n in names:
         table = Table(title=f"held-out sets under {pname}, matcher {n}", title_justify="left")
         for col, justify in (("set", "left"), ("top", "left"), ("score", "right"), ("margin", "right"),
-                             ("runner-up", "left"), ("verdict", "left"), ("P_n counted", "right")):
+                             ("runner-up", "left"), ("distance", "right"), ("verdict", "left"),
+                             ("P_n counted", "right")):
             table.add_column(col, justify=justify)
         for r in rows:
             a = r["matchers"][n]
@@ -275,7 +276,8 @@ def heldout(
                 verdict = f"[red]{verdict}[/]"
             margin = "—" if a["margin"] is None else f"{a['margin']:+.3g}"
             cw = "—" if r["counted_weight_mean"] is None else f"{r['counted_weight_mean']:.2f}"
-            table.add_row(r["generator"], top, f"{a['score']:.4f}", margin, a["runner_up"] or "—", verdict, cw)
+            distance = "—" if a["distance_ratio"] is None else f"{a['distance_ratio']:.2f}×"
+            table.add_row(r["generator"], top, f"{a['score']:.4f}", margin, a["runner_up"] or "—", distance, verdict, cw)
         out.print(table)
         s = summary[n]
         out.print(f"{n}: top candidate right {s['top_right']}/{s['n']}; verdicts: {s['verdict_right']} right, "

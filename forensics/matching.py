@@ -702,7 +702,7 @@ def leave_one_out(references: Sequence[Reference], matcher: str | Matcher = "alp
             wrong += 1
         predictions.append({"generator": r.generator, "instance": r.instance, "predicted": top,
                             "score": result.candidates[0].score, "margin": result.margin,
-                            "verdict": result.verdict})
+                            "distance_ratio": result.distance_ratio, "verdict": result.verdict})
     open_set = ({"answered_right": right, "answered_wrong": wrong, "unknown": unknown}
                 if open_set_used else None)
     return Evaluation(name or str(matcher), opts, len(refs), correct, labels, confusion, predictions, open_set)
@@ -759,7 +759,8 @@ def holdout(references: Sequence[Reference], matcher: str | Matcher = "alpha",
     for q in queries:
         res = m.attribute(q.fingerprint)
         rows.append({"generator": q.generator, "instance": q.instance, "predicted": res.candidates[0].generator,
-                     "verdict": res.verdict, "score": res.candidates[0].score, "margin": res.margin})
+                     "verdict": res.verdict, "score": res.candidates[0].score, "margin": res.margin,
+                     "distance_ratio": res.distance_ratio})
     correct = sum(r["predicted"] == r["generator"] for r in rows)
     return {"n": len(rows), "correct": correct, "accuracy": correct / len(rows), "n_references": len(train),
             "answered_right": sum(r["verdict"] == r["generator"] for r in rows),

@@ -114,6 +114,10 @@ def test_heldout_attributes_the_copiers_held_out_set_with_every_matcher():
         # threshold sits at 0.9998 and may turn even this clear answer into "unknown" -- never into a wrong one
         right = answer["verdict"] == "kde-copier"
         assert right or (name == "cosine" and answer["verdict"] is None), (name, answer)
+        assert answer["distance_ratio"] < 1  # measured 0.61 of the copier's spreads: inside its own runs
         assert doc["summary"][name] == {"top_right": 1, "verdict_right": int(right), "verdict_unknown": int(not right),
                                         "verdict_wrong": 0, "n": 1}
+    table = runner.invoke(app, ["heldout", "--protocol", "mnist-vit", "-g", "kde-copier", "-m", "alpha"],
+                          env={"COLUMNS": "160"}).output
+    assert "distance" in table and "0.61×" in table
     assert "unknown matcher 'nearest'" in run("heldout", "--protocol", "mnist-vit", "-m", "nearest", code=2).output
