@@ -218,6 +218,7 @@ def heldout(
     Example: forensics zoo heldout --protocol mnist-effnet-lite0
     """
     import numpy as np
+    from rich import box
     from rich.table import Table
 
     from forensics.images import load_images
@@ -263,11 +264,13 @@ def heldout(
         print_json({"schema": "forensics.zoo-heldout/1", "protocol": pname, "sets": rows, "summary": summary})
         return
     for n in names:
-        table = Table(title=f"held-out sets under {pname}, matcher {n}", title_justify="left")
+        # compact (no vertical rules) so that the eight columns fit an 80-column terminal unabridged
+        table = Table(title=f"held-out sets under {pname}, matcher {n}", title_justify="left",
+                      box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False)
         for col, justify in (("set", "left"), ("top", "left"), ("score", "right"), ("margin", "right"),
-                             ("runner-up", "left"), ("distance", "right"), ("verdict", "left"),
-                             ("P_n counted", "right")):
-            table.add_column(col, justify=justify)
+                             # distance in the top candidate's spreads; the share of P_n's weight counted
+                             ("runner-up", "left"), ("dist.", "right"), ("verdict", "left"), ("P_n", "right")):
+            table.add_column(col, justify=justify, no_wrap=True)
         for r in rows:
             a = r["matchers"][n]
             top = a["top"] if a["top_right"] else f"[red]{a['top']}[/]"
