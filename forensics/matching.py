@@ -561,8 +561,8 @@ def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
     """Grid search over (score, margin, distance ratio) cuts; among the triples with the best balanced
     accuracy, a threshold that need not be applied is not (±inf; decided for the margin, then the score,
     then the ratio), else the one in the middle of the tying range (for separable values: halfway between
-    the closest "unknown" and "answer" points; for the ratio, halfway on a log scale). Returns (score, margin, ratio, balanced accuracy,
-    share of answers kept, share of unknowns caught)."""
+    the closest "unknown" and "answer" points; for the ratio, halfway on a log scale). Returns (score,
+    margin, ratio, balanced accuracy, share of answers kept, share of unknowns caught)."""
     def lower_bounds(points: np.ndarray) -> np.ndarray:
         # every test as "value ≥ cut": the ratio is an upper bound, so it is negated; NaN passes
         closeness = np.where(np.isnan(points[:, 2]), math.inf, -points[:, 2])
