@@ -100,7 +100,11 @@ def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     recorded = reg.calibration(PROTOCOL_NAME, "alpha")
     assert recorded["calibrated"] and recorded["options"]["alpha"] == 0.5
     m = make_matcher("alpha", calibration=recorded).fit(reg.references(PROTOCOL_NAME))
-    assert m.calibration["source"] == "recorded" and m.calibration["score"] == recorded["score"]
+    assert m.calibration["source"] == "recorded" and m.calibration["distance_ratio"] == recorded["distance_ratio"]
+    assert not reg.warnings
+    # a calibration recorded by an older version (thresholds on score and margin only) is flagged
+    reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "rule": "thresholds on (best score, margin)"}})
+    assert any("older rule" in w for w in Registry.open(paper_copy).warnings)
     run("remove", "DDPM", "--instance", "ddpm_3", "--registry", paper_copy)
     assert any("calibrated on other references" in w for w in Registry.open(paper_copy).warnings)
 
