@@ -115,8 +115,10 @@ def similarity(a: Any, b: Any, alpha: float = 0.5) -> float:
     return float(similarity_matrix(np.asarray(a, float)[None, :], np.asarray(b, float)[None, :], alpha)[0, 0])
 
 
-def similarity_matrix(a: np.ndarray, b: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Similarities of every row of ``a`` (q × L) with every row of ``b`` (r × L): a q × r array."""
+def similarity_matrix(a: np.ndarray, b: np.ndarray, alpha: float = 0.5,
+                      distances: np.ndarray | None = None) -> np.ndarray:
+    """Similarities of every row of ``a`` (q × L) with every row of ``b`` (r × L): a q × r array.
+    ``distances``: their :func:`pairwise_distances`, when the caller has them already."""
     a = np.atleast_2d(np.asarray(a, dtype=np.float64))
     b = np.atleast_2d(np.asarray(b, dtype=np.float64))
     if a.shape[1] != b.shape[1]:
@@ -126,7 +128,9 @@ def similarity_matrix(a: np.ndarray, b: np.ndarray, alpha: float = 0.5) -> np.nd
     denom = na * nb
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(denom > 0, (a @ b.T) / np.where(denom > 0, denom, 1.0), 0.0)
-    return alpha * cos + (1.0 - alpha) / (1.0 + pairwise_distances(a, b))
+    if distances is None:
+        distances = pairwise_distances(a, b)
+    return alpha * cos + (1.0 - alpha) / (1.0 + distances)
 
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -372,7 +376,7 @@ class SimilarityMatcher(Matcher):
         labels = np.array([r.generator for r in refs], dtype=object)
         gens = sorted(set(labels))
         dist = pairwise_distances(x, x)
-        sims = similarity_matrix(x, x, self.alpha)
+        sims = similarity_matrix(x, x, self.alpha, distances=dist)
         np.fill_diagonal(sims, -np.inf)
         best = np.stack([np.where(labels == g, sims, -np.inf).max(axis=1) for g in gens], axis=1)  # n × G
         without_generator = {g: generator_spreads(dist[np.ix_(labels != g, labels != g)], labels[labels != g])

@@ -93,7 +93,7 @@ def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine,
 
 def test_a_batch_from_no_enrolled_generator_comes_back_unknown(shipped_engine, bundled_registry, plugin_host):
     # noisy copies of T (σ = 25) are no generator of the zoo; the kde-copier's curves are the nearest
-    # (measured 3.46 of its spreads away, beyond the calibrated 2.10), and fresh digits of P_n are farther
+    # (measured 3.46 of its spreads away, beyond the calibrated 1.92), and fresh digits of P_n are farther
     from forensics.curate import curate, pick
     from forensics.pipeline import load_reference_set
 
