@@ -148,19 +148,25 @@ def generator_spreads(distances: np.ndarray, labels: np.ndarray) -> dict[str, fl
     generator's curves instead; when no generator has two curves, every spread is ``None``.
     """
     labels = np.asarray(labels, dtype=object)
-    own: dict[str, float] = {}
-    pooled: list[float] = []
-    for g in sorted(set(labels)):
-        idx = np.flatnonzero(labels == g)
-        if len(idx) < 2:
-            continue
-        d = distances[np.ix_(idx, idx)].copy()
-        np.fill_diagonal(d, np.inf)
-        nearest = d.min(axis=1)
-        own[str(g)] = float(np.median(nearest))
-        pooled.extend(nearest.tolist())
-    fallback = float(np.median(pooled)) if pooled else None
-    return {str(g): own.get(str(g), fallback) for g in set(labels)}
+    nearest = {g: _nearest_other(distances, np.flatnonzero(labels == g)) for g in {str(g) for g in labels}}
+    return _spreads_from(nearest)
+
+
+def _nearest_other(distances: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """For each of the curves ``idx`` (one generator's), the distance to its nearest other one of them;
+    empty for fewer than two curves."""
+    if len(idx) < 2:
+        return np.empty(0)
+    d = distances[np.ix_(idx, idx)].copy()
+    np.fill_diagonal(d, np.inf)
+    return d.min(axis=1)
+
+
+def _spreads_from(nearest: Mapping[str, np.ndarray]) -> dict[str, float | None]:
+    """:func:`generator_spreads` from each generator's nearest-other distances (:func:`_nearest_other`)."""
+    pooled = np.concatenate([v for v in nearest.values()]) if nearest else np.empty(0)
+    fallback = float(np.median(pooled)) if len(pooled) else None
+    return {g: float(np.median(v)) if len(v) else fallback for g, v in nearest.items()}
 
 
 def _ratio(distance: float, spread: float | None) -> float | None:
@@ -379,8 +385,10 @@ class SimilarityMatcher(Matcher):
         sims = similarity_matrix(x, x, self.alpha, distances=dist)
         np.fill_diagonal(sims, -np.inf)
         best = np.stack([np.where(labels == g, sims, -np.inf).max(axis=1) for g in gens], axis=1)  # n × G
-        without_generator = {g: generator_spreads(dist[np.ix_(labels != g, labels != g)], labels[labels != g])
-                             for g in gens}
+        # Leaving curves out changes only their own generator's nearest-other distances (and so the
+        # pooled fallback): the rest are computed once.
+        nearest = {g: _nearest_other(dist, np.flatnonzero(labels == g)) for g in gens}
+        without_generator = {g: _spreads_from({h: v for h, v in nearest.items() if h != g}) for g in gens}
         answer, unknown = [], []
         for i, own in enumerate(labels):
             k = gens.index(own)
@@ -389,7 +397,9 @@ class SimilarityMatcher(Matcher):
                 continue
             cands = [Candidate(g, -s) for s, g in ranked]
             keep = np.arange(len(labels)) != i
-            spreads = generator_spreads(dist[np.ix_(keep, keep)], labels[keep])
+            rest = np.flatnonzero(keep & (labels == own))
+            spreads = _spreads_from({**{h: v for h, v in nearest.items() if h != own},
+                                     **({own: _nearest_other(dist, rest)} if len(rest) else {})})
 
             def ratio(g: str, spreads: Mapping[str, float | None]) -> float | None:
                 return _ratio(float(dist[i, keep & (labels == g)].min()), spreads[g])

@@ -294,6 +294,24 @@ def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
         np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)
 
 
+def test_fast_similarity_calibration_equals_the_generic_refits_with_one_and_two_curve_generators():
+    """Leaving a curve out of a two-curve generator leaves it one curve, which takes the pooled spread;
+    a one-curve generator left out disappears. The fast path must follow the refits in both."""
+    from forensics.matching import _generic_points
+
+    refs = toy_refs(per=4, gens=("a", "b", "c"), spread=0.3)
+    refs += toy_refs(per=2, gens=("a", "b", "c", "d"), spread=0.3, seed=1)[6:]   # d: two curves
+    refs += toy_refs(per=1, gens=("a", "b", "c", "d", "e"), spread=0.3, seed=2)[4:]  # e: one curve
+    assert sorted({r.generator for r in refs}) == ["a", "b", "c", "d", "e"]
+    for name in ("alpha", "cosine"):
+        m = make_matcher(name)
+        fast_a, fast_u, _ = m._calibration_points(refs)
+        slow_a, slow_u, _ = _generic_points(m, refs)
+        assert len(fast_a) + len(fast_u) == 2 * len(refs)
+        np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)
+
+
 def test_calibration_thresholds_on_paper_curves(paper_refs):
     cal = make_matcher("alpha").fit(paper_refs).calibration
     assert (cal["n_answer"], cal["n_unknown"]) == (15, 21)

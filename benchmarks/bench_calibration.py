@@ -1,0 +1,94 @@
+"""Benchmark of open-set calibration (forensics.matching.calibrate) as registries grow.
+
+Calibration attributes every reference twice, once with itself left out and once with its whole
+generator left out, and measures each answer's distance ratio against the spreads of what was left.
+Three ways of computing the same points run in the same process on the same seeded synthetic curves:
+
+- ``exact``: the shipped fast path of the similarity matchers (``alpha``), one similarity matrix, and
+  only the left-out curve's own generator's spread recomputed per query;
+- ``respread``: ``exact`` plus every spread recomputed from the kept n−1 curves per query (O(n²)
+  each), as the fast path did before;
+- ``refit``: the generic path every plugin matcher gets, one refit per left-out query (its
+  leave-one-out forced at every size here; beyond ``LOO_LIMIT`` references it holds out folds).
+
+It prints seconds and the ratios against ``exact``, and checks that all three give the same points.
+
+    .venv/bin/python benchmarks/bench_calibration.py            # n = 50, 200, 400 references
+    .venv/bin/python benchmarks/bench_calibration.py --quick    # n = 50, 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from forensics import matching  # noqa: E402
+from forensics.matching import Reference, make_matcher  # noqa: E402
+from forensics.protocol import Fingerprint  # noqa: E402
+
+DIGEST = "sha256:" + "0" * 64
+
+
+def synthetic_refs(n: int, generators: int = 20, layers: int = 12, seed: int = 0) -> list[Reference]:
+    """``n`` curves of ``generators`` generators: a random smooth shape each, plus run-to-run noise."""
+    rng = np.random.default_rng(seed)
+    shapes = np.cumsum(rng.normal(0, 1, (generators, layers)), axis=1)
+    refs = []
+    for i in range(n):
+        g = i % generators
+        v = shapes[g] + rng.normal(0, 0.4, layers)
+        refs.append(Reference(f"g{g:02d}", f"run{i // generators}", Fingerprint.from_values(DIGEST, v.tolist())))
+    return refs
+
+
+def respread_seconds(refs) -> float:
+    """What the earlier fast path did on top of today's: every spread recomputed from the kept n−1
+    curves for each left-out query (:func:`forensics.matching.generator_spreads` on the kept block)."""
+    x = np.stack([r.fingerprint.vector() for r in refs])
+    labels = np.array([r.generator for r in refs], dtype=object)
+    dist = matching.pairwise_distances(x, x)
+    t0 = time.perf_counter()
+    for i in range(len(refs)):
+        keep = np.arange(len(refs)) != i
+        matching.generator_spreads(dist[np.ix_(keep, keep)], labels[keep])
+    return time.perf_counter() - t0
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small registries only")
+    args = ap.parse_args()
+    sizes = [50, 100] if args.quick else [50, 200, 400]
+    print("open-set calibration of the alpha matcher: seconds (ratio to exact)")
+    print(f"{'n refs':>7} {'exact':>9} {'respread':>18} {'refit':>18}  same points")
+    for n in sizes:
+        refs = synthetic_refs(n)
+        m = make_matcher("alpha")
+        t_exact, (a, u, _) = timed(m._calibration_points, refs)
+        t_respread = t_exact + respread_seconds(refs)
+        limit, matching.LOO_LIMIT = matching.LOO_LIMIT, n
+        try:
+            t_refit, (ga, gu, _) = timed(matching._generic_points, m, refs)
+        finally:
+            matching.LOO_LIMIT = limit
+        same = (np.allclose(sorted(a), sorted(ga), rtol=0, atol=1e-12)
+                and np.allclose(sorted(u), sorted(gu), rtol=0, atol=1e-12))
+        print(f"{n:>7} {t_exact:>9.3f} {t_respread:>9.3f} ({t_respread / t_exact:>5.1f}×) "
+              f"{t_refit:>9.3f} ({t_refit / t_exact:>5.1f}×)  {'yes' if same else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
