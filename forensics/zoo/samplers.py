@@ -63,6 +63,16 @@ def timesteps(T: int, steps: int | None) -> list[int]:
     return [int(t) for t in ts[::-1]]
 
 
+def _walk(schedule: Schedule, steps: int | None):
+    """The sampling steps: (t, t_prev, ᾱ_t, ᾱ_prev) along :func:`timesteps`, with ``t_prev`` None and
+    ᾱ_prev = 1 on the last step (to x_0)."""
+    ac = schedule.alphas_cumprod
+    ts = timesteps(schedule.T, steps)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else None
+        yield t, t_prev, float(ac[t]), float(ac[t_prev]) if t_prev is not None else 1.0
+
+
 def _x0_from_eps(x, eps, a_t):
     return (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
 
@@ -95,16 +105,12 @@ def ddpm_ancestral(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, step
                    clip: bool = True, x_T: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """DDPM ancestral sampling, x_T -> x_0 (posterior variance β̃; no noise on the last step)."""
-    ac = schedule.alphas_cumprod
-    ts = timesteps(schedule.T, steps)
     x, g = _start(shape, seed, x_T, generator)
-    for i, t in enumerate(ts):
-        a_t = float(ac[t])
-        a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+    for t, t_prev, a_t, a_prev in _walk(schedule, steps):
         beta = 1.0 - a_t / a_prev
         _, x0 = _predict(eps_fn, x, t, a_t, clip)
         mean = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
-        if i + 1 < len(ts):
+        if t_prev is not None:
             var = beta * (1 - a_prev) / (1 - a_t)
             x = mean + var ** 0.5 * torch.randn(shape, generator=g)
         else:
@@ -117,16 +123,12 @@ def ddim(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, steps: int = 5
          clip: bool = True, x_T: torch.Tensor | None = None,
          generator: torch.Generator | None = None) -> torch.Tensor:
     """DDIM sampling; with ``eta=0`` the map x_T -> x_0 is deterministic."""
-    ac = schedule.alphas_cumprod
-    ts = timesteps(schedule.T, steps)
     x, g = _start(shape, seed, x_T, generator)
-    for i, t in enumerate(ts):
-        a_t = float(ac[t])
-        a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+    for t, t_prev, a_t, a_prev in _walk(schedule, steps):
         eps, x0 = _predict(eps_fn, x, t, a_t, clip)
         sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
         x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-        if sigma > 0 and i + 1 < len(ts):
+        if sigma > 0 and t_prev is not None:
             x = x + sigma * torch.randn(shape, generator=g)
     return x
 
@@ -157,22 +159,14 @@ def pndm(eps_fn: EpsFn, schedule: Schedule, shape, seed: int = 0, steps: int = 5
     """
     if warmup not in PNDM_WARMUPS:
         raise ValueError(f"unknown PNDM warm-up {warmup!r}; use one of {', '.join(PNDM_WARMUPS)}")
-    ac = schedule.alphas_cumprod
-    ts = timesteps(schedule.T, steps)
     x, _ = _start(shape, seed, x_T, generator)
     hist: list[torch.Tensor] = []  # the eps evaluated at the start of each earlier step, newest last
-
-    def alpha(t):
-        return float(ac[t]) if t is not None else 1.0
-
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else None
-        a_t, a_prev = alpha(t), alpha(t_prev)
+    for t, t_prev, a_t, a_prev in _walk(schedule, steps):
         e = _call(eps_fn, x, t)
         if warmup == "prk" and len(hist) < 3 and t_prev is not None:
             # pseudo RK4: the stages use φ from x_t, with the midpoint as the half step
             t_mid = (t + t_prev) // 2
-            a_mid = alpha(t_mid)
+            a_mid = float(schedule.alphas_cumprod[t_mid])
             e2 = _call(eps_fn, _transfer(x, e, a_t, a_mid, clip), t_mid)
             e3 = _call(eps_fn, _transfer(x, e2, a_t, a_mid, clip), t_mid)
             e4 = _call(eps_fn, _transfer(x, e3, a_t, a_prev, clip), t_prev)
