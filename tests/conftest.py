@@ -55,6 +55,26 @@ def register_plugin(plugin_host):
     return register
 
 
+class CountingEncoder:
+    """Wraps an encoder and records every forward call's layers and batch size in ``calls``."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, []
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def forward_layers(self, pixels, layers):
+        self.calls.append((tuple(layers), len(pixels)))
+        return self.encoder.forward_layers(pixels, layers)
+
+
+@pytest.fixture
+def count_calls():
+    """``count_calls(encoder)``: the encoder wrapped in a :class:`CountingEncoder`."""
+    return CountingEncoder
+
+
 @pytest.fixture(scope="module")
 def bundled_registry():
     """The registry bundled with forensics (tests only read it)."""

@@ -29,17 +29,6 @@ def lite():
     return PluginHost(autoload=False).get("encoders", "tf_efficientnet_lite0").obj(weights="random", image_size=32)
 
 
-class Counting:
-    def __init__(self, encoder):
-        self.encoder, self.calls = encoder, []
-
-    def __getattr__(self, name):
-        return getattr(self.encoder, name)
-
-    def forward_layers(self, pixels, layers):
-        self.calls.append(tuple(layers))
-        return self.encoder.forward_layers(pixels, layers)
-
 
 def files(root):
     return sorted(p for p in root.rglob("*") if p.is_file())
@@ -53,9 +42,9 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert cache_dir() == __import__("pathlib").Path(user_cache_dir("forensics"))
 
 
-def test_second_run_reads_the_cache(lite, tmp_path):
+def test_second_run_reads_the_cache(lite, tmp_path, count_calls):
     images = sample_images(n=5, size=30)
-    counting = Counting(lite)
+    counting = count_calls(lite)
     first = embed(counting, images, cache=True, batch_size=2)
     assert len(counting.calls) == 3
     stored = files(tmp_path / "cache")
@@ -68,12 +57,12 @@ def test_second_run_reads_the_cache(lite, tmp_path):
     assert len(counting.calls) == 4  # --no-cache computes
 
 
-def test_only_missing_layers_are_computed(lite):
+def test_only_missing_layers_are_computed(lite, count_calls):
     images = sample_images(n=3, size=30)
-    counting = Counting(lite)
+    counting = count_calls(lite)
     embed(counting, images, layers=["blocks.2"], cache=True)
     out = embed(counting, images, layers=["blocks.2", "bn2"], cache=True)
-    assert counting.calls == [("blocks.2",), ("bn2",)]
+    assert [layers for layers, _ in counting.calls] == [("blocks.2",), ("bn2",)]
     assert [o.shape[1] for o in out] == [40, 1280]
 
 
@@ -98,9 +87,9 @@ def test_key_covers_images_encoder_weights_layer_pooling_preprocessing(lite):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper"])
-def test_damaged_entry_is_detected_and_recomputed(lite, tmp_path, damage):
+def test_damaged_entry_is_detected_and_recomputed(lite, tmp_path, damage, count_calls):
     images = sample_images(n=3, size=30)
-    counting = Counting(lite)
+    counting = count_calls(lite)
     good = embed(counting, images, layers=["bn1"], cache=True)[0]
     (path,) = files(tmp_path / "cache")
     if damage == "truncate":

@@ -22,19 +22,6 @@ def images():
     return sample_images(n=7, size=36)
 
 
-class Counting:
-    """Wraps an encoder and records every forward call's layers and batch size."""
-
-    def __init__(self, encoder):
-        self.encoder, self.calls = encoder, []
-
-    def __getattr__(self, name):
-        return getattr(self.encoder, name)
-
-    def forward_layers(self, pixels, layers):
-        self.calls.append((tuple(layers), len(pixels)))
-        return self.encoder.forward_layers(pixels, layers)
-
 
 def test_results_do_not_depend_on_batch_size(lite, images):
     whole = embed(lite, images, batch_size=len(images))
@@ -44,8 +31,8 @@ def test_results_do_not_depend_on_batch_size(lite, images):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_all_layers_from_one_forward_pass_per_batch(lite, images):
-    counting = Counting(lite)
+def test_all_layers_from_one_forward_pass_per_batch(lite, images, count_calls):
+    counting = count_calls(lite)
     out = embed(counting, images, batch_size=4)
     assert [layers for layers, _ in counting.calls] == [lite.layer_names] * 2
     assert [n for _, n in counting.calls] == [4, 3]
