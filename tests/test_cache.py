@@ -29,7 +29,6 @@ def lite():
     return PluginHost(autoload=False).get("encoders", "tf_efficientnet_lite0").obj(weights="random", image_size=32)
 
 
-
 def files(root):
     return sorted(p for p in root.rglob("*") if p.is_file())
 

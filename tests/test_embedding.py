@@ -22,7 +22,6 @@ def images():
     return sample_images(n=7, size=36)
 
 
-
 def test_results_do_not_depend_on_batch_size(lite, images):
     whole = embed(lite, images, batch_size=len(images))
     for batch_size in (1, 3, 64):
