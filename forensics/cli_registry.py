@@ -413,7 +413,7 @@ def calibrate(
     Writes <protocol>/calibration.yaml; matchers reuse it while the references are unchanged.
     Example: forensics registry calibrate --protocol he2024-cifar10-vitb16
     """
-    from forensics.matching import available_matchers, make_matcher
+    from forensics.matching import available_matchers, lookalike_note, make_matcher
     from forensics.registry import Registry
 
     reg = Registry.open(registry)
@@ -439,6 +439,8 @@ def calibrate(
                 out.print(f"{mname}: unknown when {' or '.join(tests) if tests else 'never (no threshold applies)'} "
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {cal['n_answer']} + "
                           f"{cal['n_unknown']} leave-one-out queries)")
+                for g, seen in (cal.get("lookalikes") or {}).items():
+                    out.print(f"  {g}: {lookalike_note(g, seen)}")
             else:
                 out.print(f"{mname}: not calibrated — {cal.get('reason')}")
         err.print(f"written to {path}")

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from forensics.matching import lookalike_note
+
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
 
@@ -127,6 +129,8 @@ def attribution_html(doc: dict[str, Any], references: Sequence[tuple[str, str, n
     score = "" if verdict["score"] is None else f" · score {verdict['score']:.3f}"
     if verdict.get("distance_ratio") is not None and verdict["generator"] is not None:
         margin += f" · distance {verdict['distance_ratio']:.2f}× {_esc(verdict['generator'])}'s spread"
+    note = lookalike_note(verdict["generator"], verdict.get("lookalikes") or {}) if verdict["generator"] else None
+    note = f"<p><b>Caution:</b> {_esc(note)}</p>" if note else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>forensics attribution: {_esc(title)}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}
@@ -136,7 +140,7 @@ pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:11px}}.dim{{color:#7
 <p>{_esc(doc['input']['n_images'])} images from <code>{_esc(doc['input']['path'])}</code>
 (<span class="dim">{_esc(doc['input']['sha256'])}</span>)<br>protocol <b>{_esc(doc['protocol']['name'])}</b>
 <span class="dim">{_esc(doc['protocol']['digest'])}</span> · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}</p>
-<p class="dim">{_esc(verdict.get('reason') or '')}</p>
+<p class="dim">{_esc(verdict.get('reason') or '')}</p>{note}
 <h2>Query curve over the reference fingerprints</h2>{curves_svg(doc['curve']['layers'], doc['curve']['values'], references, colours)}
 <h2>Similarity ranking</h2>{ranking_svg(doc['candidates'], colours)}
 <h2>How far apart the registry's generators are</h2>

@@ -24,6 +24,11 @@ and every answer about a left-out generator should be "unknown". The thresholds 
 distance ratio) are the triple that maximises the balanced accuracy of that decision; they are recorded
 in :meth:`Matcher.describe` and in every :class:`Attribution`.
 
+Some left-out generators pass those thresholds anyway, named as an enrolled generator whose runs
+they resemble. Calibration records them as that generator's *lookalikes* ({named: {left out: [runs
+named, runs]}}), and every verdict naming it carries them (:attr:`Attribution.lookalikes`, and a
+"not exclusive" line in the reports): such a verdict cannot rule out an unenrolled generator like them.
+
 Evaluation (``forensics registry evaluate``): :func:`leave_one_out`, :func:`leave_generator_out` and
 :func:`holdout`.
 """
@@ -45,7 +50,8 @@ CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, dista
                     "spread) maximising balanced accuracy between leave-one-out queries attributed right (answer) "
                     "and leave-one-out queries attributed wrong or whose generator was left out entirely (unknown); "
                     "among tying triples a threshold that need not apply is not (margin, then score, then distance "
-                    "ratio), else the middle of the tying range (geometric for the ratio)")
+                    "ratio), else the middle of the tying range (geometric for the ratio); the left-out generators' "
+                    "runs the thresholds let through are recorded as lookalikes of the generator they were named")
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -79,7 +85,10 @@ class Attribution:
     "unknown". ``margin``: best score minus the runner-up's (``None`` with a single candidate).
     ``threshold``: the open-set thresholds applied (``None`` when the matcher is closed-set).
     ``distance_ratio``: the query's distance to the best candidate's nearest curve over that generator's
-    spread (``None`` when no generator has two curves to measure a spread on).
+    spread (``None`` when no generator has two curves to measure a spread on). ``lookalikes``: for a
+    named verdict, the generators whose runs calibration saw named as the verdict when they were left
+    out of the references, as {generator: [runs named, runs]}; a verdict with lookalikes does not rule
+    out an unenrolled generator like them.
     """
 
     candidates: tuple[Candidate, ...]
@@ -89,6 +98,7 @@ class Attribution:
     matcher: str
     threshold: Mapping[str, Any] | None = None
     distance_ratio: float | None = None
+    lookalikes: Mapping[str, Sequence[int]] = field(default_factory=dict)
 
     @property
     def best(self) -> Candidate | None:
@@ -103,7 +113,17 @@ class Attribution:
                 "score": self.score, "margin": None if self.margin is None else float(self.margin),
                 "distance_ratio": None if self.distance_ratio is None else float(self.distance_ratio),
                 "reason": self.reason, "threshold": None if self.threshold is None else dict(self.threshold),
+                "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
                 "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def lookalike_note(generator: str, lookalikes: Mapping[str, Sequence[int]]) -> str | None:
+    """One sentence for a report: which left-out generators calibration saw named ``generator``."""
+    if not lookalikes:
+        return None
+    seen = ", ".join(f"{k} of {n} {g} runs" for g, (k, n) in sorted(lookalikes.items()))
+    return (f"not exclusive: with its generator left out of the references, calibration saw {seen} named "
+            f"{generator}; an unenrolled generator like {'them' if len(lookalikes) > 1 else 'it'} would be too")
 
 
 # -- similarity ----------------------------------------------------------------------------------
@@ -263,8 +283,10 @@ class Matcher:
         raise NotImplementedError
 
     def _calibration_points(self, refs: list[Reference]):
-        """(answer points, unknown points, how held out): (best score, margin, distance ratio) triples, see
-        :func:`calibrate`. Subclasses may compute the same points faster."""
+        """(answer points, unknown points, how held out, left out): points are (best score, margin, distance
+        ratio) triples, see :func:`calibrate`; ``left out`` lists (generator left out, generator named,
+        point) for each query whose generator was left out entirely (those points are among the unknown
+        ones too). Subclasses may compute the same points faster."""
         return _generic_points(self, refs)
 
     def distance_ratio(self, curve: Any, generator: str) -> float | None:
@@ -334,7 +356,8 @@ class Matcher:
             passed.append(f"distance {ratio:.2f}× {best.generator}'s spread ≤ {t_ratio:.2f}×")
         reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
                   "no open-set threshold applies") + f" ({n_refs})"
-        return answer(best.generator, reason, info)
+        lookalikes = (cal.get("lookalikes") or {}).get(best.generator, {})
+        return Attribution(candidates, best.generator, margin, reason, self.name, info, ratio, lookalikes)
 
     def describe(self) -> dict[str, Any]:
         """What a report records about the matcher: its name, options and open-set calibration."""
@@ -389,7 +412,7 @@ class SimilarityMatcher(Matcher):
         # pooled fallback): the rest are computed once.
         nearest = {g: _nearest_other(dist, np.flatnonzero(labels == g)) for g in gens}
         without_generator = {g: _spreads_from({h: v for h, v in nearest.items() if h != g}) for g in gens}
-        answer, unknown = [], []
+        answer, unknown, left_out = [], [], []
         for i, own in enumerate(labels):
             k = gens.index(own)
             ranked = sorted(((-best[i, j], gens[j]) for j in range(len(gens)) if np.isfinite(best[i, j])))
@@ -408,8 +431,10 @@ class SimilarityMatcher(Matcher):
             (answer if ok else unknown).append(_point(cands, ratio(cands[0].generator, spreads)))
             others = [c for c in cands if c.generator != own]
             if others:
-                unknown.append(_point(others, ratio(others[0].generator, without_generator[own])))
-        return answer, unknown, "leave-one-out (exact, from the similarity matrix)"
+                point = _point(others, ratio(others[0].generator, without_generator[own]))
+                unknown.append(point)
+                left_out.append((own, others[0].generator, point))
+        return answer, unknown, "leave-one-out (exact, from the similarity matrix)", left_out
 
     def _rank(self, curve):
         sims = similarity_matrix(curve[None, :], self._x, self.alpha)[0]
@@ -494,7 +519,7 @@ def calibrate(matcher: Matcher, references: Sequence[Reference]) -> dict[str, An
     refs = list(references)
     base = {"rule": CALIBRATION_RULE, "n_references": len(refs), "references_digest": references_digest(refs),
             "source": "calibrated at fit"}
-    answer, unknown, how = matcher._calibration_points(refs)
+    answer, unknown, how, left_out = matcher._calibration_points(refs)
     base.update({"held_out": how, "n_answer": len(answer), "n_unknown": len(unknown)})
     if not answer:
         return {**base, "calibrated": False, "score": None, "margin": None,
@@ -506,13 +531,28 @@ def calibrate(matcher: Matcher, references: Sequence[Reference]) -> dict[str, An
     # JSON-ready: a threshold that is not applied (±inf) is recorded as null
     return {**base, "calibrated": True, "score": _finite_or_none(t_score), "margin": _finite_or_none(t_margin),
             "distance_ratio": _finite_or_none(t_ratio),
-            "balanced_accuracy": ba, "answered_right": acc_answer, "unknown_right": acc_unknown}
+            "balanced_accuracy": ba, "answered_right": acc_answer, "unknown_right": acc_unknown,
+            "lookalikes": _lookalikes(left_out, t_score, t_margin, t_ratio)}
+
+
+def _lookalikes(left_out, t_score: float, t_margin: float, t_ratio: float) -> dict[str, dict[str, list[int]]]:
+    """{named generator: {left-out generator: [runs the thresholds let through as named, its runs]}}: which
+    generators, missing from the references, were taken for which enrolled one."""
+    runs: dict[str, int] = {}
+    passed: dict[str, dict[str, int]] = {}
+    for own, named, (score, margin, ratio) in left_out:
+        runs[own] = runs.get(own, 0) + 1
+        if score >= t_score and margin >= t_margin and not ratio > t_ratio:  # a NaN ratio passes
+            passed.setdefault(named, {})
+            passed[named][own] = passed[named].get(own, 0) + 1
+    return {g: {o: [k, runs[o]] for o, k in sorted(d.items())} for g, d in sorted(passed.items())}
 
 
 def _generic_points(matcher: Matcher, refs: list[Reference]):
     """Refit a closed-set copy with each instance (or fold) held out, then with each generator held out."""
-    answer: list[tuple[float, float]] = []
-    unknown: list[tuple[float, float]] = []
+    answer: list[tuple[float, float, float]] = []
+    unknown: list[tuple[float, float, float]] = []
+    left_out: list[tuple[str, str, tuple[float, float, float]]] = []
     probe = matcher.clone(open_set=False)
     need = _min_generators(probe)
     n = len(refs)
@@ -549,8 +589,10 @@ def _generic_points(matcher: Matcher, refs: list[Reference]):
         for r in refs:
             if r.generator == g:
                 cands = probe.rank(r.fingerprint)
-                unknown.append(_point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator)))
-    return answer, unknown, how
+                point = _point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator))
+                unknown.append(point)
+                left_out.append((g, cands[0].generator, point))
+    return answer, unknown, how, left_out
 
 
 def _finite_or_none(v: float) -> float | None:

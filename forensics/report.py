@@ -16,7 +16,8 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
       "candidates": [{"generator": "...", "score": 0.93, "instance": "..."}, ...],   # best first
       "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null,
                   "distance_ratio": float | null,   # to the best candidate's nearest curve, in its spreads
-                  "reason": "..."},
+                  "reason": "...",
+                  "lookalikes": {generator: [runs named, runs]}},  # left out at calibration, named this verdict
       "reference": {"origin": "...", "n_references": 15}
     }
 """
@@ -29,6 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from forensics.matching import lookalike_note
 
 SCHEMA = "forensics.attribution/1"
 COPYING_BELOW = -2.0
@@ -105,7 +108,8 @@ def attribution_document(*, input_path: str, n_images: int, input_sha256: str, p
                     "score": float(best.score) if best is not None and attribution.verdict is not None else None,
                     "margin": None if attribution.margin is None else float(attribution.margin),
                     "distance_ratio": None if attribution.distance_ratio is None else float(attribution.distance_ratio),
-                    "reason": attribution.reason},
+                    "reason": attribution.reason,
+                    "lookalikes": {g: list(v) for g, v in attribution.lookalikes.items()}},
         "reference": {"origin": reference_origin, "n_references": n_references},
     }
 
@@ -141,6 +145,9 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
         line = Text.assemble(("Verdict: ", "bold"), ("unknown", "bold yellow"))
     if verdict.get("reason"):
         line.append(f"\n  {verdict['reason']}", style="dim")
+    note = lookalike_note(verdict["generator"], verdict.get("lookalikes") or {}) if verdict["generator"] else None
+    if note:
+        line.append(f"\n  {note}", style="yellow")
     console.print(line)
     if doc["partial_batch"]:
         console.print(Text(f"  warning: only {inp['n_images']} images, fewer than the protocol's batch of "

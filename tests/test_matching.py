@@ -14,6 +14,7 @@ from forensics.matching import (
     holdout,
     leave_generator_out,
     leave_one_out,
+    lookalike_note,
     make_matcher,
     generator_spreads,
     pairwise_distances,
@@ -287,11 +288,12 @@ def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
 
     for name in ("alpha", "cosine"):
         m = make_matcher(name)
-        fast_a, fast_u, _ = m._calibration_points(paper_refs)
-        slow_a, slow_u, how = _generic_points(m, paper_refs)
+        fast_a, fast_u, _, fast_left = m._calibration_points(paper_refs)
+        slow_a, slow_u, how, slow_left = _generic_points(m, paper_refs)
         assert how == "leave-one-out"
         np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
         np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)
+        assert sorted(x[:2] for x in fast_left) == sorted(x[:2] for x in slow_left)
 
 
 def test_fast_similarity_calibration_equals_the_generic_refits_with_one_and_two_curve_generators():
@@ -305,11 +307,12 @@ def test_fast_similarity_calibration_equals_the_generic_refits_with_one_and_two_
     assert sorted({r.generator for r in refs}) == ["a", "b", "c", "d", "e"]
     for name in ("alpha", "cosine"):
         m = make_matcher(name)
-        fast_a, fast_u, _ = m._calibration_points(refs)
-        slow_a, slow_u, _ = _generic_points(m, refs)
-        assert len(fast_a) + len(fast_u) == 2 * len(refs)
+        fast_a, fast_u, _, fast_left = m._calibration_points(refs)
+        slow_a, slow_u, _, slow_left = _generic_points(m, refs)
+        assert len(fast_a) + len(fast_u) == 2 * len(refs) and len(fast_left) == len(refs)
         np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
         np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)
+        assert sorted(x[:2] for x in fast_left) == sorted(x[:2] for x in slow_left)
 
 
 def test_calibration_thresholds_on_paper_curves(paper_refs):
@@ -319,3 +322,36 @@ def test_calibration_thresholds_on_paper_curves(paper_refs):
     assert cal["score"] is None and cal["margin"] is None
     assert cal["distance_ratio"] == pytest.approx(0.97456, abs=1e-5)
     assert cal["balanced_accuracy"] == pytest.approx(13 / 15, abs=1e-12)
+
+
+def twin_refs():
+    """a, b, c well apart, and b-twin: four more runs of b's own distribution under another name."""
+    refs = toy_refs(per=4, gens=("a", "b", "c"), spread=0.05)
+    return refs + [Reference("b-twin", f"t{i}", r.fingerprint)
+                   for i, r in enumerate(toy_refs(per=4, gens=("a", "b"), spread=0.05, seed=7)[4:])]
+
+
+@pytest.mark.parametrize("name", ["alpha", "cosine", "svm"])
+def test_calibration_records_which_left_out_generators_pass_as_which(name):
+    cal = make_matcher(name).fit(twin_refs()).calibration
+    looks = cal["lookalikes"]
+    # b and b-twin are one distribution: left out, either is taken for the other, and nothing else is
+    assert set(looks) == {"b", "b-twin"}
+    assert set(looks["b"]) == {"b-twin"} and set(looks["b-twin"]) == {"b"}
+    for seen in looks.values():
+        for named, runs in seen.values():
+            assert runs == 4 and 1 <= named <= 4
+
+
+def test_a_named_verdict_carries_its_lookalikes_and_says_so():
+    m = make_matcher("cosine").fit(twin_refs())
+    b_query = toy_refs(per=1, gens=("a", "b"), spread=0.05, seed=9)[1]
+    result = m.attribute(b_query.fingerprint)
+    assert result.verdict == "b"  # measured: cosine names it (alpha's margin threshold says unknown)
+    assert dict(result.lookalikes) == m.calibration["lookalikes"]["b"] == {"b-twin": [4, 4]}
+    assert result.to_dict()["lookalikes"] == {"b-twin": [4, 4]}
+    a_query = toy_refs(per=1, gens=("a",), spread=0.05, seed=9)[0]
+    assert m.attribute(a_query.fingerprint).lookalikes == {}
+    note = lookalike_note("b", result.lookalikes)
+    assert note.startswith("not exclusive") and "4 of 4 b-twin runs named b" in note
+    assert lookalike_note("a", {}) is None
