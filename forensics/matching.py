@@ -121,9 +121,11 @@ def lookalike_note(generator: str, lookalikes: Mapping[str, Sequence[int]]) -> s
     """One sentence for a report: which left-out generators calibration saw named ``generator``."""
     if not lookalikes:
         return None
-    seen = ", ".join(f"{k} of {n} {g} runs" for g, (k, n) in sorted(lookalikes.items()))
-    return (f"not exclusive: with its generator left out of the references, calibration saw {seen} named "
-            f"{generator}; an unenrolled generator like {'them' if len(lookalikes) > 1 else 'it'} would be too")
+    parts = [f"{k} of {n} {g} runs" for g, (k, n) in sorted(lookalikes.items())]
+    seen = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+    like = " or ".join(sorted(lookalikes))
+    return (f"not exclusive: at calibration, with each generator left out of the references in turn, {seen} "
+            f"were named {generator}; an unenrolled generator like {like} could be named {generator} too")
 
 
 # -- similarity ----------------------------------------------------------------------------------

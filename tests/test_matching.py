@@ -353,5 +353,7 @@ def test_a_named_verdict_carries_its_lookalikes_and_says_so():
     a_query = toy_refs(per=1, gens=("a",), spread=0.05, seed=9)[0]
     assert m.attribute(a_query.fingerprint).lookalikes == {}
     note = lookalike_note("b", result.lookalikes)
-    assert note.startswith("not exclusive") and "4 of 4 b-twin runs named b" in note
+    assert note.startswith("not exclusive") and "4 of 4 b-twin runs were named b" in note
     assert lookalike_note("a", {}) is None
+    assert "1 of 3 x runs, 2 of 2 y runs and 3 of 3 z runs were named a" in lookalike_note(
+        "a", {"z": [3, 3], "x": [1, 3], "y": [2, 2]})
