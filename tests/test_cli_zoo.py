@@ -115,6 +115,7 @@ def test_heldout_attributes_the_copiers_held_out_set_with_every_matcher():
         right = answer["verdict"] == "kde-copier"
         assert right or (name == "cosine" and answer["verdict"] is None), (name, answer)
         assert answer["distance_ratio"] < 1  # measured 0.61 of the copier's spreads: inside its own runs
+        assert isinstance(answer["lookalikes"], dict)
         assert doc["summary"][name] == {"top_right": 1, "verdict_right": int(right), "verdict_unknown": int(not right),
                                         "verdict_wrong": 0, "n": 1}
     table = run("heldout", "--protocol", "mnist-vit", "-g", "kde-copier", "-m", "alpha").output
