@@ -34,10 +34,10 @@ def test_leave_one_out_with_the_papers_matcher(plugin_host, bundled_registry):
     # SNGAN run had a third of DCGAN's training)
     wrong = [(p["generator"], p["predicted"]) for p in result.predictions if p["predicted"] != p["generator"]]
     assert result.correct == result.n == 27, wrong
-    # open set: no instance is answered wrong. Measured 22 right and 5 "unknown" (the three PixelCNN runs,
-    # one SNGAN, one VAE run), 27 right before DCGAN and the VAE were trained longer and moved nearer the
-    # data and nearer other generators; the calibration now trades some answers for unknowns
-    assert result.open_set == {"answered_right": 22, "answered_wrong": 0, "unknown": 5}
+    # open set: no instance is answered wrong. Measured 23 right and 4 "unknown" (one run each of DCGAN,
+    # SNGAN, the PixelCNN and the VAE); 22 / 0 / 5 with the PixelCNN at 3,000 iterations, 27 right before
+    # DCGAN and the VAE were trained longer and moved nearer the data and nearer other generators
+    assert result.open_set == {"answered_right": 23, "answered_wrong": 0, "unknown": 4}
 
 
 def test_a_generator_left_out_entirely_comes_back_unknown(plugin_host, bundled_registry):
@@ -77,7 +77,7 @@ def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
 def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine, bundled_registry, plugin_host):
     # `make demo`'s set: the diffusion network's ancestral sampler, named with a clear margin over another
     # sampler of the same network (measured 0.170 over PNDM); and a GAN, whose runner-up is the other GAN
-    # (measured margin 0.096)
+    # (measured margin 0.061)
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
     matcher.fit(bundled_registry.references(PROTOCOL))
@@ -89,11 +89,18 @@ def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine,
     assert results["ddpm"].candidates[1].generator in {"ddim", "pndm"}
     assert [c.generator for c in results["dcgan"].candidates[:2]] == ["dcgan", "sngan"]
     assert results["dcgan"].margin > 0.05
+    # the shipped calibration is current (recorded under today's rule, on today's references). alpha's
+    # (measured: unknown when the best score is below 0.704) turns every left-out GAN run away, so its
+    # verdicts carry no lookalikes; svm's lets 2 of 3 runs of either GAN through as the other
+    assert matcher.calibration["source"] == "recorded"
+    assert results["dcgan"].lookalikes == {} and results["ddpm"].lookalikes == {}
+    svm = bundled_registry.calibration(PROTOCOL, "svm")
+    assert svm["lookalikes"] == {"dcgan": {"sngan": [2, 3]}, "sngan": {"dcgan": [2, 3]}}
 
 
 def test_a_batch_from_no_enrolled_generator_comes_back_unknown(shipped_engine, bundled_registry, plugin_host):
     # noisy copies of T (σ = 25) are no generator of the zoo; the kde-copier's curves are the nearest
-    # (measured 3.46 of its spreads away, beyond the calibrated 1.92), and fresh digits of P_n are farther
+    # (measured score 0.593, below the calibrated 0.704, and 3.46 of its spreads away)
     from forensics.curate import curate, pick
     from forensics.pipeline import load_reference_set
 
@@ -103,4 +110,4 @@ def test_a_batch_from_no_enrolled_generator_comes_back_unknown(shipped_engine, b
     noisy = curate(train[pick(len(train), 500, seed=0)], "noise", seed=0)
     result = matcher.attribute(shipped_engine.curves(noisy)[0].fingerprint.vector())
     assert result.verdict is None and result.candidates[0].generator == "kde-copier", result.reason
-    assert result.distance_ratio > matcher.calibration["distance_ratio"]
+    assert result.score < matcher.calibration["score"] and result.distance_ratio > 3
