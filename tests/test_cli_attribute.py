@@ -162,3 +162,33 @@ def test_attribute_a_folder_of_pngs_with_worker_processes(registry, plugin_host,
     assert doc["verdict"]["generator"] == "rotate" and doc["input"]["n_images"] == 100
     r = run(["attribute", str(tmp_path), "--registry", str(reg), "--amp", "int4"])
     assert r.exit_code == 2 and "--amp takes bf16 or fp16" in r.stderr
+
+
+def test_a_verdict_with_lookalikes_says_it_is_not_exclusive(registry, plugin_host):
+    # the reports render what the JSON document holds: a named verdict with lookalikes gets a
+    # "not exclusive" line in the terminal and a caution in the HTML page; without them, neither
+    import io
+
+    from rich.console import Console
+
+    from forensics.html import attribution_html
+    from forensics.matching import similarity
+    from forensics.report import render_attribution
+
+    reg, data = registry
+    r = run(["attribute", str(data / "query-rotate.npz"), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["verdict"]["generator"] == "rotate" and doc["verdict"]["lookalikes"] == {}
+    refs = [("rotate", "a", np.zeros(12)), ("shuffle", "b", np.ones(12))]
+
+    def terminal(d):
+        out = io.StringIO()
+        render_attribution(d, Console(file=out, width=200))
+        return out.getvalue()
+
+    assert "not exclusive" not in terminal(doc) and "Caution" not in attribution_html(doc, refs, similarity)
+    doc["verdict"]["lookalikes"] = {"shuffle": [2, 3]}
+    text = terminal(doc)
+    assert "not exclusive" in text and "2 of 3 shuffle runs were named rotate" in text
+    assert "Caution:</b> not exclusive" in attribution_html(doc, refs, similarity)
