@@ -277,14 +277,14 @@ def heldout(
             verdict = a["verdict"] or "unknown"
             if a["verdict"] not in (None, r["generator"]):
                 verdict = f"[red]{verdict}[/]"
-            if a["verdict"] is not None and a["lookalikes"]:
+            if a["lookalikes"]:  # only a named verdict carries them
                 verdict += "*"
             margin = "—" if a["margin"] is None else f"{a['margin']:+.3g}"
             cw = "—" if r["counted_weight_mean"] is None else f"{r['counted_weight_mean']:.2f}"
             distance = "—" if a["distance_ratio"] is None else f"{a['distance_ratio']:.2f}×"
             table.add_row(r["generator"], top, f"{a['score']:.4f}", margin, a["runner_up"] or "—", distance, verdict, cw)
         out.print(table)
-        if any(r["matchers"][n]["verdict"] is not None and r["matchers"][n]["lookalikes"] for r in rows):
+        if any(r["matchers"][n]["lookalikes"] for r in rows):
             out.print("* not exclusive: at calibration, a left-out generator's runs were named this verdict "
                       "(`forensics registry calibrate` lists them)")
         s = summary[n]

@@ -129,7 +129,7 @@ def attribution_html(doc: dict[str, Any], references: Sequence[tuple[str, str, n
     score = "" if verdict["score"] is None else f" · score {verdict['score']:.3f}"
     if verdict.get("distance_ratio") is not None and verdict["generator"] is not None:
         margin += f" · distance {verdict['distance_ratio']:.2f}× {_esc(verdict['generator'])}'s spread"
-    note = lookalike_note(verdict["generator"], verdict.get("lookalikes") or {}) if verdict["generator"] else None
+    note = lookalike_note(verdict["generator"], verdict.get("lookalikes"))
     note = f"<p><b>Caution:</b> {_esc(note)}</p>" if note else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>forensics attribution: {_esc(title)}</title>

@@ -117,9 +117,10 @@ class Attribution:
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
-def lookalike_note(generator: str, lookalikes: Mapping[str, Sequence[int]]) -> str | None:
-    """One sentence for a report: which left-out generators calibration saw named ``generator``."""
-    if not lookalikes:
+def lookalike_note(generator: str | None, lookalikes: Mapping[str, Sequence[int]] | None) -> str | None:
+    """One sentence for a report: which left-out generators calibration saw named ``generator``; ``None``
+    when there are none (or no generator was named)."""
+    if generator is None or not lookalikes:
         return None
     parts = [f"{k} of {n} {g} runs" for g, (k, n) in sorted(lookalikes.items())]
     seen = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
@@ -329,8 +330,9 @@ class Matcher:
         ratio = self.distance_ratio(vec, best.generator)
         cal = self.calibration
 
-        def answer(verdict: str | None, reason: str, threshold: Mapping[str, Any] | None) -> Attribution:
-            return Attribution(candidates, verdict, margin, reason, self.name, threshold, ratio)
+        def answer(verdict: str | None, reason: str, threshold: Mapping[str, Any] | None,
+                   lookalikes: Mapping[str, Sequence[int]] | None = None) -> Attribution:
+            return Attribution(candidates, verdict, margin, reason, self.name, threshold, ratio, lookalikes or {})
 
         if not self.open_set:
             return answer(best.generator, f"closest reference generator (closed set; score {best.score:.4f})", None)
@@ -358,8 +360,7 @@ class Matcher:
             passed.append(f"distance {ratio:.2f}× {best.generator}'s spread ≤ {t_ratio:.2f}×")
         reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
                   "no open-set threshold applies") + f" ({n_refs})"
-        lookalikes = (cal.get("lookalikes") or {}).get(best.generator, {})
-        return Attribution(candidates, best.generator, margin, reason, self.name, info, ratio, lookalikes)
+        return answer(best.generator, reason, info, (cal.get("lookalikes") or {}).get(best.generator))
 
     def describe(self) -> dict[str, Any]:
         """What a report records about the matcher: its name, options and open-set calibration."""

@@ -145,7 +145,7 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
         line = Text.assemble(("Verdict: ", "bold"), ("unknown", "bold yellow"))
     if verdict.get("reason"):
         line.append(f"\n  {verdict['reason']}", style="dim")
-    note = lookalike_note(verdict["generator"], verdict.get("lookalikes") or {}) if verdict["generator"] else None
+    note = lookalike_note(verdict["generator"], verdict.get("lookalikes"))
     if note:
         line.append(f"\n  {note}", style="yellow")
     console.print(line)
