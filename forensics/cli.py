@@ -62,18 +62,23 @@ def _open(images: Path, protocol: str | None, registry: Path | None, device: str
           no_cache: bool, workers: int, amp: str | None):
     """Registry, protocol, an Engine, its progress display, and the images read under the protocol."""
     from forensics.images import load_images
-    from forensics.pipeline import Engine
+    from forensics.pipeline import make_engine
     from forensics.registry import Registry
 
     reg = Registry.open(registry)
     proto = reg.protocol(reg.resolve_protocol(protocol))
-    prep = proto.encoder.preprocessing
+    if weights is not None and len(proto.parts) > 1:
+        raise_usage(f"--weights names one encoder's weights; protocol {proto.name!r} combines "
+                    f"{', '.join(p.name for p in proto.parts)}")
+    # a folder of mixed sizes is brought to one size as the (first) encoder would; each encoder then
+    # applies its own preprocessing
+    prep = proto.parts[0].encoder.preprocessing
     if amp not in (None, "bf16", "fp16"):
         raise_usage(f"--amp takes bf16 or fp16, not {amp!r}")
     data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers)
     progress, update = _progress_bar()
-    engine = Engine(proto, device=device, weights=weights, use_cache=not no_cache,
-                    shipped_dir=reg.reference_dir(proto.name), progress=update, workers=workers, amp=amp)
+    engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights,
+                         use_cache=not no_cache, progress=update, workers=workers, amp=amp)
     return reg, proto, engine, progress, data, digest
 
 
@@ -164,7 +169,7 @@ def memorization(
 
     _, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache, workers, amp)
     with progress:
-        curve = engine.curve_from_embeddings(engine.embed(data, "images"))
+        curve = engine.curve(data)
     doc = memorization_document(input_path=str(images), input_sha256=digest, protocol=proto, curve=curve,
                                 reference_origin=engine.reference_origin, partial=len(data) < proto.batch_size)
     if json_out:
@@ -286,6 +291,54 @@ def protocol_create(
             path = engine.write_reference(reg.reference_dir(name))
         err.print(f"reference side written to {path}")
     print_json({"name": name, "digest": proto.digest, "registry": str(reg.path)})
+
+
+@protocol_app.command("combine")
+@handle_errors
+def protocol_combine(
+    name: str = typer.Argument(..., help="Name of the combination (a folder of the registry)."),
+    parts: list[str] = typer.Argument(..., help="Two or more protocols of the registry, in curve order."),
+    description: str = typer.Option("", "--description", help="One line saying what the combination is for."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a combination of that name (for example "
+                                   "after one of its protocols was re-created)."),
+    make_default: bool = typer.Option(False, "--default", help="Make it the registry's default protocol."),
+    registry: Optional[Path] = OPT_REGISTRY,
+):
+    """Read several protocols as one: a batch's fingerprint is their curves end to end.
+
+    Nothing is re-embedded: the combination's instances are the ones enrolled (same generator, same
+    images) under every protocol it combines. Calibrate it with `forensics registry calibrate -p NAME`.
+    Example: forensics protocol combine mnist-effnet-vit mnist-effnet-lite0 mnist-vit
+    """
+    from forensics.errors import RegistryError
+    from forensics.protocol import Combination, Protocol
+    from forensics.registry import Registry
+
+    # a combination whose protocols changed does not load; that one problem is what --overwrite mends
+    reg = Registry.open(registry, strict=False)
+    own = f"{reg.path.name}/{name}/"
+    others = [p for p in reg.problems if not p.startswith(own)]
+    if others:
+        raise RegistryError(others[0] + " (run `forensics registry validate`)")
+    chosen = []
+    for part in parts:
+        proto = reg.protocol(part)
+        if not isinstance(proto, Protocol):
+            raise_usage(f"{part!r} is itself a combination; combine its protocols instead")
+        chosen.append(proto)
+    try:
+        combination = Combination(name=name, parts=tuple(chosen), description=description)
+    except RegistryError as exc:
+        raise_usage(str(exc))
+    reg.add_protocol(combination, overwrite=overwrite, default=make_default)
+    refs = reg.references(name)
+    err.print(f"combination {name} ({combination.digest[7:19]}) of {', '.join(parts)} written to {reg.path}; "
+              f"{len(refs)} instance(s) enrolled under all of them")
+    for warning in reg.warnings:
+        if warning.startswith(own):
+            err.print(f"[yellow]note:[/] {warning}")
+    print_json({"name": name, "digest": combination.digest, "combines": list(parts), "n_instances": len(refs),
+                "registry": str(reg.path)})
 
 
 def raise_usage(message: str):

@@ -51,7 +51,8 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
         proto = reg.protocols[name]
         gens = reg.generators.get(name, {})
         rows.append({"name": name, "digest": proto.digest, "default": name == reg.default_protocol,
-                     "description": proto.description, "encoder": proto.encoder.name,
+                     "description": proto.description, "encoder": " + ".join(p.encoder.name for p in proto.parts),
+                     "combines": [p.name for p in proto.parts] if len(proto.parts) > 1 else None,
                      "n_layers": len(proto.layers), "batch_size": proto.batch_size,
                      "generators": {g: len(e.instances) for g, e in sorted(gens.items())}})
     if json_out:
@@ -104,15 +105,23 @@ def show(
     out.print(f"[bold]{name}[/]  digest {proto.digest}")
     if proto.description:
         out.print(f"  {proto.description}")
-    enc, stat = proto.encoder, proto.statistic
-    out.print(f"  encoder   {enc.name} ({enc.weights_source}; weights {_short(enc.weights)}), pooling {enc.pooling}, "
-              f"{len(enc.layers)} layers {enc.layers[0]} … {enc.layers[-1]}")
-    out.print(f"  prep      {dict(enc.preprocessing)}")
-    out.print(f"  statistic {stat.name} {dict(stat.params)}; batch m = {proto.batch_size}")
-    out.print(f"  T         {proto.train.dataset}:{proto.train.split} ({proto.train.count}, {_short(proto.train.sha256)})"
-              f"   P_n {proto.test.dataset}:{proto.test.split} ({proto.test.count}, {_short(proto.test.sha256)})")
-    for key, value in dict(proto.notes).items():
-        out.print(f"  [dim]{key}: {value}[/]")
+    if len(proto.parts) > 1:
+        out.print(f"  combines  {', '.join(p.name for p in proto.parts)}: a fingerprint is their curves end to end "
+                  f"({len(proto.layers)} layers); instances are those enrolled under every one")
+    for part in proto.parts:
+        indent = "  " if part is proto else "    "
+        if part is not proto:
+            out.print(f"  [bold]{part.name}[/]  digest {part.digest}")
+        enc, stat = part.encoder, part.statistic
+        out.print(f"{indent}encoder   {enc.name} ({enc.weights_source}; weights {_short(enc.weights)}), pooling "
+                  f"{enc.pooling}, {len(enc.layers)} layers {enc.layers[0]} … {enc.layers[-1]}")
+        out.print(f"{indent}prep      {dict(enc.preprocessing)}")
+        out.print(f"{indent}statistic {stat.name} {dict(stat.params)}; batch m = {part.batch_size}")
+        out.print(f"{indent}T         {part.train.dataset}:{part.train.split} ({part.train.count}, "
+                  f"{_short(part.train.sha256)})   P_n {part.test.dataset}:{part.test.split} ({part.test.count}, "
+                  f"{_short(part.test.sha256)})")
+        for key, value in dict(part.notes).items():
+            out.print(f"{indent}[dim]{key}: {value}[/]")
     table = Table(title_justify="left", title=f"{len(chosen)} generator(s)")
     for col in ("generator", "instance", "created", "by", "images", "input", "curve" if generator else "role"):
         table.add_column(col, overflow="fold")
@@ -178,7 +187,7 @@ def enroll(
 
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
-    proto = reg.protocol(pname)
+    proto = reg.plain_protocol(pname, "enrol")
     prep = proto.encoder.preprocessing
     data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
     m = proto.batch_size

@@ -105,7 +105,7 @@ def enroll(
     chosen = select(read_manifest(folder), generator, instance)
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
-    proto = reg.protocol(pname)
+    proto = reg.plain_protocol(pname, "enrol the zoo")
     enrolled = _enrolled(reg, pname)
     todo = []
     for z in chosen:
@@ -169,7 +169,7 @@ def quality(
     instances = select(instances, generator, sorted({z.instance for z in instances}))
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
-    proto = reg.protocol(pname)
+    proto = reg.plain_protocol(pname, "measure quality")
     layers = list(proto.layers)
     name = layer if layer is not None else layers[-1]
     if name not in layers:
@@ -223,7 +223,7 @@ def heldout(
 
     from forensics.images import load_images
     from forensics.matching import available_matchers, make_matcher
-    from forensics.pipeline import Engine
+    from forensics.pipeline import make_engine
     from forensics.registry import Registry
     from forensics.zoo.catalog import read_manifest, select
 
@@ -240,7 +240,7 @@ def heldout(
     if unknown:
         raise UsageError(f"unknown matcher {unknown[0]!r}; `forensics plugins` lists the installed ones")
     matchers = {n: make_matcher(n, calibration=reg.calibration(pname, n)).fit(references) for n in names}
-    engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+    engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights)
     rows = []
     for z in chosen:
         if not z.path.is_file():

@@ -4,14 +4,15 @@
 record) and the fitted reference side of its statistic, one per layer — and turns image batches into
 C_T curves. The reference side depends only on the protocol, so it is computed once and kept: first
 looked up among the files shipped beside the protocol in the registry, then in the user cache,
-otherwise computed (embedding T and P_n) and written to the cache atomically.
+otherwise computed (embedding T and P_n) and written to the cache atomically. :class:`CombinedEngine`
+does the same for a combination of protocols, one engine per part; :func:`make_engine` picks.
 """
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from forensics.cache import cache_dir
 from forensics.encoders import Encoder, Preprocessing
 from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
 from forensics.hashing import sha256_array, sha256_json, short
-from forensics.protocol import DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
+from forensics.protocol import Combination, DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
 from forensics.statistics import Statistic, get_statistic, split_params
 
 Progress = Callable[[str, int, int], None]
@@ -229,6 +230,10 @@ class Engine:
         fp = Fingerprint.from_values(self.protocol.digest, [lv.value for lv in values])
         return Curve(fingerprint=fp, layers=tuple(values), n_images=n)
 
+    def curve(self, images: np.ndarray, what: str = "images") -> Curve:
+        """One curve of all ``images`` as one batch, whatever their number."""
+        return self.curve_from_embeddings(self.embed(images, what))
+
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
         """One curve per batch of the protocol's m images.
 
@@ -245,6 +250,48 @@ class Engine:
         if n < m:
             return [self.curve_from_embeddings(embeddings)]
         return [self.curve_from_embeddings([e[s:s + m] for e in embeddings]) for s in range(0, n - m + 1, m)]
+
+
+class CombinedEngine:
+    """Computes a :class:`~forensics.protocol.Combination`'s fingerprints: every part's :class:`Engine` on
+    the same images, their curves end to end, each layer named ``<part>/<layer>``."""
+
+    def __init__(self, combination: Combination, *, shipped_dirs: Mapping[str, Path] | None = None,
+                 **options: Any):
+        self.protocol = combination
+        dirs = dict(shipped_dirs or {})
+        self.engines = [Engine(p, shipped_dir=dirs.get(p.name), **options) for p in combination.parts]
+
+    @property
+    def reference_origin(self) -> str | None:
+        origins = [(e.protocol.name, e.reference_origin) for e in self.engines]
+        if all(origin is None for _, origin in origins):
+            return None
+        return "; ".join(f"{name}: {origin}" for name, origin in origins)
+
+    def _join(self, curves: Sequence[Curve]) -> Curve:
+        layers = tuple(replace(lv, layer=f"{e.protocol.name}/{lv.layer}")
+                       for e, c in zip(self.engines, curves) for lv in c.layers)
+        fp = Fingerprint.from_values(self.protocol.digest, [lv.value for lv in layers])
+        return Curve(fingerprint=fp, layers=layers, n_images=curves[0].n_images)
+
+    def curve(self, images: np.ndarray, what: str = "images") -> Curve:
+        return self._join([e.curve(images, f"{what} ({e.protocol.name})") for e in self.engines])
+
+    def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
+        per_part = [e.curves(images, what=f"{what} ({e.protocol.name})", partial=partial) for e in self.engines]
+        return [self._join(batch) for batch in zip(*per_part)]
+
+
+def make_engine(protocol: Protocol | Combination, *, reference_dir: Callable[[str], Path] | None = None,
+                **options: Any) -> Engine | CombinedEngine:
+    """The engine for a protocol or a combination; ``reference_dir(name)`` says where a protocol's reference
+    side may be shipped (:meth:`forensics.registry.Registry.reference_dir`). ``options`` go to every
+    :class:`Engine`."""
+    dirs = {p.name: reference_dir(p.name) for p in protocol.parts} if reference_dir is not None else {}
+    if isinstance(protocol, Combination):
+        return CombinedEngine(protocol, shipped_dirs=dirs, **options)
+    return Engine(protocol, shipped_dir=dirs.get(protocol.name), **options)
 
 
 def _pack(refs: Sequence[Any], layers: Sequence[str]) -> dict[str, np.ndarray]:

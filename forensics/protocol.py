@@ -147,6 +147,11 @@ class Protocol:
     def layers(self) -> tuple[str, ...]:
         return self.encoder.layers
 
+    @property
+    def parts(self) -> tuple[Protocol, ...]:
+        """The plain protocols whose curves make a fingerprint: this one (see :class:`Combination`)."""
+        return (self,)
+
     def content(self) -> dict[str, Any]:
         """The part of the protocol that the digest covers."""
         return {"train": self.train.to_dict(), "test": self.test.to_dict(), "encoder": self.encoder.to_dict(),
@@ -178,15 +183,107 @@ class Protocol:
     def with_name(self, name: str) -> Protocol:
         return replace(self, name=name)
 
-    def differences(self, other: Protocol) -> list[str]:
+    def differences(self, other: Protocol | Combination) -> list[str]:
         """Human-readable list of settings that differ (empty when the digests are equal)."""
         return _diff(self.content(), other.content(), "")
 
-    def require_same(self, other: Protocol, what: str = "these fingerprints") -> None:
+    def require_same(self, other: Protocol | Combination, what: str = "these fingerprints") -> None:
         if self.digest != other.digest:
             diffs = self.differences(other)
             raise ProtocolMismatch(f"refusing to compare {what}: protocols {self.name!r} and {other.name!r} differ "
                                    f"in {'; '.join(diffs[:4])}{' …' if len(diffs) > 4 else ''}")
+
+
+@dataclass(frozen=True)
+class Combination:
+    """Two or more protocols read as one: a batch's fingerprint is its parts' curves end to end.
+
+    Each part keeps its own encoder, reference sets and statistic; a combination adds no setting of its
+    own. Its layers are the parts' layers named ``<part>/<layer>``, its batch size the parts' (they must
+    agree, or the curves would describe different batches), and its :attr:`digest` a hash of the parts'
+    digests in order, so changing any part changes the combination. Curves are never stored under a
+    combination: the registry joins the parts' instances of the same generator and id.
+    """
+
+    name: str
+    parts: tuple[Protocol, ...]
+    description: str = ""
+
+    def __post_init__(self):
+        if len(self.parts) < 2:
+            raise RegistryError(f"combination {self.name!r}: combine at least two protocols")
+        names = [p.name for p in self.parts]
+        if len(set(names)) != len(names):
+            raise RegistryError(f"combination {self.name!r}: a protocol is listed twice ({', '.join(names)})")
+        sizes = {p.batch_size for p in self.parts}
+        if len(sizes) > 1:
+            raise RegistryError(f"combination {self.name!r}: its protocols fingerprint batches of different sizes "
+                                f"({', '.join(f'{p.name} m={p.batch_size}' for p in self.parts)}); "
+                                "combine protocols with the same m")
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(f"{p.name}/{layer}" for p in self.parts for layer in p.layers)
+
+    @property
+    def batch_size(self) -> int:
+        return self.parts[0].batch_size
+
+    @property
+    def notes(self) -> Mapping[str, Any]:
+        return {}
+
+    def content(self) -> dict[str, Any]:
+        return {"combines": [p.digest for p in self.parts]}
+
+    @property
+    def digest(self) -> str:
+        return sha256_json(self.content())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "combines": [{"protocol": p.name, "digest": p.digest} for p in self.parts]}
+
+    @staticmethod
+    def part_names(d: Mapping[str, Any], where: str = "protocol") -> list[str]:
+        """The names of the parts a combination record lists, checked for shape."""
+        parts = _need(d, "combines", list, where)
+        names = []
+        for i, item in enumerate(parts):
+            name = _need(item, "protocol", str, f"{where}.combines[{i}]")
+            _digest_field(item, "digest", f"{where}.combines[{i}]")
+            names.append(name)
+        return names
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], protocols: Mapping[str, Protocol],
+                  where: str = "protocol") -> Combination:
+        """Read a combination record against the protocols it names (as they are now).
+
+        A part that is missing, is itself a combination, or whose digest is no longer the one recorded
+        is an error: the combination's calibration and any report made under it describe those parts.
+        """
+        names = cls.part_names(d, where)
+        parts = []
+        for i, (name, item) in enumerate(zip(names, d["combines"])):
+            if name not in protocols:
+                raise RegistryError(f"{where}.combines[{i}]: no protocol {name!r} in this registry "
+                                    "(a combination combines plain protocols of the same registry)")
+            part = protocols[name]
+            if part.digest != item["digest"]:
+                raise RegistryError(f"{where}.combines[{i}]: protocol {name!r} has changed since the combination "
+                                    f"was made (digest {item['digest'][7:19]}, now {part.digest[7:19]}); "
+                                    "re-create it with `forensics protocol combine --overwrite`")
+            parts.append(part)
+        return cls(name=_need(d, "name", str, where), parts=tuple(parts), description=str(d.get("description") or ""))
+
+    def differences(self, other: Protocol | Combination) -> list[str]:
+        return _diff(self.content(), other.content(), "")
+
+
+def is_combination(d: Any) -> bool:
+    """Whether a protocol record (the ``protocol`` mapping of protocol.yaml) is a combination's."""
+    return isinstance(d, Mapping) and "combines" in d
 
 
 def _diff(a: Any, b: Any, path: str) -> list[str]:

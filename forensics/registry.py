@@ -10,6 +10,10 @@ Layout (every file carries ``schema_version``)::
         generators/<generator>.yaml      # schema_version, generator, description, protocol_digest,
                                          # instances: [{id, curve: [float | null, ...], provenance: {...}}]
         reference/                       # optional: the fitted reference side (pipeline's business)
+      <combination>/
+        protocol.yaml                    # schema_version, digest, protocol: Combination.to_dict()
+        calibration.yaml                 # as above; no generators/: its instances are joined from
+                                         # its protocols' (same generator, same id, same input)
 
 One generator per file keeps git diffs small and concurrent enrolments of different generators apart;
 one curve per line keeps a diff of a re-enrolment readable. Files are read with ``yaml.safe_load`` only
@@ -41,7 +45,7 @@ import yaml
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
 from forensics.hashing import is_digest, short
 from forensics.matching import CALIBRATION_RULE, Reference, references_digest
-from forensics.protocol import Fingerprint, Protocol
+from forensics.protocol import Combination, Fingerprint, Protocol, is_combination
 
 SCHEMA_VERSION = 1
 ENV = "FORENSICS_REGISTRY"
@@ -280,7 +284,7 @@ class Registry:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.default_protocol: str | None = None
-        self.protocols: dict[str, Protocol] = {}
+        self.protocols: dict[str, Protocol | Combination] = {}
         self.generators: dict[str, dict[str, GeneratorEntry]] = {}
         self.calibrations: dict[str, dict[str, Any]] = {}
         self.problems: list[str] = []
@@ -340,17 +344,31 @@ class Registry:
             problems.add(self._label(top), None, "missing (every registry folder has one)")
         folders = sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if self.exists else []
+        records = []
         for folder in folders:
             pfile = folder / PROTOCOL_FILE
             if not pfile.is_file():
                 if (folder / GENERATORS_DIR).is_dir():
                     problems.add(self._label(pfile), None, "missing, but the folder holds generators")
                 continue
-            proto = self._load_protocol(pfile, folder.name, problems)
+            data = self._read_protocol_file(pfile, problems)
+            if data is not None:
+                records.append((folder, pfile, data))
+        # plain protocols first: a combination is read against them
+        records.sort(key=lambda r: is_combination(r[2].get("protocol")))
+        for folder, pfile, data in records:
+            proto = self._protocol_from(data, pfile, folder.name, problems)
             if proto is None:
                 continue
             self.protocols[proto.name] = proto
-            self.generators[proto.name] = self._load_generators(folder, proto, problems)
+            if isinstance(proto, Combination):
+                if any((folder / GENERATORS_DIR).glob("*.y*ml")):
+                    problems.add(self._label(folder / GENERATORS_DIR), None,
+                                 f"a combination holds no generators of its own; enrol them under its protocols "
+                                 f"({', '.join(p.name for p in proto.parts)})")
+                self.generators[proto.name] = self._join(proto)
+            else:
+                self.generators[proto.name] = self._load_generators(folder, proto, problems)
             cfile = folder / CALIBRATION_FILE
             if cfile.is_file():
                 self._load_calibration(cfile, proto.name, problems)
@@ -360,7 +378,7 @@ class Registry:
                          f"(known: {', '.join(sorted(self.protocols)) or 'none'})")
         self.problems = list(problems)
 
-    def _load_protocol(self, pfile: Path, folder: str, problems: _Problems) -> Protocol | None:
+    def _read_protocol_file(self, pfile: Path, problems: _Problems) -> Mapping[str, Any] | None:
         label = self._label(pfile)
         try:
             data = _read_yaml(pfile, label)
@@ -371,8 +389,18 @@ class Registry:
             return None
         for key in sorted(set(data) - {"schema_version", "digest", "protocol"}):
             problems.add(label, key, "unknown key (expected schema_version, digest, protocol)")
+        return data
+
+    def _protocol_from(self, data: Mapping[str, Any], pfile: Path, folder: str,
+                       problems: _Problems) -> Protocol | Combination | None:
+        label = self._label(pfile)
+        record = data.get("protocol")
         try:
-            proto = Protocol.from_dict(data.get("protocol"), f"{label}: protocol")
+            if is_combination(record):
+                plain = {n: p for n, p in self.protocols.items() if isinstance(p, Protocol)}
+                proto: Protocol | Combination = Combination.from_dict(record, plain, f"{label}: protocol")
+            else:
+                proto = Protocol.from_dict(record, f"{label}: protocol")
         except RegistryError as exc:
             problems.append(str(exc))
             return None
@@ -383,6 +411,39 @@ class Registry:
             problems.add(label, "digest", f"stored {data.get('digest')!r} is not the digest of the protocol record "
                                           f"({proto.digest}); the record was edited by hand?")
         return proto
+
+    def _load_protocol(self, pfile: Path, folder: str, problems: _Problems) -> Protocol | Combination | None:
+        data = self._read_protocol_file(pfile, problems)
+        return None if data is None else self._protocol_from(data, pfile, folder, problems)
+
+    def _join(self, combo: Combination) -> dict[str, GeneratorEntry]:
+        """A combination's generators: each instance enrolled, with the same id and input, under every part,
+        its curve the parts' curves end to end. An instance some part lacks is left out, with a warning."""
+        parts = [self.generators.get(p.name, {}) for p in combo.parts]
+        label = self._label(self.path / combo.name / PROTOCOL_FILE)
+        joined: dict[str, GeneratorEntry] = {}
+        for g in sorted(set().union(*parts)):
+            by_id = [{i.id: i for i in part[g].instances} if g in part else {} for part in parts]
+            ids = list(dict.fromkeys(i for m in by_id for i in m))
+            instances = []
+            for iid in ids:
+                got = [m.get(iid) for m in by_id]
+                lacking = [p.name for p, inst in zip(combo.parts, got) if inst is None]
+                if lacking:
+                    self.warnings.append(f"{label}: {g}/{iid} is not enrolled under {', '.join(lacking)}; the "
+                                         "combination leaves it out until it is enrolled under every part")
+                    continue
+                inputs = {inst.provenance.get("input_sha256") for inst in got}
+                if len(inputs) > 1:
+                    self.warnings.append(f"{label}: {g}/{iid} was enrolled from different images under "
+                                         f"{', '.join(p.name for p in combo.parts)}; the combination leaves it out")
+                    continue
+                values = tuple(v for inst in got for v in inst.values)
+                instances.append(Instance(iid, values, dict(got[0].provenance)))
+            if instances:
+                description = next((part[g].description for part in parts if g in part and part[g].description), "")
+                joined[g] = GeneratorEntry(g, description, combo.digest, instances)
+        return joined
 
     def _load_generators(self, folder: Path, proto: Protocol, problems: _Problems) -> dict[str, GeneratorEntry]:
         found: dict[str, GeneratorEntry] = {}
@@ -445,11 +506,25 @@ class Registry:
                                      "matchers recalibrate at fit (run `forensics registry calibrate`)")
 
     # -- reading ---------------------------------------------------------------------------------
-    def protocol(self, name: str) -> Protocol:
+    def protocol(self, name: str) -> Protocol | Combination:
         if name not in self.protocols:
             known = ", ".join(sorted(self.protocols)) or "none"
             raise UsageError(f"no protocol {name!r} in the registry at {self.path}; known: {known}")
         return self.protocols[name]
+
+    def plain_protocol(self, name: str, doing: str) -> Protocol:
+        """The protocol ``name`` for a command that needs one encoder (``doing`` says what it does)."""
+        proto = self.protocol(name)
+        if isinstance(proto, Combination):
+            parts = ", ".join(p.name for p in proto.parts)
+            raise UsageError(f"protocol {name!r} combines {parts}: {doing} under each of them instead "
+                             "(the combination reads their curves)")
+        return proto
+
+    def combinations_of(self, name: str) -> list[str]:
+        """The combinations that combine protocol ``name``."""
+        return sorted(c.name for c in self.protocols.values()
+                      if isinstance(c, Combination) and name in [p.name for p in c.parts])
 
     def resolve_protocol(self, name: str | None) -> str:
         """``name``, or the registry's default protocol when ``name`` is None."""
@@ -513,7 +588,7 @@ class Registry:
         data = _read_yaml(top, self._label(top))
         return data.get("default_protocol") if isinstance(data, Mapping) else None
 
-    def add_protocol(self, protocol: Protocol, *, overwrite: bool = False, default: bool = False) -> Path:
+    def add_protocol(self, protocol: Protocol | Combination, *, overwrite: bool = False, default: bool = False) -> Path:
         """Write ``<registry>/<name>/protocol.yaml``. An existing protocol of that name is kept unless it is
         the same protocol (same digest) or ``overwrite`` is given; overwriting a protocol that has
         generators with another digest is refused (their curves would no longer match)."""
@@ -532,6 +607,10 @@ class Registry:
                     if (folder / GENERATORS_DIR).is_dir() and any((folder / GENERATORS_DIR).glob("*.yaml")):
                         raise UsageError(f"protocol {protocol.name!r} has enrolled generators; their curves would "
                                          "no longer match a changed protocol: create a new protocol instead")
+                    if self.combinations_of(protocol.name):
+                        raise UsageError(f"protocol {protocol.name!r} is combined in "
+                                         f"{', '.join(self.combinations_of(protocol.name))}; changing it would "
+                                         "break them: create a new protocol instead")
             data = {"schema_version": SCHEMA_VERSION, "digest": protocol.digest, "protocol": protocol.to_dict()}
             _write_yaml(pfile, data, _HEADER.format(v=SCHEMA_VERSION))
             if default or not (self.path / REGISTRY_FILE).is_file():
@@ -578,7 +657,7 @@ class Registry:
         fingerprints were computed from (null when unknown). Instance ids default to the first hex
         digits of ``input_sha256`` and the batch index, so enrolling the same images twice is refused.
         """
-        proto = self.protocol(protocol_name)
+        proto = self.plain_protocol(protocol_name, "enrol")
         if not NAME_RE.match(generator):
             raise UsageError(f"generator name {generator!r}: use letters, digits, '_', '.', '+', '-'")
         fingerprints = list(fingerprints)
@@ -645,7 +724,7 @@ class Registry:
 
     def remove(self, protocol_name: str, generator: str, instance: str | None = None) -> list[str]:
         """Remove a generator (its file) or one of its instances; returns the ids removed."""
-        proto = self.protocol(protocol_name)
+        proto = self.plain_protocol(protocol_name, "remove")
         gfile = self._generator_file(protocol_name, generator)
         with self.lock():
             entry = self._read_entry(proto, gfile)

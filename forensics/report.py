@@ -97,7 +97,7 @@ def attribution_document(*, input_path: str, n_images: int, input_sha256: str, p
         "tool": tool_versions(),
         "created": utc_now(),
         "input": {"path": input_path, "n_images": n_images, "sha256": input_sha256},
-        "protocol": {"name": protocol.name, "digest": protocol.digest, "record": protocol.to_dict()},
+        "protocol": protocol_section(protocol),
         "curve": cd,
         "batches": batches,
         "partial_batch": partial,
@@ -130,7 +130,7 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
     header.append("protocol ", style="dim")
     header.append(proto["name"], style="bold")
     header.append(f"  digest {proto['digest'][7:19]}\n", style="dim")
-    header.append(f"encoder {proto['record']['encoder']['name']}  ·  m = {proto['record']['batch_size']}"
+    header.append(f"encoder {proto['encoder']}  ·  m = {proto['batch_size']}"
                   f"  ·  matcher {doc['matcher'].get('name')}", style="dim")
     console.print(Panel(header, title="forensics attribute", title_align="left", box=box.ROUNDED))
 
@@ -151,7 +151,7 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
     console.print(line)
     if doc["partial_batch"]:
         console.print(Text(f"  warning: only {inp['n_images']} images, fewer than the protocol's batch of "
-                           f"{proto['record']['batch_size']}; C_T values shrink with fewer images, so scores "
+                           f"{proto['batch_size']}; C_T values shrink with fewer images, so scores "
                            "are less reliable", style="yellow"))
 
     table = Table(title="Candidates", box=box.SIMPLE_HEAD, title_justify="left")
@@ -168,7 +168,7 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
     if len(doc["batches"]) > 1:
         votes = [b["verdict"] or "unknown" for b in doc["batches"]]
         tally = ", ".join(f"{g} × {votes.count(g)}" for g in sorted(set(votes), key=lambda g: -votes.count(g)))
-        console.print(Text(f"Per batch of {proto['record']['batch_size']}: {tally} (verdict above is on the mean curve)",
+        console.print(Text(f"Per batch of {proto['batch_size']}: {tally} (verdict above is on the mean curve)",
                            style="dim"))
     tool = doc["tool"]
     console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · reference side: "
@@ -223,6 +223,28 @@ def copying_level(readings: Sequence[str]) -> str:
     return "mixed (" + ", ".join(str(i) for i in hits) + ")"
 
 
+def protocol_section(protocol) -> dict[str, Any]:
+    """A report's record of the protocol (or combination) it was made under: name, digest, encoder(s),
+    batch size, the full record, and for a combination each combined protocol's full record."""
+    section = {"name": protocol.name, "digest": protocol.digest,
+               "encoder": " + ".join(p.encoder.name for p in protocol.parts), "batch_size": protocol.batch_size,
+               "record": protocol.to_dict()}
+    if len(protocol.parts) > 1:
+        section["parts"] = [p.to_dict() for p in protocol.parts]
+    return section
+
+
+def copying_levels(protocol, readings: Sequence[str]) -> str:
+    """:func:`copying_level` along each encoder's depth; for a combination, one per combined protocol."""
+    if len(protocol.parts) == 1:
+        return copying_level(readings)
+    levels, start = [], 0
+    for part in protocol.parts:
+        levels.append(f"{part.name}: {copying_level(readings[start:start + len(part.layers)])}")
+        start += len(part.layers)
+    return "; ".join(levels)
+
+
 def memorization_document(*, input_path: str, input_sha256: str, protocol, curve, reference_origin: str | None,
                           partial: bool) -> dict[str, Any]:
     """The versioned JSON of ``forensics memorization`` (schema ``forensics.memorization/1``): tool,
@@ -232,8 +254,8 @@ def memorization_document(*, input_path: str, input_sha256: str, protocol, curve
     return {
         "schema": MEMO_SCHEMA, "tool": tool_versions(), "created": utc_now(),
         "input": {"path": input_path, "n_images": curve.n_images, "sha256": input_sha256},
-        "protocol": {"name": protocol.name, "digest": protocol.digest, "record": protocol.to_dict()},
-        "curve": cd, "level": copying_level(cd["readings"]), "partial_batch": partial,
+        "protocol": protocol_section(protocol),
+        "curve": cd, "level": copying_levels(protocol, cd["readings"]), "partial_batch": partial,
         "thresholds": {"copying_below": COPYING_BELOW, "underfitting_above": UNDERFIT_ABOVE},
         "reference": {"origin": reference_origin},
     }
@@ -249,14 +271,14 @@ def render_memorization(doc: dict[str, Any], console) -> None:
     header.append(f"{inp['n_images']} images", style="bold")
     header.append(f" from {inp['path']}  (sha256 {inp['sha256'][7:19]})\n")
     header.append(f"protocol {proto['name']}  digest {proto['digest'][7:19]}  ·  encoder "
-                  f"{proto['record']['encoder']['name']}", style="dim")
+                  f"{proto['encoder']}", style="dim")
     console.print(Panel(header, title="forensics memorization", title_align="left", box=box.ROUNDED))
     level = doc["level"]
-    style = "bold green" if level == "none" else "bold red"
+    style = "bold red" if "copying" in doc["curve"]["readings"] else "bold green"
     console.print(Text.assemble(("Copying: ", "bold"), (level, style)))
     console.print(Text(f"  C_T < {COPYING_BELOW:g}: generated images sit closer to the training set than fresh data "
                        f"does (copying); > {UNDERFIT_ABOVE:g}: farther (underfitting)", style="dim"))
     if doc["partial_batch"]:
-        console.print(Text(f"  warning: fewer images than the protocol's batch of {proto['record']['batch_size']}; "
+        console.print(Text(f"  warning: fewer images than the protocol's batch of {proto['batch_size']}; "
                            "|C_T| shrinks with fewer images", style="yellow"))
     render_curve(doc["curve"], console)
