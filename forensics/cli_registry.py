@@ -179,22 +179,28 @@ def enroll(
 ):
     """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
 
+    Under a combination, the instance is enrolled under every protocol it combines.
+
     Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
     """
+    from forensics.errors import UsageError
     from forensics.images import load_images
     from forensics.pipeline import compute_fingerprints
     from forensics.registry import Registry
 
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
-    proto = reg.plain_protocol(pname, "enrol")
-    prep = proto.encoder.preprocessing
+    proto = reg.protocol(pname)
+    if weights is not None and len(proto.parts) > 1:
+        raise UsageError(f"--weights names one encoder's weights; protocol {pname!r} combines "
+                         f"{', '.join(p.name for p in proto.parts)}: enrol under each of them")
+    prep = proto.parts[0].encoder.preprocessing
     data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
     m = proto.batch_size
     if len(data) % m:
         err.print(f"[yellow]note:[/] {len(data)} images make {len(data) // m} batch(es) of {m}; "
                   f"the last {len(data) % m} are left out")
-    fps = compute_fingerprints(data, proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+    fps = compute_fingerprints(data, proto, device=device, weights=weights, reference_dir=reg.reference_dir)
     provenance = {"input_sha256": digest, "n_images": int(len(data)), "input": str(images),
                   "command": " ".join(shlex.quote(a) for a in
                                       ["forensics", "registry", "enroll", name, str(images), "--protocol", pname])}
@@ -221,7 +227,7 @@ def remove(
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
 ):
-    """Remove a generator, or one of its instances, from a protocol.
+    """Remove a generator, or one of its instances, from a protocol (from each one a combination combines).
 
     Example: forensics registry remove dcgan --instance 3fa9c2d1e0b4-0 --protocol mnist-effnet-lite0
     """

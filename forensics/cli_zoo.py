@@ -93,7 +93,8 @@ def enroll(
 ):
     """Enrol the zoo's sample sets in a protocol; sets already enrolled there are skipped.
 
-    One encoder serves every set, so enrolling the 27 reference instances costs one start-up.
+    One encoder serves every set, so enrolling the 27 reference instances costs one start-up. Under a
+    combination, the sets are enrolled under each protocol it combines.
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
     from forensics.images import load_images
@@ -105,38 +106,44 @@ def enroll(
     chosen = select(read_manifest(folder), generator, instance)
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
-    proto = reg.plain_protocol(pname, "enrol the zoo")
-    enrolled = _enrolled(reg, pname)
-    todo = []
-    for z in chosen:
-        if not z.path.is_file():
-            raise _missing(z.path)
-        images, digest = load_images(z.path)
-        if digest in enrolled.get(z.generator, set()):
+    parts = reg.protocol(pname).parts
+    if weights is not None and len(parts) > 1:
+        raise UsageError(f"--weights names one encoder's weights; protocol {pname!r} combines "
+                         f"{', '.join(p.name for p in parts)}: enrol under each of them")
+    done, skipped = [], 0
+    for proto in parts:  # a combination reads its protocols' instances: enrol under each
+        enrolled = _enrolled(reg, proto.name)
+        todo = []
+        for z in chosen:
+            if not z.path.is_file():
+                raise _missing(z.path)
+            images, digest = load_images(z.path)
+            if digest in enrolled.get(z.generator, set()):
+                continue
+            if len(images) < proto.batch_size:
+                raise UsageError(f"{z.path} holds {len(images)} images; protocol {proto.name} needs batches of "
+                                 f"{proto.batch_size}")
+            todo.append((z, images, digest))
+        skipped += len(chosen) - len(todo)
+        if not todo:
             continue
-        if len(images) < proto.batch_size:
-            raise UsageError(f"{z.path} holds {len(images)} images; protocol {pname} needs batches of "
-                             f"{proto.batch_size}")
-        todo.append((z, images, digest))
-    done = []
-    if todo:
-        engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+        engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name))
         for z, images, digest in todo:
             fps = [c.fingerprint for c in engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)]
-            command = ["forensics", "zoo", "enroll", "--protocol", pname, "--generator", z.generator,
+            command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
                        "--instance", z.instance]
             provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
                           "command": " ".join(shlex.quote(a) for a in command),
                           "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
-            ids = reg.enroll(pname, z.generator, fps, provenance)
-            done.append({"generator": z.generator, "instance": z.instance, "ids": ids})
+            ids = reg.enroll(proto.name, z.generator, fps, provenance)
+            done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
             if not json_out:
-                err.print(f"enrolled {z.generator}/{z.instance} as {', '.join(ids)}")
-    skipped = len(chosen) - len(todo)
+                err.print(f"enrolled {z.generator}/{z.instance} under {proto.name} as {', '.join(ids)}")
     if json_out:
         print_json({"schema": "forensics.zoo-enroll/1", "protocol": pname, "enrolled": done, "skipped": skipped})
     else:
-        out.print(f"{len(done)} zoo set(s) enrolled under {pname}; {skipped} already there")
+        where = pname if len(parts) == 1 else f"{pname} ({', '.join(p.name for p in parts)})"
+        out.print(f"{len(done)} zoo set(s) enrolled under {where}; {skipped} already there")
 
 
 @app.command()

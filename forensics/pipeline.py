@@ -317,12 +317,13 @@ def _unpack(arrays: dict[str, np.ndarray], layers: Sequence[str], statistic: Sta
     return refs
 
 
-def compute_fingerprints(images: np.ndarray, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
-                         progress: Progress | None = None, shipped_dir: Path | None = None) -> list[Fingerprint]:
+def compute_fingerprints(images: np.ndarray, protocol: Protocol | Combination, *, device: str = "cpu",
+                         weights: str | None = None, progress: Progress | None = None,
+                         reference_dir: Callable[[str], Path] | None = None) -> list[Fingerprint]:
     """One fingerprint per full batch of the protocol's m images (what ``registry enroll`` stores)."""
     if len(images) < protocol.batch_size:
         raise UsageError(f"enrolling needs at least one full batch of {protocol.batch_size} images; got {len(images)}")
-    engine = Engine(protocol, device=device, weights=weights, progress=progress, shipped_dir=shipped_dir)
+    engine = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress)
     return [c.fingerprint for c in engine.curves(images, partial=False)]
 
 

@@ -656,8 +656,12 @@ class Registry:
         ``tool_version`` and the batch index; ``input_sha256`` and ``n_images`` describe the input the
         fingerprints were computed from (null when unknown). Instance ids default to the first hex
         digits of ``input_sha256`` and the batch index, so enrolling the same images twice is refused.
+
+        Under a combination each fingerprint is cut into its protocols' curves and enrolled under every
+        one of them, all or nothing: a protocol that would refuse (say, the images are already there)
+        stops the enrolment before any file is written.
         """
-        proto = self.plain_protocol(protocol_name, "enrol")
+        proto = self.protocol(protocol_name)
         if not NAME_RE.match(generator):
             raise UsageError(f"generator name {generator!r}: use letters, digits, '_', '.', '+', '-'")
         fingerprints = list(fingerprints)
@@ -678,75 +682,101 @@ class Registry:
         if base["input_sha256"] is not None and not is_digest(base["input_sha256"]):
             raise UsageError(f"input_sha256 must be a sha256 digest, got {base['input_sha256']!r}")
         prefix = short(base["input_sha256"], 12) if base["input_sha256"] else uuid.uuid4().hex[:12]
-        gfile = self._generator_file(protocol_name, generator)
+        new_ids = list(ids) if ids is not None else [f"{prefix}-{j}" for j in range(len(fingerprints))]
+        for iid in new_ids:
+            if not NAME_RE.match(iid):
+                raise UsageError(f"instance id {iid!r}: use letters, digits, '_', '.', '+', '-'")
+        cuts, start = [], 0
+        for part in proto.parts:
+            cuts.append((part, [fp.values[start:start + len(part.layers)] for fp in fingerprints]))
+            start += len(part.layers)
         with self.lock():
-            gdir = gfile.parent
-            if gdir.is_dir():
-                for other in gdir.glob("*.y*ml"):
-                    if other.stem.lower() == generator.lower() and other.stem != generator:
-                        raise UsageError(f"generator {other.stem!r} already exists (names are compared ignoring "
-                                         f"case); enrol under {other.stem!r}")
-            entry = self._read_entry(proto, gfile) or GeneratorEntry(generator, description, proto.digest, [])
-            elsewhere: dict[tuple, str] = {}
-            if gdir.is_dir():
-                for other in sorted(gdir.glob("*.yaml")):
-                    if other.stem != generator:
-                        got = self._read_entry(proto, other)
-                        for inst in got.instances if got is not None else []:
-                            elsewhere[inst.values] = f"{got.name}/{inst.id}"
-            for fp in fingerprints:
-                if fp.values in elsewhere:
-                    raise UsageError(f"this curve is already enrolled as {elsewhere[fp.values]} (the same images "
-                                     "under another name?)")
-            if description:
-                entry.description = description
-            existing = {i.id for i in entry.instances}
-            existing_curves = {i.values: i.id for i in entry.instances}
-            new_ids = list(ids) if ids is not None else [f"{prefix}-{j}" for j in range(len(fingerprints))]
-            for iid, fp in zip(new_ids, fingerprints):
-                if not NAME_RE.match(iid):
-                    raise UsageError(f"instance id {iid!r}: use letters, digits, '_', '.', '+', '-'")
-                if iid in existing:
-                    raise UsageError(f"{generator} already has an instance {iid!r} (the same images enrolled "
-                                     f"twice?); remove it first with `forensics registry remove`")
-                if fp.values in existing_curves:
-                    raise UsageError(f"{generator} already has this curve as instance {existing_curves[fp.values]!r}")
-                existing.add(iid)
-            for j, (iid, fp) in enumerate(zip(new_ids, fingerprints)):
-                prov = dict(base)
-                if len(fingerprints) > 1:
-                    prov["batch"] = j
-                entry.instances.append(Instance(iid, tuple(fp.values), prov))
-            _write_yaml(gfile, entry.to_dict())
+            writes = [self._add_instances(part, generator, curves, base, new_ids, description)
+                      for part, curves in cuts]
+            for gfile, entry in writes:
+                _write_yaml(gfile, entry.to_dict())
             self._ensure_gitignore()
         self.reload()
         return new_ids
 
+    def _add_instances(self, proto: Protocol, generator: str, curves: Sequence[tuple[float | None, ...]],
+                       base: Mapping[str, Any], new_ids: Sequence[str], description: str) -> tuple[Path, GeneratorEntry]:
+        """``generator``'s file under ``proto`` with the new instances added (not yet written); refuses
+        a name that differs only in case, a curve already enrolled, an id already taken. Under the lock."""
+        gfile = self._generator_file(proto.name, generator)
+        gdir = gfile.parent
+        where = f" under {proto.name}"
+        if gdir.is_dir():
+            for other in gdir.glob("*.y*ml"):
+                if other.stem.lower() == generator.lower() and other.stem != generator:
+                    raise UsageError(f"generator {other.stem!r} already exists{where} (names are compared ignoring "
+                                     f"case); enrol under {other.stem!r}")
+        entry = self._read_entry(proto, gfile) or GeneratorEntry(generator, description, proto.digest, [])
+        elsewhere: dict[tuple, str] = {}
+        if gdir.is_dir():
+            for other in sorted(gdir.glob("*.yaml")):
+                if other.stem != generator:
+                    got = self._read_entry(proto, other)
+                    for inst in got.instances if got is not None else []:
+                        elsewhere[inst.values] = f"{got.name}/{inst.id}"
+        for values in curves:
+            if values in elsewhere:
+                raise UsageError(f"this curve is already enrolled as {elsewhere[values]}{where} (the same images "
+                                 "under another name?)")
+        if description:
+            entry.description = description
+        existing = {i.id for i in entry.instances}
+        existing_curves = {i.values: i.id for i in entry.instances}
+        for iid, values in zip(new_ids, curves):
+            if iid in existing:
+                raise UsageError(f"{generator} already has an instance {iid!r}{where} (the same images enrolled "
+                                 f"twice?); remove it first with `forensics registry remove`")
+            if values in existing_curves:
+                raise UsageError(f"{generator} already has this curve as instance {existing_curves[values]!r}{where}")
+            existing.add(iid)
+        for j, (iid, values) in enumerate(zip(new_ids, curves)):
+            prov = dict(base)
+            if len(curves) > 1:
+                prov["batch"] = j
+            entry.instances.append(Instance(iid, tuple(values), prov))
+        return gfile, entry
+
     def remove(self, protocol_name: str, generator: str, instance: str | None = None) -> list[str]:
-        """Remove a generator (its file) or one of its instances; returns the ids removed."""
-        proto = self.plain_protocol(protocol_name, "remove")
-        gfile = self._generator_file(protocol_name, generator)
+        """Remove a generator (its file) or one of its instances; returns the ids removed. Under a
+        combination, from every one of its protocols that holds it."""
+        proto = self.protocol(protocol_name)
         with self.lock():
-            entry = self._read_entry(proto, gfile)
-            if entry is None:
-                known = ", ".join(sorted(self.generators.get(protocol_name, {}))) or "none"
-                raise UsageError(f"no generator {generator!r} under protocol {protocol_name!r}; known: {known}")
-            if instance is None:
-                removed = [i.id for i in entry.instances]
-                gfile.unlink()
-            else:
+            removed: list[str] = []
+            held: list[str] = []
+            found = False
+            for part in proto.parts:
+                gfile = self._generator_file(part.name, generator)
+                entry = self._read_entry(part, gfile)
+                if entry is None:
+                    continue
+                found = True
+                held += [i.id for i in entry.instances]
+                if instance is None:
+                    removed += [i.id for i in entry.instances]
+                    gfile.unlink()
+                    continue
                 keep = [i for i in entry.instances if i.id != instance]
                 if len(keep) == len(entry.instances):
-                    known = ", ".join(i.id for i in entry.instances)
-                    raise UsageError(f"{generator} has no instance {instance!r}; its instances: {known}")
-                removed = [instance]
+                    continue
+                removed.append(instance)
                 if keep:
                     entry.instances = keep
                     _write_yaml(gfile, entry.to_dict())
                 else:
                     gfile.unlink()
+            if not found:
+                known = ", ".join(sorted(self.generators.get(protocol_name, {}))) or "none"
+                raise UsageError(f"no generator {generator!r} under protocol {protocol_name!r}; known: {known}")
+            if instance is not None and not removed:
+                known = ", ".join(dict.fromkeys(held))
+                raise UsageError(f"{generator} has no instance {instance!r}; its instances: {known}")
         self.reload()
-        return removed
+        return list(dict.fromkeys(removed))
 
     def save_calibration(self, protocol_name: str, calibrations: Mapping[str, Mapping[str, Any]]) -> Path:
         """Record open-set calibrations (matcher name → :meth:`Matcher.describe`'s ``open_set`` plus options)."""

@@ -85,17 +85,19 @@ def bundled_registry():
 
 @pytest.fixture(scope="module")
 def shipped_engine(request, bundled_registry):
-    """An Engine for the test module's ``PROTOCOL`` that reads the reference side shipped in the bundled
-    registry: bundled plugins only, no user cache, the reference loaded once per module."""
+    """The engine for the test module's ``PROTOCOL`` (a protocol or a combination) that reads the reference
+    side shipped in the bundled registry: bundled plugins only, no user cache, the reference loaded once
+    per module."""
     from forensics import plugins
-    from forensics.pipeline import Engine
+    from forensics.pipeline import make_engine
 
     name = request.module.PROTOCOL
     old = plugins.reset(plugins.PluginHost(autoload=False))
     try:
-        engine = Engine(bundled_registry.protocol(name), use_cache=False,
-                        shipped_dir=bundled_registry.reference_dir(name))
-        engine.references
+        engine = make_engine(bundled_registry.protocol(name), reference_dir=bundled_registry.reference_dir,
+                             use_cache=False)
+        for part in getattr(engine, "engines", [engine]):
+            part.references
         yield engine
     finally:
         plugins.reset(old)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from forensics.cli import app
 from forensics.errors import RegistryError, UsageError
 from forensics.matching import leave_one_out
-from forensics.protocol import Combination
+from forensics.protocol import Combination, Fingerprint
 from forensics.registry import Registry
 
 from test_registry import SHA, fps, toy_protocol
@@ -82,15 +82,32 @@ def test_an_instance_missing_from_a_part_or_made_from_other_images_is_left_out(t
     assert two.validate() == []  # a part enrolled ahead of the other is a normal state, not a fault
 
 
-def test_curves_are_never_written_under_a_combination(two):
-    ab = two.protocol("ab")
-    for call in (lambda: two.enroll("ab", "g", [], {}), lambda: two.remove("ab", "g")):
-        with pytest.raises(UsageError, match="combines a, b: .* under each of them"):
-            call()
+def test_enrolling_under_a_combination_enrols_under_every_part_or_none(two):
+    ab, a, b = two.protocol("ab"), two.protocol("a"), two.protocol("b")
+    (fp,) = fps(ab, [7.0, 8.0, 9.0, 1.0, 2.0])
+    ids = two.enroll("ab", "z", [fp], {"input_sha256": f"sha256:{'ef' * 32}"})
+    assert two.generator_entries("a")["z"].instances[0].values == (7.0, 8.0, 9.0)
+    assert two.generator_entries("b")["z"].instances[0].values == (1.0, 2.0)
+    assert [r.fingerprint.values for r in two.references("ab") if r.generator == "z"] == [fp.values]
+    # a part that refuses stops it before anything is written: b already holds this id, a does not
+    two.enroll("b", "y", fps(b, [3.0, 3.0]), {}, ids=["y0"])
+    before = (two.path / "a" / "generators").iterdir()
+    with pytest.raises(UsageError, match="already has an instance 'y0' under b"):
+        two.enroll("ab", "y", fps(ab, [1.0, 1.0, 1.0, 4.0, 4.0]), {}, ids=["y0"])
+    assert sorted((two.path / "a" / "generators").iterdir()) == sorted(before) and "y" not in two.generator_entries("a")
+    # removing under a combination removes from every part that holds it
+    assert two.remove("ab", "z") == ids
+    assert "z" not in two.generator_entries("a") and "z" not in two.generator_entries("b")
+    with pytest.raises(UsageError, match="no generator 'z'"):
+        two.remove("ab", "z")
+    with pytest.raises(UsageError, match="fingerprint has 3 values"):
+        two.enroll("ab", "x", [Fingerprint.from_values(ab.digest, [1.0, 2.0, 3.0])], {})
+
+
+def test_a_combination_holds_no_generator_files(two):
     (two.path / "ab" / "generators").mkdir()
     (two.path / "ab" / "generators" / "g.yaml").write_text("schema_version: 1\n")
     assert any("a combination holds no generators of its own" in p for p in two.reload().validate())
-    assert ab.digest == two.protocol("ab").digest
 
 
 def test_a_combined_protocol_cannot_change_under_it(two, tmp_path):
@@ -208,8 +225,17 @@ def test_registry_commands_under_a_combination(combined, plugin_host, tmp_path):
     rows = {p["name"]: p for p in json.loads(r.stdout)["protocols"]}
     assert rows["digits-both"]["combines"] == list(PARTS) and rows["digits-both"]["generators"] == {"rotate": 2,
                                                                                                     "shuffle": 2}
-    r = run(["registry", "enroll", "x", str(data / "rotate.npz"), "-p", "digits-both", "--registry", str(reg)])
-    assert r.exit_code == 2 and "combines digits-vit, digits-mnist-vit: enrol under each of them" in r.output
+    # enrolling under the combination enrols under both of its protocols, from one reading of the images
+    np.savez(tmp_path / "noise.npz", images=np.load(data / "copies.npz")["images"][::-1])
+    r = run(["registry", "enroll", "reversed", str(tmp_path / "noise.npz"), "-p", "digits-both", "--registry",
+             str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    after = Registry.open(reg)
+    (iid,) = json.loads(r.stdout)["instances"]
+    for name in (*PARTS, "digits-both"):
+        assert [i.id for i in after.generator_entries(name)["reversed"].instances] == [iid]
+    r = run(["registry", "remove", "reversed", "-p", "digits-both", "--registry", str(reg)])
+    assert r.exit_code == 0 and all("reversed" not in Registry.open(reg).generator_entries(n) for n in PARTS)
     r = run(["protocol", "combine", "nested", "digits-both", "digits-vit", "--registry", str(reg)])
     assert r.exit_code == 2 and "is itself a combination" in r.output
     r = run(["attribute", str(data / "query-rotate.npz"), "-p", "digits-both", "--weights", "w.safetensors",

@@ -17,8 +17,9 @@ PROTOCOL = "mnist-effnet-lite0"
 GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pixelcnn", "pndm", "sngan", "vae"}
 
 
-def test_default_protocol_and_zoo_are_bundled(bundled_registry):
-    assert bundled_registry.default_protocol == PROTOCOL
+def test_protocol_and_zoo_are_bundled(bundled_registry):
+    # the default protocol is the combination of this one with mnist-vit (test_embedded_combination.py)
+    assert PROTOCOL in [p.name for p in bundled_registry.protocol(bundled_registry.default_protocol).parts]
     refs = bundled_registry.references(PROTOCOL)
     assert {r.generator for r in refs} == GENERATORS and len(refs) == 27
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"

@@ -28,7 +28,7 @@ MIN_TEST_ACCURACY = 0.95
 
 def test_registry_validates_with_both_offline_protocols(bundled_registry):
     assert bundled_registry.validate() == []
-    assert bundled_registry.default_protocol == "mnist-effnet-lite0"
+    assert bundled_registry.default_protocol == "mnist-effnet-vit"  # which combines this protocol
     refs = bundled_registry.references(PROTOCOL)
     assert {r.generator for r in refs} == GENERATORS and len(refs) == 27
     assert all(len(r.fingerprint.values) == len(bundled_registry.protocol(PROTOCOL).layers) for r in refs)

@@ -1,0 +1,87 @@
+"""The default protocol, ``mnist-effnet-vit``: the two offline protocols read as one fingerprint.
+
+EfficientNet-Lite0 alone names a GAN left out of the registry as the other GAN; the MNIST ViT tells the
+two GANs apart but fingerprints the rest weakly. Their curves end to end do both. The figures asserted
+here were measured with `forensics registry evaluate -p mnist-effnet-vit` and `forensics zoo heldout`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forensics.matching import available_matchers, leave_generator_out, leave_one_out, make_matcher
+
+PROTOCOL = "mnist-effnet-vit"
+PARTS = ["mnist-effnet-lite0", "mnist-vit"]
+
+
+def test_the_default_is_the_combination_of_both_offline_protocols(bundled_registry):
+    assert bundled_registry.default_protocol == PROTOCOL
+    combo = bundled_registry.protocol(PROTOCOL)
+    assert [p.name for p in combo.parts] == PARTS and len(combo.layers) == 9 + 8
+    refs = bundled_registry.references(PROTOCOL)
+    assert len(refs) == 27 and len({r.generator for r in refs}) == 9
+    assert not [w for w in bundled_registry.warnings if PROTOCOL in w]  # every zoo set is under both
+
+
+@pytest.mark.parametrize("matcher, expected", [("alpha", (27, 25, 0, 2)), ("cosine", (23, 23, 0, 4))])
+def test_leave_one_out(bundled_registry, plugin_host, matcher, expected):
+    # EfficientNet alone: alpha 27 / 23-0-4, cosine 22 / 19-3-5. (svm measured 27 / 25-0-2 against 25 /
+    # 19-1-7; left out of the suite, its 27 refits take 17 s)
+    result = leave_one_out(bundled_registry.references(PROTOCOL), matcher)
+    o = result.open_set
+    assert (result.correct, o["answered_right"], o["answered_wrong"], o["unknown"]) == expected
+
+
+@pytest.mark.parametrize("matcher", ["alpha", "cosine", "svm"])
+def test_a_left_out_gan_is_no_longer_named_as_the_other(bundled_registry, plugin_host, matcher):
+    # EfficientNet alone: 21/27 with alpha and svm, every run of either GAN named as the other. Measured
+    # here: 26/27 with each matcher, the one miss a different pair for each (alpha: a pndm run named
+    # ddim; cosine: a dcgan run named sngan; svm: a ddim run named vae)
+    result = leave_generator_out(bundled_registry.references(PROTOCOL), matcher)
+    assert result["unknown"] >= 26, result["per_generator"]
+    gans = {g: result["per_generator"][g]["attributed_to"] for g in ("dcgan", "sngan")}
+    assert sum(sum(named.values()) for named in gans.values()) <= 1, gans
+
+
+def test_the_shipped_calibration_is_current_and_lists_no_lookalikes(bundled_registry, plugin_host):
+    refs = bundled_registry.references(PROTOCOL)
+    for name in available_matchers():
+        m = make_matcher(name, calibration=bundled_registry.calibration(PROTOCOL, name)).fit(refs)
+        assert m.calibration["source"] == "recorded" and m.calibration["lookalikes"] == {}, name
+
+
+@pytest.fixture(scope="module")
+def alpha(bundled_registry):
+    m = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
+    return m.fit(bundled_registry.references(PROTOCOL))
+
+
+def test_held_out_sets_of_the_two_gans_and_the_demo_are_named(shipped_engine, bundled_registry, alpha,
+                                                                plugin_host):
+    samples = Path(bundled_registry.path) / PARTS[0] / "samples"
+    results = {}
+    for g in ("ddpm", "dcgan", "sngan"):
+        curve = shipped_engine.curves(np.load(samples / g / "heldout.npz")["images"])[0]
+        assert curve.fingerprint.protocol_digest == bundled_registry.protocol(PROTOCOL).digest
+        results[g] = alpha.attribute(curve.fingerprint.vector())
+    # `make demo`: measured ddpm, score 0.719, margin 0.135 over pndm, 0.93 of ddpm's spreads
+    assert results["ddpm"].verdict == "ddpm" and results["ddpm"].margin > 0.1
+    assert results["ddpm"].candidates[1].generator in {"ddim", "pndm"}
+    for g in ("dcgan", "sngan"):
+        assert results[g].verdict == g and results[g].lookalikes == {}, results[g].reason
+
+
+def test_noisy_copies_of_t_come_back_unknown(shipped_engine, bundled_registry, alpha, plugin_host):
+    # measured: nearest gmm, 7.0 of its spreads away against the calibrated 1.94 (EfficientNet alone: the
+    # kde-copier at 3.46)
+    from forensics.curate import curate, pick
+    from forensics.pipeline import load_reference_set
+
+    train = load_reference_set(bundled_registry.protocol(PARTS[0]).train)
+    noisy = curate(train[pick(len(train), 500, seed=0)], "noise", seed=0)
+    result = alpha.attribute(shipped_engine.curves(noisy)[0].fingerprint.vector())
+    assert result.verdict is None and result.distance_ratio > 5, result.reason
