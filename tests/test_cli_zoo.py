@@ -14,6 +14,7 @@ from forensics.registry import Registry
 from forensics.zoo.catalog import REFERENCE_INSTANCES, samples_dir
 
 PROTOCOL = "mnist-effnet-lite0"
+DEFAULT = "mnist-effnet-vit"  # the combination of PROTOCOL and mnist-vit
 runner = CliRunner()
 
 
@@ -30,11 +31,13 @@ def run(*args, code=0):
 
 @pytest.fixture
 def registry_copy(tmp_path):
-    """The default protocol's folder without its sample sets and models (tests pass --samples)."""
+    """The default protocol's folders without the sample sets and models (tests pass --samples): the
+    combination and the two protocols it combines."""
     bundled = Registry.open()
     target = tmp_path / "reg"
     target.mkdir()
-    shutil.copytree(bundled.path / PROTOCOL, target / PROTOCOL, ignore=shutil.ignore_patterns("samples", "models"))
+    for name in [DEFAULT, *(p.name for p in bundled.protocol(DEFAULT).parts)]:
+        shutil.copytree(bundled.path / name, target / name, ignore=shutil.ignore_patterns("samples", "models"))
     shutil.copy(bundled.path / "registry.yaml", target / "registry.yaml")
     return target
 
@@ -47,7 +50,7 @@ def test_every_command_has_an_example_in_its_help():
 def test_list_shows_every_set_and_what_is_enrolled():
     doc = json.loads(run("list", "--json").output)
     rows = doc["instances"]
-    assert doc["protocol"] == PROTOCOL and len(rows) == 36
+    assert doc["protocol"] == DEFAULT and len(rows) == 36  # enrolled: under both protocols it combines
     assert all(r["present"] for r in rows)
     enrolled = {(r["generator"], r["instance"]) for r in rows if r["enrolled"]}
     assert {i for _, i in enrolled} == set(REFERENCE_INSTANCES) and len(enrolled) == 27
@@ -61,13 +64,18 @@ def test_enroll_reproduces_the_shipped_curve_and_is_idempotent(registry_copy):
     samples = samples_dir()
     doc = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
                          "--json").output)
-    assert [d["instance"] for d in doc["enrolled"]] == ["run0"] and doc["skipped"] == 0
-    (inst,) = Registry.open(registry_copy).generator_entries(PROTOCOL)["gmm"].instances
+    # under the default combination: enrolled where it is missing (mnist-effnet-lite0), skipped where it
+    # is there (mnist-vit)
+    assert doc["protocol"] == DEFAULT and doc["skipped"] == 1
+    assert [(d["protocol"], d["instance"]) for d in doc["enrolled"]] == [(PROTOCOL, "run0")]
+    reg = Registry.open(registry_copy)
+    (inst,) = reg.generator_entries(PROTOCOL)["gmm"].instances
     np.testing.assert_allclose(inst.values, shipped["run0.npz"], rtol=0, atol=1e-9)
     assert inst.provenance["command"].startswith("forensics zoo enroll --protocol mnist-effnet-lite0")
+    assert [i.id for i in reg.generator_entries(DEFAULT)["gmm"].instances] == [inst.id]
     again = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
                            "--json").output)
-    assert again["enrolled"] == [] and again["skipped"] == 1
+    assert again["enrolled"] == [] and again["skipped"] == 2
 
 
 def test_bad_requests_are_one_line_errors(tmp_path):
