@@ -8,6 +8,10 @@ breaks its fingerprints, while changing any one setting does.
 
 A **fingerprint** is the curve of one statistic value per layer for one batch of m images, computed
 under one protocol. It is only ever compared with fingerprints of the same protocol digest.
+
+A **combination** reads several protocols as one: its fingerprint is their curves end to end, and its
+digest a hash of theirs. Code that needs only layers, batch size and digest takes either; code that
+needs an encoder iterates ``.parts`` (a plain protocol's parts are itself).
 """
 
 from __future__ import annotations
@@ -229,10 +233,6 @@ class Combination:
     def batch_size(self) -> int:
         return self.parts[0].batch_size
 
-    @property
-    def notes(self) -> Mapping[str, Any]:
-        return {}
-
     def content(self) -> dict[str, Any]:
         return {"combines": [p.digest for p in self.parts]}
 
@@ -244,17 +244,6 @@ class Combination:
         return {"name": self.name, "description": self.description,
                 "combines": [{"protocol": p.name, "digest": p.digest} for p in self.parts]}
 
-    @staticmethod
-    def part_names(d: Mapping[str, Any], where: str = "protocol") -> list[str]:
-        """The names of the parts a combination record lists, checked for shape."""
-        parts = _need(d, "combines", list, where)
-        names = []
-        for i, item in enumerate(parts):
-            name = _need(item, "protocol", str, f"{where}.combines[{i}]")
-            _digest_field(item, "digest", f"{where}.combines[{i}]")
-            names.append(name)
-        return names
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], protocols: Mapping[str, Protocol],
                   where: str = "protocol") -> Combination:
@@ -263,9 +252,10 @@ class Combination:
         A part that is missing, is itself a combination, or whose digest is no longer the one recorded
         is an error: the combination's calibration and any report made under it describe those parts.
         """
-        names = cls.part_names(d, where)
         parts = []
-        for i, (name, item) in enumerate(zip(names, d["combines"])):
+        for i, item in enumerate(_need(d, "combines", list, where)):
+            name = _need(item, "protocol", str, f"{where}.combines[{i}]")
+            _digest_field(item, "digest", f"{where}.combines[{i}]")
             if name not in protocols:
                 raise RegistryError(f"{where}.combines[{i}]: no protocol {name!r} in this registry "
                                     "(a combination combines plain protocols of the same registry)")
