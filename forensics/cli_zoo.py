@@ -151,7 +151,8 @@ def enroll(
 def quality(
     protocol: Optional[str] = OPT_PROTOCOL,
     generator: Optional[list[str]] = _GENERATOR,
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Protocol layer (default: the deepest)."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Protocol layer (default: the deepest; "
+                                        "under a combination, its last protocol's)."),
     samples: Optional[Path] = _SAMPLES,
     device: str = OPT_DEVICE,
     weights: Optional[str] = OPT_WEIGHTS,
@@ -161,7 +162,8 @@ def quality(
     """How close each zoo set sits to T in a protocol encoder's space: Fréchet distance and nearest-neighbour ratio.
 
     Measured in the statistic's own space of one layer (PCA fitted on T; unit vectors for the cosine
-    distance), against P_n as the fresh-data reference. Example: forensics zoo quality --protocol mnist-vit
+    distance), against P_n as the fresh-data reference; under a combination, a layer named
+    <protocol>/<layer>. Example: forensics zoo quality --protocol mnist-vit
     """
     from rich.table import Table
 
@@ -176,13 +178,16 @@ def quality(
     instances = select(instances, generator, sorted({z.instance for z in instances}))
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
-    proto = reg.plain_protocol(pname, "measure quality")
-    layers = list(proto.layers)
+    layers = list(reg.protocol(pname).layers)
     name = layer if layer is not None else layers[-1]
     if name not in layers:
         raise UsageError(f"protocol {pname} has no layer {name!r}; it has {', '.join(layers)}")
     index = layers.index(name)
-    engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(pname))
+    for proto in reg.protocol(pname).parts:  # under a combination, the protocol that holds the layer
+        if index < len(proto.layers):
+            break
+        index -= len(proto.layers)
+    engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name))
     reference = engine.references[index]
     test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,
                         images_hash=proto.test.sha256)[index]

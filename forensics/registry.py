@@ -512,15 +512,6 @@ class Registry:
             raise UsageError(f"no protocol {name!r} in the registry at {self.path}; known: {known}")
         return self.protocols[name]
 
-    def plain_protocol(self, name: str, doing: str) -> Protocol:
-        """The protocol ``name`` for a command that needs one encoder (``doing`` says what it does)."""
-        proto = self.protocol(name)
-        if isinstance(proto, Combination):
-            parts = ", ".join(p.name for p in proto.parts)
-            raise UsageError(f"protocol {name!r} combines {parts}: {doing} under each of them instead "
-                             "(the combination reads their curves)")
-        return proto
-
     def combinations_of(self, name: str) -> list[str]:
         """The combinations that combine protocol ``name``."""
         return sorted(c.name for c in self.protocols.values()

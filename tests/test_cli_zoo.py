@@ -107,6 +107,11 @@ def test_quality_in_the_encoders_space_tells_copier_from_generator():
         else:
             assert row["nn_ratio"] > 1.3 and row["fd"] > row["fd_test"], row  # measured 1.81–1.94
     assert "has no layer 'head'" in run("quality", "--protocol", "mnist-vit", "--layer", "head", code=2).output
+    # under the default combination a layer is named with its protocol; the same layer, the same figures
+    combined = json.loads(run("quality", "-g", "kde-copier", "--layer", "mnist-vit/blocks.7", "--json").output)
+    assert combined["protocol"] == DEFAULT and combined["layer"] == "mnist-vit/blocks.7"
+    alone = {r["instance"]: r for r in doc["instances"] if r["generator"] == "kde-copier"}
+    assert {r["instance"]: r for r in combined["instances"]} == alone
 
 
 def test_heldout_attributes_the_copiers_held_out_set_with_every_matcher():
