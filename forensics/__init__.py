@@ -23,6 +23,7 @@ _LAZY = {
     "CTResult": "forensics.ct",
     "CellResult": "forensics.ct",
     "Protocol": "forensics.protocol",
+    "Combination": "forensics.protocol",
     "Fingerprint": "forensics.protocol",
     "Encoder": "forensics.encoders",
 }

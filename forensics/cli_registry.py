@@ -145,7 +145,9 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
 
     reg = Registry.open(registry, strict=False)
     problems = reg.validate()
-    n_instances = sum(len(e.instances) for gens in reg.generators.values() for e in gens.values())
+    # instances stored in files: a combination's are its protocols' instances, read again
+    n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
+                      if len(reg.protocols[name].parts) == 1 for e in gens.values())
     if json_out:
         print_json({"schema": "forensics.registry-validate/1", "registry": str(reg.path), "ok": not problems,
                     "problems": problems, "warnings": reg.warnings, "protocols": len(reg.protocols),

@@ -219,6 +219,8 @@ def test_registry_commands_under_a_combination(combined, plugin_host, tmp_path):
     r = run(["registry", "evaluate", "-p", "digits-both", "--registry", str(reg), "--json", "-m", "alpha"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["protocols"][0]["n_instances"] == 4
+    r = run(["registry", "validate", "--registry", str(reg), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["instances"] == 8  # stored: 2 × 2 under each protocol
     r = run(["registry", "show", "digits-both", "--registry", str(reg)], env={"COLUMNS": "160"})
     assert r.exit_code == 0 and "combines  digits-vit, digits-mnist-vit" in r.stdout and "vit_mnist_tiny" in r.stdout
     r = run(["registry", "list", "--registry", str(reg), "--json"])
