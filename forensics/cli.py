@@ -67,18 +67,15 @@ def _open(images: Path, protocol: str | None, registry: Path | None, device: str
 
     reg = Registry.open(registry)
     proto = reg.protocol(reg.resolve_protocol(protocol))
-    if weights is not None and len(proto.parts) > 1:
-        raise_usage(f"--weights names one encoder's weights; protocol {proto.name!r} combines "
-                    f"{', '.join(p.name for p in proto.parts)}")
-    # a folder of mixed sizes is brought to one size as the (first) encoder would; each encoder then
-    # applies its own preprocessing
-    prep = proto.parts[0].encoder.preprocessing
     if amp not in (None, "bf16", "fp16"):
         raise_usage(f"--amp takes bf16 or fp16, not {amp!r}")
-    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers)
     progress, update = _progress_bar()
     engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights,
                          use_cache=not no_cache, progress=update, workers=workers, amp=amp)
+    # a folder of mixed sizes is brought to one size as the (first) encoder would; each encoder then
+    # applies its own preprocessing
+    prep = proto.parts[0].encoder.preprocessing
+    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers)
     return reg, proto, engine, progress, data, digest
 
 

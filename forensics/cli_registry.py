@@ -185,17 +185,14 @@ def enroll(
 
     Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
     """
-    from forensics.errors import UsageError
     from forensics.images import load_images
-    from forensics.pipeline import compute_fingerprints
+    from forensics.pipeline import compute_fingerprints, one_encoder_weights
     from forensics.registry import Registry
 
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
     proto = reg.protocol(pname)
-    if weights is not None and len(proto.parts) > 1:
-        raise UsageError(f"--weights names one encoder's weights; protocol {pname!r} combines "
-                         f"{', '.join(p.name for p in proto.parts)}: enrol under each of them")
+    one_encoder_weights(proto, weights)
     prep = proto.parts[0].encoder.preprocessing
     data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
     m = proto.batch_size

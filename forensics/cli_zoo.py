@@ -98,7 +98,7 @@ def enroll(
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
     from forensics.images import load_images
-    from forensics.pipeline import Engine
+    from forensics.pipeline import Engine, one_encoder_weights
     from forensics.registry import Registry
     from forensics.zoo.catalog import read_manifest, select
 
@@ -106,10 +106,8 @@ def enroll(
     chosen = select(read_manifest(folder), generator, instance)
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
+    one_encoder_weights(reg.protocol(pname), weights)
     parts = reg.protocol(pname).parts
-    if weights is not None and len(parts) > 1:
-        raise UsageError(f"--weights names one encoder's weights; protocol {pname!r} combines "
-                         f"{', '.join(p.name for p in parts)}: enrol under each of them")
     done, skipped = [], 0
     for proto in parts:  # a combination reads its protocols' instances: enrol under each
         enrolled = _enrolled(reg, proto.name)

@@ -252,12 +252,20 @@ class Engine:
         return [self.curve_from_embeddings([e[s:s + m] for e in embeddings]) for s in range(0, n - m + 1, m)]
 
 
+def one_encoder_weights(protocol: Protocol | Combination, weights: str | None) -> None:
+    """Refuse a weights file for a combination: ``--weights`` names one encoder's weights."""
+    if weights is not None and len(protocol.parts) > 1:
+        raise UsageError(f"--weights names one encoder's weights; protocol {protocol.name!r} combines "
+                         f"{', '.join(p.name for p in protocol.parts)}: use it under one of them")
+
+
 class CombinedEngine:
     """Computes a :class:`~forensics.protocol.Combination`'s fingerprints: every part's :class:`Engine` on
     the same images, their curves end to end, each layer named ``<part>/<layer>``."""
 
     def __init__(self, combination: Combination, *, shipped_dirs: Mapping[str, Path] | None = None,
                  **options: Any):
+        one_encoder_weights(combination, options.get("weights"))
         self.protocol = combination
         dirs = dict(shipped_dirs or {})
         self.engines = [Engine(p, shipped_dir=dirs.get(p.name), **options) for p in combination.parts]
