@@ -167,6 +167,7 @@ def quality(
 
     from forensics.images import load_images
     from forensics.pipeline import Engine, load_reference_set
+    from forensics.protocol import part_spans
     from forensics.registry import Registry
     from forensics.zoo.catalog import read_manifest, select
     from forensics.zoo.quality import encoder_quality
@@ -180,11 +181,9 @@ def quality(
     name = layer if layer is not None else layers[-1]
     if name not in layers:
         raise UsageError(f"protocol {pname} has no layer {name!r}; it has {', '.join(layers)}")
-    index = layers.index(name)
-    for proto in reg.protocol(pname).parts:  # under a combination, the protocol that holds the layer
-        if index < len(proto.layers):
-            break
-        index -= len(proto.layers)
+    at = layers.index(name)
+    # under a combination, the protocol that holds the layer, and the layer's index there
+    proto, index = next((part, at - a) for part, a, b in part_spans(reg.protocol(pname)) if a <= at < b)
     engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name))
     reference = engine.references[index]
     test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,

@@ -271,6 +271,15 @@ class Combination:
         return _diff(self.content(), other.content(), "")
 
 
+def part_spans(protocol: Protocol | Combination) -> list[tuple[Protocol, int, int]]:
+    """Where each protocol's values lie in a fingerprint: (protocol, start, stop) in curve order."""
+    spans, start = [], 0
+    for part in protocol.parts:
+        spans.append((part, start, start + len(part.layers)))
+        start += len(part.layers)
+    return spans
+
+
 def is_combination(d: Any) -> bool:
     """Whether a protocol record (the ``protocol`` mapping of protocol.yaml) is a combination's."""
     return isinstance(d, Mapping) and "combines" in d

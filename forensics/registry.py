@@ -45,7 +45,7 @@ import yaml
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
 from forensics.hashing import is_digest, short
 from forensics.matching import CALIBRATION_RULE, Reference, references_digest
-from forensics.protocol import Combination, Fingerprint, Protocol, is_combination
+from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
 
 SCHEMA_VERSION = 1
 ENV = "FORENSICS_REGISTRY"
@@ -677,13 +677,9 @@ class Registry:
         for iid in new_ids:
             if not NAME_RE.match(iid):
                 raise UsageError(f"instance id {iid!r}: use letters, digits, '_', '.', '+', '-'")
-        cuts, start = [], 0
-        for part in proto.parts:
-            cuts.append((part, [fp.values[start:start + len(part.layers)] for fp in fingerprints]))
-            start += len(part.layers)
         with self.lock():
-            writes = [self._add_instances(part, generator, curves, base, new_ids, description)
-                      for part, curves in cuts]
+            writes = [self._add_instances(part, generator, [fp.values[a:b] for fp in fingerprints], base, new_ids,
+                                          description) for part, a, b in part_spans(proto)]
             for gfile, entry in writes:
                 _write_yaml(gfile, entry.to_dict())
             self._ensure_gitignore()

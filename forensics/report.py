@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from forensics.matching import lookalike_note
+from forensics.protocol import part_spans
 
 SCHEMA = "forensics.attribution/1"
 COPYING_BELOW = -2.0
@@ -238,11 +239,7 @@ def copying_levels(protocol, readings: Sequence[str]) -> str:
     """:func:`copying_level` along each encoder's depth; for a combination, one per combined protocol."""
     if len(protocol.parts) == 1:
         return copying_level(readings)
-    levels, start = [], 0
-    for part in protocol.parts:
-        levels.append(f"{part.name}: {copying_level(readings[start:start + len(part.layers)])}")
-        start += len(part.layers)
-    return "; ".join(levels)
+    return "; ".join(f"{part.name}: {copying_level(readings[a:b])}" for part, a, b in part_spans(protocol))
 
 
 def memorization_document(*, input_path: str, input_sha256: str, protocol, curve, reference_origin: str | None,
