@@ -27,31 +27,41 @@ def test_the_default_is_the_combination_of_both_offline_protocols(bundled_regist
     assert not [w for w in bundled_registry.warnings if PROTOCOL in w]  # every zoo set is under both
 
 
-@pytest.mark.parametrize("matcher, expected", [("alpha", (27, 25, 0, 2)), ("cosine", (23, 23, 0, 4))])
+@pytest.mark.parametrize("matcher, expected", [("alpha", (27, 24, 0, 3)), ("cosine", (25, 24, 0, 3))])
 def test_leave_one_out(bundled_registry, plugin_host, matcher, expected):
-    # EfficientNet alone: alpha 27 / 23-0-4, cosine 22 / 19-3-5. (svm measured 27 / 25-0-2 against 25 /
-    # 19-1-7; left out of the suite, its 27 refits take 17 s)
+    # EfficientNet alone: alpha 27 / 23-0-4, cosine 21 / 17-1-9. (svm measured 24 / 21-1-5 against 26 /
+    # 21-0-6; left out of the suite, its 27 refits take 17 s.) With the DDPM network at 15,000
+    # iterations: alpha 27 / 25-0-2, cosine 23 / 23-0-4, svm 27 / 25-0-2
     result = leave_one_out(bundled_registry.references(PROTOCOL), matcher)
     o = result.open_set
     assert (result.correct, o["answered_right"], o["answered_wrong"], o["unknown"]) == expected
 
 
-@pytest.mark.parametrize("matcher", ["alpha", "cosine", "svm"])
-def test_a_left_out_gan_is_no_longer_named_as_the_other(bundled_registry, plugin_host, matcher):
-    # EfficientNet alone: 21/27 with alpha and svm, every run of either GAN named as the other. Measured
-    # here: 26/27 with each matcher, the one miss a different pair for each (alpha: a pndm run named
-    # ddim; cosine: a dcgan run named sngan; svm: a ddim run named vae)
+@pytest.mark.parametrize("matcher, unknown, gans_named", [("alpha", 25, 0), ("cosine", 23, 2), ("svm", 25, 0)])
+def test_a_left_out_gan_is_no_longer_named_as_the_other(bundled_registry, plugin_host, matcher, unknown,
+                                                         gans_named):
+    # EfficientNet alone, before the DDPM network's second stage: 21/27 with alpha and svm, every run of
+    # either GAN named as the other (now 26/27 and one SNGAN run named dcgan). Measured here: 25/27
+    # with alpha and svm, a DDIM run named pndm and a PNDM run named ddim; cosine 23/27, those two and
+    # one run of either GAN named as the other. The two ODE samplers moved nearer the data with the
+    # network's second stage, and nearer each other (26/27 with every matcher at 15,000 iterations)
     result = leave_generator_out(bundled_registry.references(PROTOCOL), matcher)
-    assert result["unknown"] >= 26, result["per_generator"]
+    assert result["unknown"] == unknown, result["per_generator"]
     gans = {g: result["per_generator"][g]["attributed_to"] for g in ("dcgan", "sngan")}
-    assert sum(sum(named.values()) for named in gans.values()) <= 1, gans
+    assert sum(sum(named.values()) for named in gans.values()) == gans_named, gans
 
 
-def test_the_shipped_calibration_is_current_and_lists_no_lookalikes(bundled_registry, plugin_host):
+# at calibration, one left-out run of either ODE sampler passes as the other: measured, recorded and said
+ODE_LOOKALIKES = {"ddim": {"pndm": [1, 3]}, "pndm": {"ddim": [1, 3]}}
+
+
+def test_the_shipped_calibration_is_current_and_lists_the_ode_samplers_as_lookalikes(bundled_registry,
+                                                                                     plugin_host):
     refs = bundled_registry.references(PROTOCOL)
+    expected = {"alpha": ODE_LOOKALIKES, "cosine": ODE_LOOKALIKES, "svm": {}}
     for name in available_matchers():
         m = make_matcher(name, calibration=bundled_registry.calibration(PROTOCOL, name)).fit(refs)
-        assert m.calibration["source"] == "recorded" and m.calibration["lookalikes"] == {}, name
+        assert m.calibration["source"] == "recorded" and m.calibration["lookalikes"] == expected[name], name
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +78,7 @@ def test_held_out_sets_of_the_two_gans_and_the_demo_are_named(shipped_engine, bu
         curve = shipped_engine.curves(np.load(samples / g / "heldout.npz")["images"])[0]
         assert curve.fingerprint.protocol_digest == bundled_registry.protocol(PROTOCOL).digest
         results[g] = alpha.attribute(curve.fingerprint.vector())
-    # `make demo`: measured ddpm, score 0.719, margin 0.135 over pndm, 0.93 of ddpm's spreads
+    # `make demo`: measured ddpm, score 0.715, margin 0.141 over ddim, 1.23 of ddpm's spreads
     assert results["ddpm"].verdict == "ddpm" and results["ddpm"].margin > 0.1
     assert results["ddpm"].candidates[1].generator in {"ddim", "pndm"}
     for g in ("dcgan", "sngan"):

@@ -308,3 +308,32 @@ def test_pndm_leaves_x0_unclipped_as_the_papers_pipeline_did():
     clipped = S.pndm(wild, sched, (2, 1, 8, 8), seed=0, steps=10, clip=True)
     free = S.pndm(wild, sched, (2, 1, 8, 8), seed=0, steps=10, clip=False)
     assert clipped.abs().max() <= 1 + 1e-5 and free.abs().max() > 1.5
+
+
+def test_ddpm_warm_restart_depends_only_on_the_ema_weights(tmp_path):
+    # the shipped network is trained in two stages; stage 2 restarts from stage 1's EMA weights with a
+    # fresh optimiser and noise stream, so it can be continued from an earlier zoo's exported weights
+    from forensics.zoo import train as T
+
+    cfg = dict(T.SETTINGS["ddpm-net"], unet_c1=8, unet_c2=8, tdim=16, batch=4, iters=4, restarts=[2],
+               eval_every=0, warmup=2)
+
+    def train(ckpt, iters, name):
+        T.train_ddpm(0, ckpt, dict(cfg, iters=iters), tmp_path / name)
+        from safetensors.torch import load_file
+
+        return load_file(str(tmp_path / name))
+
+    straight = train(tmp_path / "a", 4, "straight.safetensors")
+    stage1 = train(tmp_path / "b", 2, "stage1.safetensors")
+    assert any(not torch.equal(straight[k], stage1[k]) for k in stage1)
+    # a stage-1 checkpoint in which only the EMA weights are right: junk live weights, optimiser, RNG
+    net, ema = (M.SmallUNet(8, 8, 16) for _ in range(2))
+    ema.load_state_dict(stage1)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(2, 1, 28, 28), torch.tensor([5, 9])).sum().backward()
+    opt.step()
+    torch.manual_seed(12345)
+    T._save_ckpt(T._ckpt_path(tmp_path / "c", "ddpm", 0), 2, {"net": net, "ema": ema, "opt": opt})
+    continued = train(tmp_path / "c", 4, "continued.safetensors")
+    assert all(torch.equal(straight[k], continued[k]) for k in straight)
