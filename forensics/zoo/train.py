@@ -69,9 +69,9 @@ SETTINGS = {
                    "sample": "uniform training image + N(0, sigma^2) pixel noise on [-1,1], clipped"},
     # 30,000 iterations in two stages: at 15,000 a warm restart (the live weights take the EMA's, Adam and
     # its 500-step warm-up start afresh, the noise stream is reseeded with seed + 1,000 * stage), so stage 2
-    # depends only on stage 1's EMA weights, which an earlier zoo shipped. The pixel evals stalled over
-    # stage 1's last 4,000 (fd_pca 3.56 -> 3.54); a trial of stage 2 took the DDIM / PNDM seed-0 sets'
-    # EfficientNet head fd from 0.213 -> 0.136 and 0.239 -> 0.161 (12.3x -> 7.9x and 13.8x -> 9.3x P_n's)
+    # depends only on stage 1's EMA weights, which an earlier zoo shipped. The pixel evals had stalled over
+    # stage 1's last 4,000 (fd_pca 3.56 -> 3.54); stage 2 took EfficientNet's head fd of the ancestral
+    # sets from 6.3-7.3x P_n's to 4.2-4.6x, of the DDIM sets from 12-13x to 7-9x, PNDM's 14-15x to 9-10x
     "ddpm-net": {"unet_c1": 16, "unet_c2": 32, "tdim": 128, "schedule": "linear 1e-4..0.02", "T": 1000,
                  "iters": 30000, "restarts": [15000], "batch": 64, "lr": 5e-4, "warmup": 500, "ema": 0.999,
                  "grad_clip": 1.0, "eval_every": 2000},
