@@ -384,7 +384,7 @@ def train_ddpm(seed, ckpt_dir, cfg, weights: Path):
     def warm_restart(it):
         """Start stage ``restarts.index(it) + 1`` from the EMA weights alone: everything else is fresh."""
         net.load_state_dict(ema.state_dict())
-        opt.load_state_dict(torch.optim.Adam(net.parameters(), lr=cfg["lr"]).state_dict())
+        opt.state.clear()  # Adam's moments and step counts; the learning rate is set at every step
         torch.manual_seed(seed + 1_000 * (restarts.index(it) + 1))
         _log(f"ddpm seed{seed} warm restart at iteration {it} from the EMA weights")
 
