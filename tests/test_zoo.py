@@ -337,3 +337,42 @@ def test_ddpm_warm_restart_depends_only_on_the_ema_weights(tmp_path):
     T._save_ckpt(T._ckpt_path(tmp_path / "c", "ddpm", 0), 2, {"net": net, "ema": ema, "opt": opt})
     continued = train(tmp_path / "c", 4, "continued.safetensors")
     assert all(torch.equal(straight[k], continued[k]) for k in straight)
+
+
+def test_learning_rate_decays_by_cosine_after_decay_from():
+    from forensics.zoo.train import learning_rate
+
+    cfg = {"lr": 1e-3, "iters": 18000, "decay_from": 9000}
+    assert learning_rate(cfg, 0) == learning_rate(cfg, 8999) == 1e-3
+    assert learning_rate(cfg, 9000) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 13500) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 17999) == pytest.approx(0, abs=1e-10)
+    assert learning_rate({"lr": 2e-4, "iters": 10}, 9) == 2e-4  # no decay_from: constant
+
+
+def _weights(ckpt_dir, gen):
+    from forensics.zoo import train as T
+
+    state = torch.load(T._ckpt_path(ckpt_dir, gen, 0), weights_only=True)
+    return {f"{m}.{k}": v for m in ("model", "G", "G_ema", "D") if m in state for k, v in state[m].items()}
+
+
+@pytest.mark.parametrize("gen,tiny", [("pixelcnn", {"ch": 2, "blocks": 1, "dilations": [1]}),
+                                      ("dcgan", {"zdim": 4, "ch": 4})])
+def test_a_run_extended_from_a_constant_rate_checkpoint_equals_a_straight_run(tmp_path, monkeypatch, gen, tiny):
+    # the shipped PixelCNN runs were extended from an earlier zoo's 9,000-iteration checkpoints; the
+    # decay is a function of the iteration alone, so that equals training 18,000 straight through
+    from forensics.zoo import train as T
+
+    monkeypatch.setattr(T, "M_IMAGES", 2)
+    fit = {"pixelcnn": T.train_pixelcnn, "dcgan": T.train_dcgan}[gen]
+    cfg = dict(T.SETTINGS[gen], **tiny, batch=4, iters=4, decay_from=2)
+    straight, _ = fit(0, tmp_path / "a", cfg)
+    fit(0, tmp_path / "b", {k: v for k, v in dict(cfg, iters=2).items() if k != "decay_from"})
+    extended, _ = fit(0, tmp_path / "b", cfg)
+    assert np.array_equal(straight, extended)
+    a, b = _weights(tmp_path / "a", gen), _weights(tmp_path / "b", gen)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fit(0, tmp_path / "c", dict(cfg, decay_from=None))
+    c = _weights(tmp_path / "c", gen)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the decay does change the run
