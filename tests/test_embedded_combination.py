@@ -44,8 +44,9 @@ def test_a_left_out_gan_is_no_longer_named_as_the_other(bundled_registry, plugin
     # EfficientNet alone, before the DDPM network's second stage: 21/27 with alpha and svm, every run of
     # either GAN named as the other (now 22/27, three of the six). Measured here: 25/27 with alpha and
     # svm, a DDIM run named pndm and a PNDM run named ddim; cosine 22/27, those two, two DCGAN runs named
-    # sngan and one SNGAN run named dcgan (23/27 and one of either with the PixelCNN at 9,000 iterations). The two ODE samplers moved nearer the data with the
-    # network's second stage, and nearer each other (26/27 with every matcher at 15,000 iterations)
+    # sngan and one SNGAN run named dcgan (23/27 and one of either with the PixelCNN at 9,000
+    # iterations). The two ODE samplers moved nearer the data with the network's second stage, and
+    # nearer each other (26/27 with every matcher at 15,000 iterations)
     result = leave_generator_out(bundled_registry.references(PROTOCOL), matcher)
     assert result["unknown"] == unknown, result["per_generator"]
     gans = {g: result["per_generator"][g]["attributed_to"] for g in ("dcgan", "sngan")}
