@@ -195,6 +195,12 @@ def learning_rate(cfg: dict, it: int) -> float:
     return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (it - start) / (cfg["iters"] - start)))
 
 
+def _set_lr(lr: float, *optimizers):
+    for opt in optimizers:
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+
+
 def _fit_and_sample(name, seed, ckpt_dir, cfg, model, loss_fn):
     """Adam on ``loss_fn(batch in [-1, 1]) -> (loss, log text)`` for the configured iterations (resumable),
     then ``model.sample`` from the sampling seed. The model must be built right after ``_seed_all``."""
@@ -202,8 +208,7 @@ def _fit_and_sample(name, seed, ckpt_dir, cfg, model, loss_fn):
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
 
     def step(it):
-        for grp in opt.param_groups:
-            grp["lr"] = learning_rate(cfg, it)
+        _set_lr(learning_rate(cfg, it), opt)
         loss, info = loss_fn(data.batch(it, cfg["batch"]))
         opt.zero_grad()
         loss.backward()
@@ -248,9 +253,7 @@ def _gan(name, seed, ckpt_dir, cfg, G, D, loss_kind):
     G_ema.requires_grad_(False)
 
     def step(it):
-        for opt in (oG, oD):
-            for grp in opt.param_groups:
-                grp["lr"] = learning_rate(cfg, it)
+        _set_lr(learning_rate(cfg, it), oG, oD)
         for k in range(n_dis):
             real = data.batch(it * n_dis + k, bs)
             with torch.no_grad():
@@ -392,9 +395,7 @@ def train_ddpm(seed, ckpt_dir, cfg, weights: Path):
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
-        lr = cfg["lr"] * min(1.0, (it + 1 - stage_start) / cfg.get("warmup", 500))
-        for grp in opt.param_groups:
-            grp["lr"] = lr
+        _set_lr(cfg["lr"] * min(1.0, (it + 1 - stage_start) / cfg.get("warmup", 500)), opt)
         opt.step()
         d = min(cfg["ema"], (1 + it) / (10 + it))
         with torch.no_grad():
