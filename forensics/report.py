@@ -133,7 +133,8 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
     header.append(f"  digest {proto['digest'][7:19]}\n", style="dim")
     header.append(f"encoder {proto['encoder']}  ·  m = {proto['batch_size']}"
                   f"  ·  matcher {doc['matcher'].get('name')}", style="dim")
-    console.print(Panel(header, title="forensics attribute", title_align="left", box=box.ROUNDED))
+    # a panel's text must wrap inside its frame: on the CLI's soft-wrapping console it would be cropped
+    console.print(Panel(header, title="forensics attribute", title_align="left", box=box.ROUNDED), soft_wrap=False)
 
     if verdict["generator"] is not None:
         line = Text.assemble(("Verdict: ", "bold"), (verdict["generator"], "bold green"),
@@ -269,7 +270,7 @@ def render_memorization(doc: dict[str, Any], console) -> None:
     header.append(f" from {inp['path']}  (sha256 {inp['sha256'][7:19]})\n")
     header.append(f"protocol {proto['name']}  digest {proto['digest'][7:19]}  ·  encoder "
                   f"{proto['encoder']}", style="dim")
-    console.print(Panel(header, title="forensics memorization", title_align="left", box=box.ROUNDED))
+    console.print(Panel(header, title="forensics memorization", title_align="left", box=box.ROUNDED), soft_wrap=False)
     level = doc["level"]
     style = "bold red" if "copying" in doc["curve"]["readings"] else "bold green"
     console.print(Text.assemble(("Copying: ", "bold"), (level, style)))
