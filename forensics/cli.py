@@ -361,7 +361,7 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
         return
     table = Table(title="forensics plugins", title_justify="left")
     for col in ("plugin", "version", "from", "provides", "status"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # as every listing: a name cut short cannot be typed
     for info in infos:
         provides = "; ".join(f"{kind}: {', '.join(sorted(names))}" for kind, names in info.provides.items() if names)
         status = "[green]ok[/]" if info.error is None else f"[red]error:[/] {info.error}"

