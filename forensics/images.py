@@ -31,21 +31,44 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
         raise UsageError(f"{path} does not exist; give a folder of PNG/JPEG images or an .npz/.npy file")
     if path.is_dir():
         return _load_folder(path, size=size, resize=resize, workers=workers)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise UsageError(f"{path} holds arrays {keys}; name the image array 'images'")
-            array = data[key]
-    elif path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+    if path.suffix in (".npz", ".npy"):
+        array = _read_array(path)
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         raise UsageError(f"{path} is one image; attribution needs a set — give the folder that holds it")
     else:
         raise UsageError(f"cannot read {path}: expected a folder of images, an .npz or an .npy file")
     images = as_uint8_images(array, str(path))
     return images, sha256_array(images)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """The image array of an .npz (its 'images', or its only array) or an .npy file, never unpickling."""
+    import zipfile
+
+    magic = {".npz": b"PK", ".npy": b"\x93NUMPY"}[path.suffix]
+    with open(path, "rb") as f:
+        if f.read(len(magic)) != magic:
+            raise UsageError(f"{path} is not an {path.suffix} file (it does not start as one); write one with "
+                             f"numpy.savez(path, images=uint8_array)")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise UsageError(f"{path} holds arrays {keys}; name the image array 'images'")
+            return data[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # a truncated download, or object arrays (which would need unpickling)
+        if "pickle" in str(exc):
+            reason = "it holds Python objects, not numbers"
+        elif isinstance(exc, (zipfile.BadZipFile, EOFError)):
+            reason = "damaged or cut short"
+        else:
+            reason = str(exc).split("\n")[0]
+        raise UsageError(f"{path} is not a readable {path.suffix} image array ({reason}); write one with "
+                         f"numpy.savez(path, images=uint8_array)") from None
 
 
 def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:

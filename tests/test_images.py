@@ -69,6 +69,24 @@ def test_bad_inputs_have_clear_errors(tmp_path):
         as_uint8_images(np.zeros((2, 4), np.uint8))
 
 
+def test_unreadable_array_files_are_usage_errors_that_say_what_to_write(tmp_path):
+    # never unpickled, never a raw numpy traceback: a text file, a cut-short download, object arrays
+    images = np.zeros((3, 8, 8), np.uint8)
+    np.savez(tmp_path / "good.npz", images=images)
+    (tmp_path / "text.npz").write_text("not an array")
+    (tmp_path / "text.npy").write_text("not an array")
+    (tmp_path / "short.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:100])
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}], dtype=object))
+    expect = {"text.npz": "is not an .npz file", "text.npy": "is not an .npy file",
+              "short.npz": "damaged or cut short", "objects.npy": "holds Python objects",
+              "objects.npz": "holds Python objects"}
+    for name, message in expect.items():
+        with pytest.raises(UsageError, match=message) as info:
+            load_images(tmp_path / name)
+        assert "numpy.savez(path, images=uint8_array)" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_channels_first_and_integral_floats_are_accepted():
     chw = np.random.default_rng(2).integers(0, 256, (3, 3, 8, 8)).astype(np.float64)
     out = as_uint8_images(chw)
