@@ -314,10 +314,11 @@ def diff(
 
 
 # -- evaluate / calibrate -------------------------------------------------------------------------
-def evaluate_protocol(reg: Any, name: str, matchers: list[str]) -> dict[str, Any]:
-    """LOO, leave-generator-out and (when roles exist) the hold-out split, for each matcher."""
+def evaluate_protocol(reg: Any, name: str, matchers: list[str], *, stability: bool = False) -> dict[str, Any]:
+    """LOO, leave-generator-out and (when roles exist) the hold-out split, for each matcher; with
+    ``stability``, how far its open-set thresholds move when one reference is left out."""
     from forensics.errors import UsageError
-    from forensics.matching import holdout, leave_generator_out, leave_one_out
+    from forensics.matching import calibration_stability, holdout, leave_generator_out, leave_one_out
 
     refs = reg.references(name)
     has_split = any(r.provenance.get("role") == "test_batch" for r in refs)
@@ -330,6 +331,8 @@ def evaluate_protocol(reg: Any, name: str, matchers: list[str]) -> dict[str, Any
         doc = ev.to_dict()
         if ev.error is None:
             doc["leave_generator_out"] = leave_generator_out(refs, mname)
+            if stability:
+                doc["calibration_stability"] = calibration_stability(refs, mname)
             if has_split:
                 try:
                     split = holdout(refs, mname)
@@ -351,7 +354,7 @@ def _render_evaluation(doc: dict[str, Any]) -> None:
                             "— leave-one-out", title_justify="left")
         for col in ("matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
                     "generator left out: unknown", "split (test_batch)"):
-            table.add_column(col, justify="right" if col != "matcher" else "left")
+            table.add_column(col, justify="right" if col != "matcher" else "left", overflow="fold")
         for m in p["matchers"]:
             if m.get("error"):
                 table.add_row(m["matcher"], "—", "—", f"[red]{m['error']}[/]", "", "")
@@ -365,6 +368,9 @@ def _render_evaluation(doc: dict[str, Any]) -> None:
                 f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}",
                 f"{split['correct']}/{split['n']}" if "correct" in split else "—")
         out.print(table)
+        for m in p["matchers"]:
+            if "calibration_stability" in m:
+                out.print(_stability_line(m["matcher"], m["calibration_stability"]))
         for m in p["matchers"]:
             conf = m.get("confusion")
             if not conf or m.get("error"):
@@ -382,6 +388,18 @@ def _render_evaluation(doc: dict[str, Any]) -> None:
             out.print(ct)
 
 
+def _stability_line(matcher: str, stability: dict[str, Any]) -> str:
+    parts = []
+    for k, t in stability["thresholds"].items():
+        if t["full"] is None and t["min"] is None:
+            continue
+        full = "unused" if t["full"] is None else f"{t['full']:.3g}"
+        moved = "" if t["min"] is None else f"{t['min']:.3g}–{t['max']:.3g}"
+        unused = f", unused {t['unused']}×" if t["unused"] else ""
+        parts.append(f"{k.replace('_', ' ')} {full} (one run dropped: {moved}{unused})")
+    return f"{matcher} thresholds: " + ("; ".join(parts) if parts else "not calibrated")
+
+
 @app.command()
 @handle_errors
 def evaluate(
@@ -389,6 +407,9 @@ def evaluate(
                                                                            "(default: every protocol)."),
     matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s) to evaluate, repeatable "
                                                                   "(default: every registered matcher)."),
+    stability: bool = typer.Option(False, "--stability", help="Also recalibrate with each reference left out "
+                                   "in turn and report how far the open-set thresholds move (one calibration "
+                                   "per reference: seconds to a minute per matcher)."),
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
 ):
@@ -407,7 +428,7 @@ def evaluate(
         reg.protocol(n)
     matchers = list(dict.fromkeys(matcher)) or available_matchers()
     doc = {"schema": "forensics.evaluation/1", "registry": str(reg.path),
-           "protocols": [evaluate_protocol(reg, n, matchers) for n in names]}
+           "protocols": [evaluate_protocol(reg, n, matchers, stability=stability) for n in names]}
     if json_out:
         print_json(doc)
     else:

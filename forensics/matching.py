@@ -767,6 +767,32 @@ def leave_one_out(references: Sequence[Reference], matcher: str | Matcher = "alp
     return Evaluation(name or str(matcher), opts, len(refs), correct, labels, confusion, predictions, open_set)
 
 
+THRESHOLDS = ("score", "margin", "distance_ratio")
+
+
+def calibration_stability(references: Sequence[Reference], matcher: str | Matcher = "alpha",
+                          **options: Any) -> dict[str, Any]:
+    """How far each open-set threshold moves when one reference is left out of the calibration.
+
+    The thresholds are cut between few points, so one run more or less can move them: each reference
+    is dropped in turn and :func:`calibrate` rerun on the rest. Per threshold: the full calibration's
+    value, the lowest and highest over the drops, and how many drops left it unused (null); per drop,
+    the run left out and the thresholds it gave."""
+    refs = list(references)
+    make = _factory(matcher, options)
+    full = calibrate(make(), refs)
+    runs = []
+    for i, r in enumerate(refs):
+        c = calibrate(make(), refs[:i] + refs[i + 1:])
+        runs.append({"left_out": f"{r.generator}/{r.instance}", **{k: c.get(k) for k in THRESHOLDS}})
+    summary = {}
+    for k in THRESHOLDS:
+        used = [run[k] for run in runs if run[k] is not None]
+        summary[k] = {"full": full.get(k), "min": min(used) if used else None, "max": max(used) if used else None,
+                      "unused": len(runs) - len(used)}
+    return {"n_references": len(refs), "thresholds": summary, "runs": runs}
+
+
 def leave_generator_out(references: Sequence[Reference], matcher: str | Matcher = "alpha",
                         **options: Any) -> dict[str, Any]:
     """Leave each whole generator out and attribute its instances: the open-set test.

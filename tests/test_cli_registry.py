@@ -92,6 +92,31 @@ def test_evaluate_reports_loo_confusion_and_split(paper_copy):
     assert "confusion" in text and "15/18" in text and "PNDM" in text
 
 
+def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy):
+    # on the paper's 18 published curves: one calibration per reference dropped, each the calibration
+    # of the other 17, summarised per threshold
+    from forensics.matching import calibrate, make_matcher
+
+    doc = json.loads(run("evaluate", "--registry", paper_copy, "-m", "alpha", "--stability", "--json").stdout)
+    stability = doc["protocols"][0]["matchers"][0]["calibration_stability"]
+    refs = Registry.open(paper_copy).references(PROTOCOL_NAME)
+    runs = stability["runs"]
+    assert stability["n_references"] == len(runs) == 18
+    assert [r["left_out"] for r in runs] == [f"{x.generator}/{x.instance}" for x in refs]
+    for i in (0, 9, 17):
+        alone = calibrate(make_matcher("alpha"), refs[:i] + refs[i + 1:])
+        assert {k: runs[i][k] for k in ("score", "margin", "distance_ratio")} == \
+            {k: alone[k] for k in ("score", "margin", "distance_ratio")}
+    full = calibrate(make_matcher("alpha"), refs)
+    for k, t in stability["thresholds"].items():
+        used = [r[k] for r in runs if r[k] is not None]
+        assert t["full"] == full[k] and t["unused"] == 18 - len(used)
+        assert (t["min"], t["max"]) == ((min(used), max(used)) if used else (None, None))
+    assert len({r["distance_ratio"] for r in runs}) > 1  # one run more or less does move a threshold here
+    text = run("evaluate", "--registry", paper_copy, "-m", "alpha", "--stability").stdout
+    assert "alpha thresholds:" in text and "one run dropped" in text
+
+
 def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     from forensics.matching import make_matcher
 
