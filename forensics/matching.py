@@ -53,6 +53,7 @@ CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, dista
                     "ratio), else the middle of the tying range (geometric for the ratio); the left-out generators' "
                     "runs the thresholds let through are recorded as lookalikes of the generator they were named")
 
+THRESHOLDS = ("score", "margin", "distance_ratio")  # the calibrated open-set thresholds, by their keys
 
 # -- data ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -373,7 +374,7 @@ class Matcher:
 def _threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if cal is None:
         return None
-    return {k: cal.get(k) for k in ("calibrated", "score", "margin", "distance_ratio", "n_references", "source")}
+    return {k: cal.get(k) for k in ("calibrated", *THRESHOLDS, "n_references", "source")}
 
 
 def _thresholds(cal: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -765,9 +766,6 @@ def leave_one_out(references: Sequence[Reference], matcher: str | Matcher = "alp
     open_set = ({"answered_right": right, "answered_wrong": wrong, "unknown": unknown}
                 if open_set_used else None)
     return Evaluation(name or str(matcher), opts, len(refs), correct, labels, confusion, predictions, open_set)
-
-
-THRESHOLDS = ("score", "margin", "distance_ratio")
 
 
 def calibration_stability(references: Sequence[Reference], matcher: str | Matcher = "alpha",
