@@ -113,19 +113,35 @@ def baseline(train, test, gen, *, k, seed, n_init, projection, distance="euclide
 
 
 # -- ours, phase by phase (the same steps CTReference.fit / score take) ----------------------------
-def ours_phases(train, test, gen, *, k, seed, projection):
+def ours_phases(train, test, gen, *, k, seed, projection, device=None):
+    """The steps CTReference.fit / score take, timed one by one; ``device``: a torch device for the
+    covariance and the searches (as ``fit(..., device=...)`` runs them), or None for the CPU path."""
     times = {}
+    dev = ct.resolve_device(device)
+    dims = min(projection, train.shape[1])
     t0 = time.perf_counter()
-    mean, comp = ct._pca(train, min(projection, train.shape[1]))
-    t1 = time.perf_counter()
-    tp, pp = ct._project(train, mean, comp), ct._project(test, mean, comp)
-    t2 = time.perf_counter()
-    centres = ct.kmeans(tp, k, seed)
+    if dev is None:
+        mean, comp = ct._pca(train, dims)
+        t1 = time.perf_counter()
+        tp, pp = ct._project(train, mean, comp), ct._project(test, mean, comp)
+        t2 = time.perf_counter()
+        centres = ct.kmeans(tp, k, seed)
+    else:
+        mean, comp, rows = ct._pca_on(train, dims, dev)
+        t1 = time.perf_counter()
+        tp, pp = ct._project_on(rows, mean, comp, dev), ct._project_on(test, mean, comp, dev)
+        del rows
+        t2 = time.perf_counter()
+        centres = ct._kmeans_on(tp, k, seed, dev)
     t3 = time.perf_counter()
     tc, pc = ct._assign(tp, centres), ct._assign(pp, centres)
-    ct._parallel(lambda c: ct._Cell(tp[tc == c], "euclidean").nearest(pp[pc == c]), list(range(k)))
+    if dev is None:
+        ct._parallel(lambda c: ct._Cell(tp[tc == c], "euclidean").nearest(pp[pc == c]), list(range(k)))
+    else:
+        for c in range(k):
+            ct._Cell(tp[tc == c], "euclidean").nearest_on(pp[pc == c], dev)
     t4 = time.perf_counter()
-    ref = ct.CTReference.fit(train, test, k=k, seed=seed, projection=projection)
+    ref = ct.CTReference.fit(train, test, k=k, seed=seed, projection=projection, device=dev)
     t5 = time.perf_counter()
     ref.score(gen)
     t6 = time.perf_counter()
@@ -141,10 +157,11 @@ def cached_phases(ref: ct.CTReference, gen: np.ndarray) -> dict:
     t1 = time.perf_counter()
     qc = ct._assign(q, ref._centres)
     t2 = time.perf_counter()
-    busy = [i for i in range(len(ref._cells)) if (qc == ref._cells[i]).any()]
+    members = [np.flatnonzero(qc == c) for c in ref._cells]
+    busy = [i for i in range(len(ref._cells)) if len(members[i])]
     ct._parallel(lambda i: ref._cell(i), busy)
     t3 = time.perf_counter()
-    found = ct._parallel(lambda i: ref._cell(i).nearest(q[qc == ref._cells[i]]), busy)
+    found = ref._nearest(members, q, busy)  # on the reference's device, if it has one
     t4 = time.perf_counter()
     test_index = np.searchsorted(ref._cells, ref._test_cells)
     for i, lq in zip(busy, found):
@@ -277,6 +294,8 @@ def main() -> None:
     ap.add_argument("--cached-repeats", type=int, default=2, help="runs of the cached 12 layers (fastest kept)")
     ap.add_argument("--scaling-repeats", type=int, default=2)
     ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--skip", default="", help="sections to leave out, e.g. 2,3,4 (1 always runs: the others "
+                                                "compare with it; --no-scaling is --skip 5)")
     ap.add_argument("--main-command", action="store_true", help="also time the README's main command")
     ap.add_argument("--device", help="also time the statistic on this torch device (e.g. cuda), against the "
                                       "CPU path and the baseline of section 1")
@@ -287,6 +306,7 @@ def main() -> None:
     import torch
     from threadpoolctl import threadpool_info, threadpool_limits
 
+    skip = {int(v) for v in args.skip.split(",") if v.strip()} | ({5} if args.no_scaling else set())
     if args.threads:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
@@ -369,82 +389,96 @@ def main() -> None:
         print()
 
     # 2. exactness given the same cells
-    print("2. C_T given the same cells (baseline: sklearn PCA + NearestNeighbors + scipy, float64)")
-    worst = 0.0
-    for distance in ("euclidean", "cosine"):
-        for proj in (p, None):
-            ref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
-            cells = (ref.assign(train), ref.assign(test), ref.assign(gen))
-            ours_v = ct.ct_score(train, test, gen, cells=cells, projection=proj, distance=distance).value
-            base_v = baseline(train, test, gen, k=k, seed=0, n_init=1, projection=proj, distance=distance, cells=cells)
-            diff = abs(ours_v - base_v)
-            worst = max(worst, diff)
-            print(f"   {distance:9s} projection={proj!s:4s}: ours {ours_v:+.12f} baseline {base_v:+.12f} "
-                  f"|diff| {diff:.2e}")
-    print(f"   max |difference| = {worst:.2e} ({'within' if worst <= 1e-9 else 'OVER'} 1e-9)\n")
+    if 2 not in skip:
+        print("2. C_T given the same cells (baseline: sklearn PCA + NearestNeighbors + scipy, float64)")
+        worst = 0.0
+        for distance in ("euclidean", "cosine"):
+            for proj in (p, None):
+                ref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
+                cells = (ref.assign(train), ref.assign(test), ref.assign(gen))
+                ours_v = ct.ct_score(train, test, gen, cells=cells, projection=proj, distance=distance).value
+                base_v = baseline(train, test, gen, k=k, seed=0, n_init=1, projection=proj, distance=distance,
+                                  cells=cells)
+                diff = abs(ours_v - base_v)
+                worst = max(worst, diff)
+                print(f"   {distance:9s} projection={proj!s:4s}: ours {ours_v:+.12f} baseline {base_v:+.12f} "
+                      f"|diff| {diff:.2e}")
+        print(f"   max |difference| = {worst:.2e} ({'within' if worst <= 1e-9 else 'OVER'} 1e-9)\n")
 
     # 3. many layers, reference cached as the pipeline caches it
-    L, Lb = args.layers, min(args.baseline_layers, args.layers)
-    print(f"3. {L} layers (different data per layer), reference side cached as the pipeline caches it: one "
-          f"uncompressed .npz for all layers ({load()})")
-    statistic = SimpleNamespace(from_arrays=ct.CTReference.from_arrays)
-    names = [f"layer{i}" for i in range(L)]
-    with tempfile.TemporaryDirectory() as tmp:
-        fit_time, refs, gens = 0.0, [], []
-        for i in range(L):
-            tr, te, g = (train, test, gen) if i == 0 else make_layer(i, l, n, m, d)
-            ref, dt = timed(lambda tr=tr, te=te: ct.CTReference.fit(tr, te, k=k, projection=p, seed=0))
-            fit_time += dt
-            refs.append(ref)
-            gens.append(g)
-        path = save_npz_atomic(Path(tmp) / "reference.npz", pipeline._pack(refs, names))
-        size = path.stat().st_size
-        del refs
-        cached = read_time = float("inf")
-        for _ in range(args.cached_repeats):
-            t = time.perf_counter()
+    if 3 not in skip:
+        L, Lb = args.layers, min(args.baseline_layers, args.layers)
+        print(f"3. {L} layers (different data per layer), reference side cached as the pipeline caches it: one "
+              f"uncompressed .npz for all layers ({load()})")
+        statistic = SimpleNamespace(from_arrays=ct.CTReference.from_arrays)
+        names = [f"layer{i}" for i in range(L)]
+        with tempfile.TemporaryDirectory() as tmp:
+            fit_time, refs, gens = 0.0, [], []
+            for i in range(L):
+                tr, te, g = (train, test, gen) if i == 0 else make_layer(i, l, n, m, d)
+                ref, dt = timed(lambda tr=tr, te=te: ct.CTReference.fit(tr, te, k=k, projection=p, seed=0))
+                fit_time += dt
+                refs.append(ref)
+                gens.append(g)
+            path = save_npz_atomic(Path(tmp) / "reference.npz", pipeline._pack(refs, names))
+            size = path.stat().st_size
+            del refs
+            cached = read_time = float("inf")
+            for _ in range(args.cached_repeats):
+                t = time.perf_counter()
+                loaded = pipeline._unpack(pipeline._read_npz(path, remove=False), names, statistic)
+                t_read = time.perf_counter() - t
+                for ref, g in zip(loaded, gens):
+                    ref.score(g)
+                total = time.perf_counter() - t
+                if total < cached:
+                    cached, read_time = total, t_read
+            # where the cached time goes, per layer (one more pass, phase by phase)
             loaded = pipeline._unpack(pipeline._read_npz(path, remove=False), names, statistic)
-            t_read = time.perf_counter() - t
+            parts: dict = {}
             for ref, g in zip(loaded, gens):
-                ref.score(g)
-            total = time.perf_counter() - t
-            if total < cached:
-                cached, read_time = total, t_read
-        # where the cached time goes, per layer (one more pass, phase by phase)
-        loaded = pipeline._unpack(pipeline._read_npz(path, remove=False), names, statistic)
-        parts: dict = {}
-        for ref, g in zip(loaded, gens):
-            for key, v in cached_phases(ref, g).items():
-                parts[key] = parts.get(key, 0.0) + v
-    base_layers = bt["total"]  # layer 0: the fastest of the runs above
-    for i in range(1, Lb):
-        tr, te, g = make_layer(i, l, n, m, d)
-        _, dt = timed(lambda tr=tr, te=te, g=g: baseline(tr, te, g, k=k, seed=0, n_init=args.n_init, projection=p))
-        base_layers += dt
-    base_scaled = base_layers / Lb * L
-    print(f"   baseline, everything per layer: {fmt(base_scaled)}  (timed on {Lb} layer(s): "
-          f"{base_layers:.3f} s, scaled to {L})")
-    print(f"   ours, fit once per layer:       {fmt(fit_time)}  (not part of the cached run)")
-    print(f"   ours, cached (read .npz + score): {fmt(cached)}  ({cached / L * 1000:.0f} ms a layer; the fastest "
-          f"of {args.cached_repeats})")
-    print(f"     read the {size / 2**20:.0f} MiB .npz (every array, zip CRC checked) and unpack {L} references: "
-          f"{read_time * 1e3:.0f} ms")
-    print("     per layer: " + " | ".join(f"{key} {v / L * 1e3:.0f} ms" for key, v in parts.items()))
-    print(f"   ours, uncached (fit + score):   {fmt(fit_time + cached)}")
-    print(f"   speed-up, {L} layers cached: {base_scaled / cached:6.1f}x; uncached: "
-          f"{base_scaled / (fit_time + cached):6.1f}x\n")
+                for key, v in cached_phases(ref, g).items():
+                    parts[key] = parts.get(key, 0.0) + v
+            on_device = cached_on_device(args, path, names, statistic, gens) if args.device else None
+        base_layers = bt["total"]  # layer 0: the fastest of the runs above
+        for i in range(1, Lb):
+            tr, te, g = make_layer(i, l, n, m, d)
+            _, dt = timed(lambda tr=tr, te=te, g=g: baseline(tr, te, g, k=k, seed=0, n_init=args.n_init, projection=p))
+            base_layers += dt
+        base_scaled = base_layers / Lb * L
+        print(f"   baseline, everything per layer: {fmt(base_scaled)}  (timed on {Lb} layer(s): "
+              f"{base_layers:.3f} s, scaled to {L})")
+        print(f"   ours, fit once per layer:       {fmt(fit_time)}  (not part of the cached run)")
+        print(f"   ours, cached (read .npz + score): {fmt(cached)}  ({cached / L * 1000:.0f} ms a layer; the fastest "
+              f"of {args.cached_repeats})")
+        print(f"     read the {size / 2**20:.0f} MiB .npz (every array, zip CRC checked) and unpack {L} references: "
+              f"{read_time * 1e3:.0f} ms")
+        print("     per layer: " + " | ".join(f"{key} {v / L * 1e3:.0f} ms" for key, v in parts.items()))
+        print(f"   ours, uncached (fit + score):   {fmt(fit_time + cached)}")
+        print(f"   speed-up, {L} layers cached: {base_scaled / cached:6.1f}x; uncached: "
+              f"{base_scaled / (fit_time + cached):6.1f}x")
+        if on_device is not None:
+            total, first, dev_parts = on_device
+            print(f"   on {args.device}, cached (read .npz + unpack + move to the device + score): {fmt(total)}  "
+                  f"({total / L * 1000:.0f} ms a layer, the fastest of {args.cached_repeats}; the first, with the "
+                  f"device's start-up: {first:.3f} s)")
+            print("     per layer: " + " | ".join(f"{key} {v / L * 1e3:.0f} ms" for key, v in dev_parts.items()))
+            print(f"   speed-up on {args.device}, {L} layers cached: {base_scaled / total:6.1f}x")
+        print()
 
     # 4. memory
-    print("4. peak memory, one layer end to end (peak resident set size, Linux VmHWM, in a fresh subprocess each; the data "
-          f"themselves are {(train.nbytes + test.nbytes + gen.nbytes) / 2**20:.0f} MiB float32)")
-    for which in ("baseline", "ours"):
-        mem = measure_memory(which, args, l, n, m, d)
-        extra = (mem["peak_kib"] - mem["rss_before_kib"]) / 1024
-        print(f"   {which:8s}: peak RSS {mem['peak_kib'] / 1024:7.0f} MiB, {extra:6.0f} MiB above the RSS "
-              f"before the call ({mem['rss_before_kib'] / 1024:.0f} MiB: interpreter, libraries, data)")
-    print()
+    if 4 not in skip:
+        print("4. peak memory, one layer end to end (peak resident set size, Linux VmHWM, in a fresh subprocess each; "
+              f"the data themselves are {(train.nbytes + test.nbytes + gen.nbytes) / 2**20:.0f} MiB float32)")
+        for which in ("baseline", "ours"):
+            mem = measure_memory(which, args, l, n, m, d)
+            extra = (mem["peak_kib"] - mem["rss_before_kib"]) / 1024
+            print(f"   {which:8s}: peak RSS {mem['peak_kib'] / 1024:7.0f} MiB, {extra:6.0f} MiB above the RSS "
+                  f"before the call ({mem['rss_before_kib'] / 1024:.0f} MiB: interpreter, libraries, data)")
+        print()
 
-    if not args.no_scaling:
+    scaling: dict = {}
+    if 5 not in skip:
         # 5. scaling
         print(f"5. scaling, one layer end to end (n=m={n}, PCA {p}, k={k}; fastest of {args.scaling_repeats} "
               f"alternating runs; {load()})")
@@ -453,42 +487,92 @@ def main() -> None:
             tr, te, g = make_layer(100 + size, size, n, m, d)
             to, tb = scaling_pair(tr, te, g, k, p, args)
             print(f"     l={size:7d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
+            if args.device:  # kept for section 7 (the device's scaling against the same baseline)
+                scaling[("l", size)] = (tb, tr, te, g)
             del tr, te, g
         print(f"   dimension d (l = {l}):")
         for dim in dims:
             tr, te, g = make_layer(200 + dim, l, n, m, dim)
             to, tb = scaling_pair(tr, te, g, k, min(p, dim), args)
             print(f"     d={dim:5d}: ours {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
+            if args.device:
+                scaling[("d", dim)] = (tb, tr, te, g)
             del tr, te, g
         print()
 
     if args.main_command:
         main_command(repeats=2)
     if args.device:
-        device_section(args.device, train, test, gen, k, p, bt["total"], ours_total, R)
+        device_section(args, train, test, gen, k, p, bt["total"], ours_total, scaling)
     print(f"done ({load()})")
 
 
-def device_section(device: str, train, test, gen, k: int, p: int, base_total: float, cpu_total: float,
-                   repeats: int) -> None:
-    """6. The statistic with its covariance and searches on a torch device: time and equality."""
+def cached_on_device(args, path, names, statistic, gens) -> tuple[float, float, dict]:
+    """Section 3's cached run with each loaded reference moved to ``args.device`` (as the pipeline moves a
+    reference it read from a file): the fastest total, the first (CUDA start-up in it) and the phases."""
+    totals = []
+    for _ in range(1 + args.cached_repeats):
+        t = time.perf_counter()
+        loaded = [r.to(args.device) for r in pipeline._unpack(pipeline._read_npz(path, remove=False), names,
+                                                               statistic)]
+        for ref, g in zip(loaded, gens):
+            ref.score(g)
+        totals.append(time.perf_counter() - t)
+    loaded = [r.to(args.device) for r in pipeline._unpack(pipeline._read_npz(path, remove=False), names, statistic)]
+    parts: dict = {}
+    for ref, g in zip(loaded, gens):
+        for key, v in cached_phases(ref, g).items():
+            parts[key] = parts.get(key, 0.0) + v
+    return min(totals[1:]), totals[0], parts
+
+
+def device_section(args, train, test, gen, k: int, p: int, base_total: float, cpu_total: float,
+                   scaling: dict) -> None:
+    """7. The statistic with its covariance and searches on a torch device: phases, time, equality with
+    the CPU path and with the baseline given the same cells, and scaling with the training-set size."""
+    device, repeats = args.device, args.repeats
     ct.ct_score(train[:2000], test[:500], gen[:500], k=k, projection=min(p, train.shape[1]), device=device)  # warm-up
+    print(f"7. on {device} (PCA, projection, k-means and the nearest-neighbour searches there; the float64 "
+          f"re-check on the CPU; fastest of {repeats}; {load()})")
+    phases: dict = {}
     on = float("inf")
     for _ in range(repeats):
+        ph = ours_phases(train, test, gen, k=k, seed=0, projection=p, device=device)
+        phases = {key: min(v, phases.get(key, float("inf"))) for key, v in ph.items()}
         result, dt = timed(lambda: ct.ct_score(train, test, gen, k=k, projection=p, seed=0, device=device))
         on = min(on, dt)
-    cpu = ct.ct_score(train, test, gen, k=k, projection=p, seed=0)
+    print(f"   phases: PCA {fmt(phases['pca'])} | project {fmt(phases['project'])} | k-means "
+          f"{fmt(phases['kmeans'])} | test-side NN {fmt(phases['test_side'])}")
+    print(f"           CTReference.fit {fmt(phases['fit'])} | score {fmt(phases['score'])} | ct_score total {fmt(on)}")
+    print(f"   one layer end to end: {fmt(on)}  vs CPU path {fmt(cpu_total)} ({cpu_total / on:.1f}x), "
+          f"vs baseline {fmt(base_total)} ({base_total / on:.1f}x)")
     ref = ct.CTReference.fit(train, test, k=k, projection=p, seed=0, device=device)
     score_on = min(timed(lambda: ref.score(gen))[1] for _ in range(repeats))
     score_cpu = min(timed(lambda: ref.to(None).score(gen))[1] for _ in range(repeats))
-    print(f"7. on {device} (covariance and nearest-neighbour searches there; k-means and the float64 re-check "
-          f"on the CPU; fastest of {repeats})")
-    print(f"   one layer end to end: {fmt(on)}  vs CPU path {fmt(cpu_total)} ({cpu_total / on:.1f}x), "
-          f"vs baseline {base_total / on:.1f}x")
     print(f"   score against a fitted reference: {fmt(score_on)} vs CPU path {fmt(score_cpu)} "
           f"({score_cpu / score_on:.1f}x)")
-    print(f"   C_T on {device} {result.value:+.12f}, CPU path {cpu.value:+.12f}, "
-          f"|diff| {abs(result.value - cpu.value):.2e}\n")
+    worst_cpu = worst_base = 0.0
+    for distance in ("euclidean", "cosine"):
+        for proj in (p, None):
+            dref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0, device=device)
+            cref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
+            v_dev, v_cpu = dref.score(gen).value, cref.score(gen).value
+            cells = (dref.assign(train), dref.assign(test), dref.assign(gen))
+            same = ct.ct_score(train, test, gen, cells=cells, projection=proj, distance=distance, device=device).value
+            base_v = baseline(train, test, gen, k=k, seed=0, n_init=1, projection=proj, distance=distance, cells=cells)
+            worst_cpu, worst_base = max(worst_cpu, abs(v_dev - v_cpu)), max(worst_base, abs(same - base_v))
+            print(f"   {distance:9s} projection={proj!s:4s}: {device} {v_dev:+.12f}, CPU path {v_cpu:+.12f} "
+                  f"(|diff| {abs(v_dev - v_cpu):.2e}); same cells as the baseline: {same:+.12f} vs {base_v:+.12f} "
+                  f"(|diff| {abs(same - base_v):.2e})")
+    print(f"   max |difference|: from the CPU path {worst_cpu:.2e}, from the baseline given the same cells "
+          f"{worst_base:.2e} ({'within' if worst_base <= 1e-9 else 'OVER'} 1e-9)")
+    if scaling:
+        print(f"   scaling, one layer end to end on {device} against section 5's baseline (same data):")
+        for (label, size), (tb, tr, te, g) in scaling.items():
+            to = min(timed(lambda: ct.ct_score(tr, te, g, k=k, projection=min(p, tr.shape[1]), seed=0,
+                                               device=device))[1] for _ in range(args.scaling_repeats))
+            print(f"     {label}={size:7d}: {device} {fmt(to)}  baseline {fmt(tb)}  ratio {tb / to:5.1f}x")
+    print()
 
 
 def scaling_pair(tr, te, g, k, p, args) -> tuple[float, float]:

@@ -68,7 +68,7 @@ REGISTRY_HELP = "Registry folder (default: $FORENSICS_REGISTRY, else the bundled
 # Options that several commands share, declared once so that they read and behave the same everywhere.
 OPT_REGISTRY = typer.Option(None, "--registry", help=REGISTRY_HELP)
 OPT_PROTOCOL = typer.Option(None, "--protocol", "-p", help="Protocol name (default: the registry's default protocol).")
-OPT_DEVICE = typer.Option("cpu", "--device", help="Torch device for the encoder: cpu, cuda, cuda:1.")
+OPT_DEVICE = typer.Option("cpu", "--device", help="Torch device for the encoder and the statistic: cpu, cuda, cuda:1.")
 OPT_WEIGHTS = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise.")
 OPT_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache.")
 OPT_WORKERS = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images.")

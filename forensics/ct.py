@@ -49,11 +49,14 @@ allow it. Memory stays bounded: PCA and projection convert a block of rows per w
 covariance keeps at most ``_GROUPS`` d × d accumulators, and a search tile holds at most ``_TILE`` scores.
 
 Devices: given a torch ``device`` (``fit(..., device="cuda")`` or ``reference.to("cuda")``; the pipeline
-passes its ``--device``), the covariance is accumulated there in float64 and the search's float32
-tiles are scored and reduced there (``DEVICE_BLOCK`` queries by up to ``_DEVICE_TILE`` scores), with the
-same candidates and error bound; the candidates come back to the CPU for the same float64 re-check, so
-the values are the same as on the CPU path. k-means (on a sample, cheap) stays on the CPU. A device
-whose float32 products may use TF32 or bfloat16 is refused with a warning (the CPU path runs).
+passes its ``--device``), the PCA (float64 mean, covariance and eigenvectors), the projections and
+k-means (the CPU path's float32 algorithm and random numbers, its restarts batched) run there, and the
+search's float32 tiles are scored and reduced there (``DEVICE_BLOCK`` queries by up to ``_DEVICE_TILE``
+scores), with the same candidates and error bound; the candidates come back to the CPU for the same
+float64 re-check. So the values are the CPU path's up to the order of float64 sums (~1e-13), with the
+same cells unless float32 rounding in another order breaks a near-tie in k-means. A device without
+float64 (MPS) keeps the PCA and k-means on the CPU. A device whose float32 products may use TF32 or
+bfloat16 is refused with a warning (the CPU path runs).
 """
 
 from __future__ import annotations
@@ -136,7 +139,11 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
     a = np.ascontiguousarray(a)
     if len(a) == 0:
         raise StatisticError(f"{name} is empty: it needs at least one point")
-    if not np.isfinite(a).all():
+    # A float32 sum is finite only if every value is (cheap); where it is not (a non-finite value, or an
+    # overflow of large finite ones) the values decide.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = a.sum(dtype=a.dtype)
+    if not np.isfinite(total) and not np.isfinite(a).all():
         raise StatisticError(f"{name} holds NaN or infinite values; clean the embeddings first")
     return a
 
@@ -476,14 +483,14 @@ def _centred_block(x: np.ndarray, s: int, e: int, mean: np.ndarray, buf: np.ndar
     return out
 
 
-def _pca(x: np.ndarray, dims: int, device=None) -> tuple[np.ndarray, np.ndarray]:
+def _pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the top ``dims`` principal axes (d × dims, float64) of ``x``, from its covariance.
 
     The covariance is accumulated in float64 over centred blocks of rows (bounded memory: one block
     per worker thread, never a float64 copy of ``x``) by symmetric rank-k updates (BLAS syrk: half the
     multiply-adds of a general product); the groups of rows run in parallel, each on one thread
-    (:func:`_parallel`). The leading eigenvectors are kept,
-    their signs fixed (largest entry positive) so that the projection is reproducible."""
+    (:func:`_parallel`). The leading eigenvectors are kept (:func:`_axes`). On a torch device:
+    :func:`_pca_on`."""
     n, d = x.shape
     groups = _row_groups(n, d)
     sums = _parallel(lambda g: x[g[0]:g[1]].sum(axis=0, dtype=np.float64), groups)
@@ -500,13 +507,10 @@ def _pca(x: np.ndarray, dims: int, device=None) -> tuple[np.ndarray, np.ndarray]
             cov += b.T @ b  # numpy sees one operand as the other's transpose: a symmetric rank-k update
         return cov
 
-    if device is not None and device.type != "mps":  # (MPS has no float64)
-        cov = _covariance_on(x, mean, device)
-    else:
-        parts = _parallel(accumulate, groups)
-        cov = parts[0]
-        for part in parts[1:]:
-            cov += part
+    parts = _parallel(accumulate, groups)
+    cov = parts[0]
+    for part in parts[1:]:
+        cov += part
     # A full symmetric eigensolver (divide and conquer) is both faster and steadier here than a subset
     # one: MRRR slows down badly on the clustered eigenvalues that embeddings' noise floors produce.
     torch = _torch()
@@ -515,23 +519,17 @@ def _pca(x: np.ndarray, dims: int, device=None) -> tuple[np.ndarray, np.ndarray]
             vectors = torch.linalg.eigh(torch.from_numpy(cov)).eigenvectors.numpy()
     else:  # pragma: no cover
         vectors = np.linalg.eigh(cov)[1]
-    vectors = vectors[:, d - min(dims, d):]
-    vectors = vectors[:, ::-1]
+    return mean, _axes(vectors, dims)
+
+
+def _axes(vectors: np.ndarray, dims: int) -> np.ndarray:
+    """The last ``dims`` columns of ascending eigenvectors, largest eigenvalue first, each sign fixed
+    (largest entry positive) so that the projection is reproducible."""
+    d = vectors.shape[1]
+    vectors = vectors[:, d - min(dims, d):][:, ::-1]
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
     signs[signs == 0] = 1.0
-    return mean, np.ascontiguousarray(vectors * signs)
-
-
-def _covariance_on(x: np.ndarray, mean: np.ndarray, device) -> np.ndarray:
-    """Σ (x − mean)ᵀ(x − mean) in float64 on a torch device, a block of rows at a time."""
-    torch = _torch()
-    d = x.shape[1]
-    cov = torch.zeros((d, d), dtype=torch.float64, device=device)
-    centre = torch.from_numpy(mean).to(device)
-    for s, e in _row_blocks(len(x), d, budget=_DEVICE_TILE // 2):
-        block = torch.from_numpy(np.ascontiguousarray(x[s:e])).to(device, torch.float64) - centre
-        cov.addmm_(block.T, block)
-    return cov.cpu().numpy()
+    return np.ascontiguousarray(vectors * signs)
 
 
 def _project(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
@@ -703,6 +701,179 @@ def _assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
             d = c_sq[None, :] - 2.0 * (b @ centres.T)  # + |x|², the same for every centre
             out[s:e] = d.argmin(axis=1)
     return out
+
+
+# -- a torch device: PCA, projection and k-means there --------------------------------------------
+# The same steps as above, with the arithmetic on a torch device (a GPU) and only small results coming
+# back. PCA and projection are float64 as on the CPU (the sums run in another order: the axes agree to
+# ~1e-13). k-means replays the CPU's float32 algorithm with the same random numbers, its restarts
+# batched: its cells are the CPU path's unless float32 rounding in another order breaks a near-tie.
+_DEVICE_KEEP = 1 << 31       # bytes of a matrix kept on the device between passes (else sent again)
+
+
+def _float64_on(device) -> bool:
+    """Whether the projection and k-means run on ``device``: a torch device with float64 (not MPS)."""
+    return device is not None and device.type != "mps"
+
+
+class _DeviceRows:
+    """The rows of a host matrix on a torch device, a block at a time (at most ``_DEVICE_TILE // 2``
+    float64 elements once converted): sent once and kept there for later passes when the matrix fits
+    in ``_DEVICE_KEEP`` bytes, otherwise sent again for each pass."""
+
+    def __init__(self, x: np.ndarray, device):
+        self.x, self.device = x, device
+        self.n, self.d = x.shape
+        self._blocks = list(_row_blocks(self.n, self.d, budget=_DEVICE_TILE // 2))
+        self._kept: list | None = [] if x.nbytes <= _DEVICE_KEEP else None
+
+    def __iter__(self):
+        if self._kept:
+            yield from self._kept
+            return
+        torch = _torch()
+        for s, e in self._blocks:
+            block = torch.from_numpy(np.ascontiguousarray(self.x[s:e])).to(self.device)
+            if self._kept is not None:
+                self._kept.append((s, e, block))
+            yield s, e, block
+
+
+def _pca_on(x: np.ndarray, dims: int, device) -> tuple[np.ndarray, np.ndarray, _DeviceRows]:
+    """:func:`_pca` on a torch device: the float64 mean and covariance (centred blocks) and the
+    eigenvectors computed there. Also returns the rows on the device, for :func:`_project_on`."""
+    torch = _torch()
+    rows = _DeviceRows(x, device)
+    total = torch.zeros(rows.d, dtype=torch.float64, device=device)
+    for _, _, block in rows:
+        total += block.sum(dim=0, dtype=torch.float64)
+    mean = total / rows.n
+    cov = torch.zeros((rows.d, rows.d), dtype=torch.float64, device=device)
+    for _, _, block in rows:
+        centred = block.to(torch.float64) - mean
+        cov.addmm_(centred.T, centred)
+    vectors = torch.linalg.eigh(cov).eigenvectors.cpu().numpy()
+    return mean.cpu().numpy(), _axes(vectors, dims), rows
+
+
+def _project_on(x, mean: np.ndarray, components: np.ndarray, device) -> np.ndarray:
+    """:func:`_project` on a torch device (``x`` a host matrix or its :class:`_DeviceRows`)."""
+    torch = _torch()
+    rows = x if isinstance(x, _DeviceRows) else _DeviceRows(x, device)
+    centre = torch.from_numpy(mean).to(device)
+    axes = torch.from_numpy(components).to(device)
+    out = np.empty((rows.n, components.shape[1]))
+    for s, e, block in rows:
+        out[s:e] = ((block.to(torch.float64) - centre) @ axes).cpu().numpy()
+    return out
+
+
+def _sq_dist_on(x, x_sq, centres):
+    """:func:`_sq_dist32` on the device, for a batch of centre sets (R × k × d → R × n × k)."""
+    torch = _torch()
+    d = torch.matmul(x, centres.transpose(1, 2))
+    d *= -2.0
+    d += x_sq[None, :, None]
+    d += (centres * centres).sum(dim=2)[:, None, :]
+    return d.clamp_(min=0.0)
+
+
+def _kmeans_pp_on(x, x_sq, k: int, firsts: list[int], uniforms: np.ndarray):
+    """:func:`_kmeans_pp` for R runs at once, given each run's random numbers (first index; per further
+    centre ``trials`` uniforms). None if a run's potential comes within float32 rounding of 0: the CPU
+    path may then have found it 0 and drawn differently (fewer distinct points than cells)."""
+    torch = _torch()
+    runs, n = len(firsts), len(x)
+    # each squared distance is within (2d + 16)·u·4·max|x|² of its exact value, here as on the CPU
+    floor = 2.0 * n * (2 * x.shape[1] + 16) * _U32 * 4.0 * float(x_sq.max())
+    every = torch.arange(runs, device=x.device)
+    centres = torch.empty((runs, k, x.shape[1]), dtype=x.dtype, device=x.device)
+    centres[:, 0] = x[torch.tensor(firsts, device=x.device)]
+    closest = _sq_dist_on(x, x_sq, centres[:, :1])[:, :, 0].to(torch.float64)
+    potential = closest.sum(dim=1)
+    draws = torch.from_numpy(uniforms).to(x.device)
+    for j in range(1, k):
+        if bool((potential <= floor).any()):
+            return None
+        target = draws[:, j - 1] * potential[:, None]                              # R × trials
+        picks = torch.searchsorted(closest.cumsum(dim=1), target).clamp_(max=n - 1)
+        dist = torch.minimum(closest[:, :, None], _sq_dist_on(x, x_sq, x[picks]).to(torch.float64))
+        pots = dist.sum(dim=1)                                                      # R × trials
+        best = pots.argmin(dim=1)
+        centres[:, j] = x[picks[every, best]]
+        closest, potential = dist[every, :, best], pots[every, best]
+    return centres
+
+
+def _lloyd_on(x, x_sq, centres, tol: float, max_iter: int = _KMEANS_ITER):
+    """:func:`_lloyd` for R runs at once (R × k × d centres); each run stops by the CPU path's rules.
+    Returns the centres and each run's inertia (float64, on the host)."""
+    torch = _torch()
+    runs, k = centres.shape[0], centres.shape[1]
+    n = len(x)
+    labels = torch.full((runs, n), -1, dtype=torch.long, device=x.device)
+    active = torch.ones(runs, dtype=torch.bool, device=x.device)
+    centres = centres.clone()
+    for _ in range(max_iter):
+        d = _sq_dist_on(x, x_sq, centres)
+        new = d.argmin(dim=2)
+        active &= ~(new == labels).all(dim=1)      # labels unchanged: that run stops before updating
+        if not bool(active.any()):
+            break
+        labels = torch.where(active[:, None], new, labels)
+        onehot = torch.zeros((runs, n, k), dtype=x.dtype, device=x.device)
+        onehot.scatter_(2, labels[:, :, None], 1.0)
+        counts = onehot.sum(dim=1)                                                  # R × k
+        sums = torch.matmul(onehot.transpose(1, 2), x)                              # R × k × d
+        moved = torch.where(counts[:, :, None] > 0, sums / counts.clamp(min=1)[:, :, None], centres)
+        empty = (counts == 0) & active[:, None]
+        if bool(empty.any()):  # an empty cluster restarts at the points farthest from their centres
+            for r in torch.nonzero(empty.any(dim=1)).flatten().tolist():
+                gaps = d[r].gather(1, labels[r][:, None])[:, 0]
+                missing = torch.nonzero(empty[r]).flatten()
+                moved[r, missing] = x[torch.argsort(gaps, descending=True, stable=True)[:len(missing)]]
+        shift = ((moved - centres) ** 2).sum(dim=(1, 2))
+        centres = torch.where(active[:, None, None], moved, centres)
+        active &= shift > tol
+        if not bool(active.any()):
+            break
+    inertia = _sq_dist_on(x, x_sq, centres).min(dim=2).values.sum(dim=1, dtype=torch.float64)
+    return centres, inertia.cpu().numpy()
+
+
+def _kmeans_on(x: np.ndarray, k: int, seed: int, device) -> np.ndarray:
+    """:func:`kmeans` on a torch device: the same sample, random numbers and steps, the restarts as one
+    batch. Falls back to :func:`kmeans` where the CPU path would draw differently (fewer distinct
+    points than cells)."""
+    torch = _torch()
+    rng = np.random.default_rng(seed)
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    whole = torch.from_numpy(x32).to(device)
+    tol = _KMEANS_TOL * float(whole.to(torch.float64).var(dim=0, correction=0).mean())
+    pick = np.sort(rng.choice(len(x32), _KMEANS_SAMPLE, replace=False)) if len(x32) > _KMEANS_SAMPLE else None
+    trials = 2 + int(math.log(k))
+    firsts, uniforms = [], np.empty((_KMEANS_INIT, max(0, k - 1), trials))
+    size = len(x32) if pick is None else len(pick)
+    for run in range(_KMEANS_INIT):  # the draws of _restarts, in its order
+        firsts.append(int(rng.integers(size)))
+        for j in range(1, k):
+            uniforms[run, j - 1] = rng.random(trials)
+    sub = whole if pick is None else whole[torch.from_numpy(pick).to(device)]
+    sub_sq = (sub * sub).sum(dim=1)
+    seeds = _kmeans_pp_on(sub, sub_sq, k, firsts, uniforms)
+    if seeds is None:
+        return kmeans(x, k, seed)
+    centres, inertia = _lloyd_on(sub, sub_sq, seeds, tol)
+    centres = centres[int(np.argmin(inertia))][None]
+    if pick is not None:
+        centres, _ = _lloyd_on(whole, (whole * whole).sum(dim=1), centres, tol)
+    centres = centres[0].to(torch.float64)
+    x64 = whole.to(torch.float64) if x.dtype != np.float64 else torch.from_numpy(x).to(device)
+    labels = ((centres * centres).sum(dim=1)[None, :] - 2.0 * (x64 @ centres.T)).argmin(dim=1)
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.zeros((k, x64.shape[1]), dtype=torch.float64, device=device).index_add_(0, labels, x64)
+    exact = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
+    return exact.cpu().numpy()
 
 
 # -- nearest neighbours --------------------------------------------------------------------------
@@ -1003,8 +1174,13 @@ class CTReference:
             if projection < dim and projection > l:
                 raise UsageError(f"projection to {projection} dimensions needs at least {projection} training "
                                  f"points, got {l}; project to fewer dimensions or give more training points")
-            mean, components = _pca(t, min(projection, dim), dev)
-            t, p = _project(t, mean, components), _project(p, mean, components)
+            if _float64_on(dev):
+                mean, components, rows = _pca_on(t, min(projection, dim), dev)
+                t, p = _project_on(rows, mean, components, dev), _project_on(p, mean, components, dev)
+                del rows
+            else:
+                mean, components = _pca(t, min(projection, dim))
+                t, p = _project(t, mean, components), _project(p, mean, components)
         if distance == "cosine":
             t, p = _normalise(t, "train"), _normalise(p, "test")
 
@@ -1016,7 +1192,7 @@ class CTReference:
             if l < k:
                 raise StatisticError(f"k-means with k = {k} cells needs at least k = {k} training points, "
                                      f"got {l}; use fewer cells")
-            centres = kmeans(t, k, seed)
+            centres = _kmeans_on(t, k, seed, dev) if _float64_on(dev) else kmeans(t, k, seed)
             tc, pc = _assign(t, centres), _assign(p, centres)
             cells = np.arange(k)
         counts_t = np.bincount(np.searchsorted(cells, tc), minlength=len(cells))
@@ -1063,7 +1239,10 @@ class CTReference:
             raise StatisticError(f"{name} has {q.shape[1]} dimensions but the reference has {self._dim}; "
                                  f"embed it with the same encoder layer")
         if self._components is not None:
-            q = _project(q, self._mean, self._components)
+            if _float64_on(self._device):
+                q = _project_on(q, self._mean, self._components, self._device)
+            else:
+                q = _project(q, self._mean, self._components)
         if self._distance == "cosine":
             q = _normalise(q, name)
         return q

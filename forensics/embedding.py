@@ -79,6 +79,18 @@ def _autocast(device: torch.device, amp: str | None):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
+def _float32(device: torch.device, amp: str | None):
+    """Without ``amp``, float32 convolutions on CUDA as on the CPU, where the registry's references were
+    embedded. cuDNN's default lets convolutions run in TF32 (10-bit mantissas): on an H200 with that
+    default, the bundled demo's C_T moved by 0.40 and 0.49 in EfficientNet's first two layers against
+    the CPU, while the ViT (matrix products, no TF32 by default) agreed to 0.01."""
+    if amp is not None or device.type != "cuda":
+        return contextlib.nullcontext()
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=False)
+
+
 def _check_images(images: Images) -> None:
     if isinstance(images, np.ndarray):
         as_rgb_uint8(images[:1])
@@ -96,7 +108,7 @@ def iter_embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None
     device = torch.device(getattr(encoder, "device", "cpu"))
     start = 0
     for pixels in _batches(images, encoder.preprocessing, batch_size, workers, pin=device.type == "cuda"):
-        with torch.inference_mode(), _autocast(device, amp):
+        with torch.inference_mode(), _autocast(device, amp), _float32(device, amp):
             feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
         yield start, [f.detach().to("cpu", torch.float32).numpy() for f in feats]
         start += len(pixels)

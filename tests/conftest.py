@@ -1,4 +1,6 @@
-"""Test-suite conventions: offline, CPU, no installed third-party plugins, a private cache."""
+"""Test-suite conventions: offline, CPU, no installed third-party plugins, a private cache. Tests of the
+device code take the ``torch_device`` fixture: "cpu" as a torch device everywhere, and "cuda" too where
+a CUDA GPU is present (never in CI; see benchmarks/README.md for where they were run on one)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,20 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+def _torch_devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return ["cpu"]
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=_torch_devices())
+def torch_device(request) -> str:
+    """A torch device the statistic's device code is tested on: "cpu", and "cuda" where there is one."""
+    return request.param
 
 
 @pytest.fixture(autouse=True, scope="session")

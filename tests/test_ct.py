@@ -462,6 +462,13 @@ def test_data_errors_say_what_to_do(data):
             ct_score(train, test, poisoned, k=2)
     with pytest.raises(StatisticError, match="train holds NaN"):
         ct_score(np.full((50, 3), np.nan), test, gen)
+    for bad in (np.inf, -np.inf):  # +inf and -inf together: their sum is NaN, still caught
+        poisoned = gen.astype(np.float32)
+        poisoned[3, 1], poisoned[4, 2] = bad, -bad
+        with pytest.raises(StatisticError, match="generated holds NaN or infinite values"):
+            ct_score(train, test, poisoned, k=2)
+    huge = np.full((4, 3), 3e38, dtype=np.float32)  # finite values whose float32 sum overflows: accepted
+    assert ct._as_matrix(huge, "x") is not None
     with pytest.raises(StatisticError, match="2-D"):
         ct_score(train[:, 0], test, gen)
     with pytest.raises(StatisticError, match="test is empty"):
@@ -543,44 +550,100 @@ def test_sign_copies_fresh_and_far():
 
 
 # -- a torch device for the searches and the covariance --------------------------------------------
-def test_device_path_gives_the_cpu_paths_values(monkeypatch):
+def test_device_path_gives_the_cpu_paths_values(monkeypatch, torch_device):
     # "cpu" as a torch device runs the device code (torch products, torch selection, transfers to the
-    # host for the float64 re-check) — the code a GPU runs; it must give the CPU path's values
+    # host for the float64 re-check) — the code a GPU runs; it must give the CPU path's values. On a
+    # GPU the float64 covariance is summed in another order, so the axes (and C_T) may differ in the
+    # last bits: there the bound is the statistic's 1e-9.
     pytest.importorskip("torch")
+    tol = 1e-12 if torch_device == "cpu" else 1e-9
     rng = np.random.default_rng(12)
     centres = rng.normal(scale=4, size=(3, 90))
     train, test = mixture(rng, 900, centres), mixture(rng, 300, centres)
     gen = np.concatenate([train[:60] + 1e-6 * rng.normal(size=(60, 90)), mixture(rng, 240, centres)])
     for distance in DIST:
         cpu = CTReference.fit(train, test, k=3, projection=20, distance=distance)
-        dev = CTReference.fit(train, test, k=3, projection=20, distance=distance, device="cpu")
-        assert dev.device.type == "cpu" and cpu.device is None
+        dev = CTReference.fit(train, test, k=3, projection=20, distance=distance, device=torch_device)
+        assert dev.device.type == torch_device and cpu.device is None
         np.testing.assert_array_equal(dev.assign(gen), cpu.assign(gen))
-        np.testing.assert_allclose(dev.to_arrays()["test_dist"], cpu.to_arrays()["test_dist"], rtol=1e-12)
+        np.testing.assert_allclose(dev.to_arrays()["test_dist"], cpu.to_arrays()["test_dist"], rtol=tol)
         want = cpu.score(gen)
-        assert dev.score(gen).value == pytest.approx(want.value, abs=1e-12)
-        moved = cpu.to("cpu")  # a fitted (or loaded) reference moved to a device: arrays shared, same values
-        assert moved.device.type == "cpu" and moved.score(gen) == want and cpu.to(None) is cpu
+        assert dev.score(gen).value == pytest.approx(want.value, abs=tol)
+        moved = cpu.to(torch_device)  # a fitted (or loaded) reference moved to a device: arrays shared
+        assert moved.device.type == torch_device and cpu.to(None) is cpu
+        assert moved.score(gen).value == pytest.approx(want.value, abs=0 if torch_device == "cpu" else 1e-12)
     # small blocks and tiles: several query blocks and training chunks per cell, as on large sets
     monkeypatch.setattr(ct, "DEVICE_BLOCK", 41)
     monkeypatch.setattr(ct, "_DEVICE_TILE", 41 * 23)
     cells = (rng.integers(0, 3, 900), rng.integers(0, 3, 300), rng.integers(0, 3, 300))
     for distance in DIST:
-        got = ct_score(train, test, gen, cells=cells, distance=distance, device="cpu").value
+        got = ct_score(train, test, gen, cells=cells, distance=distance, device=torch_device).value
         assert abs(got - brute_ct(train, test, gen, cells, distance)) <= 1e-9
 
 
-def test_device_search_is_exact_on_near_ties_and_duplicates():
+def test_device_search_is_exact_on_near_ties_and_duplicates(torch_device):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
     base = 1e4 + rng.normal(size=(300, 64))
     train = np.concatenate([base, base[:40]])
     queries = np.concatenate([(train[:80] + train[80:160]) / 2, train[160:220] + 1e-9])
     cell = ct._Cell(train, "euclidean")
-    got = cell.nearest_on(queries, torch.device("cpu"))
+    got = cell.nearest_on(queries, torch.device(torch_device))
     np.testing.assert_array_equal(got, cell.nearest(queries))
     want = np.array([np.sqrt(((train - x) ** 2).sum(axis=1)).min() for x in queries])
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+
+
+def test_pca_and_projection_on_a_device_match_the_cpu_path(monkeypatch, torch_device):
+    torch = pytest.importorskip("torch")
+    dev = torch.device(torch_device)
+    rng = np.random.default_rng(21)
+    x = (rng.normal(size=(700, 40)) * np.linspace(3, 0.1, 40)).astype(np.float32) + 5
+    y = rng.normal(size=(90, 40)).astype(np.float32)
+    mean, axes = ct._pca(x, 12)
+    for keep, tile in ((ct._DEVICE_KEEP, ct._DEVICE_TILE), (0, 2 * 40 * 64)):  # kept there / sent per pass
+        monkeypatch.setattr(ct, "_DEVICE_KEEP", keep)
+        monkeypatch.setattr(ct, "_DEVICE_TILE", tile)
+        d_mean, d_axes, rows = ct._pca_on(x, 12, dev)
+        np.testing.assert_allclose(d_mean, mean, rtol=1e-13)
+        np.testing.assert_allclose(d_axes, axes, atol=1e-10)  # the same signs: the same axes
+        np.testing.assert_allclose(ct._project_on(rows, d_mean, d_axes, dev), ct._project(x, mean, axes), atol=1e-9)
+        np.testing.assert_allclose(ct._project_on(y, d_mean, d_axes, dev), ct._project(y, mean, axes), atol=1e-9)
+        assert (rows._kept is not None) == (keep > 0)
+
+
+@pytest.mark.parametrize("case", ["sampled", "all points", "few distinct points"])
+def test_kmeans_on_a_device_replays_the_cpu_path(monkeypatch, torch_device, case):
+    # the device k-means draws the same random numbers and runs the same float32 steps, restarts
+    # batched: the same cells and (to rounding) the same centres
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(31)
+    centres = rng.normal(scale=5, size=(6, 8))
+    x = mixture(rng, 1500, centres)
+    if case == "sampled":
+        monkeypatch.setattr(ct, "_KMEANS_SAMPLE", 400)  # restarts on a sample, then Lloyd on all points
+    elif case == "few distinct points":  # fewer distinct points than cells: the CPU path draws otherwise
+        x = np.repeat(x[:4], 50, axis=0)
+    for seed in (0, 1, 2):
+        want = ct.kmeans(x, 7, seed)
+        got = ct._kmeans_on(x, 7, seed, torch.device(torch_device))
+        np.testing.assert_array_equal(ct._assign(x, got), ct._assign(x, want))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_lloyd_on_a_device_restarts_an_empty_cluster_as_the_cpu_path_does(torch_device):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(41)
+    x = mixture(rng, 500, rng.normal(scale=4, size=(3, 5))).astype(np.float32)
+    x_sq = np.einsum("ij,ij->i", x, x)
+    start = np.concatenate([x[:3], np.full((2, 5), 1e3, dtype=np.float32)])  # two centres no point is near
+    want, inertia = ct._lloyd(x, x_sq, start, tol=1e-6)
+    dev = torch.device(torch_device)
+    xd = torch.from_numpy(x).to(dev)
+    got, got_inertia = ct._lloyd_on(xd, xd.pow(2).sum(dim=1), torch.from_numpy(start).to(dev)[None], tol=1e-6)
+    np.testing.assert_allclose(got[0].cpu().numpy(), want, rtol=1e-5, atol=1e-5)
+    assert got_inertia[0] == pytest.approx(inertia, rel=1e-5)
+    assert np.all(np.abs(want) < 100)  # both empty clusters were restarted at data points
 
 
 def test_device_errors_and_reduced_precision():

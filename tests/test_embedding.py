@@ -87,6 +87,26 @@ def test_autocast_option(lite, images):
         embed(lite, images, amp="fp8")
 
 
+def test_without_amp_cuda_convolutions_stay_float32_and_the_setting_is_restored():
+    # cuDNN may run float32 convolutions in TF32 by default; the embedding turns that off for its own
+    # forward passes only (the flags are process-wide: a user's setting comes back afterwards)
+    import torch
+
+    from forensics.embedding import _float32
+
+    cudnn = torch.backends.cudnn
+    before = cudnn.allow_tf32, cudnn.enabled, cudnn.benchmark
+    cudnn.allow_tf32 = True
+    try:
+        with _float32(torch.device("cuda"), None):
+            assert cudnn.allow_tf32 is False and cudnn.enabled == before[1] and cudnn.benchmark == before[2]
+        assert cudnn.allow_tf32 is True
+        with _float32(torch.device("cuda"), "bf16"), _float32(torch.device("cpu"), None):
+            assert cudnn.allow_tf32 is True  # autocast chosen, or not CUDA: left alone
+    finally:
+        cudnn.allow_tf32 = before[0]
+
+
 def test_grey_and_empty_inputs(lite):
     grey = sample_images(n=2, size=20)[..., 0]
     assert embed(lite, grey, layers=["bn1"])[0].shape == (2, 32)

@@ -115,18 +115,22 @@ def test_the_held_out_copier_reads_as_copying_in_the_deep_layers(shipped_engine,
     assert np.all(values[2:] < -2) and values[-1] < -4, values  # measured −2.1 … −5.8 from block 1
 
 
-def test_an_engine_on_a_torch_device_runs_the_statistic_there_with_the_same_curve(shipped_engine, bundled_registry):
+def test_an_engine_on_a_torch_device_runs_the_statistic_there_with_the_same_curve(shipped_engine, bundled_registry,
+                                                                                torch_device):
     # "cpu:0" is a torch device that is not the engine's default "cpu": the encoder and the statistic's
-    # searches run through the device code a GPU runs, on the shipped reference side
+    # searches run through the device code a GPU runs, on the shipped reference side. On a GPU the
+    # encoder's convolutions round differently, so the embeddings (and the curve) differ a little.
     from forensics.pipeline import Engine
 
-    engine = Engine(bundled_registry.protocol(PROTOCOL), device="cpu:0", use_cache=False,
+    device = "cpu:0" if torch_device == "cpu" else torch_device
+    engine = Engine(bundled_registry.protocol(PROTOCOL), device=device, use_cache=False,
                     shipped_dir=bundled_registry.reference_dir(PROTOCOL))
-    assert all(r.device is not None and r.device.type == "cpu" for r in engine.references)
+    assert all(r.device is not None and r.device.type == torch_device for r in engine.references)
     assert all(r.device is None for r in shipped_engine.references)
     images = np.load(Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples" / "vae" / "heldout.npz")["images"]
     want = shipped_engine.curves(images)[0].fingerprint.values
-    assert engine.curves(images)[0].fingerprint.values == pytest.approx(want, abs=1e-12)
+    got = engine.curves(images)[0].fingerprint.values
+    assert got == pytest.approx(want, abs=1e-12 if torch_device == "cpu" else 0.02), np.subtract(got, want)
 
 
 def test_an_absent_or_unknown_device_is_a_one_line_usage_error(bundled_registry):
