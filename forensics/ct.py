@@ -847,13 +847,13 @@ def _kmeans_on(x: np.ndarray, k: int, seed: int, device) -> np.ndarray:
     points than cells)."""
     torch = _torch()
     rng = np.random.default_rng(seed)
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    whole = torch.from_numpy(x32).to(device)
+    given = torch.from_numpy(np.ascontiguousarray(x)).to(device)  # sent once; float32 and float64 made there
+    whole = given.to(torch.float32)  # rounds as numpy's astype(float32) does
     tol = _KMEANS_TOL * float(whole.to(torch.float64).var(dim=0, correction=0).mean())
-    pick = np.sort(rng.choice(len(x32), _KMEANS_SAMPLE, replace=False)) if len(x32) > _KMEANS_SAMPLE else None
+    pick = np.sort(rng.choice(len(x), _KMEANS_SAMPLE, replace=False)) if len(x) > _KMEANS_SAMPLE else None
     trials = 2 + int(math.log(k))
     firsts, uniforms = [], np.empty((_KMEANS_INIT, max(0, k - 1), trials))
-    size = len(x32) if pick is None else len(pick)
+    size = len(x) if pick is None else len(pick)
     for run in range(_KMEANS_INIT):  # the draws of _restarts, in its order
         firsts.append(int(rng.integers(size)))
         for j in range(1, k):
@@ -868,10 +868,11 @@ def _kmeans_on(x: np.ndarray, k: int, seed: int, device) -> np.ndarray:
     if pick is not None:
         centres, _ = _lloyd_on(whole, (whole * whole).sum(dim=1), centres, tol)
     centres = centres[0].to(torch.float64)
-    x64 = whole.to(torch.float64) if x.dtype != np.float64 else torch.from_numpy(x).to(device)
+    x64 = given.to(torch.float64)
     labels = ((centres * centres).sum(dim=1)[None, :] - 2.0 * (x64 @ centres.T)).argmin(dim=1)
-    counts = torch.bincount(labels, minlength=k)
-    sums = torch.zeros((k, x64.shape[1]), dtype=torch.float64, device=device).index_add_(0, labels, x64)
+    onehot = torch.zeros((len(x64), k), dtype=torch.float64, device=device).scatter_(1, labels[:, None], 1.0)
+    counts = onehot.sum(dim=0)
+    sums = onehot.T @ x64  # a product, not atomic adds: the same sums on every run
     exact = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
     return exact.cpu().numpy()
 
