@@ -139,7 +139,7 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
     a = np.ascontiguousarray(a)
     if len(a) == 0:
         raise StatisticError(f"{name} is empty: it needs at least one point")
-    # A float32 sum is finite only if every value is (cheap); where it is not (a non-finite value, or an
+    # The sum is finite only if every value is (cheap to check); where it is not (a non-finite value, or an
     # overflow of large finite ones) the values decide.
     with np.errstate(over="ignore", invalid="ignore"):
         total = a.sum(dtype=a.dtype)
