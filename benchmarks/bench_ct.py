@@ -114,8 +114,8 @@ def baseline(train, test, gen, *, k, seed, n_init, projection, distance="euclide
 
 # -- ours, phase by phase (the same steps CTReference.fit / score take) ----------------------------
 def ours_phases(train, test, gen, *, k, seed, projection, device=None):
-    """The steps CTReference.fit / score take, timed one by one; ``device``: a torch device for the
-    covariance and the searches (as ``fit(..., device=...)`` runs them), or None for the CPU path."""
+    """The steps CTReference.fit / score take, timed one by one; ``device``: a torch device for the PCA,
+    projections, k-means and searches (as ``fit(..., device=...)`` runs them), or None for the CPU path."""
     times = {}
     dev = ct.resolve_device(device)
     dims = min(projection, train.shape[1])
