@@ -718,14 +718,14 @@ def _float64_on(device) -> bool:
 
 class _DeviceRows:
     """The rows of a host matrix on a torch device, a block at a time (at most ``_DEVICE_TILE // 2``
-    float64 elements once converted): sent once and kept there for later passes when the matrix fits
-    in ``_DEVICE_KEEP`` bytes, otherwise sent again for each pass."""
+    float64 elements once converted): with ``keep``, sent once and kept there for later passes when
+    the matrix fits in ``_DEVICE_KEEP`` bytes; otherwise sent again for each pass."""
 
-    def __init__(self, x: np.ndarray, device):
+    def __init__(self, x: np.ndarray, device, keep: bool = True):
         self.x, self.device = x, device
         self.n, self.d = x.shape
         self._blocks = list(_row_blocks(self.n, self.d, budget=_DEVICE_TILE // 2))
-        self._kept: list | None = [] if x.nbytes <= _DEVICE_KEEP else None
+        self._kept: list | None = [] if keep and x.nbytes <= _DEVICE_KEEP else None
 
     def __iter__(self):
         if self._kept:
@@ -759,7 +759,7 @@ def _pca_on(x: np.ndarray, dims: int, device) -> tuple[np.ndarray, np.ndarray, _
 def _project_on(x, mean: np.ndarray, components: np.ndarray, device) -> np.ndarray:
     """:func:`_project` on a torch device (``x`` a host matrix or its :class:`_DeviceRows`)."""
     torch = _torch()
-    rows = x if isinstance(x, _DeviceRows) else _DeviceRows(x, device)
+    rows = x if isinstance(x, _DeviceRows) else _DeviceRows(x, device, keep=False)  # one pass: nothing kept
     centre = torch.from_numpy(mean).to(device)
     axes = torch.from_numpy(components).to(device)
     out = np.empty((rows.n, components.shape[1]))
