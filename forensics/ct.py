@@ -728,15 +728,18 @@ class _DeviceRows:
         self._kept: list | None = [] if keep and x.nbytes <= _DEVICE_KEEP else None
 
     def __iter__(self):
-        if self._kept:
+        if self._kept is not None and len(self._kept) == len(self._blocks):  # a whole pass was kept
             yield from self._kept
             return
         torch = _torch()
+        kept = []
         for s, e in self._blocks:
             block = torch.from_numpy(np.ascontiguousarray(self.x[s:e])).to(self.device)
             if self._kept is not None:
-                self._kept.append((s, e, block))
+                kept.append((s, e, block))
             yield s, e, block
+        if self._kept is not None:  # only a pass that ran to the end is kept (never a partial one)
+            self._kept = kept
 
 
 def _pca_on(x: np.ndarray, dims: int, device) -> tuple[np.ndarray, np.ndarray, _DeviceRows]:

@@ -610,6 +610,9 @@ def test_pca_and_projection_on_a_device_match_the_cpu_path(monkeypatch, torch_de
         np.testing.assert_allclose(ct._project_on(rows, d_mean, d_axes, dev), ct._project(x, mean, axes), atol=1e-9)
         np.testing.assert_allclose(ct._project_on(y, d_mean, d_axes, dev), ct._project(y, mean, axes), atol=1e-9)
         assert (rows._kept is not None) == (keep > 0)
+    fresh = ct._DeviceRows(x, dev)  # a pass stopped early is not kept: the next pass sends every block
+    next(iter(fresh))
+    assert [(s, e) for s, e, _ in fresh] == [(s, e) for s, e in fresh._blocks] and len(fresh._blocks) > 1
 
 
 @pytest.mark.parametrize("case", ["sampled", "all points", "few distinct points"])
