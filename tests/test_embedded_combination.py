@@ -27,26 +27,28 @@ def test_the_default_is_the_combination_of_both_offline_protocols(bundled_regist
     assert not [w for w in bundled_registry.warnings if PROTOCOL in w]  # every zoo set is under both
 
 
-@pytest.mark.parametrize("matcher, expected", [("alpha", (27, 25, 0, 2)), ("cosine", (26, 25, 0, 2))])
+@pytest.mark.parametrize("matcher, expected", [("alpha", (27, 25, 0, 2)), ("cosine", (26, 26, 0, 1))])
 def test_leave_one_out(bundled_registry, plugin_host, matcher, expected):
-    # EfficientNet alone: alpha 27 / 23-0-4, cosine 22 / 17-2-8. (svm measured 24 / 21-2-4 against 25 /
-    # 21-0-6; left out of the suite, its 27 refits take 17 s.) With the PixelCNN at 9,000 iterations:
-    # alpha 27 / 24-0-3, cosine 25 / 24-0-3; with the DDPM network at 15,000 iterations: alpha 27 /
-    # 25-0-2, cosine 23 / 23-0-4, svm 27 / 25-0-2
+    # EfficientNet alone: alpha 27 / 25-0-2, cosine 25 / 23-0-4. (svm measured 23 / 21-1-5 against 27 /
+    # 23-0-4; left out of the suite, its 27 refits take 17 s.) With SNGAN at 9,000 iterations: alpha
+    # 27 / 25-0-2, cosine 26 / 25-0-2, svm 24 / 21-2-4; with the PixelCNN at 9,000 iterations: alpha
+    # 27 / 24-0-3, cosine 25 / 24-0-3; with the DDPM network at 15,000 iterations: alpha 27 / 25-0-2,
+    # cosine 23 / 23-0-4, svm 27 / 25-0-2
     result = leave_one_out(bundled_registry.references(PROTOCOL), matcher)
     o = result.open_set
     assert (result.correct, o["answered_right"], o["answered_wrong"], o["unknown"]) == expected
 
 
-@pytest.mark.parametrize("matcher, unknown, gans_named", [("alpha", 25, 0), ("cosine", 22, 3), ("svm", 25, 0)])
+@pytest.mark.parametrize("matcher, unknown, gans_named", [("alpha", 25, 0), ("cosine", 23, 0), ("svm", 25, 0)])
 def test_a_left_out_gan_is_no_longer_named_as_the_other(bundled_registry, plugin_host, matcher, unknown,
                                                          gans_named):
     # EfficientNet alone, before the DDPM network's second stage: 21/27 with alpha and svm, every run of
-    # either GAN named as the other (now 22/27, three of the six). Measured here: 25/27 with alpha and
-    # svm, a DDIM run named pndm and a PNDM run named ddim; cosine 22/27, those two, two DCGAN runs named
-    # sngan and one SNGAN run named dcgan (23/27 and one of either with the PixelCNN at 9,000
-    # iterations). The two ODE samplers moved nearer the data with the network's second stage, and
-    # nearer each other (26/27 with every matcher at 15,000 iterations)
+    # either GAN named as the other. Measured here: 25/27 with alpha and svm, a DDIM run named pndm and
+    # a PNDM run named ddim; cosine 23/27, two of either. With SNGAN at 9,000 iterations cosine named
+    # three of the six GAN runs as the other GAN (22/27); trained to 18,000 with a decaying rate, SNGAN
+    # moved away from DCGAN (a left-out DCGAN run now lies 3.4-3.7 of SNGAN's spreads from it, was
+    # 2.3-2.8). The two ODE samplers moved nearer the data with the network's second stage, and nearer
+    # each other (26/27 with every matcher at 15,000 iterations)
     result = leave_generator_out(bundled_registry.references(PROTOCOL), matcher)
     assert result["unknown"] == unknown, result["per_generator"]
     gans = {g: result["per_generator"][g]["attributed_to"] for g in ("dcgan", "sngan")}
@@ -60,9 +62,9 @@ ODE_LOOKALIKES = {"ddim": {"pndm": [1, 3]}, "pndm": {"ddim": [1, 3]}}
 def test_the_shipped_calibration_is_current_and_lists_the_ode_samplers_as_lookalikes(bundled_registry,
                                                                                      plugin_host):
     refs = bundled_registry.references(PROTOCOL)
-    # svm's too since the PixelCNN's longer training (its threshold went from 1.40 spreads to 1.89 or a
-    # margin below 0.114)
-    expected = {"alpha": ODE_LOOKALIKES, "cosine": ODE_LOOKALIKES, "svm": ODE_LOOKALIKES}
+    # svm's recorded them while its threshold was 1.89 spreads or a margin below 0.114 (SNGAN at 9,000
+    # iterations); it calibrates to 1.40 spreads now, which turns both runs away
+    expected = {"alpha": ODE_LOOKALIKES, "cosine": ODE_LOOKALIKES, "svm": {}}
     for name in available_matchers():
         m = make_matcher(name, calibration=bundled_registry.calibration(PROTOCOL, name)).fit(refs)
         assert m.calibration["source"] == "recorded" and m.calibration["lookalikes"] == expected[name], name

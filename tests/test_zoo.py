@@ -358,14 +358,14 @@ def _weights(ckpt_dir, gen):
 
 
 @pytest.mark.parametrize("gen,tiny", [("pixelcnn", {"ch": 2, "blocks": 1, "dilations": [1]}),
-                                      ("dcgan", {"zdim": 4, "ch": 4})])
+                                      ("dcgan", {"zdim": 4, "ch": 4}), ("sngan", {"zdim": 4, "ch": 4})])
 def test_a_run_extended_from_a_constant_rate_checkpoint_equals_a_straight_run(tmp_path, monkeypatch, gen, tiny):
-    # the shipped PixelCNN runs were extended from an earlier zoo's 9,000-iteration checkpoints; the
-    # decay is a function of the iteration alone, so that equals training 18,000 straight through
+    # the shipped PixelCNN runs and SNGAN's run0 were extended from an earlier zoo's 9,000-iteration
+    # checkpoints (SNGAN's other runs trained straight through); the decay is a function of the iteration alone, so that equals training 18,000 straight through
     from forensics.zoo import train as T
 
     monkeypatch.setattr(T, "M_IMAGES", 2)
-    fit = {"pixelcnn": T.train_pixelcnn, "dcgan": T.train_dcgan}[gen]
+    fit = {"pixelcnn": T.train_pixelcnn, "dcgan": T.train_dcgan, "sngan": T.train_sngan}[gen]
     cfg = dict(T.SETTINGS[gen], **tiny, batch=4, iters=4, decay_from=2)
     straight, _ = fit(0, tmp_path / "a", cfg)
     fit(0, tmp_path / "b", {k: v for k, v in dict(cfg, iters=2).items() if k != "decay_from"})
