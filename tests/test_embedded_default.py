@@ -44,8 +44,8 @@ def test_leave_one_out_with_the_papers_matcher(plugin_host, bundled_registry):
 
 
 def test_a_generator_left_out_entirely_comes_back_unknown(plugin_host, bundled_registry):
-    # the open-set target, each class left out in turn: measured 22/27, every miss a run of DDIM
-    # or PNDM, two solvers of one ODE, named as the other: they lie 1.4-2.5 of each other's spreads, and
+    # the open-set target, each class left out in turn: measured 23/27 (22/27 with DCGAN at
+    # 18,000 iterations), every miss a run of DDIM or PNDM, two solvers of one ODE, named as the other: they lie 1.4-2.5 of each other's spreads, and
     # recalibrated without either, the threshold is 2.20 spreads. The two GANs, the other near pair while
     # SNGAN had 9,000 iterations (then 22/27 too: two DCGAN runs named sngan, one SNGAN run dcgan, a
     # left-out GAN 1.3-2.0 of the other's spreads from it), now lie 2.6-3.5 apart: SNGAN trained to
@@ -54,8 +54,8 @@ def test_a_generator_left_out_entirely_comes_back_unknown(plugin_host, bundled_r
     refs = bundled_registry.references(PROTOCOL)
     result = leave_generator_out(refs, "alpha")
     named = {g: p["attributed_to"] for g, p in result["per_generator"].items() if p["attributed_to"]}
-    assert result["n"] == 27 and result["unknown"] == 22, named
-    assert named == {"ddim": {"pndm": 2}, "pndm": {"ddim": 3}}
+    assert result["n"] == 27 and result["unknown"] == 23, named
+    assert named == {"ddim": {"pndm": 1}, "pndm": {"ddim": 3}}
 
 
 def test_generated_sets_do_not_read_as_copies(bundled_registry):
