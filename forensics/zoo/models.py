@@ -179,39 +179,69 @@ class PixelCNN(nn.Module):
     masked 3x3 (B), a 256-way softmax per pixel. Input in [-1, 1], output logits (N, 256, H, W).
 
     The plain (not gated) architecture: it has the original's blind spot above-right of each pixel.
+
+    With ``classes``, it is class-conditional as in the paper's conditional PixelCNN: a learned
+    per-class bias on the channels after the input layer and after every block (zero at the start).
+    A bias is the same at every pixel, so it tells each pixel the class without showing it any pixel
+    after it. ``sample`` then first draws each image's class from ``class_counts`` (the training
+    classes' frequencies, a buffer saved with the weights), so the model as a whole is still an
+    unconditional generator of its training distribution.
     """
 
-    def __init__(self, ch: int = 16, blocks: int = 6, levels: int = 256, dilations: list[int] | None = None):
+    def __init__(self, ch: int = 16, blocks: int = 6, levels: int = 256, dilations: list[int] | None = None,
+                 classes: int | None = None):
         super().__init__()
         dilations = list(dilations) if dilations is not None else [1] * blocks
         if len(dilations) != blocks:
             raise ValueError(f"{blocks} blocks need {blocks} dilations, not {len(dilations)}")
         self.levels = levels
+        self.classes = classes
         self.inp = MaskedConv2d("A", 1, 2 * ch, 7)
         self.blocks = nn.Sequential(*[_PixelBlock(ch, d) for d in dilations])
         self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * ch, 2 * ch, 1), nn.ReLU(), nn.Conv2d(2 * ch, levels, 1))
+        if classes:
+            self.emb = nn.ModuleList(nn.Embedding(classes, 2 * ch) for _ in range(1 + blocks))
+            for e in self.emb:
+                nn.init.zeros_(e.weight)
+            self.register_buffer("class_counts", torch.ones(classes, dtype=torch.long))
 
-    def forward(self, x):
-        return self.out(self.blocks(self.inp(x)))
+    def forward(self, x, y=None):
+        """Logits for images ``x``; a class-conditional model also needs their classes ``y`` (N,)."""
+        if not self.classes:
+            return self.out(self.blocks(self.inp(x)))
+        if y is None:
+            raise ValueError(f"this PixelCNN is conditioned on {self.classes} classes: pass each image's class")
+        h = self.inp(x) + self.emb[0](y)[:, :, None, None]
+        for block, emb in zip(self.blocks, self.emb[1:]):
+            h = block(h) + emb(y)[:, :, None, None]
+        return self.out(h)
 
-    def loss(self, x):
-        """Mean negative log-likelihood per pixel (nats) of images ``x`` in [-1, 1]."""
+    def loss(self, x, y=None):
+        """Mean negative log-likelihood per pixel (nats) of images ``x`` in [-1, 1] (of class ``y``)."""
         target = ((x + 1) * 127.5).round().long().squeeze(1)
-        return F.cross_entropy(self.forward(x), target)
+        return F.cross_entropy(self.forward(x, y), target)
 
     @property
     def reach(self) -> int:
         """How many rows above (and columns either side) one output pixel can see."""
         return self.inp.kernel_size[0] // 2 + sum(b.dilation for b in self.blocks)
 
+    def draw_classes(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` classes drawn with replacement in proportion to ``class_counts``."""
+        p = self.class_counts.double()
+        return torch.multinomial(p / p.sum(), n, replacement=True, generator=generator)
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator, size: int = 28) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator, size: int = 28, y: torch.Tensor | None = None) -> torch.Tensor:
         """Ancestral sampling in raster order at temperature 1; returns (n, 1, size, size) in [-1, 1].
 
-        Each step runs the network only on the window that pixel's receptive field covers (``reach``
-        rows up, ``reach`` columns either side): the same logits as the whole image, to float rounding,
-        without the rows below and the columns out of reach.
+        A class-conditional model samples class ``y`` (default: ``draw_classes`` from ``generator``,
+        before any pixel). Each step runs the network only on the window that pixel's receptive field
+        covers (``reach`` rows up, ``reach`` columns either side): the same logits as the whole image,
+        to float rounding, without the rows below and the columns out of reach.
         """
+        if self.classes and y is None:
+            y = self.draw_classes(n, generator)
         r = self.reach
         x = torch.zeros(n, 1, size, size)
         for i in range(size):
@@ -219,7 +249,7 @@ class PixelCNN(nn.Module):
             for j in range(size):
                 left = max(0, j - r)
                 window = x[:, :, top:i + 1, left:min(size, j + r + 1)]
-                logits = self.forward(window)[:, :, i - top, j - left]
+                logits = self.forward(window, y)[:, :, i - top, j - left]
                 level = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
                 x[:, 0, i, j] = level.float() / 127.5 - 1
         return x

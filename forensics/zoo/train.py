@@ -129,17 +129,26 @@ def _log(msg: str):
 
 
 class _Data:
+    """T in [-1, 1] with its class labels, served in per-epoch permutations seeded by the run's seed."""
+
     def __init__(self, seed: int):
-        tr, _, _, _ = mnist_split()
+        tr, labels, _, _ = mnist_split()
         self.x = M.from_uint8(tr)  # [-1, 1]
+        self.y = torch.as_tensor(labels, dtype=torch.long)
         self.seed = seed
 
-    def batch(self, it: int, bs: int) -> torch.Tensor:
+    def _index(self, it: int, bs: int) -> torch.Tensor:
         per_epoch = len(self.x) // bs
         epoch, k = divmod(it, per_epoch)
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        perm = torch.randperm(len(self.x), generator=g)
-        return self.x[perm[k * bs:(k + 1) * bs]]
+        return torch.randperm(len(self.x), generator=g)[k * bs:(k + 1) * bs]
+
+    def batch(self, it: int, bs: int) -> torch.Tensor:
+        return self.x[self._index(it, bs)]
+
+    def labelled_batch(self, it: int, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self._index(it, bs)
+        return self.x[i], self.y[i]
 
 
 def _ckpt_path(ckpt_dir: Path, gen: str, seed: int) -> Path:
@@ -210,14 +219,15 @@ def _set_lr(lr: float, *optimizers):
 
 
 def _fit_and_sample(name, seed, ckpt_dir, cfg, model, loss_fn):
-    """Adam on ``loss_fn(batch in [-1, 1]) -> (loss, log text)`` for the configured iterations (resumable),
-    then ``model.sample`` from the sampling seed. The model must be built right after ``_seed_all``."""
+    """Adam on ``loss_fn(batch in [-1, 1], its class labels) -> (loss, log text)`` for the configured
+    iterations (resumable), then ``model.sample`` from the sampling seed. The model must be built right
+    after ``_seed_all``."""
     data = _Data(seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
 
     def step(it):
         _set_lr(learning_rate(cfg, it), opt)
-        loss, info = loss_fn(data.batch(it, cfg["batch"]))
+        loss, info = loss_fn(*data.labelled_batch(it, cfg["batch"]))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -233,7 +243,7 @@ def train_vae(seed, ckpt_dir, cfg):
     _seed_all(seed)
     model = M.ConvVAE(cfg["zdim"], cfg["ch"])
 
-    def loss_fn(x):
+    def loss_fn(x, _labels):
         loss, rec, kl = model.loss((x + 1) / 2)
         return loss, f"loss {loss.item():.1f} rec {rec.item():.1f} kl {kl.item():.1f}"
 
@@ -242,10 +252,12 @@ def train_vae(seed, ckpt_dir, cfg):
 
 def train_pixelcnn(seed, ckpt_dir, cfg):
     _seed_all(seed)
-    model = M.PixelCNN(cfg["ch"], cfg["blocks"], cfg["levels"], cfg.get("dilations"))
+    model = M.PixelCNN(cfg["ch"], cfg["blocks"], cfg["levels"], cfg.get("dilations"), cfg.get("classes"))
+    if model.classes:  # sampling draws classes as often as T has them
+        model.class_counts.copy_(torch.bincount(_Data(seed).y, minlength=model.classes))
 
-    def loss_fn(x):
-        loss = model.loss(x)
+    def loss_fn(x, labels):
+        loss = model.loss(x, labels if model.classes else None)
         return loss, f"nll {loss.item():.3f} nats/pixel"
 
     return _fit_and_sample("pixelcnn", seed, ckpt_dir, cfg, model, loss_fn)
