@@ -336,6 +336,10 @@ def test_pixelcnn_learns_and_the_zoo_run_writes_its_set(tmp_path, monkeypatch, s
     x = np.load(tmp_path / "pixelcnn" / "run0.npz")["images"]
     assert x.shape == (8, 28, 28) and x.dtype == np.uint8 and meta["settings"]["dilations"] == [2]
     assert (tmp_path / "ck" / "pixelcnn" / "seed0.pt").is_file()  # resumable like every trained generator
+    # the zoo's PixelCNN is class-conditional; it keeps T's class counts with its weights to draw from
+    assert meta["settings"]["classes"] == 10
+    state = torch.load(tmp_path / "ck" / "pixelcnn" / "seed0.pt", weights_only=True)["model"]
+    assert state["class_counts"].tolist() == [400] * 10
 
 
 def test_pndm_leaves_x0_unclipped_as_the_papers_pipeline_did():
