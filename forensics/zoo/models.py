@@ -180,10 +180,10 @@ class PixelCNN(nn.Module):
 
     The plain (not gated) architecture: it has the original's blind spot above-right of each pixel.
 
-    With ``classes``, it is class-conditional as in the paper's conditional PixelCNN: a learned
-    per-class bias on the channels after the input layer and after every block (zero at the start).
-    A bias is the same at every pixel, so it tells each pixel the class without showing it any pixel
-    after it. ``sample`` then first draws each image's class from ``class_counts`` (the training
+    With ``classes``, it is class-conditional as the conditional PixelCNN of van den Oord et al.
+    (2016, "Conditional Image Generation with PixelCNN Decoders") is: a learned per-class bias on the
+    channels after the input layer and after every block (zero at the start). A bias is the same at
+    every pixel, so it tells each pixel the class without showing it any pixel after it. ``sample`` then first draws each image's class from ``class_counts`` (the training
     classes' frequencies, a buffer saved with the weights), so the model as a whole is still an
     unconditional generator of its training distribution.
     """

@@ -257,7 +257,7 @@ def train_pixelcnn(seed, ckpt_dir, cfg):
     _seed_all(seed)
     model = M.PixelCNN(cfg["ch"], cfg["blocks"], cfg["levels"], cfg.get("dilations"), cfg.get("classes"))
     if model.classes:  # sampling draws classes as often as T has them
-        model.class_counts.copy_(torch.bincount(_Data(seed).y, minlength=model.classes))
+        model.class_counts.copy_(torch.bincount(torch.as_tensor(mnist_split()[1]), minlength=model.classes))
 
     def loss_fn(x, labels):
         loss = model.loss(x, labels if model.classes else None)
