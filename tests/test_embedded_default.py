@@ -37,9 +37,9 @@ def test_leave_one_out_with_the_papers_matcher(plugin_host, bundled_registry):
     wrong = [(p["generator"], p["predicted"]) for p in result.predictions if p["predicted"] != p["generator"]]
     assert result.correct == result.n == 27, wrong
     # open set: no instance is answered wrong. Measured 26 right and 1 "unknown" (a VAE run); 25 / 0 / 2
-    # with the unconditional PixelCNN (a PixelCNN run too), 23 / 0 / 4 with SNGAN at 9,000 iterations, 22 / 0 / 5 with the PixelCNN at 3,000, 27
-    # right before DCGAN and the VAE were trained longer and moved nearer the data and nearer other
-    # generators
+    # with the unconditional PixelCNN (a PixelCNN run too), 23 / 0 / 4 with SNGAN at 9,000 iterations,
+    # 22 / 0 / 5 with the PixelCNN at 3,000, 27 right before DCGAN and the VAE were trained longer and
+    # moved nearer the data and nearer other generators
     assert result.open_set == {"answered_right": 26, "answered_wrong": 0, "unknown": 1}
 
 

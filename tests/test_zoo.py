@@ -408,8 +408,9 @@ def _weights(ckpt_dir, gen):
 @pytest.mark.parametrize("gen,tiny", [("pixelcnn", {"ch": 2, "blocks": 1, "dilations": [1]}),
                                       ("dcgan", {"zdim": 4, "ch": 4}), ("sngan", {"zdim": 4, "ch": 4})])
 def test_a_run_extended_from_a_constant_rate_checkpoint_equals_a_straight_run(tmp_path, monkeypatch, gen, tiny):
-    # the shipped PixelCNN runs and SNGAN's run0 were extended from an earlier zoo's 9,000-iteration
-    # checkpoints (SNGAN's other runs trained straight through); the decay is a function of the iteration alone, so that equals training 18,000 straight through
+    # SNGAN's run0 was extended from an earlier zoo's 9,000-iteration checkpoint and DCGAN's four runs
+    # from their 18,000-iteration ones (the other SNGAN runs and the class-conditional PixelCNN trained
+    # straight through); the decay is a function of the iteration alone, so that equals a straight run
     from forensics.zoo import train as T
 
     monkeypatch.setattr(T, "M_IMAGES", 2)

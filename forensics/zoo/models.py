@@ -183,9 +183,10 @@ class PixelCNN(nn.Module):
     With ``classes``, it is class-conditional as the conditional PixelCNN of van den Oord et al.
     (2016, "Conditional Image Generation with PixelCNN Decoders") is: a learned per-class bias on the
     channels after the input layer and after every block (zero at the start). A bias is the same at
-    every pixel, so it tells each pixel the class without showing it any pixel after it. ``sample`` then first draws each image's class from ``class_counts`` (the training
-    classes' frequencies, a buffer saved with the weights), so the model as a whole is still an
-    unconditional generator of its training distribution.
+    every pixel, so it tells each pixel the class without showing it any pixel after it. ``sample``
+    then first draws each image's class from ``class_counts`` (the training classes' frequencies, a
+    buffer saved with the weights), so the model as a whole is still an unconditional generator of its
+    training distribution.
     """
 
     def __init__(self, ch: int = 16, blocks: int = 6, levels: int = 256, dilations: list[int] | None = None,
@@ -232,7 +233,8 @@ class PixelCNN(nn.Module):
         return torch.multinomial(p / p.sum(), n, replacement=True, generator=generator)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator, size: int = 28, y: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator, size: int = 28,
+               y: torch.Tensor | None = None) -> torch.Tensor:
         """Ancestral sampling in raster order at temperature 1; returns (n, 1, size, size) in [-1, 1].
 
         A class-conditional model samples class ``y`` (default: ``draw_classes`` from ``generator``,

@@ -77,7 +77,8 @@ SETTINGS = {
     # ViT's 0.12-0.15 -> 0.069-0.084 (22-28x -> 13-16x P_n's), pixel fd_pca 8.1-9.0 -> 6.9-7.8
     "pixelcnn": {"ch": 16, "blocks": 6, "levels": 256, "iters": 18000, "decay_from": 9000, "batch": 32,
                  "lr": 1e-3,
-                 "sample": "ancestral, raster order, temperature 1; each image's class drawn from T's class frequencies",
+                 "sample": "ancestral, raster order, temperature 1; "
+                           "each image's class drawn from T's class frequencies",
                  "arch": "masked 7x7 (A) to 32 channels, 6 residual blocks (1x1, masked 3x3 B, 1x1), 256-way softmax",
                  "dilations": [1, 2, 4, 1, 2, 4], "classes": 10},
     "gmm": {"pca_dims": 50, "components": 40, "covariance": "full",
