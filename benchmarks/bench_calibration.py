@@ -1,4 +1,4 @@
-"""Benchmark of open-set calibration (forensics.matching.calibrate) as registries grow.
+"""Benchmark of open-set calibration (forensics.match.matcher.calibrate) as registries grow.
 
 Calibration attributes every reference twice, once with itself left out and once with its whole
 generator left out, and measures each answer's distance ratio against the spreads of what was left.
@@ -29,14 +29,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forensics import matching  # noqa: E402
-from forensics.matching import Reference, make_matcher  # noqa: E402
+from forensics.match import matcher as matching# noqa: E402
+from forensics.match.matcher import EnrolledCurve, make_matcher  # noqa: E402
 from forensics.protocol import Fingerprint  # noqa: E402
 
 DIGEST = "sha256:" + "0" * 64
 
 
-def synthetic_refs(n: int, generators: int = 20, layers: int = 12, seed: int = 0) -> list[Reference]:
+def synthetic_refs(n: int, generators: int = 20, layers: int = 12, seed: int = 0) -> list[EnrolledCurve]:
     """``n`` curves of ``generators`` generators: a random smooth shape each, plus run-to-run noise."""
     rng = np.random.default_rng(seed)
     shapes = np.cumsum(rng.normal(0, 1, (generators, layers)), axis=1)
@@ -44,13 +44,13 @@ def synthetic_refs(n: int, generators: int = 20, layers: int = 12, seed: int = 0
     for i in range(n):
         g = i % generators
         v = shapes[g] + rng.normal(0, 0.4, layers)
-        refs.append(Reference(f"g{g:02d}", f"run{i // generators}", Fingerprint.from_values(DIGEST, v.tolist())))
+        refs.append(EnrolledCurve(f"g{g:02d}", f"run{i // generators}", Fingerprint.from_values(DIGEST, v.tolist())))
     return refs
 
 
 def respread_seconds(refs) -> float:
     """What the earlier fast path did on top of today's: every spread recomputed from the kept n−1
-    curves for each left-out query (:func:`forensics.matching.generator_spreads` on the kept block)."""
+    curves for each left-out query (:func:`forensics.match.matcher.generator_spreads` on the kept block)."""
     x = np.stack([r.fingerprint.vector() for r in refs])
     labels = np.array([r.generator for r in refs], dtype=object)
     dist = matching.pairwise_distances(x, x)

@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forensics.pipeline import make_engine  # noqa: E402
-from forensics.registry import Registry  # noqa: E402
+from forensics.engine import make_engine  # noqa: E402
+from forensics.registry.store import Registry  # noqa: E402
 
 NAMES = {"effnet": "mnist-effnet-lite0", "vit": "mnist-vit", "combined": "mnist-effnet-vit"}
 
@@ -50,7 +50,7 @@ def main() -> None:
         start = time.perf_counter()
         engine = make_engine(reg.protocol(name), reference_dir=reg.reference_dir, use_cache=False)
         for part in getattr(engine, "engines", [engine]):
-            part.references
+            part.reference_side()
             part.encoder
         engines[key], setup[key] = engine, time.perf_counter() - start
     for key, engine in engines.items():  # warm-up: first-call allocations, lazy imports

@@ -1,4 +1,4 @@
-"""Benchmark of the C_T statistic (forensics.ct) against a plain baseline built from the usual libraries.
+"""Benchmark of the C_T statistic (forensics.stats.ct) against a plain baseline built from the usual libraries.
 
 Baseline ("what people reach for", as in dgm-eval / Meehan's code, all float64): scikit-learn
 PCA(projection) fitted on the training set, KMeans(k, n_init, same seed) on it, then per cell a
@@ -9,7 +9,7 @@ Both run in the same process on the same seeded synthetic data (a Gaussian mixtu
 mixes near-copies of training points with fresh samples) and with the same thread settings. It prints
 per-phase times, one layer end to end, the floor (one float64 XᵀX of the training set), 12 layers with
 the reference side cached exactly as the pipeline caches it (one uncompressed .npz for all layers, read
-through forensics.pipeline), speed ratios, the largest |difference| of C_T given the same cells, peak
+through forensics.engine), speed ratios, the largest |difference| of C_T given the same cells, peak
 memory (resident set size measured in fresh subprocesses) and scaling with the training-set size and
 the dimension; with --main-command also the README's main command, cold and warm.
 
@@ -35,9 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forensics import ct  # noqa: E402
-from forensics import pipeline  # noqa: E402
-from forensics.atomic import save_npz_atomic  # noqa: E402
+from forensics.stats import ct# noqa: E402
+from forensics import engine as pipeline# noqa: E402
+from forensics.io.atomic import save_npz_atomic  # noqa: E402
 
 N_CENTRES = 20
 DEMO = ROOT / "registry" / "mnist-effnet-lite0" / "samples" / "ddpm" / "heldout.npz"  # the Makefile's DEMO
@@ -112,9 +112,9 @@ def baseline(train, test, gen, *, k, seed, n_init, projection, distance="euclide
     return num / den
 
 
-# -- ours, phase by phase (the same steps CTReference.fit / score take) ----------------------------
+# -- ours, phase by phase (the same steps FittedCT.fit / score take) ----------------------------
 def ours_phases(train, test, gen, *, k, seed, projection, device=None):
-    """The steps CTReference.fit / score take, timed one by one; ``device``: a torch device for the PCA,
+    """The steps FittedCT.fit / score take, timed one by one; ``device``: a torch device for the PCA,
     projections, k-means and searches (as ``fit(..., device=...)`` runs them), or None for the CPU path."""
     times = {}
     dev = ct.resolve_device(device)
@@ -141,7 +141,7 @@ def ours_phases(train, test, gen, *, k, seed, projection, device=None):
         for c in range(k):
             ct._Cell(tp[tc == c], "euclidean").nearest_on(pp[pc == c], dev)
     t4 = time.perf_counter()
-    ref = ct.CTReference.fit(train, test, k=k, seed=seed, projection=projection, device=dev)
+    ref = ct.FittedCT.fit(train, test, k=k, seed=seed, projection=projection, device=dev)
     t5 = time.perf_counter()
     ref.score(gen)
     t6 = time.perf_counter()
@@ -149,8 +149,8 @@ def ours_phases(train, test, gen, *, k, seed, projection, device=None):
     return times
 
 
-def cached_phases(ref: ct.CTReference, gen: np.ndarray) -> dict:
-    """The steps of CTReference.score on a reference loaded from the cache, timed one by one."""
+def cached_phases(ref: ct.FittedCT, gen: np.ndarray) -> dict:
+    """The steps of FittedCT.score on a reference loaded from the cache, timed one by one."""
     times = {}
     t0 = time.perf_counter()
     q = ref._prepare(gen)
@@ -174,7 +174,7 @@ def cached_phases(ref: ct.CTReference, gen: np.ndarray) -> dict:
 def covariance_floor(train) -> tuple[float, float]:
     """The product any exact PCA needs, one float64 XᵀX of the training set, timed two ways: as numpy
     computes it (BLAS syrk on the library's threads — what scikit-learn's covariance_eigh solver does)
-    from a float64 copy made beforehand (not timed), and as forensics.ct's PCA computes it (centred
+    from a float64 copy made beforehand (not timed), and as forensics.stats.ct's PCA computes it (centred
     float64 blocks converted from the float32 data, syrk per row group on single-threaded workers)."""
     t64 = np.asarray(train, dtype=np.float64)
     t = time.perf_counter()
@@ -271,7 +271,7 @@ def main_command(repeats: int) -> None:
     arrays, t_load = timed(lambda: pipeline._read_npz(path, remove=False))
     layers = list(arrays["__layers__"])
     refs, t_unpack = timed(lambda: pipeline._unpack(arrays, layers, SimpleNamespace(
-        from_arrays=ct.CTReference.from_arrays)))
+        from_arrays=ct.FittedCT.from_arrays)))
     rng = np.random.default_rng(0)
     queries = [rng.normal(size=(500, r.dim)).astype(np.float32) for r in refs]
     _, t_score = timed(lambda: [r.score(q) for r, q in zip(refs, queries)])
@@ -329,7 +329,7 @@ def main() -> None:
 
     blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture', '-')}, {i['num_threads']} threads)"
             for i in threadpool_info() if i["user_api"] == "blas"]
-    print("C_T benchmark: forensics.ct vs scikit-learn PCA + KMeans + NearestNeighbors + scipy mannwhitneyu")
+    print("C_T benchmark: forensics.stats.ct vs scikit-learn PCA + KMeans + NearestNeighbors + scipy mannwhitneyu")
     print(f"machine: {os.cpu_count()} CPUs, {load()}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); numpy BLAS: {blas[0] if blas else '?'}; per-thread "
           f"thread limits: {'yes' if ct._per_thread_setters() else 'no (process-wide switch)'}")
@@ -364,7 +364,7 @@ def main() -> None:
           f" | total {fmt(bt['total'])}")
     print(f"   ours:     PCA {fmt(phases['pca'])} | project {fmt(phases['project'])} | k-means "
           f"{fmt(phases['kmeans'])} | test-side NN {fmt(phases['test_side'])}")
-    print(f"             CTReference.fit {fmt(phases['fit'])} | score {fmt(phases['score'])} | "
+    print(f"             FittedCT.fit {fmt(phases['fit'])} | score {fmt(phases['score'])} | "
           f"ct_score total {fmt(ours_total)}")
     print(f"   speed-up, one layer end to end: {bt['total'] / ours_total:6.1f}x   (per run: "
           + ", ".join(f"{r:.1f}x" for r in ratios)
@@ -394,7 +394,7 @@ def main() -> None:
         worst = 0.0
         for distance in ("euclidean", "cosine"):
             for proj in (p, None):
-                ref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
+                ref = ct.FittedCT.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
                 cells = (ref.assign(train), ref.assign(test), ref.assign(gen))
                 ours_v = ct.ct_score(train, test, gen, cells=cells, projection=proj, distance=distance).value
                 base_v = baseline(train, test, gen, k=k, seed=0, n_init=1, projection=proj, distance=distance,
@@ -410,13 +410,13 @@ def main() -> None:
         L, Lb = args.layers, min(args.baseline_layers, args.layers)
         print(f"3. {L} layers (different data per layer), reference side cached as the pipeline caches it: one "
               f"uncompressed .npz for all layers ({load()})")
-        statistic = SimpleNamespace(from_arrays=ct.CTReference.from_arrays)
+        statistic = SimpleNamespace(from_arrays=ct.FittedCT.from_arrays)
         names = [f"layer{i}" for i in range(L)]
         with tempfile.TemporaryDirectory() as tmp:
             fit_time, refs, gens = 0.0, [], []
             for i in range(L):
                 tr, te, g = (train, test, gen) if i == 0 else make_layer(i, l, n, m, d)
-                ref, dt = timed(lambda tr=tr, te=te: ct.CTReference.fit(tr, te, k=k, projection=p, seed=0))
+                ref, dt = timed(lambda tr=tr, te=te: ct.FittedCT.fit(tr, te, k=k, projection=p, seed=0))
                 fit_time += dt
                 refs.append(ref)
                 gens.append(g)
@@ -543,10 +543,10 @@ def device_section(args, train, test, gen, k: int, p: int, base_total: float, cp
         on = min(on, dt)
     print(f"   phases: PCA {fmt(phases['pca'])} | project {fmt(phases['project'])} | k-means "
           f"{fmt(phases['kmeans'])} | test-side NN {fmt(phases['test_side'])}")
-    print(f"           CTReference.fit {fmt(phases['fit'])} | score {fmt(phases['score'])} | ct_score total {fmt(on)}")
+    print(f"           FittedCT.fit {fmt(phases['fit'])} | score {fmt(phases['score'])} | ct_score total {fmt(on)}")
     print(f"   one layer end to end: {fmt(on)}  vs CPU path {fmt(cpu_total)} ({cpu_total / on:.1f}x), "
           f"vs baseline {fmt(base_total)} ({base_total / on:.1f}x)")
-    ref = ct.CTReference.fit(train, test, k=k, projection=p, seed=0, device=device)
+    ref = ct.FittedCT.fit(train, test, k=k, projection=p, seed=0, device=device)
     score_on = min(timed(lambda: ref.score(gen))[1] for _ in range(repeats))
     score_cpu = min(timed(lambda: ref.to(None).score(gen))[1] for _ in range(repeats))
     print(f"   score against a fitted reference: {fmt(score_on)} vs CPU path {fmt(score_cpu)} "
@@ -554,8 +554,8 @@ def device_section(args, train, test, gen, k: int, p: int, base_total: float, cp
     worst_cpu = worst_base = 0.0
     for distance in ("euclidean", "cosine"):
         for proj in (p, None):
-            dref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0, device=device)
-            cref = ct.CTReference.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
+            dref = ct.FittedCT.fit(train, test, k=k, projection=proj, distance=distance, seed=0, device=device)
+            cref = ct.FittedCT.fit(train, test, k=k, projection=proj, distance=distance, seed=0)
             v_dev, v_cpu = dref.score(gen).value, cref.score(gen).value
             cells = (dref.assign(train), dref.assign(test), dref.assign(gen))
             same = ct.ct_score(train, test, gen, cells=cells, projection=proj, distance=distance, device=device).value

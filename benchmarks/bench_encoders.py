@@ -33,8 +33,8 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(name: str, *, device: str, batch_size: int, repeats: int, amp: str | None, warmup: int) -> dict:
-    from forensics.embedding import AMP_DTYPES, embed
-    from forensics.encoders import preprocess
+    from forensics.encode.embed import AMP_DTYPES, embed
+    from forensics.encode.encoder import preprocess
     from forensics.plugins import PluginHost
 
     factory = PluginHost(autoload=False).get("encoders", name).obj

@@ -18,14 +18,14 @@ from forensics.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ct_score": "forensics.ct",
-    "CTReference": "forensics.ct",
-    "CTResult": "forensics.ct",
-    "CellResult": "forensics.ct",
+    "ct_score": "forensics.stats.ct",
+    "FittedCT": "forensics.stats.ct",
+    "CTResult": "forensics.stats.ct",
+    "CellResult": "forensics.stats.ct",
     "Protocol": "forensics.protocol",
     "Combination": "forensics.protocol",
     "Fingerprint": "forensics.protocol",
-    "Encoder": "forensics.encoders",
+    "Encoder": "forensics.encode.encoder",
 }
 
 __all__ = ["hookimpl", "__version__", *_LAZY]

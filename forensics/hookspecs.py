@@ -32,7 +32,7 @@ def forensics_encoders(register):
 
     :param register: ``register(name, factory, *, description="")``.
         ``name`` is the encoder's public name (lower case, ``[a-z0-9_.-]``, e.g. ``vit_base_patch16_224``).
-        ``factory(*, weights=None, device="cpu", **options)`` returns a :class:`forensics.encoders.Encoder`.
+        ``factory(*, weights=None, device="cpu", **options)`` returns a :class:`forensics.encode.encoder.Encoder`.
         ``weights`` is ``None`` (find the weights the usual way: local file, pip package, cache), a path
         to a weights file, or ``"random"`` (random initialisation, only when asked for by name). The
         factory raises :class:`forensics.errors.WeightsError` with a how-to when weights are missing.
@@ -51,7 +51,7 @@ def forensics_statistics(register):
 
     :param register: ``register(name, statistic, *, description="")``. ``statistic`` is an object with
         ``fit(train, test, **params)`` returning a reference object whose ``score(generated, **params)``
-        returns a result with a float ``.value`` (see :class:`forensics.statistics.Statistic`).
+        returns a result with a float ``.value`` (see :class:`forensics.stats.base.Statistic`).
 
     Example::
 
@@ -66,7 +66,7 @@ def forensics_matchers(register):
     """Provide matchers: ways of ranking reference fingerprints against a query curve.
 
     :param register: ``register(name, factory, *, description="")``. ``factory(**options)`` returns a
-        :class:`forensics.matching.Matcher`: ``fit(references)``, then ``rank(curve)`` (candidates, best
+        :class:`forensics.match.matcher.Matcher`: ``fit(references)``, then ``rank(curve)`` (candidates, best
         first) and ``attribute(curve)`` (candidates plus a verdict, ``None`` meaning "unknown").
 
     Example::

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from forensics.errors import ProtocolMismatch, RegistryError
-from forensics.hashing import freeze, is_digest, sha256_json
+from forensics.io.hashing import freeze, is_digest, sha256_json
 
 
 def _need(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -54,7 +54,7 @@ def _digest_field(d: Mapping[str, Any], key: str, where: str, *, optional: bool 
 class DataRef:
     """A reference set: which data-set plugin gives it, which split, how many images, their content hash.
 
-    ``sha256`` is the hash of the uint8 image array (:func:`forensics.hashing.sha256_array`); ``None``
+    ``sha256`` is the hash of the uint8 image array (:func:`forensics.io.hashing.sha256_array`); ``None``
     only for protocols imported from elsewhere whose data could not be hashed here (the data-set plugin
     then checks the files against their published checksums instead).
     """
@@ -80,7 +80,7 @@ class DataRef:
 
 @dataclass(frozen=True)
 class EncoderRef:
-    """The encoder of a protocol, as :meth:`forensics.encoders.Encoder.identity` describes it.
+    """The encoder of a protocol, as :meth:`forensics.encode.encoder.Encoder.identity` describes it.
 
     ``weights`` is the digest of the weight tensors; ``None`` only for protocols imported from elsewhere
     whose weights were not available to hash (``weights_source`` then names them exactly).

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from forensics.encoders import Encoder, Preprocessing
+from forensics.encode.encoder import Encoder, Preprocessing
 from forensics.errors import UsageError
-from forensics.hashing import is_digest
+from forensics.io.hashing import is_digest
 
 RTOL = 1e-4
 ATOL = 1e-4
@@ -53,7 +53,7 @@ def sample_images(n: int = 4, size: int = 40, seed: int = 0) -> np.ndarray:
 
 
 def _embed(encoder: Encoder, images: np.ndarray, layers: Sequence[str] | None, batch_size: int) -> list[np.ndarray]:
-    from forensics.embedding import embed
+    from forensics.encode.embed import embed
 
     return embed(encoder, images, layers=layers, batch_size=batch_size)
 
@@ -70,7 +70,7 @@ def check_declared_layers(encoder: Encoder, images: np.ndarray | None = None) ->
     assert len(set(names)) == len(names), f"{encoder.name} declares a layer twice: {names}"
     assert all(isinstance(layer.dim, int) and layer.dim > 0 for layer in encoder.layers), \
         f"{encoder.name} declares a non-positive layer size"
-    from forensics.encoders import preprocess
+    from forensics.encode.encoder import preprocess
 
     pixels = preprocess(images, encoder.preprocessing)
     for request in (names, names[-1:], names[:1], names[::2]):

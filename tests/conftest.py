@@ -94,7 +94,7 @@ def count_calls():
 @pytest.fixture(scope="module")
 def bundled_registry():
     """The registry bundled with forensics (tests only read it)."""
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     return Registry.open()
 
@@ -105,7 +105,7 @@ def shipped_engine(request, bundled_registry):
     side shipped in the bundled registry: bundled plugins only, no user cache, the reference loaded once
     per module."""
     from forensics import plugins
-    from forensics.pipeline import make_engine
+    from forensics.engine import make_engine
 
     name = request.module.PROTOCOL
     old = plugins.reset(plugins.PluginHost(autoload=False))
@@ -113,7 +113,7 @@ def shipped_engine(request, bundled_registry):
         engine = make_engine(bundled_registry.protocol(name), reference_dir=bundled_registry.reference_dir,
                              use_cache=False)
         for part in getattr(engine, "engines", [engine]):
-            part.references
+            part.reference_side()
         yield engine
     finally:
         plugins.reset(old)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from forensics.cache import EmbeddingCache, cache_dir, embedding_key, encoder_record
-from forensics.embedding import embed
+from forensics.encode.cache import EmbeddingCache, cache_dir, embedding_key, encoder_record
+from forensics.encode.embed import embed
+from forensics.io.hashing import sha256_array
 from forensics.testing import sample_images
 
 
@@ -66,7 +67,7 @@ def test_only_missing_layers_are_computed(lite, count_calls):
 
 
 def test_key_covers_images_encoder_weights_layer_pooling_preprocessing(lite):
-    from forensics.hashing import sha256_array
+    from forensics.io.hashing import sha256_array
 
     images = sample_images(n=2, size=30)
     record = encoder_record(lite)
@@ -102,7 +103,7 @@ def test_damaged_entry_is_detected_and_recomputed(lite, tmp_path, damage, count_
     again = embed(counting, images, layers=["bn1"], cache=True)[0]
     assert len(counting.calls) == 2
     np.testing.assert_array_equal(good, again)
-    assert EmbeddingCache().get(embedding_key(images=__import__("forensics.hashing").hashing.sha256_array(images),
+    assert EmbeddingCache().get(embedding_key(images=sha256_array(images),
                                               encoder=encoder_record(lite), layer="bn1")) is not None
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from forensics.cli import app
+from forensics.cli.commands import app
 
 PROTOCOL = ["protocol", "create", "digits-vit", "--dataset", "digits", "--encoder", "vit_tiny_patch16_224.augreg_in21k",
             "--weights", "random", "--option", "image_size=32", "--k", "3", "--projection", "16",
@@ -171,9 +171,9 @@ def test_a_verdict_with_lookalikes_says_it_is_not_exclusive(registry, plugin_hos
 
     from rich.console import Console
 
-    from forensics.html import attribution_html
-    from forensics.matching import similarity
-    from forensics.report import render_attribution
+    from forensics.report.html import attribution_html
+    from forensics.match.matcher import similarity
+    from forensics.report.terminal import render_attribution
 
     reg, data = registry
     r = run(["attribute", str(data / "query-rotate.npz"), "--registry", str(reg), "--json"])
@@ -201,7 +201,7 @@ def test_reports_wrap_on_a_narrow_terminal_instead_of_cropping(registry, plugin_
 
     from rich.console import Console
 
-    from forensics.report import render_attribution, render_memorization
+    from forensics.report.terminal import render_attribution, render_memorization
 
     reg, data = registry
     for command, render in (("attribute", render_attribution), ("memorization", render_memorization)):

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from forensics.cli_registry import app
-from forensics.papercurves import PROTOCOL_NAME
+from forensics.cli.registry import app
+from forensics.registry.papercurves import PROTOCOL_NAME
 from forensics.protocol import Fingerprint
-from forensics.registry import Registry
+from forensics.registry.store import Registry
 
 runner = CliRunner()
 
@@ -95,11 +95,11 @@ def test_evaluate_reports_loo_confusion_and_split(paper_copy):
 def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy):
     # on the paper's 18 published curves: one calibration per reference dropped, each the calibration
     # of the other 17, summarised per threshold
-    from forensics.matching import calibrate, make_matcher
+    from forensics.match.matcher import calibrate, make_matcher
 
     doc = json.loads(run("evaluate", "--registry", paper_copy, "-m", "alpha", "--stability", "--json").stdout)
     stability = doc["protocols"][0]["matchers"][0]["calibration_stability"]
-    refs = Registry.open(paper_copy).references(PROTOCOL_NAME)
+    refs = Registry.open(paper_copy).enrolled(PROTOCOL_NAME)
     runs = stability["runs"]
     assert stability["n_references"] == len(runs) == 18
     assert [r["left_out"] for r in runs] == [f"{x.generator}/{x.instance}" for x in refs]
@@ -118,13 +118,13 @@ def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy
 
 
 def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
-    from forensics.matching import make_matcher
+    from forensics.match.matcher import make_matcher
 
     run("calibrate", "--registry", paper_copy, "-m", "alpha")
     reg = Registry.open(paper_copy)
     recorded = reg.calibration(PROTOCOL_NAME, "alpha")
     assert recorded["calibrated"] and recorded["options"]["alpha"] == 0.5
-    m = make_matcher("alpha", calibration=recorded).fit(reg.references(PROTOCOL_NAME))
+    m = make_matcher("alpha", calibration=recorded).fit(reg.enrolled(PROTOCOL_NAME))
     assert m.calibration["source"] == "recorded" and m.calibration["distance_ratio"] == recorded["distance_ratio"]
     assert not reg.warnings
     # a calibration recorded by an older version (thresholds on score and margin only) is flagged
@@ -158,7 +158,7 @@ def test_import_paper_command(tmp_path):
 
 def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch):
     """The command splits into batches of m, records provenance; the pipeline itself is stubbed here."""
-    pipeline = pytest.importorskip("forensics.pipeline")
+    pipeline = pytest.importorskip("forensics.engine")
     from test_registry import toy_protocol
 
     reg = Registry.open(tmp_path / "reg", create=True)
@@ -178,7 +178,7 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch):
     doc = json.loads(run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg",
                          "--description", "a GAN", "--note", "run 1", "--json").stdout)
     assert calls["n"] == 25 and len(doc["instances"]) == 2
-    refs = Registry.open(tmp_path / "reg").references("toy")
+    refs = Registry.open(tmp_path / "reg").enrolled("toy")
     assert [r.fingerprint.values[2] for r in refs] == [None, None]
     prov = refs[0].provenance
     assert prov["input_sha256"] == doc["input_sha256"] and prov["n_images"] == 25 and prov["note"] == "run 1"
@@ -188,8 +188,8 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch):
 
 def test_enroll_with_the_real_pipeline(tmp_path):
     """Fingerprints computed for real: digits under a random tiny ViT, batches of 100."""
-    pipeline = pytest.importorskip("forensics.pipeline")
-    pytest.importorskip("forensics.ct")  # the C_T statistic the pipeline computes with
+    pipeline = pytest.importorskip("forensics.engine")
+    pytest.importorskip("forensics.stats.ct")  # the C_T statistic the pipeline computes with
     import forensics_datasets
 
     proto = pipeline.make_protocol("digits-tiny", dataset="digits", encoder="vit_tiny_patch16_224.augreg_in21k",
@@ -203,5 +203,5 @@ def test_enroll_with_the_real_pipeline(tmp_path):
     doc = json.loads(run("enroll", "copies", tmp_path / "copies.npz", "--registry", tmp_path / "reg",
                          "--json").stdout)
     assert len(doc["instances"]) == 2
-    refs = Registry.open(tmp_path / "reg").references("digits-tiny")
+    refs = Registry.open(tmp_path / "reg").enrolled("digits-tiny")
     assert len(refs) == 2 and all(len(r.fingerprint.values) == len(proto.layers) for r in refs)

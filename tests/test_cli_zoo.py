@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from forensics.cli_zoo import app
-from forensics.registry import Registry
+from forensics.cli.zoo import app
+from forensics.registry.store import Registry
 from forensics.zoo.catalog import REFERENCE_INSTANCES, samples_dir
 
 PROTOCOL = "mnist-effnet-lite0"

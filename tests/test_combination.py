@@ -14,11 +14,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from forensics.cli import app
+from forensics.cli.commands import app
 from forensics.errors import RegistryError, UsageError
-from forensics.matching import leave_one_out
+from forensics.match.matcher import leave_one_out
 from forensics.protocol import Combination, Fingerprint
-from forensics.registry import Registry
+from forensics.registry.store import Registry
 
 from test_registry import SHA, fps, toy_protocol
 
@@ -59,7 +59,7 @@ def test_a_combination_is_its_parts_end_to_end():
 
 
 def test_references_join_the_parts_instances(two):
-    refs = two.references("ab")
+    refs = two.enrolled("ab")
     assert [(r.generator, r.instance) for r in refs] == [("g", "run0"), ("g", "run1")]
     assert refs[0].fingerprint.values == (1.0, 2.0, 3.0, 4.0, None)
     assert refs[1].fingerprint.vector().tolist() == [1.5, 2.5, 3.5, 4.5, 5.5]
@@ -76,7 +76,7 @@ def test_an_instance_missing_from_a_part_or_made_from_other_images_is_left_out(t
     two.enroll("a", "g", fps(a, [9.0, 9.0, 9.0]), {"input_sha256": SHA}, ids=["only-a"])
     two.enroll("a", "h", fps(a, [7.0, 7.0, 7.0]), {"input_sha256": SHA}, ids=["x"])
     two.enroll("b", "h", fps(b, [7.0, 7.0]), {"input_sha256": OTHER}, ids=["x"])
-    assert [r.instance for r in two.references("ab")] == ["run0", "run1"]
+    assert [r.instance for r in two.enrolled("ab")] == ["run0", "run1"]
     assert any("g/only-a is not enrolled under b" in w for w in two.warnings)
     assert any("h/x was enrolled from different images" in w for w in two.warnings)
     assert two.validate() == []  # a part enrolled ahead of the other is a normal state, not a fault
@@ -88,7 +88,7 @@ def test_enrolling_under_a_combination_enrols_under_every_part_or_none(two):
     ids = two.enroll("ab", "z", [fp], {"input_sha256": f"sha256:{'ef' * 32}"})
     assert two.generator_entries("a")["z"].instances[0].values == (7.0, 8.0, 9.0)
     assert two.generator_entries("b")["z"].instances[0].values == (1.0, 2.0)
-    assert [r.fingerprint.values for r in two.references("ab") if r.generator == "z"] == [fp.values]
+    assert [r.fingerprint.values for r in two.enrolled("ab") if r.generator == "z"] == [fp.values]
     # a part that refuses stops it before anything is written: b already holds this id, a does not
     two.enroll("b", "y", fps(b, [3.0, 3.0]), {}, ids=["y0"])
     before = (two.path / "a" / "generators").iterdir()
@@ -135,7 +135,7 @@ def test_a_combination_calibrates_and_evaluates_like_a_protocol(two):
         digest = f"sha256:{i:064x}"
         two.enroll("a", "k", fps(a, ca), {"input_sha256": digest}, ids=[f"k{i}"])
         two.enroll("b", "k", fps(b, cb), {"input_sha256": digest}, ids=[f"k{i}"])
-    refs = two.references("ab")
+    refs = two.enrolled("ab")
     assert leave_one_out(refs, "alpha").correct == 4
 
 

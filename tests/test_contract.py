@@ -44,7 +44,7 @@ class TestBundledEncoders(EncoderContract):
 
 def test_check_encoder_names_a_broken_layer_size():
     encoder = build("resnet18.tv_in1k", {"image_size": 32})
-    from forensics.encoders import Layer
+    from forensics.encode.encoder import Layer
 
     encoder.layers = (*encoder.layers[:-1], Layer("layer4", 7))
     with pytest.raises(AssertionError, match="layer4"):

@@ -1,4 +1,4 @@
-"""forensics.ct: the C_T statistic — hand-worked values, scipy's U, a float64 brute force, the fast
+"""forensics.stats.ct: the C_T statistic — hand-worked values, scipy's U, a float64 brute force, the fast
 search's exactness, caching, determinism, every error path and the statistic's sign."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from forensics import ct
-from forensics.ct import CellResult, CTReference, CTResult, ct_score
+from forensics.stats import ct
+from forensics.stats.ct import CellResult, FittedCT, CTResult, ct_score
 from forensics.errors import StatisticError, UsageError
 
 
@@ -257,7 +257,7 @@ def test_kmeans_finds_separated_clusters_and_is_deterministic():
     labels = rng.integers(0, 5, 1500)
     train = centres[labels] + rng.normal(size=(1500, 16))
     test, gen = mixture(rng, 400, centres), mixture(rng, 400, centres)
-    ref = CTReference.fit(train, test, k=5, seed=4)
+    ref = FittedCT.fit(train, test, k=5, seed=4)
     found = ref.assign(train)
     for c in range(5):  # every k-means cell is one true cluster, and the other way round
         assert len(np.unique(labels[found == c])) == 1
@@ -272,7 +272,7 @@ def test_ct_score_is_fit_then_score():
     centres = rng.normal(scale=4, size=(3, 10))
     train, test, gen = mixture(rng, 600, centres), mixture(rng, 200, centres), mixture(rng, 200, centres)
     for kw in ({"k": 3, "seed": 1}, {"k": 4, "projection": 5, "distance": "cosine"}):
-        assert ct_score(train, test, gen, **kw) == CTReference.fit(train, test, **kw).score(gen)
+        assert ct_score(train, test, gen, **kw) == FittedCT.fit(train, test, **kw).score(gen)
 
 
 def test_cached_reference_round_trip_is_identical(tmp_path):
@@ -281,10 +281,10 @@ def test_cached_reference_round_trip_is_identical(tmp_path):
     train = mixture(rng, 800, centres).astype(np.float32)
     test, gen = mixture(rng, 300, centres), mixture(rng, 300, centres)
     for kw in ({"k": 4, "seed": 3, "projection": 6, "distance": "cosine"}, {"k": 3}):
-        ref = CTReference.fit(train, test, **kw)
+        ref = FittedCT.fit(train, test, **kw)
         np.savez(tmp_path / "ref.npz", **ref.to_arrays())
         with np.load(tmp_path / "ref.npz") as z:
-            again = CTReference.from_arrays(dict(z))
+            again = FittedCT.from_arrays(dict(z))
         assert again.score(gen) == ref.score(gen) == ct_score(train, test, gen, **kw)
         for name in ("k", "distance", "projection", "seed", "n_train", "n_test", "dim"):
             assert getattr(again, name) == getattr(ref, name)
@@ -298,17 +298,17 @@ def test_given_cells_reference_round_trip_and_old_layout():
     rng = np.random.default_rng(4)
     train, test, gen = rng.normal(size=(120, 4)), rng.normal(size=(60, 4)), rng.normal(size=(60, 4))
     tc, pc, qc = rng.integers(0, 2, 120), rng.integers(0, 2, 60), rng.integers(0, 2, 60)
-    ref = CTReference.fit(train, test, train_cells=tc, test_cells=pc)
+    ref = FittedCT.fit(train, test, train_cells=tc, test_cells=pc)
     want = ref.score(gen, generated_cells=qc)
-    assert CTReference.from_arrays(ref.to_arrays()).score(gen, generated_cells=qc) == want
+    assert FittedCT.from_arrays(ref.to_arrays()).score(gen, generated_cells=qc) == want
     # the first cache layout (per-point training cell ids instead of cell offsets) still loads
     arrays = ref.to_arrays()
     old = {key: arrays[key] for key in ("k", "distance", "projection", "seed", "dim", "train", "test_dist",
                                         "test_cells")}
     old["train_cells"] = np.repeat(arrays["cells"], np.diff(arrays["offsets"]))
-    assert CTReference.from_arrays(old).score(gen, generated_cells=qc) == want
+    assert FittedCT.from_arrays(old).score(gen, generated_cells=qc) == want
     with pytest.raises(ValueError, match="format"):
-        CTReference.from_arrays({**arrays, "format": np.array(99)})
+        FittedCT.from_arrays({**arrays, "format": np.array(99)})
 
 
 def test_result_to_dict_is_json():
@@ -526,8 +526,8 @@ def test_usage_errors(data):
     with pytest.raises(UsageError, match="three id arrays"):
         ct_score(train, test, gen, cells=(np.zeros(50, int), np.zeros(20, int)))
     with pytest.raises(UsageError, match="both train and test"):
-        CTReference.fit(train, test, train_cells=np.zeros(50, int))
-    ref = CTReference.fit(train, test, train_cells=np.zeros(50, int), test_cells=np.zeros(20, int))
+        FittedCT.fit(train, test, train_cells=np.zeros(50, int))
+    ref = FittedCT.fit(train, test, train_cells=np.zeros(50, int), test_cells=np.zeros(20, int))
     with pytest.raises(UsageError, match="pass generated_cells too"):
         ref.score(gen)
     with pytest.raises(UsageError, match="no centres"):
@@ -540,7 +540,7 @@ def test_sign_copies_fresh_and_far():
     centres = rng.normal(scale=4, size=(5, 8))
     train, test = mixture(rng, 3000, centres), mixture(rng, 600, centres)
     for distance in ("euclidean", "cosine"):
-        ref = CTReference.fit(train, test, k=5, distance=distance)
+        ref = FittedCT.fit(train, test, k=5, distance=distance)
         copies = train[rng.choice(3000, 600, replace=False)] + 1e-3 * rng.normal(size=(600, 8))
         assert ref.score(copies).value < -10                    # data-copying
         fresh = [ref.score(mixture(rng, 600, centres)).value for _ in range(3)]
@@ -562,8 +562,8 @@ def test_device_path_gives_the_cpu_paths_values(monkeypatch, torch_device):
     train, test = mixture(rng, 900, centres), mixture(rng, 300, centres)
     gen = np.concatenate([train[:60] + 1e-6 * rng.normal(size=(60, 90)), mixture(rng, 240, centres)])
     for distance in DIST:
-        cpu = CTReference.fit(train, test, k=3, projection=20, distance=distance)
-        dev = CTReference.fit(train, test, k=3, projection=20, distance=distance, device=torch_device)
+        cpu = FittedCT.fit(train, test, k=3, projection=20, distance=distance)
+        dev = FittedCT.fit(train, test, k=3, projection=20, distance=distance, device=torch_device)
         assert dev.device.type == torch_device and cpu.device is None
         np.testing.assert_array_equal(dev.assign(gen), cpu.assign(gen))
         np.testing.assert_allclose(dev.to_arrays()["test_dist"], cpu.to_arrays()["test_dist"], rtol=tol)
@@ -662,7 +662,7 @@ def test_device_errors_and_reduced_precision():
     torch.set_float32_matmul_precision("medium")  # bfloat16 / TF32 allowed: the bound would not hold
     try:
         with pytest.warns(UserWarning, match="runs on the CPU instead"):
-            ref = CTReference.fit(train, test, k=2, device="cpu")
+            ref = FittedCT.fit(train, test, k=2, device="cpu")
         assert ref.device is None
     finally:
         torch.set_float32_matmul_precision(before)

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 from test_ct import brute_ct  # the one plain float64 reference of the suite
 
-from forensics.ct import CTReference, ct_score, mann_whitney_u, z_score
+from forensics.stats.ct import FittedCT, ct_score, mann_whitney_u, z_score
 from forensics.errors import StatisticError, UsageError
 
 
@@ -80,8 +80,8 @@ def test_kmeans_cells_are_deterministic_and_cached_reference_is_identical():
     a = ct_score(train, test, gen, k=4, seed=3, projection=6, distance="cosine")
     b = ct_score(train, test, gen, k=4, seed=3, projection=6, distance="cosine")
     assert a == b
-    ref = CTReference.fit(train, test, k=4, seed=3, projection=6, distance="cosine")
-    again = CTReference.from_arrays({k: np.array(v) for k, v in ref.to_arrays().items()})
+    ref = FittedCT.fit(train, test, k=4, seed=3, projection=6, distance="cosine")
+    again = FittedCT.from_arrays({k: np.array(v) for k, v in ref.to_arrays().items()})
     assert again.score(gen) == ref.score(gen) == a
 
 
@@ -90,7 +90,7 @@ def test_sign_copies_fresh_and_far():
     centres = rng.normal(scale=4, size=(5, 8))
     make = lambda n: centres[rng.integers(0, 5, n)] + rng.normal(size=(n, 8))  # noqa: E731
     train, test = make(2000), make(500)
-    ref = CTReference.fit(train, test, k=5)
+    ref = FittedCT.fit(train, test, k=5)
     copies = train[:500] + 1e-3 * rng.normal(size=(500, 8))
     assert ref.score(copies).value < -10
     assert abs(ref.score(make(500)).value) < 3
@@ -115,7 +115,7 @@ def test_errors_are_clear():
     with pytest.raises(UsageError, match="projection must be"):
         ct_score(train, test, gen, projection=0)
     with pytest.raises(UsageError, match="generated_cells"):
-        CTReference.fit(train, test, train_cells=np.zeros(50, int), test_cells=np.zeros(20, int)).score(gen)
+        FittedCT.fit(train, test, train_cells=np.zeros(50, int), test_cells=np.zeros(20, int)).score(gen)
 
 
 def test_z_formula():

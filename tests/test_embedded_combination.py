@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forensics.matching import available_matchers, leave_generator_out, leave_one_out, make_matcher
+from forensics.match.matcher import available_matchers, leave_generator_out, leave_one_out, make_matcher
 
 PROTOCOL = "mnist-effnet-vit"
 PARTS = ["mnist-effnet-lite0", "mnist-vit"]
@@ -22,7 +22,7 @@ def test_the_default_is_the_combination_of_both_offline_protocols(bundled_regist
     assert bundled_registry.default_protocol == PROTOCOL
     combo = bundled_registry.protocol(PROTOCOL)
     assert [p.name for p in combo.parts] == PARTS and len(combo.layers) == 9 + 8
-    refs = bundled_registry.references(PROTOCOL)
+    refs = bundled_registry.enrolled(PROTOCOL)
     assert len(refs) == 27 and len({r.generator for r in refs}) == 9
     assert not [w for w in bundled_registry.warnings if PROTOCOL in w]  # every zoo set is under both
 
@@ -35,7 +35,7 @@ def test_leave_one_out(bundled_registry, plugin_host, matcher, expected):
     # With SNGAN at 9,000 iterations: alpha 27 / 25-0-2, cosine 26 / 25-0-2, svm 24 / 21-2-4; with the
     # PixelCNN at 9,000 iterations: alpha 27 / 24-0-3, cosine 25 / 24-0-3; with the DDPM network at
     # 15,000 iterations: alpha 27 / 25-0-2, cosine 23 / 23-0-4, svm 27 / 25-0-2
-    result = leave_one_out(bundled_registry.references(PROTOCOL), matcher)
+    result = leave_one_out(bundled_registry.enrolled(PROTOCOL), matcher)
     o = result.open_set
     assert (result.correct, o["answered_right"], o["answered_wrong"], o["unknown"]) == expected
 
@@ -51,7 +51,7 @@ def test_a_left_out_gan_is_no_longer_named_as_the_other(bundled_registry, plugin
     # 3.4-3.7 of SNGAN's spreads from it, was 2.3-2.8; 2.6-2.8 now that DCGAN's decay stage brought it
     # nearer, still beyond the calibrated 1.89). The two ODE samplers moved nearer the data with the
     # network's second stage, and nearer each other (26/27 with every matcher at 15,000 iterations)
-    result = leave_generator_out(bundled_registry.references(PROTOCOL), matcher)
+    result = leave_generator_out(bundled_registry.enrolled(PROTOCOL), matcher)
     assert result["unknown"] == unknown, result["per_generator"]
     gans = {g: result["per_generator"][g]["attributed_to"] for g in ("dcgan", "sngan")}
     assert sum(sum(named.values()) for named in gans.values()) == gans_named, gans
@@ -63,7 +63,7 @@ ODE_LOOKALIKES = {"ddim": {"pndm": [1, 3]}, "pndm": {"ddim": [1, 3]}}
 
 def test_the_shipped_calibration_is_current_and_lists_the_ode_samplers_as_lookalikes(bundled_registry,
                                                                                      plugin_host):
-    refs = bundled_registry.references(PROTOCOL)
+    refs = bundled_registry.enrolled(PROTOCOL)
     # svm's recorded them while its threshold was 1.89 spreads or a margin below 0.114 (SNGAN at 9,000
     # iterations); it calibrates to 1.40 spreads now, which turns both runs away
     expected = {"alpha": ODE_LOOKALIKES, "cosine": ODE_LOOKALIKES, "svm": {}}
@@ -75,7 +75,7 @@ def test_the_shipped_calibration_is_current_and_lists_the_ode_samplers_as_lookal
 @pytest.fixture(scope="module")
 def alpha(bundled_registry):
     m = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
-    return m.fit(bundled_registry.references(PROTOCOL))
+    return m.fit(bundled_registry.enrolled(PROTOCOL))
 
 
 def test_held_out_sets_of_the_two_gans_and_the_demo_are_named(shipped_engine, bundled_registry, alpha,
@@ -97,7 +97,7 @@ def test_noisy_copies_of_t_come_back_unknown(shipped_engine, bundled_registry, a
     # measured: nearest gmm, 7.0 of its spreads away against the calibrated 1.94 (EfficientNet alone: the
     # kde-copier at 3.46)
     from forensics.curate import curate, pick
-    from forensics.pipeline import load_reference_set
+    from forensics.engine import load_reference_set
 
     train = load_reference_set(bundled_registry.protocol(PARTS[0]).train)
     noisy = curate(train[pick(len(train), 500, seed=0)], "noise", seed=0)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forensics.matching import leave_generator_out, leave_one_out, make_matcher
-from forensics.report import reading
+from forensics.match.matcher import leave_generator_out, leave_one_out, make_matcher
+from forensics.report.terminal import reading
 
 PROTOCOL = "mnist-effnet-lite0"
 GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pixelcnn", "pndm", "sngan", "vae"}
@@ -21,7 +21,7 @@ GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pixelcnn", "pndm", 
 def test_protocol_and_zoo_are_bundled(bundled_registry):
     # the default protocol is the combination of this one with mnist-vit (test_embedded_combination.py)
     assert PROTOCOL in [p.name for p in bundled_registry.protocol(bundled_registry.default_protocol).parts]
-    refs = bundled_registry.references(PROTOCOL)
+    refs = bundled_registry.enrolled(PROTOCOL)
     assert {r.generator for r in refs} == GENERATORS and len(refs) == 27
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     for g in GENERATORS:
@@ -30,7 +30,7 @@ def test_protocol_and_zoo_are_bundled(bundled_registry):
 
 
 def test_leave_one_out_with_the_papers_matcher(plugin_host, bundled_registry):
-    refs = bundled_registry.references(PROTOCOL)
+    refs = bundled_registry.enrolled(PROTOCOL)
     result = leave_one_out(refs, "alpha")
     # the target: every instance right with the best matcher (measured 27/27; 26/27 while one
     # SNGAN run had a third of DCGAN's training)
@@ -52,7 +52,7 @@ def test_a_generator_left_out_entirely_comes_back_unknown(plugin_host, bundled_r
     # from it), now lie 2.1-3.0 apart (2.6-3.5 with DCGAN at 18,000): SNGAN trained to 18,000 with a
     # decaying rate moved away from DCGAN. A score threshold (0.704, with the DDPM network
     # at 15,000 iterations) named all 6 GAN runs (21/27)
-    refs = bundled_registry.references(PROTOCOL)
+    refs = bundled_registry.enrolled(PROTOCOL)
     result = leave_generator_out(refs, "alpha")
     named = {g: p["attributed_to"] for g, p in result["per_generator"].items() if p["attributed_to"]}
     assert result["n"] == 27 and result["unknown"] == 23, named
@@ -61,7 +61,7 @@ def test_a_generator_left_out_entirely_comes_back_unknown(plugin_host, bundled_r
 
 def test_generated_sets_do_not_read_as_copies(bundled_registry):
     # the zoo's generators were trained on T; none of their enrolled curves may read as copying anywhere
-    for ref in bundled_registry.references(PROTOCOL):
+    for ref in bundled_registry.enrolled(PROTOCOL):
         readings = {reading(v) for v in ref.fingerprint.values}
         assert "copying" not in readings, (ref.generator, ref.fingerprint.values)
 
@@ -72,7 +72,7 @@ def test_reference_side_comes_from_the_registry(shipped_engine, bundled_registry
 
 def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
     from forensics.curate import pick
-    from forensics.pipeline import load_reference_set
+    from forensics.engine import load_reference_set
 
     train = load_reference_set(shipped_engine.protocol.train)
     curve = shipped_engine.curves(train[pick(len(train), 500, seed=0)])[0]  # a random 500: every class, every cell
@@ -86,7 +86,7 @@ def test_held_out_sample_sets_are_attributed_to_their_generators(shipped_engine,
     # (measured margin 0.111; 0.061 with SNGAN at 9,000 iterations)
     samples = Path(bundled_registry.path) / PROTOCOL / "samples"
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
-    matcher.fit(bundled_registry.references(PROTOCOL))
+    matcher.fit(bundled_registry.enrolled(PROTOCOL))
     results = {}
     for g in ("ddpm", "dcgan"):
         curve = shipped_engine.curves(np.load(samples / g / "heldout.npz")["images"])[0]
@@ -112,11 +112,11 @@ def test_a_batch_from_no_enrolled_generator_comes_back_unknown(shipped_engine, b
     # noisy copies of T (σ = 25) are no generator of the zoo; the kde-copier's curves are the nearest
     # (measured score 0.593 and 3.46 of its spreads away, beyond the calibrated 1.29)
     from forensics.curate import curate, pick
-    from forensics.pipeline import load_reference_set
+    from forensics.engine import load_reference_set
 
     train = load_reference_set(shipped_engine.protocol.train)
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
-    matcher.fit(bundled_registry.references(PROTOCOL))
+    matcher.fit(bundled_registry.enrolled(PROTOCOL))
     noisy = curate(train[pick(len(train), 500, seed=0)], "noise", seed=0)
     result = matcher.attribute(shipped_engine.curves(noisy)[0].fingerprint.vector())
     assert result.verdict is None and result.candidates[0].generator == "kde-copier", result.reason
@@ -128,7 +128,7 @@ def test_on_a_cuda_gpu_the_curve_is_the_cpus(shipped_engine, bundled_registry, t
     # H200 moved this curve's first two layers by 0.40 and 0.49; the embedding now keeps them float32.
     if torch_device != "cuda":
         pytest.skip("needs a CUDA GPU")
-    from forensics.pipeline import Engine
+    from forensics.engine import Engine
 
     engine = Engine(bundled_registry.protocol(PROTOCOL), device="cuda", use_cache=False,
                     shipped_dir=bundled_registry.reference_dir(PROTOCOL))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forensics.embedding import embed, iter_embed
+from forensics.encode.embed import embed, iter_embed
 from forensics.errors import UsageError
 from forensics.testing import sample_images
 
@@ -92,7 +92,7 @@ def test_without_amp_cuda_convolutions_stay_float32_and_the_setting_is_restored(
     # forward passes only (the flags are process-wide: a user's setting comes back afterwards)
     import torch
 
-    from forensics.embedding import _float32
+    from forensics.encode.embed import _float32
 
     cudnn = torch.backends.cudnn
     before = cudnn.allow_tf32, cudnn.enabled, cudnn.benchmark

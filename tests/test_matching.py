@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from forensics.errors import ProtocolMismatch, UsageError
-from forensics.matching import (
+from forensics.match.matcher import (
     Matcher,
-    Reference,
+    EnrolledCurve,
     holdout,
     leave_generator_out,
     leave_one_out,
@@ -21,9 +21,9 @@ from forensics.matching import (
     similarity,
     similarity_matrix,
 )
-from forensics.papercurves import PROTOCOL_NAME, paper_split
+from forensics.registry.papercurves import PROTOCOL_NAME, paper_split
 from forensics.protocol import Fingerprint
-from forensics.registry import Registry
+from forensics.registry.store import Registry
 
 DIGEST = "sha256:" + "1" * 64
 
@@ -35,7 +35,7 @@ def _bundled_plugins_only(plugin_host):
 
 @pytest.fixture(scope="module")
 def paper_refs():
-    return Registry.open().references(PROTOCOL_NAME)
+    return Registry.open().enrolled(PROTOCOL_NAME)
 
 
 def toy_refs(seed=0, per=4, gens=("a", "b", "c"), n_layers=6, spread=0.05):
@@ -48,7 +48,7 @@ def toy_refs(seed=0, per=4, gens=("a", "b", "c"), n_layers=6, spread=0.05):
         base = shapes[k]
         for i in range(per):
             v = base + rng.normal(0, spread, n_layers)
-            refs.append(Reference(g, f"{g}{i}", Fingerprint.from_values(DIGEST, v.tolist())))
+            refs.append(EnrolledCurve(g, f"{g}{i}", Fingerprint.from_values(DIGEST, v.tolist())))
     return refs
 
 
@@ -141,7 +141,7 @@ def test_refuses_other_protocols_and_lengths():
         m.attribute(Fingerprint.from_values("sha256:" + "2" * 64, [0.0] * 6))
     with pytest.raises(UsageError, match="5 values"):
         m.attribute(np.zeros(5))
-    mixed = refs + [Reference("d", "d0", Fingerprint.from_values("sha256:" + "2" * 64, [0.0] * 6))]
+    mixed = refs + [EnrolledCurve("d", "d0", Fingerprint.from_values("sha256:" + "2" * 64, [0.0] * 6))]
     with pytest.raises(ProtocolMismatch):
         make_matcher("alpha").fit(mixed)
     with pytest.raises(UsageError, match="no reference"):
@@ -199,7 +199,7 @@ def sibling_refs(offset=0.4):
     refs = toy_refs(per=4, gens=("a", "b", "c"), spread=0.03)
     for r in toy_refs(per=4, gens=("a", "b"), spread=0.03, seed=1):
         shifted = Fingerprint.from_values(DIGEST, (np.array(r.fingerprint.values) + offset).tolist())
-        refs.append(Reference(r.generator + "2", "sibling-" + r.instance, shifted))
+        refs.append(EnrolledCurve(r.generator + "2", "sibling-" + r.instance, shifted))
     return refs
 
 
@@ -262,7 +262,7 @@ def test_describe_is_json_ready():
     d = m.describe()
     assert d["name"] == "svm" and d["options"] == {"kernel": "rbf", "C": 3.0, "gamma": "scale", "open_set": True}
     json.dumps(d, allow_nan=False)
-    alpha = make_matcher("alpha").fit(Registry.open().references(PROTOCOL_NAME))
+    alpha = make_matcher("alpha").fit(Registry.open().enrolled(PROTOCOL_NAME))
     assert alpha.calibration["score"] is None  # not applied: recorded as null, never -inf
     json.dumps(alpha.describe(), allow_nan=False)
 
@@ -275,7 +275,7 @@ def test_matcher_base_is_a_plugin_contract():
             self.means = {g: x[labels == g].mean(axis=0) for g in set(labels)}
 
         def _rank(self, curve):
-            from forensics.matching import Candidate
+            from forensics.match.matcher import Candidate
 
             return [Candidate(g, -float(np.linalg.norm(curve - mu))) for g, mu in self.means.items()]
 
@@ -284,7 +284,7 @@ def test_matcher_base_is_a_plugin_contract():
 
 
 def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
-    from forensics.matching import _generic_points
+    from forensics.match.matcher import _generic_points
 
     for name in ("alpha", "cosine"):
         m = make_matcher(name)
@@ -299,7 +299,7 @@ def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
 def test_fast_similarity_calibration_equals_the_generic_refits_with_one_and_two_curve_generators():
     """Leaving a curve out of a two-curve generator leaves it one curve, which takes the pooled spread;
     a one-curve generator left out disappears. The fast path must follow the refits in both."""
-    from forensics.matching import _generic_points
+    from forensics.match.matcher import _generic_points
 
     refs = toy_refs(per=4, gens=("a", "b", "c"), spread=0.3)
     refs += toy_refs(per=2, gens=("a", "b", "c", "d"), spread=0.3, seed=1)[6:]   # d: two curves
@@ -327,7 +327,7 @@ def test_calibration_thresholds_on_paper_curves(paper_refs):
 def twin_refs():
     """a, b, c well apart, and b-twin: four more runs of b's own distribution under another name."""
     refs = toy_refs(per=4, gens=("a", "b", "c"), spread=0.05)
-    return refs + [Reference("b-twin", f"t{i}", r.fingerprint)
+    return refs + [EnrolledCurve("b-twin", f"t{i}", r.fingerprint)
                    for i, r in enumerate(toy_refs(per=4, gens=("a", "b"), spread=0.05, seed=7)[4:])]
 
 

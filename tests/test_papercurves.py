@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from forensics.errors import UsageError
-from forensics.papercurves import PROTOCOL_NAME, import_paper, paper_split, parse_curves, protocol, read_paper_curves
-from forensics.registry import Registry
+from forensics.registry.papercurves import PROTOCOL_NAME, import_paper, paper_split, parse_curves, protocol, read_paper_curves
+from forensics.registry.store import Registry
 
 SRC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-curves"
 needs_src = pytest.mark.skipif(not (SRC / "Ffull_score.txt").is_file(), reason="reference curves not present")
@@ -32,7 +32,7 @@ def test_protocol_record_says_how_the_curves_were_made():
 def test_bundled_protocol_matches_the_record():
     reg = Registry.open()
     assert reg.protocol(PROTOCOL_NAME).digest == protocol().digest
-    refs = reg.references(PROTOCOL_NAME)
+    refs = reg.enrolled(PROTOCOL_NAME)
     assert sorted({r.generator for r in refs}) == ["BigGAN", "ContraGAN", "DDIM", "DDPM", "PNDM", "SNGAN"]
     full_refs, queries = paper_split(refs, "full")
     assert len(full_refs) == 12 and len(queries) == 6
@@ -47,7 +47,7 @@ def test_bundled_protocol_matches_the_record():
 
 @needs_src
 def test_bundled_curves_are_the_published_ones():
-    refs = Registry.open().references(PROTOCOL_NAME)
+    refs = Registry.open().enrolled(PROTOCOL_NAME)
     published = {values: label for label, values, _ in parse_curves(SRC / "Ffull_score.txt")}
     runs = {values: label for label, values, _ in parse_curves(SRC / "model_ct_scores.txt")}
     assert len(refs) == len(published) == 18
@@ -66,11 +66,11 @@ def test_import_into_a_fresh_registry(tmp_path):
     assert reg.validate() == [] and reg.default_protocol == PROTOCOL_NAME
     bundled = Registry.open()
     strip = lambda refs: sorted((r.generator, r.instance, r.fingerprint.values) for r in refs)  # noqa: E731
-    assert strip(reg.references(PROTOCOL_NAME)) == strip(bundled.references(PROTOCOL_NAME))
+    assert strip(reg.enrolled(PROTOCOL_NAME)) == strip(bundled.enrolled(PROTOCOL_NAME))
     with pytest.raises(UsageError, match="--overwrite"):
         import_paper(SRC, reg)
     import_paper(SRC, reg, overwrite=True)
-    assert len(Registry.open(tmp_path / "reg").references(PROTOCOL_NAME)) == 18
+    assert len(Registry.open(tmp_path / "reg").enrolled(PROTOCOL_NAME)) == 18
 
 
 @needs_src

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from forensics.errors import ProtocolMismatch, UsageError
-from forensics.pipeline import Engine, cache_dir, compute_fingerprints, make_protocol
+from forensics.engine import Engine, cache_dir, compute_fingerprints, make_protocol
 
 ENCODER = "vit_tiny_patch16_224.augreg_in21k"
 OPTIONS = {"image_size": 32}
@@ -59,7 +59,7 @@ def warm(protocol):
     old = plugins.reset(plugins.PluginHost(autoload=False))
     try:
         engine = Engine(protocol)
-        engine.references
+        engine.reference_side()
         yield engine
     finally:
         plugins.reset(old)
@@ -67,7 +67,7 @@ def warm(protocol):
 
 def test_copies_read_as_copying_and_noise_as_underfitting(protocol, warm, plugin_host):
     engine = Engine(protocol)
-    assert engine.references and engine.reference_origin.endswith(".npz")
+    assert engine.reference_side() and engine.reference_origin.endswith(".npz")
     train = load_split("train")
     copies = engine.curves(train[:100])
     assert len(copies) == 1
@@ -135,20 +135,20 @@ def test_protocol_checks_data_and_weights(protocol, plugin_host):
 
 def test_an_unreadable_shipped_reference_is_an_error_not_a_silent_refit(protocol, warm, plugin_host, tmp_path):
     from forensics.errors import ForensicsError
-    from forensics.pipeline import reference_key
-    from forensics.hashing import short
+    from forensics.engine import reference_key
+    from forensics.io.hashing import short
 
     shipped = tmp_path / "reference"
     shipped.mkdir()
     (shipped / f"{short(reference_key(protocol), 24)}.npz").write_bytes(b"from another version")
     with pytest.raises(ForensicsError, match="cannot be read by this version"):
-        Engine(protocol, shipped_dir=shipped).references
+        Engine(protocol, shipped_dir=shipped).reference_side()
     assert (shipped / f"{short(reference_key(protocol), 24)}.npz").exists()  # never deleted
 
 
 def test_damaged_reference_files_are_detected(tmp_path):
-    from forensics.atomic import save_npz_atomic
-    from forensics.pipeline import _read_npz
+    from forensics.io.atomic import save_npz_atomic
+    from forensics.engine import _read_npz
 
     arrays = {"__layers__": np.array(["a", "bb"]), "0/train": np.arange(12.0).reshape(3, 4),
               "0/distance": np.array("cosine"), "0/k": np.array(3), "0/empty": np.empty((0, 5), np.float32)}

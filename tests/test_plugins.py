@@ -112,7 +112,7 @@ def test_every_hook_is_documented_with_an_example():
 def test_cli_plugins_json(plugin_host):
     from typer.testing import CliRunner
 
-    from forensics.cli import app
+    from forensics.cli.commands import app
 
     result = CliRunner().invoke(app, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
@@ -125,7 +125,7 @@ def test_cli_plugins_json(plugin_host):
 def test_cli_plugins_table_shows_broken_plugin(register_plugin):
     from typer.testing import CliRunner
 
-    from forensics.cli import app
+    from forensics.cli.commands import app
 
     def forensics_datasets(register):
         raise ValueError("no data today")

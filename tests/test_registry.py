@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
-from forensics.papercurves import PROTOCOL_NAME
+from forensics.registry.papercurves import PROTOCOL_NAME
 from forensics.protocol import DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
-from forensics.registry import Registry, default_registry_path, diff
+from forensics.registry.store import Registry, default_registry_path, diff
 
 SHA = "sha256:" + "ab" * 32
 
@@ -52,7 +52,7 @@ def test_bundled_registry_is_valid_and_holds_the_paper_protocol():
     reg = Registry.open()
     assert reg.validate() == [] and reg.default_protocol in reg.protocols
     assert PROTOCOL_NAME in reg.protocols
-    refs = reg.references(PROTOCOL_NAME)
+    refs = reg.enrolled(PROTOCOL_NAME)
     assert len(refs) == 18 and all(len(r.fingerprint.values) == 12 for r in refs)
     with pytest.raises(UsageError, match=f"known: .*{PROTOCOL_NAME}"):
         reg.protocol("nope")
@@ -65,7 +65,7 @@ def test_round_trip_is_exact_and_keeps_undefined_values(reg):
                      description="a GAN")
     assert ids == ["abababababab-0", "abababababab-1"]
     again = Registry.open(reg.path)
-    refs = again.references("toy")
+    refs = again.enrolled("toy")
     assert [r.fingerprint.values for r in refs] == [tuple(c) for c in curves]
     assert refs[0].fingerprint.protocol_digest == proto.digest
     prov = refs[1].provenance
@@ -105,7 +105,7 @@ def test_remove_instance_and_generator(reg):
     ids = reg.enroll("toy", "gan", fps(proto, [1, 2, 3], [2, 3, 4]), {})
     reg.enroll("toy", "vae", fps(proto, [3, 2, 1]), {})
     assert reg.remove("toy", "gan", ids[0]) == [ids[0]]
-    assert [r.instance for r in reg.references("toy") if r.generator == "gan"] == [ids[1]]
+    assert [r.instance for r in reg.enrolled("toy") if r.generator == "gan"] == [ids[1]]
     with pytest.raises(UsageError, match="no instance"):
         reg.remove("toy", "gan", "nope")
     assert reg.remove("toy", "gan") == [ids[1]]
@@ -231,7 +231,7 @@ def test_concurrent_enrolments_lose_nothing(reg):
     assert all(p.exitcode == 0 for p in procs)
     final = Registry.open(reg.path)
     assert final.validate() == []
-    shared = [r.instance for r in final.references("toy") if r.generator == "shared"]
+    shared = [r.instance for r in final.enrolled("toy") if r.generator == "shared"]
     assert sorted(shared) == sorted(f"w{w}-{i}" for w in range(4) for i in range(6))
     assert all(len(final.generators["toy"][f"own{w}"].instances) == 6 for w in range(4))
     assert not list(reg.path.rglob(".*.tmp"))

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forensics.hashing import sha256_file
-from forensics.matching import make_matcher
-from forensics.pipeline import build_encoder
+from forensics.io.hashing import sha256_file
+from forensics.match.matcher import make_matcher
+from forensics.engine import build_encoder
 from forensics.testing import EncoderContract, sample_images
 from forensics.zoo import encoder as vit_mnist
 from forensics.zoo.data import mnist_split
@@ -29,7 +29,7 @@ MIN_TEST_ACCURACY = 0.95
 def test_registry_validates_with_both_offline_protocols(bundled_registry):
     assert bundled_registry.validate() == []
     assert bundled_registry.default_protocol == "mnist-effnet-vit"  # which combines this protocol
-    refs = bundled_registry.references(PROTOCOL)
+    refs = bundled_registry.enrolled(PROTOCOL)
     assert {r.generator for r in refs} == GENERATORS and len(refs) == 27
     assert all(len(r.fingerprint.values) == len(bundled_registry.protocol(PROTOCOL).layers) for r in refs)
 
@@ -68,7 +68,7 @@ def test_shipped_encoder_classifies_the_held_out_digits():
 
 def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
     from forensics.curate import pick
-    from forensics.pipeline import load_reference_set
+    from forensics.engine import load_reference_set
 
     train = load_reference_set(shipped_engine.protocol.train)
     subset = pick(len(train), shipped_engine.protocol.batch_size, seed=0)
@@ -83,7 +83,7 @@ def test_the_noisy_copier_reads_as_copying_and_trained_generators_do_not(bundled
     # generator reads no copying anywhere and rises with depth (measured over the
     # enrolled runs: +0.3…+2.8 in block 0, +2.9…+7.8 in block 7, a rise of at least 2.36; +0.3…+4.4
     # and +2.9…+8.5 with the unconditional PixelCNN)
-    for ref in bundled_registry.references(PROTOCOL):
+    for ref in bundled_registry.enrolled(PROTOCOL):
         values = np.array(ref.fingerprint.values, dtype=float)
         if ref.generator == "kde-copier":
             assert np.all(values[2:] < -2) and values[1] < -1, values
@@ -97,11 +97,11 @@ def test_in_the_deepest_layer_the_best_zoo_classes_sit_as_near_their_data_as_the
     # at 9,000 iterations), DDIM +4.53…+4.72, the VAE +4.61…+4.96; PNDM (+4.74…+5.20) reaches the top;
     # the PixelCNN, the farthest, ends at +7.50…+7.81 (+8.24…+8.56 before it was class-conditional;
     # registry/mnist-vit/FINDINGS.md)
-    paper = [r.fingerprint.values[-1] for r in bundled_registry.references("he2024-cifar10-vitb16")]
+    paper = [r.fingerprint.values[-1] for r in bundled_registry.enrolled("he2024-cifar10-vitb16")]
     assert len(paper) == 18
     low, high = min(paper), max(paper)
     last = {}
-    for ref in bundled_registry.references(PROTOCOL):
+    for ref in bundled_registry.enrolled(PROTOCOL):
         last.setdefault(ref.generator, []).append(ref.fingerprint.values[-1])
     for generator in ("ddpm", "sngan", "ddim", "vae"):
         assert all(low <= v <= high for v in last[generator]), (generator, last[generator], (low, high))
@@ -121,13 +121,13 @@ def test_an_engine_on_a_torch_device_runs_the_statistic_there_with_the_same_curv
     # "cpu:0" is a torch device that is not the engine's default "cpu": the encoder and the statistic's
     # searches run through the device code a GPU runs, on the shipped reference side. On a GPU the
     # encoder's convolutions round differently, so the embeddings (and the curve) differ a little.
-    from forensics.pipeline import Engine
+    from forensics.engine import Engine
 
     device = "cpu:0" if torch_device == "cpu" else torch_device
     engine = Engine(bundled_registry.protocol(PROTOCOL), device=device, use_cache=False,
                     shipped_dir=bundled_registry.reference_dir(PROTOCOL))
-    assert all(r.device is not None and r.device.type == torch_device for r in engine.references)
-    assert all(r.device is None for r in shipped_engine.references)
+    assert all(r.device is not None and r.device.type == torch_device for r in engine.reference_side())
+    assert all(r.device is None for r in shipped_engine.reference_side())
     images = np.load(Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples" / "vae" / "heldout.npz")["images"]
     want = shipped_engine.curves(images)[0].fingerprint.values
     got = engine.curves(images)[0].fingerprint.values
@@ -138,7 +138,7 @@ def test_an_absent_or_unknown_device_is_a_one_line_usage_error(bundled_registry)
     import torch
 
     from forensics.errors import UsageError
-    from forensics.pipeline import Engine
+    from forensics.engine import Engine
 
     proto = bundled_registry.protocol(PROTOCOL)
     with pytest.raises(UsageError, match="unknown device 'gpu'.*use cpu, cuda or cuda:N"):
@@ -153,7 +153,7 @@ def test_a_held_out_sample_set_ranks_its_generator_first(shipped_engine, bundled
     images = np.load(samples / "ddpm" / "heldout.npz")["images"]
     curve = shipped_engine.curves(images)[0]
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
-    result = matcher.fit(bundled_registry.references(PROTOCOL)).attribute(curve.fingerprint.vector())
+    result = matcher.fit(bundled_registry.enrolled(PROTOCOL)).attribute(curve.fingerprint.vector())
     # measured 0.184 over the VAE (0.064 with the DDPM network at 15,000 iterations, 0.16 before that)
     assert result.candidates[0].generator == "ddpm" and result.margin > 0.05
     # never a wrong name. The set lies 1.41 of DDPM's spreads from its nearest DDPM run: named ddpm under

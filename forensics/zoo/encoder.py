@@ -12,7 +12,7 @@ The only augmentation is a random translation of up to ±2 px (zero padding), th
 Noise, rotation, block shuffles and the like are left out on purpose: they would teach the encoder to
 ignore exactly the low-level changes that the curated memorization sets probe.
 
-Images reach the network exactly as :func:`forensics.encoders.preprocess` feeds the encoder plugin
+Images reach the network exactly as :func:`forensics.encode.encoder.preprocess` feeds the encoder plugin
 (``PREPROCESSING``: grey repeated to 3 channels, no resize at 28 px, MNIST mean/std), so the trained
 weights and the embeddings agree. Training is deterministic given the seed and the thread count; it
 checkpoints after every epoch under ``--ckpt-dir`` (default ``/tmp/forensics-vit``) and resumes from there.
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from forensics.encoders import Preprocessing, preprocess
+from forensics.encode.encoder import Preprocessing, preprocess
 from forensics.errors import UsageError
 
 ARCHITECTURE = "vit_tiny_patch16_224"  # timm's ViT builder; every size below overrides its defaults
@@ -186,7 +186,7 @@ def export(model: torch.nn.Module, record: dict[str, Any], out: Path) -> dict[st
     import timm
     from safetensors.torch import save_file
 
-    from forensics.hashing import sha256_file, sha256_tensors
+    from forensics.io.hashing import sha256_file, sha256_tensors
     from forensics.zoo.data import mnist_split
 
     train_x, train_y, test_x, test_y = mnist_split()

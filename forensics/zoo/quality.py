@@ -2,10 +2,10 @@
 recorded with every zoo set) and in an encoder's space (:func:`encoder_quality`, under a protocol).
 
 - ``fd_pca``: Fréchet distance between Gaussians fitted to the samples and to T, in the 64-d PCA
-  space fitted on T. Reference: P_n's own value (``fd_pca_test``) — the floor for m-sized real sets.
+  space fitted on T. EnrolledCurve: P_n's own value (``fd_pca_test``) — the floor for m-sized real sets.
 - ``nn_ratio``: mean Euclidean distance from each sample to its nearest image of T, divided by the
   same mean for P_n. ≈ 1: on the data; > 1: off the manifold (under-fitting); < 1: copying.
-- ``ct_pixel``: Meehan et al.'s C_T (``forensics.ct``) in PCA-64 pixel space (k = 10 cells on T, seed 0,
+- ``ct_pixel``: Meehan et al.'s C_T (``forensics.stats.ct``) in PCA-64 pixel space (k = 10 cells on T, seed 0,
   Euclidean, τ = 20/m).
   ≪ 0 copying, ≈ 0 no evidence, ≫ 0 under-fitting. (The protocol's own C_T uses encoder layers.)
 
@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import linalg
 
-from forensics.ct import CTReference, nearest_distance
+from forensics.stats.ct import FittedCT, nearest_distance
 
 
 @lru_cache(maxsize=1)
@@ -32,7 +32,7 @@ def _reference():
     tr, _, te, _ = mnist_split()
     T = tr.reshape(len(tr), -1).astype(np.float64) / 255.0
     P = te.reshape(len(te), -1).astype(np.float64) / 255.0
-    return T, P, CTReference.fit(T, P, k=10, distance="euclidean", projection=64, seed=0), \
+    return T, P, FittedCT.fit(T, P, k=10, distance="euclidean", projection=64, seed=0), \
         float(nearest_distance(P, T, "euclidean").mean())
 
 
@@ -64,7 +64,7 @@ def quality(images_uint8: np.ndarray) -> dict:
 def encoder_quality(reference, sets: list[np.ndarray], test_embeddings: np.ndarray, *, seed: int = 0) -> list[dict]:
     """``fd`` and ``nn_ratio`` of each set in a protocol layer's space, with P_n's FD for reference.
 
-    ``reference``: the layer's fitted C_T reference (``Engine.references[i]``); ``sets``: each set's
+    ``reference``: the layer's fitted C_T reference (``Engine.reference_side()[i]``); ``sets``: each set's
     embeddings at that layer; ``test_embeddings``: P_n's. ``fd_test`` is the FD of a random subset of
     P_n as large as the set (FD grows as sets shrink), so a set on the data scores about ``fd_test`` and
     ``nn_ratio`` about 1 (below 1: closer to T than fresh data, i.e. copying). P_n's side is computed once."""

@@ -11,7 +11,7 @@ from forensics.hookspecs import hookimpl
 
 
 class CTStatistic:
-    """Adapter from the statistic hook's interface to :class:`forensics.ct.CTReference`."""
+    """Adapter from the statistic hook's interface to :class:`forensics.stats.ct.FittedCT`."""
 
     fit_params = ("k", "distance", "projection", "seed")
     score_params = ("tau",)
@@ -19,14 +19,14 @@ class CTStatistic:
     devices = True  # fit(device=…) and reference.to(device): the covariance and searches on a GPU
 
     def fit(self, train, test, *, device=None, **params):
-        from forensics.ct import CTReference
+        from forensics.stats.ct import FittedCT
 
-        return CTReference.fit(train, test, device=device, **{k: params[k] for k in self.fit_params if k in params})
+        return FittedCT.fit(train, test, device=device, **{k: params[k] for k in self.fit_params if k in params})
 
     def from_arrays(self, arrays):
-        from forensics.ct import CTReference
+        from forensics.stats.ct import FittedCT
 
-        return CTReference.from_arrays(arrays)
+        return FittedCT.from_arrays(arrays)
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 Every matcher takes ``open_set`` (default True: answer "unknown" when the best candidate is not close
 enough, not far enough ahead, or farther from its generator's curves than they lie from each other,
-with thresholds calibrated by leave-one-out on the references; see :mod:`forensics.matching`).
+with thresholds calibrated by leave-one-out on the references; see :mod:`forensics.match.matcher`).
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from forensics import hookimpl
 
 
 def _alpha(**options):
-    from forensics.matching import SimilarityMatcher
+    from forensics.match.matcher import SimilarityMatcher
 
     return SimilarityMatcher(**options)
 
 
 def _cosine(**options):
-    from forensics.matching import SimilarityMatcher
+    from forensics.match.matcher import SimilarityMatcher
 
     options.setdefault("alpha", 1.0)
     return SimilarityMatcher(**options)
 
 
 def _svm(**options):
-    from forensics.matching import SVMMatcher
+    from forensics.match.matcher import SVMMatcher
 
     return SVMMatcher(**options)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from forensics.encoders import Encoder, EncoderSpec, Layer, Preprocessing
+from forensics.encode.encoder import Encoder, EncoderSpec, Layer, Preprocessing
 from forensics.errors import UsageError
 from forensics.hookspecs import hookimpl
-from forensics.weights import (RANDOM, Sources, apply_state_dict, availability, load_state_dict, random_init,
+from forensics.encode.weights import (RANDOM, Sources, apply_state_dict, availability, load_state_dict, random_init,
                                resolve, weights_info)
 
 # public name -> (open_clip model name, pretrained tag, description)

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from forensics.encoders import Encoder, EncoderSpec, Layer, Preprocessing
+from forensics.encode.encoder import Encoder, EncoderSpec, Layer, Preprocessing
 from forensics.errors import UsageError
-from forensics.weights import (RANDOM, Sources, apply_state_dict, availability, load_state_dict, random_init,
+from forensics.encode.weights import (RANDOM, Sources, apply_state_dict, availability, load_state_dict, random_init,
                                resolve, weights_info)
 
 StateAdapter = Callable[[dict[str, torch.Tensor], torch.nn.Module], dict[str, torch.Tensor]]

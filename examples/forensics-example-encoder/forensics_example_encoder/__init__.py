@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from forensics.encoders import Encoder, Layer, Preprocessing, WeightsInfo
+from forensics.encode.encoder import Encoder, Layer, Preprocessing, WeightsInfo
 from forensics.errors import UsageError
-from forensics.hashing import sha256_json
+from forensics.io.hashing import sha256_json
 from forensics.hookspecs import hookimpl
 
 NAME = "example_colour_pyramid"

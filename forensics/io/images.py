@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from forensics.errors import UsageError
-from forensics.hashing import PREFIX, sha256_array
+from forensics.io.hashing import PREFIX, sha256_array
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 

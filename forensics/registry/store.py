@@ -43,8 +43,8 @@ from typing import Any
 import yaml
 
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
-from forensics.hashing import is_digest, short
-from forensics.matching import CALIBRATION_RULE, Reference, references_digest
+from forensics.io.hashing import is_digest, short
+from forensics.match.matcher import CALIBRATION_RULE, EnrolledCurve, references_digest
 from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
 
 SCHEMA_VERSION = 1
@@ -62,7 +62,7 @@ PROVENANCE_REQUIRED = ("created", "by", "tool_version", "input_sha256", "n_image
 _GENERATOR_KEYS = {"schema_version", "generator", "description", "protocol_digest", "instances"}
 _INSTANCE_KEYS = {"id", "curve", "provenance"}
 
-__all__ = ["Registry", "Reference", "default_registry_path", "diff", "SCHEMA_VERSION"]
+__all__ = ["Registry", "EnrolledCurve", "default_registry_path", "diff", "SCHEMA_VERSION"]
 
 
 def default_registry_path() -> Path:
@@ -128,7 +128,7 @@ def _read_yaml(path: Path, label: str) -> Any:
 
 
 def _write_yaml(path: Path, data: Any, header: str = "") -> None:
-    from forensics.atomic import write_text_atomic
+    from forensics.io.atomic import write_text_atomic
 
     write_text_atomic(path, header + dump_yaml(data))
 
@@ -496,7 +496,7 @@ class Registry:
             problems.add(label, "matchers", "expected a mapping of matcher name to calibration")
             return
         self.calibrations[protocol] = {str(k): dict(v) for k, v in matchers.items() if isinstance(v, Mapping)}
-        current = references_digest(self.references(protocol))
+        current = references_digest(self.enrolled(protocol))
         for name, cal in self.calibrations[protocol].items():
             if cal.get("references_digest") != current:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated on other references than the registry "
@@ -531,14 +531,14 @@ class Registry:
         self.protocol(protocol_name)
         return self.generators.get(protocol_name, {})
 
-    def references(self, protocol_name: str) -> list[Reference]:
+    def enrolled(self, protocol_name: str) -> list[EnrolledCurve]:
         """Every enrolled instance of every generator of a protocol (generators by name, instances in file order)."""
         proto = self.protocol(protocol_name)
         refs = []
         for name in sorted(self.generators.get(protocol_name, {})):
             entry = self.generators[protocol_name][name]
             for inst in entry.instances:
-                refs.append(Reference(name, inst.id, Fingerprint(proto.digest, inst.values), dict(inst.provenance)))
+                refs.append(EnrolledCurve(name, inst.id, Fingerprint(proto.digest, inst.values), dict(inst.provenance)))
         return refs
 
     def reference_dir(self, protocol_name: str) -> Path:
@@ -621,7 +621,7 @@ class Registry:
     def _ensure_gitignore(self) -> None:
         gi = self.path / ".gitignore"
         if not gi.exists():
-            from forensics.atomic import write_text_atomic
+            from forensics.io.atomic import write_text_atomic
 
             write_text_atomic(gi, "# written by forensics: the write lock and interrupted temporary files\n"
                                   ".lock\n.*.tmp\n")

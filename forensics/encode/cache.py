@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from forensics.atomic import write_atomic
-from forensics.hashing import sha256_array, sha256_json
+from forensics.io.atomic import write_atomic
+from forensics.io.hashing import sha256_array, sha256_json
 
 CACHE_FORMAT = 1
 

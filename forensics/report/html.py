@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from forensics.matching import lookalike_note
+from forensics.match.matcher import lookalike_note
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]

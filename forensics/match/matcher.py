@@ -1,10 +1,10 @@
 """Matching a query curve against reference fingerprints: ranked candidates, a verdict or "unknown".
 
-A :class:`Matcher` is fitted on the reference fingerprints of one protocol (:class:`Reference`, as
-:meth:`forensics.registry.Registry.references` returns them) and then attributes query curves::
+A :class:`Matcher` is fitted on the reference fingerprints of one protocol (:class:`EnrolledCurve`, as
+:meth:`forensics.registry.store.Registry.enrolled` returns them) and then attributes query curves::
 
     m = make_matcher("alpha")            # He et al.'s 1-NN, s = α·cos + (1 − α)/(1 + L2), α = 0.5
-    m.fit(registry.references("he2024-cifar10-vitb16"))
+    m.fit(registry.enrolled("he2024-cifar10-vitb16"))
     result = m.attribute(curve)          # Attribution: candidates best first, verdict (None = unknown)
 
 Every matcher ranks one candidate per generator (the best score any of its instances gets, or the
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from forensics.errors import ProtocolMismatch, UsageError
-from forensics.hashing import sha256_json
+from forensics.io.hashing import sha256_json
 from forensics.protocol import Fingerprint
 
 CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, distance ratio to the named generator's "
@@ -57,7 +57,7 @@ THRESHOLDS = ("score", "margin", "distance_ratio")  # the calibrated open-set th
 
 # -- data ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Reference:
+class EnrolledCurve:
     """One enrolled instance: a generator's fingerprint of one batch, and where it came from."""
 
     generator: str
@@ -202,7 +202,7 @@ def _ratio(distance: float, spread: float | None) -> float | None:
     return 0.0 if distance == 0 else math.inf
 
 
-def references_digest(references: Sequence[Reference]) -> str:
+def references_digest(references: Sequence[EnrolledCurve]) -> str:
     """A hash of what a matcher was fitted on (generator, instance, curve), independent of order."""
     items = sorted((r.generator, r.instance, [None if v is None else float(v) for v in r.fingerprint.values])
                    for r in references)
@@ -237,7 +237,7 @@ class Matcher:
         self.open_set = bool(open_set)
         self._given_calibration = dict(calibration) if calibration else None
         self.calibration: dict[str, Any] | None = None
-        self.references: list[Reference] = []
+        self.enrolled: list[EnrolledCurve] = []
         self.protocol_digest: str | None = None
         self.n_layers: int | None = None
 
@@ -253,7 +253,7 @@ class Matcher:
         return new
 
     # fitting ----------------------------------------------------------------------------------
-    def fit(self, references: Sequence[Reference]) -> Matcher:
+    def fit(self, references: Sequence[EnrolledCurve]) -> Matcher:
         references = list(references)
         if not references:
             raise UsageError("no reference fingerprints to match against (enrol generators first)")
@@ -264,7 +264,7 @@ class Matcher:
         lengths = {len(r.fingerprint.values) for r in references}
         if len(lengths) > 1:
             raise UsageError(f"reference curves of different lengths: {sorted(lengths)}")
-        self.references = references
+        self.enrolled = list(references)
         self.protocol_digest = digests.pop()
         self.n_layers = lengths.pop()
         x = np.stack([r.fingerprint.vector() for r in references])
@@ -286,7 +286,7 @@ class Matcher:
     def _fit(self, x: np.ndarray, labels: np.ndarray, ids: list[str]) -> None:
         raise NotImplementedError
 
-    def _calibration_points(self, refs: list[Reference]):
+    def _calibration_points(self, refs: list[EnrolledCurve]):
         """(answer points, unknown points, how held out, left out): points are (best score, margin, distance
         ratio) triples, see :func:`calibrate`; ``left out`` lists (generator left out, generator named,
         point) for each query whose generator was left out entirely (those points are among the unknown
@@ -307,7 +307,7 @@ class Matcher:
 
     @property
     def generators(self) -> list[str]:
-        return sorted({r.generator for r in self.references})
+        return sorted({r.generator for r in self.enrolled})
 
     # attributing ------------------------------------------------------------------------------
     def _query(self, curve: Any) -> np.ndarray:
@@ -366,8 +366,8 @@ class Matcher:
     def describe(self) -> dict[str, Any]:
         """What a report records about the matcher: its name, options and open-set calibration."""
         return {"name": self.name, "options": {k: v for k, v in self.options().items()},
-                "n_references": len(self.references), "generators": self.generators,
-                "references_digest": references_digest(self.references) if self.references else None,
+                "n_references": len(self.enrolled), "generators": self.generators,
+                "references_digest": references_digest(self.enrolled) if self.enrolled else None,
                 "open_set": self.calibration}
 
 
@@ -518,7 +518,7 @@ LOO_LIMIT = 40  # above this many references, the generic calibration uses 10 fo
 FOLDS = 10
 
 
-def calibrate(matcher: Matcher, references: Sequence[Reference]) -> dict[str, Any]:
+def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve]) -> dict[str, Any]:
     """Open-set thresholds for ``matcher`` from ``references`` alone (see the module docstring)."""
     refs = list(references)
     base = {"rule": CALIBRATION_RULE, "n_references": len(refs), "references_digest": references_digest(refs),
@@ -552,7 +552,7 @@ def _lookalikes(left_out, t_score: float, t_margin: float, t_ratio: float) -> di
     return {g: {o: [k, runs[o]] for o, k in sorted(d.items())} for g, d in sorted(passed.items())}
 
 
-def _generic_points(matcher: Matcher, refs: list[Reference]):
+def _generic_points(matcher: Matcher, refs: list[EnrolledCurve]):
     """Refit a closed-set copy with each instance (or fold) held out, then with each generator held out."""
     answer: list[tuple[float, float, float]] = []
     unknown: list[tuple[float, float, float]] = []
@@ -566,7 +566,7 @@ def _generic_points(matcher: Matcher, refs: list[Reference]):
         order = sorted(range(n), key=lambda i: (refs[i].generator, refs[i].instance))
         folds = [order[k::FOLDS] for k in range(FOLDS)]
         how = f"{FOLDS}-fold (more than {LOO_LIMIT} references)"
-    def fitted(rest: list[Reference]) -> bool:
+    def fitted(rest: list[EnrolledCurve]) -> bool:
         # a split that leaves too few generators (or that the matcher cannot fit) is skipped
         if len({x.generator for x in rest}) < need:
             return False
@@ -725,7 +725,7 @@ def _factory(matcher: str | Matcher | Callable[[], Matcher], options: Mapping[st
     return matcher
 
 
-def leave_one_out(references: Sequence[Reference], matcher: str | Matcher = "alpha",
+def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
                   **options: Any) -> Evaluation:
     """Attribute every instance with itself left out of the references.
 
@@ -768,7 +768,7 @@ def leave_one_out(references: Sequence[Reference], matcher: str | Matcher = "alp
     return Evaluation(name or str(matcher), opts, len(refs), correct, labels, confusion, predictions, open_set)
 
 
-def calibration_stability(references: Sequence[Reference], matcher: str | Matcher = "alpha",
+def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
                           **options: Any) -> dict[str, Any]:
     """How far each open-set threshold moves when one reference is left out of the calibration.
 
@@ -791,7 +791,7 @@ def calibration_stability(references: Sequence[Reference], matcher: str | Matche
     return {"n_references": len(refs), "thresholds": summary, "runs": runs}
 
 
-def leave_generator_out(references: Sequence[Reference], matcher: str | Matcher = "alpha",
+def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
                         **options: Any) -> dict[str, Any]:
     """Leave each whole generator out and attribute its instances: the open-set test.
 
@@ -823,8 +823,8 @@ def leave_generator_out(references: Sequence[Reference], matcher: str | Matcher 
             "per_generator": per}
 
 
-def holdout(references: Sequence[Reference], matcher: str | Matcher = "alpha",
-            is_query: Callable[[Reference], bool] | None = None, **options: Any) -> dict[str, Any]:
+def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
+            is_query: Callable[[EnrolledCurve], bool] | None = None, **options: Any) -> dict[str, Any]:
     """Fit on the references that are not queries, attribute the queries (the paper's split).
 
     By default the queries are the instances whose provenance ``role`` is ``test_batch``.

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from forensics.cli_common import handle_errors, out, print_json
+from forensics.cli.common import handle_errors, out, print_json
 
 SCHEMA = 1
 
@@ -20,7 +20,7 @@ def list_encoders(names: list[str] | None = None) -> list[dict[str, Any]]:
     """One entry per encoder: name, plugin, family, description, layers (name, dim), pooling(s),
     preprocessing and ``weights`` (where they come from on this machine, or ``missing: how to supply``).
     An encoder that cannot describe itself is listed with its ``error``."""
-    from forensics.encoders import describe_encoder
+    from forensics.encode.encoder import describe_encoder
     from forensics.errors import UsageError
     from forensics.plugins import host
 

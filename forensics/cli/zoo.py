@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from forensics.cli_common import (
+from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
 )
 from forensics.errors import UsageError
@@ -43,8 +43,8 @@ def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROT
     """
     from rich.table import Table
 
-    from forensics.images import load_images
-    from forensics.registry import Registry
+    from forensics.io.images import load_images
+    from forensics.registry.store import Registry
     from forensics.zoo.catalog import read_manifest
 
     folder = _folder(samples, registry)
@@ -97,9 +97,9 @@ def enroll(
     combination, the sets are enrolled under each protocol it combines.
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
-    from forensics.images import load_images
-    from forensics.pipeline import Engine, one_encoder_weights
-    from forensics.registry import Registry
+    from forensics.io.images import load_images
+    from forensics.engine import Engine, one_encoder_weights
+    from forensics.registry.store import Registry
     from forensics.zoo.catalog import read_manifest, select
 
     folder = _folder(samples, registry)
@@ -165,10 +165,10 @@ def quality(
     """
     from rich.table import Table
 
-    from forensics.images import load_images
-    from forensics.pipeline import Engine, load_reference_set
+    from forensics.io.images import load_images
+    from forensics.engine import Engine, load_reference_set
     from forensics.protocol import part_spans
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
     from forensics.zoo.catalog import read_manifest, select
     from forensics.zoo.quality import encoder_quality
 
@@ -185,7 +185,7 @@ def quality(
     # under a combination, the protocol that holds the layer, and the layer's index there
     proto, index = next((part, at - a) for part, a, b in part_spans(reg.protocol(pname)) if a <= at < b)
     engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name))
-    reference = engine.references[index]
+    reference = engine.reference_side()[index]
     test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,
                         images_hash=proto.test.sha256)[index]
     sets = []
@@ -230,10 +230,10 @@ def heldout(
     from rich import box
     from rich.table import Table
 
-    from forensics.images import load_images
-    from forensics.matching import available_matchers, make_matcher
-    from forensics.pipeline import make_engine
-    from forensics.registry import Registry
+    from forensics.io.images import load_images
+    from forensics.match.matcher import available_matchers, make_matcher
+    from forensics.engine import make_engine
+    from forensics.registry.store import Registry
     from forensics.zoo.catalog import read_manifest, select
 
     folder = _folder(samples, registry)
@@ -241,7 +241,7 @@ def heldout(
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
     proto = reg.protocol(pname)
-    references = reg.references(pname)
+    references = reg.enrolled(pname)
     if not references:
         raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol {pname}`")
     names = list(matcher) if matcher else available_matchers()

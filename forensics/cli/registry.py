@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from forensics.cli_common import (
+from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
 )
 
@@ -20,7 +20,7 @@ app = typer.Typer(name="registry", no_args_is_help=True,
 
 
 def _short(digest: str | None) -> str:
-    from forensics.hashing import short
+    from forensics.io.hashing import short
 
     return short(digest) if digest else "—"
 
@@ -43,7 +43,7 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
     """
     from rich.table import Table
 
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     rows = []
@@ -56,7 +56,7 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
                      "n_layers": len(proto.layers), "batch_size": proto.batch_size,
                      "generators": {g: len(e.instances) for g, e in sorted(gens.items())}})
     if json_out:
-        print_json({"schema": "forensics.registry-list/1", "registry": str(reg.path),
+        print_json({"schema": "forensics.registry.store-list/1", "registry": str(reg.path),
                     "default_protocol": reg.default_protocol, "protocols": rows})
         return
     table = Table(title=f"registry {reg.path}", title_justify="left")
@@ -86,7 +86,7 @@ def show(
     from rich.table import Table
 
     from forensics.errors import UsageError
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     name = reg.resolve_protocol(protocol)
@@ -95,7 +95,7 @@ def show(
     if generator is not None and generator not in entries:
         raise UsageError(f"no generator {generator!r} under {name!r}; known: {', '.join(sorted(entries)) or 'none'}")
     chosen = {generator: entries[generator]} if generator else entries
-    doc = {"schema": "forensics.registry-show/1", "registry": str(reg.path), "name": name, "digest": proto.digest,
+    doc = {"schema": "forensics.registry.store-show/1", "registry": str(reg.path), "name": name, "digest": proto.digest,
            "protocol": proto.to_dict(),
            "generators": {g: {"description": e.description,
                               "instances": [i.to_dict() for i in e.instances]} for g, e in sorted(chosen.items())}}
@@ -141,7 +141,7 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
 
     Example: forensics registry validate --registry ./registry
     """
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry, strict=False)
     problems = reg.validate()
@@ -149,7 +149,7 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
     n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
                       if len(reg.protocols[name].parts) == 1 for e in gens.values())
     if json_out:
-        print_json({"schema": "forensics.registry-validate/1", "registry": str(reg.path), "ok": not problems,
+        print_json({"schema": "forensics.registry.store-validate/1", "registry": str(reg.path), "ok": not problems,
                     "problems": problems, "warnings": reg.warnings, "protocols": len(reg.protocols),
                     "instances": n_instances})
     else:
@@ -185,9 +185,9 @@ def enroll(
 
     Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
     """
-    from forensics.images import load_images
-    from forensics.pipeline import compute_fingerprints, one_encoder_weights
-    from forensics.registry import Registry
+    from forensics.io.images import load_images
+    from forensics.engine import compute_fingerprints, one_encoder_weights
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
@@ -230,7 +230,7 @@ def remove(
 
     Example: forensics registry remove dcgan --instance 3fa9c2d1e0b4-0 --protocol mnist-effnet-lite0
     """
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     pname = reg.resolve_protocol(protocol)
@@ -286,8 +286,8 @@ def diff(
     """
     from rich.table import Table
 
-    from forensics.registry import Registry, default_registry_path
-    from forensics.registry import diff as registry_diff
+    from forensics.registry.store import Registry, default_registry_path
+    from forensics.registry.store import diff as registry_diff
 
     new = Registry.open(registry, strict=False)
     with tempfile.TemporaryDirectory(prefix="forensics-diff-") as tmp:
@@ -298,7 +298,7 @@ def diff(
             old = Registry.open(Path(other), strict=False)
         changes = registry_diff(old, new)
     if json_out:
-        print_json({"schema": "forensics.registry-diff/1", "old": other, "new": str(new.path), "changes": changes})
+        print_json({"schema": "forensics.registry.store-diff/1", "old": other, "new": str(new.path), "changes": changes})
         return
     if not changes:
         out.print("no differences")
@@ -318,9 +318,9 @@ def evaluate_protocol(reg: Any, name: str, matchers: list[str], *, stability: bo
     """LOO, leave-generator-out and (when roles exist) the hold-out split, for each matcher; with
     ``stability``, how far its open-set thresholds move when one reference is left out."""
     from forensics.errors import UsageError
-    from forensics.matching import calibration_stability, holdout, leave_generator_out, leave_one_out
+    from forensics.match.matcher import calibration_stability, holdout, leave_generator_out, leave_one_out
 
-    refs = reg.references(name)
+    refs = reg.enrolled(name)
     has_split = any(r.provenance.get("role") == "test_batch" for r in refs)
     results = []
     for mname in matchers:
@@ -419,8 +419,8 @@ def evaluate(
     how often a generator left out entirely comes out "unknown"; and the paper's split where instances
     carry a role. Example: forensics registry evaluate --protocol he2024-cifar10-vitb16 --json
     """
-    from forensics.matching import available_matchers
-    from forensics.registry import Registry
+    from forensics.match.matcher import available_matchers
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     names = [protocol] if protocol else sorted(reg.protocols)
@@ -448,12 +448,12 @@ def calibrate(
     Writes <protocol>/calibration.yaml; matchers reuse it while the references are unchanged.
     Example: forensics registry calibrate --protocol he2024-cifar10-vitb16
     """
-    from forensics.matching import available_matchers, lookalike_note, make_matcher
-    from forensics.registry import Registry
+    from forensics.match.matcher import available_matchers, lookalike_note, make_matcher
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     name = reg.resolve_protocol(protocol)
-    refs = reg.references(name)
+    refs = reg.enrolled(name)
     records = {}
     for mname in list(dict.fromkeys(matcher)) or available_matchers():
         m = make_matcher(mname).fit(refs)
@@ -494,8 +494,8 @@ def import_paper(
 
     Example: forensics registry import-paper ../shared/reference/paper-curves --overwrite
     """
-    from forensics.papercurves import import_paper as run
-    from forensics.registry import Registry
+    from forensics.registry.papercurves import import_paper as run
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry, create=True)
     result = run(src, reg, overwrite=overwrite)
@@ -517,7 +517,7 @@ def default(
 
     Example: forensics registry default he2024-cifar10-vitb16
     """
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     if protocol is not None:

@@ -3,7 +3,7 @@
 Images are either one uint8 array (N, H, W[, C]) or a sequence of image files (decoded with Pillow). With
 ``workers > 0`` decoding and preprocessing run in worker processes (a torch DataLoader) while the model
 works on the previous batch. :func:`iter_embed` streams embeddings batch by batch; :func:`embed` fills one
-array per layer and can keep them in the on-disk cache (:mod:`forensics.cache`). Results do not depend on
+array per layer and can keep them in the on-disk cache (:mod:`forensics.encode.cache`). Results do not depend on
 the batch size: every image is preprocessed on its own terms and encoders run in inference mode.
 """
 
@@ -17,9 +17,9 @@ from typing import Union
 import numpy as np
 import torch
 
-from forensics.encoders import Encoder, Preprocessing, as_rgb_uint8, preprocess
+from forensics.encode.encoder import Encoder, Preprocessing, as_rgb_uint8, preprocess
 from forensics.errors import UsageError
-from forensics.hashing import sha256_array, sha256_bytes, sha256_json
+from forensics.io.hashing import sha256_array, sha256_bytes, sha256_json
 
 Progress = Callable[[int, int], None]
 Images = Union[np.ndarray, Sequence[Union[str, Path]]]
@@ -129,7 +129,7 @@ def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = No
     Returns one float32 array (N, dim) per layer, in the encoder's depth order. ``progress(done, total)``
     is called after each batch. ``workers``: processes that decode and preprocess (0: in this process).
     ``amp``: ``"bf16"`` or ``"fp16"`` to autocast the forward pass (meant for CUDA). ``cache``: read and
-    write the on-disk embedding cache (:mod:`forensics.cache`); only the layers not found there are
+    write the on-disk embedding cache (:mod:`forensics.encode.cache`); only the layers not found there are
     computed, from one forward pass. ``images_hash``: the images' content hash when the caller has it.
     """
     names = encoder.check_layers(layers)
@@ -139,7 +139,7 @@ def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = No
     keys: dict[str, str] = {}
     store = None
     if cache and n:
-        from forensics.cache import EmbeddingCache, embedding_key, encoder_record
+        from forensics.encode.cache import EmbeddingCache, embedding_key, encoder_record
 
         store = EmbeddingCache()
         digest = images_hash or images_digest(images)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from forensics.errors import RegistryError, UsageError
-from forensics.hashing import sha256_file
+from forensics.io.hashing import sha256_file
 from forensics.protocol import DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
 
 PROTOCOL_NAME = "he2024-cifar10-vitb16"
@@ -164,7 +164,7 @@ def import_paper(src: str | Path, registry: Any = None, *, overwrite: bool = Fal
 
     Existing generators of the protocol are replaced only with ``overwrite``.
     """
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     src = Path(src)
     curves = read_paper_curves(src)

@@ -27,7 +27,7 @@ from forensics.errors import UsageError
 
 
 @runtime_checkable
-class Reference(Protocol):
+class FittedStatistic(Protocol):
     def score(self, generated: np.ndarray, **params: Any) -> Any: ...
 
     def to_arrays(self) -> dict[str, np.ndarray]: ...
@@ -39,9 +39,9 @@ class Statistic(Protocol):
     score_params: tuple[str, ...]
     defaults: Mapping[str, Any]
 
-    def fit(self, train: np.ndarray, test: np.ndarray, **params: Any) -> Reference: ...
+    def fit(self, train: np.ndarray, test: np.ndarray, **params: Any) -> FittedStatistic: ...
 
-    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Reference: ...
+    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> FittedStatistic: ...
 
 
 def get_statistic(name: str) -> Statistic:

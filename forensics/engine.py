@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from forensics.atomic import save_npz_atomic
-from forensics.cache import cache_dir
-from forensics.encoders import Encoder, Preprocessing
+from forensics.io.atomic import save_npz_atomic
+from forensics.encode.cache import cache_dir
+from forensics.encode.encoder import Encoder, Preprocessing
 from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
-from forensics.hashing import sha256_array, sha256_json, short
+from forensics.io.hashing import sha256_array, sha256_json, short
 from forensics.protocol import Combination, DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
-from forensics.statistics import Statistic, get_statistic, split_params
+from forensics.stats.base import Statistic, get_statistic, split_params
 
 Progress = Callable[[str, int, int], None]
 REFERENCE_FORMAT = 1
@@ -121,7 +121,7 @@ class Engine:
     def __init__(self, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
                  use_cache: bool = True, shipped_dir: Path | None = None, progress: Progress | None = None,
                  batch_size: int = 64, workers: int = 0, amp: str | None = None):
-        from forensics.devices import torch_device
+        from forensics.encode.devices import torch_device
 
         torch_device(device)  # an unknown or absent device fails here, in one line, before any work
         self.protocol = protocol
@@ -136,7 +136,7 @@ class Engine:
         self.statistic: Statistic = get_statistic(protocol.statistic.name)
         self.fit_params, self.score_params = split_params(self.statistic, protocol.statistic.params)
         self._encoder: Encoder | None = None
-        self._references: list[Any] | None = None
+        self._reference_side: list[Any] | None = None
         self.reference_origin: str | None = None
 
     @property
@@ -148,7 +148,7 @@ class Engine:
     def embed(self, images: np.ndarray, what: str = "images", *, cache: bool = False,
               images_hash: str | None = None) -> list[np.ndarray]:
         """Embed at the protocol's layers; ``cache`` uses the on-disk embedding cache (reference sets)."""
-        from forensics.embedding import embed
+        from forensics.encode.embed import embed
 
         report = None
         if self.progress is not None:
@@ -166,13 +166,13 @@ class Engine:
             paths.append(cache_dir() / "reference" / name)
         return paths
 
-    @property
-    def references(self) -> list[Any]:
-        """The statistic fitted on T and P_n, one per protocol layer (on the engine's device where the
-        statistic can compute on one)."""
-        if self._references is None:
-            self._references = self._load_or_fit()
-        return self._references
+    def reference_side(self) -> list[Any]:
+        """The reference side: the statistic fitted on T and P_n, one per protocol layer (on the engine's
+        device where the statistic can compute on one). Loaded from the shipped file or the cache, else
+        computed (minutes: T and P_n are embedded), then kept."""
+        if self._reference_side is None:
+            self._reference_side = self._load_or_fit()
+        return self._reference_side
 
     def _statistic_device(self) -> str | None:
         """The engine's device for the statistic, when it is not the CPU and the statistic can use it."""
@@ -213,13 +213,13 @@ class Engine:
     def write_reference(self, path: Path) -> Path:
         """Write the fitted reference side to ``path`` (a folder), for shipping beside a protocol."""
         target = Path(path) / f"{short(reference_key(self.protocol), 24)}.npz"
-        save_npz_atomic(target, _pack(self.references, self.protocol.layers))
+        save_npz_atomic(target, _pack(self.reference_side(), self.protocol.layers))
         return target
 
     # -- curves ----------------------------------------------------------------------------------
     def curve_from_embeddings(self, embeddings: Sequence[np.ndarray]) -> Curve:
         values: list[LayerValue] = []
-        for layer, ref, q in zip(self.protocol.layers, self.references, embeddings):
+        for layer, ref, q in zip(self.protocol.layers, self.reference_side(), embeddings):
             try:
                 result = ref.score(q, **self.score_params)
             except StatisticError as exc:
@@ -294,7 +294,7 @@ class CombinedEngine:
 def make_engine(protocol: Protocol | Combination, *, reference_dir: Callable[[str], Path] | None = None,
                 **options: Any) -> Engine | CombinedEngine:
     """The engine for a protocol or a combination; ``reference_dir(name)`` says where a protocol's reference
-    side may be shipped (:meth:`forensics.registry.Registry.reference_dir`). ``options`` go to every
+    side may be shipped (:meth:`forensics.registry.store.Registry.reference_dir`). ``options`` go to every
     :class:`Engine`."""
     dirs = {p.name: reference_dir(p.name) for p in protocol.parts} if reference_dir is not None else {}
     if isinstance(protocol, Combination):

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from forensics import __version__
-from forensics.cli_common import (
+from forensics.cli.common import (
     OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, err,
     handle_errors, out, print_json,
 )
@@ -34,7 +34,7 @@ def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
-    from forensics.cli_common import env_debug
+    from forensics.cli.common import env_debug
 
     STATE["debug"] = debug or env_debug()  # set on every invocation: nothing carries over between runs
     columns = os.environ.get("COLUMNS", "")
@@ -61,9 +61,9 @@ def _progress_bar():
 def _open(images: Path, protocol: str | None, registry: Path | None, device: str, weights: str | None,
           no_cache: bool, workers: int, amp: str | None):
     """Registry, protocol, an Engine, its progress display, and the images read under the protocol."""
-    from forensics.images import load_images
-    from forensics.pipeline import make_engine
-    from forensics.registry import Registry
+    from forensics.io.images import load_images
+    from forensics.engine import make_engine
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry)
     proto = reg.protocol(reg.resolve_protocol(protocol))
@@ -101,12 +101,12 @@ def attribute(
     """
     import numpy as np
 
-    from forensics.matching import make_matcher
-    from forensics.report import attribution_document, render_attribution
+    from forensics.match.matcher import make_matcher
+    from forensics.report.terminal import attribution_document, render_attribution
 
     reg, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache, workers, amp)
     name = proto.name
-    references = reg.references(name)
+    references = reg.enrolled(name)
     if not references:
         raise_usage(f"protocol {name!r} has no enrolled generators to attribute to")
     with progress:
@@ -119,7 +119,7 @@ def attribute(
     if len(curves) == 1:
         curve = curves[0]
     else:
-        from forensics.pipeline import Curve, LayerValue
+        from forensics.engine import Curve, LayerValue
         from forensics.protocol import Fingerprint
 
         mean = np.mean([c.fingerprint.vector() for c in curves], axis=0)
@@ -132,9 +132,9 @@ def attribute(
         batches=batches, attribution=result, matcher_info=m.describe(), reference_origin=engine.reference_origin,
         n_references=len(references), partial=len(data) < proto.batch_size)
     if html_out is not None:
-        from forensics.html import attribution_html
-        from forensics.matching import similarity
-        from forensics.atomic import write_text_atomic
+        from forensics.report.html import attribution_html
+        from forensics.match.matcher import similarity
+        from forensics.io.atomic import write_text_atomic
 
         refs = [(r.generator, r.instance, r.fingerprint.vector()) for r in references]
         write_text_atomic(html_out, attribution_html(doc, refs, similarity))
@@ -162,7 +162,7 @@ def memorization(
 
     Example: forensics memorization copies.npz --protocol mnist-effnet-lite0
     """
-    from forensics.report import memorization_document, render_memorization
+    from forensics.report.terminal import memorization_document, render_memorization
 
     _, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache, workers, amp)
     with progress:
@@ -194,9 +194,9 @@ def curate(
     import numpy as np
 
     from forensics.curate import curate as make
-    from forensics.hashing import sha256_array
-    from forensics.images import load_images
-    from forensics.atomic import save_npz_atomic
+    from forensics.io.hashing import sha256_array
+    from forensics.io.images import load_images
+    from forensics.io.atomic import save_npz_atomic
 
     if ":" in source and not Path(source).exists():
         dataset, split = source.split(":", 1)
@@ -270,8 +270,8 @@ def protocol_create(
     Example: forensics protocol create digits-vit --dataset digits --encoder vit_tiny_patch16_224.augreg_in21k
     --weights random --option image_size=32 --k 3 --batch-size 100
     """
-    from forensics.pipeline import Engine, make_protocol
-    from forensics.registry import Registry
+    from forensics.engine import Engine, make_protocol
+    from forensics.registry.store import Registry
 
     reg = Registry.open(registry, create=True)
     params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
@@ -309,7 +309,7 @@ def protocol_combine(
     """
     from forensics.errors import RegistryError
     from forensics.protocol import Combination, Protocol
-    from forensics.registry import Registry
+    from forensics.registry.store import Registry
 
     # a combination whose protocols changed does not load; that one problem is what --overwrite mends
     reg = Registry.open(registry, strict=False)
@@ -328,7 +328,7 @@ def protocol_combine(
     except RegistryError as exc:
         raise_usage(str(exc))
     reg.add_protocol(combination, overwrite=overwrite, default=make_default)
-    refs = reg.references(name)
+    refs = reg.enrolled(name)
     err.print(f"combination {name} ({combination.digest[7:19]}) of {', '.join(parts)} written to {reg.path}; "
               f"{len(refs)} instance(s) enrolled under all of them")
     for warning in reg.warnings:
@@ -370,7 +370,9 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
     out.print(table)
 
 
-from forensics import cli_encoders, cli_registry, cli_zoo  # noqa: E402
+from forensics.cli import encoders as cli_encoders  # noqa: E402
+from forensics.cli import registry as cli_registry  # noqa: E402
+from forensics.cli import zoo as cli_zoo  # noqa: E402
 
 app.command("encoders")(cli_encoders.encoders)
 app.add_typer(cli_registry.app, name="registry")

@@ -15,10 +15,10 @@ For training set T (l × d), held-out set P_n (n × d) and generated set Q_m (m 
 C_T ≪ 0: the generated points sit closer to the training data than fresh data does (copying);
 C_T ≈ 0: no evidence; C_T ≫ 0: underfitting.
 
-The work splits in two. :class:`CTReference` holds everything that does not depend on the generated
+The work splits in two. :class:`FittedCT` holds everything that does not depend on the generated
 set — the projection, the cells, each cell's training points and the test points' distances — so a
-caller fits it once per encoder layer, caches it (:meth:`CTReference.to_arrays`), and scores any number
-of generated batches with :meth:`CTReference.score`. :func:`ct_score` is the two steps in one.
+caller fits it once per encoder layer, caches it (:meth:`FittedCT.to_arrays`), and scores any number
+of generated batches with :meth:`FittedCT.score`. :func:`ct_score` is the two steps in one.
 
 How it is fast and still exact (equal to a plain float64 computation to ~1e-15):
 
@@ -216,7 +216,7 @@ def resolve_device(device: Any):
     allowed) gives a warning and ``None``: the results would still be exact, but only by the CPU path."""
     if device is None:
         return None
-    from forensics.devices import torch_device
+    from forensics.encode.devices import torch_device
 
     torch = _torch()
     dev = torch_device(device)
@@ -1092,7 +1092,7 @@ def z_score(u: float, m: int, n: int) -> float:
 
 
 # -- the reference side --------------------------------------------------------------------------
-class CTReference:
+class FittedCT:
     """The query-independent half: projection, cells, per-cell training points and the test points'
     nearest-training distances.
 
@@ -1125,7 +1125,7 @@ class CTReference:
     n_test = property(lambda self: len(self._test_dist), doc="Number of test points.")
     device = property(lambda self: self._device, doc="The torch device the searches run on, or None (the CPU path).")
 
-    def to(self, device) -> CTReference:
+    def to(self, device) -> FittedCT:
         """This reference with its nearest-neighbour searches on a torch ``device`` (e.g. "cuda"; None for
         the CPU path). The arrays are shared, the results are the same (see :meth:`_Cell.nearest_on`)."""
         dev = resolve_device(device)
@@ -1144,7 +1144,7 @@ class CTReference:
 
     @classmethod
     def fit(cls, train, test, *, k: int = 10, distance: str = "euclidean", projection: int | None = None,
-            seed: int = 0, train_cells=None, test_cells=None, device=None) -> CTReference:
+            seed: int = 0, train_cells=None, test_cells=None, device=None) -> FittedCT:
         """Fit the reference side on training set ``train`` (l × d) and held-out set ``test`` (n × d).
 
         ``projection``: PCA dimensions fitted on ``train`` (a layer no wider than that is centred and
@@ -1324,7 +1324,7 @@ class CTReference:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays) -> CTReference:
+    def from_arrays(cls, arrays) -> FittedCT:
         """Rebuild a reference from :meth:`to_arrays` output (e.g. an opened .npz). Raises KeyError or
         ValueError on arrays from another format."""
         projection = int(arrays["projection"])
@@ -1358,7 +1358,7 @@ def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str =
     (1 − |cos|). ``projection``: PCA dimensions fitted on ``train``, or None. ``tau``: a cell counts when
     more than tau·m generated points fall in it (default 20/m). ``device``: a torch device for the
     covariance and the searches (None: the CPU path), with the same values. Exactly
-    ``CTReference.fit(...).score(...)``. Raises :class:`StatisticError` when the value is undefined (no
+    ``FittedCT.fit(...).score(...)``. Raises :class:`StatisticError` when the value is undefined (no
     counted cell, an empty cell, mismatched dimensions, NaN) and :class:`UsageError` on bad parameters.
     """
     _check_tau(tau)
@@ -1367,6 +1367,6 @@ def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str =
         if not isinstance(cells, (tuple, list)) or len(cells) != 3:
             raise UsageError("cells must be a tuple of three id arrays: (train, test, generated)")
         train_cells, test_cells, generated_cells = cells
-    reference = CTReference.fit(train, test, k=k, distance=distance, projection=projection, seed=seed,
+    reference = FittedCT.fit(train, test, k=k, distance=distance, projection=projection, seed=seed,
                                 train_cells=train_cells, test_cells=test_cells, device=device)
     return reference.score(generated, tau=tau, generated_cells=generated_cells)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from forensics.encoders import WeightsInfo
+from forensics.encode.encoder import WeightsInfo
 from forensics.errors import WeightsError
-from forensics.hashing import sha256_tensors
+from forensics.io.hashing import sha256_tensors
 
 RANDOM = "random"
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from forensics.matching import lookalike_note
+from forensics.match.matcher import lookalike_note
 from forensics.protocol import part_spans
 
 SCHEMA = "forensics.attribution/1"

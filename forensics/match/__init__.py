@@ -1,0 +1,1 @@
+"""Query curve against enrolled curves: similarity, matchers, open-set calibration, evaluation."""

@@ -1,0 +1,1 @@
+"""Reports of results: the rich terminal view, the versioned JSON documents, the HTML report."""
