@@ -38,6 +38,7 @@ class LayerValue:
     value: float | None
     counted_weight: float | None = None
     undefined_reason: str | None = None
+    reading: str = "undefined"  # the statistic's reading of the value (forensics.stats.base.READINGS)
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class Engine:
 
     def _statistic_device(self) -> str | None:
         """The engine's device for the statistic, when it is not the CPU and the statistic can use it."""
-        return self.device if self.device != "cpu" and getattr(self.statistic, "devices", False) else None
+        return self.device if self.device != "cpu" and self.statistic.devices else None
 
     def _load_or_fit(self) -> list[Any]:
         layers = self.protocol.layers
@@ -223,9 +224,10 @@ class Engine:
             try:
                 result = ref.score(q, **self.score_params)
             except StatisticError as exc:
-                values.append(LayerValue(layer, None, None, str(exc)))
+                values.append(LayerValue(layer, None, None, str(exc), self.statistic.reading(None)))
             else:
-                values.append(LayerValue(layer, float(result.value), getattr(result, "counted_weight", None)))
+                value = float(result.value)
+                values.append(LayerValue(layer, value, result.counted_weight, None, self.statistic.reading(value)))
         n = len(embeddings[0]) if len(embeddings) else 0
         fp = Fingerprint.from_values(self.protocol.digest, [lv.value for lv in values])
         return Curve(fingerprint=fp, layers=tuple(values), n_images=n)

@@ -26,22 +26,49 @@ import numpy as np
 from forensics.errors import UsageError
 
 
+READINGS = ("copying", "no evidence", "underfitting", "undefined")
+"""What one layer's value can say; reports and the copying level read these words, never the numbers."""
+
+
+@runtime_checkable
+class Score(Protocol):
+    """What :meth:`FittedStatistic.score` returns: the value, and the share of the reference weight that
+    counted towards it (``None`` when the statistic has no such notion)."""
+
+    value: float
+    counted_weight: float | None
+
+
 @runtime_checkable
 class FittedStatistic(Protocol):
-    def score(self, generated: np.ndarray, **params: Any) -> Any: ...
+    """A statistic fitted on one layer's T and P_n embeddings: scores any number of generated batches."""
+
+    def score(self, generated: np.ndarray, **params: Any) -> Score: ...
 
     def to_arrays(self) -> dict[str, np.ndarray]: ...
+
+    def to(self, device: str) -> FittedStatistic:
+        """The same fit, computing on ``device``; only called when the statistic declares ``devices``."""
+        ...
 
 
 @runtime_checkable
 class Statistic(Protocol):
+    """A statistic plugin. ``devices``: whether ``fit`` takes ``device=`` and fits have ``.to(device)``.
+    ``reading(value)`` says what a value means, one of :data:`READINGS` (``None`` is "undefined");
+    ``reading_thresholds`` are the cut-offs behind it, recorded in reports."""
+
     fit_params: tuple[str, ...]
     score_params: tuple[str, ...]
     defaults: Mapping[str, Any]
+    devices: bool
+    reading_thresholds: Mapping[str, float]
 
     def fit(self, train: np.ndarray, test: np.ndarray, **params: Any) -> FittedStatistic: ...
 
     def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> FittedStatistic: ...
+
+    def reading(self, value: float | None) -> str: ...
 
 
 def get_statistic(name: str) -> Statistic:

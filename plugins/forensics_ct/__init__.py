@@ -17,6 +17,17 @@ class CTStatistic:
     score_params = ("tau",)
     defaults = {"k": 10, "distance": "euclidean", "projection": None, "tau": None, "seed": 0}
     devices = True  # fit(device=…) and reference.to(device): the covariance and searches on a GPU
+    # C_T is a P_n-weighted mean of per-cell Z scores, so |C_T| > 2 is significant
+    reading_thresholds = {"copying_below": -2.0, "underfitting_above": 2.0}
+
+    def reading(self, value):
+        if value is None:
+            return "undefined"
+        if value < self.reading_thresholds["copying_below"]:
+            return "copying"
+        if value > self.reading_thresholds["underfitting_above"]:
+            return "underfitting"
+        return "no evidence"
 
     def fit(self, train, test, *, device=None, **params):
         from forensics.stats.ct import FittedCT
