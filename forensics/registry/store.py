@@ -28,7 +28,6 @@ The registry is ``$FORENSICS_REGISTRY`` when set, else the ``registry/`` folder 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import math
 import os
 import re
@@ -36,7 +35,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ import yaml
 
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
 from forensics.io.hashing import is_digest, short
+from forensics.provenance import tool_version, user, utc_now
 from forensics.match.matcher import CALIBRATION_RULE, EnrolledCurve, references_digest
 from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
 
@@ -62,7 +62,7 @@ PROVENANCE_REQUIRED = ("created", "by", "tool_version", "input_sha256", "n_image
 _GENERATOR_KEYS = {"schema_version", "generator", "description", "protocol_digest", "instances"}
 _INSTANCE_KEYS = {"id", "curve", "provenance"}
 
-__all__ = ["Registry", "EnrolledCurve", "default_registry_path", "diff", "SCHEMA_VERSION"]
+__all__ = ["Registry", "default_registry_path", "diff", "SCHEMA_VERSION"]
 
 
 def default_registry_path() -> Path:
@@ -73,23 +73,6 @@ def default_registry_path() -> Path:
     import forensics
 
     return Path(forensics.__file__).resolve().parent.parent / "registry"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment
-        return "unknown"
-
-
-def _tool_version() -> str:
-    from forensics import __version__
-
-    return f"forensics {__version__}"
 
 
 # -- YAML ----------------------------------------------------------------------------------------
@@ -667,7 +650,7 @@ class Registry:
                                  f"{len(proto.layers)} layers")
         if ids is not None and len(ids) != len(fingerprints):
             raise UsageError("one id per fingerprint is needed")
-        base = {"created": utc_now(), "by": _user(), "tool_version": _tool_version(),
+        base = {"created": utc_now(), "by": user(), "tool_version": tool_version(),
                 "input_sha256": None, "n_images": None}
         base.update(dict(provenance))
         if base["input_sha256"] is not None and not is_digest(base["input_sha256"]):
@@ -770,7 +753,7 @@ class Registry:
         self.protocol(protocol_name)
         cfile = self.path / protocol_name / CALIBRATION_FILE
         with self.lock():
-            data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": _tool_version(),
+            data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": tool_version(),
                     "matchers": {k: dict(v) for k, v in sorted(calibrations.items())}}
             _write_yaml(cfile, data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
         self.reload()

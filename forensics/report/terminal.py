@@ -24,8 +24,6 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +31,7 @@ import numpy as np
 
 from forensics.match.matcher import lookalike_note
 from forensics.protocol import part_spans
+from forensics.provenance import tool_versions, utc_now
 
 SCHEMA = "forensics.attribution/1"
 COPYING_BELOW = -2.0
@@ -49,23 +48,6 @@ def reading(value: float | None) -> str:
     if value > UNDERFIT_ABOVE:
         return "underfitting"
     return "no evidence"
-
-
-def tool_versions() -> dict[str, str]:
-    import forensics
-
-    versions = {"forensics": forensics.__version__, "python": platform.python_version(), "numpy": np.__version__}
-    for name in ("torch", "timm", "sklearn", "scipy"):
-        try:
-            module = __import__(name)
-            versions[name] = getattr(module, "__version__", "?")
-        except ImportError:
-            pass
-    return versions
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def sparkline(values: Sequence[float | None]) -> str:
