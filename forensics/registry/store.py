@@ -28,26 +28,23 @@ The registry is ``$FORENSICS_REGISTRY`` when set, else the ``registry/`` folder 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
+from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, short
-from forensics.provenance import tool_version, user, utc_now
-from forensics.match.matcher import CALIBRATION_RULE, EnrolledCurve, references_digest
+from forensics.match import CALIBRATION_RULE, EnrolledCurve, references_digest
 from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
+from forensics.provenance import tool_version, user, utc_now
+from forensics.registry.diff import diff
+from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_name
+from forensics.registry.schema import HEADER, Problems, check_keys, check_schema, parse_generator, read_yaml, write_yaml
 
-SCHEMA_VERSION = 1
 ENV = "FORENSICS_REGISTRY"
 REGISTRY_FILE = "registry.yaml"
 PROTOCOL_FILE = "protocol.yaml"
@@ -56,11 +53,6 @@ GENERATORS_DIR = "generators"
 REFERENCE_DIR = "reference"
 LOCK_FILE = ".lock"
 LOCK_TIMEOUT_S = 120.0
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
-PROVENANCE_REQUIRED = ("created", "by", "tool_version", "input_sha256", "n_images")
-_GENERATOR_KEYS = {"schema_version", "generator", "description", "protocol_digest", "instances"}
-_INSTANCE_KEYS = {"id", "curve", "provenance"}
 
 __all__ = ["Registry", "default_registry_path", "diff", "SCHEMA_VERSION"]
 
@@ -73,191 +65,6 @@ def default_registry_path() -> Path:
     import forensics
 
     return Path(forensics.__file__).resolve().parent.parent / "registry"
-
-
-# -- YAML ----------------------------------------------------------------------------------------
-class _Dumper(yaml.SafeDumper):
-    """Block style for mappings, one line per list of scalars (a curve is one line of a diff)."""
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
-    flow = all(not isinstance(v, (dict, list, tuple)) for v in data) and len(data) > 0
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-
-_Dumper.add_representer(list, _represent_list)
-_Dumper.add_representer(tuple, _represent_list)
-
-
-def dump_yaml(data: Any) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1 << 16,
-                     default_flow_style=False)
-
-
-def _read_yaml(path: Path, label: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RegistryError(f"{label}: file is missing") from None
-    except OSError as exc:
-        raise RegistryError(f"{label}: cannot read ({exc.strerror})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RegistryError(f"{label}:{where}: not valid YAML ({what})") from None
-
-
-def _write_yaml(path: Path, data: Any, header: str = "") -> None:
-    from forensics.io.atomic import write_text_atomic
-
-    write_text_atomic(path, header + dump_yaml(data))
-
-
-_HEADER = "# forensics fingerprint registry (schema {v}); edit with `forensics registry …`, review in git.\n"
-
-
-# -- records -------------------------------------------------------------------------------------
-@dataclass
-class Instance:
-    id: str
-    values: tuple[float | None, ...]
-    provenance: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "curve": list(self.values), "provenance": dict(self.provenance)}
-
-
-@dataclass
-class GeneratorEntry:
-    name: str
-    description: str
-    protocol_digest: str
-    instances: list[Instance] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "generator": self.name, "description": self.description,
-                "protocol_digest": self.protocol_digest, "instances": [i.to_dict() for i in self.instances]}
-
-
-class _Problems(list):
-    def add(self, label: str, key: str | None, message: str) -> None:
-        self.append(f"{label}: {key}: {message}" if key else f"{label}: {message}")
-
-
-def _check_schema(data: Any, label: str, problems: _Problems) -> bool:
-    if not isinstance(data, Mapping):
-        problems.add(label, None, f"expected a mapping at the top, got {type(data).__name__}")
-        return False
-    version = data.get("schema_version")
-    if "schema_version" not in data:
-        problems.add(label, "schema_version", f"missing (expected {SCHEMA_VERSION})")
-        return False
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        problems.add(label, "schema_version", f"{version!r} is not supported by this version of forensics "
-                                              f"(expected {SCHEMA_VERSION}; upgrade forensics?)")
-        return False
-    return True
-
-
-def _parse_generator(data: Any, label: str, stem: str, protocol: Protocol | None,
-                     problems: _Problems) -> GeneratorEntry | None:
-    n0 = len(problems)
-    if not _check_schema(data, label, problems):
-        return None
-    for key in sorted(set(data) - _GENERATOR_KEYS):
-        problems.add(label, key, f"unknown key (expected {', '.join(sorted(_GENERATOR_KEYS))})")
-    name = data.get("generator")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        problems.add(label, "generator", f"expected a name of letters, digits, '_.+-', got {name!r}")
-        name = stem
-    elif name != stem:
-        problems.add(label, "generator", f"{name!r} does not match the file name {stem!r}.yaml")
-    description = data.get("description", "")
-    if description is None:
-        description = ""
-    if not isinstance(description, str):
-        problems.add(label, "description", f"expected text, got {type(description).__name__}")
-        description = str(description)
-    digest = data.get("protocol_digest")
-    if not is_digest(digest):
-        problems.add(label, "protocol_digest", f"expected 'sha256:' and 64 hex digits, got {digest!r}")
-    elif protocol is not None and digest != protocol.digest:
-        problems.add(label, "protocol_digest", f"{short(digest)} is not the digest of protocol {protocol.name!r} "
-                                               f"({short(protocol.digest)}): curves made under another protocol")
-    instances = data.get("instances")
-    entry = GeneratorEntry(name, description, digest if isinstance(digest, str) else "", [])
-    if not isinstance(instances, list):
-        problems.add(label, "instances", f"expected a list, got {type(instances).__name__}")
-        return None
-    if not instances:
-        problems.add(label, "instances", "empty (remove the generator instead)")
-    n_layers = len(protocol.layers) if protocol is not None else None
-    seen: set[str] = set()
-    for i, inst in enumerate(instances):
-        key = f"instances[{i}]"
-        if not isinstance(inst, Mapping):
-            problems.add(label, key, f"expected a mapping, got {type(inst).__name__}")
-            continue
-        for extra in sorted(set(inst) - _INSTANCE_KEYS):
-            problems.add(label, f"{key}.{extra}", "unknown key (expected id, curve, provenance)")
-        iid = inst.get("id")
-        if not isinstance(iid, str) or not NAME_RE.match(iid):
-            problems.add(label, f"{key}.id", f"expected an id of letters, digits, '_.+-', got {iid!r}")
-            continue
-        key = f"instances[{i}] ({iid})"
-        if iid in seen:
-            problems.add(label, f"{key}.id", "duplicate instance id")
-        seen.add(iid)
-        curve = inst.get("curve")
-        values: list[float | None] = []
-        if not isinstance(curve, list) or not curve:
-            problems.add(label, f"{key}.curve", f"expected a list of numbers, got {curve!r:.60}")
-            continue
-        if n_layers is not None and len(curve) != n_layers:
-            problems.add(label, f"{key}.curve", f"has {len(curve)} values; the protocol has {n_layers} layers")
-        for j, v in enumerate(curve):
-            if v is None:
-                values.append(None)
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                if not math.isfinite(v):
-                    problems.add(label, f"{key}.curve[{j}]", f"{v} is not allowed; write null for an undefined value")
-                values.append(float(v))
-            else:
-                problems.add(label, f"{key}.curve[{j}]", f"expected a number or null, got {v!r}")
-        prov = inst.get("provenance")
-        if not isinstance(prov, Mapping):
-            problems.add(label, f"{key}.provenance", "missing (who, when, tool version, input hash, images)")
-            prov = {}
-        else:
-            for req in PROVENANCE_REQUIRED:
-                if req not in prov:
-                    problems.add(label, f"{key}.provenance.{req}", "missing (null when not known)")
-            sha = prov.get("input_sha256")
-            if sha is not None and not is_digest(sha):
-                problems.add(label, f"{key}.provenance.input_sha256", f"expected a sha256 digest or null, got {sha!r}")
-            n = prov.get("n_images")
-            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
-                problems.add(label, f"{key}.provenance.n_images", f"expected a positive integer or null, got {n!r}")
-            created = prov.get("created")
-            if "created" in prov and not _is_iso(created):
-                problems.add(label, f"{key}.provenance.created", f"expected a UTC ISO time, got {created!r}")
-        entry.instances.append(Instance(iid, tuple(values), dict(prov)))
-    return entry if len(problems) == n0 else (entry if entry.instances else None)
-
-
-def _is_iso(value: Any) -> bool:
-    if isinstance(value, datetime):
-        return True
-    if not isinstance(value, str):
-        return False
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return True
 
 
 # -- the registry --------------------------------------------------------------------------------
@@ -306,18 +113,18 @@ class Registry:
             return str(p)
 
     def _load(self, *, create: bool) -> None:
-        problems = _Problems()
+        problems = Problems()
         self.exists = self.path.is_dir()
         top = self.path / REGISTRY_FILE
         if top.is_file():
             try:
-                data = _read_yaml(top, self._label(top))
+                data = read_yaml(top, self._label(top))
             except RegistryError as exc:
                 problems.append(str(exc))
                 data = None
-            if data is not None and _check_schema(data, self._label(top), problems):
-                for key in sorted(set(data) - {"schema_version", "default_protocol", "description"}):
-                    problems.add(self._label(top), key, "unknown key (expected schema_version, default_protocol)")
+            if data is not None and check_schema(data, self._label(top), problems):
+                check_keys(data, {"schema_version", "default_protocol", "description"}, self._label(top), problems,
+                           "schema_version, default_protocol")
                 default = data.get("default_protocol")
                 if default is not None and not isinstance(default, str):
                     problems.add(self._label(top), "default_protocol", f"expected a protocol name, got {default!r}")
@@ -361,21 +168,20 @@ class Registry:
                          f"(known: {', '.join(sorted(self.protocols)) or 'none'})")
         self.problems = list(problems)
 
-    def _read_protocol_file(self, pfile: Path, problems: _Problems) -> Mapping[str, Any] | None:
+    def _read_protocol_file(self, pfile: Path, problems: Problems) -> Mapping[str, Any] | None:
         label = self._label(pfile)
         try:
-            data = _read_yaml(pfile, label)
+            data = read_yaml(pfile, label)
         except RegistryError as exc:
             problems.append(str(exc))
             return None
-        if not _check_schema(data, label, problems):
+        if not check_schema(data, label, problems):
             return None
-        for key in sorted(set(data) - {"schema_version", "digest", "protocol"}):
-            problems.add(label, key, "unknown key (expected schema_version, digest, protocol)")
+        check_keys(data, {"schema_version", "digest", "protocol"}, label, problems, "schema_version, digest, protocol")
         return data
 
     def _protocol_from(self, data: Mapping[str, Any], pfile: Path, folder: str,
-                       problems: _Problems) -> Protocol | Combination | None:
+                       problems: Problems) -> Protocol | Combination | None:
         label = self._label(pfile)
         record = data.get("protocol")
         try:
@@ -395,7 +201,7 @@ class Registry:
                                           f"({proto.digest}); the record was edited by hand?")
         return proto
 
-    def _load_protocol(self, pfile: Path, folder: str, problems: _Problems) -> Protocol | Combination | None:
+    def _load_protocol(self, pfile: Path, folder: str, problems: Problems) -> Protocol | Combination | None:
         data = self._read_protocol_file(pfile, problems)
         return None if data is None else self._protocol_from(data, pfile, folder, problems)
 
@@ -428,7 +234,7 @@ class Registry:
                 joined[g] = GeneratorEntry(g, description, combo.digest, instances)
         return joined
 
-    def _load_generators(self, folder: Path, proto: Protocol, problems: _Problems) -> dict[str, GeneratorEntry]:
+    def _load_generators(self, folder: Path, proto: Protocol, problems: Problems) -> dict[str, GeneratorEntry]:
         found: dict[str, GeneratorEntry] = {}
         gdir = folder / GENERATORS_DIR
         if not gdir.is_dir():
@@ -443,11 +249,11 @@ class Registry:
                 problems.add(label, None, "not a .yaml file (only generator files belong in generators/)")
                 continue
             try:
-                data = _read_yaml(gfile, label)
+                data = read_yaml(gfile, label)
             except RegistryError as exc:
                 problems.append(str(exc))
                 continue
-            entry = _parse_generator(data, label, gfile.stem, proto, problems)
+            entry = parse_generator(data, label, gfile.stem, proto, problems)
             if entry is None:
                 continue
             if entry.name.lower() in lower:
@@ -465,14 +271,14 @@ class Registry:
             found[entry.name] = entry
         return found
 
-    def _load_calibration(self, cfile: Path, protocol: str, problems: _Problems) -> None:
+    def _load_calibration(self, cfile: Path, protocol: str, problems: Problems) -> None:
         label = self._label(cfile)
         try:
-            data = _read_yaml(cfile, label)
+            data = read_yaml(cfile, label)
         except RegistryError as exc:
             problems.append(str(exc))
             return
-        if not _check_schema(data, label, problems):
+        if not check_schema(data, label, problems):
             return
         matchers = data.get("matchers")
         if not isinstance(matchers, Mapping):
@@ -553,26 +359,25 @@ class Registry:
 
     def _write_top(self, default: str | None) -> None:
         data = {"schema_version": SCHEMA_VERSION, "default_protocol": default}
-        _write_yaml(self.path / REGISTRY_FILE, data, _HEADER.format(v=SCHEMA_VERSION))
+        write_yaml(self.path / REGISTRY_FILE, data, HEADER)
 
     def _current_default(self) -> str | None:
         top = self.path / REGISTRY_FILE
         if not top.is_file():
             return None
-        data = _read_yaml(top, self._label(top))
+        data = read_yaml(top, self._label(top))
         return data.get("default_protocol") if isinstance(data, Mapping) else None
 
     def add_protocol(self, protocol: Protocol | Combination, *, overwrite: bool = False, default: bool = False) -> Path:
         """Write ``<registry>/<name>/protocol.yaml``. An existing protocol of that name is kept unless it is
         the same protocol (same digest) or ``overwrite`` is given; overwriting a protocol that has
         generators with another digest is refused (their curves would no longer match)."""
-        if not NAME_RE.match(protocol.name):
-            raise UsageError(f"protocol name {protocol.name!r}: use letters, digits, '_', '.', '+', '-'")
+        check_name("protocol name", protocol.name)
         folder = self.path / protocol.name
         with self.lock():
             pfile = folder / PROTOCOL_FILE
             if pfile.is_file():
-                problems = _Problems()
+                problems = Problems()
                 old = self._load_protocol(pfile, protocol.name, problems)
                 if old is not None and old.digest != protocol.digest:
                     if not overwrite:
@@ -586,7 +391,7 @@ class Registry:
                                          f"{', '.join(self.combinations_of(protocol.name))}; changing it would "
                                          "break them: create a new protocol instead")
             data = {"schema_version": SCHEMA_VERSION, "digest": protocol.digest, "protocol": protocol.to_dict()}
-            _write_yaml(pfile, data, _HEADER.format(v=SCHEMA_VERSION))
+            write_yaml(pfile, data, HEADER)
             if default or not (self.path / REGISTRY_FILE).is_file():
                 current = self._current_default()
                 self._write_top(protocol.name if default else current)
@@ -604,16 +409,14 @@ class Registry:
     def _ensure_gitignore(self) -> None:
         gi = self.path / ".gitignore"
         if not gi.exists():
-            from forensics.io.atomic import write_text_atomic
-
             write_text_atomic(gi, "# written by forensics: the write lock and interrupted temporary files\n"
                                   ".lock\n.*.tmp\n")
 
     def _read_entry(self, protocol: Protocol, gfile: Path) -> GeneratorEntry | None:
         if not gfile.is_file():
             return None
-        problems = _Problems()
-        entry = _parse_generator(_read_yaml(gfile, self._label(gfile)), self._label(gfile), gfile.stem,
+        problems = Problems()
+        entry = parse_generator(read_yaml(gfile, self._label(gfile)), self._label(gfile), gfile.stem,
                                  protocol, problems)
         if problems:
             raise RegistryError(problems[0] + " (fix the file before writing to it)")
@@ -636,8 +439,7 @@ class Registry:
         stops the enrolment before any file is written.
         """
         proto = self.protocol(protocol_name)
-        if not NAME_RE.match(generator):
-            raise UsageError(f"generator name {generator!r}: use letters, digits, '_', '.', '+', '-'")
+        check_name("generator name", generator)
         fingerprints = list(fingerprints)
         if not fingerprints:
             raise UsageError("nothing to enrol: no fingerprints")
@@ -658,13 +460,12 @@ class Registry:
         prefix = short(base["input_sha256"], 12) if base["input_sha256"] else uuid.uuid4().hex[:12]
         new_ids = list(ids) if ids is not None else [f"{prefix}-{j}" for j in range(len(fingerprints))]
         for iid in new_ids:
-            if not NAME_RE.match(iid):
-                raise UsageError(f"instance id {iid!r}: use letters, digits, '_', '.', '+', '-'")
+            check_name("instance id", iid)
         with self.lock():
             writes = [self._add_instances(part, generator, [fp.values[a:b] for fp in fingerprints], base, new_ids,
                                           description) for part, a, b in part_spans(proto)]
             for gfile, entry in writes:
-                _write_yaml(gfile, entry.to_dict())
+                write_yaml(gfile, entry.to_dict())
             self._ensure_gitignore()
         self.reload()
         return new_ids
@@ -736,7 +537,7 @@ class Registry:
                 removed.append(instance)
                 if keep:
                     entry.instances = keep
-                    _write_yaml(gfile, entry.to_dict())
+                    write_yaml(gfile, entry.to_dict())
                 else:
                     gfile.unlink()
             if not found:
@@ -755,68 +556,10 @@ class Registry:
         with self.lock():
             data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": tool_version(),
                     "matchers": {k: dict(v) for k, v in sorted(calibrations.items())}}
-            _write_yaml(cfile, data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
+            write_yaml(cfile, data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
         self.reload()
         return cfile
 
     def copy_to(self, target: Path) -> None:
         """Copy the registry's files to ``target`` (tests, snapshots)."""
         shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(LOCK_FILE, ".*.tmp"))
-
-
-# -- diff ----------------------------------------------------------------------------------------
-def diff(a: Registry, b: Registry) -> list[dict[str, Any]]:
-    """What two registry states disagree on, from ``a`` (old) to ``b`` (new).
-
-    Each change is ``{"change": "added" | "removed" | "changed", "what": "default_protocol" | "protocol" |
-    "generator" | "instance", "protocol", "generator", "instance", "detail"}``.
-    """
-    changes: list[dict[str, Any]] = []
-
-    def add(change, what, protocol=None, generator=None, instance=None, detail=""):
-        changes.append({"change": change, "what": what, "protocol": protocol, "generator": generator,
-                        "instance": instance, "detail": detail})
-
-    if a.default_protocol != b.default_protocol:
-        add("changed", "default_protocol", detail=f"{a.default_protocol!r} → {b.default_protocol!r}")
-    for name in sorted(set(a.protocols) | set(b.protocols)):
-        pa, pb = a.protocols.get(name), b.protocols.get(name)
-        if pa is None or pb is None:
-            owner = pb or pa
-            n = len((b if pa is None else a).generators.get(name, {}))
-            add("added" if pa is None else "removed", "protocol", name,
-                detail=f"digest {short(owner.digest)}, {n} generator(s)")
-            continue
-        if pa.digest != pb.digest:
-            add("changed", "protocol", name, detail="; ".join(pa.differences(pb)))
-        elif pa.to_dict() != pb.to_dict():
-            add("changed", "protocol", name, detail="description or notes")
-        ga, gb = a.generators.get(name, {}), b.generators.get(name, {})
-        for g in sorted(set(ga) | set(gb)):
-            ea, eb = ga.get(g), gb.get(g)
-            if ea is None or eb is None:
-                owner = eb or ea
-                add("added" if ea is None else "removed", "generator", name, g,
-                    detail=f"{len(owner.instances)} instance(s)")
-                continue
-            if ea.description != eb.description:
-                add("changed", "generator", name, g, detail=f"description {ea.description!r} → {eb.description!r}")
-            ia = {i.id: i for i in ea.instances}
-            ib = {i.id: i for i in eb.instances}
-            for iid in sorted(set(ia) | set(ib)):
-                xa, xb = ia.get(iid), ib.get(iid)
-                if xa is None or xb is None:
-                    owner = xb or xa
-                    add("added" if xa is None else "removed", "instance", name, g, iid,
-                        detail=f"created {owner.provenance.get('created')} by {owner.provenance.get('by')}")
-                    continue
-                if xa.values != xb.values:
-                    delta = max((abs((u or 0.0) - (v or 0.0)) for u, v in zip(xa.values, xb.values)), default=0.0)
-                    detail = (f"curve length {len(xa.values)} → {len(xb.values)}" if len(xa.values) != len(xb.values)
-                              else f"curve changed (largest difference {delta:.3g})")
-                    add("changed", "instance", name, g, iid, detail=detail)
-                if xa.provenance != xb.provenance:
-                    keys = sorted(k for k in set(xa.provenance) | set(xb.provenance)
-                                  if xa.provenance.get(k) != xb.provenance.get(k))
-                    add("changed", "instance", name, g, iid, detail=f"provenance: {', '.join(keys)}")
-    return changes

@@ -1,0 +1,112 @@
+"""What two registry states disagree on, and the registry as it is at a git revision."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from forensics.errors import UsageError
+from forensics.io.hashing import short
+
+if TYPE_CHECKING:
+    from forensics.registry.store import Registry
+
+
+def diff(a: Registry, b: Registry) -> list[dict[str, Any]]:
+    """What two registry states disagree on, from ``a`` (old) to ``b`` (new).
+
+    Each change is ``{"change": "added" | "removed" | "changed", "what": "default_protocol" | "protocol" |
+    "generator" | "instance", "protocol", "generator", "instance", "detail"}``.
+    """
+    changes: list[dict[str, Any]] = []
+
+    def add(change, what, protocol=None, generator=None, instance=None, detail=""):
+        changes.append({"change": change, "what": what, "protocol": protocol, "generator": generator,
+                        "instance": instance, "detail": detail})
+
+    if a.default_protocol != b.default_protocol:
+        add("changed", "default_protocol", detail=f"{a.default_protocol!r} → {b.default_protocol!r}")
+    for name in sorted(set(a.protocols) | set(b.protocols)):
+        pa, pb = a.protocols.get(name), b.protocols.get(name)
+        if pa is None or pb is None:
+            owner = pb or pa
+            n = len((b if pa is None else a).generators.get(name, {}))
+            add("added" if pa is None else "removed", "protocol", name,
+                detail=f"digest {short(owner.digest)}, {n} generator(s)")
+            continue
+        if pa.digest != pb.digest:
+            add("changed", "protocol", name, detail="; ".join(pa.differences(pb)))
+        elif pa.to_dict() != pb.to_dict():
+            add("changed", "protocol", name, detail="description or notes")
+        ga, gb = a.generators.get(name, {}), b.generators.get(name, {})
+        for g in sorted(set(ga) | set(gb)):
+            ea, eb = ga.get(g), gb.get(g)
+            if ea is None or eb is None:
+                owner = eb or ea
+                add("added" if ea is None else "removed", "generator", name, g,
+                    detail=f"{len(owner.instances)} instance(s)")
+                continue
+            if ea.description != eb.description:
+                add("changed", "generator", name, g, detail=f"description {ea.description!r} → {eb.description!r}")
+            ia = {i.id: i for i in ea.instances}
+            ib = {i.id: i for i in eb.instances}
+            for iid in sorted(set(ia) | set(ib)):
+                xa, xb = ia.get(iid), ib.get(iid)
+                if xa is None or xb is None:
+                    owner = xb or xa
+                    add("added" if xa is None else "removed", "instance", name, g, iid,
+                        detail=f"created {owner.provenance.get('created')} by {owner.provenance.get('by')}")
+                    continue
+                if xa.values != xb.values:
+                    delta = max((abs((u or 0.0) - (v or 0.0)) for u, v in zip(xa.values, xb.values)), default=0.0)
+                    detail = (f"curve length {len(xa.values)} → {len(xb.values)}" if len(xa.values) != len(xb.values)
+                              else f"curve changed (largest difference {delta:.3g})")
+                    add("changed", "instance", name, g, iid, detail=detail)
+                if xa.provenance != xb.provenance:
+                    keys = sorted(k for k in set(xa.provenance) | set(xb.provenance)
+                                  if xa.provenance.get(k) != xb.provenance.get(k))
+                    add("changed", "instance", name, g, iid, detail=f"provenance: {', '.join(keys)}")
+    return changes
+
+
+def git_snapshot(rev: str, registry: str | Path, into: str | Path) -> Path:
+    """Extract the registry folder ``registry`` as it is at git revision ``rev`` (``HEAD``, ``main``, a
+    commit) into the folder ``into``; returns the registry's folder there. Where the revision holds no
+    registry, the path returned does not exist (open it with ``create=True``: an empty registry)."""
+    rev = rev or "HEAD"
+    into = Path(into)
+    folder = Path(registry).resolve()
+    try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        rel = folder.relative_to(Path(top).resolve()).as_posix()
+        archive = subprocess.run(["git", "-C", top, "archive", "--format=tar", rev, rel], check=True,
+                                 capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        detail = detail.decode() if isinstance(detail, bytes) else str(detail)
+        if "did not match any files" in detail:
+            return into / "empty-registry"
+        raise UsageError(f"cannot read the registry at git revision {rev!r}: "
+                         f"{detail.strip().splitlines()[0] if detail.strip() else exc}") from None
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        try:
+            tar.extractall(into, filter="data")
+        except TypeError:  # Python without extraction filters
+            tar.extractall(into)
+    return into / rel
+
+
+def open_state(spec: str, registry: str | Path | None, into: str | Path) -> Registry:
+    """The registry state ``spec`` names: ``git:REV`` (the registry ``registry``, default
+    :func:`default_registry_path`, at that revision, extracted into ``into``) or a registry folder.
+    Opened without ``strict``: its problems are in ``.problems``."""
+    from forensics.registry.store import Registry, default_registry_path
+
+    if spec.startswith("git:"):
+        path = git_snapshot(spec[4:], registry or default_registry_path(), into)
+        return Registry.open(path, strict=False, create=True)
+    return Registry.open(Path(spec), strict=False)
