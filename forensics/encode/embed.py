@@ -1,6 +1,7 @@
 """Running an encoder over a set of images: batched, every requested layer from one forward pass.
 
-Images are either one uint8 array (N, H, W[, C]) or a sequence of image files (decoded with Pillow). With
+Images are either one uint8 array (N, H, W[, C]) or a sequence of image files (decoded as
+:func:`forensics.io.images.decode_image` decodes them). With
 ``workers > 0`` decoding and preprocessing run in worker processes (a torch DataLoader) while the model
 works on the previous batch. :func:`iter_embed` streams embeddings batch by batch; :func:`embed` fills one
 array per layer and can keep them in the on-disk cache (:mod:`forensics.encode.cache`). Results do not depend on
@@ -11,31 +12,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 
-from forensics.encode.encoder import Encoder, Preprocessing, as_rgb_uint8, preprocess
+from forensics.encode.encoder import Encoder, Preprocessing, preprocess
 from forensics.errors import UsageError
-from forensics.io.hashing import sha256_array, sha256_bytes, sha256_json
+from forensics.io.images import ImageInput as Images
+from forensics.io.images import check_image_input, decode_image, images_digest, is_file_list
+
+__all__ = ["AMP_DTYPES", "Images", "Progress", "embed", "iter_embed"]
 
 Progress = Callable[[int, int], None]
-Images = Union[np.ndarray, Sequence[Union[str, Path]]]
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _is_paths(images: Images) -> bool:
-    return not isinstance(images, np.ndarray) and len(images) > 0 and isinstance(images[0], (str, Path))
-
-
-def decode_image(path: str | Path) -> np.ndarray:
-    """One image file → (H, W, 3) uint8."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -43,7 +32,7 @@ class _Batches(torch.utils.data.Dataset):
 
     def __init__(self, images: Images, prep: Preprocessing, batch_size: int):
         self.images, self.prep, self.batch_size = images, prep, batch_size
-        self.paths = _is_paths(images)
+        self.paths = is_file_list(images)
 
     def __len__(self) -> int:
         return (len(self.images) + self.batch_size - 1) // self.batch_size
@@ -91,19 +80,12 @@ def _float32(device: torch.device, amp: str | None):
                        allow_tf32=False)
 
 
-def _check_images(images: Images) -> None:
-    if isinstance(images, np.ndarray):
-        as_rgb_uint8(images[:1])
-    elif not isinstance(images, Sequence):
-        raise UsageError(f"images must be a uint8 array or a list of image files, not {type(images).__name__}")
-
-
 def iter_embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = None, batch_size: int = 64,
                workers: int = 0, amp: str | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Stream embeddings: yields ``(start, [array (b, dim) per layer])`` for each batch, in order."""
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
-    _check_images(images)
+    check_image_input(images)
     names = encoder.check_layers(layers)
     device = torch.device(getattr(encoder, "device", "cpu"))
     start = 0
@@ -112,13 +94,6 @@ def iter_embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None
             feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
         yield start, [f.detach().to("cpu", torch.float32).numpy() for f in feats]
         start += len(pixels)
-
-
-def images_digest(images: Images) -> str:
-    """Content hash of an image set: of the pixels for an array, of the file bytes for a list of files."""
-    if isinstance(images, np.ndarray):
-        return sha256_array(images)
-    return sha256_json([sha256_bytes(Path(p).read_bytes()) for p in images])
 
 
 def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = None, batch_size: int = 64,

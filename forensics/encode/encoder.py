@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from forensics.errors import UsageError
+from forensics.io.images import as_rgb_uint8
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -75,22 +76,6 @@ class WeightsInfo:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-def as_rgb_uint8(images: np.ndarray) -> np.ndarray:
-    """(N, H, W[, C]) uint8 → (N, H, W, 3) uint8; grey repeated, alpha dropped."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise UsageError(f"images must be uint8 (0-255), got {images.dtype}")
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise UsageError(f"images must have shape (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {images.shape}")
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    elif images.shape[-1] == 4:
-        images = images[..., :3]
-    return images
 
 
 def preprocess(images: np.ndarray, prep: Preprocessing) -> torch.Tensor:

@@ -1,21 +1,29 @@
-"""Reading the image sets a user points at: a folder of PNG/JPEG files, or an .npz / .npy array.
+"""Images in: the one place where image files are decoded, image arrays normalised and image sets hashed.
 
-Images come back as one uint8 array, (N, H, W) for grey sets or (N, H, W, 3) for colour ones, with the
-content hash that reports record. Images of different sizes in one folder are brought to one size with
-the protocol's own resize and centre crop (the step the encoder would take anyway).
+:func:`load_images` reads the image sets a user points at (a folder of PNG/JPEG files, or an .npz / .npy
+array) as one uint8 array, (N, H, W) for grey sets or (N, H, W, 3) for colour ones, with the content hash
+that reports and registry entries record. Images of different sizes in one folder are brought to one size
+with the protocol's own resize and centre crop (the step the encoder would take anyway). The embedding
+reads through the same functions: :func:`decode_image` for a list of files, :func:`as_rgb_uint8` for what
+an encoder is given, :func:`images_digest` for its cache key.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
 from forensics.errors import UsageError
-from forensics.io.hashing import PREFIX, sha256_array
+from forensics.io.hashing import PREFIX, sha256_array, sha256_bytes, sha256_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+#: what the embedding takes: one uint8 array (N, H, W[, C]), or a sequence of image files
+ImageInput = Union[np.ndarray, Sequence[Union[str, Path]]]
 
 
 def load_images(path: str | Path, *, size: int | None = None, resize: int | None = None,
@@ -23,8 +31,9 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
     """Read an image set; return ``(images, sha256)``.
 
     ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
-    holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes. The hash is of the decoded pixels, so re-encoding a PNG does not
-    change it, but any pixel change does.
+    holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes.
+    The hash is of the decoded pixels (:func:`pixels_digest` for a folder, of the array for an array file),
+    taken before any resize.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -95,8 +104,10 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
     return array
 
 
-def _decode(file: Path) -> np.ndarray:
-    """One file → uint8 pixels: grey stays grey (16-bit and float grey converted), anything else RGB."""
+def decode_image(file: str | Path) -> np.ndarray:
+    """One file → uint8 pixels: (H, W) for grey images (16-bit and float grey converted), else (H, W, 3)
+    RGB (palette, alpha and CMYK images converted by Pillow). Grey repeated to three channels is exactly
+    Pillow's own conversion to RGB, so either way an encoder sees the same pixels."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -106,9 +117,58 @@ def _decode(file: Path) -> np.ndarray:
                 im = im.convert("L")
             elif im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8)
+            return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as it is
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"cannot decode {file}: {exc}") from exc
+
+
+def as_rgb_uint8(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, C) with C in 1, 3, 4 → (N, H, W, 3): grey repeated, alpha dropped.
+    What an encoder is given; anything else is a :class:`UsageError`."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise UsageError(f"images must be uint8 (0-255), got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise UsageError(f"images must have shape (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {images.shape}")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    elif images.shape[-1] == 4:
+        images = images[..., :3]
+    return images
+
+
+def is_file_list(images: ImageInput) -> bool:
+    """Whether ``images`` is a (non-empty) sequence of image files rather than an array."""
+    return not isinstance(images, np.ndarray) and len(images) > 0 and isinstance(images[0], (str, Path))
+
+
+def check_image_input(images: ImageInput) -> None:
+    """Refuse what the embedding cannot take: an array that :func:`as_rgb_uint8` refuses, or neither an
+    array nor a sequence."""
+    if isinstance(images, np.ndarray):
+        as_rgb_uint8(images[:1])
+    elif not isinstance(images, Sequence):
+        raise UsageError(f"images must be a uint8 array or a list of image files, not {type(images).__name__}")
+
+
+def images_digest(images: ImageInput) -> str:
+    """Content hash of an image input: of the pixels for an array (as :func:`load_images` records it), of
+    the file bytes for a list of files (cheap: nothing decoded; a re-encoded file is another input)."""
+    if isinstance(images, np.ndarray):
+        return sha256_array(images)
+    return sha256_json([sha256_bytes(Path(p).read_bytes()) for p in images])
+
+
+def pixels_digest(decoded: Sequence[np.ndarray]) -> str:
+    """Content hash of decoded images, in order: each one's shape and pixels. The hash of a folder, so
+    that re-encoding a PNG does not change it but any pixel change does."""
+    h = hashlib.sha256()
+    for pixels in decoded:
+        h.update(f"{pixels.shape}".encode("ascii"))
+        h.update(pixels.tobytes())
+    return PREFIX + h.hexdigest()
 
 
 def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int) -> tuple[np.ndarray, str]:
@@ -119,16 +179,12 @@ def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            decoded = list(pool.map(_decode, files, chunksize=max(1, len(files) // (4 * workers))))
+            decoded = list(pool.map(decode_image, files, chunksize=max(1, len(files) // (4 * workers))))
     else:
-        decoded = [_decode(file) for file in files]
+        decoded = [decode_image(file) for file in files]
     if any(a.ndim == 3 for a in decoded):
-        decoded = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in decoded]
-    h = hashlib.sha256()
-    for file, a in zip(files, decoded):
-        h.update(f"{a.shape}".encode("ascii"))
-        h.update(a.tobytes())
-    digest = PREFIX + h.hexdigest()
+        decoded = [as_rgb_uint8(a[None])[0] for a in decoded]  # a colour set: grey images in colour too
+    digest = pixels_digest(decoded)
     shapes = {a.shape for a in decoded}
     if len(shapes) == 1:
         return np.stack(decoded), digest
