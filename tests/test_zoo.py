@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from forensics.zoo import models as M
-from forensics.zoo import samplers as S
+from forensics.zoo.training import generators as T
+from forensics.zoo.training import models as M
+from forensics.zoo.training import samplers as S
 from forensics.zoo.data import mnist_split
 
 
@@ -163,8 +164,6 @@ def test_pndm_with_the_true_noise_lands_on_x0(warmup):
 def test_pndm_runge_kutta_warmup_evaluates_as_f_pndm():
     """F-PNDM (diffusers' default scheduler): three pseudo-RK4 steps of four evaluations, at t, the
     half step twice and the next step, then one evaluation per linear multistep step."""
-    from forensics.zoo import train as T
-
     assert T.SETTINGS["pndm"]["warmup"] == "prk"  # the zoo's sets are sampled this way
     sched = S.Schedule.linear(1000)
     seen = []
@@ -187,8 +186,6 @@ def test_pndm_runge_kutta_warmup_evaluates_as_f_pndm():
 
 
 def test_kde_copier_and_manifest(tmp_path, monkeypatch):
-    from forensics.zoo import train as T
-
     monkeypatch.setattr(T, "quality", lambda x: {"nn_ratio": 0.5})  # the real one fits PCA + k-means
 
     meta = T.run("kde-copier", 3, tmp_path, None, tmp_path / "ck", tmp_path / "w.safetensors", {})
@@ -204,7 +201,7 @@ def test_kde_copier_and_manifest(tmp_path, monkeypatch):
 def test_checkpoints_resume_with_weights_only_loading(tmp_path):
     import torch
 
-    from forensics.zoo.train import _load_ckpt, _save_ckpt
+    from forensics.zoo.training.generators import _load_ckpt, _save_ckpt
 
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(net.parameters())
@@ -222,7 +219,6 @@ def test_each_sampler_of_the_shared_network_draws_its_own_noise():
     # grey levels apart on average), which would let attribution match runs by their shared noise
     import json
 
-    from forensics.zoo import train as T
     from forensics.zoo.catalog import samples_dir
 
     seeds = {g: T.sampling_seed(g, 0) for g in sorted(T.DIFFUSION_SAMPLERS)}
@@ -315,8 +311,6 @@ def test_a_conditional_pixelcnn_learns_what_its_class_says(split):
 
 
 def test_pixelcnn_learns_and_the_zoo_run_writes_its_set(tmp_path, monkeypatch, split):
-    from forensics.zoo import train as T
-
     torch.manual_seed(0)
     net = M.PixelCNN(ch=4, blocks=1)
     x = M.from_uint8(split[0][:16])
@@ -344,8 +338,6 @@ def test_pixelcnn_learns_and_the_zoo_run_writes_its_set(tmp_path, monkeypatch, s
 
 def test_pndm_leaves_x0_unclipped_as_the_papers_pipeline_did():
     # the paper ran diffusers' pipelines: DDIM and DDPM clip the predicted x0, PNDM has no such option
-    from forensics.zoo import train as T
-
     assert T.SETTINGS["pndm"]["clip"] is False
     assert T.SETTINGS["ddim"]["clip"] is True and T.SETTINGS["ddpm"]["clip"] is True
     sched = S.Schedule.linear(1000)
@@ -361,8 +353,6 @@ def test_pndm_leaves_x0_unclipped_as_the_papers_pipeline_did():
 def test_ddpm_warm_restart_depends_only_on_the_ema_weights(tmp_path):
     # the shipped network is trained in two stages; stage 2 restarts from stage 1's EMA weights with a
     # fresh optimiser and noise stream, so it can be continued from an earlier zoo's exported weights
-    from forensics.zoo import train as T
-
     cfg = dict(T.SETTINGS["ddpm-net"], unet_c1=8, unet_c2=8, tdim=16, batch=4, iters=4, restarts=[2],
                eval_every=0, warmup=2)
 
@@ -388,7 +378,7 @@ def test_ddpm_warm_restart_depends_only_on_the_ema_weights(tmp_path):
 
 
 def test_learning_rate_decays_by_cosine_after_decay_from():
-    from forensics.zoo.train import learning_rate
+    from forensics.zoo.training.generators import learning_rate
 
     cfg = {"lr": 1e-3, "iters": 18000, "decay_from": 9000}
     assert learning_rate(cfg, 0) == learning_rate(cfg, 8999) == 1e-3
@@ -399,8 +389,6 @@ def test_learning_rate_decays_by_cosine_after_decay_from():
 
 
 def _weights(ckpt_dir, gen):
-    from forensics.zoo import train as T
-
     state = torch.load(T._ckpt_path(ckpt_dir, gen, 0), weights_only=True)
     return {f"{m}.{k}": v for m in ("model", "G", "G_ema", "D") if m in state for k, v in state[m].items()}
 
@@ -411,8 +399,6 @@ def test_a_run_extended_from_a_constant_rate_checkpoint_equals_a_straight_run(tm
     # SNGAN's run0 was extended from an earlier zoo's 9,000-iteration checkpoint and DCGAN's four runs
     # from their 18,000-iteration ones (the other SNGAN runs and the class-conditional PixelCNN trained
     # straight through); the decay is a function of the iteration alone, so that equals a straight run
-    from forensics.zoo import train as T
-
     monkeypatch.setattr(T, "M_IMAGES", 2)
     fit = {"pixelcnn": T.train_pixelcnn, "dcgan": T.train_dcgan, "sngan": T.train_sngan}[gen]
     cfg = dict(T.SETTINGS[gen], **tiny, batch=4, iters=4, decay_from=2)

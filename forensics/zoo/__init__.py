@@ -1,6 +1,14 @@
 """Generator zoo for the offline embedded default protocol (MNIST).
 
-See ``forensics/zoo/README.md``. ``forensics.zoo.data.mnist_split`` defines the fixed T / P_n split.
+What the product reads at run time, kept light:
+
+- :mod:`.data`: the fixed T / P_n split (:func:`mnist_split`), the data of every MNIST protocol;
+- :mod:`.encoder`: the project's MNIST ViT (architecture, preprocessing, shipped weights);
+- :mod:`.catalog`: the shipped sample sets and their ``MANIFEST.json``;
+- :mod:`.quality`: how near a sample set sits to T, in pixels or in an encoder's space.
+
+The code that trained the zoo is :mod:`forensics.zoo.training` (the ``zoo`` extra). See
+``forensics/zoo/README.md``.
 """
 from .data import mnist_split
 

