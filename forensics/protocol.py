@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from forensics.errors import ProtocolMismatch, RegistryError
-from forensics.io.hashing import freeze, is_digest, sha256_json
+from forensics.io.hashing import freeze, is_digest, sha256_json, short
 
 
 def _need(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -262,7 +262,7 @@ class Combination:
             part = protocols[name]
             if part.digest != item["digest"]:
                 raise RegistryError(f"{where}.combines[{i}]: protocol {name!r} has changed since the combination "
-                                    f"was made (digest {item['digest'][7:19]}, now {part.digest[7:19]}); "
+                                    f"was made (digest {short(item['digest'])}, now {short(part.digest)}); "
                                     "re-create it with `forensics protocol combine --overwrite`")
             parts.append(part)
         return cls(name=_need(d, "name", str, where), parts=tuple(parts), description=str(d.get("description") or ""))
@@ -296,9 +296,14 @@ def _diff(a: Any, b: Any, path: str) -> list[str]:
                 out.extend(_diff(a[key], b[key], sub))
         return out
     if a != b:
-        short = lambda v: (repr(v)[:40] + "…") if len(repr(v)) > 41 else repr(v)  # noqa: E731
-        return [f"{path}: {short(a)} vs {short(b)}"]
+        return [f"{path}: {_abbreviate(a)} vs {_abbreviate(b)}"]
     return []
+
+
+def _abbreviate(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters and an ellipsis when longer than 41."""
+    text = repr(value)
+    return text[:40] + "…" if len(text) > 41 else text
 
 
 @dataclass(frozen=True)

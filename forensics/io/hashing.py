@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ PREFIX = "sha256:"
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hash of bytes."""
     return PREFIX + hashlib.sha256(data).hexdigest()
 
 
@@ -26,15 +28,30 @@ def canonical_json(obj: Any) -> str:
 
 
 def sha256_json(obj: Any) -> str:
+    """Hash of :func:`canonical_json` of ``obj``: the identity of a record, whatever the order of its keys."""
     return sha256_bytes(canonical_json(obj).encode("ascii"))
+
+
+def _feed(h: Any, array: np.ndarray, header: str) -> None:
+    """Feed ``header`` (ASCII) and the C-ordered bytes of ``array`` to the hash ``h``."""
+    h.update(header.encode("ascii"))
+    h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
 def sha256_array(array: np.ndarray) -> str:
     """Hash of an array's dtype, shape and C-ordered bytes."""
     array = np.ascontiguousarray(array)
     h = hashlib.sha256()
-    h.update(f"{array.dtype.str}{array.shape}".encode("ascii"))
-    h.update(memoryview(array).cast("B"))
+    _feed(h, array, f"{array.dtype.str}{array.shape}")
+    return PREFIX + h.hexdigest()
+
+
+def sha256_images(images: Iterable[np.ndarray]) -> str:
+    """Hash of a sequence of uint8 images, in order: each one's shape and pixels (the hash of a folder of
+    image files: it does not depend on how the files were compressed)."""
+    h = hashlib.sha256()
+    for pixels in images:
+        _feed(h, pixels, f"{pixels.shape}")
     return PREFIX + h.hexdigest()
 
 
@@ -44,12 +61,12 @@ def sha256_tensors(named: Iterable[tuple[str, Any]]) -> str:
     for name, tensor in sorted(named, key=lambda item: item[0]):
         array = tensor.detach().cpu().contiguous().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
         h.update(name.encode("utf-8"))
-        h.update(f"{array.dtype.str}{array.shape}".encode("ascii"))
-        h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        _feed(h, array, f"{array.dtype.str}{array.shape}")
     return PREFIX + h.hexdigest()
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hash of a file's bytes, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -63,6 +80,7 @@ def short(digest: str, n: int = 12) -> str:
 
 
 def is_digest(value: Any) -> bool:
+    """Whether ``value`` is a digest as written here: ``"sha256:"`` and 64 lower-case hex digits."""
     if not isinstance(value, str) or not value.startswith(PREFIX):
         return False
     hexpart = value[len(PREFIX):]

@@ -10,7 +10,6 @@ an encoder is given, :func:`images_digest` for its cache key.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
@@ -18,7 +17,7 @@ from typing import Union
 import numpy as np
 
 from forensics.errors import UsageError
-from forensics.io.hashing import PREFIX, sha256_array, sha256_bytes, sha256_json
+from forensics.io.hashing import sha256_array, sha256_bytes, sha256_images, sha256_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -32,7 +31,7 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
 
     ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
     holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes.
-    The hash is of the decoded pixels (:func:`pixels_digest` for a folder, of the array for an array file),
+    The hash is of the decoded pixels (:func:`~forensics.io.hashing.sha256_images` for a folder, of the array for an array file),
     taken before any resize.
     """
     path = Path(path).expanduser()
@@ -161,16 +160,6 @@ def images_digest(images: ImageInput) -> str:
     return sha256_json([sha256_bytes(Path(p).read_bytes()) for p in images])
 
 
-def pixels_digest(decoded: Sequence[np.ndarray]) -> str:
-    """Content hash of decoded images, in order: each one's shape and pixels. The hash of a folder, so
-    that re-encoding a PNG does not change it but any pixel change does."""
-    h = hashlib.sha256()
-    for pixels in decoded:
-        h.update(f"{pixels.shape}".encode("ascii"))
-        h.update(pixels.tobytes())
-    return PREFIX + h.hexdigest()
-
-
 def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int) -> tuple[np.ndarray, str]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -184,7 +173,7 @@ def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers:
         decoded = [decode_image(file) for file in files]
     if any(a.ndim == 3 for a in decoded):
         decoded = [as_rgb_uint8(a[None])[0] for a in decoded]  # a colour set: grey images in colour too
-    digest = pixels_digest(decoded)
+    digest = sha256_images(decoded)
     shapes = {a.shape for a in decoded}
     if len(shapes) == 1:
         return np.stack(decoded), digest
