@@ -8,17 +8,28 @@ A plugin is a module (or any object) with functions named like the hooks below, 
     my_encoders = "my_package.forensics_plugin"
 
 Every hook receives one argument, ``register``: a callback that the host owns. Plugins call it once
-per thing they provide; the host checks the name, records which plugin gave it and refuses a name that
-two plugins claim (the error names both). Hooks return nothing. The host calls hooks with keyword
-arguments only, so a later version may pass more arguments without breaking existing plugins.
+per thing they provide; the host checks the name, checks that the thing meets its contract (the types
+below), records which plugin gave it and refuses a name that two plugins claim (the error names both).
+Hooks return nothing. The host calls hooks with keyword arguments only, so a later version may pass
+more arguments without breaking existing plugins.
 
-A plugin whose import fails, or whose hook raises, is reported by ``forensics plugins`` with its name
-and the cause; everything else goes on working.
+A plugin whose import fails, whose hook raises, or that registers something that does not meet its
+contract is reported by ``forensics plugins`` with its name and the cause; everything else goes on
+working. ``forensics.testing`` holds the contract suites a plugin's own tests can run.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 import pluggy
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from forensics.encode.encoder import Encoder
+    from forensics.match import Matcher
+    from forensics.stats.base import Statistic
 
 PROJECT = "forensics"
 
@@ -26,65 +37,124 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+class EncoderFactory(Protocol):
+    """Builds an encoder. ``weights``: ``None`` (find the weights the usual way: local file, pip package,
+    cache), a path to a weights file, or ``"random"`` (random initialisation, only when asked for by
+    name); it raises :class:`forensics.errors.WeightsError` with a how-to when weights are missing.
+    ``options`` are JSON-able and recorded in a protocol. A factory may also carry
+    ``describe(**options)`` returning a :class:`forensics.encode.encoder.EncoderSpec`, so that listings
+    need not build the model."""
+
+    def __call__(self, *, weights: str | None = None, device: str = "cpu", **options: Any) -> Encoder: ...
+
+
+class MatcherFactory(Protocol):
+    """Builds an unfitted :class:`forensics.match.Matcher` from its options (keyword arguments); a
+    :class:`~forensics.match.Matcher` subclass is one."""
+
+    def __call__(self, **options: Any) -> Matcher: ...
+
+
+class DatasetLoader(Protocol):
+    """Loads one split (``"train"`` = T or ``"test"`` = P_n) of a reference data set as a uint8 array,
+    shape (N, H, W) or (N, H, W, C); raises :class:`forensics.errors.ForensicsError` saying how to
+    obtain the data when it is not on this machine."""
+
+    def __call__(self, split: str, **options: Any) -> np.ndarray: ...
+
+
+class RegisterEncoder(Protocol):
+    def __call__(self, name: str, factory: EncoderFactory, *, description: str = "") -> None: ...
+
+
+class RegisterStatistic(Protocol):
+    def __call__(self, name: str, statistic: Statistic, *, description: str = "") -> None: ...
+
+
+class RegisterMatcher(Protocol):
+    def __call__(self, name: str, factory: MatcherFactory, *, description: str = "") -> None: ...
+
+
+class RegisterDataset(Protocol):
+    def __call__(self, name: str, loader: DatasetLoader, *, description: str = "") -> None: ...
+
+
 @hookspec
-def forensics_encoders(register):
+def forensics_encoders(register: RegisterEncoder) -> None:
     """Provide encoders: models that turn images into one embedding per layer.
 
-    :param register: ``register(name, factory, *, description="")``.
-        ``name`` is the encoder's public name (lower case, ``[a-z0-9_.-]``, e.g. ``vit_base_patch16_224``).
-        ``factory(*, weights=None, device="cpu", **options)`` returns a :class:`forensics.encode.encoder.Encoder`.
-        ``weights`` is ``None`` (find the weights the usual way: local file, pip package, cache), a path
-        to a weights file, or ``"random"`` (random initialisation, only when asked for by name). The
-        factory raises :class:`forensics.errors.WeightsError` with a how-to when weights are missing.
+    :param register: ``register(name, factory, *, description="")`` (:class:`RegisterEncoder`).
+        ``name`` is the encoder's public name (lower case, ``[a-z0-9_.-]``, e.g. ``vit_base_patch16_224``);
+        ``factory`` is an :class:`EncoderFactory`: ``factory(*, weights=None, device="cpu", **options)``
+        returns a :class:`forensics.encode.encoder.Encoder`. The host checks that ``factory`` is callable.
+    :returns: nothing; every call of ``register`` is collected.
 
     Example::
 
         @hookimpl
         def forensics_encoders(register):
             register("tiny_cnn", make_tiny_cnn, description="A 3-stage CNN for tests")
+
+    Check an encoder with :class:`forensics.testing.EncoderContract`.
     """
 
 
 @hookspec
-def forensics_statistics(register):
+def forensics_statistics(register: RegisterStatistic) -> None:
     """Provide statistics: functions of (training, test, generated) embeddings of one layer.
 
-    :param register: ``register(name, statistic, *, description="")``. ``statistic`` is an object with
-        ``fit(train, test, **params)`` returning a reference object whose ``score(generated, **params)``
-        returns a result with a float ``.value`` (see :class:`forensics.stats.base.Statistic`).
+    :param register: ``register(name, statistic, *, description="")`` (:class:`RegisterStatistic`).
+        ``statistic`` is an object that meets :class:`forensics.stats.base.Statistic`: ``fit(train, test,
+        **params)`` returns a :class:`~forensics.stats.base.FittedStatistic` whose ``score(generated,
+        **params)`` returns a :class:`~forensics.stats.base.Score` (``value``, ``counted_weight``);
+        ``fit_params``, ``score_params``, ``defaults``, ``devices``, ``reading(value)`` and
+        ``reading_thresholds`` say how it is parametrised, where it computes and what a value means. The
+        host checks these attributes when the statistic is registered.
+    :returns: nothing; every call of ``register`` is collected.
 
     Example::
 
         @hookimpl
         def forensics_statistics(register):
             register("ct", CTStatistic(), description="Meehan et al. 2020 data-copying statistic")
+
+    Check a statistic with :class:`forensics.testing.StatisticContract`.
     """
 
 
 @hookspec
-def forensics_matchers(register):
-    """Provide matchers: ways of ranking reference fingerprints against a query curve.
+def forensics_matchers(register: RegisterMatcher) -> None:
+    """Provide matchers: ways of ranking enrolled curves against a query curve.
 
-    :param register: ``register(name, factory, *, description="")``. ``factory(**options)`` returns a
-        :class:`forensics.match.matcher.Matcher`: ``fit(references)``, then ``rank(curve)`` (candidates, best
-        first) and ``attribute(curve)`` (candidates plus a verdict, ``None`` meaning "unknown").
+    :param register: ``register(name, factory, *, description="")`` (:class:`RegisterMatcher`).
+        ``factory(**options)`` (a :class:`MatcherFactory`) returns a :class:`forensics.match.Matcher`:
+        ``fit(references)``, then ``rank(curve)`` (candidates, best first) and ``attribute(curve)``
+        (candidates plus a verdict, ``None`` meaning "unknown"). A subclass of
+        :class:`~forensics.match.Matcher` implements ``fit_curves`` and ``candidates``; the open-set
+        calibration, evaluation and reports come with the base class. The host checks that ``factory``
+        is callable (and, for a class, a concrete :class:`~forensics.match.Matcher`).
+    :returns: nothing; every call of ``register`` is collected.
 
     Example::
 
         @hookimpl
         def forensics_matchers(register):
             register("cosine", lambda **o: SimilarityMatcher(alpha=1.0, **o), description="1-NN, cosine")
+
+    Check a matcher with :class:`forensics.testing.MatcherContract`.
     """
 
 
 @hookspec
-def forensics_datasets(register):
+def forensics_datasets(register: RegisterDataset) -> None:
     """Provide reference data sets: the training set T and held-out set P_n of a protocol.
 
-    :param register: ``register(name, loader, *, description="")``. ``loader(split, **options)`` returns a
-        uint8 array of images, shape (N, H, W) or (N, H, W, C), for ``split`` in ``("train", "test")``,
-        and raises :class:`forensics.errors.ForensicsError` saying how to obtain the data when it is
-        not on this machine.
+    :param register: ``register(name, loader, *, description="")`` (:class:`RegisterDataset`).
+        ``loader(split, **options)`` (a :class:`DatasetLoader`) returns a uint8 array of images, shape
+        (N, H, W) or (N, H, W, C), for ``split`` in ``("train", "test")``, and raises
+        :class:`forensics.errors.ForensicsError` saying how to obtain the data when it is not on this
+        machine. The host checks that ``loader`` is callable.
+    :returns: nothing; every call of ``register`` is collected.
 
     Example::
 

@@ -10,11 +10,16 @@ Environment switches (read when a :class:`PluginHost` is built):
     load only the plugins bundled with ``forensics`` itself, none installed by other packages
     (what the test suite does, so that a user's plugins never change its results).
 ``FORENSICS_DISABLE_PLUGINS=name,name``
-    skip these entry points by name.
+    skip these entry points by name. The bundled plugins the tool cannot work without
+    (:data:`ESSENTIAL`) stay loaded, with a one-line notice.
+
+Everything a plugin registers is checked against its contract when it is registered (a statistic's
+attributes, a matcher factory's class, callables): a plugin that breaks it is reported, not loaded half.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +34,45 @@ from forensics.errors import PluginError, UsageError
 GROUP = "forensics"
 KINDS = ("encoders", "statistics", "matchers", "datasets")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+ESSENTIAL = {
+    "ct": "the statistic of every bundled protocol",
+    "matchers": "every matcher",
+    "datasets": "the reference data sets of the bundled protocols",
+    "timm": "the encoders of the default protocol",
+}
+"""Bundled plugins that cannot be disabled, and why: without them the tool cannot attribute anything."""
+
+log = logging.getLogger(__name__)
+
+
+def _callable(what: str) -> Callable[[Any], list[str]]:
+    def check(obj: Any) -> list[str]:
+        return [] if callable(obj) else [f"the {what} must be callable, got {type(obj).__name__}"]
+
+    return check
+
+
+def _statistic_problems(obj: Any) -> list[str]:
+    from forensics.stats.base import contract_problems
+
+    return contract_problems(obj)
+
+
+def _matcher_problems(obj: Any) -> list[str]:
+    from forensics.match import contract_problems
+
+    return contract_problems(obj)
+
+
+CONTRACTS: dict[str, Callable[[Any], list[str]]] = {
+    "encoders": _callable("encoder factory"),
+    "statistics": _statistic_problems,
+    "matchers": _matcher_problems,
+    "datasets": _callable("data set loader"),
+}
+"""For each kind, what the host checks of a registered object: a list of problems, empty when it meets
+its contract (:mod:`forensics.hookspecs`)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +127,7 @@ class PluginHost:
             disabled = [n.strip() for n in os.environ.get("FORENSICS_DISABLE_PLUGINS", "").split(",") if n.strip()]
         self.autoload = autoload
         self.disabled = set(disabled)
+        self.notices: list[str] = []
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
@@ -93,11 +138,16 @@ class PluginHost:
     # -- loading ---------------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
         for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
-            dist = getattr(ep, "dist", None)
+            dist = ep.dist
             dist_name = dist.metadata["Name"] if dist is not None else None
             bundled = dist_name is not None and dist_name.lower() == hookspecs.PROJECT
-            if ep.name in self.disabled or (not self.autoload and not bundled):
+            if not self.autoload and not bundled:
                 continue
+            if ep.name in self.disabled:
+                if not (bundled and ep.name in ESSENTIAL):
+                    continue
+                self._notice(f"plugin {ep.name!r} stays enabled: it is bundled and essential "
+                             f"({ESSENTIAL[ep.name]}); FORENSICS_DISABLE_PLUGINS cannot disable it")
             info = PluginInfo(name=ep.name, distribution=dist_name,
                               version=dist.version if dist is not None else None,
                               module=ep.value, bundled=bundled)
@@ -116,6 +166,10 @@ class PluginHost:
                 if self.pm.get_plugin(ep.name) is not None:
                     self.pm.unregister(name=ep.name)
                 info.error = _describe(exc)
+
+    def _notice(self, message: str) -> None:
+        self.notices.append(message)
+        log.warning(message)
 
     def _validate(self, name: str, plugin: Any) -> None:
         """Catch misspelt hooks (``forensics_encoder`` for ``forensics_encoders``), as pluggy's check_pending does."""
@@ -140,6 +194,11 @@ class PluginHost:
         self._collected.clear()
 
     def remove(self, name: str) -> None:
+        """Unregister a plugin added with :meth:`add` (or any non-essential one); the essential bundled
+        plugins (:data:`ESSENTIAL`) are refused with a :class:`PluginError`."""
+        info = self.info.get(name)
+        if info is not None and info.bundled and name in ESSENTIAL:
+            raise PluginError(f"plugin {name!r} is bundled and essential ({ESSENTIAL[name]}); it cannot be removed")
         if self.pm.get_plugin(name) is not None:
             self.pm.unregister(name=name)
         self.info.pop(name, None)
@@ -165,6 +224,9 @@ class PluginHost:
                     raise PluginError(f"{kind[:-1]} name {name!r} must be lower case letters, digits, '_', '.', '-'")
                 if any(p.name == name for p in _mine):
                     raise PluginError(f"{kind[:-1]} {name!r} registered twice")
+                problems = CONTRACTS[kind](obj)
+                if problems:
+                    raise PluginError(f"{kind[:-1]} {name!r} does not meet its contract: {'; '.join(problems)}")
                 _mine.append(Provided(kind=kind, name=name, obj=obj, plugin=_plugin, description=description))
 
             try:
@@ -225,4 +287,5 @@ def reset(new: PluginHost | None = None) -> PluginHost | None:
 
 
 def get_encoder_factory(name: str) -> Callable[..., Any]:
+    """The factory of the registered encoder ``name`` (see :class:`forensics.hookspecs.EncoderFactory`)."""
     return host().get("encoders", name).obj

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+import types
+from dataclasses import astuple
 
 import numpy as np
 import pytest
 
+from forensics import hookimpl
 from forensics.errors import ProtocolMismatch, UsageError
-from forensics.match.matcher import (
-    Matcher,
+from forensics.match import (
+    Candidate,
     EnrolledCurve,
+    Matcher,
     holdout,
+    refit_points,
     leave_generator_out,
     leave_one_out,
     lookalike_note,
@@ -107,6 +112,7 @@ def test_holdout_uses_the_test_batch_role(paper_refs):
     assert (result["correct"], result["n"], result["n_references"]) == (6, 6, 12)
 
 
+@pytest.mark.slow
 def test_cosine_and_svm_on_paper_curves(paper_refs):
     assert leave_one_out(paper_refs, "cosine").correct == 12
     ev = leave_one_out(paper_refs, "svm")  # rbf, C = 10: one better than the paper's 1-NN
@@ -267,29 +273,51 @@ def test_describe_is_json_ready():
     json.dumps(alpha.describe(), allow_nan=False)
 
 
-def test_matcher_base_is_a_plugin_contract():
-    class Mean(Matcher):
-        """A plugin author's matcher: closeness to each generator's mean curve."""
+class Mean(Matcher):
+    """A plugin author's matcher: closeness to each generator's mean curve."""
 
-        def _fit(self, x, labels, ids):
-            self.means = {g: x[labels == g].mean(axis=0) for g in set(labels)}
+    def fit_curves(self, curves, labels, instances):
+        self.means = {g: curves[labels == g].mean(axis=0) for g in set(labels)}
 
-        def _rank(self, curve):
-            from forensics.match.matcher import Candidate
+    def candidates(self, curve):
+        return [Candidate(g, -float(np.linalg.norm(curve - mu))) for g, mu in self.means.items()]
 
-            return [Candidate(g, -float(np.linalg.norm(curve - mu))) for g, mu in self.means.items()]
 
+def test_a_matcher_implementing_two_methods_gets_evaluation_and_open_set():
     refs = toy_refs()
     assert leave_one_out(refs, Mean()).correct == len(refs)
+    m = Mean().fit(refs)
+    assert m.calibration["calibrated"] and m.calibration["held_out"] == "leave-one-out"
+    assert m.attribute(refs[0].fingerprint).verdict == "a"
+
+
+def test_min_generators_is_enforced_for_any_matcher():
+    class Pairwise(Mean):
+        min_generators = 3
+
+    with pytest.raises(UsageError, match="needs at least three generators; the references hold 2"):
+        Pairwise().fit([r for r in toy_refs() if r.generator != "c"])
+
+
+def test_an_incomplete_matcher_class_is_refused_at_registration(register_plugin):
+    class Half(Matcher):
+        def fit_curves(self, curves, labels, instances):
+            pass
+
+    def forensics_matchers(register):
+        register("half", Half)
+
+    host = register_plugin(types.SimpleNamespace(forensics_matchers=hookimpl(forensics_matchers)), "half")
+    assert "half" not in host.collect("matchers")
+    error = {i.name: i for i in host.describe()}["half"].error
+    assert "does not meet its contract" in error and "candidates" in error
 
 
 def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
-    from forensics.match.matcher import _generic_points
-
     for name in ("alpha", "cosine"):
         m = make_matcher(name)
-        fast_a, fast_u, _, fast_left = m._calibration_points(paper_refs)
-        slow_a, slow_u, how, slow_left = _generic_points(m, paper_refs)
+        fast_a, fast_u, _, fast_left = astuple(m.calibration_points(paper_refs))
+        slow_a, slow_u, how, slow_left = astuple(refit_points(m, paper_refs))
         assert how == "leave-one-out"
         np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
         np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)
@@ -299,16 +327,14 @@ def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
 def test_fast_similarity_calibration_equals_the_generic_refits_with_one_and_two_curve_generators():
     """Leaving a curve out of a two-curve generator leaves it one curve, which takes the pooled spread;
     a one-curve generator left out disappears. The fast path must follow the refits in both."""
-    from forensics.match.matcher import _generic_points
-
     refs = toy_refs(per=4, gens=("a", "b", "c"), spread=0.3)
     refs += toy_refs(per=2, gens=("a", "b", "c", "d"), spread=0.3, seed=1)[6:]   # d: two curves
     refs += toy_refs(per=1, gens=("a", "b", "c", "d", "e"), spread=0.3, seed=2)[4:]  # e: one curve
     assert sorted({r.generator for r in refs}) == ["a", "b", "c", "d", "e"]
     for name in ("alpha", "cosine"):
         m = make_matcher(name)
-        fast_a, fast_u, _, fast_left = m._calibration_points(refs)
-        slow_a, slow_u, _, slow_left = _generic_points(m, refs)
+        fast_a, fast_u, _, fast_left = astuple(m.calibration_points(refs))
+        slow_a, slow_u, _, slow_left = astuple(refit_points(m, refs))
         assert len(fast_a) + len(fast_u) == 2 * len(refs) and len(fast_left) == len(refs)
         np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
         np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)

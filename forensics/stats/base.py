@@ -71,7 +71,42 @@ class Statistic(Protocol):
     def reading(self, value: float | None) -> str: ...
 
 
+_ATTRIBUTES = {"fit_params": "a tuple of parameter names", "score_params": "a tuple of parameter names",
+               "defaults": "a mapping of parameter name to default", "devices": "a bool",
+               "reading_thresholds": "a mapping of name to number"}
+_METHODS = ("fit", "from_arrays", "reading")
+
+
+def contract_problems(statistic: object) -> list[str]:
+    """What ``statistic`` lacks of the :class:`Statistic` contract, one phrase each (empty: it meets it).
+    The plugin host runs this when a statistic is registered, so a broken one is reported there."""
+    problems = [f"no {name}() method" for name in _METHODS if not callable(getattr(statistic, name, None))]
+    for name, what in _ATTRIBUTES.items():
+        if not hasattr(statistic, name):
+            problems.append(f"no {name} ({what})")
+    if problems:
+        return problems
+    for name in ("fit_params", "score_params"):
+        names = getattr(statistic, name)
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            problems.append(f"{name} must be {_ATTRIBUTES[name]}, got {names!r}")
+    if not isinstance(statistic.defaults, Mapping):
+        problems.append(f"defaults must be {_ATTRIBUTES['defaults']}")
+    if not isinstance(statistic.devices, bool):
+        problems.append(f"devices must be a bool, got {statistic.devices!r}")
+    thresholds = statistic.reading_thresholds
+    if not isinstance(thresholds, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in thresholds.items()):
+        problems.append(f"reading_thresholds must be {_ATTRIBUTES['reading_thresholds']}")
+    if not problems and set(statistic.fit_params) & set(statistic.score_params):
+        problems.append("a parameter is both a fit and a score parameter: "
+                        + ", ".join(sorted(set(statistic.fit_params) & set(statistic.score_params))))
+    return problems
+
+
 def get_statistic(name: str) -> Statistic:
+    """The registered statistic ``name`` (bundled: ``ct``), through the plugin host."""
     from forensics.plugins import host
 
     return host().get("statistics", name).obj
@@ -87,5 +122,6 @@ def resolve_params(statistic: Statistic, params: Mapping[str, Any]) -> dict[str,
 
 
 def split_params(statistic: Statistic, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fit parameters, score parameters) of ``statistic``, defaults filled in (:func:`resolve_params`)."""
     full = resolve_params(statistic, params)
     return ({k: full[k] for k in statistic.fit_params}, {k: full[k] for k in statistic.score_params})

@@ -1,0 +1,256 @@
+"""The matcher contract, and the open-set logic every matcher shares.
+
+A matcher is fitted on the enrolled curves of one protocol and then attributes query curves::
+
+    m = make_matcher("alpha")            # He et al.'s 1-NN, s = α·cos + (1 − α)/(1 + L2), α = 0.5
+    m.fit(registry.enrolled("he2024-cifar10-vitb16"))
+    result = m.attribute(curve)          # Attribution: candidates best first, verdict (None = unknown)
+
+A plugin's matcher subclasses :class:`Matcher` and implements two methods: :meth:`Matcher.fit_curves`
+(learn from the curves as arrays) and :meth:`Matcher.candidates` (one candidate per generator for one
+query). Everything else has a default here: the checks on references and queries, ranking, the open-set
+verdict, calibration by refitting (:meth:`Matcher.calibration_points`, which a matcher may override with
+a faster exact computation), the options, a clone and a description for reports. A matcher that needs
+more than one generator says so in :attr:`Matcher.min_generators`.
+
+Every matcher ranks one candidate per generator (the best score any of its instances gets, or the
+classifier's score of the class). With ``open_set=True`` (the default) a matcher also says "unknown"
+(verdict ``None``) when the best candidate is not close enough, not far enough ahead of the runner-up,
+or lies farther from the named generator's curves than they lie from each other. That last test is the
+*distance ratio*: the Euclidean distance from the query to the named generator's nearest curve, divided
+by the generator's *spread* (the median distance from one of its curves to the nearest other; see
+:func:`forensics.match.generator_spreads`). It is the same for every matcher, since it looks at the
+curves, not at the matcher's score, and it scales with each generator: a generator whose runs vary a lot
+accepts a query farther away than one whose runs agree.
+
+The three thresholds are calibrated at :meth:`Matcher.fit` from the references alone (see
+:mod:`forensics.match.calibration`) and recorded in :meth:`Matcher.describe` and in every
+:class:`~forensics.match.Attribution`. Some left-out generators pass those thresholds anyway, named as an
+enrolled generator whose runs they resemble; calibration records them as that generator's *lookalikes*,
+and every verdict naming it carries them: such a verdict cannot rule out an unenrolled generator like
+them.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from forensics.errors import ProtocolMismatch, UsageError
+from forensics.match.calibration import CALIBRATION_RULE, calibrate, refit_points, threshold_info, thresholds
+from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances
+from forensics.match.types import (
+    Attribution, CalibrationPoints, Candidate, EnrolledCurve, as_curve, references_digest,
+)
+
+_COUNTS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+class Matcher(abc.ABC):
+    """The matcher contract: ``fit(references)``, then ``rank(curve)`` and ``attribute(curve)``.
+
+    Subclasses implement :meth:`fit_curves` and :meth:`candidates`. Options are keyword arguments of
+    the constructor and :meth:`options` returns them, so that ``type(m)(**m.options())`` builds the same
+    matcher (what :meth:`clone` does); every matcher takes ``open_set`` (bool, default True) and
+    ``calibration`` (a recorded calibration to reuse when it was made on the same references, as
+    :meth:`describe` gives it under ``open_set``).
+
+    After :meth:`fit`: ``enrolled`` (the references), ``protocol_digest``, ``n_layers`` and
+    ``calibration`` (the open-set calibration, ``None`` for a closed-set matcher).
+    """
+
+    name: str = "matcher"
+    """The registered name (set by :func:`make_matcher`); recorded in every attribution."""
+    min_generators: int = 1
+    """The fewest generators the matcher can be fitted on (a classifier needs two)."""
+
+    def __init__(self, *, open_set: bool = True, calibration: Mapping[str, Any] | None = None):
+        self.open_set = bool(open_set)
+        self._given_calibration = dict(calibration) if calibration else None
+        self.calibration: dict[str, Any] | None = None
+        self.enrolled: list[EnrolledCurve] = []
+        self.protocol_digest: str | None = None
+        self.n_layers: int | None = None
+
+    # -- what a matcher implements ----------------------------------------------------------------
+    @abc.abstractmethod
+    def fit_curves(self, curves: np.ndarray, labels: np.ndarray, instances: list[str]) -> None:
+        """Learn from the references: ``curves`` (n × L floats, undefined values as 0), ``labels`` (their
+        generators, an object array) and ``instances`` (their instance ids). Raise
+        :class:`~forensics.errors.UsageError` for references the matcher cannot be fitted on."""
+
+    @abc.abstractmethod
+    def candidates(self, curve: np.ndarray) -> list[Candidate]:
+        """One :class:`~forensics.match.Candidate` per enrolled generator for the query ``curve`` (L floats),
+        in any order; a higher score is a closer match."""
+
+    def calibration_points(self, references: Sequence[EnrolledCurve]) -> CalibrationPoints:
+        """The held-out queries open-set calibration learns from (see
+        :class:`~forensics.match.CalibrationPoints`). By default a closed-set clone is refitted with each
+        instance, then each generator, held out (:func:`forensics.match.calibration.refit_points`); a
+        matcher may compute the same points faster."""
+        return refit_points(self, references)
+
+    def options(self) -> dict[str, Any]:
+        """The options that define this matcher (what :meth:`clone` passes on); subclasses add theirs."""
+        return {"open_set": self.open_set}
+
+    # -- what the core calls ----------------------------------------------------------------------
+    def clone(self, **changes: Any) -> Matcher:
+        """A new, unfitted matcher of the same kind and name with these options changed."""
+        opts = {**self.options(), **changes}
+        new = type(self)(**opts)
+        new.name = self.name
+        return new
+
+    def fit(self, references: Sequence[EnrolledCurve]) -> Matcher:
+        """Fit on one protocol's enrolled curves, then calibrate the open-set thresholds (or reuse the
+        recorded calibration when it was made on these references under the current rule)."""
+        references = list(references)
+        if not references:
+            raise UsageError("no reference fingerprints to match against (enrol generators first)")
+        digests = {r.fingerprint.protocol_digest for r in references}
+        if len(digests) > 1:
+            raise ProtocolMismatch("refusing to fit a matcher on fingerprints of different protocols: "
+                                   + ", ".join(sorted(d[:19] + "…" for d in digests)))
+        lengths = {len(r.fingerprint.values) for r in references}
+        if len(lengths) > 1:
+            raise UsageError(f"reference curves of different lengths: {sorted(lengths)}")
+        self.enrolled = list(references)
+        self.protocol_digest = digests.pop()
+        self.n_layers = lengths.pop()
+        x = np.stack([r.fingerprint.vector() for r in references])
+        labels = np.array([r.generator for r in references], dtype=object)
+        n_generators = len({str(g) for g in labels})
+        if n_generators < self.min_generators:
+            need = _COUNTS.get(self.min_generators, str(self.min_generators))
+            raise UsageError(f"the {self.name} matcher needs at least {need} generators; the references hold "
+                             f"{n_generators}")
+        self.fit_curves(x, labels, [r.instance for r in references])
+        self._curves, self._curve_labels = x, labels
+        self._spreads = generator_spreads(pairwise_distances(x, x), labels)
+        self.calibration = None
+        if self.open_set:
+            given = self._given_calibration
+            if (given and given.get("references_digest") == references_digest(references)
+                    and given.get("rule") == CALIBRATION_RULE):
+                self.calibration = {**given, "source": "recorded"}
+            else:
+                self.calibration = calibrate(self, references)
+        return self
+
+    @property
+    def generators(self) -> list[str]:
+        return sorted({r.generator for r in self.enrolled})
+
+    def distance_ratio(self, curve: Any, generator: str) -> float | None:
+        """How far ``curve`` lies from ``generator``'s nearest reference curve, in units of that
+        generator's spread (:func:`~forensics.match.generator_spreads`); ``None`` when no spread can be
+        measured."""
+        vec = self._query(curve)
+        own = self._curves[self._curve_labels == generator]
+        if not len(own):
+            raise UsageError(f"no reference curve of generator {generator!r}")
+        return in_spreads(float(pairwise_distances(vec[None, :], own).min()), self._spreads[generator])
+
+    def _query(self, curve: Any) -> np.ndarray:
+        if self.n_layers is None:
+            raise UsageError("the matcher has not been fitted (call fit(references) first)")
+        vec = as_curve(curve, self.protocol_digest)
+        if vec.shape[0] != self.n_layers:
+            raise UsageError(f"the query curve has {vec.shape[0]} values, the references {self.n_layers} "
+                             "(computed under another protocol?)")
+        return vec
+
+    def rank(self, curve: Any) -> list[Candidate]:
+        """One candidate per generator, best first (ties by name)."""
+        return sorted(self.candidates(self._query(curve)), key=lambda c: (-c.score, c.generator))
+
+    def attribute(self, curve: Any) -> Attribution:
+        """The ranked candidates and the verdict: the best candidate, or ``None`` ("unknown") when an
+        open-set threshold rejects it."""
+        vec = self._query(curve)
+        candidates = tuple(self.rank(vec))
+        best = candidates[0]
+        margin = float(best.score - candidates[1].score) if len(candidates) > 1 else None
+        ratio = self.distance_ratio(vec, best.generator)
+        cal = self.calibration
+
+        def answer(verdict: str | None, reason: str, threshold: Mapping[str, Any] | None,
+                   lookalikes: Mapping[str, Sequence[int]] | None = None) -> Attribution:
+            return Attribution(candidates, verdict, margin, reason, self.name, threshold, ratio, lookalikes or {})
+
+        if not self.open_set:
+            return answer(best.generator, f"closest reference generator (closed set; score {best.score:.4f})", None)
+        if cal is None or not cal.get("calibrated"):
+            why = (cal or {}).get("reason", "not calibrated")
+            return answer(best.generator, f"closest reference generator; open-set thresholds unavailable: {why}",
+                          threshold_info(cal))
+        info = threshold_info(cal)
+        n_refs = f"calibrated on {cal['n_references']} references"
+        t_score, t_margin, t_ratio = thresholds(cal)
+        m = math.inf if margin is None else margin
+        if best.score < t_score:
+            return answer(None, f"unknown: best score {best.score:.4f} ({best.generator}) is below the threshold "
+                                f"{t_score:.4f} {n_refs}", info)
+        if m < t_margin:
+            return answer(None, f"unknown: {best.generator} leads {candidates[1].generator} by {m:.4f}, less than "
+                                f"the margin threshold {t_margin:.4f} {n_refs}", info)
+        if ratio is not None and ratio > t_ratio:
+            return answer(None, f"unknown: the query lies {ratio:.2f}× {best.generator}'s spread from its nearest "
+                                f"{best.generator} curve, beyond the threshold {t_ratio:.2f}× {n_refs}", info)
+        passed = [f"score {best.score:.4f} ≥ {t_score:.4f}"] if t_score > -math.inf else []
+        if t_margin > -math.inf and margin is not None:
+            passed.append(f"margin {margin:.4f} ≥ {t_margin:.4f}")
+        if t_ratio < math.inf and ratio is not None:
+            passed.append(f"distance {ratio:.2f}× {best.generator}'s spread ≤ {t_ratio:.2f}×")
+        reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
+                  "no open-set threshold applies") + f" ({n_refs})"
+        return answer(best.generator, reason, info, (cal.get("lookalikes") or {}).get(best.generator))
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records about the matcher: its name, options and open-set calibration."""
+        return {"name": self.name, "options": {k: v for k, v in self.options().items()},
+                "n_references": len(self.enrolled), "generators": self.generators,
+                "references_digest": references_digest(self.enrolled) if self.enrolled else None,
+                "open_set": self.calibration}
+
+
+def contract_problems(factory: Any) -> list[str]:
+    """What a registered matcher factory lacks: it must be callable, and a class must be a concrete
+    :class:`Matcher` (an empty list when it meets the contract)."""
+    if not callable(factory):
+        return [f"a matcher factory must be callable, got {type(factory).__name__}"]
+    if isinstance(factory, type):
+        if not issubclass(factory, Matcher):
+            return [f"{factory.__name__} is not a forensics.match.Matcher"]
+        if inspect.isabstract(factory):
+            return [f"{factory.__name__} does not implement {', '.join(sorted(factory.__abstractmethods__))}"]
+    return []
+
+
+def make_matcher(name: str, **options: Any) -> Matcher:
+    """A matcher by its registered name (bundled: alpha, cosine, svm), through the plugin host."""
+    from forensics.plugins import host
+
+    provided = host().get("matchers", name)
+    try:
+        matcher = provided.obj(**options)
+    except TypeError as exc:
+        raise UsageError(f"matcher {name!r} does not take these options: {exc}") from None
+    if not isinstance(matcher, Matcher):
+        raise UsageError(f"matcher {name!r} (plugin {provided.plugin!r}) did not return a forensics.match.Matcher")
+    matcher.name = name
+    return matcher
+
+
+def available_matchers() -> list[str]:
+    """The names of every registered matcher, sorted."""
+    from forensics.plugins import host
+
+    return sorted(host().collect("matchers"))

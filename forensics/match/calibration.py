@@ -1,0 +1,209 @@
+"""Open-set calibration: thresholds on (best score, margin, distance ratio) learnt from the references.
+
+Every reference instance is attributed once with itself left out, and once with its whole generator
+left out (:meth:`forensics.match.Matcher.calibration_points`). The first kind should be answered when
+the answer is right; a wrong answer and every answer about a left-out generator should be "unknown".
+The thresholds are the triple that maximises the balanced accuracy of that decision
+(:data:`CALIBRATION_RULE`). Left-out generators that pass them anyway are recorded as *lookalikes* of
+the generator they were named.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from forensics.errors import UsageError
+from forensics.match.types import CalibrationPoints, Candidate, EnrolledCurve, Point, references_digest
+
+if TYPE_CHECKING:
+    from forensics.match.base import Matcher
+
+CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, distance ratio to the named generator's "
+                    "spread) maximising balanced accuracy between leave-one-out queries attributed right (answer) "
+                    "and leave-one-out queries attributed wrong or whose generator was left out entirely (unknown); "
+                    "among tying triples a threshold that need not apply is not (margin, then score, then distance "
+                    "ratio), else the middle of the tying range (geometric for the ratio); the left-out generators' "
+                    "runs the thresholds let through are recorded as lookalikes of the generator they were named")
+
+THRESHOLDS = ("score", "margin", "distance_ratio")  # the calibrated open-set thresholds, by their keys
+
+LOO_LIMIT = 40  # above this many references, the refitting calibration holds out 10 folds, not one at a time
+FOLDS = 10
+
+
+def calibration_point(candidates: Sequence[Candidate], ratio: float | None) -> Point:
+    """A calibration point: (best score, margin, distance ratio); no runner-up: an infinite margin;
+    no spread to measure: a NaN ratio, which no threshold rejects."""
+    score = candidates[0].score
+    margin = candidates[0].score - candidates[1].score if len(candidates) > 1 else math.inf
+    return float(score), float(margin), math.nan if ratio is None else float(ratio)
+
+
+def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve]) -> dict[str, Any]:
+    """Open-set thresholds for ``matcher`` from ``references`` alone (see the module docstring)."""
+    refs = list(references)
+    base = {"rule": CALIBRATION_RULE, "n_references": len(refs), "references_digest": references_digest(refs),
+            "source": "calibrated at fit"}
+    points = matcher.calibration_points(refs)
+    answer, unknown = points.answer, points.unknown
+    base.update({"held_out": points.held_out, "n_answer": len(answer), "n_unknown": len(unknown)})
+    if not answer:
+        return {**base, "calibrated": False, "score": None, "margin": None,
+                "reason": "no generator has two instances that leave-one-out attributes right"}
+    if not unknown:
+        return {**base, "calibrated": False, "score": None, "margin": None,
+                "reason": "too few generators to simulate an unknown one"}
+    t_score, t_margin, t_ratio, ba, acc_answer, acc_unknown = _best_thresholds(np.array(answer), np.array(unknown))
+    # JSON-ready: a threshold that is not applied (±inf) is recorded as null
+    return {**base, "calibrated": True, "score": _finite_or_none(t_score), "margin": _finite_or_none(t_margin),
+            "distance_ratio": _finite_or_none(t_ratio),
+            "balanced_accuracy": ba, "answered_right": acc_answer, "unknown_right": acc_unknown,
+            "lookalikes": _lookalikes(points.left_out, t_score, t_margin, t_ratio)}
+
+
+def _lookalikes(left_out: Sequence[tuple[str, str, Point]], t_score: float, t_margin: float,
+                t_ratio: float) -> dict[str, dict[str, list[int]]]:
+    """{named generator: {left-out generator: [runs the thresholds let through as named, its runs]}}: which
+    generators, missing from the references, were taken for which enrolled one."""
+    runs: dict[str, int] = {}
+    passed: dict[str, dict[str, int]] = {}
+    for own, named, (score, margin, ratio) in left_out:
+        runs[own] = runs.get(own, 0) + 1
+        if score >= t_score and margin >= t_margin and not ratio > t_ratio:  # a NaN ratio passes
+            passed.setdefault(named, {})
+            passed[named][own] = passed[named].get(own, 0) + 1
+    return {g: {o: [k, runs[o]] for o, k in sorted(d.items())} for g, d in sorted(passed.items())}
+
+
+def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: int | None = None) -> CalibrationPoints:
+    """Calibration points of any matcher: refit a closed-set copy with each instance (or fold) held out,
+    then with each generator held out. Up to ``loo_limit`` references (default :data:`LOO_LIMIT`) one
+    instance is held out at a time, beyond it :data:`FOLDS` folds."""
+    refs = list(refs)
+    limit = LOO_LIMIT if loo_limit is None else loo_limit
+    answer: list[Point] = []
+    unknown: list[Point] = []
+    left_out: list[tuple[str, str, Point]] = []
+    probe = matcher.clone(open_set=False)
+    need = probe.min_generators
+    n = len(refs)
+    if n <= limit:
+        folds, how = [[i] for i in range(n)], "leave-one-out"
+    else:
+        order = sorted(range(n), key=lambda i: (refs[i].generator, refs[i].instance))
+        folds = [order[k::FOLDS] for k in range(FOLDS)]
+        how = f"{FOLDS}-fold (more than {limit} references)"
+
+    def fitted(rest: list[EnrolledCurve]) -> bool:
+        # a split that leaves too few generators (or that the matcher cannot fit) is skipped
+        if len({x.generator for x in rest}) < need:
+            return False
+        try:
+            probe.fit(rest)
+        except UsageError:
+            return False
+        return True
+
+    for fold in folds:
+        held = set(fold)
+        rest = [r for i, r in enumerate(refs) if i not in held]
+        if not fitted(rest):
+            continue
+        present = {x.generator for x in rest}
+        for i in fold:
+            r = refs[i]
+            cands = probe.rank(r.fingerprint)
+            ok = r.generator in present and cands[0].generator == r.generator
+            point = calibration_point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator))
+            (answer if ok else unknown).append(point)
+    for g in sorted({r.generator for r in refs}):
+        if not fitted([x for x in refs if x.generator != g]):
+            continue
+        for r in refs:
+            if r.generator == g:
+                cands = probe.rank(r.fingerprint)
+                point = calibration_point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator))
+                unknown.append(point)
+                left_out.append((g, cands[0].generator, point))
+    return CalibrationPoints(answer, unknown, how, left_out)
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _cuts(values: np.ndarray, limit: int = 64) -> np.ndarray:
+    """Candidate lower-bound thresholds for ``values``: -inf (no threshold) and the midpoints between
+    consecutive distinct finite values (at most ``limit``, at quantiles, when there are more)."""
+    finite = np.unique(values[np.isfinite(values)])
+    mids = (finite[:-1] + finite[1:]) / 2 if len(finite) > 1 else np.array([])
+    if len(mids) > limit:
+        mids = np.unique(np.quantile(mids, np.linspace(0, 1, limit)))
+    return np.concatenate([[-math.inf], mids])
+
+
+def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
+    """Grid search over (score, margin, distance ratio) cuts; among the triples with the best balanced
+    accuracy, a threshold that need not be applied is not (±inf; decided for the margin, then the score,
+    then the ratio), else the one in the middle of the tying range (for separable values: halfway between
+    the closest "unknown" and "answer" points; for the ratio, halfway on a log scale). Returns (score,
+    margin, ratio, balanced accuracy, share of answers kept, share of unknowns caught)."""
+    def lower_bounds(points: np.ndarray) -> np.ndarray:
+        # every test as "value ≥ cut": the ratio is an upper bound, so it is negated; NaN passes
+        closeness = np.where(np.isnan(points[:, 2]), math.inf, -points[:, 2])
+        return np.stack([points[:, 0], points[:, 1], closeness], axis=1)
+
+    a, u = lower_bounds(answer), lower_bounds(unknown)
+    both = np.concatenate([a, u])
+    cuts = [_cuts(both[:, k]) for k in range(3)]
+
+    def passing(points: np.ndarray, ratio_cut: float) -> np.ndarray:   # score cuts × margin cuts × points
+        return ((points[None, None, :, 0] >= cuts[0][:, None, None])
+                & (points[None, None, :, 1] >= cuts[1][None, :, None])
+                & (points[None, None, :, 2] >= ratio_cut))
+
+    table = []
+    for tr in cuts[2]:
+        acc_a = passing(a, tr).mean(axis=2)
+        acc_u = 1.0 - passing(u, tr).mean(axis=2)
+        ba = 0.5 * (acc_a + acc_u)
+        i, j = np.nonzero(ba >= ba.max() - 1e-12)
+        table.extend((float(cuts[0][p]), float(cuts[1][q]), float(tr), float(ba[p, q]), float(acc_a[p, q]),
+                      float(acc_u[p, q])) for p, q in zip(i, j))
+    best_ba = max(row[3] for row in table)
+    ties = [row for row in table if row[3] >= best_ba - 1e-12]
+
+    def middle(values, scale=lambda v: v):
+        values = sorted(set(values))
+        if values[0] == -math.inf:
+            return -math.inf
+        mid = (scale(values[0]) + scale(values[-1])) / 2
+        return min(values, key=lambda v: (abs(scale(v) - mid), v))
+
+    tm = middle([row[1] for row in ties])
+    ties = [row for row in ties if row[1] == tm]
+    ts = middle([row[0] for row in ties])
+    ties = [row for row in ties if row[0] == ts]
+    # a ratio's middle is geometric: halfway between 1.5× and 24× is 6×, not 12.75×
+    tr = middle([row[2] for row in ties], lambda v: math.log(max(-v, 1e-12)))
+    row = next(row for row in ties if row[2] == tr)
+    return row[0], row[1], -row[2], *row[3:]
+
+
+def threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a calibration an :class:`~forensics.match.Attribution` records as its ``threshold``."""
+    if cal is None:
+        return None
+    return {k: cal.get(k) for k in ("calibrated", *THRESHOLDS, "n_references", "source")}
+
+
+def thresholds(cal: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(score, margin, distance ratio) thresholds of a calibration; one not applied (null) never rejects."""
+    def get(key: str, default: float) -> float:
+        return default if cal.get(key) is None else float(cal[key])
+
+    return get("score", -math.inf), get("margin", -math.inf), get("distance_ratio", math.inf)

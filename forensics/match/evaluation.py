@@ -1,0 +1,182 @@
+"""Evaluation of matchers on one protocol's enrolled curves (``forensics registry evaluate``).
+
+:func:`leave_one_out` (every instance attributed with itself left out), :func:`leave_generator_out` (the
+open-set test: every instance of a left-out generator should be "unknown"), :func:`holdout` (the paper's
+split by provenance role) and :func:`calibration_stability` (how far the open-set thresholds move with
+one reference fewer). Each takes a matcher by registered name, a :class:`~forensics.match.Matcher` to
+clone, or a callable that makes fresh ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from forensics.errors import UsageError
+from forensics.match.base import Matcher, make_matcher
+from forensics.match.calibration import THRESHOLDS, calibrate
+from forensics.match.types import EnrolledCurve
+
+
+@dataclass
+class Evaluation:
+    """Leave-one-out results of one matcher on one protocol's references."""
+
+    matcher: str
+    options: dict[str, Any]
+    n: int
+    correct: int
+    labels: list[str]
+    confusion: list[list[int]]   # rows: true generator, columns: predicted (closed-set top candidate)
+    predictions: list[dict[str, Any]]
+    open_set: dict[str, Any] | None = None
+    leave_generator_out: dict[str, Any] | None = None
+    split: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def loo_accuracy(self) -> float | None:
+        return self.correct / self.n if self.n else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"matcher": self.matcher, "options": self.options, "loo_accuracy": self.loo_accuracy,
+                "n": self.n, "correct": self.correct,
+                "confusion": {"labels": self.labels, "matrix": self.confusion,
+                              "rows": "true generator", "columns": "predicted generator"},
+                "open_set": self.open_set, "leave_generator_out": self.leave_generator_out,
+                "split": self.split, "error": self.error, "predictions": self.predictions}
+
+
+def _factory(matcher: str | Matcher | Callable[[], Matcher], options: Mapping[str, Any]) -> Callable[[], Matcher]:
+    """A maker of fresh, unfitted matchers: by registered name, as clones of ``matcher``, or ``matcher`` itself."""
+    if isinstance(matcher, Matcher):
+        return lambda: matcher.clone(**options)
+    if isinstance(matcher, str):
+        return lambda: make_matcher(matcher, **options)
+    return matcher
+
+
+def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
+                  **options: Any) -> Evaluation:
+    """Attribute every instance with itself left out of the references.
+
+    ``correct`` counts the closed-set answer (the top candidate), as the paper does; ``open_set``
+    counts how the open-set verdicts came out (answered right, answered wrong, unknown).
+    """
+    refs = list(references)
+    make = _factory(matcher, options)
+    labels = sorted({r.generator for r in refs})
+    index = {g: i for i, g in enumerate(labels)}
+    confusion = [[0] * len(labels) for _ in labels]
+    predictions = []
+    correct = right = wrong = unknown = 0
+    name, opts = None, {}
+    open_set_used = False
+    for i, r in enumerate(refs):
+        rest = refs[:i] + refs[i + 1:]
+        m = make()
+        name, opts = m.name, m.options()
+        try:
+            m.fit(rest)
+            result = m.attribute(r.fingerprint)
+        except UsageError as exc:
+            return Evaluation(name, opts, len(refs), 0, labels, confusion, [], error=str(exc))
+        open_set_used = open_set_used or m.open_set
+        top = result.candidates[0].generator
+        confusion[index[r.generator]][index[top]] += 1
+        correct += top == r.generator
+        if result.verdict is None:
+            unknown += 1
+        elif result.verdict == r.generator:
+            right += 1
+        else:
+            wrong += 1
+        predictions.append({"generator": r.generator, "instance": r.instance, "predicted": top,
+                            "score": result.candidates[0].score, "margin": result.margin,
+                            "distance_ratio": result.distance_ratio, "verdict": result.verdict})
+    open_set = ({"answered_right": right, "answered_wrong": wrong, "unknown": unknown}
+                if open_set_used else None)
+    return Evaluation(name or str(matcher), opts, len(refs), correct, labels, confusion, predictions, open_set)
+
+
+def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
+                          **options: Any) -> dict[str, Any]:
+    """How far each open-set threshold moves when one reference is left out of the calibration.
+
+    The thresholds are cut between few points, so one run more or less can move them: each reference
+    is dropped in turn and :func:`calibrate` rerun on the rest. Per threshold: the full calibration's
+    value, the lowest and highest over the drops, and how many drops left it unused (null); per drop,
+    the run left out and the thresholds it gave."""
+    refs = list(references)
+    make = _factory(matcher, options)
+    full = calibrate(make(), refs)
+    runs = []
+    for i, r in enumerate(refs):
+        c = calibrate(make(), refs[:i] + refs[i + 1:])
+        runs.append({"left_out": f"{r.generator}/{r.instance}", **{k: c.get(k) for k in THRESHOLDS}})
+    summary = {}
+    for k in THRESHOLDS:
+        used = [run[k] for run in runs if run[k] is not None]
+        summary[k] = {"full": full.get(k), "min": min(used) if used else None, "max": max(used) if used else None,
+                      "unused": len(runs) - len(used)}
+    return {"n_references": len(refs), "thresholds": summary, "runs": runs}
+
+
+def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
+                        **options: Any) -> dict[str, Any]:
+    """Leave each whole generator out and attribute its instances: the open-set test.
+
+    Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did.
+    """
+    refs = list(references)
+    make = _factory(matcher, options)
+    per: dict[str, Any] = {}
+    total = unknown = 0
+    for g in sorted({r.generator for r in refs}):
+        rest = [r for r in refs if r.generator != g]
+        held = [r for r in refs if r.generator == g]
+        m = make()
+        try:
+            m.fit(rest)
+        except UsageError as exc:
+            per[g] = {"n": len(held), "error": str(exc)}
+            continue
+        verdicts = [m.attribute(r.fingerprint).verdict for r in held]
+        n_unknown = sum(v is None for v in verdicts)
+        named: dict[str, int] = {}
+        for v in verdicts:
+            if v is not None:
+                named[v] = named.get(v, 0) + 1
+        per[g] = {"n": len(held), "unknown": n_unknown, "attributed_to": named}
+        total += len(held)
+        unknown += n_unknown
+    return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
+            "per_generator": per}
+
+
+def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
+            is_query: Callable[[EnrolledCurve], bool] | None = None, **options: Any) -> dict[str, Any]:
+    """Fit on the references that are not queries, attribute the queries (the paper's split).
+
+    By default the queries are the instances whose provenance ``role`` is ``test_batch``.
+    """
+    if is_query is None:
+        is_query = lambda r: r.provenance.get("role") == "test_batch"  # noqa: E731
+    refs = list(references)
+    queries = [r for r in refs if is_query(r)]
+    train = [r for r in refs if not is_query(r)]
+    if not queries or not train:
+        raise UsageError("a hold-out split needs both query and reference instances")
+    m = _factory(matcher, options)()
+    m.fit(train)
+    rows = []
+    for q in queries:
+        res = m.attribute(q.fingerprint)
+        rows.append({"generator": q.generator, "instance": q.instance, "predicted": res.candidates[0].generator,
+                     "verdict": res.verdict, "score": res.candidates[0].score, "margin": res.margin,
+                     "distance_ratio": res.distance_ratio})
+    correct = sum(r["predicted"] == r["generator"] for r in rows)
+    return {"n": len(rows), "correct": correct, "accuracy": correct / len(rows), "n_references": len(train),
+            "answered_right": sum(r["verdict"] == r["generator"] for r in rows),
+            "unknown": sum(r["verdict"] is None for r in rows), "queries": rows}

@@ -1,0 +1,129 @@
+"""What matching reads and returns: enrolled curves, queries, ranked candidates, attributions.
+
+These are the types of the matcher contract (:class:`forensics.match.Matcher`): a plugin's matcher is
+fitted on :class:`EnrolledCurve` objects, ranks :class:`Candidate` objects and answers with an
+:class:`Attribution`; its open-set calibration is computed from :class:`CalibrationPoints`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from forensics.errors import ProtocolMismatch
+from forensics.io.hashing import sha256_json
+from forensics.protocol import Fingerprint
+
+Point = tuple[float, float, float]
+"""A calibration point: (best score, margin over the runner-up, distance ratio) of one held-out query."""
+
+
+@dataclass(frozen=True)
+class EnrolledCurve:
+    """One enrolled instance: a generator's fingerprint of one batch, and where it came from."""
+
+    generator: str
+    instance: str
+    fingerprint: Fingerprint
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generator as an answer: its score (higher = closer) and, for 1-NN, the closest instance."""
+
+    generator: str
+    score: float
+    instance: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator, "score": float(self.score), "instance": self.instance}
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """The answer to one query curve.
+
+    ``candidates``: one per generator, best first. ``verdict``: the generator named, or ``None`` for
+    "unknown". ``margin``: best score minus the runner-up's (``None`` with a single candidate).
+    ``threshold``: the open-set thresholds applied (``None`` when the matcher is closed-set).
+    ``distance_ratio``: the query's distance to the best candidate's nearest curve over that generator's
+    spread (``None`` when no generator has two curves to measure a spread on). ``lookalikes``: for a
+    named verdict, the generators whose runs calibration saw named as the verdict when they were left
+    out of the references, as {generator: [runs named, runs]}; a verdict with lookalikes does not rule
+    out an unenrolled generator like them.
+    """
+
+    candidates: tuple[Candidate, ...]
+    verdict: str | None
+    margin: float | None
+    reason: str
+    matcher: str
+    threshold: Mapping[str, Any] | None = None
+    distance_ratio: float | None = None
+    lookalikes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    @property
+    def score(self) -> float | None:
+        return None if self.best is None else float(self.best.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"matcher": self.matcher, "verdict": self.verdict,
+                "score": self.score, "margin": None if self.margin is None else float(self.margin),
+                "distance_ratio": None if self.distance_ratio is None else float(self.distance_ratio),
+                "reason": self.reason, "threshold": None if self.threshold is None else dict(self.threshold),
+                "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+@dataclass(frozen=True)
+class CalibrationPoints:
+    """What open-set calibration learns from (:meth:`forensics.match.Matcher.calibration_points`).
+
+    ``answer``: points of held-out queries the closed-set matcher attributed right; ``unknown``: points of
+    held-out queries attributed wrong or whose whole generator was left out; ``held_out``: how queries
+    were held out, in words; ``left_out``: (generator left out, generator named, point) for each query
+    whose generator was left out entirely (their points are among ``unknown`` too).
+    """
+
+    answer: list[Point]
+    unknown: list[Point]
+    held_out: str
+    left_out: list[tuple[str, str, Point]]
+
+
+def lookalike_note(generator: str | None, lookalikes: Mapping[str, Sequence[int]] | None) -> str | None:
+    """One sentence for a report: which left-out generators calibration saw named ``generator``; ``None``
+    when there are none (or no generator was named)."""
+    if generator is None or not lookalikes:
+        return None
+    parts = [f"{k} of {n} {g} runs" for g, (k, n) in sorted(lookalikes.items())]
+    seen = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+    like = " or ".join(sorted(lookalikes))
+    return (f"not exclusive: at calibration, with each generator left out of the references in turn, {seen} "
+            f"were named {generator}; an unenrolled generator like {like} could be named {generator} too")
+
+
+def references_digest(references: Sequence[EnrolledCurve]) -> str:
+    """A hash of what a matcher was fitted on (generator, instance, curve), independent of order."""
+    items = sorted((r.generator, r.instance, [None if v is None else float(v) for v in r.fingerprint.values])
+                   for r in references)
+    return sha256_json({"references": items})
+
+
+def as_curve(curve: Any, digest: str | None = None) -> np.ndarray:
+    """A query as a float vector; a :class:`Fingerprint` is checked against ``digest`` first."""
+    if isinstance(curve, Fingerprint):
+        if digest is not None and curve.protocol_digest != digest:
+            raise ProtocolMismatch(f"refusing to compare a fingerprint of protocol {curve.protocol_digest[:19]}… "
+                                   f"with references of protocol {digest[:19]}…")
+        return curve.vector()
+    arr = np.asarray(curve, dtype=np.float64).reshape(-1)
+    return np.where(np.isfinite(arr), arr, 0.0)  # undefined values count as 0 (He et al.)
