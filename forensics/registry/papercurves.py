@@ -8,9 +8,12 @@ DDPM, DDIM and PNDM, three sampling runs each), one curve per batch of 500 image
 registry protocol :data:`PROTOCOL_NAME`, whose record says exactly how the curves were made, with the
 run id of each curve (from ``model_ct_scores.txt``) and its role in the paper's split in its provenance.
 
-A user who has CIFAR-10 and the ViT-B/16 in21k weights can attribute against it::
+The bundled registry holds the result of the import, and :func:`export_paper` writes the release's two
+files it came from back out of it, byte for byte (checked against the SHA-256 the import recorded), so
+the project can always show that its curves are the published ones. A user who has CIFAR-10 and the
+ViT-B/16 in21k weights can attribute against it::
 
-    forensics registry import-paper ../shared/reference/paper-curves     # (already done in registry/)
+    forensics registry import-paper PAPER_CURVES_DIR      # the release's files; registry/ already holds it
     FORENSICS_CIFAR10_DIR=~/data forensics attribute my_500_images/ --protocol he2024-cifar10-vitb16
 """
 
@@ -24,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from forensics.errors import RegistryError, UsageError
-from forensics.io.hashing import sha256_file
+from forensics.io.atomic import write_atomic
+from forensics.io.hashing import sha256_bytes, sha256_file
 from forensics.protocol import DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
 
 PROTOCOL_NAME = "he2024-cifar10-vitb16"
@@ -221,6 +225,35 @@ def import_paper(src: str | Path, registry: Any = None, *, overwrite: bool = Fal
         written[gen] = ids
     return {"protocol": PROTOCOL_NAME, "digest": proto.digest, "generators": written,
             "n_curves": len(curves), "registry": str(reg.path)}
+
+
+def export_paper(registry: Any, dest: str | Path) -> Path:
+    """Write :data:`CURVES_FILE` and :data:`RUNS_FILE` of the release into the folder ``dest`` from the
+    protocol's entries in ``registry`` (a :class:`Registry`), byte for byte as published; returns ``dest``.
+
+    Each file is rebuilt from the curves, labels, lines and run ids the import recorded and must hash to
+    the SHA-256 recorded with them: a :class:`RegistryError` says which file differs (a curve edited by
+    hand, or entries from another source).
+    """
+    refs = sorted(registry.enrolled(PROTOCOL_NAME), key=lambda r: r.provenance["source"]["line"])
+    if not refs:
+        raise RegistryError(f"protocol {PROTOCOL_NAME!r} holds no curves: nothing to export")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    source = refs[0].provenance["source"]
+    files = {
+        CURVES_FILE: ("".join(f"{r.provenance['source']['label']}: {list(r.fingerprint.values)}\n" for r in refs),
+                      source["sha256"]),
+        RUNS_FILE: ("".join(f"{r.provenance['run']} {list(r.fingerprint.values)}\n" for r in refs),
+                    source.get("run_ids_sha256")),
+    }
+    for name, (text, recorded) in files.items():
+        data = text.encode("utf-8")
+        if sha256_bytes(data) != recorded:
+            raise RegistryError(f"{name} rebuilt from protocol {PROTOCOL_NAME!r} does not hash to the recorded "
+                                f"{recorded}: the registry's curves are not the published ones")
+        write_atomic(dest / name, lambda f, data=data: f.write(data))
+    return dest
 
 
 def paper_split(references: Sequence[Any], which: str = "full") -> tuple[list[Any], list[Any]]:
