@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
+from forensics.protocol import Fingerprint
+from forensics.registry import Registry, default_registry_path, diff, git_snapshot, open_state
 from forensics.registry.papercurves import PROTOCOL_NAME
-from forensics.protocol import DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
-from forensics.registry.store import Registry, default_registry_path, diff
+from forensics.registry.schema import MAX_FILE_BYTES, dump_yaml
 
 SHA = "sha256:" + "ab" * 32
 
 
-def toy_protocol(name="toy", layers=3, k=3) -> Protocol:
-    return Protocol(
-        name=name, train=DataRef("digits", "train", 100, SHA), test=DataRef("digits", "test", 50, SHA),
-        encoder=EncoderRef("tiny", SHA, "random", tuple(f"l{i}" for i in range(layers)), "mean",
-                           {"size": 8, "resize": 8, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}),
-        statistic=StatisticRef("ct", {"k": k, "distance": "cosine", "projection": None, "tau": None, "seed": 0}),
-        batch_size=10, description="a toy protocol")
-
-
-def fps(proto: Protocol, *curves):
-    return [Fingerprint.from_values(proto.digest, c) for c in curves]
-
-
 @pytest.fixture
-def reg(tmp_path) -> Registry:
+def reg(tmp_path, toy_protocol) -> Registry:
     r = Registry.open(tmp_path / "reg", create=True)
     r.add_protocol(toy_protocol(), default=True)
     return r
@@ -58,10 +48,10 @@ def test_bundled_registry_is_valid_and_holds_the_paper_protocol():
         reg.protocol("nope")
 
 
-def test_round_trip_is_exact_and_keeps_undefined_values(reg):
+def test_round_trip_is_exact_and_keeps_undefined_values(reg, fingerprints):
     proto = reg.protocol("toy")
     curves = [[0.1 + 1e-17, -2.123456789012345, None], [1 / 3, 2e-300, 5.0]]
-    ids = reg.enroll("toy", "gan", fps(proto, *curves), {"input_sha256": SHA, "n_images": 20, "note": "x"},
+    ids = reg.enroll("toy", "gan", fingerprints(proto, *curves), {"input_sha256": SHA, "n_images": 20, "note": "x"},
                      description="a GAN")
     assert ids == ["abababababab-0", "abababababab-1"]
     again = Registry.open(reg.path)
@@ -78,32 +68,32 @@ def test_round_trip_is_exact_and_keeps_undefined_values(reg):
     assert not list(reg.path.rglob(".*.tmp"))
 
 
-def test_enroll_refuses_mismatches_and_duplicates(reg):
+def test_enroll_refuses_mismatches_and_duplicates(reg, fingerprints, toy_protocol):
     proto = reg.protocol("toy")
     other = toy_protocol(k=5)
     with pytest.raises(ProtocolMismatch):
-        reg.enroll("toy", "gan", fps(other, [1, 2, 3]), {})
+        reg.enroll("toy", "gan", fingerprints(other, [1, 2, 3]), {})
     with pytest.raises(UsageError, match="3 layers"):
-        reg.enroll("toy", "gan", fps(proto, [1, 2]), {})
+        reg.enroll("toy", "gan", fingerprints(proto, [1, 2]), {})
     with pytest.raises(UsageError, match="generator name"):
-        reg.enroll("toy", "bad name", fps(proto, [1, 2, 3]), {})
-    reg.enroll("toy", "gan", fps(proto, [1, 2, 3]), {"input_sha256": SHA})
+        reg.enroll("toy", "bad name", fingerprints(proto, [1, 2, 3]), {})
+    reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3]), {"input_sha256": SHA})
     with pytest.raises(UsageError, match="enrolled twice"):
-        reg.enroll("toy", "gan", fps(proto, [4, 5, 6]), {"input_sha256": SHA})
+        reg.enroll("toy", "gan", fingerprints(proto, [4, 5, 6]), {"input_sha256": SHA})
     with pytest.raises(UsageError, match="already has this curve"):
-        reg.enroll("toy", "gan", fps(proto, [1, 2, 3]), {})
+        reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3]), {})
     with pytest.raises(UsageError, match="already enrolled as gan/"):
-        reg.enroll("toy", "vae", fps(proto, [1, 2, 3]), {})
+        reg.enroll("toy", "vae", fingerprints(proto, [1, 2, 3]), {})
     with pytest.raises(UsageError, match="ignoring case"):
-        reg.enroll("toy", "GAN", fps(proto, [7, 8, 9]), {})
+        reg.enroll("toy", "GAN", fingerprints(proto, [7, 8, 9]), {})
     with pytest.raises(UsageError, match="no protocol 'nope'"):
-        reg.enroll("nope", "gan", fps(proto, [1, 2, 3]), {})
+        reg.enroll("nope", "gan", fingerprints(proto, [1, 2, 3]), {})
 
 
-def test_remove_instance_and_generator(reg):
+def test_remove_instance_and_generator(reg, fingerprints):
     proto = reg.protocol("toy")
-    ids = reg.enroll("toy", "gan", fps(proto, [1, 2, 3], [2, 3, 4]), {})
-    reg.enroll("toy", "vae", fps(proto, [3, 2, 1]), {})
+    ids = reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3], [2, 3, 4]), {})
+    reg.enroll("toy", "vae", fingerprints(proto, [3, 2, 1]), {})
     assert reg.remove("toy", "gan", ids[0]) == [ids[0]]
     assert [r.instance for r in reg.enrolled("toy") if r.generator == "gan"] == [ids[1]]
     with pytest.raises(UsageError, match="no instance"):
@@ -114,12 +104,12 @@ def test_remove_instance_and_generator(reg):
         reg.remove("toy", "gan")
 
 
-def test_protocol_writes(reg):
+def test_protocol_writes(reg, fingerprints, toy_protocol):
     changed = toy_protocol(k=7)
     with pytest.raises(UsageError, match="other settings"):
         reg.add_protocol(changed)
     reg.add_protocol(changed, overwrite=True)  # no generators yet: allowed
-    reg.enroll("toy", "gan", fps(changed, [1, 2, 3]), {})
+    reg.enroll("toy", "gan", fingerprints(changed, [1, 2, 3]), {})
     with pytest.raises(UsageError, match="enrolled generators"):
         reg.add_protocol(toy_protocol(k=3), overwrite=True)
     reg.add_protocol(changed)  # same digest: a no-op rewrite
@@ -137,10 +127,10 @@ def _edit(path: Path, fn):
 
 
 @pytest.fixture
-def filled(reg):
+def filled(reg, fingerprints):
     proto = reg.protocol("toy")
-    reg.enroll("toy", "gan", fps(proto, [1, 2, 3], [2, 3, 4]), {"input_sha256": SHA, "n_images": 20})
-    reg.enroll("toy", "vae", fps(proto, [3, 2, 1]), {})
+    reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3], [2, 3, 4]), {"input_sha256": SHA, "n_images": 20})
+    reg.enroll("toy", "vae", fingerprints(proto, [3, 2, 1]), {})
     assert Registry.open(reg.path).validate() == []
     return reg
 
@@ -217,10 +207,13 @@ def _enrol_many(path: str, worker: int, n: int) -> None:
     proto = reg.protocol("toy")
     for i in range(n):
         curve = [worker + i / 10, worker * 2.0 + i, float(i)]
-        reg.enroll("toy", "shared", fps(proto, curve), {"note": f"w{worker}"}, ids=[f"w{worker}-{i}"])
-        reg.enroll("toy", f"own{worker}", fps(proto, [v + 100.0 for v in curve]), {}, ids=[f"i{i}"])
+        own = [v + 100.0 for v in curve]
+        reg.enroll("toy", "shared", [Fingerprint.from_values(proto.digest, curve)], {"note": f"w{worker}"},
+                   ids=[f"w{worker}-{i}"])
+        reg.enroll("toy", f"own{worker}", [Fingerprint.from_values(proto.digest, own)], {}, ids=[f"i{i}"])
 
 
+@pytest.mark.slow
 def test_concurrent_enrolments_lose_nothing(reg):
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_enrol_many, args=(str(reg.path), w, 6)) for w in range(4)]
@@ -238,11 +231,11 @@ def test_concurrent_enrolments_lose_nothing(reg):
 
 
 # -- diff -----------------------------------------------------------------------------------------
-def test_diff_says_what_two_states_disagree_on(filled, tmp_path):
+def test_diff_says_what_two_states_disagree_on(filled, tmp_path, fingerprints, toy_protocol):
     before = tmp_path / "before"
     filled.copy_to(before)
     proto = filled.protocol("toy")
-    filled.enroll("toy", "gan", fps(proto, [9, 9, 9]), {}, ids=["new"])
+    filled.enroll("toy", "gan", fingerprints(proto, [9, 9, 9]), {}, ids=["new"])
     filled.remove("toy", "vae")
     _edit(filled.path / "toy" / "generators" / "gan.yaml",
           lambda d: d["instances"][0].update(curve=[1.0, 2.5, 3.0]))
@@ -256,3 +249,61 @@ def test_diff_says_what_two_states_disagree_on(filled, tmp_path):
     detail = next(c["detail"] for c in changes if c["instance"] == "abababababab-0")
     assert "largest difference 0.5" in detail
     assert diff(Registry.open(filled.path), Registry.open(filled.path)) == []
+
+
+def test_diff_against_a_git_revision(filled, tmp_path, fingerprints):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    filled.copy_to(repo / "registry")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "registry")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "registry")
+    reg = Registry.open(repo / "registry")
+    reg.enroll("toy", "vae", fingerprints(reg.protocol("toy"), [7, 7, 7]), {}, ids=["later"])
+    old = open_state("git:HEAD", reg.path, tmp_path / "snapshot")
+    assert [(c["change"], c["what"], c["instance"]) for c in diff(old, reg)] == [("added", "instance", "later")]
+    (repo / "later").mkdir()  # a registry folder that no commit holds yet reads as an empty registry
+    assert not git_snapshot("HEAD", repo / "later", tmp_path / "none").exists()
+    with pytest.raises(UsageError, match="git revision 'nope'"):
+        git_snapshot("nope", reg.path, tmp_path / "bad")
+
+
+# -- the written form ----------------------------------------------------------------------------
+def test_bundled_generator_files_are_in_the_one_written_form():
+    # a file the tool rewrites with the same content comes out byte-identical (git shows no change)
+    files = sorted(Registry.open().path.glob("*/generators/*.yaml"))
+    assert files
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert dump_yaml(yaml.safe_load(text)) == text, path
+
+
+def test_rewriting_the_same_content_changes_no_byte(filled):
+    gan = filled.path / "toy" / "generators" / "gan.yaml"
+    before = gan.read_bytes()
+    ids = [i.id for i in filled.generators["toy"]["gan"].instances]
+    filled.remove("toy", "gan", ids[-1])
+    entry = yaml.safe_load(before)
+    removed = entry["instances"][-1]
+    filled.enroll("toy", "gan", [Fingerprint.from_values(filled.protocol("toy").digest, removed["curve"])],
+                  removed["provenance"], ids=[removed["id"]])
+    assert gan.read_bytes() == before
+
+
+def test_oversized_files_are_refused_unread(filled, monkeypatch):
+    import forensics.registry.schema as schema
+
+    gan = filled.path / "toy" / "generators" / "gan.yaml"
+    largest_other = max(p.stat().st_size for p in filled.path.rglob("*.yaml") if p != gan)
+    gan.write_text(gan.read_text() + "#" * (largest_other + 10) + "\n")
+    monkeypatch.setattr(schema, "MAX_FILE_BYTES", largest_other + 1)
+    problems = Registry.open(filled.path, strict=False).validate()
+    assert [p for p in problems if "more than a registry file holds" in p] == [
+        f"reg/toy/generators/gan.yaml: {gan.stat().st_size:,} bytes is more than a registry file holds "
+        f"({largest_other + 1:,} at most); is it the right file?"]
+    assert MAX_FILE_BYTES >= 16 << 20  # a generator of thousands of curves stays well under the bound

@@ -66,8 +66,8 @@ def read_yaml(path: Path, label: str) -> Any:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise RegistryError(f"{label}: {size / (1 << 20):.0f} MiB is more than a registry file holds "
-                                f"({MAX_FILE_BYTES >> 20} MiB at most); is it the right file?")
+            raise RegistryError(f"{label}: {size:,} bytes is more than a registry file holds "
+                                f"({MAX_FILE_BYTES:,} at most); is it the right file?")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RegistryError(f"{label}: file is missing") from None
