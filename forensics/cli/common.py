@@ -63,6 +63,22 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def progress_bar():
+    """A rich progress display on stderr and a callback ``(what, done, total)`` that feeds it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=not err.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = progress.add_task(f"embedding {what}" if "fitting" not in what else what, total=total)
+        progress.update(tasks[what], completed=done, total=total)
+
+    return progress, update
+
+
 REGISTRY_HELP = "Registry folder (default: $FORENSICS_REGISTRY, else the bundled registry/)."
 
 # Options that several commands share, declared once so that they read and behave the same everywhere.

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from forensics.cli.common import (
-    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
+    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json, progress_bar,
 )
+
+if TYPE_CHECKING:
+    from forensics.results import EvaluationResult
 
 app = typer.Typer(name="registry", no_args_is_help=True,
                   help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.")
 
 
-
 def _short(digest: str | None) -> str:
+    """A digest as listings show it (:func:`forensics.io.hashing.short`), or a dash when there is none."""
     from forensics.io.hashing import short
 
     return short(digest) if digest else "—"
@@ -185,36 +187,24 @@ def enroll(
 
     Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
     """
-    from forensics.io.images import load_images
-    from forensics.engine import compute_fingerprints, one_encoder_weights
-    from forensics.registry.store import Registry
+    from forensics.api import enroll as run
 
-    reg = Registry.open(registry)
-    pname = reg.resolve_protocol(protocol)
-    proto = reg.protocol(pname)
-    one_encoder_weights(proto, weights)
-    prep = proto.parts[0].encoder.preprocessing
-    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]))
-    m = proto.batch_size
-    if len(data) % m:
-        err.print(f"[yellow]note:[/] {len(data)} images make {len(data) // m} batch(es) of {m}; "
-                  f"the last {len(data) % m} are left out")
-    fps = compute_fingerprints(data, proto, device=device, weights=weights, reference_dir=reg.reference_dir)
-    provenance = {"input_sha256": digest, "n_images": int(len(data)), "input": str(images),
-                  "command": " ".join(shlex.quote(a) for a in
-                                      ["forensics", "registry", "enroll", name, str(images), "--protocol", pname])}
-    if note:
-        provenance["note"] = note
-    ids = reg.enroll(pname, name, fps, provenance, description=description)
-    undefined = sum(len(fp.undefined) for fp in fps)
-    if undefined:
-        err.print(f"[yellow]note:[/] {undefined} layer value(s) undefined (no cell passed the threshold), stored as null")
-    doc = {"protocol": pname, "generator": name, "instances": ids, "n_images": int(len(data)),
-           "input_sha256": digest, "registry": str(reg.path)}
+    progress, update = progress_bar()
+    with progress:
+        result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,
+                     device=device, weights=weights, progress=update)
+    if result.left_out:
+        err.print(f"[yellow]note:[/] {result.n_images} images make {len(result.instances)} batch(es) of "
+                  f"{result.batch_size}; "
+                  f"the last {result.left_out} were left out")
+    if result.n_undefined:
+        err.print(f"[yellow]note:[/] {result.n_undefined} layer value(s) undefined (no cell passed the threshold), "
+                  "stored as null")
     if json_out:
-        print_json(doc)
+        print_json(result.to_dict())
     else:
-        out.print(f"enrolled {len(ids)} instance(s) of [bold]{name}[/] under {pname}: {', '.join(ids)}")
+        out.print(f"enrolled {len(result.instances)} instance(s) of [bold]{name}[/] under {result.protocol}: "
+                  f"{', '.join(result.instances)}")
 
 
 @app.command()
@@ -230,15 +220,14 @@ def remove(
 
     Example: forensics registry remove dcgan --instance 3fa9c2d1e0b4-0 --protocol mnist-effnet-lite0
     """
-    from forensics.registry.store import Registry
+    from forensics.api import remove as run
 
-    reg = Registry.open(registry)
-    pname = reg.resolve_protocol(protocol)
-    removed = reg.remove(pname, name, instance)
+    result = run(name, instance=instance, protocol=protocol, registry=registry)
     if json_out:
-        print_json({"protocol": pname, "generator": name, "removed": removed})
+        print_json(result.to_dict())
     else:
-        out.print(f"removed {len(removed)} instance(s) of {name} from {pname}: {', '.join(removed)}")
+        out.print(f"removed {len(result.removed)} instance(s) of {name} from {result.protocol}: "
+                  f"{', '.join(result.removed)}")
 
 
 # -- diff -----------------------------------------------------------------------------------------
@@ -314,42 +303,10 @@ def diff(
 
 
 # -- evaluate / calibrate -------------------------------------------------------------------------
-def evaluate_protocol(reg: Any, name: str, matchers: list[str], *, stability: bool = False) -> dict[str, Any]:
-    """LOO, leave-generator-out and (when roles exist) the hold-out split, for each matcher; with
-    ``stability``, how far its open-set thresholds move when one reference is left out."""
-    from forensics.errors import UsageError
-    from forensics.match.matcher import calibration_stability, holdout, leave_generator_out, leave_one_out
-
-    refs = reg.enrolled(name)
-    has_split = any(r.provenance.get("role") == "test_batch" for r in refs)
-    results = []
-    for mname in matchers:
-        ev = leave_one_out(refs, mname) if refs else None
-        if ev is None:
-            results.append({"matcher": mname, "loo_accuracy": None, "n": 0, "correct": 0, "error": "no references"})
-            continue
-        doc = ev.to_dict()
-        if ev.error is None:
-            doc["leave_generator_out"] = leave_generator_out(refs, mname)
-            if stability:
-                doc["calibration_stability"] = calibration_stability(refs, mname)
-            if has_split:
-                try:
-                    split = holdout(refs, mname)
-                    split.pop("queries", None)
-                    doc["split"] = {"query_role": "test_batch", **split}
-                except UsageError as exc:
-                    doc["split"] = {"error": str(exc)}
-        results.append(doc)
-    gens = sorted({r.generator for r in refs})
-    return {"protocol": name, "digest": reg.protocol(name).digest, "n_generators": len(gens),
-            "n_instances": len(refs), "generators": gens, "matchers": results}
-
-
-def _render_evaluation(doc: dict[str, Any]) -> None:
+def _render_evaluation(result: EvaluationResult) -> None:
     from rich.table import Table
 
-    for p in doc["protocols"]:
+    for p in (p.to_dict() for p in result.protocols):
         table = Table(title=f"{p['protocol']}: {p['n_instances']} instances of {p['n_generators']} generators "
                             "— leave-one-out", title_justify="left")
         for col in ("matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
@@ -419,20 +376,13 @@ def evaluate(
     how often a generator left out entirely comes out "unknown"; and the paper's split where instances
     carry a role. Example: forensics registry evaluate --protocol he2024-cifar10-vitb16 --json
     """
-    from forensics.match.matcher import available_matchers
-    from forensics.registry.store import Registry
+    from forensics.api import evaluate as run
 
-    reg = Registry.open(registry)
-    names = [protocol] if protocol else sorted(reg.protocols)
-    for n in names:
-        reg.protocol(n)
-    matchers = list(dict.fromkeys(matcher)) or available_matchers()
-    doc = {"schema": "forensics.evaluation/1", "registry": str(reg.path),
-           "protocols": [evaluate_protocol(reg, n, matchers, stability=stability) for n in names]}
+    result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability)
     if json_out:
-        print_json(doc)
+        print_json(result.to_dict())
     else:
-        _render_evaluation(doc)
+        _render_evaluation(result)
 
 
 @app.command()
@@ -448,21 +398,13 @@ def calibrate(
     Writes <protocol>/calibration.yaml; matchers reuse it while the references are unchanged.
     Example: forensics registry calibrate --protocol he2024-cifar10-vitb16
     """
-    from forensics.match.matcher import available_matchers, lookalike_note, make_matcher
-    from forensics.registry.store import Registry
+    from forensics.api import calibrate as run
+    from forensics.match import lookalike_note
 
-    reg = Registry.open(registry)
-    name = reg.resolve_protocol(protocol)
-    refs = reg.enrolled(name)
-    records = {}
-    for mname in list(dict.fromkeys(matcher)) or available_matchers():
-        m = make_matcher(mname).fit(refs)
-        cal = dict(m.calibration or {})
-        cal.pop("source", None)
-        records[mname] = {"options": m.options(), **cal}
-    path = reg.save_calibration(name, records)
+    result = run(protocol=protocol, registry=registry, matchers=matcher)
+    records, path = result.matchers, result.file
     if json_out:
-        print_json({"protocol": name, "file": str(path), "matchers": records})
+        print_json(result.to_dict())
     else:
         for mname, cal in records.items():
             if cal.get("calibrated"):

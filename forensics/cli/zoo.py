@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -27,12 +26,6 @@ def _folder(samples: Path | None, registry: Path | None) -> Path:
     return samples.expanduser() if samples is not None else samples_dir(registry)
 
 
-def _enrolled(reg, protocol: str) -> dict[str, set[str]]:
-    """generator → the input hashes of its enrolled instances under ``protocol``."""
-    return {name: {i.provenance.get("input_sha256") for i in entry.instances}
-            for name, entry in reg.generator_entries(protocol).items()}
-
-
 @app.command("list")
 @handle_errors
 def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROTOCOL,
@@ -43,24 +36,13 @@ def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROT
     """
     from rich.table import Table
 
-    from forensics.io.images import load_images
-    from forensics.registry.store import Registry
-    from forensics.zoo.catalog import read_manifest
+    from forensics.api import zoo_list
 
-    folder = _folder(samples, registry)
-    instances = read_manifest(folder)
-    reg = Registry.open(registry)
-    pname = reg.resolve_protocol(protocol)
-    enrolled = _enrolled(reg, pname)
-    rows = []
-    for z in instances:
-        digest = load_images(z.path)[1] if z.path.is_file() else None
-        rows.append({"generator": z.generator, "instance": z.instance, "seed": z.seed, "file": str(z.path),
-                     "present": z.path.is_file(), "quality": z.quality,
-                     "enrolled": digest is not None and digest in enrolled.get(z.generator, set())})
+    result = zoo_list(protocol=protocol, registry=registry, samples=samples)
     if json_out:
-        print_json({"schema": "forensics.zoo-list/1", "samples": str(folder), "protocol": pname, "instances": rows})
+        print_json(result.to_dict())
         return
+    folder, pname, rows = result.samples, result.protocol, result.rows
     table = Table(title=f"zoo sample sets in {folder}", title_justify="left")
     for col, justify in (("generator", "left"), ("instance", "left"), ("seed", "right"), ("fd_pca", "right"),
                          ("nn_ratio", "right"), ("ct_pixel", "right"), (f"enrolled in {pname}", "left")):
@@ -71,8 +53,8 @@ def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROT
         table.add_row(r["generator"], r["instance"], str(r["seed"]), *(str(q.get(k, "—")) for k in
                                                                        ("fd_pca", "nn_ratio", "ct_pixel")), state)
     out.print(table)
-    if instances:
-        ref = instances[0].quality.get("fd_pca_test")
+    if rows:
+        ref = rows[0]["quality"].get("fd_pca_test")
         out.print(f"fd_pca, nn_ratio, ct_pixel: pixel-space quality against T (forensics/zoo/README.md); "
                   f"a fresh real set scores fd_pca {ref}, nn_ratio 1, ct_pixel ≈ 0.")
 
@@ -97,51 +79,20 @@ def enroll(
     combination, the sets are enrolled under each protocol it combines.
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
-    from forensics.io.images import load_images
-    from forensics.engine import Engine, one_encoder_weights
-    from forensics.registry.store import Registry
-    from forensics.zoo.catalog import read_manifest, select
+    from forensics.api import zoo_enroll
 
-    folder = _folder(samples, registry)
-    chosen = select(read_manifest(folder), generator, instance)
-    reg = Registry.open(registry)
-    pname = reg.resolve_protocol(protocol)
-    one_encoder_weights(reg.protocol(pname), weights)
-    parts = reg.protocol(pname).parts
-    done, skipped = [], 0
-    for proto in parts:  # a combination reads its protocols' instances: enrol under each
-        enrolled = _enrolled(reg, proto.name)
-        todo = []
-        for z in chosen:
-            if not z.path.is_file():
-                raise _missing(z.path)
-            images, digest = load_images(z.path)
-            if digest in enrolled.get(z.generator, set()):
-                continue
-            if len(images) < proto.batch_size:
-                raise UsageError(f"{z.path} holds {len(images)} images; protocol {proto.name} needs batches of "
-                                 f"{proto.batch_size}")
-            todo.append((z, images, digest))
-        skipped += len(chosen) - len(todo)
-        if not todo:
-            continue
-        engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name))
-        for z, images, digest in todo:
-            fps = [c.fingerprint for c in engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)]
-            command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
-                       "--instance", z.instance]
-            provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
-                          "command": " ".join(shlex.quote(a) for a in command),
-                          "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
-            ids = reg.enroll(proto.name, z.generator, fps, provenance)
-            done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
-            if not json_out:
-                err.print(f"enrolled {z.generator}/{z.instance} under {proto.name} as {', '.join(ids)}")
+    def tell(done: dict) -> None:
+        if not json_out:
+            err.print(f"enrolled {done['generator']}/{done['instance']} under {done['protocol']} as "
+                      f"{', '.join(done['ids'])}")
+
+    result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
+                        samples=samples, device=device, weights=weights, on_enrolled=tell)
     if json_out:
-        print_json({"schema": "forensics.zoo-enroll/1", "protocol": pname, "enrolled": done, "skipped": skipped})
+        print_json(result.to_dict())
     else:
-        where = pname if len(parts) == 1 else f"{pname} ({', '.join(p.name for p in parts)})"
-        out.print(f"{len(done)} zoo set(s) enrolled under {where}; {skipped} already there")
+        where = result.protocol if len(result.parts) == 1 else f"{result.protocol} ({', '.join(result.parts)})"
+        out.print(f"{len(result.enrolled)} zoo set(s) enrolled under {where}; {result.skipped} already there")
 
 
 @app.command()
@@ -165,39 +116,14 @@ def quality(
     """
     from rich.table import Table
 
-    from forensics.io.images import load_images
-    from forensics.engine import Engine, load_reference_set
-    from forensics.protocol import part_spans
-    from forensics.registry.store import Registry
-    from forensics.zoo.catalog import read_manifest, select
-    from forensics.zoo.quality import encoder_quality
+    from forensics.api import zoo_quality
 
-    folder = _folder(samples, registry)
-    instances = read_manifest(folder)
-    instances = select(instances, generator, sorted({z.instance for z in instances}))
-    reg = Registry.open(registry)
-    pname = reg.resolve_protocol(protocol)
-    layers = list(reg.protocol(pname).layers)
-    name = layer if layer is not None else layers[-1]
-    if name not in layers:
-        raise UsageError(f"protocol {pname} has no layer {name!r}; it has {', '.join(layers)}")
-    at = layers.index(name)
-    # under a combination, the protocol that holds the layer, and the layer's index there
-    proto, index = next((part, at - a) for part, a, b in part_spans(reg.protocol(pname)) if a <= at < b)
-    engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name))
-    reference = engine.reference_side()[index]
-    test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,
-                        images_hash=proto.test.sha256)[index]
-    sets = []
-    for z in instances:
-        if not z.path.is_file():
-            raise _missing(z.path)
-        sets.append(engine.embed(load_images(z.path)[0], f"{z.generator}/{z.instance}")[index])
-    rows = [{"generator": z.generator, "instance": z.instance, **q}
-            for z, q in zip(instances, encoder_quality(reference, sets, test))]
+    result = zoo_quality(protocol=protocol, registry=registry, generators=generator, layer=layer, samples=samples,
+                         device=device, weights=weights)
     if json_out:
-        print_json({"schema": "forensics.zoo-quality/1", "protocol": pname, "layer": name, "instances": rows})
+        print_json(result.to_dict())
         return
+    pname, name, rows = result.protocol, result.layer, result.rows
     table = Table(title=f"zoo quality in {pname}, layer {name} (P_n, a fresh real set: fd "
                         f"{rows[0]['fd_test'] if rows else '—'}, nn_ratio 1)", title_justify="left")
     for col, justify in (("generator", "left"), ("instance", "left"), ("fd", "right"), ("nn_ratio", "right")):
@@ -226,52 +152,18 @@ def heldout(
     verdict with the registry's calibrated thresholds; with each set's share of P_n counted.
     Example: forensics zoo heldout --protocol mnist-effnet-lite0
     """
-    import numpy as np
     from rich import box
     from rich.table import Table
 
-    from forensics.io.images import load_images
-    from forensics.match.matcher import available_matchers, make_matcher
-    from forensics.engine import make_engine
-    from forensics.registry.store import Registry
-    from forensics.zoo.catalog import read_manifest, select
+    from forensics.api import zoo_heldout
 
-    folder = _folder(samples, registry)
-    chosen = select(read_manifest(folder), generator, ["heldout"])
-    reg = Registry.open(registry)
-    pname = reg.resolve_protocol(protocol)
-    proto = reg.protocol(pname)
-    references = reg.enrolled(pname)
-    if not references:
-        raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol {pname}`")
-    names = list(matcher) if matcher else available_matchers()
-    unknown = sorted(set(names) - set(available_matchers()))
-    if unknown:
-        raise UsageError(f"unknown matcher {unknown[0]!r}; `forensics plugins` lists the installed ones")
-    matchers = {n: make_matcher(n, calibration=reg.calibration(pname, n)).fit(references) for n in names}
-    engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights)
-    rows = []
-    for z in chosen:
-        if not z.path.is_file():
-            raise _missing(z.path)
-        curve = engine.curves(load_images(z.path)[0], what=f"{z.generator}/{z.instance}", partial=False)[0]
-        counted = [lv.counted_weight for lv in curve.layers if lv.counted_weight is not None]
-        row = {"generator": z.generator, "file": str(z.path), "curve": list(curve.fingerprint.values),
-               "counted_weight_mean": float(np.mean(counted)) if counted else None, "matchers": {}}
-        for n, m in matchers.items():
-            a = m.attribute(curve.fingerprint.vector())
-            row["matchers"][n] = {"top": a.candidates[0].generator, "top_right": a.candidates[0].generator == z.generator,
-                                  "runner_up": a.candidates[1].generator if len(a.candidates) > 1 else None,
-                                  **a.to_dict()}
-        rows.append(row)
-    summary = {n: {"top_right": sum(r["matchers"][n]["top_right"] for r in rows),
-                   "verdict_right": sum(r["matchers"][n]["verdict"] == r["generator"] for r in rows),
-                   "verdict_unknown": sum(r["matchers"][n]["verdict"] is None for r in rows),
-                   "verdict_wrong": sum(r["matchers"][n]["verdict"] not in (None, r["generator"]) for r in rows),
-                   "n": len(rows)} for n in names}
+    result = zoo_heldout(protocol=protocol, registry=registry, generators=generator, matchers=matcher,
+                         samples=samples, device=device, weights=weights)
     if json_out:
-        print_json({"schema": "forensics.zoo-heldout/1", "protocol": pname, "sets": rows, "summary": summary})
+        print_json(result.to_dict())
         return
+    pname, names = result.protocol, result.matchers
+    rows = [s.to_dict() for s in result.sets]
     for n in names:
         # compact (no vertical rules) so that the eight columns fit an 80-column terminal unabridged
         table = Table(title=f"held-out sets under {pname}, matcher {n}", title_justify="left",
@@ -296,14 +188,9 @@ def heldout(
         if any(r["matchers"][n]["lookalikes"] for r in rows):
             out.print("* not exclusive: at calibration, a left-out generator's runs were named this verdict "
                       "(`forensics registry calibrate` lists them)")
-        s = summary[n]
+        s = result.summary(n)
         out.print(f"{n}: top candidate right {s['top_right']}/{s['n']}; verdicts: {s['verdict_right']} right, "
                   f"{s['verdict_unknown']} unknown, {s['verdict_wrong']} wrong")
-
-
-def _missing(path: Path) -> UsageError:
-    return UsageError(f"zoo sample set {path} is missing; rebuild it with `forensics zoo train` "
-                      f"(see forensics/zoo/README.md)")
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 It shows what people expect to see: the query curve drawn over the reference curves of every generator,
 the similarity ranking, the registry's generator-by-generator similarity heat map, and the full
-reproducibility record (protocol, versions, input hash) of the JSON report.
+reproducibility record (protocol, versions, input hash) of the JSON report. It reads an
+:class:`~forensics.results.AttributionResult`; the page's record is that result's JSON document.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from forensics.match.matcher import lookalike_note
+from forensics.match import lookalike_note
+
+if TYPE_CHECKING:
+    from forensics.results import AttributionResult
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
@@ -115,9 +119,13 @@ def generator_similarity(references: Sequence[tuple[str, str, np.ndarray]],
     return names, np.nan_to_num(m, nan=float(np.nanmax(m)) if np.isfinite(m).any() else 0.0)
 
 
-def attribution_html(doc: dict[str, Any], references: Sequence[tuple[str, str, np.ndarray]],
-                     similarity: Callable[[np.ndarray, np.ndarray], float]) -> str:
-    """The whole report page for one attribution document."""
+def attribution_html(result: AttributionResult) -> str:
+    """The whole report page for one attribution: the query curve over the enrolled curves, the ranking,
+    the registry's generator-by-generator similarity, the curve's table and the JSON record."""
+    from forensics.match import similarity
+
+    doc = result.to_dict()
+    references = [(r.generator, r.instance, r.fingerprint.vector()) for r in result.references]
     gens = sorted({g for g, _, _ in references})
     colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(gens)}
     verdict = doc["verdict"]

@@ -1,53 +1,24 @@
-"""Reports of an attribution: the rich terminal view and the versioned JSON document.
+"""The terminal views of the library's results (rich): an attribution and a memorization report.
 
-JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
-
-    {
-      "schema": "forensics.attribution/1",
-      "tool": {"forensics": "0.1.0", "python": "3.11.7", "torch": "...", "numpy": "..."},
-      "created": "2026-11-23T06:30:00Z",
-      "input": {"path": "...", "n_images": 500, "sha256": "sha256:..."},
-      "protocol": {"name": "...", "digest": "sha256:...", "record": {...the full protocol...}},
-      "curve": {"layers": [...], "values": [float | null, ...], "counted_weight": [...],
-                "undefined": {layer: reason}, "n_images": 500, "readings": ["copying" | "no evidence" | "underfitting" | "undefined", ...]},
-      "batches": [{"values": [...], "verdict": "..." | null}, ...],   # one per batch of m images
-      "partial_batch": false,                                         # fewer than m images were given
-      "matcher": {"name": "alpha", ...},
-      "candidates": [{"generator": "...", "score": 0.93, "instance": "..."}, ...],   # best first
-      "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null,
-                  "distance_ratio": float | null,   # to the best candidate's nearest curve, in its spreads
-                  "reason": "...",
-                  "lookalikes": {generator: [runs named, runs]}},  # left out at calibration, named this verdict
-      "reference": {"origin": "...", "n_references": 15}
-    }
+They only read the result objects of :mod:`forensics.results` (whose ``to_dict()`` is the JSON
+report); nothing here computes a figure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
+from forensics.io.hashing import short
+from forensics.match import lookalike_note
 
-from forensics.match.matcher import lookalike_note
-from forensics.protocol import part_spans
-from forensics.provenance import tool_versions, utc_now
+if TYPE_CHECKING:
+    from rich.console import Console
 
-SCHEMA = "forensics.attribution/1"
-COPYING_BELOW = -2.0
-UNDERFIT_ABOVE = 2.0
+    from forensics.engine import Curve
+    from forensics.results import AttributionResult, MemorizationResult
+
 _SPARK = "▁▂▃▄▅▆▇█"
-
-
-def reading(value: float | None) -> str:
-    """What one layer's C_T says: C_T is a weighted mean of per-cell Z scores, so |C_T| > 2 is significant."""
-    if value is None:
-        return "undefined"
-    if value < COPYING_BELOW:
-        return "copying"
-    if value > UNDERFIT_ABOVE:
-        return "underfitting"
-    return "no evidence"
 
 
 def sparkline(values: Sequence[float | None]) -> str:
@@ -69,73 +40,53 @@ def bar(value: float | None, scale: float, width: int = 20) -> str:
     return " " * width + "│" + "█" * n + " " * (width - n)
 
 
-def attribution_document(*, input_path: str, n_images: int, input_sha256: str, protocol, curve, batches,
-                         attribution, matcher_info: dict[str, Any], reference_origin: str | None,
-                         n_references: int, partial: bool) -> dict[str, Any]:
-    cd = curve.to_dict()
-    cd["readings"] = [reading(v) for v in curve.fingerprint.values]
-    best = attribution.candidates[0] if attribution.candidates else None
-    return {
-        "schema": SCHEMA,
-        "tool": tool_versions(),
-        "created": utc_now(),
-        "input": {"path": input_path, "n_images": n_images, "sha256": input_sha256},
-        "protocol": protocol_section(protocol),
-        "curve": cd,
-        "batches": batches,
-        "partial_batch": partial,
-        "matcher": matcher_info,
-        "candidates": [{"generator": c.generator, "score": float(c.score), "instance": c.instance}
-                       for c in attribution.candidates],
-        "verdict": {"generator": attribution.verdict,
-                    "score": float(best.score) if best is not None and attribution.verdict is not None else None,
-                    "margin": None if attribution.margin is None else float(attribution.margin),
-                    "distance_ratio": None if attribution.distance_ratio is None else float(attribution.distance_ratio),
-                    "reason": attribution.reason,
-                    "lookalikes": {g: list(v) for g, v in attribution.lookalikes.items()}},
-        "reference": {"origin": reference_origin, "n_references": n_references},
-    }
+def _source(result: AttributionResult | MemorizationResult) -> str:
+    where = result.input.path if result.input.path is not None else "an array"
+    return f" from {where}  (sha256 {short(result.input.sha256)})\n"
 
 
-def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
-    """Print an attribution document as the terminal report."""
+def _encoders(result: AttributionResult | MemorizationResult) -> str:
+    return " + ".join(p.encoder.name for p in result.protocol.parts)
+
+
+def render_attribution(result: AttributionResult, console: Console, *, top: int = 6) -> None:
+    """Print an attribution as the terminal report: the verdict, the candidates, the curve."""
     from rich import box
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
-    proto = doc["protocol"]
-    inp = doc["input"]
-    verdict = doc["verdict"]
+    proto = result.protocol
+    verdict = result.verdict
+    candidates = result.candidates
     header = Text()
-    header.append(f"{inp['n_images']} images", style="bold")
-    header.append(f" from {inp['path']}  (sha256 {inp['sha256'][7:19]})\n")
+    header.append(f"{result.input.n_images} images", style="bold")
+    header.append(_source(result))
     header.append("protocol ", style="dim")
-    header.append(proto["name"], style="bold")
-    header.append(f"  digest {proto['digest'][7:19]}\n", style="dim")
-    header.append(f"encoder {proto['encoder']}  ·  m = {proto['batch_size']}"
-                  f"  ·  matcher {doc['matcher'].get('name')}", style="dim")
+    header.append(proto.name, style="bold")
+    header.append(f"  digest {short(proto.digest)}\n", style="dim")
+    header.append(f"encoder {_encoders(result)}  ·  m = {proto.batch_size}"
+                  f"  ·  matcher {result.matcher.get('name')}", style="dim")
     # a panel's text must wrap inside its frame: on the CLI's soft-wrapping console it would be cropped
     console.print(Panel(header, title="forensics attribute", title_align="left", box=box.ROUNDED), soft_wrap=False)
 
-    if verdict["generator"] is not None:
-        line = Text.assemble(("Verdict: ", "bold"), (verdict["generator"], "bold green"),
-                             f"   score {verdict['score']:.3f}")
-        if verdict["margin"] is not None and len(doc["candidates"]) > 1:
-            line.append(f"   margin {verdict['margin']:+.3f} over {doc['candidates'][1]['generator']}")
-        if verdict.get("distance_ratio") is not None:
-            line.append(f"   distance {verdict['distance_ratio']:.2f}× {verdict['generator']}'s spread")
+    if verdict.generator is not None:
+        line = Text.assemble(("Verdict: ", "bold"), (verdict.generator, "bold green"), f"   score {verdict.score:.3f}")
+        if verdict.margin is not None and len(candidates) > 1:
+            line.append(f"   margin {verdict.margin:+.3f} over {candidates[1].generator}")
+        if verdict.distance_ratio is not None:
+            line.append(f"   distance {verdict.distance_ratio:.2f}× {verdict.generator}'s spread")
     else:
         line = Text.assemble(("Verdict: ", "bold"), ("unknown", "bold yellow"))
-    if verdict.get("reason"):
-        line.append(f"\n  {verdict['reason']}", style="dim")
-    note = lookalike_note(verdict["generator"], verdict.get("lookalikes"))
+    if verdict.reason:
+        line.append(f"\n  {verdict.reason}", style="dim")
+    note = lookalike_note(verdict.generator, verdict.lookalikes)
     if note:
         line.append(f"\n  {note}", style="yellow")
     console.print(line)
-    if doc["partial_batch"]:
-        console.print(Text(f"  warning: only {inp['n_images']} images, fewer than the protocol's batch of "
-                           f"{proto['batch_size']}; C_T values shrink with fewer images, so scores "
+    if result.partial_batch:
+        console.print(Text(f"  warning: only {result.input.n_images} images, fewer than the protocol's batch of "
+                           f"{proto.batch_size}; C_T values shrink with fewer images, so scores "
                            "are less reliable", style="yellow"))
 
     table = Table(title="Candidates", box=box.SIMPLE_HEAD, title_justify="left")
@@ -143,33 +94,35 @@ def render_attribution(doc: dict[str, Any], console, *, top: int = 6) -> None:
     table.add_column("generator", overflow="fold")
     table.add_column("score", justify="right")
     table.add_column("closest instance", style="dim", overflow="fold")
-    for i, c in enumerate(doc["candidates"][:top], 1):
-        style = "bold" if i == 1 and verdict["generator"] is not None else None
-        table.add_row(str(i), c["generator"], f"{c['score']:.3f}", str(c.get("instance") or ""), style=style)
+    for i, c in enumerate(candidates[:top], 1):
+        style = "bold" if i == 1 and verdict.generator is not None else None
+        table.add_row(str(i), c.generator, f"{float(c.score):.3f}", str(c.instance or ""), style=style)
     console.print(table)
 
-    render_curve(doc["curve"], console)
-    if len(doc["batches"]) > 1:
-        votes = [b["verdict"] or "unknown" for b in doc["batches"]]
+    render_curve(result.curve, console)
+    if len(result.batches) > 1:
+        votes = [b.verdict or "unknown" for b in result.batches]
         tally = ", ".join(f"{g} × {votes.count(g)}" for g in sorted(set(votes), key=lambda g: -votes.count(g)))
-        console.print(Text(f"Per batch of {proto['batch_size']}: {tally} (verdict above is on the mean curve)",
+        console.print(Text(f"Per batch of {proto.batch_size}: {tally} (verdict above is on the mean curve)",
                            style="dim"))
-    tool = doc["tool"]
+    tool = result.provenance.tool
     console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · reference side: "
-                       f"{doc['reference']['origin']} · {doc['reference']['n_references']} reference fingerprints",
+                       f"{result.reference_origin} · {len(result.references)} reference fingerprints",
                        style="dim"))
 
-def render_curve(curve: dict[str, Any], console) -> None:
+
+def render_curve(curve: Curve, console: Console) -> None:
     """The C_T-per-layer table: value, a bar centred on zero, the reading, how much of P_n counted."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    values = curve["values"]
+    values = list(curve.fingerprint.values)
+    names = [lv.layer for lv in curve.layers]
     finite = [abs(v) for v in values if v is not None]
     scale = max(finite) if finite else 1.0
     ct = Table(title=f"C_T per layer   {sparkline(values)}", box=box.SIMPLE_HEAD, title_justify="left")
-    name_width = max(len(name) for name in curve["layers"])
+    name_width = max(len(name) for name in names)
     # the bars take what the other columns leave (they need about 40 columns with the layer names)
     half = max(4, min(20, (console.width - name_width - 44) // 2))
     ct.add_column("layer", no_wrap=True, min_width=name_width)
@@ -178,87 +131,35 @@ def render_curve(curve: dict[str, Any], console) -> None:
     ct.add_column("reading", no_wrap=True, min_width=12)
     ct.add_column("P_n counted" if half >= 16 else "P_n", justify="right", style="dim", no_wrap=True)
     colours = {"copying": "red", "underfitting": "cyan", "no evidence": "white", "undefined": "yellow"}
-    for layer, v, r, w in zip(curve["layers"], values, curve["readings"], curve["counted_weight"]):
-        ct.add_row(layer, "—" if v is None else f"{v:+.2f}", bar(v, scale, half), Text(r, style=colours[r]),
-                   "" if w is None else f"{100 * w:.0f}%")
+    for lv, v in zip(curve.layers, values):
+        w = lv.counted_weight
+        ct.add_row(lv.layer, "—" if v is None else f"{v:+.2f}", bar(v, scale, half),
+                   Text(lv.reading, style=colours.get(lv.reading, "white")), "" if w is None else f"{100 * w:.0f}%")
     console.print(ct)
-    for layer, reason in curve.get("undefined", {}).items():
-        console.print(Text(f"  {layer}: undefined — {reason}", style="yellow"))
+    for lv in curve.layers:
+        if lv.value is None:
+            console.print(Text(f"  {lv.layer}: undefined — {lv.undefined_reason}", style="yellow"))
 
 
-MEMO_SCHEMA = "forensics.memorization/1"
-
-
-def copying_level(readings: Sequence[str]) -> str:
-    """Summarise where along the depth copying shows: early layers see colour and texture, late ones meaning."""
-    n = len(readings)
-    hits = [i for i, r in enumerate(readings) if r == "copying"]
-    if not hits:
-        return "none"
-    if len(hits) == n:
-        return "every layer (near-exact copies)"
-    third = max(1, n // 3)
-    early = any(i < third for i in hits)
-    late = any(i >= n - third for i in hits)
-    if early and not late:
-        return "low-level (early layers: colour, texture)"
-    if late and not early:
-        return "semantic (late layers: content, meaning)"
-    return "mixed (" + ", ".join(str(i) for i in hits) + ")"
-
-
-def protocol_section(protocol) -> dict[str, Any]:
-    """A report's record of the protocol (or combination) it was made under: name, digest, encoder(s),
-    batch size, the full record, and for a combination each combined protocol's full record."""
-    section = {"name": protocol.name, "digest": protocol.digest,
-               "encoder": " + ".join(p.encoder.name for p in protocol.parts), "batch_size": protocol.batch_size,
-               "record": protocol.to_dict()}
-    if len(protocol.parts) > 1:
-        section["parts"] = [p.to_dict() for p in protocol.parts]
-    return section
-
-
-def copying_levels(protocol, readings: Sequence[str]) -> str:
-    """:func:`copying_level` along each encoder's depth; for a combination, one per combined protocol."""
-    if len(protocol.parts) == 1:
-        return copying_level(readings)
-    return "; ".join(f"{part.name}: {copying_level(readings[a:b])}" for part, a, b in part_spans(protocol))
-
-
-def memorization_document(*, input_path: str, input_sha256: str, protocol, curve, reference_origin: str | None,
-                          partial: bool) -> dict[str, Any]:
-    """The versioned JSON of ``forensics memorization`` (schema ``forensics.memorization/1``): tool,
-    created, input, protocol, curve (values, readings, counted_weight, undefined), level, partial_batch."""
-    cd = curve.to_dict()
-    cd["readings"] = [reading(v) for v in curve.fingerprint.values]
-    return {
-        "schema": MEMO_SCHEMA, "tool": tool_versions(), "created": utc_now(),
-        "input": {"path": input_path, "n_images": curve.n_images, "sha256": input_sha256},
-        "protocol": protocol_section(protocol),
-        "curve": cd, "level": copying_levels(protocol, cd["readings"]), "partial_batch": partial,
-        "thresholds": {"copying_below": COPYING_BELOW, "underfitting_above": UNDERFIT_ABOVE},
-        "reference": {"origin": reference_origin},
-    }
-
-
-def render_memorization(doc: dict[str, Any], console) -> None:
+def render_memorization(result: MemorizationResult, console: Console) -> None:
+    """Print a memorization result: the level at which copying shows, and the curve."""
     from rich import box
     from rich.panel import Panel
     from rich.text import Text
 
-    inp, proto = doc["input"], doc["protocol"]
+    proto = result.protocol
     header = Text()
-    header.append(f"{inp['n_images']} images", style="bold")
-    header.append(f" from {inp['path']}  (sha256 {inp['sha256'][7:19]})\n")
-    header.append(f"protocol {proto['name']}  digest {proto['digest'][7:19]}  ·  encoder "
-                  f"{proto['encoder']}", style="dim")
+    header.append(f"{result.input.n_images} images", style="bold")
+    header.append(_source(result))
+    header.append(f"protocol {proto.name}  digest {short(proto.digest)}  ·  encoder {_encoders(result)}", style="dim")
     console.print(Panel(header, title="forensics memorization", title_align="left", box=box.ROUNDED), soft_wrap=False)
-    level = doc["level"]
-    style = "bold red" if "copying" in doc["curve"]["readings"] else "bold green"
-    console.print(Text.assemble(("Copying: ", "bold"), (level, style)))
-    console.print(Text(f"  C_T < {COPYING_BELOW:g}: generated images sit closer to the training set than fresh data "
-                       f"does (copying); > {UNDERFIT_ABOVE:g}: farther (underfitting)", style="dim"))
-    if doc["partial_batch"]:
-        console.print(Text(f"  warning: fewer images than the protocol's batch of {proto['batch_size']}; "
+    style = "bold red" if result.copying else "bold green"
+    console.print(Text.assemble(("Copying: ", "bold"), (result.level, style)))
+    below, above = result.thresholds.get("copying_below"), result.thresholds.get("underfitting_above")
+    if below is not None and above is not None:
+        console.print(Text(f"  C_T < {below:g}: generated images sit closer to the training set than fresh data "
+                           f"does (copying); > {above:g}: farther (underfitting)", style="dim"))
+    if result.partial_batch:
+        console.print(Text(f"  warning: fewer images than the protocol's batch of {proto.batch_size}; "
                            "|C_T| shrinks with fewer images", style="yellow"))
-    render_curve(doc["curve"], console)
+    render_curve(result.curve, console)

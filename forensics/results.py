@@ -1,0 +1,486 @@
+"""What the library's jobs return: frozen result objects, each with ``to_dict()``, the versioned JSON
+document the command line prints with ``--json``.
+
+A result holds the typed outcome (curves, the matcher's :class:`~forensics.match.Attribution`, the
+protocol) and the provenance a report records (tool versions, creation time, the input's hash), taken
+once when the job ran, so that ``to_dict()`` gives the same document however often it is called.
+
+JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
+
+    {
+      "schema": "forensics.attribution/1",
+      "tool": {"forensics": "0.1.0", "python": "3.11.7", "torch": "...", "numpy": "..."},
+      "created": "2026-11-23T06:30:00Z",
+      "input": {"path": "..." | null, "n_images": 500, "sha256": "sha256:..."},
+      "protocol": {"name": "...", "digest": "sha256:...", "encoder": "...", "batch_size": 500,
+                   "record": {...the full protocol...}, "parts": [...each combined protocol, if any]},
+      "curve": {"layers": [...], "values": [float | null, ...], "counted_weight": [...],
+                "undefined": {layer: reason}, "n_images": 500,
+                "readings": ["copying" | "no evidence" | "underfitting" | "undefined", ...]},
+      "batches": [{"values": [...], "verdict": "..." | null}, ...],   # one per batch of m images
+      "partial_batch": false,                                         # fewer than m images were given
+      "matcher": {"name": "alpha", ...},
+      "candidates": [{"generator": "...", "score": 0.93, "instance": "..."}, ...],   # best first
+      "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null,
+                  "distance_ratio": float | null,   # to the best candidate's nearest curve, in its spreads
+                  "reason": "...",
+                  "lookalikes": {generator: [runs named, runs]}},  # left out at calibration, named this verdict
+      "reference": {"origin": "...", "n_references": 15}
+    }
+
+Schema ``forensics.memorization/1``: schema, tool, created, input, protocol, curve (as above), level
+(where along the depth copying shows), partial_batch, thresholds (the statistic's reading cut-offs),
+reference {origin}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from forensics.engine import Curve
+    from forensics.match import Attribution, EnrolledCurve, Evaluation
+    from forensics.protocol import Combination, Protocol
+
+ATTRIBUTION_SCHEMA = "forensics.attribution/1"
+MEMORIZATION_SCHEMA = "forensics.memorization/1"
+EVALUATION_SCHEMA = "forensics.evaluation/1"
+HELDOUT_SCHEMA = "forensics.zoo-heldout/1"
+ZOO_LIST_SCHEMA = "forensics.zoo-list/1"
+ZOO_ENROLL_SCHEMA = "forensics.zoo-enroll/1"
+ZOO_QUALITY_SCHEMA = "forensics.zoo-quality/1"
+
+
+# -- shared parts of the documents ----------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageInput:
+    """The image set a job read: where from (``None`` for an array given in memory), how many, its hash."""
+
+    path: str | None
+    n_images: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """When a result was made and with which versions (:mod:`forensics.provenance`)."""
+
+    tool: Mapping[str, str]
+    created: str
+
+    @classmethod
+    def now(cls) -> Provenance:
+        from forensics.provenance import tool_versions, utc_now
+
+        return cls(tool=tool_versions(), created=utc_now())
+
+
+def protocol_section(protocol: Protocol | Combination) -> dict[str, Any]:
+    """A report's record of the protocol (or combination) it was made under: name, digest, encoder(s),
+    batch size, the full record, and for a combination each combined protocol's full record."""
+    section = {"name": protocol.name, "digest": protocol.digest,
+               "encoder": " + ".join(p.encoder.name for p in protocol.parts), "batch_size": protocol.batch_size,
+               "record": protocol.to_dict()}
+    if len(protocol.parts) > 1:
+        section["parts"] = [p.to_dict() for p in protocol.parts]
+    return section
+
+
+def readings(curve: Curve) -> list[str]:
+    """Each layer's reading, as the statistic gave it (:attr:`forensics.engine.LayerValue.reading`)."""
+    return [lv.reading for lv in curve.layers]
+
+
+def curve_section(curve: Curve) -> dict[str, Any]:
+    """A curve in a report: layers, values, counted weights, why values are undefined, and readings."""
+    section = curve.to_dict()
+    section["readings"] = readings(curve)
+    return section
+
+
+# -- attribution ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    """The answer of an attribution: the generator named, or ``None`` for "unknown", and why."""
+
+    generator: str | None
+    score: float | None       # the named generator's score; None when the answer is "unknown"
+    margin: float | None      # best score minus the runner-up's
+    distance_ratio: float | None  # to the best candidate's nearest curve, in that generator's spreads
+    reason: str
+    lookalikes: Mapping[str, Sequence[int]]  # left out at calibration, their runs named this verdict
+
+    @classmethod
+    def of(cls, attribution: Attribution) -> Verdict:
+        best = attribution.candidates[0] if attribution.candidates else None
+        return cls(generator=attribution.verdict,
+                   score=float(best.score) if best is not None and attribution.verdict is not None else None,
+                   margin=None if attribution.margin is None else float(attribution.margin),
+                   distance_ratio=None if attribution.distance_ratio is None else float(attribution.distance_ratio),
+                   reason=attribution.reason,
+                   lookalikes={g: list(v) for g, v in attribution.lookalikes.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator, "score": self.score, "margin": self.margin,
+                "distance_ratio": self.distance_ratio, "reason": self.reason,
+                "lookalikes": {g: list(v) for g, v in self.lookalikes.items()}}
+
+
+@dataclass(frozen=True)
+class BatchAttribution:
+    """One batch of the protocol's m images: its curve and the matcher's answer to it."""
+
+    curve: Curve
+    attribution: Attribution
+
+    @property
+    def verdict(self) -> str | None:
+        return self.attribution.verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": list(self.curve.fingerprint.values), "verdict": self.attribution.verdict}
+
+
+@dataclass(frozen=True)
+class AttributionResult:
+    """``forensics.attribute``: the curve of the images (the mean of their batches' curves when there are
+    several), the matcher's answer to it, and each batch's own answer."""
+
+    input: ImageInput
+    protocol: Protocol | Combination
+    curve: Curve
+    attribution: Attribution
+    batches: tuple[BatchAttribution, ...]
+    matcher: Mapping[str, Any]          # the matcher's own record (name, options, calibration)
+    references: tuple[EnrolledCurve, ...]  # the enrolled curves it was matched against
+    reference_origin: str | None        # where the protocol's reference side came from
+    partial_batch: bool                 # fewer images than the protocol's batch size m
+    provenance: Provenance = field(default_factory=Provenance.now)
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.of(self.attribution)
+
+    @property
+    def candidates(self):
+        """One candidate per generator, best first."""
+        return self.attribution.candidates
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": ATTRIBUTION_SCHEMA,
+            "tool": dict(self.provenance.tool),
+            "created": self.provenance.created,
+            "input": self.input.to_dict(),
+            "protocol": protocol_section(self.protocol),
+            "curve": curve_section(self.curve),
+            "batches": [b.to_dict() for b in self.batches],
+            "partial_batch": self.partial_batch,
+            "matcher": dict(self.matcher),
+            "candidates": [{"generator": c.generator, "score": float(c.score), "instance": c.instance}
+                           for c in self.attribution.candidates],
+            "verdict": self.verdict.to_dict(),
+            "reference": {"origin": self.reference_origin, "n_references": len(self.references)},
+        }
+
+
+# -- memorization ---------------------------------------------------------------------------------
+def copying_level(layer_readings: Sequence[str]) -> str:
+    """Where along the depth copying shows: early layers see colour and texture, late ones meaning."""
+    n = len(layer_readings)
+    hits = [i for i, r in enumerate(layer_readings) if r == "copying"]
+    if not hits:
+        return "none"
+    if len(hits) == n:
+        return "every layer (near-exact copies)"
+    third = max(1, n // 3)
+    early = any(i < third for i in hits)
+    late = any(i >= n - third for i in hits)
+    if early and not late:
+        return "low-level (early layers: colour, texture)"
+    if late and not early:
+        return "semantic (late layers: content, meaning)"
+    return "mixed (" + ", ".join(str(i) for i in hits) + ")"
+
+
+def copying_levels(protocol: Protocol | Combination, layer_readings: Sequence[str]) -> str:
+    """:func:`copying_level` along each encoder's depth; for a combination, one per combined protocol."""
+    from forensics.protocol import part_spans
+
+    if len(protocol.parts) == 1:
+        return copying_level(layer_readings)
+    return "; ".join(f"{part.name}: {copying_level(layer_readings[a:b])}" for part, a, b in part_spans(protocol))
+
+
+@dataclass(frozen=True)
+class MemorizationResult:
+    """``forensics.memorization``: the curve of all the images as one batch, each layer's reading, and the
+    level (along the encoder's depth) at which copying shows."""
+
+    input: ImageInput
+    protocol: Protocol | Combination
+    curve: Curve
+    thresholds: Mapping[str, float]     # the statistic's reading cut-offs
+    reference_origin: str | None
+    partial_batch: bool
+    provenance: Provenance = field(default_factory=Provenance.now)
+
+    @property
+    def readings(self) -> list[str]:
+        return readings(self.curve)
+
+    @property
+    def level(self) -> str:
+        return copying_levels(self.protocol, self.readings)
+
+    @property
+    def copying(self) -> bool:
+        """Whether any layer reads as copying."""
+        return "copying" in self.readings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": MEMORIZATION_SCHEMA, "tool": dict(self.provenance.tool), "created": self.provenance.created,
+            "input": self.input.to_dict(), "protocol": protocol_section(self.protocol),
+            "curve": curve_section(self.curve), "level": self.level, "partial_batch": self.partial_batch,
+            "thresholds": dict(self.thresholds), "reference": {"origin": self.reference_origin},
+        }
+
+
+# -- the registry ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnrolmentResult:
+    """``forensics.enroll``: the instances stored, one per full batch of m images."""
+
+    protocol: str
+    generator: str
+    instances: tuple[str, ...]
+    n_images: int
+    input_sha256: str
+    registry: Path
+    batch_size: int      # the protocol's m: images per instance
+    left_out: int        # images after the last full batch, not enrolled
+    n_undefined: int     # layer values undefined (stored as null) over all instances
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "generator": self.generator, "instances": list(self.instances),
+                "n_images": self.n_images, "input_sha256": self.input_sha256, "registry": str(self.registry)}
+
+
+@dataclass(frozen=True)
+class RemovalResult:
+    """``forensics.remove``: the instances removed."""
+
+    protocol: str
+    generator: str
+    removed: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "generator": self.generator, "removed": list(self.removed)}
+
+
+@dataclass(frozen=True)
+class MatcherEvaluation:
+    """One matcher on one protocol: leave-one-out (with leave-generator-out and the hold-out split
+    filled in), or ``evaluation=None`` when the protocol has no references; with ``stability``, how far
+    its open-set thresholds move when one reference is left out."""
+
+    matcher: str
+    evaluation: Evaluation | None
+    calibration_stability: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.evaluation is None:
+            return {"matcher": self.matcher, "loo_accuracy": None, "n": 0, "correct": 0, "error": "no references"}
+        doc = self.evaluation.to_dict()
+        if self.calibration_stability is not None:
+            doc["calibration_stability"] = dict(self.calibration_stability)
+        return doc
+
+
+@dataclass(frozen=True)
+class ProtocolEvaluation:
+    protocol: str
+    digest: str
+    generators: tuple[str, ...]
+    n_instances: int
+    matchers: tuple[MatcherEvaluation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "digest": self.digest, "n_generators": len(self.generators),
+                "n_instances": self.n_instances, "generators": list(self.generators),
+                "matchers": [m.to_dict() for m in self.matchers]}
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """``forensics.evaluate``: each protocol's matchers side by side."""
+
+    registry: Path
+    protocols: tuple[ProtocolEvaluation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": EVALUATION_SCHEMA, "registry": str(self.registry),
+                "protocols": [p.to_dict() for p in self.protocols]}
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """``forensics.calibrate``: each matcher's open-set thresholds, as recorded in ``file``."""
+
+    protocol: str
+    file: Path
+    matchers: Mapping[str, Mapping[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "file": str(self.file),
+                "matchers": {name: dict(record) for name, record in self.matchers.items()}}
+
+
+@dataclass(frozen=True)
+class ProtocolCreation:
+    """``forensics.create_protocol``: the protocol written, and where its shipped reference side went."""
+
+    protocol: Protocol
+    registry: Path
+    reference_path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.protocol.name, "digest": self.protocol.digest, "registry": str(self.registry)}
+
+
+@dataclass(frozen=True)
+class CombinationResult:
+    """``forensics.combine_protocols``: the combination written, the instances enrolled under all its
+    protocols, and the registry's notes about it."""
+
+    combination: Combination
+    n_instances: int
+    registry: Path
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.combination.name, "digest": self.combination.digest,
+                "combines": [p.name for p in self.combination.parts], "n_instances": self.n_instances,
+                "registry": str(self.registry)}
+
+
+# -- curation -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurationResult:
+    """``forensics.curate_set``: the curated images and the record of how they were made."""
+
+    images: np.ndarray
+    kind: str
+    seed: int
+    source: Mapping[str, Any]            # {"dataset", "split"}, {"path", "sha256"} or {"array", "sha256"}
+    subset: Mapping[str, Any] | None     # the random subset curated, when not all
+    sha256: str
+    out: Path | None = None              # where the set was written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seed": self.seed, "n_images": len(self.images), "source": dict(self.source),
+                "subset": None if self.subset is None else dict(self.subset),
+                "out": None if self.out is None else str(self.out), "sha256": self.sha256}
+
+
+# -- the zoo --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldoutSet:
+    """One zoo generator's held-out set: its curve and each matcher's answer."""
+
+    generator: str
+    file: Path
+    curve: Curve
+    answers: Mapping[str, Attribution]
+
+    @property
+    def counted_weight_mean(self) -> float | None:
+        """The mean share of P_n's weight counted over the layers that have one."""
+        import numpy as np
+
+        counted = [lv.counted_weight for lv in self.curve.layers if lv.counted_weight is not None]
+        return float(np.mean(counted)) if counted else None
+
+    def answer_dict(self, matcher: str) -> dict[str, Any]:
+        a = self.answers[matcher]
+        return {"top": a.candidates[0].generator, "top_right": a.candidates[0].generator == self.generator,
+                "runner_up": a.candidates[1].generator if len(a.candidates) > 1 else None, **a.to_dict()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator, "file": str(self.file), "curve": list(self.curve.fingerprint.values),
+                "counted_weight_mean": self.counted_weight_mean,
+                "matchers": {name: self.answer_dict(name) for name in self.answers}}
+
+
+@dataclass(frozen=True)
+class HeldoutResult:
+    """``forensics.zoo_heldout``: every chosen held-out set attributed by every chosen matcher."""
+
+    protocol: str
+    matchers: tuple[str, ...]
+    sets: tuple[HeldoutSet, ...]
+
+    def summary(self, matcher: str) -> dict[str, int]:
+        """How one matcher did: top candidate right, verdicts right, unknown and wrong, of n sets."""
+        verdicts = [(s.generator, s.answers[matcher]) for s in self.sets]
+        return {"top_right": sum(a.candidates[0].generator == g for g, a in verdicts),
+                "verdict_right": sum(a.verdict == g for g, a in verdicts),
+                "verdict_unknown": sum(a.verdict is None for _, a in verdicts),
+                "verdict_wrong": sum(a.verdict not in (None, g) for g, a in verdicts),
+                "n": len(verdicts)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": HELDOUT_SCHEMA, "protocol": self.protocol, "sets": [s.to_dict() for s in self.sets],
+                "summary": {name: self.summary(name) for name in self.matchers}}
+
+
+@dataclass(frozen=True)
+class ZooListing:
+    """``forensics.zoo_list``: the zoo's sample sets (generator, instance, seed, file, present, quality,
+    enrolled) under one protocol."""
+
+    samples: Path
+    protocol: str
+    rows: tuple[Mapping[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": ZOO_LIST_SCHEMA, "samples": str(self.samples), "protocol": self.protocol,
+                "instances": [dict(r) for r in self.rows]}
+
+
+@dataclass(frozen=True)
+class ZooEnrolment:
+    """``forensics.zoo_enroll``: the zoo sets enrolled (protocol, generator, instance, ids) and how many
+    were already there."""
+
+    protocol: str
+    parts: tuple[str, ...]
+    enrolled: tuple[Mapping[str, Any], ...]
+    skipped: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": ZOO_ENROLL_SCHEMA, "protocol": self.protocol,
+                "enrolled": [dict(d) for d in self.enrolled], "skipped": self.skipped}
+
+
+@dataclass(frozen=True)
+class ZooQuality:
+    """``forensics.zoo_quality``: each zoo set's Fréchet distance and nearest-neighbour ratio in one
+    layer of a protocol's encoder."""
+
+    protocol: str
+    layer: str
+    rows: tuple[Mapping[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": ZOO_QUALITY_SCHEMA, "protocol": self.protocol, "layer": self.layer,
+                "instances": [dict(r) for r in self.rows]}
