@@ -35,8 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forensics.stats import ct# noqa: E402
-from forensics import engine as pipeline# noqa: E402
+from forensics.stats import ct  # noqa: E402
+from forensics.stats.ct import kmeans as km, pca, search, threads, tiles  # noqa: E402
+from forensics import engine as pipeline  # noqa: E402
 from forensics.io.atomic import save_npz_atomic  # noqa: E402
 
 N_CENTRES = 20
@@ -120,26 +121,20 @@ def ours_phases(train, test, gen, *, k, seed, projection, device=None):
     dev = ct.resolve_device(device)
     dims = min(projection, train.shape[1])
     t0 = time.perf_counter()
-    if dev is None:
-        mean, comp = ct._pca(train, dims)
-        t1 = time.perf_counter()
-        tp, pp = ct._project(train, mean, comp), ct._project(test, mean, comp)
-        t2 = time.perf_counter()
-        centres = ct.kmeans(tp, k, seed)
-    else:
-        mean, comp, rows = ct._pca_on(train, dims, dev)
-        t1 = time.perf_counter()
-        tp, pp = ct._project_on(rows, mean, comp, dev), ct._project_on(test, mean, comp, dev)
-        del rows
-        t2 = time.perf_counter()
-        centres = ct._kmeans_on(tp, k, seed, dev)
+    rows = tiles.rows_for(train, dev)
+    mean, comp = pca.pca(rows, dims)
+    t1 = time.perf_counter()
+    tp, pp = pca.project(rows, mean, comp), pca.project(tiles.rows_for(test, dev, keep=False), mean, comp)
+    del rows
+    t2 = time.perf_counter()
+    centres = km.kmeans(tp, k, seed) if dev is None else km.kmeans_on(tp, k, seed, dev)
     t3 = time.perf_counter()
-    tc, pc = ct._assign(tp, centres), ct._assign(pp, centres)
+    tc, pc = km.assign(tp, centres), km.assign(pp, centres)
     if dev is None:
-        ct._parallel(lambda c: ct._Cell(tp[tc == c], "euclidean").nearest(pp[pc == c]), list(range(k)))
+        threads.parallel(lambda c: search.Cell(tp[tc == c], "euclidean").nearest(pp[pc == c]), list(range(k)))
     else:
         for c in range(k):
-            ct._Cell(tp[tc == c], "euclidean").nearest_on(pp[pc == c], dev)
+            search.Cell(tp[tc == c], "euclidean").nearest(pp[pc == c], tiles.tiles_for(dev))
     t4 = time.perf_counter()
     ref = ct.FittedCT.fit(train, test, k=k, seed=seed, projection=projection, device=dev)
     t5 = time.perf_counter()
@@ -155,11 +150,11 @@ def cached_phases(ref: ct.FittedCT, gen: np.ndarray) -> dict:
     t0 = time.perf_counter()
     q = ref._prepare(gen)
     t1 = time.perf_counter()
-    qc = ct._assign(q, ref._centres)
+    qc = km.assign(q, ref._centres)
     t2 = time.perf_counter()
     members = [np.flatnonzero(qc == c) for c in ref._cells]
     busy = [i for i in range(len(ref._cells)) if len(members[i])]
-    ct._parallel(lambda i: ref._cell(i), busy)
+    threads.parallel(lambda i: ref._cell(i), busy)
     t3 = time.perf_counter()
     found = ref._nearest(members, q, busy)  # on the reference's device, if it has one
     t4 = time.perf_counter()
@@ -186,14 +181,14 @@ def covariance_floor(train) -> tuple[float, float]:
 
     def accumulate(group):
         cov = np.zeros((d, d))
-        buf = np.empty((max(1, min(group[1] - group[0], ct._ROWS // d)), d))
-        for s, e in ct._row_blocks(group[1] - group[0], d):
-            b = ct._centred_block(train, group[0] + s, group[0] + e, mean, buf)
+        buf = np.empty((max(1, min(group[1] - group[0], tiles._ROWS // d)), d))
+        for s, e in tiles.row_blocks(group[1] - group[0], d):
+            b = tiles.centred_block(train, group[0] + s, group[0] + e, mean, buf)
             cov += b.T @ b
         return cov
 
     t = time.perf_counter()
-    ct._parallel(accumulate, ct._row_groups(n, d))
+    threads.parallel(accumulate, tiles.row_groups(n, d))
     return numpy_time, time.perf_counter() - t
 
 
@@ -310,7 +305,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
-    ct._KMEANS_INIT = args.n_init
+    km._KMEANS_INIT = args.n_init
 
     if args.memory_child:
         l, n, m, d = (int(v) for v in args.sizes.split(","))
@@ -332,7 +327,7 @@ def main() -> None:
     print("C_T benchmark: forensics.stats.ct vs scikit-learn PCA + KMeans + NearestNeighbors + scipy mannwhitneyu")
     print(f"machine: {os.cpu_count()} CPUs, {load()}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); numpy BLAS: {blas[0] if blas else '?'}; per-thread "
-          f"thread limits: {'yes' if ct._per_thread_setters() else 'no (process-wide switch)'}")
+          f"thread limits: {'yes' if threads.per_thread_setters() else 'no (process-wide switch)'}")
     print(f"data: l={l} train, n={n} test, m={m} generated, d={d} float32; PCA to {p}, k={k}, "
           f"k-means restarts n_init={args.n_init} for both, seed 0\n")
 

@@ -1,5 +1,6 @@
-"""forensics.stats.ct: the C_T statistic — hand-worked values, scipy's U, a float64 brute force, the fast
-search's exactness, caching, determinism, every error path and the statistic's sign."""
+"""forensics.stats.ct: the C_T statistic — hand-worked values, scipy's U, a float64 brute force, scikit-learn's
+PCA, the fast search's exactness on the host and on a torch device, caching, determinism, threads, every
+error path and the statistic's sign."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from forensics.stats import ct
-from forensics.stats.ct import CellResult, FittedCT, CTResult, ct_score
+from forensics.stats.ct import CellResult, CTResult, FittedCT, ct_score, mann_whitney_u, nearest_distance, z_score
+from forensics.stats.ct import kmeans as km, pca, search, statistic, threads, tiles
+from forensics.stats.ct.kmeans import kmeans
 from forensics.errors import StatisticError, UsageError
 
 
@@ -104,8 +106,8 @@ def test_hand_worked_cosine_ignores_sign_and_length():
 
 
 def test_z_and_u_helpers():
-    assert ct.z_score(6.0, 3, 4) == pytest.approx((6 - 5.5) / math.sqrt(3 * 4 * 8 / 12))
-    assert ct.mann_whitney_u([1.0, 2.0], [1.0, 2.0]) == 2.0  # 2>1 → 1, plus ties (1,1) and (2,2) → ½ each
+    assert z_score(6.0, 3, 4) == pytest.approx((6 - 5.5) / math.sqrt(3 * 4 * 8 / 12))
+    assert mann_whitney_u([1.0, 2.0], [1.0, 2.0]) == 2.0  # 2>1 → 1, plus ties (1,1) and (2,2) → ½ each
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -113,7 +115,7 @@ def test_u_equals_scipy_with_ties(seed):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 5, rng.integers(1, 60)).astype(float)
     b = rng.integers(0, 5, rng.integers(1, 60)).astype(float)
-    assert ct.mann_whitney_u(a, b) == mannwhitneyu(a, b, alternative="less").statistic
+    assert mann_whitney_u(a, b) == mannwhitneyu(a, b, alternative="less").statistic
 
 
 def test_cell_u_equals_scipy_on_tied_distances():
@@ -183,8 +185,8 @@ def test_fast_search_is_exact_on_near_ties_duplicates_and_far_offsets():
     mid = (train[:100] + train[100:200]) / 2                       # equidistant from two points
     queries = np.concatenate([mid, train[200:300] + 1e-9, rng.normal(size=(100, dim)) + 1e4])
     for distance in ("euclidean", "cosine"):
-        t, q = (train, queries) if distance == "euclidean" else (ct._normalise(train, "t"), ct._normalise(queries, "q"))
-        got = ct.nearest_distance(q, t, distance)
+        t, q = (train, queries) if distance == "euclidean" else (pca.normalise(train, "t"), pca.normalise(queries, "q"))
+        got = nearest_distance(q, t, distance)
         if distance == "euclidean":
             want = np.array([np.sqrt(((t - x) ** 2).sum(axis=1)).min() for x in q])
         else:
@@ -210,11 +212,11 @@ def test_blocked_paths_give_the_same_result(monkeypatch):
     centres = rng.normal(scale=4, size=(3, 150))
     train, test, gen = mixture(rng, 900, centres), mixture(rng, 300, centres), mixture(rng, 300, centres)
     want = [ct_score(train, test, gen, k=3, projection=20, distance=d).value for d in DIST]
-    monkeypatch.setattr(ct, "BLOCK", 37)       # query blocks
-    monkeypatch.setattr(ct, "_TILE", 37 * 29)  # training chunks inside a cell
-    monkeypatch.setattr(ct, "_PAIRS", 300)     # exact re-check in small gathers
-    monkeypatch.setattr(ct, "_ROWS", 150 * 41)  # PCA and projection row blocks
-    monkeypatch.setattr(ct, "_workers", lambda items: 1)  # every cell searched in the calling thread
+    monkeypatch.setattr(tiles, "BLOCK", 37)       # query blocks
+    monkeypatch.setattr(tiles, "_TILE", 37 * 29)  # training chunks inside a cell
+    monkeypatch.setattr(search, "_PAIRS", 300)    # exact re-check in small gathers
+    monkeypatch.setattr(tiles, "_ROWS", 150 * 41)  # PCA and projection row blocks
+    monkeypatch.setattr(threads, "workers", lambda items: 1)  # every cell searched in the calling thread
     got = [ct_score(train, test, gen, k=3, projection=20, distance=d).value for d in DIST]
     assert got == pytest.approx(want, abs=1e-12)
 
@@ -331,18 +333,18 @@ def test_parallel_paths_give_identical_results(monkeypatch):
     rng = np.random.default_rng(8)
     centres = rng.normal(scale=4, size=(4, 90))
     train, test, gen = mixture(rng, 3000, centres), mixture(rng, 500, centres), mixture(rng, 500, centres)
-    monkeypatch.setattr(ct, "_ROWS", 90 * 200)  # several row groups and projection blocks
-    monkeypatch.setattr(ct, "_KMEANS_SAMPLE", 1000)
+    monkeypatch.setattr(tiles, "_ROWS", 90 * 200)  # several row groups and projection blocks
+    monkeypatch.setattr(km, "_KMEANS_SAMPLE", 1000)
     kw = [{"k": 4, "projection": 12}, {"k": 3, "projection": 12, "distance": "cosine"}, {"k": 5}]
-    monkeypatch.setattr(ct, "_workers", lambda items: 1)
+    monkeypatch.setattr(threads, "workers", lambda items: 1)
     serial = [ct_score(train, test, gen, seed=2, **k) for k in kw]
-    monkeypatch.setattr(ct, "_workers", lambda items: min(items, 3))
+    monkeypatch.setattr(threads, "workers", lambda items: min(items, 3))
     assert [ct_score(train, test, gen, seed=2, **k) for k in kw] == serial
 
 
 def test_parallel_map_keeps_order_and_raises_a_jobs_error(monkeypatch):
-    monkeypatch.setattr(ct, "_workers", lambda items: min(items, 3))
-    assert ct._parallel(lambda j: j * j, list(range(20)), costs=list(range(20))) == [j * j for j in range(20)]
+    monkeypatch.setattr(threads, "workers", lambda items: min(items, 3))
+    assert threads.parallel(lambda j: j * j, list(range(20)), costs=list(range(20))) == [j * j for j in range(20)]
 
     def fail(j):
         if j == 7:
@@ -350,9 +352,9 @@ def test_parallel_map_keeps_order_and_raises_a_jobs_error(monkeypatch):
         return j
 
     with pytest.raises(StatisticError, match="job 7"):
-        ct._parallel(fail, list(range(20)))
+        threads.parallel(fail, list(range(20)))
     # inside a job, a nested call runs serially in that thread
-    assert ct._parallel(lambda j: ct._parallel(lambda i: i + j, [0, 1]), [10, 20]) == [[10, 11], [20, 21]]
+    assert threads.parallel(lambda j: threads.parallel(lambda i: i + j, [0, 1]), [10, 20]) == [[10, 11], [20, 21]]
 
 
 @pytest.mark.parametrize("points", ["spread", "few distinct"])
@@ -363,10 +365,10 @@ def test_parallel_kmeans_restarts_draw_what_sequential_runs_draw(monkeypatch, po
     x = rng.normal(size=(400, 5)) if points == "spread" else np.repeat(rng.normal(size=(3, 5)), 40, axis=0)
     x = x.astype(np.float32)
     x_sq = np.einsum("ij,ij->i", x, x)
-    monkeypatch.setattr(ct, "_workers", lambda items: min(items, 2))
+    monkeypatch.setattr(threads, "workers", lambda items: min(items, 2))
     a, b = np.random.default_rng(11), np.random.default_rng(11)
-    got = ct._restarts(x, x_sq, 6, a, 1e-6)
-    want = [ct._lloyd(x, x_sq, ct._kmeans_pp(x, x_sq, 6, b), 1e-6) for _ in range(ct._KMEANS_INIT)]
+    got = km._restarts(x, x_sq, 6, a, 1e-6)
+    want = [km._lloyd(x, x_sq, km._kmeans_pp(x, x_sq, 6, b), 1e-6) for _ in range(km._KMEANS_INIT)]
     assert len(got) == len(want)
     for (gc, gi), (wc, wi) in zip(got, want):
         assert np.array_equal(gc, wc) and gi == wi
@@ -381,17 +383,17 @@ def test_one_thread_is_per_thread_and_restored():
     torch.set_num_threads(2)
     try:
         seen = {}
-        with ct._one_thread():
+        with threads.one_thread():
             seen["inside"] = torch.get_num_threads()
             other = threading.Thread(target=lambda: seen.setdefault("other", torch.get_num_threads()))
             other.start()
             other.join()
-            with ct._one_thread():  # nested: still one, and the outer setting comes back after it
+            with threads.one_thread():  # nested: still one, and the outer setting comes back after it
                 pass
             seen["nested"] = torch.get_num_threads()
         assert seen["inside"] == seen["nested"] == 1
         assert torch.get_num_threads() == 2
-        if ct._per_thread_setters():  # the usual case: the rest of the process never saw the change
+        if threads.per_thread_setters():  # the usual case: the rest of the process never saw the change
             assert seen["other"] == 2
     finally:
         torch.set_num_threads(before)
@@ -403,7 +405,7 @@ def test_concurrent_callers_agree_and_thread_settings_survive(monkeypatch, sette
 
     torch = pytest.importorskip("torch")
     if setters == "process-wide":  # as on builds where the per-thread setters are not found
-        monkeypatch.setattr(ct, "_NATIVE", [])
+        monkeypatch.setattr(threads, "_NATIVE", [])
     rng = np.random.default_rng(12)
     centres = rng.normal(scale=4, size=(3, 30))
     train, test, gen = mixture(rng, 1500, centres), mixture(rng, 300, centres), mixture(rng, 300, centres)
@@ -432,11 +434,11 @@ def test_reduced_precision_float32_products_are_not_used():
     centres = rng.normal(scale=4, size=(3, 20))
     train, test, gen = mixture(rng, 800, centres), mixture(rng, 200, centres), mixture(rng, 200, centres)
     want = [ct_score(train, test, gen, k=3, distance=d).value for d in DIST]
-    assert ct._product().__code__ is not ct._numpy_product.__code__
+    assert tiles.product().__code__ is not tiles.numpy_product.__code__
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")
     try:
-        assert ct._product() is ct._numpy_product
+        assert tiles.product() is tiles.numpy_product
         assert [ct_score(train, test, gen, k=3, distance=d).value for d in DIST] == pytest.approx(want, abs=1e-12)
     finally:
         torch.set_float32_matmul_precision(before)
@@ -468,7 +470,7 @@ def test_data_errors_say_what_to_do(data):
         with pytest.raises(StatisticError, match="generated holds NaN or infinite values"):
             ct_score(train, test, poisoned, k=2)
     huge = np.full((4, 3), 3e38, dtype=np.float32)  # finite values whose float32 sum overflows: accepted
-    assert ct._as_matrix(huge, "x") is not None
+    assert statistic._as_matrix(huge, "x") is not None
     with pytest.raises(StatisticError, match="2-D"):
         ct_score(train[:, 0], test, gen)
     with pytest.raises(StatisticError, match="test is empty"):
@@ -573,8 +575,8 @@ def test_device_path_gives_the_cpu_paths_values(monkeypatch, torch_device):
         assert moved.device.type == torch_device and cpu.to(None) is cpu
         assert moved.score(gen).value == pytest.approx(want.value, abs=0 if torch_device == "cpu" else 1e-12)
     # small blocks and tiles: several query blocks and training chunks per cell, as on large sets
-    monkeypatch.setattr(ct, "DEVICE_BLOCK", 41)
-    monkeypatch.setattr(ct, "_DEVICE_TILE", 41 * 23)
+    monkeypatch.setattr(tiles, "DEVICE_BLOCK", 41)
+    monkeypatch.setattr(tiles, "_DEVICE_TILE", 41 * 23)
     cells = (rng.integers(0, 3, 900), rng.integers(0, 3, 300), rng.integers(0, 3, 300))
     for distance in DIST:
         got = ct_score(train, test, gen, cells=cells, distance=distance, device=torch_device).value
@@ -587,8 +589,8 @@ def test_device_search_is_exact_on_near_ties_and_duplicates(torch_device):
     base = 1e4 + rng.normal(size=(300, 64))
     train = np.concatenate([base, base[:40]])
     queries = np.concatenate([(train[:80] + train[80:160]) / 2, train[160:220] + 1e-9])
-    cell = ct._Cell(train, "euclidean")
-    got = cell.nearest_on(queries, torch.device(torch_device))
+    cell = search.Cell(train, "euclidean")
+    got = cell.nearest(queries, tiles.DeviceTiles(torch.device(torch_device)))
     np.testing.assert_array_equal(got, cell.nearest(queries))
     want = np.array([np.sqrt(((train - x) ** 2).sum(axis=1)).min() for x in queries])
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
@@ -600,17 +602,20 @@ def test_pca_and_projection_on_a_device_match_the_cpu_path(monkeypatch, torch_de
     rng = np.random.default_rng(21)
     x = (rng.normal(size=(700, 40)) * np.linspace(3, 0.1, 40)).astype(np.float32) + 5
     y = rng.normal(size=(90, 40)).astype(np.float32)
-    mean, axes = ct._pca(x, 12)
-    for keep, tile in ((ct._DEVICE_KEEP, ct._DEVICE_TILE), (0, 2 * 40 * 64)):  # kept there / sent per pass
-        monkeypatch.setattr(ct, "_DEVICE_KEEP", keep)
-        monkeypatch.setattr(ct, "_DEVICE_TILE", tile)
-        d_mean, d_axes, rows = ct._pca_on(x, 12, dev)
+    mean, axes = pca.pca(tiles.HostRows(x), 12)
+    for keep, tile in ((tiles._DEVICE_KEEP, tiles._DEVICE_TILE), (0, 2 * 40 * 64)):  # kept there / sent per pass
+        monkeypatch.setattr(tiles, "_DEVICE_KEEP", keep)
+        monkeypatch.setattr(tiles, "_DEVICE_TILE", tile)
+        rows = tiles.DeviceRows(x, dev)
+        d_mean, d_axes = pca.pca(rows, 12)
         np.testing.assert_allclose(d_mean, mean, rtol=1e-13)
         np.testing.assert_allclose(d_axes, axes, atol=1e-10)  # the same signs: the same axes
-        np.testing.assert_allclose(ct._project_on(rows, d_mean, d_axes, dev), ct._project(x, mean, axes), atol=1e-9)
-        np.testing.assert_allclose(ct._project_on(y, d_mean, d_axes, dev), ct._project(y, mean, axes), atol=1e-9)
+        host = pca.project(tiles.HostRows(x), mean, axes)
+        np.testing.assert_allclose(pca.project(rows, d_mean, d_axes), host, atol=1e-9)
+        np.testing.assert_allclose(pca.project(tiles.DeviceRows(y, dev, keep=False), d_mean, d_axes),
+                                   pca.project(tiles.HostRows(y), mean, axes), atol=1e-9)
         assert (rows._kept is not None) == (keep > 0)
-    fresh = ct._DeviceRows(x, dev)  # a pass stopped early is not kept: the next pass sends every block
+    fresh = tiles.DeviceRows(x, dev)  # a pass stopped early is not kept: the next pass sends every block
     next(iter(fresh))
     assert [(s, e) for s, e, _ in fresh] == [(s, e) for s, e in fresh._blocks] and len(fresh._blocks) > 1
 
@@ -624,13 +629,13 @@ def test_kmeans_on_a_device_replays_the_cpu_path(monkeypatch, torch_device, case
     centres = rng.normal(scale=5, size=(6, 8))
     x = mixture(rng, 1500, centres)
     if case == "sampled":
-        monkeypatch.setattr(ct, "_KMEANS_SAMPLE", 400)  # restarts on a sample, then Lloyd on all points
+        monkeypatch.setattr(km, "_KMEANS_SAMPLE", 400)  # restarts on a sample, then Lloyd on all points
     elif case == "few distinct points":  # fewer distinct points than cells: the CPU path draws otherwise
         x = np.repeat(x[:4], 50, axis=0)
     for seed in (0, 1, 2):
-        want = ct.kmeans(x, 7, seed)
-        got = ct._kmeans_on(x, 7, seed, torch.device(torch_device))
-        np.testing.assert_array_equal(ct._assign(x, got), ct._assign(x, want))
+        want = kmeans(x, 7, seed)
+        got = km.kmeans_on(x, 7, seed, torch.device(torch_device))
+        np.testing.assert_array_equal(km.assign(x, got), km.assign(x, want))
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -640,10 +645,10 @@ def test_lloyd_on_a_device_restarts_an_empty_cluster_as_the_cpu_path_does(torch_
     x = mixture(rng, 500, rng.normal(scale=4, size=(3, 5))).astype(np.float32)
     x_sq = np.einsum("ij,ij->i", x, x)
     start = np.concatenate([x[:3], np.full((2, 5), 1e3, dtype=np.float32)])  # two centres no point is near
-    want, inertia = ct._lloyd(x, x_sq, start, tol=1e-6)
+    want, inertia = km._lloyd(x, x_sq, start, tol=1e-6)
     dev = torch.device(torch_device)
     xd = torch.from_numpy(x).to(dev)
-    got, got_inertia = ct._lloyd_on(xd, xd.pow(2).sum(dim=1), torch.from_numpy(start).to(dev)[None], tol=1e-6)
+    got, got_inertia = km._lloyd_on(xd, xd.pow(2).sum(dim=1), torch.from_numpy(start).to(dev)[None], tol=1e-6)
     np.testing.assert_allclose(got[0].cpu().numpy(), want, rtol=1e-5, atol=1e-5)
     assert got_inertia[0] == pytest.approx(inertia, rel=1e-5)
     assert np.all(np.abs(want) < 100)  # both empty clusters were restarted at data points

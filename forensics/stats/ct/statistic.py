@@ -1,0 +1,405 @@
+"""The C_T statistic itself: cells, nearest-training distances, Mann–Whitney U, Z and the aggregate.
+
+:class:`FittedCT` holds everything that does not depend on the generated set — the projection, the
+cells, each cell's training points and the test points' distances — so a caller fits it once per
+encoder layer, caches it (:meth:`FittedCT.to_arrays`), and scores any number of generated batches with
+:meth:`FittedCT.score`. :func:`ct_score` is the two steps in one. U is counted from the sorted test
+distances (ranks), not from pairwise comparisons.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from forensics.errors import StatisticError, UsageError
+
+from .kmeans import assign, kmeans, kmeans_on
+from .pca import normalise, pca, project
+from .search import Cell
+from .threads import parallel
+from .tiles import float64_on, resolve_device, rows_for, tiles_for
+
+DISTANCES = ("euclidean", "cosine")
+
+
+# -- results ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CellResult:
+    """One cell's part in C_T. ``u`` and ``z`` are None when no generated point fell in the cell;
+    ``counted`` says whether the cell entered C_T (more than τ·m generated points)."""
+
+    cell: int
+    n_train: int
+    n_test: int
+    n_generated: int
+    u: float | None
+    z: float | None
+    counted: bool
+
+
+@dataclass(frozen=True)
+class CTResult:
+    """C_T with its per-cell details. ``value`` is never NaN (no counted cell raises instead);
+    ``counted_weight`` is Σ n_π/n over the counted cells: the share of P_n that entered C_T."""
+
+    value: float
+    cells: tuple[CellResult, ...]
+    tau: float
+    counted_weight: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: value, tau, counted_weight and one dict per cell."""
+        return {"value": self.value, "tau": self.tau, "counted_weight": self.counted_weight,
+                "cells": [asdict(c) for c in self.cells]}
+
+
+# -- input checks ----------------------------------------------------------------------------------
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    """A 2-D float32/float64 numpy array of finite values (float32 kept as is: no copy)."""
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise StatisticError(f"{name} must be a 2-D array (points × dimensions), got shape {a.shape}")
+    if a.dtype.kind not in "fiub":
+        raise StatisticError(f"{name} must be numeric, got dtype {a.dtype}")
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    a = np.ascontiguousarray(a)
+    if len(a) == 0:
+        raise StatisticError(f"{name} is empty: it needs at least one point")
+    # The sum is finite only if every value is (cheap to check); where it is not (a non-finite value, or an
+    # overflow of large finite ones) the values decide.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = a.sum(dtype=a.dtype)
+    if not np.isfinite(total) and not np.isfinite(a).all():
+        raise StatisticError(f"{name} holds NaN or infinite values; clean the embeddings first")
+    return a
+
+
+def _as_cells(x: Any, n: int, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    c = np.asarray(x)
+    if c.ndim != 1 or len(c) != n:
+        raise StatisticError(f"cell ids for {name} must be a 1-D array of {n} integers, got shape {c.shape}")
+    if c.dtype.kind not in "iu" and not (
+            c.dtype.kind == "f" and np.all(np.isfinite(c)) and np.all(c == np.round(c))):
+        raise StatisticError(f"cell ids for {name} must be integers, got dtype {c.dtype}")
+    c = c.astype(np.int64)
+    if n and c.min() < 0:
+        raise StatisticError(f"cell ids for {name} must be non-negative, got {int(c.min())}")
+    return c
+
+
+def _check_tau(tau: Any) -> None:
+    if tau is None:
+        return
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(tau) or tau < 0:
+        raise UsageError(f"tau must be a non-negative number (or None for 20/m), not {tau!r}")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+# -- Mann–Whitney --------------------------------------------------------------------------------
+def mann_whitney_u(generated: np.ndarray, test: np.ndarray) -> float:
+    """U = #pairs (q, p) with q > p, ties ½ — scipy's ``mannwhitneyu(generated, test, alternative='less')
+    .statistic``. Counted from ranks: each q's rank among the sorted test values (the number below it,
+    plus half the number equal to it), which is the average-rank formula R_Q − m(m+1)/2."""
+    s = np.sort(np.asarray(test, dtype=np.float64))
+    g = np.asarray(generated, dtype=np.float64)
+    below = np.searchsorted(s, g, side="left")
+    not_above = np.searchsorted(s, g, side="right")
+    twice = int(below.sum()) * 2 + int((not_above - below).sum())  # exact in integers
+    return twice / 2.0
+
+
+def z_score(u: float, m: int, n: int) -> float:
+    """Z of U for m generated and n test points: (U − (mn/2 − 0.5)) / sqrt(mn(m + n + 1)/12)."""
+    return (u - (m * n / 2.0 - 0.5)) / math.sqrt(m * n * (m + n + 1) / 12.0)
+
+
+# -- the reference side --------------------------------------------------------------------------
+class FittedCT:
+    """The query-independent half: projection, cells, per-cell training points and the test points'
+    nearest-training distances.
+
+    Fit it once per encoder layer with :meth:`fit`, keep it (or cache :meth:`to_arrays` in an .npz and
+    rebuild it with :meth:`from_arrays`), and score any number of generated sets with :meth:`score`.
+    Read-only attributes: ``k``, ``distance``, ``projection`` (int or None), ``seed``, ``n_train``,
+    ``n_test``, ``dim`` (the input dimension)."""
+
+    def __init__(self, *, k: int, distance: str, projection: int | None, seed: int, dim: int,
+                 mean: np.ndarray | None, components: np.ndarray | None, centres: np.ndarray | None,
+                 cells: np.ndarray, train: np.ndarray, offsets: np.ndarray, test_dist: np.ndarray,
+                 test_cells: np.ndarray, device=None):
+        self._k, self._distance, self._projection, self._seed, self._dim = k, distance, projection, seed, dim
+        self._mean, self._components, self._centres = mean, components, centres
+        self._cells = cells            # the cell ids, sorted
+        self._train = train            # training points in the distance space, sorted by cell
+        self._offsets = offsets        # cell i's training points are _train[offsets[i]:offsets[i + 1]]
+        self._test_dist = test_dist
+        self._test_cells = test_cells
+        self._search: dict[int, Cell] = {}
+        self._device = device          # None: the CPU path; else the torch device the searches run on
+
+    # read-only attributes
+    k = property(lambda self: self._k, doc="Number of k-means cells asked for (ignored with given cells).")
+    distance = property(lambda self: self._distance, doc='"euclidean" or "cosine" (1 − |cos|).')
+    projection = property(lambda self: self._projection, doc="PCA dimensions, or None for no projection.")
+    seed = property(lambda self: self._seed, doc="Seed of k-means.")
+    dim = property(lambda self: self._dim, doc="Dimension of the input embeddings.")
+    n_train = property(lambda self: len(self._train), doc="Number of training points.")
+    n_test = property(lambda self: len(self._test_dist), doc="Number of test points.")
+    device = property(lambda self: self._device, doc="The torch device the searches run on, or None (the CPU path).")
+
+    def to(self, device) -> FittedCT:
+        """This reference with its nearest-neighbour searches on a torch ``device`` (e.g. "cuda"; None for
+        the CPU path). The arrays are shared, the results are the same (see :meth:`.search.Cell.nearest`)."""
+        dev = resolve_device(device)
+        if dev == self._device:
+            return self
+        other = copy.copy(self)
+        other._device, other._search = dev, self._search  # the cells (and their device copies) are shared
+        return other
+
+    def _nearest(self, members: list[np.ndarray], points: np.ndarray, busy: list[int]) -> list[np.ndarray]:
+        """For each cell index in ``busy``: the exact nearest-training distances of its rows of ``points``."""
+        if self._device is not None:  # one device: the cells in turn, each search a few large products
+            tiles = tiles_for(self._device)
+            return [self._cell(i).nearest(points[members[i]], tiles) for i in busy]
+        costs = [len(members[i]) * int(self._offsets[i + 1] - self._offsets[i]) for i in busy]
+        return parallel(lambda i: self._cell(i).nearest(points[members[i]]), busy, costs)
+
+    @classmethod
+    def fit(cls, train, test, *, k: int = 10, distance: str = "euclidean", projection: int | None = None,
+            seed: int = 0, train_cells=None, test_cells=None, device=None) -> FittedCT:
+        """Fit the reference side on training set ``train`` (l × d) and held-out set ``test`` (n × d).
+
+        ``projection``: PCA dimensions fitted on ``train`` (a layer no wider than that is centred and
+        rotated), or None. Cells: k-means with ``k`` cells on the (projected) training set, seeded by
+        ``seed``, or cell ids given for both sets (``train_cells``, ``test_cells``), in which case
+        :meth:`score` needs ``generated_cells`` too. ``device``: a torch device (e.g. "cuda") for the
+        covariance and the nearest-neighbour searches, here and in :meth:`score`; None (default) for
+        the CPU path. The values are the same either way."""
+        if distance not in DISTANCES:
+            raise UsageError(f"distance must be one of {DISTANCES}, not {distance!r}")
+        if projection is not None:
+            if isinstance(projection, bool) or not isinstance(projection, (int, np.integer)) or projection < 1:
+                raise UsageError(f"projection must be a positive integer (or None), not {projection!r}")
+            projection = int(projection)
+        seed = int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
+        if seed is None:
+            raise UsageError("seed must be an integer")
+        dev = resolve_device(device)
+        given = (train_cells is not None, test_cells is not None)
+        if any(given) and not all(given):
+            raise UsageError("give cell ids for both train and test, or for neither")
+        if not all(given):
+            k = _positive_int(k, "k")
+        t, p = _as_matrix(train, "train"), _as_matrix(test, "test")
+        if t.shape[1] != p.shape[1]:
+            raise StatisticError(f"train has {t.shape[1]} dimensions but test has {p.shape[1]}; "
+                                 f"embed both with the same encoder layer")
+        l, dim = t.shape
+        mean = components = None
+        if projection is not None:
+            if projection < dim and projection > l:
+                raise UsageError(f"projection to {projection} dimensions needs at least {projection} training "
+                                 f"points, got {l}; project to fewer dimensions or give more training points")
+            rows = rows_for(t, dev)  # kept on a device for the projection that follows
+            mean, components = pca(rows, min(projection, dim))
+            t, p = project(rows, mean, components), project(rows_for(p, dev, keep=False), mean, components)
+            del rows
+        if distance == "cosine":
+            t, p = normalise(t, "train"), normalise(p, "test")
+
+        centres = None
+        if all(given):
+            tc, pc = _as_cells(train_cells, len(t), "train"), _as_cells(test_cells, len(p), "test")
+            cells = np.unique(np.concatenate([tc, pc]))
+        else:
+            if l < k:
+                raise StatisticError(f"k-means with k = {k} cells needs at least k = {k} training points, "
+                                     f"got {l}; use fewer cells")
+            centres = kmeans_on(t, k, seed, dev) if float64_on(dev) else kmeans(t, k, seed)
+            tc, pc = assign(t, centres), assign(p, centres)
+            cells = np.arange(k)
+        counts_t = np.bincount(np.searchsorted(cells, tc), minlength=len(cells))
+        counts_p = np.bincount(np.searchsorted(cells, pc), minlength=len(cells))
+        for c, nt, npn in zip(cells, counts_t, counts_p):
+            if nt == 0:
+                raise StatisticError(f"cell {int(c)} has no training points; use fewer cells (k) or other cells")
+            if npn == 0:
+                raise StatisticError(f"cell {int(c)} has no test points; use fewer cells (k) or a larger test set")
+        order = np.argsort(tc, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(counts_t)]).astype(np.int64)
+        ref = cls(k=int(k) if isinstance(k, (int, np.integer)) else 0, distance=distance, projection=projection,
+                  seed=seed, dim=dim, mean=mean, components=components, centres=centres, cells=cells,
+                  train=np.ascontiguousarray(t[order]), offsets=offsets, test_dist=np.empty(len(p)),
+                  test_cells=pc, device=dev)
+        members = [np.flatnonzero(pc == c) for c in cells]
+        found = ref._nearest(members, p, list(range(len(cells))))
+        for rows, dist in zip(members, found):
+            ref._test_dist[rows] = dist
+        return ref
+
+    def _cell(self, i: int) -> Cell:
+        if i not in self._search:
+            a, b = self._offsets[i], self._offsets[i + 1]
+            self._search[i] = Cell(self._train[a:b], self._distance)
+        return self._search[i]
+
+    @property
+    def training_points(self) -> np.ndarray:
+        """T in the statistic's space (projected, and unit-normalised for the cosine distance), grouped by
+        cell; read-only."""
+        view = self._train.view()
+        view.flags.writeable = False
+        return view
+
+    def transform(self, points) -> np.ndarray:
+        """Rows of ``points`` (m × d, the layer's embeddings) in the statistic's space, as
+        :attr:`training_points` are: projected, and unit-normalised for the cosine distance."""
+        return self._prepare(points, "points")
+
+    def _prepare(self, generated, name: str = "generated") -> np.ndarray:
+        q = _as_matrix(generated, name)
+        if q.shape[1] != self._dim:
+            raise StatisticError(f"{name} has {q.shape[1]} dimensions but the reference has {self._dim}; "
+                                 f"embed it with the same encoder layer")
+        if self._components is not None:
+            q = project(rows_for(q, self._device, keep=False), self._mean, self._components)
+        if self._distance == "cosine":
+            q = normalise(q, name)
+        return q
+
+    def assign(self, points) -> np.ndarray:
+        """The k-means cell of each row of ``points`` (m × d, in the input space: projected and
+        normalised here as the reference's own points were). Only for references with k-means cells."""
+        if self._centres is None:
+            raise UsageError("this reference was fitted on given cells: it has no centres to assign to")
+        return assign(self.transform(points), self._centres)
+
+    def score(self, generated, *, tau: float | None = None, generated_cells=None) -> CTResult:
+        """C_T of the generated set (m × d) against this reference.
+
+        ``tau``: a cell counts when more than tau·m generated points fall in it (default 20/m, i.e. at
+        least 21). ``generated_cells``: cell ids of the generated rows, required when the reference
+        was fitted on given cells (otherwise the points go to the nearest k-means centre)."""
+        _check_tau(tau)
+        q = self._prepare(generated)
+        m = len(q)
+        if generated_cells is not None:
+            qc = _as_cells(generated_cells, m, "generated")
+        elif self._centres is None:
+            raise UsageError("this reference was fitted on given cells: pass generated_cells too")
+        else:
+            qc = assign(q, self._centres)
+        tau = 20.0 / m if tau is None else float(tau)
+        index = np.searchsorted(self._cells, qc)
+        unknown = (index >= len(self._cells)) | (self._cells[np.minimum(index, len(self._cells) - 1)] != qc)
+        if unknown.any():
+            raise StatisticError(f"generated points fall in cell {int(qc[unknown][0])}, which has no training "
+                                 f"or test points")
+        counts_q = np.bincount(index, minlength=len(self._cells))
+        test_index = np.searchsorted(self._cells, self._test_cells)
+        busy = [i for i in range(len(self._cells)) if counts_q[i] > 0]
+        members = [np.flatnonzero(index == i) for i in range(len(self._cells))]
+        found = self._nearest(members, q, busy)
+        nearest = dict(zip(busy, found))
+        cells, num, den = [], 0.0, 0.0
+        for i, c in enumerate(self._cells):
+            n_train = int(self._offsets[i + 1] - self._offsets[i])
+            lp = self._test_dist[test_index == i]
+            mq = int(counts_q[i])
+            if mq == 0:
+                cells.append(CellResult(int(c), n_train, len(lp), 0, None, None, False))
+                continue
+            lq = nearest[i]
+            u = mann_whitney_u(lq, lp)
+            z = z_score(u, mq, len(lp))
+            counted = mq / m > tau
+            if counted:
+                w = len(lp) / self.n_test
+                num += w * z
+                den += w
+            cells.append(CellResult(int(c), n_train, len(lp), mq, float(u), float(z), bool(counted)))
+        if den == 0.0:
+            largest = int(counts_q.max())
+            raise StatisticError(f"no cell counts: the largest cell holds {largest} of the {m} generated points "
+                                 f"but τ = {tau:.4g} demands more than {tau * m:.4g}; give more generated "
+                                 f"points, fewer cells (k) or a smaller tau")
+        return CTResult(value=float(num / den), cells=tuple(cells), tau=tau, counted_weight=float(den))
+
+    # -- caching ---------------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything :meth:`score` needs, as numpy arrays (for ``np.savez``); see :meth:`from_arrays`."""
+        arrays = {"format": np.array(2), "k": np.array(self._k), "distance": np.array(self._distance),
+                  "projection": np.array(-1 if self._projection is None else self._projection),
+                  "seed": np.array(self._seed), "dim": np.array(self._dim), "cells": self._cells,
+                  "train": self._train, "offsets": self._offsets, "test_dist": self._test_dist,
+                  "test_cells": self._test_cells}
+        if self._components is not None:
+            arrays["mean"], arrays["components"] = self._mean, self._components
+        if self._centres is not None:
+            arrays["centres"] = self._centres
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays) -> FittedCT:
+        """Rebuild a reference from :meth:`to_arrays` output (e.g. an opened .npz). Raises KeyError or
+        ValueError on arrays from another format."""
+        projection = int(arrays["projection"])
+
+        def get(name: str) -> np.ndarray | None:
+            return np.asarray(arrays[name], dtype=np.float64) if name in arrays else None
+
+        if "format" not in arrays:  # the first layout: per-point training cell ids, sorted by cell
+            train_cells = np.asarray(arrays["train_cells"], dtype=np.int64)
+            test_cells = np.asarray(arrays["test_cells"], dtype=np.int64)
+            cells = np.unique(np.concatenate([train_cells, test_cells]))
+            offsets = np.searchsorted(train_cells, np.r_[cells, cells[-1] + 1]).astype(np.int64)
+            arrays = {**arrays, "cells": cells, "offsets": offsets}
+        elif int(arrays["format"]) != 2:
+            raise ValueError(f"C_T reference arrays of format {int(arrays['format'])}, expected 2")
+        return cls(k=int(arrays["k"]), distance=str(arrays["distance"]),
+                   projection=None if projection < 0 else projection, seed=int(arrays["seed"]),
+                   dim=int(arrays["dim"]), mean=get("mean"), components=get("components"),
+                   centres=get("centres"), cells=np.asarray(arrays["cells"], dtype=np.int64),
+                   train=np.asarray(arrays["train"]), offsets=np.asarray(arrays["offsets"], dtype=np.int64),
+                   test_dist=np.asarray(arrays["test_dist"], dtype=np.float64),
+                   test_cells=np.asarray(arrays["test_cells"], dtype=np.int64))
+
+
+def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str = "euclidean",
+             projection: int | None = None, tau: float | None = None, seed: int = 0, device=None) -> CTResult:
+    """C_T of ``generated`` (m × d) against training set ``train`` (l × d) and held-out set ``test`` (n × d).
+
+    ``cells``: optional (train_ids, test_ids, generated_ids) cell ids; otherwise k-means with ``k`` cells
+    on the (projected) training set, seeded by ``seed``. ``distance``: "euclidean" or "cosine"
+    (1 − |cos|). ``projection``: PCA dimensions fitted on ``train``, or None. ``tau``: a cell counts when
+    more than tau·m generated points fall in it (default 20/m). ``device``: a torch device for the
+    covariance and the searches (None: the CPU path), with the same values. Exactly
+    ``FittedCT.fit(...).score(...)``. Raises :class:`StatisticError` when the value is undefined (no
+    counted cell, an empty cell, mismatched dimensions, NaN) and :class:`UsageError` on bad parameters.
+    """
+    _check_tau(tau)
+    train_cells = test_cells = generated_cells = None
+    if cells is not None:
+        if not isinstance(cells, (tuple, list)) or len(cells) != 3:
+            raise UsageError("cells must be a tuple of three id arrays: (train, test, generated)")
+        train_cells, test_cells, generated_cells = cells
+    reference = FittedCT.fit(train, test, k=k, distance=distance, projection=projection, seed=seed,
+                                train_cells=train_cells, test_cells=test_cells, device=device)
+    return reference.score(generated, tau=tau, generated_cells=generated_cells)
