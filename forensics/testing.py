@@ -1,4 +1,8 @@
-"""The contract every encoder plugin must meet, as functions and as a pytest class to inherit.
+"""The contracts plugins must meet, as check functions and as pytest classes to inherit: encoders
+(:class:`EncoderContract`), statistics (:class:`StatisticContract`) and matchers (:class:`MatcherContract`).
+
+Encoders
+--------
 
 For plugin authors::
 
@@ -23,19 +27,61 @@ raises :class:`AssertionError` naming the first broken one. The checks:
 - **identity and preprocessing recorded**: ``identity()`` is JSON-able and carries name, weights digest,
   layers, pooling and a preprocessing that round-trips; options are JSON-able;
 - **unknown layers** are refused with a :class:`forensics.errors.UsageError`.
+
+Statistics
+----------
+::
+
+    class TestMyStatistic(StatisticContract):
+        @pytest.fixture(scope="class")
+        @classmethod
+        def statistic(cls):
+            return MyStatistic()
+
+:func:`check_statistic` runs every check: the declared attributes (:class:`forensics.stats.base.Statistic`),
+**determinism** (two fits are equal, array for array), **order invariance** (the generated batch is a
+set: shuffling it does not move the value), the **round trip** through ``to_arrays``/``from_arrays`` and an
+``.npz`` file without pickle (the same value, exactly), the **score** (a float value, a counted weight in
+[0, 1] or None, a reading among :data:`forensics.stats.base.READINGS`), **device** (``to("cpu")`` scores
+the same) and **errors** (embeddings of the wrong shape raise :class:`forensics.errors.ForensicsError`).
+
+Matchers
+--------
+::
+
+    class TestMyMatcher(MatcherContract):
+        @pytest.fixture(scope="class")
+        @classmethod
+        def matcher_factory(cls):
+            return MyMatcher            # called with options: MyMatcher(open_set=False), ...
+
+:func:`check_matcher` runs every check on well-separated synthetic generators
+(:func:`sample_references`): the **contract** (a concrete :class:`forensics.match.Matcher`, JSON-able
+options that rebuild it), **errors** (unfitted, empty or too few generators, a query of another length or
+protocol), **ranking** (one candidate per generator, best first, every enrolled curve ranks its own
+generator first), **determinism** (the order of the references does not change a score), **calibration**
+(its points equal the refitting default's, a recorded calibration is reused, a generator left out comes
+out "unknown") and a JSON-able **description**.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import astuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from forensics.encode.encoder import Encoder, Preprocessing
-from forensics.errors import UsageError
+from forensics.errors import ForensicsError, ProtocolMismatch, UsageError
 from forensics.io.hashing import is_digest
+from forensics.match import Candidate, EnrolledCurve, Matcher, contract_problems, refit_points
+from forensics.protocol import Fingerprint
+from forensics.stats import base as stats_base
 
 RTOL = 1e-4
 ATOL = 1e-4
@@ -124,7 +170,7 @@ def check_identity(encoder: Encoder) -> None:
     assert isinstance(identity["pooling"], str) and identity["pooling"]
     prep = Preprocessing.from_dict(json.loads(text)["preprocessing"])
     assert prep == encoder.preprocessing, f"{encoder.name}: preprocessing does not round-trip through JSON"
-    json.dumps(dict(getattr(encoder, "options", {}) or {}), allow_nan=False)
+    json.dumps(dict(encoder.options or {}), allow_nan=False)
     assert encoder.identity([encoder.layer_names[-1]])["layers"] == [encoder.layer_names[-1]]
 
 
@@ -148,6 +194,267 @@ def check_encoder(encoder: Encoder, images: np.ndarray | None = None) -> None:
             check(encoder)
         else:
             check(encoder, images)
+
+
+
+# -- statistics ------------------------------------------------------------------------------------
+Embeddings = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def sample_embeddings(dim: int = 8, seed: int = 0) -> Embeddings:
+    """(train T, test P_n, generated) embeddings of one layer: 400, 200 and 400 Gaussian points."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(400, dim)), rng.normal(size=(200, dim)), rng.normal(size=(400, dim))
+
+
+def _fit(statistic: stats_base.Statistic, data: Embeddings, params: Mapping[str, Any]) -> stats_base.FittedStatistic:
+    fit_params, _ = stats_base.split_params(statistic, params)
+    return statistic.fit(data[0], data[1], **fit_params)
+
+
+def _value(fitted: stats_base.FittedStatistic, statistic: stats_base.Statistic, generated: np.ndarray,
+           params: Mapping[str, Any]) -> float:
+    _, score_params = stats_base.split_params(statistic, params)
+    return float(fitted.score(generated, **score_params).value)
+
+
+def check_statistic_declared(statistic: stats_base.Statistic, params: Mapping[str, Any] | None = None) -> None:
+    problems = stats_base.contract_problems(statistic)
+    assert not problems, f"{type(statistic).__name__}: {'; '.join(problems)}"
+    full = stats_base.resolve_params(statistic, params or {})
+    json.dumps(full, allow_nan=False)  # recorded in protocols
+    json.dumps(dict(statistic.reading_thresholds), allow_nan=False)
+    assert statistic.reading(None) == "undefined", "reading(None) must be 'undefined'"
+
+
+def check_statistic_determinism(statistic: stats_base.Statistic, data: Embeddings | None = None,
+                                params: Mapping[str, Any] | None = None) -> None:
+    data = sample_embeddings() if data is None else data
+    params = params or {}
+    a, b = _fit(statistic, data, params), _fit(statistic, data, params)
+    arrays_a, arrays_b = a.to_arrays(), b.to_arrays()
+    assert sorted(arrays_a) == sorted(arrays_b), "two fits on the same data store different arrays"
+    for key in arrays_a:
+        assert np.array_equal(arrays_a[key], arrays_b[key]), f"two fits on the same data differ in {key!r}"
+    assert _value(a, statistic, data[2], params) == _value(b, statistic, data[2], params), \
+        "two fits on the same data score differently"
+
+
+def check_statistic_order_invariance(statistic: stats_base.Statistic, data: Embeddings | None = None,
+                                     params: Mapping[str, Any] | None = None, *, rtol: float = 1e-9) -> None:
+    data = sample_embeddings() if data is None else data
+    params = params or {}
+    fitted = _fit(statistic, data, params)
+    value = _value(fitted, statistic, data[2], params)
+    order = np.random.default_rng(1).permutation(len(data[2]))
+    shuffled = _value(fitted, statistic, data[2][order], params)
+    assert math.isclose(value, shuffled, rel_tol=rtol, abs_tol=rtol), \
+        f"shuffling the generated batch moves the value: {value!r} vs {shuffled!r}"
+
+
+def check_statistic_round_trip(statistic: stats_base.Statistic, data: Embeddings | None = None,
+                               params: Mapping[str, Any] | None = None) -> None:
+    data = sample_embeddings() if data is None else data
+    params = params or {}
+    fitted = _fit(statistic, data, params)
+    arrays = fitted.to_arrays()
+    assert arrays and all(isinstance(k, str) and "/" not in k for k in arrays), \
+        "to_arrays() must give a non-empty dict with plain string keys (no '/')"
+    assert all(isinstance(v, np.ndarray) for v in arrays.values()), "to_arrays() values must be numpy arrays"
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as stored:  # what the reference-side cache does
+        loaded = statistic.from_arrays({k: stored[k] for k in stored.files})
+    expected = _value(fitted, statistic, data[2], params)
+    assert _value(loaded, statistic, data[2], params) == expected, \
+        "a fit read back from its arrays scores differently"
+
+
+def check_statistic_score(statistic: stats_base.Statistic, data: Embeddings | None = None,
+                          params: Mapping[str, Any] | None = None) -> None:
+    data = sample_embeddings() if data is None else data
+    params = params or {}
+    fitted = _fit(statistic, data, params)
+    _, score_params = stats_base.split_params(statistic, params)
+    result = fitted.score(data[2], **score_params)
+    assert isinstance(result.value, float) and math.isfinite(result.value), \
+        f"score().value must be a finite float, got {result.value!r}"
+    weight = result.counted_weight
+    assert weight is None or 0.0 <= float(weight) <= 1.0, f"counted_weight must be None or in [0, 1], got {weight!r}"
+    assert statistic.reading(result.value) in stats_base.READINGS, \
+        f"reading({result.value}) = {statistic.reading(result.value)!r} is not one of {stats_base.READINGS}"
+    if statistic.devices:
+        assert _value(fitted.to("cpu"), statistic, data[2], params) == result.value, \
+            "to('cpu') changes the value"
+
+
+def check_statistic_errors(statistic: stats_base.Statistic, data: Embeddings | None = None,
+                           params: Mapping[str, Any] | None = None) -> None:
+    data = sample_embeddings() if data is None else data
+    params = params or {}
+    fitted = _fit(statistic, data, params)
+    _, score_params = stats_base.split_params(statistic, params)
+    fit_params, _ = stats_base.split_params(statistic, params)
+    bad = {"generated of another dimension": lambda: fitted.score(data[2][:, :-1], **score_params),
+           "a 1-D generated array": lambda: fitted.score(data[2][:, 0], **score_params),
+           "train and test of different dimensions": lambda: statistic.fit(data[0], data[1][:, :-1], **fit_params)}
+    for what, call in bad.items():
+        try:
+            call()
+        except ForensicsError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - the check names what was raised instead
+            raise AssertionError(f"{what}: raised {type(exc).__name__}, not a ForensicsError") from exc
+        raise AssertionError(f"{what}: accepted, should raise a ForensicsError")
+    try:
+        stats_base.resolve_params(statistic, {"no_such_parameter": 1})
+    except UsageError:
+        return
+    raise AssertionError("an unknown parameter was accepted")
+
+
+STATISTIC_CHECKS = (check_statistic_determinism, check_statistic_order_invariance, check_statistic_round_trip,
+                    check_statistic_score, check_statistic_errors)
+
+
+def check_statistic(statistic: stats_base.Statistic, data: Embeddings | None = None,
+                    params: Mapping[str, Any] | None = None) -> None:
+    """Run every statistic check; ``params`` overrides the statistic's defaults (e.g. fewer cells for
+    the small sample). An :class:`AssertionError` names what broke."""
+    check_statistic_declared(statistic, params)
+    for check in STATISTIC_CHECKS:
+        check(statistic, data, params)
+
+
+# -- matchers --------------------------------------------------------------------------------------
+MatcherFactory = Callable[..., Matcher]
+SAMPLE_DIGEST = "sha256:" + "5" * 64
+
+
+def sample_references(generators: Sequence[str] = ("a", "b", "c", "d"), per: int = 4, n_layers: int = 6,
+                      seed: int = 0) -> list[EnrolledCurve]:
+    """Well-separated synthetic generators: a distinct curve shape each, plus small run-to-run noise."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, n_layers)
+    shapes = [4 * x - 1, 2 * np.sin(6 * x) + 1, 8 * (x - 0.5) ** 2 - 1, -3 * x + 0.5, 2 * np.cos(9 * x)]
+    refs = []
+    for shape, g in zip(shapes, generators):
+        for i in range(per):
+            values = shape + rng.normal(0, 0.05, n_layers)
+            refs.append(EnrolledCurve(g, f"{g}{i}", Fingerprint.from_values(SAMPLE_DIGEST, values.tolist())))
+    return refs
+
+
+def _raises(kind: type[Exception], what: str, call: Callable[[], Any]) -> None:
+    try:
+        call()
+    except kind:
+        return
+    except Exception as exc:  # noqa: BLE001 - the check names what was raised instead
+        raise AssertionError(f"{what}: raised {type(exc).__name__}, not a {kind.__name__}") from exc
+    raise AssertionError(f"{what}: accepted, should raise a {kind.__name__}")
+
+
+def check_matcher_declared(factory: MatcherFactory) -> None:
+    matcher = factory()
+    assert isinstance(matcher, Matcher), f"the factory returned {type(matcher).__name__}, not a forensics Matcher"
+    problems = contract_problems(type(matcher))
+    assert not problems, "; ".join(problems)
+    assert isinstance(matcher.min_generators, int) and matcher.min_generators >= 1, "min_generators must be ≥ 1"
+    options = matcher.options()
+    json.dumps(options, allow_nan=False)
+    assert "open_set" in options, "options() must include the base class's (call super().options())"
+    again = matcher.clone()
+    assert type(again) is type(matcher) and again.options() == options and again.name == matcher.name, \
+        "clone() (the matcher rebuilt from its options) differs"
+
+
+def check_matcher_errors(factory: MatcherFactory, references: Sequence[EnrolledCurve] | None = None) -> None:
+    refs = sample_references() if references is None else list(references)
+    _raises(UsageError, "rank() before fit()", lambda: factory().rank(refs[0].fingerprint))
+    _raises(UsageError, "fit([])", lambda: factory().fit([]))
+    matcher = factory(open_set=False).fit(refs)
+    n_layers = len(refs[0].fingerprint.values)
+    _raises(UsageError, "a query of another length", lambda: matcher.rank(np.zeros(n_layers + 1)))
+    other = Fingerprint.from_values("sha256:" + "6" * 64, [0.0] * n_layers)
+    _raises(ProtocolMismatch, "a fingerprint of another protocol", lambda: matcher.rank(other))
+    need = matcher.min_generators
+    if need > 1:
+        few = sorted({r.generator for r in refs})[:need - 1]
+        _raises(UsageError, f"fit on {need - 1} generator(s)",
+                lambda: factory(open_set=False).fit([r for r in refs if r.generator in few]))
+
+
+def check_matcher_ranking(factory: MatcherFactory, references: Sequence[EnrolledCurve] | None = None) -> None:
+    refs = sample_references() if references is None else list(references)
+    matcher = factory(open_set=False).fit(refs)
+    generators = sorted({r.generator for r in refs})
+    for r in refs:
+        ranked = matcher.rank(r.fingerprint)
+        assert sorted(c.generator for c in ranked) == generators, "rank() must give one candidate per generator"
+        assert all(isinstance(c, Candidate) and math.isfinite(c.score) for c in ranked), "scores must be finite"
+        assert ranked == sorted(ranked, key=lambda c: (-c.score, c.generator)), "rank() is not best first"
+        assert ranked[0].generator == r.generator, \
+            f"an enrolled curve of {r.generator} ranks {ranked[0].generator} first (well-separated generators)"
+        result = matcher.attribute(r.fingerprint)
+        assert list(result.candidates) == ranked and result.verdict == r.generator
+
+
+def check_matcher_determinism(factory: MatcherFactory, references: Sequence[EnrolledCurve] | None = None, *,
+                              atol: float = 1e-9) -> None:
+    """The same references give the same scores twice, exactly; in reverse order, the same rankings and
+    scores within ``atol`` (an iterative solver may stop at a tolerance along an order-dependent path)."""
+    refs = sample_references() if references is None else list(references)
+    forward = factory(open_set=False).fit(refs)
+    again = factory(open_set=False).fit(refs)
+    backward = factory(open_set=False).fit(refs[::-1])
+    for r in refs:
+        a, b = forward.rank(r.fingerprint), backward.rank(r.fingerprint)
+        assert a == again.rank(r.fingerprint), "two fits on the same references rank differently"
+        assert a[0].generator == b[0].generator, "the order of the references changes the best candidate"
+        by_generator = {c.generator: c.score for c in b}
+        np.testing.assert_allclose([c.score for c in a], [by_generator[c.generator] for c in a], rtol=0, atol=atol,
+                                   err_msg="the order of the references changes a score")
+
+
+def check_matcher_calibration(factory: MatcherFactory, references: Sequence[EnrolledCurve] | None = None, *,
+                              atol: float = 1e-9) -> None:
+    refs = sample_references() if references is None else list(references)
+    left_out = sorted({r.generator for r in refs})[-1]
+    known = [r for r in refs if r.generator != left_out]
+    matcher = factory()
+    own, generic = astuple(matcher.calibration_points(known)), astuple(refit_points(matcher, known))
+    for k, what in ((0, "answer"), (1, "unknown")):
+        assert len(own[k]) == len(generic[k]), f"calibration_points() has {len(own[k])} {what} points, " \
+                                               f"refitting gives {len(generic[k])}"
+        np.testing.assert_allclose(sorted(own[k]), sorted(generic[k]), rtol=0, atol=atol,
+                                   err_msg=f"calibration_points() differ from refitting ({what})")
+    assert sorted(x[:2] for x in own[3]) == sorted(x[:2] for x in generic[3]), "left-out generators differ"
+    fitted = matcher.fit(known)
+    cal = fitted.calibration
+    assert cal is not None and cal["calibrated"], f"not calibrated on well-separated generators: {cal}"
+    json.dumps(fitted.describe(), allow_nan=False)
+    for r in refs:
+        verdict = fitted.attribute(r.fingerprint).verdict
+        expected = None if r.generator == left_out else r.generator
+        assert verdict == expected, f"{r.generator}/{r.instance}: verdict {verdict!r}, expected {expected!r}"
+    recorded = factory(calibration=fitted.describe()["open_set"]).fit(known)
+    assert recorded.calibration["source"] == "recorded", "a calibration recorded on the same references is not reused"
+    assert {k: recorded.calibration[k] for k in ("score", "margin", "distance_ratio")} == \
+        {k: cal[k] for k in ("score", "margin", "distance_ratio")}
+
+
+MATCHER_CHECKS = (check_matcher_errors, check_matcher_ranking, check_matcher_determinism, check_matcher_calibration)
+
+
+def check_matcher(factory: MatcherFactory, references: Sequence[EnrolledCurve] | None = None) -> None:
+    """Run every matcher check; ``factory(**options)`` makes a fresh, unfitted matcher (a
+    :class:`~forensics.match.Matcher` subclass, or e.g. ``lambda **o: make_matcher("alpha", **o)``).
+    ``references`` must hold well-separated generators (default: :func:`sample_references`)."""
+    check_matcher_declared(factory)
+    for check in MATCHER_CHECKS:
+        check(factory, references)
 
 
 try:
@@ -183,3 +490,62 @@ if pytest is not None:
 
         def test_unknown_layer_refused(self, encoder):
             check_unknown_layer(encoder)
+
+    class StatisticContract:
+        """Inherit in a test module and provide a ``statistic`` fixture; optionally override ``params``
+        (a dict overriding the statistic's defaults) and ``embeddings`` ((train, test, generated))."""
+
+        @pytest.fixture(scope="class")
+        @classmethod
+        def params(cls) -> dict[str, Any]:
+            return {}
+
+        @pytest.fixture(scope="class")
+        @classmethod
+        def embeddings(cls) -> Embeddings:
+            return sample_embeddings()
+
+        def test_declared(self, statistic, params):
+            check_statistic_declared(statistic, params)
+
+        def test_determinism(self, statistic, embeddings, params):
+            check_statistic_determinism(statistic, embeddings, params)
+
+        def test_generated_order_invariance(self, statistic, embeddings, params):
+            check_statistic_order_invariance(statistic, embeddings, params)
+
+        def test_round_trip_through_arrays(self, statistic, embeddings, params):
+            check_statistic_round_trip(statistic, embeddings, params)
+
+        def test_score_and_reading(self, statistic, embeddings, params):
+            check_statistic_score(statistic, embeddings, params)
+
+        def test_bad_shapes_raise(self, statistic, embeddings, params):
+            check_statistic_errors(statistic, embeddings, params)
+
+    class MatcherContract:
+        """Inherit in a test module and provide a ``matcher_factory`` fixture (``factory(**options)`` makes
+        a fresh matcher); optionally override ``references`` (well-separated generators) and
+        ``reference_order_atol`` (how far a score may move with the order of the references)."""
+
+        reference_order_atol = 1e-9
+
+        @pytest.fixture(scope="class")
+        @classmethod
+        def references(cls) -> list[EnrolledCurve]:
+            return sample_references()
+
+        def test_declared(self, matcher_factory):
+            check_matcher_declared(matcher_factory)
+
+        def test_errors(self, matcher_factory, references):
+            check_matcher_errors(matcher_factory, references)
+
+        def test_ranking(self, matcher_factory, references):
+            check_matcher_ranking(matcher_factory, references)
+
+        def test_reference_order_invariance(self, matcher_factory, references):
+            check_matcher_determinism(matcher_factory, references, atol=self.reference_order_atol)
+
+        def test_calibration(self, matcher_factory, references):
+            check_matcher_calibration(matcher_factory, references)
