@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from forensics.encode.cache import EmbeddingCache, cache_dir, embedding_key, encoder_record
 from forensics.encode.embed import embed
@@ -17,10 +17,6 @@ from forensics.testing import sample_images
 @pytest.fixture(autouse=True)
 def _private(monkeypatch, tmp_path):
     monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +35,7 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("FORENSICS_CACHE_DIR")
     from platformdirs import user_cache_dir
 
-    assert cache_dir() == __import__("pathlib").Path(user_cache_dir("forensics"))
+    assert cache_dir() == Path(user_cache_dir("forensics"))
 
 
 def test_second_run_reads_the_cache(lite, tmp_path, count_calls):
@@ -67,8 +63,6 @@ def test_only_missing_layers_are_computed(lite, count_calls):
 
 
 def test_key_covers_images_encoder_weights_layer_pooling_preprocessing(lite):
-    from forensics.io.hashing import sha256_array
-
     images = sample_images(n=2, size=30)
     record = encoder_record(lite)
     base = embedding_key(images=sha256_array(images), encoder=record, layer="bn1")
@@ -84,6 +78,25 @@ def test_key_covers_images_encoder_weights_layer_pooling_preprocessing(lite):
         embedding_key(images=sha256_array(images), encoder=record, layer="bn1", amp="bf16"),
     ]
     assert len({base, *changed}) == len(changed) + 1
+
+
+def test_file_lists_are_keyed_by_their_bytes(lite, tmp_path, count_calls):
+    from PIL import Image
+
+    images = sample_images(n=2, size=30)
+    paths = [tmp_path / f"{i}.png" for i in range(2)]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path)
+    counting = count_calls(lite)
+    first = embed(counting, paths, layers=["bn1"], cache=True)[0]
+    copies = [tmp_path / f"copy{i}.png" for i in range(2)]
+    for path, copy in zip(paths, copies):
+        copy.write_bytes(path.read_bytes())
+    np.testing.assert_array_equal(embed(counting, copies, layers=["bn1"], cache=True)[0], first)
+    assert len(counting.calls) == 1  # the same bytes under other names: read from the cache
+    Image.fromarray(images[0]).save(paths[0], compress_level=0)  # same pixels, other bytes
+    np.testing.assert_array_equal(embed(counting, paths, layers=["bn1"], cache=True)[0], first)
+    assert len(counting.calls) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper"])

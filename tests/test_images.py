@@ -8,7 +8,9 @@ from PIL import Image
 
 from forensics.errors import UsageError
 from forensics.io.hashing import sha256_array
-from forensics.io.images import as_uint8_images, load_images
+from forensics.io.images import (
+    as_rgb_uint8, as_uint8_images, check_image_input, decode_image, images_digest, load_images,
+)
 
 
 def test_npz_and_npy_roundtrip(tmp_path):
@@ -100,3 +102,51 @@ def test_folder_decoded_in_worker_processes_is_identical(tmp_path):
     serial = load_images(tmp_path)
     parallel = load_images(tmp_path, workers=2)
     assert np.array_equal(serial[0], parallel[0]) and serial[1] == parallel[1]
+
+
+def _odd_modes(rng) -> dict:
+    rgb = Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    return {
+        "L.png": rgb.convert("L"), "1.png": rgb.convert("1"), "P.png": rgb.convert("P"), "LA.png": rgb.convert("LA"),
+        "RGBA.png": rgb.convert("RGBA"), "CMYK.tif": rgb.convert("CMYK"),
+        "I16.png": Image.fromarray(rng.integers(0, 65535, (9, 11), dtype=np.uint16)),
+        "I.tif": Image.fromarray(rng.integers(-100, 400, (9, 11), dtype=np.int32)),
+        "F.tif": Image.fromarray(rng.uniform(-10, 300, (9, 11)).astype(np.float32)),
+    }
+
+
+def test_decoded_files_in_colour_are_pillows_rgb_conversion(tmp_path):
+    # load_images keeps grey images grey; what an encoder is given is the same as Pillow's RGB
+    for name, image in _odd_modes(np.random.default_rng(4)).items():
+        image.save(tmp_path / name)
+        with Image.open(tmp_path / name) as im:
+            expected = np.array(im.convert("RGB"))
+        pixels = decode_image(tmp_path / name)
+        assert pixels.dtype == np.uint8 and pixels.ndim in (2, 3), name
+        assert np.array_equal(as_rgb_uint8(pixels[None])[0], expected), name
+
+
+def test_array_digest_is_the_recorded_one_and_file_digest_is_of_bytes(tmp_path):
+    images = np.random.default_rng(5).integers(0, 256, (3, 6, 6, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images)
+    assert images_digest(images) == load_images(tmp_path / "a.npz")[1]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    paths = sorted(tmp_path.glob("*.png"))
+    digest = images_digest(paths)
+    assert images_digest([str(p) for p in paths]) == digest
+    assert images_digest(paths[::-1]) != digest  # an image set is ordered
+    Image.fromarray(images[0]).save(paths[0], compress_level=0)  # same pixels, other bytes
+    assert images_digest(paths) != digest
+
+
+def test_what_an_encoder_is_given():
+    grey = np.zeros((2, 5, 5), np.uint8)
+    assert as_rgb_uint8(grey).shape == (2, 5, 5, 3)
+    assert as_rgb_uint8(np.zeros((2, 5, 5, 4), np.uint8)).shape == (2, 5, 5, 3)
+    with pytest.raises(UsageError, match="must be uint8"):
+        as_rgb_uint8(grey.astype(np.float32))
+    with pytest.raises(UsageError, match="C in 1, 3, 4"):
+        as_rgb_uint8(np.zeros((2, 5, 5, 2), np.uint8))
+    with pytest.raises(UsageError, match="list of image files"):
+        check_image_input(42)

@@ -31,8 +31,8 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
 
     ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
     holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes.
-    The hash is of the decoded pixels (:func:`~forensics.io.hashing.sha256_images` for a folder, of the array for an array file),
-    taken before any resize.
+    The hash is of the decoded pixels, taken before any resize: :func:`~forensics.io.hashing.sha256_images`
+    for a folder, :func:`~forensics.io.hashing.sha256_array` for an array file.
     """
     path = Path(path).expanduser()
     if not path.exists():

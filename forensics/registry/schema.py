@@ -27,7 +27,8 @@ PROVENANCE_REQUIRED = ("created", "by", "tool_version", "input_sha256", "n_image
 #: a registry file larger than this is not one (a generator with thousands of curves is a few MiB)
 MAX_FILE_BYTES = 64 << 20
 #: the first line of ``registry.yaml`` and of every ``protocol.yaml``
-HEADER = f"# forensics fingerprint registry (schema {SCHEMA_VERSION}); edit with `forensics registry …`, review in git.\n"
+HEADER = (f"# forensics fingerprint registry (schema {SCHEMA_VERSION}); edit with `forensics registry …`, "
+          "review in git.\n")
 
 _GENERATOR_KEYS = {"schema_version", "generator", "description", "protocol_digest", "instances"}
 _INSTANCE_KEYS = {"id", "curve", "provenance"}
