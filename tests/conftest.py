@@ -91,6 +91,39 @@ def count_calls():
     return CountingEncoder
 
 
+TOY_DATA_SHA = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def toy_protocol():
+    """``toy_protocol(name="toy", layers=3, k=3)``: a C_T protocol over the digits, with a random-weights
+    encoder of ``layers`` layers, for registry tests that never embed an image."""
+    from forensics.protocol import DataRef, EncoderRef, Protocol, StatisticRef
+
+    def make(name: str = "toy", layers: int = 3, k: int = 3) -> Protocol:
+        return Protocol(
+            name=name, train=DataRef("digits", "train", 100, TOY_DATA_SHA),
+            test=DataRef("digits", "test", 50, TOY_DATA_SHA),
+            encoder=EncoderRef("tiny", TOY_DATA_SHA, "random", tuple(f"l{i}" for i in range(layers)), "mean",
+                               {"size": 8, "resize": 8, "interpolation": "bilinear", "mean": [0.5] * 3,
+                                "std": [0.5] * 3}),
+            statistic=StatisticRef("ct", {"k": k, "distance": "cosine", "projection": None, "tau": None, "seed": 0}),
+            batch_size=10, description="a toy protocol")
+
+    return make
+
+
+@pytest.fixture
+def fingerprints():
+    """``fingerprints(protocol, *curves)``: one fingerprint of ``protocol`` per curve of values."""
+    from forensics.protocol import Fingerprint
+
+    def make(protocol, *curves):
+        return [Fingerprint.from_values(protocol.digest, c) for c in curves]
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def bundled_registry():
     """The registry bundled with forensics (tests only read it)."""
