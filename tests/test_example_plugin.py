@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow  # a pip install and a pytest run in a subprocess
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "forensics-example-encoder"
 
@@ -71,5 +72,4 @@ def test_the_example_runs_its_own_contract_tests(installed):
                              str(EXAMPLE / "tests")], capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "PYTHONPATH": str(installed)})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout
-    assert np.__name__  # numpy imported for the module's own use
+    assert " passed" in result.stdout and "skipped" not in result.stdout

@@ -7,13 +7,55 @@ import types
 
 import pytest
 
-from forensics import hookimpl
-from forensics.errors import PluginError, UsageError
-from forensics.plugins import KINDS, PluginHost
+import inspect
+
+import numpy as np
+
+from forensics import hookimpl, hookspecs
+from forensics.errors import PluginError, StatisticError, UsageError
+from forensics.plugins import ESSENTIAL, KINDS, PluginHost
 
 
 def make_plugin(**hooks):
     return types.SimpleNamespace(**{name: hookimpl(fn) for name, fn in hooks.items()})
+
+
+class MeanGap:
+    """A third party's statistic: how far the generated mean lies from T's, in units of P_n's."""
+
+    fit_params = ()
+    score_params = ()
+    defaults = {}
+    devices = False
+    reading_thresholds = {"copying_below": 0.5}
+
+    def fit(self, train, test):
+        if train.shape[1] != test.shape[1]:
+            raise StatisticError("train and test differ in dimension")
+        return FittedMeanGap(train.mean(axis=0), float(np.linalg.norm(test.mean(axis=0) - train.mean(axis=0))))
+
+    def from_arrays(self, arrays):
+        return FittedMeanGap(arrays["mean"], float(arrays["unit"]))
+
+    def reading(self, value):
+        return "undefined" if value is None else "copying" if value < 0.5 else "no evidence"
+
+
+class FittedMeanGap:
+    def __init__(self, mean, unit):
+        self.mean, self.unit = mean, unit
+
+    def score(self, generated):
+        if generated.ndim != 2 or generated.shape[1] != len(self.mean):
+            raise StatisticError("generated has the wrong shape")
+        return types.SimpleNamespace(value=float(np.linalg.norm(generated.mean(axis=0) - self.mean) / self.unit),
+                                     counted_weight=None)
+
+    def to_arrays(self):
+        return {"mean": self.mean, "unit": np.array(self.unit)}
+
+    def to(self, device):
+        return self
 
 
 def test_bundled_plugins_come_through_entry_points(plugin_host):
@@ -28,12 +70,15 @@ def test_bundled_plugins_come_through_entry_points(plugin_host):
 
 
 def test_test_local_plugin_is_seen_then_gone(register_plugin):
+    from forensics.testing import check_statistic
+
     def forensics_statistics(register):
-        register("mean-gap", object(), description="test statistic")
+        register("mean-gap", MeanGap(), description="test statistic")
 
     host = register_plugin(make_plugin(forensics_statistics=forensics_statistics), "local")
     provided = host.get("statistics", "mean-gap")
     assert provided.plugin == "local" and provided.description == "test statistic"
+    check_statistic(provided.obj)
     host.remove("local")
     with pytest.raises(UsageError, match="no statistic named 'mean-gap'"):
         host.get("statistics", "mean-gap")
@@ -52,7 +97,7 @@ def test_a_hook_that_raises_is_reported_and_the_rest_works(register_plugin):
 
 def test_two_plugins_claiming_one_name_is_an_error_naming_both(register_plugin):
     def forensics_statistics(register):
-        register("ct", object())
+        register("ct", MeanGap())
 
     host = register_plugin(make_plugin(forensics_statistics=forensics_statistics), "impostor")
     with pytest.raises(PluginError) as err:
@@ -94,19 +139,79 @@ def test_broken_entry_point_is_reported_not_fatal(monkeypatch):
     assert "broken" not in {i.name for i in PluginHost(autoload=False).describe()}
 
 
+def test_a_statistic_that_breaks_its_contract_is_reported_at_registration(register_plugin):
+    class NoReading(MeanGap):
+        reading = None
+        devices = "yes"
+
+    def forensics_statistics(register):
+        register("no-reading", NoReading())
+
+    host = register_plugin(make_plugin(forensics_statistics=forensics_statistics), "half")
+    assert "no-reading" not in host.collect("statistics") and "ct" in host.collect("statistics")
+    error = {i.name: i for i in host.describe()}["half"].error
+    assert error.startswith("forensics_statistics: PluginError: statistic 'no-reading' does not meet its contract")
+    assert "no reading() method" in error
+
+
+def test_a_matcher_and_a_data_set_from_a_plugin_are_used_like_bundled_ones(register_plugin):
+    from forensics.engine import load_reference_set
+    from forensics.match import Candidate, Matcher, leave_one_out, make_matcher
+    from forensics.protocol import DataRef
+    from forensics.testing import sample_references
+
+    class Centroid(Matcher):
+        def fit_curves(self, curves, labels, instances):
+            self.means = {str(g): curves[labels == g].mean(axis=0) for g in set(labels)}
+
+        def candidates(self, curve):
+            return [Candidate(g, -float(np.linalg.norm(curve - mu))) for g, mu in self.means.items()]
+
+    images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+
+    def forensics_matchers(register):
+        register("centroid", Centroid, description="nearest generator mean")
+
+    def forensics_datasets(register):
+        register("tiny", lambda split: images if split == "train" else images[:1])
+
+    register_plugin(make_plugin(forensics_matchers=forensics_matchers, forensics_datasets=forensics_datasets), "local")
+    matcher = make_matcher("centroid", open_set=False)
+    assert matcher.name == "centroid"
+    refs = sample_references()
+    assert leave_one_out(refs, "centroid").correct == len(refs)
+    assert np.array_equal(load_reference_set(DataRef(dataset="tiny", split="test", count=1, sha256=None)), images[:1])
+
+
 def test_disable_by_name(monkeypatch):
-    monkeypatch.setenv("FORENSICS_DISABLE_PLUGINS", "timm")
+    monkeypatch.setenv("FORENSICS_DISABLE_PLUGINS", "openclip")
     host = PluginHost(autoload=False)
-    assert "timm" not in {i.name for i in host.describe()}
-    assert host.collect("encoders") == {} or "vit_base_patch16_224.orig_in21k" not in host.collect("encoders")
+    assert "openclip" not in {i.name for i in host.describe()}
+    assert not any(name.startswith("openclip_") for name in host.collect("encoders"))
+    assert not host.notices
 
 
-def test_every_hook_is_documented_with_an_example():
-    from forensics import hookspecs
+@pytest.mark.parametrize("name", sorted(ESSENTIAL))
+def test_an_essential_bundled_plugin_stays_enabled_with_a_one_line_notice(monkeypatch, caplog, name):
+    monkeypatch.setenv("FORENSICS_DISABLE_PLUGINS", f"{name},openclip")
+    host = PluginHost(autoload=False)
+    assert name in {i.name for i in host.describe()} and "openclip" not in host.info
+    assert host.notices == [next(r.getMessage() for r in caplog.records if name in r.getMessage())]
+    assert "\n" not in host.notices[0] and "stays enabled" in host.notices[0] and "essential" in host.notices[0]
+    with pytest.raises(PluginError, match="cannot be removed"):
+        host.remove(name)
 
+
+def test_every_hook_is_typed_and_documented_with_an_example():
     for kind in KINDS:
-        doc = getattr(hookspecs, f"forensics_{kind}").__doc__
-        assert ":param register:" in doc and "Example::" in doc, kind
+        spec = getattr(hookspecs, f"forensics_{kind}")
+        doc = spec.__doc__
+        assert ":param register:" in doc and ":returns:" in doc and "Example::" in doc, kind
+        annotation = inspect.signature(spec).parameters["register"].annotation
+        register_type = getattr(hookspecs, annotation)  # a Protocol declared beside the specs
+        assert register_type.__name__ in doc, kind
+        call = inspect.signature(register_type.__call__).parameters
+        assert list(call)[:2] == ["self", "name"] and call["description"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_cli_plugins_json(plugin_host):
