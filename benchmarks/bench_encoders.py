@@ -46,8 +46,6 @@ def bench(name: str, *, device: str, batch_size: int, repeats: int, amp: str | N
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, 256, 256, 3), dtype=np.uint8)
     x = preprocess(images, encoder.preprocessing).to(dev)
-    if getattr(encoder, "channels_last", False):
-        x = x.contiguous(memory_format=torch.channels_last)
     names = encoder.layer_names
     autocast = (lambda: torch.autocast(dev.type, dtype=AMP_DTYPES[amp])) if amp else contextlib.nullcontext
 
