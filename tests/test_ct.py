@@ -303,7 +303,7 @@ def test_given_cells_reference_round_trip_and_old_layout():
     ref = FittedCT.fit(train, test, train_cells=tc, test_cells=pc)
     want = ref.score(gen, generated_cells=qc)
     assert FittedCT.from_arrays(ref.to_arrays()).score(gen, generated_cells=qc) == want
-    # the first cache layout (per-point training cell ids instead of cell offsets) still loads
+    # format 1 arrays (per-point training cell ids instead of cell offsets) load too
     arrays = ref.to_arrays()
     old = {key: arrays[key] for key in ("k", "distance", "projection", "seed", "dim", "train", "test_dist",
                                         "test_cells")}
@@ -455,7 +455,7 @@ def test_data_errors_say_what_to_do(data):
     train, test, gen = data
     with pytest.raises(StatisticError, match="train has 3 dimensions but test has 2"):
         ct_score(train, test[:, :2], gen, k=2)
-    with pytest.raises(StatisticError, match="generated has 2 dimensions but the reference has 3"):
+    with pytest.raises(StatisticError, match="generated has 2 dimensions but the fit has 3"):
         ct_score(train, test, gen[:, :2], k=2)
     for bad in (np.nan, np.inf):
         poisoned = gen.copy()

@@ -26,7 +26,7 @@ The modules, one concern each:
 - :mod:`.threads` — one-thread sections and the pool of single-threaded workers.
 
 Exactness: every distance, U and Z equals a plain float64 computation to ~1e-15. Devices: given a torch
-``device`` (``fit(..., device="cuda")`` or ``reference.to("cuda")``), PCA, projection, k-means and the
+``device`` (``fit(..., device="cuda")`` or ``fitted.to("cuda")``), PCA, projection, k-means and the
 search's score tiles run there; the values are the host path's up to the order of float64 sums
 (~1e-13), with the same cells unless float32 rounding in another order breaks a near-tie in k-means. A
 device without float64 (MPS) keeps PCA and k-means on the host. A device whose float32 products may use

@@ -4,7 +4,8 @@ The restarts run on a sample of T (all of T when it is small); the lowest-inerti
 Lloyd on all of T; the centres are then the float64 means of the points nearest to them, and every set
 is assigned to the nearest centre by one float64 rule (:func:`assign`), the same for T, P_n and Q_m.
 
-Two implementations, each replaying the same random numbers (:func:`_schedule`):
+The squared distances to the centres are one routine (:func:`_sq_dist`) for both; the rest has two
+implementations, each replaying the same random numbers (:func:`_schedule`):
 
 - :func:`kmeans`, the host's: each restart one single-threaded job (:func:`.threads.parallel`), its
   random numbers drawn as it goes, exactly as running the restarts one after the other would draw them;
@@ -64,30 +65,34 @@ def _schedule(rng: np.random.Generator, size: int, k: int) -> list[tuple[dict, i
     return runs
 
 
-# -- the host ----------------------------------------------------------------------------------------
-def _sq_dist32(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    c_sq = np.einsum("ij,ij->i", centres, centres)
-    d = x @ centres.T
+def _sq_dist(x, x_sq, centres):
+    """Squared float32 distances from the rows of ``x`` (|x|² given) to centres, by one product:
+    n × k for k × d centres (the host's numpy arrays), R × n × k for a batch of R centre sets (a
+    device's torch tensors). Clamped at 0, where rounding can take them below."""
+    host = isinstance(x, np.ndarray)
+    c_sq = np.einsum("ij,ij->i", centres, centres) if host else (centres * centres).sum(dim=-1)
+    d = x @ centres.swapaxes(-1, -2)
     d *= -2.0
-    d += x_sq[:, None]
-    d += c_sq[None, :]
-    return np.maximum(d, 0.0, out=d)
+    d += x_sq[..., :, None]
+    d += c_sq[..., None, :]
+    return np.maximum(d, 0.0, out=d) if host else d.clamp_(min=0.0)
 
 
+# -- the host: one run per worker thread ----------------------------------------------------------
 def _kmeans_pp(x: np.ndarray, x_sq: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy k-means++ seeding (2 + ln k candidates per centre, the one lowering the potential most kept)."""
     n = len(x)
     trials = _trials(k)
     centres = np.empty((k, x.shape[1]), dtype=x.dtype)
     centres[0] = x[rng.integers(n)]
-    closest = _sq_dist32(x, x_sq, centres[:1])[:, 0].astype(np.float64)
+    closest = _sq_dist(x, x_sq, centres[:1])[:, 0].astype(np.float64)
     potential = closest.sum()
     for j in range(1, k):
         if potential <= 0:  # fewer distinct points than cells: any point will do
             centres[j] = x[rng.integers(n)]
             continue
         picks = np.minimum(np.searchsorted(np.cumsum(closest), rng.random(trials) * potential), n - 1)
-        dist = np.minimum(closest[:, None], _sq_dist32(x, x_sq, x[picks]))
+        dist = np.minimum(closest[:, None], _sq_dist(x, x_sq, x[picks]))
         pots = dist.sum(axis=0)
         best = int(np.argmin(pots))
         centres[j] = x[picks[best]]
@@ -104,7 +109,7 @@ def _lloyd(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray, tol: float,
     rows = np.arange(n)
     onehot = np.zeros((n, k), dtype=x.dtype)
     for _ in range(max_iter):
-        d = _sq_dist32(x, x_sq, centres)
+        d = _sq_dist(x, x_sq, centres)
         new = d.argmin(axis=1)
         if np.array_equal(new, labels):
             break
@@ -124,7 +129,7 @@ def _lloyd(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray, tol: float,
         centres = moved
         if shift <= tol:
             break
-    d = _sq_dist32(x, x_sq, centres)
+    d = _sq_dist(x, x_sq, centres)
     return centres, float(d.min(axis=1).sum(dtype=np.float64))
 
 
@@ -196,17 +201,7 @@ def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return out
 
 
-# -- a torch device ---------------------------------------------------------------------------------
-def _sq_dist_on(x, x_sq, centres):
-    """:func:`_sq_dist32` on the device, for a batch of centre sets (R × k × d → R × n × k)."""
-    torch = optional_torch()
-    d = torch.matmul(x, centres.transpose(1, 2))
-    d *= -2.0
-    d += x_sq[None, :, None]
-    d += (centres * centres).sum(dim=2)[:, None, :]
-    return d.clamp_(min=0.0)
-
-
+# -- a torch device: the restarts batched ---------------------------------------------------------
 def _kmeans_pp_on(x, x_sq, k: int, firsts: list[int], uniforms: np.ndarray):
     """:func:`_kmeans_pp` for R runs at once, given each run's random numbers (first index; per further
     centre ``trials`` uniforms). None if a run's potential comes within float32 rounding of 0: the CPU
@@ -218,7 +213,7 @@ def _kmeans_pp_on(x, x_sq, k: int, firsts: list[int], uniforms: np.ndarray):
     every = torch.arange(runs, device=x.device)
     centres = torch.empty((runs, k, x.shape[1]), dtype=x.dtype, device=x.device)
     centres[:, 0] = x[torch.tensor(firsts, device=x.device)]
-    closest = _sq_dist_on(x, x_sq, centres[:, :1])[:, :, 0].to(torch.float64)
+    closest = _sq_dist(x, x_sq, centres[:, :1])[:, :, 0].to(torch.float64)
     potential = closest.sum(dim=1)
     draws = torch.from_numpy(uniforms).to(x.device)
     for j in range(1, k):
@@ -226,7 +221,7 @@ def _kmeans_pp_on(x, x_sq, k: int, firsts: list[int], uniforms: np.ndarray):
             return None
         target = draws[:, j - 1] * potential[:, None]                              # R × trials
         picks = torch.searchsorted(closest.cumsum(dim=1), target).clamp_(max=n - 1)
-        dist = torch.minimum(closest[:, :, None], _sq_dist_on(x, x_sq, x[picks]).to(torch.float64))
+        dist = torch.minimum(closest[:, :, None], _sq_dist(x, x_sq, x[picks]).to(torch.float64))
         pots = dist.sum(dim=1)                                                      # R × trials
         best = pots.argmin(dim=1)
         centres[:, j] = x[picks[every, best]]
@@ -244,7 +239,7 @@ def _lloyd_on(x, x_sq, centres, tol: float, max_iter: int = _KMEANS_ITER):
     active = torch.ones(runs, dtype=torch.bool, device=x.device)
     centres = centres.clone()
     for _ in range(max_iter):
-        d = _sq_dist_on(x, x_sq, centres)
+        d = _sq_dist(x, x_sq, centres)
         new = d.argmin(dim=2)
         active &= ~(new == labels).all(dim=1)      # labels unchanged: that run stops before updating
         if not bool(active.any()):
@@ -266,7 +261,7 @@ def _lloyd_on(x, x_sq, centres, tol: float, max_iter: int = _KMEANS_ITER):
         active &= shift > tol
         if not bool(active.any()):
             break
-    inertia = _sq_dist_on(x, x_sq, centres).min(dim=2).values.sum(dim=1, dtype=torch.float64)
+    inertia = _sq_dist(x, x_sq, centres).min(dim=2).values.sum(dim=1, dtype=torch.float64)
     return centres, inertia.cpu().numpy()
 
 

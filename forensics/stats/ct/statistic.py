@@ -129,7 +129,7 @@ def z_score(u: float, m: int, n: int) -> float:
     return (u - (m * n / 2.0 - 0.5)) / math.sqrt(m * n * (m + n + 1) / 12.0)
 
 
-# -- the reference side --------------------------------------------------------------------------
+# -- the fitted statistic ------------------------------------------------------------------------
 class FittedCT:
     """The query-independent half: projection, cells, per-cell training points and the test points'
     nearest-training distances.
@@ -164,7 +164,7 @@ class FittedCT:
     device = property(lambda self: self._device, doc="The torch device the searches run on, or None (the CPU path).")
 
     def to(self, device) -> FittedCT:
-        """This reference with its nearest-neighbour searches on a torch ``device`` (e.g. "cuda"; None for
+        """This fit with its nearest-neighbour searches on a torch ``device`` (e.g. "cuda"; None for
         the CPU path). The arrays are shared, the results are the same (see :meth:`.search.Cell.nearest`)."""
         dev = resolve_device(device)
         if dev == self._device:
@@ -184,7 +184,7 @@ class FittedCT:
     @classmethod
     def fit(cls, train, test, *, k: int = 10, distance: str = "euclidean", projection: int | None = None,
             seed: int = 0, train_cells=None, test_cells=None, device=None) -> FittedCT:
-        """Fit the reference side on training set ``train`` (l × d) and held-out set ``test`` (n × d).
+        """Fit C_T on training set ``train`` (l × d) and held-out set ``test`` (n × d).
 
         ``projection``: PCA dimensions fitted on ``train`` (a layer no wider than that is centred and
         rotated), or None. Cells: k-means with ``k`` cells on the (projected) training set, seeded by
@@ -244,15 +244,15 @@ class FittedCT:
                 raise StatisticError(f"cell {int(c)} has no test points; use fewer cells (k) or a larger test set")
         order = np.argsort(tc, kind="stable")
         offsets = np.concatenate([[0], np.cumsum(counts_t)]).astype(np.int64)
-        ref = cls(k=int(k) if isinstance(k, (int, np.integer)) else 0, distance=distance, projection=projection,
+        fitted = cls(k=int(k) if isinstance(k, (int, np.integer)) else 0, distance=distance, projection=projection,
                   seed=seed, dim=dim, mean=mean, components=components, centres=centres, cells=cells,
                   train=np.ascontiguousarray(t[order]), offsets=offsets, test_dist=np.empty(len(p)),
                   test_cells=pc, device=dev)
         members = [np.flatnonzero(pc == c) for c in cells]
-        found = ref._nearest(members, p, list(range(len(cells))))
+        found = fitted._nearest(members, p, list(range(len(cells))))
         for rows, dist in zip(members, found):
-            ref._test_dist[rows] = dist
-        return ref
+            fitted._test_dist[rows] = dist
+        return fitted
 
     def _cell(self, i: int) -> Cell:
         if i not in self._search:
@@ -276,7 +276,7 @@ class FittedCT:
     def _prepare(self, generated, name: str = "generated") -> np.ndarray:
         q = _as_matrix(generated, name)
         if q.shape[1] != self._dim:
-            raise StatisticError(f"{name} has {q.shape[1]} dimensions but the reference has {self._dim}; "
+            raise StatisticError(f"{name} has {q.shape[1]} dimensions but the fit has {self._dim}; "
                                  f"embed it with the same encoder layer")
         if self._components is not None:
             q = project(rows_for(q, self._device, keep=False), self._mean, self._components)
@@ -286,16 +286,16 @@ class FittedCT:
 
     def assign(self, points) -> np.ndarray:
         """The k-means cell of each row of ``points`` (m × d, in the input space: projected and
-        normalised here as the reference's own points were). Only for references with k-means cells."""
+        normalised here as the fit's own points were). Only for fits with k-means cells."""
         if self._centres is None:
-            raise UsageError("this reference was fitted on given cells: it has no centres to assign to")
+            raise UsageError("this C_T was fitted on given cells: it has no centres to assign to")
         return assign(self.transform(points), self._centres)
 
     def score(self, generated, *, tau: float | None = None, generated_cells=None) -> CTResult:
-        """C_T of the generated set (m × d) against this reference.
+        """C_T of the generated set (m × d) against this fit.
 
         ``tau``: a cell counts when more than tau·m generated points fall in it (default 20/m, i.e. at
-        least 21). ``generated_cells``: cell ids of the generated rows, required when the reference
+        least 21). ``generated_cells``: cell ids of the generated rows, required when this C_T
         was fitted on given cells (otherwise the points go to the nearest k-means centre)."""
         _check_tau(tau)
         q = self._prepare(generated)
@@ -303,7 +303,7 @@ class FittedCT:
         if generated_cells is not None:
             qc = _as_cells(generated_cells, m, "generated")
         elif self._centres is None:
-            raise UsageError("this reference was fitted on given cells: pass generated_cells too")
+            raise UsageError("this C_T was fitted on given cells: pass generated_cells too")
         else:
             qc = assign(q, self._centres)
         tau = 20.0 / m if tau is None else float(tau)
@@ -358,21 +358,21 @@ class FittedCT:
 
     @classmethod
     def from_arrays(cls, arrays) -> FittedCT:
-        """Rebuild a reference from :meth:`to_arrays` output (e.g. an opened .npz). Raises KeyError or
+        """Rebuild a fit from :meth:`to_arrays` output (e.g. an opened .npz). Raises KeyError or
         ValueError on arrays from another format."""
         projection = int(arrays["projection"])
 
         def get(name: str) -> np.ndarray | None:
             return np.asarray(arrays[name], dtype=np.float64) if name in arrays else None
 
-        if "format" not in arrays:  # the first layout: per-point training cell ids, sorted by cell
+        if "format" not in arrays:  # format 1: per-point training cell ids, sorted by cell
             train_cells = np.asarray(arrays["train_cells"], dtype=np.int64)
             test_cells = np.asarray(arrays["test_cells"], dtype=np.int64)
             cells = np.unique(np.concatenate([train_cells, test_cells]))
             offsets = np.searchsorted(train_cells, np.r_[cells, cells[-1] + 1]).astype(np.int64)
             arrays = {**arrays, "cells": cells, "offsets": offsets}
         elif int(arrays["format"]) != 2:
-            raise ValueError(f"C_T reference arrays of format {int(arrays['format'])}, expected 2")
+            raise ValueError(f"C_T arrays of format {int(arrays['format'])}, expected 2")
         return cls(k=int(arrays["k"]), distance=str(arrays["distance"]),
                    projection=None if projection < 0 else projection, seed=int(arrays["seed"]),
                    dim=int(arrays["dim"]), mean=get("mean"), components=get("components"),
@@ -400,6 +400,6 @@ def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str =
         if not isinstance(cells, (tuple, list)) or len(cells) != 3:
             raise UsageError("cells must be a tuple of three id arrays: (train, test, generated)")
         train_cells, test_cells, generated_cells = cells
-    reference = FittedCT.fit(train, test, k=k, distance=distance, projection=projection, seed=seed,
+    fitted = FittedCT.fit(train, test, k=k, distance=distance, projection=projection, seed=seed,
                                 train_cells=train_cells, test_cells=test_cells, device=device)
-    return reference.score(generated, tau=tau, generated_cells=generated_cells)
+    return fitted.score(generated, tau=tau, generated_cells=generated_cells)
