@@ -111,6 +111,52 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _fit_options(distance: Any, projection: Any, seed: Any) -> tuple[int | None, int]:
+    """The checked projection (int or None) and seed; a UsageError names a bad option."""
+    if distance not in DISTANCES:
+        raise UsageError(f"distance must be one of {DISTANCES}, not {distance!r}")
+    if projection is not None:
+        if isinstance(projection, bool) or not isinstance(projection, (int, np.integer)) or projection < 1:
+            raise UsageError(f"projection must be a positive integer (or None), not {projection!r}")
+        projection = int(projection)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise UsageError("seed must be an integer")
+    return projection, int(seed)
+
+
+def _project_both(t: np.ndarray, p: np.ndarray, projection: int, device) -> tuple:
+    """T and P_n projected by PCA fitted on T (``projection`` dimensions at most: a layer no wider is
+    centred and rotated), with the mean and the axes."""
+    l, dim = t.shape
+    if dim > projection > l:
+        raise UsageError(f"projection to {projection} dimensions needs at least {projection} training "
+                         f"points, got {l}; project to fewer dimensions or give more training points")
+    rows = rows_for(t, device)  # kept on a device for the projection that follows
+    mean, components = pca(rows, min(projection, dim))
+    return project(rows, mean, components), project(rows_for(p, device, keep=False), mean, components), \
+        mean, components
+
+
+def _kmeans_centres(t: np.ndarray, k: int, seed: int, device) -> np.ndarray:
+    """The k-means centres of T, on ``device`` where it has float64."""
+    if len(t) < k:
+        raise StatisticError(f"k-means with k = {k} cells needs at least k = {k} training points, "
+                             f"got {len(t)}; use fewer cells")
+    return kmeans_on(t, k, seed, device) if float64_on(device) else kmeans(t, k, seed)
+
+
+def _checked_counts(cells: np.ndarray, train_cells: np.ndarray, test_cells: np.ndarray) -> np.ndarray:
+    """Training points per cell; every cell needs training and test points."""
+    counts_t = np.bincount(np.searchsorted(cells, train_cells), minlength=len(cells))
+    counts_p = np.bincount(np.searchsorted(cells, test_cells), minlength=len(cells))
+    for c, nt, npn in zip(cells, counts_t, counts_p):
+        if nt == 0:
+            raise StatisticError(f"cell {int(c)} has no training points; use fewer cells (k) or other cells")
+        if npn == 0:
+            raise StatisticError(f"cell {int(c)} has no test points; use fewer cells (k) or a larger test set")
+    return counts_t
+
+
 # -- Mann–Whitney --------------------------------------------------------------------------------
 def mann_whitney_u(generated: np.ndarray, test: np.ndarray) -> float:
     """U = #pairs (q, p) with q > p, ties ½ — scipy's ``mannwhitneyu(generated, test, alternative='less')
@@ -192,62 +238,38 @@ class FittedCT:
         :meth:`score` needs ``generated_cells`` too. ``device``: a torch device (e.g. "cuda") for the
         covariance and the nearest-neighbour searches, here and in :meth:`score`; None (default) for
         the CPU path. The values are the same either way."""
-        if distance not in DISTANCES:
-            raise UsageError(f"distance must be one of {DISTANCES}, not {distance!r}")
-        if projection is not None:
-            if isinstance(projection, bool) or not isinstance(projection, (int, np.integer)) or projection < 1:
-                raise UsageError(f"projection must be a positive integer (or None), not {projection!r}")
-            projection = int(projection)
-        seed = int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
-        if seed is None:
-            raise UsageError("seed must be an integer")
+        projection, seed = _fit_options(distance, projection, seed)
         dev = resolve_device(device)
-        given = (train_cells is not None, test_cells is not None)
-        if any(given) and not all(given):
+        given = train_cells is not None or test_cells is not None
+        if given and (train_cells is None or test_cells is None):
             raise UsageError("give cell ids for both train and test, or for neither")
-        if not all(given):
+        if not given:
             k = _positive_int(k, "k")
         t, p = _as_matrix(train, "train"), _as_matrix(test, "test")
         if t.shape[1] != p.shape[1]:
             raise StatisticError(f"train has {t.shape[1]} dimensions but test has {p.shape[1]}; "
                                  f"embed both with the same encoder layer")
-        l, dim = t.shape
+        dim = t.shape[1]
         mean = components = None
         if projection is not None:
-            if projection < dim and projection > l:
-                raise UsageError(f"projection to {projection} dimensions needs at least {projection} training "
-                                 f"points, got {l}; project to fewer dimensions or give more training points")
-            rows = rows_for(t, dev)  # kept on a device for the projection that follows
-            mean, components = pca(rows, min(projection, dim))
-            t, p = project(rows, mean, components), project(rows_for(p, dev, keep=False), mean, components)
-            del rows
+            t, p, mean, components = _project_both(t, p, projection, dev)
         if distance == "cosine":
             t, p = normalise(t, "train"), normalise(p, "test")
-
-        centres = None
-        if all(given):
+        if given:
+            centres = None
             tc, pc = _as_cells(train_cells, len(t), "train"), _as_cells(test_cells, len(p), "test")
             cells = np.unique(np.concatenate([tc, pc]))
         else:
-            if l < k:
-                raise StatisticError(f"k-means with k = {k} cells needs at least k = {k} training points, "
-                                     f"got {l}; use fewer cells")
-            centres = kmeans_on(t, k, seed, dev) if float64_on(dev) else kmeans(t, k, seed)
+            centres = _kmeans_centres(t, k, seed, dev)
             tc, pc = assign(t, centres), assign(p, centres)
             cells = np.arange(k)
-        counts_t = np.bincount(np.searchsorted(cells, tc), minlength=len(cells))
-        counts_p = np.bincount(np.searchsorted(cells, pc), minlength=len(cells))
-        for c, nt, npn in zip(cells, counts_t, counts_p):
-            if nt == 0:
-                raise StatisticError(f"cell {int(c)} has no training points; use fewer cells (k) or other cells")
-            if npn == 0:
-                raise StatisticError(f"cell {int(c)} has no test points; use fewer cells (k) or a larger test set")
+        counts_t = _checked_counts(cells, tc, pc)
         order = np.argsort(tc, kind="stable")
         offsets = np.concatenate([[0], np.cumsum(counts_t)]).astype(np.int64)
         fitted = cls(k=int(k) if isinstance(k, (int, np.integer)) else 0, distance=distance, projection=projection,
-                  seed=seed, dim=dim, mean=mean, components=components, centres=centres, cells=cells,
-                  train=np.ascontiguousarray(t[order]), offsets=offsets, test_dist=np.empty(len(p)),
-                  test_cells=pc, device=dev)
+                     seed=seed, dim=dim, mean=mean, components=components, centres=centres, cells=cells,
+                     train=np.ascontiguousarray(t[order]), offsets=offsets, test_dist=np.empty(len(p)),
+                     test_cells=pc, device=dev)
         members = [np.flatnonzero(pc == c) for c in cells]
         found = fitted._nearest(members, p, list(range(len(cells))))
         for rows, dist in zip(members, found):
