@@ -165,33 +165,32 @@ def test_attribute_a_folder_of_pngs_with_worker_processes(registry, plugin_host,
 
 
 def test_a_verdict_with_lookalikes_says_it_is_not_exclusive(registry, plugin_host):
-    # the reports render what the JSON document holds: a named verdict with lookalikes gets a
-    # "not exclusive" line in the terminal and a caution in the HTML page; without them, neither
+    # the reports render what the result holds: a named verdict with lookalikes gets a "not exclusive"
+    # line in the terminal and a caution in the HTML page; without them, neither
+    import dataclasses
     import io
 
     from rich.console import Console
 
+    import forensics
     from forensics.report.html import attribution_html
-    from forensics.match.matcher import similarity
     from forensics.report.terminal import render_attribution
 
     reg, data = registry
-    r = run(["attribute", str(data / "query-rotate.npz"), "--registry", str(reg), "--json"])
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
-    assert doc["verdict"]["generator"] == "rotate" and doc["verdict"]["lookalikes"] == {}
-    refs = [("rotate", "a", np.zeros(12)), ("shuffle", "b", np.ones(12))]
+    result = forensics.attribute(data / "query-rotate.npz", registry=reg)
+    assert result.verdict.generator == "rotate" and result.verdict.lookalikes == {}
 
-    def terminal(d):
+    def terminal(r):
         out = io.StringIO()
-        render_attribution(d, Console(file=out, width=200))
+        render_attribution(r, Console(file=out, width=200))
         return out.getvalue()
 
-    assert "not exclusive" not in terminal(doc) and "Caution" not in attribution_html(doc, refs, similarity)
-    doc["verdict"]["lookalikes"] = {"shuffle": [2, 3]}
-    text = terminal(doc)
+    assert "not exclusive" not in terminal(result) and "Caution" not in attribution_html(result)
+    flagged = dataclasses.replace(result, attribution=dataclasses.replace(result.attribution,
+                                                                          lookalikes={"shuffle": [2, 3]}))
+    text = terminal(flagged)
     assert "not exclusive" in text and "2 of 3 shuffle runs were named rotate" in text
-    assert "Caution:</b> not exclusive" in attribution_html(doc, refs, similarity)
+    assert "Caution:</b> not exclusive" in attribution_html(flagged)
 
 
 def test_reports_wrap_on_a_narrow_terminal_instead_of_cropping(registry, plugin_host):
@@ -201,20 +200,20 @@ def test_reports_wrap_on_a_narrow_terminal_instead_of_cropping(registry, plugin_
 
     from rich.console import Console
 
+    import forensics
+    from forensics.io.hashing import short
     from forensics.report.terminal import render_attribution, render_memorization
 
     reg, data = registry
-    for command, render in (("attribute", render_attribution), ("memorization", render_memorization)):
-        r = run([command, str(data / "query-rotate.npz"), "--registry", str(reg), "--json"])
-        assert r.exit_code == 0, r.output
-        doc = json.loads(r.stdout)
+    for job, render in ((forensics.attribute, render_attribution), (forensics.memorization, render_memorization)):
+        result = job(data / "query-rotate.npz", registry=reg)
         text = io.StringIO()
-        render(doc, Console(file=text, width=80, soft_wrap=True))  # a standard terminal
+        render(result, Console(file=text, width=80, soft_wrap=True))  # a standard terminal
         lines = text.getvalue().splitlines()
         header = lines[:next(i for i, line in enumerate(lines) if line.startswith("╰")) + 1]
         assert all(len(line) <= 80 for line in header), header
-        assert doc["input"]["sha256"][7:19] in "".join(line.strip("│ ") for line in header), header
-        if command == "attribute":
+        assert short(result.input.sha256) in "".join(line.strip("│ ") for line in header), header
+        if job is forensics.attribute:
             words = " ".join(header).split()
             assert words[words.index("matcher") + 1] == "alpha", header
         assert "…" not in text.getvalue(), text.getvalue()  # no table cell cut short either
