@@ -16,6 +16,8 @@ import numpy as np
 
 from forensics.errors import StatisticError
 
+from .tiles import RowTiles
+
 
 def _total(parts: list):
     """The parts added in order (so the total does not depend on which thread computed which part)."""
@@ -25,7 +27,7 @@ def _total(parts: list):
     return total
 
 
-def pca(rows, dims: int) -> tuple[np.ndarray, np.ndarray]:
+def pca(rows: RowTiles, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the top ``dims`` principal axes (d × dims, float64) of the rows of ``rows``."""
     mean = _total(rows.column_sums()) / rows.n
     cov = _total(rows.grams(mean))
@@ -42,7 +44,7 @@ def axes(vectors: np.ndarray, dims: int) -> np.ndarray:
     return np.ascontiguousarray(vectors * signs)
 
 
-def project(rows, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+def project(rows: RowTiles, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     """(x − mean) @ components in float64 for the rows of ``rows``, a row tile at a time (each tile
     computed the same way whatever the number of threads)."""
     out = np.empty((rows.n, components.shape[1]))

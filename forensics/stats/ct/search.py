@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tiles import _U32, HOST, HostTiles
+from .tiles import _U32, HOST, ScoreTiles
 
 _PAIRS = 1 << 22             # float64 elements gathered at once when recomputing exact distances
 
@@ -62,7 +62,7 @@ class Cell:
             rows = self._device_rows[device] = torch.from_numpy(self.rows).to(device)
         return rows
 
-    def nearest(self, queries: np.ndarray, tiles: HostTiles = HOST) -> np.ndarray:
+    def nearest(self, queries: np.ndarray, tiles: ScoreTiles = HOST) -> np.ndarray:
         """Exact (float64) distance from each query row to its nearest training point in this cell, the
         score tiles computed by ``tiles`` (the host's, or a device's: the same distances). A cell that
         needs float64 scores (an extreme scale) is searched on the host."""
@@ -105,7 +105,7 @@ class Cell:
         limit = (best + 2.0 * err).astype(self.dtype)
         return np.nextafter(limit, self.dtype(np.inf))  # rounded up, never below
 
-    def _tile(self, tiles: HostTiles, score, err: np.ndarray, best: np.ndarray):
+    def _tile(self, tiles: ScoreTiles, score, err: np.ndarray, best: np.ndarray):
         """Candidates in one score tile (a query block × a chunk of the training points, overwritten
         here); updates the running best. Every (query, point) pair whose score is within twice the
         error bound of the query's best is a candidate, so the true nearest point always is one.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -123,6 +123,21 @@ def centred_block(x: np.ndarray, s: int, e: int, mean: np.ndarray, buf: np.ndarr
     out = buf[: e - s]
     np.subtract(x[s:e], mean, out=out, dtype=np.float64, casting="unsafe")
     return out
+
+
+class RowTiles(Protocol):
+    """What PCA and the projection (:mod:`.pca`) need of a matrix's rows where they run."""
+
+    n: int
+    d: int
+
+    def put(self, a: np.ndarray) -> Any: ...  # a host array where the tiles are computed
+    def host(self, a) -> np.ndarray: ...  # and back
+    def column_sums(self) -> list: ...  # float64 column sums of consecutive row groups
+    def grams(self, mean) -> list: ...  # float64 Σ (x − mean)ᵀ(x − mean) of the same groups
+    def eigenvectors(self, sym) -> np.ndarray: ...
+    def map_centred(self, mean, fn: Callable[[int, int, Any], None]) -> None: ...  # fn(s, e, rows s:e − mean)
+    def product_into(self, a, b, out: np.ndarray) -> None: ...  # out = a @ b, on the host
 
 
 class HostRows:
@@ -247,6 +262,21 @@ class DeviceRows:
 
 
 # -- score tiles (the nearest-neighbour search) ----------------------------------------------------
+class ScoreTiles(Protocol):
+    """What the search (:meth:`.search.Cell.nearest`) needs of a place to compute its score tiles. The
+    per-row results and candidate pairs it returns are host numpy arrays."""
+
+    def section(self) -> Any: ...  # a context manager around one cell's search
+    def plan(self, n_queries: int, n_points: int) -> tuple[int, int]: ...  # (query rows, training chunk)
+    def rows(self, cell) -> Any: ...  # the cell's score rows, where the tiles are computed
+    def scorer(self, rows, step: int, chunk: int, dtype) -> Callable[[Any, int, int], Any]: ...
+    def queries(self, qf: np.ndarray) -> Any: ...
+    def negated_abs(self, score) -> Any: ...
+    def row_min(self, score) -> tuple[np.ndarray, np.ndarray]: ...
+    def second_min(self, score, idx: np.ndarray) -> np.ndarray: ...
+    def within(self, score, rows: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class HostTiles:
     """Score tiles on the host: query blocks small enough that a block's scores stay in cache between
     the product and the selection (at most ``BLOCK`` rows), training chunks that keep a tile within
@@ -297,7 +327,7 @@ class HostTiles:
         return np.nonzero(score[rows] <= limit[:, None])
 
 
-class DeviceTiles(HostTiles):
+class DeviceTiles:
     """Score tiles on a torch device: ``DEVICE_BLOCK`` queries by up to ``_DEVICE_TILE`` scores, the
     cell's rows kept there, only per-row results and candidate pairs coming back to the host."""
 
@@ -344,12 +374,12 @@ class DeviceTiles(HostTiles):
 HOST = HostTiles()
 
 
-def tiles_for(device) -> HostTiles:
+def tiles_for(device) -> ScoreTiles:
     """The score tiles of ``device`` (None: the host's)."""
     return HOST if device is None else DeviceTiles(device)
 
 
-def rows_for(x: np.ndarray, device, keep: bool = True):
+def rows_for(x: np.ndarray, device, keep: bool = True) -> RowTiles:
     """The row tiles of host matrix ``x`` where PCA and projection run: on ``device`` if it has float64
     (:func:`float64_on`), else on the host."""
     return DeviceRows(x, device, keep) if float64_on(device) else HostRows(x)
