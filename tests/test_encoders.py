@@ -25,6 +25,7 @@ def factory(encoders, name):
     return encoders[name].obj
 
 
+@pytest.mark.slow
 def test_every_family_the_paper_used_is_bundled(encoders):
     expected = {
         "vit_base_patch16_224.orig_in21k": 12, "vit_large_patch16_224.orig_in21k": 24,
@@ -41,6 +42,7 @@ def test_every_family_the_paper_used_is_bundled(encoders):
         assert spec.preprocessing.size > 0 and spec.weights
 
 
+@pytest.mark.slow
 def test_declared_layers_are_real_module_paths(encoders):
     lite = factory(encoders, "tf_efficientnet_lite0").describe()
     assert [layer.name for layer in lite.layers] == ["bn1", *(f"blocks.{i}" for i in range(7)), "bn2"]
@@ -94,6 +96,7 @@ def test_missing_weights_is_one_line_saying_how(encoders, monkeypatch, tmp_path)
         factory(encoders, "resnet18.tv_in1k")(weights=str(tmp_path / "nope.safetensors"))
 
 
+@pytest.mark.slow
 def test_weights_from_a_file_and_from_the_hf_cache(encoders, monkeypatch, tmp_path):
     from safetensors.torch import save_file
 

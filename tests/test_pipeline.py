@@ -10,6 +10,8 @@ import pytest
 from forensics.errors import ProtocolMismatch, UsageError
 from forensics.engine import Engine, cache_dir, compute_fingerprints, make_protocol
 
+pytestmark = pytest.mark.slow  # every test builds on a protocol whose reference side embeds 1,797 digits
+
 ENCODER = "vit_tiny_patch16_224.augreg_in21k"
 OPTIONS = {"image_size": 32}
 STAT = {"k": 3, "distance": "cosine", "projection": 16, "seed": 0}
