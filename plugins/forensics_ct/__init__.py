@@ -7,7 +7,7 @@ Parameters (all recorded in a protocol): ``k`` cells (k-means on T, seeded by ``
 
 from __future__ import annotations
 
-from forensics.hookspecs import hookimpl
+from forensics.hookspecs import RegisterStatistic, hookimpl
 
 
 class CTStatistic:
@@ -41,5 +41,5 @@ class CTStatistic:
 
 
 @hookimpl
-def forensics_statistics(register):
+def forensics_statistics(register: RegisterStatistic) -> None:
     register("ct", CTStatistic(), description="C_T data-copying statistic (Meehan et al. 2020), per layer")

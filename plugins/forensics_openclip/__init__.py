@@ -19,7 +19,7 @@ import torch
 
 from forensics.encode.encoder import Encoder, EncoderSpec, Layer, Preprocessing
 from forensics.errors import UsageError
-from forensics.hookspecs import hookimpl
+from forensics.hookspecs import RegisterEncoder, hookimpl
 from forensics.encode.weights import (RANDOM, Sources, apply_state_dict, availability, load_state_dict, random_init,
                                resolve, weights_info)
 
@@ -161,6 +161,6 @@ def _factory(name: str):
 
 
 @hookimpl
-def forensics_encoders(register):
+def forensics_encoders(register: RegisterEncoder) -> None:
     for name, (_, _, description) in MODELS.items():
         register(name, _factory(name), description=description)

@@ -10,7 +10,7 @@ timm / Hugging Face / torch hub cache, in that order; ``weights="random"`` only 
 
 from __future__ import annotations
 
-from forensics.hookspecs import hookimpl
+from forensics.hookspecs import RegisterEncoder, hookimpl
 from forensics_timm import cnn, vit
 from forensics_timm.base import ModelEntry, TimmEncoder, make_factory
 from forensics_timm.cnn import EfficientNetEncoder, InceptionEncoder, ResNetEncoder, map_efficientnet_lite
@@ -24,7 +24,7 @@ def all_entries() -> list[tuple[type[TimmEncoder], ModelEntry]]:
 
 
 @hookimpl
-def forensics_encoders(register):
+def forensics_encoders(register: RegisterEncoder) -> None:
     for cls, entry in all_entries():
         register(entry.name, make_factory(cls, entry), description=entry.description)
 

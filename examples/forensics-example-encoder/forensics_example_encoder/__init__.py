@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from forensics.encode.encoder import Encoder, Layer, Preprocessing, WeightsInfo
 from forensics.errors import UsageError
 from forensics.io.hashing import sha256_json
-from forensics.hookspecs import hookimpl
+from forensics.hookspecs import RegisterEncoder, hookimpl
 
 NAME = "example_colour_pyramid"
 GRIDS = (16, 8, 4, 2)
@@ -52,5 +52,5 @@ def make(*, weights: str | None = None, device: str = "cpu", **options) -> Colou
 
 
 @hookimpl
-def forensics_encoders(register):
+def forensics_encoders(register: RegisterEncoder) -> None:
     register(NAME, make, description="Example plugin: colour layout at 16/8/4/2 cells")
