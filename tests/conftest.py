@@ -132,6 +132,17 @@ def bundled_registry():
     return Registry.open()
 
 
+@pytest.fixture(scope="session")
+def zoo_reference_sets() -> set[tuple[str, str]]:
+    """The zoo's reference sample sets (runs 0-2 of every generator in its manifest) as (generator,
+    content hash of the images): what the bundled registry must have enrolled under every MNIST protocol."""
+    from forensics.io.images import load_images
+    from forensics.zoo.catalog import REFERENCE_INSTANCES, read_manifest, samples_dir
+
+    return {(z.generator, load_images(z.path)[1]) for z in read_manifest(samples_dir())
+            if z.instance in REFERENCE_INSTANCES}
+
+
 @pytest.fixture(scope="module")
 def shipped_engine(request, bundled_registry):
     """The engine for the test module's ``PROTOCOL`` (a protocol or a combination) that reads the reference

@@ -1,75 +1,69 @@
 """The default protocol, ``mnist-effnet-vit``: the two offline protocols read as one fingerprint.
 
-EfficientNet-Lite0 alone names a GAN left out of the registry as the other GAN; the MNIST ViT tells the
-two GANs apart but fingerprints the rest weakly. Their curves end to end do both. The figures asserted
-here were measured with `forensics registry evaluate -p mnist-effnet-vit` and `forensics zoo heldout`.
+EfficientNet-Lite0 alone can take a GAN left out of the registry for the other GAN; the MNIST ViT tells
+the two GANs apart but fingerprints the rest weakly. Their curves end to end do both: the tests below
+state what the default must do with any honest zoo. The shipped zoo's figures under it are printed by
+``benchmarks/zoo_figures.py``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from forensics.match.matcher import available_matchers, leave_generator_out, leave_one_out, make_matcher
+from forensics.match import available_matchers, leave_generator_out, leave_one_out, make_matcher
+from forensics.zoo.catalog import HELDOUT_INSTANCE, samples_dir
 
 PROTOCOL = "mnist-effnet-vit"
 PARTS = ["mnist-effnet-lite0", "mnist-vit"]
+GANS = ("dcgan", "sngan")
+# the three samplers of the zoo's one diffusion network: the only generators that may pass for each other
+ONE_NETWORK = {"ddpm", "ddim", "pndm"}
+# Leave-one-out floor, as under each part (test_embedded_default.py): chance is 1/9 at 9 generators; the
+# floor leaves room for a retrained zoo to move a few runs.
+LOO_FLOOR = 0.9
 
 
-def test_the_default_is_the_combination_of_both_offline_protocols(bundled_registry):
+def test_the_default_is_the_combination_of_both_offline_protocols(bundled_registry, zoo_reference_sets):
     assert bundled_registry.default_protocol == PROTOCOL
     combo = bundled_registry.protocol(PROTOCOL)
-    assert [p.name for p in combo.parts] == PARTS and len(combo.layers) == 9 + 8
+    assert [p.name for p in combo.parts] == PARTS
+    assert len(combo.layers) == sum(len(bundled_registry.protocol(p).layers) for p in PARTS)
     refs = bundled_registry.enrolled(PROTOCOL)
-    assert len(refs) == 27 and len({r.generator for r in refs}) == 9
+    assert {(r.generator, r.provenance["input_sha256"]) for r in refs} == zoo_reference_sets
+    assert len(refs) == len(zoo_reference_sets)
     assert not [w for w in bundled_registry.warnings if PROTOCOL in w]  # every zoo set is under both
 
 
-@pytest.mark.parametrize("matcher, expected", [("alpha", (27, 25, 0, 2)), ("cosine", (25, 25, 0, 2))])
-def test_leave_one_out(bundled_registry, plugin_host, matcher, expected):
-    # cosine misses a DDPM run (named ddim) and an SNGAN run (named dcgan); 26 / 26-0-1 with DCGAN at
-    # 18,000 iterations. svm measured 23 / 22-1-4 (two of either ODE sampler named as the other; left out
-    # of the suite, its 27 refits take 17 s). EfficientNet alone: alpha 27 / 26-0-1, cosine 23 / 22-0-5, svm 27 / 26-0-1.
-    # With SNGAN at 9,000 iterations: alpha 27 / 25-0-2, cosine 26 / 25-0-2, svm 24 / 21-2-4; with the
-    # PixelCNN at 9,000 iterations: alpha 27 / 24-0-3, cosine 25 / 24-0-3; with the DDPM network at
-    # 15,000 iterations: alpha 27 / 25-0-2, cosine 23 / 23-0-4, svm 27 / 25-0-2
+@pytest.mark.slow
+@pytest.mark.parametrize("matcher", ["alpha", "cosine"])
+def test_leave_one_out_is_above_its_floor_and_never_names_a_wrong_generator(bundled_registry, plugin_host,
+                                                                            matcher):
     result = leave_one_out(bundled_registry.enrolled(PROTOCOL), matcher)
-    o = result.open_set
-    assert (result.correct, o["answered_right"], o["answered_wrong"], o["unknown"]) == expected
+    assert result.correct >= LOO_FLOOR * result.n, result.predictions
+    assert result.open_set["answered_wrong"] == 0, result.predictions
 
 
-@pytest.mark.parametrize("matcher, unknown, gans_named", [("alpha", 25, 0), ("cosine", 25, 0), ("svm", 25, 0)])
-def test_a_left_out_gan_is_no_longer_named_as_the_other(bundled_registry, plugin_host, matcher, unknown,
-                                                         gans_named):
-    # EfficientNet alone, before the DDPM network's second stage: 21/27 with alpha and svm, every run of
-    # either GAN named as the other. Measured here: 25/27 with alpha and svm, a DDIM run named pndm and
-    # a PNDM run named ddim; cosine the same (23/27, two of either, with DCGAN at 18,000 iterations).
-    # With SNGAN at 9,000 iterations cosine named three of the six GAN runs as the other GAN (22/27);
-    # trained to 18,000 with a decaying rate, SNGAN moved away from DCGAN (a left-out DCGAN run lay
-    # 3.4-3.7 of SNGAN's spreads from it, was 2.3-2.8; 2.6-2.8 now that DCGAN's decay stage brought it
-    # nearer, still beyond the calibrated 1.89). The two ODE samplers moved nearer the data with the
-    # network's second stage, and nearer each other (26/27 with every matcher at 15,000 iterations)
+@pytest.mark.slow
+@pytest.mark.parametrize("matcher", ["alpha", "cosine", "svm"])
+def test_a_left_out_generator_is_never_named_as_another_network(bundled_registry, plugin_host, matcher):
+    # the reason for the combination: a GAN left out is not named as the other GAN; and only the samplers
+    # of the one diffusion network may pass for each other
     result = leave_generator_out(bundled_registry.enrolled(PROTOCOL), matcher)
-    assert result["unknown"] == unknown, result["per_generator"]
-    gans = {g: result["per_generator"][g]["attributed_to"] for g in ("dcgan", "sngan")}
-    assert sum(sum(named.values()) for named in gans.values()) == gans_named, gans
+    named = {g: p["attributed_to"] for g, p in result["per_generator"].items() if p["attributed_to"]}
+    assert all(g in ONE_NETWORK and set(others) <= ONE_NETWORK for g, others in named.items()), named
 
 
-# at calibration, one left-out run of either ODE sampler passes as the other: measured, recorded and said
-ODE_LOOKALIKES = {"ddim": {"pndm": [1, 3]}, "pndm": {"ddim": [1, 3]}}
-
-
-def test_the_shipped_calibration_is_current_and_lists_the_ode_samplers_as_lookalikes(bundled_registry,
-                                                                                     plugin_host):
+@pytest.mark.slow
+def test_the_shipped_calibration_is_current_and_its_lookalikes_share_a_network(bundled_registry, plugin_host):
+    # a lookalike is a left-out generator that the thresholds let through as an enrolled one; calibration
+    # records it, and every verdict naming that generator says so
     refs = bundled_registry.enrolled(PROTOCOL)
-    # svm's recorded them while its threshold was 1.89 spreads or a margin below 0.114 (SNGAN at 9,000
-    # iterations); it calibrates to 1.40 spreads now, which turns both runs away
-    expected = {"alpha": ODE_LOOKALIKES, "cosine": ODE_LOOKALIKES, "svm": {}}
     for name in available_matchers():
         m = make_matcher(name, calibration=bundled_registry.calibration(PROTOCOL, name)).fit(refs)
-        assert m.calibration["source"] == "recorded" and m.calibration["lookalikes"] == expected[name], name
+        assert m.calibration["source"] == "recorded", name
+        lookalikes = m.calibration["lookalikes"]
+        assert all(g in ONE_NETWORK and set(others) <= ONE_NETWORK for g, others in lookalikes.items()), name
 
 
 @pytest.fixture(scope="module")
@@ -78,28 +72,25 @@ def alpha(bundled_registry):
     return m.fit(bundled_registry.enrolled(PROTOCOL))
 
 
-def test_held_out_sets_of_the_two_gans_and_the_demo_are_named(shipped_engine, bundled_registry, alpha,
-                                                                plugin_host):
-    samples = Path(bundled_registry.path) / PARTS[0] / "samples"
+@pytest.mark.slow
+def test_held_out_sets_of_the_two_gans_and_the_demo_are_ranked_first(shipped_engine, bundled_registry, alpha,
+                                                                       plugin_host):
     results = {}
-    for g in ("ddpm", "dcgan", "sngan"):
-        curve = shipped_engine.curves(np.load(samples / g / "heldout.npz")["images"])[0]
+    for g in ("ddpm", *GANS):
+        curve = shipped_engine.curves(np.load(samples_dir() / g / f"{HELDOUT_INSTANCE}.npz")["images"])[0]
         assert curve.fingerprint.protocol_digest == bundled_registry.protocol(PROTOCOL).digest
         results[g] = alpha.attribute(curve.fingerprint.vector())
-    # `make demo`: measured ddpm, score 0.715, margin 0.141 over ddim, 1.23 of ddpm's spreads
-    assert results["ddpm"].verdict == "ddpm" and results["ddpm"].margin > 0.1
-    assert results["ddpm"].candidates[1].generator in {"ddim", "pndm"}
-    for g in ("dcgan", "sngan"):
-        assert results[g].verdict == g and results[g].lookalikes == {}, results[g].reason
+        assert results[g].candidates[0].generator == g and results[g].verdict in (g, None), results[g].reason
+    # `make demo` attributes the DDPM held-out set under the default: it must come out named
+    assert results["ddpm"].verdict == "ddpm", results["ddpm"].reason
 
 
+@pytest.mark.slow
 def test_noisy_copies_of_t_come_back_unknown(shipped_engine, bundled_registry, alpha, plugin_host):
-    # measured: nearest gmm, 7.0 of its spreads away against the calibrated 1.94 (EfficientNet alone: the
-    # kde-copier at 3.46)
     from forensics.curate import curate, pick
     from forensics.engine import load_reference_set
 
     train = load_reference_set(bundled_registry.protocol(PARTS[0]).train)
     noisy = curate(train[pick(len(train), 500, seed=0)], "noise", seed=0)
     result = alpha.attribute(shipped_engine.curves(noisy)[0].fingerprint.vector())
-    assert result.verdict is None and result.distance_ratio > 5, result.reason
+    assert result.verdict is None, result.reason

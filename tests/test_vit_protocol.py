@@ -1,7 +1,8 @@
 """The second offline protocol, ``mnist-vit``: the project's own ViT trained on T, and its registry.
 
 The encoder's weights ship inside the package (``forensics/zoo/weights``); the reference side ships in the
-registry, so each curve here costs one pass of 500 digits through a 1.6 M-parameter ViT at 28 px.
+registry, so each curve here costs one pass of 500 digits through a 1.6 M-parameter ViT at 28 px. The
+shipped zoo's figures under this protocol are printed by ``benchmarks/zoo_figures.py``.
 """
 
 from __future__ import annotations
@@ -12,25 +13,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forensics.io.hashing import sha256_file
-from forensics.match.matcher import make_matcher
 from forensics.engine import build_encoder
+from forensics.io.hashing import sha256_file
+from forensics.match import make_matcher
+from forensics.stats.base import get_statistic
 from forensics.testing import EncoderContract, sample_images
 from forensics.zoo import encoder as vit_mnist
+from forensics.zoo.catalog import HELDOUT_INSTANCE, samples_dir
 from forensics.zoo.data import mnist_split
 
 PROTOCOL = "mnist-vit"
 ENCODER = "vit_mnist_tiny.forensics"
-GENERATORS = {"dcgan", "ddim", "ddpm", "gmm", "kde-copier", "pixelcnn", "pndm", "sngan", "vae"}
-# measured 0.968 on P_n (forensics/zoo/weights/vit_mnist.json); the test keeps a margin
+COPIER = "kde-copier"  # copies training images and adds pixel noise (σ ≈ 13 grey levels)
+# Accuracy floor on P_n, which training never sees: a ViT that has learnt the digits classifies 95 % of
+# MNIST's held-out digits even from 4,000 training images; below it the encoder is not the trained one.
 MIN_TEST_ACCURACY = 0.95
 
 
-def test_registry_validates_with_both_offline_protocols(bundled_registry):
+def test_registry_validates_with_both_offline_protocols(bundled_registry, zoo_reference_sets):
     assert bundled_registry.validate() == []
     assert bundled_registry.default_protocol == "mnist-effnet-vit"  # which combines this protocol
     refs = bundled_registry.enrolled(PROTOCOL)
-    assert {r.generator for r in refs} == GENERATORS and len(refs) == 27
+    assert {(r.generator, r.provenance["input_sha256"]) for r in refs} == zoo_reference_sets
+    assert len(refs) == len(zoo_reference_sets)
     assert all(len(r.fingerprint.values) == len(bundled_registry.protocol(PROTOCOL).layers) for r in refs)
 
 
@@ -60,62 +65,46 @@ def test_own_preprocessing_follows_another_input_size(plugin_host):
                                                              vit_mnist.PREPROCESSING.std)
 
 
+@pytest.mark.slow
 def test_shipped_encoder_classifies_the_held_out_digits():
     _, _, test_x, test_y = mnist_split()
     accuracy = float((vit_mnist.predict(vit_mnist.load_classifier(), test_x) == test_y).mean())
     assert accuracy >= MIN_TEST_ACCURACY, accuracy
 
 
+@pytest.mark.slow
 def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
     from forensics.curate import pick
     from forensics.engine import load_reference_set
 
     train = load_reference_set(shipped_engine.protocol.train)
     subset = pick(len(train), shipped_engine.protocol.batch_size, seed=0)
-    values = np.array(shipped_engine.curves(train[subset])[0].fingerprint.values, dtype=float)
-    assert np.all(values < -8), values
+    curve = shipped_engine.curves(train[subset])[0]
+    assert {layer.reading for layer in curve.layers} == {"copying"}, curve.fingerprint.values
 
 
-def test_the_noisy_copier_reads_as_copying_and_trained_generators_do_not(bundled_registry):
-    # the finding this protocol exists for: EfficientNet reads the kde-copier (training image + σ ≈ 13
-    # noise) as underfitting; this encoder reads it as copying from block 2 on (block 1: −1.7 … −2.4 over
-    # the enrolled instances), while every trained
-    # generator reads no copying anywhere and rises with depth (measured over the
-    # enrolled runs: +0.3…+2.8 in block 0, +2.9…+7.8 in block 7, a rise of at least 2.36; +0.3…+4.4
-    # and +2.9…+8.5 with the unconditional PixelCNN)
+def test_the_noisy_copier_reads_as_copying_and_trained_generators_do_not(bundled_registry, plugin_host):
+    # the finding this protocol exists for: EfficientNet reads the noisy copier as underfitting; this
+    # encoder, trained on T, reads it as copying from block 2 on. Every trained generator reads no copying
+    # anywhere, and its curve ends higher than it starts (deeper layers see farther from the data).
+    reading = get_statistic(bundled_registry.protocol(PROTOCOL).statistic.name).reading
     for ref in bundled_registry.enrolled(PROTOCOL):
-        values = np.array(ref.fingerprint.values, dtype=float)
-        if ref.generator == "kde-copier":
-            assert np.all(values[2:] < -2) and values[1] < -1, values
+        values = ref.fingerprint.values
+        readings = [reading(v) for v in values]
+        if ref.generator == COPIER:
+            assert set(readings[2:]) == {"copying"}, values
         else:
-            assert np.all(values > 0) and values[-1] > values[0] + 2, (ref.generator, values)
+            assert "copying" not in readings and values[-1] > values[0], (ref.generator, values)
 
 
-def test_in_the_deepest_layer_the_best_zoo_classes_sit_as_near_their_data_as_the_papers_generators(bundled_registry):
-    # the paper's published curves (real CIFAR-10 generators, ViT-B/16) end at +1.77…+5.20; measured over
-    # the enrolled runs, the zoo's ancestral DDPM ends at +2.90…+3.28, SNGAN +3.73…+4.85 (+5.05…+5.52
-    # at 9,000 iterations), DDIM +4.53…+4.72, the VAE +4.61…+4.96; PNDM (+4.74…+5.20) reaches the top;
-    # the PixelCNN, the farthest, ends at +7.50…+7.81 (+8.24…+8.56 before it was class-conditional;
-    # registry/mnist-vit/FINDINGS.md)
-    paper = [r.fingerprint.values[-1] for r in bundled_registry.enrolled("he2024-cifar10-vitb16")]
-    assert len(paper) == 18
-    low, high = min(paper), max(paper)
-    last = {}
-    for ref in bundled_registry.enrolled(PROTOCOL):
-        last.setdefault(ref.generator, []).append(ref.fingerprint.values[-1])
-    for generator in ("ddpm", "sngan", "ddim", "vae"):
-        assert all(low <= v <= high for v in last[generator]), (generator, last[generator], (low, high))
-    assert max(last["pndm"]) < high + 0.5, (last["pndm"], high)
-    assert min(last["pixelcnn"]) > high + 2
+@pytest.mark.slow
+def test_the_held_out_copier_reads_as_copying_in_the_deep_layers(shipped_engine):
+    images = np.load(samples_dir() / COPIER / f"{HELDOUT_INSTANCE}.npz")["images"]
+    curve = shipped_engine.curves(images)[0]
+    assert {layer.reading for layer in curve.layers[2:]} == {"copying"}, curve.fingerprint.values
 
 
-def test_the_held_out_copier_reads_as_copying_in_the_deep_layers(shipped_engine, bundled_registry):
-    samples = Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples"
-    values = np.array(shipped_engine.curves(np.load(samples / "kde-copier" / "heldout.npz")["images"])[0]
-                      .fingerprint.values, dtype=float)
-    assert np.all(values[2:] < -2) and values[-1] < -4, values  # measured −2.1 … −5.8 from block 1
-
-
+@pytest.mark.slow
 def test_an_engine_on_a_torch_device_runs_the_statistic_there_with_the_same_curve(shipped_engine, bundled_registry,
                                                                                 torch_device):
     # "cpu:0" is a torch device that is not the engine's default "cpu": the encoder and the statistic's
@@ -128,7 +117,7 @@ def test_an_engine_on_a_torch_device_runs_the_statistic_there_with_the_same_curv
                     shipped_dir=bundled_registry.reference_dir(PROTOCOL))
     assert all(r.device is not None and r.device.type == torch_device for r in engine.reference_side())
     assert all(r.device is None for r in shipped_engine.reference_side())
-    images = np.load(Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples" / "vae" / "heldout.npz")["images"]
+    images = np.load(samples_dir() / "vae" / f"{HELDOUT_INSTANCE}.npz")["images"]
     want = shipped_engine.curves(images)[0].fingerprint.values
     got = engine.curves(images)[0].fingerprint.values
     assert got == pytest.approx(want, abs=1e-12 if torch_device == "cpu" else 0.02), np.subtract(got, want)
@@ -148,20 +137,15 @@ def test_an_absent_or_unknown_device_is_a_one_line_usage_error(bundled_registry)
             Engine(proto, device="cuda")
 
 
+@pytest.mark.slow
 def test_a_held_out_sample_set_ranks_its_generator_first(shipped_engine, bundled_registry, plugin_host):
-    samples = Path(bundled_registry.path) / "mnist-effnet-lite0" / "samples"
-    images = np.load(samples / "ddpm" / "heldout.npz")["images"]
-    curve = shipped_engine.curves(images)[0]
+    curve = shipped_engine.curves(np.load(samples_dir() / "ddpm" / f"{HELDOUT_INSTANCE}.npz")["images"])[0]
     matcher = make_matcher("alpha", calibration=bundled_registry.calibration(PROTOCOL, "alpha"))
     result = matcher.fit(bundled_registry.enrolled(PROTOCOL)).attribute(curve.fingerprint.vector())
-    # measured 0.184 over the VAE (0.064 with the DDPM network at 15,000 iterations, 0.16 before that)
-    assert result.candidates[0].generator == "ddpm" and result.margin > 0.05
-    # never a wrong name. The set lies 1.41 of DDPM's spreads from its nearest DDPM run: named ddpm under
-    # the calibration shipped now (unknown beyond 1.69 spreads or below a margin of 0.054); it lay 0.71
-    # away with the network at 15,000 iterations
-    assert result.verdict in ("ddpm", None)
-    assert matcher.calibration["source"] == "recorded"  # the shipped calibration is current
-    assert (result.verdict is None) == (result.distance_ratio > matcher.calibration["distance_ratio"])
+    assert matcher.calibration["source"] == "recorded"  # the shipped calibration is today's references'
+    assert result.candidates[0].generator == "ddpm" and result.verdict in ("ddpm", None), result.reason
+    if result.verdict is not None:  # named only within the calibrated distance of the generator's runs
+        assert result.distance_ratio <= matcher.calibration["distance_ratio"]
 
 
 class TestShippedViT(EncoderContract):
