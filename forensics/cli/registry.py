@@ -19,17 +19,14 @@ if TYPE_CHECKING:
 app = typer.Typer(name="registry", no_args_is_help=True,
                   help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.")
 
-
-def _short(digest: str | None) -> str:
-    """A digest as listings show it (:func:`forensics.io.hashing.short`), or a dash when there is none."""
-    from forensics.io.hashing import short
-
-    return short(digest) if digest else "—"
-
-
 def _fmt(v: Any, nd: int = 3) -> str:
+    """A value as a listing shows it: a dash for none, a digest shortened, a float to ``nd`` places."""
+    from forensics.io.hashing import is_digest, short
+
     if v is None:
         return "—"
+    if is_digest(v):
+        return short(v)
     if isinstance(v, float):
         return f"{v:.{nd}f}"
     return str(v)
@@ -69,7 +66,7 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
     for row in rows:
         name = row["name"] + (" [bold](default)[/]" if row["default"] else "")
         gens = ", ".join(f"{g} ({n})" for g, n in row["generators"].items()) or "[dim]none[/]"
-        table.add_row(name, _short(row["digest"]), row["encoder"], str(row["n_layers"]), str(row["batch_size"]), gens)
+        table.add_row(name, _fmt(row["digest"]), row["encoder"], str(row["n_layers"]), str(row["batch_size"]), gens)
     out.print(table)
 
 
@@ -115,13 +112,13 @@ def show(
         if part is not proto:
             out.print(f"  [bold]{part.name}[/]  digest {part.digest}")
         enc, stat = part.encoder, part.statistic
-        out.print(f"{indent}encoder   {enc.name} ({enc.weights_source}; weights {_short(enc.weights)}), pooling "
+        out.print(f"{indent}encoder   {enc.name} ({enc.weights_source}; weights {_fmt(enc.weights)}), pooling "
                   f"{enc.pooling}, {len(enc.layers)} layers {enc.layers[0]} … {enc.layers[-1]}")
         out.print(f"{indent}prep      {dict(enc.preprocessing)}")
         out.print(f"{indent}statistic {stat.name} {dict(stat.params)}; batch m = {part.batch_size}")
         out.print(f"{indent}T         {part.train.dataset}:{part.train.split} ({part.train.count}, "
-                  f"{_short(part.train.sha256)})   P_n {part.test.dataset}:{part.test.split} ({part.test.count}, "
-                  f"{_short(part.test.sha256)})")
+                  f"{_fmt(part.train.sha256)})   P_n {part.test.dataset}:{part.test.split} ({part.test.count}, "
+                  f"{_fmt(part.test.sha256)})")
         for key, value in dict(part.notes).items():
             out.print(f"{indent}[dim]{key}: {value}[/]")
     table = Table(title_justify="left", title=f"{len(chosen)} generator(s)")
@@ -132,7 +129,7 @@ def show(
             p = inst.provenance
             last = (" ".join(_fmt(v, 2) for v in inst.values) if generator else str(p.get("role") or ""))
             table.add_row(g if k == 0 else "", inst.id, str(p.get("created", "")), str(p.get("by", ""))[:40],
-                          _fmt(p.get("n_images")), _short(p.get("input_sha256")), last)
+                          _fmt(p.get("n_images")), _fmt(p.get("input_sha256")), last)
     out.print(table)
 
 
@@ -446,7 +443,7 @@ def import_paper(
     else:
         n = sum(len(v) for v in result["generators"].values())
         out.print(f"imported {n} curves of {len(result['generators'])} generators as {result['protocol']} "
-                  f"({_short(result['digest'])}) into {result['registry']}")
+                  f"({_fmt(result['digest'])}) into {result['registry']}")
 
 
 @app.command("default")

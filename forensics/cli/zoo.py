@@ -212,7 +212,7 @@ def train(
     """
     import torch
 
-    from forensics.zoo import train as zoo_train
+    from forensics.zoo.training import generators as zoo_train
 
     if generator not in zoo_train.GENERATORS:
         raise UsageError(f"unknown zoo generator {generator!r}; choose from {', '.join(zoo_train.GENERATORS)}")
@@ -234,10 +234,10 @@ def manifest(samples: Optional[Path] = _SAMPLES, registry: Optional[Path] = OPT_
 
     Example: forensics zoo manifest
     """
-    from forensics.zoo import train as zoo_train
+    from forensics.zoo.catalog import write_manifest
 
     try:
-        path = zoo_train.write_manifest(_folder(samples, registry))
+        path = write_manifest(_folder(samples, registry))
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
     out.print(f"wrote {path}")
