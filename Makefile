@@ -1,11 +1,11 @@
-# Set-up and the two everyday jobs. Each target creates the virtual environment at .venv when it is
+# Set-up and the everyday jobs. Each target creates the virtual environment at .venv when it is
 # missing (or when pyproject.toml changed since), then runs.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.forensics-installed
 DEMO ?= registry/mnist-effnet-lite0/samples/ddpm/heldout.npz
 
-.PHONY: demo test venv
+.PHONY: demo test test-quick venv
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/forensics attribute $(DEMO)
 
-# The test suite (offline, CPU).
+# The test suite (offline, CPU): what CI runs.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q
+
+# The quick lane while editing: every test not marked slow (under a minute on two cores).
+test-quick: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 -q -m "not slow"

@@ -420,3 +420,33 @@ def test_a_run_extended_from_a_constant_rate_checkpoint_equals_a_straight_run(tm
     fit(0, tmp_path / "c", dict(cfg, decay_from=None))
     c = _weights(tmp_path / "c", gen)
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the decay does change the run
+
+
+PRODUCT_RUN = """
+import json
+import sys
+
+import forensics
+from forensics.cli.commands import app
+from forensics.plugins import PluginHost
+
+for name in forensics.__all__:
+    getattr(forensics, name)
+host = PluginHost(autoload=False)
+host.get("encoders", "vit_mnist_tiny.forensics").obj.describe()
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("forensics.zoo"))))
+"""
+
+
+@pytest.mark.slow
+def test_the_product_never_imports_the_training_code():
+    # the library, the command line and the bundled plugins (the MNIST ViT's included) load without it
+    import json
+    import subprocess
+    import sys
+
+    # conftest's environment goes with it: bundled plugins only
+    out = subprocess.run([sys.executable, "-c", PRODUCT_RUN], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "forensics.zoo.encoder" in loaded
+    assert not [m for m in loaded if m.startswith("forensics.zoo.training")], loaded
