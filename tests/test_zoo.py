@@ -360,8 +360,8 @@ def test_pndm_clips_the_predicted_x0_only_when_asked():
 
 
 def test_ddpm_warm_restart_depends_only_on_the_ema_weights(tmp_path):
-    # the shipped network is trained in two stages; stage 2 restarts from stage 1's EMA weights with a
-    # fresh optimiser and noise stream, so it can be continued from an earlier zoo's exported weights
+    # the network is trained in two stages; stage 2 restarts from stage 1's EMA weights with a fresh
+    # optimiser and noise stream, so it can be continued from stage 1's exported weights alone
     cfg = dict(T.SETTINGS["ddpm-net"], unet_c1=8, unet_c2=8, tdim=16, batch=4, iters=4, restarts=[2],
                eval_every=0, warmup=2)
 
