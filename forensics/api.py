@@ -122,6 +122,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     """
     from forensics.match import make_matcher
 
+    _check_amp(amp)
     reg = open_registry(registry)
     proto = reg.protocol(reg.resolve_protocol(protocol))
     references = reg.enrolled(proto.name)
