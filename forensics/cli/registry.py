@@ -55,7 +55,7 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
                      "n_layers": len(proto.layers), "batch_size": proto.batch_size,
                      "generators": {g: len(e.instances) for g, e in sorted(gens.items())}})
     if json_out:
-        print_json({"schema": "forensics.registry.store-list/1", "registry": str(reg.path),
+        print_json({"schema": "forensics.registry-list/1", "registry": str(reg.path),
                     "default_protocol": reg.default_protocol, "protocols": rows})
         return
     table = Table(title=f"registry {reg.path}", title_justify="left")
@@ -94,7 +94,7 @@ def show(
     if generator is not None and generator not in entries:
         raise UsageError(f"no generator {generator!r} under {name!r}; known: {', '.join(sorted(entries)) or 'none'}")
     chosen = {generator: entries[generator]} if generator else entries
-    doc = {"schema": "forensics.registry.store-show/1", "registry": str(reg.path), "name": name, "digest": proto.digest,
+    doc = {"schema": "forensics.registry-show/1", "registry": str(reg.path), "name": name, "digest": proto.digest,
            "protocol": proto.to_dict(),
            "generators": {g: {"description": e.description,
                               "instances": [i.to_dict() for i in e.instances]} for g, e in sorted(chosen.items())}}
@@ -148,7 +148,7 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
     n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
                       if len(reg.protocols[name].parts) == 1 for e in gens.values())
     if json_out:
-        print_json({"schema": "forensics.registry.store-validate/1", "registry": str(reg.path), "ok": not problems,
+        print_json({"schema": "forensics.registry-validate/1", "registry": str(reg.path), "ok": not problems,
                     "problems": problems, "warnings": reg.warnings, "protocols": len(reg.protocols),
                     "instances": n_instances})
     else:
@@ -284,7 +284,7 @@ def diff(
             old = Registry.open(Path(other), strict=False)
         changes = registry_diff(old, new)
     if json_out:
-        print_json({"schema": "forensics.registry.store-diff/1", "old": other, "new": str(new.path), "changes": changes})
+        print_json({"schema": "forensics.registry-diff/1", "old": other, "new": str(new.path), "changes": changes})
         return
     if not changes:
         out.print("no differences")
