@@ -101,7 +101,7 @@ def vit_accuracy() -> dict[str, Any]:
 
 def embedded_figures(registry, protocols: list[str]) -> dict[str, Any]:
     """Held-out sets' attributions and the curves of exact and noisy copies of T, under each protocol."""
-    from forensics.curate import curate, pick
+    from forensics.curation import curate, pick
     from forensics.engine import load_reference_set, make_engine
     from forensics.match import make_matcher
     from forensics.zoo.catalog import HELDOUT_INSTANCE, read_manifest

@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from forensics.api import (
-        attribute, calibrate, combine_protocols, create_protocol, curate_set, enroll, evaluate, memorization,
+        attribute, calibrate, combine_protocols, create_protocol, curate, enroll, evaluate, memorization,
         open_protocol, open_registry, remove, zoo_enroll, zoo_heldout, zoo_list, zoo_quality,
     )
     from forensics.encode.encoder import Encoder
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     # jobs
     **dict.fromkeys(("open_registry", "open_protocol", "attribute", "memorization", "enroll", "remove", "evaluate",
-                     "calibrate", "create_protocol", "combine_protocols", "curate_set", "zoo_list",
+                     "calibrate", "create_protocol", "combine_protocols", "curate", "zoo_list",
                      "zoo_heldout", "zoo_enroll", "zoo_quality"), "forensics.api"),
     # what they return
     **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",

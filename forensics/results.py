@@ -376,7 +376,7 @@ class CombinationResult:
 # -- curation -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CurationResult:
-    """``forensics.curate_set``: the curated images and the record of how they were made."""
+    """``forensics.curate``: the curated images and the record of how they were made."""
 
     images: np.ndarray
     kind: str

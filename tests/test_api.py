@@ -193,20 +193,20 @@ def test_evaluate_equals_the_cli_document():
     assert alpha.evaluation.n == protocol.n_instances == 18
 
 
-def test_curate_set_of_an_array_records_how_it_was_made(tmp_path):
+def test_curate_of_an_array_records_how_it_was_made(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8)
-    result = forensics.curate_set(images, "noise", count=10, seed=3, out=tmp_path / "noisy.npz")
+    result = forensics.curate(images, "noise", count=10, seed=3, out=tmp_path / "noisy.npz")
     assert result.images.shape == (10, 8, 8) and result.subset["count"] == 10
     np.testing.assert_array_equal(np.load(tmp_path / "noisy.npz")["images"], result.images)
-    assert result.to_dict()["sha256"] == forensics.curate_set(images, "noise", count=10, seed=3).sha256
+    assert result.to_dict()["sha256"] == forensics.curate(images, "noise", count=10, seed=3).sha256
     with pytest.raises(UsageError, match="must end in .npz"):
-        forensics.curate_set(images, "noise", out=tmp_path / "noisy.png")
+        forensics.curate(images, "noise", out=tmp_path / "noisy.png")
 
 
 # -- the package's surface ------------------------------------------------------------------------
 def test_the_package_lists_and_resolves_its_api():
     listed = dir(forensics)
-    for name in ("attribute", "memorization", "enroll", "remove", "evaluate", "calibrate", "curate_set",
+    for name in ("attribute", "memorization", "enroll", "remove", "evaluate", "calibrate", "curate",
                  "open_registry", "open_protocol", "AttributionResult", "MemorizationResult", "Verdict",
                  "ForensicsError", "UsageError", "RegistryError", "ProtocolMismatch", "WeightsError",
                  "PluginError", "StatisticError", "hookimpl", "ct_score"):

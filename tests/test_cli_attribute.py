@@ -27,7 +27,7 @@ def run(args, **kw):
 def registry(tmp_path_factory):
     """A registry with the protocol and four generators × 3 instances of 100 images."""
     from forensics import plugins
-    from forensics.curate import curate
+    from forensics.curation import curate
     from forensics_datasets import load_digits
 
     old = plugins.reset(plugins.PluginHost(autoload=False))

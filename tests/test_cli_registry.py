@@ -10,9 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from forensics.cli.registry import app
-from forensics.registry.papercurves import PROTOCOL_NAME
 from forensics.protocol import Fingerprint
-from forensics.registry.store import Registry
+from forensics.registry import Registry
+from forensics.registry.papercurves import PROTOCOL_NAME
 
 runner = CliRunner()
 
@@ -95,7 +95,7 @@ def test_evaluate_reports_loo_confusion_and_split(paper_copy):
 def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy):
     # on the paper's 18 published curves: one calibration per reference dropped, each the calibration
     # of the other 17, summarised per threshold
-    from forensics.match.matcher import calibrate, make_matcher
+    from forensics.match import calibrate, make_matcher
 
     doc = json.loads(run("evaluate", "--registry", paper_copy, "-m", "alpha", "--stability", "--json").stdout)
     stability = doc["protocols"][0]["matchers"][0]["calibration_stability"]
@@ -118,7 +118,7 @@ def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy
 
 
 def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
-    from forensics.match.matcher import make_matcher
+    from forensics.match import make_matcher
 
     run("calibrate", "--registry", paper_copy, "-m", "alpha")
     reg = Registry.open(paper_copy)

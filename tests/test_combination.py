@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from forensics.cli.commands import app
 from forensics.errors import RegistryError, UsageError
-from forensics.match.matcher import leave_one_out
+from forensics.match import leave_one_out
 from forensics.protocol import Combination, Fingerprint
-from forensics.registry.store import Registry
+from forensics.registry import Registry
 
 ONE = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -155,7 +155,7 @@ def run(args, **kw):
 def combined(tmp_path_factory):
     """Two protocols on digits (m = 100), two generators × 2 instances under both, and the combination."""
     from forensics import plugins
-    from forensics.curate import curate
+    from forensics.curation import curate
     from forensics_datasets import load_digits
 
     old = plugins.reset(plugins.PluginHost(autoload=False))

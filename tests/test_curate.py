@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forensics.curate import KINDS, curate, foreground_mask, pick
+from forensics.curation import KINDS, curate, foreground_mask, pick
 from forensics.errors import UsageError
 
 

