@@ -8,7 +8,7 @@ What the product reads at run time, kept light:
 - :mod:`.quality`: how near a sample set sits to T, in pixels or in an encoder's space.
 
 The code that trained the zoo is :mod:`forensics.zoo.training` (the ``zoo`` extra). See
-``forensics/zoo/README.md``.
+``docs/zoo.md``.
 """
 from .data import mnist_split
 

@@ -5,7 +5,7 @@ its CLS token (He et al.'s official choice) or, with ``pooling="mean"``, the mea
 patch-embedding output is left out: its CLS token is the same for every image.
 
 ``vit_mnist_tiny.forensics`` is the project's own small ViT, trained on the MNIST T of the ``mnist-vit``
-protocol by ``python -m forensics.zoo.encoder``; its weights ship inside the forensics package.
+protocol by ``python -m forensics.zoo.training.encoder``; its weights ship inside the forensics package.
 
 Swin: every stage's output is one layer (``layers.0`` … ``layers.3``), globally average pooled.
 
@@ -119,7 +119,7 @@ SWIN_MODELS = {
 
 
 def project_vit() -> ModelEntry:
-    """The ViT the project trains on MNIST's T itself (``forensics.zoo.encoder``); weights ship with forensics."""
+    """The ViT the project trains on MNIST's T itself (trained by ``forensics.zoo.training.encoder``); weights ship with forensics."""
     from forensics.zoo import encoder as trained
 
     size = trained.ARCH_KWARGS
@@ -129,7 +129,7 @@ def project_vit() -> ModelEntry:
                      f"{size['depth']} blocks, width {size['embed_dim']}, 28 px): the mnist-vit protocol's encoder"),
         package=("forensics", trained.weights_path), extra_kwargs=dict(size),
         preprocessing=trained.PREPROCESSING, hub=False,
-        how="rebuild them with `python -m forensics.zoo.encoder --seed 0` (about 16 min on 2 CPU cores)")
+        how="rebuild them with `python -m forensics.zoo.training.encoder --seed 0` (the zoo extra; about 16 min on 2 CPU cores)")
 
 
 def entries() -> list[tuple[type[TimmEncoder], ModelEntry]]:
