@@ -119,7 +119,7 @@ SWIN_MODELS = {
 
 
 def project_vit() -> ModelEntry:
-    """The ViT the project trains on MNIST's T itself (trained by ``forensics.zoo.training.encoder``); weights ship with forensics."""
+    """The ViT the project trains on MNIST's T (``forensics.zoo.training.encoder``); weights ship with forensics."""
     from forensics.zoo import encoder as trained
 
     size = trained.ARCH_KWARGS
