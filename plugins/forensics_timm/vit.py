@@ -129,7 +129,8 @@ def project_vit() -> ModelEntry:
                      f"{size['depth']} blocks, width {size['embed_dim']}, 28 px): the mnist-vit protocol's encoder"),
         package=("forensics", trained.weights_path), extra_kwargs=dict(size),
         preprocessing=trained.PREPROCESSING, hub=False,
-        how="rebuild them with `python -m forensics.zoo.training.encoder --seed 0` (the zoo extra; about 16 min on 2 CPU cores)")
+        how=("rebuild them with `python -m forensics.zoo.training.encoder --seed 0` "
+             "(the zoo extra; about 16 min on 2 CPU cores)"))
 
 
 def entries() -> list[tuple[type[TimmEncoder], ModelEntry]]:
