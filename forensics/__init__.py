@@ -27,8 +27,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from forensics.api import (
-        attribute, calibrate, combine_protocols, create_protocol, curate, enroll, evaluate, memorization,
-        open_protocol, open_registry, remove, zoo_enroll, zoo_heldout, zoo_list, zoo_quality,
+        attribute, calibrate, combine_protocols, create_protocol, curate, diff_registry, enroll, evaluate,
+        import_paper, list_encoders, list_plugins, list_protocols, memorization, open_protocol, open_registry,
+        remove, set_default_protocol, show_protocol, validate_registry, zoo_enroll, zoo_heldout, zoo_list,
+        zoo_quality,
     )
     from forensics.encode.encoder import Encoder
     from forensics.engine import Curve, LayerValue
@@ -40,22 +42,27 @@ if TYPE_CHECKING:
     from forensics.protocol import Combination, Fingerprint, Protocol
     from forensics.registry import Registry
     from forensics.results import (
-        AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult,
-        EnrolmentResult, EvaluationResult, HeldoutResult, ImageInput, MemorizationResult, ProtocolCreation,
-        RemovalResult, Verdict, ZooEnrolment, ZooListing, ZooQuality,
+        AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EncoderListing,
+        EnrolmentResult, EvaluationResult, HeldoutResult, ImageInput, MemorizationResult, PaperImport,
+        PluginListing, ProtocolCreation, ProtocolDetail, ProtocolSummary, RegistryDiff, RegistryListing,
+        RemovalResult, ValidationResult, Verdict, ZooEnrolment, ZooListing, ZooQuality,
     )
     from forensics.stats.ct import CellResult, CTResult, FittedCT, ct_score
 
 _LAZY: dict[str, str] = {
     # jobs
     **dict.fromkeys(("open_registry", "open_protocol", "attribute", "memorization", "enroll", "remove", "evaluate",
-                     "calibrate", "create_protocol", "combine_protocols", "curate", "zoo_list",
-                     "zoo_heldout", "zoo_enroll", "zoo_quality"), "forensics.api"),
+                     "calibrate", "create_protocol", "combine_protocols", "curate", "list_protocols",
+                     "show_protocol", "validate_registry", "diff_registry", "import_paper", "set_default_protocol",
+                     "list_plugins", "list_encoders", "zoo_list", "zoo_heldout", "zoo_enroll", "zoo_quality"),
+                    "forensics.api"),
     # what they return
     **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",
                      "EnrolmentResult", "RemovalResult", "EvaluationResult", "CalibrationResult",
-                     "ProtocolCreation", "CombinationResult", "CurationResult", "HeldoutResult", "ZooListing",
-                     "ZooEnrolment", "ZooQuality"), "forensics.results"),
+                     "ProtocolCreation", "CombinationResult", "CurationResult", "RegistryListing",
+                     "ProtocolSummary", "ProtocolDetail", "ValidationResult", "RegistryDiff", "PaperImport",
+                     "PluginListing", "EncoderListing", "HeldoutResult", "ZooListing", "ZooEnrolment",
+                     "ZooQuality"), "forensics.results"),
     # the pieces they are made of
     **dict.fromkeys(("Curve", "LayerValue"), "forensics.engine"),
     **dict.fromkeys(("Attribution", "Candidate", "EnrolledCurve"), "forensics.match"),

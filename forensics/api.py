@@ -22,14 +22,17 @@ import numpy as np
 
 from forensics.errors import UsageError
 from forensics.results import (
-    AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EnrolmentResult,
-    EvaluationResult, HeldoutResult, HeldoutSet, ImageInput, MatcherEvaluation, MemorizationResult,
-    ProtocolCreation, ProtocolEvaluation, RemovalResult, ZooEnrolment, ZooListing, ZooQuality,
+    AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EncoderListing,
+    EnrolmentResult, EvaluationResult, HeldoutResult, HeldoutSet, ImageInput, MatcherEvaluation,
+    MemorizationResult, PaperImport, PluginListing, ProtocolCreation, ProtocolDetail, ProtocolEvaluation,
+    ProtocolSummary, RegistryDiff, RegistryListing, RemovalResult, ValidationResult, ZooEnrolment, ZooListing,
+    ZooQuality,
 )
 
 if TYPE_CHECKING:
     from forensics.engine import CombinedEngine, Curve, Engine
     from forensics.match import EnrolledCurve
+    from forensics.plugins import Provided
     from forensics.protocol import Combination, Protocol
     from forensics.registry import Registry
 
@@ -53,6 +56,118 @@ def open_protocol(name: str | None = None, *, registry: RegistryLike = None) -> 
     """A protocol (or combination) of the registry by name; the registry's default when ``name`` is None."""
     reg = open_registry(registry)
     return reg.protocol(reg.resolve_protocol(name))
+
+
+# -- the registry's contents ----------------------------------------------------------------------
+def list_protocols(registry: RegistryLike = None) -> RegistryListing:
+    """Every protocol (and combination) of the registry, by name, with its generators' instance counts."""
+    reg = open_registry(registry)
+    rows = []
+    for name in sorted(reg.protocols):
+        proto = reg.protocols[name]
+        gens = reg.generators.get(name, {})
+        rows.append(ProtocolSummary(
+            name=name, digest=proto.digest, default=name == reg.default_protocol, description=proto.description,
+            encoder=" + ".join(p.encoder.name for p in proto.parts),
+            combines=tuple(p.name for p in proto.parts) if len(proto.parts) > 1 else None,
+            n_layers=len(proto.layers), batch_size=proto.batch_size,
+            generators={g: len(e.instances) for g, e in sorted(gens.items())}))
+    return RegistryListing(reg.path, reg.default_protocol, tuple(rows))
+
+
+def show_protocol(protocol: str | None = None, *, generator: str | None = None,
+                  registry: RegistryLike = None) -> ProtocolDetail:
+    """A protocol's record (default: the registry's default protocol) and its generators, or only
+    ``generator``, with their instances; an unknown generator is a :class:`UsageError` naming the known ones."""
+    reg = open_registry(registry)
+    name = reg.resolve_protocol(protocol)
+    entries = reg.generator_entries(name)
+    if generator is not None and generator not in entries:
+        raise UsageError(f"no generator {generator!r} under {name!r}; known: {', '.join(sorted(entries)) or 'none'}")
+    chosen = {generator: entries[generator]} if generator is not None else entries
+    return ProtocolDetail(reg.path, reg.protocol(name), dict(sorted(chosen.items())))
+
+
+def validate_registry(registry: str | Path | None = None) -> ValidationResult:
+    """Check every file of the registry (schema, digests, NaN/inf, duplicate names, curve lengths); the
+    problems are returned (``result.ok``), not raised."""
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry, strict=False)
+    # instances stored in files: a combination's are its protocols' instances, read again
+    n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
+                      if len(reg.protocols[name].parts) == 1 for e in gens.values())
+    return ValidationResult(reg.path, tuple(reg.validate()), tuple(reg.warnings), len(reg.protocols), n_instances)
+
+
+def diff_registry(other: str, *, registry: str | Path | None = None) -> RegistryDiff:
+    """What the registry state ``other`` (a folder, or ``git:REV``: this registry at a git revision)
+    and the registry (default: $FORENSICS_REGISTRY, else the bundled one) disagree on, from ``other`` (old)
+    to the registry (new)."""
+    import tempfile
+
+    from forensics.registry import Registry, diff, open_state
+
+    new = Registry.open(registry, strict=False)
+    with tempfile.TemporaryDirectory(prefix="forensics-diff-") as tmp:
+        changes = diff(open_state(other, registry, tmp), new)
+    return RegistryDiff(other, new.path, tuple(changes))
+
+
+def import_paper(src: str | Path, *, registry: str | Path | None = None, overwrite: bool = False) -> PaperImport:
+    """He et al. 2024's published CIFAR-10 curves (the folder ``src``) as the protocol
+    ``he2024-cifar10-vitb16`` of the registry (created if needed); its generators are replaced only with
+    ``overwrite``."""
+    from forensics.registry import Registry
+    from forensics.registry.papercurves import import_paper as write
+
+    done = write(src, Registry.open(registry, create=True), overwrite=overwrite)
+    return PaperImport(done["protocol"], done["digest"], done["generators"], done["n_curves"], Path(done["registry"]))
+
+
+def set_default_protocol(protocol: str, *, registry: RegistryLike = None) -> str:
+    """Make ``protocol`` the registry's default protocol; returns it."""
+    open_registry(registry).set_default(protocol)
+    return protocol
+
+
+# -- plugins and encoders -------------------------------------------------------------------------
+def list_plugins() -> PluginListing:
+    """Every plugin (bundled and installed), its version and what it provides; a broken one with the cause."""
+    from forensics.plugins import host
+
+    return PluginListing(tuple(host().describe()))
+
+
+def list_encoders(names: Sequence[str] | None = None) -> EncoderListing:
+    """The encoders the plugins provide (default: all, by name), as each describes itself
+    (:func:`~forensics.encode.encoder.describe_encoder`: a factory's ``describe()``, else the encoder
+    built with random weights), never downloading anything. One that cannot describe itself is listed
+    with its ``error``; an unknown name is a :class:`UsageError`."""
+    from forensics.plugins import host
+
+    found = host().collect("encoders")
+    unknown = [n for n in names or () if n not in found]
+    if unknown:
+        raise UsageError(f"no encoder named {', '.join(unknown)}; available: {', '.join(sorted(found))}")
+    return EncoderListing(tuple(_encoder_entry(name, found[name]) for name in (names or sorted(found))))
+
+
+def _encoder_entry(name: str, provided: Provided) -> dict[str, Any]:
+    """One encoder of :func:`list_encoders`: its spec, or the error that kept it from describing itself."""
+    from forensics.encode.encoder import describe_encoder
+
+    entry: dict[str, Any] = {"name": name, "plugin": provided.plugin}
+    try:
+        spec = describe_encoder(name, provided.obj, provided.description)
+    except Exception as exc:  # one broken encoder must not hide the others
+        entry.update({"description": provided.description, "layers": [], "weights": "unknown",
+                      "error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+        return entry
+    entry.update(spec.to_dict())
+    entry["name"] = name
+    entry["weights_available"] = not spec.weights.startswith(("missing", "unknown"))
+    return entry
 
 
 # -- reading images -------------------------------------------------------------------------------

@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 
     from forensics.engine import Curve
     from forensics.match import Attribution, EnrolledCurve, Evaluation
+    from forensics.plugins import PluginInfo
     from forensics.protocol import Combination, Protocol
+    from forensics.registry import GeneratorEntry
 
 ATTRIBUTION_SCHEMA = "forensics.attribution/1"
 MEMORIZATION_SCHEMA = "forensics.memorization/1"
@@ -54,6 +56,11 @@ HELDOUT_SCHEMA = "forensics.zoo-heldout/1"
 ZOO_LIST_SCHEMA = "forensics.zoo-list/1"
 ZOO_ENROLL_SCHEMA = "forensics.zoo-enroll/1"
 ZOO_QUALITY_SCHEMA = "forensics.zoo-quality/1"
+REGISTRY_LIST_SCHEMA = "forensics.registry-list/1"
+REGISTRY_SHOW_SCHEMA = "forensics.registry-show/1"
+REGISTRY_VALIDATE_SCHEMA = "forensics.registry-validate/1"
+REGISTRY_DIFF_SCHEMA = "forensics.registry-diff/1"
+ENCODERS_SCHEMA = 1
 
 
 # -- shared parts of the documents ----------------------------------------------------------------
@@ -371,6 +378,130 @@ class CombinationResult:
         return {"name": self.combination.name, "digest": self.combination.digest,
                 "combines": [p.name for p in self.combination.parts], "n_instances": self.n_instances,
                 "registry": str(self.registry)}
+
+
+# -- reading the registry ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProtocolSummary:
+    """One protocol (or combination) of a registry listing: its identity and its generators' instance counts."""
+
+    name: str
+    digest: str
+    default: bool                        # the registry's default protocol
+    description: str
+    encoder: str                         # the encoders' names, joined by " + " for a combination
+    combines: tuple[str, ...] | None     # a combination's protocols, in curve order; None for a protocol
+    n_layers: int
+    batch_size: int
+    generators: Mapping[str, int]        # generator → enrolled instances, by name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": self.digest, "default": self.default, "description": self.description,
+                "encoder": self.encoder, "combines": None if self.combines is None else list(self.combines),
+                "n_layers": self.n_layers, "batch_size": self.batch_size, "generators": dict(self.generators)}
+
+
+@dataclass(frozen=True)
+class RegistryListing:
+    """``forensics.list_protocols``: every protocol of a registry, by name, with its generators."""
+
+    registry: Path
+    default_protocol: str | None
+    protocols: tuple[ProtocolSummary, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": REGISTRY_LIST_SCHEMA, "registry": str(self.registry),
+                "default_protocol": self.default_protocol, "protocols": [p.to_dict() for p in self.protocols]}
+
+
+@dataclass(frozen=True)
+class ProtocolDetail:
+    """``forensics.show_protocol``: a protocol's record and its generators (all, or the one asked for),
+    each with its instances' curves and provenance."""
+
+    registry: Path
+    protocol: Protocol | Combination
+    generators: Mapping[str, GeneratorEntry]   # by name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": REGISTRY_SHOW_SCHEMA, "registry": str(self.registry), "name": self.protocol.name,
+                "digest": self.protocol.digest, "protocol": self.protocol.to_dict(),
+                "generators": {g: {"description": e.description, "instances": [i.to_dict() for i in e.instances]}
+                               for g, e in self.generators.items()}}
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """``forensics.validate_registry``: every problem of a registry's files (none: it is sound), the
+    warnings it loads with, and what it holds."""
+
+    registry: Path
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+    n_protocols: int
+    n_instances: int      # instances stored in files (a combination's are its protocols', not counted again)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": REGISTRY_VALIDATE_SCHEMA, "registry": str(self.registry), "ok": self.ok,
+                "problems": list(self.problems), "warnings": list(self.warnings), "protocols": self.n_protocols,
+                "instances": self.n_instances}
+
+
+@dataclass(frozen=True)
+class RegistryDiff:
+    """``forensics.diff_registry``: what two registry states disagree on, from ``old`` to ``new``; each
+    change as :func:`forensics.registry.diff` gives it (change, what, protocol, generator, instance, detail)."""
+
+    old: str              # the other state as it was named: a folder or git:REV
+    new: Path
+    changes: tuple[Mapping[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": REGISTRY_DIFF_SCHEMA, "old": self.old, "new": str(self.new),
+                "changes": [dict(c) for c in self.changes]}
+
+
+@dataclass(frozen=True)
+class PaperImport:
+    """``forensics.import_paper``: He et al.'s published curves written as a protocol of the registry."""
+
+    protocol: str
+    digest: str
+    generators: Mapping[str, Sequence[str]]   # generator → its instance ids, in the release's order
+    n_curves: int
+    registry: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "digest": self.digest,
+                "generators": {g: list(ids) for g, ids in self.generators.items()}, "n_curves": self.n_curves,
+                "registry": str(self.registry)}
+
+
+# -- plugins and encoders -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PluginListing:
+    """``forensics.list_plugins``: every plugin, bundled or installed, with what it provides or why it failed."""
+
+    plugins: tuple[PluginInfo, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plugins": [p.to_dict() for p in self.plugins]}
+
+
+@dataclass(frozen=True)
+class EncoderListing:
+    """``forensics.list_encoders``: one entry per encoder: name, plugin, family, description, layers (name,
+    dim), pooling(s), preprocessing, ``weights`` (where they come from on this machine, or ``missing: how
+    to supply them``) and ``weights_available``; an encoder that cannot describe itself has its ``error``."""
+
+    encoders: tuple[Mapping[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": ENCODERS_SCHEMA, "encoders": [dict(e) for e in self.encoders]}
 
 
 # -- curation -------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def installed(tmp_path_factory):
 
 def test_installed_plugin_is_listed_and_used(installed):
     from forensics import plugins
-    from forensics.cli import encoders as cli_encoders
+    from forensics.api import list_encoders
     from forensics.encode.embed import embed
     from forensics.testing import check_encoder, sample_images
 
@@ -52,7 +52,7 @@ def test_installed_plugin_is_listed_and_used(installed):
     check_encoder(encoder)
     old = plugins.reset(host)
     try:
-        entry = {e["name"]: e for e in cli_encoders.list_encoders()}["example_colour_pyramid"]
+        entry = {e["name"]: e for e in list_encoders().encoders}["example_colour_pyramid"]
         assert [layer["name"] for layer in entry["layers"]] == ["pool.16", "pool.8", "pool.4", "pool.2"]
         assert entry["plugin"] == "example"
     finally:

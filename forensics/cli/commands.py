@@ -236,16 +236,16 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
     """
     from rich.table import Table
 
-    from forensics.plugins import host
+    from forensics.api import list_plugins
 
-    infos = host().describe()
+    result = list_plugins()
     if json_out:
-        print_json({"plugins": [i.to_dict() for i in infos]})
+        print_json(result.to_dict())
         return
     table = Table(title="forensics plugins", title_justify="left")
     for col in ("plugin", "version", "from", "provides", "status"):
         table.add_column(col, overflow="fold")  # as every listing: a name cut short cannot be typed
-    for info in infos:
+    for info in result.plugins:
         provides = "; ".join(f"{kind}: {', '.join(sorted(names))}" for kind, names in info.provides.items() if names)
         status = "[green]ok[/]" if info.error is None else f"[red]error:[/] {info.error}"
         source = "bundled" if info.bundled else (info.distribution or "registered")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -14,7 +12,7 @@ from forensics.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from forensics.results import EvaluationResult
+    from forensics.results import EvaluationResult, ProtocolDetail, RegistryListing
 
 app = typer.Typer(name="registry", no_args_is_help=True,
                   help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.")
@@ -40,33 +38,27 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
 
     Example: forensics registry list --json
     """
+    from forensics.api import list_protocols
+
+    result = list_protocols(registry)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        _render_listing(result)
+
+
+def _render_listing(result: RegistryListing) -> None:
     from rich.table import Table
 
-    from forensics.registry.store import Registry
-
-    reg = Registry.open(registry)
-    rows = []
-    for name in sorted(reg.protocols):
-        proto = reg.protocols[name]
-        gens = reg.generators.get(name, {})
-        rows.append({"name": name, "digest": proto.digest, "default": name == reg.default_protocol,
-                     "description": proto.description, "encoder": " + ".join(p.encoder.name for p in proto.parts),
-                     "combines": [p.name for p in proto.parts] if len(proto.parts) > 1 else None,
-                     "n_layers": len(proto.layers), "batch_size": proto.batch_size,
-                     "generators": {g: len(e.instances) for g, e in sorted(gens.items())}})
-    if json_out:
-        print_json({"schema": "forensics.registry-list/1", "registry": str(reg.path),
-                    "default_protocol": reg.default_protocol, "protocols": rows})
-        return
-    table = Table(title=f"registry {reg.path}", title_justify="left")
+    table = Table(title=f"registry {result.registry}", title_justify="left")
     table.add_column("protocol", no_wrap=True)
     table.add_column("digest", no_wrap=True)
     for col in ("encoder", "layers", "m", "generators (instances)"):
         table.add_column(col, overflow="fold")
-    for row in rows:
-        name = row["name"] + (" [bold](default)[/]" if row["default"] else "")
-        gens = ", ".join(f"{g} ({n})" for g, n in row["generators"].items()) or "[dim]none[/]"
-        table.add_row(name, _fmt(row["digest"]), row["encoder"], str(row["n_layers"]), str(row["batch_size"]), gens)
+    for p in result.protocols:
+        name = p.name + (" [bold](default)[/]" if p.default else "")
+        gens = ", ".join(f"{g} ({n})" for g, n in p.generators.items()) or "[dim]none[/]"
+        table.add_row(name, _fmt(p.digest), p.encoder, str(p.n_layers), str(p.batch_size), gens)
     out.print(table)
 
 
@@ -82,26 +74,22 @@ def show(
 
     Example: forensics registry show he2024-cifar10-vitb16 --generator DDPM
     """
+    from forensics.api import show_protocol
+
+    result = show_protocol(protocol, generator=generator, registry=registry)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        _render_protocol(result, full_curves=generator is not None)
+
+
+def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
+    """A protocol's record, then a table of its generators' instances (their curves with ``full_curves``,
+    else each instance's role)."""
     from rich.table import Table
 
-    from forensics.errors import UsageError
-    from forensics.registry.store import Registry
-
-    reg = Registry.open(registry)
-    name = reg.resolve_protocol(protocol)
-    proto = reg.protocol(name)
-    entries = reg.generator_entries(name)
-    if generator is not None and generator not in entries:
-        raise UsageError(f"no generator {generator!r} under {name!r}; known: {', '.join(sorted(entries)) or 'none'}")
-    chosen = {generator: entries[generator]} if generator else entries
-    doc = {"schema": "forensics.registry-show/1", "registry": str(reg.path), "name": name, "digest": proto.digest,
-           "protocol": proto.to_dict(),
-           "generators": {g: {"description": e.description,
-                              "instances": [i.to_dict() for i in e.instances]} for g, e in sorted(chosen.items())}}
-    if json_out:
-        print_json(doc)
-        return
-    out.print(f"[bold]{name}[/]  digest {proto.digest}")
+    proto, chosen = result.protocol, result.generators
+    out.print(f"[bold]{proto.name}[/]  digest {proto.digest}")
     if proto.description:
         out.print(f"  {proto.description}")
     if len(proto.parts) > 1:
@@ -122,12 +110,12 @@ def show(
         for key, value in dict(part.notes).items():
             out.print(f"{indent}[dim]{key}: {value}[/]")
     table = Table(title_justify="left", title=f"{len(chosen)} generator(s)")
-    for col in ("generator", "instance", "created", "by", "images", "input", "curve" if generator else "role"):
+    for col in ("generator", "instance", "created", "by", "images", "input", "curve" if full_curves else "role"):
         table.add_column(col, overflow="fold")
-    for g, e in sorted(chosen.items()):
+    for g, e in chosen.items():
         for k, inst in enumerate(e.instances):
             p = inst.provenance
-            last = (" ".join(_fmt(v, 2) for v in inst.values) if generator else str(p.get("role") or ""))
+            last = (" ".join(_fmt(v, 2) for v in inst.values) if full_curves else str(p.get("role") or ""))
             table.add_row(g if k == 0 else "", inst.id, str(p.get("created", "")), str(p.get("by", ""))[:40],
                           _fmt(p.get("n_images")), _fmt(p.get("input_sha256")), last)
     out.print(table)
@@ -140,27 +128,22 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
 
     Example: forensics registry validate --registry ./registry
     """
-    from forensics.registry.store import Registry
+    from forensics.api import validate_registry
 
-    reg = Registry.open(registry, strict=False)
-    problems = reg.validate()
-    # instances stored in files: a combination's are its protocols' instances, read again
-    n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
-                      if len(reg.protocols[name].parts) == 1 for e in gens.values())
+    result = validate_registry(registry)
     if json_out:
-        print_json({"schema": "forensics.registry-validate/1", "registry": str(reg.path), "ok": not problems,
-                    "problems": problems, "warnings": reg.warnings, "protocols": len(reg.protocols),
-                    "instances": n_instances})
+        print_json(result.to_dict())
     else:
-        for p in problems:
+        for p in result.problems:
             out.print(f"[red]✗[/] {p}")
-        for w in reg.warnings:
+        for w in result.warnings:
             out.print(f"[yellow]![/] {w}")
-        if not problems:
-            out.print(f"[green]✓[/] {reg.path}: {len(reg.protocols)} protocol(s), {n_instances} instance(s), no problems")
+        if result.ok:
+            out.print(f"[green]✓[/] {result.registry}: {result.n_protocols} protocol(s), {result.n_instances} "
+                      "instance(s), no problems")
         else:
-            err.print(f"{len(problems)} problem(s) in {reg.path}")
-    if problems:
+            err.print(f"{len(result.problems)} problem(s) in {result.registry}")
+    if not result.ok:
         raise typer.Exit(1)
 
 
@@ -227,37 +210,7 @@ def remove(
                   f"{', '.join(result.removed)}")
 
 
-# -- diff -----------------------------------------------------------------------------------------
-def _git_snapshot(spec: str, base: Path, tmp: Path) -> Path:
-    """Extract the registry folder as it is at git revision REV (``git:REV``) into ``tmp``."""
-    from forensics.errors import UsageError
-
-    rev = spec[4:] or "HEAD"
-    folder = base.resolve()
-    try:
-        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        rel = folder.relative_to(Path(top).resolve()).as_posix()
-        archive = subprocess.run(["git", "-C", top, "archive", "--format=tar", rev, rel], check=True,
-                                 capture_output=True).stdout
-    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        detail = detail.decode() if isinstance(detail, bytes) else str(detail)
-        if "did not match any files" in detail:  # no registry at that revision: an empty one
-            return tmp / "empty-registry"
-        raise UsageError(f"cannot read the registry at git revision {rev!r}: "
-                         f"{detail.strip().splitlines()[0] if detail.strip() else exc}") from None
-    import io
-    import tarfile
-
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        try:
-            tar.extractall(tmp, filter="data")
-        except TypeError:  # Python without extraction filters
-            tar.extractall(tmp)
-    return tmp / rel
-
-
+# -- diff ---------------------------------------------------------------------------------------
 @app.command()
 @handle_errors
 def diff(
@@ -272,28 +225,20 @@ def diff(
     """
     from rich.table import Table
 
-    from forensics.registry.store import Registry, default_registry_path
-    from forensics.registry.store import diff as registry_diff
+    from forensics.api import diff_registry
 
-    new = Registry.open(registry, strict=False)
-    with tempfile.TemporaryDirectory(prefix="forensics-diff-") as tmp:
-        if other.startswith("git:"):
-            old_path = _git_snapshot(other, registry or default_registry_path(), Path(tmp))
-            old = Registry.open(old_path, strict=False, create=True)
-        else:
-            old = Registry.open(Path(other), strict=False)
-        changes = registry_diff(old, new)
+    result = diff_registry(other, registry=registry)
     if json_out:
-        print_json({"schema": "forensics.registry-diff/1", "old": other, "new": str(new.path), "changes": changes})
+        print_json(result.to_dict())
         return
-    if not changes:
+    if not result.changes:
         out.print("no differences")
         return
-    table = Table(title=f"{other} → {new.path}", title_justify="left")
+    table = Table(title=f"{result.old} → {result.new}", title_justify="left")
     for col in ("change", "what", "protocol", "generator", "instance", "detail"):
         table.add_column(col, overflow="fold")
     colour = {"added": "green", "removed": "red", "changed": "yellow"}
-    for c in changes:
+    for c in result.changes:
         table.add_row(f"[{colour[c['change']]}]{c['change']}[/]", c["what"], c["protocol"] or "",
                       c["generator"] or "", c["instance"] or "", c["detail"])
     out.print(table)
@@ -433,17 +378,14 @@ def import_paper(
 
     Example: forensics registry import-paper ../shared/reference/paper-curves --overwrite
     """
-    from forensics.registry.papercurves import import_paper as run
-    from forensics.registry.store import Registry
+    from forensics.api import import_paper as run
 
-    reg = Registry.open(registry, create=True)
-    result = run(src, reg, overwrite=overwrite)
+    result = run(src, registry=registry, overwrite=overwrite)
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
     else:
-        n = sum(len(v) for v in result["generators"].values())
-        out.print(f"imported {n} curves of {len(result['generators'])} generators as {result['protocol']} "
-                  f"({_fmt(result['digest'])}) into {result['registry']}")
+        out.print(f"imported {result.n_curves} curves of {len(result.generators)} generators as {result.protocol} "
+                  f"({_fmt(result.digest)}) into {result.registry}")
 
 
 @app.command("default")
@@ -456,9 +398,8 @@ def default(
 
     Example: forensics registry default he2024-cifar10-vitb16
     """
-    from forensics.registry.store import Registry
+    from forensics.api import open_registry, set_default_protocol
 
-    reg = Registry.open(registry)
-    if protocol is not None:
-        reg.set_default(protocol)
-    out.print(reg.default_protocol or "none")
+    default = set_default_protocol(protocol, registry=registry) if protocol is not None else \
+        open_registry(registry).default_protocol
+    out.print(default or "none")
