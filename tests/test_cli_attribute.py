@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from forensics.cli.commands import app
+from forensics.report.terminal import thresholds_text
 
 PROTOCOL = ["protocol", "create", "digits-vit", "--dataset", "digits", "--encoder", "vit_tiny_patch16_224.augreg_in21k",
             "--weights", "random", "--option", "image_size=32", "--k", "3", "--projection", "16",
@@ -109,6 +110,12 @@ def test_memorization_reads_exact_copies_as_copying(registry, plugin_host):
     assert set(doc["curve"]["readings"]) == {"copying"} and doc["level"].startswith("every layer")
     r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg)], env={"COLUMNS": "160"})
     assert "Copying: every layer" in r.stdout
+    assert thresholds_text(doc["thresholds"]) in r.stdout  # the report names the statistic's own cut-offs
+
+
+def test_reading_thresholds_are_rendered_whatever_a_statistic_names_them():
+    assert thresholds_text({"far_below": -1.5, "near": 0.25}) == "far below -1.5, near 0.25"
+    assert thresholds_text({}) == ""
 
 
 def test_registry_from_environment(registry, plugin_host, monkeypatch):

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from forensics.errors import UsageError
+from forensics.hookspecs import EncoderFactory
 from forensics.io.images import as_rgb_uint8
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -184,17 +185,24 @@ class EncoderSpec:
                 "preprocessing": self.preprocessing.to_dict(), "weights": self.weights}
 
 
-def describe_encoder(name: str, factory: Any, description: str = "") -> EncoderSpec:
-    """Describe an encoder cheaply: through ``factory.describe()`` when the plugin offers it, else by
-    building it with random weights (never downloading anything)."""
-    describe = getattr(factory, "describe", None)
-    if callable(describe):
-        spec = describe()
+@runtime_checkable
+class DescribingFactory(EncoderFactory, Protocol):
+    """An :class:`~forensics.hookspecs.EncoderFactory` that also carries the optional ``describe``: what
+    its encoder declares (:class:`EncoderSpec`), without building the model."""
+
+    def describe(self, **options: Any) -> EncoderSpec: ...
+
+
+def describe_encoder(name: str, factory: EncoderFactory, description: str = "") -> EncoderSpec:
+    """Describe an encoder cheaply: through the factory's ``describe()`` when it is a
+    :class:`DescribingFactory`, else by building it with random weights (never downloading anything)."""
+    if isinstance(factory, DescribingFactory):
+        spec = factory.describe()
         if not spec.description and description:
-            spec = EncoderSpec(**{**spec.__dict__, "description": description})
+            spec = replace(spec, description=description)
         return spec
     encoder = factory(weights="random")
-    return EncoderSpec(name=name, family=getattr(encoder, "family", "") or "", description=description,
+    return EncoderSpec(name=name, family=encoder.family, description=description,
                        layers=tuple(encoder.layers), preprocessing=encoder.preprocessing,
                        pooling=encoder.pooling, poolings=(encoder.pooling,),
                        weights="unknown (the plugin does not say; build it to find out)")

@@ -6,7 +6,7 @@ report); nothing here computes a figure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from forensics.io.hashing import short
@@ -38,6 +38,11 @@ def bar(value: float | None, scale: float, width: int = 20) -> str:
     if value < 0:
         return " " * (width - n) + "█" * n + "│" + " " * width
     return " " * width + "│" + "█" * n + " " * (width - n)
+
+
+def thresholds_text(thresholds: Mapping[str, float]) -> str:
+    """A statistic's reading cut-offs as a phrase: ``copying below -4, underfitting above 4``."""
+    return ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in thresholds.items())
 
 
 def _source(result: AttributionResult | MemorizationResult) -> str:
@@ -158,10 +163,8 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
     console.print(Panel(header, title="forensics memorization", title_align="left", box=box.ROUNDED), soft_wrap=False)
     style = "bold red" if result.copying else "bold green"
     console.print(Text.assemble(("Copying: ", "bold"), (result.level, style)))
-    below, above = result.thresholds.get("copying_below"), result.thresholds.get("underfitting_above")
-    if below is not None and above is not None:
-        console.print(Text(f"  C_T < {below:g}: generated images sit closer to the training set than fresh data "
-                           f"does (copying); > {above:g}: farther (underfitting)", style="dim"))
+    if result.thresholds:
+        console.print(Text(f"  read with {thresholds_text(result.thresholds)}", style="dim"))
     if result.partial_batch:
         console.print(Text(f"  warning: fewer images than the protocol's batch of {proto.batch_size}; "
                            "|C_T| shrinks with fewer images", style="yellow"))
