@@ -203,11 +203,145 @@ def test_curate_of_an_array_records_how_it_was_made(tmp_path):
         forensics.curate(images, "noise", out=tmp_path / "noisy.png")
 
 
+# -- the registry's contents, plugins and encoders -----------------------------------------------
+@pytest.fixture
+def paper_registry(tmp_path):
+    """A registry holding only a copy of the bundled paper protocol, as its default."""
+    import shutil
+
+    from forensics.registry.papercurves import PROTOCOL_NAME
+
+    target = tmp_path / "reg"
+    target.mkdir()
+    shutil.copytree(forensics.open_registry().path / PROTOCOL_NAME, target / PROTOCOL_NAME)
+    forensics.Registry.open(target, create=True).set_default(PROTOCOL_NAME)
+    return target
+
+
+def test_list_protocols_equals_the_cli_document():
+    result = forensics.list_protocols()
+    assert result.to_dict() == cli_json("registry", "list")
+    reg = forensics.open_registry()
+    assert [p.name for p in result.protocols] == sorted(reg.protocols)
+    assert [p.name for p in result.protocols if p.default] == [reg.default_protocol]
+    for p in result.protocols:
+        assert p.generators == {g: len(e.instances) for g, e in reg.generator_entries(p.name).items()}
+        assert (p.combines is None) == (len(reg.protocol(p.name).parts) == 1)
+
+
+def test_show_protocol_equals_the_cli_document_and_names_the_generators_it_knows(paper_registry):
+    from forensics.registry.papercurves import PROTOCOL_NAME
+
+    result = forensics.show_protocol(registry=paper_registry)
+    assert result.protocol.name == PROTOCOL_NAME  # the registry's default
+    assert result.to_dict() == cli_json("registry", "show", "--registry", paper_registry)
+    one = forensics.show_protocol(PROTOCOL_NAME, generator="DDPM", registry=paper_registry)
+    assert list(one.generators) == ["DDPM"]
+    assert one.to_dict() == cli_json("registry", "show", PROTOCOL_NAME, "-g", "DDPM", "--registry", paper_registry)
+    with pytest.raises(UsageError, match="no generator 'nope'.*known: BigGAN, ContraGAN"):
+        forensics.show_protocol(generator="nope", registry=paper_registry)
+
+
+def test_validate_registry_returns_the_problems_the_cli_prints_and_exits_on(paper_registry):
+    from forensics.registry.papercurves import PROTOCOL_NAME
+
+    sound = forensics.validate_registry(paper_registry)
+    assert sound.ok and sound.n_protocols == 1 and sound.n_instances == 18
+    assert sound.to_dict() == cli_json("registry", "validate", "--registry", paper_registry)
+    gfile = paper_registry / PROTOCOL_NAME / "generators" / "DDPM.yaml"
+    gfile.write_text(gfile.read_text().replace("curve: [", "curve: [0.5, ", 1))  # one value too many
+    broken = forensics.validate_registry(paper_registry)
+    assert not broken.ok and any("DDPM.yaml" in p and "values" in p for p in broken.problems)
+    result = CliRunner().invoke(app, ["registry", "validate", "--registry", str(paper_registry), "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout) == broken.to_dict()
+
+
+def test_diff_registry_equals_the_cli_document(paper_registry, tmp_path):
+    before = tmp_path / "before"
+    forensics.open_registry(paper_registry).copy_to(before)
+    assert forensics.diff_registry(str(before), registry=paper_registry).changes == ()
+    forensics.remove("PNDM", registry=paper_registry)
+    result = forensics.diff_registry(str(before), registry=paper_registry)
+    assert [(c["change"], c["what"], c["generator"]) for c in result.changes] == [("removed", "generator", "PNDM")]
+    assert result.to_dict() == cli_json("registry", "diff", before, "--registry", paper_registry)
+    assert result.old == str(before) and result.new == paper_registry.resolve()
+
+
+def test_diff_registry_of_a_git_revision_that_does_not_exist_is_a_usage_error():
+    with pytest.raises(UsageError, match="cannot read the registry at git revision 'no-such-revision'"):
+        forensics.diff_registry("git:no-such-revision")
+
+
+def test_import_paper_equals_the_cli_document_and_refuses_to_overwrite_unasked(tmp_path):
+    from forensics.registry.papercurves import PROTOCOL_NAME, export_paper
+
+    src = export_paper(forensics.open_registry(), tmp_path / "paper-curves")
+    result = forensics.import_paper(src, registry=tmp_path / "a")
+    assert result.n_curves == sum(len(ids) for ids in result.generators.values()) == 18
+    assert forensics.open_registry(tmp_path / "a").default_protocol == PROTOCOL_NAME
+    assert result.to_dict() == {**cli_json("registry", "import-paper", src, "--registry", tmp_path / "b"),
+                                "registry": str(result.registry)}
+    with pytest.raises(UsageError, match="pass --overwrite"):
+        forensics.import_paper(src, registry=tmp_path / "a")
+    assert forensics.import_paper(src, registry=tmp_path / "a", overwrite=True).generators == result.generators
+
+
+def test_set_default_protocol_is_what_the_registry_then_reads(paper_registry):
+    from forensics.registry.papercurves import PROTOCOL_NAME
+
+    assert forensics.set_default_protocol(PROTOCOL_NAME, registry=paper_registry) == PROTOCOL_NAME
+    assert forensics.open_registry(paper_registry).default_protocol == PROTOCOL_NAME
+    with pytest.raises(UsageError, match="no protocol 'nope'"):
+        forensics.set_default_protocol("nope", registry=paper_registry)
+    assert forensics.open_registry(paper_registry).default_protocol == PROTOCOL_NAME
+
+
+def test_list_plugins_equals_the_cli_document():
+    result = forensics.list_plugins()
+    assert result.to_dict() == cli_json("plugins")
+    provided = {kind for p in result.plugins if p.error is None for kind, names in p.provides.items() if names}
+    assert {"encoders", "statistics", "matchers", "datasets"} <= provided
+
+
+def test_list_encoders_equals_the_cli_document_and_refuses_unknown_names():
+    result = forensics.list_encoders(["tf_efficientnet_lite0"])
+    assert result.to_dict() == cli_json("encoders", "tf_efficientnet_lite0")
+    (entry,) = result.encoders
+    assert entry["name"] == "tf_efficientnet_lite0" and entry["layers"] and "error" not in entry
+    with pytest.raises(UsageError, match="no encoder named nope"):
+        forensics.list_encoders(["nope"])
+
+
+def test_an_encoder_without_describe_is_described_by_building_it_with_random_weights():
+    from forensics.encode.encoder import DescribingFactory, Encoder, Layer, Preprocessing, WeightsInfo, \
+        describe_encoder
+
+    class Tiny(Encoder):
+        name, family, pooling = "tiny", "toy", "mean"
+        layers = (Layer("a", 3),)
+        preprocessing = Preprocessing(size=8, resize=8)
+        weights = WeightsInfo("random", "sha256:" + "0" * 64)
+
+        def forward_layers(self, pixels, layers):
+            return [pixels.mean(dim=(2, 3))]
+
+    def make(*, weights=None, device="cpu", **options):
+        return Tiny()
+
+    assert not isinstance(make, DescribingFactory)
+    spec = describe_encoder("tiny", make, "a toy")
+    assert (spec.family, spec.description, spec.layers) == ("toy", "a toy", (Layer("a", 3),))
+    assert spec.weights.startswith("unknown")
+    make.describe = lambda **options: spec  # the optional part of the factory's contract
+    assert isinstance(make, DescribingFactory) and describe_encoder("tiny", make) is spec
+
+
 # -- the package's surface ------------------------------------------------------------------------
 def test_the_package_lists_and_resolves_its_api():
     listed = dir(forensics)
     for name in ("attribute", "memorization", "enroll", "remove", "evaluate", "calibrate", "curate",
-                 "open_registry", "open_protocol", "AttributionResult", "MemorizationResult", "Verdict",
+                 "open_registry", "open_protocol", "list_protocols", "show_protocol", "validate_registry",
+                 "diff_registry", "import_paper", "set_default_protocol", "list_plugins", "list_encoders", "AttributionResult", "MemorizationResult", "Verdict",
                  "ForensicsError", "UsageError", "RegistryError", "ProtocolMismatch", "WeightsError",
                  "PluginError", "StatisticError", "hookimpl", "ct_score"):
         assert name in forensics.__all__ and name in listed, name
