@@ -186,6 +186,7 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch, toy_protocol)
     run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", code=2)  # same images twice
 
 
+@pytest.mark.slow
 def test_enroll_with_the_real_pipeline(tmp_path):
     """Fingerprints computed for real: digits under a random tiny ViT, batches of 100."""
     import forensics.engine as pipeline
