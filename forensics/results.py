@@ -181,6 +181,32 @@ class AttributionResult:
         """One candidate per generator, best first."""
         return self.attribution.candidates
 
+    @property
+    def batch_votes(self) -> list[tuple[str, int]]:
+        """How many batches named each generator ("unknown" for none), most first; a tie in the order
+        the batches came."""
+        from collections import Counter
+
+        return Counter(b.verdict or "unknown" for b in self.batches).most_common()
+
+    def generator_similarity(self) -> tuple[list[str], np.ndarray]:
+        """The enrolled generators (by name) and the mean similarity between the curves of every pair of
+        them (diagonal: within a generator, an instance never with itself), as the matcher's similarity
+        reads curves; an undefined mean (a generator of one instance) shows as the largest one."""
+        import numpy as np
+
+        from forensics.match import similarity
+
+        names = sorted({r.generator for r in self.references})
+        by = {g: [r.fingerprint.vector() for r in self.references if r.generator == g] for g in names}
+        m = np.zeros((len(names), len(names)))
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                pairs = [similarity(x, y) for ix, x in enumerate(by[a]) for iy, y in enumerate(by[b])
+                         if not (a == b and ix == iy)]
+                m[i, j] = float(np.mean(pairs)) if pairs else np.nan
+        return names, np.nan_to_num(m, nan=float(np.nanmax(m)) if np.isfinite(m).any() else 0.0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": ATTRIBUTION_SCHEMA,

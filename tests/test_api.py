@@ -93,6 +93,9 @@ def test_several_batches_are_attributed_alone_and_by_their_mean_curve(root):
         assert batch.verdict == matcher.attribute(v).verdict
     assert result.attribution.verdict == matcher.attribute(result.curve.fingerprint.vector()).verdict
     assert [d["verdict"] for d in result.to_dict()["batches"]] == [batch.verdict for batch in result.batches]
+    assert sorted(result.batch_votes) == sorted(
+        (g, [batch.verdict or "unknown" for batch in result.batches].count(g))
+        for g in {batch.verdict or "unknown" for batch in result.batches})
 
 
 def test_a_few_images_from_a_file_or_an_array_give_the_cli_document(root, tmp_path):
@@ -107,6 +110,10 @@ def test_a_few_images_from_a_file_or_an_array_give_the_cli_document(root, tmp_pa
     a, b = from_array.to_dict(), from_path.to_dict()
     assert a["input"] == {**b["input"], "path": None}
     assert without_created({**a, "input": None}) == without_created({**b, "input": None})
+    # what the HTML report draws of the registry: the generators' mean similarities, symmetric
+    names, matrix = from_path.generator_similarity()
+    assert names == sorted({r.generator for r in from_path.references}) and matrix.shape == (len(names),) * 2
+    np.testing.assert_allclose(matrix, matrix.T, rtol=1e-12)
 
 
 # -- memorization ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,33 +104,16 @@ def heatmap_svg(names: Sequence[str], matrix: np.ndarray, cell: int = 34) -> str
     return "".join(parts) + "</svg>"
 
 
-def generator_similarity(references: Sequence[tuple[str, str, np.ndarray]],
-                         similarity: Callable[[np.ndarray, np.ndarray], float]) -> tuple[list[str], np.ndarray]:
-    """Mean similarity between the instances of every pair of generators (diagonal: within a generator,
-    excluding an instance with itself)."""
-    names = sorted({g for g, _, _ in references})
-    by = {g: [c for gg, _, c in references if gg == g] for g in names}
-    m = np.zeros((len(names), len(names)))
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
-            pairs = [similarity(x, y) for ix, x in enumerate(by[a]) for iy, y in enumerate(by[b])
-                     if not (a == b and ix == iy)]
-            m[i, j] = float(np.mean(pairs)) if pairs else np.nan
-    return names, np.nan_to_num(m, nan=float(np.nanmax(m)) if np.isfinite(m).any() else 0.0)
-
-
 def attribution_html(result: AttributionResult) -> str:
     """The whole report page for one attribution: the query curve over the enrolled curves, the ranking,
     the registry's generator-by-generator similarity, the curve's table and the JSON record."""
-    from forensics.match import similarity
-
     doc = result.to_dict()
     references = [(r.generator, r.instance, r.fingerprint.vector()) for r in result.references]
     gens = sorted({g for g, _, _ in references})
     colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(gens)}
     verdict = doc["verdict"]
     title = verdict["generator"] or "unknown"
-    names, matrix = generator_similarity(references, similarity)
+    names, matrix = result.generator_similarity()
     rows = "".join(f"<tr><td>{_esc(layer)}</td><td>{'—' if v is None else f'{v:+.3f}'}</td><td>{_esc(r)}</td></tr>"
                    for layer, v, r in zip(doc["curve"]["layers"], doc["curve"]["values"], doc["curve"]["readings"]))
     margin = "" if verdict["margin"] is None else f" · margin {verdict['margin']:+.3f}"

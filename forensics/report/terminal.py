@@ -106,11 +106,7 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
 
     render_curve(result.curve, console)
     if len(result.batches) > 1:
-        from collections import Counter
-
-        # most votes first; a tie in the order the batches came
-        votes = Counter(b.verdict or "unknown" for b in result.batches)
-        tally = ", ".join(f"{g} × {n}" for g, n in votes.most_common())
+        tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         console.print(Text(f"Per batch of {proto.batch_size}: {tally} (verdict above is on the mean curve)",
                            style="dim"))
     tool = result.provenance.tool
