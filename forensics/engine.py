@@ -296,7 +296,7 @@ class CombinedEngine:
 def make_engine(protocol: Protocol | Combination, *, reference_dir: Callable[[str], Path] | None = None,
                 **options: Any) -> Engine | CombinedEngine:
     """The engine for a protocol or a combination; ``reference_dir(name)`` says where a protocol's reference
-    side may be shipped (:meth:`forensics.registry.store.Registry.reference_dir`). ``options`` go to every
+    side may be shipped (:meth:`forensics.registry.Registry.reference_dir`). ``options`` go to every
     :class:`Engine`."""
     dirs = {p.name: reference_dir(p.name) for p in protocol.parts} if reference_dir is not None else {}
     if isinstance(protocol, Combination):

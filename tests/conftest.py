@@ -127,7 +127,7 @@ def fingerprints():
 @pytest.fixture(scope="module")
 def bundled_registry():
     """The registry bundled with forensics (tests only read it)."""
-    from forensics.registry.store import Registry
+    from forensics.registry import Registry
 
     return Registry.open()
 

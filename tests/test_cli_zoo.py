@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from forensics.cli.zoo import app
-from forensics.registry.store import Registry
+from forensics.registry import Registry
 from forensics.zoo.catalog import REFERENCE_INSTANCES, samples_dir
 
 PROTOCOL = "mnist-effnet-lite0"

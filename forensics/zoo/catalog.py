@@ -26,7 +26,7 @@ MANIFEST_SCHEMA = "forensics-zoo-manifest/1"
 
 def samples_dir(registry: str | Path | None = None) -> Path:
     """The sample-set folder of ``registry`` (default: the bundled one, or ``$FORENSICS_REGISTRY``)."""
-    from forensics.registry.store import default_registry_path
+    from forensics.registry import default_registry_path
 
     root = Path(registry).expanduser() if registry is not None else default_registry_path()
     return root / SAMPLES_SUBDIR
