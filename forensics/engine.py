@@ -140,8 +140,9 @@ class Engine:
         self._reference_side: list[Any] | None = None
         self.reference_origin: str | None = None
 
-    @property
     def encoder(self) -> Encoder:
+        """The protocol's encoder, built and checked against the protocol's record on first call (it loads
+        the weights), then kept."""
         if self._encoder is None:
             self._encoder = build_encoder(self.protocol.encoder, weights=self.weights, device=self.device)
         return self._encoder
@@ -154,7 +155,7 @@ class Engine:
         report = None
         if self.progress is not None:
             report = lambda done, total: self.progress(what, done, total)  # noqa: E731
-        return embed(self.encoder, images, layers=self.protocol.layers, batch_size=self.batch_size, progress=report,
+        return embed(self.encoder(), images, layers=self.protocol.layers, batch_size=self.batch_size, progress=report,
                      cache=cache and self.use_cache, images_hash=images_hash, workers=self.workers, amp=self.amp)
 
     # -- the reference side ----------------------------------------------------------------------

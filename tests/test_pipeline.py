@@ -132,7 +132,7 @@ def test_protocol_checks_data_and_weights(protocol, plugin_host):
     other_weights = dataclasses.replace(protocol, encoder=dataclasses.replace(
         protocol.encoder, options={**OPTIONS, "seed": 1}))
     with pytest.raises(ProtocolMismatch, match="weights found"):
-        Engine(other_weights, use_cache=False).encoder
+        Engine(other_weights, use_cache=False).encoder()
 
 
 def test_an_unreadable_shipped_reference_is_an_error_not_a_silent_refit(protocol, warm, plugin_host, tmp_path):
