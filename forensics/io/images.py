@@ -6,20 +6,98 @@ that reports and registry entries record. Images of different sizes in one folde
 with the protocol's own resize and centre crop (the step the encoder would take anyway). The embedding
 reads through the same functions: :func:`decode_image` for a list of files, :func:`as_rgb_uint8` for what
 an encoder is given, :func:`images_digest` for its cache key.
+
+Files are decoded to what their pixels mean, in 0..255: EXIF orientation applied first; 16-bit images
+scaled (value/257, rounded: an 8-bit image saved as 16-bit reads back identical); float images in [0, 1]
+scaled by 255 (other floats, and NaN, refused); palette, bilevel and grey-with-alpha images whose colours are
+all grey read as grey, so that the same pixels give the same content hash whatever the file's mode.
+
+Limits, checked from the headers before anything is decoded or allocated: pixels per image
+(``FORENSICS_MAX_PIXELS``, default 4096×4096) and images per run (``FORENSICS_MAX_IMAGES``, default
+100,000); an array file must also hold the bytes its header declares. Only regular files are read: a FIFO
+or a device given as input is refused without being opened.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import stat
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
-from forensics.errors import UsageError
+from forensics.errors import ForensicsError, UsageError
+from forensics.io.atomic import _show
 from forensics.io.hashing import sha256_array, sha256_bytes, sha256_images, sha256_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+ARRAY_SUFFIXES = {".npz", ".npy"}
+
+#: pixels one image may have (width × height, from its header), unless FORENSICS_MAX_PIXELS says otherwise
+DEFAULT_MAX_PIXELS = 4096 * 4096
+#: images one set may hold (files in a folder, rows of an array file), unless FORENSICS_MAX_IMAGES says otherwise
+DEFAULT_MAX_IMAGES = 100_000
+
+
+def _limit(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{name} must be a positive whole number, not {raw[:40]!r}")
+    return value
+
+
+def max_pixels() -> int:
+    """Pixels one image may have: ``FORENSICS_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
+    return _limit("FORENSICS_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+
+
+def max_images() -> int:
+    """Images one set may hold: ``FORENSICS_MAX_IMAGES`` or :data:`DEFAULT_MAX_IMAGES`."""
+    return _limit("FORENSICS_MAX_IMAGES", DEFAULT_MAX_IMAGES)
+
+
+def _check_pixels(width: int, height: int, where: str) -> None:
+    if width <= 0 or height <= 0:
+        raise UsageError(f"{where}: images of {width}×{height} pixels hold nothing to attribute")
+    limit = max_pixels()
+    if width * height > limit:
+        raise UsageError(f"{where}: an image of {width}×{height} pixels is over the limit of {limit:,} pixels per "
+                         f"image; set FORENSICS_MAX_PIXELS to raise it")
+
+
+def _check_count(count: int, where: str) -> None:
+    limit = max_images()
+    if count > limit:
+        raise UsageError(f"{where}: {count:,} images are over the limit of {limit:,} per run; "
+                         f"set FORENSICS_MAX_IMAGES to raise it")
+
+
+def _stat(path: Path) -> os.stat_result:
+    """``os.stat`` with every failure a one-line UsageError (missing, a name too long, no permission...)."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{_show(path)} does not exist; give a folder of PNG/JPEG images or an .npz/.npy "
+                         "file") from None
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, ENOTDIR; ValueError: a NUL byte
+        raise UsageError(f"cannot read {_show(path)}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _regular_file(path: Path) -> None:
+    """Refuse, without opening it, anything but a regular file: a FIFO would block, a device never end."""
+    if not stat.S_ISREG(_stat(path).st_mode):
+        raise UsageError(f"{_show(path)} is not a regular file (a FIFO, device or socket); give an image file, "
+                         "a folder of them or an .npz/.npy file")
 
 #: what the embedding takes: one uint8 array (N, H, W[, C]), or a sequence of image files
 ImageInput = Union[np.ndarray, Sequence[Union[str, Path]]]
@@ -35,60 +113,114 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
     for a folder, :func:`~forensics.io.hashing.sha256_array` for an array file.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise UsageError(f"{path} does not exist; give a folder of PNG/JPEG images or an .npz/.npy file")
-    if path.is_dir():
+    if stat.S_ISDIR(_stat(path).st_mode):
         return _load_folder(path, size=size, resize=resize, workers=workers)
-    if path.suffix in (".npz", ".npy"):
+    _regular_file(path)
+    suffix = path.suffix.lower()
+    if suffix in ARRAY_SUFFIXES:
         array = _read_array(path)
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        raise UsageError(f"{path} is one image; attribution needs a set — give the folder that holds it")
+    elif suffix in IMAGE_SUFFIXES:
+        raise UsageError(f"{_show(path)} is one image; attribution needs a set — give the folder that holds it")
     else:
-        raise UsageError(f"cannot read {path}: expected a folder of images, an .npz or an .npy file")
-    images = as_uint8_images(array, str(path))
+        raise UsageError(f"cannot read {_show(path)}: expected a folder of images, an .npz or an .npy file")
+    images = as_uint8_images(array, _show(path))
     return images, sha256_array(images)
 
 
 def _read_array(path: Path) -> np.ndarray:
-    """The image array of an .npz (its 'images', or its only array) or an .npy file, never unpickling."""
+    """The image array of an .npz (its 'images', or its only array) or an .npy file, never unpickling.
+
+    The .npy header (of the file, or of the .npz member) is read first: what it declares must be numbers,
+    within the limits and present in the file, before numpy allocates anything."""
     import zipfile
 
-    magic = {".npz": b"PK", ".npy": b"\x93NUMPY"}[path.suffix]
+    suffix = path.suffix.lower()
+    where = _show(path)
+    magic = {".npz": b"PK", ".npy": b"\x93NUMPY"}[suffix]
     with open(path, "rb") as f:
         if f.read(len(magic)) != magic:
-            raise UsageError(f"{path} is not an {path.suffix} file (it does not start as one); write one with "
+            raise UsageError(f"{where} is not an {suffix} file (it does not start as one); write one with "
                              f"numpy.savez(path, images=uint8_array)")
     try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise UsageError(f"{path} holds arrays {keys}; name the image array 'images'")
-            return data[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        # a truncated download, or object arrays (which would need unpickling)
-        if "pickle" in str(exc):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a numpy warning on reading is a damaged file, never stderr noise
+            if suffix == ".npy":
+                with open(path, "rb") as f:
+                    _check_npy_header(f, os.fstat(f.fileno()).st_size, where)
+                return np.load(path, allow_pickle=False)
+            with zipfile.ZipFile(path) as archive:
+                members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+                keys = list(members)
+                key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    shown = ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
+                    raise UsageError(f"{where} holds arrays {shown}; name the image array 'images'")
+                info = members[key]
+                if not info.filename.endswith(".npy"):
+                    raise ValueError(f"its member {info.filename[:60]!r} is not an array")
+                with archive.open(info) as f:
+                    _check_npy_header(f, info.file_size, where)
+            with np.load(path, allow_pickle=False) as data:
+                return data[key]
+    except ForensicsError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
+            RuntimeError, KeyError, TypeError, SyntaxError, MemoryError, Warning) as exc:
+        # a truncated download, a damaged or foreign zip, a header numpy cannot parse, object arrays
+        if "pickle" in str(exc) or "object" in str(exc).lower():
             reason = "it holds Python objects, not numbers"
         elif isinstance(exc, (zipfile.BadZipFile, EOFError)):
             reason = "damaged or cut short"
         else:
-            reason = str(exc).split("\n")[0]
-        raise UsageError(f"{path} is not a readable {path.suffix} image array ({reason}); write one with "
+            reason = (str(exc).split("\n")[0] or type(exc).__name__)[:200]
+        raise UsageError(f"{where} is not a readable {suffix} image array ({reason}); write one with "
                          f"numpy.savez(path, images=uint8_array)") from None
 
 
+def _check_npy_header(f, size: int, where: str) -> None:
+    """Read an .npy header from ``f`` (``size`` bytes in all) and refuse what it declares when it is not
+    numbers, is over the limits or is more than the file holds."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject or dtype.kind not in "uifb":
+        what = "it holds Python objects, not numbers" if dtype.hasobject else f"images must be numbers, not {dtype}"
+        raise UsageError(f"{where} is not a readable image array ({what}); write one with "
+                         "numpy.savez(path, images=uint8_array)")
+    if len(shape) >= 1:
+        _check_count(int(shape[0]), where)
+    if len(shape) in (3, 4):
+        first = len(shape) == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3, 4)
+        height, width = (shape[2], shape[3]) if first else (shape[1], shape[2])
+        if shape[0] > 0:
+            _check_pixels(int(width), int(height), where)
+    declared = math.prod(int(n) for n in shape) * dtype.itemsize
+    held = size - f.tell()
+    if declared > held:
+        raise UsageError(f"{where} is damaged or cut short: its header declares {declared:,} bytes of images, "
+                         f"it holds {max(held, 0):,}")
+
+
 def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
-    """Check and normalise an image array to uint8 (N, H, W) or (N, H, W, C)."""
+    """Check and normalise an image array to uint8 (N, H, W) or (N, H, W, C): integers, or floats holding
+    whole numbers, in 0..255 (nothing rescaled), channels first or last."""
     array = np.asarray(array)
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.number):
+        if array.dtype.kind not in "uifb":
             raise UsageError(f"{where}: images must be numbers, got dtype {array.dtype}")
-        finite = np.isfinite(array).all()
-        if not finite or array.min() < 0 or array.max() > 255 or not np.all(array == np.round(array)):
+        if array.size == 0:
+            raise UsageError(f"{where}: holds no images (shape {array.shape})")
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            finite = bool(np.isfinite(array).all())
+            low, high = array.min(), array.max()
+            whole = finite and bool(np.all(array == np.round(array)))
+        if not finite or low < 0 or high > 255 or not whole:
+            shown = "with NaN or infinite values" if not finite else f"in [{float(low):.3g}, {float(high):.3g}]"
             raise UsageError(f"{where}: images must be uint8 or whole numbers in 0..255 (got {array.dtype} "
-                             f"in [{np.nanmin(array):.3g}, {np.nanmax(array):.3g}]); scale float images by 255 first")
+                             f"{shown}); scale float images by 255 first")
         array = array.astype(np.uint8)
     if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3, 4):
         array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))  # channels first -> last
@@ -100,25 +232,76 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
         array = np.ascontiguousarray(array[..., :3])
     if len(array) == 0:
         raise UsageError(f"{where}: holds no images")
+    if array.shape[1] == 0 or array.shape[2] == 0:
+        raise UsageError(f"{where}: images of {array.shape[2]}×{array.shape[1]} pixels hold nothing to attribute")
     return array
 
 
 def decode_image(file: str | Path) -> np.ndarray:
-    """One file → uint8 pixels: (H, W) for grey images (16-bit and float grey converted), else (H, W, 3)
-    RGB (palette, alpha and CMYK images converted by Pillow). Grey repeated to three channels is exactly
-    Pillow's own conversion to RGB, so either way an encoder sees the same pixels."""
-    from PIL import Image, UnidentifiedImageError
+    """One file → uint8 pixels: (H, W) for grey images, else (H, W, 3) RGB.
 
+    EXIF orientation is applied first. 16-bit images are scaled to 8 bits (value/257, rounded), float
+    images in [0, 1] by 255 (other floats, NaN included, are refused), 32-bit integer images are taken as
+    they are when they hold 0..255 (else refused). Palette, bilevel and grey+alpha images read as grey when
+    all their colours are grey, else as RGB; alpha and CMYK are converted by Pillow. Grey repeated to three
+    channels is exactly Pillow's own conversion to RGB, so either way an encoder sees the same pixels.
+    Only a regular file is opened; its size is checked from the header before anything is decoded."""
+    from PIL import Image, ImageOps
+
+    file = Path(file)
+    where = _show(file)
+    _regular_file(file)
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit  # FORENSICS_MAX_PIXELS raised above Pillow's own bomb limit
     try:
-        with Image.open(file) as im:
-            im.load()
-            if im.mode in ("I;16", "I", "F"):
-                im = im.convert("L")
-            elif im.mode not in ("L", "RGB"):
-                im = im.convert("RGB")
-            return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as it is
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot decode {file}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd EXIF or palettes are harmless here
+            with Image.open(file) as im:
+                _check_pixels(*im.size, where)  # from the header: nothing decoded yet
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return _pixels(im, where)
+    except ForensicsError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise UsageError(f"{where}: {str(exc).splitlines()[0][:200]}; set FORENSICS_MAX_PIXELS to raise the "
+                         "limit") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many kinds on hostile files
+        reason = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
+        raise UsageError(f"cannot decode {where}: {reason}") from None
+
+
+def _pixels(im, where: str) -> np.ndarray:
+    """A decoded Pillow image → uint8 (H, W) or (H, W, 3), as :func:`decode_image` documents."""
+    mode = im.mode
+    if mode in ("L", "RGB"):
+        return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as it is
+    if mode.startswith("I;16") or (mode == "I" and im.format == "PNG"):  # Pillow opens some 16-bit PNGs as I
+        values = np.asarray(im).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise UsageError(f"{where}: a 16-bit image with values outside 0..65535")
+        return ((values + 128) // 257).astype(np.uint8)
+    if mode == "I":
+        values = np.asarray(im)
+        if values.min() < 0 or values.max() > 255:
+            raise UsageError(f"{where}: a 32-bit integer image with values in [{values.min()}, {values.max()}] has "
+                             "no 0..255 scale; save it as an 8- or 16-bit image")
+        return values.astype(np.uint8)
+    if mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UsageError(f"{where}: a float image with NaN or infinite values; save it with values in [0, 1]")
+        if values.min() < 0 or values.max() > 1:
+            raise UsageError(f"{where}: a float image with values in [{values.min():.3g}, {values.max():.3g}]; "
+                             "float images are read as [0, 1] — scale it into [0, 1] or save it as 8-bit")
+        return np.rint(values * 255).astype(np.uint8)
+    if mode in ("1", "LA", "La"):
+        return np.array(im.convert("L"), dtype=np.uint8)
+    rgb = np.array(im.convert("RGB"), dtype=np.uint8)
+    if mode in ("P", "PA") and np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])  # a grey palette: the same pixels as the grey file
+    return rgb
 
 
 def as_rgb_uint8(images: np.ndarray) -> np.ndarray:
@@ -157,13 +340,22 @@ def images_digest(images: ImageInput) -> str:
     the file bytes for a list of files (cheap: nothing decoded; a re-encoded file is another input)."""
     if isinstance(images, np.ndarray):
         return sha256_array(images)
+    for p in images:
+        _regular_file(Path(p))
     return sha256_json([sha256_bytes(Path(p).read_bytes()) for p in images])
 
 
 def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int) -> tuple[np.ndarray, str]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise UsageError(f"cannot read {_show(folder)}: {exc.strerror}") from None
+    files = [p for p in entries if not p.is_dir()]
     if not files:
-        raise UsageError(f"{folder} holds no PNG/JPEG images")
+        raise UsageError(f"{_show(folder)} holds no PNG/JPEG images")
+    _check_count(len(files), _show(folder))
+    for file in files:  # a FIFO named x.png would block the run, a device never end: refused, not opened
+        _regular_file(file)
     if workers > 0 and len(files) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -178,7 +370,7 @@ def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers:
     if len(shapes) == 1:
         return np.stack(decoded), digest
     if size is None or resize is None:
-        raise UsageError(f"{folder} holds images of {len(shapes)} different sizes; they can be read only under a "
+        raise UsageError(f"{_show(folder)} holds images of {len(shapes)} different sizes; they can be read only under a "
                          "protocol, which says how to resize them")
     return np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest
 
