@@ -185,7 +185,7 @@ def _check_npy_header(f, size: int, where: str) -> None:
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
     else:
         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    if dtype.hasobject or dtype.kind not in "uifb":
+    if dtype.hasobject or dtype.kind not in "uif":
         what = "it holds Python objects, not numbers" if dtype.hasobject else f"images must be numbers, not {dtype}"
         raise UsageError(f"{where} is not a readable image array ({what}); write one with "
                          "numpy.savez(path, images=uint8_array)")
@@ -208,7 +208,7 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
     whole numbers, in 0..255 (nothing rescaled), channels first or last."""
     array = np.asarray(array)
     if array.dtype != np.uint8:
-        if array.dtype.kind not in "uifb":
+        if array.dtype.kind not in "uif":
             raise UsageError(f"{where}: images must be numbers, got dtype {array.dtype}")
         if array.size == 0:
             raise UsageError(f"{where}: holds no images (shape {array.shape})")
