@@ -185,6 +185,11 @@ class Engine:
         device = self._statistic_device()
         shipped = self._reference_paths()[0] if self.shipped_dir is not None else None
         for path in self._reference_paths():
+            if path == shipped and (path.is_file() or path.is_symlink()):
+                # the registry records the digest of the file its fingerprints were scored against
+                from forensics.registry.reference import check
+
+                check(path, self.protocol.name)
             if path.is_file() and (arrays := _read_npz(path, remove=path != shipped)) is not None:
                 refs = _unpack(arrays, layers, self.statistic)
                 if refs is not None:
@@ -216,6 +221,9 @@ class Engine:
         """Write the fitted reference side to ``path`` (a folder), for shipping beside a protocol."""
         target = Path(path) / f"{short(reference_key(self.protocol), 24)}.npz"
         save_npz_atomic(target, _pack(self.reference_side(), self.protocol.layers))
+        from forensics.registry.reference import record
+
+        record(target)  # its digest, beside it: the engine checks a shipped file against it before use
         return target
 
     # -- curves ----------------------------------------------------------------------------------

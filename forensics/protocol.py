@@ -35,8 +35,70 @@ def _need(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: 
     value = d[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise RegistryError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r}")
+        raise RegistryError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r:.60}")
     return value
+
+
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
+    """``value`` when it is plain JSON (text, finite numbers, booleans, null, lists, mappings with text keys),
+    which is all a digest covers; else a :class:`RegistryError` naming ``where``."""
+    if depth > 32:
+        raise RegistryError(f"{where}: nested too deeply")
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RegistryError(f"{where}: {value} is not allowed in a protocol record")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        for k in value:
+            if not isinstance(k, str):
+                raise RegistryError(f"{where}: key {k!r:.40} is not text")
+        return {k: _plain(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+    raise RegistryError(f"{where}: expected text, a number, a list or a mapping, got {type(value).__name__}")
+
+
+def _mapping(d: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    """``d[key]``: an optional mapping of plain values (empty when absent or null)."""
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RegistryError(f"{where}.{key}: expected a mapping, got {type(value).__name__}")
+    return dict(_plain(value, f"{where}.{key}"))
+
+
+#: keyword arguments an encoder factory is given by the engine itself; an option of the same name would collide
+RESERVED_ENCODER_OPTIONS = ("weights", "device")
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def _preprocessing(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An encoder's ``preprocessing`` record, every key checked (what :class:`Preprocessing` is built from)."""
+    pre = _need(d, "preprocessing", dict, where)
+    where = f"{where}.preprocessing"
+    for key in ("size", "resize", "interpolation", "mean", "std"):
+        if key not in pre:
+            raise RegistryError(f"{where}: missing key {key!r} (size, resize, interpolation, mean, std)")
+    for key in ("size", "resize"):
+        v = pre[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 65536:
+            raise RegistryError(f"{where}.{key}: expected a positive number of pixels, got {v!r:.40}")
+    if pre["size"] > pre["resize"]:
+        raise RegistryError(f"{where}: size {pre['size']} is larger than resize {pre['resize']}")
+    if pre["interpolation"] not in _INTERPOLATIONS:
+        raise RegistryError(f"{where}.interpolation: expected one of {', '.join(_INTERPOLATIONS)}, "
+                            f"got {pre['interpolation']!r:.40}")
+    for key in ("mean", "std"):
+        v = pre[key]
+        if (not isinstance(v, list) or len(v) != 3
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                or (key == "std" and not all(x > 0 for x in v))):
+            raise RegistryError(f"{where}.{key}: expected three finite numbers{' > 0' if key == 'std' else ''}, "
+                                f"got {v!r:.60}")
+    return dict(_plain(pre, where))
 
 
 def _digest_field(d: Mapping[str, Any], key: str, where: str, *, optional: bool = False) -> str | None:
@@ -75,7 +137,7 @@ class DataRef:
         if count <= 0:
             raise RegistryError(f"{where}.count: must be positive, got {count}")
         return cls(dataset=_need(d, "dataset", str, where), split=_need(d, "split", str, where), count=count,
-                   sha256=_digest_field(d, "sha256", where, optional=True), options=dict(d.get("options") or {}))
+                   sha256=_digest_field(d, "sha256", where, optional=True), options=_mapping(d, "options", where))
 
 
 @dataclass(frozen=True)
@@ -106,11 +168,15 @@ class EncoderRef:
             raise RegistryError(f"{where}.layers: expected a non-empty list of layer names")
         if len(set(layers)) != len(layers):
             raise RegistryError(f"{where}.layers: a layer is listed twice")
+        options = _mapping(d, "options", where)
+        for key in RESERVED_ENCODER_OPTIONS:
+            if key in options:
+                raise RegistryError(f"{where}.options.{key}: collides with the encoder's own {key!r} argument "
+                                    "(given by --weights / --device, not recorded as an option)")
         return cls(name=_need(d, "name", str, where), weights=_digest_field(d, "weights", where, optional=True),
                    weights_source=_need(d, "weights_source", str, where), layers=tuple(layers),
-                   pooling=_need(d, "pooling", str, where),
-                   preprocessing=dict(_need(d, "preprocessing", dict, where)),
-                   options=dict(d.get("options") or {}))
+                   pooling=_need(d, "pooling", str, where), preprocessing=_preprocessing(d, where),
+                   options=options)
 
     @classmethod
     def from_identity(cls, identity: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> EncoderRef:
@@ -131,7 +197,8 @@ class StatisticRef:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> StatisticRef:
-        return cls(name=_need(d, "name", str, where), params=dict(_need(d, "params", dict, where)))
+        _need(d, "params", dict, where)
+        return cls(name=_need(d, "name", str, where), params=_mapping(d, "params", where))
 
 
 @dataclass(frozen=True)
@@ -182,7 +249,7 @@ class Protocol:
                    test=DataRef.from_dict(_need(d, "test", dict, where), f"{where}.test"),
                    encoder=EncoderRef.from_dict(_need(d, "encoder", dict, where), f"{where}.encoder"),
                    statistic=StatisticRef.from_dict(_need(d, "statistic", dict, where), f"{where}.statistic"),
-                   batch_size=batch_size, notes=dict(d.get("notes") or {}))
+                   batch_size=batch_size, notes=_mapping(d, "notes", where))
 
     def with_name(self, name: str) -> Protocol:
         return replace(self, name=name)

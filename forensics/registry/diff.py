@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -77,13 +78,20 @@ def git_snapshot(rev: str, registry: str | Path, into: str | Path) -> Path:
     commit) into the folder ``into``; returns the registry's folder there. Where the revision holds no
     registry, the path returned does not exist (open it with ``create=True``: an empty registry)."""
     rev = rev or "HEAD"
+    if rev.startswith("-") or any(c in rev for c in "\0\n\r") or len(rev) > 256:
+        # git would read it as an option ('--output=FILE' truncates FILE)
+        raise UsageError(f"{rev!r} is not a git revision (a branch, a tag or a commit; not an option)")
     into = Path(into)
     folder = Path(registry).resolve()
     try:
         top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], check=True,
                              capture_output=True, text=True).stdout.strip()
         rel = folder.relative_to(Path(top).resolve()).as_posix()
-        archive = subprocess.run(["git", "-C", top, "archive", "--format=tar", rev, rel], check=True,
+        commit = subprocess.run(["git", "-C", top, "rev-parse", "--verify", "--quiet", "--end-of-options",
+                                 f"{rev}^{{commit}}"], capture_output=True, text=True).stdout.strip()
+        if not re.fullmatch(r"[0-9a-f]{40,64}", commit):
+            raise UsageError(f"cannot read the registry at git revision {rev!r}: no such commit in {top}")
+        archive = subprocess.run(["git", "-C", top, "archive", "--format=tar", commit, "--", rel], check=True,
                                  capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError, ValueError) as exc:
         detail = getattr(exc, "stderr", b"") or b""

@@ -9,6 +9,8 @@ mappings in the order given, every list of scalars on one line (one curve is one
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -61,26 +63,101 @@ def dump_yaml(data: Any) -> str:
                      default_flow_style=False)
 
 
-def read_yaml(path: Path, label: str) -> Any:
-    """``yaml.safe_load`` of a registry file; a missing, unreadable, oversized or malformed file is a
-    :class:`RegistryError` naming ``label`` (and the line, for YAML errors)."""
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases: a registry file never needs one, and a few hundred bytes of
+    nested aliases (a "billion laughs") would otherwise expand to more than the machine holds."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a registry file",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def inside(path: Path, root: Path | None) -> bool:
+    """Whether ``path`` is inside ``root`` with no symbolic link on the way (``root`` itself may be one)."""
+    if root is None:
+        return True
+    root = Path(root)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise RegistryError(f"{label}: {size:,} bytes is more than a registry file holds "
-                                f"({MAX_FILE_BYTES:,} at most); is it the right file?")
-        text = path.read_text(encoding="utf-8")
+        rel = Path(path).relative_to(root)
+    except ValueError:
+        return False
+    here = root
+    for part in rel.parts:
+        if part in ("..", ""):
+            return False
+        here = here / part
+        if here.is_symlink():
+            return False
+    try:
+        return Path(path).resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def check_inside(path: Path, root: Path | None, label: str) -> None:
+    """Refuse (:class:`RegistryError`) a ``path`` that is a link or leaves the registry folder ``root``."""
+    if not inside(path, root):
+        raise RegistryError(f"{label}: a symbolic link or a path that leaves the registry; a registry holds its "
+                            "files itself (replace the link with the file)")
+
+
+def read_bytes_limited(path: Path, label: str, limit: int | None = None, root: Path | None = None) -> bytes:
+    """The bytes of a regular registry file, refused (:class:`RegistryError`) when it is missing, a link out of
+    ``root``, not a regular file (a FIFO, a device) or larger than ``limit`` (at most ``limit + 1`` bytes are
+    read, whatever ``stat`` says)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    check_inside(path, root, label)
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise RegistryError(f"{label}: not a regular file (a device, a pipe or a folder); a registry holds "
+                                "only files")
+        if st.st_size > limit:
+            raise RegistryError(f"{label}: {st.st_size:,} bytes is more than a registry file holds "
+                                f"({limit:,} at most); is it the right file?")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+                     if root is not None else os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise RegistryError(f"{label}: not a regular file; a registry holds only files")
+            data = f.read(limit + 1)
     except FileNotFoundError:
         raise RegistryError(f"{label}: file is missing") from None
     except OSError as exc:
-        raise RegistryError(f"{label}: cannot read ({exc.strerror})") from None
+        raise RegistryError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise RegistryError(f"{label}: more than {limit:,} bytes, more than a registry file holds; is it the "
+                            "right file?")
+    return data
+
+
+def parse_yaml(data: bytes | str, label: str) -> Any:
+    """The document in ``data`` (safe loader, no aliases); anything unreadable is a :class:`RegistryError`."""
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{label}: not UTF-8 text (byte {exc.start}); is it the right file?") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        what = getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]
         raise RegistryError(f"{label}:{where}: not valid YAML ({what})") from None
+    except RecursionError:
+        raise RegistryError(f"{label}: not valid YAML (nested too deeply)") from None
+    except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:  # e.g. a date 2024-13-45
+        raise RegistryError(f"{label}: not valid YAML ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def read_yaml(path: Path, label: str, *, root: Path | None = None, limit: int | None = None) -> Any:
+    """The document of a registry file (safe loader, no aliases); a missing, unreadable, oversized,
+    non-regular or malformed file, or one reached through a link out of ``root``, is a
+    :class:`RegistryError` naming ``label`` (and the line, for YAML errors)."""
+    return parse_yaml(read_bytes_limited(path, label, limit, root), label)
 
 
 def write_yaml(path: Path, data: Any, header: str = "") -> None:
@@ -109,7 +186,7 @@ def check_keys(data: Mapping[str, Any], allowed: set[str], label: str, problems:
                expected: str | None = None, prefix: str = "") -> None:
     """Add an "unknown key" problem for every key of ``data`` outside ``allowed``."""
     expected = expected or ", ".join(sorted(allowed))
-    for key in sorted(set(data) - allowed):
+    for key in sorted(set(data) - allowed, key=repr):
         problems.add(label, f"{prefix}{key}", f"unknown key (expected {expected})")
 
 
@@ -204,16 +281,23 @@ def _parse_curve(curve: Any, key: str, label: str, n_layers: int | None,
     if n_layers is not None and len(curve) != n_layers:
         problems.add(label, key, f"has {len(curve)} values; the protocol has {n_layers} layers")
     values: list[float | None] = []
+    usable = True
     for j, v in enumerate(curve):
         if v is None:
             values.append(None)
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            if not math.isfinite(v):
-                problems.add(label, f"{key}[{j}]", f"{v} is not allowed; write null for an undefined value")
-            values.append(float(v))
+            try:
+                x = float(v)
+            except OverflowError:
+                x = math.inf
+            if not math.isfinite(x):
+                problems.add(label, f"{key}[{j}]", f"{v!r:.40} is not allowed; write null for an undefined value")
+                usable = False
+            values.append(x)
         else:
-            problems.add(label, f"{key}[{j}]", f"expected a number or null, got {v!r}")
-    return tuple(values)
+            problems.add(label, f"{key}[{j}]", f"expected a number or null, got {v!r:.40}")
+            usable = False
+    return tuple(values) if usable else None
 
 
 def _parse_provenance(prov: Any, key: str, label: str, problems: Problems) -> dict[str, Any]:
@@ -233,3 +317,59 @@ def _parse_provenance(prov: Any, key: str, label: str, problems: Problems) -> di
     if "created" in prov and not is_iso_time(created):
         problems.add(label, f"{key}.created", f"expected a UTC ISO time, got {created!r}")
     return dict(prov)
+
+
+# -- calibration ---------------------------------------------------------------------------------
+#: a recorded calibration's numbers: key → (what it must be, whether null is allowed)
+_CALIBRATION_NUMBERS: dict[str, tuple[str, Any]] = {
+    "score": ("a finite number", lambda x: True),
+    "margin": ("a finite number >= 0", lambda x: x >= 0),
+    "distance_ratio": ("a finite number > 0", lambda x: x > 0),
+    "balanced_accuracy": ("a fraction in [0, 1]", lambda x: 0 <= x <= 1),
+    "answered_right": ("a fraction in [0, 1]", lambda x: 0 <= x <= 1),
+    "unknown_right": ("a fraction in [0, 1]", lambda x: 0 <= x <= 1),
+}
+_CALIBRATION_COUNTS = ("n_references", "n_answer", "n_unknown")
+
+
+def parse_calibration(data: Any, label: str, problems: Problems) -> dict[str, dict[str, Any]] | None:
+    """The matchers' calibrations of a ``calibration.yaml``'s ``data``, every threshold checked (a negative,
+    NaN or non-numeric threshold would flip verdicts); a matcher with a problem is left out."""
+    if not check_schema(data, label, problems):
+        return None
+    matchers = data.get("matchers")
+    if not isinstance(matchers, Mapping):
+        problems.add(label, "matchers", "expected a mapping of matcher name to calibration")
+        return None
+    found: dict[str, dict[str, Any]] = {}
+    for name, cal in matchers.items():
+        key = f"matchers.{name}"
+        if not isinstance(name, str):
+            problems.add(label, key, "expected a matcher name")
+            continue
+        if not isinstance(cal, Mapping):
+            problems.add(label, key, f"expected a mapping, got {type(cal).__name__}")
+            continue
+        n0 = len(problems)
+        for field_, (what, ok) in _CALIBRATION_NUMBERS.items():
+            v = cal.get(field_)
+            if v is None:
+                continue
+            good = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if good:
+                try:
+                    good = math.isfinite(float(v)) and ok(float(v))
+                except OverflowError:
+                    good = False
+            if not good:
+                problems.add(label, f"{key}.{field_}", f"expected {what} or null, got {v!r:.40}")
+        for field_ in _CALIBRATION_COUNTS:
+            v = cal.get(field_)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                problems.add(label, f"{key}.{field_}", f"expected a count (an integer >= 0) or null, got {v!r:.40}")
+        for field_ in ("options", "lookalikes"):
+            if cal.get(field_) is not None and not isinstance(cal.get(field_), Mapping):
+                problems.add(label, f"{key}.{field_}", f"expected a mapping, got {type(cal.get(field_)).__name__}")
+        if len(problems) == n0:
+            found[name] = dict(cal)
+    return found

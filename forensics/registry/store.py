@@ -43,7 +43,11 @@ from forensics.protocol import Combination, Fingerprint, Protocol, is_combinatio
 from forensics.provenance import tool_version, user, utc_now
 from forensics.registry.diff import diff
 from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_name
-from forensics.registry.schema import HEADER, Problems, check_keys, check_schema, parse_generator, read_yaml, write_yaml
+from forensics.registry import reference as shipped
+from forensics.registry.schema import (
+    HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator, read_yaml,
+    write_yaml,
+)
 
 ENV = "FORENSICS_REGISTRY"
 REGISTRY_FILE = "registry.yaml"
@@ -53,8 +57,19 @@ GENERATORS_DIR = "generators"
 REFERENCE_DIR = "reference"
 LOCK_FILE = ".lock"
 LOCK_TIMEOUT_S = 120.0
+#: a write of several files (a combination enrolment) in progress: which temporary file becomes which file
+JOURNAL = ".journal.tmp"
 
 __all__ = ["Registry", "default_registry_path", "diff", "SCHEMA_VERSION"]
+
+
+def _pause(var: str) -> None:
+    """Tests only: sleep ``$var`` seconds at a point where a multi-file write can be killed half-way."""
+    seconds = os.environ.get(var)
+    if seconds:
+        import time
+
+        time.sleep(float(seconds))
 
 
 def default_registry_path() -> Path:
@@ -79,6 +94,7 @@ class Registry:
         self.calibrations: dict[str, dict[str, Any]] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self._join_problems: list[str] = []
         self.exists = False
 
     # -- opening ---------------------------------------------------------------------------------
@@ -116,13 +132,15 @@ class Registry:
         problems = Problems()
         self.exists = self.path.is_dir()
         top = self.path / REGISTRY_FILE
-        if top.is_file():
+        if top.is_file() or top.is_symlink():
             try:
-                data = read_yaml(top, self._label(top))
+                data = read_yaml(top, self._label(top), root=self.path)
             except RegistryError as exc:
                 problems.append(str(exc))
-                data = None
-            if data is not None and check_schema(data, self._label(top), problems):
+                data = False
+            if data is None:
+                problems.add(self._label(top), None, "empty (expected schema_version and default_protocol)")
+            if data is not False and data is not None and check_schema(data, self._label(top), problems):
                 check_keys(data, {"schema_version", "default_protocol", "description"}, self._label(top), problems,
                            "schema_version, default_protocol")
                 default = data.get("default_protocol")
@@ -134,10 +152,17 @@ class Registry:
             problems.add(self._label(top), None, "missing (every registry folder has one)")
         folders = sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if self.exists else []
+        if self.exists and (self.path / JOURNAL).exists():
+            problems.add(self._label(self.path / JOURNAL), None,
+                         "a write of several files was interrupted; the next write to the registry (enrol, remove, "
+                         "calibrate) completes it")
         records = []
         for folder in folders:
+            if not inside(folder, self.path):
+                problems.add(self._label(folder), None, "a symbolic link; a registry holds its protocols itself")
+                continue
             pfile = folder / PROTOCOL_FILE
-            if not pfile.is_file():
+            if not pfile.is_file() and not pfile.is_symlink():
                 if (folder / GENERATORS_DIR).is_dir():
                     problems.add(self._label(pfile), None, "missing, but the folder holds generators")
                 continue
@@ -157,11 +182,15 @@ class Registry:
                                  f"a combination holds no generators of its own; enrol them under its protocols "
                                  f"({', '.join(p.name for p in proto.parts)})")
                 self.generators[proto.name] = self._join(proto)
+                problems.extend(self._join_problems)
+                self._join_problems = []
             else:
                 self.generators[proto.name] = self._load_generators(folder, proto, problems)
             cfile = folder / CALIBRATION_FILE
-            if cfile.is_file():
+            if cfile.is_file() or cfile.is_symlink():
                 self._load_calibration(cfile, proto.name, problems)
+            if isinstance(proto, Protocol):
+                self._check_reference(folder / REFERENCE_DIR, proto.name, problems)
         if self.default_protocol is not None and self.default_protocol not in self.protocols:
             problems.add(self._label(top), "default_protocol",
                          f"{self.default_protocol!r} is not a protocol of this registry "
@@ -171,7 +200,7 @@ class Registry:
     def _read_protocol_file(self, pfile: Path, problems: Problems) -> Mapping[str, Any] | None:
         label = self._label(pfile)
         try:
-            data = read_yaml(pfile, label)
+            data = read_yaml(pfile, label, root=self.path)
         except RegistryError as exc:
             problems.append(str(exc))
             return None
@@ -190,15 +219,20 @@ class Registry:
                 proto: Protocol | Combination = Combination.from_dict(record, plain, f"{label}: protocol")
             else:
                 proto = Protocol.from_dict(record, f"{label}: protocol")
+            digest = proto.digest
         except RegistryError as exc:
             problems.append(str(exc))
+            return None
+        except (TypeError, ValueError, OverflowError) as exc:  # a value JSON cannot hold, so no digest
+            problems.add(label, "protocol", f"cannot be digested ({str(exc)[:80]}); only text, numbers, lists "
+                                            "and mappings belong in a protocol record")
             return None
         if proto.name != folder:
             problems.add(label, "protocol.name", f"{proto.name!r} does not match its folder {folder!r}")
             return None
-        if data.get("digest") != proto.digest:
-            problems.add(label, "digest", f"stored {data.get('digest')!r} is not the digest of the protocol record "
-                                          f"({proto.digest}); the record was edited by hand?")
+        if data.get("digest") != digest:
+            problems.add(label, "digest", f"stored {data.get('digest')!r:.80} is not the digest of the protocol record "
+                                          f"({digest}); the record was edited by hand?")
         return proto
 
     def _load_protocol(self, pfile: Path, folder: str, problems: Problems) -> Protocol | Combination | None:
@@ -219,6 +253,12 @@ class Registry:
                 got = [m.get(iid) for m in by_id]
                 lacking = [p.name for p, inst in zip(combo.parts, got) if inst is None]
                 if lacking:
+                    if any(inst is not None and inst.provenance.get("combination") == combo.name for inst in got):
+                        self._join_problems.append(
+                            f"{label}: {g}/{iid} was enrolled under the combination but is missing under "
+                            f"{', '.join(lacking)} (an interrupted enrolment?); enrol the same images again under "
+                            f"{combo.name} to complete it, or remove it with `forensics registry remove`")
+                        continue
                     self.warnings.append(f"{label}: {g}/{iid} is not enrolled under {', '.join(lacking)}; the "
                                          "combination leaves it out until it is enrolled under every part")
                     continue
@@ -237,19 +277,22 @@ class Registry:
     def _load_generators(self, folder: Path, proto: Protocol, problems: Problems) -> dict[str, GeneratorEntry]:
         found: dict[str, GeneratorEntry] = {}
         gdir = folder / GENERATORS_DIR
+        if gdir.is_symlink() or (gdir.exists() and not inside(gdir, self.path)):
+            problems.add(self._label(gdir), None, "a symbolic link; a registry holds its generator files itself")
+            return found
         if not gdir.is_dir():
             return found
         lower: dict[str, str] = {}
         curves: dict[tuple, str] = {}
         for gfile in sorted(gdir.iterdir()):
-            if gfile.name.startswith(".") or gfile.is_dir():
+            if gfile.name.startswith(".") or (gfile.is_dir() and not gfile.is_symlink()):
                 continue
             label = self._label(gfile)
             if gfile.suffix not in (".yaml", ".yml"):
                 problems.add(label, None, "not a .yaml file (only generator files belong in generators/)")
                 continue
             try:
-                data = read_yaml(gfile, label)
+                data = read_yaml(gfile, label, root=self.path)
             except RegistryError as exc:
                 problems.append(str(exc))
                 continue
@@ -274,17 +317,14 @@ class Registry:
     def _load_calibration(self, cfile: Path, protocol: str, problems: Problems) -> None:
         label = self._label(cfile)
         try:
-            data = read_yaml(cfile, label)
+            data = read_yaml(cfile, label, root=self.path)
         except RegistryError as exc:
             problems.append(str(exc))
             return
-        if not check_schema(data, label, problems):
+        matchers = parse_calibration(data, label, problems)
+        if matchers is None:
             return
-        matchers = data.get("matchers")
-        if not isinstance(matchers, Mapping):
-            problems.add(label, "matchers", "expected a mapping of matcher name to calibration")
-            return
-        self.calibrations[protocol] = {str(k): dict(v) for k, v in matchers.items() if isinstance(v, Mapping)}
+        self.calibrations[protocol] = matchers
         current = references_digest(self.enrolled(protocol))
         for name, cal in self.calibrations[protocol].items():
             if cal.get("references_digest") != current:
@@ -293,6 +333,35 @@ class Registry:
             elif cal.get("rule") != CALIBRATION_RULE:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
                                      "matchers recalibrate at fit (run `forensics registry calibrate`)")
+
+    def _check_reference(self, rdir: Path, protocol: str, problems: Problems) -> None:
+        """Every shipped reference file of ``protocol`` against the digest the registry records for it."""
+        if not rdir.exists() and not rdir.is_symlink():
+            return
+        label = self._label(rdir)
+        if not inside(rdir, self.path) or not rdir.is_dir():
+            problems.add(label, None, "a symbolic link or not a folder; a registry holds its reference side itself")
+            return
+        try:
+            digests = shipped.read_manifest(rdir, self._label(rdir / shipped.MANIFEST))
+        except RegistryError as exc:
+            problems.append(str(exc))
+            return
+        files = sorted(p for p in rdir.iterdir() if p.suffix == ".npz" and not p.name.startswith("."))
+        for path in files:
+            flabel = self._label(path)
+            if not inside(path, self.path) or not path.is_file():
+                problems.add(flabel, None, "a symbolic link or not a regular file; a registry holds its reference "
+                                           "side itself")
+            elif digests is None or path.name not in digests:
+                problems.add(flabel, None, f"no digest recorded in {self._label(rdir / shipped.MANIFEST)}; the "
+                                           "engine refuses a shipped reference side the registry does not record "
+                                           "(re-create it with `forensics protocol create … --ship-reference`)")
+            elif shipped.file_sha256(path) != digests[path.name]:
+                problems.add(flabel, None, f"the shipped reference side of {protocol} does not match the digest the "
+                                           f"registry records ({self._label(rdir / shipped.MANIFEST)})")
+        for name in sorted(set(digests or {}) - {p.name for p in files}):
+            problems.add(self._label(rdir / shipped.MANIFEST), name, "recorded, but the file is missing")
 
     # -- reading ---------------------------------------------------------------------------------
     def protocol(self, name: str) -> Protocol | Combination:
@@ -352,20 +421,60 @@ class Registry:
         lock = FileLock(str(self.path / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
         try:
             with lock:
+                self._recover()
                 yield
         except Timeout:
             raise RegistryError(f"the registry at {self.path} is locked by another process "
                                 f"({self.path / LOCK_FILE}); try again when it has finished") from None
 
+    def _safe(self, path: Path) -> Path:
+        """``path``, refused when a link on its way leads out of the registry (a ``generators/`` folder linked
+        to another registry would send writes there, under the wrong lock)."""
+        check_inside(path, self.path, self._label(path))
+        return path
+
+    def _recover(self) -> None:
+        """Under the lock: finish a multi-file write that was interrupted after it was committed (its journal
+        names the temporary files and their targets), then remove the temporary files of killed writes."""
+        journal = self.path / JOURNAL
+        self._completed = False
+        if journal.exists() or journal.is_symlink():
+            self._completed = True
+            try:
+                pairs = read_yaml(journal, self._label(journal), root=self.path, limit=1 << 20)
+            except RegistryError:
+                pairs = None
+            for pair in pairs if isinstance(pairs, list) else []:
+                if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                    continue
+                tmp, target = self.path / pair[0], self.path / pair[1]
+                if (inside(tmp, self.path) and inside(target, self.path) and tmp.name.endswith(".tmp")
+                        and tmp.name.startswith(".") and tmp.parent == target.parent and tmp.is_file()):
+                    os.replace(tmp, target)
+            journal.unlink(missing_ok=True)
+        folders = [self.path]
+        for folder in (p for p in self.path.iterdir() if not p.name.startswith(".")):
+            if inside(folder, self.path) and folder.is_dir():
+                folders.append(folder)
+                gdir = folder / GENERATORS_DIR
+                if inside(gdir, self.path) and gdir.is_dir():
+                    folders.append(gdir)
+        for folder in folders:
+            # registry files are written only under this lock; the reference/ folder (written by the
+            # pipeline without it) is left alone
+            for tmp in folder.glob(".*.tmp"):
+                if tmp.name != JOURNAL and tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+
     def _write_top(self, default: str | None) -> None:
         data = {"schema_version": SCHEMA_VERSION, "default_protocol": default}
-        write_yaml(self.path / REGISTRY_FILE, data, HEADER)
+        write_yaml(self._safe(self.path / REGISTRY_FILE), data, HEADER)
 
     def _current_default(self) -> str | None:
         top = self.path / REGISTRY_FILE
         if not top.is_file():
             return None
-        data = read_yaml(top, self._label(top))
+        data = read_yaml(top, self._label(top), root=self.path)
         return data.get("default_protocol") if isinstance(data, Mapping) else None
 
     def add_protocol(self, protocol: Protocol | Combination, *, overwrite: bool = False, default: bool = False) -> Path:
@@ -391,7 +500,7 @@ class Registry:
                                          f"{', '.join(self.combinations_of(protocol.name))}; changing it would "
                                          "break them: create a new protocol instead")
             data = {"schema_version": SCHEMA_VERSION, "digest": protocol.digest, "protocol": protocol.to_dict()}
-            write_yaml(pfile, data, HEADER)
+            write_yaml(self._safe(pfile), data, HEADER)
             if default or not (self.path / REGISTRY_FILE).is_file():
                 current = self._current_default()
                 self._write_top(protocol.name if default else current)
@@ -413,17 +522,28 @@ class Registry:
                                   ".lock\n.*.tmp\n")
 
     def _read_entry(self, protocol: Protocol, gfile: Path) -> GeneratorEntry | None:
+        self._safe(gfile)
         if not gfile.is_file():
             return None
         problems = Problems()
-        entry = parse_generator(read_yaml(gfile, self._label(gfile)), self._label(gfile), gfile.stem,
+        entry = parse_generator(read_yaml(gfile, self._label(gfile), root=self.path), self._label(gfile), gfile.stem,
                                  protocol, problems)
         if problems:
             raise RegistryError(problems[0] + " (fix the file before writing to it)")
         return entry
 
     def _generator_file(self, protocol_name: str, generator: str) -> Path:
-        return self.path / protocol_name / GENERATORS_DIR / f"{generator}.yaml"
+        check_name("generator name", generator)
+        check_name("protocol name", protocol_name)
+        return self._safe(self.path / protocol_name / GENERATORS_DIR / f"{generator}.yaml")
+
+    def check_enrolment(self, protocol_name: str, generator: str) -> None:
+        """What :meth:`enroll` refuses before anything is computed: an unknown protocol, a bad generator name,
+        a generators folder that is a link. Call it before embedding (minutes) to fail at once."""
+        proto = self.protocol(protocol_name)
+        check_name("generator name", generator)
+        for part in proto.parts:
+            self._generator_file(part.name, generator)
 
     def enroll(self, protocol_name: str, generator: str, fingerprints: Sequence[Fingerprint],
                provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None) -> list[str]:
@@ -439,7 +559,7 @@ class Registry:
         stops the enrolment before any file is written.
         """
         proto = self.protocol(protocol_name)
-        check_name("generator name", generator)
+        self.check_enrolment(protocol_name, generator)
         fingerprints = list(fingerprints)
         if not fingerprints:
             raise UsageError("nothing to enrol: no fingerprints")
@@ -455,6 +575,8 @@ class Registry:
         base = {"created": utc_now(), "by": user(), "tool_version": tool_version(),
                 "input_sha256": None, "n_images": None}
         base.update(dict(provenance))
+        if isinstance(proto, Combination):
+            base["combination"] = proto.name
         if base["input_sha256"] is not None and not is_digest(base["input_sha256"]):
             raise UsageError(f"input_sha256 must be a sha256 digest, got {base['input_sha256']!r}")
         prefix = short(base["input_sha256"], 12) if base["input_sha256"] else uuid.uuid4().hex[:12]
@@ -463,17 +585,65 @@ class Registry:
             check_name("instance id", iid)
         with self.lock():
             writes = [self._add_instances(part, generator, [fp.values[a:b] for fp in fingerprints], base, new_ids,
-                                          description) for part, a, b in part_spans(proto)]
-            for gfile, entry in writes:
-                write_yaml(gfile, entry.to_dict())
+                                          description, complete=len(proto.parts) > 1) for part, a, b in part_spans(proto)]
+            todo = [(gfile, entry) for gfile, entry in writes if entry is not None]
+            if not todo and getattr(self, "_completed", False):  # the interrupted enrolment, completed just now
+                self._ensure_gitignore()
+                todo = None
+            elif not todo:  # every part holds them already: the same images enrolled twice
+                raise UsageError(f"{generator} already has the instance(s) {', '.join(new_ids)} under every protocol "
+                                 f"of {protocol_name} (the same images enrolled twice?); remove them first with "
+                                 "`forensics registry remove`")
+            if todo is not None:
+                self._write_all([(gfile, entry.to_dict()) for gfile, entry in todo])
             self._ensure_gitignore()
         self.reload()
         return new_ids
 
+    def _write_all(self, files: Sequence[tuple[Path, Mapping[str, Any]]]) -> None:
+        """Write several registry files all or nothing (under the lock): each to a temporary file beside it;
+        then a journal of temporary → final names, committed by an atomic rename; then the renames; then the
+        journal is removed. A write killed before the journal is committed changes nothing (its temporary
+        files are removed by the next write); one killed after is completed by the next write."""
+        if len(files) == 1:
+            write_yaml(files[0][0], files[0][1])
+            return
+        from forensics.registry.schema import dump_yaml
+
+        pairs = []
+        try:
+            for path, data in files:
+                tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "xb") as f:
+                    f.write(dump_yaml(data).encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                pairs.append((tmp, path))
+                _pause("REGISTRY_TEST_PAUSE_PARTS")
+            write_text_atomic(self.path / JOURNAL, "# temporary file → registry file; completed by the next "
+                                                   "write\n" + dump_yaml([[str(t.relative_to(self.path)),
+                                                                           str(p.relative_to(self.path))]
+                                                                          for t, p in pairs]))
+        except BaseException:
+            for tmp, _ in pairs:
+                tmp.unlink(missing_ok=True)
+            raise
+        for i, (tmp, path) in enumerate(pairs):
+            os.replace(tmp, path)
+            if i == 0:
+                _pause("REGISTRY_TEST_PAUSE_RENAMES")
+        (self.path / JOURNAL).unlink(missing_ok=True)
+
     def _add_instances(self, proto: Protocol, generator: str, curves: Sequence[tuple[float | None, ...]],
-                       base: Mapping[str, Any], new_ids: Sequence[str], description: str) -> tuple[Path, GeneratorEntry]:
+                       base: Mapping[str, Any], new_ids: Sequence[str], description: str,
+                       complete: bool = False) -> tuple[Path, GeneratorEntry | None]:
         """``generator``'s file under ``proto`` with the new instances added (not yet written); refuses
-        a name that differs only in case, a curve already enrolled, an id already taken. Under the lock."""
+        a name that differs only in case, a curve already enrolled, an id already taken. Under the lock.
+        With ``complete`` (a combination's part), instances already there with the same id, curve and input
+        are no error: the entry comes back None when the part holds them all (an interrupted enrolment
+        is being completed)."""
         gfile = self._generator_file(proto.name, generator)
         gdir = gfile.parent
         where = f" under {proto.name}"
@@ -494,6 +664,13 @@ class Registry:
             if values in elsewhere:
                 raise UsageError(f"this curve is already enrolled as {elsewhere[values]}{where} (the same images "
                                  "under another name?)")
+        if complete and entry.instances:
+            have = {i.id: i for i in entry.instances}
+            same = [iid in have and have[iid].values == tuple(values)
+                    and have[iid].provenance.get("input_sha256") == base.get("input_sha256")
+                    and base.get("input_sha256") is not None for iid, values in zip(new_ids, curves)]
+            if all(same):
+                return gfile, None
         if description:
             entry.description = description
         existing = {i.id for i in entry.instances}
@@ -515,7 +692,12 @@ class Registry:
     def remove(self, protocol_name: str, generator: str, instance: str | None = None) -> list[str]:
         """Remove a generator (its file) or one of its instances; returns the ids removed. Under a
         combination, from every one of its protocols that holds it."""
+        check_name("generator name", generator)
+        if instance is not None:
+            check_name("instance id", instance)
         proto = self.protocol(protocol_name)
+        for part in proto.parts:
+            self._generator_file(part.name, generator)
         with self.lock():
             removed: list[str] = []
             held: list[str] = []
@@ -556,7 +738,7 @@ class Registry:
         with self.lock():
             data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": tool_version(),
                     "matchers": {k: dict(v) for k, v in sorted(calibrations.items())}}
-            write_yaml(cfile, data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
+            write_yaml(self._safe(cfile), data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
         self.reload()
         return cfile
 

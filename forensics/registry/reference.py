@@ -1,0 +1,89 @@
+"""The digest the registry records of each shipped reference side.
+
+A protocol's fitted reference side may be shipped in ``<registry>/<protocol>/reference/<key>.npz``. Its
+fingerprints were scored against exactly that file, so the registry records its sha256 beside it, in
+``reference/SHA256`` (one ``<hex>  <file name>`` line per file, the form ``sha256sum -c`` reads). The
+manifest is outside the protocol record: protocol digests and enrolled curves do not depend on it. The
+engine checks a shipped file against it before use; ``registry validate`` checks every shipped file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import stat
+from pathlib import Path
+
+from forensics.errors import RegistryError
+from forensics.io.atomic import write_text_atomic
+
+MANIFEST = "SHA256"
+#: a manifest is a few lines; a larger one is not one
+MAX_MANIFEST_BYTES = 1 << 20
+_LINE = re.compile(r"^([0-9a-f]{64}) [ *]([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\.npz)$")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a regular file, read in blocks."""
+    h = hashlib.sha256()
+    if not stat.S_ISREG(Path(path).stat().st_mode):  # before open: a FIFO would block
+        raise RegistryError(f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Path, label: str) -> dict[str, str] | None:
+    """file name → sha256 hex recorded in ``folder/SHA256``; None when there is no manifest. A manifest that
+    is not one (too large, a link, a bad line) is a :class:`RegistryError` naming ``label``."""
+    from forensics.registry.schema import read_bytes_limited
+
+    path = Path(folder) / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return None
+    raw = read_bytes_limited(path, label, MAX_MANIFEST_BYTES, root=Path(folder))
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise RegistryError(f"{label}: not a manifest of sha256 digests (non-ASCII bytes)") from None
+    found: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = _LINE.match(line.strip())
+        if m is None:
+            raise RegistryError(f"{label}: line {n}: expected '<64 hex digits>  <file>.npz', got {line[:80]!r}")
+        found[m.group(2)] = m.group(1)
+    return found
+
+
+def record(path: Path) -> Path:
+    """Record the sha256 of the shipped file ``path`` in its folder's manifest (other lines kept)."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        known = read_manifest(folder, str(folder / MANIFEST)) or {}
+    except RegistryError:
+        known = {}
+    known[path.name] = file_sha256(path)
+    text = "".join(f"{digest}  {name}\n" for name, digest in sorted(known.items()))
+    return write_text_atomic(folder / MANIFEST, text)
+
+
+def check(path: Path, protocol: str) -> None:
+    """Refuse (:class:`RegistryError`) a shipped reference side whose sha256 is not the one the registry
+    records, or for which it records none."""
+    path = Path(path)
+    what = f"the shipped reference side of {protocol} ({path})"
+    digests = read_manifest(path.parent, str(path.parent / MANIFEST))
+    if digests is None or path.name not in digests:
+        raise RegistryError(f"{what} has no digest recorded in the registry ({path.parent / MANIFEST}); "
+                            "re-create it with `forensics protocol create … --ship-reference`, or remove it to "
+                            "recompute the reference side")
+    if path.is_symlink() or not stat.S_ISREG(path.stat().st_mode):
+        raise RegistryError(f"{what} is a link or not a regular file; a registry holds its files itself")
+    if file_sha256(path) != digests[path.name]:
+        raise RegistryError(f"{what} does not match the digest the registry records; restore it from the "
+                            "registry's source (git) or re-create it with `forensics protocol create … "
+                            "--ship-reference` and re-enrol")
