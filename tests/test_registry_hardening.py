@@ -159,6 +159,16 @@ def test_generator_files_that_are_links_devices_or_pipes_are_refused_unread(reg,
     failed_validation(cli("registry", "validate", "--registry", str(reg.path), timeout=20))
 
 
+def test_a_lock_file_linked_elsewhere_is_not_truncated(reg, tmp_path, fingerprints):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (reg.path / ".lock").unlink(missing_ok=True)
+    (reg.path / ".lock").symlink_to(victim)
+    with pytest.raises(RegistryError, match="lock file is a link"):
+        reg.enroll("toy", "new", fingerprints(reg.protocol("toy"), [7.0, 8.0, 9.0]), {"input_sha256": OTHER})
+    assert victim.read_text() == "precious\n"
+
+
 def test_a_protocol_folder_or_registry_file_linked_out_is_refused(reg, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(reg.path / "toy", elsewhere)

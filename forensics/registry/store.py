@@ -418,7 +418,11 @@ class Registry:
         from filelock import FileLock, Timeout
 
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
+        lockfile = self.path / LOCK_FILE
+        if lockfile.is_symlink() or (lockfile.exists() and not lockfile.is_file()):
+            # taking the lock opens it for writing, truncating whatever a link points at
+            raise RegistryError(f"{lockfile}: the registry's lock file is a link or not a file; remove it")
+        lock = FileLock(str(lockfile), timeout=LOCK_TIMEOUT_S)
         try:
             with lock:
                 self._recover()
