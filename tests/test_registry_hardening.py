@@ -243,6 +243,35 @@ def test_killed_between_renames_is_flagged_and_completed_by_a_retry(two, fingerp
         r.enroll("ab", "g", fingerprints(r.protocol("ab"), [1.0, 2.0, 3.0, 4.0, 5.0]), {"input_sha256": ONE})
 
 
+REMOVE_CHILD = textwrap.dedent("""
+    import sys
+    from forensics.registry import Registry
+    Registry.open(sys.argv[1]).remove("ab", "g")
+""")
+
+
+def test_a_removal_under_a_combination_killed_half_way_is_completed_by_the_next_write(two, fingerprints):
+    two.enroll("ab", "g", fingerprints(two.protocol("ab"), [1.0, 2.0, 3.0, 4.0, 5.0]), {"input_sha256": ONE})
+    journal = two.path / ".journal.tmp"
+    proc = subprocess.Popen([sys.executable, "-c", REMOVE_CHILD, str(two.path)],
+                            env={**os.environ, "REGISTRY_TEST_PAUSE_RENAMES": "30"})
+    try:
+        deadline = time.monotonic() + 20
+        while not journal.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert journal.exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (two.path / "a" / "generators" / "g.yaml").exists()
+    assert (two.path / "b" / "generators" / "g.yaml").exists()
+    assert any("interrupted" in p for p in Registry.open(two.path, strict=False).validate())
+    r = Registry.open(two.path, strict=False)
+    r.set_default("a")  # any write under the lock completes it
+    r = Registry.open(two.path)
+    assert r.validate() == [] and r.generators["b"] == {} and not journal.exists()
+
+
 def test_a_combination_instance_missing_from_a_part_is_a_problem_and_a_retry_completes_it(two, fingerprints):
     # the state an older version left when killed between the parts: the instance under a only
     r = two

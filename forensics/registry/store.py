@@ -449,9 +449,15 @@ class Registry:
             except RegistryError:
                 pairs = None
             for pair in pairs if isinstance(pairs, list) else []:
-                if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str)
+                        and (pair[0] is None or isinstance(pair[0], str))):
                     continue
-                tmp, target = self.path / pair[0], self.path / pair[1]
+                target = self.path / pair[1]
+                if pair[0] is None:  # a removal
+                    if inside(target, self.path) and target.suffix == ".yaml" and target.is_file():
+                        target.unlink()
+                    continue
+                tmp = self.path / pair[0]
                 if (inside(tmp, self.path) and inside(target, self.path) and tmp.name.endswith(".tmp")
                         and tmp.name.startswith(".") and tmp.parent == target.parent and tmp.is_file()):
                     os.replace(tmp, target)
@@ -604,19 +610,27 @@ class Registry:
         self.reload()
         return new_ids
 
-    def _write_all(self, files: Sequence[tuple[Path, Mapping[str, Any]]]) -> None:
+    def _write_all(self, files: Sequence[tuple[Path, Mapping[str, Any] | None]]) -> None:
         """Write several registry files all or nothing (under the lock): each to a temporary file beside it;
         then a journal of temporary → final names, committed by an atomic rename; then the renames; then the
         journal is removed. A write killed before the journal is committed changes nothing (its temporary
-        files are removed by the next write); one killed after is completed by the next write."""
+        files are removed by the next write); one killed after is completed by the next write. A file whose
+        data is None is removed."""
         if len(files) == 1:
-            write_yaml(files[0][0], files[0][1])
+            path, data = files[0]
+            if data is None:
+                path.unlink()
+            else:
+                write_yaml(path, data)
             return
         from forensics.registry.schema import dump_yaml
 
         pairs = []
         try:
             for path, data in files:
+                if data is None:
+                    pairs.append((None, path))
+                    continue
                 tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(tmp, "xb") as f:
@@ -627,15 +641,20 @@ class Registry:
                 pairs.append((tmp, path))
                 _pause("REGISTRY_TEST_PAUSE_PARTS")
             write_text_atomic(self.path / JOURNAL, "# temporary file → registry file; completed by the next "
-                                                   "write\n" + dump_yaml([[str(t.relative_to(self.path)),
+                                                   "write\n" + dump_yaml([[None if t is None else
+                                                                           str(t.relative_to(self.path)),
                                                                            str(p.relative_to(self.path))]
                                                                           for t, p in pairs]))
         except BaseException:
             for tmp, _ in pairs:
-                tmp.unlink(missing_ok=True)
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
             raise
         for i, (tmp, path) in enumerate(pairs):
-            os.replace(tmp, path)
+            if tmp is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
             if i == 0:
                 _pause("REGISTRY_TEST_PAUSE_RENAMES")
         (self.path / JOURNAL).unlink(missing_ok=True)
@@ -706,6 +725,7 @@ class Registry:
             removed: list[str] = []
             held: list[str] = []
             found = False
+            changes: list[tuple[Path, dict[str, Any] | None]] = []
             for part in proto.parts:
                 gfile = self._generator_file(part.name, generator)
                 entry = self._read_entry(part, gfile)
@@ -715,7 +735,7 @@ class Registry:
                 held += [i.id for i in entry.instances]
                 if instance is None:
                     removed += [i.id for i in entry.instances]
-                    gfile.unlink()
+                    changes.append((gfile, None))
                     continue
                 keep = [i for i in entry.instances if i.id != instance]
                 if len(keep) == len(entry.instances):
@@ -723,15 +743,17 @@ class Registry:
                 removed.append(instance)
                 if keep:
                     entry.instances = keep
-                    write_yaml(gfile, entry.to_dict())
+                    changes.append((gfile, entry.to_dict()))
                 else:
-                    gfile.unlink()
+                    changes.append((gfile, None))
             if not found:
                 known = ", ".join(sorted(self.generators.get(protocol_name, {}))) or "none"
                 raise UsageError(f"no generator {generator!r} under protocol {protocol_name!r}; known: {known}")
             if instance is not None and not removed:
                 known = ", ".join(dict.fromkeys(held))
                 raise UsageError(f"{generator} has no instance {instance!r}; its instances: {known}")
+            if changes:  # under a combination, from every part or none
+                self._write_all(changes)
         self.reload()
         return list(dict.fromkeys(removed))
 
