@@ -193,6 +193,20 @@ def _check_amp(amp: str | None) -> None:
         raise UsageError(f"--amp takes bf16 or fp16, not {amp!r}")
 
 
+def check_compute(device: str = "cpu", amp: str | None = None) -> dict[str, Any]:
+    """Check ``device`` and ``amp`` before any work and return the record a report keeps of them
+    (``{"device": ..., "amp": ...}``): both change the curve. Autocast on the CPU is refused: there it runs
+    several times slower than float32 and moves the curve away from the registry's (a verdict changed)."""
+    from forensics.encode.devices import torch_device
+
+    _check_amp(amp)
+    resolved = torch_device(device)
+    if amp is not None and resolved.type == "cpu":
+        raise UsageError(f"--amp {amp} is refused on the CPU: autocast there is slower than float32 and moves the "
+                         "curve away from the registry's; drop --amp, or use it with --device cuda")
+    return {"device": str(device), "amp": amp}
+
+
 def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, weights: str | None, cache: bool,
             workers: int, amp: str | None, progress: Progress | None) -> Engine | CombinedEngine:
     from forensics.engine import make_engine
@@ -237,7 +251,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     """
     from forensics.match import make_matcher
 
-    _check_amp(amp)
+    compute = check_compute(device, amp)
     reg = open_registry(registry)
     proto = reg.protocol(reg.resolve_protocol(protocol))
     references = reg.enrolled(proto.name)
@@ -253,7 +267,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     return AttributionResult(input=record, protocol=proto, curve=curve,
                              attribution=m.attribute(curve.fingerprint.vector()), batches=batches,
                              matcher=m.describe(), references=tuple(references),
-                             reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size)
+                             reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
+                             compute=compute)
 
 
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
@@ -263,6 +278,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     of all the images as one batch, each layer read by the statistic."""
     from forensics.stats.base import get_statistic
 
+    compute = check_compute(device, amp)
     reg = open_registry(registry)
     proto = reg.protocol(reg.resolve_protocol(protocol))
     engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
@@ -272,7 +288,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     thresholds = _reading_thresholds([get_statistic(p.statistic.name) for p in proto.parts])
     return MemorizationResult(input=ImageInput(record.path, curve.n_images, record.sha256), protocol=proto,
                               curve=curve, thresholds=thresholds, reference_origin=engine.reference_origin,
-                              partial_batch=len(data) < proto.batch_size)
+                              partial_batch=len(data) < proto.batch_size, compute=compute)
 
 
 def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:

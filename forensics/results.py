@@ -25,12 +25,13 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
                   "distance_ratio": float | null,   # to the best candidate's nearest curve, in its spreads
                   "reason": "...",
                   "lookalikes": {generator: [runs named, runs]}},  # left out at calibration, named this verdict
-      "reference": {"origin": "...", "n_references": 15}
+      "reference": {"origin": "...", "n_references": 15},
+      "compute": {"device": "cpu", "amp": null | "bf16" | "fp16"}   # where and in which precision it ran
     }
 
 Schema ``forensics.memorization/1``: schema, tool, created, input, protocol, curve (as above), level
 (where along the depth copying shows), partial_batch, thresholds (the statistic's reading cut-offs),
-reference {origin}.
+reference {origin}, compute {device, amp}.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class AttributionResult:
     reference_origin: str | None        # where the protocol's reference side came from
     partial_batch: bool                 # fewer images than the protocol's batch size m
     provenance: Provenance = field(default_factory=Provenance.now)
+    compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})  # both move curves
 
     @property
     def verdict(self) -> Verdict:
@@ -222,6 +224,7 @@ class AttributionResult:
                            for c in self.attribution.candidates],
             "verdict": self.verdict.to_dict(),
             "reference": {"origin": self.reference_origin, "n_references": len(self.references)},
+            "compute": dict(self.compute),
         }
 
 
@@ -265,6 +268,7 @@ class MemorizationResult:
     reference_origin: str | None
     partial_batch: bool
     provenance: Provenance = field(default_factory=Provenance.now)
+    compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})
 
     @property
     def readings(self) -> list[str]:
@@ -285,6 +289,7 @@ class MemorizationResult:
             "input": self.input.to_dict(), "protocol": protocol_section(self.protocol),
             "curve": curve_section(self.curve), "level": self.level, "partial_batch": self.partial_batch,
             "thresholds": dict(self.thresholds), "reference": {"origin": self.reference_origin},
+            "compute": dict(self.compute),
         }
 
 

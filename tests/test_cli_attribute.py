@@ -79,8 +79,48 @@ def test_attribute_json_names_the_generator(registry, plugin_host, tmp_path):
     assert doc["protocol"]["name"] == "digits-vit" and doc["protocol"]["digest"].startswith("sha256:")
     assert doc["input"]["n_images"] == 100 and doc["input"]["sha256"].startswith("sha256:")
     assert doc["tool"]["forensics"] and doc["partial_batch"] is False
+    assert doc["compute"] == {"device": "cpu", "amp": None}  # both move the curve: the report records them
     page = html.read_text()
     assert page.startswith("<!doctype html>") and page.count("<svg") == 3 and "rotate's spread" in page
+    assert "computed on cpu, float32" in page
+
+
+def test_memorization_records_device_and_precision(registry, plugin_host):
+    reg, data = registry
+    r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["compute"] == {"device": "cpu", "amp": None}
+    r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg)], env={"COLUMNS": "200"})
+    assert "device cpu, float32" in r.stdout
+
+
+def test_autocast_on_the_cpu_is_refused_in_one_line_before_any_work(registry, plugin_host):
+    import time
+
+    reg, data = registry
+    for command in ("attribute", "memorization"):
+        start = time.monotonic()
+        r = run([command, str(data / "copies.npz"), "--registry", str(reg), "--amp", "bf16"])
+        assert r.exit_code == 2 and r.stdout == "" and time.monotonic() - start < 3, r.output
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and "--amp bf16 is refused on the CPU" in lines[0] and "slower" in lines[0], r.stderr
+
+
+def test_paths_with_markup_or_not_utf8_are_read_and_written_whole(registry, plugin_host, tmp_path):
+    """A folder and an --html name that are not UTF-8, and rich markup in them: the run completes, the
+    report is written where asked, and the messages name the paths as they are (undecodable bytes escaped)."""
+    import os
+
+    reg, data = registry
+    odd = tmp_path / os.fsdecode(b"[red]caf\xe9 [/x]")  # "[/x]" spans two folders: "…[" and "x]"
+    odd.mkdir(parents=True)
+    np.save(odd / "q.npy", np.load(data / "query-rotate.npz")["images"])
+    html = odd / os.fsdecode(b"r\xff[bold].html")
+    r = run(["attribute", str(odd / "q.npy"), "--registry", str(reg), "--html", str(html)], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    assert html.is_file() and "Attribution: rotate" in html.read_text()
+    assert "[red]caf\\udce9 [/x]" in r.stdout.replace("\n", "")
+    assert r.stderr.strip().endswith("r\\udcff[bold].html"), r.stderr
 
 
 def test_attribute_terminal_report(registry, plugin_host):

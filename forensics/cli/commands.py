@@ -10,8 +10,8 @@ import typer
 
 from forensics import __version__
 from forensics.cli.common import (
-    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, err,
-    handle_errors, out, print_json, progress_bar,
+    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, check_output,
+    err, esc, handle_errors, out, print_json, progress_bar,
 )
 
 app = typer.Typer(
@@ -65,6 +65,8 @@ def attribute(
     from forensics.api import attribute as run
     from forensics.report.terminal import render_attribution
 
+    if html_out is not None:
+        check_output(html_out)  # before minutes of embedding, not after
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
@@ -74,7 +76,7 @@ def attribute(
         from forensics.report.html import attribution_html
 
         write_text_atomic(html_out, attribution_html(result))
-        err.print(f"HTML report written to {html_out}")
+        err.print(f"HTML report written to {esc(html_out)}")
     if json_out:
         print_json(result.to_dict())
     else:
@@ -129,8 +131,9 @@ def curate(
     """
     from forensics.api import curate as run
 
+    check_output(output)
     result = run(source, kind, count=count, seed=seed, out=output)
-    err.print(f"wrote {len(result.images)} {kind} copies to {output}")
+    err.print(f"wrote {len(result.images)} {esc(kind)} copies to {esc(output)}")
     print_json(result.to_dict())
 
 
@@ -192,9 +195,9 @@ def protocol_create(
                                  tau=tau, seed=seed, batch_size=batch_size, description=description,
                                  ship_reference=ship_reference, default=make_default, registry=registry, device=device,
                                  progress=update)
-    err.print(f"protocol {name} ({short(result.protocol.digest)}) written to {result.registry}")
+    err.print(f"protocol {esc(name)} ({short(result.protocol.digest)}) written to {esc(result.registry)}")
     if result.reference_path is not None:
-        err.print(f"reference side written to {result.reference_path}")
+        err.print(f"reference side written to {esc(result.reference_path)}")
     print_json(result.to_dict())
 
 
@@ -220,10 +223,10 @@ def protocol_combine(
 
     result = combine_protocols(name, parts, description=description, overwrite=overwrite, default=make_default,
                                registry=registry)
-    err.print(f"combination {name} ({short(result.combination.digest)}) of {', '.join(parts)} written to "
-              f"{result.registry}; {result.n_instances} instance(s) enrolled under all of them")
+    err.print(f"combination {esc(name)} ({short(result.combination.digest)}) of {esc(', '.join(parts))} written to "
+              f"{esc(result.registry)}; {result.n_instances} instance(s) enrolled under all of them")
     for warning in result.warnings:
-        err.print(f"[yellow]note:[/] {warning}")
+        err.print(f"[yellow]note:[/] {esc(warning)}")
     print_json(result.to_dict())
 
 
@@ -247,9 +250,9 @@ def plugins(json_out: bool = typer.Option(False, "--json", help="Print as JSON."
         table.add_column(col, overflow="fold")  # as every listing: a name cut short cannot be typed
     for info in result.plugins:
         provides = "; ".join(f"{kind}: {', '.join(sorted(names))}" for kind, names in info.provides.items() if names)
-        status = "[green]ok[/]" if info.error is None else f"[red]error:[/] {info.error}"
+        status = "[green]ok[/]" if info.error is None else f"[red]error:[/] {esc(info.error)}"
         source = "bundled" if info.bundled else (info.distribution or "registered")
-        table.add_row(info.name, info.version or "", source, provides, status)
+        table.add_row(esc(info.name), esc(info.version or ""), esc(source), esc(provides), status)
     out.print(table)
 
 
@@ -262,8 +265,47 @@ app.add_typer(cli_registry.app, name="registry")
 app.add_typer(cli_zoo.app, name="zoo")
 
 
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
+
+    Click's errors (an unknown command or option, a bad option value) become one line on stderr, with a
+    hint to ``--help``, and exit 2, as the commands' own errors do; a library's warnings become one line."""
+    import warnings
+
+    try:  # typer ≥ 0.20 carries its own copy of click, whose exceptions its commands raise
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_errors
+
+    from forensics.cli.common import error_line, show_warning
+
+    saved = warnings.showwarning
+    warnings.showwarning = show_warning
+    try:
+        rv = app(args=argv, prog_name="forensics", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # `forensics` or a group alone: its help (typer prints it)
+        if exc.format_message().strip():
+            out.print(exc.format_message(), markup=False, highlight=False)
+        return exc.exit_code
+    except click_errors.ClickException as exc:  # UsageError, BadParameter, NoSuchOption, MissingParameter, FileError
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "forensics"
+        error_line(f"{exc.format_message()} (see `{where} --help`)")
+        return exc.exit_code
+    except typer.Abort:
+        error_line("aborted")
+        return 1
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return 130
+    finally:
+        warnings.showwarning = saved
+    return rv if isinstance(rv, int) else 0
+
+
 def main() -> None:
-    app()
+    import sys
+
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -26,9 +27,31 @@ def env_debug() -> bool:
 STATE = {"debug": env_debug()}
 
 
+def esc(value: Any) -> str:
+    """``value`` as text that rich prints as it is: a user's path or name may hold ``[red]`` or ``[/x]``,
+    which rich would otherwise read as markup (dropping it, or failing on it)."""
+    from forensics.report.terminal import printable
+
+    return escape(printable(str(value)))
+
+
+def one_line(message: str) -> str:
+    """The first line of ``message``: an error or warning is one line on stderr."""
+    from forensics.report.terminal import printable
+
+    return printable(next((line.strip() for line in str(message).splitlines() if line.strip()), ""))
+
+
+def error_line(message: str) -> None:
+    """Print ``error: message`` as one line on stderr, the message verbatim (never read as markup)."""
+    from rich.text import Text
+
+    err.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one error line on stderr and exit."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    error_line(message)
     raise typer.Exit(code)
 
 
@@ -44,7 +67,7 @@ def handle_errors(fn):
         except ForensicsError as exc:
             if STATE["debug"]:
                 raise
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+            fail(one_line(str(exc)) or type(exc).__name__, exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except (typer.Exit, typer.Abort, SystemExit):
@@ -52,7 +75,7 @@ def handle_errors(fn):
         except Exception as exc:  # a bug: one line unless debugging
             if STATE["debug"]:
                 raise
-            fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+            fail(f"unexpected {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback)", 1)
 
     return wrapper
 
@@ -73,7 +96,7 @@ def progress_bar():
 
     def update(what: str, done: int, total: int) -> None:
         if what not in tasks:
-            tasks[what] = progress.add_task(f"embedding {what}" if "fitting" not in what else what, total=total)
+            tasks[what] = progress.add_task(esc(f"embedding {what}" if "fitting" not in what else what), total=total)
         progress.update(tasks[what], completed=done, total=total)
 
     return progress, update
@@ -90,3 +113,28 @@ OPT_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write th
 OPT_WORKERS = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images.")
 OPT_AMP = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16.")
 OPT_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """:func:`warnings.showwarning` for the command line: a library's warning (NumPy, torch, Pillow) as one
+    line on stderr, never its source line or a multi-line text; the whole warning under ``--debug``."""
+    from rich.text import Text
+
+    if STATE["debug"]:
+        import warnings
+
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    text = one_line(str(message)) or category.__name__
+    err.print(Text.assemble(("warning:", "yellow"), f" {text} ({category.__name__})"), highlight=False, soft_wrap=True)
+
+
+def check_output(path: Any) -> None:
+    """Refuse an output path before the run, not after it: whatever
+    :func:`forensics.io.atomic.check_output_path` refuses (a symlink, a device or FIFO, a folder, a missing
+    folder, a name too long). A name that is not UTF-8 is written as given and shown with escapes."""
+    try:
+        from forensics.io.atomic import check_output_path
+    except ImportError:  # pragma: no cover - only before the io package's hardening (issue 26) is in
+        return
+    check_output_path(path)

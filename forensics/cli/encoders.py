@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from forensics.cli.common import handle_errors, out, print_json
+from forensics.cli.common import esc, handle_errors, out, print_json
 
 
 @handle_errors
@@ -31,7 +31,7 @@ def encoders(json_out: bool = typer.Option(False, "--json", help="Print as JSON 
         table.add_column(col, overflow="fold")
     for e in entries:
         if "error" in e:
-            table.add_row(e["name"], "", "", "", f"[red]error:[/] {e['error']}")
+            table.add_row(esc(e["name"]), "", "", "", f"[red]error:[/] {esc(e['error'])}")
             continue
         ls = e["layers"]
         if layers or len(ls) <= 4:
@@ -40,8 +40,9 @@ def encoders(json_out: bool = typer.Option(False, "--json", help="Print as JSON 
             shown = f"{len(ls)}: {ls[0]['name']} … {ls[-1]['name']} ({ls[-1]['dim']})"
         p = e["preprocessing"]
         weights = e["weights"]
-        weights = f"[green]{weights}[/]" if not weights.startswith("missing") else "[yellow]missing[/]"
-        table.add_row(e["name"], e.get("family", ""), shown, f"{p['size']} px, {p['interpolation']}", weights)
+        weights = f"[green]{esc(weights)}[/]" if not weights.startswith("missing") else "[yellow]missing[/]"
+        table.add_row(esc(e["name"]), esc(e.get("family", "")), esc(shown), esc(f"{p['size']} px, {p['interpolation']}"),
+                      weights)
     out.print(table)
     if any(str(e.get("weights", "")).startswith("missing") for e in entries):
         out.print("missing weights: `forensics encoders NAME --json` says how to supply them (a local file, a pip "

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from forensics.cli.common import (
-    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json, progress_bar,
+    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out, print_json,
+    progress_bar,
 )
 
 if TYPE_CHECKING:
@@ -50,15 +51,15 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
 def _render_listing(result: RegistryListing) -> None:
     from rich.table import Table
 
-    table = Table(title=f"registry {result.registry}", title_justify="left")
+    table = Table(title=f"registry {esc(result.registry)}", title_justify="left")
     table.add_column("protocol", no_wrap=True)
     table.add_column("digest", no_wrap=True)
     for col in ("encoder", "layers", "m", "generators (instances)"):
         table.add_column(col, overflow="fold")
     for p in result.protocols:
-        name = p.name + (" [bold](default)[/]" if p.default else "")
-        gens = ", ".join(f"{g} ({n})" for g, n in p.generators.items()) or "[dim]none[/]"
-        table.add_row(name, _fmt(p.digest), p.encoder, str(p.n_layers), str(p.batch_size), gens)
+        name = esc(p.name) + (" [bold](default)[/]" if p.default else "")
+        gens = esc(", ".join(f"{g} ({n})" for g, n in p.generators.items())) or "[dim]none[/]"
+        table.add_row(name, esc(_fmt(p.digest)), esc(p.encoder), str(p.n_layers), str(p.batch_size), gens)
     out.print(table)
 
 
@@ -89,26 +90,26 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
     from rich.table import Table
 
     proto, chosen = result.protocol, result.generators
-    out.print(f"[bold]{proto.name}[/]  digest {proto.digest}")
+    out.print(f"[bold]{esc(proto.name)}[/]  digest {esc(proto.digest)}")
     if proto.description:
-        out.print(f"  {proto.description}")
+        out.print(f"  {proto.description}", markup=False)
     if len(proto.parts) > 1:
-        out.print(f"  combines  {', '.join(p.name for p in proto.parts)}: a fingerprint is their curves end to end "
+        out.print(f"  combines  {esc(', '.join(p.name for p in proto.parts))}: a fingerprint is their curves end to end "
                   f"({len(proto.layers)} layers); instances are those enrolled under every one")
     for part in proto.parts:
         indent = "  " if part is proto else "    "
         if part is not proto:
-            out.print(f"  [bold]{part.name}[/]  digest {part.digest}")
+            out.print(f"  [bold]{esc(part.name)}[/]  digest {esc(part.digest)}")
         enc, stat = part.encoder, part.statistic
         out.print(f"{indent}encoder   {enc.name} ({enc.weights_source}; weights {_fmt(enc.weights)}), pooling "
-                  f"{enc.pooling}, {len(enc.layers)} layers {enc.layers[0]} … {enc.layers[-1]}")
-        out.print(f"{indent}prep      {dict(enc.preprocessing)}")
-        out.print(f"{indent}statistic {stat.name} {dict(stat.params)}; batch m = {part.batch_size}")
+                  f"{enc.pooling}, {len(enc.layers)} layers {enc.layers[0]} … {enc.layers[-1]}", markup=False)
+        out.print(f"{indent}prep      {dict(enc.preprocessing)}", markup=False)
+        out.print(f"{indent}statistic {stat.name} {dict(stat.params)}; batch m = {part.batch_size}", markup=False)
         out.print(f"{indent}T         {part.train.dataset}:{part.train.split} ({part.train.count}, "
                   f"{_fmt(part.train.sha256)})   P_n {part.test.dataset}:{part.test.split} ({part.test.count}, "
-                  f"{_fmt(part.test.sha256)})")
+                  f"{_fmt(part.test.sha256)})", markup=False)
         for key, value in dict(part.notes).items():
-            out.print(f"{indent}[dim]{key}: {value}[/]")
+            out.print(f"{indent}[dim]{esc(key)}: {esc(value)}[/]")
     table = Table(title_justify="left", title=f"{len(chosen)} generator(s)")
     for col in ("generator", "instance", "created", "by", "images", "input", "curve" if full_curves else "role"):
         table.add_column(col, overflow="fold")
@@ -116,8 +117,9 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
         for k, inst in enumerate(e.instances):
             p = inst.provenance
             last = (" ".join(_fmt(v, 2) for v in inst.values) if full_curves else str(p.get("role") or ""))
-            table.add_row(g if k == 0 else "", inst.id, str(p.get("created", "")), str(p.get("by", ""))[:40],
-                          _fmt(p.get("n_images")), _fmt(p.get("input_sha256")), last)
+            table.add_row(esc(g) if k == 0 else "", esc(inst.id), esc(p.get("created", "")),
+                          esc(str(p.get("by", ""))[:40]), esc(_fmt(p.get("n_images"))), esc(_fmt(p.get("input_sha256"))),
+                          esc(last))
     out.print(table)
 
 
@@ -135,16 +137,14 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
         print_json(result.to_dict())
     else:
         for p in result.problems:
-            out.print(f"[red]✗[/] {p}")
+            out.print(f"[red]✗[/] {esc(p)}")
         for w in result.warnings:
-            out.print(f"[yellow]![/] {w}")
+            out.print(f"[yellow]![/] {esc(w)}")
         if result.ok:
-            out.print(f"[green]✓[/] {result.registry}: {result.n_protocols} protocol(s), {result.n_instances} "
+            out.print(f"[green]✓[/] {esc(result.registry)}: {result.n_protocols} protocol(s), {result.n_instances} "
                       "instance(s), no problems")
-        else:
-            err.print(f"{len(result.problems)} problem(s) in {result.registry}")
-    if not result.ok:
-        raise typer.Exit(1)
+    if not result.ok:  # as every failed run: one line on stderr, exit 1 (the problems are listed above)
+        fail(f"{len(result.problems)} problem(s) in {result.registry}; the first: {result.problems[0]}", 1)
 
 
 # -- enrol / remove -------------------------------------------------------------------------------
@@ -183,8 +183,8 @@ def enroll(
     if json_out:
         print_json(result.to_dict())
     else:
-        out.print(f"enrolled {len(result.instances)} instance(s) of [bold]{name}[/] under {result.protocol}: "
-                  f"{', '.join(result.instances)}")
+        out.print(f"enrolled {len(result.instances)} instance(s) of [bold]{esc(name)}[/] under {esc(result.protocol)}: "
+                  f"{esc(', '.join(result.instances))}")
 
 
 @app.command()
@@ -207,7 +207,7 @@ def remove(
         print_json(result.to_dict())
     else:
         out.print(f"removed {len(result.removed)} instance(s) of {name} from {result.protocol}: "
-                  f"{', '.join(result.removed)}")
+                  f"{', '.join(result.removed)}", markup=False)
 
 
 # -- diff ---------------------------------------------------------------------------------------
@@ -234,13 +234,13 @@ def diff(
     if not result.changes:
         out.print("no differences")
         return
-    table = Table(title=f"{result.old} → {result.new}", title_justify="left")
+    table = Table(title=f"{esc(result.old)} → {esc(result.new)}", title_justify="left")
     for col in ("change", "what", "protocol", "generator", "instance", "detail"):
         table.add_column(col, overflow="fold")
     colour = {"added": "green", "removed": "red", "changed": "yellow"}
     for c in result.changes:
-        table.add_row(f"[{colour[c['change']]}]{c['change']}[/]", c["what"], c["protocol"] or "",
-                      c["generator"] or "", c["instance"] or "", c["detail"])
+        table.add_row(f"[{colour[c['change']]}]{c['change']}[/]", esc(c["what"]), esc(c["protocol"] or ""),
+                      esc(c["generator"] or ""), esc(c["instance"] or ""), esc(c["detail"]))
     out.print(table)
 
 
@@ -249,41 +249,41 @@ def _render_evaluation(result: EvaluationResult) -> None:
     from rich.table import Table
 
     for p in (p.to_dict() for p in result.protocols):
-        table = Table(title=f"{p['protocol']}: {p['n_instances']} instances of {p['n_generators']} generators "
+        table = Table(title=f"{esc(p['protocol'])}: {p['n_instances']} instances of {p['n_generators']} generators "
                             "— leave-one-out", title_justify="left")
         for col in ("matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
                     "generator left out: unknown", "split (test_batch)"):
             table.add_column(col, justify="right" if col != "matcher" else "left", overflow="fold")
         for m in p["matchers"]:
             if m.get("error"):
-                table.add_row(m["matcher"], "—", "—", f"[red]{m['error']}[/]", "", "")
+                table.add_row(esc(m["matcher"]), "—", "—", f"[red]{esc(m['error'])}[/]", "", "")
                 continue
             os_ = m.get("open_set") or {}
             lgo = m.get("leave_generator_out") or {}
             split = m.get("split") or {}
             table.add_row(
-                m["matcher"], f"{m['loo_accuracy']:.3f}", f"{m['correct']}/{m['n']}",
+                esc(m["matcher"]), f"{m['loo_accuracy']:.3f}", f"{m['correct']}/{m['n']}",
                 f"{os_.get('answered_right', '—')} · {os_.get('answered_wrong', '—')} · {os_.get('unknown', '—')}",
                 f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}",
                 f"{split['correct']}/{split['n']}" if "correct" in split else "—")
         out.print(table)
         for m in p["matchers"]:
             if "calibration_stability" in m:
-                out.print(_stability_line(m["matcher"], m["calibration_stability"]))
+                out.print(_stability_line(m["matcher"], m["calibration_stability"]), markup=False)
         for m in p["matchers"]:
             conf = m.get("confusion")
             if not conf or m.get("error"):
                 continue
             labels, matrix = conf["labels"], conf["matrix"]
-            ct = Table(title=f"{p['protocol']} · {m['matcher']}: confusion (rows true, columns predicted)",
+            ct = Table(title=f"{esc(p['protocol'])} · {esc(m['matcher'])}: confusion (rows true, columns predicted)",
                        title_justify="left")
             ct.add_column("true \\ predicted")
             for lab in labels:
-                ct.add_column(lab, justify="right")
+                ct.add_column(esc(lab), justify="right")
             for i, lab in enumerate(labels):
                 cells = [(f"[bold green]{v}[/]" if i == j and v else ("[red]" + str(v) + "[/]" if v else "[dim]·[/]"))
                          for j, v in enumerate(matrix[i])]
-                ct.add_row(lab, *cells)
+                ct.add_row(esc(lab), *cells)
             out.print(ct)
 
 
@@ -357,12 +357,12 @@ def calibrate(
                 tests = [t for t in tests if t]
                 out.print(f"{mname}: unknown when {' or '.join(tests) if tests else 'never (no threshold applies)'} "
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {cal['n_answer']} + "
-                          f"{cal['n_unknown']} leave-one-out queries)")
+                          f"{cal['n_unknown']} leave-one-out queries)", markup=False)
                 for g, seen in (cal.get("lookalikes") or {}).items():
-                    out.print(f"  {g}: {lookalike_note(g, seen)}")
+                    out.print(f"  {g}: {lookalike_note(g, seen)}", markup=False)
             else:
-                out.print(f"{mname}: not calibrated — {cal.get('reason')}")
-        err.print(f"written to {path}")
+                out.print(f"{mname}: not calibrated — {cal.get('reason')}", markup=False)
+        err.print(f"written to {esc(path)}")
 
 
 # -- the paper's curves ---------------------------------------------------------------------------
@@ -385,7 +385,7 @@ def import_paper(
         print_json(result.to_dict())
     else:
         out.print(f"imported {result.n_curves} curves of {len(result.generators)} generators as {result.protocol} "
-                  f"({_fmt(result.digest)}) into {result.registry}")
+                  f"({_fmt(result.digest)}) into {result.registry}", markup=False)
 
 
 @app.command("default")
@@ -402,4 +402,4 @@ def default(
 
     default = set_default_protocol(protocol, registry=registry) if protocol is not None else \
         open_registry(registry).default_protocol
-    out.print(default or "none")
+    out.print(default or "none", markup=False)

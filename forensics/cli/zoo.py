@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from forensics.cli.common import (
-    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, handle_errors, out, print_json,
+    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, handle_errors, out, print_json,
 )
 from forensics.errors import UsageError
 
@@ -43,20 +43,20 @@ def list_(samples: Optional[Path] = _SAMPLES, protocol: Optional[str] = OPT_PROT
         print_json(result.to_dict())
         return
     folder, pname, rows = result.samples, result.protocol, result.rows
-    table = Table(title=f"zoo sample sets in {folder}", title_justify="left")
+    table = Table(title=f"zoo sample sets in {esc(folder)}", title_justify="left")
     for col, justify in (("generator", "left"), ("instance", "left"), ("seed", "right"), ("fd_pca", "right"),
-                         ("nn_ratio", "right"), ("ct_pixel", "right"), (f"enrolled in {pname}", "left")):
+                         ("nn_ratio", "right"), ("ct_pixel", "right"), (f"enrolled in {esc(pname)}", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for r in rows:
         q = r["quality"]
         state = "yes" if r["enrolled"] else ("[red]file missing[/]" if not r["present"] else "no")
-        table.add_row(r["generator"], r["instance"], str(r["seed"]), *(str(q.get(k, "—")) for k in
+        table.add_row(esc(r["generator"]), esc(r["instance"]), esc(r["seed"]), *(esc(q.get(k, "—")) for k in
                                                                        ("fd_pca", "nn_ratio", "ct_pixel")), state)
     out.print(table)
     if rows:
         ref = rows[0]["quality"].get("fd_pca_test")
         out.print(f"fd_pca, nn_ratio, ct_pixel: pixel-space quality against T (forensics/zoo/README.md); "
-                  f"a fresh real set scores fd_pca {ref}, nn_ratio 1, ct_pixel ≈ 0.")
+                  f"a fresh real set scores fd_pca {ref}, nn_ratio 1, ct_pixel ≈ 0.", markup=False)
 
 
 @app.command()
@@ -84,7 +84,7 @@ def enroll(
     def tell(done: dict) -> None:
         if not json_out:
             err.print(f"enrolled {done['generator']}/{done['instance']} under {done['protocol']} as "
-                      f"{', '.join(done['ids'])}")
+                      f"{', '.join(done['ids'])}", markup=False)
 
     result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
                         samples=samples, device=device, weights=weights, on_enrolled=tell)
@@ -92,7 +92,8 @@ def enroll(
         print_json(result.to_dict())
     else:
         where = result.protocol if len(result.parts) == 1 else f"{result.protocol} ({', '.join(result.parts)})"
-        out.print(f"{len(result.enrolled)} zoo set(s) enrolled under {where}; {result.skipped} already there")
+        out.print(f"{len(result.enrolled)} zoo set(s) enrolled under {where}; {result.skipped} already there",
+                  markup=False)
 
 
 @app.command()
@@ -124,12 +125,12 @@ def quality(
         print_json(result.to_dict())
         return
     pname, name, rows = result.protocol, result.layer, result.rows
-    table = Table(title=f"zoo quality in {pname}, layer {name} (P_n, a fresh real set: fd "
+    table = Table(title=f"zoo quality in {esc(pname)}, layer {esc(name)} (P_n, a fresh real set: fd "
                         f"{rows[0]['fd_test'] if rows else '—'}, nn_ratio 1)", title_justify="left")
     for col, justify in (("generator", "left"), ("instance", "left"), ("fd", "right"), ("nn_ratio", "right")):
         table.add_column(col, justify=justify, overflow="fold")
     for r in rows:
-        table.add_row(r["generator"], r["instance"], f"{r['fd']:.4g}", f"{r['nn_ratio']:.3f}")
+        table.add_row(esc(r["generator"]), esc(r["instance"]), f"{r['fd']:.4g}", f"{r['nn_ratio']:.3f}")
     out.print(table)
 
 
@@ -174,8 +175,8 @@ def heldout(
             table.add_column(col, justify=justify, no_wrap=True)
         for r in rows:
             a = r["matchers"][n]
-            top = a["top"] if a["top_right"] else f"[red]{a['top']}[/]"
-            verdict = a["verdict"] or "unknown"
+            top = esc(a["top"]) if a["top_right"] else f"[red]{esc(a['top'])}[/]"
+            verdict = esc(a["verdict"] or "unknown")
             if a["verdict"] not in (None, r["generator"]):
                 verdict = f"[red]{verdict}[/]"
             if a["lookalikes"]:  # only a named verdict carries them
@@ -183,14 +184,15 @@ def heldout(
             margin = "—" if a["margin"] is None else f"{a['margin']:+.3g}"
             cw = "—" if r["counted_weight_mean"] is None else f"{r['counted_weight_mean']:.2f}"
             distance = "—" if a["distance_ratio"] is None else f"{a['distance_ratio']:.2f}×"
-            table.add_row(r["generator"], top, f"{a['score']:.4f}", margin, a["runner_up"] or "—", distance, verdict, cw)
+            table.add_row(esc(r["generator"]), top, f"{a['score']:.4f}", margin, esc(a["runner_up"] or "—"), distance,
+                          verdict, cw)
         out.print(table)
         if any(r["matchers"][n]["lookalikes"] for r in rows):
             out.print("* not exclusive: at calibration, a left-out generator's runs were named this verdict "
                       "(`forensics registry calibrate` lists them)")
         s = result.summary(n)
         out.print(f"{n}: top candidate right {s['top_right']}/{s['n']}; verdicts: {s['verdict_right']} right, "
-                  f"{s['verdict_unknown']} unknown, {s['verdict_wrong']} wrong")
+                  f"{s['verdict_unknown']} unknown, {s['verdict_wrong']} wrong", markup=False)
 
 
 @app.command()
@@ -221,10 +223,10 @@ def train(
     meta = zoo_train.run(generator, seed, folder, None, ckpt_dir or zoo_train.DEFAULT_CKPT,
                          folder.parent / "models" / "ddpm.safetensors", {"iters": iters} if iters else {})
     if meta is None:
-        out.print(f"trained {generator}; its weights are in {folder.parent / 'models'}")
+        out.print(f"trained {generator}; its weights are in {folder.parent / 'models'}", markup=False)
     else:
         out.print(f"wrote {folder / meta['file']} (quality {meta['quality']}); run `forensics zoo manifest` "
-                  f"to record it")
+                  f"to record it", markup=False)
 
 
 @app.command()
@@ -240,4 +242,4 @@ def manifest(samples: Optional[Path] = _SAMPLES, registry: Optional[Path] = OPT_
         path = write_manifest(_folder(samples, registry))
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
-    out.print(f"wrote {path}")
+    out.print(f"wrote {path}", markup=False)

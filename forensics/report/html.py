@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from forensics.match import lookalike_note
+from forensics.report.terminal import printable
 
 if TYPE_CHECKING:
     from forensics.results import AttributionResult
@@ -25,7 +26,8 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def _esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    # a path that is not UTF-8 (undecodable bytes kept as surrogates) is shown with them escaped
+    return html.escape(printable(str(x)), quote=True)
 
 
 def curves_svg(layers: Sequence[str], query: Sequence[float | None], references: Sequence[tuple[str, str, np.ndarray]],
@@ -130,7 +132,8 @@ pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:11px}}.dim{{color:#7
 <h1>Attribution: {_esc(title)}</h1>
 <p>{_esc(doc['input']['n_images'])} images from <code>{_esc(doc['input']['path'])}</code>
 (<span class="dim">{_esc(doc['input']['sha256'])}</span>)<br>protocol <b>{_esc(doc['protocol']['name'])}</b>
-<span class="dim">{_esc(doc['protocol']['digest'])}</span> · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}</p>
+<span class="dim">{_esc(doc['protocol']['digest'])}</span> · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}
+<br><span class="dim">computed on {_esc(doc['compute']['device'])}, {_esc(doc['compute']['amp'] or 'float32')}</span></p>
 <p class="dim">{_esc(verdict.get('reason') or '')}</p>{note}
 <h2>Query curve over the reference fingerprints</h2>{curves_svg(doc['curve']['layers'], doc['curve']['values'], references, colours)}
 <h2>Similarity ranking</h2>{ranking_svg(doc['candidates'], colours)}

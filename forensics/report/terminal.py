@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
+
 from forensics.io.hashing import short
 from forensics.match import lookalike_note
 
@@ -45,8 +47,14 @@ def thresholds_text(thresholds: Mapping[str, float]) -> str:
     return ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in thresholds.items())
 
 
+def printable(text: str) -> str:
+    """``text`` as it can be written in UTF-8: a file name's undecodable bytes (kept by Python as lone
+    surrogates) become ``\\udcXX`` escapes instead of failing the write."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _source(result: AttributionResult | MemorizationResult) -> str:
-    where = result.input.path if result.input.path is not None else "an array"
+    where = printable(result.input.path) if result.input.path is not None else "an array"
     return f" from {where}  (sha256 {short(result.input.sha256)})\n"
 
 
@@ -101,7 +109,7 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     table.add_column("closest instance", style="dim", overflow="fold")
     for i, c in enumerate(candidates[:top], 1):
         style = "bold" if i == 1 and verdict.generator is not None else None
-        table.add_row(str(i), c.generator, f"{float(c.score):.3f}", str(c.instance or ""), style=style)
+        table.add_row(str(i), escape(c.generator), f"{float(c.score):.3f}", escape(str(c.instance or "")), style=style)
     console.print(table)
 
     render_curve(result.curve, console)
@@ -110,9 +118,16 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
         console.print(Text(f"Per batch of {proto.batch_size}: {tally} (verdict above is on the mean curve)",
                            style="dim"))
     tool = result.provenance.tool
-    console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · reference side: "
-                       f"{result.reference_origin} · {len(result.references)} reference fingerprints",
-                       style="dim"))
+    console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · {compute_text(result)}"
+                       f" · reference side: {result.reference_origin} · {len(result.references)} reference "
+                       "fingerprints", style="dim"))
+
+
+def compute_text(result: AttributionResult | MemorizationResult) -> str:
+    """Where the curve was computed, and in which precision: ``device cpu, float32`` or ``device cuda, amp bf16``."""
+    compute = result.compute
+    amp = compute.get("amp")
+    return f"device {compute.get('device')}, {'amp ' + amp if amp else 'float32'}"
 
 
 def render_curve(curve: Curve, console: Console) -> None:
@@ -137,7 +152,7 @@ def render_curve(curve: Curve, console: Console) -> None:
     colours = {"copying": "red", "underfitting": "cyan", "no evidence": "white", "undefined": "yellow"}
     for lv, v in zip(curve.layers, values):
         w = lv.counted_weight
-        ct.add_row(lv.layer, "—" if v is None else f"{v:+.2f}", bar(v, scale, half),
+        ct.add_row(escape(lv.layer), "—" if v is None else f"{v:+.2f}", bar(v, scale, half),
                    Text(lv.reading, style=colours.get(lv.reading, "white")), "" if w is None else f"{100 * w:.0f}%")
     console.print(ct)
     for lv in curve.layers:
@@ -155,7 +170,8 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
     header = Text()
     header.append(f"{result.input.n_images} images", style="bold")
     header.append(_source(result))
-    header.append(f"protocol {proto.name}  digest {short(proto.digest)}  ·  encoder {_encoders(result)}", style="dim")
+    header.append(f"protocol {proto.name}  digest {short(proto.digest)}  ·  encoder {_encoders(result)}  ·  "
+                  f"{compute_text(result)}", style="dim")
     console.print(Panel(header, title="forensics memorization", title_align="left", box=box.ROUNDED), soft_wrap=False)
     style = "bold red" if result.copying else "bold green"
     console.print(Text.assemble(("Copying: ", "bold"), (result.level, style)))
