@@ -528,3 +528,9 @@ def test_library_warnings_are_one_line(capfd):
     lines = err.splitlines()
     assert len(lines) == 2 and "divide by zero" in lines[0] and "RuntimeWarning" in lines[0], err
     assert lines[1].startswith("warning: first line") and "second" not in err, err
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(world, tmp_path, capfd):
+    code, out, err = _in_process(["--debug", "attribute", str(tmp_path / "nope.npz"), "--registry",
+                                  str(world["registry"])], {}, capfd)
+    assert code == 2 and "Traceback" in err and "UsageError" in err, err

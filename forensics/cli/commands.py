@@ -278,6 +278,7 @@ def run(argv: list[str] | None = None) -> int:
         from click import exceptions as click_errors
 
     from forensics.cli.common import error_line, show_warning
+    from forensics.errors import ForensicsError
 
     saved = warnings.showwarning
     warnings.showwarning = show_warning
@@ -297,6 +298,11 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error_line("interrupted")
         return 130
+    except ForensicsError as exc:  # only under --debug does one get here: the traceback, then its exit code
+        import traceback
+
+        traceback.print_exc()
+        return exc.exit_code
     finally:
         warnings.showwarning = saved
     return rv if isinstance(rv, int) else 0
