@@ -312,6 +312,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     reg = open_registry(registry)
     pname = reg.resolve_protocol(protocol)
     proto = reg.protocol(pname)
+    reg.check_enrolment(pname, generator)  # a bad name or a linked folder fails now, not after embedding
     engines.one_encoder_weights(proto, weights)
     data, record = read_images(images, proto)
     fps = engines.compute_fingerprints(data, proto, device=device, weights=weights, progress=progress,

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from forensics.errors import RegistryError
+from forensics.errors import RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, short
 from forensics.protocol import Protocol
@@ -26,7 +26,8 @@ from forensics.registry.model import NAME_RE, SCHEMA_VERSION, GeneratorEntry, In
 
 #: the keys every instance's provenance has (null where not known)
 PROVENANCE_REQUIRED = ("created", "by", "tool_version", "input_sha256", "n_images")
-#: a registry file larger than this is not one (a generator with thousands of curves is a few MiB)
+#: a registry file larger than this is not one (a generator with thousands of curves is a few MiB), unless
+#: FORENSICS_MAX_REGISTRY_BYTES says otherwise
 MAX_FILE_BYTES = 64 << 20
 #: the first line of ``registry.yaml`` and of every ``protocol.yaml``
 HEADER = (f"# forensics fingerprint registry (schema {SCHEMA_VERSION}); edit with `forensics registry …`, "
@@ -104,11 +105,21 @@ def check_inside(path: Path, root: Path | None, label: str) -> None:
                             "files itself (replace the link with the file)")
 
 
+def max_file_bytes() -> int:
+    """The registry file size limit: ``$FORENSICS_MAX_REGISTRY_BYTES`` when set, else :data:`MAX_FILE_BYTES`."""
+    raw = os.environ.get("FORENSICS_MAX_REGISTRY_BYTES")
+    if raw is None:
+        return MAX_FILE_BYTES
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise UsageError(f"FORENSICS_MAX_REGISTRY_BYTES must be a positive whole number of bytes, not {raw!r}")
+    return int(raw)
+
+
 def read_bytes_limited(path: Path, label: str, limit: int | None = None, root: Path | None = None) -> bytes:
     """The bytes of a regular registry file, refused (:class:`RegistryError`) when it is missing, a link out of
     ``root``, not a regular file (a FIFO, a device) or larger than ``limit`` (at most ``limit + 1`` bytes are
     read, whatever ``stat`` says)."""
-    limit = MAX_FILE_BYTES if limit is None else limit
+    limit = max_file_bytes() if limit is None else limit
     check_inside(path, root, label)
     try:
         st = path.stat()
