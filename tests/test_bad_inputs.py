@@ -12,6 +12,7 @@ signal run as real subprocesses of the ``forensics`` console script, marked slow
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -159,6 +160,7 @@ class Case:
     subprocess: bool = False                   # run the console script (may block or exhaust memory)
     timeout: float = 60.0
     signal_after: float | None = None          # send SIGINT this many seconds after the start
+    hold_lock: bool = False                    # the test holds the registry's write lock meanwhile
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -396,8 +398,11 @@ CASES = [
     Case("registry-markup-in-name", lambda d, w: (d / "[red]x").mkdir() or ["attribute", str(w["query"]), "--registry",
                                                                            str(d / "[red]x")], codes=(1, 2)),
     # -- signals -------------------------------------------------------------------------------------
-    Case("sigint-mid-run", A("--html", "{d}/report.html", "--no-cache"), codes=(130,), subprocess=True,
-         signal_after=6.0, timeout=60),
+    # the test holds the registry's lock, so however fast the machine, the run is still going (embedding, or
+    # waiting to write) when the signal comes
+    Case("sigint-mid-run", lambda d, w: ["registry", "enroll", "interrupted", str(w["query"]), "--registry",
+                                         str(w["registry"])], codes=(130,), subprocess=True, signal_after=6.0,
+         timeout=60, hold_lock=True),
 ]
 
 
@@ -446,17 +451,23 @@ def _subprocess(argv: list[str], case: Case) -> tuple[int, str, str]:
         resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 
     env = {**os.environ, "FORENSICS_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1", **case.env}
-    proc = subprocess.Popen([FORENSICS, *[os.fsencode(a) for a in argv]], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, preexec_fn=limit_memory)
-    if case.signal_after is not None:
-        time.sleep(case.signal_after)
-        proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=case.timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        pytest.fail(f"`forensics {' '.join(argv[:2])}` still ran after {case.timeout} s (it blocks)")
+    with contextlib.ExitStack() as held:
+        if case.hold_lock:
+            from filelock import FileLock
+
+            registry = Path(argv[argv.index("--registry") + 1])
+            held.enter_context(FileLock(str(registry / ".lock"), timeout=10))
+        proc = subprocess.Popen([FORENSICS, *[os.fsencode(a) for a in argv]], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, preexec_fn=limit_memory)
+        if case.signal_after is not None:
+            time.sleep(case.signal_after)
+            proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=case.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"`forensics {' '.join(argv[:2])}` still ran after {case.timeout} s (it blocks)")
     return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 

@@ -140,9 +140,14 @@ def test_an_unreadable_shipped_reference_is_an_error_not_a_silent_refit(protocol
     from forensics.engine import reference_key
     from forensics.io.hashing import short
 
+    from forensics.registry import reference as shipped_side
+
     shipped = tmp_path / "reference"
     shipped.mkdir()
     (shipped / f"{short(reference_key(protocol), 24)}.npz").write_bytes(b"from another version")
+    with pytest.raises(ForensicsError, match="no digest recorded"):  # an unrecorded file is refused first
+        Engine(protocol, shipped_dir=shipped).reference_side()
+    shipped_side.record(shipped / f"{short(reference_key(protocol), 24)}.npz")  # its digest, as shipping records
     with pytest.raises(ForensicsError, match="cannot be read by this version"):
         Engine(protocol, shipped_dir=shipped).reference_side()
     assert (shipped / f"{short(reference_key(protocol), 24)}.npz").exists()  # never deleted
