@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,12 @@ def sha256_tensors(named: Iterable[tuple[str, Any]]) -> str:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hash of a file's bytes, read in chunks."""
+    """Hash of a regular file's bytes, read in chunks; anything else (a FIFO would block, a device never
+    end) is refused before it is opened."""
+    from forensics.errors import ForensicsError
+
+    if not stat.S_ISREG(Path(path).stat().st_mode):
+        raise ForensicsError(f"{path}: not a regular file; only files can be hashed")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

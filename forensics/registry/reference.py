@@ -9,13 +9,13 @@ engine checks a shipped file against it before use; ``registry validate`` checks
 
 from __future__ import annotations
 
-import hashlib
 import re
 import stat
 from pathlib import Path
 
-from forensics.errors import RegistryError
+from forensics.errors import ForensicsError, RegistryError
 from forensics.io.atomic import write_text_atomic
+from forensics.io.hashing import PREFIX, sha256_file
 
 MANIFEST = "SHA256"
 #: a manifest is a few lines; a larger one is not one
@@ -24,14 +24,11 @@ _LINE = re.compile(r"^([0-9a-f]{64}) [ *]([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\.npz
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 (hex) of a regular file, read in blocks."""
-    h = hashlib.sha256()
-    if not stat.S_ISREG(Path(path).stat().st_mode):  # before open: a FIFO would block
-        raise RegistryError(f"{path}: not a regular file")
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The bare sha256 hex of a regular file, as the manifest writes it (:func:`forensics.io.hashing.sha256_file`)."""
+    try:
+        return sha256_file(path).removeprefix(PREFIX)
+    except ForensicsError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def read_manifest(folder: Path, label: str) -> dict[str, str] | None:
