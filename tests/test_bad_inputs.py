@@ -449,6 +449,8 @@ def _subprocess(argv: list[str], case: Case) -> tuple[int, str, str]:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+        # as a user's shell starts it: pytest-xdist workers ignore SIGINT, and a child would inherit that
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     env = {**os.environ, "FORENSICS_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1", **case.env}
     with contextlib.ExitStack() as held:

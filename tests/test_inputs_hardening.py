@@ -292,6 +292,19 @@ def _valid_bytes(kind: str) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.parametrize("damage", [(b"'fortran_order'", b"("), (b"'shape'", b"["), (b"}", b"{")])
+def test_an_npy_header_with_unbalanced_brackets_is_a_usage_error(tmp_path, damage):
+    # numpy tokenizes the header and raises tokenize.TokenError, not ValueError, on an unbalanced one
+    raw = bytearray(_valid_bytes("npy"))
+    marker, bracket = damage
+    at = raw.index(marker) - (2 if marker.startswith(b"'") else 0)
+    raw[at:at + 1] = bracket
+    path = tmp_path / "damaged.npy"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UsageError, match="not a readable .npy image array"):
+        load_images(path)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(["png", "jpg", "npy", "npz"]), data=st.data())
 def test_arbitrary_bytes_load_or_are_refused(tmp_path, kind, data):

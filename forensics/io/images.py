@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import tokenize  # numpy parses an .npy header with it: a damaged one raises TokenError
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,7 +166,8 @@ def _read_array(path: Path) -> np.ndarray:
     except ForensicsError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
-            RuntimeError, KeyError, TypeError, SyntaxError, MemoryError, Warning) as exc:
+            RuntimeError, KeyError, TypeError, SyntaxError, tokenize.TokenError, OverflowError, MemoryError,
+            Warning) as exc:
         # a truncated download, a damaged or foreign zip, a header numpy cannot parse, object arrays
         if "pickle" in str(exc) or "object" in str(exc).lower():
             reason = "it holds Python objects, not numbers"
