@@ -98,6 +98,7 @@ def test_several_batches_are_attributed_alone_and_by_their_mean_curve(root):
         for g in {batch.verdict or "unknown" for batch in result.batches})
 
 
+@pytest.mark.slow
 def test_a_few_images_from_a_file_or_an_array_give_the_cli_document(root, tmp_path):
     # fewer images than m: one partial batch, flagged in the document
     images = np.load(root / SAMPLES / "gmm" / "heldout.npz")["images"][:60]
@@ -279,6 +280,7 @@ def test_diff_registry_of_a_git_revision_that_does_not_exist_is_a_usage_error():
         forensics.diff_registry("git:no-such-revision")
 
 
+@pytest.mark.slow
 def test_import_paper_equals_the_cli_document_and_refuses_to_overwrite_unasked(tmp_path):
     from forensics.registry.papercurves import PROTOCOL_NAME, export_paper
 

@@ -146,6 +146,7 @@ def test_remove_and_diff(paper_copy, tmp_path):
     assert "no differences" in run("diff", before, "--registry", before).stdout
 
 
+@pytest.mark.slow
 def test_import_paper_command(tmp_path):
     from forensics.registry.papercurves import export_paper
 

@@ -98,6 +98,7 @@ def test_enrolment_names_are_checked_before_anything_is_computed(reg):
     reg.check_enrolment("toy", "new-one")  # a good name passes
 
 
+@pytest.mark.slow
 def test_enroll_refuses_a_bad_name_before_it_reads_the_images(reg, tmp_path):
     # the images do not exist: only a check made before reading them can answer about the name
     proc = cli("registry", "enroll", "../../x", str(tmp_path / "no-such-images.npz"), "--registry", str(reg.path),
@@ -105,6 +106,7 @@ def test_enroll_refuses_a_bad_name_before_it_reads_the_images(reg, tmp_path):
     assert "generator name" in one_line_error(proc, 2)
 
 
+@pytest.mark.slow
 def test_the_registry_file_size_limit_can_be_lowered_and_raised(reg):
     small = cli("registry", "validate", "--registry", str(reg.path), env={"FORENSICS_MAX_REGISTRY_BYTES": "64"})
     failed_validation(small)
@@ -116,6 +118,7 @@ def test_the_registry_file_size_limit_can_be_lowered_and_raised(reg):
 
 
 # -- 2. git revisions are not options --------------------------------------------------------------
+@pytest.mark.slow
 def test_diff_refuses_a_git_revision_that_is_an_option(tmp_path, reg):
     if shutil.which("git") is None:
         pytest.skip("needs git")
