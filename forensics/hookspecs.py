@@ -20,14 +20,14 @@ working. ``forensics.testing`` holds the contract suites a plugin's own tests ca
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from forensics.encode.encoder import Encoder
+    from forensics.encode.encoder import Encoder, EncoderSpec
     from forensics.match import Matcher
     from forensics.stats.base import Statistic
 
@@ -46,6 +46,14 @@ class EncoderFactory(Protocol):
     need not build the model."""
 
     def __call__(self, *, weights: str | None = None, device: str = "cpu", **options: Any) -> Encoder: ...
+
+
+@runtime_checkable
+class DescribingFactory(EncoderFactory, Protocol):
+    """An :class:`EncoderFactory` that also carries the optional ``describe``: what its encoder declares
+    (:class:`forensics.encode.encoder.EncoderSpec`), without building the model."""
+
+    def describe(self, **options: Any) -> EncoderSpec: ...
 
 
 class MatcherFactory(Protocol):

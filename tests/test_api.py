@@ -322,8 +322,8 @@ def test_list_encoders_equals_the_cli_document_and_refuses_unknown_names():
 
 
 def test_an_encoder_without_describe_is_described_by_building_it_with_random_weights():
-    from forensics.encode.encoder import DescribingFactory, Encoder, Layer, Preprocessing, WeightsInfo, \
-        describe_encoder
+    from forensics.encode.encoder import Encoder, Layer, Preprocessing, WeightsInfo, describe_encoder
+    from forensics.hookspecs import DescribingFactory
 
     class Tiny(Encoder):
         name, family, pooling = "tiny", "toy", "mean"

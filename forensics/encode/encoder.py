@@ -14,14 +14,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from forensics.errors import UsageError
-from forensics.hookspecs import EncoderFactory
+from forensics.hookspecs import DescribingFactory, EncoderFactory
 from forensics.io.images import as_rgb_uint8
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -183,14 +183,6 @@ class EncoderSpec:
                 "layers": [{"name": layer.name, "dim": layer.dim} for layer in self.layers],
                 "pooling": self.pooling, "poolings": list(self.poolings),
                 "preprocessing": self.preprocessing.to_dict(), "weights": self.weights}
-
-
-@runtime_checkable
-class DescribingFactory(EncoderFactory, Protocol):
-    """An :class:`~forensics.hookspecs.EncoderFactory` that also carries the optional ``describe``: what
-    its encoder declares (:class:`EncoderSpec`), without building the model."""
-
-    def describe(self, **options: Any) -> EncoderSpec: ...
 
 
 def describe_encoder(name: str, factory: EncoderFactory, description: str = "") -> EncoderSpec:
