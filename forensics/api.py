@@ -188,18 +188,14 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
     return data, ImageInput(str(images), len(data), digest)
 
 
-def _check_amp(amp: str | None) -> None:
-    if amp not in AMP:
-        raise UsageError(f"--amp takes bf16 or fp16, not {amp!r}")
-
-
 def check_compute(device: str = "cpu", amp: str | None = None) -> dict[str, Any]:
     """Check ``device`` and ``amp`` before any work and return the record a report keeps of them
     (``{"device": ..., "amp": ...}``): both change the curve. Autocast on the CPU is refused: there it runs
     several times slower than float32 and moves the curve away from the registry's (a verdict changed)."""
     from forensics.encode.devices import torch_device
 
-    _check_amp(amp)
+    if amp not in AMP:
+        raise UsageError(f"--amp takes bf16 or fp16, not {amp!r}")
     resolved = torch_device(device)
     if amp is not None and resolved.type == "cpu":
         raise UsageError(f"--amp {amp} is refused on the CPU: autocast there is slower than float32 and moves the "
@@ -209,9 +205,9 @@ def check_compute(device: str = "cpu", amp: str | None = None) -> dict[str, Any]
 
 def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, weights: str | None, cache: bool,
             workers: int, amp: str | None, progress: Progress | None) -> Engine | CombinedEngine:
+    """The engine of a run whose device and amp :func:`check_compute` has already checked."""
     from forensics.engine import make_engine
 
-    _check_amp(amp)
     return make_engine(protocol, reference_dir=reg.reference_dir, device=device, weights=weights,
                        use_cache=cache, progress=progress, workers=workers, amp=amp)
 
