@@ -299,6 +299,25 @@ def test_stable_diffusion_predict_noise_is_the_unets(sd):
         sd.predict_noise(x, t)
 
 
+def test_guided_verification_on_each_device_matches_the_cpu(sd, sd_dir, torch_device):
+    """Everything the measure touches (ᾱ indexing, the prompt's token ids, the soft prompt's table, the
+    autoencoder) follows the model onto its device."""
+    from forensics.invmm.measure import ddim_sample
+
+    model = sd if torch_device == "cpu" else fd.load_diffusers(sd_dir, device=torch_device)
+    assert model.alphas_cumprod.device.type == torch.device(torch_device).type
+    weights = torch.softmax(torch.randn(2, 75, model.soft_prompt.vocab_size,
+                                        generator=torch.Generator().manual_seed(11)), dim=-1)
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        got = ddim_sample(model, x_T.to(torch_device), 4, condition=model.condition(weights.to(torch_device)),
+                          null_condition=model.null_condition(2), guidance=3.0)
+        expected = ddim_sample(sd, x_T, 4, condition=sd.condition(weights), null_condition=sd.null_condition(2),
+                               guidance=3.0)
+    assert got.shape == (2, 3, 16, 16) and got.abs().max() <= 1
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-3, rtol=1e-3)
+
+
 # -- loading and the plugin host -------------------------------------------------------------------------------
 
 def test_accepts_recognises_diffusers_folders(pixel_dir, sd_dir, tmp_path):
