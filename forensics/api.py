@@ -414,29 +414,80 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
 
 
 # -- protocols ------------------------------------------------------------------------------------
-def create_protocol(name: str, *, dataset: str, encoder: str, encoder_options: dict[str, Any] | None = None,
-                    weights: str | None = None, layers: Sequence[str] | None = None, k: int = 10,
-                    distance: str = "cosine", projection: int | None = 64, tau: float | None = None, seed: int = 0,
-                    batch_size: int = 500, description: str = "", ship_reference: bool = False,
-                    default: bool = False, registry: RegistryLike = None, device: str = "cpu",
-                    progress: Progress | None = None) -> ProtocolCreation:
+def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
+                    encoder_options: dict[str, Any] | None = None, weights: str | None = None,
+                    layers: Sequence[str] | None = None, k: int = 10, distance: str = "cosine",
+                    projection: int | None = 64, tau: float | None = None, seed: int = 0, batch_size: int = 500,
+                    description: str = "", ship_reference: bool = False, default: bool = False,
+                    registry: RegistryLike = None, device: str = "cpu", progress: Progress | None = None,
+                    train: str | Path | None = None, heldout: str | Path | None = None) -> ProtocolCreation:
     """Define a protocol in the registry (creating the registry if needed): hash the reference sets,
     record the encoder, the statistic's parameters and the batch size m. With ``ship_reference``, also
-    fit the reference side (minutes) and store it beside the protocol."""
+    fit the reference side (minutes) and store it beside the protocol.
+
+    The reference sets are a registered data set (``dataset``: T its train split, P_n its test split), or
+    the user's own images: ``train`` (T, what the generators were trained on) and ``heldout`` (P_n, images
+    of the same kind that no generator saw), each a folder of PNG/JPEG files or an .npz/.npy array. Those
+    are recorded as the data set ``folder`` by content hash, with their location outside the digest."""
     from forensics.engine import Engine, make_protocol
     from forensics.registry import Registry
 
+    own = train is not None or heldout is not None
+    if dataset is not None and own:
+        raise UsageError("give the reference sets as --dataset, or as --train and --heldout (your own images), "
+                         "not both")
+    if dataset is None and (train is None or heldout is None):
+        raise UsageError("say what the reference sets are: --dataset NAME (a registered data set), or --train "
+                         "and --heldout (your own folders of training and held-out images)")
     reg = registry if isinstance(registry, Registry) else Registry.open(registry, create=True)
     params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
-    proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=encoder_options, weights=weights,
-                          layers=layers or None, statistic_params=params, batch_size=batch_size,
-                          description=description, device=device)
+    if own:
+        proto = _own_data_protocol(name, train=train, heldout=heldout, encoder=encoder,
+                                   encoder_options=encoder_options, weights=weights, layers=layers,
+                                   statistic_params=params, batch_size=batch_size, description=description,
+                                   device=device)
+    else:
+        proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=encoder_options,
+                              weights=weights, layers=layers or None, statistic_params=params,
+                              batch_size=batch_size, description=description, device=device)
     reg.add_protocol(proto, default=default)
     path = None
     if ship_reference:
         engine = Engine(proto, device=device, weights=None if weights == "random" else weights, progress=progress)
         path = engine.write_reference(reg.reference_dir(name))
     return ProtocolCreation(proto, reg.path, path)
+
+
+def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, encoder: str,
+                       encoder_options: dict[str, Any] | None, weights: str | None, layers: Sequence[str] | None,
+                       statistic_params: dict[str, Any], batch_size: int, description: str,
+                       device: str) -> Protocol:
+    """A protocol whose T and P_n are the user's own images (the data set ``folder``), as
+    :func:`forensics.engine.make_protocol` makes one of a registered data set. Images of several sizes are
+    brought to the encoder's size as a query would be, and that size is recorded with them."""
+    from forensics.io.hashing import sha256_array
+    from forensics.io.images import load_images
+    from forensics.plugins import host
+    from forensics.protocol import DataRef, EncoderRef, Protocol, StatisticRef
+    from forensics.stats.base import get_statistic, split_params
+
+    options = dict(encoder_options or {})
+    enc = host().get("encoders", encoder).obj(weights=weights, device=device, **options)
+    enc_ref = EncoderRef.from_identity(enc.identity(layers or None), options)
+    fit, score = split_params(get_statistic("ct"), statistic_params)
+    statistic = StatisticRef("ct", {**fit, **score})
+    size, resize = int(enc_ref.preprocessing["size"]), int(enc_ref.preprocessing["resize"])
+    refs = []
+    for split, where in (("train", train), ("test", heldout)):
+        path = Path(where).expanduser().resolve()
+        images = load_images(path, size=size, resize=resize)[0]
+        refs.append(DataRef(dataset="folder", split=split, count=int(len(images)), sha256=sha256_array(images),
+                            options={"path": str(path), "size": size, "resize": resize}))
+    if refs[0].sha256 == refs[1].sha256:
+        raise UsageError("the held-out images are the training images: P_n must be images of the same kind that "
+                         "the generators never saw")
+    return Protocol(name=name, description=description, train=refs[0], test=refs[1], encoder=enc_ref,
+                    statistic=statistic, batch_size=batch_size)
 
 
 def combine_protocols(name: str, parts: Sequence[str], *, description: str = "", overwrite: bool = False,

@@ -112,6 +112,10 @@ def _digest_field(d: Mapping[str, Any], key: str, where: str, *, optional: bool 
     return value
 
 
+#: options of a reference set that say where its images lie, not what they are: outside the digest
+LOCATION_OPTIONS = ("path",)
+
+
 @dataclass(frozen=True)
 class DataRef:
     """A reference set: which data-set plugin gives it, which split, how many images, their content hash.
@@ -119,6 +123,10 @@ class DataRef:
     ``sha256`` is the hash of the uint8 image array (:func:`forensics.io.hashing.sha256_array`); ``None``
     only for protocols imported from elsewhere whose data could not be hashed here (the data-set plugin
     then checks the files against their published checksums instead).
+
+    Options named in :data:`LOCATION_OPTIONS` (``path``: where the user's own images lie on this machine) are
+    recorded but left out of :meth:`to_dict`, the part a digest covers: the content hash says what the images
+    are, so the same images in another folder, or on a colleague's machine, make the same protocol.
     """
 
     dataset: str
@@ -128,8 +136,13 @@ class DataRef:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """What the protocol's digest covers (no location)."""
         return {"dataset": self.dataset, "split": self.split, "count": self.count, "sha256": self.sha256,
-                "options": freeze(self.options)}
+                "options": freeze({k: v for k, v in self.options.items() if k not in LOCATION_OPTIONS})}
+
+    def record(self) -> dict[str, Any]:
+        """What protocol.yaml holds: :meth:`to_dict` and the location options."""
+        return {**self.to_dict(), "options": freeze(self.options)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> DataRef:
@@ -233,7 +246,8 @@ class Protocol:
         return sha256_json(self.content())
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "description": self.description, **self.content()}
+        d = {"name": self.name, "description": self.description, **self.content(),
+             "train": self.train.record(), "test": self.test.record()}
         if self.notes:
             d["notes"] = freeze(self.notes)
         return d

@@ -39,14 +39,16 @@ def torch_device(request) -> str:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Caches written by tests go to a temporary folder, never the user's."""
-    old = os.environ.get("FORENSICS_CACHE_DIR")
+    """Caches and the user registry written by tests go to temporary folders, never the user's."""
+    old = {k: os.environ.get(k) for k in ("FORENSICS_CACHE_DIR", "FORENSICS_DATA_DIR")}
     os.environ["FORENSICS_CACHE_DIR"] = str(tmp_path_factory.mktemp("forensics-cache"))
+    os.environ["FORENSICS_DATA_DIR"] = str(tmp_path_factory.mktemp("forensics-data"))
     yield
-    if old is None:
-        os.environ.pop("FORENSICS_CACHE_DIR", None)
-    else:
-        os.environ["FORENSICS_CACHE_DIR"] = old
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def _bundled_plugins_only(plugin_host):
 
 @pytest.fixture(scope="module")
 def root(bundled_registry):
-    return bundled_registry.path.parent
+    return bundled_registry.layer_of(bundled_registry.default_protocol).parent  # the checkout
 
 
 def cli_json(*args: str) -> dict:
@@ -221,7 +221,7 @@ def paper_registry(tmp_path):
 
     target = tmp_path / "reg"
     target.mkdir()
-    shutil.copytree(forensics.open_registry().path / PROTOCOL_NAME, target / PROTOCOL_NAME)
+    shutil.copytree(forensics.open_registry().layer_of(PROTOCOL_NAME) / PROTOCOL_NAME, target / PROTOCOL_NAME)
     forensics.Registry.open(target, create=True).set_default(PROTOCOL_NAME)
     return target
 

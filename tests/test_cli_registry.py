@@ -30,7 +30,7 @@ def paper_copy(tmp_path):
     bundled = Registry.open()
     target = tmp_path / "reg"
     target.mkdir()
-    shutil.copytree(bundled.path / PROTOCOL_NAME, target / PROTOCOL_NAME)
+    shutil.copytree(bundled.layer_of(PROTOCOL_NAME) / PROTOCOL_NAME, target / PROTOCOL_NAME)
     reg = Registry.open(target, create=True)
     reg.set_default(PROTOCOL_NAME)
     return target

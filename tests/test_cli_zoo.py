@@ -37,8 +37,8 @@ def registry_copy(tmp_path):
     target = tmp_path / "reg"
     target.mkdir()
     for name in [DEFAULT, *(p.name for p in bundled.protocol(DEFAULT).parts)]:
-        shutil.copytree(bundled.path / name, target / name, ignore=shutil.ignore_patterns("samples", "models"))
-    shutil.copy(bundled.path / "registry.yaml", target / "registry.yaml")
+        shutil.copytree(bundled.layer_of(name) / name, target / name, ignore=shutil.ignore_patterns("samples", "models"))
+    shutil.copy(bundled.layer_of(DEFAULT) / "registry.yaml", target / "registry.yaml")
     return target
 
 

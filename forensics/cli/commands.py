@@ -10,8 +10,8 @@ import typer
 
 from forensics import __version__
 from forensics.cli.common import (
-    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, check_output,
-    err, esc, handle_errors, out, print_json, progress_bar,
+    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE,
+    check_output, err, esc, handle_errors, out, print_json, progress_bar, use_offline,
 )
 
 app = typer.Typer(
@@ -33,10 +33,14 @@ def _version(value: bool):
 def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    offline: bool = typer.Option(False, "--offline", help="Download nothing: weights and data sets only from this "
+                                 "machine (also FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1)."),
 ):
     from forensics.cli.common import env_debug
+    from forensics.io.download import set_offline
 
     STATE["debug"] = debug or env_debug()  # set on every invocation: nothing carries over between runs
+    set_offline(offline)
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit():  # honour the width asked for now, not the one at import time
         out.width = err.width = int(columns)
@@ -57,6 +61,7 @@ def attribute(
     amp: Optional[str] = OPT_AMP,
     top: int = typer.Option(6, "--top", min=1, help="How many candidates the terminal report lists."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+    offline: bool = OPT_OFFLINE,
 ):
     """Attribute a batch of images to the generator in the registry whose fingerprint it matches.
 
@@ -65,6 +70,7 @@ def attribute(
     from forensics.api import attribute as run
     from forensics.report.terminal import render_attribution
 
+    use_offline(offline)
     if html_out is not None:
         check_output(html_out)  # before minutes of embedding, not after
     progress, update = progress_bar()
@@ -95,6 +101,7 @@ def memorization(
     no_cache: bool = OPT_NO_CACHE,
     workers: int = OPT_WORKERS,
     amp: Optional[str] = OPT_AMP,
+    offline: bool = OPT_OFFLINE,
 ):
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
 
@@ -103,6 +110,7 @@ def memorization(
     from forensics.api import memorization as run
     from forensics.report.terminal import render_memorization
 
+    use_offline(offline)
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
@@ -162,7 +170,12 @@ def _parse_option(text: str) -> tuple[str, object]:
 @handle_errors
 def protocol_create(
     name: str = typer.Argument(..., help="Name of the new protocol (a folder of the registry)."),
-    dataset: str = typer.Option(..., "--dataset", help="Reference data set (T = its train split, P_n = test)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Registered reference data set (T = its train "
+                                          "split, P_n = test); or give --train and --heldout."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Your own training images T (a folder of PNG/JPEG "
+                                         "or an .npz/.npy): what the generators learnt from."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Your own held-out images P_n: of the same kind "
+                                           "as --train, never seen by the generators."),
     encoder: str = typer.Option(..., "--encoder", help="Encoder name (see `forensics encoders`)."),
     option: list[str] = typer.Option([], "--option", help="Encoder option KEY=VALUE (JSON value), repeatable."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file, or 'random' (recorded as such)."),
@@ -179,18 +192,22 @@ def protocol_create(
     make_default: bool = typer.Option(False, "--default", help="Make it the registry's default protocol."),
     registry: Optional[Path] = OPT_REGISTRY,
     device: str = OPT_DEVICE,
+    offline: bool = OPT_OFFLINE,
 ):
     """Define a protocol: hash the reference sets, record the encoder, statistic and batch size.
 
+    The reference sets are a registered data set (--dataset) or your own images (--train and --heldout).
     Example: forensics protocol create digits-vit --dataset digits --encoder vit_tiny_patch16_224.augreg_in21k
     --weights random --option image_size=32 --k 3 --batch-size 100
     """
     from forensics.api import create_protocol
     from forensics.io.hashing import short
 
+    use_offline(offline)
     progress, update = progress_bar()
     with progress:
-        result = create_protocol(name, dataset=dataset, encoder=encoder, encoder_options=dict(map(_parse_option, option)),
+        result = create_protocol(name, dataset=dataset, train=train, heldout=heldout, encoder=encoder,
+                                 encoder_options=dict(map(_parse_option, option)),
                                  weights=weights, layers=layer or None, k=k, distance=distance, projection=projection,
                                  tau=tau, seed=seed, batch_size=batch_size, description=description,
                                  ship_reference=ship_reference, default=make_default, registry=registry, device=device,

@@ -113,6 +113,16 @@ OPT_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write th
 OPT_WORKERS = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images.")
 OPT_AMP = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16.")
 OPT_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
+OPT_OFFLINE = typer.Option(False, "--offline", help="Download nothing (weights, data sets): use only what is on "
+                           "this machine (also FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1).")
+
+
+def use_offline(flag: bool) -> None:
+    """A command's ``--offline``: downloads off for this run (``forensics --offline`` sets it for every command)."""
+    if flag:
+        from forensics.io.download import set_offline
+
+        set_offline(True)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from forensics.cli.common import (
-    OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out, print_json,
-    progress_bar,
+    OPT_DEVICE, OPT_JSON, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out,
+    print_json, progress_bar, use_offline,
 )
 
 if TYPE_CHECKING:
@@ -160,15 +160,18 @@ def enroll(
     weights: Optional[str] = OPT_WEIGHTS,
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
+    offline: bool = OPT_OFFLINE,
 ):
     """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
 
-    Under a combination, the instance is enrolled under every protocol it combines.
+    Under a combination, the instance is enrolled under every protocol it combines. A generator the
+    registry does not know is enrolled from a folder of its images the same way.
 
     Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
     """
     from forensics.api import enroll as run
 
+    use_offline(offline)
     progress, update = progress_bar()
     with progress:
         result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,

@@ -21,9 +21,13 @@ _SAMPLES = typer.Option(None, "--samples", help="Sample-set folder (default: the
 
 
 def _folder(samples: Path | None, registry: Path | None) -> Path:
+    """The sample-set folder that ``train`` and ``manifest`` write: ``--samples``, else the one in the
+    registry written to (``--registry``, ``$FORENSICS_REGISTRY``, else the user registry, never the bundled
+    one)."""
+    from forensics.registry import registry_layers
     from forensics.zoo.catalog import samples_dir
 
-    return samples.expanduser() if samples is not None else samples_dir(registry)
+    return samples.expanduser() if samples is not None else samples_dir(registry_layers(registry)[0])
 
 
 @app.command("list")
@@ -207,21 +211,41 @@ def train(
     ckpt_dir: Optional[Path] = typer.Option(None, "--ckpt-dir", help="Checkpoints (default $FORENSICS_ZOO_CKPT "
                                                                      "or /tmp/zoo); training resumes from them."),
     registry: Optional[Path] = OPT_REGISTRY,
+    force: bool = typer.Option(False, "--force", help="Write even where the set (or the network's weights) "
+                               "exists; in the user registry a new set hides the bundled one, which stays."),
 ):
     """Train one zoo generator on T (resuming from its checkpoint) and write its sample set.
 
-    Example: forensics zoo train vae --seed 1
+    The set goes to the user registry (or --registry, --samples), never into the bundled one, and an
+    existing set is never overwritten without --force. Example: forensics zoo train vae --seed 1
     """
     import torch
 
+    from forensics.registry import registry_layers
+    from forensics.zoo.catalog import samples_dir
     from forensics.zoo.training import generators as zoo_train
 
     if generator not in zoo_train.GENERATORS:
         raise UsageError(f"unknown zoo generator {generator!r}; choose from {', '.join(zoo_train.GENERATORS)}")
-    torch.set_num_threads(threads)
     folder = _folder(samples, registry)
-    meta = zoo_train.run(generator, seed, folder, None, ckpt_dir or zoo_train.DEFAULT_CKPT,
-                         folder.parent / "models" / "ddpm.safetensors", {"iters": iters} if iters else {})
+    # read from the nearest layer that has them (the bundled network), written to the first
+    folders = [folder] + ([samples_dir(root) for root in registry_layers(registry)[1:]] if samples is None else [])
+    network = "mnist-dup.safetensors" if generator == "ddpm-dup" else "ddpm.safetensors"
+    if generator in ("ddpm-net", "ddpm-dup"):
+        target = folder.parent / "models" / network
+        existing = [f.parent / "models" / network for f in folders]
+    else:
+        target = folder / generator / f"{zoo_train.instance_name(seed)}.npz"
+        existing = [f / generator / target.name for f in folders]
+    existing = [f for f in existing if f.is_file()]
+    if existing and not force:  # checked before minutes of training
+        raise UsageError(f"{existing[0]} exists and `zoo train` does not overwrite it; pass --force to write a new "
+                         f"one to {target}" + (" (it then hides the bundled one)" if existing[0] != target else ""))
+    networks = [f.parent / "models" / network for f in folders]
+    weights = target if target.suffix != ".npz" else next((m for m in networks if m.is_file()), networks[0])
+    torch.set_num_threads(threads)
+    meta = zoo_train.run(generator, seed, folder, None, ckpt_dir or zoo_train.DEFAULT_CKPT, weights,
+                         {"iters": iters} if iters else {})
     if meta is None:
         out.print(f"trained {generator}; its weights are in {folder.parent / 'models'}", markup=False)
     else:

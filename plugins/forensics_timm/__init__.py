@@ -5,7 +5,9 @@ Names are timm's ``architecture.tag``; layer names are real module paths of the 
 ``factory(*, weights=None, device="cpu", **options)`` with the JSON-able options ``pooling``,
 ``image_size`` and ``seed`` (of a random initialisation), and carries ``factory.describe(**options)`` for
 listings that must not build a model. Weights come from an explicit file, a pip weights package, or the
-timm / Hugging Face / torch hub cache, in that order; ``weights="random"`` only when asked for.
+timm / Hugging Face / torch hub cache, in that order; else, unless offline, the model's file is fetched once
+from the Hugging Face Hub into its cache, as timm's own pretrained loading does (not for weights that come
+from a pip package); ``weights="random"`` only when asked for.
 """
 
 from __future__ import annotations

@@ -55,9 +55,16 @@ class ModelEntry:
         if not self.hub:
             return Sources(package=self.package, how=self.how)
         cfg = _timm().models.get_pretrained_cfg(self.timm_name)
-        hf = (cfg.hf_hub_id,) if cfg is not None and cfg.hf_hub_id else ()
+        hf = (cfg.hf_hub_id,) if cfg is not None and cfg.hf_hub_id else ()  # "org/name", or "org/name@revision"
         urls = (cfg.url,) if cfg is not None and cfg.url else ()
-        return Sources(package=self.package, hf_ids=hf, urls=urls, how=self.how)
+        # weights that come from a pip package are that package's tensors: timm's hub port of the same network
+        # would be other tensors than the protocols recorded, so it is looked up in the cache, never fetched
+        return Sources(package=self.package, hf_ids=hf, hf_filenames=TIMM_HF_FILES, urls=urls, how=self.how,
+                       download=self.package is None)
+
+
+#: the files of a timm model repo on the Hugging Face Hub, in the order timm's own pretrained loading tries them
+TIMM_HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def preprocessing_from_cfg(cfg: Any, size: int) -> Preprocessing:

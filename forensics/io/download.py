@@ -1,0 +1,156 @@
+"""Fetching weights and public data sets on first use, as timm, open_clip and torchvision do, and never
+when the user says offline.
+
+Weights come from the Hugging Face Hub through ``huggingface_hub.hf_hub_download`` into the standard
+Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``), where timm
+and open_clip keep theirs: a file fetched once is found there by every later run, offline. ``HF_ENDPOINT``
+(a mirror) is honoured. A downloaded file is checked against the digest the hub published for it (the
+sha256 of an LFS file, the git blob id of a small one) each time it is used: a file that does not match
+is refused, and left where it is — nothing of the user's is deleted.
+
+Offline: the command line's ``--offline``, ``FORENSICS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``. Then nothing is
+downloaded, and what is missing is a one-line error that names the file and how to get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from forensics.errors import ForensicsError, WeightsError
+
+_TRUE = ("1", "on", "yes", "true")
+_FORCED: dict[str, bool] = {"offline": False}
+OFFLINE_HOW = "--offline, FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1"
+
+
+def set_offline(flag: bool) -> None:
+    """Forbid downloads for this process (the command line's ``--offline``; set on every invocation)."""
+    _FORCED["offline"] = bool(flag)
+
+
+def offline() -> bool:
+    """Whether downloads are off: ``--offline`` (:func:`set_offline`), ``FORENSICS_OFFLINE`` or ``HF_HUB_OFFLINE``,
+    read now (not when a library was imported)."""
+    if _FORCED["offline"]:
+        return True
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("FORENSICS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache as huggingface_hub itself resolves it (``HF_HUB_CACHE`` / ``HF_HOME``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def hf_endpoint() -> str | None:
+    """``HF_ENDPOINT`` as it is now (a mirror, or a test's local hub); None for huggingface_hub's default."""
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    return value or None
+
+
+def split_revision(repo_id: str) -> tuple[str, str | None]:
+    """``"org/name@rev"`` (timm's form) → ``("org/name", "rev")``; no ``@`` → revision None."""
+    repo, _, revision = repo_id.partition("@")
+    return repo, revision or None
+
+
+def hf_cached(repo_id: str, filenames: Iterable[str]) -> tuple[Path, str] | None:
+    """``(path, filename)`` of the first of ``filenames`` of ``repo_id`` already in the Hugging Face cache, or
+    None. Never touches the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub comes with timm
+        return None
+    repo, revision = split_revision(repo_id)
+    for filename in filenames:
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()), revision=revision)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found), filename
+    return None
+
+
+def published_digest(path: Path) -> str | None:
+    """The digest the hub published for a file of the Hugging Face cache: the name of the blob it points at
+    (an LFS file's sha256, 64 hex digits, or a small file's git blob id, 40). None for a file that is not a
+    cache blob (a snapshot copied by hand, ``HF_HUB_DISABLE_SYMLINKS``)."""
+    name = Path(os.path.realpath(path)).name
+    return name if re.fullmatch(r"[0-9a-f]{64}|[0-9a-f]{40}", name) else None
+
+
+def check_published_digest(path: Path, what: str) -> None:
+    """Refuse a cached hub file whose bytes are not the ones the hub published (a truncated, damaged or
+    tampered download). Nothing is deleted: the error says where the file is and how to fetch it again."""
+    expected = published_digest(path)
+    if expected is None:
+        return
+    real = Path(os.path.realpath(path))
+    if len(expected) == 64:
+        h = hashlib.sha256()
+    else:  # a git blob id: sha1 of "blob <size>\0" and the bytes
+        h = hashlib.sha1()
+        h.update(f"blob {real.stat().st_size}\0".encode())
+    with open(real, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise WeightsError(f"{what} at {path} is not the file the hub published (digest {expected[:12]}, the file's "
+                           f"{h.hexdigest()[:12]}): it is refused and left in place; delete {real} and run again "
+                           "to fetch it anew, or pass --weights PATH")
+
+
+def _no_such_file(exc: Exception) -> bool:
+    """Whether ``exc`` is huggingface_hub saying the repo has no such file (a 404 of the hub), not that the hub
+    could not be reached (``LocalEntryNotFoundError``, an ``EntryNotFoundError`` too), whatever its version."""
+    import huggingface_hub.errors as errors
+
+    local = getattr(errors, "LocalEntryNotFoundError", None)
+    remote = getattr(errors, "RemoteEntryNotFoundError", None) or getattr(errors, "EntryNotFoundError", None)
+    return remote is not None and isinstance(exc, remote) and not (local is not None and isinstance(exc, local))
+
+
+def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[Path, str]:
+    """Fetch the first of ``filenames`` that ``repo_id`` has (``org/name`` or ``org/name@revision``) into the
+    Hugging Face cache, as timm and open_clip do, and return ``(path, filename)``. A file already cached is
+    not fetched again. Offline, or when the hub cannot be reached or has none of them: a
+    :class:`WeightsError` that names the files and how to get them."""
+    filenames = tuple(filenames)
+    cached = hf_cached(repo_id, filenames)
+    if cached is not None:
+        check_published_digest(cached[0], f"{what} ({repo_id}/{cached[1]})")
+        return cached
+    if offline():
+        raise WeightsError(f"{what}: {repo_id}/{filenames[0]} is not in the Hugging Face cache ({hf_cache_dir()}) and "
+                           f"downloads are off ({OFFLINE_HOW}); run once online to fetch it, or "
+                           f"`hf download {split_revision(repo_id)[0]} {filenames[0]}` on a machine that is, or pass "
+                           "--weights PATH")
+    from huggingface_hub import hf_hub_download
+
+    from forensics import __version__
+
+    repo, revision = split_revision(repo_id)
+    for filename in filenames:
+        try:
+            path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(hf_cache_dir()),
+                                        endpoint=hf_endpoint(), library_name="forensics",
+                                        library_version=__version__))
+        except Exception as exc:  # the hub unreachable, a repo not found, a refused request: one line
+            if _no_such_file(exc):
+                continue
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise WeightsError(f"{what}: cannot download {repo_id}/{filename} from "
+                               f"{hf_endpoint() or 'https://huggingface.co'} ({type(exc).__name__}: {reason}); check "
+                               "the connection (HF_ENDPOINT for a mirror), or pass --weights PATH") from None
+        check_published_digest(path, f"{what} ({repo_id}/{filename}, just downloaded)")
+        return path, filename
+    raise WeightsError(f"{what}: the Hugging Face repo {repo_id} has none of {', '.join(filenames)}; "
+                       "pass --weights PATH")
+
+
+def offline_error(what: str, how: str) -> ForensicsError:
+    """The one-line error for something that would be downloaded, were downloads not off."""
+    return ForensicsError(f"{what} is not on this machine and downloads are off ({OFFLINE_HOW}); {how}")
