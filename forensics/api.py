@@ -454,7 +454,7 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
     path = None
     if ship_reference:
         engine = Engine(proto, device=device, weights=None if weights == "random" else weights, progress=progress)
-        path = engine.write_reference(reg.reference_dir(name))
+        path = engine.write_reference(reg.writable_reference_dir(name))  # never into the bundled registry
     return ProtocolCreation(proto, reg.path, path)
 
 
@@ -499,7 +499,8 @@ def combine_protocols(name: str, parts: Sequence[str], *, description: str = "",
     from forensics.registry import Registry
 
     # a combination whose protocols changed does not load; that one problem is what ``overwrite`` mends
-    reg = Registry.open(registry.path if isinstance(registry, Registry) else registry, strict=False)
+    reg = Registry.open(registry.path, below=registry.below, strict=False) if isinstance(registry, Registry) \
+        else Registry.open(registry, strict=False)
     own = f"{reg.path.name}/{name}/"
     others = [p for p in reg.problems if not p.startswith(own)]
     if others:
@@ -515,6 +516,7 @@ def combine_protocols(name: str, parts: Sequence[str], *, description: str = "",
     except RegistryError as exc:
         raise UsageError(str(exc)) from None
     reg.add_protocol(combination, overwrite=overwrite, default=default)
+    combination = reg.protocol(name)  # as stored: the same combination again keeps its record and description
     return CombinationResult(combination, len(reg.enrolled(name)), reg.path,
                              tuple(w for w in reg.warnings if w.startswith(own)))
 
@@ -568,10 +570,20 @@ def _curation_source(source: str | Path | np.ndarray) -> tuple[np.ndarray, dict[
 
 
 # -- the zoo of the embedded default --------------------------------------------------------------
-def _zoo_folder(samples: str | Path | None, reg: Registry) -> Path:
-    from forensics.zoo.catalog import samples_dir
+def _zoo_sets(samples: str | Path | None, reg: Registry) -> tuple[Path, list[Any]]:
+    """The zoo's sample sets (:class:`~forensics.zoo.catalog.ZooInstance`) and the folder that lists them:
+    ``samples``' manifest when given, else the manifests of the registry's layers merged, a set of the
+    user registry (``forensics zoo train``) hiding the bundled set of the same generator and instance."""
+    from forensics.zoo.catalog import read_manifest, samples_dir
 
-    return Path(samples).expanduser() if samples is not None else samples_dir(reg.path)
+    if samples is not None:
+        folder = Path(samples).expanduser()
+        return folder, read_manifest(folder)
+    folders = [f for f in (samples_dir(root) for root in reg.layers) if (f / "MANIFEST.json").is_file()]
+    if not folders:
+        return samples_dir(reg.path), read_manifest(samples_dir(reg.path))  # the usual error: no manifest
+    merged = {(z.generator, z.instance): z for folder in reversed(folders) for z in read_manifest(folder)}
+    return folders[0], sorted(merged.values(), key=lambda z: (z.generator, z.instance))
 
 
 def _missing(path: Path) -> UsageError:
@@ -588,11 +600,10 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
     from forensics.engine import make_engine
     from forensics.io.images import load_images
     from forensics.match import make_matcher
-    from forensics.zoo.catalog import read_manifest, select
+    from forensics.zoo.catalog import select
 
     reg = open_registry(registry)
-    chosen = select(read_manifest(_zoo_folder(samples, reg)), list(generators) if generators else None,
-                    ["heldout"])
+    chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None, ["heldout"])
     pname = reg.resolve_protocol(protocol)
     proto = reg.protocol(pname)
     references = reg.enrolled(pname)
@@ -622,11 +633,9 @@ def zoo_list(*, protocol: str | None = None, registry: RegistryLike = None,
     """The zoo's sample sets with their quality figures, and whether each is enrolled under a protocol
     (its images' hash among the generator's enrolled inputs)."""
     from forensics.io.images import load_images
-    from forensics.zoo.catalog import read_manifest
 
     reg = open_registry(registry)
-    folder = _zoo_folder(samples, reg)
-    instances = read_manifest(folder)
+    folder, instances = _zoo_sets(samples, reg)
     pname = reg.resolve_protocol(protocol)
     enrolled = _enrolled_inputs(reg, pname)
     rows = []
@@ -648,10 +657,10 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     is stored."""
     from forensics.engine import Engine, one_encoder_weights
     from forensics.io.images import load_images
-    from forensics.zoo.catalog import read_manifest, select
+    from forensics.zoo.catalog import select
 
     reg = open_registry(registry)
-    chosen = select(read_manifest(_zoo_folder(samples, reg)), list(generators) if generators else None,
+    chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None,
                     list(instances) if instances else None)
     pname = reg.resolve_protocol(protocol)
     one_encoder_weights(reg.protocol(pname), weights)
@@ -700,11 +709,11 @@ def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
     from forensics.engine import Engine, load_reference_set
     from forensics.io.images import load_images
     from forensics.protocol import part_spans
-    from forensics.zoo.catalog import read_manifest, select
+    from forensics.zoo.catalog import select
     from forensics.zoo.quality import encoder_quality
 
     reg = open_registry(registry)
-    every = read_manifest(_zoo_folder(samples, reg))
+    every = _zoo_sets(samples, reg)[1]
     chosen = select(every, list(generators) if generators else None, sorted({z.instance for z in every}))
     pname = reg.resolve_protocol(protocol)
     layers = list(reg.protocol(pname).layers)
