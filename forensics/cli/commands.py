@@ -61,6 +61,8 @@ def attribute(
     amp: Optional[str] = OPT_AMP,
     top: int = typer.Option(6, "--top", min=1, help="How many candidates the terminal report lists."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
+                                             "folder (needs the extra 'plots')."),
     offline: bool = OPT_OFFLINE,
 ):
     """Attribute a batch of images to the generator in the registry whose fingerprint it matches.
@@ -71,18 +73,19 @@ def attribute(
     from forensics.report.terminal import render_attribution
 
     use_offline(offline)
-    if html_out is not None:
-        check_output(html_out)  # before minutes of embedding, not after
+    if html_out is not None or plots_dir is not None:
+        from forensics.report.html import check_outputs
+
+        check_outputs(html_out, plots_dir)  # before minutes of embedding, not after
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
                      cache=not no_cache, workers=workers, amp=amp, progress=update)
-    if html_out is not None:
-        from forensics.io.atomic import write_text_atomic
-        from forensics.report.html import attribution_html
+    if html_out is not None or plots_dir is not None:
+        from forensics.report.html import attribution_page, write_outputs
 
-        write_text_atomic(html_out, attribution_html(result))
-        err.print(f"HTML report written to {esc(html_out)}")
+        for line in write_outputs(attribution_page(result), html_out, plots_dir):
+            err.print(esc(line))
     if json_out:
         print_json(result.to_dict())
     else:
@@ -101,6 +104,9 @@ def memorization(
     no_cache: bool = OPT_NO_CACHE,
     workers: int = OPT_WORKERS,
     amp: Optional[str] = OPT_AMP,
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
+                                             "folder (needs the extra 'plots')."),
     offline: bool = OPT_OFFLINE,
 ):
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
@@ -111,10 +117,19 @@ def memorization(
     from forensics.report.terminal import render_memorization
 
     use_offline(offline)
+    if html_out is not None or plots_dir is not None:
+        from forensics.report.html import check_outputs
+
+        check_outputs(html_out, plots_dir)  # before minutes of embedding, not after
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
                      cache=not no_cache, workers=workers, amp=amp, progress=update)
+    if html_out is not None or plots_dir is not None:
+        from forensics.report.html import memorization_page, write_outputs
+
+        for line in write_outputs(memorization_page(result), html_out, plots_dir):
+            err.print(esc(line))
     if json_out:
         print_json(result.to_dict())
     else:

@@ -251,6 +251,8 @@ def diff(
 def _render_evaluation(result: EvaluationResult) -> None:
     from rich.table import Table
 
+    from forensics.report.terminal import stability_line
+
     for p in (p.to_dict() for p in result.protocols):
         table = Table(title=f"{esc(p['protocol'])}: {p['n_instances']} instances of {p['n_generators']} generators "
                             "— leave-one-out", title_justify="left")
@@ -272,7 +274,7 @@ def _render_evaluation(result: EvaluationResult) -> None:
         out.print(table)
         for m in p["matchers"]:
             if "calibration_stability" in m:
-                out.print(_stability_line(m["matcher"], m["calibration_stability"]), markup=False)
+                out.print(stability_line(m["matcher"], m["calibration_stability"]), markup=False)
         for m in p["matchers"]:
             conf = m.get("confusion")
             if not conf or m.get("error"):
@@ -290,18 +292,6 @@ def _render_evaluation(result: EvaluationResult) -> None:
             out.print(ct)
 
 
-def _stability_line(matcher: str, stability: dict[str, Any]) -> str:
-    parts = []
-    for k, t in stability["thresholds"].items():
-        if t["full"] is None and t["min"] is None:
-            continue
-        full = "unused" if t["full"] is None else f"{t['full']:.3g}"
-        moved = "" if t["min"] is None else f"{t['min']:.3g}–{t['max']:.3g}"
-        unused = f", unused {t['unused']}×" if t["unused"] else ""
-        parts.append(f"{k.replace('_', ' ')} {full} (one run dropped: {moved}{unused})")
-    return f"{matcher} thresholds: " + ("; ".join(parts) if parts else "not calibrated")
-
-
 @app.command()
 @handle_errors
 def evaluate(
@@ -314,6 +304,10 @@ def evaluate(
                                    "per reference: seconds to a minute per matcher)."),
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here "
+                                            "(each matcher's accuracy and confusion matrix)."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
+                                             "folder (needs the extra 'plots')."),
 ):
     """Leave-one-out attribution over every enrolled instance, each matcher side by side.
 
@@ -323,7 +317,16 @@ def evaluate(
     """
     from forensics.api import evaluate as run
 
+    if html_out is not None or plots_dir is not None:
+        from forensics.report.html import check_outputs
+
+        check_outputs(html_out, plots_dir)  # before the evaluation, not after
     result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability)
+    if html_out is not None or plots_dir is not None:
+        from forensics.report.html import evaluation_page, write_outputs
+
+        for line in write_outputs(evaluation_page(result), html_out, plots_dir):
+            err.print(esc(line))
     if json_out:
         print_json(result.to_dict())
     else:

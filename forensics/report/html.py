@@ -1,28 +1,68 @@
-"""A self-contained HTML report (inline SVG, no scripts, no network) for case files.
+"""Self-contained HTML reports (one file: plots embedded as PNG, no script, no network) for case files,
+and the same plots as PNG files for slides.
 
-It shows what people expect to see: the query curve drawn over the reference curves of every generator,
-the similarity ranking, the registry's generator-by-generator similarity heat map, and the full
-reproducibility record (protocol, versions, input hash) of the JSON report. It reads an
-:class:`~forensics.results.AttributionResult`; the page's record is that result's JSON document.
+A report is a :class:`Page`: headings, text, tables, plots and the JSON record, built in order. A plot is
+drawn by a function of :mod:`forensics.report.plots` (matplotlib, the extra ``plots``) the first time the
+page needs it, embedded in the HTML as a base64 PNG and kept under its name, so that ``--plots DIR``
+writes the very same pictures (``DIR/<name>.png``). Without matplotlib a page still reads: a plot falls
+back to what the caller gives (a hand-drawn SVG, a table) and the page says once how to get the plots.
+
+The reports here read result objects and compute nothing:
+
+- :func:`attribution_page` — the query curve over each top candidate's enrolled curves, the similarity
+  ranking, the registry's generator-by-generator heat map (He et al. 2024, Fig. 6b), C_T per layer;
+- :func:`memorization_page` — C_T per layer over the copying and underfitting bands;
+- :func:`evaluation_page` — per protocol, each matcher's accuracy and its leave-one-out confusion matrix.
+
+Another report is built the same way::
+
+    page = Page("forensics invmm: …")
+    page.heading("…")
+    page.plot("loss", lambda: my_figure(...), alt="…", fallback="<p>…</p>")
+    page.table(["column", …], rows)
+    page.record(result.to_dict())
+    page.write(html=path, plots_dir=folder)   # either may be None
+
+with ``my_figure`` drawn like those of :mod:`forensics.report.plots` (decorated ``@plots.styled``,
+``plots.figure(height)`` for the canvas, :func:`forensics.report.plots.layer_axis` for layer names)
+and tested with :func:`forensics.report.plots.layout_problems`.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from forensics.errors import UsageError
 from forensics.match import lookalike_note
-from forensics.report.terminal import printable
+from forensics.report import plots as P
+from forensics.report.terminal import printable, stability_line
 
 if TYPE_CHECKING:
-    from forensics.results import AttributionResult
+    from matplotlib.figure import Figure
+
+    from forensics.results import AttributionResult, EvaluationResult, MemorizationResult
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
+
+STYLE = """body{font-family:'DejaVu Sans',Verdana,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222;
+overflow-wrap:anywhere}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em}h3{font-size:1em}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:.5em 0}figure img{max-width:100%;height:auto;display:block}
+figcaption{color:#666;font-size:.85em}
+pre{background:#f6f6f6;padding:1em;font-size:11px;white-space:pre-wrap;overflow-wrap:anywhere}
+.dim{color:#777}.warn{color:#8a6d00}.note{background:#fff8e0;padding:.4em .8em;border-left:3px solid #e0b000}"""
 
 
 def _esc(x: Any) -> str:
@@ -30,29 +70,186 @@ def _esc(x: Any) -> str:
     return html.escape(printable(str(x)), quote=True)
 
 
+def slug(name: str) -> str:
+    """A plot's name as a file name: letters, digits, ``.``, ``_`` and ``-``, nothing else."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", printable(name)).strip("-.")
+    return text or "plot"
+
+
+class Page:
+    """An HTML report being built, part by part; see the module's docstring.
+
+    ``plots``: whether to draw plots (default: when matplotlib is installed). Each plot is drawn once,
+    when added; :attr:`figures` keeps (file name, PNG bytes) for :meth:`write`."""
+
+    def __init__(self, title: str, *, plots: bool | None = None) -> None:
+        self.title = title
+        self.draw = P.available() if plots is None else plots
+        self.parts: list[str] = []
+        self.figures: list[tuple[str, bytes]] = []
+        self._noted = False
+
+    # -- parts -------------------------------------------------------------------------------------
+    def heading(self, text: str, level: int = 2) -> Page:
+        self.parts.append(f"<h{level}>{_esc(text)}</h{level}>")
+        return self
+
+    def text(self, text: str, *, cls: str | None = None) -> Page:
+        """A paragraph of plain text (escaped)."""
+        attr = f' class="{cls}"' if cls else ""
+        self.parts.append(f"<p{attr}>{_esc(text)}</p>")
+        return self
+
+    def raw(self, markup: str) -> Page:
+        """Markup the caller built (and escaped, with :func:`_esc`)."""
+        self.parts.append(markup)
+        return self
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = ()) -> Page:
+        """A table of plain cells (escaped); the columns at ``numeric`` are right-aligned."""
+        head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f'<td{" class=num" if j in numeric else ""}>{_esc(c)}</td>'
+                                        for j, c in enumerate(row)) + "</tr>" for row in rows)
+        self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        return self
+
+    def plot(self, name: str, draw: Callable[[], Figure], *, alt: str, caption: str | None = None,
+             fallback: str | None = None) -> Page:
+        """A plot drawn by ``draw()`` (a matplotlib figure), embedded as PNG and kept as ``<name>.png``;
+        without matplotlib, ``fallback`` (markup) and, once per page, how to install the plots."""
+        if not self.draw:
+            if not self._noted:
+                self.parts.append(f'<p class="note">Plots need matplotlib, which the extra '
+                                  f"'{P.EXTRA}' installs: <code>{_esc(P.install_hint())}</code>.</p>")
+                self._noted = True
+            if fallback:
+                self.parts.append(fallback)
+            return self
+        data = P.png(draw())
+        file = self._file_name(name)
+        self.figures.append((file, data))
+        w, h = P.png_size(data)
+        scale = 96 / P.DPI   # CSS pixels per PNG pixel: the plot at its size in inches
+        cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+        self.parts.append(f'<figure id="{_esc(file[:-4])}"><img alt="{_esc(alt)}" width="{round(w * scale)}" '
+                          f'height="{round(h * scale)}" src="data:image/png;base64,'
+                          f'{base64.b64encode(data).decode("ascii")}">{cap}</figure>')
+        return self
+
+    def record(self, doc: Any, *, heading: str = "Reproducibility record") -> Page:
+        """The JSON document, in full, as the report's record."""
+        self.heading(heading)
+        self.parts.append(f"<pre>{_esc(json.dumps(doc, indent=2))}</pre>")
+        return self
+
+    def _file_name(self, name: str) -> str:
+        base, taken = slug(name), {f for f, _ in self.figures}
+        file, k = f"{base}.png", 2
+        while file in taken:
+            file, k = f"{base}-{k}.png", k + 1
+        return file
+
+    # -- output ------------------------------------------------------------------------------------
+    def html(self) -> str:
+        body = "\n".join(self.parts)
+        return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f"<title>{_esc(self.title)}</title>\n<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+    def write(self, *, html: str | os.PathLike[str] | None = None,
+              plots_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+        """Write the page (``html``) and each plot as ``plots_dir/<name>.png``, each file atomically;
+        returns the paths written."""
+        from forensics.io.atomic import write_atomic, write_text_atomic
+
+        written = []
+        if plots_dir is not None:
+            folder = Path(plots_dir)
+            for file, data in self.figures:
+                written.append(write_atomic(folder / file, lambda f, d=data: f.write(d)))
+        if html is not None:
+            written.append(write_text_atomic(html, self.html()))
+        return written
+
+
+def check_outputs(html_out: str | os.PathLike[str] | None, plots_dir: str | os.PathLike[str] | None) -> None:
+    """Refuse, before any work, an ``--html`` file or a ``--plots`` folder that cannot be written, and
+    ``--plots`` without matplotlib (one line naming the extra)."""
+    from forensics.io.atomic import check_output_path
+
+    if html_out is not None:
+        check_output_path(html_out)
+    if plots_dir is None:
+        return
+    P.require()
+    folder = Path(plots_dir)
+    shown = printable(str(folder))
+    if folder.is_symlink() and not folder.is_dir():
+        raise UsageError(f"--plots {shown} is a link to nothing; give a folder")
+    if folder.exists():
+        if not folder.is_dir():
+            raise UsageError(f"--plots {shown} is a file, not a folder; give a folder (made if missing)")
+        existing = folder
+    else:
+        existing = next((p for p in folder.absolute().parents if p.exists()), Path("/"))
+        if not existing.is_dir():
+            raise UsageError(f"--plots {shown}: {printable(str(existing))} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--plots {shown}: cannot write in {printable(str(existing))}; choose another folder")
+
+
+def write_outputs(page: Page, html_out: str | os.PathLike[str] | None,
+                  plots_dir: str | os.PathLike[str] | None) -> list[str]:
+    """Write what was asked of ``page`` and return one line per output, for the user."""
+    lines = []
+    if plots_dir is not None:
+        page.write(plots_dir=plots_dir)
+        lines.append(f"{len(page.figures)} plot(s) written to {printable(str(plots_dir))} as PNG")
+    if html_out is not None:
+        page.write(html=html_out)
+        lines.append(f"HTML report written to {printable(str(html_out))}")
+    return lines
+
+
+# -- the hand-drawn fallbacks (no matplotlib) ---------------------------------------------------------
 def curves_svg(layers: Sequence[str], query: Sequence[float | None], references: Sequence[tuple[str, str, np.ndarray]],
-               colours: dict[str, str], width: int = 720, height: int = 340) -> str:
-    pad_l, pad_r, pad_t, pad_b = 56, 150, 16, 60
+               colours: dict[str, str], width: int = 720, height: int = 360) -> str:
+    """The query curve (black) over the enrolled curves, as SVG; layer names shortened and slanted."""
+    names, groups = P.layer_groups(layers)
+    labels = [P.shorten(s, 18) for s in names]
+    longest = max((len(s) for s in labels), default=1)
+    pad_l, pad_r, pad_t, pad_b = 56, 150, 24, 16 + int(longest * 6.2 * 0.7)
+    height = max(height, pad_t + 200 + pad_b)
     q = np.array([np.nan if v is None else v for v in query], dtype=float)
-    every = [q[np.isfinite(q)]] + [r[2] for r in references]
-    lo = min(float(np.min(a)) for a in every if len(a))
-    hi = max(float(np.max(a)) for a in every if len(a))
+    every = [q[np.isfinite(q)]] + [np.asarray(r[2], dtype=float) for r in references]
+    every = [a[np.isfinite(a)] for a in every]
+    lo = min((float(np.min(a)) for a in every if len(a)), default=0.0)
+    hi = max((float(np.max(a)) for a in every if len(a)), default=1.0)
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     span = (hi - lo) or 1.0
     n = len(layers)
     x = lambda i: pad_l + (width - pad_l - pad_r) * (i / max(1, n - 1))  # noqa: E731
     y = lambda v: pad_t + (height - pad_t - pad_b) * (1 - (v - lo) / span)  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
-             'font-family="sans-serif">']
+             'font-family="sans-serif" style="max-width:100%;height:auto" '
+             f'viewBox="0 0 {width} {height}">']
     parts.append(f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#999" '
                  'stroke-dasharray="4 3"/>')
     for t in np.linspace(lo, hi, 5):
         parts.append(f'<text x="{pad_l - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t:.1f}</text>')
-    for i, name in enumerate(layers):
-        parts.append(f'<text transform="translate({x(i):.1f},{height - pad_b + 12}) rotate(40)">{_esc(name)}</text>')
+    step = max(1, int(np.ceil(n * 13 / max(1, width - pad_l - pad_r))))
+    for i in range(0, n, step):
+        parts.append(f'<text transform="translate({x(i) + 3:.1f},{height - pad_b + 10}) rotate(45)">'
+                     f'{_esc(labels[i])}</text>')
+    for name, first, end in groups:
+        parts.append(f'<text x="{(x(first) + x(end - 1)) / 2:.1f}" y="{pad_t - 8}" text-anchor="middle" '
+                     f'fill="#555">{_esc(P.shorten(name, 24))}</text>')
+        if first:
+            parts.append(f'<line x1="{(x(first - 1) + x(first)) / 2:.1f}" x2="{(x(first - 1) + x(first)) / 2:.1f}" '
+                         f'y1="{pad_t}" y2="{height - pad_b}" stroke="#555" stroke-dasharray="2 2"/>')
     for gen, _inst, curve in references:
-        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(curve))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colours[gen]}" stroke-opacity="0.45" '
+        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(curve) if np.isfinite(v))
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colours.get(gen, "#888")}" stroke-opacity="0.45" '
                      'stroke-width="1.5"/>')
     pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(q) if np.isfinite(v))
     parts.append(f'<polyline points="{pts}" fill="none" stroke="#000" stroke-width="3"/>')
@@ -60,7 +257,8 @@ def curves_svg(layers: Sequence[str], query: Sequence[float | None], references:
     for j, (label, colour) in enumerate(legend):
         yy = pad_t + 14 * j + 6
         parts.append(f'<line x1="{width - pad_r + 10}" x2="{width - pad_r + 30}" y1="{yy}" y2="{yy}" '
-                     f'stroke="{colour}" stroke-width="3"/><text x="{width - pad_r + 34}" y="{yy + 4}">{_esc(label)}</text>')
+                     f'stroke="{colour}" stroke-width="3"/><text x="{width - pad_r + 34}" y="{yy + 4}">'
+                     f'{_esc(P.shorten(label, 18))}</text>')
     parts.append(f'<text x="12" y="{pad_t + (height - pad_t - pad_b) / 2:.0f}" transform="rotate(-90 12 '
                  f'{pad_t + (height - pad_t - pad_b) / 2:.0f})" text-anchor="middle">C_T</text></svg>')
     return "".join(parts)
@@ -70,77 +268,200 @@ def ranking_svg(candidates: Sequence[dict[str, Any]], colours: dict[str, str], w
     row = 22
     height = row * len(candidates) + 10
     scores = [c["score"] for c in candidates]
-    lo, hi = min(0.0, min(scores)), max(scores) if scores else 1.0
+    lo, hi = (min(0.0, min(scores)), max(scores)) if scores else (0.0, 1.0)
     span = (hi - lo) or 1.0
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="12" '
              'font-family="sans-serif">']
     for i, c in enumerate(candidates):
         w = (width - 220) * (c["score"] - lo) / span
-        parts.append(f'<text x="130" y="{i * row + 16}" text-anchor="end">{_esc(c["generator"])}</text>'
+        parts.append(f'<text x="130" y="{i * row + 16}" text-anchor="end">{_esc(P.shorten(c["generator"], 18))}</text>'
                      f'<rect x="136" y="{i * row + 4}" width="{max(w, 1):.1f}" height="{row - 6}" '
                      f'fill="{colours.get(c["generator"], "#888")}"/>'
                      f'<text x="{140 + w:.1f}" y="{i * row + 16}">{c["score"]:.3f}</text>')
     return "".join(parts) + "</svg>"
 
 
-def heatmap_svg(names: Sequence[str], matrix: np.ndarray, cell: int = 34) -> str:
-    n = len(names)
-    left, top = 120, 110
-    width, height = left + cell * n + 10, top + cell * n + 10
-    lo, hi = float(matrix.min()), float(matrix.max())
+def matrix_table(names: Sequence[str], matrix: Any, *, fmt: str = ".2f", corner: str = "") -> str:
+    """A square matrix as an HTML table, each cell shaded by its value (the fallback of a heat map)."""
+    m = np.asarray(matrix, dtype=float)
+    lo, hi = (float(m.min()), float(m.max())) if m.size else (0.0, 1.0)
     span = (hi - lo) or 1.0
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
-             'font-family="sans-serif">']
+    head = f"<th>{_esc(corner)}</th>" + "".join(f"<th>{_esc(n)}</th>" for n in names)
+    rows = []
     for i, name in enumerate(names):
-        parts.append(f'<text x="{left - 6}" y="{top + i * cell + cell / 2 + 4:.0f}" text-anchor="end">{_esc(name)}</text>')
-        parts.append(f'<text transform="translate({left + i * cell + cell / 2 + 4:.0f},{top - 6}) rotate(-60)">'
-                     f'{_esc(name)}</text>')
-        for j in range(n):
-            t = (matrix[i, j] - lo) / span
-            shade = int(255 - 200 * t)
-            parts.append(f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell}" height="{cell}" '
-                         f'fill="rgb({shade},{shade},255)"><title>{_esc(names[i])} vs {_esc(names[j])}: '
-                         f'{matrix[i, j]:.3f}</title></rect><text x="{left + j * cell + cell / 2:.0f}" '
-                         f'y="{top + i * cell + cell / 2 + 4:.0f}" text-anchor="middle" font-size="9">'
-                         f'{matrix[i, j]:.2f}</text>')
-    return "".join(parts) + "</svg>"
+        cells = "".join(f'<td class=num style="background:rgb({int(255 - 150 * (v - lo) / span)},'
+                        f'{int(255 - 150 * (v - lo) / span)},255)">{format(v, fmt)}</td>' for v in m[i])
+        rows.append(f"<tr><th>{_esc(name)}</th>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def attribution_html(result: AttributionResult) -> str:
-    """The whole report page for one attribution: the query curve over the enrolled curves, the ranking,
-    the registry's generator-by-generator similarity, the curve's table and the JSON record."""
+# -- attribution ----------------------------------------------------------------------------------
+def _curve_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    curve = doc["curve"]
+    weights = curve.get("counted_weight") or [None] * len(curve["layers"])
+    return [(layer, "—" if v is None else f"{v:+.3f}", reading, "" if w is None else f"{100 * w:.0f}%")
+            for layer, v, reading, w in zip(curve["layers"], curve["values"], curve["readings"], weights)]
+
+
+def _source_line(doc: dict[str, Any]) -> str:
+    where = doc["input"]["path"]
+    src = f" from <code>{_esc(where)}</code>" if where is not None else " from an array"
+    return (f"{_esc(doc['input']['n_images'])} images{src} (<span class=dim>{_esc(doc['input']['sha256'])}</span>)"
+            f"<br>protocol <b>{_esc(doc['protocol']['name'])}</b> <span class=dim>{_esc(doc['protocol']['digest'])}"
+            f"</span> · encoder {_esc(doc['protocol']['encoder'])} · m = {_esc(doc['protocol']['batch_size'])}")
+
+
+def _compute_line(doc: dict[str, Any]) -> str:
+    compute = doc.get("compute") or {}
+    return f"computed on {_esc(compute.get('device'))}, {_esc(compute.get('amp') or 'float32')}"
+
+
+def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | None = None) -> Page:
+    """The report of one attribution: the verdict, the query curve over each of the ``top`` best
+    candidates' enrolled curves, the similarity ranking, the registry's generator-by-generator
+    similarity, C_T per layer, and the JSON record."""
     doc = result.to_dict()
-    references = [(r.generator, r.instance, r.fingerprint.vector()) for r in result.references]
-    gens = sorted({g for g, _, _ in references})
-    colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(gens)}
     verdict = doc["verdict"]
     title = verdict["generator"] or "unknown"
-    names, matrix = result.generator_similarity()
-    rows = "".join(f"<tr><td>{_esc(layer)}</td><td>{'—' if v is None else f'{v:+.3f}'}</td><td>{_esc(r)}</td></tr>"
-                   for layer, v, r in zip(doc["curve"]["layers"], doc["curve"]["values"], doc["curve"]["readings"]))
+    page = Page(f"forensics attribution: {title}", plots=plots)
+    references = [(r.generator, r.instance, r.fingerprint.vector()) for r in result.references]
+    gens = sorted({g for g, _, _ in references})
+    palette = P.colours(gens) if page.draw else {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(gens)}
+    by_generator: dict[str, list[Any]] = {g: [] for g in gens}
+    for g, _inst, curve in references:
+        by_generator[g].append(curve)
+    order = [c["generator"] for c in doc["candidates"]]
+    scores = {c["generator"]: c["score"] for c in doc["candidates"]}
+
+    page.heading(f"Attribution: {title}", 1)
     margin = "" if verdict["margin"] is None else f" · margin {verdict['margin']:+.3f}"
     score = "" if verdict["score"] is None else f" · score {verdict['score']:.3f}"
     if verdict.get("distance_ratio") is not None and verdict["generator"] is not None:
         margin += f" · distance {verdict['distance_ratio']:.2f}× {_esc(verdict['generator'])}'s spread"
+    page.raw(f"<p>{_source_line(doc)} · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}"
+             f"<br><span class=dim>{_compute_line(doc)}</span></p>")
+    page.text(verdict.get("reason") or "", cls="dim")
     note = lookalike_note(verdict["generator"], verdict.get("lookalikes"))
-    note = f"<p><b>Caution:</b> {_esc(note)}</p>" if note else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>forensics attribution: {_esc(title)}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}}
-pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:11px}}.dim{{color:#777}}</style></head><body>
-<h1>Attribution: {_esc(title)}</h1>
-<p>{_esc(doc['input']['n_images'])} images from <code>{_esc(doc['input']['path'])}</code>
-(<span class="dim">{_esc(doc['input']['sha256'])}</span>)<br>protocol <b>{_esc(doc['protocol']['name'])}</b>
-<span class="dim">{_esc(doc['protocol']['digest'])}</span> · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}
-<br><span class="dim">computed on {_esc(doc['compute']['device'])}, {_esc(doc['compute']['amp'] or 'float32')}</span></p>
-<p class="dim">{_esc(verdict.get('reason') or '')}</p>{note}
-<h2>Query curve over the reference fingerprints</h2>{curves_svg(doc['curve']['layers'], doc['curve']['values'], references, colours)}
-<h2>Similarity ranking</h2>{ranking_svg(doc['candidates'], colours)}
-<h2>How far apart the registry's generators are</h2>
-<p class="dim">Mean similarity between instances of each pair of generators under this protocol.</p>
-{heatmap_svg(names, matrix)}
-<h2>C_T per layer</h2><table><tr><th>layer</th><th>C_T</th><th>reading</th></tr>{rows}</table>
-<h2>Reproducibility record</h2><pre>{_esc(json.dumps(doc, indent=2))}</pre>
-</body></html>
-"""
+    if note:
+        page.raw(f"<p><b>Caution:</b> {_esc(note)}</p>")
+    if doc.get("partial_batch"):
+        page.text(f"Only {doc['input']['n_images']} images, fewer than the protocol's batch of "
+                  f"{doc['protocol']['batch_size']}: C_T values shrink with fewer images, so scores are less "
+                  "reliable.", cls="warn")
+
+    shown = order[:top]
+    page.heading("Query curve over the top candidates' enrolled curves")
+    page.plot("curves", lambda: P.curves_figure(doc["curve"]["layers"], doc["curve"]["values"], by_generator, order,
+                                                scores=scores, top=top, palette=palette),
+              alt=f"C_T per layer of the query over the enrolled curves of {', '.join(shown)}",
+              caption="Black: the query. Colour: the candidate's enrolled runs. Grey: every other enrolled run.",
+              fallback=curves_svg(doc["curve"]["layers"], doc["curve"]["values"], references, palette))
+    threshold = None
+    open_set = doc["matcher"].get("open_set")
+    if isinstance(open_set, dict) and open_set.get("calibrated") and open_set.get("score") is not None:
+        threshold = float(open_set["score"])
+    page.heading("Similarity ranking")
+    page.plot("ranking", lambda: P.ranking_figure([(c["generator"], c["score"]) for c in doc["candidates"]],
+                                                  verdict=verdict["generator"], threshold=threshold, palette=palette),
+              alt="each generator's similarity score, best first",
+              caption="Each generator scored against its closest enrolled run; the verdict outlined.",
+              fallback=ranking_svg(doc["candidates"], palette))
+    names, matrix = result.generator_similarity()
+    page.heading("How far apart the registry's generators are")
+    page.plot("similarity", lambda: P.heatmap_figure(names, matrix),
+              alt="mean similarity between every pair of enrolled generators",
+              caption="Mean similarity between the enrolled runs of each pair of generators under this "
+                      "protocol (diagonal: between a generator's own runs). Generators alike here are hard "
+                      "to tell apart.",
+              fallback=matrix_table(names, matrix))
+    if len(result.batches) > 1:
+        tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
+        page.text(f"Per batch of {doc['protocol']['batch_size']}: {tally} (the verdict above is on the mean curve).")
+    page.heading("C_T per layer")
+    page.table(["layer", "C_T", "reading", "P_n counted"], _curve_rows(doc), numeric=(1, 3))
+    page.record(doc)
+    return page
+
+
+def attribution_html(result: AttributionResult) -> str:
+    """The whole report page for one attribution (:func:`attribution_page`), as HTML."""
+    return attribution_page(result).html()
+
+
+# -- memorization ---------------------------------------------------------------------------------
+def memorization_page(result: MemorizationResult, *, plots: bool | None = None) -> Page:
+    """The report of a memorization run: where copying shows, C_T per layer over the copying and
+    underfitting bands, the table, and the JSON record."""
+    doc = result.to_dict()
+    page = Page(f"forensics memorization: {doc['level']}", plots=plots)
+    page.heading(f"Copying: {doc['level']}", 1)
+    page.raw(f"<p>{_source_line(doc)}<br><span class=dim>{_compute_line(doc)}</span></p>")
+    thresholds = doc.get("thresholds") or {}
+    if thresholds:
+        from forensics.report.terminal import thresholds_text
+
+        page.text(f"Read with {thresholds_text(thresholds)}: |C_T| > 2 is significant; below the copying line "
+                  "the images sit closer to the training set than fresh data does.", cls="dim")
+    if doc.get("partial_batch"):
+        page.text(f"Fewer images than the protocol's batch of {doc['protocol']['batch_size']}: |C_T| shrinks with "
+                  "fewer images.", cls="warn")
+    curve = doc["curve"]
+    page.heading("C_T per layer")
+    page.plot("curve", lambda: P.memorization_figure(curve["layers"], curve["values"], curve["readings"], thresholds),
+              alt="C_T per layer, each point coloured by its reading",
+              caption="Early layers see colour and texture, late layers meaning. Red band: copying; blue "
+                      "band: underfitting; a hollow mark: undefined (no cell held enough images).",
+              fallback=curves_svg(curve["layers"], curve["values"], [], {}))
+    page.table(["layer", "C_T", "reading", "P_n counted"], _curve_rows(doc), numeric=(1, 3))
+    for layer, reason in (curve.get("undefined") or {}).items():
+        page.text(f"{layer}: undefined — {reason}", cls="warn")
+    page.record(doc)
+    return page
+
+
+# -- registry evaluate ----------------------------------------------------------------------------
+def evaluation_page(result: EvaluationResult, *, plots: bool | None = None) -> Page:
+    """The report of ``registry evaluate``: per protocol, each matcher's leave-one-out accuracy, open-set
+    verdicts and leave-generator-out rate, and its confusion matrix; then the JSON record."""
+    doc = result.to_dict()
+    page = Page("forensics registry evaluation", plots=plots)
+    page.heading("Registry evaluation", 1)
+    page.raw(f"<p>registry <code>{_esc(doc['registry'])}</code>: {len(doc['protocols'])} protocol(s), every "
+             "enrolled instance attributed with itself left out (leave-one-out).</p>")
+    for p in doc["protocols"]:
+        page.heading(f"{p['protocol']}: {p['n_instances']} instances of {p['n_generators']} generators")
+        page.raw(f"<p class=dim>{_esc(p['digest'])}</p>")
+        rows, bars = [], []
+        for m in p["matchers"]:
+            if m.get("error"):
+                rows.append((m["matcher"], "—", "—", f"error: {m['error']}", "", ""))
+                continue
+            os_ = m.get("open_set") or {}
+            lgo = m.get("leave_generator_out") or {}
+            split = m.get("split") or {}
+            rows.append((m["matcher"], f"{m['loo_accuracy']:.3f}", f"{m['correct']}/{m['n']}",
+                         f"{os_.get('answered_right', '—')} · {os_.get('answered_wrong', '—')} · "
+                         f"{os_.get('unknown', '—')}", f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}",
+                         f"{split['correct']}/{split['n']}" if "correct" in split else "—"))
+            bars.append((m["matcher"], m["loo_accuracy"], lgo.get("unknown_rate")))
+        page.table(["matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
+                    "generator left out: unknown", "split (test_batch)"], rows, numeric=(1, 2, 4, 5))
+        if bars:
+            page.plot(f"accuracy-{p['protocol']}", lambda bars=bars: P.accuracy_figure(bars),
+                      alt=f"leave-one-out accuracy and leave-generator-out unknown rate per matcher on {p['protocol']}")
+        for m in p["matchers"]:
+            if "calibration_stability" in m:
+                page.text(stability_line(m["matcher"], m["calibration_stability"]), cls="dim")
+        for m in p["matchers"]:
+            conf = m.get("confusion")
+            if not conf or m.get("error") or not conf.get("labels"):
+                continue
+            page.heading(f"{p['protocol']} · {m['matcher']}: confusion (rows true, columns predicted)", 3)
+            page.plot(f"confusion-{p['protocol']}-{m['matcher']}",
+                      lambda conf=conf: P.confusion_figure(conf["labels"], conf["matrix"]),
+                      alt=f"confusion matrix of {m['matcher']} on {p['protocol']}",
+                      caption=f"{m['correct']} of {m['n']} instances named right ({m['loo_accuracy']:.3f}); "
+                              "off the diagonal: which generator each miss was named as.",
+                      fallback=matrix_table(conf["labels"], conf["matrix"], fmt=".0f", corner="true \\ predicted"))
+    page.record(doc)
+    return page

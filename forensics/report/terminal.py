@@ -7,7 +7,7 @@ report); nothing here computes a figure.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -181,3 +181,16 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
         console.print(Text(f"  warning: fewer images than the protocol's batch of {proto.batch_size}; "
                            "|C_T| shrinks with fewer images", style="yellow"))
     render_curve(result.curve, console)
+
+
+def stability_line(matcher: str, stability: Mapping[str, Any]) -> str:
+    """How far a matcher's open-set thresholds moved with one run dropped, as one line."""
+    parts = []
+    for k, t in stability["thresholds"].items():
+        if t["full"] is None and t["min"] is None:
+            continue
+        full = "unused" if t["full"] is None else f"{t['full']:.3g}"
+        moved = "" if t["min"] is None else f"{t['min']:.3g}–{t['max']:.3g}"
+        unused = f", unused {t['unused']}×" if t["unused"] else ""
+        parts.append(f"{k.replace('_', ' ')} {full} (one run dropped: {moved}{unused})")
+    return f"{matcher} thresholds: " + ("; ".join(parts) if parts else "not calibrated")
