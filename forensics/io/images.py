@@ -12,6 +12,11 @@ scaled (value/257, rounded: an 8-bit image saved as 16-bit reads back identical)
 scaled by 255 (other floats, and NaN, refused); palette, bilevel and grey-with-alpha images whose colours are
 all grey read as grey, so that the same pixels give the same content hash whatever the file's mode.
 
+A folder is searched recursively (``recursive=False``: its own files only), in one deterministic order:
+sorted by path relative to the folder. Hidden files and folders (names starting with ``.``), files that are
+not images by their suffix, and links to folders (never followed) are skipped, and
+:func:`read_image_set` says what it skipped.
+
 Limits, checked from the headers before anything is decoded or allocated: pixels per image
 (``FORENSICS_MAX_PIXELS``, default 4096×4096) and images per run (``FORENSICS_MAX_IMAGES``, default
 100,000); an array file must also hold the bytes its header declares. Only regular files are read: a FIFO
@@ -25,7 +30,8 @@ import os
 import stat
 import tokenize  # numpy parses an .npy header with it: a damaged one raises TokenError
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -104,18 +110,49 @@ def _regular_file(path: Path) -> None:
 ImageInput = Union[np.ndarray, Sequence[Union[str, Path]]]
 
 
+#: ``progress(done, total)``: images decoded so far, out of how many
+DecodeProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """An image set as :func:`read_image_set` read it: the images, their content hash, and for a folder
+    the files read (in reading order) and what was skipped, by reason (paths relative to the folder)."""
+
+    images: np.ndarray
+    sha256: str
+    files: tuple[Path, ...] = ()
+    skipped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    recursive: bool | None = None  # None: not a folder
+
+    def skipped_counts(self) -> dict[str, int]:
+        """How many entries were skipped, by reason (only reasons that occurred)."""
+        return {reason: len(paths) for reason, paths in self.skipped.items() if paths}
+
+
 def load_images(path: str | Path, *, size: int | None = None, resize: int | None = None,
-                workers: int = 0) -> tuple[np.ndarray, str]:
-    """Read an image set; return ``(images, sha256)``.
+                workers: int = 0, recursive: bool = True,
+                progress: DecodeProgress | None = None) -> tuple[np.ndarray, str]:
+    """Read an image set; return ``(images, sha256)`` (:func:`read_image_set` says more)."""
+    found = read_image_set(path, size=size, resize=resize, workers=workers, recursive=recursive, progress=progress)
+    return found.images, found.sha256
+
+
+def read_image_set(path: str | Path, *, size: int | None = None, resize: int | None = None, workers: int = 0,
+                   recursive: bool = True, progress: DecodeProgress | None = None) -> ImageSet:
+    """Read an image set: a folder of image files (searched recursively unless ``recursive`` is False,
+    see the module docstring), or an .npz / .npy array.
 
     ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
-    holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes.
-    The hash is of the decoded pixels, taken before any resize: :func:`~forensics.io.hashing.sha256_images`
-    for a folder, :func:`~forensics.io.hashing.sha256_array` for an array file.
+    holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes;
+    ``progress(done, total)`` hears how many files are decoded. The hash is of the decoded pixels, taken
+    before any resize: :func:`~forensics.io.hashing.sha256_images` for a folder (in reading order),
+    :func:`~forensics.io.hashing.sha256_array` for an array file.
     """
     path = Path(path).expanduser()
     if stat.S_ISDIR(_stat(path).st_mode):
-        return _load_folder(path, size=size, resize=resize, workers=workers)
+        return _load_folder(path, size=size, resize=resize, workers=workers, recursive=recursive,
+                            progress=progress)
     _regular_file(path)
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
@@ -125,7 +162,7 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
     else:
         raise UsageError(f"cannot read {_show(path)}: expected a folder of images, an .npz or an .npy file")
     images = as_uint8_images(array, _show(path))
-    return images, sha256_array(images)
+    return ImageSet(images, sha256_array(images))
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -347,34 +384,97 @@ def images_digest(images: ImageInput) -> str:
     return sha256_json([sha256_bytes(Path(p).read_bytes()) for p in images])
 
 
-def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int) -> tuple[np.ndarray, str]:
-    try:
-        entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    except OSError as exc:
-        raise UsageError(f"cannot read {_show(folder)}: {exc.strerror}") from None
-    files = [p for p in entries if not p.is_dir()]
+#: why :func:`scan_folder` skips an entry
+SKIP_HIDDEN = "hidden"
+SKIP_NOT_IMAGE = "not an image"
+SKIP_FOLDER = "subfolder (not searched: recursive off)"
+SKIP_LINKED_FOLDER = "link to a folder (not followed)"
+
+
+def scan_folder(folder: str | Path, *, recursive: bool = True) -> tuple[list[Path], dict[str, list[str]]]:
+    """The image files of ``folder`` in reading order (sorted by their path relative to ``folder``), and
+    what was skipped by reason (relative paths, sorted): hidden entries (a name starting with ``.``) and
+    everything under a hidden folder, files whose suffix is not an image's, links to folders (never
+    followed: a link could loop or lead out of the folder), and subfolders when ``recursive`` is False.
+    An entry that cannot be listed is a :class:`UsageError`: images are never dropped silently."""
+    folder = Path(folder)
+    files: list[Path] = []
+    skipped: dict[str, list[str]] = {}
+
+    def skip(reason: str, entry: Path) -> None:
+        skipped.setdefault(reason, []).append(entry.relative_to(folder).as_posix())
+
+    pending = [folder]
+    while pending:
+        here = pending.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError as exc:
+            raise UsageError(f"cannot read {_show(here)}: {exc.strerror or exc}") from None
+        for entry in entries:
+            item = Path(entry.path)
+            if entry.name.startswith("."):
+                skip(SKIP_HIDDEN, item)
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+                is_link = entry.is_symlink()
+            except OSError:
+                is_dir, is_link = False, False
+            if is_dir:
+                if is_link:
+                    skip(SKIP_LINKED_FOLDER, item)
+                elif recursive:
+                    pending.append(item)
+                else:
+                    skip(SKIP_FOLDER, item)
+            elif item.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(item)
+            else:
+                skip(SKIP_NOT_IMAGE, item)
+    files.sort(key=lambda p: p.relative_to(folder).parts)
+    return files, {reason: sorted(paths) for reason, paths in skipped.items()}
+
+
+def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int, recursive: bool = True,
+                 progress: DecodeProgress | None = None) -> ImageSet:
+    files, skipped = scan_folder(folder, recursive=recursive)
     if not files:
-        raise UsageError(f"{_show(folder)} holds no PNG/JPEG images")
+        more = "" if recursive or SKIP_FOLDER not in skipped else " (its subfolders were not searched: recursive off)"
+        raise UsageError(f"{_show(folder)} holds no PNG/JPEG images{more}")
     _check_count(len(files), _show(folder))
     for file in files:  # a FIFO named x.png would block the run, a device never end: refused, not opened
         _regular_file(file)
-    if workers > 0 and len(files) > 1:
+    total = len(files)
+    every = max(1, total // 100)  # about a hundred reports, whatever the number of files
+    decoded: list[np.ndarray] = []
+    if progress is not None:
+        progress(0, total)
+    if workers > 0 and total > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            decoded = list(pool.map(decode_image, files, chunksize=max(1, len(files) // (4 * workers))))
+            for image in pool.map(decode_image, files, chunksize=max(1, min(64, total // (4 * workers)))):
+                decoded.append(image)
+                if progress is not None and (len(decoded) % every == 0 or len(decoded) == total):
+                    progress(len(decoded), total)
     else:
-        decoded = [decode_image(file) for file in files]
+        for file in files:
+            decoded.append(decode_image(file))
+            if progress is not None and (len(decoded) % every == 0 or len(decoded) == total):
+                progress(len(decoded), total)
     if any(a.ndim == 3 for a in decoded):
         decoded = [as_rgb_uint8(a[None])[0] for a in decoded]  # a colour set: grey images in colour too
     digest = sha256_images(decoded)
     shapes = {a.shape for a in decoded}
+    found = {reason: tuple(paths) for reason, paths in skipped.items()}
     if len(shapes) == 1:
-        return np.stack(decoded), digest
+        return ImageSet(np.stack(decoded), digest, tuple(files), found, recursive)
     if size is None or resize is None:
         raise UsageError(f"{_show(folder)} holds images of {len(shapes)} different sizes; they can be read only under a "
                          "protocol, which says how to resize them")
-    return np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest
+    return ImageSet(np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest, tuple(files), found,
+                    recursive)
 
 
 def _fit(image: np.ndarray, *, size: int, resize: int) -> np.ndarray:
