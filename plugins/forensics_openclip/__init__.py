@@ -37,9 +37,9 @@ OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def _open_clip():
-    import open_clip
+    from forensics.extras import require
 
-    return open_clip
+    return require("openclip", "an openclip_* encoder")
 
 
 def _sources(model: str, tag: str) -> Sources:
