@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from forensics.encode.encoder import Encoder, EncoderSpec
+    from forensics.invmm.model import CopySimilarity, DiffusionModel
     from forensics.match import Matcher
     from forensics.stats.base import Statistic
 
@@ -71,6 +72,21 @@ class DatasetLoader(Protocol):
     def __call__(self, split: str, **options: Any) -> np.ndarray: ...
 
 
+class DiffusionModelLoader(Protocol):
+    """Loads a frozen :class:`forensics.invmm.model.DiffusionModel` for InvMM. Called with ``path=None`` for
+    the model the name stands for (the bundled ``mnist-dup``), or with the ``path`` the user gave when the
+    loader's optional ``accepts(path) -> bool`` says it can open it (a diffusers folder, a weights file).
+    Raises :class:`forensics.errors.UsageError` saying what is missing (weights, an optional extra)."""
+
+    def __call__(self, *, path: str | None = None, device: str = "cpu", **options: Any) -> DiffusionModel: ...
+
+
+class SimilarityFactory(Protocol):
+    """Builds a :class:`forensics.invmm.model.CopySimilarity`; ``threshold`` None takes its own β."""
+
+    def __call__(self, *, threshold: float | None = None, **options: Any) -> CopySimilarity: ...
+
+
 class RegisterEncoder(Protocol):
     def __call__(self, name: str, factory: EncoderFactory, *, description: str = "") -> None: ...
 
@@ -85,6 +101,14 @@ class RegisterMatcher(Protocol):
 
 class RegisterDataset(Protocol):
     def __call__(self, name: str, loader: DatasetLoader, *, description: str = "") -> None: ...
+
+
+class RegisterDiffusionModel(Protocol):
+    def __call__(self, name: str, loader: DiffusionModelLoader, *, description: str = "") -> None: ...
+
+
+class RegisterSimilarity(Protocol):
+    def __call__(self, name: str, factory: SimilarityFactory, *, description: str = "") -> None: ...
 
 
 @hookspec
@@ -169,4 +193,44 @@ def forensics_datasets(register: RegisterDataset) -> None:
         @hookimpl
         def forensics_datasets(register):
             register("digits", load_digits_split, description="scikit-learn's 8x8 digits")
+    """
+
+
+@hookspec
+def forensics_diffusion_models(register: RegisterDiffusionModel) -> None:
+    """Provide diffusion models for InvMM (``forensics invmm --model NAME|PATH``).
+
+    :param register: ``register(name, loader, *, description="")`` (:class:`RegisterDiffusionModel`).
+        ``loader(*, path=None, device="cpu", **options)`` (a :class:`DiffusionModelLoader`) returns a
+        :class:`forensics.invmm.model.DiffusionModel`: a frozen noise predictor with its ᾱ_t, DDIM
+        timesteps, and, for latent or text-conditioned models, ``encode``/``decode`` and a soft prompt.
+        A loader that can open files the user names carries ``accepts(path) -> bool``; ``--model PATH``
+        goes to the first loader (by name) that accepts it. The host checks that ``loader`` is callable.
+    :returns: nothing; every call of ``register`` is collected.
+
+    Example::
+
+        @hookimpl
+        def forensics_diffusion_models(register):
+            register("my-ddpm", load_my_ddpm, description="my DDPM on CIFAR-10")
+
+    Check a model with :class:`forensics.testing.DiffusionModelContract`.
+    """
+
+
+@hookspec
+def forensics_copy_similarities(register: RegisterSimilarity) -> None:
+    """Provide copy similarities: how InvMM's verification judges that a sample is the target image.
+
+    :param register: ``register(name, factory, *, description="")`` (:class:`RegisterSimilarity`).
+        ``factory(*, threshold=None, **options)`` returns a :class:`forensics.invmm.model.CopySimilarity`:
+        ``similarity(samples, target)`` → one score per sample (images in [0, 1] at the model's
+        resolution) and its ``threshold`` β. The host checks that ``factory`` is callable.
+    :returns: nothing; every call of ``register`` is collected.
+
+    Example::
+
+        @hookimpl
+        def forensics_copy_similarities(register):
+            register("ssim", lambda *, threshold=None: SSIMSimilarity(threshold or 0.9), description="SSIM")
     """

@@ -34,7 +34,9 @@ from forensics.errors import PluginError, UsageError
 GROUP = "forensics"
 #: the distribution that ships the ``forensics`` package and the bundled plugins
 DISTRIBUTION = "forensics-attribution"
-KINDS = ("encoders", "statistics", "matchers", "datasets")
+KINDS = ("encoders", "statistics", "matchers", "datasets", "diffusion_models", "copy_similarities")
+SINGULAR = {"encoders": "encoder", "statistics": "statistic", "matchers": "matcher", "datasets": "dataset",
+            "diffusion_models": "diffusion model", "copy_similarities": "copy similarity"}
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 ESSENTIAL = {
@@ -72,6 +74,8 @@ CONTRACTS: dict[str, Callable[[Any], list[str]]] = {
     "statistics": _statistic_problems,
     "matchers": _matcher_problems,
     "datasets": _callable("data set loader"),
+    "diffusion_models": _callable("diffusion model loader"),
+    "copy_similarities": _callable("copy similarity factory"),
 }
 """For each kind, what the host checks of a registered object: a list of problems, empty when it meets
 its contract (:mod:`forensics.hookspecs`)."""
@@ -79,7 +83,8 @@ its contract (:mod:`forensics.hookspecs`)."""
 
 @dataclass(frozen=True)
 class Provided:
-    """One thing a plugin registered: an encoder, a statistic, a matcher or a data set."""
+    """One thing a plugin registered: an encoder, a statistic, a matcher, a data set, a diffusion model
+    or a copy similarity."""
 
     kind: str
     name: str
@@ -230,12 +235,12 @@ class PluginHost:
 
             def register(name: str, obj: Any, *, description: str = "", _plugin=plugin_name, _mine=mine) -> None:
                 if not isinstance(name, str) or not name or set(name) - _NAME_CHARS:
-                    raise PluginError(f"{kind[:-1]} name {name!r} must be lower case letters, digits, '_', '.', '-'")
+                    raise PluginError(f"{SINGULAR[kind]} name {name!r} must be lower case letters, digits, '_', '.', '-'")
                 if any(p.name == name for p in _mine):
-                    raise PluginError(f"{kind[:-1]} {name!r} registered twice")
+                    raise PluginError(f"{SINGULAR[kind]} {name!r} registered twice")
                 problems = CONTRACTS[kind](obj)
                 if problems:
-                    raise PluginError(f"{kind[:-1]} {name!r} does not meet its contract: {'; '.join(problems)}")
+                    raise PluginError(f"{SINGULAR[kind]} {name!r} does not meet its contract: {'; '.join(problems)}")
                 _mine.append(Provided(kind=kind, name=name, obj=obj, plugin=_plugin, description=description))
 
             try:
@@ -246,7 +251,7 @@ class PluginHost:
             for provided in mine:
                 if provided.name in found:
                     first = found[provided.name]
-                    conflicts.append(f"{kind[:-1]} {provided.name!r} is provided by both plugin "
+                    conflicts.append(f"{SINGULAR[kind]} {provided.name!r} is provided by both plugin "
                                      f"{first.plugin!r} and plugin {provided.plugin!r}")
                 else:
                     found[provided.name] = provided
@@ -261,7 +266,7 @@ class PluginHost:
         found = self.collect(kind)
         if name not in found:
             known = ", ".join(sorted(found)) or "none"
-            raise UsageError(f"no {kind[:-1]} named {name!r}; available: {known} "
+            raise UsageError(f"no {SINGULAR[kind]} named {name!r}; available: {known} "
                              f"(see `forensics plugins`)")
         return found[name]
 

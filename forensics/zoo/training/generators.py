@@ -38,6 +38,7 @@ from . import samplers as S
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_OUT = REPO / "registry" / SAMPLES_SUBDIR
 DEFAULT_WEIGHTS = DEFAULT_OUT.parent / "models" / "ddpm.safetensors"
+DUP_WEIGHTS = DEFAULT_OUT.parent / "models" / "mnist-dup.safetensors"
 DEFAULT_CKPT = Path(os.environ.get("FORENSICS_ZOO_CKPT", "/tmp/zoo"))
 M_IMAGES = SET_SIZE
 
@@ -75,6 +76,14 @@ SETTINGS = {
     "ddpm-net": {"unet_c1": 16, "unet_c2": 32, "tdim": 128, "schedule": "linear 1e-4..0.02", "T": 1000,
                  "iters": 30000, "restarts": [15000], "batch": 64, "lr": 5e-4, "warmup": 500, "ema": 0.999,
                  "grad_clip": 1.0, "eval_every": 2000},
+    # The memorizing network InvMM is measured on (`--model mnist-dup`): ddpm-net's architecture and
+    # optimiser trained on T with 10 of its images repeated 100 times each, as the InvMM code's `--dup`
+    # does -- the first digit of each class in T's order, T[0], T[400], ..., T[3600] -- so that one
+    # training image in five is one of the ten. One stage, no warm restart.
+    "ddpm-dup": {"unet_c1": 16, "unet_c2": 32, "tdim": 128, "schedule": "linear 1e-4..0.02", "T": 1000,
+                 "iters": 20000, "restarts": [], "batch": 64, "lr": 5e-4, "warmup": 500, "ema": 0.999,
+                 "grad_clip": 1.0, "eval_every": 2000,
+                 "dup_indices": [0, 400, 800, 1200, 1600, 2000, 2400, 2800, 3200, 3600], "dup_copies": 100},
     # all 1,000 steps, as diffusers' DDPMPipeline (the paper's) does by default; respaced to 200, the
     # samples sit farther from the data
     "ddpm": {"sampler": "ddpm_ancestral", "steps": 1000, "clip": True,
@@ -116,8 +125,11 @@ def _log(msg: str):
 class _Data:
     """T in [-1, 1] with its class labels, served in per-epoch permutations seeded by the run's seed."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, dup_indices=(), dup_copies: int = 1):
         tr, labels, _, _ = mnist_split()
+        if dup_indices:  # each listed image appears dup_copies times in all
+            extra = np.repeat(np.asarray(dup_indices), dup_copies - 1)
+            tr, labels = np.concatenate([tr, tr[extra]]), np.concatenate([labels, labels[extra]])
         self.x = M.from_uint8(tr)  # [-1, 1]
         self.y = torch.as_tensor(labels, dtype=torch.long)
         self.seed = seed
@@ -376,9 +388,9 @@ def sample_diffusion(net, sched, which: str, seed: int, n: int = M_IMAGES, batch
     return np.concatenate(out)
 
 
-def train_ddpm(seed, ckpt_dir, cfg, weights: Path):
+def train_ddpm(seed, ckpt_dir, cfg, weights: Path, name: str = "ddpm"):
     _seed_all(seed)
-    data = _Data(seed)
+    data = _Data(seed, cfg.get("dup_indices", ()), cfg.get("dup_copies", 1))
     net = M.SmallUNet(cfg["unet_c1"], cfg["unet_c2"], cfg["tdim"])
     ema = M.SmallUNet(cfg["unet_c1"], cfg["unet_c2"], cfg["tdim"])
     ema.load_state_dict(net.state_dict())
@@ -424,7 +436,7 @@ def train_ddpm(seed, ckpt_dir, cfg, weights: Path):
         q = quality(x)
         return {k: q[k] for k in ("fd_pca", "nn_ratio", "ct_pixel")}
 
-    secs, extra = _loop("ddpm", seed, ckpt_dir, cfg["iters"], {"net": net, "ema": ema, "opt": opt}, step,
+    secs, extra = _loop(name, seed, ckpt_dir, cfg["iters"], {"net": net, "ema": ema, "opt": opt}, step,
                         on_eval=on_eval, eval_every=cfg["eval_every"])
     from safetensors.torch import save_file
 
@@ -458,13 +470,15 @@ def run(gen: str, seed: int, out: Path, instance: str | None, ckpt_dir: Path, we
     env = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
            "threads": torch.get_num_threads()}
     t0 = time.time()
-    if gen == "ddpm-net":
-        secs, extra = train_ddpm(seed, ckpt_dir, cfg, weights)
-        info = {"generator": "ddpm-network", "seed": seed, "settings": cfg, "train_seconds": round(secs),
+    if gen in ("ddpm-net", "ddpm-dup"):
+        if gen == "ddpm-dup" and weights == DEFAULT_WEIGHTS:
+            weights = DUP_WEIGHTS
+        secs, extra = train_ddpm(seed, ckpt_dir, cfg, weights, name="ddpm" if gen == "ddpm-net" else gen)
+        info = {"generator": "ddpm-network" if gen == "ddpm-net" else gen, "seed": seed, "settings": cfg, "train_seconds": round(secs),
                 "evals": extra.get("evals", []),
                 "weights": str(weights.relative_to(REPO)) if weights.is_relative_to(REPO) else str(weights),
                 "weights_sha256": file_sha256(weights), "env": env}
-        (weights.parent / "ddpm.json").write_text(json.dumps(info, indent=1) + "\n")
+        weights.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
         return None
     if gen in DIFFUSION_SAMPLERS:
         net, sched = load_ddpm(weights)

@@ -5,13 +5,14 @@ Pixel convention: networks see images in [-1, 1] (GANs, diffusion) or [0, 1] (VA
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
+
+# the diffusion network's UNet lives with the product, which InvMM runs
+from forensics.zoo.unet import SmallUNet, timestep_embedding  # noqa: F401
 
 
 def from_uint8(x: np.ndarray) -> torch.Tensor:
@@ -256,55 +257,3 @@ class PixelCNN(nn.Module):
                 x[:, 0, i, j] = level.float() / 127.5 - 1
         return x
 
-
-# ---------------------------------------------------------------- small UNet for DDPM (eps-prediction)
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, cin, cout, tdim, groups=8):
-        super().__init__()
-        self.n1, self.n2 = nn.GroupNorm(groups, cin), nn.GroupNorm(groups, cout)
-        self.c1, self.c2 = nn.Conv2d(cin, cout, 3, 1, 1), nn.Conv2d(cout, cout, 3, 1, 1)
-        self.t = nn.Linear(tdim, cout)
-        self.sc = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x, temb):
-        h = self.c1(F.silu(self.n1(x)))
-        h = h + self.t(temb)[:, :, None, None]
-        h = self.c2(F.silu(self.n2(h)))
-        return h + self.sc(x)
-
-
-class SmallUNet(nn.Module):
-    """Compact UNet on 28x28: 28 (c1) -> 14 (c2) -> 7 (c2) and back, one ResBlock per level."""
-
-    def __init__(self, c1: int = 32, c2: int = 64, tdim: int = 128):
-        super().__init__()
-        self.tdim = tdim
-        self.temb = nn.Sequential(nn.Linear(tdim, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
-        self.inc = nn.Conv2d(1, c1, 3, 1, 1)
-        self.d1 = _ResBlock(c1, c1, tdim)
-        self.down1 = nn.Conv2d(c1, c1, 3, 2, 1)    # 14
-        self.d2 = _ResBlock(c1, c2, tdim)
-        self.down2 = nn.Conv2d(c2, c2, 3, 2, 1)    # 7
-        self.m1 = _ResBlock(c2, c2, tdim)
-        self.m2 = _ResBlock(c2, c2, tdim)
-        self.up2 = nn.Upsample(scale_factor=2, mode="nearest")
-        self.u2 = _ResBlock(2 * c2, c2, tdim)
-        self.up1 = nn.Upsample(scale_factor=2, mode="nearest")
-        self.u1 = _ResBlock(c2 + c1, c1, tdim)
-        self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 1, 3, 1, 1))
-
-    def forward(self, x, t):
-        temb = self.temb(timestep_embedding(t, self.tdim))
-        h1 = self.d1(self.inc(x), temb)                 # 28, c1
-        h2 = self.d2(self.down1(h1), temb)              # 14, c2
-        h = self.m2(self.m1(self.down2(h2), temb), temb)  # 7, c2
-        h = self.u2(torch.cat([self.up2(h), h2], 1), temb)   # 14
-        h = self.u1(torch.cat([self.up1(h), h1], 1), temb)   # 28
-        return self.out(h)
