@@ -237,12 +237,10 @@ def browse(page: str, tmp_path, name: str, width: int) -> tuple[dict, np.ndarray
     from PIL import Image
 
     shot = tmp_path / f"{name}-{width}.png"
-    plain = tmp_path / f"{name}.html"
-    plain.write_text(page)
-    chromium([f"--window-size={width},2400", f"--screenshot={shot}", plain.as_uri()], tmp_path)
-    probed = tmp_path / f"{name}-probe.html"
-    probed.write_text(page.replace("</body>", PROBE))
-    dom = chromium([f"--window-size={width},2400", "--dump-dom", probed.as_uri()], tmp_path).stdout
+    probed = tmp_path / f"{name}.html"
+    probed.write_text(page.replace("</body>", PROBE))   # the probe's line lands below the record: not in view
+    dom = chromium([f"--window-size={width},2400", f"--screenshot={shot}", "--dump-dom", probed.as_uri()],
+                   tmp_path).stdout
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom)
     assert found, dom[-2000:]
     return json.loads(found.group(1).replace("&quot;", '"')), np.asarray(Image.open(shot).convert("RGB"))
@@ -260,7 +258,7 @@ def test_every_report_renders_in_a_real_browser(results, toy_registry, tmp_path)
              "evaluation": H.evaluation_page(forensics.evaluate(registry=toy_registry, matchers=["alpha"]))}
     keep = os.environ.get("FORENSICS_KEEP_SCREENSHOTS")  # a folder: the screenshots are copied there to look at
     for name, page in pages.items():
-        for width in (1280, 640):
+        for width in (1280, 640) if name == "attribution" else (1280,):
             probe, shot = browse(page.html(), tmp_path, name, width)
             assert probe["images"] == len(page.figures) > 0 and probe["broken"] == 0, (name, probe)
             assert probe["overflow"] <= 0 and probe["outside"] == 0, (name, width, probe)

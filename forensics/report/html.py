@@ -57,7 +57,8 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 STYLE = """body{font-family:'DejaVu Sans',Verdana,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222;
 overflow-wrap:anywhere}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em}h3{font-size:1em}
-table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left;
+overflow-wrap:normal}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:.5em 0}figure img{max-width:100%;height:auto;display:block}
 figcaption{color:#666;font-size:.85em}

@@ -244,6 +244,10 @@ def curves_figure(layers: Sequence[str], query: Sequence[float | None],
             ax.plot(x, _finite(c), color=palette.get(gen, "#888888"), lw=1.6, alpha=0.9, zorder=2,
                     label=f"{gen} (enrolled)" if j == 0 else None)
         ax.plot(x, q, color=QUERY_COLOUR, lw=2.4, marker="o", ms=3, zorder=3, label="query")
+        undefined = np.flatnonzero(~np.isfinite(q))
+        if undefined.size:  # the matcher reads an undefined value as 0 (the paper's rule): shown there, hollow
+            ax.plot(undefined, np.zeros(undefined.size), ls="", marker="o", ms=5, mfc="white", mec=QUERY_COLOUR,
+                    zorder=3, label="query: undefined (read as 0)" if k == 0 else None)
         ax.axhline(0.0, color="#999999", lw=0.8, ls="--", zorder=0)
         ax.set_ylabel("C_T")
         ax.set_ylim(lo - pad, hi + pad)
