@@ -9,8 +9,11 @@ DEMO ?= registry/mnist-effnet-lite0/samples/ddpm/heldout.npz
 
 venv: $(STAMP)
 
+# An environment made before the distribution was renamed (forensics -> forensics-attribution) holds the
+# old name too, whose plugins would then register twice: it goes first.
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip uninstall --yes --quiet --disable-pip-version-check forensics 2>/dev/null || true
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

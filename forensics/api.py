@@ -39,14 +39,15 @@ if TYPE_CHECKING:
 Images = Union[str, Path, np.ndarray]
 """An image set: a folder of PNG/JPEG files, an .npz/.npy file, or a uint8 array (N, H, W[, C])."""
 RegistryLike = Union["Registry", str, Path, None]
-"""A registry, or its folder (None: $FORENSICS_REGISTRY, else the bundled registry)."""
+"""A registry, or its folder (None: $FORENSICS_REGISTRY, else the user registry over the bundled one)."""
 Progress = Callable[[str, int, int], None]
 AMP = (None, "bf16", "fp16")
 
 
 # -- opening --------------------------------------------------------------------------------------
 def open_registry(path: RegistryLike = None) -> Registry:
-    """The registry at ``path`` (default: ``$FORENSICS_REGISTRY``, else the bundled one)."""
+    """The registry at ``path`` (default: ``$FORENSICS_REGISTRY``, else the user registry, where writes go,
+    over the bundled one: :func:`forensics.registry.registry_layers`)."""
     from forensics.registry import Registry
 
     return path if isinstance(path, Registry) else Registry.open(path)
@@ -102,8 +103,8 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
 
 def diff_registry(other: str, *, registry: str | Path | None = None) -> RegistryDiff:
     """What the registry state ``other`` (a folder, or ``git:REV``: this registry at a git revision)
-    and the registry (default: $FORENSICS_REGISTRY, else the bundled one) disagree on, from ``other`` (old)
-    to the registry (new)."""
+    and the registry (default: $FORENSICS_REGISTRY, else the user registry over the bundled one) disagree
+    on, from ``other`` (old) to the registry (new)."""
     import tempfile
 
     from forensics.registry import Registry, diff, open_state

@@ -102,7 +102,8 @@ def progress_bar():
     return progress, update
 
 
-REGISTRY_HELP = "Registry folder (default: $FORENSICS_REGISTRY, else the bundled registry/)."
+REGISTRY_HELP = ("Registry folder, read and written as it is (default: $FORENSICS_REGISTRY, else your user "
+                 "registry over the bundled one; writes go to the user registry).")
 
 # Options that several commands share, declared once so that they read and behave the same everywhere.
 OPT_REGISTRY = typer.Option(None, "--registry", help=REGISTRY_HELP)

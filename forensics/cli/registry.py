@@ -41,17 +41,20 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
     """
     from forensics.api import list_protocols
 
+    from forensics.registry import registry_layers
+
     result = list_protocols(registry)
     if json_out:
         print_json(result.to_dict())
     else:
-        _render_listing(result)
+        _render_listing(result, registry_layers(registry)[1:])
 
 
-def _render_listing(result: RegistryListing) -> None:
+def _render_listing(result: RegistryListing, below: tuple[Path, ...] = ()) -> None:
     from rich.table import Table
 
-    table = Table(title=f"registry {esc(result.registry)}", title_justify="left")
+    over = "".join(f" over {esc(p)}" for p in below)  # the user registry over the bundled one
+    table = Table(title=f"registry {esc(result.registry)}{over}", title_justify="left")
     table.add_column("protocol", no_wrap=True)
     table.add_column("digest", no_wrap=True)
     for col in ("encoder", "layers", "m", "generators (instances)"):
