@@ -39,8 +39,9 @@ def installed(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("install")
     source = work / "source"  # a copy: building writes build/ and *.egg-info beside the sources
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_COPIED))
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(work / "dist"),
-                    str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--disable-pip-version-check", "--wheel-dir", str(work / "dist"), str(source)],
+                   check=True, capture_output=True, timeout=300)
     wheel = next((work / "dist").glob("forensics_attribution-*.whl"))
 
     env = work / "env"
