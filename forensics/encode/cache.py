@@ -1,30 +1,61 @@
-"""The on-disk embedding cache: one file per (image set, encoder, weights, layer, pooling, preprocessing).
+"""The on-disk embedding cache: per-layer embeddings of an image set, in shards, keyed by content.
 
 Embedding a reference set is the slow part of building a protocol's reference side, so embeddings are
-kept under the user cache folder (``$FORENSICS_CACHE_DIR``, else ``platformdirs.user_cache_dir("forensics")``),
-in ``embeddings/<2 hex>/<key>.npz``. The key is a SHA-256 of everything the values depend on: the content
-hash of the images, the encoder's name, options and weights digest, the layer, the pooling, the
-preprocessing and the autocast dtype. Each file also carries its key and a checksum of its array; a file
-that cannot be read, or whose key or checksum does not match, is damaged: it is removed and recomputed.
-Files are written through a temporary file and an atomic rename, so concurrent writers and crashes never
-leave half a file.
+kept under the user cache folder (``$FORENSICS_CACHE_DIR``, else ``platformdirs.user_cache_dir("forensics")``).
+One *entry* holds one layer's embeddings of one image set::
+
+    embeddings/<2 hex>/<key hex>/index.json                      # format, key, rows, dim, what, shards
+    embeddings/<2 hex>/<key hex>/<start:012d>-<stop:012d>.npy    # rows start..stop, float32 (rows, dim)
+
+The key is a SHA-256 of everything the values depend on: the content hash of the images, the encoder's
+name, options and weights digest, the layer, the pooling, the preprocessing and the autocast dtype. The
+index lists the shards in order, each with its row range and the sha256 of its array; only an entry
+whose index is whole, whose shards tile its rows and whose shards match their digests is read. Anything
+else is damage: the entry is removed and recomputed.
+
+The layout does not depend on who wrote it. The local engine writes shards of about
+:data:`SHARD_BYTES`; the Ray engine (:mod:`forensics.distributed`) has each encoder actor write the shards
+of the images it embedded, and the driver writes the index once every shard is there. Either engine reads
+what the other wrote: a reference side embedded on a cluster is reused on a laptop, and the other way
+round. Every file is written through a temporary file and an atomic rename, and the index last, so a
+crash or a concurrent writer never leaves an entry that reads as whole and is not.
+
+Entries of the first cache format (one ``.npz`` per key, ``embeddings/<2 hex>/<key hex>.npz``) are no
+longer read: their keys differ, so they are recomputed once; :func:`iter_entries` lists them so that
+they can be removed.
+
+:func:`iter_entries` lists everything under the cache folder (embedding entries, reference sides,
+old files) with its size, time and a one-line description: what ``forensics cache list`` shows.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import zipfile
-from collections.abc import Mapping
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from forensics.io.atomic import write_atomic
-from forensics.io.hashing import sha256_array, sha256_json
+from forensics.io.atomic import write_atomic, write_text_atomic
+from forensics.io.hashing import sha256_array, sha256_json, short
 
-CACHE_FORMAT = 1
+__all__ = ["CACHE_FORMAT", "SHARD_BYTES", "CacheEntry", "EmbeddingCache", "Shard", "cache_dir", "embedding_key",
+           "encoder_record", "iter_entries", "shard_rows_for"]
+
+CACHE_FORMAT = 2
+#: the size the local engine cuts a layer's embeddings into (a ViT-B layer: ~10,900 images a shard)
+SHARD_BYTES = 32 << 20
+INDEX = "index.json"
+#: an index is a few lines per shard; a larger file is not one
+_MAX_INDEX_BYTES = 64 << 20
+_SHARD_NAME = re.compile(r"^([0-9]{12})-([0-9]{12})\.npy$")
+_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def cache_dir() -> Path:
@@ -53,47 +84,273 @@ def encoder_record(encoder: Any) -> dict[str, Any]:
             "preprocessing": encoder.preprocessing.to_dict()}
 
 
+def shard_rows_for(dim: int, target_bytes: int = SHARD_BYTES) -> int:
+    """Rows of a float32 shard of ``dim`` columns that hold about ``target_bytes``."""
+    return max(1, int(target_bytes) // (4 * max(1, int(dim))))
+
+
+def shard_name(start: int, stop: int) -> str:
+    """The file name of the shard of rows ``start`` to ``stop``."""
+    return f"{start:012d}-{stop:012d}.npy"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of an entry: rows ``start`` to ``start + rows`` in ``file``, its array's ``sha256``."""
+
+    file: str
+    start: int
+    rows: int
+    sha256: str
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "start": self.start, "rows": self.rows, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One thing under the cache folder, as :func:`iter_entries` lists it.
+
+    ``kind``: ``"embeddings"`` (one layer of one image set), ``"reference"`` (a protocol's fitted
+    reference side), ``"old"`` (a file of an earlier cache format, no longer read) or ``"other"``.
+    ``size`` is in bytes (a folder: all its files), ``mtime`` a POSIX time, ``what`` one line saying
+    what it is; ``key`` the cache key of an embedding entry."""
+
+    path: Path
+    kind: str
+    size: int
+    mtime: float
+    what: str
+    key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "kind": self.kind, "size": self.size, "mtime": self.mtime,
+                "what": self.what, "key": self.key}
+
+    def remove(self) -> None:
+        """Delete it (a folder with its files)."""
+        _remove(self.path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class EmbeddingCache:
-    """Embeddings on disk by key (see the module docstring). ``root`` defaults to :func:`cache_dir`."""
+    """Embeddings on disk by key (see the module docstring). ``root`` defaults to ``cache_dir()/embeddings``.
+
+    ``get``/``put`` read and write a whole layer; ``write_shard`` and ``write_index`` let several
+    processes write one entry's shards in parallel, the index last; ``shards`` lists a whole entry's
+    shard files for a reader that streams them."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else cache_dir() / "embeddings"
 
     def path(self, key: str) -> Path:
+        """The folder of ``key``'s entry."""
         hexkey = key.removeprefix("sha256:")
-        return self.root / hexkey[:2] / f"{hexkey}.npz"
+        if not _HEX.match(hexkey):
+            raise ValueError(f"not a cache key: {key!r}")
+        return self.root / hexkey[:2] / hexkey
 
-    def get(self, key: str, *, rows: int | None = None) -> np.ndarray | None:
-        """The cached array of ``key``, or None when absent or damaged (a damaged file is removed)."""
-        path = self.path(key)
+    # -- reading ----------------------------------------------------------------------------------
+    def index(self, key: str, *, rows: int | None = None) -> dict[str, Any] | None:
+        """The entry's index when it is whole and its shards tile its rows (their files present), else
+        None; a damaged entry is removed. Shard contents are checked by :meth:`get`, not here."""
+        folder = self.path(key)
+        path = folder / INDEX
         if not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                array = data["embedding"]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError):
-            return self._discard(path)
-        if (meta.get("format") != CACHE_FORMAT or meta.get("key") != key or sha256_array(array) != meta.get("sha256")
-                or (rows is not None and array.shape[0] != rows)):
-            return self._discard(path)
-        return array
+            if path.stat().st_size > _MAX_INDEX_BYTES:
+                raise ValueError("index too large")
+            meta = json.loads(path.read_text("utf-8"))
+            shards = [Shard(str(s["file"]), int(s["start"]), int(s["rows"]), str(s["sha256"]))
+                      for s in meta["shards"]]
+            n, dim = int(meta["rows"]), int(meta["dim"])
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return self._discard(folder)
+        if meta.get("format") != CACHE_FORMAT or meta.get("key") != key or meta.get("dtype") != "<f4" or dim < 1 \
+                or (rows is not None and n != rows) or not _tiles(shards, n) \
+                or not all((folder / s.file).is_file() for s in shards):
+            return self._discard(folder)
+        meta["shards"] = shards
+        return meta
 
-    def put(self, key: str, array: np.ndarray) -> Path:
-        """Write ``array`` under ``key`` atomically."""
+    def shards(self, key: str, *, rows: int | None = None) -> list[tuple[Path, Shard]] | None:
+        """The entry's shard files in row order with their records, or None (absent or damaged)."""
+        meta = self.index(key, rows=rows)
+        if meta is None:
+            return None
+        folder = self.path(key)
+        return [(folder / s.file, s) for s in meta["shards"]]
+
+    def get(self, key: str, *, rows: int | None = None) -> np.ndarray | None:
+        """The cached array of ``key`` (float32, rows × dim), or None when absent or damaged (a damaged
+        entry is removed). Every shard is checked against its digest."""
+        meta = self.index(key, rows=rows)
+        if meta is None:
+            return None
+        folder = self.path(key)
+        out = np.empty((int(meta["rows"]), int(meta["dim"])), np.float32)
+        for shard in meta["shards"]:
+            part = out[shard.start:shard.stop]
+            if not read_npy_into(folder / shard.file, part) or sha256_array(part) != shard.sha256:
+                return self._discard(folder)
+        return out
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write_shard(self, key: str, start: int, array: np.ndarray) -> Shard:
+        """Write rows ``start``… of ``key``'s entry (atomically); the entry is read only once
+        :meth:`write_index` has listed the shard."""
         array = np.ascontiguousarray(array, dtype=np.float32)
-        meta = json.dumps({"format": CACHE_FORMAT, "key": key, "sha256": sha256_array(array)})
-        return write_atomic(self.path(key), lambda f: np.savez(f, embedding=array, meta=np.array(meta)))
+        if array.ndim != 2:
+            raise ValueError(f"a shard is a 2-D array, got shape {array.shape}")
+        name = shard_name(int(start), int(start) + len(array))
+        write_atomic(self.path(key) / name, lambda f: np.save(f, array, allow_pickle=False))
+        return Shard(name, int(start), len(array), sha256_array(array))
 
-    def _discard(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
+    def write_index(self, key: str, shards: Sequence[Shard], *, rows: int, dim: int,
+                    what: Mapping[str, Any] | None = None) -> Path:
+        """Write the entry's index over ``shards`` (which must tile rows 0…``rows``), making it readable."""
+        shards = sorted(shards, key=lambda s: s.start)
+        if not _tiles(shards, rows):
+            raise ValueError(f"the shards of {short(key)} do not cover rows 0..{rows} exactly once")
+        meta = {"format": CACHE_FORMAT, "key": key, "rows": int(rows), "dim": int(dim), "dtype": "<f4",
+                "what": dict(what or {}), "written": time.time(), "shards": [s.to_dict() for s in shards]}
+        return write_text_atomic(self.path(key) / INDEX, json.dumps(meta, indent=1))
+
+    def put(self, key: str, array: np.ndarray, *, what: Mapping[str, Any] | None = None,
+            shard_rows: int | None = None) -> Path:
+        """Write ``array`` (rows × dim) under ``key``: shards of ``shard_rows`` rows (default: about
+        :data:`SHARD_BYTES` each), then the index. Returns the entry's folder."""
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if array.ndim != 2:
+            raise ValueError(f"embeddings are a 2-D array, got shape {array.shape}")
+        step = int(shard_rows) if shard_rows else shard_rows_for(array.shape[1])
+        shards = [self.write_shard(key, s, array[s:s + step]) for s in range(0, max(1, len(array)), step)]
+        self.write_index(key, shards, rows=len(array), dim=array.shape[1], what=what)
+        return self.path(key)
+
+    def discard(self, key: str) -> None:
+        """Remove ``key``'s entry."""
+        self._discard(self.path(key))
+
+    def _discard(self, folder: Path) -> None:
+        _remove(folder)
         return None
 
     def clear(self) -> int:
-        """Remove every cached embedding; return how many files went."""
+        """Remove every cached embedding (entries of every format); return how many entries went."""
         count = 0
-        if self.root.is_dir():
-            for path in self.root.glob("*/*.npz"):
-                path.unlink(missing_ok=True)
-                count += 1
+        for entry in _embedding_entries(self.root):
+            entry.remove()
+            count += 1
         return count
+
+
+def _tiles(shards: Sequence[Shard], rows: int) -> bool:
+    """Whether the shards, in order, cover rows 0…``rows`` exactly once, each under its own file name."""
+    at = 0
+    for s in shards:
+        m = _SHARD_NAME.match(s.file)
+        if m is None or s.start != at or s.rows < 0 or (s.rows == 0 and rows != 0) \
+                or (int(m.group(1)), int(m.group(2))) != (s.start, s.stop):
+            return False
+        at = s.stop
+    return at == rows
+
+
+def read_npy_into(path: Path, out: np.ndarray) -> bool:
+    """Read the .npy file ``path`` into ``out`` (a C-contiguous float32 array of the same shape) without
+    an intermediate copy; False when the file is not exactly such an array."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return False
+            if fortran or dtype != np.dtype("<f4") or tuple(shape) != out.shape:
+                return False
+            view = memoryview(out).cast("B")
+            got = f.readinto(view) if len(view) else 0
+            return got == len(view) and not f.read(1)
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return False
+
+
+# -- listing ---------------------------------------------------------------------------------------
+def _size_and_time(path: Path) -> tuple[int, float]:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            files = [p.lstat() for p in path.rglob("*") if p.is_file() or p.is_symlink()]
+            st = path.lstat()
+            return sum(s.st_size for s in files), max([st.st_mtime, *(s.st_mtime for s in files)])
+        st = path.lstat()
+        return st.st_size, st.st_mtime
+    except OSError:
+        return 0, 0.0
+
+
+def _describe(folder: Path) -> tuple[str, str | None]:
+    """One line about an embedding entry, and its key, from its index."""
+    try:
+        meta = json.loads((folder / INDEX).read_text("utf-8"))
+        what = meta.get("what") or {}
+        parts = [str(what.get("encoder", "?")), str(what.get("layer", "?")), f"{meta['rows']}×{meta['dim']}"]
+        if what.get("images"):
+            parts.append(f"images {short(str(what['images']))}")
+        if what.get("amp"):
+            parts.append(str(what["amp"]))
+        return f"embeddings: {' '.join(parts)}, {len(meta['shards'])} shard(s)", meta.get("key")
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "embeddings: incomplete or damaged (no readable index; recomputed when needed)", None
+
+
+def _embedding_entries(root: Path) -> Iterator[CacheEntry]:
+    if not root.is_dir():
+        return
+    for group in sorted(root.iterdir()):
+        if not group.is_dir() or group.is_symlink():
+            size, mtime = _size_and_time(group)
+            yield CacheEntry(group, "other", size, mtime, "not an embedding entry")
+            continue
+        for item in sorted(group.iterdir()):
+            size, mtime = _size_and_time(item)
+            if item.is_dir() and not item.is_symlink():
+                what, key = _describe(item)
+                yield CacheEntry(item, "embeddings", size, mtime, what, key)
+            elif item.suffix == ".npz":
+                yield CacheEntry(item, "old", size, mtime, "embeddings of cache format 1 (no longer read)")
+            else:
+                yield CacheEntry(item, "other", size, mtime, "not an embedding entry")
+
+
+def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
+    """Everything under the cache folder ``root`` (default :func:`cache_dir`), as :class:`CacheEntry`
+    records: each embedding entry (one layer of one image set), each reference side under
+    ``reference/``, old-format files, and anything else found there. Nothing is read beyond the small
+    indexes; ``entry.remove()`` deletes one."""
+    base = Path(root) if root is not None else cache_dir()
+    if not base.is_dir():
+        return
+    for top in sorted(base.iterdir()):
+        if top.name == "embeddings" and top.is_dir() and not top.is_symlink():
+            yield from _embedding_entries(top)
+        elif top.name == "reference" and top.is_dir() and not top.is_symlink():
+            for item in sorted(top.iterdir()):
+                size, mtime = _size_and_time(item)
+                yield CacheEntry(item, "reference", size, mtime, f"reference side {item.name}")
+        else:
+            size, mtime = _size_and_time(top)
+            yield CacheEntry(top, "other", size, mtime, "not written by this version of forensics")

@@ -21,7 +21,7 @@ from forensics.errors import UsageError
 from forensics.io.images import ImageInput as Images
 from forensics.io.images import check_image_input, decode_image, images_digest, is_file_list
 
-__all__ = ["AMP_DTYPES", "Images", "Progress", "embed", "iter_embed"]
+__all__ = ["AMP_DTYPES", "Images", "Progress", "embed", "forward_batch", "iter_embed", "preprocess_batches"]
 
 Progress = Callable[[int, int], None]
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,10 +90,23 @@ def iter_embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None
     device = torch.device(getattr(encoder, "device", "cpu"))
     start = 0
     for pixels in _batches(images, encoder.preprocessing, batch_size, workers, pin=device.type == "cuda"):
-        with torch.inference_mode(), _autocast(device, amp), _float32(device, amp):
-            feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
-        yield start, [f.detach().to("cpu", torch.float32).numpy() for f in feats]
+        yield start, forward_batch(encoder, pixels, names, amp=amp)
         start += len(pixels)
+
+
+def preprocess_batches(images: Images, prep: Preprocessing, batch_size: int) -> Iterator[torch.Tensor]:
+    """The preprocessed batches of ``images`` (in this process), exactly as :func:`iter_embed` forms them."""
+    return _batches(images, prep, batch_size, 0, pin=False)
+
+
+def forward_batch(encoder: Encoder, pixels: torch.Tensor, names: Sequence[str], *,
+                  amp: str | None = None) -> list[np.ndarray]:
+    """One preprocessed batch through the encoder at ``names`` (checked layer names, in depth order): one
+    float32 array (b, dim) per layer. What :func:`iter_embed` runs per batch (and the Ray engine's actors)."""
+    device = torch.device(getattr(encoder, "device", "cpu"))
+    with torch.inference_mode(), _autocast(device, amp), _float32(device, amp):
+        feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
+    return [f.detach().to("cpu", torch.float32).numpy() for f in feats]
 
 
 def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = None, batch_size: int = 64,
@@ -139,7 +152,8 @@ def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = No
         results.update(out)
         if store is not None:
             for name in todo:
-                store.put(keys[name], out[name])
+                store.put(keys[name], out[name], what={"images": digest, "encoder": encoder.name, "layer": name,
+                                                       "amp": amp})
     elif progress is not None:
         progress(n, n)
     return [results[name] for name in names]
