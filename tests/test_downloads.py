@@ -65,6 +65,7 @@ def online(hub, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setitem(download._FORCED, "offline", False)
+    monkeypatch.setitem(download._REPORT, "to", None)
     return hub
 
 
@@ -96,14 +97,18 @@ def serve_cifar(hub: FakeHub, monkeypatch, train: np.ndarray, test: np.ndarray) 
 
 # -- weights ------------------------------------------------------------------------------------------
 def test_weights_are_fetched_once_then_found_in_the_cache_offline(online, tiny_weights, monkeypatch):
-    from forensics.io.download import set_offline
+    from forensics.io.download import report_to, set_offline
 
     data, digest = tiny_weights
     online.add_model_file(TINY_REPO, "model.safetensors", data)
     make = tiny_factory()
     assert make.describe(image_size=32).weights.startswith("download:")  # a listing never downloads
     assert online.requests == []
+    steps = []
+    report_to(lambda what, done, total: steps.append((what, done, total)))
     encoder = make(image_size=32)
+    assert steps[0][0] == f"downloading {TINY_REPO}/model.safetensors (MB)"
+    assert steps[-1][1] == steps[-1][2] == -(-len(data) // 1_000_000)  # the progress display hears it end
     assert encoder.weights.digest == digest and encoder.weights.source == "cache"
     assert ("GET", f"/{TINY_REPO}/resolve/main/model.safetensors") in online.requests
     asked = len(online.requests)
@@ -181,12 +186,15 @@ def test_a_repo_the_hub_does_not_have_is_one_line(online):
 
 # -- CIFAR-10 -----------------------------------------------------------------------------------------
 def test_cifar10_is_fetched_by_torchvision_checked_and_reused_offline(online, monkeypatch, tmp_path):
-    from forensics.io.download import set_offline
+    from forensics.io.download import report_to, set_offline
     from forensics_datasets import cifar10_cache, load_cifar10
 
     train, test = smooth_images(50, 1), smooth_images(20, 2)
     serve_cifar(online, monkeypatch, train, test)
+    steps = []
+    report_to(lambda what, done, total: steps.append((done, total)))
     assert np.array_equal(load_cifar10("train"), train)
+    assert steps == [(0, 0), (1, 1)]  # a step of unknown length, begun and over
     asked = len(online.requests)  # torchvision asks twice: for a redirect, then for the archive
     assert asked and set(online.requests) == {("GET", "/cifar-10-python.tar.gz")}
     assert np.array_equal(load_cifar10("test"), test)

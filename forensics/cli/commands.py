@@ -37,10 +37,11 @@ def main_options(
                                  "machine (also FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1)."),
 ):
     from forensics.cli.common import env_debug
-    from forensics.io.download import set_offline
+    from forensics.io.download import report_to, set_offline
 
     STATE["debug"] = debug or env_debug()  # set on every invocation: nothing carries over between runs
     set_offline(offline)
+    report_to(None)  # until this run's progress display registers itself
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit():  # honour the width asked for now, not the one at import time
         out.width = err.width = int(columns)

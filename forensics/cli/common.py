@@ -99,6 +99,9 @@ def progress_bar():
             tasks[what] = progress.add_task(esc(f"embedding {what}" if "fitting" not in what else what), total=total)
         progress.update(tasks[what], completed=done, total=total)
 
+    from forensics.io.download import report_to
+
+    report_to(update)  # a download (weights, a data set) is a step of this display too
     return progress, update
 
 

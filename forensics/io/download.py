@@ -17,14 +17,58 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from forensics.errors import ForensicsError, WeightsError
 
 _TRUE = ("1", "on", "yes", "true")
 _FORCED: dict[str, bool] = {"offline": False}
+_REPORT: dict[str, Callable[[str, int, int], None] | None] = {"to": None}
 OFFLINE_HOW = "--offline, FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1"
+
+
+def report_to(progress: Callable[[str, int, int], None] | None) -> None:
+    """Report downloads to ``progress(what, done, total)`` (the library's progress callback: bytes of a
+    weights file; ``total == 0`` for a download of unknown length, begun, and ``done == total`` when it is
+    over) instead of the libraries' own tqdm bars. The command line's progress display registers itself."""
+    _REPORT["to"] = progress
+
+
+def report(what: str, done: int, total: int) -> None:
+    """Tell the registered progress callback, if any (see :func:`report_to`)."""
+    if _REPORT["to"] is not None:
+        _REPORT["to"](what, done, total)
+
+
+def _reporting_tqdm(what: str):
+    """A tqdm class for ``hf_hub_download`` that shows nothing itself and feeds :func:`report`; None when no
+    callback is registered (huggingface_hub's own bars then show, as for timm)."""
+    if _REPORT["to"] is None:
+        return None
+    from tqdm import tqdm
+
+    class Reporting(tqdm):  # counts in MB: the display shows done/total
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self.done, self.size = int(kwargs.get("initial") or 0), int(kwargs.get("total") or 0)
+            self.send()
+
+        def send(self):
+            total = -(-self.size // 1_000_000)  # MB, rounded up
+            report(what, total if self.done >= self.size else self.done // 1_000_000, total)
+
+        def update(self, n=1):
+            self.done += int(n or 0)
+            self.send()
+
+        def close(self):
+            if not self.size:  # of unknown length: over now
+                report(what, 1, 1)
+            super().close()
+
+    return Reporting
 
 
 def set_offline(flag: bool) -> None:
@@ -137,7 +181,8 @@ def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[P
         try:
             path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(hf_cache_dir()),
                                         endpoint=hf_endpoint(), library_name="forensics",
-                                        library_version=__version__))
+                                        library_version=__version__,
+                                        tqdm_class=_reporting_tqdm(f"downloading {repo}/{filename} (MB)")))
         except Exception as exc:  # the hub unreachable, a repo not found, a refused request: one line
             if _no_such_file(exc):
                 continue

@@ -144,7 +144,7 @@ def fetch_cifar10(root: Path | None = None) -> Path:
 
     from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-    from forensics.io.download import OFFLINE_HOW, offline
+    from forensics.io.download import OFFLINE_HOW, offline, report
 
     cifar = _torchvision_cifar10()
     root = Path(root) if root is not None else cifar10_cache()
@@ -156,10 +156,13 @@ def fetch_cifar10(root: Path | None = None) -> Path:
         raise ForensicsError(f"CIFAR-10 is not in {root} and downloads are off ({OFFLINE_HOW}): run once online "
                              "to fetch it (about 170 MB, checked against its md5), or set FORENSICS_CIFAR10_DIR to "
                              "the folder holding your cifar-10-batches-py or cifar-10-batches-bin")
+    step = "downloading CIFAR-10 (170 MB) and checking its md5"
+    report(step, 0, 0)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # torchvision prints what it does; stdout is for data
             download_and_extract_archive(cifar.url, str(root), filename=cifar.filename, md5=cifar.tgz_md5,
                                          remove_finished=True)
+        report(step, 1, 1)
     except Exception as exc:  # no connection, a refused request, an archive that does not match its md5
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ForensicsError(f"cannot fetch CIFAR-10 from {cifar.url} ({type(exc).__name__}: {reason}); check the "
