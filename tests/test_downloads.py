@@ -96,6 +96,7 @@ def serve_cifar(hub: FakeHub, monkeypatch, train: np.ndarray, test: np.ndarray) 
 
 
 # -- weights ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_weights_are_fetched_once_then_found_in_the_cache_offline(online, tiny_weights, monkeypatch):
     from forensics.io.download import report_to, set_offline
 
@@ -164,6 +165,7 @@ def online_cache():
     return Path(hf_constants.HF_HUB_CACHE)
 
 
+@pytest.mark.slow
 def test_weights_unlike_the_protocols_digest_are_refused(online, tiny_weights):
     from forensics.engine import build_encoder
     from forensics.protocol import EncoderRef
