@@ -200,7 +200,7 @@ def test_zoo_documents_conform(tmp_path):
     target.mkdir()
     shutil.copytree(bundled.layer_of("mnist-vit") / "mnist-vit", target / "mnist-vit",
                     ignore=shutil.ignore_patterns("samples", "models"))
-    Registry.open(target).set_default("mnist-vit")
+    Registry.open(target, create=True).set_default("mnist-vit")
     Registry.open(target).remove("mnist-vit", "kde-copier")
     doc = cli_json("zoo", "enroll", "-g", "kde-copier", "-i", "run0", "--samples", samples_dir(), "--registry",
                    target, "--json")
