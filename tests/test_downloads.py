@@ -373,3 +373,14 @@ def test_protocol_create_needs_one_kind_of_reference_set(tmp_path, capsys):
                        str(tmp_path), "--heldout", str(tmp_path), "--registry", reg)
     assert code == 2 and "not both" in err
     assert not (tmp_path / "registry").exists()
+
+
+def test_open_clip_weights_come_from_the_file_open_clip_would_load(online):
+    from forensics_openclip import OPEN_CLIP_FILES, _sources
+
+    from forensics.encode.weights import availability
+
+    sources = _sources("ViT-B-32", "openai")  # open_clip's hf_hub: "timm/vit_base_patch32_clip_224.openai/"
+    assert sources.hf_ids == ("timm/vit_base_patch32_clip_224.openai",) and sources.hf_filenames == OPEN_CLIP_FILES
+    assert availability("openclip_vit_b_32.openai", sources).startswith("download:")
+    assert online.requests == []
