@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from forensics.encode.encoder import Encoder, EncoderSpec
-    from forensics.invmm.model import CopySimilarity, DiffusionModel
+    from forensics.inversion.model import CopySimilarity, DiffusionModel
     from forensics.match import Matcher
     from forensics.stats.base import Statistic
 
@@ -73,7 +73,7 @@ class DatasetLoader(Protocol):
 
 
 class DiffusionModelLoader(Protocol):
-    """Loads a frozen :class:`forensics.invmm.model.DiffusionModel` for InvMM. Called with ``path=None`` for
+    """Loads a frozen :class:`forensics.inversion.model.DiffusionModel` for InvMM. Called with ``path=None`` for
     the model the name stands for (the bundled ``mnist-dup``), or with the ``path`` the user gave when the
     loader's optional ``accepts(path) -> bool`` says it can open it (a diffusers folder, a weights file).
     Raises :class:`forensics.errors.UsageError` saying what is missing (weights, an optional extra)."""
@@ -82,7 +82,7 @@ class DiffusionModelLoader(Protocol):
 
 
 class SimilarityFactory(Protocol):
-    """Builds a :class:`forensics.invmm.model.CopySimilarity`; ``threshold`` None takes its own β."""
+    """Builds a :class:`forensics.inversion.model.CopySimilarity`; ``threshold`` None takes its own β."""
 
     def __call__(self, *, threshold: float | None = None, **options: Any) -> CopySimilarity: ...
 
@@ -202,7 +202,7 @@ def forensics_diffusion_models(register: RegisterDiffusionModel) -> None:
 
     :param register: ``register(name, loader, *, description="")`` (:class:`RegisterDiffusionModel`).
         ``loader(*, path=None, device="cpu", **options)`` (a :class:`DiffusionModelLoader`) returns a
-        :class:`forensics.invmm.model.DiffusionModel`: a frozen noise predictor with its ᾱ_t, DDIM
+        :class:`forensics.inversion.model.DiffusionModel`: a frozen noise predictor with its ᾱ_t, DDIM
         timesteps, and, for latent or text-conditioned models, ``encode``/``decode`` and a soft prompt.
         A loader that can open files the user names carries ``accepts(path) -> bool``; ``--model PATH``
         goes to the first loader (by name) that accepts it. The host checks that ``loader`` is callable.
@@ -223,7 +223,7 @@ def forensics_copy_similarities(register: RegisterSimilarity) -> None:
     """Provide copy similarities: how InvMM's verification judges that a sample is the target image.
 
     :param register: ``register(name, factory, *, description="")`` (:class:`RegisterSimilarity`).
-        ``factory(*, threshold=None, **options)`` returns a :class:`forensics.invmm.model.CopySimilarity`:
+        ``factory(*, threshold=None, **options)`` returns a :class:`forensics.inversion.model.CopySimilarity`:
         ``similarity(samples, target)`` → one score per sample (images in [0, 1] at the model's
         resolution) and its ``threshold`` β. The host checks that ``factory`` is callable.
     :returns: nothing; every call of ``register`` is collected.

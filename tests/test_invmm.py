@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from forensics.invmm.measure import (
+from forensics.inversion.measure import (
     PRESETS, InvMMSettings, LambdaSchedule, ddim_sample, invert, kl_normal, x0_from_eps,
 )
-from forensics.invmm.model import CopySimilarity, DiffusionModel, official_ddim_timesteps
-from forensics.invmm.similarity import PixelCorrelation, SSCDSimilarity
+from forensics.inversion.model import CopySimilarity, DiffusionModel, official_ddim_timesteps
+from forensics.inversion.similarity import PixelCorrelation, SSCDSimilarity
 
 
 def linear_ab(T=1000):

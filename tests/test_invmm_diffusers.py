@@ -21,7 +21,7 @@ import forensics_diffusers as fd
 import transformers
 
 from forensics.errors import UsageError
-from forensics.invmm.model import SoftPrompt, official_ddim_timesteps
+from forensics.inversion.model import SoftPrompt, official_ddim_timesteps
 
 T_PIXEL = 100  # a short schedule keeps the pixel model's tests quick
 
@@ -136,7 +136,7 @@ def test_pixel_predict_noise_is_the_unets_and_the_model_is_frozen(pixel_dir):
 def test_verification_walks_the_pipelines_ddim_chain(pixel_dir):
     """The measure's DDIM (over the adapter's timesteps and ᾱ) gives what diffusers' own DDIMScheduler.step loop
     gives, when the pipeline's last step lands on x̂₀ (set_alpha_to_one) and x̂₀ is not clipped on the way."""
-    from forensics.invmm.measure import ddim_sample
+    from forensics.inversion.measure import ddim_sample
 
     model = fd.load_diffusers(pixel_dir)
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
@@ -235,7 +235,7 @@ def test_stable_diffusion_schedule_is_its_schedulers(sd, sd_dir):
 def test_verification_takes_the_pipelines_last_x0_where_its_last_step_stops_at_alpha_0(sd):
     """With Stable Diffusion's set_alpha_to_one = false, the pipeline's last DDIM step returns
     √ᾱ_0·x̂₀ + √(1−ᾱ_0)·ε̂; the measure verifies on that step's x̂₀ (pred_original_sample), along the same chain."""
-    from forensics.invmm.measure import ddim_sample
+    from forensics.inversion.measure import ddim_sample
 
     steps, cond = 5, sd.null_condition(2)
     x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(10))
@@ -302,7 +302,7 @@ def test_stable_diffusion_predict_noise_is_the_unets(sd):
 def test_guided_verification_on_each_device_matches_the_cpu(sd, sd_dir, torch_device):
     """Everything the measure touches (ᾱ indexing, the prompt's token ids, the soft prompt's table, the
     autoencoder) follows the model onto its device."""
-    from forensics.invmm.measure import ddim_sample
+    from forensics.inversion.measure import ddim_sample
 
     model = sd if torch_device == "cpu" else fd.load_diffusers(sd_dir, device=torch_device)
     assert model.alphas_cumprod.device.type == torch.device(torch_device).type
@@ -384,8 +384,8 @@ def test_the_plugin_registers_its_loader_with_the_host(pixel_dir):
 def test_invmm_runs_on_a_tiny_stable_diffusion(sd):
     """A few optimisation steps and two checks through the measure: soft prompt and noise move, the network does
     not, and the run is reproducible for a seed."""
-    from forensics.invmm.measure import InvMMSettings, invert
-    from forensics.invmm.similarity import PixelCorrelation
+    from forensics.inversion.measure import InvMMSettings, invert
+    from forensics.inversion.similarity import PixelCorrelation
 
     settings = InvMMSettings(noise_batch=2, check_every=2, max_steps=4, verify_samples=2, verify_steps=3,
                              guidance=(1.0, 3.0), similarity="pixel-correlation")

@@ -43,7 +43,7 @@ import torch
 
 from forensics.errors import UsageError
 from forensics.hookspecs import hookimpl
-from forensics.invmm.model import DiffusionModel, SoftPrompt, check_images, official_ddim_timesteps
+from forensics.inversion.model import DiffusionModel, SoftPrompt, check_images, official_ddim_timesteps
 
 INSTALL = "pip install 'forensics[diffusers]'"
 

@@ -7,7 +7,7 @@ Diffusion models
     All run in pixel space on 28 × 28 grey digits with the linear β schedule (1e-4 … 0.02, T = 1,000).
 Copy similarities
     ``pixel-correlation`` (β 0.985, the MNIST default) and ``sscd`` (the paper's, from the user's TorchScript
-    file, β 0.5); see :mod:`forensics.invmm.similarity`.
+    file, β 0.5); see :mod:`forensics.inversion.similarity`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from forensics.hookspecs import RegisterDiffusionModel, RegisterSimilarity, hookimpl
-from forensics.invmm.model import DiffusionModel
-from forensics.invmm.similarity import make_pixel_correlation, make_sscd
+from forensics.inversion.model import DiffusionModel
+from forensics.inversion.similarity import make_pixel_correlation, make_sscd
 
 
 class ZooDiffusion(DiffusionModel):

@@ -2,7 +2,7 @@
 
 Both are plugin points (:func:`forensics.hookspecs.forensics_diffusion_models`,
 :func:`forensics.hookspecs.forensics_copy_similarities`). The measure itself
-(:mod:`forensics.invmm.measure`) knows nothing of a particular network: it reads ᾱ_t from
+(:mod:`forensics.inversion.measure`) knows nothing of a particular network: it reads ᾱ_t from
 :attr:`DiffusionModel.alphas_cumprod`, calls :meth:`DiffusionModel.predict_noise` and walks
 :meth:`DiffusionModel.ddim_timesteps` to verify.
 

@@ -16,7 +16,7 @@ Exactly as ``ALGORITHMS.md`` §4 and the official code (``Maryeon/InvMM``, ``ddp
   sensitivity losses, p_prev starts at +∞. At a check, λ ← max(λ/2, 0) if p_prev − p_now < ξ, else
   λ ← λ + δ; then p_prev ← p_now. On every other step λ ← λ + δ.
 * Verification at each check (no gradients): 8 noises from the current Gaussian, deterministic DDIM
-  (η = 0) over :meth:`~forensics.invmm.model.DiffusionModel.ddim_timesteps`, the last x̂₀ decoded and
+  (η = 0) over :meth:`~forensics.inversion.model.DiffusionModel.ddim_timesteps`, the last x̂₀ decoded and
   clipped; success when every sample's copy similarity to x₀ is ≥ β — at any one of the guidance scales
   (Stable Diffusion tries 1 … 7).
 * A text-conditioned model also learns a soft prompt: logits (tokens × vocabulary) from 0, turned into
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from forensics.invmm.model import CopySimilarity, DiffusionModel, check_images
+from forensics.inversion.model import CopySimilarity, DiffusionModel, check_images
 
 SEED_STRIDE = 1_000_003
 """Target i of a run seeded s draws from ``torch.Generator().manual_seed(s * SEED_STRIDE + i)``."""

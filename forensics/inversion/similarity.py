@@ -1,4 +1,4 @@
-"""The bundled copy similarities of InvMM's verification (:class:`forensics.invmm.model.CopySimilarity`).
+"""The bundled copy similarities of InvMM's verification (:class:`forensics.inversion.model.CopySimilarity`).
 
 ``pixel-correlation``
     Pearson correlation of the pixels of a sample and the target (over every channel and pixel). The
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from forensics.errors import UsageError
-from forensics.invmm.model import CopySimilarity
+from forensics.inversion.model import CopySimilarity
 
 PIXEL_CORRELATION_BETA = 0.985
 SSCD_BETA = 0.5
