@@ -364,7 +364,7 @@ def test_loader_refusals_are_one_line(tmp_path, pixel_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(UsageError) as excinfo:
         fd.load(path=pixel_dir)
-    _one_line_usage(excinfo, "pip install 'forensics[diffusers]'")
+    _one_line_usage(excinfo, "pip install 'forensics-attribution[diffusers]'")
 
 
 def test_the_plugin_registers_its_loader_with_the_host(pixel_dir):

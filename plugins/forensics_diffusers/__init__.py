@@ -45,7 +45,7 @@ from forensics.errors import UsageError
 from forensics.hookspecs import hookimpl
 from forensics.inversion.model import DiffusionModel, SoftPrompt, check_images, official_ddim_timesteps
 
-INSTALL = "pip install 'forensics[diffusers]'"
+INSTALL = "pip install 'forensics-attribution[diffusers]'"
 
 PIXEL_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "PNDMPipeline")
 LATENT_PIPELINES = ("LDMPipeline",)
