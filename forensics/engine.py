@@ -10,6 +10,9 @@ does the same for a combination of protocols, one engine per part; :func:`make_e
 
 from __future__ import annotations
 
+import threading
+import time
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from forensics.io.atomic import save_npz_atomic
+from forensics.io.mapped import save_mapped_npz
 from forensics.encode.cache import cache_dir
 from forensics.encode.encoder import Encoder, Preprocessing
 from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
@@ -102,11 +105,9 @@ def reference_key(protocol: Protocol) -> str:
 
 
 def _read_npz(path: Path, *, remove: bool = True) -> dict[str, np.ndarray] | None:
-    """Read an .npz; None when it cannot be read whole (a damaged cache file is then removed).
-
-    Every array is read into memory, its zip CRC checked. (Memory-mapping the uncompressed members was
-    measured: the CRC check is most of the cost, so a map saves ~3 ms per 26 MB layer, and a mapped
-    file that is later truncated in place would kill the process with SIGBUS.)"""
+    """Read an .npz into memory, every array's zip CRC checked; None when it cannot be read whole (a
+    damaged cache file is then removed). The reader of files written before reference sides were laid
+    out to be mapped (:func:`load_reference`)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -116,14 +117,100 @@ def _read_npz(path: Path, *, remove: bool = True) -> dict[str, np.ndarray] | Non
         return None
 
 
+#: reference sides opened in this process: (path, layers, statistic) → (file version, recorded digest, refs)
+_OPENED: dict[tuple, tuple[tuple, str | None, list[Any]]] = {}
+_OPENED_MAX = 8
+_RACY_S = 2.0  # a file changed less than this long ago may change again without its times moving
+_OPENED_LOCK = threading.Lock()
+
+
+def save_reference(path: Path, refs: Sequence[Any], layers: Sequence[str]) -> Path:
+    """Write a fitted reference side (one fit per layer) to ``path``, atomically, laid out to be mapped
+    (:mod:`forensics.io.mapped`: an ordinary .npz that loads without copying)."""
+    return save_mapped_npz(path, _pack(refs, layers))
+
+
+def load_reference(path: Path, layers: Sequence[str], statistic: Statistic, *,
+                   protocol: str | None = None) -> list[Any] | None:
+    """The fitted reference side stored at ``path`` (one fit per layer), or None when the file is absent,
+    damaged (a cache file, ``protocol`` None, is then removed) or not one of ``layers`` and ``statistic``.
+
+    A file in the mapped layout (:func:`save_reference`) is mapped read-only and its arrays used in place;
+    its bytes are checked once: a shipped file (``protocol`` names whose registry ships it) against the
+    sha256 the registry records, hashing the mapping itself; a cache file against the word sums recorded
+    when it was written. A file of the older layout (zip CRCs, copied on reading) is still read; a cache
+    file of that layout is rewritten in the mapped one. What was opened is kept for the process: another
+    engine of the same protocol reuses it while the file is unchanged (same inode, size and times, and
+    those times more than two seconds old when it was opened, so that a change in place moves them)."""
+    from forensics.io.mapped import Damaged, Unmappable, file_identity, open_mapped_npz
+    from forensics.registry.reference import check, recorded_digest
+
+    shipped = protocol is not None
+    if not path.is_file() and not (shipped and path.is_symlink()):
+        return None
+    expected = recorded_digest(path, protocol) if shipped else None  # refuses an unrecorded file or a link
+    try:
+        version = file_identity(path.stat())
+    except OSError:
+        return None
+    key = (str(path), tuple(layers), type(statistic).__qualname__)
+    with _OPENED_LOCK:
+        known = _OPENED.get(key)
+    if known is not None and known[0] == version and known[1] == expected:
+        return known[2]
+    arrays: Any
+    try:
+        arrays = open_mapped_npz(path, check_sums=not shipped)
+    except Unmappable:  # the older layout: read (and checked) the old way
+        if shipped:
+            check(path, protocol, expected=expected)
+        arrays = _read_npz(path, remove=not shipped)
+        refs = None if arrays is None else _unpack(arrays, layers, statistic)
+        if refs is not None and shipped:
+            warnings.warn(f"the reference side shipped with {protocol} ({path}) is in the older layout, read whole "
+                          "on every run; `forensics registry migrate-reference` lays it out to be mapped (the same "
+                          "arrays, bit for bit)", stacklevel=2)
+        elif refs is not None:
+            save_reference(path, refs, layers)  # the cache file in the mapped layout from now on
+            version = file_identity(path.stat())
+    except (Damaged, OSError):
+        if shipped:
+            check(path, protocol, expected=expected)  # a changed file is refused as such
+        else:
+            path.unlink(missing_ok=True)
+        return None
+    else:
+        if shipped:
+            check(path, protocol, data=arrays.buffer, expected=expected)
+        version = arrays.identity
+        refs = _unpack(arrays, layers, statistic)
+    if refs is not None and time.time() - max(version[3], version[4]) / 1e9 > _RACY_S:
+        # kept only once the file's times are old enough that a later change in place would change them
+        with _OPENED_LOCK:
+            _OPENED.pop(key, None)
+            _OPENED[key] = (version, expected, refs)
+            while len(_OPENED) > _OPENED_MAX:
+                _OPENED.pop(next(iter(_OPENED)))
+    return refs
+
+
+def forget_opened() -> None:
+    """Drop the reference sides kept open by this process (:func:`load_reference`): the next engine maps
+    and checks its file again."""
+    with _OPENED_LOCK:
+        _OPENED.clear()
+
+
 class Engine:
     """Computes fingerprints under one protocol (see the module docstring)."""
 
     def __init__(self, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
                  use_cache: bool = True, shipped_dir: Path | None = None, progress: Progress | None = None,
                  batch_size: int = 64, workers: int = 0, amp: str | None = None):
+        from forensics import cpu
         from forensics.encode.devices import torch_device
 
+        cpu.apply_requested()  # the run's CPU thread count (--threads, FORENSICS_THREADS, or measured)
         torch_device(device)  # an unknown or absent device fails here, in one line, before any work
         self.protocol = protocol
         self.device = device
@@ -185,16 +272,12 @@ class Engine:
         device = self._statistic_device()
         shipped = self._reference_paths()[0] if self.shipped_dir is not None else None
         for path in self._reference_paths():
-            if path == shipped and (path.is_file() or path.is_symlink()):
-                # the registry records the digest of the file its fingerprints were scored against
-                from forensics.registry.reference import check
-
-                check(path, self.protocol.name)
-            if path.is_file() and (arrays := _read_npz(path, remove=path != shipped)) is not None:
-                refs = _unpack(arrays, layers, self.statistic)
-                if refs is not None:
-                    self.reference_origin = str(path)
-                    return refs if device is None else [r.to(device) for r in refs]
+            # a shipped file is checked against the digest the registry records of the file its
+            # fingerprints were scored against
+            refs = load_reference(path, layers, self.statistic, protocol=self.protocol.name if path == shipped else None)
+            if refs is not None:
+                self.reference_origin = str(path)
+                return refs if device is None else [r.to(device) for r in refs]
             if path == shipped and path.is_file():
                 # a registry's fingerprints were scored against exactly this file: refitting could move the
                 # cells and make the query incomparable, so say so rather than silently recompute
@@ -213,14 +296,14 @@ class Engine:
         self.reference_origin = "computed"
         if self.use_cache:
             path = cache_dir() / "reference" / self._reference_paths()[-1].name
-            save_npz_atomic(path, _pack(refs, layers))
+            save_reference(path, refs, layers)
             self.reference_origin = f"computed, cached at {path}"
         return refs
 
     def write_reference(self, path: Path) -> Path:
         """Write the fitted reference side to ``path`` (a folder), for shipping beside a protocol."""
         target = Path(path) / f"{short(reference_key(self.protocol), 24)}.npz"
-        save_npz_atomic(target, _pack(self.reference_side(), self.protocol.layers))
+        save_reference(target, self.reference_side(), self.protocol.layers)
         from forensics.registry.reference import record
 
         record(target)  # its digest, beside it: the engine checks a shipped file against it before use

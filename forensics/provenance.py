@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import platform
+import sys
 from datetime import datetime, timezone
+from importlib import metadata
 
 
 def utc_now() -> str:
@@ -35,9 +37,21 @@ def tool_versions() -> dict[str, str]:
 
     versions = {"forensics": __version__, "python": platform.python_version(), "numpy": np.__version__}
     for name in ("torch", "timm", "sklearn", "scipy"):
+        if name not in sys.modules and name in _DISTRIBUTIONS:
+            # scikit-learn and SciPy are recorded but seldom used by a run: their installed version is read
+            # without importing them (about 2 s of start-up on a 2-core machine)
+            try:
+                versions[name] = metadata.version(_DISTRIBUTIONS[name])
+                continue
+            except metadata.PackageNotFoundError:
+                pass
         try:
             module = __import__(name)
         except ImportError:
             continue
         versions[name] = getattr(module, "__version__", "?")
     return versions
+
+
+#: modules whose distribution's version equals their ``__version__`` (torch's carries a local tag, +cu…)
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "scipy": "scipy"}

@@ -35,9 +35,19 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     offline: bool = typer.Option(False, "--offline", help="Download nothing: weights and data sets only from this "
                                  "machine (also FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1)."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for the encoder and the statistic: "
+                                          "a number, or auto (the cores idle when the run starts; also "
+                                          "FORENSICS_THREADS). Results do not depend on it."),
 ):
+    from forensics import cpu
     from forensics.cli.common import env_debug
+    from forensics.errors import ForensicsError
     from forensics.io.download import report_to, set_offline
+
+    try:
+        cpu.request(threads)  # applied when a run starts computing
+    except ForensicsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--threads'") from None
 
     STATE["debug"] = debug or env_debug()  # set on every invocation: nothing carries over between runs
     set_offline(offline)
@@ -344,6 +354,9 @@ def run(argv: list[str] | None = None) -> int:
 def main() -> None:
     import sys
 
+    from forensics import cpu
+
+    cpu.command_line()  # before torch starts: idle threads sleep, the thread count is measured
     sys.exit(run())
 
 

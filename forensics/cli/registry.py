@@ -150,6 +150,29 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
         fail(f"{len(result.problems)} problem(s) in {result.registry}; the first: {result.problems[0]}", 1)
 
 
+@app.command("migrate-reference")
+@handle_errors
+def migrate_reference(protocol: Optional[str] = OPT_PROTOCOL, registry: Optional[Path] = OPT_REGISTRY):
+    """Lay out the shipped reference sides to be memory-mapped (files in the older layout are read whole on
+    every run): the same arrays, bit for bit; the registry's recorded digests are updated.
+
+    Example: forensics registry migrate-reference --registry ./registry
+    """
+    from forensics.registry import Registry
+    from forensics.registry.reference import migrate
+
+    reg = Registry.open(registry)
+    names = [protocol] if protocol else sorted(reg.protocols)
+    with reg.lock():
+        for name in names:
+            reg.protocol(name)  # an unknown name fails here
+            folder = reg.reference_dir(name)
+            if not folder.is_dir():
+                continue
+            for path, rewritten in migrate(folder, name):
+                err.print(f"{esc(str(path))}: {'rewritten, laid out to be mapped' if rewritten else 'already mapped'}")
+
+
 # -- enrol / remove -------------------------------------------------------------------------------
 @app.command()
 @handle_errors

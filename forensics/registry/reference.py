@@ -4,14 +4,18 @@ A protocol's fitted reference side may be shipped in ``<registry>/<protocol>/ref
 fingerprints were scored against exactly that file, so the registry records its sha256 beside it, in
 ``reference/SHA256`` (one ``<hex>  <file name>`` line per file, the form ``sha256sum -c`` reads). The
 manifest is outside the protocol record: protocol digests and enrolled curves do not depend on it. The
-engine checks a shipped file against it before use; ``registry validate`` checks every shipped file.
+engine checks a shipped file against it before use, hashing the same read-only mapping of the file that it
+then computes with (the bytes are read once; once per process and file version); ``registry validate``
+checks every shipped file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 from forensics.errors import ForensicsError, RegistryError
 from forensics.io.atomic import write_text_atomic
@@ -68,9 +72,9 @@ def record(path: Path) -> Path:
     return write_text_atomic(folder / MANIFEST, text)
 
 
-def check(path: Path, protocol: str) -> None:
-    """Refuse (:class:`RegistryError`) a shipped reference side whose sha256 is not the one the registry
-    records, or for which it records none."""
+def recorded_digest(path: Path, protocol: str) -> str:
+    """The sha256 hex the registry records for the shipped reference side ``path``; a
+    :class:`RegistryError` when it records none, or ``path`` is a link or not a regular file."""
     path = Path(path)
     what = f"the shipped reference side of {protocol} ({path})"
     digests = read_manifest(path.parent, str(path.parent / MANIFEST))
@@ -80,7 +84,55 @@ def check(path: Path, protocol: str) -> None:
                             "recompute the reference side")
     if path.is_symlink() or not stat.S_ISREG(path.stat().st_mode):
         raise RegistryError(f"{what} is a link or not a regular file; a registry holds its files itself")
-    if file_sha256(path) != digests[path.name]:
-        raise RegistryError(f"{what} does not match the digest the registry records; restore it from the "
-                            "registry's source (git) or re-create it with `forensics protocol create … "
-                            "--ship-reference` and re-enrol")
+    return digests[path.name]
+
+
+def check(path: Path, protocol: str, data: Any = None, expected: str | None = None) -> None:
+    """Refuse (:class:`RegistryError`) a shipped reference side whose sha256 is not the one the registry
+    records, or for which it records none. ``data``: the file's bytes already in memory (e.g. a read-only
+    mapping of it, which the caller then uses: the bytes are read once), hashed instead of reading the
+    file again; ``expected``: the recorded digest when the caller has it (:func:`recorded_digest`)."""
+    path = Path(path)
+    expected = recorded_digest(path, protocol) if expected is None else expected
+    found = file_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
+    if found != expected:
+        raise RegistryError(f"the shipped reference side of {protocol} ({path}) does not match the digest the "
+                            "registry records; restore it from the registry's source (git) or re-create it with "
+                            "`forensics protocol create … --ship-reference` and re-enrol")
+
+
+def migrate(folder: Path, protocol: str) -> list[tuple[Path, bool]]:
+    """Lay out every reference side recorded in ``folder``'s manifest to be memory-mapped
+    (:func:`forensics.io.mapped.save_mapped_npz`), the arrays unchanged bit for bit, and record the new
+    digests. Each file is checked against its recorded digest first (a changed file is refused), and the
+    rewritten one is read back and compared array by array before its digest is recorded. Returns
+    (file, rewritten) pairs: a file already in the mapped layout is left as it is. The caller holds the
+    registry's lock."""
+    import numpy as np
+
+    from forensics.io.mapped import Unmappable, open_mapped_npz, save_mapped_npz
+
+    folder = Path(folder)
+    done: list[tuple[Path, bool]] = []
+    for name in sorted(read_manifest(folder, str(folder / MANIFEST)) or {}):
+        path = folder / name
+        if not path.exists():
+            raise RegistryError(f"{path}: recorded in {folder / MANIFEST}, but the file is missing")
+        check(path, protocol)
+        try:
+            open_mapped_npz(path, check_sums=False)
+            done.append((path, False))
+            continue
+        except Unmappable:
+            pass
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        save_mapped_npz(path, arrays)
+        back = open_mapped_npz(path)
+        if list(back) != list(arrays) or any(back[k].dtype != v.dtype or back[k].shape != v.shape
+                                             or back[k].tobytes() != v.tobytes() for k, v in arrays.items()):
+            raise RegistryError(f"{path}: the rewritten file does not hold the same arrays; restore it from the "
+                                "registry's source (git)")  # pragma: no cover - a failing disk
+        record(path)
+        done.append((path, True))
+    return done
