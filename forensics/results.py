@@ -17,8 +17,10 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
       "curve": {"layers": [...], "values": [float | null, ...], "counted_weight": [...],
                 "undefined": {layer: reason}, "n_images": 500,
                 "readings": ["copying" | "no evidence" | "underfitting" | "undefined", ...]},
-      "batches": [{"values": [...], "verdict": "..." | null}, ...],   # one per batch of m images
+      "batches": [{"values": [...], "verdict": "..." | null,          # one per batch of m images, then
+                   "n_images": 500, "partial": false}, ...],          # a remainder of >= m/2 as its own
       "partial_batch": false,                                         # fewer than m images were given
+      "left_out": 0,                     # images after the last full batch, too few (< m/2) to attribute
       "matcher": {"name": "alpha", ...},
       "candidates": [{"generator": "...", "score": 0.93, "instance": "..."}, ...],   # best first
       "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null,
@@ -67,14 +69,21 @@ ENCODERS_SCHEMA = 1
 # -- shared parts of the documents ----------------------------------------------------------------
 @dataclass(frozen=True)
 class ImageInput:
-    """The image set a job read: where from (``None`` for an array given in memory), how many, its hash."""
+    """The image set a job read: where from (``None`` for an array given in memory), how many, its hash;
+    for a folder, whether its subfolders were searched and what was skipped (reason → how many)."""
 
     path: str | None
     n_images: int
     sha256: str
+    recursive: bool | None = None               # None: not a folder
+    skipped: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}
+        d: dict[str, Any] = {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}
+        if self.recursive is not None:
+            d["recursive"] = self.recursive
+            d["skipped"] = dict(self.skipped)
+        return d
 
 
 @dataclass(frozen=True)
@@ -144,17 +153,21 @@ class Verdict:
 
 @dataclass(frozen=True)
 class BatchAttribution:
-    """One batch of the protocol's m images: its curve and the matcher's answer to it."""
+    """One batch of the protocol's m images: its curve and the matcher's answer to it. A ``partial``
+    batch holds fewer than m images (a smaller set, or the remainder of a larger one): its C_T values are
+    smaller in size, so its verdict is less reliable, and a remainder's curve is not in the mean curve."""
 
     curve: Curve
     attribution: Attribution
+    partial: bool = False
 
     @property
     def verdict(self) -> str | None:
         return self.attribution.verdict
 
     def to_dict(self) -> dict[str, Any]:
-        return {"values": list(self.curve.fingerprint.values), "verdict": self.attribution.verdict}
+        return {"values": list(self.curve.fingerprint.values), "verdict": self.attribution.verdict,
+                "n_images": self.curve.n_images, "partial": self.partial}
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,7 @@ class AttributionResult:
     partial_batch: bool                 # fewer images than the protocol's batch size m
     provenance: Provenance = field(default_factory=Provenance.now)
     compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})  # both move curves
+    left_out: int = 0                   # images after the last full batch, too few to attribute on their own
 
     @property
     def verdict(self) -> Verdict:
@@ -185,11 +199,20 @@ class AttributionResult:
 
     @property
     def batch_votes(self) -> list[tuple[str, int]]:
-        """How many batches named each generator ("unknown" for none), most first; a tie in the order
-        the batches came."""
+        """How many full batches named each generator ("unknown" for none), most first; a tie in the order
+        the batches came. A remainder attributed as a batch of its own is not counted (:attr:`remainder`)."""
         from collections import Counter
 
-        return Counter(b.verdict or "unknown" for b in self.batches).most_common()
+        return Counter(b.verdict or "unknown" for b in self.batches if not b.partial or self.partial_batch
+                       ).most_common()
+
+    @property
+    def remainder(self) -> BatchAttribution | None:
+        """The images after the last full batch, attributed as a batch of their own (when there were
+        enough of them), else None; its curve is not in the mean curve. (A set smaller than m is one
+        partial batch, :attr:`partial_batch`, not a remainder.)"""
+        last = self.batches[-1] if self.batches else None
+        return last if last is not None and last.partial and not self.partial_batch else None
 
     def generator_similarity(self) -> tuple[list[str], np.ndarray]:
         """The enrolled generators (by name) and the mean similarity between the curves of every pair of
@@ -219,6 +242,7 @@ class AttributionResult:
             "curve": curve_section(self.curve),
             "batches": [b.to_dict() for b in self.batches],
             "partial_batch": self.partial_batch,
+            "left_out": self.left_out,
             "matcher": dict(self.matcher),
             "candidates": [{"generator": c.generator, "score": float(c.score), "instance": c.instance}
                            for c in self.attribution.candidates],
@@ -307,10 +331,12 @@ class EnrolmentResult:
     batch_size: int      # the protocol's m: images per instance
     left_out: int        # images after the last full batch, not enrolled
     n_undefined: int     # layer values undefined (stored as null) over all instances
+    skipped: Mapping[str, int] = field(default_factory=dict)  # a folder's entries skipped, by reason
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "generator": self.generator, "instances": list(self.instances),
-                "n_images": self.n_images, "input_sha256": self.input_sha256, "registry": str(self.registry)}
+                "n_images": self.n_images, "input_sha256": self.input_sha256, "registry": str(self.registry),
+                "batch_size": self.batch_size, "left_out": self.left_out, "skipped": dict(self.skipped)}
 
 
 @dataclass(frozen=True)
@@ -646,3 +672,120 @@ class ZooQuality:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": ZOO_QUALITY_SCHEMA, "protocol": self.protocol, "layer": self.layer,
                 "instances": [dict(r) for r in self.rows]}
+
+
+# -- the user cache -------------------------------------------------------------------------------
+CACHE_LIST_SCHEMA = "forensics.cache-list/1"
+CACHE_CLEAR_SCHEMA = "forensics.cache-clear/1"
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    """One entry of the user cache (:func:`forensics.list_cache`): ``kind`` is ``embeddings`` (one layer
+    of one image set), ``reference`` (a protocol's fitted reference side), ``old`` (a file of an earlier
+    cache format, no longer read) or ``other`` (not written by forensics: never removed); ``protocols``
+    the registry's protocols it serves (by their reference sets' hashes and encoder), ``age_s`` seconds
+    since it was last written."""
+
+    path: Path
+    kind: str
+    size: int
+    age_s: float
+    what: str
+    protocols: tuple[str, ...] = ()
+    encoder: str | None = None
+    images: str | None = None           # embeddings: the content hash of the image set
+    reference_set: str | None = None    # embeddings of a protocol's reference set: "T" or "P_n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "kind": self.kind, "size": self.size, "age_s": round(self.age_s, 1),
+                "what": self.what, "protocols": list(self.protocols), "encoder": self.encoder,
+                "images": self.images, "reference_set": self.reference_set}
+
+
+@dataclass(frozen=True)
+class CacheListing:
+    """``forensics.list_cache``: what the user cache folder holds, and its total size."""
+
+    cache: Path
+    items: tuple[CacheItem, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(i.size for i in self.items)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CACHE_LIST_SCHEMA, "cache": str(self.cache), "n_entries": len(self.items),
+                "total_bytes": self.total, "entries": [i.to_dict() for i in self.items]}
+
+
+@dataclass(frozen=True)
+class CacheClearing:
+    """``forensics.clear_cache``: the entries removed (none when not confirmed), those refused (a link,
+    or anything found outside the cache folder) with the reason, and whether the removal was confirmed."""
+
+    cache: Path
+    removed: tuple[CacheItem, ...]
+    refused: tuple[tuple[CacheItem, str], ...]
+    confirmed: bool
+
+    @property
+    def freed(self) -> int:
+        return sum(i.size for i in self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CACHE_CLEAR_SCHEMA, "cache": str(self.cache), "confirmed": self.confirmed,
+                "n_removed": len(self.removed), "freed_bytes": self.freed,
+                "removed": [i.to_dict() for i in self.removed],
+                "refused": [{**i.to_dict(), "reason": why} for i, why in self.refused]}
+
+
+# -- InvMM ----------------------------------------------------------------------------------------
+INVMM_SCHEMA = "forensics.invmm/1"
+
+
+@dataclass(frozen=True)
+class InvMMResult:
+    """``forensics.invmm``: for each input image (in input order) how memorized the diffusion model holds it:
+    InvMM's score (KL at the first successful verification; +inf, null in JSON, when it never succeeded),
+    success, steps and time, and the verification samples."""
+
+    input: ImageInput
+    model: Mapping[str, Any]            # the model's describe()
+    preset: str
+    settings: Mapping[str, Any]          # every parameter the run used
+    similarity: Mapping[str, Any]        # the copy similarity's describe(), threshold β included
+    seed: int
+    group: int
+    inversions: tuple[Any, ...]          # forensics.inversion.measure.Inversion, one per image
+    targets: np.ndarray                  # the images as the model saw them, uint8 (N, H, W[, C])
+    timing: Any                          # forensics.inversion.measure.Timing
+    seconds: float
+    provenance: Provenance = field(default_factory=Provenance.now)
+    compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})
+
+    @property
+    def scores(self) -> list[float]:
+        return [float(r.score) for r in self.inversions]
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for r in self.inversions if r.success)
+
+    def summary(self) -> dict[str, Any]:
+        import numpy as np
+
+        finite = sorted(r.score for r in self.inversions if r.success)
+        return {"n_images": len(self.inversions), "succeeded": len(finite),
+                "median_score": float(np.median(finite)) if finite else None,
+                "min_score": finite[0] if finite else None, "max_score": finite[-1] if finite else None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": INVMM_SCHEMA, "tool": dict(self.provenance.tool), "created": self.provenance.created,
+            "input": self.input.to_dict(), "model": dict(self.model), "preset": self.preset,
+            "settings": dict(self.settings), "similarity": dict(self.similarity), "seed": self.seed,
+            "group": self.group, "compute": dict(self.compute), "seconds": round(self.seconds, 3),
+            "timing": self.timing.to_dict(), "summary": self.summary(),
+            "images": [r.to_dict() for r in self.inversions],
+        }

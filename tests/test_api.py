@@ -80,22 +80,26 @@ def test_several_batches_are_attributed_alone_and_by_their_mean_curve(root):
     a = np.load(root / SAMPLES / "kde-copier" / "heldout.npz")["images"]
     b = np.load(root / SAMPLES / "gmm" / "heldout.npz")["images"]
     m = len(a)
-    result = forensics.attribute(np.concatenate([a, b, b[: m // 2]]), protocol=VIT)  # the remainder is left out
-    assert len(result.batches) == 2 and not result.partial_batch
-    vectors = [batch.curve.fingerprint.vector() for batch in result.batches]
+    # the remainder, half a batch, is attributed as a partial batch of its own, outside the mean curve
+    result = forensics.attribute(np.concatenate([a, b, b[: m // 2]]), protocol=VIT)
+    assert len(result.batches) == 3 and not result.partial_batch and result.left_out == 0
+    assert result.remainder is result.batches[2] and result.remainder.partial and result.remainder.curve.n_images == m // 2
+    full = result.batches[:2]
+    vectors = [batch.curve.fingerprint.vector() for batch in full]
     np.testing.assert_array_equal(result.curve.fingerprint.vector(), np.mean(vectors, axis=0))
     statistic = get_statistic(result.protocol.statistic.name)
     assert [lv.reading for lv in result.curve.layers] == [statistic.reading(v) for v in result.curve.fingerprint.values]
     assert result.curve.n_images == 2 * m
     reg = forensics.open_registry()
     matcher = make_matcher("alpha", calibration=reg.calibration(VIT, "alpha")).fit(reg.enrolled(VIT))
-    for batch, v in zip(result.batches, vectors):  # each batch answered on its own curve
-        assert batch.verdict == matcher.attribute(v).verdict
+    for batch, v in zip(result.batches, vectors + [result.remainder.curve.fingerprint.vector()]):
+        assert batch.verdict == matcher.attribute(v).verdict  # each batch answered on its own curve
     assert result.attribution.verdict == matcher.attribute(result.curve.fingerprint.vector()).verdict
     assert [d["verdict"] for d in result.to_dict()["batches"]] == [batch.verdict for batch in result.batches]
-    assert sorted(result.batch_votes) == sorted(
-        (g, [batch.verdict or "unknown" for batch in result.batches].count(g))
-        for g in {batch.verdict or "unknown" for batch in result.batches})
+    assert [d["partial"] for d in result.to_dict()["batches"]] == [False, False, True]
+    assert sorted(result.batch_votes) == sorted(  # the full batches' votes
+        (g, [batch.verdict or "unknown" for batch in full].count(g))
+        for g in {batch.verdict or "unknown" for batch in full})
 
 
 @pytest.mark.slow

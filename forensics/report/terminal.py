@@ -117,6 +117,13 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
         tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         console.print(Text(f"Per batch of {proto.batch_size}: {tally} (verdict above is on the mean curve)",
                            style="dim"))
+    if result.remainder is not None:  # the images after the last full batch, a partial batch of their own
+        rest = result.remainder
+        console.print(Text(f"The last {rest.curve.n_images} images, a batch of their own: {rest.verdict or 'unknown'} "
+                           f"(fewer than {proto.batch_size}: less reliable; not in the mean curve)", style="yellow"))
+    if result.left_out:
+        console.print(Text(f"The last {result.left_out} images were left out: fewer than half a batch of "
+                           f"{proto.batch_size}", style="yellow"))
     tool = result.provenance.tool
     console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · {compute_text(result)}"
                        f" · reference side: {result.reference_origin} · {len(result.references)} reference "

@@ -1,0 +1,163 @@
+"""``forensics cache list|clear`` and the library calls behind them: what the user cache holds, tied to the
+registry's protocols; clearing all, by age or by protocol, after confirmation; nothing outside the cache
+folder and nothing forensics did not write is ever removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import forensics
+from forensics.cli.commands import app
+from forensics.encode.cache import EmbeddingCache, embedding_key
+from forensics.engine import reference_key
+from forensics.errors import UsageError
+from forensics.io.hashing import short
+
+VIT = "mnist-vit"
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    """A private cache folder holding what runs under mnist-vit write (its reference side, embeddings of
+    its P_n at two layers), embeddings of an unrelated image set, a file of the old format, and a
+    user's file that forensics did not write."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(root))
+    proto = forensics.open_protocol(VIT)
+    store = EmbeddingCache()
+    for layer in proto.layers[:2]:
+        key = embedding_key(images=proto.test.sha256, encoder={"name": proto.encoder.name}, layer=layer)
+        store.put(key, np.ones((10, 4), np.float32), what={"images": proto.test.sha256, "encoder": proto.encoder.name,
+                                                            "layer": layer})
+    other = embedding_key(images="sha256:" + "ab" * 32, encoder={"name": "x"}, layer="l")
+    store.put(other, np.zeros((3, 2), np.float32), what={"images": "sha256:" + "ab" * 32, "encoder": "x",
+                                                         "layer": "l"})
+    (root / "reference").mkdir(parents=True)
+    (root / "reference" / f"{short(reference_key(proto), 24)}.npz").write_bytes(b"0" * 100)
+    (root / "embeddings" / "aa").mkdir(parents=True, exist_ok=True)
+    (root / "embeddings" / "aa" / ("aa" * 32 + ".npz")).write_bytes(b"1" * 50)
+    (root / "notes.txt").write_text("mine")
+    return root
+
+
+def cli(*args, input=None):
+    return CliRunner().invoke(app, list(map(str, args)), input=input)
+
+
+def kinds(listing):
+    return sorted(i.kind for i in listing.items)
+
+
+def test_list_names_every_entry_with_its_protocol_size_and_age(cache):
+    listing = forensics.list_cache()
+    assert listing.cache == cache
+    assert kinds(listing) == ["embeddings"] * 3 + ["old", "other", "reference"]
+    served = {(i.kind, i.reference_set) for i in listing.items if i.protocols == (VIT,)}
+    assert served == {("embeddings", "P_n"), ("reference", None)}  # tied by content hash and reference key
+    assert listing.total == sum(i.size for i in listing.items) > 0
+    assert all(i.age_s >= 0 for i in listing.items)
+    doc = json.loads(cli("cache", "list", "--json").stdout)
+    assert doc["schema"] == "forensics.cache-list/1" and doc["n_entries"] == 6
+    assert doc["total_bytes"] == listing.total
+    table = cli("cache", "list")
+    assert table.exit_code == 0 and "mnist-vit" in table.stdout and "6 entries" in table.stdout
+
+
+def test_clear_all_removes_what_forensics_wrote_and_nothing_else(cache):
+    result = cli("cache", "clear", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["confirmed"] and doc["n_removed"] == 5
+    left = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert left == ["notes.txt"]  # the user's own file stays
+    assert kinds(forensics.list_cache()) == ["other"]
+
+
+def test_clear_by_protocol_removes_only_what_serves_it(cache):
+    result = forensics.clear_cache(protocol=VIT)
+    assert {(i.kind, i.protocols) for i in result.removed} == {("embeddings", (VIT,)), ("reference", (VIT,))}
+    assert len(result.removed) == 3
+    assert kinds(forensics.list_cache()) == ["embeddings", "old", "other"]
+    with pytest.raises(forensics.ForensicsError, match="nope"):
+        forensics.clear_cache(protocol="nope")
+
+
+def test_clear_older_than_keeps_younger_entries(cache):
+    old = time.time() - 40 * 86400
+    for entry in cache.rglob("*"):
+        if "reference" in entry.parts:
+            os.utime(entry, (old, old))
+    result = cli("cache", "clear", "--older-than", "30d", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "removed 1 entries" in result.stdout
+    assert "reference" not in kinds(forensics.list_cache())
+    assert kinds(forensics.list_cache()).count("embeddings") == 3
+
+
+@pytest.mark.parametrize("text, seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("2w", 14 * 86400),
+                                           ("45s", 45), ("7", 7 * 86400), ("1.5h", 5400)])
+def test_durations(text, seconds):
+    assert forensics.api.parse_duration(text) == seconds
+
+
+def test_a_bad_duration_fails_before_anything_is_touched(cache):
+    result = cli("cache", "clear", "--older-than", "a month", "--yes")
+    assert result.exit_code == 2 and "--older-than takes a duration" in result.output
+    assert len(forensics.list_cache().items) == 6
+
+
+def test_clear_asks_first_and_refuses_without_a_terminal(cache):
+    # CliRunner's stdin is not a terminal: without --yes nothing goes, and the error says what to do
+    result = cli("cache", "clear")
+    assert result.exit_code == 2 and "add --yes" in result.output
+    assert len(forensics.list_cache().items) == 6
+    # the user is asked (on a terminal): "no" keeps everything, "yes" removes what was listed
+    said_no = forensics.clear_cache(confirm=lambda items: False)
+    assert not said_no.confirmed and not said_no.removed and len(forensics.list_cache().items) == 6
+    asked = []
+    forensics.clear_cache(confirm=lambda items: asked.append(len(items)) or True)
+    assert asked == [5] and kinds(forensics.list_cache()) == ["other"]
+
+
+def test_links_are_refused_and_what_they_point_at_survives(cache, tmp_path):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data.npz").write_bytes(b"keep")
+    (cache / "reference" / "linked.npz").symlink_to(outside / "data.npz")
+    (cache / "embeddings" / "cd").mkdir()
+    (cache / "embeddings" / "cd" / ("cd" * 32)).symlink_to(outside, target_is_directory=True)
+    result = forensics.clear_cache()
+    refused = {i.path.name: why for i, why in result.refused}
+    assert set(refused) == {"linked.npz"} and "link" in refused["linked.npz"]
+    assert (outside / "data.npz").read_bytes() == b"keep"
+    assert (cache / "reference" / "linked.npz").is_symlink()
+    # a link to a folder is not an entry forensics wrote: listed as other, never followed nor removed
+    assert (cache / "embeddings" / "cd" / ("cd" * 32)).is_symlink()
+
+
+def test_a_cache_folder_that_is_a_link_is_cleared_inside_only(tmp_path, monkeypatch, cache):
+    link = tmp_path / "cache-link"
+    link.symlink_to(cache, target_is_directory=True)
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(link))
+    result = forensics.clear_cache()
+    assert len(result.removed) == 5 and not result.refused
+    assert (cache / "notes.txt").is_file()
+
+
+def test_an_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "none"))
+    assert forensics.list_cache().items == ()
+    assert "is empty" in cli("cache", "list").stdout
+    result = cli("cache", "clear")  # nothing to remove: nothing asked
+    assert result.exit_code == 0, result.output
+
+
+def test_usage_errors_are_usage_errors():
+    with pytest.raises(UsageError):
+        forensics.api.parse_duration("-3d")
