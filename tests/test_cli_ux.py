@@ -209,7 +209,7 @@ def test_evaluation_reports_each_protocol_and_matcher(plugin_host):
     forensics.evaluate(protocol=VIT, matchers=["alpha", "cosine"], progress=lambda *e: events.append(e))
     steps = [w for w, d, t in events if (d, t) == (0, 0)]
     assert steps == ["reading the registry", f"evaluating alpha on {VIT}", f"evaluating cosine on {VIT}"]
-    assert events[-1] == ("protocols evaluated", 1, 1)
+    assert events[-1] == (f"evaluating cosine on {VIT}", 1, 1)
 
 
 def _terminal_console():
