@@ -284,6 +284,18 @@ class Engine:
                 raise ForensicsError(f"the reference side shipped with protocol {self.protocol.name!r} ({path}) "
                                      "cannot be read by this version of forensics; re-create it with "
                                      "`forensics protocol create … --ship-reference` and re-enrol")
+        refs = self._fit_reference(layers, device)
+        self.reference_origin = "computed"
+        if self.use_cache:
+            path = cache_dir() / "reference" / self._reference_paths()[-1].name
+            save_reference(path, refs, layers)
+            self.reference_origin = f"computed, cached at {path}"
+        return refs
+
+    def _fit_reference(self, layers: Sequence[str], device: str | None) -> list[Any]:
+        """Embed T and P_n (through the embedding cache) and fit the statistic at every layer: the reference
+        side when neither the registry nor the cache has it. (:class:`forensics.distributed.RayEngine` does
+        this on a Ray cluster.)"""
         train = load_reference_set(self.protocol.train)
         test = load_reference_set(self.protocol.test)
         train_emb = self.embed(train, "training set T", cache=True, images_hash=self.protocol.train.sha256)
@@ -293,11 +305,6 @@ class Engine:
             refs.append(self.statistic.fit(t, p, **self.fit_params, **({"device": device} if device else {})))
             if self.progress is not None:
                 self.progress(f"fitting {self.protocol.statistic.name}", len(refs), len(layers))
-        self.reference_origin = "computed"
-        if self.use_cache:
-            path = cache_dir() / "reference" / self._reference_paths()[-1].name
-            save_reference(path, refs, layers)
-            self.reference_origin = f"computed, cached at {path}"
         return refs
 
     def write_reference(self, path: Path) -> Path:
@@ -311,16 +318,24 @@ class Engine:
 
     # -- curves ----------------------------------------------------------------------------------
     def curve_from_embeddings(self, embeddings: Sequence[np.ndarray]) -> Curve:
-        values: list[LayerValue] = []
-        for layer, ref, q in zip(self.protocol.layers, self.reference_side(), embeddings):
+        scores: list[Any] = []
+        for ref, q in zip(self.reference_side(), embeddings):
             try:
-                result = ref.score(q, **self.score_params)
+                scores.append(ref.score(q, **self.score_params))
             except StatisticError as exc:
-                values.append(LayerValue(layer, None, None, str(exc), self.statistic.reading(None)))
+                scores.append(exc)
+        return self.curve_from_scores(scores, len(embeddings[0]) if len(embeddings) else 0)
+
+    def curve_from_scores(self, scores: Sequence[Any], n: int) -> Curve:
+        """The curve of ``n`` images from the statistic's score at each layer (a :class:`StatisticError`
+        where the value is undefined), each value read by the statistic."""
+        values: list[LayerValue] = []
+        for layer, result in zip(self.protocol.layers, scores):
+            if isinstance(result, StatisticError):
+                values.append(LayerValue(layer, None, None, str(result), self.statistic.reading(None)))
             else:
                 value = float(result.value)
                 values.append(LayerValue(layer, value, result.counted_weight, None, self.statistic.reading(value)))
-        n = len(embeddings[0]) if len(embeddings) else 0
         fp = Fingerprint.from_values(self.protocol.digest, [lv.value for lv in values])
         return Curve(fingerprint=fp, layers=tuple(values), n_images=n)
 
@@ -358,11 +373,12 @@ class CombinedEngine:
     the same images, their curves end to end, each layer named ``<part>/<layer>``."""
 
     def __init__(self, combination: Combination, *, shipped_dirs: Mapping[str, Path] | None = None,
-                 **options: Any):
+                 engine: type[Engine] | None = None, **options: Any):
         one_encoder_weights(combination, options.get("weights"))
         self.protocol = combination
         dirs = dict(shipped_dirs or {})
-        self.engines = [Engine(p, shipped_dir=dirs.get(p.name), **options) for p in combination.parts]
+        cls = engine or Engine
+        self.engines = [cls(p, shipped_dir=dirs.get(p.name), **options) for p in combination.parts]
 
     @property
     def reference_origin(self) -> str | None:
@@ -385,15 +401,37 @@ class CombinedEngine:
         return [self._join(batch) for batch in zip(*per_part)]
 
 
+ENGINES = ("local", "ray")
+
+
+def engine_class(engine: str = "local", ray_address: str | None = None) -> Callable[..., Engine]:
+    """What builds an :class:`Engine` of the kind ``engine`` names: ``"local"`` (this process, the default)
+    or ``"ray"`` (:class:`forensics.distributed.RayEngine`, on the Ray cluster at ``ray_address``, a local
+    one when None; needs the extra ``forensics[ray]``)."""
+    if engine == "local":
+        if ray_address is not None:
+            raise UsageError("--ray-address is for --engine ray; add --engine ray or drop --ray-address")
+        return Engine
+    if engine == "ray":
+        from functools import partial
+
+        from forensics.distributed import RayEngine, require_ray
+
+        require_ray()  # without the extra, one line naming it, before any work
+        return partial(RayEngine, address=ray_address)
+    raise UsageError(f"--engine takes {' or '.join(ENGINES)}, not {engine!r}")
+
+
 def make_engine(protocol: Protocol | Combination, *, reference_dir: Callable[[str], Path] | None = None,
-                **options: Any) -> Engine | CombinedEngine:
+                engine: str = "local", ray_address: str | None = None, **options: Any) -> Engine | CombinedEngine:
     """The engine for a protocol or a combination; ``reference_dir(name)`` says where a protocol's reference
-    side may be shipped (:meth:`forensics.registry.Registry.reference_dir`). ``options`` go to every
-    :class:`Engine`."""
+    side may be shipped (:meth:`forensics.registry.Registry.reference_dir`). ``engine``: ``"local"`` or
+    ``"ray"`` (:func:`engine_class`). ``options`` go to every :class:`Engine`."""
+    cls = engine_class(engine, ray_address)
     dirs = {p.name: reference_dir(p.name) for p in protocol.parts} if reference_dir is not None else {}
     if isinstance(protocol, Combination):
-        return CombinedEngine(protocol, shipped_dirs=dirs, **options)
-    return Engine(protocol, shipped_dir=dirs.get(protocol.name), **options)
+        return CombinedEngine(protocol, shipped_dirs=dirs, engine=cls, **options)
+    return cls(protocol, shipped_dir=dirs.get(protocol.name), **options)
 
 
 def _pack(refs: Sequence[Any], layers: Sequence[str]) -> dict[str, np.ndarray]:
@@ -421,11 +459,14 @@ def _unpack(arrays: dict[str, np.ndarray], layers: Sequence[str], statistic: Sta
 
 def compute_fingerprints(images: np.ndarray, protocol: Protocol | Combination, *, device: str = "cpu",
                          weights: str | None = None, progress: Progress | None = None,
-                         reference_dir: Callable[[str], Path] | None = None) -> list[Fingerprint]:
-    """One fingerprint per full batch of the protocol's m images (what ``registry enroll`` stores)."""
+                         reference_dir: Callable[[str], Path] | None = None, engine: str = "local",
+                         ray_address: str | None = None) -> list[Fingerprint]:
+    """One fingerprint per full batch of the protocol's m images (what ``registry enroll`` stores);
+    ``engine``/``ray_address`` as :func:`make_engine` takes them."""
     if len(images) < protocol.batch_size:
         raise UsageError(f"enrolling needs at least one full batch of {protocol.batch_size} images; got {len(images)}")
-    engine = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress)
+    engine = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress,
+                         engine=engine, ray_address=ray_address)
     return [c.fingerprint for c in engine.curves(images, partial=False)]
 
 
