@@ -23,7 +23,7 @@ import numpy as np
 from forensics.errors import UsageError
 from forensics.results import (
     AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EncoderListing,
-    EnrolmentResult, EvaluationResult, HeldoutResult, HeldoutSet, ImageInput, MatcherEvaluation,
+    EnrolmentResult, EvaluationResult, HeldoutResult, HeldoutSet, ImageInput, InvMMResult, MatcherEvaluation,
     MemorizationResult, PaperImport, PluginListing, ProtocolCreation, ProtocolDetail, ProtocolEvaluation,
     ProtocolSummary, RegistryDiff, RegistryListing, RemovalResult, ValidationResult, ZooEnrolment, ZooListing,
     ZooQuality,
@@ -737,3 +737,168 @@ def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
     rows = tuple({"generator": z.generator, "instance": z.instance, **q}
                  for z, q in zip(chosen, encoder_quality(reference, sets, test)))
     return ZooQuality(pname, name, rows)
+
+
+# -- InvMM ----------------------------------------------------------------------------------------
+def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
+    """The diffusion model ``model`` names: a registered name (``forensics invmm --list``), or a path that a
+    registered loader accepts (a zoo-UNet .safetensors, a diffusers folder)."""
+    from forensics.plugins import host
+
+    found = host().collect("diffusion_models")
+    if model in found:
+        loader = found[model].obj
+        options = {"registry": str(registry)} if registry is not None and _takes(loader, "registry") else {}
+        return loader(device=device, **options)
+    path = Path(model).expanduser()
+    if path.exists():
+        for name in sorted(found):
+            accepts = getattr(found[name].obj, "accepts", None)
+            if accepts is not None and accepts(path):
+                return found[name].obj(path=str(path), device=device)
+        raise UsageError(f"no diffusion-model loader opens {model}: give a zoo UNet .safetensors file or a "
+                         f"diffusers folder (model_index.json), or a name: {', '.join(sorted(found))}")
+    raise UsageError(f"unknown diffusion model {model!r}: give a name ({', '.join(sorted(found)) or 'none'}; "
+                     f"`forensics invmm --list`) or the path of a model")
+
+
+def _takes(fn: Any, parameter: str) -> bool:
+    import inspect
+
+    try:
+        return parameter in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _model_images(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """uint8 images (N, H, W[, C]) brought to the model's (C, H, W): grey ↔ RGB (ITU-R 601 luma, as Pillow),
+    resized (bicubic) when their size differs. Returns uint8 (N, C, H, W)."""
+    from PIL import Image
+
+    c, h, w = (int(v) for v in shape)
+    out = np.empty((len(images), c, h, w), dtype=np.uint8)
+    for i, im in enumerate(images):
+        pil = Image.fromarray(im)
+        pil = pil.convert("L" if c == 1 else "RGB")
+        if pil.size != (w, h):
+            pil = pil.resize((w, h), Image.Resampling.BICUBIC)
+        a = np.asarray(pil, dtype=np.uint8)
+        out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
+    return out
+
+
+def invmm_settings(preset: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The settings of a run: the named preset with ``overrides`` (any :class:`InvMMSettings` field)."""
+    from forensics.inversion.measure import PRESETS
+
+    if preset not in PRESETS:
+        raise UsageError(f"unknown InvMM preset {preset!r}; choose from {', '.join(PRESETS)}")
+    try:
+        return PRESETS[preset].replace(**(overrides or {}))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None,
+          settings: dict[str, Any] | None = None, similarity: str | None = None, threshold: float | None = None,
+          similarity_file: str | Path | None = None, seed: int = 0, group: int | None = None,
+          device: str = "cpu", amp: str | None = None, registry: RegistryLike = None, recursive: bool = True,
+          workers: int = 0, progress: Progress | None = None,
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> InvMMResult:
+    """How memorized each image is by the diffusion ``model``: InvMM (Ma et al., ICCV 2025).
+
+    ``images``: a folder, an .npz/.npy file or a uint8 array, brought to the model's resolution and
+    channels. ``model``: a registered name (``mnist-dup``, the project's memorizing MNIST network;
+    ``mnist-ddpm``, the zoo's) or a path (a zoo-UNet .safetensors file; a diffusers folder with the
+    ``diffusers`` extra). ``preset``: the paper's settings by name (``ddpm-cifar10``, ``ldm-faces``,
+    ``sd-v1``, ``sd-v2``) or ``mnist``; default: the model's own. ``settings``: overrides of any parameter
+    (:class:`forensics.inversion.measure.InvMMSettings`). ``similarity`` / ``threshold`` /
+    ``similarity_file``: the copy similarity, its β and (SSCD) its TorchScript file. ``group``: targets per
+    optimisation (default 8). ``amp="bf16"``: autocast the network on CUDA. ``on_step`` hears every step of
+    every image (:data:`forensics.inversion.measure.Progress`).
+    """
+    import time
+
+    import torch
+
+    from forensics.inversion.measure import invert
+    from forensics.plugins import host
+
+    _check_input(images)
+    compute = check_compute(device, amp)
+    if amp not in (None, "bf16"):
+        raise UsageError(f"InvMM autocasts in bf16 only (fp16 overflows the sensitivity loss); got --amp {amp}")
+    if group is not None and group < 1:
+        raise UsageError(f"--group must be at least 1, got {group}")
+    invmm_settings(preset or "ddpm-cifar10", settings)  # names and values checked before the model loads
+    sims = host().collect("copy_similarities")
+    if similarity is not None and similarity not in sims:
+        raise UsageError(f"unknown copy similarity {similarity!r}; choose from {', '.join(sorted(sims))}")
+    with _Step(progress, f"loading diffusion model {model}"):
+        net = _diffusion_model(model, device=device, registry=registry)
+    chosen_preset = preset or getattr(net, "default_preset", "ddpm-cifar10")
+    run = invmm_settings(chosen_preset, settings)
+    sim_name = similarity or run.similarity
+    if sim_name not in sims:
+        raise UsageError(f"unknown copy similarity {sim_name!r}; choose from {', '.join(sorted(sims))}")
+    options: dict[str, Any] = {"threshold": threshold if threshold is not None else run.threshold}
+    if similarity_file is not None:
+        options["path"] = str(similarity_file)
+    try:
+        judge = sims[sim_name].obj(**options)
+    except TypeError as exc:
+        raise UsageError(f"copy similarity {sim_name!r} does not take these options ({exc})") from None
+    run = run.replace(similarity=sim_name, threshold=judge.threshold)
+
+    if isinstance(images, np.ndarray):
+        from forensics.io.hashing import sha256_array
+        from forensics.io.images import as_uint8_images
+
+        data = as_uint8_images(images)
+        record = ImageInput(None, len(data), sha256_array(data))
+    else:
+        from forensics.io.images import read_image_set
+
+        with _Step(progress, "reading images"):
+            found = read_image_set(images, workers=workers, recursive=recursive)
+        data = found.images
+        record = ImageInput(str(images), len(data), found.sha256, found.recursive, found.skipped_counts())
+    pixels = _model_images(data, net.image_shape)
+    targets = torch.from_numpy(pixels).float().div(127.5).sub(1.0)
+    dtype = torch.bfloat16 if amp == "bf16" else None
+    group = min(group or 8, len(targets))
+    started = time.perf_counter()
+    done = 0
+
+    def step(event: dict[str, Any]) -> None:
+        nonlocal done
+        if on_step is not None:
+            on_step(event)
+        if event["done"] and progress is not None:
+            done += 1
+            progress("inverting images", done, len(targets))
+
+    if progress is not None:
+        progress("inverting images", 0, len(targets))
+    inversions, timing = invert(net, targets, similarity=judge, settings=run, seed=seed, group=group,
+                                progress=step, autocast_dtype=dtype)
+    shown = pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
+    return InvMMResult(input=record, model=net.describe(), preset=chosen_preset, settings=run.to_dict(),
+                       similarity=judge.describe(), seed=seed, group=group, inversions=tuple(inversions),
+                       targets=shown, timing=timing, seconds=time.perf_counter() - started, compute=compute)
+
+
+def invmm_catalogue() -> dict[str, Any]:
+    """What ``forensics invmm --list`` shows: the diffusion models, copy similarities and presets."""
+    from forensics.inversion.measure import PRESETS
+    from forensics.plugins import host
+
+    h = host()
+    return {
+        "models": {n: {"plugin": p.plugin, "description": p.description, "opens_paths": hasattr(p.obj, "accepts")}
+                   for n, p in sorted(h.collect("diffusion_models").items())},
+        "similarities": {n: {"plugin": p.plugin, "description": p.description}
+                         for n, p in sorted(h.collect("copy_similarities").items())},
+        "presets": {n: s.to_dict() for n, s in PRESETS.items()},
+    }

@@ -71,6 +71,8 @@ class DiffusionModel(ABC):
     #: ᾱ that the last DDIM step lands on: 1 (the sample is x̂₀ at the last timestep, as InvMM's DDPM code
     #: and diffusers' schedulers with ``set_alpha_to_one``), or ᾱ_0 (the LDM / Stable Diffusion samplers)
     final_alpha_cumprod: float = 1.0
+    #: the preset (:data:`forensics.inversion.measure.PRESETS`) a run uses when none is named
+    default_preset: str = "ddpm-cifar10"
 
     @property
     def num_timesteps(self) -> int:

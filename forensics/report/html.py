@@ -12,7 +12,8 @@ The reports here read result objects and compute nothing:
 - :func:`attribution_page` — the query curve over each top candidate's enrolled curves, the similarity
   ranking, the registry's generator-by-generator heat map (He et al. 2024, Fig. 6b), C_T per layer;
 - :func:`memorization_page` — C_T per layer over the copying and underfitting bands;
-- :func:`evaluation_page` — per protocol, each matcher's accuracy and its leave-one-out confusion matrix.
+- :func:`evaluation_page` — per protocol, each matcher's accuracy and its leave-one-out confusion matrix;
+- :func:`invmm_page` — InvMM's scores, and for each image its target beside its verification samples.
 
 Another report is built the same way::
 
@@ -49,7 +50,7 @@ from forensics.report.terminal import printable, stability_line
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from forensics.results import AttributionResult, EvaluationResult, MemorizationResult
+    from forensics.results import AttributionResult, EvaluationResult, InvMMResult, MemorizationResult
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
@@ -464,5 +465,64 @@ def evaluation_page(result: EvaluationResult, *, plots: bool | None = None) -> P
                       caption=f"{m['correct']} of {m['n']} instances named right ({m['loo_accuracy']:.3f}); "
                               "off the diagonal: which generator each miss was named as.",
                       fallback=matrix_table(conf["labels"], conf["matrix"], fmt=".0f", corner="true \\ predicted"))
+    page.record(doc)
+    return page
+
+
+def image_strip(images: Sequence[np.ndarray], *, scale: int = 3, gap: int = 2) -> str:
+    """uint8 images (H, W) or (H, W, C) of one size side by side, as an inline PNG ``<img>`` (Pillow, no
+    matplotlib), each enlarged ``scale`` times with nearest-neighbour so that pixels stay pixels."""
+    import io
+
+    from PIL import Image
+
+    tiles = [np.asarray(im, dtype=np.uint8) for im in images]
+    h, w = tiles[0].shape[:2]
+    rgb = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t[..., :3] for t in tiles]
+    canvas = np.full((h, len(rgb) * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, t in enumerate(rgb):
+        canvas[:, i * (w + gap):i * (w + gap) + w] = t
+    im = Image.fromarray(canvas).resize((canvas.shape[1] * scale, h * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return (f'<img class="strip" alt="target and samples" width="{im.width}" height="{im.height}" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">')
+
+
+def invmm_page(result: InvMMResult, *, plots: bool | None = None) -> Page:
+    """InvMM: the scores and best similarities of every image, then each image's target beside the
+    verification samples of its last check, with their similarities."""
+    doc = result.to_dict()
+    sim = doc["similarity"]
+    page = Page(f"forensics invmm: {result.input.n_images} images, {doc['model']['name']}", plots=plots)
+    page.heading(f"InvMM: {result.input.n_images} images against {doc['model']['name']}", level=1)
+    s = doc["summary"]
+    page.text(f"{s['succeeded']} of {s['n_images']} images reproduced within {doc['settings']['max_steps']} steps"
+              + (f"; median score {s['median_score']:.4g}" if s["median_score"] is not None else "")
+              + ". The score is the KL divergence from N(0, I) of the noise distribution that makes the model "
+                "reproduce the image (lower = more memorized); ∞ = never reproduced.")
+    page.text(f"preset {result.preset} · similarity {sim['name']} (β {sim['threshold']:g}) · seed {result.seed} · "
+              f"{doc['compute']['device']} · {result.seconds:.1f} s (optimisation "
+              f"{doc['timing']['optimisation_seconds']:.1f} s, verification {doc['timing']['verification_seconds']:.1f} s)",
+              cls="dim")
+    page.plot("invmm-scores", lambda: P.invmm_figure(result.scores, [r.success for r in result.inversions],
+                                                     [r["best_similarity"] for r in doc["images"]],
+                                                     float(sim["threshold"])),
+              alt="InvMM scores and best verification similarities")
+    page.table(["image", "score", "reproduced", "steps", "best similarity", "seconds"],
+               [[r["index"], "∞" if r["score"] is None else f"{r['score']:.4g}", "yes" if r["success"] else "no",
+                 r["steps"], "—" if r["best_similarity"] is None else f"{r['best_similarity']:.4f}",
+                 f"{r['seconds']:.1f}"] for r in doc["images"]], numeric=(0, 1, 3, 4, 5))
+    page.heading("Each image: the target, then the samples of its last verification")
+    for inv, row, target in zip(result.inversions, doc["images"], result.targets):
+        page.heading(f"image {inv.index}: " + (f"score {inv.score:.4g} at step {inv.steps}" if inv.success
+                                               else f"not reproduced in {inv.steps} steps"), level=3)
+        if inv.samples is None:
+            page.text("no verification ran (fewer steps than one check)", cls="dim")
+            continue
+        page.raw(image_strip([target, *inv.samples]))
+        sims = ", ".join("—" if v is None else f"{v:.4f}" for v in row["similarities"])
+        page.text(f"similarities to the target: {sims}"
+                  + (f" (guidance {row['guidance']:g})" if row["guidance"] not in (None, 1.0) else ""), cls="dim")
     page.record(doc)
     return page

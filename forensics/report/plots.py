@@ -416,6 +416,38 @@ def accuracy_figure(rows: Sequence[tuple[str, float | None, float | None]]) -> F
     return fig
 
 
+@styled
+def invmm_figure(scores: Sequence[float], success: Sequence[bool], best_similarity: Sequence[float | None],
+                 threshold: float) -> Figure:
+    """InvMM's scores, one point per image: the KL of each reproduced image (log scale, lower = more
+    memorized) on the left; on the right each image's best verification similarity against β, so the
+    images never reproduced (score ∞) show how near they came."""
+    fig = figure(3.0)
+    ax_score, ax_sim = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
+    ok = [float(s) for s, good in zip(scores, success) if good]
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(ok))
+    if ok:
+        ax_score.scatter(np.array(ok), jitter, s=22, color="#d62728", alpha=0.8)
+        if max(ok) / max(min(ok), 1e-12) > 20:
+            ax_score.set_xscale("log")
+    ax_score.set_ylim(-0.5, 0.5)
+    ax_score.set_yticks([])
+    ax_score.set_xlabel("score: KL at success (lower = more memorized)")
+    ax_score.set_title(f"{len(ok)} of {len(scores)} images reproduced", fontsize=8)
+    sims = np.array([np.nan if v is None else float(v) for v in best_similarity], dtype=float)
+    colours = ["#d62728" if good else "#1f77b4" for good in success]
+    ax_sim.scatter(sims, np.random.default_rng(1).uniform(-0.15, 0.15, len(sims)), s=22, c=colours, alpha=0.8)
+    ax_sim.axvline(threshold, color="#444444", lw=0.9, ls="--")
+    ax_sim.text(threshold, 0.42, f" β {threshold:g}", fontsize=7, va="top")
+    ax_sim.set_ylim(-0.5, 0.5)
+    ax_sim.set_yticks([])
+    ax_sim.set_xlabel("best verification similarity")
+    ax_sim.set_title("red: reproduced · blue: never", fontsize=8)
+    for ax in (ax_score, ax_sim):
+        ax.grid(axis="x", color="#eeeeee", lw=0.6)
+    return fig
+
+
 def layout_problems(fig: Figure) -> list[str]:
     """Text that the figure's edge cuts, or that overlaps other text (tick labels, titles, legends, cell
     values): one line per problem; none means every label can be read. Draws the figure (Agg) to measure

@@ -91,16 +91,15 @@ def linear_alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: flo
 
 
 def network_path(name: str, registry=None):
-    """The weights file of the zoo network ``name`` in ``registry`` (default: the bundled one)."""
-    from pathlib import Path
-
+    """The weights file of the zoo network ``name``: in ``registry`` when given, else the first of the
+    user registry and the bundled one that holds it (the bundled path when neither does)."""
     from forensics.errors import UsageError
-    from forensics.registry import default_registry_path
+    from forensics.registry.store import registry_layers
 
     if name not in NETWORKS:
         raise UsageError(f"unknown zoo network {name!r}; choose from {', '.join(NETWORKS)}")
-    root = Path(registry).expanduser() if registry is not None else default_registry_path()
-    return root / MODELS_SUBDIR / NETWORKS[name][0]
+    files = [root / MODELS_SUBDIR / NETWORKS[name][0] for root in registry_layers(registry)]
+    return next((f for f in files if f.is_file()), files[-1])
 
 
 def load_network(path, device="cpu") -> SmallUNet:

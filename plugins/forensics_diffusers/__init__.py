@@ -207,6 +207,8 @@ class DiffusersLatentModel(DiffusersUNetModel):
     (LDM). x₀ = encode(images) × ``scaling_factor`` (the KL posterior's mode; the VQ encoder's unquantised
     latent), images = decode(z / ``scaling_factor``) (a VQ decoder quantises)."""
 
+    default_preset = "ldm-faces"
+
     def __init__(self, unet: torch.nn.Module, scheduler: Any, vae: torch.nn.Module, *,
                  device: str | torch.device = "cpu", timesteps: str = "scheduler", name: str = ""):
         super().__init__(unet, scheduler, device=device, timesteps=timesteps, name=name)
@@ -253,6 +255,8 @@ class StableDiffusionModel(DiffusersLatentModel):
     InvMM's official code does with a hook on the embedding layer; the text encoder then runs with gradients
     flowing to the weights. :meth:`null_condition` is the empty prompt's states, as the pipeline computes them.
     """
+
+    default_preset = "sd-v1"
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any, vae: torch.nn.Module, text_encoder: torch.nn.Module,
                  tokenizer: Any, *, device: str | torch.device = "cpu", timesteps: str = "scheduler",

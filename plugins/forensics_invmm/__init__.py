@@ -34,6 +34,7 @@ class ZooDiffusion(DiffusionModel):
         self.alphas_cumprod = linear_alphas_cumprod().to(device)
         self.sample_shape = (1, 28, 28)
         self.image_shape = (1, 28, 28)
+        self.default_preset = "mnist"
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition: Any = None) -> torch.Tensor:
         return self.net(x_t, t)
@@ -50,6 +51,12 @@ def _named(name: str):
         from forensics.zoo.unet import load_network, network_path
 
         file = Path(path) if path is not None else network_path(name, registry)
+        if path is None and not file.is_file():
+            from forensics.errors import UsageError
+
+            raise UsageError(f"the {name} network's weights are not in the registry ({file}); rebuild them with "
+                             f"`forensics zoo train {'ddpm-dup' if name == 'mnist-dup' else 'ddpm-net'} "
+                             f"--registry {file.parents[2]}` (docs/zoo.md)")
         dev = _device(device)
         return ZooDiffusion(load_network(file, dev), name=name, device=dev)
 

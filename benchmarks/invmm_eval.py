@@ -1,0 +1,207 @@
+"""InvMM on the project's memorizing MNIST network: does it memorize, does InvMM find it, at what cost.
+
+    python benchmarks/invmm_eval.py memorizes   [--model mnist-dup] [--samples 500]
+    python benchmarks/invmm_eval.py separation  [--ordinary 40] [--set max_steps=2000 ...]
+    python benchmarks/invmm_eval.py membership  [--model mnist-ddpm] [--ordinary 40] [--heldout 40]
+    python benchmarks/invmm_eval.py agreement   [--samples 500]
+    python benchmarks/invmm_eval.py cost        [--images 8] [--steps 100]
+
+Each part prints a JSON summary (and writes it with ``--out FILE``):
+
+``memorizes``
+    Before InvMM: the share of the model's DDIM samples (50 steps, η = 0) that are near-copies
+    (pixel correlation ≥ β) of one of the 10 repeated training images, against the share that are
+    near-copies of any other training image.
+``separation``
+    InvMM scores of the 10 repeated images T[0], T[400], …, T[3600] against ``--ordinary`` other training
+    images (a seeded draw): AUC (the chance a repeated image scores lower than an ordinary one, ties ½;
+    +∞ for never reproduced), per-group median, IQR and success rate.
+``membership``
+    Ordinary training images against held-out P_n images, on ``--model`` (both zoo networks): AUC near 0.5
+    means InvMM measures memorization, not membership.
+``agreement``
+    The set-level measure beside it: ``forensics memorization`` (C_T per layer, default protocol) on the
+    model's DDIM samples, with the share of them that copy a repeated image.
+``cost``
+    Seconds per image for a fixed number of steps, one image at a time against ``--group`` images
+    together, and the split between optimisation steps and verification.
+
+Threads: torch runs on one thread (``--threads``), set before any work; the machine may be busy, so cost
+figures are ratios measured in one process, against each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPEATED = [0, 400, 800, 1200, 1600, 2000, 2400, 2800, 3200, 3600]
+
+
+def auc_lower(a: list[float], b: list[float]) -> float:
+    """P(x < y) + ½ P(x = y) for x from ``a``, y from ``b`` (+∞ compares equal to +∞)."""
+    wins = sum((x < y) + 0.5 * (x == y) for x in a for y in b)
+    return wins / (len(a) * len(b))
+
+
+def describe(scores: list[float]) -> dict:
+    finite = np.array([s for s in scores if math.isfinite(s)])
+    return {"n": len(scores), "success_rate": len(finite) / len(scores),
+            "median": float(np.median(scores)) if len(scores) else None,
+            "iqr": [float(np.quantile(scores, 0.25)), float(np.quantile(scores, 0.75))] if len(scores) else None,
+            "finite_median": float(np.median(finite)) if len(finite) else None}
+
+
+def run_invmm(images: np.ndarray, args) -> tuple[list[float], dict]:
+    import forensics
+
+    t0 = time.perf_counter()
+    result = forensics.invmm(images, model=args.model, preset=args.preset, settings=overrides(args.set),
+                             seed=args.seed, group=args.group)
+    return result.scores, {"seconds": time.perf_counter() - t0, "timing": result.timing.to_dict(),
+                           "steps": [r.steps for r in result.inversions]}
+
+
+def overrides(pairs: list[str]) -> dict:
+    from forensics.cli.invmm import _parse_settings
+
+    return _parse_settings(pairs)
+
+
+def ddim_samples(model_name: str, n: int, seed: int) -> np.ndarray:
+    import torch
+
+    from forensics.api import _diffusion_model
+    from forensics.inversion.measure import ddim_sample
+
+    model = _diffusion_model(model_name, device="cpu", registry=None)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, 100):
+            x = ddim_sample(model, torch.randn((min(100, n - i), *model.sample_shape), generator=g), 50)
+            out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def nearest_training(samples: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def unit(a):
+        a = a.reshape(len(a), -1).astype(np.float64)
+        a = a - a.mean(1, keepdims=True)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    c = unit(samples) @ unit(train).T
+    return c.argmax(1), c.max(1)
+
+
+def part_memorizes(args) -> dict:
+    from forensics.inversion.similarity import PIXEL_CORRELATION_BETA
+    from forensics.zoo.data import mnist_split
+
+    train = mnist_split()[0]
+    samples = ddim_samples(args.model, args.samples, args.seed)
+    best, corr = nearest_training(samples, train)
+    repeated = np.isin(best, REPEATED)
+    near = corr >= PIXEL_CORRELATION_BETA
+    return {"model": args.model, "samples": len(samples), "beta": PIXEL_CORRELATION_BETA,
+            "near_copies_of_repeated": float(np.mean(near & repeated)),
+            "near_copies_of_other_training": float(np.mean(near & ~repeated)),
+            "nearest_is_repeated": float(np.mean(repeated)),
+            "repeated_images_copied": sorted({int(b) for b in best[near & repeated]})}
+
+
+def part_separation(args) -> dict:
+    from forensics.zoo.data import mnist_split
+
+    train = mnist_split()[0]
+    rng = np.random.default_rng(args.seed)
+    others = rng.choice(np.setdiff1d(np.arange(len(train)), REPEATED), args.ordinary, replace=False)
+    s_rep, c_rep = run_invmm(train[REPEATED], args)
+    s_ord, c_ord = run_invmm(train[others], args)
+    return {"model": args.model, "repeated": describe(s_rep), "ordinary": describe(s_ord),
+            "auc": auc_lower(s_rep, s_ord), "ordinary_indices": others.tolist(),
+            "scores": {"repeated": s_rep, "ordinary": s_ord}, "cost": {"repeated": c_rep, "ordinary": c_ord}}
+
+
+def part_membership(args) -> dict:
+    from forensics.zoo.data import mnist_split
+
+    train, _, test, _ = mnist_split()
+    rng = np.random.default_rng(args.seed + 1)
+    members = rng.choice(np.setdiff1d(np.arange(len(train)), REPEATED), args.ordinary, replace=False)
+    held = rng.choice(len(test), args.heldout, replace=False)
+    s_mem, _ = run_invmm(train[members], args)
+    s_out, _ = run_invmm(test[held], args)
+    return {"model": args.model, "members": describe(s_mem), "heldout": describe(s_out),
+            "auc_members_lower": auc_lower(s_mem, s_out), "scores": {"members": s_mem, "heldout": s_out}}
+
+
+def part_agreement(args) -> dict:
+    import forensics
+    from forensics.zoo.data import mnist_split
+
+    train = mnist_split()[0]
+    samples = ddim_samples(args.model, args.samples, args.seed)
+    best, corr = nearest_training(samples, train)
+    result = forensics.memorization(samples)
+    return {"model": args.model, "samples": len(samples), "level": result.level,
+            "readings": result.readings, "curve": [v.value for v in result.curve.values],
+            "share_copying_a_repeated_image": float(np.mean(np.isin(best, REPEATED) & (corr >= 0.985)))}
+
+
+def part_cost(args) -> dict:
+    from forensics.zoo.data import mnist_split
+
+    train = mnist_split()[0]
+    images = train[np.setdiff1d(np.arange(len(train)), REPEATED)[: args.images]]
+    fixed = overrides(args.set) | {"max_steps": args.steps}
+    out = {}
+    for group in (1, args.group or 8):
+        import forensics
+
+        t0 = time.perf_counter()
+        r = forensics.invmm(images, model=args.model, preset=args.preset, settings=fixed, seed=args.seed,
+                            group=group)
+        out[f"group_{group}"] = {"seconds_per_image": (time.perf_counter() - t0) / len(images),
+                                 "timing": r.timing.to_dict()}
+    out["batching_speedup"] = out["group_1"]["seconds_per_image"] / out[f"group_{args.group or 8}"]["seconds_per_image"]
+    return {"model": args.model, "images": len(images), "steps": args.steps, **out}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["memorizes", "separation", "membership", "agreement", "cost"])
+    ap.add_argument("--model", default="mnist-dup")
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--set", action="append", default=[], help="InvMM parameter NAME=VALUE (repeatable)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--group", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--ordinary", type=int, default=40)
+    ap.add_argument("--heldout", type=int, default=40)
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    summary = globals()[f"part_{args.part}"](args)
+    summary.update({"part": args.part, "threads": args.threads, "wall_seconds": round(time.perf_counter() - t0, 1)})
+    text = json.dumps(summary, indent=1, default=float)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

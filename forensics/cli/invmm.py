@@ -1,0 +1,217 @@
+"""``forensics invmm``: how memorized each image is by a diffusion model (InvMM)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from forensics.cli.common import (
+    OPT_AMP, OPT_JSON, OPT_NO_RECURSIVE, OPT_REGISTRY, OPT_WORKERS, STATE, err, esc, handle_errors, input_notes, out,
+    print_json, progress_bar,
+)
+from forensics.errors import UsageError
+
+SETTING_HELP = ("Override one InvMM parameter, NAME=VALUE (repeatable): noise_batch, check_every, delta, xi, lr, "
+                "max_steps, lambda0, window, verify_samples, verify_steps, guidance (comma-separated), "
+                "gumbel_tau. `forensics invmm --list` shows every preset's values.")
+
+
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs → settings overrides (numbers parsed, guidance a list)."""
+    from forensics.inversion.measure import InvMMSettings
+
+    fields = InvMMSettings.__dataclass_fields__
+    out_: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise UsageError(f"--set {pair!r}: write NAME=VALUE, e.g. --set max_steps=500")
+        if name not in fields or name in ("similarity", "threshold"):
+            hint = " (use --similarity / --threshold)" if name in ("similarity", "threshold") else ""
+            raise UsageError(f"--set {name}: not an InvMM parameter{hint}; known: "
+                             f"{', '.join(f for f in fields if f not in ('similarity', 'threshold'))}")
+        try:
+            if name == "guidance":
+                out_[name] = tuple(float(v) for v in value.split(",") if v.strip())
+            elif fields[name].type in ("int", int):
+                out_[name] = int(value)
+            else:
+                out_[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--set {name}={value}: not a number") from None
+    return out_
+
+
+def _list(json_out: bool) -> None:
+    from forensics.api import invmm_catalogue
+
+    cat = invmm_catalogue()
+    if json_out:
+        print_json(cat)
+        return
+    from rich.table import Table
+
+    models = Table(title="Diffusion models (--model NAME, or a path that one of them opens)", title_justify="left")
+    for col in ("name", "plugin", "description"):
+        models.add_column(col)
+    for name, m in cat["models"].items():
+        models.add_row(esc(name), esc(m["plugin"]), esc(m["description"]) + (" [opens paths]" if m["opens_paths"]
+                                                                                else ""))
+    out.print(models)
+    sims = Table(title="Copy similarities (--similarity)", title_justify="left")
+    for col in ("name", "plugin", "description"):
+        sims.add_column(col)
+    for name, s in cat["similarities"].items():
+        sims.add_row(esc(name), esc(s["plugin"]), esc(s["description"]))
+    out.print(sims)
+    presets = Table(title="Presets (--preset)", title_justify="left")
+    for col in ("preset", "noise batch", "C", "δ", "ξ", "lr", "steps", "verify", "DDIM", "guidance", "similarity"):
+        presets.add_column(col)
+    for name, p in cat["presets"].items():
+        presets.add_row(name, str(p["noise_batch"]), str(p["check_every"]), f"{p['delta']:g}", f"{p['xi']:g}",
+                        f"{p['lr']:g}", str(p["max_steps"]), str(p["verify_samples"]), str(p["verify_steps"]),
+                        ",".join(f"{g:g}" for g in p["guidance"]), p["similarity"])
+    out.print(presets)
+
+
+def _fmt(x: float | None, spec: str = ".4g") -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def render_invmm(result: Any, console: Any) -> None:
+    """The per-image table of an InvMM run, with the model, settings and where the time went."""
+    from rich import box
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    doc = result.to_dict()
+    header = Text()
+    header.append(f"{result.input.n_images} images", style="bold")
+    header.append(f" from {result.input.path}\n" if result.input.path else " (array)\n")
+    header.append(f"model {doc['model']['name']}  ·  preset {result.preset}  ·  similarity "
+                  f"{doc['similarity']['name']} (β {doc['similarity']['threshold']:g})  ·  seed {result.seed}  ·  "
+                  f"{doc['compute']['device']}" + (f" {doc['compute']['amp']}" if doc['compute']['amp'] else ""),
+                  style="dim")
+    console.print(Panel(header, title="forensics invmm", title_align="left", box=box.ROUNDED), soft_wrap=False)
+    table = Table(box=box.SIMPLE_HEAD)
+    for col, justify in (("image", "right"), ("score (KL)", "right"), ("copied", "left"), ("steps", "right"),
+                         ("λ", "right"), ("best similarity", "right"), ("seconds", "right")):
+        table.add_column(col, justify=justify)
+    for r in result.inversions:
+        table.add_row(str(r.index), _fmt(r.score) if r.success else "∞",
+                      Text("yes", style="bold red") if r.success else Text("no", style="green"),
+                      str(r.steps), _fmt(r.lam, ".3g"), _fmt(r.best_similarity, ".4f"), f"{r.seconds:.1f}")
+    console.print(table)
+    s = doc["summary"]
+    console.print(Text(f"{s['succeeded']} of {s['n_images']} images reproduced"
+                       + (f"; median score {s['median_score']:.4g}" if s["median_score"] is not None else "")
+                       + ". Lower score = more memorized; ∞ = never reproduced within "
+                       f"{doc['settings']['max_steps']} steps.", style="bold"))
+    t = doc["timing"]
+    console.print(Text(f"{result.seconds:.1f} s: optimisation {t['optimisation_seconds']:.1f} s "
+                       f"({t['steps']} steps), verification {t['verification_seconds']:.1f} s ({t['checks']} checks)",
+                       style="dim"))
+
+
+def _step_display(max_steps: int):
+    """A rich display with one bar per image (step, λ, loss, best similarity), on stderr when it is a
+    terminal and not --quiet; returns (display, on_step)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("image {task.fields[index]:>3}"), BarColumn(bar_width=24),
+                        TextColumn("step {task.completed:>4.0f}/{task.total:.0f}  λ {task.fields[lam]}  "
+                                   "loss {task.fields[loss]}  best sim {task.fields[sim]}  {task.fields[state]}"),
+                        TimeElapsedColumn(), console=err, transient=False,
+                        disable=STATE.get("quiet", False) or not err.is_terminal)
+    tasks: dict[int, int] = {}
+
+    def on_step(event: dict[str, Any]) -> None:
+        i = event["index"]
+        if i not in tasks:
+            tasks[i] = progress.add_task("", total=max_steps, index=i, lam="", loss="", sim="—", state="")
+        sim = event["best_similarity"]
+        state = ("copied" if event["success"] else "not copied") if event["done"] else ""
+        progress.update(tasks[i], completed=event["step"] if not event["done"] else max_steps,
+                        lam=f"{event['lam']:.3g}", loss=f"{event['loss']:.4f}",
+                        sim="—" if sim is None else f"{sim:.4f}", state=state)
+
+    return progress, on_step
+
+
+@handle_errors
+def invmm(
+    images: Optional[Path] = typer.Argument(None, help="A folder of images, or an .npz/.npy array of uint8 images."),
+    model: str = typer.Option("mnist-dup", "--model", help="Diffusion model: a name (mnist-dup, mnist-ddpm, …; see "
+                                                          "--list) or a path (zoo UNet .safetensors, diffusers folder)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Paper settings: ddpm-cifar10, ldm-faces, sd-v1, "
+                                                                "sd-v2, or mnist (default: the model's)."),
+    similarity: Optional[str] = typer.Option(None, "--similarity", help="Copy similarity: pixel-correlation, sscd "
+                                                                        "(default: the preset's)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="β: the similarity a sample needs to count "
+                                                                        "as a copy (default: the similarity's)."),
+    similarity_file: Optional[Path] = typer.Option(None, "--similarity-file", help="The SSCD TorchScript file."),
+    setting: list[str] = typer.Option([], "--set", help=SETTING_HELP),
+    seed: int = typer.Option(0, "--seed", help="Seed: image i draws from seed and i alone."),
+    group: Optional[int] = typer.Option(None, "--group", min=1, help="Images optimised together (default 8); "
+                                                                    "the scores do not depend on it."),
+    device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1."),
+    amp: Optional[str] = OPT_AMP,
+    registry: Optional[Path] = OPT_REGISTRY,
+    workers: int = OPT_WORKERS,
+    no_recursive: bool = OPT_NO_RECURSIVE,
+    json_out: bool = OPT_JSON,
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG into this folder."),
+    list_: bool = typer.Option(False, "--list", help="List diffusion models, copy similarities and presets."),
+):
+    """How memorized is each image by a diffusion model? InvMM (Ma et al., ICCV 2025): the KL of the noise
+    distribution that makes the model reproduce the image (lower = more memorized; ∞ = never reproduced).
+
+    Example: forensics invmm registry/mnist-effnet-lite0/invmm/dup-targets.npz --model mnist-dup
+    """
+    if list_:
+        _list(json_out)
+        return
+    if images is None:
+        raise UsageError("give IMAGES (a folder, .npz or .npy), or --list")
+    from forensics.api import invmm as run
+    from forensics.report.html import check_outputs
+
+    overrides = _parse_settings(setting)
+    check_outputs(html_out, plots_dir)  # before minutes of optimisation, not after
+    progress, update = progress_bar()
+    live: dict[str, Any] = {}
+
+    def step(event: dict[str, Any]) -> None:
+        if "display" not in live:  # the optimisation begins: one bar per image from here on
+            progress.stop()
+            live["display"], live["on_step"] = _step_display(event["max_steps"])
+            live["display"].start()
+        live["on_step"](event)
+
+    progress.start()
+    try:
+        result = run(images, model=model, preset=preset, settings=overrides, similarity=similarity,
+                     threshold=threshold, similarity_file=similarity_file, seed=seed, group=group, device=device,
+                     amp=amp, registry=registry, recursive=not no_recursive, workers=workers, progress=update,
+                     on_step=step)
+    finally:
+        progress.stop()
+        if "display" in live:
+            live["display"].stop()
+    input_notes(images, result.input.skipped)
+    if html_out is not None or plots_dir is not None:
+        from forensics.report.html import invmm_page, write_outputs
+
+        for line in write_outputs(invmm_page(result), html_out, plots_dir):
+            err.print(esc(line))
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        render_invmm(result, out)
+

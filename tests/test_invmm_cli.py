@@ -1,0 +1,165 @@
+"""`forensics invmm` and `forensics.invmm`: the plugin points end to end, the JSON document, the report and
+the errors that come before any work."""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import forensics
+from forensics.cli import app
+from forensics.hookspecs import hookimpl
+from forensics.inversion.model import CopySimilarity, DiffusionModel
+from forensics.zoo.data import mnist_split
+
+TINY = ["--set", "noise_batch=2", "--set", "max_steps=4", "--set", "check_every=2", "--set", "verify_steps=2",
+        "--set", "verify_samples=2"]
+TINY_SETTINGS = {"noise_batch": 2, "max_steps": 4, "check_every": 2, "verify_steps": 2, "verify_samples": 2}
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+class Memorizer(DiffusionModel):
+    """The exact ε-predictor of the one-point distribution {x*} on 28×28 grey images (see test_invmm)."""
+
+    def __init__(self, x_star: torch.Tensor):
+        self.x_star = x_star
+        self.alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+        self.sample_shape = self.image_shape = (1, 28, 28)
+        self.name = "toy-memorizer"
+
+    def predict_noise(self, x_t, t, condition=None):
+        a = self.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * self.x_star) / (1 - a).sqrt()
+
+
+@pytest.fixture
+def digits(tmp_path):
+    train = mnist_split()[0]
+    path = tmp_path / "digits.npz"
+    np.savez_compressed(path, images=train[[0, 400, 5]])
+    return path, train[[0, 400, 5]]
+
+
+@pytest.fixture
+def toy_model(register_plugin, digits):
+    """A third party's diffusion model that memorized the first digit, and a similarity of its own."""
+    x_star = torch.from_numpy(digits[1][0]).float().div(127.5).sub(1).unsqueeze(0)
+
+    class Exact(CopySimilarity):
+        name = "exact"
+        threshold = 0.99
+
+        def __call__(self, samples, target):
+            return 1 - (samples - target).abs().flatten(1).amax(1)
+
+    register_plugin(types.SimpleNamespace(
+        forensics_diffusion_models=hookimpl(
+            lambda register: register("toy-memorizer", lambda *, path=None, device="cpu": Memorizer(x_star))),
+        forensics_copy_similarities=hookimpl(
+            lambda register: register("exact", lambda *, threshold=None: Exact()))), "toy")
+
+
+def test_list_shows_models_similarities_and_presets(plugin_host):
+    code, stdout, _ = cli("invmm", "--list", "--json")
+    assert code == 0
+    doc = json.loads(stdout)
+    assert {"mnist-dup", "mnist-ddpm", "zoo-unet"} <= set(doc["models"])
+    assert doc["models"]["zoo-unet"]["opens_paths"]
+    assert {"pixel-correlation", "sscd"} <= set(doc["similarities"])
+    assert {"ddpm-cifar10", "ldm-faces", "sd-v1", "sd-v2", "mnist"} <= set(doc["presets"])
+
+
+def test_a_third_party_model_through_the_plugin_points(toy_model, digits):
+    """The memorized digit is reproduced at the first check; the two others never are."""
+    path, _ = digits
+    result = forensics.invmm(path, model="toy-memorizer", similarity="exact",
+                             settings={**TINY_SETTINGS, "max_steps": 6, "verify_steps": 5})
+    assert [r.success for r in result.inversions] == [True, False, False]
+    assert result.inversions[0].steps == 2 and math.isfinite(result.inversions[0].score)
+    assert result.scores[1:] == [math.inf, math.inf]
+    doc = result.to_dict()
+    assert [im["index"] for im in doc["images"]] == [0, 1, 2]
+    assert doc["images"][1]["score"] is None and doc["summary"]["succeeded"] == 1
+    assert doc["similarity"] == {"name": "exact", "threshold": 0.99}
+    from forensics.schemas import validate
+
+    validate(doc)
+
+
+@pytest.mark.slow
+def test_cli_json_html_and_api_agree_on_the_zoo_network(plugin_host, digits, tmp_path):
+    path, _ = digits
+    html = tmp_path / "report.html"
+    code, stdout, stderr = cli("invmm", str(path), "--model", "mnist-ddpm", *TINY, "--json", "--html", str(html))
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    from forensics.schemas import validate
+
+    validate(doc)
+    assert doc["schema"] == "forensics.invmm/1" and doc["preset"] == "mnist"  # the model's own preset
+    assert doc["similarity"]["name"] == "pixel-correlation" and doc["settings"]["max_steps"] == 4
+    assert len(doc["images"]) == 3 and all(im["steps"] == 4 or im["success"] for im in doc["images"])
+    page = html.read_text()
+    assert page.count('class="strip"') == 3 and "forensics.invmm/1" in page
+    api = forensics.invmm(path, model="mnist-ddpm", settings=TINY_SETTINGS).to_dict()
+    for key in ("input", "model", "preset", "settings", "similarity", "seed", "summary"):
+        assert api[key] == doc[key], key
+    for a, b in zip(api["images"], doc["images"]):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_a_zoo_unet_file_opens_by_path(plugin_host, digits):
+    from forensics.zoo.unet import network_path
+
+    path, _ = digits
+    result = forensics.invmm(path, model=str(network_path("mnist-ddpm")), settings=TINY_SETTINGS)
+    assert result.model["class"] == "ZooDiffusion" and len(result.inversions) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "nope"], "unknown InvMM preset"),
+    (["--set", "steps=3"], "not an InvMM parameter"),
+    (["--set", "max_steps"], "NAME=VALUE"),
+    (["--set", "max_steps=lots"], "not a number"),
+    (["--set", "noise_batch=0"], "noise_batch"),
+    (["--similarity", "ssim"], "unknown copy similarity"),
+    (["--model", "no-such-model"], "unknown diffusion model"),
+    (["--model", "mnist-dup", "--registry", "."], "weights are not in the registry"),
+    (["--amp", "bf16"], "refused on the CPU"),
+    (["--similarity", "sscd"], "--similarity-file"),
+])
+def test_bad_options_fail_in_one_line_before_any_work(plugin_host, digits, args, message, monkeypatch):
+    monkeypatch.delenv("FORENSICS_SSCD", raising=False)
+    path, _ = digits
+    code, stdout, stderr = cli("invmm", str(path), "--model", "mnist-ddpm", *args)
+    assert code != 0 and stdout == ""
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_file_no_loader_opens_is_refused(plugin_host, digits, tmp_path):
+    path, _ = digits
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"\0" * 64)
+    code, _, stderr = cli("invmm", str(path), "--model", str(other))
+    assert code != 0 and "no diffusion-model loader opens" in stderr
+
+
+def test_images_are_brought_to_the_models_size_and_channels(plugin_host, tmp_path):
+    """RGB 56×56 digits are read as grey 28×28, as the zoo network needs."""
+    grey = mnist_split()[0][:2]
+    rgb = np.repeat(np.kron(grey, np.ones((2, 2), dtype=np.uint8))[..., None], 3, axis=3)
+    path = tmp_path / "rgb.npy"
+    np.save(path, rgb)
+    result = forensics.invmm(path, model="mnist-ddpm", settings=TINY_SETTINGS)
+    assert result.targets.shape == (2, 28, 28)
+    assert np.abs(result.targets.astype(int) - grey.astype(int)).mean() < 8
