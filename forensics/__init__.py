@@ -10,6 +10,7 @@ The library API; the command line (``forensics …``) is a thin wrapper of these
     result.to_dict()                 # the JSON document of `forensics attribute --json`
 
     forensics.memorization(images).level          # where along the encoder's depth copying shows
+    forensics.invmm(images, model="mnist-dup")    # how memorized each image is by a diffusion model
     forensics.enroll(images, "my-gan")            # fingerprint and store a generator's images
     forensics.evaluate(matchers=["alpha"])        # leave-one-out over the registry
     forensics.ct_score(train, test, generated)    # the statistic itself, on embeddings
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
         attribute, calibrate, combine_protocols, create_protocol, curate, diff_registry, enroll, evaluate,
         import_paper, list_encoders, list_plugins, list_protocols, memorization, open_protocol, open_registry,
         remove, set_default_protocol, show_protocol, validate_registry, zoo_enroll, zoo_heldout, zoo_list,
-        zoo_quality,
+        zoo_quality, invmm,
     )
     from forensics.encode.encoder import Encoder
     from forensics.engine import Curve, LayerValue
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
         AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EncoderListing,
         EnrolmentResult, EvaluationResult, HeldoutResult, ImageInput, MemorizationResult, PaperImport,
         PluginListing, ProtocolCreation, ProtocolDetail, ProtocolSummary, RegistryDiff, RegistryListing,
-        RemovalResult, ValidationResult, Verdict, ZooEnrolment, ZooListing, ZooQuality,
+        RemovalResult, ValidationResult, Verdict, ZooEnrolment, ZooListing, ZooQuality, InvMMResult,
     )
     from forensics.stats.ct import CellResult, CTResult, FittedCT, ct_score
 
@@ -54,7 +55,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("open_registry", "open_protocol", "attribute", "memorization", "enroll", "remove", "evaluate",
                      "calibrate", "create_protocol", "combine_protocols", "curate", "list_protocols",
                      "show_protocol", "validate_registry", "diff_registry", "import_paper", "set_default_protocol",
-                     "list_plugins", "list_encoders", "zoo_list", "zoo_heldout", "zoo_enroll", "zoo_quality"),
+                     "list_plugins", "list_encoders", "zoo_list", "zoo_heldout", "zoo_enroll", "zoo_quality",
+                     "invmm"),
                     "forensics.api"),
     # what they return
     **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",
@@ -62,7 +64,7 @@ _LAZY: dict[str, str] = {
                      "ProtocolCreation", "CombinationResult", "CurationResult", "RegistryListing",
                      "ProtocolSummary", "ProtocolDetail", "ValidationResult", "RegistryDiff", "PaperImport",
                      "PluginListing", "EncoderListing", "HeldoutResult", "ZooListing", "ZooEnrolment",
-                     "ZooQuality"), "forensics.results"),
+                     "ZooQuality", "InvMMResult"), "forensics.results"),
     # the pieces they are made of
     **dict.fromkeys(("Curve", "LayerValue"), "forensics.engine"),
     **dict.fromkeys(("Attribution", "Candidate", "EnrolledCurve"), "forensics.match"),

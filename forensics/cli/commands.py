@@ -307,6 +307,10 @@ app.command("encoders")(cli_encoders.encoders)
 app.add_typer(cli_registry.app, name="registry")
 app.add_typer(cli_zoo.app, name="zoo")
 
+from forensics.cli import invmm as cli_invmm  # noqa: E402
+
+app.command("invmm")(cli_invmm.invmm)
+
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
