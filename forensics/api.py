@@ -6,9 +6,12 @@
     result.verdict.generator        # "ddpm", or None for "unknown"
     result.curve.fingerprint.values # the C_T curve (the mean of the batches' curves)
 
-Every job checks its options (protocol, matcher, amp, device) before the expensive work, so a typo
-fails in a second, not after minutes of embedding. ``progress`` is a callback ``(what, done, total)``
-that embedding and fitting report to (the command line passes its progress bar).
+Every job checks its options (protocol, matcher, amp, device, the input's path, a weights file) before the
+expensive work, so a typo fails in a second, not after minutes of embedding. ``progress`` is a callback
+``(what, done, total)`` that every step longer than a moment reports to (the command line passes its
+progress bar): ``what`` says what is being done ("reading the registry", "decoding images", "embedding
+query images", …), ``done`` of ``total`` how far it is; ``total == 0`` means a step of unknown length has
+begun, and a step is over when ``done == total > 0``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from forensics.results import (
 )
 
 if TYPE_CHECKING:
+    from forensics.results import CacheClearing, CacheItem, CacheListing
     from forensics.engine import CombinedEngine, Curve, Engine
     from forensics.match import EnrolledCurve
     from forensics.plugins import Provided
@@ -42,6 +46,87 @@ RegistryLike = Union["Registry", str, Path, None]
 """A registry, or its folder (None: $FORENSICS_REGISTRY, else the user registry over the bundled one)."""
 Progress = Callable[[str, int, int], None]
 AMP = (None, "bf16", "fp16")
+#: a remainder after the last full batch of m images is attributed as a batch of its own when it holds at
+#: least this share of m (fewer images than that move C_T too far to name a generator); else it is left out
+#: and reported. (Issue 25 is to make curves of any batch size comparable.)
+MIN_REMAINDER_SHARE = 0.5
+
+
+# -- progress -------------------------------------------------------------------------------------
+class _Step:
+    """``with _Step(progress, what):`` reports a step of unknown length to ``progress``: begun
+    (``what, 0, 0``) on entry, over (``what, 1, 1``) on a normal exit."""
+
+    def __init__(self, progress: Progress | None, what: str):
+        self.progress, self.what = progress, what
+
+    def __enter__(self) -> _Step:
+        if self.progress is not None:
+            self.progress(self.what, 0, 0)
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if self.progress is not None and kind is None:
+            self.progress(self.what, 1, 1)
+
+
+def _engine_progress(progress: Progress | None) -> Progress | None:
+    """The engine reports what it embeds ("query images", "training set T") and what it fits ("fitting
+    ct"): its reports as a user reads them ("embedding query images", "fitting ct")."""
+    if progress is None:
+        return None
+
+    def report(what: str, done: int, total: int) -> None:
+        progress(what if what.startswith(("fitting", "embedding", "decoding")) else f"embedding {what}", done, total)
+
+    return report
+
+
+def _parts(engine: Engine | CombinedEngine) -> list[Engine]:
+    """The engines that do the work: one per protocol of a combination."""
+    return list(getattr(engine, "engines", None) or [engine])
+
+
+def _prepare(engine: Engine | CombinedEngine, progress: Progress | None) -> None:
+    """Build each encoder (loading its weights) and load or fit each reference side now, each a step the
+    user sees, rather than silently inside the first embedding."""
+    for part in _parts(engine):
+        with _Step(progress, f"loading encoder {part.protocol.encoder.name}"):
+            part.encoder()
+        with _Step(progress, f"loading the reference side of {part.protocol.name}"):
+            part.reference_side()
+
+
+def _embedding_begins(protocol: Protocol | Combination, progress: Progress | None, what: str, n: int) -> None:
+    """Show the embedding of ``n`` images under each protocol as begun, under the names the engine reports
+    it by (it reports after its first batch: seconds)."""
+    if progress is None:
+        return
+    parts = protocol.parts  # the first: the others follow it at once
+    progress(f"embedding {what}" + (f" ({parts[0].name})" if len(parts) > 1 else ""), 0, n)
+
+
+def _check_input(images: Images) -> None:
+    """An input path that does not exist or cannot be read fails now, in one line, not after the registry
+    and the encoder are loaded (what is in it is checked when it is read)."""
+    if not isinstance(images, np.ndarray):
+        from forensics.io.images import _stat
+
+        _stat(Path(images).expanduser())
+
+
+def _check_weights(weights: str | None) -> None:
+    """A ``--weights`` file that is not there fails now, not after the images are decoded."""
+    from forensics.errors import WeightsError
+
+    if weights is not None and str(weights) != "random" and not Path(weights).expanduser().is_file():
+        raise WeightsError(f"weights file {Path(weights).expanduser()} does not exist; pass the path of a "
+                           ".safetensors or .pt state dict")
+
+
+def _check_amp(amp: str | None) -> None:
+    if amp not in AMP:
+        raise UsageError(f"--amp takes bf16 or fp16, not {amp!r}")
 
 
 # -- opening --------------------------------------------------------------------------------------
@@ -172,45 +257,61 @@ def _encoder_entry(name: str, provided: Provided) -> dict[str, Any]:
 
 
 # -- reading images -------------------------------------------------------------------------------
-def read_images(images: Images, protocol: Protocol | Combination, *, workers: int = 0
-                ) -> tuple[np.ndarray, ImageInput]:
+def read_images(images: Images, protocol: Protocol | Combination, *, workers: int = 0, recursive: bool = True,
+                progress: Progress | None = None) -> tuple[np.ndarray, ImageInput]:
     """The images as one uint8 array, with the record a report keeps of them.
 
-    A folder of mixed sizes is brought to one size as the (first) encoder would; each encoder then
-    applies its own preprocessing."""
+    A folder is searched recursively unless ``recursive`` is False; hidden entries and files that are not
+    images are skipped, and the record says how many (:func:`forensics.io.images.read_image_set`). A folder
+    of mixed sizes is brought to one size as the (first) encoder would; each encoder then applies its own
+    preprocessing."""
     from forensics.io.hashing import sha256_array
-    from forensics.io.images import as_uint8_images, load_images
+    from forensics.io.images import as_uint8_images, read_image_set
 
     if isinstance(images, np.ndarray):
         data = as_uint8_images(images)
         return data, ImageInput(None, len(data), sha256_array(data))
     prep = protocol.parts[0].encoder.preprocessing
-    data, digest = load_images(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers)
-    return data, ImageInput(str(images), len(data), digest)
+    with _Step(progress, "reading images"):
+        report = None if progress is None else (lambda done, total: progress("decoding images", done, total))
+        found = read_image_set(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers,
+                               recursive=recursive, progress=report)
+    return found.images, ImageInput(str(images), len(found.images), found.sha256, found.recursive,
+                                    found.skipped_counts())
 
 
-def check_compute(device: str = "cpu", amp: str | None = None) -> dict[str, Any]:
+def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
     """Check ``device`` and ``amp`` before any work and return the record a report keeps of them
     (``{"device": ..., "amp": ...}``): both change the curve. Autocast on the CPU is refused: there it runs
-    several times slower than float32 and moves the curve away from the registry's (a verdict changed)."""
+    several times slower than float32 and moves the curve away from the registry's (a verdict changed).
+    Under ``engine="ray"`` the device is the cluster's (``cpu`` or ``cuda``), checked when the engine
+    connects, not this machine's."""
     from forensics.encode.devices import torch_device
 
-    if amp not in AMP:
-        raise UsageError(f"--amp takes bf16 or fp16, not {amp!r}")
-    resolved = torch_device(device)
-    if amp is not None and resolved.type == "cpu":
+    _check_amp(amp)
+    if engine == "ray":
+        kind = "cuda" if str(device).startswith("cuda") else str(device)
+        if kind not in ("cpu", "cuda"):
+            raise UsageError(f"--engine ray runs on cpu or cuda (one GPU per actor), not {device!r}")
+    else:
+        kind = torch_device(device).type
+    if amp is not None and kind == "cpu":
         raise UsageError(f"--amp {amp} is refused on the CPU: autocast there is slower than float32 and moves the "
                          "curve away from the registry's; drop --amp, or use it with --device cuda")
     return {"device": str(device), "amp": amp}
 
 
 def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, weights: str | None, cache: bool,
-            workers: int, amp: str | None, progress: Progress | None) -> Engine | CombinedEngine:
-    """The engine of a run whose device and amp :func:`check_compute` has already checked."""
+            workers: int, amp: str | None, progress: Progress | None, engine: str = "local",
+            ray_address: str | None = None) -> Engine | CombinedEngine:
+    """The engine of a run whose device and amp :func:`check_compute` has already checked (``engine``:
+    ``"local"`` or ``"ray"``, :func:`forensics.engine.make_engine`)."""
     from forensics.engine import make_engine
 
+    options: dict[str, Any] = {} if engine == "ray" else {"workers": workers}  # Ray Data reads in parallel
     return make_engine(protocol, reference_dir=reg.reference_dir, device=device, weights=weights,
-                       use_cache=cache, progress=progress, workers=workers, amp=amp)
+                       use_cache=cache, progress=_engine_progress(progress), amp=amp, engine=engine,
+                       ray_address=ray_address, **options)
 
 
 # -- attribution ----------------------------------------------------------------------------------
@@ -236,54 +337,96 @@ def mean_curve(curves: Sequence[Curve], protocol: Protocol | Combination) -> Cur
     return Curve(Fingerprint.from_values(protocol.digest, mean.tolist()), layers, sum(c.n_images for c in curves))
 
 
+def split_batches(n: int, m: int) -> tuple[int, int, bool]:
+    """How :func:`attribute` reads ``n`` images under batches of ``m``: ``(full, rest, rest_attributed)``,
+    the images in full batches (all ``n`` when fewer than m: one partial batch), the remainder after them,
+    and whether the remainder is attributed as a batch of its own (at least :data:`MIN_REMAINDER_SHARE`
+    of m) or left out."""
+    import math
+
+    if n < m:
+        return n, 0, False
+    rest = n % m
+    return n - rest, rest, rest > 0 and rest >= math.ceil(MIN_REMAINDER_SHARE * m)
+
+
 def attribute(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
               matcher: str = "alpha", device: str = "cpu", weights: str | None = None, cache: bool = True,
-              workers: int = 0, amp: str | None = None, progress: Progress | None = None) -> AttributionResult:
+              workers: int = 0, amp: str | None = None, progress: Progress | None = None,
+              recursive: bool = True, engine: str = "local", ray_address: str | None = None) -> AttributionResult:
     """Attribute an image set to the enrolled generator whose fingerprint it matches.
 
-    The images are cut into batches of the protocol's m (a remainder is left out; fewer than m make one
-    partial batch); each batch's curve is attributed, and so is the mean of the batches' curves, which
-    gives the overall verdict. ``matcher`` is a registered matcher (alpha, cosine, svm, …) with the
-    registry's recorded calibration; ``cache`` reads and writes the reference-side cache.
+    The images are cut into batches of the protocol's m; each batch's curve is attributed, and so is the
+    mean of the batches' curves, which gives the overall verdict. Fewer than m images make one partial
+    batch (``result.partial_batch``). A remainder after the last full batch is attributed as a partial
+    batch of its own when it holds at least half of m (``result.remainder``; not in the mean curve), else
+    left out (``result.left_out``). ``matcher`` is a registered matcher (alpha, cosine, svm, …) with the
+    registry's recorded calibration; ``cache`` reads and writes the reference-side cache; a folder is
+    searched recursively unless ``recursive`` is False. ``engine="ray"`` computes on a Ray cluster
+    (``ray_address``, a local one when None): the same curve, to the last bit.
     """
     from forensics.match import make_matcher
 
-    compute = check_compute(device, amp)
-    reg = open_registry(registry)
-    proto = reg.protocol(reg.resolve_protocol(protocol))
-    references = reg.enrolled(proto.name)
-    if not references:
-        raise UsageError(f"protocol {proto.name!r} has no enrolled generators to attribute to")
-    m = make_matcher(matcher, calibration=reg.calibration(proto.name, matcher)).fit(references)
-    engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
-                     progress=progress)
-    data, record = read_images(images, proto, workers=workers)
-    curves = engine.curves(data)
-    batches = tuple(BatchAttribution(c, m.attribute(c.fingerprint.vector())) for c in curves)
+    _check_amp(amp)
+    _check_input(images)
+    _check_weights(weights)
+    with _Step(progress, "reading the registry"):
+        reg = open_registry(registry)
+        proto = reg.protocol(reg.resolve_protocol(protocol))
+        references = reg.enrolled(proto.name)
+        if not references:
+            raise UsageError(f"protocol {proto.name!r} has no enrolled generators to attribute to")
+        m = make_matcher(matcher, calibration=reg.calibration(proto.name, matcher)).fit(references)
+    with _Step(progress, f"starting torch on {device}"):
+        compute = check_compute(device, amp, engine)
+        engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
+                         progress=progress, engine=engine, ray_address=ray_address)
+    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
+    _prepare(engine, progress)
+    full, rest, rest_attributed = split_batches(len(data), proto.batch_size)
+    _embedding_begins(proto, progress, "query images", full)
+    curves = engine.curves(data[:full])
+    batches = [BatchAttribution(c, m.attribute(c.fingerprint.vector()), partial=full < proto.batch_size)
+               for c in curves]
+    if rest_attributed:
+        _embedding_begins(proto, progress, f"the last {rest} images", rest)
+        (last,) = engine.curves(data[full:], what=f"the last {rest} images")
+        batches.append(BatchAttribution(last, m.attribute(last.fingerprint.vector()), partial=True))
     curve = mean_curve(curves, proto)
     return AttributionResult(input=record, protocol=proto, curve=curve,
-                             attribution=m.attribute(curve.fingerprint.vector()), batches=batches,
+                             attribution=m.attribute(curve.fingerprint.vector()), batches=tuple(batches),
                              matcher=m.describe(), references=tuple(references),
                              reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
-                             compute=compute)
+                             compute=compute, left_out=0 if rest_attributed else rest)
 
 
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
                  device: str = "cpu", weights: str | None = None, cache: bool = True, workers: int = 0,
-                 amp: str | None = None, progress: Progress | None = None) -> MemorizationResult:
+                 amp: str | None = None, progress: Progress | None = None,
+                 recursive: bool = True, engine: str = "local", ray_address: str | None = None) -> MemorizationResult:
     """Are these images copies of the protocol's training set, and at which level? The statistic's curve
-    of all the images as one batch, each layer read by the statistic."""
+    of all the images as one batch, each layer read by the statistic. A folder is searched recursively
+    unless ``recursive`` is False; ``engine``/``ray_address`` as :func:`attribute` takes them."""
+    from dataclasses import replace
+
     from forensics.stats.base import get_statistic
 
-    compute = check_compute(device, amp)
-    reg = open_registry(registry)
-    proto = reg.protocol(reg.resolve_protocol(protocol))
-    engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
-                     progress=progress)
-    data, record = read_images(images, proto, workers=workers)
+    _check_amp(amp)
+    _check_input(images)
+    _check_weights(weights)
+    with _Step(progress, "reading the registry"):
+        reg = open_registry(registry)
+        proto = reg.protocol(reg.resolve_protocol(protocol))
+        thresholds = _reading_thresholds([get_statistic(p.statistic.name) for p in proto.parts])
+    with _Step(progress, f"starting torch on {device}"):
+        compute = check_compute(device, amp, engine)
+        engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
+                         progress=progress, engine=engine, ray_address=ray_address)
+    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
+    _prepare(engine, progress)
+    _embedding_begins(proto, progress, "images", len(data))
     curve = engine.curve(data)
-    thresholds = _reading_thresholds([get_statistic(p.statistic.name) for p in proto.parts])
-    return MemorizationResult(input=ImageInput(record.path, curve.n_images, record.sha256), protocol=proto,
+    return MemorizationResult(input=replace(record, n_images=curve.n_images), protocol=proto,
                               curve=curve, thresholds=thresholds, reference_origin=engine.reference_origin,
                               partial_batch=len(data) < proto.batch_size, compute=compute)
 
@@ -300,32 +443,43 @@ def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:
 # -- enrolment ------------------------------------------------------------------------------------
 def enroll(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
            description: str = "", note: str | None = None, device: str = "cpu", weights: str | None = None,
-           progress: Progress | None = None) -> EnrolmentResult:
+           progress: Progress | None = None, recursive: bool = True, engine: str = "local",
+           ray_address: str | None = None) -> EnrolmentResult:
     """Fingerprint the images in batches of the protocol's m and store each batch as an instance of
     ``generator`` (under a combination, under every protocol it combines). A remainder after the last
-    full batch is left out (``result.left_out``)."""
+    full batch is left out (``result.left_out``). A folder is searched recursively unless ``recursive``
+    is False; ``engine``/``ray_address`` as :func:`attribute` takes them."""
     from forensics import engine as engines
 
-    reg = open_registry(registry)
-    pname = reg.resolve_protocol(protocol)
-    proto = reg.protocol(pname)
-    reg.check_enrolment(pname, generator)  # a bad name or a linked folder fails now, not after embedding
-    engines.one_encoder_weights(proto, weights)
-    data, record = read_images(images, proto)
-    fps = engines.compute_fingerprints(data, proto, device=device, weights=weights, progress=progress,
-                                       reference_dir=reg.reference_dir)
+    _check_input(images)
+    _check_weights(weights)
+    with _Step(progress, "reading the registry"):
+        reg = open_registry(registry)
+        pname = reg.resolve_protocol(protocol)
+        proto = reg.protocol(pname)
+        reg.check_enrolment(pname, generator)  # a bad name or a linked folder fails now, not after embedding
+        engines.one_encoder_weights(proto, weights)
+    with _Step(progress, f"starting torch on {device}"):
+        check_compute(device, engine=engine)
+    data, record = read_images(images, proto, recursive=recursive, progress=progress)
+    if len(data) >= proto.batch_size:  # (fewer: compute_fingerprints refuses them)
+        _embedding_begins(proto, progress, "query images", len(data))
+    fps = engines.compute_fingerprints(data, proto, device=device, weights=weights,
+                                       progress=_engine_progress(progress), reference_dir=reg.reference_dir,
+                                       engine=engine, ray_address=ray_address)
     provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
     if record.path is not None:
         provenance["input"] = record.path
         provenance["command"] = " ".join(shlex.quote(a) for a in ["forensics", "registry", "enroll", generator,
-                                                                   record.path, "--protocol", pname])
+                                                                   record.path, "--protocol", pname]
+                                         + ([] if recursive else ["--no-recursive"]))
     if note:
         provenance["note"] = note
     ids = reg.enroll(pname, generator, fps, provenance, description=description)
     return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
-                           n_undefined=sum(len(fp.undefined) for fp in fps))
+                           n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped))
 
 
 def remove(generator: str, *, instance: str | None = None, protocol: str | None = None,
@@ -374,40 +528,58 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
     return MatcherEvaluation(matcher, ev, calibration_stability(refs, matcher) if stability else None)
 
 
-def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *,
-                      stability: bool = False) -> ProtocolEvaluation:
-    """Every matcher of ``matchers`` on one protocol's references (:func:`evaluate_matcher`)."""
+def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stability: bool = False,
+                      progress: Progress | None = None) -> ProtocolEvaluation:
+    """Every matcher of ``matchers`` on one protocol's references (:func:`evaluate_matcher`), each a step
+    reported to ``progress``."""
     refs = reg.enrolled(name)
+    found = []
+    for m in matchers:
+        with _Step(progress, f"evaluating {m} on {name}" + (" with its stability" if stability else "")):
+            found.append(evaluate_matcher(refs, m, stability=stability))
     return ProtocolEvaluation(protocol=name, digest=reg.protocol(name).digest,
                               generators=tuple(sorted({r.generator for r in refs})), n_instances=len(refs),
-                              matchers=tuple(evaluate_matcher(refs, m, stability=stability) for m in matchers))
+                              matchers=tuple(found))
 
 
 def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matchers: Sequence[str] | None = None,
-             stability: bool = False) -> EvaluationResult:
+             stability: bool = False, progress: Progress | None = None) -> EvaluationResult:
     """How well the registry's enrolled curves tell their generators apart, per protocol (every protocol
     when ``protocol`` is None) and matcher (every registered one when ``matchers`` is None). With
-    ``stability``, also how far each matcher's open-set thresholds move with one reference left out."""
-    reg = open_registry(registry)
-    names = [protocol] if protocol else sorted(reg.protocols)
+    ``stability``, also how far each matcher's open-set thresholds move with one reference left out
+    (minutes: ``progress`` hears of each protocol and matcher)."""
+    with _Step(progress, "reading the registry"):
+        reg = open_registry(registry)
+        names = [protocol] if protocol else sorted(reg.protocols)
+        for name in names:
+            reg.protocol(name)
+        chosen = _matcher_names(matchers)
+    done = []
+    count = progress if progress is not None and len(names) > 1 else None  # several protocols: how many done
     for name in names:
-        reg.protocol(name)
-    chosen = _matcher_names(matchers)
-    return EvaluationResult(reg.path, tuple(evaluate_protocol(reg, n, chosen, stability=stability) for n in names))
+        if count is not None:
+            count("protocols evaluated", len(done), len(names))
+        done.append(evaluate_protocol(reg, name, chosen, stability=stability, progress=progress))
+    if count is not None:
+        count("protocols evaluated", len(done), len(names))
+    return EvaluationResult(reg.path, tuple(done))
 
 
 def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
-              matchers: Sequence[str] | None = None) -> CalibrationResult:
+              matchers: Sequence[str] | None = None, progress: Progress | None = None) -> CalibrationResult:
     """Calibrate the matchers' open-set thresholds ("unknown") on a protocol's references and record
     them in the registry (``<protocol>/calibration.yaml``), where attribution reuses them."""
     from forensics.match import make_matcher
 
-    reg = open_registry(registry)
-    name = reg.resolve_protocol(protocol)
-    refs = reg.enrolled(name)
+    with _Step(progress, "reading the registry"):
+        reg = open_registry(registry)
+        name = reg.resolve_protocol(protocol)
+        refs = reg.enrolled(name)
+        chosen = _matcher_names(matchers)
     records = {}
-    for mname in _matcher_names(matchers):
-        m = make_matcher(mname).fit(refs)
+    for mname in chosen:
+        with _Step(progress, f"calibrating {mname} on {name}"):
+            m = make_matcher(mname).fit(refs)
         cal = dict(m.calibration or {})
         cal.pop("source", None)
         records[mname] = {"options": m.options(), **cal}
@@ -421,7 +593,8 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
                     projection: int | None = 64, tau: float | None = None, seed: int = 0, batch_size: int = 500,
                     description: str = "", ship_reference: bool = False, default: bool = False,
                     registry: RegistryLike = None, device: str = "cpu", progress: Progress | None = None,
-                    train: str | Path | None = None, heldout: str | Path | None = None) -> ProtocolCreation:
+                    train: str | Path | None = None, heldout: str | Path | None = None, engine: str = "local",
+                    ray_address: str | None = None) -> ProtocolCreation:
     """Define a protocol in the registry (creating the registry if needed): hash the reference sets,
     record the encoder, the statistic's parameters and the batch size m. With ``ship_reference``, also
     fit the reference side (minutes) and store it beside the protocol.
@@ -429,8 +602,9 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
     The reference sets are a registered data set (``dataset``: T its train split, P_n its test split), or
     the user's own images: ``train`` (T, what the generators were trained on) and ``heldout`` (P_n, images
     of the same kind that no generator saw), each a folder of PNG/JPEG files or an .npz/.npy array. Those
-    are recorded as the data set ``folder`` by content hash, with their location outside the digest."""
-    from forensics.engine import Engine, make_protocol
+    are recorded as the data set ``folder`` by content hash, with their location outside the digest.
+    ``engine="ray"`` fits the shipped reference side on a Ray cluster (``ray_address``)."""
+    from forensics.engine import engine_class, make_protocol
     from forensics.registry import Registry
 
     own = train is not None or heldout is not None
@@ -440,23 +614,57 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
     if dataset is None and (train is None or heldout is None):
         raise UsageError("say what the reference sets are: --dataset NAME (a registered data set), or --train "
                          "and --heldout (your own folders of training and held-out images)")
+    _check_new_protocol(name, dataset=dataset, encoder=encoder, distance=distance, projection=projection,
+                        params={"k": k, "distance": distance, "projection": projection or None, "tau": tau,
+                                "seed": seed}, device=device, weights=weights,
+                        own=[p for p in (train, heldout) if p is not None], engine=engine)
+    build = engine_class(engine, ray_address)  # an unknown engine, or Ray missing, fails before any work
+    here = device if engine == "local" else "cpu"  # under Ray the encoder is recorded here, run on the cluster
     reg = registry if isinstance(registry, Registry) else Registry.open(registry, create=True)
     params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
-    if own:
-        proto = _own_data_protocol(name, train=train, heldout=heldout, encoder=encoder,
-                                   encoder_options=encoder_options, weights=weights, layers=layers,
-                                   statistic_params=params, batch_size=batch_size, description=description,
-                                   device=device)
-    else:
-        proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=encoder_options,
-                              weights=weights, layers=layers or None, statistic_params=params,
-                              batch_size=batch_size, description=description, device=device)
+    with _Step(progress, "hashing the reference sets, building the encoder"):
+        if own:
+            proto = _own_data_protocol(name, train=train, heldout=heldout, encoder=encoder,
+                                       encoder_options=encoder_options, weights=weights, layers=layers,
+                                       statistic_params=params, batch_size=batch_size, description=description,
+                                       device=here)
+        else:
+            proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=encoder_options,
+                                  weights=weights, layers=layers or None, statistic_params=params,
+                                  batch_size=batch_size, description=description, device=here)
     reg.add_protocol(proto, default=default)
     path = None
     if ship_reference:
-        engine = Engine(proto, device=device, weights=None if weights == "random" else weights, progress=progress)
-        path = engine.write_reference(reg.writable_reference_dir(name))  # never into the bundled registry
+        fitter = build(proto, device=device, weights=None if weights == "random" else weights,
+                       progress=_engine_progress(progress))
+        path = fitter.write_reference(reg.writable_reference_dir(name))  # never into the bundled registry
     return ProtocolCreation(proto, reg.path, path)
+
+
+def _check_new_protocol(name: str, *, dataset: str | None, encoder: str, distance: str, projection: int | None,
+                        params: dict[str, Any], device: str, weights: str | None, own: Sequence[Any],
+                        engine: str = "local") -> None:
+    """What :func:`create_protocol` would refuse only after hashing the reference sets and building the
+    encoder: a bad name, an unknown data set, encoder or statistic parameter, a distance, device or
+    weights file that cannot be, a folder of images that is not there."""
+    from forensics.plugins import host
+    from forensics.registry.model import check_name
+    from forensics.stats.base import get_statistic, split_params
+    from forensics.stats.ct.statistic import DISTANCES
+
+    check_name("protocol name", name)
+    if dataset is not None:
+        host().get("datasets", dataset)
+    host().get("encoders", encoder)
+    if distance not in DISTANCES:
+        raise UsageError(f"--distance takes {' or '.join(DISTANCES)}, not {distance!r}")
+    if projection is not None and projection < 0:
+        raise UsageError(f"--projection takes a number of dimensions (0: none), not {projection}")
+    split_params(get_statistic("ct"), params)
+    _check_weights(weights)
+    for where in own:
+        _check_input(where)
+    check_compute(device, engine=engine)
 
 
 def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, encoder: str,
@@ -603,21 +811,30 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
     from forensics.match import make_matcher
     from forensics.zoo.catalog import select
 
-    reg = open_registry(registry)
-    chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None, ["heldout"])
-    pname = reg.resolve_protocol(protocol)
-    proto = reg.protocol(pname)
-    references = reg.enrolled(pname)
-    if not references:
-        raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol {pname}`")
-    names = _matcher_names(matchers)
-    fitted = {n: make_matcher(n, calibration=reg.calibration(pname, n)).fit(references) for n in names}
-    engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights, progress=progress)
+    _check_weights(weights)
+    with _Step(progress, "reading the registry"):
+        reg = open_registry(registry)
+        chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None, ["heldout"])
+        pname = reg.resolve_protocol(protocol)
+        proto = reg.protocol(pname)
+        references = reg.enrolled(pname)
+        if not references:
+            raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol "
+                             f"{pname}`")
+        names = _matcher_names(matchers)
+        fitted = {n: make_matcher(n, calibration=reg.calibration(pname, n)).fit(references) for n in names}
+    with _Step(progress, f"starting torch on {device}"):
+        check_compute(device)
+        engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights,
+                             progress=_engine_progress(progress))
+    _prepare(engine, progress)
     sets = []
     for z in chosen:
         if not z.path.is_file():
             raise _missing(z.path)
-        curve = engine.curves(load_images(z.path)[0], what=f"{z.generator}/{z.instance}", partial=False)[0]
+        images = load_images(z.path)[0]
+        _embedding_begins(proto, progress, f"{z.generator}/{z.instance}", len(images))
+        curve = engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)[0]
         answers = {n: m.attribute(curve.fingerprint.vector()) for n, m in fitted.items()}
         sets.append(HeldoutSet(z.generator, z.path, curve, answers))
     return HeldoutResult(pname, tuple(names), tuple(sets))
@@ -652,19 +869,24 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
                generators: Sequence[str] | None = None, instances: Sequence[str] | None = None,
                samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
                progress: Progress | None = None,
-               on_enrolled: Callable[[dict[str, Any]], None] | None = None) -> ZooEnrolment:
+               on_enrolled: Callable[[dict[str, Any]], None] | None = None, engine: str = "local",
+               ray_address: str | None = None) -> ZooEnrolment:
     """Enrol the zoo's sample sets (default: the reference runs) under a protocol, skipping those already
     there; under a combination, under each protocol it combines. ``on_enrolled`` hears of each set as it
-    is stored."""
-    from forensics.engine import Engine, one_encoder_weights
+    is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
+    from forensics.engine import engine_class, one_encoder_weights
     from forensics.io.images import load_images
     from forensics.zoo.catalog import select
 
+    _check_weights(weights)
     reg = open_registry(registry)
     chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None,
                     list(instances) if instances else None)
     pname = reg.resolve_protocol(protocol)
     one_encoder_weights(reg.protocol(pname), weights)
+    with _Step(progress, f"starting torch on {device}"):
+        check_compute(device, engine=engine)  # before every sample set is read, not after
+        build = engine_class(engine, ray_address)
     parts = reg.protocol(pname).parts
     done: list[dict[str, Any]] = []
     skipped = 0
@@ -684,10 +906,12 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
         skipped += len(chosen) - len(todo)
         if not todo:
             continue
-        engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
-                        progress=progress)
+        runner = build(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
+                       progress=_engine_progress(progress))
+        _prepare(runner, progress)
         for z, images, digest in todo:
-            fps = [c.fingerprint for c in engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)]
+            _embedding_begins(proto, progress, f"{z.generator}/{z.instance}", len(images))
+            fps = [c.fingerprint for c in runner.curves(images, what=f"{z.generator}/{z.instance}", partial=False)]
             command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
                        "--instance", z.instance]
             provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
@@ -724,8 +948,11 @@ def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
     at = layers.index(name)
     # under a combination, the protocol that holds the layer, and the layer's index there
     proto, index = next((part, at - a) for part, a, b in part_spans(reg.protocol(pname)) if a <= at < b)
+    with _Step(progress, f"starting torch on {device}"):
+        check_compute(device)
     engine = Engine(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
-                    progress=progress)
+                    progress=_engine_progress(progress))
+    _prepare(engine, progress)
     reference = engine.reference_side()[index]
     test = engine.embed(load_reference_set(proto.test), "held-out set P_n", cache=True,
                         images_hash=proto.test.sha256)[index]
@@ -737,6 +964,129 @@ def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
     rows = tuple({"generator": z.generator, "instance": z.instance, **q}
                  for z, q in zip(chosen, encoder_quality(reference, sets, test)))
     return ZooQuality(pname, name, rows)
+
+
+# -- the user cache -------------------------------------------------------------------------------
+def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
+    """Every entry of the cache folder ``root`` as a :class:`~forensics.results.CacheItem`, each tied to
+    the registry's protocols it serves: a reference side by its file name (the protocol's reference key),
+    embeddings by the content hash of their images (the protocol's T or P_n) and their encoder."""
+    import json
+    import time
+
+    from forensics.encode.cache import iter_entries
+    from forensics.results import CacheItem
+
+    by_reference: dict[str, list[str]] = {}
+    by_images: dict[tuple[str, str], list[str]] = {}
+    roles: dict[str, str] = {}
+    try:
+        from forensics.engine import reference_key
+        from forensics.io.hashing import short
+
+        reg = open_registry(registry)
+        for name in sorted(reg.protocols):
+            for part in reg.protocols[name].parts:
+                if part.name != name:
+                    continue  # a combination's parts are listed under their own names
+                by_reference.setdefault(f"{short(reference_key(part), 24)}.npz", []).append(name)
+                for ref, role in ((part.train, "T"), (part.test, "P_n")):
+                    if ref.sha256:
+                        by_images.setdefault((ref.sha256, part.encoder.name), []).append(name)
+                        roles[ref.sha256] = role
+    except Exception:  # noqa: BLE001 - a registry that does not load must not hide what the cache holds
+        pass
+    now = time.time()
+    items = []
+    for entry in iter_entries(root):
+        protocols: list[str] = []
+        encoder = images = None
+        if entry.kind == "reference":
+            protocols = by_reference.get(entry.path.name, [])
+        elif entry.kind == "embeddings":
+            try:
+                what = json.loads((entry.path / "index.json").read_text("utf-8")).get("what") or {}
+            except (OSError, ValueError, AttributeError):
+                what = {}
+            encoder = what.get("encoder") if isinstance(what.get("encoder"), str) else None
+            images = what.get("images") if isinstance(what.get("images"), str) else None
+            protocols = by_images.get((str(images), str(encoder)), [])
+        items.append(CacheItem(entry.path, entry.kind, int(entry.size), max(0.0, now - entry.mtime), entry.what,
+                               tuple(protocols), encoder, images, roles.get(str(images)) if protocols else None))
+    return items
+
+
+def list_cache(*, registry: RegistryLike = None) -> CacheListing:
+    """What the user cache folder (``$FORENSICS_CACHE_DIR``, else the platform's cache folder) holds:
+    embeddings of reference sets, fitted reference sides, files of older formats; each with its size,
+    age and the registry's protocols it serves. Nothing is read beyond the entries' small indexes."""
+    from forensics.encode.cache import cache_dir
+    from forensics.results import CacheListing
+
+    root = cache_dir()
+    return CacheListing(root, tuple(_cache_items(root, registry)))
+
+
+#: the units ``older_than`` takes, in seconds
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (or a plain number of days) as seconds."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
+    if found is None:
+        raise UsageError(f"--older-than takes a duration such as 30d, 12h, 90m or 2w, not {text!r}")
+    return float(found.group(1)) * DURATION_UNITS[found.group(2) or "d"]
+
+
+def clear_cache(*, older_than: str | float | None = None, protocol: str | None = None,
+                registry: RegistryLike = None, confirm: Callable[[Sequence[CacheItem]], bool] | None = None
+                ) -> CacheClearing:
+    """Remove entries of the user cache: all of them, those last written more than ``older_than`` ago (a
+    duration such as ``"30d"``, or seconds), or those serving ``protocol`` (its reference side and the
+    embeddings of its reference sets; under a combination, its protocols'). ``confirm(items)`` is asked
+    first (the command line asks the user); nothing is removed when it says no.
+
+    Only what forensics writes is removed (embeddings, reference sides, files of older formats), never
+    anything else found in the folder; a link is refused (left alone), as is anything that resolves
+    outside the cache folder. Everything refused is listed with the reason."""
+    import os
+
+    from forensics.encode.cache import cache_dir
+    from forensics.results import CacheClearing
+
+    age = None if older_than is None else (
+        float(older_than) if isinstance(older_than, (int, float)) else parse_duration(older_than))
+    wanted: set[str] | None = None
+    if protocol is not None:
+        reg = open_registry(registry)
+        wanted = {p.name for p in reg.protocol(reg.resolve_protocol(protocol)).parts}
+    root = cache_dir()
+    real_root = os.path.realpath(root)
+    chosen, refused = [], []
+    for item in _cache_items(root, registry):
+        if item.kind not in ("embeddings", "reference", "old"):
+            continue  # not written by forensics: never removed
+        if age is not None and item.age_s < age:
+            continue
+        if wanted is not None and not wanted & set(item.protocols):
+            continue
+        real = os.path.realpath(item.path)
+        if item.path.is_symlink():
+            refused.append((item, "a link: left alone (only what forensics wrote is removed)"))
+        elif os.path.commonpath([real_root, real]) != real_root:
+            refused.append((item, "outside the cache folder: left alone"))
+        else:
+            chosen.append(item)
+    if chosen and confirm is not None and not confirm(chosen):
+        return CacheClearing(root, (), tuple(refused), False)
+    from forensics.encode.cache import _remove
+
+    for item in chosen:
+        _remove(item.path)
+    return CacheClearing(root, tuple(chosen), tuple(refused), True)
 
 
 # -- InvMM ----------------------------------------------------------------------------------------
