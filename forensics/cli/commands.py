@@ -8,10 +8,10 @@ from typing import Optional
 
 import typer
 
-from forensics import __version__
 from forensics.cli.common import (
-    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE,
-    check_output, err, esc, handle_errors, out, print_json, progress_bar, use_offline,
+    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS,
+    OPT_WORKERS, STATE, batch_notes, check_output, distribution_version, err, esc, handle_errors, input_notes, out,
+    print_json, progress_bar, use_offline,
 )
 
 app = typer.Typer(
@@ -25,7 +25,8 @@ app = typer.Typer(
 
 def _version(value: bool):
     if value:
-        out.print(f"forensics {__version__}")
+        dist, version = distribution_version()
+        out.print(f"forensics {version}" + (f" (distribution {dist})" if dist != "forensics" else ""), markup=False)
         raise typer.Exit()
 
 
@@ -33,6 +34,8 @@ def _version(value: bool):
 def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display (it is shown only on a terminal "
+                               "anyway: a piped run prints none)."),
     offline: bool = typer.Option(False, "--offline", help="Download nothing: weights and data sets only from this "
                                  "machine (also FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1)."),
     threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for the encoder and the statistic: "
@@ -50,6 +53,7 @@ def main_options(
         raise typer.BadParameter(str(exc), param_hint="'--threads'") from None
 
     STATE["debug"] = debug or env_debug()  # set on every invocation: nothing carries over between runs
+    STATE["quiet"] = quiet
     set_offline(offline)
     report_to(None)  # until this run's progress display registers itself
     columns = os.environ.get("COLUMNS", "")
@@ -75,6 +79,7 @@ def attribute(
     plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
                                              "folder (needs the extra 'plots')."),
     offline: bool = OPT_OFFLINE,
+    no_recursive: bool = OPT_NO_RECURSIVE,
 ):
     """Attribute a batch of images to the generator in the registry whose fingerprint it matches.
 
@@ -91,7 +96,9 @@ def attribute(
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
-                     cache=not no_cache, workers=workers, amp=amp, progress=update)
+                     cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive)
+    input_notes(images, result.input.skipped)
+    batch_notes(result)
     if html_out is not None or plots_dir is not None:
         from forensics.report.html import attribution_page, write_outputs
 
@@ -119,6 +126,7 @@ def memorization(
     plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
                                              "folder (needs the extra 'plots')."),
     offline: bool = OPT_OFFLINE,
+    no_recursive: bool = OPT_NO_RECURSIVE,
 ):
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
 
@@ -135,7 +143,8 @@ def memorization(
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
-                     cache=not no_cache, workers=workers, amp=amp, progress=update)
+                     cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive)
+    input_notes(images, result.input.skipped)
     if html_out is not None or plots_dir is not None:
         from forensics.report.html import memorization_page, write_outputs
 
@@ -306,6 +315,10 @@ from forensics.cli import zoo as cli_zoo  # noqa: E402
 app.command("encoders")(cli_encoders.encoders)
 app.add_typer(cli_registry.app, name="registry")
 app.add_typer(cli_zoo.app, name="zoo")
+
+from forensics.cli import cache as cli_cache  # noqa: E402
+
+app.add_typer(cli_cache.app, name="cache")
 
 from forensics.cli import invmm as cli_invmm  # noqa: E402
 

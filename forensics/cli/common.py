@@ -24,7 +24,7 @@ def env_debug() -> bool:
     return os.environ.get("FORENSICS_DEBUG", "") not in ("", "0")
 
 
-STATE = {"debug": env_debug()}
+STATE = {"debug": env_debug(), "quiet": False}
 
 
 def esc(value: Any) -> str:
@@ -86,18 +86,46 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def progress_bar():
-    """A rich progress display on stderr and a callback ``(what, done, total)`` that feeds it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def progress_bar(*, quiet: bool | None = None):
+    """A rich progress display on stderr and the callback ``(what, done, total)`` that feeds it (the
+    library's ``progress=``, :mod:`forensics.api`): one line per step, from the first second of a run,
+    each with a spinner and its time; counted steps (decoding, embedding, fitting) with a bar, ``done/total``
+    and the time left. ``total == 0`` is a step of unknown length begun; ``done == total > 0`` ends a step.
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True, disable=not err.is_terminal)
+    Shown only when stderr is a terminal, and not with the global ``--quiet`` (``quiet`` overrides it): a
+    piped or redirected run prints no progress at all. The display is transient: the report replaces it.
+    """
+    from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class Counted(ProgressColumn):
+        """``done/total · time left`` for a counted step; nothing for a step of unknown length."""
+
+        def render(self, task) -> Text:
+            if not task.fields.get("counted") or task.total is None:
+                return Text("")
+            left = "" if task.finished or task.time_remaining is None else \
+                f" · {int(task.time_remaining) // 60}:{int(task.time_remaining) % 60:02d} left"
+            return Text(f"{int(task.completed)}/{int(task.total)}{left}", style="progress.download")
+
+    quiet = STATE.get("quiet", False) if quiet is None else quiet
+    progress = Progress(SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"),
+                        BarColumn(bar_width=30), Counted(), TimeElapsedColumn(), console=err, transient=True,
+                        disable=quiet or not err.is_terminal)
     tasks: dict[str, int] = {}
+    unknown_length: set[str] = set()
 
     def update(what: str, done: int, total: int) -> None:
         if what not in tasks:
-            tasks[what] = progress.add_task(esc(f"embedding {what}" if "fitting" not in what else what), total=total)
-        progress.update(tasks[what], completed=done, total=total)
+            tasks[what] = progress.add_task(esc(what), total=total if total > 0 else None, counted=total > 0)
+            if total <= 0:
+                unknown_length.add(what)
+        if total <= 0:
+            return  # begun, of unknown length: its spinner turns and its time runs
+        if what in unknown_length:  # over
+            progress.update(tasks[what], completed=total, total=total)
+        else:
+            progress.update(tasks[what], completed=done, total=total)
 
     from forensics.io.download import report_to
 
@@ -110,7 +138,21 @@ REGISTRY_HELP = ("Registry folder, read and written as it is (default: $FORENSIC
 
 # Options that several commands share, declared once so that they read and behave the same everywhere.
 OPT_REGISTRY = typer.Option(None, "--registry", help=REGISTRY_HELP)
-OPT_PROTOCOL = typer.Option(None, "--protocol", "-p", help="Protocol name (default: the registry's default protocol).")
+
+
+def complete_protocol(incomplete: str) -> list[str]:
+    """Shell completion of ``--protocol``: the protocols of the registry ($FORENSICS_REGISTRY, else the
+    default one) whose names start with what was typed; nothing when the registry cannot be read."""
+    try:
+        from forensics.api import open_registry
+
+        return [name for name in sorted(open_registry().protocols) if name.startswith(incomplete)]
+    except Exception:  # noqa: BLE001 - completion never fails the shell
+        return []
+
+
+OPT_PROTOCOL = typer.Option(None, "--protocol", "-p", help="Protocol name (default: the registry's default protocol).",
+                            autocompletion=complete_protocol)
 OPT_DEVICE = typer.Option("cpu", "--device", help="Torch device for the encoder and the statistic: cpu, cuda, cuda:1.")
 OPT_WEIGHTS = typer.Option(None, "--weights", help="Encoder weights file, when not found otherwise.")
 OPT_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache.")
@@ -127,6 +169,52 @@ def use_offline(flag: bool) -> None:
         from forensics.io.download import set_offline
 
         set_offline(True)
+
+
+OPT_NO_RECURSIVE = typer.Option(False, "--no-recursive", help="Read only the folder's own files, not its "
+                                "subfolders' (by default a folder is searched recursively).")
+
+
+def distribution_version() -> tuple[str, str]:
+    """The installed distribution that provides the ``forensics`` command, and its version (what pip
+    installed, which ``forensics --version`` prints); ``forensics.__version__`` when none is installed."""
+    from importlib import metadata
+
+    import forensics
+
+    names = metadata.packages_distributions().get("forensics") or []
+    for name in dict.fromkeys(names):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            continue
+        if any(ep.group == "console_scripts" and ep.value.startswith("forensics.cli") for ep in dist.entry_points):
+            return dist.metadata["Name"], dist.version
+    return "forensics", forensics.__version__
+
+
+def input_notes(path: Any, skipped: Any) -> None:
+    """A note on stderr of what reading the folder ``path`` skipped (``{reason: how many}``: hidden
+    entries, files that are not images, links to folders, subfolders with ``--no-recursive``)."""
+    if not skipped:
+        return
+    what = ", ".join(f"{n} {reason}" for reason, n in dict(skipped).items())
+    err.print(f"[yellow]note:[/] skipped in {esc(path)}: {esc(what)}", soft_wrap=True)  # one line
+
+
+def batch_notes(result: Any) -> None:
+    """A warning on stderr when an attribution's images were not all in full batches of m: the remainder
+    attributed as a batch of its own, or left out."""
+    m = result.protocol.batch_size
+    n = result.input.n_images
+    if result.left_out:
+        err.print(f"[yellow]warning:[/] {n:,} images make {n // m} batch(es) of {m}; the last {result.left_out} "
+                  f"(fewer than half a batch) were left out of the attribution", soft_wrap=True)
+    rest = result.remainder
+    if rest is not None:
+        err.print(f"[yellow]warning:[/] the last {rest.curve.n_images} of {n:,} images were attributed as a batch of "
+                  f"their own ({esc(rest.verdict or 'unknown')}); with fewer than {m} images it is less reliable, "
+                  "and it is not in the mean curve", soft_wrap=True)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -11,6 +11,7 @@ from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out,
     print_json, progress_bar, use_offline,
 )
+from forensics.cli.common import OPT_NO_RECURSIVE, input_notes
 
 if TYPE_CHECKING:
     from forensics.results import EvaluationResult, ProtocolDetail, RegistryListing
@@ -187,6 +188,7 @@ def enroll(
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
     offline: bool = OPT_OFFLINE,
+    no_recursive: bool = OPT_NO_RECURSIVE,
 ):
     """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
 
@@ -201,7 +203,8 @@ def enroll(
     progress, update = progress_bar()
     with progress:
         result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,
-                     device=device, weights=weights, progress=update)
+                     device=device, weights=weights, progress=update, recursive=not no_recursive)
+    input_notes(images, result.skipped)
     if result.left_out:
         err.print(f"[yellow]note:[/] {result.n_images} images make {len(result.instances)} batch(es) of "
                   f"{result.batch_size}; "
@@ -347,7 +350,9 @@ def evaluate(
         from forensics.report.html import check_outputs
 
         check_outputs(html_out, plots_dir)  # before the evaluation, not after
-    result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability)
+    progress, update = progress_bar()
+    with progress:
+        result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability, progress=update)
     if html_out is not None or plots_dir is not None:
         from forensics.report.html import evaluation_page, write_outputs
 
@@ -375,7 +380,9 @@ def calibrate(
     from forensics.api import calibrate as run
     from forensics.match import lookalike_note
 
-    result = run(protocol=protocol, registry=registry, matchers=matcher)
+    progress, update = progress_bar()
+    with progress:
+        result = run(protocol=protocol, registry=registry, matchers=matcher, progress=update)
     records, path = result.matchers, result.file
     if json_out:
         print_json(result.to_dict())
