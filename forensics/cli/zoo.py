@@ -10,6 +10,7 @@ import typer
 from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, handle_errors, out, print_json,
 )
+from forensics.cli.common import progress_bar
 from forensics.errors import UsageError
 
 app = typer.Typer(name="zoo", no_args_is_help=True,
@@ -90,8 +91,10 @@ def enroll(
             err.print(f"enrolled {done['generator']}/{done['instance']} under {done['protocol']} as "
                       f"{', '.join(done['ids'])}", markup=False)
 
-    result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
-                        samples=samples, device=device, weights=weights, on_enrolled=tell)
+    progress, update = progress_bar()
+    with progress:
+        result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
+                            samples=samples, device=device, weights=weights, on_enrolled=tell, progress=update)
     if json_out:
         print_json(result.to_dict())
     else:
@@ -123,8 +126,10 @@ def quality(
 
     from forensics.api import zoo_quality
 
-    result = zoo_quality(protocol=protocol, registry=registry, generators=generator, layer=layer, samples=samples,
-                         device=device, weights=weights)
+    progress, update = progress_bar()
+    with progress:
+        result = zoo_quality(protocol=protocol, registry=registry, generators=generator, layer=layer,
+                             samples=samples, device=device, weights=weights, progress=update)
     if json_out:
         print_json(result.to_dict())
         return
@@ -162,8 +167,10 @@ def heldout(
 
     from forensics.api import zoo_heldout
 
-    result = zoo_heldout(protocol=protocol, registry=registry, generators=generator, matchers=matcher,
-                         samples=samples, device=device, weights=weights)
+    progress, update = progress_bar()
+    with progress:
+        result = zoo_heldout(protocol=protocol, registry=registry, generators=generator, matchers=matcher,
+                             samples=samples, device=device, weights=weights, progress=update)
     if json_out:
         print_json(result.to_dict())
         return
@@ -262,8 +269,12 @@ def manifest(samples: Optional[Path] = _SAMPLES, registry: Optional[Path] = OPT_
     """
     from forensics.zoo.catalog import write_manifest
 
+    folder = _folder(samples, registry)
+    if not any(folder.glob("*/*.json")):  # a fresh user registry: nothing retrained yet
+        raise UsageError(f"no zoo sample sets recorded in {folder}: `forensics zoo train GENERATOR --seed N` "
+                         "writes them there (the bundled sets are recorded already); --samples names another folder")
     try:
-        path = write_manifest(_folder(samples, registry))
+        path = write_manifest(folder)
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
     out.print(f"wrote {path}", markup=False)
