@@ -1,5 +1,6 @@
 """InvMM on the project's memorizing MNIST network: does it memorize, does InvMM find it, at what cost.
 
+    python benchmarks/invmm_eval.py beta
     python benchmarks/invmm_eval.py memorizes   [--model mnist-dup] [--samples 500]
     python benchmarks/invmm_eval.py separation  [--ordinary 40] [--set max_steps=2000 ...]
     python benchmarks/invmm_eval.py membership  [--model mnist-ddpm] [--ordinary 40] [--heldout 40]
@@ -8,6 +9,10 @@
 
 Each part prints a JSON summary (and writes it with ``--out FILE``):
 
+``beta``
+    Why pixel correlation and β = 0.985 on the digits: the highest correlation between two distinct
+    training digits and between a held-out digit and its nearest training digit, against copies with
+    pixel noise and shifted by one pixel.
 ``memorizes``
     Before InvMM: the share of the model's DDIM samples (50 steps, η = 0) that are near-copies
     (pixel correlation ≥ β) of one of the 10 repeated training images, against the share that are
@@ -100,6 +105,32 @@ def nearest_training(samples: np.ndarray, train: np.ndarray) -> tuple[np.ndarray
     return c.argmax(1), c.max(1)
 
 
+def part_beta(args) -> dict:
+    from forensics.zoo.data import mnist_split
+
+    train, _, test, _ = mnist_split()
+
+    def unit(a):
+        a = a.reshape(len(a), -1).astype(np.float64)
+        a = a - a.mean(1, keepdims=True)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    z = unit(train)
+    c = z @ z.T
+    np.fill_diagonal(c, -1)
+    nearest = c.max(1)
+    out = {"nearest_distinct_training_max": float(nearest.max()),
+           "nearest_distinct_training_q999": float(np.quantile(nearest, 0.999)),
+           "heldout_to_nearest_training_max": float((unit(test) @ z.T).max(1).max())}
+    rng = np.random.default_rng(args.seed)
+    x = train[:500].astype(np.float64)
+    for sigma in (4, 8, 12.75):
+        noisy = np.clip(x + rng.normal(0, sigma, x.shape), 0, 255)
+        out[f"noisy_copy_sigma_{sigma}_min"] = float((unit(noisy) * z[:500]).sum(1).min())
+    out["shift_1px_median"] = float(np.median((unit(np.roll(train[:500], 1, axis=2)) * z[:500]).sum(1)))
+    return out
+
+
 def part_memorizes(args) -> dict:
     from forensics.inversion.similarity import PIXEL_CORRELATION_BETA
     from forensics.zoo.data import mnist_split
@@ -176,7 +207,7 @@ def part_cost(args) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["memorizes", "separation", "membership", "agreement", "cost"])
+    ap.add_argument("part", choices=["beta", "memorizes", "separation", "membership", "agreement", "cost"])
     ap.add_argument("--model", default="mnist-dup")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--set", action="append", default=[], help="InvMM parameter NAME=VALUE (repeatable)")
