@@ -495,8 +495,8 @@ def _matcher_names(matchers: Sequence[str] | None) -> list[str]:
     """The matchers asked for (each once, in order), all registered ones when none; unknown names fail."""
     from forensics.match import available_matchers
 
-    known = available_matchers()
-    names = list(dict.fromkeys(matchers or ())) or known
+    known = available_matchers(baselines=True)
+    names = list(dict.fromkeys(matchers or ())) or available_matchers()  # baselines only when named
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(f"unknown matcher {unknown[0]!r}; `forensics plugins` lists the installed ones")

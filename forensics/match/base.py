@@ -249,8 +249,10 @@ def make_matcher(name: str, **options: Any) -> Matcher:
     return matcher
 
 
-def available_matchers() -> list[str]:
-    """The names of every registered matcher, sorted."""
+def available_matchers(*, baselines: bool = False) -> list[str]:
+    """The names of every registered matcher, sorted; the paper's baselines (a factory or class with
+    ``baseline = True``: ``last-layer``, ``best-layer``, ``fid``) only with ``baselines``."""
     from forensics.plugins import host
 
-    return sorted(host().collect("matchers"))
+    found = host().collect("matchers")
+    return sorted(n for n, p in found.items() if baselines or not getattr(p.obj, "baseline", False))
