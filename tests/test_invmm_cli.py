@@ -163,3 +163,13 @@ def test_images_are_brought_to_the_models_size_and_channels(plugin_host, tmp_pat
     result = forensics.invmm(path, model="mnist-ddpm", settings=TINY_SETTINGS)
     assert result.targets.shape == (2, 28, 28)
     assert np.abs(result.targets.astype(int) - grey.astype(int)).mean() < 8
+
+
+@pytest.mark.parametrize("scores, success", [([math.inf] * 3, [False] * 3),
+                                             ([0.01, 0.5, math.inf], [True, True, False])])
+def test_the_score_plot_is_readable_with_and_without_reproduced_images(scores, success):
+    pytest.importorskip("matplotlib")
+    from forensics.report import plots
+
+    fig = plots.invmm_figure(scores, success, [0.99, 0.4, None], 0.985)
+    assert plots.layout_problems(fig) == []

@@ -430,6 +430,10 @@ def invmm_figure(scores: Sequence[float], success: Sequence[bool], best_similari
         ax_score.scatter(np.array(ok), jitter, s=22, color="#d62728", alpha=0.8)
         if max(ok) / max(min(ok), 1e-12) > 20:
             ax_score.set_xscale("log")
+    else:
+        ax_score.text(0.5, 0.5, "no image reproduced: every score is ∞", transform=ax_score.transAxes,
+                      ha="center", va="center", fontsize=8, color="#777777")
+        ax_score.set_xticks([])
     ax_score.set_ylim(-0.5, 0.5)
     ax_score.set_yticks([])
     ax_score.set_xlabel("score: KL at success (lower = more memorized)")
@@ -438,7 +442,7 @@ def invmm_figure(scores: Sequence[float], success: Sequence[bool], best_similari
     colours = ["#d62728" if good else "#1f77b4" for good in success]
     ax_sim.scatter(sims, np.random.default_rng(1).uniform(-0.15, 0.15, len(sims)), s=22, c=colours, alpha=0.8)
     ax_sim.axvline(threshold, color="#444444", lw=0.9, ls="--")
-    ax_sim.text(threshold, 0.42, f" β {threshold:g}", fontsize=7, va="top")
+    ax_sim.text(threshold, 0.42, f"β {threshold:g} ", fontsize=7, va="top", ha="right")
     ax_sim.set_ylim(-0.5, 0.5)
     ax_sim.set_yticks([])
     ax_sim.set_xlabel("best verification similarity")
