@@ -1,5 +1,6 @@
 """The contracts plugins must meet, as check functions and as pytest classes to inherit: encoders
-(:class:`EncoderContract`), statistics (:class:`StatisticContract`) and matchers (:class:`MatcherContract`).
+(:class:`EncoderContract`), statistics (:class:`StatisticContract`), matchers (:class:`MatcherContract`) and
+InvMM's diffusion models (:class:`DiffusionModelContract`).
 
 Encoders
 --------
@@ -44,6 +45,22 @@ set: shuffling it does not move the value), the **round trip** through ``to_arra
 ``.npz`` file without pickle (the same value, exactly), the **score** (a float value, a counted weight in
 [0, 1] or None, a reading among :data:`forensics.stats.base.READINGS`), **device** (``to("cpu")`` scores
 the same) and **errors** (embeddings of the wrong shape raise :class:`forensics.errors.ForensicsError`).
+
+Diffusion models (InvMM)
+------------------------
+::
+
+    class TestMyModel(DiffusionModelContract):
+        @pytest.fixture(scope="class")
+        @classmethod
+        def model(cls):
+            return load_my_model(device="cpu")
+
+:func:`check_diffusion_model` runs every check: the **schedule** (ᾱ_t float, T values in (0, 1],
+non-increasing), the **shapes** (ε has x_t's shape; encode/decode map images to ``sample_shape`` and back),
+**frozen** (ε carries no gradient from the model's own parameters), the **DDIM timesteps** (descending,
+within 0 … T−1, ``steps`` of them at most) and, for a text-conditioned model, the **soft prompt** (a condition
+from token weights that gradients reach, and an unconditional one of the same batch).
 
 Matchers
 --------
@@ -457,6 +474,53 @@ def check_matcher(factory: MatcherFactory, references: Sequence[EnrolledCurve] |
         check(factory, references)
 
 
+# -- diffusion models (InvMM) ------------------------------------------------------------------------
+def check_diffusion_model(model: Any) -> None:
+    """Every check of :class:`DiffusionModelContract` on one :class:`forensics.inversion.model.DiffusionModel`."""
+    import torch
+
+    from forensics.inversion.model import DiffusionModel
+
+    assert isinstance(model, DiffusionModel), f"{type(model).__name__} is not a DiffusionModel"
+    ab = model.alphas_cumprod
+    assert torch.is_tensor(ab) and ab.dim() == 1 and ab.is_floating_point(), "alphas_cumprod: a 1-d float tensor"
+    ab = ab.double().cpu()
+    assert bool(((ab > 0) & (ab <= 1)).all()), "alphas_cumprod must lie in (0, 1]"
+    assert bool((ab[1:] <= ab[:-1]).all()), "alphas_cumprod must not increase with t"
+    T = model.num_timesteps
+    for steps in (1, 5, 50):
+        ts = list(model.ddim_timesteps(steps))
+        assert 1 <= len(ts) <= steps, f"ddim_timesteps({steps}) gave {len(ts)} timesteps"
+        assert all(0 <= int(t) < T for t in ts), f"ddim_timesteps({steps}) leaves 0 … {T - 1}"
+        assert all(int(a) > int(b) for a, b in zip(ts, ts[1:])), f"ddim_timesteps({steps}) must descend"
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand((2, *model.image_shape), generator=g) * 2 - 1).to(model.device)
+    with torch.no_grad():
+        x0 = model.encode(images)
+        assert tuple(x0.shape) == (2, *model.sample_shape), f"encode gave {tuple(x0.shape)}"
+        back = model.decode(x0)
+        assert tuple(back.shape) == (2, *model.image_shape), f"decode gave {tuple(back.shape)}"
+    cond = None
+    if model.soft_prompt is not None:
+        sp = model.soft_prompt
+        logits = torch.zeros((2, sp.length, sp.vocab_size), device=model.device, requires_grad=True)
+        cond = model.condition(torch.softmax(logits, -1))
+        null = model.null_condition(2)
+        assert torch.is_tensor(cond) and torch.is_tensor(null) and cond.shape == null.shape, \
+            "condition() and null_condition(n) must be batched alike"
+    x_t = torch.randn((2, *model.sample_shape), generator=g).to(model.device)
+    t = torch.tensor([0, T - 1], device=model.device)
+    if cond is None:
+        eps = model.predict_noise(x_t, t)
+        assert eps.grad_fn is None, "predict_noise carries gradients from the model's parameters: freeze them"
+    else:
+        eps = model.predict_noise(x_t, t, cond)
+        eps.float().sum().backward()
+        assert logits.grad is not None and bool(logits.grad.abs().sum() > 0), "gradients must reach the soft prompt"
+    assert tuple(eps.shape) == tuple(x_t.shape), f"predict_noise gave {tuple(eps.shape)} for {tuple(x_t.shape)}"
+    assert bool(torch.isfinite(eps).all()), "predict_noise gave non-finite values"
+
+
 try:
     import pytest
 except ImportError:  # pragma: no cover - the class needs pytest, the functions do not
@@ -549,3 +613,10 @@ if pytest is not None:
 
         def test_calibration(self, matcher_factory, references):
             check_matcher_calibration(matcher_factory, references)
+
+    class DiffusionModelContract:
+        """Inherit in a test module and provide a ``model`` fixture (a frozen
+        :class:`forensics.inversion.model.DiffusionModel`, class-scoped is cheapest)."""
+
+        def test_diffusion_model(self, model):
+            check_diffusion_model(model)

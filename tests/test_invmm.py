@@ -303,3 +303,36 @@ def test_sscd_without_its_file_says_what_to_pass(tmp_path, monkeypatch):
     bad.write_bytes(b"not torchscript")
     with pytest.raises(UsageError, match="not a TorchScript"):
         SSCDSimilarity(bad)
+
+
+# -- the contract, on the bundled zoo network and a third party's model -----------------------------------
+from forensics.testing import DiffusionModelContract, check_diffusion_model  # noqa: E402
+
+
+class TestZooNetwork(DiffusionModelContract):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls):
+        from forensics.plugins import PluginHost
+
+        return PluginHost(autoload=False).get("diffusion_models", "mnist-ddpm").obj(device="cpu")
+
+
+def test_the_contract_catches_an_unfrozen_model_and_a_rising_schedule():
+    model = Memorizer(torch.zeros(1, 4, 4))
+    check_diffusion_model(model)
+
+    class Unfrozen(Memorizer):
+        def __init__(self, x):
+            super().__init__(x)
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def predict_noise(self, x_t, t, condition=None):
+            return super().predict_noise(x_t, t) * self.scale
+
+    with pytest.raises(AssertionError, match="freeze"):
+        check_diffusion_model(Unfrozen(torch.zeros(1, 4, 4)))
+    rising = Memorizer(torch.zeros(1, 4, 4))
+    rising.alphas_cumprod = rising.alphas_cumprod.flip(0)
+    with pytest.raises(AssertionError, match="increase"):
+        check_diffusion_model(rising)
