@@ -36,6 +36,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -162,16 +163,20 @@ class LayerMatcher(ScalarBaseline):
 # -- the FID baseline ----------------------------------------------------------------------------------
 def recorded_fid(reference: EnrolledCurve) -> tuple[float, str] | None:
     """The FID statistic recorded for an enrolled instance, and its name: ``fid`` from the provenance (the
-    paper's import), else the zoo manifest's ``fd_pca`` of the sample set with the same SHA-256."""
+    paper's import), else the zoo manifest's ``fd_pca`` of the sample set enrolled (by its file's SHA-256 or
+    its ``generator/instance.npz`` name under the zoo's samples folder)."""
     prov = reference.provenance or {}
     fid = prov.get("fid")
     if isinstance(fid, (int, float)) and math.isfinite(fid):
         return float(fid), "fid"
-    sha = prov.get("input_sha256")
-    if isinstance(sha, str):
-        q = _zoo_quality().get(sha.removeprefix("sha256:"))
-        if q is not None:
-            return q, "fd_pca"
+    zoo = _zoo_quality()
+    sha, path = prov.get("input_sha256"), prov.get("input")
+    keys = [sha.removeprefix("sha256:")] if isinstance(sha, str) else []
+    if isinstance(path, str) and path:
+        keys.append("/".join(PurePath(path).parts[-2:]))   # the sample set's file, as the manifest names it
+    for key in keys:
+        if key in zoo:
+            return zoo[key], "fd_pca"
     return None
 
 
@@ -183,8 +188,11 @@ def _zoo_quality_at(folder: str) -> dict[str, float]:
         found = read_manifest(folder)
     except (ForensicsError, OSError):
         return {}
-    return {z.sha256: float(z.quality["fd_pca"]) for z in found
-            if isinstance(z.quality.get("fd_pca"), (int, float))}
+    table = {}
+    for z in found:
+        if isinstance(z.quality.get("fd_pca"), (int, float)):
+            table[z.sha256] = table[str(z.record.get("file"))] = float(z.quality["fd_pca"])
+    return table
 
 
 def _zoo_quality() -> dict[str, float]:
