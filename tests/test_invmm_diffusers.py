@@ -232,9 +232,10 @@ def test_stable_diffusion_schedule_is_its_schedulers(sd, sd_dir):
     assert sd.final_alpha_cumprod == pytest.approx(float(pndm.alphas_cumprod[0]))
 
 
-def test_verification_takes_the_pipelines_last_x0_where_its_last_step_stops_at_alpha_0(sd):
+def test_verification_ends_where_the_pipelines_last_step_does_at_alpha_0(sd):
     """With Stable Diffusion's set_alpha_to_one = false, the pipeline's last DDIM step returns
-    √ᾱ_0·x̂₀ + √(1−ᾱ_0)·ε̂; the measure verifies on that step's x̂₀ (pred_original_sample), along the same chain."""
+    √ᾱ_0·x̂₀ + √(1−ᾱ_0)·ε̂ (as the official LDM sampler, whose last ᾱ_prev is ᾱ_0); the measure verifies on that
+    same latent, decoded."""
     from forensics.inversion.measure import ddim_sample
 
     steps, cond = 5, sd.null_condition(2)
@@ -250,7 +251,7 @@ def test_verification_takes_the_pipelines_last_x0_where_its_last_step_stops_at_a
         a0 = sd.final_alpha_cumprod
         torch.testing.assert_close(x, a0 ** 0.5 * out.pred_original_sample + (1 - a0) ** 0.5 * eps)
         ours = ddim_sample(sd, x_T, steps, condition=cond)
-        torch.testing.assert_close(ours, sd.decode(out.pred_original_sample).clamp(-1, 1), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(ours, sd.decode(x).clamp(-1, 1), atol=2e-5, rtol=1e-5)
 
 
 def test_soft_prompt_and_the_empty_prompt_are_the_pipelines(sd, sd_dir):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from forensics.inversion.model import DiffusionModel
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
@@ -128,3 +130,22 @@ def load_network(path, device="cpu") -> SmallUNet:
         raise UsageError(f"{path} does not hold the zoo's diffusion UNet ({first[:160]})") from None
     net.requires_grad_(False)
     return net.eval().to(device)
+
+
+
+class ZooDiffusion(DiffusionModel):
+    """The zoo's ε-prediction UNet (:class:`SmallUNet`) as InvMM's pixel-space model: 28 × 28 grey digits,
+    the linear β schedule (1e-4 … 0.02, T = 1,000), InvMM's official DDIM spacing, the ``mnist`` preset."""
+
+    default_preset = "mnist"
+
+    def __init__(self, net: nn.Module, *, name: str, device: torch.device):
+        self.net = net
+        self.name = name
+        self.device = device
+        self.alphas_cumprod = linear_alphas_cumprod().to(device)
+        self.sample_shape = (1, 28, 28)
+        self.image_shape = (1, 28, 28)
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition=None) -> torch.Tensor:
+        return self.net(x_t, t)

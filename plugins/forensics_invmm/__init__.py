@@ -15,45 +15,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from forensics.hookspecs import RegisterDiffusionModel, RegisterSimilarity, hookimpl
-from forensics.inversion.model import DiffusionModel
-from forensics.inversion.similarity import make_pixel_correlation, make_sscd
+
+# Nothing here imports torch until a model or similarity is built: the plugin host loads every plugin to
+# find any name, and a command that fails on a wrong name should fail at once.
 
 
-class ZooDiffusion(DiffusionModel):
-    """The zoo's ε-prediction UNet (:class:`forensics.zoo.unet.SmallUNet`) as a pixel-space model."""
-
-    def __init__(self, net: torch.nn.Module, *, name: str, device: torch.device):
-        from forensics.zoo.unet import linear_alphas_cumprod
-
-        self.net = net
-        self.name = name
-        self.device = device
-        self.alphas_cumprod = linear_alphas_cumprod().to(device)
-        self.sample_shape = (1, 28, 28)
-        self.image_shape = (1, 28, 28)
-        self.default_preset = "mnist"
-
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, condition: Any = None) -> torch.Tensor:
-        return self.net(x_t, t)
-
-
-def _device(device: Any) -> torch.device:
+def _device(device: Any):
     from forensics.encode.devices import torch_device
 
     return torch_device(device)
 
 
 def _named(name: str):
-    def load(*, path: str | None = None, device: str = "cpu", registry: str | None = None) -> ZooDiffusion:
-        from forensics.zoo.unet import load_network, network_path
+    def load(*, path: str | None = None, device: str = "cpu", registry: str | None = None):
+        from forensics.errors import UsageError
+        from forensics.zoo.unet import ZooDiffusion, load_network, network_path
 
         file = Path(path) if path is not None else network_path(name, registry)
         if path is None and not file.is_file():
-            from forensics.errors import UsageError
-
             raise UsageError(f"the {name} network's weights are not in the registry ({file}); rebuild them with "
                              f"`forensics zoo train {'ddpm-dup' if name == 'mnist-dup' else 'ddpm-net'} "
                              f"--registry {file.parents[2]}` (docs/zoo.md)")
@@ -63,9 +43,9 @@ def _named(name: str):
     return load
 
 
-def load_zoo_unet(*, path: str | None = None, device: str = "cpu") -> ZooDiffusion:
+def load_zoo_unet(*, path: str | None = None, device: str = "cpu"):
     from forensics.errors import UsageError
-    from forensics.zoo.unet import load_network
+    from forensics.zoo.unet import ZooDiffusion, load_network
 
     if path is None:
         raise UsageError("zoo-unet opens a weights file: pass --model path/to/network.safetensors")
@@ -91,6 +71,18 @@ def _accepts_safetensors(path: str | Path) -> bool:
 load_zoo_unet.accepts = _accepts_safetensors  # type: ignore[attr-defined]
 
 
+def pixel_correlation(*, threshold: float | None = None):
+    from forensics.inversion.similarity import make_pixel_correlation
+
+    return make_pixel_correlation(threshold=threshold)
+
+
+def sscd(*, threshold: float | None = None, path: str | Path | None = None, size: int | None = None):
+    from forensics.inversion.similarity import make_sscd
+
+    return make_sscd(threshold=threshold, path=path, size=size)
+
+
 @hookimpl
 def forensics_diffusion_models(register: RegisterDiffusionModel) -> None:
     from forensics.zoo.unet import NETWORKS
@@ -102,6 +94,6 @@ def forensics_diffusion_models(register: RegisterDiffusionModel) -> None:
 
 @hookimpl
 def forensics_copy_similarities(register: RegisterSimilarity) -> None:
-    register("pixel-correlation", make_pixel_correlation,
+    register("pixel-correlation", pixel_correlation,
              description="Pearson correlation of pixels, β 0.985 (MNIST digits)")
-    register("sscd", make_sscd, description="SSCD descriptors from your TorchScript file, β 0.5 (the paper's)")
+    register("sscd", sscd, description="SSCD descriptors from your TorchScript file, β 0.5 (the paper's)")
