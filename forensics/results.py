@@ -63,7 +63,15 @@ REGISTRY_LIST_SCHEMA = "forensics.registry-list/1"
 REGISTRY_SHOW_SCHEMA = "forensics.registry-show/1"
 REGISTRY_VALIDATE_SCHEMA = "forensics.registry-validate/1"
 REGISTRY_DIFF_SCHEMA = "forensics.registry-diff/1"
-ENCODERS_SCHEMA = 1
+ENCODERS_SCHEMA = "forensics.encoder-list/1"
+ENROLMENT_SCHEMA = "forensics.enrolment/1"
+REMOVAL_SCHEMA = "forensics.removal/1"
+CALIBRATION_SCHEMA = "forensics.calibration/1"
+PROTOCOL_CREATION_SCHEMA = "forensics.protocol-creation/1"
+PROTOCOL_COMBINATION_SCHEMA = "forensics.protocol-combination/1"
+PAPER_IMPORT_SCHEMA = "forensics.paper-import/1"
+PLUGINS_SCHEMA = "forensics.plugin-list/1"
+CURATION_SCHEMA = "forensics.curation/1"
 
 
 # -- shared parts of the documents ----------------------------------------------------------------
@@ -334,8 +342,9 @@ class EnrolmentResult:
     skipped: Mapping[str, int] = field(default_factory=dict)  # a folder's entries skipped, by reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "generator": self.generator, "instances": list(self.instances),
-                "n_images": self.n_images, "input_sha256": self.input_sha256, "registry": str(self.registry),
+        return {"schema": ENROLMENT_SCHEMA, "protocol": self.protocol, "generator": self.generator,
+                "instances": list(self.instances), "n_images": self.n_images, "input_sha256": self.input_sha256,
+                "registry": str(self.registry),
                 "batch_size": self.batch_size, "left_out": self.left_out, "skipped": dict(self.skipped)}
 
 
@@ -348,7 +357,8 @@ class RemovalResult:
     removed: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "generator": self.generator, "removed": list(self.removed)}
+        return {"schema": REMOVAL_SCHEMA, "protocol": self.protocol, "generator": self.generator,
+                "removed": list(self.removed)}
 
 
 @dataclass(frozen=True)
@@ -405,7 +415,7 @@ class CalibrationResult:
     matchers: Mapping[str, Mapping[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "file": str(self.file),
+        return {"schema": CALIBRATION_SCHEMA, "protocol": self.protocol, "file": str(self.file),
                 "matchers": {name: dict(record) for name, record in self.matchers.items()}}
 
 
@@ -418,7 +428,8 @@ class ProtocolCreation:
     reference_path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.protocol.name, "digest": self.protocol.digest, "registry": str(self.registry)}
+        return {"schema": PROTOCOL_CREATION_SCHEMA, "name": self.protocol.name, "digest": self.protocol.digest,
+                "registry": str(self.registry)}
 
 
 @dataclass(frozen=True)
@@ -432,7 +443,8 @@ class CombinationResult:
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.combination.name, "digest": self.combination.digest,
+        return {"schema": PROTOCOL_COMBINATION_SCHEMA, "name": self.combination.name,
+                "digest": self.combination.digest,
                 "combines": [p.name for p in self.combination.parts], "n_instances": self.n_instances,
                 "registry": str(self.registry)}
 
@@ -533,7 +545,7 @@ class PaperImport:
     registry: Path
 
     def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "digest": self.digest,
+        return {"schema": PAPER_IMPORT_SCHEMA, "protocol": self.protocol, "digest": self.digest,
                 "generators": {g: list(ids) for g, ids in self.generators.items()}, "n_curves": self.n_curves,
                 "registry": str(self.registry)}
 
@@ -546,7 +558,7 @@ class PluginListing:
     plugins: tuple[PluginInfo, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plugins": [p.to_dict() for p in self.plugins]}
+        return {"schema": PLUGINS_SCHEMA, "plugins": [p.to_dict() for p in self.plugins]}
 
 
 @dataclass(frozen=True)
@@ -575,7 +587,8 @@ class CurationResult:
     out: Path | None = None              # where the set was written
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "seed": self.seed, "n_images": len(self.images), "source": dict(self.source),
+        return {"schema": CURATION_SCHEMA, "kind": self.kind, "seed": self.seed, "n_images": len(self.images),
+                "source": dict(self.source),
                 "subset": None if self.subset is None else dict(self.subset),
                 "out": None if self.out is None else str(self.out), "sha256": self.sha256}
 

@@ -215,3 +215,145 @@ def test_cache_documents_conform(tmp_path, monkeypatch):
     (tmp_path / "cache" / "not-ours.txt").write_text("x")   # an entry forensics did not write: listed, kept
     conforms(forensics.list_cache().to_dict())
     conforms(forensics.clear_cache().to_dict())
+
+
+# -- the registry's writes, the plugins, the encoders, curation -----------------------------------------
+def test_removal_calibration_and_paper_import_conform(paper_registry, tmp_path):
+    """registry remove, calibrate and import-paper on copies of the paper's 18 curves."""
+    from forensics.registry.papercurves import PROTOCOL_NAME, export_paper
+
+    work = tmp_path / "reg"
+    forensics.open_registry(paper_registry).copy_to(work)
+    removed = cli_json("registry", "remove", "PNDM", "--instance", "pndm_1", "--registry", work, "--json")
+    assert removed["removed"] == ["pndm_1"]
+    conforms(removed)
+    calibration = cli_json("registry", "calibrate", "-m", "alpha", "-m", "cosine", "--registry", work, "--json")
+    assert set(calibration["matchers"]) == {"alpha", "cosine"}
+    conforms(calibration)
+    src = export_paper(forensics.open_registry(paper_registry), tmp_path / "paper-curves")
+    imported = cli_json("registry", "import-paper", src, "--registry", tmp_path / "new", "--json")
+    assert imported["protocol"] == PROTOCOL_NAME and imported["n_curves"] == 18
+    conforms(imported)
+    no_removal = copy.deepcopy(removed)
+    no_removal["removed"] = []
+    assert "should be non-empty" in fails(no_removal)
+    bad_threshold = copy.deepcopy(calibration)
+    record = bad_threshold["matchers"]["alpha"]
+    if record.get("calibrated"):
+        record["score"] = "0.5"
+    else:
+        del record["reason"]
+    fails(bad_threshold)
+
+
+def test_protocol_combination_conforms(tmp_path):
+    """protocol combine of the bundled EfficientNet and ViT protocols (copied without samples): no embedding."""
+    from forensics.registry import Registry
+
+    bundled = Registry.open()
+    target = tmp_path / "reg"
+    target.mkdir()
+    for name in ("mnist-effnet-lite0", "mnist-vit"):
+        shutil.copytree(bundled.layer_of(name) / name, target / name,
+                        ignore=shutil.ignore_patterns("samples", "models", "reference*"))
+    Registry.open(target, create=True).set_default("mnist-vit")
+    doc = cli_json("protocol", "combine", "both", "mnist-effnet-lite0", "mnist-vit", "--registry", target)
+    assert doc["combines"] == ["mnist-effnet-lite0", "mnist-vit"] and doc["n_instances"] > 0
+    conforms(doc)
+    one_part = copy.deepcopy(doc)
+    one_part["combines"] = ["mnist-vit"]
+    fails(one_part)
+
+
+def test_plugin_and_encoder_listings_conform_with_broken_entries(register_plugin):
+    """The bundled plugins and two of their encoders, with a plugin whose hook fails and an encoder that
+    cannot describe itself: both documented, both conform."""
+    import types
+
+    from forensics import hookimpl
+    from forensics.plugins import KINDS
+
+    def failing(register):
+        raise RuntimeError("weights server down")
+
+    def broken_factory(**kw):
+        raise RuntimeError("no such checkpoint")
+
+    register_plugin(types.SimpleNamespace(forensics_encoders=hookimpl(failing)), "flaky")
+    register_plugin(types.SimpleNamespace(forensics_encoders=hookimpl(lambda register: register(
+        "broken_encoder", broken_factory, description="cannot be built"))), "broken")
+    plugins_doc = cli_json("plugins", "--json")
+    by_name = {p["name"]: p for p in plugins_doc["plugins"]}
+    assert by_name["flaky"]["ok"] is False and by_name["flaky"]["error"]
+    conforms(plugins_doc)
+    assert set(schemas.load("forensics.plugin-list/1")["$defs"]["plugin"]["properties"]["provides"]
+               ["propertyNames"]["enum"]) == set(KINDS)
+    encoders = cli_json("encoders", "--json", "tf_efficientnet_lite0", "broken_encoder")
+    by_name = {e["name"]: e for e in encoders["encoders"]}
+    assert "error" in by_name["broken_encoder"] and by_name["tf_efficientnet_lite0"]["layers"]
+    conforms(encoders)
+    no_dim = copy.deepcopy(encoders)
+    del no_dim["encoders"][0]["layers"][0]["dim"]
+    fails(no_dim)
+    not_ok = copy.deepcopy(plugins_doc)
+    not_ok["plugins"][0]["error"] = "it broke"       # ok: true with an error
+    fails(not_ok)
+
+
+def test_curation_conforms_for_each_kind_of_source(tmp_path):
+    from forensics.curation import KINDS
+
+    assert tuple(schemas.load("forensics.curation/1")["properties"]["kind"]["enum"]) == KINDS
+    by_dataset = cli_json("curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", tmp_path / "r.npz")
+    assert by_dataset["source"] == {"dataset": "digits", "split": "train"} and by_dataset["subset"]["count"] == 20
+    conforms(by_dataset)
+    from_file = forensics.curate(tmp_path / "r.npz", "noise", seed=1).to_dict()
+    assert from_file["subset"] is None and from_file["out"] is None
+    conforms(from_file)
+    from_array = forensics.curate(np.load(tmp_path / "r.npz")["images"][:10], "copy").to_dict()
+    assert from_array["source"]["array"] is True
+    conforms(from_array)
+    unknown_kind = dict(from_array, kind="blur")
+    fails(unknown_kind)
+
+
+def test_enrolment_conforms(tmp_path, monkeypatch, toy_protocol):
+    """registry enroll's document, the embedding stubbed (the real pipeline: the slow test below)."""
+    import forensics.engine as pipeline
+    from forensics.protocol import Fingerprint
+    from forensics.registry import Registry
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    reg.add_protocol(proto, default=True)
+
+    def fake(images, protocol, **kw):
+        m = protocol.batch_size
+        return [Fingerprint.from_values(protocol.digest, [float(i), float(images[i * m:(i + 1) * m].mean()), None])
+                for i in range(len(images) // m)]
+
+    monkeypatch.setattr(pipeline, "compute_fingerprints", fake)
+    images = np.random.default_rng(0).integers(0, 255, size=(25, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", images=images)
+    doc = cli_json("registry", "enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", "--json")
+    assert len(doc["instances"]) == 2 and doc["left_out"] == 5
+    conforms(doc)
+    bad_hash = dict(doc, input_sha256=doc["input_sha256"][7:])   # without its sha256: prefix
+    fails(bad_hash)
+
+
+@pytest.mark.slow
+def test_protocol_creation_and_a_real_enrolment_conform(tmp_path):
+    """protocol create on the digits with a random tiny ViT, then an enrolment fingerprinted for real."""
+    from forensics_datasets import load_digits
+
+    reg = tmp_path / "reg"
+    created = cli_json("protocol", "create", "digits-tiny", "--dataset", "digits", "--encoder",
+                       "vit_tiny_patch16_224.augreg_in21k", "--weights", "random", "--option", "image_size=32",
+                       "--k", "3", "--projection", "16", "--batch-size", "100", "--default", "--registry", reg)
+    assert created["name"] == "digits-tiny"
+    conforms(created)
+    np.savez(tmp_path / "copies.npz", images=load_digits("test")[:150])
+    doc = cli_json("registry", "enroll", "copies", tmp_path / "copies.npz", "--registry", reg, "--json")
+    assert len(doc["instances"]) == 1 and doc["left_out"] == 50 and doc["protocol"] == "digits-tiny"
+    conforms(doc)
