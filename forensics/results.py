@@ -755,6 +755,7 @@ class CacheClearing:
 
 # -- InvMM ----------------------------------------------------------------------------------------
 INVMM_SCHEMA = "forensics.invmm/1"
+INVMM_LIST_SCHEMA = "forensics.invmm-list/1"   # `forensics invmm --list --json`: forensics.api.invmm_catalogue()
 
 
 @dataclass(frozen=True)

@@ -357,3 +357,18 @@ def test_protocol_creation_and_a_real_enrolment_conform(tmp_path):
     doc = cli_json("registry", "enroll", "copies", tmp_path / "copies.npz", "--registry", reg, "--json")
     assert len(doc["instances"]) == 1 and doc["left_out"] == 50 and doc["protocol"] == "digits-tiny"
     conforms(doc)
+
+
+def test_the_invmm_catalogue_conforms():
+    from dataclasses import fields
+
+    from forensics.inversion.measure import InvMMSettings
+
+    doc = cli_json("invmm", "--list", "--json")
+    assert {"mnist-dup", "zoo-unet"} <= set(doc["models"]) and doc["presets"]
+    conforms(doc)
+    settings = schemas.load("forensics.invmm-list/1")["$defs"]["settings"]
+    assert set(settings["required"]) == {f.name for f in fields(InvMMSettings)}
+    mistyped = copy.deepcopy(doc)
+    mistyped["presets"]["mnist"]["max_steps"] = 2.5
+    fails(mistyped)

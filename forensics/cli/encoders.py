@@ -9,9 +9,9 @@ from forensics.cli.common import esc, handle_errors, out, print_json
 
 
 @handle_errors
-def encoders(json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.encoder-list/1: name, "
-                                                                  "plugin, family, description, layers, preprocessing, "
-                                                                  "weights)."),
+def encoders(json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.encoder-list/1: "
+                                                                  "name, plugin, family, description, layers, "
+                                                                  "preprocessing, weights)."),
              name: list[str] = typer.Argument(None, help="Only these encoders (default: all)."),
              layers: bool = typer.Option(False, "--layers", help="Show every layer in the table.")):
     """List encoders with their layers, preprocessing and whether their weights are on this machine.

@@ -48,10 +48,11 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 def _list(json_out: bool) -> None:
     from forensics.api import invmm_catalogue
+    from forensics.results import INVMM_LIST_SCHEMA
 
     cat = invmm_catalogue()
     if json_out:
-        print_json(cat)
+        print_json({"schema": INVMM_LIST_SCHEMA, **cat})
         return
     from rich.table import Table
 
