@@ -59,7 +59,8 @@ def describe(scores: list[float]) -> dict:
     finite = np.array([s for s in scores if math.isfinite(s)])
     return {"n": len(scores), "success_rate": len(finite) / len(scores),
             "median": float(np.median(scores)) if len(scores) else None,
-            "iqr": [float(np.quantile(scores, 0.25)), float(np.quantile(scores, 0.75))] if len(scores) else None,
+            "iqr": [float(np.quantile(scores, 0.25, method="nearest")),
+                    float(np.quantile(scores, 0.75, method="nearest"))] if len(scores) else None,
             "finite_median": float(np.median(finite)) if len(finite) else None}
 
 
@@ -182,7 +183,8 @@ def part_agreement(args) -> dict:
     best, corr = nearest_training(samples, train)
     result = forensics.memorization(samples)
     return {"model": args.model, "samples": len(samples), "level": result.level,
-            "readings": result.readings, "curve": [v.value for v in result.curve.values],
+            "readings": result.readings, "layers": [lv.layer for lv in result.curve.layers],
+            "curve": [lv.value for lv in result.curve.layers],
             "share_copying_a_repeated_image": float(np.mean(np.isin(best, REPEATED) & (corr >= 0.985)))}
 
 
