@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS
 from forensics.cli.common import (
     OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS,
     OPT_WORKERS, STATE, batch_notes, check_output, distribution_version, err, esc, handle_errors, input_notes, out,
@@ -80,6 +81,8 @@ def attribute(
                                              "folder (needs the extra 'plots')."),
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
+    engine: str = OPT_ENGINE,
+    ray_address: Optional[str] = OPT_RAY_ADDRESS,
 ):
     """Attribute a batch of images to the generator in the registry whose fingerprint it matches.
 
@@ -96,7 +99,8 @@ def attribute(
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
-                     cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive)
+                     cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
+                     engine=engine, ray_address=ray_address)
     input_notes(images, result.input.skipped)
     batch_notes(result)
     if html_out is not None or plots_dir is not None:
@@ -127,6 +131,8 @@ def memorization(
                                              "folder (needs the extra 'plots')."),
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
+    engine: str = OPT_ENGINE,
+    ray_address: Optional[str] = OPT_RAY_ADDRESS,
 ):
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
 
@@ -143,7 +149,8 @@ def memorization(
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
-                     cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive)
+                     cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
+                     engine=engine, ray_address=ray_address)
     input_notes(images, result.input.skipped)
     if html_out is not None or plots_dir is not None:
         from forensics.report.html import memorization_page, write_outputs
@@ -228,6 +235,8 @@ def protocol_create(
     registry: Optional[Path] = OPT_REGISTRY,
     device: str = OPT_DEVICE,
     offline: bool = OPT_OFFLINE,
+    engine: str = OPT_ENGINE,
+    ray_address: Optional[str] = OPT_RAY_ADDRESS,
 ):
     """Define a protocol: hash the reference sets, record the encoder, statistic and batch size.
 
@@ -246,7 +255,7 @@ def protocol_create(
                                  weights=weights, layers=layer or None, k=k, distance=distance, projection=projection,
                                  tau=tau, seed=seed, batch_size=batch_size, description=description,
                                  ship_reference=ship_reference, default=make_default, registry=registry, device=device,
-                                 progress=update)
+                                 progress=update, engine=engine, ray_address=ray_address)
     err.print(f"protocol {esc(name)} ({short(result.protocol.digest)}) written to {esc(result.registry)}")
     if result.reference_path is not None:
         err.print(f"reference side written to {esc(result.reference_path)}")

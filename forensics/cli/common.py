@@ -158,6 +158,10 @@ OPT_WEIGHTS = typer.Option(None, "--weights", help="Encoder weights file, when n
 OPT_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the reference cache.")
 OPT_WORKERS = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images.")
 OPT_AMP = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16.")
+OPT_ENGINE = typer.Option("local", "--engine", help="Where to compute: local (this process), or ray (a Ray cluster: "
+                          "the same values; needs the extra 'ray': pip install 'forensics-attribution\\[ray]').")
+OPT_RAY_ADDRESS = typer.Option(None, "--ray-address", help="The Ray cluster for --engine ray (auto, ray://HOST:10001, "
+                               "HOST:6379); default: a new local Ray instance.")
 OPT_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
 OPT_OFFLINE = typer.Option(False, "--offline", help="Download nothing (weights, data sets): use only what is on "
                            "this machine (also FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1).")

@@ -12,6 +12,7 @@ from forensics.cli.common import (
     print_json, progress_bar, use_offline,
 )
 from forensics.cli.common import OPT_NO_RECURSIVE, input_notes
+from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS
 
 if TYPE_CHECKING:
     from forensics.results import EvaluationResult, ProtocolDetail, RegistryListing
@@ -189,6 +190,8 @@ def enroll(
     json_out: bool = OPT_JSON,
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
+    engine: str = OPT_ENGINE,
+    ray_address: Optional[str] = OPT_RAY_ADDRESS,
 ):
     """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
 
@@ -203,7 +206,8 @@ def enroll(
     progress, update = progress_bar()
     with progress:
         result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,
-                     device=device, weights=weights, progress=update, recursive=not no_recursive)
+                     device=device, weights=weights, progress=update, recursive=not no_recursive, engine=engine,
+                     ray_address=ray_address)
     input_notes(images, result.skipped)
     if result.left_out:
         err.print(f"[yellow]note:[/] {result.n_images} images make {len(result.instances)} batch(es) of "

@@ -11,6 +11,7 @@ from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, handle_errors, out, print_json,
 )
 from forensics.cli.common import progress_bar
+from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS
 from forensics.errors import UsageError
 
 app = typer.Typer(name="zoo", no_args_is_help=True,
@@ -77,6 +78,8 @@ def enroll(
     weights: Optional[str] = OPT_WEIGHTS,
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
+    engine: str = OPT_ENGINE,
+    ray_address: Optional[str] = OPT_RAY_ADDRESS,
 ):
     """Enrol the zoo's sample sets in a protocol; sets already enrolled there are skipped.
 
@@ -94,7 +97,8 @@ def enroll(
     progress, update = progress_bar()
     with progress:
         result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
-                            samples=samples, device=device, weights=weights, on_enrolled=tell, progress=update)
+                            samples=samples, device=device, weights=weights, on_enrolled=tell, progress=update,
+                            engine=engine, ray_address=ray_address)
     if json_out:
         print_json(result.to_dict())
     else:

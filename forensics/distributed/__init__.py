@@ -44,6 +44,23 @@ def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(keep)}
 
 
+def _reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a cluster address whose host does not answer: Ray itself would retry for minutes."""
+    import socket
+
+    if address is None or address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--ray-address takes auto, HOST:PORT or ray://HOST:PORT, not {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); check --ray-address, "
+                         "or drop it to start a local Ray instance") from None
+
+
 def connect(address: str | None = None) -> Any:
     """Ray, connected: to the cluster at ``address`` (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``),
     or to a new local one when None. A connection made before (by the caller, or a test's ``ray.init``)
@@ -52,6 +69,7 @@ def connect(address: str | None = None) -> Any:
     debug = os.environ.get("FORENSICS_DEBUG", "") not in ("", "0")
     level = logging.INFO if debug else logging.ERROR
     if not ray.is_initialized():
+        _reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=debug, logging_level=level,
                      runtime_env={"env_vars": _worker_env()})

@@ -1,0 +1,183 @@
+"""The Ray engine computes what the local engine computes, to the last bit, and they share one cache.
+
+Ray runs locally (``ray.init(num_cpus=2)``), once for the module, shut down at its end. Each pipeline
+starts its actors afresh (seconds each on two busy cores), so every test that runs Ray is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forensics.engine import Engine, make_engine, make_protocol
+from forensics.errors import UsageError
+
+ENCODER = "vit_tiny_patch16_224.augreg_in21k"
+STAT = {"k": 3, "distance": "cosine", "projection": 16, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    """Digits under a random tiny ViT at three layers; T = 1,438 and P_n = 359 images, m = 100."""
+    from forensics import plugins
+
+    old = plugins.reset(plugins.PluginHost(autoload=False))
+    try:
+        yield make_protocol("digits-ray", dataset="digits", encoder=ENCODER, encoder_options={"image_size": 32},
+                            weights="random", layers=["blocks.0", "blocks.5", "blocks.11"], statistic_params=STAT,
+                            batch_size=100)
+    finally:
+        plugins.reset(old)
+
+
+def queries():
+    import forensics_datasets
+
+    return np.concatenate([forensics_datasets.load_digits("train")[:100],  # copies of T
+                           forensics_datasets.load_digits("test")[:150]])
+
+
+def values(curves):
+    return [c.fingerprint.values for c in curves]
+
+
+def forget_reference_sides(root):
+    """Keep the embeddings, drop the fitted reference sides: the next engine fits from the embeddings."""
+    from forensics import engine
+
+    shutil.rmtree(root / "reference", ignore_errors=True)
+    if hasattr(engine, "forget_opened"):
+        engine.forget_opened()
+
+
+# -- without Ray running ---------------------------------------------------------------------------
+def test_missing_ray_is_one_line_naming_the_extra(monkeypatch, toy_protocol):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UsageError, match=r"forensics-attribution\[ray\]") as info:
+        make_engine(toy_protocol(), engine="ray")
+    assert "\n" not in str(info.value)
+
+
+def test_engine_names_are_checked(toy_protocol):
+    with pytest.raises(UsageError, match="local or ray"):
+        make_engine(toy_protocol(), engine="spark")
+    with pytest.raises(UsageError, match="--ray-address is for --engine ray"):
+        make_engine(toy_protocol(), ray_address="auto")
+
+
+def test_a_cluster_address_that_does_not_answer_fails_fast():
+    import socket
+
+    from forensics.distributed import _reachable
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(UsageError, match="no Ray cluster answers"):
+        _reachable(f"127.0.0.1:{port}")
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        _reachable("nonsense")
+    _reachable(None)
+    _reachable("auto")
+
+
+# -- with Ray --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ray_fits_the_reference_side_and_local_reuses_its_cache(ray_local, protocol, plugin_host, tmp_path,
+                                                                  monkeypatch, count_calls):
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path))
+    ray_engine = make_engine(protocol, engine="ray")
+    assert ray_engine.actors == 2  # two CPUs, one torch thread each (the test process's count)
+    on_ray = ray_engine.curves(queries())
+    assert ray_engine.reference_origin.startswith("computed, cached at")
+    first = np.array(on_ray[0].fingerprint.values, dtype=float)
+    assert np.all(first < -2.0)  # exact copies of T read as copying
+    # the actors wrote each layer's embeddings of T and P_n as shards; the driver indexed them
+    indexes = sorted((tmp_path / "embeddings").rglob("index.json"))
+    assert len(indexes) == 2 * 3
+    assert any(len(json.loads(p.read_text())["shards"]) > 1 for p in indexes)
+
+    forget_reference_sides(tmp_path)
+    local = Engine(protocol)
+    counting = count_calls(local.encoder())
+    local._encoder = counting
+    local.reference_side()
+    assert counting.calls == []  # T and P_n read from Ray's shards, nothing re-embedded
+    assert local.reference_origin.startswith("computed, cached at")
+    assert values(local.curves(queries())) == values(on_ray)  # to the last bit
+
+
+@pytest.mark.slow
+def test_ray_reuses_the_local_cache_and_gives_the_same_curves(ray_local, protocol, plugin_host, tmp_path,
+                                                               monkeypatch):
+    from forensics.distributed.ray_engine import RayEngine
+
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path))
+    local = Engine(protocol)
+    on_local = local.curves(queries())
+    forget_reference_sides(tmp_path)
+    runs = []
+    original = RayEngine._run
+
+    def recording(self, jobs, root):
+        runs.append([(len(job[0]), job[2], root) for job in jobs])
+        return original(self, jobs, root)
+
+    monkeypatch.setattr(RayEngine, "_run", recording)
+    ray_engine = make_engine(protocol, engine="ray")
+    assert values(ray_engine.curves(queries())) == values(on_local)
+    assert runs == [[(250, "query images", None)]]  # T and P_n came from the local engine's cache
+    assert ray_engine.reference_origin.startswith("computed")
+    # image files, read by the pipeline's tasks; one curve of a set smaller than m (memorization's path)
+    from PIL import Image
+
+    paths = []
+    for i, image in enumerate(queries()[:60]):
+        paths.append(tmp_path / f"{i:03d}.png")
+        Image.fromarray(image).save(paths[-1])
+    on_ray = ray_engine.embed(paths)
+    assert all(np.array_equal(a, b) for a, b in zip(on_ray, local.embed(paths)))
+    assert ray_engine.curve_from_embeddings(on_ray).fingerprint.values == \
+        local.curve_from_embeddings(on_ray).fingerprint.values
+
+
+@pytest.mark.slow
+def test_attribute_json_is_the_same_with_engine_ray(ray_local, monkeypatch, capsys, tmp_path):
+    """The command itself: ``forensics attribute X --json --engine ray`` prints the local run's curve."""
+    from forensics.cli.commands import run
+
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FORENSICS_THREADS", "1")  # the CNN's sums depend on the thread count
+    sample = str(Path(__file__).parents[1] / "registry/mnist-effnet-lite0/samples/ddpm/heldout.npz")
+    outputs = []
+    for extra in ([], ["--engine", "ray"]):
+        assert run(["attribute", sample, "--protocol", "mnist-effnet-lite0", "--json", *extra]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    local, on_ray = outputs
+    assert on_ray["curve"] == local["curve"]
+    assert on_ray["verdict"] == local["verdict"]
+
+
+@pytest.mark.slow
+def test_sharded_search_on_ray_tasks_is_exact(ray_local):
+    from forensics.distributed.search import ShardedSearch
+    from forensics.stats.ct.search import nearest_distance
+
+    rng = np.random.default_rng(0)
+    train, queries = rng.standard_normal((900, 8)), rng.standard_normal((200, 8))
+    got = ShardedSearch(shard_rows=256, ray=True).nearest(queries, train, "euclidean")
+    assert np.array_equal(got, nearest_distance(queries, train, "euclidean"))
