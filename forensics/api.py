@@ -450,7 +450,9 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     full batch is left out (``result.left_out``). A folder is searched recursively unless ``recursive``
     is False; ``engine``/``ray_address`` as :func:`attribute` takes them."""
     from forensics import engine as engines
+    from forensics.registry.model import check_name
 
+    check_name("generator name", generator)  # the name first: it decides where anything would be written
     _check_input(images)
     _check_weights(weights)
     with _Step(progress, "reading the registry"):

@@ -244,6 +244,7 @@ def test_registry_commands_under_a_combination(combined, plugin_host, tmp_path):
     assert r.exit_code == 0 and all("reversed" not in Registry.open(reg).generator_entries(n) for n in PARTS)
     r = run(["protocol", "combine", "nested", "digits-both", "digits-vit", "--registry", str(reg)])
     assert r.exit_code == 2 and "is itself a combination" in r.output
-    r = run(["attribute", str(data / "query-rotate.npz"), "-p", "digits-both", "--weights", "w.safetensors",
+    (data / "w.safetensors").write_bytes(b"\0" * 16)  # a file that exists: the combination itself is refused
+    r = run(["attribute", str(data / "query-rotate.npz"), "-p", "digits-both", "--weights", str(data / "w.safetensors"),
              "--registry", str(reg)])
     assert r.exit_code == 2 and "names one encoder's weights" in r.output
