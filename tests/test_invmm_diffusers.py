@@ -106,7 +106,7 @@ def _one_line_usage(excinfo, *words):
 def test_pixel_pipeline_schedule_and_timesteps_are_the_schedulers(pixel_dir):
     model = fd.load_diffusers(pixel_dir)
     assert type(model) is fd.DiffusersUNetModel
-    scheduler = diffusers.DDPMScheduler.from_pretrained(pixel_dir, subfolder="scheduler")
+    scheduler = diffusers.DDPMScheduler.from_pretrained(pixel_dir, subfolder="scheduler", local_files_only=True)
     assert model.alphas_cumprod.dtype == torch.float64
     assert torch.equal(model.alphas_cumprod, scheduler.alphas_cumprod.double())
     assert model.sample_shape == model.image_shape == (3, 8, 8)
@@ -221,7 +221,7 @@ def test_stable_diffusion_encode_decode_are_the_autoencoders(sd):
 # -- Stable Diffusion's soft prompt --------------------------------------------------------------------------
 
 def test_stable_diffusion_schedule_is_its_schedulers(sd, sd_dir):
-    pndm = diffusers.PNDMScheduler.from_pretrained(sd_dir, subfolder="scheduler")
+    pndm = diffusers.PNDMScheduler.from_pretrained(sd_dir, subfolder="scheduler", local_files_only=True)
     assert torch.equal(sd.alphas_cumprod, pndm.alphas_cumprod.double())
     ddim = diffusers.DDIMScheduler.from_config(pndm.config)
     ddim.set_timesteps(50)
