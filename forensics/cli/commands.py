@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS
+from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 from forensics.cli.common import (
     OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS,
     OPT_WORKERS, STATE, batch_notes, check_output, distribution_version, err, esc, handle_errors, input_notes, out,
@@ -103,11 +103,7 @@ def attribute(
                      engine=engine, ray_address=ray_address)
     input_notes(images, result.input.skipped)
     batch_notes(result)
-    if html_out is not None or plots_dir is not None:
-        from forensics.report.html import attribution_page, write_outputs
-
-        for line in write_outputs(attribution_page(result), html_out, plots_dir):
-            err.print(esc(line))
+    write_reports("attribution_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())
     else:
@@ -152,11 +148,7 @@ def memorization(
                      cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
                      engine=engine, ray_address=ray_address)
     input_notes(images, result.input.skipped)
-    if html_out is not None or plots_dir is not None:
-        from forensics.report.html import memorization_page, write_outputs
-
-        for line in write_outputs(memorization_page(result), html_out, plots_dir):
-            err.print(esc(line))
+    write_reports("memorization_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())
     else:

@@ -244,3 +244,14 @@ def check_output(path: Any) -> None:
     except ImportError:  # pragma: no cover - only before the io package's hardening (issue 26) is in
         return
     check_output_path(path)
+
+
+def write_reports(page: str, result: Any, html_out: Any, plots_dir: Any) -> None:
+    """Write what ``--html`` / ``--plots`` asked for, from the page builder ``page`` of
+    :mod:`forensics.report.html` (e.g. ``"attribution_page"``), one line on stderr per output."""
+    if html_out is None and plots_dir is None:
+        return
+    from forensics.report import html
+
+    for line in html.write_outputs(getattr(html, page)(result), html_out, plots_dir):
+        err.print(esc(line))

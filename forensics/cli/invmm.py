@@ -10,7 +10,7 @@ import typer
 
 from forensics.cli.common import (
     OPT_AMP, OPT_JSON, OPT_NO_RECURSIVE, OPT_REGISTRY, OPT_WORKERS, STATE, err, esc, handle_errors, input_notes, out,
-    print_json, progress_bar,
+    print_json, progress_bar, write_reports,
 )
 from forensics.errors import UsageError
 
@@ -206,11 +206,7 @@ def invmm(
         if "display" in live:
             live["display"].stop()
     input_notes(images, result.input.skipped)
-    if html_out is not None or plots_dir is not None:
-        from forensics.report.html import invmm_page, write_outputs
-
-        for line in write_outputs(invmm_page(result), html_out, plots_dir):
-            err.print(esc(line))
+    write_reports("invmm_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())
     else:

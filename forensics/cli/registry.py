@@ -12,7 +12,7 @@ from forensics.cli.common import (
     print_json, progress_bar, use_offline,
 )
 from forensics.cli.common import OPT_NO_RECURSIVE, input_notes
-from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS
+from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 
 if TYPE_CHECKING:
     from forensics.results import EvaluationResult, ProtocolDetail, RegistryListing
@@ -357,11 +357,7 @@ def evaluate(
     progress, update = progress_bar()
     with progress:
         result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability, progress=update)
-    if html_out is not None or plots_dir is not None:
-        from forensics.report.html import evaluation_page, write_outputs
-
-        for line in write_outputs(evaluation_page(result), html_out, plots_dir):
-            err.print(esc(line))
+    write_reports("evaluation_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())
     else:
