@@ -3,7 +3,7 @@
     python benchmarks/invmm_eval.py beta
     python benchmarks/invmm_eval.py memorizes   [--model mnist-dup] [--samples 500]
     python benchmarks/invmm_eval.py separation  [--ordinary 40] [--set max_steps=2000 ...]
-    python benchmarks/invmm_eval.py membership  [--model mnist-ddpm] [--ordinary 40] [--heldout 40]
+    python benchmarks/invmm_eval.py membership  [--model mnist-ddpm] [--ordinary 40] [--heldout 40] [--out F]
     python benchmarks/invmm_eval.py agreement   [--samples 500]
     python benchmarks/invmm_eval.py cost        [--images 8] [--steps 100]
 
@@ -23,7 +23,11 @@ Each part prints a JSON summary (and writes it with ``--out FILE``):
     +∞ for never reproduced), per-group median, IQR and success rate.
 ``membership``
     Ordinary training images against held-out P_n images, on ``--model`` (both zoo networks): AUC near 0.5
-    means InvMM measures memorization, not membership.
+    means InvMM measures memorization, not membership. When no image of either group is reproduced the
+    official score is +∞ for all and its AUC is ½ by ties, so the summary adds continuous reads each
+    inversion records, success or not (the best verification similarity reached, the last one, the KL
+    where it stopped), each with its AUC that members read as more memorized. With ``--out F`` each half
+    is kept in ``F``'s ``.members.json`` / ``.heldout.json`` and read back on a rerun.
 ``agreement``
     The set-level measure beside it: ``forensics memorization`` (C_T per layer, default protocol) on the
     model's DDIM samples, with the share of them that copy a repeated image.
@@ -64,14 +68,52 @@ def describe(scores: list[float]) -> dict:
             "finite_median": float(np.median(finite)) if len(finite) else None}
 
 
+def auc_higher(a: list[float], b: list[float]) -> float:
+    """P(x > y) + ½ P(x = y) for x from ``a``, y from ``b``."""
+    return auc_lower(b, a)
+
+
+def spread(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"median": float(np.median(v)), "iqr": [float(np.quantile(v, 0.25)), float(np.quantile(v, 0.75))],
+            "min": float(v.min()), "max": float(v.max())}
+
+
 def run_invmm(images: np.ndarray, args) -> tuple[list[float], dict]:
     import forensics
 
     t0 = time.perf_counter()
     result = forensics.invmm(images, model=args.model, preset=args.preset, settings=overrides(args.set),
                              seed=args.seed, group=args.group)
+    inv = result.inversions
     return result.scores, {"seconds": time.perf_counter() - t0, "timing": result.timing.to_dict(),
-                           "steps": [r.steps for r in result.inversions]}
+                           "preset": result.preset, "settings": dict(result.settings),
+                           "steps": [r.steps for r in inv], "success": [bool(r.success) for r in inv],
+                           # the continuous reads every inversion records, success or not
+                           "best_similarity": [float(r.best_similarity) for r in inv],
+                           "last_similarity": [float(r.similarity) for r in inv],
+                           "last_kl": [float(r.kl) for r in inv], "last_lambda": [float(r.lam) for r in inv]}
+
+
+def run_invmm_saved(images: np.ndarray, args, name: str) -> tuple[list[float], dict]:
+    """``run_invmm``, kept in ``--out``'s ``.NAME.json`` beside it and read back on a rerun with the same
+    model, images, seed, preset and overrides (a long run resumes at the half it stopped in)."""
+    from forensics.io.hashing import sha256_array
+
+    key = {"model": args.model, "preset": args.preset, "set": list(args.set), "seed": args.seed,
+           "group": args.group, "images": sha256_array(np.ascontiguousarray(images))}
+    path = None if args.out is None else args.out.with_suffix(f".{name}.json")
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"[{name}: read back from {path}]", file=sys.stderr)
+            return [float(s) for s in saved["scores"]], saved["cost"]
+    scores, cost = run_invmm(images, args)
+    if path is not None:
+        from forensics.io.atomic import write_text_atomic
+
+        write_text_atomic(path, json.dumps({"key": key, "scores": scores, "cost": cost}, default=float) + "\n")
+    return scores, cost
 
 
 def overrides(pairs: list[str]) -> dict:
@@ -168,10 +210,26 @@ def part_membership(args) -> dict:
     rng = np.random.default_rng(args.seed + 1)
     members = rng.choice(np.setdiff1d(np.arange(len(train)), REPEATED), args.ordinary, replace=False)
     held = rng.choice(len(test), args.heldout, replace=False)
-    s_mem, _ = run_invmm(train[members], args)
-    s_out, _ = run_invmm(test[held], args)
-    return {"model": args.model, "members": describe(s_mem), "heldout": describe(s_out),
-            "auc_members_lower": auc_lower(s_mem, s_out), "scores": {"members": s_mem, "heldout": s_out}}
+    s_mem, c_mem = run_invmm_saved(train[members], args, "members")
+    s_out, c_out = run_invmm_saved(test[held], args, "heldout")
+    # the official score is +inf for every image never reproduced, so where neither group is, its AUC is ½
+    # by ties alone; the continuous reads ask whether members come any nearer to being reproduced: the
+    # best verification similarity an image reached (the lowest of its 8 samples, at its best check) and
+    # the KL where it stopped (lower: the Gaussian stayed nearer N(0, I) while its x̂₀ stayed sharp)
+    reads = {}
+    for key, higher in (("best_similarity", True), ("last_similarity", True), ("last_kl", False)):
+        a, b = c_mem[key], c_out[key]
+        reads[key] = {"auc_members_more_memorized": auc_higher(a, b) if higher else auc_lower(a, b),
+                      "members": spread(a), "heldout": spread(b)}
+    return {"model": args.model, "preset": c_mem["preset"], "settings": c_mem["settings"], "seed": args.seed,
+            "member_indices": members.tolist(), "heldout_indices": held.tolist(),
+            "members": describe(s_mem), "heldout": describe(s_out),
+            "auc_members_lower": auc_lower(s_mem, s_out), "continuous": reads,
+            "seconds": {"members": c_mem["seconds"], "heldout": c_out["seconds"]},
+            "timing": {"members": c_mem["timing"], "heldout": c_out["timing"]},
+            "scores": {"members": s_mem, "heldout": s_out},
+            "per_image": {"members": {k: c_mem[k] for k in ("steps", "best_similarity", "last_similarity", "last_kl")},
+                          "heldout": {k: c_out[k] for k in ("steps", "best_similarity", "last_similarity", "last_kl")}}}
 
 
 def part_agreement(args) -> dict:

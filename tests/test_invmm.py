@@ -242,8 +242,13 @@ def test_settings_are_checked_and_presets_are_the_papers():
     for sd in ("sd-v1", "sd-v2"):
         assert (p[sd].noise_batch, p[sd].check_every, p[sd].delta, p[sd].verify_steps) == (16, 50, 1e-3, 50)
         assert p[sd].guidance == (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
-    for s in p.values():
+    for name in ("ddpm-cifar10", "ldm-faces", "sd-v1", "sd-v2"):
+        s = p[name]
         assert (s.lr, s.max_steps, s.xi, s.verify_samples, s.lambda0, s.window) == (0.1, 2000, 1e-3, 8, 1.0, 100)
+    # the MNIST preset: the DDPM settings at the budget measured to separate (docs/invmm.md)
+    m = p["mnist"]
+    assert (m.lr, m.max_steps, m.noise_batch, m.check_every, m.delta, m.xi, m.verify_samples, m.verify_steps,
+            m.similarity) == (0.1, 1000, 8, 50, 1e-4, 1e-3, 8, 50, "pixel-correlation")
 
 
 def test_guidance_needs_a_conditional_model():
