@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tiles import _U32, HOST, ScoreTiles
+from .tiles import _U32, HOST, ScoreTiles, product
 
 _PAIRS = 1 << 22             # float64 elements gathered at once when recomputing exact distances
+_GROUP = 1024                # training points per group of a cell's pruned search (about)
+_MAX_GROUPS = 64
+_GROUP_SAMPLE = 48           # the groups' k-means runs on a sample of this many points per group
+_GROUP_ITER = 3
+_GROUP_DIMS = 16             # ... on this many coordinates
+_SLACK = 1e-9                # relative margin of the pruning bounds, far above float64 rounding
 
 
 class Cell:
@@ -52,6 +58,7 @@ class Cell:
         # — each counted twice over.
         self.rel = (2.0 * dim + 16.0) * unit
         self._device_rows: dict = {}   # torch device → the rows there
+        self._groups: Groups | None | bool = False  # made on the first host search (see _split)
 
     def rows_on(self, device):
         """The score rows on a torch ``device``, sent there once."""
@@ -65,12 +72,20 @@ class Cell:
     def nearest(self, queries: np.ndarray, tiles: ScoreTiles = HOST) -> np.ndarray:
         """Exact (float64) distance from each query row to its nearest training point in this cell, the
         score tiles computed by ``tiles`` (the host's, or a device's: the same distances). A cell that
-        needs float64 scores (an extreme scale) is searched on the host."""
+        needs float64 scores (an extreme scale) is searched on the host. On the host, a cell large
+        enough to split is searched group by group, skipping the groups that are provably too far
+        (:meth:`_pruned`); the distances are the same."""
         out = np.full(len(queries), np.inf)
         if len(queries) == 0:
             return out
         if self.dtype != np.float32:
             tiles = HOST
+        if tiles is HOST and self._split() is not None:
+            return self._pruned(queries, out)
+        return self._brute(queries, out, tiles)
+
+    def _brute(self, queries: np.ndarray, out: np.ndarray, tiles: ScoreTiles = HOST) -> np.ndarray:
+        """Every query against every point of the cell, in score tiles."""
         n_pts = len(self.points)
         step, chunk = tiles.plan(len(queries), n_pts)
         score = tiles.scorer(tiles.rows(self), step, chunk, self.dtype)
@@ -85,6 +100,61 @@ class Cell:
                     rows, cols, best = self._tile(tiles, score(qt, a, z), err, best)
                     self._exact(q, rows, cols + a, out[s:s + step])
         return out
+
+    # -- pruning: the cell split into groups, each with a centre and a radius ---------------------
+    def _split(self) -> Groups | None:
+        """The cell's groups (made once), or None where splitting cannot pay: a small cell, or
+        the float64 search of an extreme scale."""
+        if self._groups is False:
+            if self.distance != "euclidean" or self.dtype != np.float32 or len(self.points) < 2 * _GROUP:
+                self._groups = None
+            else:
+                self._groups = Groups(self)
+        return self._groups
+
+    def _pruned(self, queries: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:meth:`nearest` on the host, a group at a time. Each query first searches the group whose
+        centre is nearest (the same float32 tiles, candidates and float64 re-check as the whole cell);
+        the distance found is an upper bound on its answer. A group is then searched for a query only
+        when its lower bound — the distance to the group's centre less the group's radius (the
+        triangle inequality), lowered by a margin far above any rounding — does not exceed that upper
+        bound, which tightens as groups are searched. A skipped group's points are all farther than a
+        distance already found, so the minimum, and the float64 value returned, are those of the
+        whole cell; the running float32 best is shared across groups exactly as across the chunks of
+        the brute-force search, so the true nearest point is always a candidate."""
+        groups = self._groups
+        q = queries.astype(np.float64, copy=False)
+        qf, err = self._queries(q)
+        low = groups.lower_bounds(q)             # queries × groups
+        if not np.isfinite(low).all():  # a non-finite query: no bound to trust
+            return self._brute(queries, out)
+        best = np.full(len(q), np.inf)
+        with HOST.section():
+            home = (low + groups.radii).argmin(axis=1)  # the nearest centre
+            for g in range(groups.count):
+                self._search_group(groups, g, np.flatnonzero(home == g), q, qf, err, best, out)
+            low[np.arange(len(q)), home] = np.inf    # searched
+            for g in np.argsort(low.min(axis=0), kind="stable"):
+                bound = out * (1.0 + _SLACK)
+                self._search_group(groups, g, np.flatnonzero(low[:, g] <= bound), q, qf, err, best, out)
+        return out
+
+    def _search_group(self, groups: Groups, g: int, who: np.ndarray, q, qf, err, best, out) -> None:
+        """Queries ``who`` against group ``g``: the float32 tiles and the float64 re-check, ``best``
+        and ``out`` updated in place."""
+        if len(who) == 0:
+            return
+        a, z = int(groups.offsets[g]), int(groups.offsets[g + 1])
+        rows = groups.rows[a:z]
+        step, _ = HOST.plan(len(who), z - a)
+        scratch = np.empty(min(step, len(who)) * (z - a), dtype=self.dtype)
+        mm = product()
+        for s in range(0, len(who), step):
+            sub = who[s:s + step]
+            tile = scratch[: len(sub) * (z - a)].reshape(len(sub), z - a)
+            mm(qf[sub], rows, tile)
+            r, c, best[sub] = self._tile(HOST, tile, err[sub], best[sub])
+            self._exact(q, sub[r], groups.order[a + c], out)
 
     def _queries(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A block of queries in the fast search's form, with each one's bound on the score error."""
@@ -147,3 +217,100 @@ def nearest_distance(queries: np.ndarray, points: np.ndarray, distance: str) -> 
     if len(queries) == 0:
         return np.empty(0)
     return Cell(np.asarray(points), distance).nearest(np.asarray(queries))
+
+
+class Groups:
+    """A cell's training points split into groups for the pruned search (:meth:`Cell._pruned`): a
+    few Lloyd iterations of k-means on a sample (seeded; the grouping only affects the speed, never a
+    distance), every point then in its nearest centre's group, all in float32 from the cell's score
+    rows. Per group: a centre (the mean of its points) and a radius that bounds the float64 distance
+    from the centre to each of its points (measured from their float32 copies, plus the float32
+    rounding of the cell's largest norm); the cell's score rows reordered group by group, and where
+    each row came from."""
+
+    def __init__(self, cell: Cell):
+        n, self.dim = cell.points.shape
+        # in the rows' space: −2p, each p the centred point rounded to float32 (×(−2) is exact)
+        labels = _group_labels(cell.rows[:, :self.dim], max(2, min(_MAX_GROUPS, n // _GROUP)))
+        self.order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels)
+        counts = counts[counts > 0]
+        self.count = len(counts)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.rows = cell.rows[self.order]
+        centres = np.empty((self.count, self.dim), dtype=np.float32)
+        radii = np.empty(self.count, dtype=np.float32)
+        for g in range(self.count):
+            part = self.rows[self.offsets[g]:self.offsets[g + 1], :self.dim]
+            centres[g] = part.sum(axis=0) / np.float32(len(part))
+            diff = part - centres[g]
+            radii[g] = np.sqrt(np.einsum("ij,ij->i", diff, diff).max())
+        self.centres = centres.astype(np.float64) * -0.5
+        # float32 radii: each a sum of positive terms, within (dim + 4)·u₃₂ of its value, and each
+        # point within u₃₂·|p| of its float32 copy
+        self.radii = 0.5 * radii * (1.0 + (self.dim + 8) * 2.0 * _U32) + 2.0 * _U32 * cell.reach
+        self.centre_norms = np.sqrt(np.einsum("ij,ij->i", self.centres, self.centres))
+        self.shift, self.reach = cell.shift, cell.reach
+
+    def lower_bounds(self, q: np.ndarray) -> np.ndarray:
+        """queries × groups: a lower bound on the distance from each query (float64 rows) to every
+        point of each group, |q − centre| − radius, each term's rounding (a dot product's, at most
+        (dim + 4)·u·(|q| + |centre|)² on the squared distance, and the centring's) more than covered
+        by the margins; NaN for a query with a non-finite coordinate."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self._lower_bounds(q)
+
+    def _lower_bounds(self, q: np.ndarray) -> np.ndarray:
+        qc = q - self.shift
+        qn = np.sqrt(np.einsum("ij,ij->i", qc, qc))
+        sq = (qn * qn)[:, None] + (self.centre_norms * self.centre_norms)[None, :] - 2.0 * (qc @ self.centres.T)
+        scale = qn[:, None] + self.centre_norms[None, :]
+        sq -= (self.dim + 8) * 2.0 ** -51 * scale * scale
+        low = np.sqrt(np.maximum(sq, 0.0)) - self.radii[None, :]
+        return low - _SLACK * (qn[:, None] + self.reach + scale + self.radii[None, :])
+
+
+def _group_labels(x: np.ndarray, count: int) -> np.ndarray:
+    """Each row's group (0 … count − 1) for float32 rows ``x`` (any row stride): seeded k-means++ and
+    a few Lloyd iterations on a regular sample of the rows, then the nearest centre for every row, all
+    on the ``_GROUP_DIMS`` coordinates of largest variance in the sample (cheaper; the grouping only
+    has to be good, not exact: the radii are measured afterwards)."""
+    rng = np.random.default_rng(0)
+    n, size = len(x), _GROUP_SAMPLE * count
+    s = x[::max(1, n // size)]  # every so many rows: spread over the cell
+    if x.shape[1] > _GROUP_DIMS:
+        keep = np.sort(np.argsort(-s.var(axis=0), kind="stable")[:_GROUP_DIMS])
+        x, s = x[:, keep], s[:, keep]
+    s = np.ascontiguousarray(s)
+    s_sq = np.einsum("ij,ij->i", s, s)
+    centres = np.empty((count, s.shape[1]), dtype=np.float32)
+    centres[0] = s[rng.integers(len(s))]
+    near = np.einsum("ij,ij->i", s - centres[0], s - centres[0])
+    for j in range(1, count):  # k-means++: each next centre drawn in proportion to the squared distance
+        total = float(near.sum())
+        pick = int(rng.integers(len(s))) if not total > 0 else min(len(s) - 1, int(np.searchsorted(
+            np.cumsum(near, dtype=np.float64), rng.random() * total)))
+        centres[j] = s[pick]
+        np.minimum(near, np.einsum("ij,ij->i", s - centres[j], s - centres[j]), out=near)
+    member = np.zeros((count, len(s)), dtype=np.float32)
+    for _ in range(_GROUP_ITER):
+        labels = _nearest_centre(s, s_sq, centres)
+        member[:] = 0.0
+        member[labels, np.arange(len(s))] = 1.0
+        counts = np.bincount(labels, minlength=count)
+        filled = counts > 0
+        centres[filled] = (member @ s)[filled] / counts[filled, None]
+    out = np.empty(n, dtype=np.int64)
+    step = max(1, (1 << 20) // max(1, count))
+    for a in range(0, n, step):
+        block = x[a:a + step]
+        out[a:a + step] = _nearest_centre(block, np.einsum("ij,ij->i", block, block), centres)
+    return out
+
+
+def _nearest_centre(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    d = x @ centres.T
+    d *= -2.0
+    d += x_sq[:, None]
+    d += np.einsum("ij,ij->i", centres, centres)[None, :]
+    return d.argmin(axis=1)
