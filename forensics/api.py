@@ -16,7 +16,9 @@ begun, and a step is over when ``done == total > 0``.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -277,7 +279,7 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
         found = read_image_set(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers,
                                recursive=recursive, progress=report)
     return found.images, ImageInput(str(images), len(found.images), found.sha256, found.recursive,
-                                    found.skipped_counts())
+                                    found.skipped_counts(), files=tuple(found.files))
 
 
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
@@ -337,33 +339,120 @@ def mean_curve(curves: Sequence[Curve], protocol: Protocol | Combination) -> Cur
     return Curve(Fingerprint.from_values(protocol.digest, mean.tolist()), layers, sum(c.n_images for c in curves))
 
 
-def split_batches(n: int, m: int) -> tuple[int, int, bool]:
+def split_batches(n: int, m: int, *, any_size: bool = False) -> tuple[int, int, bool]:
     """How :func:`attribute` reads ``n`` images under batches of ``m``: ``(full, rest, rest_attributed)``,
     the images in full batches (all ``n`` when fewer than m: one partial batch), the remainder after them,
-    and whether the remainder is attributed as a batch of its own (at least :data:`MIN_REMAINDER_SHARE`
-    of m) or left out."""
-    import math
-
+    and whether the remainder is attributed as a batch of its own (:func:`smallest_remainder`; ``any_size``:
+    the references can be redrawn at the remainder's size) or left out."""
     if n < m:
         return n, 0, False
     rest = n % m
-    return n - rest, rest, rest > 0 and rest >= math.ceil(MIN_REMAINDER_SHARE * m)
+    return n - rest, rest, rest > 0 and rest >= smallest_remainder(m, any_size)
+
+
+def smallest_remainder(m: int, any_size: bool) -> int:
+    """The fewest images after the last full batch of ``m`` that are attributed as a batch of their own:
+    :data:`~forensics.match.batchsize.SMALLEST_MEASURED` (at most half of m) where the references can be
+    redrawn at any size, else :data:`MIN_REMAINDER_SHARE` of m."""
+    import math
+
+    from forensics.match.batchsize import SMALLEST_MEASURED
+
+    half = math.ceil(MIN_REMAINDER_SHARE * m)
+    return min(SMALLEST_MEASURED, half) if any_size else half
+
+
+class _Matchers:
+    """The matcher for each (post-processing condition, batch size) a query's batches come in: the
+    registry's for images as generated at the protocol's m; otherwise one fitted and calibrated on the
+    enrolled instances redrawn under that condition and at that size from their per-image records
+    (:func:`forensics.match.batchsize.references_at`), when every instance keeps records under it and the
+    statistic can use them. Where they cannot be redrawn the registry's matcher answers and the batch is
+    marked not comparable (``None`` as its size)."""
+
+    def __init__(self, reg: Registry, proto: Any, engine: Any, references: Sequence[EnrolledCurve], name: str,
+                 matcher: Any):
+        self.reg, self.proto, self.engine, self.references, self.name = reg, proto, engine, references, name
+        self.matchers: dict[tuple[str, int], Any] = {("none", proto.batch_size): matcher}
+        self.described: dict[tuple[str, int], dict[str, Any]] = {}
+        self.problems: list[str] = []
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def records(self, condition: str) -> dict[str, Any]:
+        if condition not in self._records:
+            found: dict[str, Any] = {}
+            if self.engine.keeps_records:
+                found, problems = self.reg.records(self.proto.name, self.references, condition)
+                self.problems += problems
+            self._records[condition] = found
+        return self._records[condition]
+
+    def conditions(self) -> list[str]:
+        """The conditions under which every enrolled instance keeps records."""
+        return self.reg.record_conditions(self.proto.name) if self.engine.keeps_records else []
+
+    def complete(self, condition: str) -> bool:
+        """Whether every reference can be redrawn under ``condition``."""
+        records = self.records(condition)
+        return bool(records) and all(r.instance in records for r in self.references)
+
+    def at(self, condition: str, size: int) -> tuple[Any, int | None]:
+        """(the matcher, the batch size its references mean) for a batch of ``size`` images."""
+        key = (condition, size)
+        if key in self.matchers:
+            return self.matchers[key], size
+        if not self.complete(condition):
+            return self.matchers[("none", self.proto.batch_size)], None
+        from forensics.match import make_matcher
+        from forensics.match.batchsize import references_at
+
+        engine = self.engine
+
+        def curve_of(rec: Any, rows: Any) -> Any:
+            return engine.curve_from_records(list(rec), rows).fingerprint.vector()
+
+        redrawn = references_at(self.references, self.records(condition), size, curve_of)
+        self.matchers[key] = make_matcher(self.name).fit(list(redrawn.references), redrawn.queries)
+        self.described[key] = {"condition": condition, **redrawn.describe()}
+        return self.matchers[key], size
+
+
+def _condition(condition: str, files: Sequence[Any], available: Sequence[str]) -> Any:
+    """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared, or read
+    from the files (``"auto"``)."""
+    from forensics.conditions import NONE, Detected, detect, get_condition
+
+    if condition == "auto":
+        found = detect(list(files) or None, available)
+        return found
+    get_condition(condition)
+    if condition != NONE and condition not in available:
+        raise UsageError(f"the registry keeps no records under condition {condition!r} for every instance of this "
+                         f"protocol (kept: {', '.join(available) or 'none'}); add them with `forensics registry "
+                         "records`, or match as generated with --condition none")
+    return Detected(condition, "declared", "as declared")
 
 
 def attribute(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
               matcher: str = "alpha", device: str = "cpu", weights: str | None = None, cache: bool = True,
               workers: int = 0, amp: str | None = None, progress: Progress | None = None,
-              recursive: bool = True, engine: str = "local", ray_address: str | None = None) -> AttributionResult:
+              recursive: bool = True, engine: str = "local", ray_address: str | None = None,
+              condition: str = "auto") -> AttributionResult:
     """Attribute an image set to the enrolled generator whose fingerprint it matches.
 
     The images are cut into batches of the protocol's m; each batch's curve is attributed, and so is the
-    mean of the batches' curves, which gives the overall verdict. Fewer than m images make one partial
-    batch (``result.partial_batch``). A remainder after the last full batch is attributed as a partial
-    batch of its own when it holds at least half of m (``result.remainder``; not in the mean curve), else
-    left out (``result.left_out``). ``matcher`` is a registered matcher (alpha, cosine, svm, …) with the
-    registry's recorded calibration; ``cache`` reads and writes the reference-side cache; a folder is
-    searched recursively unless ``recursive`` is False. ``engine="ray"`` computes on a Ray cluster
-    (``ray_address``, a local one when None): the same curve, to the last bit.
+    mean of the batches' curves, which gives the overall verdict. A set of m′ < m images is one batch of
+    m′, and a remainder after the last full batch (at least 100 images) a batch of its own (not in the mean
+    curve): each is matched against the enrolled instances redrawn at m′ (sub-batches of m′ of their own
+    images, from the per-image records the registry keeps) with open-set thresholds calibrated at m′ — a
+    curve of m′ images means something else than one of m. Where the registry keeps no records the
+    smaller batch is matched at m and marked not comparable (``compared_at`` None). ``matcher`` is a
+    registered matcher (alpha, cosine, svm, …) with the registry's recorded calibration at m; ``cache``
+    reads and writes the reference-side cache; a folder is searched recursively unless ``recursive`` is
+    False. ``engine="ray"`` computes on a Ray cluster (``ray_address``, a local one when None): the same
+    curve, to the last bit. ``condition``: the post-processing the images went through
+    (:mod:`forensics.conditions`), matched against the instances under the same processing; ``"auto"``
+    reads it from the files (a JPEG's quantisation tables), else takes the images as generated.
     """
     from forensics.match import make_matcher
 
@@ -383,21 +472,42 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                          progress=progress, engine=engine, ray_address=ray_address)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
     _prepare(engine, progress)
-    full, rest, rest_attributed = split_batches(len(data), proto.batch_size)
+    sized = _Matchers(reg, proto, engine, references, matcher, m)
+    cond = _condition(condition, record.files, sized.conditions())
+    if cond.name != "none" and not sized.complete(cond.name):
+        cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
+                                                               "images are matched as generated")
+    size = proto.batch_size
+    full, rest, rest_attributed = split_batches(len(data), size, any_size=sized.complete(cond.name))
     _embedding_begins(proto, progress, "query images", full)
     curves = engine.curves(data[:full])
-    batches = [BatchAttribution(c, m.attribute(c.fingerprint.vector()), partial=full < proto.batch_size)
-               for c in curves]
+
+    def attributed(curve: Curve, partial: bool) -> BatchAttribution:
+        with _Step(progress, f"matching at a batch of {curve.n_images}") if curve.n_images != size else \
+                contextlib.nullcontext():
+            fitted, at = sized.at(cond.name, curve.n_images)
+        return BatchAttribution(curve, fitted.attribute(curve.fingerprint.vector()), partial=partial, compared_at=at)
+
+    batches = [attributed(c, full < size) for c in curves]
     if rest_attributed:
         _embedding_begins(proto, progress, f"the last {rest} images", rest)
         (last,) = engine.curves(data[full:], what=f"the last {rest} images")
-        batches.append(BatchAttribution(last, m.attribute(last.fingerprint.vector()), partial=True))
+        batches.append(attributed(last, True))
     curve = mean_curve(curves, proto)
-    return AttributionResult(input=record, protocol=proto, curve=curve,
-                             attribution=m.attribute(curve.fingerprint.vector()), batches=tuple(batches),
-                             matcher=m.describe(), references=tuple(references),
+    # the mean of full batches is a curve at m, whatever number of images it sums
+    if len(curves) == 1:
+        overall = batches[0]
+    else:
+        fitted, at = sized.at(cond.name, size)
+        overall = BatchAttribution(curve, fitted.attribute(curve.fingerprint.vector()), compared_at=at)
+    return AttributionResult(input=record, protocol=proto, curve=curve, attribution=overall.attribution,
+                             batches=tuple(batches),
+                             matcher=sized.at(cond.name, overall.compared_at or size)[0].describe(),
+                             references=tuple(references),
                              reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
-                             compute=compute, left_out=0 if rest_attributed else rest)
+                             compute=compute, left_out=0 if rest_attributed else rest, compared_at=overall.compared_at,
+                             redrawn=tuple(v for _, v in sorted(sized.described.items())),
+                             condition=cond.to_dict(), warnings=tuple(dict.fromkeys(sized.problems)))
 
 
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
@@ -444,11 +554,14 @@ def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:
 def enroll(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
            description: str = "", note: str | None = None, device: str = "cpu", weights: str | None = None,
            progress: Progress | None = None, recursive: bool = True, engine: str = "local",
-           ray_address: str | None = None) -> EnrolmentResult:
+           ray_address: str | None = None, conditions: str | Sequence[str] | None = "all") -> EnrolmentResult:
     """Fingerprint the images in batches of the protocol's m and store each batch as an instance of
     ``generator`` (under a combination, under every protocol it combines). A remainder after the last
     full batch is left out (``result.left_out``). A folder is searched recursively unless ``recursive``
-    is False; ``engine``/``ray_address`` as :func:`attribute` takes them."""
+    is False; ``engine``/``ray_address`` as :func:`attribute` takes them. ``conditions``: the
+    post-processing conditions (:mod:`forensics.conditions`; "all", "none" or names) under which each
+    instance keeps per-image records, so that queries of any batch size, re-encoded or resized, can be
+    matched against it; each condition embeds the images once more."""
     from forensics import engine as engines
     from forensics.registry.model import check_name
 
@@ -466,9 +579,13 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
     if len(data) >= proto.batch_size:  # (fewer: compute_fingerprints refuses them)
         _embedding_begins(proto, progress, "query images", len(data))
-    fps = engines.compute_fingerprints(data, proto, device=device, weights=weights,
-                                       progress=_engine_progress(progress), reference_dir=reg.reference_dir,
-                                       engine=engine, ray_address=ray_address)
+    from forensics.conditions import parse_conditions
+
+    fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(conditions),
+                                                    device=device, weights=weights,
+                                                    progress=_engine_progress(progress),
+                                                    reference_dir=reg.reference_dir, engine=engine,
+                                                    ray_address=ray_address)
     provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
     if record.path is not None:
         provenance["input"] = record.path
@@ -477,11 +594,58 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                                          + ([] if recursive else ["--no-recursive"]))
     if note:
         provenance["note"] = note
-    ids = reg.enroll(pname, generator, fps, provenance, description=description)
+    ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records)
     return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
                            n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped))
+
+
+def add_records(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
+                conditions: str | Sequence[str] | None = "all", device: str = "cpu", weights: str | None = None,
+                progress: Progress | None = None, recursive: bool = True) -> dict[str, list[str]]:
+    """Keep per-image records (:mod:`forensics.registry.records`) for instances of ``generator`` enrolled
+    before records were kept, from the images they were enrolled from: the images' hash must be the one
+    their provenance records, and the records must give back each instance's enrolled curve (to 1e-9),
+    else nothing is written. Returns {instance id: the conditions it now keeps records under}."""
+    from forensics import engine as engines
+    from forensics.conditions import parse_conditions
+
+    _check_input(images)
+    reg = open_registry(registry)
+    pname = reg.resolve_protocol(protocol)
+    proto = reg.protocol(pname)
+    targets = [r for r in reg.enrolled(pname) if r.generator == generator]
+    if not targets:
+        raise UsageError(f"no generator {generator!r} is enrolled under {pname}")
+    for part in proto.parts:  # before any work: records go beside the generator file that names them
+        layer = reg.layer_of(part.name, generator)
+        if layer is not None and layer != reg.path:
+            raise UsageError(f"{generator} under {part.name} is in the read-only registry at {layer}; pass "
+                             f"--registry {layer} to add records there")
+    data, record = read_images(images, proto, recursive=recursive, progress=progress)
+    mine = [r for r in targets if r.provenance.get("input_sha256") == record.sha256]
+    if not mine:
+        raise UsageError(f"none of {generator}'s instances under {pname} was enrolled from these images (their "
+                         f"sha256 is {record.sha256[:19]}…); give the images each instance's provenance names")
+    fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(conditions),
+                                                    device=device, weights=weights,
+                                                    progress=_engine_progress(progress),
+                                                    reference_dir=reg.reference_dir)
+    if records is None:
+        raise UsageError(f"the statistic of {pname} keeps no per-image records")
+    plan = []
+    for ref in mine:
+        j = int(ref.provenance.get("batch", 0) or 0)
+        if j >= len(fps):
+            raise UsageError(f"{generator}/{ref.instance} is batch {j} of its input, which holds {len(fps)} batches")
+        got, want = fps[j].vector(), ref.fingerprint.vector()
+        if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=1e-9):
+            worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("nan")
+            raise UsageError(f"these images do not give back {generator}/{ref.instance}'s enrolled curve here (off by "
+                             f"up to {worst:.3g}): another encoder build or weights? Re-enrol it instead")
+        plan.append((ref.instance, records[j]))
+    return {iid: reg.add_records(pname, generator, iid, recs) for iid, recs in plan}
 
 
 def remove(generator: str, *, instance: str | None = None, protocol: str | None = None,

@@ -343,6 +343,34 @@ class Engine:
         """One curve of all ``images`` as one batch, whatever their number."""
         return self.curve_from_embeddings(self.embed(images, what))
 
+    @property
+    def keeps_records(self) -> bool:
+        """Whether the protocol's statistic gives per-image records (:meth:`records`), from which the
+        curve of any sub-batch is computed without the images."""
+        return keeps_records(self.reference_side())
+
+    def records(self, images: np.ndarray, what: str = "images") -> list[np.ndarray]:
+        """Per protocol layer, the statistic's per-image records of ``images`` (one row per image, in
+        order): what the statistic keeps of each image, so that :meth:`curve_from_records` of any rows is
+        the curve of those images. Only for statistics that keep records (:attr:`keeps_records`)."""
+        if not self.keeps_records:
+            raise UsageError(f"statistic {self.protocol.statistic.name!r} keeps no per-image records")
+        return [ref.records(e) for ref, e in zip(self.reference_side(), self.embed(images, what))]
+
+    def curve_from_records(self, records: Sequence[np.ndarray], rows: np.ndarray | None = None) -> Curve:
+        """The curve of the images whose per-layer :meth:`records` are ``records`` (only ``rows`` of
+        them, when given): the same curve as embedding those images again."""
+        scores: list[Any] = []
+        n = 0
+        for ref, r in zip(self.reference_side(), records):
+            part = r if rows is None else r[rows]
+            n = len(part)
+            try:
+                scores.append(ref.score_records(part, **self.score_params))
+            except StatisticError as exc:
+                scores.append(exc)
+        return self.curve_from_scores(scores, n)
+
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
         """One curve per batch of the protocol's m images.
 
@@ -359,6 +387,12 @@ class Engine:
         if n < m:
             return [self.curve_from_embeddings(embeddings)]
         return [self.curve_from_embeddings([e[s:s + m] for e in embeddings]) for s in range(0, n - m + 1, m)]
+
+
+def keeps_records(fits: Sequence[Any]) -> bool:
+    """Whether fitted statistics give per-image records: ``records(generated)`` and ``score_records(records,
+    **score_params)``, the second of any subset of the first's rows being the score of that subset."""
+    return all(callable(getattr(f, "records", None)) and callable(getattr(f, "score_records", None)) for f in fits)
 
 
 def one_encoder_weights(protocol: Protocol | Combination, weights: str | None) -> None:
@@ -399,6 +433,22 @@ class CombinedEngine:
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
         per_part = [e.curves(images, what=f"{what} ({e.protocol.name})", partial=partial) for e in self.engines]
         return [self._join(batch) for batch in zip(*per_part)]
+
+    @property
+    def keeps_records(self) -> bool:
+        return all(e.keeps_records for e in self.engines)
+
+    def records(self, images: np.ndarray, what: str = "images") -> list[np.ndarray]:
+        """Every part's :meth:`Engine.records`, end to end (one array per layer of the combined curve)."""
+        return [r for e in self.engines for r in e.records(images, f"{what} ({e.protocol.name})")]
+
+    def curve_from_records(self, records: Sequence[np.ndarray], rows: np.ndarray | None = None) -> Curve:
+        curves, start = [], 0
+        for e in self.engines:
+            n = len(e.protocol.layers)
+            curves.append(e.curve_from_records(records[start:start + n], rows))
+            start += n
+        return self._join(curves)
 
 
 ENGINES = ("local", "ray")
@@ -468,6 +518,35 @@ def compute_fingerprints(images: np.ndarray, protocol: Protocol | Combination, *
     engine = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress,
                          engine=engine, ray_address=ray_address)
     return [c.fingerprint for c in engine.curves(images, partial=False)]
+
+
+def fingerprints_and_records(images: np.ndarray, protocol: Protocol | Combination, *,
+                             conditions: Sequence[str] = ("none",), device: str = "cpu", weights: str | None = None,
+                             progress: Progress | None = None, reference_dir: Callable[[str], Path] | None = None,
+                             engine: str = "local", ray_address: str | None = None
+                             ) -> tuple[list[Fingerprint], list[dict[str, list[np.ndarray]]] | None]:
+    """What ``registry enroll`` stores: one fingerprint per full batch of the protocol's m images, and per
+    batch its per-image records under each post-processing condition (:mod:`forensics.conditions`; the
+    images put through it, embedded and kept by the statistic), or None when the statistic keeps no
+    records. The fingerprints are the curves of the ``none`` records: the same as :meth:`Engine.curves`."""
+    from forensics.conditions import NONE, get_condition
+
+    m = protocol.batch_size
+    if len(images) < m:
+        raise UsageError(f"enrolling needs at least one full batch of {m} images; got {len(images)}")
+    conditions = [NONE] + [c for c in dict.fromkeys(conditions) if c != NONE]
+    for c in conditions:
+        get_condition(c)
+    eng = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress,
+                      engine=engine, ray_address=ray_address)
+    full = len(images) - len(images) % m
+    if not eng.keeps_records:
+        return [c.fingerprint for c in eng.curves(images, partial=False)], None
+    kept = {c: eng.records(get_condition(c).apply(images[:full]),
+                           "images" if c == NONE else f"images ({c})") for c in conditions}
+    batches = [np.arange(s, s + m) for s in range(0, full, m)]
+    fps = [eng.curve_from_records(kept[NONE], rows).fingerprint for rows in batches]
+    return fps, [{c: [r[rows] for r in kept[c]] for c in conditions} for rows in batches]
 
 
 def make_protocol(name: str, *, dataset: str, encoder: str, encoder_options: dict[str, Any] | None = None,

@@ -85,6 +85,7 @@ class ImageInput:
     sha256: str
     recursive: bool | None = None               # None: not a folder
     skipped: Mapping[str, int] = field(default_factory=dict)
+    files: tuple[Any, ...] = field(default=(), repr=False, compare=False)  # a folder's files read, in order
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}
@@ -161,13 +162,17 @@ class Verdict:
 
 @dataclass(frozen=True)
 class BatchAttribution:
-    """One batch of the protocol's m images: its curve and the matcher's answer to it. A ``partial``
-    batch holds fewer than m images (a smaller set, or the remainder of a larger one): its C_T values are
-    smaller in size, so its verdict is less reliable, and a remainder's curve is not in the mean curve."""
+    """One batch of images: its curve and the matcher's answer to it. A ``partial`` batch holds fewer
+    than the protocol's m images (a smaller set, or the remainder of a larger one; a remainder's curve is
+    not in the mean curve). ``compared_at``: the batch size the references it was matched against mean —
+    m, or the batch's own size m′ when the enrolled instances were redrawn at m′ from their per-image
+    records; None when they could not be (no records) and a partial batch met curves of m: C_T values
+    shrink with fewer images, so that verdict is not reliable."""
 
     curve: Curve
     attribution: Attribution
     partial: bool = False
+    compared_at: int | None = None  # the batch size of the references it was matched against; None: not comparable
 
     @property
     def verdict(self) -> str | None:
@@ -175,7 +180,7 @@ class BatchAttribution:
 
     def to_dict(self) -> dict[str, Any]:
         return {"values": list(self.curve.fingerprint.values), "verdict": self.attribution.verdict,
-                "n_images": self.curve.n_images, "partial": self.partial}
+                "n_images": self.curve.n_images, "partial": self.partial, "compared_at": self.compared_at}
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,11 @@ class AttributionResult:
     provenance: Provenance = field(default_factory=Provenance.now)
     compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})  # both move curves
     left_out: int = 0                   # images after the last full batch, too few to attribute on their own
+    compared_at: int | None = None      # the batch size the overall verdict's references mean (None: not comparable)
+    redrawn: tuple[Mapping[str, Any], ...] = ()  # the references redrawn (condition, batch size, draws) for it
+    condition: Mapping[str, Any] = field(default_factory=lambda: {"name": "none", "source": "default",
+                                                                  "detail": "", "description": ""})
+    warnings: tuple[str, ...] = ()      # records the registry could not use, one line each
 
     @property
     def verdict(self) -> Verdict:
@@ -251,6 +261,10 @@ class AttributionResult:
             "batches": [b.to_dict() for b in self.batches],
             "partial_batch": self.partial_batch,
             "left_out": self.left_out,
+            "compared_at": self.compared_at,
+            "condition": dict(self.condition),
+            "redrawn": [dict(v) for v in self.redrawn],
+            "warnings": list(self.warnings),
             "matcher": dict(self.matcher),
             "candidates": [{"generator": c.generator, "score": float(c.score), "instance": c.instance}
                            for c in self.attribution.candidates],

@@ -171,9 +171,9 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch, toy_protocol)
         calls["n"] = len(images)
         m = protocol.batch_size
         return [Fingerprint.from_values(protocol.digest, [float(i), float(images[i * m:(i + 1) * m].mean()), None])
-                for i in range(len(images) // m)]
+                for i in range(len(images) // m)], None  # no per-image records
 
-    monkeypatch.setattr(pipeline, "compute_fingerprints", fake)
+    monkeypatch.setattr(pipeline, "fingerprints_and_records", fake)
     images = np.random.default_rng(0).integers(0, 255, size=(25, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "imgs.npz", images=images)
     doc = json.loads(run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg",

@@ -10,7 +10,7 @@ import typer
 
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 from forensics.cli.common import (
-    OPT_AMP, OPT_DEVICE, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS,
+    OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS,
     OPT_WORKERS, STATE, batch_notes, check_output, distribution_version, err, esc, handle_errors, input_notes, out,
     print_json, progress_bar, use_offline,
 )
@@ -83,8 +83,13 @@ def attribute(
     no_recursive: bool = OPT_NO_RECURSIVE,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
+    condition: str = OPT_CONDITION,
 ):
     """Attribute a batch of images to the generator in the registry whose fingerprint it matches.
+
+    Any number of images: a set smaller than the protocol's batch, and a remainder after full batches, are
+    matched against the enrolled instances redrawn at their own size. Re-encoded or resized images are
+    matched against the instances under the same processing (--condition; JPEG quality is read from the files).
 
     Example: forensics attribute registry/mnist-effnet-lite0/samples/dcgan/heldout.npz
     """
@@ -100,7 +105,7 @@ def attribute(
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
                      cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
-                     engine=engine, ray_address=ray_address)
+                     engine=engine, ray_address=ray_address, condition=condition)
     input_notes(images, result.input.skipped)
     batch_notes(result)
     write_reports("attribution_page", result, html_out, plots_dir)

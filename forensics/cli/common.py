@@ -175,6 +175,10 @@ def use_offline(flag: bool) -> None:
         set_offline(True)
 
 
+OPT_CONDITIONS = typer.Option("all", "--conditions", help="Post-processing conditions to keep per-image records "
+                              "under: all, none, or names (none,jpeg95,jpeg90,jpeg80,jpeg70,resize2,resize0.5,crop90).")
+OPT_CONDITION = typer.Option("auto", "--condition", help="What happened to the images: auto (read JPEG quality from "
+                             "the files, else as generated), none, or a condition (jpeg90, resize2, crop90, …).")
 OPT_NO_RECURSIVE = typer.Option(False, "--no-recursive", help="Read only the folder's own files, not its "
                                 "subfolders' (by default a folder is searched recursively).")
 
@@ -207,18 +211,29 @@ def input_notes(path: Any, skipped: Any) -> None:
 
 
 def batch_notes(result: Any) -> None:
-    """A warning on stderr when an attribution's images were not all in full batches of m: the remainder
-    attributed as a batch of its own, or left out."""
+    """Notes on stderr when an attribution's images were not all in full batches of m (the remainder
+    attributed as a batch of its own, or left out), when a batch could not be compared at its own size,
+    and when the registry's records could not be used."""
+    from forensics.api import smallest_remainder
+    from forensics.match.batchsize import SMALLEST_MEASURED
+
     m = result.protocol.batch_size
     n = result.input.n_images
+    least = smallest_remainder(m, bool(result.redrawn) or result.compared_at not in (None, m))
     if result.left_out:
         err.print(f"[yellow]warning:[/] {n:,} images make {n // m} batch(es) of {m}; the last {result.left_out} "
-                  f"(fewer than half a batch) were left out of the attribution", soft_wrap=True)
+                  f"(fewer than {least}) were left out of the attribution", soft_wrap=True)
     rest = result.remainder
     if rest is not None:
-        err.print(f"[yellow]warning:[/] the last {rest.curve.n_images} of {n:,} images were attributed as a batch of "
-                  f"their own ({esc(rest.verdict or 'unknown')}); with fewer than {m} images it is less reliable, "
-                  "and it is not in the mean curve", soft_wrap=True)
+        how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at else
+               f"with fewer than {m} images it is less reliable")
+        err.print(f"[yellow]note:[/] the last {rest.curve.n_images} of {n:,} images were attributed as a batch of "
+                  f"their own ({esc(rest.verdict or 'unknown')}; {how}); it is not in the mean curve", soft_wrap=True)
+    if any(b.compared_at is not None and b.compared_at < SMALLEST_MEASURED for b in result.batches):
+        err.print(f"[yellow]warning:[/] a batch of fewer than {SMALLEST_MEASURED} images: attribution was not measured "
+                  "below that size", soft_wrap=True)
+    for line in result.warnings:
+        err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -11,7 +11,7 @@ from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out,
     print_json, progress_bar, use_offline,
 )
-from forensics.cli.common import OPT_NO_RECURSIVE, input_notes
+from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, input_notes
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 
 if TYPE_CHECKING:
@@ -192,11 +192,14 @@ def enroll(
     no_recursive: bool = OPT_NO_RECURSIVE,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
+    conditions: str = OPT_CONDITIONS,
 ):
     """Fingerprint IMAGES in batches of the protocol's m and store each batch as an instance of NAME.
 
     Under a combination, the instance is enrolled under every protocol it combines. A generator the
-    registry does not know is enrolled from a folder of its images the same way.
+    registry does not know is enrolled from a folder of its images the same way. Each instance keeps
+    per-image records under every post-processing condition (--conditions), so that sets of any size,
+    re-encoded or resized, can be attributed to it; each condition embeds the images once more.
 
     Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
     """
@@ -207,7 +210,7 @@ def enroll(
     with progress:
         result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,
                      device=device, weights=weights, progress=update, recursive=not no_recursive, engine=engine,
-                     ray_address=ray_address)
+                     ray_address=ray_address, conditions=conditions)
     input_notes(images, result.skipped)
     if result.left_out:
         err.print(f"[yellow]note:[/] {result.n_images} images make {len(result.instances)} batch(es) of "
@@ -221,6 +224,39 @@ def enroll(
     else:
         out.print(f"enrolled {len(result.instances)} instance(s) of [bold]{esc(name)}[/] under {esc(result.protocol)}: "
                   f"{esc(', '.join(result.instances))}")
+
+
+@app.command()
+@handle_errors
+def records(
+    name: str = typer.Argument(..., help="The enrolled generator."),
+    images: Path = typer.Argument(..., help="The images its instance(s) were enrolled from (same content hash)."),
+    protocol: Optional[str] = OPT_PROTOCOL,
+    conditions: str = OPT_CONDITIONS,
+    device: str = OPT_DEVICE,
+    weights: Optional[str] = OPT_WEIGHTS,
+    registry: Optional[Path] = OPT_REGISTRY,
+    json_out: bool = OPT_JSON,
+    no_recursive: bool = OPT_NO_RECURSIVE,
+):
+    """Keep per-image records for instances of NAME enrolled before records were kept.
+
+    IMAGES must be the images an instance was enrolled from (their hash is checked) and must give back its
+    enrolled curve here; then the records under each condition are written beside its generator file.
+
+    Example: forensics registry records dcgan samples/dcgan.npz --conditions none,jpeg90
+    """
+    from forensics.api import add_records as run
+
+    progress, update = progress_bar()
+    with progress:
+        kept = run(images, name, protocol=protocol, registry=registry, conditions=conditions, device=device,
+                   weights=weights, progress=update, recursive=not no_recursive)
+    if json_out:
+        print_json({"generator": name, "instances": {k: list(v) for k, v in kept.items()}})
+    else:
+        for iid, conds in kept.items():
+            out.print(f"{esc(name)}/{esc(iid)} keeps records under: {esc(', '.join(conds))}")
 
 
 @app.command()

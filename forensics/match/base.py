@@ -108,9 +108,12 @@ class Matcher(abc.ABC):
         new.name = self.name
         return new
 
-    def fit(self, references: Sequence[EnrolledCurve]) -> Matcher:
+    def fit(self, references: Sequence[EnrolledCurve],
+            queries: Mapping[str, Sequence[np.ndarray]] | None = None) -> Matcher:
         """Fit on one protocol's enrolled curves, then calibrate the open-set thresholds (or reuse the
-        recorded calibration when it was made on these references under the current rule)."""
+        recorded calibration when it was made on these references under the current rule). ``queries``:
+        the curves that stand for each instance when it is held out in calibration (by instance id; see
+        :func:`~forensics.match.calibration.calibrate`); given, calibration is always computed."""
         references = list(references)
         if not references:
             raise UsageError("no reference fingerprints to match against (enrol generators first)")
@@ -137,11 +140,11 @@ class Matcher(abc.ABC):
         self.calibration = None
         if self.open_set:
             given = self._given_calibration
-            if (given and given.get("references_digest") == references_digest(references)
+            if (queries is None and given and given.get("references_digest") == references_digest(references)
                     and given.get("rule") == CALIBRATION_RULE):
                 self.calibration = {**given, "source": "recorded"}
             else:
-                self.calibration = calibrate(self, references)
+                self.calibration = calibrate(self, references, queries)
         return self
 
     @property

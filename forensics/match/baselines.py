@@ -255,7 +255,8 @@ class FIDMatcher(ScalarBaseline):
     def options(self) -> dict[str, Any]:
         return {"fids": dict(self.fids), **super().options()}
 
-    def fit(self, references: Sequence[EnrolledCurve]) -> Matcher:
+    def fit(self, references: Sequence[EnrolledCurve],
+            queries: Mapping[str, Sequence[np.ndarray]] | None = None) -> Matcher:
         references = list(references)
         table: dict[str, float] = {}
         stat = None
@@ -279,7 +280,7 @@ class FIDMatcher(ScalarBaseline):
                              "the provenance or the zoo manifest's fd_pca; pass fids={curve_key: FID})")
         self._table = table
         self.statistic = stat or ("fid" if self.fids else None)
-        return super().fit(references)
+        return super().fit(references, queries)
 
     def features(self, curves: np.ndarray) -> np.ndarray:
         out = []

@@ -43,12 +43,16 @@ def calibration_point(candidates: Sequence[Candidate], ratio: float | None) -> P
     return float(score), float(margin), math.nan if ratio is None else float(ratio)
 
 
-def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve]) -> dict[str, Any]:
-    """Open-set thresholds for ``matcher`` from ``references`` alone (see the module docstring)."""
+def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve],
+              queries: Mapping[str, Sequence[np.ndarray]] | None = None) -> dict[str, Any]:
+    """Open-set thresholds for ``matcher`` from ``references`` alone (see the module docstring).
+    ``queries``: for an instance id, the curves to hold out in its place (for example sub-batches of its
+    images, when the references are curves of a batch size the queries do not have); by default each
+    reference is its own held-out query."""
     refs = list(references)
     base = {"rule": CALIBRATION_RULE, "n_references": len(refs), "references_digest": references_digest(refs),
             "source": "calibrated at fit"}
-    points = matcher.calibration_points(refs)
+    points = matcher.calibration_points(refs) if queries is None else refit_points(matcher, refs, queries=queries)
     answer, unknown = points.answer, points.unknown
     base.update({"held_out": points.held_out, "n_answer": len(answer), "n_unknown": len(unknown)})
     if not answer:
@@ -79,11 +83,17 @@ def _lookalikes(left_out: Sequence[tuple[str, str, Point]], t_score: float, t_ma
     return {g: {o: [k, runs[o]] for o, k in sorted(d.items())} for g, d in sorted(passed.items())}
 
 
-def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: int | None = None) -> CalibrationPoints:
+def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: int | None = None,
+                 queries: Mapping[str, Sequence[np.ndarray]] | None = None) -> CalibrationPoints:
     """Calibration points of any matcher: refit a closed-set copy with each instance (or fold) held out,
     then with each generator held out. Up to ``loo_limit`` references (default :data:`LOO_LIMIT`) one
-    instance is held out at a time, beyond it :data:`FOLDS` folds."""
+    instance is held out at a time, beyond it :data:`FOLDS` folds. ``queries``: the curves that stand for a
+    held-out instance (by id; default: its own curve), one point each."""
     refs = list(refs)
+    queries = queries or {}
+
+    def standing_in(r: EnrolledCurve) -> Sequence[Any]:
+        return queries.get(r.instance) or [r.fingerprint]
     limit = LOO_LIMIT if loo_limit is None else loo_limit
     answer: list[Point] = []
     unknown: list[Point] = []
@@ -116,19 +126,24 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
         present = {x.generator for x in rest}
         for i in fold:
             r = refs[i]
-            cands = probe.rank(r.fingerprint)
-            ok = r.generator in present and cands[0].generator == r.generator
-            point = calibration_point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator))
-            (answer if ok else unknown).append(point)
+            for q in standing_in(r):
+                cands = probe.rank(q)
+                ok = r.generator in present and cands[0].generator == r.generator
+                point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator))
+                (answer if ok else unknown).append(point)
     for g in sorted({r.generator for r in refs}):
         if not fitted([x for x in refs if x.generator != g]):
             continue
         for r in refs:
             if r.generator == g:
-                cands = probe.rank(r.fingerprint)
-                point = calibration_point(cands, probe.distance_ratio(r.fingerprint, cands[0].generator))
-                unknown.append(point)
-                left_out.append((g, cands[0].generator, point))
+                for q in standing_in(r):
+                    cands = probe.rank(q)
+                    point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator))
+                    unknown.append(point)
+                    left_out.append((g, cands[0].generator, point))
+    if queries:
+        n = {len(standing_in(r)) for r in refs}
+        how += f", each held-out instance queried by {'/'.join(map(str, sorted(n)))} curve(s) standing for it"
     return CalibrationPoints(answer, unknown, how, left_out)
 
 

@@ -24,14 +24,19 @@ def check_name(what: str, name: str) -> None:
 
 @dataclass
 class Instance:
-    """One enrolled curve: its id, one value per layer (None where undefined) and its provenance."""
+    """One enrolled curve: its id, one value per layer (None where undefined), its provenance and the digest
+    of its per-image records under each post-processing condition kept (:mod:`forensics.registry.records`)."""
 
     id: str
     values: tuple[float | None, ...]
     provenance: dict[str, Any]
+    records: dict[str, str] = field(default_factory=dict)  # condition → digest of its per-image records file
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "curve": list(self.values), "provenance": dict(self.provenance)}
+        out = {"id": self.id, "curve": list(self.values), "provenance": dict(self.provenance)}
+        if self.records:
+            out["records"] = dict(self.records)
+        return out
 
 
 @dataclass

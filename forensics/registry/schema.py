@@ -34,7 +34,7 @@ HEADER = (f"# forensics fingerprint registry (schema {SCHEMA_VERSION}); edit wit
           "review in git.\n")
 
 _GENERATOR_KEYS = {"schema_version", "generator", "description", "protocol_digest", "instances"}
-_INSTANCE_KEYS = {"id", "curve", "provenance"}
+_INSTANCE_KEYS = {"id", "curve", "provenance", "records"}
 
 
 class Problems(list):
@@ -267,7 +267,7 @@ def _parse_instance(record: Any, key: str, label: str, n_layers: int | None, see
     if not isinstance(record, Mapping):
         problems.add(label, key, f"expected a mapping, got {type(record).__name__}")
         return None
-    check_keys(record, _INSTANCE_KEYS, label, problems, "id, curve, provenance", prefix=f"{key}.")
+    check_keys(record, _INSTANCE_KEYS, label, problems, "id, curve, provenance, records", prefix=f"{key}.")
     iid = record.get("id")
     if not isinstance(iid, str) or not NAME_RE.match(iid):
         problems.add(label, f"{key}.id", f"expected an id of letters, digits, '_.+-', got {iid!r}")
@@ -280,7 +280,13 @@ def _parse_instance(record: Any, key: str, label: str, n_layers: int | None, see
     if values is None:
         return None
     provenance = _parse_provenance(record.get("provenance"), f"{key}.provenance", label, problems)
-    return Instance(iid, values, provenance)
+    records = record.get("records") or {}
+    if not isinstance(records, Mapping) or not all(
+            isinstance(c, str) and NAME_RE.match(c) and is_digest(d) for c, d in records.items()):
+        problems.add(label, f"{key}.records", "expected a mapping of condition name to the sha256 digest of its "
+                                              f"records file, got {records!r:.60}")
+        records = {}
+    return Instance(iid, values, provenance, dict(records))
 
 
 def _parse_curve(curve: Any, key: str, label: str, n_layers: int | None,

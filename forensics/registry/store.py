@@ -45,13 +45,14 @@ from typing import Any
 
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
-from forensics.io.hashing import is_digest, short
+from forensics.io.hashing import is_digest, sha256_array, short
 from forensics.match import CALIBRATION_RULE, EnrolledCurve, references_digest
 from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
 from forensics.provenance import tool_version, user, utc_now
 from forensics.registry.diff import diff
 from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_name
 from forensics.registry import reference as shipped
+from forensics.registry.records import as_records, read_records, records_path, write_records
 from forensics.registry.schema import (
     HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator, read_yaml,
     write_yaml,
@@ -515,6 +516,96 @@ class Registry:
                 refs.append(EnrolledCurve(name, inst.id, Fingerprint(proto.digest, inst.values), dict(inst.provenance)))
         return refs
 
+    def records(self, protocol_name: str, references: Sequence[EnrolledCurve], condition: str = "none"
+                ) -> tuple[dict[str, Any], list[str]]:
+        """The per-image records of ``references`` (enrolled under ``protocol_name``) under ``condition``,
+        checked against the digests their generator files record: ``({instance id: (layers, images, fields)
+        array}, problems)``. Under a combination an instance's parts are joined along the layers. An instance
+        without records under the condition, or whose records fail a check (one line in ``problems``), is
+        left out of the mapping."""
+        import numpy as np
+
+        proto = self.protocol(protocol_name)
+        found: dict[str, Any] = {}
+        problems: list[str] = []
+        for ref in references:
+            arrays = []
+            for part in proto.parts:
+                inst = self._instance(part.name, ref.generator, ref.instance)
+                if inst is None or condition not in inst.records:
+                    break
+                label = f"{part.name}/{ref.generator}/{ref.instance} ({condition})"
+                paths = [records_path(root, part.name, ref.generator, ref.instance, condition) for root in self.layers]
+                path = next((p for p in paths if p.is_file()), paths[0])
+                try:
+                    arrays.append(read_records(path, inst.records[condition], layers=len(part.layers), label=label))
+                except RegistryError as exc:
+                    problems.append(str(exc))
+                    break
+            else:
+                if len({a.shape[1:] for a in arrays}) != 1:
+                    problems.append(f"{ref.generator}/{ref.instance}: its records hold different numbers of images "
+                                    f"under the parts of {protocol_name}; add them again")
+                    continue
+                found[ref.instance] = arrays[0] if len(arrays) == 1 else np.concatenate(
+                    [a.astype(np.float64) for a in arrays])
+        return found, problems
+
+    def record_conditions(self, protocol_name: str) -> list[str]:
+        """The conditions under which every enrolled instance of a protocol keeps records."""
+        proto = self.protocol(protocol_name)
+        have: set[str] | None = None
+        for ref in self.enrolled(protocol_name):
+            for part in proto.parts:
+                inst = self._instance(part.name, ref.generator, ref.instance)
+                kept = set(inst.records) if inst is not None else set()
+                have = kept if have is None else have & kept
+        return sorted(have or ())
+
+    def _instance(self, protocol_name: str, generator: str, instance: str) -> Instance | None:
+        entry = self.generators.get(protocol_name, {}).get(generator)
+        return next((i for i in entry.instances if i.id == instance), None) if entry else None
+
+    def _write_records(self, protocol_name: str, generator: str, instance: str, arrays: Mapping[str, Any]) -> None:
+        for condition, array in arrays.items():
+            write_records(self._safe(records_path(self.path, protocol_name, generator, instance, condition)), array)
+
+    def add_records(self, protocol_name: str, generator: str, instance: str,
+                    records: Mapping[str, Sequence[Any]]) -> list[str]:
+        """Keep per-image records ({condition: one array per layer of the protocol}) for an instance already
+        enrolled (under a combination, under every part). The caller vouches that they are the instance's
+        own images (:func:`forensics.add_records` checks the images' hash and that the ``none`` records
+        reproduce the enrolled curve exactly). Files first, then the generator files naming them, all or
+        nothing. Returns the conditions now kept."""
+        proto = self.protocol(protocol_name)
+        for c, layers in records.items():
+            check_name("condition", c)
+            if len(layers) != len(proto.layers):
+                raise UsageError(f"records under {c} have {len(layers)} layers; protocol {protocol_name!r} has "
+                                 f"{len(proto.layers)}")
+        with self.lock():
+            changes = []
+            for part, a, b in part_spans(proto):
+                gfile = self._generator_file(part.name, generator)
+                entry = self._read_entry(part, gfile)
+                if entry is None:
+                    below = self._entry_below(part, generator)
+                    if below is not None:
+                        raise UsageError(f"{generator} under {part.name} is in the read-only registry at {below[0]}; "
+                                         f"pass --registry {below[0]} to add records there")
+                    raise UsageError(f"no generator {generator!r} under protocol {part.name!r}")
+                inst = next((i for i in entry.instances if i.id == instance), None)
+                if inst is None:
+                    raise UsageError(f"{generator} has no instance {instance!r} under {part.name}; its instances: "
+                                     + ", ".join(i.id for i in entry.instances))
+                arrays = {c: as_records(list(layers[a:b]), c) for c, layers in records.items()}
+                self._write_records(part.name, generator, instance, arrays)
+                inst.records = {**inst.records, **{c: sha256_array(x) for c, x in arrays.items()}}
+                changes.append((gfile, entry.to_dict()))
+            self._write_all(changes)
+        self.reload()
+        return sorted(self._instance(proto.parts[0].name, generator, instance).records)
+
     def reference_dir(self, protocol_name: str) -> Path:
         """Where the fitted reference side of a protocol is shipped: the nearest layer that holds one (the
         engine reads it), else where the written layer would hold it. To write one, see
@@ -767,7 +858,8 @@ class Registry:
             self._generator_file(part.name, generator)
 
     def enroll(self, protocol_name: str, generator: str, fingerprints: Sequence[Fingerprint],
-               provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None) -> list[str]:
+               provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None,
+               records: Sequence[Mapping[str, Sequence[Any]]] | None = None) -> list[str]:
         """Add ``fingerprints`` as new instances of ``generator`` under a protocol; returns their ids.
 
         ``provenance`` is recorded with every instance, completed with ``created`` (UTC), ``by``,
@@ -778,6 +870,12 @@ class Registry:
         Under a combination each fingerprint is cut into its protocols' curves and enrolled under every
         one of them, all or nothing: a protocol that would refuse (say, the images are already there)
         stops the enrolment before any file is written.
+
+        ``records``: per fingerprint, {condition: the statistic's per-image records of its batch under that
+        post-processing condition, one array per layer} (:meth:`forensics.engine.Engine.records`); each is
+        written to ``<protocol>/records/<generator>/<id>/<condition>.npy`` and its digest recorded with the
+        instance, so that queries of any size and condition can be matched against it
+        (:mod:`forensics.registry.records`). The files are written before the generator files that name them.
         """
         proto = self.protocol(protocol_name)
         self.check_enrolment(protocol_name, generator)
@@ -793,6 +891,9 @@ class Registry:
                                  f"{len(proto.layers)} layers")
         if ids is not None and len(ids) != len(fingerprints):
             raise UsageError("one id per fingerprint is needed")
+        if records is not None and (len(records) != len(fingerprints) or any(
+                len(layers) != len(proto.layers) for r in records for layers in r.values())):
+            raise UsageError("records need one mapping per fingerprint, one array per layer of the protocol")
         base = {"created": utc_now(), "by": user(), "tool_version": tool_version(),
                 "input_sha256": None, "n_images": None}
         base.update(dict(provenance))
@@ -804,9 +905,18 @@ class Registry:
         new_ids = list(ids) if ids is not None else [f"{prefix}-{j}" for j in range(len(fingerprints))]
         for iid in new_ids:
             check_name("instance id", iid)
+        kept = [[{c: as_records(list(layers[a:b]), c) for c, layers in r.items()} for r in records]
+                if records is not None else None for _, a, b in part_spans(proto)]
         with self.lock():
             writes = [self._add_instances(part, generator, [fp.values[a:b] for fp in fingerprints], base, new_ids,
-                                          description, complete=len(proto.parts) > 1) for part, a, b in part_spans(proto)]
+                                          description, complete=len(proto.parts) > 1,
+                                          records=None if arrays is None else
+                                          [{c: sha256_array(x) for c, x in r.items()} for r in arrays])
+                      for (part, a, b), arrays in zip(part_spans(proto), kept)]
+            for (part, _, _), (gfile, entry), arrays in zip(part_spans(proto), writes, kept):
+                if entry is not None and arrays is not None:  # the files first: a generator file never names a
+                    for iid, by_condition in zip(new_ids, arrays):  # records file that is not there
+                        self._write_records(part.name, generator, iid, by_condition)
             todo = [(gfile, entry) for gfile, entry in writes if entry is not None]
             if not todo and getattr(self, "_completed", False):  # the interrupted enrolment, completed just now
                 self._ensure_gitignore()
@@ -873,7 +983,8 @@ class Registry:
 
     def _add_instances(self, proto: Protocol, generator: str, curves: Sequence[tuple[float | None, ...]],
                        base: Mapping[str, Any], new_ids: Sequence[str], description: str,
-                       complete: bool = False) -> tuple[Path, GeneratorEntry | None]:
+                       complete: bool = False, records: Sequence[Mapping[str, str]] | None = None
+                       ) -> tuple[Path, GeneratorEntry | None]:
         """``generator``'s file under ``proto`` with the new instances added (not yet written); refuses
         a name that differs only in case, a curve already enrolled, an id already taken. Under the lock.
         With ``complete`` (a combination's part), instances already there with the same id, curve and input
@@ -922,7 +1033,7 @@ class Registry:
             prov = dict(base)
             if len(curves) > 1:
                 prov["batch"] = j
-            entry.instances.append(Instance(iid, tuple(values), prov))
+            entry.instances.append(Instance(iid, tuple(values), prov, {} if records is None else dict(records[j])))
         return gfile, entry
 
     def remove(self, protocol_name: str, generator: str, instance: str | None = None) -> list[str]:

@@ -313,13 +313,12 @@ class FittedCT:
             raise UsageError("this C_T was fitted on given cells: it has no centres to assign to")
         return assign(self.transform(points), self._centres)
 
-    def score(self, generated, *, tau: float | None = None, generated_cells=None) -> CTResult:
-        """C_T of the generated set (m × d) against this fit.
-
-        ``tau``: a cell counts when more than tau·m generated points fall in it (default 20/m, i.e. at
-        least 21). ``generated_cells``: cell ids of the generated rows, required when this C_T
-        was fitted on given cells (otherwise the points go to the nearest k-means centre)."""
-        _check_tau(tau)
+    def records(self, generated, *, generated_cells=None) -> np.ndarray:
+        """What :meth:`score` needs of each generated row (m × d), as an (m, 2) float64 array: the row's
+        cell id and its distance to the nearest training point in that cell. A row's record does not
+        depend on the other rows, so :meth:`score_records` of any subset of the rows is exactly the
+        :meth:`score` of that subset: a set's records are kept (compactly: 16 bytes a row) to score its
+        sub-batches without embedding them again. ``generated_cells`` as :meth:`score` takes it."""
         q = self._prepare(generated)
         m = len(q)
         if generated_cells is not None:
@@ -328,18 +327,51 @@ class FittedCT:
             raise UsageError("this C_T was fitted on given cells: pass generated_cells too")
         else:
             qc = assign(q, self._centres)
-        tau = 20.0 / m if tau is None else float(tau)
+        index = self._cell_index(qc)
+        counts_q = np.bincount(index, minlength=len(self._cells))
+        busy = [i for i in range(len(self._cells)) if counts_q[i] > 0]
+        members = [np.flatnonzero(index == i) for i in range(len(self._cells))]
+        out = np.empty((m, 2), dtype=np.float64)
+        out[:, 0] = qc
+        for i, dist in zip(busy, self._nearest(members, q, busy)):
+            out[members[i], 1] = dist
+        return out
+
+    def _cell_index(self, qc: np.ndarray) -> np.ndarray:
+        """Each generated cell id's position among the fit's cells; an unknown cell is an error."""
         index = np.searchsorted(self._cells, qc)
         unknown = (index >= len(self._cells)) | (self._cells[np.minimum(index, len(self._cells) - 1)] != qc)
         if unknown.any():
             raise StatisticError(f"generated points fall in cell {int(qc[unknown][0])}, which has no training "
                                  f"or test points")
+        return index
+
+    def score(self, generated, *, tau: float | None = None, generated_cells=None) -> CTResult:
+        """C_T of the generated set (m × d) against this fit.
+
+        ``tau``: a cell counts when more than tau·m generated points fall in it (default 20/m, i.e. at
+        least 21). ``generated_cells``: cell ids of the generated rows, required when this C_T
+        was fitted on given cells (otherwise the points go to the nearest k-means centre)."""
+        _check_tau(tau)
+        return self.score_records(self.records(generated, generated_cells=generated_cells), tau=tau)
+
+    def score_records(self, records, *, tau: float | None = None) -> CTResult:
+        """C_T of the set whose rows' :meth:`records` are ``records`` (any subset of a set's records, in
+        any order of cells: the value is that subset's :meth:`score`)."""
+        _check_tau(tau)
+        r = np.asarray(records)
+        if r.ndim != 2 or r.shape[1] != 2 or r.dtype.kind != "f" or len(r) == 0:
+            raise StatisticError(f"C_T records must be a non-empty (m, 2) float array of (cell id, distance), "
+                                 f"got shape {r.shape} and dtype {r.dtype}")
+        qc, dist = r[:, 0], r[:, 1]
+        if not (np.isfinite(r).all() and (qc == np.round(qc)).all()):
+            raise StatisticError("C_T records hold a cell id that is not an integer or a distance that is not "
+                                 "finite; recompute them")
+        m = len(r)
+        index = self._cell_index(qc.astype(np.int64))
+        tau = 20.0 / m if tau is None else float(tau)
         counts_q = np.bincount(index, minlength=len(self._cells))
         test_index = np.searchsorted(self._cells, self._test_cells)
-        busy = [i for i in range(len(self._cells)) if counts_q[i] > 0]
-        members = [np.flatnonzero(index == i) for i in range(len(self._cells))]
-        found = self._nearest(members, q, busy)
-        nearest = dict(zip(busy, found))
         cells, num, den = [], 0.0, 0.0
         for i, c in enumerate(self._cells):
             n_train = int(self._offsets[i + 1] - self._offsets[i])
@@ -348,7 +380,7 @@ class FittedCT:
             if mq == 0:
                 cells.append(CellResult(int(c), n_train, len(lp), 0, None, None, False))
                 continue
-            lq = nearest[i]
+            lq = dist[index == i]
             u = mann_whitney_u(lq, lp)
             z = z_score(u, mq, len(lp))
             counted = mq / m > tau

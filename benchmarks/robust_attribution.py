@@ -1,0 +1,211 @@
+"""Attribution under real evidence (issue 25): batch sizes m′ and post-processing, on new query sets.
+
+Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never enrolled), and, where a new
+set is cheap to draw, a **new** one the references and thresholds never saw (``--build``): the diffusion
+network with DDIM and PNDM under sampling seed 4, and the Gaussian mixture and the copier under seed 4,
+1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
+``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
+
+Conditions: ``none``; ``png`` (each image written as a PNG file and read back through a folder: must
+change nothing); ``jpeg95``/``jpeg90``/``jpeg75`` (JPEG files in a folder: the condition is *read from the
+files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``condition=``, as ``--condition`` does).
+Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
+(the whole 1,000-image sets: two batches of 500, verdict on their mean).
+
+For every query batch: the verdict against all enrolled generators (right / unknown / wrong), and the
+verdict with its own generator left out of the references (must be "unknown"; the thresholds are
+recalibrated without it). Everything goes through ``forensics.attribute``'s own pieces (the engine, the
+records, ``_Matchers``), so the figures are the tool's.
+
+    nice python benchmarks/robust_attribution.py --build                 # draw the new sets (~5 min)
+    nice python benchmarks/robust_attribution.py --json out.json         # the table (~30 min here)
+
+Threads: torch and BLAS on one thread (FORENSICS_THREADS=1, set before torch starts), so that a busy
+machine does not turn the embedding into spin-waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+os.environ.setdefault("FORENSICS_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (100, 200, 300, 500, 1000)
+CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg75", "resize2", "resize0.5", "crop90")
+NEW = {"ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4}
+
+
+def default_sets() -> Path:
+    from forensics.encode.cache import cache_dir
+
+    return cache_dir() / "robust-sets"
+
+
+def build(out: Path, n: int = 1000) -> None:
+    """Draw the new query sets (seeded) into ``out``."""
+    import torch
+
+    from forensics.zoo.training import generators as G
+
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    for gen, seed in NEW.items():
+        path = out / f"{gen}-seed{seed}.npz"
+        if path.is_file():
+            continue
+        t = time.time()
+        if gen in ("ddim", "pndm"):
+            net, sched = G.load_ddpm()
+            images = G.sample_diffusion(net, sched, gen, seed, n=n)
+        else:
+            G.M_IMAGES = n  # the generators draw M_IMAGES samples
+            images, _ = {"gmm": G.train_gmm, "kde-copier": G.train_kde_copier}[gen](seed, None, G.SETTINGS[gen])
+        np.savez(path, images=images)
+        meta = {"generator": gen, "seed": seed, "n": int(len(images)), "seconds": round(time.time() - t, 1),
+                "made_by": f"python benchmarks/robust_attribution.py --build (forensics.zoo.training.generators, "
+                           f"settings {gen}, seed {seed})"}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+        print(f"built {path.name}: {len(images)} images in {meta['seconds']} s", file=sys.stderr, flush=True)
+
+
+def query_sets(sets: Path) -> list[tuple[str, str, np.ndarray]]:
+    """(generator, set name, images) for every heldout set and every new set found."""
+    from forensics import api
+
+    reg = api.open_registry()
+    samples = reg.reference_dir("mnist-effnet-lite0").parent / "samples"
+    found = []
+    for gen in sorted(p.name for p in samples.iterdir() if p.is_dir()):
+        found.append((gen, "heldout", np.load(samples / gen / "heldout.npz")["images"]))
+    for path in sorted(sets.glob("*.npz")):
+        gen = path.stem.rsplit("-seed", 1)[0]
+        found.append((gen, path.stem, np.load(path)["images"]))
+    return found
+
+
+def as_query(images: np.ndarray, condition: str, folder: Path):
+    """(what attribute reads, the condition to declare): files in a folder for png/jpeg, else the array
+    put through the condition, declared."""
+    from PIL import Image
+
+    from forensics.conditions import get_condition
+
+    if condition == "png" or condition.startswith("jpeg"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(images):
+            if condition == "png":
+                Image.fromarray(im).save(folder / f"{i:05d}.png")
+            else:
+                Image.fromarray(im).save(folder / f"{i:05d}.jpg", quality=int(condition[4:]))
+        return str(folder), "auto"
+    return get_condition(condition).apply(images), condition
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", action="store_true", help="draw the new query sets, then stop")
+    ap.add_argument("--sets", type=Path, default=None)
+    ap.add_argument("--batches", type=int, default=3, help="disjoint sub-batches per set and size (default 3)")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--matcher", default="alpha")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    sets = a.sets or default_sets()
+    if a.build:
+        build(sets)
+        return 0
+
+    from forensics import api
+    from forensics.engine import make_engine
+    from forensics.match import make_matcher
+    from forensics.match.batchsize import references_at
+
+    reg = api.open_registry()
+    proto = reg.protocol(reg.resolve_protocol(None))
+    refs = reg.enrolled(proto.name)
+    engine = make_engine(proto, reference_dir=reg.reference_dir)
+    base = make_matcher(a.matcher, calibration=reg.calibration(proto.name, a.matcher)).fit(refs)
+    matchers = api._Matchers(reg, proto, engine, refs, a.matcher, base)
+    generators = sorted({r.generator for r in refs})
+    loo: dict[tuple, dict[str, object]] = {}
+
+    def fitted(condition: str, size: int):
+        """The matcher at (condition, size) for all references, and one per generator left out."""
+        key = (condition, size)
+        if key not in loo:
+            full, at = matchers.at(condition, size)
+            if at is None:
+                raise SystemExit(f"the registry keeps no records under {condition}: run the backfill first")
+            if condition == "none" and size == proto.batch_size:
+                redrawn_refs, queries = refs, None
+            else:
+                def curve_of(rec, rows):
+                    return engine.curve_from_records(list(rec), rows).fingerprint.vector()
+                redrawn = references_at(refs, matchers.records(condition), size, curve_of)
+                redrawn_refs, queries = list(redrawn.references), redrawn.queries
+            loo[key] = {"all": full, **{g: make_matcher(a.matcher).fit(
+                [r for r in redrawn_refs if r.generator != g],
+                None if queries is None else {k: v for k, v in queries.items()}) for g in generators}}
+        return loo[key]
+
+    rows = []
+    conditions = a.conditions.split(",")
+    sizes = [int(s) for s in a.sizes.split(",")]
+    t0 = time.time()
+    for gen, name, images in query_sets(sets):
+        for condition in conditions:
+            for size in sizes:
+                if size > len(images):
+                    continue
+                n_batches = 1 if size >= proto.batch_size else min(a.batches, len(images) // size)
+                for b in range(n_batches):
+                    part = images[b * size:(b + 1) * size]
+                    with tempfile.TemporaryDirectory() as tmp:
+                        query, declared = as_query(part, condition, Path(tmp) / "q")
+                        data, record = api.read_images(query, proto)
+                        cond = api._condition(declared, record.files, matchers.conditions())
+                        curves = engine.curves(data)
+                    curve = api.mean_curve(curves, proto)
+                    at = min(size, proto.batch_size)
+                    ms = fitted(cond.name, at)
+                    vec = curve.fingerprint.vector()
+                    verdict = ms["all"].attribute(vec).verdict
+                    left_out = ms[gen].attribute(vec).verdict
+                    outcome = "right" if verdict == gen else ("unknown" if verdict is None else "wrong")
+                    rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
+                                 "size": size, "batch": b, "verdict": verdict, "outcome": outcome,
+                                 "left_out_verdict": left_out})
+                    print(f"{gen:10s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b}: {verdict or 'unknown':10s}"
+                          f" ({outcome}); left out: {left_out or 'unknown'}   [{time.time() - t0:.0f} s]",
+                          file=sys.stderr, flush=True)
+    table = defaultdict(Counter)
+    for r in rows:
+        key = (r["condition"], r["size"])
+        table[key][r["outcome"]] += 1
+        table[key]["left_out_unknown" if r["left_out_verdict"] is None else "left_out_named"] += 1
+    print(f"\n| condition | m′ | batches | right | unknown | wrong | left out → unknown |")
+    print("|---|---|---|---|---|---|---|")
+    for (c, s), cnt in sorted(table.items(), key=lambda kv: (conditions.index(kv[0][0]), kv[0][1])):
+        n = cnt["right"] + cnt["unknown"] + cnt["wrong"]
+        print(f"| {c} | {s} | {n} | {cnt['right']} | {cnt['unknown']} | {cnt['wrong']} | "
+              f"{cnt['left_out_unknown']} of {n} |")
+    if a.json:
+        a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows,
+                                      "threads": os.environ.get("FORENSICS_THREADS")}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

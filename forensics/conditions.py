@@ -1,0 +1,194 @@
+"""Post-processing conditions: what happened to a generator's images between the generator and the analyst.
+
+Evidence rarely arrives as the generator wrote it: it was re-saved as JPEG, resized, cropped. Each of
+these moves an encoder's early layers, and so the C_T curve, enough to name the wrong generator when a
+processed set is compared with fingerprints of unprocessed sets (docs/findings.md measures which layers
+move, and by how much). The remedy here is to compare like with like: an enrolled instance keeps its
+per-image records under each condition of :data:`CONDITIONS` (its own images put through the same
+processing, :mod:`forensics.registry.records`), and a query is matched against the instances under the
+condition it arrived in — read from the files where they say it (a JPEG's quantisation tables give its
+quality), else as the analyst declares it (``--condition``), else "none" (as generated).
+
+Each condition is a deterministic function of uint8 images ((N, H, W) or (N, H, W, C)); ``none`` is the
+identity, and a lossless re-save (PNG) changes nothing, so it needs no condition of its own.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forensics.errors import UsageError
+
+NONE = "none"
+
+
+def _each(images: np.ndarray, fn: Callable[[Any], Any]) -> np.ndarray:
+    from PIL import Image
+
+    out = [np.asarray(fn(Image.fromarray(im))) for im in np.asarray(images, dtype=np.uint8)]
+    return np.stack(out).astype(np.uint8)
+
+
+def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Re-encode as baseline JPEG at ``quality`` (libjpeg's standard tables, 4:2:0 for colour), decode."""
+    def apply(images: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        def one(im: Any) -> Any:
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=quality)
+            buf.seek(0)
+            with Image.open(buf) as back:
+                return back.convert(im.mode)
+        return _each(images, one)
+    return apply
+
+
+def resize(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    """One resampling round trip: bicubic resize by ``factor``, then bicubic back to the original size."""
+    def apply(images: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        def one(im: Any) -> Any:
+            w, h = im.size
+            return im.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC).resize(
+                (w, h), Image.BICUBIC)
+        return _each(images, one)
+    return apply
+
+
+def crop(share: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A centred crop keeping ``share`` of each side, resized (bicubic) back to the original size."""
+    def apply(images: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        def one(im: Any) -> Any:
+            w, h = im.size
+            cw, ch = max(1, round(w * share)), max(1, round(h * share))
+            left, top = (w - cw) // 2, (h - ch) // 2
+            return im.crop((left, top, left + cw, top + ch)).resize((w, h), Image.BICUBIC)
+        return _each(images, one)
+    return apply
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A named post-processing: ``apply(images)`` and what it is, in words."""
+
+    name: str
+    description: str
+    apply: Callable[[np.ndarray], np.ndarray]
+    jpeg_quality: int | None = None
+
+
+CONDITIONS: dict[str, Condition] = {c.name: c for c in [
+    Condition(NONE, "as the generator wrote them (or saved losslessly, e.g. PNG)", lambda x: np.asarray(x)),
+    *[Condition(f"jpeg{q}", f"re-saved as JPEG at quality {q}", jpeg(q), q) for q in (95, 90, 80, 70)],
+    Condition("resize2", "resized up ×2 and back (bicubic)", resize(2.0)),
+    Condition("resize0.5", "resized down ×0.5 and back (bicubic)", resize(0.5)),
+    Condition("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9)),
+]}
+"""Every condition an instance can keep records under, by name."""
+
+
+def get_condition(name: str) -> Condition:
+    if name not in CONDITIONS:
+        raise UsageError(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}")
+    return CONDITIONS[name]
+
+
+def parse_conditions(text: str | Sequence[str] | None) -> list[str]:
+    """Condition names from ``"all"``, ``"none"``, a comma-separated list or a sequence; ``none`` always
+    first (the enrolled curve itself)."""
+    if text is None or text == "all":
+        names = list(CONDITIONS)
+    else:
+        names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    for n in names:
+        get_condition(n)
+    return [NONE] + [n for n in dict.fromkeys(names) if n != NONE]
+
+
+# -- reading the condition from the files ---------------------------------------------------------
+_IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                      14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+                      92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+"""The JPEG standard's (Annex K) luminance quantisation table, which libjpeg scales by quality."""
+
+
+def ijg_table(quality: int) -> np.ndarray:
+    """libjpeg's luminance table at ``quality`` (1–100)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return np.clip((_IJG_LUMA * scale + 50) // 100, 1, 255)
+
+
+def jpeg_quality(table: Sequence[int]) -> tuple[int, bool]:
+    """(the libjpeg quality whose luminance table is closest to ``table``, whether it is that table
+    exactly). Compared as sorted values, so the table's order (natural or zigzag) does not matter."""
+    got = np.sort(np.asarray(list(table), dtype=np.int64))
+    errors = [(int(np.abs(np.sort(ijg_table(q)) - got).sum()), -q) for q in range(1, 101)]
+    err, neg_q = min(errors)
+    return -neg_q, err == 0
+
+
+def file_quality(path: str | Path) -> int | None:
+    """The JPEG quality of an image file (from its quantisation tables), None when it is not a JPEG."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG":
+                return None
+            tables = getattr(im, "quantization", None) or {}
+    except (OSError, ValueError):
+        return None
+    if 0 not in tables:
+        return None
+    return jpeg_quality(tables[0])[0]
+
+
+@dataclass(frozen=True)
+class Detected:
+    """The condition a query is matched under, and why: ``source`` is "declared", "files" or "default"."""
+
+    name: str
+    source: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "detail": self.detail,
+                "description": get_condition(self.name).description}
+
+
+def nearest_jpeg(quality: int, available: Sequence[str]) -> str | None:
+    """The available JPEG condition nearest in quality (the higher on a tie), None if there is none."""
+    jpegs = [(abs(CONDITIONS[n].jpeg_quality - quality), -CONDITIONS[n].jpeg_quality, n) for n in available
+             if CONDITIONS[n].jpeg_quality is not None]
+    return min(jpegs)[2] if jpegs else None
+
+
+def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:
+    """The condition of a query read from its files: JPEGs say their quality (the most common one among
+    the files; the nearest JPEG condition in ``available`` is taken), anything else is "none". Arrays
+    (``files`` None) say nothing: "none"."""
+    if not files:
+        return Detected(NONE, "default", "an array of pixels carries no record of its processing; assumed as generated")
+    qualities = Counter(file_quality(f) for f in files)
+    jpegs = sum(n for q, n in qualities.items() if q is not None)
+    if jpegs == 0:
+        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated")
+    (quality, count), = [(q, n) for q, n in qualities.most_common() if q is not None][:1]
+    name = nearest_jpeg(quality, available)
+    mixed = f"; {len(files) - count} of {len(files)} files differ" if count < len(files) else ""
+    if name is None:
+        return Detected(NONE, "files", f"{jpegs} of {len(files)} files are JPEG (quality {quality}) but the "
+                                       f"references keep no JPEG condition; matched as generated{mixed}")
+    return Detected(name, "files", f"JPEG quality {quality} read from the quantisation tables of {count} of "
+                                   f"{len(files)} files{mixed}")

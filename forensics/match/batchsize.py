@@ -1,0 +1,86 @@
+"""Matching a batch of any size: the references and the open-set thresholds at the query's size.
+
+An enrolled fingerprint is the curve of m images, and C_T is a sum of Mann–Whitney Z-scores whose size
+grows with the number of generated points, so the curve of m′ ≠ m images of the same generator is
+another curve: smaller in size, and noisier. Comparing it with curves of m images names the wrong
+generator. Instead, where the registry keeps each instance's per-image records
+(:mod:`forensics.registry.records`), every instance is redrawn at m′: its reference curve at m′ is the
+mean curve of :data:`DRAWS` seeded sub-batches of m′ of its own images (exact curves of real sub-batches,
+computed from the records without the images), and the open-set thresholds are calibrated at m′ too,
+each held-out instance standing in as :data:`CALIBRATION_DRAWS` single sub-batches of m′ — what a real
+query of m′ images looks like — so that the thresholds hold at every m′ rather than being carried over
+from m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from forensics.match.types import EnrolledCurve
+from forensics.protocol import Fingerprint
+
+DRAWS = 16
+"""Sub-batches of m′ per enrolled instance whose mean curve is the instance's reference at m′."""
+
+CALIBRATION_DRAWS = 4
+"""Single sub-batches of m′ per instance that stand for it, held out, in the calibration at m′."""
+
+SMALLEST_MEASURED = 100
+"""The smallest batch the attribution was measured at (README); below it a verdict carries a warning."""
+
+
+def subbatches(n: int, size: int, draws: int, seed: int, purpose: int = 0) -> list[np.ndarray]:
+    """``draws`` seeded sub-batches (sorted row indices) of ``size`` of ``n`` rows, without replacement
+    inside each; all rows once when ``size`` ≥ ``n``. ``purpose`` separates independent streams (the
+    references, the calibration queries) drawn with one seed."""
+    if size >= n:
+        return [np.arange(n)]
+    rng = np.random.default_rng([seed, purpose, n, size])
+    return [np.sort(rng.choice(n, size, replace=False)) for _ in range(draws)]
+
+
+@dataclass(frozen=True)
+class AtBatchSize:
+    """The enrolled instances redrawn at a batch size: their reference curves (``references``), the
+    single sub-batch curves that stand for each instance in calibration (``queries``, by instance id), and
+    the instances left out for lack of records (``without_records``)."""
+
+    size: int
+    references: tuple[EnrolledCurve, ...]
+    queries: Mapping[str, Sequence[np.ndarray]]
+    draws: int
+    calibration_draws: int
+    without_records: tuple[str, ...] = field(default=())
+
+    def describe(self) -> dict[str, Any]:
+        """What the references at this size are, for a report."""
+        return {"batch_size": self.size, "references": "sub-batches", "draws": self.draws,
+                "calibration_draws": self.calibration_draws, "n_references": len(self.references),
+                "without_records": list(self.without_records)}
+
+
+def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.ndarray], size: int,
+                  curve_of: Callable[[np.ndarray, np.ndarray], np.ndarray], *, draws: int = DRAWS,
+                  calibration_draws: int = CALIBRATION_DRAWS, seed: int = 0) -> AtBatchSize:
+    """Every instance of ``references`` that has ``records`` (by instance id: its (layers, images, fields)
+    array) redrawn at ``size`` images. ``curve_of(records, rows)`` is the curve vector of those rows
+    (:meth:`forensics.engine.Engine.curve_from_records`, undefined values as 0)."""
+    refs: list[EnrolledCurve] = []
+    queries: dict[str, list[np.ndarray]] = {}
+    missing: list[str] = []
+    for r in references:
+        rec = records.get(r.instance)
+        if rec is None:
+            missing.append(f"{r.generator}/{r.instance}")
+            continue
+        n = rec.shape[1]
+        mean = np.mean([curve_of(rec, rows) for rows in subbatches(n, size, draws, seed, 0)], axis=0)
+        prov = {**dict(r.provenance), "batch_size": min(size, n), "sub_batches": 1 if size >= n else draws}
+        refs.append(EnrolledCurve(r.generator, r.instance,
+                                  Fingerprint(r.fingerprint.protocol_digest, tuple(float(v) for v in mean)), prov))
+        queries[r.instance] = [curve_of(rec, rows) for rows in subbatches(n, size, calibration_draws, seed, 1)]
+    return AtBatchSize(size, tuple(refs), queries, draws, calibration_draws, tuple(missing))

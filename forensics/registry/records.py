@@ -1,0 +1,82 @@
+"""Per-image records of enrolled instances: what lets a query of any size be matched.
+
+A fingerprint is the curve of one batch of the protocol's m images, and a curve of m′ ≠ m images does
+not mean the same thing (C_T's Z-scores grow with the batch). So beside each enrolled curve the registry
+keeps, per layer and per image, what the statistic keeps of that image (for C_T: its cell and its
+distance to the nearest training point, 16 bytes): the curve of any sub-batch of the instance's images
+is computed from them exactly, without the images (:meth:`forensics.engine.Engine.curve_from_records`).
+
+Records are kept per post-processing condition (:mod:`forensics.conditions`): under ``none`` the
+instance's images as enrolled (these reproduce its enrolled curve exactly, and are float64), under any
+other the same images put through that processing (float32: half the size). A records file is
+``<protocol>/records/<generator>/<instance id>/<condition>.npy``: one array of shape (layers, images,
+fields), loaded without pickles. The instance's entry in its generator file records each array's digest
+(``records: {none: sha256:…, jpeg90: sha256:…}``); a file that is missing, malformed or does not match
+it is refused in one line and the instance is matched as before, at m only.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from forensics.errors import RegistryError
+from forensics.io.atomic import write_atomic
+from forensics.io.hashing import sha256_array, short
+
+RECORDS_DIR = "records"
+MAX_BYTES = 256 << 20  # far above any real instance (500 images × 32 layers × 2 fields is 256 KB)
+
+
+def records_path(root: Path, protocol: str, generator: str, instance: str, condition: str) -> Path:
+    """Where ``generator``'s ``instance``'s records under ``protocol`` and ``condition`` live in the
+    registry layer ``root``."""
+    return root / protocol / RECORDS_DIR / generator / instance / f"{condition}.npy"
+
+
+def as_records(layers: list[np.ndarray], condition: str = "none") -> np.ndarray:
+    """One instance's per-layer records (each images × fields) as the stored (layers, images, fields)
+    array: float64 under ``none``, float32 under any other condition."""
+    shapes = {np.shape(r) for r in layers}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"per-layer records must share one (images, fields) shape, got {sorted(shapes)}")
+    dtype = np.float64 if condition == "none" else np.float32
+    return np.ascontiguousarray(np.stack([np.asarray(r, dtype=np.float64) for r in layers]).astype(dtype))
+
+
+def write_records(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` (:func:`as_records`) atomically to ``path``; returns its digest for the YAML."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 3 or array.dtype not in (np.float32, np.float64):
+        raise ValueError(f"records must be a (layers, images, fields) array, got shape {array.shape}")
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
+    return sha256_array(array)
+
+
+def read_records(path: Path, digest: str, *, layers: int, label: str) -> np.ndarray:
+    """The records at ``path``, checked: a (``layers``, images, fields) float array of finite values whose
+    digest is ``digest``. Anything else is a :class:`RegistryError` naming ``label`` and what to do."""
+    fix = "add its records again (`forensics registry records`), or remove the condition from its `records:`"
+    if not path.is_file() or path.is_symlink():
+        raise RegistryError(f"{label}: records file {path.name} is missing; {fix}")
+    if path.stat().st_size > MAX_BYTES:
+        raise RegistryError(f"{label}: records file {path.name} is larger than {MAX_BYTES >> 20} MiB; {fix}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RegistryError(f"{label}: records file {path.name} cannot be read ({exc}); {fix}") from None
+    if not isinstance(array, np.ndarray) or array.dtype not in (np.float32, np.float64) or array.ndim != 3 \
+            or array.shape[0] != layers or array.shape[1] == 0:
+        raise RegistryError(f"{label}: records file {path.name} holds {getattr(array, 'dtype', '?')} "
+                            f"{getattr(array, 'shape', '?')}, not ({layers}, images, fields) floats; {fix}")
+    got = sha256_array(array)
+    if got != digest:
+        raise RegistryError(f"{label}: records file {path.name} (sha256 {short(got)}) is not the one its generator "
+                            f"file records ({short(digest)}); {fix}")
+    if not np.isfinite(array).all():
+        raise RegistryError(f"{label}: records file {path.name} holds NaN or infinite values; {fix}")
+    return array

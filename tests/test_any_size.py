@@ -1,0 +1,292 @@
+"""Queries of any batch size and post-processing condition (issue 25).
+
+The statistic's per-image records must give back exactly the curve of any subset of a set's images;
+the registry keeps them per condition, hash-checked, and refuses what does not match; a query of m′ ≠ m
+images is matched against the instances redrawn at m′; a query's condition is read from its files or
+declared. The end-to-end part runs on scikit-learn's digits with the project's MNIST ViT (shipped
+weights), m = 100, and generators made from the training set by curated transforms.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from forensics.cli.commands import app
+from forensics.conditions import CONDITIONS, detect, file_quality, get_condition, jpeg_quality, parse_conditions
+from forensics.errors import RegistryError, StatisticError, UsageError
+from forensics.match.batchsize import references_at, subbatches
+from forensics.registry import Registry
+from forensics.registry.records import read_records, write_records
+from forensics.stats.ct import FittedCT
+
+
+def run(args, **kw):
+    return CliRunner().invoke(app, args, **kw)
+
+
+# -- the statistic's records ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 12)) * 3
+    train = np.concatenate([c + rng.normal(size=(60, 12)) for c in centres])
+    test = np.concatenate([c + rng.normal(size=(30, 12)) for c in centres])
+    generated = np.concatenate([c + rng.normal(size=(40, 12)) * 0.8 for c in centres])
+    return FittedCT.fit(train, test, k=4, distance="cosine", projection=8, seed=0), generated
+
+
+def test_records_of_any_subset_score_exactly_as_that_subset(fitted):
+    fit, generated = fitted
+    records = fit.records(generated)
+    assert records.shape == (len(generated), 2) and records.dtype == np.float64
+    assert fit.score_records(records).to_dict() == fit.score(generated).to_dict()
+    rng = np.random.default_rng(1)
+    for size, tau in ((30, 0.0), (90, None), (121, None)):
+        rows = np.sort(rng.choice(len(generated), size, replace=False))
+        assert fit.score_records(records[rows], tau=tau).to_dict() == fit.score(generated[rows], tau=tau).to_dict()
+    with pytest.raises(StatisticError, match="no cell counts"):  # undefined on both paths alike
+        fit.score_records(records[::8])
+    shuffled = rng.permutation(len(generated))  # the order of the rows does not matter
+    assert fit.score_records(records[shuffled]).value == fit.score(generated).value
+
+
+def test_records_that_cannot_be_a_sets_records_are_refused(fitted):
+    fit, generated = fitted
+    records = fit.records(generated)
+    for bad in (records[:, :1], records.astype(np.int64), np.empty((0, 2))):
+        with pytest.raises(StatisticError, match="records must be"):
+            fit.score_records(bad)
+    broken = records.copy()
+    broken[0, 1] = np.nan
+    with pytest.raises(StatisticError, match="finite"):
+        fit.score_records(broken)
+    broken = records.copy()
+    broken[0, 0] = 99
+    with pytest.raises(StatisticError, match="cell 99"):
+        fit.score_records(broken)
+
+
+# -- sub-batches and references at m′ -----------------------------------------------------------
+def test_subbatches_are_seeded_draws_without_replacement():
+    a = subbatches(500, 120, 5, seed=0)
+    assert len(a) == 5 and all(len(r) == 120 and len(set(r.tolist())) == 120 for r in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, subbatches(500, 120, 5, seed=0)))
+    assert not np.array_equal(a[0], subbatches(500, 120, 5, seed=0, purpose=1)[0])
+    assert [r.tolist() for r in subbatches(100, 100, 5, seed=0)] == [list(range(100))]
+
+
+def test_references_at_the_enrolled_size_are_the_enrolled_curves(fitted):
+    from forensics.match.types import EnrolledCurve
+    from forensics.protocol import Fingerprint
+
+    fit, generated = fitted
+    rec = fit.records(generated)[None]  # one layer
+
+    def curve_of(r, rows):
+        return np.array([fit.score_records(r[0][rows]).value])
+
+    enrolled = EnrolledCurve("g", "i0", Fingerprint("sha256:" + "0" * 64, (fit.score(generated).value,)), {})
+    same = references_at([enrolled], {"i0": rec}, len(generated), curve_of)
+    assert same.references[0].fingerprint.values == enrolled.fingerprint.values
+    smaller = references_at([enrolled], {"i0": rec}, 100, curve_of, draws=6)
+    rows = subbatches(len(generated), 100, 6, seed=0)
+    assert smaller.references[0].fingerprint.values[0] == pytest.approx(
+        np.mean([fit.score(generated[r]).value for r in rows]), abs=1e-12)
+    assert len(smaller.queries["i0"]) == 4 and smaller.references[0].provenance["batch_size"] == 100
+    assert references_at([enrolled], {}, 100, curve_of).without_records == ("g/i0",)
+
+
+# -- conditions -------------------------------------------------------------------------------------
+def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
+    img = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
+    for q in (95, 90, 83, 75, 70, 40):
+        Image.fromarray(img).save(tmp_path / f"q{q}.jpg", quality=q)
+        assert file_quality(tmp_path / f"q{q}.jpg") == q
+    Image.fromarray(img).save(tmp_path / "a.png")
+    assert file_quality(tmp_path / "a.png") is None
+    assert jpeg_quality(list(range(1, 65))) [1] is False  # not a libjpeg table: the nearest, not exact
+    kept = ["none", "jpeg95", "jpeg90", "jpeg80", "jpeg70"]
+    found = detect([tmp_path / "q75.jpg", tmp_path / "q75.jpg", tmp_path / "a.png"], kept)
+    assert found.name == "jpeg80" and "quality 75" in found.detail and "1 of 3 files differ" in found.detail
+    assert detect([tmp_path / "q90.jpg"], kept).name == "jpeg90"
+    assert detect([tmp_path / "a.png"], kept).name == "none"
+    assert detect(None, kept).source == "default"
+    assert detect([tmp_path / "q90.jpg"], ["none"]).name == "none"  # no JPEG records: matched as generated
+
+
+def test_conditions_are_deterministic_and_png_changes_nothing(tmp_path):
+    x = (np.random.default_rng(0).random((4, 28, 28)) * 255).astype(np.uint8)
+    rgb = np.stack([x] * 3, axis=-1)
+    for name, cond in CONDITIONS.items():
+        for images in (x, rgb):
+            out = cond.apply(images)
+            assert out.shape == images.shape and out.dtype == np.uint8
+            assert np.array_equal(out, cond.apply(images)), name
+    assert np.array_equal(get_condition("none").apply(x), x)
+    buf = io.BytesIO()
+    Image.fromarray(x[0]).save(buf, format="PNG")
+    assert np.array_equal(np.asarray(Image.open(buf)), x[0])
+    assert parse_conditions("jpeg90, none,jpeg90") == ["none", "jpeg90"]
+    assert parse_conditions("all") == list(CONDITIONS)
+    with pytest.raises(UsageError, match="unknown condition 'jpeg12'"):
+        parse_conditions("jpeg12")
+
+
+# -- the registry's records files -------------------------------------------------------------------
+def test_a_records_file_is_read_only_when_it_is_the_one_recorded(tmp_path):
+    array = np.random.default_rng(0).random((3, 10, 2))
+    path = tmp_path / "none.npy"
+    digest = write_records(path, array)
+    assert np.array_equal(read_records(path, digest, layers=3, label="x"), array)
+    with pytest.raises(RegistryError, match="not the one its generator file records"):
+        read_records(path, "sha256:" + "0" * 64, layers=3, label="x")
+    with pytest.raises(RegistryError, match=r"not \(4, images, fields\)"):
+        read_records(path, digest, layers=4, label="x")
+    with pytest.raises(RegistryError, match="missing"):
+        read_records(tmp_path / "gone.npy", digest, layers=3, label="x")
+    path.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(RegistryError, match="cannot be read"):
+        read_records(path, digest, layers=3, label="x")
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # a pickle is never loaded
+    with pytest.raises(RegistryError, match="cannot be read"):
+        read_records(path, digest, layers=3, label="x")
+
+
+# -- end to end on the digits -----------------------------------------------------------------------
+M = 100
+KINDS = ("rotate", "shuffle", "noise")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A protocol on the digits with the MNIST ViT (m = 100); three generators × 2 instances enrolled with
+    records under none and jpeg90; a query set of 150 images of each generator."""
+    from forensics import plugins
+    from forensics.curation import curate
+    from forensics_datasets import load_digits
+
+    old = plugins.reset(plugins.PluginHost(autoload=False))
+    root = tmp_path_factory.mktemp("anysize")
+    reg, data = root / "registry", root / "data"
+    data.mkdir()
+    train = load_digits("train")
+    try:
+        r = run(["protocol", "create", "d", "--dataset", "digits", "--encoder", "vit_mnist_tiny.forensics", "--k",
+                 "3", "--projection", "16", "--batch-size", str(M), "--registry", str(reg), "--default"])
+        assert r.exit_code == 0, r.output
+        for i, kind in enumerate(KINDS):  # two batches of m: two instances
+            np.savez(data / f"{kind}.npz", images=curate(train[:2 * M], kind, seed=10 * i))
+            r = run(["registry", "enroll", kind, str(data / f"{kind}.npz"), "--registry", str(reg),
+                     "--conditions", "none,jpeg90"])
+            assert r.exit_code == 0, r.output
+            np.savez(data / f"query-{kind}.npz", images=curate(train[800:950], kind, seed=100 + i))
+        yield reg, data
+    finally:
+        plugins.reset(old)
+
+
+@pytest.mark.slow
+def test_enrolment_keeps_records_that_give_back_its_curve(digits, plugin_host):
+    from forensics.engine import make_engine
+
+    reg, data = digits
+    registry = Registry.open(reg)
+    refs = registry.enrolled("d")
+    assert registry.record_conditions("d") == ["jpeg90", "none"]
+    records, problems = registry.records("d", refs)
+    assert not problems and set(records) == {r.instance for r in refs}
+    engine = make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
+    for ref in refs:
+        assert engine.curve_from_records(list(records[ref.instance])).fingerprint.values == ref.fingerprint.values
+    jpeg, _ = registry.records("d", refs, "jpeg90")
+    assert all(a.dtype == np.float32 for a in jpeg.values())
+    # the records of the rotate instance give back its sub-batches' curves, as embedding them would
+    images = np.load(data / "rotate.npz")["images"]
+    ref = next(r for r in refs if r.generator == "rotate" and r.provenance["batch"] == 1)
+    rows = np.arange(0, M, 2)
+    assert engine.curve_from_records(list(records[ref.instance]), rows).fingerprint.values == \
+        engine.curve(images[M:][rows]).fingerprint.values
+
+
+@pytest.mark.slow
+def test_a_smaller_query_is_matched_against_the_instances_redrawn_at_its_size(digits, plugin_host):
+    reg, data = digits
+    r = run(["attribute", str(data / "query-rotate.npz"), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)  # 150 images: one batch of 100, and the last 50 redrawn at 50
+    assert [b["compared_at"] for b in doc["batches"]] == [M, 50] and doc["compared_at"] == M
+    assert doc["redrawn"] and doc["redrawn"][0]["batch_size"] == 50 and doc["redrawn"][0]["condition"] == "none"
+    assert doc["condition"]["name"] == "none" and doc["condition"]["source"] == "default"
+    half = np.load(data / "query-shuffle.npz")["images"][:60]
+    np.savez(data / "sixty.npz", images=half)
+    r = run(["attribute", str(data / "sixty.npz"), "--registry", str(reg), "--json"])
+    doc = json.loads(r.stdout)
+    assert doc["compared_at"] == 60 and doc["candidates"][0]["generator"] == "shuffle", r.output
+    assert "calibrated at fit" in json.dumps(doc["matcher"])  # thresholds calibrated at 60, not carried over
+    from forensics.schemas import validate
+
+    validate(doc)
+
+
+@pytest.mark.slow
+def test_the_condition_is_read_from_jpeg_files_or_declared(digits, plugin_host, tmp_path):
+    reg, data = digits
+    images = np.load(data / "query-noise.npz")["images"][:M]
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.jpg", quality=88)
+    r = run(["attribute", str(folder), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["condition"]["name"] == "jpeg90" and doc["condition"]["source"] == "files"
+    assert "quality 88" in doc["condition"]["detail"] and doc["compared_at"] == M
+    r = run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition", "none"])
+    assert json.loads(r.stdout)["condition"]["name"] == "none"
+    r = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--condition", "resize2"])
+    assert r.exit_code != 0 and "no records under condition 'resize2'" in r.output
+    r = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--condition", "sepia"])
+    assert r.exit_code != 0 and "unknown condition 'sepia'" in r.output
+
+
+@pytest.mark.slow
+def test_records_that_fail_their_check_are_reported_and_not_used(digits, plugin_host, tmp_path):
+    import shutil
+
+    reg, data = digits
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    victim = sorted((copy / "d" / "records").rglob("none.npy"))[0]
+    array = np.load(victim)
+    array[0, 0, 1] += 1e-6
+    np.save(victim, array)
+    r = run(["attribute", str(data / "sixty.npz"), "--registry", str(copy), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["compared_at"] is None and any("is not the one its generator file records" in w
+                                              for w in doc["warnings"])
+    assert "is not the one its generator file records" in r.stderr
+
+
+@pytest.mark.slow
+def test_records_are_added_only_from_the_instances_own_images(digits, plugin_host, tmp_path):
+    import shutil
+
+    from forensics import api
+
+    reg, data = digits
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    with pytest.raises(UsageError, match="none of rotate's instances"):
+        api.add_records(str(data / "shuffle.npz"), "rotate", registry=copy, conditions="none")
+    kept = api.add_records(str(data / "rotate.npz"), "rotate", registry=copy, conditions="none,crop90")
+    assert len(kept) == 2 and all(v == ["crop90", "jpeg90", "none"] for v in kept.values())
+    assert Registry.open(copy).record_conditions("d") == ["jpeg90", "none"]  # crop90: only rotate's
+    with pytest.raises(UsageError, match="no generator 'nobody'"):
+        api.add_records(str(data / "rotate.npz"), "nobody", registry=copy)
