@@ -7,6 +7,13 @@ scan is needed only for the rare rows with several candidates; the exact distanc
 candidates is then recomputed in float64 from the original coordinates. The reported distance is
 therefore the float64 one, whatever float32 did, and wherever the tiles ran (:mod:`.tiles`: the host
 or a torch device give the same candidates and the same distances).
+
+On the host, a large cell (Euclidean distance) is first split into groups, each with a centre and a
+radius (:class:`Groups`), and searched a group at a time (:meth:`Cell._pruned`): a group whose every
+point is provably farther from a query than a distance already found (the triangle inequality, with
+margins far above any rounding) is skipped for that query. The tiles, candidates and re-check are
+those of the whole-cell search, so the distances are the same, bit for bit; only the work differs
+(on clustered data, a fraction of the pairs; on data with no structure, about the same work).
 """
 
 from __future__ import annotations
@@ -128,33 +135,31 @@ class Cell:
         low = groups.lower_bounds(q)             # queries × groups
         if not np.isfinite(low).all():  # a non-finite query: no bound to trust
             return self._brute(queries, out)
-        best = np.full(len(q), np.inf)
+        run = _Run(q, qf, err, out, self.dtype)
         with HOST.section():
             home = (low + groups.radii).argmin(axis=1)  # the nearest centre
             for g in range(groups.count):
-                self._search_group(groups, g, np.flatnonzero(home == g), q, qf, err, best, out)
+                self._search_group(groups, g, np.flatnonzero(home == g), run)
             low[np.arange(len(q)), home] = np.inf    # searched
             for g in np.argsort(low.min(axis=0), kind="stable"):
                 bound = out * (1.0 + _SLACK)
-                self._search_group(groups, g, np.flatnonzero(low[:, g] <= bound), q, qf, err, best, out)
+                self._search_group(groups, g, np.flatnonzero(low[:, g] <= bound), run)
         return out
 
-    def _search_group(self, groups: Groups, g: int, who: np.ndarray, q, qf, err, best, out) -> None:
-        """Queries ``who`` against group ``g``: the float32 tiles and the float64 re-check, ``best``
-        and ``out`` updated in place."""
+    def _search_group(self, groups: Groups, g: int, who: np.ndarray, run: _Run) -> None:
+        """Queries ``who`` against group ``g``: the float32 tiles and the float64 re-check, the run's
+        best scores and distances updated in place."""
         if len(who) == 0:
             return
         a, z = int(groups.offsets[g]), int(groups.offsets[g + 1])
         rows = groups.rows[a:z]
         step, _ = HOST.plan(len(who), z - a)
-        scratch = np.empty(min(step, len(who)) * (z - a), dtype=self.dtype)
-        mm = product()
         for s in range(0, len(who), step):
             sub = who[s:s + step]
-            tile = scratch[: len(sub) * (z - a)].reshape(len(sub), z - a)
-            mm(qf[sub], rows, tile)
-            r, c, best[sub] = self._tile(HOST, tile, err[sub], best[sub])
-            self._exact(q, sub[r], groups.order[a + c], out)
+            tile = run.scratch(len(sub), z - a)
+            run.mm(run.qf[sub], rows, tile)
+            r, c, run.best[sub] = self._tile(HOST, tile, run.err[sub], run.best[sub])
+            self._exact(run.q, sub[r], groups.order[a + c], run.out)
 
     def _queries(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A block of queries in the fast search's form, with each one's bound on the score error."""
@@ -219,36 +224,53 @@ def nearest_distance(queries: np.ndarray, points: np.ndarray, distance: str) -> 
     return Cell(np.asarray(points), distance).nearest(np.asarray(queries))
 
 
+class _Run:
+    """One pruned search's state across groups: the queries (float64, and in the float32 tiles'
+    form with their score error bounds), the running float32 best score and float64 distance of each,
+    the product, and one scratch tile reused by every group (fresh memory costs its page faults
+    again)."""
+
+    def __init__(self, q: np.ndarray, qf: np.ndarray, err: np.ndarray, out: np.ndarray, dtype):
+        self.q, self.qf, self.err, self.out = q, qf, err, out
+        self.best = np.full(len(q), np.inf)
+        self.mm = product()
+        self._scratch = np.empty(0, dtype=dtype)
+
+    def scratch(self, rows: int, cols: int) -> np.ndarray:
+        if len(self._scratch) < rows * cols:
+            self._scratch = np.empty(rows * cols, dtype=self._scratch.dtype)
+        return self._scratch[: rows * cols].reshape(rows, cols)
+
+
 class Groups:
     """A cell's training points split into groups for the pruned search (:meth:`Cell._pruned`): a
     few Lloyd iterations of k-means on a sample (seeded; the grouping only affects the speed, never a
     distance), every point then in its nearest centre's group, all in float32 from the cell's score
-    rows. Per group: a centre (the mean of its points) and a radius that bounds the float64 distance
-    from the centre to each of its points (measured from their float32 copies, plus the float32
-    rounding of the cell's largest norm); the cell's score rows reordered group by group, and where
-    each row came from."""
+    rows (:func:`_groups`). Per group: its centre (a float32 vector) and a radius that bounds the
+    distance from the centre to each of its points; the cell's score rows reordered group by group,
+    and where each row came from."""
 
     def __init__(self, cell: Cell):
         n, self.dim = cell.points.shape
-        # in the rows' space: −2p, each p the centred point rounded to float32 (×(−2) is exact)
-        labels = _group_labels(cell.rows[:, :self.dim], max(2, min(_MAX_GROUPS, n // _GROUP)))
+        # in the rows' space: x = −2p, each p the centred point rounded to float32 (×(−2) is exact)
+        x = cell.rows[:, :self.dim]
+        centres, labels, sq = _groups(x, max(2, min(_MAX_GROUPS, n // _GROUP)))
         self.order = np.argsort(labels, kind="stable")
-        counts = np.bincount(labels)
-        counts = counts[counts > 0]
+        counts = np.bincount(labels, minlength=len(centres))
+        used = counts > 0
+        counts, centres = counts[used], centres[used]
         self.count = len(counts)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         self.rows = cell.rows[self.order]
-        centres = np.empty((self.count, self.dim), dtype=np.float32)
-        radii = np.empty(self.count, dtype=np.float32)
-        for g in range(self.count):
-            part = self.rows[self.offsets[g]:self.offsets[g + 1], :self.dim]
-            centres[g] = part.sum(axis=0) / np.float32(len(part))
-            diff = part - centres[g]
-            radii[g] = np.sqrt(np.einsum("ij,ij->i", diff, diff).max())
+        # radii from the squared distances of the assignment (float32 |x|² − 2x·c + |c|², each within
+        # (dim + 4)·u₃₂·(|x| + |c|)² of the exact value), halved back to the points' space, plus the
+        # float32 rounding of the points (each within u₃₂·|p| of its float32 copy)
+        # (|x| ≤ 2·reach, the cell's largest norm, for every x)
+        norms = np.sqrt(np.einsum("ij,ij->i", centres, centres, dtype=np.float64))
+        largest = np.maximum.reduceat(sq[self.order], self.offsets[:-1]).astype(np.float64)
+        largest += (self.dim + 8) * _U32 * (2.0 * cell.reach + norms) ** 2
+        self.radii = 0.5 * np.sqrt(np.maximum(largest, 0.0)) + 2.0 * _U32 * cell.reach
         self.centres = centres.astype(np.float64) * -0.5
-        # float32 radii: each a sum of positive terms, within (dim + 4)·u₃₂ of its value, and each
-        # point within u₃₂·|p| of its float32 copy
-        self.radii = 0.5 * radii * (1.0 + (self.dim + 8) * 2.0 * _U32) + 2.0 * _U32 * cell.reach
         self.centre_norms = np.sqrt(np.einsum("ij,ij->i", self.centres, self.centres))
         self.shift, self.reach = cell.shift, cell.reach
 
@@ -270,18 +292,18 @@ class Groups:
         return low - _SLACK * (qn[:, None] + self.reach + scale + self.radii[None, :])
 
 
-def _group_labels(x: np.ndarray, count: int) -> np.ndarray:
-    """Each row's group (0 … count − 1) for float32 rows ``x`` (any row stride): seeded k-means++ and
-    a few Lloyd iterations on a regular sample of the rows, then the nearest centre for every row, all
-    on the ``_GROUP_DIMS`` coordinates of largest variance in the sample (cheaper; the grouping only
-    has to be good, not exact: the radii are measured afterwards)."""
+def _groups(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (count × dim, float32), each row's group and its float32 squared distance to that
+    centre, for float32 rows ``x`` (any row stride): seeded k-means++ and a few Lloyd iterations on a
+    regular sample of the rows and on its ``_GROUP_DIMS`` coordinates of largest variance (cheap: the
+    grouping only has to be good, not exact), the centres then the means of the sample's groups in
+    every coordinate, and every row in its nearest centre's group."""
     rng = np.random.default_rng(0)
     n, size = len(x), _GROUP_SAMPLE * count
-    s = x[::max(1, n // size)]  # every so many rows: spread over the cell
+    full = np.ascontiguousarray(x[::max(1, n // size)])  # every so many rows: spread over the cell
+    s = full
     if x.shape[1] > _GROUP_DIMS:
-        keep = np.sort(np.argsort(-s.var(axis=0), kind="stable")[:_GROUP_DIMS])
-        x, s = x[:, keep], s[:, keep]
-    s = np.ascontiguousarray(s)
+        s = np.ascontiguousarray(full[:, np.sort(np.argsort(-full.var(axis=0), kind="stable")[:_GROUP_DIMS])])
     s_sq = np.einsum("ij,ij->i", s, s)
     centres = np.empty((count, s.shape[1]), dtype=np.float32)
     centres[0] = s[rng.integers(len(s))]
@@ -293,24 +315,29 @@ def _group_labels(x: np.ndarray, count: int) -> np.ndarray:
         centres[j] = s[pick]
         np.minimum(near, np.einsum("ij,ij->i", s - centres[j], s - centres[j]), out=near)
     member = np.zeros((count, len(s)), dtype=np.float32)
-    for _ in range(_GROUP_ITER):
-        labels = _nearest_centre(s, s_sq, centres)
+    for i in range(_GROUP_ITER + 1):
+        labels = _nearest_centre(s, s_sq, centres)[0]
         member[:] = 0.0
         member[labels, np.arange(len(s))] = 1.0
         counts = np.bincount(labels, minlength=count)
         filled = counts > 0
+        if i == _GROUP_ITER:  # the sample's groups, now in every coordinate
+            s, centres = full, np.zeros((count, full.shape[1]), dtype=np.float32)
         centres[filled] = (member @ s)[filled] / counts[filled, None]
-    out = np.empty(n, dtype=np.int64)
+    labels = np.empty(n, dtype=np.int64)
+    sq = np.empty(n, dtype=np.float32)
     step = max(1, (1 << 20) // max(1, count))
     for a in range(0, n, step):
         block = x[a:a + step]
-        out[a:a + step] = _nearest_centre(block, np.einsum("ij,ij->i", block, block), centres)
-    return out
+        labels[a:a + step], sq[a:a + step] = _nearest_centre(block, np.einsum("ij,ij->i", block, block), centres)
+    return centres, labels, sq
 
 
-def _nearest_centre(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def _nearest_centre(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centre and the float32 squared distance to it (|x|² − 2x·c + |c|²)."""
     d = x @ centres.T
     d *= -2.0
     d += x_sq[:, None]
     d += np.einsum("ij,ij->i", centres, centres)[None, :]
-    return d.argmin(axis=1)
+    near = d.argmin(axis=1)
+    return near, d[np.arange(len(d)), near]

@@ -17,6 +17,7 @@ the same candidates anywhere, and its float64 re-check (on the host) the same di
 
 from __future__ import annotations
 
+import threading
 import warnings
 from contextlib import nullcontext
 from typing import Any, Callable, Iterator, Protocol
@@ -39,7 +40,10 @@ _U32 = 2.0 ** -24            # unit roundoff of float32
 
 # -- devices -------------------------------------------------------------------------------------
 def _t(a: np.ndarray):
-    """A torch view of a numpy array (read-only arrays from an .npz are only ever read)."""
+    """A torch view of a numpy array (read-only arrays from an .npz are only ever read: torch's
+    warning about them is silenced, which costs more than the view, so only for them)."""
+    if a.flags.writeable:
+        return optional_torch().from_numpy(a)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return optional_torch().from_numpy(a)
@@ -188,10 +192,20 @@ class HostRows:
             return torch.linalg.eigh(torch.from_numpy(sym)).eigenvectors.numpy()
 
     def map_centred(self, mean: np.ndarray, fn: Callable[[int, int, Any], None]) -> None:
-        """``fn(s, e, rows s:e less mean in float64)`` for every row block, the blocks on worker threads."""
+        """``fn(s, e, rows s:e less mean in float64)`` for every row block, the blocks on worker threads,
+        each thread's blocks written into one buffer (fresh memory for every block costs its page
+        faults again): ``fn`` uses its block before it returns and keeps no reference to it."""
         x, d = self.x, self.d
-        parallel(lambda blk: fn(blk[0], blk[1], centred_block(x, blk[0], blk[1], mean, np.empty((blk[1] - blk[0], d)))),
-                 list(row_blocks(self.n, d)))
+        local = threading.local()
+
+        def job(blk: tuple[int, int]) -> None:
+            s, e = blk
+            buf = getattr(local, "buf", None)
+            if buf is None or len(buf) < e - s:
+                buf = local.buf = np.empty((e - s, d))
+            fn(s, e, centred_block(x, s, e, mean, buf))
+
+        parallel(job, list(row_blocks(self.n, d)))
 
     def product_into(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         """out = a @ b (float64), through torch's BLAS where there is torch."""
