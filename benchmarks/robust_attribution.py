@@ -6,6 +6,10 @@ network with DDIM and PNDM under sampling seed 4, and the Gaussian mixture and t
 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
 ``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
 
+Curated copies of T (``--curated``, 500 of each kind by default: rotated, noisy, downsampled, shuffled,
+background-swapped and exact copies) are queries no enrolled generator made: they must come back "unknown"
+under every condition.
+
 Conditions: ``none``; ``png`` (each image written as a PNG file and read back through a folder: must
 change nothing); ``jpeg95``/``jpeg90``/``jpeg75`` (JPEG files in a folder: the condition is *read from the
 files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``condition=``, as ``--condition`` does).
@@ -79,13 +83,20 @@ def build(out: Path, n: int = 1000) -> None:
         print(f"built {path.name}: {len(images)} images in {meta['seconds']} s", file=sys.stderr, flush=True)
 
 
-def query_sets(sets: Path) -> list[tuple[str, str, np.ndarray]]:
-    """(generator, set name, images) for every heldout set and every new set found."""
+def query_sets(sets: Path, curated: int = 0) -> list[tuple[str, str, np.ndarray]]:
+    """(generator, set name, images) for every heldout set and every new set found; with ``curated``,
+    also that many images of each curated copy kind of T (``curated-<kind>``: must come back unknown)."""
     from forensics import api
+    from forensics.curation import KINDS, curate
+    from forensics.zoo.data import mnist_split
 
     reg = api.open_registry()
     samples = reg.reference_dir("mnist-effnet-lite0").parent / "samples"
     found = []
+    if curated:
+        train = mnist_split()[0]
+        pick = np.random.default_rng(7).choice(len(train), curated, replace=False)
+        found += [(f"curated-{k}", "seed7", curate(train[pick], k, seed=7)) for k in KINDS]
     for gen in sorted(p.name for p in samples.iterdir() if p.is_dir()):
         found.append((gen, "heldout", np.load(samples / gen / "heldout.npz")["images"]))
     for path in sorted(sets.glob("*.npz")):
@@ -120,6 +131,7 @@ def main() -> int:
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--matcher", default="alpha")
+    ap.add_argument("--curated", type=int, default=500, help="images of each curated copy kind (0: none)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     sets = a.sets or default_sets()
@@ -164,43 +176,49 @@ def main() -> int:
     conditions = a.conditions.split(",")
     sizes = [int(s) for s in a.sizes.split(",")]
     t0 = time.time()
-    for gen, name, images in query_sets(sets):
+    m = proto.batch_size
+    for gen, name, images in query_sets(sets, curated=a.curated):
         for condition in conditions:
+            # the whole set read once, as attribute reads it (files for png/jpeg), and embedded once: a
+            # sub-batch's curve from the set's per-image records is exactly its own curve (tests/test_any_size)
+            with tempfile.TemporaryDirectory() as tmp:
+                query, declared = as_query(images, condition, Path(tmp) / "q")
+                data, record = api.read_images(query, proto)
+                cond = api._condition(declared, record.files, matchers.conditions())
+                kept = engine.records(data)
             for size in sizes:
                 if size > len(images):
                     continue
-                n_batches = 1 if size >= proto.batch_size else min(a.batches, len(images) // size)
+                n_batches = 1 if size >= m else min(a.batches, len(images) // size)
                 for b in range(n_batches):
-                    part = images[b * size:(b + 1) * size]
-                    with tempfile.TemporaryDirectory() as tmp:
-                        query, declared = as_query(part, condition, Path(tmp) / "q")
-                        data, record = api.read_images(query, proto)
-                        cond = api._condition(declared, record.files, matchers.conditions())
-                        curves = engine.curves(data)
-                    curve = api.mean_curve(curves, proto)
-                    at = min(size, proto.batch_size)
-                    ms = fitted(cond.name, at)
-                    vec = curve.fingerprint.vector()
+                    start = b * size
+                    parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
+                    curves = [engine.curve_from_records(kept, rows_) for rows_ in parts]
+                    vec = api.mean_curve(curves, proto).fingerprint.vector()
+                    ms = fitted(cond.name, min(size, m))
                     verdict = ms["all"].attribute(vec).verdict
-                    left_out = ms[gen].attribute(vec).verdict
-                    outcome = "right" if verdict == gen else ("unknown" if verdict is None else "wrong")
+                    left_out = ms[gen].attribute(vec).verdict if gen in ms else verdict
+                    outcome = ("right" if verdict == gen else "unknown" if verdict is None else "wrong")
                     rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
                                  "size": size, "batch": b, "verdict": verdict, "outcome": outcome,
                                  "left_out_verdict": left_out})
-                    print(f"{gen:10s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b}: {verdict or 'unknown':10s}"
-                          f" ({outcome}); left out: {left_out or 'unknown'}   [{time.time() - t0:.0f} s]",
-                          file=sys.stderr, flush=True)
+                    print(f"{gen:16s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b}: "
+                          f"{verdict or 'unknown':10s} ({outcome}); left out: {left_out or 'unknown'}"
+                          f"   [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
     table = defaultdict(Counter)
     for r in rows:
-        key = (r["condition"], r["size"])
+        key = (r["condition"], r["size"], r["generator"].startswith("curated-"))
         table[key][r["outcome"]] += 1
         table[key]["left_out_unknown" if r["left_out_verdict"] is None else "left_out_named"] += 1
-    print(f"\n| condition | m′ | batches | right | unknown | wrong | left out → unknown |")
+    print("\n| condition | m′ | batches | right | unknown | wrong | own generator left out → unknown |")
     print("|---|---|---|---|---|---|---|")
-    for (c, s), cnt in sorted(table.items(), key=lambda kv: (conditions.index(kv[0][0]), kv[0][1])):
+    for (c, size, cur), cnt in sorted(table.items(), key=lambda kv: (kv[0][2], conditions.index(kv[0][0]), kv[0][1])):
         n = cnt["right"] + cnt["unknown"] + cnt["wrong"]
-        print(f"| {c} | {s} | {n} | {cnt['right']} | {cnt['unknown']} | {cnt['wrong']} | "
-              f"{cnt['left_out_unknown']} of {n} |")
+        if cur:
+            print(f"| {c} (curated copies) | {size} | {n} | — | {cnt['unknown']} | {cnt['wrong']} | — |")
+        else:
+            print(f"| {c} | {size} | {n} | {cnt['right']} | {cnt['unknown']} | {cnt['wrong']} | "
+                  f"{cnt['left_out_unknown']} of {n} |")
     if a.json:
         a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows,
                                       "threads": os.environ.get("FORENSICS_THREADS")}, indent=1) + "\n")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 from dataclasses import replace
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -177,15 +177,24 @@ def show_protocol(protocol: str | None = None, *, generator: str | None = None,
 
 
 def validate_registry(registry: str | Path | None = None) -> ValidationResult:
-    """Check every file of the registry (schema, digests, NaN/inf, duplicate names, curve lengths); the
-    problems are returned (``result.ok``), not raised."""
+    """Check every file of the registry (schema, digests, NaN/inf, duplicate names, curve lengths, each
+    per-image records file against the digest its generator file records); the problems are returned
+    (``result.ok``), not raised."""
     from forensics.registry import Registry
 
     reg = Registry.open(registry, strict=False)
     # instances stored in files: a combination's are its protocols' instances, read again
     n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
                       if len(reg.protocols[name].parts) == 1 for e in gens.values())
-    return ValidationResult(reg.path, tuple(reg.validate()), tuple(reg.warnings), len(reg.protocols), n_instances)
+    problems = list(reg.validate())
+    for name, proto in sorted(reg.protocols.items()):  # every records file its generator files name
+        if len(proto.parts) == 1:
+            refs = reg.enrolled(name)
+            conditions = sorted({c for gens in [reg.generators.get(name, {})] for e in gens.values()
+                                 for i in e.instances for c in i.records})
+            for condition in conditions:
+                problems += reg.records(name, refs, condition)[1]
+    return ValidationResult(reg.path, tuple(problems), tuple(reg.warnings), len(reg.protocols), n_instances)
 
 
 def diff_registry(other: str, *, registry: str | Path | None = None) -> RegistryDiff:
@@ -500,10 +509,10 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     else:
         fitted, at = sized.at(cond.name, size)
         overall = BatchAttribution(curve, fitted.attribute(curve.fingerprint.vector()), compared_at=at)
+    answered_by = sized.at(cond.name, overall.compared_at or size)[0]
     return AttributionResult(input=record, protocol=proto, curve=curve, attribution=overall.attribution,
-                             batches=tuple(batches),
-                             matcher=sized.at(cond.name, overall.compared_at or size)[0].describe(),
-                             references=tuple(references),
+                             batches=tuple(batches), matcher=answered_by.describe(),
+                             references=tuple(answered_by.enrolled),  # the curves the verdict was matched against
                              reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
                              compute=compute, left_out=0 if rest_attributed else rest, compared_at=overall.compared_at,
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
@@ -598,7 +607,8 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
-                           n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped))
+                           n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped),
+                           conditions=tuple(records[0]) if records else ())
 
 
 def add_records(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
@@ -670,9 +680,11 @@ def _matcher_names(matchers: Sequence[str] | None) -> list[str]:
 
 
 def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
-                     stability: bool = False) -> MatcherEvaluation:
+                     stability: bool = False, queries: Mapping[str, Sequence[Any]] | None = None
+                     ) -> MatcherEvaluation:
     """Leave-one-out, leave-generator-out and (when instances carry the role ``test_batch``) the
-    hold-out split of one matcher on a protocol's references."""
+    hold-out split of one matcher on a protocol's references; ``queries`` (by instance id) stand for a
+    held-out instance in place of its own curve (:func:`forensics.match.batchsize.references_at`)."""
     from dataclasses import replace
 
     from forensics.match import calibration_stability, holdout, leave_generator_out, leave_one_out
@@ -680,11 +692,11 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
     refs = list(references)
     if not refs:
         return MatcherEvaluation(matcher, None)
-    ev = leave_one_out(refs, matcher)
+    ev = leave_one_out(refs, matcher, queries=queries)
     if ev.error is not None:
         return MatcherEvaluation(matcher, ev)
-    ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher))
-    if any(r.provenance.get("role") == "test_batch" for r in refs):
+    ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher, queries=queries))
+    if queries is None and any(r.provenance.get("role") == "test_batch" for r in refs):
         try:
             split = holdout(refs, matcher)
             split.pop("queries", None)
@@ -695,25 +707,62 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
 
 
 def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stability: bool = False,
-                      progress: Progress | None = None) -> ProtocolEvaluation:
+                      progress: Progress | None = None, batch_size: int | None = None,
+                      condition: str = "none") -> ProtocolEvaluation:
     """Every matcher of ``matchers`` on one protocol's references (:func:`evaluate_matcher`), each a step
-    reported to ``progress``."""
+    reported to ``progress``. With ``batch_size`` (m′) or a ``condition`` other than none, the references
+    are the instances redrawn at m′ under that condition from their per-image records, and each held-out
+    instance is queried by single sub-batches of m′ (what a real query of m′ images is)."""
     refs = reg.enrolled(name)
+    proto = reg.protocol(name)
+    queries = None
+    size = batch_size or proto.batch_size
+    if batch_size is not None or condition != "none":
+        refs, queries = _redrawn(reg, proto, refs, size, condition)
     found = []
     for m in matchers:
         with _Step(progress, f"evaluating {m} on {name}" + (" with its stability" if stability else "")):
-            found.append(evaluate_matcher(refs, m, stability=stability))
-    return ProtocolEvaluation(protocol=name, digest=reg.protocol(name).digest,
+            found.append(evaluate_matcher(refs, m, stability=stability, queries=queries))
+    return ProtocolEvaluation(protocol=name, digest=proto.digest,
                               generators=tuple(sorted({r.generator for r in refs})), n_instances=len(refs),
-                              matchers=tuple(found))
+                              matchers=tuple(found), batch_size=size, condition=condition,
+                              redrawn=queries is not None)
+
+
+def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int, condition: str) -> tuple[list, dict]:
+    """``refs`` redrawn at ``size`` under ``condition`` (:func:`forensics.match.batchsize.references_at`),
+    and the sub-batches that stand for each; a one-line error when the registry keeps no such records."""
+    from forensics.conditions import get_condition
+    from forensics.engine import make_engine
+    from forensics.match.batchsize import references_at
+
+    get_condition(condition)
+    if size < 1:
+        raise UsageError(f"--batch-size must be a positive number of images, not {size}")
+    engine = make_engine(proto, reference_dir=reg.reference_dir)
+    records, problems = reg.records(proto.name, refs, condition) if engine.keeps_records else ({}, [])
+    missing = [f"{r.generator}/{r.instance}" for r in refs if r.instance not in records]
+    if missing:
+        why = f" ({problems[0]})" if problems else ""
+        raise UsageError(f"{len(missing)} instance(s) of {proto.name} keep no usable per-image records under "
+                         f"{condition}{why}; add them with `forensics registry records`")
+
+    def curve_of(rec: Any, rows: Any) -> Any:
+        return engine.curve_from_records(list(rec), rows).fingerprint.vector()
+
+    redrawn = references_at(refs, records, size, curve_of)
+    return list(redrawn.references), dict(redrawn.queries)
 
 
 def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matchers: Sequence[str] | None = None,
-             stability: bool = False, progress: Progress | None = None) -> EvaluationResult:
+             stability: bool = False, progress: Progress | None = None, batch_size: int | None = None,
+             condition: str = "none") -> EvaluationResult:
     """How well the registry's enrolled curves tell their generators apart, per protocol (every protocol
     when ``protocol`` is None) and matcher (every registered one when ``matchers`` is None). With
     ``stability``, also how far each matcher's open-set thresholds move with one reference left out
-    (minutes: ``progress`` hears of each protocol and matcher)."""
+    (minutes: ``progress`` hears of each protocol and matcher). ``batch_size``/``condition``: at another
+    batch size and post-processing condition, from the instances' per-image records
+    (:func:`evaluate_protocol`)."""
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         names = [protocol] if protocol else sorted(reg.protocols)
@@ -725,7 +774,8 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
     for name in names:
         if count is not None:
             count("protocols evaluated", len(done), len(names))
-        done.append(evaluate_protocol(reg, name, chosen, stability=stability, progress=progress))
+        done.append(evaluate_protocol(reg, name, chosen, stability=stability, progress=progress,
+                                      batch_size=batch_size, condition=condition))
     if count is not None:
         count("protocols evaluated", len(done), len(names))
     return EvaluationResult(reg.path, tuple(done))

@@ -354,12 +354,13 @@ class EnrolmentResult:
     left_out: int        # images after the last full batch, not enrolled
     n_undefined: int     # layer values undefined (stored as null) over all instances
     skipped: Mapping[str, int] = field(default_factory=dict)  # a folder's entries skipped, by reason
+    conditions: tuple[str, ...] = ()  # the conditions each instance keeps per-image records under (none: no records)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": ENROLMENT_SCHEMA, "protocol": self.protocol, "generator": self.generator,
                 "instances": list(self.instances), "n_images": self.n_images, "input_sha256": self.input_sha256,
-                "registry": str(self.registry),
-                "batch_size": self.batch_size, "left_out": self.left_out, "skipped": dict(self.skipped)}
+                "registry": str(self.registry), "batch_size": self.batch_size, "left_out": self.left_out,
+                "n_undefined": self.n_undefined, "skipped": dict(self.skipped), "conditions": list(self.conditions)}
 
 
 @dataclass(frozen=True)
@@ -401,10 +402,14 @@ class ProtocolEvaluation:
     generators: tuple[str, ...]
     n_instances: int
     matchers: tuple[MatcherEvaluation, ...]
+    batch_size: int | None = None   # the batch size the curves mean (redrawn from records when not the protocol's)
+    condition: str = "none"         # the post-processing condition they were redrawn under
+    redrawn: bool = False           # whether the curves were redrawn from the instances' per-image records
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "digest": self.digest, "n_generators": len(self.generators),
                 "n_instances": self.n_instances, "generators": list(self.generators),
+                "batch_size": self.batch_size, "condition": self.condition, "redrawn": self.redrawn,
                 "matchers": [m.to_dict() for m in self.matchers]}
 
 

@@ -272,6 +272,11 @@ def test_records_that_fail_their_check_are_reported_and_not_used(digits, plugin_
     assert doc["compared_at"] is None and any("is not the one its generator file records" in w
                                               for w in doc["warnings"])
     assert "is not the one its generator file records" in r.stderr
+    r = run(["registry", "validate", "--registry", str(copy), "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code != 0 and not doc["ok"] and any("none.npy" in p for p in doc["problems"])
+    r = run(["registry", "validate", "--registry", str(reg), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["ok"]
 
 
 @pytest.mark.slow
@@ -290,3 +295,25 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     assert Registry.open(copy).record_conditions("d") == ["jpeg90", "none"]  # crop90: only rotate's
     with pytest.raises(UsageError, match="no generator 'nobody'"):
         api.add_records(str(data / "rotate.npz"), "nobody", registry=copy)
+
+
+@pytest.mark.slow
+def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_host):
+    reg, _ = digits
+    r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha"])
+    plain = json.loads(r.stdout)["protocols"][0]
+    assert plain["batch_size"] == M and plain["condition"] == "none" and plain["matchers"][0]["n"] == 6
+    r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha", "--batch-size", "60",
+             "--condition", "jpeg90"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    got = doc["protocols"][0]
+    assert got["batch_size"] == 60 and got["condition"] == "jpeg90"
+    ev = got["matchers"][0]
+    assert ev["n"] == 6 * 4  # each held-out instance queried by 4 sub-batches of 60
+    assert ev["leave_generator_out"]["n"] == 6 * 4
+    from forensics.schemas import validate
+
+    validate(doc)
+    r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "resize2"])
+    assert r.exit_code != 0 and "no usable per-image records under resize2" in r.output

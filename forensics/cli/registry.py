@@ -223,7 +223,8 @@ def enroll(
         print_json(result.to_dict())
     else:
         out.print(f"enrolled {len(result.instances)} instance(s) of [bold]{esc(name)}[/] under {esc(result.protocol)}: "
-                  f"{esc(', '.join(result.instances))}")
+                  f"{esc(', '.join(result.instances))}"
+                  + (f"; per-image records under {esc(', '.join(result.conditions))}" if result.conditions else ""))
 
 
 @app.command()
@@ -323,8 +324,11 @@ def _render_evaluation(result: EvaluationResult) -> None:
     from forensics.report.terminal import stability_line
 
     for p in (p.to_dict() for p in result.protocols):
+        at = (f" at batches of {p['batch_size']}" + (f", {esc(p['condition'])}" if p["condition"] != "none" else "")
+              + " (sub-batches from the per-image records)"
+              if p.get("redrawn") else "")
         table = Table(title=f"{esc(p['protocol'])}: {p['n_instances']} instances of {p['n_generators']} generators "
-                            "— leave-one-out", title_justify="left")
+                            f"— leave-one-out{at}", title_justify="left")
         for col in ("matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
                     "generator left out: unknown", "split (test_batch)"):
             table.add_column(col, justify="right" if col != "matcher" else "left", overflow="fold")
@@ -377,6 +381,11 @@ def evaluate(
                                             "(each matcher's accuracy and confusion matrix)."),
     plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
                                              "folder (needs the extra 'plots')."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluate at this batch size m′: "
+                                             "the instances redrawn from their per-image records, each held-out "
+                                             "instance queried by 4 single sub-batches of m′."),
+    condition: str = typer.Option("none", "--condition", help="Evaluate under this post-processing condition "
+                                  "(jpeg90, resize2, …), from the instances' per-image records."),
 ):
     """Leave-one-out attribution over every enrolled instance, each matcher side by side.
 
@@ -392,7 +401,8 @@ def evaluate(
         check_outputs(html_out, plots_dir)  # before the evaluation, not after
     progress, update = progress_bar()
     with progress:
-        result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability, progress=update)
+        result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability, progress=update,
+                     batch_size=batch_size, condition=condition)
     write_reports("evaluation_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())

@@ -57,14 +57,17 @@ def _factory(matcher: str | Matcher | Callable[[], Matcher], options: Mapping[st
     return matcher
 
 
-def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
-                  **options: Any) -> Evaluation:
+def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
+                  queries: Mapping[str, Sequence[Any]] | None = None, **options: Any) -> Evaluation:
     """Attribute every instance with itself left out of the references.
 
     ``correct`` counts the closed-set answer (the top candidate), as the paper does; ``open_set``
-    counts how the open-set verdicts came out (answered right, answered wrong, unknown).
+    counts how the open-set verdicts came out (answered right, answered wrong, unknown). ``queries``: the
+    curves that stand for an instance when it is held out (by id; default its own curve), each attributed
+    (and counted) once, and passed on to the matcher's calibration.
     """
     refs = list(references)
+    queries = queries or {}
     make = _factory(matcher, options)
     labels = sorted({r.generator for r in refs})
     index = {g: i for i, g in enumerate(labels)}
@@ -78,26 +81,28 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
         m = make()
         name, opts = m.name, m.options()
         try:
-            m.fit(rest)
-            result = m.attribute(r.fingerprint)
+            m.fit(rest, queries or None)
+            results = [m.attribute(q) for q in (queries.get(r.instance) or [r.fingerprint])]
         except UsageError as exc:
             return Evaluation(name, opts, len(refs), 0, labels, confusion, [], error=str(exc))
         open_set_used = open_set_used or m.open_set
-        top = result.candidates[0].generator
-        confusion[index[r.generator]][index[top]] += 1
-        correct += top == r.generator
-        if result.verdict is None:
-            unknown += 1
-        elif result.verdict == r.generator:
-            right += 1
-        else:
-            wrong += 1
-        predictions.append({"generator": r.generator, "instance": r.instance, "predicted": top,
-                            "score": result.candidates[0].score, "margin": result.margin,
-                            "distance_ratio": result.distance_ratio, "verdict": result.verdict})
+        for result in results:
+            top = result.candidates[0].generator
+            confusion[index[r.generator]][index[top]] += 1
+            correct += top == r.generator
+            if result.verdict is None:
+                unknown += 1
+            elif result.verdict == r.generator:
+                right += 1
+            else:
+                wrong += 1
+            predictions.append({"generator": r.generator, "instance": r.instance, "predicted": top,
+                                "score": result.candidates[0].score, "margin": result.margin,
+                                "distance_ratio": result.distance_ratio, "verdict": result.verdict})
     open_set = ({"answered_right": right, "answered_wrong": wrong, "unknown": unknown}
                 if open_set_used else None)
-    return Evaluation(name or str(matcher), opts, len(refs), correct, labels, confusion, predictions, open_set)
+    return Evaluation(name or str(matcher), opts, len(predictions), correct, labels, confusion, predictions,
+                      open_set)
 
 
 def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
@@ -123,13 +128,15 @@ def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Ma
     return {"n_references": len(refs), "thresholds": summary, "runs": runs}
 
 
-def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
-                        **options: Any) -> dict[str, Any]:
+def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
+                        queries: Mapping[str, Sequence[Any]] | None = None, **options: Any) -> dict[str, Any]:
     """Leave each whole generator out and attribute its instances: the open-set test.
 
-    Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did.
+    Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did. ``queries``
+    as :func:`leave_one_out` takes them.
     """
     refs = list(references)
+    queries = queries or {}
     make = _factory(matcher, options)
     per: dict[str, Any] = {}
     total = unknown = 0
@@ -138,18 +145,18 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         held = [r for r in refs if r.generator == g]
         m = make()
         try:
-            m.fit(rest)
+            m.fit(rest, queries or None)
         except UsageError as exc:
             per[g] = {"n": len(held), "error": str(exc)}
             continue
-        verdicts = [m.attribute(r.fingerprint).verdict for r in held]
+        verdicts = [m.attribute(q).verdict for r in held for q in (queries.get(r.instance) or [r.fingerprint])]
         n_unknown = sum(v is None for v in verdicts)
         named: dict[str, int] = {}
         for v in verdicts:
             if v is not None:
                 named[v] = named.get(v, 0) + 1
-        per[g] = {"n": len(held), "unknown": n_unknown, "attributed_to": named}
-        total += len(held)
+        per[g] = {"n": len(verdicts), "unknown": n_unknown, "attributed_to": named}
+        total += len(verdicts)
         unknown += n_unknown
     return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
             "per_generator": per}

@@ -346,10 +346,15 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     note = lookalike_note(verdict["generator"], verdict.get("lookalikes"))
     if note:
         page.raw(f"<p><b>Caution:</b> {_esc(note)}</p>")
-    if doc.get("partial_batch"):
+    from forensics.report.terminal import assumed_text
+
+    page.text(assumed_text(doc) + ".", cls="dim")
+    if doc.get("partial_batch") and doc.get("compared_at") is None:
         page.text(f"Only {doc['input']['n_images']} images, fewer than the protocol's batch of "
-                  f"{doc['protocol']['batch_size']}: C_T values shrink with fewer images, so scores are less "
-                  "reliable.", cls="warn")
+                  f"{doc['protocol']['batch_size']}, and no per-image records to redraw the references at that size: "
+                  "C_T values shrink with fewer images, so scores are less reliable.", cls="warn")
+    for line in doc.get("warnings") or ():
+        page.text(line, cls="warn")
 
     shown = order[:top]
     page.heading("Query curve over the top candidates' enrolled curves")

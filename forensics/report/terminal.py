@@ -97,10 +97,12 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     if note:
         line.append(f"\n  {note}", style="yellow")
     console.print(line)
-    if result.partial_batch:
+    console.print(Text("  " + assumed_text(result.to_dict()), style="dim"))
+    if result.partial_batch and result.compared_at is None:
         console.print(Text(f"  warning: only {result.input.n_images} images, fewer than the protocol's batch of "
-                           f"{proto.batch_size}; C_T values shrink with fewer images, so scores "
-                           "are less reliable", style="yellow"))
+                           f"{proto.batch_size}, and the registry keeps no per-image records to redraw its "
+                           "references at that size; C_T values shrink with fewer images, so scores are less reliable",
+                           style="yellow"))
 
     table = Table(title="Candidates", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("#", justify="right")
@@ -119,8 +121,10 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
                            style="dim"))
     if result.remainder is not None:  # the images after the last full batch, a partial batch of their own
         rest = result.remainder
+        how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at
+               else f"fewer than {proto.batch_size}: less reliable")
         console.print(Text(f"The last {rest.curve.n_images} images, a batch of their own: {rest.verdict or 'unknown'} "
-                           f"(fewer than {proto.batch_size}: less reliable; not in the mean curve)", style="yellow"))
+                           f"({how}; not in the mean curve)", style="yellow"))
     if result.left_out:
         console.print(Text(f"The last {result.left_out} images were left out: fewer than half a batch of "
                            f"{proto.batch_size}", style="yellow"))
@@ -128,6 +132,22 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · {compute_text(result)}"
                        f" · reference side: {result.reference_origin} · {len(result.references)} reference "
                        "fingerprints", style="dim"))
+
+
+def assumed_text(doc: Mapping[str, Any]) -> str:
+    """What an attribution's verdict assumed, in one line: the condition of the images (and how it was
+    known) and the batch size of the references it was matched against."""
+    cond = doc.get("condition") or {}
+    name = cond.get("name", "none")
+    how = {"files": "read from the files", "declared": "declared", "default": "assumed"}.get(cond.get("source"), "")
+    what = "as generated" if name == "none" else f"{name}: {cond.get('description', '')}"
+    detail = f" ({cond['detail']})" if cond.get("detail") and cond.get("source") == "files" else ""
+    at = doc.get("compared_at")
+    size = (f"against references of {at} images" + (" redrawn from the enrolled instances' per-image records"
+                                                     if any(r.get("batch_size") == at for r in doc.get("redrawn", ()))
+                                                     else "")
+            if at else "against references of another batch size (not comparable)")
+    return f"Assumed: images {what}, {how}{detail}; matched {size}"
 
 
 def compute_text(result: AttributionResult | MemorizationResult) -> str:
