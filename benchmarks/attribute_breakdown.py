@@ -455,15 +455,17 @@ def reference_layers(args) -> dict:
     n = m = 10,000, d = 768, PCA 64, k = 10), but with the three runs alternating in every round, so that
     each ratio compares moments of the same load: the baseline recomputing one layer (scikit-learn PCA,
     KMeans, NearestNeighbors, scipy's mannwhitneyu; times 12), this version opening the mapped file and
-    scoring 12 layers, and the previous layout read as before and scored."""
+    scoring 12 layers, the same with the whole-cell search (no groups skipped: the search before the
+    pruning, the same distances), and the previous layout read as before and scored. Then where a
+    cached layer's CPU time goes, phase by phase, with and without the pruning."""
     import numpy as np  # noqa: F401
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_ct import baseline, make_layer
+    from bench_ct import baseline, cached_phases, make_layer
 
     from forensics import engine as engines
     from forensics.io.atomic import save_npz_atomic
-    from forensics.stats.ct import FittedCT
+    from forensics.stats.ct import FittedCT, search
 
     import types
 
@@ -493,6 +495,14 @@ def reference_layers(args) -> dict:
                 ref.score(g)
             return t_open
 
+        def unpruned():
+            group = search._GROUP
+            search._GROUP = 1 << 62  # no cell is split: the whole-cell search
+            try:
+                return ours()
+            finally:
+                search._GROUP = group
+
         def previous():
             loaded = engines._unpack(engines._read_npz(old, remove=False), names, statistic)
             t_open = time.perf_counter() - t0
@@ -515,11 +525,16 @@ def reference_layers(args) -> dict:
             row["ours_open_s"] = ours()
             row["ours_s"], row["ours_cpu"] = time.perf_counter() - t0, time.process_time() - c0
             t0, c0 = time.perf_counter(), time.process_time()
+            unpruned()
+            row["unpruned_s"], row["unpruned_cpu"] = time.perf_counter() - t0, time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
             row["previous_open_s"] = previous()
             row["previous_s"], row["previous_cpu"] = time.perf_counter() - t0, time.process_time() - c0
             row["load"] = load()
             print(f"   (CPU time: baseline {row['baseline_layer_cpu']:.2f} s a layer, this version "
-                  f"{row['ours_cpu']:.3f} s = {row['baseline_layer_cpu'] * layers / row['ours_cpu']:.1f}x, previous "
+                  f"{row['ours_cpu']:.3f} s = {row['baseline_layer_cpu'] * layers / row['ours_cpu']:.1f}x, whole-cell "
+                  f"search {row['unpruned_cpu']:.3f} s = {row['baseline_layer_cpu'] * layers / row['unpruned_cpu']:.1f}x, "
+                  f"previous "
                   f"layout {row['previous_cpu']:.3f} s = {row['baseline_layer_cpu'] * layers / row['previous_cpu']:.1f}x)")
             out["rounds"].append(row)
             print(f"   round: baseline {row['baseline_layer_s']:.2f} s a layer (x{layers} = "
@@ -533,10 +548,31 @@ def reference_layers(args) -> dict:
     out["cpu_ratio_median"] = statistics.median(r["baseline_layer_cpu"] * layers / r["ours_cpu"] for r in out["rounds"])
     out["previous_cpu_ratio_median"] = statistics.median(r["baseline_layer_cpu"] * layers / r["previous_cpu"]
                                                          for r in out["rounds"])
-    print(f"   median CPU-time ratio: this version {out['cpu_ratio_median']:.1f}x, the previous layout "
-          f"{out['previous_cpu_ratio_median']:.1f}x")
+    out["unpruned_cpu_ratio_median"] = statistics.median(r["baseline_layer_cpu"] * layers / r["unpruned_cpu"]
+                                                         for r in out["rounds"])
+    print(f"   median CPU-time ratio: this version {out['cpu_ratio_median']:.1f}x, with the whole-cell search "
+          f"{out['unpruned_cpu_ratio_median']:.1f}x, the previous layout {out['previous_cpu_ratio_median']:.1f}x")
     print(f"   median over {rounds} round(s): this version {out['ratio_median']:.1f}x the baseline, the previous "
           f"layout {out['previous_ratio_median']:.1f}x")
+    # where a cached layer's CPU time goes (the file opened as above; the best of 3 passes over the layers)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = engines.save_reference(Path(tmp) / "phases.npz", [FittedCT.fit(*first[:2], k=10, projection=64, seed=0)],
+                                      names[:1])
+        out["phases_ms"] = {}
+        for label, group in (("pruned", search._GROUP), ("whole-cell", 1 << 62)):
+            saved, search._GROUP = search._GROUP, group
+            try:
+                passes = []
+                for _ in range(3):
+                    engines.forget_opened()
+                    ref = engines.load_reference(path, names[:1], statistic)[0]
+                    passes.append(cached_phases(ref, first[2], clock=time.process_time))
+            finally:
+                search._GROUP = saved
+            best = {k: min(p[k] for p in passes) * 1e3 for k in passes[0]}
+            out["phases_ms"][label] = best
+            print(f"   one cached layer, {label} search, CPU ms (best of 3): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in best.items()) + f"; total {sum(best.values()):.1f} ({load()})")
     return out
 
 

@@ -47,7 +47,9 @@ def cases():
 
 @pytest.mark.parametrize("name,train,queries", list(cases()), ids=[c[0] for c in cases()])
 def test_pruned_search_equals_the_float64_brute_force_bit_for_bit(monkeypatch, name, train, queries):
-    monkeypatch.setattr(search, "_GROUP", 40)  # small cells split into groups too
+    monkeypatch.setattr(search, "_GROUP", 40)  # small cells split into groups too,
+    monkeypatch.setattr(search, "_SPLIT_WORK", 0)  # for small searches,
+    monkeypatch.setattr(search, "_WORTH", 2.0)  # and searched group by group even where it cannot pay
     cell = search.Cell(train, "euclidean")
     assert cell._split() is not None and cell._split().count > 2
     got = cell.nearest(queries)
@@ -57,6 +59,7 @@ def test_pruned_search_equals_the_float64_brute_force_bit_for_bit(monkeypatch, n
 
 def test_groups_bound_every_point_and_pruning_skips_work(monkeypatch):
     monkeypatch.setattr(search, "_GROUP", 40)
+    monkeypatch.setattr(search, "_SPLIT_WORK", 0)
     rng = np.random.default_rng(1)
     centres = rng.normal(scale=20.0, size=(8, 32))
     train = clustered(rng, 2000, 32, centres, 1.0)
@@ -89,6 +92,8 @@ def test_groups_bound_every_point_and_pruning_skips_work(monkeypatch):
 
 def test_non_finite_queries_fall_back_to_the_brute_force(monkeypatch):
     monkeypatch.setattr(search, "_GROUP", 40)
+    monkeypatch.setattr(search, "_SPLIT_WORK", 0)
+    monkeypatch.setattr(search, "_WORTH", 2.0)
     rng = np.random.default_rng(2)
     train = rng.standard_normal((400, 8))
     queries = np.concatenate([rng.standard_normal((10, 8)), np.full((1, 8), np.inf)])
@@ -96,6 +101,29 @@ def test_non_finite_queries_fall_back_to_the_brute_force(monkeypatch):
     got = cell.nearest(queries)
     np.testing.assert_array_equal(got, cell._brute(queries, np.full(len(queries), np.inf)))
     np.testing.assert_array_equal(got[:10], brute(queries[:10], train))
+
+
+def test_the_pruned_search_is_chosen_only_where_it_can_pay(monkeypatch):
+    # points without structure: no group can be skipped, so the cell is not split (and a query batch
+    # that would visit nearly every group goes to the whole-cell search); separated clusters are split,
+    # but not for a search too small to repay the groups
+    monkeypatch.setattr(search, "_GROUP", 40)
+    rng = np.random.default_rng(4)
+    small = search.Cell(clustered(rng, 2000, 32, rng.normal(scale=20.0, size=(8, 32)), 1.0), "euclidean")
+    small.nearest(small.points[:10])
+    assert small._groups is False  # not tried yet
+    monkeypatch.setattr(search, "_SPLIT_WORK", 0)
+    assert search.Cell(rng.standard_normal((2000, 32)), "euclidean")._split() is None
+    centres = rng.normal(scale=20.0, size=(8, 32))
+    cell = search.Cell(clustered(rng, 2000, 32, centres, 1.0), "euclidean")
+    assert cell._split() is not None
+    calls = []
+    monkeypatch.setattr(search.Cell, "_brute", lambda self, q, out, *a: calls.append(len(q)) or out)
+    # queries far away in directions orthogonal to the clusters' span: all centres nearly equally far
+    basis = np.linalg.qr(np.concatenate([centres.T, rng.standard_normal((32, 24))], axis=1))[0][:, 8:]
+    far = cell.shift + 1e4 * (rng.standard_normal((50, 24)) @ basis.T)
+    cell.nearest(far)
+    assert calls == [50]
 
 
 def test_statistic_is_the_same_with_and_without_pruning(monkeypatch):
@@ -107,6 +135,7 @@ def test_statistic_is_the_same_with_and_without_pruning(monkeypatch):
     plain = FittedCT.fit(train, test, k=3, projection=16, seed=0)
     want_test, want = plain.to_arrays()["test_dist"], plain.score(gen)
     monkeypatch.setattr(search, "_GROUP", 32)
+    monkeypatch.setattr(search, "_SPLIT_WORK", 0)
     pruned = FittedCT.fit(train, test, k=3, projection=16, seed=0)
     assert any(pruned._cell(i)._split() is not None for i in range(3))
     np.testing.assert_array_equal(pruned.to_arrays()["test_dist"], want_test)

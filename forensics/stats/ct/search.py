@@ -28,6 +28,8 @@ _MAX_GROUPS = 64
 _GROUP_SAMPLE = 48           # the groups' k-means runs on a sample of this many points per group
 _GROUP_ITER = 3
 _GROUP_DIMS = 16             # ... on this many coordinates
+_SPLIT_WORK = 1 << 28        # ... for a search of at least this many pairs × (dimensions + 8)
+_WORTH = 0.75                # ... only where it would visit at most this share of the pairs
 _SLACK = 1e-9                # relative margin of the pruning bounds, far above float64 rounding
 
 
@@ -87,7 +89,7 @@ class Cell:
             return out
         if self.dtype != np.float32:
             tiles = HOST
-        if tiles is HOST and self._split() is not None:
+        if tiles is HOST and self._split(len(queries)) is not None:
             return self._pruned(queries, out)
         return self._brute(queries, out, tiles)
 
@@ -109,14 +111,21 @@ class Cell:
         return out
 
     # -- pruning: the cell split into groups, each with a centre and a radius ---------------------
-    def _split(self) -> Groups | None:
-        """The cell's groups (made once), or None where splitting cannot pay: a small cell, or
-        the float64 search of an extreme scale."""
+    def _split(self, queries: int | None = None) -> Groups | None:
+        """The cell's groups (made once), or None where splitting cannot pay: a small cell, the
+        float64 search of an extreme scale, or points whose groups, tried on a sample, would not let
+        the search skip enough (:func:`_groups`); and, until they are made, a search smaller than
+        ``_SPLIT_WORK`` ((query, point) pairs × (dimensions + 8), about 10 ms of float32 products),
+        for which trying the groups (about a millisecond) would cost more than it could save."""
+        if self._groups is False and queries is not None and \
+                queries * len(self.points) * (self.points.shape[1] + 8) < _SPLIT_WORK:
+            return None
         if self._groups is False:
-            if self.distance != "euclidean" or self.dtype != np.float32 or len(self.points) < 2 * _GROUP:
-                self._groups = None
-            else:
-                self._groups = Groups(self)
+            self._groups = None
+            if self.distance == "euclidean" and self.dtype == np.float32 and len(self.points) >= 2 * _GROUP:
+                found = _groups(self.rows[:, :self.points.shape[1]], max(2, min(_MAX_GROUPS, len(self.points) // _GROUP)))
+                if found is not None:
+                    self._groups = Groups(self, *found)
         return self._groups
 
     def _pruned(self, queries: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -135,9 +144,11 @@ class Cell:
         low = groups.lower_bounds(q)             # queries × groups
         if not np.isfinite(low).all():  # a non-finite query: no bound to trust
             return self._brute(queries, out)
+        home = (low + groups.radii).argmin(axis=1)  # the nearest centre
+        if _share(low, groups.radii, home, np.diff(groups.offsets)) > _WORTH:
+            return self._brute(queries, out)          # these queries would visit nearly every group
         run = _Run(q, qf, err, out, self.dtype)
         with HOST.section():
-            home = (low + groups.radii).argmin(axis=1)  # the nearest centre
             for g in range(groups.count):
                 self._search_group(groups, g, np.flatnonzero(home == g), run)
             low[np.arange(len(q)), home] = np.inf    # searched
@@ -250,11 +261,9 @@ class Groups:
     distance from the centre to each of its points; the cell's score rows reordered group by group,
     and where each row came from."""
 
-    def __init__(self, cell: Cell):
-        n, self.dim = cell.points.shape
-        # in the rows' space: x = −2p, each p the centred point rounded to float32 (×(−2) is exact)
-        x = cell.rows[:, :self.dim]
-        centres, labels, sq = _groups(x, max(2, min(_MAX_GROUPS, n // _GROUP)))
+    def __init__(self, cell: Cell, centres: np.ndarray, labels: np.ndarray, sq: np.ndarray):
+        """``centres``, ``labels``, ``sq``: :func:`_groups` of the cell's rows."""
+        self.dim = cell.points.shape[1]
         self.order = np.argsort(labels, kind="stable")
         counts = np.bincount(labels, minlength=len(centres))
         used = counts > 0
@@ -292,12 +301,14 @@ class Groups:
         return low - _SLACK * (qn[:, None] + self.reach + scale + self.radii[None, :])
 
 
-def _groups(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _groups(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Centres (count × dim, float32), each row's group and its float32 squared distance to that
     centre, for float32 rows ``x`` (any row stride): seeded k-means++ and a few Lloyd iterations on a
     regular sample of the rows and on its ``_GROUP_DIMS`` coordinates of largest variance (cheap: the
     grouping only has to be good, not exact), the centres then the means of the sample's groups in
-    every coordinate, and every row in its nearest centre's group."""
+    every coordinate, and every row in its nearest centre's group. None, before the rows are
+    assigned, when the sample's own groups would leave more than ``_WORTH`` of the pairs to search
+    (:func:`_share`): on points without structure the whole-cell search is faster."""
     rng = np.random.default_rng(0)
     n, size = len(x), _GROUP_SAMPLE * count
     full = np.ascontiguousarray(x[::max(1, n // size)])  # every so many rows: spread over the cell
@@ -324,6 +335,12 @@ def _groups(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         if i == _GROUP_ITER:  # the sample's groups, now in every coordinate
             s, centres = full, np.zeros((count, full.shape[1]), dtype=np.float32)
         centres[filled] = (member @ s)[filled] / counts[filled, None]
+    near, sq = _nearest_centre(full, np.einsum("ij,ij->i", full, full), centres, every=True)
+    dist = np.sqrt(np.maximum(sq, 0.0))
+    radii = np.zeros(count, dtype=np.float32)
+    np.maximum.at(radii, near, dist[np.arange(len(full)), near])
+    if _share(dist - radii, radii, near, np.bincount(near, minlength=count)) > _WORTH:
+        return None
     labels = np.empty(n, dtype=np.int64)
     sq = np.empty(n, dtype=np.float32)
     step = max(1, (1 << 20) // max(1, count))
@@ -333,11 +350,24 @@ def _groups(x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return centres, labels, sq
 
 
-def _nearest_centre(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's nearest centre and the float32 squared distance to it (|x|² − 2x·c + |c|²)."""
+def _nearest_centre(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray,
+                    every: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centre and the float32 squared distance to it (|x|² − 2x·c + |c|²), or
+    with ``every`` the squared distances to every centre."""
     d = x @ centres.T
     d *= -2.0
     d += x_sq[:, None]
     d += np.einsum("ij,ij->i", centres, centres)[None, :]
     near = d.argmin(axis=1)
-    return near, d[np.arange(len(d)), near]
+    return near, (d if every else d[np.arange(len(d)), near])
+
+
+def _share(low: np.ndarray, radii: np.ndarray, home: np.ndarray, sizes: np.ndarray) -> float:
+    """The share of the (query, point) pairs a pruned search would still visit, foreseen from lower
+    bounds ``low`` (queries × groups) with, for each query, the loosest upper bound at hand: the
+    distance to its home group's centre plus that group's radius. Only a forecast, for choosing
+    between the pruned and the whole-cell search; it never decides a distance."""
+    rows = np.arange(len(low))
+    upper = low[rows, home] + 2.0 * radii[home]
+    visit = low <= upper[:, None]
+    return float((visit @ sizes.astype(np.float64)).sum() / max(1.0, float(len(low)) * float(sizes.sum())))
