@@ -151,15 +151,18 @@ class Cell:
         with HOST.section():
             for g in range(groups.count):
                 self._search_group(groups, g, np.flatnonzero(home == g), run)
+            run.recheck(self)                         # the upper bounds for the other groups
             low[np.arange(len(q)), home] = np.inf    # searched
+            bound = out * (1.0 + _SLACK)
             for g in np.argsort(low.min(axis=0), kind="stable"):
-                bound = out * (1.0 + _SLACK)
                 self._search_group(groups, g, np.flatnonzero(low[:, g] <= bound), run)
+            run.recheck(self)
         return out
 
     def _search_group(self, groups: Groups, g: int, who: np.ndarray, run: _Run) -> None:
-        """Queries ``who`` against group ``g``: the float32 tiles and the float64 re-check, the run's
-        best scores and distances updated in place."""
+        """Queries ``who`` against group ``g`` in float32 tiles: the run's best scores updated, its
+        candidates kept for the float64 re-check (:meth:`_Run.recheck`, once per pass: a re-check
+        has a fixed cost, and a pass only needs the distances of the passes before it)."""
         if len(who) == 0:
             return
         a, z = int(groups.offsets[g]), int(groups.offsets[g + 1])
@@ -170,7 +173,7 @@ class Cell:
             tile = run.scratch(len(sub), z - a)
             run.mm(run.qf[sub], rows, tile)
             r, c, run.best[sub] = self._tile(HOST, tile, run.err[sub], run.best[sub])
-            self._exact(run.q, sub[r], groups.order[a + c], run.out)
+            run.found.append((sub[r], groups.order[a + c]))
 
     def _queries(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A block of queries in the fast search's form, with each one's bound on the score error."""
@@ -238,14 +241,22 @@ def nearest_distance(queries: np.ndarray, points: np.ndarray, distance: str) -> 
 class _Run:
     """One pruned search's state across groups: the queries (float64, and in the float32 tiles'
     form with their score error bounds), the running float32 best score and float64 distance of each,
-    the product, and one scratch tile reused by every group (fresh memory costs its page faults
-    again)."""
+    the candidates awaiting their re-check, the product, and one scratch tile reused by every group
+    (fresh memory costs its page faults again)."""
 
     def __init__(self, q: np.ndarray, qf: np.ndarray, err: np.ndarray, out: np.ndarray, dtype):
         self.q, self.qf, self.err, self.out = q, qf, err, out
         self.best = np.full(len(q), np.inf)
         self.mm = product()
         self._scratch = np.empty(0, dtype=dtype)
+        self.found: list = []   # candidate (query, point) pairs not yet re-checked
+
+    def recheck(self, cell: Cell) -> None:
+        """The float64 distances of the candidates found since the last re-check, into ``out``."""
+        if self.found:
+            rows, cols = (np.concatenate(part) for part in zip(*self.found))
+            self.found = []
+            cell._exact(self.q, rows, cols, self.out)
 
     def scratch(self, rows: int, cols: int) -> np.ndarray:
         if len(self._scratch) < rows * cols:
