@@ -122,8 +122,9 @@ class Cell:
             return None
         if self._groups is False:
             self._groups = None
-            if self.distance == "euclidean" and self.dtype == np.float32 and len(self.points) >= 2 * _GROUP:
-                found = _groups(self.rows[:, :self.points.shape[1]], max(2, min(_MAX_GROUPS, len(self.points) // _GROUP)))
+            n, dim = self.points.shape
+            if self.distance == "euclidean" and self.dtype == np.float32 and n >= 2 * _GROUP:
+                found = _groups(self.rows[:, :dim], max(2, min(_MAX_GROUPS, n // _GROUP)))
                 if found is not None:
                     self._groups = Groups(self, *found)
         return self._groups
