@@ -73,6 +73,19 @@ def auc_higher(a: list[float], b: list[float]) -> float:
     return auc_lower(b, a)
 
 
+def auc_interval(a: list[float], b: list[float], higher: bool, seed: int, draws: int = 2000) -> list[float]:
+    """A percentile bootstrap 95 % interval of the AUC (each group resampled with replacement, seeded)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not higher:
+        a, b = -a, -b
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(draws):
+        x, y = rng.choice(a, len(a))[:, None], rng.choice(b, len(b))[None, :]
+        aucs.append(float(np.mean((x > y) + 0.5 * (x == y))))
+    return [float(np.quantile(aucs, 0.025)), float(np.quantile(aucs, 0.975))]
+
+
 def spread(values: list[float]) -> dict:
     v = np.asarray(values, dtype=float)
     return {"median": float(np.median(v)), "iqr": [float(np.quantile(v, 0.25)), float(np.quantile(v, 0.75))],
@@ -220,11 +233,14 @@ def part_membership(args) -> dict:
     for key, higher in (("best_similarity", True), ("last_similarity", True), ("last_kl", False)):
         a, b = c_mem[key], c_out[key]
         reads[key] = {"auc_members_more_memorized": auc_higher(a, b) if higher else auc_lower(a, b),
+                      "auc_bootstrap_95": auc_interval(a, b, higher, args.seed),
                       "members": spread(a), "heldout": spread(b)}
     return {"model": args.model, "preset": c_mem["preset"], "settings": c_mem["settings"], "seed": args.seed,
             "member_indices": members.tolist(), "heldout_indices": held.tolist(),
             "members": describe(s_mem), "heldout": describe(s_out),
             "auc_members_lower": auc_lower(s_mem, s_out), "continuous": reads,
+            # the AUC's standard deviation when members and held-out images are alike (Mann–Whitney, no ties)
+            "auc_null_sd": math.sqrt((len(s_mem) + len(s_out) + 1) / (12 * len(s_mem) * len(s_out))),
             "seconds": {"members": c_mem["seconds"], "heldout": c_out["seconds"]},
             "timing": {"members": c_mem["timing"], "heldout": c_out["timing"]},
             "scores": {"members": s_mem, "heldout": s_out},
