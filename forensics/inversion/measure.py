@@ -129,7 +129,7 @@ PRESETS: dict[str, InvMMSettings] = {
     # similarity (SSIM and encoder cosines do not separate copies from near neighbours on digits), DDIM 50
     # at verification (the zoo's own DDIM), and 1,000 steps with noise batch 8: at that budget the 10
     # digits mnist-dup repeats were all reproduced and none of 40 ordinary training digits (AUC 1.00),
-    # at about 36 s per never-reproduced image on one CPU thread against ~12 min at the paper's 2,000 × 32;
+    # at about 27 s per never-reproduced image on one CPU thread against ~2 min at the paper's 2,000 × 32;
     # at 300 steps only 3 of the 10 were (AUC 0.65). docs/invmm.md gives the measurements behind all three
     "mnist": _PAPER.replace(similarity="pixel-correlation", verify_steps=50, max_steps=1000, noise_batch=8),
 }
