@@ -18,7 +18,8 @@ Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--
 
 For every query batch: the verdict against all enrolled generators (right / unknown / wrong), and the
 verdict with its own generator left out of the references (must be "unknown"; the thresholds are
-recalibrated without it). Everything goes through ``forensics.attribute``'s own pieces (the engine, the
+recalibrated without it). Then leave-one-out on the enrolled instances at every (condition, m′), as
+``forensics registry evaluate --batch-size m′ --condition c`` computes it. Everything goes through ``forensics.attribute``'s own pieces (the engine, the
 records, ``_Matchers``), so the figures are the tool's.
 
     nice python benchmarks/robust_attribution.py --build                 # draw the new sets (~5 min)
@@ -219,8 +220,29 @@ def main() -> int:
         else:
             print(f"| {c} | {size} | {n} | {cnt['right']} | {cnt['unknown']} | {cnt['wrong']} | "
                   f"{cnt['left_out_unknown']} of {n} |")
+    # leave-one-out on the enrolled instances themselves, at every (condition, m′): `registry evaluate
+    # --batch-size m′ --condition c` (png is none to the registry: PNG changes no pixel)
+    loo_rows = []
+    print("\n| condition | m′ | LOO accuracy (closed set) | open set: right · wrong · unknown | "
+          "generator left out → unknown |")
+    print("|---|---|---|---|---|")
+    for condition in dict.fromkeys("none" if c == "png" else c for c in conditions):
+        if condition.startswith("jpeg") and condition not in matchers.conditions():
+            from forensics.conditions import nearest_jpeg
+
+            condition = nearest_jpeg(int(condition[4:]), matchers.conditions())
+        for size in sorted({min(s, m) for s in sizes}):
+            doc = api.evaluate(protocol=proto.name, matchers=[a.matcher],
+                               batch_size=None if (size == m and condition == "none") else size,
+                               condition=condition).to_dict()
+            ev = doc["protocols"][0]["matchers"][0]
+            lgo, ops = ev["leave_generator_out"], ev["open_set"]
+            loo_rows.append({"condition": condition, "size": size, "n": ev["n"], "correct": ev["correct"],
+                             "open_set": ops, "left_out_unknown": lgo["unknown"], "left_out_n": lgo["n"]})
+            print(f"| {condition} | {size} | {ev['correct']}/{ev['n']} | {ops['answered_right']} · "
+                  f"{ops['answered_wrong']} · {ops['unknown']} | {lgo['unknown']} of {lgo['n']} |", flush=True)
     if a.json:
-        a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows,
+        a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows, "loo": loo_rows,
                                       "threads": os.environ.get("FORENSICS_THREADS")}, indent=1) + "\n")
     return 0
 

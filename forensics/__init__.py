@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         attribute, calibrate, combine_protocols, create_protocol, curate, diff_registry, enroll, evaluate,
         import_paper, list_encoders, list_plugins, list_protocols, memorization, open_protocol, open_registry,
         remove, set_default_protocol, show_protocol, validate_registry, zoo_enroll, zoo_heldout, zoo_list,
-        zoo_quality, list_cache, clear_cache, invmm,
+        zoo_quality, list_cache, clear_cache, invmm, add_records,
     )
     from forensics.encode.encoder import Encoder
     from forensics.engine import Curve, LayerValue
@@ -57,7 +57,7 @@ _LAZY: dict[str, str] = {
                      "calibrate", "create_protocol", "combine_protocols", "curate", "list_protocols",
                      "show_protocol", "validate_registry", "diff_registry", "import_paper", "set_default_protocol",
                      "list_plugins", "list_encoders", "zoo_list", "zoo_heldout", "zoo_enroll", "zoo_quality",
-                     "list_cache", "clear_cache", "invmm"),
+                     "list_cache", "clear_cache", "invmm", "add_records"),
                     "forensics.api"),
     # what they return
     **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",

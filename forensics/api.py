@@ -390,7 +390,7 @@ class _Matchers:
     def records(self, condition: str) -> dict[str, Any]:
         if condition not in self._records:
             found: dict[str, Any] = {}
-            if self.engine.keeps_records:
+            if getattr(self.engine, "keeps_records", False):
                 found, problems = self.reg.records(self.proto.name, self.references, condition)
                 self.problems += problems
             self._records[condition] = found
@@ -398,7 +398,7 @@ class _Matchers:
 
     def conditions(self) -> list[str]:
         """The conditions under which every enrolled instance keeps records."""
-        return self.reg.record_conditions(self.proto.name) if self.engine.keeps_records else []
+        return self.reg.record_conditions(self.proto.name) if getattr(self.engine, "keeps_records", False) else []
 
     def complete(self, condition: str) -> bool:
         """Whether every reference can be redrawn under ``condition``."""
@@ -492,8 +492,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     curves = engine.curves(data[:full])
 
     def attributed(curve: Curve, partial: bool) -> BatchAttribution:
-        with _Step(progress, f"matching at a batch of {curve.n_images}") if curve.n_images != size else \
-                contextlib.nullcontext():
+        redraw = curve.n_images != size and sized.complete(cond.name)
+        with _Step(progress, f"matching at a batch of {curve.n_images}") if redraw else contextlib.nullcontext():
             fitted, at = sized.at(cond.name, curve.n_images)
         return BatchAttribution(curve, fitted.attribute(curve.fingerprint.vector()), partial=partial, compared_at=at)
 

@@ -266,7 +266,8 @@ def test_records_that_fail_their_check_are_reported_and_not_used(digits, plugin_
     array = np.load(victim)
     array[0, 0, 1] += 1e-6
     np.save(victim, array)
-    r = run(["attribute", str(data / "sixty.npz"), "--registry", str(copy), "--json"])
+    np.savez(tmp_path / "sixty.npz", images=np.load(data / "query-shuffle.npz")["images"][:60])
+    r = run(["attribute", str(tmp_path / "sixty.npz"), "--registry", str(copy), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["compared_at"] is None and any("is not the one its generator file records" in w

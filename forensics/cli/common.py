@@ -222,7 +222,8 @@ def batch_notes(result: Any) -> None:
     least = smallest_remainder(m, bool(result.redrawn) or result.compared_at not in (None, m))
     if result.left_out:
         err.print(f"[yellow]warning:[/] {n:,} images make {n // m} batch(es) of {m}; the last {result.left_out} "
-                  f"(fewer than {least}) were left out of the attribution", soft_wrap=True)
+                  f"({'fewer than half a batch' if least * 2 >= m else f'fewer than {least}'}) were left out of the "
+                  "attribution", soft_wrap=True)
     rest = result.remainder
     if rest is not None:
         how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at else
