@@ -487,7 +487,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
                                                                "images are matched as generated")
     size = proto.batch_size
-    full, rest, rest_attributed = split_batches(len(data), size, any_size=sized.complete(cond.name))
+    whole = len(data) >= size and len(data) % size == 0  # only full batches: no records need reading
+    full, rest, rest_attributed = split_batches(len(data), size, any_size=not whole and sized.complete(cond.name))
     _embedding_begins(proto, progress, "query images", full)
     curves = engine.curves(data[:full])
 
