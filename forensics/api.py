@@ -1430,7 +1430,8 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
         with _Step(progress, "reading images"):
             found = read_image_set(images, workers=workers, recursive=recursive)
         data = found.images
-        record = ImageInput(str(images), len(data), found.sha256, found.recursive, found.skipped_counts())
+        record = ImageInput(str(images), len(data), found.sha256, found.recursive, found.skipped_counts(),
+                            files=tuple(found.files))
     pixels = _model_images(data, net.image_shape)
     targets = torch.from_numpy(pixels).float().div(127.5).sub(1.0)
     dtype = torch.bfloat16 if amp == "bf16" else None

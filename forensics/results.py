@@ -820,5 +820,15 @@ class InvMMResult:
             "settings": dict(self.settings), "similarity": dict(self.similarity), "seed": self.seed,
             "group": self.group, "compute": dict(self.compute), "seconds": round(self.seconds, 3),
             "timing": self.timing.to_dict(), "summary": self.summary(),
-            "images": [r.to_dict() for r in self.inversions],
+            "images": [dict(r.to_dict(), **({"file": f} if f else {}))
+                       for r, f in zip(self.inversions, self.files)],
         }
+
+    @property
+    def files(self) -> list[str | None]:
+        """Each image's file relative to the input folder (POSIX), in input order; None for an array input."""
+        if not self.input.files or self.input.path is None:
+            return [None] * len(self.inversions)
+        root = Path(self.input.path).expanduser()
+        return [Path(f).relative_to(root).as_posix() if Path(f).is_relative_to(root) else str(f)
+                for f in self.input.files]

@@ -173,3 +173,97 @@ def test_the_score_plot_is_readable_with_and_without_reproduced_images(scores, s
 
     fig = plots.invmm_figure(scores, success, [0.99, 0.4, None], 0.985)
     assert plots.layout_problems(fig) == []
+
+
+def test_each_image_has_a_bar_with_step_lambda_loss_and_best_similarity(toy_model, digits, monkeypatch):
+    """On a terminal, one bar per image, in input order, each showing its step, λ, loss and best similarity."""
+    import io
+
+    from rich.console import Console
+
+    import forensics.cli.invmm as cli_invmm
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_invmm, "err", Console(file=screen, force_terminal=True, width=160, color_system=None))
+    path, _ = digits
+    code, stdout, stderr = cli("invmm", str(path), "--model", "toy-memorizer", "--similarity", "exact", *TINY,
+                               "--set", "verify_steps=5", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)  # the bars show the run the document records
+    import re
+
+    last = {}
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", screen.getvalue())  # cursor moves: each redraw a line
+    for line in shown.splitlines():
+        if line.strip().startswith("image"):
+            last[int(line.split()[1])] = line
+    assert sorted(last) == [0, 1, 2]
+    assert "step    2/4" in last[0] and "copied" in last[0] and "not copied" not in last[0]  # stopped at 2
+    for i in (1, 2):
+        assert "step    4/4" in last[i] and "not copied" in last[i]
+    for i, line in last.items():
+        image = doc["images"][i]
+        assert f"λ {image['lambda']:.3g} " in line and "loss 0." in line
+        assert f"best sim {image['best_similarity']:.4f}" in line
+
+
+def test_a_folder_names_each_images_file_in_input_order(toy_model, digits, tmp_path):
+    from PIL import Image
+
+    from forensics.schemas import validate
+
+    folder = tmp_path / "suspects"
+    (folder / "b").mkdir(parents=True)
+    _, pixels = digits
+    names = ["a.png", "b/c.png", "d.png"]  # the reading order: sorted by path within the folder
+    for name, image in zip(names, pixels):
+        Image.fromarray(image).save(folder / name)
+    code, stdout, stderr = cli("invmm", str(folder), "--model", "toy-memorizer", "--similarity", "exact", *TINY,
+                               "--set", "verify_steps=5", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    validate(doc)
+    assert [im["file"] for im in doc["images"]] == names and [im["index"] for im in doc["images"]] == [0, 1, 2]
+    assert [im["success"] for im in doc["images"]] == [True, False, False]
+    code, stdout, _ = cli("invmm", str(folder), "--model", "toy-memorizer", "--similarity", "exact", *TINY)
+    assert code == 0 and all(name in stdout for name in names)
+    array = forensics.invmm(pixels, model="toy-memorizer", similarity="exact", settings=TINY_SETTINGS).to_dict()
+    assert all("file" not in im for im in array["images"])  # an array has no files
+
+
+def test_sscd_from_the_users_torchscript_file_on_the_command_line(toy_model, digits, tmp_path):
+    """--similarity sscd --similarity-file: a tiny TorchScript descriptor made here judges the copies."""
+
+    class Descriptor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3 * 28 * 28, 16)
+
+        def forward(self, x):
+            return torch.nn.functional.normalize(self.proj(x.flatten(1)), dim=1)
+
+    torch.manual_seed(0)
+    file = tmp_path / "sscd_tiny.torchscript.pt"
+    torch.jit.script(Descriptor().eval()).save(str(file))
+    path, _ = digits
+    code, stdout, stderr = cli("invmm", str(path), "--model", "toy-memorizer", "--similarity", "sscd",
+                               "--similarity-file", str(file), "--threshold", "0.999", *TINY,
+                               "--set", "verify_steps=5", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["similarity"]["name"] == "sscd" and doc["similarity"]["file"] == str(file)
+    assert doc["similarity"]["threshold"] == 0.999 and doc["settings"]["similarity"] == "sscd"
+    first = doc["images"][0]
+    assert first["success"] and first["steps"] == 2
+    assert min(first["similarities"]) == pytest.approx(1.0, abs=1e-4)  # an exact copy: the same descriptor
+
+
+def test_list_fits_an_80_column_terminal(plugin_host):
+    """Every preset's every value is readable in 80 columns (nothing cut to …)."""
+    code, stdout, _ = cli("invmm", "--list")
+    assert code == 0
+    presets = stdout[stdout.index("Presets"):]
+    assert "…" not in presets.replace("1…7", "")
+    assert all(len(line) <= 80 for line in stdout.splitlines())
+    for name in ("ddpm-cifar10", "ldm-faces", "sd-v1", "sd-v2", "mnist", "pixel-correlation", "0.0005"):
+        assert name in presets

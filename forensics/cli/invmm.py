@@ -69,14 +69,27 @@ def _list(json_out: bool) -> None:
     for name, s in cat["similarities"].items():
         sims.add_row(esc(name), esc(s["plugin"]), esc(s["description"]))
     out.print(sims)
-    presets = Table(title="Presets (--preset)", title_justify="left")
-    for col in ("preset", "noise batch", "C", "δ", "ξ", "lr", "steps", "verify", "DDIM", "guidance", "similarity"):
-        presets.add_column(col)
-    for name, p in cat["presets"].items():
-        presets.add_row(name, str(p["noise_batch"]), str(p["check_every"]), f"{p['delta']:g}", f"{p['xi']:g}",
-                        f"{p['lr']:g}", str(p["max_steps"]), str(p["verify_samples"]), str(p["verify_steps"]),
-                        ",".join(f"{g:g}" for g in p["guidance"]), p["similarity"])
+    # one column per preset, one row per parameter: five presets of eleven values fit 80 columns this way
+    from rich import box
+
+    presets = Table(title="Presets (--preset; --set NAME=VALUE overrides one value)", title_justify="left",
+                    box=box.SIMPLE_HEAD, pad_edge=False)
+    presets.add_column("--set", no_wrap=True)
+    for name in cat["presets"]:
+        presets.add_column(name, justify="right", no_wrap=True)
+    fmt = {"delta": "{:g}".format, "xi": "{:g}".format, "lr": "{:g}".format, "guidance": _guidance}
+    keys = ("noise_batch", "check_every", "delta", "xi", "lr", "max_steps", "verify_samples", "verify_steps",
+            "guidance", "similarity")
+    for key in keys:
+        presets.add_row(key, *(fmt.get(key, str)(p[key]) for p in cat["presets"].values()))
     out.print(presets)
+
+
+def _guidance(scales: list[float]) -> str:
+    """1 … 7 for a run of consecutive integer scales, else the scales comma-separated."""
+    if len(scales) > 2 and all(b - a == 1 for a, b in zip(scales, scales[1:])):
+        return f"{scales[0]:g}…{scales[-1]:g}"
+    return ",".join(f"{g:g}" for g in scales)
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
@@ -100,11 +113,14 @@ def render_invmm(result: Any, console: Any) -> None:
                   style="dim")
     console.print(Panel(header, title="forensics invmm", title_align="left", box=box.ROUNDED), soft_wrap=False)
     table = Table(box=box.SIMPLE_HEAD)
-    for col, justify in (("image", "right"), ("score (KL)", "right"), ("copied", "left"), ("steps", "right"),
-                         ("λ", "right"), ("best similarity", "right"), ("seconds", "right")):
-        table.add_column(col, justify=justify)
-    for r in result.inversions:
-        table.add_row(str(r.index), _fmt(r.score) if r.success else "∞",
+    files = result.files
+    named = any(f is not None for f in files)  # a folder: each row names its file
+    for col, justify in (("image", "right"), *((("file", "left"),) if named else ()), ("score (KL)", "right"),
+                         ("copied", "left"), ("steps", "right"), ("λ", "right"), ("best similarity", "right"),
+                         ("seconds", "right")):
+        table.add_column(col, justify=justify, overflow="fold" if col == "file" else "ellipsis")
+    for r, f in zip(result.inversions, files):
+        table.add_row(str(r.index), *((esc(f or ""),) if named else ()), _fmt(r.score) if r.success else "∞",
                       Text("yes", style="bold red") if r.success else Text("no", style="green"),
                       str(r.steps), _fmt(r.lam, ".3g"), _fmt(r.best_similarity, ".4f"), f"{r.seconds:.1f}")
     console.print(table)
@@ -115,7 +131,8 @@ def render_invmm(result: Any, console: Any) -> None:
                        f"{doc['settings']['max_steps']} steps.", style="bold"))
     t = doc["timing"]
     console.print(Text(f"{result.seconds:.1f} s: optimisation {t['optimisation_seconds']:.1f} s "
-                       f"({t['steps']} steps), verification {t['verification_seconds']:.1f} s ({t['checks']} checks)",
+                       f"({t['steps']} steps), verification {t['verification_seconds']:.1f} s ({t['checks']} "
+                       f"check{'' if t['checks'] == 1 else 's'})",
                        style="dim"))
 
 
@@ -125,7 +142,7 @@ def _step_display(max_steps: int):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("image {task.fields[index]:>3}"), BarColumn(bar_width=24),
-                        TextColumn("step {task.completed:>4.0f}/{task.total:.0f}  λ {task.fields[lam]}  "
+                        TextColumn("step {task.fields[step]:>4}/{task.total:.0f}  λ {task.fields[lam]}  "
                                    "loss {task.fields[loss]}  best sim {task.fields[sim]}  {task.fields[state]}"),
                         TimeElapsedColumn(), console=err, transient=False,
                         disable=STATE.get("quiet", False) or not err.is_terminal)
@@ -134,11 +151,13 @@ def _step_display(max_steps: int):
     def on_step(event: dict[str, Any]) -> None:
         i = event["index"]
         if i not in tasks:
-            tasks[i] = progress.add_task("", total=max_steps, index=i, lam="", loss="", sim="—", state="")
+            tasks[i] = progress.add_task("", total=max_steps, index=i, step=0, lam="", loss="", sim="—", state="")
         sim = event["best_similarity"]
         state = ("copied" if event["success"] else "not copied") if event["done"] else ""
-        progress.update(tasks[i], completed=event["step"] if not event["done"] else max_steps,
-                        lam=f"{event['lam']:.3g}", loss=f"{event['loss']:.4f}",
+        loss = f"{event['loss']:.4f}"
+        # the bar fills when the image is done (an image copied early stops early); the text keeps its step
+        progress.update(tasks[i], completed=event["step"] if not event["done"] else max_steps, step=event["step"],
+                        lam=f"{event['lam']:.3g}", loss="0.0000" if loss == "-0.0000" else loss,
                         sim="—" if sim is None else f"{sim:.4f}", state=state)
 
     return progress, on_step

@@ -514,14 +514,18 @@ def invmm_page(result: InvMMResult, *, plots: bool | None = None) -> Page:
                                                      [r["best_similarity"] for r in doc["images"]],
                                                      float(sim["threshold"])),
               alt="InvMM scores and best verification similarities")
-    page.table(["image", "score", "reproduced", "steps", "best similarity", "seconds"],
-               [[r["index"], "∞" if r["score"] is None else f"{r['score']:.4g}", "yes" if r["success"] else "no",
+    named = any("file" in r for r in doc["images"])  # a folder: each image names its file
+    page.table(["image", *(["file"] if named else []), "score", "reproduced", "steps", "best similarity", "seconds"],
+               [[r["index"], *([r.get("file", "")] if named else []),
+                 "∞" if r["score"] is None else f"{r['score']:.4g}", "yes" if r["success"] else "no",
                  r["steps"], "—" if r["best_similarity"] is None else f"{r['best_similarity']:.4f}",
-                 f"{r['seconds']:.1f}"] for r in doc["images"]], numeric=(0, 1, 3, 4, 5))
+                 f"{r['seconds']:.1f}"] for r in doc["images"]],
+               numeric=(0, 2, 4, 5, 6) if named else (0, 1, 3, 4, 5))
     page.heading("Each image: the target, then the samples of its last verification")
     for inv, row, target in zip(result.inversions, doc["images"], result.targets):
-        page.heading(f"image {inv.index}: " + (f"score {inv.score:.4g} at step {inv.steps}" if inv.success
-                                               else f"not reproduced in {inv.steps} steps"), level=3)
+        page.heading(f"image {inv.index}" + (f" ({row['file']})" if "file" in row else "") + ": "
+                     + (f"score {inv.score:.4g} at step {inv.steps}" if inv.success
+                        else f"not reproduced in {inv.steps} steps"), level=3)
         if inv.samples is None:
             page.text("no verification ran (fewer steps than one check)", cls="dim")
             continue
