@@ -6,6 +6,7 @@
     python benchmarks/invmm_eval.py membership  [--model mnist-ddpm] [--ordinary 40] [--heldout 40] [--out F]
     python benchmarks/invmm_eval.py agreement   [--samples 500]
     python benchmarks/invmm_eval.py cost        [--images 8] [--steps 100]
+    python benchmarks/invmm_eval.py amp         [--model mnist-dup] [--steps 50]
 
 Each part prints a JSON summary (and writes it with ``--out FILE``):
 
@@ -34,6 +35,13 @@ Each part prints a JSON summary (and writes it with ``--out FILE``):
 ``cost``
     Seconds per image for a fixed number of steps, one image at a time against ``--group`` images
     together, and the split between optimisation steps and verification.
+``amp``
+    Whether bf16 autocast keeps the score on the CPU: the 10 repeated images inverted in float32 and
+    again with the optimisation's network calls under ``torch.autocast("cpu", bfloat16)`` (the same seed,
+    so the same noise; verification is never autocast), per image success, score, steps and time, beside
+    float32 at the next seed (how far the noise drawn alone moves a score); then ``--steps`` optimisation
+    steps of the 10 timed three times each way, alternating, so that a shared machine's load moves both
+    alike.
 
 Threads: torch runs on one thread (``--threads``), set before any work; the machine may be busy, so cost
 figures are ratios measured in one process, against each other.
@@ -287,9 +295,64 @@ def part_cost(args) -> dict:
     return {"model": args.model, "images": len(images), "steps": args.steps, **out}
 
 
+def part_amp(args) -> dict:
+    import torch
+
+    from forensics.api import _diffusion_model, invmm_settings
+    from forensics.inversion.measure import invert
+    from forensics.inversion.similarity import make_pixel_correlation
+    from forensics.zoo.data import mnist_split
+
+    train = mnist_split()[0]
+    targets = torch.from_numpy(train[REPEATED]).float().div(127.5).sub(1.0).unsqueeze(1)
+    model = _diffusion_model(args.model, device="cpu", registry=None)
+    settings = invmm_settings(args.preset or model.default_preset, overrides(args.set))
+    judge = make_pixel_correlation(threshold=settings.threshold)
+    out = {}
+    # fp32 again at the next seed: how far the score moves with the noise drawn alone, the yardstick for bf16
+    for name, dtype, seed in (("fp32", None, args.seed), ("bf16", torch.bfloat16, args.seed),
+                              ("fp32_next_seed", None, args.seed + 1)):
+        t0 = time.perf_counter()
+        inv, timing = invert(model, targets, similarity=judge, settings=settings, seed=seed,
+                             group=args.group or len(REPEATED), autocast_dtype=dtype)
+        out[name] = {"seconds": time.perf_counter() - t0, "timing": timing.to_dict(),
+                     "success": [bool(r.success) for r in inv], "scores": [float(r.score) for r in inv],
+                     "steps": [r.steps for r in inv], "best_similarity": [float(r.best_similarity) for r in inv],
+                     "describe": describe([float(r.score) for r in inv])}
+        print(f"[{name}: {out[name]['seconds']:.1f} s]", file=sys.stderr)
+    # the time per optimisation step, the two alternating over rounds (a shared machine's load moves both alike):
+    # verification is not autocast, so only the steps can differ
+    rounds = {"fp32": [], "bf16": []}
+    timed = settings.replace(max_steps=args.steps, check_every=args.steps + 1)
+    for _ in range(3):
+        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            _, timing = invert(model, targets, similarity=judge, settings=timed, seed=args.seed,
+                               group=args.group or len(REPEATED), autocast_dtype=dtype)
+            rounds[name].append(timing.optimisation_seconds / args.steps)
+    for name in rounds:
+        out[name]["seconds_per_step_rounds"] = rounds[name]
+    a, b, c = out["fp32"], out["bf16"], out["fp32_next_seed"]
+
+    def moved(x, y):
+        both = [i for i in range(len(REPEATED)) if x["success"][i] and y["success"][i]]
+        diff = [abs(x["scores"][i] - y["scores"][i]) for i in both]
+        rel = [abs(x["scores"][i] - y["scores"][i]) / x["scores"][i] for i in both]
+        return {"same_success": x["success"] == y["success"],
+                "same_steps": sum(p == q for p, q in zip(x["steps"], y["steps"])),
+                "abs_score_difference": spread(diff) if diff else None,
+                "relative_score_difference": spread(rel) if rel else None,
+                "rank_correlation": float(np.corrcoef(np.argsort(np.argsort(x["scores"])),
+                                                      np.argsort(np.argsort(y["scores"])))[0, 1])}
+
+    return {"model": args.model, "settings": settings.to_dict(), "seed": args.seed, **out,
+            "bf16_against_fp32": moved(a, b), "next_seed_against_fp32": moved(a, c),
+            "bf16_time_ratio": b["seconds"] / a["seconds"],
+            "bf16_step_time_ratio": float(np.median(rounds["bf16"]) / np.median(rounds["fp32"]))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["beta", "memorizes", "separation", "membership", "agreement", "cost"])
+    ap.add_argument("part", choices=["beta", "memorizes", "separation", "membership", "agreement", "cost", "amp"])
     ap.add_argument("--model", default="mnist-dup")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--set", action="append", default=[], help="InvMM parameter NAME=VALUE (repeatable)")

@@ -135,7 +135,8 @@ def test_a_zoo_unet_file_opens_by_path(plugin_host, digits):
     (["--similarity", "ssim"], "unknown copy similarity"),
     (["--model", "no-such-model"], "unknown diffusion model"),
     (["--model", "mnist-dup", "--registry", "."], "weights are not in the registry"),
-    (["--amp", "bf16"], "refused on the CPU"),
+    (["--amp", "fp16"], "bf16 only"),
+    (["--amp", "fp8"], "bf16 or fp16"),
     (["--similarity", "sscd"], "--similarity-file"),
 ])
 def test_bad_options_fail_in_one_line_before_any_work(plugin_host, digits, args, message, monkeypatch):
@@ -267,3 +268,33 @@ def test_list_fits_an_80_column_terminal(plugin_host):
     assert all(len(line) <= 80 for line in stdout.splitlines())
     for name in ("ddpm-cifar10", "ldm-faces", "sd-v1", "sd-v2", "mnist", "pixel-correlation", "0.0005"):
         assert name in presets
+
+
+def test_bf16_on_the_cpu_autocasts_the_optimisation_and_never_the_verification(toy_model, digits, monkeypatch):
+    """--amp bf16 is allowed on the CPU (measured to keep the score, docs/invmm.md): the optimisation's network
+    calls run under bf16 autocast, verification in float32; the run records it. Where the CPU has no bf16
+    arithmetic, a warning (one line on the command line) says it will be slower."""
+    import forensics.api
+
+    seen = {True: [], False: []}  # grad enabled (optimisation) / not (verification) -> autocast dtypes
+    predict = Memorizer.predict_noise
+
+    def watched(self, x_t, t, condition=None):
+        seen[torch.is_grad_enabled()].append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                                             else None)
+        return predict(self, x_t, t, condition)
+
+    monkeypatch.setattr(Memorizer, "predict_noise", watched)
+    path, _ = digits
+    code, stdout, stderr = cli("invmm", str(path), "--model", "toy-memorizer", "--similarity", "exact", *TINY,
+                               "--set", "verify_steps=5", "--amp", "bf16", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["compute"] == {"device": "cpu", "amp": "bf16"} and doc["images"][0]["success"]
+    assert seen[True] and set(seen[True]) == {torch.bfloat16}
+    assert seen[False] and set(seen[False]) == {None}
+    monkeypatch.setattr(forensics.api, "_cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no bfloat16 arithmetic .* slower than float32 here; drop --amp"):
+        code, stdout, _ = cli("invmm", str(path), "--model", "toy-memorizer", "--similarity", "exact", *TINY,
+                              "--amp", "bf16", "--json")
+    assert code == 0 and json.loads(stdout)["compute"]["amp"] == "bf16"

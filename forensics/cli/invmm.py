@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from forensics.cli.common import (
-    OPT_AMP, OPT_JSON, OPT_NO_RECURSIVE, OPT_REGISTRY, OPT_WORKERS, STATE, err, esc, handle_errors, input_notes, out,
+    OPT_JSON, OPT_NO_RECURSIVE, OPT_REGISTRY, OPT_WORKERS, STATE, err, esc, handle_errors, input_notes, out,
     print_json, progress_bar, write_reports,
 )
 from forensics.errors import UsageError
@@ -180,7 +180,9 @@ def invmm(
     group: Optional[int] = typer.Option(None, "--group", min=1, help="Images optimised together (default 8); "
                                                                     "the scores do not depend on it."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1."),
-    amp: Optional[str] = OPT_AMP,
+    amp: Optional[str] = typer.Option(None, "--amp", help="bf16: the optimisation's network calls in bfloat16 "
+                                                        "(CUDA, or a CPU with bf16 arithmetic: about 1.9x faster "
+                                                        "steps here); verification stays float32."),
     registry: Optional[Path] = OPT_REGISTRY,
     workers: int = OPT_WORKERS,
     no_recursive: bool = OPT_NO_RECURSIVE,

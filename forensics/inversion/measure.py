@@ -332,8 +332,9 @@ def invert(model: DiffusionModel, images: torch.Tensor, *, similarity: CopySimil
     ``images``: float (N, *model.image_shape) in [-1, 1] at the model's resolution. ``similarity``: the
     copy similarity, β its threshold unless ``settings.threshold`` is set. ``group``: how many targets
     optimise together (default all). ``seed``: the run's seed; target i's randomness depends only on
-    (seed, its index), so results do not depend on ``group``. ``autocast_dtype``: run the network under
-    ``torch.autocast`` at that dtype (bf16 on CUDA). ``indices``: the targets' indices (default 0 … N-1),
+    (seed, its index), so results do not depend on ``group``. ``autocast_dtype``: run the optimisation's network calls under
+    ``torch.autocast`` at that dtype (bf16, on CUDA or the CPU); verification never autocasts, so success is
+    judged on float32 samples. ``indices``: the targets' indices (default 0 … N-1),
     which seed them and label the results.
     """
     settings = settings or PRESETS["ddpm-cifar10"]
