@@ -252,6 +252,9 @@ def test_sscd_from_the_users_torchscript_file_on_the_command_line(toy_model, dig
                                "--set", "verify_steps=5", "--json")
     assert code == 0, stderr
     doc = json.loads(stdout)
+    from forensics.schemas import validate
+
+    validate(doc)
     assert doc["similarity"]["name"] == "sscd" and doc["similarity"]["file"] == str(file)
     assert doc["similarity"]["threshold"] == 0.999 and doc["settings"]["similarity"] == "sscd"
     first = doc["images"][0]
