@@ -143,7 +143,7 @@ def main() -> int:
     from forensics import api
     from forensics.engine import make_engine
     from forensics.match import make_matcher
-    from forensics.match.batchsize import references_at
+    from forensics.match.batchsize import layer_weights, references_at
 
     reg = api.open_registry()
     proto = reg.protocol(reg.resolve_protocol(None))
@@ -168,9 +168,13 @@ def main() -> int:
                     return engine.curve_from_records(list(rec), rows).fingerprint.vector()
                 redrawn = references_at(refs, matchers.records(condition), size, curve_of)
                 redrawn_refs, queries = list(redrawn.references), redrawn.queries
-            loo[key] = {"all": full, **{g: make_matcher(a.matcher).fit(
-                [r for r in redrawn_refs if r.generator != g],
-                None if queries is None else {k: v for k, v in queries.items()}) for g in generators}}
+            def without(g: str):
+                # the generator left out entirely: not in the references, the thresholds nor the layer weights
+                rest = [r for r in redrawn_refs if r.generator != g]
+                if queries is None:
+                    return make_matcher(a.matcher).fit(rest)
+                return api._weighted_matcher(a.matcher, layer_weights(rest, queries)).fit(rest, queries)
+            loo[key] = {"all": full, **{g: without(g) for g in generators}}
         return loo[key]
 
     rows = []

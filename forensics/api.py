@@ -421,9 +421,26 @@ class _Matchers:
             return engine.curve_from_records(list(rec), rows).fingerprint.vector()
 
         redrawn = references_at(self.references, self.records(condition), size, curve_of)
-        self.matchers[key] = make_matcher(self.name).fit(list(redrawn.references), redrawn.queries)
+        self.matchers[key] = _weighted_matcher(self.name, redrawn.layer_weights, self.problems).fit(
+            list(redrawn.references), redrawn.queries)
         self.described[key] = {"condition": condition, **redrawn.describe()}
         return self.matchers[key], size
+
+
+def _weighted_matcher(name: str, weights: Sequence[float] | None, problems: list[str] | None = None) -> Any:
+    """The matcher ``name`` comparing curves with these layer weights (see
+    :func:`forensics.match.batchsize.layer_weights`); a plugin matcher that does not take them compares the
+    curves as they are, and ``problems`` says so."""
+    from forensics.match import make_matcher
+
+    if weights is None:
+        return make_matcher(name)
+    try:
+        return make_matcher(name, layer_weights=list(weights))
+    except UsageError:
+        if problems is not None:
+            problems.append(f"matcher {name!r} takes no layer_weights: the redrawn curves are compared unweighted")
+        return make_matcher(name)
 
 
 def _condition(condition: str, files: Sequence[Any], available: Sequence[str]) -> Any:
@@ -680,12 +697,19 @@ def _matcher_names(matchers: Sequence[str] | None) -> list[str]:
     return names
 
 
+def _takes_weights(name: str) -> bool:
+    """Whether the matcher ``name`` takes ``layer_weights`` (every :class:`~forensics.match.Matcher` does,
+    unless a plugin's constructor drops them)."""
+    return _weighted_matcher(name, (1.0,), []).layer_weights is not None
+
+
 def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
-                     stability: bool = False, queries: Mapping[str, Sequence[Any]] | None = None
-                     ) -> MatcherEvaluation:
+                     stability: bool = False, queries: Mapping[str, Sequence[Any]] | None = None,
+                     **options: Any) -> MatcherEvaluation:
     """Leave-one-out, leave-generator-out and (when instances carry the role ``test_batch``) the
     hold-out split of one matcher on a protocol's references; ``queries`` (by instance id) stand for a
-    held-out instance in place of its own curve (:func:`forensics.match.batchsize.references_at`)."""
+    held-out instance in place of its own curve (:func:`forensics.match.batchsize.references_at`);
+    ``options`` go to the matcher (for example its ``layer_weights``)."""
     from dataclasses import replace
 
     from forensics.match import calibration_stability, holdout, leave_generator_out, leave_one_out
@@ -693,10 +717,10 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
     refs = list(references)
     if not refs:
         return MatcherEvaluation(matcher, None)
-    ev = leave_one_out(refs, matcher, queries=queries)
+    ev = leave_one_out(refs, matcher, queries=queries, **options)
     if ev.error is not None:
         return MatcherEvaluation(matcher, ev)
-    ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher, queries=queries))
+    ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher, queries=queries, **options))
     if queries is None and any(r.provenance.get("role") == "test_batch" for r in refs):
         try:
             split = holdout(refs, matcher)
@@ -716,23 +740,25 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
     instance is queried by single sub-batches of m′ (what a real query of m′ images is)."""
     refs = reg.enrolled(name)
     proto = reg.protocol(name)
-    queries = None
+    queries, weights = None, None
     size = batch_size or proto.batch_size
     if batch_size is not None or condition != "none":
-        refs, queries = _redrawn(reg, proto, refs, size, condition)
+        refs, queries, weights = _redrawn(reg, proto, refs, size, condition)
     found = []
     for m in matchers:
         with _Step(progress, f"evaluating {m} on {name}" + (" with its stability" if stability else "")):
-            found.append(evaluate_matcher(refs, m, stability=stability, queries=queries))
+            options = {} if weights is None or not _takes_weights(m) else {"layer_weights": list(weights)}
+            found.append(evaluate_matcher(refs, m, stability=stability, queries=queries, **options))
     return ProtocolEvaluation(protocol=name, digest=proto.digest,
                               generators=tuple(sorted({r.generator for r in refs})), n_instances=len(refs),
                               matchers=tuple(found), batch_size=size, condition=condition,
                               redrawn=queries is not None)
 
 
-def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int, condition: str) -> tuple[list, dict]:
+def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int,
+             condition: str) -> tuple[list, dict, Any]:
     """``refs`` redrawn at ``size`` under ``condition`` (:func:`forensics.match.batchsize.references_at`),
-    and the sub-batches that stand for each; a one-line error when the registry keeps no such records."""
+    the sub-batches that stand for each, and the layer weights they are compared with; a one-line error when the registry keeps no such records."""
     from forensics.conditions import get_condition
     from forensics.engine import make_engine
     from forensics.match.batchsize import references_at
@@ -752,7 +778,7 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
         return engine.curve_from_records(list(rec), rows).fingerprint.vector()
 
     redrawn = references_at(refs, records, size, curve_of)
-    return list(redrawn.references), dict(redrawn.queries)
+    return list(redrawn.references), dict(redrawn.queries), redrawn.layer_weights
 
 
 def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matchers: Sequence[str] | None = None,

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from forensics.cli.commands import app
 from forensics.conditions import CONDITIONS, detect, file_quality, get_condition, jpeg_quality, parse_conditions
 from forensics.errors import RegistryError, StatisticError, UsageError
-from forensics.match.batchsize import references_at, subbatches
+from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, references_at, subbatches
 from forensics.registry import Registry
 from forensics.registry.records import read_records, write_records
 from forensics.stats.ct import FittedCT
@@ -98,11 +98,76 @@ def test_references_at_the_enrolled_size_are_the_enrolled_curves(fitted):
     rows = subbatches(len(generated), 100, 6, seed=0)
     assert smaller.references[0].fingerprint.values[0] == pytest.approx(
         np.mean([fit.score(generated[r]).value for r in rows]), abs=1e-12)
-    assert len(smaller.queries["i0"]) == 4 and smaller.references[0].provenance["batch_size"] == 100
+    assert len(smaller.queries["i0"]) == CALIBRATION_DRAWS and smaller.references[0].provenance["batch_size"] == 100
     assert references_at([enrolled], {}, 100, curve_of).without_records == ("g/i0",)
 
 
 # -- conditions -------------------------------------------------------------------------------------
+# -- matching a batch of m′ in units of its noise ------------------------------------------------
+def _curves(values, generators, digest="sha256:" + "0" * 64):
+    from forensics.match.types import EnrolledCurve
+    from forensics.protocol import Fingerprint
+
+    return [EnrolledCurve(g, f"{g}-{i}", Fingerprint(digest, tuple(map(float, v))), {})
+            for i, (v, g) in enumerate(zip(values, generators))]
+
+
+def test_layer_weights_are_one_over_the_noise_of_single_batches_around_their_generator():
+    rng = np.random.default_rng(3)
+    gens = ["a", "a", "b", "b", "b"]
+    refs = _curves(rng.normal(size=(5, 4)), gens)
+    queries = {r.instance: list(r.fingerprint.vector() + rng.normal(size=(7, 4)) * [1, 2, 4, 0]) for r in refs}
+    queries["b-4"] = []  # an instance without queries adds nothing
+    w = layer_weights(refs, queries)
+    # independent reference: stack every residual against its generator's mean reference, by hand
+    res = []
+    for g in "ab":
+        mean = np.mean([r.fingerprint.vector() for r in refs if r.generator == g], axis=0)
+        res += [q - mean for r in refs if r.generator == g for q in queries[r.instance]]
+    sd = np.sqrt((np.array(res) ** 2).mean(axis=0))
+    assert np.allclose(w[:3], 1 / sd[:3], rtol=1e-12)
+    assert w[3] == 0.0 or sd[3] > 0  # a layer with no noise at all has weight 0, never an infinite one
+    flat = {k: [np.where(np.arange(4) == 3, 0.0, q) for q in v] for k, v in queries.items()}
+    flat_refs = _curves([np.where(np.arange(4) == 3, 0.0, r.fingerprint.vector()) for r in refs], gens)
+    assert layer_weights(flat_refs, flat)[3] == 0.0
+
+
+def test_a_weighted_matcher_is_the_matcher_on_weighted_curves():
+    from forensics.match import make_matcher
+
+    rng = np.random.default_rng(4)
+    gens = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    base = {"a": rng.normal(size=5) * 3, "b": rng.normal(size=5) * 3, "c": rng.normal(size=5) * 3}
+    values = [base[g] + rng.normal(size=5) * 0.3 for g in gens]
+    w = np.array([0.5, 2.0, 1.0, 0.0, 3.0])
+    refs, scaled = _curves(values, gens), _curves([v * w for v in values], gens)
+    queries = {r.instance: [r.fingerprint.vector() + rng.normal(size=5) * 0.5 for _ in range(3)] for r in refs}
+    weighted = make_matcher("alpha", layer_weights=list(w)).fit(refs, queries)
+    plain = make_matcher("alpha").fit(scaled, {k: [q * w for q in v] for k, v in queries.items()})
+    assert weighted.options()["layer_weights"] == list(w)
+    for probe in [base["b"] + 0.1, base["a"] * 0.5 + base["c"] * 0.5, rng.normal(size=5)]:
+        x, y = weighted.attribute(probe), plain.attribute(probe * w)
+        assert [(c.generator, c.score) for c in x.candidates] == [(c.generator, c.score) for c in y.candidates]
+        assert x.verdict == y.verdict and x.distance_ratio == y.distance_ratio
+    assert weighted.calibration["score"] == plain.calibration["score"]
+    with pytest.raises(UsageError, match="layer"):
+        make_matcher("alpha", layer_weights=[1.0, -1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(UsageError, match="layer weights"):
+        make_matcher("alpha", layer_weights=[1.0] * 4).fit(refs)
+
+
+def test_a_generators_spread_at_m_prime_is_what_single_batches_see():
+    from forensics.match.similarity import query_spreads
+
+    curves = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    labels = np.array(["a", "a", "b"], dtype=object)
+    # a-0's queries lie 2 and 4 from a-1, a-1's lie 3 from a-0: median of {2, 4, 3}
+    queries = {"a-0": [np.array([1.0, 2.0]), np.array([1.0, -4.0])], "a-1": [np.array([0.0, 3.0])],
+               "b-2": [np.array([10.0, 1.0])]}
+    spreads = query_spreads(curves, labels, ["a-0", "a-1", "b-2"], queries)
+    assert spreads["a"] == 3.0 and spreads["b"] == 3.0  # one instance: the pooled median
+
+
 def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     img = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
     for q in (95, 90, 83, 75, 70, 40):
@@ -311,8 +376,8 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
     got = doc["protocols"][0]
     assert got["batch_size"] == 60 and got["condition"] == "jpeg90"
     ev = got["matchers"][0]
-    assert ev["n"] == 6 * 4  # each held-out instance queried by 4 sub-batches of 60
-    assert ev["leave_generator_out"]["n"] == 6 * 4
+    assert ev["n"] == 6 * CALIBRATION_DRAWS  # each held-out instance queried by single sub-batches of 60
+    assert ev["leave_generator_out"]["n"] == 6 * CALIBRATION_DRAWS
     from forensics.schemas import validate
 
     validate(doc)

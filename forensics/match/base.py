@@ -43,7 +43,7 @@ import numpy as np
 
 from forensics.errors import ProtocolMismatch, UsageError
 from forensics.match.calibration import CALIBRATION_RULE, calibrate, refit_points, threshold_info, thresholds
-from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances
+from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances, query_spreads
 from forensics.match.types import (
     Attribution, CalibrationPoints, Candidate, EnrolledCurve, as_curve, references_digest,
 )
@@ -56,9 +56,12 @@ class Matcher(abc.ABC):
 
     Subclasses implement :meth:`fit_curves` and :meth:`candidates`. Options are keyword arguments of
     the constructor and :meth:`options` returns them, so that ``type(m)(**m.options())`` builds the same
-    matcher (what :meth:`clone` does); every matcher takes ``open_set`` (bool, default True) and
+    matcher (what :meth:`clone` does); every matcher takes ``open_set`` (bool, default True),
     ``calibration`` (a recorded calibration to reuse when it was made on the same references, as
-    :meth:`describe` gives it under ``open_set``).
+    :meth:`describe` gives it under ``open_set``) and ``layer_weights`` (one factor per layer that every
+    curve, reference or query, is multiplied by before it is compared: how a batch of another size or
+    condition is matched with each layer in units of its noise, see :mod:`forensics.match.batchsize`;
+    default none).
 
     After :meth:`fit`: ``enrolled`` (the references), ``protocol_digest``, ``n_layers`` and
     ``calibration`` (the open-set calibration, ``None`` for a closed-set matcher).
@@ -69,8 +72,10 @@ class Matcher(abc.ABC):
     min_generators: int = 1
     """The fewest generators the matcher can be fitted on (a classifier needs two)."""
 
-    def __init__(self, *, open_set: bool = True, calibration: Mapping[str, Any] | None = None):
+    def __init__(self, *, open_set: bool = True, calibration: Mapping[str, Any] | None = None,
+                 layer_weights: Sequence[float] | None = None):
         self.open_set = bool(open_set)
+        self.layer_weights = _weights(layer_weights)
         self._given_calibration = dict(calibration) if calibration else None
         self.calibration: dict[str, Any] | None = None
         self.enrolled: list[EnrolledCurve] = []
@@ -98,7 +103,10 @@ class Matcher(abc.ABC):
 
     def options(self) -> dict[str, Any]:
         """The options that define this matcher (what :meth:`clone` passes on); subclasses add theirs."""
-        return {"open_set": self.open_set}
+        opts: dict[str, Any] = {"open_set": self.open_set}
+        if self.layer_weights is not None:
+            opts["layer_weights"] = [float(w) for w in self.layer_weights]
+        return opts
 
     # -- what the core calls ----------------------------------------------------------------------
     def clone(self, **changes: Any) -> Matcher:
@@ -127,7 +135,9 @@ class Matcher(abc.ABC):
         self.enrolled = list(references)
         self.protocol_digest = digests.pop()
         self.n_layers = lengths.pop()
-        x = np.stack([r.fingerprint.vector() for r in references])
+        if self.layer_weights is not None and len(self.layer_weights) != self.n_layers:
+            raise UsageError(f"{len(self.layer_weights)} layer weights for curves of {self.n_layers} layers")
+        x = self.weighed(references)
         labels = np.array([r.generator for r in references], dtype=object)
         n_generators = len({str(g) for g in labels})
         if n_generators < self.min_generators:
@@ -136,7 +146,11 @@ class Matcher(abc.ABC):
                              f"{n_generators}")
         self.fit_curves(x, labels, [r.instance for r in references])
         self._curves, self._curve_labels = x, labels
-        self._spreads = generator_spreads(pairwise_distances(x, x), labels)
+        if queries is None:
+            self._spreads = generator_spreads(pairwise_distances(x, x), labels)
+        else:  # the spread a query of one batch sees (the references are means of several)
+            self._spreads = query_spreads(x, labels, [r.instance for r in references],
+                                          {k: [self._query(q) for q in v] for k, v in queries.items()})
         self.calibration = None
         if self.open_set:
             given = self._given_calibration
@@ -161,6 +175,12 @@ class Matcher(abc.ABC):
             raise UsageError(f"no reference curve of generator {generator!r}")
         return in_spreads(float(pairwise_distances(vec[None, :], own).min()), self._spreads[generator])
 
+    def weighed(self, references: Sequence[EnrolledCurve]) -> np.ndarray:
+        """The references' curves as the matcher compares them (n × L): undefined values as 0, each layer
+        times its :attr:`layer_weights` when the matcher has them."""
+        x = np.stack([r.fingerprint.vector() for r in references])
+        return x if self.layer_weights is None else x * self.layer_weights
+
     def _query(self, curve: Any) -> np.ndarray:
         if self.n_layers is None:
             raise UsageError("the matcher has not been fitted (call fit(references) first)")
@@ -168,7 +188,7 @@ class Matcher(abc.ABC):
         if vec.shape[0] != self.n_layers:
             raise UsageError(f"the query curve has {vec.shape[0]} values, the references {self.n_layers} "
                              "(computed under another protocol?)")
-        return vec
+        return vec if self.layer_weights is None else vec * self.layer_weights
 
     def rank(self, curve: Any) -> list[Candidate]:
         """One candidate per generator, best first (ties by name)."""
@@ -177,7 +197,7 @@ class Matcher(abc.ABC):
     def attribute(self, curve: Any) -> Attribution:
         """The ranked candidates and the verdict: the best candidate, or ``None`` ("unknown") when an
         open-set threshold rejects it."""
-        vec = self._query(curve)
+        vec = as_curve(curve, self.protocol_digest)  # as given: rank and distance_ratio weigh it
         candidates = tuple(self.rank(vec))
         best = candidates[0]
         margin = float(best.score - candidates[1].score) if len(candidates) > 1 else None
@@ -222,6 +242,16 @@ class Matcher(abc.ABC):
                 "n_references": len(self.enrolled), "generators": self.generators,
                 "references_digest": references_digest(self.enrolled) if self.enrolled else None,
                 "open_set": self.calibration}
+
+
+def _weights(weights: Sequence[float] | None) -> np.ndarray | None:
+    """Layer weights as an array (None: none); they must be finite and not negative."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or not np.isfinite(w).all() or (w < 0).any():
+        raise UsageError("layer_weights must be one finite, non-negative number per layer of the curve")
+    return w
 
 
 def contract_problems(factory: Any) -> list[str]:

@@ -10,6 +10,13 @@ computed from the records without the images), and the open-set thresholds are c
 each held-out instance standing in as :data:`CALIBRATION_DRAWS` single sub-batches of m′ — what a real
 query of m′ images looks like — so that the thresholds hold at every m′ rather than being carried over
 from m.
+
+Two more things change at m′ (or under a condition), both measured from the same single sub-batches:
+each layer is compared in units of its noise (:func:`layer_weights`: one over the spread of single
+sub-batches around their generator's mean curve, pooled over generators; a layer that varies more from
+batch to batch, or from run to run, counts less), and each generator's spread, against which the distance
+ratio of a query is measured, is the spread a single batch shows
+(:func:`forensics.match.similarity.query_spreads`), not that of the mean curves.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from forensics.protocol import Fingerprint
 DRAWS = 16
 """Sub-batches of m′ per enrolled instance whose mean curve is the instance's reference at m′."""
 
-CALIBRATION_DRAWS = 4
+CALIBRATION_DRAWS = 16
 """Single sub-batches of m′ per instance that stand for it, held out, in the calibration at m′."""
 
 SMALLEST_MEASURED = 100
@@ -55,12 +62,32 @@ class AtBatchSize:
     draws: int
     calibration_draws: int
     without_records: tuple[str, ...] = field(default=())
+    layer_weights: tuple[float, ...] | None = None
 
     def describe(self) -> dict[str, Any]:
         """What the references at this size are, for a report."""
         return {"batch_size": self.size, "references": "sub-batches", "draws": self.draws,
                 "calibration_draws": self.calibration_draws, "n_references": len(self.references),
-                "without_records": list(self.without_records)}
+                "without_records": list(self.without_records),
+                "layer_weights": None if self.layer_weights is None else list(self.layer_weights)}
+
+
+def layer_weights(references: Sequence[EnrolledCurve], queries: Mapping[str, Sequence[np.ndarray]]) -> tuple[float, ...]:
+    """One weight per layer: 1 / the standard deviation of the ``queries`` (single sub-batches, by
+    instance id) around the mean reference curve of their generator, pooled over every generator. It is
+    the noise a query of one batch carries on that layer — the batch-to-batch spread and, for generators
+    with several instances, the run-to-run one. A layer with no spread at all carries no information and
+    gets weight 0."""
+    centre: dict[str, list[np.ndarray]] = {}
+    for r in references:
+        centre.setdefault(r.generator, []).append(r.fingerprint.vector())
+    means = {g: np.mean(v, axis=0) for g, v in centre.items()}
+    residuals = [np.asarray(q, dtype=np.float64) - means[r.generator]
+                 for r in references for q in queries.get(r.instance, ())]
+    if not residuals:
+        raise ValueError("no queries to measure the layers' noise from")
+    sd = np.sqrt(np.mean(np.square(residuals), axis=0))
+    return tuple(float(1.0 / v) if v > 0 else 0.0 for v in sd)
 
 
 def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.ndarray], size: int,
@@ -83,4 +110,5 @@ def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.
         refs.append(EnrolledCurve(r.generator, r.instance,
                                   Fingerprint(r.fingerprint.protocol_digest, tuple(float(v) for v in mean)), prov))
         queries[r.instance] = [curve_of(rec, rows) for rows in subbatches(n, size, calibration_draws, seed, 1)]
-    return AtBatchSize(size, tuple(refs), queries, draws, calibration_draws, tuple(missing))
+    weights = layer_weights(refs, queries) if refs else None
+    return AtBatchSize(size, tuple(refs), queries, draws, calibration_draws, tuple(missing), weights)

@@ -113,7 +113,7 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
         if len({x.generator for x in rest}) < need:
             return False
         try:
-            probe.fit(rest)
+            probe.fit(rest, {r.instance: queries[r.instance] for r in rest if r.instance in queries} or None)
         except UsageError:
             return False
         return True

@@ -7,7 +7,7 @@ every matcher its distance ratio (see :mod:`forensics.match.base`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,30 @@ def nearest_other(distances: np.ndarray, idx: np.ndarray) -> np.ndarray:
     d = distances[np.ix_(idx, idx)].copy()
     np.fill_diagonal(d, np.inf)
     return d.min(axis=1)
+
+
+def query_spreads(curves: np.ndarray, labels: np.ndarray, instances: Sequence[str],
+                  queries: Mapping[str, Sequence[Any]]) -> dict[str, float | None]:
+    """Each generator's spread as a single query sees it: the median, over the ``queries`` that stand for
+    its instances (by instance id: curves of single sub-batches, say), of the distance from the query to
+    the nearest *other* instance of the generator. ``curves`` (n × L, as matched) are the reference
+    curves, ``labels`` their generators, ``instances`` their ids. A reference curve that is a mean of
+    sub-batches lies closer to its kin than one batch does, so this spread, not
+    :func:`generator_spreads`, is the one a query of one batch is measured against. Generators with one
+    instance, or none of whose instances has queries, get the pooled median; ``None`` when nothing can
+    be measured."""
+    labels = np.asarray(labels, dtype=object)
+    nearest: dict[str, np.ndarray] = {}
+    for g in {str(g) for g in labels}:
+        own = np.flatnonzero(labels == g)
+        found = []
+        for i in own:
+            others = own[own != i]
+            qs = queries.get(instances[i])
+            if len(others) and qs is not None and len(qs):
+                found.append(pairwise_distances(np.stack([np.asarray(q, float) for q in qs]), curves[others]).min(axis=1))
+        nearest[g] = np.concatenate(found) if found else np.empty(0)
+    return spreads_from(nearest)
 
 
 def spreads_from(nearest: Mapping[str, np.ndarray]) -> dict[str, float | None]:
