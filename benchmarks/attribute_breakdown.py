@@ -452,19 +452,20 @@ def contention(args) -> dict:
 
 def reference_layers(args) -> dict:
     """12 cached layers against the plain pipeline, as ``bench_ct.py`` section 3 sizes them (l = 50,000,
-    n = m = 10,000, d = 768, PCA 64, k = 10), but with the three runs alternating in every round, so that
-    each ratio compares moments of the same load: the baseline recomputing one layer (scikit-learn PCA,
+    n = m = 10,000, d = 768, PCA 64, k = 10), but with the runs alternating in every round, so that each
+    ratio compares moments of the same load: the baseline recomputing one layer (scikit-learn PCA,
     KMeans, NearestNeighbors, scipy's mannwhitneyu; times 12), this version opening the mapped file and
     scoring 12 layers, the same with the whole-cell search (no groups skipped: the search before the
-    pruning, the same distances), and the previous layout read as before and scored. Then where a
-    cached layer's CPU time goes, phase by phase, with and without the pruning."""
+    pruning, the same distances), and the same file without the cells' stored search layouts (each
+    cell's score rows and groups built when opened, as before they were stored). Then where a cached
+    layer's CPU time goes, phase by phase, with and without the pruning."""
     import numpy as np  # noqa: F401
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_ct import baseline, cached_phases, make_layer
 
     from forensics import engine as engines
-    from forensics.io.atomic import save_npz_atomic
+    from forensics.io.mapped import save_mapped_npz
     from forensics.stats.ct import FittedCT, search
 
     import types
@@ -484,91 +485,85 @@ def reference_layers(args) -> dict:
     out: dict = {"layers": layers, "sizes": [l, n, m, d], "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         new = engines.save_reference(Path(tmp) / "mapped.npz", refs, names)
-        old = save_npz_atomic(Path(tmp) / "previous.npz", engines._pack(refs, names))
-        del refs
+        packed = engines._pack(refs, names)
+        bare = save_mapped_npz(Path(tmp) / "bare.npz", {k: v for k, v in packed.items() if "/layout_" not in k})
+        out["file_mib"] = {"stored": new.stat().st_size / 2 ** 20, "bare": bare.stat().st_size / 2 ** 20}
+        del refs, packed
 
-        def ours():
-            engines.forget_opened()  # as a fresh process would: map the file and check its sums
-            loaded = engines.load_reference(new, names, statistic)
-            t_open = time.perf_counter() - t0
-            for ref, g in zip(loaded, gens):
-                ref.score(g)
-            return t_open
+        def opened(path):
+            def run():
+                engines.forget_opened()  # as a fresh process would: map the file and check its sums
+                loaded = engines.load_reference(path, names, statistic)
+                t_open = time.perf_counter() - t0
+                for ref, g in zip(loaded, gens):
+                    ref.score(g)
+                return t_open
+            return run
+
+        ours, built = opened(new), opened(bare)
 
         def unpruned():
-            group = search._GROUP
-            search._GROUP = 1 << 62  # no cell is split: the whole-cell search
+            work = search._SPLIT_WORK
+            search._SPLIT_WORK = 1 << 62  # no search is split (stored groups unused): the whole-cell search
             try:
                 return ours()
             finally:
-                search._GROUP = group
-
-        def previous():
-            loaded = engines._unpack(engines._read_npz(old, remove=False), names, statistic)
-            t_open = time.perf_counter() - t0
-            for ref, g in zip(loaded, gens):
-                ref.score(g)
-            return t_open
+                search._SPLIT_WORK = work
 
         small = make_layer(99, 2000, 500, 500, d)
         baseline(*small, k=10, seed=0, n_init=10, projection=64)  # warm-up (its imports), not timed
         t0 = time.perf_counter()
-        ours()  # warm-up (first imports, torch's first products), not timed
+        ours()  # warm-up (first imports, the first products), not timed
         t0 = time.perf_counter()
-        previous()
+        built()
         for _ in range(rounds):
             row = {}
             t0, c0 = time.perf_counter(), time.process_time()
             baseline(*first, k=10, seed=0, n_init=10, projection=64)
             row["baseline_layer_s"], row["baseline_layer_cpu"] = time.perf_counter() - t0, time.process_time() - c0
-            t0, c0 = time.perf_counter(), time.process_time()
-            row["ours_open_s"] = ours()
-            row["ours_s"], row["ours_cpu"] = time.perf_counter() - t0, time.process_time() - c0
-            t0, c0 = time.perf_counter(), time.process_time()
-            unpruned()
-            row["unpruned_s"], row["unpruned_cpu"] = time.perf_counter() - t0, time.process_time() - c0
-            t0, c0 = time.perf_counter(), time.process_time()
-            row["previous_open_s"] = previous()
-            row["previous_s"], row["previous_cpu"] = time.perf_counter() - t0, time.process_time() - c0
+            for key, run in (("ours", ours), ("unpruned", unpruned), ("built", built)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                row[f"{key}_open_s"] = run()
+                row[f"{key}_s"], row[f"{key}_cpu"] = time.perf_counter() - t0, time.process_time() - c0
             row["load"] = load()
+            base = row["baseline_layer_cpu"] * layers
             print(f"   (CPU time: baseline {row['baseline_layer_cpu']:.2f} s a layer, this version "
-                  f"{row['ours_cpu']:.3f} s = {row['baseline_layer_cpu'] * layers / row['ours_cpu']:.1f}x, whole-cell "
-                  f"search {row['unpruned_cpu']:.3f} s = {row['baseline_layer_cpu'] * layers / row['unpruned_cpu']:.1f}x, "
-                  f"previous "
-                  f"layout {row['previous_cpu']:.3f} s = {row['baseline_layer_cpu'] * layers / row['previous_cpu']:.1f}x)")
+                  f"{row['ours_cpu']:.3f} s = {base / row['ours_cpu']:.1f}x, whole-cell search "
+                  f"{row['unpruned_cpu']:.3f} s = {base / row['unpruned_cpu']:.1f}x, without the stored layouts "
+                  f"{row['built_cpu']:.3f} s = {base / row['built_cpu']:.1f}x)")
             out["rounds"].append(row)
             print(f"   round: baseline {row['baseline_layer_s']:.2f} s a layer (x{layers} = "
                   f"{row['baseline_layer_s'] * layers:.1f} s) | this version {row['ours_s']:.3f} s (open "
                   f"{row['ours_open_s'] * 1e3:.0f} ms) = {row['baseline_layer_s'] * layers / row['ours_s']:.1f}x | "
-                  f"previous layout {row['previous_s']:.3f} s (read {row['previous_open_s'] * 1e3:.0f} ms) = "
-                  f"{row['baseline_layer_s'] * layers / row['previous_s']:.1f}x ({row['load']})", flush=True)
-    ratios = [r["baseline_layer_s"] * layers / r["ours_s"] for r in out["rounds"]]
-    before = [r["baseline_layer_s"] * layers / r["previous_s"] for r in out["rounds"]]
-    out["ratio_median"], out["previous_ratio_median"] = statistics.median(ratios), statistics.median(before)
-    out["cpu_ratio_median"] = statistics.median(r["baseline_layer_cpu"] * layers / r["ours_cpu"] for r in out["rounds"])
-    out["previous_cpu_ratio_median"] = statistics.median(r["baseline_layer_cpu"] * layers / r["previous_cpu"]
-                                                         for r in out["rounds"])
-    out["unpruned_cpu_ratio_median"] = statistics.median(r["baseline_layer_cpu"] * layers / r["unpruned_cpu"]
-                                                         for r in out["rounds"])
-    print(f"   median CPU-time ratio: this version {out['cpu_ratio_median']:.1f}x, with the whole-cell search "
-          f"{out['unpruned_cpu_ratio_median']:.1f}x, the previous layout {out['previous_cpu_ratio_median']:.1f}x")
-    print(f"   median over {rounds} round(s): this version {out['ratio_median']:.1f}x the baseline, the previous "
-          f"layout {out['previous_ratio_median']:.1f}x")
-    # where a cached layer's CPU time goes (the file opened as above; the best of 3 passes over the layers)
+                  f"without the stored layouts {row['built_s']:.3f} s (open {row['built_open_s'] * 1e3:.0f} ms) = "
+                  f"{row['baseline_layer_s'] * layers / row['built_s']:.1f}x ({row['load']})", flush=True)
+    for key in ("ours", "unpruned", "built"):
+        out[f"{key}_cpu_ratio_median"] = statistics.median(r["baseline_layer_cpu"] * layers / r[f"{key}_cpu"]
+                                                           for r in out["rounds"])
+        out[f"{key}_ratio_median"] = statistics.median(r["baseline_layer_s"] * layers / r[f"{key}_s"]
+                                                       for r in out["rounds"])
+    print(f"   median CPU-time ratio: this version {out['ours_cpu_ratio_median']:.1f}x, with the whole-cell search "
+          f"{out['unpruned_cpu_ratio_median']:.1f}x, without the stored layouts {out['built_cpu_ratio_median']:.1f}x "
+          f"(files {out['file_mib']['stored']:.0f} and {out['file_mib']['bare']:.0f} MiB)")
+    print(f"   median wall-time ratio over {rounds} round(s): this version {out['ours_ratio_median']:.1f}x the "
+          f"baseline, without the stored layouts {out['built_ratio_median']:.1f}x")
+    # where a cached layer's CPU time goes (the file opened as above, its sums checked; the best of 3 passes)
     with tempfile.TemporaryDirectory() as tmp:
         path = engines.save_reference(Path(tmp) / "phases.npz", [FittedCT.fit(*first[:2], k=10, projection=64, seed=0)],
                                       names[:1])
         out["phases_ms"] = {}
-        for label, group in (("pruned", search._GROUP), ("whole-cell", 1 << 62)):
-            saved, search._GROUP = search._GROUP, group
+        for label, work in (("pruned", search._SPLIT_WORK), ("whole-cell", 1 << 62)):
+            saved, search._SPLIT_WORK = search._SPLIT_WORK, work
             try:
                 passes = []
                 for _ in range(3):
                     engines.forget_opened()
+                    c0 = time.process_time()
                     ref = engines.load_reference(path, names[:1], statistic)[0]
-                    passes.append(cached_phases(ref, first[2], clock=time.process_time))
+                    opening = time.process_time() - c0
+                    passes.append({"open": opening, **cached_phases(ref, first[2], clock=time.process_time)})
             finally:
-                search._GROUP = saved
+                search._SPLIT_WORK = saved
             best = {k: min(p[k] for p in passes) * 1e3 for k in passes[0]}
             out["phases_ms"][label] = best
             print(f"   one cached layer, {label} search, CPU ms (best of 3): "

@@ -140,3 +140,77 @@ def test_statistic_is_the_same_with_and_without_pruning(monkeypatch):
     assert any(pruned._cell(i)._split() is not None for i in range(3))
     np.testing.assert_array_equal(pruned.to_arrays()["test_dist"], want_test)
     assert pruned.score(gen) == want
+
+
+# -- the cells' search layouts, stored with the fit -------------------------------------------------
+def layout_fit(monkeypatch):
+    monkeypatch.setattr(search, "_GROUP", 40)  # small cells split into groups too
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=6.0, size=(6, 40))
+    train, test = clustered(rng, 1500, 40, centres, 1.0), clustered(rng, 400, 40, centres, 1.0)
+    gen = np.concatenate([train[:100] + 0.01 * rng.standard_normal((100, 40)), clustered(rng, 300, 40, centres, 1.0),
+                          train[200:220]])
+    return FittedCT.fit(train, test, k=3, projection=16, seed=0), gen
+
+
+def test_a_fit_read_back_searches_from_its_stored_layouts_with_the_same_distances(monkeypatch):
+    fit, gen = layout_fit(monkeypatch)
+    arrays = fit.to_arrays()
+    assert int(arrays["layout_format"]) == search.LAYOUT and arrays["layout_rows"].dtype == np.float32
+    assert len(arrays["layout_sizes"]) > 3  # groups were stored
+    monkeypatch.setattr(search, "_SPLIT_WORK", 0)  # every search split, so that the stored groups are used
+    want = fit.records(gen)
+    built = []
+    monkeypatch.setattr(search, "_groups", lambda *a: built.append(a))  # nothing is rebuilt on reading
+    monkeypatch.setattr(search.Cell, "__init__", lambda *a: built.append(a))
+    read = FittedCT.from_arrays(arrays)
+    np.testing.assert_array_equal(read.records(gen), want)
+    assert read.score(gen) == fit.score(gen)
+    assert not built
+    # each restored cell: the float64 brute force's distances, through its groups and through the whole cell
+    for i in range(3):
+        cell = read._cell(i)
+        assert cell._groups is not None and cell.order is not None
+        queries = read.transform(gen)
+        np.testing.assert_array_equal(cell.nearest(queries), brute(queries, cell.points))
+        np.testing.assert_array_equal(cell._brute(queries, np.full(len(queries), np.inf)), brute(queries, cell.points))
+
+
+def test_arrays_without_layouts_or_with_another_version_are_read_and_built(monkeypatch):
+    fit, gen = layout_fit(monkeypatch)
+    arrays = fit.to_arrays()
+    want = fit.records(gen)
+    older = {k: v for k, v in arrays.items() if not k.startswith("layout_")}
+    other = {**arrays, "layout_format": np.array(search.LAYOUT + 1)}
+    for variant in (older, other):
+        read = FittedCT.from_arrays(variant)
+        np.testing.assert_array_equal(read.records(gen), want)
+        assert read._cell(0).order is None  # built from the training points
+    # a layout-free fit (old arrays) writes its layouts again
+    assert "layout_rows" in FittedCT.from_arrays(older).to_arrays()
+
+
+def test_layouts_that_do_not_fit_the_training_points_are_refused(monkeypatch):
+    fit, _ = layout_fit(monkeypatch)
+    arrays = fit.to_arrays()
+    order = arrays["layout_order"].copy()
+    order[[0, 1]] = order[0]  # a point twice, another never
+    sizes = arrays["layout_sizes"].copy()
+    sizes[0] += 1
+    for bad in ({"layout_order": order}, {"layout_sizes": sizes}, {"layout_rows": arrays["layout_rows"][:-1]},
+                {"layout_rows": arrays["layout_rows"].astype(np.float64)}, {"layout_radii": arrays["layout_radii"][1:]},
+                {"layout_groups": arrays["layout_groups"][::-1].copy()}):
+        with pytest.raises(ValueError):
+            FittedCT.from_arrays({**arrays, **bad})
+
+
+def test_cosine_and_unsplit_cells_store_their_rows_too():
+    rng = np.random.default_rng(6)
+    train, test, gen = rng.standard_normal((300, 12)), rng.standard_normal((100, 12)), rng.standard_normal((80, 12))
+    for distance in ("cosine", "euclidean"):
+        fit = FittedCT.fit(train, test, k=2, distance=distance, seed=0)
+        arrays = fit.to_arrays()
+        assert arrays["layout_rows"].shape == (300, 12 if distance == "cosine" else 13)
+        assert len(arrays["layout_sizes"]) == 0  # too small to split
+        read = FittedCT.from_arrays(arrays)
+        np.testing.assert_array_equal(read.records(gen), fit.records(gen))

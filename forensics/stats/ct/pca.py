@@ -46,11 +46,9 @@ def axes(vectors: np.ndarray, dims: int) -> np.ndarray:
 
 def project(rows: RowTiles, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     """(x − mean) @ components in float64 for the rows of ``rows``, a row tile at a time (each tile
-    computed the same way whatever the number of threads)."""
-    out = np.empty((rows.n, components.shape[1]))
-    centre, basis = rows.put(mean), rows.put(components)
-    rows.map_centred(centre, lambda s, e, block: rows.product_into(block, basis, out[s:e]))
-    return out
+    computed the same way whatever the number of threads; on the host, each row's projection
+    depends on that row alone: :meth:`.tiles.HostRows.project`)."""
+    return rows.project(mean, components)
 
 
 def normalise(x: np.ndarray, name: str) -> np.ndarray:

@@ -14,13 +14,20 @@ point is provably farther from a query than a distance already found (the triang
 margins far above any rounding) is skipped for that query. The tiles, candidates and re-check are
 those of the whole-cell search, so the distances are the same, bit for bit; only the work differs
 (on clustered data, a fraction of the pairs; on data with no structure, about the same work).
+
+What a cell builds (its score rows, and its groups) depends on its training points alone, so a fitted
+reference side stores it (:meth:`Cell.layout`, :func:`pack_layouts`) and a cell opened from the file is
+ready at once (:meth:`Cell.restore`, :func:`unpack_layouts`): nothing is recomputed, and the distances
+are the same as those of a cell built afresh.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from .tiles import _U32, HOST, ScoreTiles, product
+from .tiles import _U32, HOST, ScoreTiles, _t, product
 
 _PAIRS = 1 << 22             # float64 elements gathered at once when recomputing exact distances
 _GROUP = 1024                # training points per group of a cell's pruned search (about)
@@ -31,6 +38,7 @@ _GROUP_DIMS = 16             # ... on this many coordinates
 _SPLIT_WORK = 1 << 28        # ... for a search of at least this many pairs × (dimensions + 8)
 _WORTH = 0.75                # ... only where it would visit at most this share of the pairs
 _SLACK = 1e-9                # relative margin of the pruning bounds, far above float64 rounding
+LAYOUT = 1                   # version of the stored cell layouts (pack_layouts); another one is rebuilt
 
 
 class Cell:
@@ -39,10 +47,13 @@ class Cell:
     The fast search scores every (query, point) pair with one float32 matrix product: for Euclidean
     distance the points are stored as rows [−2p | |p|²] and the queries as [q | 1], so the product is
     |p|² − 2 q·p (the squared distance less |q|², the same for every point of a query); for the cosine
-    distance rows of unit vectors, and the score is −|q·p|."""
+    distance rows of unit vectors, and the score is −|q·p|. Row i of the score rows is point
+    ``order[i]`` (``order`` None: point i); a cell restored from a stored layout keeps its rows in its
+    groups' order."""
 
     def __init__(self, points: np.ndarray, distance: str):
         self.points, self.distance = points, distance
+        self.order: np.ndarray | None = None
         dim = points.shape[1]
         if distance == "euclidean":
             # centre the cell: smaller norms make the float32 scores (and their error bound) tighter
@@ -73,10 +84,42 @@ class Cell:
         """The score rows on a torch ``device``, sent there once."""
         rows = self._device_rows.get(device)
         if rows is None:
-            import torch
-
-            rows = self._device_rows[device] = torch.from_numpy(self.rows).to(device)
+            rows = self._device_rows[device] = _t(self.rows).to(device)  # (a stored layout's rows are read-only)
         return rows
+
+    @classmethod
+    def restore(cls, points: np.ndarray, distance: str, layout: Mapping[str, np.ndarray]) -> Cell:
+        """The cell of ``points`` from its stored :meth:`layout` (checked by :func:`unpack_layouts`):
+        the score rows and groups used as they are, nothing recomputed."""
+        cell = cls.__new__(cls)
+        cell.points, cell.distance = points, distance
+        cell.shift = np.asarray(layout["shift"]) if distance == "euclidean" else None
+        cell.reach = float(layout["reach"])
+        cell.dtype = np.float32
+        cell.rows, cell.order = layout["rows"], layout["order"]
+        cell.rel = (2.0 * points.shape[1] + 16.0) * _U32
+        cell._device_rows = {}
+        sizes = layout["sizes"]
+        cell._groups = Groups.restore(cell, sizes, layout["radii"], layout["centres"]) if len(sizes) else None
+        return cell
+
+    def layout(self) -> dict[str, np.ndarray] | None:
+        """What :meth:`restore` needs, as arrays (the groups made now if not yet tried), or None for a cell
+        searched in float64 (an extreme scale: rebuilt when opened). The rows are in the groups' order."""
+        if self.dtype != np.float32:
+            return None
+        groups = self._split()
+        dim = self.points.shape[1]
+        if groups is not None:
+            rows, order, sizes = groups.rows, groups.order, np.diff(groups.offsets)
+            radii, centres = groups.radii, groups.centres
+        else:
+            rows = self.rows
+            order = np.arange(len(rows)) if self.order is None else self.order
+            sizes, radii, centres = np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, dim))
+        shift = self.shift if self.shift is not None else np.zeros(dim)
+        return {"shift": shift, "reach": np.array(self.reach), "rows": rows, "order": order,
+                "sizes": sizes, "radii": radii, "centres": centres}
 
     def nearest(self, queries: np.ndarray, tiles: ScoreTiles = HOST) -> np.ndarray:
         """Exact (float64) distance from each query row to its nearest training point in this cell, the
@@ -107,18 +150,18 @@ class Cell:
                 for a in range(0, n_pts, chunk):
                     z = min(n_pts, a + chunk)
                     rows, cols, best = self._tile(tiles, score(qt, a, z), err, best)
-                    self._exact(q, rows, cols + a, out[s:s + step])
+                    cols = cols + a if self.order is None else self.order[cols + a]
+                    self._exact(q, rows, cols, out[s:s + step])
         return out
 
     # -- pruning: the cell split into groups, each with a centre and a radius ---------------------
     def _split(self, queries: int | None = None) -> Groups | None:
-        """The cell's groups (made once), or None where splitting cannot pay: a small cell, the
-        float64 search of an extreme scale, or points whose groups, tried on a sample, would not let
-        the search skip enough (:func:`_groups`); and, until they are made, a search smaller than
-        ``_SPLIT_WORK`` ((query, point) pairs × (dimensions + 8), about 10 ms of float32 products),
-        for which trying the groups (about a millisecond) would cost more than it could save."""
-        if self._groups is False and queries is not None and \
-                queries * len(self.points) * (self.points.shape[1] + 8) < _SPLIT_WORK:
+        """The cell's groups (made once, or stored), or None where splitting cannot pay: a small cell,
+        the float64 search of an extreme scale, or points whose groups, tried on a sample, would not let
+        the search skip enough (:func:`_groups`); and a search smaller than ``_SPLIT_WORK`` ((query,
+        point) pairs × (dimensions + 8), about 10 ms of float32 products), for which trying the groups
+        (about a millisecond), or searching them one by one, would cost more than it could save."""
+        if queries is not None and queries * len(self.points) * (self.points.shape[1] + 8) < _SPLIT_WORK:
             return None
         if self._groups is False:
             self._groups = None
@@ -239,6 +282,74 @@ def nearest_distance(queries: np.ndarray, points: np.ndarray, distance: str) -> 
     return Cell(np.asarray(points), distance).nearest(np.asarray(queries))
 
 
+_LAYOUT_KEYS = ("shift", "reach", "rows", "order", "sizes", "radii", "centres")
+
+
+def pack_layouts(cells: list[Cell]) -> dict[str, np.ndarray]:
+    """The :meth:`Cell.layout` of consecutive cells (a fit's, in order) as a few arrays, each cell's part
+    after the previous one's: ``layout_format``, ``layout_shift`` (cells × d), ``layout_reach`` (cells),
+    ``layout_rows`` and ``layout_order`` (one row per training point), ``layout_groups`` (cells + 1
+    offsets into the groups' arrays), ``layout_sizes``, ``layout_radii``, ``layout_centres`` (groups × d).
+    Empty when a cell has no layout (one searched in float64: then every cell is rebuilt when opened)."""
+    layouts = [cell.layout() for cell in cells]
+    if not layouts or any(part is None for part in layouts):
+        return {}
+    out = {"layout_format": np.array(LAYOUT),
+           "layout_groups": np.concatenate([[0], np.cumsum([len(part["sizes"]) for part in layouts])])}
+    for key in _LAYOUT_KEYS:
+        parts = [part[key] for part in layouts]
+        out[f"layout_{key}"] = np.stack(parts) if key in ("shift", "reach") else np.concatenate(parts)
+    out["layout_order"] = out["layout_order"].astype(np.int32 if len(out["layout_order"]) < 2 ** 31 else np.int64)
+    out["layout_sizes"] = out["layout_sizes"].astype(np.int64)
+    return out
+
+
+def unpack_layouts(arrays: Mapping[str, np.ndarray], offsets: np.ndarray, dim: int,
+                   distance: str) -> list[dict[str, np.ndarray]] | None:
+    """Each cell's layout from :func:`pack_layouts` arrays (views, nothing copied), for cells whose
+    training points are ``offsets[i]:offsets[i + 1]`` in ``dim`` dimensions; None when the arrays hold
+    none or those of another version (the cells are then built afresh). Raises ValueError on arrays
+    that do not fit together (a wrong shape or type, an order that is not a permutation of each cell's
+    points, group sizes that do not add up)."""
+    if "layout_format" not in arrays or int(arrays["layout_format"]) != LAYOUT:
+        return None
+    a = {key: np.asarray(arrays[f"layout_{key}"]) for key in (*_LAYOUT_KEYS, "groups")}
+    cells, n = len(offsets) - 1, int(offsets[-1])
+    width = dim + 1 if distance == "euclidean" else dim
+    groups, sizes = a["groups"], a["sizes"]
+    problems = [
+        a["shift"].shape != (cells, dim) or a["shift"].dtype != np.float64,
+        a["reach"].shape != (cells,) or a["reach"].dtype != np.float64,
+        a["rows"].shape != (n, width) or a["rows"].dtype != np.float32,
+        a["order"].shape != (n,) or a["order"].dtype.kind != "i",
+        groups.shape != (cells + 1,) or groups.dtype.kind != "i",
+        sizes.ndim != 1 or sizes.dtype.kind != "i",
+    ]
+    if any(problems):
+        raise ValueError("the stored cell layouts do not fit the training points")
+    g = len(sizes)
+    if (a["radii"].shape != (g,) or a["radii"].dtype != np.float64 or a["centres"].shape != (g, dim)
+            or a["centres"].dtype != np.float64 or groups[0] != 0 or groups[-1] != g or np.any(np.diff(groups) < 0)
+            or np.any(sizes <= 0)):
+        raise ValueError("the stored cell groups do not fit together")
+    counts, split = np.diff(offsets), np.diff(groups) > 0
+    total = np.concatenate([[0], np.cumsum(sizes)])
+    if np.any((total[groups[1:]] - total[groups[:-1]] != counts) & split):
+        raise ValueError("the stored cell groups do not hold each cell's points")
+    if n:  # each cell's order is a permutation of its points
+        local = a["order"]
+        whole = local.astype(np.int64) + np.repeat(offsets[:-1], counts)
+        if local.min() < 0 or np.any(local >= np.repeat(counts, counts)) or \
+                np.any(np.bincount(whole, minlength=n) != 1):
+            raise ValueError("the stored cell layouts do not order each cell's points")
+    out = []
+    for i in range(cells):
+        s, e, gs, ge = int(offsets[i]), int(offsets[i + 1]), int(groups[i]), int(groups[i + 1])
+        out.append({"shift": a["shift"][i], "reach": a["reach"][i], "rows": a["rows"][s:e], "order": a["order"][s:e],
+                    "sizes": sizes[gs:ge], "radii": a["radii"][gs:ge], "centres": a["centres"][gs:ge]})
+    return out
+
+
 class _Run:
     """One pruned search's state across groups: the queries (float64, and in the float32 tiles'
     form with their score error bounds), the running float32 best score and float64 distance of each,
@@ -294,6 +405,20 @@ class Groups:
         self.centres = centres.astype(np.float64) * -0.5
         self.centre_norms = np.sqrt(np.einsum("ij,ij->i", self.centres, self.centres))
         self.shift, self.reach = cell.shift, cell.reach
+
+    @classmethod
+    def restore(cls, cell: Cell, sizes: np.ndarray, radii: np.ndarray, centres: np.ndarray) -> Groups:
+        """The groups of a restored cell (:meth:`Cell.restore`, whose rows are already in the groups'
+        order) from their stored sizes, radii and (halved, float64) centres."""
+        groups = cls.__new__(cls)
+        groups.dim = cell.points.shape[1]
+        groups.order, groups.rows = cell.order, cell.rows
+        groups.count = len(sizes)
+        groups.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        groups.radii, groups.centres = radii, centres
+        groups.centre_norms = np.sqrt(np.einsum("ij,ij->i", centres, centres))
+        groups.shift, groups.reach = cell.shift, cell.reach
+        return groups
 
     def lower_bounds(self, q: np.ndarray) -> np.ndarray:
         """queries × groups: a lower bound on the distance from each query (float64 rows) to every

@@ -20,7 +20,7 @@ from forensics.errors import StatisticError, UsageError
 
 from .kmeans import assign, kmeans, kmeans_on
 from .pca import normalise, pca, project
-from .search import Cell
+from .search import Cell, pack_layouts, unpack_layouts
 from .threads import parallel
 from .tiles import float64_on, resolve_device, rows_for, tiles_for
 
@@ -188,7 +188,7 @@ class FittedCT:
     def __init__(self, *, k: int, distance: str, projection: int | None, seed: int, dim: int,
                  mean: np.ndarray | None, components: np.ndarray | None, centres: np.ndarray | None,
                  cells: np.ndarray, train: np.ndarray, offsets: np.ndarray, test_dist: np.ndarray,
-                 test_cells: np.ndarray, device=None):
+                 test_cells: np.ndarray, device=None, layouts: list | None = None):
         self._k, self._distance, self._projection, self._seed, self._dim = k, distance, projection, seed, dim
         self._mean, self._components, self._centres = mean, components, centres
         self._cells = cells            # the cell ids, sorted
@@ -197,6 +197,7 @@ class FittedCT:
         self._test_dist = test_dist
         self._test_cells = test_cells
         self._search: dict[int, Cell] = {}
+        self._layouts = layouts        # each cell's stored search layout (from_arrays), or None: built
         self._device = device          # None: the CPU path; else the torch device the searches run on
 
     # read-only attributes
@@ -277,9 +278,13 @@ class FittedCT:
         return fitted
 
     def _cell(self, i: int) -> Cell:
+        """Cell ``i``'s search: restored from its stored layout where the fit was read with one, else
+        built from its training points (once)."""
         if i not in self._search:
             a, b = self._offsets[i], self._offsets[i + 1]
-            self._search[i] = Cell(self._train[a:b], self._distance)
+            points = self._train[a:b]
+            self._search[i] = Cell(points, self._distance) if self._layouts is None else \
+                Cell.restore(points, self._distance, self._layouts[i])
         return self._search[i]
 
     @property
@@ -398,7 +403,9 @@ class FittedCT:
 
     # -- caching ---------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Everything :meth:`score` needs, as numpy arrays (for ``np.savez``); see :meth:`from_arrays`."""
+        """Everything :meth:`score` needs, as numpy arrays (for ``np.savez``); see :meth:`from_arrays`.
+        With them, each cell's search layout (:func:`.search.pack_layouts`: its float32 score rows and
+        its groups, made now where not yet), so that a fit read back searches at once."""
         arrays = {"format": np.array(2), "k": np.array(self._k), "distance": np.array(self._distance),
                   "projection": np.array(-1 if self._projection is None else self._projection),
                   "seed": np.array(self._seed), "dim": np.array(self._dim), "cells": self._cells,
@@ -408,12 +415,15 @@ class FittedCT:
             arrays["mean"], arrays["components"] = self._mean, self._components
         if self._centres is not None:
             arrays["centres"] = self._centres
+        arrays.update(pack_layouts([self._cell(i) for i in range(len(self._cells))]))
         return arrays
 
     @classmethod
     def from_arrays(cls, arrays) -> FittedCT:
-        """Rebuild a fit from :meth:`to_arrays` output (e.g. an opened .npz). Raises KeyError or
-        ValueError on arrays from another format."""
+        """Rebuild a fit from :meth:`to_arrays` output (e.g. an opened .npz), using the arrays in place
+        (a mapped file's stay mapped). Arrays without the cells' search layouts (written before they
+        were stored) are read too: the cells are then built on first use. Raises KeyError or
+        ValueError on arrays from another format or layouts that do not fit the training points."""
         projection = int(arrays["projection"])
 
         def get(name: str) -> np.ndarray | None:
@@ -427,13 +437,18 @@ class FittedCT:
             arrays = {**arrays, "cells": cells, "offsets": offsets}
         elif int(arrays["format"]) != 2:
             raise ValueError(f"C_T arrays of format {int(arrays['format'])}, expected 2")
-        return cls(k=int(arrays["k"]), distance=str(arrays["distance"]),
+        train, offsets = np.asarray(arrays["train"]), np.asarray(arrays["offsets"], dtype=np.int64)
+        distance = str(arrays["distance"])
+        if train.ndim != 2 or offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(train):
+            raise ValueError("C_T arrays whose training points and cell offsets do not fit together")
+        return cls(k=int(arrays["k"]), distance=distance,
                    projection=None if projection < 0 else projection, seed=int(arrays["seed"]),
                    dim=int(arrays["dim"]), mean=get("mean"), components=get("components"),
                    centres=get("centres"), cells=np.asarray(arrays["cells"], dtype=np.int64),
-                   train=np.asarray(arrays["train"]), offsets=np.asarray(arrays["offsets"], dtype=np.int64),
+                   train=train, offsets=offsets,
                    test_dist=np.asarray(arrays["test_dist"], dtype=np.float64),
-                   test_cells=np.asarray(arrays["test_cells"], dtype=np.int64))
+                   test_cells=np.asarray(arrays["test_cells"], dtype=np.int64),
+                   layouts=unpack_layouts(arrays, offsets, train.shape[1], distance))
 
 
 def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str = "euclidean",
