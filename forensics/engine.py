@@ -10,6 +10,8 @@ does the same for a combination of protocols, one engine per part; :func:`make_e
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 import warnings
@@ -31,6 +33,7 @@ from forensics.stats.base import Statistic, get_statistic, split_params
 
 Progress = Callable[[str, int, int], None]
 REFERENCE_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,39 @@ def save_reference(path: Path, refs: Sequence[Any], layers: Sequence[str]) -> Pa
     return save_mapped_npz(path, _pack(refs, layers))
 
 
+def _rewrite(path: Path, arrays: Mapping[str, np.ndarray]) -> tuple | None:
+    """Write a cache file's ``arrays`` over ``path`` in the mapped layout, atomically (a new file renamed
+    over the old: a reader sees one or the other whole, and one that mapped the old keeps it); the new
+    file's identity, or None, with a debug line, where it cannot be written (a read-only cache folder, a
+    full disk): what was read serves as it is, and the file stays as it was."""
+    from forensics.io.mapped import file_identity
+
+    try:
+        save_mapped_npz(path, arrays)
+        return file_identity(path.stat())
+    except (OSError, ForensicsError) as exc:
+        log.debug("the reference side %s was not rewritten (%s); it serves as read", path, exc)
+        return None
+
+
+def _upgrade(path: Path, arrays: Mapping[str, np.ndarray], refs: Sequence[Any], layers: Sequence[str]) -> tuple | None:
+    """Rewrite the cache file ``path`` (read as ``arrays``) once its fits ``refs`` store more than it holds:
+    a fit read without structures that its ``to_arrays`` now keeps (``arrays_outdated``: C_T's search
+    layouts, written before they were stored or of another version) builds them at every opening, and
+    the file with them opens at once. The same arrays plus those (bit for bit the same fits); nothing is
+    written when no fit is outdated or when the arrays would be laid out as they are (a C_T cell
+    searched in float64 has no layout to store). The new file's identity, or None."""
+    if not any(getattr(ref, "arrays_outdated", False) for ref in refs):
+        return None
+    if not os.access(path.parent, os.W_OK):  # a read-only cache: nothing to build for a write that would fail
+        log.debug("the reference side %s was not rewritten (its folder is read-only); it serves as read", path)
+        return None
+    new = _pack(refs, layers)  # builds the missing structures, which the searches then use
+    if set(new) == set(arrays) and all(np.array_equal(new[k], arrays[k]) for k in new if np.ndim(new[k]) == 0):
+        return None
+    return _rewrite(path, new)
+
+
 def load_reference(path: Path, layers: Sequence[str], statistic: Statistic, *,
                    protocol: str | None = None) -> list[Any] | None:
     """The fitted reference side stored at ``path`` (one fit per layer), or None when the file is absent,
@@ -139,7 +175,10 @@ def load_reference(path: Path, layers: Sequence[str], statistic: Statistic, *,
     its bytes are checked once: a shipped file (``protocol`` names whose registry ships it) against the
     sha256 the registry records, hashing the mapping itself; a cache file against the word sums recorded
     when it was written. A file of the older layout (zip CRCs, copied on reading) is still read; a cache
-    file of that layout is rewritten in the mapped one. What was opened is kept for the process: another
+    file of that layout is rewritten in the mapped one, and one whose fits lack structures they now
+    store (:func:`_upgrade`: C_T's search layouts) is rewritten with them, once, so that the next opening
+    finds them; where the cache cannot be written it serves as read. A shipped file is never rewritten
+    (its digest is recorded in the registry). What was opened is kept for the process: another
     engine of the same protocol reuses it while the file is unchanged (same inode, size and times, and
     those times more than two seconds old when it was opened, so that a change in place moves them)."""
     from forensics.io.mapped import Damaged, Unmappable, file_identity, open_mapped_npz
@@ -170,9 +209,8 @@ def load_reference(path: Path, layers: Sequence[str], statistic: Statistic, *,
             warnings.warn(f"the reference side shipped with {protocol} ({path}) is in the older layout, read whole "
                           "on every run; `forensics registry migrate-reference` lays it out to be mapped (the same "
                           "arrays, bit for bit)", stacklevel=2)
-        elif refs is not None:
-            save_reference(path, refs, layers)  # the cache file in the mapped layout from now on
-            version = file_identity(path.stat())
+        elif refs is not None:  # the cache file in the mapped layout (with every fit's structures) from now on
+            version = _rewrite(path, _pack(refs, layers)) or version
     except (Damaged, OSError):
         if shipped:
             check(path, protocol, expected=expected)  # a changed file is refused as such
@@ -184,6 +222,8 @@ def load_reference(path: Path, layers: Sequence[str], statistic: Statistic, *,
             check(path, protocol, data=arrays.buffer, expected=expected)
         version = arrays.identity
         refs = _unpack(arrays, layers, statistic)
+        if refs is not None and not shipped:
+            version = _upgrade(path, arrays, refs, layers) or version
     if refs is not None and time.time() - max(version[3], version[4]) / 1e9 > _RACY_S:
         # kept only once the file's times are old enough that a later change in place would change them
         with _OPENED_LOCK:

@@ -198,6 +198,7 @@ class FittedCT:
         self._test_cells = test_cells
         self._search: dict[int, Cell] = {}
         self._layouts = layouts        # each cell's stored search layout (from_arrays), or None: built
+        self._outdated = False         # read from arrays without this version's layouts (from_arrays)
         self._device = device          # None: the CPU path; else the torch device the searches run on
 
     # read-only attributes
@@ -209,6 +210,13 @@ class FittedCT:
     n_train = property(lambda self: len(self._train), doc="Number of training points.")
     n_test = property(lambda self: len(self._test_dist), doc="Number of test points.")
     device = property(lambda self: self._device, doc="The torch device the searches run on, or None (the CPU path).")
+
+    @property
+    def arrays_outdated(self) -> bool:
+        """Whether this fit was read (:meth:`from_arrays`) from arrays without the cells' search layouts,
+        or with those of another version, so that every opening of them builds the cells afresh:
+        :meth:`to_arrays` stores them (except for a cell searched in float64, which has none)."""
+        return self._outdated
 
     def to(self, device) -> FittedCT:
         """This fit with its nearest-neighbour searches on a torch ``device`` (e.g. "cuda"; None for
@@ -422,7 +430,7 @@ class FittedCT:
     def from_arrays(cls, arrays) -> FittedCT:
         """Rebuild a fit from :meth:`to_arrays` output (e.g. an opened .npz), using the arrays in place
         (a mapped file's stay mapped). Arrays without the cells' search layouts (written before they
-        were stored) are read too: the cells are then built on first use. Raises KeyError or
+        were stored) are read too: the cells are then built on first use (:attr:`arrays_outdated`). Raises KeyError or
         ValueError on arrays from another format or layouts that do not fit the training points."""
         projection = int(arrays["projection"])
 
@@ -441,14 +449,16 @@ class FittedCT:
         distance = str(arrays["distance"])
         if train.ndim != 2 or offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(train):
             raise ValueError("C_T arrays whose training points and cell offsets do not fit together")
-        return cls(k=int(arrays["k"]), distance=distance,
-                   projection=None if projection < 0 else projection, seed=int(arrays["seed"]),
-                   dim=int(arrays["dim"]), mean=get("mean"), components=get("components"),
-                   centres=get("centres"), cells=np.asarray(arrays["cells"], dtype=np.int64),
-                   train=train, offsets=offsets,
-                   test_dist=np.asarray(arrays["test_dist"], dtype=np.float64),
-                   test_cells=np.asarray(arrays["test_cells"], dtype=np.int64),
-                   layouts=unpack_layouts(arrays, offsets, train.shape[1], distance))
+        layouts = unpack_layouts(arrays, offsets, train.shape[1], distance)
+        fitted = cls(k=int(arrays["k"]), distance=distance,
+                     projection=None if projection < 0 else projection, seed=int(arrays["seed"]),
+                     dim=int(arrays["dim"]), mean=get("mean"), components=get("components"),
+                     centres=get("centres"), cells=np.asarray(arrays["cells"], dtype=np.int64),
+                     train=train, offsets=offsets,
+                     test_dist=np.asarray(arrays["test_dist"], dtype=np.float64),
+                     test_cells=np.asarray(arrays["test_cells"], dtype=np.int64), layouts=layouts)
+        fitted._outdated = layouts is None
+        return fitted
 
 
 def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str = "euclidean",
