@@ -3,12 +3,19 @@
 A family subclasses :class:`TimmEncoder` and says which modules are its layers (:meth:`tap_names`) and
 how one forward pass yields the requested ones (:meth:`run`), pooled to one vector per image. Layer sizes
 are read from a forward pass on the meta device (no memory, no compute), so a listing never builds a
-real model.
+real model. That pass costs more than building the model (0.1–0.2 CPU-s for a small one), so the sizes
+it finds are kept in the user cache folder (``layers/``, one small JSON file per architecture, build
+options, input size and pooling, keyed also by the torch and timm versions and this plugin's source) and
+read from there by later builds; a missing, stale or damaged file is recomputed and rewritten (atomically).
+The sizes only shape arrays: the embeddings are the same whichever way they were found.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -135,7 +142,7 @@ class TimmEncoder(Encoder):
         self.model = self.prune(model)
         self.weights = weights_info(self.model, source, detail)
         self.preprocessing = entry_preprocessing(entry, self.input_size(model, image_size))
-        self.layers = self.declared_layers(kwargs, self.preprocessing.size)
+        self.layers = self.known_layers(kwargs, self.preprocessing.size, self.model)
         self.to(device)
 
     # -- what a family says ----------------------------------------------------------------------
@@ -183,6 +190,35 @@ class TimmEncoder(Encoder):
             outs = self.run(meta, torch.empty(1, 3, size, size), names)
         return tuple(Layer(n, int(self.pool(o).shape[1])) for n, o in zip(names, outs))
 
+    def widths_key(self, kwargs: dict[str, Any], size: int) -> dict[str, Any] | None:
+        """Everything the layers' sizes depend on, JSON-able; None when the build options are not."""
+        source = _source_digest(type(self))
+        if source is None:
+            return None
+        key = {"format": WIDTHS_FORMAT, "encoder": f"{type(self).__module__}.{type(self).__qualname__}",
+               "architecture": self.entry.architecture, "kwargs": kwargs, "size": int(size),
+               "pooling": self.pooling, "torch": torch.__version__, "timm": _timm().__version__, "source": source}
+        try:
+            return json.loads(json.dumps(key, sort_keys=True, allow_nan=False))
+        except (TypeError, ValueError):
+            return None
+
+    def known_layers(self, kwargs: dict[str, Any], size: int, model: torch.nn.Module,
+                     meta: torch.nn.Module | None = None) -> tuple[Layer, ...]:
+        """The layers and their sizes: from the user cache when a build with the same key recorded them
+        there, else from :meth:`declared_layers` (the meta-device pass, on ``meta`` when given), then
+        recorded. ``model`` names the layers, which a cached record must match."""
+        key = self.widths_key(kwargs, size)
+        path = None if key is None else widths_path(self.entry.architecture, key)
+        if path is not None:
+            cached = read_widths(path, key, self.tap_names(model))
+            if cached is not None:
+                return cached
+        layers = self.declared_layers(kwargs, size, meta)
+        if path is not None:
+            write_widths(path, key, layers)
+        return layers
+
     def to(self, device):
         super().to(device)
         self.model.to(self.device)
@@ -213,8 +249,73 @@ class TimmEncoder(Encoder):
         size = shell.input_size(meta, options.get("image_size"))
         prep = entry_preprocessing(entry, size)
         return EncoderSpec(name=entry.name, family=cls.family, description=entry.description,
-                           layers=shell.declared_layers(kwargs, size, meta), preprocessing=prep, pooling=shell.pooling,
+                           layers=shell.known_layers(kwargs, size, meta, meta), preprocessing=prep, pooling=shell.pooling,
                            poolings=cls.poolings, weights=availability(entry.name, entry.sources()))
+
+
+# -- the layers' sizes, kept in the user cache -----------------------------------------------------
+#: the version of a cached record of layer sizes; a record of another version is recomputed
+WIDTHS_FORMAT = 1
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest(cls: type) -> str | None:
+    """sha256 of the source files that define what ``cls`` taps and how it pools (its module and this one):
+    a changed plugin never reads sizes recorded by another. None when a file cannot be read."""
+    import hashlib
+    import inspect
+
+    h = hashlib.sha256()
+    try:
+        files = dict.fromkeys(inspect.getsourcefile(k) for k in cls.__mro__ if issubclass(k, TimmEncoder))
+        for f in files:
+            if f is None:
+                return None
+            h.update(open(f, "rb").read())
+    except (OSError, TypeError):
+        return None
+    return h.hexdigest()
+
+
+def widths_path(architecture: str, key: dict[str, Any]):
+    """Where the sizes of the layers for ``key`` are kept: ``<cache>/layers/<architecture>-<key hash>.json``."""
+    from forensics.encode.cache import cache_dir
+    from forensics.io.hashing import sha256_json, short
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", architecture)[:80]
+    return cache_dir() / "layers" / f"{name}-{short(sha256_json(key), 24)}.json"
+
+
+def read_widths(path, key: dict[str, Any], names: Sequence[str]) -> tuple[Layer, ...] | None:
+    """The layers recorded at ``path`` for ``key``, or None when there is no such file or it is not a valid
+    record of exactly that key and of the layers ``names`` (any damage reads as no record)."""
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != WIDTHS_FORMAT or record.get("key") != key:
+        return None
+    rows = record.get("layers")
+    if not isinstance(rows, list) or len(rows) != len(names):
+        return None
+    layers = []
+    for row, name in zip(rows, names):
+        if not (isinstance(row, list) and len(row) == 2 and row[0] == name and type(row[1]) is int and row[1] > 0):
+            return None
+        layers.append(Layer(name, row[1]))
+    return tuple(layers)
+
+
+def write_widths(path, key: dict[str, Any], layers: Sequence[Layer]) -> None:
+    """Record ``layers`` for ``key`` at ``path`` (atomically); a cache folder that cannot be written to only
+    means the sizes are computed again next time."""
+    from forensics.io.atomic import write_text_atomic
+
+    record = {"format": WIDTHS_FORMAT, "key": key, "layers": [[layer.name, layer.dim] for layer in layers]}
+    try:
+        write_text_atomic(path, json.dumps(record, sort_keys=True) + "\n")
+    except (OSError, UsageError):
+        pass
 
 
 def sequential_run(steps: Sequence[tuple[str, torch.nn.Module]], x: torch.Tensor,
