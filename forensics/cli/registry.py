@@ -383,7 +383,7 @@ def evaluate(
                                              "folder (needs the extra 'plots')."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluate at this batch size m′: "
                                              "the instances redrawn from their per-image records, each held-out "
-                                             "instance queried by 4 single sub-batches of m′."),
+                                             "instance queried by 16 single sub-batches of m′."),
     condition: str = typer.Option("none", "--condition", help="Evaluate under this post-processing condition "
                                   "(jpeg90, resize2, …), from the instances' per-image records."),
 ):
