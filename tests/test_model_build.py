@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from forensics.testing import sample_images
 
@@ -205,3 +206,85 @@ def test_the_bundled_default_encoder_reads_its_record(factories, cache, meta_pas
     assert meta_passes == ["tf_efficientnet_lite0"] and first.layers == second.layers
     for a, b in zip(embed(first, images), embed(second, images)):
         assert np.array_equal(a, b)
+
+
+# -- a model built to receive weights draws no random values --------------------------------------
+def _kept(encoder):
+    """Every tensor the encoder's model keeps: its state and its non-persistent buffers, by name."""
+    out = dict(encoder.model.state_dict())
+    out.update({f"{name}<np>": b for name, b in encoder.model.named_buffers() if name not in out})
+    return out
+
+
+@pytest.mark.parametrize("name, options", [
+    (VIT, {"image_size": 32}),
+    ("resnet18.tv_in1k", {"image_size": 48}),
+    ("tf_efficientnet_lite0", {"image_size": 64}),
+    pytest.param("swin_tiny_patch4_window7_224.ms_in1k", {}, marks=pytest.mark.slow),
+    pytest.param("inception_v3.tv_in1k", {"image_size": 75}, marks=pytest.mark.slow),
+    pytest.param("openclip_vit_b_32.openai", {"image_size": 32}, marks=pytest.mark.slow),
+])
+def test_a_model_built_for_weights_is_the_model_built_the_usual_way(factories, cache, tmp_path, monkeypatch,
+                                                                      name, options):
+    """Each bundled family, with a weights file: the model built without drawing its initial values (which
+    the weights replace) keeps the same tensors, bit for bit, as one built after drawing them, and embeds
+    the same."""
+    from safetensors.torch import save_file
+
+    from forensics.encode.embed import embed
+    from forensics_timm.base import SkipRandomFill
+
+    donor = factories[name].obj(weights="random", seed=1, **options)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.model.state_dict().items()}, str(path))
+    verdicts = []
+    check = SkipRandomFill.all_replaced_by
+    monkeypatch.setattr(SkipRandomFill, "all_replaced_by",
+                        lambda self, model, state: verdicts.append(check(self, model, state)) or verdicts[-1])
+    skipping = factories[name].obj(weights=str(path), **options)
+    assert verdicts == [True]  # built without drawing
+    monkeypatch.setattr(SkipRandomFill, "all_replaced_by", lambda self, model, state: False)
+    usual = factories[name].obj(weights=str(path), **options)
+    assert skipping.weights == usual.weights and skipping.weights.digest == donor.weights.digest
+    a, b = _kept(skipping), _kept(usual)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    images = sample_images(n=2, size=options.get("image_size", 224))
+    for x, y in zip(embed(skipping, images), embed(usual, images)):
+        assert np.array_equal(x, y)
+
+
+def _built(make):
+    from forensics_timm.base import SkipRandomFill
+
+    with SkipRandomFill() as skipped:
+        model = make()
+    return skipped, model
+
+
+def test_values_drawn_and_not_replaced_make_it_build_the_usual_way():
+    class Drawn(torch.nn.Module):  # a buffer drawn at random that no weights file holds
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+            self.register_buffer("noise", torch.empty(4).normal_(), persistent=False)
+
+    class Derived(torch.nn.Module):  # a value computed from a draw that is then dropped
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+            self.register_buffer("scale", torch.nn.init.uniform_(torch.empty(2)) * 2, persistent=False)
+
+    skipped, plain = _built(lambda: torch.nn.Linear(3, 2))
+    assert len(skipped.unfilled) == 2 and skipped.all_replaced_by(plain, dict(plain.state_dict()))
+    skipped, plain = _built(lambda: torch.nn.Linear(3, 2))
+    assert not skipped.all_replaced_by(plain, {"weight": torch.zeros(2, 3)})  # the bias would stay undrawn
+    for make in (Drawn, Derived):
+        skipped, model = _built(make)
+        assert not skipped.all_replaced_by(model, dict(model.state_dict())), make.__name__
+    # outside the mode nothing changes
+    torch.manual_seed(0)
+    a = torch.empty(3).normal_()
+    torch.manual_seed(0)
+    assert torch.equal(a, torch.empty(3).normal_())

@@ -59,12 +59,20 @@ class OpenClipVisual(Encoder):
         if pooling not in POOLINGS:
             raise UsageError(f"pooling for {name} must be one of {POOLINGS}, not {pooling!r}")
         model, tag, _ = MODELS[name]
-        tower = random_init(lambda: _build_tower(model, tag, image_size), seed=seed)
+        build = lambda: _build_tower(model, tag, image_size)  # noqa: E731
         if weights == RANDOM:
+            tower = random_init(build, seed=seed)
             source, detail = "random", f"open_clip {model} visual tower random init, seed={seed}"
         else:
+            from forensics_timm.base import SkipRandomFill
+
             found = resolve(name, weights, _sources(model, tag))
-            state = _resample_pos(_visual_state(load_state_dict(found.path)), tower)
+            state = load_state_dict(found.path)
+            with SkipRandomFill() as skipped:  # the weights replace every value drawn: draw none
+                tower = build()
+            state = _resample_pos(_visual_state(state), tower)
+            if not skipped.all_replaced_by(tower, state):  # something else was to be drawn: build as always
+                tower = random_init(build, seed=seed)
             apply_state_dict(tower, state, where=found.detail)
             source, detail = found.source, found.detail
         tower.eval()
