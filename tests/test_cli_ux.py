@@ -446,7 +446,9 @@ def test_version_is_the_installed_distributions():
 
 @pytest.mark.slow  # two subprocesses (the shell's view of completion)
 def test_shell_completion_is_offered_and_completes_commands_and_protocols():
-    shown = subprocess.run([str(CLI), "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
+    # typer reads the shell from the parent processes: run it from bash, as a user's shell would
+    shown = subprocess.run(["bash", "-c", f"'{CLI}' --show-completion; exit $?"], capture_output=True, text=True,
+                           timeout=120)
     assert shown.returncode == 0 and "_FORENSICS_COMPLETE=complete_bash" in shown.stdout
     env = {**os.environ, "_FORENSICS_COMPLETE": "complete_bash", "COMP_WORDS": "forensics attribute x -p mnist-v",
            "COMP_CWORD": "4"}
