@@ -137,7 +137,7 @@ class Matcher(abc.ABC):
         self.n_layers = lengths.pop()
         if self.layer_weights is not None and len(self.layer_weights) != self.n_layers:
             raise UsageError(f"{len(self.layer_weights)} layer weights for curves of {self.n_layers} layers")
-        x = self.weighed(references)
+        x = self.weighted_curves(references)
         labels = np.array([r.generator for r in references], dtype=object)
         n_generators = len({str(g) for g in labels})
         if n_generators < self.min_generators:
@@ -175,7 +175,7 @@ class Matcher(abc.ABC):
             raise UsageError(f"no reference curve of generator {generator!r}")
         return in_spreads(float(pairwise_distances(vec[None, :], own).min()), self._spreads[generator])
 
-    def weighed(self, references: Sequence[EnrolledCurve]) -> np.ndarray:
+    def weighted_curves(self, references: Sequence[EnrolledCurve]) -> np.ndarray:
         """The references' curves as the matcher compares them (n × L): undefined values as 0, each layer
         times its :attr:`layer_weights` when the matcher has them."""
         x = np.stack([r.fingerprint.vector() for r in references])

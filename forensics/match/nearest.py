@@ -45,7 +45,7 @@ class SimilarityMatcher(Matcher):
         """Exact leave-one-out and leave-generator-out from one similarity matrix (no refits): the same
         points as the refitting default."""
         refs = list(references)
-        x = self.weighed(refs)
+        x = self.weighted_curves(refs)
         labels = np.array([r.generator for r in refs], dtype=object)
         gens = sorted(set(labels))
         dist = pairwise_distances(x, x)
