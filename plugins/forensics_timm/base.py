@@ -8,6 +8,9 @@ it finds are kept in the user cache folder (``layers/``, one small JSON file per
 options, input size and pooling, keyed also by the torch and timm versions and this plugin's source) and
 read from there by later builds; a missing, stale or damaged file is recomputed and rewritten (atomically).
 The sizes only shape arrays: the embeddings are the same whichever way they were found.
+
+A model built to receive weights skips drawing the random initial values those weights replace
+(:class:`SkipRandomFill`), which is most of the cost of building it.
 """
 
 from __future__ import annotations
@@ -254,8 +257,9 @@ class TimmEncoder(Encoder):
         size = shell.input_size(meta, options.get("image_size"))
         prep = entry_preprocessing(entry, size)
         return EncoderSpec(name=entry.name, family=cls.family, description=entry.description,
-                           layers=shell.known_layers(kwargs, size, meta, meta), preprocessing=prep, pooling=shell.pooling,
-                           poolings=cls.poolings, weights=availability(entry.name, entry.sources()))
+                           layers=shell.known_layers(kwargs, size, meta, meta), preprocessing=prep,
+                           pooling=shell.pooling, poolings=cls.poolings,
+                           weights=availability(entry.name, entry.sources()))
 
 
 # -- a model built to receive weights --------------------------------------------------------------
