@@ -288,3 +288,16 @@ def test_values_drawn_and_not_replaced_make_it_build_the_usual_way():
     a = torch.empty(3).normal_()
     torch.manual_seed(0)
     assert torch.equal(a, torch.empty(3).normal_())
+
+
+def test_building_with_weights_leaves_the_callers_random_state_alone(factories, cache, tmp_path):
+    from safetensors.torch import save_file
+
+    donor = build(factories)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.model.state_dict().items()}, str(path))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    factories[VIT].obj(weights=str(path), image_size=32)
+    assert torch.equal(torch.rand(3), expected)

@@ -69,7 +69,7 @@ class OpenClipVisual(Encoder):
             found = resolve(name, weights, _sources(model, tag))
             state = load_state_dict(found.path)
             with SkipRandomFill() as skipped:  # the weights replace every value drawn: draw none
-                tower = build()
+                tower = random_init(build, seed=seed)  # (and leave the caller's random state alone)
             state = _resample_pos(_visual_state(state), tower)
             if not skipped.all_replaced_by(tower, state):  # something else was to be drawn: build as always
                 tower = random_init(build, seed=seed)

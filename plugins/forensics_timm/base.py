@@ -138,7 +138,7 @@ class TimmEncoder(Encoder):
             found = resolve(entry.name, weights, entry.sources())
             state = load_state_dict(found.path)
             with SkipRandomFill() as skipped:  # the weights replace every value drawn: draw none
-                model = build()
+                model = random_init(build, seed=seed)  # (and leave the caller's random state alone)
             if entry.adapt is not None:
                 state = entry.adapt(state, model)
             state = self.adapt_state(state, model)
