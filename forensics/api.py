@@ -1292,7 +1292,7 @@ def clear_cache(*, older_than: str | float | None = None, protocol: str | None =
     embeddings of its reference sets; under a combination, its protocols'). ``confirm(items)`` is asked
     first (the command line asks the user); nothing is removed when it says no.
 
-    Only what forensics writes is removed (embeddings, reference sides, files of older formats), never
+    Only what forensics writes is removed (embeddings, reference sides, layer widths, files of older formats), never
     anything else found in the folder; a link is refused (left alone), as is anything that resolves
     outside the cache folder. Everything refused is listed with the reason."""
     import os
@@ -1310,7 +1310,7 @@ def clear_cache(*, older_than: str | float | None = None, protocol: str | None =
     real_root = os.path.realpath(root)
     chosen, refused = [], []
     for item in _cache_items(root, registry):
-        if item.kind not in ("embeddings", "reference", "old"):
+        if item.kind not in ("embeddings", "reference", "layers", "old"):
             continue  # not written by forensics: never removed
         if age is not None and item.age_s < age:
             continue

@@ -714,8 +714,9 @@ CACHE_CLEAR_SCHEMA = "forensics.cache-clear/1"
 @dataclass(frozen=True)
 class CacheItem:
     """One entry of the user cache (:func:`forensics.list_cache`): ``kind`` is ``embeddings`` (one layer
-    of one image set), ``reference`` (a protocol's fitted reference side), ``old`` (a file of an earlier
-    cache format, no longer read) or ``other`` (not written by forensics: never removed); ``protocols``
+    of one image set), ``reference`` (a protocol's fitted reference side), ``layers`` (an encoder's layer
+    widths, recorded so that a build need not measure them), ``old`` (a file of an earlier cache format,
+    no longer read) or ``other`` (not written by forensics: never removed); ``protocols``
     the registry's protocols it serves (by their reference sets' hashes and encoder), ``age_s`` seconds
     since it was last written."""
 

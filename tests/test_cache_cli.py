@@ -161,3 +161,20 @@ def test_an_empty_cache(tmp_path, monkeypatch):
 def test_usage_errors_are_usage_errors():
     with pytest.raises(UsageError):
         forensics.api.parse_duration("-3d")
+
+
+def test_recorded_layer_widths_are_listed_and_cleared_as_forensics_own(cache):
+    from forensics.schemas import validate
+    from forensics_timm.base import widths_path
+
+    path = widths_path("efficientnet_lite0", {"any": "key"})
+    assert path.parent == cache / "layers"  # where the timm plugin keeps them
+    path.parent.mkdir()
+    path.write_text("{}")
+    (item,) = [i for i in forensics.list_cache().items if i.kind == "layers"]
+    assert item.path == path and "efficientnet_lite0" in item.what
+    doc = json.loads(cli("cache", "list", "--json").stdout)
+    validate(doc)  # "layers" is a kind the schema knows
+    assert any(e["kind"] == "layers" for e in doc["entries"])
+    assert forensics.clear_cache(protocol=VIT).removed and path.exists()  # serves no protocol in particular
+    assert path in {i.path for i in forensics.clear_cache().removed} and not path.exists()

@@ -339,7 +339,8 @@ def _embedding_entries(root: Path) -> Iterator[CacheEntry]:
 def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
     """Everything under the cache folder ``root`` (default :func:`cache_dir`), as :class:`CacheEntry`
     records: each embedding entry (one layer of one image set), each reference side under
-    ``reference/``, old-format files, and anything else found there. Nothing is read beyond the small
+    ``reference/``, each encoder's recorded layer widths under ``layers/``, old-format files, and anything
+    else found there. Nothing is read beyond the small
     indexes; ``entry.remove()`` deletes one."""
     base = Path(root) if root is not None else cache_dir()
     if not base.is_dir():
@@ -351,6 +352,10 @@ def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
             for item in sorted(top.iterdir()):
                 size, mtime = _size_and_time(item)
                 yield CacheEntry(item, "reference", size, mtime, f"reference side {item.name}")
+        elif top.name == "layers" and top.is_dir() and not top.is_symlink():
+            for item in sorted(top.iterdir()):  # an encoder's layer widths, measured once (forensics_timm)
+                size, mtime = _size_and_time(item)
+                yield CacheEntry(item, "layers", size, mtime, f"layer widths of {item.stem.rsplit('-', 1)[0]}")
         else:
             size, mtime = _size_and_time(top)
             yield CacheEntry(top, "other", size, mtime, "not written by this version of forensics")
