@@ -758,7 +758,8 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
 def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int,
              condition: str) -> tuple[list, dict, Any]:
     """``refs`` redrawn at ``size`` under ``condition`` (:func:`forensics.match.batchsize.references_at`),
-    the sub-batches that stand for each, and the layer weights they are compared with; a one-line error when the registry keeps no such records."""
+    the sub-batches that stand for each, and the layer weights they are compared with; a one-line error
+    when the registry keeps no such records."""
     from forensics.conditions import get_condition
     from forensics.engine import make_engine
     from forensics.match.batchsize import references_at
