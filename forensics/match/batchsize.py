@@ -72,7 +72,8 @@ class AtBatchSize:
                 "layer_weights": None if self.layer_weights is None else list(self.layer_weights)}
 
 
-def layer_weights(references: Sequence[EnrolledCurve], queries: Mapping[str, Sequence[np.ndarray]]) -> tuple[float, ...]:
+def layer_weights(references: Sequence[EnrolledCurve],
+                  queries: Mapping[str, Sequence[np.ndarray]]) -> tuple[float, ...]:
     """One weight per layer: 1 / the standard deviation of the ``queries`` (single sub-batches, by
     instance id) around the mean reference curve of their generator, pooled over every generator. It is
     the noise a query of one batch carries on that layer — the batch-to-batch spread and, for generators

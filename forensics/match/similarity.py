@@ -89,7 +89,8 @@ def query_spreads(curves: np.ndarray, labels: np.ndarray, instances: Sequence[st
             others = own[own != i]
             qs = queries.get(instances[i])
             if len(others) and qs is not None and len(qs):
-                found.append(pairwise_distances(np.stack([np.asarray(q, float) for q in qs]), curves[others]).min(axis=1))
+                stacked = np.stack([np.asarray(q, float) for q in qs])
+                found.append(pairwise_distances(stacked, curves[others]).min(axis=1))
         nearest[g] = np.concatenate(found) if found else np.empty(0)
     return spreads_from(nearest)
 
