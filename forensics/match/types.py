@@ -23,12 +23,15 @@ Point = tuple[float, float, float]
 
 @dataclass(frozen=True)
 class EnrolledCurve:
-    """One enrolled instance: a generator's fingerprint of one batch, and where it came from."""
+    """One enrolled instance: a generator's fingerprint of one batch, and where it came from. ``family``:
+    the model the generator shares with other enrolled generators (one network under several samplers),
+    as the registry records it; ``None`` when it shares none."""
 
     generator: str
     instance: str
     fingerprint: Fingerprint
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    family: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ class Attribution:
     spread (``None`` when no generator has two curves to measure a spread on). ``lookalikes``: for a
     named verdict, the generators whose runs calibration saw named as the verdict when they were left
     out of the references, as {generator: [runs named, runs]}; a verdict with lookalikes does not rule
-    out an unenrolled generator like them.
+    out an unenrolled generator like them. ``family``: when the verdict names a family rather than one of
+    its generators (``verdict`` is then ``None``), the family; ``family_members``: its generators between
+    which the answer could not choose (see :meth:`forensics.match.Matcher.attribute`).
     """
 
     candidates: tuple[Candidate, ...]
@@ -65,6 +70,13 @@ class Attribution:
     threshold: Mapping[str, Any] | None = None
     distance_ratio: float | None = None
     lookalikes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    family: str | None = None
+    family_members: tuple[str, ...] = ()
+
+    @property
+    def named(self) -> str | None:
+        """What the answer names: the generator, else the family (``None``: unknown)."""
+        return self.verdict if self.verdict is not None else self.family
 
     @property
     def best(self) -> Candidate | None:
@@ -80,6 +92,7 @@ class Attribution:
                 "distance_ratio": None if self.distance_ratio is None else float(self.distance_ratio),
                 "reason": self.reason, "threshold": None if self.threshold is None else dict(self.threshold),
                 "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
+                "family": self.family, "family_members": list(self.family_members),
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
@@ -90,13 +103,16 @@ class CalibrationPoints:
     ``answer``: points of held-out queries the closed-set matcher attributed right; ``unknown``: points of
     held-out queries attributed wrong or whose whole generator was left out; ``held_out``: how queries
     were held out, in words; ``left_out``: (generator left out, generator named, point) for each query
-    whose generator was left out entirely (their points are among ``unknown`` too).
+    whose generator was left out entirely (their points are among ``unknown`` too); ``named``: (its
+    generator, generator ranked first) for each query of a held-out instance whose generator stayed in
+    the references — what calibration records as the generators taken for one another.
     """
 
     answer: list[Point]
     unknown: list[Point]
     held_out: str
     left_out: list[tuple[str, str, Point]]
+    named: list[tuple[str, str]] = field(default_factory=list)
 
 
 def lookalike_note(generator: str | None, lookalikes: Mapping[str, Sequence[int]] | None) -> str | None:
