@@ -16,9 +16,10 @@ files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``condition=``, as 
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
 (the whole 1,000-image sets: two batches of 500, verdict on their mean).
 
-For every query batch: the verdict against all enrolled generators (right / unknown / wrong), and the
-verdict with its own generator left out of the references (must be "unknown"; the thresholds are
-recalibrated without it). Then leave-one-out on the enrolled instances at every (condition, m′), as
+For every query batch: the verdict against all enrolled generators (right; family: its generator's
+family named, not the generator; unknown; wrong), and the verdict with its own generator left out of the
+references (must be "unknown", or its family when other generators of the family stay enrolled; the
+thresholds are recalibrated without it). Then leave-one-out on the enrolled instances at every (condition, m′), as
 ``forensics registry evaluate --batch-size m′ --condition c`` computes it. Everything goes through ``forensics.attribute``'s own pieces (the engine, the
 records, ``_Matchers``), so the figures are the tool's.
 
@@ -152,6 +153,7 @@ def main() -> int:
     base = make_matcher(a.matcher, calibration=reg.calibration(proto.name, a.matcher)).fit(refs)
     matchers = api._Matchers(reg, proto, engine, refs, a.matcher, base)
     generators = sorted({r.generator for r in refs})
+    families = {r.generator: r.family for r in refs if r.family}
     loo: dict[tuple, dict[str, object]] = {}
 
     def fitted(condition: str, size: int):
@@ -201,29 +203,31 @@ def main() -> int:
                     curves = [engine.curve_from_records(kept, rows_) for rows_ in parts]
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
                     ms = fitted(cond.name, min(size, m))
-                    verdict = ms["all"].attribute(vec).verdict
-                    left_out = ms[gen].attribute(vec).verdict if gen in ms else verdict
-                    outcome = ("right" if verdict == gen else "unknown" if verdict is None else "wrong")
+                    answer = ms["all"].attribute(vec)
+                    left = ms[gen].attribute(vec) if gen in ms else answer
+                    outcome = _outcome(answer, gen, families)
                     rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
-                                 "size": size, "batch": b, "verdict": verdict, "outcome": outcome,
-                                 "left_out_verdict": left_out})
+                                 "size": size, "batch": b, "verdict": answer.verdict, "family": answer.family,
+                                 "outcome": outcome, "left_out_verdict": left.verdict, "left_out_family": left.family,
+                                 "left_out_outcome": _outcome(left, gen, families)})
                     print(f"{gen:16s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b}: "
-                          f"{verdict or 'unknown':10s} ({outcome}); left out: {left_out or 'unknown'}"
+                          f"{_shown(answer):10s} ({outcome}); left out: {_shown(left)}"
                           f"   [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
     table = defaultdict(Counter)
     for r in rows:
         key = (r["condition"], r["size"], r["generator"].startswith("curated-"))
         table[key][r["outcome"]] += 1
-        table[key]["left_out_unknown" if r["left_out_verdict"] is None else "left_out_named"] += 1
-    print("\n| condition | m′ | batches | right | unknown | wrong | own generator left out → unknown |")
-    print("|---|---|---|---|---|---|---|")
+        table[key]["left_out_" + r["left_out_outcome"]] += 1
+    print("\n| condition | m′ | batches | right | family | unknown | wrong | own generator left out → unknown "
+          "(+ its family) |")
+    print("|---|---|---|---|---|---|---|---|")
     for (c, size, cur), cnt in sorted(table.items(), key=lambda kv: (kv[0][2], conditions.index(kv[0][0]), kv[0][1])):
-        n = cnt["right"] + cnt["unknown"] + cnt["wrong"]
+        n = cnt["right"] + cnt["family"] + cnt["unknown"] + cnt["wrong"]
         if cur:
-            print(f"| {c} (curated copies) | {size} | {n} | — | {cnt['unknown']} | {cnt['wrong']} | — |")
+            print(f"| {c} (curated copies) | {size} | {n} | — | — | {cnt['unknown']} | {cnt['wrong']} | — |")
         else:
-            print(f"| {c} | {size} | {n} | {cnt['right']} | {cnt['unknown']} | {cnt['wrong']} | "
-                  f"{cnt['left_out_unknown']} of {n} |")
+            print(f"| {c} | {size} | {n} | {cnt['right']} | {cnt['family']} | {cnt['unknown']} | {cnt['wrong']} | "
+                  f"{cnt['left_out_unknown']} (+ {cnt['left_out_family']}) of {n} |")
     # leave-one-out on the enrolled instances themselves, at every (condition, m′): `registry evaluate
     # --batch-size m′ --condition c` (png is none to the registry: PNG changes no pixel)
     loo_rows = []
@@ -249,6 +253,19 @@ def main() -> int:
         a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows, "loo": loo_rows,
                                       "threads": os.environ.get("FORENSICS_THREADS")}, indent=1) + "\n")
     return 0
+
+
+def _outcome(answer, generator: str, families: dict[str, str]) -> str:
+    """right (the generator named), family (its family named), unknown, or wrong (anything else named)."""
+    if answer.verdict is not None:
+        return "right" if answer.verdict == generator else "wrong"
+    if answer.family is not None:
+        return "family" if answer.family == families.get(generator) else "wrong"
+    return "unknown"
+
+
+def _shown(answer) -> str:
+    return answer.verdict or (f"[{answer.family}]" if answer.family else "unknown")
 
 
 if __name__ == "__main__":

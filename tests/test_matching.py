@@ -228,7 +228,7 @@ def test_a_near_sibling_left_out_is_unknown_by_the_distance_ratio():
             assert res.verdict == r.generator and res.distance_ratio <= m.calibration["distance_ratio"]
             assert res.to_dict()["distance_ratio"] == res.distance_ratio
     # with a2 enrolled, every instance of both siblings is answered right
-    assert leave_one_out(refs, "alpha").open_set == {"answered_right": 20, "answered_wrong": 0, "unknown": 0}
+    assert leave_one_out(refs, "alpha").open_set == {"answered_right": 20, "answered_family": 0, "answered_wrong": 0, "unknown": 0}
     assert leave_generator_out(refs, "alpha")["unknown"] == 20
 
 
@@ -318,8 +318,9 @@ def test_an_incomplete_matcher_class_is_refused_at_registration(register_plugin)
 def test_fast_similarity_calibration_equals_the_generic_refits(paper_refs):
     for name in ("alpha", "cosine"):
         m = make_matcher(name)
-        fast_a, fast_u, _, fast_left = astuple(m.calibration_points(paper_refs))
-        slow_a, slow_u, how, slow_left = astuple(refit_points(m, paper_refs))
+        fast_a, fast_u, _, fast_left, fast_named = astuple(m.calibration_points(paper_refs))
+        slow_a, slow_u, how, slow_left, slow_named = astuple(refit_points(m, paper_refs))
+        assert sorted(fast_named) == sorted(slow_named)  # the same confusions, as (own, ranked first)
         assert how == "leave-one-out"
         np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
         np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)
@@ -335,8 +336,9 @@ def test_fast_similarity_calibration_equals_the_generic_refits_with_one_and_two_
     assert sorted({r.generator for r in refs}) == ["a", "b", "c", "d", "e"]
     for name in ("alpha", "cosine"):
         m = make_matcher(name)
-        fast_a, fast_u, _, fast_left = astuple(m.calibration_points(refs))
-        slow_a, slow_u, _, slow_left = astuple(refit_points(m, refs))
+        fast_a, fast_u, _, fast_left, fast_named = astuple(m.calibration_points(refs))
+        slow_a, slow_u, _, slow_left, slow_named = astuple(refit_points(m, refs))
+        assert sorted(fast_named) == sorted(slow_named) and all(own != "e" for own, _ in fast_named)
         assert len(fast_a) + len(fast_u) == 2 * len(refs) and len(fast_left) == len(refs)
         np.testing.assert_allclose(sorted(fast_a), sorted(slow_a), rtol=0, atol=1e-12)
         np.testing.assert_allclose(sorted(fast_u), sorted(slow_u), rtol=0, atol=1e-12)

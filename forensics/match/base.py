@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from forensics.errors import ProtocolMismatch, UsageError
-from forensics.match.calibration import CALIBRATION_RULE, calibrate, refit_points, threshold_info, thresholds
+from forensics.match.calibration import (
+    CALIBRATION_RULE, calibrate, confused, refit_points, threshold_info, thresholds,
+)
 from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances, query_spreads
 from forensics.match.types import (
     Attribution, CalibrationPoints, Candidate, EnrolledCurve, as_curve, references_digest,
@@ -81,6 +83,7 @@ class Matcher(abc.ABC):
         self.enrolled: list[EnrolledCurve] = []
         self.protocol_digest: str | None = None
         self.n_layers: int | None = None
+        self._families: dict[str, str] = {}
 
     # -- what a matcher implements ----------------------------------------------------------------
     @abc.abstractmethod
@@ -145,6 +148,10 @@ class Matcher(abc.ABC):
             raise UsageError(f"the {self.name} matcher needs at least {need} generators; the references hold "
                              f"{n_generators}")
         self.fit_curves(x, labels, [r.instance for r in references])
+        # a family is what two or more enrolled generators share
+        named = {r.generator: r.family for r in references if r.family}
+        shared = {f for f in named.values() if sum(v == f for v in named.values()) > 1}
+        self._families = {g: f for g, f in named.items() if f in shared}
         self._curves, self._curve_labels = x, labels
         if queries is None:
             self._spreads = generator_spreads(pairwise_distances(x, x), labels)
@@ -196,7 +203,16 @@ class Matcher(abc.ABC):
 
     def attribute(self, curve: Any) -> Attribution:
         """The ranked candidates and the verdict: the best candidate, or ``None`` ("unknown") when an
-        open-set threshold rejects it."""
+        open-set threshold rejects it.
+
+        Generators of one *family* (one network under several samplers, as the registry records it on
+        the references) can be told apart less well than the rest. The answer names the family instead
+        of one of its generators (``verdict`` ``None``, ``family`` and ``family_members`` set) when
+        - the best candidate passes every threshold, but calibration took it and another generator of its
+          family for one another (its ``confusions``): naming either would be wrong that often; or
+        - only the margin fails, because the runner-up is of the best candidate's family, while the family
+          as a whole leads every other generator by the margin threshold.
+        """
         vec = as_curve(curve, self.protocol_digest)  # as given: rank and distance_ratio weigh it
         candidates = tuple(self.rank(vec))
         best = candidates[0]
@@ -205,8 +221,10 @@ class Matcher(abc.ABC):
         cal = self.calibration
 
         def answer(verdict: str | None, reason: str, threshold: Mapping[str, Any] | None,
-                   lookalikes: Mapping[str, Sequence[int]] | None = None) -> Attribution:
-            return Attribution(candidates, verdict, margin, reason, self.name, threshold, ratio, lookalikes or {})
+                   lookalikes: Mapping[str, Sequence[int]] | None = None, family: str | None = None,
+                   members: Sequence[str] = ()) -> Attribution:
+            return Attribution(candidates, verdict, margin, reason, self.name, threshold, ratio, lookalikes or {},
+                               family, tuple(members))
 
         if not self.open_set:
             return answer(best.generator, f"closest reference generator (closed set; score {best.score:.4f})", None)
@@ -218,13 +236,25 @@ class Matcher(abc.ABC):
         n_refs = f"calibrated on {cal['n_references']} references"
         t_score, t_margin, t_ratio = thresholds(cal)
         m = math.inf if margin is None else margin
+        lookalikes = (cal.get("lookalikes") or {}).get(best.generator)
+        family = self._families.get(best.generator)
+        far = ratio is not None and ratio > t_ratio
         if best.score < t_score:
             return answer(None, f"unknown: best score {best.score:.4f} ({best.generator}) is below the threshold "
                                 f"{t_score:.4f} {n_refs}", info)
         if m < t_margin:
-            return answer(None, f"unknown: {best.generator} leads {candidates[1].generator} by {m:.4f}, less than "
+            runner = candidates[1].generator
+            rest = [c.score for c in candidates if self._families.get(c.generator) != family]
+            lead = best.score - rest[0] if rest else math.inf
+            if family is not None and self._families.get(runner) == family and lead >= t_margin and not far:
+                members = sorted(c.generator for c in candidates
+                                 if self._families.get(c.generator) == family and best.score - c.score < t_margin)
+                return answer(None, f"the family {family}: {best.generator} leads {runner} by {m:.4f}, less than the "
+                                    f"margin threshold {t_margin:.4f}, but both are of {family}, which leads every "
+                                    f"other generator by {lead:.4f} ({n_refs})", info, lookalikes, family, members)
+            return answer(None, f"unknown: {best.generator} leads {runner} by {m:.4f}, less than "
                                 f"the margin threshold {t_margin:.4f} {n_refs}", info)
-        if ratio is not None and ratio > t_ratio:
+        if far:
             return answer(None, f"unknown: the query lies {ratio:.2f}× {best.generator}'s spread from its nearest "
                                 f"{best.generator} curve, beyond the threshold {t_ratio:.2f}× {n_refs}", info)
         passed = [f"score {best.score:.4f} ≥ {t_score:.4f}"] if t_score > -math.inf else []
@@ -234,7 +264,18 @@ class Matcher(abc.ABC):
             passed.append(f"distance {ratio:.2f}× {best.generator}'s spread ≤ {t_ratio:.2f}×")
         reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
                   "no open-set threshold applies") + f" ({n_refs})"
-        return answer(best.generator, reason, info, (cal.get("lookalikes") or {}).get(best.generator))
+        taken = [seen for g, f in sorted(self._families.items()) if f == family and g != best.generator
+                 for seen in confused(cal, best.generator, g)] if family is not None else []
+        if taken:
+            members = sorted({best.generator, *(own for own, _, _, _ in taken), *(o for _, o, _, _ in taken)})
+            how = "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in taken)
+            return answer(None, f"the family {family}, not which of {' or '.join(members)}: {best.generator} "
+                                f"{reason}, but calibration ranked held-out {how}", info, lookalikes, family, members)
+        taken_for = [f"{own} as {best.generator} {row[best.generator][0]} of {row[best.generator][1]} times"
+                     for own, row in sorted((cal.get("confusions") or {}).items()) if best.generator in row]
+        if taken_for:
+            reason += "; calibration ranked held-out " + ", ".join(taken_for)
+        return answer(best.generator, reason, info, lookalikes)
 
     def describe(self) -> dict[str, Any]:
         """What a report records about the matcher: its name, options and open-set calibration."""

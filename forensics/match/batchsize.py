@@ -109,7 +109,8 @@ def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.
         mean = np.mean([curve_of(rec, rows) for rows in subbatches(n, size, draws, seed, 0)], axis=0)
         prov = {**dict(r.provenance), "batch_size": min(size, n), "sub_batches": 1 if size >= n else draws}
         refs.append(EnrolledCurve(r.generator, r.instance,
-                                  Fingerprint(r.fingerprint.protocol_digest, tuple(float(v) for v in mean)), prov))
+                                  Fingerprint(r.fingerprint.protocol_digest, tuple(float(v) for v in mean)), prov,
+                                  r.family))
         queries[r.instance] = [curve_of(rec, rows) for rows in subbatches(n, size, calibration_draws, seed, 1)]
     weights = layer_weights(refs, queries) if refs else None
     return AtBatchSize(size, tuple(refs), queries, draws, calibration_draws, tuple(missing), weights)

@@ -5,7 +5,9 @@ left out (:meth:`forensics.match.Matcher.calibration_points`). The first kind sh
 the answer is right; a wrong answer and every answer about a left-out generator should be "unknown".
 The thresholds are the triple that maximises the balanced accuracy of that decision
 (:data:`CALIBRATION_RULE`). Left-out generators that pass them anyway are recorded as *lookalikes* of
-the generator they were named.
+the generator they were named, and held-out instances whose generator stayed enrolled but ranked another
+first as *confusions* (which generators calibration took for one another; a verdict naming one of a family
+whose generators were confused names the family instead, see :meth:`forensics.match.Matcher.attribute`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, dista
                     "and leave-one-out queries attributed wrong or whose generator was left out entirely (unknown); "
                     "among tying triples a threshold that need not apply is not (margin, then score, then distance "
                     "ratio), else the middle of the tying range (geometric for the ratio); the left-out generators' "
-                    "runs the thresholds let through are recorded as lookalikes of the generator they were named")
+                    "runs the thresholds let through are recorded as lookalikes of the generator they were named, and "
+                    "the held-out queries whose own generator ranked below another as confusions")
 
 THRESHOLDS = ("score", "margin", "distance_ratio")  # the calibrated open-set thresholds, by their keys
 
@@ -54,7 +57,8 @@ def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve],
             "source": "calibrated at fit"}
     points = matcher.calibration_points(refs) if queries is None else refit_points(matcher, refs, queries=queries)
     answer, unknown = points.answer, points.unknown
-    base.update({"held_out": points.held_out, "n_answer": len(answer), "n_unknown": len(unknown)})
+    base.update({"held_out": points.held_out, "n_answer": len(answer), "n_unknown": len(unknown),
+                 "confusions": confusions(points.named)})
     if not answer:
         return {**base, "calibrated": False, "score": None, "margin": None,
                 "reason": "no generator has two instances that leave-one-out attributes right"}
@@ -83,6 +87,31 @@ def _lookalikes(left_out: Sequence[tuple[str, str, Point]], t_score: float, t_ma
     return {g: {o: [k, runs[o]] for o, k in sorted(d.items())} for g, d in sorted(passed.items())}
 
 
+def confusions(named: Sequence[tuple[str, str]]) -> dict[str, dict[str, list[int]]]:
+    """{generator: {generator ranked first instead: [held-out queries, queries of the generator]}} from
+    (own generator, generator ranked first) pairs; generators never taken for another are left out."""
+    total: dict[str, int] = {}
+    taken: dict[str, dict[str, int]] = {}
+    for own, first in named:
+        total[own] = total.get(own, 0) + 1
+        if first != own:
+            taken.setdefault(own, {})
+            taken[own][first] = taken[own].get(first, 0) + 1
+    return {g: {o: [k, total[g]] for o, k in sorted(d.items())} for g, d in sorted(taken.items())}
+
+
+def confused(calibration: Mapping[str, Any] | None, a: str, b: str) -> list[tuple[str, str, int, int]]:
+    """How calibration took ``a`` and ``b`` for each other: (own generator, generator ranked first,
+    held-out queries, queries of the own generator) for each direction it happened in (none: [])."""
+    table = (calibration or {}).get("confusions") or {}
+    out = []
+    for own, other in ((a, b), (b, a)):
+        seen = (table.get(own) or {}).get(other)
+        if seen and int(seen[0]) > 0:
+            out.append((own, other, int(seen[0]), int(seen[1])))
+    return out
+
+
 def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: int | None = None,
                  queries: Mapping[str, Sequence[np.ndarray]] | None = None) -> CalibrationPoints:
     """Calibration points of any matcher: refit a closed-set copy with each instance (or fold) held out,
@@ -98,6 +127,7 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
     answer: list[Point] = []
     unknown: list[Point] = []
     left_out: list[tuple[str, str, Point]] = []
+    named: list[tuple[str, str]] = []
     probe = matcher.clone(open_set=False)
     need = probe.min_generators
     n = len(refs)
@@ -129,6 +159,8 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
             for q in standing_in(r):
                 cands = probe.rank(q)
                 ok = r.generator in present and cands[0].generator == r.generator
+                if r.generator in present:
+                    named.append((r.generator, cands[0].generator))
                 point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator))
                 (answer if ok else unknown).append(point)
     for g in sorted({r.generator for r in refs}):
@@ -144,7 +176,7 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
     if queries:
         n = {len(standing_in(r)) for r in refs}
         how += f", each held-out instance queried by {'/'.join(map(str, sorted(n)))} curve(s) standing for it"
-    return CalibrationPoints(answer, unknown, how, left_out)
+    return CalibrationPoints(answer, unknown, how, left_out, named)
 
 
 def _finite_or_none(v: float) -> float | None:

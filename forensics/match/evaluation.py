@@ -62,7 +62,8 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     """Attribute every instance with itself left out of the references.
 
     ``correct`` counts the closed-set answer (the top candidate), as the paper does; ``open_set``
-    counts how the open-set verdicts came out (answered right, answered wrong, unknown). ``queries``: the
+    counts how the open-set verdicts came out (answered right, answered with the generator's family rather
+    than the generator, answered wrong, unknown). ``queries``: the
     curves that stand for an instance when it is held out (by id; default its own curve), each attributed
     (and counted) once, and passed on to the matcher's calibration.
     """
@@ -73,7 +74,7 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     index = {g: i for i, g in enumerate(labels)}
     confusion = [[0] * len(labels) for _ in labels]
     predictions = []
-    correct = right = wrong = unknown = 0
+    correct = right = wrong = unknown = family = 0
     name, opts = None, {}
     open_set_used = False
     for i, r in enumerate(refs):
@@ -90,16 +91,19 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
             top = result.candidates[0].generator
             confusion[index[r.generator]][index[top]] += 1
             correct += top == r.generator
-            if result.verdict is None:
+            if result.named is None:
                 unknown += 1
             elif result.verdict == r.generator:
                 right += 1
+            elif result.verdict is None and result.family == r.family:
+                family += 1
             else:
                 wrong += 1
             predictions.append({"generator": r.generator, "instance": r.instance, "predicted": top,
                                 "score": result.candidates[0].score, "margin": result.margin,
-                                "distance_ratio": result.distance_ratio, "verdict": result.verdict})
-    open_set = ({"answered_right": right, "answered_wrong": wrong, "unknown": unknown}
+                                "distance_ratio": result.distance_ratio, "verdict": result.verdict,
+                                "family": result.family})
+    open_set = ({"answered_right": right, "answered_family": family, "answered_wrong": wrong, "unknown": unknown}
                 if open_set_used else None)
     return Evaluation(name or str(matcher), opts, len(predictions), correct, labels, confusion, predictions,
                       open_set)
@@ -132,14 +136,15 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
                         queries: Mapping[str, Sequence[Any]] | None = None, **options: Any) -> dict[str, Any]:
     """Leave each whole generator out and attribute its instances: the open-set test.
 
-    Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did. ``queries``
-    as :func:`leave_one_out` takes them.
+    Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did. A run that
+    names its own generator's family (another generator of it stays enrolled) is counted as ``family``:
+    neither unknown nor wrong. ``queries`` as :func:`leave_one_out` takes them.
     """
     refs = list(references)
     queries = queries or {}
     make = _factory(matcher, options)
     per: dict[str, Any] = {}
-    total = unknown = 0
+    total = unknown = in_family = 0
     for g in sorted({r.generator for r in refs}):
         rest = [r for r in refs if r.generator != g]
         held = [r for r in refs if r.generator == g]
@@ -149,17 +154,19 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         except UsageError as exc:
             per[g] = {"n": len(held), "error": str(exc)}
             continue
-        verdicts = [m.attribute(q).verdict for r in held for q in (queries.get(r.instance) or [r.fingerprint])]
-        n_unknown = sum(v is None for v in verdicts)
+        answers = [m.attribute(q) for r in held for q in (queries.get(r.instance) or [r.fingerprint])]
+        n_unknown = sum(a.named is None for a in answers)
+        n_family = sum(a.verdict is None and a.family is not None and a.family == held[0].family for a in answers)
         named: dict[str, int] = {}
-        for v in verdicts:
-            if v is not None:
-                named[v] = named.get(v, 0) + 1
-        per[g] = {"n": len(verdicts), "unknown": n_unknown, "attributed_to": named}
-        total += len(verdicts)
+        for a in answers:
+            if a.named is not None:
+                named[a.named] = named.get(a.named, 0) + 1
+        per[g] = {"n": len(answers), "unknown": n_unknown, "family": n_family, "attributed_to": named}
+        total += len(answers)
         unknown += n_unknown
+        in_family += n_family
     return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
-            "per_generator": per}
+            "family": in_family, "per_generator": per}
 
 
 def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",

@@ -56,7 +56,7 @@ class SimilarityMatcher(Matcher):
         # pooled fallback): the rest are computed once.
         nearest = {g: nearest_other(dist, np.flatnonzero(labels == g)) for g in gens}
         without_generator = {g: spreads_from({h: v for h, v in nearest.items() if h != g}) for g in gens}
-        answer, unknown, left_out = [], [], []
+        answer, unknown, left_out, named = [], [], [], []
         for i, own in enumerate(labels):
             k = gens.index(own)
             ranked = sorted(((-best[i, j], gens[j]) for j in range(len(gens)) if np.isfinite(best[i, j])))
@@ -72,10 +72,13 @@ class SimilarityMatcher(Matcher):
                 return in_spreads(float(dist[i, keep & (labels == g)].min()), spreads[g])
 
             ok = np.isfinite(best[i, k]) and cands[0].generator == own
+            if np.isfinite(best[i, k]):
+                named.append((str(own), cands[0].generator))
             (answer if ok else unknown).append(calibration_point(cands, ratio(cands[0].generator, spreads)))
             others = [c for c in cands if c.generator != own]
             if others:
                 point = calibration_point(others, ratio(others[0].generator, without_generator[own]))
                 unknown.append(point)
                 left_out.append((own, others[0].generator, point))
-        return CalibrationPoints(answer, unknown, "leave-one-out (exact, from the similarity matrix)", left_out)
+        return CalibrationPoints(answer, unknown, "leave-one-out (exact, from the similarity matrix)", left_out,
+                                 named)

@@ -1,0 +1,138 @@
+"""A verdict that names a generator family: two samplers of one network that the curves cannot tell apart
+are answered as the network, never as the wrong sampler (forensics.match.Matcher.attribute)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from forensics.match import EnrolledCurve, make_matcher
+from forensics.match.batchsize import references_at
+from forensics.match.calibration import confusions
+from forensics.match.evaluation import leave_generator_out, leave_one_out
+from forensics.protocol import Fingerprint
+
+DIGEST = "sha256:" + "f" * 64
+X = np.linspace(0, 1, 6)
+SHAPES = {"c": 2 * np.sin(6 * X) + 1, "d": 8 * (X - 0.5) ** 2 - 1, "e": -3 * X + 0.5}
+NET = 4 * X - 1   # the shared network: a and b differ from it by less than their noise
+
+
+def curves(offset_b: float = 0.02, per: int = 5, seed: int = 0, families: bool = True) -> list[EnrolledCurve]:
+    rng = np.random.default_rng(seed)
+    bases = {"a": NET, "b": NET + offset_b, **SHAPES}
+    refs = []
+    for g, base in bases.items():
+        family = "net" if families and g in ("a", "b") else None
+        for i in range(per):
+            v = base + rng.normal(0, 0.05, len(X))
+            refs.append(EnrolledCurve(g, f"{g}{i}", Fingerprint.from_values(DIGEST, v.tolist()), family=family))
+    return refs
+
+
+def fitted(refs):
+    return make_matcher("alpha").fit(refs)
+
+
+def test_confusions_are_the_held_out_instances_ranked_below_another_generator():
+    refs = curves()
+    # an independent count: refit a closed-set matcher without each instance and rank it
+    named = []
+    for i, r in enumerate(refs):
+        rest = refs[:i] + refs[i + 1:]
+        top = make_matcher("alpha", open_set=False).fit(rest).rank(r.fingerprint)[0].generator
+        named.append((r.generator, top))
+    expected = confusions(named)
+    assert expected, "the toy must confuse a and b"
+    assert set(expected) <= {"a", "b"}
+    assert fitted(refs).calibration["confusions"] == expected
+    assert confusions([("a", "a"), ("a", "b"), ("a", "b"), ("b", "b")]) == {"a": {"b": [2, 3]}}
+
+
+def test_confused_siblings_are_answered_as_their_family_not_as_either():
+    refs = curves()
+    m = fitted(refs)
+    for g in ("a", "b"):
+        res = m.attribute(next(r for r in refs if r.generator == g).fingerprint)  # one of its own curves
+        assert res.margin >= m.calibration["margin"]
+        assert res.verdict is None and res.family == "net" and res.named == "net"
+        assert set(res.family_members) == {"a", "b"}
+        assert res.reason.startswith("the family net") and "calibration ranked held-out" in res.reason
+        assert res.to_dict()["family"] == "net" and res.to_dict()["family_members"] == sorted(res.family_members)
+    # the same curves without the family: one of the two is named
+    plain = fitted(curves(families=False)).attribute(refs[0].fingerprint)
+    assert plain.verdict == "a" and plain.family is None and plain.family_members == ()
+
+
+def test_a_well_separated_family_names_the_generator():
+    m = fitted(curves(offset_b=0.6))
+    assert not m.calibration["confusions"]
+    for g, v in (("a", NET), ("b", NET + 0.6)):
+        res = m.attribute(v)
+        assert res.verdict == g and res.family is None
+
+
+def test_other_generators_and_strangers_are_unaffected():
+    m = fitted(curves())
+    assert m.attribute(SHAPES["c"]).verdict == "c"
+    stranger = m.attribute(np.full(len(X), 5.0))
+    assert stranger.verdict is None and stranger.family is None and stranger.reason.startswith("unknown")
+
+
+def test_a_family_of_one_enrolled_generator_is_no_family():
+    refs = [r for r in curves() if r.generator != "b"]
+    m = fitted(refs)
+    res = m.attribute(NET)
+    assert res.verdict == "a" and res.family is None
+
+
+def test_a_margin_lost_to_a_sibling_names_the_family_when_the_family_leads():
+    refs = curves(offset_b=0.6)
+    m = fitted(refs)
+    t_margin = m.calibration["margin"]
+    if t_margin is None:
+        # no margin threshold applies: give the matcher one, as a recorded calibration would
+        m.calibration = {**m.calibration, "margin": 0.05}
+        t_margin = 0.05
+    between = NET + 0.3   # halfway between the two siblings
+    res = m.attribute(between)
+    assert res.margin < t_margin
+    assert res.verdict is None and res.family == "net" and set(res.family_members) == {"a", "b"}
+    assert "less than the margin threshold" in res.reason and "leads every other generator" in res.reason
+    unrelated = fitted(curves(offset_b=0.6, families=False))
+    unrelated.calibration = {**unrelated.calibration, "margin": t_margin}
+    res = unrelated.attribute(between)
+    assert res.verdict is None and res.family is None and res.reason.startswith("unknown")
+
+
+def test_evaluation_counts_family_answers_apart():
+    refs = curves()
+    loo = leave_one_out(refs, "alpha").open_set
+    assert loo["answered_family"] > 0
+    assert sum(loo.values()) == len(refs)
+    lgo = leave_generator_out(refs, "alpha")
+    # a generator left out while its sibling stays: its runs may name the family, never count as unknown
+    assert lgo["family"] == sum(p.get("family", 0) for p in lgo["per_generator"].values())
+    assert all(p["family"] == 0 for g, p in lgo["per_generator"].items() if g not in ("a", "b"))
+
+
+def test_references_redrawn_at_another_size_keep_their_family():
+    refs = curves(per=2)
+    records = {r.instance: np.zeros((1, 10, 2)) for r in refs}
+    vector = {r.instance: r.fingerprint.vector() for r in refs}
+    owner = {id(rec): i for i, rec in records.items()}
+
+    def curve_of(rec, rows):
+        return vector[owner[id(rec)]]
+
+    at = references_at(refs, records, 5, curve_of, draws=2, calibration_draws=2)
+    assert [r.family for r in at.references] == [r.family for r in refs]
+
+
+@pytest.mark.parametrize("field", ["family", "family_members"])
+def test_an_attribution_without_a_family_says_so(field):
+    res = fitted(curves(offset_b=0.6)).attribute(SHAPES["d"])
+    assert res.to_dict()[field] in (None, [])
+    assert dataclasses.asdict(res)[field] in (None, ())
