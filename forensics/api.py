@@ -35,7 +35,7 @@ from forensics.results import (
 )
 
 if TYPE_CHECKING:
-    from forensics.results import CacheClearing, CacheItem, CacheListing
+    from forensics.results import CacheClearing, CacheItem, CacheListing, FamilyResult
     from forensics.engine import CombinedEngine, Curve, Engine
     from forensics.match import EnrolledCurve
     from forensics.plugins import Provided
@@ -581,18 +581,22 @@ def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:
 def enroll(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
            description: str = "", note: str | None = None, device: str = "cpu", weights: str | None = None,
            progress: Progress | None = None, recursive: bool = True, engine: str = "local",
-           ray_address: str | None = None, conditions: str | Sequence[str] | None = "all") -> EnrolmentResult:
+           ray_address: str | None = None, conditions: str | Sequence[str] | None = "all",
+           family: str | None = None) -> EnrolmentResult:
     """Fingerprint the images in batches of the protocol's m and store each batch as an instance of
     ``generator`` (under a combination, under every protocol it combines). A remainder after the last
     full batch is left out (``result.left_out``). A folder is searched recursively unless ``recursive``
     is False; ``engine``/``ray_address`` as :func:`attribute` takes them. ``conditions``: the
     post-processing conditions (:mod:`forensics.conditions`; "all", "none" or names) under which each
     instance keeps per-image records, so that queries of any batch size, re-encoded or resized, can be
-    matched against it; each condition embeds the images once more."""
+    matched against it; each condition embeds the images once more. ``family``: the model the generator
+    shares with other enrolled generators (:func:`generator_family`), recorded in its file; None leaves it."""
     from forensics import engine as engines
-    from forensics.registry.model import check_name
+    from forensics.registry.model import check_family, check_name
 
     check_name("generator name", generator)  # the name first: it decides where anything would be written
+    if family is not None:
+        check_family(family)
     _check_input(images)
     _check_weights(weights)
     with _Step(progress, "reading the registry"):
@@ -621,7 +625,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                                          + ([] if recursive else ["--no-recursive"]))
     if note:
         provenance["note"] = note
-    ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records)
+    ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records, family=family)
     return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
@@ -682,6 +686,41 @@ def remove(generator: str, *, instance: str | None = None, protocol: str | None 
     reg = open_registry(registry)
     pname = reg.resolve_protocol(protocol)
     return RemovalResult(pname, generator, tuple(reg.remove(pname, generator, instance)))
+
+
+def generator_family(generator: str, family: str | None = None, *, clear: bool = False,
+                     protocol: str | None = None, registry: RegistryLike = None) -> FamilyResult:
+    """A generator's family under a protocol: the model it shares with other enrolled generators (the
+    samplers of one diffusion network), which the matchers may name when they cannot tell its generators
+    apart. Shown when neither ``family`` nor ``clear`` is given; else set to ``family`` or cleared, in its
+    file (under a combination, in every protocol of it that holds the generator), without re-enrolling.
+    A registry whose only problems are families opens here, so that they can be corrected."""
+    from forensics.errors import RegistryError
+    from forensics.registry import Registry
+    from forensics.registry.model import check_family, check_name
+    from forensics.results import FamilyResult
+
+    check_name("generator name", generator)
+    if clear and family is not None:
+        raise UsageError("give a family to set, or --clear to remove it, not both")
+    if family is not None:
+        check_family(family)
+    reg = registry if isinstance(registry, Registry) else Registry.open(registry, strict=False)
+    others = [p for p in reg.problems if p not in reg.family_problems]
+    if others:
+        more = f" (and {len(others) - 1} more; run `forensics registry validate`)" if len(others) > 1 else ""
+        raise RegistryError(others[0] + more)
+    pname = reg.resolve_protocol(protocol)
+    entries = reg.generator_entries(pname)
+    if generator not in entries:
+        raise UsageError(f"no generator {generator!r} under {pname!r}; known: {', '.join(sorted(entries)) or 'none'}")
+    previous = entries[generator].family
+    changed: list[str] = []
+    if family is not None or clear:
+        changed = reg.set_family(pname, generator, family)
+    now = reg.generator_entries(pname).get(generator)
+    return FamilyResult(reg.path, pname, generator, now.family if now is not None else None, previous,
+                        tuple(changed), tuple(reg.family_problems))
 
 
 # -- evaluation and calibration -------------------------------------------------------------------
@@ -1120,7 +1159,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
     from forensics.engine import engine_class, one_encoder_weights
     from forensics.io.images import load_images
-    from forensics.zoo.catalog import select
+    from forensics.zoo.catalog import FAMILIES, select
 
     _check_weights(weights)
     reg = open_registry(registry)
@@ -1161,7 +1200,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
                           "command": " ".join(shlex.quote(a) for a in command),
                           "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
-            ids = reg.enroll(proto.name, z.generator, fps, provenance)
+            ids = reg.enroll(proto.name, z.generator, fps, provenance, family=FAMILIES.get(z.generator))
             done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
             if on_enrolled is not None:
                 on_enrolled(done[-1])

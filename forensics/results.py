@@ -63,6 +63,7 @@ REGISTRY_LIST_SCHEMA = "forensics.registry-list/1"
 REGISTRY_SHOW_SCHEMA = "forensics.registry-show/1"
 REGISTRY_VALIDATE_SCHEMA = "forensics.registry-validate/1"
 REGISTRY_DIFF_SCHEMA = "forensics.registry-diff/1"
+REGISTRY_FAMILY_SCHEMA = "forensics.registry-family/1"
 ENCODERS_SCHEMA = "forensics.encoder-list/1"
 ENROLMENT_SCHEMA = "forensics.enrolment/1"
 REMOVAL_SCHEMA = "forensics.removal/1"
@@ -514,7 +515,8 @@ class ProtocolDetail:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": REGISTRY_SHOW_SCHEMA, "registry": str(self.registry), "name": self.protocol.name,
                 "digest": self.protocol.digest, "protocol": self.protocol.to_dict(),
-                "generators": {g: {"description": e.description, "instances": [i.to_dict() for i in e.instances]}
+                "generators": {g: {"description": e.description, "family": e.family,
+                                   "instances": [i.to_dict() for i in e.instances]}
                                for g, e in self.generators.items()}}
 
 
@@ -551,6 +553,25 @@ class RegistryDiff:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": REGISTRY_DIFF_SCHEMA, "old": self.old, "new": str(self.new),
                 "changes": [dict(c) for c in self.changes]}
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    """``forensics.generator_family``: a generator's family under a protocol (the model it shares with other
+    enrolled generators), as it was and as it is, and the protocols whose file changed (none: shown only)."""
+
+    registry: Path
+    protocol: str
+    generator: str
+    family: str | None
+    previous: str | None
+    changed: tuple[str, ...]
+    problems: tuple[str, ...] = ()   # the registry's family problems left (`registry validate` lists them)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": REGISTRY_FAMILY_SCHEMA, "registry": str(self.registry), "protocol": self.protocol,
+                "generator": self.generator, "family": self.family, "previous": self.previous,
+                "changed": list(self.changed), "problems": list(self.problems)}
 
 
 @dataclass(frozen=True)

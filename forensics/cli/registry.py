@@ -1,4 +1,4 @@
-"""``forensics registry …``: list, show, validate, enrol, remove, diff, evaluate, calibrate, import-paper."""
+"""``forensics registry …``: list, show, validate, enrol, remove, family, diff, evaluate, calibrate, import-paper."""
 
 from __future__ import annotations
 
@@ -126,6 +126,12 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
                           esc(str(p.get("by", ""))[:40]), esc(_fmt(p.get("n_images"))), esc(_fmt(p.get("input_sha256"))),
                           esc(last))
     out.print(table)
+    families: dict[str, list[str]] = {}
+    for g, e in chosen.items():
+        if e.family:
+            families.setdefault(e.family, []).append(g)
+    for fam, members in families.items():  # the model they share (`forensics registry family`)
+        out.print(f"family {fam}: {', '.join(members)}", markup=False)
 
 
 @app.command()
@@ -183,6 +189,9 @@ def enroll(
     images: Path = typer.Argument(..., help="Images it made: a folder of PNG/JPEG, or an .npz/.npy uint8 array."),
     protocol: Optional[str] = OPT_PROTOCOL,
     description: str = typer.Option("", "--description", help="One line about the generator (kept in its file)."),
+    family: Optional[str] = typer.Option(None, "--family", help="The model it shares with other enrolled "
+                                         "generators (the network several samplers run), e.g. ddpm-net; kept in "
+                                         "its file (see `forensics registry family`)."),
     note: Optional[str] = typer.Option(None, "--note", help="A note kept with each instance's provenance."),
     device: str = OPT_DEVICE,
     weights: Optional[str] = OPT_WEIGHTS,
@@ -210,7 +219,7 @@ def enroll(
     with progress:
         result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,
                      device=device, weights=weights, progress=update, recursive=not no_recursive, engine=engine,
-                     ray_address=ray_address, conditions=conditions)
+                     ray_address=ray_address, conditions=conditions, family=family)
     input_notes(images, result.skipped)
     if result.left_out:
         err.print(f"[yellow]note:[/] {result.n_images} images make {len(result.instances)} batch(es) of "
@@ -281,6 +290,44 @@ def remove(
     else:
         out.print(f"removed {len(result.removed)} instance(s) of {name} from {result.protocol}: "
                   f"{', '.join(result.removed)}", markup=False)
+
+
+@app.command("family")
+@handle_errors
+def family(
+    name: str = typer.Argument(..., help="The enrolled generator."),
+    family_name: Optional[str] = typer.Argument(None, metavar="[FAMILY]", help="The family to record: the model it "
+                                                "shares with other enrolled generators (letters, digits, '_.+-'). "
+                                                "Omit to show the family."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the generator's family."),
+    protocol: Optional[str] = OPT_PROTOCOL,
+    registry: Optional[Path] = OPT_REGISTRY,
+    json_out: bool = OPT_JSON,
+):
+    """Show, set or clear a generator's family: the model it shares with other enrolled generators.
+
+    Generators of one family (one diffusion network under several samplers) can draw curves the matchers
+    cannot tell apart; when calibration shows them taken for one another, the verdict names the family.
+    Under a combination, the family is set under every protocol it combines. Nothing is re-enrolled.
+    Example: forensics registry family ddim ddpm-net --protocol mnist-effnet-lite0
+    """
+    from forensics.api import generator_family
+
+    result = generator_family(name, family_name, clear=clear, protocol=protocol, registry=registry)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        now = result.family or "none"
+        if family_name is None and not clear:
+            out.print(f"{name} under {result.protocol}: family {now}", markup=False)
+        elif result.changed:
+            was = result.previous or ("none" if result.family else "not a valid family")  # a bad value reads as none
+            out.print(f"{name} under {result.protocol}: family {was} → {now} (written under "
+                      f"{', '.join(result.changed)})", markup=False)
+        else:
+            out.print(f"{name} under {result.protocol}: family {now} already; nothing to write", markup=False)
+    for problem in result.problems:
+        err.print(f"[yellow]![/] {esc(problem)}")
 
 
 # -- diff ---------------------------------------------------------------------------------------

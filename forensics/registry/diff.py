@@ -52,6 +52,8 @@ def diff(a: Registry, b: Registry) -> list[dict[str, Any]]:
                 continue
             if ea.description != eb.description:
                 add("changed", "generator", name, g, detail=f"description {ea.description!r} → {eb.description!r}")
+            if ea.family != eb.family:
+                add("changed", "generator", name, g, detail=f"family {ea.family!r} → {eb.family!r}")
             ia = {i.id: i for i in ea.instances}
             ib = {i.id: i for i in eb.instances}
             for iid in sorted(set(ia) | set(ib)):

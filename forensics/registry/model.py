@@ -18,8 +18,24 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 def check_name(what: str, name: str) -> None:
     """Refuse a ``what`` (``"generator name"``, ...) that :data:`NAME_RE` does not accept."""
-    if not NAME_RE.match(name):
-        raise UsageError(f"{what} {name!r}: use letters, digits, '_', '.', '+', '-'")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # fullmatch: '$' would let a final newline by
+        raise UsageError(f"{what} {name!r:.80}: use letters, digits, '_', '.', '+', '-'")
+
+
+def family_problem(family: object) -> str | None:
+    """What is wrong with ``family`` as a generator's family (a name as :data:`NAME_RE` accepts), else None."""
+    if isinstance(family, str) and NAME_RE.fullmatch(family):
+        return None
+    got = f"{family!r:.60}" if isinstance(family, str) else f"a {type(family).__name__}"
+    return (f"expected the name of the model the generator shares with others (letters, digits, '_.+-', at most "
+            f"128, e.g. ddpm-net), got {got}")
+
+
+def check_family(family: object) -> None:
+    """Refuse (:class:`UsageError`) a family that :func:`family_problem` finds wrong."""
+    problem = family_problem(family)
+    if problem is not None:
+        raise UsageError(f"family: {problem}")
 
 
 @dataclass
@@ -41,13 +57,21 @@ class Instance:
 
 @dataclass
 class GeneratorEntry:
-    """A generator under one protocol: the content of ``generators/<name>.yaml``."""
+    """A generator under one protocol: the content of ``generators/<name>.yaml``. ``family``: the model it
+    shares with other enrolled generators (one diffusion network under several samplers), or None; written
+    only when set, so that the files of generators without one read as before."""
 
     name: str
     description: str
     protocol_digest: str
     instances: list[Instance] = field(default_factory=list)
+    family: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "generator": self.name, "description": self.description,
-                "protocol_digest": self.protocol_digest, "instances": [i.to_dict() for i in self.instances]}
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "generator": self.name,
+                               "description": self.description}
+        if self.family is not None:
+            out["family"] = self.family
+        out["protocol_digest"] = self.protocol_digest
+        out["instances"] = [i.to_dict() for i in self.instances]
+        return out

@@ -49,6 +49,9 @@ GENERATORS = {
     "pndm": ("PNDM", "google/ddpm-cifar10-32 sampled with the PNDM sampler; 3 sampling runs"),
 }
 
+# The generators that share a model (the release's three samplers of one diffusion network): their family.
+FAMILIES = {"DDPM": "ddpm-cifar10-32", "DDIM": "ddpm-cifar10-32", "PNDM": "ddpm-cifar10-32"}
+
 _LINE = re.compile(r"^\s*([A-Za-z0-9_.+-]+?)\s*:?\s*\[(.*)\]\s*$")
 
 
@@ -221,7 +224,8 @@ def import_paper(src: str | Path, registry: Any = None, *, overwrite: bool = Fal
                            "label": c.label, "sha256": source_sha,
                            "run_ids_from": RUNS_FILE if c.run else None, "run_ids_sha256": runs_sha},
             }
-            reg.enroll(PROTOCOL_NAME, gen, [fp], prov, description=descriptions[gen], ids=[iid])
+            reg.enroll(PROTOCOL_NAME, gen, [fp], prov, description=descriptions[gen], ids=[iid],
+                       family=FAMILIES.get(gen))
         written[gen] = ids
     return {"protocol": PROTOCOL_NAME, "digest": proto.digest, "generators": written,
             "n_curves": len(curves), "registry": str(reg.path)}

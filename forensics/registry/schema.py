@@ -22,7 +22,7 @@ from forensics.errors import RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, short
 from forensics.protocol import Protocol
-from forensics.registry.model import NAME_RE, SCHEMA_VERSION, GeneratorEntry, Instance
+from forensics.registry.model import NAME_RE, SCHEMA_VERSION, GeneratorEntry, Instance, family_problem
 
 #: the keys every instance's provenance has (null where not known)
 PROVENANCE_REQUIRED = ("created", "by", "tool_version", "input_sha256", "n_images")
@@ -33,7 +33,7 @@ MAX_FILE_BYTES = 64 << 20
 HEADER = (f"# forensics fingerprint registry (schema {SCHEMA_VERSION}); edit with `forensics registry …`, "
           "review in git.\n")
 
-_GENERATOR_KEYS = {"schema_version", "generator", "description", "protocol_digest", "instances"}
+_GENERATOR_KEYS = {"schema_version", "generator", "description", "family", "protocol_digest", "instances"}
 _INSTANCE_KEYS = {"id", "curve", "provenance", "records"}
 
 
@@ -230,6 +230,13 @@ def parse_generator(data: Any, label: str, stem: str, protocol: Protocol | None,
     if not isinstance(description, str):
         problems.add(label, "description", f"expected text, got {type(description).__name__}")
         description = str(description)
+    family = data.get("family")
+    if family is not None and family_problem(family) is not None:
+        where = f" --protocol {protocol.name}" if protocol is not None else ""
+        problems.add(label, "family", f"{family_problem(family)}; correct it, or clear it with "
+                                      f"`forensics registry family {stem if NAME_RE.fullmatch(stem) else 'GENERATOR'} "
+                                      f"--clear{where}`")
+        family = None
     digest = data.get("protocol_digest")
     if not is_digest(digest):
         problems.add(label, "protocol_digest", f"expected 'sha256:' and 64 hex digits, got {digest!r}")
@@ -237,7 +244,7 @@ def parse_generator(data: Any, label: str, stem: str, protocol: Protocol | None,
         problems.add(label, "protocol_digest", f"{short(digest)} is not the digest of protocol {protocol.name!r} "
                                                f"({short(protocol.digest)}): curves made under another protocol")
     instances = data.get("instances")
-    entry = GeneratorEntry(name, description, digest if isinstance(digest, str) else "", [])
+    entry = GeneratorEntry(name, description, digest if isinstance(digest, str) else "", [], family)
     if not isinstance(instances, list):
         problems.add(label, "instances", f"expected a list, got {type(instances).__name__}")
         return None

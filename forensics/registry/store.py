@@ -50,7 +50,7 @@ from forensics.match import CALIBRATION_RULE, EnrolledCurve, references_digest
 from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
 from forensics.provenance import tool_version, user, utc_now
 from forensics.registry.diff import diff
-from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_name
+from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_family, check_name
 from forensics.registry import reference as shipped
 from forensics.registry.records import as_records, read_records, records_path, write_records
 from forensics.registry.schema import (
@@ -160,6 +160,9 @@ class Registry:
         self.calibrations: dict[str, dict[str, Any]] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        #: the problems (among ``problems``) that are a generator's family: a bad value, or a combination's
+        #: protocols naming different ones; `registry family` opens a registry that has only these, to fix them
+        self.family_problems: list[str] = []
         self._join_problems: list[str] = []
         self.exists = False
 
@@ -385,7 +388,17 @@ class Registry:
                 instances.append(Instance(iid, values, dict(got[0].provenance)))
             if instances:
                 description = next((part[g].description for part in parts if g in part and part[g].description), "")
-                joined[g] = GeneratorEntry(g, description, combo.digest, instances)
+                families = {p.name: part[g].family for p, part in zip(combo.parts, parts)
+                            if g in part and part[g].family is not None}
+                family = next(iter(families.values()), None)
+                if len(set(families.values())) > 1:
+                    problem = (f"{label}: {g}: its protocols record different families ("
+                               + ", ".join(f"{p}: {f}" for p, f in families.items())
+                               + f"); set one for all with `forensics registry family {g} NAME --protocol "
+                               f"{combo.name}`")
+                    self._join_problems.append(problem)
+                    self.family_problems.append(problem)
+                joined[g] = GeneratorEntry(g, description, combo.digest, instances, family)
         return joined
 
     def _load_generators(self, folder: Path, proto: Protocol, problems: Problems,
@@ -412,7 +425,9 @@ class Registry:
             except RegistryError as exc:
                 problems.append(str(exc))
                 continue
+            n0 = len(problems)
             entry = parse_generator(data, label, gfile.stem, proto, problems)
+            self.family_problems += [p for p in problems[n0:] if p.startswith(f"{label}: family: ")]
             if entry is None:
                 continue
             if entry.name.lower() in lower:
@@ -513,7 +528,8 @@ class Registry:
         for name in sorted(self.generators.get(protocol_name, {})):
             entry = self.generators[protocol_name][name]
             for inst in entry.instances:
-                refs.append(EnrolledCurve(name, inst.id, Fingerprint(proto.digest, inst.values), dict(inst.provenance)))
+                refs.append(EnrolledCurve(name, inst.id, Fingerprint(proto.digest, inst.values), dict(inst.provenance),
+                                          family=entry.family))
         return refs
 
     def records(self, protocol_name: str, references: Sequence[EnrolledCurve], condition: str = "none"
@@ -859,7 +875,7 @@ class Registry:
 
     def enroll(self, protocol_name: str, generator: str, fingerprints: Sequence[Fingerprint],
                provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None,
-               records: Sequence[Mapping[str, Sequence[Any]]] | None = None) -> list[str]:
+               records: Sequence[Mapping[str, Sequence[Any]]] | None = None, family: str | None = None) -> list[str]:
         """Add ``fingerprints`` as new instances of ``generator`` under a protocol; returns their ids.
 
         ``provenance`` is recorded with every instance, completed with ``created`` (UTC), ``by``,
@@ -876,9 +892,14 @@ class Registry:
         written to ``<protocol>/records/<generator>/<id>/<condition>.npy`` and its digest recorded with the
         instance, so that queries of any size and condition can be matched against it
         (:mod:`forensics.registry.records`). The files are written before the generator files that name them.
+
+        ``family``: the model the generator shares with other enrolled generators (:meth:`set_family`), set
+        (or replaced) on its file with the new instances; None leaves its file's family as it is.
         """
         proto = self.protocol(protocol_name)
         self.check_enrolment(protocol_name, generator)
+        if family is not None:
+            check_family(family)
         fingerprints = list(fingerprints)
         if not fingerprints:
             raise UsageError("nothing to enrol: no fingerprints")
@@ -909,7 +930,7 @@ class Registry:
                 if records is not None else None for _, a, b in part_spans(proto)]
         with self.lock():
             writes = [self._add_instances(part, generator, [fp.values[a:b] for fp in fingerprints], base, new_ids,
-                                          description, complete=len(proto.parts) > 1,
+                                          description, complete=len(proto.parts) > 1, family=family,
                                           records=None if arrays is None else
                                           [{c: sha256_array(x) for c, x in r.items()} for r in arrays])
                       for (part, a, b), arrays in zip(part_spans(proto), kept)]
@@ -953,10 +974,11 @@ class Registry:
                 if data is None:
                     pairs.append((None, path))
                     continue
+                text = dump_yaml(data).encode("utf-8")  # before the file exists: a failure leaves none behind
                 tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(tmp, "xb") as f:
-                    f.write(dump_yaml(data).encode("utf-8"))
+                    f.write(text)
                     f.flush()
                     os.fsync(f.fileno())
                 os.chmod(tmp, 0o644)
@@ -983,8 +1005,8 @@ class Registry:
 
     def _add_instances(self, proto: Protocol, generator: str, curves: Sequence[tuple[float | None, ...]],
                        base: Mapping[str, Any], new_ids: Sequence[str], description: str,
-                       complete: bool = False, records: Sequence[Mapping[str, str]] | None = None
-                       ) -> tuple[Path, GeneratorEntry | None]:
+                       complete: bool = False, records: Sequence[Mapping[str, str]] | None = None,
+                       family: str | None = None) -> tuple[Path, GeneratorEntry | None]:
         """``generator``'s file under ``proto`` with the new instances added (not yet written); refuses
         a name that differs only in case, a curve already enrolled, an id already taken. Under the lock.
         With ``complete`` (a combination's part), instances already there with the same id, curve and input
@@ -1020,6 +1042,8 @@ class Registry:
                 return gfile, None
         if description:
             entry.description = description
+        if family is not None:
+            entry.family = family
         existing = {i.id for i in entry.instances}
         existing_curves = {i.values: i.id for i in entry.instances}
         for iid, values in zip(new_ids, curves):
@@ -1092,6 +1116,53 @@ class Registry:
                 self._write_all(changes)
         self.reload()
         return list(dict.fromkeys(removed))
+
+    def set_family(self, protocol_name: str, generator: str, family: str | None) -> list[str]:
+        """Record (or, with None, clear) the model ``generator`` shares with other enrolled generators under a
+        protocol, without enrolling anything: under a combination, in the file of every protocol of it that
+        holds the generator, all or nothing. Returns the protocols whose file changed (none when each already
+        records ``family``). Only the written layer changes: a generator file a read-only layer (the bundled
+        registry) holds is refused. A file whose only problem is its family is rewritten with the new one."""
+        check_name("generator name", generator)
+        if family is not None:
+            check_family(family)
+        proto = self.protocol(protocol_name)
+        for part in proto.parts:
+            self._generator_file(part.name, generator)
+        with self.lock():
+            changes: list[tuple[Path, dict[str, Any]]] = []
+            changed: list[str] = []
+            found = False
+            for part in proto.parts:
+                gfile = self._generator_file(part.name, generator)
+                if not gfile.is_file():
+                    below = self._entry_below(part, generator) if not gfile.is_symlink() else None
+                    if below is not None:
+                        raise UsageError(f"{generator} under {part.name} is in the read-only registry at {below[0]}, "
+                                         f"which commands do not change; pass --registry {below[0]} to set its "
+                                         "family there")
+                    continue
+                label = self._label(gfile)
+                problems = Problems()
+                data = read_yaml(gfile, label, root=self.path)
+                entry = parse_generator(data, label, gfile.stem, part, problems)
+                others = [p for p in problems if not p.startswith(f"{label}: family: ")]
+                if others or entry is None:
+                    raise RegistryError((others or problems or [f"{label}: unreadable"])[0]
+                                        + " (fix the file before writing to it)")
+                found = True
+                if entry.family == family and ("family" in data) == (family is not None):
+                    continue  # already so (a bad value, or a null, reads as None: written again without it)
+                entry.family = family
+                changes.append((gfile, entry.to_dict()))
+                changed.append(part.name)
+            if not found:
+                known = ", ".join(sorted(self.generators.get(protocol_name, {}))) or "none"
+                raise UsageError(f"no generator {generator!r} under protocol {protocol_name!r}; known: {known}")
+            if changes:
+                self._write_all(changes)
+        self.reload()
+        return changed
 
     def save_calibration(self, protocol_name: str, calibrations: Mapping[str, Mapping[str, Any]]) -> Path:
         """Record open-set calibrations (matcher name → :meth:`Matcher.describe`'s ``open_set`` plus options)."""

@@ -22,6 +22,9 @@ REFERENCE_INSTANCES = ("run0", "run1", "run2")
 HELDOUT_INSTANCE = "heldout"
 SET_SIZE = 500  # images in every sample set (m)
 MANIFEST_SCHEMA = "forensics-zoo-manifest/1"
+#: the zoo's generators that share a model, and its name: the three samplers of one diffusion network
+#: (forensics/zoo/training/generators.py), enrolled with this family
+FAMILIES = {"ddpm": "ddpm-net", "ddim": "ddpm-net", "pndm": "ddpm-net"}
 
 
 def samples_dir(registry: str | Path | None = None) -> Path:
