@@ -326,3 +326,14 @@ def test_importing_the_papers_curves_records_their_family(tmp_path):
         got = tmp_path / "imported" / PROTOCOL_NAME / "generators" / f"{g}.yaml"
         assert yaml.safe_load(got.read_text()).get("family") == yaml.safe_load(src.read_text()).get("family")
     shutil.rmtree(tmp_path / "release")
+
+
+def test_a_bundled_generators_family_is_read_but_not_changed_from_the_user_registry(tmp_path, monkeypatch):
+    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
+    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
+    shipped = bundled_registry_path() / "mnist-vit" / "generators" / "ddim.yaml"
+    before = shipped.read_bytes()
+    assert run("family", "ddim").stdout.strip().endswith("family ddpm-net")  # the default combination's
+    result = run("family", "ddim", "other", "--protocol", "mnist-vit", code=2)
+    assert "read-only registry" in result.output and "--registry" in result.output
+    assert shipped.read_bytes() == before and not (tmp_path / "data" / "registry" / "mnist-vit").exists()
