@@ -18,6 +18,7 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
                 "undefined": {layer: reason}, "n_images": 500,
                 "readings": ["copying" | "no evidence" | "underfitting" | "undefined", ...]},
       "batches": [{"values": [...], "verdict": "..." | null,          # one per batch of m images, then
+                   "family": "..." | null,                            # a family named instead (see below)
                    "n_images": 500, "partial": false}, ...],          # a remainder of >= m/2 as its own
       "partial_batch": false,                                         # fewer than m images were given
       "left_out": 0,                     # images after the last full batch, too few (< m/2) to attribute
@@ -26,7 +27,9 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
       "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null,
                   "distance_ratio": float | null,   # to the best candidate's nearest curve, in its spreads
                   "reason": "...",
-                  "lookalikes": {generator: [runs named, runs]}},  # left out at calibration, named this verdict
+                  "lookalikes": {generator: [runs named, runs]},  # left out at calibration, named this verdict
+                  "family": "..." | null,          # generator null: the family named, not which of its
+                  "family_members": ["...", ...]},  # generators (those it could not choose between)
       "reference": {"origin": "...", "n_references": 15},
       "compute": {"device": "cpu", "amp": null | "bf16" | "fp16"}   # where and in which precision it ran
     }
@@ -134,31 +137,63 @@ def curve_section(curve: Curve) -> dict[str, Any]:
 
 
 # -- attribution ----------------------------------------------------------------------------------
+def answer_label(verdict: str | None, family: str | None = None) -> str:
+    """An answer in a word or two, as tallies and tables show it: the generator named, ``family F`` when
+    it named the family F but not which of its generators, else ``unknown``."""
+    if verdict is not None:
+        return verdict
+    return "unknown" if family is None else f"family {family}"
+
+
+def members_text(members: Sequence[str]) -> str:
+    """A family's generators as a phrase: ``ddim or pndm``, ``a, b or c``."""
+    names = list(members)
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """The answer of an attribution: the generator named, or ``None`` for "unknown", and why."""
+    """The answer of an attribution: the generator named, or ``None``, and why. With ``generator``
+    ``None``, a ``family`` means the answer named the family (one network whose generators, its samplers,
+    calibration saw taken for one another) but not which of ``family_members``; no family: "unknown"."""
 
     generator: str | None
-    score: float | None       # the named generator's score; None when the answer is "unknown"
+    score: float | None       # the best candidate's score when something was named; None when "unknown"
     margin: float | None      # best score minus the runner-up's
     distance_ratio: float | None  # to the best candidate's nearest curve, in that generator's spreads
     reason: str
     lookalikes: Mapping[str, Sequence[int]]  # left out at calibration, their runs named this verdict
+    family: str | None = None                # the family named when no generator could be
+    family_members: Sequence[str] = ()       # its generators the answer could not choose between
 
     @classmethod
     def of(cls, attribution: Attribution) -> Verdict:
         best = attribution.candidates[0] if attribution.candidates else None
+        family = attribution.family if attribution.verdict is None else None
+        named = attribution.verdict is not None or family is not None
         return cls(generator=attribution.verdict,
-                   score=float(best.score) if best is not None and attribution.verdict is not None else None,
+                   score=float(best.score) if best is not None and named else None,
                    margin=None if attribution.margin is None else float(attribution.margin),
                    distance_ratio=None if attribution.distance_ratio is None else float(attribution.distance_ratio),
                    reason=attribution.reason,
-                   lookalikes={g: list(v) for g, v in attribution.lookalikes.items()})
+                   lookalikes={g: list(v) for g, v in attribution.lookalikes.items()},
+                   family=family, family_members=tuple(attribution.family_members) if family is not None else ())
+
+    @property
+    def named(self) -> str | None:
+        """What the answer names: the generator, else the family (``None``: unknown)."""
+        return self.generator if self.generator is not None else self.family
+
+    @property
+    def label(self) -> str:
+        """The answer in a word or two (:func:`answer_label`)."""
+        return answer_label(self.generator, self.family)
 
     def to_dict(self) -> dict[str, Any]:
         return {"generator": self.generator, "score": self.score, "margin": self.margin,
                 "distance_ratio": self.distance_ratio, "reason": self.reason,
-                "lookalikes": {g: list(v) for g, v in self.lookalikes.items()}}
+                "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
+                "family": self.family, "family_members": list(self.family_members)}
 
 
 @dataclass(frozen=True)
@@ -179,9 +214,20 @@ class BatchAttribution:
     def verdict(self) -> str | None:
         return self.attribution.verdict
 
+    @property
+    def family(self) -> str | None:
+        """The family named when the batch's answer named no generator of it (else ``None``)."""
+        return self.attribution.family if self.attribution.verdict is None else None
+
+    @property
+    def label(self) -> str:
+        """The batch's answer in a word or two: the generator, ``family F`` or ``unknown``."""
+        return answer_label(self.verdict, self.family)
+
     def to_dict(self) -> dict[str, Any]:
         return {"values": list(self.curve.fingerprint.values), "verdict": self.attribution.verdict,
-                "n_images": self.curve.n_images, "partial": self.partial, "compared_at": self.compared_at}
+                "family": self.family, "n_images": self.curve.n_images, "partial": self.partial,
+                "compared_at": self.compared_at}
 
 
 @dataclass(frozen=True)
@@ -218,12 +264,12 @@ class AttributionResult:
 
     @property
     def batch_votes(self) -> list[tuple[str, int]]:
-        """How many full batches named each generator ("unknown" for none), most first; a tie in the order
-        the batches came. A remainder attributed as a batch of its own is not counted (:attr:`remainder`)."""
+        """How many full batches named each generator ("family F" for a batch that named only the family
+        F, "unknown" for none), most first; a tie in the order the batches came. A remainder attributed as
+        a batch of its own is not counted (:attr:`remainder`)."""
         from collections import Counter
 
-        return Counter(b.verdict or "unknown" for b in self.batches if not b.partial or self.partial_batch
-                       ).most_common()
+        return Counter(b.label for b in self.batches if not b.partial or self.partial_batch).most_common()
 
     @property
     def remainder(self) -> BatchAttribution | None:
@@ -671,12 +717,16 @@ class HeldoutResult:
     sets: tuple[HeldoutSet, ...]
 
     def summary(self, matcher: str) -> dict[str, int]:
-        """How one matcher did: top candidate right, verdicts right, unknown and wrong, of n sets."""
+        """How one matcher did: top candidate right; verdicts right (the set's generator named), family
+        (its family named, the set's generator among the members), unknown, and wrong (another generator,
+        or a family the generator is not among), of n sets."""
         verdicts = [(s.generator, s.answers[matcher]) for s in self.sets]
+        family = [a.verdict is None and a.family is not None and g in a.family_members for g, a in verdicts]
+        right = [a.verdict == g for g, a in verdicts]
+        unknown = [a.verdict is None and a.family is None for _, a in verdicts]
         return {"top_right": sum(a.candidates[0].generator == g for g, a in verdicts),
-                "verdict_right": sum(a.verdict == g for g, a in verdicts),
-                "verdict_unknown": sum(a.verdict is None for _, a in verdicts),
-                "verdict_wrong": sum(a.verdict not in (None, g) for g, a in verdicts),
+                "verdict_right": sum(right), "verdict_family": sum(family), "verdict_unknown": sum(unknown),
+                "verdict_wrong": sum(not (r or f or u) for r, f, u in zip(right, family, unknown)),
                 "n": len(verdicts)}
 
     def to_dict(self) -> dict[str, Any]:

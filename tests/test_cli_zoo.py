@@ -132,8 +132,8 @@ def test_heldout_attributes_the_copiers_held_out_set_with_every_matcher():
         assert right or (name == "cosine" and answer["verdict"] is None), (name, answer)
         assert answer["distance_ratio"] < 1  # inside the spread of the copier's own runs
         assert isinstance(answer["lookalikes"], dict)
-        assert doc["summary"][name] == {"top_right": 1, "verdict_right": int(right), "verdict_unknown": int(not right),
-                                        "verdict_wrong": 0, "n": 1}
+        assert doc["summary"][name] == {"top_right": 1, "verdict_right": int(right), "verdict_family": 0,
+                                        "verdict_unknown": int(not right), "verdict_wrong": 0, "n": 1}
     table = run("heldout", "--protocol", "mnist-vit", "-g", "kde-copier", "-m", "alpha").output
     distance = f"{row['matchers']['alpha']['distance_ratio']:.2f}×"
     assert "dist." in table and distance in table and "kde-copier  kde-copier" in table  # 80 columns, unabridged

@@ -229,7 +229,7 @@ def batch_notes(result: Any) -> None:
         how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at else
                f"with fewer than {m} images it is less reliable")
         err.print(f"[yellow]note:[/] the last {rest.curve.n_images} of {n:,} images were attributed as a batch of "
-                  f"their own ({esc(rest.verdict or 'unknown')}; {how}); it is not in the mean curve", soft_wrap=True)
+                  f"their own ({esc(rest.label)}; {how}); it is not in the mean curve", soft_wrap=True)
     if any(b.compared_at is not None and b.compared_at < SMALLEST_MEASURED for b in result.batches):
         err.print(f"[yellow]warning:[/] a batch of fewer than {SMALLEST_MEASURED} images: attribution was not measured "
                   "below that size", soft_wrap=True)

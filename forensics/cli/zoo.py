@@ -170,6 +170,7 @@ def heldout(
     from rich.table import Table
 
     from forensics.api import zoo_heldout
+    from forensics.results import members_text
 
     progress, update = progress_bar()
     with progress:
@@ -188,13 +189,17 @@ def heldout(
                              # distance in the top candidate's spreads; the share of P_n's weight counted
                              ("runner-up", "left"), ("dist.", "right"), ("verdict", "left"), ("P_n", "right")):
             table.add_column(col, justify=justify, no_wrap=True)
+        families: dict[str, set[str]] = {}
         for r in rows:
             a = r["matchers"][n]
             top = esc(a["top"]) if a["top_right"] else f"[red]{esc(a['top'])}[/]"
-            verdict = esc(a["verdict"] or "unknown")
-            if a["verdict"] not in (None, r["generator"]):
+            family = a.get("family") if a["verdict"] is None else None   # named, but not which of its members
+            verdict = esc(a["verdict"] or family or "unknown") + ("†" if family else "")
+            if family:
+                families.setdefault(family, set()).update(a["family_members"])
+            if a["verdict"] not in (None, r["generator"]) or (family and r["generator"] not in a["family_members"]):
                 verdict = f"[red]{verdict}[/]"
-            if a["lookalikes"]:  # only a named verdict carries them
+            if a["lookalikes"]:  # only a verdict that named a generator or family carries them
                 verdict += "*"
             margin = "—" if a["margin"] is None else f"{a['margin']:+.3g}"
             cw = "—" if r["counted_weight_mean"] is None else f"{r['counted_weight_mean']:.2f}"
@@ -205,9 +210,14 @@ def heldout(
         if any(r["matchers"][n]["lookalikes"] for r in rows):
             out.print("* not exclusive: at calibration, a left-out generator's runs were named this verdict "
                       "(`forensics registry calibrate` lists them)")
+        if families:
+            named = "; ".join(f"{f} ({members_text(sorted(m))})" for f, m in sorted(families.items()))
+            out.print(f"† a family named, not which of its generators (its samplers are not told apart): {named}",
+                      markup=False)
         s = result.summary(n)
+        by_family = f"{s['verdict_family']} its family (not which generator), " if s["verdict_family"] else ""
         out.print(f"{n}: top candidate right {s['top_right']}/{s['n']}; verdicts: {s['verdict_right']} right, "
-                  f"{s['verdict_unknown']} unknown, {s['verdict_wrong']} wrong", markup=False)
+                  f"{by_family}{s['verdict_unknown']} unknown, {s['verdict_wrong']} wrong", markup=False)
 
 
 @app.command()

@@ -266,7 +266,10 @@ def curves_svg(layers: Sequence[str], query: Sequence[float | None], references:
     return "".join(parts)
 
 
-def ranking_svg(candidates: Sequence[dict[str, Any]], colours: dict[str, str], width: int = 520) -> str:
+def ranking_svg(candidates: Sequence[dict[str, Any]], colours: dict[str, str], width: int = 520,
+                named: Sequence[str] = ()) -> str:
+    """The candidates' scores as bars (the fallback of the ranking plot); the bars of ``named`` (the
+    verdict, or the generators of the family it named) outlined."""
     row = 22
     height = row * len(candidates) + 10
     scores = [c["score"] for c in candidates]
@@ -276,9 +279,10 @@ def ranking_svg(candidates: Sequence[dict[str, Any]], colours: dict[str, str], w
              'font-family="sans-serif">']
     for i, c in enumerate(candidates):
         w = (width - 220) * (c["score"] - lo) / span
+        outline = ' stroke="#000" stroke-width="1.6"' if c["generator"] in named else ""
         parts.append(f'<text x="130" y="{i * row + 16}" text-anchor="end">{_esc(P.shorten(c["generator"], 18))}</text>'
                      f'<rect x="136" y="{i * row + 4}" width="{max(w, 1):.1f}" height="{row - 6}" '
-                     f'fill="{colours.get(c["generator"], "#888")}"/>'
+                     f'fill="{colours.get(c["generator"], "#888")}"{outline}/>'
                      f'<text x="{140 + w:.1f}" y="{i * row + 16}">{c["score"]:.3f}</text>')
     return "".join(parts) + "</svg>"
 
@@ -322,9 +326,13 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     """The report of one attribution: the verdict, the query curve over each of the ``top`` best
     candidates' enrolled curves, the similarity ranking, the registry's generator-by-generator
     similarity, C_T per layer, and the JSON record."""
+    from forensics.report.terminal import assumed_text, family_text
+    from forensics.results import answer_label
+
     doc = result.to_dict()
     verdict = doc["verdict"]
-    title = verdict["generator"] or "unknown"
+    family, members = verdict.get("family"), verdict.get("family_members") or []
+    title = answer_label(verdict["generator"], family)
     page = Page(f"forensics attribution: {title}", plots=plots)
     references = [(r.generator, r.instance, r.fingerprint.vector()) for r in result.references]
     gens = sorted({g for g, _, _ in references})
@@ -335,19 +343,20 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     order = [c["generator"] for c in doc["candidates"]]
     scores = {c["generator"]: c["score"] for c in doc["candidates"]}
 
-    page.heading(f"Attribution: {title}", 1)
+    page.heading(f"Attribution: {title}" if family is None or verdict["generator"] is not None else
+                 f"Attribution: the family {family} — {family_text(members)}", 1)
     margin = "" if verdict["margin"] is None else f" · margin {verdict['margin']:+.3f}"
     score = "" if verdict["score"] is None else f" · score {verdict['score']:.3f}"
+    if verdict["score"] is not None and verdict["generator"] is None and doc["candidates"]:
+        score += f" ({_esc(doc['candidates'][0]['generator'])})"   # a family's: its best member's
     if verdict.get("distance_ratio") is not None and verdict["generator"] is not None:
         margin += f" · distance {verdict['distance_ratio']:.2f}× {_esc(verdict['generator'])}'s spread"
     page.raw(f"<p>{_source_line(doc)} · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}"
              f"<br><span class=dim>{_compute_line(doc)}</span></p>")
     page.text(verdict.get("reason") or "", cls="dim")
-    note = lookalike_note(verdict["generator"], verdict.get("lookalikes"))
+    note = lookalike_note(verdict["generator"] or family, verdict.get("lookalikes"))
     if note:
         page.raw(f"<p><b>Caution:</b> {_esc(note)}</p>")
-    from forensics.report.terminal import assumed_text
-
     page.text(assumed_text(doc) + ".", cls="dim")
     if doc.get("partial_batch") and doc.get("compared_at") is None:
         page.text(f"Only {doc['input']['n_images']} images, fewer than the protocol's batch of "
@@ -368,11 +377,14 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     if isinstance(open_set, dict) and open_set.get("calibrated") and open_set.get("score") is not None:
         threshold = float(open_set["score"])
     page.heading("Similarity ranking")
+    named = [verdict["generator"]] if verdict["generator"] is not None else list(members)
     page.plot("ranking", lambda: P.ranking_figure([(c["generator"], c["score"]) for c in doc["candidates"]],
-                                                  verdict=verdict["generator"], threshold=threshold, palette=palette),
+                                                  verdict=named, threshold=threshold, palette=palette),
               alt="each generator's similarity score, best first",
-              caption="Each generator scored against its closest enrolled run; the verdict outlined.",
-              fallback=ranking_svg(doc["candidates"], palette))
+              caption="Each generator scored against its closest enrolled run; " + (
+                  "the verdict outlined." if verdict["generator"] is not None or family is None else
+                  f"the generators of the family named ({', '.join(members)}) outlined."),
+              fallback=ranking_svg(doc["candidates"], palette, named=named))
     names, matrix = result.generator_similarity()
     page.heading("How far apart the registry's generators are")
     page.plot("similarity", lambda: P.heatmap_figure(names, matrix),

@@ -261,10 +261,12 @@ def curves_figure(layers: Sequence[str], query: Sequence[float | None],
 
 
 @styled
-def ranking_figure(candidates: Sequence[tuple[str, float]], *, verdict: str | None = None,
+def ranking_figure(candidates: Sequence[tuple[str, float]], *, verdict: str | Sequence[str] | None = None,
                    threshold: float | None = None, palette: Mapping[str, str] | None = None) -> Figure:
-    """The candidates' scores as horizontal bars, best on top; the verdict's bar outlined, the calibrated
-    score threshold (below it: unknown) as a dashed line when the matcher has one."""
+    """The candidates' scores as horizontal bars, best on top; the verdict's bar outlined (a sequence:
+    each of the generators named, as those of a family verdict), the calibrated score threshold (below
+    it: unknown) as a dashed line when the matcher has one."""
+    outlined = {verdict} if isinstance(verdict, str) else set(verdict or ())
     names = [g for g, _ in candidates]
     scores = np.array([s for _, s in candidates], dtype=float)
     palette = dict(palette or colours(sorted(names)))
@@ -273,7 +275,7 @@ def ranking_figure(candidates: Sequence[tuple[str, float]], *, verdict: str | No
     y = np.arange(len(names))
     bars = ax.barh(y, scores, color=[palette.get(g, "#888888") for g in names], height=0.7)
     for bar, g in zip(bars, names):
-        if g == verdict:
+        if g in outlined:
             bar.set_edgecolor("black")
             bar.set_linewidth(1.6)
     ax.set_yticks(y, [shorten(g, 32) for g in names])

@@ -89,11 +89,16 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
             line.append(f"   margin {verdict.margin:+.3f} over {candidates[1].generator}")
         if verdict.distance_ratio is not None:
             line.append(f"   distance {verdict.distance_ratio:.2f}× {verdict.generator}'s spread")
+    elif verdict.family is not None:
+        line = Text.assemble(("Verdict: ", "bold"), "the family ", (verdict.family, "bold green"),
+                             f" — {family_text(verdict.family_members)}")
+        if verdict.score is not None and candidates:
+            line.append(f"   score {verdict.score:.3f} ({candidates[0].generator})")
     else:
         line = Text.assemble(("Verdict: ", "bold"), ("unknown", "bold yellow"))
     if verdict.reason:
         line.append(f"\n  {verdict.reason}", style="dim")
-    note = lookalike_note(verdict.generator, verdict.lookalikes)
+    note = lookalike_note(verdict.named, verdict.lookalikes)
     if note:
         line.append(f"\n  {note}", style="yellow")
     console.print(line)
@@ -110,7 +115,7 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     table.add_column("score", justify="right")
     table.add_column("closest instance", style="dim", overflow="fold")
     for i, c in enumerate(candidates[:top], 1):
-        style = "bold" if i == 1 and verdict.generator is not None else None
+        style = "bold" if (i == 1 and verdict.generator is not None) or c.generator in verdict.family_members else None
         table.add_row(str(i), escape(c.generator), f"{float(c.score):.3f}", escape(str(c.instance or "")), style=style)
     console.print(table)
 
@@ -123,7 +128,7 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
         rest = result.remainder
         how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at
                else f"fewer than {proto.batch_size}: less reliable")
-        console.print(Text(f"The last {rest.curve.n_images} images, a batch of their own: {rest.verdict or 'unknown'} "
+        console.print(Text(f"The last {rest.curve.n_images} images, a batch of their own: {rest.label} "
                            f"({how}; not in the mean curve)", style="yellow"))
     if result.left_out:
         console.print(Text(f"The last {result.left_out} images were left out: fewer than half a batch of "
@@ -132,6 +137,15 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · {compute_text(result)}"
                        f" · reference side: {result.reference_origin} · {len(result.references)} reference "
                        "fingerprints", style="dim"))
+
+
+def family_text(members: Sequence[str]) -> str:
+    """What a family verdict leaves open, after its name: ``ddim or pndm; its samplers are not told apart
+    here`` (the generators of one family are one network under several samplers)."""
+    from forensics.results import members_text
+
+    which = f"{members_text(members)}; " if members else ""
+    return f"{which}its samplers are not told apart here"
 
 
 def assumed_text(doc: Mapping[str, Any]) -> str:
