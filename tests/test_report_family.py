@@ -253,3 +253,17 @@ def test_zoo_heldout_prints_a_family_answer_and_counts_it(protocol, answers, mon
     assert f"† a family named, not which of its generators (its samplers are not told apart): {FAMILY} " \
            "(ddim or pndm); other-net (x or y)" in out.output
     assert "verdicts: 1 right, 1 its family (not which generator), 1 unknown, 2 wrong" in out.output
+
+
+# -- registry evaluate ------------------------------------------------------------------------------
+def test_registry_evaluate_shows_family_answers_beside_right_wrong_and_unknown():
+    """The open-set cell of `registry evaluate` (terminal and HTML) counts the answers that named a family,
+    and the leave-generator-out cell the left-out runs that named their own family."""
+    from forensics.report.terminal import OPEN_SET_COLUMN, left_out_text, open_set_text
+
+    assert OPEN_SET_COLUMN == "open set: right · family · wrong · unknown"
+    assert open_set_text({"answered_right": 20, "answered_family": 3, "answered_wrong": 1, "unknown": 4}) == \
+        "20 · 3 · 1 · 4"
+    assert open_set_text(None) == "— · — · — · —"
+    assert left_out_text({"n": 27, "unknown": 24, "family": 2}) == "24/27 (family 2)"
+    assert left_out_text({"n": 27, "unknown": 25, "family": 0}) == "25/27" == left_out_text({"n": 27, "unknown": 25})

@@ -368,7 +368,7 @@ def diff(
 def _render_evaluation(result: EvaluationResult) -> None:
     from rich.table import Table
 
-    from forensics.report.terminal import stability_line
+    from forensics.report.terminal import OPEN_SET_COLUMN, left_out_text, open_set_text, stability_line
 
     for p in (p.to_dict() for p in result.protocols):
         at = (f" at batches of {p['batch_size']}" + (f", {esc(p['condition'])}" if p["condition"] != "none" else "")
@@ -376,7 +376,7 @@ def _render_evaluation(result: EvaluationResult) -> None:
               if p.get("redrawn") else "")
         table = Table(title=f"{esc(p['protocol'])}: {p['n_instances']} instances of {p['n_generators']} generators "
                             f"— leave-one-out{at}", title_justify="left")
-        for col in ("matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
+        for col in ("matcher", "LOO accuracy", "right / n", OPEN_SET_COLUMN,
                     "generator left out: unknown", "split (test_batch)"):
             table.add_column(col, justify="right" if col != "matcher" else "left", overflow="fold")
         for m in p["matchers"]:
@@ -388,8 +388,7 @@ def _render_evaluation(result: EvaluationResult) -> None:
             split = m.get("split") or {}
             table.add_row(
                 esc(m["matcher"]), f"{m['loo_accuracy']:.3f}", f"{m['correct']}/{m['n']}",
-                f"{os_.get('answered_right', '—')} · {os_.get('answered_wrong', '—')} · {os_.get('unknown', '—')}",
-                f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}",
+                open_set_text(os_), left_out_text(lgo),
                 f"{split['correct']}/{split['n']}" if "correct" in split else "—")
         out.print(table)
         for m in p["matchers"]:

@@ -45,7 +45,7 @@ import numpy as np
 from forensics.errors import UsageError
 from forensics.match import lookalike_note
 from forensics.report import plots as P
-from forensics.report.terminal import printable, stability_line
+from forensics.report.terminal import OPEN_SET_COLUMN, left_out_text, open_set_text, printable, stability_line
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -459,11 +459,10 @@ def evaluation_page(result: EvaluationResult, *, plots: bool | None = None) -> P
             lgo = m.get("leave_generator_out") or {}
             split = m.get("split") or {}
             rows.append((m["matcher"], f"{m['loo_accuracy']:.3f}", f"{m['correct']}/{m['n']}",
-                         f"{os_.get('answered_right', '—')} · {os_.get('answered_wrong', '—')} · "
-                         f"{os_.get('unknown', '—')}", f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}",
+                         open_set_text(os_), left_out_text(lgo),
                          f"{split['correct']}/{split['n']}" if "correct" in split else "—"))
             bars.append((m["matcher"], m["loo_accuracy"], lgo.get("unknown_rate")))
-        page.table(["matcher", "LOO accuracy", "right / n", "open set: right · wrong · unknown",
+        page.table(["matcher", "LOO accuracy", "right / n", OPEN_SET_COLUMN,
                     "generator left out: unknown", "split (test_batch)"], rows, numeric=(1, 2, 4, 5))
         if bars:
             page.plot(f"accuracy-{p['protocol']}", lambda bars=bars: P.accuracy_figure(bars),

@@ -224,6 +224,24 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
     render_curve(result.curve, console)
 
 
+OPEN_SET_COLUMN = "open set: right · family · wrong · unknown"
+
+
+def open_set_text(open_set: Mapping[str, Any] | None) -> str:
+    """A matcher's leave-one-out open-set verdicts as one cell (:data:`OPEN_SET_COLUMN`): answered right,
+    answered with the generator's family (not which of its generators), answered wrong, unknown."""
+    os_ = open_set or {}
+    return " · ".join(str(os_.get(k, "—")) for k in ("answered_right", "answered_family", "answered_wrong", "unknown"))
+
+
+def left_out_text(left_out: Mapping[str, Any] | None) -> str:
+    """Leave-generator-out as one cell: runs "unknown" of n, and those that named their own generator's
+    family (another generator of it still enrolled), when any did."""
+    lgo = left_out or {}
+    family = f" (family {lgo['family']})" if lgo.get("family") else ""
+    return f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}{family}"
+
+
 def stability_line(matcher: str, stability: Mapping[str, Any]) -> str:
     """How far a matcher's open-set thresholds moved with one run dropped, as one line."""
     parts = []
