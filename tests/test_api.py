@@ -98,8 +98,7 @@ def test_several_batches_are_attributed_alone_and_by_their_mean_curve(root):
     assert [d["verdict"] for d in result.to_dict()["batches"]] == [batch.verdict for batch in result.batches]
     assert [d["partial"] for d in result.to_dict()["batches"]] == [False, False, True]
     assert sorted(result.batch_votes) == sorted(  # the full batches' votes
-        (g, [batch.verdict or "unknown" for batch in full].count(g))
-        for g in {batch.verdict or "unknown" for batch in full})
+        (g, [batch.label for batch in full].count(g)) for g in {batch.label for batch in full})
 
 
 @pytest.mark.slow

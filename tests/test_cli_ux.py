@@ -335,7 +335,7 @@ def test_a_large_remainder_is_attributed_as_a_batch_of_its_own_outside_the_mean(
     engine = fake_engine[0]
     full = [b.curve.fingerprint.vector() for b in result.batches[:2]]
     np.testing.assert_array_equal(result.curve.fingerprint.vector(), np.mean(full, axis=0))  # not in the mean
-    assert dict(result.batch_votes) == {result.batches[0].verdict or "unknown": 2}  # the full batches' votes
+    assert dict(result.batch_votes) == {result.batches[0].label: 2}  # the full batches' votes
     assert np.allclose(rest.curve.fingerprint.vector(), np.nan_to_num(np.array(engine.curve_of[engine.generators[2]],
                                                                                 dtype=float)))
     doc = result.to_dict()
