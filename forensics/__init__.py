@@ -5,7 +5,7 @@ The library API; the command line (``forensics …``) is a thin wrapper of these
     import forensics
 
     result = forensics.attribute("registry/mnist-effnet-lite0/samples/ddpm/heldout.npz")
-    result.verdict.generator         # the generator named, or None for "unknown"
+    result.verdict.generator         # the generator named, or None ("unknown", or .family named)
     result.curve                     # the C_T curve: per-layer values, readings, counted weights
     result.to_dict()                 # the JSON document of `forensics attribute --json`
 

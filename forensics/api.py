@@ -3,7 +3,7 @@
 
     import forensics
     result = forensics.attribute("registry/mnist-effnet-lite0/samples/ddpm/heldout.npz")
-    result.verdict.generator        # "ddpm", or None for "unknown"
+    result.verdict.generator        # "ddpm", or None: unknown, or .family ("ddpm-net") named
     result.curve.fingerprint.values # the C_T curve (the mean of the batches' curves)
 
 Every job checks its options (protocol, matcher, amp, device, the input's path, a weights file) before the

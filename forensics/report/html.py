@@ -354,7 +354,8 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     page.raw(f"<p>{_source_line(doc)} · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}"
              f"<br><span class=dim>{_compute_line(doc)}</span></p>")
     page.text(verdict.get("reason") or "", cls="dim")
-    note = lookalike_note(verdict["generator"] or family, verdict.get("lookalikes"))
+    best = doc["candidates"][0]["generator"] if family is not None and doc["candidates"] else None
+    note = lookalike_note(verdict["generator"] or best, verdict.get("lookalikes"))  # a family's: its best member's
     if note:
         page.raw(f"<p><b>Caution:</b> {_esc(note)}</p>")
     page.text(assumed_text(doc) + ".", cls="dim")

@@ -98,7 +98,9 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
         line = Text.assemble(("Verdict: ", "bold"), ("unknown", "bold yellow"))
     if verdict.reason:
         line.append(f"\n  {verdict.reason}", style="dim")
-    note = lookalike_note(verdict.named, verdict.lookalikes)
+    # a family's lookalikes are those of its best member: calibration saw them named as it
+    note = lookalike_note(verdict.generator or (candidates[0].generator if verdict.family and candidates else None),
+                          verdict.lookalikes)
     if note:
         line.append(f"\n  {note}", style="yellow")
     console.print(line)
