@@ -1,9 +1,10 @@
 """Attribution under real evidence (issue 25): batch sizes m′ and post-processing, on new query sets.
 
-Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never enrolled), and, where a new
-set is cheap to draw, a **new** one the references and thresholds never saw (``--build``): the diffusion
-network with DDIM and PNDM under sampling seed 4, and the Gaussian mixture and the copier under seed 4,
-1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
+Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never enrolled), and **new** ones
+the references and thresholds never saw (``--build``): the diffusion network with DDIM and PNDM under
+sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE and
+DCGAN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``: an interrupted
+build resumes), 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
 ``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
 
 Curated copies of T (``--curated``, 500 of each kind by default: rotated, noisy, downsampled, shuffled,
@@ -49,7 +50,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (100, 200, 300, 500, 1000)
 CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg75", "resize2", "resize0.5", "crop90")
-NEW = {"ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4}
+NEW = {"ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4}
 
 
 def default_sets() -> Path:
@@ -66,6 +67,8 @@ def build(out: Path, n: int = 1000) -> None:
 
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = Path(os.environ.get("FORENSICS_ZOO_CKPT", "/tmp/zoo"))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     for gen, seed in NEW.items():
         path = out / f"{gen}-seed{seed}.npz"
         if path.is_file():
@@ -74,9 +77,11 @@ def build(out: Path, n: int = 1000) -> None:
         if gen in ("ddim", "pndm"):
             net, sched = G.load_ddpm()
             images = G.sample_diffusion(net, sched, gen, seed, n=n)
-        else:
+        else:  # a new training run (resumable from its checkpoints), or a new fit
             G.M_IMAGES = n  # the generators draw M_IMAGES samples
-            images, _ = {"gmm": G.train_gmm, "kde-copier": G.train_kde_copier}[gen](seed, None, G.SETTINGS[gen])
+            train = {"gmm": G.train_gmm, "kde-copier": G.train_kde_copier, "vae": G.train_vae,
+                     "dcgan": G.train_dcgan}[gen]
+            images, _ = train(seed, ckpt_dir, G.SETTINGS[gen])
         np.savez(path, images=images)
         meta = {"generator": gen, "seed": seed, "n": int(len(images)), "seconds": round(time.time() - t, 1),
                 "made_by": f"python benchmarks/robust_attribution.py --build (forensics.zoo.training.generators, "
@@ -135,6 +140,8 @@ def main() -> int:
     ap.add_argument("--matcher", default="alpha")
     ap.add_argument("--curated", type=int, default=500, help="images of each curated copy kind (0: none)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated set names (e.g. vae-seed4): only these sets")
+    ap.add_argument("--skip-loo", action="store_true", help="leave out the leave-one-out table")
     a = ap.parse_args()
     sets = a.sets or default_sets()
     if a.build:
@@ -184,7 +191,10 @@ def main() -> int:
     sizes = [int(s) for s in a.sizes.split(",")]
     t0 = time.time()
     m = proto.batch_size
+    only = set(a.only.split(",")) if a.only else None
     for gen, name, images in query_sets(sets, curated=a.curated):
+        if only is not None and name not in only:
+            continue
         for condition in conditions:
             # the whole set read once, as attribute reads it (files for png/jpeg), and embedded once: a
             # sub-batch's curve from the set's per-image records is exactly its own curve (tests/test_any_size)
@@ -231,10 +241,10 @@ def main() -> int:
     # leave-one-out on the enrolled instances themselves, at every (condition, m′): `registry evaluate
     # --batch-size m′ --condition c` (png is none to the registry: PNG changes no pixel)
     loo_rows = []
-    print("\n| condition | m′ | LOO accuracy (closed set) | open set: right · wrong · unknown | "
-          "generator left out → unknown |")
+    print("\n| condition | m′ | LOO accuracy (closed set) | open set: right · family · wrong · unknown | "
+          "generator left out → unknown (+ its family) |")
     print("|---|---|---|---|---|")
-    for condition in dict.fromkeys("none" if c == "png" else c for c in conditions):
+    for condition in dict.fromkeys("none" if c == "png" else c for c in ([] if a.skip_loo else conditions)):
         if condition.startswith("jpeg") and condition not in matchers.conditions():
             from forensics.conditions import nearest_jpeg
 
@@ -246,9 +256,11 @@ def main() -> int:
             ev = doc["protocols"][0]["matchers"][0]
             lgo, ops = ev["leave_generator_out"], ev["open_set"]
             loo_rows.append({"condition": condition, "size": size, "n": ev["n"], "correct": ev["correct"],
-                             "open_set": ops, "left_out_unknown": lgo["unknown"], "left_out_n": lgo["n"]})
+                             "open_set": ops, "left_out_unknown": lgo["unknown"], "left_out_family": lgo["family"],
+                             "left_out_n": lgo["n"]})
             print(f"| {condition} | {size} | {ev['correct']}/{ev['n']} | {ops['answered_right']} · "
-                  f"{ops['answered_wrong']} · {ops['unknown']} | {lgo['unknown']} of {lgo['n']} |", flush=True)
+                  f"{ops['answered_family']} · {ops['answered_wrong']} · {ops['unknown']} | "
+                  f"{lgo['unknown']} (+ {lgo['family']}) of {lgo['n']} |", flush=True)
     if a.json:
         a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows, "loo": loo_rows,
                                       "threads": os.environ.get("FORENSICS_THREADS")}, indent=1) + "\n")

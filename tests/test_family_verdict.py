@@ -88,22 +88,13 @@ def test_a_family_of_one_enrolled_generator_is_no_family():
     assert res.verdict == "a" and res.family is None
 
 
-def test_a_margin_lost_to_a_sibling_names_the_family_when_the_family_leads():
-    refs = curves(offset_b=0.6)
-    m = fitted(refs)
-    t_margin = m.calibration["margin"]
-    if t_margin is None:
-        # no margin threshold applies: give the matcher one, as a recorded calibration would
-        m.calibration = {**m.calibration, "margin": 0.05}
-        t_margin = 0.05
-    between = NET + 0.3   # halfway between the two siblings
-    res = m.attribute(between)
+def test_a_margin_lost_to_a_sibling_stays_unknown():
+    # an unenrolled generator often lies between two close ones: the family does not excuse the margin
+    m = fitted(curves(offset_b=0.6))
+    t_margin = m.calibration["margin"] or 0.05
+    m.calibration = {**m.calibration, "margin": t_margin}
+    res = m.attribute(NET + 0.3)   # halfway between the two siblings
     assert res.margin < t_margin
-    assert res.verdict is None and res.family == "net" and set(res.family_members) == {"a", "b"}
-    assert "less than the margin threshold" in res.reason and "leads every other generator" in res.reason
-    unrelated = fitted(curves(offset_b=0.6, families=False))
-    unrelated.calibration = {**unrelated.calibration, "margin": t_margin}
-    res = unrelated.attribute(between)
     assert res.verdict is None and res.family is None and res.reason.startswith("unknown")
 
 

@@ -185,7 +185,8 @@ def test_open_set_on_paper_curves_leaving_each_generator_out(paper_refs):
     ev = leave_one_out(paper_refs, "alpha")
     # the open set trades answers for safety: fewer wrong answers than the closed set's, most right ones kept
     assert ev.open_set["answered_wrong"] < len(paper_refs) - closed.correct
-    assert ev.open_set["answered_right"] >= closed.correct // 2
+    # DDPM, DDIM and PNDM share one network (their family): where calibration confuses them it is named
+    assert ev.open_set["answered_right"] + ev.open_set["answered_family"] >= closed.correct // 2
     lgo = leave_generator_out(paper_refs, "alpha")
     # a floor: a generator the references do not hold is "unknown" in at least two runs of three
     assert lgo["n"] == 18 and lgo["unknown"] >= 12

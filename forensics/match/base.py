@@ -206,12 +206,11 @@ class Matcher(abc.ABC):
         open-set threshold rejects it.
 
         Generators of one *family* (one network under several samplers, as the registry records it on
-        the references) can be told apart less well than the rest. The answer names the family instead
-        of one of its generators (``verdict`` ``None``, ``family`` and ``family_members`` set) when
-        - the best candidate passes every threshold, but calibration took it and another generator of its
-          family for one another (its ``confusions``): naming either would be wrong that often; or
-        - only the margin fails, because the runner-up is of the best candidate's family, while the family
-          as a whole leads every other generator by the margin threshold.
+        the references) can be told apart less well than the rest. When the best candidate passes every
+        threshold but calibration took it and another generator of its family for one another (its
+        ``confusions``), naming either would be wrong that often: the answer names the family instead
+        (``verdict`` ``None``, ``family`` and ``family_members`` set). A query the thresholds reject stays
+        "unknown", whatever its family: an unenrolled generator often lies between two close ones.
         """
         vec = as_curve(curve, self.protocol_digest)  # as given: rank and distance_ratio weigh it
         candidates = tuple(self.rank(vec))
@@ -238,23 +237,13 @@ class Matcher(abc.ABC):
         m = math.inf if margin is None else margin
         lookalikes = (cal.get("lookalikes") or {}).get(best.generator)
         family = self._families.get(best.generator)
-        far = ratio is not None and ratio > t_ratio
         if best.score < t_score:
             return answer(None, f"unknown: best score {best.score:.4f} ({best.generator}) is below the threshold "
                                 f"{t_score:.4f} {n_refs}", info)
         if m < t_margin:
-            runner = candidates[1].generator
-            rest = [c.score for c in candidates if self._families.get(c.generator) != family]
-            lead = best.score - rest[0] if rest else math.inf
-            if family is not None and self._families.get(runner) == family and lead >= t_margin and not far:
-                members = sorted(c.generator for c in candidates
-                                 if self._families.get(c.generator) == family and best.score - c.score < t_margin)
-                return answer(None, f"the family {family}: {best.generator} leads {runner} by {m:.4f}, less than the "
-                                    f"margin threshold {t_margin:.4f}, but both are of {family}, which leads every "
-                                    f"other generator by {lead:.4f} ({n_refs})", info, lookalikes, family, members)
-            return answer(None, f"unknown: {best.generator} leads {runner} by {m:.4f}, less than "
+            return answer(None, f"unknown: {best.generator} leads {candidates[1].generator} by {m:.4f}, less than "
                                 f"the margin threshold {t_margin:.4f} {n_refs}", info)
-        if far:
+        if ratio is not None and ratio > t_ratio:
             return answer(None, f"unknown: the query lies {ratio:.2f}× {best.generator}'s spread from its nearest "
                                 f"{best.generator} curve, beyond the threshold {t_ratio:.2f}× {n_refs}", info)
         passed = [f"score {best.score:.4f} ≥ {t_score:.4f}"] if t_score > -math.inf else []

@@ -188,9 +188,12 @@ def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha
     for q in queries:
         res = m.attribute(q.fingerprint)
         rows.append({"generator": q.generator, "instance": q.instance, "predicted": res.candidates[0].generator,
-                     "verdict": res.verdict, "score": res.candidates[0].score, "margin": res.margin,
-                     "distance_ratio": res.distance_ratio})
+                     "verdict": res.verdict, "family": res.family, "score": res.candidates[0].score,
+                     "margin": res.margin, "distance_ratio": res.distance_ratio, "own_family": q.family})
     correct = sum(r["predicted"] == r["generator"] for r in rows)
     return {"n": len(rows), "correct": correct, "accuracy": correct / len(rows), "n_references": len(train),
             "answered_right": sum(r["verdict"] == r["generator"] for r in rows),
-            "unknown": sum(r["verdict"] is None for r in rows), "queries": rows}
+            "answered_family": sum(r["verdict"] is None and r["family"] is not None and r["family"] == r["own_family"]
+                                   for r in rows),
+            "unknown": sum(r["verdict"] is None and r["family"] is None for r in rows),
+            "queries": [{k: v for k, v in r.items() if k != "own_family"} for r in rows]}
