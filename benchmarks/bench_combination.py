@@ -73,7 +73,7 @@ def main() -> None:
     for key in NAMES:
         t = times[key]
         print(f"{key:10} {first[key]:8.2f} {np.median(t):9.2f} {min(t):7.2f} {max(t):7.2f} "
-              f"{np.median(t) / base:9.2f}x {results[key].verdict.generator or 'unknown'}")
+              f"{np.median(t) / base:9.2f}x {results[key].verdict.label}")
     print("combined curve = effnet's values then vit's: checked")
 
 

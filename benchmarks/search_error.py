@@ -103,7 +103,7 @@ def main() -> None:
 
     def verdict(curves_by_part: dict[str, list], k: int) -> str | None:
         values = [v for part in PARTS for v in curves_by_part[part][k]]
-        return matcher.attribute(Fingerprint.from_values(combo.digest, values).vector()).verdict
+        return matcher.attribute(Fingerprint.from_values(combo.digest, values).vector()).named  # or the family
 
     heldout = [k for k, z in enumerate(sets) if z.instance == "heldout"]
     runs = [k for k, z in enumerate(sets) if z.instance != "heldout"]

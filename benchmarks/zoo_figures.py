@@ -123,7 +123,7 @@ def embedded_figures(registry, protocols: list[str]) -> dict[str, Any]:
             curve = engine.curves(images)[0]
             result = matcher.attribute(curve.fingerprint.vector())
             values = [v for v in curve.fingerprint.values if v is not None]
-            rows[name] = {"verdict": result.verdict, "top": [c.generator for c in result.candidates[:2]],
+            rows[name] = {"verdict": result.verdict, "family": result.family, "top": [c.generator for c in result.candidates[:2]],
                           "score": round(result.candidates[0].score, 3), "margin": round(result.margin, 3),
                           "distance_ratio": None if result.distance_ratio is None else round(result.distance_ratio, 2),
                           "curve": [round(min(values), 2), round(max(values), 2)],
