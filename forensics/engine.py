@@ -328,8 +328,14 @@ class Engine:
         self.reference_origin = "computed"
         if self.use_cache:
             path = cache_dir() / "reference" / self._reference_paths()[-1].name
-            save_reference(path, refs, layers)
-            self.reference_origin = f"computed, cached at {path}"
+            try:
+                save_reference(path, refs, layers)
+                self.reference_origin = f"computed, cached at {path}"
+            except (OSError, ForensicsError) as exc:  # a read-only cache folder, a full disk: the fit serves
+                self.reference_origin = f"computed, not cached ({exc})"
+                warnings.warn(f"the reference side was computed but could not be cached at {path} ({exc}); the "
+                              "next run computes it again (set FORENSICS_CACHE_DIR to a writable folder)",
+                              stacklevel=2)
         return refs
 
     def _fit_reference(self, layers: Sequence[str], device: str | None) -> list[Any]:

@@ -136,3 +136,19 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     np.testing.assert_array_equal(store.get(key), np.ones((2, 3), np.float32))
     assert store.get(key, rows=5) is None  # wrong row count counts as damage
     assert store.clear() == 0 and files(tmp_path / "c") == []
+
+
+def test_embeddings_that_cannot_be_cached_are_returned_with_a_warning(lite, monkeypatch):
+    # a read-only cache folder or a full disk: the forward pass is not lost
+    from forensics.encode import cache as caches
+
+    images = sample_images(n=3, size=30)
+    want = embed(lite, images, layers=["bn1"], cache=False)[0]
+
+    def full(self, path, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(caches.EmbeddingCache, "write_shard", full)
+    with pytest.warns(UserWarning, match="not cached .*No space left"):
+        got = embed(lite, images, layers=["bn1"], cache=True)[0]
+    np.testing.assert_array_equal(got, want)

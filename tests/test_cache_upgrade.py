@@ -217,3 +217,22 @@ def test_the_bundled_registry_s_reference_sides_are_left_as_shipped(bundled_regi
         plugins.reset(old)
     assert engine.reference_origin is not None and engine.reference_origin.startswith(str(folder))
     assert {p: (file_identity(p.stat()), p.read_bytes()) for p in sorted(folder.iterdir())} == files
+
+
+def test_a_fresh_fit_that_cannot_be_cached_serves_and_warns(toy_protocol, monkeypatch, tmp_path):
+    # the reference side computed where the cache cannot be written (a read-only folder, a full disk): the
+    # run carries on with the fit, says so, and leaves nothing behind
+    protocol = toy_protocol("readonly", layers=2)
+    refs = fits()
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
+    engine = engines.Engine(protocol)
+    monkeypatch.setattr(engine, "_fit_reference", lambda layers, device: refs)
+
+    def read_only(path, arrays):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(engines, "save_mapped_npz", read_only)
+    with pytest.warns(UserWarning, match="could not be cached .*Read-only file system"):
+        assert engine.reference_side() == refs
+    assert engine.reference_origin.startswith("computed, not cached")
+    assert not (tmp_path / "cache" / "reference").exists() or not any((tmp_path / "cache" / "reference").iterdir())

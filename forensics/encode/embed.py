@@ -11,6 +11,7 @@ the batch size: every image is preprocessed on its own terms and encoders run in
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -151,9 +152,13 @@ def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = No
                 progress(min(start + len(feats[0]), n), n)
         results.update(out)
         if store is not None:
-            for name in todo:
-                store.put(keys[name], out[name], what={"images": digest, "encoder": encoder.name, "layer": name,
-                                                       "amp": amp})
+            try:
+                for name in todo:
+                    store.put(keys[name], out[name], what={"images": digest, "encoder": encoder.name, "layer": name,
+                                                           "amp": amp})
+            except OSError as exc:  # a read-only cache folder, a full disk: the embeddings serve as computed
+                warnings.warn(f"embeddings computed but not cached ({exc}); the next run computes them again "
+                              "(set FORENSICS_CACHE_DIR to a writable folder)", stacklevel=2)
     elif progress is not None:
         progress(n, n)
     return [results[name] for name in names]
