@@ -103,7 +103,9 @@ def test_clear_older_than_keeps_younger_entries(cache):
 @pytest.mark.parametrize("text, seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("2w", 14 * 86400),
                                            ("45s", 45), ("7", 7 * 86400), ("1.5h", 5400)])
 def test_durations(text, seconds):
-    assert forensics.api.parse_duration(text) == seconds
+    from forensics.api import parse_duration  # imported here: alone in a worker, forensics.api may not be yet
+
+    assert parse_duration(text) == seconds
 
 
 def test_a_bad_duration_fails_before_anything_is_touched(cache):
