@@ -43,6 +43,11 @@ class Problems(list):
     def add(self, label: str, key: str | None, message: str) -> None:
         self.append(f"{label}: {key}: {message}" if key else f"{label}: {message}")
 
+    @staticmethod
+    def is_about(problem: str, label: str, key: str) -> bool:
+        """Whether ``problem`` (as :meth:`add` wrote it) is about ``key`` of the file ``label``."""
+        return problem.startswith(f"{label}: {key}: ")
+
 
 # -- YAML ----------------------------------------------------------------------------------------
 class _Dumper(yaml.SafeDumper):
@@ -231,9 +236,10 @@ def parse_generator(data: Any, label: str, stem: str, protocol: Protocol | None,
         problems.add(label, "description", f"expected text, got {type(description).__name__}")
         description = str(description)
     family = data.get("family")
-    if family is not None and family_problem(family) is not None:
+    wrong = None if family is None else family_problem(family)
+    if wrong is not None:
         where = f" --protocol {protocol.name}" if protocol is not None else ""
-        problems.add(label, "family", f"{family_problem(family)}; correct it, or clear it with "
+        problems.add(label, "family", f"{wrong}; correct it, or clear it with "
                                       f"`forensics registry family {stem if NAME_RE.fullmatch(stem) else 'GENERATOR'} "
                                       f"--clear{where}`")
         family = None

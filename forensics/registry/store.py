@@ -427,7 +427,7 @@ class Registry:
                 continue
             n0 = len(problems)
             entry = parse_generator(data, label, gfile.stem, proto, problems)
-            self.family_problems += [p for p in problems[n0:] if p.startswith(f"{label}: family: ")]
+            self.family_problems += [p for p in problems[n0:] if Problems.is_about(p, label, "family")]
             if entry is None:
                 continue
             if entry.name.lower() in lower:
@@ -1146,7 +1146,7 @@ class Registry:
                 problems = Problems()
                 data = read_yaml(gfile, label, root=self.path)
                 entry = parse_generator(data, label, gfile.stem, part, problems)
-                others = [p for p in problems if not p.startswith(f"{label}: family: ")]
+                others = [p for p in problems if not Problems.is_about(p, label, "family")]
                 if others or entry is None:
                     raise RegistryError((others or problems or [f"{label}: unreadable"])[0]
                                         + " (fix the file before writing to it)")
