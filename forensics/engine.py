@@ -263,6 +263,9 @@ class Engine:
         self.amp = amp
         self.statistic: Statistic = get_statistic(protocol.statistic.name)
         self.fit_params, self.score_params = split_params(self.statistic, protocol.statistic.params)
+        fix = getattr(self.statistic, "batch_params", None)  # optional: parameters the batch size fixes
+        if callable(fix):
+            self.score_params = dict(fix(self.score_params, protocol.batch_size))
         self._encoder: Encoder | None = None
         self._reference_side: list[Any] | None = None
         self.reference_origin: str | None = None

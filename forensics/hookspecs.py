@@ -140,8 +140,9 @@ def forensics_statistics(register: RegisterStatistic) -> None:
         **params)`` returns a :class:`~forensics.stats.base.FittedStatistic` whose ``score(generated,
         **params)`` returns a :class:`~forensics.stats.base.Score` (``value``, ``counted_weight``);
         ``fit_params``, ``score_params``, ``defaults``, ``devices``, ``reading(value)`` and
-        ``reading_thresholds`` say how it is parametrised, where it computes and what a value means. The
-        host checks these attributes when the statistic is registered.
+        ``reading_thresholds`` say how it is parametrised, where it computes and what a value means; an
+        optional ``batch_params(score_params, m)`` resolves score parameters that depend on the protocol's
+        batch size m. The host checks these attributes when the statistic is registered.
     :returns: nothing; every call of ``register`` is collected.
 
     Example::

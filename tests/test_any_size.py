@@ -277,6 +277,15 @@ def test_enrolment_keeps_records_that_give_back_its_curve(digits, plugin_host):
     rows = np.arange(0, M, 2)
     assert engine.curve_from_records(list(records[ref.instance]), rows).fingerprint.values == \
         engine.curve(images[M:][rows]).fingerprint.values
+    # a batch of m′ < m counts a cell when it holds more than 20·m′/m of its images, the share a batch of
+    # m must hold: the same cells count at every batch size (τ = 20/m, not 20/m′)
+    sides = engine.reference_side()
+    embedded = engine.embed(images[M:][rows])
+    at_m = [side.score(e, tau=20 / M) for side, e in zip(sides, embedded)]
+    at_m_prime = [side.score(e, tau=20 / len(rows)) for side, e in zip(sides, embedded)]
+    assert [c.tau for c in at_m] == [20 / M] * len(sides)
+    assert any(sum(x.counted for x in a.cells) > sum(x.counted for x in b.cells) for a, b in zip(at_m, at_m_prime))
+    assert engine.curve(images[M:][rows]).fingerprint.values == tuple(c.value for c in at_m)
 
 
 @pytest.mark.slow

@@ -14,6 +14,10 @@ parameter's default. All of them are recorded in a protocol.
 A statistic that can compute on a torch device (a GPU) says so with ``devices = True``: its ``fit`` then
 also takes ``device=`` and its references have ``.to(device)``, and the engine passes them its own
 device whenever that is not the CPU. The device may change how fast a value comes, never the value.
+
+A statistic whose score parameters depend on the protocol's batch size m may also have
+``batch_params(score_params, m)``, returning them resolved for m (C_T: tau null is 20/m); the engine
+scores batches of every size with what it returns.
 """
 
 from __future__ import annotations
