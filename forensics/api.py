@@ -159,7 +159,8 @@ def list_protocols(registry: RegistryLike = None) -> RegistryListing:
             encoder=" + ".join(p.encoder.name for p in proto.parts),
             combines=tuple(p.name for p in proto.parts) if len(proto.parts) > 1 else None,
             n_layers=len(proto.layers), batch_size=proto.batch_size,
-            generators={g: len(e.instances) for g, e in sorted(gens.items())}))
+            generators={g: len(e.instances) for g, e in sorted(gens.items())},
+            families={g: e.family for g, e in sorted(gens.items()) if e.family}))
     return RegistryListing(reg.path, reg.default_protocol, tuple(rows))
 
 

@@ -529,11 +529,13 @@ class ProtocolSummary:
     n_layers: int
     batch_size: int
     generators: Mapping[str, int]        # generator → enrolled instances, by name
+    families: Mapping[str, str] = field(default_factory=dict)  # generator → its family, those that have one
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "digest": self.digest, "default": self.default, "description": self.description,
                 "encoder": self.encoder, "combines": None if self.combines is None else list(self.combines),
-                "n_layers": self.n_layers, "batch_size": self.batch_size, "generators": dict(self.generators)}
+                "n_layers": self.n_layers, "batch_size": self.batch_size, "generators": dict(self.generators),
+                "families": dict(self.families)}
 
 
 @dataclass(frozen=True)

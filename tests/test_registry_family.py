@@ -243,6 +243,11 @@ def test_the_family_command_shows_sets_and_clears(reg):
     doc = json.loads(run("show", "--registry", reg.path, "--json").stdout)
     schemas.validate(doc)
     assert doc["generators"]["gan"]["family"] == "gan-net" and doc["generators"]["vae"]["family"] is None
+    # registry list too: only the generators that have one
+    listing = json.loads(run("list", "--registry", reg.path, "--json").stdout)
+    schemas.validate(listing)
+    assert listing["protocols"][0]["families"] == {"gan": "gan-net"}
+    assert "familygan-net" in "".join(c for c in run("list", "--registry", reg.path).stdout if c.isalnum() or c == "-")
     cleared = json.loads(run("family", "gan", "--clear", "--registry", reg.path, "--json").stdout)
     schemas.validate(cleared)
     assert (cleared["family"], cleared["previous"], cleared["changed"]) == (None, "gan-net", ["toy"])

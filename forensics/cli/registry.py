@@ -63,7 +63,8 @@ def _render_listing(result: RegistryListing, below: tuple[Path, ...] = ()) -> No
         table.add_column(col, overflow="fold")
     for p in result.protocols:
         name = esc(p.name) + (" [bold](default)[/]" if p.default else "")
-        gens = esc(", ".join(f"{g} ({n})" for g, n in p.generators.items())) or "[dim]none[/]"
+        gens = esc(", ".join(f"{g} ({n}{', family ' + p.families[g] if g in p.families else ''})"
+                             for g, n in p.generators.items())) or "[dim]none[/]"
         table.add_row(name, esc(_fmt(p.digest)), esc(p.encoder), str(p.n_layers), str(p.batch_size), gens)
     out.print(table)
 
