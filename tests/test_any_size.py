@@ -56,6 +56,24 @@ def test_records_of_any_subset_score_exactly_as_that_subset(fitted):
     assert fit.score_records(records[shuffled]).value == fit.score(generated).value
 
 
+def test_the_default_cell_threshold_keeps_the_cells_of_a_batch_of_m_in_a_small_batch(fitted):
+    from forensics.stats.ct.statistic import default_tau
+
+    assert default_tau(500, 10) == default_tau(500, 10, 500) == 20 / 500       # Meehan et al.'s 20/m
+    assert default_tau(100, 10) == 20 / 100                                    # no protocol: 20/m′
+    assert default_tau(100, 10, 500) == 20 / 500     # 100 < 20k: the share a batch of 500 must hold
+    assert default_tau(199, 10, 500) == 20 / 500 and default_tau(200, 10, 500) == 20 / 200  # from 20k on: 20/m′
+    assert default_tau(150, 10, 100) == 20 / 150     # larger than m: never stricter than 20/m′
+    fit, generated = fitted                          # k = 4: below 80 points the protocol's m decides
+    records = fit.records(generated)
+    rows = np.arange(0, 160, 3)                      # 54 points
+    small = fit.score_records(records[rows], batch_size=160)
+    assert small.tau == 20 / 160 and small.to_dict() == fit.score(generated[rows], batch_size=160).to_dict()
+    assert small.to_dict() == fit.score_records(records[rows], tau=20 / 160).to_dict()
+    with pytest.raises(UsageError, match="batch_size"):
+        fit.score_records(records, batch_size=0)
+
+
 def test_records_that_cannot_be_a_sets_records_are_refused(fitted):
     fit, generated = fitted
     records = fit.records(generated)
@@ -277,15 +295,18 @@ def test_enrolment_keeps_records_that_give_back_its_curve(digits, plugin_host):
     rows = np.arange(0, M, 2)
     assert engine.curve_from_records(list(records[ref.instance]), rows).fingerprint.values == \
         engine.curve(images[M:][rows]).fingerprint.values
-    # a batch of m′ < m counts a cell when it holds more than 20·m′/m of its images, the share a batch of
-    # m must hold: the same cells count at every batch size (τ = 20/m, not 20/m′)
+    # a batch too small for its k = 3 cells to hold 20 images each (50 < 60) counts a cell when it holds
+    # the share a batch of m must hold (τ = 20/m, not 20/m′): more of its cells count
     sides = engine.reference_side()
     embedded = engine.embed(images[M:][rows])
     at_m = [side.score(e, tau=20 / M) for side, e in zip(sides, embedded)]
     at_m_prime = [side.score(e, tau=20 / len(rows)) for side, e in zip(sides, embedded)]
-    assert [c.tau for c in at_m] == [20 / M] * len(sides)
     assert any(sum(x.counted for x in a.cells) > sum(x.counted for x in b.cells) for a, b in zip(at_m, at_m_prime))
     assert engine.curve(images[M:][rows]).fingerprint.values == tuple(c.value for c in at_m)
+    # one that can (60 ≥ 60) is scored as Meehan et al. say, τ = 20/m′
+    sixty = images[M:M + 60]
+    assert engine.curve(sixty).fingerprint.values == tuple(
+        side.score(e, tau=20 / 60).value for side, e in zip(sides, engine.embed(sixty)))
 
 
 @pytest.mark.slow

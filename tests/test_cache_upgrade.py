@@ -120,9 +120,7 @@ def test_a_fit_without_layouts_to_store_is_not_rewritten_at_every_opening(tmp_pa
 def test_the_engine_upgrades_its_cached_reference_side_once_with_the_same_curve(toy_protocol, monkeypatch):
     from forensics.encode.cache import cache_dir
 
-    import dataclasses
-
-    protocol = dataclasses.replace(toy_protocol("upgrade", layers=2), batch_size=150)  # a batch of the queries' size
+    protocol = toy_protocol("upgrade", layers=2)
     refs = [FittedCT.fit(f.training_points, np.random.default_rng(i).standard_normal((200, 12)), k=3,
                          distance="cosine", seed=0) for i, f in enumerate(fits())]
     engine = engines.Engine(protocol)

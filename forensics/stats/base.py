@@ -16,8 +16,8 @@ also takes ``device=`` and its references have ``.to(device)``, and the engine p
 device whenever that is not the CPU. The device may change how fast a value comes, never the value.
 
 A statistic whose score parameters depend on the protocol's batch size m may also have
-``batch_params(score_params, m)``, returning them resolved for m (C_T: tau null is 20/m); the engine
-scores batches of every size with what it returns.
+``batch_params(score_params, m)``, returning them resolved for m (C_T adds m, by which a small batch
+counts its cells); the engine scores batches of every size with what it returns.
 """
 
 from __future__ import annotations

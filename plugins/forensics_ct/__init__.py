@@ -4,9 +4,10 @@ Parameters (all recorded in a protocol): ``k`` cells (k-means on T, seeded by ``
 ("euclidean" or "cosine" = 1 − |cos|), ``projection`` (PCA dimensions fitted on T, or null), ``tau``
 (a cell counts when more than tau·m generated points fall in it; null = 20/m).
 
-In a protocol, null means 20/m for the protocol's batch size m (:meth:`CTStatistic.batch_params`): a batch
-of m′ ≠ m images then counts a cell when it holds the same share of the batch as a batch of m must (more
-than 20·m′/m images), so that the same cells count at every batch size.
+In a protocol, null is Meehan et al.'s 20/m′ for a batch of m′ images, except in a batch too small for
+its k cells to hold 20 images each on average (m′ < 20k): there a cell counts when it holds the share of
+the batch that a batch of the protocol's m must hold (20/m; :meth:`CTStatistic.batch_params`,
+:func:`forensics.stats.ct.statistic.default_tau`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ class CTStatistic:
         return "no evidence"
 
     def batch_params(self, params, batch_size):
-        """The score parameters ``params`` of a protocol whose batch size is ``batch_size``: tau null is
-        20/batch_size, for batches of every size (Meehan et al.'s 20/m for a batch of the protocol's m;
-        at m′ = 100 of m = 500 the largest one or two of k = 10 cells would count under 20/m′, and the
-        curve of a small batch would rest on them alone)."""
-        tau = params.get("tau")
-        return {**params, "tau": 20.0 / batch_size if tau is None else tau}
+        """The score parameters ``params`` of a protocol whose batch size is ``batch_size``: that size goes
+        with them, so that tau null can count the cells of a batch too small for 20 images a cell as a
+        batch of the protocol's m would (at m′ = 100 of m = 500, k = 10, 20/m′ would count only the largest
+        one or two cells, and the curve of a small batch would rest on them alone)."""
+        return {**params, "batch_size": batch_size}
 
     def fit(self, train, test, *, device=None, **params):
         from forensics.stats.ct import FittedCT

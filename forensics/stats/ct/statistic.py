@@ -105,6 +105,16 @@ def _check_tau(tau: Any) -> None:
         raise UsageError(f"tau must be a non-negative number (or None for 20/m), not {tau!r}")
 
 
+def default_tau(n: int, k: int, batch_size: int | None = None) -> float:
+    """τ when none is given, for a batch of ``n`` generated points over ``k`` cells: Meehan et al.'s 20/n
+    (a cell needs more than 20 points). A batch too small for its k cells to hold 20 points each on average
+    (n < 20k) would count only its largest one or two cells that way; given the protocol's ``batch_size``
+    m, such a batch counts a cell when it holds the share of the batch a batch of m must hold: 20/max(n, m)."""
+    if batch_size is None or n >= 20 * k:
+        return 20.0 / n
+    return 20.0 / max(n, batch_size)
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise UsageError(f"{name} must be a positive integer, not {value!r}")
@@ -359,19 +369,24 @@ class FittedCT:
                                  f"or test points")
         return index
 
-    def score(self, generated, *, tau: float | None = None, generated_cells=None) -> CTResult:
+    def score(self, generated, *, tau: float | None = None, batch_size: int | None = None,
+              generated_cells=None) -> CTResult:
         """C_T of the generated set (m × d) against this fit.
 
         ``tau``: a cell counts when more than tau·m generated points fall in it (default 20/m, i.e. at
-        least 21). ``generated_cells``: cell ids of the generated rows, required when this C_T
-        was fitted on given cells (otherwise the points go to the nearest k-means centre)."""
+        least 21; see :func:`default_tau` for ``batch_size``, a protocol's batch size). ``generated_cells``:
+        cell ids of the generated rows, required when this C_T was fitted on given cells (otherwise the
+        points go to the nearest k-means centre)."""
         _check_tau(tau)
-        return self.score_records(self.records(generated, generated_cells=generated_cells), tau=tau)
+        return self.score_records(self.records(generated, generated_cells=generated_cells), tau=tau,
+                                  batch_size=batch_size)
 
-    def score_records(self, records, *, tau: float | None = None) -> CTResult:
+    def score_records(self, records, *, tau: float | None = None, batch_size: int | None = None) -> CTResult:
         """C_T of the set whose rows' :meth:`records` are ``records`` (any subset of a set's records, in
         any order of cells: the value is that subset's :meth:`score`)."""
         _check_tau(tau)
+        if batch_size is not None:
+            _positive_int(batch_size, "batch_size")
         r = np.asarray(records)
         if r.ndim != 2 or r.shape[1] != 2 or r.dtype.kind != "f" or len(r) == 0:
             raise StatisticError(f"C_T records must be a non-empty (m, 2) float array of (cell id, distance), "
@@ -382,7 +397,7 @@ class FittedCT:
                                  "finite; recompute them")
         m = len(r)
         index = self._cell_index(qc.astype(np.int64))
-        tau = 20.0 / m if tau is None else float(tau)
+        tau = default_tau(m, len(self._cells), batch_size) if tau is None else float(tau)
         counts_q = np.bincount(index, minlength=len(self._cells))
         test_index = np.searchsorted(self._cells, self._test_cells)
         cells, num, den = [], 0.0, 0.0
