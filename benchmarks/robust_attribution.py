@@ -1,8 +1,8 @@
 """Attribution under real evidence (issue 25): batch sizes m′ and post-processing, on new query sets.
 
 Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never enrolled), and **new** ones
-the references and thresholds never saw (``--build``): the diffusion network with DDIM and PNDM under
-sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE and
+the references and thresholds never saw (``--build``): the diffusion network with DDPM (ancestral), DDIM and
+PNDM under sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE and
 DCGAN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``: an interrupted
 build resumes), 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
 ``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (100, 200, 300, 500, 1000)
 CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg75", "resize2", "resize0.5", "crop90")
-NEW = {"ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4}
+NEW = {"ddpm": 4, "ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4}
 
 
 def default_sets() -> Path:
@@ -74,7 +74,7 @@ def build(out: Path, n: int = 1000) -> None:
         if path.is_file():
             continue
         t = time.time()
-        if gen in ("ddim", "pndm"):
+        if gen in ("ddpm", "ddim", "pndm"):
             net, sched = G.load_ddpm()
             images = G.sample_diffusion(net, sched, gen, seed, n=n)
         else:  # a new training run (resumable from its checkpoints), or a new fit
