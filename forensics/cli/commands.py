@@ -222,7 +222,8 @@ def protocol_create(
     k: int = typer.Option(10, "--k", min=1, help="Number of k-means cells."),
     distance: str = typer.Option("cosine", "--distance", help="euclidean, or cosine (1 - |cos|)."),
     projection: Optional[int] = typer.Option(64, "--projection", help="PCA dimensions fitted on T (0 = none)."),
-    tau: Optional[float] = typer.Option(None, "--tau", help="Cell threshold (default 20/m for a batch of m; a batch too small for 20 a cell: 20/--batch-size)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Cell threshold (default 20/m for a batch of m; "
+                                        "a batch too small for 20 images a cell: 20/--batch-size)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the k-means cells."),
     batch_size: int = typer.Option(500, "--batch-size", "-m", min=2, help="Images per fingerprint (m)."),
     description: str = typer.Option("", "--description", help="One line saying what the protocol is for."),

@@ -96,6 +96,8 @@ def contract_problems(statistic: object) -> list[str]:
             problems.append(f"{name} must be {_ATTRIBUTES[name]}, got {names!r}")
     if not isinstance(statistic.defaults, Mapping):
         problems.append(f"defaults must be {_ATTRIBUTES['defaults']}")
+    if hasattr(statistic, "batch_params") and not callable(statistic.batch_params):
+        problems.append("batch_params must be a method (score_params, batch_size) → score_params")
     if not isinstance(statistic.devices, bool):
         problems.append(f"devices must be a bool, got {statistic.devices!r}")
     thresholds = statistic.reading_thresholds
