@@ -2,8 +2,8 @@
 
 Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never enrolled), and **new** ones
 the references and thresholds never saw (``--build``): the diffusion network with DDPM (ancestral), DDIM and
-PNDM under sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE and
-DCGAN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``: an interrupted
+PNDM under sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE,
+DCGAN and SNGAN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``: an interrupted
 build resumes), 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
 ``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
 
@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (100, 200, 300, 500, 1000)
 CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg75", "resize2", "resize0.5", "crop90")
-NEW = {"ddpm": 4, "ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4}
+NEW = {"ddpm": 4, "ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4, "sngan": 4}
 
 
 def default_sets() -> Path:
@@ -59,8 +59,9 @@ def default_sets() -> Path:
     return cache_dir() / "robust-sets"
 
 
-def build(out: Path, n: int = 1000) -> None:
-    """Draw the new query sets (seeded) into ``out``."""
+def build(out: Path, n: int = 1000, only: set[str] | None = None) -> None:
+    """Draw the new query sets (seeded) into ``out`` (only those named ``<generator>-seed<seed>`` in
+    ``only``, when given: two builds side by side each take their own)."""
     import torch
 
     from forensics.zoo.training import generators as G
@@ -71,7 +72,7 @@ def build(out: Path, n: int = 1000) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for gen, seed in NEW.items():
         path = out / f"{gen}-seed{seed}.npz"
-        if path.is_file():
+        if path.is_file() or (only is not None and path.stem not in only):
             continue
         t = time.time()
         if gen in ("ddpm", "ddim", "pndm"):
@@ -80,7 +81,7 @@ def build(out: Path, n: int = 1000) -> None:
         else:  # a new training run (resumable from its checkpoints), or a new fit
             G.M_IMAGES = n  # the generators draw M_IMAGES samples
             train = {"gmm": G.train_gmm, "kde-copier": G.train_kde_copier, "vae": G.train_vae,
-                     "dcgan": G.train_dcgan}[gen]
+                     "dcgan": G.train_dcgan, "sngan": G.train_sngan}[gen]
             images, _ = train(seed, ckpt_dir, G.SETTINGS[gen])
         np.savez(path, images=images)
         meta = {"generator": gen, "seed": seed, "n": int(len(images)), "seconds": round(time.time() - t, 1),
@@ -145,7 +146,7 @@ def main() -> int:
     a = ap.parse_args()
     sets = a.sets or default_sets()
     if a.build:
-        build(sets)
+        build(sets, only=None if a.only is None else set(a.only.split(",")))
         return 0
 
     from forensics import api
