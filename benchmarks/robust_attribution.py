@@ -150,7 +150,7 @@ def main() -> int:
         return 0
 
     from forensics import api
-    from forensics.engine import make_engine
+    from forensics.engine import make_engine, records_curve
     from forensics.match import make_matcher
     from forensics.match.batchsize import layer_weights, references_at
 
@@ -174,9 +174,7 @@ def main() -> int:
             if condition == "none" and size == proto.batch_size:
                 redrawn_refs, queries = refs, None
             else:
-                def curve_of(rec, rows):
-                    return engine.curve_from_records(list(rec), rows).fingerprint.vector()
-                redrawn = references_at(refs, matchers.records(condition), size, curve_of)
+                redrawn = references_at(refs, matchers.records(condition), size, records_curve(engine))
                 redrawn_refs, queries = list(redrawn.references), redrawn.queries
             def without(g: str):
                 # the generator left out entirely: not in the references, the thresholds nor the layer weights

@@ -521,6 +521,15 @@ def engine_class(engine: str = "local", ray_address: str | None = None) -> Calla
     raise UsageError(f"--engine takes {' or '.join(ENGINES)}, not {engine!r}")
 
 
+def records_curve(engine: Engine | CombinedEngine) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``curve_of(records, rows)`` for :func:`forensics.match.batchsize.references_at`: the curve vector
+    (undefined values as 0) of those rows of an instance's (layers, images, fields) records."""
+    def curve_of(records: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return engine.curve_from_records(list(records), rows).fingerprint.vector()
+
+    return curve_of
+
+
 def make_engine(protocol: Protocol | Combination, *, reference_dir: Callable[[str], Path] | None = None,
                 engine: str = "local", ray_address: str | None = None, **options: Any) -> Engine | CombinedEngine:
     """The engine for a protocol or a combination; ``reference_dir(name)`` says where a protocol's reference
