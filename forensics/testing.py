@@ -304,6 +304,13 @@ def check_statistic_score(statistic: stats_base.Statistic, data: Embeddings | No
     if statistic.devices:
         assert _value(fitted.to("cpu"), statistic, data[2], params) == result.value, \
             "to('cpu') changes the value"
+    if callable(getattr(statistic, "batch_params", None)):  # what an engine scores with, at any protocol m
+        for m in (len(data[2]), 4 * len(data[2])):
+            resolved = statistic.batch_params(dict(score_params), m)
+            assert isinstance(resolved, Mapping), f"batch_params() must return a mapping, got {type(resolved).__name__}"
+            value = fitted.score(data[2], **resolved).value
+            assert isinstance(value, float) and math.isfinite(value), \
+                f"score(**batch_params(…, {m})).value must be a finite float, got {value!r}"
 
 
 def check_statistic_errors(statistic: stats_base.Statistic, data: Embeddings | None = None,

@@ -130,6 +130,19 @@ def test_check_statistic_names_a_score_that_depends_on_the_batch_order():
         check_statistic(OrderSensitive(), params={"k": 5})
 
 
+def test_check_statistic_scores_with_what_batch_params_returns():
+    from forensics.plugins import PluginHost
+
+    ct = PluginHost(autoload=False).get("statistics", "ct").obj
+
+    class ListParams(type(ct)):
+        def batch_params(self, params, batch_size):
+            return [("batch_size", batch_size)]  # not a mapping
+
+    with pytest.raises(AssertionError, match="batch_params\\(\\) must return a mapping"):
+        check_statistic(ListParams(), params={"k": 5})
+
+
 def test_check_matcher_names_a_calibration_that_differs_from_refitting():
     class Nearest(Matcher):
         def fit_curves(self, curves, labels, instances):
