@@ -264,7 +264,8 @@ def test_sscd_from_the_users_torchscript_file_on_the_command_line(toy_model, dig
 
 def test_list_fits_an_80_column_terminal(plugin_host):
     """Every preset's every value is readable in 80 columns (nothing cut to …)."""
-    code, stdout, _ = cli("invmm", "--list")
+    result = CliRunner().invoke(app, ["invmm", "--list"], env={"COLUMNS": "80"})  # whatever ran before
+    code, stdout = result.exit_code, result.stdout
     assert code == 0
     presets = stdout[stdout.index("Presets"):]
     assert "…" not in presets.replace("1…7", "")
