@@ -3,7 +3,7 @@
 Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never enrolled), and **new** ones
 the references and thresholds never saw (``--build``): the diffusion network with DDPM (ancestral), DDIM and
 PNDM under sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE,
-DCGAN and SNGAN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``: an interrupted
+DCGAN, SNGAN and PixelCNN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``: an interrupted
 build resumes), 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
 ``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
 
@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (100, 200, 300, 500, 1000)
 CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg75", "resize2", "resize0.5", "crop90")
-NEW = {"ddpm": 4, "ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4, "sngan": 4}
+NEW = {"ddpm": 4, "ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4, "sngan": 4, "pixelcnn": 4}
 
 
 def default_sets() -> Path:
@@ -81,7 +81,7 @@ def build(out: Path, n: int = 1000, only: set[str] | None = None) -> None:
         else:  # a new training run (resumable from its checkpoints), or a new fit
             G.M_IMAGES = n  # the generators draw M_IMAGES samples
             train = {"gmm": G.train_gmm, "kde-copier": G.train_kde_copier, "vae": G.train_vae,
-                     "dcgan": G.train_dcgan, "sngan": G.train_sngan}[gen]
+                     "dcgan": G.train_dcgan, "sngan": G.train_sngan, "pixelcnn": G.train_pixelcnn}[gen]
             images, _ = train(seed, ckpt_dir, G.SETTINGS[gen])
         np.savez(path, images=images)
         meta = {"generator": gen, "seed": seed, "n": int(len(images)), "seconds": round(time.time() - t, 1),
