@@ -3,8 +3,8 @@
 Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never enrolled), and **new** ones
 the references and thresholds never saw (``--build``): the diffusion network with DDPM (ancestral), DDIM and
 PNDM under sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE,
-DCGAN, SNGAN and PixelCNN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``: an interrupted
-build resumes), 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
+DCGAN, SNGAN and PixelCNN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``:
+an interrupted build resumes), 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
 ``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
 
 Curated copies of T (``--curated``, 500 of each kind by default: rotated, noisy, downsampled, shuffled,
