@@ -28,7 +28,9 @@ CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, dista
                     "spread) maximising balanced accuracy between leave-one-out queries attributed right (answer) "
                     "and leave-one-out queries attributed wrong or whose generator was left out entirely (unknown); "
                     "among tying triples a threshold that need not apply is not (margin, then score, then distance "
-                    "ratio), else the middle of the tying range (geometric for the ratio); the left-out generators' "
+                    "ratio), else the middle of the tying range (geometric for the ratio); a distance ratio that need "
+                    "not apply is set at the farthest answer that passes the other two, so that nothing farther from "
+                    "a generator than calibration ever saw a right answer lie is named; the left-out generators' "
                     "runs the thresholds let through are recorded as lookalikes of the generator they were named, and "
                     "the held-out queries whose own generator ranked below another as confusions")
 
@@ -197,7 +199,8 @@ def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
     """Grid search over (score, margin, distance ratio) cuts; among the triples with the best balanced
     accuracy, a threshold that need not be applied is not (±inf; decided for the margin, then the score,
     then the ratio), else the one in the middle of the tying range (for separable values: halfway between
-    the closest "unknown" and "answer" points; for the ratio, halfway on a log scale). Returns (score,
+    the closest "unknown" and "answer" points; for the ratio, halfway on a log scale); a ratio that need not
+    apply is capped at the largest among the answers that pass the score and the margin. Returns (score,
     margin, ratio, balanced accuracy, share of answers kept, share of unknowns caught)."""
     def lower_bounds(points: np.ndarray) -> np.ndarray:
         # every test as "value ≥ cut": the ratio is an upper bound, so it is negated; NaN passes
@@ -238,7 +241,23 @@ def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
     # a ratio's middle is geometric: halfway between 1.5× and 24× is 6×, not 12.75×
     tr = middle([row[2] for row in ties], lambda v: math.log(max(-v, 1e-12)))
     row = next(row for row in ties if row[2] == tr)
-    return row[0], row[1], -row[2], *row[3:]
+    ts, tm, ratio = row[0], row[1], -row[2]
+    if ratio == math.inf:
+        # Unneeded on these points, but not on what calibration never saw (a batch of curated copies of
+        # T lies far from every generator and may still pass the score and the margin): the ratio is
+        # capped at the farthest answer that passes the other two, which keeps every answer it kept.
+        kept = answer[(answer[:, 0] >= ts) & (answer[:, 1] >= tm), 2]
+        kept = kept[np.isfinite(kept)]
+        if len(kept):
+            ratio = float(kept.max())
+    acc_a, acc_u = _passing_share(answer, ts, tm, ratio), 1.0 - _passing_share(unknown, ts, tm, ratio)
+    return ts, tm, ratio, 0.5 * (acc_a + acc_u), acc_a, acc_u
+
+
+def _passing_share(points: np.ndarray, t_score: float, t_margin: float, t_ratio: float) -> float:
+    """The share of (score, margin, ratio) points that pass the thresholds (a NaN ratio passes)."""
+    ok = (points[:, 0] >= t_score) & (points[:, 1] >= t_margin) & ~(points[:, 2] > t_ratio)
+    return float(ok.mean())
 
 
 def threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
