@@ -404,3 +404,22 @@ def test_a_named_verdict_carries_its_lookalikes_and_says_so():
     assert lookalike_note("a", {}) is None
     assert "1 of 3 x runs, 2 of 2 y runs and 3 of 3 z runs were named a" in lookalike_note(
         "a", {"z": [3, 3], "x": [1, 3], "y": [2, 2]})
+
+
+def test_a_distance_ratio_the_separation_does_not_need_is_capped_at_the_farthest_answer():
+    from forensics.match.calibration import calibrate
+    from forensics.match.types import CalibrationPoints
+
+    # the score alone separates these points (answers 0.9, unknowns 0.1): no ratio cut is needed on them
+    answer = [(0.9, 0.2, r) for r in (0.5, 1.0, 1.5, math.nan)]
+    unknown = [(0.1, 0.2, r) for r in (0.7, 3.0)]
+
+    class Given:
+        def calibration_points(self, references):
+            return CalibrationPoints(answer, unknown, "given", [], [])
+
+    cal = calibrate(Given(), toy_refs())
+    assert cal["score"] == pytest.approx(0.5) and cal["margin"] is None
+    # still applied, at the farthest answer: every answer passes (a NaN ratio always does), nothing farther
+    assert cal["distance_ratio"] == 1.5
+    assert (cal["balanced_accuracy"], cal["answered_right"], cal["unknown_right"]) == (1.0, 1.0, 1.0)
