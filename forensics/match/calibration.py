@@ -81,9 +81,10 @@ def _lookalikes(left_out: Sequence[tuple[str, str, Point]], t_score: float, t_ma
     generators, missing from the references, were taken for which enrolled one."""
     runs: dict[str, int] = {}
     passed: dict[str, dict[str, int]] = {}
-    for own, named, (score, margin, ratio) in left_out:
+    through = _passes(np.array([p for _, _, p in left_out], float).reshape(-1, 3), t_score, t_margin, t_ratio)
+    for (own, named, _), ok in zip(left_out, through):
         runs[own] = runs.get(own, 0) + 1
-        if score >= t_score and margin >= t_margin and not ratio > t_ratio:  # a NaN ratio passes
+        if ok:
             passed.setdefault(named, {})
             passed[named][own] = passed[named].get(own, 0) + 1
     return {g: {o: [k, runs[o]] for o, k in sorted(d.items())} for g, d in sorted(passed.items())}
@@ -250,14 +251,13 @@ def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
         kept = kept[np.isfinite(kept)]
         if len(kept):
             ratio = float(kept.max())
-    acc_a, acc_u = _passing_share(answer, ts, tm, ratio), 1.0 - _passing_share(unknown, ts, tm, ratio)
+    acc_a, acc_u = float(_passes(answer, ts, tm, ratio).mean()), 1.0 - float(_passes(unknown, ts, tm, ratio).mean())
     return ts, tm, ratio, 0.5 * (acc_a + acc_u), acc_a, acc_u
 
 
-def _passing_share(points: np.ndarray, t_score: float, t_margin: float, t_ratio: float) -> float:
-    """The share of (score, margin, ratio) points that pass the thresholds (a NaN ratio passes)."""
-    ok = (points[:, 0] >= t_score) & (points[:, 1] >= t_margin) & ~(points[:, 2] > t_ratio)
-    return float(ok.mean())
+def _passes(points: np.ndarray, t_score: float, t_margin: float, t_ratio: float) -> np.ndarray:
+    """Which (score, margin, ratio) points (n × 3) pass the thresholds (a NaN ratio passes)."""
+    return (points[:, 0] >= t_score) & (points[:, 1] >= t_margin) & ~(points[:, 2] > t_ratio)
 
 
 def threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
