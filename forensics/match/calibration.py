@@ -247,11 +247,12 @@ def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
         # Unneeded on these points, but not on what calibration never saw (a batch of curated copies of
         # T lies far from every generator and may still pass the score and the margin): the ratio is
         # capped at the farthest answer that passes the other two, which keeps every answer it kept.
-        kept = answer[(answer[:, 0] >= ts) & (answer[:, 1] >= tm), 2]
+        kept = answer[_passes(answer, ts, tm, math.inf), 2]
         kept = kept[np.isfinite(kept)]
         if len(kept):
             ratio = float(kept.max())
-    acc_a, acc_u = float(_passes(answer, ts, tm, ratio).mean()), 1.0 - float(_passes(unknown, ts, tm, ratio).mean())
+    acc_a = float(_passes(answer, ts, tm, ratio).mean())
+    acc_u = 1.0 - float(_passes(unknown, ts, tm, ratio).mean())
     return ts, tm, ratio, 0.5 * (acc_a + acc_u), acc_a, acc_u
 
 
