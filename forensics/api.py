@@ -892,7 +892,7 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
                          "and --heldout (your own folders of training and held-out images)")
     _check_new_protocol(name, dataset=dataset, encoder=encoder, distance=distance, projection=projection,
                         params={"k": k, "distance": distance, "projection": projection or None, "tau": tau,
-                                "seed": seed}, device=device, weights=weights,
+                                "seed": seed}, batch_size=batch_size, device=device, weights=weights,
                         own=[p for p in (train, heldout) if p is not None], engine=engine)
     build = engine_class(engine, ray_address)  # an unknown engine, or Ray missing, fails before any work
     here = device if engine == "local" else "cpu"  # under Ray the encoder is recorded here, run on the cluster
@@ -918,11 +918,12 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
 
 
 def _check_new_protocol(name: str, *, dataset: str | None, encoder: str, distance: str, projection: int | None,
-                        params: dict[str, Any], device: str, weights: str | None, own: Sequence[Any],
-                        engine: str = "local") -> None:
+                        params: dict[str, Any], batch_size: int, device: str, weights: str | None,
+                        own: Sequence[Any], engine: str = "local") -> None:
     """What :func:`create_protocol` would refuse only after hashing the reference sets and building the
-    encoder: a bad name, an unknown data set, encoder or statistic parameter, a distance, device or
-    weights file that cannot be, a folder of images that is not there."""
+    encoder: a bad name, an unknown data set, encoder or statistic parameter, a batch size in which no
+    C_T cell can ever count, a distance, device or weights file that cannot be, a folder of images that
+    is not there."""
     from forensics.plugins import host
     from forensics.registry.model import check_name
     from forensics.stats.base import get_statistic, split_params
@@ -937,10 +938,25 @@ def _check_new_protocol(name: str, *, dataset: str | None, encoder: str, distanc
     if projection is not None and projection < 0:
         raise UsageError(f"--projection takes a number of dimensions (0: none), not {projection}")
     split_params(get_statistic("ct"), params)
+    _check_cells_can_count(batch_size, params["tau"])
     _check_weights(weights)
     for where in own:
         _check_input(where)
     check_compute(device, engine=engine)
+
+
+def _check_cells_can_count(batch_size: int, tau: float | None) -> None:
+    """C_T counts a cell holding more than τ·m of a batch's m images; with τ ≥ 1, or the default τ = 20/m
+    and m ≤ 20, no cell ever can, and every fingerprint of the protocol would fail to score."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"--batch-size takes a positive number of images, not {batch_size!r}")
+    if tau is None and batch_size <= 20:
+        raise UsageError(f"--batch-size {batch_size} is too small for C_T's default cell threshold (a cell counts "
+                         "when it holds more than 20 of the batch's images): give --batch-size above 20, or a "
+                         "--tau below 1")
+    if tau is not None and tau >= 1:
+        raise UsageError(f"--tau {tau:g} asks a cell to hold more than all of the batch's images, so none would "
+                         "count: give a --tau below 1 (for example 20/m), or none for the default")
 
 
 def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, encoder: str,

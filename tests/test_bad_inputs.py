@@ -51,7 +51,7 @@ def world(tmp_path_factory):
     try:
         code = run(["protocol", "create", PROTOCOL, "--dataset", "digits", "--encoder",
                     "vit_tiny_patch16_224.augreg_in21k", "--weights", "random", "--option", "image_size=32",
-                    "--k", "3", "--projection", "16", "--batch-size", "20", "--default", "--registry", str(reg)])
+                    "--k", "3", "--projection", "16", "--tau", "0.25", "--batch-size", "20", "--default", "--registry", str(reg)])
         assert code == 0
         r = Registry.open(reg)
         proto = r.protocol(PROTOCOL)

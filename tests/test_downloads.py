@@ -375,6 +375,19 @@ def test_protocol_create_needs_one_kind_of_reference_set(tmp_path, capsys):
     assert not (tmp_path / "registry").exists()
 
 
+def test_protocol_create_refuses_a_batch_in_which_no_cell_can_count(tmp_path, capsys):
+    # a C_T cell counts when it holds more than τ·m of a batch's m images: with the default τ = 20/m a
+    # batch of 20 never has one, nor does any batch with τ ≥ 1 — every fingerprint would fail to score
+    reg = str(tmp_path / "registry")
+    code, _, err = cli(capsys, "protocol", "create", "x", "--encoder", TINY, "--dataset", "digits",
+                       "--batch-size", "20", "--registry", reg)
+    assert code == 2 and "--batch-size 20 is too small" in err and "--tau below 1" in err
+    code, _, err = cli(capsys, "protocol", "create", "x", "--encoder", TINY, "--dataset", "digits",
+                       "--batch-size", "100", "--tau", "1", "--registry", reg)
+    assert code == 2 and "--tau 1 asks a cell to hold more than all" in err
+    assert not (tmp_path / "registry").exists()  # refused before anything was hashed or written
+
+
 def test_open_clip_weights_come_from_the_file_open_clip_would_load(online):
     from forensics_openclip import OPEN_CLIP_FILES, _sources
 

@@ -186,7 +186,7 @@ def test_combining_again_keeps_the_stored_record(tmp_path):
 @pytest.mark.slow  # hashes the digits and builds a ViT
 def test_protocol_create_writes_the_user_registry(user, bundled_unchanged):
     cli("protocol", "create", "mine", "--dataset", "digits", "--encoder", "vit_tiny_patch16_224.augreg_in21k",
-        "--weights", "random", "--option", "image_size=32", "--k", "3", "--projection", "16", "--batch-size", "20")
+        "--weights", "random", "--option", "image_size=32", "--k", "3", "--projection", "16", "--tau", "0.25", "--batch-size", "20")
     reg = Registry.open()
     assert (user / "mine" / "protocol.yaml").is_file() and "mine" in reg.protocols
     assert reg.default_protocol == DEFAULT  # the user registry names none: the bundled default stays
