@@ -433,6 +433,19 @@ def test_what_was_skipped_is_in_the_report_and_no_recursive_reaches_the_reader(f
 
 
 # -- 6. version and completion ---------------------------------------------------------------------
+def test_each_invocation_prints_at_the_width_its_own_environment_asks(plugin_host):
+    # rich reads COLUMNS when a console is made; the CLI's consoles live as long as the process, so each
+    # invocation sets their width again — an earlier run's COLUMNS must not carry over to a later one
+    def widest(env):
+        result = CliRunner().invoke(app, ["plugins"], env=env)
+        assert result.exit_code == 0, result.output
+        return max(map(len, result.stdout.splitlines()))
+
+    assert 80 < widest({"COLUMNS": "200"}) <= 200
+    assert widest({"COLUMNS": None}) <= 80  # not a terminal, no COLUMNS: rich's 80
+    assert widest({"COLUMNS": "60"}) <= 60
+
+
 def test_version_is_the_installed_distributions():
     from importlib import metadata
 

@@ -57,9 +57,10 @@ def main_options(
     STATE["quiet"] = quiet
     set_offline(offline)
     report_to(None)  # until this run's progress display registers itself
+    # the width asked for now, not at import time (rich reads COLUMNS once, when a console is made): without
+    # COLUMNS, the terminal's width (80 when not a terminal), whatever an earlier run in this process asked
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit():  # honour the width asked for now, not the one at import time
-        out.width = err.width = int(columns)
+    out.width = err.width = int(columns) if columns.isdigit() else None
 
 
 @app.command()
