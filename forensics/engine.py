@@ -366,13 +366,22 @@ class Engine:
         return target
 
     # -- curves ----------------------------------------------------------------------------------
+    def _score(self, batches: list[list[np.ndarray]]) -> list[list[Any]]:
+        """Per batch (its embeddings, one array a layer), per layer: the statistic's score, or the
+        :class:`StatisticError` that says why it is undefined. Engines that score elsewhere override this."""
+        results: list[list[Any]] = []
+        for embeddings in batches:
+            scores: list[Any] = []
+            for ref, q in zip(self.reference_side(), embeddings):
+                try:
+                    scores.append(ref.score(q, **self.score_params))
+                except StatisticError as exc:
+                    scores.append(exc)
+            results.append(scores)
+        return results
+
     def curve_from_embeddings(self, embeddings: Sequence[np.ndarray]) -> Curve:
-        scores: list[Any] = []
-        for ref, q in zip(self.reference_side(), embeddings):
-            try:
-                scores.append(ref.score(q, **self.score_params))
-            except StatisticError as exc:
-                scores.append(exc)
+        (scores,) = self._score([list(embeddings)])
         return self.curve_from_scores(scores, len(embeddings[0]) if len(embeddings) else 0)
 
     def curve_from_scores(self, scores: Sequence[Any], n: int) -> Curve:
@@ -435,7 +444,8 @@ class Engine:
         embeddings = self.embed(images, what)
         if n < m:
             return [self.curve_from_embeddings(embeddings)]
-        return [self.curve_from_embeddings([e[s:s + m] for e in embeddings]) for s in range(0, n - m + 1, m)]
+        batches = [[e[s:s + m] for e in embeddings] for s in range(0, n - m + 1, m)]
+        return [self.curve_from_scores(scores, m) for scores in self._score(batches)]
 
 
 def keeps_records(fits: Sequence[Any]) -> bool:

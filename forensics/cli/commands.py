@@ -10,9 +10,9 @@ import typer
 
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 from forensics.cli.common import (
-    OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS,
-    OPT_WORKERS, STATE, batch_notes, check_output, distribution_version, err, esc, handle_errors, input_notes, out,
-    print_json, progress_bar, use_offline,
+    OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_PLOTS, OPT_PROTOCOL,
+    OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, batch_notes, check_output, distribution_version, err, esc,
+    handle_errors, input_notes, out, print_json, progress_bar, use_offline,
 )
 
 app = typer.Typer(
@@ -77,9 +77,8 @@ def attribute(
     workers: int = OPT_WORKERS,
     amp: Optional[str] = OPT_AMP,
     top: int = typer.Option(6, "--top", min=1, help="How many candidates the terminal report lists."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
-    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
-                                             "folder (needs the extra 'plots')."),
+    html_out: Optional[Path] = OPT_HTML,
+    plots_dir: Optional[Path] = OPT_PLOTS,
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
     engine: str = OPT_ENGINE,
@@ -128,9 +127,8 @@ def memorization(
     no_cache: bool = OPT_NO_CACHE,
     workers: int = OPT_WORKERS,
     amp: Optional[str] = OPT_AMP,
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
-    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
-                                             "folder (needs the extra 'plots')."),
+    html_out: Optional[Path] = OPT_HTML,
+    plots_dir: Optional[Path] = OPT_PLOTS,
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
     engine: str = OPT_ENGINE,

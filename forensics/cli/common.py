@@ -163,6 +163,9 @@ OPT_ENGINE = typer.Option("local", "--engine", help="Where to compute: local (th
 OPT_RAY_ADDRESS = typer.Option(None, "--ray-address", help="The Ray cluster for --engine ray (auto, ray://HOST:10001, "
                                "HOST:6379); default: a new local Ray instance.")
 OPT_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
+OPT_HTML = typer.Option(None, "--html", help="Also write a self-contained HTML report here.")
+OPT_PLOTS = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this folder (needs the extra "
+                         "'plots').")
 OPT_OFFLINE = typer.Option(False, "--offline", help="Download nothing (weights, data sets): use only what is on "
                            "this machine (also FORENSICS_OFFLINE=1 or HF_HUB_OFFLINE=1).")
 

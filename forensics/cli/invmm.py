@@ -9,8 +9,8 @@ from typing import Any, Optional
 import typer
 
 from forensics.cli.common import (
-    OPT_JSON, OPT_NO_RECURSIVE, OPT_REGISTRY, OPT_WORKERS, STATE, err, esc, handle_errors, input_notes, out,
-    print_json, progress_bar, write_reports,
+    OPT_HTML, OPT_JSON, OPT_NO_RECURSIVE, OPT_PLOTS, OPT_REGISTRY, OPT_WORKERS, STATE, err, esc, handle_errors,
+    input_notes, out, print_json, progress_bar, write_reports,
 )
 from forensics.errors import UsageError
 
@@ -187,8 +187,8 @@ def invmm(
     workers: int = OPT_WORKERS,
     no_recursive: bool = OPT_NO_RECURSIVE,
     json_out: bool = OPT_JSON,
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
-    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG into this folder."),
+    html_out: Optional[Path] = OPT_HTML,
+    plots_dir: Optional[Path] = OPT_PLOTS,
     list_: bool = typer.Option(False, "--list", help="List diffusion models, copy similarities and presets."),
 ):
     """How memorized is each image by a diffusion model? InvMM (Ma et al., ICCV 2025): the KL of the noise

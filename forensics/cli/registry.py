@@ -11,7 +11,7 @@ from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out,
     print_json, progress_bar, use_offline,
 )
-from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, input_notes
+from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, OPT_PLOTS, input_notes
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 
 if TYPE_CHECKING:
@@ -426,8 +426,7 @@ def evaluate(
     json_out: bool = OPT_JSON,
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here "
                                             "(each matcher's accuracy and confusion matrix)."),
-    plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write each plot as a PNG file into this "
-                                             "folder (needs the extra 'plots')."),
+    plots_dir: Optional[Path] = OPT_PLOTS,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Evaluate at this batch size m′: "
                                              "the instances redrawn from their per-image records, each held-out "
                                              "instance queried by 16 single sub-batches of m′."),

@@ -360,24 +360,6 @@ class RayEngine(Engine):
                 results[g + i][layer] = StatisticError(r[1]) if isinstance(r, tuple) else r
         return results
 
-    def curve_from_embeddings(self, embeddings: Sequence[np.ndarray]):
-        (scores,) = self._score([list(embeddings)])
-        return self.curve_from_scores(scores, len(embeddings[0]) if len(embeddings) else 0)
-
-    def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True):
-        m = self.protocol.batch_size
-        n = len(images)
-        if n == 0:
-            raise UsageError("no images to fingerprint")
-        if n < m and not partial:
-            raise UsageError(f"the protocol's batch size is {m} images, only {n} given")
-        embeddings = self.embed(images, what)
-        if n < m:
-            return [self.curve_from_embeddings(embeddings)]
-        starts = list(range(0, n - m + 1, m))
-        batches = [[e[s:s + m] for e in embeddings] for s in starts]
-        return [self.curve_from_scores(scores, m) for scores in self._score(batches)]
-
 
 def _map_actors(ds: Any, options: dict[str, Any], *, restart: bool) -> Any:
     """``ds.map_batches(_EncoderActor, **options)``. On a cluster, Ray Data restarts an actor whose node is
