@@ -499,7 +499,9 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     cond = _condition(condition, record.files, sized.conditions())
     if cond.name != "none" and not sized.complete(cond.name):
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
-                                                               "images are matched as generated")
+                                                               "images are matched as generated",
+                       warning=f"the references keep no records under {cond.name} for every instance: matched as "
+                               "generated, which these images are not (`forensics registry records` adds them)")
     size = proto.batch_size
     whole = len(data) >= size and len(data) % size == 0  # only full batches: no records need reading
     full, rest, rest_attributed = split_batches(len(data), size, any_size=not whole and sized.complete(cond.name))
@@ -531,7 +533,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
                              compute=compute, left_out=0 if rest_attributed else rest, compared_at=overall.compared_at,
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
-                             condition=cond.to_dict(), warnings=tuple(dict.fromkeys(sized.problems)))
+                             condition=cond.to_dict(),
+                             warnings=tuple(dict.fromkeys([*sized.problems, *filter(None, [cond.warning])])))
 
 
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,

@@ -97,6 +97,10 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in [
 ]}
 """Every condition an instance can keep records under, by name."""
 
+JPEG_TOLERANCE = 5
+"""How far (in libjpeg quality) a query's JPEG quality may lie from the kept condition it is matched under
+without a warning: the farthest any quality between the kept 80 and 70 lies from one of them."""
+
 
 def get_condition(name: str) -> Condition:
     if name not in CONDITIONS:
@@ -156,11 +160,14 @@ def file_quality(path: str | Path) -> int | None:
 
 @dataclass(frozen=True)
 class Detected:
-    """The condition a query is matched under, and why: ``source`` is "declared", "files" or "default"."""
+    """The condition a query is matched under, and why: ``source`` is "declared", "files" or "default".
+    ``warning``: what makes that condition a guess (files of another quality than the one kept nearest,
+    files that disagree), one line, or None."""
 
     name: str
     source: str
     detail: str
+    warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "detail": self.detail,
@@ -189,6 +196,16 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
     mixed = f"; {len(files) - count} of {len(files)} files differ" if count < len(files) else ""
     if name is None:
         return Detected(NONE, "files", f"{jpegs} of {len(files)} files are JPEG (quality {quality}) but the "
-                                       f"references keep no JPEG condition; matched as generated{mixed}")
+                                       f"references keep no JPEG condition; matched as generated{mixed}",
+                        f"the images are JPEG (quality {quality}) but the references keep no JPEG condition: "
+                        "matched as generated, which re-encoded images are not")
+    warnings = []
+    if abs(CONDITIONS[name].jpeg_quality - quality) > JPEG_TOLERANCE:
+        kept = sorted(CONDITIONS[n].jpeg_quality for n in available if CONDITIONS[n].jpeg_quality is not None)
+        warnings.append(f"JPEG quality {quality} lies more than {JPEG_TOLERANCE} from every quality the references "
+                        f"keep ({', '.join(map(str, kept))}): matched as {name}, which it is not")
+    if count < len(files):
+        warnings.append(f"{len(files) - count} of the {len(files)} files are not JPEG at quality {quality}, the "
+                        f"most common: all are matched as {name}; attribute each kind of file on its own")
     return Detected(name, "files", f"JPEG quality {quality} read from the quantisation tables of {count} of "
-                                   f"{len(files)} files{mixed}")
+                                   f"{len(files)} files{mixed}", "; ".join(warnings) or None)

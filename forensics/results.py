@@ -251,7 +251,7 @@ class AttributionResult:
     redrawn: tuple[Mapping[str, Any], ...] = ()  # the references redrawn (condition, batch size, draws) for it
     condition: Mapping[str, Any] = field(default_factory=lambda: {"name": "none", "source": "default",
                                                                   "detail": "", "description": ""})
-    warnings: tuple[str, ...] = ()      # records the registry could not use, one line each
+    warnings: tuple[str, ...] = ()      # records the registry could not use, a condition guessed; a line each
 
     @property
     def verdict(self) -> Verdict:

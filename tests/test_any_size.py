@@ -197,10 +197,18 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     kept = ["none", "jpeg95", "jpeg90", "jpeg80", "jpeg70"]
     found = detect([tmp_path / "q75.jpg", tmp_path / "q75.jpg", tmp_path / "a.png"], kept)
     assert found.name == "jpeg80" and "quality 75" in found.detail and "1 of 3 files differ" in found.detail
-    assert detect([tmp_path / "q90.jpg"], kept).name == "jpeg90"
-    assert detect([tmp_path / "a.png"], kept).name == "none"
+    assert "1 of the 3 files are not JPEG at quality 75" in found.warning  # a guess, and said so
+    q90 = detect([tmp_path / "q90.jpg"], kept)
+    assert q90.name == "jpeg90" and q90.warning is None
+    assert detect([tmp_path / "q83.jpg"], kept).warning is None  # between kept qualities: the nearest, measured
+    low = detect([tmp_path / "q40.jpg"], kept)  # below every kept quality: the nearest, but not what it is
+    assert low.name == "jpeg70" and "quality 40 lies more than 5 from every quality the references keep (70, 80, " \
+        "90, 95)" in low.warning
+    assert "quality 83 lies more than 5" in detect([tmp_path / "q83.jpg"], ["none", "jpeg95"]).warning
+    assert detect([tmp_path / "a.png"], kept).name == "none" and detect([tmp_path / "a.png"], kept).warning is None
     assert detect(None, kept).source == "default"
-    assert detect([tmp_path / "q90.jpg"], ["none"]).name == "none"  # no JPEG records: matched as generated
+    unkept = detect([tmp_path / "q90.jpg"], ["none"])  # no JPEG records: matched as generated, with a warning
+    assert unkept.name == "none" and "keep no JPEG condition" in unkept.warning
 
 
 def test_conditions_are_deterministic_and_png_changes_nothing(tmp_path):
@@ -342,6 +350,12 @@ def test_the_condition_is_read_from_jpeg_files_or_declared(digits, plugin_host, 
     doc = json.loads(r.stdout)
     assert doc["condition"]["name"] == "jpeg90" and doc["condition"]["source"] == "files"
     assert "quality 88" in doc["condition"]["detail"] and doc["compared_at"] == M
+    assert not doc["warnings"]  # between kept qualities: the nearest is measured, no guess
+    Image.fromarray(images[0]).save(folder / "000.jpg", quality=40)  # one file of another quality
+    r = run(["attribute", str(folder), "--registry", str(reg), "--json"])
+    assert json.loads(r.stdout)["warnings"] == [f"1 of the {M} files are not JPEG at quality 88, the most common: "
+                                                "all are matched as jpeg90; attribute each kind of file on its own"]
+    assert "warning: 1 of the" in r.stderr
     r = run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition", "none"])
     assert json.loads(r.stdout)["condition"]["name"] == "none"
     r = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--condition", "resize2"])
