@@ -11,7 +11,8 @@ per-phase times, one layer end to end, the floor (one float64 XᵀX of the train
 the reference side cached exactly as the pipeline caches it (one .npz for all layers, laid out to be
 memory-mapped, opened through forensics.engine; the previous layout, read as before, beside it), speed
 ratios, the largest |difference| of C_T given the same cells, peak memory (resident set size measured in fresh subprocesses) and scaling with the training-set size and
-the dimension; with --main-command also the README's main command, cold and warm.
+the dimension; with --main-command also the README's main command, cold and warm; last, C_T of sub-batches
+scored from per-image records (what redrawing the references at m′ repeats) against scipy per cell.
 
     .venv/bin/python benchmarks/bench_ct.py                   # the full run (several minutes)
     .venv/bin/python benchmarks/bench_ct.py --quick           # a smoke run (well under a minute)
@@ -515,7 +516,55 @@ def main() -> None:
         main_command(repeats=2)
     if args.device:
         device_section(args, train, test, gen, k, p, bt["total"], ours_total, scaling)
+    if 8 not in skip:
+        records_section(train, test, gen, k, p, m, repeats=args.repeats)
     print(f"done ({load()})")
+
+
+def records_section(train, test, gen, k: int, p: int, m: int, repeats: int, size: int = 200,
+                    draws: int = 400) -> None:
+    """8. What redrawing the references at m′ repeats: C_T of seeded sub-batches of ``size`` rows from one
+    set's per-image records, against scipy's mannwhitneyu per cell on the same records and test distances."""
+    from scipy.stats import mannwhitneyu
+
+    ref = ct.FittedCT.fit(train, test, k=k, projection=p)
+    records = ref.records(gen)
+    arrays = ref.to_arrays()
+    test_dist, test_cells, cells, n = arrays["test_dist"], arrays["test_cells"], arrays["cells"], len(arrays["test_dist"])
+    rng = np.random.default_rng(0)
+
+    def base(r: np.ndarray) -> float:
+        tau = 20 / max(len(r), m) if len(r) < 20 * len(cells) else 20 / len(r)  # default_tau with the set's m
+        num = den = 0.0
+        for c in cells:
+            lq, lp = r[r[:, 0] == c, 1], test_dist[test_cells == c]
+            if not len(lq) / len(r) > tau:
+                continue
+            u = mannwhitneyu(lq, lp, alternative="less").statistic
+            mq, np_ = len(lq), len(lp)
+            num += np_ / n * (u - (mq * np_ / 2 - 0.5)) / np.sqrt(mq * np_ * (mq + np_ + 1) / 12)
+            den += np_ / n
+        return num / den
+
+    rows = [rng.choice(len(records), size, replace=False) for _ in range(draws)]
+    subs = [records[r] for r in rows]
+    one_t = all_t = base_t = float("inf")
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        one = [ref.score_records(r, batch_size=m).value for r in subs]
+        t1 = time.perf_counter()
+        together = [c.value for c in ref.score_subsets(records, rows, batch_size=m)]
+        t2 = time.perf_counter()
+        theirs = [base(r) for r in subs]
+        t3 = time.perf_counter()
+        one_t, all_t, base_t = min(one_t, t1 - t0), min(all_t, t2 - t1), min(base_t, t3 - t2)
+    assert one == together, "score_subsets must give each subset's score_records"
+    worst = max(abs(a - b) for a, b in zip(one, theirs))
+    print(f"8. {draws} sub-batches of {size} from the per-image records of {len(records)} generated points "
+          f"(one layer, k={k}; what redrawing the references at m′ repeats per layer and instance)")
+    print(f"   baseline (scipy mannwhitneyu per cell): {base_t / draws * 1e3:.3f} ms a sub-batch;  ours one by one "
+          f"(score_records): {one_t / draws * 1e3:.3f} ms ({base_t / one_t:.1f}x);  together (score_subsets): "
+          f"{all_t / draws * 1e3:.3f} ms ({base_t / all_t:.1f}x);  max |difference| {worst:.1e}\n")
 
 
 def cached_on_device(args, path, names, statistic, gens) -> tuple[float, float, dict]:

@@ -150,7 +150,7 @@ def main() -> int:
         return 0
 
     from forensics import api
-    from forensics.engine import make_engine, records_curve
+    from forensics.engine import make_engine, records_curves
     from forensics.match import make_matcher
     from forensics.match.batchsize import layer_weights, references_at
 
@@ -174,7 +174,7 @@ def main() -> int:
             if condition == "none" and size == proto.batch_size:
                 redrawn_refs, queries = refs, None
             else:
-                redrawn = references_at(refs, matchers.records(condition), size, records_curve(engine))
+                redrawn = references_at(refs, matchers.records(condition), size, records_curves(engine))
                 redrawn_refs, queries = list(redrawn.references), redrawn.queries
             def without(g: str):
                 # the generator left out entirely: not in the references, the thresholds nor the layer weights
@@ -209,7 +209,7 @@ def main() -> int:
                 for b in range(n_batches):
                     start = b * size
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
-                    curves = [engine.curve_from_records(kept, rows_) for rows_ in parts]
+                    curves = engine.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
                     ms = fitted(cond.name, min(size, m))
                     answer = ms["all"].attribute(vec)

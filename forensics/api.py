@@ -413,11 +413,11 @@ class _Matchers:
             return self.matchers[key], size
         if not self.complete(condition):
             return self.matchers[("none", self.proto.batch_size)], None
-        from forensics.engine import records_curve
+        from forensics.engine import records_curves
         from forensics.match import make_matcher
         from forensics.match.batchsize import references_at
 
-        redrawn = references_at(self.references, self.records(condition), size, records_curve(self.engine))
+        redrawn = references_at(self.references, self.records(condition), size, records_curves(self.engine))
         self.matchers[key] = _weighted_matcher(self.name, redrawn.layer_weights, self.problems).fit(
             list(redrawn.references), redrawn.queries)
         self.described[key] = {"condition": condition, **redrawn.describe()}
@@ -800,7 +800,7 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
     the sub-batches that stand for each, and the layer weights they are compared with; a one-line error
     when the registry keeps no such records."""
     from forensics.conditions import get_condition
-    from forensics.engine import make_engine, records_curve
+    from forensics.engine import make_engine, records_curves
     from forensics.match.batchsize import references_at
 
     get_condition(condition)
@@ -813,7 +813,7 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
         why = f" ({problems[0]})" if problems else ""
         raise UsageError(f"{len(missing)} instance(s) of {proto.name} keep no usable per-image records under "
                          f"{condition}{why}; add them with `forensics registry records`")
-    redrawn = references_at(refs, records, size, records_curve(engine))
+    redrawn = references_at(refs, records, size, records_curves(engine))
     return list(redrawn.references), dict(redrawn.queries), redrawn.layer_weights
 
 

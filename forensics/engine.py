@@ -418,16 +418,31 @@ class Engine:
     def curve_from_records(self, records: Sequence[np.ndarray], rows: np.ndarray | None = None) -> Curve:
         """The curve of the images whose per-layer :meth:`records` are ``records`` (only ``rows`` of
         them, when given): the same curve as embedding those images again."""
-        scores: list[Any] = []
-        n = 0
+        return self.curves_from_records(records, [rows])[0]
+
+    def curves_from_records(self, records: Sequence[np.ndarray],
+                            subsets: Sequence[np.ndarray | None]) -> list[Curve]:
+        """:meth:`curve_from_records` of each of ``subsets`` (rows, or None for all), each layer's subsets
+        scored together where the statistic offers ``score_subsets`` (the same values, sooner)."""
+        per_layer: list[list[Any]] = []
         for ref, r in zip(self.reference_side(), records):
-            part = r if rows is None else r[rows]
-            n = len(part)
-            try:
-                scores.append(ref.score_records(part, **self.score_params))
-            except StatisticError as exc:
-                scores.append(exc)
-        return self.curve_from_scores(scores, n)
+            scores: list[Any] | None = None
+            if callable(getattr(ref, "score_subsets", None)):
+                try:
+                    scores = list(ref.score_subsets(r, subsets, **self.score_params))
+                except StatisticError:
+                    scores = None  # some subset is undefined: each on its own, to say which
+            if scores is None:
+                scores = []
+                for rows in subsets:
+                    try:
+                        scores.append(ref.score_records(r if rows is None else r[rows], **self.score_params))
+                    except StatisticError as exc:
+                        scores.append(exc)
+            per_layer.append(scores)
+        sizes = [len(records[0]) if rows is None else len(rows) for rows in subsets] if len(records) else \
+            [0] * len(subsets)
+        return [self.curve_from_scores([layer[j] for layer in per_layer], sizes[j]) for j in range(len(subsets))]
 
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
         """One curve per batch of the protocol's m images.
@@ -450,7 +465,9 @@ class Engine:
 
 def keeps_records(fits: Sequence[Any]) -> bool:
     """Whether fitted statistics give per-image records: ``records(generated)`` and ``score_records(records,
-    **score_params)``, the second of any subset of the first's rows being the score of that subset."""
+    **score_params)``, the second of any subset of the first's rows being the score of that subset. Such a
+    statistic may also offer ``score_subsets(records, subsets, **score_params)``, the ``score_records`` of
+    each subset of rows (None: all), which :meth:`Engine.curves_from_records` then uses."""
     return all(callable(getattr(f, "records", None)) and callable(getattr(f, "score_records", None)) for f in fits)
 
 
@@ -502,12 +519,16 @@ class CombinedEngine:
         return [r for e in self.engines for r in e.records(images, f"{what} ({e.protocol.name})")]
 
     def curve_from_records(self, records: Sequence[np.ndarray], rows: np.ndarray | None = None) -> Curve:
-        curves, start = [], 0
+        return self.curves_from_records(records, [rows])[0]
+
+    def curves_from_records(self, records: Sequence[np.ndarray],
+                            subsets: Sequence[np.ndarray | None]) -> list[Curve]:
+        parts, start = [], 0
         for e in self.engines:
             n = len(e.protocol.layers)
-            curves.append(e.curve_from_records(records[start:start + n], rows))
+            parts.append(e.curves_from_records(records[start:start + n], subsets))
             start += n
-        return self._join(curves)
+        return [self._join([part[j] for part in parts]) for j in range(len(subsets))]
 
 
 ENGINES = ("local", "ray")
@@ -531,13 +552,14 @@ def engine_class(engine: str = "local", ray_address: str | None = None) -> Calla
     raise UsageError(f"--engine takes {' or '.join(ENGINES)}, not {engine!r}")
 
 
-def records_curve(engine: Engine | CombinedEngine) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """``curve_of(records, rows)`` for :func:`forensics.match.batchsize.references_at`: the curve vector
-    (undefined values as 0) of those rows of an instance's (layers, images, fields) records."""
-    def curve_of(records: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return engine.curve_from_records(list(records), rows).fingerprint.vector()
+def records_curves(engine: Engine | CombinedEngine
+                   ) -> Callable[[np.ndarray, Sequence[np.ndarray]], list[np.ndarray]]:
+    """``curves_of(records, subsets)`` for :func:`forensics.match.batchsize.references_at`: the curve vector
+    (undefined values as 0) of each subset of rows of an instance's (layers, images, fields) records."""
+    def curves_of(records: np.ndarray, subsets: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [c.fingerprint.vector() for c in engine.curves_from_records(list(records), subsets)]
 
-    return curve_of
+    return curves_of
 
 
 def make_engine(protocol: Protocol | Combination, *, reference_dir: Callable[[str], Path] | None = None,
@@ -613,7 +635,7 @@ def fingerprints_and_records(images: np.ndarray, protocol: Protocol | Combinatio
     kept = {c: eng.records(get_condition(c).apply(images[:full]),
                            "images" if c == NONE else f"images ({c})") for c in conditions}
     batches = [np.arange(s, s + m) for s in range(0, full, m)]
-    fps = [eng.curve_from_records(kept[NONE], rows).fingerprint for rows in batches]
+    fps = [curve.fingerprint for curve in eng.curves_from_records(kept[NONE], batches)]
     return fps, [{c: [r[rows] for r in kept[c]] for c in conditions} for rows in batches]
 
 

@@ -56,6 +56,58 @@ def test_records_of_any_subset_score_exactly_as_that_subset(fitted):
     assert fit.score_records(records[shuffled]).value == fit.score(generated).value
 
 
+def test_many_subsets_scored_together_are_each_subsets_own_score(fitted):
+    from scipy.stats import mannwhitneyu
+
+    fit, generated = fitted
+    records = fit.records(generated)
+    rng = np.random.default_rng(2)
+    subsets = [rng.choice(len(generated), size, replace=False) for size in (40, 90, 90, 160)] + [None]
+    together = fit.score_subsets(records, subsets, batch_size=160)
+    for rows, result in zip(subsets, together):
+        alone = generated if rows is None else generated[rows]
+        assert result.to_dict() == fit.score(alone, batch_size=160).to_dict()
+    # each cell's U is scipy's on that subset's distances (the ranks are summed, not recounted)
+    rows = subsets[1]
+    arrays = fit.to_arrays()
+    test_cells, test_dist = arrays["test_cells"], arrays["test_dist"]
+    for cell in together[1].cells:
+        if cell.n_generated:
+            lq = records[rows][records[rows][:, 0] == cell.cell, 1]
+            assert cell.u == mannwhitneyu(lq, test_dist[test_cells == cell.cell], alternative="less").statistic
+    with pytest.raises(StatisticError, match="no cell counts"):  # an undefined subset fails as it alone would
+        fit.score_subsets(records, [subsets[0], np.arange(0, 160, 40)])
+
+
+@pytest.mark.slow  # the digits registry
+def test_the_engine_scores_many_subsets_as_it_scores_each(digits, plugin_host):
+    from forensics.engine import make_engine
+    from forensics.registry import Registry
+
+    reg_path, data = digits
+    reg = Registry.open(reg_path)
+    proto = reg.protocol(reg.resolve_protocol(None))
+    engine = make_engine(proto, reference_dir=reg.reference_dir)
+    refs = reg.enrolled(proto.name)
+    records = reg.records(proto.name, refs, "none")[0][refs[0].instance]
+    n = records.shape[1]
+    subsets = [None, np.arange(3), np.arange(n // 2, n)]
+
+    def same_as_alone():
+        together = engine.curves_from_records(list(records), subsets)
+        for rows, curve in zip(subsets, together):
+            alone = engine.curve_from_records(list(records), rows)
+            assert curve.fingerprint.values == alone.fingerprint.values
+            assert curve.n_images == (n if rows is None else len(rows))
+            assert [v.undefined_reason for v in curve.layers] == [v.undefined_reason for v in alone.layers]
+        return together
+
+    assert same_as_alone()[0].fingerprint.values == refs[0].fingerprint.values  # all its rows: its enrolled curve
+    engine.score_params = {**engine.score_params, "tau": 0.5}  # a cell must hold half a subset: some cannot
+    undefined = [v for curve in same_as_alone() for v in curve.layers if v.value is None]
+    assert undefined and all("no cell counts" in v.undefined_reason for v in undefined)
+
+
 def test_the_default_cell_threshold_keeps_the_cells_of_a_batch_of_m_in_a_small_batch(fitted):
     from forensics.stats.ct.statistic import default_tau
 
@@ -106,18 +158,18 @@ def test_references_at_the_enrolled_size_are_the_enrolled_curves(fitted):
     fit, generated = fitted
     rec = fit.records(generated)[None]  # one layer
 
-    def curve_of(r, rows):
-        return np.array([fit.score_records(r[0][rows]).value])
+    def curves_of(r, subsets):
+        return [np.array([fit.score_records(r[0][rows]).value]) for rows in subsets]
 
     enrolled = EnrolledCurve("g", "i0", Fingerprint("sha256:" + "0" * 64, (fit.score(generated).value,)), {})
-    same = references_at([enrolled], {"i0": rec}, len(generated), curve_of)
+    same = references_at([enrolled], {"i0": rec}, len(generated), curves_of)
     assert same.references[0].fingerprint.values == enrolled.fingerprint.values
-    smaller = references_at([enrolled], {"i0": rec}, 100, curve_of, draws=6)
+    smaller = references_at([enrolled], {"i0": rec}, 100, curves_of, draws=6)
     rows = subbatches(len(generated), 100, 6, seed=0)
     assert smaller.references[0].fingerprint.values[0] == pytest.approx(
         np.mean([fit.score(generated[r]).value for r in rows]), abs=1e-12)
     assert len(smaller.queries["i0"]) == CALIBRATION_DRAWS and smaller.references[0].provenance["batch_size"] == 100
-    assert references_at([enrolled], {}, 100, curve_of).without_records == ("g/i0",)
+    assert references_at([enrolled], {}, 100, curves_of).without_records == ("g/i0",)
 
 
 # -- conditions -------------------------------------------------------------------------------------

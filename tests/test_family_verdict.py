@@ -115,10 +115,10 @@ def test_references_redrawn_at_another_size_keep_their_family():
     vector = {r.instance: r.fingerprint.vector() for r in refs}
     owner = {id(rec): i for i, rec in records.items()}
 
-    def curve_of(rec, rows):
-        return vector[owner[id(rec)]]
+    def curves_of(rec, subsets):
+        return [vector[owner[id(rec)]] for _ in subsets]
 
-    at = references_at(refs, records, 5, curve_of, draws=2, calibration_draws=2)
+    at = references_at(refs, records, 5, curves_of, draws=2, calibration_draws=2)
     assert [r.family for r in at.references] == [r.family for r in refs]
 
 

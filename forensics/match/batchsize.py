@@ -92,11 +92,11 @@ def layer_weights(references: Sequence[EnrolledCurve],
 
 
 def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.ndarray], size: int,
-                  curve_of: Callable[[np.ndarray, np.ndarray], np.ndarray], *, draws: int = DRAWS,
+                  curves_of: Callable[[np.ndarray, Sequence[np.ndarray]], list[np.ndarray]], *, draws: int = DRAWS,
                   calibration_draws: int = CALIBRATION_DRAWS, seed: int = 0) -> AtBatchSize:
     """Every instance of ``references`` that has ``records`` (by instance id: its (layers, images, fields)
-    array) redrawn at ``size`` images. ``curve_of(records, rows)`` is the curve vector of those rows
-    (:meth:`forensics.engine.Engine.curve_from_records`, undefined values as 0)."""
+    array) redrawn at ``size`` images. ``curves_of(records, subsets)`` is the curve vector of each subset of
+    rows (:func:`forensics.engine.records_curves`, undefined values as 0)."""
     refs: list[EnrolledCurve] = []
     queries: dict[str, list[np.ndarray]] = {}
     missing: list[str] = []
@@ -106,11 +106,13 @@ def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.
             missing.append(f"{r.generator}/{r.instance}")
             continue
         n = rec.shape[1]
-        mean = np.mean([curve_of(rec, rows) for rows in subbatches(n, size, draws, seed, 0)], axis=0)
+        drawn = subbatches(n, size, draws, seed, 0)
+        curves = curves_of(rec, [*drawn, *subbatches(n, size, calibration_draws, seed, 1)])
+        mean = np.mean(curves[:len(drawn)], axis=0)
         prov = {**dict(r.provenance), "batch_size": min(size, n), "sub_batches": 1 if size >= n else draws}
         refs.append(EnrolledCurve(r.generator, r.instance,
                                   Fingerprint(r.fingerprint.protocol_digest, tuple(float(v) for v in mean)), prov,
                                   r.family))
-        queries[r.instance] = [curve_of(rec, rows) for rows in subbatches(n, size, calibration_draws, seed, 1)]
+        queries[r.instance] = list(curves[len(drawn):])
     weights = layer_weights(refs, queries) if refs else None
     return AtBatchSize(size, tuple(refs), queries, draws, calibration_draws, tuple(missing), weights)

@@ -18,6 +18,12 @@ device whenever that is not the CPU. The device may change how fast a value come
 A statistic whose score parameters depend on the protocol's batch size m may also have
 ``batch_params(score_params, m)``, returning them resolved for m (C_T adds m, by which a small batch
 counts its cells); the engine scores batches of every size with what it returns.
+
+A statistic whose score splits exactly into a part per generated point lets sets of any size and condition
+be matched without embedding anything again: its fitted objects have ``records(generated)`` (one row per
+point) and ``score_records(records, **score_params)``, the score of any subset of those rows being the
+score of those points; they may add ``score_subsets(records, subsets, **score_params)``, the
+``score_records`` of each subset of rows (None: all), which the engine then uses to redraw references.
 """
 
 from __future__ import annotations

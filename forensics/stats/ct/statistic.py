@@ -171,7 +171,8 @@ def _checked_counts(cells: np.ndarray, train_cells: np.ndarray, test_cells: np.n
 def mann_whitney_u(generated: np.ndarray, test: np.ndarray) -> float:
     """U = #pairs (q, p) with q > p, ties ½ — scipy's ``mannwhitneyu(generated, test, alternative='less')
     .statistic``. Counted from ranks: each q's rank among the sorted test values (the number below it,
-    plus half the number equal to it), which is the average-rank formula R_Q − m(m+1)/2."""
+    plus half the number equal to it), which is the average-rank formula R_Q − m(m+1)/2 (what
+    :meth:`FittedCT.score_subsets` sums per record)."""
     s = np.sort(np.asarray(test, dtype=np.float64))
     g = np.asarray(generated, dtype=np.float64)
     below = np.searchsorted(s, g, side="left")
@@ -210,6 +211,7 @@ class FittedCT:
         self._layouts = layouts        # each cell's stored search layout (from_arrays), or None: built
         self._outdated = False         # read from arrays without this version's layouts (from_arrays)
         self._device = device          # None: the CPU path; else the torch device the searches run on
+        self._test_sorted: list[np.ndarray] | None = None  # each cell's test distances, sorted (built once)
 
     # read-only attributes
     k = property(lambda self: self._k, doc="Number of k-means cells asked for (ignored with given cells).")
@@ -360,6 +362,14 @@ class FittedCT:
             out[members[i], 1] = dist
         return out
 
+    def _test_by_cell(self) -> list[np.ndarray]:
+        """Each cell's test points' nearest-training distances, sorted: the fixed side of every
+        Mann–Whitney U the scores take (computed once a fit, not once a score)."""
+        if self._test_sorted is None:
+            index = np.searchsorted(self._cells, self._test_cells)
+            self._test_sorted = [np.sort(self._test_dist[index == i]) for i in range(len(self._cells))]
+        return self._test_sorted
+
     def _cell_index(self, qc: np.ndarray) -> np.ndarray:
         """Each generated cell id's position among the fit's cells; an unknown cell is an error."""
         index = np.searchsorted(self._cells, qc)
@@ -384,39 +394,65 @@ class FittedCT:
     def score_records(self, records, *, tau: float | None = None, batch_size: int | None = None) -> CTResult:
         """C_T of the set whose rows' :meth:`records` are ``records`` (any subset of a set's records, in
         any order of cells: the value is that subset's :meth:`score`)."""
+        return self.score_subsets(records, [None], tau=tau, batch_size=batch_size)[0]
+
+    def score_subsets(self, records, subsets, *, tau: float | None = None,
+                      batch_size: int | None = None) -> list[CTResult]:
+        """:meth:`score_records` of each subset of ``records`` (row indices, or None for all of them), the
+        same values to the last bit: a record's Mann–Whitney rank among its cell's test distances does not
+        depend on the other records, so each is found once and a subset's U is the sum of its rows' ranks.
+        This is what redrawing a set at m′ repeats (:func:`forensics.match.batchsize.references_at`)."""
         _check_tau(tau)
         if batch_size is not None:
             _positive_int(batch_size, "batch_size")
+        index, twice = self._ranked(records)
+        return [self._aggregate(index if rows is None else index[rows], twice if rows is None else twice[rows],
+                                tau, batch_size) for rows in subsets]
+
+    def _ranked(self, records) -> tuple[np.ndarray, np.ndarray]:
+        """Of each checked record: its cell's position among the fit's cells, and twice its Mann–Whitney
+        rank among that cell's test distances (the number below it, twice, plus the number equal to it),
+        an exact integer."""
         r = np.asarray(records)
         if r.ndim != 2 or r.shape[1] != 2 or r.dtype.kind != "f" or len(r) == 0:
             raise StatisticError(f"C_T records must be a non-empty (m, 2) float array of (cell id, distance), "
                                  f"got shape {r.shape} and dtype {r.dtype}")
-        qc, dist = r[:, 0], r[:, 1]
+        qc, dist = r[:, 0], r[:, 1].astype(np.float64)
         if not (np.isfinite(r).all() and (qc == np.round(qc)).all()):
             raise StatisticError("C_T records hold a cell id that is not an integer or a distance that is not "
                                  "finite; recompute them")
-        m = len(r)
         index = self._cell_index(qc.astype(np.int64))
+        twice = np.empty(len(r), dtype=np.int64)
+        for i, lp in enumerate(self._test_by_cell()):
+            rows = np.flatnonzero(index == i)
+            below = np.searchsorted(lp, dist[rows], side="left")
+            twice[rows] = below + np.searchsorted(lp, dist[rows], side="right")
+        return index, twice
+
+    def _aggregate(self, index: np.ndarray, twice: np.ndarray, tau: float | None,
+                   batch_size: int | None) -> CTResult:
+        """C_T of the records whose cell positions and twice-ranks (:meth:`_ranked`) are these."""
+        m = len(index)
+        if m == 0:
+            raise StatisticError("C_T of no generated points: give at least one")
         tau = default_tau(m, len(self._cells), batch_size) if tau is None else float(tau)
         counts_q = np.bincount(index, minlength=len(self._cells))
-        test_index = np.searchsorted(self._cells, self._test_cells)
+        twice_u = np.bincount(index, weights=twice, minlength=len(self._cells))  # integer sums, exact in float64
         cells, num, den = [], 0.0, 0.0
-        for i, c in enumerate(self._cells):
+        for i, (c, lp) in enumerate(zip(self._cells, self._test_by_cell())):
             n_train = int(self._offsets[i + 1] - self._offsets[i])
-            lp = self._test_dist[test_index == i]
             mq = int(counts_q[i])
             if mq == 0:
                 cells.append(CellResult(int(c), n_train, len(lp), 0, None, None, False))
                 continue
-            lq = dist[index == i]
-            u = mann_whitney_u(lq, lp)
+            u = float(twice_u[i]) / 2.0
             z = z_score(u, mq, len(lp))
             counted = mq / m > tau
             if counted:
                 w = len(lp) / self.n_test
                 num += w * z
                 den += w
-            cells.append(CellResult(int(c), n_train, len(lp), mq, float(u), float(z), bool(counted)))
+            cells.append(CellResult(int(c), n_train, len(lp), mq, u, float(z), bool(counted)))
         if den == 0.0:
             largest = int(counts_q.max())
             raise StatisticError(f"no cell counts: the largest cell holds {largest} of the {m} generated points "
