@@ -367,7 +367,28 @@ def test_calibration_numbers_are_checked_on_load(reg, key, value):
 
 
 # -- 10. bounded reads -------------------------------------------------------------------------------
-def test_a_yaml_alias_bomb_is_refused(reg):
+@pytest.fixture(params=["libyaml", "pure-python"])
+def yaml_loader(request, monkeypatch):
+    """Each registry read test runs with libyaml's parser (where PyYAML has it) and with PyYAML's own."""
+    if request.param == "libyaml" and not getattr(yaml, "__with_libyaml__", False):
+        pytest.skip("PyYAML without libyaml here")
+    monkeypatch.setattr(yaml, "__with_libyaml__", request.param == "libyaml")
+    return request.param
+
+
+def test_the_bundled_registry_reads_the_same_with_either_parser(monkeypatch):
+    from forensics.registry.schema import parse_yaml
+
+    files = sorted((Path(__file__).resolve().parent.parent / "registry").rglob("*.yaml"))
+    assert len(files) > 10
+    docs = {}
+    for flag in (True, False):
+        monkeypatch.setattr(yaml, "__with_libyaml__", flag)
+        docs[flag] = [parse_yaml(f.read_bytes(), f.name) for f in files]
+    assert docs[True] == docs[False]
+
+
+def test_a_yaml_alias_bomb_is_refused(reg, yaml_loader):
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
         for p, c in zip("abcdefgh", "bcdefghi"))
@@ -381,7 +402,7 @@ def test_a_yaml_alias_bomb_is_refused(reg):
 
 @pytest.mark.parametrize("content", [b"[" * 100_000, b"\xff\xfe garbage", b"created: 2024-13-45\n",
                                      b"{? [1]: 2}", b"1: 2\n'a': 3\n", b"\x00", b"!!python/object:os.system x"])
-def test_malformed_files_are_registry_errors(tmp_path, content):
+def test_malformed_files_are_registry_errors(tmp_path, content, yaml_loader):
     path = tmp_path / "x.yaml"
     path.write_bytes(content)
     try:
