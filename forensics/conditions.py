@@ -198,7 +198,8 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
         return Detected(NONE, "files", f"{jpegs} of {len(files)} files are JPEG (quality {quality}) but the "
                                        f"references keep no JPEG condition; matched as generated{mixed}",
                         f"the images are JPEG (quality {quality}) but the references keep no JPEG condition: "
-                        "matched as generated, which re-encoded images are not")
+                        "matched as generated, which re-encoded images are not (`forensics registry records` adds "
+                        "JPEG records to the enrolled instances)")
     warnings = []
     if abs(CONDITIONS[name].jpeg_quality - quality) > JPEG_TOLERANCE:
         kept = sorted(CONDITIONS[n].jpeg_quality for n in available if CONDITIONS[n].jpeg_quality is not None)
