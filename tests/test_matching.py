@@ -121,6 +121,22 @@ def test_cosine_and_svm_on_paper_curves(paper_refs):
     assert leave_one_out(paper_refs, "svm", kernel="linear", C=1.0).correct == 15
 
 
+@pytest.mark.parametrize("kernel,gamma", [("rbf", "scale"), ("rbf", "auto"), ("rbf", 0.3), ("linear", "scale"),
+                                          ("poly", "scale")])
+def test_svm_scores_are_scikit_learns_decision_values(kernel, gamma):
+    from forensics.match.svm import SVMMatcher
+
+    rng = np.random.default_rng(0)
+    curves = rng.normal(size=(27, 17)) + np.repeat(rng.normal(size=(9, 17)), 3, axis=0)
+    labels = np.repeat([f"g{i}" for i in range(9)], 3)
+    m = SVMMatcher(kernel=kernel, gamma=gamma)
+    m.fit_curves(curves, labels, [f"i{i}" for i in range(27)])
+    for query in [*curves[:3], *rng.normal(size=(20, 17)) * 2]:
+        z = ((query - m._mean) / m._scale)[None, :]
+        want = [model.decision_function(z)[0] for model in m._models]  # scikit-learn's own, per call
+        assert [c.score for c in m.candidates(query)] == pytest.approx(want, rel=0, abs=1e-12)
+
+
 # -- attribution ----------------------------------------------------------------------------------
 def test_attribution_ranks_one_candidate_per_generator(paper_refs):
     m = make_matcher("alpha", open_set=False).fit(paper_refs)

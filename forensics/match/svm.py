@@ -53,14 +53,34 @@ class SVMMatcher(Matcher):
         z = (curves - self._mean) / self._scale
         self._classes = classes
         self._models = [SVC(kernel=self.kernel, C=self.C, gamma=self.gamma).fit(z, labels == g) for g in classes]
-        if self.kernel == "linear":  # decision values without scikit-learn's per-call checks
+        # decision values without scikit-learn's per-call checks: f_g(x) = Σ_i α_gi K(z_i, x) + b_g, each
+        # model's support vectors being rows of z (the models share z, and so gamma)
+        self._b = np.array([m.intercept_[0] for m in self._models])
+        if self.kernel == "linear":
             self._w = np.stack([m.coef_[0] for m in self._models])
-            self._b = np.array([m.intercept_[0] for m in self._models])
+        elif self.kernel == "rbf":
+            self._z, self._gamma = z, _gamma(self.gamma, z)
+            self._alpha = np.zeros((len(classes), len(z)))
+            for g, m in enumerate(self._models):
+                self._alpha[g, m.support_] = m.dual_coef_[0]
 
     def candidates(self, curve: np.ndarray) -> list[Candidate]:
-        z = ((curve - self._mean) / self._scale)[None, :]
+        z = (curve - self._mean) / self._scale
         if self.kernel == "linear":
-            values = self._w @ z[0] + self._b
+            values = self._w @ z + self._b
+        elif self.kernel == "rbf":
+            values = self._alpha @ np.exp(-self._gamma * ((self._z - z) ** 2).sum(axis=1)) + self._b
         else:
-            values = [m.decision_function(z)[0] for m in self._models]
+            values = [m.decision_function(z[None, :])[0] for m in self._models]
         return [Candidate(g, float(v), None) for g, v in zip(self._classes, values)]
+
+
+def _gamma(gamma: str | float, z: np.ndarray) -> float:
+    """The RBF kernel's γ as scikit-learn's SVC resolves it: "scale" 1 / (features × variance of z), or 1
+    for a constant z; "auto" 1 / features; a number as it is."""
+    if gamma == "scale":
+        var = float(z.var())
+        return 1.0 / (z.shape[1] * var) if var != 0 else 1.0
+    if gamma == "auto":
+        return 1.0 / z.shape[1]
+    return float(gamma)
