@@ -161,8 +161,8 @@ def file_quality(path: str | Path) -> int | None:
 @dataclass(frozen=True)
 class Detected:
     """The condition a query is matched under, and why: ``source`` is "declared", "files" or "default".
-    ``warning``: what makes that condition a guess (files of another quality than the one kept nearest,
-    files that disagree), one line, or None."""
+    ``warning``: what makes that condition a guess (a quality far from every kept one, files that
+    disagree, JPEG files with no JPEG condition kept), one line, or None."""
 
     name: str
     source: str
