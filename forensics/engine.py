@@ -440,9 +440,9 @@ class Engine:
                     except StatisticError as exc:
                         scores.append(exc)
             per_layer.append(scores)
-        sizes = [len(records[0]) if rows is None else len(rows) for rows in subsets] if len(records) else \
-            [0] * len(subsets)
-        return [self.curve_from_scores([layer[j] for layer in per_layer], sizes[j]) for j in range(len(subsets))]
+        n = len(records[0]) if len(records) else 0
+        return [self.curve_from_scores([layer[j] for layer in per_layer], n if rows is None else len(rows))
+                for j, rows in enumerate(subsets)]
 
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
         """One curve per batch of the protocol's m images.
