@@ -24,6 +24,9 @@ thresholds are recalibrated without it). Then leave-one-out on the enrolled inst
 ``forensics registry evaluate --batch-size m′ --condition c`` computes it. Everything goes through ``forensics.attribute``'s own pieces (the engine, the
 records, ``_Matchers``), so the figures are the tool's.
 
+With ``--operating-points balanced,named,cautious`` every batch is answered at each operating point
+(:data:`forensics.match.calibration.OPERATING_POINTS`) from the same calibrations, one table per point.
+
     nice python benchmarks/robust_attribution.py --build                 # draw the new sets (~5 min)
     nice python benchmarks/robust_attribution.py --json out.json         # the table (~30 min here)
 
@@ -143,6 +146,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", default=None, help="comma-separated set names (e.g. vae-seed4): only these sets")
     ap.add_argument("--skip-loo", action="store_true", help="leave out the leave-one-out table")
+    ap.add_argument("--operating-points", default="balanced",
+                    help="comma-separated operating points to answer at (balanced, named, cautious): every batch "
+                         "is answered at each, from the same calibrations")
     a = ap.parse_args()
     sets = a.sets or default_sets()
     if a.build:
@@ -153,6 +159,7 @@ def main() -> int:
     from forensics.engine import make_engine, records_curves
     from forensics.match import make_matcher
     from forensics.match.batchsize import layer_weights, references_at
+    from forensics.match.calibration import check_operating_point
 
     reg = api.open_registry()
     proto = reg.protocol(reg.resolve_protocol(None))
@@ -185,6 +192,18 @@ def main() -> int:
             loo[key] = {"all": full, **{g: without(g) for g in generators}}
         return loo[key]
 
+    points = a.operating_points.split(",")
+    for point in points:
+        check_operating_point(point)
+    at_point: dict[tuple, object] = {}
+
+    def answering(condition: str, size: int, who: str, point: str):
+        """The matcher of ``who`` ("all", or the generator left out) at (condition, size), at ``point``."""
+        key = (condition, size, who, point)
+        if key not in at_point:
+            at_point[key] = fitted(condition, size)[who].at_operating_point(point)
+        return at_point[key]
+
     rows = []
     conditions = a.conditions.split(",")
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -211,53 +230,59 @@ def main() -> int:
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                     curves = engine.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
-                    ms = fitted(cond.name, min(size, m))
-                    answer = ms["all"].attribute(vec)
-                    left = ms[gen].attribute(vec) if gen in ms else answer
-                    outcome = _outcome(answer, gen, families)
-                    rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
-                                 "size": size, "batch": b, "verdict": answer.verdict, "family": answer.family,
-                                 "outcome": outcome, "left_out_verdict": left.verdict, "left_out_family": left.family,
-                                 "left_out_outcome": _outcome(left, gen, families)})
-                    print(f"{gen:16s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b}: "
-                          f"{_shown(answer):10s} ({outcome}); left out: {_shown(left)}"
-                          f"   [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
-    table = defaultdict(Counter)
-    for r in rows:
-        key = (r["condition"], r["size"], r["generator"].startswith("curated-"))
-        table[key][r["outcome"]] += 1
-        table[key]["left_out_" + r["left_out_outcome"]] += 1
-    print("\n| condition | m′ | batches | right | family | unknown | wrong | own generator left out → unknown "
-          "(+ its family) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (c, size, cur), cnt in sorted(table.items(), key=lambda kv: (kv[0][2], conditions.index(kv[0][0]), kv[0][1])):
-        n = cnt["right"] + cnt["family"] + cnt["unknown"] + cnt["wrong"]
-        if cur:
-            print(f"| {c} (curated copies) | {size} | {n} | — | — | {cnt['unknown']} | {cnt['wrong']} | — |")
-        else:
-            print(f"| {c} | {size} | {n} | {cnt['right']} | {cnt['family']} | {cnt['unknown']} | {cnt['wrong']} | "
-                  f"{cnt['left_out_unknown']} (+ {cnt['left_out_family']}) of {n} |")
+                    fitted(cond.name, min(size, m))
+                    for point in points:
+                        answer = answering(cond.name, min(size, m), "all", point).attribute(vec)
+                        left = (answering(cond.name, min(size, m), gen, point).attribute(vec)
+                                if gen in generators else answer)
+                        outcome = _outcome(answer, gen, families)
+                        rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
+                                     "size": size, "batch": b, "operating_point": point, "verdict": answer.verdict,
+                                     "family": answer.family, "outcome": outcome, "left_out_verdict": left.verdict,
+                                     "left_out_family": left.family, "left_out_outcome": _outcome(left, gen, families)})
+                        print(f"{gen:16s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b} {point:8s}: "
+                              f"{_shown(answer):10s} ({outcome}); left out: {_shown(left)}"
+                              f"   [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
+    for point in points:
+        table = defaultdict(Counter)
+        for r in rows:
+            if r["operating_point"] != point:
+                continue
+            key = (r["condition"], r["size"], r["generator"].startswith("curated-"))
+            table[key][r["outcome"]] += 1
+            table[key]["left_out_" + r["left_out_outcome"]] += 1
+        print(f"\noperating point {point}:\n| condition | m′ | batches | right | family | unknown | wrong | own "
+              "generator left out → unknown (+ its family) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (c, size, cur), cnt in sorted(table.items(),
+                                          key=lambda kv: (kv[0][2], conditions.index(kv[0][0]), kv[0][1])):
+            n = cnt["right"] + cnt["family"] + cnt["unknown"] + cnt["wrong"]
+            if cur:
+                print(f"| {c} (curated copies) | {size} | {n} | — | — | {cnt['unknown']} | {cnt['wrong']} | — |")
+            else:
+                print(f"| {c} | {size} | {n} | {cnt['right']} | {cnt['family']} | {cnt['unknown']} | "
+                      f"{cnt['wrong']} | {cnt['left_out_unknown']} (+ {cnt['left_out_family']}) of {n} |")
     # leave-one-out on the enrolled instances themselves, at every (condition, m′): `registry evaluate
     # --batch-size m′ --condition c` (png is none to the registry: PNG changes no pixel)
     loo_rows = []
-    print("\n| condition | m′ | LOO accuracy (closed set) | open set: right · family · wrong · unknown | "
-          "generator left out → unknown (+ its family) |")
-    print("|---|---|---|---|---|")
+    print("\n| condition | m′ | operating point | LOO accuracy (closed set) | open set: right · family · wrong · "
+          "unknown | generator left out → unknown (+ its family) |")
+    print("|---|---|---|---|---|---|")
     for condition in dict.fromkeys("none" if c == "png" else c for c in ([] if a.skip_loo else conditions)):
         if condition.startswith("jpeg") and condition not in matchers.conditions():
             from forensics.conditions import nearest_jpeg
 
             condition = nearest_jpeg(int(condition[4:]), matchers.conditions())
-        for size in sorted({min(s, m) for s in sizes}):
+        for size, point in ((s, p) for s in sorted({min(s, m) for s in sizes}) for p in points):
             doc = api.evaluate(protocol=proto.name, matchers=[a.matcher],
                                batch_size=None if (size == m and condition == "none") else size,
-                               condition=condition).to_dict()
+                               condition=condition, operating_point=point).to_dict()
             ev = doc["protocols"][0]["matchers"][0]
             lgo, ops = ev["leave_generator_out"], ev["open_set"]
-            loo_rows.append({"condition": condition, "size": size, "n": ev["n"], "correct": ev["correct"],
-                             "open_set": ops, "left_out_unknown": lgo["unknown"], "left_out_family": lgo["family"],
-                             "left_out_n": lgo["n"]})
-            print(f"| {condition} | {size} | {ev['correct']}/{ev['n']} | {ops['answered_right']} · "
+            loo_rows.append({"condition": condition, "size": size, "operating_point": point, "n": ev["n"],
+                             "correct": ev["correct"], "open_set": ops, "left_out_unknown": lgo["unknown"],
+                             "left_out_family": lgo["family"], "left_out_n": lgo["n"]})
+            print(f"| {condition} | {size} | {point} | {ev['correct']}/{ev['n']} | {ops['answered_right']} · "
                   f"{ops['answered_family']} · {ops['answered_wrong']} · {ops['unknown']} | "
                   f"{lgo['unknown']} (+ {lgo['family']}) of {lgo['n']} |", flush=True)
     if a.json:

@@ -381,8 +381,9 @@ class _Matchers:
     marked not comparable (``None`` as its size)."""
 
     def __init__(self, reg: Registry, proto: Any, engine: Any, references: Sequence[EnrolledCurve], name: str,
-                 matcher: Any):
+                 matcher: Any, operating_point: str = "balanced"):
         self.reg, self.proto, self.engine, self.references, self.name = reg, proto, engine, references, name
+        self.operating_point = operating_point
         self.matchers: dict[tuple[str, int], Any] = {("none", proto.batch_size): matcher}
         self.described: dict[tuple[str, int], dict[str, Any]] = {}
         self.problems: list[str] = []
@@ -419,9 +420,23 @@ class _Matchers:
 
         redrawn = references_at(self.references, self.records(condition), size, records_curves(self.engine))
         self.matchers[key] = _weighted_matcher(self.name, redrawn.layer_weights, self.problems).fit(
-            list(redrawn.references), redrawn.queries)
+            list(redrawn.references), redrawn.queries).at_operating_point(self.operating_point)
         self.described[key] = {"condition": condition, **redrawn.describe()}
         return self.matchers[key], size
+
+
+def _registry_matcher(reg: Registry, protocol: str, name: str, references: Sequence[EnrolledCurve],
+                      operating_point: str = "balanced") -> Any:
+    """The matcher ``name`` fitted on ``references`` with the registry's recorded calibration (calibrated
+    again when it does not apply to them, or records no thresholds for ``operating_point``: one recorded
+    before operating points existed), answering at ``operating_point``."""
+    from forensics.match import make_matcher
+
+    m = make_matcher(name, calibration=reg.calibration(protocol, name)).fit(references)
+    cal = m.calibration or {}
+    if cal.get("calibrated") and operating_point not in (cal.get("operating_points") or {"balanced": None}):
+        m = m.clone().fit(references)
+    return m.at_operating_point(operating_point)
 
 
 def _weighted_matcher(name: str, weights: Sequence[float] | None, problems: list[str] | None = None) -> Any:
@@ -460,7 +475,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
               matcher: str = "alpha", device: str = "cpu", weights: str | None = None, cache: bool = True,
               workers: int = 0, amp: str | None = None, progress: Progress | None = None,
               recursive: bool = True, engine: str = "local", ray_address: str | None = None,
-              condition: str = "auto") -> AttributionResult:
+              condition: str = "auto", operating_point: str = "balanced") -> AttributionResult:
     """Attribute an image set to the enrolled generator whose fingerprint it matches.
 
     The images are cut into batches of the protocol's m; each batch's curve is attributed, and so is the
@@ -476,9 +491,12 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     curve, to the last bit. ``condition``: the post-processing the images went through
     (:mod:`forensics.conditions`), matched against the instances under the same processing; ``"auto"``
     reads it from the files (a JPEG's quantisation tables), else takes the images as generated.
+    ``operating_point``: which calibrated thresholds decide "unknown" (``balanced``, ``named`` or
+    ``cautious``: :data:`forensics.match.calibration.OPERATING_POINTS`).
     """
-    from forensics.match import make_matcher
+    from forensics.match.calibration import check_operating_point
 
+    check_operating_point(operating_point)
     _check_amp(amp)
     _check_input(images)
     _check_weights(weights)
@@ -488,14 +506,14 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         references = reg.enrolled(proto.name)
         if not references:
             raise UsageError(f"protocol {proto.name!r} has no enrolled generators to attribute to")
-        m = make_matcher(matcher, calibration=reg.calibration(proto.name, matcher)).fit(references)
+        m = _registry_matcher(reg, proto.name, matcher, references, operating_point)
     with _Step(progress, f"starting torch on {device}"):
         compute = check_compute(device, amp, engine)
         engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
                          progress=progress, engine=engine, ray_address=ray_address)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
     _prepare(engine, progress)
-    sized = _Matchers(reg, proto, engine, references, matcher, m)
+    sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
     cond = _condition(condition, record.files, sized.conditions())
     if cond.name != "none" and not sized.complete(cond.name):
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
@@ -744,11 +762,12 @@ def _takes_weights(name: str) -> bool:
 
 def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
                      stability: bool = False, queries: Mapping[str, Sequence[Any]] | None = None,
-                     **options: Any) -> MatcherEvaluation:
+                     operating_point: str = "balanced", **options: Any) -> MatcherEvaluation:
     """Leave-one-out, leave-generator-out and (when instances carry the role ``test_batch``) the
     hold-out split of one matcher on a protocol's references; ``queries`` (by instance id) stand for a
     held-out instance in place of its own curve (:func:`forensics.match.batchsize.references_at`);
-    ``options`` go to the matcher (for example its ``layer_weights``)."""
+    ``options`` go to the matcher (for example its ``layer_weights``); the open-set verdicts use the
+    thresholds of ``operating_point``."""
     from dataclasses import replace
 
     from forensics.match import calibration_stability, holdout, leave_generator_out, leave_one_out
@@ -756,13 +775,14 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
     refs = list(references)
     if not refs:
         return MatcherEvaluation(matcher, None)
-    ev = leave_one_out(refs, matcher, queries=queries, **options)
+    ev = leave_one_out(refs, matcher, queries=queries, operating_point=operating_point, **options)
     if ev.error is not None:
         return MatcherEvaluation(matcher, ev)
-    ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher, queries=queries, **options))
+    ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher, queries=queries,
+                                                             operating_point=operating_point, **options))
     if queries is None and any(r.provenance.get("role") == "test_batch" for r in refs):
         try:
-            split = holdout(refs, matcher)
+            split = holdout(refs, matcher, operating_point=operating_point)
             split.pop("queries", None)
             ev = replace(ev, split={"query_role": "test_batch", **split})
         except UsageError as exc:
@@ -772,7 +792,7 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
 
 def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stability: bool = False,
                       progress: Progress | None = None, batch_size: int | None = None,
-                      condition: str = "none") -> ProtocolEvaluation:
+                      condition: str = "none", operating_point: str = "balanced") -> ProtocolEvaluation:
     """Every matcher of ``matchers`` on one protocol's references (:func:`evaluate_matcher`), each a step
     reported to ``progress``. With ``batch_size`` (m′) or a ``condition`` other than none, the references
     are the instances redrawn at m′ under that condition from their per-image records, and each held-out
@@ -787,11 +807,12 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
     for m in matchers:
         with _Step(progress, f"evaluating {m} on {name}" + (" with its stability" if stability else "")):
             options = {} if weights is None or not _takes_weights(m) else {"layer_weights": list(weights)}
-            found.append(evaluate_matcher(refs, m, stability=stability, queries=queries, **options))
+            found.append(evaluate_matcher(refs, m, stability=stability, queries=queries,
+                                          operating_point=operating_point, **options))
     return ProtocolEvaluation(protocol=name, digest=proto.digest,
                               generators=tuple(sorted({r.generator for r in refs})), n_instances=len(refs),
                               matchers=tuple(found), batch_size=size, condition=condition,
-                              redrawn=queries is not None)
+                              redrawn=queries is not None, operating_point=operating_point)
 
 
 def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int,
@@ -819,13 +840,17 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
 
 def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matchers: Sequence[str] | None = None,
              stability: bool = False, progress: Progress | None = None, batch_size: int | None = None,
-             condition: str = "none") -> EvaluationResult:
+             condition: str = "none", operating_point: str = "balanced") -> EvaluationResult:
     """How well the registry's enrolled curves tell their generators apart, per protocol (every protocol
     when ``protocol`` is None) and matcher (every registered one when ``matchers`` is None). With
     ``stability``, also how far each matcher's open-set thresholds move with one reference left out
     (minutes: ``progress`` hears of each protocol and matcher). ``batch_size``/``condition``: at another
     batch size and post-processing condition, from the instances' per-image records
-    (:func:`evaluate_protocol`)."""
+    (:func:`evaluate_protocol`). ``operating_point``: which calibrated thresholds the open-set verdicts use
+    (:data:`forensics.match.calibration.OPERATING_POINTS`)."""
+    from forensics.match.calibration import check_operating_point
+
+    check_operating_point(operating_point)
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         names = [protocol] if protocol else sorted(reg.protocols)
@@ -838,7 +863,8 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
         if count is not None:
             count("protocols evaluated", len(done), len(names))
         done.append(evaluate_protocol(reg, name, chosen, stability=stability, progress=progress,
-                                      batch_size=batch_size, condition=condition))
+                                      batch_size=batch_size, condition=condition,
+                                      operating_point=operating_point))
     if count is not None:
         count("protocols evaluated", len(done), len(names))
     return EvaluationResult(reg.path, tuple(done))
@@ -1117,7 +1143,7 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
             raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol "
                              f"{pname}`")
         names = _matcher_names(matchers)
-        fitted = {n: make_matcher(n, calibration=reg.calibration(pname, n)).fit(references) for n in names}
+        fitted = {n: _registry_matcher(reg, pname, n, references) for n in names}
     with _Step(progress, f"starting torch on {device}"):
         check_compute(device)
         engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights,

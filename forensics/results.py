@@ -452,12 +452,13 @@ class ProtocolEvaluation:
     batch_size: int | None = None   # the batch size the curves mean (redrawn from records when not the protocol's)
     condition: str = "none"         # the post-processing condition they were redrawn under
     redrawn: bool = False           # whether the curves were redrawn from the instances' per-image records
+    operating_point: str = "balanced"  # which calibrated thresholds the open-set verdicts used
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "digest": self.digest, "n_generators": len(self.generators),
                 "n_instances": self.n_instances, "generators": list(self.generators),
                 "batch_size": self.batch_size, "condition": self.condition, "redrawn": self.redrawn,
-                "matchers": [m.to_dict() for m in self.matchers]}
+                "operating_point": self.operating_point, "matchers": [m.to_dict() for m in self.matchers]}
 
 
 @dataclass(frozen=True)

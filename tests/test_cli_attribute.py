@@ -87,6 +87,25 @@ def test_attribute_json_names_the_generator(registry, plugin_host, tmp_path):
     assert "computed on cpu, float32" in page
 
 
+def test_attribute_at_an_operating_point_uses_its_thresholds_and_says_so(registry, plugin_host):
+    reg, data = registry
+    docs = {}
+    for point in ("balanced", "named", "cautious"):
+        r = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--json",
+                 "--operating-point", point])
+        assert r.exit_code == 0, r.output
+        docs[point] = json.loads(r.stdout)
+        cal = docs[point]["matcher"]["open_set"]
+        assert cal["operating_point"] == point
+        assert {k: cal[k] for k in ("score", "margin", "distance_ratio")} == \
+            {k: cal["operating_points"][point][k] for k in ("score", "margin", "distance_ratio")}
+        if point != "balanced":
+            assert f"{point} operating point" in docs[point]["verdict"]["reason"]
+    # the same curve and ranking at every point: only the thresholds differ
+    assert len({json.dumps(d["candidates"]) for d in docs.values()}) == 1
+    assert len({json.dumps(d["curve"]) for d in docs.values()}) == 1
+
+
 def test_memorization_records_device_and_precision(registry, plugin_host):
     reg, data = registry
     r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg), "--json", "--device", "cpu"])
@@ -173,6 +192,8 @@ def test_registry_from_environment(registry, plugin_host, monkeypatch):
     (["attribute", "{data}/copies.npz", "--protocol", "nope"], 2, "nope"),
     (["attribute", "{data}/copies.npz", "--matcher", "nope"], 2, "no matcher named 'nope'"),
     (["curate", "digits:train", "--kind", "blur", "--out", "{data}/x.npz"], 2, "unknown curated kind"),
+    (["attribute", "{data}/copies.npz", "--operating-point", "bold"], 2,
+     "unknown operating point 'bold': choose one of balanced, named, cautious"),
 ])
 def test_errors_are_one_line_with_exit_codes(registry, plugin_host, args, code, message):
     reg, data = registry

@@ -92,6 +92,25 @@ def test_evaluate_reports_loo_confusion_and_split(paper_copy):
     assert "confusion" in text and "15/18" in text and "PNDM" in text
 
 
+def test_evaluate_at_an_operating_point_says_so_and_answers_as_the_library(paper_copy):
+    from forensics.match import leave_generator_out, leave_one_out
+
+    doc = json.loads(run("evaluate", "--registry", paper_copy, "-m", "alpha", "--operating-point", "cautious",
+                         "--json").stdout)
+    (p,) = doc["protocols"]
+    (alpha,) = p["matchers"]
+    assert p["operating_point"] == alpha["operating_point"] == alpha["leave_generator_out"]["operating_point"] \
+        == "cautious"
+    refs = Registry.open(paper_copy).enrolled(PROTOCOL_NAME)
+    assert alpha["open_set"] == leave_one_out(refs, "alpha", operating_point="cautious").open_set
+    assert alpha["leave_generator_out"]["unknown"] == leave_generator_out(refs, "alpha",
+                                                                          operating_point="cautious")["unknown"]
+    assert "cautious operating point" in run("evaluate", "--registry", paper_copy, "-m", "alpha",
+                                             "--operating-point", "cautious").stdout
+    bad = run("evaluate", "--registry", paper_copy, "--operating-point", "bold", code=2)
+    assert "unknown operating point 'bold'" in bad.output
+
+
 def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy):
     # on the paper's 18 published curves: one calibration per reference dropped, each the calibration
     # of the other 17, summarised per threshold
@@ -126,6 +145,11 @@ def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     assert recorded["calibrated"] and recorded["options"]["alpha"] == 0.5
     m = make_matcher("alpha", calibration=recorded).fit(reg.enrolled(PROTOCOL_NAME))
     assert m.calibration["source"] == "recorded" and m.calibration["distance_ratio"] == recorded["distance_ratio"]
+    # every operating point is recorded, so answering at another needs no calibration
+    assert set(recorded["operating_points"]) == {"balanced", "named", "cautious"}
+    named = m.at_operating_point("named").calibration
+    assert named["source"] == "recorded" and named["distance_ratio"] == recorded["operating_points"]["named"][
+        "distance_ratio"]
     assert not reg.warnings
     # a calibration recorded by an older version (thresholds on score and margin only) is flagged
     reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "rule": "thresholds on (best score, margin)"}})

@@ -269,7 +269,8 @@ def test_uncalibratable_references_fall_back_to_closed_set():
 def test_recorded_calibration_is_reused_only_for_the_same_references():
     refs = toy_refs()
     cal = make_matcher("alpha").fit(refs).calibration
-    recorded = {**cal, "score": 0.123}
+    points = cal["operating_points"]
+    recorded = {**cal, "operating_points": {**points, "balanced": {**points["balanced"], "score": 0.123}}}
     m = make_matcher("alpha", calibration=recorded).fit(refs)
     assert m.calibration["score"] == 0.123 and m.calibration["source"] == "recorded"
     m2 = make_matcher("alpha", calibration=recorded).fit(refs[:-1])

@@ -366,6 +366,33 @@ def test_calibration_numbers_are_checked_on_load(reg, key, value):
     assert Registry.open(reg.path, strict=False).calibration("toy", "alpha") is None
 
 
+@pytest.mark.parametrize("point,key,value,problem", [
+    ("named", "score", float("nan"), "matchers.alpha.operating_points.named.score: expected a finite number"),
+    ("cautious", "distance_ratio", -1.0, "matchers.alpha.operating_points.cautious.distance_ratio: expected a finite"),
+    ("cautious", "lookalikes", [1], "matchers.alpha.operating_points.cautious.lookalikes: expected a mapping"),
+    ("bold", "score", 0.5, "matchers.alpha.operating_points.bold: not an operating point"),
+])
+def test_operating_point_thresholds_are_checked_on_load(reg, point, key, value, problem):
+    # an operating point's thresholds decide verdicts as the top-level ones do: checked alike
+    cfile = reg.path / "toy" / "calibration.yaml"
+    good = {"score": 0.5, "margin": 0.1, "distance_ratio": 2.0}
+    cfile.write_text(dump_yaml({"schema_version": 1, "matchers": {"alpha": {
+        **good, "calibrated": True, "operating_points": {"balanced": good, point: {**good, key: value}}}}}))
+    problems = Registry.open(reg.path, strict=False).validate()
+    assert len(problems) == 1 and problems[0].startswith(f"reg/toy/calibration.yaml: {problem}"), problems
+    assert Registry.open(reg.path, strict=False).calibration("toy", "alpha") is None
+
+
+def test_an_object_written_twice_is_written_out_not_aliased(reg):
+    shared = {"pndm": [1, 3]}
+    text = dump_yaml({"schema_version": 1, "matchers": {"alpha": {"lookalikes": shared, "operating_points": {
+        "balanced": {"lookalikes": shared}}}}})
+    assert "&" not in text and "*" not in text
+    (reg.path / "toy" / "calibration.yaml").write_text(text)
+    cal = Registry.open(reg.path).calibration("toy", "alpha")
+    assert cal["lookalikes"] == cal["operating_points"]["balanced"]["lookalikes"] == shared
+
+
 # -- 10. bounded reads -------------------------------------------------------------------------------
 @pytest.fixture(params=["libyaml", "pure-python"])
 def yaml_loader(request, monkeypatch):

@@ -182,6 +182,9 @@ OPT_CONDITIONS = typer.Option("all", "--conditions", help="Post-processing condi
                               "under: all, none, or names (none,jpeg95,jpeg90,jpeg80,jpeg70,resize2,resize0.5,crop90).")
 OPT_CONDITION = typer.Option("auto", "--condition", help="What happened to the images: auto (read JPEG quality from "
                              "the files, else as generated), none, or a condition (jpeg90, resize2, crop90, …).")
+OPT_OPERATING_POINT = typer.Option("balanced", "--operating-point", help="Which calibrated thresholds decide "
+                                   "\"unknown\": balanced (best balanced accuracy), named (name more, at the price of "
+                                   "letting more unenrolled generators through) or cautious (the reverse).")
 OPT_NO_RECURSIVE = typer.Option(False, "--no-recursive", help="Read only the folder's own files, not its "
                                 "subfolders' (by default a folder is searched recursively).")
 

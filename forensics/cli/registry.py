@@ -11,7 +11,7 @@ from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out,
     print_json, progress_bar, use_offline,
 )
-from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, OPT_PLOTS, input_notes
+from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, OPT_OPERATING_POINT, OPT_PLOTS, input_notes
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 
 if TYPE_CHECKING:
@@ -375,6 +375,8 @@ def _render_evaluation(result: EvaluationResult) -> None:
         at = (f" at batches of {p['batch_size']}" + (f", {esc(p['condition'])}" if p["condition"] != "none" else "")
               + " (sub-batches from the per-image records)"
               if p.get("redrawn") else "")
+        if p.get("operating_point", "balanced") != "balanced":
+            at += f", {esc(p['operating_point'])} operating point"
         table = Table(title=f"{esc(p['protocol'])}: {p['n_instances']} instances of {p['n_generators']} generators "
                             f"— leave-one-out{at}", title_justify="left")
         for col in ("matcher", "LOO accuracy", "right / n", OPEN_SET_COLUMN,
@@ -432,6 +434,7 @@ def evaluate(
                                              "instance queried by 16 single sub-batches of m′."),
     condition: str = typer.Option("none", "--condition", help="Evaluate under this post-processing condition "
                                   "(jpeg90, resize2, …), from the instances' per-image records."),
+    operating_point: str = OPT_OPERATING_POINT,
 ):
     """Leave-one-out attribution over every enrolled instance, each matcher side by side.
 
@@ -448,7 +451,7 @@ def evaluate(
     progress, update = progress_bar()
     with progress:
         result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability, progress=update,
-                     batch_size=batch_size, condition=condition)
+                     batch_size=batch_size, condition=condition, operating_point=operating_point)
     write_reports("evaluation_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())

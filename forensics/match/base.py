@@ -34,6 +34,7 @@ them.
 from __future__ import annotations
 
 import abc
+import copy
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -43,7 +44,8 @@ import numpy as np
 
 from forensics.errors import ProtocolMismatch, UsageError
 from forensics.match.calibration import (
-    CALIBRATION_RULE, calibrate, confused, refit_points, threshold_info, thresholds,
+    CALIBRATION_RULE, DEFAULT_OPERATING_POINT, at_operating_point, calibrate, check_operating_point, confused,
+    refit_points, threshold_info, thresholds,
 )
 from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances, query_spreads
 from forensics.match.types import (
@@ -163,10 +165,22 @@ class Matcher(abc.ABC):
             given = self._given_calibration
             if (queries is None and given and given.get("references_digest") == references_digest(references)
                     and given.get("rule") == CALIBRATION_RULE):
-                self.calibration = {**given, "source": "recorded"}
+                self.calibration = at_operating_point({**given, "source": "recorded"}, DEFAULT_OPERATING_POINT)
             else:
                 self.calibration = calibrate(self, references, queries)
         return self
+
+    def at_operating_point(self, point: str) -> Matcher:
+        """This fitted matcher answering at another operating point (a copy sharing its fit): its verdicts
+        use the thresholds calibration chose for ``point`` (:data:`~forensics.match.calibration.OPERATING_POINTS`;
+        ``balanced`` is what :meth:`fit` answers at). A one-line error when the calibration records no
+        thresholds for it (one recorded before operating points existed: recalibrate)."""
+        other = copy.copy(self)
+        if self.calibration is not None:
+            other.calibration = at_operating_point(self.calibration, point)
+        else:
+            check_operating_point(point)
+        return other
 
     @property
     def generators(self) -> list[str]:
@@ -233,6 +247,8 @@ class Matcher(abc.ABC):
                           threshold_info(cal))
         info = threshold_info(cal)
         n_refs = f"calibrated on {cal['n_references']} references"
+        if cal.get("operating_point", DEFAULT_OPERATING_POINT) != DEFAULT_OPERATING_POINT:
+            n_refs += f", {cal['operating_point']} operating point"
         t_score, t_margin, t_ratio = thresholds(cal)
         m = math.inf if margin is None else margin
         lookalikes = (cal.get("lookalikes") or {}).get(best.generator)

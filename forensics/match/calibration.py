@@ -8,6 +8,12 @@ The thresholds are the triple that maximises the balanced accuracy of that decis
 the generator they were named, and held-out instances whose generator stayed enrolled but ranked another
 first as *confusions* (which generators calibration took for one another; a verdict naming one of a family
 whose generators were confused names the family instead, see :meth:`forensics.match.Matcher.attribute`).
+
+That is the *balanced* operating point. Calibration also records the thresholds of two others
+(:data:`OPERATING_POINTS`, under ``operating_points``), chosen among the triples whose balanced accuracy
+is within one standard error of the best: ``named`` keeps the most answers, ``cautious`` catches the most
+unknowns. A fitted matcher answers at the balanced one, and at another through
+:meth:`forensics.match.Matcher.at_operating_point`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,33 @@ CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, dista
                     "the held-out queries whose own generator ranked below another as confusions")
 
 THRESHOLDS = ("score", "margin", "distance_ratio")  # the calibrated open-set thresholds, by their keys
+
+OPERATING_POINTS = {
+    "balanced": "the thresholds of the best balanced accuracy (the default)",
+    "named": "among the thresholds whose balanced accuracy lies within one standard error of the best, those "
+             "that keep the most of calibration's right answers: more batches named, more unenrolled "
+             "generators let through",
+    "cautious": "among the thresholds whose balanced accuracy lies within one standard error of the best, those "
+                "that catch the most of calibration's unknowns: fewer batches named, fewer unenrolled "
+                "generators let through",
+}
+"""The operating points calibration records thresholds for, and how each is chosen. Balanced accuracy
+cannot tell apart triples within about one standard error of the best (Breiman et al.'s one-standard-error
+rule), yet such triples can keep very different shares of answers; the analyst chooses which way to lean."""
+
+DEFAULT_OPERATING_POINT = "balanced"
+
+# what an operating point sets in a calibration: its thresholds, how they do on calibration's points, and
+# which left-out generators they let through
+_AT_POINT = (*THRESHOLDS, "balanced_accuracy", "answered_right", "unknown_right", "lookalikes")
+
+
+def check_operating_point(point: str) -> str:
+    """``point`` if it is an operating point, else a :class:`~forensics.errors.UsageError` naming them."""
+    if point not in OPERATING_POINTS:
+        raise UsageError(f"unknown operating point {point!r}: choose one of {', '.join(OPERATING_POINTS)}")
+    return point
+
 
 LOO_LIMIT = 40  # above this many references, the refitting calibration holds out 10 folds, not one at a time
 FOLDS = 10
@@ -67,12 +100,30 @@ def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve],
     if not unknown:
         return {**base, "calibrated": False, "score": None, "margin": None,
                 "reason": "too few generators to simulate an unknown one"}
-    t_score, t_margin, t_ratio, ba, acc_answer, acc_unknown = _best_thresholds(np.array(answer), np.array(unknown))
-    # JSON-ready: a threshold that is not applied (±inf) is recorded as null
-    return {**base, "calibrated": True, "score": _finite_or_none(t_score), "margin": _finite_or_none(t_margin),
-            "distance_ratio": _finite_or_none(t_ratio),
-            "balanced_accuracy": ba, "answered_right": acc_answer, "unknown_right": acc_unknown,
-            "lookalikes": _lookalikes(points.left_out, t_score, t_margin, t_ratio)}
+    chosen = {}
+    for name, found in _best_thresholds(np.array(answer), np.array(unknown)).items():
+        t_score, t_margin, t_ratio, ba, acc_answer, acc_unknown = found
+        # JSON-ready: a threshold that is not applied (±inf) is recorded as null
+        chosen[name] = {"chosen_by": OPERATING_POINTS[name], "score": _finite_or_none(t_score),
+                        "margin": _finite_or_none(t_margin), "distance_ratio": _finite_or_none(t_ratio),
+                        "balanced_accuracy": ba,
+                        "answered_right": acc_answer, "unknown_right": acc_unknown,
+                        "lookalikes": _lookalikes(points.left_out, t_score, t_margin, t_ratio)}
+    return at_operating_point({**base, "calibrated": True, "operating_points": chosen}, DEFAULT_OPERATING_POINT)
+
+
+def at_operating_point(cal: Mapping[str, Any], point: str) -> dict[str, Any]:
+    """The calibration ``cal`` answering at operating ``point``: its thresholds, their accuracies and
+    lookalikes (the top-level keys a verdict reads) taken from ``cal["operating_points"][point]``. A
+    calibration that records no operating points (made before they existed) holds the balanced one only."""
+    check_operating_point(point)
+    points = cal.get("operating_points")
+    if not cal.get("calibrated") or (points is None and point == DEFAULT_OPERATING_POINT):
+        return {**cal, "operating_point": point} if cal.get("calibrated") else dict(cal)
+    if not points or point not in points:
+        raise UsageError(f"this calibration records no thresholds for the {point!r} operating point "
+                         "(recalibrate: `forensics registry calibrate`)")
+    return {**cal, **{k: v for k, v in points[point].items() if k in _AT_POINT}, "operating_point": point}
 
 
 def _lookalikes(left_out: Sequence[tuple[str, str, Point]], t_score: float, t_margin: float,
@@ -196,37 +247,60 @@ def _cuts(values: np.ndarray, limit: int = 64) -> np.ndarray:
     return np.concatenate([[-math.inf], mids])
 
 
-def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
-    """Grid search over (score, margin, distance ratio) cuts; among the triples with the best balanced
-    accuracy, a threshold that need not be applied is not (±inf; decided for the margin, then the score,
-    then the ratio), else the one in the middle of the tying range (for separable values: halfway between
-    the closest "unknown" and "answer" points; for the ratio, halfway on a log scale); a ratio that need not
-    apply is capped at the largest among the answers that pass the score and the margin. Returns (score,
-    margin, ratio, balanced accuracy, share of answers kept, share of unknowns caught)."""
-    def lower_bounds(points: np.ndarray) -> np.ndarray:
+def _best_thresholds(answer: np.ndarray, unknown: np.ndarray,
+                     points: Sequence[str] = tuple(OPERATING_POINTS)) -> dict[str, tuple[float, ...]]:
+    """Grid search over (score, margin, distance ratio) cuts, the thresholds of each operating point of
+    ``points``. ``balanced``: among the triples with the best balanced accuracy, a threshold that need not be
+    applied is not (±inf; decided for the margin, then the score, then the ratio), else the one in the middle
+    of the tying range (for separable values: halfway between the closest "unknown" and "answer" points; for
+    the ratio, halfway on a log scale). ``named`` and ``cautious`` (:data:`OPERATING_POINTS`): among the
+    triples within one standard error of the best balanced accuracy, those keeping the most answers (catching
+    the most unknowns), then the best balanced accuracy among them, then the same tie rule. A ratio that need
+    not apply is capped at the largest among the answers that pass the score and the margin. Returns, per
+    point, (score, margin, ratio, balanced accuracy, share of answers kept, share of unknowns caught)."""
+    def lower_bounds(values: np.ndarray) -> np.ndarray:
         # every test as "value ≥ cut": the ratio is an upper bound, so it is negated; NaN passes
-        closeness = np.where(np.isnan(points[:, 2]), math.inf, -points[:, 2])
-        return np.stack([points[:, 0], points[:, 1], closeness], axis=1)
+        closeness = np.where(np.isnan(values[:, 2]), math.inf, -values[:, 2])
+        return np.stack([values[:, 0], values[:, 1], closeness], axis=1)
 
     a, u = lower_bounds(answer), lower_bounds(unknown)
     both = np.concatenate([a, u])
     cuts = [_cuts(both[:, k]) for k in range(3)]
 
-    def passing(points: np.ndarray, ratio_cut: float) -> np.ndarray:   # score cuts × margin cuts × points
-        return ((points[None, None, :, 0] >= cuts[0][:, None, None])
-                & (points[None, None, :, 1] >= cuts[1][None, :, None])
-                & (points[None, None, :, 2] >= ratio_cut))
+    def passing(values: np.ndarray, ratio_cut: float) -> np.ndarray:   # score cuts × margin cuts × points
+        return ((values[None, None, :, 0] >= cuts[0][:, None, None])
+                & (values[None, None, :, 1] >= cuts[1][None, :, None])
+                & (values[None, None, :, 2] >= ratio_cut))
 
-    table = []
-    for tr in cuts[2]:
-        acc_a = passing(a, tr).mean(axis=2)
-        acc_u = 1.0 - passing(u, tr).mean(axis=2)
-        ba = 0.5 * (acc_a + acc_u)
-        i, j = np.nonzero(ba >= ba.max() - 1e-12)
-        table.extend((float(cuts[0][p]), float(cuts[1][q]), float(tr), float(ba[p, q]), float(acc_a[p, q]),
-                      float(acc_u[p, q])) for p, q in zip(i, j))
-    best_ba = max(row[3] for row in table)
-    ties = [row for row in table if row[3] >= best_ba - 1e-12]
+    # (ratio cut, score cut, margin cut) → share of answers kept, share of unknowns caught
+    kept = np.stack([passing(a, tr).mean(axis=2) for tr in cuts[2]])
+    caught = np.stack([1.0 - passing(u, tr).mean(axis=2) for tr in cuts[2]])
+    ba = 0.5 * (kept + caught)
+    top = ba >= ba.max() - 1e-12
+    # the standard error of a balanced accuracy at the best (the largest, where several triples reach it)
+    ka, cu = kept[top], caught[top]
+    se = float(np.max(0.5 * np.sqrt(ka * (1 - ka) / len(a) + cu * (1 - cu) / len(u))))
+    return {point: _chosen(answer, unknown, cuts, _leaning(point, top, ba, kept, caught, se)) for point in points}
+
+
+def _leaning(point: str, top: np.ndarray, ba: np.ndarray, kept: np.ndarray, caught: np.ndarray,
+             se: float) -> np.ndarray:
+    """Which triples of the table the operating ``point`` chooses among (see :func:`_best_thresholds`)."""
+    check_operating_point(point)
+    if point == "balanced":
+        return top
+    near = ba >= ba.max() - se - 1e-12
+    lean = kept if point == "named" else caught
+    near &= lean >= lean[near].max() - 1e-12
+    return near & (ba >= ba[near].max() - 1e-12)
+
+
+def _chosen(answer: np.ndarray, unknown: np.ndarray, cuts: Sequence[np.ndarray],
+            among: np.ndarray) -> tuple[float, ...]:
+    """The one triple of ``among`` (a mask over ratio × score × margin cuts) the tie rule picks, its ratio
+    capped where it need not apply, and how it does on the points."""
+    k, i, j = np.nonzero(among)
+    ties = [(float(cuts[0][p]), float(cuts[1][q]), float(cuts[2][r])) for r, p, q in zip(k, i, j)]
 
     def middle(values, scale=lambda v: v):
         values = sorted(set(values))
@@ -240,17 +314,15 @@ def _best_thresholds(answer: np.ndarray, unknown: np.ndarray):
     ts = middle([row[0] for row in ties])
     ties = [row for row in ties if row[0] == ts]
     # a ratio's middle is geometric: halfway between 1.5× and 24× is 6×, not 12.75×
-    tr = middle([row[2] for row in ties], lambda v: math.log(max(-v, 1e-12)))
-    row = next(row for row in ties if row[2] == tr)
-    ts, tm, ratio = row[0], row[1], -row[2]
+    ratio = -middle([row[2] for row in ties], lambda v: math.log(max(-v, 1e-12)))
     if ratio == math.inf:
         # Unneeded on these points, but not on what calibration never saw (a batch of curated copies of
         # T lies far from every generator and may still pass the score and the margin): the ratio is
         # capped at the farthest answer that passes the other two, which keeps every answer it kept.
-        kept = answer[_passes(answer, ts, tm, math.inf), 2]
-        kept = kept[np.isfinite(kept)]
-        if len(kept):
-            ratio = float(kept.max())
+        far = answer[_passes(answer, ts, tm, math.inf), 2]
+        far = far[np.isfinite(far)]
+        if len(far):
+            ratio = float(far.max())
     acc_a = float(_passes(answer, ts, tm, ratio).mean())
     acc_u = 1.0 - float(_passes(unknown, ts, tm, ratio).mean())
     return ts, tm, ratio, 0.5 * (acc_a + acc_u), acc_a, acc_u
@@ -265,7 +337,7 @@ def threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The part of a calibration an :class:`~forensics.match.Attribution` records as its ``threshold``."""
     if cal is None:
         return None
-    return {k: cal.get(k) for k in ("calibrated", *THRESHOLDS, "n_references", "source")}
+    return {k: cal.get(k) for k in ("calibrated", *THRESHOLDS, "operating_point", "n_references", "source")}
 
 
 def thresholds(cal: Mapping[str, Any]) -> tuple[float, float, float]:

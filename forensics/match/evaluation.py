@@ -15,7 +15,7 @@ from typing import Any
 
 from forensics.errors import UsageError
 from forensics.match.base import Matcher, make_matcher
-from forensics.match.calibration import THRESHOLDS, calibrate
+from forensics.match.calibration import DEFAULT_OPERATING_POINT, THRESHOLDS, calibrate, check_operating_point
 from forensics.match.types import EnrolledCurve
 
 
@@ -34,6 +34,7 @@ class Evaluation:
     leave_generator_out: dict[str, Any] | None = None
     split: dict[str, Any] | None = None
     error: str | None = None
+    operating_point: str = DEFAULT_OPERATING_POINT
 
     @property
     def loo_accuracy(self) -> float | None:
@@ -44,7 +45,8 @@ class Evaluation:
                 "n": self.n, "correct": self.correct,
                 "confusion": {"labels": self.labels, "matrix": self.confusion,
                               "rows": "true generator", "columns": "predicted generator"},
-                "open_set": self.open_set, "leave_generator_out": self.leave_generator_out,
+                "open_set": self.open_set, "operating_point": self.operating_point,
+                "leave_generator_out": self.leave_generator_out,
                 "split": self.split, "error": self.error, "predictions": self.predictions}
 
 
@@ -58,15 +60,18 @@ def _factory(matcher: str | Matcher | Callable[[], Matcher], options: Mapping[st
 
 
 def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
-                  queries: Mapping[str, Sequence[Any]] | None = None, **options: Any) -> Evaluation:
+                  queries: Mapping[str, Sequence[Any]] | None = None,
+                  operating_point: str = DEFAULT_OPERATING_POINT, **options: Any) -> Evaluation:
     """Attribute every instance with itself left out of the references.
 
     ``correct`` counts the closed-set answer (the top candidate), as the paper does; ``open_set``
     counts how the open-set verdicts came out (answered right, answered with the generator's family rather
     than the generator, answered wrong, unknown). ``queries``: the
     curves that stand for an instance when it is held out (by id; default its own curve), each attributed
-    (and counted) once, and passed on to the matcher's calibration.
+    (and counted) once, and passed on to the matcher's calibration. The open-set verdicts use the
+    thresholds of ``operating_point`` (:data:`~forensics.match.calibration.OPERATING_POINTS`).
     """
+    check_operating_point(operating_point)
     refs = list(references)
     queries = queries or {}
     make = _factory(matcher, options)
@@ -82,7 +87,7 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
         m = make()
         name, opts = m.name, m.options()
         try:
-            m.fit(rest, queries or None)
+            m = m.fit(rest, queries or None).at_operating_point(operating_point)
             results = [m.attribute(q) for q in (queries.get(r.instance) or [r.fingerprint])]
         except UsageError as exc:
             return Evaluation(name, opts, len(refs), 0, labels, confusion, [], error=str(exc))
@@ -106,7 +111,7 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     open_set = ({"answered_right": right, "answered_family": family, "answered_wrong": wrong, "unknown": unknown}
                 if open_set_used else None)
     return Evaluation(name or str(matcher), opts, len(predictions), correct, labels, confusion, predictions,
-                      open_set)
+                      open_set, operating_point=operating_point)
 
 
 def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
@@ -133,13 +138,15 @@ def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Ma
 
 
 def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
-                        queries: Mapping[str, Sequence[Any]] | None = None, **options: Any) -> dict[str, Any]:
+                        queries: Mapping[str, Sequence[Any]] | None = None,
+                        operating_point: str = DEFAULT_OPERATING_POINT, **options: Any) -> dict[str, Any]:
     """Leave each whole generator out and attribute its instances: the open-set test.
 
     Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did. A run that
     names its own generator's family (another generator of it stays enrolled) is counted as ``family``:
-    neither unknown nor wrong. ``queries`` as :func:`leave_one_out` takes them.
+    neither unknown nor wrong. ``queries`` and ``operating_point`` as :func:`leave_one_out` takes them.
     """
+    check_operating_point(operating_point)
     refs = list(references)
     queries = queries or {}
     make = _factory(matcher, options)
@@ -150,7 +157,7 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         held = [r for r in refs if r.generator == g]
         m = make()
         try:
-            m.fit(rest, queries or None)
+            m = m.fit(rest, queries or None).at_operating_point(operating_point)
         except UsageError as exc:
             per[g] = {"n": len(held), "error": str(exc)}
             continue
@@ -166,11 +173,12 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         unknown += n_unknown
         in_family += n_family
     return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
-            "family": in_family, "per_generator": per}
+            "family": in_family, "operating_point": operating_point, "per_generator": per}
 
 
 def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
-            is_query: Callable[[EnrolledCurve], bool] | None = None, **options: Any) -> dict[str, Any]:
+            is_query: Callable[[EnrolledCurve], bool] | None = None,
+            operating_point: str = DEFAULT_OPERATING_POINT, **options: Any) -> dict[str, Any]:
     """Fit on the references that are not queries, attribute the queries (the paper's split).
 
     By default the queries are the instances whose provenance ``role`` is ``test_batch``.
@@ -182,8 +190,7 @@ def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha
     train = [r for r in refs if not is_query(r)]
     if not queries or not train:
         raise UsageError("a hold-out split needs both query and reference instances")
-    m = _factory(matcher, options)()
-    m.fit(train)
+    m = _factory(matcher, options)().fit(train).at_operating_point(operating_point)
     rows = []
     for q in queries:
         res = m.attribute(q.fingerprint)

@@ -21,6 +21,7 @@ import yaml
 from forensics.errors import RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, short
+from forensics.match.calibration import OPERATING_POINTS
 from forensics.protocol import Protocol
 from forensics.registry.model import NAME_RE, SCHEMA_VERSION, GeneratorEntry, Instance, family_problem
 
@@ -51,7 +52,11 @@ class Problems(list):
 
 # -- YAML ----------------------------------------------------------------------------------------
 class _Dumper(yaml.SafeDumper):
-    """Block style for mappings, one line per list of scalars (a curve is one line of a diff)."""
+    """Block style for mappings, one line per list of scalars (a curve is one line of a diff); an object
+    met twice is written out twice, never as an alias, which the registry's reader refuses."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
@@ -396,25 +401,43 @@ def parse_calibration(data: Any, label: str, problems: Problems) -> dict[str, di
             problems.add(label, key, f"expected a mapping, got {type(cal).__name__}")
             continue
         n0 = len(problems)
-        for field_, (what, ok) in _CALIBRATION_NUMBERS.items():
-            v = cal.get(field_)
-            if v is None:
-                continue
-            good = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if good:
-                try:
-                    good = math.isfinite(float(v)) and ok(float(v))
-                except OverflowError:
-                    good = False
-            if not good:
-                problems.add(label, f"{key}.{field_}", f"expected {what} or null, got {v!r:.40}")
+        _check_thresholds(cal, label, key, problems)
         for field_ in _CALIBRATION_COUNTS:
             v = cal.get(field_)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                 problems.add(label, f"{key}.{field_}", f"expected a count (an integer >= 0) or null, got {v!r:.40}")
-        for field_ in ("options", "lookalikes"):
-            if cal.get(field_) is not None and not isinstance(cal.get(field_), Mapping):
-                problems.add(label, f"{key}.{field_}", f"expected a mapping, got {type(cal.get(field_)).__name__}")
+        if cal.get("options") is not None and not isinstance(cal.get("options"), Mapping):
+            problems.add(label, f"{key}.options", f"expected a mapping, got {type(cal.get('options')).__name__}")
+        points = cal.get("operating_points")
+        if points is not None and not isinstance(points, Mapping):
+            problems.add(label, f"{key}.operating_points", f"expected a mapping, got {type(points).__name__}")
+        for point, at in (points.items() if isinstance(points, Mapping) else ()):
+            if point not in OPERATING_POINTS:
+                problems.add(label, f"{key}.operating_points.{point}",
+                             f"not an operating point (expected one of {', '.join(OPERATING_POINTS)})")
+            elif not isinstance(at, Mapping):
+                problems.add(label, f"{key}.operating_points.{point}", f"expected a mapping, got {type(at).__name__}")
+            else:
+                _check_thresholds(at, label, f"{key}.operating_points.{point}", problems)
         if len(problems) == n0:
             found[name] = dict(cal)
     return found
+
+
+def _check_thresholds(cal: Mapping[str, Any], label: str, key: str, problems: Problems) -> None:
+    """Every threshold and accuracy of ``cal`` (a calibration, or one of its operating points) a number of
+    its range or null, its lookalikes a mapping."""
+    for field_, (what, ok) in _CALIBRATION_NUMBERS.items():
+        v = cal.get(field_)
+        if v is None:
+            continue
+        good = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if good:
+            try:
+                good = math.isfinite(float(v)) and ok(float(v))
+            except OverflowError:
+                good = False
+        if not good:
+            problems.add(label, f"{key}.{field_}", f"expected {what} or null, got {v!r:.40}")
+    if cal.get("lookalikes") is not None and not isinstance(cal.get("lookalikes"), Mapping):
+        problems.add(label, f"{key}.lookalikes", f"expected a mapping, got {type(cal.get('lookalikes')).__name__}")
