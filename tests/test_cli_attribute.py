@@ -87,7 +87,7 @@ def test_attribute_json_names_the_generator(registry, plugin_host, tmp_path):
     assert "computed on cpu, float32" in page
 
 
-def test_attribute_at_an_operating_point_uses_its_thresholds_and_says_so(registry, plugin_host):
+def test_attribute_at_an_operating_point_uses_its_thresholds_and_says_so(registry, plugin_host, tmp_path):
     reg, data = registry
     docs = {}
     for point in ("balanced", "named", "cautious"):
@@ -104,6 +104,14 @@ def test_attribute_at_an_operating_point_uses_its_thresholds_and_says_so(registr
     # the same curve and ranking at every point: only the thresholds differ
     assert len({json.dumps(d["candidates"]) for d in docs.values()}) == 1
     assert len({json.dumps(d["curve"]) for d in docs.values()}) == 1
+    # the report's Assumed line says which point answered, the default's too
+    html = tmp_path / "cautious.html"
+    text = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--operating-point", "cautious",
+                "--html", str(html)], env={"COLUMNS": "300"}).stdout
+    assert "open-set thresholds of the cautious operating point" in text
+    assert "open-set thresholds of the cautious operating point" in html.read_text()
+    assert "open-set thresholds of the balanced operating point" in run(
+        ["attribute", str(data / "query-noise.npz"), "--registry", str(reg)], env={"COLUMNS": "300"}).stdout
 
 
 def test_memorization_records_device_and_precision(registry, plugin_host):

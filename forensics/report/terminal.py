@@ -152,7 +152,8 @@ def family_text(members: Sequence[str]) -> str:
 
 def assumed_text(doc: Mapping[str, Any]) -> str:
     """What an attribution's verdict assumed, in one line: the condition of the images (and how it was
-    known) and the batch size of the references it was matched against."""
+    known), the batch size of the references it was matched against and the operating point of the open-set
+    thresholds."""
     cond = doc.get("condition") or {}
     name = cond.get("name", "none")
     how = {"files": "read from the files", "declared": "declared", "default": "assumed"}.get(cond.get("source"), "")
@@ -163,7 +164,9 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
                                                      if any(r.get("batch_size") == at for r in doc.get("redrawn", ()))
                                                      else "")
             if at else "against references of another batch size (not comparable)")
-    return f"Assumed: images {what}, {how}{detail}; matched {size}"
+    point = ((doc.get("matcher") or {}).get("open_set") or {}).get("operating_point")
+    thresholds = f"; open-set thresholds of the {point} operating point" if point else ""
+    return f"Assumed: images {what}, {how}{detail}; matched {size}{thresholds}"
 
 
 def compute_text(result: AttributionResult | MemorizationResult) -> str:
