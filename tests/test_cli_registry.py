@@ -92,7 +92,7 @@ def test_evaluate_reports_loo_confusion_and_split(paper_copy):
     assert "confusion" in text and "15/18" in text and "PNDM" in text
 
 
-def test_evaluate_at_an_operating_point_says_so_and_answers_as_the_library(paper_copy):
+def test_evaluate_at_an_operating_point_says_so_and_answers_as_the_library(paper_copy, tmp_path):
     from forensics.match import leave_generator_out, leave_one_out
 
     doc = json.loads(run("evaluate", "--registry", paper_copy, "-m", "alpha", "--operating-point", "cautious",
@@ -105,8 +105,10 @@ def test_evaluate_at_an_operating_point_says_so_and_answers_as_the_library(paper
     assert alpha["open_set"] == leave_one_out(refs, "alpha", operating_point="cautious").open_set
     assert alpha["leave_generator_out"]["unknown"] == leave_generator_out(refs, "alpha",
                                                                           operating_point="cautious")["unknown"]
+    page = tmp_path / "evaluation.html"
     assert "cautious operating point" in run("evaluate", "--registry", paper_copy, "-m", "alpha",
-                                             "--operating-point", "cautious").stdout
+                                             "--operating-point", "cautious", "--html", page).stdout
+    assert "leave-one-out, cautious operating point" in page.read_text()
     bad = run("evaluate", "--registry", paper_copy, "--operating-point", "bold", code=2)
     assert "unknown operating point 'bold'" in bad.output
 

@@ -369,14 +369,12 @@ def diff(
 def _render_evaluation(result: EvaluationResult) -> None:
     from rich.table import Table
 
-    from forensics.report.terminal import OPEN_SET_COLUMN, left_out_text, open_set_text, stability_line
+    from forensics.report.terminal import (
+        OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, stability_line,
+    )
 
     for p in (p.to_dict() for p in result.protocols):
-        at = (f" at batches of {p['batch_size']}" + (f", {esc(p['condition'])}" if p["condition"] != "none" else "")
-              + " (sub-batches from the per-image records)"
-              if p.get("redrawn") else "")
-        if p.get("operating_point", "balanced") != "balanced":
-            at += f", {esc(p['operating_point'])} operating point"
+        at = esc(evaluation_scope(p))
         table = Table(title=f"{esc(p['protocol'])}: {p['n_instances']} instances of {p['n_generators']} generators "
                             f"— leave-one-out{at}", title_justify="left")
         for col in ("matcher", "LOO accuracy", "right / n", OPEN_SET_COLUMN,

@@ -45,7 +45,9 @@ import numpy as np
 from forensics.errors import UsageError
 from forensics.match import lookalike_note
 from forensics.report import plots as P
-from forensics.report.terminal import OPEN_SET_COLUMN, left_out_text, open_set_text, printable, stability_line
+from forensics.report.terminal import (
+    OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, printable, stability_line,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -449,7 +451,8 @@ def evaluation_page(result: EvaluationResult, *, plots: bool | None = None) -> P
     page.raw(f"<p>registry <code>{_esc(doc['registry'])}</code>: {len(doc['protocols'])} protocol(s), every "
              "enrolled instance attributed with itself left out (leave-one-out).</p>")
     for p in doc["protocols"]:
-        page.heading(f"{p['protocol']}: {p['n_instances']} instances of {p['n_generators']} generators")
+        page.heading(f"{p['protocol']}: {p['n_instances']} instances of {p['n_generators']} generators — "
+                     f"leave-one-out{evaluation_scope(p)}")
         page.raw(f"<p class=dim>{_esc(p['digest'])}</p>")
         rows, bars = [], []
         for m in p["matchers"]:

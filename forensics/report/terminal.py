@@ -169,6 +169,18 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
     return f"Assumed: images {what}, {how}{detail}; matched {size}{thresholds}"
 
 
+def evaluation_scope(protocol: Mapping[str, Any]) -> str:
+    """What one protocol's evaluation was made at, after "leave-one-out": the batch size and condition the
+    instances were redrawn at, and the operating point of the open-set verdicts when not the default."""
+    at = ""
+    if protocol.get("redrawn"):
+        cond = f", {protocol['condition']}" if protocol.get("condition", "none") != "none" else ""
+        at = f" at batches of {protocol['batch_size']}{cond} (sub-batches from the per-image records)"
+    if protocol.get("operating_point", "balanced") != "balanced":
+        at += f", {protocol['operating_point']} operating point"
+    return at
+
+
 def compute_text(result: AttributionResult | MemorizationResult) -> str:
     """Where the curve was computed, and in which precision: ``device cpu, float32`` or ``device cuda, amp bf16``."""
     compute = result.compute
