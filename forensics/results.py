@@ -29,7 +29,8 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
                   "reason": "...",
                   "lookalikes": {generator: [runs named, runs]},  # left out at calibration, named this verdict
                   "family": "..." | null,          # generator null: the family named, not which of its
-                  "family_members": ["...", ...]},  # generators (those it could not choose between)
+                  "family_members": ["...", ...],   # generators (those it could not choose between)
+                  "at_operating_points": {"named": {"generator": ..., "family": ...}, ...}},  # each point's answer
       "reference": {"origin": "...", "n_references": 15},
       "compute": {"device": "cpu", "amp": null | "bf16" | "fp16"}   # where and in which precision it ran
     }
@@ -165,6 +166,8 @@ class Verdict:
     lookalikes: Mapping[str, Sequence[int]]  # left out at calibration, their runs named this verdict
     family: str | None = None                # the family named when no generator could be
     family_members: Sequence[str] = ()       # its generators the answer could not choose between
+    # what each operating point's thresholds would have answered: {point: {"generator": …, "family": …}}
+    at_operating_points: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, attribution: Attribution) -> Verdict:
@@ -177,7 +180,8 @@ class Verdict:
                    distance_ratio=None if attribution.distance_ratio is None else float(attribution.distance_ratio),
                    reason=attribution.reason,
                    lookalikes={g: list(v) for g, v in attribution.lookalikes.items()},
-                   family=family, family_members=tuple(attribution.family_members) if family is not None else ())
+                   family=family, family_members=tuple(attribution.family_members) if family is not None else (),
+                   at_operating_points={p: dict(v) for p, v in attribution.at_operating_points.items()})
 
     @property
     def named(self) -> str | None:
@@ -193,7 +197,8 @@ class Verdict:
         return {"generator": self.generator, "score": self.score, "margin": self.margin,
                 "distance_ratio": self.distance_ratio, "reason": self.reason,
                 "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
-                "family": self.family, "family_members": list(self.family_members)}
+                "family": self.family, "family_members": list(self.family_members),
+                "at_operating_points": {p: dict(v) for p, v in self.at_operating_points.items()}}
 
 
 @dataclass(frozen=True)

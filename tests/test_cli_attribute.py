@@ -101,6 +101,12 @@ def test_attribute_at_an_operating_point_uses_its_thresholds_and_says_so(registr
             {k: cal["operating_points"][point][k] for k in ("score", "margin", "distance_ratio")}
         if point != "balanced":
             assert f"{point} operating point" in docs[point]["verdict"]["reason"]
+        at = docs[point]["verdict"]["at_operating_points"]
+        assert at[point] == {"generator": docs[point]["verdict"]["generator"], "family": docs[point]["verdict"]["family"]}
+    # each run says what the others answer
+    for point, doc in docs.items():
+        for other in docs:
+            assert doc["verdict"]["at_operating_points"][other] == docs[other]["verdict"]["at_operating_points"][other]
     # the same curve and ranking at every point: only the thresholds differ
     assert len({json.dumps(d["candidates"]) for d in docs.values()}) == 1
     assert len({json.dumps(d["curve"]) for d in docs.values()}) == 1
@@ -109,6 +115,7 @@ def test_attribute_at_an_operating_point_uses_its_thresholds_and_says_so(registr
     text = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--operating-point", "cautious",
                 "--html", str(html)], env={"COLUMNS": "300"}).stdout
     assert "open-set thresholds of the cautious operating point" in text
+    assert "the same at every operating point" in text or "depends on the operating point: balanced →" in text
     assert "open-set thresholds of the cautious operating point" in html.read_text()
     assert "open-set thresholds of the balanced operating point" in run(
         ["attribute", str(data / "query-noise.npz"), "--registry", str(reg)], env={"COLUMNS": "300"}).stdout

@@ -135,8 +135,28 @@ def test_a_fitted_matcher_answers_at_another_point_from_the_same_fit():
             assert (res.named is not None) == passes
             if point != "balanced":
                 assert f"{point} operating point" in res.reason
+            # every answer also says what each point would have answered, and that is what each point answers
+            assert set(res.at_operating_points) == set(OPERATING_POINTS)
+            assert res.at_operating_points[point] == {"generator": res.verdict, "family": res.family}
+            for other in OPERATING_POINTS:
+                there = m.at_operating_point(other).attribute(q)
+                assert res.at_operating_points[other] == {"generator": there.verdict, "family": there.family}
     assert m.calibration["operating_point"] == "balanced"  # the original is untouched
     assert len({thresholds(p) for p in m.calibration["operating_points"].values()}) > 1  # they do differ here
+
+
+def test_how_a_verdict_depends_on_the_point_is_one_line():
+    from forensics.report.terminal import operating_points_text
+
+    same = {p: {"generator": "ddpm", "family": None} for p in OPERATING_POINTS}
+    assert operating_points_text({"at_operating_points": same}) == "the same at every operating point"
+    differs = {**same, "named": {"generator": None, "family": "ddpm-net"}, "cautious": {"generator": None,
+                                                                                         "family": None}}
+    assert operating_points_text({"at_operating_points": differs}) == (
+        "depends on the operating point: balanced → ddpm · named → family ddpm-net · cautious → unknown")
+    assert operating_points_text({"at_operating_points": {}}) is None  # not calibrated: nothing to say
+    closed = make_matcher("alpha", open_set=False).fit(overlapping_refs())
+    assert closed.attribute(overlapping_refs()[0].fingerprint).at_operating_points == {}
 
 
 def test_an_unknown_operating_point_is_one_line_naming_the_points():

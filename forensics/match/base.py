@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import dataclasses
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -225,8 +226,22 @@ class Matcher(abc.ABC):
         ``confusions``), naming either would be wrong that often: the answer names the family instead
         (``verdict`` ``None``, ``family`` and ``family_members`` set). A query the thresholds reject stays
         "unknown", whatever its family: an unenrolled generator often lies between two close ones.
+
+        ``at_operating_points`` says what each operating point's thresholds would have answered (how far
+        the verdict depends on the choice of point).
         """
         vec = as_curve(curve, self.protocol_digest)  # as given: rank and distance_ratio weigh it
+        result = self._decide(vec)
+        points = (self.calibration or {}).get("operating_points") if self.open_set else None
+        if not points or not (self.calibration or {}).get("calibrated"):
+            return result
+        at = {p: (result if p == self.calibration.get("operating_point") else self.at_operating_point(p)._decide(vec))
+              for p in points}
+        return dataclasses.replace(result, at_operating_points={p: {"generator": r.verdict, "family": r.family}
+                                                                for p, r in at.items()})
+
+    def _decide(self, vec: np.ndarray) -> Attribution:
+        """:meth:`attribute` at this matcher's operating point alone."""
         candidates = tuple(self.rank(vec))
         best = candidates[0]
         margin = float(best.score - candidates[1].score) if len(candidates) > 1 else None

@@ -60,6 +60,8 @@ class Attribution:
     out an unenrolled generator like them. ``family``: when the verdict names a family rather than one of
     its generators (``verdict`` is then ``None``), the family; ``family_members``: its generators between
     which the answer could not choose (see :meth:`forensics.match.Matcher.attribute`).
+    ``at_operating_points``: what the thresholds of each operating point calibration recorded would have
+    answered, as {point: {"generator": …, "family": …}} (both ``None``: unknown); empty when not calibrated.
     """
 
     candidates: tuple[Candidate, ...]
@@ -72,6 +74,7 @@ class Attribution:
     lookalikes: Mapping[str, Sequence[int]] = field(default_factory=dict)
     family: str | None = None
     family_members: tuple[str, ...] = ()
+    at_operating_points: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
 
     @property
     def named(self) -> str | None:
@@ -93,6 +96,7 @@ class Attribution:
                 "reason": self.reason, "threshold": None if self.threshold is None else dict(self.threshold),
                 "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
                 "family": self.family, "family_members": list(self.family_members),
+                "at_operating_points": {p: dict(v) for p, v in self.at_operating_points.items()},
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 

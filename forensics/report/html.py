@@ -46,7 +46,7 @@ from forensics.errors import UsageError
 from forensics.match import lookalike_note
 from forensics.report import plots as P
 from forensics.report.terminal import (
-    OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, printable, stability_line,
+    OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, printable, stability_line,
 )
 
 if TYPE_CHECKING:
@@ -356,6 +356,9 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     page.raw(f"<p>{_source_line(doc)} · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}"
              f"<br><span class=dim>{_compute_line(doc)}</span></p>")
     page.text(verdict.get("reason") or "", cls="dim")
+    points = operating_points_text(verdict)
+    if points:
+        page.text(points[0].upper() + points[1:] + ".", cls="dim" if points.startswith("the same") else "warn")
     best = doc["candidates"][0]["generator"] if family is not None and doc["candidates"] else None
     note = lookalike_note(verdict["generator"] or best, verdict.get("lookalikes"))  # a family's: its best member's
     if note:

@@ -103,8 +103,12 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
                           verdict.lookalikes)
     if note:
         line.append(f"\n  {note}", style="yellow")
+    doc = result.to_dict()
+    points = operating_points_text(doc["verdict"])
+    if points:
+        line.append(f"\n  {points}", style="dim" if points.startswith("the same") else "yellow")
     console.print(line)
-    console.print(Text("  " + assumed_text(result.to_dict()), style="dim"))
+    console.print(Text("  " + assumed_text(doc), style="dim"))
     if result.partial_batch and result.compared_at is None:
         console.print(Text(f"  warning: only {result.input.n_images} images, fewer than the protocol's batch of "
                            f"{proto.batch_size}, and the registry keeps no per-image records to redraw its "
@@ -167,6 +171,20 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
     point = ((doc.get("matcher") or {}).get("open_set") or {}).get("operating_point")
     thresholds = f"; open-set thresholds of the {point} operating point" if point else ""
     return f"Assumed: images {what}, {how}{detail}; matched {size}{thresholds}"
+
+
+def operating_points_text(verdict: Mapping[str, Any]) -> str | None:
+    """How the answer depends on the operating point, in one line (None when calibration recorded none):
+    ``the same at every operating point``, or each point's answer where they differ."""
+    from forensics.results import answer_label
+
+    at = verdict.get("at_operating_points") or {}
+    if not at:
+        return None
+    labels = {p: answer_label(v.get("generator"), v.get("family")) for p, v in at.items()}
+    if len(set(labels.values())) == 1:
+        return "the same at every operating point"
+    return "depends on the operating point: " + " · ".join(f"{p} → {label}" for p, label in labels.items())
 
 
 def evaluation_scope(protocol: Mapping[str, Any]) -> str:
