@@ -14,6 +14,11 @@ Three ways of computing the same points run in the same process on the same seed
 
 It prints seconds and the ratios against ``exact``, and checks that all three give the same points.
 
+Then the threshold search on calibration points of the size a calibration at m′ has (16 sub-batches per
+instance: about 850 points on the default): the thresholds of every operating point (balanced, named,
+cautious) from one table, against the balanced point alone, in the same process; the balanced thresholds
+must be the same.
+
     .venv/bin/python benchmarks/bench_calibration.py            # n = 50, 200, 400 references
     .venv/bin/python benchmarks/bench_calibration.py --quick    # n = 50, 100
 """
@@ -85,6 +90,26 @@ def main() -> None:
                 and np.allclose(sorted(u), sorted(gu), rtol=0, atol=1e-12))
         print(f"{n:>7} {t_exact:>9.3f} {t_respread:>9.3f} ({t_respread / t_exact:>5.1f}×) "
               f"{t_refit:>9.3f} ({t_refit / t_exact:>5.1f}×)  {'yes' if same else 'NO'}")
+    threshold_search([300, 850] if args.quick else [300, 850, 1700])
+
+
+def threshold_search(sizes: list[int]) -> None:
+    """The grid search for every operating point against the balanced point alone (best of 3 runs each)."""
+    from forensics.match.calibration import _best_thresholds
+
+    print("\nthreshold search: seconds, every operating point (one table) vs balanced alone")
+    print(f"{'points':>7} {'balanced':>9} {'all three':>18}  balanced the same")
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        k = int(n * 0.4)
+        answer = np.c_[rng.normal(0.7, 0.1, k), np.abs(rng.normal(0.05, 0.03, k)), np.exp(rng.normal(0, 0.5, k))]
+        unknown = np.c_[rng.normal(0.6, 0.1, n - k), np.abs(rng.normal(0.03, 0.03, n - k)),
+                        np.exp(rng.normal(0.5, 0.5, n - k))]
+        one = min(timed(_best_thresholds, answer, unknown, ("balanced",))[0] for _ in range(3))
+        every = min(timed(_best_thresholds, answer, unknown)[0] for _ in range(3))
+        alone = _best_thresholds(answer, unknown, ("balanced",))["balanced"]
+        same = alone == _best_thresholds(answer, unknown)["balanced"]
+        print(f"{n:>7} {one:>9.3f} {every:>9.3f} ({every / one:>5.2f}×)  {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":
