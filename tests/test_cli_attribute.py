@@ -102,7 +102,8 @@ def test_attribute_at_an_operating_point_uses_its_thresholds_and_says_so(registr
         if point != "balanced":
             assert f"{point} operating point" in docs[point]["verdict"]["reason"]
         at = docs[point]["verdict"]["at_operating_points"]
-        assert at[point] == {"generator": docs[point]["verdict"]["generator"], "family": docs[point]["verdict"]["family"]}
+        verdict = docs[point]["verdict"]
+        assert at[point] == {"generator": verdict["generator"], "family": verdict["family"]}
     # each run says what the others answer
     for point, doc in docs.items():
         for other in docs:

@@ -141,7 +141,8 @@ def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy
 def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     from forensics.match import make_matcher
 
-    run("calibrate", "--registry", paper_copy, "-m", "alpha")
+    text = run("calibrate", "--registry", paper_copy, "-m", "alpha").stdout
+    assert "at the named operating point: unknown when" in text and "at the cautious operating point" in text
     reg = Registry.open(paper_copy)
     recorded = reg.calibration(PROTOCOL_NAME, "alpha")
     assert recorded["calibrated"] and recorded["options"]["alpha"] == 0.5

@@ -457,6 +457,16 @@ def evaluate(
         _render_evaluation(result)
 
 
+def _unknown_when(cal: dict) -> str:
+    """A calibration's thresholds as the tests that make a verdict "unknown"."""
+    tests = [f"score < {cal['score']:.4f}" if cal.get("score") is not None else None,
+             f"margin < {cal['margin']:.4g}" if cal.get("margin") is not None else None,
+             f"distance > {cal['distance_ratio']:.3f}× the named generator's spread"
+             if cal.get("distance_ratio") is not None else None]
+    tests = [t for t in tests if t]
+    return " or ".join(tests) if tests else "never (no threshold applies)"
+
+
 @app.command()
 @handle_errors
 def calibrate(
@@ -482,14 +492,14 @@ def calibrate(
     else:
         for mname, cal in records.items():
             if cal.get("calibrated"):
-                tests = [f"score < {cal['score']:.4f}" if cal.get("score") is not None else None,
-                         f"margin < {cal['margin']:.4g}" if cal.get("margin") is not None else None,
-                         f"distance > {cal['distance_ratio']:.3f}× the named generator's spread"
-                         if cal.get("distance_ratio") is not None else None]
-                tests = [t for t in tests if t]
-                out.print(f"{mname}: unknown when {' or '.join(tests) if tests else 'never (no threshold applies)'} "
+                out.print(f"{mname}: unknown when {_unknown_when(cal)} "
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {cal['n_answer']} + "
                           f"{cal['n_unknown']} leave-one-out queries)", markup=False)
+                for point, at in (cal.get("operating_points") or {}).items():
+                    if point != cal.get("operating_point", "balanced"):
+                        out.print(f"  at the {point} operating point: unknown when {_unknown_when(at)} (answers "
+                                  f"kept {at['answered_right']:.0%}, unknowns caught {at['unknown_right']:.0%})",
+                                  markup=False)
                 for g, seen in (cal.get("lookalikes") or {}).items():
                     out.print(f"  {g}: {lookalike_note(g, seen)}", markup=False)
                 for g, taken in (cal.get("confusions") or {}).items():

@@ -235,8 +235,8 @@ class Matcher(abc.ABC):
         points = (self.calibration or {}).get("operating_points") if self.open_set else None
         if not points or not (self.calibration or {}).get("calibrated"):
             return result
-        at = {p: (result if p == self.calibration.get("operating_point") else self.at_operating_point(p)._decide(vec))
-              for p in points}
+        own = self.calibration.get("operating_point")
+        at = {p: result if p == own else self.at_operating_point(p)._decide(vec) for p in points}
         return dataclasses.replace(result, at_operating_points={p: {"generator": r.verdict, "family": r.family}
                                                                 for p, r in at.items()})
 

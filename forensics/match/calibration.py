@@ -123,7 +123,8 @@ def at_operating_point(cal: Mapping[str, Any], point: str) -> dict[str, Any]:
     if not points or point not in points:
         raise UsageError(f"this calibration records no thresholds for the {point!r} operating point "
                          "(recalibrate: `forensics registry calibrate`)")
-    return {**cal, **{k: v for k, v in points[point].items() if k in _AT_POINT}, "operating_point": point}
+    # a point's record alone decides (a threshold it does not record is not applied, as at the top level)
+    return {**cal, **{k: points[point].get(k) for k in _AT_POINT}, "operating_point": point}
 
 
 def _lookalikes(left_out: Sequence[tuple[str, str, Point]], t_score: float, t_margin: float,
