@@ -415,7 +415,6 @@ class _Matchers:
         if not self.complete(condition):
             return self.matchers[("none", self.proto.batch_size)], None
         from forensics.engine import records_curves
-        from forensics.match import make_matcher
         from forensics.match.batchsize import references_at
 
         redrawn = references_at(self.references, self.records(condition), size, records_curves(self.engine))
@@ -1129,7 +1128,6 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
     protocol's enrolled curves and the registry's calibrated thresholds."""
     from forensics.engine import make_engine
     from forensics.io.images import load_images
-    from forensics.match import make_matcher
     from forensics.zoo.catalog import select
 
     _check_weights(weights)

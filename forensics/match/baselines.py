@@ -43,7 +43,7 @@ import numpy as np
 
 from forensics.errors import ForensicsError, UsageError
 from forensics.match.base import Matcher
-from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances
+from forensics.match.similarity import generator_spreads, in_spreads
 from forensics.match.types import Candidate, EnrolledCurve
 
 
