@@ -151,11 +151,11 @@ def test_how_a_verdict_depends_on_the_point_is_one_line():
     from forensics.report.terminal import operating_points_text
 
     same = {p: {"generator": "ddpm", "family": None} for p in OPERATING_POINTS}
-    assert operating_points_text({"at_operating_points": same}) == "the same at every operating point"
+    assert operating_points_text({"at_operating_points": same}) == ("the same at every operating point", False)
     differs = {**same, "named": {"generator": None, "family": "ddpm-net"}, "cautious": {"generator": None,
                                                                                          "family": None}}
     assert operating_points_text({"at_operating_points": differs}) == (
-        "depends on the operating point: balanced → ddpm · named → family ddpm-net · cautious → unknown")
+        "depends on the operating point: balanced → ddpm · named → family ddpm-net · cautious → unknown", True)
     assert operating_points_text({"at_operating_points": {}}) is None  # not calibrated: nothing to say
     closed = make_matcher("alpha", open_set=False).fit(overlapping_refs())
     assert closed.attribute(overlapping_refs()[0].fingerprint).at_operating_points == {}

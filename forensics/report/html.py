@@ -358,7 +358,8 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     page.text(verdict.get("reason") or "", cls="dim")
     points = operating_points_text(verdict)
     if points:
-        page.text(points[0].upper() + points[1:] + ".", cls="dim" if points.startswith("the same") else "warn")
+        text, depends = points
+        page.text(text[0].upper() + text[1:] + ".", cls="warn" if depends else "dim")
     best = doc["candidates"][0]["generator"] if family is not None and doc["candidates"] else None
     note = lookalike_note(verdict["generator"] or best, verdict.get("lookalikes"))  # a family's: its best member's
     if note:

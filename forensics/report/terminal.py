@@ -106,7 +106,8 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     doc = result.to_dict()
     points = operating_points_text(doc["verdict"])
     if points:
-        line.append(f"\n  {points}", style="dim" if points.startswith("the same") else "yellow")
+        text, depends = points
+        line.append(f"\n  {text}", style="yellow" if depends else "dim")
     console.print(line)
     console.print(Text("  " + assumed_text(doc), style="dim"))
     if result.partial_batch and result.compared_at is None:
@@ -173,9 +174,9 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
     return f"Assumed: images {what}, {how}{detail}; matched {size}{thresholds}"
 
 
-def operating_points_text(verdict: Mapping[str, Any]) -> str | None:
-    """How the answer depends on the operating point, in one line (None when calibration recorded none):
-    ``the same at every operating point``, or each point's answer where they differ."""
+def operating_points_text(verdict: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """How the answer depends on the operating point, in one line, and whether it does (None when
+    calibration recorded no operating points): ``the same at every operating point``, or each point's answer."""
     from forensics.results import answer_label
 
     at = verdict.get("at_operating_points") or {}
@@ -183,8 +184,8 @@ def operating_points_text(verdict: Mapping[str, Any]) -> str | None:
         return None
     labels = {p: answer_label(v.get("generator"), v.get("family")) for p, v in at.items()}
     if len(set(labels.values())) == 1:
-        return "the same at every operating point"
-    return "depends on the operating point: " + " · ".join(f"{p} → {label}" for p, label in labels.items())
+        return "the same at every operating point", False
+    return "depends on the operating point: " + " · ".join(f"{p} → {label}" for p, label in labels.items()), True
 
 
 def evaluation_scope(protocol: Mapping[str, Any]) -> str:
