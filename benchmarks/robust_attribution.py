@@ -230,7 +230,6 @@ def main() -> int:
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                     curves = engine.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
-                    fitted(cond.name, min(size, m))
                     for point in points:
                         answer = answering(cond.name, min(size, m), "all", point).attribute(vec)
                         left = (answering(cond.name, min(size, m), gen, point).attribute(vec)
