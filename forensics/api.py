@@ -1123,13 +1123,15 @@ def _missing(path: Path) -> UsageError:
 def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
                 generators: Sequence[str] | None = None, matchers: Sequence[str] | None = None,
                 samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
-                progress: Progress | None = None) -> HeldoutResult:
+                progress: Progress | None = None, operating_point: str = "balanced") -> HeldoutResult:
     """Attribute every zoo generator's held-out set (never enrolled) with each matcher, against the
-    protocol's enrolled curves and the registry's calibrated thresholds."""
+    protocol's enrolled curves and the registry's calibrated thresholds at ``operating_point``."""
     from forensics.engine import make_engine
     from forensics.io.images import load_images
+    from forensics.match.calibration import check_operating_point
     from forensics.zoo.catalog import select
 
+    check_operating_point(operating_point)
     _check_weights(weights)
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
@@ -1141,7 +1143,7 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
             raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol "
                              f"{pname}`")
         names = _matcher_names(matchers)
-        fitted = {n: _registry_matcher(reg, pname, n, references) for n in names}
+        fitted = {n: _registry_matcher(reg, pname, n, references, operating_point) for n in names}
     with _Step(progress, f"starting torch on {device}"):
         check_compute(device)
         engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights,

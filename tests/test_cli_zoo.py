@@ -138,3 +138,12 @@ def test_heldout_attributes_the_copiers_held_out_set_with_every_matcher():
     distance = f"{row['matchers']['alpha']['distance_ratio']:.2f}×"
     assert "dist." in table and distance in table and "kde-copier  kde-copier" in table  # 80 columns, unabridged
     assert "unknown matcher 'nearest'" in run("heldout", "--protocol", "mnist-vit", "-m", "nearest", code=2).output
+    # at another operating point: its thresholds answer, and the table says which
+    doc = json.loads(run("heldout", "--protocol", "mnist-vit", "-g", "kde-copier", "-m", "alpha", "--operating-point",
+                         "cautious", "--json").output)
+    answer = doc["sets"][0]["matchers"]["alpha"]
+    assert answer["threshold"]["operating_point"] == "cautious"
+    assert answer["at_operating_points"]["cautious"]["generator"] == answer["verdict"]
+    assert "cautious operating point" in run("heldout", "--protocol", "mnist-vit", "-g", "kde-copier", "-m", "alpha",
+                                             "--operating-point", "cautious").output
+    assert "unknown operating point 'bold'" in run("heldout", "--operating-point", "bold", code=2).output

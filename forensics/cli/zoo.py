@@ -11,7 +11,7 @@ from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, handle_errors, out, print_json,
 )
 from forensics.cli.common import progress_bar
-from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS
+from forensics.cli.common import OPT_ENGINE, OPT_OPERATING_POINT, OPT_RAY_ADDRESS
 from forensics.errors import UsageError
 
 app = typer.Typer(name="zoo", no_args_is_help=True,
@@ -159,6 +159,7 @@ def heldout(
     weights: Optional[str] = OPT_WEIGHTS,
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
+    operating_point: str = OPT_OPERATING_POINT,
 ):
     """Attribute every generator's held-out set (never enrolled) against the protocol's references.
 
@@ -175,7 +176,8 @@ def heldout(
     progress, update = progress_bar()
     with progress:
         result = zoo_heldout(protocol=protocol, registry=registry, generators=generator, matchers=matcher,
-                             samples=samples, device=device, weights=weights, progress=update)
+                             samples=samples, device=device, weights=weights, progress=update,
+                             operating_point=operating_point)
     if json_out:
         print_json(result.to_dict())
         return
@@ -183,7 +185,8 @@ def heldout(
     rows = [s.to_dict() for s in result.sets]
     for n in names:
         # compact (no vertical rules) so that the eight columns fit an 80-column terminal unabridged
-        table = Table(title=f"held-out sets under {pname}, matcher {n}", title_justify="left",
+        point = "" if operating_point == "balanced" else f", {operating_point} operating point"
+        table = Table(title=f"held-out sets under {pname}, matcher {n}{point}", title_justify="left",
                       box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False)
         for col, justify in (("set", "left"), ("top", "left"), ("score", "right"), ("margin", "right"),
                              # distance in the top candidate's spreads; the share of P_n's weight counted
