@@ -430,10 +430,12 @@ def _registry_matcher(reg: Registry, protocol: str, name: str, references: Seque
     again when it does not apply to them, or records no thresholds for ``operating_point``: one recorded
     before operating points existed), answering at ``operating_point``."""
     from forensics.match import make_matcher
+    from forensics.match.calibration import DEFAULT_OPERATING_POINT
 
     m = make_matcher(name, calibration=reg.calibration(protocol, name)).fit(references)
     cal = m.calibration or {}
-    if cal.get("calibrated") and operating_point not in (cal.get("operating_points") or {"balanced": None}):
+    if (cal.get("calibrated") and operating_point != DEFAULT_OPERATING_POINT
+            and operating_point not in (cal.get("operating_points") or {})):
         m = m.clone().fit(references)
     return m.at_operating_point(operating_point)
 

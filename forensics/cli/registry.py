@@ -482,6 +482,7 @@ def calibrate(
     """
     from forensics.api import calibrate as run
     from forensics.match import lookalike_note
+    from forensics.match.calibration import DEFAULT_OPERATING_POINT
 
     progress, update = progress_bar()
     with progress:
@@ -496,7 +497,7 @@ def calibrate(
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {cal['n_answer']} + "
                           f"{cal['n_unknown']} leave-one-out queries)", markup=False)
                 for point, at in (cal.get("operating_points") or {}).items():
-                    if point != cal.get("operating_point", "balanced"):
+                    if point != cal.get("operating_point", DEFAULT_OPERATING_POINT):
                         out.print(f"  at the {point} operating point: unknown when {_unknown_when(at)} (answers "
                                   f"kept {at['answered_right']:.0%}, unknowns caught {at['unknown_right']:.0%})",
                                   markup=False)

@@ -171,6 +171,7 @@ def heldout(
     from rich.table import Table
 
     from forensics.api import zoo_heldout
+    from forensics.match.calibration import DEFAULT_OPERATING_POINT
     from forensics.results import members_text
 
     progress, update = progress_bar()
@@ -185,7 +186,7 @@ def heldout(
     rows = [s.to_dict() for s in result.sets]
     for n in names:
         # compact (no vertical rules) so that the eight columns fit an 80-column terminal unabridged
-        point = "" if operating_point == "balanced" else f", {operating_point} operating point"
+        point = "" if operating_point == DEFAULT_OPERATING_POINT else f", {operating_point} operating point"
         table = Table(title=f"held-out sets under {pname}, matcher {n}{point}", title_justify="left",
                       box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False)
         for col, justify in (("set", "left"), ("top", "left"), ("score", "right"), ("margin", "right"),

@@ -288,7 +288,7 @@ def _leaning(point: str, top: np.ndarray, ba: np.ndarray, kept: np.ndarray, caug
              se: float) -> np.ndarray:
     """Which triples of the table the operating ``point`` chooses among (see :func:`_best_thresholds`)."""
     check_operating_point(point)
-    if point == "balanced":
+    if point == DEFAULT_OPERATING_POINT:
         return top
     near = ba >= ba.max() - se - 1e-12
     lean = kept if point == "named" else caught

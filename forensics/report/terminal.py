@@ -191,11 +191,13 @@ def operating_points_text(verdict: Mapping[str, Any]) -> tuple[str, bool] | None
 def evaluation_scope(protocol: Mapping[str, Any]) -> str:
     """What one protocol's evaluation was made at, after "leave-one-out": the batch size and condition the
     instances were redrawn at, and the operating point of the open-set verdicts when not the default."""
+    from forensics.match.calibration import DEFAULT_OPERATING_POINT
+
     at = ""
     if protocol.get("redrawn"):
         cond = f", {protocol['condition']}" if protocol.get("condition", "none") != "none" else ""
         at = f" at batches of {protocol['batch_size']}{cond} (sub-batches from the per-image records)"
-    if protocol.get("operating_point", "balanced") != "balanced":
+    if protocol.get("operating_point", DEFAULT_OPERATING_POINT) != DEFAULT_OPERATING_POINT:
         at += f", {protocol['operating_point']} operating point"
     return at
 
