@@ -656,9 +656,10 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
                 conditions: str | Sequence[str] | None = "all", device: str = "cpu", weights: str | None = None,
                 progress: Progress | None = None, recursive: bool = True) -> dict[str, list[str]]:
     """Keep per-image records (:mod:`forensics.registry.records`) for instances of ``generator`` enrolled
-    before records were kept, from the images they were enrolled from: the images' hash must be the one
-    their provenance records, and the records must give back each instance's enrolled curve (to 1e-9),
-    else nothing is written. Returns {instance id: the conditions it now keeps records under}."""
+    before records (or these conditions) were kept, from the images they were enrolled from: the images' hash
+    must be the one their provenance records, and the records must give back each instance's enrolled curve
+    (to 1e-9), else nothing is written. Conditions an instance keeps already are left as they are. Returns
+    {instance id: the conditions it now keeps records under}."""
     from forensics import engine as engines
     from forensics.conditions import parse_conditions
 

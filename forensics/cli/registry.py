@@ -250,10 +250,11 @@ def records(
     json_out: bool = OPT_JSON,
     no_recursive: bool = OPT_NO_RECURSIVE,
 ):
-    """Keep per-image records for instances of NAME enrolled before records were kept.
+    """Keep per-image records for instances of NAME enrolled before records (or these conditions) were kept.
 
     IMAGES must be the images an instance was enrolled from (their hash is checked) and must give back its
-    enrolled curve here; then the records under each condition are written beside its generator file.
+    enrolled curve here; then the records under each condition it does not keep yet are written beside its
+    generator file (those it keeps are left as they are).
 
     Example: forensics registry records dcgan samples/dcgan.npz --conditions none,jpeg90
     """

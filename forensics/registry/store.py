@@ -591,8 +591,9 @@ class Registry:
         """Keep per-image records ({condition: one array per layer of the protocol}) for an instance already
         enrolled (under a combination, under every part). The caller vouches that they are the instance's
         own images (:func:`forensics.add_records` checks the images' hash and that the ``none`` records
-        reproduce the enrolled curve exactly). Files first, then the generator files naming them, all or
-        nothing. Returns the conditions now kept."""
+        reproduce the enrolled curve exactly). A condition the instance keeps already is left as it is (its
+        file and digest untouched). Files first, then the generator files naming them, all or nothing.
+        Returns the conditions now kept."""
         proto = self.protocol(protocol_name)
         for c, layers in records.items():
             check_name("condition", c)
@@ -614,7 +615,10 @@ class Registry:
                 if inst is None:
                     raise UsageError(f"{generator} has no instance {instance!r} under {part.name}; its instances: "
                                      + ", ".join(i.id for i in entry.instances))
-                arrays = {c: as_records(list(layers[a:b]), c) for c, layers in records.items()}
+                arrays = {c: as_records(list(layers[a:b]), c) for c, layers in records.items()
+                          if c not in inst.records}
+                if not arrays:
+                    continue
                 self._write_records(part.name, generator, instance, arrays)
                 inst.records = {**inst.records, **{c: sha256_array(x) for c, x in arrays.items()}}
                 changes.append((gfile, entry.to_dict()))
