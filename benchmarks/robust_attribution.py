@@ -12,8 +12,8 @@ background-swapped and exact copies) are queries no enrolled generator made: the
 under every condition.
 
 Conditions: ``none``; ``png`` (each image written as a PNG file and read back through a folder: must
-change nothing); ``jpeg95``/``jpeg90``/``jpeg75`` (JPEG files in a folder: the condition is *read from the
-files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``condition=``, as ``--condition`` does).
+change nothing); ``jpeg95``/``jpeg90``/``jpeg85``/``jpeg75`` (JPEG files in a folder: the condition is *read
+from the files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``condition=``, as ``--condition`` does).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
 (the whole 1,000-image sets: two batches of 500, verdict on their mean).
 
@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (100, 200, 300, 500, 1000)
-CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg75", "resize2", "resize0.5", "crop90")
+CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg85", "jpeg75", "resize2", "resize0.5", "crop90")
 NEW = {"ddpm": 4, "ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4, "sngan": 4, "pixelcnn": 4}
 
 

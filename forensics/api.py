@@ -680,7 +680,10 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     if not mine:
         raise UsageError(f"none of {generator}'s instances under {pname} was enrolled from these images (their "
                          f"sha256 is {record.sha256[:19]}…); give the images each instance's provenance names")
-    fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(conditions),
+    # only what some instance lacks is embedded (none always: it must give back the enrolled curves)
+    wanted = [c for c in parse_conditions(conditions)
+              if any(c not in reg.instance_record_conditions(pname, generator, r.instance) for r in mine)]
+    fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(wanted),
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir)

@@ -447,10 +447,11 @@ def test_records_that_fail_their_check_are_reported_and_not_used(digits, plugin_
 
 
 @pytest.mark.slow
-def test_records_are_added_only_from_the_instances_own_images(digits, plugin_host, tmp_path):
+def test_records_are_added_only_from_the_instances_own_images(digits, plugin_host, tmp_path, monkeypatch):
     import shutil
 
     from forensics import api
+    from forensics import engine as engines
 
     reg, data = digits
     copy = tmp_path / "registry"
@@ -469,7 +470,12 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     assert len(after) == len(before) + 2
     gen_file = copy / "d" / "generators" / "rotate.yaml"
     stamp = (gen_file.stat().st_ino, gen_file.stat().st_mtime_ns)
+    embedded = []
+    real = engines.fingerprints_and_records
+    monkeypatch.setattr(engines, "fingerprints_and_records",
+                        lambda *a, conditions, **k: embedded.append(conditions) or real(*a, conditions=conditions, **k))
     assert api.add_records(str(data / "rotate.npz"), "rotate", registry=copy, conditions="none,crop90") == kept
+    assert embedded == [["none"]]  # what every instance keeps is not embedded again; none checks the curves
     assert (gen_file.stat().st_ino, gen_file.stat().st_mtime_ns) == stamp  # nothing new: nothing written
     assert {p: p.read_bytes() for p in folder.rglob("*.npy")} == after
     with pytest.raises(UsageError, match="no generator 'nobody'"):

@@ -569,13 +569,19 @@ class Registry:
 
     def record_conditions(self, protocol_name: str) -> list[str]:
         """The conditions under which every enrolled instance of a protocol keeps records."""
-        proto = self.protocol(protocol_name)
         have: set[str] | None = None
         for ref in self.enrolled(protocol_name):
-            for part in proto.parts:
-                inst = self._instance(part.name, ref.generator, ref.instance)
-                kept = set(inst.records) if inst is not None else set()
-                have = kept if have is None else have & kept
+            kept = set(self.instance_record_conditions(protocol_name, ref.generator, ref.instance))
+            have = kept if have is None else have & kept
+        return sorted(have or ())
+
+    def instance_record_conditions(self, protocol_name: str, generator: str, instance: str) -> list[str]:
+        """The conditions under which one enrolled instance keeps records (under a combination, in every part)."""
+        have: set[str] | None = None
+        for part in self.protocol(protocol_name).parts:
+            inst = self._instance(part.name, generator, instance)
+            kept = set(inst.records) if inst is not None else set()
+            have = kept if have is None else have & kept
         return sorted(have or ())
 
     def _instance(self, protocol_name: str, generator: str, instance: str) -> Instance | None:
