@@ -146,6 +146,14 @@ def jpeg_quality(table: Sequence[int]) -> tuple[int, bool]:
 
 def file_quality(path: str | Path) -> int | None:
     """The JPEG quality of an image file (from its quantisation tables), None when it is not a JPEG."""
+    found = file_jpeg(path)
+    return None if found is None else found[0]
+
+
+def file_jpeg(path: str | Path) -> tuple[int, bool] | None:
+    """(the JPEG quality of an image file, whether its luminance table is exactly libjpeg's at that
+    quality), None when it is not a JPEG. Not exact: another encoder (a camera, an image editor) wrote it,
+    and the quality is the nearest libjpeg's."""
     from PIL import Image
 
     try:
@@ -157,14 +165,14 @@ def file_quality(path: str | Path) -> int | None:
         return None
     if 0 not in tables:
         return None
-    return jpeg_quality(tables[0])[0]
+    return jpeg_quality(tables[0])
 
 
 @dataclass(frozen=True)
 class Detected:
     """The condition a query is matched under, and why: ``source`` is "declared", "files" or "default".
     ``warning``: what makes that condition a guess (a quality far from every kept one, files that
-    disagree, JPEG files with no JPEG condition kept), one line, or None."""
+    disagree, tables another encoder wrote, JPEG files with no JPEG condition kept), one line, or None."""
 
     name: str
     source: str
@@ -189,7 +197,9 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
     (``files`` None) say nothing: "none"."""
     if not files:
         return Detected(NONE, "default", "an array of pixels carries no record of its processing; assumed as generated")
-    qualities = Counter(file_quality(f) for f in files)
+    found = [file_jpeg(f) for f in files]
+    qualities = Counter(None if j is None else j[0] for j in found)
+    foreign = sum(j is not None and not j[1] for j in found)
     jpegs = sum(n for q, n in qualities.items() if q is not None)
     if jpegs == 0:
         return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated")
@@ -210,6 +220,10 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
                 if known not in available and abs(CONDITIONS[known].jpeg_quality - quality) <= JPEG_TOLERANCE else "")
         warnings.append(f"JPEG quality {quality} lies more than {JPEG_TOLERANCE} from every quality the references "
                         f"keep ({', '.join(map(str, kept))}): matched as {name}, which it is not{hint}")
+    if foreign:
+        warnings.append(f"{foreign} of the {jpegs} JPEG files have quantisation tables other than libjpeg's (another "
+                        f"encoder: a camera or an image editor): their quality is the nearest libjpeg quality, and "
+                        f"{name} is libjpeg's processing, not theirs")
     if count < len(files):
         warnings.append(f"{len(files) - count} of the {len(files)} files are not JPEG at quality {quality}, the "
                         f"most common: all are matched as {name}; attribute each kind of file on its own")

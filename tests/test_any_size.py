@@ -18,7 +18,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from forensics.cli.commands import app
-from forensics.conditions import CONDITIONS, detect, file_quality, get_condition, jpeg_quality, parse_conditions
+from forensics.conditions import (CONDITIONS, detect, file_jpeg, file_quality, get_condition, ijg_table, jpeg_quality,
+                                  parse_conditions)
 from forensics.errors import RegistryError, StatisticError, UsageError
 from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, references_at, subbatches
 from forensics.registry import Registry
@@ -264,6 +265,14 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     assert "quality 83 lies more than 2" in detect([tmp_path / "q83.jpg"], ["none", "jpeg95"]).warning
     assert detect([tmp_path / "a.png"], kept).name == "none" and detect([tmp_path / "a.png"], kept).warning is None
     assert detect(None, kept).source == "default"
+    # tables another encoder wrote (a camera's, an editor's): the nearest libjpeg quality, and said to be a guess
+    own = [int(v) + (i % 3 == 0) for i, v in enumerate(ijg_table(85))]
+    Image.fromarray(img).save(tmp_path / "camera.jpg", qtables=[own, own])
+    assert file_jpeg(tmp_path / "camera.jpg") == (85, False) and file_jpeg(tmp_path / "q90.jpg") == (90, True)
+    camera = detect([tmp_path / "camera.jpg", tmp_path / "camera.jpg", tmp_path / "q90.jpg"], kept)
+    assert camera.name == "jpeg85" and "2 of the 3 JPEG files have quantisation tables other than libjpeg's" \
+        in camera.warning
+    assert "other than libjpeg's" not in (detect([tmp_path / "q90.jpg", tmp_path / "q75.jpg"], kept).warning or "")
     unkept = detect([tmp_path / "q90.jpg"], ["none"])  # no JPEG records: matched as generated, with a warning
     assert unkept.name == "none" and "keep no JPEG condition" in unkept.warning
 
