@@ -187,15 +187,22 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
     # instances stored in files: a combination's are its protocols' instances, read again
     n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
                       if len(reg.protocols[name].parts) == 1 for e in gens.values())
-    problems = list(reg.validate())
+    problems, warnings = list(reg.validate()), list(reg.warnings)
     for name, proto in sorted(reg.protocols.items()):  # every records file its generator files name
         if len(proto.parts) == 1:
             refs = reg.enrolled(name)
-            conditions = sorted({c for gens in [reg.generators.get(name, {})] for e in gens.values()
-                                 for i in e.instances for c in i.records})
-            for condition in conditions:
+            kept = {(r.generator, r.instance): reg.instance_record_conditions(name, r.generator, r.instance)
+                    for r in refs}
+            for condition in sorted({c for cs in kept.values() for c in cs}):
                 problems += reg.records(name, refs, condition)[1]
-    return ValidationResult(reg.path, tuple(problems), tuple(reg.warnings), len(reg.protocols), n_instances)
+                lacking = [f"{g}/{i}" for (g, i), cs in kept.items() if condition not in cs]
+                if lacking:  # a condition only some instances keep is never matched under
+                    warnings.append(f"{name}: records under {condition} are kept by {len(refs) - len(lacking)} of "
+                                    f"{len(refs)} instances, so no query is matched under {condition}; `forensics "
+                                    f"registry records NAME IMAGES --conditions {condition}` adds them for "
+                                    + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5
+                                                                else ""))
+    return ValidationResult(reg.path, tuple(problems), tuple(warnings), len(reg.protocols), n_instances)
 
 
 def diff_registry(other: str, *, registry: str | Path | None = None) -> RegistryDiff:

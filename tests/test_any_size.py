@@ -472,6 +472,10 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     kept = api.add_records(str(data / "rotate.npz"), "rotate", registry=copy, conditions="none,crop90")
     assert len(kept) == 2 and all(v == ["crop90", "jpeg90", "none"] for v in kept.values())
     assert Registry.open(copy).record_conditions("d") == ["jpeg90", "none"]  # crop90: only rotate's
+    checked = api.validate_registry(copy)  # which is no problem, but said, with the instances that lack it
+    assert checked.ok and any(w.startswith("d: records under crop90 are kept by 2 of 6 instances") and
+                              "--conditions crop90` adds them for " in w for w in checked.warnings)
+    assert not any("records under jpeg90" in w for w in checked.warnings)
     # the conditions it kept already are left as they are, not written again (recomputed elsewhere, with
     # other threads, they can differ in the last bits from what the generator file's digests vouch for)
     assert all((p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns) == b for p, b in before.items())
