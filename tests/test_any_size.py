@@ -268,11 +268,23 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     # tables another encoder wrote (a camera's, an editor's): the nearest libjpeg quality, and said to be a guess
     own = [int(v) + (i % 3 == 0) for i, v in enumerate(ijg_table(85))]
     Image.fromarray(img).save(tmp_path / "camera.jpg", qtables=[own, own])
-    assert file_jpeg(tmp_path / "camera.jpg") == (85, False) and file_jpeg(tmp_path / "q90.jpg") == (90, True)
+    assert file_jpeg(tmp_path / "camera.jpg")[:2] == (85, False) and file_jpeg(tmp_path / "q90.jpg")[:2] == (90, True)
     camera = detect([tmp_path / "camera.jpg", tmp_path / "camera.jpg", tmp_path / "q90.jpg"], kept)
     assert camera.name == "jpeg85" and "2 of the 3 JPEG files have quantisation tables other than libjpeg's" \
         in camera.warning
     assert "other than libjpeg's" not in (detect([tmp_path / "q90.jpg", tmp_path / "q75.jpg"], kept).warning or "")
+    # quality 100 quantises nothing (every step 1): as generated, unless colour lost its chroma resolution
+    Image.fromarray(img).save(tmp_path / "q100.jpg", quality=100)
+    top = detect([tmp_path / "q100.jpg"] * 2, kept)
+    assert top.name == "none" and "nothing quantised" in top.detail and top.warning is None
+    assert "1 of the 2 files are not JPEG at quality 100" in detect([tmp_path / "q100.jpg", tmp_path / "a.png"],
+                                                                    kept).warning
+    rgb = np.stack([img, img[::-1], img.T], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "c420.jpg", quality=100)  # libjpeg's default for colour: 4:2:0
+    Image.fromarray(rgb).save(tmp_path / "c444.jpg", quality=100, subsampling=0)
+    assert file_jpeg(tmp_path / "c420.jpg") == (100, True, True) and file_jpeg(tmp_path / "c444.jpg")[2] is False
+    assert detect([tmp_path / "c420.jpg"], kept).name == "jpeg95" and detect([tmp_path / "c444.jpg"], kept).name == "none"
+    assert detect([tmp_path / "q95.jpg"], kept).name == "jpeg95"
     unkept = detect([tmp_path / "q90.jpg"], ["none"])  # no JPEG records: matched as generated, with a warning
     assert unkept.name == "none" and "keep no JPEG condition" in unkept.warning
 
