@@ -90,7 +90,7 @@ class Condition:
 
 CONDITIONS: dict[str, Condition] = {c.name: c for c in [
     Condition(NONE, "as the generator wrote them (or saved losslessly, e.g. PNG)", lambda x: np.asarray(x)),
-    *[Condition(f"jpeg{q}", f"re-saved as JPEG at quality {q}", jpeg(q), q) for q in (95, 90, 85, 80, 75, 70)],
+    *[Condition(f"jpeg{q}", f"re-saved as JPEG at quality {q}", jpeg(q), q) for q in (98, 95, 90, 85, 80, 75, 70)],
     Condition("resize2", "resized up ×2 and back (bicubic)", resize(2.0)),
     Condition("resize0.5", "resized down ×0.5 and back (bicubic)", resize(0.5)),
     Condition("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9)),
@@ -99,9 +99,10 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in [
 
 JPEG_TOLERANCE = 2
 """How far (in libjpeg quality) a query's JPEG quality may lie from the kept condition it is matched under
-without a warning: the farthest any quality from 70 to 95 lies from one of :data:`CONDITIONS` (kept every 5).
-Five is too far: on the default, held-out sets at quality 85 matched as 90 were named right in 14 of 36
-batches of 200–500 images, as 85 in 20 (docs/robustness.md)."""
+without a warning: the farthest any quality from 70 to 99 lies from one of :data:`CONDITIONS` (98, and every
+5 from 95 to 70; 100 quantises nothing and is matched as generated, :func:`lossless`). Five is too far: on
+the default, held-out sets at quality 85 matched as 90 were named right in 14 of 36 batches of 200–500
+images, as 85 in 20 (docs/robustness.md)."""
 
 
 def get_condition(name: str) -> Condition:
@@ -179,7 +180,7 @@ def lossless(jpeg: JpegFile) -> bool:
     """Whether a JPEG file changed nothing the encoders see: every quantisation step 1 (libjpeg's quality
     100), and no chroma subsampled — only the rounding of its transform is left, and it is matched as
     generated. (On the default, the 9 held-out sets saved at quality 100 were named right 9 of 9 times as
-    generated and 1 of 9 as the nearest kept quality, 95; at 98 neither holds: docs/robustness.md.)"""
+    generated and 1 of 9 as 95; at 98 neither holds, and 98 is kept: docs/robustness.md.)"""
     return jpeg.exact and jpeg.quality == 100 and not jpeg.subsampled
 
 

@@ -247,7 +247,7 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     Image.fromarray(img).save(tmp_path / "a.png")
     assert file_quality(tmp_path / "a.png") is None
     assert jpeg_quality(list(range(1, 65))) [1] is False  # not a libjpeg table: the nearest, not exact
-    kept = [n for n in CONDITIONS if n == "none" or n.startswith("jpeg")]  # every 5 from 95 to 70
+    kept = [n for n in CONDITIONS if n == "none" or n.startswith("jpeg")]  # 98, and every 5 from 95 to 70
     found = detect([tmp_path / "q75.jpg", tmp_path / "q75.jpg", tmp_path / "a.png"], kept)
     assert found.name == "jpeg75" and "quality 75" in found.detail and "1 of 3 files differ" in found.detail
     assert "1 of the 3 files are not JPEG at quality 75" in found.warning  # a guess, and said so
@@ -257,7 +257,7 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     assert q83.name == "jpeg85" and q83.warning is None
     low = detect([tmp_path / "q40.jpg"], kept)  # below every kept quality: the nearest, but not what it is
     assert low.name == "jpeg70" and "quality 40 lies more than 2 from every quality the references keep (70, 75, " \
-        "80, 85, 90, 95)" in low.warning and "registry records" not in low.warning  # no condition is near 40
+        "80, 85, 90, 95, 98)" in low.warning and "registry records" not in low.warning  # no condition is near 40
     # a registry that keeps fewer qualities (enrolled with --conditions): the nearest, with the way to keep the one
     older = detect([tmp_path / "q75.jpg"], ["none", "jpeg95", "jpeg90", "jpeg80", "jpeg70"])
     assert older.name == "jpeg80" and "quality 75 lies more than 2" in older.warning
@@ -283,8 +283,10 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "c420.jpg", quality=100)  # libjpeg's default for colour: 4:2:0
     Image.fromarray(rgb).save(tmp_path / "c444.jpg", quality=100, subsampling=0)
     assert file_jpeg(tmp_path / "c420.jpg") == (100, True, True) and file_jpeg(tmp_path / "c444.jpg")[2] is False
-    assert detect([tmp_path / "c420.jpg"], kept).name == "jpeg95" and detect([tmp_path / "c444.jpg"], kept).name == "none"
+    assert detect([tmp_path / "c420.jpg"], kept).name == "jpeg98" and detect([tmp_path / "c444.jpg"], kept).name == "none"
     assert detect([tmp_path / "q95.jpg"], kept).name == "jpeg95"
+    Image.fromarray(img).save(tmp_path / "q97.jpg", quality=97)
+    assert detect([tmp_path / "q97.jpg"], kept).name == "jpeg98"
     unkept = detect([tmp_path / "q90.jpg"], ["none"])  # no JPEG records: matched as generated, with a warning
     assert unkept.name == "none" and "keep no JPEG condition" in unkept.warning
 

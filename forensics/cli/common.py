@@ -179,7 +179,7 @@ def use_offline(flag: bool) -> None:
 
 
 OPT_CONDITIONS = typer.Option("all", "--conditions", help="Post-processing conditions to keep per-image records "
-                              "under: all, none, or names (none,jpeg95,jpeg90,jpeg85,jpeg80,jpeg75,jpeg70,resize2,resize0.5,crop90).")
+                              "under: all, none, or names (none,jpeg98,jpeg95,…,jpeg70 every 5,resize2,resize0.5,crop90).")
 OPT_CONDITION = typer.Option("auto", "--condition", help="What happened to the images: auto (read JPEG quality from "
                              "the files, else as generated), none, or a condition (jpeg90, resize2, crop90, …).")
 OPT_OPERATING_POINT = typer.Option("balanced", "--operating-point", help="Which calibrated thresholds decide "
