@@ -16,6 +16,7 @@ identity, and a lossless re-save (PNG) changes nothing, so it needs no condition
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,6 +104,21 @@ without a warning: the farthest any quality from 70 to 99 lies from one of :data
 5 from 95 to 70; 100 quantises nothing and is matched as generated, :func:`lossless`). Five is too far: on
 the default, held-out sets at quality 85 matched as 90 were named right in 14 of 36 batches of 200–500
 images, as 85 in 20 (docs/robustness.md)."""
+
+
+JPEG_STEP_TOLERANCE = 0.3
+"""How far (|ln| of the ratio of libjpeg's quantisation steps) a query's JPEG quality may lie from the kept
+condition it is matched under without a warning, beside :data:`JPEG_TOLERANCE`. Near the top one quality
+is a large step (97 quantises 1.5 times as coarsely as 98): on the default, held-out sets at 85 matched as
+90 (ratio 0.41) and at 97 matched as 98 (0.41) were named less often and wrongly more often than matched as
+themselves, at 75 as 80 and at 96 as 95 (0.22) about as often (docs/robustness.md)."""
+
+
+def step_ratio(quality: int, other: int) -> float:
+    """|ln| of the ratio of libjpeg's quantisation steps at two qualities (a step of at least 1)."""
+    def scale(q: int) -> int:
+        return 5000 // q if q < 50 else 200 - 2 * q
+    return abs(math.log(max(scale(quality), 1) / max(scale(other), 1)))
 
 
 def get_condition(name: str) -> Condition:
@@ -244,6 +260,11 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
                 if known not in available and abs(CONDITIONS[known].jpeg_quality - quality) <= JPEG_TOLERANCE else "")
         warnings.append(f"JPEG quality {quality} lies more than {JPEG_TOLERANCE} from every quality the references "
                         f"keep ({', '.join(map(str, kept))}): matched as {name}, which it is not{hint}")
+    elif step_ratio(quality, CONDITIONS[name].jpeg_quality) > JPEG_STEP_TOLERANCE:
+        near = CONDITIONS[name].jpeg_quality
+        how = "coarsely" if quality < near else "finely"
+        warnings.append(f"JPEG quality {quality} quantises {math.exp(step_ratio(quality, near)):.2g}× as {how} as "
+                        f"{near}, the nearest quality the references keep: matched as {name}, which it is not")
     if foreign:
         warnings.append(f"{foreign} of the {jpegs} JPEG files have quantisation tables other than libjpeg's (another "
                         f"encoder: a camera or an image editor): their quality is the nearest libjpeg quality, and "

@@ -285,8 +285,16 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     assert file_jpeg(tmp_path / "c420.jpg") == (100, True, True) and file_jpeg(tmp_path / "c444.jpg")[2] is False
     assert detect([tmp_path / "c420.jpg"], kept).name == "jpeg98" and detect([tmp_path / "c444.jpg"], kept).name == "none"
     assert detect([tmp_path / "q95.jpg"], kept).name == "jpeg95"
-    Image.fromarray(img).save(tmp_path / "q97.jpg", quality=97)
-    assert detect([tmp_path / "q97.jpg"], kept).name == "jpeg98"
+    for q in (96, 97, 99, 93):
+        Image.fromarray(img).save(tmp_path / f"q{q}.jpg", quality=q)
+    # within 2 of a kept quality, but near the top one quality is a large step of quantisation: said so
+    q96 = detect([tmp_path / "q96.jpg"], kept)
+    assert q96.name == "jpeg95" and q96.warning is None  # 0.8× the step of 95: close enough
+    q97 = detect([tmp_path / "q97.jpg"], kept)
+    assert q97.name == "jpeg98" and "quality 97 quantises 1.5× as coarsely as 98" in q97.warning
+    assert "quality 99 quantises 2× as finely as 98" in detect([tmp_path / "q99.jpg"], kept).warning
+    assert "quality 93 quantises 1.4× as coarsely as 95" in detect([tmp_path / "q93.jpg"], kept).warning
+    assert detect([tmp_path / "q83.jpg"], kept).warning is None
     unkept = detect([tmp_path / "q90.jpg"], ["none"])  # no JPEG records: matched as generated, with a warning
     assert unkept.name == "none" and "keep no JPEG condition" in unkept.warning
 
