@@ -116,9 +116,7 @@ themselves, at 75 as 80 and at 96 as 95 (0.22) about as often (docs/robustness.m
 
 def step_ratio(quality: int, other: int) -> float:
     """|ln| of the ratio of libjpeg's quantisation steps at two qualities (a step of at least 1)."""
-    def scale(q: int) -> int:
-        return 5000 // q if q < 50 else 200 - 2 * q
-    return abs(math.log(max(scale(quality), 1) / max(scale(other), 1)))
+    return abs(math.log(max(ijg_scale(quality), 1) / max(ijg_scale(other), 1)))
 
 
 def get_condition(name: str) -> Condition:
@@ -146,10 +144,14 @@ _IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60
 """The JPEG standard's (Annex K) luminance quantisation table, which libjpeg scales by quality."""
 
 
+def ijg_scale(quality: int) -> int:
+    """The percentage by which libjpeg scales the standard tables at ``quality`` (1–100)."""
+    return 5000 // quality if quality < 50 else 200 - 2 * quality
+
+
 def ijg_table(quality: int) -> np.ndarray:
     """libjpeg's luminance table at ``quality`` (1–100)."""
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-    return np.clip((_IJG_LUMA * scale + 50) // 100, 1, 255)
+    return np.clip((_IJG_LUMA * ijg_scale(quality) + 50) // 100, 1, 255)
 
 
 def jpeg_quality(table: Sequence[int]) -> tuple[int, bool]:
@@ -159,12 +161,6 @@ def jpeg_quality(table: Sequence[int]) -> tuple[int, bool]:
     errors = [(int(np.abs(np.sort(ijg_table(q)) - got).sum()), -q) for q in range(1, 101)]
     err, neg_q = min(errors)
     return -neg_q, err == 0
-
-
-def file_quality(path: str | Path) -> int | None:
-    """The JPEG quality of an image file (from its quantisation tables), None when it is not a JPEG."""
-    found = file_jpeg(path)
-    return None if found is None else found[0]
 
 
 class JpegFile(NamedTuple):
@@ -230,21 +226,20 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
     if not files:
         return Detected(NONE, "default", "an array of pixels carries no record of its processing; assumed as generated")
     found = [file_jpeg(f) for f in files]
-    qualities = Counter(None if j is None else j[0] for j in found)
-    foreign = sum(j is not None and not j[1] for j in found)
+    qualities = Counter(None if j is None else j.quality for j in found)
+    foreign = sum(j is not None and not j.exact for j in found)
     jpegs = sum(n for q, n in qualities.items() if q is not None)
     if jpegs == 0:
         return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated")
     (quality, count), = [(q, n) for q, n in qualities.most_common() if q is not None][:1]
     mixed = f"; {len(files) - count} of {len(files)} files differ" if count < len(files) else ""
-    kept_as_written = [j for j in found if j is not None and j.quality == quality]
-    if all(lossless(j) for j in kept_as_written):
-        warning = (f"{len(files) - count} of the {len(files)} files are not JPEG at quality {quality}, the most "
-                   "common: all are matched as generated; attribute each kind of file on its own"
-                   if count < len(files) else None)
+    def differ(matched_as: str) -> str:
+        return (f"{len(files) - count} of the {len(files)} files are not JPEG at quality {quality}, the most "
+                f"common: all are matched as {matched_as}; attribute each kind of file on its own")
+    if all(lossless(j) for j in found if j is not None and j.quality == quality):
         return Detected(NONE, "files", f"JPEG quality {quality} read from the quantisation tables of {count} of "
                                        f"{len(files)} files{mixed}: every step 1, nothing quantised; matched as "
-                                       "generated", warning)
+                                       "generated", differ("generated") if count < len(files) else None)
     name = nearest_jpeg(quality, available)
     if name is None:
         return Detected(NONE, "files", f"{jpegs} of {len(files)} files are JPEG (quality {quality}) but the "
@@ -253,24 +248,23 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
                         "matched as generated, which re-encoded images are not (`forensics registry records` adds "
                         "JPEG records to the enrolled instances)")
     warnings = []
-    if abs(CONDITIONS[name].jpeg_quality - quality) > JPEG_TOLERANCE:
+    near = CONDITIONS[name].jpeg_quality
+    if abs(near - quality) > JPEG_TOLERANCE:
         kept = sorted(CONDITIONS[n].jpeg_quality for n in available if CONDITIONS[n].jpeg_quality is not None)
         known = nearest_jpeg(quality, list(CONDITIONS))
         hint = (f"; `forensics registry records` adds records under {known} to the enrolled instances"
                 if known not in available and abs(CONDITIONS[known].jpeg_quality - quality) <= JPEG_TOLERANCE else "")
         warnings.append(f"JPEG quality {quality} lies more than {JPEG_TOLERANCE} from every quality the references "
                         f"keep ({', '.join(map(str, kept))}): matched as {name}, which it is not{hint}")
-    elif step_ratio(quality, CONDITIONS[name].jpeg_quality) > JPEG_STEP_TOLERANCE:
-        near = CONDITIONS[name].jpeg_quality
+    elif (step := step_ratio(quality, near)) > JPEG_STEP_TOLERANCE:
         how = "coarsely" if quality < near else "finely"
-        warnings.append(f"JPEG quality {quality} quantises {math.exp(step_ratio(quality, near)):.2g}× as {how} as "
-                        f"{near}, the nearest quality the references keep: matched as {name}, which it is not")
+        warnings.append(f"JPEG quality {quality} quantises {math.exp(step):.2g}× as {how} as {near}, the nearest "
+                        f"quality the references keep: matched as {name}, which it is not")
     if foreign:
         warnings.append(f"{foreign} of the {jpegs} JPEG files have quantisation tables other than libjpeg's (another "
                         f"encoder: a camera or an image editor): their quality is the nearest libjpeg quality, and "
                         f"{name} is libjpeg's processing, not theirs")
     if count < len(files):
-        warnings.append(f"{len(files) - count} of the {len(files)} files are not JPEG at quality {quality}, the "
-                        f"most common: all are matched as {name}; attribute each kind of file on its own")
+        warnings.append(differ(name))
     return Detected(name, "files", f"JPEG quality {quality} read from the quantisation tables of {count} of "
                                    f"{len(files)} files{mixed}", "; ".join(warnings) or None)

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from forensics.cli.commands import app
-from forensics.conditions import (CONDITIONS, detect, file_jpeg, file_quality, get_condition, ijg_table, jpeg_quality,
+from forensics.conditions import (CONDITIONS, detect, file_jpeg, get_condition, ijg_table, jpeg_quality,
                                   parse_conditions)
 from forensics.errors import RegistryError, StatisticError, UsageError
 from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, references_at, subbatches
@@ -243,9 +243,9 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     img = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
     for q in (95, 90, 83, 75, 70, 40):
         Image.fromarray(img).save(tmp_path / f"q{q}.jpg", quality=q)
-        assert file_quality(tmp_path / f"q{q}.jpg") == q
+        assert file_jpeg(tmp_path / f"q{q}.jpg").quality == q
     Image.fromarray(img).save(tmp_path / "a.png")
-    assert file_quality(tmp_path / "a.png") is None
+    assert file_jpeg(tmp_path / "a.png") is None
     assert jpeg_quality(list(range(1, 65))) [1] is False  # not a libjpeg table: the nearest, not exact
     kept = [n for n in CONDITIONS if n == "none" or n.startswith("jpeg")]  # 98, and every 5 from 95 to 70
     found = detect([tmp_path / "q75.jpg", tmp_path / "q75.jpg", tmp_path / "a.png"], kept)
