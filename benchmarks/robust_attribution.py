@@ -14,6 +14,11 @@ under every condition.
 Conditions: ``none``; ``png`` (each image written as a PNG file and read back through a folder: must
 change nothing); ``jpeg95``/``jpeg90``/``jpeg85``/``jpeg75`` (JPEG files in a folder: the condition is *read
 from the files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``condition=``, as ``--condition`` does).
+Files that carry the first half of a resampling only, written as PNG at the size it leaves, so that the
+condition is *read from their size* (not in the default list): ``up2`` (resized ×2, bicubic), ``up2-lanczos``,
+``down2`` (×0.5, bicubic), ``down2-box`` (×0.5 by averaging, as an area filter does), ``cut90`` (a centred
+crop of 90 % of each side, not resized); and lossy WebP files, ``webp90``/``webp75`` (matched as generated,
+with a warning: no WebP condition is kept).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
 (the whole 1,000-image sets: two batches of 500, verdict on their mean).
 
@@ -116,20 +121,49 @@ def query_sets(sets: Path, curated: int = 0) -> list[tuple[str, str, np.ndarray]
     return found
 
 
+#: the conditions of files whose size or format says what happened to them: how each image is written
+#: (one way: the tool brings it back), and the registry condition it is read as
+FILES = {
+    "up2": (lambda im, Image: im.resize((2 * im.width, 2 * im.height), Image.BICUBIC), "resize2"),
+    "up2-lanczos": (lambda im, Image: im.resize((2 * im.width, 2 * im.height), Image.LANCZOS), "resize2"),
+    "down2": (lambda im, Image: im.resize((im.width // 2, im.height // 2), Image.BICUBIC), "resize0.5"),
+    "down2-box": (lambda im, Image: im.resize((im.width // 2, im.height // 2), Image.BOX), "resize0.5"),
+    "cut90": (lambda im, Image: im.crop(_centre(im, 0.9)), "crop90"),
+}
+
+
+def _centre(im, share: float) -> tuple[int, int, int, int]:
+    from forensics.conditions import scaled
+
+    cw, ch = scaled(im.size, share)
+    left, top = (im.width - cw) // 2, (im.height - ch) // 2
+    return left, top, left + cw, top + ch
+
+
+def read_as(condition: str) -> str:
+    """The registry condition a benchmark condition is matched under."""
+    if condition == "png" or condition.startswith("webp"):
+        return "none"
+    return FILES[condition][1] if condition in FILES else condition
+
+
 def as_query(images: np.ndarray, condition: str, folder: Path):
-    """(what attribute reads, the condition to declare): files in a folder for png/jpeg, else the array
-    put through the condition, declared."""
+    """(what attribute reads, the condition to declare): files in a folder for png/jpeg/webp and the
+    one-way resampled sizes, else the array put through the condition, declared."""
     from PIL import Image
 
     from forensics.conditions import get_condition
 
-    if condition == "png" or condition.startswith("jpeg"):
+    if condition == "png" or condition.startswith(("jpeg", "webp")) or condition in FILES:
         folder.mkdir(parents=True, exist_ok=True)
         for i, im in enumerate(images):
-            if condition == "png":
-                Image.fromarray(im).save(folder / f"{i:05d}.png")
+            im = Image.fromarray(im)
+            if condition.startswith("jpeg"):
+                im.save(folder / f"{i:05d}.jpg", quality=int(condition[4:]))
+            elif condition.startswith("webp"):
+                im.save(folder / f"{i:05d}.webp", quality=int(condition[4:]))
             else:
-                Image.fromarray(im).save(folder / f"{i:05d}.jpg", quality=int(condition[4:]))
+                (FILES[condition][0](im, Image) if condition in FILES else im).save(folder / f"{i:05d}.png")
         return str(folder), "auto"
     return get_condition(condition).apply(images), condition
 
@@ -219,7 +253,11 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 query, declared = as_query(images, condition, Path(tmp) / "q")
                 data, record = api.read_images(query, proto)
-                cond = api._condition(declared, record.files, matchers.conditions())
+                cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs))
+                if cond.resample_to is not None:  # files of another size than the generators': brought back
+                    from forensics.conditions import resample
+
+                    data = resample(data, cond.resample_to)
                 kept = engine.records(data)
             for size in sizes:
                 if size > len(images):
@@ -236,6 +274,7 @@ def main() -> int:
                                 if gen in generators else answer)
                         outcome = _outcome(answer, gen, families)
                         rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
+                                     "warning": cond.warning,
                                      "size": size, "batch": b, "operating_point": point, "verdict": answer.verdict,
                                      "family": answer.family, "outcome": outcome, "left_out_verdict": left.verdict,
                                      "left_out_family": left.family, "left_out_outcome": _outcome(left, gen, families)})
@@ -267,7 +306,7 @@ def main() -> int:
     print("\n| condition | m′ | operating point | LOO accuracy (closed set) | open set: right · family · wrong · "
           "unknown | generator left out → unknown (+ its family) |")
     print("|---|---|---|---|---|---|")
-    for condition in dict.fromkeys("none" if c == "png" else c for c in ([] if a.skip_loo else conditions)):
+    for condition in dict.fromkeys(read_as(c) for c in ([] if a.skip_loo else conditions)):
         if condition.startswith("jpeg") and condition not in matchers.conditions():
             from forensics.conditions import nearest_jpeg
 

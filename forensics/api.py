@@ -202,6 +202,15 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
                                     f"registry records NAME IMAGES --conditions {condition}` adds them for "
                                     + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5
                                                                 else ""))
+            sizes = {tuple(r.provenance.get("image_size") or ()) for r in refs}
+            if len(sizes) > 1:  # images of another size are then matched as they are, not brought back
+                unsized = [f"{r.generator}/{r.instance}" for r in refs if not r.provenance.get("image_size")]
+                warnings.append(f"{name}: the instances record {len(sizes - {()})} image size(s)"
+                                + (f" and {len(unsized)} record none (" + ", ".join(unsized[:5])
+                                   + (" …" if len(unsized) > 5 else "") + "; `forensics registry records NAME IMAGES` "
+                                   "records it)" if unsized else "")
+                                + ": queries of another size are matched as they are, not brought back to the size "
+                                  "the generators write")
     return ValidationResult(reg.path, tuple(problems), tuple(warnings), len(reg.protocols), n_instances)
 
 
@@ -289,14 +298,14 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
 
     if isinstance(images, np.ndarray):
         data = as_uint8_images(images)
-        return data, ImageInput(None, len(data), sha256_array(data))
+        return data, ImageInput(None, len(data), sha256_array(data), sizes=((data.shape[1], data.shape[2]),))
     prep = protocol.parts[0].encoder.preprocessing
     with _Step(progress, "reading images"):
         report = None if progress is None else (lambda done, total: progress("decoding images", done, total))
         found = read_image_set(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers,
                                recursive=recursive, progress=report)
     return found.images, ImageInput(str(images), len(found.images), found.sha256, found.recursive,
-                                    found.skipped_counts(), files=tuple(found.files))
+                                    found.skipped_counts(), files=tuple(found.files), sizes=found.sizes)
 
 
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
@@ -463,20 +472,34 @@ def _weighted_matcher(name: str, weights: Sequence[float] | None, problems: list
         return make_matcher(name)
 
 
-def _condition(condition: str, files: Sequence[Any], available: Sequence[str]) -> Any:
+def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
+    """The (height, width) the enrolled instances were generated at, as their provenance records it
+    (``image_size``); None when one records none or they differ."""
+    found = {tuple(r.provenance.get("image_size") or ()) for r in references}
+    if len(found) != 1:
+        return None
+    (size,) = found
+    return (int(size[0]), int(size[1])) if len(size) == 2 else None
+
+
+def _condition(condition: str, record: ImageInput, available: Sequence[str], native: tuple[int, int] | None) -> Any:
     """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared, or read
-    from the files (``"auto"``)."""
+    from the input (``"auto"``). Either way, images of another size than the enrolled instances' (``native``)
+    are brought back to it."""
     from forensics.conditions import NONE, Detected, detect, get_condition
 
     if condition == "auto":
-        found = detect(list(files) or None, available)
-        return found
+        return detect(list(record.files) or None, available, sizes=record.sizes, native=native)
     get_condition(condition)
     if condition != NONE and condition not in available:
         raise UsageError(f"the registry keeps no records under condition {condition!r} for every instance of this "
                          f"protocol (kept: {', '.join(available) or 'none'}); add them with `forensics registry "
                          "records`, or match as generated with --condition none")
-    return Detected(condition, "declared", "as declared")
+    if native is None or len(record.sizes) != 1 or tuple(record.sizes[0]) == native:
+        return Detected(condition, "declared", "as declared")
+    (h, w), (nh, nw) = record.sizes[0], native
+    return Detected(condition, "declared", f"as declared; the images, {w}×{h}, brought back to the {nw}×{nh} the "
+                                           "generators write (bicubic)", resample_to=native)
 
 
 def attribute(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
@@ -522,12 +545,17 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
-    cond = _condition(condition, record.files, sized.conditions())
+    cond = _condition(condition, record, sized.conditions(), generated_size(references))
     if cond.name != "none" and not sized.complete(cond.name):
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
                                                                "images are matched as generated",
                        warning=f"the references keep no records under {cond.name} for every instance: matched as "
                                "generated, which these images are not (`forensics registry records` adds them)")
+    if cond.resample_to is not None:
+        from forensics.conditions import resample
+
+        with _Step(progress, f"bringing the images back to {cond.resample_to[1]}×{cond.resample_to[0]}"):
+            data = resample(data, cond.resample_to)
     size = proto.batch_size
     whole = len(data) >= size and len(data) % size == 0  # only full batches: no records need reading
     full, rest, rest_attributed = split_batches(len(data), size, any_size=not whole and sized.complete(cond.name))
@@ -644,6 +672,8 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                                                     reference_dir=reg.reference_dir, engine=engine,
                                                     ray_address=ray_address)
     provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
+    if len(record.sizes) == 1:  # the size the generator writes: queries of another size were resampled
+        provenance["image_size"] = list(map(int, record.sizes[0]))
     if record.path is not None:
         provenance["input"] = record.path
         provenance["command"] = " ".join(shlex.quote(a) for a in ["forensics", "registry", "enroll", generator,
@@ -707,7 +737,8 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
             raise UsageError(f"these images do not give back {generator}/{ref.instance}'s enrolled curve here (off by "
                              f"up to {worst:.3g}): another encoder build or weights? Re-enrol it instead")
         plan.append((ref.instance, records[j]))
-    return {iid: reg.add_records(pname, generator, iid, recs) for iid, recs in plan}
+    size = list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None
+    return {iid: reg.add_records(pname, generator, iid, recs, image_size=size) for iid, recs in plan}
 
 
 def remove(generator: str, *, instance: str | None = None, protocol: str | None = None,
@@ -1249,6 +1280,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
                        "--instance", z.instance]
             provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
+                          "image_size": [int(images.shape[1]), int(images.shape[2])],
                           "command": " ".join(shlex.quote(a) for a in command),
                           "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
             ids = reg.enroll(proto.name, z.generator, fps, provenance, family=FAMILIES.get(z.generator))

@@ -19,7 +19,7 @@ import io
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,15 +52,17 @@ def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
     return apply
 
 
+def scaled(sides: tuple[int, int], factor: float) -> tuple[int, int]:
+    """Two sides (in either order) scaled by ``factor`` as the resampling conditions scale them."""
+    return max(1, round(sides[0] * factor)), max(1, round(sides[1] * factor))
+
+
 def resize(factor: float) -> Callable[[np.ndarray], np.ndarray]:
     """One resampling round trip: bicubic resize by ``factor``, then bicubic back to the original size."""
     def apply(images: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
         def one(im: Any) -> Any:
             w, h = im.size
-            return im.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC).resize(
-                (w, h), Image.BICUBIC)
+            return im.resize(scaled((w, h), factor), _bicubic()).resize((w, h), _bicubic())
         return _each(images, one)
     return apply
 
@@ -68,13 +70,11 @@ def resize(factor: float) -> Callable[[np.ndarray], np.ndarray]:
 def crop(share: float) -> Callable[[np.ndarray], np.ndarray]:
     """A centred crop keeping ``share`` of each side, resized (bicubic) back to the original size."""
     def apply(images: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
         def one(im: Any) -> Any:
             w, h = im.size
-            cw, ch = max(1, round(w * share)), max(1, round(h * share))
+            cw, ch = scaled((w, h), share)
             left, top = (w - cw) // 2, (h - ch) // 2
-            return im.crop((left, top, left + cw, top + ch)).resize((w, h), Image.BICUBIC)
+            return im.crop((left, top, left + cw, top + ch)).resize((w, h), _bicubic())
         return _each(images, one)
     return apply
 
@@ -87,14 +87,15 @@ class Condition:
     description: str
     apply: Callable[[np.ndarray], np.ndarray]
     jpeg_quality: int | None = None
+    scale: float | None = None  # a resampling: the side of its intermediate image over the original's
 
 
 CONDITIONS: dict[str, Condition] = {c.name: c for c in [
     Condition(NONE, "as the generator wrote them (or saved losslessly, e.g. PNG)", lambda x: np.asarray(x)),
     *[Condition(f"jpeg{q}", f"re-saved as JPEG at quality {q}", jpeg(q), q) for q in (98, 95, 90, 85, 80, 75, 70)],
-    Condition("resize2", "resized up ×2 and back (bicubic)", resize(2.0)),
-    Condition("resize0.5", "resized down ×0.5 and back (bicubic)", resize(0.5)),
-    Condition("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9)),
+    Condition("resize2", "resized up ×2 and back (bicubic)", resize(2.0), scale=2.0),
+    Condition("resize0.5", "resized down ×0.5 and back (bicubic)", resize(0.5), scale=0.5),
+    Condition("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9), scale=0.9),
 ]}
 """Every condition an instance can keep records under, by name."""
 
@@ -188,6 +189,42 @@ def file_jpeg(path: str | Path) -> JpegFile | None:
     return JpegFile(*jpeg_quality(tables[0]), subsampled)
 
 
+def file_webp(path: str | Path) -> str | None:
+    """"lossy" or "lossless" as a WebP file's chunks say (a VP8 or a VP8L bitstream), None when it is not
+    a WebP file. Read from the RIFF chunk headers alone; nothing is decoded."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+                return None
+            for _ in range(64):  # VP8X, ICCP, ANIM, ALPH … before the bitstream; a file holds a few chunks
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                kind, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if kind in (b"VP8 ", b"ANMF"):  # an animation's frames: lossy unless each says otherwise
+                    return "lossy"
+                if kind == b"VP8L":
+                    return "lossless"
+                f.seek(length + (length & 1), 1)
+    except OSError:
+        return None
+    return None
+
+
+def resample(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Images brought to ``size`` (height, width) by the bicubic resampling the conditions use: the second
+    half of a resize or crop round trip, for images that arrive after the first half only."""
+    height, width = size
+    return _each(images, lambda im: im.resize((width, height), _bicubic()))
+
+
+def _bicubic() -> Any:
+    from PIL import Image
+
+    return Image.BICUBIC
+
+
 def lossless(jpeg: JpegFile) -> bool:
     """Whether a JPEG file changed nothing the encoders see: every quantisation step 1 (libjpeg's quality
     100), and no chroma subsampled — only the rounding of its transform is left, and it is matched as
@@ -198,18 +235,25 @@ def lossless(jpeg: JpegFile) -> bool:
 
 @dataclass(frozen=True)
 class Detected:
-    """The condition a query is matched under, and why: ``source`` is "declared", "files" or "default".
-    ``warning``: what makes that condition a guess (a quality far from every kept one, files that
-    disagree, tables another encoder wrote, JPEG files with no JPEG condition kept), one line, or None."""
+    """The condition a query is matched under, and why: ``source`` is "declared", "files" (read from the
+    input: its files' headers, its images' size) or "default". ``warning``: what makes that condition a guess
+    (a quality far from every kept one, files that disagree, tables another encoder wrote, JPEG files with no
+    JPEG condition kept, lossy WebP, a size no resampling condition gives), one line, or None.
+    ``resample_to``: (height, width) the images are brought to before they are embedded — the size the
+    enrolled generators wrote, when the images arrive at another — or None."""
 
     name: str
     source: str
     detail: str
     warning: str | None = None
+    resample_to: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "detail": self.detail,
-                "description": get_condition(self.name).description}
+        out = {"name": self.name, "source": self.source, "detail": self.detail,
+               "description": get_condition(self.name).description}
+        if self.resample_to is not None:
+            out["resampled_to"] = list(self.resample_to)
+        return out
 
 
 def nearest_jpeg(quality: int, available: Sequence[str]) -> str | None:
@@ -219,10 +263,58 @@ def nearest_jpeg(quality: int, available: Sequence[str]) -> str | None:
     return min(jpegs)[2] if jpegs else None
 
 
-def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:
-    """The condition of a query read from its files: JPEGs say their quality (the most common one among
-    the files; the nearest JPEG condition in ``available`` is taken), anything else is "none". Arrays
-    (``files`` None) say nothing: "none"."""
+def detect(files: Sequence[str | Path] | None, available: Sequence[str], *,
+           sizes: Sequence[tuple[int, int]] = (), native: tuple[int, int] | None = None) -> Detected:
+    """The condition of a query read from its input. JPEGs say their quality (the most common one among the
+    files; the nearest JPEG condition in ``available`` is taken); images of another size than the one the
+    enrolled generators write (``native``, (height, width); ``sizes``: the sizes the images came in) were
+    resampled on the way: they are brought back to it (:func:`resample`, ``resample_to``) and matched under
+    the resampling condition of the nearest scale (:func:`geometry`). Anything else is "none"; an array
+    (``files`` None) says nothing but its size."""
+    found = _encoding(files, available)
+    if native is None or not sizes:
+        return found
+    if len(sizes) > 1:
+        names = ", ".join(f"{w}×{h}" for h, w in sorted(sizes)[:4]) + (", …" if len(sizes) > 4 else "")
+        return replace(found, warning="; ".join(filter(None, [found.warning, (
+            f"the images come in {len(sizes)} sizes ({names}), brought to one by the protocol's resize, so their "
+            f"size says nothing of a resampling; the generators write {native[1]}×{native[0]}: attribute each size "
+            "on its own")])))
+    size = tuple(sizes[0])
+    if size == tuple(native):
+        return found
+    return geometry(found, (int(size[0]), int(size[1])), native, available)
+
+
+def geometry(found: Detected, size: tuple[int, int], native: tuple[int, int], available: Sequence[str]) -> Detected:
+    """Images of ``size`` (height, width) where the enrolled generators write ``native`` went through one
+    half of a resampling: they are brought back to ``native`` (the other half) and matched under the
+    resampling condition whose scale is nearest theirs (a ×2 resize, a ×0.5 one, a 90 % crop; a crop and a
+    resize to the same size cannot be told apart); ``found`` is what their encoding said (a JPEG quality)."""
+    scale = math.sqrt(size[0] / native[0] * size[1] / native[1])
+    pick = min((c for c in CONDITIONS.values() if c.scale is not None),
+               key=lambda c: (abs(math.log(scale / c.scale)), c.name))
+    shown, generated = f"{size[1]}×{size[0]}", f"{native[1]}×{native[0]}"
+    detail = (f"the images are {shown}, the generators write {generated} (×{scale:.3g}): brought back to "
+              f"{generated} (bicubic) and matched as {pick.name}")
+    warnings = []
+    if size != scaled(native, pick.scale):
+        warnings.append(f"the images are {shown}, ×{scale:.3g} the {generated} the generators write, which "
+                        f"{pick.name} (×{pick.scale:g}) is not: matched as {pick.name}, a guess")
+    name = pick.name
+    if name not in available:
+        warnings.append(f"the references keep no records under {name}: the images, brought back to {generated}, are "
+                        f"matched as generated, which they are not (`forensics registry records` adds {name})")
+        name = NONE
+    if found.name != NONE:
+        warnings.append(f"the files were also re-encoded ({found.detail}); the references keep no combination of "
+                        f"conditions: matched as {name} alone")
+    warnings += [found.warning] if found.warning else []
+    return Detected(name, "files", detail, "; ".join(warnings) or None, resample_to=native)
+
+
+def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:
+    """The condition the files' encoding says: a JPEG's quality, else "none" (:func:`detect`)."""
     if not files:
         return Detected(NONE, "default", "an array of pixels carries no record of its processing; assumed as generated")
     found = [file_jpeg(f) for f in files]
@@ -230,7 +322,10 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str]) -> Dete
     foreign = sum(j is not None and not j.exact for j in found)
     jpegs = sum(n for q, n in qualities.items() if q is not None)
     if jpegs == 0:
-        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated")
+        lossy = sum(file_webp(f) == "lossy" for f in files)
+        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
+                        f"{lossy} of the {len(files)} files are lossy WebP, a re-encoding the references keep no "
+                        "condition for: matched as generated, which they are not" if lossy else None)
     (quality, count), = [(q, n) for q, n in qualities.most_common() if q is not None][:1]
     mixed = f"; {len(files) - count} of {len(files)} files differ" if count < len(files) else ""
     def differ(matched_as: str) -> str:

@@ -91,6 +91,7 @@ class ImageInput:
     recursive: bool | None = None               # None: not a folder
     skipped: Mapping[str, int] = field(default_factory=dict)
     files: tuple[Any, ...] = field(default=(), repr=False, compare=False)  # a folder's files read, in order
+    sizes: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)  # (height, width) as read
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}

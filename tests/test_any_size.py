@@ -18,8 +18,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from forensics.cli.commands import app
-from forensics.conditions import (CONDITIONS, detect, file_jpeg, get_condition, ijg_table, jpeg_quality,
-                                  parse_conditions)
+from forensics.conditions import (CONDITIONS, detect, file_jpeg, file_webp, get_condition, ijg_table, jpeg_quality,
+                                  parse_conditions, resample, scaled)
 from forensics.errors import RegistryError, StatisticError, UsageError
 from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, references_at, subbatches
 from forensics.registry import Registry
@@ -317,6 +317,82 @@ def test_conditions_are_deterministic_and_png_changes_nothing(tmp_path):
         parse_conditions("jpeg12")
 
 
+def _one_way(images: np.ndarray, kind: str) -> list:
+    """The first half of a resampling condition alone, as PIL images: what an analyst receives."""
+    out = []
+    for a in images:
+        im = Image.fromarray(a)
+        w, h = im.size
+        if kind == "crop90":
+            cw, ch = scaled((w, h), 0.9)
+            out.append(im.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)))
+        else:
+            out.append(im.resize(scaled((w, h), CONDITIONS[kind].scale), Image.BICUBIC))
+    return out
+
+
+def test_images_brought_back_to_the_generators_size_are_the_resampling_conditions_exactly():
+    # the tool brings images of another size back to the generators' (bicubic): for images that went
+    # through the first half of a resize or crop round trip, that is the condition, bit for bit
+    x = (np.random.default_rng(1).random((5, 28, 28)) * 255).astype(np.uint8)
+    for images in (x, np.stack([x, x[::-1], x], axis=-1)):
+        for kind in ("resize2", "resize0.5", "crop90"):
+            halves = np.stack([np.asarray(im) for im in _one_way(images, kind)])
+            assert np.array_equal(resample(halves, (28, 28)), CONDITIONS[kind].apply(images)), kind
+
+
+def test_a_resampling_is_read_from_the_images_size():
+    kept = list(CONDITIONS)
+    native = (28, 28)
+    for size, name in (((56, 56), "resize2"), ((14, 14), "resize0.5"), ((25, 25), "crop90")):
+        found = detect(None, kept, sizes=[size], native=native)
+        assert (found.name, found.source, found.resample_to, found.warning) == (name, "files", native, None), size
+        assert found.to_dict()["resampled_to"] == [28, 28]
+    # a scale no condition has: the nearest one (in log scale), said to be a guess
+    odd = detect(None, kept, sizes=[(42, 42)], native=native)
+    assert odd.name == "resize2" and "×1.5 the 28×28 the generators write" in odd.warning
+    assert detect(None, kept, sizes=[(16, 16)], native=native).name == "resize0.5"  # nearer ×0.5 than ×0.9
+    stretched = detect(None, kept, sizes=[(56, 28)], native=native)  # 28 wide, 56 high
+    assert stretched.resample_to == native and "28×56" in stretched.warning
+    # the condition not kept: brought back all the same, matched as generated, and the command that adds it
+    unkept = detect(None, ["none", "jpeg90"], sizes=[(56, 56)], native=native)
+    assert unkept.name == "none" and unkept.resample_to == native
+    assert "`forensics registry records` adds resize2" in unkept.warning
+    # the generators' own size, no size known, or sizes that say nothing: as the encoding says
+    for sizes, gen in (([native], native), ([(56, 56)], None), ([], native)):
+        plain = detect(None, kept, sizes=sizes, native=gen)
+        assert (plain.name, plain.source, plain.resample_to) == ("none", "default", None)
+    mixed = detect(None, kept, sizes=[(28, 28), (56, 56)], native=native)
+    assert mixed.name == "none" and mixed.resample_to is None and "come in 2 sizes" in mixed.warning
+    assert "resampled_to" not in mixed.to_dict()
+
+
+def test_a_resized_jpeg_is_matched_under_its_resampling_and_says_it_was_also_re_encoded(tmp_path):
+    x = (np.random.default_rng(2).random((2, 56, 56)) * 255).astype(np.uint8)
+    files = []
+    for i, a in enumerate(x):
+        Image.fromarray(a).save(tmp_path / f"{i}.jpg", quality=90)
+        files.append(tmp_path / f"{i}.jpg")
+    found = detect(files, list(CONDITIONS), sizes=[(56, 56)], native=(28, 28))
+    assert found.name == "resize2" and found.resample_to == (28, 28)
+    assert "also re-encoded (JPEG quality 90" in found.warning and "matched as resize2 alone" in found.warning
+
+
+def test_lossy_webp_files_are_said_to_be_re_encoded(tmp_path):
+    x = (np.random.default_rng(3).random((28, 28)) * 255).astype(np.uint8)
+    Image.fromarray(x).save(tmp_path / "lossy.webp", quality=80)
+    Image.fromarray(x).save(tmp_path / "lossless.webp", lossless=True)
+    Image.fromarray(x).save(tmp_path / "a.png")
+    (tmp_path / "short.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP")
+    assert [file_webp(tmp_path / n) for n in ("lossy.webp", "lossless.webp", "a.png", "short.webp")] == [
+        "lossy", "lossless", None, None]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "lossless.webp").convert("L")), x)
+    kept = list(CONDITIONS)
+    lossy = detect([tmp_path / "lossy.webp", tmp_path / "a.png"], kept)
+    assert lossy.name == "none" and "1 of the 2 files are lossy WebP" in lossy.warning
+    assert detect([tmp_path / "lossless.webp"], kept).warning is None
+
+
 # -- the registry's records files -------------------------------------------------------------------
 def test_a_records_file_is_read_only_when_it_is_the_one_recorded(tmp_path):
     array = np.random.default_rng(0).random((3, 10, 2))
@@ -453,6 +529,39 @@ def test_the_condition_is_read_from_jpeg_files_or_declared(digits, plugin_host, 
 
 
 @pytest.mark.slow
+def test_images_of_another_size_are_brought_back_to_the_size_the_generators_write(digits, plugin_host, tmp_path):
+    from forensics.schemas import validate
+
+    reg, data = digits
+    images = np.load(data / "query-noise.npz")["images"][:M]
+    h, w = images.shape[1:3]  # the digits: 8×8
+    assert [r.provenance.get("image_size") for r in Registry.open(reg).enrolled("d")] == [[h, w]] * 6
+    folder = tmp_path / "up"
+    folder.mkdir()
+    for i, im in enumerate(_one_way(images, "resize2")):
+        im.save(folder / f"{i:03d}.png")
+    r = run(["attribute", str(folder), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    validate(doc)
+    cond = doc["condition"]
+    assert cond["resampled_to"] == [h, w] and cond["source"] == "files"
+    assert f"the images are {2 * w}×{2 * h}, the generators write {w}×{h}" in cond["detail"]
+    # the fixture keeps no resize2 records: brought back, matched as generated, and said so
+    assert cond["name"] == "none" and any("adds resize2" in w for w in doc["warnings"])
+    # brought back, they are the resize2 round trip of the generator's images, to the last bit
+    np.savez(tmp_path / "round.npz", images=get_condition("resize2").apply(images))
+    r = run(["attribute", str(tmp_path / "round.npz"), "--registry", str(reg), "--json"])
+    assert json.loads(r.stdout)["curve"] == doc["curve"]
+    # a declared condition does not stop the size from being read: the images are brought back all the same
+    r = run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition", "none"])
+    declared = json.loads(r.stdout)
+    assert declared["condition"]["detail"] == (f"as declared; the images, {2 * w}×{2 * h}, brought back to the "
+                                               f"{w}×{h} the generators write (bicubic)")
+    assert declared["curve"] == doc["curve"]
+
+
+@pytest.mark.slow
 def test_records_that_fail_their_check_are_reported_and_not_used(digits, plugin_host, tmp_path):
     import shutil
 
@@ -515,6 +624,18 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     assert {p: p.read_bytes() for p in folder.rglob("*.npy")} == after
     with pytest.raises(UsageError, match="no generator 'nobody'"):
         api.add_records(str(data / "rotate.npz"), "nobody", registry=copy)
+    # an instance enrolled before the image size was recorded gets it from its own images, nothing else moves
+    import yaml
+
+    doc = yaml.safe_load(gen_file.read_text())
+    for inst in doc["instances"]:
+        del inst["provenance"]["image_size"]
+    gen_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert all("image_size" not in r.provenance for r in Registry.open(copy).enrolled("d") if r.generator == "rotate")
+    assert api.add_records(str(data / "rotate.npz"), "rotate", registry=copy, conditions="none") == kept
+    assert [r.provenance["image_size"] for r in Registry.open(copy).enrolled("d") if r.generator == "rotate"] == [
+        [8, 8], [8, 8]]
+    assert {p: p.read_bytes() for p in folder.rglob("*.npy")} == after
 
 
 @pytest.mark.slow

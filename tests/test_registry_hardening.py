@@ -5,6 +5,7 @@ property tests: any bytes, any YAML document, in any registry file, load or fail
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -449,6 +450,28 @@ def test_validate_reports_nan_and_inf_curve_values_per_file(two, fingerprints):
     failed_validation(proc)
     assert "two/a/generators/g.yaml: instances[0] (abababababab-0).curve[0]: nan is not allowed" in proc.stdout
     assert "two/b/generators/g.yaml: instances[0] (abababababab-0).curve[0]: -inf is not allowed" in proc.stdout
+
+
+def test_validate_reports_an_image_size_that_is_not_height_and_width(two, fingerprints):
+    two.enroll("ab", "g", fingerprints(two.protocol("ab"), [1.0, 2.0, 3.0, 4.0, 5.0]),
+               {"input_sha256": ONE, "image_size": [28, 28]})
+    gfile = two.path / "a" / "generators" / "g.yaml"
+    assert "image_size: [28, 28]" in gfile.read_text()
+    gfile.write_text(gfile.read_text().replace("image_size: [28, 28]", "image_size: [28, -1]"))
+    proc = cli("registry", "validate", "--registry", str(two.path))
+    failed_validation(proc)
+    assert "two/a/generators/g.yaml: instances[0] (abababababab-0).provenance.image_size: expected [height, width] " \
+           "in pixels, got [28, -1]" in proc.stdout
+    # sizes that disagree (or instances that record none) leave queries of another size as they are: said
+    gfile.write_text(gfile.read_text().replace("image_size: [28, -1]", "image_size: [32, 32]"))
+    proc = cli("registry", "validate", "--registry", str(two.path), "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and not any(w.startswith("a: the instances record") for w in doc["warnings"])
+    two.enroll("ab", "h", fingerprints(two.protocol("ab"), [2.5, 2.0, 6.0, 7.0, 8.0]),
+               {"input_sha256": OTHER, "image_size": [28, 28]})
+    doc = json.loads(cli("registry", "validate", "--registry", str(two.path), "--json").stdout)
+    assert "a: the instances record 2 image size(s): queries of another size are matched as they are, not brought " \
+           "back to the size the generators write" in doc["warnings"]
 
 
 def test_validate_reports_bad_protocol_records_and_an_empty_registry_file(reg):

@@ -124,6 +124,11 @@ class ImageSet:
     files: tuple[Path, ...] = ()
     skipped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     recursive: bool | None = None  # None: not a folder
+    sizes: tuple[tuple[int, int], ...] = ()  # the (height, width) the images came in, before any resize
+
+    def __post_init__(self) -> None:
+        if not self.sizes and self.images.ndim >= 3:
+            object.__setattr__(self, "sizes", ((int(self.images.shape[1]), int(self.images.shape[2])),))
 
     def skipped_counts(self) -> dict[str, int]:
         """How many entries were skipped, by reason (only reasons that occurred)."""
@@ -474,7 +479,7 @@ def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers:
         raise UsageError(f"{_show(folder)} holds images of {len(shapes)} different sizes; they can be read only under a "
                          "protocol, which says how to resize them")
     return ImageSet(np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest, tuple(files), found,
-                    recursive)
+                    recursive, tuple(sorted({(int(s[0]), int(s[1])) for s in shapes})))
 
 
 def _fit(image: np.ndarray, *, size: int, resize: int) -> np.ndarray:

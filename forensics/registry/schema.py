@@ -363,6 +363,10 @@ def _parse_provenance(prov: Any, key: str, label: str, problems: Problems) -> di
     n = prov.get("n_images")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
         problems.add(label, f"{key}.n_images", f"expected a positive integer or null, got {n!r}")
+    size = prov.get("image_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)):
+        problems.add(label, f"{key}.image_size", f"expected [height, width] in pixels, got {size!r:.40}")
     created = prov.get("created")
     if "created" in prov and not is_iso_time(created):
         problems.add(label, f"{key}.created", f"expected a UTC ISO time, got {created!r}")

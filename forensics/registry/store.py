@@ -593,13 +593,14 @@ class Registry:
             write_records(self._safe(records_path(self.path, protocol_name, generator, instance, condition)), array)
 
     def add_records(self, protocol_name: str, generator: str, instance: str,
-                    records: Mapping[str, Sequence[Any]]) -> list[str]:
+                    records: Mapping[str, Sequence[Any]], image_size: Sequence[int] | None = None) -> list[str]:
         """Keep per-image records ({condition: one array per layer of the protocol}) for an instance already
         enrolled (under a combination, under every part). The caller vouches that they are the instance's
         own images (:func:`forensics.add_records` checks the images' hash and that the ``none`` records
         reproduce the enrolled curve exactly). A condition the instance keeps already is left as it is (its
-        file and digest untouched). Files first, then the generator files naming them, all or nothing.
-        Returns the conditions now kept."""
+        file and digest untouched). ``image_size`` ([height, width] of those images) is recorded in the
+        instance's provenance where it records none. Files first, then the generator files naming them, all
+        or nothing. Returns the conditions now kept."""
         proto = self.protocol(protocol_name)
         for c, layers in records.items():
             check_name("condition", c)
@@ -623,10 +624,13 @@ class Registry:
                                      + ", ".join(i.id for i in entry.instances))
                 arrays = {c: as_records(list(layers[a:b]), c) for c, layers in records.items()
                           if c not in inst.records}
-                if not arrays:
+                sized = image_size is not None and inst.provenance.get("image_size") is None
+                if not arrays and not sized:
                     continue
                 self._write_records(part.name, generator, instance, arrays)
                 inst.records = {**inst.records, **{c: sha256_array(x) for c, x in arrays.items()}}
+                if sized:
+                    inst.provenance["image_size"] = [int(n) for n in image_size]
                 changes.append((gfile, entry.to_dict()))
             self._write_all(changes)
         self.reload()
