@@ -17,8 +17,9 @@ from the files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``conditio
 Files that carry the first half of a resampling only, written as PNG at the size it leaves, so that the
 condition is *read from their size* (not in the default list): ``up2`` (resized ×2, bicubic), ``up2-lanczos``,
 ``down2`` (×0.5, bicubic), ``down2-box`` (×0.5 by averaging, as an area filter does), ``cut90`` (a centred
-crop of 90 % of each side, not resized); and lossy WebP files, ``webp90``/``webp75`` (matched as generated,
-with a warning: no WebP condition is kept).
+crop of 90 % of each side, not resized); and lossy WebP files, ``webp90``/``webp75`` (no WebP condition is
+kept: the tool names no generator for them; ``--webp-as-generated`` measures what matching them as
+generated would answer).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
 (the whole 1,000-image sets: two batches of 500, verdict on their mean).
 
@@ -180,6 +181,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", default=None, help="comma-separated set names (e.g. vae-seed4): only these sets")
     ap.add_argument("--skip-loo", action="store_true", help="leave out the leave-one-out table")
+    ap.add_argument("--webp-as-generated", action="store_true",
+                    help="answer lossy WebP files as matched as generated (the tool withholds a name for them)")
     ap.add_argument("--operating-points", default="balanced",
                     help="comma-separated operating points to answer at (balanced, named, cautious): every batch "
                          "is answered at each, from the same calibrations")
@@ -272,6 +275,8 @@ def main() -> int:
                         answer = answering(cond.name, min(size, m), "all", point).attribute(vec)
                         left = (answering(cond.name, min(size, m), gen, point).attribute(vec)
                                 if gen in generators else answer)
+                        if cond.withhold is not None and not a.webp_as_generated:  # as attribute answers
+                            answer, left = answer.withheld(cond.withhold), left.withheld(cond.withhold)
                         outcome = _outcome(answer, gen, families)
                         rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
                                      "warning": cond.warning,

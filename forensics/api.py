@@ -562,11 +562,15 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     _embedding_begins(proto, progress, "query images", full)
     curves = engine.curves(data[:full])
 
+    def answer(fitted: Any, curve: Curve) -> Any:
+        found = fitted.attribute(curve.fingerprint.vector())
+        return found if cond.withhold is None else found.withheld(cond.withhold)
+
     def attributed(curve: Curve, partial: bool) -> BatchAttribution:
         redraw = curve.n_images != size and sized.complete(cond.name)
         with _Step(progress, f"matching at a batch of {curve.n_images}") if redraw else contextlib.nullcontext():
             fitted, at = sized.at(cond.name, curve.n_images)
-        return BatchAttribution(curve, fitted.attribute(curve.fingerprint.vector()), partial=partial, compared_at=at)
+        return BatchAttribution(curve, answer(fitted, curve), partial=partial, compared_at=at)
 
     batches = [attributed(c, full < size) for c in curves]
     if rest_attributed:
@@ -579,7 +583,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         overall = batches[0]
     else:
         fitted, at = sized.at(cond.name, size)
-        overall = BatchAttribution(curve, fitted.attribute(curve.fingerprint.vector()), compared_at=at)
+        overall = BatchAttribution(curve, answer(fitted, curve), compared_at=at)
     answered_by = sized.at(cond.name, overall.compared_at or size)[0]
     return AttributionResult(input=record, protocol=proto, curve=curve, attribution=overall.attribution,
                              batches=tuple(batches), matcher=answered_by.describe(),

@@ -202,10 +202,13 @@ def file_webp(path: str | Path) -> str | None:
                 if len(chunk) < 8:
                     return None
                 kind, length = chunk[:4], int.from_bytes(chunk[4:], "little")
-                if kind in (b"VP8 ", b"ANMF"):  # an animation's frames: lossy unless each says otherwise
+                if kind == b"VP8 ":
                     return "lossy"
                 if kind == b"VP8L":
                     return "lossless"
+                if kind == b"ANMF":  # an animation: its first frame's chunks follow the frame's 16-byte header
+                    f.seek(16, 1)
+                    continue
                 f.seek(length + (length & 1), 1)
     except OSError:
         return None
@@ -240,13 +243,15 @@ class Detected:
     (a quality far from every kept one, files that disagree, tables another encoder wrote, JPEG files with no
     JPEG condition kept, lossy WebP, a size no resampling condition gives), one line, or None.
     ``resample_to``: (height, width) the images are brought to before they are embedded — the size the
-    enrolled generators wrote, when the images arrive at another — or None."""
+    enrolled generators wrote, when the images arrive at another — or None. ``withhold``: why no generator
+    may be named under this condition (the references cannot stand for it: lossy WebP), or None."""
 
     name: str
     source: str
     detail: str
     warning: str | None = None
     resample_to: tuple[int, int] | None = None
+    withhold: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "source": self.source, "detail": self.detail,
@@ -296,7 +301,9 @@ def geometry(found: Detected, size: tuple[int, int], native: tuple[int, int], av
                key=lambda c: (abs(math.log(scale / c.scale)), c.name))
     shown, generated = f"{size[1]}×{size[0]}", f"{native[1]}×{native[0]}"
     detail = (f"the images are {shown}, the generators write {generated} (×{scale:.3g}): brought back to "
-              f"{generated} (bicubic) and matched as {pick.name}")
+              f"{generated} (bicubic) and matched as {pick.name}"
+              + (" (a crop and a resize to that size leave one size: read as the crop)" if pick.name.startswith("crop")
+                 else ""))
     warnings = []
     if size != scaled(native, pick.scale):
         warnings.append(f"the images are {shown}, ×{scale:.3g} the {generated} the generators write, which "
@@ -310,7 +317,7 @@ def geometry(found: Detected, size: tuple[int, int], native: tuple[int, int], av
         warnings.append(f"the files were also re-encoded ({found.detail}); the references keep no combination of "
                         f"conditions: matched as {name} alone")
     warnings += [found.warning] if found.warning else []
-    return Detected(name, "files", detail, "; ".join(warnings) or None, resample_to=native)
+    return Detected(name, "files", detail, "; ".join(warnings) or None, resample_to=native, withhold=found.withhold)
 
 
 def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:
@@ -323,9 +330,13 @@ def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> D
     jpegs = sum(n for q, n in qualities.items() if q is not None)
     if jpegs == 0:
         lossy = sum(file_webp(f) == "lossy" for f in files)
+        said = f"{lossy} of the {len(files)} files are lossy WebP, a re-encoding the references keep no condition for"
+        if 2 * lossy >= len(files):  # matched as generated they are named wrong (docs/robustness.md): withheld
+            return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
+                            f"{said}: no generator is named (`--condition none` matches them as generated all the "
+                            "same)", withhold=f"{said} (as generated, lossy WebP is named wrong)")
         return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
-                        f"{lossy} of the {len(files)} files are lossy WebP, a re-encoding the references keep no "
-                        "condition for: matched as generated, which they are not" if lossy else None)
+                        f"{said}: matched as generated, which they are not" if lossy else None)
     (quality, count), = [(q, n) for q, n in qualities.most_common() if q is not None][:1]
     mixed = f"; {len(files) - count} of {len(files)} files differ" if count < len(files) else ""
     def differ(matched_as: str) -> str:

@@ -388,9 +388,14 @@ def test_lossy_webp_files_are_said_to_be_re_encoded(tmp_path):
         "lossy", "lossless", None, None]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "lossless.webp").convert("L")), x)
     kept = list(CONDITIONS)
+    # matched as generated, lossy WebP is named wrong: no generator is named, unless declared
     lossy = detect([tmp_path / "lossy.webp", tmp_path / "a.png"], kept)
-    assert lossy.name == "none" and "1 of the 2 files are lossy WebP" in lossy.warning
-    assert detect([tmp_path / "lossless.webp"], kept).warning is None
+    assert lossy.name == "none" and "1 of the 2 files are lossy WebP" in lossy.warning and lossy.withhold
+    few = detect([tmp_path / "lossy.webp", tmp_path / "a.png", tmp_path / "lossless.webp"], kept)
+    assert few.withhold is None and "1 of the 3 files are lossy WebP" in few.warning
+    clean = detect([tmp_path / "lossless.webp"], kept)
+    assert clean.warning is None and clean.withhold is None
+    assert detect([tmp_path / "lossy.webp"], kept, sizes=[(56, 56)], native=(28, 28)).withhold  # kept when resized
 
 
 # -- the registry's records files -------------------------------------------------------------------
@@ -558,6 +563,27 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
     declared = json.loads(r.stdout)
     assert declared["condition"]["detail"] == (f"as declared; the images, {2 * w}×{2 * h}, brought back to the "
                                                f"{w}×{h} the generators write (bicubic)")
+    assert declared["curve"] == doc["curve"]
+
+
+@pytest.mark.slow
+def test_lossy_webp_files_name_no_generator_unless_a_condition_is_declared(digits, plugin_host, tmp_path):
+    reg, data = digits
+    folder = tmp_path / "webp"
+    folder.mkdir()
+    for i, im in enumerate(np.load(data / "query-rotate.npz")["images"][:M]):
+        Image.fromarray(im).save(folder / f"{i:03d}.webp", quality=75)
+    doc = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json"]).stdout)
+    answer = doc["verdict"]
+    assert answer["generator"] is None and answer["family"] is None
+    assert answer["reason"].startswith(f"unknown: {M} of the {M} files are lossy WebP")
+    assert all(v == {"generator": None, "family": None} for v in answer["at_operating_points"].values())
+    assert all(b["verdict"] is None and b["family"] is None for b in doc["batches"])
+    assert doc["candidates"] and any("`--condition none` matches them" in w for w in doc["warnings"])
+    declared = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition",
+                               "none"]).stdout)
+    assert declared["condition"]["source"] == "declared" and not declared["verdict"]["reason"].startswith(
+        f"unknown: {M} of the")
     assert declared["curve"] == doc["curve"]
 
 

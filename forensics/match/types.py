@@ -76,6 +76,14 @@ class Attribution:
     family_members: tuple[str, ...] = ()
     at_operating_points: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
 
+    def withheld(self, why: str) -> Attribution:
+        """This answer turned to "unknown" because of ``why``, whatever the thresholds said (the
+        candidates stay, ranked): for a query whose condition the references cannot stand for."""
+        from dataclasses import replace
+
+        return replace(self, verdict=None, family=None, family_members=(), lookalikes={}, reason=f"unknown: {why}",
+                       at_operating_points={p: {"generator": None, "family": None} for p in self.at_operating_points})
+
     @property
     def named(self) -> str | None:
         """What the answer names: the generator, else the family (``None``: unknown)."""
