@@ -254,7 +254,7 @@ def records(
 
     IMAGES must be the images an instance was enrolled from (their hash is checked) and must give back its
     enrolled curve here; then the records under each condition it does not keep yet are written beside its
-    generator file (those it keeps are left as they are).
+    generator file (those it keeps are left as they are), and the images' size where it records none.
 
     Example: forensics registry records dcgan samples/dcgan.npz --conditions none,jpeg90
     """
