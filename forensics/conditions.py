@@ -332,7 +332,8 @@ def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> D
         lossy = sum(file_webp(f) == "lossy" for f in files)
         said = f"{lossy} of the {len(files)} files are lossy WebP, a re-encoding the references keep no condition for"
         if 2 * lossy >= len(files):  # matched as generated they are named wrong (docs/robustness.md): withheld
-            return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
+            return Detected(NONE, "files", f"{lossy} of the {len(files)} files are lossy WebP, none a JPEG; matched as "
+                                           "generated, and no generator named",
                             f"{said}: no generator is named (`--condition none` matches them as generated all the "
                             "same)", withhold=f"{said} (as generated, lossy WebP is named wrong)")
         return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
