@@ -331,6 +331,14 @@ def _one_way(images: np.ndarray, kind: str) -> list:
     return out
 
 
+def _files(folder, images, suffix: str, **options):
+    """``folder`` holding each PIL image as a file of that kind, in order."""
+    folder.mkdir()
+    for i, im in enumerate(images):
+        im.save(folder / f"{i:03d}.{suffix}", **options)
+    return folder
+
+
 def test_images_brought_back_to_the_generators_size_are_the_resampling_conditions_exactly():
     # the tool brings images of another size back to the generators' (bicubic): for images that went
     # through the first half of a resize or crop round trip, that is the condition, bit for bit
@@ -541,10 +549,7 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
     images = np.load(data / "query-noise.npz")["images"][:M]
     h, w = images.shape[1:3]  # the digits: 8×8
     assert [r.provenance.get("image_size") for r in Registry.open(reg).enrolled("d")] == [[h, w]] * 6
-    folder = tmp_path / "up"
-    folder.mkdir()
-    for i, im in enumerate(_one_way(images, "resize2")):
-        im.save(folder / f"{i:03d}.png")
+    folder = _files(tmp_path / "up", _one_way(images, "resize2"), "png")
     r = run(["attribute", str(folder), "--registry", str(reg), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
@@ -569,10 +574,8 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
 @pytest.mark.slow
 def test_lossy_webp_files_name_no_generator_unless_a_condition_is_declared(digits, plugin_host, tmp_path):
     reg, data = digits
-    folder = tmp_path / "webp"
-    folder.mkdir()
-    for i, im in enumerate(np.load(data / "query-rotate.npz")["images"][:M]):
-        Image.fromarray(im).save(folder / f"{i:03d}.webp", quality=75)
+    images = np.load(data / "query-rotate.npz")["images"][:M]
+    folder = _files(tmp_path / "webp", [Image.fromarray(im) for im in images], "webp", quality=75)
     doc = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json"]).stdout)
     answer = doc["verdict"]
     assert answer["generator"] is None and answer["family"] is None
