@@ -486,7 +486,7 @@ def _condition(condition: str, record: ImageInput, available: Sequence[str], nat
     """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared, or read
     from the input (``"auto"``). Either way, images of another size than the enrolled instances' (``native``)
     are brought back to it."""
-    from forensics.conditions import NONE, Detected, detect, get_condition
+    from forensics.conditions import NONE, Detected, detect, get_condition, mixed_sizes
 
     if condition == "auto":
         return detect(list(record.files) or None, available, sizes=record.sizes, native=native)
@@ -496,7 +496,8 @@ def _condition(condition: str, record: ImageInput, available: Sequence[str], nat
                          f"protocol (kept: {', '.join(available) or 'none'}); add them with `forensics registry "
                          "records`, or match as generated with --condition none")
     if native is None or len(record.sizes) != 1 or tuple(record.sizes[0]) == native:
-        return Detected(condition, "declared", "as declared")
+        return Detected(condition, "declared", "as declared",
+                        mixed_sizes(record.sizes, native) if native and len(record.sizes) > 1 else None)
     (h, w), (nh, nw) = record.sizes[0], native
     return Detected(condition, "declared", f"as declared; the images, {w}×{h}, brought back to the {nw}×{nh} the "
                                            "generators write (bicubic)", resample_to=native)

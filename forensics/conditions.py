@@ -280,15 +280,19 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str], *,
     if native is None or not sizes:
         return found
     if len(sizes) > 1:
-        names = ", ".join(f"{w}×{h}" for h, w in sorted(sizes)[:4]) + (", …" if len(sizes) > 4 else "")
-        return replace(found, warning="; ".join(filter(None, [found.warning, (
-            f"the images come in {len(sizes)} sizes ({names}), brought to one by the protocol's resize, so their "
-            f"size says nothing of a resampling; the generators write {native[1]}×{native[0]}: attribute each size "
-            "on its own")])))
+        return replace(found, warning="; ".join(filter(None, [found.warning, mixed_sizes(sizes, native)])))
     size = tuple(sizes[0])
     if size == tuple(native):
         return found
     return geometry(found, (int(size[0]), int(size[1])), native, available)
+
+
+def mixed_sizes(sizes: Sequence[tuple[int, int]], native: tuple[int, int]) -> str:
+    """The warning for images that come in several sizes (height, width): their size says nothing."""
+    names = ", ".join(f"{w}×{h}" for h, w in sorted(sizes)[:4]) + (", …" if len(sizes) > 4 else "")
+    return (f"the images come in {len(sizes)} sizes ({names}), brought to one by the protocol's resize, so their "
+            f"size says nothing of a resampling; the generators write {native[1]}×{native[0]}: attribute each size "
+            "on its own")
 
 
 def geometry(found: Detected, size: tuple[int, int], native: tuple[int, int], available: Sequence[str]) -> Detected:

@@ -371,7 +371,7 @@ def test_a_resampling_is_read_from_the_images_size():
         plain = detect(None, kept, sizes=sizes, native=gen)
         assert (plain.name, plain.source, plain.resample_to) == ("none", "default", None)
     mixed = detect(None, kept, sizes=[(28, 28), (56, 56)], native=native)
-    assert mixed.name == "none" and mixed.resample_to is None and "come in 2 sizes" in mixed.warning
+    assert mixed.name == "none" and mixed.resample_to is None and "come in 2 sizes (28×28, 56×56)" in mixed.warning
     assert "resampled_to" not in mixed.to_dict()
 
 
@@ -569,6 +569,12 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
     assert declared["condition"]["detail"] == (f"as declared; the images, {2 * w}×{2 * h}, brought back to the "
                                                f"{w}×{h} the generators write (bicubic)")
     assert declared["curve"] == doc["curve"]
+    # files of several sizes say nothing of a resampling, declared or not: matched as they are, and said
+    Image.fromarray(images[0]).save(folder / "zz.png")
+    for extra in ([], ["--condition", "none"]):
+        mixed = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json", *extra]).stdout)
+        assert "resampled_to" not in mixed["condition"]
+        assert any(f"come in 2 sizes ({w}×{h}, {2 * w}×{2 * h})" in x for x in mixed["warnings"]), extra
 
 
 @pytest.mark.slow
