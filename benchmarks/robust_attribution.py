@@ -17,9 +17,9 @@ from the files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``conditio
 Files that carry the first half of a resampling only, written as PNG at the size it leaves, so that the
 condition is *read from their size* (not in the default list): ``up2`` (resized ×2, bicubic), ``up2-lanczos``,
 ``down2`` (×0.5, bicubic), ``down2-box`` (×0.5 by averaging, as an area filter does), ``cut90`` (a centred
-crop of 90 % of each side, not resized); and lossy WebP files, ``webp90``/``webp75`` (no WebP condition is
-kept: the tool names no generator for them; ``--webp-as-generated`` measures what matching them as
-generated would answer).
+crop of 90 % of each side, not resized); and lossy WebP files, ``webp90``/``webp75`` (their quality read by
+re-encoding them; ``--webp-as-generated`` declares them ``none`` instead, as the tool matched them before
+WebP conditions were kept).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
 (the whole 1,000-image sets: two batches of 500, verdict on their mean).
 
@@ -143,12 +143,12 @@ def _centre(im, share: float) -> tuple[int, int, int, int]:
 
 def read_as(condition: str) -> str:
     """The registry condition a benchmark condition is matched under."""
-    if condition == "png" or condition.startswith("webp"):
+    if condition == "png":
         return "none"
     return FILES[condition][1] if condition in FILES else condition
 
 
-def as_query(images: np.ndarray, condition: str, folder: Path):
+def as_query(images: np.ndarray, condition: str, folder: Path, webp_as_generated: bool = False):
     """(what attribute reads, the condition to declare): files in a folder for png/jpeg/webp and the
     one-way resampled sizes, else the array put through the condition, declared."""
     from PIL import Image
@@ -165,7 +165,7 @@ def as_query(images: np.ndarray, condition: str, folder: Path):
                 im.save(folder / f"{i:05d}.webp", quality=int(condition[4:]))
             else:
                 (FILES[condition][0](im, Image) if condition in FILES else im).save(folder / f"{i:05d}.png")
-        return str(folder), "auto"
+        return str(folder), "none" if webp_as_generated and condition.startswith("webp") else "auto"
     return get_condition(condition).apply(images), condition
 
 
@@ -182,7 +182,7 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="comma-separated set names (e.g. vae-seed4): only these sets")
     ap.add_argument("--skip-loo", action="store_true", help="leave out the leave-one-out table")
     ap.add_argument("--webp-as-generated", action="store_true",
-                    help="answer lossy WebP files as matched as generated (the tool withholds a name for them)")
+                    help="declare lossy WebP files as generated (condition none) instead of reading their quality")
     ap.add_argument("--operating-points", default="balanced",
                     help="comma-separated operating points to answer at (balanced, named, cautious): every batch "
                          "is answered at each, from the same calibrations")
@@ -254,7 +254,7 @@ def main() -> int:
             # the whole set read once, as attribute reads it (files for png/jpeg), and embedded once: a
             # sub-batch's curve from the set's per-image records is exactly its own curve (tests/test_any_size)
             with tempfile.TemporaryDirectory() as tmp:
-                query, declared = as_query(images, condition, Path(tmp) / "q")
+                query, declared = as_query(images, condition, Path(tmp) / "q", a.webp_as_generated)
                 data, record = api.read_images(query, proto)
                 cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs))
                 if cond.resample_to is not None:  # files of another size than the generators': brought back
@@ -275,7 +275,7 @@ def main() -> int:
                         answer = answering(cond.name, min(size, m), "all", point).attribute(vec)
                         left = (answering(cond.name, min(size, m), gen, point).attribute(vec)
                                 if gen in generators else answer)
-                        if cond.withhold is not None and not a.webp_as_generated:  # as attribute answers
+                        if cond.withhold is not None:  # as attribute answers: no generator named
                             answer, left = answer.withheld(cond.withhold), left.withheld(cond.withhold)
                         outcome = _outcome(answer, gen, families)
                         rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,

@@ -52,6 +52,21 @@ def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
     return apply
 
 
+def webp(quality: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Re-encode as lossy WebP at ``quality`` (libwebp through PIL, its other settings as they come), decode."""
+    def apply(images: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        def one(im: Any) -> Any:
+            buf = io.BytesIO()
+            im.save(buf, format="WEBP", quality=quality)
+            buf.seek(0)
+            with Image.open(buf) as back:
+                return back.convert(im.mode)
+        return _each(images, one)
+    return apply
+
+
 def scaled(sides: tuple[int, int], factor: float) -> tuple[int, int]:
     """Two sides (in either order) scaled by ``factor`` as the resampling conditions scale them."""
     return max(1, round(sides[0] * factor)), max(1, round(sides[1] * factor))
@@ -87,12 +102,14 @@ class Condition:
     description: str
     apply: Callable[[np.ndarray], np.ndarray]
     jpeg_quality: int | None = None
+    webp_quality: int | None = None
     scale: float | None = None  # a resampling: the side of its intermediate image over the original's
 
 
 CONDITIONS: dict[str, Condition] = {c.name: c for c in [
     Condition(NONE, "as the generator wrote them (or saved losslessly, e.g. PNG)", lambda x: np.asarray(x)),
     *[Condition(f"jpeg{q}", f"re-saved as JPEG at quality {q}", jpeg(q), q) for q in (98, 95, 90, 85, 80, 75, 70)],
+    *[Condition(f"webp{q}", f"re-saved as lossy WebP at quality {q}", webp(q), webp_quality=q) for q in (90, 75)],
     Condition("resize2", "resized up ×2 and back (bicubic)", resize(2.0), scale=2.0),
     Condition("resize0.5", "resized down ×0.5 and back (bicubic)", resize(0.5), scale=0.5),
     Condition("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9), scale=0.9),
@@ -215,6 +232,110 @@ def file_webp(path: str | Path) -> str | None:
     return None
 
 
+class _BoolDecoder:
+    """VP8's boolean entropy decoder (RFC 6386, section 7), enough to read a frame header."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 2
+        self.value = (data[0] << 8) | data[1] if len(data) >= 2 else 0
+        self.range, self.bits = 255, 0
+
+    def bit(self, prob: int = 128) -> int:
+        split = 1 + (((self.range - 1) * prob) >> 8)
+        if self.value >= split << 8:
+            out, self.range, self.value = 1, self.range - split, self.value - (split << 8)
+        else:
+            out, self.range = 0, split
+        while self.range < 128:
+            self.value, self.range, self.bits = self.value << 1, self.range << 1, self.bits + 1
+            if self.bits == 8:
+                self.bits = 0
+                self.value |= self.data[self.pos] if self.pos < len(self.data) else 0
+                self.pos += 1
+        return out
+
+    def literal(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            value = (value << 1) | self.bit()
+        return value
+
+    def skip_signed(self, n: int) -> None:  # a flagged, signed field: flag, n bits, sign
+        if self.bit():
+            self.literal(n + 1)
+
+
+def webp_quantiser(data: bytes) -> int | None:
+    """The base quantiser index (0–127, coarser as it grows) in the key frame header of a lossy WebP
+    file's bytes: the luma AC index, which libwebp sets from the quality (and from the image's content),
+    None when there is no lossy key frame to read."""
+    at = data.find(b"VP8 ", 12)
+    frame = data[at + 8:] if at >= 0 else b""
+    if len(frame) < 12 or frame[0] & 1 or frame[3:6] != b"\x9d\x01\x2a":  # not a key frame
+        return None
+    b = _BoolDecoder(frame[10:])
+    b.literal(2)  # colour space, clamping
+    if b.bit():  # segmentation
+        update_map, update_data = b.bit(), b.bit()
+        if update_data:
+            b.bit()  # absolute or delta values
+            for _ in range(4):
+                b.skip_signed(7)  # quantiser per segment
+            for _ in range(4):
+                b.skip_signed(6)  # loop filter level per segment
+        if update_map:
+            for _ in range(3):
+                if b.bit():
+                    b.literal(8)
+    b.literal(1 + 6 + 3)  # filter type, level, sharpness
+    if b.bit() and b.bit():  # loop filter deltas, updated
+        for _ in range(8):
+            b.skip_signed(6)
+    b.literal(2)  # DCT partitions
+    return b.literal(7)
+
+
+def webp_requantised(path: str | Path, quality: int) -> int | None:
+    """How far a lossy WebP file's quantiser index lies from that of the same image re-encoded at
+    ``quality`` (libwebp through PIL): 0 when it was written at that quality with those settings, whatever
+    the image (the index depends on the content as well as on the quality, so it is compared with its own
+    re-encoding, not with a table). None when the file has no lossy frame to read."""
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    found = webp_quantiser(data)
+    if found is None:
+        return None
+    with Image.open(io.BytesIO(data)) as im:
+        buf = io.BytesIO()
+        im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode).save(buf, format="WEBP", quality=quality)
+    again = webp_quantiser(buf.getvalue())
+    return None if again is None else abs(found - again)
+
+
+def nearest_webp(files: Sequence[str | Path], available: Sequence[str], sample: int = 16) -> tuple[str, float] | None:
+    """The kept WebP condition whose re-encoding keeps the files' quantiser index best (the median over up
+    to ``sample`` files of the index's change), with that median; None if none is kept or none can be read."""
+    kept = [n for n in available if CONDITIONS[n].webp_quality is not None]
+    picked = list(files)[:sample]
+    scored = []
+    for name in kept:
+        moved = [d for d in (webp_requantised(f, CONDITIONS[name].webp_quality) for f in picked) if d is not None]
+        if moved:
+            scored.append((float(np.median(moved)), -CONDITIONS[name].webp_quality, name))
+    if not scored:
+        return None
+    change, _, name = min(scored)
+    return name, change
+
+
+WEBP_TOLERANCE = 1
+"""How far (median change of the quantiser index, :func:`nearest_webp`) a lossy WebP set may lie from the kept
+WebP condition it is matched under without a warning. On 30 digits written by PIL, files of the kept quality
+change by 0 (75: at most 5 for one file, 90: 1); of 5 qualities away by 3 to 9 (70 and 80 against 75, 85 and
+95 against 90)."""
+
+
 def resample(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Images brought to ``size`` (height, width) by the bicubic resampling the conditions use: the second
     half of a resize or crop round trip, for images that arrive after the first half only."""
@@ -324,6 +445,37 @@ def geometry(found: Detected, size: tuple[int, int], native: tuple[int, int], av
     return Detected(name, "files", detail, "; ".join(warnings) or None, resample_to=native, withhold=found.withhold)
 
 
+def _webp(files: Sequence[str | Path], available: Sequence[str]) -> Detected:
+    """The condition of files none of which is a JPEG: lossy WebP (the kept WebP quality whose re-encoding
+    keeps their quantiser, :func:`nearest_webp`), else "none"."""
+    lossy = [f for f in files if file_webp(f) == "lossy"]
+    share = f"{len(lossy)} of the {len(files)} files are lossy WebP"
+    if not lossy:
+        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated")
+    if 2 * len(lossy) < len(files):
+        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
+                        f"{share}: matched as generated, which they are not; attribute each kind of file on its own")
+    found = nearest_webp(lossy, available)
+    if found is None:  # matched as generated they are named wrong (docs/robustness.md): withheld
+        said = f"{share}, a re-encoding the references keep no condition for"
+        return Detected(NONE, "files", f"{share}, none a JPEG; matched as generated, and no generator named",
+                        f"{said}: no generator is named (`--condition none` matches them as generated all the same)",
+                        withhold=f"{said} (as generated, lossy WebP is named wrong)")
+    name, change = found
+    quality = CONDITIONS[name].webp_quality
+    detail = (f"{share}; re-encoded at WebP quality {quality} their quantiser index moves by {change:g} (median), "
+              "the least of the kept qualities")
+    warnings = []
+    if change > WEBP_TOLERANCE:
+        kept = sorted(CONDITIONS[n].webp_quality for n in available if CONDITIONS[n].webp_quality is not None)
+        warnings.append(f"the WebP files match no kept WebP quality ({', '.join(map(str, kept))}): their quantiser "
+                        f"moves by {change:g} re-encoded at {quality}, the nearest; matched as {name}, a guess")
+    if len(lossy) < len(files):
+        warnings.append(f"{len(files) - len(lossy)} of the {len(files)} files are not lossy WebP: all are matched as "
+                        f"{name}; attribute each kind of file on its own")
+    return Detected(name, "files", detail, "; ".join(warnings) or None)
+
+
 def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:
     """The condition the files' encoding says: a JPEG's quality, else "none" (:func:`detect`)."""
     if not files:
@@ -333,15 +485,7 @@ def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> D
     foreign = sum(j is not None and not j.exact for j in found)
     jpegs = sum(n for q, n in qualities.items() if q is not None)
     if jpegs == 0:
-        lossy = sum(file_webp(f) == "lossy" for f in files)
-        said = f"{lossy} of the {len(files)} files are lossy WebP, a re-encoding the references keep no condition for"
-        if 2 * lossy >= len(files):  # matched as generated they are named wrong (docs/robustness.md): withheld
-            return Detected(NONE, "files", f"{lossy} of the {len(files)} files are lossy WebP, none a JPEG; matched as "
-                                           "generated, and no generator named",
-                            f"{said}: no generator is named (`--condition none` matches them as generated all the "
-                            "same)", withhold=f"{said} (as generated, lossy WebP is named wrong)")
-        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
-                        f"{said}: matched as generated, which they are not" if lossy else None)
+        return _webp(files, available)
     (quality, count), = [(q, n) for q, n in qualities.most_common() if q is not None][:1]
     mixed = f"; {len(files) - count} of {len(files)} files differ" if count < len(files) else ""
     def differ(matched_as: str) -> str:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from forensics.cli.commands import app
 from forensics.conditions import (CONDITIONS, detect, file_jpeg, file_webp, get_condition, ijg_table, jpeg_quality,
-                                  parse_conditions, resample, scaled)
+                                  parse_conditions, resample, scaled, webp_quantiser)
 from forensics.errors import RegistryError, StatisticError, UsageError
 from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, references_at, subbatches
 from forensics.registry import Registry
@@ -395,7 +395,7 @@ def test_lossy_webp_files_are_said_to_be_re_encoded(tmp_path):
     assert [file_webp(tmp_path / n) for n in ("lossy.webp", "lossless.webp", "a.png", "short.webp")] == [
         "lossy", "lossless", None, None]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "lossless.webp").convert("L")), x)
-    kept = list(CONDITIONS)
+    kept = [n for n, c in CONDITIONS.items() if c.webp_quality is None]  # references that keep no WebP
     # matched as generated, lossy WebP is named wrong: no generator is named, unless declared
     lossy = detect([tmp_path / "lossy.webp", tmp_path / "a.png"], kept)
     assert lossy.name == "none" and "1 of the 2 files are lossy WebP" in lossy.warning and lossy.withhold
@@ -404,6 +404,28 @@ def test_lossy_webp_files_are_said_to_be_re_encoded(tmp_path):
     clean = detect([tmp_path / "lossless.webp"], kept)
     assert clean.warning is None and clean.withhold is None
     assert detect([tmp_path / "lossy.webp"], kept, sizes=[(56, 56)], native=(28, 28)).withhold  # kept when resized
+    assert webp_quantiser((tmp_path / "lossless.webp").read_bytes()) is None
+    assert webp_quantiser((tmp_path / "short.webp").read_bytes()) is None
+
+
+def test_a_lossy_webp_quality_is_read_by_re_encoding_its_files(tmp_path):
+    from pathlib import Path
+
+    images = np.load(Path(__file__).resolve().parent.parent / "registry" / "mnist-effnet-lite0" / "samples" / "vae"
+                     / "heldout.npz")["images"][:8]
+    kept = list(CONDITIONS)
+    folders = {q: _files(tmp_path / f"q{q}", [Image.fromarray(a) for a in images], "webp", quality=q)
+               for q in (90, 82, 75)}
+    files = {q: sorted(folder.iterdir()) for q, folder in folders.items()}
+    for q in (90, 75):  # a kept quality: read, no guess
+        found = detect(files[q], kept)
+        assert (found.name, found.source, found.warning, found.withhold) == (f"webp{q}", "files", None, None)
+        # and the files are the condition of their images, bit for bit
+        assert np.array_equal(np.stack([np.asarray(Image.open(f).convert("L")) for f in files[q]]),
+                              CONDITIONS[f"webp{q}"].apply(images))
+    between = detect(files[82], kept)
+    assert between.name in ("webp90", "webp75") and "match no kept WebP quality (75, 90)" in between.warning
+    assert webp_quantiser(files[90][0].read_bytes()) < webp_quantiser(files[75][0].read_bytes())
 
 
 # -- the registry's records files -------------------------------------------------------------------
@@ -594,6 +616,18 @@ def test_lossy_webp_files_name_no_generator_unless_a_condition_is_declared(digit
     assert declared["condition"]["source"] == "declared" and not declared["verdict"]["reason"].startswith(
         f"unknown: {M} of the")
     assert declared["curve"] == doc["curve"]
+    # references that keep the quality: matched as it, and answered
+    import shutil
+
+    from forensics import api
+
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    for kind in KINDS:
+        api.add_records(str(data / f"{kind}.npz"), kind, registry=copy, conditions="webp75")
+    kept = json.loads(run(["attribute", str(folder), "--registry", str(copy), "--json"]).stdout)
+    assert kept["condition"]["name"] == "webp75" and kept["condition"]["source"] == "files" and not kept["warnings"]
+    assert not kept["verdict"]["reason"].startswith(f"unknown: {M} of the") and kept["curve"] == doc["curve"]
 
 
 @pytest.mark.slow
