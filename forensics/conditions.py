@@ -37,34 +37,29 @@ def _each(images: np.ndarray, fn: Callable[[Any], Any]) -> np.ndarray:
     return np.stack(out).astype(np.uint8)
 
 
-def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Re-encode as baseline JPEG at ``quality`` (libjpeg's standard tables, 4:2:0 for colour), decode."""
+def _reencoded(fmt: str, quality: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Each image saved in ``fmt`` at ``quality`` by PIL (its other settings as they come), decoded."""
     def apply(images: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         def one(im: Any) -> Any:
             buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=quality)
+            im.save(buf, format=fmt, quality=quality)
             buf.seek(0)
             with Image.open(buf) as back:
                 return back.convert(im.mode)
         return _each(images, one)
     return apply
+
+
+def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Re-encode as baseline JPEG at ``quality`` (libjpeg's standard tables, 4:2:0 for colour), decode."""
+    return _reencoded("JPEG", quality)
 
 
 def webp(quality: int) -> Callable[[np.ndarray], np.ndarray]:
     """Re-encode as lossy WebP at ``quality`` (libwebp through PIL, its other settings as they come), decode."""
-    def apply(images: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        def one(im: Any) -> Any:
-            buf = io.BytesIO()
-            im.save(buf, format="WEBP", quality=quality)
-            buf.seek(0)
-            with Image.open(buf) as back:
-                return back.convert(im.mode)
-        return _each(images, one)
-    return apply
+    return _reencoded("WEBP", quality)
 
 
 def scaled(sides: tuple[int, int], factor: float) -> tuple[int, int]:
@@ -295,10 +290,10 @@ def webp_quantiser(data: bytes) -> int | None:
     return b.literal(7)
 
 
-def webp_requantised(path: str | Path, quality: int) -> int | None:
-    """How far a lossy WebP file's quantiser index lies from that of the same image re-encoded at
-    ``quality`` (libwebp through PIL): 0 when it was written at that quality with those settings, whatever
-    the image (the index depends on the content as well as on the quality, so it is compared with its own
+def webp_requantised(path: str | Path, qualities: Sequence[int]) -> dict[int, int] | None:
+    """How far a lossy WebP file's quantiser index lies from that of the same image re-encoded at each of
+    ``qualities`` (libwebp through PIL): 0 at the quality it was written at with those settings, whatever the
+    image (the index depends on the content as well as on the quality, so it is compared with its own
     re-encoding, not with a table). None when the file has no lossy frame to read."""
     from PIL import Image
 
@@ -307,22 +302,24 @@ def webp_requantised(path: str | Path, quality: int) -> int | None:
     if found is None:
         return None
     with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode)
+    moved = {}
+    for quality in qualities:
         buf = io.BytesIO()
-        im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode).save(buf, format="WEBP", quality=quality)
-    again = webp_quantiser(buf.getvalue())
-    return None if again is None else abs(found - again)
+        im.save(buf, format="WEBP", quality=quality)
+        again = webp_quantiser(buf.getvalue())
+        if again is not None:
+            moved[quality] = abs(found - again)
+    return moved
 
 
 def nearest_webp(files: Sequence[str | Path], available: Sequence[str], sample: int = 16) -> tuple[str, float] | None:
     """The kept WebP condition whose re-encoding keeps the files' quantiser index best (the median over up
     to ``sample`` files of the index's change), with that median; None if none is kept or none can be read."""
-    kept = [n for n in available if CONDITIONS[n].webp_quality is not None]
-    picked = list(files)[:sample]
-    scored = []
-    for name in kept:
-        moved = [d for d in (webp_requantised(f, CONDITIONS[name].webp_quality) for f in picked) if d is not None]
-        if moved:
-            scored.append((float(np.median(moved)), -CONDITIONS[name].webp_quality, name))
+    kept = {CONDITIONS[n].webp_quality: n for n in available if CONDITIONS[n].webp_quality is not None}
+    moved = [m for m in (webp_requantised(f, list(kept)) for f in list(files)[:sample]) if m]
+    scored = [(float(np.median([m[q] for m in moved if q in m])), -q, name) for q, name in kept.items()
+              if any(q in m for m in moved)]
     if not scored:
         return None
     change, _, name = min(scored)
