@@ -17,7 +17,7 @@ from the files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``conditio
 Files that carry the first half of a resampling only, written as PNG at the size it leaves, so that the
 condition is *read from their size* (not in the default list): ``up2`` (resized ×2, bicubic), ``up2-lanczos``,
 ``down2`` (×0.5, bicubic), ``down2-box`` (×0.5 by averaging, as an area filter does), ``cut90`` (a centred
-crop of 90 % of each side, not resized); and lossy WebP files, ``webp90``/``webp75`` (their quality read by
+crop of 90 % of each side, not resized); and lossy WebP files, ``webp90`` … ``webp75`` (their quality read by
 re-encoding them; ``--webp-as-generated`` declares them ``none`` instead, as the tool matched them before
 WebP conditions were kept).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
