@@ -455,7 +455,9 @@ def _webp(files: Sequence[str | Path], available: Sequence[str]) -> Detected:
                         f"{share}: matched as generated, which they are not; attribute each kind of file on its own")
     found = nearest_webp(lossy, available)
     if found is None:  # matched as generated they are named wrong (docs/robustness.md): withheld
-        said = f"{share}, a re-encoding the references keep no condition for"
+        kept = any(CONDITIONS[n].webp_quality is not None for n in available)
+        said = (f"{share}, but none has a lossy frame whose quality can be read" if kept else
+                f"{share}, a re-encoding the references keep no condition for")
         return Detected(NONE, "files", f"{share}, none a JPEG; matched as generated, and no generator named",
                         f"{said}: no generator is named (`--condition none` matches them as generated all the same)",
                         withhold=f"{said} (as generated, lossy WebP is named wrong)")

@@ -425,6 +425,11 @@ def test_a_lossy_webp_quality_is_read_by_re_encoding_its_files(tmp_path):
                               CONDITIONS[f"webp{q}"].apply(images))
     above = detect(files[95], kept)
     assert above.name == "webp90" and "match no kept WebP quality (75, 80, 85, 90)" in above.warning
+    # a lossy file whose frame header cannot be read: no quality, no name
+    broken = tmp_path / "broken.webp"
+    broken.write_bytes(files[90][0].read_bytes().replace(b"\x9d\x01\x2a", b"\x00\x00\x00", 1))
+    unread = detect([broken], kept)
+    assert unread.name == "none" and "none has a lossy frame whose quality can be read" in unread.withhold
     assert webp_quantiser(files[90][0].read_bytes()) < webp_quantiser(files[75][0].read_bytes())
 
 
