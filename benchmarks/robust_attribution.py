@@ -257,11 +257,7 @@ def main() -> int:
                 query, declared = as_query(images, condition, Path(tmp) / "q", a.webp_as_generated)
                 data, record = api.read_images(query, proto)
                 cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs))
-                if cond.resample_to is not None:  # files of another size than the generators': brought back
-                    from forensics.conditions import resample
-
-                    data = resample(data, cond.resample_to)
-                kept = engine.records(data)
+                kept = engine.records(api._as_matched(cond, data))  # brought back to the generators' size
             for size in sizes:
                 if size > len(images):
                     continue

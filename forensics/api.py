@@ -503,6 +503,14 @@ def _condition(condition: str, record: ImageInput, available: Sequence[str], nat
                                            "generators write (bicubic)", resample_to=native)
 
 
+def _as_matched(cond: Any, data: np.ndarray) -> np.ndarray:
+    """The images as they are matched under ``cond``: brought back to the generators' size where they
+    arrived at another (:attr:`forensics.conditions.Detected.resample_to`), else as they are."""
+    from forensics.conditions import resample
+
+    return data if cond.resample_to is None else resample(data, cond.resample_to)
+
+
 def attribute(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
               matcher: str = "alpha", device: str = "cpu", weights: str | None = None, cache: bool = True,
               workers: int = 0, amp: str | None = None, progress: Progress | None = None,
@@ -553,10 +561,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                        warning=f"the references keep no records under {cond.name} for every instance: matched as "
                                "generated, which these images are not (`forensics registry records` adds them)")
     if cond.resample_to is not None:
-        from forensics.conditions import resample
-
         with _Step(progress, f"bringing the images back to {cond.resample_to[1]}×{cond.resample_to[0]}"):
-            data = resample(data, cond.resample_to)
+            data = _as_matched(cond, data)
     size = proto.batch_size
     whole = len(data) >= size and len(data) % size == 0  # only full batches: no records need reading
     full, rest, rest_attributed = split_batches(len(data), size, any_size=not whole and sized.complete(cond.name))
