@@ -17,7 +17,8 @@ from the files*); ``resize2``/``resize0.5``/``crop90`` (declared with ``conditio
 Files that carry the first half of a resampling only, written as PNG at the size it leaves, so that the
 condition is *read from their size* (not in the default list): ``up2`` (resized ×2, bicubic), ``up2-lanczos``,
 ``down2`` (×0.5, bicubic), ``down2-box`` (×0.5 by averaging, as an area filter does), ``cut90`` (a centred
-crop of 90 % of each side, not resized); and lossy WebP files, ``webp90`` … ``webp75`` (their quality read by
+crop of 90 % of each side, not resized), each also as a JPEG or WebP file at that size (``up2+jpeg90``,
+``down2+jpeg75``, ``cut90+webp80``: resized, then re-encoded, as a platform does); and lossy WebP files, ``webp90`` … ``webp75`` (their quality read by
 re-encoding them; ``--webp-as-generated`` declares them ``none`` instead, as the tool matched them before
 WebP conditions were kept).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
@@ -145,7 +146,20 @@ def read_as(condition: str) -> str:
     """The registry condition a benchmark condition is matched under."""
     if condition == "png":
         return "none"
-    return FILES[condition][1] if condition in FILES else condition
+    shape, _, encoding = condition.partition("+")
+    if shape in FILES:
+        return FILES[shape][1] + (f"+{encoding}" if encoding else "")
+    return condition
+
+
+def _saved(im, folder: Path, i: int, encoding: str) -> None:
+    """One image written to ``folder`` as ``encoding`` says: jpegQ, webpQ, else PNG."""
+    if encoding.startswith("jpeg"):
+        im.save(folder / f"{i:05d}.jpg", quality=int(encoding[4:]))
+    elif encoding.startswith("webp"):
+        im.save(folder / f"{i:05d}.webp", quality=int(encoding[4:]))
+    else:
+        im.save(folder / f"{i:05d}.png")
 
 
 def as_query(images: np.ndarray, condition: str, folder: Path, webp_as_generated: bool = False):
@@ -155,17 +169,14 @@ def as_query(images: np.ndarray, condition: str, folder: Path, webp_as_generated
 
     from forensics.conditions import get_condition
 
-    if condition == "png" or condition.startswith(("jpeg", "webp")) or condition in FILES:
+    shape, _, encoding = condition.partition("+")
+    if condition == "png" or condition.startswith(("jpeg", "webp")) or shape in FILES:
         folder.mkdir(parents=True, exist_ok=True)
+        encoding = encoding if shape in FILES else condition
         for i, im in enumerate(images):
             im = Image.fromarray(im)
-            if condition.startswith("jpeg"):
-                im.save(folder / f"{i:05d}.jpg", quality=int(condition[4:]))
-            elif condition.startswith("webp"):
-                im.save(folder / f"{i:05d}.webp", quality=int(condition[4:]))
-            else:
-                (FILES[condition][0](im, Image) if condition in FILES else im).save(folder / f"{i:05d}.png")
-        return str(folder), "none" if webp_as_generated and condition.startswith("webp") else "auto"
+            _saved(FILES[shape][0](im, Image) if shape in FILES else im, folder, i, encoding)
+        return str(folder), "none" if webp_as_generated and encoding.startswith("webp") else "auto"
     return get_condition(condition).apply(images), condition
 
 
