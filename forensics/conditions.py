@@ -37,28 +37,30 @@ def _each(images: np.ndarray, fn: Callable[[Any], Any]) -> np.ndarray:
     return np.stack(out).astype(np.uint8)
 
 
-def _reencoded(fmt: str, quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Each image saved in ``fmt`` at ``quality`` by PIL (its other settings as they come), decoded."""
-    def apply(images: np.ndarray) -> np.ndarray:
+Step = Callable[[Any], Any]
+"""One step of a condition on one PIL image."""
+
+
+def _reencoded(fmt: str, quality: int) -> Step:
+    """An image saved in ``fmt`` at ``quality`` by PIL (its other settings as they come), decoded."""
+    def one(im: Any) -> Any:
         from PIL import Image
 
-        def one(im: Any) -> Any:
-            buf = io.BytesIO()
-            im.save(buf, format=fmt, quality=quality)
-            buf.seek(0)
-            with Image.open(buf) as back:
-                return back.convert(im.mode)
-        return _each(images, one)
-    return apply
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, quality=quality)
+        buf.seek(0)
+        with Image.open(buf) as back:
+            return back.convert(im.mode)
+    return one
 
 
-def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Re-encode as baseline JPEG at ``quality`` (libjpeg's standard tables, 4:2:0 for colour), decode."""
+def jpeg(quality: int) -> Step:
+    """Re-encoded as baseline JPEG at ``quality`` (libjpeg's standard tables, 4:2:0 for colour), decoded."""
     return _reencoded("JPEG", quality)
 
 
-def webp(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Re-encode as lossy WebP at ``quality`` (libwebp through PIL, its other settings as they come), decode."""
+def webp(quality: int) -> Step:
+    """Re-encoded as lossy WebP at ``quality`` (libwebp through PIL, its other settings as they come), decoded."""
     return _reencoded("WEBP", quality)
 
 
@@ -67,49 +69,91 @@ def scaled(sides: tuple[int, int], factor: float) -> tuple[int, int]:
     return max(1, round(sides[0] * factor)), max(1, round(sides[1] * factor))
 
 
-def resize(factor: float) -> Callable[[np.ndarray], np.ndarray]:
-    """One resampling round trip: bicubic resize by ``factor``, then bicubic back to the original size."""
-    def apply(images: np.ndarray) -> np.ndarray:
-        def one(im: Any) -> Any:
-            w, h = im.size
-            return im.resize(scaled((w, h), factor), _bicubic()).resize((w, h), _bicubic())
-        return _each(images, one)
-    return apply
+def resize(factor: float) -> Step:
+    """The first half of a resampling round trip: a bicubic resize by ``factor``."""
+    return lambda im: im.resize(scaled(im.size, factor), _bicubic())
 
 
-def crop(share: float) -> Callable[[np.ndarray], np.ndarray]:
-    """A centred crop keeping ``share`` of each side, resized (bicubic) back to the original size."""
-    def apply(images: np.ndarray) -> np.ndarray:
-        def one(im: Any) -> Any:
-            w, h = im.size
-            cw, ch = scaled((w, h), share)
-            left, top = (w - cw) // 2, (h - ch) // 2
-            return im.crop((left, top, left + cw, top + ch)).resize((w, h), _bicubic())
-        return _each(images, one)
-    return apply
+def crop(share: float) -> Step:
+    """The first half of a crop: the centred part keeping ``share`` of each side."""
+    def one(im: Any) -> Any:
+        w, h = im.size
+        cw, ch = scaled((w, h), share)
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return im.crop((left, top, left + cw, top + ch))
+    return one
 
 
 @dataclass(frozen=True)
 class Condition:
-    """A named post-processing: ``apply(images)`` and what it is, in words."""
+    """A named post-processing and what it is, in words. A re-encoding has ``encode`` (and its quality); a
+    resampling has ``resample``, the first half of a round trip (to ``scale`` times the sides; the second
+    half brings the image back to its size, bicubic); a combination (``resize2+jpeg90``) has both: the image
+    is re-encoded at the resampled size, as a resized image is saved, then brought back."""
 
     name: str
     description: str
-    apply: Callable[[np.ndarray], np.ndarray]
+    encode: Step | None = None
     jpeg_quality: int | None = None
     webp_quality: int | None = None
+    resample: Step | None = None
     scale: float | None = None  # a resampling: the side of its intermediate image over the original's
+    resampling: str | None = None  # a resampling or a combination: the name of its resampling
+    encoding: str | None = None  # a re-encoding or a combination: the name of its re-encoding
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """The images ((N, H, W) or (N, H, W, C) uint8) put through this condition."""
+        if self.encode is None and self.resample is None:
+            return np.asarray(images)
+
+        def one(im: Any) -> Any:
+            size = im.size
+            if self.resample is not None:
+                im = self.resample(im)
+            if self.encode is not None:
+                im = self.encode(im)
+            return im.resize(size, _bicubic()) if self.resample is not None else im
+        return _each(images, one)
 
 
-CONDITIONS: dict[str, Condition] = {c.name: c for c in [
-    Condition(NONE, "as the generator wrote them (or saved losslessly, e.g. PNG)", lambda x: np.asarray(x)),
-    *[Condition(f"jpeg{q}", f"re-saved as JPEG at quality {q}", jpeg(q), q) for q in (98, 95, 90, 85, 80, 75, 70)],
-    *[Condition(f"webp{q}", f"re-saved as lossy WebP at quality {q}", webp(q), webp_quality=q) for q in (90, 85, 80, 75)],
-    Condition("resize2", "resized up ×2 and back (bicubic)", resize(2.0), scale=2.0),
-    Condition("resize0.5", "resized down ×0.5 and back (bicubic)", resize(0.5), scale=0.5),
-    Condition("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9), scale=0.9),
+def _reencoding(name: str, description: str, encode: Step, **quality: int) -> Condition:
+    return Condition(name, description, encode, **quality, encoding=name)
+
+
+def _resampling(name: str, description: str, resample: Step, scale: float) -> Condition:
+    return Condition(name, description, resample=resample, scale=scale, resampling=name)
+
+
+def combined(resampling: Condition, encoding: Condition) -> Condition:
+    """``encoding`` applied at the size ``resampling`` leaves, before the image is brought back: a resized image
+    saved as JPEG or WebP, as a platform serves it, brought back to the generators' size."""
+    if resampling.resample is None or resampling.encode is not None or encoding.encode is None \
+            or encoding.resample is not None:
+        raise UsageError(f"a combined condition is a resampling and then a re-encoding (e.g. resize2+jpeg90), not "
+                         f"{resampling.name}+{encoding.name}")
+    return Condition(f"{resampling.name}+{encoding.name}", f"{resampling.description}; {encoding.description} "
+                     "in between, at the resampled size", encoding.encode, encoding.jpeg_quality, encoding.webp_quality,
+                     resampling.resample, resampling.scale, resampling.name, encoding.name)
+
+
+_SINGLE: dict[str, Condition] = {c.name: c for c in [
+    Condition(NONE, "as the generator wrote them (or saved losslessly, e.g. PNG)"),
+    *[_reencoding(f"jpeg{q}", f"re-saved as JPEG at quality {q}", jpeg(q), jpeg_quality=q)
+      for q in (98, 95, 90, 85, 80, 75, 70)],
+    *[_reencoding(f"webp{q}", f"re-saved as lossy WebP at quality {q}", webp(q), webp_quality=q)
+      for q in (90, 85, 80, 75)],
+    _resampling("resize2", "resized up ×2 and back (bicubic)", resize(2.0), 2.0),
+    _resampling("resize0.5", "resized down ×0.5 and back (bicubic)", resize(0.5), 0.5),
+    _resampling("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9), 0.9),
 ]}
-"""Every condition an instance can keep records under, by name."""
+
+COMBINED = ("jpeg90", "jpeg75")
+"""The re-encodings kept after each resampling in :data:`CONDITIONS` (any other combination can be named and
+kept too: :func:`get_condition`)."""
+
+CONDITIONS: dict[str, Condition] = {**_SINGLE, **{
+    c.name: c for c in (combined(r, _SINGLE[e]) for r in _SINGLE.values() if r.resample is not None for e in COMBINED)}}
+"""Every condition an instance keeps records under by default (``"all"``), by name."""
 
 JPEG_TOLERANCE = 2
 """How far (in libjpeg quality) a query's JPEG quality may lie from the kept condition it is matched under
@@ -133,9 +177,21 @@ def step_ratio(quality: int, other: int) -> float:
 
 
 def get_condition(name: str) -> Condition:
-    if name not in CONDITIONS:
-        raise UsageError(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}")
-    return CONDITIONS[name]
+    """The condition ``name``: one of :data:`CONDITIONS`, or any resampling and re-encoding of them joined by
+    "+" (``crop90+webp80``)."""
+    if name in CONDITIONS:
+        return CONDITIONS[name]
+    first, plus, second = name.partition("+")
+    if plus and first in _SINGLE and second in _SINGLE:
+        return combined(_SINGLE[first], _SINGLE[second])
+    raise UsageError(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}, or a resampling and a "
+                     "re-encoding joined by '+' (e.g. crop90+webp80)")
+
+
+def _plain(names: Sequence[str]) -> list[str]:
+    """The conditions of ``names`` that resample nothing: as generated and the re-encodings at the generators'
+    size."""
+    return [n for n in names if get_condition(n).resample is None]
 
 
 def parse_conditions(text: str | Sequence[str] | None) -> list[str]:
@@ -316,7 +372,7 @@ def webp_requantised(path: str | Path, qualities: Sequence[int]) -> dict[int, in
 def nearest_webp(files: Sequence[str | Path], available: Sequence[str], sample: int = 16) -> tuple[str, float] | None:
     """The kept WebP condition whose re-encoding keeps the files' quantiser index best (the median over up
     to ``sample`` files of the index's change), with that median; None if none is kept or none can be read."""
-    kept = {CONDITIONS[n].webp_quality: n for n in available if CONDITIONS[n].webp_quality is not None}
+    kept = {get_condition(n).webp_quality: n for n in _plain(available) if get_condition(n).webp_quality is not None}
     moved = [m for m in (webp_requantised(f, list(kept)) for f in list(files)[:sample]) if m]
     scored = [(float(np.median([m[q] for m in moved if q in m])), -q, name) for q, name in kept.items()
               if any(q in m for m in moved)]
@@ -382,8 +438,8 @@ class Detected:
 
 def nearest_jpeg(quality: int, available: Sequence[str]) -> str | None:
     """The available JPEG condition nearest in quality (the higher on a tie), None if there is none."""
-    jpegs = [(abs(CONDITIONS[n].jpeg_quality - quality), -CONDITIONS[n].jpeg_quality, n) for n in available
-             if CONDITIONS[n].jpeg_quality is not None]
+    found = {n: get_condition(n).jpeg_quality for n in _plain(available)}
+    jpegs = [(abs(q - quality), -q, n) for n, q in found.items() if q is not None]
     return min(jpegs)[2] if jpegs else None
 
 
@@ -393,17 +449,15 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str], *,
     files; the nearest JPEG condition in ``available`` is taken); images of another size than the one the
     enrolled generators write (``native``, (height, width); ``sizes``: the sizes the images came in) were
     resampled on the way: they are brought back to it (:func:`resample`, ``resample_to``) and matched under
-    the resampling condition of the nearest scale (:func:`geometry`). Anything else is "none"; an array
-    (``files`` None) says nothing but its size."""
-    found = _encoding(files, available)
-    if native is None or not sizes:
-        return found
+    the resampling condition of the nearest scale, combined with their re-encoding where it is kept
+    (:func:`geometry`). Anything else is "none"; an array (``files`` None) says nothing but its size."""
+    if native is None or not sizes or len(sizes) == 1 and tuple(sizes[0]) == tuple(native):
+        return _encoding(files, available)
     if len(sizes) > 1:
+        found = _encoding(files, available)
         return replace(found, warning="; ".join(filter(None, [found.warning, mixed_sizes(sizes, native)])))
     size = tuple(sizes[0])
-    if size == tuple(native):
-        return found
-    return geometry(found, (int(size[0]), int(size[1])), native, available)
+    return geometry(files, (int(size[0]), int(size[1])), native, available)
 
 
 def mixed_sizes(sizes: Sequence[tuple[int, int]], native: tuple[int, int]) -> str:
@@ -414,13 +468,16 @@ def mixed_sizes(sizes: Sequence[tuple[int, int]], native: tuple[int, int]) -> st
             "on its own")
 
 
-def geometry(found: Detected, size: tuple[int, int], native: tuple[int, int], available: Sequence[str]) -> Detected:
+def geometry(files: Sequence[str | Path] | None, size: tuple[int, int], native: tuple[int, int],
+             available: Sequence[str]) -> Detected:
     """Images of ``size`` (height, width) where the enrolled generators write ``native`` went through one
     half of a resampling: they are brought back to ``native`` (the other half) and matched under the
     resampling condition whose scale is nearest theirs (a ×2 resize, a ×0.5 one, a 90 % crop; a crop and a
-    resize to the same size cannot be told apart); ``found`` is what their encoding said (a JPEG quality)."""
+    resize to the same size cannot be told apart). Files re-encoded at that size (JPEG, lossy WebP) are
+    matched under the combination of that resampling and the nearest re-encoding kept with it
+    (``resize2+jpeg90``)."""
     scale = math.sqrt(size[0] / native[0] * size[1] / native[1])
-    pick = min((c for c in CONDITIONS.values() if c.scale is not None),
+    pick = min((c for c in _SINGLE.values() if c.resample is not None),
                key=lambda c: (abs(math.log(scale / c.scale)), c.name))
     shown, generated = f"{size[1]}×{size[0]}", f"{native[1]}×{native[0]}"
     detail = (f"the images are {shown}, the generators write {generated} (×{scale:.3g}): brought back to "
@@ -432,15 +489,24 @@ def geometry(found: Detected, size: tuple[int, int], native: tuple[int, int], av
         warnings.append(f"the images are {shown}, ×{scale:.3g} the {generated} the generators write, which "
                         f"{pick.name} (×{pick.scale:g}) is not: matched as {pick.name}, a guess")
     name = pick.name
+    found = _encoding(files, available)
+    kept = {c.encoding: n for n in available if (c := get_condition(n)).resampling == pick.name and c.encoding}
+    if found.name != NONE and kept:  # re-encoded at the resampled size: among the re-encodings kept with it
+        within = _encoding(files, [NONE, *kept])
+        if within.name != NONE:
+            found, name = within, kept[within.name]
+            detail = f"{detail}; {found.detail}: matched as {name}"
     if name not in available:
         warnings.append(f"the references keep no records under {name}: the images, brought back to {generated}, are "
                         f"matched as generated, which they are not (`forensics registry records` adds {name})")
         name = NONE
-    if found.name != NONE:
-        warnings.append(f"the files were also re-encoded ({found.detail}); the references keep no combination of "
-                        f"conditions: matched as {name} alone")
+    if found.name != NONE and name in (pick.name, NONE):
+        warnings.append(f"the files were also re-encoded ({found.detail}); the references keep no records under "
+                        f"{pick.name}+{found.name}: matched as {name} alone (`forensics registry records --conditions "
+                        f"{pick.name}+{found.name}` adds them)")
     warnings += [found.warning] if found.warning else []
-    return Detected(name, "files", detail, "; ".join(warnings) or None, resample_to=native, withhold=found.withhold)
+    return Detected(name, "files", detail, "; ".join(warnings) or None, resample_to=native,
+                    withhold=found.withhold if name in (pick.name, NONE) else None)
 
 
 def _webp(files: Sequence[str | Path], available: Sequence[str]) -> Detected:
@@ -455,19 +521,19 @@ def _webp(files: Sequence[str | Path], available: Sequence[str]) -> Detected:
                         f"{share}: matched as generated, which they are not; attribute each kind of file on its own")
     found = nearest_webp(lossy, available)
     if found is None:  # matched as generated they are named wrong (docs/robustness.md): withheld
-        kept = any(CONDITIONS[n].webp_quality is not None for n in available)
+        kept = any(get_condition(n).webp_quality is not None for n in _plain(available))
         said = (f"{share}, but none has a lossy frame whose quality can be read" if kept else
                 f"{share}, a re-encoding the references keep no condition for")
         return Detected(NONE, "files", f"{share}, none a JPEG; matched as generated, and no generator named",
                         f"{said}: no generator is named (`--condition none` matches them as generated all the same)",
                         withhold=f"{said} (as generated, lossy WebP is named wrong)")
     name, change = found
-    quality = CONDITIONS[name].webp_quality
+    quality = get_condition(name).webp_quality
     detail = (f"{share}; re-encoded at WebP quality {quality} their quantiser index moves by {change:g} (median), "
               "the least of the kept qualities")
     warnings = []
     if change > WEBP_TOLERANCE:
-        kept = sorted(CONDITIONS[n].webp_quality for n in available if CONDITIONS[n].webp_quality is not None)
+        kept = sorted(q for n in _plain(available) if (q := get_condition(n).webp_quality) is not None)
         warnings.append(f"the WebP files match no kept WebP quality ({', '.join(map(str, kept))}): their quantiser "
                         f"moves by {change:g} re-encoded at {quality}, the nearest; matched as {name}, a guess")
     if len(lossy) < len(files):
@@ -503,12 +569,12 @@ def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> D
                         "matched as generated, which re-encoded images are not (`forensics registry records` adds "
                         "JPEG records to the enrolled instances)")
     warnings = []
-    near = CONDITIONS[name].jpeg_quality
+    near = get_condition(name).jpeg_quality
     if abs(near - quality) > JPEG_TOLERANCE:
-        kept = sorted(CONDITIONS[n].jpeg_quality for n in available if CONDITIONS[n].jpeg_quality is not None)
+        kept = sorted(q for n in _plain(available) if (q := get_condition(n).jpeg_quality) is not None)
         known = nearest_jpeg(quality, list(CONDITIONS))
         hint = (f"; `forensics registry records` adds records under {known} to the enrolled instances"
-                if known not in available and abs(CONDITIONS[known].jpeg_quality - quality) <= JPEG_TOLERANCE else "")
+                if known not in available and abs(get_condition(known).jpeg_quality - quality) <= JPEG_TOLERANCE else "")
         warnings.append(f"JPEG quality {quality} lies more than {JPEG_TOLERANCE} from every quality the references "
                         f"keep ({', '.join(map(str, kept))}): matched as {name}, which it is not{hint}")
     elif (step := step_ratio(quality, near)) > JPEG_STEP_TOLERANCE:

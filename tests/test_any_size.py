@@ -375,15 +375,51 @@ def test_a_resampling_is_read_from_the_images_size():
     assert "resampled_to" not in mixed.to_dict()
 
 
-def test_a_resized_jpeg_is_matched_under_its_resampling_and_says_it_was_also_re_encoded(tmp_path):
+def test_resized_then_re_encoded_images_brought_back_are_the_combined_conditions_exactly(tmp_path):
+    # a platform resizes, then saves as JPEG or WebP at the new size; the tool reads the files and brings
+    # them back: for PIL-written files that is the combined condition, bit for bit
+    x = (np.random.default_rng(4).random((4, 28, 28)) * 255).astype(np.uint8)
+    for images in (x, np.stack([x, x[::-1], x], axis=-1)):
+        for kind, encoding, options in (("resize2", "jpeg90", {"quality": 90}), ("resize0.5", "jpeg75", {"quality": 75}),
+                                        ("crop90", "webp80", {"quality": 80})):
+            suffix = "jpg" if encoding.startswith("jpeg") else "webp"
+            folder = _files(tmp_path / f"{kind}-{encoding}-{images.ndim}", _one_way(images, kind), suffix, **options)
+            read = np.stack([np.asarray(Image.open(f).convert("RGB" if images.ndim == 4 else "L"))
+                             for f in sorted(folder.iterdir())])
+            assert np.array_equal(resample(read, (28, 28)), get_condition(f"{kind}+{encoding}").apply(images))
+    combined = get_condition("crop90+webp80")
+    assert (combined.scale, combined.webp_quality, combined.resampling, combined.encoding) == (0.9, 80, "crop90",
+                                                                                            "webp80")
+    for wrong in ("jpeg90+resize2", "resize2+crop90", "jpeg90+webp80", "resize2+sepia"):
+        with pytest.raises(UsageError, match="unknown condition|a resampling and then a re-encoding"):
+            get_condition(wrong)
+    assert {n for n in CONDITIONS if "+" in n} == {f"{r}+{e}" for r in ("resize2", "resize0.5", "crop90")
+                                                   for e in ("jpeg90", "jpeg75")}
+
+
+def test_resized_jpeg_files_are_matched_under_the_combination_their_size_and_tables_say(tmp_path):
     x = (np.random.default_rng(2).random((2, 56, 56)) * 255).astype(np.uint8)
-    files = []
-    for i, a in enumerate(x):
-        Image.fromarray(a).save(tmp_path / f"{i}.jpg", quality=90)
-        files.append(tmp_path / f"{i}.jpg")
-    found = detect(files, list(CONDITIONS), sizes=[(56, 56)], native=(28, 28))
-    assert found.name == "resize2" and found.resample_to == (28, 28)
-    assert "also re-encoded (JPEG quality 90" in found.warning and "matched as resize2 alone" in found.warning
+    folders = {q: _files(tmp_path / f"q{q}", [Image.fromarray(a) for a in x], "jpg", quality=q) for q in (90, 85, 75)}
+    files = {q: sorted(f.iterdir()) for q, f in folders.items()}
+    native = (28, 28)
+    found = detect(files[90], list(CONDITIONS), sizes=[(56, 56)], native=native)
+    assert (found.name, found.resample_to, found.warning) == ("resize2+jpeg90", native, None)
+    assert "JPEG quality 90 read from the quantisation tables" in found.detail and found.detail.endswith(
+        "matched as resize2+jpeg90")
+    assert detect(files[75], list(CONDITIONS), sizes=[(14, 14)], native=native).name == "resize0.5+jpeg75"
+    # a quality between the kept combinations: the nearest, said to be a guess as for a plain JPEG
+    near = detect(files[85], list(CONDITIONS), sizes=[(56, 56)], native=native)
+    assert near.name == "resize2+jpeg90" and "quality 85" in near.warning and "(75, 90)" in near.warning
+    # the combination not kept: the resampling alone, and the command that adds the combination
+    alone = detect(files[90], [n for n in CONDITIONS if "+" not in n], sizes=[(56, 56)], native=native)
+    assert alone.name == "resize2" and "also re-encoded (JPEG quality 90" in alone.warning
+    assert "`forensics registry records --conditions resize2+jpeg90` adds them" in alone.warning
+    # lossy WebP where only JPEG is kept with the resampling: the resampling alone, said, not withheld
+    Image.fromarray(x[0]).save(tmp_path / "a.webp", quality=80)
+    webp = detect([tmp_path / "a.webp"], list(CONDITIONS), sizes=[(56, 56)], native=native)
+    assert webp.name == "resize2" and webp.withhold is None and "under resize2+webp80" in webp.warning
+    kept = detect([tmp_path / "a.webp"], [*CONDITIONS, "resize2+webp80"], sizes=[(56, 56)], native=native)
+    assert kept.name == "resize2+webp80" and kept.warning is None
 
 
 def test_lossy_webp_files_are_said_to_be_re_encoded(tmp_path):
