@@ -641,6 +641,37 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
 
 
 @pytest.mark.slow
+def test_resized_jpeg_files_are_matched_against_records_kept_under_the_combination(digits, plugin_host, tmp_path):
+    import shutil
+
+    src, data = digits
+    reg = tmp_path / "registry"
+    shutil.copytree(src, reg)  # the module's registry stays as it is
+    for kind in KINDS:  # the combination kept for every instance, as `registry records` adds it
+        r = run(["registry", "records", kind, str(data / f"{kind}.npz"), "--registry", str(reg),
+                 "--conditions", "resize2+jpeg90"])
+        assert r.exit_code == 0, r.output
+    assert Registry.open(reg).record_conditions("d") == ["jpeg90", "none", "resize2+jpeg90"]
+    assert run(["registry", "validate", "--registry", str(reg)]).exit_code == 0
+    images = np.load(data / "query-noise.npz")["images"][:M]
+    h, w = images.shape[1:3]
+    folder = _files(tmp_path / "served", _one_way(images, "resize2"), "jpg", quality=90)
+    doc = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json"]).stdout)
+    cond = doc["condition"]
+    assert (cond["name"], cond["source"], cond["resampled_to"]) == ("resize2+jpeg90", "files", [h, w])
+    assert cond["description"] == get_condition("resize2+jpeg90").description and not doc["warnings"]
+    assert doc["compared_at"] == M  # matched against the instances redrawn under the combination
+    # the same images as the combined condition makes them from the generator's, declared: the same curve
+    np.savez(tmp_path / "combined.npz", images=get_condition("resize2+jpeg90").apply(images))
+    declared = json.loads(run(["attribute", str(tmp_path / "combined.npz"), "--registry", str(reg), "--json",
+                               "--condition", "resize2+jpeg90"]).stdout)
+    assert declared["curve"] == doc["curve"] and declared["condition"]["source"] == "declared"
+    # the module's registry keeps no combination: the resampling alone (not kept either: as generated), said
+    alone = json.loads(run(["attribute", str(folder), "--registry", str(src), "--json"]).stdout)
+    assert alone["condition"]["name"] == "none" and any("resize2+jpeg90" in x for x in alone["warnings"])
+
+
+@pytest.mark.slow
 def test_lossy_webp_files_name_no_generator_unless_a_condition_is_declared(digits, plugin_host, tmp_path):
     reg, data = digits
     images = np.load(data / "query-rotate.npz")["images"][:M]

@@ -90,7 +90,8 @@ def attribute(
 
     Any number of images: a set smaller than the protocol's batch, and a remainder after full batches, are
     matched against the enrolled instances redrawn at their own size. Re-encoded or resized images are
-    matched against the instances under the same processing (--condition; JPEG quality is read from the files).
+    matched against the instances under the same processing (--condition; JPEG and WebP quality and a resampling
+    are read from the files).
 
     Example: forensics attribute registry/mnist-effnet-lite0/samples/dcgan/heldout.npz
     """
