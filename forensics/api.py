@@ -331,15 +331,16 @@ def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "lo
 
 def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, weights: str | None, cache: bool,
             workers: int, amp: str | None, progress: Progress | None, engine: str = "local",
-            ray_address: str | None = None) -> Engine | CombinedEngine:
+            ray_address: str | None = None, condition: str = "none") -> Engine | CombinedEngine:
     """The engine of a run whose device and amp :func:`check_compute` has already checked (``engine``:
-    ``"local"`` or ``"ray"``, :func:`forensics.engine.make_engine`)."""
+    ``"local"`` or ``"ray"``, :func:`forensics.engine.make_engine`); ``condition``: what T and P_n are put
+    through before the reference side is fitted (none: the protocol's own)."""
     from forensics.engine import make_engine
 
     options: dict[str, Any] = {} if engine == "ray" else {"workers": workers}  # Ray Data reads in parallel
     return make_engine(protocol, reference_dir=reg.reference_dir, device=device, weights=weights,
                        use_cache=cache, progress=_engine_progress(progress), amp=amp, engine=engine,
-                       ray_address=ray_address, **options)
+                       ray_address=ray_address, condition=condition, **options)
 
 
 # -- attribution ----------------------------------------------------------------------------------
@@ -482,16 +483,19 @@ def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
     return (int(size[0]), int(size[1])) if len(size) == 2 else None
 
 
-def _condition(condition: str, record: ImageInput, available: Sequence[str], native: tuple[int, int] | None) -> Any:
+def _condition(condition: str, record: ImageInput, available: Sequence[str] | None,
+               native: tuple[int, int] | None) -> Any:
     """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared, or read
-    from the input (``"auto"``). Either way, images of another size than the enrolled instances' (``native``)
-    are brought back to it."""
-    from forensics.conditions import NONE, Detected, detect, get_condition, mixed_sizes
+    from the input (``"auto"``), among the conditions the references keep (``available``; None: any, as
+    for a reference side fitted under the query's own condition). Either way, images of another size than
+    the enrolled instances' (``native``) are brought back to it."""
+    from forensics.conditions import CONDITIONS, NONE, Detected, detect, get_condition, mixed_sizes
 
     if condition == "auto":
-        return detect(list(record.files) or None, available, sizes=record.sizes, native=native)
+        return detect(list(record.files) or None, list(CONDITIONS) if available is None else available,
+                      sizes=record.sizes, native=native)
     get_condition(condition)
-    if condition != NONE and condition not in available:
+    if available is not None and condition != NONE and condition not in available:
         raise UsageError(f"the registry keeps no records under condition {condition!r} for every instance of this "
                          f"protocol (kept: {', '.join(available) or 'none'}); add them with `forensics registry "
                          "records`, or match as generated with --condition none")
@@ -605,10 +609,16 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
                  device: str = "cpu", weights: str | None = None, cache: bool = True, workers: int = 0,
                  amp: str | None = None, progress: Progress | None = None,
-                 recursive: bool = True, engine: str = "local", ray_address: str | None = None) -> MemorizationResult:
+                 recursive: bool = True, engine: str = "local", ray_address: str | None = None,
+                 condition: str = "auto") -> MemorizationResult:
     """Are these images copies of the protocol's training set, and at which level? The statistic's curve
     of all the images as one batch, each layer read by the statistic. A folder is searched recursively
-    unless ``recursive`` is False; ``engine``/``ray_address`` as :func:`attribute` takes them."""
+    unless ``recursive`` is False; ``engine``/``ray_address`` as :func:`attribute` takes them.
+    ``condition``: the post-processing the images went through (:mod:`forensics.conditions`; ``"auto"``
+    reads it from the files, as :func:`attribute` does): T and P_n are put through it too before the
+    reference side is fitted (once per condition, then cached), so that a copy of a training image,
+    re-encoded or resized, still lies at distance 0 from its own training image processed alike, and
+    fresh data processed alike still reads 0."""
     from dataclasses import replace
 
     from forensics.stats.base import get_statistic
@@ -620,17 +630,22 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
         reg = open_registry(registry)
         proto = reg.protocol(reg.resolve_protocol(protocol))
         thresholds = _reading_thresholds([get_statistic(p.statistic.name) for p in proto.parts])
+        native = generated_size(reg.enrolled(proto.name))  # the size the enrolled generators write: T's
     with _Step(progress, f"starting torch on {device}"):
         compute = check_compute(device, amp, engine)
-        engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
-                         progress=progress, engine=engine, ray_address=ray_address)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
+    cond = _condition(condition, record, None, native)
+    data = _as_matched(cond, data)
+    engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
+                     progress=progress, engine=engine, ray_address=ray_address, condition=cond.name)
     _prepare(engine, progress)
     _embedding_begins(proto, progress, "images", len(data))
     curve = engine.curve(data)
+    warnings = tuple(w for w in (cond.warning, cond.withhold) if w)
     return MemorizationResult(input=replace(record, n_images=curve.n_images), protocol=proto,
                               curve=curve, thresholds=thresholds, reference_origin=engine.reference_origin,
-                              partial_batch=len(data) < proto.batch_size, compute=compute)
+                              partial_batch=len(data) < proto.batch_size, compute=compute,
+                              condition=cond.to_dict(), warnings=warnings)
 
 
 def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:

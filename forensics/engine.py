@@ -98,13 +98,15 @@ def build_encoder(ref: EncoderRef, *, weights: str | None = None, device: str = 
     return encoder
 
 
-def reference_key(protocol: Protocol) -> str:
-    """What the fitted reference side depends on: data, encoder and the statistic's fit parameters."""
+def reference_key(protocol: Protocol, condition: str = "none") -> str:
+    """What the fitted reference side depends on: data, encoder, the statistic's fit parameters, and the
+    post-processing T and P_n were put through (:mod:`forensics.conditions`; none for the protocol's own)."""
     statistic = get_statistic(protocol.statistic.name)
     fit_params, _ = split_params(statistic, protocol.statistic.params)
-    return sha256_json({"format": REFERENCE_FORMAT, "train": protocol.train.to_dict(),
-                        "test": protocol.test.to_dict(), "encoder": protocol.encoder.to_dict(),
-                        "statistic": protocol.statistic.name, "fit": fit_params})
+    content = {"format": REFERENCE_FORMAT, "train": protocol.train.to_dict(),
+               "test": protocol.test.to_dict(), "encoder": protocol.encoder.to_dict(),
+               "statistic": protocol.statistic.name, "fit": fit_params}
+    return sha256_json(content if condition == "none" else {**content, "condition": condition})
 
 
 def _read_npz(path: Path, *, remove: bool = True) -> dict[str, np.ndarray] | None:
@@ -246,10 +248,13 @@ class Engine:
 
     def __init__(self, protocol: Protocol, *, device: str = "cpu", weights: str | None = None,
                  use_cache: bool = True, shipped_dir: Path | None = None, progress: Progress | None = None,
-                 batch_size: int = 64, workers: int = 0, amp: str | None = None):
+                 batch_size: int = 64, workers: int = 0, amp: str | None = None, condition: str = "none"):
         from forensics import cpu
+        from forensics.conditions import get_condition
         from forensics.encode.devices import torch_device
 
+        get_condition(condition)  # an unknown condition fails here, in one line
+        self.condition = condition
         cpu.apply_requested()  # the run's CPU thread count (--threads, FORENSICS_THREADS, or measured)
         torch_device(device)  # an unknown or absent device fails here, in one line, before any work
         self.protocol = protocol
@@ -290,18 +295,18 @@ class Engine:
 
     # -- the reference side ----------------------------------------------------------------------
     def _reference_paths(self) -> list[Path]:
-        name = f"{short(reference_key(self.protocol), 24)}.npz"
+        name = f"{short(reference_key(self.protocol, self.condition), 24)}.npz"
         paths = []
-        if self.shipped_dir is not None:
+        if self.shipped_dir is not None and self.condition == "none":  # a registry ships the protocol's own
             paths.append(self.shipped_dir / name)
         if self.use_cache:
             paths.append(cache_dir() / "reference" / name)
         return paths
 
     def reference_side(self) -> list[Any]:
-        """The reference side: the statistic fitted on T and P_n, one per protocol layer (on the engine's
-        device where the statistic can compute on one). Loaded from the shipped file or the cache, else
-        computed (minutes: T and P_n are embedded), then kept."""
+        """The reference side: the statistic fitted on T and P_n (put through the engine's condition), one per
+        protocol layer (on the engine's device where the statistic can compute on one). Loaded from the
+        shipped file or the cache, else computed (minutes: T and P_n are embedded), then kept."""
         if self._reference_side is None:
             self._reference_side = self._load_or_fit()
         return self._reference_side
@@ -313,7 +318,7 @@ class Engine:
     def _load_or_fit(self) -> list[Any]:
         layers = self.protocol.layers
         device = self._statistic_device()
-        shipped = self._reference_paths()[0] if self.shipped_dir is not None else None
+        shipped = self._reference_paths()[0] if self.shipped_dir is not None and self.condition == "none" else None
         for path in self._reference_paths():
             # a shipped file is checked against the digest the registry records of the file its
             # fingerprints were scored against
@@ -345,16 +350,26 @@ class Engine:
         """Embed T and P_n (through the embedding cache) and fit the statistic at every layer: the reference
         side when neither the registry nor the cache has it. (:class:`forensics.distributed.RayEngine` does
         this on a Ray cluster.)"""
-        train = load_reference_set(self.protocol.train)
-        test = load_reference_set(self.protocol.test)
-        train_emb = self.embed(train, "training set T", cache=True, images_hash=self.protocol.train.sha256)
-        test_emb = self.embed(test, "held-out set P_n", cache=True, images_hash=self.protocol.test.sha256)
+        (train, t_hash), (test, p_hash) = self.reference_sets()
+        train_emb = self.embed(train, "training set T", cache=True, images_hash=t_hash)
+        test_emb = self.embed(test, "held-out set P_n", cache=True, images_hash=p_hash)
         refs = []
         for layer, t, p in zip(layers, train_emb, test_emb):
             refs.append(self.statistic.fit(t, p, **self.fit_params, **({"device": device} if device else {})))
             if self.progress is not None:
                 self.progress(f"fitting {self.protocol.statistic.name}", len(refs), len(layers))
         return refs
+
+    def reference_sets(self) -> tuple[tuple[np.ndarray, str | None], tuple[np.ndarray, str | None]]:
+        """(T, its content hash) and (P_n, its hash), put through the engine's condition (hashed again then)."""
+        from forensics.conditions import get_condition
+
+        train, test = load_reference_set(self.protocol.train), load_reference_set(self.protocol.test)
+        if self.condition == "none":
+            return (train, self.protocol.train.sha256), (test, self.protocol.test.sha256)
+        apply = get_condition(self.condition).apply
+        train, test = apply(train), apply(test)
+        return (train, sha256_array(train)), (test, sha256_array(test))
 
     def write_reference(self, path: Path) -> Path:
         """Write the fitted reference side to ``path`` (a folder), for shipping beside a protocol."""

@@ -368,6 +368,9 @@ class MemorizationResult:
     partial_batch: bool
     provenance: Provenance = field(default_factory=Provenance.now)
     compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})
+    condition: Mapping[str, Any] = field(default_factory=lambda: {"name": "none", "source": "default",
+                                                                  "detail": "", "description": ""})
+    warnings: tuple[str, ...] = ()      # a condition guessed; a line each
 
     @property
     def readings(self) -> list[str]:
@@ -388,7 +391,7 @@ class MemorizationResult:
             "input": self.input.to_dict(), "protocol": protocol_section(self.protocol),
             "curve": curve_section(self.curve), "level": self.level, "partial_batch": self.partial_batch,
             "thresholds": dict(self.thresholds), "reference": {"origin": self.reference_origin},
-            "compute": dict(self.compute),
+            "compute": dict(self.compute), "condition": dict(self.condition), "warnings": list(self.warnings),
         }
 
 

@@ -190,6 +190,52 @@ def test_memorization_reads_exact_copies_as_copying(registry, plugin_host):
     assert thresholds_text(doc["thresholds"]) in r.stdout  # the report names the statistic's own cut-offs
 
 
+def test_memorization_compares_processed_images_with_t_and_p_n_processed_alike(registry, plugin_host, tmp_path):
+    from PIL import Image
+
+    from forensics import api
+    from forensics.conditions import get_condition
+    from forensics.schemas import validate
+    from forensics_datasets import load_digits
+
+    reg, data = registry
+    copies = np.load(data / "copies.npz")["images"]  # 100 of T
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    for i, im in enumerate(copies):
+        Image.fromarray(im).save(folder / f"{i:03d}.jpg", quality=75)
+    r = run(["memorization", str(folder), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    validate(doc)
+    assert (doc["condition"]["name"], doc["condition"]["source"]) == ("jpeg75", "files") and not doc["warnings"]
+    # each copy lies at distance 0 from its own training image processed alike: copying at every layer
+    assert set(doc["curve"]["readings"]) == {"copying"}
+    assert doc["reference"]["origin"].startswith("computed")  # T and P_n processed, fitted, cached once
+    again = api.memorization(folder, registry=reg)
+    assert again.reference_origin.endswith(".npz") and again.curve.fingerprint.vector() == pytest.approx(
+        doc["curve"]["values"])
+    # fresh data processed alike reads 0 at every layer: P_n itself, put through the condition, is the null
+    held_out = get_condition("jpeg75").apply(load_digits("test"))
+    null = api.memorization(held_out, registry=reg, condition="jpeg75")
+    assert np.allclose(null.curve.fingerprint.vector(), 0.0, atol=0.01)  # 0 but for the Z-score's continuity term
+    # copies served at twice their size: brought back to T's size, T and P_n through the same round trip
+    up = tmp_path / "up"
+    up.mkdir()
+    for i, im in enumerate(copies):
+        Image.fromarray(im).resize((2 * im.shape[1], 2 * im.shape[0]), Image.BICUBIC).save(up / f"{i:03d}.png")
+    resized = api.memorization(up, registry=reg)
+    assert resized.condition["name"] == "resize2" and resized.condition["resampled_to"] == list(copies.shape[1:3])
+    assert set(resized.readings) == {"copying"}
+    # the report says what was assumed; --condition none takes T and P_n as they are
+    text = run(["memorization", str(folder), "--registry", str(reg)], env={"COLUMNS": "200"}).stdout
+    assert "Assumed: images jpeg75: re-saved as JPEG at quality 75, read from the files" in text
+    assert "T and P_n put through the same processing" in text
+    plain = json.loads(run(["memorization", str(folder), "--registry", str(reg), "--json", "--condition",
+                            "none"]).stdout)
+    assert plain["condition"]["name"] == "none" and plain["reference"]["origin"] != doc["reference"]["origin"]
+
+
 def test_reading_thresholds_are_rendered_whatever_a_statistic_names_them():
     assert thresholds_text({"far_below": -1.5, "near": 0.25}) == "far below -1.5, near 0.25"
     assert thresholds_text({}) == ""

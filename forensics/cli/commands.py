@@ -135,8 +135,12 @@ def memorization(
     no_recursive: bool = OPT_NO_RECURSIVE,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
+    condition: str = OPT_CONDITION,
 ):
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
+
+    Re-encoded or resized images are compared with T and P_n put through the same processing (--condition;
+    read from the files by default), computed once per condition and cached.
 
     Example: forensics memorization copies.npz --protocol mnist-effnet-lite0
     """
@@ -152,8 +156,10 @@ def memorization(
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
                      cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
-                     engine=engine, ray_address=ray_address)
+                     engine=engine, ray_address=ray_address, condition=condition)
     input_notes(images, result.input.skipped)
+    for line in result.warnings:
+        err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
     write_reports("memorization_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())

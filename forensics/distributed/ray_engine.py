@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from forensics.engine import Engine, load_reference_set
+from forensics.engine import Engine
 from forensics.errors import StatisticError, UsageError
 
 #: preprocessed pixels of one shard are kept near this size (a Ray Data block)
@@ -312,10 +312,8 @@ class RayEngine(Engine):
         """Embed T and P_n on the cluster in one pipeline (through the embedding cache) and fit each layer
         in a Ray task that reads its shards there."""
         ray = self.ray
-        train = load_reference_set(self.protocol.train)
-        test = load_reference_set(self.protocol.test)
-        t_src, p_src = self._embed([(train, "training set T", self.protocol.train.sha256),
-                                    (test, "held-out set P_n", self.protocol.test.sha256)], cache=True)
+        (train, t_hash), (test, p_hash) = self.reference_sets()
+        t_src, p_src = self._embed([(train, "training set T", t_hash), (test, "held-out set P_n", p_hash)], cache=True)
         device = self._statistic_device()
         fit = ray.remote(num_gpus=1 if device else 0)(_fit_layer)
         statistic = ray.put(self.statistic)

@@ -428,6 +428,11 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
 
         page.text(f"Read with {thresholds_text(thresholds)}: |C_T| > 2 is significant; below the copying line "
                   "the images sit closer to the training set than fresh data does.", cls="dim")
+    from forensics.report.terminal import memorization_assumed_text
+
+    page.text(memorization_assumed_text(doc) + ".", cls="dim")
+    for line in doc.get("warnings") or ():
+        page.text(line, cls="warn")
     if doc.get("partial_batch"):
         page.text(f"Fewer images than the protocol's batch of {doc['protocol']['batch_size']}: |C_T| shrinks with "
                   "fewer images.", cls="warn")

@@ -159,11 +159,6 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
     """What an attribution's verdict assumed, in one line: the condition of the images (and how it was
     known), the batch size of the references it was matched against and the operating point of the open-set
     thresholds."""
-    cond = doc.get("condition") or {}
-    name = cond.get("name", "none")
-    how = {"files": "read from the files", "declared": "declared", "default": "assumed"}.get(cond.get("source"), "")
-    what = "as generated" if name == "none" else f"{name}: {cond.get('description', '')}"
-    detail = f" ({cond['detail']})" if cond.get("detail") and cond.get("source") == "files" else ""
     at = doc.get("compared_at")
     size = (f"against references of {at} images" + (" redrawn from the enrolled instances' per-image records"
                                                      if any(r.get("batch_size") == at for r in doc.get("redrawn", ()))
@@ -171,7 +166,25 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
             if at else "against references of another batch size (not comparable)")
     point = ((doc.get("matcher") or {}).get("open_set") or {}).get("operating_point")
     thresholds = f"; open-set thresholds of the {point} operating point" if point else ""
-    return f"Assumed: images {what}, {how}{detail}; matched {size}{thresholds}"
+    return f"Assumed: {condition_text(doc.get('condition') or {})}; matched {size}{thresholds}"
+
+
+def condition_text(cond: Mapping[str, Any]) -> str:
+    """The condition of a report's images and how it was known: ``images jpeg90: re-saved as JPEG at
+    quality 90, read from the files (JPEG quality 90 read from …)``."""
+    name = cond.get("name", "none")
+    how = {"files": "read from the files", "declared": "declared", "default": "assumed"}.get(cond.get("source"), "")
+    what = "as generated" if name == "none" else f"{name}: {cond.get('description', '')}"
+    detail = f" ({cond['detail']})" if cond.get("detail") and cond.get("source") == "files" else ""
+    return f"images {what}, {how}{detail}"
+
+
+def memorization_assumed_text(doc: Mapping[str, Any]) -> str:
+    """What a memorization curve assumed, in one line: the images' condition, and T and P_n put through it."""
+    cond = doc.get("condition") or {}
+    alike = ("" if cond.get("name", "none") == "none"
+             else "; T and P_n put through the same processing before C_T was taken")
+    return f"Assumed: {condition_text(cond)}{alike}"
 
 
 def operating_points_text(verdict: Mapping[str, Any]) -> tuple[str, bool] | None:
@@ -256,6 +269,7 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
     console.print(Text.assemble(("Copying: ", "bold"), (result.level, style)))
     if result.thresholds:
         console.print(Text(f"  read with {thresholds_text(result.thresholds)}", style="dim"))
+    console.print(Text("  " + memorization_assumed_text(result.to_dict()), style="dim"))
     if result.partial_batch:
         console.print(Text(f"  warning: fewer images than the protocol's batch of {proto.batch_size}; "
                            "|C_T| shrinks with fewer images", style="yellow"))
