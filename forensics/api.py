@@ -1373,7 +1373,8 @@ def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
     by_images: dict[tuple[str, str], list[str]] = {}
     roles: dict[str, str] = {}
     try:
-        from forensics.engine import reference_key
+        from forensics.conditions import CONDITIONS
+        from forensics.engine import processed_hash, reference_key
         from forensics.io.hashing import short
 
         reg = open_registry(registry)
@@ -1381,11 +1382,13 @@ def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
             for part in reg.protocols[name].parts:
                 if part.name != name:
                     continue  # a combination's parts are listed under their own names
-                by_reference.setdefault(f"{short(reference_key(part), 24)}.npz", []).append(name)
+                for condition in CONDITIONS:  # memorization fits T and P_n put through the query's condition
+                    by_reference.setdefault(f"{short(reference_key(part, condition), 24)}.npz", []).append(name)
                 for ref, role in ((part.train, "T"), (part.test, "P_n")):
                     if ref.sha256:
-                        by_images.setdefault((ref.sha256, part.encoder.name), []).append(name)
-                        roles[ref.sha256] = role
+                        for key in (ref.sha256, *(processed_hash(ref.sha256, c) for c in CONDITIONS if c != "none")):
+                            by_images.setdefault((key, part.encoder.name), []).append(name)
+                            roles[key] = role
     except Exception:  # noqa: BLE001 - a registry that does not load must not hide what the cache holds
         pass
     now = time.time()

@@ -106,7 +106,21 @@ def reference_key(protocol: Protocol, condition: str = "none") -> str:
     content = {"format": REFERENCE_FORMAT, "train": protocol.train.to_dict(),
                "test": protocol.test.to_dict(), "encoder": protocol.encoder.to_dict(),
                "statistic": protocol.statistic.name, "fit": fit_params}
-    return sha256_json(content if condition == "none" else {**content, "condition": condition})
+    return sha256_json(content if condition == "none" else {**content, **processing(condition)})
+
+
+def processing(condition: str) -> dict[str, str]:
+    """What images put through ``condition`` depend on beside the images: the condition and the Pillow that
+    applies it (another Pillow may encode JPEG or WebP otherwise, and what was cached is then left aside)."""
+    import PIL
+
+    return {"condition": condition, "pillow": PIL.__version__}
+
+
+def processed_hash(images_hash: str, condition: str) -> str:
+    """The content key of a reference set of hash ``images_hash`` put through ``condition``, for the embedding
+    cache: derived, not hashed from the processed pixels, so that the cache listing can tie it to its protocol."""
+    return sha256_json({"images": images_hash, **processing(condition)})
 
 
 def _read_npz(path: Path, *, remove: bool = True) -> dict[str, np.ndarray] | None:
@@ -361,15 +375,17 @@ class Engine:
         return refs
 
     def reference_sets(self) -> tuple[tuple[np.ndarray, str | None], tuple[np.ndarray, str | None]]:
-        """(T, its content hash) and (P_n, its hash), put through the engine's condition (hashed again then)."""
+        """(T, its content key) and (P_n, its key), put through the engine's condition (:func:`processed_hash`)."""
         from forensics.conditions import get_condition
 
-        train, test = load_reference_set(self.protocol.train), load_reference_set(self.protocol.test)
-        if self.condition == "none":
-            return (train, self.protocol.train.sha256), (test, self.protocol.test.sha256)
-        apply = get_condition(self.condition).apply
-        train, test = apply(train), apply(test)
-        return (train, sha256_array(train)), (test, sha256_array(test))
+        sets = []
+        for ref in (self.protocol.train, self.protocol.test):
+            images, digest = load_reference_set(ref), ref.sha256
+            if self.condition != "none":
+                images = get_condition(self.condition).apply(images)
+                digest = processed_hash(digest, self.condition) if digest else sha256_array(images)
+            sets.append((images, digest))
+        return sets[0], sets[1]
 
     def write_reference(self, path: Path) -> Path:
         """Write the fitted reference side to ``path`` (a folder), for shipping beside a protocol."""

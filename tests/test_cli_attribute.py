@@ -215,6 +215,16 @@ def test_memorization_compares_processed_images_with_t_and_p_n_processed_alike(r
     again = api.memorization(folder, registry=reg)
     assert again.reference_origin.endswith(".npz") and again.curve.fingerprint.vector() == pytest.approx(
         doc["curve"]["values"])
+    # the cache ties what was fitted and embedded under the condition to the protocol (`forensics cache list`)
+    from forensics.engine import processed_hash, reference_key
+    from forensics.io.hashing import short
+    from forensics.registry import Registry
+
+    proto = Registry.open(reg).protocol("digits-vit")
+    tied = [i for i in api.list_cache(registry=reg).items if "digits-vit" in i.protocols]
+    assert f"{short(reference_key(proto, 'jpeg75'), 24)}.npz" in {i.path.name for i in tied}
+    assert {(i.images, i.reference_set) for i in tied if i.kind == "embeddings"} >= {
+        (processed_hash(proto.train.sha256, "jpeg75"), "T"), (processed_hash(proto.test.sha256, "jpeg75"), "P_n")}
     # fresh data processed alike reads 0 at every layer: P_n itself, put through the condition, is the null
     held_out = get_condition("jpeg75").apply(load_digits("test"))
     null = api.memorization(held_out, registry=reg, condition="jpeg75")
