@@ -1,0 +1,67 @@
+"""Copying under post-processing: memorization of processed sets, T and P_n as they are against processed alike.
+
+Sets: 500 exact copies of T (drawn at random, seed 0) and the shipped held-out sets of the zoo's VAE, DCGAN
+and noisy copier. Each is written as files under each processing (the writers of ``robust_attribution.py``:
+``jpeg90``, ``jpeg75``, ``webp80``, ``up2`` — resized ×2 with PIL's bicubic —, ``down2+jpeg75`` — ×0.5, then
+JPEG 75 at that size) and read back by ``forensics.memorization`` twice: with ``condition="none"`` (T and P_n
+as they are: the tool before it read the condition) and with the default ``"auto"`` (the condition read from
+the files, T and P_n put through it). Each row: the set, the processing, the curve both ways, its reading.
+
+    FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --protocol mnist-effnet-lite0
+    FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --protocol mnist-vit
+
+The first run under each condition fits the processed reference side (about a minute here) and caches it.
+Threads: one (FORENSICS_THREADS=1 before torch starts), so that a busy machine does not spin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("FORENSICS_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", default="mnist-effnet-lite0")
+    ap.add_argument("--conditions", default="jpeg90,jpeg75,webp80,up2,down2+jpeg75")
+    a = ap.parse_args()
+
+    from robust_attribution import as_query
+
+    from forensics import api
+    from forensics.zoo.data import mnist_split
+
+    train = mnist_split()[0]
+    samples = ROOT / "registry" / "mnist-effnet-lite0" / "samples"
+    sets = {"copies of T": train[np.random.default_rng(0).choice(len(train), 500, replace=False)],
+            **{f"{g} heldout": np.load(samples / g / "heldout.npz")["images"] for g in ("vae", "dcgan", "kde-copier")}}
+
+    def shown(result) -> str:
+        return " ".join(f"{v:+5.1f}" for v in result.curve.fingerprint.vector()) + f" | {result.level}"
+
+    for name, images in sets.items():
+        print(f"{name}, as generated: {shown(api.memorization(images, protocol=a.protocol, condition='none'))}",
+              flush=True)
+        for condition in a.conditions.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                folder, _ = as_query(images, condition, Path(tmp) / "q")
+                before = api.memorization(folder, protocol=a.protocol, condition="none")
+                after = api.memorization(folder, protocol=a.protocol)
+            print(f"  {condition:13s} T as they are:   {shown(before)}", flush=True)
+            print(f"  {'':13s} alike ({after.condition['name']}): {shown(after)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
