@@ -241,6 +241,9 @@ def test_memorization_compares_processed_images_with_t_and_p_n_processed_alike(r
     text = run(["memorization", str(folder), "--registry", str(reg)], env={"COLUMNS": "200"}).stdout
     assert "Assumed: images jpeg75: re-saved as JPEG at quality 75, read from the files" in text
     assert "T and P_n put through the same processing" in text
+    html = tmp_path / "copying.html"
+    assert run(["memorization", str(folder), "--registry", str(reg), "--html", str(html)]).exit_code == 0
+    assert "T and P_n put through the same processing" in html.read_text("utf-8")
     plain = json.loads(run(["memorization", str(folder), "--registry", str(reg), "--json", "--condition",
                             "none"]).stdout)
     assert plain["condition"]["name"] == "none" and plain["reference"]["origin"] != doc["reference"]["origin"]

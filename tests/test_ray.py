@@ -122,6 +122,22 @@ def test_ray_fits_the_reference_side_and_local_reuses_its_cache(ray_local, proto
 
 
 @pytest.mark.slow
+def test_a_reference_side_under_a_condition_is_fitted_alike_on_ray(ray_local, protocol, plugin_host, tmp_path,
+                                                                  monkeypatch):
+    from forensics.conditions import get_condition
+
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path))
+    processed = get_condition("jpeg75").apply(queries())
+    on_ray = values(make_engine(protocol, engine="ray", condition="jpeg75").curves(processed))
+    assert np.all(np.array(on_ray[0], dtype=float) < -2.0)  # copies of T, processed as T was: copying
+    forget_reference_sides(tmp_path)
+    local = Engine(protocol, condition="jpeg75")
+    assert values(local.curves(processed)) == on_ray  # to the last bit
+    assert local.reference_origin.startswith("computed, cached at")
+    assert values(Engine(protocol).curves(processed)) != on_ray  # T and P_n as they are: another reference side
+
+
+@pytest.mark.slow
 def test_ray_reuses_the_local_cache_and_gives_the_same_curves(ray_local, protocol, plugin_host, tmp_path,
                                                                monkeypatch):
     from forensics.distributed.ray_engine import RayEngine
