@@ -7,10 +7,13 @@ move, and by how much). The remedy here is to compare like with like: an enrolle
 per-image records under each condition of :data:`CONDITIONS` (its own images put through the same
 processing, :mod:`forensics.registry.records`), and a query is matched against the instances under the
 condition it arrived in — read from the files where they say it (a JPEG's quantisation tables give its
-quality), else as the analyst declares it (``--condition``), else "none" (as generated).
+quality, a lossy WebP its quantiser, the images' size a resampling), else as the analyst declares it
+(``--condition``), else "none" (as generated). ``memorization``, which has no instances, puts T and P_n
+through the query's condition instead (:class:`forensics.engine.Engine`'s ``condition``).
 
-Each condition is a deterministic function of uint8 images ((N, H, W) or (N, H, W, C)); ``none`` is the
-identity, and a lossless re-save (PNG) changes nothing, so it needs no condition of its own.
+Each condition is a deterministic function of uint8 images ((N, H, W) or (N, H, W, C)): a re-encoding, a
+resampling round trip, or a resampling with a re-encoding at the resampled size (``resize2+jpeg90``);
+``none`` is the identity, and a lossless re-save (PNG) changes nothing, so it needs no condition of its own.
 """
 
 from __future__ import annotations
