@@ -2,7 +2,8 @@
 
 :class:`Engine` holds what one protocol needs — its encoder (built and checked against the protocol's
 record) and the fitted reference side of its statistic, one per layer — and turns image batches into
-C_T curves. The reference side depends only on the protocol, so it is computed once and kept: first
+C_T curves. The reference side depends only on the protocol (and on the condition an engine puts T and
+P_n through, for copies that arrived processed; none by default), so it is computed once and kept: first
 looked up among the files shipped beside the protocol in the registry, then in the user cache,
 otherwise computed (embedding T and P_n) and written to the cache atomically. :class:`CombinedEngine`
 does the same for a combination of protocols, one engine per part; :func:`make_engine` picks.
