@@ -9,8 +9,11 @@ the files, T and P_n put through it). Each row: the set, the processing, the cur
 
     FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --protocol mnist-effnet-lite0
     FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --protocol mnist-vit
+    FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --time     # what the first run costs
 
-The first run under each condition fits the processed reference side (about a minute here) and caches it.
+The first run under each condition fits the processed reference side and caches it. ``--time`` measures that
+in one process against an empty cache folder: 500 copies of T at JPEG 75, memorized as generated (the shipped
+reference side) twice, then under ``jpeg75`` three times (the first fits and caches); best of each, and ratios.
 Threads: one (FORENSICS_THREADS=1 before torch starts), so that a busy machine does not spin.
 """
 
@@ -35,7 +38,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", default="mnist-effnet-lite0")
     ap.add_argument("--conditions", default="jpeg90,jpeg75,webp80,up2,down2+jpeg75")
+    ap.add_argument("--time", action="store_true", help="time the first and later runs under a condition, then stop")
     a = ap.parse_args()
+    if a.time:
+        os.environ["FORENSICS_CACHE_DIR"] = tempfile.mkdtemp(prefix="forensics-cache-")  # before forensics reads it
+        return timing(a.protocol)
 
     from robust_attribution import as_query
 
@@ -60,6 +67,30 @@ def main() -> int:
                 after = api.memorization(folder, protocol=a.protocol)
             print(f"  {condition:13s} T as they are:   {shown(before)}", flush=True)
             print(f"  {'':13s} alike ({after.condition['name']}): {shown(after)}", flush=True)
+    return 0
+
+
+def timing(protocol: str) -> int:
+    import time
+
+    from forensics import api
+    from forensics.conditions import get_condition
+    from forensics.zoo.data import mnist_split
+
+    train = mnist_split()[0]
+    copies = train[np.random.default_rng(0).choice(len(train), 500, replace=False)]
+    processed = get_condition("jpeg75").apply(copies)
+
+    def seconds(images, condition: str) -> float:
+        start = time.perf_counter()
+        api.memorization(images, protocol=protocol, condition=condition)
+        return time.perf_counter() - start
+
+    plain = min(seconds(copies, "none") for _ in range(2))
+    first = seconds(processed, "jpeg75")
+    cached = min(seconds(processed, "jpeg75") for _ in range(2))
+    print(f"{protocol}: as generated {plain:.1f} s; jpeg75 first {first:.1f} s ({first / plain:.1f}×), "
+          f"cached {cached:.1f} s ({cached / plain:.2f}×)")
     return 0
 
 
