@@ -309,13 +309,17 @@ class Engine:
                      cache=cache and self.use_cache, images_hash=images_hash, workers=self.workers, amp=self.amp)
 
     # -- the reference side ----------------------------------------------------------------------
+    def _shipped_path(self) -> Path | None:
+        """Where a registry ships the protocol's own reference side (T and P_n as they are), if it may."""
+        if self.shipped_dir is None or self.condition != "none":
+            return None
+        return self.shipped_dir / f"{short(reference_key(self.protocol), 24)}.npz"
+
     def _reference_paths(self) -> list[Path]:
-        name = f"{short(reference_key(self.protocol, self.condition), 24)}.npz"
-        paths = []
-        if self.shipped_dir is not None and self.condition == "none":  # a registry ships the protocol's own
-            paths.append(self.shipped_dir / name)
+        shipped = self._shipped_path()
+        paths = [] if shipped is None else [shipped]
         if self.use_cache:
-            paths.append(cache_dir() / "reference" / name)
+            paths.append(cache_dir() / "reference" / f"{short(reference_key(self.protocol, self.condition), 24)}.npz")
         return paths
 
     def reference_side(self) -> list[Any]:
@@ -333,7 +337,7 @@ class Engine:
     def _load_or_fit(self) -> list[Any]:
         layers = self.protocol.layers
         device = self._statistic_device()
-        shipped = self._reference_paths()[0] if self.shipped_dir is not None and self.condition == "none" else None
+        shipped = self._shipped_path()
         for path in self._reference_paths():
             # a shipped file is checked against the digest the registry records of the file its
             # fingerprints were scored against
