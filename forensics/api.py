@@ -489,10 +489,10 @@ def _condition(condition: str, record: ImageInput, available: Sequence[str] | No
     from the input (``"auto"``), among the conditions the references keep (``available``; None: any, as
     for a reference side fitted under the query's own condition). Either way, images of another size than
     the enrolled instances' (``native``) are brought back to it."""
-    from forensics.conditions import CONDITIONS, NONE, Detected, detect, get_condition, mixed_sizes
+    from forensics.conditions import NONE, Detected, applicable, detect, get_condition, mixed_sizes
 
     if condition == "auto":
-        return detect(list(record.files) or None, list(CONDITIONS) if available is None else available,
+        return detect(list(record.files) or None, applicable() if available is None else available,
                       sizes=record.sizes, native=native)
     get_condition(condition)
     if available is not None and condition != NONE and condition not in available:
@@ -1373,7 +1373,7 @@ def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
     by_images: dict[tuple[str, str], list[str]] = {}
     roles: dict[str, str] = {}
     try:
-        from forensics.conditions import CONDITIONS
+        from forensics.conditions import applicable
         from forensics.engine import processed_hash, reference_key
         from forensics.io.hashing import short
 
@@ -1382,11 +1382,12 @@ def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
             for part in reg.protocols[name].parts:
                 if part.name != name:
                     continue  # a combination's parts are listed under their own names
-                for condition in CONDITIONS:  # memorization fits T and P_n put through the query's condition
+                conditions = applicable()  # memorization fits T and P_n put through the query's condition
+                for condition in conditions:
                     by_reference.setdefault(f"{short(reference_key(part, condition), 24)}.npz", []).append(name)
                 for ref, role in ((part.train, "T"), (part.test, "P_n")):
                     if ref.sha256:
-                        for key in (ref.sha256, *(processed_hash(ref.sha256, c) for c in CONDITIONS if c != "none")):
+                        for key in (ref.sha256, *(processed_hash(ref.sha256, c) for c in conditions if c != "none")):
                             by_images.setdefault((key, part.encoder.name), []).append(name)
                             roles[key] = role
     except Exception:  # noqa: BLE001 - a registry that does not load must not hide what the cache holds

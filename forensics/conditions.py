@@ -18,6 +18,7 @@ resampling round trip, or a resampling with a re-encoding at the resampled size 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections import Counter
@@ -179,16 +180,32 @@ def step_ratio(quality: int, other: int) -> float:
     return abs(math.log(max(ijg_scale(quality), 1) / max(ijg_scale(other), 1)))
 
 
+@functools.lru_cache(maxsize=1024)
 def get_condition(name: str) -> Condition:
-    """The condition ``name``: one of :data:`CONDITIONS`, or any resampling and re-encoding of them joined by
-    "+" (``crop90+webp80``)."""
+    """The condition ``name``: one of :data:`CONDITIONS`; a re-encoding at any quality from 1 to 100
+    (``jpeg88``, ``webp60``); or a resampling and a re-encoding joined by "+" (``crop90+webp80``)."""
     if name in CONDITIONS:
         return CONDITIONS[name]
     first, plus, second = name.partition("+")
-    if plus and first in _SINGLE and second in _SINGLE:
-        return combined(_SINGLE[first], _SINGLE[second])
-    raise UsageError(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}, or a resampling and a "
-                     "re-encoding joined by '+' (e.g. crop90+webp80)")
+    if plus and first in _SINGLE and _SINGLE[first].resample is not None:
+        return combined(_SINGLE[first], get_condition(second))
+    for fmt, make in (("jpeg", jpeg), ("webp", webp)):
+        if name.startswith(fmt) and name[4:].isdigit() and str(int(name[4:])) == name[4:] and 1 <= int(name[4:]) <= 100:
+            quality = int(name[4:])
+            return _reencoding(name, f"re-saved as {'JPEG' if fmt == 'jpeg' else 'lossy WebP'} at quality {quality}",
+                               make(quality), **{f"{fmt}_quality": quality})
+    raise UsageError(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}, any jpegQ or webpQ (Q 1–100), or "
+                     "a resampling and a re-encoding joined by '+' (e.g. crop90+webp80)")
+
+
+def applicable() -> list[str]:
+    """Every condition a reference side can be put through when the query's condition is read from its files
+    (``memorization``): :data:`CONDITIONS`, and JPEG at every quality, alone and after each resampling, so that
+    a JPEG's own quality is matched, not the nearest kept one (WebP's quality is found among the kept ones:
+    each candidate costs a re-encoding of the files)."""
+    resamplings = [n for n, c in _SINGLE.items() if c.resample is not None]
+    qualities = [f"jpeg{q}" for q in range(1, 101)]
+    return list(dict.fromkeys([*CONDITIONS, *qualities, *(f"{r}+{q}" for r in resamplings for q in qualities)]))
 
 
 def _plain(names: Sequence[str]) -> list[str]:

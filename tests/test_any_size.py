@@ -313,8 +313,8 @@ def test_conditions_are_deterministic_and_png_changes_nothing(tmp_path):
     assert np.array_equal(np.asarray(Image.open(buf)), x[0])
     assert parse_conditions("jpeg90, none,jpeg90") == ["none", "jpeg90"]
     assert parse_conditions("all") == list(CONDITIONS)
-    with pytest.raises(UsageError, match="unknown condition 'jpeg12'"):
-        parse_conditions("jpeg12")
+    with pytest.raises(UsageError, match="unknown condition 'jpeg120'"):
+        parse_conditions("jpeg120")
 
 
 def _one_way(images: np.ndarray, kind: str) -> list:
@@ -395,6 +395,35 @@ def test_resized_then_re_encoded_images_brought_back_are_the_combined_conditions
             get_condition(wrong)
     assert {n for n in CONDITIONS if "+" in n} == {f"{r}+{e}" for r in ("resize2", "resize0.5", "crop90")
                                                    for e in ("jpeg90", "jpeg75")}
+
+
+def test_any_jpeg_or_webp_quality_is_a_condition_and_memorization_reads_the_files_own(tmp_path):
+    from forensics.conditions import applicable
+
+    q62 = get_condition("jpeg62")
+    assert (q62.jpeg_quality, q62.encoding, q62.resample) == (62, "jpeg62", None)
+    assert get_condition("webp40").webp_quality == 40 and get_condition("crop90+jpeg33").jpeg_quality == 33
+    x = (np.random.default_rng(5).random((3, 28, 28)) * 255).astype(np.uint8)
+    assert np.array_equal(q62.apply(x), np.stack([np.asarray(Image.open(io.BytesIO(_jpeg_bytes(a, 62)))) for a in x]))
+    for bad in ("jpeg0", "jpeg101", "jpeg062", "jpeg", "webpx"):
+        with pytest.raises(UsageError, match="unknown condition"):
+            get_condition(bad)
+    folder = _files(tmp_path / "q62", [Image.fromarray(a) for a in x], "jpg", quality=62)
+    files = sorted(folder.iterdir())
+    # against a registry's records: the nearest kept quality, said to be a guess
+    kept = detect(files, list(CONDITIONS))
+    assert kept.name == "jpeg70" and "quality 62" in kept.warning
+    # where T and P_n can be put through any (memorization): the files' own, no guess
+    own = detect(files, applicable())
+    assert (own.name, own.warning) == ("jpeg62", None)
+    up = _files(tmp_path / "up62", _one_way(x, "resize2"), "jpg", quality=62)
+    assert detect(sorted(up.iterdir()), applicable(), sizes=[(56, 56)], native=(28, 28)).name == "resize2+jpeg62"
+
+
+def _jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def test_resized_jpeg_files_are_matched_under_the_combination_their_size_and_tables_say(tmp_path):

@@ -203,12 +203,13 @@ def test_memorization_compares_processed_images_with_t_and_p_n_processed_alike(r
     folder = tmp_path / "jpegs"
     folder.mkdir()
     for i, im in enumerate(copies):
-        Image.fromarray(im).save(folder / f"{i:03d}.jpg", quality=75)
+        Image.fromarray(im).save(folder / f"{i:03d}.jpg", quality=62)
     r = run(["memorization", str(folder), "--registry", str(reg), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     validate(doc)
-    assert (doc["condition"]["name"], doc["condition"]["source"]) == ("jpeg75", "files") and not doc["warnings"]
+    # its own quality, not the nearest one a registry keeps records under: T and P_n can be put through any
+    assert (doc["condition"]["name"], doc["condition"]["source"]) == ("jpeg62", "files") and not doc["warnings"]
     # each copy lies at distance 0 from its own training image processed alike: copying at every layer
     assert set(doc["curve"]["readings"]) == {"copying"}
     assert doc["reference"]["origin"].startswith("computed")  # T and P_n processed, fitted, cached once
@@ -222,12 +223,12 @@ def test_memorization_compares_processed_images_with_t_and_p_n_processed_alike(r
 
     proto = Registry.open(reg).protocol("digits-vit")
     tied = [i for i in api.list_cache(registry=reg).items if "digits-vit" in i.protocols]
-    assert f"{short(reference_key(proto, 'jpeg75'), 24)}.npz" in {i.path.name for i in tied}
+    assert f"{short(reference_key(proto, 'jpeg62'), 24)}.npz" in {i.path.name for i in tied}
     assert {(i.images, i.reference_set) for i in tied if i.kind == "embeddings"} >= {
-        (processed_hash(proto.train.sha256, "jpeg75"), "T"), (processed_hash(proto.test.sha256, "jpeg75"), "P_n")}
+        (processed_hash(proto.train.sha256, "jpeg62"), "T"), (processed_hash(proto.test.sha256, "jpeg62"), "P_n")}
     # fresh data processed alike reads 0 at every layer: P_n itself, put through the condition, is the null
-    held_out = get_condition("jpeg75").apply(load_digits("test"))
-    null = api.memorization(held_out, registry=reg, condition="jpeg75")
+    held_out = get_condition("jpeg62").apply(load_digits("test"))
+    null = api.memorization(held_out, registry=reg, condition="jpeg62")
     assert np.allclose(null.curve.fingerprint.vector(), 0.0, atol=0.01)  # 0 but for the Z-score's continuity term
     # copies served at twice their size: brought back to T's size, T and P_n through the same round trip
     up = tmp_path / "up"
@@ -239,7 +240,7 @@ def test_memorization_compares_processed_images_with_t_and_p_n_processed_alike(r
     assert set(resized.readings) == {"copying"}
     # the report says what was assumed; --condition none takes T and P_n as they are
     text = run(["memorization", str(folder), "--registry", str(reg)], env={"COLUMNS": "200"}).stdout
-    assert "Assumed: images jpeg75: re-saved as JPEG at quality 75, read from the files" in text
+    assert "Assumed: images jpeg62: re-saved as JPEG at quality 62, read from the files" in text
     assert "T and P_n put through the same processing" in text
     html = tmp_path / "copying.html"
     assert run(["memorization", str(folder), "--registry", str(reg), "--html", str(html)]).exit_code == 0

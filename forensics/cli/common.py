@@ -180,7 +180,7 @@ def use_offline(flag: bool) -> None:
 
 OPT_CONDITIONS = typer.Option("all", "--conditions", help="Post-processing conditions to keep per-image records "
                               "under: all, none, or names (none,jpeg98,jpeg95,…,jpeg70 every 5,webp90,…,webp75,resize2,"
-                              "resize0.5,crop90, a resampling+re-encoding such as resize2+jpeg90).")
+                              "resize0.5,crop90,resize2+jpeg90,…; any jpegQ/webpQ, resampling+re-encoding).")
 OPT_CONDITION = typer.Option("auto", "--condition", help="What happened to the images: auto (read from the files: "
                              "JPEG or WebP quality, size; else as generated), none, or a condition (jpeg90, resize2, "
                              "crop90, resize0.5+jpeg75, …).")
