@@ -151,7 +151,7 @@ _SINGLE: dict[str, Condition] = {c.name: c for c in [
     _resampling("crop90", "a centred crop of 90 % of each side, resized back", crop(0.9), 0.9),
 ]}
 
-COMBINED = ("jpeg90", "jpeg75")
+COMBINED = ("jpeg90", "jpeg75", "webp80")
 """The re-encodings kept after each resampling in :data:`CONDITIONS` (any other combination can be named and
 kept too: :func:`get_condition`)."""
 
