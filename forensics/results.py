@@ -236,6 +236,11 @@ class BatchAttribution:
                 "compared_at": self.compared_at}
 
 
+
+def as_generated() -> dict[str, Any]:
+    """A report's ``condition`` when none was read or declared: the images as generated."""
+    return {"name": "none", "source": "default", "detail": "", "description": ""}
+
 @dataclass(frozen=True)
 class AttributionResult:
     """``forensics.attribute``: the curve of the images (the mean of their batches' curves when there are
@@ -255,8 +260,7 @@ class AttributionResult:
     left_out: int = 0                   # images after the last full batch, too few to attribute on their own
     compared_at: int | None = None      # the batch size the overall verdict's references mean (None: not comparable)
     redrawn: tuple[Mapping[str, Any], ...] = ()  # the references redrawn (condition, batch size, draws) for it
-    condition: Mapping[str, Any] = field(default_factory=lambda: {"name": "none", "source": "default",
-                                                                  "detail": "", "description": ""})
+    condition: Mapping[str, Any] = field(default_factory=as_generated)
     warnings: tuple[str, ...] = ()      # records the registry could not use, a condition guessed; a line each
 
     @property
@@ -368,8 +372,7 @@ class MemorizationResult:
     partial_batch: bool
     provenance: Provenance = field(default_factory=Provenance.now)
     compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})
-    condition: Mapping[str, Any] = field(default_factory=lambda: {"name": "none", "source": "default",
-                                                                  "detail": "", "description": ""})
+    condition: Mapping[str, Any] = field(default_factory=as_generated)
     warnings: tuple[str, ...] = ()      # a condition guessed; a line each
 
     @property
