@@ -236,10 +236,10 @@ class BatchAttribution:
                 "compared_at": self.compared_at}
 
 
-
 def as_generated() -> dict[str, Any]:
     """A report's ``condition`` when none was read or declared: the images as generated."""
     return {"name": "none", "source": "default", "detail": "", "description": ""}
+
 
 @dataclass(frozen=True)
 class AttributionResult:
