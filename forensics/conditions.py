@@ -509,13 +509,15 @@ def geometry(files: Sequence[str | Path] | None, size: tuple[int, int], native: 
         warnings.append(f"the images are {shown}, ×{scale:.3g} the {generated} the generators write, which "
                         f"{pick.name} (×{pick.scale:g}) is not: matched as {pick.name}, a guess")
     name = pick.name
-    found = _encoding(files, available)
     kept = {c.encoding: n for n in available if (c := get_condition(n)).resampling == pick.name and c.encoding}
-    if found.name != NONE and kept:  # re-encoded at the resampled size: among the re-encodings kept with it
-        within = _encoding(files, [NONE, *kept])
-        if within.name != NONE:
-            found, name = within, kept[within.name]
-            detail = f"{detail}; {found.detail}: matched as {name}"
+    # re-encoded at the resampled size: among the re-encodings kept with it (the files read once); only when
+    # none is kept for theirs are they read again, for what they are
+    found = _encoding(files, [NONE, *kept]) if kept else None
+    if found is not None and found.name != NONE:
+        name = kept[found.name]
+        detail = f"{detail}; {found.detail}: matched as {name}"
+    elif found is None or found.warning or found.withhold:
+        found = _encoding(files, available)
     if name not in available:
         warnings.append(f"the references keep no records under {name}: the images, brought back to {generated}, are "
                         f"matched as generated, which they are not (`forensics registry records` adds {name})")
