@@ -289,7 +289,9 @@ def main() -> int:
                                      "warning": cond.warning,
                                      "size": size, "batch": b, "operating_point": point, "verdict": answer.verdict,
                                      "family": answer.family, "outcome": outcome, "left_out_verdict": left.verdict,
-                                     "left_out_family": left.family, "left_out_outcome": _outcome(left, gen, families)})
+                                     "left_out_family": left.family, "left_out_outcome": _outcome(left, gen, families),
+                                     "reason": answer.reason, "ranked": [c.generator for c in answer.candidates[:3]],
+                                     "left_out_reason": left.reason})
                         print(f"{gen:16s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b} {point:8s}: "
                               f"{_shown(answer):10s} ({outcome}); left out: {_shown(left)}"
                               f"   [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
