@@ -181,6 +181,7 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
     """Check every file of the registry (schema, digests, NaN/inf, duplicate names, curve lengths, each
     per-image records file against the digest its generator file records); the problems are returned
     (``result.ok``), not raised."""
+    from forensics.conditions import records_hint
     from forensics.registry import Registry
 
     reg = Registry.open(registry, strict=False)
@@ -198,10 +199,9 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
                 lacking = [f"{g}/{i}" for (g, i), cs in kept.items() if condition not in cs]
                 if lacking:  # a condition only some instances keep is never matched under
                     warnings.append(f"{name}: records under {condition} are kept by {len(refs) - len(lacking)} of "
-                                    f"{len(refs)} instances, so no query is matched under {condition}; `forensics "
-                                    f"registry records NAME IMAGES --conditions {condition}` adds them for "
+                                    f"{len(refs)} instances, so no query is matched under {condition}; lacking: "
                                     + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5
-                                                                else ""))
+                                                                else "") + f" ({records_hint(condition)})")
             sizes = {tuple(r.provenance.get("image_size") or ()) for r in refs}
             if len(sizes) > 1:  # images of another size are then matched as they are, not brought back
                 unsized = [f"{r.generator}/{r.instance}" for r in refs if not r.provenance.get("image_size")]
@@ -538,6 +538,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     ``operating_point``: which calibrated thresholds decide "unknown" (``balanced``, ``named`` or
     ``cautious``: :data:`forensics.match.calibration.OPERATING_POINTS`).
     """
+    from forensics.conditions import records_hint
     from forensics.match.calibration import check_operating_point
 
     check_operating_point(operating_point)
@@ -563,7 +564,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
                                                                "images are matched as generated",
                        warning=f"the references keep no records under {cond.name} for every instance: matched as "
-                               "generated, which these images are not (`forensics registry records` adds them)")
+                               f"generated, which these images are not ({records_hint(cond.name)})")
     if cond.resample_to is not None:
         with _Step(progress, f"bringing the images back to {cond.resample_to[1]}×{cond.resample_to[0]}"):
             data = _as_matched(cond, data)
@@ -733,11 +734,7 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     targets = [r for r in reg.enrolled(pname) if r.generator == generator]
     if not targets:
         raise UsageError(f"no generator {generator!r} is enrolled under {pname}")
-    for part in proto.parts:  # before any work: records go beside the generator file that names them
-        layer = reg.layer_of(part.name, generator)
-        if layer is not None and layer != reg.path:
-            raise UsageError(f"{generator} under {part.name} is in the read-only registry at {layer}; pass "
-                             f"--registry {layer} to add records there")
+    _check_records_writable(reg, pname, generator)  # before any work
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
     mine = [r for r in targets if r.provenance.get("input_sha256") == record.sha256]
     if not mine:
@@ -750,10 +747,31 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir)
+    size = list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None
+    return _keep_records(reg, pname, generator, mine, fps, records, size)
+
+
+def _check_records_writable(reg: Registry, protocol: str, generator: str) -> None:
+    """Refuse, in one line, records for a generator whose file a read-only layer holds: records go beside
+    the generator file that names them."""
+    for part in reg.protocol(protocol).parts:
+        layer = reg.layer_of(part.name, generator)
+        if layer is not None and layer != reg.path:
+            raise UsageError(f"{generator} under {part.name} is in the read-only registry at {layer}; pass "
+                             f"--registry {layer} to add records there")
+
+
+def _keep_records(reg: Registry, protocol: str, generator: str, instances: Sequence[EnrolledCurve],
+                  fps: Sequence[Any], records: Sequence[Mapping[str, Any]] | None,
+                  image_size: Sequence[int] | None) -> dict[str, list[str]]:
+    """Keep the per-image records computed from the images ``instances`` were enrolled from (``fps`` and
+    ``records``: :func:`forensics.engine.batch_records` of those images, one per batch), after checking that
+    each instance's batch gives back its enrolled curve (to 1e-9), else nothing is written. Returns
+    {instance id: the conditions it now keeps records under}."""
     if records is None:
-        raise UsageError(f"the statistic of {pname} keeps no per-image records")
+        raise UsageError(f"the statistic of {protocol} keeps no per-image records")
     plan = []
-    for ref in mine:
+    for ref in instances:
         j = int(ref.provenance.get("batch", 0) or 0)
         if j >= len(fps):
             raise UsageError(f"{generator}/{ref.instance} is batch {j} of its input, which holds {len(fps)} batches")
@@ -763,8 +781,7 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
             raise UsageError(f"these images do not give back {generator}/{ref.instance}'s enrolled curve here (off by "
                              f"up to {worst:.3g}): another encoder build or weights? Re-enrol it instead")
         plan.append((ref.instance, records[j]))
-    size = list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None
-    return {iid: reg.add_records(pname, generator, iid, recs, image_size=size) for iid, recs in plan}
+    return {iid: reg.add_records(protocol, generator, iid, recs, image_size=image_size) for iid, recs in plan}
 
 
 def remove(generator: str, *, instance: str | None = None, protocol: str | None = None,
@@ -1261,15 +1278,20 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
                samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
                progress: Progress | None = None,
                on_enrolled: Callable[[dict[str, Any]], None] | None = None, engine: str = "local",
-               ray_address: str | None = None) -> ZooEnrolment:
-    """Enrol the zoo's sample sets (default: the reference runs) under a protocol, skipping those already
-    there; under a combination, under each protocol it combines. ``on_enrolled`` hears of each set as it
-    is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
-    from forensics.engine import engine_class, one_encoder_weights
+               ray_address: str | None = None, conditions: str | Sequence[str] | None = "all") -> ZooEnrolment:
+    """Enrol the zoo's sample sets (default: the reference runs) under a protocol, each instance keeping
+    per-image records under ``conditions`` as :func:`enroll` does; under a combination, under each protocol
+    it combines. A set enrolled already is given the records it lacks under ``conditions`` (checked, as
+    :func:`add_records` checks them, to give back its enrolled curve), else skipped: so ``--conditions
+    jpeg60`` keeps a new condition for every enrolled zoo instance in one command. ``on_enrolled`` hears of
+    each set as it is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
+    from forensics.conditions import parse_conditions
+    from forensics.engine import batch_records, engine_class, one_encoder_weights
     from forensics.io.images import load_images
     from forensics.zoo.catalog import FAMILIES, select
 
     _check_weights(weights)
+    wanted = parse_conditions(conditions)
     reg = open_registry(registry)
     chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None,
                     list(instances) if instances else None)
@@ -1280,40 +1302,57 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
         build = engine_class(engine, ray_address)
     parts = reg.protocol(pname).parts
     done: list[dict[str, Any]] = []
+    recorded: list[dict[str, Any]] = []
     skipped = 0
     for proto in parts:  # a combination reads its protocols' instances: enrol under each
-        enrolled = _enrolled_inputs(reg, proto.name)
+        enrolled = {g: [r for r in reg.enrolled(proto.name) if r.generator == g] for g in {z.generator for z in chosen}}
         todo = []
         for z in chosen:
             if not z.path.is_file():
                 raise _missing(z.path)
             images, digest = load_images(z.path)
-            if digest in enrolled.get(z.generator, set()):
+            mine = [r for r in enrolled[z.generator] if r.provenance.get("input_sha256") == digest]
+            lacking = sorted({c for r in mine for c in wanted
+                              if c not in reg.instance_record_conditions(proto.name, z.generator, r.instance)})
+            if mine and not lacking:
+                skipped += 1
                 continue
-            if len(images) < proto.batch_size:
+            if mine:
+                _check_records_writable(reg, proto.name, z.generator)  # before any embedding
+            elif len(images) < proto.batch_size:
                 raise UsageError(f"{z.path} holds {len(images)} images; protocol {proto.name} needs batches of "
                                  f"{proto.batch_size}")
-            todo.append((z, images, digest))
-        skipped += len(chosen) - len(todo)
+            todo.append((z, images, digest, mine, lacking))
         if not todo:
             continue
         runner = build(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
                        progress=_engine_progress(progress))
         _prepare(runner, progress)
-        for z, images, digest in todo:
-            _embedding_begins(proto, progress, f"{z.generator}/{z.instance}", len(images))
-            fps = [c.fingerprint for c in runner.curves(images, what=f"{z.generator}/{z.instance}", partial=False)]
+        if not runner.keeps_records:  # no records to add: the sets enrolled already are done
+            skipped += sum(1 for item in todo if item[3])
+            todo = [item for item in todo if not item[3]]
+        for z, images, digest, mine, lacking in todo:
+            what = f"{z.generator}/{z.instance}"
+            _embedding_begins(proto, progress, what, len(images))
+            size = [int(images.shape[1]), int(images.shape[2])]
+            if mine:  # none too: its curve must be the enrolled one
+                fps, records = batch_records(runner, images, lacking, what)
+                kept = _keep_records(reg, proto.name, z.generator, mine, fps, records, size)
+                recorded.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance,
+                                 "ids": sorted(kept), "conditions": lacking})
+                continue
+            fps, records = batch_records(runner, images, wanted, what)
             command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
                        "--instance", z.instance]
             provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
-                          "image_size": [int(images.shape[1]), int(images.shape[2])],
-                          "command": " ".join(shlex.quote(a) for a in command),
+                          "image_size": size, "command": " ".join(shlex.quote(a) for a in command),
                           "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
-            ids = reg.enroll(proto.name, z.generator, fps, provenance, family=FAMILIES.get(z.generator))
+            ids = reg.enroll(proto.name, z.generator, fps, provenance, records=records,
+                             family=FAMILIES.get(z.generator))
             done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
             if on_enrolled is not None:
                 on_enrolled(done[-1])
-    return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped)
+    return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded))
 
 
 def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,

@@ -456,6 +456,12 @@ class Detected:
         return out
 
 
+def records_hint(condition: str) -> str:
+    """How to keep records under ``condition`` for the enrolled instances, for a warning that it is missing."""
+    return (f"`forensics registry records NAME IMAGES --conditions {condition}` keeps records under it for the "
+            f"instances enrolled from IMAGES, `forensics zoo enroll --conditions {condition}` for the zoo's")
+
+
 def nearest_jpeg(quality: int, available: Sequence[str]) -> str | None:
     """The available JPEG condition nearest in quality (the higher on a tie), None if there is none."""
     found = {n: get_condition(n).jpeg_quality for n in _plain(available)}
@@ -520,12 +526,11 @@ def geometry(files: Sequence[str | Path] | None, size: tuple[int, int], native: 
         found = _encoding(files, available)
     if name not in available:
         warnings.append(f"the references keep no records under {name}: the images, brought back to {generated}, are "
-                        f"matched as generated, which they are not (`forensics registry records` adds {name})")
+                        f"matched as generated, which they are not ({records_hint(name)})")
         name = NONE
     if found.name != NONE and name in (pick.name, NONE):
         warnings.append(f"the files were also re-encoded ({found.detail}); the references keep no records under "
-                        f"{pick.name}+{found.name}: matched as {name} alone (`forensics registry records --conditions "
-                        f"{pick.name}+{found.name}` adds them)")
+                        f"{pick.name}+{found.name}: matched as {name} alone ({records_hint(f'{pick.name}+{found.name}')})")
     warnings += [found.warning] if found.warning else []
     return Detected(name, "files", detail, "; ".join(warnings) or None, resample_to=native,
                     withhold=found.withhold if name in (pick.name, NONE) else None)
@@ -588,17 +593,14 @@ def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> D
         return Detected(NONE, "files", f"{jpegs} of {len(files)} files are JPEG (quality {quality}) but the "
                                        f"references keep no JPEG condition; matched as generated{mixed}",
                         f"the images are JPEG (quality {quality}) but the references keep no JPEG condition: "
-                        "matched as generated, which re-encoded images are not (`forensics registry records` adds "
-                        "JPEG records to the enrolled instances)")
+                        f"matched as generated, which re-encoded images are not ({records_hint(f'jpeg{quality}')})")
     warnings = []
     near = get_condition(name).jpeg_quality
     if abs(near - quality) > JPEG_TOLERANCE:
         kept = sorted(q for n in _plain(available) if (q := get_condition(n).jpeg_quality) is not None)
-        known = nearest_jpeg(quality, list(CONDITIONS))
-        hint = (f"; `forensics registry records` adds records under {known} to the enrolled instances"
-                if known not in available and abs(get_condition(known).jpeg_quality - quality) <= JPEG_TOLERANCE else "")
         warnings.append(f"JPEG quality {quality} lies more than {JPEG_TOLERANCE} from every quality the references "
-                        f"keep ({', '.join(map(str, kept))}): matched as {name}, which it is not{hint}")
+                        f"keep ({', '.join(map(str, kept))}): matched as {name}, which it is not; "
+                        + records_hint(f"jpeg{quality}"))
     elif (step := step_ratio(quality, near)) > JPEG_STEP_TOLERANCE:
         how = "coarsely" if quality < near else "finely"
         warnings.append(f"JPEG quality {quality} quantises {math.exp(step):.2g}× as {how} as {near}, the nearest "

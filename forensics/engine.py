@@ -655,21 +655,30 @@ def fingerprints_and_records(images: np.ndarray, protocol: Protocol | Combinatio
     batch its per-image records under each post-processing condition (:mod:`forensics.conditions`; the
     images put through it, embedded and kept by the statistic), or None when the statistic keeps no
     records. The fingerprints are the curves of the ``none`` records: the same as :meth:`Engine.curves`."""
-    from forensics.conditions import NONE, get_condition
+    from forensics.conditions import get_condition
 
-    m = protocol.batch_size
-    if len(images) < m:
-        raise UsageError(f"enrolling needs at least one full batch of {m} images; got {len(images)}")
-    conditions = [NONE] + [c for c in dict.fromkeys(conditions) if c != NONE]
+    if len(images) < protocol.batch_size:
+        raise UsageError(f"enrolling needs at least one full batch of {protocol.batch_size} images; got {len(images)}")
     for c in conditions:
         get_condition(c)
     eng = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress,
                       engine=engine, ray_address=ray_address)
+    return batch_records(eng, images, conditions)
+
+
+def batch_records(eng: Any, images: np.ndarray, conditions: Sequence[str] = ("none",), what: str = "images"
+                  ) -> tuple[list[Fingerprint], list[dict[str, list[np.ndarray]]] | None]:
+    """:func:`fingerprints_and_records` computed by an engine already started (``eng``: one serves many
+    sets); ``what`` names the images in its progress."""
+    from forensics.conditions import NONE, get_condition
+
+    m = eng.protocol.batch_size
+    conditions = [NONE] + [c for c in dict.fromkeys(conditions) if c != NONE]
     full = len(images) - len(images) % m
     if not eng.keeps_records:
-        return [c.fingerprint for c in eng.curves(images, partial=False)], None
-    kept = {c: eng.records(get_condition(c).apply(images[:full]),
-                           "images" if c == NONE else f"images ({c})") for c in conditions}
+        return [c.fingerprint for c in eng.curves(images, what=what, partial=False)], None
+    kept = {c: eng.records(get_condition(c).apply(images[:full]), what if c == NONE else f"{what} ({c})")
+            for c in conditions}
     batches = [np.arange(s, s + m) for s in range(0, full, m)]
     fps = [curve.fingerprint for curve in eng.curves_from_records(kept[NONE], batches)]
     return fps, [{c: [r[rows] for r in kept[c]] for c in conditions} for rows in batches]

@@ -765,17 +765,20 @@ class ZooListing:
 
 @dataclass(frozen=True)
 class ZooEnrolment:
-    """``forensics.zoo_enroll``: the zoo sets enrolled (protocol, generator, instance, ids) and how many
-    were already there."""
+    """``forensics.zoo_enroll``: the zoo sets enrolled (protocol, generator, instance, ids), those enrolled
+    before that were given records under conditions they lacked (the same, and ``conditions``), and how
+    many were there already with every condition asked for."""
 
     protocol: str
     parts: tuple[str, ...]
     enrolled: tuple[Mapping[str, Any], ...]
     skipped: int
+    recorded: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": ZOO_ENROLL_SCHEMA, "protocol": self.protocol,
-                "enrolled": [dict(d) for d in self.enrolled], "skipped": self.skipped}
+                "enrolled": [dict(d) for d in self.enrolled], "recorded": [dict(d) for d in self.recorded],
+                "skipped": self.skipped}
 
 
 @dataclass(frozen=True)

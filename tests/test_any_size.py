@@ -257,11 +257,14 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path):
     assert q83.name == "jpeg85" and q83.warning is None
     low = detect([tmp_path / "q40.jpg"], kept)  # below every kept quality: the nearest, but not what it is
     assert low.name == "jpeg70" and "quality 40 lies more than 2 from every quality the references keep (70, 75, " \
-        "80, 85, 90, 95, 98)" in low.warning and "registry records" not in low.warning  # no condition is near 40
+        "80, 85, 90, 95, 98)" in low.warning
+    # any quality is a condition: the commands that keep records under the files' own
+    assert "`forensics registry records NAME IMAGES --conditions jpeg40` keeps records under it" in low.warning
+    assert "`forensics zoo enroll --conditions jpeg40` for the zoo's" in low.warning
     # a registry that keeps fewer qualities (enrolled with --conditions): the nearest, with the way to keep the one
     older = detect([tmp_path / "q75.jpg"], ["none", "jpeg95", "jpeg90", "jpeg80", "jpeg70"])
     assert older.name == "jpeg80" and "quality 75 lies more than 2" in older.warning
-    assert "`forensics registry records` adds records under jpeg75 to the enrolled instances" in older.warning
+    assert "`forensics registry records NAME IMAGES --conditions jpeg75` keeps records" in older.warning
     assert "quality 83 lies more than 2" in detect([tmp_path / "q83.jpg"], ["none", "jpeg95"]).warning
     assert detect([tmp_path / "a.png"], kept).name == "none" and detect([tmp_path / "a.png"], kept).warning is None
     assert detect(None, kept).source == "default"
@@ -365,7 +368,7 @@ def test_a_resampling_is_read_from_the_images_size():
     # the condition not kept: brought back all the same, matched as generated, and the command that adds it
     unkept = detect(None, ["none", "jpeg90"], sizes=[(56, 56)], native=native)
     assert unkept.name == "none" and unkept.resample_to == native
-    assert "`forensics registry records` adds resize2" in unkept.warning
+    assert "`forensics registry records NAME IMAGES --conditions resize2` keeps records" in unkept.warning
     # the generators' own size, no size known, or sizes that say nothing: as the encoding says
     for sizes, gen in (([native], native), ([(56, 56)], None), ([], native)):
         plain = detect(None, kept, sizes=sizes, native=gen)
@@ -442,7 +445,7 @@ def test_resized_jpeg_files_are_matched_under_the_combination_their_size_and_tab
     # the combination not kept: the resampling alone, and the command that adds the combination
     alone = detect(files[90], [n for n in CONDITIONS if "+" not in n], sizes=[(56, 56)], native=native)
     assert alone.name == "resize2" and "also re-encoded (JPEG quality 90" in alone.warning
-    assert "`forensics registry records --conditions resize2+jpeg90` adds them" in alone.warning
+    assert "`forensics zoo enroll --conditions resize2+jpeg90` for the zoo's" in alone.warning
     # lossy WebP where only JPEG is kept with the resampling: the resampling alone, said, not withheld
     Image.fromarray(x[0]).save(tmp_path / "a.webp", quality=80)
     jpeg_only = [n for n in CONDITIONS if not n.endswith("+webp80")]
@@ -651,7 +654,7 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
     assert cond["resampled_to"] == [h, w] and cond["source"] == "files"
     assert f"the images are {2 * w}×{2 * h}, the generators write {w}×{h}" in cond["detail"]
     # the fixture keeps no resize2 records: brought back, matched as generated, and said so
-    assert cond["name"] == "none" and any("adds resize2" in w for w in doc["warnings"])
+    assert cond["name"] == "none" and any("--conditions resize2` keeps records" in w for w in doc["warnings"])
     # brought back, they are the resize2 round trip of the generator's images, to the last bit
     np.savez(tmp_path / "round.npz", images=get_condition("resize2").apply(images))
     r = run(["attribute", str(tmp_path / "round.npz"), "--registry", str(reg), "--json"])
@@ -776,7 +779,8 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     assert Registry.open(copy).record_conditions("d") == ["jpeg90", "none"]  # crop90: only rotate's
     checked = api.validate_registry(copy)  # which is no problem, but said, with the instances that lack it
     assert checked.ok and any(w.startswith("d: records under crop90 are kept by 2 of 6 instances") and
-                              "--conditions crop90` adds them for " in w for w in checked.warnings)
+                              "lacking: " in w and "--conditions crop90` keeps records" in w
+                              for w in checked.warnings)
     assert not any("records under jpeg90" in w for w in checked.warnings)
     # the conditions it kept already are left as they are, not written again (recomputed elsewhere, with
     # other threads, they can differ in the last bits from what the generator file's digests vouch for)
@@ -807,6 +811,61 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     assert [r.provenance["image_size"] for r in Registry.open(copy).enrolled("d") if r.generator == "rotate"] == [
         [8, 8], [8, 8]]
     assert {p: p.read_bytes() for p in folder.rglob("*.npy")} == after
+
+
+@pytest.mark.slow
+def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set_lacks(digits, plugin_host,
+                                                                                       tmp_path):
+    import shutil
+
+    from forensics import api
+    from forensics.engine import make_engine
+    from forensics.schemas import validate
+
+    reg, data = digits
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    Registry.open(copy).remove("d", "noise")
+    samples = tmp_path / "samples"
+    entries = []
+    for g in ("rotate", "noise"):  # as a zoo: one sample set per generator, listed in a manifest
+        (samples / g).mkdir(parents=True)
+        shutil.copy(data / f"{g}.npz", samples / g / "run0.npz")
+        entries.append({"generator": g, "instance": "run0", "file": f"{g}/run0.npz", "sha256": "0" * 64, "seed": 0})
+    (samples / "MANIFEST.json").write_text(json.dumps({"instances": entries}))
+    folder = copy / "d" / "records" / "rotate"
+    before = {p: p.read_bytes() for p in folder.rglob("*.npy")}
+    result = api.zoo_enroll(registry=copy, samples=samples, conditions="none,crop90")
+    # noise, not enrolled: enrolled (two batches of m: two instances) with records under none and crop90
+    assert [(d["generator"], len(d["ids"])) for d in result.enrolled] == [("noise", 2)]
+    # rotate, enrolled with none and jpeg90: given crop90 alone, its other records left as they were
+    assert [(d["generator"], d["conditions"], len(d["ids"])) for d in result.recorded] == [("rotate", ["crop90"], 2)]
+    assert all(p.read_bytes() == b for p, b in before.items())
+    registry = Registry.open(copy)
+    refs = [r for r in registry.enrolled("d") if r.generator in ("rotate", "noise")]
+    kept = {(r.generator, r.instance): registry.instance_record_conditions("d", r.generator, r.instance) for r in refs}
+    assert len(kept) == 4 and all(v == (["crop90", "jpeg90", "none"] if g == "rotate" else ["crop90", "none"])
+                                  for (g, _), v in kept.items())
+    # what is kept is the images' records under the condition, batch by batch
+    engine = make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
+    records, problems = registry.records("d", refs, "crop90")
+    assert not problems
+    for g in ("rotate", "noise"):
+        images = get_condition("crop90").apply(np.load(data / f"{g}.npz")["images"][:2 * M])
+        direct = engine.records(images)
+        for ref in (r for r in refs if r.generator == g):
+            j = ref.provenance["batch"]
+            for kept, layer in zip(records[ref.instance], direct):
+                np.testing.assert_array_equal(kept, layer[j * M:(j + 1) * M].astype(np.float32))
+    # again, through the CLI: nothing lacks, nothing is embedded or written
+    stamp = {p: p.stat().st_mtime_ns for p in (copy / "d").rglob("*") if p.is_file()}
+    r = run(["zoo", "enroll", "--samples", str(samples), "--registry", str(copy), "--conditions", "none,crop90",
+             "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    validate(doc)
+    assert doc["enrolled"] == [] and doc["recorded"] == [] and doc["skipped"] == 2
+    assert {p: p.stat().st_mtime_ns for p in (copy / "d").rglob("*") if p.is_file()} == stamp
 
 
 @pytest.mark.slow

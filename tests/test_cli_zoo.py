@@ -64,7 +64,7 @@ def test_enroll_reproduces_the_shipped_curve_and_is_idempotent(registry_copy):
     Registry.open(registry_copy).remove(PROTOCOL, "gmm")
     samples = samples_dir()
     doc = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
-                         "--json").output)
+                         "--conditions", "none", "--json").output)
     # under the default combination: enrolled where it is missing (mnist-effnet-lite0), skipped where it
     # is there (mnist-vit)
     assert doc["protocol"] == DEFAULT and doc["skipped"] == 1
@@ -75,7 +75,7 @@ def test_enroll_reproduces_the_shipped_curve_and_is_idempotent(registry_copy):
     assert inst.provenance["command"].startswith("forensics zoo enroll --protocol mnist-effnet-lite0")
     assert [i.id for i in reg.generator_entries(DEFAULT)["gmm"].instances] == [inst.id]
     again = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
-                           "--json").output)
+                           "--conditions", "none", "--json").output)
     assert again["enrolled"] == [] and again["skipped"] == 2
 
 

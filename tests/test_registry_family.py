@@ -291,6 +291,8 @@ def test_the_zoo_enrols_the_diffusion_samplers_as_one_family(tmp_path, toy_proto
     (samples / "MANIFEST.json").write_text(json.dumps({"instances": entries}))
 
     class FakeEngine:
+        keeps_records = False
+
         def __init__(self, protocol, **_):
             self.protocol = protocol
 

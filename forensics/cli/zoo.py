@@ -11,7 +11,7 @@ from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, handle_errors, out, print_json,
 )
 from forensics.cli.common import progress_bar
-from forensics.cli.common import OPT_ENGINE, OPT_OPERATING_POINT, OPT_RAY_ADDRESS
+from forensics.cli.common import OPT_CONDITIONS, OPT_ENGINE, OPT_OPERATING_POINT, OPT_RAY_ADDRESS
 from forensics.errors import UsageError
 
 app = typer.Typer(name="zoo", no_args_is_help=True,
@@ -80,10 +80,13 @@ def enroll(
     json_out: bool = OPT_JSON,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
+    conditions: str = OPT_CONDITIONS,
 ):
-    """Enrol the zoo's sample sets in a protocol; sets already enrolled there are skipped.
+    """Enrol the zoo's sample sets in a protocol, each with per-image records under --conditions.
 
-    One encoder serves every set, so enrolling the 27 reference instances costs one start-up. Under a
+    A set enrolled there already is given the records it lacks under --conditions (checked to give back
+    its enrolled curve), else skipped: `--conditions jpeg60` keeps a new condition for every enrolled zoo
+    instance. One encoder serves every set, so the 27 reference instances cost one start-up. Under a
     combination, the sets are enrolled under each protocol it combines.
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
@@ -98,13 +101,15 @@ def enroll(
     with progress:
         result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
                             samples=samples, device=device, weights=weights, on_enrolled=tell, progress=update,
-                            engine=engine, ray_address=ray_address)
+                            engine=engine, ray_address=ray_address, conditions=conditions)
     if json_out:
         print_json(result.to_dict())
     else:
         where = result.protocol if len(result.parts) == 1 else f"{result.protocol} ({', '.join(result.parts)})"
-        out.print(f"{len(result.enrolled)} zoo set(s) enrolled under {where}; {result.skipped} already there",
-                  markup=False)
+        added = sorted({c for d in result.recorded for c in d["conditions"]})
+        out.print(f"{len(result.enrolled)} zoo set(s) enrolled under {where}"
+                  + (f"; {len(result.recorded)} given records under {', '.join(added)}" if added else "")
+                  + f"; {result.skipped} already there", markup=False)
 
 
 @app.command()
