@@ -734,7 +734,6 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     targets = [r for r in reg.enrolled(pname) if r.generator == generator]
     if not targets:
         raise UsageError(f"no generator {generator!r} is enrolled under {pname}")
-    _check_records_writable(reg, pname, generator)  # before any work
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
     mine = [r for r in targets if r.provenance.get("input_sha256") == record.sha256]
     if not mine:
@@ -749,16 +748,6 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
                                                     reference_dir=reg.reference_dir)
     size = list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None
     return _keep_records(reg, pname, generator, mine, fps, records, size)
-
-
-def _check_records_writable(reg: Registry, protocol: str, generator: str) -> None:
-    """Refuse, in one line, records for a generator whose file a read-only layer holds: records go beside
-    the generator file that names them."""
-    for part in reg.protocol(protocol).parts:
-        layer = reg.layer_of(part.name, generator)
-        if layer is not None and layer != reg.path:
-            raise UsageError(f"{generator} under {part.name} is in the read-only registry at {layer}; pass "
-                             f"--registry {layer} to add records there")
 
 
 def _keep_records(reg: Registry, protocol: str, generator: str, instances: Sequence[EnrolledCurve],
@@ -1317,9 +1306,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             if mine and not lacking:
                 skipped += 1
                 continue
-            if mine:
-                _check_records_writable(reg, proto.name, z.generator)  # before any embedding
-            elif len(images) < proto.batch_size:
+            if not mine and len(images) < proto.batch_size:
                 raise UsageError(f"{z.path} holds {len(images)} images; protocol {proto.name} needs batches of "
                                  f"{proto.batch_size}")
             todo.append((z, images, digest, mine, lacking))

@@ -866,6 +866,22 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
     validate(doc)
     assert doc["enrolled"] == [] and doc["recorded"] == [] and doc["skipped"] == 2
     assert {p: p.stat().st_mtime_ns for p in (copy / "d").rglob("*") if p.is_file()} == stamp
+    # over a read-only layer (the bundled registry of an installed package): the generator files are copied
+    # into the written one with the new records, as enrolment copies them; the layer below is not touched
+    user = tmp_path / "user"
+    layered = Registry.open(user, create=True, below=[copy])
+    result = api.zoo_enroll(registry=layered, samples=samples, conditions="resize2")
+    assert sorted(d["generator"] for d in result.recorded) == ["noise", "rotate"] and not result.enrolled
+    assert {p: p.stat().st_mtime_ns for p in (copy / "d").rglob("*") if p.is_file()} == stamp
+    assert sorted(p.name for p in (user / "d" / "generators").iterdir()) == ["noise.yaml", "rotate.yaml"]
+    assert len(list((user / "d" / "records").rglob("*.npy"))) == 4  # resize2 alone: the rest stays below
+    layered = Registry.open(user, below=[copy])
+    assert all(layered.instance_record_conditions("d", r.generator, r.instance) == (
+        ["crop90", "jpeg90", "none", "resize2"] if r.generator == "rotate" else ["crop90", "none", "resize2"])
+        for r in refs)
+    for condition in ("resize2", "crop90", "none"):  # read where each lies, against the copied digests
+        found, problems = layered.records("d", refs, condition)
+        assert not problems and set(found) == {r.instance for r in refs}
 
 
 @pytest.mark.slow

@@ -600,7 +600,9 @@ class Registry:
         reproduce the enrolled curve exactly). A condition the instance keeps already is left as it is (its
         file and digest untouched). ``image_size`` ([height, width] of those images) is recorded in the
         instance's provenance where it records none. Files first, then the generator files naming them, all
-        or nothing. Returns the conditions now kept."""
+        or nothing. A generator file only a read-only layer holds (the bundled registry) is copied into the
+        written layer with the new records, as :meth:`enroll` copies it with new instances; the records it
+        kept already stay where they are. Returns the conditions now kept."""
         proto = self.protocol(protocol_name)
         for c, layers in records.items():
             check_name("condition", c)
@@ -611,12 +613,9 @@ class Registry:
             changes = []
             for part, a, b in part_spans(proto):
                 gfile = self._generator_file(part.name, generator)
-                entry = self._read_entry(part, gfile)
+                below = None if gfile.is_file() else self._entry_below(part, generator)
+                entry = self._read_entry(part, gfile) or (below[1] if below else None)
                 if entry is None:
-                    below = self._entry_below(part, generator)
-                    if below is not None:
-                        raise UsageError(f"{generator} under {part.name} is in the read-only registry at {below[0]}; "
-                                         f"pass --registry {below[0]} to add records there")
                     raise UsageError(f"no generator {generator!r} under protocol {part.name!r}")
                 inst = next((i for i in entry.instances if i.id == instance), None)
                 if inst is None:
@@ -632,7 +631,9 @@ class Registry:
                 if sized:
                     inst.provenance["image_size"] = [int(n) for n in image_size]
                 changes.append((gfile, entry.to_dict()))
-            self._write_all(changes)
+            if changes:
+                self._copy_up([part.name for part in proto.parts])  # the protocols they are read against
+                self._write_all(changes)
         self.reload()
         return sorted(self._instance(proto.parts[0].name, generator, instance).records)
 
