@@ -200,11 +200,10 @@ def get_condition(name: str) -> Condition:
 
 def applicable() -> list[str]:
     """Every condition a reference side can be put through when the query's condition is read from its files
-    (``memorization``): :data:`CONDITIONS`, and JPEG at every quality, alone and after each resampling, so that
-    a JPEG's own quality is matched, not the nearest kept one (WebP's quality is found among the kept ones:
-    each candidate costs a re-encoding of the files)."""
+    (``memorization``): :data:`CONDITIONS`, and JPEG and lossy WebP at every quality, alone and after each
+    resampling, so that the files' own quality is matched, not the nearest kept one."""
     resamplings = [n for n, c in _SINGLE.items() if c.resample is not None]
-    qualities = [f"jpeg{q}" for q in range(1, 101)]
+    qualities = [f"{codec}{q}" for codec in ("jpeg", "webp") for q in range(1, 101)]
     return list(dict.fromkeys([*CONDITIONS, *qualities, *(f"{r}+{q}" for r in resamplings for q in qualities)]))
 
 
@@ -390,16 +389,38 @@ def webp_requantised(path: str | Path, qualities: Sequence[int]) -> dict[int, in
 
 
 def nearest_webp(files: Sequence[str | Path], available: Sequence[str], sample: int = 16) -> tuple[str, float] | None:
-    """The kept WebP condition whose re-encoding keeps the files' quantiser index best (the median over up
-    to ``sample`` files of the index's change), with that median; None if none is kept or none can be read."""
+    """The kept WebP condition whose re-encoding keeps the files' quantiser index best (:func:`webp_quality`
+    over the kept qualities), with that median change; None if none is kept or none can be read."""
     kept = {get_condition(n).webp_quality: n for n in _plain(available) if get_condition(n).webp_quality is not None}
-    moved = [m for m in (webp_requantised(f, list(kept)) for f in list(files)[:sample]) if m]
-    scored = [(float(np.median([m[q] for m in moved if q in m])), -q, name) for q, name in kept.items()
-              if any(q in m for m in moved)]
-    if not scored:
+    found = webp_quality(files, [q for q in kept if q is not None], sample)
+    return None if found is None else (kept[found[0]], found[1])
+
+
+def webp_quality(files: Sequence[str | Path], qualities: Sequence[int] = range(1, 101),
+                 sample: int = 16) -> tuple[int, float] | None:
+    """(the quality of ``qualities`` whose re-encoding moves the files' quantiser index least — the median
+    change over up to ``sample`` files; the middle of the qualities that tie —, that median); None when no
+    file can be read. The index moves about one step per quality step near the files' own quality (on digits
+    written by PIL: 0 at it, 1–2 one away, 3–5 three away), so more than 20 qualities are searched coarse to
+    fine: every fifth, then the four on either side of the best."""
+    files = list(files)[:sample]
+    ordered = sorted(set(qualities))
+
+    def least(among: Sequence[int]) -> tuple[int, float] | None:
+        moved = [m for m in (webp_requantised(f, among) for f in files) if m]
+        scored = {q: float(np.median([m[q] for m in moved if q in m])) for q in among if any(q in m for m in moved)}
+        if not scored:
+            return None
+        best = min(scored.values())
+        ties = [q for q in sorted(scored) if scored[q] == best]
+        return ties[len(ties) // 2], best
+
+    if len(ordered) <= 20:
+        return least(ordered)
+    coarse = least(ordered[::5])
+    if coarse is None:
         return None
-    change, _, name = min(scored)
-    return name, change
+    return least([q for q in ordered if abs(q - coarse[0]) <= 4])
 
 
 WEBP_TOLERANCE = 1
@@ -561,8 +582,11 @@ def _webp(files: Sequence[str | Path], available: Sequence[str]) -> Detected:
     warnings = []
     if change > WEBP_TOLERANCE:
         kept = sorted(q for n in _plain(available) if (q := get_condition(n).webp_quality) is not None)
+        own = webp_quality(lossy)
+        about = (f"; they are about quality {own[0]} (moved by {own[1]:g} re-encoded at it): "
+                 + records_hint(f"webp{own[0]}") if own is not None and own[1] <= WEBP_TOLERANCE else "")
         warnings.append(f"the WebP files match no kept WebP quality ({', '.join(map(str, kept))}): their quantiser "
-                        f"moves by {change:g} re-encoded at {quality}, the nearest; matched as {name}, a guess")
+                        f"moves by {change:g} re-encoded at {quality}, the nearest; matched as {name}, a guess{about}")
     if len(lossy) < len(files):
         warnings.append(f"{len(files) - len(lossy)} of the {len(files)} files are not lossy WebP: all are matched as "
                         f"{name}; attribute each kind of file on its own")

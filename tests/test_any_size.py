@@ -423,6 +423,33 @@ def test_any_jpeg_or_webp_quality_is_a_condition_and_memorization_reads_the_file
     assert detect(sorted(up.iterdir()), applicable(), sizes=[(56, 56)], native=(28, 28)).name == "resize2+jpeg62"
 
 
+def test_a_lossy_webp_files_own_quality_is_found_by_re_encoding_at_every_quality(tmp_path):
+    from pathlib import Path
+
+    from forensics.conditions import WEBP_TOLERANCE, applicable, webp_quality
+
+    images = np.load(Path(__file__).resolve().parent.parent / "registry" / "mnist-effnet-lite0" / "samples" / "vae"
+                     / "heldout.npz")["images"][:16]
+    files = {q: sorted(_files(tmp_path / f"q{q}", [Image.fromarray(a) for a in images], "webp", quality=q).iterdir())
+             for q in (20, 42, 60, 83, 95)}
+    for q, written in files.items():  # within one quality of the one they were written at, searched coarse to fine
+        found, change = webp_quality(written)
+        assert abs(found - q) <= 1 and change <= WEBP_TOLERANCE, (q, found, change)
+    # against a registry's records: the nearest kept quality, a guess, and the commands that keep the files' own
+    kept = detect(files[60], list(CONDITIONS))
+    own = webp_quality(files[60])[0]
+    assert kept.name == "webp75" and f"they are about quality {own}" in kept.warning
+    assert f"`forensics zoo enroll --conditions webp{own}` for the zoo's" in kept.warning
+    # where T and P_n can be put through any (memorization): the files' own, no guess, and it is what the files hold
+    mem = detect(files[60], applicable())
+    assert (mem.name, mem.warning) == (f"webp{own}", None)
+    if own == 60:
+        assert np.array_equal(np.stack([np.asarray(Image.open(f).convert("L")) for f in files[60]]),
+                              get_condition("webp60").apply(images))
+    up = sorted(_files(tmp_path / "up60", _one_way(images, "resize2"), "webp", quality=60).iterdir())
+    assert detect(up, applicable(), sizes=[(56, 56)], native=(28, 28)).name == f"resize2+webp{webp_quality(up)[0]}"
+
+
 def _jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
