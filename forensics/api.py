@@ -1294,13 +1294,13 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     recorded: list[dict[str, Any]] = []
     skipped = 0
     for proto in parts:  # a combination reads its protocols' instances: enrol under each
-        enrolled = {g: [r for r in reg.enrolled(proto.name) if r.generator == g] for g in {z.generator for z in chosen}}
+        enrolled = reg.enrolled(proto.name)
         todo = []
         for z in chosen:
             if not z.path.is_file():
                 raise _missing(z.path)
             images, digest = load_images(z.path)
-            mine = [r for r in enrolled[z.generator] if r.provenance.get("input_sha256") == digest]
+            mine = [r for r in enrolled if r.generator == z.generator and r.provenance.get("input_sha256") == digest]
             lacking = sorted({c for r in mine for c in wanted
                               if c not in reg.instance_record_conditions(proto.name, z.generator, r.instance)})
             if mine and not lacking:

@@ -391,8 +391,8 @@ def webp_requantised(path: str | Path, qualities: Sequence[int]) -> dict[int, in
 def nearest_webp(files: Sequence[str | Path], available: Sequence[str], sample: int = 16) -> tuple[str, float] | None:
     """The kept WebP condition whose re-encoding keeps the files' quantiser index best (:func:`webp_quality`
     over the kept qualities), with that median change; None if none is kept or none can be read."""
-    kept = {get_condition(n).webp_quality: n for n in _plain(available) if get_condition(n).webp_quality is not None}
-    found = webp_quality(files, [q for q in kept if q is not None], sample)
+    kept = {q: n for n in _plain(available) if (q := get_condition(n).webp_quality) is not None}
+    found = webp_quality(files, list(kept), sample)
     return None if found is None else (kept[found[0]], found[1])
 
 
