@@ -909,6 +909,16 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
     for condition in ("resize2", "crop90", "none"):  # read where each lies, against the copied digests
         found, problems = layered.records("d", refs, condition)
         assert not problems and set(found) == {r.instance for r in refs}
+    assert not any("hides" in w for w in layered.warnings)
+    # a later release changes the file below (records recomputed): the copy hides it, and the registry says so
+    import yaml
+
+    below = copy / "d" / "generators" / "rotate.yaml"
+    doc = yaml.safe_load(below.read_text())
+    doc["instances"][0]["records"]["jpeg90"] = "sha256:" + "0" * 64
+    below.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (warned,) = [w for w in Registry.open(user, below=[copy]).warnings if "hides" in w]
+    assert "rotate.yaml" in warned and doc["instances"][0]["id"] in warned and "has changed since it was copied" in warned
 
 
 @pytest.mark.slow

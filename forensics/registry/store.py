@@ -294,8 +294,14 @@ class Registry:
                 self._join_problems = []
             else:
                 merged: dict[str, GeneratorEntry] = {}
+                held_at: dict[str, Path] = {}
                 for layer, at, _ in reversed(found[name]):  # a generator file of a nearer layer hides a farther one
-                    merged.update(self._load_generators(at, proto, problems, layer))
+                    loaded = self._load_generators(at, proto, problems, layer)
+                    for g, entry in loaded.items():
+                        if g in merged:
+                            self._check_copy(entry, merged[g], at / GENERATORS_DIR, held_at[g] / GENERATORS_DIR)
+                        held_at[g] = at
+                    merged.update(loaded)
                 # in the order of their files' names, as one folder lists them
                 self.generators[proto.name] = dict(sorted(merged.items(), key=lambda kv: kv[0] + ".yaml"))
             cal = next(((layer, at / CALIBRATION_FILE) for layer, at, _ in found[name]
@@ -400,6 +406,22 @@ class Registry:
                     self.family_problems.append(problem)
                 joined[g] = GeneratorEntry(g, description, combo.digest, instances, family)
         return joined
+
+    def _check_copy(self, copy: GeneratorEntry, below: GeneratorEntry, folder: Path, below_folder: Path) -> None:
+        """Warn when a generator file hides a farther layer's file of the same generator that holds what it
+        does not. A copy (made when an instance or records were added over the bundled registry) holds every
+        instance and records digest of the file below at the time; the file below holding more, or other
+        values, means it changed since (a new release) and the copy hides that."""
+        have = {i.id: i for i in copy.instances}
+        missing = [i.id for i in below.instances if i.id not in have]
+        changed = [i.id for i in below.instances if i.id in have and (
+            have[i.id].values != i.values or any(have[i.id].records.get(c) != d for c, d in i.records.items()))]
+        if missing or changed:
+            ids = ", ".join([*missing, *changed][:4]) + (" …" if len(missing) + len(changed) > 4 else "")
+            self.warnings.append(
+                f"{self._label(folder / f'{copy.name}.yaml')}: hides {self._label(below_folder / f'{copy.name}.yaml')}, "
+                f"which has changed since it was copied (instances {ids} missing or different here): the "
+                f"registry reads the copy; delete it and add again what it added (instances, records)")
 
     def _load_generators(self, folder: Path, proto: Protocol, problems: Problems,
                          root: Path | None = None) -> dict[str, GeneratorEntry]:
