@@ -1301,8 +1301,9 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
                 raise _missing(z.path)
             images, digest = load_images(z.path)
             mine = [r for r in enrolled if r.generator == z.generator and r.provenance.get("input_sha256") == digest]
-            lacking = sorted({c for r in mine for c in wanted
-                              if c not in reg.instance_record_conditions(proto.name, z.generator, r.instance)})
+            lacking = sorted({c for r in mine
+                              for c in set(wanted) - set(reg.instance_record_conditions(proto.name, z.generator,
+                                                                                         r.instance))})
             if mine and not lacking:
                 skipped += 1
                 continue
