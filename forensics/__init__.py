@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         attribute, calibrate, combine_protocols, create_protocol, curate, diff_registry, enroll, evaluate,
         import_paper, list_encoders, list_plugins, list_protocols, memorization, open_protocol, open_registry,
         remove, set_default_protocol, show_protocol, validate_registry, zoo_enroll, zoo_heldout, zoo_list,
-        zoo_quality, list_cache, clear_cache, invmm, add_records, generator_family,
+        zoo_quality, list_cache, clear_cache, invmm, add_records, generator_family, refresh,
     )
     from forensics.encode.encoder import Encoder
     from forensics.engine import Curve, LayerValue
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
         EnrolmentResult, EvaluationResult, HeldoutResult, ImageInput, MemorizationResult, PaperImport,
         PluginListing, ProtocolCreation, ProtocolDetail, ProtocolSummary, RegistryDiff, RegistryListing,
         RemovalResult, ValidationResult, Verdict, ZooEnrolment, ZooListing, ZooQuality, CacheItem, CacheListing,
-        CacheClearing, InvMMResult, FamilyResult,
+        CacheClearing, InvMMResult, FamilyResult, RefreshResult,
     )
     from forensics.stats.ct import CellResult, CTResult, FittedCT, ct_score
 
@@ -57,7 +57,7 @@ _LAZY: dict[str, str] = {
                      "calibrate", "create_protocol", "combine_protocols", "curate", "list_protocols",
                      "show_protocol", "validate_registry", "diff_registry", "import_paper", "set_default_protocol",
                      "list_plugins", "list_encoders", "zoo_list", "zoo_heldout", "zoo_enroll", "zoo_quality",
-                     "list_cache", "clear_cache", "invmm", "add_records", "generator_family"),
+                     "list_cache", "clear_cache", "invmm", "add_records", "generator_family", "refresh"),
                     "forensics.api"),
     # what they return
     **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",
@@ -65,7 +65,7 @@ _LAZY: dict[str, str] = {
                      "ProtocolCreation", "CombinationResult", "CurationResult", "RegistryListing",
                      "ProtocolSummary", "ProtocolDetail", "ValidationResult", "RegistryDiff", "PaperImport",
                      "PluginListing", "EncoderListing", "HeldoutResult", "ZooListing", "ZooEnrolment",
-                     "ZooQuality", "CacheItem", "CacheListing", "CacheClearing", "InvMMResult", "FamilyResult"),
+                     "ZooQuality", "CacheItem", "CacheListing", "CacheClearing", "InvMMResult", "FamilyResult", "RefreshResult"),
                     "forensics.results"),
     # the pieces they are made of
     **dict.fromkeys(("Curve", "LayerValue"), "forensics.engine"),

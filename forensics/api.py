@@ -30,8 +30,8 @@ from forensics.results import (
     AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EncoderListing,
     EnrolmentResult, EvaluationResult, HeldoutResult, HeldoutSet, ImageInput, InvMMResult, MatcherEvaluation,
     MemorizationResult, PaperImport, PluginListing, ProtocolCreation, ProtocolDetail, ProtocolEvaluation,
-    ProtocolSummary, RegistryDiff, RegistryListing, RemovalResult, ValidationResult, ZooEnrolment, ZooListing,
-    ZooQuality,
+    ProtocolSummary, RefreshResult, RegistryDiff, RegistryListing, RemovalResult, ValidationResult, ZooEnrolment,
+    ZooListing, ZooQuality,
 )
 
 if TYPE_CHECKING:
@@ -779,6 +779,16 @@ def remove(generator: str, *, instance: str | None = None, protocol: str | None 
     reg = open_registry(registry)
     pname = reg.resolve_protocol(protocol)
     return RemovalResult(pname, generator, tuple(reg.remove(pname, generator, instance)))
+
+
+def refresh(*, protocol: str | None = None, generator: str | None = None,
+            registry: RegistryLike = None) -> RefreshResult:
+    """Bring the written registry's copies of bundled generator files up to date with the files they hide,
+    keeping what each added (instances enrolled, records kept): after an upgrade changed the bundled
+    registry. ``protocol`` None: every protocol; ``generator`` None: every generator
+    (:meth:`forensics.registry.Registry.refresh`)."""
+    reg = open_registry(registry)
+    return RefreshResult(reg.path, tuple(reg.refresh(protocol, generator)))
 
 
 def generator_family(generator: str, family: str | None = None, *, clear: bool = False,

@@ -71,6 +71,7 @@ REGISTRY_FAMILY_SCHEMA = "forensics.registry-family/1"
 ENCODERS_SCHEMA = "forensics.encoder-list/1"
 ENROLMENT_SCHEMA = "forensics.enrolment/1"
 REMOVAL_SCHEMA = "forensics.removal/1"
+REFRESH_SCHEMA = "forensics.registry-refresh/1"
 CALIBRATION_SCHEMA = "forensics.calibration/1"
 PROTOCOL_CREATION_SCHEMA = "forensics.protocol-creation/1"
 PROTOCOL_COMBINATION_SCHEMA = "forensics.protocol-combination/1"
@@ -433,6 +434,24 @@ class RemovalResult:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": REMOVAL_SCHEMA, "protocol": self.protocol, "generator": self.generator,
                 "removed": list(self.removed)}
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """``forensics.refresh``: the user registry's copies of bundled generator files, each brought up to date
+    with the file it hides (:meth:`forensics.registry.Registry.refresh`): one row per copy looked at."""
+
+    registry: Path
+    copies: tuple[dict[str, Any], ...]
+
+    @property
+    def changed(self) -> list[dict[str, Any]]:
+        return [c for c in self.copies if c["action"] != "current"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": REFRESH_SCHEMA, "registry": str(self.registry),
+                "copies": [dict(c, **{k: list(c[k]) for k in ("from_below", "kept", "kept_records",
+                                                               "dropped_records")}) for c in self.copies]}
 
 
 @dataclass(frozen=True)

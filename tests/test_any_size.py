@@ -919,6 +919,12 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
     below.write_text(yaml.safe_dump(doc, sort_keys=False))
     (warned,) = [w for w in Registry.open(user, below=[copy]).warnings if "hides" in w]
     assert "rotate.yaml" in warned and doc["instances"][0]["id"] in warned and "has changed since it was copied" in warned
+    assert "`forensics registry refresh`" in warned
+    (row,) = api.refresh(registry=Registry.open(user, below=[copy]), generator="rotate").copies
+    ids = [i["id"] for i in doc["instances"]]
+    assert row["action"] == "updated" and row["from_below"] == ids[:1] and not row["kept"]
+    assert row["kept_records"] == [f"{i}/resize2" for i in ids] and row["dropped_records"] == [f"{ids[0]}/jpeg90"]
+    assert not any("hides" in w for w in Registry.open(user, below=[copy]).warnings)
 
 
 @pytest.mark.slow

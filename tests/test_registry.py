@@ -307,3 +307,97 @@ def test_oversized_files_are_refused_unread(filled, monkeypatch):
         f"reg/toy/generators/gan.yaml: {gan.stat().st_size:,} bytes is more than a registry file holds "
         f"({largest_other + 1:,} at most); is it the right file?"]
     assert MAX_FILE_BYTES >= 16 << 20  # a generator of thousands of curves stays well under the bound
+
+
+def test_refresh_rebases_copies_on_the_changed_file_below_and_keeps_what_they_added(tmp_path, toy_protocol,
+                                                                                      fingerprints, monkeypatch):
+    """A user registry's copy of a lower layer's generator file (made when records or instances were added
+    over it) hides that file; after a release changes it, ``refresh`` makes the copy the file below as it is
+    now plus what the copy added, and every record it names is read back."""
+    import numpy as np
+
+    proto = toy_protocol()
+    rng = np.random.default_rng(0)
+
+    def recs():
+        return {"jpeg60": [rng.random((10, 2)) for _ in proto.layers]}
+
+    below_path = tmp_path / "bundled"
+    below = Registry.open(below_path, create=True)
+    below.add_protocol(proto, default=True)
+    a, b = below.enroll("toy", "g", fingerprints(proto, [1, 2, 3], [1.5, 2.5, 3.5]), {}, ids=["a", "b"])
+    (h,) = below.enroll("toy", "h", fingerprints(proto, [5, 5, 5]), {}, ids=["h"])
+    user_path = tmp_path / "data" / "registry"
+    user = Registry.open(user_path, below=[below_path])
+    for inst in (a, b):
+        user.add_records("toy", "g", inst, recs())
+    user.add_records("toy", "h", h, recs())
+    (c,) = user.enroll("toy", "g", fingerprints(proto, [9, 9, 9]), {}, ids=["c"])
+    user.enroll("toy", "k", fingerprints(proto, [7, 7, 7]), {}, ids=["k"])  # the user's own generator
+    assert not any("hides" in w for w in user.warnings)
+    assert [r["action"] for r in user.refresh()] == ["current", "current"]  # nothing changed below: no write
+    # (k, the user's own generator, is no copy: nothing of that name below)
+
+    # a release: instance a re-fingerprinted, a new instance d, and h keeping jpeg60 itself (other bytes)
+    gfile = below_path / "toy" / "generators" / "g.yaml"
+    doc = yaml.safe_load(gfile.read_text())
+    doc["instances"][0]["curve"] = [1.25, 2.0, 3.0]
+    gfile.write_text(yaml.safe_dump(doc, sort_keys=False))
+    below = Registry.open(below_path)
+    below.enroll("toy", "g", fingerprints(proto, [2, 3, 4]), {}, ids=["d"])
+    below.add_records("toy", "h", h, recs())
+    below.enroll("toy", "k", fingerprints(proto, [8, 8, 8]), {}, ids=["k8"])  # a release takes the user's name
+    user.reload()
+    assert sorted(w.split(":")[0].rsplit("/", 1)[-1] for w in user.warnings if "changed since" in w) == ["g.yaml",
+                                                                                                       "h.yaml"]
+    assert [w for w in user.warnings if "k.yaml" in w and "none of its instances" in w]
+    assert [i.id for i in user.generator_entries("toy")["g"].instances] == ["a", "b", "c"]  # the copy, stale
+
+    kfile = user_path / "toy" / "generators" / "k.yaml"
+    before = kfile.read_bytes()
+    # `forensics registry refresh`, with this toy registry as the bundled one under the user registry
+    import json
+
+    from typer.testing import CliRunner
+
+    from forensics import schemas
+    from forensics.cli.commands import app
+    from forensics.registry import store
+
+    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
+    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(store, "bundled_registry_path", lambda: below_path)
+    result = CliRunner().invoke(app, ["registry", "refresh", "--protocol", "toy", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    schemas.validate(doc)
+    rows = {r["generator"]: r for r in doc["copies"]}
+    user.reload()
+    assert rows["k"]["action"] == "not-a-copy" and kfile.read_bytes() == before  # not merged with the release's k
+    assert rows["g"] == {"protocol": "toy", "generator": "g", "action": "updated", "from_below": ["a", "d"],
+                         "kept": ["c"], "kept_records": ["b/jpeg60"], "dropped_records": ["a/jpeg60"]}
+    assert rows["h"] == {"protocol": "toy", "generator": "h", "action": "removed", "from_below": ["h"], "kept": [],
+                         "kept_records": [], "dropped_records": ["h/jpeg60"]}
+    assert [w for w in user.warnings if "hides" in w] == [w for w in user.warnings if "k.yaml" in w]
+    assert not user.validate()
+    g = user.generator_entries("toy")["g"]
+    assert [i.id for i in g.instances] == ["a", "b", "d", "c"] and g.instances[0].values == (1.25, 2.0, 3.0)
+    assert {i.id: sorted(i.records) for i in g.instances} == {"a": [], "b": ["jpeg60"], "d": [], "c": []}
+    assert not (user_path / "toy" / "generators" / "h.yaml").exists()
+    user_records = user_path / "toy" / "records"
+    assert not (user_records / "g" / "a" / "jpeg60.npy").exists() and (user_records / "g" / "b" / "jpeg60.npy").exists()
+    assert not list((user_records / "h").rglob("*.npy"))  # the release's file is read, not one hidden by ours
+    refs = [r for r in user.enrolled("toy") if (r.generator, r.instance) in {("g", "b"), ("h", "h")}]
+    found, problems = user.records("toy", refs, "jpeg60")  # b's from this layer, h's from the release's file
+    assert not problems and set(found) == {"b", "h"}
+    assert Registry.open(below_path).generator_entries("toy")["h"].instances[0].records["jpeg60"] == \
+        user.generator_entries("toy")["h"].instances[0].records["jpeg60"]
+    # again: nothing left to do, nothing written
+    stamp = {p: p.stat().st_mtime_ns for p in (user_path).rglob("*") if p.is_file()}
+    assert [r["action"] for r in user.refresh()] == ["current", "not-a-copy"]
+    result = CliRunner().invoke(app, ["registry", "refresh"])
+    assert result.exit_code == 0 and "toy/g: up to date" in result.stdout
+    assert "toy/k: not a copy of the bundled file" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (user_path).rglob("*") if p.is_file()} == stamp
+    with pytest.raises(UsageError, match="nothing to refresh"):
+        user.refresh("toy", "h")

@@ -98,6 +98,13 @@ def test_reads_see_the_bundled_registry_and_write_nothing(user, bundled_unchange
     assert reg.default_protocol == DEFAULT and {DEFAULT, *PARTS, PAPER} <= set(reg.protocols)
     assert len(reg.enrolled(DEFAULT)) == 27 and reg.reference_dir("mnist-vit").is_dir()
     cli("registry", "list")
+    # no copy of a bundled generator file: refresh has nothing to do, and writes nothing
+    assert "nothing to refresh" in cli("registry", "refresh").output
+    from forensics import schemas
+
+    doc = json.loads(cli("registry", "refresh", "--json").stdout)
+    schemas.validate(doc)
+    assert doc["copies"] == [] and doc["registry"] == str(user)
     assert not user.exists()
 
 

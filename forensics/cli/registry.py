@@ -9,7 +9,7 @@ import typer
 
 from forensics.cli.common import (
     OPT_DEVICE, OPT_JSON, OPT_OFFLINE, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, err, esc, fail, handle_errors, out,
-    print_json, progress_bar, use_offline,
+    complete_protocol, print_json, progress_bar, use_offline,
 )
 from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, OPT_OPERATING_POINT, OPT_PLOTS, input_notes
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
@@ -294,6 +294,54 @@ def remove(
     else:
         out.print(f"removed {len(result.removed)} instance(s) of {name} from {result.protocol}: "
                   f"{', '.join(result.removed)}", markup=False)
+
+
+@app.command()
+@handle_errors
+def refresh(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="Only this generator (default: every one)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Only this protocol (a combination: "
+                                           "its protocols; default: every protocol).",
+                                           autocompletion=complete_protocol),
+    registry: Optional[Path] = OPT_REGISTRY,
+    json_out: bool = OPT_JSON,
+):
+    """Bring the user registry's copies of bundled generator files up to date after an upgrade.
+
+    Enrolling an instance of a bundled generator, or keeping records for one (registry records, zoo
+    enroll --conditions), copies its file into the user registry, where it hides the bundled file. When a
+    new release changes the bundled file, each copy becomes that file again plus what the copy added:
+    instances enrolled here, and records under conditions the bundled file does not keep (dropped for an
+    instance whose curve changed). A copy that adds nothing is removed.
+
+    Example: forensics registry refresh
+    """
+    from forensics.api import refresh as run
+
+    result = run(protocol=protocol, generator=name, registry=registry)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    for c in result.copies:
+        what = f"{c['protocol']}/{c['generator']}"
+        if c["action"] == "current":
+            out.print(f"{what}: up to date", markup=False)
+            continue
+        if c["action"] == "not-a-copy":
+            err.print(f"{what}: not a copy of the bundled file of that name (no instance in common), which it "
+                      f"hides: left as it is; enrol it under another name and remove this one", markup=False)
+            continue
+        kept = [f"{len(c['kept'])} instance(s)"] if c["kept"] else []
+        kept += [f"records {', '.join(c['kept_records'])}"] if c["kept_records"] else []
+        line = (f"{what}: copy removed (it added nothing to the bundled file)" if c["action"] == "removed" else
+                f"{what}: updated from the bundled file ({len(c['from_below'])} instance(s) new or changed there); "
+                f"kept {'; '.join(kept)}")
+        if c["dropped_records"]:
+            line += (f"; dropped records {', '.join(c['dropped_records'])} (the bundled file's instance changed): "
+                     f"keep them again with `forensics zoo enroll --conditions …` or `forensics registry records`")
+        out.print(line, markup=False)
+    if not result.copies:
+        out.print(f"no copies of bundled generator files in {result.registry}: nothing to refresh", markup=False)
 
 
 @app.command("family")

@@ -413,6 +413,11 @@ class Registry:
         instance and records digest of the file below at the time; the file below holding more, or other
         values, means it changed since (a new release) and the copy hides that."""
         have = {i.id: i for i in copy.instances}
+        if not any(i.id in have for i in below.instances):
+            self.warnings.append(
+                f"{self._label(folder / f'{copy.name}.yaml')}: hides {self._label(below_folder / f'{copy.name}.yaml')}, "
+                f"a generator of the same name with none of its instances: enrol one of them under another name")
+            return
         missing = [i.id for i in below.instances if i.id not in have]
         changed = [i.id for i in below.instances if i.id in have and (
             have[i.id].values != i.values or any(have[i.id].records.get(c) != d for c, d in i.records.items()))]
@@ -421,7 +426,8 @@ class Registry:
             self.warnings.append(
                 f"{self._label(folder / f'{copy.name}.yaml')}: hides {self._label(below_folder / f'{copy.name}.yaml')}, "
                 f"which has changed since it was copied (instances {ids} missing or different here): the "
-                f"registry reads the copy; delete it and add again what it added (instances, records)")
+                f"registry reads the copy; `forensics registry refresh` brings it up to date and keeps what it "
+                f"added (instances, records)")
 
     def _load_generators(self, folder: Path, proto: Protocol, problems: Problems,
                          root: Path | None = None) -> dict[str, GeneratorEntry]:
@@ -1153,6 +1159,100 @@ class Registry:
                 self._write_all(changes)
         self.reload()
         return list(dict.fromkeys(removed))
+
+    def refresh(self, protocol_name: str | None = None, generator: str | None = None) -> list[dict[str, Any]]:
+        """Bring the written layer's copies of generator files up to date with the read-only layers' files they
+        hide. A copy is made when instances or records are added over the bundled registry; a later release
+        that changes the bundled file (instances added, curves or records recomputed) is hidden by it
+        (:meth:`_check_copy` warns). Each copy becomes the file below as it is now, plus what the copy added:
+        instances enrolled here, and records kept here under conditions the file below does not keep, for
+        instances whose curve is unchanged (for one whose curve changed they were made by another pipeline
+        and are dropped). A records file of this layer that would hide the one the file below names is
+        removed. A copy that adds nothing is removed. A file that shares no instance with the one below is not a
+        copy (a generator enrolled here under a name a release has taken since) and is left as it is.
+        ``protocol_name`` None: every protocol; a combination means its protocols; ``generator`` None: every
+        generator. Returns one dict per file looked at: protocol, generator, ``action`` (``updated``,
+        ``removed``, ``current`` or ``not-a-copy``), ``from_below`` (instances
+        new or changed below), ``kept`` (instances enrolled here), ``kept_records`` and ``dropped_records``
+        (``instance/condition``)."""
+        if generator is not None:
+            check_name("generator name", generator)
+        names = [protocol_name] if protocol_name is not None else sorted(self.protocols)
+        parts: list[Protocol] = []
+        for name in names:
+            parts += [p for p in self.protocol(name).parts if p not in parts]
+        out: list[dict[str, Any]] = []
+        copies = [(part, gfile) for part in parts for gfile in self._copies(part)
+                  if generator is None or gfile.stem == generator]
+        if generator is not None and not copies:
+            raise UsageError(f"{generator!r} has no copy of a bundled generator file in {self.path} under "
+                             f"{' or '.join(p.name for p in parts)}: nothing to refresh")
+        if not copies:
+            return out
+        with self.lock():
+            changes: list[tuple[Path, dict[str, Any] | None]] = []
+            stale: list[Path] = []
+            for part, gfile in copies:
+                below = self._entry_below(part, gfile.stem)
+                copy = self._read_entry(part, self._safe(gfile)) if below is not None else None
+                if copy is None:
+                    continue
+                entry, row, drop = self._rebase(part, copy, below[1])
+                out.append(row)
+                if row["action"] in ("updated", "removed"):
+                    changes.append((gfile, None if row["action"] == "removed" else entry.to_dict()))
+                    stale += drop
+            if changes:
+                self._write_all(changes)
+            for path in stale:  # after the generator files: none of them names these any more
+                path.unlink(missing_ok=True)
+        self.reload()
+        return out
+
+    def _copies(self, part: Protocol) -> list[Path]:
+        """The written layer's generator files under ``part`` that a read-only layer's file of the same name lies
+        under (copies, or a generator enrolled here under a name the bundled registry took since)."""
+        gdir = self.path / part.name / GENERATORS_DIR
+        if not gdir.is_dir() or gdir.is_symlink():
+            return []
+        return [f for f in sorted(gdir.glob("*.y*ml"))
+                if any((root / part.name / GENERATORS_DIR / f.name).is_file() for root in self.below)]
+
+    def _rebase(self, part: Protocol, copy: GeneratorEntry, below: GeneratorEntry
+                ) -> tuple[GeneratorEntry, dict[str, Any], list[Path]]:
+        """:meth:`refresh` for one copy: the entry to write, its row, and this layer's records files to remove."""
+        mine = {i.id: i for i in copy.instances}
+        theirs = {i.id for i in below.instances}
+        row: dict[str, Any] = {"protocol": part.name, "generator": copy.name, "action": "current", "from_below": [],
+                               "kept": [i.id for i in copy.instances if i.id not in theirs],
+                               "kept_records": [], "dropped_records": []}
+        drop: list[Path] = []
+        if not set(mine) & theirs:  # a generator enrolled here under a name the file below has taken since
+            row["action"] = "not-a-copy"
+            return copy, row, drop
+        for inst in below.instances:
+            had = mine.get(inst.id)
+            if had is None or had.values != inst.values or any(had.records.get(c) != d for c, d in inst.records.items()):
+                row["from_below"].append(inst.id)
+            if had is None:
+                continue
+            for c, d in had.records.items():
+                here = records_path(self.path, part.name, copy.name, inst.id, c)
+                if c not in inst.records and had.values == inst.values:
+                    inst.records[c] = d
+                    row["kept_records"].append(f"{inst.id}/{c}")
+                elif inst.records.get(c) != d:  # the file below wins; one of this layer's would hide it
+                    row["dropped_records"].append(f"{inst.id}/{c}")
+                    if here.is_file():
+                        drop.append(self._safe(here))
+        entry = GeneratorEntry(below.name, below.description, below.protocol_digest,
+                               [*below.instances, *(i for i in copy.instances if i.id not in theirs)],
+                               below.family if below.family is not None else copy.family)
+        if not row["kept"] and not row["kept_records"]:
+            row["action"] = "removed"
+        elif entry.to_dict() != copy.to_dict():
+            row["action"] = "updated"
+        return entry, row, drop
 
     def set_family(self, protocol_name: str, generator: str, family: str | None) -> list[str]:
         """Record (or, with None, clear) the model ``generator`` shares with other enrolled generators under a
