@@ -4,8 +4,9 @@ Query sets. For every zoo generator its shipped ``heldout`` set (seed 3, never e
 the references and thresholds never saw (``--build``): the diffusion network with DDPM (ancestral), DDIM and
 PNDM under sampling seed 4, the Gaussian mixture and the copier under seed 4, and new training runs of the VAE,
 DCGAN, SNGAN and PixelCNN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``:
-an interrupted build resumes), 1,000 images each (so that m′ = 1,000 exists). They are written to ``--sets`` (default
-``~/.cache/forensics/robust-sets``) with the command and seed in a json beside each.
+an interrupted build resumes), 1,000 images each (so that m′ = 1,000 exists); ``--build --seed 5`` draws another
+such family of sets. They are written to ``--sets`` (default ``~/.cache/forensics/robust-sets``) with the command
+and seed in a json beside each; every set there is queried.
 
 Curated copies of T (``--curated``, 500 of each kind by default: rotated, noisy, downsampled, shuffled,
 background-swapped and exact copies) are queries no enrolled generator made: they must come back "unknown"
@@ -60,7 +61,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (100, 200, 300, 500, 1000)
 CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg85", "jpeg75", "resize2", "resize0.5", "crop90")
-NEW = {"ddpm": 4, "ddim": 4, "pndm": 4, "gmm": 4, "kde-copier": 4, "vae": 4, "dcgan": 4, "sngan": 4, "pixelcnn": 4}
+NEW = ("ddpm", "ddim", "pndm", "gmm", "kde-copier", "vae", "dcgan", "sngan", "pixelcnn")
+NEW_SEED = 4  # seeds 0–2 are the enrolled runs, 3 the shipped held-out sets
 
 
 def default_sets() -> Path:
@@ -69,9 +71,9 @@ def default_sets() -> Path:
     return cache_dir() / "robust-sets"
 
 
-def build(out: Path, n: int = 1000, only: set[str] | None = None) -> None:
-    """Draw the new query sets (seeded) into ``out`` (only those named ``<generator>-seed<seed>`` in
-    ``only``, when given: two builds side by side each take their own)."""
+def build(out: Path, n: int = 1000, only: set[str] | None = None, seed: int = NEW_SEED) -> None:
+    """Draw the new query sets of training or sampling seed ``seed`` into ``out`` (only those named
+    ``<generator>-seed<seed>`` in ``only``, when given: two builds side by side each take their own)."""
     import torch
 
     from forensics.zoo.training import generators as G
@@ -80,7 +82,7 @@ def build(out: Path, n: int = 1000, only: set[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = Path(os.environ.get("FORENSICS_ZOO_CKPT", "/tmp/zoo"))
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for gen, seed in NEW.items():
+    for gen in NEW:
         path = out / f"{gen}-seed{seed}.npz"
         if path.is_file() or (only is not None and path.stem not in only):
             continue
@@ -95,7 +97,7 @@ def build(out: Path, n: int = 1000, only: set[str] | None = None) -> None:
             images, _ = train(seed, ckpt_dir, G.SETTINGS[gen])
         np.savez(path, images=images)
         meta = {"generator": gen, "seed": seed, "n": int(len(images)), "seconds": round(time.time() - t, 1),
-                "made_by": f"python benchmarks/robust_attribution.py --build (forensics.zoo.training.generators, "
+                "made_by": f"python benchmarks/robust_attribution.py --build --seed {seed} (forensics.zoo.training.generators, "
                            f"settings {gen}, seed {seed})"}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
         print(f"built {path.name}: {len(images)} images in {meta['seconds']} s", file=sys.stderr, flush=True)
@@ -183,6 +185,8 @@ def as_query(images: np.ndarray, condition: str, folder: Path, webp_as_generated
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", action="store_true", help="draw the new query sets, then stop")
+    ap.add_argument("--seed", type=int, default=NEW_SEED,
+                    help=f"with --build: the training or sampling seed of the new sets (default {NEW_SEED})")
     ap.add_argument("--sets", type=Path, default=None)
     ap.add_argument("--batches", type=int, default=3, help="disjoint sub-batches per set and size (default 3)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
@@ -200,7 +204,7 @@ def main() -> int:
     a = ap.parse_args()
     sets = a.sets or default_sets()
     if a.build:
-        build(sets, only=None if a.only is None else set(a.only.split(",")))
+        build(sets, only=None if a.only is None else set(a.only.split(",")), seed=a.seed)
         return 0
 
     from forensics import api
