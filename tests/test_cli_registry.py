@@ -43,7 +43,8 @@ def run(*args, code=0):
 
 
 def test_every_command_has_an_example_in_its_help():
-    for cmd in ("list", "show", "validate", "enroll", "remove", "diff", "evaluate", "calibrate", "import-paper"):
+    for cmd in ("list", "show", "validate", "enroll", "remove", "diff", "evaluate", "calibrate", "import-paper",
+                "records", "refresh", "family", "default", "migrate-reference"):
         result = run(cmd, "--help")
         assert "Example" in result.output, cmd
         assert "--registry" in result.output

@@ -473,3 +473,25 @@ def test_zoo_manifest_of_a_folder_without_sample_sets_says_what_to_do(tmp_path):
     result = cli("zoo", "manifest", "--samples", tmp_path)
     assert result.exit_code == 2 and "forensics zoo train" in result.output
     assert not (tmp_path / "MANIFEST.json").exists()
+
+
+def test_help_paragraphs_flow_to_the_terminals_width():
+    """A command's help is its docstring with each paragraph one line for the terminal to wrap (an Example
+    on a line of its own), so that no width but the source's breaks a sentence in the middle of a line."""
+    import re
+
+    import typer
+
+    def walk(group, path=()):
+        for name, cmd in group.commands.items():
+            yield (*path, name), cmd
+            if hasattr(cmd, "commands"):
+                yield from walk(cmd, (*path, name))
+
+    commands = list(walk(typer.main.get_command(app)))
+    assert len(commands) > 30
+    for path, cmd in commands:
+        assert not re.search(r"[^\n]\n(?!\n|Example:)", cmd.help or ""), path
+    result = CliRunner().invoke(app, ["attribute", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "are matched against the enrolled instances redrawn at their own size" in result.output

@@ -339,6 +339,35 @@ from forensics.cli import invmm as cli_invmm  # noqa: E402
 app.command("invmm")(cli_invmm.invmm)
 
 
+def reflow(doc: str) -> str:
+    """A command's docstring as its help: each paragraph one line that the terminal wraps (in Rich markup mode
+    typer keeps the docstring's own line breaks, and at any width but the source's the text came out
+    ragged), with an ``Example:`` line kept on a line of its own."""
+    paragraphs = []
+    for para in doc.strip().split("\n\n"):
+        lines = [line.strip() for line in para.splitlines()]
+        text = lines[0]
+        for line in lines[1:]:
+            text += ("\n" if line.startswith("Example:") else " ") + line
+        paragraphs.append(text)
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """:func:`reflow` the help of every command of ``typer_app`` and of its groups, where it comes from a docstring."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        doc = info.help if info.help is not None else inspect.getdoc(info.callback)
+        if doc:
+            info.help = reflow(doc)
+    for group in typer_app.registered_groups:
+        _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
 
