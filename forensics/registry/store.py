@@ -1168,13 +1168,12 @@ class Registry:
         instances enrolled here, and records kept here under conditions the file below does not keep, for
         instances whose curve is unchanged (for one whose curve changed they were made by another pipeline
         and are dropped). A records file of this layer that would hide the one the file below names is
-        removed. A copy that adds nothing is removed. A file that shares no instance with the one below is not a
-        copy (a generator enrolled here under a name a release has taken since) and is left as it is.
+        removed. A copy that adds nothing is removed. A file that shares no instance with the one below is
+        not a copy (a generator enrolled here under a name a release has taken since) and is left as it is.
         ``protocol_name`` None: every protocol; a combination means its protocols; ``generator`` None: every
         generator. Returns one dict per file looked at: protocol, generator, ``action`` (``updated``,
-        ``removed``, ``current`` or ``not-a-copy``), ``from_below`` (instances
-        new or changed below), ``kept`` (instances enrolled here), ``kept_records`` and ``dropped_records``
-        (``instance/condition``)."""
+        ``removed``, ``current`` or ``not-a-copy``), ``from_below`` (instances new or changed below),
+        ``kept`` (instances enrolled here), ``kept_records`` and ``dropped_records`` (``instance/condition``)."""
         if generator is not None:
             check_name("generator name", generator)
         names = [protocol_name] if protocol_name is not None else sorted(self.protocols)
