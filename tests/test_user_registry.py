@@ -147,6 +147,13 @@ def test_enrolment_goes_to_the_user_registry_and_reads_see_both(user, bundled_un
             reg.remove(*args)
     with pytest.raises(UsageError, match="has no instance 'nope'"):
         reg.remove(PARTS[1], "vae", "nope")
+    with pytest.raises(UsageError, match="then its copy of the file with `forensics registry refresh`"):
+        reg.remove(PARTS[1], "ddpm")
+    # the copy of ddpm's file adds nothing now: refresh drops it, and the bundled file is read again
+    (row,) = reg.refresh(PARTS[1], "ddpm")
+    assert row["action"] == "removed" and not row["from_below"] and not row["kept"]
+    assert not (user / PARTS[1] / "generators" / "ddpm.yaml").exists()
+    assert len(Registry.open().generator_entries(PARTS[1])["ddpm"].instances) == 3
 
 
 @pytest.mark.slow

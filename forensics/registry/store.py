@@ -1131,7 +1131,8 @@ class Registry:
                     raise UsageError(
                         f"{generator} under {part.name} is in the bundled registry at {below[0]}, which commands "
                         f"do not change; pass --registry {below[0]} to change it there"
-                        + ("; the instances enrolled in the user registry go with --instance" if entry else ""))
+                        + ("; the instances enrolled in the user registry go with --instance, and then its copy of "
+                           "the file with `forensics registry refresh`" if entry else ""))
                 if entry is None:
                     continue
                 found = True
