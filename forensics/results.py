@@ -444,14 +444,8 @@ class RefreshResult:
     registry: Path
     copies: tuple[dict[str, Any], ...]
 
-    @property
-    def changed(self) -> list[dict[str, Any]]:
-        return [c for c in self.copies if c["action"] != "current"]
-
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": REFRESH_SCHEMA, "registry": str(self.registry),
-                "copies": [dict(c, **{k: list(c[k]) for k in ("from_below", "kept", "kept_records",
-                                                               "dropped_records")}) for c in self.copies]}
+        return {"schema": REFRESH_SCHEMA, "registry": str(self.registry), "copies": [dict(c) for c in self.copies]}
 
 
 @dataclass(frozen=True)
