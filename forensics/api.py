@@ -211,6 +211,7 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
                                    "records it)" if unsized else "")
                                 + ": queries of another size are matched as they are, not brought back to the size "
                                   "the generators write")
+    warnings += reg.processing_warnings()
     return ValidationResult(reg.path, tuple(problems), tuple(warnings), len(reg.protocols), n_instances)
 
 

@@ -198,6 +198,51 @@ def get_condition(name: str) -> Condition:
                      "a resampling and a re-encoding joined by '+' (e.g. crop90+webp80)")
 
 
+def codecs() -> dict[str, str]:
+    """The versions of what applies the conditions: Pillow, and the JPEG and WebP libraries it was built with."""
+    import PIL
+    from PIL import features
+
+    def version(feature: str) -> str | None:
+        try:
+            return features.version(feature)
+        except ValueError:  # a Pillow that does not know the feature
+            return None
+
+    found = {"pillow": PIL.__version__}
+    turbo = version("libjpeg_turbo")
+    jpeg = f"libjpeg-turbo {turbo}" if turbo else f"libjpeg {version('jpg')}" if version("jpg") else None
+    for key, value in (("jpeg", jpeg), ("webp", version("webp"))):
+        if value is not None:
+            found[key] = value
+    return found
+
+
+def describe_codecs(found: dict[str, str]) -> str:
+    """``Pillow 13.0.0 (libjpeg-turbo 3.2.0, libwebp 1.6.0)`` of :func:`codecs` or a registry's record of it."""
+    libs = [found["jpeg"]] if found.get("jpeg") else []
+    libs += [f"libwebp {found['webp']}"] if found.get("webp") else []
+    return f"Pillow {found.get('pillow', '?')}" + (f" ({', '.join(libs)})" if libs else "")
+
+
+@functools.lru_cache(maxsize=256)
+def processing_digest(name: str) -> str:
+    """What this machine makes of a fixed probe under the condition ``name``, as a digest: grey and colour
+    images (a smooth ramp with seeded noise on it, at the sizes of MNIST and CIFAR-10) put through it. Two
+    machines with the same digest process images alike under ``name``; another Pillow, libjpeg or libwebp may
+    not (records made by one are then not comparable with records made by the other)."""
+    from forensics.io.hashing import sha256_bytes
+
+    rng = np.random.default_rng(20261205)
+    probes = []
+    for shape in ((3, 28, 28), (3, 32, 32, 3)):
+        ramp = np.linspace(0, 255, shape[2])[None, None, :] * np.linspace(0.2, 1.0, shape[1])[None, :, None]
+        ramp = ramp.reshape(ramp.shape + (1,) * (len(shape) - 3))
+        probes.append(np.clip(ramp + rng.normal(0, 24, shape), 0, 255).astype(np.uint8))
+    out = [np.ascontiguousarray(get_condition(name).apply(p)) for p in probes]
+    return sha256_bytes(b"".join(f"{name}|{o.shape}|{o.dtype}|".encode() + o.tobytes() for o in out))
+
+
 def applicable() -> list[str]:
     """Every condition a reference side can be put through when the query's condition is read from its files
     (``memorization``): :data:`CONDITIONS`, and JPEG and lossy WebP at every quality, alone and after each

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -547,6 +548,104 @@ def test_a_records_file_is_read_only_when_it_is_the_one_recorded(tmp_path):
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # a pickle is never loaded
     with pytest.raises(RegistryError, match="cannot be read"):
         read_records(path, digest, layers=3, label="x")
+
+
+def test_processing_digest_is_what_the_probe_becomes_under_the_condition():
+    from forensics.conditions import CONDITIONS, codecs, describe_codecs, processing_digest
+
+    digests = {c: processing_digest(c) for c in CONDITIONS}
+    assert len(set(digests.values())) == len(digests)  # every condition processes the probe otherwise
+    processing_digest.cache_clear()
+    assert {c: processing_digest(c) for c in CONDITIONS} == digests  # the same machine, the same digest
+    assert processing_digest("jpeg61") not in digests.values()  # one quality more is another processing
+    found = codecs()
+    assert found["pillow"] == __import__("PIL").__version__
+    assert describe_codecs(found).startswith(f"Pillow {found['pillow']}")
+    assert describe_codecs({"pillow": "9.9", "jpeg": "libjpeg 8.0", "webp": "1.0"}) == \
+        "Pillow 9.9 (libjpeg 8.0, libwebp 1.0)"
+
+
+def test_records_are_kept_only_where_this_machine_processes_as_the_registrys_were(tmp_path, toy_protocol,
+                                                                                     fingerprints, monkeypatch):
+    """Each layer records, per condition, what processed the images of its records (a digest of a probe, and
+    the versions); records under a condition are kept only by a machine that processes it alike."""
+    from forensics import api
+    from forensics.conditions import processing_digest
+    from forensics.registry import store
+
+    proto = toy_protocol()
+    rng = np.random.default_rng(0)
+
+    def recs(*conditions):
+        return {c: [rng.random((10, 2)) for _ in proto.layers] for c in conditions}
+
+    below_path, user_path = tmp_path / "bundled", tmp_path / "user"
+    below = Registry.open(below_path, create=True)
+    below.add_protocol(proto, default=True)
+    a, b, c, e = below.enroll("toy", "g", fingerprints(proto, [1, 2, 3], [2, 2, 2], [3, 2, 1], [3, 3, 3]), {},
+                              ids=["a", "b", "c", "e"],
+                              records=[recs("none", "jpeg60"), recs("none", "jpeg60"), recs("none"), recs("none")])
+    made = yaml.safe_load((below_path / "toy" / "records" / "processing.yaml").read_text())
+    assert set(made["conditions"]) == {"jpeg60"}  # none processes nothing
+    assert made["conditions"]["jpeg60"]["digest"] == processing_digest("jpeg60")
+    assert made["conditions"]["jpeg60"]["pillow"] == __import__("PIL").__version__
+    user = Registry.open(user_path, below=[below_path])
+    assert user.add_records("toy", "g", c, recs("jpeg60", "crop90")) == ["crop90", "jpeg60", "none"]
+    mine = yaml.safe_load((user_path / "toy" / "records" / "processing.yaml").read_text())["conditions"]
+    assert set(mine) == {"jpeg60", "crop90"} and mine["jpeg60"] == made["conditions"]["jpeg60"]
+    assert not user.reload().problems and not user.processing_warnings()
+    user.copy_to(tmp_path / "copy")  # as one folder, what both layers say of their records' processing
+    assert Registry.open(tmp_path / "copy").processing["toy"][0][2] == {**made["conditions"], **mine}
+
+    # another Pillow, whose JPEG at quality 60 comes out otherwise: its records would not be comparable
+    real = store.processing_digest
+    monkeypatch.setattr(store, "processing_digest",
+                        lambda name: "sha256:" + "0" * 64 if name.startswith("jpeg") else real(name))
+    monkeypatch.setattr(store, "codecs", lambda: {"pillow": "99.0", "jpeg": "libjpeg 9f"})
+    user = Registry.open(user_path, below=[below_path])
+    before = {p: p.read_bytes() for p in user_path.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(RegistryError, match=r"Pillow 99\.0 \(libjpeg 9f\) processes images under jpeg60 otherwise "
+                                            r"than the one that kept .*Pillow .*leave jpeg60 out"):
+        user.add_records("toy", "g", e, recs("crop90", "jpeg60"))
+    with pytest.raises(RegistryError, match="under jpeg60 otherwise"):
+        user.enroll("toy", "g", fingerprints(proto, [4, 4, 4]), {}, ids=["d"], records=[recs("none", "jpeg60")])
+    assert {p: p.read_bytes() for p in user_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert not (user_path / "toy" / "records" / "g" / "d").exists()
+    assert not (user_path / "toy" / "records" / "g" / "e").exists()
+    # a condition it processes alike is kept, and one no layer has kept yet is recorded with its versions
+    user.add_records("toy", "g", a, recs("crop90", "webp70"))
+    mine = yaml.safe_load((user_path / "toy" / "records" / "processing.yaml").read_text())["conditions"]
+    assert mine["webp70"] == {"digest": real("webp70"), "pillow": "99.0", "jpeg": "libjpeg 9f"}
+    warned = user.reload().processing_warnings()
+    assert len(warned) == 2 and all("Pillow 99.0 (libjpeg 9f) processes images otherwise than the Pillow" in w
+                                    and "records under jpeg60: records under them cannot be kept here" in w
+                                    for w in warned)
+    assert not user.problems
+
+    # two layers that disagree hold records that are not comparable; a malformed file is a problem
+    pfile = user_path / "toy" / "records" / "processing.yaml"
+    doc = yaml.safe_load(pfile.read_text())
+    doc["conditions"]["jpeg60"]["digest"] = "sha256:" + "1" * 64
+    pfile.write_text(yaml.safe_dump(doc))
+    assert [w for w in Registry.open(user_path, below=[below_path]).warnings
+            if "records under jpeg60 were made by another processing" in w and "not comparable" in w]
+    doc["conditions"]["jpeg60"] = {"digest": "md5:1", "pillow": 13}
+    doc["conditions"]["jpeg999"] = {"digest": real("jpeg60"), "pillow": "1"}
+    pfile.write_text(yaml.safe_dump(doc))
+    problems = api.validate_registry(user_path).problems
+    assert any("conditions.jpeg60.digest" in p for p in problems)
+    assert any("conditions.jpeg60.pillow" in p for p in problems)
+    assert any("conditions.jpeg999" in p and "unknown condition" in p for p in problems)
+
+
+def test_the_bundled_registry_says_what_processed_its_records(bundled_registry):
+    for name, proto in bundled_registry.protocols.items():
+        if len(proto.parts) > 1:
+            continue
+        kept = {c for r in bundled_registry.enrolled(name)
+                for c in bundled_registry.instance_record_conditions(name, r.generator, r.instance)} - {"none"}
+        recorded = {c for _, _, entries in bundled_registry.processing.get(name, []) for c in entries}
+        assert kept <= recorded, (name, sorted(kept - recorded))
 
 
 # -- end to end on the digits -----------------------------------------------------------------------

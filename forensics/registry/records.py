@@ -13,6 +13,12 @@ other the same images put through that processing (float32: half the size). A re
 fields), loaded without pickles. The instance's entry in its generator file records each array's digest
 (``records: {none: sha256:…, jpeg90: sha256:…}``); a file that is missing, malformed or does not match
 it is refused in one line and the instance is matched as before, at m only.
+
+Records under a condition are comparable only when one processing made them all: another Pillow, libjpeg
+or libwebp may encode a JPEG or WebP otherwise. So each layer keeps ``<protocol>/records/processing.yaml``:
+per condition, the digest of what the machine that first kept records under it makes of a fixed probe
+(:func:`forensics.conditions.processing_digest`) and the versions of Pillow and its codecs; records are
+kept under a condition only where this machine's digest is the one every layer records for it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from forensics.io.atomic import write_atomic
 from forensics.io.hashing import sha256_array, short
 
 RECORDS_DIR = "records"
+PROCESSING_FILE = "processing.yaml"
 MAX_BYTES = 256 << 20  # far above any real instance (500 images × 32 layers × 2 fields is 256 KB)
 
 
@@ -34,6 +41,12 @@ def records_path(root: Path, protocol: str, generator: str, instance: str, condi
     """Where ``generator``'s ``instance``'s records under ``protocol`` and ``condition`` live in the
     registry layer ``root``."""
     return root / protocol / RECORDS_DIR / generator / instance / f"{condition}.npy"
+
+
+def processing_path(root: Path, protocol: str) -> Path:
+    """The file of the registry layer ``root`` that says, per condition, what processed the images of the
+    records kept there under ``protocol`` (:func:`forensics.conditions.processing_digest`)."""
+    return root / protocol / RECORDS_DIR / PROCESSING_FILE
 
 
 def as_records(layers: list[np.ndarray], condition: str = "none") -> np.ndarray:

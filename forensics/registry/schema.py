@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from forensics.conditions import get_condition
 from forensics.errors import RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, short
@@ -426,6 +427,48 @@ def parse_calibration(data: Any, label: str, problems: Problems) -> dict[str, di
         if len(problems) == n0:
             found[name] = dict(cal)
     return found
+
+
+def parse_processing(data: Any, label: str, problems: Problems) -> dict[str, dict[str, str]] | None:
+    """The conditions of a records ``processing.yaml``'s ``data``: {condition: {digest, pillow, and the jpeg
+    and webp libraries where known}}; a condition with a problem is left out, a file with one at the top
+    gives None."""
+    if not check_schema(data, label, problems):
+        return None
+    check_keys(data, {"schema_version", "conditions"}, label, problems)
+    conditions = data.get("conditions")
+    if not isinstance(conditions, Mapping):
+        problems.add(label, "conditions", "expected a mapping of condition name to its processing")
+        return None
+    found: dict[str, dict[str, str]] = {}
+    for name, entry in conditions.items():
+        key = f"conditions.{name}"
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            problems.add(label, key, "expected a condition name")
+            continue
+        try:
+            get_condition(name)
+        except UsageError as exc:
+            problems.add(label, key, str(exc))
+            continue
+        if not isinstance(entry, Mapping):
+            problems.add(label, key, f"expected a mapping, got {type(entry).__name__}")
+            continue
+        n0 = len(problems)
+        check_keys(entry, set(_PROCESSING_KEYS), label, problems, prefix=f"{key}.")
+        if not is_digest(entry.get("digest")):
+            problems.add(label, f"{key}.digest", f"expected a sha256 digest, got {entry.get('digest')!r:.40}")
+        for field_ in _PROCESSING_KEYS[1:]:
+            if field_ in entry and not isinstance(entry[field_], str):
+                problems.add(label, f"{key}.{field_}", f"expected a version, got {entry[field_]!r:.40}")
+        if "pillow" not in entry:
+            problems.add(label, f"{key}.pillow", "missing (the Pillow version that made the records)")
+        if len(problems) == n0:
+            found[name] = dict(entry)
+    return found
+
+
+_PROCESSING_KEYS = ("digest", "pillow", "jpeg", "webp")
 
 
 def _check_thresholds(cal: Mapping[str, Any], label: str, key: str, problems: Problems) -> None:

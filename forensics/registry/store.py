@@ -43,6 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from forensics.conditions import NONE, codecs, describe_codecs, processing_digest
 from forensics.errors import ProtocolMismatch, RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, sha256_array, short
@@ -52,10 +53,10 @@ from forensics.provenance import tool_version, user, utc_now
 from forensics.registry.diff import diff
 from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_family, check_name
 from forensics.registry import reference as shipped
-from forensics.registry.records import as_records, read_records, records_path, write_records
+from forensics.registry.records import as_records, processing_path, read_records, records_path, write_records
 from forensics.registry.schema import (
-    HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator, read_yaml,
-    write_yaml,
+    HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator,
+    parse_processing, read_yaml, write_yaml,
 )
 
 ENV = "FORENSICS_REGISTRY"
@@ -158,6 +159,9 @@ class Registry:
         self.protocols: dict[str, Protocol | Combination] = {}
         self.generators: dict[str, dict[str, GeneratorEntry]] = {}
         self.calibrations: dict[str, dict[str, Any]] = {}
+        #: per plain protocol, what processed its records in each layer that says (nearest first): (the file's
+        #: label, {condition: {digest, pillow, jpeg, webp}}) (:mod:`forensics.registry.records`)
+        self.processing: dict[str, list[tuple[Path, str, dict[str, dict[str, str]]]]] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
         #: the problems (among ``problems``) that are a generator's family: a bad value, or a combination's
@@ -311,6 +315,7 @@ class Registry:
             if isinstance(proto, Protocol):
                 for layer, at, _ in found[name]:
                     self._check_reference(at / REFERENCE_DIR, proto.name, problems, layer)
+                self._load_processing(proto.name, [layer for layer, _, _ in found[name]], problems)
         if self.default_protocol is not None and self.default_protocol not in self.protocols:
             top = next((r / REGISTRY_FILE for r, d in zip(self.layers, defaults) if d is not None), self.path)
             problems.add(self._label(top), "default_protocol",
@@ -493,6 +498,74 @@ class Registry:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
                                      "matchers recalibrate at fit (run `forensics registry calibrate`)")
 
+    def _load_processing(self, protocol: str, layers: Sequence[Path], problems: Problems) -> None:
+        """Read what processed the records of ``protocol`` in each of ``layers`` (nearest first); two layers
+        that record different processing for one condition hold records that are not comparable (a warning)."""
+        found = []
+        for layer in layers:
+            path = processing_path(layer, protocol)
+            if not path.is_file() and not path.is_symlink():
+                continue
+            label = self._label(path)
+            try:
+                entries = parse_processing(read_yaml(path, label, root=layer), label, problems)
+            except RegistryError as exc:
+                problems.append(str(exc))
+                continue
+            if entries is not None:
+                found.append((layer, label, entries))
+        self.processing[protocol] = found
+        for (_, near, ours), (_, far, theirs) in zip(found, found[1:]):
+            for condition in sorted(set(ours) & set(theirs)):
+                if ours[condition]["digest"] != theirs[condition]["digest"]:
+                    self.warnings.append(f"{near}: records under {condition} were made by another processing "
+                                         f"({describe_codecs(ours[condition])}) than those of {far} "
+                                         f"({describe_codecs(theirs[condition])}): the two are not comparable; "
+                                         f"keep them again with one Pillow")
+
+    def processing_warnings(self) -> list[str]:
+        """One line per layer whose records this machine would process otherwise under some condition (another
+        Pillow, libjpeg or libwebp): records under those conditions cannot be kept here (:meth:`add_records`
+        refuses them); queries are matched as before."""
+        found = []
+        for name, layers in sorted(self.processing.items()):
+            for _, label, entries in layers:
+                other = [c for c, made in entries.items() if made["digest"] != processing_digest(c)]
+                if other:
+                    found.append(f"{label}: this machine's {describe_codecs(codecs())} processes images otherwise "
+                                 f"than the {describe_codecs(entries[other[0]])} that kept {name}'s records under "
+                                 f"{', '.join(other)}: records under them cannot be kept here (queries are matched "
+                                 "as before)")
+        return found
+
+    def _processing_writes(self, protocols: Sequence[str], conditions: Sequence[str]
+                           ) -> list[tuple[Path, dict[str, Any]]]:
+        """Check, before records under ``conditions`` are kept for ``protocols``, that this machine processes
+        images under each as the records every layer keeps under it were processed (a :class:`RegistryError`
+        naming the versions, else); returns the written layer's processing files to write, with the
+        conditions they do not record yet added."""
+        conditions = [c for c in conditions if c != NONE]
+        writes = []
+        for protocol in protocols:
+            layers = self.processing.get(protocol, [])
+            for condition in conditions:
+                here = processing_digest(condition)
+                for _, label, entries in layers:
+                    made = entries.get(condition)
+                    if made is not None and made["digest"] != here:
+                        raise RegistryError(
+                            f"{protocol}: this machine's {describe_codecs(codecs())} processes images under "
+                            f"{condition} otherwise than the one that kept the registry's records under it "
+                            f"({describe_codecs(made)}, {label}): records kept here would not be comparable; "
+                            f"keep them with that Pillow, or leave {condition} out (--conditions)")
+            path = processing_path(self.path, protocol)
+            own = next((entries for layer, _, entries in layers if layer == self.path), {})
+            new = {c: {"digest": processing_digest(c), **codecs()} for c in conditions if c not in own}
+            if new:
+                writes.append((self._safe(path), {"schema_version": SCHEMA_VERSION,
+                                                  "conditions": {**own, **new}}))
+        return writes
+
     def _check_reference(self, rdir: Path, protocol: str, problems: Problems, root: Path | None = None) -> None:
         """Every shipped reference file of ``protocol`` against the digest the registry records for it."""
         root = self.path if root is None else root
@@ -638,7 +711,7 @@ class Registry:
                 raise UsageError(f"records under {c} have {len(layers)} layers; protocol {protocol_name!r} has "
                                  f"{len(proto.layers)}")
         with self.lock():
-            changes = []
+            plan = []
             for part, a, b in part_spans(proto):
                 gfile = self._generator_file(part.name, generator)
                 below = None if gfile.is_file() else self._entry_below(part, generator)
@@ -652,8 +725,12 @@ class Registry:
                 arrays = {c: as_records(list(layers[a:b]), c) for c, layers in records.items()
                           if c not in inst.records}
                 sized = image_size is not None and inst.provenance.get("image_size") is None
-                if not arrays and not sized:
-                    continue
+                if arrays or sized:
+                    plan.append((part, gfile, entry, inst, arrays, sized))
+            processing = self._processing_writes([part.name for part, _, _, _, arrays, _ in plan if arrays],
+                                                 sorted({c for *_, arrays, _ in plan for c in arrays}))
+            changes = []
+            for part, gfile, entry, inst, arrays, sized in plan:
                 self._write_records(part.name, generator, instance, arrays)
                 inst.records = {**inst.records, **{c: sha256_array(x) for c, x in arrays.items()}}
                 if sized:
@@ -661,7 +738,7 @@ class Registry:
                 changes.append((gfile, entry.to_dict()))
             if changes:
                 self._copy_up([part.name for part in proto.parts])  # the protocols they are read against
-                self._write_all(changes)
+                self._write_all(changes + processing)
         self.reload()
         return sorted(self._instance(proto.parts[0].name, generator, instance).records)
 
@@ -977,6 +1054,9 @@ class Registry:
                                           records=None if arrays is None else
                                           [{c: sha256_array(x) for c, x in r.items()} for r in arrays])
                       for (part, a, b), arrays in zip(part_spans(proto), kept)]
+            processing = self._processing_writes(
+                [part.name for (part, _, _), (_, entry) in zip(part_spans(proto), writes) if entry is not None],
+                list(records[0]) if records else [])
             for (part, _, _), (gfile, entry), arrays in zip(part_spans(proto), writes, kept):
                 if entry is not None and arrays is not None:  # the files first: a generator file never names a
                     for iid, by_condition in zip(new_ids, arrays):  # records file that is not there
@@ -991,7 +1071,7 @@ class Registry:
                                  "`forensics registry remove`")
             if todo is not None:
                 self._copy_up([part.name for part in proto.parts])  # the protocols they are read against
-                self._write_all([(gfile, entry.to_dict()) for gfile, entry in todo])
+                self._write_all([(gfile, entry.to_dict()) for gfile, entry in todo] + processing)
             self._ensure_gitignore()
         self.reload()
         return new_ids
@@ -1318,6 +1398,13 @@ class Registry:
         for root in reversed(self.layers):
             if root.is_dir():
                 shutil.copytree(root, target, ignore=shutil.ignore_patterns(LOCK_FILE, ".*.tmp"), dirs_exist_ok=True)
+        for name, layers in self.processing.items():  # each layer's record of its own records' processing
+            if len(layers) > 1:
+                merged: dict[str, Any] = {}
+                for _, _, entries in reversed(layers):
+                    merged.update(entries)
+                write_yaml(processing_path(Path(target), name), {"schema_version": SCHEMA_VERSION,
+                                                                 "conditions": merged})
         if self.below:  # the default the layers name together
             write_yaml(Path(target) / REGISTRY_FILE, {"schema_version": SCHEMA_VERSION,
                                                       "default_protocol": self.default_protocol}, HEADER)
