@@ -174,7 +174,9 @@ def show_protocol(protocol: str | None = None, *, generator: str | None = None,
     if generator is not None and generator not in entries:
         raise UsageError(f"no generator {generator!r} under {name!r}; known: {', '.join(sorted(entries)) or 'none'}")
     chosen = {generator: entries[generator]} if generator is not None else entries
-    return ProtocolDetail(reg.path, reg.protocol(name), dict(sorted(chosen.items())))
+    proto = reg.protocol(name)
+    return ProtocolDetail(reg.path, proto, dict(sorted(chosen.items())),
+                          {part.name: reg.processing_of(part.name) for part in proto.parts if reg.processing_of(part.name)})
 
 
 def validate_registry(registry: str | Path | None = None) -> ValidationResult:

@@ -585,13 +585,17 @@ class ProtocolDetail:
     registry: Path
     protocol: Protocol | Combination
     generators: Mapping[str, GeneratorEntry]   # by name
+    #: per plain protocol of it, what processed the images of its records, per condition (the nearest layer's
+    #: record of each: {digest, pillow, jpeg, webp}; :mod:`forensics.registry.records`)
+    processing: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": REGISTRY_SHOW_SCHEMA, "registry": str(self.registry), "name": self.protocol.name,
                 "digest": self.protocol.digest, "protocol": self.protocol.to_dict(),
                 "generators": {g: {"description": e.description, "family": e.family,
                                    "instances": [i.to_dict() for i in e.instances]}
-                               for g, e in self.generators.items()}}
+                               for g, e in self.generators.items()},
+                "processing": {name: {c: dict(v) for c, v in found.items()} for name, found in self.processing.items()}}
 
 
 @dataclass(frozen=True)

@@ -594,6 +594,8 @@ def test_records_are_kept_only_where_this_machine_processes_as_the_registrys_wer
     mine = yaml.safe_load((user_path / "toy" / "records" / "processing.yaml").read_text())["conditions"]
     assert set(mine) == {"jpeg60", "crop90"} and mine["jpeg60"] == made["conditions"]["jpeg60"]
     assert not user.reload().problems and not user.processing_warnings()
+    shown = api.show_protocol("toy", registry=user).to_dict()["processing"]  # `registry show` names it
+    assert shown == {"toy": user.processing_of("toy")} and set(shown["toy"]) == {"crop90", "jpeg60"}
     user.copy_to(tmp_path / "copy")  # as one folder, what both layers say of their records' processing
     assert Registry.open(tmp_path / "copy").processing["toy"][0][2] == {**made["conditions"], **mine}
 
@@ -639,6 +641,7 @@ def test_records_are_kept_only_where_this_machine_processes_as_the_registrys_wer
 
 
 def test_the_bundled_registry_says_what_processed_its_records(bundled_registry):
+    kept_by = {}
     for name, proto in bundled_registry.protocols.items():
         if len(proto.parts) > 1:
             continue
@@ -646,6 +649,10 @@ def test_the_bundled_registry_says_what_processed_its_records(bundled_registry):
                 for c in bundled_registry.instance_record_conditions(name, r.generator, r.instance)} - {"none"}
         recorded = {c for _, _, entries in bundled_registry.processing.get(name, []) for c in entries}
         assert kept <= recorded, (name, sorted(kept - recorded))
+        kept_by[name] = kept
+    shown = run(["registry", "show", "mnist-vit"])
+    assert shown.exit_code == 0 and (f"records   under {len(kept_by['mnist-vit'])} conditions besides none, made with "
+                                     "Pillow ") in shown.output
 
 
 # -- end to end on the digits -----------------------------------------------------------------------

@@ -95,6 +95,8 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
     else each instance's role)."""
     from rich.table import Table
 
+    from forensics.conditions import describe_codecs
+
     proto, chosen = result.protocol, result.generators
     out.print(f"[bold]{esc(proto.name)}[/]  digest {esc(proto.digest)}")
     if proto.description:
@@ -116,17 +118,35 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
                   f"{_fmt(part.test.sha256)})", markup=False)
         for key, value in dict(part.notes).items():
             out.print(f"{indent}[dim]{esc(key)}: {esc(value)}[/]")
+        made = result.processing.get(part.name)
+        if made:  # what processed the images of its records (`registry validate` checks it against this machine)
+            by = sorted({describe_codecs(m) for m in made.values()})
+            out.print(f"{indent}records   under {len(made)} conditions besides none, made with {'; '.join(by)}",
+                      markup=False)
+    instances = [inst for e in chosen.values() for inst in e.instances]
+    # an instance id made from its input's hash says the input already
+    inputs = any(inst.provenance.get("input_sha256") and not inst.id.startswith(_fmt(inst.provenance["input_sha256"]))
+                 for inst in instances)
+    roles = any(inst.provenance.get("role") for inst in instances)
+    records = any(inst.records for inst in instances)  # a combination's are its protocols' (above)
+    columns = ["generator", "instance", "created", "by", "images", *(["input"] if inputs else []),
+               *(["records"] if records else []), *(["role"] if roles else [])]
+    rows = [{"generator": g if k == 0 else "", "instance": inst.id, "created": str(inst.provenance.get("created", ""))[:10],
+             "by": str(inst.provenance.get("by", "")), "images": _fmt(inst.provenance.get("n_images")),
+             "input": _fmt(inst.provenance.get("input_sha256")), "records": str(len(inst.records) or "—"),
+             "role": str(inst.provenance.get("role") or "")} for g, e in chosen.items() for k, inst in enumerate(e.instances)]
     table = Table(title_justify="left", title=f"{len(chosen)} generator(s)")
-    for col in ("generator", "instance", "created", "by", "images", "input", "curve" if full_curves else "role"):
-        table.add_column(col, overflow="fold")
-    for g, e in chosen.items():
-        for k, inst in enumerate(e.instances):
-            p = inst.provenance
-            last = (" ".join(_fmt(v, 2) for v in inst.values) if full_curves else str(p.get("role") or ""))
-            table.add_row(esc(g) if k == 0 else "", esc(inst.id), esc(p.get("created", "")),
-                          esc(str(p.get("by", ""))[:40]), esc(_fmt(p.get("n_images"))), esc(_fmt(p.get("input_sha256"))),
-                          esc(last))
+    for col in columns:  # one line per instance, every name whole: only who enrolled it is cut short
+        width = max([len(col), *(len(r[col]) for r in rows)])
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=None if col == "by" else width,
+                         max_width=18 if col == "by" else None)
+    for row in rows:
+        table.add_row(*(esc(row[c]) for c in columns))
     out.print(table)
+    if full_curves:  # a curve is one line of its own, wrapped by the terminal
+        for g, e in chosen.items():
+            for inst in e.instances:
+                out.print(f"{g}/{inst.id}  C_T per layer: {' '.join(_fmt(v, 2) for v in inst.values)}", markup=False)
     families: dict[str, list[str]] = {}
     for g, e in chosen.items():
         if e.family:

@@ -523,6 +523,14 @@ class Registry:
                                          f"({describe_codecs(theirs[condition])}): the two are not comparable; "
                                          f"keep them again with one Pillow")
 
+    def processing_of(self, protocol_name: str) -> dict[str, dict[str, str]]:
+        """What processed the records of a plain protocol, per condition, as the layers say it (the nearest
+        layer's record of a condition first)."""
+        merged: dict[str, dict[str, str]] = {}
+        for _, _, entries in reversed(self.processing.get(protocol_name, [])):
+            merged.update(entries)
+        return dict(sorted(merged.items()))
+
     def processing_warnings(self) -> list[str]:
         """One line per layer whose records this machine would process otherwise under some condition (another
         Pillow, libjpeg or libwebp): records under those conditions cannot be kept here (:meth:`add_records`
@@ -1400,11 +1408,8 @@ class Registry:
                 shutil.copytree(root, target, ignore=shutil.ignore_patterns(LOCK_FILE, ".*.tmp"), dirs_exist_ok=True)
         for name, layers in self.processing.items():  # each layer's record of its own records' processing
             if len(layers) > 1:
-                merged: dict[str, Any] = {}
-                for _, _, entries in reversed(layers):
-                    merged.update(entries)
                 write_yaml(processing_path(Path(target), name), {"schema_version": SCHEMA_VERSION,
-                                                                 "conditions": merged})
+                                                                 "conditions": self.processing_of(name)})
         if self.below:  # the default the layers name together
             write_yaml(Path(target) / REGISTRY_FILE, {"schema_version": SCHEMA_VERSION,
                                                       "default_protocol": self.default_protocol}, HEADER)
