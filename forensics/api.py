@@ -606,7 +606,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
                              compute=compute, left_out=0 if rest_attributed else rest, compared_at=overall.compared_at,
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
-                             condition=cond.to_dict(),
+                             condition=_with_processing(cond, {p.name: reg.processing_of(p.name).get(cond.name)
+                                                               for p in proto.parts}),
                              warnings=tuple(dict.fromkeys([*sized.problems, *filter(None, [cond.warning])])))
 
 
@@ -625,6 +626,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     fresh data processed alike still reads 0."""
     from dataclasses import replace
 
+    from forensics.conditions import codecs, processing_digest
     from forensics.stats.base import get_statistic
 
     _check_amp(amp)
@@ -646,10 +648,26 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     _embedding_begins(proto, progress, "images", len(data))
     curve = engine.curve(data)
     warnings = tuple(w for w in (cond.warning, cond.withhold) if w)
+    this_machine = {"digest": processing_digest(cond.name), **codecs()}  # what put T and P_n through it
     return MemorizationResult(input=replace(record, n_images=curve.n_images), protocol=proto,
                               curve=curve, thresholds=thresholds, reference_origin=engine.reference_origin,
                               partial_batch=len(data) < proto.batch_size, compute=compute,
-                              condition=cond.to_dict(), warnings=warnings)
+                              condition=_with_processing(cond, {p.name: this_machine for p in proto.parts}),
+                              warnings=warnings)
+
+
+def _with_processing(cond: Any, processing: Mapping[str, Mapping[str, str] | None]) -> dict[str, Any]:
+    """The report's record of the condition ``cond`` (:meth:`forensics.conditions.Detected.to_dict`) with, under
+    any but "none", what processed the reference images under it for each protocol (``processing``: the
+    registry's record for the records matched, this machine's for the T and P_n put through it; a protocol
+    whose processing is not recorded is left out)."""
+    from forensics.conditions import NONE
+
+    out = cond.to_dict()
+    known = {name: dict(made) for name, made in processing.items() if made}
+    if cond.name != NONE and known:
+        out["processing"] = known
+    return out
 
 
 def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:

@@ -827,6 +827,8 @@ def test_resized_jpeg_files_are_matched_against_records_kept_under_the_combinati
     assert (cond["name"], cond["source"], cond["resampled_to"]) == ("resize2+jpeg90", "files", [h, w])
     assert cond["description"] == get_condition("resize2+jpeg90").description and not doc["warnings"]
     assert doc["compared_at"] == M  # matched against the instances redrawn under the combination
+    made = yaml.safe_load((reg / "d" / "records" / "processing.yaml").read_text())["conditions"]["resize2+jpeg90"]
+    assert cond["processing"] == {"d": made}  # what processed the records it was matched against
     # the same images as the combined condition makes them from the generator's, declared: the same curve
     np.savez(tmp_path / "combined.npz", images=get_condition("resize2+jpeg90").apply(images))
     declared = json.loads(run(["attribute", str(tmp_path / "combined.npz"), "--registry", str(reg), "--json",
@@ -835,6 +837,7 @@ def test_resized_jpeg_files_are_matched_against_records_kept_under_the_combinati
     # the module's registry keeps no combination: the resampling alone (not kept either: as generated), said
     alone = json.loads(run(["attribute", str(folder), "--registry", str(src), "--json"]).stdout)
     assert alone["condition"]["name"] == "none" and any("resize2+jpeg90" in x for x in alone["warnings"])
+    assert "processing" not in alone["condition"]  # as generated: nothing processed the references
 
 
 @pytest.mark.slow
