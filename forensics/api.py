@@ -176,7 +176,7 @@ def show_protocol(protocol: str | None = None, *, generator: str | None = None,
     chosen = {generator: entries[generator]} if generator is not None else entries
     proto = reg.protocol(name)
     return ProtocolDetail(reg.path, proto, dict(sorted(chosen.items())),
-                          {part.name: reg.processing_of(part.name) for part in proto.parts if reg.processing_of(part.name)})
+                          {part.name: made for part in proto.parts if (made := reg.processing_of(part.name))})
 
 
 def validate_registry(registry: str | Path | None = None) -> ValidationResult:

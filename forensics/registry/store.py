@@ -159,8 +159,8 @@ class Registry:
         self.protocols: dict[str, Protocol | Combination] = {}
         self.generators: dict[str, dict[str, GeneratorEntry]] = {}
         self.calibrations: dict[str, dict[str, Any]] = {}
-        #: per plain protocol, what processed its records in each layer that says (nearest first): (the file's
-        #: label, {condition: {digest, pillow, jpeg, webp}}) (:mod:`forensics.registry.records`)
+        #: per plain protocol, what processed its records in each layer that says (nearest first): (the layer,
+        #: its file's label, {condition: {digest, pillow, jpeg, webp}}) (:mod:`forensics.registry.records`)
         self.processing: dict[str, list[tuple[Path, str, dict[str, dict[str, str]]]]] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
