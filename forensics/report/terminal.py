@@ -166,7 +166,9 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
             if at else "against references of another batch size (not comparable)")
     point = ((doc.get("matcher") or {}).get("open_set") or {}).get("operating_point")
     thresholds = f"; open-set thresholds of the {point} operating point" if point else ""
-    return f"Assumed: {condition_text(doc.get('condition') or {})}; matched {size}{thresholds}"
+    made = processing_text(doc.get("condition") or {})
+    return (f"Assumed: {condition_text(doc.get('condition') or {})}; matched {size}"
+            + (f" (their images processed alike by {made})" if made else "") + thresholds)
 
 
 def condition_text(cond: Mapping[str, Any]) -> str:
@@ -179,11 +181,21 @@ def condition_text(cond: Mapping[str, Any]) -> str:
     return f"images {what}, {how}{detail}"
 
 
+def processing_text(cond: Mapping[str, Any]) -> str:
+    """What processed the reference images under a report's condition (``condition.processing``), as
+    ``Pillow 13.0.0 (libjpeg-turbo 3.2.0, libwebp 1.6.0)``; each distinct one once; empty when not recorded."""
+    from forensics.conditions import describe_codecs
+
+    return "; ".join(dict.fromkeys(describe_codecs(m) for m in (cond.get("processing") or {}).values()))
+
+
 def memorization_assumed_text(doc: Mapping[str, Any]) -> str:
     """What a memorization curve assumed, in one line: the images' condition, and T and P_n put through it."""
     cond = doc.get("condition") or {}
+    made = processing_text(cond)
     alike = ("" if cond.get("name", "none") == "none"
-             else "; T and P_n put through the same processing before C_T was taken")
+             else "; T and P_n put through the same processing" + (f" (by {made})" if made else "")
+             + " before C_T was taken")
     return f"Assumed: {condition_text(cond)}{alike}"
 
 
