@@ -21,7 +21,10 @@ condition is *read from their size* (not in the default list): ``up2`` (resized 
 crop of 90 % of each side, not resized), each also as a JPEG or WebP file at that size (``up2+jpeg90``,
 ``down2+jpeg75``, ``cut90+webp80``: resized, then re-encoded, as a platform does); and lossy WebP files, ``webp90`` … ``webp75`` (their quality read by
 re-encoding them; ``--webp-as-generated`` declares them ``none`` instead, as the tool matched them before
-WebP conditions were kept).
+WebP conditions were kept); and folders processed in two ways, ``half-jpeg90`` (every other image a JPEG 90
+file, the rest PNG; any encoding after ``half-``): each image read as its own, the batch matched against
+references processed in its proportions (``--as-most-common``: every image as the most common condition,
+with a warning, as the tool matched them before).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
 (the whole 1,000-image sets: two batches of 500, verdict on their mean).
 
@@ -171,6 +174,11 @@ def as_query(images: np.ndarray, condition: str, folder: Path, webp_as_generated
 
     from forensics.conditions import get_condition
 
+    if condition.startswith("half-"):  # every other image re-encoded, the rest PNG
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(images):
+            _saved(Image.fromarray(im), folder, i, condition[5:] if i % 2 else "png")
+        return str(folder), "auto"
     shape, _, encoding = condition.partition("+")
     if condition == "png" or condition.startswith(("jpeg", "webp")) or shape in FILES:
         folder.mkdir(parents=True, exist_ok=True)
@@ -198,6 +206,9 @@ def main() -> int:
     ap.add_argument("--skip-loo", action="store_true", help="leave out the leave-one-out table")
     ap.add_argument("--webp-as-generated", action="store_true",
                     help="declare lossy WebP files as generated (condition none) instead of reading their quality")
+    ap.add_argument("--as-most-common", action="store_true",
+                    help="match files processed in several ways all as the most common condition (the tool before "
+                         "mixtures)")
     ap.add_argument("--operating-points", default="balanced",
                     help="comma-separated operating points to answer at (balanced, named, cautious): every batch "
                          "is answered at each, from the same calibrations")
@@ -208,9 +219,10 @@ def main() -> int:
         return 0
 
     from forensics import api
-    from forensics.engine import make_engine, records_curves
+    from forensics.conditions import mixture_name, scaled_mixture
+    from forensics.engine import make_engine
     from forensics.match import make_matcher
-    from forensics.match.batchsize import layer_weights, references_at
+    from forensics.match.batchsize import layer_weights
     from forensics.match.calibration import check_operating_point
 
     reg = api.open_registry()
@@ -223,8 +235,9 @@ def main() -> int:
     families = {r.generator: r.family for r in refs if r.family}
     loo: dict[tuple, dict[str, object]] = {}
 
-    def fitted(condition: str, size: int):
-        """The matcher at (condition, size) for all references, and one per generator left out."""
+    def fitted(condition, size: int):
+        """The matcher at (condition: a name or a mixture, size) for all references, and one per generator
+        left out."""
         key = (condition, size)
         if key not in loo:
             full, at = matchers.at(condition, size)
@@ -233,7 +246,7 @@ def main() -> int:
             if condition == "none" and size == proto.batch_size:
                 redrawn_refs, queries = refs, None
             else:
-                redrawn = references_at(refs, matchers.records(condition), size, records_curves(engine))
+                redrawn = matchers.redraw(condition, size)
                 redrawn_refs, queries = list(redrawn.references), redrawn.queries
             def without(g: str):
                 # the generator left out entirely: not in the references, the thresholds nor the layer weights
@@ -271,7 +284,8 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 query, declared = as_query(images, condition, Path(tmp) / "q", a.webp_as_generated)
                 data, record = api.read_images(query, proto)
-                cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs))
+                cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs),
+                                      mixtures=not a.as_most_common)
                 kept = engine.records(api._as_matched(cond, data))  # brought back to the generators' size
             for size in sizes:
                 if size > len(images):
@@ -282,21 +296,24 @@ def main() -> int:
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                     curves = engine.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
+                    under = cond.of(slice(start, start + size))  # as attribute matches it (a mean: scaled to m)
+                    under = under if isinstance(under, str) else scaled_mixture(under, min(size, m))
                     for point in points:
-                        answer = answering(cond.name, min(size, m), "all", point).attribute(vec)
-                        left = (answering(cond.name, min(size, m), gen, point).attribute(vec)
+                        answer = answering(under, min(size, m), "all", point).attribute(vec)
+                        left = (answering(under, min(size, m), gen, point).attribute(vec)
                                 if gen in generators else answer)
                         if cond.withhold is not None:  # as attribute answers: no generator named
                             answer, left = answer.withheld(cond.withhold), left.withheld(cond.withhold)
                         outcome = _outcome(answer, gen, families)
-                        rows.append({"generator": gen, "set": name, "condition": condition, "read_as": cond.name,
+                        read = under if isinstance(under, str) else mixture_name(under)
+                        rows.append({"generator": gen, "set": name, "condition": condition, "read_as": read,
                                      "warning": cond.warning,
                                      "size": size, "batch": b, "operating_point": point, "verdict": answer.verdict,
                                      "family": answer.family, "outcome": outcome, "left_out_verdict": left.verdict,
                                      "left_out_family": left.family, "left_out_outcome": _outcome(left, gen, families),
                                      "reason": answer.reason, "ranked": [c.generator for c in answer.candidates[:3]],
                                      "left_out_reason": left.reason})
-                        print(f"{gen:16s} {name:14s} {condition:9s}→{cond.name:9s} m'={size:4d} #{b} {point:8s}: "
+                        print(f"{gen:16s} {name:14s} {condition:9s}→{read:9s} m'={size:4d} #{b} {point:8s}: "
                               f"{_shown(answer):10s} ({outcome}); left out: {_shown(left)}"
                               f"   [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
     for point in points:
@@ -324,7 +341,8 @@ def main() -> int:
     print("\n| condition | m′ | operating point | LOO accuracy (closed set) | open set: right · family · wrong · "
           "unknown | generator left out → unknown (+ its family) |")
     print("|---|---|---|---|---|---|")
-    for condition in dict.fromkeys(read_as(c) for c in ([] if a.skip_loo else conditions)):
+    # (a folder processed in two ways has no leave-one-out of its own: `registry evaluate` takes one condition)
+    for condition in dict.fromkeys(read_as(c) for c in ([] if a.skip_loo else conditions) if not c.startswith("half-")):
         if condition.startswith("jpeg") and condition not in matchers.conditions():
             from forensics.conditions import nearest_jpeg
 

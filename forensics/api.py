@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from forensics.results import CacheClearing, CacheItem, CacheListing, FamilyResult
     from forensics.engine import CombinedEngine, Curve, Engine
     from forensics.match import EnrolledCurve
+    from forensics.conditions import Mixture
     from forensics.plugins import Provided
     from forensics.protocol import Combination, Protocol
     from forensics.registry import Registry
@@ -427,21 +428,39 @@ class _Matchers:
         records = self.records(condition)
         return bool(records) and all(r.instance in records for r in self.references)
 
-    def at(self, condition: str, size: int) -> tuple[Any, int | None]:
-        """(the matcher, the batch size its references mean) for a batch of ``size`` images."""
-        key = (condition, size)
+    def at(self, condition: str | Mixture, size: int) -> tuple[Any, int | None]:
+        """(the matcher, the batch size its references mean) for a batch of ``size`` images under
+        ``condition``: a condition's name, or the :data:`~forensics.conditions.Mixture` of a batch whose
+        images arrived processed in several ways (its counts adding up to ``size``)."""
+        from forensics.conditions import mixture_name
+
+        parts = [condition] if isinstance(condition, str) else [c for c, _ in condition]
+        key = (condition if isinstance(condition, str) else mixture_name(condition), size)
         if key in self.matchers:
             return self.matchers[key], size
-        if not self.complete(condition):
+        if not all(self.complete(c) for c in parts):
             return self.matchers[("none", self.proto.batch_size)], None
+        redrawn = self.redraw(condition, size)
+        self.matchers[key] = _weighted_matcher(self.name, redrawn.layer_weights, self.problems).fit(
+            list(redrawn.references), redrawn.queries).at_operating_point(self.operating_point)
+        shown = {"condition": condition} if isinstance(condition, str) else {"condition": "mixed",
+                                                                              "mixture": dict(condition)}
+        self.described[key] = {**shown, **redrawn.describe()}
+        return self.matchers[key], size
+
+    def redraw(self, condition: str | Mixture, size: int) -> Any:
+        """The enrolled instances redrawn under ``condition`` (a name or a mixture) at ``size`` from their
+        records (:class:`forensics.match.batchsize.AtBatchSize`); every instance must keep them."""
         from forensics.engine import records_curves
         from forensics.match.batchsize import references_at
 
-        redrawn = references_at(self.references, self.records(condition), size, records_curves(self.engine))
-        self.matchers[key] = _weighted_matcher(self.name, redrawn.layer_weights, self.problems).fit(
-            list(redrawn.references), redrawn.queries).at_operating_point(self.operating_point)
-        self.described[key] = {"condition": condition, **redrawn.describe()}
-        return self.matchers[key], size
+        if isinstance(condition, str):
+            records, mixture = self.records(condition), None
+        else:  # each instance's records under the mixture's conditions, stacked along the images
+            records = {r.instance: np.concatenate([self.records(c)[r.instance] for c, _ in condition], axis=1)
+                       for r in self.references}
+            mixture = [k for _, k in condition]
+        return references_at(self.references, records, size, records_curves(self.engine), mixture=mixture)
 
 
 def _registry_matcher(reg: Registry, protocol: str, name: str, references: Sequence[EnrolledCurve],
@@ -487,16 +506,17 @@ def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
 
 
 def _condition(condition: str, record: ImageInput, available: Sequence[str] | None,
-               native: tuple[int, int] | None) -> Any:
+               native: tuple[int, int] | None, *, mixtures: bool = False) -> Any:
     """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared, or read
     from the input (``"auto"``), among the conditions the references keep (``available``; None: any, as
     for a reference side fitted under the query's own condition). Either way, images of another size than
-    the enrolled instances' (``native``) are brought back to it."""
+    the enrolled instances' (``native``) are brought back to it. ``mixtures``: files processed in several
+    ways each keep their own condition (:func:`forensics.conditions.mixed`)."""
     from forensics.conditions import NONE, Detected, applicable, detect, get_condition, mixed_sizes
 
     if condition == "auto":
         return detect(list(record.files) or None, applicable() if available is None else available,
-                      sizes=record.sizes, native=native)
+                      sizes=record.sizes, native=native, mixtures=mixtures)
     get_condition(condition)
     if available is not None and condition != NONE and condition not in available:
         raise UsageError(f"the registry keeps no records under condition {condition!r} for every instance of this "
@@ -537,11 +557,13 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     False. ``engine="ray"`` computes on a Ray cluster (``ray_address``, a local one when None): the same
     curve, to the last bit. ``condition``: the post-processing the images went through
     (:mod:`forensics.conditions`), matched against the instances under the same processing; ``"auto"``
-    reads it from the files (a JPEG's quantisation tables), else takes the images as generated.
+    reads it from the files (a JPEG's quantisation tables), else takes the images as generated. Files read
+    as processed in several ways (some re-saved as JPEG, some not) keep each its own condition, and each
+    batch is matched against the instances redrawn with as many images under each condition as it holds.
     ``operating_point``: which calibrated thresholds decide "unknown" (``balanced``, ``named`` or
     ``cautious``: :data:`forensics.match.calibration.OPERATING_POINTS`).
     """
-    from forensics.conditions import records_hint
+    from forensics.conditions import records_hint, scaled_mixture
     from forensics.match.calibration import check_operating_point
 
     check_operating_point(operating_point)
@@ -562,7 +584,9 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
-    cond = _condition(condition, record, sized.conditions(), generated_size(references))
+    cond = _condition(condition, record, sized.conditions(), generated_size(references), mixtures=True)
+    if cond.mixture is not None and not all(sized.complete(c) for c in set(cond.mixture)):
+        cond = replace(cond, mixture=None)  # some records failed their checks: as the most common, below
     if cond.name != "none" and not sized.complete(cond.name):
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
                                                                "images are matched as generated",
@@ -581,33 +605,39 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         found = fitted.attribute(curve.fingerprint.vector())
         return found if cond.withhold is None else found.withheld(cond.withhold)
 
-    def attributed(curve: Curve, partial: bool) -> BatchAttribution:
-        redraw = curve.n_images != size and sized.complete(cond.name)
+    def attributed(curve: Curve, partial: bool, rows: slice) -> BatchAttribution:
+        under = cond.of(rows)  # a batch of files processed in several ways: its own mixture
+        redraw = (curve.n_images != size or not isinstance(under, str)) and sized.complete(cond.name)
         with _Step(progress, f"matching at a batch of {curve.n_images}") if redraw else contextlib.nullcontext():
-            fitted, at = sized.at(cond.name, curve.n_images)
-        return BatchAttribution(curve, answer(fitted, curve), partial=partial, compared_at=at)
+            fitted, at = sized.at(under, curve.n_images)
+        return BatchAttribution(curve, answer(fitted, curve), partial=partial, compared_at=at,
+                                mixture=None if isinstance(under, str) or at is None else dict(under))
 
-    batches = [attributed(c, full < size) for c in curves]
+    batches = [attributed(c, full < size, slice(i * size, min((i + 1) * size, full))) for i, c in enumerate(curves)]
     if rest_attributed:
         _embedding_begins(proto, progress, f"the last {rest} images", rest)
         (last,) = engine.curves(data[full:], what=f"the last {rest} images")
-        batches.append(attributed(last, True))
+        batches.append(attributed(last, True, slice(full, None)))
     curve = mean_curve(curves, proto)
-    # the mean of full batches is a curve at m, whatever number of images it sums
+    # the mean of full batches is a curve at m, whatever number of images it sums: under a mixture, the
+    # references at m hold the full batches' conditions in their proportions
+    whole_mix = cond.of(slice(0, full))
+    overall_under = whole_mix if isinstance(whole_mix, str) else scaled_mixture(whole_mix, size)
     if len(curves) == 1:
         overall = batches[0]
     else:
-        fitted, at = sized.at(cond.name, size)
-        overall = BatchAttribution(curve, answer(fitted, curve), compared_at=at)
-    answered_by = sized.at(cond.name, overall.compared_at or size)[0]
+        fitted, at = sized.at(overall_under, size)
+        overall = BatchAttribution(curve, answer(fitted, curve), compared_at=at,
+                                   mixture=None if isinstance(overall_under, str) or at is None else dict(overall_under))
+    answered_by = sized.at(overall_under, overall.compared_at or size)[0]
     return AttributionResult(input=record, protocol=proto, curve=curve, attribution=overall.attribution,
                              batches=tuple(batches), matcher=answered_by.describe(),
                              references=tuple(answered_by.enrolled),  # the curves the verdict was matched against
                              reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
                              compute=compute, left_out=0 if rest_attributed else rest, compared_at=overall.compared_at,
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
-                             condition=_with_processing(cond, {p.name: reg.processing_of(p.name).get(cond.name)
-                                                               for p in proto.parts}),
+                             condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
+                                                                         for p in proto.parts}),
                              warnings=tuple(dict.fromkeys([*sized.problems, *filter(None, [cond.warning])])))
 
 
@@ -652,21 +682,27 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     return MemorizationResult(input=replace(record, n_images=curve.n_images), protocol=proto,
                               curve=curve, thresholds=thresholds, reference_origin=engine.reference_origin,
                               partial_batch=len(data) < proto.batch_size, compute=compute,
-                              condition=_with_processing(cond, {p.name: this_machine for p in proto.parts}),
+                              condition=_with_processing(cond, lambda c: {p.name: this_machine for p in proto.parts}),
                               warnings=warnings)
 
 
-def _with_processing(cond: Any, processing: Mapping[str, Mapping[str, str] | None]) -> dict[str, Any]:
+def _with_processing(cond: Any, processing: Callable[[str], Mapping[str, Mapping[str, str] | None]]
+                     ) -> dict[str, Any]:
     """The report's record of the condition ``cond`` (:meth:`forensics.conditions.Detected.to_dict`) with, under
-    any but "none", what processed the reference images under it for each protocol (``processing``: the
-    registry's record for the records matched, this machine's for the T and P_n put through it; a protocol
-    whose processing is not recorded is left out)."""
+    any but "none" (and each condition of a mixture but "none"), what processed the reference images under it
+    for each protocol (``processing(condition)``: the registry's record for the records matched, this
+    machine's for the T and P_n put through it; a protocol whose processing is not recorded is left out)."""
     from forensics.conditions import NONE
 
+    def known(name: str) -> dict[str, Any]:
+        return {} if name == NONE else {p: dict(made) for p, made in processing(name).items() if made}
+
     out = cond.to_dict()
-    known = {name: dict(made) for name, made in processing.items() if made}
-    if cond.name != NONE and known:
-        out["processing"] = known
+    if made := known(cond.name):
+        out["processing"] = made
+    for part in out.get("mixture", ()):
+        if made := known(part["name"]):
+            part["processing"] = made
     return out
 
 

@@ -497,6 +497,32 @@ def lossless(jpeg: JpegFile) -> bool:
     return jpeg.exact and jpeg.quality == 100 and not jpeg.subsampled
 
 
+Mixture = tuple[tuple[str, int], ...]
+"""Images processed in several ways, as a batch holds them: (condition, how many images), most first."""
+
+
+def mixture_of(conditions: Sequence[str]) -> Mixture:
+    """The :data:`Mixture` of images whose conditions are ``conditions``: each condition and its count,
+    most first (then by name)."""
+    return tuple(sorted(Counter(conditions).items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def mixture_name(mixture: Mixture) -> str:
+    """A mixture in words, for reports and keys: ``none 250 + jpeg90 250``."""
+    return " + ".join(f"{n} {k}" for n, k in mixture)
+
+
+def scaled_mixture(mixture: Mixture, size: int) -> Mixture:
+    """``mixture`` in the same proportions for a batch of ``size`` images (largest remainders; conditions
+    that round to no image dropped): the mixture a mean curve of several batches stands for at ``size``."""
+    total = sum(k for _, k in mixture)
+    exact = [(n, k * size / total) for n, k in mixture]
+    counts = {n: int(math.floor(x)) for n, x in exact}
+    for n, x in sorted(exact, key=lambda nx: (-(nx[1] - math.floor(nx[1])), nx[0]))[:size - sum(counts.values())]:
+        counts[n] += 1
+    return tuple(sorted(((n, k) for n, k in counts.items() if k), key=lambda kv: (-kv[1], kv[0])))
+
+
 @dataclass(frozen=True)
 class Detected:
     """The condition a query is matched under, and why: ``source`` is "declared", "files" (read from the
@@ -505,7 +531,10 @@ class Detected:
     JPEG condition kept, lossy WebP, a size no resampling condition gives), one line, or None.
     ``resample_to``: (height, width) the images are brought to before they are embedded — the size the
     enrolled generators wrote, when the images arrive at another — or None. ``withhold``: why no generator
-    may be named under this condition (the references cannot stand for it: lossy WebP), or None."""
+    may be named under this condition (the references cannot stand for it: lossy WebP), or None.
+    ``mixture``: files that arrived processed in different ways (some re-saved as JPEG, some not) — the
+    condition of each image in reading order, every one kept by the references, ``name`` then the most
+    common; None when one condition stands for them all."""
 
     name: str
     source: str
@@ -513,12 +542,24 @@ class Detected:
     warning: str | None = None
     resample_to: tuple[int, int] | None = None
     withhold: str | None = None
+    mixture: tuple[str, ...] | None = None
+
+    def of(self, rows: slice = slice(None)) -> str | Mixture:
+        """The condition the images ``rows`` (in reading order) are matched under: ``name``, or for a
+        mixture the :data:`Mixture` of those rows (a condition's name where they all share one)."""
+        if self.mixture is None:
+            return self.name
+        found = mixture_of(self.mixture[rows])
+        return found[0][0] if len(found) == 1 else found
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "source": self.source, "detail": self.detail,
                "description": get_condition(self.name).description}
         if self.resample_to is not None:
             out["resampled_to"] = list(self.resample_to)
+        if self.mixture is not None:
+            out["mixture"] = [{"name": n, "count": k, "description": get_condition(n).description}
+                              for n, k in mixture_of(self.mixture)]
         return out
 
 
@@ -536,15 +577,18 @@ def nearest_jpeg(quality: int, available: Sequence[str]) -> str | None:
 
 
 def detect(files: Sequence[str | Path] | None, available: Sequence[str], *,
-           sizes: Sequence[tuple[int, int]] = (), native: tuple[int, int] | None = None) -> Detected:
+           sizes: Sequence[tuple[int, int]] = (), native: tuple[int, int] | None = None,
+           mixtures: bool = False) -> Detected:
     """The condition of a query read from its input. JPEGs say their quality (the most common one among the
     files; the nearest JPEG condition in ``available`` is taken); images of another size than the one the
     enrolled generators write (``native``, (height, width); ``sizes``: the sizes the images came in) were
     resampled on the way: they are brought back to it (:func:`resample`, ``resample_to``) and matched under
     the resampling condition of the nearest scale, combined with their re-encoding where it is kept
-    (:func:`geometry`). Anything else is "none"; an array (``files`` None) says nothing but its size."""
+    (:func:`geometry`). Anything else is "none"; an array (``files`` None) says nothing but its size.
+    ``mixtures``: files at the generators' size that were processed in different ways are each read as
+    what they are (:func:`mixed`) rather than all as the most common."""
     if native is None or not sizes or len(sizes) == 1 and tuple(sizes[0]) == tuple(native):
-        return _encoding(files, available)
+        return mixed(files, available) if mixtures else _encoding(files, available)
     if len(sizes) > 1:
         found = _encoding(files, available)
         return replace(found, warning="; ".join(filter(None, [found.warning, mixed_sizes(sizes, native)])))
@@ -636,6 +680,46 @@ def _webp(files: Sequence[str | Path], available: Sequence[str]) -> Detected:
         warnings.append(f"{len(files) - len(lossy)} of the {len(files)} files are not lossy WebP: all are matched as "
                         f"{name}; attribute each kind of file on its own")
     return Detected(name, "files", detail, "; ".join(warnings) or None)
+
+
+def _kind(path: str | Path) -> tuple[Any, ...]:
+    """What a file's header says of its encoding, as a key that groups files encoded alike: a JPEG's
+    quality (and whether it quantises at all), lossy WebP, or anything else (PNG, lossless WebP, …)."""
+    jpeg = file_jpeg(path)
+    if jpeg is not None:
+        return ("jpeg", jpeg.quality, jpeg.exact, lossless(jpeg))
+    return ("webp",) if file_webp(path) == "lossy" else ("other",)
+
+
+def mixed(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:
+    """The condition of files that may have been processed in different ways — half a folder re-saved as
+    JPEG 90, the rest PNG as generated. Files encoded alike (:func:`_kind`) are read together as
+    :func:`_encoding` reads a folder; when they fall under two or more of the kept conditions, each image
+    keeps its own (``mixture``) and the set is matched against references whose images are processed in the
+    same proportions (each a sub-batch whose images are put through the conditions in the batch's counts).
+    Otherwise, or when one kind cannot be matched as itself (lossy WebP whose quality cannot be read), as
+    :func:`_encoding` reads them: all under the most common condition, with a warning when they differ."""
+    whole = _encoding(files, available)
+    if not files or len(files) < 2:
+        return whole
+    kinds: dict[tuple[Any, ...], list[int]] = {}
+    for i, f in enumerate(files):
+        kinds.setdefault(_kind(f), []).append(i)
+    if len(kinds) < 2:
+        return whole
+    read = {k: _encoding([files[i] for i in rows], available) for k, rows in kinds.items()}
+    if len({d.name for d in read.values()}) < 2 or any(d.withhold for d in read.values()):
+        return whole
+    each: list[str] = [NONE] * len(files)
+    for k, rows in kinds.items():
+        for i in rows:
+            each[i] = read[k].name
+    counts = Counter(each)
+    name = min(counts, key=lambda n: (-counts[n], n))
+    order = sorted(kinds, key=lambda k: (-len(kinds[k]), str(k)))
+    detail = "; ".join(f"{len(kinds[k])} as {read[k].name}: {read[k].detail}" for k in order)
+    warnings = [read[k].warning for k in order if read[k].warning]
+    return Detected(name, "files", detail, "; ".join(warnings) or None, mixture=tuple(each))
 
 
 def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:

@@ -210,12 +210,14 @@ class BatchAttribution:
     not in the mean curve). ``compared_at``: the batch size the references it was matched against mean —
     m, or the batch's own size m′ when the enrolled instances were redrawn at m′ from their per-image
     records; None when they could not be (no records) and a partial batch met curves of m: C_T values
-    shrink with fewer images, so that verdict is not reliable."""
+    shrink with fewer images, so that verdict is not reliable. ``mixture``: for files processed in several
+    ways, how many of the batch's images arrived under each condition (its references hold as many)."""
 
     curve: Curve
     attribution: Attribution
     partial: bool = False
     compared_at: int | None = None  # the batch size of the references it was matched against; None: not comparable
+    mixture: Mapping[str, int] | None = None  # files processed in several ways: how many images under each condition
 
     @property
     def verdict(self) -> str | None:
@@ -232,9 +234,12 @@ class BatchAttribution:
         return answer_label(self.verdict, self.family)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"values": list(self.curve.fingerprint.values), "verdict": self.attribution.verdict,
-                "family": self.family, "n_images": self.curve.n_images, "partial": self.partial,
-                "compared_at": self.compared_at}
+        out = {"values": list(self.curve.fingerprint.values), "verdict": self.attribution.verdict,
+               "family": self.family, "n_images": self.curve.n_images, "partial": self.partial,
+               "compared_at": self.compared_at}
+        if self.mixture is not None:
+            out["mixture"] = dict(self.mixture)
+        return out
 
 
 def as_generated() -> dict[str, Any]:

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from forensics.cli.commands import app
 from forensics.conditions import (CONDITIONS, detect, file_jpeg, file_webp, get_condition, ijg_table, jpeg_quality,
-                                  parse_conditions, resample, scaled, webp_quantiser)
+                                  mixture_of, parse_conditions, resample, scaled, scaled_mixture, webp_quantiser)
 from forensics.errors import RegistryError, StatisticError, UsageError
-from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, references_at, subbatches
+from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, mixed_subbatches, references_at, subbatches
 from forensics.registry import Registry
 from forensics.registry.records import read_records, write_records
 from forensics.stats.ct import FittedCT
@@ -172,6 +172,49 @@ def test_references_at_the_enrolled_size_are_the_enrolled_curves(fitted):
         np.mean([fit.score(generated[r]).value for r in rows]), abs=1e-12)
     assert len(smaller.queries["i0"]) == CALIBRATION_DRAWS and smaller.references[0].provenance["batch_size"] == 100
     assert references_at([enrolled], {}, 100, curves_of).without_records == ("g/i0",)
+
+
+def test_mixed_subbatches_take_each_image_once_under_the_batchs_counts_of_each_condition():
+    n, counts = 200, (70, 30, 20)
+    drawn = mixed_subbatches(n, counts, 6, seed=0)
+    for rows in drawn:
+        block = rows // n
+        assert [int((block == c).sum()) for c in range(3)] == list(counts)
+        images = rows % n
+        assert len(set(images.tolist())) == len(rows)  # no image twice, under any condition
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, mixed_subbatches(n, counts, 6, seed=0)))
+    assert not np.array_equal(drawn[0], mixed_subbatches(n, counts, 6, seed=0, purpose=1)[0])
+    assert len({tuple(r) for r in mixed_subbatches(100, (50, 50), 8, seed=0)}) == 8  # all images: still drawn
+    (more,) = mixed_subbatches(100, (150, 50), 1, seed=0)  # more than the instance has: its n, in proportion
+    assert len(more) == 100 and int((more < 100).sum()) == 75
+    assert scaled_mixture((("jpeg90", 600), ("none", 400)), 500) == (("jpeg90", 300), ("none", 200))
+    assert scaled_mixture((("none", 998), ("jpeg90", 2)), 100) == (("none", 100),)
+    assert sum(k for _, k in scaled_mixture((("a", 1), ("b", 1), ("c", 1)), 100)) == 100
+    assert mixture_of(["none", "jpeg90", "none"]) == (("none", 2), ("jpeg90", 1))
+
+
+def test_references_of_a_mixed_batch_are_the_curves_of_batches_processed_in_those_proportions(fitted):
+    from forensics.match.types import EnrolledCurve
+    from forensics.protocol import Fingerprint
+
+    fit, generated = fitted
+    processed = generated + np.random.default_rng(5).normal(size=generated.shape) * 0.6  # another condition
+    stacked = np.concatenate([fit.records(generated), fit.records(processed)])[None]  # (1 layer, 2n, fields)
+    n = len(generated)
+
+    def curves_of(r, subsets):
+        return [np.array([fit.score_records(r[0][rows]).value]) for rows in subsets]
+
+    enrolled = EnrolledCurve("g", "i0", Fingerprint("sha256:" + "0" * 64, (0.0,)), {})
+    at = references_at([enrolled], {"i0": stacked}, 100, curves_of, draws=5, mixture=[60, 40])
+    expected = []  # independently: the images themselves, each put through its condition, scored as a set
+    for rows in mixed_subbatches(n, (60, 40), 5, seed=0):
+        images = np.concatenate([generated[rows[rows < n]], processed[rows[rows >= n] - n]])
+        expected.append(fit.score(images).value)
+    assert at.references[0].fingerprint.values[0] == pytest.approx(np.mean(expected), abs=1e-12)
+    assert len(at.queries["i0"]) == CALIBRATION_DRAWS and at.references[0].provenance["sub_batches"] == 5
+    with pytest.raises(ValueError, match="a mixture of 90 images for batches of 100"):
+        references_at([enrolled], {"i0": stacked}, 100, curves_of, mixture=[60, 30])
 
 
 # -- conditions -------------------------------------------------------------------------------------
@@ -483,6 +526,35 @@ def test_resized_jpeg_files_are_matched_under_the_combination_their_size_and_tab
     assert kept.name == "resize2+webp80" and kept.warning is None
 
 
+def test_files_processed_in_several_ways_each_keep_their_own_condition(tmp_path):
+    images = (np.random.default_rng(4).random((6, 28, 28)) * 255).astype(np.uint8)
+    kinds = ["png", "jpeg90", "png", "jpeg75", "jpeg90", "png"]
+    files = []
+    for i, (x, kind) in enumerate(zip(images, kinds)):
+        files.append(tmp_path / f"{i}.{'png' if kind == 'png' else 'jpg'}")
+        Image.fromarray(x).save(files[-1], **({} if kind == "png" else {"quality": int(kind[4:])}))
+    kept = list(CONDITIONS)
+    found = detect(files, kept, mixtures=True)
+    assert found.mixture == ("none", "jpeg90", "none", "jpeg75", "jpeg90", "none")  # in reading order
+    assert found.name == "none" and found.source == "files" and found.warning is None
+    assert "3 as none" in found.detail and "2 as jpeg90: JPEG quality 90" in found.detail
+    assert found.of(slice(0, 3)) == (("none", 2), ("jpeg90", 1)) and found.of(slice(1, 2)) == "jpeg90"
+    assert [m["count"] for m in found.to_dict()["mixture"]] == [3, 2, 1]
+    as_before = detect(files, kept)  # without mixtures: all as the most common, with a warning
+    assert as_before.mixture is None and "attribute each kind of file on its own" in as_before.warning
+    # files that differ but fall under one kept condition are one condition, as before
+    near = [tmp_path / "88.jpg", tmp_path / "90.jpg"]
+    Image.fromarray(images[0]).save(near[0], quality=88)
+    Image.fromarray(images[0]).save(near[1], quality=90)
+    assert detect(near, kept, mixtures=True).mixture is None
+    # a kind that cannot be matched as itself (lossy WebP with no WebP kept) is no part of a mixture
+    Image.fromarray(images[0]).save(tmp_path / "a.webp", quality=80)
+    no_webp = [n for n, c in CONDITIONS.items() if c.webp_quality is None]
+    assert detect([files[0], files[1], tmp_path / "a.webp"], no_webp, mixtures=True).mixture is None
+    # resized files are read as before: a mixture is of files at the generators' size
+    assert detect(files, kept, sizes=[(56, 56)], native=(28, 28), mixtures=True).mixture is None
+
+
 def test_lossy_webp_files_are_said_to_be_re_encoded(tmp_path):
     x = (np.random.default_rng(3).random((28, 28)) * 255).astype(np.uint8)
     Image.fromarray(x).save(tmp_path / "lossy.webp", quality=80)
@@ -768,6 +840,36 @@ def test_the_condition_is_read_from_jpeg_files_or_declared(digits, plugin_host, 
     assert r.exit_code != 0 and "no records under condition 'resize2'" in r.output
     r = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--condition", "sepia"])
     assert r.exit_code != 0 and "unknown condition 'sepia'" in r.output
+
+
+@pytest.mark.slow
+def test_a_folder_processed_in_two_ways_is_matched_against_references_processed_alike(digits, plugin_host, tmp_path):
+    from forensics.schemas import validate
+
+    reg, data = digits
+    images = np.load(data / "query-noise.npz")["images"]  # 150: a batch of 100, then 50
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, im in enumerate(images):  # every third file re-saved as JPEG 90, the rest PNG
+        Image.fromarray(im).save(folder / f"{i:03d}.jpg", quality=90) if i % 3 == 0 else \
+            Image.fromarray(im).save(folder / f"{i:03d}.png")
+    r = run(["attribute", str(folder), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    validate(doc)
+    assert doc["condition"]["name"] == "none" and doc["condition"]["source"] == "files"
+    assert [(m["name"], m["count"]) for m in doc["condition"]["mixture"]] == [("none", 100), ("jpeg90", 50)]
+    assert "processing" in doc["condition"]["mixture"][1] and "processing" not in doc["condition"]["mixture"][0]
+    assert [b.get("mixture") for b in doc["batches"]] == [{"none": 66, "jpeg90": 34}, {"none": 34, "jpeg90": 16}]
+    assert [b["compared_at"] for b in doc["batches"]] == [M, 50] and not doc["warnings"]
+    shown = {(x["condition"], x["batch_size"]): x.get("mixture") for x in doc["redrawn"]}
+    assert shown == {("mixed", M): {"none": 66, "jpeg90": 34}, ("mixed", 50): {"none": 34, "jpeg90": 16}}
+    r = run(["attribute", str(folder), "--registry", str(reg)])
+    assert "processed in several ways, each image matched as its own: 100 as generated, 50 jpeg90" in \
+        " ".join(r.stdout.split())
+    # declared, one condition stands for all the files again
+    r = run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition", "none"])
+    assert "mixture" not in json.loads(r.stdout)["condition"]
 
 
 @pytest.mark.slow

@@ -50,6 +50,27 @@ def subbatches(n: int, size: int, draws: int, seed: int, purpose: int = 0) -> li
     return [np.sort(rng.choice(n, size, replace=False)) for _ in range(draws)]
 
 
+def mixed_subbatches(n: int, counts: Sequence[int], draws: int, seed: int, purpose: int = 0) -> list[np.ndarray]:
+    """``draws`` seeded sub-batches of images processed in several ways, as rows of records stacked one
+    condition after another (rows ``c·n … c·n + n − 1`` are the ``n`` images under the c-th condition): each
+    takes ``counts[c]`` images under the c-th condition, no image twice, so that it is a batch of
+    ``sum(counts)`` distinct images of which that many arrived under each condition. Counts that add up to
+    more than ``n`` are scaled down to ``n`` in the same proportions."""
+    counts = [int(k) for k in counts]
+    if sum(counts) > n:
+        exact = [k * n / sum(counts) for k in counts]
+        counts = [int(x) for x in exact]
+        for c in sorted(range(len(exact)), key=lambda c: -(exact[c] - counts[c]))[:n - sum(counts)]:
+            counts[c] += 1
+    rng = np.random.default_rng([seed, purpose, n, *counts])
+    bounds = np.cumsum([0, *counts])
+    out = []
+    for _ in range(draws):
+        picked = rng.choice(n, int(bounds[-1]), replace=False)
+        out.append(np.sort(np.concatenate([picked[a:b] + c * n for c, (a, b) in enumerate(zip(bounds, bounds[1:]))])))
+    return out
+
+
 @dataclass(frozen=True)
 class AtBatchSize:
     """The enrolled instances redrawn at a batch size: their reference curves (``references``), the
@@ -93,10 +114,16 @@ def layer_weights(references: Sequence[EnrolledCurve],
 
 def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.ndarray], size: int,
                   curves_of: Callable[[np.ndarray, Sequence[np.ndarray]], list[np.ndarray]], *, draws: int = DRAWS,
-                  calibration_draws: int = CALIBRATION_DRAWS, seed: int = 0) -> AtBatchSize:
+                  calibration_draws: int = CALIBRATION_DRAWS, seed: int = 0,
+                  mixture: Sequence[int] | None = None) -> AtBatchSize:
     """Every instance of ``references`` that has ``records`` (by instance id: its (layers, images, fields)
     array) redrawn at ``size`` images. ``curves_of(records, subsets)`` is the curve vector of each subset of
-    rows (:func:`forensics.engine.records_curves`, undefined values as 0)."""
+    rows (:func:`forensics.engine.records_curves`, undefined values as 0). ``mixture``: a batch whose images
+    arrived processed in several ways, as many images under each condition (adding up to ``size``); each
+    instance's records are then its records under those conditions stacked along the images, in that order,
+    and every sub-batch is drawn as :func:`mixed_subbatches` draws it."""
+    if mixture is not None and sum(mixture) != size:
+        raise ValueError(f"a mixture of {sum(mixture)} images for batches of {size}")
     refs: list[EnrolledCurve] = []
     queries: dict[str, list[np.ndarray]] = {}
     missing: list[str] = []
@@ -105,11 +132,17 @@ def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.
         if rec is None:
             missing.append(f"{r.generator}/{r.instance}")
             continue
-        n = rec.shape[1]
-        drawn = subbatches(n, size, draws, seed, 0)
-        curves = curves_of(rec, [*drawn, *subbatches(n, size, calibration_draws, seed, 1)])
+        if mixture is None:
+            n = rec.shape[1]
+            drawn = subbatches(n, size, draws, seed, 0)
+            calibration = subbatches(n, size, calibration_draws, seed, 1)
+        else:
+            n = rec.shape[1] // len(mixture)
+            drawn = mixed_subbatches(n, mixture, draws, seed, 0)
+            calibration = mixed_subbatches(n, mixture, calibration_draws, seed, 1)
+        curves = curves_of(rec, [*drawn, *calibration])
         mean = np.mean(curves[:len(drawn)], axis=0)
-        prov = {**dict(r.provenance), "batch_size": min(size, n), "sub_batches": 1 if size >= n else draws}
+        prov = {**dict(r.provenance), "batch_size": min(size, n), "sub_batches": len(drawn)}
         refs.append(EnrolledCurve(r.generator, r.instance,
                                   Fingerprint(r.fingerprint.protocol_digest, tuple(float(v) for v in mean)), prov,
                                   r.family))

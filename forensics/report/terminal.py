@@ -177,6 +177,10 @@ def condition_text(cond: Mapping[str, Any]) -> str:
     name = cond.get("name", "none")
     how = {"files": "read from the files", "declared": "declared", "default": "assumed"}.get(cond.get("source"), "")
     what = "as generated" if name == "none" else f"{name}: {cond.get('description', '')}"
+    if cond.get("mixture"):
+        what = "processed in several ways, each image matched as its own: " + ", ".join(
+            f"{part['count']} " + ("as generated" if part["name"] == "none" else part["name"])
+            for part in cond["mixture"])
     detail = f" ({cond['detail']})" if cond.get("detail") and cond.get("source") == "files" else ""
     return f"images {what}, {how}{detail}"
 
@@ -186,7 +190,8 @@ def processing_text(cond: Mapping[str, Any]) -> str:
     ``Pillow 13.0.0 (libjpeg-turbo 3.2.0, libwebp 1.6.0)``; each distinct one once; empty when not recorded."""
     from forensics.conditions import describe_codecs
 
-    return "; ".join(dict.fromkeys(describe_codecs(m) for m in (cond.get("processing") or {}).values()))
+    recorded = [cond.get("processing") or {}, *((part.get("processing") or {}) for part in cond.get("mixture", ()))]
+    return "; ".join(dict.fromkeys(describe_codecs(m) for made in recorded for m in made.values()))
 
 
 def memorization_assumed_text(doc: Mapping[str, Any]) -> str:
