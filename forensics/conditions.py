@@ -697,8 +697,10 @@ def mixed(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detec
     :func:`_encoding` reads a folder; when they fall under two or more of the kept conditions, each image
     keeps its own (``mixture``) and the set is matched against references whose images are processed in the
     same proportions (each a sub-batch whose images are put through the conditions in the batch's counts).
-    Otherwise, or when one kind cannot be matched as itself (lossy WebP whose quality cannot be read), as
-    :func:`_encoding` reads them: all under the most common condition, with a warning when they differ."""
+    When every kind falls under one condition (PNG and JPEG 100, which quantises nothing; JPEG 88 and 90,
+    both nearest the kept 90) that condition stands for them all, with only what each kind's reading warns
+    of. When one kind cannot be matched as itself (lossy WebP whose quality cannot be read), as
+    :func:`_encoding` reads them: all under the most common condition, with a warning that they differ."""
     whole = _encoding(files, available)
     if not files or len(files) < 2:
         return whole
@@ -708,7 +710,7 @@ def mixed(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detec
     if len(kinds) < 2:
         return whole
     read = {k: _encoding([files[i] for i in rows], available) for k, rows in kinds.items()}
-    if len({d.name for d in read.values()}) < 2 or any(d.withhold for d in read.values()):
+    if any(d.withhold for d in read.values()):
         return whole
     each: list[str] = [NONE] * len(files)
     for k, rows in kinds.items():
@@ -718,8 +720,9 @@ def mixed(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detec
     name = min(counts, key=lambda n: (-counts[n], n))
     order = sorted(kinds, key=lambda k: (-len(kinds[k]), str(k)))
     detail = "; ".join(f"{len(kinds[k])} as {read[k].name}: {read[k].detail}" for k in order)
-    warnings = [read[k].warning for k in order if read[k].warning]
-    return Detected(name, "files", detail, "; ".join(warnings) or None, mixture=tuple(each))
+    warnings = [f"{len(kinds[k])} of the {len(files)} files: {read[k].warning}" for k in order if read[k].warning]
+    return Detected(name, "files", detail, "; ".join(warnings) or None,
+                    mixture=tuple(each) if len(counts) > 1 else None)
 
 
 def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:

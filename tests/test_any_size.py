@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from forensics.cli.commands import app
-from forensics.conditions import (CONDITIONS, detect, file_jpeg, file_webp, get_condition, ijg_table, jpeg_quality,
+from forensics.conditions import (CONDITIONS, NONE, detect, file_jpeg, file_webp, get_condition, ijg_table, jpeg_quality,
                                   mixture_of, parse_conditions, resample, scaled, scaled_mixture, webp_quantiser)
 from forensics.errors import RegistryError, StatisticError, UsageError
 from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, mixed_subbatches, references_at, subbatches
@@ -542,11 +542,18 @@ def test_files_processed_in_several_ways_each_keep_their_own_condition(tmp_path)
     assert [m["count"] for m in found.to_dict()["mixture"]] == [3, 2, 1]
     as_before = detect(files, kept)  # without mixtures: all as the most common, with a warning
     assert as_before.mixture is None and "attribute each kind of file on its own" in as_before.warning
-    # files that differ but fall under one kept condition are one condition, as before
-    near = [tmp_path / "88.jpg", tmp_path / "90.jpg"]
-    Image.fromarray(images[0]).save(near[0], quality=88)
-    Image.fromarray(images[0]).save(near[1], quality=90)
-    assert detect(near, kept, mixtures=True).mixture is None
+    # files that differ but fall under one kept condition are that condition, and nothing to warn of
+    near = [tmp_path / "88.jpg", tmp_path / "90.jpg", tmp_path / "100.jpg", files[0]]
+    for path, q in zip(near, (88, 90, 100)):
+        Image.fromarray(images[0]).save(path, quality=q)
+    one = detect(near[:2], kept, mixtures=True)
+    assert (one.name, one.mixture, one.warning) == ("jpeg90", None, None) and "quality 88" in one.detail
+    assert "not JPEG at quality" in detect(near[:2], kept).warning  # read as one folder: they differ
+    clean = detect(near[2:], kept, mixtures=True)  # JPEG 100 quantises nothing: as generated, like the PNG
+    assert (clean.name, clean.mixture, clean.warning) == ("none", None, None)
+    Image.fromarray(images[0]).save(tmp_path / "40.jpg", quality=40)
+    far = detect([tmp_path / "40.jpg", *near[:2]], [NONE, "jpeg90"], mixtures=True)  # 40 nearest 90 too, a guess
+    assert far.name == "jpeg90" and far.warning.startswith("1 of the 3 files: JPEG quality 40 lies more than 2")
     # a kind that cannot be matched as itself (lossy WebP with no WebP kept) is no part of a mixture
     Image.fromarray(images[0]).save(tmp_path / "a.webp", quality=80)
     no_webp = [n for n, c in CONDITIONS.items() if c.webp_quality is None]
@@ -829,10 +836,11 @@ def test_the_condition_is_read_from_jpeg_files_or_declared(digits, plugin_host, 
     assert doc["condition"]["name"] == "jpeg90" and doc["condition"]["source"] == "files"
     assert "quality 88" in doc["condition"]["detail"] and doc["compared_at"] == M
     assert not doc["warnings"]  # between kept qualities: the nearest is measured, no guess
-    Image.fromarray(images[0]).save(folder / "000.jpg", quality=40)  # one file of another quality
+    Image.fromarray(images[0]).save(folder / "000.jpg", quality=40)  # one file of another quality, far from 90
     r = run(["attribute", str(folder), "--registry", str(reg), "--json"])
-    assert json.loads(r.stdout)["warnings"] == [f"1 of the {M} files are not JPEG at quality 88, the most common: "
-                                                "all are matched as jpeg90; attribute each kind of file on its own"]
+    (warning,) = json.loads(r.stdout)["warnings"]
+    assert warning.startswith(f"1 of the {M} files: JPEG quality 40 lies more than 2 from every quality the "
+                              "references keep (90): matched as jpeg90, which it is not")
     assert "warning: 1 of the" in r.stderr
     r = run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition", "none"])
     assert json.loads(r.stdout)["condition"]["name"] == "none"
