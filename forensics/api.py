@@ -586,7 +586,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
     cond = _condition(condition, record, sized.conditions(), generated_size(references), mixtures=True)
     if cond.mixture is not None and not all(sized.complete(c) for c in set(cond.mixture)):
-        cond = replace(cond, mixture=None)  # some records failed their checks: as the most common, below
+        # some records failed their checks: the files read as one condition, the most common (warned of)
+        cond = _condition(condition, record, sized.conditions(), generated_size(references))
     if cond.name != "none" and not sized.complete(cond.name):
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
                                                                "images are matched as generated",

@@ -1003,6 +1003,14 @@ def test_records_that_fail_their_check_are_reported_and_not_used(digits, plugin_
     assert doc["compared_at"] is None and any("is not the one its generator file records" in w
                                               for w in doc["warnings"])
     assert "is not the one its generator file records" in r.stderr
+    # files processed in two ways cannot meet references redrawn from broken records: read as one condition
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, im in enumerate(np.load(data / "query-shuffle.npz")["images"][:M]):
+        Image.fromarray(im).save(folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}", **({"quality": 90} if i % 2 else {}))
+    doc = json.loads(run(["attribute", str(folder), "--registry", str(copy), "--json"]).stdout)
+    assert "mixture" not in doc["condition"] and doc["condition"]["name"] == "jpeg90"
+    assert any("attribute each kind of file on its own" in w for w in doc["warnings"])
     r = run(["registry", "validate", "--registry", str(copy), "--json"])
     doc = json.loads(r.stdout)
     assert r.exit_code != 0 and not doc["ok"] and any("none.npy" in p for p in doc["problems"])
