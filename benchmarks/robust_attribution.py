@@ -22,9 +22,11 @@ crop of 90 % of each side, not resized), each also as a JPEG or WebP file at tha
 ``down2+jpeg75``, ``cut90+webp80``: resized, then re-encoded, as a platform does); and lossy WebP files, ``webp90`` … ``webp75`` (their quality read by
 re-encoding them; ``--webp-as-generated`` declares them ``none`` instead, as the tool matched them before
 WebP conditions were kept); and folders processed in two ways, ``half-jpeg90`` (every other image a JPEG 90
-file, the rest PNG; any encoding after ``half-``): each image read as its own, the batch matched against
+file, the rest PNG; any encoding or one-way resampling after ``half-``: ``half-down2``, ``half-up2+jpeg75``):
+each image read as its own, the batch matched against
 references processed in its proportions (``--as-most-common``: every image as the most common condition,
-with a warning, as the tool matched them before).
+with a warning, as the tool matched them before, and images of several sizes brought to one by the
+protocol's resize).
 Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--batches`` each) and 1,000
 (the whole 1,000-image sets: two batches of 500, verdict on their mean).
 
@@ -174,10 +176,17 @@ def as_query(images: np.ndarray, condition: str, folder: Path, webp_as_generated
 
     from forensics.conditions import get_condition
 
-    if condition.startswith("half-"):  # every other image re-encoded, the rest PNG
-        folder.mkdir(parents=True, exist_ok=True)
+    if condition.startswith("half-"):  # every other image processed (a one-way resampling, a re-encoding), the
+        folder.mkdir(parents=True, exist_ok=True)  # rest PNG as generated
+        shape, _, encoding = condition[5:].partition("+")
+        if shape not in FILES:
+            shape, encoding = "", condition[5:]
         for i, im in enumerate(images):
-            _saved(Image.fromarray(im), folder, i, condition[5:] if i % 2 else "png")
+            im = Image.fromarray(im)
+            if i % 2:
+                _saved(FILES[shape][0](im, Image) if shape else im, folder, i, encoding or "png")
+            else:
+                _saved(im, folder, i, "png")
         return str(folder), "auto"
     shape, _, encoding = condition.partition("+")
     if condition == "png" or condition.startswith(("jpeg", "webp")) or shape in FILES:
@@ -283,7 +292,10 @@ def main() -> int:
             # sub-batch's curve from the set's per-image records is exactly its own curve (tests/test_any_size)
             with tempfile.TemporaryDirectory() as tmp:
                 query, declared = as_query(images, condition, Path(tmp) / "q", a.webp_as_generated)
-                data, record = api.read_images(query, proto)
+                # (as the most common: a folder of several sizes read as before, brought to one by the protocol's
+                # resize, not each back to the generators' size)
+                data, record = api.read_images(query, proto,
+                                               native=None if a.as_most_common else api.generated_size(refs))
                 cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs),
                                       mixtures=not a.as_most_common)
                 kept = engine.records(api._as_matched(cond, data))  # brought back to the generators' size

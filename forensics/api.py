@@ -290,13 +290,15 @@ def _encoder_entry(name: str, provided: Provided) -> dict[str, Any]:
 
 # -- reading images -------------------------------------------------------------------------------
 def read_images(images: Images, protocol: Protocol | Combination, *, workers: int = 0, recursive: bool = True,
-                progress: Progress | None = None) -> tuple[np.ndarray, ImageInput]:
+                progress: Progress | None = None, native: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, ImageInput]:
     """The images as one uint8 array, with the record a report keeps of them.
 
     A folder is searched recursively unless ``recursive`` is False; hidden entries and files that are not
     images are skipped, and the record says how many (:func:`forensics.io.images.read_image_set`). A folder
-    of mixed sizes is brought to one size as the (first) encoder would; each encoder then applies its own
-    preprocessing."""
+    of mixed sizes is brought to one size: each image back to ``native`` (the size the enrolled generators
+    write, as a resampling condition brings it back), else as the (first) encoder would; each encoder then
+    applies its own preprocessing."""
     from forensics.io.hashing import sha256_array
     from forensics.io.images import as_uint8_images, read_image_set
 
@@ -307,9 +309,10 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
     with _Step(progress, "reading images"):
         report = None if progress is None else (lambda done, total: progress("decoding images", done, total))
         found = read_image_set(images, size=int(prep["size"]), resize=int(prep["resize"]), workers=workers,
-                               recursive=recursive, progress=report)
+                               recursive=recursive, progress=report, native=native)
     return found.images, ImageInput(str(images), len(found.images), found.sha256, found.recursive,
-                                    found.skipped_counts(), files=tuple(found.files), sizes=found.sizes)
+                                    found.skipped_counts(), files=tuple(found.files), sizes=found.sizes,
+                                    image_sizes=found.image_sizes)
 
 
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
@@ -516,7 +519,7 @@ def _condition(condition: str, record: ImageInput, available: Sequence[str] | No
 
     if condition == "auto":
         return detect(list(record.files) or None, applicable() if available is None else available,
-                      sizes=record.sizes, native=native, mixtures=mixtures)
+                      sizes=record.sizes, native=native, mixtures=mixtures, image_sizes=record.image_sizes)
     get_condition(condition)
     if available is not None and condition != NONE and condition not in available:
         raise UsageError(f"the registry keeps no records under condition {condition!r} for every instance of this "
@@ -581,13 +584,14 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         compute = check_compute(device, amp, engine)
         engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
                          progress=progress, engine=engine, ray_address=ray_address)
-    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
+    native = generated_size(references)
+    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
-    cond = _condition(condition, record, sized.conditions(), generated_size(references), mixtures=True)
+    cond = _condition(condition, record, sized.conditions(), native, mixtures=True)
     if cond.mixture is not None and not all(sized.complete(c) for c in set(cond.mixture)):
         # some records failed their checks: the files read as one condition, the most common (warned of)
-        cond = _condition(condition, record, sized.conditions(), generated_size(references))
+        cond = _condition(condition, record, sized.conditions(), native)
     if cond.name != "none" and not sized.complete(cond.name):
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
                                                                "images are matched as generated",
@@ -670,7 +674,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
         native = generated_size(reg.enrolled(proto.name))  # the size the enrolled generators write: T's
     with _Step(progress, f"starting torch on {device}"):
         compute = check_compute(device, amp, engine)
-    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress)
+    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
     cond = _condition(condition, record, None, native)
     data = _as_matched(cond, data)
     engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,

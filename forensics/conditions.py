@@ -578,18 +578,21 @@ def nearest_jpeg(quality: int, available: Sequence[str]) -> str | None:
 
 def detect(files: Sequence[str | Path] | None, available: Sequence[str], *,
            sizes: Sequence[tuple[int, int]] = (), native: tuple[int, int] | None = None,
-           mixtures: bool = False) -> Detected:
+           mixtures: bool = False, image_sizes: Sequence[tuple[int, int]] = ()) -> Detected:
     """The condition of a query read from its input. JPEGs say their quality (the most common one among the
     files; the nearest JPEG condition in ``available`` is taken); images of another size than the one the
     enrolled generators write (``native``, (height, width); ``sizes``: the sizes the images came in) were
     resampled on the way: they are brought back to it (:func:`resample`, ``resample_to``) and matched under
     the resampling condition of the nearest scale, combined with their re-encoding where it is kept
     (:func:`geometry`). Anything else is "none"; an array (``files`` None) says nothing but its size.
-    ``mixtures``: files at the generators' size that were processed in different ways are each read as
-    what they are (:func:`mixed`) rather than all as the most common."""
+    ``mixtures``: files that were processed in different ways — re-encoded or not, and with several sizes
+    (``image_sizes``: each image's, in reading order; the images already brought back to ``native`` each)
+    resampled or not — are each read as what they are (:func:`mixed`) rather than all as the most common."""
     if native is None or not sizes or len(sizes) == 1 and tuple(sizes[0]) == tuple(native):
         return mixed(files, available) if mixtures else _encoding(files, available)
     if len(sizes) > 1:
+        if mixtures and image_sizes:
+            return mixed(files, available, image_sizes=image_sizes, native=native)
         found = _encoding(files, available)
         return replace(found, warning="; ".join(filter(None, [found.warning, mixed_sizes(sizes, native)])))
     size = tuple(sizes[0])
@@ -599,9 +602,8 @@ def detect(files: Sequence[str | Path] | None, available: Sequence[str], *,
 def mixed_sizes(sizes: Sequence[tuple[int, int]], native: tuple[int, int]) -> str:
     """The warning for images that come in several sizes (height, width): their size says nothing."""
     names = ", ".join(f"{w}×{h}" for h, w in sorted(sizes)[:4]) + (", …" if len(sizes) > 4 else "")
-    return (f"the images come in {len(sizes)} sizes ({names}), brought to one by the protocol's resize, so their "
-            f"size says nothing of a resampling; the generators write {native[1]}×{native[0]}: attribute each size "
-            "on its own")
+    return (f"the images come in {len(sizes)} sizes ({names}), each brought back to the {native[1]}×{native[0]} the "
+            "generators write (bicubic), but all matched under one condition: attribute each size on its own")
 
 
 def geometry(files: Sequence[str | Path] | None, size: tuple[int, int], native: tuple[int, int],
@@ -691,25 +693,38 @@ def _kind(path: str | Path) -> tuple[Any, ...]:
     return ("webp",) if file_webp(path) == "lossy" else ("other",)
 
 
-def mixed(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:
+def mixed(files: Sequence[str | Path] | None, available: Sequence[str], *,
+          image_sizes: Sequence[tuple[int, int]] = (), native: tuple[int, int] | None = None) -> Detected:
     """The condition of files that may have been processed in different ways — half a folder re-saved as
     JPEG 90, the rest PNG as generated. Files encoded alike (:func:`_kind`) are read together as
     :func:`_encoding` reads a folder; when they fall under two or more of the kept conditions, each image
     keeps its own (``mixture``) and the set is matched against references whose images are processed in the
     same proportions (each a sub-batch whose images are put through the conditions in the batch's counts).
+    Images of several sizes (``image_sizes``, each image's, in reading order; each already brought back to
+    ``native``, the size the generators write) are also grouped by size, a size other than ``native`` read
+    as :func:`geometry` reads a folder of it (the resampling that size says, with its re-encoding).
     When every kind falls under one condition (PNG and JPEG 100, which quantises nothing; JPEG 88 and 90,
     both nearest the kept 90) that condition stands for them all, with only what each kind's reading warns
     of. When one kind cannot be matched as itself (lossy WebP whose quality cannot be read), as
     :func:`_encoding` reads them: all under the most common condition, with a warning that they differ."""
     whole = _encoding(files, available)
+    if image_sizes and native is not None and len(set(image_sizes)) > 1:
+        whole = replace(whole, warning="; ".join(filter(None, [whole.warning, mixed_sizes(sorted(set(image_sizes)),
+                                                                                          native)])))
     if not files or len(files) < 2:
         return whole
     kinds: dict[tuple[Any, ...], list[int]] = {}
     for i, f in enumerate(files):
-        kinds.setdefault(_kind(f), []).append(i)
+        size = tuple(image_sizes[i]) if image_sizes and native is not None else None
+        kinds.setdefault((None if size == tuple(native or ()) else size, *_kind(f)), []).append(i)
     if len(kinds) < 2:
         return whole
-    read = {k: _encoding([files[i] for i in rows], available) for k, rows in kinds.items()}
+
+    def reading(key: tuple[Any, ...], group: list[str | Path]) -> Detected:
+        size = key[0]
+        return _encoding(group, available) if size is None else geometry(group, size, native, available)
+
+    read = {k: reading(k, [files[i] for i in rows]) for k, rows in kinds.items()}
     if any(d.withhold for d in read.values()):
         return whole
     each: list[str] = [NONE] * len(files)

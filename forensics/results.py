@@ -93,6 +93,7 @@ class ImageInput:
     skipped: Mapping[str, int] = field(default_factory=dict)
     files: tuple[Any, ...] = field(default=(), repr=False, compare=False)  # a folder's files read, in order
     sizes: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)  # (height, width) as read
+    image_sizes: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)  # several: each image's
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}

@@ -558,8 +558,42 @@ def test_files_processed_in_several_ways_each_keep_their_own_condition(tmp_path)
     Image.fromarray(images[0]).save(tmp_path / "a.webp", quality=80)
     no_webp = [n for n, c in CONDITIONS.items() if c.webp_quality is None]
     assert detect([files[0], files[1], tmp_path / "a.webp"], no_webp, mixtures=True).mixture is None
-    # resized files are read as before: a mixture is of files at the generators' size
+    # one size for all, not the generators': as the resampling it says, for all of them
     assert detect(files, kept, sizes=[(56, 56)], native=(28, 28), mixtures=True).mixture is None
+
+
+def test_files_of_several_sizes_are_each_brought_back_and_read_as_their_own_resampling(tmp_path):
+    from forensics.io.images import read_image_set
+
+    images = (np.random.default_rng(6).random((6, 28, 28)) * 255).astype(np.uint8)
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    ims = [Image.fromarray(x) for x in images]
+    ims[1].resize((56, 56), Image.BICUBIC).save(folder / "1.png")  # ×2, one way
+    ims[3].resize((14, 14), Image.BICUBIC).save(folder / "3.png")  # ×0.5
+    ims[4].resize((56, 56), Image.BICUBIC).save(folder / "4.jpg", quality=90)  # ×2, then JPEG 90 at that size
+    for i in (0, 2, 5):
+        ims[i].save(folder / f"{i}.png")
+    found = read_image_set(folder, native=(28, 28))
+    assert found.sizes == ((14, 14), (28, 28), (56, 56))
+    assert found.image_sizes == ((28, 28), (56, 56), (28, 28), (14, 14), (56, 56), (28, 28))
+    # each brought back as its resampling condition brings it: that condition of the image, bit for bit
+    assert np.array_equal(found.images[[0, 2, 5]], images[[0, 2, 5]])
+    assert np.array_equal(found.images[1], get_condition("resize2").apply(images[1:2])[0])
+    assert np.array_equal(found.images[3], get_condition("resize0.5").apply(images[3:4])[0])
+    assert np.array_equal(found.images[4], get_condition("resize2+jpeg90").apply(images[4:5])[0])
+    kept = list(CONDITIONS)
+    each = detect(list(found.files), kept, sizes=found.sizes, native=(28, 28), mixtures=True,
+                  image_sizes=found.image_sizes)
+    assert each.mixture == ("none", "resize2", "none", "resize0.5", "resize2+jpeg90", "none")
+    assert each.resample_to is None and each.warning is None  # brought back when read, each alone
+    assert "1 as resize0.5: the images are 14×14" in each.detail
+    # as one condition (without mixtures, or a size no condition is kept for): warned of
+    one = detect(list(found.files), kept, sizes=found.sizes, native=(28, 28), image_sizes=found.image_sizes)
+    assert one.mixture is None and "come in 3 sizes (14×14, 28×28, 56×56), each brought back" in one.warning
+    unkept = detect(list(found.files), ["none", "jpeg90"], sizes=found.sizes, native=(28, 28), mixtures=True,
+                    image_sizes=found.image_sizes)
+    assert unkept.mixture is None and "keep no records under resize2" in unkept.warning
 
 
 def test_lossy_webp_files_are_said_to_be_re_encoded(tmp_path):
@@ -908,12 +942,20 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
     assert declared["condition"]["detail"] == (f"as declared; the images, {2 * w}×{2 * h}, brought back to the "
                                                f"{w}×{h} the generators write (bicubic)")
     assert declared["curve"] == doc["curve"]
-    # files of several sizes say nothing of a resampling, declared or not: matched as they are, and said
+    # files of several sizes: each brought back to the generators' size as it is read, each size read for
+    # the resampling it says (no records under resize2 here: all as generated, said of those files)
     Image.fromarray(images[0]).save(folder / "zz.png")
-    for extra in ([], ["--condition", "none"]):
-        mixed = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json", *extra]).stdout)
-        assert "resampled_to" not in mixed["condition"]
-        assert any(f"come in 2 sizes ({w}×{h}, {2 * w}×{2 * h})" in x for x in mixed["warnings"]), extra
+    mixed = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json"]).stdout)
+    assert "resampled_to" not in mixed["condition"] and mixed["condition"]["name"] == "none"
+    assert any(x.startswith(f"{M} of the {M + 1} files: the references keep no records under resize2")
+               for x in mixed["warnings"]), mixed["warnings"]
+    np.savez(tmp_path / "each.npz", images=np.concatenate([get_condition("resize2").apply(images), images[:1]]))
+    each = json.loads(run(["attribute", str(tmp_path / "each.npz"), "--registry", str(reg), "--json"]).stdout)
+    assert each["curve"] == mixed["curve"]
+    # declared, one condition for all: said that the sizes differ
+    mixed = json.loads(run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition", "none"]).stdout)
+    assert "resampled_to" not in mixed["condition"] and mixed["curve"] == each["curve"]
+    assert any(f"come in 2 sizes ({w}×{h}, {2 * w}×{2 * h}), each brought back" in x for x in mixed["warnings"])
 
 
 @pytest.mark.slow

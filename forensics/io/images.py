@@ -125,6 +125,7 @@ class ImageSet:
     skipped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     recursive: bool | None = None  # None: not a folder
     sizes: tuple[tuple[int, int], ...] = ()  # the (height, width) the images came in, before any resize
+    image_sizes: tuple[tuple[int, int], ...] = ()  # of several sizes: each image's, in reading order
 
     def __post_init__(self) -> None:
         if not self.sizes and self.images.ndim >= 3:
@@ -144,12 +145,15 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
 
 
 def read_image_set(path: str | Path, *, size: int | None = None, resize: int | None = None, workers: int = 0,
-                   recursive: bool = True, progress: DecodeProgress | None = None) -> ImageSet:
+                   recursive: bool = True, progress: DecodeProgress | None = None,
+                   native: tuple[int, int] | None = None) -> ImageSet:
     """Read an image set: a folder of image files (searched recursively unless ``recursive`` is False,
     see the module docstring), or an .npz / .npy array.
 
     ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
-    holds images of different sizes. ``workers`` > 0 decodes a folder's files in that many processes;
+    holds images of different sizes; ``native`` ((height, width): the size the enrolled generators write)
+    instead brings each image of another size back to it with the conditions' bicubic resampling
+    (:func:`forensics.conditions.resample`: the second half of the resize or crop it went through). ``workers`` > 0 decodes a folder's files in that many processes;
     ``progress(done, total)`` hears how many files are decoded. The hash is of the decoded pixels, taken
     before any resize: :func:`~forensics.io.hashing.sha256_images` for a folder (in reading order),
     :func:`~forensics.io.hashing.sha256_array` for an array file.
@@ -157,7 +161,7 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     path = Path(path).expanduser()
     if stat.S_ISDIR(_stat(path).st_mode):
         return _load_folder(path, size=size, resize=resize, workers=workers, recursive=recursive,
-                            progress=progress)
+                            progress=progress, native=native)
     _regular_file(path)
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
@@ -442,7 +446,7 @@ def scan_folder(folder: str | Path, *, recursive: bool = True) -> tuple[list[Pat
 
 
 def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int, recursive: bool = True,
-                 progress: DecodeProgress | None = None) -> ImageSet:
+                 progress: DecodeProgress | None = None, native: tuple[int, int] | None = None) -> ImageSet:
     files, skipped = scan_folder(folder, recursive=recursive)
     if not files:
         more = "" if recursive or SKIP_FOLDER not in skipped else " (its subfolders were not searched: recursive off)"
@@ -475,11 +479,19 @@ def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers:
     found = {reason: tuple(paths) for reason, paths in skipped.items()}
     if len(shapes) == 1:
         return ImageSet(np.stack(decoded), digest, tuple(files), found, recursive)
+    each = tuple((int(a.shape[0]), int(a.shape[1])) for a in decoded)
+    sizes = tuple(sorted(set(each)))
+    if native is not None:
+        from forensics.conditions import resample
+
+        native = (int(native[0]), int(native[1]))
+        back = [a if a.shape[:2] == native else resample(a[None], native)[0] for a in decoded]
+        return ImageSet(np.stack(back), digest, tuple(files), found, recursive, sizes, each)
     if size is None or resize is None:
         raise UsageError(f"{_show(folder)} holds images of {len(shapes)} different sizes; they can be read only under a "
                          "protocol, which says how to resize them")
     return ImageSet(np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest, tuple(files), found,
-                    recursive, tuple(sorted({(int(s[0]), int(s[1])) for s in shapes})))
+                    recursive, sizes, each)
 
 
 def _fit(image: np.ndarray, *, size: int, resize: int) -> np.ndarray:
