@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -305,7 +306,17 @@ class JpegFile(NamedTuple):
 
 
 def file_jpeg(path: str | Path) -> JpegFile | None:
-    """What an image file's JPEG header says (:class:`JpegFile`), None when it is not a JPEG."""
+    """What an image file's JPEG header says (:class:`JpegFile`), None when it is not a JPEG. Read once per
+    state of the file (its modification time, size and inode): a folder is read kind by kind and as a whole."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _jpeg_header(str(path), (st.st_mtime_ns, st.st_size, st.st_ino))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _jpeg_header(path: str, stamp: tuple[int, int, int]) -> JpegFile | None:
     from PIL import Image, JpegImagePlugin
 
     try:
