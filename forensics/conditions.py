@@ -512,10 +512,11 @@ Mixture = tuple[tuple[str, int], ...]
 """Images processed in several ways, as a batch holds them: (condition, how many images), most first."""
 
 
-def mixture_of(conditions: Sequence[str]) -> Mixture:
-    """The :data:`Mixture` of images whose conditions are ``conditions``: each condition and its count,
-    most first (then by name)."""
-    return tuple(sorted(Counter(conditions).items(), key=lambda kv: (-kv[1], kv[0])))
+def mixture_of(conditions: Sequence[str] | Counter[str]) -> Mixture:
+    """The :data:`Mixture` of images whose conditions are ``conditions`` (one per image, or counted already):
+    each condition and its count, most first (then by name); conditions counted 0 left out."""
+    counts = conditions if isinstance(conditions, Counter) else Counter(conditions)
+    return tuple(sorted(((n, k) for n, k in counts.items() if k), key=lambda kv: (-kv[1], kv[0])))
 
 
 def mixture_name(mixture: Mixture) -> str:
@@ -528,10 +529,10 @@ def scaled_mixture(mixture: Mixture, size: int) -> Mixture:
     that round to no image dropped): the mixture a mean curve of several batches stands for at ``size``."""
     total = sum(k for _, k in mixture)
     exact = [(n, k * size / total) for n, k in mixture]
-    counts = {n: int(math.floor(x)) for n, x in exact}
+    counts = Counter({n: int(math.floor(x)) for n, x in exact})
     for n, x in sorted(exact, key=lambda nx: (-(nx[1] - math.floor(nx[1])), nx[0]))[:size - sum(counts.values())]:
         counts[n] += 1
-    return tuple(sorted(((n, k) for n, k in counts.items() if k), key=lambda kv: (-kv[1], kv[0])))
+    return mixture_of(counts)
 
 
 @dataclass(frozen=True)
@@ -543,9 +544,9 @@ class Detected:
     ``resample_to``: (height, width) the images are brought to before they are embedded — the size the
     enrolled generators wrote, when the images arrive at another — or None. ``withhold``: why no generator
     may be named under this condition (the references cannot stand for it: lossy WebP), or None.
-    ``mixture``: files that arrived processed in different ways (some re-saved as JPEG, some not) — the
-    condition of each image in reading order, every one kept by the references, ``name`` then the most
-    common; None when one condition stands for them all."""
+    ``mixture``: files that arrived processed in different ways (some re-saved as JPEG or resized, some
+    not) — the condition of each image in reading order, every one kept by the references, ``name`` then the
+    most common; None when one condition stands for them all."""
 
     name: str
     source: str
@@ -742,8 +743,8 @@ def mixed(files: Sequence[str | Path] | None, available: Sequence[str], *,
     for k, rows in kinds.items():
         for i in rows:
             each[i] = read[k].name
-    counts = Counter(each)
-    name = min(counts, key=lambda n: (-counts[n], n))
+    counts = mixture_of(each)
+    name = counts[0][0]
     order = sorted(kinds, key=lambda k: (-len(kinds[k]), str(k)))
     detail = "; ".join(f"{len(kinds[k])} as {read[k].name}: {read[k].detail}" for k in order)
     warnings = [f"{len(kinds[k])} of the {len(files)} files: {read[k].warning}" for k in order if read[k].warning]
