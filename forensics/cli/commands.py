@@ -91,7 +91,7 @@ def attribute(
     Any number of images: a set smaller than the protocol's batch, and a remainder after full batches, are
     matched against the enrolled instances redrawn at their own size. Re-encoded or resized images are
     matched against the instances under the same processing (--condition; JPEG and WebP quality and a resampling
-    are read from the files).
+    are read from the files, file by file where they differ).
 
     Example: forensics attribute registry/mnist-effnet-lite0/samples/dcgan/heldout.npz
     """
