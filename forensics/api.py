@@ -966,22 +966,25 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
              condition: str) -> tuple[list, dict, Any]:
     """``refs`` redrawn at ``size`` under ``condition`` (:func:`forensics.match.batchsize.references_at`),
     the sub-batches that stand for each, and the layer weights they are compared with; a one-line error
-    when the registry keeps no such records."""
-    from forensics.conditions import get_condition
-    from forensics.engine import make_engine, records_curves
-    from forensics.match.batchsize import references_at
+    when the registry keeps no such records. ``condition`` may name a mixture (``none/jpeg90``:
+    :func:`forensics.conditions.parse_mixture`): batches of ``size`` with that many images under each."""
+    from forensics.conditions import get_condition, parse_mixture
+    from forensics.engine import make_engine
 
-    get_condition(condition)
     if size < 1:
         raise UsageError(f"--batch-size must be a positive number of images, not {size}")
-    engine = make_engine(proto, reference_dir=reg.reference_dir)
-    records, problems = reg.records(proto.name, refs, condition) if engine.keeps_records else ({}, [])
-    missing = [f"{r.generator}/{r.instance}" for r in refs if r.instance not in records]
-    if missing:
-        why = f" ({problems[0]})" if problems else ""
-        raise UsageError(f"{len(missing)} instance(s) of {proto.name} keep no usable per-image records under "
-                         f"{condition}{why}; add them with `forensics registry records`")
-    redrawn = references_at(refs, records, size, records_curves(engine))
+    mixture = parse_mixture(condition, size)
+    parts = [condition] if mixture is None else [c for c, _ in mixture]
+    for c in parts:
+        get_condition(c)
+    sized = _Matchers(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs, "", None)
+    for c in parts:
+        missing = [f"{r.generator}/{r.instance}" for r in refs if r.instance not in sized.records(c)]
+        if missing:
+            why = f" ({sized.problems[0]})" if sized.problems else ""
+            raise UsageError(f"{len(missing)} instance(s) of {proto.name} keep no usable per-image records under "
+                             f"{c}{why}; add them with `forensics registry records`")
+    redrawn = sized.redraw(condition if mixture is None else mixture, size)
     return list(redrawn.references), dict(redrawn.queries), redrawn.layer_weights
 
 

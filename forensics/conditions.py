@@ -274,6 +274,31 @@ def parse_conditions(text: str | Sequence[str] | None) -> list[str]:
     return [NONE] + [n for n in dict.fromkeys(names) if n != NONE]
 
 
+def parse_mixture(text: str, size: int) -> Mixture | None:
+    """A batch of ``size`` images processed in several ways, as ``registry evaluate --condition`` names it:
+    conditions separated by ``/``, each with an optional share after ``:`` (``none/jpeg90``: half each;
+    ``none:3/jpeg90:1``: three quarters as generated); None for one condition (no ``/``)."""
+    if "/" not in text:
+        return None
+    shares: dict[str, float] = {}
+    for part in text.split("/"):
+        name, _, share = part.strip().partition(":")
+        try:
+            weight = float(share) if share else 1.0
+        except ValueError:
+            weight = -1.0
+        if not math.isfinite(weight) or weight <= 0 or name in shares:
+            raise UsageError(f"cannot read the mixture {text!r}: name each condition once, each with an optional "
+                             "positive share after ':' (none/jpeg90, none:3/jpeg90:1)")
+        get_condition(name)
+        shares[name] = weight
+    found = scaled_mixture(tuple(shares.items()), size)
+    if len(found) < 2:
+        raise UsageError(f"the mixture {text!r} leaves a batch of {size} images under one condition: give each "
+                         "condition a share large enough for one image at least")
+    return found
+
+
 # -- reading the condition from the files ---------------------------------------------------------
 _IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
                       14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,

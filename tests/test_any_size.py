@@ -174,6 +174,21 @@ def test_references_at_the_enrolled_size_are_the_enrolled_curves(fitted):
     assert references_at([enrolled], {}, 100, curves_of).without_records == ("g/i0",)
 
 
+def test_a_mixture_is_named_as_conditions_with_shares():
+    from forensics.conditions import parse_mixture
+
+    assert parse_mixture("jpeg90", 100) is None
+    assert parse_mixture("none/jpeg90", 101) == (("jpeg90", 51), ("none", 50))
+    assert parse_mixture("none:3/jpeg90:1", 200) == (("none", 150), ("jpeg90", 50))
+    for bad in ("none/none", "none/jpeg90:0", "none/jpeg90:x", "none/jpeg90:nan"):
+        with pytest.raises(UsageError, match="name each condition once"):
+            parse_mixture(bad, 100)
+    with pytest.raises(UsageError, match="unknown condition 'sepia'"):
+        parse_mixture("none/sepia", 100)
+    with pytest.raises(UsageError, match="leaves a batch of 10 images under one condition"):
+        parse_mixture("none:1000/jpeg90:1", 10)
+
+
 def test_mixed_subbatches_take_each_image_once_under_the_batchs_counts_of_each_condition():
     n, counts = 200, (70, 30, 20)
     drawn = mixed_subbatches(n, counts, 6, seed=0)
@@ -1219,4 +1234,12 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
 
     validate(doc)
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "resize2"])
+    assert r.exit_code != 0 and "no usable per-image records under resize2" in r.output
+    # batches processed in several ways: each held-out instance queried by mixed sub-batches
+    r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha", "--batch-size", "60",
+             "--condition", "none/jpeg90"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)["protocols"][0]
+    assert got["condition"] == "none/jpeg90" and got["matchers"][0]["n"] == 6 * CALIBRATION_DRAWS
+    r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "none/resize2"])
     assert r.exit_code != 0 and "no usable per-image records under resize2" in r.output

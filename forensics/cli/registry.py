@@ -502,7 +502,9 @@ def evaluate(
                                              "the instances redrawn from their per-image records, each held-out "
                                              "instance queried by 16 single sub-batches of m′."),
     condition: str = typer.Option("none", "--condition", help="Evaluate under this post-processing condition "
-                                  "(jpeg90, resize2, resize0.5+jpeg75, …), from the instances' per-image records."),
+                                  "(jpeg90, resize2, resize0.5+jpeg75, …), from the instances' per-image records; "
+                                  "conditions joined by / are batches processed in several ways (none/jpeg90: half "
+                                  "each; none:3/jpeg90:1)."),
     operating_point: str = OPT_OPERATING_POINT,
 ):
     """Leave-one-out attribution over every enrolled instance, each matcher side by side.
