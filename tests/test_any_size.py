@@ -1239,6 +1239,7 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha", "--batch-size", "60",
              "--condition", "none/jpeg90"])
     assert r.exit_code == 0, r.output
+    validate(json.loads(r.stdout))
     got = json.loads(r.stdout)["protocols"][0]
     assert got["condition"] == "none/jpeg90" and got["matchers"][0]["n"] == 6 * CALIBRATION_DRAWS
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "none/resize2"])
