@@ -747,18 +747,21 @@ def mixed(files: Sequence[str | Path] | None, available: Sequence[str], *,
     both nearest the kept 90) that condition stands for them all, with only what each kind's reading warns
     of. When one kind cannot be matched as itself (lossy WebP whose quality cannot be read), as
     :func:`_encoding` reads them: all under the most common condition, with a warning that they differ."""
-    whole = _encoding(files, available)
-    if image_sizes and native is not None and len(set(image_sizes)) > 1:
-        whole = replace(whole, warning="; ".join(filter(None, [whole.warning, mixed_sizes(sorted(set(image_sizes)),
-                                                                                          native)])))
-    if not files or len(files) < 2:
+    def as_one() -> Detected:  # read only where needed: a lossy WebP reading re-encodes files
+        whole = _encoding(files, available)
+        if image_sizes and native is not None and len(set(image_sizes)) > 1:
+            whole = replace(whole, warning="; ".join(filter(None, [whole.warning,
+                                                                    mixed_sizes(sorted(set(image_sizes)), native)])))
         return whole
+
+    if not files or len(files) < 2:
+        return as_one()
     kinds: dict[tuple[Any, ...], list[int]] = {}
     for i, f in enumerate(files):
         size = tuple(image_sizes[i]) if image_sizes and native is not None else None
         kinds.setdefault((None if size == tuple(native or ()) else size, *_kind(f)), []).append(i)
     if len(kinds) < 2:
-        return whole
+        return as_one()
 
     def reading(key: tuple[Any, ...], group: list[str | Path]) -> Detected:
         size = key[0]
@@ -766,7 +769,7 @@ def mixed(files: Sequence[str | Path] | None, available: Sequence[str], *,
 
     read = {k: reading(k, [files[i] for i in rows]) for k, rows in kinds.items()}
     if any(d.withhold for d in read.values()):
-        return whole
+        return as_one()
     each: list[str] = [NONE] * len(files)
     for k, rows in kinds.items():
         for i in rows:
