@@ -6,9 +6,13 @@ and noisy copier. Each is written as files under each processing (the writers of
 JPEG 75 at that size) and read back by ``forensics.memorization`` twice: with ``condition="none"`` (T and P_n
 as they are: the tool before it read the condition) and with the default ``"auto"`` (the condition read from
 the files, T and P_n put through it). Each row: the set, the processing, the curve both ways, its reading.
+Folders processed in several ways (``half-jpeg90``, ``half-webp80``, … as ``robust_attribution.py`` writes them:
+every other image processed, the rest PNG) are read a third way: all as the one condition the files' headers
+give (the tool before it scored each kind against T and P_n processed alike and combined the parts).
 
     FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --protocol mnist-effnet-lite0
     FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --protocol mnist-vit
+    FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --conditions half-jpeg90,half-jpeg75,half-webp80
     FORENSICS_THREADS=1 python benchmarks/memorization_conditions.py --time     # what the first run costs
 
 The first run under each condition fits the processed reference side and caches it. ``--time`` measures that
@@ -47,6 +51,7 @@ def main() -> int:
     from robust_attribution import as_query
 
     from forensics import api
+    from forensics.conditions import applicable, detect
     from forensics.zoo.data import mnist_split
 
     train = mnist_split()[0]
@@ -65,8 +70,15 @@ def main() -> int:
                 folder, _ = as_query(images, condition, Path(tmp) / "q")
                 before = api.memorization(folder, protocol=a.protocol, condition="none")
                 after = api.memorization(folder, protocol=a.protocol)
+                one = None
+                if condition.startswith("half-"):  # all as the one condition the files' headers give
+                    read = detect(sorted(Path(folder).iterdir()), applicable()).name
+                    one = (read, api.memorization(folder, protocol=a.protocol, condition=read))
             print(f"  {condition:13s} T as they are:   {shown(before)}", flush=True)
-            print(f"  {'':13s} alike ({after.condition['name']}): {shown(after)}", flush=True)
+            if one is not None:
+                print(f"  {'':13s} all as {one[0]}: {shown(one[1])}", flush=True)
+            alike = "each kind alike" if after.parts else f"alike ({after.condition['name']})"
+            print(f"  {'':13s} {alike}: {shown(after)}", flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ begun, and a step is over when ``done == total > 0``.
 from __future__ import annotations
 
 import contextlib
+import math
 import shlex
 from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
@@ -373,6 +374,48 @@ def mean_curve(curves: Sequence[Curve], protocol: Protocol | Combination) -> Cur
     return Curve(Fingerprint.from_values(protocol.digest, mean.tolist()), layers, sum(c.n_images for c in curves))
 
 
+def _layer_statistics(protocol: Protocol | Combination) -> list[Any]:
+    """For each layer of the protocol's curve, its statistic."""
+    from forensics.stats.base import get_statistic
+
+    return [get_statistic(part.statistic.name) for part in protocol.parts for _ in part.layers]
+
+
+def combinable(protocol: Protocol | Combination) -> bool:
+    """Whether a set scored in parts can be read as one curve under ``protocol``: every statistic it uses
+    offers ``combine`` (:mod:`forensics.stats.base`)."""
+    return all(callable(getattr(s, "combine", None)) for s in _layer_statistics(protocol))
+
+
+def parts_curve(parts: Sequence[Curve], protocol: Protocol | Combination) -> Curve:
+    """The curve of one set scored in parts — each part, the images of one condition, against T and P_n put
+    through it — per layer its statistic's ``combine`` of the parts' values (C_T: weighted so that the parts
+    read as one batch of them all), the counted weight the parts' mean weighted by their images (of the parts
+    defined there), each value read by its statistic; undefined where every part is. One part: that part's
+    curve."""
+    from forensics.engine import Curve, LayerValue
+    from forensics.protocol import Fingerprint
+
+    if len(parts) == 1:
+        return parts[0]
+    counts = [c.n_images for c in parts]
+    n_test = [part.test.count for part in protocol.parts for _ in part.layers]  # the P_n each layer scored against
+    layers = []
+    for j, (stat, read) in enumerate(zip(_layer_statistics(protocol), layer_readers(protocol))):
+        each = [c.layers[j] for c in parts]
+        value = stat.combine([lv.value for lv in each], counts, n_test[j])
+        value = None if value is None or not math.isfinite(value) else float(value)
+        if value is None:
+            why = "; ".join(f"{lv.undefined_reason or 'not combined'} ({n} images)" for lv, n in zip(each, counts))
+            layers.append(LayerValue(each[0].layer, None, None, f"undefined in every part: {why}", read(None)))
+            continue
+        defined = [(lv.counted_weight or 0.0, n) for lv, n in zip(each, counts) if lv.value is not None]
+        weight = sum(w * n for w, n in defined) / sum(n for _, n in defined)
+        layers.append(LayerValue(each[0].layer, value, float(weight), reading=read(value)))
+    values = [lv.value for lv in layers]
+    return Curve(Fingerprint.from_values(protocol.digest, values), tuple(layers), sum(counts))
+
+
 def split_batches(n: int, m: int, *, any_size: bool = False) -> tuple[int, int, bool]:
     """How :func:`attribute` reads ``n`` images under batches of ``m``: ``(full, rest, rest_attributed)``,
     the images in full batches (all ``n`` when fewer than m: one partial batch), the remainder after them,
@@ -388,8 +431,6 @@ def smallest_remainder(m: int, any_size: bool) -> int:
     """The fewest images after the last full batch of ``m`` that are attributed as a batch of their own:
     :data:`~forensics.match.batchsize.SMALLEST_MEASURED` (at most half of m) where the references can be
     redrawn at any size, else :data:`MIN_REMAINDER_SHARE` of m."""
-    import math
-
     from forensics.match.batchsize import SMALLEST_MEASURED
 
     half = math.ceil(MIN_REMAINDER_SHARE * m)
@@ -658,10 +699,12 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     reads it from the files, as :func:`attribute` does): T and P_n are put through it too before the
     reference side is fitted (once per condition, then cached), so that a copy of a training image,
     re-encoded or resized, still lies at distance 0 from its own training image processed alike, and
-    fresh data processed alike still reads 0."""
+    fresh data processed alike still reads 0. Files processed in several ways (some re-saved as JPEG, some
+    not) are scored in parts, each condition's images against T and P_n put through it, and the parts'
+    curves combined by the statistic (:func:`parts_curve`; ``parts`` of the result holds each)."""
     from dataclasses import replace
 
-    from forensics.conditions import codecs, processing_digest
+    from forensics.conditions import codecs, mixture_of, processing_digest
     from forensics.stats.base import get_statistic
 
     _check_amp(amp)
@@ -675,20 +718,31 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     with _Step(progress, f"starting torch on {device}"):
         compute = check_compute(device, amp, engine)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
-    cond = _condition(condition, record, None, native)
+    cond = _condition(condition, record, None, native, mixtures=combinable(proto))
     data = _as_matched(cond, data)
-    engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
-                     progress=progress, engine=engine, ray_address=ray_address, condition=cond.name)
-    _prepare(engine, progress)
-    _embedding_begins(proto, progress, "images", len(data))
-    curve = engine.curve(data)
+    groups = ([(cond.name, np.arange(len(data)))] if cond.mixture is None else
+              [(name, np.flatnonzero(np.asarray(cond.mixture) == name)) for name, _ in mixture_of(cond.mixture)])
+    parts, origins = [], []
+    for name, rows in groups:  # each condition's images against T and P_n put through it
+        scorer = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
+                         progress=progress, engine=engine, ray_address=ray_address, condition=name)
+        _prepare(scorer, progress)
+        what = "images" if len(groups) == 1 else "images as generated" if name == "none" else f"{name} images"
+        _embedding_begins(proto, progress, what, len(rows))
+        parts.append((name, scorer.curve(data[rows], what)))
+        origins.append(scorer.reference_origin if len(groups) == 1 else f"{name}: {scorer.reference_origin}")
+    curve = parts_curve([c for _, c in parts], proto)
     warnings = tuple(w for w in (cond.warning, cond.withhold) if w)
-    this_machine = {"digest": processing_digest(cond.name), **codecs()}  # what put T and P_n through it
+
+    def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it
+        return {p.name: {"digest": processing_digest(name), **codecs()} for p in proto.parts}
+
     return MemorizationResult(input=replace(record, n_images=curve.n_images), protocol=proto,
-                              curve=curve, thresholds=thresholds, reference_origin=engine.reference_origin,
+                              curve=curve, thresholds=thresholds,
+                              reference_origin=origins[0] if len(origins) == 1 else "; ".join(origins),
                               partial_batch=len(data) < proto.batch_size, compute=compute,
-                              condition=_with_processing(cond, lambda c: {p.name: this_machine for p in proto.parts}),
-                              warnings=warnings)
+                              condition=_with_processing(cond, this_machine), warnings=warnings,
+                              parts=tuple(parts) if len(parts) > 1 else ())
 
 
 def _with_processing(cond: Any, processing: Callable[[str], Mapping[str, Mapping[str, str] | None]]

@@ -37,7 +37,9 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
 
 Schema ``forensics.memorization/1``: schema, tool, created, input, protocol, curve (as above), level
 (where along the depth copying shows), partial_batch, thresholds (the statistic's reading cut-offs),
-reference {origin}, compute {device, amp}.
+reference {origin}, compute {device, amp}, condition, warnings; and for files processed in several ways,
+parts: [{condition, n_images, curve, level}], each condition's images scored against T and P_n put through
+it (the curve above is the statistic's combination of the parts).
 """
 
 from __future__ import annotations
@@ -381,6 +383,9 @@ class MemorizationResult:
     compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})
     condition: Mapping[str, Any] = field(default_factory=as_generated)
     warnings: tuple[str, ...] = ()      # a condition guessed; a line each
+    # files processed in several ways: (condition, curve of its images against T and P_n put through it),
+    # in the order of condition.mixture; ``curve`` is then the statistic's combination of these
+    parts: tuple[tuple[str, Curve], ...] = ()
 
     @property
     def readings(self) -> list[str]:
@@ -402,6 +407,9 @@ class MemorizationResult:
             "curve": curve_section(self.curve), "level": self.level, "partial_batch": self.partial_batch,
             "thresholds": dict(self.thresholds), "reference": {"origin": self.reference_origin},
             "compute": dict(self.compute), "condition": dict(self.condition), "warnings": list(self.warnings),
+            **({"parts": [{"condition": name, "n_images": curve.n_images, "curve": curve_section(curve),
+                           "level": copying_levels(self.protocol, readings(curve))} for name, curve in self.parts]}
+               if self.parts else {}),
         }
 
 

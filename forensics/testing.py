@@ -311,6 +311,19 @@ def check_statistic_score(statistic: stats_base.Statistic, data: Embeddings | No
             value = fitted.score(data[2], **resolved).value
             assert isinstance(value, float) and math.isfinite(value), \
                 f"score(**batch_params(…, {m})).value must be a finite float, got {value!r}"
+    if callable(getattr(statistic, "combine", None)):  # a set scored in parts, one per condition
+        n_test = len(data[1])
+        one = statistic.combine([result.value], [len(data[2])], n_test)
+        assert math.isclose(one, result.value, rel_tol=1e-12, abs_tol=1e-12), \
+            f"combine() of one part must be its value, got {one!r} for {result.value!r}"
+        assert statistic.combine([None, None], [3, 4], n_test) is None, "combine() of undefined parts must be None"
+        half = fitted.score(data[2][: len(data[2]) // 2], **score_params).value
+        pair = ([result.value, half], [len(data[2]), len(data[2]) // 2])
+        both = statistic.combine(*pair, n_test)
+        assert isinstance(both, float) and math.isfinite(both), f"combine() must give a finite float, got {both!r}"
+        assert math.isclose(statistic.combine(pair[0][::-1], pair[1][::-1], n_test), both, rel_tol=1e-12,
+                            abs_tol=1e-12), \
+            "combine() must not depend on the order of the parts"
 
 
 def check_statistic_errors(statistic: stats_base.Statistic, data: Embeddings | None = None,

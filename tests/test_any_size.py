@@ -189,6 +189,40 @@ def test_a_mixture_is_named_as_conditions_with_shares():
         parse_mixture("none:1000/jpeg90:1", 10)
 
 
+def test_a_set_scored_in_parts_combines_the_parts_defined_by_their_effective_sizes():
+    from forensics.api import parts_curve
+    from forensics.engine import Curve, LayerValue
+    from forensics.protocol import Fingerprint
+
+    proto = Registry.open(None).protocol("mnist-vit")
+    n = len(proto.layers)
+
+    def curve(values, images, weight):
+        layers = tuple(LayerValue(name, v, None if v is None else weight, None if v is not None else "no cell counted",
+                                  "undefined" if v is None else "no evidence") for name, v in zip(proto.layers, values))
+        return Curve(Fingerprint.from_values(proto.digest, list(values)), layers, images)
+
+    a = curve([-4.0] * (n - 2) + [None, None], 300, 0.5)
+    b = curve([1.0] * (n - 2) + [2.0, None], 100, 0.9)
+    assert parts_curve([a], proto) is a
+    both = parts_curve([a, b], proto)
+    n_test = proto.parts[0].test.count  # each part's Z grows like the root of its effective size m·n / (m + n)
+    h = [k * n_test / (k + n_test) for k in (300, 100)]
+    whole = 400 * n_test / (400 + n_test)
+    assert both.n_images == 400 and both.layers[0].value == pytest.approx(
+        (-4 * h[0] ** 0.5 + 1 * h[1] ** 0.5) * whole ** 0.5 / sum(h), rel=1e-12)
+    assert both.layers[0].reading == "copying" and both.layers[0].counted_weight == pytest.approx(0.6)
+    # a part undefined at a layer: the others stand for the set there, weighted among themselves
+    assert (both.layers[n - 2].value, both.layers[n - 2].counted_weight) == (2.0, 0.9)
+    # every part undefined: undefined, saying why for each
+    last = both.layers[n - 1]
+    assert last.value is None and last.reading == "undefined" and "(300 images)" in last.undefined_reason
+    assert both.fingerprint.values[n - 1] is None
+    # the order of the parts does not matter
+    swapped = parts_curve([b, a], proto).fingerprint.values
+    assert swapped[-1] is None and swapped[:-1] == pytest.approx(both.fingerprint.values[:-1], rel=1e-12)
+
+
 def test_mixed_subbatches_take_each_image_once_under_the_batchs_counts_of_each_condition():
     n, counts = 200, (70, 30, 20)
     drawn = mixed_subbatches(n, counts, 6, seed=0)

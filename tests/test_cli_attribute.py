@@ -369,3 +369,66 @@ def test_reports_wrap_on_a_narrow_terminal_instead_of_cropping(registry, plugin_
             words = " ".join(header).split()
             assert words[words.index("matcher") + 1] == "alpha", header
         assert "…" not in text.getvalue(), text.getvalue()  # no table cell cut short either
+
+
+def test_memorization_of_files_processed_in_several_ways_scores_each_kind_against_t_and_p_n_processed_alike(
+        registry, plugin_host, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from forensics import api
+    from forensics.schemas import validate
+    from forensics_datasets import load_digits
+
+    reg, data = registry
+    copies = np.load(data / "copies.npz")["images"]  # 100 of T
+
+    def folder(name, images, kinds):
+        out = tmp_path / name
+        out.mkdir()
+        for i, (im, kind) in enumerate(zip(images, kinds)):
+            Image.fromarray(im).save(out / f"{i:03d}.{'png' if kind == 'none' else 'jpg'}",
+                                     **({} if kind == "none" else {"quality": 62}))
+        return out
+
+    kinds = ["none" if i % 3 else "jpeg62" for i in range(len(copies))]  # 66 as generated, 34 re-saved, interleaved
+    mixed = folder("mixed", copies, kinds)
+    result = api.memorization(mixed, registry=reg)
+    assert result.condition["mixture"][0]["name"] == "none" and [(m["name"], m["count"]) for m in
+                                                                 result.condition["mixture"]] == [("none", 66),
+                                                                                                  ("jpeg62", 34)]
+    assert not result.warnings and [name for name, _ in result.parts] == ["none", "jpeg62"]
+    # each part is the curve of its files alone, scored against T and P_n processed as they were
+    for name, part in result.parts:
+        alone = folder(f"only-{name}", copies[[k == name for k in kinds]], [name] * kinds.count(name))
+        own = api.memorization(alone, registry=reg)
+        assert own.condition["name"] == name and own.curve.fingerprint.values == part.fingerprint.values
+    # the curve combines the parts' Z-like values, each weighted by the square root of its effective size
+    # m·n / (m + n) against the n points of P_n, so that they read as one batch of them all
+    values = np.array([part.fingerprint.vector() for _, part in result.parts])
+    n = len(load_digits("test"))
+    h = np.array([k * n / (k + n) for k in (66, 34)])
+    weights = np.sqrt(h * (100 * n / (100 + n))) / h.sum()
+    assert np.allclose(result.curve.fingerprint.vector(), weights @ values, rtol=1e-12, atol=1e-12)
+    assert set(result.readings) == {"copying"} and result.curve.n_images == len(copies)
+    doc = result.to_dict()
+    validate(doc)
+    assert [p["n_images"] for p in doc["parts"]] == [66, 34] and all(p["level"] for p in doc["parts"])
+    assert doc["condition"]["mixture"][1]["processing"]["digits-vit"]["digest"]
+    text = run(["memorization", str(mixed), "--registry", str(reg)], env={"COLUMNS": "200"}).stdout
+    assert ("processed in several ways, the images of each kind scored against T and P_n put through the same "
+            "processing") in text.replace("\n", " ") and "66 as generated" in text and "34 jpeg62" in text
+    html = tmp_path / "mixed.html"
+    assert run(["memorization", str(mixed), "--registry", str(reg), "--html", str(html)]).exit_code == 0
+    assert "The parts combined" in html.read_text("utf-8")
+    # fresh data in both kinds reads 0: P_n whole as generated and P_n whole re-saved, each part its own null
+    held_out = load_digits("test")
+    null = api.memorization(folder("null", np.concatenate([held_out, held_out]),
+                                   ["none"] * len(held_out) + ["jpeg62"] * len(held_out)), registry=reg)
+    assert len(null.parts) == 2 and np.allclose(null.curve.fingerprint.vector(), 0.0, atol=0.02)
+    # a statistic that cannot combine parts: all under one condition, the JPEG files', warned of, as before
+    from forensics_ct import CTStatistic
+
+    monkeypatch.delattr(CTStatistic, "combine")
+    one = api.memorization(mixed, registry=reg)
+    assert not one.parts and one.condition["name"] == "jpeg62" and "mixture" not in one.condition
+    assert any("attribute each kind of file on its own" in w for w in one.warnings)

@@ -550,6 +550,34 @@ def test_sign_copies_fresh_and_far():
         assert ref.score(far).value > 5                         # underfitting: farther than fresh data
 
 
+@pytest.mark.parametrize("split", [250, 400])
+def test_a_set_scored_in_two_parts_and_combined_reads_as_one_batch_of_them_all(split):
+    # files processed in several ways are scored in parts, each against its own processed P_n: under one
+    # processing the parts combined must read as the whole set scored at once — the same mean under a shift
+    # toward T or away from it, and the same spread under the null (Stouffer's √(m_c/m) weights, which ignore
+    # that the parts share P_n, read about a tenth farther from 0)
+    from forensics_ct import CTStatistic
+
+    rng = np.random.default_rng(7)
+    train, test = rng.normal(size=(3000, 8)), rng.normal(size=(1000, 8))
+    ref = FittedCT.fit(train, test, k=10)
+    combine = CTStatistic().combine
+    draws = {"null": lambda: rng.normal(size=(500, 8)),
+             "copying": lambda: train[rng.choice(3000, 500, replace=False)] + 0.3 * rng.normal(size=(500, 8)),
+             "underfitting": lambda: 1.15 * rng.normal(size=(500, 8))}
+    for kind, draw in draws.items():
+        whole, parts = [], []
+        for _ in range(60):
+            q = draw()
+            whole.append(ref.score(q, batch_size=500).value)
+            a, b = ref.score(q[:split], batch_size=500).value, ref.score(q[split:], batch_size=500).value
+            parts.append(combine([a, b], [split, 500 - split], len(test)))
+        if kind == "null":
+            assert abs(np.mean(parts)) < 0.15 and 0.8 < np.std(parts) / np.std(whole) < 1.35, (kind, split)
+        else:
+            assert abs(np.mean(parts) / np.mean(whole) - 1) < 0.05 and abs(np.mean(whole)) > 2, (kind, split)
+
+
 # -- a torch device for the searches and the covariance --------------------------------------------
 def test_device_path_gives_the_cpu_paths_values(monkeypatch, torch_device):
     # "cpu" as a torch device runs the device code (torch products, torch selection, transfers to the

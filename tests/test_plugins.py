@@ -155,16 +155,19 @@ def test_a_statistic_that_breaks_its_contract_is_reported_at_registration(regist
     assert "no reading() method" in error
 
 
-def test_a_statistics_batch_params_must_be_a_method(register_plugin):
-    class BadBatch(MeanGap):
-        batch_params = {"tau": 0.1}  # a mapping where a method (score_params, m) → score_params belongs
+@pytest.mark.parametrize("attribute, value, problem", [
+    ("batch_params", {"tau": 0.1}, "batch_params must be a method"),  # a mapping where (score_params, m) → … belongs
+    ("combine", "stouffer", "combine must be a method"),  # a name where (values, counts, n_test) → … belongs
+])
+def test_a_statistics_optional_methods_must_be_methods(register_plugin, attribute, value, problem):
+    bad = type("Bad", (MeanGap,), {attribute: value})
 
     def forensics_statistics(register):
-        register("bad-batch", BadBatch())
+        register("bad-optional", bad())
 
     host = register_plugin(make_plugin(forensics_statistics=forensics_statistics), "odd")
-    assert "bad-batch" not in host.collect("statistics") and "ct" in host.collect("statistics")
-    assert "batch_params must be a method" in {i.name: i for i in host.describe()}["odd"].error
+    assert "bad-optional" not in host.collect("statistics") and "ct" in host.collect("statistics")
+    assert problem in {i.name: i for i in host.describe()}["odd"].error
 
 
 def test_a_matcher_and_a_data_set_from_a_plugin_are_used_like_bundled_ones(register_plugin):

@@ -140,7 +140,8 @@ def memorization(
     """Are these images copies of the protocol's training set, and at which level? C_T per layer.
 
     Re-encoded or resized images are compared with T and P_n put through the same processing (--condition;
-    read from the files by default), computed once per condition and cached.
+    read from the files by default), computed once per condition and cached. Files processed in several ways
+    are scored kind by kind, each against T and P_n processed as it was, and the parts' C_T combined.
 
     Example: forensics memorization copies.npz --protocol mnist-effnet-lite0
     """

@@ -446,6 +446,16 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
     page.table(["layer", "C_T", "reading", "P_n counted"], _curve_rows(doc), numeric=(1, 3))
     for layer, reason in (curve.get("undefined") or {}).items():
         page.text(f"{layer}: undefined — {reason}", cls="warn")
+    if parts := doc.get("parts"):
+        page.heading("The parts combined")
+        page.text("Each kind of file scored against T and P_n put through the same processing; the curve above "
+                  "combines them, weighted so that they read as one batch of them all would.",
+                  cls="dim")
+        names = [f"{p['n_images']} {'as generated' if p['condition'] == 'none' else p['condition']}" for p in parts]
+        rows = [(layer, *("—" if p["curve"]["values"][j] is None else f"{p['curve']['values'][j]:+.3f}" for p in parts))
+                for j, layer in enumerate(curve["layers"])]
+        page.table(["layer", *names], [*rows, ("copying", *(p["level"] for p in parts))],
+                   numeric=tuple(range(1, len(parts) + 1)))
     page.record(doc)
     return page
 

@@ -171,14 +171,15 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
             + (f" (their images processed alike by {made})" if made else "") + thresholds)
 
 
-def condition_text(cond: Mapping[str, Any]) -> str:
+def condition_text(cond: Mapping[str, Any], each: str = "each image matched as its own") -> str:
     """The condition of a report's images and how it was known: ``images jpeg90: re-saved as JPEG at
-    quality 90, read from the files (JPEG quality 90 read from …)``."""
+    quality 90, read from the files (JPEG quality 90 read from …)``; for files processed in several ways,
+    what was done with ``each`` and how many images are under each condition."""
     name = cond.get("name", "none")
     how = {"files": "read from the files", "declared": "declared", "default": "assumed"}.get(cond.get("source"), "")
     what = "as generated" if name == "none" else f"{name}: {cond.get('description', '')}"
     if cond.get("mixture"):
-        what = "processed in several ways, each image matched as its own: " + ", ".join(
+        what = f"processed in several ways, {each}: " + ", ".join(
             f"{part['count']} " + ("as generated" if part["name"] == "none" else part["name"])
             for part in cond["mixture"])
     detail = f" ({cond['detail']})" if cond.get("detail") and cond.get("source") == "files" else ""
@@ -198,6 +199,10 @@ def memorization_assumed_text(doc: Mapping[str, Any]) -> str:
     """What a memorization curve assumed, in one line: the images' condition, and T and P_n put through it."""
     cond = doc.get("condition") or {}
     made = processing_text(cond)
+    if cond.get("mixture"):
+        each = ("the images of each kind scored against T and P_n put through the same processing"
+                + (f" (by {made})" if made else "") + " and the parts' C_T combined")
+        return f"Assumed: {condition_text(cond, each)}"
     alike = ("" if cond.get("name", "none") == "none"
              else "; T and P_n put through the same processing" + (f" (by {made})" if made else "")
              + " before C_T was taken")
@@ -291,6 +296,14 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
         console.print(Text(f"  warning: fewer images than the protocol's batch of {proto.batch_size}; "
                            "|C_T| shrinks with fewer images", style="yellow"))
     render_curve(result.curve, console)
+    if result.parts:
+        from forensics.results import copying_levels
+
+        console.print(Text("The parts combined, each against T and P_n processed as its images were:", style="bold"))
+        for name, part in result.parts:
+            values = list(part.fingerprint.values)
+            console.print(Text(f"  {part.n_images} {'as generated' if name == 'none' else name}  {sparkline(values)}  "
+                               f"copying: {copying_levels(result.protocol, [lv.reading for lv in part.layers])}"))
 
 
 OPEN_SET_COLUMN = "open set: right · family · wrong · unknown"

@@ -19,6 +19,13 @@ A statistic whose score parameters depend on the protocol's batch size m may als
 ``batch_params(score_params, m)``, returning them resolved for m (C_T adds m, by which a small batch
 counts its cells); the engine scores batches of every size with what it returns.
 
+A statistic may also have ``combine(values, counts, n_test)``: the value of one set scored in parts, each
+part (``counts[i]`` points, value ``values[i]``, None where undefined) against references of ``n_test`` P_n
+points processed as its images were, None when it cannot be given (C_T: its Z scores combined by their
+effective sizes, so that the parts read as one batch of them all would). ``memorization`` of
+files processed in several ways scores each condition's images against T and P_n put through it and
+combines them so; without ``combine`` it scores them all under the most common condition, with a warning.
+
 A statistic whose score splits exactly into a part per generated point lets sets of any size and condition
 be matched without embedding anything again: its fitted objects have ``records(generated)`` (one row per
 point) and ``score_records(records, **score_params)``, the score of any subset of those rows being the
@@ -104,6 +111,8 @@ def contract_problems(statistic: object) -> list[str]:
         problems.append(f"defaults must be {_ATTRIBUTES['defaults']}")
     if hasattr(statistic, "batch_params") and not callable(statistic.batch_params):
         problems.append("batch_params must be a method (score_params, batch_size) → score_params")
+    if hasattr(statistic, "combine") and not callable(statistic.combine):
+        problems.append("combine must be a method (values, counts, n_test) → value or None")
     if not isinstance(statistic.devices, bool):
         problems.append(f"devices must be a bool, got {statistic.devices!r}")
     thresholds = statistic.reading_thresholds

@@ -41,6 +41,28 @@ class CTStatistic:
         one or two cells, and the curve of a small batch would rest on them alone)."""
         return {**params, "batch_size": batch_size}
 
+    def combine(self, values, counts, n_test):
+        """The value of one set scored in parts — each part, the images of one condition, against T and P_n
+        put through what its images went through (files processed in several ways) — from the parts' values,
+        their numbers of images m_c and the number of P_n points n. A part's Mann–Whitney Z grows like the
+        square root of its effective size h_c = m_c·n/(m_c + n) (the same in every cell, whose shares cancel), and
+        parts scored against one P_n share its noise: the sum of √(h_c·h)/Σh_c · C_T over the parts whose
+        value is defined (h: the effective size of them all) reads as one batch of them all would, under the
+        null and under a shift alike (Stouffer's √(m_c/m) weights, the limit of large n, read about a tenth
+        farther from 0 here). One part: its own value; None where no part's is defined."""
+        import math
+
+        defined = [(v, n) for v, n in zip(values, counts) if v is not None and n > 0]
+        if not defined or n_test <= 0:
+            return None
+
+        def effective(m):
+            return m * n_test / (m + n_test)
+
+        sizes = [effective(n) for _, n in defined]
+        whole = effective(sum(n for _, n in defined))
+        return float(sum(v * math.sqrt(h * whole) / sum(sizes) for (v, _), h in zip(defined, sizes)))
+
     def fit(self, train, test, *, device=None, **params):
         from forensics.stats.ct import FittedCT
 
