@@ -119,6 +119,21 @@ def _check_input(images: Images) -> None:
         _stat(Path(images).expanduser())
 
 
+def _check_conditions(condition: str | Sequence[str]) -> None:
+    """Refuse an unknown condition name before any image is read: ``"auto"``, a condition, or one per image."""
+    from forensics.conditions import get_condition
+
+    if isinstance(condition, str):
+        if condition != "auto":
+            get_condition(condition)
+        return
+    names = list(condition)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise UsageError("condition must be a condition's name, \"auto\", or one name per image (strings)")
+    for name in dict.fromkeys(names):
+        get_condition(name)
+
+
 def _check_weights(weights: str | None) -> None:
     """A ``--weights`` file that is not there fails now, not after the images are decoded."""
     from forensics.errors import WeightsError
@@ -549,15 +564,35 @@ def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
     return (int(size[0]), int(size[1])) if len(size) == 2 else None
 
 
-def _condition(condition: str, record: ImageInput, available: Sequence[str] | None,
+def _condition(condition: str | Sequence[str], record: ImageInput, available: Sequence[str] | None,
                native: tuple[int, int] | None, *, mixtures: bool = False) -> Any:
-    """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared, or read
-    from the input (``"auto"``), among the conditions the references keep (``available``; None: any, as
-    for a reference side fitted under the query's own condition). Either way, images of another size than
-    the enrolled instances' (``native``) are brought back to it. ``mixtures``: files processed in several
-    ways each keep their own condition (:func:`forensics.conditions.mixed`)."""
-    from forensics.conditions import NONE, Detected, applicable, detect, get_condition, mixed_sizes
+    """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared — one for
+    all the images, or one per image in reading order (``condition`` a sequence of names) —, or read from
+    the input (``"auto"``), among the conditions the references keep (``available``; None: any, as for a
+    reference side fitted under the query's own condition). Either way, images of another size than the
+    enrolled instances' (``native``) are brought back to it. ``mixtures``: images processed in several ways
+    each keep their own condition (:func:`forensics.conditions.mixed`); without, they are matched all under
+    the most common, with a warning."""
+    from forensics.conditions import NONE, Detected, applicable, detect, get_condition, mixed_sizes, mixture_of
 
+    if not isinstance(condition, str):
+        names = list(condition)
+        if len(names) != record.n_images:
+            raise UsageError(f"{len(names)} conditions declared for {record.n_images} images: declare one condition "
+                             "for all of them, or one per image in reading order")
+        found = mixture_of(names)
+        one = _condition(found[0][0], record, available, native)  # the most common (each name checked below)
+        if len(found) == 1:
+            return one
+        for name, _ in found[1:]:
+            _condition(name, record, available, native)
+        shares = ", ".join(f"{k} as {n}" for n, k in found)
+        if not mixtures:
+            return replace(one, warning="; ".join(filter(None, [one.warning, (
+                f"declared image by image ({shares}), but all taken as {one.name}, the most common: each cannot "
+                "be taken as its own here")])))
+        return replace(one, detail=f"declared image by image ({shares})" + one.detail.removeprefix("as declared"),
+                       mixture=tuple(names))
     if condition == "auto":
         return detect(list(record.files) or None, applicable() if available is None else available,
                       sizes=record.sizes, native=native, mixtures=mixtures, image_sizes=record.image_sizes)
@@ -586,7 +621,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
               matcher: str = "alpha", device: str = "cpu", weights: str | None = None, cache: bool = True,
               workers: int = 0, amp: str | None = None, progress: Progress | None = None,
               recursive: bool = True, engine: str = "local", ray_address: str | None = None,
-              condition: str = "auto", operating_point: str = "balanced") -> AttributionResult:
+              condition: str | Sequence[str] = "auto", operating_point: str = "balanced") -> AttributionResult:
     """Attribute an image set to the enrolled generator whose fingerprint it matches.
 
     The images are cut into batches of the protocol's m; each batch's curve is attributed, and so is the
@@ -603,7 +638,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     (:mod:`forensics.conditions`), matched against the instances under the same processing; ``"auto"``
     reads it from the files (a JPEG's quantisation tables), else takes the images as generated. Files read
     as processed in several ways (some re-saved as JPEG, some not) keep each its own condition, and each
-    batch is matched against the instances redrawn with as many images under each condition as it holds.
+    batch is matched against the instances redrawn with as many images under each condition as it holds;
+    ``condition`` may also declare that, one name per image in reading order (an array cannot say it).
     ``operating_point``: which calibrated thresholds decide "unknown" (``balanced``, ``named`` or
     ``cautious``: :data:`forensics.match.calibration.OPERATING_POINTS`).
     """
@@ -611,6 +647,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     from forensics.match.calibration import check_operating_point
 
     check_operating_point(operating_point)
+    _check_conditions(condition)
     _check_amp(amp)
     _check_input(images)
     _check_weights(weights)
@@ -691,7 +728,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
                  device: str = "cpu", weights: str | None = None, cache: bool = True, workers: int = 0,
                  amp: str | None = None, progress: Progress | None = None,
                  recursive: bool = True, engine: str = "local", ray_address: str | None = None,
-                 condition: str = "auto") -> MemorizationResult:
+                 condition: str | Sequence[str] = "auto") -> MemorizationResult:
     """Are these images copies of the protocol's training set, and at which level? The statistic's curve
     of all the images as one batch, each layer read by the statistic. A folder is searched recursively
     unless ``recursive`` is False; ``engine``/``ray_address`` as :func:`attribute` takes them.
@@ -701,12 +738,14 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     re-encoded or resized, still lies at distance 0 from its own training image processed alike, and
     fresh data processed alike still reads 0. Files processed in several ways (some re-saved as JPEG, some
     not) are scored in parts, each condition's images against T and P_n put through it, and the parts'
-    curves combined by the statistic (:func:`parts_curve`; ``parts`` of the result holds each)."""
+    curves combined by the statistic (:func:`parts_curve`; ``parts`` of the result holds each); ``condition``
+    may also declare that, one name per image in reading order (an array cannot say it)."""
     from dataclasses import replace
 
     from forensics.conditions import codecs, mixture_of, processing_digest
     from forensics.stats.base import get_statistic
 
+    _check_conditions(condition)
     _check_amp(amp)
     _check_input(images)
     _check_weights(weights)

@@ -961,6 +961,21 @@ def test_a_folder_processed_in_two_ways_is_matched_against_references_processed_
     # declared, one condition stands for all the files again
     r = run(["attribute", str(folder), "--registry", str(reg), "--json", "--condition", "none"])
     assert "mixture" not in json.loads(r.stdout)["condition"]
+    # an array cannot say how each image was processed: declared image by image, it is matched as the files were
+    from forensics import api
+
+    kinds = ["jpeg90" if i % 3 == 0 else "none" for i in range(len(images))]
+    as_read = np.stack([np.asarray(Image.open(f)) for f in sorted(folder.iterdir())])
+    declared = api.attribute(as_read, registry=reg, condition=kinds).to_dict()
+    assert declared["condition"]["source"] == "declared" and declared["condition"]["mixture"] == doc["condition"][
+        "mixture"] and "declared image by image (100 as none, 50 as jpeg90)" in declared["condition"]["detail"]
+    assert [(b["values"], b["verdict"], b.get("mixture")) for b in declared["batches"]] == [
+        (b["values"], b["verdict"], b.get("mixture")) for b in doc["batches"]]
+    for wrong, message in ((kinds[:-1], "149 conditions declared for 150 images"), (["none", 3] * 75, "strings"),
+                           (["none", "sepia"] * 75, "unknown condition 'sepia'"),
+                           (["none", "resize2"] * 75, "no records under condition 'resize2'")):
+        with pytest.raises(UsageError, match=message):
+            api.attribute(as_read, registry=reg, condition=wrong)
 
 
 @pytest.mark.slow

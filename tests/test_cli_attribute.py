@@ -420,6 +420,20 @@ def test_memorization_of_files_processed_in_several_ways_scores_each_kind_agains
     html = tmp_path / "mixed.html"
     assert run(["memorization", str(mixed), "--registry", str(reg), "--html", str(html)]).exit_code == 0
     assert "The parts combined" in html.read_text("utf-8")
+    # the same images as an array, declared image by image: the same parts and curve
+    as_read = np.stack([np.asarray(Image.open(f)) for f in sorted(mixed.iterdir())])
+    declared = api.memorization(as_read, registry=reg, condition=kinds)
+    assert declared.condition["source"] == "declared" and declared.curve.fingerprint.values == \
+        result.curve.fingerprint.values and [n for n, _ in declared.parts] == ["none", "jpeg62"]
+    # files of several sizes: each brought back to T's size and scored against T and P_n put through its resampling
+    sized = tmp_path / "sized"
+    sized.mkdir()
+    for i, im in enumerate(copies):
+        up = Image.fromarray(im)
+        (up.resize((2 * im.shape[1], 2 * im.shape[0]), Image.BICUBIC) if i % 2 else up).save(sized / f"{i:03d}.png")
+    resized = api.memorization(sized, registry=reg)
+    assert [(m["name"], m["count"]) for m in resized.condition["mixture"]] == [("none", 50), ("resize2", 50)]
+    assert set(resized.readings) == {"copying"} and [name for name, _ in resized.parts] == ["none", "resize2"]
     # fresh data in both kinds reads 0: P_n whole as generated and P_n whole re-saved, each part its own null
     held_out = load_digits("test")
     null = api.memorization(folder("null", np.concatenate([held_out, held_out]),
@@ -432,3 +446,6 @@ def test_memorization_of_files_processed_in_several_ways_scores_each_kind_agains
     one = api.memorization(mixed, registry=reg)
     assert not one.parts and one.condition["name"] == "jpeg62" and "mixture" not in one.condition
     assert any("attribute each kind of file on its own" in w for w in one.warnings)
+    one = api.memorization(as_read, registry=reg, condition=kinds)
+    assert not one.parts and one.condition["name"] == "none" and any(
+        "declared image by image (66 as none, 34 as jpeg62), but all taken as none" in w for w in one.warnings)
