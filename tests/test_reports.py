@@ -91,9 +91,14 @@ def test_layer_names_are_never_cut_and_never_overlap(n_layers):
     rng = np.random.default_rng(n_layers)
     refs = {g: [list(rng.normal(0, 3, n_layers)) for _ in range(3)] for g in LONG}
     query = [None if i == 1 else float(v) for i, v in enumerate(rng.normal(0, 3, n_layers))]
+    parts = {"250 as generated": list(rng.normal(0, 3, n_layers)),
+             "250 jpeg90": [None, *rng.normal(0, 3, n_layers - 1)]}  # the curves a combined one was made of
+    readings = ["copying", "undefined"] + ["no evidence"] * (n_layers - 2)
+    with_parts = P.memorization_figure(layers, query, readings, {"copying_below": -2.0}, parts=parts)
+    assert set(parts) <= {t.get_text() for ax in with_parts.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     for fig in (P.curves_figure(layers, query, refs, LONG, scores={g: 0.5 for g in LONG}),
-                P.memorization_figure(layers, query, ["copying", "undefined"] + ["no evidence"] * (n_layers - 2),
-                                      {"copying_below": -2.0, "underfitting_above": 2.0})):
+                P.memorization_figure(layers, query, readings, {"copying_below": -2.0, "underfitting_above": 2.0}),
+                with_parts):
         assert P.layout_problems(fig) == []
         shown = [t.get_text() for t in fig.axes[-1].get_xticklabels() if t.get_text()]
         assert shown and all(len(s) <= 28 for s in shown)

@@ -438,24 +438,31 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
                   "fewer images.", cls="warn")
     curve = doc["curve"]
     page.heading("C_T per layer")
-    page.plot("curve", lambda: P.memorization_figure(curve["layers"], curve["values"], curve["readings"], thresholds),
+    parts = {f"{p['n_images']} {'as generated' if p['condition'] == 'none' else p['condition']}": p["curve"]["values"]
+             for p in doc.get("parts") or ()}
+    page.plot("curve", lambda: P.memorization_figure(curve["layers"], curve["values"], curve["readings"], thresholds,
+                                                     parts=parts),
               alt="C_T per layer, each point coloured by its reading",
               caption="Early layers see colour and texture, late layers meaning. Red band: copying; blue "
-                      "band: underfitting; a hollow mark: undefined (no cell held enough images).",
-              fallback=curves_svg(curve["layers"], curve["values"], [], {}))
+                      "band: underfitting; a hollow mark: undefined (no cell held enough images)."
+                      + (" Grey: each kind of file alone, the parts the curve combines." if parts else ""),
+              fallback=curves_svg(curve["layers"], curve["values"],
+                                  [(label, "", np.array([np.nan if v is None else v for v in values], dtype=float))
+                                   for label, values in parts.items()],
+                                  {label: "#888" for label in parts}))
     page.table(["layer", "C_T", "reading", "P_n counted"], _curve_rows(doc), numeric=(1, 3))
     for layer, reason in (curve.get("undefined") or {}).items():
         page.text(f"{layer}: undefined — {reason}", cls="warn")
-    if parts := doc.get("parts"):
+    if doc.get("parts"):
         page.heading("The parts combined")
         page.text("Each kind of file scored against T and P_n put through the same processing; the curve above "
                   "combines them, weighted so that they read as one batch of them all would.",
                   cls="dim")
-        names = [f"{p['n_images']} {'as generated' if p['condition'] == 'none' else p['condition']}" for p in parts]
-        rows = [(layer, *("—" if p["curve"]["values"][j] is None else f"{p['curve']['values'][j]:+.3f}" for p in parts))
+        rows = [(layer, *("—" if values[j] is None else f"{values[j]:+.3f}" for values in parts.values()))
                 for j, layer in enumerate(curve["layers"])]
-        page.table(["layer", *names], [*rows, ("copying", *(p["level"] for p in parts))],
-                   numeric=tuple(range(1, len(parts) + 1)))
+        page.table(["layer", *parts], rows, numeric=tuple(range(1, len(parts) + 1)))
+        for label, part in zip(parts, doc["parts"]):
+            page.text(f"{label}: copying {part['level']}.")
     page.record(doc)
     return page
 

@@ -349,16 +349,19 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
 
 @styled
 def memorization_figure(layers: Sequence[str], values: Sequence[float | None], readings: Sequence[str],
-                        thresholds: Mapping[str, float] | None = None) -> Figure:
+                        thresholds: Mapping[str, float] | None = None,
+                        parts: Mapping[str, Sequence[float | None]] | None = None) -> Figure:
     """C_T per layer, each point in its reading's colour, over the bands the statistic reads as copying
-    (below) and underfitting (above); an undefined layer is a hollow mark on the zero line."""
+    (below) and underfitting (above); an undefined layer is a hollow mark on the zero line. ``parts``
+    (label → values): the curves a combined one was made of (files processed in several ways), thin grey."""
     from matplotlib.lines import Line2D
 
     v = _finite(values)
     x = np.arange(len(layers))
     fig = figure(3.6)
     ax = fig.subplots()
-    finite = v[np.isfinite(v)]
+    drawn = {label: _finite(p) for label, p in (parts or {}).items()}
+    finite = np.concatenate([v[np.isfinite(v)], *(p[np.isfinite(p)] for p in drawn.values())])
     thresholds = dict(thresholds or {})
     below = thresholds.get("copying_below")
     above = thresholds.get("underfitting_above")
@@ -373,6 +376,9 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
         ax.axhspan(above, hi, color=READING_COLOURS["underfitting"], alpha=0.08, lw=0)
         ax.axhline(above, color=READING_COLOURS["underfitting"], lw=0.8, ls="--")
     ax.axhline(0.0, color="#999999", lw=0.8)
+    styles = [(0, (4, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 3))]
+    for (label, p), style in zip(drawn.items(), styles * (1 + len(drawn) // len(styles))):
+        ax.plot(x, p, color="#8a8a8a", lw=1.0, ls=style, zorder=1, label=label)
     ax.plot(x, v, color=QUERY_COLOUR, lw=1.6, zorder=2)
     for reading, colour in READING_COLOURS.items():
         idx = [i for i, r in enumerate(readings) if r == reading]
@@ -387,6 +393,8 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
     ax.grid(axis="y", color="#eeeeee", lw=0.6)
     handles = [Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in READING_COLOURS.items()
                if r in readings]
+    handles += [Line2D([], [], color="#8a8a8a", lw=1.0, ls=style, label=label)
+                for label, style in zip(drawn, styles * (1 + len(drawn) // len(styles)))]
     ax.legend(handles=handles, loc="upper right", fontsize=7, frameon=False, ncols=len(handles) or 1)
     layer_axis(ax, layers, span_in=WIDTH - 0.9)
     return fig
