@@ -795,8 +795,12 @@ def test_records_are_kept_only_where_this_machine_processes_as_the_registrys_wer
             if "records under jpeg60 were made by another processing" in w and "not comparable" in w]
     doc["conditions"]["jpeg60"] = {"digest": "md5:1", "pillow": 13}
     doc["conditions"]["jpeg999"] = {"digest": real("jpeg60"), "pillow": "1"}
+    doc["conditions"]["webp80"] = "libwebp"
+    doc["conditions"]["../x"] = {"digest": real("jpeg60"), "pillow": "1"}
     pfile.write_text(yaml.safe_dump(doc))
     problems = api.validate_registry(user_path).problems
+    assert any("conditions.webp80: expected a mapping, got str" in p for p in problems)
+    assert any("conditions.../x: expected a condition name" in p for p in problems)
     assert any("conditions.jpeg60.digest" in p for p in problems)
     assert any("conditions.jpeg60.pillow" in p for p in problems)
     assert any("conditions.jpeg999" in p and "unknown condition" in p for p in problems)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -387,6 +387,20 @@ _CALIBRATION_NUMBERS: dict[str, tuple[str, Any]] = {
 _CALIBRATION_COUNTS = ("n_references", "n_answer", "n_unknown")
 
 
+def _named_entries(entries: Mapping[Any, Any], field_: str, label: str, problems: Problems,
+                   check_name: Callable[[Any], str | None]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """``(name, key, entry)`` of each entry of ``entries`` (a file's mapping ``field_``) whose name passes
+    ``check_name`` (None, else the problem) and that is a mapping; each other one is a problem."""
+    for name, entry in entries.items():
+        key = f"{field_}.{name}"
+        if (problem := check_name(name)) is not None:
+            problems.add(label, key, problem)
+        elif not isinstance(entry, Mapping):
+            problems.add(label, key, f"expected a mapping, got {type(entry).__name__}")
+        else:
+            yield name, key, entry
+
+
 def parse_calibration(data: Any, label: str, problems: Problems) -> dict[str, dict[str, Any]] | None:
     """The matchers' calibrations of a ``calibration.yaml``'s ``data``, every threshold checked (a negative,
     NaN or non-numeric threshold would flip verdicts); a matcher with a problem is left out."""
@@ -397,14 +411,8 @@ def parse_calibration(data: Any, label: str, problems: Problems) -> dict[str, di
         problems.add(label, "matchers", "expected a mapping of matcher name to calibration")
         return None
     found: dict[str, dict[str, Any]] = {}
-    for name, cal in matchers.items():
-        key = f"matchers.{name}"
-        if not isinstance(name, str):
-            problems.add(label, key, "expected a matcher name")
-            continue
-        if not isinstance(cal, Mapping):
-            problems.add(label, key, f"expected a mapping, got {type(cal).__name__}")
-            continue
+    for name, key, cal in _named_entries(matchers, "matchers", label, problems,
+                                         lambda n: None if isinstance(n, str) else "expected a matcher name"):
         n0 = len(problems)
         _check_thresholds(cal, label, key, problems)
         for field_ in _CALIBRATION_COUNTS:
@@ -441,19 +449,7 @@ def parse_processing(data: Any, label: str, problems: Problems) -> dict[str, dic
         problems.add(label, "conditions", "expected a mapping of condition name to its processing")
         return None
     found: dict[str, dict[str, str]] = {}
-    for name, entry in conditions.items():
-        key = f"conditions.{name}"
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            problems.add(label, key, "expected a condition name")
-            continue
-        try:
-            get_condition(name)
-        except UsageError as exc:
-            problems.add(label, key, str(exc))
-            continue
-        if not isinstance(entry, Mapping):
-            problems.add(label, key, f"expected a mapping, got {type(entry).__name__}")
-            continue
+    for name, key, entry in _named_entries(conditions, "conditions", label, problems, _condition_name_problem):
         n0 = len(problems)
         check_keys(entry, set(_PROCESSING_KEYS), label, problems, prefix=f"{key}.")
         if not is_digest(entry.get("digest")):
@@ -469,6 +465,17 @@ def parse_processing(data: Any, label: str, problems: Problems) -> dict[str, dic
 
 
 _PROCESSING_KEYS = ("digest", "pillow", "jpeg", "webp")
+
+
+def _condition_name_problem(name: Any) -> str | None:
+    """What is wrong with ``name`` as a condition's name in a records file, or None."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return "expected a condition name"
+    try:
+        get_condition(name)
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 def _check_thresholds(cal: Mapping[str, Any], label: str, key: str, problems: Problems) -> None:
