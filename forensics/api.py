@@ -328,7 +328,7 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
                                recursive=recursive, progress=report, native=native)
     return found.images, ImageInput(str(images), len(found.images), found.sha256, found.recursive,
                                     found.skipped_counts(), files=tuple(found.files), sizes=found.sizes,
-                                    image_sizes=found.image_sizes)
+                                    image_sizes=found.image_sizes, conditions=found.conditions)
 
 
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
@@ -575,6 +575,12 @@ def _condition(condition: str | Sequence[str], record: ImageInput, available: Se
     the most common, with a warning."""
     from forensics.conditions import NONE, Detected, applicable, detect, get_condition, mixed_sizes, mixture_of
 
+    if isinstance(condition, str) and condition == "auto" and record.conditions:  # an .npz naming each one's
+        try:
+            _check_conditions(record.conditions)
+        except UsageError as exc:
+            raise UsageError(f"{record.path}: its 'conditions': {exc}") from None
+        return _condition(record.conditions, record, available, native, mixtures=mixtures)
     if not isinstance(condition, str):
         names = list(condition)
         if len(names) != record.n_images:

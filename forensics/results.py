@@ -96,6 +96,7 @@ class ImageInput:
     files: tuple[Any, ...] = field(default=(), repr=False, compare=False)  # a folder's files read, in order
     sizes: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)  # (height, width) as read
     image_sizes: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)  # several: each image's
+    conditions: tuple[str, ...] = field(default=(), repr=False, compare=False)  # an .npz's: each image's condition
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}

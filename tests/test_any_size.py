@@ -975,6 +975,23 @@ def test_a_folder_processed_in_two_ways_is_matched_against_references_processed_
         "mixture"] and "declared image by image (100 as none, 50 as jpeg90)" in declared["condition"]["detail"]
     assert [(b["values"], b["verdict"], b.get("mixture")) for b in declared["batches"]] == [
         (b["values"], b["verdict"], b.get("mixture")) for b in doc["batches"]]
+    # or in an .npz beside its images, for the command line: the same again
+    np.savez(tmp_path / "declared.npz", images=as_read, conditions=np.array(kinds))
+    r = run(["attribute", str(tmp_path / "declared.npz"), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    in_file = json.loads(r.stdout)
+    assert in_file["condition"]["mixture"] == doc["condition"]["mixture"] and in_file["curve"] == doc["curve"]
+    assert [b["verdict"] for b in in_file["batches"]] == [b["verdict"] for b in doc["batches"]]
+    r = run(["attribute", str(tmp_path / "declared.npz"), "--registry", str(reg), "--json", "--condition", "none"])
+    assert "mixture" not in json.loads(r.stdout)["condition"]  # declared on the command line: that one for all
+    for name, conditions, message in (
+            ("short", np.array(kinds[:-1]), "names 149 conditions for 150 images"),
+            ("sepia", np.array(["none", "sepia"] * 75), "its 'conditions': unknown condition 'sepia'"),
+            ("numbers", np.arange(150), "its 'conditions' must be condition names"),
+            ("long", np.array(["x" * 40] * 150), "its 'conditions' must be condition names")):
+        np.savez(tmp_path / f"{name}.npz", images=as_read, conditions=conditions)
+        r = run(["attribute", str(tmp_path / f"{name}.npz"), "--registry", str(reg)])
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), (name, r.output)
     for wrong, message in ((kinds[:-1], "149 conditions declared for 150 images"), (["none", 3] * 75, "strings"),
                            (["none", "sepia"] * 75, "unknown condition 'sepia'"),
                            (["none", "resize2"] * 75, "no records under condition 'resize2'")):

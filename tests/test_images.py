@@ -29,6 +29,33 @@ def test_npz_needs_a_named_array_when_several(tmp_path):
         load_images(tmp_path / "x.npz")
 
 
+def test_an_npz_may_name_each_images_condition_and_nothing_else_is_read_from_it(tmp_path, monkeypatch):
+    import zipfile
+
+    from forensics.io.images import read_image_set
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 6, 6), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, conditions=np.array(["none", "jpeg90", "none", "resize2+jpeg75"]))
+    found = read_image_set(tmp_path / "a.npz")
+    assert found.conditions == ("none", "jpeg90", "none", "resize2+jpeg75") and found.sha256 == sha256_array(images)
+    assert read_image_set(tmp_path / "a.npz").images.tobytes() == images.tobytes()
+    np.savez(tmp_path / "plain.npz", images=images)
+    assert read_image_set(tmp_path / "plain.npz").conditions == ()
+    # Python objects are refused from the header, before numpy would unpickle them
+    np.savez(tmp_path / "objects.npz", images=images, conditions=np.array([{"a": 1}] * 4, dtype=object))
+    unpickled = []
+    monkeypatch.setattr("pickle.loads", lambda *a, **k: unpickled.append(a))
+    with pytest.raises(UsageError, match="'conditions' must be condition names"):
+        read_image_set(tmp_path / "objects.npz")
+    assert not unpickled
+    # a member cut short is refused before it is read
+    with zipfile.ZipFile(tmp_path / "a.npz") as src, zipfile.ZipFile(tmp_path / "short.npz", "w") as dst:
+        dst.writestr("images.npy", src.read("images.npy"))
+        dst.writestr("conditions.npy", src.read("conditions.npy")[:-20])
+    with pytest.raises(UsageError, match="cut short"):
+        read_image_set(tmp_path / "short.npz")
+
+
 def test_folder_of_mixed_modes_is_rgb_and_hash_is_of_pixels(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)

@@ -182,8 +182,8 @@ OPT_CONDITIONS = typer.Option("all", "--conditions", help="Post-processing condi
                               "under: all, none, or names (none,jpeg98,jpeg95,…,jpeg70 every 5,webp90,…,webp75,resize2,"
                               "resize0.5,crop90,resize2+jpeg90,…; any jpegQ/webpQ, resampling+re-encoding).")
 OPT_CONDITION = typer.Option("auto", "--condition", help="What happened to the images: auto (read from the files: "
-                             "JPEG or WebP quality, size; else as generated), none, or a condition (jpeg90, resize2, "
-                             "crop90, resize0.5+jpeg75, …).")
+                             "JPEG or WebP quality, size; an .npz's 'conditions', one per image; else as generated), "
+                             "none, or a condition (jpeg90, resize2, crop90, resize0.5+jpeg75, …).")
 OPT_OPERATING_POINT = typer.Option("balanced", "--operating-point", help="Which calibrated thresholds decide "
                                    "\"unknown\": balanced (best balanced accuracy), named (name more, at the price of "
                                    "letting more unenrolled generators through) or cautious (the reverse).")

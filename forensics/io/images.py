@@ -17,6 +17,9 @@ sorted by path relative to the folder. Hidden files and folders (names starting 
 not images by their suffix, and links to folders (never followed) are skipped, and
 :func:`read_image_set` says what it skipped.
 
+An .npz may name beside its 'images' what happened to each one, ``conditions`` (one condition name per
+image, in order: ``none``, ``jpeg90``, …), which ``attribute`` and ``memorization`` take as declared.
+
 Limits, checked from the headers before anything is decoded or allocated: pixels per image
 (``FORENSICS_MAX_PIXELS``, default 4096×4096) and images per run (``FORENSICS_MAX_IMAGES``, default
 100,000); an array file must also hold the bytes its header declares. Only regular files are read: a FIFO
@@ -126,6 +129,7 @@ class ImageSet:
     recursive: bool | None = None  # None: not a folder
     sizes: tuple[tuple[int, int], ...] = ()  # the (height, width) the images came in, before any resize
     image_sizes: tuple[tuple[int, int], ...] = ()  # of several sizes: each image's, in reading order
+    conditions: tuple[str, ...] = ()  # an .npz's 'conditions': what happened to each image, as its writer says
 
     def __post_init__(self) -> None:
         if not self.sizes and self.images.ndim >= 3:
@@ -165,20 +169,29 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     _regular_file(path)
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
-        array = _read_array(path)
+        array, conditions = _read_array(path)
     elif suffix in IMAGE_SUFFIXES:
         raise UsageError(f"{_show(path)} is one image; attribution needs a set — give the folder that holds it")
     else:
         raise UsageError(f"cannot read {_show(path)}: expected a folder of images, an .npz or an .npy file")
     images = as_uint8_images(array, _show(path))
-    return ImageSet(images, sha256_array(images))
+    if conditions and len(conditions) != len(images):
+        raise UsageError(f"{_show(path)} names {len(conditions)} conditions for {len(images)} images: its 'conditions' "
+                         "must name one per image, in order (or be left out)")
+    return ImageSet(images, sha256_array(images), conditions=conditions)
 
 
-def _read_array(path: Path) -> np.ndarray:
-    """The image array of an .npz (its 'images', or its only array) or an .npy file, never unpickling.
+#: the longest condition name an .npz's 'conditions' may hold (``resize0.5+jpeg100`` is 17)
+MAX_CONDITION_NAME = 32
 
-    The .npy header (of the file, or of the .npz member) is read first: what it declares must be numbers,
-    within the limits and present in the file, before numpy allocates anything."""
+
+def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The image array of an .npz (its 'images', or its only array) or an .npy file, never unpickling, and
+    an .npz's 'conditions' beside 'images' (one condition name per image: what happened to it), else ().
+
+    The .npy header (of the file, or of the .npz member) is read first: what it declares must be numbers
+    (the conditions: short strings, one per image), within the limits and present in the file, before numpy
+    allocates anything."""
     import zipfile
 
     suffix = path.suffix.lower()
@@ -194,7 +207,7 @@ def _read_array(path: Path) -> np.ndarray:
             if suffix == ".npy":
                 with open(path, "rb") as f:
                     _check_npy_header(f, os.fstat(f.fileno()).st_size, where)
-                return np.load(path, allow_pickle=False)
+                return np.load(path, allow_pickle=False), ()
             with zipfile.ZipFile(path) as archive:
                 members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
                 keys = list(members)
@@ -202,13 +215,15 @@ def _read_array(path: Path) -> np.ndarray:
                 if key is None:
                     shown = ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
                     raise UsageError(f"{where} holds arrays {shown}; name the image array 'images'")
-                info = members[key]
-                if not info.filename.endswith(".npy"):
-                    raise ValueError(f"its member {info.filename[:60]!r} is not an array")
-                with archive.open(info) as f:
-                    _check_npy_header(f, info.file_size, where)
+                named = [key] + (["conditions"] if key == "images" and "conditions" in members else [])
+                for name in named:
+                    info = members[name]
+                    if not info.filename.endswith(".npy"):
+                        raise ValueError(f"its member {info.filename[:60]!r} is not an array")
+                    with archive.open(info) as f:
+                        (_check_npy_header if name == key else _check_conditions_header)(f, info.file_size, where)
             with np.load(path, allow_pickle=False) as data:
-                return data[key]
+                return data[key], tuple(str(c) for c in data["conditions"]) if len(named) > 1 else ()
     except ForensicsError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
@@ -249,6 +264,23 @@ def _check_npy_header(f, size: int, where: str) -> None:
     if declared > held:
         raise UsageError(f"{where} is damaged or cut short: its header declares {declared:,} bytes of images, "
                          f"it holds {max(held, 0):,}")
+
+
+def _check_conditions_header(f, size: int, where: str) -> None:
+    """Refuse an .npz's 'conditions' member (read from ``f``, ``size`` bytes in all) that is not one short
+    string per image — a 1-D array of unicode strings of at most :data:`MAX_CONDITION_NAME` characters —,
+    is over the images limit or is more than the member holds."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject or dtype.kind != "U" or len(shape) != 1 or dtype.itemsize > 4 * MAX_CONDITION_NAME:
+        raise UsageError(f"{where}: its 'conditions' must be condition names, one per image (numpy.savez(path, "
+                         "images=…, conditions=np.array(['none', 'jpeg90', …])))")
+    _check_count(int(shape[0]), where)
+    if int(shape[0]) * dtype.itemsize > size - f.tell():
+        raise UsageError(f"{where} is damaged or cut short: its 'conditions' declare more than it holds")
 
 
 def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
