@@ -134,6 +134,14 @@ def _check_conditions(condition: str | Sequence[str]) -> None:
         get_condition(name)
 
 
+def _as_written(record: ImageInput) -> None:
+    """Refuse images an .npz declares processed (its ``conditions``) where the images a generator wrote are
+    needed: an enrolment, or the records of an enrolled instance."""
+    if processed := sorted({c for c in record.conditions if c != "none"}):
+        raise UsageError(f"{record.path} declares its images processed ({', '.join(processed[:3])}); enrol the images "
+                         "as the generator wrote them (its 'conditions' all none, or left out)")
+
+
 def _check_weights(weights: str | None) -> None:
     """A ``--weights`` file that is not there fails now, not after the images are decoded."""
     from forensics.errors import WeightsError
@@ -850,6 +858,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     with _Step(progress, f"starting torch on {device}"):
         check_compute(device, engine=engine)
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
+    _as_written(record)
     if len(data) >= proto.batch_size:  # (fewer: compute_fingerprints refuses them)
         _embedding_begins(proto, progress, "query images", len(data))
     from forensics.conditions import parse_conditions
@@ -896,6 +905,7 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     if not targets:
         raise UsageError(f"no generator {generator!r} is enrolled under {pname}")
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
+    _as_written(record)
     mine = [r for r in targets if r.provenance.get("input_sha256") == record.sha256]
     if not mine:
         raise UsageError(f"none of {generator}'s instances under {pname} was enrolled from these images (their "

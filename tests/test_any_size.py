@@ -984,6 +984,9 @@ def test_a_folder_processed_in_two_ways_is_matched_against_references_processed_
     assert [b["verdict"] for b in in_file["batches"]] == [b["verdict"] for b in doc["batches"]]
     r = run(["attribute", str(tmp_path / "declared.npz"), "--registry", str(reg), "--json", "--condition", "none"])
     assert "mixture" not in json.loads(r.stdout)["condition"]  # declared on the command line: that one for all
+    for job in (api.enroll, api.add_records):  # a generator's fingerprint is of the images it wrote
+        with pytest.raises(UsageError, match=r"declares its images processed \(jpeg90\); enrol the images as"):
+            job(tmp_path / "declared.npz", "noise", registry=reg)
     for name, conditions, message in (
             ("short", np.array(kinds[:-1]), "names 149 conditions for 150 images"),
             ("sepia", np.array(["none", "sepia"] * 75), "its 'conditions': unknown condition 'sepia'"),
