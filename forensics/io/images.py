@@ -240,14 +240,20 @@ def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
                          f"numpy.savez(path, images=uint8_array)") from None
 
 
-def _check_npy_header(f, size: int, where: str) -> None:
-    """Read an .npy header from ``f`` (``size`` bytes in all) and refuse what it declares when it is not
-    numbers, is over the limits or is more than the file holds."""
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an .npy header (read from ``f``, left just after it) declares."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
     else:
         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return shape, dtype
+
+
+def _check_npy_header(f, size: int, where: str) -> None:
+    """Read an .npy header from ``f`` (``size`` bytes in all) and refuse what it declares when it is not
+    numbers, is over the limits or is more than the file holds."""
+    shape, dtype = _npy_header(f)
     if dtype.hasobject or dtype.kind not in "uif":
         what = "it holds Python objects, not numbers" if dtype.hasobject else f"images must be numbers, not {dtype}"
         raise UsageError(f"{where} is not a readable image array ({what}); write one with "
@@ -270,11 +276,7 @@ def _check_conditions_header(f, size: int, where: str) -> None:
     """Refuse an .npz's 'conditions' member (read from ``f``, ``size`` bytes in all) that is not one short
     string per image — a 1-D array of unicode strings of at most :data:`MAX_CONDITION_NAME` characters —,
     is over the images limit or is more than the member holds."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    else:
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    shape, dtype = _npy_header(f)
     if dtype.hasobject or dtype.kind != "U" or len(shape) != 1 or dtype.itemsize > 4 * MAX_CONDITION_NAME:
         raise UsageError(f"{where}: its 'conditions' must be condition names, one per image (numpy.savez(path, "
                          "images=…, conditions=np.array(['none', 'jpeg90', …])))")
