@@ -189,6 +189,24 @@ def test_attribute_json_is_the_same_with_engine_ray(ray_local, monkeypatch, caps
 
 
 @pytest.mark.slow
+def test_memorization_of_images_processed_in_several_ways_is_the_same_on_ray(ray_local, monkeypatch, tmp_path):
+    """Each kind of image scored against T and P_n put through it: one engine per condition, on Ray as here."""
+    from forensics import api
+    from forensics.conditions import get_condition
+
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FORENSICS_THREADS", "1")
+    images = np.load(Path(__file__).parents[1] / "registry/mnist-effnet-lite0/samples/ddpm/heldout.npz")["images"][:120]
+    kinds = ["jpeg90" if i % 3 == 0 else "none" for i in range(len(images))]
+    mixed = np.where(np.array([k == "jpeg90" for k in kinds])[:, None, None], get_condition("jpeg90").apply(images),
+                     images)
+    local = api.memorization(mixed, protocol="mnist-vit", condition=kinds)
+    on_ray = api.memorization(mixed, protocol="mnist-vit", condition=kinds, engine="ray")
+    assert [(n, c.fingerprint.values) for n, c in on_ray.parts] == [(n, c.fingerprint.values) for n, c in local.parts]
+    assert on_ray.curve.fingerprint.values == local.curve.fingerprint.values and len(local.parts) == 2
+
+
+@pytest.mark.slow
 def test_sharded_search_on_ray_tasks_is_exact(ray_local):
     from forensics.distributed.search import ShardedSearch
     from forensics.stats.ct.search import nearest_distance
