@@ -460,20 +460,12 @@ def smallest_remainder(m: int, any_size: bool) -> int:
     return min(SMALLEST_MEASURED, half) if any_size else half
 
 
-class _Matchers:
-    """The matcher for each (post-processing condition, batch size) a query's batches come in: the
-    registry's for images as generated at the protocol's m; otherwise one fitted and calibrated on the
-    enrolled instances redrawn under that condition and at that size from their per-image records
-    (:func:`forensics.match.batchsize.references_at`), when every instance keeps records under it and the
-    statistic can use them. Where they cannot be redrawn the registry's matcher answers and the batch is
-    marked not comparable (``None`` as its size)."""
+class _Records:
+    """The enrolled instances' per-image records under each condition, read once (what failed its checks in
+    ``problems``), and the instances redrawn from them at any batch size and condition."""
 
-    def __init__(self, reg: Registry, proto: Any, engine: Any, references: Sequence[EnrolledCurve], name: str,
-                 matcher: Any, operating_point: str = "balanced"):
-        self.reg, self.proto, self.engine, self.references, self.name = reg, proto, engine, references, name
-        self.operating_point = operating_point
-        self.matchers: dict[tuple[str, int], Any] = {("none", proto.batch_size): matcher}
-        self.described: dict[tuple[str, int], dict[str, Any]] = {}
+    def __init__(self, reg: Registry, proto: Any, engine: Any, references: Sequence[EnrolledCurve]):
+        self.reg, self.proto, self.engine, self.references = reg, proto, engine, references
         self.problems: list[str] = []
         self._records: dict[str, dict[str, Any]] = {}
 
@@ -495,6 +487,36 @@ class _Matchers:
         records = self.records(condition)
         return bool(records) and all(r.instance in records for r in self.references)
 
+    def redraw(self, condition: str | Mixture, size: int) -> Any:
+        """The enrolled instances redrawn under ``condition`` (a name or a mixture) at ``size`` from their
+        records (:class:`forensics.match.batchsize.AtBatchSize`); every instance must keep them."""
+        from forensics.engine import records_curves
+        from forensics.match.batchsize import references_at
+
+        if isinstance(condition, str):
+            records, mixture = self.records(condition), None
+        else:  # each instance's records under the mixture's conditions, stacked along the images
+            records = {r.instance: np.concatenate([self.records(c)[r.instance] for c, _ in condition], axis=1)
+                       for r in self.references}
+            mixture = [k for _, k in condition]
+        return references_at(self.references, records, size, records_curves(self.engine), mixture=mixture)
+
+
+class _Matchers(_Records):
+    """The matcher for each (post-processing condition, batch size) a query's batches come in: the
+    registry's for images as generated at the protocol's m; otherwise one fitted and calibrated on the
+    enrolled instances redrawn under that condition and at that size from their per-image records
+    (:func:`forensics.match.batchsize.references_at`), when every instance keeps records under it and the
+    statistic can use them. Where they cannot be redrawn the registry's matcher answers and the batch is
+    marked not comparable (``None`` as its size)."""
+
+    def __init__(self, reg: Registry, proto: Any, engine: Any, references: Sequence[EnrolledCurve], name: str,
+                 matcher: Any, operating_point: str = "balanced"):
+        super().__init__(reg, proto, engine, references)
+        self.name, self.operating_point = name, operating_point
+        self.matchers: dict[tuple[str, int], Any] = {("none", proto.batch_size): matcher}
+        self.described: dict[tuple[str, int], dict[str, Any]] = {}
+
     def at(self, condition: str | Mixture, size: int) -> tuple[Any, int | None]:
         """(the matcher, the batch size its references mean) for a batch of ``size`` images under
         ``condition``: a condition's name, or the :data:`~forensics.conditions.Mixture` of a batch whose
@@ -514,20 +536,6 @@ class _Matchers:
                                                                               "mixture": dict(condition)}
         self.described[key] = {**shown, **redrawn.describe()}
         return self.matchers[key], size
-
-    def redraw(self, condition: str | Mixture, size: int) -> Any:
-        """The enrolled instances redrawn under ``condition`` (a name or a mixture) at ``size`` from their
-        records (:class:`forensics.match.batchsize.AtBatchSize`); every instance must keep them."""
-        from forensics.engine import records_curves
-        from forensics.match.batchsize import references_at
-
-        if isinstance(condition, str):
-            records, mixture = self.records(condition), None
-        else:  # each instance's records under the mixture's conditions, stacked along the images
-            records = {r.instance: np.concatenate([self.records(c)[r.instance] for c, _ in condition], axis=1)
-                       for r in self.references}
-            mixture = [k for _, k in condition]
-        return references_at(self.references, records, size, records_curves(self.engine), mixture=mixture)
 
 
 def _registry_matcher(reg: Registry, protocol: str, name: str, references: Sequence[EnrolledCurve],
@@ -1086,7 +1094,7 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
     parts = [condition] if mixture is None else [c for c, _ in mixture]
     for c in parts:
         get_condition(c)
-    sized = _Matchers(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs, "", None)
+    sized = _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs)
     for c in parts:
         missing = [f"{r.generator}/{r.instance}" for r in refs if r.instance not in sized.records(c)]
         if missing:
