@@ -12,7 +12,7 @@ quality, a lossy WebP its quantiser, the images' size a resampling), else as the
 or resized, some not) each keep their own condition, and a batch of them is matched against the instances
 redrawn with as many images under each (:func:`mixed`, :data:`Mixture`). ``memorization``, which has no
 instances, puts T and P_n through the query's condition instead (:class:`forensics.engine.Engine`'s
-``condition``).
+``condition``), each kind's for files processed in several ways.
 
 Each condition is a deterministic function of uint8 images ((N, H, W) or (N, H, W, C)): a re-encoding, a
 resampling round trip, or a resampling with a re-encoding at the resampled size (``resize2+jpeg90``);

@@ -24,7 +24,8 @@ part (``counts[i]`` points, value ``values[i]``, None where undefined) against r
 points processed as its images were, None when it cannot be given (C_T: its Z scores combined by their
 effective sizes, so that the parts read as one batch of them all would). ``memorization`` of
 files processed in several ways scores each condition's images against T and P_n put through it and
-combines them so; without ``combine`` it scores them all under the most common condition, with a warning.
+combines them so; without ``combine`` it scores them all under one condition (as the files read as one give
+it), with a warning.
 
 A statistic whose score splits exactly into a part per generated point lets sets of any size and condition
 be matched without embedding anything again: its fitted objects have ``records(generated)`` (one row per
