@@ -377,9 +377,7 @@ def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, wei
 # -- attribution ----------------------------------------------------------------------------------
 def layer_readers(protocol: Protocol | Combination) -> list[Callable[[float | None], str]]:
     """For each layer of the protocol's curve, its statistic's ``reading``."""
-    from forensics.stats.base import get_statistic
-
-    return [get_statistic(part.statistic.name).reading for part in protocol.parts for _ in part.layers]
+    return [statistic.reading for statistic in _layer_statistics(protocol)]
 
 
 def mean_curve(curves: Sequence[Curve], protocol: Protocol | Combination) -> Curve:
