@@ -17,9 +17,11 @@ It prints seconds and the ratios against ``exact``, and checks that all three gi
 Then the threshold search on calibration points of the size a calibration at m′ has (16 sub-batches per
 instance: about 850 points on the default): the thresholds of every operating point (balanced, named,
 cautious) from one table, against the balanced point alone, in the same process; the balanced thresholds
-must be the same.
+must be the same. Last, the search's pass counts over 65³ triples from a histogram's suffix sums (the tool)
+against each point tested at each triple (how they were counted before), from 850 to 86,000 points; the
+counts must be the same. Run it on one thread: ``FORENSICS_THREADS=1 OMP_NUM_THREADS=1``.
 
-    .venv/bin/python benchmarks/bench_calibration.py            # n = 50, 200, 400 references
+    .venv/bin/python benchmarks/bench_calibration.py            # n = 50, 200, 400 references (~1.5 min)
     .venv/bin/python benchmarks/bench_calibration.py --quick    # n = 50, 100
 """
 
@@ -91,6 +93,7 @@ def main() -> None:
         print(f"{n:>7} {t_exact:>9.3f} {t_respread:>9.3f} ({t_respread / t_exact:>5.1f}×) "
               f"{t_refit:>9.3f} ({t_refit / t_exact:>5.1f}×)  {'yes' if same else 'NO'}")
     threshold_search([300, 850] if args.quick else [300, 850, 1700])
+    pass_counts([850, 5000] if args.quick else [850, 5000, 20000, 86000])
 
 
 def threshold_search(sizes: list[int]) -> None:
@@ -110,6 +113,31 @@ def threshold_search(sizes: list[int]) -> None:
         alone = _best_thresholds(answer, unknown, ("balanced",))["balanced"]
         same = alone == _best_thresholds(answer, unknown)["balanced"]
         print(f"{n:>7} {one:>9.3f} {every:>9.3f} ({every / one:>5.2f}×)  {'yes' if same else 'NO'}")
+
+
+
+def pass_counts(sizes: list[int]) -> None:
+    """What the grid search counts — how many points pass each (ratio, score, margin) triple of 65 cuts
+    each — from a histogram's suffix sums (the tool) against each point tested at each triple (the way it
+    was counted before, one ratio cut at a time), best of 3 runs each. 86,000 points is about what one set
+    of thresholds pooled over the default's 24 kept conditions at 4 batch sizes would search."""
+    from forensics.match.calibration import _cuts, _passing_counts
+
+    def point_by_point(values, cuts):
+        return np.stack([((values[None, None, :, 0] >= cuts[0][:, None, None])
+                          & (values[None, None, :, 1] >= cuts[1][None, :, None])
+                          & (values[None, None, :, 2] >= tr)).sum(axis=2) for tr in cuts[2]])
+
+    print("\npass counts over 65³ triples: seconds, point by point (before) vs histogram (now)")
+    print(f"{'points':>7} {'before':>9} {'now':>9} {'speed-up':>9}  the same counts")
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        values = np.c_[rng.normal(0.6, 0.1, n), np.abs(rng.normal(0.04, 0.03, n)), -np.exp(rng.normal(0, 0.5, n))]
+        cuts = [_cuts(values[:, k]) for k in range(3)]
+        before = min(timed(point_by_point, values, cuts)[0] for _ in range(3 if n <= 20000 else 1))
+        now = min(timed(_passing_counts, values, cuts)[0] for _ in range(3))
+        same = np.array_equal(point_by_point(values, cuts), _passing_counts(values, cuts))
+        print(f"{n:>7} {before:>9.3f} {now:>9.4f} {before / now:>8.0f}×  {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,33 @@ def test_operating_points_lean_within_one_standard_error_as_a_brute_force_finds(
         assert p["unknown_right"] == pytest.approx(1 - ok(u).mean())
 
 
+def test_pass_counts_are_those_of_every_triple_counted_point_by_point():
+    """The grid search's counts (a histogram's suffix sums) against each point tested at each triple, on
+    more distinct values than there are cuts (so cuts fall between points, at quantiles), with ties, margins
+    without a runner-up (+∞), zero spreads (ratio +∞) and ratios that cannot be measured (NaN)."""
+    from forensics.match.calibration import _cuts, _passing_counts
+
+    rng = np.random.default_rng(5)
+    n = 900
+    score = np.round(rng.normal(0.6, 0.1, n), 3)  # rounded: ties
+    margin = np.abs(rng.normal(0.03, 0.02, n))
+    margin[rng.random(n) < 0.03] = math.inf
+    ratio = np.exp(rng.normal(0.2, 0.6, n))
+    ratio[rng.random(n) < 0.05] = math.nan
+    ratio[rng.random(n) < 0.02] = math.inf
+    closeness = np.where(np.isnan(ratio), math.inf, -ratio)  # as the search tests it: value ≥ cut
+    values = np.stack([score, margin, closeness], axis=1)
+    values[:4, 0] = math.nan  # a score that is no number passes no cut, not even −∞
+    cuts = [_cuts(values[:, k]) for k in range(3)]
+    assert all(len(c) == 65 for c in cuts)
+    counts = _passing_counts(values, cuts)
+    assert counts.shape == (65, 65, 65)
+    for k, i, j in [(0, 0, 0), (64, 64, 64), *map(tuple, rng.integers(0, 65, (300, 3)))]:
+        direct = ((values[:, 0] >= cuts[0][i]) & (values[:, 1] >= cuts[1][j]) & (values[:, 2] >= cuts[2][k])).sum()
+        assert counts[k, i, j] == direct, (k, i, j)
+    assert counts[0, 0, 0] == n - 4
+
+
 def test_the_thresholds_differ_between_points_where_balanced_accuracy_cannot_choose():
     # seeds whose near-ties keep different shares: the points are not the same triple under three names
     found = set()
