@@ -17,8 +17,9 @@ Two steps, each resumable:
     python benchmarks/pooled_thresholds.py measure --sizes 150,250,400 --pool 'cell;100,200,300,500'
 
 ``embed`` reads each set as ``attribute`` reads it (files for JPEG, the condition read from them; resampling
-declared) and keeps its per-image records (``--cache``, default /tmp/pooled-thresholds: about 20 minutes per
-four conditions here). ``measure`` fits the matcher at every (condition read, size) of ``--sizes`` and of the
+declared) and keeps its per-image records (``--records-cache``, default ``robust-records`` in the forensics
+cache folder: about 20 minutes per four conditions here; two processes can fill it side by side); ``measure``
+reads them back (embedding what is missing), then fits the matcher at every (condition read, size) of ``--sizes`` and of the
 pools, for all generators and with each generator left out (recalibrated without it, as the benchmark does),
 keeps every cell's calibration points, and answers each batch (up to 3 disjoint ones per set and size) under
 every variant of ``--pool``: ``cell`` (the tool), or groups of sizes separated by ``|``, each group's
@@ -32,9 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import pickle
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -63,29 +62,20 @@ def setup():
     return proto, refs, engine, api._Matchers(reg, proto, engine, refs, "alpha", base)
 
 
-def embed(cache: Path, conditions: list[str], curated: int) -> None:
-    from forensics import api
-
+def records(cache: Path, conditions: list[str], curated: int, only: set[str] | None = None):
+    """(generator, set name, condition, images' count, how they are matched, their records) for every query set
+    under every condition, as ``robust_attribution.py`` reads them (its :func:`query_records`, kept in
+    ``cache``: the first run embeds, later ones read back)."""
     proto, refs, engine, matchers = setup()
-    cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for gen, name, images in RA.query_sets(RA.default_sets(), curated=curated):
+        if only is not None and name not in only:
+            continue
         for condition in conditions:
-            out = cache / f"{gen}__{name}__{condition}.pkl"
-            if out.exists():
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                query, declared = RA.as_query(images, condition, Path(tmp) / "q")
-                data, record = api.read_images(query, proto, native=api.generated_size(refs))
-                cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs))
-                kept = engine.records(api._as_matched(cond, data))
-            under = cond.of(slice(0, len(images)))
-            tmp_out = out.with_suffix(".part")
-            with open(tmp_out, "wb") as f:
-                pickle.dump({"gen": gen, "name": name, "condition": condition, "n": len(images), "kept": kept,
-                             "under": under, "withhold": cond.withhold}, f)
-            tmp_out.replace(out)
-            print(f"{name} {gen} {condition} → {under} [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
+            cond, kept = RA.query_records(images, condition, proto, engine, matchers, cache)
+            print(f"{name} {gen} {condition} → {cond.name} [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
+            yield {"gen": gen, "name": name, "condition": condition, "n": len(images), "kept": kept,
+                   "under": cond.of(slice(0, len(images))), "withhold": cond.withhold}
 
 
 def parse_pools(spec: str) -> list[tuple[str, list[list[int]] | None]]:
@@ -97,7 +87,7 @@ def parse_pools(spec: str) -> list[tuple[str, list[list[int]] | None]]:
     return out
 
 
-def measure(cache: Path, sizes: list[int], pools: list[tuple[str, list[list[int]] | None]]) -> None:
+def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[list[int]] | None]]) -> None:
     from forensics import api
     from forensics.match import make_matcher
     from forensics.match.batchsize import layer_weights
@@ -107,10 +97,6 @@ def measure(cache: Path, sizes: list[int], pools: list[tuple[str, list[list[int]
     m = proto.batch_size
     generators = sorted({r.generator for r in refs})
     families = {r.generator: r.family for r in refs if r.family}
-    queries = []
-    for path in sorted(cache.glob("*.pkl")):
-        with open(path, "rb") as f:
-            queries.append(pickle.load(f))
     unders = sorted({q["under"] for q in queries})
     cells = sorted({*sizes, *(s for _, groups in pools if groups for g in groups for s in g)})
     fitted, points = {}, {}
@@ -194,16 +180,24 @@ def measure(cache: Path, sizes: list[int], pools: list[tuple[str, list[list[int]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=("embed", "measure"))
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pooled-thresholds")
+    ap.add_argument("--records-cache", type=Path, default=None,
+                    help="where the query sets' per-image records are kept (default: robust-records in the "
+                         "forensics cache folder)")
     ap.add_argument("--conditions", default="none,jpeg95,jpeg90,jpeg85,jpeg75,resize2,resize0.5,crop90")
     ap.add_argument("--curated", type=int, default=500)
+    ap.add_argument("--only", default=None, help="comma-separated set names (e.g. heldout,vae-seed4): only these")
     ap.add_argument("--sizes", default="100,200,300,500")
     ap.add_argument("--pool", default="cell;100,200,300,500")
     a = ap.parse_args()
+    from forensics.encode.cache import cache_dir
+
+    found = records(a.records_cache or cache_dir() / "robust-records", a.conditions.split(","), a.curated,
+                    None if a.only is None else set(a.only.split(",")))
     if a.step == "embed":
-        embed(a.cache, a.conditions.split(","), a.curated)
+        for _ in found:
+            pass
     else:
-        measure(a.cache, [int(s) for s in a.sizes.split(",")], parse_pools(a.pool))
+        measure(list(found), [int(s) for s in a.sizes.split(",")], parse_pools(a.pool))
     return 0
 
 
