@@ -87,7 +87,8 @@ def parse_pools(spec: str) -> list[tuple[str, list[list[int]] | None]]:
     return out
 
 
-def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[list[int]] | None]]) -> None:
+def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[list[int]] | None]],
+            point: str = "balanced") -> None:
     from forensics import api
     from forensics.match import make_matcher
     from forensics.match.batchsize import layer_weights
@@ -114,7 +115,7 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
                     weights = red.layer_weights if who == "all" else layer_weights(rest, red.queries)
                     mt = api._weighted_matcher("alpha", weights).fit(rest, red.queries)
                     p = refit_points(mt, rest, queries=red.queries)
-                fitted[(under, size, who)] = mt
+                fitted[(under, size, who)] = mt.at_operating_point(point)
                 points[(under, size, who)] = (np.array(p.answer), np.array(p.unknown))
         print(f"fitted and calibrated every condition at m′ = {size} [{time.time() - t0:.0f} s]", file=sys.stderr,
               flush=True)
@@ -131,7 +132,7 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
         if key not in pooled:
             a = np.concatenate([points[(u, s, who)][0] for u in unders for s in group])
             u = np.concatenate([points[(u, s, who)][1] for u in unders for s in group])
-            pooled[key] = _best_thresholds(a, u, ("balanced",))["balanced"][:3]
+            pooled[key] = _best_thresholds(a, u, (point,))[point][:3]
         return pooled[key]
 
     def answer(mt, vec, triple, withhold):
@@ -164,7 +165,7 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
                                       thresholds(variant, groups, q["under"], at, q["gen"]), q["withhold"])
                         t["left out " + RA._outcome(left, q["gen"], families)] += 1
     for variant, _ in pools:
-        print(f"\n{variant}: right · family · unknown · wrong; left out named as another (→ unknown)")
+        print(f"\n{variant} ({point}): right · family · unknown · wrong; left out named as another (→ unknown)")
         for (kind, conds, size), c in sorted(tables[variant].items()):
             if kind == "curated copies":
                 print(f"  {kind:15s} {conds:14s} m′={size:4d}: named {c['right'] + c['family'] + c['wrong']} "
@@ -185,6 +186,8 @@ def main() -> int:
                          "forensics cache folder)")
     ap.add_argument("--conditions", default="none,jpeg95,jpeg90,jpeg85,jpeg75,resize2,resize0.5,crop90")
     ap.add_argument("--curated", type=int, default=500)
+    ap.add_argument("--operating-point", default="balanced",
+                    help="the thresholds each variant answers at (balanced, named, cautious)")
     ap.add_argument("--only", default=None, help="comma-separated set names (e.g. heldout,vae-seed4): only these")
     ap.add_argument("--sizes", default="100,200,300,500")
     ap.add_argument("--pool", default="cell;100,200,300,500")
@@ -197,7 +200,7 @@ def main() -> int:
         for _ in found:
             pass
     else:
-        measure(list(found), [int(s) for s in a.sizes.split(",")], parse_pools(a.pool))
+        measure(list(found), [int(s) for s in a.sizes.split(",")], parse_pools(a.pool), a.operating_point)
     return 0
 
 
