@@ -115,7 +115,6 @@ def threshold_search(sizes: list[int]) -> None:
         print(f"{n:>7} {one:>9.3f} {every:>9.3f} ({every / one:>5.2f}×)  {'yes' if same else 'NO'}")
 
 
-
 def pass_counts(sizes: list[int]) -> None:
     """What the grid search counts — how many points pass each (ratio, score, margin) triple of 65 cuts
     each — from a histogram's suffix sums (the tool) against each point tested at each triple (the way it

@@ -49,24 +49,11 @@ import robust_attribution as RA  # noqa: E402
 JPEG = ("none", "jpeg95", "jpeg90", "jpeg85", "jpeg75")
 
 
-def setup():
-    from forensics import api
-    from forensics.engine import make_engine
-    from forensics.match import make_matcher
-
-    reg = api.open_registry()
-    proto = reg.protocol(reg.resolve_protocol(None))
-    refs = reg.enrolled(proto.name)
-    engine = make_engine(proto, reference_dir=reg.reference_dir)
-    base = make_matcher("alpha", calibration=reg.calibration(proto.name, "alpha")).fit(refs)
-    return proto, refs, engine, api._Matchers(reg, proto, engine, refs, "alpha", base)
-
-
 def records(cache: Path, conditions: list[str], curated: int, only: set[str] | None = None):
     """(generator, set name, condition, images' count, how they are matched, their records) for every query set
     under every condition, as ``robust_attribution.py`` reads them (its :func:`query_records`, kept in
     ``cache``: the first run embeds, later ones read back)."""
-    proto, refs, engine, matchers = setup()
+    proto, refs, engine, matchers = RA.default_matching()
     t0 = time.time()
     for gen, name, images in RA.query_sets(RA.default_sets(), curated=curated):
         if only is not None and name not in only:
@@ -94,7 +81,7 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
     from forensics.match.batchsize import layer_weights
     from forensics.match.calibration import _best_thresholds, refit_points
 
-    proto, refs, engine, matchers = setup()
+    proto, refs, engine, matchers = RA.default_matching()
     m = proto.batch_size
     generators = sorted({r.generator for r in refs})
     families = {r.generator: r.family for r in refs if r.family}

@@ -237,17 +237,11 @@ def main() -> int:
 
     from forensics import api
     from forensics.conditions import mixture_name, scaled_mixture
-    from forensics.engine import make_engine
     from forensics.match import make_matcher
     from forensics.match.batchsize import layer_weights
     from forensics.match.calibration import check_operating_point
 
-    reg = api.open_registry()
-    proto = reg.protocol(reg.resolve_protocol(None))
-    refs = reg.enrolled(proto.name)
-    engine = make_engine(proto, reference_dir=reg.reference_dir)
-    base = make_matcher(a.matcher, calibration=reg.calibration(proto.name, a.matcher)).fit(refs)
-    matchers = api._Matchers(reg, proto, engine, refs, a.matcher, base)
+    proto, refs, engine, matchers = default_matching(a.matcher)
     generators = sorted({r.generator for r in refs})
     families = {r.generator: r.family for r in refs if r.family}
     loo: dict[tuple, dict[str, object]] = {}
@@ -374,6 +368,21 @@ def main() -> int:
         a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows, "loo": loo_rows,
                                       "threads": os.environ.get("FORENSICS_THREADS")}, indent=1) + "\n")
     return 0
+
+
+def default_matching(matcher: str = "alpha"):
+    """(the default protocol, its enrolled references, its engine, the tool's matchers at every (condition,
+    m′) — ``forensics.api._Matchers`` around the registry's ``matcher``), as ``attribute`` builds them."""
+    from forensics import api
+    from forensics.engine import make_engine
+    from forensics.match import make_matcher
+
+    reg = api.open_registry()
+    proto = reg.protocol(reg.resolve_protocol(None))
+    refs = reg.enrolled(proto.name)
+    engine = make_engine(proto, reference_dir=reg.reference_dir)
+    base = make_matcher(matcher, calibration=reg.calibration(proto.name, matcher)).fit(refs)
+    return proto, refs, engine, api._Matchers(reg, proto, engine, refs, matcher, base)
 
 
 def query_records(images: np.ndarray, condition: str, proto, engine, matchers, cache: Path | None, *,
