@@ -466,6 +466,7 @@ class _Records:
         self.reg, self.proto, self.engine, self.references = reg, proto, engine, references
         self.problems: list[str] = []
         self._records: dict[str, dict[str, Any]] = {}
+        self._redrawn: dict[tuple[Any, int], Any] = {}
 
     def records(self, condition: str) -> dict[str, Any]:
         if condition not in self._records:
@@ -491,13 +492,64 @@ class _Records:
         from forensics.engine import records_curves
         from forensics.match.batchsize import references_at
 
+        key = (condition if isinstance(condition, str) else tuple(condition), size)
+        if key in self._redrawn:  # (seeded: the same draws every time)
+            return self._redrawn[key]
         if isinstance(condition, str):
             records, mixture = self.records(condition), None
         else:  # each instance's records under the mixture's conditions, stacked along the images
             records = {r.instance: np.concatenate([self.records(c)[r.instance] for c, _ in condition], axis=1)
                        for r in self.references}
             mixture = [k for _, k in condition]
-        return references_at(self.references, records, size, records_curves(self.engine), mixture=mixture)
+        self._redrawn[key] = references_at(self.references, records, size, records_curves(self.engine),
+                                           mixture=mixture)
+        return self._redrawn[key]
+
+
+def _pools(sized: _Records, names: Sequence[str], *, conditions: Sequence[str] | None = None,
+           sizes: Sequence[int] | None = None, progress: Progress | None = None,
+           without: str | None = None) -> dict[str, Any]:
+    """For each matcher of ``names``, the :class:`~forensics.match.calibration.Pool` of its calibration points
+    at every (condition, batch size) cell the references can be redrawn at (``conditions``: default every
+    condition every instance keeps records under; ``sizes``: default
+    :func:`~forensics.match.calibration.pool_sizes` of the protocol's m) — at (none, m) the enrolled curves
+    themselves; a matcher that cannot be fitted at some cell (or is not open-set) gets none. Nothing when
+    the references cannot be redrawn: the registry keeps no records, or the statistic cannot use them.
+    ``without``: a generator left out of the references at every cell, its layer weights measured on the
+    rest — the pool a registry that never enrolled it would have."""
+    from forensics.match.batchsize import layer_weights
+    from forensics.match.calibration import Pool, pool_sizes
+
+    m = sized.proto.batch_size
+    conditions = [c for c in (sized.conditions() if conditions is None else conditions) if sized.complete(c)]
+    if not conditions:
+        return {}
+    cells = [(c, s) for c in conditions for s in (pool_sizes(m) if sizes is None else sizes)]
+    pools: dict[str, Any] = {n: Pool() for n in names}
+    for done, (condition, size) in enumerate(cells):
+        if progress is not None:
+            progress("pooling calibration points", done, len(cells))
+        if condition == "none" and size == m:
+            refs, queries, weights = [r for r in sized.references if r.generator != without], None, None
+        else:
+            redrawn = sized.redraw(condition, size)
+            refs, queries, weights = list(redrawn.references), redrawn.queries, redrawn.layer_weights
+            if without is not None:
+                refs = [r for r in refs if r.generator != without]
+                queries = {r.instance: queries[r.instance] for r in refs}
+                weights = layer_weights(refs, queries)
+        for name in [n for n in names if n in pools]:
+            try:
+                fitted = _weighted_matcher(name, weights).fit(refs, queries)
+            except UsageError:
+                fitted = None
+            if fitted is None or fitted.held_out_points is None:
+                del pools[name]  # (a matcher that cannot be fitted here, or is not open-set: no pool)
+                continue
+            pools[name].add(condition, size, fitted.held_out_points)
+    if progress is not None:
+        progress("pooling calibration points", len(cells), len(cells))
+    return pools
 
 
 class _Matchers(_Records):
@@ -506,14 +558,21 @@ class _Matchers(_Records):
     enrolled instances redrawn under that condition and at that size from their per-image records
     (:func:`forensics.match.batchsize.references_at`), when every instance keeps records under it and the
     statistic can use them. Where they cannot be redrawn the registry's matcher answers and the batch is
-    marked not comparable (``None`` as its size)."""
+    marked not comparable (``None`` as its size). Where ``registry calibrate`` recorded a pooled calibration
+    for these references (:class:`~forensics.match.calibration.Pool`), every cell answers with its
+    thresholds; otherwise each cell with the thresholds calibrated on its own points."""
 
     def __init__(self, reg: Registry, proto: Any, engine: Any, references: Sequence[EnrolledCurve], name: str,
                  matcher: Any, operating_point: str = "balanced"):
+        from forensics.match.calibration import pool_applies
+
         super().__init__(reg, proto, engine, references)
         self.name, self.operating_point = name, operating_point
         self.matchers: dict[tuple[str, int], Any] = {("none", proto.batch_size): matcher}
         self.described: dict[tuple[str, int], dict[str, Any]] = {}
+        pooled = (reg.calibration(proto.name, name) or {}).get("pooled")
+        self.pooled = pooled if pool_applies(pooled, references) else None
+        self._stale_pool = pooled is not None and self.pooled is None
 
     def at(self, condition: str | Mixture, size: int) -> tuple[Any, int | None]:
         """(the matcher, the batch size its references mean) for a batch of ``size`` images under
@@ -528,8 +587,15 @@ class _Matchers(_Records):
         if not all(self.complete(c) for c in parts):
             return self.matchers[("none", self.proto.batch_size)], None
         redrawn = self.redraw(condition, size)
-        self.matchers[key] = _weighted_matcher(self.name, redrawn.layer_weights, self.problems).fit(
-            list(redrawn.references), redrawn.queries).at_operating_point(self.operating_point)
+        fitted = _weighted_matcher(self.name, redrawn.layer_weights, self.problems).fit(
+            list(redrawn.references), redrawn.queries)
+        if self.pooled is not None:
+            fitted = fitted.with_pooled_thresholds(self.pooled)
+        elif self._stale_pool:
+            self.problems.append("the registry's pooled thresholds were calibrated on other references or under an "
+                                 "older rule: this batch's thresholds come from its own (condition, size) alone "
+                                 "(run `forensics registry calibrate`)")
+        self.matchers[key] = fitted.at_operating_point(self.operating_point)
         shown = {"condition": condition} if isinstance(condition, str) else {"condition": "mixed",
                                                                               "mixture": dict(condition)}
         self.described[key] = {**shown, **redrawn.describe()}
@@ -1024,12 +1090,13 @@ def _takes_weights(name: str) -> bool:
 
 def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
                      stability: bool = False, queries: Mapping[str, Sequence[Any]] | None = None,
-                     operating_point: str = "balanced", **options: Any) -> MatcherEvaluation:
+                     operating_point: str = "balanced", pool: Any = None, **options: Any) -> MatcherEvaluation:
     """Leave-one-out, leave-generator-out and (when instances carry the role ``test_batch``) the
     hold-out split of one matcher on a protocol's references; ``queries`` (by instance id) stand for a
     held-out instance in place of its own curve (:func:`forensics.match.batchsize.references_at`);
     ``options`` go to the matcher (for example its ``layer_weights``); the open-set verdicts use the
-    thresholds of ``operating_point``."""
+    thresholds of ``operating_point``, pooled over ``pool``'s cells without each fold's own points where
+    a :class:`~forensics.match.calibration.Pool` is given."""
     from dataclasses import replace
 
     from forensics.match import calibration_stability, holdout, leave_generator_out, leave_one_out
@@ -1037,11 +1104,11 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
     refs = list(references)
     if not refs:
         return MatcherEvaluation(matcher, None)
-    ev = leave_one_out(refs, matcher, queries=queries, operating_point=operating_point, **options)
+    ev = leave_one_out(refs, matcher, queries=queries, operating_point=operating_point, pool=pool, **options)
     if ev.error is not None:
         return MatcherEvaluation(matcher, ev)
     ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher, queries=queries,
-                                                             operating_point=operating_point, **options))
+                                                             operating_point=operating_point, pool=pool, **options))
     if queries is None and any(r.provenance.get("role") == "test_batch" for r in refs):
         try:
             split = holdout(refs, matcher, operating_point=operating_point)
@@ -1058,19 +1125,32 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
     """Every matcher of ``matchers`` on one protocol's references (:func:`evaluate_matcher`), each a step
     reported to ``progress``. With ``batch_size`` (m′) or a ``condition`` other than none, the references
     are the instances redrawn at m′ under that condition from their per-image records, and each held-out
-    instance is queried by single sub-batches of m′ (what a real query of m′ images is)."""
-    refs = reg.enrolled(name)
+    instance is queried by single sub-batches of m′ (what a real query of m′ images is). A matcher whose
+    registry calibration records pooled thresholds (``registry calibrate``) is evaluated with them, each
+    fold's chosen anew on the same cells' points without the fold's own."""
+    from forensics.engine import make_engine
+    from forensics.match.calibration import pool_applies
+
+    enrolled = refs = reg.enrolled(name)
     proto = reg.protocol(name)
     queries, weights = None, None
     size = batch_size or proto.batch_size
     if batch_size is not None or condition != "none":
         refs, queries, weights = _redrawn(reg, proto, refs, size, condition)
+    pooled = {m: (reg.calibration(name, m) or {}).get("pooled") for m in matchers}
+    pooled = {m: p for m, p in pooled.items() if pool_applies(p, enrolled)}
+    pools: dict[str, Any] = {}
+    if pooled:
+        sized = _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), enrolled)
+        for m, p in pooled.items():  # (the cells of one pool, redrawn once for every matcher pooled on them)
+            with _Step(progress, f"pooling {m}'s calibration points on {name}"):
+                pools.update(_pools(sized, [m], conditions=p["conditions"], sizes=p["sizes"], progress=progress))
     found = []
     for m in matchers:
         with _Step(progress, f"evaluating {m} on {name}" + (" with its stability" if stability else "")):
             options = {} if weights is None or not _takes_weights(m) else {"layer_weights": list(weights)}
             found.append(evaluate_matcher(refs, m, stability=stability, queries=queries,
-                                          operating_point=operating_point, **options))
+                                          operating_point=operating_point, pool=pools.get(m), **options))
     return ProtocolEvaluation(protocol=name, digest=proto.digest,
                               generators=tuple(sorted({r.generator for r in refs})), n_instances=len(refs),
                               matchers=tuple(found), batch_size=size, condition=condition,
@@ -1138,7 +1218,13 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
 def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
               matchers: Sequence[str] | None = None, progress: Progress | None = None) -> CalibrationResult:
     """Calibrate the matchers' open-set thresholds ("unknown") on a protocol's references and record
-    them in the registry (``<protocol>/calibration.yaml``), where attribution reuses them."""
+    them in the registry (``<protocol>/calibration.yaml``), where attribution reuses them. Where the
+    instances keep per-image records, the thresholds are pooled: one triple per operating point, chosen on
+    the calibration points of every condition they keep at 1/5, 2/5, 3/5 and all of the protocol's m
+    (:class:`~forensics.match.calibration.Pool`), and every batch, whatever its size and condition, is
+    answered with it; the confusions and lookalikes recorded are those at (none, m). Otherwise, the
+    thresholds of (none, m) alone (each other cell is then calibrated on its own at attribution)."""
+    from forensics.engine import make_engine
     from forensics.match import make_matcher
 
     with _Step(progress, "reading the registry"):
@@ -1146,10 +1232,20 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
         name = reg.resolve_protocol(protocol)
         refs = reg.enrolled(name)
         chosen = _matcher_names(matchers)
-    records = {}
+    fitted = {}
     for mname in chosen:
         with _Step(progress, f"calibrating {mname} on {name}"):
-            m = make_matcher(mname).fit(refs)
+            fitted[mname] = make_matcher(mname).fit(refs)
+    pools: dict[str, Any] = {}
+    if refs and reg.record_conditions(name):
+        proto = reg.protocol(name)
+        sized = _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs)
+        pools = _pools(sized, [n for n, m in fitted.items() if m.calibration is not None], progress=progress)
+    records = {}
+    for mname, m in fitted.items():
+        pooled = pools[mname].record(refs) if mname in pools and len(pools[mname].cells) > 1 else None
+        if pooled is not None:
+            m = m.with_pooled_thresholds(pooled)
         cal = dict(m.calibration or {})
         cal.pop("source", None)
         records[mname] = {"options": m.options(), **cal}

@@ -1317,3 +1317,51 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
     assert got["condition"] == "none/jpeg90" and got["matchers"][0]["n"] == 6 * CALIBRATION_DRAWS
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "none/resize2"])
     assert r.exit_code != 0 and "no usable per-image records under resize2" in r.output
+
+
+@pytest.mark.slow
+def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers_with_it(digits, plugin_host,
+                                                                                          tmp_path):
+    import shutil
+
+    from forensics import api
+    from forensics.match.calibration import pool_sizes
+
+    src, data = digits
+    reg = tmp_path / "registry"
+    shutil.copytree(src, reg)  # the module's registry stays as it is
+    result = api.calibrate(registry=reg, matchers=["alpha"])
+    pooled = result.matchers["alpha"]["pooled"]
+    # every condition every instance keeps, at 1/5 to all of m: 2 × 4 cells, every held-out point of each
+    assert pooled["conditions"] == ["jpeg90", "none"] and pooled["sizes"] == pool_sizes(M) == [20, 40, 60, 100]
+    assert pooled["n_cells"] == 8
+    refs = Registry.open(reg).enrolled("d")
+    per_cell = 2 * len(refs) * 16  # 16 single sub-batches per instance, held out and with its generator left out
+    assert pooled["n_answer"] + pooled["n_unknown"] == 6 * per_cell + 2 * 2 * len(refs)  # (m: the curves themselves)
+    assert run(["registry", "validate", "--registry", str(reg)]).exit_code == 0
+    recorded = Registry.open(reg).calibration("d", "alpha")
+    assert recorded["pooled"] == pooled
+    for point, at in pooled["operating_points"].items():  # the thresholds at (none, m) are the pool's
+        assert {k: recorded["operating_points"][point][k] for k in ("score", "margin", "distance_ratio")} == \
+               {k: at[k] for k in ("score", "margin", "distance_ratio")}
+    # a batch of 60 under JPEG 90 and one of m as generated: both answered with the pooled triple
+    balanced = pooled["operating_points"]["balanced"]
+    images = np.load(data / "query-noise.npz")["images"]
+    for rows, condition in ((slice(0, 60), "jpeg90"), (slice(0, M), "none")):
+        res = api.attribute(images[rows], registry=reg, condition=condition)
+        threshold = res.attribution.threshold
+        assert threshold["pooled_cells"] == 8, condition
+        assert {k: threshold[k] for k in ("score", "margin", "distance_ratio")} == \
+               {k: balanced[k] for k in ("score", "margin", "distance_ratio")}
+    # an evaluation with them chooses each fold's thresholds on the same cells, without the fold's points
+    ev = api.evaluate(registry=reg, matchers=["alpha"], batch_size=40, condition="jpeg90")
+    (matcher,) = ev.protocols[0].matchers
+    assert matcher.evaluation.pooled_cells == 8
+    # a pool chosen on other references answers no more: each cell its own thresholds, and the report says so
+    cal_file = reg / "d" / "calibration.yaml"
+    doc = yaml.safe_load(cal_file.read_text())
+    doc["matchers"]["alpha"]["pooled"]["references_digest"] = "sha256:" + "1" * 64
+    cal_file.write_text(yaml.safe_dump(doc))
+    res = api.attribute(images[:60], registry=reg, condition="jpeg90")
+    assert res.attribution.threshold["pooled_cells"] is None
+    assert any("pooled thresholds were calibrated on other references" in w for w in res.warnings)

@@ -46,7 +46,7 @@ import numpy as np
 from forensics.errors import ProtocolMismatch, UsageError
 from forensics.match.calibration import (
     CALIBRATION_RULE, DEFAULT_OPERATING_POINT, at_operating_point, calibrate, check_operating_point, confused,
-    refit_points, threshold_info, thresholds,
+    held_out_points, pooled_calibration, refit_points, threshold_info, thresholds,
 )
 from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances, query_spreads
 from forensics.match.types import (
@@ -68,8 +68,10 @@ class Matcher(abc.ABC):
     condition is matched with each layer in units of its noise, see :mod:`forensics.match.batchsize`;
     default none).
 
-    After :meth:`fit`: ``enrolled`` (the references), ``protocol_digest``, ``n_layers`` and
-    ``calibration`` (the open-set calibration, ``None`` for a closed-set matcher).
+    After :meth:`fit`: ``enrolled`` (the references), ``protocol_digest``, ``n_layers``,
+    ``calibration`` (the open-set calibration, ``None`` for a closed-set matcher) and ``held_out_points``
+    (the :class:`~forensics.match.CalibrationPoints` it was calibrated on; ``None`` when a recorded
+    calibration was reused).
     """
 
     name: str = "matcher"
@@ -83,6 +85,7 @@ class Matcher(abc.ABC):
         self.layer_weights = _weights(layer_weights)
         self._given_calibration = dict(calibration) if calibration else None
         self.calibration: dict[str, Any] | None = None
+        self.held_out_points: CalibrationPoints | None = None
         self.enrolled: list[EnrolledCurve] = []
         self.protocol_digest: str | None = None
         self.n_layers: int | None = None
@@ -161,14 +164,15 @@ class Matcher(abc.ABC):
         else:  # the spread a query of one batch sees (the references are means of several)
             self._spreads = query_spreads(x, labels, [r.instance for r in references],
                                           {k: [self._query(q) for q in v] for k, v in queries.items()})
-        self.calibration = None
+        self.calibration, self.held_out_points = None, None
         if self.open_set:
             given = self._given_calibration
             if (queries is None and given and given.get("references_digest") == references_digest(references)
                     and given.get("rule") == CALIBRATION_RULE):
                 self.calibration = at_operating_point({**given, "source": "recorded"}, DEFAULT_OPERATING_POINT)
             else:
-                self.calibration = calibrate(self, references, queries)
+                self.held_out_points = held_out_points(self, references, queries)
+                self.calibration = calibrate(self, references, queries, self.held_out_points)
         return self
 
     def at_operating_point(self, point: str) -> Matcher:
@@ -181,6 +185,15 @@ class Matcher(abc.ABC):
             other.calibration = at_operating_point(self.calibration, point)
         else:
             check_operating_point(point)
+        return other
+
+    def with_pooled_thresholds(self, pooled: Mapping[str, Any]) -> Matcher:
+        """This fitted matcher answering with the thresholds of a pooled calibration (a copy sharing its
+        fit; :func:`forensics.match.calibration.pooled_calibration`): one triple for every (condition,
+        batch size) instead of its own. A closed-set matcher is returned as it is."""
+        other = copy.copy(self)
+        if self.open_set and self.calibration is not None:
+            other.calibration = pooled_calibration(self.calibration, pooled, self.held_out_points)
         return other
 
     @property
@@ -262,6 +275,8 @@ class Matcher(abc.ABC):
                           threshold_info(cal))
         info = threshold_info(cal)
         n_refs = f"calibrated on {cal['n_references']} references"
+        if cal.get("pooled"):
+            n_refs += f", pooled over {cal['pooled']['n_cells']} (condition, batch size) cells"
         if cal.get("operating_point", DEFAULT_OPERATING_POINT) != DEFAULT_OPERATING_POINT:
             n_refs += f", {cal['operating_point']} operating point"
         t_score, t_margin, t_ratio = thresholds(cal)

@@ -81,16 +81,26 @@ def calibration_point(candidates: Sequence[Candidate], ratio: float | None) -> P
     return float(score), float(margin), math.nan if ratio is None else float(ratio)
 
 
+def held_out_points(matcher: Matcher, references: Sequence[EnrolledCurve],
+                    queries: Mapping[str, Sequence[np.ndarray]] | None = None) -> CalibrationPoints:
+    """The points :func:`calibrate` learns from: the matcher's own (:meth:`Matcher.calibration_points`),
+    or with ``queries`` standing for the held-out instances, refits (:func:`refit_points`)."""
+    refs = list(references)
+    return matcher.calibration_points(refs) if queries is None else refit_points(matcher, refs, queries=queries)
+
+
 def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve],
-              queries: Mapping[str, Sequence[np.ndarray]] | None = None) -> dict[str, Any]:
+              queries: Mapping[str, Sequence[np.ndarray]] | None = None,
+              points: CalibrationPoints | None = None) -> dict[str, Any]:
     """Open-set thresholds for ``matcher`` from ``references`` alone (see the module docstring).
     ``queries``: for an instance id, the curves to hold out in its place (for example sub-batches of its
     images, when the references are curves of a batch size the queries do not have); by default each
-    reference is its own held-out query."""
+    reference is its own held-out query. ``points``: those :func:`held_out_points` gives, when they are at
+    hand."""
     refs = list(references)
     base = {"rule": CALIBRATION_RULE, "n_references": len(refs), "references_digest": references_digest(refs),
             "source": "calibrated at fit"}
-    points = matcher.calibration_points(refs) if queries is None else refit_points(matcher, refs, queries=queries)
+    points = held_out_points(matcher, refs, queries) if points is None else points
     answer, unknown = points.answer, points.unknown
     base.update({"held_out": points.held_out, "n_answer": len(answer), "n_unknown": len(unknown),
                  "confusions": confusions(points.named)})
@@ -181,6 +191,8 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
     limit = LOO_LIMIT if loo_limit is None else loo_limit
     answer: list[Point] = []
     unknown: list[Point] = []
+    answer_from: list[str] = []
+    unknown_from: list[str] = []
     left_out: list[tuple[str, str, Point]] = []
     named: list[tuple[str, str]] = []
     probe = matcher.clone(open_set=False)
@@ -218,6 +230,7 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
                     named.append((r.generator, cands[0].generator))
                 point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator))
                 (answer if ok else unknown).append(point)
+                (answer_from if ok else unknown_from).append(r.instance)
     for g in sorted({r.generator for r in refs}):
         if not fitted([x for x in refs if x.generator != g]):
             continue
@@ -227,11 +240,97 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
                     cands = probe.rank(q)
                     point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator))
                     unknown.append(point)
+                    unknown_from.append(r.instance)
                     left_out.append((g, cands[0].generator, point))
     if queries:
         n = {len(standing_in(r)) for r in refs}
         how += f", each held-out instance queried by {'/'.join(map(str, sorted(n)))} curve(s) standing for it"
-    return CalibrationPoints(answer, unknown, how, left_out, named)
+    return CalibrationPoints(answer, unknown, how, left_out, named, answer_from, unknown_from)
+
+
+POOL_RULE = ("one threshold triple per operating point, chosen by the calibration rule on the calibration points of "
+             "every (condition, batch size) cell the references can be redrawn at, pooled: every condition the "
+             "registry keeps records under for every instance, at 1/5, 2/5, 3/5 and all of the protocol's m; the "
+             "thresholds answer at every cell, each cell keeping its own spreads, layer weights and confusions")
+
+POOL_SHARES = (0.2, 0.4, 0.6, 1.0)
+"""The batch sizes a pooled calibration draws its cells at, as shares of the protocol's m (100, 200, 300 and
+500 images at m = 500: the sizes the attribution is measured at)."""
+
+# what a pool records of each operating point: the thresholds and how they did on the pooled points
+_POOLED = (*THRESHOLDS, "balanced_accuracy", "answered_right", "unknown_right")
+
+
+def pool_sizes(m: int) -> list[int]:
+    """The batch sizes of a pooled calibration for a protocol of batch size ``m`` (:data:`POOL_SHARES`)."""
+    return sorted({max(2, round(share * m)) for share in POOL_SHARES})
+
+
+class Pool:
+    """The calibration points of many (condition, batch size) cells, from which one threshold triple per
+    operating point is chosen (:data:`POOL_RULE`). A cell's thresholds, chosen on its own ~850 points, jump
+    from cell to cell between near-ties; margins and distance ratios are in units of one batch's noise at
+    each cell, so one triple from all of them carries to cells between (docs/robustness.md)."""
+
+    def __init__(self) -> None:
+        self.cells: list[tuple[str, int]] = []
+        self.points: list[CalibrationPoints] = []
+
+    def add(self, condition: str, size: int, points: CalibrationPoints) -> None:
+        self.cells.append((condition, int(size)))
+        self.points.append(points)
+
+    def record(self, references: Sequence[EnrolledCurve], without: Sequence[str] = ()) -> dict[str, Any] | None:
+        """The pooled thresholds (JSON-ready: what ``calibration.yaml`` records under ``pooled``), chosen
+        on every cell's points but those of the instances ``without`` (by id: how an evaluation leaves a
+        fold's own points out); ``references``: the instances the cells were drawn from. None when the
+        points leave nothing to choose from, or ``without`` is asked of points that do not say their
+        instance."""
+        leave = set(without)
+        if leave and not all(p.tagged for p in self.points):
+            return None
+
+        def kept(values: Sequence[Point], sources: Sequence[str]) -> list[Point]:
+            return list(values) if not leave else [v for v, who in zip(values, sources) if who not in leave]
+
+        answer = [v for p in self.points for v in kept(p.answer, p.answer_from)]
+        unknown = [v for p in self.points for v in kept(p.unknown, p.unknown_from)]
+        if not self.cells or not answer or not unknown:
+            return None
+        chosen = {}
+        for name, found in _best_thresholds(np.array(answer, float), np.array(unknown, float)).items():
+            chosen[name] = dict(zip(_POOLED, (*(_finite_or_none(v) for v in found[:3]), *found[3:])))
+        return {"rule": POOL_RULE, "references_digest": references_digest(list(references)),
+                "conditions": sorted({c for c, _ in self.cells}), "sizes": sorted({s for _, s in self.cells}),
+                "n_cells": len(self.cells), "n_answer": len(answer), "n_unknown": len(unknown),
+                "operating_points": chosen}
+
+
+def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
+                       points: CalibrationPoints | None = None) -> dict[str, Any]:
+    """The calibration ``cal`` of one cell answering with the ``pooled`` thresholds (a :meth:`Pool.record`):
+    each operating point takes the pool's triple and accuracies, and its lookalikes are the cell's left-out
+    generators those thresholds let through (``points``: the cell's calibration points; without them the
+    cell's own lookalikes stay). The cell keeps everything else (its confusions, its reference count), and
+    answers at the operating point it answered at."""
+    own = cal.get("operating_points") or {}
+    chosen = {}
+    for name, at in pooled["operating_points"].items():
+        t = thresholds(at)
+        lookalikes = (_lookalikes(points.left_out, *t) if points is not None
+                      else (own.get(name) or {}).get("lookalikes") or {})
+        chosen[name] = {"chosen_by": f"{OPERATING_POINTS[name]}, on the points of {pooled['n_cells']} (condition, "
+                                     "batch size) cells pooled",
+                        **{k: at.get(k) for k in _POOLED}, "lookalikes": lookalikes}
+    out = {k: v for k, v in cal.items() if k != "reason"}
+    out.update({"calibrated": True, "operating_points": chosen, "pooled": dict(pooled)})
+    return at_operating_point(out, cal.get("operating_point") or DEFAULT_OPERATING_POINT)
+
+
+def pool_applies(pooled: Mapping[str, Any] | None, references: Sequence[EnrolledCurve]) -> bool:
+    """Whether a recorded pool was chosen under this version's rules on these ``references``."""
+    return bool(pooled) and pooled.get("rule") == POOL_RULE and \
+        pooled.get("references_digest") == references_digest(list(references))
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -346,7 +445,9 @@ def threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The part of a calibration an :class:`~forensics.match.Attribution` records as its ``threshold``."""
     if cal is None:
         return None
-    return {k: cal.get(k) for k in ("calibrated", *THRESHOLDS, "operating_point", "n_references", "source")}
+    info = {k: cal.get(k) for k in ("calibrated", *THRESHOLDS, "operating_point", "n_references", "source")}
+    info["pooled_cells"] = (cal.get("pooled") or {}).get("n_cells")
+    return info
 
 
 def thresholds(cal: Mapping[str, Any]) -> tuple[float, float, float]:

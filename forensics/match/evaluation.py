@@ -15,7 +15,7 @@ from typing import Any
 
 from forensics.errors import UsageError
 from forensics.match.base import Matcher, make_matcher
-from forensics.match.calibration import DEFAULT_OPERATING_POINT, THRESHOLDS, calibrate, check_operating_point
+from forensics.match.calibration import DEFAULT_OPERATING_POINT, THRESHOLDS, Pool, calibrate, check_operating_point
 from forensics.match.types import EnrolledCurve
 
 
@@ -35,6 +35,7 @@ class Evaluation:
     split: dict[str, Any] | None = None
     error: str | None = None
     operating_point: str = DEFAULT_OPERATING_POINT
+    pooled_cells: int | None = None
 
     @property
     def loo_accuracy(self) -> float | None:
@@ -46,6 +47,7 @@ class Evaluation:
                 "confusion": {"labels": self.labels, "matrix": self.confusion,
                               "rows": "true generator", "columns": "predicted generator"},
                 "open_set": self.open_set, "operating_point": self.operating_point,
+                "pooled_cells": self.pooled_cells,
                 "leave_generator_out": self.leave_generator_out,
                 "split": self.split, "error": self.error, "predictions": self.predictions}
 
@@ -59,9 +61,25 @@ def _factory(matcher: str | Matcher | Callable[[], Matcher], options: Mapping[st
     return matcher
 
 
+def _answering(m: Matcher, pool: Pool | None, references: Sequence[EnrolledCurve], held: Sequence[str]) -> Matcher:
+    """The fold's fitted matcher ``m``, answering with the ``pool``'s thresholds chosen without the points of
+    the ``held`` instances (by id), when there is a pool; as it is otherwise."""
+    if pool is None:
+        return m
+    record = pool.record(references, without=held)
+    if record is None and not all(p.tagged for p in pool.points):
+        raise UsageError("the pooled calibration points do not say which instance each came from, so a fold's "
+                         "own points cannot be left out of them")
+    if record is None:
+        raise UsageError("the pool leaves no points to choose thresholds on without the fold's own (it needs "
+                         "answers and unknowns)")
+    return m.with_pooled_thresholds(record)
+
+
 def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
                   queries: Mapping[str, Sequence[Any]] | None = None,
-                  operating_point: str = DEFAULT_OPERATING_POINT, **options: Any) -> Evaluation:
+                  operating_point: str = DEFAULT_OPERATING_POINT, pool: Pool | None = None,
+                  **options: Any) -> Evaluation:
     """Attribute every instance with itself left out of the references.
 
     ``correct`` counts the closed-set answer (the top candidate), as the paper does; ``open_set``
@@ -69,7 +87,11 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     than the generator, answered wrong, unknown). ``queries``: the
     curves that stand for an instance when it is held out (by id; default its own curve), each attributed
     (and counted) once, and passed on to the matcher's calibration. The open-set verdicts use the
-    thresholds of ``operating_point`` (:data:`~forensics.match.calibration.OPERATING_POINTS`).
+    thresholds of ``operating_point`` (:data:`~forensics.match.calibration.OPERATING_POINTS`). ``pool``: the
+    calibration points of every (condition, batch size) cell, as ``registry calibrate`` pools them
+    (:class:`~forensics.match.calibration.Pool`); given, each fold answers with the pooled thresholds chosen
+    without the held-out instance's own points (the rest were computed with it among the references: a
+    refit of every cell per fold would take the folds' number of times longer).
     """
     check_operating_point(operating_point)
     refs = list(references)
@@ -87,7 +109,7 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
         m = make()
         name, opts = m.name, m.options()
         try:
-            m = m.fit(rest, queries or None).at_operating_point(operating_point)
+            m = _answering(m.fit(rest, queries or None), pool, refs, [r.instance]).at_operating_point(operating_point)
             results = [m.attribute(q) for q in (queries.get(r.instance) or [r.fingerprint])]
         except UsageError as exc:
             return Evaluation(name, opts, len(refs), 0, labels, confusion, [], error=str(exc))
@@ -111,7 +133,8 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     open_set = ({"answered_right": right, "answered_family": family, "answered_wrong": wrong, "unknown": unknown}
                 if open_set_used else None)
     return Evaluation(name or str(matcher), opts, len(predictions), correct, labels, confusion, predictions,
-                      open_set, operating_point=operating_point)
+                      open_set, operating_point=operating_point,
+                      pooled_cells=len(pool.cells) if pool is not None and open_set_used else None)
 
 
 def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
@@ -139,12 +162,14 @@ def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Ma
 
 def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
                         queries: Mapping[str, Sequence[Any]] | None = None,
-                        operating_point: str = DEFAULT_OPERATING_POINT, **options: Any) -> dict[str, Any]:
+                        operating_point: str = DEFAULT_OPERATING_POINT, pool: Pool | None = None,
+                        **options: Any) -> dict[str, Any]:
     """Leave each whole generator out and attribute its instances: the open-set test.
 
     Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did. A run that
     names its own generator's family (another generator of it stays enrolled) is counted as ``family``:
-    neither unknown nor wrong. ``queries`` and ``operating_point`` as :func:`leave_one_out` takes them.
+    neither unknown nor wrong. ``queries``, ``operating_point`` and ``pool`` as :func:`leave_one_out` takes
+    them (a pool's thresholds chosen without the points of the left-out generator's instances).
     """
     check_operating_point(operating_point)
     refs = list(references)
@@ -157,7 +182,8 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         held = [r for r in refs if r.generator == g]
         m = make()
         try:
-            m = m.fit(rest, queries or None).at_operating_point(operating_point)
+            m = _answering(m.fit(rest, queries or None), pool, refs,
+                           [r.instance for r in held]).at_operating_point(operating_point)
         except UsageError as exc:
             per[g] = {"n": len(held), "error": str(exc)}
             continue

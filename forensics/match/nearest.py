@@ -57,6 +57,7 @@ class SimilarityMatcher(Matcher):
         nearest = {g: nearest_other(dist, np.flatnonzero(labels == g)) for g in gens}
         without_generator = {g: spreads_from({h: v for h, v in nearest.items() if h != g}) for g in gens}
         answer, unknown, left_out, named = [], [], [], []
+        answer_from, unknown_from = [], []
         for i, own in enumerate(labels):
             k = gens.index(own)
             ranked = sorted(((-best[i, j], gens[j]) for j in range(len(gens)) if np.isfinite(best[i, j])))
@@ -75,10 +76,12 @@ class SimilarityMatcher(Matcher):
             if np.isfinite(best[i, k]):
                 named.append((str(own), cands[0].generator))
             (answer if ok else unknown).append(calibration_point(cands, ratio(cands[0].generator, spreads)))
+            (answer_from if ok else unknown_from).append(refs[i].instance)
             others = [c for c in cands if c.generator != own]
             if others:
                 point = calibration_point(others, ratio(others[0].generator, without_generator[own]))
                 unknown.append(point)
+                unknown_from.append(refs[i].instance)
                 left_out.append((own, others[0].generator, point))
         return CalibrationPoints(answer, unknown, "leave-one-out (exact, from the similarity matrix)", left_out,
-                                 named)
+                                 named, answer_from, unknown_from)

@@ -118,6 +118,9 @@ class CalibrationPoints:
     whose generator was left out entirely (their points are among ``unknown`` too); ``named``: (its
     generator, generator ranked first) for each query of a held-out instance whose generator stayed in
     the references — what calibration records as the generators taken for one another.
+    ``answer_from`` and ``unknown_from``: for each point of ``answer`` and ``unknown``, in order, the id of
+    the held-out instance it was a query of (empty when a matcher does not say): what lets a pooled
+    calibration leave one instance's or generator's points out (:class:`forensics.match.calibration.Pool`).
     """
 
     answer: list[Point]
@@ -125,6 +128,13 @@ class CalibrationPoints:
     held_out: str
     left_out: list[tuple[str, str, Point]]
     named: list[tuple[str, str]] = field(default_factory=list)
+    answer_from: list[str] = field(default_factory=list)
+    unknown_from: list[str] = field(default_factory=list)
+
+    @property
+    def tagged(self) -> bool:
+        """Whether every point says which held-out instance it came from."""
+        return len(self.answer_from) == len(self.answer) and len(self.unknown_from) == len(self.unknown)
 
 
 def lookalike_note(generator: str | None, lookalikes: Mapping[str, Sequence[int]] | None) -> str | None:

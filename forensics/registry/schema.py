@@ -432,9 +432,45 @@ def parse_calibration(data: Any, label: str, problems: Problems) -> dict[str, di
                 problems.add(label, f"{key}.operating_points.{point}", f"expected a mapping, got {type(at).__name__}")
             else:
                 _check_thresholds(at, label, f"{key}.operating_points.{point}", problems)
+        if cal.get("pooled") is not None:
+            _check_pool(cal["pooled"], label, f"{key}.pooled", problems)
         if len(problems) == n0:
             found[name] = dict(cal)
     return found
+
+
+def _check_pool(pool: Any, label: str, key: str, problems: Problems) -> None:
+    """A pooled calibration (:meth:`forensics.match.calibration.Pool.record`): its cells' conditions and sizes,
+    its counts, and every operating point's thresholds checked as a calibration's are."""
+    if not isinstance(pool, Mapping):
+        problems.add(label, key, f"expected a mapping, got {type(pool).__name__}")
+        return
+    for field_ in ("n_cells", "n_answer", "n_unknown"):
+        v = pool.get(field_)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            problems.add(label, f"{key}.{field_}", f"expected a count (an integer >= 1), got {v!r:.40}")
+    sizes, conditions = pool.get("sizes"), pool.get("conditions")
+    if not isinstance(sizes, list) or not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                           for v in sizes):
+        problems.add(label, f"{key}.sizes", f"expected a list of batch sizes, got {sizes!r:.40}")
+    if not isinstance(conditions, list) or not conditions or any(_condition_name_problem(c) for c in conditions):
+        problems.add(label, f"{key}.conditions", f"expected a list of condition names, got {conditions!r:.40}")
+    if not is_digest(pool.get("references_digest")):
+        problems.add(label, f"{key}.references_digest",
+                     f"expected a sha256 digest, got {pool.get('references_digest')!r:.40}")
+    points = pool.get("operating_points")
+    if not isinstance(points, Mapping) or not all(p in points for p in OPERATING_POINTS):
+        problems.add(label, f"{key}.operating_points", f"expected the thresholds of every operating point "
+                                                       f"({', '.join(OPERATING_POINTS)})")
+        return
+    for point, at in points.items():
+        if point not in OPERATING_POINTS:
+            problems.add(label, f"{key}.operating_points.{point}",
+                         f"not an operating point (expected one of {', '.join(OPERATING_POINTS)})")
+        elif not isinstance(at, Mapping):
+            problems.add(label, f"{key}.operating_points.{point}", f"expected a mapping, got {type(at).__name__}")
+        else:
+            _check_thresholds(at, label, f"{key}.operating_points.{point}", problems)
 
 
 def parse_processing(data: Any, label: str, problems: Problems) -> dict[str, dict[str, str]] | None:
