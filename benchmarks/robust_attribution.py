@@ -33,7 +33,8 @@ Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--
 For every query batch: the verdict against all enrolled generators (right; family: its generator's
 family named, not the generator; unknown; wrong), and the verdict with its own generator left out of the
 references (must be "unknown", or its family when other generators of the family stay enrolled; the
-thresholds are recalibrated without it). Then leave-one-out on the enrolled instances at every (condition, m′), as
+thresholds are recalibrated without it — where the registry records pooled thresholds, pooled again over
+the same cells each fitted without it, as a registry that never enrolled it would record them). Then leave-one-out on the enrolled instances at every (condition, m′), as
 ``forensics registry evaluate --batch-size m′ --condition c`` computes it. Everything goes through ``forensics.attribute``'s own pieces (the engine, the
 records, ``_Matchers``), so the figures are the tool's.
 
@@ -245,6 +246,21 @@ def main() -> int:
     generators = sorted({r.generator for r in refs})
     families = {r.generator: r.family for r in refs if r.family}
     loo: dict[tuple, dict[str, object]] = {}
+    pooled_without: dict[str, object] = {}
+
+    def pool_without(g: str):
+        """The pooled thresholds a registry that never enrolled ``g`` would record (``registry calibrate``'s
+        cells, every one fitted without it), when the registry records a pool; None otherwise."""
+        if matchers.pooled is None:
+            return None
+        if g not in pooled_without:
+            pools = api._pools(matchers, [a.matcher], conditions=matchers.pooled["conditions"],
+                               sizes=matchers.pooled["sizes"], without=g)
+            rest = [r for r in refs if r.generator != g]
+            pooled_without[g] = pools[a.matcher].record(rest) if a.matcher in pools else None
+            print(f"pooled thresholds without {g}: {pooled_without[g] and pooled_without[g]['operating_points']}",
+                  file=sys.stderr, flush=True)
+        return pooled_without[g]
 
     def fitted(condition, size: int):
         """The matcher at (condition: a name or a mixture, size) for all references, and one per generator
@@ -263,8 +279,11 @@ def main() -> int:
                 # the generator left out entirely: not in the references, the thresholds nor the layer weights
                 rest = [r for r in redrawn_refs if r.generator != g]
                 if queries is None:
-                    return make_matcher(a.matcher).fit(rest)
-                return api._weighted_matcher(a.matcher, layer_weights(rest, queries)).fit(rest, queries)
+                    fit = make_matcher(a.matcher).fit(rest)
+                else:
+                    fit = api._weighted_matcher(a.matcher, layer_weights(rest, queries)).fit(rest, queries)
+                pooled = pool_without(g)
+                return fit if pooled is None else fit.with_pooled_thresholds(pooled)
             loo[key] = {"all": full, **{g: without(g) for g in generators}}
         return loo[key]
 
@@ -341,7 +360,24 @@ def main() -> int:
                 print(f"| {c} | {size} | {n} | {cnt['right']} | {cnt['family']} | {cnt['unknown']} | "
                       f"{cnt['wrong']} | {cnt['left_out_unknown']} (+ {cnt['left_out_family']}) of {n} |")
     # leave-one-out on the enrolled instances themselves, at every (condition, m′): `registry evaluate
-    # --batch-size m′ --condition c` (png is none to the registry: PNG changes no pixel)
+    # --batch-size m′ --condition c` (png is none to the registry: PNG changes no pixel), its pool of
+    # calibration points built once for every cell rather than once per call
+    pool = None
+    if matchers.pooled is not None and not a.skip_loo:
+        pool = api._pools(matchers, [a.matcher], conditions=matchers.pooled["conditions"],
+                          sizes=matchers.pooled["sizes"]).get(a.matcher)
+
+    def evaluated(condition: str, size: int, point: str) -> dict:
+        """What `forensics registry evaluate --batch-size size --condition condition --json` gives for the
+        matcher (its evaluate_protocol, with the pool built above)."""
+        if size == m and condition == "none":
+            cell, queries, weights = refs, None, None
+        else:
+            cell, queries, weights = api._redrawn(matchers.reg, proto, refs, size, condition)
+        options = {} if weights is None else {"layer_weights": list(weights)}
+        found = api.evaluate_matcher(cell, a.matcher, queries=queries, operating_point=point, pool=pool, **options)
+        return found.to_dict()
+
     loo_rows = []
     print("\n| condition | m′ | operating point | LOO accuracy (closed set) | open set: right · family · wrong · "
           "unknown | generator left out → unknown (+ its family) |")
@@ -353,10 +389,7 @@ def main() -> int:
 
             condition = nearest_jpeg(int(condition[4:]), matchers.conditions())
         for size, point in ((s, p) for s in sorted({min(s, m) for s in sizes}) for p in points):
-            doc = api.evaluate(protocol=proto.name, matchers=[a.matcher],
-                               batch_size=None if (size == m and condition == "none") else size,
-                               condition=condition, operating_point=point).to_dict()
-            ev = doc["protocols"][0]["matchers"][0]
+            ev = evaluated(condition, size, point)
             lgo, ops = ev["leave_generator_out"], ev["open_set"]
             loo_rows.append({"condition": condition, "size": size, "operating_point": point, "n": ev["n"],
                              "correct": ev["correct"], "open_set": ops, "left_out_unknown": lgo["unknown"],

@@ -464,6 +464,11 @@ def _render_evaluation(result: EvaluationResult) -> None:
                 f"{split['correct']}/{split['n']}" if "correct" in split else "—")
         out.print(table)
         for m in p["matchers"]:
+            if m.get("pooled_cells"):
+                out.print(f"{m['matcher']}: open-set thresholds pooled over the {m['pooled_cells']} (condition, batch "
+                          "size) cells `registry calibrate` pooled, each fold's chosen without its own points",
+                          markup=False)
+        for m in p["matchers"]:
             if "calibration_stability" in m:
                 out.print(stability_line(m["matcher"], m["calibration_stability"]), markup=False)
         for m in p["matchers"]:
