@@ -1,12 +1,13 @@
-"""Open-set thresholds calibrated per (condition, m′), as the tool does, against thresholds pooled over cells.
+"""Open-set thresholds calibrated per (condition, m′) against thresholds pooled over groups of cells.
 
-The tool calibrates the matcher at each (condition, m′) a query comes in on that cell's own calibration
-points (about 850 on the default), and near-ties make those thresholds jump from cell to cell. Margins and
-distance ratios are in units of one batch's noise, so thresholds should carry from cell to cell; this
-script measures what pooling the calibration points of many cells would answer, on the query sets of
-``robust_attribution.py`` (its held-out, ``--build`` sets and curated copies), batch for batch against the
-tool's own verdicts. It is the evidence for a change the tool has not made yet (docs/robustness.md,
-"One set of thresholds for every redrawn condition and size").
+Without a pooled calibration the tool calibrates the matcher at each (condition, m′) a query comes in on
+that cell's own calibration points (about 850 on the default), and near-ties make those thresholds jump
+from cell to cell. Margins and distance ratios are in units of one batch's noise, so thresholds carry from
+cell to cell; this script measures what pooling the calibration points of groups of cells answers, on the
+query sets of ``robust_attribution.py`` (its held-out, ``--build`` sets and curated copies), batch for
+batch, each variant only replacing the three thresholds. It is the evidence on which ``registry
+calibrate`` came to pool every kept condition at every size (docs/robustness.md, "One set of thresholds
+for every redrawn condition and size"); the pools here are over the conditions the queries are read as.
 
 Two steps, each resumable:
 
@@ -22,7 +23,7 @@ cache folder: about 20 minutes per four conditions here; two processes can fill 
 reads them back (embedding what is missing), then fits the matcher at every (condition read, size) of ``--sizes`` and of the
 pools, for all generators and with each generator left out (recalibrated without it, as the benchmark does),
 keeps every cell's calibration points, and answers each batch (up to 3 disjoint ones per set and size) under
-every variant of ``--pool``: ``cell`` (the tool), or groups of sizes separated by ``|``, each group's
+every variant of ``--pool``: ``cell`` (each cell its own thresholds), or groups of sizes separated by ``|``, each group's
 thresholds chosen on the points of all its sizes under every condition (a size in no group: the only
 group's). Prints right · family · unknown · wrong and a left-out generator named as another, per kind of
 condition and size. Threads: one (set before torch starts).

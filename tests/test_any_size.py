@@ -1341,6 +1341,14 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
     assert run(["registry", "validate", "--registry", str(reg)]).exit_code == 0
     recorded = Registry.open(reg).calibration("d", "alpha")
     assert recorded["pooled"] == pooled
+    # the command says what it pooled, and its JSON is its schema's
+    from forensics import schemas
+
+    said = run(["registry", "calibrate", "--registry", str(reg), "--matcher", "alpha"])
+    assert said.exit_code == 0 and "held-out queries of 8 (condition, batch size) cells pooled: 2 conditions at 20, " \
+                                   "40, 60, 100 images" in said.stdout, said.output
+    schemas.validate(json.loads(run(["registry", "calibrate", "--registry", str(reg), "--matcher", "alpha",
+                                     "--json"]).stdout))
     for point, at in pooled["operating_points"].items():  # the thresholds at (none, m) are the pool's
         assert {k: recorded["operating_points"][point][k] for k in ("score", "margin", "distance_ratio")} == \
                {k: at[k] for k in ("score", "margin", "distance_ratio")}
@@ -1357,6 +1365,10 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
     ev = api.evaluate(registry=reg, matchers=["alpha"], batch_size=40, condition="jpeg90")
     (matcher,) = ev.protocols[0].matchers
     assert matcher.evaluation.pooled_cells == 8
+    schemas.validate(ev.to_dict())
+    said = run(["registry", "evaluate", "--registry", str(reg), "--matcher", "alpha"])
+    assert said.exit_code == 0 and "alpha: open-set thresholds pooled over the 8 (condition, batch size) cells" \
+        in " ".join(said.stdout.split()), said.output
     # a pool chosen on other references answers no more: each cell its own thresholds, and the report says so
     cal_file = reg / "d" / "calibration.yaml"
     doc = yaml.safe_load(cal_file.read_text())

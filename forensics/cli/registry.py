@@ -441,7 +441,7 @@ def _render_evaluation(result: EvaluationResult) -> None:
     from rich.table import Table
 
     from forensics.report.terminal import (
-        OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, stability_line,
+        OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, pooled_line, stability_line,
     )
 
     for p in (p.to_dict() for p in result.protocols):
@@ -463,11 +463,8 @@ def _render_evaluation(result: EvaluationResult) -> None:
                 open_set_text(os_), left_out_text(lgo),
                 f"{split['correct']}/{split['n']}" if "correct" in split else "—")
         out.print(table)
-        for m in p["matchers"]:
-            if m.get("pooled_cells"):
-                out.print(f"{m['matcher']}: open-set thresholds pooled over the {m['pooled_cells']} (condition, batch "
-                          "size) cells `registry calibrate` pooled, each fold's chosen without its own points",
-                          markup=False)
+        for line in filter(None, map(pooled_line, p["matchers"])):
+            out.print(line, markup=False)
         for m in p["matchers"]:
             if "calibration_stability" in m:
                 out.print(stability_line(m["matcher"], m["calibration_stability"]), markup=False)

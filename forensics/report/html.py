@@ -46,7 +46,8 @@ from forensics.errors import UsageError
 from forensics.match import lookalike_note
 from forensics.report import plots as P
 from forensics.report.terminal import (
-    OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, printable, stability_line,
+    OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, pooled_line, printable,
+    stability_line,
 )
 
 if TYPE_CHECKING:
@@ -497,6 +498,8 @@ def evaluation_page(result: EvaluationResult, *, plots: bool | None = None) -> P
         if bars:
             page.plot(f"accuracy-{p['protocol']}", lambda bars=bars: P.accuracy_figure(bars),
                       alt=f"leave-one-out accuracy and leave-generator-out unknown rate per matcher on {p['protocol']}")
+        for line in filter(None, map(pooled_line, p["matchers"])):
+            page.text(line, cls="dim")
         for m in p["matchers"]:
             if "calibration_stability" in m:
                 page.text(stability_line(m["matcher"], m["calibration_stability"]), cls="dim")

@@ -324,6 +324,15 @@ def left_out_text(left_out: Mapping[str, Any] | None) -> str:
     return f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}{family}"
 
 
+def pooled_line(evaluation: Mapping[str, Any]) -> str | None:
+    """Where a matcher's evaluation answered with pooled thresholds (``pooled_cells``), one line saying so."""
+    cells = evaluation.get("pooled_cells")
+    if not cells:
+        return None
+    return (f"{evaluation['matcher']}: open-set thresholds pooled over the {cells} (condition, batch size) cells "
+            "`registry calibrate` pooled, each fold's chosen without its own points")
+
+
 def stability_line(matcher: str, stability: Mapping[str, Any]) -> str:
     """How far a matcher's open-set thresholds moved with one run dropped, as one line."""
     parts = []
