@@ -4,10 +4,10 @@
 
 Prints, for the query sets (not the curated copies) grouped by batch size (100; 200–500, the measured sizes;
 150, 250 and 400, the sizes between; 1,000) and by kind of condition (as generated and JPEG; resized or
-cropped): right · family · unknown · wrong, then how often a batch whose own generator was left out of the
-references was named as another generator; the curated copies named; and the issue's targets per
-condition — held-out sets (``heldout``) named right at m′ ≥ 200 and never wrong, and at m′ = 100 how many of the
-9 are named (right or as their family in at least 2 of their batches) and none wrong.
+cropped; WebP; folders half re-encoded): right · family · unknown · wrong, then how often a batch whose own
+generator was left out of the references was named as another generator; the curated copies named; and the
+issue's targets per condition — held-out sets (``heldout``) named right at m′ ≥ 200 and never wrong, and at m′
+= 100 how many of the 9 are named (right or as their family in at least 2 of their batches) and none wrong.
 """
 
 from __future__ import annotations
@@ -22,12 +22,23 @@ JPEG = ("none", "png", "jpeg95", "jpeg90", "jpeg85", "jpeg75")
 SIZES = {"100": (100,), "200–500": (200, 300, 500), "150, 250, 400": (150, 250, 400), "1000": (1000,)}
 
 
+def _kind(condition: str) -> str:
+    """The group a condition of ``robust_attribution.py`` is counted in."""
+    if condition in JPEG:
+        return "none and JPEG"
+    if condition.startswith("webp"):
+        return "WebP"
+    if condition.startswith("half-"):
+        return "half re-encoded"
+    return "resized or cropped"
+
+
 def summary(rows: list[dict], point: str) -> None:
     rows = [r for r in rows if r["operating_point"] == point]
     groups: dict[tuple[str, str], Counter] = defaultdict(Counter)
     curated: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for r in rows:
-        kind = "none and JPEG" if r["condition"] in JPEG else "resized or cropped"
+        kind = _kind(r["condition"])
         for label, sizes in SIZES.items():
             if r["size"] in sizes:
                 if r["generator"].startswith("curated-"):
