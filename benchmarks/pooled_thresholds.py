@@ -67,11 +67,13 @@ def records(cache: Path, conditions: list[str], curated: int, only: set[str] | N
 
 
 def parse_pools(spec: str) -> list[tuple[str, list[list[int]] | None]]:
-    """``cell;100|200,300|500`` → [("cell", None), ("100|200,300|500", [[100], [200, 300], [500]])]."""
+    """``cell;100|200,300|500`` → [("cell", None), ("100|200,300|500", [[100], [200, 300], [500]])]; a variant
+    ``condition:…`` groups the sizes alike, each condition pooled on its own."""
     out = []
     for variant in spec.split(";"):
+        sizes = variant.removeprefix("condition:")
         out.append((variant, None if variant == "cell" else
-                    [[int(s) for s in group.split(",")] for group in variant.split("|")]))
+                    [[int(s) for s in group.split(",")] for group in sizes.split("|")]))
     return out
 
 
@@ -116,10 +118,12 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
         group = next((g for g in groups if size in g), groups[0] if len(groups) == 1 else None)
         if group is None:
             raise SystemExit(f"pool {variant!r} has no group for m′ = {size}")
-        key = (variant, group[0], who)
+        apart = variant.startswith("condition:")  # each condition its own pool
+        key = (variant, group[0], who, under if apart else None)
         if key not in pooled:
-            a = np.concatenate([points[(u, s, who)][0] for u in unders for s in group])
-            u = np.concatenate([points[(u, s, who)][1] for u in unders for s in group])
+            pooled_under = [under] if apart else unders
+            a = np.concatenate([points[(c, s, who)][0] for c in pooled_under for s in group])
+            u = np.concatenate([points[(c, s, who)][1] for c in pooled_under for s in group])
             pooled[key] = _best_thresholds(a, u, (point,))[point][:3]
         return pooled[key]
 
@@ -161,7 +165,8 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
             else:
                 print(f"  {kind:15s} {conds:14s} m′={size:4d}: {c['right']} · {c['family']} · {c['unknown']} · "
                       f"{c['wrong']}; {c['left out wrong'] + c['left out right']} (→ {c['left out unknown']})")
-        shown = {k[1:]: tuple(round(x, 4) for x in v) for k, v in pooled.items() if k[0] == variant and k[2] == "all"}
+        shown = {(k[1], k[3]): tuple(round(x, 4) for x in v) for k, v in pooled.items()
+                 if k[0] == variant and k[2] == "all"}
         if shown:
             print(f"  thresholds (score, margin, ratio) by the group's first size: {shown}")
 

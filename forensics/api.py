@@ -506,6 +506,28 @@ class _Records:
         return self._redrawn[key]
 
 
+def _adoption(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[str, Any]:
+    """Whether the matcher ``name`` adopts ``pool`` (:func:`forensics.match.calibration.adoption`): its
+    leave-one-out and leave-generator-out on the enrolled curves as generated, each fold calibrated on its
+    own and with the pool (without the fold's own points)."""
+    from forensics.match import leave_generator_out, leave_one_out
+    from forensics.match.calibration import adoption
+
+    def counts(pooled: Any) -> tuple[int, int, int, int]:
+        loo = leave_one_out(refs, name, pool=pooled)
+        lgo = leave_generator_out(refs, name, pool=pooled)
+        if loo.error is not None or not loo.open_set or not lgo["n"]:
+            raise UsageError(f"the {name} matcher cannot be evaluated on these references: {loo.error}")
+        named = loo.open_set["answered_right"] + loo.open_set["answered_family"]
+        return named, loo.n, lgo["unknown"] + lgo["family"], lgo["n"]
+
+    try:
+        found = adoption(counts(None), counts(pool))
+    except UsageError as exc:
+        return {"adopted": False, "reason": str(exc)}
+    return {**found, "checked_on": "leave-one-out and leave-generator-out of the enrolled curves as generated"}
+
+
 def _pools(sized: _Records, names: Sequence[str], *, conditions: Sequence[str] | None = None,
            sizes: Sequence[int] | None = None, progress: Progress | None = None,
            without: str | None = None) -> dict[str, Any]:
@@ -572,7 +594,7 @@ class _Matchers(_Records):
         self.described: dict[tuple[str, int], dict[str, Any]] = {}
         pooled = (reg.calibration(proto.name, name) or {}).get("pooled")
         self.pooled = pooled if pool_applies(pooled, references) else None
-        self._stale_pool = pooled is not None and self.pooled is None
+        self._stale_pool = (pooled or {}).get("adopted") is True and self.pooled is None
 
     def at(self, condition: str | Mixture, size: int) -> tuple[Any, int | None]:
         """(the matcher, the batch size its references mean) for a batch of ``size`` images under
@@ -1245,9 +1267,14 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
     for mname, m in fitted.items():
         pooled = pools[mname].record(refs) if mname in pools and len(pools[mname].cells) > 1 else None
         if pooled is not None:
-            m = m.with_pooled_thresholds(pooled)
+            with _Step(progress, f"checking {mname}'s pooled thresholds on {name}"):
+                pooled.update(_adoption(refs, mname, pools[mname]))
+            if pooled["adopted"]:
+                m = m.with_pooled_thresholds(pooled)
         cal = dict(m.calibration or {})
         cal.pop("source", None)
+        if pooled is not None and not pooled["adopted"]:
+            cal["pooled"] = pooled  # recorded with why, not answering
         records[mname] = {"options": m.options(), **cal}
     return CalibrationResult(name, reg.save_calibration(name, records), records)
 

@@ -1332,6 +1332,9 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
     shutil.copytree(src, reg)  # the module's registry stays as it is
     result = api.calibrate(registry=reg, matchers=["alpha"])
     pooled = result.matchers["alpha"]["pooled"]
+    # adopted: on the enrolled runs as generated, no more than a standard error behind each fold on its own
+    assert pooled["adopted"] is True
+    assert pooled["balanced_accuracy"] >= pooled["own_balanced_accuracy"] - pooled["standard_error"]
     # every condition every instance keeps, at 1/5 to all of m: 2 × 4 cells, every held-out point of each
     assert pooled["conditions"] == ["jpeg90", "none"] and pooled["sizes"] == pool_sizes(M) == [20, 40, 60, 100]
     assert pooled["n_cells"] == 8
@@ -1377,3 +1380,9 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
     res = api.attribute(images[:60], registry=reg, condition="jpeg90")
     assert res.attribution.threshold["pooled_cells"] is None
     assert any("pooled thresholds were calibrated on other references" in w for w in res.warnings)
+    # a pool recorded but not adopted: each cell its own thresholds, nothing to warn of
+    doc["matchers"]["alpha"]["pooled"].update(references_digest=pooled["references_digest"], adopted=False)
+    cal_file.write_text(yaml.safe_dump(doc))
+    res = api.attribute(images[:60], registry=reg, condition="jpeg90")
+    assert res.attribution.threshold["pooled_cells"] is None and not [w for w in res.warnings if "pooled" in w]
+    assert api.evaluate(registry=reg, matchers=["alpha"]).protocols[0].matchers[0].evaluation.pooled_cells is None

@@ -8,7 +8,7 @@ import pytest
 
 from forensics.match import make_matcher
 from forensics.match.calibration import (
-    OPERATING_POINTS, POOL_RULE, THRESHOLDS, Pool, calibrate, pool_applies, pool_sizes, pooled_calibration, thresholds,
+    OPERATING_POINTS, POOL_RULE, THRESHOLDS, Pool, adoption, calibrate, pool_applies, pool_sizes, thresholds,
 )
 from forensics.match.evaluation import leave_generator_out, leave_one_out
 from forensics.match.types import CalibrationPoints, references_digest
@@ -116,14 +116,28 @@ def test_a_cell_answering_with_pooled_thresholds_keeps_its_own_confusions_and_fi
     assert cell.attribute(refs[0].fingerprint).threshold["pooled_cells"] is None
 
 
-def test_a_pool_applies_only_to_the_references_and_rule_it_was_chosen_under():
+def test_a_pool_answers_only_where_adopted_and_for_the_references_and_rule_it_was_chosen_under():
     refs = overlapping_refs()
     pool = Pool()
     pool.add("none", 100, tagged(*random_points(0)))
-    record = pool.record(refs)
+    record = {**pool.record(refs), "adopted": True}
     assert pool_applies(record, refs)
+    assert not pool_applies({**record, "adopted": False}, refs)
     assert not pool_applies(record, refs[1:]) and not pool_applies(None, refs)
     assert not pool_applies({**record, "rule": "an older rule"}, refs)
+
+
+def test_a_pool_is_adopted_unless_it_falls_more_than_a_standard_error_behind_each_fold_on_its_own():
+    # (answered right or as the family, leave-one-out queries, left out and unknown, left-out runs)
+    own = (23, 27, 25, 27)
+    kept, caught = 23 / 27, 25 / 27
+    se = 0.5 * np.sqrt(kept * (1 - kept) / 27 + caught * (1 - caught) / 27)
+    assert adoption(own, own) == {"adopted": True, "balanced_accuracy": 0.5 * (kept + caught),
+                                  "own_balanced_accuracy": 0.5 * (kept + caught), "standard_error": se}
+    assert adoption(own, (24, 27, 26, 27))["adopted"]  # better
+    assert adoption(own, (22, 27, 25, 27))["adopted"]  # one answer fewer: within a standard error
+    fell = adoption(own, (27, 27, 16, 27))  # every run named, but 9 more left-out runs let through
+    assert not fell["adopted"] and fell["balanced_accuracy"] < fell["own_balanced_accuracy"] - fell["standard_error"]
 
 
 def test_each_fold_of_an_evaluation_chooses_the_pooled_thresholds_without_its_own_points():
@@ -172,7 +186,7 @@ def test_a_recorded_pool_is_checked_like_every_threshold():
     pool = Pool()
     pool.add("jpeg90", 100, tagged(*random_points(0)))
     pool.add("none", 200, tagged(*random_points(1)))
-    good = pool.record(refs)
+    good = {**pool.record(refs), "adopted": True}
     problems = Problems()
     assert "alpha" in parse_calibration(_calibration_file(good), "calibration.yaml", problems) and not problems
     bad_cases = {
@@ -182,6 +196,7 @@ def test_a_recorded_pool_is_checked_like_every_threshold():
         "sizes": {"sizes": [100, -5]},
         "conditions": {"conditions": ["jpeg90", "not-a-condition"]},
         "n_cells": {"n_cells": True},
+        "adopted": {"adopted": "yes"},
         "references_digest": {"references_digest": "abc"},
     }
     for where, change in bad_cases.items():

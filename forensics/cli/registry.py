@@ -570,13 +570,20 @@ def calibrate(
     else:
         for mname, cal in records.items():
             if cal.get("calibrated"):
-                pooled = cal.get("pooled")
+                pooled = cal.get("pooled") or {}
                 on = (f"{pooled['n_answer']:,} + {pooled['n_unknown']:,} held-out queries of {pooled['n_cells']} "
                       f"(condition, batch size) cells pooled: {len(pooled['conditions'])} conditions at "
-                      f"{', '.join(map(str, pooled['sizes']))} images" if pooled else
+                      f"{', '.join(map(str, pooled['sizes']))} images" if pooled.get("adopted") else
                       f"{cal['n_answer']} + {cal['n_unknown']} leave-one-out queries")
                 out.print(f"{mname}: unknown when {_unknown_when(cal)} "
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {on})", markup=False)
+                if pooled and not pooled.get("adopted"):
+                    why = pooled.get("reason") or (
+                        f"on the enrolled runs' leave-one-out and leave-generator-out, balanced accuracy "
+                        f"{pooled['balanced_accuracy']:.3f} pooled against {pooled['own_balanced_accuracy']:.3f} "
+                        f"± {pooled['standard_error']:.3f} each fold its own")
+                    out.print(f"  not pooled over its {pooled['n_cells']} (condition, batch size) cells: {why}; "
+                              "each cell calibrated on its own", markup=False)
                 for point, at in (cal.get("operating_points") or {}).items():
                     if point != cal.get("operating_point", DEFAULT_OPERATING_POINT):
                         out.print(f"  at the {point} operating point: unknown when {_unknown_when(at)} (answers "

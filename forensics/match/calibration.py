@@ -251,7 +251,10 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
 POOL_RULE = ("one threshold triple per operating point, chosen by the calibration rule on the calibration points of "
              "every (condition, batch size) cell the references can be redrawn at, pooled: every condition the "
              "registry keeps records under for every instance, at 1/5, 2/5, 3/5 and all of the protocol's m; the "
-             "thresholds answer at every cell, each cell keeping its own spreads, layer weights and confusions")
+             "thresholds answer at every cell, each cell keeping its own spreads, layer weights and confusions; "
+             "adopted for a matcher only where, on the enrolled curves' own leave-one-out and leave-generator-out "
+             "as generated at m (each fold's pooled thresholds chosen without its own points), they fall no more "
+             "than one standard error behind each fold calibrated on its own")
 
 POOL_SHARES = (0.2, 0.4, 0.6, 1.0)
 """The batch sizes a pooled calibration draws its cells at, as shares of the protocol's m (100, 200, 300 and
@@ -328,9 +331,27 @@ def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
 
 
 def pool_applies(pooled: Mapping[str, Any] | None, references: Sequence[EnrolledCurve]) -> bool:
-    """Whether a recorded pool was chosen under this version's rules on these ``references``."""
-    return bool(pooled) and pooled.get("rule") == POOL_RULE and \
+    """Whether a recorded pool answers: adopted (:func:`adoption`), and chosen under this version's rules on
+    these ``references``."""
+    return bool(pooled) and pooled.get("adopted") is True and pooled.get("rule") == POOL_RULE and \
         pooled.get("references_digest") == references_digest(list(references))
+
+
+def adoption(own: tuple[int, int, int, int], pooled: tuple[int, int, int, int]) -> dict[str, Any]:
+    """Whether a pool is adopted, from the enrolled curves' open-set evaluation as generated at m, each
+    fold calibrated on its own (``own``) and with the pool (``pooled``), each as (leave-one-out queries
+    answered right or with their family, leave-one-out queries, left-out generators' runs answered
+    "unknown" or with their family, those runs): the balanced accuracy of the two, and adopted unless the
+    pool's falls more than one standard error (of the own one) behind."""
+    def balanced(counts: tuple[int, int, int, int]) -> tuple[float, float, float]:
+        named, n, unknown, m = counts
+        return 0.5 * (named / n + unknown / m), named / n, unknown / m
+
+    mine, kept, caught = balanced(own)
+    theirs = balanced(pooled)[0]
+    se = 0.5 * math.sqrt(kept * (1 - kept) / own[1] + caught * (1 - caught) / own[3])
+    return {"adopted": theirs >= mine - se - 1e-12, "balanced_accuracy": theirs, "own_balanced_accuracy": mine,
+            "standard_error": se}
 
 
 def _finite_or_none(v: float) -> float | None:

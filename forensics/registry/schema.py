@@ -445,6 +445,8 @@ def _check_pool(pool: Any, label: str, key: str, problems: Problems) -> None:
     if not isinstance(pool, Mapping):
         problems.add(label, key, f"expected a mapping, got {type(pool).__name__}")
         return
+    if not isinstance(pool.get("adopted"), bool):
+        problems.add(label, f"{key}.adopted", f"expected true or false, got {pool.get('adopted')!r:.40}")
     for field_ in ("n_cells", "n_answer", "n_unknown"):
         v = pool.get(field_)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
