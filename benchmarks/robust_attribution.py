@@ -33,8 +33,9 @@ Batch sizes m′ = 100, 200, 300, 500 (disjoint sub-batches of a set, up to ``--
 For every query batch: the verdict against all enrolled generators (right; family: its generator's
 family named, not the generator; unknown; wrong), and the verdict with its own generator left out of the
 references (must be "unknown", or its family when other generators of the family stay enrolled; the
-thresholds are recalibrated without it — where the registry records pooled thresholds, pooled again over
-the same cells each fitted without it, as a registry that never enrolled it would record them). Then leave-one-out on the enrolled instances at every (condition, m′), as
+thresholds are recalibrated without it — where the registry answers with pooled thresholds, pooled again
+over the same cells each fitted without it and adopted or not by the same check, as a registry that never
+enrolled it would record them). Then leave-one-out on the enrolled instances at every (condition, m′), as
 ``forensics registry evaluate --batch-size m′ --condition c`` computes it. Everything goes through ``forensics.attribute``'s own pieces (the engine, the
 records, ``_Matchers``), so the figures are the tool's.
 
@@ -249,16 +250,20 @@ def main() -> int:
     pooled_without: dict[str, object] = {}
 
     def pool_without(g: str):
-        """The pooled thresholds a registry that never enrolled ``g`` would record (``registry calibrate``'s
-        cells, every one fitted without it), when the registry records a pool; None otherwise."""
+        """The pooled thresholds a registry that never enrolled ``g`` would record and answer with
+        (``registry calibrate``'s cells, every one fitted without it, adopted or not by the same check on its
+        runs), when the registry answers with a pool; None otherwise (each cell its own thresholds)."""
         if matchers.pooled is None:
             return None
         if g not in pooled_without:
             pools = api._pools(matchers, [a.matcher], conditions=matchers.pooled["conditions"],
                                sizes=matchers.pooled["sizes"], without=g)
             rest = [r for r in refs if r.generator != g]
-            pooled_without[g] = pools[a.matcher].record(rest) if a.matcher in pools else None
-            print(f"pooled thresholds without {g}: {pooled_without[g] and pooled_without[g]['operating_points']}",
+            found = pools[a.matcher].record(rest) if a.matcher in pools else None
+            if found is not None:
+                found.update(api._adoption(rest, a.matcher, pools[a.matcher]))
+            pooled_without[g] = found if found is not None and found["adopted"] else None
+            print(f"pooled thresholds without {g}: {found and {k: found[k] for k in ('adopted', 'operating_points')}}",
                   file=sys.stderr, flush=True)
         return pooled_without[g]
 

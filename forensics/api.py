@@ -580,9 +580,9 @@ class _Matchers(_Records):
     enrolled instances redrawn under that condition and at that size from their per-image records
     (:func:`forensics.match.batchsize.references_at`), when every instance keeps records under it and the
     statistic can use them. Where they cannot be redrawn the registry's matcher answers and the batch is
-    marked not comparable (``None`` as its size). Where ``registry calibrate`` recorded a pooled calibration
-    for these references (:class:`~forensics.match.calibration.Pool`), every cell answers with its
-    thresholds; otherwise each cell with the thresholds calibrated on its own points."""
+    marked not comparable (``None`` as its size). Where ``registry calibrate`` recorded and adopted a pooled
+    calibration for these references (:class:`~forensics.match.calibration.Pool`), every cell answers with
+    its thresholds; otherwise each cell with the thresholds calibrated on its own points."""
 
     def __init__(self, reg: Registry, proto: Any, engine: Any, references: Sequence[EnrolledCurve], name: str,
                  matcher: Any, operating_point: str = "balanced"):
@@ -1243,9 +1243,11 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
     them in the registry (``<protocol>/calibration.yaml``), where attribution reuses them. Where the
     instances keep per-image records, the thresholds are pooled: one triple per operating point, chosen on
     the calibration points of every condition they keep at 1/5, 2/5, 3/5 and all of the protocol's m
-    (:class:`~forensics.match.calibration.Pool`), and every batch, whatever its size and condition, is
-    answered with it; the confusions and lookalikes recorded are those at (none, m). Otherwise, the
-    thresholds of (none, m) alone (each other cell is then calibrated on its own at attribution)."""
+    (:class:`~forensics.match.calibration.Pool`), and — where it does not fall behind on the enrolled runs'
+    own leave-one-out (:func:`~forensics.match.calibration.adoption`) — every batch, whatever its size and
+    condition, is answered with it; the confusions and lookalikes recorded are those at (none, m).
+    Otherwise the thresholds of (none, m) alone, each other cell calibrated on its own at attribution (a
+    pool not adopted is recorded with the comparison)."""
     from forensics.engine import make_engine
     from forensics.match import make_matcher
 
