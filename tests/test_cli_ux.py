@@ -204,11 +204,21 @@ def test_the_engines_reports_read_as_what_is_done():
     assert [w for w, _, _ in seen] == ["embedding query images (mnist-vit)", "embedding training set T", "fitting ct"]
 
 
+@pytest.mark.slow
 def test_evaluation_reports_each_protocol_and_matcher(plugin_host):
+    from forensics.match.calibration import pool_applies
+
+    reg = forensics.open_registry()
+    # a matcher answering with pooled thresholds first gathers the pool's points (each cell reported)
+    pooled = [m for m in ("alpha", "cosine")
+              if pool_applies((reg.calibration(VIT, m) or {}).get("pooled"), reg.enrolled(VIT))]
     events = []
     forensics.evaluate(protocol=VIT, matchers=["alpha", "cosine"], progress=lambda *e: events.append(e))
     steps = [w for w, d, t in events if (d, t) == (0, 0)]
-    assert steps == ["reading the registry", f"evaluating alpha on {VIT}", f"evaluating cosine on {VIT}"]
+    assert steps == ["reading the registry", *[f"pooling {m}'s calibration points on {VIT}" for m in pooled],
+                     f"evaluating alpha on {VIT}", f"evaluating cosine on {VIT}"]
+    cells = [(d, t) for w, d, t in events if w == "pooling calibration points"]
+    assert not pooled or (cells[0][0] == 0 and cells[-1][0] == cells[-1][1] > 1)
     assert events[-1] == (f"evaluating cosine on {VIT}", 1, 1)
 
 

@@ -59,10 +59,17 @@ def test_a_left_out_generator_is_never_named_as_another_network(bundled_registry
 def test_the_shipped_calibration_is_current_and_its_lookalikes_share_a_network(bundled_registry, plugin_host):
     # a lookalike is a left-out generator that the thresholds let through as an enrolled one; calibration
     # records it, and every verdict naming that generator says so
+    from forensics.match.calibration import POOL_RULE, pool_applies
+
     refs = bundled_registry.enrolled(PROTOCOL)
     for name in available_matchers():
         m = make_matcher(name, calibration=bundled_registry.calibration(PROTOCOL, name)).fit(refs)
         assert m.calibration["source"] == "recorded", name
+        # the pool over every kept condition and size is recorded under the current rule, adopted or not
+        pooled = m.calibration["pooled"]
+        assert pooled["rule"] == POOL_RULE and isinstance(pooled["adopted"], bool), name
+        assert pool_applies(pooled, refs) == pooled["adopted"], name
+        assert (m.calibration.get("thresholds_from") == "pooled") == pooled["adopted"], name
         lookalikes = m.calibration["lookalikes"]
         assert all(g in ONE_NETWORK and set(others) <= ONE_NETWORK for g, others in lookalikes.items()), name
 

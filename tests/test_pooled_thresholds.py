@@ -94,7 +94,8 @@ def test_a_cell_answering_with_pooled_thresholds_keeps_its_own_confusions_and_fi
     pooled = cell.with_pooled_thresholds(record)
     assert cell.calibration.get("pooled") is None  # (a copy: the cell's own is as it was)
     cal = pooled.calibration
-    assert cal["pooled"] == record and cal["confusions"] == cell.calibration["confusions"]
+    assert cal["pooled"] == record and cal["thresholds_from"] == "pooled"
+    assert cal["confusions"] == cell.calibration["confusions"]
     assert cal["n_references"] == len(refs) and cal["operating_point"] == "balanced"
     for point in OPERATING_POINTS:
         at = cal["operating_points"][point]
@@ -114,6 +115,11 @@ def test_a_cell_answering_with_pooled_thresholds_keeps_its_own_confusions_and_fi
     answer = pooled.attribute(refs[0].fingerprint)
     assert answer.threshold["pooled_cells"] == 2 and "pooled over 2 (condition, batch size) cells" in answer.reason
     assert cell.attribute(refs[0].fingerprint).threshold["pooled_cells"] is None
+    # a pool recorded beside a calibration but not adopted does not answer, and no verdict says it does
+    from forensics.match.calibration import threshold_info
+
+    beside = {**cell.calibration, "pooled": {**record, "adopted": False}}
+    assert threshold_info(beside)["pooled_cells"] is None
 
 
 def test_a_pool_answers_only_where_adopted_and_for_the_references_and_rule_it_was_chosen_under():
@@ -206,6 +212,12 @@ def test_a_recorded_pool_is_checked_like_every_threshold():
         assert any(f"matchers.alpha.pooled.{where}" in str(p) for p in problems), (where, problems)
     problems = Problems()
     assert "alpha" not in parse_calibration(_calibration_file(["not", "a", "mapping"]), "calibration.yaml", problems)
+    for marker, pool in (("cell", good), ("pooled", None)):  # only "pooled", and only beside the pool it names
+        doc = _calibration_file(pool)
+        doc["matchers"]["alpha"]["thresholds_from"] = marker
+        problems = Problems()
+        assert "alpha" not in parse_calibration(doc, "calibration.yaml", problems)
+        assert any("matchers.alpha.thresholds_from" in p for p in problems), problems
 
 
 def test_a_pool_leaves_nothing_to_choose_without_answers_or_unknowns():

@@ -275,7 +275,7 @@ class Matcher(abc.ABC):
                           threshold_info(cal))
         info = threshold_info(cal)
         n_refs = f"calibrated on {cal['n_references']} references"
-        if cal.get("pooled"):
+        if cal.get("thresholds_from") == "pooled":
             n_refs += f", pooled over {cal['pooled']['n_cells']} (condition, batch size) cells"
         if cal.get("operating_point", DEFAULT_OPERATING_POINT) != DEFAULT_OPERATING_POINT:
             n_refs += f", {cal['operating_point']} operating point"

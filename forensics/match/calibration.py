@@ -315,7 +315,8 @@ def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
     each operating point takes the pool's triple and accuracies, and its lookalikes are the cell's left-out
     generators those thresholds let through (``points``: the cell's calibration points; without them the
     cell's own lookalikes stay). The cell keeps everything else (its confusions, its reference count), and
-    answers at the operating point it answered at."""
+    answers at the operating point it answered at; ``thresholds_from`` says the pool answers (a pool recorded
+    but not adopted sits under ``pooled`` without it)."""
     own = cal.get("operating_points") or {}
     chosen = {}
     for name, at in pooled["operating_points"].items():
@@ -326,7 +327,7 @@ def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
                                      "batch size) cells pooled",
                         **{k: at.get(k) for k in _POOLED}, "lookalikes": lookalikes}
     out = {k: v for k, v in cal.items() if k != "reason"}
-    out.update({"calibrated": True, "operating_points": chosen, "pooled": dict(pooled)})
+    out.update({"calibrated": True, "operating_points": chosen, "pooled": dict(pooled), "thresholds_from": "pooled"})
     return at_operating_point(out, cal.get("operating_point") or DEFAULT_OPERATING_POINT)
 
 
@@ -467,7 +468,7 @@ def threshold_info(cal: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if cal is None:
         return None
     info = {k: cal.get(k) for k in ("calibrated", *THRESHOLDS, "operating_point", "n_references", "source")}
-    info["pooled_cells"] = (cal.get("pooled") or {}).get("n_cells")
+    info["pooled_cells"] = cal["pooled"]["n_cells"] if cal.get("thresholds_from") == "pooled" else None
     return info
 
 

@@ -424,16 +424,12 @@ def parse_calibration(data: Any, label: str, problems: Problems) -> dict[str, di
         points = cal.get("operating_points")
         if points is not None and not isinstance(points, Mapping):
             problems.add(label, f"{key}.operating_points", f"expected a mapping, got {type(points).__name__}")
-        for point, at in (points.items() if isinstance(points, Mapping) else ()):
-            if point not in OPERATING_POINTS:
-                problems.add(label, f"{key}.operating_points.{point}",
-                             f"not an operating point (expected one of {', '.join(OPERATING_POINTS)})")
-            elif not isinstance(at, Mapping):
-                problems.add(label, f"{key}.operating_points.{point}", f"expected a mapping, got {type(at).__name__}")
-            else:
-                _check_thresholds(at, label, f"{key}.operating_points.{point}", problems)
+        if isinstance(points, Mapping):
+            _check_operating_points(points, label, key, problems)
         if cal.get("pooled") is not None:
             _check_pool(cal["pooled"], label, f"{key}.pooled", problems)
+        if cal.get("thresholds_from") not in (None, "pooled") or (cal.get("thresholds_from") and not cal.get("pooled")):
+            problems.add(label, f"{key}.thresholds_from", "expected pooled, beside the pool it names")
         if len(problems) == n0:
             found[name] = dict(cal)
     return found
@@ -465,6 +461,11 @@ def _check_pool(pool: Any, label: str, key: str, problems: Problems) -> None:
         problems.add(label, f"{key}.operating_points", f"expected the thresholds of every operating point "
                                                        f"({', '.join(OPERATING_POINTS)})")
         return
+    _check_operating_points(points, label, key, problems)
+
+
+def _check_operating_points(points: Mapping[str, Any], label: str, key: str, problems: Problems) -> None:
+    """Each entry of ``key``'s ``operating_points``: an operating point whose thresholds are checked."""
     for point, at in points.items():
         if point not in OPERATING_POINTS:
             problems.add(label, f"{key}.operating_points.{point}",
