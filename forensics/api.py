@@ -736,8 +736,9 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     mean of the batches' curves, which gives the overall verdict. A set of m′ < m images is one batch of
     m′, and a remainder after the last full batch (at least 100 images) a batch of its own (not in the mean
     curve): each is matched against the enrolled instances redrawn at m′ (sub-batches of m′ of their own
-    images, from the per-image records the registry keeps) with open-set thresholds calibrated at m′ — a
-    curve of m′ images means something else than one of m. Where the registry keeps no records the
+    images, from the per-image records the registry keeps) with open-set thresholds that hold at m′ (the
+    registry's pooled ones where adopted, else calibrated at m′) — a curve of m′ images means something
+    else than one of m. Where the registry keeps no records the
     smaller batch is matched at m and marked not comparable (``compared_at`` None). ``matcher`` is a
     registered matcher (alpha, cosine, svm, …) with the registry's recorded calibration at m; ``cache``
     reads and writes the reference-side cache; a folder is searched recursively unless ``recursive`` is

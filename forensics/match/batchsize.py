@@ -6,10 +6,11 @@ another curve: smaller in size, and noisier. Comparing it with curves of m image
 generator. Instead, where the registry keeps each instance's per-image records
 (:mod:`forensics.registry.records`), every instance is redrawn at m′: its reference curve at m′ is the
 mean curve of :data:`DRAWS` seeded sub-batches of m′ of its own images (exact curves of real sub-batches,
-computed from the records without the images), and the open-set thresholds are calibrated at m′ too,
+computed from the records without the images), and the open-set calibration points are computed at m′ too,
 each held-out instance standing in as :data:`CALIBRATION_DRAWS` single sub-batches of m′ — what a real
 query of m′ images looks like — so that the thresholds hold at every m′ rather than being carried over
-from m.
+from m (those of one (condition, m′) alone, or one set pooled over many:
+:class:`forensics.match.calibration.Pool`).
 
 Two more things change at m′ (or under a condition), both measured from the same single sub-batches:
 each layer is compared in units of its noise (:func:`layer_weights`: one over the spread of single
