@@ -201,7 +201,28 @@ def show_protocol(protocol: str | None = None, *, generator: str | None = None,
     chosen = {generator: entries[generator]} if generator is not None else entries
     proto = reg.protocol(name)
     return ProtocolDetail(reg.path, proto, dict(sorted(chosen.items())),
-                          {part.name: made for part in proto.parts if (made := reg.processing_of(part.name))})
+                          {part.name: made for part in proto.parts if (made := reg.processing_of(part.name))},
+                          {m: calibration_summary(cal, reg.enrolled(name))
+                           for m, cal in sorted(reg.calibrations.get(name, {}).items())})
+
+
+def calibration_summary(cal: Mapping[str, Any], references: Sequence[EnrolledCurve]) -> dict[str, Any]:
+    """What ``registry show`` says of one matcher's recorded calibration: whose thresholds answer
+    (``pooled``; ``own``: those of the enrolled runs as generated, each other cell calibrated on its own;
+    ``stale``: made on other references, recalibrated at fit), the balanced ones, and the pool's cells and
+    adoption check where one is recorded."""
+    from forensics.match.calibration import THRESHOLDS, pool_applies
+    from forensics.match.types import references_digest
+
+    pooled = cal.get("pooled") or {}
+    current = cal.get("references_digest") == references_digest(list(references))
+    answering = "stale" if not current else "pooled" if pool_applies(pooled, references) else "own"
+    found: dict[str, Any] = {"thresholds_from": answering, "calibrated": bool(cal.get("calibrated")),
+                             **{k: cal.get(k) for k in THRESHOLDS}}
+    if pooled:
+        found["pool"] = {k: pooled.get(k) for k in ("n_cells", "adopted", "balanced_accuracy",
+                                                    "own_balanced_accuracy", "standard_error")}
+    return found
 
 
 def validate_registry(registry: str | Path | None = None) -> ValidationResult:

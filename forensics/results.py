@@ -603,6 +603,9 @@ class ProtocolDetail:
     #: per plain protocol of it, what processed the images of its records, per condition (the nearest layer's
     #: record of each: {digest, pillow, jpeg, webp}; :mod:`forensics.registry.records`)
     processing: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
+    #: per matcher calibrated (``registry calibrate``), whose thresholds answer and which:
+    #: :func:`forensics.api.calibration_summary`
+    calibration: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": REGISTRY_SHOW_SCHEMA, "registry": str(self.registry), "name": self.protocol.name,
@@ -610,7 +613,8 @@ class ProtocolDetail:
                 "generators": {g: {"description": e.description, "family": e.family,
                                    "instances": [i.to_dict() for i in e.instances]}
                                for g, e in self.generators.items()},
-                "processing": {name: {c: dict(v) for c, v in found.items()} for name, found in self.processing.items()}}
+                "processing": {name: {c: dict(v) for c, v in found.items()} for name, found in self.processing.items()},
+                "calibration": {m: dict(c) for m, c in self.calibration.items()}}
 
 
 @dataclass(frozen=True)

@@ -1352,6 +1352,15 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
                                    "40, 60, 100 images" in said.stdout, said.output
     schemas.validate(json.loads(run(["registry", "calibrate", "--registry", str(reg), "--matcher", "alpha",
                                      "--json"]).stdout))
+
+    def shown() -> dict:  # what `registry show` says of alpha's calibration
+        doc = json.loads(run(["registry", "show", "d", "--registry", str(reg), "--json"]).stdout)
+        schemas.validate(doc)
+        return doc["calibration"]["alpha"]
+
+    assert shown()["thresholds_from"] == "pooled" and shown()["pool"]["n_cells"] == 8
+    said = run(["registry", "show", "d", "--registry", str(reg)]).stdout
+    assert "for every batch (pooled over 8 (condition, batch size) cells)" in " ".join(said.split())
     for point, at in pooled["operating_points"].items():  # the thresholds at (none, m) are the pool's
         assert {k: recorded["operating_points"][point][k] for k in ("score", "margin", "distance_ratio")} == \
                {k: at[k] for k in ("score", "margin", "distance_ratio")}
@@ -1380,9 +1389,11 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
     res = api.attribute(images[:60], registry=reg, condition="jpeg90")
     assert res.attribution.threshold["pooled_cells"] is None
     assert any("pooled thresholds were calibrated on other references" in w for w in res.warnings)
+    assert shown()["thresholds_from"] == "own"  # (the calibration at m is current, the pool is not)
     # a pool recorded but not adopted: each cell its own thresholds, nothing to warn of
     doc["matchers"]["alpha"]["pooled"].update(references_digest=pooled["references_digest"], adopted=False)
     cal_file.write_text(yaml.safe_dump(doc))
     res = api.attribute(images[:60], registry=reg, condition="jpeg90")
     assert res.attribution.threshold["pooled_cells"] is None and not [w for w in res.warnings if "pooled" in w]
     assert api.evaluate(registry=reg, matchers=["alpha"]).protocols[0].matchers[0].evaluation.pooled_cells is None
+    assert shown()["thresholds_from"] == "own" and shown()["pool"]["adopted"] is False

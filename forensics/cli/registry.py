@@ -90,6 +90,23 @@ def show(
         _render_protocol(result, full_curves=generator is not None)
 
 
+def _calibration_text(cal: dict) -> str:
+    """One matcher's calibration (:func:`forensics.api.calibration_summary`) as a line of ``registry show``."""
+    if cal["thresholds_from"] == "stale":
+        return "made on other references: recalibrated at every fit (run `forensics registry calibrate`)"
+    if not cal["calibrated"]:
+        return "not calibrated"
+    pool = cal.get("pool") or {}
+    when = f"unknown when {_unknown_when(cal)}"
+    if cal["thresholds_from"] == "pooled":
+        return f"{when}, for every batch (pooled over {pool['n_cells']} (condition, batch size) cells)"
+    if pool and pool.get("balanced_accuracy") is not None:
+        return (f"{when} as generated at m, each other cell calibrated on its own (the pool over "
+                f"{pool['n_cells']} cells was not adopted: {pool['balanced_accuracy']:.3f} against "
+                f"{pool['own_balanced_accuracy']:.3f} ± {pool['standard_error']:.3f})")
+    return f"{when} as generated at m, each other cell calibrated on its own"
+
+
 def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
     """A protocol's record, then a table of its generators' instances (their curves with ``full_curves``,
     else each instance's role)."""
@@ -123,6 +140,8 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
             by = sorted({describe_codecs(m) for m in made.values()})
             out.print(f"{indent}records   under {len(made)} conditions besides none, made with {'; '.join(by)}",
                       markup=False)
+    for mname, cal in result.calibration.items():  # whose open-set thresholds answer
+        out.print(f"  calibration {mname}: {_calibration_text(cal)}", markup=False)
     instances = [inst for e in chosen.values() for inst in e.instances]
     # an instance id made from its input's hash says the input already
     inputs = any(inst.provenance.get("input_sha256") and not inst.id.startswith(_fmt(inst.provenance["input_sha256"]))
