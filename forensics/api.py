@@ -527,6 +527,16 @@ class _Records:
         return self._redrawn[key]
 
 
+def _pool_record(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[str, Any] | None:
+    """What ``calibration.yaml`` records of the matcher ``name``'s ``pool`` over ``refs``: its thresholds
+    (:meth:`~forensics.match.calibration.Pool.record`) and whether it is adopted (:func:`_adoption`); None
+    when there is nothing to pool (a single cell, or no points to choose on)."""
+    found = pool.record(refs) if pool is not None and len(pool.cells) > 1 else None
+    if found is not None:
+        found.update(_adoption(refs, name, pool))
+    return found
+
+
 def _adoption(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[str, Any]:
     """Whether the matcher ``name`` adopts ``pool`` (:func:`forensics.match.calibration.adoption`): its
     leave-one-out and leave-generator-out on the enrolled curves as generated, each fold calibrated on its
@@ -1289,12 +1299,11 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
         pools = _pools(sized, [n for n, m in fitted.items() if m.calibration is not None], progress=progress)
     records = {}
     for mname, m in fitted.items():
-        pooled = pools[mname].record(refs) if mname in pools and len(pools[mname].cells) > 1 else None
-        if pooled is not None:
-            with _Step(progress, f"checking {mname}'s pooled thresholds on {name}"):
-                pooled.update(_adoption(refs, mname, pools[mname]))
-            if pooled["adopted"]:
-                m = m.with_pooled_thresholds(pooled)
+        with _Step(progress, f"checking {mname}'s pooled thresholds on {name}") if mname in pools else \
+                contextlib.nullcontext():
+            pooled = _pool_record(refs, mname, pools.get(mname))
+        if pooled is not None and pooled["adopted"]:
+            m = m.with_pooled_thresholds(pooled)
         cal = dict(m.calibration or {})
         cal.pop("source", None)
         if pooled is not None and not pooled["adopted"]:

@@ -573,7 +573,8 @@ def calibrate(
 
     Writes <protocol>/calibration.yaml; matchers reuse it while the references are unchanged. Where the
     instances keep per-image records, one set of thresholds is chosen on every kept condition at 1/5 to all
-    of the protocol's batch size, and answers every batch (about 1.5 minutes on the default).
+    of the protocol's batch size, and answers every batch where it does not fall behind on the enrolled runs
+    (about 2 minutes on the default).
     Example: forensics registry calibrate --protocol he2024-cifar10-vitb16
     """
     from forensics.api import calibrate as run
