@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PROTOCOLS = ("mnist-effnet-lite0", "mnist-vit", "mnist-effnet-vit")
+PROTOCOLS = ("mnist-effnet-lite0", "mnist-vit", "mnist-pixel", "mnist-effnet-vit", "mnist-effnet-vit-pixel")
 PAPER = "he2024-cifar10-vitb16"
 SAMPLES = ROOT / "registry" / "mnist-effnet-lite0" / "samples"
 

@@ -410,8 +410,9 @@ def mean_curve(curves: Sequence[Curve], protocol: Protocol | Combination) -> Cur
     if len(curves) == 1:
         return curves[0]
     mean = np.mean([c.fingerprint.vector() for c in curves], axis=0)
-    weights = [np.mean([lv.counted_weight or 0.0 for lv in layer]) for layer in zip(*(c.layers for c in curves))]
-    layers = tuple(LayerValue(lv.layer, float(v), float(w), reading=read(float(v)))
+    weights = [None if all(lv.counted_weight is None and lv.value is not None for lv in layer)  # no such notion
+               else float(np.mean([lv.counted_weight or 0.0 for lv in layer])) for layer in zip(*(c.layers for c in curves))]
+    layers = tuple(LayerValue(lv.layer, float(v), w, reading=read(float(v)))
                    for lv, v, w, read in zip(curves[0].layers, mean, weights, layer_readers(protocol)))
     return Curve(Fingerprint.from_values(protocol.digest, mean.tolist()), layers, sum(c.n_images for c in curves))
 
@@ -451,9 +452,10 @@ def parts_curve(parts: Sequence[Curve], protocol: Protocol | Combination) -> Cur
             why = "; ".join(f"{lv.undefined_reason or 'not combined'} ({n} images)" for lv, n in zip(each, counts))
             layers.append(LayerValue(each[0].layer, None, None, f"undefined in every part: {why}", read(None)))
             continue
-        defined = [(lv.counted_weight or 0.0, n) for lv, n in zip(each, counts) if lv.value is not None]
-        weight = sum(w * n for w, n in defined) / sum(n for _, n in defined)
-        layers.append(LayerValue(each[0].layer, value, float(weight), reading=read(value)))
+        defined = [(lv.counted_weight, n) for lv, n in zip(each, counts) if lv.value is not None]
+        weight = (None if all(w is None for w, _ in defined)  # a statistic without the notion (mean-z)
+                  else float(sum((w or 0.0) * n for w, n in defined) / sum(n for _, n in defined)))
+        layers.append(LayerValue(each[0].layer, value, weight, reading=read(value)))
     values = [lv.value for lv in layers]
     return Curve(Fingerprint.from_values(protocol.digest, values), tuple(layers), sum(counts))
 
@@ -945,12 +947,15 @@ def _with_processing(cond: Any, processing: Callable[[str], Mapping[str, Mapping
 
 
 def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:
-    """The reading cut-offs of a curve's statistic (one statistic for every protocol of a combination)."""
-    found = [dict(s.reading_thresholds) for s in statistics]
-    if any(t != found[0] for t in found[1:]):
-        raise UsageError("the protocols of this combination read their statistics with different thresholds; "
-                         "run memorization under each protocol alone")
-    return found[0]
+    """The reading cut-offs of a curve's statistics: those of every protocol a combination combines, together
+    (C_T's copying and underfitting bounds, mean-z's ``differs_beyond``); one name with two values is refused."""
+    merged: dict[str, float] = {}
+    for statistic in statistics:
+        for name, value in dict(statistic.reading_thresholds).items():
+            if merged.setdefault(name, value) != value:
+                raise UsageError(f"the protocols of this combination read their statistics with different "
+                                 f"thresholds {name!r}; run memorization under each protocol alone")
+    return merged
 
 
 # -- enrolment ------------------------------------------------------------------------------------
@@ -1320,7 +1325,7 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
                     description: str = "", ship_reference: bool = False, default: bool = False,
                     registry: RegistryLike = None, device: str = "cpu", progress: Progress | None = None,
                     train: str | Path | None = None, heldout: str | Path | None = None, engine: str = "local",
-                    ray_address: str | None = None) -> ProtocolCreation:
+                    ray_address: str | None = None, statistic: str = "ct") -> ProtocolCreation:
     """Define a protocol in the registry (creating the registry if needed): hash the reference sets,
     record the encoder, the statistic's parameters and the batch size m. With ``ship_reference``, also
     fit the reference side (minutes) and store it beside the protocol.
@@ -1329,7 +1334,9 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
     the user's own images: ``train`` (T, what the generators were trained on) and ``heldout`` (P_n, images
     of the same kind that no generator saw), each a folder of PNG/JPEG files or an .npz/.npy array. Those
     are recorded as the data set ``folder`` by content hash, with their location outside the digest.
-    ``engine="ray"`` fits the shipped reference side on a Ray cluster (``ray_address``)."""
+    ``engine="ray"`` fits the shipped reference side on a Ray cluster (``ray_address``). ``statistic``: the
+    per-layer statistic (a plugin; ``k``, ``distance``, ``projection``, ``tau`` and ``seed`` are C_T's, another
+    statistic takes its own defaults)."""
     from forensics.engine import engine_class, make_protocol
     from forensics.registry import Registry
 
@@ -1340,23 +1347,23 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
     if dataset is None and (train is None or heldout is None):
         raise UsageError("say what the reference sets are: --dataset NAME (a registered data set), or --train "
                          "and --heldout (your own folders of training and held-out images)")
+    params = ({"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
+              if statistic == "ct" else {})
     _check_new_protocol(name, dataset=dataset, encoder=encoder, distance=distance, projection=projection,
-                        params={"k": k, "distance": distance, "projection": projection or None, "tau": tau,
-                                "seed": seed}, batch_size=batch_size, device=device, weights=weights,
-                        own=[p for p in (train, heldout) if p is not None], engine=engine)
+                        params=params, batch_size=batch_size, device=device, weights=weights,
+                        own=[p for p in (train, heldout) if p is not None], engine=engine, statistic=statistic)
     build = engine_class(engine, ray_address)  # an unknown engine, or Ray missing, fails before any work
     here = device if engine == "local" else "cpu"  # under Ray the encoder is recorded here, run on the cluster
     reg = registry if isinstance(registry, Registry) else Registry.open(registry, create=True)
-    params = {"k": k, "distance": distance, "projection": projection or None, "tau": tau, "seed": seed}
     with _Step(progress, "hashing the reference sets, building the encoder"):
         if own:
             proto = _own_data_protocol(name, train=train, heldout=heldout, encoder=encoder,
                                        encoder_options=encoder_options, weights=weights, layers=layers,
-                                       statistic_params=params, batch_size=batch_size, description=description,
-                                       device=here)
+                                       statistic=statistic, statistic_params=params, batch_size=batch_size,
+                                       description=description, device=here)
         else:
             proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=encoder_options,
-                                  weights=weights, layers=layers or None, statistic_params=params,
+                                  weights=weights, layers=layers or None, statistic=statistic, statistic_params=params,
                                   batch_size=batch_size, description=description, device=here)
     reg.add_protocol(proto, default=default)
     path = None
@@ -1369,7 +1376,7 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
 
 def _check_new_protocol(name: str, *, dataset: str | None, encoder: str, distance: str, projection: int | None,
                         params: dict[str, Any], batch_size: int, device: str, weights: str | None,
-                        own: Sequence[Any], engine: str = "local") -> None:
+                        own: Sequence[Any], engine: str = "local", statistic: str = "ct") -> None:
     """What :func:`create_protocol` would refuse only after hashing the reference sets and building the
     encoder: a bad name, an unknown data set, encoder or statistic parameter, a batch size in which no
     C_T cell can ever count, a distance, device or weights file that cannot be, a folder of images that
@@ -1383,12 +1390,15 @@ def _check_new_protocol(name: str, *, dataset: str | None, encoder: str, distanc
     if dataset is not None:
         host().get("datasets", dataset)
     host().get("encoders", encoder)
-    if distance not in DISTANCES:
-        raise UsageError(f"--distance takes {' or '.join(DISTANCES)}, not {distance!r}")
-    if projection is not None and projection < 0:
-        raise UsageError(f"--projection takes a number of dimensions (0: none), not {projection}")
-    split_params(get_statistic("ct"), params)
-    _check_cells_can_count(batch_size, params["tau"])
+    split_params(get_statistic(statistic), params)
+    if statistic == "ct":
+        if distance not in DISTANCES:
+            raise UsageError(f"--distance takes {' or '.join(DISTANCES)}, not {distance!r}")
+        if projection is not None and projection < 0:
+            raise UsageError(f"--projection takes a number of dimensions (0: none), not {projection}")
+        _check_cells_can_count(batch_size, params["tau"])
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise UsageError(f"--batch-size takes a number of images of at least 2, not {batch_size!r}")
     _check_weights(weights)
     for where in own:
         _check_input(where)
@@ -1411,7 +1421,7 @@ def _check_cells_can_count(batch_size: int, tau: float | None) -> None:
 
 def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, encoder: str,
                        encoder_options: dict[str, Any] | None, weights: str | None, layers: Sequence[str] | None,
-                       statistic_params: dict[str, Any], batch_size: int, description: str,
+                       statistic: str, statistic_params: dict[str, Any], batch_size: int, description: str,
                        device: str) -> Protocol:
     """A protocol whose T and P_n are the user's own images (the data set ``folder``), as
     :func:`forensics.engine.make_protocol` makes one of a registered data set. Images of several sizes are
@@ -1425,8 +1435,8 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     options = dict(encoder_options or {})
     enc = host().get("encoders", encoder).obj(weights=weights, device=device, **options)
     enc_ref = EncoderRef.from_identity(enc.identity(layers or None), options)
-    fit, score = split_params(get_statistic("ct"), statistic_params)
-    statistic = StatisticRef("ct", {**fit, **score})
+    fit, score = split_params(get_statistic(statistic), statistic_params)
+    stat_ref = StatisticRef(statistic, {**fit, **score})
     size, resize = int(enc_ref.preprocessing["size"]), int(enc_ref.preprocessing["resize"])
     refs = []
     for split, where in (("train", train), ("test", heldout)):
@@ -1438,7 +1448,7 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
         raise UsageError("the held-out images are the training images: P_n must be images of the same kind that "
                          "the generators never saw")
     return Protocol(name=name, description=description, train=refs[0], test=refs[1], encoder=enc_ref,
-                    statistic=statistic, batch_size=batch_size)
+                    statistic=stat_ref, batch_size=batch_size)
 
 
 def combine_protocols(name: str, parts: Sequence[str], *, description: str = "", overwrite: bool = False,

@@ -131,6 +131,17 @@ def protocol_section(protocol: Protocol | Combination) -> dict[str, Any]:
     return section
 
 
+def statistic_label(section: Mapping[str, Any]) -> str:
+    """What a curve's values are, from a report's protocol section (:func:`protocol_section`): ``C_T``, or the
+    statistics of a combination's parts in order (``C_T · mean-z``)."""
+    names: list[str] = []
+    for part in section.get("parts") or [section["record"]]:
+        name = (part.get("statistic") or {}).get("name", "ct")
+        if name not in names:
+            names.append(name)
+    return " · ".join("C_T" if n == "ct" else n for n in names)
+
+
 def readings(curve: Curve) -> list[str]:
     """Each layer's reading, as the statistic gave it (:attr:`forensics.engine.LayerValue.reading`)."""
     return [lv.reading for lv in curve.layers]

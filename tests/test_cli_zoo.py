@@ -14,7 +14,7 @@ from forensics.registry import Registry
 from forensics.zoo.catalog import REFERENCE_INSTANCES, samples_dir
 
 PROTOCOL = "mnist-effnet-lite0"
-DEFAULT = "mnist-effnet-vit"  # the combination of PROTOCOL and mnist-vit
+DEFAULT = "mnist-effnet-vit-pixel"  # the combination of PROTOCOL, mnist-vit and mnist-pixel
 runner = CliRunner()
 
 
@@ -32,7 +32,7 @@ def run(*args, code=0):
 @pytest.fixture
 def registry_copy(tmp_path):
     """The default protocol's folders without the sample sets and models (tests pass --samples): the
-    combination and the two protocols it combines."""
+    combination and the three protocols it combines."""
     bundled = Registry.open()
     target = tmp_path / "reg"
     target.mkdir()
@@ -50,7 +50,7 @@ def test_every_command_has_an_example_in_its_help():
 def test_list_shows_every_set_and_what_is_enrolled():
     doc = json.loads(run("list", "--json").output)
     rows = doc["instances"]
-    assert doc["protocol"] == DEFAULT and len(rows) == 36  # enrolled: under both protocols it combines
+    assert doc["protocol"] == DEFAULT and len(rows) == 36  # enrolled: under every protocol it combines
     assert all(r["present"] for r in rows)
     enrolled = {(r["generator"], r["instance"]) for r in rows if r["enrolled"]}
     assert {i for _, i in enrolled} == set(REFERENCE_INSTANCES) and len(enrolled) == 27
@@ -66,8 +66,8 @@ def test_enroll_reproduces_the_shipped_curve_and_is_idempotent(registry_copy):
     doc = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
                          "--conditions", "none", "--json").output)
     # under the default combination: enrolled where it is missing (mnist-effnet-lite0), skipped where it
-    # is there (mnist-vit)
-    assert doc["protocol"] == DEFAULT and doc["skipped"] == 1
+    # is there (mnist-vit, mnist-pixel)
+    assert doc["protocol"] == DEFAULT and doc["skipped"] == 2
     assert [(d["protocol"], d["instance"]) for d in doc["enrolled"]] == [(PROTOCOL, "run0")]
     reg = Registry.open(registry_copy)
     (inst,) = reg.generator_entries(PROTOCOL)["gmm"].instances
@@ -76,7 +76,7 @@ def test_enroll_reproduces_the_shipped_curve_and_is_idempotent(registry_copy):
     assert [i.id for i in reg.generator_entries(DEFAULT)["gmm"].instances] == [inst.id]
     again = json.loads(run("enroll", "-g", "gmm", "-i", "run0", "--samples", samples, "--registry", registry_copy,
                            "--conditions", "none", "--json").output)
-    assert again["enrolled"] == [] and again["skipped"] == 2
+    assert again["enrolled"] == [] and again["skipped"] == 3
 
 
 def test_bad_requests_are_one_line_errors(tmp_path):

@@ -98,7 +98,7 @@ def test_the_installed_tool_attributes_its_demo_set_from_another_folder(installe
     result = run(installed, "forensics", "attribute", str(demo), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["verdict"]["generator"] == "ddpm" and doc["protocol"]["name"] == "mnist-effnet-vit"
+    assert doc["verdict"]["generator"] == "ddpm" and doc["protocol"]["name"] == "mnist-effnet-vit-pixel"
     assert doc["input"]["n_images"] == 500
     assert not (installed["work"] / "data").exists()  # reading wrote no user registry
 

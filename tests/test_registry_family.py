@@ -311,7 +311,7 @@ def test_the_zoo_enrols_the_diffusion_samplers_as_one_family(tmp_path, toy_proto
 def test_the_shipped_registry_records_the_diffusion_families():
     reg = Registry.open(bundled_registry_path())
     assert reg.validate() == []
-    for protocol in ("mnist-effnet-lite0", "mnist-vit", "mnist-effnet-vit"):
+    for protocol in ("mnist-effnet-lite0", "mnist-vit", "mnist-pixel", "mnist-effnet-vit", "mnist-effnet-vit-pixel"):
         got = families(reg, protocol)
         assert {g for g, f in got.items() if f is not None} == {"ddpm", "ddim", "pndm"}, protocol
         assert {got[g] for g in ("ddpm", "ddim", "pndm")} == {"ddpm-net"}

@@ -19,8 +19,8 @@ from forensics.registry import (
     Registry, bundled_registry_path, default_registry_path, registry_layers, user_registry_path,
 )
 
-DEFAULT = "mnist-effnet-vit"  # the bundled default: a combination of the two below
-PARTS = ("mnist-effnet-lite0", "mnist-vit")
+DEFAULT = "mnist-effnet-vit-pixel"  # the bundled default: a combination of the three below
+PARTS = ("mnist-effnet-lite0", "mnist-vit", "mnist-pixel")
 PAPER = "he2024-cifar10-vitb16"
 SHA = "sha256:" + "cd" * 32
 runner = CliRunner()

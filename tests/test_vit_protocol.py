@@ -32,7 +32,7 @@ MIN_TEST_ACCURACY = 0.95
 
 def test_registry_validates_with_both_offline_protocols(bundled_registry, zoo_reference_sets):
     assert bundled_registry.validate() == []
-    assert bundled_registry.default_protocol == "mnist-effnet-vit"  # which combines this protocol
+    assert bundled_registry.default_protocol == "mnist-effnet-vit-pixel"  # which combines this protocol
     refs = bundled_registry.enrolled(PROTOCOL)
     assert {(r.generator, r.provenance["input_sha256"]) for r in refs} == zoo_reference_sets
     assert len(refs) == len(zoo_reference_sets)

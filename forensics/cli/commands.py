@@ -227,6 +227,9 @@ def protocol_create(
     option: list[str] = typer.Option([], "--option", help="Encoder option KEY=VALUE (JSON value), repeatable."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file, or 'random' (recorded as such)."),
     layer: list[str] = typer.Option([], "--layer", help="Layers to use (default: all), repeatable."),
+    statistic: str = typer.Option("ct", "--statistic", help="The per-layer statistic (`forensics plugins` lists "
+                                  "them): ct, or mean-z (one-dimensional layers, as pixel-statistics has); --k, "
+                                  "--distance, --projection, --tau and --seed are C_T's."),
     k: int = typer.Option(10, "--k", min=1, help="Number of k-means cells."),
     distance: str = typer.Option("cosine", "--distance", help="euclidean, or cosine (1 - |cos|)."),
     projection: Optional[int] = typer.Option(64, "--projection", help="PCA dimensions fitted on T (0 = none)."),
@@ -261,7 +264,7 @@ def protocol_create(
                                  weights=weights, layers=layer or None, k=k, distance=distance, projection=projection,
                                  tau=tau, seed=seed, batch_size=batch_size, description=description,
                                  ship_reference=ship_reference, default=make_default, registry=registry, device=device,
-                                 progress=update, engine=engine, ray_address=ray_address)
+                                 progress=update, engine=engine, ray_address=ray_address, statistic=statistic)
     err.print(f"protocol {esc(name)} ({short(result.protocol.digest)}) written to {esc(result.registry)}")
     if result.reference_path is not None:
         err.print(f"reference side written to {esc(result.reference_path)}")

@@ -645,7 +645,8 @@ class Registry:
                 ) -> tuple[dict[str, Any], list[str]]:
         """The per-image records of ``references`` (enrolled under ``protocol_name``) under ``condition``,
         checked against the digests their generator files record: ``({instance id: (layers, images, fields)
-        array}, problems)``. Under a combination an instance's parts are joined along the layers. An instance
+        array}, problems)``. Under a combination an instance's parts are joined along the layers (a part whose
+        statistic keeps fewer fields per image padded with NaN). An instance
         without records under the condition, or whose records fail a check (one line in ``problems``), is
         left out of the mapping."""
         import numpy as np
@@ -668,12 +669,15 @@ class Registry:
                     problems.append(str(exc))
                     break
             else:
-                if len({a.shape[1:] for a in arrays}) != 1:
+                if len({a.shape[1] for a in arrays}) != 1:
                     problems.append(f"{ref.generator}/{ref.instance}: its records hold different numbers of images "
                                     f"under the parts of {protocol_name}; add them again")
                     continue
+                # parts whose statistics keep fewer fields per image (mean-z: 1, C_T: 2) are padded with NaN
+                width = max(a.shape[2] for a in arrays)
                 found[ref.instance] = arrays[0] if len(arrays) == 1 else np.concatenate(
-                    [a.astype(np.float64) for a in arrays])
+                    [np.pad(a.astype(np.float64), ((0, 0), (0, 0), (0, width - a.shape[2])), constant_values=np.nan)
+                     for a in arrays])
         return found, problems
 
     def record_conditions(self, protocol_name: str) -> list[str]:

@@ -404,8 +404,12 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     if len(result.batches) > 1:
         tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         page.text(f"Per batch of {doc['protocol']['batch_size']}: {tally} (the verdict above is on the mean curve).")
-    page.heading("C_T per layer")
-    page.table(["layer", "C_T", "reading", "P_n counted"], _curve_rows(doc), numeric=(1, 3))
+    from forensics.results import statistic_label
+
+    label = statistic_label(doc["protocol"])
+    page.heading(f"{label} per layer")
+    page.table(["layer", "C_T" if label == "C_T" else "value", "reading", "P_n counted"], _curve_rows(doc),
+               numeric=(1, 3))
     page.record(doc)
     return page
 
@@ -438,7 +442,10 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
         page.text(f"Fewer images than the protocol's batch of {doc['protocol']['batch_size']}: |C_T| shrinks with "
                   "fewer images.", cls="warn")
     curve = doc["curve"]
-    page.heading("C_T per layer")
+    from forensics.results import statistic_label
+
+    label = statistic_label(doc["protocol"])
+    page.heading(f"{label} per layer")
     parts = {f"{p['n_images']} {'as generated' if p['condition'] == 'none' else p['condition']}": p["curve"]["values"]
              for p in doc.get("parts") or ()}
     page.plot("curve", lambda: P.memorization_figure(curve["layers"], curve["values"], curve["readings"], thresholds,
@@ -451,7 +458,8 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
                                   [(label, "", np.array([np.nan if v is None else v for v in values], dtype=float))
                                    for label, values in parts.items()],
                                   {label: "#888" for label in parts}))
-    page.table(["layer", "C_T", "reading", "P_n counted"], _curve_rows(doc), numeric=(1, 3))
+    page.table(["layer", "C_T" if label == "C_T" else "value", "reading", "P_n counted"], _curve_rows(doc),
+               numeric=(1, 3))
     for layer, reason in (curve.get("undefined") or {}).items():
         page.text(f"{layer}: undefined — {reason}", cls="warn")
     if doc.get("parts"):

@@ -126,7 +126,9 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
         table.add_row(str(i), escape(c.generator), f"{float(c.score):.3f}", escape(str(c.instance or "")), style=style)
     console.print(table)
 
-    render_curve(result.curve, console)
+    from forensics.results import protocol_section, statistic_label
+
+    render_curve(result.curve, console, statistic_label(protocol_section(result.protocol)))
     if len(result.batches) > 1:
         tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         console.print(Text(f"Per batch of {proto.batch_size}: {tally} (verdict above is on the mean curve)",
@@ -244,8 +246,9 @@ def compute_text(result: AttributionResult | MemorizationResult) -> str:
     return f"device {compute.get('device')}, {'amp ' + amp if amp else 'float32'}"
 
 
-def render_curve(curve: Curve, console: Console) -> None:
-    """The C_T-per-layer table: value, a bar centred on zero, the reading, how much of P_n counted."""
+def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
+    """The per-layer table of the statistic ``label`` names (C_T): value, a bar centred on zero, the reading, how
+    much of P_n counted."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -254,12 +257,12 @@ def render_curve(curve: Curve, console: Console) -> None:
     names = [lv.layer for lv in curve.layers]
     finite = [abs(v) for v in values if v is not None]
     scale = max(finite) if finite else 1.0
-    ct = Table(title=f"C_T per layer   {sparkline(values)}", box=box.SIMPLE_HEAD, title_justify="left")
+    ct = Table(title=f"{label} per layer   {sparkline(values)}", box=box.SIMPLE_HEAD, title_justify="left")
     name_width = max(len(name) for name in names)
     # the bars take what the other columns leave (they need about 40 columns with the layer names)
     half = max(4, min(20, (console.width - name_width - 44) // 2))
     ct.add_column("layer", no_wrap=True, min_width=name_width)
-    ct.add_column("C_T", justify="right", no_wrap=True)
+    ct.add_column("C_T" if label == "C_T" else "value", justify="right", no_wrap=True)
     ct.add_column("copying ◄│► underfitting" if half >= 12 else "◄│►", no_wrap=True)
     ct.add_column("reading", no_wrap=True, min_width=12)
     ct.add_column("P_n counted" if half >= 16 else "P_n", justify="right", style="dim", no_wrap=True)
@@ -295,7 +298,9 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
     if result.partial_batch:
         console.print(Text(f"  warning: fewer images than the protocol's batch of {proto.batch_size}; "
                            "|C_T| shrinks with fewer images", style="yellow"))
-    render_curve(result.curve, console)
+    from forensics.results import protocol_section, statistic_label
+
+    render_curve(result.curve, console, statistic_label(protocol_section(result.protocol)))
     if result.parts:
         from forensics.results import copying_levels
 
