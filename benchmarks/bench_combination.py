@@ -1,17 +1,20 @@
-"""What reading two encoders costs: one 500-image query under the default combination against its parts.
+"""What reading several encoders costs: one 500-image query under the default combination against its parts.
 
-The default protocol ``mnist-effnet-vit`` embeds a query with EfficientNet-Lite0 (128 px) and with the
-project's MNIST ViT (28 px), then scores both curves against their shipped reference sides. This
+The default protocol ``mnist-effnet-vit-pixel`` embeds a query with EfficientNet-Lite0 (128 px), with the
+project's MNIST ViT (28 px) and as low-level image statistics (28 px), then scores the three curves against
+their shipped reference sides. This
 times, in one process on the same bundled held-out set, one :func:`forensics.attribute` call (what
 ``forensics attribute`` does after start-up: open the registry, fit the matcher, build the encoder,
 load the shipped reference side, embed, score, match) under:
 
 - ``effnet``: ``mnist-effnet-lite0`` alone (the baseline: the default before the combination);
 - ``vit``: ``mnist-vit`` alone;
-- ``combined``: ``mnist-effnet-vit``, both of the above joined.
+- ``pixel``: ``mnist-pixel`` alone;
+- ``two``: ``mnist-effnet-vit``, the first two joined (the default before ``mnist-pixel``);
+- ``combined``: ``mnist-effnet-vit-pixel``, all three (the default).
 
 A first call of each (not timed) pays the one-off costs (imports, first-call allocations); rounds then
-alternate the three to spread the machine's noise. The reference-side cache is off, so every call reads
+alternate the protocols to spread the machine's noise. The reference-side cache is off, so every call reads
 the shipped files as a fresh process would.
 
     .venv/bin/python benchmarks/bench_combination.py              # 3 rounds, all torch threads
@@ -32,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import forensics  # noqa: E402
 
-NAMES = {"effnet": "mnist-effnet-lite0", "vit": "mnist-vit", "combined": "mnist-effnet-vit"}
+NAMES = {"effnet": "mnist-effnet-lite0", "vit": "mnist-vit", "pixel": "mnist-pixel", "two": "mnist-effnet-vit",
+         "combined": "mnist-effnet-vit-pixel"}
 
 
 def main() -> None:
@@ -63,7 +67,7 @@ def main() -> None:
             start = time.perf_counter()
             results[key] = attribute(name)
             times[key].append(time.perf_counter() - start)
-    joined = list(results["effnet"].curve.fingerprint.values) + list(results["vit"].curve.fingerprint.values)
+    joined = [v for key in ("effnet", "vit", "pixel") for v in results[key].curve.fingerprint.values]
     assert list(results["combined"].curve.fingerprint.values) == joined, \
         "the combined curve is not its parts' end to end"
     print(f"{results['effnet'].input.n_images} images of the {args.set} held-out set, torch threads "
@@ -74,7 +78,7 @@ def main() -> None:
         t = times[key]
         print(f"{key:10} {first[key]:8.2f} {np.median(t):9.2f} {min(t):7.2f} {max(t):7.2f} "
               f"{np.median(t) / base:9.2f}x {results[key].verdict.label}")
-    print("combined curve = effnet's values then vit's: checked")
+    print("combined curve = effnet's values, then vit's, then pixel's: checked")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def summary(rows: list[dict], point: str) -> None:
     print(f"  curated copies named ({len(named)}): " + ", ".join(
         f"{r['generator']} {r['condition']} m′={r['size']} → {r['verdict'] or '[' + str(r['family']) + ']'}"
         for r in named))
+    by_condition(rows)
     print("  held-out sets: at m′ ≥ 200 (every size) right of batches (wrong); at m′ = 100 sets named of 9 "
           "(batches wrong)")
     for condition in dict.fromkeys(r["condition"] for r in rows):
@@ -70,6 +71,25 @@ def summary(rows: list[dict], point: str) -> None:
         print(f"    {condition:10s} m′ ≥ 200: {sum(r['outcome'] == 'right' for r in big)} of {len(big)} right "
               f"({sum(r['outcome'] == 'wrong' for r in big)} wrong); m′ = 100: "
               f"{sum(k >= 2 for k in named.values())} of 9 named ({sum(r['outcome'] == 'wrong' for r in small)} wrong)")
+
+
+def by_condition(rows: list[dict]) -> None:
+    """The table by condition (markdown): right · family · unknown · wrong per group of sizes, how often a batch
+    whose own generator was left out was named as another (every size), the curated copies named."""
+    print("| condition (read as) | " + " | ".join(f"m′ = {label}" for label in SIZES)
+          + " | own generator left out, named as another | curated copies named |")
+    print("|---" * (len(SIZES) + 3) + "|")
+    for condition in dict.fromkeys(r["condition"] for r in rows):
+        mine = [r for r in rows if r["condition"] == condition]
+        sets = [r for r in mine if not r["generator"].startswith("curated-")]
+        cells = []
+        for sizes in SIZES.values():
+            c = Counter(r["outcome"] for r in sets if r["size"] in sizes)
+            cells.append(f"{c['right']} · {c['family']} · {c['unknown']} · {c['wrong']}")
+        curated = [r for r in mine if r["generator"].startswith("curated-")]
+        print(f"| {condition} | " + " | ".join(cells)
+              + f" | {sum(r['left_out_outcome'] == 'wrong' for r in sets)} of {len(sets)}"
+              + f" | {sum(r['outcome'] != 'unknown' for r in curated)} of {len(curated)} |")
 
 
 def main() -> int:
