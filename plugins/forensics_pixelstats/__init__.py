@@ -100,14 +100,16 @@ class PixelStatistics(Encoder):
         if (h, w) != (self.image_size, self.image_size):
             raise UsageError(f"{NAME} expects {self.image_size}×{self.image_size} inputs, got {h}×{w}")
         bins = torch.clamp((x * BINS).long(), 0, BINS - 1).reshape(b, -1)
-        shares = torch.zeros(b, BINS, dtype=torch.float64).scatter_add_(1, bins, torch.ones_like(bins, dtype=torch.float64))
+        shares = torch.zeros(b, BINS, dtype=torch.float64, device=x.device).scatter_add_(
+            1, bins, torch.ones_like(bins, dtype=torch.float64))
         shares /= h * w
         gx = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(1, 2))
         gy = (x[:, 1:, :] - x[:, :-1, :]).abs().mean(dim=(1, 2))
         power = torch.fft.fft2(x - x.mean(dim=(1, 2), keepdim=True)).abs().square() / (h * w)
-        ring = self._ring.reshape(-1).expand(b, -1)
-        sums = torch.zeros(b, BANDS, dtype=torch.float64).scatter_add_(1, ring, power.reshape(b, -1))
-        counts = torch.bincount(self._ring.reshape(-1), minlength=BANDS).to(torch.float64)
+        rings = self._ring.reshape(-1).to(x.device)  # (on the pixels' device: a GPU too)
+        sums = torch.zeros(b, BANDS, dtype=torch.float64, device=x.device).scatter_add_(
+            1, rings.expand(b, -1), power.reshape(b, -1))
+        counts = torch.bincount(rings, minlength=BANDS).to(torch.float64)
         spectrum = torch.log(1e-8 + sums / counts)
         values = {**{f"intensity.{k}": shares[:, k] for k in range(BINS)}, "gradient.x": gx, "gradient.y": gy,
                   **{f"spectrum.{k + 1}": spectrum[:, k] for k in range(BANDS)}}
