@@ -1430,10 +1430,11 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     from forensics.io.images import load_images
     from forensics.plugins import host
     from forensics.protocol import DataRef, EncoderRef, Protocol, StatisticRef
-    from forensics.stats.base import get_statistic, split_params
+    from forensics.stats.base import check_layer_dims, get_statistic, split_params
 
     options = dict(encoder_options or {})
     enc = host().get("encoders", encoder).obj(weights=weights, device=device, **options)
+    check_layer_dims(statistic, enc.layer_dims(layers or None))
     enc_ref = EncoderRef.from_identity(enc.identity(layers or None), options)
     fit, score = split_params(get_statistic(statistic), statistic_params)
     stat_ref = StatisticRef(statistic, {**fit, **score})

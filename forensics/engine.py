@@ -30,7 +30,7 @@ from forensics.encode.encoder import Encoder, Preprocessing
 from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
 from forensics.io.hashing import sha256_array, sha256_json, short
 from forensics.protocol import Combination, DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
-from forensics.stats.base import Statistic, get_statistic, split_params
+from forensics.stats.base import Statistic, check_layer_dims, get_statistic, split_params
 
 Progress = Callable[[str, int, int], None]
 REFERENCE_FORMAT = 1
@@ -699,6 +699,7 @@ def make_protocol(name: str, *, dataset: str, encoder: str, encoder_options: dic
     factory = host().get("encoders", encoder).obj
     options = dict(encoder_options or {})
     enc = factory(weights=weights, device=device, **options)
+    check_layer_dims(statistic, enc.layer_dims(layers))
     stat = get_statistic(statistic)
     fit, score = split_params(stat, statistic_params or {})
     return Protocol(name=name, description=description, train=refs[0], test=refs[1],

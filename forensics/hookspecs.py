@@ -142,8 +142,9 @@ def forensics_statistics(register: RegisterStatistic) -> None:
         ``fit_params``, ``score_params``, ``defaults``, ``devices``, ``reading(value)`` and
         ``reading_thresholds`` say how it is parametrised, where it computes and what a value means; an
         optional ``batch_params(score_params, m)`` resolves score parameters that depend on the protocol's
-        batch size m, and an optional ``combine(values, counts, n_test)`` the value of a set scored in parts under
-        several conditions. The host checks these attributes when the statistic is registered.
+        batch size m, an optional ``combine(values, counts, n_test)`` the value of a set scored in parts under
+        several conditions, and an optional ``layer_dim`` the one embedding size it scores (checked when a
+        protocol is defined). The host checks these attributes when the statistic is registered.
     :returns: nothing; every call of ``register`` is collected.
 
     Example::

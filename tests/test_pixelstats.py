@@ -171,6 +171,11 @@ def test_combined_with_c_t_from_creation_to_attribution(tmp_path, plugin_host):
     r = run("protocol", "create", "digits-bad", "--dataset", "digits", "--encoder", "pixel-statistics",
             "--statistic", "no-such-statistic")
     assert r.exit_code == 2 and "no-such-statistic" in r.output
+    # an encoder whose layers mean-z cannot score is refused before anything is embedded
+    r = run("protocol", "create", "digits-bad", "--dataset", "digits", "--encoder", "vit_mnist_tiny.forensics",
+            "--statistic", "mean-z", "--batch-size", "100")
+    assert r.exit_code == 2 and "scores layers of size 1" in r.output and "blocks.0 (128)" in r.output
+    assert not (reg / "digits-bad").exists()
     train = load_digits("train")
     for i, kind in enumerate(("rotate", "noise")):
         np.savez(tmp_path / f"{kind}.npz", images=curate(train[:200], kind, seed=i))

@@ -74,7 +74,9 @@ class FittedStatistic(Protocol):
 class Statistic(Protocol):
     """A statistic plugin. ``devices``: whether ``fit`` takes ``device=`` and fits have ``.to(device)``.
     ``reading(value)`` says what a value means, one of :data:`READINGS` (``None`` is "undefined");
-    ``reading_thresholds`` are the cut-offs behind it, recorded in reports."""
+    ``reading_thresholds`` are the cut-offs behind it, recorded in reports. Optional: ``layer_dim``, the one
+    embedding size the statistic scores (``mean-z``: 1), checked when a protocol is defined
+    (:func:`check_layer_dims`), before any image is embedded."""
 
     fit_params: tuple[str, ...]
     score_params: tuple[str, ...]
@@ -112,6 +114,9 @@ def contract_problems(statistic: object) -> list[str]:
         problems.append(f"defaults must be {_ATTRIBUTES['defaults']}")
     if hasattr(statistic, "batch_params") and not callable(statistic.batch_params):
         problems.append("batch_params must be a method (score_params, batch_size) → score_params")
+    dim = getattr(statistic, "layer_dim", None)
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        problems.append(f"layer_dim must be None or a positive int, got {dim!r}")
     if hasattr(statistic, "combine") and not callable(statistic.combine):
         problems.append("combine must be a method (values, counts, n_test) → value or None")
     if not isinstance(statistic.devices, bool):
@@ -141,6 +146,17 @@ def resolve_params(statistic: Statistic, params: Mapping[str, Any]) -> dict[str,
     if unknown:
         raise UsageError(f"unknown statistic parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return {name: params.get(name, statistic.defaults.get(name)) for name in sorted(known)}
+
+
+def check_layer_dims(name: str, dims: Mapping[str, int]) -> None:
+    """Refuse layers (name → embedding size) that the statistic ``name`` cannot score: one whose ``layer_dim``
+    is set scores layers of that size only."""
+    want = getattr(get_statistic(name), "layer_dim", None)
+    wrong = {layer: d for layer, d in dims.items() if want is not None and d != want}
+    if wrong:
+        shown = ", ".join(f"{layer} ({d})" for layer, d in list(wrong.items())[:3])
+        raise UsageError(f"statistic {name} scores layers of size {want}, and the encoder's {shown} are not: choose "
+                         f"an encoder whose layers are (pixel-statistics), or another --statistic")
 
 
 def split_params(statistic: Statistic, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

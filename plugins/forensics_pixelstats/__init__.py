@@ -210,6 +210,7 @@ class MeanZStatistic:
     score_params: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = {}
     devices = False
+    layer_dim = 1  # one number per image and layer
     reading_thresholds = {"differs_beyond": 2.0}
 
     def reading(self, value: float | None) -> str:
