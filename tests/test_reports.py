@@ -73,7 +73,7 @@ def results():
     old = plugins.reset(plugins.PluginHost(autoload=False))
     try:
         images = np.load(samples_dir() / "ddpm" / "heldout.npz")["images"][:100]
-        yield (forensics.attribute(images, protocol="mnist-effnet-vit"),
+        yield (forensics.attribute(images, protocol="mnist-effnet-vit-pixel"),
                forensics.memorization(images, protocol="mnist-vit"))
     finally:
         plugins.reset(old)
@@ -205,8 +205,9 @@ def test_attribution_and_memorization_pages_show_their_plots(results, tmp_path):
     page = H.attribution_page(attribution)
     assert [f for f, _ in page.figures] == ["curves.png", "ranking.png", "similarity.png"]
     text = page.html()
-    assert len(embedded_pngs(text)) == 3 and "Attribution: " in text and "C_T per layer" in text
-    assert "mnist-effnet-lite0/blocks.6" in text  # the table keeps every layer's full name
+    # the default's table is titled by both of its statistics, and keeps every layer's full name
+    assert len(embedded_pngs(text)) == 3 and "Attribution: " in text and "C_T · mean-z per layer" in text
+    assert "mnist-effnet-lite0/blocks.6" in text and "mnist-pixel/spectrum.8" in text
     written = page.write(html=tmp_path / "a.html", plots_dir=tmp_path / "a")
     assert {p.name for p in written} == {"a.html", "curves.png", "ranking.png", "similarity.png"}
     mem = H.memorization_page(memorization)

@@ -113,7 +113,7 @@ def evaluation(paper_registry):
 
 def test_registry_documents_conform(paper_registry, tmp_path):
     conforms(cli_json("registry", "list", "--json"))                        # the bundled registry
-    conforms(cli_json("registry", "show", "mnist-effnet-vit", "--json"))   # a combination's record
+    conforms(cli_json("registry", "show", "mnist-effnet-vit-pixel", "--json"))   # a combination's record
     conforms(cli_json("registry", "show", "--registry", paper_registry, "-g", "DDPM", "--json"))
     conforms(cli_json("registry", "validate", "--registry", paper_registry, "--json"))
     before = tmp_path / "before"
@@ -163,7 +163,7 @@ def results():
     from forensics.zoo.catalog import samples_dir
 
     images = np.load(samples_dir() / "ddpm" / "heldout.npz")["images"][:100]
-    return (forensics.attribute(images, protocol="mnist-effnet-vit").to_dict(),
+    return (forensics.attribute(images, protocol="mnist-effnet-vit-pixel").to_dict(),
             forensics.memorization(images, protocol="mnist-vit").to_dict())
 
 

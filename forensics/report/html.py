@@ -373,11 +373,14 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     for line in doc.get("warnings") or ():
         page.text(line, cls="warn")
 
+    from forensics.results import statistic_label
+
     shown = order[:top]
+    label = statistic_label(doc["protocol"])
     page.heading("Query curve over the top candidates' enrolled curves")
     page.plot("curves", lambda: P.curves_figure(doc["curve"]["layers"], doc["curve"]["values"], by_generator, order,
-                                                scores=scores, top=top, palette=palette),
-              alt=f"C_T per layer of the query over the enrolled curves of {', '.join(shown)}",
+                                                scores=scores, top=top, palette=palette, label=label),
+              alt=f"{label} per layer of the query over the enrolled curves of {', '.join(shown)}",
               caption="Black: the query. Colour: the candidate's enrolled runs. Grey: every other enrolled run.",
               fallback=curves_svg(doc["curve"]["layers"], doc["curve"]["values"], references, palette))
     threshold = None
@@ -404,9 +407,6 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     if len(result.batches) > 1:
         tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         page.text(f"Per batch of {doc['protocol']['batch_size']}: {tally} (the verdict above is on the mean curve).")
-    from forensics.results import statistic_label
-
-    label = statistic_label(doc["protocol"])
     page.heading(f"{label} per layer")
     page.table(["layer", "C_T" if label == "C_T" else "value", "reading", "P_n counted"], _curve_rows(doc),
                numeric=(1, 3))
@@ -444,13 +444,13 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
     curve = doc["curve"]
     from forensics.results import statistic_label
 
-    label = statistic_label(doc["protocol"])
-    page.heading(f"{label} per layer")
+    what = statistic_label(doc["protocol"])
+    page.heading(f"{what} per layer")
     parts = {f"{p['n_images']} {'as generated' if p['condition'] == 'none' else p['condition']}": p["curve"]["values"]
              for p in doc.get("parts") or ()}
     page.plot("curve", lambda: P.memorization_figure(curve["layers"], curve["values"], curve["readings"], thresholds,
-                                                     parts=parts),
-              alt="C_T per layer, each point coloured by its reading",
+                                                     parts=parts, label=what),
+              alt=f"{what} per layer, each point coloured by its reading",
               caption="Early layers see colour and texture, late layers meaning. Red band: copying; blue "
                       "band: underfitting; a hollow mark: undefined (no cell held enough images)."
                       + (" Grey: each kind of file alone, the parts the curve combines." if parts else ""),
@@ -458,7 +458,7 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
                                   [(label, "", np.array([np.nan if v is None else v for v in values], dtype=float))
                                    for label, values in parts.items()],
                                   {label: "#888" for label in parts}))
-    page.table(["layer", "C_T" if label == "C_T" else "value", "reading", "P_n counted"], _curve_rows(doc),
+    page.table(["layer", "C_T" if what == "C_T" else "value", "reading", "P_n counted"], _curve_rows(doc),
                numeric=(1, 3))
     for layer, reason in (curve.get("undefined") or {}).items():
         page.text(f"{layer}: undefined — {reason}", cls="warn")

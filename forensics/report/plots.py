@@ -220,7 +220,7 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
 def curves_figure(layers: Sequence[str], query: Sequence[float | None],
                   references: Mapping[str, Sequence[Sequence[float | None]]], order: Sequence[str], *,
                   scores: Mapping[str, float] | None = None, top: int = 4,
-                  palette: Mapping[str, str] | None = None) -> Figure:
+                  palette: Mapping[str, str] | None = None, label: str = "C_T") -> Figure:
     """The query curve over each of the ``top`` first generators of ``order``: one panel per generator,
     its enrolled curves in its colour, every other enrolled curve faint grey behind, the query black.
     Panels share both axes; the layer names are under the last one."""
@@ -249,7 +249,7 @@ def curves_figure(layers: Sequence[str], query: Sequence[float | None],
             ax.plot(undefined, np.zeros(undefined.size), ls="", marker="o", ms=5, mfc="white", mec=QUERY_COLOUR,
                     zorder=3, label="query: undefined (read as 0)" if k == 0 else None)
         ax.axhline(0.0, color="#999999", lw=0.8, ls="--", zorder=0)
-        ax.set_ylabel("C_T")
+        ax.set_ylabel(label)
         ax.set_ylim(lo - pad, hi + pad)
         ax.grid(axis="y", color="#eeeeee", lw=0.6)
         ax.legend(loc="upper right", fontsize=7, frameon=False, ncols=2)
@@ -350,8 +350,8 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
 @styled
 def memorization_figure(layers: Sequence[str], values: Sequence[float | None], readings: Sequence[str],
                         thresholds: Mapping[str, float] | None = None,
-                        parts: Mapping[str, Sequence[float | None]] | None = None) -> Figure:
-    """C_T per layer, each point in its reading's colour, over the bands the statistic reads as copying
+                        parts: Mapping[str, Sequence[float | None]] | None = None, label: str = "C_T") -> Figure:
+    """C_T (or the statistics ``label`` names) per layer, each point in its reading's colour, over the bands the statistic reads as copying
     (below) and underfitting (above); an undefined layer is a hollow mark on the zero line. ``parts``
     (label → values): the curves a combined one was made of (files processed in several ways), thin grey."""
     from matplotlib.lines import Line2D
@@ -389,7 +389,7 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
         else:
             ax.scatter(idx, v[idx], s=30, color=colour, zorder=3)
     ax.set_ylim(lo, hi)
-    ax.set_ylabel("C_T")
+    ax.set_ylabel(label)
     ax.grid(axis="y", color="#eeeeee", lw=0.6)
     handles = [Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in READING_COLOURS.items()
                if r in readings]
