@@ -411,7 +411,8 @@ def mean_curve(curves: Sequence[Curve], protocol: Protocol | Combination) -> Cur
         return curves[0]
     mean = np.mean([c.fingerprint.vector() for c in curves], axis=0)
     weights = [None if all(lv.counted_weight is None and lv.value is not None for lv in layer)  # no such notion
-               else float(np.mean([lv.counted_weight or 0.0 for lv in layer])) for layer in zip(*(c.layers for c in curves))]
+               else float(np.mean([lv.counted_weight or 0.0 for lv in layer]))
+               for layer in zip(*(c.layers for c in curves))]
     layers = tuple(LayerValue(lv.layer, float(v), w, reading=read(float(v)))
                    for lv, v, w, read in zip(curves[0].layers, mean, weights, layer_readers(protocol)))
     return Curve(Fingerprint.from_values(protocol.digest, mean.tolist()), layers, sum(c.n_images for c in curves))

@@ -351,9 +351,10 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
 def memorization_figure(layers: Sequence[str], values: Sequence[float | None], readings: Sequence[str],
                         thresholds: Mapping[str, float] | None = None,
                         parts: Mapping[str, Sequence[float | None]] | None = None, label: str = "C_T") -> Figure:
-    """C_T (or the statistics ``label`` names) per layer, each point in its reading's colour, over the bands the statistic reads as copying
-    (below) and underfitting (above); an undefined layer is a hollow mark on the zero line. ``parts``
-    (label → values): the curves a combined one was made of (files processed in several ways), thin grey."""
+    """C_T (or the statistics ``label`` names) per layer, each point in its reading's colour, over the bands the
+    statistic reads as copying (below) and underfitting (above); an undefined layer is a hollow mark on the zero
+    line. ``parts`` (label → values): the curves a combined one was made of (files processed in several ways),
+    thin grey."""
     from matplotlib.lines import Line2D
 
     v = _finite(values)

@@ -67,9 +67,9 @@ def _image_size(options: Mapping[str, Any]) -> int:
 
 
 def _rings(size: int) -> torch.Tensor:
-    """Each FFT coefficient's ring (0 … BANDS − 1): ⌊BANDS · r / (√2/2)⌋ of its radial frequency r = √(kx² + ky²)/N
-    cycles per pixel, found in integers (⌊√(2·BANDS²·(kx² + ky²))⌋ // N) so that no rounding moves a coefficient
-    on a ring's edge; the last ring takes the corner."""
+    """Each FFT coefficient's ring (0 … BANDS − 1): ⌊BANDS · r / (√2/2)⌋ of its radial frequency
+    r = √(kx² + ky²)/N cycles per pixel, found in integers (⌊√(2·BANDS²·(kx² + ky²))⌋ // N) so that no
+    rounding moves a coefficient on a ring's edge; the last ring takes the corner."""
     k = [i if i < (size + 1) // 2 else i - size for i in range(size)]  # the FFT's integer frequencies
     rings = [[min(math.isqrt(2 * BANDS * BANDS * (a * a + b * b)) // size, BANDS - 1) for b in k] for a in k]
     return torch.tensor(rings, dtype=torch.long)
