@@ -142,6 +142,12 @@ def statistic_label(section: Mapping[str, Any]) -> str:
     return " · ".join("C_T" if n == "ct" else n for n in names)
 
 
+def value_heading(label: str) -> str:
+    """The heading of a curve table's value column for the curve's :func:`statistic_label`: the statistic's
+    name when it has one, else ``value`` (a combination's parts compute different statistics)."""
+    return "value" if " · " in label else label
+
+
 def readings(curve: Curve) -> list[str]:
     """Each layer's reading, as the statistic gave it (:attr:`forensics.engine.LayerValue.reading`)."""
     return [lv.reading for lv in curve.layers]

@@ -274,3 +274,16 @@ def test_every_report_renders_in_a_real_browser(results, toy_registry, tmp_path)
             assert not ink[:, -4:].any(), (name, width)                             # nothing runs off the right
             if keep:
                 shutil.copy(tmp_path / f"{name}-{width}.png", keep)
+
+
+def test_a_curve_table_heads_its_values_by_the_statistic_that_computed_them():
+    from forensics.results import statistic_label, value_heading
+
+    def section(*statistics):
+        parts = [{"statistic": {"name": s}} for s in statistics]
+        return {"parts": parts} if len(parts) > 1 else {"record": parts[0]}
+
+    assert value_heading(statistic_label(section("ct"))) == "C_T"
+    assert value_heading(statistic_label(section("mean-z"))) == "mean-z"
+    assert value_heading(statistic_label(section("ct", "ct"))) == "C_T"
+    assert value_heading(statistic_label(section("ct", "mean-z"))) == "value"  # two statistics: no one name

@@ -373,7 +373,7 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     for line in doc.get("warnings") or ():
         page.text(line, cls="warn")
 
-    from forensics.results import statistic_label
+    from forensics.results import statistic_label, value_heading
 
     shown = order[:top]
     label = statistic_label(doc["protocol"])
@@ -408,7 +408,7 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
         tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         page.text(f"Per batch of {doc['protocol']['batch_size']}: {tally} (the verdict above is on the mean curve).")
     page.heading(f"{label} per layer")
-    page.table(["layer", "C_T" if label == "C_T" else "value", "reading", "P_n counted"], _curve_rows(doc),
+    page.table(["layer", value_heading(label), "reading", "P_n counted"], _curve_rows(doc),
                numeric=(1, 3))
     page.record(doc)
     return page
@@ -442,7 +442,7 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
         page.text(f"Fewer images than the protocol's batch of {doc['protocol']['batch_size']}: |C_T| shrinks with "
                   "fewer images.", cls="warn")
     curve = doc["curve"]
-    from forensics.results import statistic_label
+    from forensics.results import statistic_label, value_heading
 
     what = statistic_label(doc["protocol"])
     page.heading(f"{what} per layer")
@@ -458,7 +458,7 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
                                   [(label, "", np.array([np.nan if v is None else v for v in values], dtype=float))
                                    for label, values in parts.items()],
                                   {label: "#888" for label in parts}))
-    page.table(["layer", "C_T" if what == "C_T" else "value", "reading", "P_n counted"], _curve_rows(doc),
+    page.table(["layer", value_heading(what), "reading", "P_n counted"], _curve_rows(doc),
                numeric=(1, 3))
     for layer, reason in (curve.get("undefined") or {}).items():
         page.text(f"{layer}: undefined — {reason}", cls="warn")

@@ -253,6 +253,8 @@ def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from forensics.results import value_heading
+
     values = list(curve.fingerprint.values)
     names = [lv.layer for lv in curve.layers]
     finite = [abs(v) for v in values if v is not None]
@@ -262,7 +264,7 @@ def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
     # the bars take what the other columns leave (they need about 40 columns with the layer names)
     half = max(4, min(20, (console.width - name_width - 44) // 2))
     ct.add_column("layer", no_wrap=True, min_width=name_width)
-    ct.add_column("C_T" if label == "C_T" else "value", justify="right", no_wrap=True)
+    ct.add_column(value_heading(label), justify="right", no_wrap=True)
     ct.add_column("copying ◄│► underfitting" if half >= 12 else "◄│►", no_wrap=True)
     ct.add_column("reading", no_wrap=True, min_width=12)
     ct.add_column("P_n counted" if half >= 16 else "P_n", justify="right", style="dim", no_wrap=True)
