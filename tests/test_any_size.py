@@ -276,24 +276,50 @@ def _curves(values, generators, digest="sha256:" + "0" * 64):
             for i, (v, g) in enumerate(zip(values, generators))]
 
 
-def test_layer_weights_are_one_over_the_noise_of_single_batches_around_their_generator():
+def test_layer_weights_are_the_root_of_each_layers_signal_over_its_noise_over_its_noise():
     rng = np.random.default_rng(3)
-    gens = ["a", "a", "b", "b", "b"]
-    refs = _curves(rng.normal(size=(5, 4)), gens)
-    queries = {r.instance: list(r.fingerprint.vector() + rng.normal(size=(7, 4)) * [1, 2, 4, 0]) for r in refs}
+    gens = ["a", "a", "b", "b", "b", "c"]
+    values = rng.normal(size=(6, 5)) * [1, 1, 3, 1, 1]
+    values[:, 4] = [0, 0, 1, 1, 1, 2]  # the last layer: each generator's runs alike, and no batch noise
+    refs = _curves(values, gens)
+    queries = {r.instance: list(r.fingerprint.vector() + rng.normal(size=(7, 5)) * [1, 2, 4, 1, 0]) for r in refs}
     queries["b-4"] = []  # an instance without queries adds nothing
-    w = layer_weights(refs, queries)
-    # independent reference: stack every residual against its generator's mean reference, by hand
-    res = []
-    for g in "ab":
+    w = np.array(layer_weights(refs, queries))
+    # independent reference, by hand: every residual against its generator's mean reference (the noise), the
+    # spread of the generators' means (the signal)
+    res, means = [], []
+    for g in "abc":
         mean = np.mean([r.fingerprint.vector() for r in refs if r.generator == g], axis=0)
+        means.append(mean)
         res += [q - mean for r in refs if r.generator == g for q in queries[r.instance]]
-    sd = np.sqrt((np.array(res) ** 2).mean(axis=0))
-    assert np.allclose(w[:3], 1 / sd[:3], rtol=1e-12)
-    assert w[3] == 0.0 or sd[3] > 0  # a layer with no noise at all has weight 0, never an infinite one
-    flat = {k: [np.where(np.arange(4) == 3, 0.0, q) for q in v] for k, v in queries.items()}
-    flat_refs = _curves([np.where(np.arange(4) == 3, 0.0, r.fingerprint.vector()) for r in refs], gens)
-    assert layer_weights(flat_refs, flat)[3] == 0.0
+    sd = np.sqrt((np.array(res) ** 2).mean(axis=0))[:4]
+    root = np.sqrt(np.array(means).std(axis=0)[:4] / sd)
+    assert np.allclose(w[:4], root / sd / np.sqrt(np.mean(root ** 2)), rtol=1e-12)
+    assert w[4] == 0.0  # a layer with no noise at all has weight 0, never an infinite one
+    # on average a curve is still in units of one batch's noise: √(b/σ) has a root-mean-square of 1
+    assert np.isclose(np.sqrt(np.mean((w[:4] * sd) ** 2)), 1.0, rtol=1e-12)
+
+
+def test_layer_weights_do_not_depend_on_a_layers_units_and_ignore_what_tells_no_generator_apart():
+    rng = np.random.default_rng(4)
+    gens = ["a", "a", "b", "b"]
+    base = rng.normal(size=(4, 3))
+    base[:, 2] = 0.5  # every generator alike on the last layer
+    refs = _curves(base, gens)
+    noise = {r.instance: rng.normal(size=(5, 3)) for r in refs}
+    queries = {r.instance: list(r.fingerprint.vector() + noise[r.instance]) for r in refs}
+    w = np.array(layer_weights(refs, queries))
+    assert w[2] == 0.0 and (w[:2] > 0).all()
+    # a layer read in other units (times 10) is weighted by a tenth: the weighted curves do not change
+    scale = np.array([10.0, 1.0, 1.0])
+    scaled = np.array(layer_weights(_curves(base * scale, gens),
+                                    {k: [q * scale for q in v] for k, v in queries.items()}))
+    assert np.allclose(scaled * scale, w, rtol=1e-12)
+    # one generator: nothing to tell apart, each layer is one over its noise
+    one = [r for r in refs if r.generator == "a"]
+    solo = np.array(layer_weights(one, queries))
+    res = np.array([q - np.mean([r.fingerprint.vector() for r in one], axis=0) for r in one for q in queries[r.instance]])
+    assert np.allclose(solo, 1 / np.sqrt((res ** 2).mean(axis=0)), rtol=1e-12)
 
 
 def test_a_weighted_matcher_is_the_matcher_on_weighted_curves():

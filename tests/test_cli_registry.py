@@ -141,6 +141,7 @@ def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy
 
 def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     from forensics.match import make_matcher
+    from forensics.match.calibration import Pool
 
     text = run("calibrate", "--registry", paper_copy, "-m", "alpha").stdout
     assert "at the named operating point: unknown when" in text and "at the cautious operating point" in text
@@ -158,6 +159,16 @@ def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     # a calibration recorded by an older version (thresholds on score and margin only) is flagged
     reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "rule": "thresholds on (best score, margin)"}})
     assert any("older rule" in w for w in Registry.open(paper_copy).warnings)
+    # so is an adopted pool chosen under an older rule (each cell then calibrates on its own)
+    pool = Pool()
+    pool.add("none", 100, make_matcher("alpha").fit(reg.enrolled(PROTOCOL_NAME)).held_out_points)
+    pooled = {**pool.record(reg.enrolled(PROTOCOL_NAME)), "adopted": True, "rule": "an older pooling rule"}
+    reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "pooled": pooled}})
+    assert any("pooled thresholds were chosen under an older rule" in w for w in Registry.open(paper_copy).warnings)
+    shown = " ".join(run("show", PROTOCOL_NAME, "--registry", paper_copy).stdout.split())
+    assert "alpha: unknown when" in shown and "was chosen under an older rule: run `forensics registry calibrate`" in shown
+    reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "pooled": {**pooled, "adopted": False}}})
+    assert not Registry.open(paper_copy).warnings  # one not adopted answers nowhere: nothing to warn of
     run("remove", "DDPM", "--instance", "ddpm_3", "--registry", paper_copy)
     assert any("calibrated on other references" in w for w in Registry.open(paper_copy).warnings)
 

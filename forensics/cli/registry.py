@@ -100,6 +100,9 @@ def _calibration_text(cal: dict) -> str:
     when = f"unknown when {_unknown_when(cal)}"
     if cal["thresholds_from"] == "pooled":
         return f"{when}, for every batch (pooled over {pool['n_cells']} (condition, batch size) cells)"
+    if pool.get("adopted"):  # adopted, yet not answering: chosen under an older rule
+        return (f"{when} as generated at m, each other cell calibrated on its own (the pool over {pool['n_cells']} "
+                "cells was chosen under an older rule: run `forensics registry calibrate`)")
     if pool and pool.get("balanced_accuracy") is not None:
         return (f"{when} as generated at m, each other cell calibrated on its own (the pool over "
                 f"{pool['n_cells']} cells was not adopted: {pool['balanced_accuracy']:.3f} against "

@@ -96,11 +96,19 @@ class AtBatchSize:
 
 def layer_weights(references: Sequence[EnrolledCurve],
                   queries: Mapping[str, Sequence[np.ndarray]]) -> tuple[float, ...]:
-    """One weight per layer: 1 / the standard deviation of the ``queries`` (single sub-batches, by
-    instance id) around the mean reference curve of their generator, pooled over every generator. It is
-    the noise a query of one batch carries on that layer — the batch-to-batch spread and, for generators
-    with several instances, the run-to-run one. A layer with no spread at all carries no information and
-    gets weight 0."""
+    """One weight per layer: one over the noise a query of one batch carries on it, times the square root of
+    how far the generators lie apart there in units of that noise.
+
+    The noise σ: the root-mean-square of the ``queries`` (single sub-batches, by instance id) around the
+    mean reference curve of their generator, pooled over every generator — the batch-to-batch spread and,
+    for generators with several instances, the run-to-run one. The signal b: the standard deviation of the
+    generators' mean reference curves. Each layer is multiplied by √(b/σ)/σ, the whole rescaled so that
+    √(b/σ) has a root-mean-square of 1 over the layers that move: a curve is still measured in units of one
+    batch's noise on average, a layer that tells the enrolled generators apart counts more, and one that
+    does not still counts, for an unenrolled generator or a copy of the training set may differ there
+    (halfway, geometrically, between the noise alone and a diagonal Fisher weighting b/σ²). A layer with no
+    noise at all, or on which every generator lies alike, gets weight 0; with one generator (no signal to
+    measure) each layer is 1/σ."""
     centre: dict[str, list[np.ndarray]] = {}
     for r in references:
         centre.setdefault(r.generator, []).append(r.fingerprint.vector())
@@ -110,7 +118,12 @@ def layer_weights(references: Sequence[EnrolledCurve],
     if not residuals:
         raise ValueError("no queries to measure the layers' noise from")
     sd = np.sqrt(np.mean(np.square(residuals), axis=0))
-    return tuple(float(1.0 / v) if v > 0 else 0.0 for v in sd)
+    moves = sd > 0
+    inverse = np.divide(1.0, sd, out=np.zeros_like(sd), where=moves)
+    signal = np.sqrt(np.std(np.stack(list(means.values())), axis=0) * inverse)  # √(b/σ), 0 where nothing moves
+    scale = np.sqrt(np.mean(np.square(signal[moves]))) if moves.any() else 0.0
+    weights = inverse * signal / scale if scale > 0 else inverse
+    return tuple(float(w) for w in weights)
 
 
 def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.ndarray], size: int,

@@ -251,7 +251,9 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
 POOL_RULE = ("one threshold triple per operating point, chosen by the calibration rule on the calibration points of "
              "every (condition, batch size) cell the references can be redrawn at, pooled: every condition the "
              "registry keeps records under for every instance, at 1/5, 2/5, 3/5 and all of the protocol's m; the "
-             "thresholds answer at every cell, each cell keeping its own spreads, layer weights and confusions; "
+             "thresholds answer at every cell, each cell keeping its own spreads, layer weights (one over each "
+             "layer's noise times the root of its signal over it: forensics.match.batchsize.layer_weights) and "
+             "confusions; "
              "adopted for a matcher only where, on the enrolled curves' own leave-one-out and leave-generator-out "
              "as generated at m (each fold's pooled thresholds chosen without its own points), they fall no more "
              "than one standard error behind each fold calibrated on its own")

@@ -48,6 +48,7 @@ from forensics.errors import ProtocolMismatch, RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, sha256_array, short
 from forensics.match import CALIBRATION_RULE, EnrolledCurve, references_digest
+from forensics.match.calibration import POOL_RULE
 from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
 from forensics.provenance import tool_version, user, utc_now
 from forensics.registry.diff import diff
@@ -497,6 +498,10 @@ class Registry:
             elif cal.get("rule") != CALIBRATION_RULE:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
                                      "matchers recalibrate at fit (run `forensics registry calibrate`)")
+            elif (cal.get("pooled") or {}).get("adopted") and cal["pooled"].get("rule") != POOL_RULE:
+                self.warnings.append(f"{label}: matchers.{name}: its pooled thresholds were chosen under an older "
+                                     "rule than this version's; each (condition, batch size) calibrates on its own "
+                                     "until `forensics registry calibrate` pools again")
 
     def _load_processing(self, protocol: str, layers: Sequence[Path], problems: Problems) -> None:
         """Read what processed the records of ``protocol`` in each of ``layers`` (nearest first); two layers
