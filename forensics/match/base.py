@@ -65,7 +65,8 @@ class Matcher(abc.ABC):
     ``calibration`` (a recorded calibration to reuse when it was made on the same references, as
     :meth:`describe` gives it under ``open_set``) and ``layer_weights`` (one factor per layer that every
     curve, reference or query, is multiplied by before it is compared: how a batch of another size or
-    condition is matched with each layer in units of its noise, see :mod:`forensics.match.batchsize`;
+    condition is matched with each layer in units of its noise, weighted by what it tells apart, see
+    :mod:`forensics.match.batchsize`;
     default none).
 
     After :meth:`fit`: ``enrolled`` (the references), ``protocol_digest``, ``n_layers``,

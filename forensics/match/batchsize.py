@@ -13,9 +13,10 @@ from m (those of one (condition, m′) alone, or one set pooled over many:
 :class:`forensics.match.calibration.Pool`).
 
 Two more things change at m′ (or under a condition), both measured from the same single sub-batches:
-each layer is compared in units of its noise (:func:`layer_weights`: one over the spread of single
-sub-batches around their generator's mean curve, pooled over generators; a layer that varies more from
-batch to batch, or from run to run, counts less), and each generator's spread, against which the distance
+each layer is compared in units of its noise and by what it tells apart (:func:`layer_weights`: one over
+the spread of single sub-batches around their generator's mean curve, pooled over generators, times the root
+of the generators' spread over it; a layer that varies more from batch to batch, or from run to run, counts
+less, one on which the generators lie farther apart more), and each generator's spread, against which the distance
 ratio of a query is measured, is the spread a single batch shows
 (:func:`forensics.match.similarity.query_spreads`), not that of the mean curves.
 """
