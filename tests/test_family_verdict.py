@@ -20,7 +20,7 @@ SHAPES = {"c": 2 * np.sin(6 * X) + 1, "d": 8 * (X - 0.5) ** 2 - 1, "e": -3 * X +
 NET = 4 * X - 1   # the shared network: a and b differ from it by less than their noise
 
 
-def curves(offset_b: float = 0.02, per: int = 5, seed: int = 0, families: bool = True) -> list[EnrolledCurve]:
+def curves(offset_b: float = 0.02, per: int = 8, seed: int = 0, families: bool = True) -> list[EnrolledCurve]:
     rng = np.random.default_rng(seed)
     bases = {"a": NET, "b": NET + offset_b, **SHAPES}
     refs = []
@@ -36,19 +36,47 @@ def fitted(refs):
     return make_matcher("alpha").fit(refs)
 
 
-def test_confusions_are_the_held_out_instances_ranked_below_another_generator():
-    refs = curves()
-    # an independent count: refit a closed-set matcher without each instance and rank it
-    named = []
+def independent_confusions(refs, calibration):
+    """An independent count: refit a closed-set matcher without each instance, rank it, and count it when
+    another generator came first and the calibration's thresholds would have let it through (named)."""
+    t_score, t_margin, t_ratio = (calibration[k] for k in ("score", "margin", "distance_ratio"))
+    total, taken = {}, {}
     for i, r in enumerate(refs):
-        rest = refs[:i] + refs[i + 1:]
-        top = make_matcher("alpha", open_set=False).fit(rest).rank(r.fingerprint)[0].generator
-        named.append((r.generator, top))
-    expected = confusions(named)
-    assert expected, "the toy must confuse a and b"
+        probe = make_matcher("alpha", open_set=False).fit(refs[:i] + refs[i + 1:])
+        first, second = probe.rank(r.fingerprint)[:2]
+        ratio = probe.distance_ratio(r.fingerprint, first.generator)
+        named = ((t_score is None or first.score >= t_score) and (t_margin is None or first.score - second.score >= t_margin)
+                 and (t_ratio is None or ratio is None or ratio <= t_ratio))
+        total[r.generator] = total.get(r.generator, 0) + 1
+        if first.generator != r.generator and named:
+            taken.setdefault(r.generator, {}).setdefault(first.generator, 0)
+            taken[r.generator][first.generator] += 1
+    return {g: {o: [k, total[g]] for o, k in row.items()} for g, row in taken.items()}
+
+
+def test_confusions_are_the_held_out_instances_the_thresholds_let_through_as_another_generator():
+    refs = curves()
+    m = fitted(refs)
+    expected = independent_confusions(refs, m.calibration)
+    assert expected, "the toy must confuse a and b past the thresholds"
     assert set(expected) <= {"a", "b"}
-    assert fitted(refs).calibration["confusions"] == expected
-    assert confusions([("a", "a"), ("a", "b"), ("a", "b"), ("b", "b")]) == {"a": {"b": [2, 3]}}
+    assert m.calibration["confusions"] == expected
+    # every operating point records its own, each through its own thresholds
+    for point, at in m.calibration["operating_points"].items():
+        assert at["confusions"] == independent_confusions(refs, at), point
+    p = (0.9, 0.1, 1.0)
+    assert confusions([("a", "a", p), ("a", "b", p), ("a", "b", p), ("b", "b", p)]) == {"a": {"b": [2, 3]}}
+
+
+def test_a_confusion_the_thresholds_turn_away_is_no_confusion():
+    # ranked first as another, but by less than the margin threshold: calibration answered "unknown" there,
+    # so naming was never wrong and no family answer follows from it
+    near, clear = (0.9, 0.001, 1.0), (0.9, 0.2, 1.0)
+    named = [("a", "b", near), ("a", "a", clear), ("b", "b", clear)]
+    assert confusions(named) == {"a": {"b": [1, 2]}}
+    assert confusions(named, t_margin=0.01) == {}
+    assert confusions([("a", "b", (0.9, 0.2, 3.0))], t_ratio=2.0) == {}
+    assert confusions([("a", "b", (0.9, 0.2, float("nan")))], t_ratio=2.0) == {"a": {"b": [1, 1]}}
 
 
 def test_confused_siblings_are_answered_as_their_family_not_as_either():
@@ -56,10 +84,10 @@ def test_confused_siblings_are_answered_as_their_family_not_as_either():
     m = fitted(refs)
     for g in ("a", "b"):
         res = m.attribute(next(r for r in refs if r.generator == g).fingerprint)  # one of its own curves
-        assert res.margin >= m.calibration["margin"]
+        assert res.margin >= (m.calibration["margin"] or 0.0)
         assert res.verdict is None and res.family == "net" and res.named == "net"
         assert set(res.family_members) == {"a", "b"}
-        assert res.reason.startswith("the family net") and "calibration ranked held-out" in res.reason
+        assert res.reason.startswith("the family net") and "calibration named held-out" in res.reason
         assert res.to_dict()["family"] == "net" and res.to_dict()["family_members"] == sorted(res.family_members)
     # the same curves without the family: one of the two is named
     plain = fitted(curves(families=False)).attribute(refs[0].fingerprint)

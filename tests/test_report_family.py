@@ -29,7 +29,7 @@ from forensics.results import (AttributionResult, BatchAttribution, HeldoutResul
 SHA = "sha256:" + "ab" * 32
 FAMILY, MEMBERS = "ddpm-net", ("ddim", "pndm")
 FAMILY_REASON = ("the family ddpm-net, not which of ddim or pndm: ddim passes the open-set thresholds, but "
-                 "calibration ranked held-out pndm as ddim 3 of 4 times")
+                 "calibration named held-out pndm as ddim 3 of 4 times")
 X = np.linspace(0, 1, 6)
 SHAPES = {"ddim": 4 * X - 1, "pndm": 4 * X - 0.95, "gan": 2 * np.sin(6 * X) + 1, "vae": -3 * X + 0.5}
 QUERY = 4 * X - 0.97   # between ddim's and pndm's curves

@@ -615,8 +615,8 @@ def calibrate(
                 for g, seen in (cal.get("lookalikes") or {}).items():
                     out.print(f"  {g}: {lookalike_note(g, seen)}", markup=False)
                 for g, taken in (cal.get("confusions") or {}).items():
-                    ranked = ", ".join(f"{o} {k} of {n} times" for o, (k, n) in taken.items())
-                    out.print(f"  {g}: held out, ranked below {ranked}", markup=False)
+                    named = ", ".join(f"{o} {k} of {n} times" for o, (k, n) in taken.items())
+                    out.print(f"  {g}: held out, named {named}", markup=False)
             else:
                 out.print(f"{mname}: not calibrated — {cal.get('reason')}", markup=False)
         err.print(f"written to {esc(path)}")

@@ -236,8 +236,9 @@ class Matcher(abc.ABC):
 
         Generators of one *family* (one network under several samplers, as the registry records it on
         the references) can be told apart less well than the rest. When the best candidate passes every
-        threshold but calibration took it and another generator of its family for one another (its
-        ``confusions``), naming either would be wrong that often: the answer names the family instead
+        threshold but calibration, through the same thresholds, named it for another generator of its family
+        or that one for it (its ``confusions``), naming either would be wrong that often: the answer names
+        the family instead
         (``verdict`` ``None``, ``family`` and ``family_members`` set). A query the thresholds reject stays
         "unknown", whatever its family: an unenrolled generator often lies between two close ones.
 
@@ -306,11 +307,11 @@ class Matcher(abc.ABC):
             members = sorted({best.generator, *(own for own, _, _, _ in taken), *(o for _, o, _, _ in taken)})
             how = "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in taken)
             return answer(None, f"the family {family}, not which of {' or '.join(members)}: {best.generator} "
-                                f"{reason}, but calibration ranked held-out {how}", info, lookalikes, family, members)
+                                f"{reason}, but calibration named held-out {how}", info, lookalikes, family, members)
         taken_for = [f"{own} as {best.generator} {row[best.generator][0]} of {row[best.generator][1]} times"
                      for own, row in sorted((cal.get("confusions") or {}).items()) if best.generator in row]
         if taken_for:
-            reason += "; calibration ranked held-out " + ", ".join(taken_for)
+            reason += "; calibration named held-out " + ", ".join(taken_for)
         return answer(best.generator, reason, info, lookalikes)
 
     def describe(self) -> dict[str, Any]:

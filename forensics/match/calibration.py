@@ -5,9 +5,10 @@ left out (:meth:`forensics.match.Matcher.calibration_points`). The first kind sh
 the answer is right; a wrong answer and every answer about a left-out generator should be "unknown".
 The thresholds are the triple that maximises the balanced accuracy of that decision
 (:data:`CALIBRATION_RULE`). Left-out generators that pass them anyway are recorded as *lookalikes* of
-the generator they were named, and held-out instances whose generator stayed enrolled but ranked another
-first as *confusions* (which generators calibration took for one another; a verdict naming one of a family
-whose generators were confused names the family instead, see :meth:`forensics.match.Matcher.attribute`).
+the generator they were named, and held-out instances whose generator stayed enrolled but that the thresholds
+let through named as another as *confusions* (which generators calibration would have named for one another;
+a verdict naming one of a family whose generators were confused names the family instead, see
+:meth:`forensics.match.Matcher.attribute`). Both are the thresholds' own: each operating point records its.
 
 That is the *balanced* operating point. Calibration also records the thresholds of two others
 (:data:`OPERATING_POINTS`, under ``operating_points``), chosen among the triples whose balanced accuracy
@@ -38,7 +39,8 @@ CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, dista
                     "not apply is set at the farthest answer that passes the other two, so that nothing farther from "
                     "a generator than calibration ever saw a right answer lie is named; the left-out generators' "
                     "runs the thresholds let through are recorded as lookalikes of the generator they were named, and "
-                    "the held-out queries whose own generator ranked below another as confusions")
+                    "the held-out queries they let through named as another generator of the references as "
+                    "confusions")
 
 THRESHOLDS = ("score", "margin", "distance_ratio")  # the calibrated open-set thresholds, by their keys
 
@@ -59,7 +61,7 @@ DEFAULT_OPERATING_POINT = "balanced"
 
 # what an operating point sets in a calibration: its thresholds, how they do on calibration's points, and
 # which left-out generators they let through
-_AT_POINT = (*THRESHOLDS, "balanced_accuracy", "answered_right", "unknown_right", "lookalikes")
+_AT_POINT = (*THRESHOLDS, "balanced_accuracy", "answered_right", "unknown_right", "lookalikes", "confusions")
 
 
 def check_operating_point(point: str) -> str:
@@ -118,7 +120,8 @@ def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve],
                         "margin": _finite_or_none(t_margin), "distance_ratio": _finite_or_none(t_ratio),
                         "balanced_accuracy": ba,
                         "answered_right": acc_answer, "unknown_right": acc_unknown,
-                        "lookalikes": _lookalikes(points.left_out, t_score, t_margin, t_ratio)}
+                        "lookalikes": _lookalikes(points.left_out, t_score, t_margin, t_ratio),
+                        "confusions": confusions(points.named, t_score, t_margin, t_ratio)}
     return at_operating_point({**base, "calibrated": True, "operating_points": chosen}, DEFAULT_OPERATING_POINT)
 
 
@@ -152,14 +155,19 @@ def _lookalikes(left_out: Sequence[tuple[str, str, Point]], t_score: float, t_ma
     return {g: {o: [k, runs[o]] for o, k in sorted(d.items())} for g, d in sorted(passed.items())}
 
 
-def confusions(named: Sequence[tuple[str, str]]) -> dict[str, dict[str, list[int]]]:
-    """{generator: {generator ranked first instead: [held-out queries, queries of the generator]}} from
-    (own generator, generator ranked first) pairs; generators never taken for another are left out."""
+def confusions(named: Sequence[tuple[str, str, Point]], t_score: float = -math.inf, t_margin: float = -math.inf,
+               t_ratio: float = math.inf) -> dict[str, dict[str, list[int]]]:
+    """{generator: {generator named instead: [held-out queries, queries of the generator]}} from (own
+    generator, generator ranked first, point) triples: the queries ranked first as another *and let through*
+    by the thresholds (by default none: every one ranked first as another), which is what naming would have
+    got wrong — one the thresholds turn away answers "unknown". Generators never named as another are left
+    out."""
     total: dict[str, int] = {}
     taken: dict[str, dict[str, int]] = {}
-    for own, first in named:
+    through = _passes(np.array([p for _, _, p in named], float).reshape(-1, 3), t_score, t_margin, t_ratio)
+    for (own, first, _), ok in zip(named, through):
         total[own] = total.get(own, 0) + 1
-        if first != own:
+        if first != own and ok:
             taken.setdefault(own, {})
             taken[own][first] = taken[own].get(first, 0) + 1
     return {g: {o: [k, total[g]] for o, k in sorted(d.items())} for g, d in sorted(taken.items())}
@@ -226,9 +234,9 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
             for q in standing_in(r):
                 cands = probe.rank(q)
                 ok = r.generator in present and cands[0].generator == r.generator
-                if r.generator in present:
-                    named.append((r.generator, cands[0].generator))
                 point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator))
+                if r.generator in present:
+                    named.append((r.generator, cands[0].generator, point))
                 (answer if ok else unknown).append(point)
                 (answer_from if ok else unknown_from).append(r.instance)
     for g in sorted({r.generator for r in refs}):
@@ -314,20 +322,22 @@ class Pool:
 def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
                        points: CalibrationPoints | None = None) -> dict[str, Any]:
     """The calibration ``cal`` of one cell answering with the ``pooled`` thresholds (a :meth:`Pool.record`):
-    each operating point takes the pool's triple and accuracies, and its lookalikes are the cell's left-out
-    generators those thresholds let through (``points``: the cell's calibration points; without them the
-    cell's own lookalikes stay). The cell keeps everything else (its confusions, its reference count), and
+    each operating point takes the pool's triple and accuracies, and its lookalikes and confusions are the
+    cell's left-out generators and held-out queries those thresholds let through (``points``: the cell's
+    calibration points; without them the cell's own stay). The cell keeps everything else (its reference count), and
     answers at the operating point it answered at; ``thresholds_from`` says the pool answers (a pool recorded
     but not adopted sits under ``pooled`` without it)."""
     own = cal.get("operating_points") or {}
     chosen = {}
     for name, at in pooled["operating_points"].items():
         t = thresholds(at)
-        lookalikes = (_lookalikes(points.left_out, *t) if points is not None
-                      else (own.get(name) or {}).get("lookalikes") or {})
+        if points is not None:
+            lookalikes, confused_here = _lookalikes(points.left_out, *t), confusions(points.named, *t)
+        else:
+            lookalikes, confused_here = ((own.get(name) or {}).get(k) or {} for k in ("lookalikes", "confusions"))
         chosen[name] = {"chosen_by": f"{OPERATING_POINTS[name]}, on the points of {pooled['n_cells']} (condition, "
                                      "batch size) cells pooled",
-                        **{k: at.get(k) for k in _POOLED}, "lookalikes": lookalikes}
+                        **{k: at.get(k) for k in _POOLED}, "lookalikes": lookalikes, "confusions": confused_here}
     out = {k: v for k, v in cal.items() if k != "reason"}
     out.update({"calibrated": True, "operating_points": chosen, "pooled": dict(pooled), "thresholds_from": "pooled"})
     return at_operating_point(out, cal.get("operating_point") or DEFAULT_OPERATING_POINT)

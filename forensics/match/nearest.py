@@ -73,9 +73,10 @@ class SimilarityMatcher(Matcher):
                 return in_spreads(float(dist[i, keep & (labels == g)].min()), spreads[g])
 
             ok = np.isfinite(best[i, k]) and cands[0].generator == own
+            point = calibration_point(cands, ratio(cands[0].generator, spreads))
             if np.isfinite(best[i, k]):
-                named.append((str(own), cands[0].generator))
-            (answer if ok else unknown).append(calibration_point(cands, ratio(cands[0].generator, spreads)))
+                named.append((str(own), cands[0].generator, point))
+            (answer if ok else unknown).append(point)
             (answer_from if ok else unknown_from).append(refs[i].instance)
             others = [c for c in cands if c.generator != own]
             if others:

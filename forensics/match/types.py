@@ -116,8 +116,9 @@ class CalibrationPoints:
     held-out queries attributed wrong or whose whole generator was left out; ``held_out``: how queries
     were held out, in words; ``left_out``: (generator left out, generator named, point) for each query
     whose generator was left out entirely (their points are among ``unknown`` too); ``named``: (its
-    generator, generator ranked first) for each query of a held-out instance whose generator stayed in
-    the references — what calibration records as the generators taken for one another.
+    generator, generator ranked first, point) for each query of a held-out instance whose generator stayed
+    in the references — what calibration records, through its thresholds, as the generators taken for one
+    another.
     ``answer_from`` and ``unknown_from``: for each point of ``answer`` and ``unknown``, in order, the id of
     the held-out instance it was a query of (empty when a matcher does not say): what lets a pooled
     calibration leave one instance's or generator's points out (:class:`forensics.match.calibration.Pool`).
@@ -127,7 +128,7 @@ class CalibrationPoints:
     unknown: list[Point]
     held_out: str
     left_out: list[tuple[str, str, Point]]
-    named: list[tuple[str, str]] = field(default_factory=list)
+    named: list[tuple[str, str, Point]] = field(default_factory=list)
     answer_from: list[str] = field(default_factory=list)
     unknown_from: list[str] = field(default_factory=list)
 
