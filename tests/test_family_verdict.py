@@ -64,6 +64,9 @@ def test_confusions_are_the_held_out_instances_the_thresholds_let_through_as_ano
     # every operating point records its own, each through its own thresholds
     for point, at in m.calibration["operating_points"].items():
         assert at["confusions"] == independent_confusions(refs, at), point
+    # and every held-out query ranked first as another, let through or not
+    no_thresholds = {"score": None, "margin": None, "distance_ratio": None}
+    assert m.calibration["ranked_first"] == independent_confusions(refs, no_thresholds)
     p = (0.9, 0.1, 1.0)
     assert confusions([("a", "a", p), ("a", "b", p), ("a", "b", p), ("b", "b", p)]) == {"a": {"b": [2, 3]}}
 
@@ -77,6 +80,20 @@ def test_a_confusion_the_thresholds_turn_away_is_no_confusion():
     assert confusions(named, t_margin=0.01) == {}
     assert confusions([("a", "b", (0.9, 0.2, 3.0))], t_ratio=2.0) == {}
     assert confusions([("a", "b", (0.9, 0.2, float("nan")))], t_ratio=2.0) == {"a": {"b": [1, 1]}}
+
+
+def test_a_sibling_ranked_first_but_turned_away_leaves_the_name_with_a_note():
+    m = fitted(curves(offset_b=0.6))
+    assert not m.calibration["confusions"]
+    m.calibration = {**m.calibration, "ranked_first": {"b": {"a": [2, 8]}}}
+    res = m.attribute(NET)
+    assert res.verdict == "a" and res.family is None
+    assert res.reason.endswith("; calibration ranked held-out b 2 of 8 times first as a, each turned away by the "
+                               "thresholds")
+    # one of them let through: a confusion, so the family is named, and the note does not count it twice
+    m.calibration = {**m.calibration, "confusions": {"b": {"a": [1, 8]}}}
+    res = m.attribute(NET)
+    assert res.verdict is None and res.family == "net"
 
 
 def test_confused_siblings_are_answered_as_their_family_not_as_either():

@@ -308,10 +308,19 @@ class Matcher(abc.ABC):
             how = "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in taken)
             return answer(None, f"the family {family}, not which of {' or '.join(members)}: {best.generator} "
                                 f"{reason}, but calibration named held-out {how}", info, lookalikes, family, members)
-        taken_for = [f"{own} as {best.generator} {row[best.generator][0]} of {row[best.generator][1]} times"
-                     for own, row in sorted((cal.get("confusions") or {}).items()) if best.generator in row]
-        if taken_for:
-            reason += "; calibration named held-out " + ", ".join(taken_for)
+        named_as = {own: row[best.generator] for own, row in (cal.get("confusions") or {}).items()
+                    if best.generator in row}
+        if named_as:
+            reason += "; calibration named held-out " + ", ".join(
+                f"{own} as {best.generator} {k} of {n} times" for own, (k, n) in sorted(named_as.items()))
+        # ranked first as the verdict but turned away by the thresholds: no wrong name, yet near ones
+        through = {own: k for own, (k, _) in named_as.items()}
+        turned = [f"{own} {row[best.generator][0] - through.get(own, 0)} of {row[best.generator][1]} times"
+                  for own, row in sorted((cal.get("ranked_first") or {}).items())
+                  if best.generator in row and row[best.generator][0] > through.get(own, 0)]
+        if turned:
+            reason += (f"; calibration ranked held-out {', '.join(turned)} first as {best.generator}, "
+                       "each turned away by the thresholds")
         return answer(best.generator, reason, info, lookalikes)
 
     def describe(self) -> dict[str, Any]:

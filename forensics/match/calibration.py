@@ -105,7 +105,7 @@ def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve],
     points = held_out_points(matcher, refs, queries) if points is None else points
     answer, unknown = points.answer, points.unknown
     base.update({"held_out": points.held_out, "n_answer": len(answer), "n_unknown": len(unknown),
-                 "confusions": confusions(points.named)})
+                 "confusions": confusions(points.named), "ranked_first": confusions(points.named)})
     if not answer:
         return {**base, "calibrated": False, "score": None, "margin": None,
                 "reason": "no generator has two instances that leave-one-out attributes right"}
