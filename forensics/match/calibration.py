@@ -104,6 +104,8 @@ def calibrate(matcher: Matcher, references: Sequence[EnrolledCurve],
             "source": "calibrated at fit"}
     points = held_out_points(matcher, refs, queries) if points is None else points
     answer, unknown = points.answer, points.unknown
+    # through no thresholds: every query ranked first as another (and the confusions until some are chosen;
+    # two tables, not one shared, so that a record written as YAML holds no aliases)
     base.update({"held_out": points.held_out, "n_answer": len(answer), "n_unknown": len(unknown),
                  "confusions": confusions(points.named), "ranked_first": confusions(points.named)})
     if not answer:
@@ -324,8 +326,8 @@ def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
     """The calibration ``cal`` of one cell answering with the ``pooled`` thresholds (a :meth:`Pool.record`):
     each operating point takes the pool's triple and accuracies, and its lookalikes and confusions are the
     cell's left-out generators and held-out queries those thresholds let through (``points``: the cell's
-    calibration points; without them the cell's own stay). The cell keeps everything else (its reference count), and
-    answers at the operating point it answered at; ``thresholds_from`` says the pool answers (a pool recorded
+    calibration points; without them the cell's own stay). The cell keeps everything else (its reference
+    count, the queries it ranked first as another), and answers at the operating point it answered at; ``thresholds_from`` says the pool answers (a pool recorded
     but not adopted sits under ``pooled`` without it)."""
     own = cal.get("operating_points") or {}
     chosen = {}
