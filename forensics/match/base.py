@@ -19,9 +19,7 @@ classifier's score of the class). With ``open_set=True`` (the default) a matcher
 or lies farther from the named generator's curves than they lie from each other. That last test is the
 *distance ratio*: the Euclidean distance from the query to the named generator's nearest curve, divided
 by the generator's *spread* (the median distance from one of its curves to the nearest other; see
-:func:`forensics.match.generator_spreads`), measured with each of the generator's curves left out in turn
-(the median over which; from three curves on), since calibration measured its held-out runs against the others alone
-(:meth:`Matcher.distance_ratio`). It is the same for every matcher, since it looks at the
+:func:`forensics.match.generator_spreads`). It is the same for every matcher, since it looks at the
 curves, not at the matcher's score, and it scales with each generator: a generator whose runs vary a lot
 accepts a query farther away than one whose runs agree.
 
@@ -50,9 +48,7 @@ from forensics.match.calibration import (
     CALIBRATION_RULE, DEFAULT_OPERATING_POINT, at_operating_point, calibrate, check_operating_point, confused,
     held_out_points, pooled_calibration, refit_points, threshold_info, thresholds,
 )
-from forensics.match.similarity import (
-    in_spreads, kin_distances, kin_query_distances, pairwise_distances, ratio_less_one, spreads_less_one, spreads_of,
-)
+from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances, query_spreads
 from forensics.match.types import (
     Attribution, CalibrationPoints, Candidate, EnrolledCurve, as_curve, references_digest,
 )
@@ -165,11 +161,10 @@ class Matcher(abc.ABC):
         self._families = {g: f for g, f in named.items() if f in shared}
         self._curves, self._curve_labels = x, labels
         if queries is None:
-            kin = kin_distances(pairwise_distances(x, x), labels)
+            self._spreads = generator_spreads(pairwise_distances(x, x), labels)
         else:  # the spread a query of one batch sees (the references are means of several)
-            kin = kin_query_distances(x, labels, [r.instance for r in references],
-                                      {k: [self._query(q) for q in v] for k, v in queries.items()})
-        self._spreads, self._spreads_less_one = spreads_of(kin), spreads_less_one(kin)
+            self._spreads = query_spreads(x, labels, [r.instance for r in references],
+                                          {k: [self._query(q) for q in v] for k, v in queries.items()})
         self.calibration, self.held_out_points = None, None
         if self.open_set:
             given = self._given_calibration
@@ -206,23 +201,15 @@ class Matcher(abc.ABC):
     def generators(self) -> list[str]:
         return sorted({r.generator for r in self.enrolled})
 
-    def distance_ratio(self, curve: Any, generator: str, *, less_one: bool = True) -> float | None:
+    def distance_ratio(self, curve: Any, generator: str) -> float | None:
         """How far ``curve`` lies from ``generator``'s nearest reference curve, in units of that
-        generator's spread (:func:`~forensics.match.generator_spreads`), measured as calibration measured
-        its held-out runs: each met the generator's other runs, one fewer than a query meets, and fewer runs
-        lie farther apart. So with each of the generator's curves left out in turn (its spread measured on
-        the rest), the median (:func:`~forensics.match.similarity.ratio_less_one`); a generator of fewer
-        curves than :data:`~forensics.match.similarity.LESS_ONE_FROM` is measured on all of them.
-        ``less_one=False``: on every curve, for a query that is itself one of the generator's runs held out
-        of the fit. ``None`` when no spread can be measured."""
+        generator's spread (:func:`~forensics.match.generator_spreads`); ``None`` when no spread can be
+        measured."""
         vec = self._query(curve)
         own = self._curves[self._curve_labels == generator]
         if not len(own):
             raise UsageError(f"no reference curve of generator {generator!r}")
-        distances = pairwise_distances(vec[None, :], own)[0]
-        if less_one and self._spreads_less_one[generator]:
-            return ratio_less_one(distances, self._spreads_less_one[generator])
-        return in_spreads(float(distances.min()), self._spreads[generator])
+        return in_spreads(float(pairwise_distances(vec[None, :], own).min()), self._spreads[generator])
 
     def weighted_curves(self, references: Sequence[EnrolledCurve]) -> np.ndarray:
         """The references' curves as the matcher compares them (n × L): undefined values as 0, each layer

@@ -43,7 +43,7 @@ import numpy as np
 
 from forensics.errors import ForensicsError, UsageError
 from forensics.match.base import Matcher
-from forensics.match.similarity import in_spreads, kin_distances, ratio_less_one, spreads_less_one, spreads_of
+from forensics.match.similarity import generator_spreads, in_spreads
 from forensics.match.types import Candidate, EnrolledCurve
 
 
@@ -71,8 +71,7 @@ class ScalarBaseline(Matcher):
         self.prepare(curves, labels, instances)
         self._f = np.asarray(self.features(curves), dtype=np.float64)
         self._labels, self._ids = labels, list(instances)
-        kin = kin_distances(np.abs(self._f[:, None] - self._f[None, :]), labels)
-        self._f_spreads, self._f_spreads_less_one = spreads_of(kin), spreads_less_one(kin)
+        self._f_spreads = generator_spreads(np.abs(self._f[:, None] - self._f[None, :]), labels)
 
     def candidates(self, curve: np.ndarray) -> list[Candidate]:
         f = float(self.features(curve[None, :])[0])
@@ -83,16 +82,14 @@ class ScalarBaseline(Matcher):
                 best[g] = Candidate(str(g), float(s), i)
         return list(best.values())
 
-    def distance_ratio(self, curve: Any, generator: str, *, less_one: bool = True) -> float | None:
+    def distance_ratio(self, curve: Any, generator: str) -> float | None:
         """As :meth:`Matcher.distance_ratio`, in the baseline's own one-dimensional space."""
         vec = self._query(curve)
         own = self._f[self._labels == generator]
         if not len(own):
             raise UsageError(f"no reference curve of generator {generator!r}")
-        distances = np.abs(own - float(self.features(vec[None, :])[0]))
-        if less_one and self._f_spreads_less_one[generator]:
-            return ratio_less_one(distances, self._f_spreads_less_one[generator])
-        return in_spreads(float(distances.min()), self._f_spreads[generator])
+        f = float(self.features(vec[None, :])[0])
+        return in_spreads(float(np.abs(own - f).min()), self._f_spreads[generator])
 
 
 def _loo_hits(f: np.ndarray, labels: np.ndarray) -> int:

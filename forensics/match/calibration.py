@@ -32,8 +32,7 @@ if TYPE_CHECKING:
     from forensics.match.base import Matcher
 
 CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, distance ratio to the named generator's "
-                    "spread, measured against its runs less one as a held-out run meets its generator's others: "
-                    "each left out in turn, the median, from three runs on) maximising balanced accuracy between leave-one-out queries attributed right (answer) "
+                    "spread) maximising balanced accuracy between leave-one-out queries attributed right (answer) "
                     "and leave-one-out queries attributed wrong or whose generator was left out entirely (unknown); "
                     "among tying triples a threshold that need not apply is not (margin, then score, then distance "
                     "ratio), else the middle of the tying range (geometric for the ratio); a distance ratio that need "
@@ -237,10 +236,7 @@ def refit_points(matcher: Matcher, refs: Sequence[EnrolledCurve], *, loo_limit: 
             for q in standing_in(r):
                 cands = probe.rank(q)
                 ok = r.generator in present and cands[0].generator == r.generator
-                # a held-out run meets its own generator's others alone (one fewer already); any other
-                # generator's runs are met as a query meets them (Matcher.distance_ratio)
-                point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator,
-                                                                      less_one=cands[0].generator != r.generator))
+                point = calibration_point(cands, probe.distance_ratio(q, cands[0].generator))
                 if r.generator in present:
                     named.append((r.generator, cands[0].generator, point))
                 (answer if ok else unknown).append(point)

@@ -10,10 +10,7 @@ import numpy as np
 from forensics.errors import UsageError
 from forensics.match.base import Matcher
 from forensics.match.calibration import calibration_point
-from forensics.match.similarity import (
-    LESS_ONE_FROM, in_spreads, nearest_other, pairwise_distances, ratio_less_one, similarity_matrix, spread_without,
-    spreads_from,
-)
+from forensics.match.similarity import in_spreads, nearest_other, pairwise_distances, similarity_matrix, spreads_from
 from forensics.match.types import CalibrationPoints, Candidate, EnrolledCurve
 
 
@@ -58,6 +55,7 @@ class SimilarityMatcher(Matcher):
         # Leaving curves out changes only their own generator's nearest-other distances (and so the
         # pooled fallback): the rest are computed once.
         nearest = {g: nearest_other(dist, np.flatnonzero(labels == g)) for g in gens}
+        without_generator = {g: spreads_from({h: v for h, v in nearest.items() if h != g}) for g in gens}
         answer, unknown, left_out, named = [], [], [], []
         answer_from, unknown_from = [], []
         for i, own in enumerate(labels):
@@ -68,28 +66,21 @@ class SimilarityMatcher(Matcher):
             cands = [Candidate(g, -s) for s, g in ranked]
             keep = np.arange(len(labels)) != i
             rest = np.flatnonzero(keep & (labels == own))
-            others_nearest = {h: v for h, v in nearest.items() if h != own}
-            with_rest = {**others_nearest, **({own: nearest_other(dist, rest)} if len(rest) else {})}
+            spreads = spreads_from({**{h: v for h, v in nearest.items() if h != own},
+                                    **({own: nearest_other(dist, rest)} if len(rest) else {})})
 
-            def ratio(g: str, nearest_of: Mapping[str, np.ndarray]) -> float | None:
-                # as Matcher.distance_ratio: the held-out run's own generator on every remaining curve,
-                # another with each of its curves left out in turn
-                idx = np.flatnonzero(keep & (labels == g))
-                d = dist[i, idx]
-                if g == own or len(idx) < LESS_ONE_FROM:
-                    return in_spreads(float(d.min()), spreads_from(nearest_of)[g])
-                return ratio_less_one(d, [spread_without(nearest_of, g, nearest_other(dist, np.delete(idx, j)))
-                                          for j in range(len(idx))])
+            def ratio(g: str, spreads: Mapping[str, float | None]) -> float | None:
+                return in_spreads(float(dist[i, keep & (labels == g)].min()), spreads[g])
 
             ok = np.isfinite(best[i, k]) and cands[0].generator == own
-            point = calibration_point(cands, ratio(cands[0].generator, with_rest))
+            point = calibration_point(cands, ratio(cands[0].generator, spreads))
             if np.isfinite(best[i, k]):
                 named.append((str(own), cands[0].generator, point))
             (answer if ok else unknown).append(point)
             (answer_from if ok else unknown_from).append(refs[i].instance)
             others = [c for c in cands if c.generator != own]
             if others:
-                point = calibration_point(others, ratio(others[0].generator, others_nearest))
+                point = calibration_point(others, ratio(others[0].generator, without_generator[own]))
                 unknown.append(point)
                 unknown_from.append(refs[i].instance)
                 left_out.append((own, others[0].generator, point))

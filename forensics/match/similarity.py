@@ -55,7 +55,9 @@ def generator_spreads(distances: np.ndarray, labels: np.ndarray) -> dict[str, fl
     ``labels``: their generators. A generator with a single curve gets the pooled median over every
     generator's curves instead; when no generator has two curves, every spread is ``None``.
     """
-    return spreads_of(kin_distances(distances, labels))
+    labels = np.asarray(labels, dtype=object)
+    nearest = {g: nearest_other(distances, np.flatnonzero(labels == g)) for g in {str(g) for g in labels}}
+    return spreads_from(nearest)
 
 
 def nearest_other(distances: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -78,91 +80,19 @@ def query_spreads(curves: np.ndarray, labels: np.ndarray, instances: Sequence[st
     :func:`generator_spreads`, is the one a query of one batch is measured against. Generators with one
     instance, or none of whose instances has queries, get the pooled median; ``None`` when nothing can
     be measured."""
-    return spreads_of(kin_query_distances(curves, labels, instances, queries))
-
-
-Kin = Mapping[str, Sequence[np.ndarray]]
-"""For each generator, for each of its curves in order, the distances (q × k) from what stands for that curve
-(the curve itself, q = 1, or its queries) to each of the generator's k curves: all a spread is made of."""
-
-
-def kin_distances(distances: np.ndarray, labels: np.ndarray) -> dict[str, list[np.ndarray]]:
-    """:data:`Kin` of curves that stand for themselves, from their n × n ``distances``."""
     labels = np.asarray(labels, dtype=object)
-    out = {}
-    for g in sorted({str(g) for g in labels}):
+    nearest: dict[str, np.ndarray] = {}
+    for g in {str(g) for g in labels}:
         own = np.flatnonzero(labels == g)
-        out[g] = [distances[i, own][None, :] for i in own]
-    return out
-
-
-def kin_query_distances(curves: np.ndarray, labels: np.ndarray, instances: Sequence[str],
-                        queries: Mapping[str, Sequence[Any]]) -> dict[str, list[np.ndarray]]:
-    """:data:`Kin` of curves that the ``queries`` stand for (by instance id; an instance without any
-    contributes nothing), as :func:`query_spreads` measures them."""
-    labels = np.asarray(labels, dtype=object)
-    out = {}
-    for g in sorted({str(g) for g in labels}):
-        own = np.flatnonzero(labels == g)
-        rows = []
+        found = []
         for i in own:
+            others = own[own != i]
             qs = queries.get(instances[i])
-            stacked = np.stack([np.asarray(q, float) for q in qs]) if qs is not None and len(qs) else None
-            rows.append(np.empty((0, len(own))) if stacked is None else pairwise_distances(stacked, curves[own]))
-        out[g] = rows
-    return out
-
-
-def _nearest(rows: Sequence[np.ndarray], without: int | None = None) -> np.ndarray:
-    """One generator's nearest-other distances from its :data:`Kin` rows, curve ``without`` left out."""
-    found = []
-    for i, d in enumerate(rows):
-        keep = np.ones(d.shape[1], bool)
-        keep[i] = False
-        if without is not None:
-            if i == without:
-                continue
-            keep[without] = False
-        if keep.any() and len(d):
-            found.append(d[:, keep].min(axis=1))
-    return np.concatenate(found) if found else np.empty(0)
-
-
-def spreads_of(kin: Kin) -> dict[str, float | None]:
-    """Every generator's spread (:func:`generator_spreads`) from its :data:`Kin`."""
-    return spreads_from({g: _nearest(rows) for g, rows in kin.items()})
-
-
-LESS_ONE_FROM = 3
-"""The fewest curves of a generator a distance ratio is measured on with one left out
-(:func:`ratio_less_one`): two left of three still have a spread of their own, one left of two would be
-measured in every generator's pooled spread instead."""
-
-
-def spreads_less_one(kin: Kin) -> dict[str, list[float | None]]:
-    """Each generator's spread with each of its curves left out in turn (in order); empty for a generator
-    of fewer than :data:`LESS_ONE_FROM` curves, which has none to spare."""
-    nearest = {g: _nearest(rows) for g, rows in kin.items()}
-    return {g: [spread_without(nearest, g, _nearest(rows, j)) for j in range(len(rows))]
-            if len(rows) >= LESS_ONE_FROM else [] for g, rows in kin.items()}
-
-
-def spread_without(nearest: Mapping[str, np.ndarray], generator: str, remaining: np.ndarray) -> float | None:
-    """``generator``'s spread once some of its curves are left out, from the nearest-other distances of those
-    remaining (``nearest``: every generator's, as :func:`spreads_from` takes them); none remaining: the pooled
-    median with them so."""
-    if len(remaining):
-        return float(np.median(remaining))
-    return spreads_from({**nearest, generator: remaining})[generator]
-
-
-def ratio_less_one(distances: np.ndarray, spreads: Sequence[float | None]) -> float | None:
-    """A distance ratio measured as calibration measures a held-out run's, which meets its generator's other
-    curves alone: the median, over each of the generator's curves left out in turn, of the distance to the
-    nearest of the rest in units of their spread. ``distances``: from the query to each of the generator's
-    curves; ``spreads``: the generator's spread with each left out (:func:`spreads_less_one`)."""
-    ratios = [in_spreads(float(np.delete(distances, j).min()), s) for j, s in enumerate(spreads)]
-    return None if any(r is None for r in ratios) else float(np.median(ratios))
+            if len(others) and qs is not None and len(qs):
+                stacked = np.stack([np.asarray(q, float) for q in qs])
+                found.append(pairwise_distances(stacked, curves[others]).min(axis=1))
+        nearest[g] = np.concatenate(found) if found else np.empty(0)
+    return spreads_from(nearest)
 
 
 def spreads_from(nearest: Mapping[str, np.ndarray]) -> dict[str, float | None]:
