@@ -25,6 +25,6 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q
 
-# The quick lane while editing: every test not marked slow (under a minute on two cores).
+# The quick lane while editing: every test not marked slow (about 2½ minutes on two cores).
 test-quick: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q -m "not slow"
