@@ -128,6 +128,14 @@ def test_enrolment_goes_to_the_user_registry_and_reads_see_both(user, bundled_un
     extra = again.enroll(PARTS[1], "ddpm", [curve(again, PARTS[1], 7.0)], {"input_sha256": SHA, "n_images": 500})
     assert len(Registry.open().generator_entries(PARTS[1])["ddpm"].instances) == 4
     assert len(yaml.safe_load((user / PARTS[1] / "generators" / "ddpm.yaml").read_text())["instances"]) == 4
+    # the copy's bundled runs keep their records in the bundled registry: read over it, they are found; the
+    # user registry opened alone says where they lie and how to open it, not that they were lost
+    bundled_runs = [r for r in Registry.open().enrolled(PARTS[1]) if r.generator == "ddpm" and r.instance not in extra]
+    found, problems = Registry.open().records(PARTS[1], bundled_runs, "none")
+    assert len(bundled_runs) == 3 and set(found) == {r.instance for r in bundled_runs} and problems == []
+    found, problems = Registry.open(user).records(PARTS[1], bundled_runs, "none")
+    assert found == {} and len(problems) == 3
+    assert all("lie in the bundled registry" in p and "without --registry" in p for p in problems)
     with pytest.raises(UsageError, match="already enrolled as vae/"):  # a bundled curve under another name
         bundled_vae = again.generator_entries(PARTS[1])["vae"].instances[0]
         again.enroll(PARTS[1], "vae-again", [Fingerprint(again.protocol(PARTS[1]).digest, bundled_vae.values)],

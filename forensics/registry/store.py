@@ -668,6 +668,11 @@ class Registry:
                 label = f"{part.name}/{ref.generator}/{ref.instance} ({condition})"
                 paths = [records_path(root, part.name, ref.generator, ref.instance, condition) for root in self.layers]
                 path = next((p for p in paths if p.is_file()), paths[0])
+                if not path.is_file() and self._bundled_holds(part.name, ref.generator, ref.instance, condition):
+                    problems.append(f"{label}: its records lie in the bundled registry ({bundled_registry_path()}), "
+                                    f"which this registry is opened without: open it over the bundled one (without "
+                                    f"--registry or FORENSICS_REGISTRY)")
+                    break
                 try:
                     arrays.append(read_records(path, inst.records[condition], layers=len(part.layers), label=label))
                 except RegistryError as exc:
@@ -684,6 +689,14 @@ class Registry:
                     [np.pad(a.astype(np.float64), ((0, 0), (0, 0), (0, width - a.shape[2])), constant_values=np.nan)
                      for a in arrays])
         return found, problems
+
+    def _bundled_holds(self, protocol_name: str, generator: str, instance: str, condition: str) -> bool:
+        """Whether the bundled registry, not among this registry's layers, holds an instance's records file:
+        a copy of a bundled generator file (made by enrolling a further run over it) keeps the bundled
+        instances' records there, so a user registry opened alone lacks them."""
+        bundled = bundled_registry_path()
+        return all(root.resolve() != bundled.resolve() for root in self.layers) and \
+            records_path(bundled, protocol_name, generator, instance, condition).is_file()
 
     def record_conditions(self, protocol_name: str) -> list[str]:
         """The conditions under which every enrolled instance of a protocol keeps records."""
