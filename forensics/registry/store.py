@@ -670,8 +670,8 @@ class Registry:
                 path = next((p for p in paths if p.is_file()), paths[0])
                 if not path.is_file() and self._bundled_holds(part.name, ref.generator, ref.instance, condition):
                     problems.append(f"{label}: its records lie in the bundled registry ({bundled_registry_path()}), "
-                                    f"which this registry is opened without: open it over the bundled one (without "
-                                    f"--registry or FORENSICS_REGISTRY)")
+                                    f"not read here: open the registry over it (without --registry or "
+                                    f"FORENSICS_REGISTRY)")
                     break
                 try:
                     arrays.append(read_records(path, inst.records[condition], layers=len(part.layers), label=label))
