@@ -668,8 +668,10 @@ class Registry:
                 label = f"{part.name}/{ref.generator}/{ref.instance} ({condition})"
                 paths = [records_path(root, part.name, ref.generator, ref.instance, condition) for root in self.layers]
                 path = next((p for p in paths if p.is_file()), paths[0])
-                if not path.is_file() and self._bundled_holds(part.name, ref.generator, ref.instance, condition):
-                    problems.append(f"{label}: its records lie in the bundled registry ({bundled_registry_path()}), "
+                bundled = None if path.is_file() else self._bundled_holding(part.name, ref.generator, ref.instance,
+                                                                            condition)
+                if bundled is not None:
+                    problems.append(f"{label}: its records lie in the bundled registry ({bundled}), "
                                     f"not read here: open the registry over it (without --registry or "
                                     f"FORENSICS_REGISTRY)")
                     break
@@ -690,13 +692,14 @@ class Registry:
                      for a in arrays])
         return found, problems
 
-    def _bundled_holds(self, protocol_name: str, generator: str, instance: str, condition: str) -> bool:
-        """Whether the bundled registry, not among this registry's layers, holds an instance's records file:
-        a copy of a bundled generator file (made by enrolling a further run over it) keeps the bundled
-        instances' records there, so a user registry opened alone lacks them."""
+    def _bundled_holding(self, protocol_name: str, generator: str, instance: str, condition: str) -> Path | None:
+        """The bundled registry where it is not among this registry's layers and holds an instance's records
+        file, else None: a copy of a bundled generator file (made by enrolling a further run over it) keeps the
+        bundled instances' records there, so a user registry opened alone lacks them."""
         bundled = bundled_registry_path()
-        return all(root.resolve() != bundled.resolve() for root in self.layers) and \
-            records_path(bundled, protocol_name, generator, instance, condition).is_file()
+        unread = all(root.resolve() != bundled.resolve() for root in self.layers)
+        return bundled if unread and records_path(bundled, protocol_name, generator, instance, condition).is_file() \
+            else None
 
     def record_conditions(self, protocol_name: str) -> list[str]:
         """The conditions under which every enrolled instance of a protocol keeps records."""
