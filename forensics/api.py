@@ -360,6 +360,41 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
                                     image_sizes=found.image_sizes, conditions=found.conditions)
 
 
+def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequence[str], drop: bool
+                     ) -> tuple[np.ndarray, ImageInput, str | Sequence[str], str | None]:
+    """The images, their record and a declared per-image ``condition`` with the images that repeat an earlier
+    one pixel for pixel dropped (``drop``) or only counted, and the line the report says of them (None: no
+    repeats). A batch holds each image once as a generator drew it; a repeat counts as one more draw and moves
+    the curve (docs/robustness.md, "Images that repeat")."""
+    from dataclasses import replace
+
+    from forensics.io.images import repeated
+
+    again = repeated(data)
+    k, n = int(again.sum()), len(data)
+    if not k:
+        return data, record, condition, None
+    if not drop:
+        return data, replace(record, repeats=k), condition, (
+            f"{k} of the {n} images repeat an earlier image of the set pixel for pixel ({n - k} distinct); each "
+            "counts as one more draw of the generator and moves the curve: if the repeats come from how the "
+            "evidence was gathered (a file kept twice), run again with --drop-repeats")
+    if n - k < 2:
+        raise UsageError(f"the {n} images hold {n - k} distinct one(s): too few to attribute without repeats")
+    keep = ~again
+
+    def aligned(values: Sequence[Any]) -> tuple[Any, ...]:  # one per image as read: the distinct ones' own
+        return tuple(v for v, ok in zip(values, keep) if ok) if len(values) == n else tuple(values)
+
+    record = replace(record, n_images=n - k, repeats=k, repeats_dropped=True, files=aligned(record.files),
+                     image_sizes=aligned(record.image_sizes), conditions=aligned(record.conditions))
+    if not isinstance(condition, str) and len(condition) == n:
+        condition = aligned(condition)
+    return data[keep], record, condition, (f"{k} of the {n} images repeated an earlier image of the set pixel for "
+                                           f"pixel and were dropped (--drop-repeats): the {n - k} distinct ones "
+                                           "are the batch")
+
+
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
     """Check ``device`` and ``amp`` before any work and return the record a report keeps of them
     (``{"device": ..., "amp": ...}``): both change the curve. Autocast on the CPU is refused: there it runs
@@ -763,7 +798,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
               matcher: str = "alpha", device: str = "cpu", weights: str | None = None, cache: bool = True,
               workers: int = 0, amp: str | None = None, progress: Progress | None = None,
               recursive: bool = True, engine: str = "local", ray_address: str | None = None,
-              condition: str | Sequence[str] = "auto", operating_point: str = "balanced") -> AttributionResult:
+              condition: str | Sequence[str] = "auto", operating_point: str = "balanced",
+              drop_repeats: bool = False) -> AttributionResult:
     """Attribute an image set to the enrolled generator whose fingerprint it matches.
 
     The images are cut into batches of the protocol's m; each batch's curve is attributed, and so is the
@@ -784,7 +820,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     batch is matched against the instances redrawn with as many images under each condition as it holds;
     ``condition`` may also declare that, one name per image in reading order (an array cannot say it).
     ``operating_point``: which calibrated thresholds decide "unknown" (``balanced``, ``named`` or
-    ``cautious``: :data:`forensics.match.calibration.OPERATING_POINTS`).
+    ``cautious``: :data:`forensics.match.calibration.OPERATING_POINTS`). Images that repeat an earlier one
+    of the set pixel for pixel are counted and warned of, or with ``drop_repeats`` left out.
     """
     from forensics.conditions import records_hint, scaled_mixture
     from forensics.match.calibration import check_operating_point
@@ -807,6 +844,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                          progress=progress, engine=engine, ray_address=ray_address)
     native = generated_size(references)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
+    data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
     cond = _condition(condition, record, sized.conditions(), native, mixtures=True)
@@ -864,14 +902,15 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
-                             warnings=tuple(dict.fromkeys([*sized.problems, *filter(None, [cond.warning])])))
+                             warnings=tuple(dict.fromkeys([*filter(None, [repeats]), *sized.problems,
+                                                           *filter(None, [cond.warning])])))
 
 
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
                  device: str = "cpu", weights: str | None = None, cache: bool = True, workers: int = 0,
                  amp: str | None = None, progress: Progress | None = None,
                  recursive: bool = True, engine: str = "local", ray_address: str | None = None,
-                 condition: str | Sequence[str] = "auto") -> MemorizationResult:
+                 condition: str | Sequence[str] = "auto", drop_repeats: bool = False) -> MemorizationResult:
     """Are these images copies of the protocol's training set, and at which level? The statistic's curve
     of all the images as one batch, each layer read by the statistic. A folder is searched recursively
     unless ``recursive`` is False; ``engine``/``ray_address`` as :func:`attribute` takes them.
@@ -882,7 +921,8 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     fresh data processed alike still reads 0. Files processed in several ways (some re-saved as JPEG, some
     not) are scored in parts, each condition's images against T and P_n put through it, and the parts'
     curves combined by the statistic (:func:`parts_curve`; ``parts`` of the result holds each); ``condition``
-    may also declare that, one name per image in reading order (an array cannot say it)."""
+    may also declare that, one name per image in reading order (an array cannot say it). Repeated images:
+    as :func:`attribute` (``drop_repeats``)."""
     from dataclasses import replace
 
     from forensics.conditions import codecs, mixture_of, processing_digest
@@ -900,6 +940,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     with _Step(progress, f"starting torch on {device}"):
         compute = check_compute(device, amp, engine)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
+    data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
     cond = _condition(condition, record, None, native, mixtures=combinable(proto))
     data = _as_matched(cond, data)
     groups = ([(cond.name, np.arange(len(data)))] if cond.mixture is None else
@@ -914,7 +955,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
         parts.append((name, scorer.curve(data[rows], what)))
         origins.append(scorer.reference_origin if len(groups) == 1 else f"{name}: {scorer.reference_origin}")
     curve = parts_curve([c for _, c in parts], proto)
-    warnings = tuple(w for w in (cond.warning, cond.withhold) if w)
+    warnings = tuple(w for w in (repeats, cond.warning, cond.withhold) if w)
 
     def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it
         return {p.name: {"digest": processing_digest(name), **codecs()} for p in proto.parts}

@@ -86,7 +86,8 @@ CURATION_SCHEMA = "forensics.curation/1"
 @dataclass(frozen=True)
 class ImageInput:
     """The image set a job read: where from (``None`` for an array given in memory), how many, its hash;
-    for a folder, whether its subfolders were searched and what was skipped (reason → how many)."""
+    for a folder, whether its subfolders were searched and what was skipped (reason → how many); how many
+    images repeat an earlier one exactly, and whether they were dropped."""
 
     path: str | None
     n_images: int
@@ -97,12 +98,16 @@ class ImageInput:
     sizes: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)  # (height, width) as read
     image_sizes: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)  # several: each image's
     conditions: tuple[str, ...] = field(default=(), repr=False, compare=False)  # an .npz's: each image's condition
+    repeats: int = 0                            # images that repeat an earlier one of the set pixel for pixel
+    repeats_dropped: bool = False               # whether those were left out (``n_images`` counts the rest)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}
         if self.recursive is not None:
             d["recursive"] = self.recursive
             d["skipped"] = dict(self.skipped)
+        if self.repeats:
+            d["repeats"] = {"images": self.repeats, "dropped": self.repeats_dropped}
         return d
 
 

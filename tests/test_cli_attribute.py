@@ -5,6 +5,7 @@ and four generators made from the training set by curated transforms."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -449,3 +450,75 @@ def test_memorization_of_files_processed_in_several_ways_scores_each_kind_agains
     one = api.memorization(as_read, registry=reg, condition=kinds)
     assert not one.parts and one.condition["name"] == "none" and any(
         "declared image by image (66 as none, 34 as jpeg62), but all taken as none" in w for w in one.warnings)
+
+
+def test_repeated_images_are_found_pixel_for_pixel():
+    from forensics.io.images import repeated
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    near = images[1].copy()
+    near[3, 3] ^= 1  # one grey level apart: not a repeat
+    stack = np.stack([images[0], images[1], images[0], near, images[1], images[0], images[2]])
+    assert repeated(stack).tolist() == [False, False, True, False, True, True, False]
+    assert not repeated(images).any() and repeated(images[:0]).shape == (0,)
+
+
+def test_images_repeated_in_a_set_are_warned_of_or_dropped_and_the_rest_scored_exactly(registry, plugin_host,
+                                                                                    tmp_path):
+    from PIL import Image
+
+    from forensics import api
+    from forensics.schemas import validate
+
+    reg, data = registry
+    query = np.load(data / "query-noise.npz")["images"]
+    again = np.concatenate([query[:80], query[10:30]])  # 20 images a second time, at the end
+    np.savez(tmp_path / "again.npz", images=again)
+    np.savez(tmp_path / "distinct.npz", images=query[:80])
+    r = run(["attribute", str(tmp_path / "again.npz"), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    validate(doc)
+    assert doc["input"]["n_images"] == 100 and doc["input"]["repeats"] == {"images": 20, "dropped": False}
+    assert any("20 of the 100 images repeat an earlier image" in w and "--drop-repeats" in w for w in doc["warnings"])
+    assert "20 of the 100 images repeat" in run(["attribute", str(tmp_path / "again.npz"), "--registry",
+                                                 str(reg)], env={"COLUMNS": "200"}).stderr
+    dropped = json.loads(run(["attribute", str(tmp_path / "again.npz"), "--registry", str(reg), "--json",
+                              "--drop-repeats"]).stdout)
+    validate(dropped)
+    distinct = json.loads(run(["attribute", str(tmp_path / "distinct.npz"), "--registry", str(reg), "--json"]).stdout)
+    assert dropped["input"]["n_images"] == 80 and dropped["input"]["repeats"] == {"images": 20, "dropped": True}
+    assert "repeats" not in distinct["input"] and not any("repeat" in w for w in distinct["warnings"])
+    # what is left is the batch of the distinct images, to the last bit
+    assert dropped["curve"]["values"] == distinct["curve"]["values"]
+    assert dropped["candidates"] == distinct["candidates"] and dropped["verdict"] == distinct["verdict"]
+
+    # a folder: each file keeps its own condition, the repeats' files dropped with them (a repeat saved
+    # in the same format as its first; one re-saved otherwise differs in its pixels and is no repeat)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    source = [*range(80), *range(10, 30)]
+    for i, (image, k) in enumerate(zip(again, source)):
+        Image.fromarray(image).save(folder / f"{i:03d}.{'jpg' if k % 4 == 0 else 'png'}",
+                                    **({"quality": 62} if k % 4 == 0 else {}))
+    mixed = api.memorization(folder, registry=reg, drop_repeats=True)
+    assert mixed.input.n_images == 80 and mixed.input.repeats == 20 and mixed.input.repeats_dropped
+    assert len(mixed.input.files) == 80 and all(int(f.stem) < 80 for f in map(Path, mixed.input.files))
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for f in sorted(folder.iterdir())[:80]:
+        (kept / f.name).write_bytes(f.read_bytes())
+    alone = api.memorization(kept, registry=reg)
+    assert mixed.condition["mixture"] == alone.condition["mixture"]
+    assert np.array_equal(mixed.curve.fingerprint.vector(), alone.curve.fingerprint.vector())
+
+    # a declared condition per image is kept with its image
+    declared = ["jpeg62" if k % 4 == 0 else "none" for k in source]
+    with_names = api.memorization(again, registry=reg, condition=declared, drop_repeats=True)
+    assert [(m["name"], m["count"]) for m in with_names.condition["mixture"]] == [("none", 60), ("jpeg62", 20)]
+
+    same = np.repeat(query[:1], 50, axis=0)
+    np.savez(tmp_path / "same.npz", images=same)
+    r = run(["attribute", str(tmp_path / "same.npz"), "--registry", str(reg), "--drop-repeats"])
+    assert r.exit_code == 2 and "hold 1 distinct one(s): too few to attribute without repeats" in r.stderr

@@ -87,9 +87,12 @@ def fake_engine(monkeypatch, plugin_host):
 
 
 def labelled(*counts: tuple[int, int]) -> np.ndarray:
-    """Batches whose first pixel names a generator: ``(label, n_images)`` in order."""
-    parts = [np.full((n, 28, 28), label, np.uint8) for label, n in counts]
-    return np.concatenate(parts)
+    """Batches whose first pixel names a generator: ``(label, n_images)`` in order; each image told apart
+    from the others in its last row (a generator's batch repeats no image)."""
+    images = np.concatenate([np.full((n, 28, 28), label, np.uint8) for label, n in counts])
+    index = np.arange(len(images))
+    images[:, -1, 0], images[:, -1, 1] = index % 256, index // 256
+    return images
 
 
 # -- 1. options and names are checked before any expensive work ----------------------------------

@@ -10,9 +10,9 @@ import typer
 
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 from forensics.cli.common import (
-    OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE, OPT_OPERATING_POINT,
-    OPT_PLOTS, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, batch_notes, check_output,
-    distribution_version, err, esc, handle_errors, input_notes, out, print_json, progress_bar, use_offline,
+    OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_DROP_REPEATS, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE,
+    OPT_OPERATING_POINT, OPT_PLOTS, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, batch_notes,
+    check_output, distribution_version, err, esc, handle_errors, input_notes, out, print_json, progress_bar, use_offline,
 )
 
 app = typer.Typer(
@@ -81,6 +81,7 @@ def attribute(
     plots_dir: Optional[Path] = OPT_PLOTS,
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
+    drop_repeats: bool = OPT_DROP_REPEATS,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
     condition: str = OPT_CONDITION,
@@ -107,7 +108,8 @@ def attribute(
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
                      cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
-                     engine=engine, ray_address=ray_address, condition=condition, operating_point=operating_point)
+                     engine=engine, ray_address=ray_address, condition=condition, operating_point=operating_point,
+                     drop_repeats=drop_repeats)
     input_notes(images, result.input.skipped)
     batch_notes(result)
     write_reports("attribution_page", result, html_out, plots_dir)
@@ -133,6 +135,7 @@ def memorization(
     plots_dir: Optional[Path] = OPT_PLOTS,
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
+    drop_repeats: bool = OPT_DROP_REPEATS,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
     condition: str = OPT_CONDITION,
@@ -157,7 +160,7 @@ def memorization(
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
                      cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
-                     engine=engine, ray_address=ray_address, condition=condition)
+                     engine=engine, ray_address=ray_address, condition=condition, drop_repeats=drop_repeats)
     input_notes(images, result.input.skipped)
     for line in result.warnings:
         err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)

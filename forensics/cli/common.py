@@ -187,6 +187,8 @@ OPT_CONDITION = typer.Option("auto", "--condition", help="What happened to the i
 OPT_OPERATING_POINT = typer.Option("balanced", "--operating-point", help="Which calibrated thresholds decide "
                                    "\"unknown\": balanced (best balanced accuracy), named (name more, at the price of "
                                    "letting more unenrolled generators through) or cautious (the reverse).")
+OPT_DROP_REPEATS = typer.Option(False, "--drop-repeats", help="Leave out images that repeat an earlier image of the "
+                                "set pixel for pixel (a file kept twice); by default they are counted and warned of.")
 OPT_NO_RECURSIVE = typer.Option(False, "--no-recursive", help="Read only the folder's own files, not its "
                                 "subfolders' (by default a folder is searched recursively).")
 

@@ -319,6 +319,22 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
     return array
 
 
+def repeated(images: np.ndarray) -> np.ndarray:
+    """Which images repeat an earlier image of the set pixel for pixel (a boolean mask over the first axis;
+    the first of each group is not a repeat). Hashed once per image, equal hashes compared in full."""
+    import hashlib
+
+    first: dict[bytes, list[int]] = {}
+    out = np.zeros(len(images), dtype=bool)
+    for i, image in enumerate(images):
+        kin = first.setdefault(hashlib.blake2b(image.tobytes(), digest_size=16).digest(), [])
+        if any(np.array_equal(images[j], image) for j in kin):
+            out[i] = True
+        else:
+            kin.append(i)
+    return out
+
+
 def decode_image(file: str | Path) -> np.ndarray:
     """One file → uint8 pixels: (H, W) for grey images, else (H, W, 3) RGB.
 
