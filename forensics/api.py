@@ -1015,6 +1015,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     matched against it; each condition embeds the images once more. ``family``: the model the generator
     shares with other enrolled generators (:func:`generator_family`), recorded in its file; None leaves it."""
     from forensics import engine as engines
+    from forensics.io.images import repeated
     from forensics.registry.model import check_family, check_name
 
     check_name("generator name", generator)  # the name first: it decides where anything would be written
@@ -1032,6 +1033,11 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         check_compute(device, engine=engine)
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
     _as_written(record)
+    again = int(repeated(data).sum())
+    warnings = () if not again else (
+        f"{again} of the {len(data)} images repeat an earlier image of the set pixel for pixel: each counts as one "
+        "more draw of the generator in its instances' curves; if the repeats come from how the samples were "
+        "gathered rather than from the generator, remove the instances and enrol the distinct images",)
     if len(data) >= proto.batch_size:  # (fewer: compute_fingerprints refuses them)
         _embedding_begins(proto, progress, "query images", len(data))
     from forensics.conditions import parse_conditions
@@ -1056,7 +1062,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
                            n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped),
-                           conditions=tuple(records[0]) if records else ())
+                           conditions=tuple(records[0]) if records else (), warnings=warnings)
 
 
 def add_records(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,

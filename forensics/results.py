@@ -452,12 +452,14 @@ class EnrolmentResult:
     n_undefined: int     # layer values undefined (stored as null) over all instances
     skipped: Mapping[str, int] = field(default_factory=dict)  # a folder's entries skipped, by reason
     conditions: tuple[str, ...] = ()  # the conditions each instance keeps per-image records under (none: no records)
+    warnings: tuple[str, ...] = ()    # what the maintainer should know of the images enrolled
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": ENROLMENT_SCHEMA, "protocol": self.protocol, "generator": self.generator,
                 "instances": list(self.instances), "n_images": self.n_images, "input_sha256": self.input_sha256,
                 "registry": str(self.registry), "batch_size": self.batch_size, "left_out": self.left_out,
-                "n_undefined": self.n_undefined, "skipped": dict(self.skipped), "conditions": list(self.conditions)}
+                "n_undefined": self.n_undefined, "skipped": dict(self.skipped), "conditions": list(self.conditions),
+                "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,18 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch, toy_protocol)
     assert prov["input_sha256"] == doc["input_sha256"] and prov["n_images"] == 25 and prov["note"] == "run 1"
     assert prov["command"].startswith("forensics registry enroll gan")
     run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", code=2)  # same images twice
+    # images repeated pixel for pixel are enrolled as given, with a warning the maintainer can act on
+    from forensics.schemas import validate
+
+    other = np.random.default_rng(1).integers(0, 255, size=(20, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "again.npz", images=np.concatenate([other, other[3:8]]))
+    again = run("enroll", "copier", tmp_path / "again.npz", "--registry", tmp_path / "reg", "--json")
+    repeated = json.loads(again.stdout)
+    validate(doc)
+    validate(repeated)
+    assert doc["warnings"] == [] and len(repeated["instances"]) == 2
+    assert len(repeated["warnings"]) == 1 and "5 of the 25 images repeat an earlier image" in repeated["warnings"][0]
+    assert "5 of the 25 images repeat an earlier image" in again.stderr
 
 
 @pytest.mark.slow

@@ -264,6 +264,8 @@ def enroll(
                      device=device, weights=weights, progress=update, recursive=not no_recursive, engine=engine,
                      ray_address=ray_address, conditions=conditions, family=family)
     input_notes(images, result.skipped)
+    for line in result.warnings:
+        err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
     if result.left_out:
         err.print(f"[yellow]note:[/] {result.n_images} images make {len(result.instances)} batch(es) of "
                   f"{result.batch_size}; "
