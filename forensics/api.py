@@ -395,6 +395,19 @@ def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequ
                                            "are the batch")
 
 
+def _enrolled_from(record: ImageInput, references: Sequence[EnrolledCurve]) -> str | None:
+    """The line a report says when the query is the very image set enrolled instances were made from (the
+    same decoded pixels, by the hash their provenance records): matched with its own reference curve, a
+    verdict on it tests nothing. None otherwise (a part of such a set is not recognised)."""
+    own = sorted(f"{r.generator}/{r.instance}" for r in references
+                 if r.provenance.get("input_sha256") == record.sha256)
+    if not own:
+        return None
+    return (f"these {record.n_images} images are the set {', '.join(own)} {'was' if len(own) == 1 else 'were'} "
+            f"enrolled from (the same pixels, {record.sha256[:19]}…): the verdict matches them with their own "
+            "reference curve and tests nothing; attribute images the registry has not seen")
+
+
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
     """Check ``device`` and ``amp`` before any work and return the record a report keeps of them
     (``{"device": ..., "amp": ...}``): both change the curve. Autocast on the CPU is refused: there it runs
@@ -844,6 +857,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                          progress=progress, engine=engine, ray_address=ray_address)
     native = generated_size(references)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
+    enrolled_from = _enrolled_from(record, references)
     data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
@@ -902,7 +916,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
-                             warnings=tuple(dict.fromkeys([*filter(None, [repeats]), *sized.problems,
+                             warnings=tuple(dict.fromkeys([*filter(None, [enrolled_from, repeats]), *sized.problems,
                                                            *filter(None, [cond.warning])])))
 
 

@@ -522,3 +522,17 @@ def test_images_repeated_in_a_set_are_warned_of_or_dropped_and_the_rest_scored_e
     np.savez(tmp_path / "same.npz", images=same)
     r = run(["attribute", str(tmp_path / "same.npz"), "--registry", str(reg), "--drop-repeats"])
     assert r.exit_code == 2 and "hold 1 distinct one(s): too few to attribute without repeats" in r.stderr
+
+
+def test_the_very_set_an_instance_was_enrolled_from_is_said_to_test_nothing(registry, plugin_host):
+    reg, data = registry
+    own = json.loads(run(["attribute", str(data / "rotate.npz"), "--registry", str(reg), "--json"]).stdout)
+    from forensics.registry import Registry
+
+    instances = sorted(f"rotate/{r.instance}" for r in Registry.open(reg).enrolled("digits-vit")
+                       if r.generator == "rotate")
+    said = [w for w in own["warnings"] if "enrolled from (the same pixels" in w]
+    assert len(said) == 1 and said[0].startswith(f"these 300 images are the set {', '.join(instances)} were ")
+    assert "tests nothing" in said[0] and own["input"]["sha256"][:19] in said[0]
+    fresh = json.loads(run(["attribute", str(data / "query-rotate.npz"), "--registry", str(reg), "--json"]).stdout)
+    assert not any("enrolled from" in w for w in fresh["warnings"])
