@@ -12,7 +12,8 @@ from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 from forensics.cli.common import (
     OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_DROP_REPEATS, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE,
     OPT_OPERATING_POINT, OPT_PLOTS, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, batch_notes,
-    check_output, distribution_version, err, esc, handle_errors, input_notes, out, print_json, progress_bar, use_offline,
+    check_output, distribution_version, err, esc, handle_errors, input_notes, out, print_json, progress_bar,
+    use_offline,
 )
 
 app = typer.Typer(
