@@ -227,8 +227,8 @@ def calibration_summary(cal: Mapping[str, Any], references: Sequence[EnrolledCur
 
 def validate_registry(registry: str | Path | None = None) -> ValidationResult:
     """Check every file of the registry (schema, digests, NaN/inf, duplicate names, curve lengths, each
-    per-image records file against the digest its generator file records); the problems are returned
-    (``result.ok``), not raised."""
+    per-image records file and each instance's image digests file against the digest its generator file
+    records); the problems are returned (``result.ok``), not raised."""
     from forensics.conditions import records_hint
     from forensics.registry import Registry
 
@@ -250,6 +250,14 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
                                     f"{len(refs)} instances, so no query is matched under {condition}; lacking: "
                                     + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5
                                                                 else "") + f" ({records_hint(condition)})")
+            problems += reg.image_digests(name, refs)[1]
+            unhashed = [f"{r.generator}/{r.instance}" for r in refs  # (instances of images no one holds: none to keep)
+                        if r.provenance.get("input_sha256") and not r.provenance.get("image_digests")]
+            if unhashed:
+                warnings.append(f"{name}: {len(unhashed)} of {len(refs)} instances keep no digests of the images they "
+                                "were made from (" + ", ".join(unhashed[:5]) + (" …" if len(unhashed) > 5 else "")
+                                + "), so a query holding some of those images is not told, only one that is the whole "
+                                "set; `forensics registry records NAME IMAGES` keeps them, embedding nothing")
             sizes = {tuple(r.provenance.get("image_size") or ()) for r in refs}
             if len(sizes) > 1:  # images of another size are then matched as they are, not brought back
                 unsized = [f"{r.generator}/{r.instance}" for r in refs if not r.provenance.get("image_size")]
@@ -360,6 +368,24 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
                                     image_sizes=found.image_sizes, conditions=found.conditions)
 
 
+def _keep_only(data: np.ndarray, record: ImageInput, condition: str | Sequence[str], keep: np.ndarray
+               ) -> tuple[np.ndarray, ImageInput, str | Sequence[str]]:
+    """The images ``keep`` (a mask over them as read) marks, with their record's per-image files, sizes and
+    conditions, and a declared per-image ``condition``, each image keeping its own."""
+    from dataclasses import replace
+
+    n = len(data)
+
+    def aligned(values: Sequence[Any]) -> tuple[Any, ...]:  # one per image as read: the kept ones' own
+        return tuple(v for v, ok in zip(values, keep) if ok) if len(values) == n else tuple(values)
+
+    record = replace(record, n_images=int(keep.sum()), files=aligned(record.files),
+                     image_sizes=aligned(record.image_sizes), conditions=aligned(record.conditions))
+    if not isinstance(condition, str) and len(condition) == n:
+        condition = aligned(condition)
+    return data[keep], record, condition
+
+
 def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequence[str], drop: bool
                      ) -> tuple[np.ndarray, ImageInput, str | Sequence[str], str | None]:
     """The images, their record and a declared per-image ``condition`` with the images that repeat an earlier
@@ -381,31 +407,77 @@ def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequ
             "evidence was gathered (a file kept twice), run again with --drop-repeats")
     if n - k < 2:
         raise UsageError(f"the {n} images hold {n - k} distinct one(s): too few to attribute without repeats")
-    keep = ~again
-
-    def aligned(values: Sequence[Any]) -> tuple[Any, ...]:  # one per image as read: the distinct ones' own
-        return tuple(v for v, ok in zip(values, keep) if ok) if len(values) == n else tuple(values)
-
-    record = replace(record, n_images=n - k, repeats=k, repeats_dropped=True, files=aligned(record.files),
-                     image_sizes=aligned(record.image_sizes), conditions=aligned(record.conditions))
-    if not isinstance(condition, str) and len(condition) == n:
-        condition = aligned(condition)
-    return data[keep], record, condition, (f"{k} of the {n} images repeated an earlier image of the set pixel for "
-                                           f"pixel and were dropped (--drop-repeats): the {n - k} distinct ones "
-                                           "are the batch")
+    data, record, condition = _keep_only(data, record, condition, ~again)
+    return data, replace(record, repeats=k, repeats_dropped=True), condition, (
+        f"{k} of the {n} images repeated an earlier image of the set pixel for pixel and were dropped "
+        f"(--drop-repeats): the {n - k} distinct ones are the batch")
 
 
-def _enrolled_from(record: ImageInput, references: Sequence[EnrolledCurve]) -> str | None:
-    """The line a report says when the query is the very image set enrolled instances were made from (the
-    same decoded pixels, by the hash their provenance records): matched with its own reference curve, a
-    verdict on it tests nothing. None otherwise (a part of such a set is not recognised)."""
-    own = sorted(f"{r.generator}/{r.instance}" for r in references
-                 if r.provenance.get("input_sha256") == record.sha256)
-    if not own:
-        return None
-    return (f"these {record.n_images} images are the set {', '.join(own)} {'was' if len(own) == 1 else 'were'} "
-            f"enrolled from (the same pixels, {record.sha256[:19]}…): the verdict matches them with their own "
-            "reference curve and tests nothing; attribute images the registry has not seen")
+def _shared_with_enrolled(images: np.ndarray, reg: Registry, protocol: str, references: Sequence[EnrolledCurve],
+                          whole: str | None = None) -> tuple[list[tuple[str, int]], np.ndarray, list[str]]:
+    """Which of ``images`` are, pixel for pixel, among those ``references`` were enrolled from (by their digests,
+    :func:`forensics.io.hashing.image_digests`): ``([(generator/instance, how many of the images it holds)],
+    a mask over the images, problems)``. An image of one grey level throughout (a blank) is no one's: any
+    generator may draw it (the zoo's PixelCNN does, in several runs). An instance whose images' digests the
+    registry does not keep (enrolled before they were kept, or its file failing its check: one line in
+    ``problems``) holds them all when its input's hash is ``whole`` (the images' set hash), none otherwise."""
+    from forensics.io.hashing import image_digests
+
+    kept, problems = reg.image_digests(protocol, references)
+    where: dict[bytes, set[str]] = {}
+    for (generator, instance), held in kept.items():
+        for d in held:
+            where.setdefault(d.tobytes(), set()).add(f"{generator}/{instance}")
+    flat = np.array([image.min() == image.max() for image in images], dtype=bool)
+    among = np.zeros(len(images), dtype=bool)
+    counts: dict[str, int] = {}
+    for i, d in enumerate(image_digests(images)):
+        for label in () if flat[i] else where.get(d.tobytes(), ()):
+            counts[label] = counts.get(label, 0) + 1
+            among[i] = True
+    for ref in references:
+        if (ref.generator, ref.instance) not in kept and whole is not None \
+                and ref.provenance.get("input_sha256") == whole:
+            n = ref.provenance.get("n_images") or len(images)
+            counts[f"{ref.generator}/{ref.instance}"] = min(len(images), n)
+            among[:] = True
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0])), among, problems
+
+
+def _without_enrolled(data: np.ndarray, record: ImageInput, condition: str | Sequence[str], reg: Registry,
+                      protocol: str, references: Sequence[EnrolledCurve], drop: bool
+                      ) -> tuple[np.ndarray, ImageInput, str | Sequence[str], list[str]]:
+    """The images, their record and a declared per-image ``condition`` with the images some enrolled instance
+    was made from dropped (``drop``) or only counted, and the lines the report says of them: matched with
+    their own reference curve, such images make the verdict lean toward the instances that hold them, and a
+    set that is all of one instance's images tests nothing."""
+    from dataclasses import replace
+
+    shared, among, problems = _shared_with_enrolled(data, reg, protocol, references, record.sha256)
+    k, n = int(among.sum()), len(data)
+    if not k:
+        return data, record, condition, problems
+    held = {label: count for label, count in shared}
+    record = replace(record, enrolled=held, enrolled_images=k)
+    which = ", ".join(f"{label} ({count})" for label, count in shared[:4]) + (" …" if len(shared) > 4 else "")
+    if drop:
+        if n - k < 2:
+            raise UsageError(f"{k} of the {n} images are images enrolled instances were made from ({which}): too "
+                             "few others to attribute; attribute images the registry has not seen")
+        data, record, condition = _keep_only(data, record, condition, ~among)
+        return data, replace(record, enrolled_dropped=True), condition, problems + [
+            f"{k} of the {n} images were, pixel for pixel, images enrolled instances were made from ({which}) and "
+            f"were dropped (--drop-enrolled): the {n - k} others are the batch"]
+    if k == n:
+        line = (f"all {n} images are, pixel for pixel, images enrolled instances were made from ({which}): if this "
+                "is that set, the verdict matches it with its own reference curves and tests nothing; attribute "
+                "images the registry has not seen")
+    else:
+        line = (f"{k} of the {n} images are, pixel for pixel, images enrolled instances were made from ({which}): "
+                "if taken from those sets, they are matched with their own reference curves and lean the verdict "
+                "toward them (run again with --drop-enrolled); a generator that copies its training data may draw "
+                "them again")
+    return data, record, condition, problems + [line]
 
 
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
@@ -812,7 +884,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
               workers: int = 0, amp: str | None = None, progress: Progress | None = None,
               recursive: bool = True, engine: str = "local", ray_address: str | None = None,
               condition: str | Sequence[str] = "auto", operating_point: str = "balanced",
-              drop_repeats: bool = False) -> AttributionResult:
+              drop_repeats: bool = False, drop_enrolled: bool = False) -> AttributionResult:
     """Attribute an image set to the enrolled generator whose fingerprint it matches.
 
     The images are cut into batches of the protocol's m; each batch's curve is attributed, and so is the
@@ -834,7 +906,9 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     ``condition`` may also declare that, one name per image in reading order (an array cannot say it).
     ``operating_point``: which calibrated thresholds decide "unknown" (``balanced``, ``named`` or
     ``cautious``: :data:`forensics.match.calibration.OPERATING_POINTS`). Images that repeat an earlier one
-    of the set pixel for pixel are counted and warned of, or with ``drop_repeats`` left out.
+    of the set pixel for pixel are counted and warned of, or with ``drop_repeats`` left out; so are images an
+    enrolled instance was made from (matched with their own reference curve, they make the verdict lean toward
+    it), with ``drop_enrolled``.
     """
     from forensics.conditions import records_hint, scaled_mixture
     from forensics.match.calibration import check_operating_point
@@ -857,7 +931,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                          progress=progress, engine=engine, ray_address=ray_address)
     native = generated_size(references)
     data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
-    enrolled_from = _enrolled_from(record, references)
+    data, record, condition, enrolled = _without_enrolled(data, record, condition, reg, proto.name, references,
+                                                          drop_enrolled)
     data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
@@ -916,7 +991,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
-                             warnings=tuple(dict.fromkeys([*filter(None, [enrolled_from, repeats]), *sized.problems,
+                             warnings=tuple(dict.fromkeys([*enrolled, *filter(None, [repeats]), *sized.problems,
                                                            *filter(None, [cond.warning])])))
 
 
@@ -1048,10 +1123,15 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
     _as_written(record)
     again = int(repeated(data).sum())
-    warnings = () if not again else (
+    warnings = (() if not again else (
         f"{again} of the {len(data)} images repeat an earlier image of the set pixel for pixel: each counts as one "
         "more draw of the generator in its instances' curves; if the repeats come from how the samples were "
-        "gathered rather than from the generator, remove the instances and enrol the distinct images",)
+        "gathered rather than from the generator, remove the instances and enrol the distinct images",)) + tuple(
+        f"{k} of these images are, pixel for pixel, images {label} was enrolled from: unless the generator draws "
+        "them again (a copy of its training data, say), shared images make two instances look alike (the "
+        "generator's spread shrinks, or two generators look alike); then remove the new instances (`forensics "
+        f"registry remove {generator} --instance ID`) and enrol images no instance holds"
+        for label, k in _shared_with_enrolled(data, reg, pname, reg.enrolled(pname))[0])
     if len(data) >= proto.batch_size:  # (fewer: compute_fingerprints refuses them)
         _embedding_begins(proto, progress, "query images", len(data))
     from forensics.conditions import parse_conditions
@@ -1071,7 +1151,8 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                                          + ([] if recursive else ["--no-recursive"]))
     if note:
         provenance["note"] = note
-    ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records, family=family)
+    ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records, family=family,
+                     image_digests=_batch_digests(data, proto.batch_size))
     return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
@@ -1085,8 +1166,9 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     """Keep per-image records (:mod:`forensics.registry.records`) for instances of ``generator`` enrolled
     before records (or these conditions) were kept, from the images they were enrolled from: the images' hash
     must be the one their provenance records, and the records must give back each instance's enrolled curve
-    (to 1e-9), else nothing is written. Conditions an instance keeps already are left as they are. Returns
-    {instance id: the conditions it now keeps records under}."""
+    (to 1e-9), else nothing is written. Conditions an instance keeps already are left as they are; an instance
+    enrolled before the digests of its images were kept gets them. Returns {instance id: the conditions it now
+    keeps records under}."""
     from forensics import engine as engines
     from forensics.conditions import parse_conditions
 
@@ -1106,17 +1188,47 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     # only what some instance lacks is embedded (none always: it must give back the enrolled curves)
     wanted = [c for c in parse_conditions(conditions)
               if any(c not in reg.instance_record_conditions(pname, generator, r.instance) for r in mine)]
+    size = list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None
+    digests = _batch_digests(data, proto.batch_size)
+    if not wanted:  # every condition kept already: at most the images' digests to add, which need no embedding
+        return _keep_digests(reg, pname, generator, mine, digests, size)
     fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(wanted),
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir)
-    size = list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None
-    return _keep_records(reg, pname, generator, mine, fps, records, size)
+    return _keep_records(reg, pname, generator, mine, fps, records, size, digests)
+
+
+def _batch_digests(data: np.ndarray, size: int) -> list[np.ndarray]:
+    """The digests of each full batch's images (:func:`forensics.io.hashing.image_digests`), in the batches an
+    enrolment cuts ``data`` into."""
+    from forensics.io.hashing import image_digests
+
+    found = image_digests(data)
+    return [found[j * size:(j + 1) * size] for j in range(len(data) // size)]
+
+
+def _batch_of(ref: EnrolledCurve) -> int:
+    """Which batch of its input an enrolled instance is (its provenance's ``batch``; 0 when it has one)."""
+    return int(ref.provenance.get("batch", 0) or 0)
+
+
+def _keep_digests(reg: Registry, protocol: str, generator: str, instances: Sequence[EnrolledCurve],
+                  digests: Sequence[np.ndarray], image_size: Sequence[int] | None) -> dict[str, list[str]]:
+    """Keep the digests of the images ``instances`` were enrolled from (their input's hash checked by the
+    caller) where they keep none, without embedding anything. Returns {instance id: the conditions it keeps
+    records under}."""
+    for ref in instances:
+        if _batch_of(ref) >= len(digests):
+            raise UsageError(f"{generator}/{ref.instance} is batch {_batch_of(ref)} of its input, which holds "
+                             f"{len(digests)} batches")
+    return {ref.instance: reg.add_records(protocol, generator, ref.instance, {}, image_size=image_size,
+                                          image_digests=digests[_batch_of(ref)]) for ref in instances}
 
 
 def _keep_records(reg: Registry, protocol: str, generator: str, instances: Sequence[EnrolledCurve],
                   fps: Sequence[Any], records: Sequence[Mapping[str, Any]] | None,
-                  image_size: Sequence[int] | None) -> dict[str, list[str]]:
+                  image_size: Sequence[int] | None, digests: Sequence[np.ndarray]) -> dict[str, list[str]]:
     """Keep the per-image records computed from the images ``instances`` were enrolled from (``fps`` and
     ``records``: :func:`forensics.engine.batch_records` of those images, one per batch), after checking that
     each instance's batch gives back its enrolled curve (to 1e-9), else nothing is written. Returns
@@ -1125,7 +1237,7 @@ def _keep_records(reg: Registry, protocol: str, generator: str, instances: Seque
         raise UsageError(f"the statistic of {protocol} keeps no per-image records")
     plan = []
     for ref in instances:
-        j = int(ref.provenance.get("batch", 0) or 0)
+        j = _batch_of(ref)
         if j >= len(fps):
             raise UsageError(f"{generator}/{ref.instance} is batch {j} of its input, which holds {len(fps)} batches")
         got, want = fps[j].vector(), ref.fingerprint.vector()
@@ -1133,8 +1245,9 @@ def _keep_records(reg: Registry, protocol: str, generator: str, instances: Seque
             worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("nan")
             raise UsageError(f"these images do not give back {generator}/{ref.instance}'s enrolled curve here (off by "
                              f"up to {worst:.3g}): another encoder build or weights? Re-enrol it instead")
-        plan.append((ref.instance, records[j]))
-    return {iid: reg.add_records(protocol, generator, iid, recs, image_size=image_size) for iid, recs in plan}
+        plan.append((ref.instance, records[j], digests[j] if j < len(digests) else None))
+    return {iid: reg.add_records(protocol, generator, iid, recs, image_size=image_size, image_digests=d)
+            for iid, recs, d in plan}
 
 
 def remove(generator: str, *, instance: str | None = None, protocol: str | None = None,
@@ -1711,7 +1824,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     parts = reg.protocol(pname).parts
     done: list[dict[str, Any]] = []
     recorded: list[dict[str, Any]] = []
-    skipped = 0
+    skipped = hashed = 0
     for proto in parts:  # a combination reads its protocols' instances: enrol under each
         enrolled = reg.enrolled(proto.name)
         todo = []
@@ -1723,6 +1836,11 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             lacking = sorted({c for r in mine
                               for c in set(wanted) - set(reg.instance_record_conditions(proto.name, z.generator,
                                                                                          r.instance))})
+            unhashed = [r for r in mine if r.provenance.get("image_digests") is None]
+            if unhashed:  # enrolled before the images' digests were kept: their set's hash vouches for them
+                hashed += len(unhashed)
+                _keep_digests(reg, proto.name, z.generator, unhashed, _batch_digests(images, proto.batch_size),
+                              [int(images.shape[1]), int(images.shape[2])])
             if mine and not lacking:
                 skipped += 1
                 continue
@@ -1744,7 +1862,8 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             size = [int(images.shape[1]), int(images.shape[2])]
             if mine:  # none too: its curve must be the enrolled one
                 fps, records = batch_records(runner, images, lacking, what)
-                kept = _keep_records(reg, proto.name, z.generator, mine, fps, records, size)
+                kept = _keep_records(reg, proto.name, z.generator, mine, fps, records, size,
+                                     _batch_digests(images, proto.batch_size))
                 recorded.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance,
                                  "ids": sorted(kept), "conditions": lacking})
                 continue
@@ -1755,11 +1874,11 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
                           "image_size": size, "command": " ".join(shlex.quote(a) for a in command),
                           "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
             ids = reg.enroll(proto.name, z.generator, fps, provenance, records=records,
-                             family=FAMILIES.get(z.generator))
+                             family=FAMILIES.get(z.generator), image_digests=_batch_digests(images, proto.batch_size))
             done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
             if on_enrolled is not None:
                 on_enrolled(done[-1])
-    return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded))
+    return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded), hashed)
 
 
 def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,

@@ -87,7 +87,8 @@ CURATION_SCHEMA = "forensics.curation/1"
 class ImageInput:
     """The image set a job read: where from (``None`` for an array given in memory), how many, its hash;
     for a folder, whether its subfolders were searched and what was skipped (reason → how many); how many
-    images repeat an earlier one exactly, and whether they were dropped."""
+    images repeat an earlier one exactly, how many are images enrolled instances were made from, and whether
+    those were dropped."""
 
     path: str | None
     n_images: int
@@ -100,6 +101,9 @@ class ImageInput:
     conditions: tuple[str, ...] = field(default=(), repr=False, compare=False)  # an .npz's: each image's condition
     repeats: int = 0                            # images that repeat an earlier one of the set pixel for pixel
     repeats_dropped: bool = False               # whether those were left out (``n_images`` counts the rest)
+    enrolled: Mapping[str, int] = field(default_factory=dict)  # generator/instance → how many of its images these are
+    enrolled_images: int = 0                    # images some enrolled instance was made from
+    enrolled_dropped: bool = False              # whether those were left out (``n_images`` counts the rest)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "n_images": self.n_images, "sha256": self.sha256}
@@ -108,6 +112,9 @@ class ImageInput:
             d["skipped"] = dict(self.skipped)
         if self.repeats:
             d["repeats"] = {"images": self.repeats, "dropped": self.repeats_dropped}
+        if self.enrolled_images:
+            d["enrolled"] = {"images": self.enrolled_images, "instances": dict(self.enrolled),
+                             "dropped": self.enrolled_dropped}
         return d
 
 
@@ -826,19 +833,21 @@ class ZooListing:
 @dataclass(frozen=True)
 class ZooEnrolment:
     """``forensics.zoo_enroll``: the zoo sets enrolled (protocol, generator, instance, ids), those enrolled
-    before that were given records under conditions they lacked (the same, and ``conditions``), and how
-    many were there already with every condition asked for."""
+    before that were given records under conditions they lacked (the same, and ``conditions``), how many
+    were there already with every condition asked for, and how many instances were given their images'
+    digests (kept since)."""
 
     protocol: str
     parts: tuple[str, ...]
     enrolled: tuple[Mapping[str, Any], ...]
     skipped: int
     recorded: tuple[Mapping[str, Any], ...] = ()
+    hashed: int = 0  # instances (per protocol) given the digests of their images, kept since
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": ZOO_ENROLL_SCHEMA, "protocol": self.protocol,
                 "enrolled": [dict(d) for d in self.enrolled], "recorded": [dict(d) for d in self.recorded],
-                "skipped": self.skipped}
+                "skipped": self.skipped, "hashed": self.hashed}
 
 
 @dataclass(frozen=True)

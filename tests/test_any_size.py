@@ -1208,7 +1208,7 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     monkeypatch.setattr(engines, "fingerprints_and_records",
                         lambda *a, conditions, **k: embedded.append(conditions) or real(*a, conditions=conditions, **k))
     assert api.add_records(str(data / "rotate.npz"), "rotate", registry=copy, conditions="none,crop90") == kept
-    assert embedded == [["none"]]  # what every instance keeps is not embedded again; none checks the curves
+    assert embedded == []  # what every instance keeps is not embedded again: nothing lacks, nothing to check
     assert (gen_file.stat().st_ino, gen_file.stat().st_mtime_ns) == stamp  # nothing new: nothing written
     assert {p: p.read_bytes() for p in folder.rglob("*.npy")} == after
     with pytest.raises(UsageError, match="no generator 'nobody'"):
@@ -1271,6 +1271,23 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
             j = ref.provenance["batch"]
             for kept, layer in zip(records[ref.instance], direct):
                 np.testing.assert_array_equal(kept, layer[j * M:(j + 1) * M].astype(np.float32))
+    # a set enrolled before its images' digests were kept is given them, from its images, embedding nothing
+    from forensics.io.hashing import image_digests
+
+    gen_file = copy / "d" / "generators" / "rotate.yaml"
+    doc = yaml.safe_load(gen_file.read_text())
+    for inst in doc["instances"]:
+        del inst["provenance"]["image_digests"]
+        (folder / inst["id"] / "images.npy").unlink()
+    gen_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    again = api.zoo_enroll(registry=copy, samples=samples, conditions="none,crop90")
+    assert (again.hashed, again.enrolled, again.recorded, again.skipped) == (2, (), (), 2)
+    digests, problems = Registry.open(copy).image_digests("d", [r for r in refs if r.generator == "rotate"])
+    assert not problems and len(digests) == 2
+    whole = image_digests(np.load(data / "rotate.npz")["images"])
+    for ref in (r for r in refs if r.generator == "rotate"):
+        j = ref.provenance["batch"]
+        assert np.array_equal(digests[("rotate", ref.instance)], whole[j * M:(j + 1) * M])
     # again, through the CLI: nothing lacks, nothing is embedded or written
     stamp = {p: p.stat().st_mtime_ns for p in (copy / "d").rglob("*") if p.is_file()}
     r = run(["zoo", "enroll", "--samples", str(samples), "--registry", str(copy), "--conditions", "none,crop90",
@@ -1278,7 +1295,7 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     validate(doc)
-    assert doc["enrolled"] == [] and doc["recorded"] == [] and doc["skipped"] == 2
+    assert doc["enrolled"] == [] and doc["recorded"] == [] and doc["skipped"] == 2 and doc["hashed"] == 0
     assert {p: p.stat().st_mtime_ns for p in (copy / "d").rglob("*") if p.is_file()} == stamp
     # over a read-only layer (the bundled registry of an installed package): the generator files are copied
     # into the written one with the new records, as enrolment copies them; the layer below is not touched
@@ -1298,8 +1315,6 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
         assert not problems and set(found) == {r.instance for r in refs}
     assert not any("hides" in w for w in layered.warnings)
     # a later release changes the file below (records recomputed): the copy hides it, and the registry says so
-    import yaml
-
     below = copy / "d" / "generators" / "rotate.yaml"
     doc = yaml.safe_load(below.read_text())
     doc["instances"][0]["records"]["jpeg90"] = "sha256:" + "0" * 64

@@ -464,6 +464,26 @@ def test_repeated_images_are_found_pixel_for_pixel():
     assert not repeated(images).any() and repeated(images[:0]).shape == (0,)
 
 
+def test_an_image_digest_is_its_pixels_and_shape_a_grey_image_in_rgb_the_same():
+    import hashlib
+
+    from forensics.io.hashing import image_digests
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (3, 6, 4), dtype=np.uint8)
+    found = image_digests(grey)
+    assert found.shape == (3, 16) and found.dtype == np.uint8 and len({d.tobytes() for d in found}) == 3
+    # an independent reference: BLAKE2b-128 of the dtype, shape and C-ordered pixels
+    assert found[0].tobytes() == hashlib.blake2b(f"|u1{(6, 4)}".encode() + grey[0].tobytes(), digest_size=16).digest()
+    as_rgb = np.repeat(grey[..., None], 3, axis=-1)
+    assert np.array_equal(image_digests(as_rgb), found)  # the same image, read from an RGB file
+    tinted = as_rgb.copy()
+    tinted[0, 0, 0, 2] ^= 1
+    assert not np.array_equal(image_digests(tinted)[0], found[0]) and np.array_equal(image_digests(tinted)[1:], found[1:])
+    assert not np.array_equal(image_digests(grey.reshape(3, 4, 6)), found)  # the same bytes, another shape
+    assert image_digests(grey[:0]).shape == (0, 16)
+
+
 def test_images_repeated_in_a_set_are_warned_of_or_dropped_and_the_rest_scored_exactly(registry, plugin_host,
                                                                                     tmp_path):
     from PIL import Image
@@ -524,15 +544,123 @@ def test_images_repeated_in_a_set_are_warned_of_or_dropped_and_the_rest_scored_e
     assert r.exit_code == 2 and "hold 1 distinct one(s): too few to attribute without repeats" in r.stderr
 
 
-def test_the_very_set_an_instance_was_enrolled_from_is_said_to_test_nothing(registry, plugin_host):
+def test_images_an_instance_was_enrolled_from_are_counted_and_dropped_on_request(registry, plugin_host, tmp_path):
+    """A query holding images an enrolled instance was made from matches them with their own reference curve:
+    each such image is recognised by its pixels (whatever file it was read from), counted per instance, warned
+    of, and left out with --drop-enrolled; the very set an instance was made from tests nothing."""
+    from PIL import Image
+
+    from forensics.registry import Registry
+    from forensics.schemas import validate
+
     reg, data = registry
+    rotate, fresh = np.load(data / "rotate.npz")["images"], np.load(data / "query-rotate.npz")["images"]
+    refs = [r for r in Registry.open(reg).enrolled("digits-vit") if r.generator == "rotate"]
+    batch = {int(r.provenance.get("batch", 0)): f"rotate/{r.instance}" for r in refs}
     own = json.loads(run(["attribute", str(data / "rotate.npz"), "--registry", str(reg), "--json"]).stdout)
+    validate(own)
+    assert own["input"]["enrolled"] == {"images": 300, "instances": {b: 100 for b in batch.values()},
+                                        "dropped": False}
+    said = [w for w in own["warnings"] if "enrolled instances were made from" in w]
+    assert len(said) == 1 and said[0].startswith("all 300 images are, pixel for pixel, images enrolled instances "
+                                                 "were made from")
+    assert "tests nothing" in said[0]
+
+    def folder(name, images):  # grey digits saved as RGB PNG files: the same images
+        where = tmp_path / name
+        where.mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image).convert("RGB").save(where / f"{i:03d}.png")
+        return str(where)
+
+    mixed = folder("mixed", np.concatenate([fresh, rotate[100:130]]))
+    doc = json.loads(run(["attribute", mixed, "--registry", str(reg), "--json"]).stdout)
+    validate(doc)
+    assert doc["input"]["enrolled"] == {"images": 30, "instances": {batch[1]: 30}, "dropped": False}
+    assert [w for w in doc["warnings"] if "enrolled instances were made from" in w] == [
+        f"30 of the 130 images are, pixel for pixel, images enrolled instances were made from ({batch[1]} (30)): if "
+        "taken from those sets, they are matched with their own reference curves and lean the verdict toward them "
+        "(run again with --drop-enrolled); a generator that copies its training data may draw them again"]
+    dropped = json.loads(run(["attribute", mixed, "--registry", str(reg), "--json", "--drop-enrolled"]).stdout)
+    validate(dropped)
+    alone = json.loads(run(["attribute", folder("fresh", fresh), "--registry", str(reg), "--json"]).stdout)
+    assert dropped["input"]["n_images"] == 100 and dropped["input"]["enrolled"]["dropped"] is True
+    assert "enrolled" not in alone["input"] and not any("enrolled instances" in w for w in alone["warnings"])
+    assert dropped["curve"]["values"] == alone["curve"]["values"] and dropped["verdict"] == alone["verdict"]
+    r = run(["attribute", str(data / "rotate.npz"), "--registry", str(reg), "--drop-enrolled"])
+    assert r.exit_code == 2 and "too few others to attribute" in r.stderr
+
+
+def test_enrolled_images_are_told_from_their_digests_kept_backfilled_or_broken(registry, plugin_host, tmp_path):
+    """Instances enrolled before their images' digests were kept are recognised by their whole set only, and
+    get the digests from `registry records` without any embedding; an enrolment that repeats another
+    instance's images is warned of; a digests file that fails its check is reported without stopping the
+    attribution."""
+    import shutil
+
+    import yaml
+
+    import forensics.engine as engines
+    from forensics import api
     from forensics.registry import Registry
 
-    instances = sorted(f"rotate/{r.instance}" for r in Registry.open(reg).enrolled("digits-vit")
-                       if r.generator == "rotate")
-    said = [w for w in own["warnings"] if "enrolled from (the same pixels" in w]
-    assert len(said) == 1 and said[0].startswith(f"these 300 images are the set {', '.join(instances)} were ")
-    assert "tests nothing" in said[0] and own["input"]["sha256"][:19] in said[0]
-    fresh = json.loads(run(["attribute", str(data / "query-rotate.npz"), "--registry", str(reg), "--json"]).stdout)
-    assert not any("enrolled from" in w for w in fresh["warnings"])
+    reg, data = registry
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    rotate, fresh = np.load(data / "rotate.npz")["images"], np.load(data / "query-rotate.npz")["images"]
+    gfile = copy / "digits-vit" / "generators" / "rotate.yaml"
+    doc = yaml.safe_load(gfile.read_text())
+    for inst in doc["instances"]:  # as enrolled before the digests were kept
+        del inst["provenance"]["image_digests"]
+        (copy / "digits-vit" / "records" / "rotate" / inst["id"] / "images.npy").unlink()
+    gfile.write_text(yaml.safe_dump(doc, sort_keys=False))
+    np.savez(tmp_path / "part.npz", images=np.concatenate([fresh, rotate[:20]]))
+    assert api.attribute(tmp_path / "part.npz", registry=copy).input.enrolled_images == 0  # cannot be told
+    checked = api.validate_registry(copy)
+    assert checked.ok and [w for w in checked.warnings if "keep no digests" in w] == [
+        "digits-vit: 3 of 12 instances keep no digests of the images they were made from (" + ", ".join(
+            f"rotate/{i['id']}" for i in doc["instances"]) + "), so a query holding some of those images is not "
+        "told, only one that is the whole set; `forensics registry records NAME IMAGES` keeps them, embedding nothing"]
+    whole = api.attribute(data / "rotate.npz", registry=copy).input  # the whole set, by its hash
+    assert whole.enrolled_images == 300 and len(whole.enrolled) == 3
+
+    def embeds(*args, **kwargs):
+        raise AssertionError("the digests alone need no embedding")
+
+    real, engines.fingerprints_and_records = engines.fingerprints_and_records, embeds
+    try:
+        assert len(api.add_records(data / "rotate.npz", "rotate", registry=copy)) == 3
+    finally:
+        engines.fingerprints_and_records = real
+    first, other = sorted((r for r in Registry.open(copy).enrolled("digits-vit") if r.generator == "rotate"),
+                          key=lambda r: int(r.provenance.get("batch", 0)))[:2]
+    part = api.attribute(tmp_path / "part.npz", registry=copy).input
+    assert part.enrolled == {f"rotate/{first.instance}": 20} and part.enrolled_images == 20
+
+    np.savez(tmp_path / "new.npz", images=np.concatenate([fresh[:60], rotate[:40]]))
+    enrolled = api.enroll(tmp_path / "new.npz", "newcomer", registry=copy, conditions="none")
+    assert [w for w in enrolled.warnings if "enrolled from" in w] == [
+        f"40 of these images are, pixel for pixel, images rotate/{first.instance} was enrolled from: unless the "
+        "generator draws them again (a copy of its training data, say), shared images make two instances look "
+        "alike (the generator's spread shrinks, or two generators look alike); then remove the new instances "
+        "(`forensics registry remove newcomer --instance ID`) and enrol images no instance holds"]
+    assert api.attribute(tmp_path / "new.npz", registry=copy).input.enrolled == {
+        f"rotate/{first.instance}": 40, f"newcomer/{enrolled.instances[0]}": 100}
+
+    # an image one instance holds twice counts once; a blank image, which any generator may draw, is no one's
+    blank = np.zeros_like(fresh[:3])
+    np.savez(tmp_path / "twice.npz", images=np.concatenate([fresh[:70], blank, rotate[:1], rotate[:1]]))
+    unseen = np.load(data / "query-noise.npz")["images"][:96]
+    np.savez(tmp_path / "held-twice.npz", images=np.concatenate([unseen, rotate[:1], rotate[:1], blank[:2]]))
+    twice = api.enroll(tmp_path / "held-twice.npz", "twice", registry=copy, conditions="none")
+    assert api.attribute(tmp_path / "twice.npz", registry=copy).input.enrolled == {
+        f"rotate/{first.instance}": 2, f"newcomer/{enrolled.instances[0]}": 60 + 2, f"twice/{twice.instances[0]}": 2}
+
+    records = copy / "digits-vit" / "records" / "rotate"
+    (records / first.instance / "images.npy").write_bytes((records / other.instance / "images.npy").read_bytes())
+    checked = api.validate_registry(copy)
+    assert not checked.ok and any(f"rotate/{first.instance}: image digests file images.npy" in p for p in checked.problems)
+    broken = api.attribute(tmp_path / "part.npz", registry=copy)
+    assert f"rotate/{first.instance}" not in broken.input.enrolled and broken.verdict  # (the newcomer's still are)
+    assert any(w.startswith(f"digits-vit/rotate/{first.instance}: image digests file images.npy") and
+               "is not the one its provenance records" in w for w in broken.warnings)

@@ -10,10 +10,10 @@ import typer
 
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
 from forensics.cli.common import (
-    OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_DROP_REPEATS, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE, OPT_OFFLINE,
-    OPT_OPERATING_POINT, OPT_PLOTS, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE, batch_notes,
-    check_output, distribution_version, err, esc, handle_errors, input_notes, out, print_json, progress_bar,
-    use_offline,
+    OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_DROP_ENROLLED, OPT_DROP_REPEATS, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE,
+    OPT_OFFLINE, OPT_OPERATING_POINT, OPT_PLOTS, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE,
+    batch_notes, check_output, distribution_version, err, esc, handle_errors, input_notes, out, print_json,
+    progress_bar, use_offline,
 )
 
 app = typer.Typer(
@@ -83,6 +83,7 @@ def attribute(
     offline: bool = OPT_OFFLINE,
     no_recursive: bool = OPT_NO_RECURSIVE,
     drop_repeats: bool = OPT_DROP_REPEATS,
+    drop_enrolled: bool = OPT_DROP_ENROLLED,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
     condition: str = OPT_CONDITION,
@@ -110,7 +111,7 @@ def attribute(
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
                      cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
                      engine=engine, ray_address=ray_address, condition=condition, operating_point=operating_point,
-                     drop_repeats=drop_repeats)
+                     drop_repeats=drop_repeats, drop_enrolled=drop_enrolled)
     input_notes(images, result.input.skipped)
     batch_notes(result)
     write_reports("attribution_page", result, html_out, plots_dir)

@@ -189,6 +189,9 @@ OPT_OPERATING_POINT = typer.Option("balanced", "--operating-point", help="Which 
                                    "letting more unenrolled generators through) or cautious (the reverse).")
 OPT_DROP_REPEATS = typer.Option(False, "--drop-repeats", help="Leave out images that repeat an earlier image of the "
                                 "set pixel for pixel (a file kept twice); by default they are counted and warned of.")
+OPT_DROP_ENROLLED = typer.Option(False, "--drop-enrolled", help="Leave out images an enrolled instance was made "
+                                 "from (matched with their own reference curve, they make the verdict lean toward "
+                                 "it); by default they are counted and warned of.")
 OPT_NO_RECURSIVE = typer.Option(False, "--no-recursive", help="Read only the folder's own files, not its "
                                 "subfolders' (by default a folder is searched recursively).")
 

@@ -298,7 +298,8 @@ def records(
 
     IMAGES must be the images an instance was enrolled from (their hash is checked) and must give back its
     enrolled curve here; then the records under each condition it does not keep yet are written beside its
-    generator file (those it keeps are left as they are), and the images' size where it records none. A
+    generator file (those it keeps are left as they are), and the images' size and per-image digests where it
+    records none (the digests, which tell a query holding some of these images, need no embedding). A
     generator of the bundled registry has its file copied into the user registry with the new records. For
     every zoo instance at once: forensics zoo enroll --conditions jpeg60.
 

@@ -109,7 +109,9 @@ def enroll(
         added = sorted({c for d in result.recorded for c in d["conditions"]})
         out.print(f"{len(result.enrolled)} zoo set(s) enrolled under {where}"
                   + (f"; {len(result.recorded)} given records under {', '.join(added)}" if added else "")
-                  + f"; {result.skipped} already there", markup=False)
+                  + f"; {result.skipped} already there"
+                  + (f"; the digests of their images kept for {result.hashed} instance(s)" if result.hashed else ""),
+                  markup=False)
 
 
 @app.command()

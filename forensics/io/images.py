@@ -42,7 +42,7 @@ import numpy as np
 
 from forensics.errors import ForensicsError, UsageError
 from forensics.io.atomic import _show
-from forensics.io.hashing import sha256_array, sha256_bytes, sha256_images, sha256_json
+from forensics.io.hashing import image_digests, sha256_array, sha256_bytes, sha256_images, sha256_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 ARRAY_SUFFIXES = {".npz", ".npy"}
@@ -321,13 +321,12 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
 
 def repeated(images: np.ndarray) -> np.ndarray:
     """Which images repeat an earlier image of the set pixel for pixel (a boolean mask over the first axis;
-    the first of each group is not a repeat). Hashed once per image, equal hashes compared in full."""
-    import hashlib
-
+    the first of each group is not a repeat). Each image's digest (:func:`~forensics.io.hashing.image_digests`)
+    once, equal digests compared in full."""
     first: dict[bytes, list[int]] = {}
     out = np.zeros(len(images), dtype=bool)
-    for i, image in enumerate(images):
-        kin = first.setdefault(hashlib.blake2b(image.tobytes(), digest_size=16).digest(), [])
+    for i, (image, digest) in enumerate(zip(images, image_digests(images))):
+        kin = first.setdefault(digest.tobytes(), [])
         if any(np.array_equal(images[j], image) for j in kin):
             out[i] = True
         else:

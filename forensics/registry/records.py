@@ -19,21 +19,29 @@ or libwebp may encode a JPEG or WebP otherwise. So each layer keeps ``<protocol>
 per condition, the digest of what the machine that first kept records under it makes of a fixed probe
 (:func:`forensics.conditions.processing_digest`) and the versions of Pillow and its codecs; records are
 kept under a condition only where this machine's digest is the one every layer records for it.
+
+Beside them, ``<protocol>/records/<generator>/<instance id>/images.npy`` keeps one 16-byte digest per image the
+instance was enrolled from (:func:`forensics.io.hashing.image_digests`; 8 KB for 500 images), its own digest
+recorded in the instance's provenance (``image_digests: sha256:…``): what tells a query that holds some of those
+very images (its verdict would partly match them with their own reference curve) and an enrolment that repeats
+images another instance holds.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from forensics.errors import RegistryError
 from forensics.io.atomic import write_atomic
-from forensics.io.hashing import sha256_array, short
+from forensics.io.hashing import IMAGE_DIGEST_BYTES, sha256_array, short
 
 RECORDS_DIR = "records"
 PROCESSING_FILE = "processing.yaml"
+DIGESTS_FILE = "images.npy"  # not a condition's name: conditions never read "images"
 MAX_BYTES = 256 << 20  # far above any real instance (500 images × 32 layers × 2 fields is 256 KB)
 
 
@@ -41,6 +49,12 @@ def records_path(root: Path, protocol: str, generator: str, instance: str, condi
     """Where ``generator``'s ``instance``'s records under ``protocol`` and ``condition`` live in the
     registry layer ``root``."""
     return root / protocol / RECORDS_DIR / generator / instance / f"{condition}.npy"
+
+
+def digests_path(root: Path, protocol: str, generator: str, instance: str) -> Path:
+    """Where the digests of the images ``generator``'s ``instance`` was enrolled from live under ``protocol`` in
+    the registry layer ``root``."""
+    return root / protocol / RECORDS_DIR / generator / instance / DIGESTS_FILE
 
 
 def processing_path(root: Path, protocol: str) -> Path:
@@ -59,37 +73,73 @@ def as_records(layers: list[np.ndarray], condition: str = "none") -> np.ndarray:
     return np.ascontiguousarray(np.stack([np.asarray(r, dtype=np.float64) for r in layers]).astype(dtype))
 
 
-def write_records(path: Path, array: np.ndarray) -> str:
-    """Write ``array`` (:func:`as_records`) atomically to ``path``; returns its digest for the YAML."""
-    array = np.ascontiguousarray(array)
-    if array.ndim != 3 or array.dtype not in (np.float32, np.float64):
-        raise ValueError(f"records must be a (layers, images, fields) array, got shape {array.shape}")
+def _write_array(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` as .npy (no pickles) atomically to ``path``; returns its digest."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     write_atomic(path, lambda f: f.write(buf.getvalue()))
     return sha256_array(array)
 
 
+def _read_array(path: Path, digest: str, *, label: str, what: str, fix: str, fits: Callable[[np.ndarray], bool],
+                expected: str, recorded_by: str) -> np.ndarray:
+    """The array at ``path``, checked: a plain file within :data:`MAX_BYTES`, an .npy without pickles that
+    ``fits``, whose digest is ``digest``. Anything else is a :class:`RegistryError` naming ``label``, ``what``
+    the file is, what it should hold (``expected``), where its digest is recorded and what to do (``fix``)."""
+    if not path.is_file() or path.is_symlink():
+        raise RegistryError(f"{label}: {what} {path.name} is missing; {fix}")
+    if path.stat().st_size > MAX_BYTES:
+        raise RegistryError(f"{label}: {what} {path.name} is larger than {MAX_BYTES >> 20} MiB; {fix}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RegistryError(f"{label}: {what} {path.name} cannot be read ({exc}); {fix}") from None
+    if not isinstance(array, np.ndarray) or not fits(array):
+        raise RegistryError(f"{label}: {what} {path.name} holds {getattr(array, 'dtype', '?')} "
+                            f"{getattr(array, 'shape', '?')}, not {expected}; {fix}")
+    got = sha256_array(array)
+    if got != digest:
+        raise RegistryError(f"{label}: {what} {path.name} (sha256 {short(got)}) is not the one {recorded_by} records "
+                            f"({short(digest)}); {fix}")
+    return array
+
+
+def write_records(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` (:func:`as_records`) atomically to ``path``; returns its digest for the YAML."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 3 or array.dtype not in (np.float32, np.float64):
+        raise ValueError(f"records must be a (layers, images, fields) array, got shape {array.shape}")
+    return _write_array(path, array)
+
+
 def read_records(path: Path, digest: str, *, layers: int, label: str) -> np.ndarray:
     """The records at ``path``, checked: a (``layers``, images, fields) float array of finite values whose
     digest is ``digest``. Anything else is a :class:`RegistryError` naming ``label`` and what to do."""
     fix = "add its records again (`forensics registry records`), or remove the condition from its `records:`"
-    if not path.is_file() or path.is_symlink():
-        raise RegistryError(f"{label}: records file {path.name} is missing; {fix}")
-    if path.stat().st_size > MAX_BYTES:
-        raise RegistryError(f"{label}: records file {path.name} is larger than {MAX_BYTES >> 20} MiB; {fix}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise RegistryError(f"{label}: records file {path.name} cannot be read ({exc}); {fix}") from None
-    if not isinstance(array, np.ndarray) or array.dtype not in (np.float32, np.float64) or array.ndim != 3 \
-            or array.shape[0] != layers or array.shape[1] == 0:
-        raise RegistryError(f"{label}: records file {path.name} holds {getattr(array, 'dtype', '?')} "
-                            f"{getattr(array, 'shape', '?')}, not ({layers}, images, fields) floats; {fix}")
-    got = sha256_array(array)
-    if got != digest:
-        raise RegistryError(f"{label}: records file {path.name} (sha256 {short(got)}) is not the one its generator "
-                            f"file records ({short(digest)}); {fix}")
+    array = _read_array(path, digest, label=label, what="records file", fix=fix,
+                        fits=lambda a: a.dtype in (np.float32, np.float64) and a.ndim == 3 and a.shape[0] == layers
+                        and a.shape[1] > 0,
+                        expected=f"({layers}, images, fields) floats", recorded_by="its generator file")
     if not np.isfinite(array).all():
         raise RegistryError(f"{label}: records file {path.name} holds NaN or infinite values; {fix}")
     return array
+
+
+def write_digests(path: Path, digests: np.ndarray) -> str:
+    """Write an instance's per-image digests (an (images, 16) uint8 array) atomically to ``path``; returns the
+    array's digest for its provenance."""
+    digests = np.ascontiguousarray(digests)
+    if digests.dtype != np.uint8 or digests.ndim != 2 or digests.shape[1] != IMAGE_DIGEST_BYTES or not len(digests):
+        raise ValueError(f"image digests must be an (images, {IMAGE_DIGEST_BYTES}) uint8 array, got "
+                         f"{digests.dtype} {digests.shape}")
+    return _write_array(path, digests)
+
+
+def read_digests(path: Path, digest: str, *, label: str) -> np.ndarray:
+    """The per-image digests at ``path``, checked: an (images, 16) uint8 array whose digest is ``digest``.
+    Anything else is a :class:`RegistryError` naming ``label`` and what to do."""
+    return _read_array(path, digest, label=label, what="image digests file",
+                       fix="add them again (`forensics registry records` with the images it was enrolled from)",
+                       fits=lambda a: a.dtype == np.uint8 and a.ndim == 2 and a.shape[1] == IMAGE_DIGEST_BYTES
+                       and a.shape[0] > 0,
+                       expected=f"(images, {IMAGE_DIGEST_BYTES}) bytes", recorded_by="its provenance")

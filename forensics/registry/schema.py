@@ -358,9 +358,10 @@ def _parse_provenance(prov: Any, key: str, label: str, problems: Problems) -> di
     for required in PROVENANCE_REQUIRED:
         if required not in prov:
             problems.add(label, f"{key}.{required}", "missing (null when not known)")
-    sha = prov.get("input_sha256")
-    if sha is not None and not is_digest(sha):
-        problems.add(label, f"{key}.input_sha256", f"expected a sha256 digest or null, got {sha!r}")
+    for field_ in ("input_sha256", "image_digests"):
+        sha = prov.get(field_)
+        if sha is not None and not is_digest(sha):
+            problems.add(label, f"{key}.{field_}", f"expected a sha256 digest or null, got {sha!r}")
     n = prov.get("n_images")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
         problems.add(label, f"{key}.n_images", f"expected a positive integer or null, got {n!r}")

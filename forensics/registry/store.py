@@ -54,7 +54,9 @@ from forensics.provenance import tool_version, user, utc_now
 from forensics.registry.diff import diff
 from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_family, check_name
 from forensics.registry import reference as shipped
-from forensics.registry.records import as_records, processing_path, read_records, records_path, write_records
+from forensics.registry.records import (
+    as_records, digests_path, processing_path, read_digests, read_records, records_path, write_digests, write_records,
+)
 from forensics.registry.schema import (
     HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator,
     parse_processing, read_yaml, write_yaml,
@@ -692,6 +694,30 @@ class Registry:
                      for a in arrays])
         return found, problems
 
+    def image_digests(self, protocol_name: str, references: Sequence[EnrolledCurve]
+                      ) -> tuple[dict[tuple[str, str], Any], list[str]]:
+        """The digests of the images each of ``references`` was enrolled from (:mod:`forensics.registry.records`),
+        checked against the one its provenance records: ``({(generator, instance id): (images, 16) array},
+        problems)``. Under a combination from the first of its protocols that keeps them. An instance enrolled
+        before they were kept is left out; one whose file fails a check too, with one line in ``problems``."""
+        found: dict[tuple[str, str], Any] = {}
+        problems: list[str] = []
+        for ref in references:
+            for part in self.protocol(protocol_name).parts:
+                inst = self._instance(part.name, ref.generator, ref.instance)
+                digest = inst.provenance.get("image_digests") if inst is not None else None
+                if digest is None:
+                    continue
+                paths = [digests_path(root, part.name, ref.generator, ref.instance) for root in self.layers]
+                try:
+                    found[(ref.generator, ref.instance)] = read_digests(
+                        next((p for p in paths if p.is_file()), paths[0]), digest,
+                        label=f"{part.name}/{ref.generator}/{ref.instance}")
+                except RegistryError as exc:
+                    problems.append(str(exc))
+                break
+        return found, problems
+
     def _bundled_holding(self, protocol_name: str, generator: str, instance: str, condition: str) -> Path | None:
         """The bundled registry where it is not among this registry's layers and holds an instance's records
         file, else None: a copy of a bundled generator file (made by enrolling a further run over it) keeps the
@@ -722,19 +748,24 @@ class Registry:
         entry = self.generators.get(protocol_name, {}).get(generator)
         return next((i for i in entry.instances if i.id == instance), None) if entry else None
 
+    def _write_digests(self, protocol_name: str, generator: str, instance: str, digests: Any) -> str:
+        return write_digests(self._safe(digests_path(self.path, protocol_name, generator, instance)), digests)
+
     def _write_records(self, protocol_name: str, generator: str, instance: str, arrays: Mapping[str, Any]) -> None:
         for condition, array in arrays.items():
             write_records(self._safe(records_path(self.path, protocol_name, generator, instance, condition)), array)
 
     def add_records(self, protocol_name: str, generator: str, instance: str,
-                    records: Mapping[str, Sequence[Any]], image_size: Sequence[int] | None = None) -> list[str]:
+                    records: Mapping[str, Sequence[Any]], image_size: Sequence[int] | None = None,
+                    image_digests: Any | None = None) -> list[str]:
         """Keep per-image records ({condition: one array per layer of the protocol}) for an instance already
         enrolled (under a combination, under every part). The caller vouches that they are the instance's
         own images (:func:`forensics.add_records` checks the images' hash and that the ``none`` records
         reproduce the enrolled curve exactly). A condition the instance keeps already is left as it is (its
         file and digest untouched). ``image_size`` ([height, width] of those images) is recorded in the
-        instance's provenance where it records none. Files first, then the generator files naming them, all
-        or nothing. A generator file only a read-only layer holds (the bundled registry) is copied into the
+        instance's provenance where it records none, and so are ``image_digests`` (the images' digests,
+        :func:`forensics.io.hashing.image_digests`) with their file. Files first, then the generator files naming
+        them, all or nothing. A generator file only a read-only layer holds (the bundled registry) is copied into the
         written layer with the new records, as :meth:`enroll` copies it with new instances; the records it
         kept already stay where they are. Returns the conditions now kept."""
         proto = self.protocol(protocol_name)
@@ -758,16 +789,20 @@ class Registry:
                 arrays = {c: as_records(list(layers[a:b]), c) for c, layers in records.items()
                           if c not in inst.records}
                 sized = image_size is not None and inst.provenance.get("image_size") is None
-                if arrays or sized:
-                    plan.append((part, gfile, entry, inst, arrays, sized))
-            processing = self._processing_writes([part.name for part, _, _, _, arrays, _ in plan if arrays],
-                                                 sorted({c for *_, arrays, _ in plan for c in arrays}))
+                hashed = image_digests is not None and inst.provenance.get("image_digests") is None
+                if arrays or sized or hashed:
+                    plan.append((part, gfile, entry, inst, arrays, sized, hashed))
+            processing = self._processing_writes([part.name for part, _, _, _, arrays, _, _ in plan if arrays],
+                                                 sorted({c for *_, arrays, _, _ in plan for c in arrays}))
             changes = []
-            for part, gfile, entry, inst, arrays, sized in plan:
+            for part, gfile, entry, inst, arrays, sized, hashed in plan:
                 self._write_records(part.name, generator, instance, arrays)
                 inst.records = {**inst.records, **{c: sha256_array(x) for c, x in arrays.items()}}
                 if sized:
                     inst.provenance["image_size"] = [int(n) for n in image_size]
+                if hashed:
+                    inst.provenance["image_digests"] = self._write_digests(part.name, generator, instance,
+                                                                           image_digests)
                 changes.append((gfile, entry.to_dict()))
             if changes:
                 self._copy_up([part.name for part in proto.parts])  # the protocols they are read against
@@ -1028,7 +1063,8 @@ class Registry:
 
     def enroll(self, protocol_name: str, generator: str, fingerprints: Sequence[Fingerprint],
                provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None,
-               records: Sequence[Mapping[str, Sequence[Any]]] | None = None, family: str | None = None) -> list[str]:
+               records: Sequence[Mapping[str, Sequence[Any]]] | None = None, family: str | None = None,
+               image_digests: Sequence[Any] | None = None) -> list[str]:
         """Add ``fingerprints`` as new instances of ``generator`` under a protocol; returns their ids.
 
         ``provenance`` is recorded with every instance, completed with ``created`` (UTC), ``by``,
@@ -1048,6 +1084,10 @@ class Registry:
 
         ``family``: the model the generator shares with other enrolled generators (:meth:`set_family`), set
         (or replaced) on its file with the new instances; None leaves its file's family as it is.
+
+        ``image_digests``: per fingerprint, the digests of its batch's images
+        (:func:`forensics.io.hashing.image_digests`), written beside its records and their digest recorded in
+        its provenance (``image_digests``).
         """
         proto = self.protocol(protocol_name)
         self.check_enrolment(protocol_name, generator)
@@ -1065,6 +1105,8 @@ class Registry:
                                  f"{len(proto.layers)} layers")
         if ids is not None and len(ids) != len(fingerprints):
             raise UsageError("one id per fingerprint is needed")
+        if image_digests is not None and len(image_digests) != len(fingerprints):
+            raise UsageError("image digests need one array per fingerprint")
         if records is not None and (len(records) != len(fingerprints) or any(
                 len(layers) != len(proto.layers) for r in records for layers in r.values())):
             raise UsageError("records need one mapping per fingerprint, one array per layer of the protocol")
@@ -1085,7 +1127,9 @@ class Registry:
             writes = [self._add_instances(part, generator, [fp.values[a:b] for fp in fingerprints], base, new_ids,
                                           description, complete=len(proto.parts) > 1, family=family,
                                           records=None if arrays is None else
-                                          [{c: sha256_array(x) for c, x in r.items()} for r in arrays])
+                                          [{c: sha256_array(x) for c, x in r.items()} for r in arrays],
+                                          image_digests=None if image_digests is None else
+                                          [sha256_array(d) for d in image_digests])
                       for (part, a, b), arrays in zip(part_spans(proto), kept)]
             processing = self._processing_writes(
                 [part.name for (part, _, _), (_, entry) in zip(part_spans(proto), writes) if entry is not None],
@@ -1094,6 +1138,9 @@ class Registry:
                 if entry is not None and arrays is not None:  # the files first: a generator file never names a
                     for iid, by_condition in zip(new_ids, arrays):  # records file that is not there
                         self._write_records(part.name, generator, iid, by_condition)
+                if entry is not None and image_digests is not None:
+                    for iid, digests in zip(new_ids, image_digests):
+                        self._write_digests(part.name, generator, iid, digests)
             todo = [(gfile, entry) for gfile, entry in writes if entry is not None]
             if not todo and getattr(self, "_completed", False):  # the interrupted enrolment, completed just now
                 self._ensure_gitignore()
@@ -1162,7 +1209,8 @@ class Registry:
     def _add_instances(self, proto: Protocol, generator: str, curves: Sequence[tuple[float | None, ...]],
                        base: Mapping[str, Any], new_ids: Sequence[str], description: str,
                        complete: bool = False, records: Sequence[Mapping[str, str]] | None = None,
-                       family: str | None = None) -> tuple[Path, GeneratorEntry | None]:
+                       family: str | None = None, image_digests: Sequence[str] | None = None
+                       ) -> tuple[Path, GeneratorEntry | None]:
         """``generator``'s file under ``proto`` with the new instances added (not yet written); refuses
         a name that differs only in case, a curve already enrolled, an id already taken. Under the lock.
         With ``complete`` (a combination's part), instances already there with the same id, curve and input
@@ -1213,6 +1261,8 @@ class Registry:
             prov = dict(base)
             if len(curves) > 1:
                 prov["batch"] = j
+            if image_digests is not None:
+                prov["image_digests"] = image_digests[j]
             entry.instances.append(Instance(iid, tuple(values), prov, {} if records is None else dict(records[j])))
         return gfile, entry
 
@@ -1349,6 +1399,9 @@ class Registry:
                 row["from_below"].append(inst.id)
             if had is None:
                 continue
+            if had.values == inst.values and inst.provenance.get("image_digests") is None \
+                    and had.provenance.get("image_digests") is not None:  # kept here since: its file is this layer's
+                inst.provenance["image_digests"] = had.provenance["image_digests"]
             for c, d in had.records.items():
                 here = records_path(self.path, part.name, copy.name, inst.id, c)
                 if c not in inst.records and had.values == inst.values:
