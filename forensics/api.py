@@ -975,10 +975,10 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     # the mean of full batches is a curve at m, whatever number of images it sums: under a mixture, the
     # references at m hold the full batches' conditions in their proportions
     whole_mix = cond.of(slice(0, full))
-    overall_under = whole_mix if isinstance(whole_mix, str) else scaled_mixture(whole_mix, size)
-    if len(curves) == 1:
-        overall = batches[0]
+    if len(curves) == 1:  # one batch, of any size: its verdict, matched under its own mixture
+        overall, overall_under = batches[0], whole_mix
     else:
+        overall_under = whole_mix if isinstance(whole_mix, str) else scaled_mixture(whole_mix, size)
         fitted, at = sized.at(overall_under, size)
         overall = BatchAttribution(curve, answer(fitted, curve), compared_at=at,
                                    mixture=None if isinstance(overall_under, str) or at is None else dict(overall_under))

@@ -1008,6 +1008,18 @@ def test_a_folder_processed_in_two_ways_is_matched_against_references_processed_
     in_file = json.loads(r.stdout)
     assert in_file["condition"]["mixture"] == doc["condition"]["mixture"] and in_file["curve"] == doc["curve"]
     assert [b["verdict"] for b in in_file["batches"]] == [b["verdict"] for b in doc["batches"]]
+    # fewer images than a batch: the one batch, matched under its own mixture at its own size, is the verdict
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in sorted(folder.iterdir())[:60]:
+        (few / f.name).write_bytes(f.read_bytes())
+    r = run(["attribute", str(few), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    small = json.loads(r.stdout)
+    validate(small)
+    (batch,) = small["batches"]
+    assert batch["mixture"] == {"none": 40, "jpeg90": 20} and batch["compared_at"] == small["compared_at"] == 60
+    assert small["verdict"]["distance_ratio"] is not None and small["matcher"]["name"] == doc["matcher"]["name"]
     r = run(["attribute", str(tmp_path / "declared.npz"), "--registry", str(reg), "--json", "--condition", "none"])
     assert "mixture" not in json.loads(r.stdout)["condition"]  # declared on the command line: that one for all
     for job in (api.enroll, api.add_records):  # a generator's fingerprint is of the images it wrote
