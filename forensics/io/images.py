@@ -366,7 +366,8 @@ def decode_image(file: str | Path) -> np.ndarray:
                          "limit") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many kinds on hostile files
         reason = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
-        raise UsageError(f"cannot decode {where}: {reason}") from None
+        raise UsageError(f"cannot decode {where}: {reason}; repair it, or move it out of the images (a set is read "
+                         "whole: no image file is left out unsaid)") from None
 
 
 def _pixels(im, where: str) -> np.ndarray:
