@@ -1391,6 +1391,23 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
                               redrawn=queries is not None, operating_point=operating_point)
 
 
+def _lacking_records(reg: Registry, name: str, refs: Sequence[EnrolledCurve], conditions: Sequence[str]) -> str | None:
+    """What keeps protocol ``name``'s instances ``refs`` from being redrawn under ``conditions``, as their
+    generator files say (no records file is read): None when every instance keeps records under each."""
+    from forensics.conditions import records_hint
+
+    for c in conditions:
+        missing = [r for r in refs if c not in reg.instance_record_conditions(name, r.generator, r.instance)]
+        if missing:
+            imported = all(not r.provenance.get("input_sha256") for r in missing)
+            return (f"{len(missing)} of its {len(refs)} instances keep no per-image records under {c} ("
+                    + ", ".join(f"{r.generator}/{r.instance}" for r in missing[:3])
+                    + (" …" if len(missing) > 3 else "") + "); " + ("they were enrolled as curves, without images "
+                                                                     "to redraw them from" if imported else
+                                                                     records_hint(c)))
+    return None
+
+
 def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int,
              condition: str) -> tuple[list, dict, Any]:
     """``refs`` redrawn at ``size`` under ``condition`` (:func:`forensics.match.batchsize.references_at`),
@@ -1406,6 +1423,9 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
     parts = [condition] if mixture is None else [c for c, _ in mixture]
     for c in parts:
         get_condition(c)
+    lacking = _lacking_records(reg, proto.name, refs, parts)
+    if lacking:  # from the generator files alone: no reference side is fitted (or fetched) to find it out
+        raise UsageError(f"{proto.name}: {lacking}")
     sized = _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs)
     for c in parts:
         missing = [f"{r.generator}/{r.instance}" for r in refs if r.instance not in sized.records(c)]
@@ -1425,17 +1445,32 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
     ``stability``, also how far each matcher's open-set thresholds move with one reference left out
     (minutes: ``progress`` hears of each protocol and matcher). ``batch_size``/``condition``: at another
     batch size and post-processing condition, from the instances' per-image records
-    (:func:`evaluate_protocol`). ``operating_point``: which calibrated thresholds the open-set verdicts use
+    (:func:`evaluate_protocol`); with every protocol, those whose instances keep no such records are left out
+    (``result.skipped``: why). ``operating_point``: which calibrated thresholds the open-set verdicts use
     (:data:`forensics.match.calibration.OPERATING_POINTS`)."""
     from forensics.match.calibration import check_operating_point
 
     check_operating_point(operating_point)
+    from forensics.conditions import parse_mixture
+
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         names = [protocol] if protocol else sorted(reg.protocols)
         for name in names:
             reg.protocol(name)
         chosen = _matcher_names(matchers)
+    skipped: dict[str, str] = {}
+    if not protocol and (batch_size is not None or condition != "none"):  # only those that keep the records
+        for name in names:
+            mixture = parse_mixture(condition, batch_size or reg.protocol(name).batch_size)
+            why = _lacking_records(reg, name, reg.enrolled(name), [condition] if mixture is None else
+                                   [c for c, _ in mixture])
+            if why is not None:
+                skipped[name] = why
+        names = [n for n in names if n not in skipped]
+        if not names:
+            raise UsageError("no protocol keeps the per-image records to evaluate at that batch size and condition: "
+                             + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
     done = []
     count = progress if progress is not None and len(names) > 1 else None  # several protocols: how many done
     for name in names:
@@ -1446,7 +1481,7 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
                                       operating_point=operating_point))
     if count is not None:
         count("protocols evaluated", len(done), len(names))
-    return EvaluationResult(reg.path, tuple(done))
+    return EvaluationResult(reg.path, tuple(done), skipped)
 
 
 def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,

@@ -534,14 +534,18 @@ class ProtocolEvaluation:
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """``forensics.evaluate``: each protocol's matchers side by side."""
+    """``forensics.evaluate``: each protocol's matchers side by side, and the protocols left out (why)."""
 
     registry: Path
     protocols: tuple[ProtocolEvaluation, ...]
+    skipped: Mapping[str, str] = field(default_factory=dict)  # protocol → why it was left out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": EVALUATION_SCHEMA, "registry": str(self.registry),
-                "protocols": [p.to_dict() for p in self.protocols]}
+        d = {"schema": EVALUATION_SCHEMA, "registry": str(self.registry),
+             "protocols": [p.to_dict() for p in self.protocols]}
+        if self.skipped:
+            d["skipped"] = dict(self.skipped)
+        return d
 
 
 @dataclass(frozen=True)

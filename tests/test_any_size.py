@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from forensics.cli.commands import app
 from forensics.conditions import (CONDITIONS, NONE, detect, file_jpeg, file_webp, get_condition, ijg_table, jpeg_quality,
-                                  mixture_of, parse_conditions, resample, scaled, scaled_mixture, webp_quantiser)
+                                  mixture_of, parse_conditions, records_hint, resample, scaled, scaled_mixture,
+                                  webp_quantiser)
 from forensics.errors import RegistryError, StatisticError, UsageError
 from forensics.match.batchsize import CALIBRATION_DRAWS, layer_weights, mixed_subbatches, references_at, subbatches
 from forensics.registry import Registry
@@ -1360,7 +1361,8 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
 
     validate(doc)
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "resize2"])
-    assert r.exit_code != 0 and "no usable per-image records under resize2" in r.output
+    assert r.exit_code == 2 and "no protocol keeps the per-image records" in r.output
+    assert "d: 6 of its 6 instances keep no per-image records under resize2" in r.output
     # batches processed in several ways: each held-out instance queried by mixed sub-batches
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha", "--batch-size", "60",
              "--condition", "none/jpeg90"])
@@ -1368,8 +1370,43 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
     validate(json.loads(r.stdout))
     got = json.loads(r.stdout)["protocols"][0]
     assert got["condition"] == "none/jpeg90" and got["matchers"][0]["n"] == 6 * CALIBRATION_DRAWS
-    r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "none/resize2"])
-    assert r.exit_code != 0 and "no usable per-image records under resize2" in r.output
+    r = run(["registry", "evaluate", "--registry", str(reg), "--json", "--condition", "none/resize2", "-p", "d"])
+    assert r.exit_code == 2 and "d: 6 of its 6 instances keep no per-image records under resize2" in r.output
+
+
+def test_evaluating_every_protocol_at_a_batch_size_leaves_out_those_without_records(digits, plugin_host, tmp_path,
+                                                                                      monkeypatch):
+    """A protocol whose instances keep no records for the asked batch size or condition is left out, said
+    and recorded, found from its generator files alone (no reference side is fitted to find it out)."""
+    import shutil
+
+    from forensics import engine as engines
+    from forensics.schemas import validate
+
+    reg, data = digits
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    r = run(["protocol", "create", "e", "--dataset", "digits", "--encoder", "vit_mnist_tiny.forensics", "--k", "3",
+             "--projection", "8", "--batch-size", str(M), "--registry", str(copy)])
+    assert r.exit_code == 0, r.output
+    r = run(["registry", "enroll", "rotate", str(data / "rotate.npz"), "-p", "e", "--registry", str(copy),
+             "--conditions", "none"])
+    assert r.exit_code == 0, r.output
+    fitted = []
+    real = engines.Engine.reference_side
+    monkeypatch.setattr(engines.Engine, "reference_side", lambda self: fitted.append(self.protocol.name) or real(self))
+    r = run(["registry", "evaluate", "--registry", str(copy), "--json", "-m", "alpha", "--batch-size", "60",
+             "--condition", "jpeg90"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    validate(doc)
+    assert [p["protocol"] for p in doc["protocols"]] == ["d"] and "d" in fitted and "e" not in fitted
+    assert doc["skipped"] == {"e": "2 of its 2 instances keep no per-image records under jpeg90 ("
+                                    + ", ".join(f"rotate/{r.instance}" for r in Registry.open(copy).enrolled("e"))
+                                    + "); " + records_hint("jpeg90")}
+    assert f"note: e left out: {doc['skipped']['e']}" in " ".join(r.stderr.split())
+    plain = json.loads(run(["registry", "evaluate", "--registry", str(copy), "--json", "-m", "alpha"]).stdout)
+    assert [p["protocol"] for p in plain["protocols"]] == ["d", "e"] and "skipped" not in plain
 
 
 @pytest.mark.slow

@@ -550,6 +550,8 @@ def evaluate(
     with progress:
         result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability, progress=update,
                      batch_size=batch_size, condition=condition, operating_point=operating_point)
+    for name, why in result.skipped.items():
+        err.print(f"[yellow]note:[/] {esc(name)} left out: {esc(why)}", soft_wrap=True)  # one line
     write_reports("evaluation_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())
