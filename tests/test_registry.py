@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -92,14 +93,22 @@ def test_enroll_refuses_mismatches_and_duplicates(reg, fingerprints, toy_protoco
 
 def test_remove_instance_and_generator(reg, fingerprints):
     proto = reg.protocol("toy")
-    ids = reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3], [2, 3, 4]), {})
+    rng = np.random.default_rng(0)
+    kept = [{"none": [rng.normal(size=(4, 2)) for _ in proto.layers]} for _ in range(2)]
+    ids = reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3], [2, 3, 4]), {}, records=kept,
+                     image_digests=[rng.integers(0, 256, (4, 16), dtype=np.uint8) for _ in range(2)])
     reg.enroll("toy", "vae", fingerprints(proto, [3, 2, 1]), {})
+    folders = [reg.path / "toy" / "records" / "gan" / iid for iid in ids]
+    assert all(sorted(f.name for f in folder.iterdir()) == ["images.npy", "none.npy"] for folder in folders)
     assert reg.remove("toy", "gan", ids[0]) == [ids[0]]
     assert [r.instance for r in reg.enrolled("toy") if r.generator == "gan"] == [ids[1]]
+    assert not folders[0].exists() and folders[1].is_dir()  # its records and image digests went with it
+    (folders[1] / "notes.txt").write_text("the maintainer's")
     with pytest.raises(UsageError, match="no instance"):
         reg.remove("toy", "gan", "nope")
     assert reg.remove("toy", "gan") == [ids[1]]
     assert not (reg.path / "toy" / "generators" / "gan.yaml").exists()
+    assert [f.name for f in folders[1].iterdir()] == ["notes.txt"]  # what the registry did not write stays
     with pytest.raises(UsageError, match="known: vae"):
         reg.remove("toy", "gan")
 

@@ -1267,10 +1267,10 @@ class Registry:
         return gfile, entry
 
     def remove(self, protocol_name: str, generator: str, instance: str | None = None) -> list[str]:
-        """Remove a generator (its file) or one of its instances; returns the ids removed. Under a
-        combination, from every one of its protocols that holds it. Only the written layer changes: a
-        generator a read-only layer (the bundled registry) holds is refused, whole or by instance, unless
-        the instance is in this layer's copy of its file."""
+        """Remove a generator (its file) or one of its instances, with their records and image digests; returns
+        the ids removed. Under a combination, from every one of its protocols that holds it. Only the written
+        layer changes: a generator a read-only layer (the bundled registry) holds is refused, whole or by
+        instance, unless the instance is in this layer's copy of its file."""
         check_name("generator name", generator)
         if instance is not None:
             check_name("instance id", instance)
@@ -1321,8 +1321,24 @@ class Registry:
                 raise UsageError(f"{generator} has no instance {instance!r}; its instances: {known}")
             if changes:  # under a combination, from every part or none
                 self._write_all(changes)
+            for part in proto.parts:  # after the generator files: none of them names these files any more
+                for iid in dict.fromkeys(removed):
+                    self._remove_instance_files(part.name, generator, iid)
         self.reload()
         return list(dict.fromkeys(removed))
+
+    def _remove_instance_files(self, protocol_name: str, generator: str, instance: str) -> None:
+        """Remove an instance's per-image files (records, image digests) from the written layer, and its
+        generator's records folder when that is left empty; a file of another kind there is left as it is."""
+        folder = self._safe(records_path(self.path, protocol_name, generator, instance, NONE).parent)
+        if not folder.is_dir() or folder.is_symlink():
+            return
+        for f in folder.glob("*.npy"):
+            if f.is_file() and not f.is_symlink():
+                f.unlink()
+        for empty in (folder, folder.parent):
+            with contextlib.suppress(OSError):  # not empty: something else lies there
+                empty.rmdir()
 
     def refresh(self, protocol_name: str | None = None, generator: str | None = None) -> list[dict[str, Any]]:
         """Bring the written layer's copies of generator files up to date with the read-only layers' files they
