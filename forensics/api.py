@@ -251,7 +251,7 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
                                     + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5
                                                                 else "") + f" ({records_hint(condition)})")
             problems += reg.image_digests(name, refs)[1]
-            unhashed = [f"{r.generator}/{r.instance}" for r in refs  # (instances of images no one holds: none to keep)
+            unhashed = [f"{r.generator}/{r.instance}" for r in refs  # (curves enrolled without images have none)
                         if r.provenance.get("input_sha256") and not r.provenance.get("image_digests")]
             if unhashed:
                 warnings.append(f"{name}: {len(unhashed)} of {len(refs)} instances keep no digests of the images they "
@@ -1209,7 +1209,7 @@ def _batch_digests(data: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def _batch_of(ref: EnrolledCurve) -> int:
-    """Which batch of its input an enrolled instance is (its provenance's ``batch``; 0 when it has one)."""
+    """Which batch of its input an enrolled instance is (its provenance's ``batch``; 0 when it records none)."""
     return int(ref.provenance.get("batch", 0) or 0)
 
 
@@ -1245,7 +1245,7 @@ def _keep_records(reg: Registry, protocol: str, generator: str, instances: Seque
             worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("nan")
             raise UsageError(f"these images do not give back {generator}/{ref.instance}'s enrolled curve here (off by "
                              f"up to {worst:.3g}): another encoder build or weights? Re-enrol it instead")
-        plan.append((ref.instance, records[j], digests[j] if j < len(digests) else None))
+        plan.append((ref.instance, records[j], digests[j]))
     return {iid: reg.add_records(protocol, generator, iid, recs, image_size=image_size, image_digests=d)
             for iid, recs, d in plan}
 
@@ -1391,6 +1391,18 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
                               redrawn=queries is not None, operating_point=operating_point)
 
 
+def _condition_parts(condition: str, size: int) -> list[str]:
+    """The conditions ``registry evaluate --condition`` names, checked: one, or a mixture's
+    (:func:`forensics.conditions.parse_mixture`) at batches of ``size``."""
+    from forensics.conditions import get_condition, parse_mixture
+
+    mixture = parse_mixture(condition, size)
+    parts = [condition] if mixture is None else [c for c, _ in mixture]
+    for c in parts:
+        get_condition(c)
+    return parts
+
+
 def _lacking_records(reg: Registry, name: str, refs: Sequence[EnrolledCurve], conditions: Sequence[str]) -> str | None:
     """What keeps protocol ``name``'s instances ``refs`` from being redrawn under ``conditions``, as their
     generator files say (no records file is read): None when every instance keeps records under each."""
@@ -1414,15 +1426,13 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
     the sub-batches that stand for each, and the layer weights they are compared with; a one-line error
     when the registry keeps no such records. ``condition`` may name a mixture (``none/jpeg90``:
     :func:`forensics.conditions.parse_mixture`): batches of ``size`` with that many images under each."""
-    from forensics.conditions import get_condition, parse_mixture
+    from forensics.conditions import parse_mixture
     from forensics.engine import make_engine
 
     if size < 1:
         raise UsageError(f"--batch-size must be a positive number of images, not {size}")
     mixture = parse_mixture(condition, size)
-    parts = [condition] if mixture is None else [c for c, _ in mixture]
-    for c in parts:
-        get_condition(c)
+    parts = _condition_parts(condition, size)
     lacking = _lacking_records(reg, proto.name, refs, parts)
     if lacking:  # from the generator files alone: no reference side is fitted (or fetched) to find it out
         raise UsageError(f"{proto.name}: {lacking}")
@@ -1451,8 +1461,6 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
     from forensics.match.calibration import check_operating_point
 
     check_operating_point(operating_point)
-    from forensics.conditions import parse_mixture
-
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         names = [protocol] if protocol else sorted(reg.protocols)
@@ -1462,9 +1470,8 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
     skipped: dict[str, str] = {}
     if not protocol and (batch_size is not None or condition != "none"):  # only those that keep the records
         for name in names:
-            mixture = parse_mixture(condition, batch_size or reg.protocol(name).batch_size)
-            why = _lacking_records(reg, name, reg.enrolled(name), [condition] if mixture is None else
-                                   [c for c, _ in mixture])
+            why = _lacking_records(reg, name, reg.enrolled(name),
+                                   _condition_parts(condition, batch_size or reg.protocol(name).batch_size))
             if why is not None:
                 skipped[name] = why
         names = [n for n in names if n not in skipped]

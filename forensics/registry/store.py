@@ -764,10 +764,10 @@ class Registry:
         reproduce the enrolled curve exactly). A condition the instance keeps already is left as it is (its
         file and digest untouched). ``image_size`` ([height, width] of those images) is recorded in the
         instance's provenance where it records none, and so are ``image_digests`` (the images' digests,
-        :func:`forensics.io.hashing.image_digests`) with their file. Files first, then the generator files naming
-        them, all or nothing. A generator file only a read-only layer holds (the bundled registry) is copied into the
-        written layer with the new records, as :meth:`enroll` copies it with new instances; the records it
-        kept already stay where they are. Returns the conditions now kept."""
+        :func:`forensics.io.hashing.image_digests`) with their file. Files first, then the generator files
+        naming them, all or nothing. A generator file only a read-only layer holds (the bundled registry) is
+        copied into the written layer with the new records, as :meth:`enroll` copies it with new instances; the
+        records it kept already stay where they are. Returns the conditions now kept."""
         proto = self.protocol(protocol_name)
         for c, layers in records.items():
             check_name("condition", c)
