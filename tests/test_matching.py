@@ -437,6 +437,8 @@ def test_a_named_verdict_carries_its_lookalikes_and_says_so():
     assert lookalike_note("a", {}) is None
     assert "1 of 3 x runs, 2 of 2 y runs and 3 of 3 z runs were named a" in lookalike_note(
         "a", {"z": [3, 3], "x": [1, 3], "y": [2, 2]})
+    assert "with each generator left out of the references in turn, 1 of 48 x runs was named a;" in lookalike_note(
+        "a", {"x": [1, 48]})
 
 
 def test_a_distance_ratio_the_separation_does_not_need_is_capped_at_the_farthest_answer():

@@ -146,8 +146,9 @@ def lookalike_note(generator: str | None, lookalikes: Mapping[str, Sequence[int]
     parts = [f"{k} of {n} {g} runs" for g, (k, n) in sorted(lookalikes.items())]
     seen = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
     like = " or ".join(sorted(lookalikes))
+    verb = "was" if len(parts) == 1 and next(iter(lookalikes.values()))[0] == 1 else "were"
     return (f"not exclusive: at calibration, with each generator left out of the references in turn, {seen} "
-            f"were named {generator}; an unenrolled generator like {like} could be named {generator} too")
+            f"{verb} named {generator}; an unenrolled generator like {like} could be named {generator} too")
 
 
 def references_digest(references: Sequence[EnrolledCurve]) -> str:
