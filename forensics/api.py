@@ -142,6 +142,24 @@ def _as_written(record: ImageInput) -> None:
                          "as the generator wrote them (its 'conditions' all none, or left out)")
 
 
+def _reencoded(record: ImageInput) -> str | None:
+    """The warning for an enrolment whose files read as re-encoded (a JPEG's or lossy WebP's quality, from
+    their headers: :func:`forensics.conditions.detect`), or None: they are enrolled as the generator wrote them,
+    which is right only where the generator writes such files."""
+    from forensics.conditions import NONE, applicable, detect, mixture_of
+
+    if not record.files:
+        return None
+    found = detect(list(record.files), applicable(), mixtures=True)
+    processed = [c for c in (found.mixture or (found.name,) * len(record.files)) if c != NONE]
+    if not processed:
+        return None
+    kinds = ", ".join(f"{k} {name}" for name, k in mixture_of(processed))
+    return (f"{len(processed)} of the {len(record.files)} files read as re-encoded ({kinds}, from their headers): "
+            "enrolled as the generator wrote them, which is right where it writes such files; if they were re-saved "
+            "since, remove the instances and enrol the files it wrote (a re-encoded set's curve is not its own)")
+
+
 def _check_weights(weights: str | None) -> None:
     """A ``--weights`` file that is not there fails now, not after the images are decoded."""
     from forensics.errors import WeightsError
@@ -1131,7 +1149,8 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         "them again (a copy of its training data, say), shared images make two instances look alike (the "
         "generator's spread shrinks, or two generators look alike); then remove the new instances (`forensics "
         f"registry remove {generator} --instance ID`) and enrol images no instance holds"
-        for label, k in _shared_with_enrolled(data, reg, pname, reg.enrolled(pname))[0])
+        for label, k in _shared_with_enrolled(data, reg, pname, reg.enrolled(pname))[0]) + tuple(
+        filter(None, [_reencoded(record)]))
     if len(data) >= proto.batch_size:  # (fewer: compute_fingerprints refuses them)
         _embedding_begins(proto, progress, "query images", len(data))
     from forensics.conditions import parse_conditions

@@ -664,3 +664,34 @@ def test_enrolled_images_are_told_from_their_digests_kept_backfilled_or_broken(r
     assert f"rotate/{first.instance}" not in broken.input.enrolled and broken.verdict  # (the newcomer's still are)
     assert any(w.startswith(f"digits-vit/rotate/{first.instance}: image digests file images.npy") and
                "is not the one its provenance records" in w for w in broken.warnings)
+
+
+def test_an_enrolment_of_files_that_read_as_re_encoded_is_warned_of(registry, plugin_host, tmp_path):
+    """Files whose headers say JPEG (or lossy WebP) are enrolled as the generator wrote them, and said to be:
+    a set re-saved after the generator wrote it has another curve than the generator's own."""
+    import shutil
+
+    from PIL import Image
+
+    from forensics import api
+
+    reg, data = registry
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    images = np.load(data / "query-noise.npz")["images"]
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, image in enumerate(images):  # every fourth re-saved as JPEG 80
+        Image.fromarray(image).save(folder / f"{i:03d}.{'jpg' if i % 4 == 0 else 'png'}",
+                                    **({"quality": 80} if i % 4 == 0 else {}))
+    said = api.enroll(folder, "resaved", registry=copy, conditions="none").warnings
+    assert [w for w in said if "re-encoded" in w] == [
+        "25 of the 100 files read as re-encoded (25 jpeg80, from their headers): enrolled as the generator wrote "
+        "them, which is right where it writes such files; if they were re-saved since, remove the instances and "
+        "enrol the files it wrote (a re-encoded set's curve is not its own)"]
+    lossless = tmp_path / "lossless"
+    lossless.mkdir()
+    for i, image in enumerate(np.load(data / "query-shuffle.npz")["images"]):
+        Image.fromarray(image).save(lossless / f"{i:03d}.png")
+    assert not [w for w in api.enroll(lossless, "lossless", registry=copy, conditions="none").warnings
+                if "re-encoded" in w]
