@@ -695,3 +695,41 @@ def test_an_enrolment_of_files_that_read_as_re_encoded_is_warned_of(registry, pl
         Image.fromarray(image).save(lossless / f"{i:03d}.png")
     assert not [w for w in api.enroll(lossless, "lossless", registry=copy, conditions="none").warnings
                 if "re-encoded" in w]
+
+
+def test_a_copy_made_before_image_digests_were_kept_is_said_to_hide_them_and_refreshed(registry, plugin_host,
+                                                                                       tmp_path):
+    """A user registry that copied a bundled generator file (to enrol a further run over it) before the bundled
+    instances kept their images' digests hides them: `registry validate` says so, and `registry refresh` brings
+    them in, after which a query holding some of those images is told."""
+    import shutil
+
+    import yaml
+
+    from forensics import api
+    from forensics.registry import Registry
+
+    reg, data = registry
+    below = tmp_path / "bundled"
+    shutil.copytree(reg, below)
+    user = tmp_path / "user"
+    rotate, fresh = np.load(data / "rotate.npz")["images"], np.load(data / "query-rotate.npz")["images"]
+    np.savez(tmp_path / "another-run.npz", images=np.load(data / "query-shuffle.npz")["images"])
+    api.enroll(tmp_path / "another-run.npz", "rotate", registry=Registry.open(user, create=True, below=[below]),
+               conditions="none")
+    copy = user / "digits-vit" / "generators" / "rotate.yaml"
+    doc = yaml.safe_load(copy.read_text())
+    bundled = [i["id"] for i in yaml.safe_load((below / "digits-vit" / "generators" / "rotate.yaml").read_text())[
+        "instances"]]
+    for inst in doc["instances"]:
+        if inst["id"] in bundled:  # as copied by a version that kept no image digests
+            del inst["provenance"]["image_digests"]
+    copy.write_text(yaml.safe_dump(doc, sort_keys=False))
+    layered = Registry.open(user, below=[below])
+    assert any("hides" in w and "has changed since it was copied" in w for w in layered.warnings)
+    np.savez(tmp_path / "part.npz", images=np.concatenate([fresh, rotate[:20]]))
+    assert api.attribute(tmp_path / "part.npz", registry=layered).input.enrolled_images == 0
+    api.refresh(registry=layered, generator="rotate")
+    layered = Registry.open(user, below=[below])
+    assert not any("hides" in w for w in layered.warnings)
+    assert api.attribute(tmp_path / "part.npz", registry=layered).input.enrolled_images == 20

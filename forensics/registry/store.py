@@ -418,8 +418,8 @@ class Registry:
     def _check_copy(self, copy: GeneratorEntry, below: GeneratorEntry, folder: Path, below_folder: Path) -> None:
         """Warn when a generator file hides a farther layer's file of the same generator that holds what it
         does not. A copy (made when an instance or records were added over the bundled registry) holds every
-        instance and records digest of the file below at the time; the file below holding more, or other
-        values, means it changed since (a new release) and the copy hides that."""
+        instance, records digest and image digests of the file below at the time; the file below holding more,
+        or other values, means it changed since (a new release) and the copy hides that."""
         have = {i.id: i for i in copy.instances}
         if not any(i.id in have for i in below.instances):
             self.warnings.append(
@@ -428,7 +428,8 @@ class Registry:
             return
         missing = [i.id for i in below.instances if i.id not in have]
         changed = [i.id for i in below.instances if i.id in have and (
-            have[i.id].values != i.values or any(have[i.id].records.get(c) != d for c, d in i.records.items()))]
+            have[i.id].values != i.values or any(have[i.id].records.get(c) != d for c, d in i.records.items())
+            or i.provenance.get("image_digests") and not have[i.id].provenance.get("image_digests"))]
         if missing or changed:
             ids = ", ".join([*missing, *changed][:4]) + (" …" if len(missing) + len(changed) > 4 else "")
             self.warnings.append(
