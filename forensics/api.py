@@ -269,6 +269,10 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
                                     + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5
                                                                 else "") + f" ({records_hint(condition)})")
             problems += reg.image_digests(name, refs)[1]
+            if stray := reg.stray_records(name):
+                warnings.append(f"{name}: records of {len(stray)} instance(s) no generator file names ("
+                                + ", ".join(stray[:5]) + (" …" if len(stray) > 5 else "") + f") lie in "
+                                f"{reg.path / name / 'records'}; nothing reads them: delete those folders")
             unhashed = [f"{r.generator}/{r.instance}" for r in refs  # (curves enrolled without images have none)
                         if r.provenance.get("input_sha256") and not r.provenance.get("image_digests")]
             if unhashed:

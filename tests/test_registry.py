@@ -109,6 +109,12 @@ def test_remove_instance_and_generator(reg, fingerprints):
     assert reg.remove("toy", "gan") == [ids[1]]
     assert not (reg.path / "toy" / "generators" / "gan.yaml").exists()
     assert [f.name for f in folders[1].iterdir()] == ["notes.txt"]  # what the registry did not write stays
+    from forensics.api import validate_registry
+
+    checked = validate_registry(reg.path)  # a folder no instance names: said, with what to do
+    assert checked.ok and [w for w in checked.warnings if "no generator file names" in w] == [
+        f"toy: records of 1 instance(s) no generator file names (gan/{ids[1]}) lie in {reg.path / 'toy' / 'records'}; "
+        "nothing reads them: delete those folders"]
     with pytest.raises(UsageError, match="known: vae"):
         reg.remove("toy", "gan")
 

@@ -55,7 +55,8 @@ from forensics.registry.diff import diff
 from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_family, check_name
 from forensics.registry import reference as shipped
 from forensics.registry.records import (
-    as_records, digests_path, processing_path, read_digests, read_records, records_path, write_digests, write_records,
+    RECORDS_DIR, as_records, digests_path, processing_path, read_digests, read_records, records_path, write_digests,
+    write_records,
 )
 from forensics.registry.schema import (
     HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator,
@@ -718,6 +719,17 @@ class Registry:
                     problems.append(str(exc))
                 break
         return found, problems
+
+    def stray_records(self, protocol_name: str) -> list[str]:
+        """The instance folders under the written layer's ``<protocol>/records/`` that no enrolled instance
+        names (``generator/instance``): left by a removal before removals took them along, or copied in by
+        hand. Nothing reads them."""
+        base = self.path / protocol_name / RECORDS_DIR
+        if not base.is_dir() or base.is_symlink():
+            return []
+        named = {(r.generator, r.instance) for r in self.enrolled(protocol_name)}
+        return [f"{g.name}/{i.name}" for g in sorted(base.iterdir()) if g.is_dir() and not g.is_symlink()
+                for i in sorted(g.iterdir()) if i.is_dir() and (g.name, i.name) not in named]
 
     def _bundled_holding(self, protocol_name: str, generator: str, instance: str, condition: str) -> Path | None:
         """The bundled registry where it is not among this registry's layers and holds an instance's records
