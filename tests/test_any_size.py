@@ -1021,6 +1021,8 @@ def test_a_folder_processed_in_two_ways_is_matched_against_references_processed_
     (batch,) = small["batches"]
     assert batch["mixture"] == {"none": 40, "jpeg90": 20} and batch["compared_at"] == small["compared_at"] == 60
     assert small["verdict"]["distance_ratio"] is not None and small["matcher"]["name"] == doc["matcher"]["name"]
+    assert "warning: a batch of fewer than 100 images: below that size attribution was measured only as generated" \
+        in " ".join(r.stderr.split())
     r = run(["attribute", str(tmp_path / "declared.npz"), "--registry", str(reg), "--json", "--condition", "none"])
     assert "mixture" not in json.loads(r.stdout)["condition"]  # declared on the command line: that one for all
     for job in (api.enroll, api.add_records):  # a generator's fingerprint is of the images it wrote

@@ -244,8 +244,9 @@ def batch_notes(result: Any) -> None:
         err.print(f"[yellow]note:[/] the last {rest.curve.n_images} of {n:,} images were attributed as a batch of "
                   f"their own ({esc(rest.label)}; {how}); it is not in the mean curve", soft_wrap=True)
     if any(b.compared_at is not None and b.compared_at < SMALLEST_MEASURED for b in result.batches):
-        err.print(f"[yellow]warning:[/] a batch of fewer than {SMALLEST_MEASURED} images: attribution was not measured "
-                  "below that size", soft_wrap=True)
+        err.print(f"[yellow]warning:[/] a batch of fewer than {SMALLEST_MEASURED} images: below that size attribution "
+                  "was measured only as generated, and less often named (docs/robustness.md, \"Fewer than 100 images\")",
+                  soft_wrap=True)
     for line in result.warnings:
         err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
 
