@@ -165,6 +165,8 @@ def filled(reg, fingerprints):
     ("protodigest", "toy/generators/gan.yaml", r"gan\.yaml: protocol_digest: .* another protocol"),
     ("string", "toy/generators/gan.yaml", r"gan\.yaml: instances\[0\] \(abababababab-0\)\.curve\[0\]: expected a number"),
     ("default", "registry.yaml", r"registry\.yaml: default_protocol: 'gone' is not a protocol"),
+    ("imagedigests", "toy/generators/gan.yaml", r"gan\.yaml: instances\[0\] \(abababababab-0\)\.provenance\."
+                                                r"image_digests: expected a sha256 digest or null, got 'xyz'"),
 ])
 def test_validate_names_file_and_key(filled, case, file, expected):
     path = filled.path / file
@@ -181,6 +183,7 @@ def test_validate_names_file_and_key(filled, case, file, expected):
         "protodigest": lambda d: d.update(protocol_digest="sha256:" + "0" * 64),
         "string": lambda d: d["instances"][0]["curve"].__setitem__(0, "one"),
         "default": lambda d: d.update(default_protocol="gone"),
+        "imagedigests": lambda d: d["instances"][0]["provenance"].update(image_digests="xyz"),
     }
     _edit(path, edits[case])
     problems = Registry.open(filled.path, strict=False).validate()
