@@ -442,7 +442,8 @@ def _shared_with_enrolled(images: np.ndarray, reg: Registry, protocol: str, refe
     a mask over the images, problems)``. An image of one grey level throughout (a blank) is no one's: any
     generator may draw it (the zoo's PixelCNN does, in several runs). An instance whose images' digests the
     registry does not keep (enrolled before they were kept, or its file failing its check: one line in
-    ``problems``) holds them all when its input's hash is ``whole`` (the images' set hash), none otherwise."""
+    ``problems``) holds the batch of m of them its enrolment cut when its input's hash is ``whole`` (the images'
+    set hash), none otherwise."""
     from forensics.io.hashing import image_digests
 
     kept, problems = reg.image_digests(protocol, references)
@@ -457,12 +458,14 @@ def _shared_with_enrolled(images: np.ndarray, reg: Registry, protocol: str, refe
         for label in () if flat[i] else where.get(d.tobytes(), ()):
             counts[label] = counts.get(label, 0) + 1
             among[i] = True
+    m = reg.protocol(protocol).batch_size
     for ref in references:
         if (ref.generator, ref.instance) not in kept and whole is not None \
                 and ref.provenance.get("input_sha256") == whole:
-            n = ref.provenance.get("n_images") or len(images)
-            counts[f"{ref.generator}/{ref.instance}"] = min(len(images), n)
-            among[:] = True
+            # the images are its input, and it holds the batch of m of them its enrolment cut
+            held = slice(_batch_of(ref) * m, (_batch_of(ref) + 1) * m)
+            counts[f"{ref.generator}/{ref.instance}"] = len(images[held])
+            among[held] = True
     return sorted(counts.items(), key=lambda item: (-item[1], item[0])), among, problems
 
 

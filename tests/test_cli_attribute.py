@@ -623,6 +623,9 @@ def test_enrolled_images_are_told_from_their_digests_kept_backfilled_or_broken(r
         "told, only one that is the whole set; `forensics registry records NAME IMAGES` keeps them, embedding nothing"]
     whole = api.attribute(data / "rotate.npz", registry=copy).input  # the whole set, by its hash
     assert whole.enrolled_images == 300 and len(whole.enrolled) == 3
+    assert set(whole.enrolled.values()) == {100}  # each holds its batch of m = 100, not the whole input
+    shown = run(["registry", "show", "digits-vit", "--generator", "rotate", "--registry", str(copy)]).stdout
+    assert shown.count("100 of 300") == 3, shown  # and `registry show` says so of each
 
     def embeds(*args, **kwargs):
         raise AssertionError("the digests alone need no embedding")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -110,6 +111,15 @@ def _calibration_text(cal: dict) -> str:
     return f"{when} as generated at m, each other cell calibrated on its own"
 
 
+def _held(provenance: Mapping[str, Any], m: int) -> str:
+    """The images an instance holds: one batch of m of its input ("100 of 500", batch by batch, where the input
+    held several); "—" where its provenance records no count."""
+    n = provenance.get("n_images")
+    if not isinstance(n, int) or isinstance(n, bool):
+        return "—"
+    return str(n) if n <= m else f"{m} of {n}"
+
+
 def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
     """A protocol's record, then a table of its generators' instances (their curves with ``full_curves``,
     else each instance's role)."""
@@ -154,7 +164,7 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
     columns = ["generator", "instance", "created", "by", "images", *(["input"] if inputs else []),
                *(["records"] if records else []), *(["role"] if roles else [])]
     rows = [{"generator": g if k == 0 else "", "instance": inst.id, "created": str(inst.provenance.get("created", ""))[:10],
-             "by": str(inst.provenance.get("by", "")), "images": _fmt(inst.provenance.get("n_images")),
+             "by": str(inst.provenance.get("by", "")), "images": _held(inst.provenance, proto.batch_size),
              "input": _fmt(inst.provenance.get("input_sha256")), "records": str(len(inst.records) or "—"),
              "role": str(inst.provenance.get("role") or "")} for g, e in chosen.items() for k, inst in enumerate(e.instances)]
     table = Table(title_justify="left", title=f"{len(chosen)} generator(s)")
