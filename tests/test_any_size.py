@@ -722,21 +722,33 @@ def test_a_lossy_webp_quality_is_read_by_re_encoding_its_files(tmp_path):
 # -- the registry's records files -------------------------------------------------------------------
 def test_a_records_file_is_read_only_when_it_is_the_one_recorded(tmp_path):
     array = np.random.default_rng(0).random((3, 10, 2))
-    path = tmp_path / "none.npy"
+    layer = tmp_path / "layer"
+    path = layer / "p" / "records" / "g" / "i" / "none.npy"
     digest = write_records(path, array)
-    assert np.array_equal(read_records(path, digest, layers=3, label="x"), array)
+    assert np.array_equal(read_records(path, digest, root=layer, layers=3, label="x"), array)
     with pytest.raises(RegistryError, match="not the one its generator file records"):
-        read_records(path, "sha256:" + "0" * 64, layers=3, label="x")
+        read_records(path, "sha256:" + "0" * 64, root=layer, layers=3, label="x")
     with pytest.raises(RegistryError, match=r"not \(4, images, fields\)"):
-        read_records(path, digest, layers=4, label="x")
+        read_records(path, digest, root=layer, layers=4, label="x")
     with pytest.raises(RegistryError, match="missing"):
-        read_records(tmp_path / "gone.npy", digest, layers=3, label="x")
+        read_records(path.parent / "gone.npy", digest, root=layer, layers=3, label="x")
+    # a folder on the way linked out of the registry is refused, though the file there is the one recorded
+    outside = tmp_path / "outside"
+    path.parent.rename(outside)
+    path.parent.symlink_to(outside)
+    with pytest.raises(RegistryError, match="symbolic link or a path that leaves the registry"):
+        read_records(path, digest, root=layer, layers=3, label="x")
+    path.parent.unlink()
+    path.mkdir(parents=True)  # not a file
+    with pytest.raises(RegistryError, match="none.npy is not a regular file"):
+        read_records(path, digest, root=layer, layers=3, label="x")
+    path.rmdir()
     path.write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(RegistryError, match="cannot be read"):
-        read_records(path, digest, layers=3, label="x")
+        read_records(path, digest, root=layer, layers=3, label="x")
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # a pickle is never loaded
     with pytest.raises(RegistryError, match="cannot be read"):
-        read_records(path, digest, layers=3, label="x")
+        read_records(path, digest, root=layer, layers=3, label="x")
 
 
 def test_processing_digest_is_what_the_probe_becomes_under_the_condition():

@@ -100,6 +100,19 @@ def test_remove_instance_and_generator(reg, fingerprints):
     reg.enroll("toy", "vae", fingerprints(proto, [3, 2, 1]), {})
     folders = [reg.path / "toy" / "records" / "gan" / iid for iid in ids]
     assert all(sorted(f.name for f in folder.iterdir()) == ["images.npy", "none.npy"] for folder in folders)
+    # a records folder linked out of the registry: read nowhere, and the removal refused before anything is written
+    outside = reg.path.parent / "outside"
+    folders[0].rename(outside)
+    folders[0].symlink_to(outside)
+    digests, problems = reg.image_digests("toy", reg.enrolled("toy"))
+    assert list(digests) == [("gan", ids[1])] and len(problems) == 1 and "symbolic link" in problems[0]
+    assert not reg.records("toy", reg.enrolled("toy"), "none")[0].get(ids[0])
+    before = (reg.path / "toy" / "generators" / "gan.yaml").read_bytes()
+    with pytest.raises(RegistryError, match="symbolic link"):
+        reg.remove("toy", "gan", ids[0])
+    assert (reg.path / "toy" / "generators" / "gan.yaml").read_bytes() == before and outside.is_dir()
+    folders[0].unlink()
+    outside.rename(folders[0])
     assert reg.remove("toy", "gan", ids[0]) == [ids[0]]
     assert [r.instance for r in reg.enrolled("toy") if r.generator == "gan"] == [ids[1]]
     assert not folders[0].exists() and folders[1].is_dir()  # its records and image digests went with it

@@ -38,6 +38,7 @@ import numpy as np
 from forensics.errors import RegistryError
 from forensics.io.atomic import write_atomic
 from forensics.io.hashing import IMAGE_DIGEST_BYTES, sha256_array, short
+from forensics.registry.schema import check_inside
 
 RECORDS_DIR = "records"
 PROCESSING_FILE = "processing.yaml"
@@ -81,13 +82,17 @@ def _write_array(path: Path, array: np.ndarray) -> str:
     return sha256_array(array)
 
 
-def _read_array(path: Path, digest: str, *, label: str, what: str, fix: str, fits: Callable[[np.ndarray], bool],
-                expected: str, recorded_by: str) -> np.ndarray:
-    """The array at ``path``, checked: a plain file within :data:`MAX_BYTES`, an .npy without pickles that
-    ``fits``, whose digest is ``digest``. Anything else is a :class:`RegistryError` naming ``label``, ``what``
-    the file is, what it should hold (``expected``), where its digest is recorded and what to do (``fix``)."""
-    if not path.is_file() or path.is_symlink():
+def _read_array(path: Path, digest: str, *, root: Path, label: str, what: str, fix: str,
+                fits: Callable[[np.ndarray], bool], expected: str, recorded_by: str) -> np.ndarray:
+    """The array at ``path``, checked: a plain file in the registry layer ``root`` (no link on its way, folders
+    included), within :data:`MAX_BYTES`, an .npy without pickles that ``fits``, whose digest is ``digest``.
+    Anything else is a :class:`RegistryError` naming ``label``, ``what`` the file is, what it should hold
+    (``expected``), where its digest is recorded and what to do (``fix``)."""
+    if not path.exists() and not path.is_symlink():
         raise RegistryError(f"{label}: {what} {path.name} is missing; {fix}")
+    check_inside(path, root, f"{label}: {what} {path.name}")
+    if not path.is_file():
+        raise RegistryError(f"{label}: {what} {path.name} is not a regular file; {fix}")
     if path.stat().st_size > MAX_BYTES:
         raise RegistryError(f"{label}: {what} {path.name} is larger than {MAX_BYTES >> 20} MiB; {fix}")
     try:
@@ -112,11 +117,11 @@ def write_records(path: Path, array: np.ndarray) -> str:
     return _write_array(path, array)
 
 
-def read_records(path: Path, digest: str, *, layers: int, label: str) -> np.ndarray:
+def read_records(path: Path, digest: str, *, root: Path, layers: int, label: str) -> np.ndarray:
     """The records at ``path``, checked: a (``layers``, images, fields) float array of finite values whose
     digest is ``digest``. Anything else is a :class:`RegistryError` naming ``label`` and what to do."""
     fix = "add its records again (`forensics registry records`), or remove the condition from its `records:`"
-    array = _read_array(path, digest, label=label, what="records file", fix=fix,
+    array = _read_array(path, digest, root=root, label=label, what="records file", fix=fix,
                         fits=lambda a: a.dtype in (np.float32, np.float64) and a.ndim == 3 and a.shape[0] == layers
                         and a.shape[1] > 0,
                         expected=f"({layers}, images, fields) floats", recorded_by="its generator file")
@@ -135,10 +140,10 @@ def write_digests(path: Path, digests: np.ndarray) -> str:
     return _write_array(path, digests)
 
 
-def read_digests(path: Path, digest: str, *, label: str) -> np.ndarray:
+def read_digests(path: Path, digest: str, *, root: Path, label: str) -> np.ndarray:
     """The per-image digests at ``path``, checked: an (images, 16) uint8 array whose digest is ``digest``.
     Anything else is a :class:`RegistryError` naming ``label`` and what to do."""
-    return _read_array(path, digest, label=label, what="image digests file",
+    return _read_array(path, digest, root=root, label=label, what="image digests file",
                        fix="add them again (`forensics registry records` with the images it was enrolled from)",
                        fits=lambda a: a.dtype == np.uint8 and a.ndim == 2 and a.shape[1] == IMAGE_DIGEST_BYTES
                        and a.shape[0] > 0,

@@ -670,8 +670,7 @@ class Registry:
                 if inst is None or condition not in inst.records:
                     break
                 label = f"{part.name}/{ref.generator}/{ref.instance} ({condition})"
-                paths = [records_path(root, part.name, ref.generator, ref.instance, condition) for root in self.layers]
-                path = next((p for p in paths if p.is_file()), paths[0])
+                layer, path = self._layer_file(records_path, part.name, ref.generator, ref.instance, condition)
                 bundled = None if path.is_file() else self._bundled_holding(part.name, ref.generator, ref.instance,
                                                                             condition)
                 if bundled is not None:
@@ -680,7 +679,8 @@ class Registry:
                                     f"FORENSICS_REGISTRY)")
                     break
                 try:
-                    arrays.append(read_records(path, inst.records[condition], layers=len(part.layers), label=label))
+                    arrays.append(read_records(path, inst.records[condition], root=layer, layers=len(part.layers),
+                                               label=label))
                 except RegistryError as exc:
                     problems.append(str(exc))
                     break
@@ -696,6 +696,13 @@ class Registry:
                      for a in arrays])
         return found, problems
 
+    def _layer_file(self, where: Callable[..., Path], *names: str) -> tuple[Path, Path]:
+        """(layer, path): the first layer, top down, that holds the per-image file ``where(layer, *names)``
+        names (anything there, a link included, so that a link is refused rather than passed over), else the
+        written layer and its path."""
+        paths = [(root, where(root, *names)) for root in self.layers]
+        return next(((root, p) for root, p in paths if p.exists() or p.is_symlink()), paths[0])
+
     def image_digests(self, protocol_name: str, references: Sequence[EnrolledCurve]
                       ) -> tuple[dict[tuple[str, str], Any], list[str]]:
         """The digests of the images each of ``references`` was enrolled from (:mod:`forensics.registry.records`),
@@ -710,11 +717,10 @@ class Registry:
                 digest = inst.provenance.get("image_digests") if inst is not None else None
                 if digest is None:
                     continue
-                paths = [digests_path(root, part.name, ref.generator, ref.instance) for root in self.layers]
+                layer, path = self._layer_file(digests_path, part.name, ref.generator, ref.instance)
                 try:
                     found[(ref.generator, ref.instance)] = read_digests(
-                        next((p for p in paths if p.is_file()), paths[0]), digest,
-                        label=f"{part.name}/{ref.generator}/{ref.instance}")
+                        path, digest, root=layer, label=f"{part.name}/{ref.generator}/{ref.instance}")
                 except RegistryError as exc:
                     problems.append(str(exc))
                 break
@@ -1332,6 +1338,9 @@ class Registry:
             if instance is not None and not removed:
                 known = ", ".join(dict.fromkeys(held))
                 raise UsageError(f"{generator} has no instance {instance!r}; its instances: {known}")
+            for part in proto.parts:  # a linked records folder is refused before anything is written
+                for iid in dict.fromkeys(removed):
+                    self._safe(records_path(self.path, part.name, generator, iid, NONE).parent)
             if changes:  # under a combination, from every part or none
                 self._write_all(changes)
             for part in proto.parts:  # after the generator files: none of them names these files any more
