@@ -1531,11 +1531,14 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
     from forensics.engine import make_engine
     from forensics.match import make_matcher
 
+    from forensics.registry.store import CALIBRATION_FILE
+
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         name = reg.resolve_protocol(protocol)
         refs = reg.enrolled(name)
         chosen = _matcher_names(matchers)
+        reg.check_file_target(reg.path / name / CALIBRATION_FILE)  # a place to record them, before minutes of work
     fitted = {}
     for mname in chosen:
         with _Step(progress, f"calibrating {mname} on {name}"):
@@ -1594,7 +1597,8 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
               if statistic == "ct" else {})
     _check_new_protocol(name, dataset=dataset, encoder=encoder, distance=distance, projection=projection,
                         params=params, batch_size=batch_size, device=device, weights=weights,
-                        own=[p for p in (train, heldout) if p is not None], engine=engine, statistic=statistic)
+                        own=[p for p in (train, heldout) if p is not None], engine=engine, statistic=statistic,
+                        encoder_options=encoder_options)
     build = engine_class(engine, ray_address)  # an unknown engine, or Ray missing, fails before any work
     here = device if engine == "local" else "cpu"  # under Ray the encoder is recorded here, run on the cluster
     reg = registry if isinstance(registry, Registry) else Registry.open(registry, create=True)
@@ -1608,22 +1612,29 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
             proto = make_protocol(name, dataset=dataset, encoder=encoder, encoder_options=encoder_options,
                                   weights=weights, layers=layers or None, statistic=statistic, statistic_params=params,
                                   batch_size=batch_size, description=description, device=here)
-    reg.add_protocol(proto, default=default)
-    path = None
-    if ship_reference:
+    if statistic == "ct" and min(proto.train.count, proto.test.count) < k:
+        raise UsageError(f"--k {k} cells need at least {k} training and {k} held-out images, and T holds "
+                         f"{proto.train.count}, P_n {proto.test.count}: give fewer cells, or more images")
+    fitter = None
+    if ship_reference:  # fitted before the protocol is written: a fit that fails leaves nothing behind
+        reg.check_protocol(proto, default=default)  # and a protocol the registry would refuse, not fitted at all
         fitter = build(proto, device=device, weights=None if weights == "random" else weights,
                        progress=_engine_progress(progress))
-        path = fitter.write_reference(reg.writable_reference_dir(name))  # never into the bundled registry
+        fitter.reference_side()
+    reg.add_protocol(proto, default=default)
+    path = None if fitter is None else fitter.write_reference(reg.writable_reference_dir(name))  # never bundled
     return ProtocolCreation(proto, reg.path, path)
 
 
 def _check_new_protocol(name: str, *, dataset: str | None, encoder: str, distance: str, projection: int | None,
                         params: dict[str, Any], batch_size: int, device: str, weights: str | None,
-                        own: Sequence[Any], engine: str = "local", statistic: str = "ct") -> None:
+                        own: Sequence[Any], engine: str = "local", statistic: str = "ct",
+                        encoder_options: Mapping[str, Any] | None = None) -> None:
     """What :func:`create_protocol` would refuse only after hashing the reference sets and building the
-    encoder: a bad name, an unknown data set, encoder or statistic parameter, a batch size in which no
-    C_T cell can ever count, a distance, device or weights file that cannot be, a folder of images that
-    is not there."""
+    encoder: a bad name, an unknown data set, encoder, encoder option or statistic parameter, a batch size in
+    which no C_T cell can ever count, a τ or seed that cannot be, a distance, device or weights file that cannot
+    be, a folder of images that is not there."""
+    from forensics.engine import check_encoder_options
     from forensics.plugins import host
     from forensics.registry.model import check_name
     from forensics.stats.base import get_statistic, split_params
@@ -1632,14 +1643,22 @@ def _check_new_protocol(name: str, *, dataset: str | None, encoder: str, distanc
     check_name("protocol name", name)
     if dataset is not None:
         host().get("datasets", dataset)
-    host().get("encoders", encoder)
+    check_encoder_options(encoder, encoder_options)
     split_params(get_statistic(statistic), params)
     if statistic == "ct":
         if distance not in DISTANCES:
             raise UsageError(f"--distance takes {' or '.join(DISTANCES)}, not {distance!r}")
         if projection is not None and projection < 0:
             raise UsageError(f"--projection takes a number of dimensions (0: none), not {projection}")
-        _check_cells_can_count(batch_size, params["tau"])
+        k, tau, seed = params["k"], params["tau"], params["seed"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UsageError(f"--k takes a number of cells of at least 1, not {k!r}")
+        if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float))
+                                or not math.isfinite(tau) or tau < 0):
+            raise UsageError(f"--tau takes a share of the batch from 0 to below 1, not {tau!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UsageError(f"--seed takes a whole number of at least 0, not {seed!r}")
+        _check_cells_can_count(batch_size, tau)
     elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
         raise UsageError(f"--batch-size takes a number of images of at least 2, not {batch_size!r}")
     _check_weights(weights)
@@ -1669,14 +1688,14 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     """A protocol whose T and P_n are the user's own images (the data set ``folder``), as
     :func:`forensics.engine.make_protocol` makes one of a registered data set. Images of several sizes are
     brought to the encoder's size as a query would be, and that size is recorded with them."""
+    from forensics.engine import new_encoder
     from forensics.io.hashing import sha256_array
     from forensics.io.images import load_images
-    from forensics.plugins import host
     from forensics.protocol import DataRef, EncoderRef, Protocol, StatisticRef
     from forensics.stats.base import check_layer_dims, get_statistic, split_params
 
     options = dict(encoder_options or {})
-    enc = host().get("encoders", encoder).obj(weights=weights, device=device, **options)
+    enc = new_encoder(encoder, options, weights=weights, device=device)
     check_layer_dims(statistic, enc.layer_dims(layers or None))
     enc_ref = EncoderRef.from_identity(enc.identity(layers or None), options)
     fit, score = split_params(get_statistic(statistic), statistic_params)
@@ -1720,10 +1739,15 @@ def combine_protocols(name: str, parts: Sequence[str], *, description: str = "",
         combination = Combination(name=name, parts=tuple(chosen), description=description)
     except RegistryError as exc:
         raise UsageError(str(exc)) from None
+    before = reg.protocols.get(name)
     reg.add_protocol(combination, overwrite=overwrite, default=default)
     combination = reg.protocol(name)  # as stored: the same combination again keeps its record and description
+    kept = () if overwrite or before is None or before.digest != combination.digest \
+        or not description or description == before.description else (
+        f"{own}protocol.yaml: combination {name} of these protocols exists already and keeps its description "
+        f"({before.description or 'none'!r}); --overwrite gives it the new one",)
     return CombinationResult(combination, len(reg.enrolled(name)), reg.path,
-                             tuple(w for w in reg.warnings if w.startswith(own)))
+                             kept + tuple(w for w in reg.warnings if w.startswith(own)))
 
 
 # -- curation -------------------------------------------------------------------------------------

@@ -80,6 +80,47 @@ def load_reference_set(ref: DataRef) -> np.ndarray:
     return np.asarray(images)
 
 
+def check_encoder_options(name: str, options: Mapping[str, Any] | None) -> None:
+    """Refuse (:class:`UsageError`) options (``protocol create --option``) that the encoder plugin ``name`` does not
+    take, judged by its factory's signature, before anything is built or read."""
+    import inspect
+
+    from forensics.plugins import host
+
+    factory = host().get("encoders", name).obj
+    for reserved in ("weights", "device"):
+        if reserved in (options or {}):
+            raise UsageError(f"give the encoder's {reserved} as --{reserved}, not as --option {reserved}=…")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a factory without a signature: its own error answers
+        return
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        taken = [p for p in params if p not in ("weights", "device")]
+        unknown = sorted(set(options or {}) - set(taken))
+        if unknown:
+            raise UsageError(f"encoder {name} takes no option {', '.join(unknown)}; its options: "
+                             f"{', '.join(taken) or 'none'}")
+
+
+def new_encoder(name: str, options: Mapping[str, Any] | None, *, weights: str | None = None,
+                device: str = "cpu") -> Encoder:
+    """The encoder plugin ``name`` built with the user's ``options`` (``protocol create --option``), for a new
+    protocol: an option it does not take (:func:`check_encoder_options`), or a value it refuses, is a
+    :class:`UsageError` naming the options."""
+    from forensics.plugins import host
+
+    options = dict(options or {})
+    check_encoder_options(name, options)
+    try:
+        return host().get("encoders", name).obj(weights=weights, device=device, **options)
+    except (TypeError, ValueError) as exc:
+        if not options:
+            raise
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise UsageError(f"encoder {name} refused --option {shown}: {exc}") from None
+
+
 def build_encoder(ref: EncoderRef, *, weights: str | None = None, device: str = "cpu") -> Encoder:
     """Build a protocol's encoder and check that it is the one the protocol recorded."""
     from forensics.plugins import host
@@ -696,9 +737,8 @@ def make_protocol(name: str, *, dataset: str, encoder: str, encoder_options: dic
     for split in ("train", "test"):
         images = np.asarray(loader(split))
         refs.append(DataRef(dataset=dataset, split=split, count=len(images), sha256=sha256_array(images)))
-    factory = host().get("encoders", encoder).obj
     options = dict(encoder_options or {})
-    enc = factory(weights=weights, device=device, **options)
+    enc = new_encoder(encoder, options, weights=weights, device=device)
     check_layer_dims(statistic, enc.layer_dims(layers))
     stat = get_statistic(statistic)
     fit, score = split_params(stat, statistic_params or {})

@@ -349,6 +349,12 @@ class Combination:
         return cls(name=_need(d, "name", str, where), parts=tuple(parts), description=str(d.get("description") or ""))
 
     def differences(self, other: Protocol | Combination) -> list[str]:
+        """Human-readable list of what differs: the protocols combined, by name, where those differ (their order
+        too), else their settings."""
+        if isinstance(other, Combination):
+            mine, theirs = [p.name for p in self.parts], [p.name for p in other.parts]
+            if mine != theirs:
+                return [f"combines {', '.join(mine)} vs {', '.join(theirs)}"]
         return _diff(self.content(), other.content(), "")
 
 

@@ -76,9 +76,32 @@ def test_an_instance_missing_from_a_part_or_made_from_other_images_is_left_out(t
     two.enroll("a", "h", fingerprints(a, [7.0, 7.0, 7.0]), {"input_sha256": ONE}, ids=["x"])
     two.enroll("b", "h", fingerprints(b, [7.0, 7.0]), {"input_sha256": OTHER}, ids=["x"])
     assert [r.instance for r in two.enrolled("ab")] == ["run0", "run1"]
-    assert any("g/only-a is not enrolled under b" in w for w in two.warnings)
+    two.enroll("a", "g", fingerprints(a, [8.0, 8.0, 8.0], [6.0, 6.0, 6.0]), {"input_sha256": OTHER.replace("c", "e")},
+               ids=["only-a2", "only-a3"])
+    left = [w for w in two.warnings if "not enrolled under b" in w]  # one line for the three, not one each
+    assert len(left) == 1 and "3 instance(s) of g are not enrolled under b (only-a, only-a2, only-a3)" in left[0]
     assert any("h/x was enrolled from different images" in w for w in two.warnings)
     assert two.validate() == []  # a part enrolled ahead of the other is a normal state, not a fault
+
+
+def test_a_damaged_instance_is_reported_as_such_not_as_missing_or_stray(two, tmp_path):
+    """An instance whose entry in one part's generator file is damaged is that file's problem; the combination
+    does not call it missing there (an interrupted enrolment) nor its records stray, whose advice would lose it."""
+    import shutil
+
+    rng = np.random.default_rng(0)
+    a = two.protocol("a")
+    two.add_records("a", "g", "run1", {"none": [rng.normal(size=(4, 2)) for _ in a.layers]})
+    gfile = two.path / "a" / "generators" / "g.yaml"
+    doc = yaml.safe_load(gfile.read_text())
+    doc["instances"][1]["curve"][0] = "abc"  # a hand edit gone wrong
+    gfile.write_text(yaml.safe_dump(doc, sort_keys=False))
+    reg = Registry.open(two.path, strict=False)
+    assert any("g.yaml" in p and "curve" in p for p in reg.problems)
+    assert not any("interrupted enrolment" in p for p in reg.problems)
+    assert reg.stray_records("a") == []
+    assert any("until its file under a reads without problems" in w for w in reg.warnings)
+    shutil.rmtree(two.path / "a" / "records" / "g")  # nothing else was touched
 
 
 def test_enrolling_under_a_combination_enrols_under_every_part_or_none(two, fingerprints):

@@ -388,6 +388,33 @@ def test_protocol_create_refuses_a_batch_in_which_no_cell_can_count(tmp_path, ca
     assert not (tmp_path / "registry").exists()  # refused before anything was hashed or written
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--tau", "nan"], "--tau takes a share of the batch from 0 to below 1"),
+    (["--tau", "-1"], "--tau takes a share of the batch from 0 to below 1"),
+    (["--seed", "-1"], "--seed takes a whole number of at least 0"),
+    (["--option", "foo=bar"], "encoder vit_mnist_tiny.forensics takes no option foo; its options: "),
+    (["--option", "device=cuda"], "give the encoder's device as --device"),
+])
+def test_protocol_create_refuses_settings_no_fit_could_use_before_any_work(tmp_path, capsys, args, said):
+    reg = str(tmp_path / "registry")
+    code, _, err = cli(capsys, "protocol", "create", "x", "--encoder", "vit_mnist_tiny.forensics", "--dataset",
+                       "digits", "--batch-size", "100", *args, "--registry", reg)
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "registry").exists()
+
+
+def test_protocol_create_refuses_more_cells_than_images_and_an_option_value_the_encoder_refuses(tmp_path, capsys):
+    reg = str(tmp_path / "registry")
+    code, _, err = cli(capsys, "protocol", "create", "x", "--encoder", "vit_mnist_tiny.forensics", "--dataset",
+                       "digits", "--batch-size", "100", "--k", "1000", "--ship-reference", "--registry", reg)
+    assert code == 2 and "--k 1000 cells need at least 1000 training and 1000 held-out images" in err, err
+    code, _, err = cli(capsys, "protocol", "create", "x", "--encoder", "vit_mnist_tiny.forensics", "--dataset",
+                       "digits", "--option", "image_size=abc", "--registry", reg)
+    assert code == 2 and "encoder vit_mnist_tiny.forensics refused --option image_size='abc'" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "registry" / "x").exists()  # nothing written
+
+
 def test_open_clip_weights_come_from_the_file_open_clip_would_load(online):
     from forensics_openclip import OPEN_CLIP_FILES, _sources
 

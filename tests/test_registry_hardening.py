@@ -309,7 +309,7 @@ def test_a_combination_instance_missing_from_a_part_is_a_problem_and_a_retry_com
     # an instance enrolled under one protocol alone stays a warning: the combination leaves it out
     r.enroll("a", "h", fingerprints(r.protocol("a"), [7.0, 8.0, 9.0]), {"input_sha256": OTHER})
     r = Registry.open(two.path)
-    assert r.validate() == [] and any("h/" in w and "not enrolled under b" in w for w in r.warnings)
+    assert r.validate() == [] and any("of h are not enrolled under b" in w for w in r.warnings)
 
 
 # -- 7. the shipped reference side is tied to the registry -----------------------------------------
@@ -616,3 +616,49 @@ def test_property_tests_see_real_errors(base_registry, tmp_path):
     root = _with(base_registry, tmp_path, "toy/generators/gan.yaml",
                  (base_registry / "toy/generators/gan.yaml").read_bytes().replace(b"1.0", b".nan"))
     assert any("nan is not allowed" in p for p in Registry.open(root, strict=False).validate())
+
+
+def test_a_folder_where_the_registry_keeps_a_file_is_reported_and_nothing_is_written(reg, toy_protocol):
+    """registry.yaml, a protocol's calibration.yaml or its records' processing.yaml replaced by a folder: `validate`
+    names it, and a write that would replace it is refused before any of its files is written (exit 1: the
+    registry is damaged, not the command)."""
+    rng = np.random.default_rng(0)
+    proto = reg.protocol("toy")
+    (iid,) = [r.instance for r in reg.enrolled("toy")]
+    gfile = reg.path / "toy" / "generators" / "gan.yaml"
+    before = gfile.read_bytes()
+    processing = reg.path / "toy" / "records" / "processing.yaml"
+    processing.mkdir(parents=True)
+    assert any("processing.yaml" in p and "not a regular file" in p for p in Registry.open(reg.path,
+                                                                                           strict=False).problems)
+    with pytest.raises(RegistryError, match="processing.yaml is a folder where the registry keeps a file"):
+        reg.add_records("toy", "gan", iid, {"jpeg90": [rng.normal(size=(4, 2)) for _ in proto.layers]})
+    assert gfile.read_bytes() == before and not (reg.path / "toy" / "records" / "gan").exists()
+    assert not list(reg.path.rglob("*.tmp")) and not (reg.path / ".journal.yaml").exists()
+    processing.rmdir()
+
+    calibration = reg.path / "toy" / "calibration.yaml"
+    calibration.mkdir()
+    assert any("calibration.yaml" in p and "not a regular file" in p for p in Registry.open(reg.path,
+                                                                                            strict=False).problems)
+    with pytest.raises(RegistryError, match="calibration.yaml is a folder"):
+        reg.save_calibration("toy", {})
+    calibration.rmdir()
+
+    top = reg.path / "registry.yaml"
+    top.unlink()
+    top.mkdir()
+    assert any("registry.yaml" in p and "not a regular file" in p for p in Registry.open(reg.path,
+                                                                                         strict=False).problems)
+    with pytest.raises(RegistryError, match="registry.yaml is a folder"):
+        reg.add_protocol(toy_protocol("other"), default=True)
+    assert not (reg.path / "other").exists()  # the protocol was not written without its default
+
+
+def test_a_key_written_twice_in_a_registry_file_is_a_problem_not_a_silent_choice(reg):
+    gfile = reg.path / "toy" / "generators" / "gan.yaml"
+    text = gfile.read_text()
+    gfile.write_text(text.replace("  curve:", "  curve: [9.0, 9.0, 9.0]\n  curve:", 1))
+    problems = Registry.open(reg.path, strict=False).problems
+    assert any("gan.yaml" in p and "the key 'curve' appears twice in one mapping" in p for p in problems), problems
+    failed_validation(cli("registry", "validate", "--registry", str(reg.path)))

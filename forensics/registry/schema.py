@@ -75,9 +75,30 @@ def dump_yaml(data: Any) -> str:
                      default_flow_style=False)
 
 
-class _Loader(yaml.SafeLoader):
+class _UniqueKeys:
+    """A safe constructor that refuses a key met twice in one mapping, which YAML forbids and PyYAML would
+    read as the last value silently (a second ``curve:`` line hand-edited into an instance would win)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice in one "
+                                                            "mapping", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)  # type: ignore[misc]
+
+
+class _CLoader(_UniqueKeys, yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader):
+    """libyaml's safe loader, refusing repeated keys (its events are read for aliases first: :func:`_load`)."""
+
+
+class _Loader(_UniqueKeys, yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses aliases: a registry file never needs one, and a few hundred bytes of
-    nested aliases (a "billion laughs") would otherwise expand to more than the machine holds."""
+    nested aliases (a "billion laughs") would otherwise expand to more than the machine holds; and repeated keys.
+    """
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -99,7 +120,7 @@ def _load(text: str) -> Any:
     for event in yaml.parse(text, Loader=yaml.CSafeLoader):
         if isinstance(event, yaml.AliasEvent):
             _no_alias(event)
-    return yaml.load(text, Loader=yaml.CSafeLoader)  # noqa: S506 (libyaml's SafeLoader)
+    return yaml.load(text, Loader=_CLoader)  # noqa: S506 (libyaml's SafeLoader)
 
 
 def inside(path: Path, root: Path | None) -> bool:

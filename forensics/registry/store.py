@@ -149,6 +149,12 @@ def _reference_sha256(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def _there(path: Path) -> bool:
+    """Whether anything lies at ``path`` where the registry keeps a file: a file, a link (dangling too), a folder, a
+    FIFO. Such a path is read, and refused with its reason (:func:`read_bytes_limited`), not passed over."""
+    return path.exists() or path.is_symlink()
+
+
 # -- the registry --------------------------------------------------------------------------------
 class Registry:
     """A registry, loaded and validated: one folder, or a writable folder over read-only ones (its
@@ -172,6 +178,9 @@ class Registry:
         #: protocols naming different ones; `registry family` opens a registry that has only these, to fix them
         self.family_problems: list[str] = []
         self._join_problems: list[str] = []
+        #: per plain protocol, the generators whose file in some layer was not read whole (a problem in it): what
+        #: their instances are is not known, so their records are never called stray nor their instances missing
+        self.unread: dict[str, set[str]] = {}
         self.exists = False
 
     @property
@@ -230,7 +239,7 @@ class Registry:
     def _read_default(self, root: Path, create: bool, problems: Problems) -> str | None:
         """The default protocol ``root/registry.yaml`` names (None when it names none)."""
         top = root / REGISTRY_FILE
-        if top.is_file() or top.is_symlink():
+        if _there(top):
             try:
                 data = read_yaml(top, self._label(top), root=root)
             except RegistryError as exc:
@@ -270,7 +279,7 @@ class Registry:
                     problems.add(self._label(folder), None, "a symbolic link; a registry holds its protocols itself")
                     continue
                 pfile = folder / PROTOCOL_FILE
-                if not pfile.is_file() and not pfile.is_symlink():
+                if not _there(pfile):
                     if (folder / GENERATORS_DIR).is_dir():
                         problems.add(self._label(pfile), None, "missing, but the folder holds generators")
                     continue
@@ -313,7 +322,7 @@ class Registry:
                 # in the order of their files' names, as one folder lists them
                 self.generators[proto.name] = dict(sorted(merged.items(), key=lambda kv: kv[0] + ".yaml"))
             cal = next(((layer, at / CALIBRATION_FILE) for layer, at, _ in found[name]
-                        if (at / CALIBRATION_FILE).is_file() or (at / CALIBRATION_FILE).is_symlink()), None)
+                        if _there(at / CALIBRATION_FILE)), None)
             if cal is not None:
                 self._load_calibration(cal[1], proto.name, problems, cal[0])
             if isinstance(proto, Protocol):
@@ -381,18 +390,21 @@ class Registry:
             by_id = [{i.id: i for i in part[g].instances} if g in part else {} for part in parts]
             ids = list(dict.fromkeys(i for m in by_id for i in m))
             instances = []
+            left_out: dict[tuple[str, ...], list[str]] = {}  # lacking parts -> the instances they leave out
+            unread = [p.name for p in combo.parts if g in self.unread.get(p.name, ())]
             for iid in ids:
                 got = [m.get(iid) for m in by_id]
                 lacking = [p.name for p, inst in zip(combo.parts, got) if inst is None]
                 if lacking:
+                    if unread:  # a file of g has a problem of its own (reported apart): its instances are not known
+                        continue
                     if any(inst is not None and inst.provenance.get("combination") == combo.name for inst in got):
                         self._join_problems.append(
                             f"{label}: {g}/{iid} was enrolled under the combination but is missing under "
                             f"{', '.join(lacking)} (an interrupted enrolment?); enrol the same images again under "
                             f"{combo.name} to complete it, or remove it with `forensics registry remove`")
                         continue
-                    self.warnings.append(f"{label}: {g}/{iid} is not enrolled under {', '.join(lacking)}; the "
-                                         "combination leaves it out until it is enrolled under every part")
+                    left_out.setdefault(tuple(lacking), []).append(iid)
                     continue
                 inputs = {inst.provenance.get("input_sha256") for inst in got}
                 if len(inputs) > 1:
@@ -401,6 +413,14 @@ class Registry:
                     continue
                 values = tuple(v for inst in got for v in inst.values)
                 instances.append(Instance(iid, values, dict(got[0].provenance)))
+            if unread:
+                self.warnings.append(f"{label}: {g} is read under the combination with the instances every part's "
+                                     f"file holds, until its file under {', '.join(unread)} reads without problems "
+                                     "(listed apart)")
+            for lacking, iids in left_out.items():
+                self.warnings.append(f"{label}: {len(iids)} instance(s) of {g} are not enrolled under "
+                                     f"{', '.join(lacking)} ({', '.join(iids[:3])}{' …' if len(iids) > 3 else ''}); "
+                                     "the combination leaves them out until they are enrolled under every part")
             if instances:
                 description = next((part[g].description for part in parts if g in part and part[g].description), "")
                 families = {p.name: part[g].family for p, part in zip(combo.parts, parts)
@@ -462,10 +482,13 @@ class Registry:
                 data = read_yaml(gfile, label, root=root)
             except RegistryError as exc:
                 problems.append(str(exc))
+                self.unread.setdefault(proto.name, set()).add(gfile.stem)
                 continue
             n0 = len(problems)
             entry = parse_generator(data, label, gfile.stem, proto, problems)
             self.family_problems += [p for p in problems[n0:] if Problems.is_about(p, label, "family")]
+            if len(problems) > n0:
+                self.unread.setdefault(proto.name, set()).add(gfile.stem)
             if entry is None:
                 continue
             if entry.name.lower() in lower:
@@ -513,7 +536,7 @@ class Registry:
         found = []
         for layer in layers:
             path = processing_path(layer, protocol)
-            if not path.is_file() and not path.is_symlink():
+            if not _there(path):
                 continue
             label = self._label(path)
             try:
@@ -734,8 +757,9 @@ class Registry:
         if not base.is_dir() or base.is_symlink():
             return []
         named = {(r.generator, r.instance) for r in self.enrolled(protocol_name)}
+        unread = self.unread.get(protocol_name, set())  # a file with a problem may name them: not known
         return [f"{g.name}/{i.name}" for g in sorted(base.iterdir()) if g.is_dir() and not g.is_symlink()
-                for i in sorted(g.iterdir()) if i.is_dir() and (g.name, i.name) not in named]
+                and g.name not in unread for i in sorted(g.iterdir()) if i.is_dir() and (g.name, i.name) not in named]
 
     def _bundled_holding(self, protocol_name: str, generator: str, instance: str, condition: str) -> Path | None:
         """The bundled registry where it is not among this registry's layers and holds an instance's records
@@ -768,11 +792,13 @@ class Registry:
         return next((i for i in entry.instances if i.id == instance), None) if entry else None
 
     def _write_digests(self, protocol_name: str, generator: str, instance: str, digests: Any) -> str:
-        return write_digests(self._safe(digests_path(self.path, protocol_name, generator, instance)), digests)
+        return write_digests(self.check_file_target(digests_path(self.path, protocol_name, generator, instance)),
+                             digests)
 
     def _write_records(self, protocol_name: str, generator: str, instance: str, arrays: Mapping[str, Any]) -> None:
         for condition, array in arrays.items():
-            write_records(self._safe(records_path(self.path, protocol_name, generator, instance, condition)), array)
+            write_records(self.check_file_target(records_path(self.path, protocol_name, generator, instance,
+                                                              condition)), array)
 
     def add_records(self, protocol_name: str, generator: str, instance: str,
                     records: Mapping[str, Sequence[Any]], image_size: Sequence[int] | None = None,
@@ -813,6 +839,8 @@ class Registry:
                     plan.append((part, gfile, entry, inst, arrays, sized, hashed))
             processing = self._processing_writes([part.name for part, _, _, _, arrays, _, _ in plan if arrays],
                                                  sorted({c for *_, arrays, _, _ in plan for c in arrays}))
+            for path, _ in [(gfile, None) for _, gfile, *_ in plan] + processing:  # before any file is written
+                self.check_file_target(path)
             changes = []
             for part, gfile, entry, inst, arrays, sized, hashed in plan:
                 self._write_records(part.name, generator, instance, arrays)
@@ -886,6 +914,17 @@ class Registry:
             raise RegistryError(f"the registry at {self.path} is locked by another process "
                                 f"({self.path / LOCK_FILE}); try again when it has finished") from None
 
+    def check_file_target(self, path: Path) -> Path:
+        """``path`` as a registry file about to be (re)written: inside the registry with no link on its way
+        (:meth:`_safe`) and, where something lies there already, a regular file; else a :class:`RegistryError`
+        saying what to move. Multi-file writes check every target before writing any."""
+        self._safe(path)
+        if path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, device or socket)"
+            raise RegistryError(f"{self._label(path)} is {kind} where the registry keeps a file: move it out of the "
+                                "registry, then run the command again")
+        return path
+
     def _safe(self, path: Path) -> Path:
         """``path``, refused when a link on its way leads out of the registry (a ``generators/`` folder linked
         to another registry would send writes there, under the wrong lock)."""
@@ -933,7 +972,7 @@ class Registry:
 
     def _write_top(self, default: str | None) -> None:
         data = {"schema_version": SCHEMA_VERSION, "default_protocol": default}
-        write_yaml(self._safe(self.path / REGISTRY_FILE), data, HEADER)
+        write_yaml(self.check_file_target(self.path / REGISTRY_FILE), data, HEADER)
 
     def _current_default(self) -> str | None:
         top = self.path / REGISTRY_FILE
@@ -953,46 +992,67 @@ class Registry:
         if known is not None and known.digest == protocol.digest and not overwrite and \
                 (not default or self.default_protocol == protocol.name):
             return self.layer_of(protocol.name) / protocol.name / PROTOCOL_FILE  # nothing to write
-        folder = self.path / protocol.name
         with self.lock():
-            pfile = folder / PROTOCOL_FILE
-            lower = None if pfile.is_file() else \
-                next((root for root in self.below if (root / protocol.name / PROTOCOL_FILE).is_file()), None)
-            write = True
-            if lower is not None:
-                old = self._load_protocol(lower / protocol.name / PROTOCOL_FILE, protocol.name, Problems(), lower)
-                if old is not None and old.digest != protocol.digest:
-                    raise UsageError(f"protocol {protocol.name!r} is bundled ({lower}) with other settings "
-                                     f"({'; '.join(old.differences(protocol)[:3])}); pick another name")
-                write = overwrite  # the same protocol: a copy only to give it another description
-            elif pfile.is_file():
-                problems = Problems()
-                old = self._load_protocol(pfile, protocol.name, problems)
-                if old is not None and old.digest == protocol.digest and not overwrite:
-                    write = False  # the same protocol: its record (and description) stays as it is
-                if old is not None and old.digest != protocol.digest:
-                    if not overwrite:
-                        raise UsageError(f"protocol {protocol.name!r} already exists with other settings "
-                                         f"({'; '.join(old.differences(protocol)[:3])}); pick another name")
-                    if (folder / GENERATORS_DIR).is_dir() and any((folder / GENERATORS_DIR).glob("*.yaml")):
-                        raise UsageError(f"protocol {protocol.name!r} has enrolled generators; their curves would "
-                                         "no longer match a changed protocol: create a new protocol instead")
-                    if self.combinations_of(protocol.name):
-                        raise UsageError(f"protocol {protocol.name!r} is combined in "
-                                         f"{', '.join(self.combinations_of(protocol.name))}; changing it would "
-                                         "break them: create a new protocol instead")
+            pfile, lower, write, top = self._protocol_plan(protocol, overwrite=overwrite, default=default)
             if write:
                 if isinstance(protocol, Combination):  # the user registry reads alone too: its parts beside it
                     self._copy_up([p.name for p in protocol.parts])
                 data = {"schema_version": SCHEMA_VERSION, "digest": protocol.digest, "protocol": protocol.to_dict()}
-                write_yaml(self._safe(pfile), data, HEADER)
-            if default or (write and not (self.path / REGISTRY_FILE).is_file()):
+                write_yaml(pfile, data, HEADER)
+            if top:
                 current = self._current_default()
                 self._write_top(protocol.name if default else current)
             if write or default:
                 self._ensure_gitignore()
         self.reload()
         return pfile if write or lower is None else lower / protocol.name / PROTOCOL_FILE
+
+    def check_protocol(self, protocol: Protocol | Combination, *, overwrite: bool = False,
+                       default: bool = False) -> None:
+        """What :meth:`add_protocol` would refuse, refused now and nothing written: to call before minutes of
+        work that only a written protocol keeps (a reference side fitted to ship beside it)."""
+        check_name("protocol name", protocol.name)
+        with self.lock():
+            self._protocol_plan(protocol, overwrite=overwrite, default=default)
+
+    def _protocol_plan(self, protocol: Protocol | Combination, *, overwrite: bool, default: bool
+                       ) -> tuple[Path, Path | None, bool, bool]:
+        """Under the lock: (its protocol file in the written layer, the read-only layer that holds it or None,
+        whether the file is written, whether ``registry.yaml`` is), after :meth:`add_protocol`'s refusals and a
+        check that every file it would write can be."""
+        folder = self.path / protocol.name
+        pfile = folder / PROTOCOL_FILE
+        lower = None if pfile.is_file() else \
+            next((root for root in self.below if (root / protocol.name / PROTOCOL_FILE).is_file()), None)
+        write = True
+        if lower is not None:
+            old = self._load_protocol(lower / protocol.name / PROTOCOL_FILE, protocol.name, Problems(), lower)
+            if old is not None and old.digest != protocol.digest:
+                raise UsageError(f"protocol {protocol.name!r} is bundled ({lower}) with other settings "
+                                 f"({'; '.join(old.differences(protocol)[:3])}); pick another name")
+            write = overwrite  # the same protocol: a copy only to give it another description
+        elif pfile.is_file():
+            problems = Problems()
+            old = self._load_protocol(pfile, protocol.name, problems)
+            if old is not None and old.digest == protocol.digest and not overwrite:
+                write = False  # the same protocol: its record (and description) stays as it is
+            if old is not None and old.digest != protocol.digest:
+                if not overwrite:
+                    raise UsageError(f"protocol {protocol.name!r} already exists with other settings "
+                                     f"({'; '.join(old.differences(protocol)[:3])}); pick another name"
+                                     + (", or replace it with --overwrite" if isinstance(protocol, Combination)
+                                        else ""))
+                if (folder / GENERATORS_DIR).is_dir() and any((folder / GENERATORS_DIR).glob("*.yaml")):
+                    raise UsageError(f"protocol {protocol.name!r} has enrolled generators; their curves would "
+                                     "no longer match a changed protocol: create a new protocol instead")
+                if self.combinations_of(protocol.name):
+                    raise UsageError(f"protocol {protocol.name!r} is combined in "
+                                     f"{', '.join(self.combinations_of(protocol.name))}; changing it would "
+                                     "break them: create a new protocol instead")
+        top = default or (write and not (self.path / REGISTRY_FILE).is_file())
+        for target in [pfile] * write + [self.path / REGISTRY_FILE] * top:  # both writable, or neither written
+            self.check_file_target(target)
+        return pfile, lower, write, top
 
     def _copy_up(self, names: Sequence[str]) -> list[Path]:
         """Under the lock: the records of protocols ``names`` (a combination's parts with it) that only a
@@ -1153,6 +1213,8 @@ class Registry:
             processing = self._processing_writes(
                 [part.name for (part, _, _), (_, entry) in zip(part_spans(proto), writes) if entry is not None],
                 list(records[0]) if records else [])
+            for path, _ in [(gfile, None) for gfile, entry in writes if entry is not None] + processing:
+                self.check_file_target(path)  # every file it would write can be, before any is
             for (part, _, _), (gfile, entry), arrays in zip(part_spans(proto), writes, kept):
                 if entry is not None and arrays is not None:  # the files first: a generator file never names a
                     for iid, by_condition in zip(new_ids, arrays):  # records file that is not there
@@ -1181,6 +1243,8 @@ class Registry:
         journal is removed. A write killed before the journal is committed changes nothing (its temporary
         files are removed by the next write); one killed after is completed by the next write. A file whose
         data is None is removed."""
+        for path, _ in files:  # nothing is written where one target cannot be
+            self.check_file_target(path)
         if len(files) == 1:
             path, data = files[0]
             if data is None:
@@ -1513,7 +1577,8 @@ class Registry:
             self._copy_up([protocol_name])  # a calibration is read beside its protocol's record
             data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": tool_version(),
                     "matchers": {k: dict(v) for k, v in sorted(calibrations.items())}}
-            write_yaml(self._safe(cfile), data, "# open-set thresholds, recorded by `forensics registry calibrate`\n")
+            write_yaml(self.check_file_target(cfile), data,
+                       "# open-set thresholds, recorded by `forensics registry calibrate`\n")
         self.reload()
         return cfile
 

@@ -16,6 +16,7 @@ A model built to receive weights skips drawing the random initial values those w
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import re
@@ -417,4 +418,7 @@ def make_factory(cls: type[TimmEncoder], entry: ModelEntry) -> Callable[..., Tim
                     f"seed (random init).")
     make.describe = lambda **options: cls.describe(entry, **options)  # type: ignore[attr-defined]
     make.entry = entry  # type: ignore[attr-defined]
+    init = inspect.signature(cls.__init__)  # its options by name, so that a wrong one is told before any work
+    make.__signature__ = init.replace(parameters=[p for n, p in init.parameters.items()  # type: ignore[attr-defined]
+                                                  if n not in ("self", "entry")])
     return make
