@@ -271,3 +271,15 @@ def test_registry_commands_under_a_combination(combined, plugin_host, tmp_path):
     r = run(["attribute", str(data / "query-rotate.npz"), "-p", "digits-both", "--weights", str(data / "w.safetensors"),
              "--registry", str(reg)])
     assert r.exit_code == 2 and "names one encoder's weights" in r.output
+
+
+def test_combining_again_says_what_it_kept_and_names_the_protocols_that_differ(two):
+    from forensics import api
+
+    again = api.combine_protocols("ab", ["a", "b"], description="another", registry=two)
+    assert again.combination.description == "a then b"
+    assert any("keeps its description ('a then b'); --overwrite gives it the new one" in w for w in again.warnings)
+    assert not any("keeps its description" in w
+                   for w in api.combine_protocols("ab", ["a", "b"], registry=two).warnings)
+    with pytest.raises(UsageError, match=r"combines a, b vs b, a\); pick another name, or replace it with --overwrite"):
+        api.combine_protocols("ab", ["b", "a"], registry=two)
