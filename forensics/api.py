@@ -114,6 +114,9 @@ def _check_input(images: Images) -> None:
     """An input path that does not exist or cannot be read fails now, in one line, not after the registry
     and the encoder are loaded (what is in it is checked when it is read)."""
     if not isinstance(images, np.ndarray):
+        if not isinstance(images, (str, Path)):
+            raise UsageError(f"images are a path (a folder, .npz or .npy) or a uint8 array (N, H, W[, C]), not a "
+                             f"{type(images).__name__}: for a list of arrays, pass np.stack(...)")
         from forensics.io.images import _stat
 
         _stat(Path(images).expanduser())
@@ -428,7 +431,7 @@ def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequ
             "counts as one more draw of the generator and moves the curve: if the repeats come from how the "
             "evidence was gathered (a file kept twice), run again with --drop-repeats")
     if n - k < 2:
-        raise UsageError(f"the {n} images hold {n - k} distinct one(s): too few to attribute without repeats")
+        raise UsageError(f"the {n} images hold {n - k} distinct one(s): too few to score without repeats")
     data, record, condition = _keep_only(data, record, condition, ~again)
     return data, replace(record, repeats=k, repeats_dropped=True), condition, (
         f"{k} of the {n} images repeated an earlier image of the set pixel for pixel and were dropped "
@@ -1069,7 +1072,10 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
         parts.append((name, scorer.curve(data[rows], what)))
         origins.append(scorer.reference_origin if len(groups) == 1 else f"{name}: {scorer.reference_origin}")
     curve = parts_curve([c for _, c in parts], proto)
-    warnings = tuple(w for w in (repeats, cond.warning, cond.withhold) if w)
+    few = None if len(data) >= proto.batch_size else (
+        f"{len(data)} images, fewer than the protocol's batch of {proto.batch_size}: |C_T| shrinks with fewer images, "
+        "so a layer read as no evidence is weaker evidence of none")
+    warnings = tuple(w for w in (repeats, cond.warning, cond.withhold, few) if w)
 
     def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it
         return {p.name: {"digest": processing_digest(name), **codecs()} for p in proto.parts}
@@ -1766,6 +1772,9 @@ def curate(source: str | Path | np.ndarray, kind: str, *, count: int | None = No
 
     if kind not in curation.KINDS:
         raise UsageError(f"unknown curated kind {kind!r}; choose one of {', '.join(curation.KINDS)}")
+    curation.check_seed(seed)  # before the source is read
+    if count is not None:
+        curation.check_count(count)
     if out is not None and Path(out).suffix != ".npz":
         raise UsageError(f"--out must end in .npz, not {Path(out).name!r}")
     images, origin = _curation_source(source)
@@ -2024,11 +2033,14 @@ def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
     import time
 
     from forensics.encode.cache import iter_entries
+    from forensics.registry import Registry
     from forensics.results import CacheItem
 
     by_reference: dict[str, list[str]] = {}
     by_images: dict[tuple[str, str], list[str]] = {}
     roles: dict[str, str] = {}
+    if registry is not None and not isinstance(registry, Registry):  # named, it must be there: said at once
+        registry = Registry.open(registry, strict=False)
     try:
         from forensics.conditions import applicable
         from forensics.engine import processed_hash, reference_key

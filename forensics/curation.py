@@ -134,6 +134,8 @@ def copy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def pick(n: int, count: int, seed: int = 0) -> np.ndarray:
     """Indices of ``count`` of ``n`` images drawn uniformly without replacement (seeded), in order."""
+    check_seed(seed)
+    check_count(count)
     if count > n:
         raise UsageError(f"asked for {count} images but the source holds {n}; pass a smaller --count")
     return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
@@ -145,8 +147,22 @@ TRANSFORMS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+def check_count(count: object) -> None:
+    """Refuse (:class:`UsageError`) a number of images to curate that is not a whole number of at least 1."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise UsageError(f"--count takes a whole number of images of at least 1, not {count!r}")
+
+
+def check_seed(seed: object) -> None:
+    """Refuse (:class:`UsageError`) a seed that is not a whole number of at least 0 (NumPy's generators take
+    no other)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"--seed takes a whole number of at least 0, not {seed!r}")
+
+
 def curate(images: np.ndarray, kind: str, *, seed: int = 0, mask: np.ndarray | None = None) -> np.ndarray:
     """A curated copy of ``images`` (uint8) of the given kind; deterministic for ``seed``."""
+    check_seed(seed)
     if kind not in TRANSFORMS:
         raise UsageError(f"unknown curated kind {kind!r}; choose one of {', '.join(KINDS)}")
     rng = np.random.default_rng(seed)

@@ -133,6 +133,13 @@ def test_memorization_equals_the_cli_document(root):
     assert result.level == doc["level"] and result.copying == ("copying" in result.readings)
 
 
+def test_memorization_of_fewer_images_than_a_batch_says_so_in_its_json(root):
+    images = np.load(root / SAMPLES / "kde-copier" / "heldout.npz")["images"][:60]
+    doc = forensics.memorization(images, protocol=VIT).to_dict()
+    assert doc["partial_batch"] is True
+    assert [w for w in doc["warnings"] if "60 images, fewer than the protocol's batch of 500" in w]
+
+
 def get_statistic_of(result):
     from forensics.stats.base import get_statistic
 
@@ -181,10 +188,32 @@ def test_memorization_refuses_bad_options_before_embedding(root, no_embedding):
 @pytest.mark.parametrize("images, message", [
     (np.zeros((4, 28, 28), dtype=object), "must be numbers"),
     ("no/such/folder", "does not exist"),
+    ([np.zeros((28, 28), np.uint8)] * 4, "not a list: for a list of arrays, pass np.stack"),
 ])
 def test_bad_images_are_a_usage_error(images, message):
     with pytest.raises(UsageError, match=message):
         forensics.attribute(images, protocol=VIT)
+    with pytest.raises(UsageError, match=message):
+        forensics.memorization(images, protocol=VIT)
+
+
+def test_a_one_dimensional_array_file_is_not_read_as_that_many_images(tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros(392_000, np.uint8))  # over the images-per-run limit, were it images
+    with pytest.raises(UsageError, match=r"expected images shaped \(N, H, W\) or \(N, H, W, 3\); got \(392000,\)"):
+        forensics.memorization(tmp_path / "flat.npy", protocol=VIT)
+    with pytest.raises(UsageError, match="--workers takes a number of processes of at least 0"):
+        forensics.memorization(tmp_path / "flat.npy", protocol=VIT, workers=-1)
+
+
+def test_a_weights_file_that_does_not_read_says_what_to_pass(tmp_path):
+    from forensics.encode.weights import load_state_dict
+    from forensics.errors import WeightsError
+
+    for name in ("junk.pt", "junk.safetensors"):
+        (tmp_path / name).write_bytes(b"junk")
+        with pytest.raises(WeightsError, match="is it the weights file, whole\\? Pass a .safetensors file or a "
+                                               ".pt/.pth state dict"):
+            load_state_dict(tmp_path / name)
 
 
 def test_evaluate_and_calibrate_refuse_an_unknown_matcher():

@@ -178,5 +178,25 @@ def test_recorded_layer_widths_are_listed_and_cleared_as_forensics_own(cache):
     doc = json.loads(cli("cache", "list", "--json").stdout)
     validate(doc)  # "layers" is a kind the schema knows
     assert any(e["kind"] == "layers" for e in doc["entries"])
+    from forensics.cli.cache import _groups
+
+    (row,) = [g for g in _groups(forensics.list_cache().items) if g[0] == "layers"]
+    assert row[2] == "encoders' layer widths, measured once"  # the table's line: forensics' own, not a user's
     assert forensics.clear_cache(protocol=VIT).removed and path.exists()  # serves no protocol in particular
     assert path in {i.path for i in forensics.clear_cache().removed} and not path.exists()
+
+
+def test_a_cache_folder_that_is_a_file_or_a_registry_that_is_not_there_is_said_at_once(tmp_path, monkeypatch):
+    from forensics.errors import ForensicsError, RegistryError
+
+    (tmp_path / "cfile").write_text("x")
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cfile"))
+    with pytest.raises(ForensicsError, match="cfile is not a folder: move that file away, or point "
+                                             "FORENSICS_CACHE_DIR at a folder"):
+        forensics.list_cache()
+    result = cli("cache", "list")
+    assert result.exit_code == 1 and "is not a folder" in result.stderr
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(RegistryError, match="no registry at"):
+        forensics.list_cache(registry=tmp_path / "nowhere")
+    assert cli("cache", "list", "--registry", tmp_path / "nowhere").exit_code == 1

@@ -522,8 +522,9 @@ def test_usage_errors(data):
     for bad in (-0.1, float("nan"), "0.1"):
         with pytest.raises(UsageError, match="tau must be a non-negative number"):
             ct_score(train, test, gen, tau=bad)
-    with pytest.raises(UsageError, match="seed must be an integer"):
-        ct_score(train, test, gen, seed=1.5)
+    for bad in (1.5, -1):
+        with pytest.raises(UsageError, match="seed must be a whole number of at least 0"):
+            ct_score(train, test, gen, seed=bad)
     with pytest.raises(UsageError, match="three id arrays"):
         ct_score(train, test, gen, cells=(np.zeros(50, int), np.zeros(20, int)))
     with pytest.raises(UsageError, match="both train and test"):

@@ -79,3 +79,23 @@ def test_a_subset_is_drawn_at_random_not_taken_from_the_front():
     assert counts.min() >= 30, counts  # every class is there; the first 500 would be 400 zeros and 100 ones
     with pytest.raises(UsageError, match="smaller --count"):
         pick(10, 11)
+
+
+def test_a_seed_or_count_numpy_would_refuse_is_a_usage_error_before_the_source_is_read(tmp_path):
+    import forensics
+
+    images = np.zeros((5, 8, 8), np.uint8)
+    for kwargs, said in (({"seed": -1}, "--seed takes a whole number of at least 0, not -1"),
+                         ({"count": 0}, "--count takes a whole number of images of at least 1, not 0"),
+                         ({"count": -1}, "--count takes"), ({"count": 2.5}, "--count takes")):
+        with pytest.raises(UsageError, match=said):
+            forensics.curate(images, "copy", **kwargs)
+    with pytest.raises(UsageError, match="--seed takes"):
+        forensics.curate("no-such-dataset:train", "copy", seed=-1)  # before the data set is looked up
+    from typer.testing import CliRunner
+
+    from forensics.cli.commands import app
+
+    r = CliRunner().invoke(app, ["curate", "digits:train", "--kind", "copy", "--count", "5", "--seed", "-1",
+                                 "--out", str(tmp_path / "x.npz")])
+    assert r.exit_code == 2 and "--seed" in r.stderr and not (tmp_path / "x.npz").exists()

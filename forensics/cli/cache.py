@@ -78,6 +78,8 @@ def _groups(items):
             key = (i.kind, i.protocols, i.what, None)
         elif i.kind == "old":
             key = (i.kind, (), "embeddings of an older cache format (no longer read)", None)
+        elif i.kind == "layers":
+            key = (i.kind, (), "encoders' layer widths, measured once", None)
         else:
             key = (i.kind, (), "not written by forensics (never removed)", None)
         groups.setdefault(key, []).append(i)

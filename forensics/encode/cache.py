@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from forensics.errors import ForensicsError
 from forensics.io.atomic import write_atomic, write_text_atomic
 from forensics.io.hashing import sha256_array, sha256_json, short
 
@@ -59,13 +60,20 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def cache_dir() -> Path:
-    """The user cache folder: ``$FORENSICS_CACHE_DIR``, else the platform's cache folder for forensics."""
+    """The user cache folder: ``$FORENSICS_CACHE_DIR``, else the platform's cache folder for forensics. One
+    that exists as anything but a folder is a :class:`ForensicsError` now, not when the first result of
+    minutes of work is written into it."""
     env = os.environ.get("FORENSICS_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
+        path = Path(env).expanduser()
+    else:
+        from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("forensics"))
+        path = Path(user_cache_dir("forensics"))
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise ForensicsError(f"the cache folder {path} is not a folder: move that file away, or point "
+                             "FORENSICS_CACHE_DIR at a folder")
+    return path
 
 
 def embedding_key(*, images: str, encoder: Mapping[str, Any], layer: str, amp: str | None = None) -> str:

@@ -37,12 +37,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"cannot read weights from {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        kind = "a safetensors file" if path.suffix == ".safetensors" else "a torch file of tensors"
+        cause = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+        raise WeightsError(f"cannot read weights from {path} as {kind} ({cause}): is it the weights file, whole? "
+                           "Pass a .safetensors file or a .pt/.pth state dict") from exc
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors")
+        raise WeightsError(f"{path} does not hold a state dict of tensors: pass a .safetensors file or a .pt/.pth "
+                           "state dict (torch.save(model.state_dict(), path))")
     return state
 
 

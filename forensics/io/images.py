@@ -157,11 +157,13 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     ``size`` / ``resize`` (the protocol's crop size and short-side resize) are used only when a folder
     holds images of different sizes; ``native`` ((height, width): the size the enrolled generators write)
     instead brings each image of another size back to it with the conditions' bicubic resampling
-    (:func:`forensics.conditions.resample`: the second half of the resize or crop it went through). ``workers`` > 0 decodes a folder's files in that many processes;
-    ``progress(done, total)`` hears how many files are decoded. The hash is of the decoded pixels, taken
+    (:func:`forensics.conditions.resample`: the second half of the resize or crop it went through). ``workers``
+    > 0 decodes a folder's files in that many processes; ``progress(done, total)`` hears how many files are decoded. The hash is of the decoded pixels, taken
     before any resize: :func:`~forensics.io.hashing.sha256_images` for a folder (in reading order),
     :func:`~forensics.io.hashing.sha256_array` for an array file.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UsageError(f"--workers takes a number of processes of at least 0 (0: decode here), not {workers!r}")
     path = Path(path).expanduser()
     if stat.S_ISDIR(_stat(path).st_mode):
         return _load_folder(path, size=size, resize=resize, workers=workers, recursive=recursive,
@@ -171,7 +173,7 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     if suffix in ARRAY_SUFFIXES:
         array, conditions = _read_array(path)
     elif suffix in IMAGE_SUFFIXES:
-        raise UsageError(f"{_show(path)} is one image; attribution needs a set — give the folder that holds it")
+        raise UsageError(f"{_show(path)} is one image; the tool reads sets of images — give the folder that holds it")
     else:
         raise UsageError(f"cannot read {_show(path)}: expected a folder of images, an .npz or an .npy file")
     images = as_uint8_images(array, _show(path))
@@ -258,13 +260,13 @@ def _check_npy_header(f, size: int, where: str) -> None:
         what = "it holds Python objects, not numbers" if dtype.hasobject else f"images must be numbers, not {dtype}"
         raise UsageError(f"{where} is not a readable image array ({what}); write one with "
                          "numpy.savez(path, images=uint8_array)")
-    if len(shape) >= 1:
-        _check_count(int(shape[0]), where)
-    if len(shape) in (3, 4):
-        first = len(shape) == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3, 4)
-        height, width = (shape[2], shape[3]) if first else (shape[1], shape[2])
-        if shape[0] > 0:
-            _check_pixels(int(width), int(height), where)
+    if len(shape) not in (3, 4):  # before its first axis is read as a number of images
+        raise UsageError(f"{where}: expected images shaped (N, H, W) or (N, H, W, 3); got {tuple(shape)}")
+    _check_count(int(shape[0]), where)
+    first = len(shape) == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3, 4)
+    height, width = (shape[2], shape[3]) if first else (shape[1], shape[2])
+    if shape[0] > 0:
+        _check_pixels(int(width), int(height), where)
     declared = math.prod(int(n) for n in shape) * dtype.itemsize
     held = size - f.tell()
     if declared > held:

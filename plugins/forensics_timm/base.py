@@ -356,12 +356,17 @@ def _source_digest(cls: type) -> str | None:
 
 
 def widths_path(architecture: str, key: dict[str, Any]):
-    """Where the sizes of the layers for ``key`` are kept: ``<cache>/layers/<architecture>-<key hash>.json``."""
+    """Where the sizes of the layers for ``key`` are kept: ``<cache>/layers/<architecture>-<key hash>.json``;
+    None where the cache folder cannot be one (a file in its place): the sizes are then measured each time."""
     from forensics.encode.cache import cache_dir
+    from forensics.errors import ForensicsError
     from forensics.io.hashing import sha256_json, short
 
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", architecture)[:80]
-    return cache_dir() / "layers" / f"{name}-{short(sha256_json(key), 24)}.json"
+    try:
+        return cache_dir() / "layers" / f"{name}-{short(sha256_json(key), 24)}.json"
+    except ForensicsError:
+        return None
 
 
 def read_widths(path, key: dict[str, Any], names: Sequence[str]) -> tuple[Layer, ...] | None:

@@ -129,8 +129,8 @@ def _fit_options(distance: Any, projection: Any, seed: Any) -> tuple[int | None,
         if isinstance(projection, bool) or not isinstance(projection, (int, np.integer)) or projection < 1:
             raise UsageError(f"projection must be a positive integer (or None), not {projection!r}")
         projection = int(projection)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise UsageError("seed must be an integer")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed must be a whole number of at least 0, not {seed!r}")
     return projection, int(seed)
 
 
