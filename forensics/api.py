@@ -299,14 +299,19 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
 def diff_registry(other: str, *, registry: str | Path | None = None) -> RegistryDiff:
     """What the registry state ``other`` (a folder, or ``git:REV``: this registry at a git revision)
     and the registry (default: $FORENSICS_REGISTRY, else the user registry over the bundled one) disagree
-    on, from ``other`` (old) to the registry (new)."""
+    on, from ``other`` (old) to the registry (new). The folder, or the written registry at REV, is read over
+    the same read-only layers, so only what differs in it shows; where the user registry is not in git,
+    ``git:REV`` compares the bundled registry (a checkout's ``registry/``) alone, at REV and now."""
     import tempfile
 
     from forensics.registry import Registry, diff, open_state
+    from forensics.registry.diff import in_git
 
     new = Registry.open(registry, strict=False)
+    if other.startswith("git:") and registry is None and new.below and not in_git(new.path):
+        new = Registry.open(new.below[0], strict=False)  # the registry git holds: the bundled one, alone
     with tempfile.TemporaryDirectory(prefix="forensics-diff-") as tmp:
-        changes = diff(open_state(other, registry, tmp), new)
+        changes = diff(open_state(other, new.path, tmp, below=new.below), new)
     return RegistryDiff(other, new.path, tuple(changes))
 
 

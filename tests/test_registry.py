@@ -296,12 +296,46 @@ def test_diff_against_a_git_revision(filled, tmp_path, fingerprints):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "registry")
     reg = Registry.open(repo / "registry")
     reg.enroll("toy", "vae", fingerprints(reg.protocol("toy"), [7, 7, 7]), {}, ids=["later"])
+    gan = reg.generators["toy"]["gan"].instances[0].id
+    rng = np.random.default_rng(0)
+    reg.add_records("toy", "gan", gan, {"none": [rng.normal(size=(4, 2)) for _ in reg.protocol("toy").layers]})
     old = open_state("git:HEAD", reg.path, tmp_path / "snapshot")
-    assert [(c["change"], c["what"], c["instance"]) for c in diff(old, reg)] == [("added", "instance", "later")]
+    assert [(c["change"], c["what"], c["instance"], c["detail"]) for c in diff(old, reg)] == [
+        ("changed", "instance", gan, "records: kept under none"), ("added", "instance", "later", c_detail(reg))]
     (repo / "later").mkdir()  # a registry folder that no commit holds yet reads as an empty registry
     assert not git_snapshot("HEAD", repo / "later", tmp_path / "none").exists()
     with pytest.raises(UsageError, match="git revision 'nope'"):
         git_snapshot("nope", reg.path, tmp_path / "bad")
+
+
+def c_detail(reg) -> str:
+    (later,) = [i for i in reg.generators["toy"]["vae"].instances if i.id == "later"]
+    return f"created {later.provenance.get('created')} by {later.provenance.get('by')}"
+
+
+def test_diff_of_a_user_registry_in_git_shows_what_changed_in_it_not_the_bundled_registry(tmp_path, monkeypatch):
+    """`registry diff git:REV` reads the user registry at REV over the same bundled registry: a change made in
+    the user registry is the whole difference (before, the bundled registry's checkout was read at REV and the
+    user registry's every file showed as added)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    import forensics
+
+    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
+    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
+    forensics.combine_protocols("mine", ["mnist-effnet-lite0", "mnist-vit"])
+    user = tmp_path / "data" / "registry"
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(user), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "mine")
+    assert forensics.diff_registry("git:HEAD").changes == ()
+    forensics.combine_protocols("yours", ["mnist-vit", "mnist-pixel"])
+    changes = forensics.diff_registry("git:HEAD").changes
+    assert [(c["change"], c["what"], c["protocol"]) for c in changes] == [("added", "protocol", "yours")]
 
 
 # -- the written form ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import re
 import subprocess
 import tarfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from forensics.errors import UsageError
@@ -72,7 +73,25 @@ def diff(a: Registry, b: Registry) -> list[dict[str, Any]]:
                     keys = sorted(k for k in set(xa.provenance) | set(xb.provenance)
                                   if xa.provenance.get(k) != xb.provenance.get(k))
                     add("changed", "instance", name, g, iid, detail=f"provenance: {', '.join(keys)}")
+                if xa.records != xb.records:  # per-image records kept, dropped or made again
+                    said = [f"{how} {', '.join(cs)}" for how, cs in (
+                        ("kept under", sorted(set(xb.records) - set(xa.records))),
+                        ("no longer under", sorted(set(xa.records) - set(xb.records))),
+                        ("made again under", sorted(c for c in set(xa.records) & set(xb.records)
+                                                    if xa.records[c] != xb.records[c]))) if cs]
+                    add("changed", "instance", name, g, iid, detail=f"records: {'; '.join(said)}")
     return changes
+
+
+def in_git(folder: str | Path) -> bool:
+    """Whether ``folder`` exists inside a git work tree."""
+    if not Path(folder).is_dir():
+        return False
+    try:
+        return subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def git_snapshot(rev: str, registry: str | Path, into: str | Path) -> Path:
@@ -110,13 +129,14 @@ def git_snapshot(rev: str, registry: str | Path, into: str | Path) -> Path:
     return into / rel
 
 
-def open_state(spec: str, registry: str | Path | None, into: str | Path) -> Registry:
+def open_state(spec: str, registry: str | Path | None, into: str | Path, below: Sequence[Path] = ()) -> Registry:
     """The registry state ``spec`` names: ``git:REV`` (the registry ``registry``, default
-    :func:`default_registry_path`, at that revision, extracted into ``into``) or a registry folder.
-    Opened without ``strict``: its problems are in ``.problems``."""
+    :func:`default_registry_path`, at that revision, extracted into ``into``) or a registry folder, read over
+    the read-only layers ``below`` (those of the registry it is compared with, so that only what differs in
+    the folder shows). Opened without ``strict``: its problems are in ``.problems``."""
     from forensics.registry.store import Registry, default_registry_path
 
     if spec.startswith("git:"):
         path = git_snapshot(spec[4:], registry or default_registry_path(), into)
-        return Registry.open(path, strict=False, create=True)
-    return Registry.open(Path(spec), strict=False)
+        return Registry.open(path, strict=False, create=True, below=below)
+    return Registry.open(Path(spec), strict=False, below=below)
