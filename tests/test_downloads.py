@@ -424,3 +424,12 @@ def test_open_clip_weights_come_from_the_file_open_clip_would_load(online):
     assert sources.hf_ids == ("timm/vit_base_patch32_clip_224.openai",) and sources.hf_filenames == OPEN_CLIP_FILES
     assert availability("openclip_vit_b_32.openai", sources).startswith("download:")
     assert online.requests == []
+
+
+def test_own_reference_images_no_longer_where_the_protocol_says_are_a_registry_matter(tmp_path):
+    from forensics.errors import RegistryError
+    from forensics_datasets import load_folder
+
+    with pytest.raises(RegistryError, match=r"the protocol's held-out images \(P_n\) are not at .*gone, where its "
+                                            r"protocol.yaml says they are: move them back, or edit that path"):
+        load_folder("test", path=str(tmp_path / "gone"))

@@ -180,6 +180,10 @@ def filled(reg, fingerprints):
     ("default", "registry.yaml", r"registry\.yaml: default_protocol: 'gone' is not a protocol"),
     ("imagedigests", "toy/generators/gan.yaml", r"gan\.yaml: instances\[0\] \(abababababab-0\)\.provenance\."
                                                 r"image_digests: expected a sha256 digest or null, got 'xyz'"),
+    ("schematext", "toy/generators/gan.yaml", r"gan\.yaml: schema_version: the text '1', not the number 1: drop the "
+                                              r"quotes"),
+    ("exponent", "toy/generators/gan.yaml", r"curve\[0\]: expected a number or null, got '1e308' \(YAML reads 1e308 "
+                                            r"as text: write it with a decimal point, 1\.0e308\)"),
 ])
 def test_validate_names_file_and_key(filled, case, file, expected):
     path = filled.path / file
@@ -197,6 +201,8 @@ def test_validate_names_file_and_key(filled, case, file, expected):
         "string": lambda d: d["instances"][0]["curve"].__setitem__(0, "one"),
         "default": lambda d: d.update(default_protocol="gone"),
         "imagedigests": lambda d: d["instances"][0]["provenance"].update(image_digests="xyz"),
+        "schematext": lambda d: d.update(schema_version="1"),
+        "exponent": lambda d: d["instances"][0]["curve"].__setitem__(0, "1e308"),
     }
     _edit(path, edits[case])
     problems = Registry.open(filled.path, strict=False).validate()

@@ -223,6 +223,14 @@ def write_yaml(path: Path, data: Any, header: str = "") -> None:
     write_text_atomic(path, header + dump_yaml(data))
 
 
+def _as_yaml_float(text: Any) -> str | None:
+    """How a number PyYAML (YAML 1.1) read as text, for want of a decimal point (``1e308``), is written as one."""
+    import re
+
+    found = isinstance(text, str) and re.fullmatch(r"([-+]?\d+)([eE][-+]?\d+)", text.strip())
+    return f"{found.group(1)}.0{found.group(2)}" if found else None
+
+
 # -- checks --------------------------------------------------------------------------------------
 def check_schema(data: Any, label: str, problems: Problems) -> bool:
     """Whether ``data`` is a mapping of this :data:`SCHEMA_VERSION`; adds the problem when not."""
@@ -234,8 +242,10 @@ def check_schema(data: Any, label: str, problems: Problems) -> bool:
         problems.add(label, "schema_version", f"missing (expected {SCHEMA_VERSION})")
         return False
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        problems.add(label, "schema_version", f"{version!r} is not supported by this version of forensics "
-                                              f"(expected {SCHEMA_VERSION}; upgrade forensics?)")
+        problems.add(label, "schema_version", f"the text {version!r}, not the number {SCHEMA_VERSION}: drop the quotes"
+                     if str(version) == str(SCHEMA_VERSION) else
+                     f"{version!r} is not supported by this version of forensics (expected {SCHEMA_VERSION}; upgrade "
+                     "forensics?)")
         return False
     return True
 
@@ -367,7 +377,9 @@ def _parse_curve(curve: Any, key: str, label: str, n_layers: int | None,
                 usable = False
             values.append(x)
         else:
-            problems.add(label, f"{key}[{j}]", f"expected a number or null, got {v!r:.40}")
+            problems.add(label, f"{key}[{j}]", f"expected a number or null, got {v!r:.40}" + (
+                f" (YAML reads {v} as text: write it with a decimal point, {_as_yaml_float(v)})"
+                if _as_yaml_float(v) else ""))
             usable = False
     return tuple(values) if usable else None
 

@@ -201,8 +201,16 @@ def load_folder(split: str, *, path: str | None = None, size: int | None = None,
     _check_split(split)
     if not path:
         raise UsageError("the folder data set needs the option path: the folder or .npz/.npy file of the images")
+    from pathlib import Path
+
+    from forensics.errors import RegistryError
     from forensics.io.images import load_images
 
+    if not Path(path).expanduser().exists():  # the protocol records where they were; they are not there now
+        role = "training images (T)" if split == "train" else "held-out images (P_n)"
+        raise RegistryError(f"the protocol's {role} are not at {path}, where its protocol.yaml says they are: move "
+                            "them back, or edit that path (options.path) to where they are now; their hash checks "
+                            "they are the same images")
     return load_images(path, size=size, resize=resize)[0]
 
 
