@@ -1550,8 +1550,14 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
         refs = reg.enrolled(name)
         chosen = _matcher_names(matchers)
         reg.check_file_target(reg.path / name / CALIBRATION_FILE)  # a place to record them, before minutes of work
-    fitted = {}
+    fitted, skipped = {}, {}
+    n_generators = len({r.generator for r in refs})
     for mname in chosen:
+        need = make_matcher(mname).min_generators
+        if not matchers and n_generators < need:  # every matcher asked: those that cannot be are said
+            skipped[mname] = (f"needs at least {need} generators, the references hold {n_generators}: enrol "
+                              f"another, then calibrate again")
+            continue
         with _Step(progress, f"calibrating {mname} on {name}"):
             fitted[mname] = make_matcher(mname).fit(refs)
     pools: dict[str, Any] = {}
@@ -1571,7 +1577,7 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
         if pooled is not None and not pooled["adopted"]:
             cal["pooled"] = pooled  # recorded with why, not answering
         records[mname] = {"options": m.options(), **cal}
-    return CalibrationResult(name, reg.save_calibration(name, records), records)
+    return CalibrationResult(name, reg.save_calibration(name, records), records, skipped)
 
 
 # -- protocols ------------------------------------------------------------------------------------

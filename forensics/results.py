@@ -555,10 +555,12 @@ class CalibrationResult:
     protocol: str
     file: Path
     matchers: Mapping[str, Mapping[str, Any]]
+    skipped: Mapping[str, str] = field(default_factory=dict)  # matcher → why it was not calibrated
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CALIBRATION_SCHEMA, "protocol": self.protocol, "file": str(self.file),
-                "matchers": {name: dict(record) for name, record in self.matchers.items()}}
+                "matchers": {name: dict(record) for name, record in self.matchers.items()},
+                **({"skipped": dict(self.skipped)} if self.skipped else {})}
 
 
 @dataclass(frozen=True)

@@ -662,3 +662,15 @@ def test_a_key_written_twice_in_a_registry_file_is_a_problem_not_a_silent_choice
     problems = Registry.open(reg.path, strict=False).problems
     assert any("gan.yaml" in p and "the key 'curve' appears twice in one mapping" in p for p in problems), problems
     failed_validation(cli("registry", "validate", "--registry", str(reg.path)))
+
+
+def test_calibrating_every_matcher_on_one_generator_calibrates_what_can_be_and_says_what_cannot(reg):
+    from forensics import api
+    from forensics.schemas import validate
+
+    result = api.calibrate(registry=reg)
+    assert set(result.matchers) == {"alpha", "cosine"} and "needs at least 2 generators" in result.skipped["svm"]
+    validate(result.to_dict())
+    assert (reg.path / "toy" / "calibration.yaml").is_file()
+    with pytest.raises(UsageError, match="needs at least two generators; the references hold 1: enrol another"):
+        api.calibrate(registry=reg, matchers=["svm"])  # asked by name: refused

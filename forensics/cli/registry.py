@@ -603,6 +603,8 @@ def calibrate(
     with progress:
         result = run(protocol=protocol, registry=registry, matchers=matcher, progress=update)
     records, path = result.matchers, result.file
+    for mname, why in result.skipped.items():
+        err.print(f"[yellow]note:[/] {esc(mname)} not calibrated: {esc(why)}")
     if json_out:
         print_json(result.to_dict())
     else:

@@ -153,7 +153,7 @@ class Matcher(abc.ABC):
         if n_generators < self.min_generators:
             need = _COUNTS.get(self.min_generators, str(self.min_generators))
             raise UsageError(f"the {self.name} matcher needs at least {need} generators; the references hold "
-                             f"{n_generators}")
+                             f"{n_generators}: enrol another, or choose another matcher")
         self.fit_curves(x, labels, [r.instance for r in references])
         # a family is what two or more enrolled generators share
         named = {r.generator: r.family for r in references if r.family}
