@@ -73,7 +73,7 @@ def downsample(images: np.ndarray, rng: np.random.Generator, size: int = 8) -> n
 def shuffle(images: np.ndarray, rng: np.random.Generator, grid: int = 4) -> np.ndarray:
     n, h, w = images.shape[:3]
     if h % grid or w % grid:
-        raise UsageError(f"block shuffle needs sides divisible by {grid}; images are {h}×{w}")
+        raise UsageError(f"block shuffle needs sides divisible by {grid}; images are {w}×{h} (width × height)")
     bh, bw = h // grid, w // grid
     out = np.empty_like(images)
     for i, image in enumerate(images):
