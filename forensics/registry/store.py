@@ -724,7 +724,7 @@ class Registry:
         names (anything there, a link included, so that a link is refused rather than passed over), else the
         written layer and its path."""
         paths = [(root, where(root, *names)) for root in self.layers]
-        return next(((root, p) for root, p in paths if p.exists() or p.is_symlink()), paths[0])
+        return next(((root, p) for root, p in paths if _there(p)), paths[0])
 
     def image_digests(self, protocol_name: str, references: Sequence[EnrolledCurve]
                       ) -> tuple[dict[tuple[str, str], Any], list[str]]:
