@@ -470,6 +470,10 @@ def test_data_errors_say_what_to_do(data):
             ct_score(train, test, poisoned, k=2)
     huge = np.full((4, 3), 3e38, dtype=np.float32)  # finite values whose float32 sum overflows: accepted
     assert statistic._as_matrix(huge, "x") is not None
+    with pytest.raises(StatisticError, match="train holds values beyond ±3.4e\\+38, which k-means computes in float32"):
+        ct_score(train * 1e300, test, gen, k=2)  # finite in float64, infinite once k-means casts them
+    with pytest.raises(StatisticError, match="points of no dimensions"):
+        ct_score(train[:, :0], test[:, :0], gen[:, :0], k=2)
     with pytest.raises(StatisticError, match="2-D"):
         ct_score(train[:, 0], test, gen)
     with pytest.raises(StatisticError, match="test is empty"):

@@ -79,6 +79,11 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
         total = a.sum(dtype=a.dtype)
     if not np.isfinite(total) and not np.isfinite(a).all():
         raise StatisticError(f"{name} holds NaN or infinite values; clean the embeddings first")
+    if a.shape[1] == 0:
+        raise StatisticError(f"{name} has points of no dimensions (shape {a.shape}); give embeddings with values")
+    if a.dtype == np.float64 and max(float(a.max()), -float(a.min())) > float(np.finfo(np.float32).max):
+        raise StatisticError(f"{name} holds values beyond ±{float(np.finfo(np.float32).max):.3g}, which k-means "
+                             "computes in float32; scale the embeddings down first")
     return a
 
 
