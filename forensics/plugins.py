@@ -151,10 +151,15 @@ class PluginHost:
 
     # -- loading ---------------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
-        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+        def ships(ep: Any) -> bool:
+            return ep.dist is not None and _ships_forensics(ep.dist)
+
+        # the bundled plugins first: a name they use is theirs, and another package's entry point of that name
+        # is the one reported (else a package earlier on the path would displace, say, the default's encoders)
+        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: (not ships(e), e.name)):
             dist = ep.dist
             dist_name = dist.metadata["Name"] if dist is not None else None
-            bundled = dist is not None and _ships_forensics(dist)
+            bundled = ships(ep)
             if not self.autoload and not bundled:
                 continue
             if ep.name in self.disabled:
@@ -167,8 +172,9 @@ class PluginHost:
                               module=ep.value, bundled=bundled)
             if ep.name in self.info:
                 other = self.info[ep.name]
-                info.error = (f"entry point name {ep.name!r} is also used by {other.distribution or '?'}; "
-                              "rename one of them")
+                info.error = (f"entry point name {ep.name!r} is also used by {other.distribution or '?'}"
+                              + ("'s bundled plugin, which keeps it; rename this one" if other.bundled
+                                 else "; rename one of them"))
                 self.info[f"{ep.name} ({dist_name})"] = info
                 continue
             self.info[ep.name] = info
@@ -176,7 +182,7 @@ class PluginHost:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
                 self._validate(ep.name, plugin)
-            except Exception as exc:  # a broken plugin is reported, never fatal
+            except (Exception, SystemExit) as exc:  # a broken plugin is reported, never fatal (sys.exit too)
                 if self.pm.get_plugin(ep.name) is not None:
                     self.pm.unregister(name=ep.name)
                 info.error = _describe(exc)
@@ -245,16 +251,24 @@ class PluginHost:
 
             try:
                 impl.function(register=register)
-            except Exception as exc:  # a hook that raises is reported; the rest goes on
+            except (Exception, SystemExit) as exc:  # a hook that raises (or exits) is reported; the rest goes on
                 info.error = f"forensics_{kind}: {_describe(exc)}"
                 continue
             for provided in mine:
-                if provided.name in found:
-                    first = found[provided.name]
-                    conflicts.append(f"{SINGULAR[kind]} {provided.name!r} is provided by both plugin "
-                                     f"{first.plugin!r} and plugin {provided.plugin!r}")
-                else:
+                first = found.get(provided.name)
+                if first is None:
                     found[provided.name] = provided
+                    continue
+                bundled = [self.info.get(p.plugin, PluginInfo(p.plugin)).bundled for p in (first, provided)]
+                if any(bundled) and not all(bundled):  # a bundled name stays the bundled plugin's
+                    keeps, other = (first, provided) if bundled[0] else (provided, first)
+                    found[provided.name] = keeps
+                    self.info.setdefault(other.plugin, PluginInfo(other.plugin)).error = (
+                        f"{SINGULAR[kind]} {provided.name!r} is the bundled plugin {keeps.plugin!r}'s name; this "
+                        "plugin's is not loaded: rename it")
+                    continue
+                conflicts.append(f"{SINGULAR[kind]} {provided.name!r} is provided by both plugin "
+                                 f"{first.plugin!r} and plugin {provided.plugin!r}")
             info.provides.setdefault(kind, []).extend(p.name for p in mine)
         if conflicts:
             raise PluginError("; ".join(conflicts) + " (disable one with FORENSICS_DISABLE_PLUGINS=name)")

@@ -96,14 +96,40 @@ def test_a_hook_that_raises_is_reported_and_the_rest_works(register_plugin):
     assert info.error == "forensics_encoders: RuntimeError: weights server down"
 
 
-def test_two_plugins_claiming_one_name_is_an_error_naming_both(register_plugin):
+def test_a_name_of_a_bundled_plugin_stays_its_own_and_the_claimant_is_reported(register_plugin):
     def forensics_statistics(register):
         register("ct", MeanGap())
+        register("mean-gap", MeanGap())
 
     host = register_plugin(make_plugin(forensics_statistics=forensics_statistics), "impostor")
+    found = host.collect("statistics")
+    assert found["ct"].plugin == "ct" and "mean-gap" in found  # the default's statistic is untouched
+    info = {i.name: i for i in host.describe()}
+    assert "statistic 'ct' is the bundled plugin 'ct''s name; this plugin's is not loaded" in info["impostor"].error
+    assert info["ct"].error is None
+
+
+def test_two_third_party_plugins_claiming_one_name_is_an_error_naming_both(register_plugin):
+    def one(register):
+        register("mean-gap", MeanGap())
+
+    def other(register):
+        register("mean-gap", MeanGap())
+
+    register_plugin(make_plugin(forensics_statistics=one), "first")
+    host = register_plugin(make_plugin(forensics_statistics=other), "second")
     with pytest.raises(PluginError) as err:
         host.collect("statistics")
-    assert "'ct'" in str(err.value) and "'impostor'" in str(err.value) and "plugin 'ct'" in str(err.value)
+    assert "'mean-gap'" in str(err.value) and "'first'" in str(err.value) and "'second'" in str(err.value)
+
+
+def test_a_plugin_that_exits_is_reported_not_fatal(register_plugin):
+    def forensics_encoders(register):
+        raise SystemExit("plugin called exit")
+
+    host = register_plugin(make_plugin(forensics_encoders=forensics_encoders), "quitter")
+    assert "tf_efficientnet_lite0" in host.collect("encoders")
+    assert {i.name: i for i in host.describe()}["quitter"].error == "forensics_encoders: SystemExit: plugin called exit"
 
 
 def test_misspelt_hook_is_reported(register_plugin):
@@ -123,18 +149,23 @@ def test_broken_entry_point_is_reported_not_fatal(monkeypatch):
     from importlib import metadata
 
     broken = metadata.EntryPoint(name="broken", value="forensics_no_such_module_xyz", group="forensics")
+    # another package's entry point named like a bundled one, found first on the path: the bundled keeps it
+    shadow = metadata.EntryPoint(name="timm", value="forensics_no_such_module_xyz", group="forensics")
     real = metadata.entry_points
 
     def entry_points(**kw):
         found = list(real(**kw))
         if kw.get("group") == "forensics":
-            found.append(broken)
+            found = [shadow, *found, broken]
         return found
 
     monkeypatch.setattr(metadata, "entry_points", entry_points)
     host = PluginHost(autoload=True)
     info = {i.name: i for i in host.describe()}
     assert info["broken"].error.startswith("ModuleNotFoundError")
+    assert host.info["timm"].error is None and host.info["timm"].bundled
+    assert "is also used by forensics-attribution's bundled plugin, which keeps it" in host.info["timm (None)"].error
+    assert "tf_efficientnet_lite0" in host.collect("encoders")
     assert "ct" in host.collect("statistics")  # everything else works
     # with autoload off, a non-bundled entry point is not even loaded
     assert "broken" not in {i.name for i in PluginHost(autoload=False).describe()}
