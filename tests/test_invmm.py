@@ -341,3 +341,15 @@ def test_the_contract_catches_an_unfrozen_model_and_a_rising_schedule():
     rising.alphas_cumprod = rising.alphas_cumprod.flip(0)
     with pytest.raises(AssertionError, match="increase"):
         check_diffusion_model(rising)
+
+
+def test_a_check_of_a_diverged_optimisation_is_json_with_nulls():
+    import json
+
+    from forensics.inversion.measure import Check
+
+    doc = Check(step=50, lam=float("nan"), sensitivity=float("inf"), kl=float("nan"), similarity=0.2, guidance=1.0,
+                passed=False).to_dict()
+    assert doc == {"step": 50, "lam": None, "sensitivity": None, "kl": None, "similarity": 0.2, "guidance": 1.0,
+                   "passed": False}
+    json.dumps(doc, allow_nan=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import types
-from dataclasses import astuple
+from dataclasses import astuple, replace
 
 import numpy as np
 import pytest
@@ -458,3 +458,19 @@ def test_a_distance_ratio_the_separation_does_not_need_is_capped_at_the_farthest
     # still applied, at the farthest answer: every answer passes (a NaN ratio always does), nothing farther
     assert cal["distance_ratio"] == 1.5
     assert (cal["balanced_accuracy"], cal["answered_right"], cal["unknown_right"]) == (1.0, 1.0, 1.0)
+
+
+def test_a_matcher_that_scores_nan_is_named_as_broken_not_ranked():
+    from forensics.errors import PluginError
+    from forensics.match.nearest import SimilarityMatcher
+
+    class NanMatcher(SimilarityMatcher):
+        name = "nanm"
+
+        def candidates(self, curve):
+            return [replace(c, score=float("nan")) for c in super().candidates(curve)]
+
+    refs = toy_refs()
+    matcher = NanMatcher().fit(refs)
+    with pytest.raises(PluginError, match="the nanm matcher scored a nan, not a finite number: the matcher is broken"):
+        matcher.attribute(refs[0].fingerprint)

@@ -150,7 +150,12 @@ class Check:
     passed: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: _num(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def _num(x: float) -> float | None:
+    """A float as JSON holds it: None where it is NaN or infinite (an optimisation that diverged)."""
+    return float(x) if math.isfinite(x) else None
 
 
 @dataclass
@@ -187,13 +192,10 @@ class Inversion:
         """JSON-able: the score is null when the inversion never succeeded (JSON has no infinity)."""
         finite = self.success and math.isfinite(self.score)
 
-        def num(x: float) -> float | None:
-            return float(x) if math.isfinite(x) else None
-
         return {"index": self.index, "score": float(self.score) if finite else None, "success": self.success,
-                "steps": self.steps, "seconds": round(self.seconds, 3), "kl": num(self.kl), "lambda": num(self.lam),
-                "similarity": num(self.similarity), "best_similarity": num(self.best_similarity),
-                "similarities": [num(s) for s in self.similarities], "guidance": self.guidance,
+                "steps": self.steps, "seconds": round(self.seconds, 3), "kl": _num(self.kl), "lambda": _num(self.lam),
+                "similarity": _num(self.similarity), "best_similarity": _num(self.best_similarity),
+                "similarities": [_num(s) for s in self.similarities], "guidance": self.guidance,
                 "checks": [c.to_dict() for c in self.checks]}
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from forensics.errors import ProtocolMismatch, UsageError
+from forensics.errors import PluginError, ProtocolMismatch, UsageError
 from forensics.match.calibration import (
     CALIBRATION_RULE, DEFAULT_OPERATING_POINT, at_operating_point, calibrate, check_operating_point, confused,
     held_out_points, pooled_calibration, refit_points, threshold_info, thresholds,
@@ -227,8 +227,14 @@ class Matcher(abc.ABC):
         return vec if self.layer_weights is None else vec * self.layer_weights
 
     def rank(self, curve: Any) -> list[Candidate]:
-        """One candidate per generator, best first (ties by name)."""
-        return sorted(self.candidates(self._query(curve)), key=lambda c: (-c.score, c.generator))
+        """One candidate per generator, best first (ties by name). A score that is not a finite number (a
+        matcher plugin's fault, which no ranking can order) is a :class:`PluginError` naming the matcher."""
+        found = self.candidates(self._query(curve))
+        bad = [c for c in found if not isinstance(c.score, (int, float, np.floating)) or not math.isfinite(c.score)]
+        if bad:
+            raise PluginError(f"the {self.name} matcher scored {bad[0].generator} {bad[0].score!r}, not a finite "
+                              "number: the matcher is broken; choose another (`forensics plugins` lists them)")
+        return sorted(found, key=lambda c: (-c.score, c.generator))
 
     def attribute(self, curve: Any) -> Attribution:
         """The ranked candidates and the verdict: the best candidate, or ``None`` ("unknown") when an
