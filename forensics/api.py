@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from forensics.errors import UsageError
+from forensics.errors import ForensicsError, UsageError
 from forensics.results import (
     AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EncoderListing,
     EnrolmentResult, EvaluationResult, HeldoutResult, HeldoutSet, ImageInput, InvMMResult, MatcherEvaluation,
@@ -2169,23 +2169,54 @@ def clear_cache(*, older_than: str | float | None = None, protocol: str | None =
 def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
     """The diffusion model ``model`` names: a registered name (``forensics invmm --list``), or a path that a
     registered loader accepts (a zoo-UNet .safetensors, a diffusers folder)."""
+    import warnings
+
     from forensics.plugins import host
 
     found = host().collect("diffusion_models")
     if model in found:
         loader = found[model].obj
         options = {"registry": str(registry)} if registry is not None and _takes(loader, "registry") else {}
-        return loader(device=device, **options)
+        return _plugin_made(found[model], "diffusion model", lambda: loader(device=device, **options))
     path = Path(model).expanduser()
     if path.exists():
         for name in sorted(found):
             accepts = getattr(found[name].obj, "accepts", None)
-            if accepts is not None and accepts(path):
-                return found[name].obj(path=str(path), device=device)
+            try:
+                taken = accepts is not None and accepts(path)
+            except Exception as exc:  # noqa: BLE001 - one plugin's broken check must not stop the others'
+                warnings.warn(f"diffusion model {name} (plugin {found[name].plugin}) failed to check {path.name} "
+                              f"({type(exc).__name__}: {exc}); left to the others", stacklevel=2)
+                continue
+            if taken:
+                return _plugin_made(found[name], "diffusion model", lambda: found[name].obj(path=str(path),
+                                                                                          device=device))
         raise UsageError(f"no diffusion-model loader opens {model}: give a zoo UNet .safetensors file or a "
                          f"diffusers folder (model_index.json), or a name: {', '.join(sorted(found))}")
     raise UsageError(f"unknown diffusion model {model!r}: give a name ({', '.join(sorted(found)) or 'none'}; "
                      f"`forensics invmm --list`) or the path of a model")
+
+
+def _plugin_made(provided: Any, what: str, make: Callable[[], Any]) -> Any:
+    """What a diffusion-model loader or copy-similarity factory (``provided``) makes, checked: a failure that is
+    not the tool's own error, or an object that is not a :class:`~forensics.inversion.model.DiffusionModel` /
+    :class:`~forensics.inversion.model.CopySimilarity`, is a :class:`PluginError` naming the plugin."""
+    from forensics.errors import PluginError
+    from forensics.inversion.model import CopySimilarity, DiffusionModel
+
+    where = f"{what} {provided.name} (plugin {provided.plugin})"
+    try:
+        made = make()
+    except ForensicsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's own failure, said as one line naming it
+        raise PluginError(f"{where} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                          ) from exc
+    kind = DiffusionModel if what == "diffusion model" else CopySimilarity
+    if not isinstance(made, kind):
+        raise PluginError(f"{where} gave a {type(made).__name__}, not a {kind.__name__}: the plugin is broken "
+                          "(`forensics plugins` lists it)")
+    return made
 
 
 def _takes(fn: Any, parameter: str) -> bool:
@@ -2281,10 +2312,13 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     options: dict[str, Any] = {"threshold": threshold if threshold is not None else run.threshold}
     if similarity_file is not None:
         options["path"] = str(similarity_file)
-    try:
-        judge = sims[sim_name].obj(**options)
-    except TypeError as exc:
-        raise UsageError(f"copy similarity {sim_name!r} does not take these options ({exc})") from None
+    def make_judge() -> Any:
+        try:
+            return sims[sim_name].obj(**options)
+        except TypeError as exc:
+            raise UsageError(f"copy similarity {sim_name!r} does not take these options ({exc})") from None
+
+    judge = _plugin_made(sims[sim_name], "copy similarity", make_judge)
     run = run.replace(similarity=sim_name, threshold=judge.threshold)
 
     if isinstance(images, np.ndarray):

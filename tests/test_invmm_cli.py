@@ -302,3 +302,35 @@ def test_bf16_on_the_cpu_autocasts_the_optimisation_and_never_the_verification(t
         code, stdout, _ = cli("invmm", str(path), "--model", "toy-memorizer", "--similarity", "exact", *TINY,
                               "--amp", "bf16", "--json")
     assert code == 0 and json.loads(stdout)["compute"]["amp"] == "bf16"
+
+
+def test_a_broken_model_or_similarity_plugin_is_named_and_does_not_stop_the_others(register_plugin, digits, tmp_path):
+    """A loader or factory that raises or makes something else, and an `accepts` check that raises, are one line
+    naming the plugin; a path the bundled loader opens still opens (its check is not skipped for another's)."""
+    def boom(**kwargs):
+        raise RuntimeError("loader boom")
+
+    def refuses(path):
+        raise RuntimeError("accepts boom")
+
+    boom.accepts = refuses
+    register_plugin(types.SimpleNamespace(
+        forensics_diffusion_models=hookimpl(lambda register: (register("aa-boom", boom),
+                                                              register("garbage-model", lambda **kw: 42))),
+        forensics_copy_similarities=hookimpl(lambda register: register("garbage-sim", lambda **kw: 42))), "broken")
+    path, _ = digits
+    for options, said in ((["--model", "aa-boom"], "diffusion model aa-boom (plugin broken) failed: RuntimeError: "
+                                                   "loader boom"),
+                          (["--model", "garbage-model"], "diffusion model garbage-model (plugin broken) gave a int, "
+                                                         "not a DiffusionModel"),
+                          (["--similarity", "garbage-sim"], "copy similarity garbage-sim (plugin broken) gave a int, "
+                                                            "not a CopySimilarity")):
+        code, _, err = cli("invmm", str(path), *options, *TINY)
+        assert code == 1 and said in err and len(err.strip().splitlines()) == 1, err
+    from forensics.zoo.unet import network_path
+
+    weights = tmp_path / "copy.safetensors"
+    weights.write_bytes(network_path("mnist-dup").read_bytes())
+    with pytest.warns(UserWarning, match="aa-boom \\(plugin broken\\) failed to check copy.safetensors"):
+        result = forensics.invmm(path, model=str(weights), settings=TINY_SETTINGS)
+    assert len(result.inversions) == 3
