@@ -2298,6 +2298,11 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
                       "float32 here; drop --amp", stacklevel=2)
     if group is not None and group < 1:
         raise UsageError(f"--group must be at least 1, got {group}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 40:
+        raise UsageError(f"--seed takes a whole number from 0 to 2**40 - 1, not {seed!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise UsageError(f"--threshold takes a finite number (the similarity β), not {threshold!r}")
     invmm_settings(preset or "ddpm-cifar10", settings)  # names and values checked before the model loads
     sims = host().collect("copy_similarities")
     if similarity is not None and similarity not in sims:
@@ -2306,6 +2311,9 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
         net = _diffusion_model(model, device=device, registry=registry)
     chosen_preset = preset or getattr(net, "default_preset", "ddpm-cifar10")
     run = invmm_settings(chosen_preset, settings)
+    if run.max_steps < run.check_every:  # every image would score ∞ unchecked
+        raise UsageError(f"InvMM setting max_steps ({run.max_steps}) is below check_every ({run.check_every}): no "
+                         "image would ever be checked; give max_steps ≥ check_every")
     sim_name = similarity or run.similarity
     if sim_name not in sims:
         raise UsageError(f"unknown copy similarity {sim_name!r}; choose from {', '.join(sorted(sims))}")
@@ -2319,6 +2327,10 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
             raise UsageError(f"copy similarity {sim_name!r} does not take these options ({exc})") from None
 
     judge = _plugin_made(sims[sim_name], "copy similarity", make_judge)
+    low, high = getattr(judge, "bounds", None) or (-math.inf, math.inf)
+    if not low <= judge.threshold <= high:
+        raise UsageError(f"--threshold {judge.threshold:g} lies outside the {low:g} to {high:g} that {sim_name} "
+                         "scores, so every sample would be a copy or none: give a β within them")
     run = run.replace(similarity=sim_name, threshold=judge.threshold)
 
     if isinstance(images, np.ndarray):
@@ -2330,8 +2342,9 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     else:
         from forensics.io.images import read_image_set
 
-        with _Step(progress, "reading images"):
-            found = read_image_set(images, workers=workers, recursive=recursive)
+        with _Step(progress, "reading images"):  # one image file too; a folder of sizes brought to the model's
+            found = read_image_set(images, workers=workers, recursive=recursive, single=True,
+                                   native=tuple(int(n) for n in net.image_shape[-2:]))
         data = found.images
         record = ImageInput(str(images), len(data), found.sha256, found.recursive, found.skipped_counts(),
                             files=tuple(found.files))

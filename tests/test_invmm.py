@@ -252,7 +252,9 @@ def test_settings_are_checked_and_presets_are_the_papers():
 
 
 def test_guidance_needs_a_conditional_model():
-    with pytest.raises(ValueError, match="text-conditioned"):
+    from forensics.errors import UsageError
+
+    with pytest.raises(UsageError, match="text-conditioned"):
         invert(Memorizer(torch.zeros(1, 4, 4)), images(0.0), similarity=Threshold(),
                settings=SMALL.replace(guidance=(1.0, 3.0)))
 

@@ -334,3 +334,53 @@ def test_a_broken_model_or_similarity_plugin_is_named_and_does_not_stop_the_othe
     with pytest.warns(UserWarning, match="aa-boom \\(plugin broken\\) failed to check copy.safetensors"):
         result = forensics.invmm(path, model=str(weights), settings=TINY_SETTINGS)
     assert len(result.inversions) == 3
+
+
+@pytest.mark.parametrize("options, said", [
+    (["--set", "max_steps=20"], "max_steps (20) is below check_every (50): no image would ever be checked"),
+    (["--set", "noise_batch=100000000000000000000"], "noise_batch must be a whole number from 1 to 2**31 - 1"),
+    (["--seed", "20000000000000"], "--seed takes a whole number from 0 to 2**40 - 1"),
+    (["--threshold", "nan"], "--threshold takes a finite number"),
+    (["--threshold", "-2"], "--threshold -2 lies outside the -1 to 1 that pixel-correlation scores"),
+    (["--set", "guidance=1,2"], "need a text-conditioned model; mnist-dup is unconditional"),
+])
+def test_settings_that_could_not_measure_anything_are_usage_errors(digits, options, said):
+    path, _ = digits
+    code, _, err = cli("invmm", str(path), "--set", "verify_samples=2", *options)
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_guidance_as_a_number_or_text(monkeypatch):
+    from forensics.inversion.measure import PRESETS
+
+    assert PRESETS["mnist"].replace(guidance=2).guidance == (2.0,)
+    with pytest.raises(ValueError, match="guidance must be a number or a list of numbers, got '12'"):
+        PRESETS["mnist"].replace(guidance="12")
+
+
+def test_one_image_file_and_a_folder_of_sizes_are_measured_at_the_models_size(digits, tmp_path):
+    from PIL import Image
+
+    _, images = digits
+    Image.fromarray(images[0]).save(tmp_path / "one.png")
+    one = forensics.invmm(tmp_path / "one.png", settings=TINY_SETTINGS)
+    assert len(one.inversions) == 1 and one.targets.shape == (1, 28, 28)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.fromarray(images[0]).save(mixed / "a.png")
+    Image.fromarray(images[1]).resize((56, 56)).convert("RGB").save(mixed / "b.png")
+    both = forensics.invmm(mixed, settings=TINY_SETTINGS)
+    assert len(both.inversions) == 2 and both.targets.shape == (2, 28, 28)
+    code, out, _ = cli("invmm", "--list")
+    assert code == 0 and "[opens paths]" in out
+
+
+def test_a_safetensors_file_of_other_shapes_is_said_to_be_no_zoo_unet(tmp_path):
+    from safetensors.torch import save_file
+
+    from forensics.errors import UsageError
+    from forensics.zoo.unet import load_network
+
+    save_file({k: torch.zeros(2) for k in ("inc.weight", "m1.c1.weight", "temb.0.weight")}, tmp_path / "w.safetensors")
+    with pytest.raises(UsageError, match="does not hold the zoo's diffusion UNet"):
+        load_network(tmp_path / "w.safetensors")

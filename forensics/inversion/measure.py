@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from forensics.errors import UsageError
 from forensics.inversion.model import CopySimilarity, DiffusionModel, check_images
 
 SEED_STRIDE = 1_000_003
@@ -85,8 +86,9 @@ class InvMMSettings:
                 "verify_steps": 1}
         for name, least in ints.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"InvMM setting {name} must be an integer ≥ {least}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value < 2 ** 31:
+                raise ValueError(f"InvMM setting {name} must be a whole number from {least} to 2**31 - 1, got "
+                                 f"{value!r}")
         for name in ("delta", "xi", "lr", "lambda0"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
@@ -105,7 +107,12 @@ class InvMMSettings:
             raise ValueError(f"unknown InvMM setting(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(self.__dataclass_fields__)}")
         if "guidance" in changes:
-            changes["guidance"] = tuple(float(g) for g in changes["guidance"])
+            scales = changes["guidance"]
+            scales = [scales] if isinstance(scales, (int, float)) else scales
+            if isinstance(scales, (str, bytes)) or not isinstance(scales, (list, tuple)) or not all(
+                    isinstance(g, (int, float)) and not isinstance(g, bool) for g in scales):
+                raise ValueError(f"InvMM setting guidance must be a number or a list of numbers, got {scales!r}")
+            changes["guidance"] = tuple(float(g) for g in scales)
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -346,7 +353,7 @@ def invert(model: DiffusionModel, images: torch.Tensor, *, similarity: CopySimil
     if len(indices) != n_targets:
         raise ValueError(f"{len(indices)} indices for {n_targets} images")
     if model.soft_prompt is None and any(g != 1.0 for g in settings.guidance):
-        raise ValueError(f"guidance scales {list(settings.guidance)} need a text-conditioned model; "
+        raise UsageError(f"guidance scales {list(settings.guidance)} need a text-conditioned model; "
                          f"{model.name or type(model).__name__} is unconditional (use guidance 1)")
     group = n_targets if group is None else int(group)
     if group < 1:

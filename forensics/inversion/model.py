@@ -124,6 +124,9 @@ class CopySimilarity(ABC):
     name: str = ""
     #: β: a sample counts as a copy of the target when its similarity is at least this
     threshold: float
+    #: the lowest and highest similarity it can give, where it has such (a correlation's -1 and 1): a β outside
+    #: them would make every sample a copy, or none
+    bounds: tuple[float, float] | None = None
 
     @abstractmethod
     def __call__(self, samples: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...

@@ -43,6 +43,7 @@ class PixelCorrelation(CopySimilarity):
     """Pearson correlation of pixels; a constant image (no variance) correlates 0 with anything."""
 
     name = "pixel-correlation"
+    bounds = (-1.0, 1.0)
 
     def __init__(self, threshold: float = PIXEL_CORRELATION_BETA):
         self.threshold = float(threshold)
@@ -62,6 +63,7 @@ class SSCDSimilarity(CopySimilarity):
     """Dot product of SSCD descriptors from a TorchScript model (loaded once, frozen, on the samples' device)."""
 
     name = "sscd"
+    bounds = (-1.0, 1.0)  # a dot product of unit descriptors
 
     def __init__(self, path: str | Path | None = None, threshold: float = SSCD_BETA, size: int | None = None):
         path = path or os.environ.get(SSCD_ENV, "").strip() or None

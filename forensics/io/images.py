@@ -150,7 +150,7 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
 
 def read_image_set(path: str | Path, *, size: int | None = None, resize: int | None = None, workers: int = 0,
                    recursive: bool = True, progress: DecodeProgress | None = None,
-                   native: tuple[int, int] | None = None) -> ImageSet:
+                   native: tuple[int, int] | None = None, single: bool = False) -> ImageSet:
     """Read an image set: a folder of image files (searched recursively unless ``recursive`` is False,
     see the module docstring), or an .npz / .npy array.
 
@@ -160,7 +160,8 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     (:func:`forensics.conditions.resample`: the second half of the resize or crop it went through). ``workers``
     > 0 decodes a folder's files in that many processes; ``progress(done, total)`` hears how many files are decoded. The hash is of the decoded pixels, taken
     before any resize: :func:`~forensics.io.hashing.sha256_images` for a folder (in reading order),
-    :func:`~forensics.io.hashing.sha256_array` for an array file.
+    :func:`~forensics.io.hashing.sha256_array` for an array file. ``single``: an image file is a set of one
+    (for a measure of each image on its own, InvMM); else it is refused, since a fingerprint is of a set.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UsageError(f"--workers takes a number of processes of at least 0 (0: decode here), not {workers!r}")
@@ -172,6 +173,9 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
         array, conditions = _read_array(path)
+    elif suffix in IMAGE_SUFFIXES and single:
+        image = decode_image(path)
+        return ImageSet(as_uint8_images(image[None], _show(path)), sha256_images([image]), (path,))
     elif suffix in IMAGE_SUFFIXES:
         raise UsageError(f"{_show(path)} is one image; the tool reads sets of images — give the folder that holds it")
     else:
@@ -261,7 +265,7 @@ def _check_npy_header(f, size: int, where: str) -> None:
         raise UsageError(f"{where} is not a readable image array ({what}); write one with "
                          "numpy.savez(path, images=uint8_array)")
     if len(shape) not in (3, 4):  # before its first axis is read as a number of images
-        raise UsageError(f"{where}: expected images shaped (N, H, W) or (N, H, W, 3); got {tuple(shape)}")
+        raise UsageError(f"{where}: expected images shaped (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 (alpha dropped); got {tuple(shape)}")
     _check_count(int(shape[0]), where)
     first = len(shape) == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3, 4)
     height, width = (shape[2], shape[3]) if first else (shape[1], shape[2])
@@ -311,7 +315,7 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (3, 4)):
-        raise UsageError(f"{where}: expected images shaped (N, H, W) or (N, H, W, 3); got {array.shape}")
+        raise UsageError(f"{where}: expected images shaped (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 (alpha dropped); got {array.shape}")
     if array.ndim == 4 and array.shape[-1] == 4:
         array = np.ascontiguousarray(array[..., :3])
     if len(array) == 0:

@@ -125,9 +125,11 @@ def load_network(path, device="cpu") -> SmallUNet:
         c1, c2, tdim = state["inc.weight"].shape[0], state["m1.c1.weight"].shape[0], state["temb.0.weight"].shape[0]
         net = SmallUNet(int(c1), int(c2), int(tdim))
         net.load_state_dict(state)
-    except (KeyError, RuntimeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path} does not hold the zoo's diffusion UNet ({first[:160]})") from None
+    except (KeyError, RuntimeError, IndexError, ValueError) as exc:
+        # torch lists the keys missing or unexpected on the lines after its first: say them, shortened
+        lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
+        said = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+        raise UsageError(f"{path} does not hold the zoo's diffusion UNet ({said[:200]})") from None
     net.requires_grad_(False)
     return net.eval().to(device)
 
