@@ -38,7 +38,8 @@ def numpy_statistics(images: np.ndarray) -> np.ndarray:
     power = np.abs(np.fft.fft2(x - x.mean(axis=(1, 2), keepdims=True))) ** 2 / (h * w)
     fy, fx = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij")  # integer frequencies
     radius = np.hypot(fx, fy) / h  # cycles per pixel (h = w)
-    ring = np.minimum(np.floor(radius / (math.sqrt(2) / 2) * 8 + 1e-9).astype(int), 7)  # an edge in the outer ring
+    v = radius / (math.sqrt(2) / 2) * 8
+    ring = np.clip(np.ceil(v - 1e-9).astype(int) - 1, 0, 7)  # ring j holds v in (j, j + 1]: an edge in the inner one
     spec = np.log(1e-8 + np.stack([power[:, ring == k].mean(axis=1) for k in range(8)], axis=1))
     return np.hstack([hist, gx[:, None], gy[:, None], spec])
 
@@ -198,3 +199,27 @@ def test_combined_with_c_t_from_creation_to_attribution(tmp_path, plugin_host):
     assert mem["thresholds"] == {"copying_below": -2.0, "underfitting_above": 2.0, "differs_beyond": 2.0}
     assert "copying" not in mem["curve"]["readings"][8:]
     json.dumps(both, allow_nan=False)
+
+
+def test_a_coefficient_on_a_ring_edge_lies_in_the_inner_ring():
+    """At 28 px the four coefficients at (±7, ±7) lie exactly on the edge between rings 3 and 4 (v = 4): in
+    ring 3, as the bundled references and enrolled curves of mnist-pixel were computed."""
+    from forensics_pixelstats import _rings
+
+    rings = _rings(28)
+    assert {int(rings[a, b]) for a in (7, -7) for b in (7, -7)} == {3}
+    assert int(rings[0, 0]) == 0 and int(rings[14, 14]) == 7 and int(rings[0, 1]) == 0
+
+
+@pytest.mark.parametrize("generator", ["dcgan", "ddpm", "pixelcnn", "gmm"])
+def test_the_bundled_mnist_pixel_curves_come_back_from_their_images(generator):
+    """What `attribute` computes of an enrolled run's images is its enrolled curve, to the last bit: the
+    references and the queries are one computation (a change to it must re-enrol, not drift)."""
+    import forensics
+    from forensics.registry import Registry, default_registry_path
+
+    reg = Registry.open(default_registry_path())
+    for inst in reg.generators["mnist-pixel"][generator].instances:
+        got = forensics.attribute(default_registry_path().parent / inst.provenance["input"], protocol="mnist-pixel",
+                                  registry=reg).curve.fingerprint.values
+        assert got == inst.values, inst.id

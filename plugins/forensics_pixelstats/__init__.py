@@ -67,12 +67,20 @@ def _image_size(options: Mapping[str, Any]) -> int:
 
 
 def _rings(size: int) -> torch.Tensor:
-    """Each FFT coefficient's ring (0 … BANDS − 1): ⌊BANDS · r / (√2/2)⌋ of its radial frequency
-    r = √(kx² + ky²)/N cycles per pixel, found in integers (⌊√(2·BANDS²·(kx² + ky²))⌋ // N) so that no
-    rounding moves a coefficient on a ring's edge; the last ring takes the corner."""
+    """Each FFT coefficient's ring (0 … BANDS − 1) by its radial frequency r = √(kx² + ky²)/N cycles per pixel:
+    ring j holds v = BANDS · r / (√2/2) in (j, j + 1], a coefficient on an edge in the inner ring (⌈v⌉ − 1), the
+    constant term in ring 0, the corner in the last. Found in integers (v = √(2·BANDS²·(kx² + ky²)) / N), so
+    that no rounding moves a coefficient on an edge: at N = 28 the four at (±7, ±7), v = 4 exactly, lie in ring
+    3, as the bundled mnist-pixel references and enrolled curves were computed (tests/test_pixelstats)."""
     k = [i if i < (size + 1) // 2 else i - size for i in range(size)]  # the FFT's integer frequencies
-    rings = [[min(math.isqrt(2 * BANDS * BANDS * (a * a + b * b)) // size, BANDS - 1) for b in k] for a in k]
-    return torch.tensor(rings, dtype=torch.long)
+
+    def ring(a: int, b: int) -> int:
+        x = 2 * BANDS * BANDS * (a * a + b * b)
+        s = math.isqrt(x)
+        ceiling = -(-s // size) if s * s == x else s // size + 1  # ⌈√x / N⌉
+        return min(max(ceiling - 1, 0), BANDS - 1)
+
+    return torch.tensor([[ring(a, b) for b in k] for a in k], dtype=torch.long)
 
 
 class PixelStatistics(Encoder):
