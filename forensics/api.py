@@ -1997,9 +1997,10 @@ def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
                 generators: Sequence[str] | None = None, layer: str | None = None,
                 samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
                 progress: Progress | None = None) -> ZooQuality:
-    """How close each zoo set sits to T in one layer of a protocol's encoder (default: the deepest; under a
-    combination, its last protocol's, a layer named ``<protocol>/<layer>``): Fréchet distance and
-    nearest-neighbour ratio in the statistic's own space, with P_n as the fresh-data yardstick."""
+    """How close each zoo set sits to T in one layer of a protocol's encoder (default: the deepest of a part
+    scored by C_T; under a combination a layer is named ``<protocol>/<layer>``): Fréchet distance and
+    nearest-neighbour ratio in the statistic's own space, with P_n as the fresh-data yardstick. A layer of a
+    statistic that keeps no training points (mean-z) has no such space: refused."""
     from forensics.engine import Engine, load_reference_set
     from forensics.io.images import load_images
     from forensics.protocol import part_spans
@@ -2011,9 +2012,17 @@ def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
     chosen = select(every, list(generators) if generators else None, sorted({z.instance for z in every}))
     pname = reg.resolve_protocol(protocol)
     layers = list(reg.protocol(pname).layers)
-    name = layer if layer is not None else layers[-1]
+    # C_T's layers: the statistic that keeps T's points in its space (mean-z keeps none)
+    spaced = [n for part, a, b in part_spans(reg.protocol(pname)) if part.statistic.name == "ct" for n in layers[a:b]]
+    if not spaced:
+        raise UsageError(f"protocol {pname} scores no layer by C_T, whose space the quality is measured in; choose "
+                         "a protocol that does (mnist-vit, mnist-effnet-lite0)")
+    name = layer if layer is not None else spaced[-1]
     if name not in layers:
         raise UsageError(f"protocol {pname} has no layer {name!r}; it has {', '.join(layers)}")
+    if name not in spaced:
+        raise UsageError(f"layer {name} is scored by a statistic that keeps no training points: choose a layer scored "
+                         f"by C_T ({spaced[-1]}, …)")
     at = layers.index(name)
     # under a combination, the protocol that holds the layer, and the layer's index there
     proto, index = next((part, at - a) for part, a, b in part_spans(reg.protocol(pname)) if a <= at < b)

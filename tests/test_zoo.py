@@ -450,3 +450,15 @@ def test_the_product_never_imports_the_training_code():
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert "forensics.zoo.encoder" in loaded
     assert not [m for m in loaded if m.startswith("forensics.zoo.training")], loaded
+
+
+def test_zoo_quality_is_measured_in_a_c_t_layer_and_refuses_one_without_training_points():
+    from forensics import api
+    from forensics.errors import UsageError
+
+    with pytest.raises(UsageError, match="scores no layer by C_T"):
+        api.zoo_quality(protocol="mnist-pixel", generators=["ddpm"])
+    with pytest.raises(UsageError, match="keeps no training points: choose a layer scored by C_T"):
+        api.zoo_quality(generators=["ddpm"], layer="mnist-pixel/spectrum.4")
+    result = api.zoo_quality(generators=["gmm"])  # the default combination: its last C_T layer
+    assert result.layer == "mnist-vit/blocks.7" and {r["generator"] for r in result.rows} == {"gmm"}
