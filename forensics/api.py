@@ -1016,6 +1016,12 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         overall = BatchAttribution(curve, answer(fitted, curve), compared_at=at,
                                    mixture=None if isinstance(overall_under, str) or at is None else dict(overall_under))
     answered_by = sized.at(overall_under, overall.compared_at or size)[0]
+    named = [b.attribution.verdict or b.attribution.family for b in batches[:len(curves)]]
+    told = sorted({n for n in named if n is not None})
+    mixed = None if len(told) < 2 else (  # the mean of two generators' curves is neither's
+        f"the {len(curves)} batches of {size} are named differently (" + ", ".join(
+            f"{n} × {named.count(n)}" for n in told) + "): the set may hold several generators' images, and the "
+        "overall verdict, on their mean curve, speaks for none of them; attribute each generator's images apart")
     return AttributionResult(input=record, protocol=proto, curve=curve, attribution=overall.attribution,
                              batches=tuple(batches), matcher=answered_by.describe(),
                              references=tuple(answered_by.enrolled),  # the curves the verdict was matched against
@@ -1025,7 +1031,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
                              warnings=tuple(dict.fromkeys([*enrolled, *filter(None, [repeats]), *sized.problems,
-                                                           *filter(None, [cond.warning])])))
+                                                           *filter(None, [cond.warning, mixed])])))
 
 
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,

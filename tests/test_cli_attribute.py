@@ -736,3 +736,20 @@ def test_a_copy_made_before_image_digests_were_kept_is_said_to_hide_them_and_ref
     layered = Registry.open(user, below=[below])
     assert not any("hides" in w for w in layered.warnings)
     assert api.attribute(tmp_path / "part.npz", registry=layered).input.enrolled_images == 20
+
+
+def test_batches_named_as_different_generators_warn_that_the_overall_verdict_speaks_for_none(registry, plugin_host,
+                                                                                            tmp_path):
+    from forensics import api
+
+    reg, data = registry
+    rotate, shuffle = (np.load(data / f"query-{k}.npz")["images"] for k in ("rotate", "shuffle"))
+    np.savez(tmp_path / "two.npz", images=np.concatenate([rotate, shuffle]))
+    result = api.attribute(tmp_path / "two.npz", registry=reg)
+    assert [b.attribution.verdict for b in result.batches] == ["rotate", "shuffle"]  # each batch its own
+    (mixed,) = [w for w in result.warnings if "are named differently" in w]
+    assert "(rotate × 1, shuffle × 1)" in mixed and "the overall verdict, on their mean curve, speaks for none" in mixed
+    np.savez(tmp_path / "same.npz", images=np.concatenate([rotate, rotate[::-1]]))  # one generator twice
+    same = api.attribute(tmp_path / "same.npz", registry=reg)
+    assert [b.attribution.verdict for b in same.batches] == ["rotate", "rotate"]
+    assert not [w for w in same.warnings if "are named differently" in w]
