@@ -777,10 +777,30 @@ def mixed(files: Sequence[str | Path] | None, available: Sequence[str], *,
     counts = mixture_of(each)
     name = counts[0][0]
     order = sorted(kinds, key=lambda k: (-len(kinds[k]), str(k)))
-    detail = "; ".join(f"{len(kinds[k])} as {read[k].name}: {read[k].detail}" for k in order)
-    warnings = [f"{len(kinds[k])} of the {len(files)} files: {read[k].warning}" for k in order if read[k].warning]
+    if len(kinds) > MAX_KINDS_SAID:  # files of many sizes: one clause per condition, its sizes summed up
+        by: dict[str, list[tuple[Any, ...]]] = {}
+        for k in order:
+            by.setdefault(read[k].name, []).append(k)
+
+        def summed(ks: list[tuple[Any, ...]]) -> str:
+            sizes = sorted({k[0] for k in ks if k[0] is not None})
+            n = sum(len(kinds[k]) for k in ks)
+            return (f"{n} of the {len(files)} files" + (f", of {len(sizes)} sizes from {sizes[0][1]}×{sizes[0][0]} to "
+                                                          f"{sizes[-1][1]}×{sizes[-1][0]}" if len(sizes) > 1 else ""))
+
+        detail = "; ".join(f"{summed(ks)} as {c}: as the most common of them, {read[ks[0]].detail}"
+                           for c, ks in by.items())
+        warnings = [f"{summed(ks)}: as the most common of them, {read[ks[0]].warning}" for ks in by.values()
+                    if any(read[k].warning for k in ks)]
+    else:
+        detail = "; ".join(f"{len(kinds[k])} as {read[k].name}: {read[k].detail}" for k in order)
+        warnings = [f"{len(kinds[k])} of the {len(files)} files: {read[k].warning}" for k in order if read[k].warning]
     return Detected(name, "files", detail, "; ".join(warnings) or None,
                     mixture=tuple(each) if len(counts) > 1 else None)
+
+
+#: above this many kinds of file (size and encoding), a reading says one clause per condition, not per kind
+MAX_KINDS_SAID = 6
 
 
 def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> Detected:

@@ -186,3 +186,19 @@ def test_what_an_encoder_is_given():
         as_rgb_uint8(np.zeros((2, 5, 5, 2), np.uint8))
     with pytest.raises(UsageError, match="list of image files"):
         check_image_input(42)
+
+
+def test_files_of_many_sizes_are_read_in_one_clause_per_condition(tmp_path):
+    """A folder of 40 images in 20 sizes near the generators' 28×28: each matched as the crop its size suggests,
+    said once for them all with the range of sizes, not once per size (a 12 KB warning line before)."""
+    from forensics.conditions import CONDITIONS, mixed
+
+    files, sizes = [], []
+    for i in range(40):
+        h, w = 29 + i % 4, 29 + (i // 4) % 5
+        Image.fromarray(np.full((h, w), i * 5, np.uint8)).save(tmp_path / f"{i:02d}.png")
+        files.append(tmp_path / f"{i:02d}.png")
+        sizes.append((h, w))
+    found = mixed(files, list(CONDITIONS), image_sizes=sizes, native=(28, 28))
+    assert found.name == "crop90" and found.warning.count("of the 40 files") == 1
+    assert "40 of the 40 files, of 20 sizes from 29×29 to 33×32" in found.warning
