@@ -164,12 +164,11 @@ def _reencoded(record: ImageInput) -> str | None:
 
 
 def _check_weights(weights: str | None) -> None:
-    """A ``--weights`` file that is not there fails now, not after the images are decoded."""
-    from forensics.errors import WeightsError
-
+    """A ``--weights`` file that is not there fails now, not after the images are decoded: a bad option value
+    (exit 2), as a missing image path is."""
     if weights is not None and str(weights) != "random" and not Path(weights).expanduser().is_file():
-        raise WeightsError(f"weights file {Path(weights).expanduser()} does not exist; pass the path of a "
-                           ".safetensors or .pt state dict")
+        raise UsageError(f"weights file {Path(weights).expanduser()} does not exist; pass the path of a "
+                         ".safetensors or .pt state dict")
 
 
 def _check_amp(amp: str | None) -> None:

@@ -209,6 +209,8 @@ def test_a_weights_file_that_does_not_read_says_what_to_pass(tmp_path):
     from forensics.encode.weights import load_state_dict
     from forensics.errors import WeightsError
 
+    with pytest.raises(UsageError, match="does not exist; pass the path of a .safetensors or .pt state dict"):
+        forensics.attribute(tmp_path, protocol=VIT, weights=str(tmp_path / "gone.safetensors"))  # a bad value: exit 2
     for name in ("junk.pt", "junk.safetensors"):
         (tmp_path / name).write_bytes(b"junk")
         with pytest.raises(WeightsError, match="is it the weights file, whole\\? Pass a .safetensors file or a "

@@ -462,3 +462,10 @@ def test_zoo_quality_is_measured_in_a_c_t_layer_and_refuses_one_without_training
         api.zoo_quality(generators=["ddpm"], layer="mnist-pixel/spectrum.4")
     result = api.zoo_quality(generators=["gmm"])  # the default combination: its last C_T layer
     assert result.layer == "mnist-vit/blocks.7" and {r["generator"] for r in result.rows} == {"gmm"}
+
+
+def test_a_samples_folder_that_is_not_there_is_said_so_not_sent_to_rebuild_a_manifest(tmp_path):
+    from forensics.errors import UsageError
+
+    with pytest.raises(UsageError, match="the folder does not exist"):
+        read_manifest(tmp_path / "nowhere")

@@ -52,6 +52,9 @@ def read_manifest(folder: str | Path) -> list[ZooInstance]:
     """Every instance listed in ``folder/MANIFEST.json``, sorted by generator and instance."""
     folder = Path(folder)
     path = folder / "MANIFEST.json"
+    if not folder.is_dir():
+        raise UsageError(f"no zoo sample sets at {folder}: the folder does not exist; give the folder that holds them "
+                         "(default: the registry's mnist-effnet-lite0/samples)")
     if not path.is_file():
         raise UsageError(f"no zoo manifest at {path}; rebuild it with `forensics zoo manifest --samples {folder}`")
     try:

@@ -127,7 +127,7 @@ def project_vit() -> ModelEntry:
         name="vit_mnist_tiny.forensics", architecture=trained.ARCHITECTURE,
         description=(f"ViT trained by the project on the 4,000 MNIST digits of T (patch {size['patch_size']}, "
                      f"{size['depth']} blocks, width {size['embed_dim']}, 28 px): the mnist-vit protocol's encoder"),
-        package=("forensics", trained.weights_path), extra_kwargs=dict(size),
+        package=("forensics-attribution", trained.weights_path), extra_kwargs=dict(size),
         preprocessing=trained.PREPROCESSING, hub=False,
         how=("rebuild them with `python -m forensics.zoo.training.encoder --seed 0` "
              "(the zoo extra; about 16 min on 2 CPU cores)"))
