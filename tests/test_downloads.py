@@ -186,6 +186,27 @@ def test_a_repo_the_hub_does_not_have_is_one_line(online):
     assert "\n" not in message and "cannot download" in message and online.url in message
 
 
+def test_a_hub_that_cannot_be_reached_is_said_at_once_not_after_half_a_minute_of_retries(online, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    import huggingface_hub
+
+    def retries(*args, **kwargs):
+        raise AssertionError("the hub library was asked, and would have retried")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", retries)
+    with pytest.raises(WeightsError) as info:
+        tiny_factory()(image_size=32)
+    message = str(info.value)
+    assert "\n" not in message and f"http://127.0.0.1:{port} cannot be reached (127.0.0.1: " in message
+
+
 # -- CIFAR-10 -----------------------------------------------------------------------------------------
 def test_cifar10_is_fetched_by_torchvision_checked_and_reused_offline(online, monkeypatch, tmp_path):
     from forensics.io.download import report_to, set_offline

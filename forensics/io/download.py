@@ -97,6 +97,29 @@ def hf_endpoint() -> str | None:
     return value or None
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why the host of ``url`` cannot be reached (its name does not resolve, a connection is refused or times
+    out), or None when it can or a proxy stands between (then only the request itself can tell). A download
+    that would only retry for half a minute, its library logging each try, is told at once instead."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        return f"{parts.hostname}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
 def split_revision(repo_id: str) -> tuple[str, str | None]:
     """``"org/name@rev"`` (timm's form) → ``("org/name", "rev")``; no ``@`` → revision None."""
     repo, _, revision = repo_id.partition("@")
@@ -176,6 +199,11 @@ def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[P
 
     from forensics import __version__
 
+    endpoint = hf_endpoint() or "https://huggingface.co"
+    why = unreachable(endpoint)
+    if why is not None:
+        raise WeightsError(f"{what}: cannot download {repo_id}/{filenames[0]}: {endpoint} cannot be reached ({why}); "
+                           "check the connection (HF_ENDPOINT for a mirror), or pass --weights PATH")
     repo, revision = split_revision(repo_id)
     for filename in filenames:
         try:
