@@ -2312,6 +2312,8 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
                       "float32 here; drop --amp", stacklevel=2)
     if group is not None and group < 1:
         raise UsageError(f"--group must be at least 1, got {group}")
+    if not isinstance(model, (str, Path)) or not str(model):
+        raise UsageError(f"model is a diffusion model's name (`forensics invmm --list`) or path, not {model!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 40:
         raise UsageError(f"--seed takes a whole number from 0 to 2**40 - 1, not {seed!r}")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
@@ -2322,7 +2324,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     if similarity is not None and similarity not in sims:
         raise UsageError(f"unknown copy similarity {similarity!r}; choose from {', '.join(sorted(sims))}")
     with _Step(progress, f"loading diffusion model {model}"):
-        net = _diffusion_model(model, device=device, registry=registry)
+        net = _diffusion_model(str(model), device=device, registry=registry)
     chosen_preset = preset or getattr(net, "default_preset", "ddpm-cifar10")
     run = invmm_settings(chosen_preset, settings)
     if run.max_steps < run.check_every:  # every image would score ∞ unchecked

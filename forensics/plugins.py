@@ -135,8 +135,9 @@ class PluginHost:
 
     def __init__(self, *, autoload: bool | None = None, disabled: Iterable[str] | None = None,
                  entry_points: bool = True):
-        if autoload is None:
-            autoload = os.environ.get("FORENSICS_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+        if autoload is None:  # set to anything but a no (0, false, no, off, empty): the bundled plugins only
+            autoload = os.environ.get("FORENSICS_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() in (
+                "", "0", "false", "no", "off")
         if disabled is None:
             disabled = [n.strip() for n in os.environ.get("FORENSICS_DISABLE_PLUGINS", "").split(",") if n.strip()]
         self.autoload = autoload
@@ -148,6 +149,11 @@ class PluginHost:
         self._collected: dict[str, dict[str, Provided]] = {}
         if entry_points:
             self._load_entry_points()
+            unknown = sorted(self.disabled - {name.split(" (")[0] for name in self.info}
+                             - {ep.name for ep in metadata.entry_points(group=GROUP)})
+            if unknown:
+                self._notice(f"FORENSICS_DISABLE_PLUGINS names no plugin {', '.join(map(repr, unknown))}; "
+                             "`forensics plugins` lists their names")
 
     # -- loading ---------------------------------------------------------------------------------
     def _load_entry_points(self) -> None:

@@ -198,3 +198,23 @@ def test_encoders_command_lists_without_building(monkeypatch):
         assert unknown.exit_code == 2
     finally:
         plugins.reset(old)
+
+
+def test_an_encoder_asked_for_by_name_that_cannot_be_described_fails_the_listing(register_plugin):
+    import types
+
+    from typer.testing import CliRunner
+
+    from forensics import hookimpl
+    from forensics.cli import app
+
+    def broken(**options):
+        raise RuntimeError("no such model")
+
+    broken.describe = lambda **options: (_ for _ in ()).throw(RuntimeError("cannot describe"))
+    register_plugin(types.SimpleNamespace(forensics_encoders=hookimpl(lambda register: register("raising_enc", broken))),
+                    "raising")
+    named = CliRunner().invoke(app, ["encoders", "raising_enc", "--layers"])
+    assert named.exit_code == 1 and "raising_enc" in named.stdout and "error:" in named.stdout
+    every = CliRunner().invoke(app, ["encoders", "--json"])  # the whole listing still lists, and succeeds
+    assert every.exit_code == 0 and "raising_enc" in every.stdout

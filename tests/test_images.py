@@ -202,3 +202,11 @@ def test_files_of_many_sizes_are_read_in_one_clause_per_condition(tmp_path):
     found = mixed(files, list(CONDITIONS), image_sizes=sizes, native=(28, 28))
     assert found.name == "crop90" and found.warning.count("of the 40 files") == 1
     assert "40 of the 40 files, of 20 sizes from 29×29 to 33×32" in found.warning
+
+
+def test_an_npz_with_no_arrays_says_how_to_write_one(tmp_path):
+    from forensics.io.images import read_image_set
+
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(UsageError, match="holds no arrays; write one with numpy.savez"):
+        read_image_set(tmp_path / "empty.npz")

@@ -130,7 +130,7 @@ def test_a_zoo_unet_file_opens_by_path(plugin_host, digits):
     (["--preset", "nope"], "unknown InvMM preset"),
     (["--set", "steps=3"], "not an InvMM parameter"),
     (["--set", "max_steps"], "NAME=VALUE"),
-    (["--set", "max_steps=lots"], "not a number"),
+    (["--set", "max_steps=lots"], "not a whole number"),
     (["--set", "noise_batch=0"], "noise_batch"),
     (["--similarity", "ssim"], "unknown copy similarity"),
     (["--model", "no-such-model"], "unknown diffusion model"),

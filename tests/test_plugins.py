@@ -236,6 +236,16 @@ def test_disable_by_name(monkeypatch):
     assert "openclip" not in {i.name for i in host.describe()}
     assert not any(name.startswith("openclip_") for name in host.collect("encoders"))
     assert not host.notices
+    monkeypatch.setenv("FORENSICS_DISABLE_PLUGINS", "openclip,opencilp")  # a misspelt name is said, not ignored
+    assert PluginHost(autoload=False).notices == ["FORENSICS_DISABLE_PLUGINS names no plugin 'opencilp'; "
+                                                  "`forensics plugins` lists their names"]
+
+
+@pytest.mark.parametrize("value, autoload", [("", True), ("0", True), ("false", True), ("No", True), ("off", True),
+                                             ("1", False), ("true", False), ("yes", False)])
+def test_autoload_is_off_only_when_the_switch_says_so(monkeypatch, value, autoload):
+    monkeypatch.setenv("FORENSICS_DISABLE_PLUGIN_AUTOLOAD", value)
+    assert PluginHost(entry_points=False).autoload is autoload
 
 
 @pytest.mark.parametrize("name", sorted(ESSENTIAL))

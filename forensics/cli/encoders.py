@@ -23,8 +23,11 @@ def encoders(json_out: bool = typer.Option(False, "--json", help="Print as JSON 
     from forensics.api import list_encoders
 
     result = list_encoders(list(name) if name else None)
+    broken = bool(name) and any("error" in e for e in result.encoders)  # asked for by name, and cannot be described
     if json_out:
         print_json(result.to_dict())
+        if broken:
+            raise typer.Exit(1)
         return
     entries = result.encoders
     table = Table(title="forensics encoders", title_justify="left")
@@ -48,3 +51,5 @@ def encoders(json_out: bool = typer.Option(False, "--json", help="Print as JSON 
     if any(str(e.get("weights", "")).startswith("missing") for e in entries):
         out.print("missing weights: `forensics encoders NAME --json` says how to supply them (a local file, a pip "
                   "package or the Hugging Face cache); weights=random builds an untrained copy.")
+    if broken:
+        raise typer.Exit(1)

@@ -34,15 +34,16 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
             hint = " (use --similarity / --threshold)" if name in ("similarity", "threshold") else ""
             raise UsageError(f"--set {name}: not an InvMM parameter{hint}; known: "
                              f"{', '.join(f for f in fields if f not in ('similarity', 'threshold'))}")
+        whole = name != "guidance" and fields[name].type in ("int", int)
         try:
             if name == "guidance":
                 out_[name] = tuple(float(v) for v in value.split(",") if v.strip())
-            elif fields[name].type in ("int", int):
+            elif whole:
                 out_[name] = int(value)
             else:
                 out_[name] = float(value)
         except ValueError:
-            raise UsageError(f"--set {name}={value}: not a number") from None
+            raise UsageError(f"--set {name}={value}: not a {'whole number' if whole else 'number'}") from None
     return out_
 
 
@@ -105,7 +106,7 @@ def render_invmm(result: Any, console: Any) -> None:
 
     doc = result.to_dict()
     header = Text()
-    header.append(f"{result.input.n_images} images", style="bold")
+    header.append(f"{result.input.n_images} image{'s' if result.input.n_images != 1 else ''}", style="bold")
     header.append(f" from {result.input.path}\n" if result.input.path else " (array)\n")
     header.append(f"model {doc['model']['name']}  ·  preset {result.preset}  ·  similarity "
                   f"{doc['similarity']['name']} (β {doc['similarity']['threshold']:g})  ·  seed {result.seed}  ·  "

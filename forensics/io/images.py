@@ -218,6 +218,8 @@ def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
                 members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
                 keys = list(members)
                 key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None and not keys:
+                    raise UsageError(f"{where} holds no arrays; write one with numpy.savez(path, images=uint8_array)")
                 if key is None:
                     shown = ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
                     raise UsageError(f"{where} holds arrays {shown}; name the image array 'images'")
