@@ -288,7 +288,9 @@ def test_plugin_and_encoder_listings_conform_with_broken_entries(register_plugin
     conforms(plugins_doc)
     assert set(schemas.load("forensics.plugin-list/1")["$defs"]["plugin"]["properties"]["provides"]
                ["propertyNames"]["enum"]) == set(KINDS)
-    encoders = cli_json("encoders", "--json", "tf_efficientnet_lite0", "broken_encoder")
+    asked = CliRunner().invoke(app, ["encoders", "--json", "tf_efficientnet_lite0", "broken_encoder"])
+    assert asked.exit_code == 1  # one asked for by name cannot be described: said in the document, and failed
+    encoders = json.loads(asked.stdout)
     by_name = {e["name"]: e for e in encoders["encoders"]}
     assert "error" in by_name["broken_encoder"] and by_name["tf_efficientnet_lite0"]["layers"]
     conforms(encoders)

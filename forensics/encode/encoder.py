@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from forensics.errors import UsageError
 from forensics.hookspecs import DescribingFactory, EncoderFactory
+from forensics.io.hashing import short
 from forensics.io.images import as_rgb_uint8
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -194,7 +195,9 @@ def describe_encoder(name: str, factory: EncoderFactory, description: str = "") 
             spec = replace(spec, description=description)
         return spec
     encoder = factory(weights="random")
+    own = encoder.weights  # an encoder whose weights do not come from anywhere (none learned) says so when built
+    weights = (f"{own.source}: {own.detail or short(own.digest)}" if own.source != "random" else
+               "unknown (the plugin does not say; build it to find out)")
     return EncoderSpec(name=name, family=encoder.family, description=description,
                        layers=tuple(encoder.layers), preprocessing=encoder.preprocessing,
-                       pooling=encoder.pooling, poolings=(encoder.pooling,),
-                       weights="unknown (the plugin does not say; build it to find out)")
+                       pooling=encoder.pooling, poolings=(encoder.pooling,), weights=weights)
