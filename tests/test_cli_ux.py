@@ -508,3 +508,14 @@ def test_help_paragraphs_flow_to_the_terminals_width():
     result = CliRunner().invoke(app, ["attribute", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "are matched against the enrolled instances redrawn at their own size" in result.output
+
+
+def test_the_librarys_notices_are_warning_lines_on_the_command_line():
+    env = {**os.environ, "FORENSICS_DISABLE_PLUGINS": "timm,no-such-plugin", "FORENSICS_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run([str(CLI), "plugins", "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and json.loads(done.stdout)["plugins"]
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["warning: plugin 'timm' stays enabled: it is bundled and essential (the encoders of the default "
+                     "protocol); FORENSICS_DISABLE_PLUGINS cannot disable it",
+                     "warning: FORENSICS_DISABLE_PLUGINS names no plugin 'no-such-plugin'; `forensics plugins` lists "
+                     "their names"], done.stderr

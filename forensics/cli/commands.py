@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -394,6 +395,10 @@ def run(argv: list[str] | None = None) -> int:
 
     saved = warnings.showwarning
     warnings.showwarning = show_warning
+    # the library's own notices (a plugin that stays enabled, a switch naming no plugin) as warning lines too
+    handler = _WarningLines()
+    library = logging.getLogger("forensics")
+    library.addHandler(handler)
     try:
         rv = app(args=argv, prog_name="forensics", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:  # `forensics` or a group alone: its help (typer prints it)
@@ -417,7 +422,23 @@ def run(argv: list[str] | None = None) -> int:
         return exc.exit_code
     finally:
         warnings.showwarning = saved
+        library.removeHandler(handler)
     return rv if isinstance(rv, int) else 0
+
+
+class _WarningLines(logging.Handler):
+    """The ``forensics`` loggers' warnings as the command line's one-line ``warning:`` on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.text import Text
+
+        from forensics.cli.common import err, one_line
+
+        err.print(Text.assemble(("warning:", "yellow"), f" {one_line(record.getMessage())}"), highlight=False,
+                  soft_wrap=True)
 
 
 def main() -> None:
