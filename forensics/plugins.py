@@ -150,7 +150,7 @@ class PluginHost:
         if entry_points:
             self._load_entry_points()
             unknown = sorted(self.disabled - {name.split(" (")[0] for name in self.info}
-                             - {ep.name for ep in metadata.entry_points(group=GROUP)})
+                             - {ep.name for ep in metadata.entry_points(group=GROUP)}) if self.disabled else []
             if unknown:
                 self._notice(f"FORENSICS_DISABLE_PLUGINS names no plugin {', '.join(map(repr, unknown))}; "
                              "`forensics plugins` lists their names")
