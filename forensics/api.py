@@ -130,6 +130,9 @@ def _check_conditions(condition: str | Sequence[str]) -> None:
         if condition != "auto":
             get_condition(condition)
         return
+    if not isinstance(condition, Sequence):
+        raise UsageError(f"condition is \"auto\" (read from the files), a condition's name, or one name per image, "
+                         f"not {condition!r}")
     names = list(condition)
     if not names or not all(isinstance(n, str) for n in names):
         raise UsageError("condition must be a condition's name, \"auto\", or one name per image (strings)")
@@ -177,12 +180,17 @@ def _check_amp(amp: str | None) -> None:
 
 
 # -- opening --------------------------------------------------------------------------------------
-def open_registry(path: RegistryLike = None) -> Registry:
+def open_registry(path: RegistryLike = None, *, strict: bool = True) -> Registry:
     """The registry at ``path`` (default: ``$FORENSICS_REGISTRY``, else the user registry, where writes go,
-    over the bundled one: :func:`forensics.registry.registry_layers`)."""
+    over the bundled one: :func:`forensics.registry.registry_layers`); a :class:`Registry` is taken as it is.
+    ``strict=False``: its problems are in ``.problems`` rather than raised."""
     from forensics.registry import Registry
 
-    return path if isinstance(path, Registry) else Registry.open(path)
+    if isinstance(path, Registry):
+        return path
+    if path is not None and not isinstance(path, (str, Path)):
+        raise UsageError(f"registry is a folder's path or a Registry (forensics.open_registry), not {path!r}")
+    return Registry.open(path, strict=strict)
 
 
 def open_protocol(name: str | None = None, *, registry: RegistryLike = None) -> Protocol | Combination:
@@ -245,14 +253,15 @@ def calibration_summary(cal: Mapping[str, Any], references: Sequence[EnrolledCur
     return found
 
 
-def validate_registry(registry: str | Path | None = None) -> ValidationResult:
+def validate_registry(registry: RegistryLike = None) -> ValidationResult:
     """Check every file of the registry (schema, digests, NaN/inf, duplicate names, curve lengths, each
     per-image records file and each instance's image digests file against the digest its generator file
     records); the problems are returned (``result.ok``), not raised."""
     from forensics.conditions import records_hint
     from forensics.registry import Registry
 
-    reg = Registry.open(registry, strict=False)
+    reg = Registry.open(registry.path, below=registry.below, strict=False) if isinstance(registry, Registry) \
+        else open_registry(registry, strict=False)  # read again, its problems listed, not raised
     # instances stored in files: a combination's are its protocols' instances, read again
     n_instances = sum(len(e.instances) for name, gens in reg.generators.items()
                       if len(reg.protocols[name].parts) == 1 for e in gens.values())
@@ -295,7 +304,7 @@ def validate_registry(registry: str | Path | None = None) -> ValidationResult:
     return ValidationResult(reg.path, tuple(problems), tuple(warnings), len(reg.protocols), n_instances)
 
 
-def diff_registry(other: str, *, registry: str | Path | None = None) -> RegistryDiff:
+def diff_registry(other: str | Path, *, registry: RegistryLike = None) -> RegistryDiff:
     """What the registry state ``other`` (a folder, or ``git:REV``: this registry at a git revision)
     and the registry (default: $FORENSICS_REGISTRY, else the user registry over the bundled one) disagree
     on, from ``other`` (old) to the registry (new). The folder, or the written registry at REV, is read over
@@ -306,7 +315,9 @@ def diff_registry(other: str, *, registry: str | Path | None = None) -> Registry
     from forensics.registry import Registry, diff, open_state
     from forensics.registry.diff import in_git
 
-    new = Registry.open(registry, strict=False)
+    other = str(other)
+    new = Registry.open(registry.path, below=registry.below, strict=False) if isinstance(registry, Registry) \
+        else open_registry(registry, strict=False)
     if other.startswith("git:") and registry is None and new.below and not in_git(new.path):
         new = Registry.open(new.below[0], strict=False)  # the registry git holds: the bundled one, alone
     with tempfile.TemporaryDirectory(prefix="forensics-diff-") as tmp:
@@ -347,6 +358,7 @@ def list_encoders(names: Sequence[str] | None = None) -> EncoderListing:
     from forensics.plugins import host
 
     found = host().collect("encoders")
+    names = _names(names) or None
     unknown = [n for n in names or () if n not in found]
     if unknown:
         raise UsageError(f"no encoder named {', '.join(unknown)}; available: {', '.join(sorted(found))}")
@@ -1346,12 +1358,17 @@ def generator_family(generator: str, family: str | None = None, *, clear: bool =
 
 
 # -- evaluation and calibration -------------------------------------------------------------------
+def _names(names: str | Sequence[str] | None) -> list[str]:
+    """Names given as a list, or one name as a string (not read letter by letter)."""
+    return [] if names is None else [names] if isinstance(names, str) else list(names)
+
+
 def _matcher_names(matchers: Sequence[str] | None) -> list[str]:
     """The matchers asked for (each once, in order), all registered ones when none; unknown names fail."""
     from forensics.match import available_matchers
 
     known = available_matchers(baselines=True)
-    names = list(dict.fromkeys(matchers or ())) or available_matchers()  # baselines only when named
+    names = list(dict.fromkeys(_names(matchers))) or available_matchers()  # baselines only when named
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(f"unknown matcher {unknown[0]!r}; `forensics plugins` lists the installed ones")
@@ -1752,7 +1769,7 @@ def combine_protocols(name: str, parts: Sequence[str], *, description: str = "",
     if others:
         raise RegistryError(others[0] + " (run `forensics registry validate`)")
     chosen = []
-    for part in parts:
+    for part in _names(parts):
         proto = reg.protocol(part)
         if not isinstance(proto, Protocol):
             raise UsageError(f"{part!r} is itself a combination; combine its protocols instead")
@@ -2148,7 +2165,12 @@ def clear_cache(*, older_than: str | float | None = None, protocol: str | None =
     from forensics.results import CacheClearing
 
     age = None if older_than is None else (
-        float(older_than) if isinstance(older_than, (int, float)) else parse_duration(older_than))
+        float(older_than) if isinstance(older_than, (int, float)) and not isinstance(older_than, bool)
+        else parse_duration(older_than))
+    if age is not None and not (math.isfinite(age) and age >= 0):
+        raise UsageError(f"older_than is a duration of at least 0 (seconds, or text such as '30d'), not {older_than!r}")
+    if confirm is not None and not callable(confirm):
+        raise UsageError("confirm is a function asked with the entries to remove (True: remove them), not a value")
     wanted: set[str] | None = None
     if protocol is not None:
         reg = open_registry(registry)

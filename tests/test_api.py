@@ -398,3 +398,22 @@ def test_importing_forensics_loads_nothing_heavy():
     code = "import sys, forensics; print(sorted(m for m in ('numpy', 'torch', 'pluggy', 'rich') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_arguments_of_the_wrong_kind_are_usage_errors_and_one_name_is_not_read_letter_by_letter(tmp_path):
+    from pathlib import Path
+
+    from forensics.registry import default_registry_path
+
+    images = np.zeros((4, 28, 28), np.uint8)
+    with pytest.raises(UsageError, match="condition is \"auto\""):
+        forensics.attribute(images, protocol=VIT, condition=None)
+    with pytest.raises(UsageError, match="registry is a folder's path or a Registry"):
+        forensics.open_registry(3)
+    with pytest.raises(UsageError, match="older_than is a duration of at least 0"):
+        forensics.clear_cache(older_than=-5)
+    reg = forensics.open_registry(default_registry_path())
+    assert forensics.validate_registry(reg).ok  # the Registry open_registry gives, as every call takes it
+    assert forensics.diff_registry(Path(default_registry_path()), registry=reg).changes == ()
+    assert [e["name"] for e in forensics.list_encoders("vit_mnist_tiny.forensics").encoders] == \
+        ["vit_mnist_tiny.forensics"]
