@@ -1520,6 +1520,8 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
     from forensics.match.calibration import check_operating_point
 
     check_operating_point(operating_point)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UsageError(f"--batch-size takes a number of images of at least 1, not {batch_size!r}")
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         names = [protocol] if protocol else sorted(reg.protocols)

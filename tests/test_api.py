@@ -412,6 +412,8 @@ def test_arguments_of_the_wrong_kind_are_usage_errors_and_one_name_is_not_read_l
         forensics.open_registry(3)
     with pytest.raises(UsageError, match="older_than is a duration of at least 0"):
         forensics.clear_cache(older_than=-5)
+    with pytest.raises(UsageError, match="--batch-size takes a number of images of at least 1, not 0"):
+        forensics.evaluate(protocol=VIT, batch_size=0)
     reg = forensics.open_registry(default_registry_path())
     assert forensics.validate_registry(reg).ok  # the Registry open_registry gives, as every call takes it
     assert forensics.diff_registry(Path(default_registry_path()), registry=reg).changes == ()
