@@ -2209,13 +2209,14 @@ def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
     registered loader accepts (a zoo-UNet .safetensors, a diffusers folder)."""
     import warnings
 
+    from forensics.inversion.model import DiffusionModel
     from forensics.plugins import host
 
     found = host().collect("diffusion_models")
     if model in found:
         loader = found[model].obj
         options = {"registry": str(registry)} if registry is not None and _takes(loader, "registry") else {}
-        return _plugin_made(found[model], "diffusion model", lambda: loader(device=device, **options))
+        return _plugin_made(found[model], DiffusionModel, lambda: loader(device=device, **options))
     path = Path(model).expanduser()
     if path.exists():
         for name in sorted(found):
@@ -2227,22 +2228,22 @@ def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
                               f"({type(exc).__name__}: {exc}); left to the others", stacklevel=2)
                 continue
             if taken:
-                return _plugin_made(found[name], "diffusion model", lambda: found[name].obj(path=str(path),
-                                                                                          device=device))
+                return _plugin_made(found[name], DiffusionModel, lambda: found[name].obj(path=str(path),
+                                                                                         device=device))
         raise UsageError(f"no diffusion-model loader opens {model}: give a zoo UNet .safetensors file or a "
                          f"diffusers folder (model_index.json), or a name: {', '.join(sorted(found))}")
     raise UsageError(f"unknown diffusion model {model!r}: give a name ({', '.join(sorted(found)) or 'none'}; "
                      f"`forensics invmm --list`) or the path of a model")
 
 
-def _plugin_made(provided: Any, what: str, make: Callable[[], Any]) -> Any:
+def _plugin_made(provided: Any, kind: type, make: Callable[[], Any]) -> Any:
     """What a diffusion-model loader or copy-similarity factory (``provided``) makes, checked: a failure that is
-    not the tool's own error, or an object that is not a :class:`~forensics.inversion.model.DiffusionModel` /
-    :class:`~forensics.inversion.model.CopySimilarity`, is a :class:`PluginError` naming the plugin."""
+    not the tool's own error, or an object that is not a ``kind`` (:class:`~forensics.inversion.model.DiffusionModel`,
+    :class:`~forensics.inversion.model.CopySimilarity`), is a :class:`PluginError` naming the plugin."""
     from forensics.errors import PluginError
-    from forensics.inversion.model import CopySimilarity, DiffusionModel
+    from forensics.plugins import SINGULAR
 
-    where = f"{what} {provided.name} (plugin {provided.plugin})"
+    where = f"{SINGULAR[provided.kind]} {provided.name} (plugin {provided.plugin})"
     try:
         made = make()
     except ForensicsError:
@@ -2250,7 +2251,6 @@ def _plugin_made(provided: Any, what: str, make: Callable[[], Any]) -> Any:
     except Exception as exc:  # noqa: BLE001 - a plugin's own failure, said as one line naming it
         raise PluginError(f"{where} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                           ) from exc
-    kind = DiffusionModel if what == "diffusion model" else CopySimilarity
     if not isinstance(made, kind):
         raise PluginError(f"{where} gave a {type(made).__name__}, not a {kind.__name__}: the plugin is broken "
                           "(`forensics plugins` lists it)")
@@ -2319,6 +2319,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     import torch
 
     from forensics.inversion.measure import invert
+    from forensics.inversion.model import CopySimilarity
     from forensics.plugins import host
 
     _check_input(images)
@@ -2366,7 +2367,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
         except TypeError as exc:
             raise UsageError(f"copy similarity {sim_name!r} does not take these options ({exc})") from None
 
-    judge = _plugin_made(sims[sim_name], "copy similarity", make_judge)
+    judge = _plugin_made(sims[sim_name], CopySimilarity, make_judge)
     low, high = getattr(judge, "bounds", None) or (-math.inf, math.inf)
     if not low <= judge.threshold <= high:
         raise UsageError(f"--threshold {judge.threshold:g} lies outside the {low:g} to {high:g} that {sim_name} "
