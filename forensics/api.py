@@ -814,7 +814,7 @@ class _Matchers(_Records):
         elif self._stale_pool:
             self.problems.append("the registry's pooled thresholds were calibrated on other references or under an "
                                  "older rule: this batch's thresholds come from its own (condition, size) alone "
-                                 "(run `forensics registry calibrate`)")
+                                 f"(run `forensics registry calibrate -p {self.proto.name}`)")
         self.matchers[key] = fitted.at_operating_point(self.operating_point)
         shown = {"condition": condition} if isinstance(condition, str) else {"condition": "mixed",
                                                                               "mixture": dict(condition)}
@@ -954,6 +954,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     enrolled instance was made from (matched with their own reference curve, they make the verdict lean toward
     it), with ``drop_enrolled``.
     """
+    from forensics import engine as engines
     from forensics.conditions import records_hint, scaled_mixture
     from forensics.match.calibration import check_operating_point
 
@@ -965,6 +966,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         proto = reg.protocol(reg.resolve_protocol(protocol))
+        engines.check_weights(proto, weights)  # before any data set is fetched or image read
         references = reg.enrolled(proto.name)
         if not references:
             raise UsageError(f"protocol {proto.name!r} has no enrolled generators to attribute to")
@@ -1064,6 +1066,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     as :func:`attribute` (``drop_repeats``)."""
     from dataclasses import replace
 
+    from forensics import engine as engines
     from forensics.conditions import codecs, mixture_of, processing_digest
     from forensics.stats.base import get_statistic
 
@@ -1074,6 +1077,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     with _Step(progress, "reading the registry"):
         reg = open_registry(registry)
         proto = reg.protocol(reg.resolve_protocol(protocol))
+        engines.check_weights(proto, weights)
         thresholds = _reading_thresholds([get_statistic(p.statistic.name) for p in proto.parts])
         native = generated_size(reg.enrolled(proto.name))  # the size the enrolled generators write: T's
     with _Step(progress, f"starting torch on {device}"):
@@ -1170,7 +1174,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         pname = reg.resolve_protocol(protocol)
         proto = reg.protocol(pname)
         reg.check_enrolment(pname, generator)  # a bad name or a linked folder fails now, not after embedding
-        engines.one_encoder_weights(proto, weights)
+        engines.check_weights(proto, weights)
     with _Step(progress, f"starting torch on {device}"):
         check_compute(device, engine=engine)
     data, record = read_images(images, proto, recursive=recursive, progress=progress)
@@ -1228,8 +1232,9 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
 
     _check_input(images)
     reg = open_registry(registry)
-    pname = reg.resolve_protocol(protocol)
+    pname = generator_protocol(generator, protocol, registry=reg)[0]
     proto = reg.protocol(pname)
+    engines.check_weights(proto, weights)
     targets = [r for r in reg.enrolled(pname) if r.generator == generator]
     if not targets:
         raise UsageError(f"no generator {generator!r} is enrolled under {pname}")
@@ -1251,6 +1256,26 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir)
     return _keep_records(reg, pname, generator, mine, fps, records, size, digests)
+
+
+def generator_protocol(generator: str, protocol: str | None = None, *,
+                       registry: RegistryLike = None) -> tuple[str, str | None]:
+    """The protocol a job on the enrolled ``generator`` works under, and a note when it is not the one asked
+    for: ``protocol`` when given; else the default protocol when it holds the generator (or no protocol does);
+    else the one protocol that holds it (the note says so). Under several, none of them the default, a
+    :class:`UsageError` that names them."""
+    reg = open_registry(registry)
+    if protocol is not None:
+        return reg.resolve_protocol(protocol), None
+    default = reg.resolve_protocol(None)
+    holding = [name for name in sorted(reg.protocols) if generator in reg.generator_entries(name)]
+    if not holding or default in holding:
+        return default, None
+    if len(holding) > 1:
+        raise UsageError(f"{generator} is enrolled under {', '.join(holding)}, not under the default protocol "
+                         f"{default}: pass --protocol with one of them")
+    return holding[0], (f"{generator} is enrolled under {holding[0]} only, not under the default protocol {default}: "
+                        f"working under {holding[0]}")
 
 
 def _batch_digests(data: np.ndarray, size: int) -> list[np.ndarray]:
@@ -1781,14 +1806,17 @@ def combine_protocols(name: str, parts: Sequence[str], *, description: str = "",
     except RegistryError as exc:
         raise UsageError(str(exc)) from None
     before = reg.protocols.get(name)
-    reg.add_protocol(combination, overwrite=overwrite, default=default)
+    unchanged = before is not None and before.digest == combination.digest and not overwrite \
+        and (not default or reg.default_protocol == name)  # add_protocol writes nothing then
+    stored = reg.add_protocol(combination, overwrite=overwrite, default=default)
     combination = reg.protocol(name)  # as stored: the same combination again keeps its record and description
     kept = () if overwrite or before is None or before.digest != combination.digest \
         or not description or description == before.description else (
         f"{own}protocol.yaml: combination {name} of these protocols exists already and keeps its description "
         f"({before.description or 'none'!r}); --overwrite gives it the new one",)
     return CombinationResult(combination, len(reg.enrolled(name)), reg.path,
-                             kept + tuple(w for w in reg.warnings if w.startswith(own)))
+                             kept + tuple(w for w in reg.warnings if w.startswith(own)),
+                             written=not unchanged, file=stored)
 
 
 # -- curation -------------------------------------------------------------------------------------
@@ -1870,7 +1898,7 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
                 progress: Progress | None = None, operating_point: str = "balanced") -> HeldoutResult:
     """Attribute every zoo generator's held-out set (never enrolled) with each matcher, against the
     protocol's enrolled curves and the registry's calibrated thresholds at ``operating_point``."""
-    from forensics.engine import make_engine
+    from forensics.engine import check_weights, make_engine
     from forensics.io.images import load_images
     from forensics.match.calibration import check_operating_point
     from forensics.zoo.catalog import select
@@ -1882,6 +1910,7 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
         chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None, ["heldout"])
         pname = reg.resolve_protocol(protocol)
         proto = reg.protocol(pname)
+        check_weights(proto, weights)
         references = reg.enrolled(pname)
         if not references:
             raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol "
@@ -1943,7 +1972,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     jpeg60`` keeps a new condition for every enrolled zoo instance in one command. ``on_enrolled`` hears of
     each set as it is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
     from forensics.conditions import parse_conditions
-    from forensics.engine import batch_records, engine_class, one_encoder_weights
+    from forensics.engine import batch_records, check_weights, engine_class
     from forensics.io.images import load_images
     from forensics.zoo.catalog import FAMILIES, select
 
@@ -1953,7 +1982,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None,
                     list(instances) if instances else None)
     pname = reg.resolve_protocol(protocol)
-    one_encoder_weights(reg.protocol(pname), weights)
+    check_weights(reg.protocol(pname), weights)
     with _Step(progress, f"starting torch on {device}"):
         check_compute(device, engine=engine)  # before every sample set is read, not after
         build = engine_class(engine, ray_address)
@@ -2182,7 +2211,7 @@ def clear_cache(*, older_than: str | float | None = None, protocol: str | None =
     chosen, refused = [], []
     for item in _cache_items(root, registry):
         if item.kind not in ("embeddings", "reference", "layers", "old"):
-            continue  # not written by forensics: never removed
+            continue  # data sets fetched (kept), and what forensics did not write: never removed
         if age is not None and item.age_s < age:
             continue
         if wanted is not None and not wanted & set(item.protocols):

@@ -133,7 +133,7 @@ def parse_threads(value: str | int | None, source: str = "--threads") -> int | N
     if value is None:
         return None
     text = str(value).strip().lower()
-    if text in ("", "auto", "0"):
+    if text in ("", "auto"):
         return None
     try:
         n = int(text)

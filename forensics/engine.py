@@ -555,6 +555,19 @@ def one_encoder_weights(protocol: Protocol | Combination, weights: str | None) -
                          f"{', '.join(p.name for p in protocol.parts)}: use it under one of them")
 
 
+def check_weights(protocol: Protocol | Combination, weights: str | None) -> None:
+    """What ``--weights`` asks that the protocol refuses, refused before any data set is fetched or image read:
+    a weights file for a combination (:func:`one_encoder_weights`), and random weights for an encoder whose
+    recorded weights are not random (a file's digest is checked when the encoder is built)."""
+    one_encoder_weights(protocol, weights)
+    if weights is not None and str(weights) == "random":
+        for part in protocol.parts:
+            if part.encoder.weights_source != "random":
+                raise ProtocolMismatch(f"--weights random: random weights are not the weights of protocol "
+                                       f"{part.name!r} ({part.encoder.weights_source}); leave --weights out to use "
+                                       "its own, or pass its weights file")
+
+
 class CombinedEngine:
     """Computes a :class:`~forensics.protocol.Combination`'s fingerprints: every part's :class:`Engine` on
     the same images, their curves end to end, each layer named ``<part>/<layer>``."""

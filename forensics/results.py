@@ -585,6 +585,8 @@ class CombinationResult:
     n_instances: int
     registry: Path
     warnings: tuple[str, ...] = ()
+    written: bool = True                 # False: the same combination was there already, nothing was written
+    file: Path | None = None             # its protocol.yaml, where it is stored (a read-only layer's where unchanged)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": PROTOCOL_COMBINATION_SCHEMA, "name": self.combination.name,
@@ -879,8 +881,9 @@ CACHE_CLEAR_SCHEMA = "forensics.cache-clear/1"
 class CacheItem:
     """One entry of the user cache (:func:`forensics.list_cache`): ``kind`` is ``embeddings`` (one layer
     of one image set), ``reference`` (a protocol's fitted reference side), ``layers`` (an encoder's layer
-    widths, recorded so that a build need not measure them), ``old`` (a file of an earlier cache format,
-    no longer read) or ``other`` (not written by forensics: never removed); ``protocols``
+    widths, recorded so that a build need not measure them), ``datasets`` (the data sets forensics fetches,
+    CIFAR-10: kept by :func:`forensics.clear_cache`), ``old`` (a file of an earlier cache format, no longer
+    read) or ``other`` (not written by this version of forensics: never removed); ``protocols``
     the registry's protocols it serves (by their reference sets' hashes and encoder), ``age_s`` seconds
     since it was last written."""
 

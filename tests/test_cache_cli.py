@@ -187,7 +187,7 @@ def test_recorded_layer_widths_are_listed_and_cleared_as_forensics_own(cache):
 
 
 def test_a_cache_folder_that_is_a_file_or_a_registry_that_is_not_there_is_said_at_once(tmp_path, monkeypatch):
-    from forensics.errors import ForensicsError, RegistryError
+    from forensics.errors import ForensicsError, UsageError
 
     (tmp_path / "cfile").write_text("x")
     monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cfile"))
@@ -197,6 +197,6 @@ def test_a_cache_folder_that_is_a_file_or_a_registry_that_is_not_there_is_said_a
     result = cli("cache", "list")
     assert result.exit_code == 1 and "is not a folder" in result.stderr
     monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(RegistryError, match="no registry at"):
+    with pytest.raises(UsageError, match="no registry at"):  # a path given that is not there: wrong usage
         forensics.list_cache(registry=tmp_path / "nowhere")
-    assert cli("cache", "list", "--registry", tmp_path / "nowhere").exit_code == 1
+    assert cli("cache", "list", "--registry", tmp_path / "nowhere").exit_code == 2

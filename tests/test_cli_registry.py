@@ -166,7 +166,7 @@ def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "pooled": pooled}})
     assert any("pooled thresholds were chosen under an older rule" in w for w in Registry.open(paper_copy).warnings)
     shown = " ".join(run("show", PROTOCOL_NAME, "--registry", paper_copy).stdout.split())
-    assert "alpha: unknown when" in shown and "was chosen under an older rule: run `forensics registry calibrate`" in shown
+    assert "alpha: unknown when" in shown and "was chosen under an older rule: run `forensics registry calibrate -p he2024-cifar10-vitb16`" in shown
     reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "pooled": {**pooled, "adopted": False}}})
     assert not Registry.open(paper_copy).warnings  # one not adopted answers nowhere: nothing to warn of
     run("remove", "DDPM", "--instance", "ddpm_3", "--registry", paper_copy)

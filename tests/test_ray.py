@@ -67,7 +67,9 @@ def forget_reference_sides(root):
 # -- without Ray running ---------------------------------------------------------------------------
 def test_missing_ray_is_one_line_naming_the_extra(monkeypatch, toy_protocol):
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(UsageError, match=r"forensics-attribution\[ray\]") as info:
+    from forensics.extras import MissingExtra
+
+    with pytest.raises(MissingExtra, match=r"forensics-attribution\[ray\]") as info:  # a failed run, exit 1
         make_engine(toy_protocol(), engine="ray")
     assert "\n" not in str(info.value)
 

@@ -335,12 +335,14 @@ def test_importing_the_papers_curves_records_their_family(tmp_path):
     shutil.rmtree(tmp_path / "release")
 
 
-def test_a_bundled_generators_family_is_read_but_not_changed_from_the_user_registry(tmp_path, monkeypatch):
+def test_a_bundled_generators_family_is_set_in_a_copy_in_the_user_registry(tmp_path, monkeypatch):
     monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
     monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
     shipped = bundled_registry_path() / "mnist-vit" / "generators" / "ddim.yaml"
     before = shipped.read_bytes()
     assert run("family", "ddim").stdout.strip().endswith("family ddpm-net")  # the default combination's
-    result = run("family", "ddim", "other", "--protocol", "mnist-vit", code=2)
-    assert "read-only registry" in result.output and "--registry" in result.output
-    assert shipped.read_bytes() == before and not (tmp_path / "data" / "registry" / "mnist-vit").exists()
+    run("family", "ddim", "ddpm-net", "--protocol", "mnist-vit")  # already so: nothing is copied
+    assert not (tmp_path / "data" / "registry" / "mnist-vit").exists()
+    run("family", "ddim", "other", "--protocol", "mnist-vit")  # as enrol and records do: the file is copied up
+    copy = tmp_path / "data" / "registry" / "mnist-vit" / "generators" / "ddim.yaml"
+    assert shipped.read_bytes() == before and yaml.safe_load(copy.read_text())["family"] == "other"

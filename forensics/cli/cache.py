@@ -80,8 +80,10 @@ def _groups(items):
             key = (i.kind, (), "embeddings of an older cache format (no longer read)", None)
         elif i.kind == "layers":
             key = (i.kind, (), "encoders' layer widths, measured once", None)
+        elif i.kind == "datasets":
+            key = (i.kind, (), i.what, None)
         else:
-            key = (i.kind, (), "not written by forensics (never removed)", None)
+            key = (i.kind, (), "not written by this version of forensics (never removed)", None)
         groups.setdefault(key, []).append(i)
     return [(*key, found) for key, found in groups.items()]
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
+from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, check_reports, write_reports
 from forensics.cli.common import (
     OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_DROP_ENROLLED, OPT_DROP_REPEATS, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE,
     OPT_OFFLINE, OPT_OPERATING_POINT, OPT_PLOTS, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE,
@@ -103,10 +103,7 @@ def attribute(
     from forensics.report.terminal import render_attribution
 
     use_offline(offline)
-    if html_out is not None or plots_dir is not None:
-        from forensics.report.html import check_outputs
-
-        check_outputs(html_out, plots_dir)  # before minutes of embedding, not after
+    check_reports(html_out, plots_dir)  # before minutes of embedding, not after
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
@@ -155,10 +152,7 @@ def memorization(
     from forensics.report.terminal import render_memorization
 
     use_offline(offline)
-    if html_out is not None or plots_dir is not None:
-        from forensics.report.html import check_outputs
-
-        check_outputs(html_out, plots_dir)  # before minutes of embedding, not after
+    check_reports(html_out, plots_dir)  # before minutes of embedding, not after
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,
@@ -299,8 +293,14 @@ def protocol_combine(
 
     result = combine_protocols(name, parts, description=description, overwrite=overwrite, default=make_default,
                                registry=registry)
-    err.print(f"combination {esc(name)} ({short(result.combination.digest)}) of {esc(', '.join(parts))} written to "
-              f"{esc(result.registry)}; {result.n_instances} instance(s) enrolled under all of them")
+    what = f"combination {esc(name)} ({short(result.combination.digest)}) of {esc(', '.join(parts))}"
+    if result.written:
+        err.print(f"{what} written to {esc(result.registry)}; {result.n_instances} instance(s) enrolled under all "
+                  "of them")
+    else:  # the same combination again: nothing to write
+        where = result.file if result.file is not None else result.registry
+        err.print(f"{what} exists unchanged at {esc(where)}; nothing written; {result.n_instances} instance(s) "
+                  "enrolled under all of them")
     for warning in result.warnings:
         err.print(f"[yellow]note:[/] {esc(warning)}")
     print_json(result.to_dict())

@@ -276,6 +276,22 @@ def check_output(path: Any) -> None:
     check_output_path(path)
 
 
+def check_reports(html_out: Any, plots_dir: Any) -> None:
+    """Refuse what ``--html`` / ``--plots`` ask for before the run, not after it: ``--plots`` without the extra
+    'plots' (a missing extra, exit 1, as :func:`forensics.extras.require` says it), then the output paths
+    (:func:`forensics.report.html.check_outputs`)."""
+    if html_out is None and plots_dir is None:
+        return
+    from forensics.report.html import check_outputs
+
+    check_outputs(html_out, None)
+    if plots_dir is not None:
+        from forensics.extras import require
+
+        require("plots", "--plots (each plot as a PNG file)")
+        check_outputs(None, plots_dir)
+
+
 def write_reports(page: str, result: Any, html_out: Any, plots_dir: Any) -> None:
     """Write what ``--html`` / ``--plots`` asked for, from the page builder ``page`` of
     :mod:`forensics.report.html` (e.g. ``"attribution_page"``), one line on stderr per output."""

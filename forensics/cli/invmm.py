@@ -10,7 +10,7 @@ import typer
 
 from forensics.cli.common import (
     OPT_HTML, OPT_JSON, OPT_NO_RECURSIVE, OPT_PLOTS, OPT_REGISTRY, OPT_WORKERS, STATE, err, esc, handle_errors,
-    input_notes, out, print_json, progress_bar, write_reports,
+    check_reports, input_notes, out, print_json, progress_bar, write_reports,
 )
 from forensics.errors import UsageError
 
@@ -203,10 +203,8 @@ def invmm(
     if images is None:
         raise UsageError("give IMAGES (a folder, .npz or .npy), or --list")
     from forensics.api import invmm as run
-    from forensics.report.html import check_outputs
-
     overrides = _parse_settings(setting)
-    check_outputs(html_out, plots_dir)  # before minutes of optimisation, not after
+    check_reports(html_out, plots_dir)  # before minutes of optimisation, not after
     progress, update = progress_bar()
     live: dict[str, Any] = {}
 

@@ -13,7 +13,7 @@ from forensics.cli.common import (
     complete_protocol, print_json, progress_bar, use_offline,
 )
 from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, OPT_OPERATING_POINT, OPT_PLOTS, input_notes
-from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, write_reports
+from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, check_reports, write_reports
 
 if TYPE_CHECKING:
     from forensics.results import EvaluationResult, ProtocolDetail, RegistryListing
@@ -91,10 +91,12 @@ def show(
         _render_protocol(result, full_curves=generator is not None)
 
 
-def _calibration_text(cal: dict) -> str:
-    """One matcher's calibration (:func:`forensics.api.calibration_summary`) as a line of ``registry show``."""
+def _calibration_text(cal: dict, protocol: str) -> str:
+    """One matcher's calibration (:func:`forensics.api.calibration_summary`) under ``protocol`` as a line of
+    ``registry show``."""
+    again = f"`forensics registry calibrate -p {protocol}`"
     if cal["thresholds_from"] == "stale":
-        return "made on other references: recalibrated at every fit (run `forensics registry calibrate`)"
+        return f"made on other references: recalibrated at every fit (run {again})"
     if not cal["calibrated"]:
         return "not calibrated"
     pool = cal.get("pool") or {}
@@ -103,7 +105,7 @@ def _calibration_text(cal: dict) -> str:
         return f"{when}, for every batch (pooled over {pool['n_cells']} (condition, batch size) cells)"
     if pool.get("adopted"):  # adopted, yet not answering: chosen under an older rule
         return (f"{when} as generated at m, each other cell calibrated on its own (the pool over {pool['n_cells']} "
-                "cells was chosen under an older rule: run `forensics registry calibrate`)")
+                f"cells was chosen under an older rule: run {again})")
     if pool and pool.get("balanced_accuracy") is not None:
         return (f"{when} as generated at m, each other cell calibrated on its own (the pool over "
                 f"{pool['n_cells']} cells was not adopted: {pool['balanced_accuracy']:.3f} against "
@@ -154,7 +156,7 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
             out.print(f"{indent}records   under {len(made)} conditions besides none, made with {'; '.join(by)}",
                       markup=False)
     for mname, cal in result.calibration.items():  # whose open-set thresholds answer
-        out.print(f"  calibration {mname}: {_calibration_text(cal)}", markup=False)
+        out.print(f"  calibration {mname}: {_calibration_text(cal, proto.name)}", markup=False)
     instances = [inst for e in chosen.values() for inst in e.instances]
     # an instance id made from its input's hash says the input already
     inputs = any(inst.provenance.get("input_sha256") and not inst.id.startswith(_fmt(inst.provenance["input_sha256"]))
@@ -310,16 +312,22 @@ def records(
     enrolled curve here; then the records under each condition it does not keep yet are written beside its
     generator file (those it keeps are left as they are), and the images' size and per-image digests where it
     records none (the digests, which tell a query holding some of these images, need no embedding). A
-    generator of the bundled registry has its file copied into the user registry with the new records. For
+    generator of the bundled registry has its file copied into the user registry with the new records. Without
+    --protocol: the default protocol where it holds NAME, else the one protocol NAME is enrolled under. For
     every zoo instance at once: forensics zoo enroll --conditions jpeg60.
 
     Example: forensics registry records dcgan samples/dcgan.npz --conditions none,jpeg90
     """
     from forensics.api import add_records as run
+    from forensics.api import generator_protocol, open_registry
 
+    reg = open_registry(registry)
+    protocol, note = generator_protocol(name, protocol, registry=reg)  # the one protocol that holds it, if one
+    if note:
+        err.print(f"[yellow]note:[/] {esc(note)}", soft_wrap=True)
     progress, update = progress_bar()
     with progress:
-        kept = run(images, name, protocol=protocol, registry=registry, conditions=conditions, device=device,
+        kept = run(images, name, protocol=protocol, registry=reg, conditions=conditions, device=device,
                    weights=weights, progress=update, recursive=not no_recursive)
     if json_out:
         print_json({"generator": name, "instances": {k: list(v) for k, v in kept.items()}})
@@ -415,7 +423,8 @@ def family(
 
     Generators of one family (one diffusion network under several samplers) can draw curves the matchers
     cannot tell apart; when calibration shows them taken for one another, the verdict names the family.
-    Under a combination, the family is set under every protocol it combines. Nothing is re-enrolled.
+    Under a combination, the family is set under every protocol it combines. Nothing is re-enrolled. A
+    generator of the bundled registry has its file copied into the user registry with the new family.
     Example: forensics registry family ddim ddpm-net --protocol mnist-effnet-lite0
     """
     from forensics.api import generator_family
@@ -430,9 +439,9 @@ def family(
         elif result.changed:
             was = result.previous or ("none" if result.family else "not a valid family")  # a bad value reads as none
             out.print(f"{name} under {result.protocol}: family {was} → {now} (written under "
-                      f"{', '.join(result.changed)})", markup=False)
+                      f"{', '.join(result.changed)} in {result.registry})", markup=False)
         else:
-            out.print(f"{name} under {result.protocol}: family {now} already; nothing to write", markup=False)
+            out.print(f"{name} under {result.protocol}: family {now} already; nothing changed", markup=False)
     for problem in result.problems:
         err.print(f"[yellow]![/] {esc(problem)}")
 
@@ -552,10 +561,7 @@ def evaluate(
     """
     from forensics.api import evaluate as run
 
-    if html_out is not None or plots_dir is not None:
-        from forensics.report.html import check_outputs
-
-        check_outputs(html_out, plots_dir)  # before the evaluation, not after
+    check_reports(html_out, plots_dir)  # before the evaluation, not after
     progress, update = progress_bar()
     with progress:
         result = run(protocol=protocol, registry=registry, matchers=matcher, stability=stability, progress=update,

@@ -27,12 +27,15 @@ INSTALL_HINT = "pip install 'forensics-attribution[ray]'"
 
 
 def require_ray() -> Any:
-    """The ``ray`` module with Ray Data, or a one-line :class:`UsageError` naming the extra to install."""
+    """The ``ray`` module with Ray Data, or a one-line :class:`~forensics.extras.MissingExtra` (a failed run,
+    exit 1, as every missing extra) naming the extra to install."""
+    from forensics.extras import MissingExtra
+
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise UsageError(f"--engine ray needs Ray with Ray Data ({exc.name or 'ray'} is not installed): "
+        raise MissingExtra(f"--engine ray needs Ray with Ray Data ({exc.name or 'ray'} is not installed): "
                          f"{INSTALL_HINT}, or use the local engine") from None
     return ray
 

@@ -364,6 +364,13 @@ def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
             for item in sorted(top.iterdir()):  # an encoder's layer widths, measured once (forensics_timm)
                 size, mtime = _size_and_time(item)
                 yield CacheEntry(item, "layers", size, mtime, f"layer widths of {item.stem.rsplit('-', 1)[0]}")
+        elif top.name == "datasets" and top.is_dir() and not top.is_symlink():
+            # data sets forensics fetches (CIFAR-10, forensics_datasets.cifar10_cache), kept by `cache clear`
+            size, mtime = _size_and_time(top)
+            held = sorted(item.name for item in top.iterdir())
+            yield CacheEntry(top, "datasets", size, mtime, "data sets fetched by forensics (CIFAR-10): "
+                             + (", ".join(held) if held else "none yet (an unfinished fetch left the folder)")
+                             + "; `cache clear` keeps them")
         else:
             size, mtime = _size_and_time(top)
             yield CacheEntry(top, "other", size, mtime, "not written by this version of forensics")

@@ -104,6 +104,9 @@ def git_snapshot(rev: str, registry: str | Path, into: str | Path) -> Path:
         raise UsageError(f"{rev!r} is not a git revision (a branch, a tag or a commit; not an option)")
     into = Path(into)
     folder = Path(registry).resolve()
+    if not in_git(folder):  # an installed package's registry, or a folder outside any checkout
+        raise UsageError(f"git:{rev} reads the registry from git, but {folder} is not in a git checkout: compare "
+                         "with a registry folder instead (forensics registry diff FOLDER)")
     try:
         top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], check=True,
                              capture_output=True, text=True).stdout.strip()
@@ -139,4 +142,7 @@ def open_state(spec: str, registry: str | Path | None, into: str | Path, below: 
     if spec.startswith("git:"):
         path = git_snapshot(spec[4:], registry or default_registry_path(), into)
         return Registry.open(path, strict=False, create=True, below=below)
-    return Registry.open(Path(spec), strict=False, below=below)
+    if not Path(spec).expanduser().is_dir():  # a wrong path given on the command line: usage, not a damaged registry
+        raise UsageError(f"no registry folder at {spec}: give the folder of a registry (one holding registry.yaml), "
+                         "or git:REV for the registry at a git revision")
+    return Registry.open(Path(spec).expanduser(), strict=False, below=below)

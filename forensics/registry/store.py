@@ -214,8 +214,13 @@ class Registry:
         rest = [p for p in rest if p.resolve() != top.resolve()]
         reg = cls(top, rest)
         create = create or bool(rest)
+        named = below is None and not rest  # one folder the user named (--registry, $FORENSICS_REGISTRY)
         for folder in reg.layers:
             if not folder.exists() and (folder != top or not create):
+                if named:  # a path that is not there is a wrong value, not a damaged registry
+                    how = f"set {ENV} to" if path is None else "pass --registry"
+                    raise UsageError(f"no registry at {folder}: {how} the folder of a registry (one holding "
+                                     f"{REGISTRY_FILE}), or leave it out to use your user registry over the bundled one")
                 raise RegistryError(f"no registry at {folder} (pass --registry PATH or set {ENV})")
             if folder.exists() and not folder.is_dir():
                 raise RegistryError(f"{folder}: a registry is a folder, this is a file")
@@ -521,14 +526,16 @@ class Registry:
         for name, cal in self.calibrations[protocol].items():
             if cal.get("references_digest") != current:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated on other references than the registry "
-                                     "now holds; matchers recalibrate at fit (run `forensics registry calibrate`)")
+                                     "now holds; matchers recalibrate at fit (run `forensics registry calibrate "
+                                     f"-p {protocol}`)")
             elif cal.get("rule") != CALIBRATION_RULE:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
-                                     "matchers recalibrate at fit (run `forensics registry calibrate`)")
+                                     "matchers recalibrate at fit (run `forensics registry calibrate "
+                                     f"-p {protocol}`)")
             elif (cal.get("pooled") or {}).get("adopted") and cal["pooled"].get("rule") != POOL_RULE:
                 self.warnings.append(f"{label}: matchers.{name}: its pooled thresholds were chosen under an older "
                                      "rule than this version's; each (condition, batch size) calibrates on its own "
-                                     "until `forensics registry calibrate` pools again")
+                                     f"until `forensics registry calibrate -p {protocol}` pools again")
 
     def _load_processing(self, protocol: str, layers: Sequence[Path], problems: Problems) -> None:
         """Read what processed the records of ``protocol`` in each of ``layers`` (nearest first); two layers
@@ -1375,10 +1382,11 @@ class Registry:
                         held += [i.id for i in below[1].instances]
                         continue
                     raise UsageError(
-                        f"{generator} under {part.name} is in the bundled registry at {below[0]}, which commands "
-                        f"do not change; pass --registry {below[0]} to change it there"
-                        + ("; the instances enrolled in the user registry go with --instance, and then its copy of "
-                           "the file with `forensics registry refresh`" if entry else ""))
+                        f"{generator} under {part.name} comes with forensics (the bundled registry at {below[0]}, "
+                        "read-only), and your user registry cannot hide it: "
+                        + ("remove the instances enrolled here with --instance, then drop the copy of its file with "
+                           "`forensics registry refresh`" if entry else
+                           f"to leave it out, copy that folder and pass the copy with --registry (or set {ENV})"))
                 if entry is None:
                     continue
                 found = True
@@ -1513,10 +1521,12 @@ class Registry:
                     row["dropped_records"].append(f"{inst.id}/{c}")
                     if here.is_file():
                         drop.append(self._safe(here))
+        # a family set here (`registry family`) is the user's choice, kept over the bundled file's
+        own_family = copy.family is not None and copy.family != below.family
         entry = GeneratorEntry(below.name, below.description, below.protocol_digest,
                                [*below.instances, *(i for i in copy.instances if i.id not in theirs)],
-                               below.family if below.family is not None else copy.family)
-        if not row["kept"] and not row["kept_records"]:
+                               copy.family if own_family else below.family)
+        if not row["kept"] and not row["kept_records"] and not own_family:
             row["action"] = "removed"
         elif entry.to_dict() != copy.to_dict():
             row["action"] = "updated"
@@ -1526,8 +1536,10 @@ class Registry:
         """Record (or, with None, clear) the model ``generator`` shares with other enrolled generators under a
         protocol, without enrolling anything: under a combination, in the file of every protocol of it that
         holds the generator, all or nothing. Returns the protocols whose file changed (none when each already
-        records ``family``). Only the written layer changes: a generator file a read-only layer (the bundled
-        registry) holds is refused. A file whose only problem is its family is rewritten with the new one."""
+        records ``family``). Only the written layer changes: a generator file only a read-only layer (the bundled
+        registry) holds is copied into it with the new family, as :meth:`enroll` copies it with new instances
+        (nothing is copied where the family is already so). A file whose only problem is its family is rewritten
+        with the new one."""
         check_name("generator name", generator)
         if family is not None:
             check_family(family)
@@ -1538,14 +1550,22 @@ class Registry:
             changes: list[tuple[Path, dict[str, Any]]] = []
             changed: list[str] = []
             found = False
+            copied: list[str] = []
             for part in proto.parts:
                 gfile = self._generator_file(part.name, generator)
                 if not gfile.is_file():
                     below = self._entry_below(part, generator) if not gfile.is_symlink() else None
-                    if below is not None:
-                        raise UsageError(f"{generator} under {part.name} is in the read-only registry at {below[0]}, "
-                                         f"which commands do not change; pass --registry {below[0]} to set its "
-                                         "family there")
+                    if below is None:
+                        continue
+                    found = True
+                    entry = below[1]
+                    if entry.family == family:
+                        continue  # already so: nothing is copied
+                    # as an enrolment does: the bundled file is copied into this layer, with the new family
+                    entry.family = family
+                    changes.append((gfile, entry.to_dict()))
+                    changed.append(part.name)
+                    copied.append(part.name)
                     continue
                 label = self._label(gfile)
                 problems = Problems()
@@ -1565,6 +1585,7 @@ class Registry:
                 known = ", ".join(sorted(self.generators.get(protocol_name, {}))) or "none"
                 raise UsageError(f"no generator {generator!r} under protocol {protocol_name!r}; known: {known}")
             if changes:
+                self._copy_up(copied)  # the protocols a copied file is read against
                 self._write_all(changes)
         self.reload()
         return changed
