@@ -385,8 +385,10 @@ def _encoder_entry(name: str, provided: Provided) -> dict[str, Any]:
 # -- reading images -------------------------------------------------------------------------------
 def read_images(images: Images, protocol: Protocol | Combination, *, workers: int = 0, recursive: bool = True,
                 progress: Progress | None = None, native: tuple[int, int] | None = None
-                ) -> tuple[np.ndarray, ImageInput]:
-    """The images as one uint8 array, with the record a report keeps of them.
+                ) -> tuple[np.ndarray, ImageInput, tuple[str, ...]]:
+    """The images as one uint8 array, with the record a report keeps of them, and the warnings for what
+    reading the files left out (frames after the first of a multi-frame file, transparency:
+    :attr:`forensics.io.images.ImageSet.notes`).
 
     A folder is searched recursively unless ``recursive`` is False; hidden entries and files that are not
     images are skipped, and the record says how many (:func:`forensics.io.images.read_image_set`). A folder
@@ -398,7 +400,7 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
 
     if isinstance(images, np.ndarray):
         data = as_uint8_images(images)
-        return data, ImageInput(None, len(data), sha256_array(data), sizes=((data.shape[1], data.shape[2]),))
+        return data, ImageInput(None, len(data), sha256_array(data), sizes=((data.shape[1], data.shape[2]),)), ()
     prep = protocol.parts[0].encoder.preprocessing
     with _Step(progress, "reading images"):
         report = None if progress is None else (lambda done, total: progress("decoding images", done, total))
@@ -406,7 +408,7 @@ def read_images(images: Images, protocol: Protocol | Combination, *, workers: in
                                recursive=recursive, progress=report, native=native)
     return found.images, ImageInput(str(images), len(found.images), found.sha256, found.recursive,
                                     found.skipped_counts(), files=tuple(found.files), sizes=found.sizes,
-                                    image_sizes=found.image_sizes, conditions=found.conditions)
+                                    image_sizes=found.image_sizes, conditions=found.conditions), found.notes
 
 
 def _keep_only(data: np.ndarray, record: ImageInput, condition: str | Sequence[str], keep: np.ndarray
@@ -865,14 +867,16 @@ def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
 
 
 def _condition(condition: str | Sequence[str], record: ImageInput, available: Sequence[str] | None,
-               native: tuple[int, int] | None, *, mixtures: bool = False) -> Any:
+               native: tuple[int, int] | None, *, mixtures: bool = False, declared: bool = True) -> Any:
     """The condition a query is matched under (:class:`forensics.conditions.Detected`): declared — one for
     all the images, or one per image in reading order (``condition`` a sequence of names) —, or read from
     the input (``"auto"``), among the conditions the references keep (``available``; None: any, as for a
     reference side fitted under the query's own condition). Either way, images of another size than the
     enrolled instances' (``native``) are brought back to it. ``mixtures``: images processed in several ways
     each keep their own condition (:func:`forensics.conditions.mixed`); without, they are matched all under
-    the most common, with a warning."""
+    the most common, with a warning. ``declared``: the condition comes from the user, and where the input says
+    otherwise (the files' headers or size, an .npz's own 'conditions') the declared one is used, with a
+    warning (:func:`_declared_against`)."""
     from forensics.conditions import NONE, Detected, applicable, detect, get_condition, mixed_sizes, mixture_of
 
     if isinstance(condition, str) and condition == "auto" and record.conditions:  # an .npz naming each one's
@@ -880,18 +884,23 @@ def _condition(condition: str | Sequence[str], record: ImageInput, available: Se
             _check_conditions(record.conditions)
         except UsageError as exc:
             raise UsageError(f"{record.path}: its 'conditions': {exc}") from None
-        return _condition(record.conditions, record, available, native, mixtures=mixtures)
+        _check_kept(record, available)
+        return _condition(record.conditions, record, available, native, mixtures=mixtures, declared=False)
+    if declared and condition != "auto":
+        found = _condition(condition, record, available, native, mixtures=mixtures, declared=False)
+        against = _declared_against(condition, record, available, native)
+        return found if against is None else replace(found, warning="; ".join(filter(None, [found.warning, against])))
     if not isinstance(condition, str):
         names = list(condition)
         if len(names) != record.n_images:
             raise UsageError(f"{len(names)} conditions declared for {record.n_images} images: declare one condition "
                              "for all of them, or one per image in reading order")
         found = mixture_of(names)
-        one = _condition(found[0][0], record, available, native)  # the most common (each name checked below)
+        one = _condition(found[0][0], record, available, native, declared=False)  # the most common (each checked)
         if len(found) == 1:
             return one
         for name, _ in found[1:]:
-            _condition(name, record, available, native)
+            _condition(name, record, available, native, declared=False)
         shares = ", ".join(f"{k} as {n}" for n, k in found)
         if not mixtures:
             return replace(one, warning="; ".join(filter(None, [one.warning, (
@@ -913,6 +922,58 @@ def _condition(condition: str | Sequence[str], record: ImageInput, available: Se
     (h, w), (nh, nw) = record.sizes[0], native
     return Detected(condition, "declared", f"as declared; the images, {w}×{h}, brought back to the {nw}×{nh} the "
                                            "generators write (bicubic)", resample_to=native)
+
+
+def _check_kept(record: ImageInput, available: Sequence[str] | None) -> None:
+    """Refuse an .npz whose 'conditions' name a condition the references keep no records under, saying that
+    the name came from the file, from which image, and what to do."""
+    from forensics.conditions import NONE, nearest_jpeg, records_hint
+
+    if available is None:
+        return
+    for name in dict.fromkeys(record.conditions):
+        if name != NONE and name not in available:
+            first, count = record.conditions.index(name), record.conditions.count(name)
+            near = nearest_jpeg(q, available) if name.startswith("jpeg") and (q := _quality(name)) else None
+            instead = f" (the nearest kept, e.g. --condition {near}, is a guess)" if near else ""
+            raise UsageError(f"{record.path}: its 'conditions' name {name!r} ({count} image(s), the first image "
+                             f"{first + 1}), under which the registry keeps no records for every instance (kept: "
+                             f"{', '.join(available) or 'none'}); {records_hint(name)}, or declare the images' "
+                             f"condition with --condition{instead}")
+
+
+def _quality(name: str) -> int | None:
+    """The quality of a plain re-encoding's name (``jpeg60`` → 60), else None."""
+    from forensics.conditions import get_condition
+
+    found = get_condition(name)
+    return found.jpeg_quality if found.resample is None else None
+
+
+def _declared_against(condition: str | Sequence[str], record: ImageInput, available: Sequence[str] | None,
+                      native: tuple[int, int] | None) -> str | None:
+    """The warning, or None, for a declared condition that the input says otherwise of: an .npz's own
+    'conditions', or what the files' headers and the images' size read as (:func:`forensics.conditions.detect`,
+    among ``available``). The declared condition wins (the analyst may know what a round trip left no trace
+    of); the warning says what the input says."""
+    from forensics.conditions import applicable, detect, mixture_name, mixture_of
+
+    names = (condition,) * record.n_images if isinstance(condition, str) else tuple(condition)
+    shown = condition if isinstance(condition, str) else f"image by image ({mixture_name(mixture_of(names))})"
+    said = []
+    if record.conditions and tuple(record.conditions) != names:
+        said.append(f"the .npz's own 'conditions' name {mixture_name(mixture_of(record.conditions))}")
+    off_size = native is not None and any(tuple(s) != tuple(native) for s in record.sizes)
+    if isinstance(condition, str) and (record.files or off_size):
+        found = detect(list(record.files) or None, applicable() if available is None else available,
+                       sizes=record.sizes, native=native, mixtures=True, image_sizes=record.image_sizes)
+        if found.source == "files" and found.mixture is not None:
+            said.append(f"the {'files' if record.files else 'images'} read as {mixture_name(mixture_of(found.mixture))}")
+        elif found.source == "files" and found.name != condition:
+            said.append(f"the {'files' if record.files else 'images'} read as {found.name} ({found.detail})")
+    if not said:
+        return None
+    return f"declared {shown}, but {' and '.join(said)}: the declared condition was used"
 
 
 def _as_matched(cond: Any, data: np.ndarray) -> np.ndarray:
@@ -976,7 +1037,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
         engine = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
                          progress=progress, engine=engine, ray_address=ray_address)
     native = generated_size(references)
-    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
+    data, record, notes = read_images(images, proto, workers=workers, recursive=recursive, progress=progress,
+                                      native=native)
     data, record, condition, enrolled = _without_enrolled(data, record, condition, reg, proto.name, references,
                                                           drop_enrolled)
     data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
@@ -1043,7 +1105,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
-                             warnings=tuple(dict.fromkeys([*enrolled, *filter(None, [repeats]), *sized.problems,
+                             warnings=tuple(dict.fromkeys([*notes, *enrolled, *filter(None, [repeats]), *sized.problems,
                                                            *filter(None, [cond.warning, mixed])])))
 
 
@@ -1082,7 +1144,8 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
         native = generated_size(reg.enrolled(proto.name))  # the size the enrolled generators write: T's
     with _Step(progress, f"starting torch on {device}"):
         compute = check_compute(device, amp, engine)
-    data, record = read_images(images, proto, workers=workers, recursive=recursive, progress=progress, native=native)
+    data, record, notes = read_images(images, proto, workers=workers, recursive=recursive, progress=progress,
+                                      native=native)
     data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
     cond = _condition(condition, record, None, native, mixtures=combinable(proto))
     data = _as_matched(cond, data)
@@ -1101,7 +1164,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     few = None if len(data) >= proto.batch_size else (
         f"{len(data)} images, fewer than the protocol's batch of {proto.batch_size}: |C_T| shrinks with fewer images, "
         "so a layer read as no evidence is weaker evidence of none")
-    warnings = tuple(w for w in (repeats, cond.warning, cond.withhold, few) if w)
+    warnings = tuple(w for w in (*notes, repeats, cond.warning, cond.withhold, few) if w)
 
     def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it
         return {p.name: {"digest": processing_digest(name), **codecs()} for p in proto.parts}
@@ -1177,10 +1240,10 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         engines.check_weights(proto, weights)
     with _Step(progress, f"starting torch on {device}"):
         check_compute(device, engine=engine)
-    data, record = read_images(images, proto, recursive=recursive, progress=progress)
+    data, record, notes = read_images(images, proto, recursive=recursive, progress=progress)
     _as_written(record)
     again = int(repeated(data).sum())
-    warnings = (() if not again else (
+    warnings = notes + (() if not again else (
         f"{again} of the {len(data)} images repeat an earlier image of the set pixel for pixel: each counts as one "
         "more draw of the generator in its instances' curves; if the repeats come from how the samples were "
         "gathered rather than from the generator, remove the instances and enrol the distinct images",)) + tuple(
@@ -1238,7 +1301,7 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     targets = [r for r in reg.enrolled(pname) if r.generator == generator]
     if not targets:
         raise UsageError(f"no generator {generator!r} is enrolled under {pname}")
-    data, record = read_images(images, proto, recursive=recursive, progress=progress)
+    data, record, _ = read_images(images, proto, recursive=recursive, progress=progress)
     _as_written(record)
     mine = [r for r in targets if r.provenance.get("input_sha256") == record.sha256]
     if not mine:

@@ -333,14 +333,71 @@ class JpegFile(NamedTuple):
     subsampled: bool   # colour whose chroma was stored at lower resolution (4:2:2, 4:2:0): lost at any quality
 
 
+class TiffJpegFile(JpegFile):
+    """What a JPEG-compressed TIFF's JPEGTables say of its encoding (as :class:`JpegFile`)."""
+
+    __slots__ = ()
+
+
 def file_jpeg(path: str | Path) -> JpegFile | None:
     """What an image file's JPEG header says (:class:`JpegFile`), None when it is not a JPEG. Read once per
-    state of the file (its modification time, size and inode): a folder is read kind by kind and as a whole."""
+    state of the file (its modification time, size and inode): a folder is read kind by kind and as a whole.
+    A JPEG-compressed TIFF is read from its JPEGTables (TIFF tag 347, where the quantisation tables of its
+    JPEG strips are kept); one whose tables cannot be read is None here and :func:`file_tiff_jpeg` says so.
+    Chroma subsampled at quality 100 counts only where the decoded image has colour: a grey image saved as
+    colour has flat chroma, which subsampling leaves as it is (the same pixels as the grey file)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     return _jpeg_header(str(path), (st.st_mtime_ns, st.st_size, st.st_ino))
+
+
+def dqt_tables(data: bytes) -> dict[int, list[int]]:
+    """The quantisation tables (table id → 64 steps, in the stream's zigzag order) of the DQT segments in a
+    JPEG stream's bytes (``data`` from its SOI marker: a file, or a TIFF's JPEGTables), up to its first scan."""
+    tables: dict[int, list[int]] = {}
+    if data[:2] != b"\xff\xd8":
+        return tables
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in (0xD9, 0xDA) or length < 2:  # the end, or the first scan: no tables after it here
+            break
+        if marker == 0xDB:
+            seg, at = data[pos + 4:pos + 2 + length], 0
+            while at < len(seg):
+                wide, tq = seg[at] >> 4, seg[at] & 15
+                n = 128 if wide else 64
+                body = seg[at + 1:at + 1 + n]
+                if len(body) < n:
+                    break
+                tables[tq] = [int.from_bytes(body[i:i + 2], "big") for i in range(0, n, 2)] if wide else list(body)
+                at += 1 + n
+        pos += 2 + length
+    return tables
+
+
+#: TIFF tags read for a JPEG-compressed TIFF: Compression, Photometric, JPEGTables, YCbCrSubSampling
+_TIFF_COMPRESSION, _TIFF_PHOTOMETRIC, _TIFF_JPEG_TABLES, _TIFF_YCBCR_SUBSAMPLING = 259, 262, 347, 530
+
+
+def _tiff_jpeg(im: Any) -> tuple[dict[int, list[int]], bool] | None:
+    """(the quantisation tables, whether chroma is subsampled) of a JPEG-compressed TIFF open in Pillow; None
+    when it is not one. Its tables are empty when its JPEGTables tag holds none (old-style JPEG, compression 6)."""
+    tags = getattr(im, "tag_v2", None)
+    if im.format != "TIFF" or tags is None or tags.get(_TIFF_COMPRESSION) not in (6, 7):
+        return None
+    raw = tags.get(_TIFF_JPEG_TABLES)
+    tables = dqt_tables(bytes(raw)) if isinstance(raw, (bytes, bytearray)) else {}
+    sampling = tuple(tags.get(_TIFF_YCBCR_SUBSAMPLING) or (2, 2))
+    return tables, tags.get(_TIFF_PHOTOMETRIC) == 6 and sampling != (1, 1)
+
+
+def _grey(im: Any) -> bool:
+    """Whether a colour image (open in Pillow, not yet decoded) decodes to R = G = B everywhere."""
+    rgb = np.asarray(im.convert("RGB"))
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -349,15 +406,36 @@ def _jpeg_header(path: str, stamp: tuple[int, int, int]) -> JpegFile | None:
 
     try:
         with Image.open(path) as im:
-            if im.format != "JPEG":
+            if im.format == "JPEG":
+                tables = getattr(im, "quantization", None) or {}
+                subsampled = im.mode not in ("L", "1") and JpegImagePlugin.get_sampling(im) > 0
+                kind = JpegFile
+            elif (tiff := _tiff_jpeg(im)) is not None:
+                (tables, subsampled), kind = tiff, TiffJpegFile
+                subsampled = subsampled and im.mode not in ("L", "1")
+            else:
                 return None
-            tables = getattr(im, "quantization", None) or {}
-            subsampled = im.mode not in ("L", "1") and JpegImagePlugin.get_sampling(im) > 0
+            if 0 not in tables:
+                return None
+            quality, exact = jpeg_quality(tables[0])
+            if subsampled and exact and quality == 100 and _grey(im):  # flat chroma: subsampling lost nothing
+                subsampled = False
     except (OSError, ValueError):
         return None
-    if 0 not in tables:
-        return None
-    return JpegFile(*jpeg_quality(tables[0]), subsampled)
+    return kind(quality, exact, subsampled)
+
+
+def file_tiff_jpeg(path: str | Path) -> bool:
+    """Whether an image file is a JPEG-compressed TIFF whose quantisation tables cannot be read (no
+    JPEGTables): lossy at a quality nothing in the file says."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            found = _tiff_jpeg(im)
+    except (OSError, ValueError):
+        return False
+    return found is not None and 0 not in found[0]
 
 
 def file_webp(path: str | Path) -> str | None:
@@ -530,7 +608,7 @@ def _bicubic() -> Any:
 
 def lossless(jpeg: JpegFile) -> bool:
     """Whether a JPEG file changed nothing the encoders see: every quantisation step 1 (libjpeg's quality
-    100), and no chroma subsampled — only the rounding of its transform is left, and it is matched as
+    100), and no chroma subsampled where the image has colour (:func:`file_jpeg`) — only the rounding of its transform is left, and it is matched as
     generated. (On the default, the 9 held-out sets saved at quality 100 were named right 9 of 9 times as
     generated and 1 of 9 as 95; at 98 neither holds, and 98 is kept: docs/robustness.md.)"""
     return jpeg.exact and jpeg.quality == 100 and not jpeg.subsampled
@@ -694,7 +772,11 @@ def _webp(files: Sequence[str | Path], available: Sequence[str]) -> Detected:
     lossy = [f for f in files if file_webp(f) == "lossy"]
     share = f"{len(lossy)} of the {len(files)} files are lossy WebP"
     if not lossy:
-        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated")
+        tiffs = sum(file_tiff_jpeg(f) for f in files)
+        return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated", None if not tiffs
+                        else f"{tiffs} of the {len(files)} files are JPEG-compressed TIFF, lossy at a quality they do not "
+                             "record (no JPEGTables): matched as generated, which they are not; declare what they went "
+                             "through with --condition (e.g. jpeg75)")
     if 2 * len(lossy) < len(files):
         return Detected(NONE, "files", f"none of the {len(files)} files is a JPEG; assumed as generated",
                         f"{share}: matched as generated, which they are not; attribute each kind of file on its own")
@@ -839,11 +921,17 @@ def _encoding(files: Sequence[str | Path] | None, available: Sequence[str]) -> D
         how = "coarsely" if quality < near else "finely"
         warnings.append(f"JPEG quality {quality} quantises {math.exp(step):.2g}× as {how} as {near}, the nearest "
                         f"quality the references keep: matched as {name}, which it is not")
+    if quality == 100 and any(j is not None and j.quality == 100 and j.exact and j.subsampled for j in found):
+        warnings.append(f"the JPEG files at quality 100 store their colour (chroma) subsampled (4:2:0 or 4:2:2), which "
+                        f"loses colour detail: not lossless, so matched as {name}; save them with subsampling=0 (4:4:4) "
+                        "to keep them as generated")
     if foreign:
         warnings.append(f"{foreign} of the {jpegs} JPEG files have quantisation tables other than libjpeg's (another "
                         f"encoder: a camera or an image editor): their quality is the nearest libjpeg quality, and "
                         f"{name} is libjpeg's processing, not theirs")
     if count < len(files):
         warnings.append(differ(name))
+    tiffs = sum(isinstance(j, TiffJpegFile) for j in found)
+    within = f" ({tiffs} of them JPEG-compressed TIFF, read from their JPEGTables)" if tiffs else ""
     return Detected(name, "files", f"JPEG quality {quality} read from the quantisation tables of {count} of "
-                                   f"{len(files)} files{mixed}", "; ".join(warnings) or None)
+                                   f"{len(files)} files{within}{mixed}", "; ".join(warnings) or None)

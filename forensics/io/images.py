@@ -1,8 +1,8 @@
 """Images in: the one place where image files are decoded, image arrays normalised and image sets hashed.
 
-:func:`load_images` reads the image sets a user points at (a folder of PNG/JPEG files, or an .npz / .npy
-array) as one uint8 array, (N, H, W) for grey sets or (N, H, W, 3) for colour ones, with the content hash
-that reports and registry entries record. Images of different sizes in one folder are brought to one size
+:func:`load_images` reads the image sets a user points at (a folder of image files: PNG, JPEG, GIF, BMP, WebP,
+TIFF; or an .npz / .npy array) as one uint8 array, (N, H, W) for grey sets or (N, H, W, 3) for colour ones,
+with the content hash that reports and registry entries record. Images of different sizes in one folder are brought to one size
 with the protocol's own resize and centre crop (the step the encoder would take anyway). The embedding
 reads through the same functions: :func:`decode_image` for a list of files, :func:`as_rgb_uint8` for what
 an encoder is given, :func:`images_digest` for its cache key.
@@ -10,7 +10,9 @@ an encoder is given, :func:`images_digest` for its cache key.
 Files are decoded to what their pixels mean, in 0..255: EXIF orientation applied first; 16-bit images
 scaled (value/257, rounded: an 8-bit image saved as 16-bit reads back identical); float images in [0, 1]
 scaled by 255 (other floats, and NaN, refused); palette, bilevel and grey-with-alpha images whose colours are
-all grey read as grey, so that the same pixels give the same content hash whatever the file's mode.
+all grey read as grey, so that the same pixels give the same content hash whatever the file's mode. Only the
+first frame of a multi-frame file (a multi-page TIFF, an animated GIF or WebP) is read, and alpha is dropped:
+:attr:`ImageSet.notes` says so in one line each where a file holds several frames or real transparency.
 
 A folder is searched recursively (``recursive=False``: its own files only), in one deterministic order:
 sorted by path relative to the folder. Hidden files and folders (names starting with ``.``), files that are
@@ -33,6 +35,7 @@ import os
 import stat
 import tokenize  # numpy parses an .npy header with it: a damaged one raises TokenError
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +47,7 @@ from forensics.errors import ForensicsError, UsageError
 from forensics.io.atomic import _show
 from forensics.io.hashing import image_digests, sha256_array, sha256_bytes, sha256_images, sha256_json
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 ARRAY_SUFFIXES = {".npz", ".npy"}
 
 #: pixels one image may have (width × height, from its header), unless FORENSICS_MAX_PIXELS says otherwise
@@ -130,6 +133,7 @@ class ImageSet:
     sizes: tuple[tuple[int, int], ...] = ()  # the (height, width) the images came in, before any resize
     image_sizes: tuple[tuple[int, int], ...] = ()  # of several sizes: each image's, in reading order
     conditions: tuple[str, ...] = ()  # an .npz's 'conditions': what happened to each image, as its writer says
+    notes: tuple[str, ...] = ()  # what reading the files left out (frames after the first, transparency): one line each
 
     def __post_init__(self) -> None:
         if not self.sizes and self.images.ndim >= 3:
@@ -174,26 +178,28 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     if suffix in ARRAY_SUFFIXES:
         array, conditions = _read_array(path)
     elif suffix in IMAGE_SUFFIXES and single:
-        image = decode_image(path)
-        return ImageSet(as_uint8_images(image[None], _show(path)), sha256_images([image]), (path,))
+        image, frames, transparent = _decode(path)
+        return ImageSet(as_uint8_images(image[None], _show(path)), sha256_images([image]), (path,),
+                        notes=_notes([path], [frames], [transparent], path.parent))
     elif suffix in IMAGE_SUFFIXES:
         raise UsageError(f"{_show(path)} is one image; the tool reads sets of images — give the folder that holds it")
     else:
         raise UsageError(f"cannot read {_show(path)}: expected a folder of images, an .npz or an .npy file")
     images = as_uint8_images(array, _show(path))
-    if conditions and len(conditions) != len(images):
+    if conditions is not None and len(conditions) != len(images):  # an empty array too: it names none of them
         raise UsageError(f"{_show(path)} names {len(conditions)} conditions for {len(images)} images: its 'conditions' "
                          "must name one per image, in order (or be left out)")
-    return ImageSet(images, sha256_array(images), conditions=conditions)
+    return ImageSet(images, sha256_array(images), conditions=conditions or ())
 
 
 #: the longest condition name an .npz's 'conditions' may hold (``resize0.5+jpeg100`` is 17)
 MAX_CONDITION_NAME = 32
 
 
-def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """The image array of an .npz (its 'images', or its only array) or an .npy file, never unpickling, and
-    an .npz's 'conditions' beside 'images' (one condition name per image: what happened to it), else ().
+    an .npz's 'conditions' beside 'images' (one condition name per image: what happened to it; unicode
+    strings, or bytes read as ASCII), else None.
 
     The .npy header (of the file, or of the .npz member) is read first: what it declares must be numbers
     (the conditions: short strings, one per image), within the limits and present in the file, before numpy
@@ -213,7 +219,7 @@ def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
             if suffix == ".npy":
                 with open(path, "rb") as f:
                     _check_npy_header(f, os.fstat(f.fileno()).st_size, where)
-                return np.load(path, allow_pickle=False), ()
+                return np.load(path, allow_pickle=False), None
             with zipfile.ZipFile(path) as archive:
                 members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
                 keys = list(members)
@@ -231,7 +237,7 @@ def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
                     with archive.open(info) as f:
                         (_check_npy_header if name == key else _check_conditions_header)(f, info.file_size, where)
             with np.load(path, allow_pickle=False) as data:
-                return data[key], tuple(str(c) for c in data["conditions"]) if len(named) > 1 else ()
+                return data[key], _condition_names(data["conditions"], where) if len(named) > 1 else None
     except ForensicsError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
@@ -285,12 +291,28 @@ def _check_conditions_header(f, size: int, where: str) -> None:
     string per image — a 1-D array of unicode strings of at most :data:`MAX_CONDITION_NAME` characters —,
     is over the images limit or is more than the member holds."""
     shape, dtype = _npy_header(f)
-    if dtype.hasobject or dtype.kind != "U" or len(shape) != 1 or dtype.itemsize > 4 * MAX_CONDITION_NAME:
-        raise UsageError(f"{where}: its 'conditions' must be condition names, one per image (numpy.savez(path, "
-                         "images=…, conditions=np.array(['none', 'jpeg90', …])))")
+    write = "numpy.savez(path, images=…, conditions=np.array(['none', 'jpeg90', …]))"
+    if dtype.hasobject or dtype.kind not in "US":
+        what = "Python objects (dtype object)" if dtype.hasobject else f"of dtype {dtype}, not strings"
+        raise UsageError(f"{where}: its 'conditions' must be condition names, one per image, as an array of strings "
+                         f"({write}): these are {what}")
+    if len(shape) != 1 or dtype.itemsize > (4 if dtype.kind == "U" else 1) * MAX_CONDITION_NAME:
+        raise UsageError(f"{where}: its 'conditions' must be condition names, one per image ({write})")
     _check_count(int(shape[0]), where)
     if int(shape[0]) * dtype.itemsize > size - f.tell():
         raise UsageError(f"{where} is damaged or cut short: its 'conditions' declare more than it holds")
+
+
+def _condition_names(values: np.ndarray, where: str) -> tuple[str, ...]:
+    """An .npz's 'conditions' as names: unicode strings as they are, bytes (as h5py and older code write
+    them) read as ASCII."""
+    if values.dtype.kind != "S":
+        return tuple(str(c) for c in values)
+    try:
+        return tuple(c.decode("ascii") for c in values.tolist())
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: its 'conditions' are bytes (dtype {values.dtype}) that are not ASCII; write them "
+                         "as strings (np.array(['none', 'jpeg90', …]))") from None
 
 
 def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
@@ -343,7 +365,13 @@ def repeated(images: np.ndarray) -> np.ndarray:
 
 
 def decode_image(file: str | Path) -> np.ndarray:
-    """One file → uint8 pixels: (H, W) for grey images, else (H, W, 3) RGB.
+    """One file → uint8 pixels: (H, W) for grey images, else (H, W, 3) RGB (:func:`_decode`)."""
+    return _decode(file)[0]
+
+
+def _decode(file: str | Path) -> tuple[np.ndarray, int, bool]:
+    """One file → (uint8 pixels: (H, W) for grey images, else (H, W, 3) RGB; how many frames the file holds,
+    of which only the first is read; whether it carries transparency, alpha below 255 somewhere, dropped).
 
     EXIF orientation is applied first. 16-bit images are scaled to 8 bits (value/257, rounded), float
     images in [0, 1] by 255 (other floats, NaN included, are refused), 32-bit integer images are taken as
@@ -364,9 +392,11 @@ def decode_image(file: str | Path) -> np.ndarray:
             warnings.simplefilter("ignore")  # Pillow's notes on odd EXIF or palettes are harmless here
             with Image.open(file) as im:
                 _check_pixels(*im.size, where)  # from the header: nothing decoded yet
+                frames = int(getattr(im, "n_frames", 1) or 1)  # a multi-page TIFF, an animated GIF or WebP
+                im.seek(0)
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                return _pixels(im, where)
+                return _pixels(im, where), frames, _transparent(im)
     except ForensicsError:
         raise
     except Image.DecompressionBombError as exc:
@@ -376,6 +406,46 @@ def decode_image(file: str | Path) -> np.ndarray:
         reason = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
         raise UsageError(f"cannot decode {where}: {reason}; repair it, or move it out of the images (a set is read "
                          "whole: no image file is left out unsaid)") from None
+
+
+def _transparent(im) -> bool:
+    """Whether a decoded Pillow image has alpha below 255 somewhere (an alpha band, or a transparent colour)."""
+    bands = im.getbands()
+    alpha = "A" if "A" in bands else "a" if "a" in bands else None
+    if alpha is not None:
+        return im.getchannel(alpha).getextrema()[0] < 255
+    if "transparency" not in im.info:
+        return False
+    try:
+        return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    except (ValueError, OSError):  # a mode Pillow cannot take to RGBA: its transparency is not read either
+        return False
+
+
+def _notes(files: Sequence[Path], frames: Sequence[int], transparent: Sequence[bool], folder: Path) -> tuple[str, ...]:
+    """The one-line warnings for what reading ``files`` left out: frames after the first of a multi-frame file,
+    and transparency (alpha dropped), with counts and what to do."""
+    notes = []
+    several = [(f, k) for f, k in zip(files, frames) if k > 1]
+    if several:
+        shown = ", ".join(f"{_relative(f, folder)} {k} frames" for f, k in several[:3]) + (", …" if len(several) > 3 else "")
+        left = sum(k for _, k in several) - len(several)
+        said = (f"{_relative(several[0][0], folder)} holds {several[0][1]} frames" if len(several) == 1 else
+                f"{len(several)} of the {len(files)} files hold several frames ({shown})")
+        notes.append(f"{said}: only the first frame of each file is read, {left} frames left out; to read every "
+                     "frame, extract them to one image file each (e.g. with Pillow's ImageSequence) and give that folder")
+    if (clear := sum(map(bool, transparent))):
+        notes.append(f"{clear} of the {len(files)} images carry transparency (alpha below 255), which is dropped: "
+                     "their colour is read as if opaque, so content drawn in the alpha channel is lost; flatten them "
+                     "onto their background first (e.g. Pillow's Image.alpha_composite onto white) and give those")
+    return tuple(notes)
+
+
+def _relative(file: Path, folder: Path) -> str:
+    try:
+        return file.relative_to(folder).as_posix()
+    except ValueError:
+        return file.name
 
 
 def _pixels(im, where: str) -> np.ndarray:
@@ -503,40 +573,63 @@ def scan_folder(folder: str | Path, *, recursive: bool = True) -> tuple[list[Pat
     return files, {reason: sorted(paths) for reason, paths in skipped.items()}
 
 
+def _skipped_said(skipped: Mapping[str, Sequence[str]]) -> str:
+    """What a folder's scan skipped, in words for an error: ``: skipped 500 files (500 .heic)`` or ""."""
+    if not any(skipped.values()):
+        return ""
+    parts = []
+    for reason, paths in skipped.items():
+        if reason == SKIP_NOT_IMAGE:
+            kinds = Counter(Path(p).suffix.lower() or "no suffix" for p in paths)
+            said = ", ".join(f"{k} {s}" for s, k in sorted(kinds.items(), key=lambda sk: (-sk[1], sk[0]))[:5])
+            parts.append(f"{len(paths)} not images by their suffix ({said}{', …' if len(kinds) > 5 else ''})")
+        elif paths:
+            parts.append(f"{len(paths)} {reason}")
+    return ": skipped " + "; ".join(parts)
+
+
 def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers: int, recursive: bool = True,
                  progress: DecodeProgress | None = None, native: tuple[int, int] | None = None) -> ImageSet:
     files, skipped = scan_folder(folder, recursive=recursive)
     if not files:
         more = "" if recursive or SKIP_FOLDER not in skipped else " (its subfolders were not searched: recursive off)"
-        raise UsageError(f"{_show(folder)} holds no PNG/JPEG images{more}")
+        raise UsageError(f"{_show(folder)} holds no PNG/JPEG or other image files{more}{_skipped_said(skipped)}; the "
+                         f"files read as images are {', '.join(sorted(IMAGE_SUFFIXES))}: convert others to PNG")
     _check_count(len(files), _show(folder))
     for file in files:  # a FIFO named x.png would block the run, a device never end: refused, not opened
         _regular_file(file)
     total = len(files)
     every = max(1, total // 100)  # about a hundred reports, whatever the number of files
     decoded: list[np.ndarray] = []
+    frames: list[int] = []
+    transparent: list[bool] = []
     if progress is not None:
         progress(0, total)
+
+    def keep(found: tuple[np.ndarray, int, bool]) -> None:
+        decoded.append(found[0])
+        frames.append(found[1])
+        transparent.append(found[2])
+        if progress is not None and (len(decoded) % every == 0 or len(decoded) == total):
+            progress(len(decoded), total)
+
     if workers > 0 and total > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for image in pool.map(decode_image, files, chunksize=max(1, min(64, total // (4 * workers)))):
-                decoded.append(image)
-                if progress is not None and (len(decoded) % every == 0 or len(decoded) == total):
-                    progress(len(decoded), total)
+            for found in pool.map(_decode, files, chunksize=max(1, min(64, total // (4 * workers)))):
+                keep(found)
     else:
         for file in files:
-            decoded.append(decode_image(file))
-            if progress is not None and (len(decoded) % every == 0 or len(decoded) == total):
-                progress(len(decoded), total)
+            keep(_decode(file))
+    notes = _notes(files, frames, transparent, folder)
     if any(a.ndim == 3 for a in decoded):
         decoded = [as_rgb_uint8(a[None])[0] for a in decoded]  # a colour set: grey images in colour too
     digest = sha256_images(decoded)
     shapes = {a.shape for a in decoded}
     found = {reason: tuple(paths) for reason, paths in skipped.items()}
     if len(shapes) == 1:
-        return ImageSet(np.stack(decoded), digest, tuple(files), found, recursive)
+        return ImageSet(np.stack(decoded), digest, tuple(files), found, recursive, notes=notes)
     each = tuple((int(a.shape[0]), int(a.shape[1])) for a in decoded)
     sizes = tuple(sorted(set(each)))
     if native is not None:
@@ -544,12 +637,12 @@ def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers:
 
         native = (int(native[0]), int(native[1]))
         back = [a if a.shape[:2] == native else resample(a[None], native)[0] for a in decoded]
-        return ImageSet(np.stack(back), digest, tuple(files), found, recursive, sizes, each)
+        return ImageSet(np.stack(back), digest, tuple(files), found, recursive, sizes, each, notes=notes)
     if size is None or resize is None:
         raise UsageError(f"{_show(folder)} holds images of {len(shapes)} different sizes; they can be read only under a "
                          "protocol, which says how to resize them")
     return ImageSet(np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest, tuple(files), found,
-                    recursive, sizes, each)
+                    recursive, sizes, each, notes=notes)
 
 
 def _fit(image: np.ndarray, *, size: int, resize: int) -> np.ndarray:
