@@ -648,6 +648,28 @@ def smallest_remainder(m: int, any_size: bool) -> int:
     return min(SMALLEST_MEASURED, half) if any_size else half
 
 
+def _batch_warnings(n: int, m: int, batches: Sequence[Any], left_out: int, least: int) -> list[str]:
+    """What the cutting of ``n`` images into batches of ``m`` leaves the analyst to weigh, as warnings (so that
+    every report carries them): images left out after the last full batch (``least``: the fewest that are
+    attributed as a batch of their own), a batch smaller than attribution was measured at, and a batch
+    matched against references of another size."""
+    from forensics.match.batchsize import SMALLEST_MEASURED
+
+    found = []
+    if left_out:
+        fewest = "half a batch" if least * 2 >= m else f"{least}"
+        found.append(f"the last {left_out} of {n:,} images were left out of the attribution: fewer than {fewest} "
+                     f"after the last full batch of {m} are not attributed as a batch of their own")
+    if any(b.compared_at is not None and b.compared_at < SMALLEST_MEASURED for b in batches):
+        found.append(f"a batch of fewer than {SMALLEST_MEASURED} images: below that size attribution was measured "
+                     "only as generated, and less often named (docs/robustness.md, \"Fewer than 100 images\")")
+    if any(b.partial and b.compared_at is None for b in batches):
+        found.append(f"a batch of fewer than {m} images was matched against references of {m}: the registry keeps "
+                     "no per-image records to redraw them at its size, and C_T values shrink with fewer images, so "
+                     "its scores are less reliable (`forensics registry records` adds them)")
+    return found
+
+
 class _Records:
     """The enrolled instances' per-image records under each condition, read once (what failed its checks in
     ``problems``), and the instances redrawn from them at any batch size and condition."""
@@ -1058,7 +1080,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
             data = _as_matched(cond, data)
     size = proto.batch_size
     whole = len(data) >= size and len(data) % size == 0  # only full batches: no records need reading
-    full, rest, rest_attributed = split_batches(len(data), size, any_size=not whole and sized.complete(cond.name))
+    any_size = not whole and sized.complete(cond.name)
+    full, rest, rest_attributed = split_batches(len(data), size, any_size=any_size)
     _embedding_begins(proto, progress, "query images", full)
     curves = engine.curves(data[:full])
 
@@ -1106,7 +1129,10 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
                              warnings=tuple(dict.fromkeys([*notes, *enrolled, *filter(None, [repeats]), *sized.problems,
-                                                           *filter(None, [cond.warning, mixed])])))
+                                                           *filter(None, [cond.warning, mixed]),
+                                                           *_batch_warnings(len(data), size, batches,
+                                                                            0 if rest_attributed else rest,
+                                                                            smallest_remainder(size, any_size))])))
 
 
 def memorization(images: Images, *, protocol: str | None = None, registry: RegistryLike = None,
@@ -1637,7 +1663,7 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
                                       operating_point=operating_point))
     if count is not None:
         count("protocols evaluated", len(done), len(names))
-    return EvaluationResult(reg.path, tuple(done), skipped)
+    return EvaluationResult(reg.location, tuple(done), skipped)
 
 
 def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,

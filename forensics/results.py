@@ -536,7 +536,7 @@ class ProtocolEvaluation:
 class EvaluationResult:
     """``forensics.evaluate``: each protocol's matchers side by side, and the protocols left out (why)."""
 
-    registry: Path
+    registry: str  # the registry evaluated as messages name it: its folder, or the user registry over the bundled one
     protocols: tuple[ProtocolEvaluation, ...]
     skipped: Mapping[str, str] = field(default_factory=dict)  # protocol → why it was left out
 

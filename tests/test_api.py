@@ -233,6 +233,11 @@ def test_evaluate_equals_the_cli_document():
     (protocol,) = result.protocols
     (alpha,) = protocol.matchers
     assert alpha.evaluation.n == protocol.n_instances == 18
+    # the registry evaluated, named as read: the user registry (not written yet) over the bundled one, whose
+    # curves these are, not the user registry's folder alone as if it had been
+    from forensics.registry import bundled_registry_path
+
+    assert result.registry.endswith(f"(over {bundled_registry_path()})"), result.registry
 
 
 def test_curate_of_an_array_records_how_it_was_made(tmp_path):

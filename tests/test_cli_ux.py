@@ -332,10 +332,24 @@ def test_a_small_remainder_is_left_out_and_said_so_everywhere(fake_engine, tmp_p
     assert result.to_dict()["left_out"] == 200
     run = cli("attribute", tmp_path / "set.npz", "-p", VIT)
     assert run.exit_code == 0, run.output
-    assert "the last 200 (fewer than half a batch) were left out" in " ".join(run.stderr.split())  # the warning
-    assert "The last 200 images were left out" in run.stdout  # the report
+    said = "the last 200 of 1,200 images were left out of the attribution: fewer than half a batch after the last"
+    assert "warning: " + said in " ".join(run.stderr.split())  # the warning
+    assert "warning: " + said in " ".join(run.stdout.split())  # and the report, the record of the run
     doc = json.loads(cli("attribute", tmp_path / "set.npz", "-p", VIT, "--json").stdout)
     assert doc["left_out"] == 200 and [b["n_images"] for b in doc["batches"]] == [500, 500]
+    assert any(w.startswith(said) for w in doc["warnings"])
+
+
+def test_the_left_out_rule_said_is_the_one_applied():
+    # where the references can be redrawn at any size a remainder of 100 or more is a batch of its own, so 60
+    # are left out for being fewer than 100, not fewer than half a batch (the command line once recomputed
+    # the rule from what happened to be redrawn, and said the other one)
+    for any_size, fewest in ((True, "fewer than 100 after"), (False, "fewer than half a batch after")):
+        least = forensics.api.smallest_remainder(500, any_size)
+        assert forensics.api.split_batches(500 + least, 500, any_size=any_size)[2]  # the rule said is applied
+        assert not forensics.api.split_batches(500 + least - 1, 500, any_size=any_size)[2]
+        (said,) = forensics.api._batch_warnings(560, 500, [], 60, least)
+        assert said.startswith("the last 60 of 560 images were left out") and fewest in said, said
 
 
 def test_a_large_remainder_is_attributed_as_a_batch_of_its_own_outside_the_mean(fake_engine, tmp_path):

@@ -111,7 +111,7 @@ def attribute(
                      engine=engine, ray_address=ray_address, condition=condition, operating_point=operating_point,
                      drop_repeats=drop_repeats, drop_enrolled=drop_enrolled)
     input_notes(images, result.input.skipped)
-    batch_notes(result)
+    batch_notes(result, warnings=json_out or not out.is_terminal)  # a report on this terminal lists them itself
     write_reports("attribution_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())
@@ -159,7 +159,7 @@ def memorization(
                      cache=not no_cache, workers=workers, amp=amp, progress=update, recursive=not no_recursive,
                      engine=engine, ray_address=ray_address, condition=condition, drop_repeats=drop_repeats)
     input_notes(images, result.input.skipped)
-    for line in result.warnings:
+    for line in result.warnings if json_out or not out.is_terminal else ():  # else the report lists them
         err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
     write_reports("memorization_page", result, html_out, plots_dir)
     if json_out:

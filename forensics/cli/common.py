@@ -223,31 +223,19 @@ def input_notes(path: Any, skipped: Any) -> None:
     err.print(f"[yellow]note:[/] skipped in {esc(path)}: {esc(what)}", soft_wrap=True)  # one line
 
 
-def batch_notes(result: Any) -> None:
-    """Notes on stderr when an attribution's images were not all in full batches of m (the remainder
-    attributed as a batch of its own, or left out), when a batch could not be compared at its own size,
-    and when the registry's records could not be used."""
-    from forensics.api import smallest_remainder
-    from forensics.match.batchsize import SMALLEST_MEASURED
-
-    m = result.protocol.batch_size
-    n = result.input.n_images
-    least = smallest_remainder(m, bool(result.redrawn) or result.compared_at not in (None, m))
-    if result.left_out:
-        err.print(f"[yellow]warning:[/] {n:,} images make {n // m} batch(es) of {m}; the last {result.left_out} "
-                  f"({'fewer than half a batch' if least * 2 >= m else f'fewer than {least}'}) were left out of the "
-                  "attribution", soft_wrap=True)
+def batch_notes(result: Any, *, warnings: bool = True) -> None:
+    """On stderr: a note when the remainder after the last full batch was attributed as a batch of its own, and
+    the result's warnings (those of its batching among them: images left out, a batch too small or not
+    comparable), unless ``warnings`` is false because the report about to be printed on this terminal holds
+    them."""
+    n, m = result.input.n_images, result.protocol.batch_size
     rest = result.remainder
     if rest is not None:
         how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at else
                f"with fewer than {m} images it is less reliable")
         err.print(f"[yellow]note:[/] the last {rest.curve.n_images} of {n:,} images were attributed as a batch of "
                   f"their own ({esc(rest.label)}; {how}); it is not in the mean curve", soft_wrap=True)
-    if any(b.compared_at is not None and b.compared_at < SMALLEST_MEASURED for b in result.batches):
-        err.print(f"[yellow]warning:[/] a batch of fewer than {SMALLEST_MEASURED} images: below that size attribution "
-                  "was measured only as generated, and less often named (docs/robustness.md, \"Fewer than 100 images\")",
-                  soft_wrap=True)
-    for line in result.warnings:
+    for line in result.warnings if warnings else ():
         err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
 
 
@@ -284,12 +272,7 @@ def check_reports(html_out: Any, plots_dir: Any) -> None:
         return
     from forensics.report.html import check_outputs
 
-    check_outputs(html_out, None)
-    if plots_dir is not None:
-        from forensics.extras import require
-
-        require("plots", "--plots (each plot as a PNG file)")
-        check_outputs(None, plots_dir)
+    check_outputs(html_out, plots_dir)
 
 
 def write_reports(page: str, result: Any, html_out: Any, plots_dir: Any) -> None:

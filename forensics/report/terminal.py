@@ -112,11 +112,6 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
         line.append(f"\n  {text}", style="yellow" if depends else "dim")
     console.print(line)
     console.print(Text("  " + assumed_text(doc), style="dim"))
-    if result.partial_batch and result.compared_at is None:
-        console.print(Text(f"  warning: only {result.input.n_images} images, fewer than the protocol's batch of "
-                           f"{proto.batch_size}, and the registry keeps no per-image records to redraw its "
-                           "references at that size; C_T values shrink with fewer images, so scores are less reliable",
-                           style="yellow"))
 
     table = Table(title="Candidates", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("#", justify="right")
@@ -141,13 +136,19 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
                else f"fewer than {proto.batch_size}: less reliable")
         console.print(Text(f"The last {rest.curve.n_images} images, a batch of their own: {rest.label} "
                            f"({how}; not in the mean curve)", style="yellow"))
-    if result.left_out:
-        console.print(Text(f"The last {result.left_out} images were left out: fewer than half a batch of "
-                           f"{proto.batch_size}", style="yellow"))
+    render_warnings(result.warnings, console)
     tool = result.provenance.tool
     console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · {compute_text(result)}"
                        f" · reference side: {result.reference_origin} · {len(result.references)} reference "
                        "fingerprints", style="dim"))
+
+
+def render_warnings(warnings: Sequence[str], console: Console) -> None:
+    """A report's warnings, each on its own line: the report is the record, so what stderr said is in it too."""
+    from rich.text import Text
+
+    for line in warnings:
+        console.print(Text(f"warning: {line}", style="yellow"))
 
 
 def family_text(members: Sequence[str]) -> str:
@@ -175,19 +176,32 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
             + (f" (their images processed alike by {made})" if made else "") + thresholds)
 
 
+#: how many kinds of processing the one-line condition of a mixture names (the JSON has every one)
+MIXTURE_SHOWN = 6
+
+
 def condition_text(cond: Mapping[str, Any], each: str = "each image matched as its own") -> str:
     """The condition of a report's images and how it was known: ``images jpeg90: re-saved as JPEG at
     quality 90, read from the files (JPEG quality 90 read from …)``; for files processed in several ways,
     what was done with ``each`` and how many images are under each condition."""
-    name = cond.get("name", "none")
-    how = {"files": "read from the files", "declared": "declared", "default": "assumed"}.get(cond.get("source"), "")
+    name, source = cond.get("name", "none"), cond.get("source")
+    # "assumed" (nothing says otherwise) goes unsaid: the line it stands in begins "Assumed:"
+    how = {"files": ", read from the files", "declared": ", declared"}.get(source, "")
     what = "as generated" if name == "none" else f"{name}: {cond.get('description', '')}"
     if cond.get("mixture"):
-        what = f"processed in several ways, {each}: " + ", ".join(
-            f"{part['count']} " + ("as generated" if part["name"] == "none" else part["name"])
-            for part in cond["mixture"])
-    detail = f" ({cond['detail']})" if cond.get("detail") and cond.get("source") == "files" else ""
-    return f"images {what}, {how}{detail}"
+        parts = [f"{part['count']} " + ("as generated" if part["name"] == "none" else part["name"])
+                 for part in cond["mixture"]]
+        if len(parts) > MIXTURE_SHOWN:  # the rest are in the JSON; a line of every kind would run on for a page
+            more = len(parts) - MIXTURE_SHOWN
+            parts = [*parts[:MIXTURE_SHOWN], f"and {more} more kind{'s' * (more > 1)} (JSON condition.mixture)"]
+        what = f"processed in several ways, {each}: " + ", ".join(parts)
+    # what was read, or done to the images as declared (a resize back to the generators' size); not the
+    # detail of a mixture read from the files (a clause per kind), nor what repeats the line's own words
+    detail = cond.get("detail") or ""
+    detail = detail.removesuffix("; assumed as generated").removeprefix("as declared").removeprefix("; ")
+    if cond.get("mixture"):
+        detail = ""
+    return f"images {what}{how}" + (f" ({detail})" if detail else "")
 
 
 def processing_text(cond: Mapping[str, Any]) -> str:
@@ -265,15 +279,17 @@ def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
     name_width = max(len(name) for name in names)
     # the bars take what the other columns leave (they need about 40 columns with the layer names)
     half = max(4, min(20, (console.width - name_width - 44) // 2))
-    ct.add_column("layer", no_wrap=True, min_width=name_width)
-    ct.add_column(value_heading(label), justify="right", no_wrap=True)
+    shown = ["—" if v is None else f"{v:+.2f}" for v in values]
+    # on a narrow terminal the layer names fold, never the values (a value cut to "+1…" reads as another)
+    ct.add_column("layer", overflow="fold", min_width=min(name_width, 12))
+    ct.add_column(value_heading(label), justify="right", no_wrap=True, min_width=max(map(len, shown)))
     ct.add_column("copying ◄│► underfitting" if half >= 12 else "◄│►", no_wrap=True)
     ct.add_column("reading", no_wrap=True, min_width=12)
-    ct.add_column("P_n counted" if half >= 16 else "P_n", justify="right", style="dim", no_wrap=True)
+    ct.add_column("P_n counted" if half >= 16 else "P_n", justify="right", style="dim", no_wrap=True, min_width=4)
     colours = {"copying": "red", "underfitting": "cyan", "no evidence": "white", "undefined": "yellow"}
-    for lv, v in zip(curve.layers, values):
+    for lv, v, text in zip(curve.layers, values, shown):
         w = lv.counted_weight
-        ct.add_row(escape(lv.layer), "—" if v is None else f"{v:+.2f}", bar(v, scale, half),
+        ct.add_row(escape(lv.layer), text, bar(v, scale, half),
                    Text(lv.reading, style=colours.get(lv.reading, "white")), "" if w is None else f"{100 * w:.0f}%")
     console.print(ct)
     for lv in curve.layers:
@@ -310,6 +326,7 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
             values = list(part.fingerprint.values)
             console.print(Text(f"  {part.n_images} {'as generated' if name == 'none' else name}  {sparkline(values)}  "
                                f"copying: {copying_levels(result.protocol, [lv.reading for lv in part.layers])}"))
+    render_warnings(result.warnings, console)
 
 
 OPEN_SET_COLUMN = "open set: right · family · wrong · unknown"
