@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from forensics.cli.commands import app
+from forensics.extras import MissingExtra
 from forensics.report import html as H
 from forensics.report import plots as P
 
@@ -105,6 +106,37 @@ def test_layer_names_are_never_cut_and_never_overlap(n_layers):
         assert len(shown) == n_layers or n_layers > 100  # every name while they can be read; one in k beyond
 
 
+@pytest.mark.parametrize("n", [8, 9, 10, 20])
+def test_no_generator_is_drawn_in_the_grey_of_every_other_run(n):
+    # grey is the curve plot's colour for every other enrolled run and the reading "no evidence": the 8th of
+    # tab10 is grey, and the eighth generator's panel showed nothing of its own
+    from matplotlib.colors import to_rgb
+
+    palette = P.colours([f"g{i}" for i in range(n)])
+    assert all(len(set(to_rgb(c))) > 1 for c in palette.values()), palette
+    assert len(set(palette.values())) == min(n, len(set(palette.values())))
+    assert len(set(palette.values())) >= min(n, 9)  # distinct while the qualitative map has hues to give
+
+
+def test_a_curve_whose_values_span_hundreds_keeps_its_small_layers_readable():
+    # a combination's mean-z layers reach the hundreds: on one linear axis C_T's layers and their ±2 bands
+    # flatten to a line; beyond ±12 the axis turns symmetric-log, linear within ±3, and says so
+    layers = [f"enc/blocks.{i}" for i in range(6)] + [f"pixel/stat.{i}" for i in range(6)]
+    wide = [1.5, -2.5, 0.4, 2.2, -0.8, 1.0, 75.0, -1500.0, 30.0, -12.5, 4.0, 250.0]
+    narrow = [1.5, -2.5, 0.4, 2.2, -0.8, 1.0] * 2
+    readings = ["no evidence"] * 12
+    for values, log in ((wide, True), (narrow, False)):
+        refs = {g: [values] for g in ("g", "h", "i", "j")}
+        for fig in (P.curves_figure(layers, values, refs, list(refs)),  # four panels, a label beside each
+                    P.memorization_figure(layers, values, readings, {"copying_below": -2.0, "underfitting_above": 2.0})):
+            ax = fig.axes[0]
+            assert all((a.get_yscale() == "symlog") is log and ("log beyond" in a.get_ylabel()) is log
+                       for a in fig.axes)
+            lo, hi = ax.get_ylim()
+            assert lo <= min(values) and hi >= max(values)  # every value in view
+            assert P.layout_problems(fig) == []
+
+
 def test_the_layout_check_sees_what_is_cut_or_overlapping():
     from matplotlib.figure import Figure
 
@@ -174,9 +206,11 @@ def test_without_matplotlib_the_page_falls_back_and_plots_are_refused_in_one_lin
                                                                                   monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     r = run(["registry", "evaluate", "--registry", toy_registry, "-m", "alpha", "--plots", tmp_path / "p"])
-    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert r.exit_code == 1 and r.stdout == "", r.output  # a missing extra, as for every job that needs one
     (line,) = r.stderr.splitlines()
-    assert "plots need matplotlib" in line and "[plots]'" in line and "pip install" in line
+    assert "plots" in line and "needs matplotlib" in line and "[plots]'" in line and "pip install" in line
+    with pytest.raises(MissingExtra, match=r"needs matplotlib.*\[plots\]"):  # the API alike
+        P.require()
     assert not (tmp_path / "p").exists()
     html = tmp_path / "e.html"
     r = run(["registry", "evaluate", "--registry", toy_registry, "-m", "alpha", "--html", html])
@@ -287,3 +321,22 @@ def test_a_curve_table_heads_its_values_by_the_statistic_that_computed_them():
     assert value_heading(statistic_label(section("mean-z"))) == "mean-z"
     assert value_heading(statistic_label(section("ct", "ct"))) == "C_T"
     assert value_heading(statistic_label(section("ct", "mean-z"))) == "value"  # two statistics: no one name
+
+
+def test_the_assumed_condition_reads_once_and_says_what_was_done():
+    from forensics.report.terminal import MIXTURE_SHOWN, condition_text
+
+    array = condition_text({"name": "none", "source": "default",
+                            "detail": "an array of pixels carries no record of its processing; assumed as generated"})
+    assert array == "images as generated (an array of pixels carries no record of its processing)"
+    # a declared condition's resize back to the generators' size is what was done to the images: said
+    resized = condition_text({"name": "none", "source": "declared", "detail": "as declared; the images, 56×56, "
+                              "brought back to the 28×28 the generators write (bicubic)"})
+    assert resized.startswith("images as generated, declared (the images, 56×56, brought back to the 28×28")
+    assert condition_text({"name": "none", "source": "declared", "detail": "as declared"}) == \
+        "images as generated, declared"
+    kinds = [{"name": "none", "count": 40}] + [{"name": f"jpeg{q}", "count": 1} for q in range(70, 100, 2)]
+    many = condition_text({"name": "none", "source": "files", "detail": "; ".join(["a clause per kind"] * 16),
+                           "mixture": kinds})
+    assert "40 as generated" in many and f"and {len(kinds) - MIXTURE_SHOWN} more kinds (JSON condition.mixture)" in many
+    assert "a clause per kind" not in many and len(many) < 200

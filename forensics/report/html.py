@@ -81,6 +81,11 @@ def slug(name: str) -> str:
     return text or "plot"
 
 
+def _code_spans(escaped: str) -> str:
+    """Escaped text with each span between a pair of backticks set as ``<code>`` (an odd one left as it is)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
 class Page:
     """An HTML report being built, part by part; see the module's docstring.
 
@@ -100,9 +105,10 @@ class Page:
         return self
 
     def text(self, text: str, *, cls: str | None = None) -> Page:
-        """A paragraph of plain text (escaped)."""
+        """A paragraph of plain text (escaped); a `command` between backticks, as the terminal shows it,
+        set as code."""
         attr = f' class="{cls}"' if cls else ""
-        self.parts.append(f"<p{attr}>{_esc(text)}</p>")
+        self.parts.append(f"<p{attr}>{_code_spans(_esc(text))}</p>")
         return self
 
     def raw(self, markup: str) -> Page:
@@ -397,7 +403,7 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
                   f"the generators of the family named ({', '.join(members)}) outlined."),
               fallback=ranking_svg(doc["candidates"], palette, named=named))
     names, matrix = result.generator_similarity()
-    page.heading("How far apart the registry's generators are")
+    page.heading("How alike the registry's generators are")
     page.plot("similarity", lambda: P.heatmap_figure(names, matrix),
               alt="mean similarity between every pair of enrolled generators",
               caption="Mean similarity between the enrolled runs of each pair of generators under this "
@@ -488,21 +494,23 @@ def evaluation_page(result: EvaluationResult, *, plots: bool | None = None) -> P
     for p in doc["protocols"]:
         page.heading(f"{p['protocol']}: {p['n_instances']} instances of {p['n_generators']} generators — "
                      f"leave-one-out{evaluation_scope(p)}")
-        page.raw(f"<p class=dim>{_esc(p['digest'])}</p>")
+        page.raw(f"<p class=dim>protocol digest <code>{_esc(p['digest'])}</code></p>")
         rows, bars = [], []
+        # the paper's own split (test_batch), where the registry records one: a column only where it does
+        with_split = any("correct" in (m.get("split") or {}) for m in p["matchers"])
         for m in p["matchers"]:
             if m.get("error"):
-                rows.append((m["matcher"], "—", "—", f"error: {m['error']}", "", ""))
+                rows.append((m["matcher"], "—", "—", f"error: {m['error']}", "", "")[:6 if with_split else 5])
                 continue
             os_ = m.get("open_set") or {}
             lgo = m.get("leave_generator_out") or {}
             split = m.get("split") or {}
             rows.append((m["matcher"], f"{m['loo_accuracy']:.3f}", f"{m['correct']}/{m['n']}",
                          open_set_text(os_), left_out_text(lgo),
-                         f"{split['correct']}/{split['n']}" if "correct" in split else "—"))
+                         f"{split['correct']}/{split['n']}" if "correct" in split else "—")[:6 if with_split else 5])
             bars.append((m["matcher"], m["loo_accuracy"], lgo.get("unknown_rate")))
-        page.table(["matcher", "LOO accuracy", "right / n", OPEN_SET_COLUMN,
-                    "generator left out: unknown", "split (test_batch)"], rows, numeric=(1, 2, 4, 5))
+        page.table(["matcher", "LOO accuracy", "right / n", OPEN_SET_COLUMN, "generator left out: unknown",
+                    "split (test_batch)"][:6 if with_split else 5], rows, numeric=(1, 2, 4, 5))
         if bars:
             page.plot(f"accuracy-{p['protocol']}", lambda bars=bars: P.accuracy_figure(bars),
                       alt=f"leave-one-out accuracy and leave-generator-out unknown rate per matcher on {p['protocol']}")

@@ -12,7 +12,7 @@ any text that the figure's edge cuts or that overlaps other text; the tests hold
 a new report's plots (``invmm``, …) can be held to it the same way.
 
 matplotlib is imported only when a plot is drawn: :func:`require` raises a one-line
-:class:`~forensics.errors.UsageError` naming the extra when it is missing.
+:class:`~forensics.errors.MissingExtra` naming the extra when it is missing.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-
-from forensics.errors import UsageError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -71,9 +69,11 @@ def available() -> bool:
 
 
 def require() -> None:
-    """Raise a one-line :class:`UsageError` that names the extra when matplotlib is missing."""
-    if not available():
-        raise UsageError(f"plots need matplotlib, which the extra '{EXTRA}' installs: {install_hint()}")
+    """Raise a one-line :class:`~forensics.errors.MissingExtra` (exit 1, as for every extra a job needs) that
+    names the extra when matplotlib is missing."""
+    from forensics.extras import require as need
+
+    need(EXTRA, "plots (--plots: each plot as a PNG file)")
 
 
 @contextmanager
@@ -127,13 +127,15 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def colours(names: Sequence[str]) -> dict[str, str]:
-    """One colour per name (in the order given), from matplotlib's qualitative maps: the same generator
-    has the same colour in every plot of a page."""
+    """One colour per name (in the order given), from matplotlib's qualitative maps without their greys (grey
+    is the plots' own colour for every other enrolled run and for "no evidence"): the same generator has the
+    same colour in every plot of a page."""
     from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+    from matplotlib.colors import to_hex, to_rgb
 
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {n: to_hex(cmap(i % cmap.N)) for i, n in enumerate(names)}
+    cmap = colormaps["tab10" if len(names) <= 9 else "tab20"]
+    hues = [to_hex(cmap(i)) for i in range(cmap.N) if len(set(to_rgb(cmap(i)))) > 1]  # R = G = B: a grey
+    return {n: hues[i % len(hues)] for i, n in enumerate(names)}
 
 
 def shorten(text: str, limit: int = 28) -> str:
@@ -216,6 +218,31 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
+#: a value axis turns logarithmic beyond ±LINEAR once some value passes ±LOG_BEYOND: a combination's
+#: mean-z layers reach the hundreds, and on one linear scale with them C_T's layers and their ±2 bands are a
+#: flat line
+LOG_BEYOND = 12.0
+LINEAR = 3.0
+
+
+def _value_axis(ax: Axes, finite: np.ndarray, label: str) -> None:
+    """The value axis of a curve plot: linear, or symmetric-logarithmic (linear within ±:data:`LINEAR`) where
+    the values span far more than C_T's significance, its label saying which."""
+    if finite.size and (top := float(np.max(np.abs(finite)))) > LOG_BEYOND:
+        from matplotlib.ticker import FixedLocator, FuncFormatter
+
+        ax.set_yscale("symlog", linthresh=LINEAR, linscale=1.5)
+        # ticks at 0, at ±2 (where C_T turns significant) and at the powers of ten beyond: plain numbers, none
+        # crowded into the linear part
+        decades = [10.0 ** k for k in range(1, int(np.ceil(np.log10(top))) + 1)]
+        ticks = sorted({0.0, 2.0, -2.0, *decades, *(-d for d in decades)})
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(FixedLocator([]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        label = f"{label}\nlinear to ±{LINEAR:g}, log beyond"  # two short lines: a panel is under 2 in. high
+    ax.set_ylabel(label)
+
+
 @styled
 def curves_figure(layers: Sequence[str], query: Sequence[float | None],
                   references: Mapping[str, Sequence[Sequence[float | None]]], order: Sequence[str], *,
@@ -249,7 +276,7 @@ def curves_figure(layers: Sequence[str], query: Sequence[float | None],
             ax.plot(undefined, np.zeros(undefined.size), ls="", marker="o", ms=5, mfc="white", mec=QUERY_COLOUR,
                     zorder=3, label="query: undefined (read as 0)" if k == 0 else None)
         ax.axhline(0.0, color="#999999", lw=0.8, ls="--", zorder=0)
-        ax.set_ylabel(label)
+        _value_axis(ax, finite, label)
         ax.set_ylim(lo - pad, hi + pad)
         ax.grid(axis="y", color="#eeeeee", lw=0.6)
         ax.legend(loc="upper right", fontsize=7, frameon=False, ncols=2)
@@ -389,8 +416,8 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
             ax.scatter(idx, [0.0] * len(idx), s=40, facecolors="none", edgecolors=colour, lw=1.5, zorder=3)
         else:
             ax.scatter(idx, v[idx], s=30, color=colour, zorder=3)
+    _value_axis(ax, finite, label)
     ax.set_ylim(lo, hi)
-    ax.set_ylabel(label)
     ax.grid(axis="y", color="#eeeeee", lw=0.6)
     handles = [Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in READING_COLOURS.items()
                if r in readings]
