@@ -4,7 +4,8 @@ The library API; the command line (``forensics …``) is a thin wrapper of these
 
     import forensics
 
-    result = forensics.attribute("registry/mnist-effnet-lite0/samples/ddpm/heldout.npz")
+    demo = forensics.bundled_registry_path() / "mnist-effnet-lite0/samples/ddpm/heldout.npz"  # ships with it
+    result = forensics.attribute(demo)
     result.verdict.generator         # the generator named, or None ("unknown", or .family named)
     result.curve                     # the C_T curve: per-layer values, readings, counted weights
     result.to_dict()                 # the JSON document of `forensics attribute --json`
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from forensics.hookspecs import hookimpl
     from forensics.match import Attribution, Candidate, EnrolledCurve
     from forensics.protocol import Combination, Fingerprint, Protocol
-    from forensics.registry import Registry
+    from forensics.extras import MissingExtra
+    from forensics.registry import Registry, bundled_registry_path
     from forensics.results import (
         AttributionResult, BatchAttribution, CalibrationResult, CombinationResult, CurationResult, EncoderListing,
         EnrolmentResult, EvaluationResult, HeldoutResult, ImageInput, MemorizationResult, PaperImport,
@@ -70,13 +72,14 @@ _LAZY: dict[str, str] = {
     # the pieces they are made of
     **dict.fromkeys(("Curve", "LayerValue"), "forensics.engine"),
     **dict.fromkeys(("Attribution", "Candidate", "EnrolledCurve"), "forensics.match"),
-    "Registry": "forensics.registry",
+    **dict.fromkeys(("Registry", "bundled_registry_path"), "forensics.registry"),
     **dict.fromkeys(("Protocol", "Combination", "Fingerprint"), "forensics.protocol"),
     "Encoder": "forensics.encode.encoder",
     **dict.fromkeys(("ct_score", "FittedCT", "CTResult", "CellResult"), "forensics.stats.ct"),
     # errors
     **dict.fromkeys(("ForensicsError", "UsageError", "RegistryError", "ProtocolMismatch", "WeightsError",
                      "PluginError", "StatisticError"), "forensics.errors"),
+    "MissingExtra": "forensics.extras",
     # plugins
     "hookimpl": "forensics.hookspecs",
 }
@@ -93,4 +96,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The API (``__all__``) and the module's own dunders, not the names its code imports (``Any``, ``importlib``)."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})

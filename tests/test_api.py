@@ -395,6 +395,9 @@ def test_the_package_lists_and_resolves_its_api():
         assert name in forensics.__all__ and name in listed, name
     for name in forensics.__all__:
         assert getattr(forensics, name) is not None, name
+    # what the module's own code imports is not its API
+    assert not {"Any", "TYPE_CHECKING", "annotations", "importlib"} & set(dir(forensics))
+    assert (forensics.bundled_registry_path() / "registry.yaml").is_file()  # where the demo sets of an install lie
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         forensics.nope  # noqa: B018
 
