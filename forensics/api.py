@@ -2498,6 +2498,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
 
         data = as_uint8_images(images)
         record = ImageInput(None, len(data), sha256_array(data))
+        notes: tuple[str, ...] = ()
     else:
         from forensics.io.images import read_image_set
 
@@ -2507,6 +2508,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
         data = found.images
         record = ImageInput(str(images), len(data), found.sha256, found.recursive, found.skipped_counts(),
                             files=tuple(found.files))
+        notes = tuple(found.notes)
     pixels = _model_images(data, net.image_shape)
     targets = torch.from_numpy(pixels).float().div(127.5).sub(1.0)
     dtype = torch.bfloat16 if amp == "bf16" else None
@@ -2529,7 +2531,8 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     shown = pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
     return InvMMResult(input=record, model=net.describe(), preset=chosen_preset, settings=run.to_dict(),
                        similarity=judge.describe(), seed=seed, group=group, inversions=tuple(inversions),
-                       targets=shown, timing=timing, seconds=time.perf_counter() - started, compute=compute)
+                       targets=shown, timing=timing, seconds=time.perf_counter() - started, compute=compute,
+                       warnings=notes)
 
 
 def _cpu_has_bf16() -> bool:

@@ -964,6 +964,7 @@ class InvMMResult:
     seconds: float
     provenance: Provenance = field(default_factory=Provenance.now)
     compute: Mapping[str, Any] = field(default_factory=lambda: {"device": "cpu", "amp": None})
+    warnings: tuple[str, ...] = ()       # what reading the images left out or dropped (frames, transparency)
 
     @property
     def scores(self) -> list[float]:
@@ -990,6 +991,7 @@ class InvMMResult:
             "timing": self.timing.to_dict(), "summary": self.summary(),
             "images": [dict(r.to_dict(), **({"file": f} if f else {}))
                        for r, f in zip(self.inversions, self.files)],
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
     @property

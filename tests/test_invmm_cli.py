@@ -384,3 +384,33 @@ def test_a_safetensors_file_of_other_shapes_is_said_to_be_no_zoo_unet(tmp_path):
     save_file({k: torch.zeros(2) for k in ("inc.weight", "m1.c1.weight", "temb.0.weight")}, tmp_path / "w.safetensors")
     with pytest.raises(UsageError, match="does not hold the zoo's diffusion UNet"):
         load_network(tmp_path / "w.safetensors")
+
+
+def test_what_reading_the_files_dropped_is_in_every_report(toy_model, digits, tmp_path):
+    # a digit whose file carries transparency, and an animation of which only the first frame is read: InvMM
+    # reads files as attribution does, and its reports say what was dropped, as attribution's do
+    from PIL import Image
+
+    from forensics.schemas import validate
+
+    folder = tmp_path / "suspects"
+    folder.mkdir()
+    _, pixels = digits
+    Image.fromarray(pixels[0]).save(folder / "a.png")
+    rgba = Image.fromarray(pixels[1]).convert("RGBA")
+    rgba.putalpha(Image.fromarray((pixels[1] > 0).astype(np.uint8) * 255))
+    rgba.save(folder / "b.png")
+    frames = [Image.fromarray(p) for p in pixels]
+    frames[0].save(folder / "c.gif", save_all=True, append_images=frames[1:])
+    code, stdout, stderr = cli("invmm", str(folder), "--model", "toy-memorizer", "--similarity", "exact", *TINY,
+                               "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    validate(doc)
+    said = " ".join(doc["warnings"])
+    assert "transparency" in said and "c.gif holds 3 frames" in said, doc["warnings"]
+    assert all(w in " ".join(stderr.split()) for w in (" ".join(w.split()) for w in doc["warnings"]))
+    code, stdout, _ = cli("invmm", str(folder), "--model", "toy-memorizer", "--similarity", "exact", *TINY)
+    assert code == 0 and "c.gif holds 3 frames" in " ".join(stdout.split())  # the text report, the record
+    array = forensics.invmm(pixels, model="toy-memorizer", similarity="exact", settings=TINY_SETTINGS).to_dict()
+    assert "warnings" not in array  # nothing was dropped from an array

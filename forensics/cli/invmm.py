@@ -135,6 +135,9 @@ def render_invmm(result: Any, console: Any) -> None:
                        f"({t['steps']} steps), verification {t['verification_seconds']:.1f} s ({t['checks']} "
                        f"check{'' if t['checks'] == 1 else 's'})",
                        style="dim"))
+    from forensics.report.terminal import render_warnings
+
+    render_warnings(result.warnings, console)
 
 
 def _step_display(max_steps: int):
@@ -226,6 +229,8 @@ def invmm(
         if "display" in live:
             live["display"].stop()
     input_notes(images, result.input.skipped)
+    for line in result.warnings if json_out or not out.is_terminal else ():  # else the report lists them
+        err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
     write_reports("invmm_page", result, html_out, plots_dir)
     if json_out:
         print_json(result.to_dict())

@@ -372,11 +372,7 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     if note:
         page.raw(f"<p><b>Caution:</b> {_esc(note)}</p>")
     page.text(assumed_text(doc) + ".", cls="dim")
-    if doc.get("partial_batch") and doc.get("compared_at") is None:
-        page.text(f"Only {doc['input']['n_images']} images, fewer than the protocol's batch of "
-                  f"{doc['protocol']['batch_size']}, and no per-image records to redraw the references at that size: "
-                  "C_T values shrink with fewer images, so scores are less reliable.", cls="warn")
-    for line in doc.get("warnings") or ():
+    for line in doc.get("warnings") or ():  # a batch too small or not comparable among them
         page.text(line, cls="warn")
 
     from forensics.results import statistic_label, value_heading
@@ -570,6 +566,8 @@ def invmm_page(result: InvMMResult, *, plots: bool | None = None) -> Page:
               f"{doc['compute']['device']} · {result.seconds:.1f} s (optimisation "
               f"{doc['timing']['optimisation_seconds']:.1f} s, verification {doc['timing']['verification_seconds']:.1f} s)",
               cls="dim")
+    for line in doc.get("warnings") or ():
+        page.text(line, cls="warn")
     page.plot("invmm-scores", lambda: P.invmm_figure(result.scores, [r.success for r in result.inversions],
                                                      [r["best_similarity"] for r in doc["images"]],
                                                      float(sim["threshold"])),
