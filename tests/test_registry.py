@@ -35,7 +35,7 @@ def test_default_path_and_environment(monkeypatch, tmp_path):
     assert default_registry_path() == Path(forensics.__file__).resolve().parent.parent / "registry"
     monkeypatch.setenv("FORENSICS_REGISTRY", str(tmp_path))
     assert default_registry_path() == tmp_path
-    with pytest.raises(RegistryError, match="no registry at"):
+    with pytest.raises(UsageError, match="no registry at"):  # a path given that is not there: wrong usage (exit 2)
         Registry.open(tmp_path / "missing")
 
 
