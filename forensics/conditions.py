@@ -724,6 +724,11 @@ def mixed_sizes(sizes: Sequence[tuple[int, int]], native: tuple[int, int]) -> st
             "generators write (bicubic), but all matched under one condition: attribute each size on its own")
 
 
+#: how far (on a log scale) a width-to-height ratio may stray from the generators' before the images are said to
+#: have been stretched: the rounding of a resize or crop of 28 pixels moves it by under 4 %
+ASPECT_TOLERANCE = 0.04
+
+
 def geometry(files: Sequence[str | Path] | None, size: tuple[int, int], native: tuple[int, int],
              available: Sequence[str]) -> Detected:
     """Images of ``size`` (height, width) where the enrolled generators write ``native`` went through one
@@ -741,7 +746,12 @@ def geometry(files: Sequence[str | Path] | None, size: tuple[int, int], native: 
               + (" (a crop and a resize to that size leave one size: read as the crop)" if pick.name.startswith("crop")
                  else ""))
     warnings = []
-    if size != scaled(native, pick.scale):
+    if abs(math.log(size[1] / size[0] * native[0] / native[1])) > ASPECT_TOLERANCE:  # stretched or squeezed
+        warnings.append(f"the images are {shown}, of another shape than the {generated} the generators write "
+                        f"(width to height {size[1] / size[0]:.3g} against {native[1] / native[0]:.3g}): they were "
+                        f"stretched or cut unevenly, which no kept condition does; brought back to {generated} and "
+                        f"matched as {pick.name} (×{pick.scale:g}), a guess")
+    elif size != scaled(native, pick.scale):
         warnings.append(f"the images are {shown}, ×{scale:.3g} the {generated} the generators write, which "
                         f"{pick.name} (×{pick.scale:g}) is not: matched as {pick.name}, a guess")
     name = pick.name

@@ -247,3 +247,16 @@ def test_a_condition_the_registry_does_not_keep_is_said_to_come_from_the_npz():
     message = str(err.value)
     assert message.startswith("set.npz: its 'conditions' name 'jpeg60' (2 image(s), the first image 3)")
     assert "registry records" in message and "--condition jpeg75" in message and "\n" not in message
+
+
+def test_images_of_another_shape_are_said_to_be_stretched_not_only_resized():
+    # 56×28 from 28×28 is no resize by any one factor: matched as the nearest resampling, but the warning says
+    # the shape changed (it said only "×1.41, a guess"); images of the generators' shape keep the plain rule
+    from forensics.conditions import geometry
+
+    kept = ["none", "resize2", "resize0.5", "crop90"]
+    stretched = geometry(None, (28, 56), (28, 28), kept)
+    assert "of another shape than the 28×28" in stretched.warning and "width to height 2 against 1" in stretched.warning
+    for size in ((56, 56), (14, 14), (25, 25)):  # the kept resamplings, exactly: nothing to say
+        assert geometry(None, size, (28, 28), kept).warning is None, size
+    assert "another shape" not in geometry(None, (26, 26), (28, 28), kept).warning  # a scale no condition has
