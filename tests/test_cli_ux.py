@@ -522,6 +522,15 @@ def test_help_paragraphs_flow_to_the_terminals_width():
     result = CliRunner().invoke(app, ["attribute", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "are matched against the enrolled instances redrawn at their own size" in result.output
+    # on an 80-column terminal no option's help is cut short (rich ends a cell it cannot break with '…')
+    def compact(text):
+        return re.sub(r"[\s│]", "", text).replace("\\[", "[")
+
+    for path, cmd in commands:
+        if not hasattr(cmd, "commands"):
+            shown = compact(CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}).output)
+            for param in cmd.params:
+                assert compact(getattr(param, "help", None) or "") in shown, (path, param.name)
 
 
 def test_the_librarys_notices_are_warning_lines_on_the_command_line():

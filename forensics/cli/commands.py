@@ -97,8 +97,7 @@ def attribute(
     matched against the instances under the same processing (--condition; JPEG and WebP quality and a resampling
     are read from the files, file by file where they differ).
 
-    Example: forensics attribute registry/mnist-effnet-lite0/samples/dcgan/heldout.npz (in a checkout; an
-    installed copy's demo sets lie in the folder `forensics zoo list` prints)
+    Example: forensics attribute registry/mnist-effnet-lite0/samples/dcgan/heldout.npz (in a checkout; an installed copy's demo sets lie in the folder `forensics zoo list` prints)
     """
     from forensics.api import attribute as run
     from forensics.report.terminal import render_attribution

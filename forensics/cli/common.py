@@ -159,7 +159,7 @@ OPT_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write th
 OPT_WORKERS = typer.Option(0, "--workers", min=0, help="Processes that decode and preprocess images.")
 OPT_AMP = typer.Option(None, "--amp", help="Autocast the encoder on CUDA: bf16 or fp16.")
 OPT_ENGINE = typer.Option("local", "--engine", help="Where to compute: local (this process), or ray (a Ray cluster: "
-                          "the same values; needs the extra 'ray': pip install 'forensics-attribution\\[ray]').")
+                          "the same values; needs the extra 'ray', whose install command a run without it prints).")
 OPT_RAY_ADDRESS = typer.Option(None, "--ray-address", help="The Ray cluster for --engine ray (auto, ray://HOST:10001, "
                                "HOST:6379); default: a new local Ray instance.")
 OPT_JSON = typer.Option(False, "--json", help="Print JSON to stdout (stable schema) instead of tables.")
@@ -179,8 +179,9 @@ def use_offline(flag: bool) -> None:
 
 
 OPT_CONDITIONS = typer.Option("all", "--conditions", help="Post-processing conditions to keep per-image records "
-                              "under: all, none, or names (none,jpeg98,jpeg95,…,jpeg70 every 5,webp90,…,webp75,resize2,"
-                              "resize0.5,crop90,resize2+jpeg90,…; any jpegQ/webpQ, resampling+re-encoding).")
+                              "under: all, none, or names, comma-separated (none, jpeg98, jpeg95 … jpeg70 every 5, "
+                              "webp90 … webp75, resize2, resize0.5, crop90, resize2+jpeg90 …; any jpegQ or webpQ, "
+                              "a resampling+re-encoding).")
 OPT_CONDITION = typer.Option("auto", "--condition", help="What happened to the images: auto (read from the files: "
                              "JPEG or WebP quality, size; an .npz's 'conditions', one per image; else as generated), "
                              "none, or a condition (jpeg90, resize2, crop90, resize0.5+jpeg75, …).")
