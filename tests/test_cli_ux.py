@@ -542,3 +542,16 @@ def test_the_librarys_notices_are_warning_lines_on_the_command_line():
                      "protocol); FORENSICS_DISABLE_PLUGINS cannot disable it",
                      "warning: FORENSICS_DISABLE_PLUGINS names no plugin 'no-such-plugin'; `forensics plugins` lists "
                      "their names"], done.stderr
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_registry_list_keeps_each_protocol_readable_at_any_width(columns):
+    # at 80 columns the table's generator column held a few letters a line: one protocol over thirty lines
+    doc = json.loads(CliRunner().invoke(app, ["registry", "list", "--json"]).stdout)
+    shown = CliRunner().invoke(app, ["registry", "list"], env={"COLUMNS": str(columns)}).stdout
+    flat = " ".join(shown.replace("│", " ").split())
+    for p in doc["protocols"]:
+        assert p["name"] in flat and p["digest"].removeprefix("sha256:")[:12] in flat
+        for g in p["generators"]:
+            assert g in flat, (columns, g)
+    assert len(shown.splitlines()) <= 4 * len(doc["protocols"]) + 8, shown

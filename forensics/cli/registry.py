@@ -53,10 +53,24 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
         _render_listing(result, registry_layers(registry)[1:])
 
 
+#: below this many columns `registry list` shows each protocol as a block of two lines, not a table row: the
+#: table's generator column would hold a few letters a line and run one protocol over thirty lines
+LISTING_TABLE_WIDTH = 120
+
+
 def _render_listing(result: RegistryListing, below: tuple[Path, ...] = ()) -> None:
     from rich.table import Table
 
     over = "".join(f" over {esc(p)}" for p in below)  # the user registry over the bundled one
+    if out.width < LISTING_TABLE_WIDTH:
+        out.print(f"registry {esc(result.registry)}{over}")
+        for p in result.protocols:
+            out.print(f"\n[bold]{esc(p.name)}[/]" + (" (default)" if p.default else "")
+                      + f"  {esc(_fmt(p.digest))} · {esc(p.encoder)} · {p.n_layers} layers · m = {p.batch_size}")
+            gens = ", ".join(f"{g} ({n}{', family ' + p.families[g] if g in p.families else ''})"
+                             for g, n in p.generators.items())
+            out.print("  " + (esc(gens) if gens else "[dim]no generators[/]"))
+        return
     table = Table(title=f"registry {esc(result.registry)}{over}", title_justify="left")
     table.add_column("protocol", no_wrap=True)
     table.add_column("digest", no_wrap=True)
