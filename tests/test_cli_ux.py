@@ -555,3 +555,15 @@ def test_registry_list_keeps_each_protocol_readable_at_any_width(columns):
         for g in p["generators"]:
             assert g in flat, (columns, g)
     assert len(shown.splitlines()) <= 4 * len(doc["protocols"]) + 8, shown
+
+
+def test_every_command_and_group_has_an_example_in_its_help():
+    import typer
+
+    def walk(group, path=()):
+        yield path, group
+        for name, cmd in group.commands.items():
+            yield from walk(cmd, (*path, name)) if hasattr(cmd, "commands") else [((*path, name), cmd)]
+
+    for path, cmd in walk(typer.main.get_command(app)):
+        assert "Example: forensics" in (cmd.help or ""), path or "forensics"

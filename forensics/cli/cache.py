@@ -12,7 +12,8 @@ import typer
 from forensics.cli.common import OPT_JSON, OPT_REGISTRY, err, esc, handle_errors, out, print_json
 
 app = typer.Typer(name="cache", no_args_is_help=True,
-                  help="The user cache ($FORENSICS_CACHE_DIR, else the platform's cache folder): list, clear.")
+                  help="The user cache ($FORENSICS_CACHE_DIR, else the platform's cache folder): list, clear.\n\n"
+                       "Example: forensics cache list")
 
 
 def size_text(n: int) -> str:

@@ -19,7 +19,8 @@ from forensics.cli.common import (
 
 app = typer.Typer(
     name="forensics",
-    help="Which known generator made these images, and are they copies of training data?",
+    help="Which known generator made these images, and are they copies of training data?\n\n"
+         "Example: forensics attribute suspicious/ --html case.html",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -192,7 +193,8 @@ def curate(
     print_json(result.to_dict())
 
 
-protocol_app = typer.Typer(name="protocol", help="Define protocols: what makes fingerprints comparable.",
+protocol_app = typer.Typer(name="protocol", help="Define protocols: what makes fingerprints comparable.\n\n"
+                                                  "Example: forensics protocol combine my-combination mnist-effnet-lite0 mnist-vit",
                            no_args_is_help=True)
 app.add_typer(protocol_app, name="protocol")
 

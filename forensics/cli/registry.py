@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from forensics.results import EvaluationResult, ProtocolDetail, RegistryListing
 
 app = typer.Typer(name="registry", no_args_is_help=True,
-                  help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.")
+                  help="The fingerprint registry: list, show, validate, enrol and evaluate reference generators.\n\n"
+                       "Example: forensics registry list")
 
 def _fmt(v: Any, nd: int = 3) -> str:
     """A value as a listing shows it: a dash for none, a digest shortened, a float to ``nd`` places."""

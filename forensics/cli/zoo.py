@@ -15,7 +15,8 @@ from forensics.cli.common import OPT_CONDITIONS, OPT_ENGINE, OPT_OPERATING_POINT
 from forensics.errors import UsageError
 
 app = typer.Typer(name="zoo", no_args_is_help=True,
-                  help="The generator zoo trained on the embedded MNIST split: list, enrol, retrain, resample.")
+                  help="The generator zoo trained on the embedded MNIST split: list, enrol, retrain, resample.\n\n"
+                       "Example: forensics zoo list")
 
 _GENERATOR = typer.Option(None, "--generator", "-g", help="Only this generator (repeatable; default: all).")
 _SAMPLES = typer.Option(None, "--samples", help="Sample-set folder (default: the registry's "
