@@ -1777,7 +1777,7 @@ def create_protocol(name: str, *, dataset: str | None = None, encoder: str,
                        progress=_engine_progress(progress))
         fitter.reference_side()
     reg.add_protocol(proto, default=default)
-    path = None if fitter is None else fitter.write_reference(reg.writable_reference_dir(name))  # never bundled
+    path = None if fitter is None else fitter.ship_reference(reg)  # into the written layer, never the bundled one
     return ProtocolCreation(proto, reg.path, path)
 
 

@@ -433,14 +433,12 @@ class Engine:
             sets.append((images, digest))
         return sets[0], sets[1]
 
-    def write_reference(self, path: Path) -> Path:
-        """Write the fitted reference side to ``path`` (a folder), for shipping beside a protocol."""
-        target = Path(path) / f"{short(reference_key(self.protocol), 24)}.npz"
-        save_reference(target, self.reference_side(), self.protocol.layers)
-        from forensics.registry.reference import record
-
-        record(target)  # its digest, beside it: the engine checks a shipped file against it before use
-        return target
+    def ship_reference(self, registry: Any) -> Path:
+        """Store the fitted reference side beside the protocol in ``registry``, with its digest (the engine checks
+        a shipped file against it before use), both at once (:meth:`forensics.registry.Registry.ship_reference`)."""
+        refs = self.reference_side()
+        return registry.ship_reference(self.protocol.name, f"{short(reference_key(self.protocol), 24)}.npz",
+                                       lambda path: save_reference(path, refs, self.protocol.layers))
 
     # -- curves ----------------------------------------------------------------------------------
     def _score(self, batches: list[list[np.ndarray]]) -> list[list[Any]]:

@@ -100,8 +100,13 @@ def test_reference_side_is_cached_and_damage_recomputed(protocol, plugin_host, t
 
 
 def test_shipped_reference_is_used_first(protocol, warm, plugin_host, tmp_path):
+    from forensics.engine import reference_key, save_reference
+    from forensics.io.hashing import short
+    from forensics.registry.reference import record
+
     engine = Engine(protocol)
-    path = engine.write_reference(tmp_path / "reference")
+    path = tmp_path / "reference" / f"{short(reference_key(protocol), 24)}.npz"  # where a registry ships it
+    record(save_reference(path, engine.reference_side(), protocol.layers))  # with its digest beside it
     shipped = Engine(protocol, use_cache=False, shipped_dir=tmp_path / "reference")
     batch = load_split("train")[100:200]
     assert shipped.curves(batch)[0].fingerprint == engine.curves(batch)[0].fingerprint

@@ -59,17 +59,23 @@ def read_manifest(folder: Path, label: str) -> dict[str, str] | None:
     return found
 
 
-def record(path: Path) -> Path:
-    """Record the sha256 of the shipped file ``path`` in its folder's manifest (other lines kept)."""
-    path = Path(path)
-    folder = path.parent
+def manifest_text(folder: Path, updates: dict[str, str]) -> str:
+    """The text of ``folder``'s manifest with ``updates`` (file name → sha256 hex) recorded, other lines kept."""
+    folder = Path(folder)
     try:
         known = read_manifest(folder, str(folder / MANIFEST)) or {}
     except RegistryError:
         known = {}
-    known[path.name] = file_sha256(path)
-    text = "".join(f"{digest}  {name}\n" for name, digest in sorted(known.items()))
-    return write_text_atomic(folder / MANIFEST, text)
+    known.update(updates)
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(known.items()))
+
+
+def record(path: Path) -> Path:
+    """Record the sha256 of the shipped file ``path`` in its folder's manifest (other lines kept). The caller
+    holds the registry's lock; a new file and its digest are written together by
+    :meth:`forensics.registry.Registry.ship_reference`."""
+    path = Path(path)
+    return write_text_atomic(path.parent / MANIFEST, manifest_text(path.parent, {path.name: file_sha256(path)}))
 
 
 def recorded_digest(path: Path, protocol: str) -> str:

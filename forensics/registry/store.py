@@ -36,6 +36,7 @@ So a checkout or an installed package never changes unless a command is pointed 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -62,6 +63,14 @@ from forensics.registry.schema import (
     HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator,
     parse_processing, read_yaml, write_yaml,
 )
+
+log = logging.getLogger(__name__)
+
+#: the errors of a registry that cannot be written (read-only, no permission, full), said in one line
+_FULL = {28, 122}  # ENOSPC, EDQUOT
+_CANNOT_WRITE = {1, 5, 13, 30, *_FULL}  # EPERM, EIO, EACCES, EROFS
+_WHAT_TO_DO = {False: "make it writable, or write to another registry with --registry (or FORENSICS_DATA_DIR)",
+               True: "free some space on its disk, then run the command again"}
 
 ENV = "FORENSICS_REGISTRY"
 #: the user's data folder (the user registry is its ``registry/``); default: platformdirs' user data folder
@@ -271,9 +280,9 @@ class Registry:
         defaults = [self._read_default(root, create and root == self.path, problems) for root in self.layers]
         self.default_protocol = next((d for d in defaults if d is not None), None)
         if self.exists and (self.path / JOURNAL).exists():
-            problems.add(self._label(self.path / JOURNAL), None,
-                         "a write of several files was interrupted; the next write to the registry (enrol, remove, "
-                         "calibrate) completes it")
+            unfinished = self._finish_interrupted()
+            if unfinished:
+                problems.add(self._label(self.path / JOURNAL), None, unfinished)
         # protocol name -> its folders, nearest layer first: (layer, folder, record or None)
         found: dict[str, list[tuple[Path, Path, Mapping[str, Any] | None]]] = {}
         for root in self.layers:
@@ -905,26 +914,80 @@ class Registry:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the registry's write lock (``<registry>/.lock``)."""
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with self._file_lock():
+                self._holding = True
+                try:
+                    self._recover()
+                    yield
+                finally:
+                    self._holding = False
+        except Timeout:
+            raise RegistryError(f"the registry at {self.path} is locked by another process "
+                                f"({self.path / LOCK_FILE}); try again when it has finished") from None
+        except OSError as exc:
+            if exc.errno not in _CANNOT_WRITE:
+                raise
+            raise RegistryError(f"cannot write the registry at {self.path}: {exc.strerror or exc}; nothing was left "
+                                "half-written: " + _WHAT_TO_DO[exc.errno in _FULL]) from None
+
+    def check_writable(self) -> None:
+        """Refuse, before minutes of work, a write to a registry folder this process cannot write (a read-only
+        file system or folder, an immutable file): one line saying what to do, as :meth:`lock` would after."""
+        folder = self.path
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not os.access(folder, os.W_OK) or ((self.path / LOCK_FILE).exists()
+                                              and not os.access(self.path / LOCK_FILE, os.W_OK)):
+            raise RegistryError(f"cannot write the registry at {self.path}: {folder} is read-only here; "
+                                + _WHAT_TO_DO[False])
+
+    def _file_lock(self) -> Any:
+        """The registry's lock file as a ``filelock.FileLock`` (waiting up to :data:`LOCK_TIMEOUT_S`)."""
+        from filelock import FileLock
+
         lockfile = self.path / LOCK_FILE
         if lockfile.is_symlink() or (lockfile.exists() and not lockfile.is_file()):
             # taking the lock opens it for writing, truncating whatever a link points at
             raise RegistryError(f"{lockfile}: the registry's lock file is a link or not a file; remove it")
-        lock = FileLock(str(lockfile), timeout=LOCK_TIMEOUT_S)
+        return FileLock(str(lockfile), timeout=LOCK_TIMEOUT_S)
+
+    def _finish_interrupted(self) -> str | None:
+        """On opening, a committed journal (a write of several files that was killed after it committed, or
+        one in its last milliseconds): under the lock, so that a healthy write is waited for and a killed one
+        completed now (:meth:`_recover`) — every command then reads the registry as that write committed it,
+        rather than refusing it until some later write. What stops this is returned as the problem to record:
+        a registry that cannot be written here, or stays locked."""
+        from filelock import Timeout
+
+        if getattr(self, "_holding", False):  # this process writes it: its own write finishes it
+            return None
         try:
-            with lock:
-                self._recover()
-                yield
+            with self._file_lock():
+                if (self.path / JOURNAL).exists():
+                    self._recover()
+                    log.warning("completed a write of several files to the registry at %s that was interrupted "
+                                "after it was committed", self.path)
         except Timeout:
-            raise RegistryError(f"the registry at {self.path} is locked by another process "
-                                f"({self.path / LOCK_FILE}); try again when it has finished") from None
+            return (f"a write of several files is under way or was interrupted, and the registry stays locked by "
+                    f"another process ({self.path / LOCK_FILE}): try again when it has finished")
+        except RegistryError as exc:
+            return str(exc)
+        except OSError as exc:
+            return (f"a write of several files was interrupted after it was committed, and it cannot be completed "
+                    f"here: the registry cannot be written ({exc.strerror or exc}); make {self.path} writable and "
+                    "run any forensics command on it")
+        return None
 
     def check_file_target(self, path: Path) -> Path:
         """``path`` as a registry file about to be (re)written: inside the registry with no link on its way
         (:meth:`_safe`) and, where something lies there already, a regular file; else a :class:`RegistryError`
-        saying what to move. Multi-file writes check every target before writing any."""
+        saying what to move. Multi-file writes check every target before writing any; a registry this process
+        cannot write is refused here too (:meth:`check_writable`), before the work that would be written."""
+        self.check_writable()
         self._safe(path)
         if path.exists() and not path.is_file():
             kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, device or socket)"
@@ -970,9 +1033,13 @@ class Registry:
                 gdir = folder / GENERATORS_DIR
                 if inside(gdir, self.path) and gdir.is_dir():
                     folders.append(gdir)
+                for sub in (REFERENCE_DIR, RECORDS_DIR):  # shipped reference sides and per-image records
+                    below = folder / sub
+                    if inside(below, self.path) and below.is_dir():
+                        folders += [d for d in (below, *below.rglob("*")) if d.is_dir() and not d.is_symlink()
+                                    and inside(d, self.path)]
         for folder in folders:
-            # registry files are written only under this lock; the reference/ folder (written by the
-            # pipeline without it) is left alone
+            # every file of the registry is written under this lock: a temporary one is a killed write's
             for tmp in folder.glob(".*.tmp"):
                 if tmp.name != JOURNAL and tmp.is_file() and not tmp.is_symlink():
                     tmp.unlink(missing_ok=True)
@@ -1270,18 +1337,33 @@ class Registry:
                 text = dump_yaml(data).encode("utf-8")  # before the file exists: a failure leaves none behind
                 tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
                 path.parent.mkdir(parents=True, exist_ok=True)
+                pairs.append((tmp, path))  # before it exists: a write that fails half-way (a full disk) is removed
                 with open(tmp, "xb") as f:
                     f.write(text)
                     f.flush()
                     os.fsync(f.fileno())
                 os.chmod(tmp, 0o644)
-                pairs.append((tmp, path))
                 _pause("REGISTRY_TEST_PAUSE_PARTS")
-            write_text_atomic(self.path / JOURNAL, "# temporary file → registry file; completed by the next "
-                                                   "write\n" + dump_yaml([[None if t is None else
-                                                                           str(t.relative_to(self.path)),
-                                                                           str(p.relative_to(self.path))]
-                                                                          for t, p in pairs]))
+        except BaseException:
+            for tmp, _ in pairs:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+            raise
+        self._commit(pairs)
+
+    def _commit(self, pairs: Sequence[tuple[Path | None, Path]]) -> None:
+        """Under the lock: put the temporary files of ``pairs`` (temporary → final; None: remove the final one)
+        in place all or nothing — a journal of the pairs committed by an atomic rename, then the renames, then
+        the journal removed. Killed before the commit, the temporaries are removed by the next write; after it,
+        the write is completed when the registry is next opened (:meth:`_finish_interrupted`)."""
+        from forensics.registry.schema import dump_yaml
+
+        try:
+            write_text_atomic(self.path / JOURNAL, "# temporary file → registry file; completed when the registry "
+                                                   "is next opened\n" + dump_yaml([[None if t is None else
+                                                                                   str(t.relative_to(self.path)),
+                                                                                   str(p.relative_to(self.path))]
+                                                                                  for t, p in pairs]))
         except BaseException:
             for tmp, _ in pairs:
                 if tmp is not None:
@@ -1295,6 +1377,35 @@ class Registry:
             if i == 0:
                 _pause("REGISTRY_TEST_PAUSE_RENAMES")
         (self.path / JOURNAL).unlink(missing_ok=True)
+
+    def ship_reference(self, protocol_name: str, file_name: str, write: Any) -> Path:
+        """Store a fitted reference side beside ``protocol_name`` as ``reference/<file_name>``, with its digest
+        in the folder's manifest, all or nothing: ``write(path)`` writes the file to a temporary name, the
+        manifest is written to another, and both are committed together through the journal (:meth:`_commit`),
+        so that no state has a shipped file without its digest or a digest without its file."""
+        folder = self.writable_reference_dir(protocol_name)
+        with self.lock():
+            folder.mkdir(parents=True, exist_ok=True)
+            target = self.check_file_target(folder / file_name)
+            manifest = self.check_file_target(folder / shipped.MANIFEST)
+            tag = uuid.uuid4().hex[:12]
+            tmp, mtmp = folder / f".{file_name}.{tag}.tmp", folder / f".{shipped.MANIFEST}.{tag}.tmp"
+            try:
+                write(tmp)
+                text = shipped.manifest_text(folder, {file_name: shipped.file_sha256(tmp)})
+                with open(mtmp, "xb") as f:
+                    f.write(text.encode("ascii"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(mtmp, 0o644)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                mtmp.unlink(missing_ok=True)
+                raise
+            _pause("REGISTRY_TEST_PAUSE_PARTS")
+            self._commit([(tmp, target), (mtmp, manifest)])
+        self.reload()
+        return target
 
     def _add_instances(self, proto: Protocol, generator: str, curves: Sequence[tuple[float | None, ...]],
                        base: Mapping[str, Any], new_ids: Sequence[str], description: str,
