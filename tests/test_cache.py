@@ -152,3 +152,21 @@ def test_embeddings_that_cannot_be_cached_are_returned_with_a_warning(lite, monk
     with pytest.warns(UserWarning, match="not cached .*No space left"):
         got = embed(lite, images, layers=["bn1"], cache=True)[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_embeddings_whose_cache_folder_cannot_be_made_are_returned_with_a_warning(lite, monkeypatch, tmp_path):
+    # the cache's folder on a read-only file system: its files are refused as outputs ("cannot make its
+    # folder"), which failed the whole attribution as wrong usage (exit 2) where a warning was promised
+    from forensics.errors import UsageError
+    from forensics.encode import cache as caches
+
+    images = sample_images(n=3, size=30)
+    want = embed(lite, images, layers=["bn1"], cache=False)[0]
+
+    def read_only(self, *a, **k):
+        raise UsageError(f"cannot write {tmp_path}/x.npy: cannot make its folder (Read-only file system)")
+
+    monkeypatch.setattr(caches.EmbeddingCache, "write_shard", read_only)
+    with pytest.warns(UserWarning, match="not cached .*Read-only file system"):
+        got = embed(lite, images, layers=["bn1"], cache=True)[0]
+    np.testing.assert_array_equal(got, want)

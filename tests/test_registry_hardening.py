@@ -784,3 +784,22 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_behind(two, fingerprint
         two.enroll("ab", "g", fingerprints(two.protocol("ab"), [1.0, 2.0, 3.0, 4.0, 5.0]), {"input_sha256": ONE})
     monkeypatch.undo()
     assert temps(two.path) == [] and Registry.open(two.path).generators["ab"] == {}
+
+
+def test_a_write_that_waits_for_the_lock_says_so_and_then_gives_up_in_one_line(two, fingerprints, monkeypatch,
+                                                                                   caplog):
+    from filelock import FileLock
+
+    import forensics.registry.store as store
+
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 1.0)
+    held = FileLock(str(two.path / ".lock"))
+    held.acquire()  # another writer (filelock's locks are per open file: this one excludes the registry's own)
+    try:
+        with caplog.at_level("WARNING", logger="forensics"):
+            with pytest.raises(RegistryError, match="locked by another process"):
+                two.set_default("b")
+    finally:
+        held.release()
+    assert any("being written by another process; waiting for it" in r.getMessage() for r in caplog.records)
+    two.set_default("b")  # released: it goes through

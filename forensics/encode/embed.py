@@ -156,7 +156,8 @@ def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = No
                 for name in todo:
                     store.put(keys[name], out[name], what={"images": digest, "encoder": encoder.name, "layer": name,
                                                            "amp": amp})
-            except OSError as exc:  # a read-only cache folder, a full disk: the embeddings serve as computed
+            except (OSError, UsageError) as exc:  # a read-only cache folder (refused as an output), a full disk:
+                # the embeddings serve as computed
                 warnings.warn(f"embeddings computed but not cached ({exc}); the next run computes them again "
                               "(set FORENSICS_CACHE_DIR to a writable folder)", stacklevel=2)
     elif progress is not None:

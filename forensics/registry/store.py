@@ -918,7 +918,7 @@ class Registry:
 
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            with self._file_lock():
+            with self._waited_lock():
                 self._holding = True
                 try:
                     self._recover()
@@ -944,6 +944,24 @@ class Registry:
                                               and not os.access(self.path / LOCK_FILE, os.W_OK)):
             raise RegistryError(f"cannot write the registry at {self.path}: {folder} is read-only here; "
                                 + _WHAT_TO_DO[False])
+
+    @contextlib.contextmanager
+    def _waited_lock(self) -> Iterator[None]:
+        """The lock, saying so once when another process holds it (a write waits up to :data:`LOCK_TIMEOUT_S`
+        for it in silence otherwise, behind a progress display that stands still)."""
+        from filelock import Timeout
+
+        lock = self._file_lock()
+        try:
+            lock.acquire(timeout=0.5)
+        except Timeout:
+            log.warning("the registry at %s is being written by another process; waiting for it (up to %d s)",
+                        self.path, LOCK_TIMEOUT_S)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _file_lock(self) -> Any:
         """The registry's lock file as a ``filelock.FileLock`` (waiting up to :data:`LOCK_TIMEOUT_S`)."""
