@@ -97,6 +97,43 @@ def test_a_cluster_address_that_does_not_answer_fails_fast():
     _reachable("auto")
 
 
+@pytest.mark.parametrize("reply, ray_like", [
+    (b"HTTP/1.0 400 Bad Request\r\n\r\n", False),  # a web server: the dashboard's port, a proxy
+    (b"", False),  # accepts and closes
+    (bytes([0, 0, 6, 4, 0, 0, 0, 0, 0]) + bytes(6), True),  # an HTTP/2 server's SETTINGS frame: gRPC, as Ray's
+])
+def test_a_port_that_answers_but_not_as_ray_is_refused_at_once(reply, ray_like):
+    # an address where something else listens sent Ray into minutes of retries, its log lines on stderr
+    import socket
+    import threading
+
+    from forensics.distributed import _reachable
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            if reply:
+                conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        if ray_like:
+            _reachable(address, timeout=5)
+        else:
+            with pytest.raises(UsageError, match="something answers at .*, but not Ray"):
+                _reachable(address, timeout=5)
+    finally:
+        server.close()
+    with pytest.raises(UsageError, match="dashboard's http:// address"):
+        _reachable("http://127.0.0.1:8265")
+
+
 # -- with Ray --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ray_fits_the_reference_side_and_local_reuses_its_cache(ray_local, protocol, plugin_host, tmp_path,

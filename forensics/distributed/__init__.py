@@ -47,21 +47,45 @@ def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(keep)}
 
 
+#: HTTP/2's client connection preface and an empty SETTINGS frame: what a gRPC client sends first
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def _reachable(address: str | None, timeout: float = 5.0) -> None:
-    """Refuse a cluster address whose host does not answer: Ray itself would retry for minutes."""
+    """Refuse a cluster address where no Ray answers, in seconds: Ray itself would retry for minutes, logging
+    as it goes. The host must accept a connection on the port and speak gRPC there (HTTP/2: its server's
+    first frame is a SETTINGS frame), as a Ray head's GCS (HOST:6379) and Ray Client (ray://HOST:10001) do;
+    a web server (the dashboard's 8265), a proxy or another service does not."""
     import socket
 
     if address is None or address in ("auto", "local"):
         return
+    if "://" in address and not address.startswith("ray://"):
+        raise UsageError(f"--ray-address takes auto, HOST:PORT or ray://HOST:PORT, not {address!r} (the dashboard's "
+                         "http:// address is not where Ray is reached)")
     target = address.split("://", 1)[-1]
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError(f"--ray-address takes auto, HOST:PORT or ray://HOST:PORT, not {address!r}")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_H2_PREFACE)
+            first = b""
+            while len(first) < 9:
+                got = conn.recv(9 - len(first))
+                if not got:
+                    break
+                first += got
     except OSError as exc:
-        raise UsageError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); check --ray-address, "
-                         "or drop it to start a local Ray instance") from None
+        if isinstance(exc, (socket.timeout, TimeoutError)) and "first" in locals():
+            first = b""  # connected, but nothing came back
+        else:
+            raise UsageError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); check --ray-address, "
+                             "or drop it to start a local Ray instance") from None
+    if len(first) < 9 or first[3] != 4:
+        raise UsageError(f"something answers at {address}, but not Ray (no gRPC there): check the port — a Ray "
+                         "head is reached at HOST:6379 or ray://HOST:10001 (8265 is its dashboard)")
 
 
 def connect(address: str | None = None) -> Any:
@@ -74,8 +98,10 @@ def connect(address: str | None = None) -> Any:
     if not ray.is_initialized():
         _reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=debug, logging_level=level,
-                     runtime_env={"env_vars": _worker_env()})
+            # no address (nor Ray's own RAY_ADDRESS): a new local instance, as the help says — never a cluster
+            # that `ray start` left running here, which Ray would join (it may span machines without the cache)
+            ray.init(address=address or (None if os.environ.get("RAY_ADDRESS") else "local"), include_dashboard=False,
+                     log_to_driver=debug, logging_level=level, runtime_env={"env_vars": _worker_env()})
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
             raise UsageError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
