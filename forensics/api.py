@@ -1293,9 +1293,11 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         provenance["image_size"] = list(map(int, record.sizes[0]))
     if record.path is not None:
         provenance["input"] = record.path
+        kept = conditions if conditions is None or isinstance(conditions, str) else ",".join(conditions)
         provenance["command"] = " ".join(shlex.quote(a) for a in ["forensics", "registry", "enroll", generator,
                                                                    record.path, "--protocol", pname]
-                                         + ([] if recursive else ["--no-recursive"]))
+                                         + ([] if recursive else ["--no-recursive"])
+                                         + ([] if kept == "all" else ["--conditions", kept or "none"]))
     if note:
         provenance["note"] = note
     ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records, family=family,

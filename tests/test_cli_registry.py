@@ -222,8 +222,14 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch, toy_protocol)
     assert [r.fingerprint.values[2] for r in refs] == [None, None]
     prov = refs[0].provenance
     assert prov["input_sha256"] == doc["input_sha256"] and prov["n_images"] == 25 and prov["note"] == "run 1"
-    assert prov["command"].startswith("forensics registry enroll gan")
+    assert prov["command"].startswith("forensics registry enroll gan") and "--conditions" not in prov["command"]
     run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", code=2)  # same images twice
+    # the conditions kept are part of the command that repeats an enrolment
+    shifted = np.roll(images, 1, axis=0)
+    np.savez(tmp_path / "more.npz", images=shifted)
+    run("enroll", "gan2", tmp_path / "more.npz", "--registry", tmp_path / "reg", "--conditions", "none,jpeg90")
+    (again,) = [r for r in Registry.open(tmp_path / "reg").enrolled("toy") if r.generator == "gan2"][:1]
+    assert again.provenance["command"].endswith("--conditions none,jpeg90"), again.provenance["command"]
     # images repeated pixel for pixel are enrolled as given, with a warning the maintainer can act on
     from forensics.schemas import validate
 
