@@ -541,6 +541,7 @@ def test_library_warnings_are_one_line(capfd):
     lines = err.splitlines()
     assert len(lines) == 2 and "divide by zero" in lines[0] and "RuntimeWarning" in lines[0], err
     assert lines[1].startswith("warning: first line") and "second" not in err, err
+    assert not lines[1].endswith("(UserWarning)"), err  # a plain warning, as forensics' own are: no kind to name
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_code(world, tmp_path, capfd):

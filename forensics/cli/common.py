@@ -251,7 +251,10 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
         return
     text = one_line(str(message)) or category.__name__
-    err.print(Text.assemble(("warning:", "yellow"), f" {text} ({category.__name__})"), highlight=False, soft_wrap=True)
+    # a library's own kind (DeprecationWarning, a torch or Pillow class) says where it comes from; the plain
+    # UserWarning, which forensics' own warnings are, says nothing
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    err.print(Text.assemble(("warning:", "yellow"), f" {text}{kind}"), highlight=False, soft_wrap=True)
 
 
 def check_output(path: Any) -> None:
