@@ -5,6 +5,7 @@ a CUDA GPU is present (never in CI; see benchmarks/README.md for where they were
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -163,3 +164,28 @@ def shipped_engine(request, bundled_registry):
         yield engine
     finally:
         plugins.reset(old)
+
+
+@pytest.fixture
+def user(monkeypatch, tmp_path):
+    """A fresh, empty user registry over the bundled one (it does not exist yet; no $FORENSICS_REGISTRY), a
+    private cache, offline: its path."""
+    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
+    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FORENSICS_OFFLINE", "1")
+    return tmp_path / "data" / "registry"
+
+
+@pytest.fixture
+def without(monkeypatch):
+    """``without("matplotlib", ...)``: those modules cannot be imported for the test (as if not installed)."""
+
+    def hide(*modules: str) -> None:
+        for name in list(sys.modules):
+            if name.split(".")[0] in modules:
+                monkeypatch.delitem(sys.modules, name)
+        for name in modules:
+            monkeypatch.setitem(sys.modules, name, None)
+
+    return hide

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -28,16 +26,6 @@ def _bundled_plugins_only(plugin_host):
 
 
 @pytest.fixture
-def user(monkeypatch, tmp_path) -> Path:
-    """A fresh, empty user registry over the bundled one (it does not exist yet), a private cache, offline."""
-    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
-    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("FORENSICS_OFFLINE", "1")
-    return tmp_path / "data" / "registry"
-
-
-@pytest.fixture
 def bundled_unchanged():
     """Asserts, after the test, that no file of the bundled registry changed."""
     def state() -> dict[str, str]:
@@ -49,18 +37,6 @@ def bundled_unchanged():
     assert state() == before
 
 
-@pytest.fixture
-def without(monkeypatch):
-    """``without("matplotlib", ...)``: those modules cannot be imported for the test (as if not installed)."""
-
-    def hide(*modules: str) -> None:
-        for name in list(sys.modules):
-            if name.split(".")[0] in modules:
-                monkeypatch.delitem(sys.modules, name)
-        for name in modules:
-            monkeypatch.setitem(sys.modules, name, None)
-
-    return hide
 
 
 def cli(*args, code: int = 0):

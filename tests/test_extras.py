@@ -4,7 +4,6 @@ names the extra and the command that installs it."""
 from __future__ import annotations
 
 import re
-import sys
 import tomllib
 from pathlib import Path
 
@@ -14,20 +13,6 @@ import pytest
 from forensics.extras import DISTRIBUTION, EXTRAS, MissingExtra, install_command, require
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def without(monkeypatch):
-    """``without("mlxtend", ...)``: those modules cannot be imported for the test (as if not installed)."""
-
-    def hide(*modules: str) -> None:
-        for name in list(sys.modules):
-            if name.split(".")[0] in modules:
-                monkeypatch.delitem(sys.modules, name)
-        for name in modules:
-            monkeypatch.setitem(sys.modules, name, None)
-
-    return hide
 
 
 def test_the_core_leaves_the_extras_out_and_every_extra_is_declared():

@@ -31,14 +31,6 @@ def _bundled_plugins_only(plugin_host):
     yield plugin_host
 
 
-@pytest.fixture
-def user(monkeypatch, tmp_path) -> Path:
-    """A fresh, empty user registry (it does not exist yet); no $FORENSICS_REGISTRY."""
-    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
-    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
-    return tmp_path / "data" / "registry"
-
-
 def fingerprint_of(path: Path) -> dict[str, tuple[int, int, str | None]]:
     """Every file under ``path``: size, mtime and (for text) its sha256, to show that nothing changed."""
     state = {}
