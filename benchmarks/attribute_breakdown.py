@@ -152,7 +152,7 @@ def child(args) -> None:
     ph.wrap(engines.Engine, "encoder", "model build")
     ph.wrap(engines.Engine, "reference_side", "reference load")
     ph.wrap(engines.Engine, "embed", "embed")
-    ph.wrap(engines.Engine, "curve_from_embeddings", "statistic")
+    ph.wrap(engines.Engine, "_score", "statistic")  # every batch is scored here, a set smaller than m too
     ph.wrap(api, "read_images", "decode")
     make = match.make_matcher
 
@@ -300,7 +300,12 @@ def floors(args, result, doc: str) -> dict:
     plain, search_flops = [], 0.0
     for e, embs in zip(parts, embeddings):
         for ref, q in zip(e.reference_side(), embs):
-            value, f = plain_ct(ref.to_arrays(), q)
+            arrays = ref.to_arrays()
+            if "distance" not in arrays:  # not C_T (the default's pixel statistics, mean-z): scored as the tool does
+                value = ref.score(q, **e.score_params).value
+                plain.append(value)
+                continue
+            value, f = plain_ct(arrays, q)
             plain.append(value)
             search_flops += f
     out["statistic_plain"] = time.process_time() - t

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -46,8 +47,12 @@ def main() -> int:
     ap.add_argument("--time", action="store_true", help="time the first and later runs under a condition, then stop")
     a = ap.parse_args()
     if a.time:
-        os.environ["FORENSICS_CACHE_DIR"] = tempfile.mkdtemp(prefix="forensics-cache-")  # before forensics reads it
-        return timing(a.protocol)
+        scratch = tempfile.mkdtemp(prefix="forensics-cache-")  # an empty cache: the first run's cost is measured
+        os.environ["FORENSICS_CACHE_DIR"] = scratch  # before forensics reads it
+        try:
+            return timing(a.protocol)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     from robust_attribution import as_query
 
