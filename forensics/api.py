@@ -17,6 +17,7 @@ begun, and a step is over when ``done == total > 0``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import shlex
 from dataclasses import replace
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from forensics.plugins import Provided
     from forensics.protocol import Combination, Protocol
     from forensics.registry import Registry
+
+log = logging.getLogger(__name__)
 
 Images = Union[str, Path, np.ndarray]
 """An image set: a folder of PNG/JPEG files, an .npz/.npy file, or a uint8 array (N, H, W[, C])."""
@@ -556,6 +559,9 @@ def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, wei
     from forensics.engine import make_engine
 
     options: dict[str, Any] = {} if engine == "ray" else {"workers": workers}  # Ray Data reads in parallel
+    if engine == "ray" and workers > 1:
+        log.warning("--workers %d is for the local engine: under --engine ray, Ray Data reads the images in "
+                    "parallel itself", workers)
     return make_engine(protocol, reference_dir=reg.reference_dir, device=device, weights=weights,
                        use_cache=cache, progress=_engine_progress(progress), amp=amp, engine=engine,
                        ray_address=ray_address, condition=condition, **options)

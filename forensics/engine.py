@@ -656,9 +656,6 @@ def make_engine(protocol: Protocol | Combination, *, reference_dir: Callable[[st
     side may be shipped (:meth:`forensics.registry.Registry.reference_dir`). ``engine``: ``"local"`` or
     ``"ray"`` (:func:`engine_class`). ``options`` go to every :class:`Engine`."""
     cls = engine_class(engine, ray_address)
-    if engine == "ray" and (options.get("workers") or 0) > 1:
-        log.warning("--workers %s is for the local engine: under --engine ray, Ray Data reads the images in "
-                    "parallel itself", options["workers"])
     dirs = {p.name: reference_dir(p.name) for p in protocol.parts} if reference_dir is not None else {}
     if isinstance(protocol, Combination):
         return CombinedEngine(protocol, shipped_dirs=dirs, engine=cls, **options)

@@ -254,3 +254,20 @@ def test_sharded_search_on_ray_tasks_is_exact(ray_local):
     train, queries = rng.standard_normal((900, 8)), rng.standard_normal((200, 8))
     got = ShardedSearch(shard_rows=256, ray=True).nearest(queries, train, "euclidean")
     assert np.array_equal(got, nearest_distance(queries, train, "euclidean"))
+
+
+def test_workers_under_the_ray_engine_are_said_to_do_nothing(monkeypatch, caplog, toy_protocol):
+    # Ray Data reads the images itself: --workers 2 was ignored without a word
+    import forensics.api as api
+    import forensics.engine as engines
+
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: "an engine")
+    reg = type("Reg", (), {"reference_dir": None})()
+    with caplog.at_level("WARNING", logger="forensics"):
+        assert api._engine(reg, toy_protocol(), device="cpu", weights=None, cache=True, workers=2, amp=None,
+                           progress=None, engine="ray") == "an engine"
+        api._engine(reg, toy_protocol(), device="cpu", weights=None, cache=True, workers=2, amp=None,
+                    progress=None, engine="local")
+    said = [r.getMessage() for r in caplog.records if "--workers" in r.getMessage()]
+    assert said == ["--workers 2 is for the local engine: under --engine ray, Ray Data reads the images in "
+                    "parallel itself"]
