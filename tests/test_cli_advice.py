@@ -105,8 +105,8 @@ def test_the_ray_engine_without_ray_exit_1(user, without):
 # -- 3: combining again what is there ----------------------------------------------------------------
 def test_combining_an_existing_combination_again_says_it_is_unchanged(user, bundled_unchanged):
     result = cli("protocol", "combine", "mnist-effnet-vit", LITE0, "mnist-vit")  # the --help example
-    assert "exists unchanged" in result.stderr and "written to" not in result.stderr
-    assert str(bundled_registry_path() / "mnist-effnet-vit") in result.stderr.replace("\n", "")
+    assert "exists unchanged" in result.stdout and "written to" not in result.stdout
+    assert str(bundled_registry_path() / "mnist-effnet-vit") in result.stdout.replace("\n", "")
 
 
 # -- 4: the cache's own folders ------------------------------------------------------------------------

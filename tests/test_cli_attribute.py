@@ -297,10 +297,17 @@ def test_debug_shows_the_traceback(registry, plugin_host):
 
 def test_curate_writes_a_set(plugin_host, tmp_path):
     out = tmp_path / "rot.npz"
-    r = run(["curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", str(out)])
+    r = run(["curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
     assert info["n_images"] == 20 and np.load(out)["images"].shape == (20, 8, 8)
+    # without --json, as every command: one line for a person, the same set written
+    again = tmp_path / "again.npz"
+    r = run(["curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", str(again)])
+    assert r.exit_code == 0, r.output
+    assert not r.stdout.lstrip().startswith("{") and "wrote 20 rotate copies" in r.stdout
+    assert info["sha256"][:12] in r.stdout
+    assert np.array_equal(np.load(again)["images"], np.load(out)["images"])
 
 
 def test_attribute_a_folder_of_pngs_with_worker_processes(registry, plugin_host, tmp_path):

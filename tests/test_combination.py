@@ -200,6 +200,7 @@ def combined(tmp_path_factory):
         np.savez(data / "copies.npz", images=train[300:400])
         r = run(["protocol", "combine", "digits-both", *PARTS, "--registry", str(reg), "--description", "both"])
         assert r.exit_code == 0, r.output
+        assert r.stdout.startswith("combination digits-both") and "{" not in r.stdout  # JSON only with --json
         yield reg, data
     finally:
         plugins.reset(old)

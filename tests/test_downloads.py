@@ -347,7 +347,7 @@ def test_a_protocol_from_your_own_folders_and_a_generator_enrolled_from_its_fold
     heldout = save_pngs(tmp_path / "data" / "heldout", mine[80:])
     code, out, err = cli(capsys, "protocol", "create", "mine", "--train", train, "--heldout", heldout, "--encoder",
                          TINY, "--weights", "random", "--option", "image_size=32", "--k", "2", "--tau", "0.25",
-                         "--batch-size", "20", "--registry", reg)
+                         "--batch-size", "20", "--registry", reg, "--json")
     assert code == 0, err
     created = json.loads(out)
     pfile = tmp_path / "registry" / "mine" / "protocol.yaml"

@@ -257,7 +257,7 @@ def test_protocol_combination_conforms(tmp_path):
         shutil.copytree(bundled.layer_of(name) / name, target / name,
                         ignore=shutil.ignore_patterns("samples", "models", "reference*"))
     Registry.open(target, create=True).set_default("mnist-vit")
-    doc = cli_json("protocol", "combine", "both", "mnist-effnet-lite0", "mnist-vit", "--registry", target)
+    doc = cli_json("protocol", "combine", "both", "mnist-effnet-lite0", "mnist-vit", "--registry", target, "--json")
     assert doc["combines"] == ["mnist-effnet-lite0", "mnist-vit"] and doc["n_instances"] > 0
     conforms(doc)
     one_part = copy.deepcopy(doc)
@@ -306,7 +306,8 @@ def test_curation_conforms_for_each_kind_of_source(tmp_path):
     from forensics.curation import KINDS
 
     assert tuple(schemas.load("forensics.curation/1")["properties"]["kind"]["enum"]) == KINDS
-    by_dataset = cli_json("curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", tmp_path / "r.npz")
+    by_dataset = cli_json("curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", tmp_path / "r.npz",
+                          "--json")
     assert by_dataset["source"] == {"dataset": "digits", "split": "train"} and by_dataset["subset"]["count"] == 20
     conforms(by_dataset)
     from_file = forensics.curate(tmp_path / "r.npz", "noise", seed=1).to_dict()
@@ -352,7 +353,8 @@ def test_protocol_creation_and_a_real_enrolment_conform(tmp_path):
     reg = tmp_path / "reg"
     created = cli_json("protocol", "create", "digits-tiny", "--dataset", "digits", "--encoder",
                        "vit_tiny_patch16_224.augreg_in21k", "--weights", "random", "--option", "image_size=32",
-                       "--k", "3", "--projection", "16", "--batch-size", "100", "--default", "--registry", reg)
+                       "--k", "3", "--projection", "16", "--batch-size", "100", "--default", "--registry", reg,
+                       "--json")
     assert created["name"] == "digits-tiny"
     conforms(created)
     np.savez(tmp_path / "copies.npz", images=load_digits("test")[:150])

@@ -180,6 +180,8 @@ def curate(
     count: Optional[int] = typer.Option(None, "--count", "-n", min=1,
                                         help="Curate N images drawn at random (seeded by --seed), not all."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset and of the random transform."),
+    json_out: bool = typer.Option(False, "--json", help="Print the record of the set as JSON (schema "
+                                  "forensics.curation/1)."),
 ):
     """Make He et al.'s curated copies of a reference set, to probe copying at one level.
 
@@ -189,8 +191,11 @@ def curate(
 
     check_output(output)
     result = run(source, kind, count=count, seed=seed, out=output)
-    err.print(f"wrote {len(result.images)} {esc(kind)} copies to {esc(output)}")
-    print_json(result.to_dict())
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        out.print(f"wrote {len(result.images)} {esc(kind)} copies of {esc(source)} to {esc(output)} "
+                  f"(seed {seed}; sha256 {result.sha256[:12]}…)")
 
 
 protocol_app = typer.Typer(name="protocol", help="Define protocols: what makes fingerprints comparable.\n\n"
@@ -248,6 +253,7 @@ def protocol_create(
     offline: bool = OPT_OFFLINE,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.protocol-creation/1)."),
 ):
     """Define a protocol: hash the reference sets, record the encoder, statistic and batch size.
 
@@ -267,10 +273,12 @@ def protocol_create(
                                  tau=tau, seed=seed, batch_size=batch_size, description=description,
                                  ship_reference=ship_reference, default=make_default, registry=registry, device=device,
                                  progress=update, engine=engine, ray_address=ray_address, statistic=statistic)
-    err.print(f"protocol {esc(name)} ({short(result.protocol.digest)}) written to {esc(result.registry)}")
+    if json_out:
+        print_json(result.to_dict())
+        return
+    out.print(f"protocol {esc(name)} ({short(result.protocol.digest)}) written to {esc(result.registry)}")
     if result.reference_path is not None:
-        err.print(f"reference side written to {esc(result.reference_path)}")
-    print_json(result.to_dict())
+        out.print(f"reference side written to {esc(result.reference_path)}")
 
 
 @protocol_app.command("combine")
@@ -283,6 +291,7 @@ def protocol_combine(
                                    "after one of its protocols was re-created)."),
     make_default: bool = typer.Option(False, "--default", help="Make it the registry's default protocol."),
     registry: Optional[Path] = OPT_REGISTRY,
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.protocol-combination/1)."),
 ):
     """Read several protocols as one: a batch's fingerprint is their curves end to end.
 
@@ -296,16 +305,17 @@ def protocol_combine(
     result = combine_protocols(name, parts, description=description, overwrite=overwrite, default=make_default,
                                registry=registry)
     what = f"combination {esc(name)} ({short(result.combination.digest)}) of {esc(', '.join(parts))}"
-    if result.written:
-        err.print(f"{what} written to {esc(result.registry)}; {result.n_instances} instance(s) enrolled under all "
+    for warning in result.warnings:
+        err.print(f"[yellow]note:[/] {esc(warning)}")
+    if json_out:
+        print_json(result.to_dict())
+    elif result.written:
+        out.print(f"{what} written to {esc(result.registry)}; {result.n_instances} instance(s) enrolled under all "
                   "of them")
     else:  # the same combination again: nothing to write
         where = result.file if result.file is not None else result.registry
-        err.print(f"{what} exists unchanged at {esc(where)}; nothing written; {result.n_instances} instance(s) "
+        out.print(f"{what} exists unchanged at {esc(where)}; nothing written; {result.n_instances} instance(s) "
                   "enrolled under all of them")
-    for warning in result.warnings:
-        err.print(f"[yellow]note:[/] {esc(warning)}")
-    print_json(result.to_dict())
 
 
 @app.command()
