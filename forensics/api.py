@@ -530,10 +530,10 @@ def _without_enrolled(data: np.ndarray, record: ImageInput, condition: str | Seq
 
 
 def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "local") -> dict[str, Any]:
-    """Check ``device`` and ``amp`` before any work and return the record a report keeps of them
-    (``{"device": ..., "amp": ...}``): both change the curve. Autocast on the CPU is refused: there it runs
-    several times slower than float32 and moves the curve away from the registry's (a verdict changed).
-    Under ``engine="ray"`` the device is the cluster's (``cpu`` or ``cuda``), checked when the engine
+    """Check ``device`` and ``amp`` before any work and return the record a report keeps of them and of the
+    engine (``{"device": ..., "amp": ..., "engine": ...}``): device and amp change the curve. Autocast on the
+    CPU is refused: there it runs several times slower than float32 and moves the curve away from the registry's
+    (a verdict changed). Under ``engine="ray"`` the device is the cluster's (``cpu`` or ``cuda``), checked when the engine
     connects, not this machine's."""
     from forensics.encode.devices import torch_device
 
@@ -547,7 +547,7 @@ def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "lo
     if amp is not None and kind == "cpu":
         raise UsageError(f"--amp {amp} is refused on the CPU: autocast there is slower than float32 and moves the "
                          "curve away from the registry's; drop --amp, or use it with --device cuda")
-    return {"device": str(device), "amp": amp}
+    return {"device": str(device), "amp": amp, "engine": engine}
 
 
 def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, weights: str | None, cache: bool,
@@ -2455,7 +2455,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     # bf16 is allowed on the CPU too: measured on mnist-dup's 10 repeated digits (docs/invmm.md, "Cost") it kept
     # every success and moved the scores far less than another seed does, with steps about 1.9x faster on a
     # CPU with bf16 arithmetic; only the optimisation's network calls are autocast, verification stays float32
-    compute = {**check_compute(device), "amp": amp}
+    compute = {"device": check_compute(device)["device"], "amp": amp}  # InvMM runs in this process alone
     if amp is not None and torch.device(compute["device"]).type == "cpu" and not _cpu_has_bf16():
         import warnings
 

@@ -80,7 +80,7 @@ def test_attribute_json_names_the_generator(registry, plugin_host, tmp_path):
     assert doc["protocol"]["name"] == "digits-vit" and doc["protocol"]["digest"].startswith("sha256:")
     assert doc["input"]["n_images"] == 100 and doc["input"]["sha256"].startswith("sha256:")
     assert doc["tool"]["forensics"] and doc["partial_batch"] is False
-    assert doc["compute"] == {"device": "cpu", "amp": None}  # both move the curve: the report records them
+    assert doc["compute"] == {"device": "cpu", "amp": None, "engine": "local"}  # both move the curve: the report records them
     page = html.read_text()
     # three plots (curves, ranking, heat map): PNG with matplotlib, hand-drawn SVG without
     assert page.startswith("<!doctype html>") and page.count("<img") + page.count("<svg") >= 3
@@ -127,7 +127,7 @@ def test_memorization_records_device_and_precision(registry, plugin_host):
     reg, data = registry
     r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["compute"] == {"device": "cpu", "amp": None}
+    assert json.loads(r.stdout)["compute"] == {"device": "cpu", "amp": None, "engine": "local"}
     r = run(["memorization", str(data / "copies.npz"), "--registry", str(reg)], env={"COLUMNS": "200"})
     assert "device cpu, float32" in r.stdout
 

@@ -225,6 +225,7 @@ def test_attribute_json_is_the_same_with_engine_ray(ray_local, monkeypatch, caps
     local, on_ray = outputs
     assert on_ray["curve"] == local["curve"]
     assert on_ray["verdict"] == local["verdict"]
+    assert (local["compute"]["engine"], on_ray["compute"]["engine"]) == ("local", "ray")  # where it ran is kept
 
 
 @pytest.mark.slow

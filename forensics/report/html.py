@@ -328,7 +328,9 @@ def _source_line(doc: dict[str, Any]) -> str:
 
 def _compute_line(doc: dict[str, Any]) -> str:
     compute = doc.get("compute") or {}
-    return f"computed on {_esc(compute.get('device'))}, {_esc(compute.get('amp') or 'float32')}"
+    where = _esc(compute.get("device"))
+    where = f"a Ray cluster's {where}" if compute.get("engine") == "ray" else where
+    return f"computed on {where}, {_esc(compute.get('amp') or 'float32')}"
 
 
 def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | None = None) -> Page:

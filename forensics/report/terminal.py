@@ -256,10 +256,12 @@ def evaluation_scope(protocol: Mapping[str, Any]) -> str:
 
 
 def compute_text(result: AttributionResult | MemorizationResult) -> str:
-    """Where the curve was computed, and in which precision: ``device cpu, float32`` or ``device cuda, amp bf16``."""
+    """Where the curve was computed, and in which precision: ``device cpu, float32``, ``device cuda, amp bf16``
+    or, on a Ray cluster, ``Ray cluster, device cuda, float32``."""
     compute = result.compute
     amp = compute.get("amp")
-    return f"device {compute.get('device')}, {'amp ' + amp if amp else 'float32'}"
+    cluster = "Ray cluster, " if compute.get("engine") == "ray" else ""
+    return f"{cluster}device {compute.get('device')}, {'amp ' + amp if amp else 'float32'}"
 
 
 def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
