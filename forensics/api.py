@@ -2336,13 +2336,13 @@ def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
     import warnings
 
     from forensics.inversion.model import DiffusionModel
-    from forensics.plugins import host
+    from forensics.plugins import build, host
 
     found = host().collect("diffusion_models")
     if model in found:
         loader = found[model].obj
         options = {"registry": str(registry)} if registry is not None and _takes(loader, "registry") else {}
-        return _plugin_made(found[model], DiffusionModel, lambda: loader(device=device, **options))
+        return build(found[model], DiffusionModel, lambda: loader(device=device, **options))
     path = Path(model).expanduser()
     if path.exists():
         for name in sorted(found):
@@ -2354,33 +2354,12 @@ def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
                               f"({type(exc).__name__}: {exc}); left to the others", stacklevel=2)
                 continue
             if taken:
-                return _plugin_made(found[name], DiffusionModel, lambda: found[name].obj(path=str(path),
+                return build(found[name], DiffusionModel, lambda: found[name].obj(path=str(path),
                                                                                          device=device))
         raise UsageError(f"no diffusion-model loader opens {model}: give a zoo UNet .safetensors file or a "
                          f"diffusers folder (model_index.json), or a name: {', '.join(sorted(found))}")
     raise UsageError(f"unknown diffusion model {model!r}: give a name ({', '.join(sorted(found)) or 'none'}; "
                      f"`forensics invmm --list`) or the path of a model")
-
-
-def _plugin_made(provided: Any, kind: type, make: Callable[[], Any]) -> Any:
-    """What a diffusion-model loader or copy-similarity factory (``provided``) makes, checked: a failure that is
-    not the tool's own error, or an object that is not a ``kind`` (:class:`~forensics.inversion.model.DiffusionModel`,
-    :class:`~forensics.inversion.model.CopySimilarity`), is a :class:`PluginError` naming the plugin."""
-    from forensics.errors import PluginError
-    from forensics.plugins import SINGULAR
-
-    where = f"{SINGULAR[provided.kind]} {provided.name} (plugin {provided.plugin})"
-    try:
-        made = make()
-    except ForensicsError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's own failure, said as one line naming it
-        raise PluginError(f"{where} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                          ) from exc
-    if not isinstance(made, kind):
-        raise PluginError(f"{where} gave a {type(made).__name__}, not a {kind.__name__}: the plugin is broken "
-                          "(`forensics plugins` lists it)")
-    return made
 
 
 def _takes(fn: Any, parameter: str) -> bool:
@@ -2446,7 +2425,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
 
     from forensics.inversion.measure import invert
     from forensics.inversion.model import CopySimilarity
-    from forensics.plugins import host
+    from forensics.plugins import build, host
 
     _check_input(images)
     _check_amp(amp)
@@ -2493,7 +2472,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
         except TypeError as exc:
             raise UsageError(f"copy similarity {sim_name!r} does not take these options ({exc})") from None
 
-    judge = _plugin_made(sims[sim_name], CopySimilarity, make_judge)
+    judge = build(sims[sim_name], CopySimilarity, make_judge)
     low, high = getattr(judge, "bounds", None) or (-math.inf, math.inf)
     if not low <= judge.threshold <= high:
         raise UsageError(f"--threshold {judge.threshold:g} lies outside the {low:g} to {high:g} that {sim_name} "

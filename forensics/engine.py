@@ -108,27 +108,32 @@ def new_encoder(name: str, options: Mapping[str, Any] | None, *, weights: str | 
     """The encoder plugin ``name`` built with the user's ``options`` (``protocol create --option``), for a new
     protocol: an option it does not take (:func:`check_encoder_options`), or a value it refuses, is a
     :class:`UsageError` naming the options."""
-    from forensics.plugins import host
+    from forensics.plugins import build, host
 
     options = dict(options or {})
     check_encoder_options(name, options)
-    try:
-        return host().get("encoders", name).obj(weights=weights, device=device, **options)
-    except (TypeError, ValueError) as exc:
-        if not options:
-            raise
-        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
-        raise UsageError(f"encoder {name} refused --option {shown}: {exc}") from None
+    provided = host().get("encoders", name)
+
+    def make() -> Encoder:
+        try:
+            return provided.obj(weights=weights, device=device, **options)
+        except (TypeError, ValueError) as exc:
+            if not options:
+                raise
+            shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise UsageError(f"encoder {name} refused --option {shown}: {exc}") from None
+
+    return build(provided, Encoder, make)
 
 
 def build_encoder(ref: EncoderRef, *, weights: str | None = None, device: str = "cpu") -> Encoder:
     """Build a protocol's encoder and check that it is the one the protocol recorded."""
-    from forensics.plugins import host
+    from forensics.plugins import build, host
 
-    factory = host().get("encoders", ref.name).obj
+    provided = host().get("encoders", ref.name)
     if weights is None and ref.weights_source == "random":
         weights = "random"
-    encoder = factory(weights=weights, device=device, **dict(ref.options))
+    encoder = build(provided, Encoder, lambda: provided.obj(weights=weights, device=device, **dict(ref.options)))
     if ref.weights is not None and encoder.weights.digest != ref.weights:
         raise ProtocolMismatch(f"the {ref.name} weights found ({encoder.weights.source}: {encoder.weights.detail}, "
                                f"sha256 {short(encoder.weights.digest)}) are not the protocol's "

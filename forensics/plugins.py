@@ -104,6 +104,8 @@ class PluginInfo:
     bundled: bool = False
     error: str | None = None
     provides: dict[str, list[str]] = field(default_factory=dict)
+    #: by kind, the names its hook tried to register when it failed (the last is the one refused)
+    refused: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,8 +246,11 @@ class PluginHost:
             plugin_name = impl.plugin_name
             info = self.info.setdefault(plugin_name, PluginInfo(name=plugin_name))
             mine: list[Provided] = []
+            tried: list[str] = []
 
-            def register(name: str, obj: Any, *, description: str = "", _plugin=plugin_name, _mine=mine) -> None:
+            def register(name: str, obj: Any, *, description: str = "", _plugin=plugin_name, _mine=mine,
+                         _tried=tried) -> None:
+                _tried.append(str(name))
                 if not isinstance(name, str) or not name or set(name) - _NAME_CHARS:
                     raise PluginError(f"{SINGULAR[kind]} name {name!r} must be lower case letters, digits, '_', '.', '-'")
                 if any(p.name == name for p in _mine):
@@ -259,6 +264,7 @@ class PluginHost:
                 impl.function(register=register)
             except (Exception, SystemExit) as exc:  # a hook that raises (or exits) is reported; the rest goes on
                 info.error = f"forensics_{kind}: {_describe(exc)}"
+                info.refused[kind] = tried[len(mine):]
                 continue
             for provided in mine:
                 first = found.get(provided.name)
@@ -282,12 +288,21 @@ class PluginHost:
         return found
 
     def get(self, kind: str, name: str) -> Provided:
-        """One provider by name, or a :class:`UsageError` that lists what exists."""
+        """One provider by name, or a :class:`UsageError` that lists what exists. A name that a broken
+        plugin tried to register is a :class:`PluginError` naming that plugin and its fault; a name no one
+        has, while some plugin failed to load, names the failed plugins (one of them may have been meant)."""
         found = self.collect(kind)
         if name not in found:
+            for info in self.info.values():
+                if info.error is not None and name in info.refused.get(kind, ()):
+                    raise PluginError(f"{SINGULAR[kind]} {name!r} (plugin {info.name!r}) is broken: {info.error}; "
+                                      "fix or uninstall the plugin, or choose another")
             known = ", ".join(sorted(found)) or "none"
-            raise UsageError(f"no {SINGULAR[kind]} named {name!r}; available: {known} "
-                             f"(see `forensics plugins`)")
+            broken = sorted(i.name for i in self.info.values()  # its hook of this kind failed, or it did not load
+                            if i.error is not None and (kind in i.refused or not (i.refused or i.provides)))
+            failed = (f"; plugin(s) {', '.join(map(repr, broken))} failed to load and may have provided it "
+                      "(`forensics plugins` says why)" if broken else " (see `forensics plugins`)")
+            raise UsageError(f"no {SINGULAR[kind]} named {name!r}; available: {known}{failed}")
         return found[name]
 
     def describe(self) -> list[PluginInfo]:
@@ -318,6 +333,26 @@ def reset(new: PluginHost | None = None) -> PluginHost | None:
     global _host
     old, _host = _host, new
     return old
+
+
+def build(provided: Provided, kind: type, make: Callable[[], Any]) -> Any:
+    """What a plugin's factory or loader (``provided``) makes through ``make()``, checked: a failure that is not
+    the tool's own error, or an object that is not a ``kind`` (an :class:`~forensics.encode.encoder.Encoder`, a
+    :class:`~forensics.inversion.model.DiffusionModel`, ...), is a :class:`PluginError` naming the plugin."""
+    from forensics.errors import ForensicsError
+
+    where = f"{SINGULAR[provided.kind]} {provided.name} (plugin {provided.plugin})"
+    try:
+        made = make()
+    except ForensicsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's own failure, said as one line naming it
+        raise PluginError(f"{where} failed: {_describe(exc)}; fix or uninstall the plugin, or choose another "
+                          f"{SINGULAR[provided.kind]} (`forensics plugins` lists them)") from exc
+    if not isinstance(made, kind):
+        raise PluginError(f"{where} gave a {type(made).__name__}, not a {kind.__name__}: the plugin is broken "
+                          "(`forensics plugins` lists it)")
+    return made
 
 
 def get_encoder_factory(name: str) -> Callable[..., Any]:

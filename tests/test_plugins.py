@@ -297,3 +297,112 @@ def test_cli_plugins_table_shows_broken_plugin(register_plugin):
     assert result.exit_code == 0
     row = next(line for line in result.stdout.splitlines() if "sad" in line)
     assert "no data today" in row
+
+
+def test_a_name_a_broken_plugin_meant_to_provide_names_the_plugin(register_plugin):
+    """Asking for what a broken plugin registered says which plugin broke and why, not just "no encoder named"."""
+    def forensics_encoders(register):
+        register("my_cnn", 42)
+
+    host = register_plugin(make_plugin(forensics_encoders=forensics_encoders), "mine")
+    with pytest.raises(PluginError) as err:
+        host.get("encoders", "my_cnn")
+    assert "encoder 'my_cnn' (plugin 'mine') is broken" in str(err.value) and "must be callable" in str(err.value)
+
+    def forensics_matchers(register):
+        raise ImportError("no module named torchvision")
+
+    host = register_plugin(make_plugin(forensics_matchers=forensics_matchers), "gone")
+    with pytest.raises(UsageError) as err:
+        host.get("matchers", "centroid")
+    assert "plugin(s) 'gone' failed to load and may have provided it" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+class _TinyEncoder:
+    """Builds encoders that break :meth:`Encoder.forward_layers`' contract in one way each."""
+
+    @staticmethod
+    def make(answer):
+        import torch
+
+        from forensics.encode.encoder import Encoder, Layer, Preprocessing, WeightsInfo
+
+        class Tiny(Encoder):
+            name, pooling = "tiny_broken", "avg"
+            layers = (Layer("a", 3), Layer("b", 3))
+            preprocessing = Preprocessing(size=8, resize=8, interpolation="bilinear")
+            weights = WeightsInfo(source="random", digest="sha256:" + "0" * 64)
+
+            def forward_layers(self, pixels, layers):
+                feats = [pixels.mean((2, 3)) for _ in self.check_layers(layers)]
+                return answer(feats, torch)
+
+        return lambda *, weights=None, device="cpu": Tiny()
+
+
+@pytest.mark.parametrize("answer, said", [
+    (lambda f, t: f[:1], "returned 1 embeddings for 2 layers"),
+    (lambda f, t: [x[:1] for x in f], "returned shape (1, 3) at a for 4 images"),
+    (lambda f, t: [t.cat([x, x], 1) for x in f], "returned shape (4, 6) at a"),
+    (lambda f, t: [x.numpy() for x in f], "returned a ndarray at a, not a torch tensor"),
+    (lambda f, t: [x * float("nan") for x in f], "returned NaN or infinite values at a"),
+    (lambda f, t: (_ for _ in ()).throw(RuntimeError("cuda gone")), "failed on a batch of 4 images: RuntimeError"),
+])
+def test_an_encoder_breaking_its_contract_is_a_plugin_error_naming_it(register_plugin, answer, said):
+    """Wrong layer counts, batch sizes, types or NaNs from an encoder plugin stop the run in one line naming the
+    encoder and its plugin, before anything (the embedding cache included) takes them in."""
+    from forensics.encode.embed import embed
+
+    host = register_plugin(make_plugin(forensics_encoders=lambda register: register(
+        "tiny_broken", _TinyEncoder.make(answer))), "shoddy")
+    encoder = host.get("encoders", "tiny_broken").obj()
+    with pytest.raises(PluginError) as err:
+        embed(encoder, np.zeros((4, 8, 8), np.uint8), cache=True)
+    assert said in str(err.value) and "encoder tiny_broken (plugin shoddy)" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_an_encoder_factory_that_fails_or_gives_no_encoder_is_a_plugin_error(register_plugin):
+    from forensics.engine import new_encoder
+
+    def forensics_encoders(register):
+        register("fails", lambda **o: (_ for _ in ()).throw(ValueError("cannot build")))
+        register("gives-none", lambda **o: None)
+
+    register_plugin(make_plugin(forensics_encoders=forensics_encoders), "shoddy")
+    with pytest.raises(PluginError, match=r"encoder fails \(plugin shoddy\) failed: ValueError: cannot build; fix"):
+        new_encoder("fails", {})
+    with pytest.raises(PluginError, match=r"encoder gives-none \(plugin shoddy\) gave a NoneType, not a Encoder"):
+        new_encoder("gives-none", {})
+
+
+def test_a_matcher_plugin_that_raises_or_answers_nothing_is_a_plugin_error(register_plugin):
+    from forensics.match import SimilarityMatcher, make_matcher
+    from forensics.testing import sample_references
+
+    class Raising(SimilarityMatcher):
+        def candidates(self, curve):
+            raise RuntimeError("matcher exploded")
+
+    class FitRaising(SimilarityMatcher):
+        def fit_curves(self, *args):
+            raise KeyError("fit exploded")
+
+    class Empty(SimilarityMatcher):
+        def candidates(self, curve):
+            return []
+
+    def forensics_matchers(register):
+        register("m-raise", Raising)
+        register("m-fit", FitRaising)
+        register("m-empty", Empty)
+
+    register_plugin(make_plugin(forensics_matchers=forensics_matchers), "shoddy")
+    refs = sample_references()
+    with pytest.raises(PluginError, match="the m-fit matcher failed to fit: KeyError"):
+        make_matcher("m-fit", open_set=False).fit(refs)
+    with pytest.raises(PluginError, match="the m-raise matcher failed to rank: RuntimeError: matcher exploded"):
+        make_matcher("m-raise", open_set=False).fit(refs).rank(refs[0].fingerprint)
+    with pytest.raises(PluginError, match="the m-empty matcher gave list"):
+        make_matcher("m-empty", open_set=False).fit(refs).rank(refs[0].fingerprint)

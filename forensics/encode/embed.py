@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from forensics.encode.encoder import Encoder, Preprocessing, preprocess
-from forensics.errors import UsageError
+from forensics.errors import ForensicsError, PluginError, UsageError
 from forensics.io.images import ImageInput as Images
 from forensics.io.images import check_image_input, decode_image, images_digest, is_file_list
 
@@ -105,9 +106,50 @@ def forward_batch(encoder: Encoder, pixels: torch.Tensor, names: Sequence[str], 
     """One preprocessed batch through the encoder at ``names`` (checked layer names, in depth order): one
     float32 array (b, dim) per layer. What :func:`iter_embed` runs per batch (and the Ray engine's actors)."""
     device = torch.device(getattr(encoder, "device", "cpu"))
-    with torch.inference_mode(), _autocast(device, amp), _float32(device, amp):
-        feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
-    return [f.detach().to("cpu", torch.float32).numpy() for f in feats]
+    try:
+        with torch.inference_mode(), _autocast(device, amp), _float32(device, amp):
+            feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
+    except ForensicsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the encoder's own failure, said as one line naming it
+        raise _broken(encoder, f"failed on a batch of {len(pixels)} images: {type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+    return _checked(encoder, feats, names, len(pixels), amp)
+
+
+def _broken(encoder: Encoder, what: str) -> PluginError:
+    """The error of an encoder that broke its contract (:meth:`Encoder.forward_layers`), naming its plugin."""
+    from forensics.plugins import host
+
+    try:
+        provided = host().collect("encoders").get(encoder.name)
+    except ForensicsError:
+        provided = None
+    plugin = f" (plugin {provided.plugin})" if provided is not None else ""
+    return PluginError(f"encoder {encoder.name}{plugin} {what}; fix or uninstall the plugin, or choose another "
+                       "encoder (`forensics plugins` lists them)")
+
+
+def _checked(encoder: Encoder, feats: Any, names: Sequence[str], rows: int, amp: str | None) -> list[np.ndarray]:
+    """``forward_layers``' answer as float32 arrays, checked against its contract: one (rows, dim) tensor per
+    requested layer, in order, every value finite."""
+    dims = {layer.name: layer.dim for layer in encoder.layers}
+    if not isinstance(feats, (list, tuple)) or len(feats) != len(names):
+        got = f"{len(feats)} embeddings" if isinstance(feats, (list, tuple)) else f"a {type(feats).__name__}"
+        raise _broken(encoder, f"returned {got} for {len(names)} layers ({', '.join(names)})")
+    out = []
+    for name, f in zip(names, feats):
+        if not isinstance(f, torch.Tensor):
+            raise _broken(encoder, f"returned a {type(f).__name__} at {name}, not a torch tensor")
+        if f.ndim != 2 or f.shape[0] != rows or f.shape[1] != dims[name]:
+            raise _broken(encoder, f"returned shape {tuple(f.shape)} at {name} for {rows} images; it declares "
+                                   f"{dims[name]} values there, so ({rows}, {dims[name]})")
+        a = f.detach().to("cpu", torch.float32).numpy()
+        if not np.isfinite(a).all():
+            hint = " (under --amp fp16, which overflows: try --amp bf16)" if amp == "fp16" else ""
+            raise _broken(encoder, f"returned NaN or infinite values at {name}{hint}")
+        out.append(a)
+    return out
 
 
 def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = None, batch_size: int = 64,
@@ -144,9 +186,6 @@ def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = No
         for start, feats in iter_embed(encoder, images, layers=todo, batch_size=batch_size, workers=workers,
                                        amp=amp):
             for name, f in zip(todo, feats):
-                if f.shape[1] != dims[name]:
-                    raise UsageError(f"encoder {encoder.name} declares {dims[name]} values at {name} but returned "
-                                     f"{f.shape[1]}")
                 out[name][start:start + len(f)] = f
             if progress is not None:
                 progress(min(start + len(feats[0]), n), n)

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from forensics.errors import PluginError, ProtocolMismatch, UsageError
+from forensics.errors import ForensicsError, PluginError, ProtocolMismatch, UsageError
 from forensics.match.calibration import (
     CALIBRATION_RULE, DEFAULT_OPERATING_POINT, at_operating_point, calibrate, check_operating_point, confused,
     held_out_points, pooled_calibration, refit_points, threshold_info, thresholds,
@@ -154,7 +154,7 @@ class Matcher(abc.ABC):
             need = _COUNTS.get(self.min_generators, str(self.min_generators))
             raise UsageError(f"the {self.name} matcher needs at least {need} generators; the references hold "
                              f"{n_generators}: enrol another, or choose another matcher")
-        self.fit_curves(x, labels, [r.instance for r in references])
+        self._own("fit", lambda: self.fit_curves(x, labels, [r.instance for r in references]))
         # a family is what two or more enrolled generators share
         named = {r.generator: r.family for r in references if r.family}
         shared = {f for f in named.values() if sum(v == f for v in named.values()) > 1}
@@ -229,12 +229,29 @@ class Matcher(abc.ABC):
     def rank(self, curve: Any) -> list[Candidate]:
         """One candidate per generator, best first (ties by name). A score that is not a finite number (a
         matcher plugin's fault, which no ranking can order) is a :class:`PluginError` naming the matcher."""
-        found = self.candidates(self._query(curve))
+        query = self._query(curve)
+        found = self._own("rank", lambda: self.candidates(query))
+        if not isinstance(found, (list, tuple)) or not found or not all(isinstance(c, Candidate) for c in found):
+            raise PluginError(f"the {self.name} matcher gave {type(found).__name__} {str(found)[:40]!r}, not one "
+                              "Candidate per generator: the matcher is broken; choose another (`forensics plugins` "
+                              "lists them)")
         bad = [c for c in found if not isinstance(c.score, (int, float, np.floating)) or not math.isfinite(c.score)]
         if bad:
             raise PluginError(f"the {self.name} matcher scored {bad[0].generator} {bad[0].score!r}, not a finite "
                               "number: the matcher is broken; choose another (`forensics plugins` lists them)")
         return sorted(found, key=lambda c: (-c.score, c.generator))
+
+    def _own(self, what: str, call: Any) -> Any:
+        """``call()``: the matcher's own code (``fit_curves``, ``candidates``), whose failure that is not the
+        tool's own error is a :class:`PluginError` naming the matcher."""
+        try:
+            return call()
+        except ForensicsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a matcher plugin's fault, said as one line naming it
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise PluginError(f"the {self.name} matcher failed to {what}: {type(exc).__name__}: {text}; the matcher "
+                              "is broken: choose another (`forensics plugins` lists them)") from exc
 
     def attribute(self, curve: Any) -> Attribution:
         """The ranked candidates and the verdict: the best candidate, or ``None`` ("unknown") when an
@@ -362,15 +379,17 @@ def contract_problems(factory: Any) -> list[str]:
 
 def make_matcher(name: str, **options: Any) -> Matcher:
     """A matcher by its registered name (bundled: alpha, cosine, svm), through the plugin host."""
-    from forensics.plugins import host
+    from forensics.plugins import build, host
 
     provided = host().get("matchers", name)
-    try:
-        matcher = provided.obj(**options)
-    except TypeError as exc:
-        raise UsageError(f"matcher {name!r} does not take these options: {exc}") from None
-    if not isinstance(matcher, Matcher):
-        raise UsageError(f"matcher {name!r} (plugin {provided.plugin!r}) did not return a forensics.match.Matcher")
+
+    def make() -> Matcher:
+        try:
+            return provided.obj(**options)
+        except TypeError as exc:
+            raise UsageError(f"matcher {name!r} does not take these options: {exc}") from None
+
+    matcher = build(provided, Matcher, make)
     matcher.name = name
     return matcher
 
