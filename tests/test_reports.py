@@ -340,3 +340,24 @@ def test_the_assumed_condition_reads_once_and_says_what_was_done():
                            "mixture": kinds})
     assert "40 as generated" in many and f"and {len(kinds) - MIXTURE_SHOWN} more kinds (JSON condition.mixture)" in many
     assert "a clause per kind" not in many and len(many) < 200
+
+
+def test_curve_table_of_short_layer_names_keeps_its_heading_whole_at_80_columns():
+    """An encoder plugin's layers named `c1`, `c2` folded the `layer` heading into "la / ye / r" on a standard
+    terminal (the bars took the width the heading needs)."""
+    import io
+
+    from rich.console import Console
+
+    from forensics.engine import Curve, LayerValue
+    from forensics.protocol import Fingerprint
+    from forensics.report.terminal import render_curve
+
+    values = (7.58, -8.28)
+    curve = Curve(Fingerprint("sha256:" + "0" * 64, values),
+                  tuple(LayerValue(f"c{i + 1}", v, 0.75, reading="underfitting") for i, v in enumerate(values)), 100)
+    out = io.StringIO()
+    render_curve(curve, Console(file=out, width=80))
+    lines = out.getvalue().splitlines()
+    assert any(line.split()[:1] == ["layer"] for line in lines), out.getvalue()
+    assert all(len(line) <= 80 for line in lines)

@@ -278,7 +278,7 @@ def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
     finite = [abs(v) for v in values if v is not None]
     scale = max(finite) if finite else 1.0
     ct = Table(title=f"{label} per layer   {sparkline(values)}", box=box.SIMPLE_HEAD, title_justify="left")
-    name_width = max(len(name) for name in names)
+    name_width = max(len("layer"), *(len(name) for name in names))  # short names (c1) must not fold the heading
     # the bars take what the other columns leave (they need about 40 columns with the layer names)
     half = max(4, min(20, (console.width - name_width - 44) // 2))
     shown = ["—" if v is None else f"{v:+.2f}" for v in values]
