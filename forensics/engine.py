@@ -27,7 +27,7 @@ import numpy as np
 from forensics.io.mapped import save_mapped_npz
 from forensics.encode.cache import cache_dir
 from forensics.encode.encoder import Encoder, Preprocessing
-from forensics.errors import ForensicsError, ProtocolMismatch, StatisticError, UsageError
+from forensics.errors import ForensicsError, PluginError, ProtocolMismatch, StatisticError, UsageError
 from forensics.io.hashing import sha256_array, sha256_json, short
 from forensics.protocol import Combination, DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
 from forensics.stats.base import Statistic, check_layer_dims, get_statistic, split_params
@@ -123,7 +123,11 @@ def new_encoder(name: str, options: Mapping[str, Any] | None, *, weights: str | 
             shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
             raise UsageError(f"encoder {name} refused --option {shown}: {exc}") from None
 
-    return build(provided, Encoder, make)
+    encoder = build(provided, Encoder, make)
+    if encoder.name != name:  # the protocol records encoder.name and builds that one again: another encoder, or none
+        raise PluginError(f"encoder {name} (plugin {provided.plugin}) built an encoder named {encoder.name!r}; a "
+                          f"protocol records that name, so the plugin must set its Encoder.name to {name!r}")
+    return encoder
 
 
 def build_encoder(ref: EncoderRef, *, weights: str | None = None, device: str = "cpu") -> Encoder:

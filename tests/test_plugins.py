@@ -406,3 +406,14 @@ def test_a_matcher_plugin_that_raises_or_answers_nothing_is_a_plugin_error(regis
         make_matcher("m-raise", open_set=False).fit(refs).rank(refs[0].fingerprint)
     with pytest.raises(PluginError, match="the m-empty matcher gave list"):
         make_matcher("m-empty", open_set=False).fit(refs).rank(refs[0].fingerprint)
+
+
+def test_an_encoder_registered_under_another_name_than_it_calls_itself_is_refused_for_a_protocol(register_plugin):
+    """A factory registered as `alias_cnn` whose Encoder calls itself `tiny_broken` would give a protocol that
+    rebuilds `tiny_broken` (another encoder, or none) on every later run: refused when the protocol is made."""
+    from forensics.engine import new_encoder
+
+    register_plugin(make_plugin(forensics_encoders=lambda register: register(
+        "alias_cnn", _TinyEncoder.make(lambda f, t: f))), "aliasing")
+    with pytest.raises(PluginError, match="built an encoder named 'tiny_broken'.*set its Encoder.name to 'alias_cnn'"):
+        new_encoder("alias_cnn", {})
