@@ -400,3 +400,29 @@ def test_invmm_runs_on_a_tiny_stable_diffusion(sd):
     assert first.mu.abs().sum() > 0 and first.logvar.abs().sum() > 0
     assert torch.equal(first.mu, second.mu) and first.similarities == second.similarities
     assert all(torch.equal(a, b) for a, b in zip(before, sd.unet.parameters()))
+
+
+def test_a_bin_saved_model_loads_quietly_and_a_pickle_with_code_is_refused_in_one_line(tmp_path, capfd):
+    """Models saved as .bin (older checkpoints, the paper's LDM among them) made diffusers log "An error occurred
+    while trying to fetch …" on stderr before loading them fine; a .bin that torch's safe loading refuses said
+    only "Unable to load weights from checkpoint file"."""
+    import os
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=T_PIXEL, clip_sample=False)
+    folder = tmp_path / "bin"
+    diffusers.DDPMPipeline(unet=_pixel_unet(), scheduler=scheduler).save_pretrained(folder, safe_serialization=False)
+    capfd.readouterr()
+    fd.load_diffusers(folder)
+    assert "error" not in capfd.readouterr().err.lower()
+
+    class Code:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    weights = folder / "unet" / "diffusion_pytorch_model.bin"
+    state = torch.load(weights)
+    state["code"] = Code()
+    torch.save(state, weights)
+    with pytest.raises(UsageError, match="holds more than tensors .* convert a trusted copy to .safetensors"):
+        fd.load_diffusers(folder)
+    assert "error" not in capfd.readouterr().err.lower()

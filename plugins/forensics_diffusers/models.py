@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,13 +74,15 @@ def _libraries():
 
 @contextmanager
 def _quiet(*libraries):
-    """Loading without the libraries' log lines and progress bars (a missing ``accelerate``, weight loading):
-    the command line's stderr is for the run's own progress; errors still raise."""
+    """Loading without the libraries' log lines and progress bars (a missing ``accelerate``, weight loading,
+    and the *error*-level "An error occurred while trying to fetch …" diffusers logs for every model saved as
+    ``.bin`` before it loads that file): the command line's stderr is for the run's own progress; errors still
+    raise."""
     saved = []
     for library in libraries:
         log = library.utils.logging
         saved.append((log, log.get_verbosity(), log.is_progress_bar_enabled()))
-        log.set_verbosity_error()
+        log.set_verbosity(log.CRITICAL)
         log.disable_progress_bar()
     try:
         yield
@@ -391,6 +394,12 @@ def _from_pretrained(cls, folder: Path, **kwargs: Any):
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         where = folder / kwargs["subfolder"] if "subfolder" in kwargs else folder
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, pickle.UnpicklingError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # torch.load(weights_only=True) refused it: never loaded the unsafe way
+            first = ("its pickled weights file holds more than tensors (code torch will not run when loading "
+                     "safely); convert a trusted copy to .safetensors")
         raise UsageError(f"cannot load the {cls.__name__} in {where}: {first}") from None
 
 
