@@ -2358,6 +2358,9 @@ def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
                                                                                          device=device))
         raise UsageError(f"no diffusion-model loader opens {model}: give a zoo UNet .safetensors file or a "
                          f"diffusers folder (model_index.json), or a name: {', '.join(sorted(found))}")
+    if path.suffix or "/" in model or "\\" in model:  # meant as a path: say that it is not there
+        raise UsageError(f"the model {model} does not exist: check the path, or give a name "
+                         f"({', '.join(sorted(found)) or 'none'}; `forensics invmm --list`)")
     raise UsageError(f"unknown diffusion model {model!r}: give a name ({', '.join(sorted(found)) or 'none'}; "
                      f"`forensics invmm --list`) or the path of a model")
 

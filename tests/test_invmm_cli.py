@@ -134,6 +134,7 @@ def test_a_zoo_unet_file_opens_by_path(plugin_host, digits):
     (["--set", "noise_batch=0"], "noise_batch"),
     (["--similarity", "ssim"], "unknown copy similarity"),
     (["--model", "no-such-model"], "unknown diffusion model"),
+    (["--model", "no-such-dir/my-ddpm.safetensors"], "the model no-such-dir/my-ddpm.safetensors does not exist"),
     (["--model", "mnist-dup", "--registry", "."], "weights are not in the registry"),
     (["--amp", "fp16"], "bf16 only"),
     (["--amp", "fp8"], "bf16 or fp16"),
