@@ -1000,5 +1000,6 @@ class InvMMResult:
         if not self.input.files or self.input.path is None:
             return [None] * len(self.inversions)
         root = Path(self.input.path).expanduser()
-        return [Path(f).relative_to(root).as_posix() if Path(f).is_relative_to(root) else str(f)
+        return [Path(f).name if Path(f) == root else  # one image file given: its name, not "."
+                Path(f).relative_to(root).as_posix() if Path(f).is_relative_to(root) else str(f)
                 for f in self.input.files]

@@ -366,6 +366,7 @@ def test_one_image_file_and_a_folder_of_sizes_are_measured_at_the_models_size(di
     Image.fromarray(images[0]).save(tmp_path / "one.png")
     one = forensics.invmm(tmp_path / "one.png", settings=TINY_SETTINGS)
     assert len(one.inversions) == 1 and one.targets.shape == (1, 28, 28)
+    assert one.to_dict()["images"][0]["file"] == "one.png"  # not "." (the file relative to itself)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     Image.fromarray(images[0]).save(mixed / "a.png")
