@@ -149,6 +149,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self._collected: dict[str, dict[str, Provided]] = {}
+        self._conflicts: dict[tuple[str, str], str] = {}  # (kind, name) two plugins claim → the error saying so
         if entry_points:
             self._load_entry_points()
             unknown = sorted(self.disabled - {name.split(" (")[0] for name in self.info}
@@ -220,6 +221,7 @@ class PluginHost:
                 self.pm.unregister(name=name)
             info.error = _describe(exc)
         self._collected.clear()
+        self._conflicts.clear()
 
     def remove(self, name: str) -> None:
         """Unregister a plugin added with :meth:`add` (or any non-essential one); the essential bundled
@@ -231,16 +233,18 @@ class PluginHost:
             self.pm.unregister(name=name)
         self.info.pop(name, None)
         self._collected.clear()
+        self._conflicts.clear()
 
     # -- collecting ------------------------------------------------------------------------------
     def collect(self, kind: str) -> dict[str, Provided]:
-        """Everything of one kind, by name. Two plugins claiming one name is a :class:`PluginError`."""
+        """Everything of one kind, by name. A name two plugins claim (neither bundled) is left out, both plugins
+        reported: asking for it (:meth:`get`) is a :class:`PluginError` naming both, everything else works."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         if kind in self._collected:
             return self._collected[kind]
         found: dict[str, Provided] = {}
-        conflicts: list[str] = []
+        claimants: dict[str, list[str]] = {}  # a name two or more plugins claim: by whom
         hook = getattr(self.pm.hook, f"forensics_{kind}")
         for impl in reversed(hook.get_hookimpls()):  # registration order
             plugin_name = impl.plugin_name
@@ -267,6 +271,9 @@ class PluginHost:
                 info.refused[kind] = tried[len(mine):]
                 continue
             for provided in mine:
+                if provided.name in claimants:
+                    claimants[provided.name].append(provided.plugin)
+                    continue
                 first = found.get(provided.name)
                 if first is None:
                     found[provided.name] = provided
@@ -279,11 +286,17 @@ class PluginHost:
                         f"{SINGULAR[kind]} {provided.name!r} is the bundled plugin {keeps.plugin!r}'s name; this "
                         "plugin's is not loaded: rename it")
                     continue
-                conflicts.append(f"{SINGULAR[kind]} {provided.name!r} is provided by both plugin "
-                                 f"{first.plugin!r} and plugin {provided.plugin!r}")
+                claimants[provided.name] = [first.plugin, provided.plugin]
             info.provides.setdefault(kind, []).extend(p.name for p in mine)
-        if conflicts:
-            raise PluginError("; ".join(conflicts) + " (disable one with FORENSICS_DISABLE_PLUGINS=name)")
+        for name, plugins in claimants.items():  # neither is used: which one a run got would depend on the path
+            del found[name]
+            plugins = sorted(plugins)
+            message = (f"{SINGULAR[kind]} {name!r} is provided by both plugin "
+                       + " and plugin ".join(map(repr, plugins)) + ", so by none: disable all but one with "
+                       f"FORENSICS_DISABLE_PLUGINS={','.join(plugins[1:])}")
+            self._conflicts[(kind, name)] = message
+            for plugin in plugins:
+                self.info.setdefault(plugin, PluginInfo(plugin)).error = message
         self._collected[kind] = found
         return found
 
@@ -292,6 +305,8 @@ class PluginHost:
         plugin tried to register is a :class:`PluginError` naming that plugin and its fault; a name no one
         has, while some plugin failed to load, names the failed plugins (one of them may have been meant)."""
         found = self.collect(kind)
+        if (kind, name) in self._conflicts:
+            raise PluginError(self._conflicts[(kind, name)])
         if name not in found:
             for info in self.info.values():
                 if info.error is not None and name in info.refused.get(kind, ()):

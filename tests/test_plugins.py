@@ -118,9 +118,14 @@ def test_two_third_party_plugins_claiming_one_name_is_an_error_naming_both(regis
 
     register_plugin(make_plugin(forensics_statistics=one), "first")
     host = register_plugin(make_plugin(forensics_statistics=other), "second")
+    # the clash is fatal only to what asks for the name: the bundled statistics (the default's) still work
+    assert "ct" in host.collect("statistics") and "mean-gap" not in host.collect("statistics")
     with pytest.raises(PluginError) as err:
-        host.collect("statistics")
+        host.get("statistics", "mean-gap")
     assert "'mean-gap'" in str(err.value) and "'first'" in str(err.value) and "'second'" in str(err.value)
+    assert "FORENSICS_DISABLE_PLUGINS=second" in str(err.value)
+    info = {i.name: i for i in host.describe()}
+    assert info["first"].error == info["second"].error == str(err.value) and info["ct"].error is None
 
 
 def test_a_plugin_that_exits_is_reported_not_fatal(register_plugin):
