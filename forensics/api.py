@@ -758,7 +758,7 @@ def _adoption(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[str, 
 
 def _pools(sized: _Records, names: Sequence[str], *, conditions: Sequence[str] | None = None,
            sizes: Sequence[int] | None = None, progress: Progress | None = None,
-           without: str | None = None) -> dict[str, Any]:
+           without: str | None = None, broken: dict[str, str] | None = None) -> dict[str, Any]:
     """For each matcher of ``names``, the :class:`~forensics.match.calibration.Pool` of its calibration points
     at every (condition, batch size) cell the references can be redrawn at (``conditions``: default every
     condition every instance keeps records under; ``sizes``: default
@@ -766,7 +766,9 @@ def _pools(sized: _Records, names: Sequence[str], *, conditions: Sequence[str] |
     themselves; a matcher that cannot be fitted at some cell (or is not open-set) gets none. Nothing when
     the references cannot be redrawn: the registry keeps no records, or the statistic cannot use them.
     ``without``: a generator left out of the references at every cell, its layer weights measured on the
-    rest — the pool a registry that never enrolled it would have."""
+    rest — the pool a registry that never enrolled it would have. ``broken``: where a matcher that breaks its
+    contract (a :class:`PluginError`) is left out, with why, instead of stopping the others."""
+    from forensics.errors import PluginError
     from forensics.match.batchsize import layer_weights
     from forensics.match.calibration import Pool, pool_sizes
 
@@ -792,6 +794,11 @@ def _pools(sized: _Records, names: Sequence[str], *, conditions: Sequence[str] |
             try:
                 fitted = _weighted_matcher(name, weights).fit(refs, queries)
             except UsageError:
+                fitted = None
+            except PluginError as exc:
+                if broken is None:
+                    raise
+                broken[name] = str(exc)
                 fitted = None
             if fitted is None or fitted.held_out_points is None:
                 del pools[name]  # (a matcher that cannot be fitted here, or is not open-set: no pool)
@@ -1497,6 +1504,14 @@ def _matcher_names(matchers: Sequence[str] | None) -> list[str]:
     return names
 
 
+def _left_out(matcher: str, exc: ForensicsError, job: str) -> None:
+    """A broken plugin matcher that ran only because every matcher was asked for (none named): left out of
+    ``job`` with a one-line warning, so that it never stops the others; one asked for by name fails instead."""
+    import warnings
+
+    warnings.warn(f"matcher {matcher} left out of the {job}: {exc}", stacklevel=3)
+
+
 def _takes_weights(name: str) -> bool:
     """Whether the matcher ``name`` takes ``layer_weights`` (every :class:`~forensics.match.Matcher` does,
     unless a plugin's constructor drops them)."""
@@ -1536,14 +1551,17 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
 
 def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stability: bool = False,
                       progress: Progress | None = None, batch_size: int | None = None,
-                      condition: str = "none", operating_point: str = "balanced") -> ProtocolEvaluation:
+                      condition: str = "none", operating_point: str = "balanced",
+                      named: bool = True) -> ProtocolEvaluation:
     """Every matcher of ``matchers`` on one protocol's references (:func:`evaluate_matcher`), each a step
     reported to ``progress``. With ``batch_size`` (m′) or a ``condition`` other than none, the references
     are the instances redrawn at m′ under that condition from their per-image records, and each held-out
     instance is queried by single sub-batches of m′ (what a real query of m′ images is). A matcher whose
     registry calibration records pooled thresholds (``registry calibrate``) is evaluated with them, each
-    fold's chosen anew on the same cells' points without the fold's own."""
+    fold's chosen anew on the same cells' points without the fold's own. ``named``: the matchers were asked for
+    by name; when not (every matcher), a broken plugin matcher is left out with a warning."""
     from forensics.engine import make_engine
+    from forensics.errors import PluginError
     from forensics.match.calibration import pool_applies
 
     enrolled = refs = reg.enrolled(name)
@@ -1563,9 +1581,14 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
     found = []
     for m in matchers:
         with _Step(progress, f"evaluating {m} on {name}" + (" with its stability" if stability else "")):
-            options = {} if weights is None or not _takes_weights(m) else {"layer_weights": list(weights)}
-            found.append(evaluate_matcher(refs, m, stability=stability, queries=queries,
-                                          operating_point=operating_point, pool=pools.get(m), **options))
+            try:
+                options = {} if weights is None or not _takes_weights(m) else {"layer_weights": list(weights)}
+                found.append(evaluate_matcher(refs, m, stability=stability, queries=queries,
+                                              operating_point=operating_point, pool=pools.get(m), **options))
+            except PluginError as exc:
+                if named:
+                    raise
+                _left_out(m, exc, "evaluation")
     return ProtocolEvaluation(protocol=name, digest=proto.digest,
                               generators=tuple(sorted({r.generator for r in refs})), n_instances=len(refs),
                               matchers=tuple(found), batch_size=size, condition=condition,
@@ -1668,7 +1691,7 @@ def evaluate(*, protocol: str | None = None, registry: RegistryLike = None, matc
             count("protocols evaluated", len(done), len(names))
         done.append(evaluate_protocol(reg, name, chosen, stability=stability, progress=progress,
                                       batch_size=batch_size, condition=condition,
-                                      operating_point=operating_point))
+                                      operating_point=operating_point, named=bool(matchers)))
     if count is not None:
         count("protocols evaluated", len(done), len(names))
     return EvaluationResult(reg.location, tuple(done), skipped)
@@ -1686,6 +1709,7 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
     Otherwise the thresholds of (none, m) alone, each other cell calibrated on its own at attribution (a
     pool not adopted is recorded with the comparison)."""
     from forensics.engine import make_engine
+    from forensics.errors import PluginError
     from forensics.match import make_matcher
 
     from forensics.registry.store import CALIBRATION_FILE
@@ -1699,18 +1723,28 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
     fitted, skipped = {}, {}
     n_generators = len({r.generator for r in refs})
     for mname in chosen:
-        need = make_matcher(mname).min_generators
-        if not matchers and n_generators < need:  # every matcher asked: those that cannot be are said
-            skipped[mname] = (f"needs at least {need} generators, the references hold {n_generators}: enrol "
-                              f"another, then calibrate again")
-            continue
-        with _Step(progress, f"calibrating {mname} on {name}"):
-            fitted[mname] = make_matcher(mname).fit(refs)
+        try:
+            need = make_matcher(mname).min_generators
+            if not matchers and n_generators < need:  # every matcher asked: those that cannot be are said
+                skipped[mname] = (f"needs at least {need} generators, the references hold {n_generators}: enrol "
+                                  f"another, then calibrate again")
+                continue
+            with _Step(progress, f"calibrating {mname} on {name}"):
+                fitted[mname] = make_matcher(mname).fit(refs)
+        except PluginError as exc:  # every matcher asked: a broken plugin's is said, the others calibrated
+            if matchers:
+                raise
+            skipped[mname] = str(exc)
     pools: dict[str, Any] = {}
     if refs and reg.record_conditions(name):
         proto = reg.protocol(name)
         sized = _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs)
-        pools = _pools(sized, [n for n, m in fitted.items() if m.calibration is not None], progress=progress)
+        broken: dict[str, str] | None = None if matchers else {}  # every matcher asked: a broken one is said
+        pools = _pools(sized, [n for n, m in fitted.items() if m.calibration is not None], progress=progress,
+                       broken=broken)
+        for mname, why in (broken or {}).items():
+            skipped[mname] = why
+            del fitted[mname]
     records = {}
     for mname, m in fitted.items():
         with _Step(progress, f"checking {mname}'s pooled thresholds on {name}") if mname in pools else \
@@ -1996,6 +2030,7 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
     """Attribute every zoo generator's held-out set (never enrolled) with each matcher, against the
     protocol's enrolled curves and the registry's calibrated thresholds at ``operating_point``."""
     from forensics.engine import check_weights, make_engine
+    from forensics.errors import PluginError
     from forensics.io.images import load_images
     from forensics.match.calibration import check_operating_point
     from forensics.zoo.catalog import select
@@ -2012,8 +2047,14 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
         if not references:
             raise UsageError(f"protocol {pname} has no enrolled references; run `forensics zoo enroll --protocol "
                              f"{pname}`")
-        names = _matcher_names(matchers)
-        fitted = {n: _registry_matcher(reg, pname, n, references, operating_point) for n in names}
+        fitted = {}
+        for n in _matcher_names(matchers):
+            try:
+                fitted[n] = _registry_matcher(reg, pname, n, references, operating_point)
+            except PluginError as exc:
+                if matchers:
+                    raise
+                _left_out(n, exc, "held-out attribution")
     with _Step(progress, f"starting torch on {device}"):
         check_compute(device)
         engine = make_engine(proto, reference_dir=reg.reference_dir, device=device, weights=weights,

@@ -427,3 +427,33 @@ def test_arguments_of_the_wrong_kind_are_usage_errors_and_one_name_is_not_read_l
     assert forensics.diff_registry(Path(default_registry_path()), registry=reg).changes == ()
     assert [e["name"] for e in forensics.list_encoders("vit_mnist_tiny.forensics").encoders] == \
         ["vit_mnist_tiny.forensics"]
+
+
+def test_a_broken_plugin_matcher_is_left_out_of_every_matcher_jobs_and_fails_only_when_named(
+        paper_registry, register_plugin):
+    """`registry evaluate` / `registry calibrate` with no --matcher run every registered matcher: one broken
+    third-party matcher stopped both for all; now it is left out with its one-line cause, and fails when named."""
+    import types
+    import warnings
+
+    from forensics import hookimpl
+    from forensics.errors import PluginError
+    from forensics.match import SimilarityMatcher
+
+    class Raising(SimilarityMatcher):
+        def fit_curves(self, *args):
+            raise RuntimeError("fit exploded")
+
+    register_plugin(types.SimpleNamespace(forensics_matchers=hookimpl(lambda register: register("m-raise", Raising))),
+                    "shoddy")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        evaluation = forensics.evaluate(registry=paper_registry)
+    assert "alpha" in [m["matcher"] for m in evaluation.to_dict()["protocols"][0]["matchers"]]
+    assert any("matcher m-raise left out of the evaluation: the m-raise matcher failed to fit: RuntimeError"
+               in str(w.message) for w in seen)
+    calibration = forensics.calibrate(registry=paper_registry)
+    assert "alpha" in calibration.matchers and "failed to fit" in calibration.skipped["m-raise"]
+    for job in (forensics.evaluate, forensics.calibrate):
+        with pytest.raises(PluginError, match="the m-raise matcher failed to fit"):
+            job(registry=paper_registry, matchers=["m-raise"])
