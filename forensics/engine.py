@@ -67,7 +67,7 @@ def load_reference_set(ref: DataRef) -> np.ndarray:
     """The images of a protocol's reference set, checked against its recorded count and hash."""
     from forensics.plugins import host
 
-    loader = host().get("datasets", ref.dataset).obj
+    loader = host().get("datasets", ref.dataset, needed_by="the protocol").obj
     images = loader(ref.split, **dict(ref.options))
     if len(images) != ref.count:
         raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split} has {len(images)} images here, "
@@ -134,7 +134,7 @@ def build_encoder(ref: EncoderRef, *, weights: str | None = None, device: str = 
     """Build a protocol's encoder and check that it is the one the protocol recorded."""
     from forensics.plugins import build, host
 
-    provided = host().get("encoders", ref.name)
+    provided = host().get("encoders", ref.name, needed_by="the protocol")
     if weights is None and ref.weights_source == "random":
         weights = "random"
     encoder = build(provided, Encoder, lambda: provided.obj(weights=weights, device=device, **dict(ref.options)))

@@ -25,7 +25,8 @@ class StatisticError(ForensicsError):
 
 
 class PluginError(ForensicsError):
-    """A plugin is broken or two plugins claim the same name."""
+    """A plugin is broken or missing (a protocol's encoder or data set no installed plugin provides), or two
+    plugins claim the same name."""
 
 
 class RegistryError(ForensicsError):

@@ -300,10 +300,12 @@ class PluginHost:
         self._collected[kind] = found
         return found
 
-    def get(self, kind: str, name: str) -> Provided:
+    def get(self, kind: str, name: str, *, needed_by: str | None = None) -> Provided:
         """One provider by name, or a :class:`UsageError` that lists what exists. A name that a broken
         plugin tried to register is a :class:`PluginError` naming that plugin and its fault; a name no one
-        has, while some plugin failed to load, names the failed plugins (one of them may have been meant)."""
+        has, while some plugin failed to load, names the failed plugins (one of them may have been meant).
+        ``needed_by`` (``"the protocol"``): what recorded the name, so that a missing one is a
+        :class:`PluginError` saying to install its plugin, not a name to choose."""
         found = self.collect(kind)
         if (kind, name) in self._conflicts:
             raise PluginError(self._conflicts[(kind, name)])
@@ -317,6 +319,13 @@ class PluginHost:
                             if i.error is not None and (kind in i.refused or not (i.refused or i.provides)))
             failed = (f"; plugin(s) {', '.join(map(repr, broken))} failed to load and may have provided it "
                       "(`forensics plugins` says why)" if broken else " (see `forensics plugins`)")
+            if needed_by is not None:
+                off = (" (FORENSICS_DISABLE_PLUGIN_AUTOLOAD is set: only the bundled plugins load)"
+                       if not self.autoload else f" (FORENSICS_DISABLE_PLUGINS skips {', '.join(sorted(self.disabled))})"
+                       if self.disabled else "")
+                raise PluginError(f"{needed_by} uses the {SINGULAR[kind]} {name!r}, which no installed plugin "
+                                 f"provides{off}: install the package that provides it"
+                                 + (failed if broken else " (`forensics plugins` lists the installed ones)"))
             raise UsageError(f"no {SINGULAR[kind]} named {name!r}; available: {known}{failed}")
         return found[name]
 

@@ -422,3 +422,19 @@ def test_an_encoder_registered_under_another_name_than_it_calls_itself_is_refuse
         "alias_cnn", _TinyEncoder.make(lambda f, t: f))), "aliasing")
     with pytest.raises(PluginError, match="built an encoder named 'tiny_broken'.*set its Encoder.name to 'alias_cnn'"):
         new_encoder("alias_cnn", {})
+
+
+def test_a_protocol_whose_encoder_plugin_is_gone_says_to_install_it(plugin_host):
+    """A protocol made with a plugin encoder, run where that plugin is not installed (or autoload is off), said
+    "no encoder named 'my_cnn'; available: <every encoder>", as if the user had mistyped a name."""
+    from forensics.engine import build_encoder
+    from forensics.protocol import EncoderRef
+
+    ref = EncoderRef(name="my_cnn", weights=None, weights_source="random", layers=("c1",), pooling="avg",
+                     preprocessing={"size": 8, "resize": 8, "interpolation": "bilinear", "mean": [0.5] * 3,
+                                    "std": [0.5] * 3})
+    with pytest.raises(PluginError) as err:
+        build_encoder(ref)
+    said = str(err.value)
+    assert said.startswith("the protocol uses the encoder 'my_cnn', which no installed plugin provides")
+    assert "only the bundled plugins load" in said and "install the package that provides it" in said
