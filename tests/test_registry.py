@@ -91,6 +91,20 @@ def test_enroll_refuses_mismatches_and_duplicates(reg, fingerprints, toy_protoco
         reg.enroll("nope", "gan", fingerprints(proto, [1, 2, 3]), {})
 
 
+def test_enroll_refuses_curves_the_registry_would_then_refuse(reg, fingerprints):
+    """Two batches of one enrolment with one curve (the same images twice in the input, or a statistic that
+    scored no layer: every such curve is all null) were written, and the registry then refused to open, for
+    every command and protocol ("identical to the curve of ... (enrolled twice?)")."""
+    proto = reg.protocol("toy")
+    with pytest.raises(UsageError, match="already has this curve as instance .* the same images twice"):
+        reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3], [1, 2, 3]), {})
+    with pytest.raises(UsageError, match="undefined at every layer under toy"):
+        reg.enroll("toy", "gan", fingerprints(proto, [None, None, None]), {})
+    assert not reg.generators.get("toy") and reg.validate() == []
+    reg.enroll("toy", "gan", fingerprints(proto, [1, 2, 3], [1, 2, None]), {})  # a partly undefined curve is one
+    assert len(type(reg).open(reg.path).enrolled("toy")) == 2
+
+
 def test_remove_instance_and_generator(reg, fingerprints):
     proto = reg.protocol("toy")
     rng = np.random.default_rng(0)

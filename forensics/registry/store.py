@@ -1473,9 +1473,17 @@ class Registry:
             if iid in existing:
                 raise UsageError(f"{generator} already has an instance {iid!r}{where} (the same images enrolled "
                                  f"twice?); remove it first with `forensics registry remove`")
+            if all(v is None for v in values):  # every such curve is the same: the registry would refuse the second
+                raise UsageError(f"the curve of {generator}/{iid} is undefined at every layer{where}: the statistic "
+                                 "scored no layer of that batch, so there is nothing to match it by (`forensics "
+                                 "memorization` on the batch says why); enrol images it can score")
             if values in existing_curves:
-                raise UsageError(f"{generator} already has this curve as instance {existing_curves[values]!r}{where}")
+                twice = " (two batches of the input give one curve: the same images twice?)" \
+                    if existing_curves[values] in new_ids else ""
+                raise UsageError(f"{generator} already has this curve as instance {existing_curves[values]!r}{where}"
+                                 f"{twice}")
             existing.add(iid)
+            existing_curves[values] = iid  # two new batches of one curve would make the registry invalid too
         for j, (iid, values) in enumerate(zip(new_ids, curves)):
             prov = dict(base)
             if len(curves) > 1:
