@@ -557,7 +557,9 @@ def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, wei
     ``"local"`` or ``"ray"``, :func:`forensics.engine.make_engine`); ``condition``: what T and P_n are put
     through before the reference side is fitted (none: the protocol's own)."""
     from forensics.engine import make_engine
+    from forensics.io.images import check_workers
 
+    check_workers(workers)  # an array in memory decodes nothing, but workers=-1 is still no number of processes
     options: dict[str, Any] = {} if engine == "ray" else {"workers": workers}  # Ray Data reads in parallel
     if engine == "ray" and workers > 1:
         log.warning("--workers %d is for the local engine: under --engine ray, Ray Data reads the images in "

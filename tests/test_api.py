@@ -205,6 +205,15 @@ def test_a_one_dimensional_array_file_is_not_read_as_that_many_images(tmp_path):
         forensics.memorization(tmp_path / "flat.npy", protocol=VIT, workers=-1)
 
 
+@pytest.mark.parametrize("workers", [-1, 1.5, True])
+def test_workers_that_are_no_number_of_processes_are_refused_for_an_array_too(workers):
+    """An array in memory decodes nothing, yet workers=-1 (joblib's "all cores") must not pass unnoticed."""
+    images = np.zeros((100, 28, 28), np.uint8)
+    for call in (forensics.attribute, forensics.memorization):
+        with pytest.raises(UsageError, match="--workers takes a number of processes of at least 0"):
+            call(images, protocol=VIT, workers=workers)
+
+
 def test_a_weights_file_that_does_not_read_says_what_to_pass(tmp_path):
     from forensics.encode.weights import load_state_dict
     from forensics.errors import WeightsError

@@ -152,6 +152,14 @@ def load_images(path: str | Path, *, size: int | None = None, resize: int | None
     return found.images, found.sha256
 
 
+def check_workers(workers: object) -> int:
+    """``workers`` if it is a number of decoding processes (0: decode in this process), else a one-line
+    :class:`~forensics.errors.UsageError`."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UsageError(f"--workers takes a number of processes of at least 0 (0: decode here), not {workers!r}")
+    return workers
+
+
 def read_image_set(path: str | Path, *, size: int | None = None, resize: int | None = None, workers: int = 0,
                    recursive: bool = True, progress: DecodeProgress | None = None,
                    native: tuple[int, int] | None = None, single: bool = False) -> ImageSet:
@@ -167,8 +175,7 @@ def read_image_set(path: str | Path, *, size: int | None = None, resize: int | N
     :func:`~forensics.io.hashing.sha256_array` for an array file. ``single``: an image file is a set of one
     (for a measure of each image on its own, InvMM); else it is refused, since a fingerprint is of a set.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise UsageError(f"--workers takes a number of processes of at least 0 (0: decode here), not {workers!r}")
+    check_workers(workers)
     path = Path(path).expanduser()
     if stat.S_ISDIR(_stat(path).st_mode):
         return _load_folder(path, size=size, resize=resize, workers=workers, recursive=recursive,
