@@ -272,3 +272,44 @@ def test_workers_under_the_ray_engine_are_said_to_do_nothing(monkeypatch, caplog
     said = [r.getMessage() for r in caplog.records if "--workers" in r.getMessage()]
     assert said == ["--workers 2 is for the local engine: under --engine ray, Ray Data reads the images in "
                     "parallel itself"]
+
+
+def test_a_forensics_error_raised_in_a_ray_task_comes_back_as_its_own_line(monkeypatch):
+    """An encoder plugin's PluginError raised in a Ray actor reached the user as "unexpected
+    RayTaskError(UserCodeException): ray::MapWorker(...)" after Ray Data's traceback; now the error itself, and
+    Ray Data's log records of it are dropped."""
+    import logging
+
+    from forensics.distributed.ray_engine import _forensics_cause, _unlogged_forensics_errors
+    from forensics.errors import PluginError
+
+    original = PluginError("encoder rt_nan (plugin runtime) returned NaN or infinite values at c1")
+
+    class RayTaskErrorOfPluginError(PluginError):  # what Ray builds: the task's class, Ray's text, .cause
+        cause = original
+
+    wrapped = RayTaskErrorOfPluginError("ray::MapWorker(MapBatches(_EncoderActor)).submit() (pid=1)")
+    assert _forensics_cause(wrapped) is original
+    try:
+        try:
+            raise UsageError("cannot decode a.png")
+        except UsageError as exc:
+            raise RuntimeError("UDF failed to process a data block.") from exc
+    except RuntimeError as exc:
+        assert str(_forensics_cause(exc)) == "cannot decode a.png"
+    assert _forensics_cause(RuntimeError("a Ray bug")) is None
+
+    monkeypatch.delenv("FORENSICS_DEBUG", raising=False)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger("ray.data")
+    monkeypatch.setattr(log, "handlers", [handler])
+    with _unlogged_forensics_errors():
+        log.error("An exception was raised from a task", exc_info=wrapped)
+        try:
+            raise wrapped
+        except PluginError:
+            log.error("Exception occurred in Ray Data or Ray Core internal code")
+        log.error("a Ray failure of its own", exc_info=RuntimeError("x"))
+    assert seen == ["a Ray failure of its own"] and not handler.filters

@@ -25,9 +25,11 @@ driver's count unless ``threads`` says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -212,6 +214,9 @@ class RayEngine(Engine):
             items += [{"job": j, "start": a, "stop": b, "paths": [] if array else [str(p) for p in images[a:b]]}
                       for a, b in self._shards(len(images), encoder)]
         gpu = self.ray_device == "cuda"
+        # an actor's forensics error (an encoder plugin breaking its contract, an image that does not decode)
+        # comes back as itself, not as Ray Data's UserCodeException, which keeps only its text
+        ray.data.DataContext.get_current().raise_original_map_exception = True
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         # reading: real CPUs beside GPU actors; beside CPU actors, the cores those hold (a task asking for
         # a CPU would wait for ever behind actors that hold them all)
@@ -230,11 +235,18 @@ class RayEngine(Engine):
                       num_cpus=1 if gpu else self.threads, num_gpus=1 if gpu else 0)
         ds = _map_actors(ds, encode, restart=not self.local)
         rows: list[list[dict[str, Any]]] = [[] for _ in jobs]
-        for row in ds.iter_rows():
-            j = int(row["job"])
-            rows[j].append(row)
-            if self.progress is not None:
-                self.progress(jobs[j][2], int(row["stop"]), len(jobs[j][0]))
+        try:
+            with _unlogged_forensics_errors():
+                for row in ds.iter_rows():
+                    j = int(row["job"])
+                    rows[j].append(row)
+                    if self.progress is not None:
+                        self.progress(jobs[j][2], int(row["stop"]), len(jobs[j][0]))
+        except Exception as exc:  # an image that does not decode, an encoder plugin that breaks its contract:
+            cause = _forensics_cause(exc)  # their one line, not Ray's wrapper
+            if cause is not None:
+                raise cause from None
+            raise
         return rows
 
     def embed(self, images: Any, what: str = "images", *, cache: bool = False,
@@ -373,14 +385,57 @@ def _map_actors(ds: Any, options: dict[str, Any], *, restart: bool) -> Any:
     return ds.map_batches(_EncoderActor, **options)
 
 
-def _get(ray: Any, future: Any) -> Any:
-    """A task's result; a forensics error raised in it comes back as itself (one line), not wrapped."""
+def _forensics_cause(exc: BaseException) -> Any:
+    """The forensics error a Ray failure wraps (a task's ``RayTaskError``, or Ray Data's ``UserCodeException``
+    around an actor's error, in either's ``cause`` or exception chain), or None."""
     from forensics.errors import ForensicsError
 
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)  # a RayTaskError: the error raised in the task (first, as it is
+        if isinstance(e, ForensicsError) and not isinstance(cause, BaseException):  # one too, its text Ray's)
+            return e
+        todo += [e.__context__, e.__cause__, cause]
+    return None
+
+
+@contextlib.contextmanager
+def _unlogged_forensics_errors() -> Iterator[None]:
+    """Ray Data logs a task's error on stderr (its traceback, and that it may be a Ray bug) before raising it;
+    a forensics error (one line that says what to do, printed by the command) is not logged (under
+    ``FORENSICS_DEBUG`` it is)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:  # (a record logged while the error is handled: that error)
+        import sys
+
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return exc is None or _forensics_cause(exc) is None
+
+    if os.environ.get("FORENSICS_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    handlers = logging.getLogger("ray.data").handlers
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
+
+
+def _get(ray: Any, future: Any) -> Any:
+    """A task's result; a forensics error raised in it comes back as itself (one line), not wrapped."""
     try:
         return ray.get(future)
     except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, ForensicsError):
+        cause = _forensics_cause(exc)
+        if cause is not None:
             raise cause from None
         raise
