@@ -19,8 +19,10 @@ attributes, a matcher factory's class, callables): a plugin that breaks it is re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -120,6 +122,12 @@ class PluginInfo:
         }
 
 
+def _stdout_to_stderr() -> contextlib.AbstractContextManager:
+    """What a plugin prints while it is imported, registers or builds (a banner, a progress line) goes to
+    stderr: stdout carries the commands' data (``--json``), which a line there would break."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -188,7 +196,8 @@ class PluginHost:
                 continue
             self.info[ep.name] = info
             try:
-                plugin = ep.load()
+                with _stdout_to_stderr():
+                    plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
                 self._validate(ep.name, plugin)
             except (Exception, SystemExit) as exc:  # a broken plugin is reported, never fatal (sys.exit too)
@@ -265,7 +274,8 @@ class PluginHost:
                 _mine.append(Provided(kind=kind, name=name, obj=obj, plugin=_plugin, description=description))
 
             try:
-                impl.function(register=register)
+                with _stdout_to_stderr():
+                    impl.function(register=register)
             except (Exception, SystemExit) as exc:  # a hook that raises (or exits) is reported; the rest goes on
                 info.error = f"forensics_{kind}: {_describe(exc)}"
                 info.refused[kind] = tried[len(mine):]
@@ -367,7 +377,8 @@ def build(provided: Provided, kind: type, make: Callable[[], Any]) -> Any:
 
     where = f"{SINGULAR[provided.kind]} {provided.name} (plugin {provided.plugin})"
     try:
-        made = make()
+        with _stdout_to_stderr():
+            made = make()
     except ForensicsError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's own failure, said as one line naming it

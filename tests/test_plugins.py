@@ -438,3 +438,27 @@ def test_a_protocol_whose_encoder_plugin_is_gone_says_to_install_it(plugin_host)
     said = str(err.value)
     assert said.startswith("the protocol uses the encoder 'my_cnn', which no installed plugin provides")
     assert "only the bundled plugins load" in said and "install the package that provides it" in said
+
+
+def test_what_a_plugin_prints_goes_to_stderr_not_into_json_on_stdout(monkeypatch, capsys, tmp_path):
+    """A plugin printing a banner on import, in its hook or in its factory put that line on stdout, in front
+    of `--json`'s document."""
+    from importlib import metadata
+
+    from forensics.plugins import build
+
+    (tmp_path / "forensics_noisy_xyz.py").write_text(
+        "print('Welcome to noisy v0.1')\nfrom forensics import hookimpl\n\n@hookimpl\n"
+        "def forensics_encoders(register):\n    print('registering')\n"
+        "    register('noisy', lambda **o: print('building'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    noisy = metadata.EntryPoint(name="noisy", value="forensics_noisy_xyz", group="forensics")
+    real = metadata.entry_points
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda **kw: [*real(**kw), noisy] if kw.get("group") == "forensics" else real(**kw))
+    capsys.readouterr()
+    host = PluginHost(autoload=True)
+    provided = host.get("encoders", "noisy")
+    build(provided, object, lambda: provided.obj())
+    out, err = capsys.readouterr()
+    assert out == "" and "Welcome to noisy v0.1" in err and "registering" in err and "building" in err
