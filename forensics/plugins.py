@@ -129,6 +129,8 @@ def _stdout_to_stderr() -> contextlib.AbstractContextManager:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, pluggy.PluginValidationError):  # its first line names the hook, the rest says what is wrong
+        return f"{type(exc).__name__}: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -215,6 +217,10 @@ class PluginHost:
         for attr in dir(plugin):
             if attr.startswith("forensics_") and attr not in known and callable(getattr(plugin, attr, None)):
                 raise PluginError(f"unknown hook {attr!r}; known hooks: {', '.join(sorted(known))}")
+            if attr in known and callable(getattr(plugin, attr, None)) and not hasattr(
+                    getattr(plugin, attr), f"{hookspecs.PROJECT}_impl"):  # pluggy would skip it without a word
+                raise PluginError(f"{attr} is not marked as a hook: decorate it with @forensics.hookimpl "
+                                  "(from forensics import hookimpl)")
 
     def add(self, plugin: Any, name: str, *, version: str | None = None) -> None:
         """Register a plugin object directly (tests, embedding applications)."""

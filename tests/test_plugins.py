@@ -462,3 +462,24 @@ def test_what_a_plugin_prints_goes_to_stderr_not_into_json_on_stdout(monkeypatch
     build(provided, object, lambda: provided.obj())
     out, err = capsys.readouterr()
     assert out == "" and "Welcome to noisy v0.1" in err and "registering" in err and "building" in err
+
+
+def test_an_unmarked_hook_or_a_wrong_hook_argument_is_reported_saying_what_to_fix(register_plugin):
+    """A `forensics_encoders` without @hookimpl was skipped without a word (the plugin listed as ok, providing
+    nothing); a hook taking `reg` instead of `register` was reported by its error's first line only, which
+    does not say what is wrong."""
+    def forensics_encoders(register):
+        register("unmarked", lambda **o: None)
+
+    host = register_plugin(types.SimpleNamespace(forensics_encoders=forensics_encoders), "unmarked")
+    info = {i.name: i for i in host.describe()}["unmarked"]
+    assert info.error == ("PluginError: forensics_encoders is not marked as a hook: decorate it with "
+                          "@forensics.hookimpl (from forensics import hookimpl)")
+
+    def forensics_matchers(reg):
+        reg("x", object)
+
+    host = register_plugin(make_plugin(forensics_matchers=forensics_matchers), "wrongarg")
+    error = {i.name: i for i in host.describe()}["wrongarg"].error
+    assert "Argument(s) {'reg'} are declared in the hookimpl but can not be found in the hookspec" in error
+    assert "\n" not in error
