@@ -106,8 +106,9 @@ class PluginInfo:
     bundled: bool = False
     error: str | None = None
     provides: dict[str, list[str]] = field(default_factory=dict)
-    #: by kind, the names its hook tried to register when it failed (the last is the one refused)
+    #: by kind, the names its hook tried to register when it failed (the last is the one refused), and why
     refused: dict[str, list[str]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -283,8 +284,11 @@ class PluginHost:
                 with _stdout_to_stderr():
                     impl.function(register=register)
             except (Exception, SystemExit) as exc:  # a hook that raises (or exits) is reported; the rest goes on
-                info.error = f"forensics_{kind}: {_describe(exc)}"
+                failure = f"forensics_{kind}: {_describe(exc)}"
+                if info.error is None or failure not in info.error:  # every hook's failure, not the last one's
+                    info.error = failure if info.error is None else f"{info.error}; {failure}"
                 info.refused[kind] = tried[len(mine):]
+                info.failures[kind] = failure
                 continue
             for provided in mine:
                 if provided.name in claimants:
@@ -328,7 +332,8 @@ class PluginHost:
         if name not in found:
             for info in self.info.values():
                 if info.error is not None and name in info.refused.get(kind, ()):
-                    raise PluginError(f"{SINGULAR[kind]} {name!r} (plugin {info.name!r}) is broken: {info.error}; "
+                    raise PluginError(f"{SINGULAR[kind]} {name!r} (plugin {info.name!r}) is broken: "
+                                      f"{info.failures.get(kind, info.error)}; "
                                       "fix or uninstall the plugin, or choose another")
             known = ", ".join(sorted(found)) or "none"
             broken = sorted(i.name for i in self.info.values()  # its hook of this kind failed, or it did not load

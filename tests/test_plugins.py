@@ -483,3 +483,21 @@ def test_an_unmarked_hook_or_a_wrong_hook_argument_is_reported_saying_what_to_fi
     error = {i.name: i for i in host.describe()}["wrongarg"].error
     assert "Argument(s) {'reg'} are declared in the hookimpl but can not be found in the hookspec" in error
     assert "\n" not in error
+
+
+def test_a_plugin_whose_two_hooks_fail_is_reported_with_both_and_each_name_with_its_own(register_plugin):
+    """The second failing hook's error replaced the first's: `forensics plugins` showed only the matcher's
+    fault, and asking for the encoder then quoted the matcher's error."""
+    def forensics_encoders(register):
+        register("enc-x", 42)
+
+    def forensics_matchers(register):
+        register("match-x", 42)
+
+    host = register_plugin(make_plugin(forensics_encoders=forensics_encoders, forensics_matchers=forensics_matchers),
+                           "twice")
+    error = {i.name: i for i in host.describe()}["twice"].error
+    assert "encoder 'enc-x' does not meet" in error and "matcher 'match-x' does not meet" in error
+    with pytest.raises(PluginError) as err:
+        host.get("encoders", "enc-x")
+    assert "encoder 'enc-x' does not meet" in str(err.value) and "match-x" not in str(err.value)
