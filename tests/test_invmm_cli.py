@@ -416,3 +416,25 @@ def test_what_reading_the_files_dropped_is_in_every_report(toy_model, digits, tm
     assert code == 0 and "c.gif holds 3 frames" in " ".join(stdout.split())  # the text report, the record
     array = forensics.invmm(pixels, model="toy-memorizer", similarity="exact", settings=TINY_SETTINGS).to_dict()
     assert "warnings" not in array  # nothing was dropped from an array
+
+
+@pytest.mark.parametrize("answer, said", [
+    (lambda samples: torch.ones(1), "gave shape (1,) for 2 samples, not one number each"),  # passed them all
+    (lambda samples: torch.full((len(samples),), float("nan")), "gave shape (2,) with NaN for 2 samples"),
+    (lambda samples: [1.0] * len(samples), "gave a list for 2 samples"),
+    (lambda samples: 1 / 0, "copy similarity broken-sim failed: ZeroDivisionError"),
+])
+def test_a_similarity_plugin_that_answers_wrong_is_named_not_a_verdict(register_plugin, digits, answer, said):
+    """A copy similarity giving one score for all the samples made every image "reproduced"; one giving NaN,
+    a list or raising ended as "unexpected …" or a silent ∞. Each is a one-line error naming the similarity."""
+    class Broken(CopySimilarity):
+        name = "broken-sim"
+        threshold = 0.5
+
+        def __call__(self, samples, target):
+            return answer(samples)
+
+    register_plugin(types.SimpleNamespace(forensics_copy_similarities=hookimpl(
+        lambda register: register("broken-sim", lambda *, threshold=None: Broken()))), "shoddy")
+    code, _, err = cli("invmm", str(digits[0]), "--similarity", "broken-sim", *TINY)
+    assert code == 1 and said in err and len(err.strip().splitlines()) == 1, err

@@ -476,6 +476,31 @@ def _invert_group(model, images, indices, similarity, threshold, settings, seed,
     return out
 
 
+def _similarities(similarity: Any, samples: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The copy similarity of each sample to the target, checked: one number a sample, none NaN. A similarity
+    plugin that fails, or answers otherwise (one score for eight samples would pass them all), is a
+    :class:`PluginError` naming it, never a verdict."""
+    from forensics.errors import ForensicsError, PluginError
+
+    name = getattr(similarity, "name", "") or type(similarity).__name__
+    try:
+        sims = similarity(samples, target)
+    except ForensicsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the plugin's own failure, said as one line naming it
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PluginError(f"copy similarity {name} failed: {type(exc).__name__}: {text}; fix or uninstall its "
+                          "plugin, or choose another --similarity") from exc
+    n = len(samples)
+    nan = torch.is_tensor(sims) and bool(torch.isnan(sims.float()).any()) and bool(torch.isfinite(samples).all())
+    if not torch.is_tensor(sims) or tuple(sims.shape) != (n,) or nan:  # (NaN samples: NaN, never a copy)
+        got = f"shape {tuple(sims.shape)}" if torch.is_tensor(sims) else f"a {type(sims).__name__}"
+        got += " with NaN" if nan else ""
+        raise PluginError(f"copy similarity {name} gave {got} for {n} samples, not one number each: the "
+                          "similarity is broken; fix or uninstall its plugin, or choose another --similarity")
+    return sims.detach().float().cpu()
+
+
 @torch.no_grad()
 def _verify(model, states, checking, step, mu, logvar, logits, tau, targets01, similarity, threshold, settings):
     """Verify each target in ``checking`` after ``step``: its samples, similarities, and success."""
@@ -493,7 +518,7 @@ def _verify(model, states, checking, step, mu, logvar, logits, tau, targets01, s
         for g in settings.guidance:
             images = ddim_sample(model, x_T, settings.verify_steps, condition=cond, null_condition=null,
                                  guidance=float(g))
-            sims = similarity((images.float() + 1) / 2, targets01[j]).float().cpu()
+            sims = _similarities(similarity, (images.float() + 1) / 2, targets01[j])
             lowest = float(sims.min())
             if best is None or lowest > best[0]:
                 best = (lowest, float(g), sims, images)
