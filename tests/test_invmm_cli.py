@@ -438,3 +438,29 @@ def test_a_similarity_plugin_that_answers_wrong_is_named_not_a_verdict(register_
         lambda register: register("broken-sim", lambda *, threshold=None: Broken()))), "shoddy")
     code, _, err = cli("invmm", str(digits[0]), "--similarity", "broken-sim", *TINY)
     assert code == 1 and said in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("predict, said", [
+    (lambda x: torch.full_like(x, float("nan")), "diffusion model broken-model predicted NaN or infinite noise"),
+    (lambda x: torch.zeros(len(x), 3, 28, 28), "predicted noise of shape (4, 3, 28, 28) for x_t of shape (4, 1, 28, 28)"),
+    (lambda x: 1 / 0, "diffusion model broken-model failed to predict the noise: ZeroDivisionError"),
+])
+def test_a_diffusion_model_that_predicts_wrong_is_named_not_read_as_never_reproduced(register_plugin, digits,
+                                                                                    predict, said):
+    """A model predicting NaN noise (broken, or a float16 model overflowing) gave every image ∞, "never
+    reproduced"; one of another shape or raising ended as "unexpected …"."""
+    x_star = torch.zeros(1, 28, 28)
+
+    class Broken(Memorizer):
+        def __init__(self, x_star):
+            super().__init__(x_star)
+            self.name = "broken-model"
+
+        def predict_noise(self, x_t, t, condition=None):
+            return predict(x_t)
+
+    register_plugin(types.SimpleNamespace(forensics_diffusion_models=hookimpl(
+        lambda register: register("broken-model", lambda *, path=None, device="cpu": Broken(x_star)))), "shoddy")
+    code, _, err = cli("invmm", str(digits[0]), "--model", "broken-model", "--similarity", "pixel-correlation",
+                       "--group", "2", *TINY)
+    assert code == 1 and said in err and len(err.strip().splitlines()) == 1, err

@@ -279,6 +279,31 @@ def _gumbel_weights(logits: torch.Tensor, tau: float, generator: torch.Generator
     return torch.softmax((logits + gumbels) / tau, dim=-1)
 
 
+def predicted_noise(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, condition: Any = None) -> torch.Tensor:
+    """``model.predict_noise(x, t, condition)``, checked: a model that fails, predicts another shape, or
+    predicts NaN or infinite noise from a finite ``x`` is a :class:`PluginError` naming it (NaN noise
+    otherwise reads as "never reproduced", a verdict the model never gave)."""
+    from forensics.errors import ForensicsError, PluginError
+
+    name = getattr(model, "name", "") or type(model).__name__
+    try:
+        eps = model.predict_noise(x, t, condition)
+    except ForensicsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model's own failure, said as one line naming it
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PluginError(f"diffusion model {name} failed to predict the noise: {type(exc).__name__}: {text}") \
+            from exc
+    if not torch.is_tensor(eps) or tuple(eps.shape) != tuple(x.shape):
+        got = f"shape {tuple(eps.shape)}" if torch.is_tensor(eps) else f"a {type(eps).__name__}"
+        raise PluginError(f"diffusion model {name} predicted noise of {got} for x_t of shape {tuple(x.shape)}: "
+                          "the model is broken (its sample_shape does not match what it computes)")
+    if not bool(torch.isfinite(eps).all()) and bool(torch.isfinite(x).all()):
+        raise PluginError(f"diffusion model {name} predicted NaN or infinite noise: it is broken, or overflows in its "
+                          "precision (a float16 model: load it in float32 or bfloat16)")
+    return eps
+
+
 def ddim_sample(model: DiffusionModel, x_T: torch.Tensor, steps: int, *, condition: Any = None,
                 null_condition: Any = None, guidance: float = 1.0) -> torch.Tensor:
     """Deterministic DDIM (η = 0) from ``x_T`` over ``model.ddim_timesteps(steps)``: images in [-1, 1]
@@ -290,9 +315,9 @@ def ddim_sample(model: DiffusionModel, x_T: torch.Tensor, steps: int, *, conditi
     x = x_T
     for i, t in enumerate(ts):
         tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        eps = model.predict_noise(x, tt, condition)
+        eps = predicted_noise(model, x, tt, condition)
         if guidance != 1.0:
-            eps_u = model.predict_noise(x, tt, null_condition)
+            eps_u = predicted_noise(model, x, tt, null_condition)
             eps = eps_u + guidance * (eps - eps_u)
         eps = eps.to(x.dtype)
         x0 = x0_from_eps(x, eps, ab[tt])
@@ -398,9 +423,9 @@ def _invert_group(model, images, indices, similarity, threshold, settings, seed,
 
     def network(x, t, cond):
         if autocast is None:
-            return model.predict_noise(x, t, cond)
+            return predicted_noise(model, x, t, cond)
         with autocast():
-            return model.predict_noise(x, t, cond).float()
+            return predicted_noise(model, x, t, cond).float()
 
     for step in range(settings.max_steps):
         active = [j for j, s in enumerate(states) if not s.done]
