@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import forensics
 from forensics.cli import app
+from forensics.errors import UsageError
 from forensics.hookspecs import hookimpl
 from forensics.inversion.model import CopySimilarity, DiffusionModel
 from forensics.zoo.data import mnist_split
@@ -464,3 +465,13 @@ def test_a_diffusion_model_that_predicts_wrong_is_named_not_read_as_never_reprod
     code, _, err = cli("invmm", str(digits[0]), "--model", "broken-model", "--similarity", "pixel-correlation",
                        "--group", "2", *TINY)
     assert code == 1 and said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_that_diverges_says_so_instead_of_never_reproduced(toy_model, digits):
+    """With a learning rate that makes μ run off, every check was NaN and every image read ∞, "never
+    reproduced"; then the model got the blame for the NaN noise it was fed."""
+    with pytest.raises(UsageError, match=r"InvMM diverged.*lower the learning rate \(--set lr=\)"):
+        forensics.invmm(digits[0], model="toy-memorizer", similarity="exact", settings={**TINY_SETTINGS, "lr": 1e30})
+    code, _, err = cli("invmm", str(digits[0]), "--set", "lr=100", *TINY[:2], "--set", "max_steps=100",
+                       "--set", "check_every=50", "--set", "verify_steps=2", "--set", "verify_samples=2")
+    assert code == 2 and "InvMM diverged" in err and len(err.strip().splitlines()) == 1, err

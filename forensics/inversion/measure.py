@@ -298,10 +298,24 @@ def predicted_noise(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, con
         got = f"shape {tuple(eps.shape)}" if torch.is_tensor(eps) else f"a {type(eps).__name__}"
         raise PluginError(f"diffusion model {name} predicted noise of {got} for x_t of shape {tuple(x.shape)}: "
                           "the model is broken (its sample_shape does not match what it computes)")
-    if not bool(torch.isfinite(eps).all()) and bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(eps).all()):
+        if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > _RAN_OFF:  # fed what no model expects
+            raise _diverged()
         raise PluginError(f"diffusion model {name} predicted NaN or infinite noise: it is broken, or overflows in its "
                           "precision (a float16 model: load it in float32 or bfloat16)")
     return eps
+
+
+#: |x_t| beyond which the noisy images InvMM feeds the model mean its Gaussian ran off (a run keeps them near ±5)
+_RAN_OFF = 1e4
+
+
+def _diverged(step: int | None = None) -> Exception:
+    from forensics.errors import UsageError
+
+    at = f" at step {step}" if step is not None else ""
+    return UsageError(f"InvMM diverged{at}: the Gaussian's μ or log σ² ran off, so its loss and samples are no "
+                      "longer finite numbers; lower the learning rate (--set lr=)")
 
 
 def ddim_sample(model: DiffusionModel, x_T: torch.Tensor, steps: int, *, condition: Any = None,
@@ -452,6 +466,8 @@ def _invert_group(model, images, indices, similarity, threshold, settings, seed,
         kl = kl_normal(mu[rows], logvar[rows])                           # (a,)
         lams = torch.tensor([states[j].schedule.lam for j in active], device=device, dtype=kl.dtype)
         loss = (sensitivity + lams * kl).sum()
+        if not bool(torch.isfinite(loss)):  # μ or log σ² ran off: every later step and check would be NaN, read as ∞
+            raise _diverged(step + 1)
         optimiser.zero_grad(set_to_none=False)
         loss.backward()
         optimiser.step()
