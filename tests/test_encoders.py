@@ -218,3 +218,29 @@ def test_an_encoder_asked_for_by_name_that_cannot_be_described_fails_the_listing
     assert named.exit_code == 1 and "raising_enc" in named.stdout and "error:" in named.stdout
     every = CliRunner().invoke(app, ["encoders", "--json"])  # the whole listing still lists, and succeeds
     assert every.exit_code == 0 and "raising_enc" in every.stdout
+
+
+def test_random_init_in_several_threads_gives_each_the_seeds_weights():
+    """Two threads building a randomly initialised encoder at once (forensics.attribute from a thread pool)
+    drew from torch's one global generator in turn, so each got other weights, refused as "not the
+    protocol's"."""
+    import threading
+    import time
+
+    import torch
+
+    from forensics.encode.weights import random_init
+
+    def build():
+        first = torch.randn(4)
+        time.sleep(0.02)  # another thread's draw lands here without the lock
+        return torch.cat([first, torch.randn(4)])
+
+    alone = random_init(build, seed=3)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(random_init(build, seed=3))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and all(torch.equal(g, alone) for g in got)

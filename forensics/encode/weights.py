@@ -11,6 +11,7 @@ for by the name ``"random"``. Anything else is a :class:`WeightsError` that says
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,13 @@ def weights_info(model: torch.nn.Module, source: str, detail: str) -> WeightsInf
     return WeightsInfo(source=source, digest=sha256_tensors(model.state_dict().items()), detail=detail)
 
 
+_RANDOM_INIT = threading.Lock()
+
+
 def random_init(model_factory: Callable[[], torch.nn.Module], seed: int = 0) -> torch.nn.Module:
-    """Build a model under a fixed seed, leaving the global RNG state as it was."""
-    with torch.random.fork_rng(devices=[]):
+    """Build a model under a fixed seed, leaving the global RNG state as it was. One at a time: two threads
+    drawing from torch's one global generator at once would each get other values (another digest)."""
+    with _RANDOM_INIT, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return model_factory()
 
