@@ -170,3 +170,21 @@ def test_embeddings_whose_cache_folder_cannot_be_made_are_returned_with_a_warnin
     with pytest.warns(UserWarning, match="not cached .*Read-only file system"):
         got = embed(lite, images, layers=["bn1"], cache=True)[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_cached_layer_of_another_size_is_computed_anew(lite, count_calls):
+    """A plugin that changes a layer's size without changing its identity (no learned weights: the same
+    digest) got the old arrays from the cache, of the old size, as this layer's embeddings."""
+    import copy
+    import dataclasses
+
+    images = sample_images(n=3, size=30)
+    embed(lite, images, layers=["blocks.2"], cache=True)
+    wider = copy.copy(lite)
+    wider.forward_layers = lambda pixels, layers: [f.repeat_interleave(2, dim=1)
+                                                   for f in lite.forward_layers(pixels, layers)]
+    wider.layers = tuple(dataclasses.replace(layer, dim=layer.dim * 2) if layer.name == "blocks.2" else layer
+                         for layer in lite.layers)
+    counting = count_calls(wider)
+    (out,) = embed(counting, images, layers=["blocks.2"], cache=True)
+    assert out.shape == (3, 80) and len(counting.calls) == 1

@@ -704,3 +704,20 @@ def test_device_errors_and_reduced_precision():
     finally:
         torch.set_float32_matmul_precision(before)
     assert ref.score(gen) == ct_score(train, test, gen, k=2)
+
+
+def test_a_pca_that_would_not_fit_in_memory_is_refused_in_one_line(monkeypatch):
+    """An encoder plugin with a layer of 50,000 values made the PCA allocate its 50,000 × 50,000 float64
+    covariance (tens of GiB): the kernel killed the run after minutes, without a word."""
+    from forensics.stats.ct import pca as pca_module
+
+    monkeypatch.setattr(pca_module, "available_memory", lambda: 1 << 20)  # 1 MiB free
+    rng = np.random.default_rng(0)
+    t, p, g = rng.normal(size=(300, 200)), rng.normal(size=(100, 200)), rng.normal(size=(400, 200))
+    with pytest.raises(UsageError, match=r"PCA of a layer of 200 values needs its 200 × 200 covariance, about "
+                                         r"[0-9.]+ GiB, more than the 0\.0 GiB free here: project with "
+                                         r"--projection 0"):
+        ct_score(t, p, g, k=3, projection=16)
+    assert ct_score(t, p, g, k=3, projection=None).value is not None  # no PCA, no covariance
+    monkeypatch.setattr(pca_module, "available_memory", lambda: None)  # not known: tried
+    assert ct_score(t, p, g, k=3, projection=16).value is not None

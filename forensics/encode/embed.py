@@ -178,8 +178,8 @@ def embed(encoder: Encoder, images: Images, *, layers: Sequence[str] | None = No
         for name in names:
             keys[name] = embedding_key(images=digest, encoder=record, layer=name, amp=amp)
             hit = store.get(keys[name], rows=n)
-            if hit is not None:
-                results[name] = hit
+            if hit is not None and hit.shape[1:] == (dims[name],):  # (a plugin that changed a layer's size
+                results[name] = hit                                   # without its identity: computed anew)
     todo = [name for name in names if name not in results]
     if todo:
         out = {name: np.empty((n, dims[name]), np.float32) for name in todo}

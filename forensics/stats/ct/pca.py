@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from forensics.errors import StatisticError
+from forensics.errors import StatisticError, UsageError
 
-from .tiles import RowTiles
+from .tiles import RowTiles, row_groups
 
 
 def _total(parts: list):
@@ -27,8 +27,41 @@ def _total(parts: list):
     return total
 
 
+def available_memory() -> int | None:
+    """Bytes this process can still allocate (Linux: MemAvailable, within a cgroup's limit), or None."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_memory(n: int, d: int) -> None:
+    """Refuse, in one line, a PCA whose d × d covariance (its accumulators, their sum, the eigenvectors and
+    the solver's workspace) would not fit in memory: a layer of 50,000 values needs some 20 GiB a copy, and
+    the kernel would kill the run without a word."""
+    need = 8 * d * d * (len(row_groups(n, d)) + 3)
+    free = available_memory()
+    if free is not None and need > free:
+        raise UsageError(f"PCA of a layer of {d:,} values needs its {d:,} × {d:,} covariance, about "
+                         f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free here: project with "
+                         f"--projection 0 (no PCA), or use an encoder whose layers are pooled to fewer values")
+
+
 def pca(rows: RowTiles, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the top ``dims`` principal axes (d × dims, float64) of the rows of ``rows``."""
+    check_memory(rows.n, rows.d)
     mean = _total(rows.column_sums()) / rows.n
     cov = _total(rows.grams(mean))
     return rows.host(mean), axes(rows.eigenvectors(cov), dims)
