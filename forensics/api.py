@@ -2440,6 +2440,9 @@ def invmm_settings(preset: str, overrides: dict[str, Any] | None = None) -> Any:
 
     if preset not in PRESETS:
         raise UsageError(f"unknown InvMM preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise UsageError(f"settings is a mapping of InvMM parameters to values ({{'max_steps': 500}}), not "
+                         f"{type(overrides).__name__}")
     try:
         return PRESETS[preset].replace(**(overrides or {}))
     except (ValueError, TypeError) as exc:

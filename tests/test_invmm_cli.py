@@ -475,3 +475,10 @@ def test_a_run_that_diverges_says_so_instead_of_never_reproduced(toy_model, digi
     code, _, err = cli("invmm", str(digits[0]), "--set", "lr=100", *TINY[:2], "--set", "max_steps=100",
                        "--set", "check_every=50", "--set", "verify_steps=2", "--set", "verify_samples=2")
     assert code == 2 and "InvMM diverged" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_settings_that_are_not_a_mapping_are_said_to_be_so(digits):
+    """forensics.invmm(..., settings=[("max_steps", 500)]) said "InvMMSettings.replace() argument after **
+    must be a mapping, not list", a message about the code, not the call."""
+    with pytest.raises(UsageError, match=r"settings is a mapping of InvMM parameters to values .*not list"):
+        forensics.invmm(digits[0], settings=[("max_steps", 500)])
