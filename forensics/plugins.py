@@ -317,6 +317,9 @@ class PluginHost:
             self._conflicts[(kind, name)] = message
             for plugin in plugins:
                 self.info.setdefault(plugin, PluginInfo(plugin)).error = message
+        for info in self.info.values():  # what each one provides: the names it kept (not a bundled one's, not a clash)
+            if kind in info.provides:
+                info.provides[kind] = [n for n in info.provides[kind] if n in found and found[n].plugin == info.name]
         self._collected[kind] = found
         return found
 

@@ -107,6 +107,7 @@ def test_a_name_of_a_bundled_plugin_stays_its_own_and_the_claimant_is_reported(r
     info = {i.name: i for i in host.describe()}
     assert "statistic 'ct' is the bundled plugin 'ct''s name; this plugin's is not loaded" in info["impostor"].error
     assert info["ct"].error is None
+    assert info["impostor"].provides["statistics"] == ["mean-gap"]  # not 'ct', which is not its
 
 
 def test_two_third_party_plugins_claiming_one_name_is_an_error_naming_both(register_plugin):
