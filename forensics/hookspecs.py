@@ -9,9 +9,9 @@ A plugin is a module (or any object) with functions named like the hooks below, 
 
 Every hook receives one argument, ``register``: a callback that the host owns. Plugins call it once
 per thing they provide; the host checks the name, checks that the thing meets its contract (the types
-below), records which plugin gave it and refuses a name that two plugins claim (the error names both).
-Hooks return nothing. The host calls hooks with keyword arguments only, so a later version may pass
-more arguments without breaking existing plugins.
+below), records which plugin gave it and withholds a name that two plugins claim (asking for it is an error
+naming both). Hooks return nothing. The host calls hooks with keyword arguments only, so a later version may
+pass more arguments without breaking existing plugins.
 
 A plugin whose import fails, whose hook raises, or that registers something that does not meet its
 contract is reported by ``forensics plugins`` with its name and the cause; everything else goes on
