@@ -1995,10 +1995,10 @@ def _curation_source(source: str | Path | np.ndarray) -> tuple[np.ndarray, dict[
         images = as_uint8_images(source)
         return images, {"array": True, "sha256": sha256_array(images)}
     if isinstance(source, str) and ":" in source and not Path(source).exists():
-        from forensics.plugins import host
+        from forensics.engine import dataset_split
 
         dataset, split = source.split(":", 1)
-        return np.asarray(host().get("datasets", dataset).obj(split)), {"dataset": dataset, "split": split}
+        return dataset_split(dataset, split), {"dataset": dataset, "split": split}
     images, digest = load_images(source)
     return images, {"path": str(source), "sha256": digest}
 

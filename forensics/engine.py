@@ -63,12 +63,26 @@ class Curve:
                 "n_images": self.n_images}
 
 
+def dataset_split(name: str, split: str, options: Mapping[str, Any] | None = None, *,
+                  needed_by: str | None = None) -> np.ndarray:
+    """One split of the registered data set ``name``, as its loader gives it, checked against the loader's
+    contract (a uint8 array (N, H, W) or (N, H, W, C)): a loader that fails, or gives anything else, is a
+    :class:`PluginError` naming it (its own :class:`ForensicsError`, saying how to get the data, passes)."""
+    from forensics.plugins import build, host
+
+    provided = host().get("datasets", name, needed_by=needed_by)
+    images = build(provided, object, lambda: provided.obj(split, **dict(options or {})))
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4) or not len(images):
+        got = type(images).__name__ + (f" of {images.dtype}, shape {images.shape}" if isinstance(images, np.ndarray)
+                                       else "")
+        raise PluginError(f"data set {name} (plugin {provided.plugin}) gave a {got} for its {split!r} split, not "
+                          "uint8 images (N, H, W[, C]): the plugin is broken (`forensics plugins` lists it)")
+    return images
+
+
 def load_reference_set(ref: DataRef) -> np.ndarray:
     """The images of a protocol's reference set, checked against its recorded count and hash."""
-    from forensics.plugins import host
-
-    loader = host().get("datasets", ref.dataset, needed_by="the protocol").obj
-    images = loader(ref.split, **dict(ref.options))
+    images = dataset_split(ref.dataset, ref.split, ref.options, needed_by="the protocol")
     if len(images) != ref.count:
         raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split} has {len(images)} images here, "
                                f"the protocol recorded {ref.count}")
@@ -750,12 +764,9 @@ def make_protocol(name: str, *, dataset: str, encoder: str, encoder_options: dic
                   statistic_params: dict[str, Any] | None = None, batch_size: int = 500, description: str = "",
                   notes: dict[str, Any] | None = None, device: str = "cpu") -> Protocol:
     """Define a new protocol: hash the reference sets, build the encoder, record everything."""
-    from forensics.plugins import host
-
-    loader = host().get("datasets", dataset).obj
     refs = []
     for split in ("train", "test"):
-        images = np.asarray(loader(split))
+        images = dataset_split(dataset, split)
         refs.append(DataRef(dataset=dataset, split=split, count=len(images), sha256=sha256_array(images)))
     options = dict(encoder_options or {})
     enc = new_encoder(encoder, options, weights=weights, device=device)

@@ -502,3 +502,28 @@ def test_a_plugin_whose_two_hooks_fail_is_reported_with_both_and_each_name_with_
     with pytest.raises(PluginError) as err:
         host.get("encoders", "enc-x")
     assert "encoder 'enc-x' does not meet" in str(err.value) and "match-x" not in str(err.value)
+
+
+def test_a_data_set_loader_that_fails_or_gives_no_uint8_images_is_named(register_plugin):
+    """A data set plugin giving float images in [0, 1], a list, or raising (a disk not mounted) made
+    `protocol create` hash whatever came, and the run fail later with "images must be uint8" or "unexpected
+    FileNotFoundError"; now the loader's plugin is named at once."""
+    from forensics.engine import dataset_split
+
+    def gone(split):
+        raise FileNotFoundError("/data/mine not mounted")
+
+    def forensics_datasets(register):
+        register("floaty", lambda split: np.zeros((4, 8, 8)))
+        register("listy", lambda split: [np.zeros((8, 8), np.uint8)] * 4)
+        register("gone", gone)
+
+    register_plugin(make_plugin(forensics_datasets=forensics_datasets), "shoddy")
+    with pytest.raises(PluginError, match=r"data set floaty \(plugin shoddy\) gave a ndarray of float64, shape "
+                                          r"\(4, 8, 8\) for its 'train' split, not uint8 images"):
+        dataset_split("floaty", "train")
+    with pytest.raises(PluginError, match="data set listy .* gave a list"):
+        dataset_split("listy", "test")
+    with pytest.raises(PluginError, match=r"dataset gone \(plugin shoddy\) failed: FileNotFoundError: /data/mine"):
+        dataset_split("gone", "train")
+    assert dataset_split("digits", "test").dtype == np.uint8
