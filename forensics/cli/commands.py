@@ -180,8 +180,7 @@ def curate(
     count: Optional[int] = typer.Option(None, "--count", "-n", min=1,
                                         help="Curate N images drawn at random (seeded by --seed), not all."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset and of the random transform."),
-    json_out: bool = typer.Option(False, "--json", help="Print the record of the set as JSON (schema "
-                                  "forensics.curation/1)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the record of the set as JSON (a stable schema)."),
 ):
     """Make He et al.'s curated copies of a reference set, to probe copying at one level.
 
@@ -253,7 +252,7 @@ def protocol_create(
     offline: bool = OPT_OFFLINE,
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
-    json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.protocol-creation/1)."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON (a stable schema)."),
 ):
     """Define a protocol: hash the reference sets, record the encoder, statistic and batch size.
 
@@ -291,7 +290,7 @@ def protocol_combine(
                                    "after one of its protocols was re-created)."),
     make_default: bool = typer.Option(False, "--default", help="Make it the registry's default protocol."),
     registry: Optional[Path] = OPT_REGISTRY,
-    json_out: bool = typer.Option(False, "--json", help="Print as JSON (schema forensics.protocol-combination/1)."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON (a stable schema)."),
 ):
     """Read several protocols as one: a batch's fingerprint is their curves end to end.
 
