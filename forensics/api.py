@@ -2071,7 +2071,7 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
         curve = engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)[0]
         answers = {n: m.attribute(curve.fingerprint.vector()) for n, m in fitted.items()}
         sets.append(HeldoutSet(z.generator, z.path, curve, answers))
-    return HeldoutResult(pname, tuple(names), tuple(sets))
+    return HeldoutResult(pname, tuple(fitted), tuple(sets))
 
 
 def _enrolled_inputs(reg: Registry, protocol: str) -> dict[str, set[str]]:

@@ -310,11 +310,14 @@ def test_a_shipped_reference_side_killed_half_way_leaves_no_file_without_its_dig
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
-        while not list(folder.glob(".SHA256.*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+
+        def paused() -> bool:  # the parts are written before the journal: under RENAMES, wait for both
+            parts = bool(list(folder.glob(".SHA256.*.tmp")))
+            return parts and (two.path / ".journal.tmp").exists() if pause.endswith("RENAMES") else parts
+
+        while not paused() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
-        assert list(folder.glob(".SHA256.*.tmp")), proc.stderr.read().decode() if proc.poll() is not None else "?"
-        if pause.endswith("RENAMES"):
-            assert (two.path / ".journal.tmp").exists()
+        assert paused(), proc.stderr.read().decode() if proc.poll() is not None else "?"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
