@@ -2502,6 +2502,24 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     sims = host().collect("copy_similarities")
     if similarity is not None and similarity not in sims:
         raise UsageError(f"unknown copy similarity {similarity!r}; choose from {', '.join(sorted(sims))}")
+
+    def judge_of(name: str, beta: float | None) -> Any:
+        """The copy similarity ``name`` built with β ``beta`` (None: its own) and the --similarity-file."""
+        options: dict[str, Any] = {} if beta is None else {"threshold": beta}
+        if similarity_file is not None:
+            options["path"] = str(similarity_file)
+
+        def made() -> Any:
+            try:
+                return sims[name].obj(**options)
+            except TypeError as exc:
+                raise UsageError(f"copy similarity {name!r} does not take these options ({exc})") from None
+
+        return build(sims[name], CopySimilarity, made)
+
+    early = similarity or (invmm_settings(preset, settings).similarity if preset else None)
+    if early in sims:  # known without the model: one that cannot be built (no SSCD file) fails before gigabytes load
+        judge_of(early, threshold)
     with _Step(progress, f"loading diffusion model {model}"):
         net = _diffusion_model(str(model), device=device, registry=registry)
     chosen_preset = preset or getattr(net, "default_preset", "ddpm-cifar10")
@@ -2512,16 +2530,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     sim_name = similarity or run.similarity
     if sim_name not in sims:
         raise UsageError(f"unknown copy similarity {sim_name!r}; choose from {', '.join(sorted(sims))}")
-    options: dict[str, Any] = {"threshold": threshold if threshold is not None else run.threshold}
-    if similarity_file is not None:
-        options["path"] = str(similarity_file)
-    def make_judge() -> Any:
-        try:
-            return sims[sim_name].obj(**options)
-        except TypeError as exc:
-            raise UsageError(f"copy similarity {sim_name!r} does not take these options ({exc})") from None
-
-    judge = build(sims[sim_name], CopySimilarity, make_judge)
+    judge = judge_of(sim_name, threshold if threshold is not None else run.threshold)
     low, high = getattr(judge, "bounds", None) or (-math.inf, math.inf)
     if not low <= judge.threshold <= high:
         raise UsageError(f"--threshold {judge.threshold:g} lies outside the {low:g} to {high:g} that {sim_name} "

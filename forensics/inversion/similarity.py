@@ -73,7 +73,8 @@ class SSCDSimilarity(CopySimilarity):
                              f"or set {SSCD_ENV}, or use --similarity pixel-correlation")
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise UsageError(f"SSCD TorchScript file {self.path} not found; pass the path of "
+            what = "is a folder, not the file" if self.path.is_dir() else "not found"
+            raise UsageError(f"SSCD TorchScript file {self.path} {what}; pass the path of "
                              f"sscd_disc_large.torchscript.pt")
         try:
             self.model = torch.jit.load(str(self.path), map_location="cpu").eval()
