@@ -376,6 +376,28 @@ def host() -> PluginHost:
     return _host
 
 
+def blamed(traceback: Any) -> PluginInfo | None:
+    """The third-party plugin whose code raised the exception of ``traceback``: the innermost frame that runs in
+    a loaded plugin's package (not a bundled one's); None when no plugin's code is on it, or no host is built
+    (an error is never the moment to load plugins)."""
+    if _host is None:
+        return None
+    packages = {}
+    for info in _host.info.values():
+        if not info.bundled and info.module and info.error is None:
+            packages.setdefault(info.module.split(":")[0].split(".")[0], info)
+    frames = []
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):  # innermost first: a plugin calling numpy that fails is the plugin's
+        module = str(frame.f_globals.get("__name__", ""))
+        top = module.split(".")[0]
+        if top in packages:
+            return packages[top]
+    return None
+
+
 def reset(new: PluginHost | None = None) -> PluginHost | None:
     """Replace the process-wide host (tests); returns the previous one."""
     global _host

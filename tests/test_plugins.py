@@ -527,3 +527,43 @@ def test_a_data_set_loader_that_fails_or_gives_no_uint8_images_is_named(register
     with pytest.raises(PluginError, match=r"dataset gone \(plugin shoddy\) failed: FileNotFoundError: /data/mine"):
         dataset_split("gone", "train")
     assert dataset_split("digits", "test").dtype == np.uint8
+
+
+def test_a_plugins_own_failure_at_run_time_names_the_plugin(monkeypatch, capsys, tmp_path):
+    """A statistic's fit, an encoder's forward, a matcher's ranking: code of a plugin that raises while a
+    command runs was 'unexpected ValueError' with no word of whose code it was."""
+    from importlib import metadata
+
+    import typer
+
+    from forensics import plugins
+    from forensics.cli.common import handle_errors
+
+    (tmp_path / "forensics_brittle_xyz").mkdir()
+    (tmp_path / "forensics_brittle_xyz" / "__init__.py").write_text("")
+    (tmp_path / "forensics_brittle_xyz" / "stat.py").write_text(
+        "import numpy as np\nfrom forensics import hookimpl\n\n"
+        "def fit(train):\n    return np.linalg.cholesky(-np.eye(2))  # raises inside numpy, called by the plugin\n\n"
+        "@hookimpl\ndef forensics_encoders(register):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    brittle = metadata.EntryPoint(name="brittle", value="forensics_brittle_xyz.stat", group="forensics")
+    real = metadata.entry_points
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda **kw: [*real(**kw), brittle] if kw.get("group") == "forensics" else real(**kw))
+    old = plugins.reset(PluginHost(autoload=True))
+    try:
+        import forensics_brittle_xyz.stat as stat
+
+        for run, named in ((lambda: stat.fit(None), True), (lambda: int("x"), False)):
+            capsys.readouterr()
+            with pytest.raises(typer.Exit) as done:
+                handle_errors(run)()
+            line = capsys.readouterr().err
+            assert done.value.exit_code == 1 and len(line.strip().splitlines()) == 1
+            if named:
+                assert "plugin brittle (forensics_brittle_xyz.stat) failed: LinAlgError" in line
+                assert "FORENSICS_DISABLE_PLUGINS=brittle" in line
+            else:  # the tool's own bug stays the tool's
+                assert "unexpected ValueError" in line and "plugin" not in line
+    finally:
+        plugins.reset(old)

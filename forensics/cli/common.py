@@ -72,9 +72,16 @@ def handle_errors(fn):
             fail("interrupted", 130)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except Exception as exc:  # a bug: one line unless debugging
+        except Exception as exc:  # a bug (ours, or a plugin's: then named): one line unless debugging
+            from forensics.plugins import blamed
+
             if STATE["debug"]:
                 raise
+            who = blamed(exc.__traceback__)
+            if who is not None:
+                fail(f"plugin {who.name} ({who.distribution or who.module}) failed: {type(exc).__name__}: "
+                     f"{one_line(str(exc))}; fix or uninstall it, or leave it out with "
+                     f"FORENSICS_DISABLE_PLUGINS={who.name} (--debug shows the traceback)", 1)
             fail(f"unexpected {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback)", 1)
 
     return wrapper
