@@ -23,7 +23,8 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -123,10 +124,26 @@ class PluginInfo:
         }
 
 
-def _stdout_to_stderr() -> contextlib.AbstractContextManager:
-    """What a plugin prints while it is imported, registers or builds (a banner, a progress line) goes to
-    stderr: stdout carries the commands' data (``--json``), which a line there would break."""
-    return contextlib.redirect_stdout(sys.stderr)
+_redirect = {"lock": threading.Lock(), "depth": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """What a plugin prints while it is imported, registers, builds or encodes (a banner, a progress line) goes
+    to stderr: stdout carries the commands' data (``--json``), which a line there would break. Safe across
+    threads (the library called from a thread pool): the first to enter swaps ``sys.stdout``, the last to
+    leave puts it back, where nested ``redirect_stdout`` calls leaving out of order would leave it on stderr."""
+    with _redirect["lock"]:
+        if _redirect["depth"] == 0:
+            _redirect["saved"], sys.stdout = sys.stdout, sys.stderr
+        _redirect["depth"] += 1
+    try:
+        yield
+    finally:
+        with _redirect["lock"]:
+            _redirect["depth"] -= 1
+            if _redirect["depth"] == 0:
+                sys.stdout, _redirect["saved"] = _redirect["saved"], None
 
 
 def _describe(exc: BaseException) -> str:
@@ -199,7 +216,7 @@ class PluginHost:
                 continue
             self.info[ep.name] = info
             try:
-                with _stdout_to_stderr():
+                with stdout_to_stderr():
                     plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
                 self._validate(ep.name, plugin)
@@ -281,7 +298,7 @@ class PluginHost:
                 _mine.append(Provided(kind=kind, name=name, obj=obj, plugin=_plugin, description=description))
 
             try:
-                with _stdout_to_stderr():
+                with stdout_to_stderr():
                     impl.function(register=register)
             except (Exception, SystemExit) as exc:  # a hook that raises (or exits) is reported; the rest goes on
                 failure = f"forensics_{kind}: {_describe(exc)}"
@@ -413,7 +430,7 @@ def build(provided: Provided, kind: type, make: Callable[[], Any]) -> Any:
 
     where = f"{SINGULAR[provided.kind]} {provided.name} (plugin {provided.plugin})"
     try:
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             made = make()
     except ForensicsError:
         raise

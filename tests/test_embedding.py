@@ -30,6 +30,20 @@ def test_results_do_not_depend_on_batch_size(lite, images):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_what_an_encoder_prints_per_batch_goes_to_stderr(lite, images, count_calls, capsys):
+    """A plugin's progress line from forward_layers would land in front of `--json`'s document on stdout."""
+    class Chatty(type(count_calls(lite))):
+        def forward_layers(self, pixels, layers):
+            print(f"encoded {len(pixels)}")
+            return super().forward_layers(pixels, layers)
+
+    capsys.readouterr()
+    out = embed(Chatty(lite), images, batch_size=4)
+    printed = capsys.readouterr()
+    assert printed.out == "" and "encoded 4" in printed.err and "encoded 3" in printed.err
+    assert all(np.array_equal(a, b) for a, b in zip(out, embed(lite, images, batch_size=4)))
+
+
 def test_all_layers_from_one_forward_pass_per_batch(lite, images, count_calls):
     counting = count_calls(lite)
     out = embed(counting, images, batch_size=4)
@@ -116,3 +130,16 @@ def test_grey_and_empty_inputs(lite):
         embed(lite, np.zeros((2, 20, 20, 3), np.float32))
     with pytest.raises(UsageError, match="batch_size"):
         embed(lite, grey, batch_size=0)
+
+
+def test_stdout_comes_back_after_threads_encode_at_once(lite, images, count_calls, capsys):
+    """Each batch sends stdout to stderr; threads leaving out of order must still give stdout back."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = sys.stdout
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: embed(lite, images, batch_size=2), range(8)))
+    assert sys.stdout is before
+    print("still stdout")
+    assert capsys.readouterr().out == "still stdout\n"

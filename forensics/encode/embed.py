@@ -105,9 +105,11 @@ def forward_batch(encoder: Encoder, pixels: torch.Tensor, names: Sequence[str], 
                   amp: str | None = None) -> list[np.ndarray]:
     """One preprocessed batch through the encoder at ``names`` (checked layer names, in depth order): one
     float32 array (b, dim) per layer. What :func:`iter_embed` runs per batch (and the Ray engine's actors)."""
+    from forensics.plugins import stdout_to_stderr
+
     device = torch.device(getattr(encoder, "device", "cpu"))
-    try:
-        with torch.inference_mode(), _autocast(device, amp), _float32(device, amp):
+    try:  # what an encoder prints per batch goes to stderr, never into a --json document on stdout
+        with torch.inference_mode(), _autocast(device, amp), _float32(device, amp), stdout_to_stderr():
             feats = encoder.forward_layers(pixels.to(device, non_blocking=True), names)
     except ForensicsError:
         raise
