@@ -799,6 +799,11 @@ def test_records_are_kept_only_where_this_machine_processes_as_the_registrys_wer
     assert shown == {"toy": user.processing_of("toy")} and set(shown["toy"]) == {"crop90", "jpeg60"}
     user.copy_to(tmp_path / "copy")  # as one folder, what both layers say of their records' processing
     assert Registry.open(tmp_path / "copy").processing["toy"][0][2] == {**made["conditions"], **mine}
+    assert not [w for w in Registry.open(tmp_path / "copy").warnings if "does not say what processed" in w]
+    (tmp_path / "copy" / "toy" / "records" / "processing.yaml").unlink()  # a copy that left it behind
+    (said,) = [w for w in Registry.open(tmp_path / "copy").warnings if "does not say what processed" in w]
+    assert said.startswith("toy: records are kept under crop90, jpeg60 but records/processing.yaml")
+    assert said in api.validate_registry(tmp_path / "copy").warnings
 
     # another Pillow, whose JPEG at quality 60 comes out otherwise: its records would not be comparable
     real = store.processing_digest

@@ -56,8 +56,8 @@ from forensics.registry.diff import diff
 from forensics.registry.model import SCHEMA_VERSION, GeneratorEntry, Instance, check_family, check_name
 from forensics.registry import reference as shipped
 from forensics.registry.records import (
-    RECORDS_DIR, as_records, digests_path, processing_path, read_digests, read_records, records_path, write_digests,
-    write_records,
+    PROCESSING_FILE, RECORDS_DIR, as_records, digests_path, processing_path, read_digests, read_records, records_path,
+    write_digests, write_records,
 )
 from forensics.registry.schema import (
     HEADER, Problems, check_inside, check_keys, check_schema, inside, parse_calibration, parse_generator,
@@ -343,6 +343,7 @@ class Registry:
                 for layer, at, _ in found[name]:
                     self._check_reference(at / REFERENCE_DIR, proto.name, problems, layer)
                 self._load_processing(proto.name, [layer for layer, _, _ in found[name]], problems)
+                self._check_processed(proto.name)
         if self.default_protocol is not None and self.default_protocol not in self.protocols:
             top = next((r / REGISTRY_FILE for r, d in zip(self.layers, defaults) if d is not None), self.path)
             problems.add(self._label(top), "default_protocol",
@@ -570,6 +571,19 @@ class Registry:
                                          f"({describe_codecs(ours[condition])}) than those of {far} "
                                          f"({describe_codecs(theirs[condition])}): the two are not comparable; "
                                          f"keep them again with one Pillow")
+
+    def _check_processed(self, protocol: str) -> None:
+        """Warn of records kept under a condition that no layer's ``processing.yaml`` records (a registry copied
+        without it, a file edited by hand): what processed their images cannot be checked against this machine's,
+        so they are matched unchecked."""
+        kept = {c for entry in self.generators.get(protocol, {}).values() for inst in entry.instances
+                for c in inst.records} - {NONE}
+        unsaid = sorted(kept - set(self.processing_of(protocol)))
+        if unsaid:
+            self.warnings.append(f"{protocol}: records are kept under {', '.join(unsaid)} but {RECORDS_DIR}/"
+                                 f"{PROCESSING_FILE} does not say what processed them, so this machine's Pillow "
+                                 "cannot be checked against the one that made them: copy that file from the "
+                                 "registry they came from")
 
     def processing_of(self, protocol_name: str) -> dict[str, dict[str, str]]:
         """What processed the records of a plain protocol, per condition, as the layers say it (the nearest
