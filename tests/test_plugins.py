@@ -441,22 +441,28 @@ def test_a_protocol_whose_encoder_plugin_is_gone_says_to_install_it(plugin_host)
     assert "only the bundled plugins load" in said and "install the package that provides it" in said
 
 
+def installed(monkeypatch, folder, name: str, module: str) -> None:
+    """The plugin ``module`` (its files in ``folder``) as a pip-installed package would be found: an entry
+    point ``name = module`` of the group ``forensics``."""
+    from importlib import metadata
+
+    monkeypatch.syspath_prepend(str(folder))
+    point = metadata.EntryPoint(name=name, value=module, group="forensics")
+    real = metadata.entry_points
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda **kw: [*real(**kw), point] if kw.get("group") == "forensics" else real(**kw))
+
+
 def test_what_a_plugin_prints_goes_to_stderr_not_into_json_on_stdout(monkeypatch, capsys, tmp_path):
     """A plugin printing a banner on import, in its hook or in its factory put that line on stdout, in front
     of `--json`'s document."""
-    from importlib import metadata
-
     from forensics.plugins import build
 
     (tmp_path / "forensics_noisy_xyz.py").write_text(
         "print('Welcome to noisy v0.1')\nfrom forensics import hookimpl\n\n@hookimpl\n"
         "def forensics_encoders(register):\n    print('registering')\n"
         "    register('noisy', lambda **o: print('building'))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    noisy = metadata.EntryPoint(name="noisy", value="forensics_noisy_xyz", group="forensics")
-    real = metadata.entry_points
-    monkeypatch.setattr(metadata, "entry_points",
-                        lambda **kw: [*real(**kw), noisy] if kw.get("group") == "forensics" else real(**kw))
+    installed(monkeypatch, tmp_path, "noisy", "forensics_noisy_xyz")
     capsys.readouterr()
     host = PluginHost(autoload=True)
     provided = host.get("encoders", "noisy")
@@ -532,8 +538,6 @@ def test_a_data_set_loader_that_fails_or_gives_no_uint8_images_is_named(register
 def test_a_plugins_own_failure_at_run_time_names_the_plugin(monkeypatch, capsys, tmp_path):
     """A statistic's fit, an encoder's forward, a matcher's ranking: code of a plugin that raises while a
     command runs was 'unexpected ValueError' with no word of whose code it was."""
-    from importlib import metadata
-
     import typer
 
     from forensics import plugins
@@ -545,11 +549,7 @@ def test_a_plugins_own_failure_at_run_time_names_the_plugin(monkeypatch, capsys,
         "import numpy as np\nfrom forensics import hookimpl\n\n"
         "def fit(train):\n    return np.linalg.cholesky(-np.eye(2))  # raises inside numpy, called by the plugin\n\n"
         "@hookimpl\ndef forensics_encoders(register):\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    brittle = metadata.EntryPoint(name="brittle", value="forensics_brittle_xyz.stat", group="forensics")
-    real = metadata.entry_points
-    monkeypatch.setattr(metadata, "entry_points",
-                        lambda **kw: [*real(**kw), brittle] if kw.get("group") == "forensics" else real(**kw))
+    installed(monkeypatch, tmp_path, "brittle", "forensics_brittle_xyz.stat")
     old = plugins.reset(PluginHost(autoload=True))
     try:
         import forensics_brittle_xyz.stat as stat
