@@ -212,7 +212,13 @@ CHILD = textwrap.dedent("""
 
 def enrol_and_kill(path: Path, pause: str, marker) -> None:
     """Start a real enrolment under the combination, SIGKILL it while it sleeps at ``pause``."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], env={**os.environ, pause: "30"},
+    run_and_kill(CHILD, path, pause, marker)
+
+
+def run_and_kill(child: str, path: Path, pause: str, marker) -> None:
+    """Run the registry write ``child`` (a script given the registry's ``path``) and SIGKILL it once ``marker()``
+    says it sleeps at ``pause``."""
+    proc = subprocess.Popen([sys.executable, "-c", child, str(path)], env={**os.environ, pause: "30"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -306,21 +312,12 @@ def test_a_shipped_reference_side_killed_half_way_leaves_no_file_without_its_dig
     from forensics.registry.reference import file_sha256, read_manifest
 
     folder = two.path / "a" / "reference"
-    proc = subprocess.Popen([sys.executable, "-c", SHIP_CHILD, str(two.path)], env={**os.environ, pause: "30"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
 
-        def paused() -> bool:  # the parts are written before the journal: under RENAMES, wait for both
-            parts = bool(list(folder.glob(".SHA256.*.tmp")))
-            return parts and (two.path / ".journal.tmp").exists() if pause.endswith("RENAMES") else parts
+    def paused() -> bool:  # the parts are written before the journal: under RENAMES, wait for both
+        parts = bool(list(folder.glob(".SHA256.*.tmp")))
+        return parts and (two.path / ".journal.tmp").exists() if pause.endswith("RENAMES") else parts
 
-        while not paused() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert paused(), proc.stderr.read().decode() if proc.poll() is not None else "?"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    run_and_kill(SHIP_CHILD, two.path, pause, paused)
     r = Registry.open(two.path)  # strict: every command reads it
     assert r.validate() == []
     if pause.endswith("RENAMES"):  # committed: completed on opening, the file with its digest
