@@ -2517,9 +2517,12 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
 
         return build(sims[name], CopySimilarity, made)
 
-    early = similarity or (invmm_settings(preset, settings).similarity if preset else None)
-    if early in sims:  # known without the model: one that cannot be built (no SSCD file) fails before gigabytes load
-        judge_of(early, threshold)
+    # known without the model (given, or the preset's), the similarity is built before gigabytes load: one that
+    # cannot be (no SSCD file) fails first, and the one built serves the run when the model changes nothing
+    given = invmm_settings(preset, settings) if preset else None
+    early = similarity or (given.similarity if given else None)
+    beta = threshold if threshold is not None else (given.threshold if given else None)
+    judge = judge_of(early, beta) if early in sims else None
     with _Step(progress, f"loading diffusion model {model}"):
         net = _diffusion_model(str(model), device=device, registry=registry)
     chosen_preset = preset or getattr(net, "default_preset", "ddpm-cifar10")
@@ -2530,7 +2533,9 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
     sim_name = similarity or run.similarity
     if sim_name not in sims:
         raise UsageError(f"unknown copy similarity {sim_name!r}; choose from {', '.join(sorted(sims))}")
-    judge = judge_of(sim_name, threshold if threshold is not None else run.threshold)
+    beta = threshold if threshold is not None else run.threshold
+    if judge is None or sim_name != early or judge.threshold != beta:
+        judge = judge_of(sim_name, beta)
     low, high = getattr(judge, "bounds", None) or (-math.inf, math.inf)
     if not low <= judge.threshold <= high:
         raise UsageError(f"--threshold {judge.threshold:g} lies outside the {low:g} to {high:g} that {sim_name} "
