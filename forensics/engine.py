@@ -12,6 +12,7 @@ does the same for a combination of protocols, one engine per part; :func:`make_e
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from forensics.encode.encoder import Encoder, Preprocessing
 from forensics.errors import ForensicsError, PluginError, ProtocolMismatch, StatisticError, UsageError
 from forensics.io.hashing import sha256_array, sha256_json, short
 from forensics.protocol import Combination, DataRef, EncoderRef, Fingerprint, Protocol, StatisticRef
-from forensics.stats.base import Statistic, check_layer_dims, get_statistic, split_params
+from forensics.stats.base import READINGS, Statistic, check_layer_dims, get_statistic, split_params
 
 Progress = Callable[[str, int, int], None]
 REFERENCE_FORMAT = 1
@@ -488,12 +489,36 @@ class Engine:
         values: list[LayerValue] = []
         for layer, result in zip(self.protocol.layers, scores):
             if isinstance(result, StatisticError):
-                values.append(LayerValue(layer, None, None, str(result), self.statistic.reading(None)))
+                values.append(LayerValue(layer, None, None, str(result), self._reading(None, layer)))
             else:
-                value = float(result.value)
-                values.append(LayerValue(layer, value, result.counted_weight, None, self.statistic.reading(value)))
+                value = self._value(result, layer)
+                values.append(LayerValue(layer, value, result.counted_weight, None, self._reading(value, layer)))
         fp = Fingerprint.from_values(self.protocol.digest, [lv.value for lv in values])
         return Curve(fingerprint=fp, layers=tuple(values), n_images=n)
+
+    def _value(self, score: Any, layer: str) -> float:
+        """A score's value, checked: a statistic says a value is undefined by raising :class:`StatisticError`,
+        so a value that is no finite number is a broken plugin, named, not a layer read as undefined."""
+        from forensics.plugins import broken
+
+        value = getattr(score, "value", None)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise broken("statistics", self.protocol.statistic.name,
+                         f"scored a {type(value).__name__} at {layer}, not a number")
+        if not math.isfinite(value):
+            raise broken("statistics", self.protocol.statistic.name,
+                         f"scored {float(value)} at {layer} (an undefined value is said by raising StatisticError)")
+        return float(value)
+
+    def _reading(self, value: float | None, layer: str) -> str:
+        """The statistic's reading of ``value``, checked to be one of :data:`~forensics.stats.base.READINGS`."""
+        from forensics.plugins import broken
+
+        reading = self.statistic.reading(value)
+        if reading not in READINGS:
+            raise broken("statistics", self.protocol.statistic.name,
+                         f"read the value {value} at {layer} as {reading!r}, not one of {', '.join(READINGS)}")
+        return reading
 
     def curve(self, images: np.ndarray, what: str = "images") -> Curve:
         """One curve of all ``images`` as one batch, whatever their number."""

@@ -443,6 +443,20 @@ def build(provided: Provided, kind: type, make: Callable[[], Any]) -> Any:
     return made
 
 
+def broken(kind: str, name: str, what: str) -> PluginError:
+    """The error of a plugin-provided ``kind`` object (``"encoders"``, ``"statistics"``, ...) called ``name`` that
+    broke its contract at run time (``what`` it did), naming the plugin that provides it where one is known."""
+    from forensics.errors import ForensicsError
+
+    try:
+        provided = host().collect(kind).get(name)
+    except ForensicsError:
+        provided = None
+    plugin = f" (plugin {provided.plugin})" if provided is not None else ""
+    return PluginError(f"{SINGULAR[kind]} {name}{plugin} {what}; fix or uninstall the plugin, or choose another "
+                       f"{SINGULAR[kind]} (`forensics plugins` lists them)")
+
+
 def get_encoder_factory(name: str) -> Callable[..., Any]:
     """The factory of the registered encoder ``name`` (see :class:`forensics.hookspecs.EncoderFactory`)."""
     return host().get("encoders", name).obj

@@ -567,3 +567,40 @@ def test_a_plugins_own_failure_at_run_time_names_the_plugin(monkeypatch, capsys,
                 assert "unexpected ValueError" in line and "plugin" not in line
     finally:
         plugins.reset(old)
+
+
+@pytest.mark.parametrize("value, reading, said", [
+    (float("nan"), None, "scored nan at l0 (an undefined value is said by raising StatisticError)"),
+    (float("inf"), None, "scored inf at l0"),
+    ("0.3", None, "scored a str at l0, not a number"),
+    (0.3, "suspicious", "read the value 0.3 at l0 as 'suspicious', not one of copying, no evidence"),
+])
+def test_a_statistic_scoring_no_number_or_reading_no_word_is_a_plugin_error_naming_it(
+        register_plugin, toy_protocol, value, reading, said):
+    """A statistic says a layer is undefined by raising StatisticError; a NaN was read as an undefined layer with
+    C_T's reason, an infinity or a string failed as an unexpected error, a reading outside the four words went into
+    reports. Each stops the run naming the statistic and its plugin."""
+    from dataclasses import replace
+
+    from forensics.engine import Engine
+    from forensics.protocol import StatisticRef
+
+    class Odd(MeanGap):
+        def from_arrays(self, arrays):
+            fitted = super().from_arrays(arrays)
+            fitted.score = lambda generated: types.SimpleNamespace(value=value, counted_weight=None)
+            return fitted
+
+        def reading(self, v):
+            return reading or super().reading(v)
+
+    register_plugin(make_plugin(forensics_statistics=lambda register: register("odd-gap", Odd())), "shoddy")
+    protocol = replace(toy_protocol(layers=2), statistic=StatisticRef("odd-gap", {}))
+    engine = Engine(protocol)
+    rng = np.random.default_rng(0)
+    fitted = MeanGap().fit(rng.normal(size=(20, 3)), rng.normal(size=(10, 3)))
+    engine._reference_side = [Odd().from_arrays(fitted.to_arrays()) for _ in protocol.layers]
+    with pytest.raises(PluginError) as err:
+        engine.curve_from_embeddings([rng.normal(size=(5, 3))] * 2)
+    assert said in str(err.value) and "statistic odd-gap (plugin shoddy)" in str(err.value)
+    assert "\n" not in str(err.value)

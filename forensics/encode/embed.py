@@ -121,15 +121,9 @@ def forward_batch(encoder: Encoder, pixels: torch.Tensor, names: Sequence[str], 
 
 def _broken(encoder: Encoder, what: str) -> PluginError:
     """The error of an encoder that broke its contract (:meth:`Encoder.forward_layers`), naming its plugin."""
-    from forensics.plugins import host
+    from forensics.plugins import broken
 
-    try:
-        provided = host().collect("encoders").get(encoder.name)
-    except ForensicsError:
-        provided = None
-    plugin = f" (plugin {provided.plugin})" if provided is not None else ""
-    return PluginError(f"encoder {encoder.name}{plugin} {what}; fix or uninstall the plugin, or choose another "
-                       "encoder (`forensics plugins` lists them)")
+    return broken("encoders", encoder.name, what)
 
 
 def _checked(encoder: Encoder, feats: Any, names: Sequence[str], rows: int, amp: str | None) -> list[np.ndarray]:
