@@ -2378,14 +2378,23 @@ def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
     registered loader accepts (a zoo-UNet .safetensors, a diffusers folder)."""
     import warnings
 
-    from forensics.inversion.model import DiffusionModel
+    from forensics.errors import PluginError
+    from forensics.inversion.model import DiffusionModel, declared_problems
     from forensics.plugins import build, host
+
+    def built(provided: Any, make: Callable[[], Any]) -> DiffusionModel:
+        net = build(provided, DiffusionModel, make)
+        problems = declared_problems(net)
+        if problems:
+            raise PluginError(f"diffusion model {provided.name} (plugin {provided.plugin}) declares "
+                              f"{'; '.join(problems)}: the plugin is broken (`forensics invmm --list` lists the others)")
+        return net
 
     found = host().collect("diffusion_models")
     if model in found:
         loader = found[model].obj
         options = {"registry": str(registry)} if registry is not None and _takes(loader, "registry") else {}
-        return build(found[model], DiffusionModel, lambda: loader(device=device, **options))
+        return built(found[model], lambda: loader(device=device, **options))
     path = Path(model).expanduser()
     if path.exists():
         for name in sorted(found):
@@ -2397,8 +2406,7 @@ def _diffusion_model(model: str, *, device: str, registry: RegistryLike) -> Any:
                               f"({type(exc).__name__}: {exc}); left to the others", stacklevel=2)
                 continue
             if taken:
-                return build(found[name], DiffusionModel, lambda: found[name].obj(path=str(path),
-                                                                                         device=device))
+                return built(found[name], lambda: found[name].obj(path=str(path), device=device))
         raise UsageError(f"no diffusion-model loader opens {model}: give a zoo UNet .safetensors file or a "
                          f"diffusers folder (model_index.json), or a name: {', '.join(sorted(found))}")
     if path.suffix or "/" in model or "\\" in model:  # meant as a path: say that it is not there

@@ -499,9 +499,11 @@ def check_diffusion_model(model: Any) -> None:
     """Every check of :class:`DiffusionModelContract` on one :class:`forensics.inversion.model.DiffusionModel`."""
     import torch
 
-    from forensics.inversion.model import DiffusionModel
+    from forensics.inversion.model import DiffusionModel, declared_problems
 
     assert isinstance(model, DiffusionModel), f"{type(model).__name__} is not a DiffusionModel"
+    problems = declared_problems(model)
+    assert not problems, "; ".join(problems)
     ab = model.alphas_cumprod
     assert torch.is_tensor(ab) and ab.dim() == 1 and ab.is_floating_point(), "alphas_cumprod: a 1-d float tensor"
     ab = ab.double().cpu()

@@ -505,3 +505,26 @@ def test_settings_that_are_not_a_mapping_are_said_to_be_so(digits):
     must be a mapping, not list", a message about the code, not the call."""
     with pytest.raises(UsageError, match=r"settings is a mapping of InvMM parameters to values .*not list"):
         forensics.invmm(digits[0], settings=[("max_steps", 500)])
+
+
+@pytest.mark.parametrize("attribute, value, said", [
+    ("image_shape", (28, 28), "image_shape is (28, 28), not 3 positive whole numbers"),
+    ("image_shape", (28, 28, 1), "image_shape is (28, 28, 1): (C, H, W) with C 1 or 3 channels"),
+    ("sample_shape", (1, 0, 28), "sample_shape is (1, 0, 28), not positive whole numbers"),
+    ("alphas_cumprod", torch.linspace(0.1, 0.9, 10, dtype=torch.float64), "must lie in (0, 1] and not increase"),
+])
+def test_a_diffusion_model_declaring_malformed_shapes_or_schedule_is_named_before_any_image(
+        register_plugin, digits, attribute, value, said):
+    """An image shape in (H, W, C) order or of two numbers failed as "unexpected ValueError" where the images
+    were brought to it; an increasing schedule gave nonsense KL. Each is the plugin's fault, said in one line."""
+    class Malformed(Memorizer):
+        def __init__(self, x_star):
+            super().__init__(x_star)
+            setattr(self, attribute, value)
+
+    register_plugin(types.SimpleNamespace(forensics_diffusion_models=hookimpl(
+        lambda register: register("malformed", lambda *, path=None, device="cpu": Malformed(torch.zeros(1, 28, 28))))),
+        "shoddy")
+    code, _, err = cli("invmm", str(digits[0]), "--model", "malformed", "--similarity", "pixel-correlation", *TINY)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "diffusion model malformed (plugin shoddy) declares" in err and said in err, err

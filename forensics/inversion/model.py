@@ -135,6 +135,32 @@ class CopySimilarity(ABC):
         return {"name": self.name, "threshold": self.threshold}
 
 
+def declared_problems(model: DiffusionModel) -> list[str]:
+    """What ``model`` declares wrongly of its attributes (:class:`DiffusionModel`), one phrase each (empty: all
+    well formed): checked when a plugin builds a model, before any image is read or brought to its shape."""
+    problems = []
+
+    def shape(name: str, length: int | None) -> None:
+        value = getattr(model, name, None)
+        ok = (isinstance(value, (tuple, list, torch.Size)) and len(value) > 0
+              and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value))
+        if not ok or (length is not None and len(value) != length):
+            what = f"{length} positive whole numbers" if length is not None else "positive whole numbers"
+            problems.append(f"{name} is {value!r}, not {what}")
+
+    shape("image_shape", 3)
+    shape("sample_shape", None)
+    image = getattr(model, "image_shape", None)
+    if not problems and image[0] not in (1, 3):
+        problems.append(f"image_shape is {tuple(image)}: (C, H, W) with C 1 or 3 channels")
+    ab = getattr(model, "alphas_cumprod", None)
+    if not (torch.is_tensor(ab) and ab.dim() == 1 and ab.is_floating_point() and ab.numel() > 0):
+        problems.append("alphas_cumprod is not a 1-d float tensor")
+    elif not bool(((ab > 0) & (ab <= 1)).all()) or bool((ab[1:] > ab[:-1]).any()):
+        problems.append("alphas_cumprod must lie in (0, 1] and not increase with t")
+    return problems
+
+
 def check_images(images: torch.Tensor, shape: Sequence[int], what: str = "images") -> None:
     """Raise ValueError unless ``images`` is a float tensor (N, *shape)."""
     if not torch.is_tensor(images) or not images.is_floating_point() or tuple(images.shape[1:]) != tuple(shape):
