@@ -90,6 +90,8 @@ def test_reads_see_the_bundled_registry_and_write_nothing(user, bundled_unchange
     assert reg.default_protocol == DEFAULT and {DEFAULT, *PARTS, PAPER} <= set(reg.protocols)
     assert len(reg.enrolled(DEFAULT)) == 27 and reg.reference_dir("mnist-vit").is_dir()
     cli("registry", "list")
+    # validate names both folders it read, as list does: the user registry alone does not exist yet
+    assert f"{user} over {bundled_registry_path()}: " in " ".join(cli("registry", "validate").output.split())
     # no copy of a bundled generator file: refresh has nothing to do, and writes nothing
     assert "nothing to refresh" in cli("registry", "refresh").output
     from forensics import schemas

@@ -212,8 +212,11 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
     Example: forensics registry validate --registry ./registry
     """
     from forensics.api import validate_registry
+    from forensics.registry import registry_layers
 
     result = validate_registry(registry)
+    # the user registry over the bundled one, as `registry list` says it: the first alone may not even exist
+    where = " over ".join(str(p) for p in (result.registry, *registry_layers(registry)[1:]))
     if json_out:
         print_json(result.to_dict())
     else:
@@ -222,10 +225,10 @@ def validate(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON)
         for w in result.warnings:
             out.print(f"[yellow]![/] {esc(w)}")
         if result.ok:
-            out.print(f"[green]✓[/] {esc(result.registry)}: {result.n_protocols} protocol(s), {result.n_instances} "
+            out.print(f"[green]✓[/] {esc(where)}: {result.n_protocols} protocol(s), {result.n_instances} "
                       "instance(s), no problems")
     if not result.ok:  # as every failed run: one line on stderr, exit 1 (the problems are listed above)
-        fail(f"{len(result.problems)} problem(s) in {result.registry}; the first: {result.problems[0]}", 1)
+        fail(f"{len(result.problems)} problem(s) in {where}; the first: {result.problems[0]}", 1)
 
 
 @app.command("migrate-reference")
