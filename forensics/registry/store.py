@@ -191,6 +191,8 @@ class Registry:
         #: their instances are is not known, so their records are never called stray nor their instances missing
         self.unread: dict[str, set[str]] = {}
         self.exists = False
+        #: whether this process holds the write lock now (:meth:`lock`)
+        self._holding = False
 
     @property
     def layers(self) -> tuple[Path, ...]:
@@ -995,7 +997,7 @@ class Registry:
         a registry that cannot be written here, or stays locked."""
         from filelock import Timeout
 
-        if getattr(self, "_holding", False):  # this process writes it: its own write finishes it
+        if self._holding:  # this process writes it: its own write finishes it
             return None
         try:
             with self._file_lock():
