@@ -19,9 +19,7 @@ SAMPLES = "registry/mnist-effnet-lite0/samples"
 VIT = "mnist-vit"  # the cheap shipped protocol (28 px ViT); the default combination is the slow lane's
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,7 @@ from forensics.registry.papercurves import PROTOCOL_NAME
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 @pytest.fixture

@@ -18,9 +18,7 @@ DEFAULT = "mnist-effnet-vit-pixel"  # the combination of PROTOCOL, mnist-vit and
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 def run(*args, code=0):

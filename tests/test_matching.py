@@ -33,9 +33,7 @@ from forensics.registry.papercurves import PROTOCOL_NAME, paper_split
 DIGEST = "sha256:" + "1" * 64
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,7 @@ from forensics.protocol import Fingerprint
 DIGEST = "sha256:" + "2" * 64
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 def overlapping_refs(seed=0, per=3, gens=("a", "b", "c", "d"), n_layers=5, spread=0.6):

@@ -17,9 +17,7 @@ from forensics.registry.schema import Problems, parse_calibration
 from test_operating_points import overlapping_refs, random_points
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 def tagged(answer, unknown, seed=0, instances=("a0", "a1", "b0", "b1", "c0")):

@@ -35,9 +35,7 @@ SHAPES = {"ddim": 4 * X - 1, "pndm": 4 * X - 0.95, "gan": 2 * np.sin(6 * X) + 1,
 QUERY = 4 * X - 0.97   # between ddim's and pndm's curves
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,7 @@ def run(args, **kw):
     return CliRunner().invoke(app, [str(a) for a in args], **kw)
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 @pytest.fixture(scope="module")

@@ -49,9 +49,7 @@ def fails(doc) -> str:
     return info.value.message
 
 
-@pytest.fixture(autouse=True)
-def _bundled_plugins_only(plugin_host):
-    yield plugin_host
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
 # -- the files --------------------------------------------------------------------------------------
