@@ -200,3 +200,18 @@ def test_a_cache_folder_that_is_a_file_or_a_registry_that_is_not_there_is_said_a
     with pytest.raises(UsageError, match="no registry at"):  # a path given that is not there: wrong usage
         forensics.list_cache(registry=tmp_path / "nowhere")
     assert cli("cache", "list", "--registry", tmp_path / "nowhere").exit_code == 2
+
+
+def test_folders_holding_no_file_are_no_entries(tmp_path, monkeypatch, cache):
+    """An entry folder begun and never written, a fetch that stopped before its first byte, an empty folder of
+    the user's: nothing there, so nothing listed or counted; an empty cache says so."""
+    for folder in ("embeddings/cd/" + "cd" * 32, "reference/half", "layers/none", "datasets/cifar10", "mine/deep"):
+        (cache / folder).mkdir(parents=True)
+    listing = forensics.list_cache()
+    assert kinds(listing) == ["embeddings"] * 3 + ["old", "other", "reference"]  # what the fixture wrote, only
+    assert "datasets" not in {i.kind for i in listing.items}
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "bare"))
+    (tmp_path / "bare" / "embeddings" / "ab" / ("ab" * 32)).mkdir(parents=True)
+    (tmp_path / "bare" / "datasets").mkdir()
+    assert forensics.list_cache().items == ()
+    assert "is empty" in cli("cache", "list").stdout

@@ -310,6 +310,16 @@ def _size_and_time(path: Path) -> tuple[int, float]:
         return 0, 0.0
 
 
+def _holds_nothing(path: Path) -> bool:
+    """Whether ``path`` is a folder with no file in it, at any depth (an entry begun and never written, a fetch
+    that stopped before its first byte): no entry, so not listed (``cache list`` counts what is there)."""
+    try:
+        return path.is_dir() and not path.is_symlink() and all(
+            p.is_dir() and not p.is_symlink() for p in path.rglob("*"))
+    except OSError:
+        return False
+
+
 def _describe(folder: Path) -> tuple[str, str | None]:
     """One line about an embedding entry, and its key, from its index."""
     try:
@@ -334,6 +344,8 @@ def _embedding_entries(root: Path) -> Iterator[CacheEntry]:
             yield CacheEntry(group, "other", size, mtime, "not an embedding entry")
             continue
         for item in sorted(group.iterdir()):
+            if _holds_nothing(item):
+                continue
             size, mtime = _size_and_time(item)
             if item.is_dir() and not item.is_symlink():
                 what, key = _describe(item)
@@ -348,29 +360,30 @@ def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
     """Everything under the cache folder ``root`` (default :func:`cache_dir`), as :class:`CacheEntry`
     records: each embedding entry (one layer of one image set), each reference side under
     ``reference/``, each encoder's recorded layer widths under ``layers/``, old-format files, and anything
-    else found there. Nothing is read beyond the small
+    else found there; a folder with no file in it is no entry. Nothing is read beyond the small
     indexes; ``entry.remove()`` deletes one."""
     base = Path(root) if root is not None else cache_dir()
     if not base.is_dir():
         return
     for top in sorted(base.iterdir()):
+        if _holds_nothing(top):
+            continue
         if top.name == "embeddings" and top.is_dir() and not top.is_symlink():
             yield from _embedding_entries(top)
         elif top.name == "reference" and top.is_dir() and not top.is_symlink():
-            for item in sorted(top.iterdir()):
+            for item in sorted(i for i in top.iterdir() if not _holds_nothing(i)):
                 size, mtime = _size_and_time(item)
                 yield CacheEntry(item, "reference", size, mtime, f"reference side {item.name}")
         elif top.name == "layers" and top.is_dir() and not top.is_symlink():
-            for item in sorted(top.iterdir()):  # an encoder's layer widths, measured once (forensics_timm)
+            for item in sorted(i for i in top.iterdir() if not _holds_nothing(i)):  # an encoder's layer widths, measured once (forensics_timm)
                 size, mtime = _size_and_time(item)
                 yield CacheEntry(item, "layers", size, mtime, f"layer widths of {item.stem.rsplit('-', 1)[0]}")
         elif top.name == "datasets" and top.is_dir() and not top.is_symlink():
             # data sets forensics fetches (CIFAR-10, forensics_datasets.cifar10_cache), kept by `cache clear`
             size, mtime = _size_and_time(top)
-            held = sorted(item.name for item in top.iterdir())
+            held = sorted(item.name for item in top.iterdir() if not _holds_nothing(item))
             yield CacheEntry(top, "datasets", size, mtime, "data sets fetched by forensics (CIFAR-10): "
-                             + (", ".join(held) if held else "none yet (an unfinished fetch left the folder)")
-                             + "; `cache clear` keeps them")
+                             + ", ".join(held) + "; `cache clear` keeps them")
         else:
             size, mtime = _size_and_time(top)
             yield CacheEntry(top, "other", size, mtime, "not written by this version of forensics")
