@@ -313,3 +313,22 @@ def test_a_forensics_error_raised_in_a_ray_task_comes_back_as_its_own_line(monke
             log.error("Exception occurred in Ray Data or Ray Core internal code")
         log.error("a Ray failure of its own", exc_info=RuntimeError("x"))
     assert seen == ["a Ray failure of its own"] and not handler.filters
+
+
+def test_cuda_on_a_local_ray_instance_without_a_gpu_is_refused_before_ray_starts(monkeypatch, toy_protocol):
+    """--device cuda --engine ray on a machine without CUDA started a local Ray instance (seconds), only to find
+    it had no GPU; with no cluster to reach, that is known at once. A cluster's address is asked, not guessed."""
+    import torch
+
+    from forensics import distributed
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    started = []
+    monkeypatch.setattr(distributed, "connect", lambda address=None: started.append(address))
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process (the module's Ray may be up)
+    with pytest.raises(UsageError, match="starts a local Ray instance, and this machine has no CUDA GPU") as info:
+        make_engine(toy_protocol(), engine="ray", device="cuda")
+    assert started == [] and "\n" not in str(info.value)
+    assert not distributed.starts_local("ray://head:10001") and distributed.starts_local(None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from forensics.errors import UsageError
@@ -86,6 +87,15 @@ def _reachable(address: str | None, timeout: float = 5.0) -> None:
     if len(first) < 9 or first[3] != 4:
         raise UsageError(f"something answers at {address}, but not Ray (no gRPC there): check the port — a Ray "
                          "head is reached at HOST:6379 or ray://HOST:10001 (8265 is its dashboard)")
+
+
+def starts_local(address: str | None) -> bool:
+    """Whether :func:`connect` with ``address`` starts a new local Ray instance on this machine (no address, no
+    ``RAY_ADDRESS``, and no connection made before), rather than reaching a cluster."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return False
+    ray = sys.modules.get("ray")
+    return ray is None or not ray.is_initialized()
 
 
 def connect(address: str | None = None) -> Any:

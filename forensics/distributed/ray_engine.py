@@ -156,12 +156,16 @@ class RayEngine(Engine):
                  threads: int | None = None, shard_rows: int | None = None, device: str = "cpu", **options: Any):
         import torch
 
-        from forensics.distributed import connect
+        from forensics.distributed import connect, starts_local
 
         if device != "cpu" and not str(device).startswith("cuda"):
             raise UsageError(f"--engine ray runs on cpu or cuda (one GPU per actor), not {device!r}")
         if actors is not None and actors < 1:
             raise UsageError(f"actors must be at least 1, not {actors}")
+        if str(device).startswith("cuda") and starts_local(address) and not torch.cuda.is_available():
+            # said before seconds of starting Ray, only to find the cluster it started has no GPU
+            raise UsageError("--device cuda with --engine ray starts a local Ray instance, and this machine has no "
+                             "CUDA GPU: give --ray-address of a cluster with GPUs, or --device cpu")
         # the driver builds and checks the encoder on its CPU; the actors move it to their GPU
         super().__init__(protocol, device="cpu", **options)
         self.ray = connect(address)
