@@ -72,6 +72,9 @@ def handle_errors(fn):
             fail("interrupted", 130)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # stdout's reader left (`--json | head`): quietly, as the terminal report's console
+            _stdout_gone()
+            raise typer.Exit(1) from None
         except Exception as exc:  # a bug (ours, or a plugin's: then named): one line unless debugging
             from forensics.plugins import blamed
 
@@ -85,6 +88,17 @@ def handle_errors(fn):
             fail(f"unexpected {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback)", 1)
 
     return wrapper
+
+
+def _stdout_gone() -> None:
+    """Point stdout at the null device once its reader has left, so that nothing written or flushed later
+    (at exit) fails again; what rich's console does on a broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout with no file behind it (a test's capture): nothing left to flush
+        pass
 
 
 def print_json(obj: Any) -> None:
