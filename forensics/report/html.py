@@ -47,7 +47,7 @@ from forensics.match import lookalike_note
 from forensics.report import plots as P
 from forensics.report.terminal import (
     OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, pooled_line, printable,
-    stability_line,
+    remainder_text, stability_line,
 )
 
 if TYPE_CHECKING:
@@ -411,6 +411,8 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     if len(result.batches) > 1:
         tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         page.text(f"Per batch of {doc['protocol']['batch_size']}: {tally} (the verdict above is on the mean curve).")
+    if (rest := remainder_text(result)) is not None:
+        page.text(rest + ".", cls="warn")
     page.heading(f"{label} per layer")
     page.table(["layer", value_heading(label), "reading", "P_n counted"], _curve_rows(doc),
                numeric=(1, 3))

@@ -130,17 +130,24 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
         tally = ", ".join(f"{g} × {n}" for g, n in result.batch_votes)
         console.print(Text(f"Per batch of {proto.batch_size}: {tally} (verdict above is on the mean curve)",
                            style="dim"))
-    if result.remainder is not None:  # the images after the last full batch, a partial batch of their own
-        rest = result.remainder
-        how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at
-               else f"fewer than {proto.batch_size}: less reliable")
-        console.print(Text(f"The last {rest.curve.n_images} images, a batch of their own: {rest.label} "
-                           f"({how}; not in the mean curve)", style="yellow"))
+    if (rest := remainder_text(result)) is not None:
+        console.print(Text(rest, style="yellow"))
     render_warnings(result.warnings, console)
     tool = result.provenance.tool
     console.print(Text(f"forensics {tool['forensics']} · torch {tool.get('torch', '?')} · {compute_text(result)}"
                        f" · reference side: {result.reference_origin} · {len(result.references)} reference "
                        "fingerprints", style="dim"))
+
+
+def remainder_text(result: AttributionResult) -> str | None:
+    """The answer to the images after the last full batch, attributed as a batch of their own, in one line
+    (None: no such remainder)."""
+    rest = result.remainder
+    if rest is None:
+        return None
+    how = (f"matched against the references redrawn at {rest.compared_at} images" if rest.compared_at
+           else f"fewer than {result.protocol.batch_size}: less reliable")
+    return f"The last {rest.curve.n_images} images, a batch of their own: {rest.label} ({how}; not in the mean curve)"
 
 
 def render_warnings(warnings: Sequence[str], console: Console) -> None:
