@@ -5,11 +5,13 @@ before the run rather than after it, and error lines that say what to do."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from forensics.cli.commands import run
-from test_cli_ux import VIT, cli, fake_engine, labelled  # noqa: F401 - fake_engine is a fixture
+from test_cli_ux import DDPM, VIT, cli, fake_engine, labelled, no_work  # noqa: F401 - fixtures
 
 
 def run_cli(*args) -> str:
@@ -52,3 +54,22 @@ def test_the_html_says_what_the_terminal_says_of_a_remainder_batch(fake_engine, 
     result = forensics.attribute(tmp_path / "set.npz", protocol=VIT)
     page = attribution_page(result, plots=False).html()
     assert said in " ".join(page.split()), said
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be made")
+def test_a_plots_folder_that_cannot_be_made_is_refused_before_the_run(no_work):
+    # /proc passes a permission check (as root, anything does) but refuses a new folder: the run used to go
+    # through the embedding and fail only when writing the first plot
+    done = cli("attribute", DDPM, "-p", VIT, "--plots", "/proc/forensics-analyst/figs")
+    assert done.exit_code == 2 and no_work == [], done.output
+    assert "--plots /proc/forensics-analyst/figs: cannot write there" in " ".join(done.stderr.split())
+
+
+def test_checking_a_plots_folder_leaves_nothing_behind(tmp_path):
+    from forensics.report.html import check_outputs
+
+    check_outputs(None, tmp_path / "new" / "deeper" / "figs")
+    assert list(tmp_path.iterdir()) == []  # the folders are made when the plots are written, not before the run
+    (tmp_path / "figs").mkdir()
+    check_outputs(None, tmp_path / "figs")
+    assert list((tmp_path / "figs").iterdir()) == []

@@ -200,13 +200,34 @@ def check_outputs(html_out: str | os.PathLike[str] | None, plots_dir: str | os.P
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"--plots {shown} is a file, not a folder; give a folder (made if missing)")
-        existing = folder
     else:
         existing = next((p for p in folder.absolute().parents if p.exists()), Path("/"))
         if not existing.is_dir():
             raise UsageError(f"--plots {shown}: {printable(str(existing))} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--plots {shown}: cannot write in {printable(str(existing))}; choose another folder")
+    _probe_folder(folder, f"--plots {shown}")
+
+
+def _probe_folder(folder: Path, said: str) -> None:
+    """Make ``folder`` where missing and write an empty file in it, as writing the plots will, then take back
+    what was made: permissions alone cannot tell (root passes them, /proc or a read-only mount still refuse)."""
+    import tempfile
+
+    made: list[Path] = []
+    try:
+        for missing in reversed([p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]):
+            missing.mkdir()
+            made.append(missing)
+        fd, tmp = tempfile.mkstemp(prefix=".forensics-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UsageError(f"{said}: cannot write there ({exc.strerror or exc}); choose another folder") from None
+    finally:
+        for folder_made in reversed(made):
+            try:
+                folder_made.rmdir()
+            except OSError:
+                pass
 
 
 def write_outputs(page: Page, html_out: str | os.PathLike[str] | None,
