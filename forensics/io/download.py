@@ -14,7 +14,9 @@ downloaded, and what is missing is a one-line error that names the file and how 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -180,6 +182,38 @@ def _no_such_file(exc: Exception) -> bool:
     return remote is not None and isinstance(exc, remote) and not (local is not None and isinstance(exc, local))
 
 
+def _why(exc: BaseException) -> tuple[str, int | None]:
+    """What went wrong under a failed ``hf_hub_download``, and the HTTP status the server answered, if any.
+    huggingface_hub wraps a 500 or a refused request in "cannot find the requested files in the local
+    cache. Please check your connection": the status and the innermost error say what happened."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    answered = [e for e in chain if isinstance(getattr(getattr(e, "response", None), "status_code", None), int)]
+    said = answered[0] if answered else chain[-1]
+    status = said.response.status_code if answered else None
+    reason = " ".join(str(said).split()) or type(said).__name__
+    if len(reason) > 300:  # whole sentences, when there are some
+        cut = reason[:300]
+        reason = cut[:cut.rfind(". ") + 1] if ". " in cut else cut + "…"
+    return (f"HTTP {status}: {reason}" if status is not None else f"{type(said).__name__}: {reason}"), status
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub's own warnings silenced for the duration (each retry of a failed request is two lines
+    on stderr): the error that ends the download says what happened, in one line."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)
+
+
 def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[Path, str]:
     """Fetch the first of ``filenames`` that ``repo_id`` has (``org/name`` or ``org/name@revision``) into the
     Hugging Face cache, as timm and open_clip do, and return ``(path, filename)``. A file already cached is
@@ -207,17 +241,22 @@ def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[P
     repo, revision = split_revision(repo_id)
     for filename in filenames:
         try:
-            path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(hf_cache_dir()),
-                                        endpoint=hf_endpoint(), library_name="forensics",
-                                        library_version=__version__,
-                                        tqdm_class=_reporting_tqdm(f"downloading {repo}/{filename} (MB)")))
+            with _quiet_hub():
+                path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(hf_cache_dir()),
+                                            endpoint=hf_endpoint(), library_name="forensics",
+                                            library_version=__version__,
+                                            tqdm_class=_reporting_tqdm(f"downloading {repo}/{filename} (MB)")))
         except Exception as exc:  # the hub unreachable, a repo not found, a refused request: one line
             if _no_such_file(exc):
                 continue
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise WeightsError(f"{what}: cannot download {repo_id}/{filename} from "
-                               f"{hf_endpoint() or 'https://huggingface.co'} ({type(exc).__name__}: {reason}); check "
-                               "the connection (HF_ENDPOINT for a mirror), or pass --weights PATH") from None
+            reason, status = _why(exc)
+            advice = ("the server failed: try again later" if status is not None and status >= 500 else
+                      "the repo is private or gated, or not there: log in if you have access (`hf auth login`, or "
+                      "HF_TOKEN)" if status in (401, 403) else
+                      "the hub has no such repo or revision (HF_ENDPOINT for a mirror)" if status == 404 else
+                      "check the connection (HF_ENDPOINT for a mirror)")
+            raise WeightsError(f"{what}: cannot download {repo_id}/{filename} from {endpoint} ({reason}); {advice}, "
+                               "or pass --weights PATH") from None
         check_published_digest(path, f"{what} ({repo_id}/{filename}, just downloaded)")
         return path, filename
     raise WeightsError(f"{what}: the Hugging Face repo {repo_id} has none of {', '.join(filenames)}; "

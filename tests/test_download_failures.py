@@ -1,0 +1,137 @@
+"""A download that fails, as a user meets it: the server drops the connection mid-file, answers 500 or 401,
+or is not a hub at all (a proxy's HTML page with status 200). Each is one line that says what happened and
+what to do, with none of huggingface_hub's own retry chatter, and leaves nothing in the cache that a later
+run would trust; a later run against a working hub fetches the file whole.
+
+Nothing touches the network: the hub is tests/fakehub.py on 127.0.0.1, the caches are temporary folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+
+import pytest
+
+from fakehub import FakeHub
+
+from forensics.errors import WeightsError
+
+REPO = "org/tiny"
+DATA = bytes(range(256)) * 4096  # 1 MiB, an LFS file of the hub
+
+
+class FailingHub(FakeHub):
+    """A hub that, while ``failure`` is set, drops each download after a third of the file (``"drop"``), answers
+    every request with an HTTP status (``500``, ``401``) or with a proxy's HTML page and status 200
+    (``"html"``)."""
+
+    failure: str | int | None = None
+
+    def _answer(self, handler, *, body):
+        if isinstance(self.failure, int):
+            self.requests.append((handler.command, handler.path))
+            return self._send(handler, self.failure, b"no", {}, body)
+        if self.failure == "html":
+            self.requests.append((handler.command, handler.path))
+            return self._send(handler, 200, b"<html><body>Sign in to the proxy</body></html>",
+                              {"Content-Type": "text/html"}, body)
+        return super()._answer(handler, body=body)
+
+    def _send(self, handler, status, data, headers, body):
+        if self.failure == "drop" and body and status == 200 and len(data) == len(DATA):
+            handler.send_response(200)
+            for key, value in headers.items():
+                handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data[:len(data) // 3])
+            handler.wfile.flush()
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        return FakeHub._send(handler, status, data, headers, body)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub.constants as hf_constants
+
+    from forensics.io import download
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    for name in ("HF_HUB_OFFLINE", "FORENSICS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                 "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.setitem(download._FORCED, "offline", False)
+    monkeypatch.setitem(download._REPORT, "to", None)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's back-off between its retries
+    with FailingHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.add_model_file(REPO, "model.safetensors", DATA)
+        yield server
+
+
+@pytest.fixture
+def hub_log():
+    """What huggingface_hub logs at WARNING or above (it prints it on stderr, two lines a retry)."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("huggingface_hub")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def fetch():
+    from forensics.io.download import hf_download
+
+    return hf_download(REPO, ["model.safetensors"], what="weights of tiny")
+
+
+def cached_files(tmp_path):
+    return sorted(p.name for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts)
+
+
+def test_a_download_dropped_mid_file_is_one_line_then_a_rerun_fetches_it_whole(hub, hub_log, tmp_path):
+    from forensics.io.download import hf_cached
+
+    hub.failure = "drop"
+    with pytest.raises(WeightsError) as info:
+        fetch()
+    message = str(info.value)
+    assert "\n" not in message and "cannot download org/tiny/model.safetensors" in message
+    assert "peer closed connection" in message and "check the connection" in message
+    assert hub_log == []  # none of the library's "Trying to resume download..." lines
+    assert hf_cached(REPO, ["model.safetensors"]) is None  # the third it got is nothing a later run trusts
+    assert not [name for name in cached_files(tmp_path) if not name.endswith(".incomplete")]
+    hub.failure = None
+    path, _ = fetch()
+    assert path.read_bytes() == DATA and cached_files(tmp_path) == [hashlib.sha256(DATA).hexdigest()]
+
+
+@pytest.mark.parametrize("status, says", [(500, "HTTP 500"), (401, "HTTP 401")])
+def test_an_http_error_names_the_status_and_what_to_do(hub, hub_log, status, says):
+    hub.failure = status
+    with pytest.raises(WeightsError) as info:
+        fetch()
+    message = str(info.value)
+    assert "\n" not in message and says in message
+    assert ("try again later" if status == 500 else "log in if you have access") in message
+    assert "local cache" not in message  # not huggingface_hub's "cannot find the requested files in the local cache"
+    assert hub_log == []
+
+
+def test_a_server_that_is_no_hub_answering_200_with_a_page_is_one_line(hub, hub_log, tmp_path):
+    hub.failure = "html"
+    with pytest.raises(WeightsError) as info:
+        fetch()
+    message = str(info.value)
+    assert "\n" not in message and "does not seem to be served by a Hugging Face Hub" in message
+    assert "HF_ENDPOINT" in message and cached_files(tmp_path) == []
