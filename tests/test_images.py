@@ -92,7 +92,7 @@ def test_bad_inputs_have_clear_errors(tmp_path):
     (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
     with pytest.raises(UsageError, match="cannot decode .*x.png.*; repair it, or move it out of the images"):
         load_images(tmp_path / "bad")
-    with pytest.raises(UsageError, match="scale float images by 255"):
+    with pytest.raises(UsageError, match=r"float images in \[0, 1\]: multiply by 255"):
         as_uint8_images(np.full((2, 4, 4), 0.5))
     with pytest.raises(UsageError, match="expected images shaped"):
         as_uint8_images(np.zeros((2, 4), np.uint8))

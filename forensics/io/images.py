@@ -339,7 +339,7 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
         if not finite or low < 0 or high > 255 or not whole:
             shown = "with NaN or infinite values" if not finite else f"in [{float(low):.3g}, {float(high):.3g}]"
             raise UsageError(f"{where}: images must be uint8 or whole numbers in 0..255 (got {array.dtype} "
-                             f"{shown}); scale float images by 255 first")
+                             f"{shown}); {_to_uint8_advice(array.dtype, finite, float(low), float(high))}")
         array = array.astype(np.uint8)
     if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3, 4):
         array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))  # channels first -> last
@@ -354,6 +354,24 @@ def as_uint8_images(array: np.ndarray, where: str = "array") -> np.ndarray:
     if array.shape[1] == 0 or array.shape[2] == 0:
         raise UsageError(f"{where}: images of {array.shape[2]}×{array.shape[1]} pixels hold nothing to attribute")
     return array
+
+
+def _to_uint8_advice(dtype: np.dtype, finite: bool, low: float, high: float) -> str:
+    """What to do with an image array that is not 0..255, by what it holds (nothing is rescaled unasked: the
+    scale is the writer's to say)."""
+    if not finite:
+        return "replace the NaN or infinite values, or leave those images out"
+    if dtype.kind in "iu" and dtype.itemsize == 2 and low >= 0:
+        return ("16-bit images: divide by 257 and round first (np.round(a / 257).astype(np.uint8)), as a 16-bit "
+                "PNG is read")
+    if dtype.kind == "f" and low >= 0 and high <= 1:
+        return "float images in [0, 1]: multiply by 255 and round first (np.round(a * 255).astype(np.uint8))"
+    if dtype.kind == "f" and low >= -1 and high <= 1:
+        return ("images in [-1, 1] (a generator's tanh output): map them to 0..255 first "
+                "(np.round((a + 1) * 127.5).astype(np.uint8))")
+    if low >= 0 and high <= 255:
+        return "round them to whole numbers first (np.round(a).astype(np.uint8))"
+    return "bring them to 0..255 as their writer scaled them first, then save them as uint8"
 
 
 def repeated(images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,40 @@
+"""Evidence as it arrives, read by ``attribute`` and ``memorization``: arrays and files an analyst is given,
+each either read as its pixels mean or refused in one line that says what to do with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forensics.errors import UsageError
+from forensics.io.images import as_uint8_images
+
+
+@pytest.mark.parametrize("array, advice", [
+    (np.full((2, 4, 4), 40000, np.uint16), r"16-bit images: divide by 257 and round first"),
+    (np.full((2, 4, 4), 0.5, np.float32), r"float images in \[0, 1\]: multiply by 255 and round first"),
+    (np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 4, 4), r"images in \[-1, 1\] .*\(a \+ 1\) \* 127\.5"),
+    (np.full((2, 4, 4), 12.5), r"round them to whole numbers first"),
+    (np.full((2, 4, 4), np.nan), r"replace the NaN or infinite values"),
+    (np.full((2, 4, 4), 1000, np.int32), r"bring them to 0\.\.255 as their writer scaled them"),
+])
+def test_an_array_not_in_0_255_is_refused_with_what_to_do_for_what_it_holds(array, advice):
+    # a uint16 array (a 16-bit export) was told to "scale float images by 255", a [-1, 1] float array (a
+    # generator's own output) too: advice that makes things worse
+    with pytest.raises(UsageError, match=advice) as refused:
+        as_uint8_images(array, "set.npz")
+    assert "\n" not in str(refused.value) and str(refused.value).startswith("set.npz: images must be uint8")
+    if "scale float images by 255" in str(refused.value):
+        pytest.fail(str(refused.value))
+
+
+def test_the_advice_given_for_a_16_bit_array_reads_it_as_the_16_bit_png_reader_does(tmp_path):
+    # following the advice gives the very pixels the same images saved as 16-bit PNG read as
+    from PIL import Image
+
+    from forensics.io.images import decode_image
+
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    wide = grey.astype(np.uint16) * 257 + np.uint16(100)  # not exactly 257 × an 8-bit value
+    Image.fromarray(wide).save(tmp_path / "x.png")
+    np.testing.assert_array_equal(decode_image(tmp_path / "x.png"), np.round(wide / 257).astype(np.uint8))
