@@ -135,3 +135,17 @@ def test_a_server_that_is_no_hub_answering_200_with_a_page_is_one_line(hub, hub_
     message = str(info.value)
     assert "\n" not in message and "does not seem to be served by a Hugging Face Hub" in message
     assert "HF_ENDPOINT" in message and cached_files(tmp_path) == []
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_as_such_not_as_the_connection(hub, hub_log, monkeypatch,
+                                                                                      tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    (tmp_path / "a_file").write_text("x")  # HF_HOME set to a path under a file: nothing can be made there
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "a_file" / "hub"))
+    with pytest.raises(WeightsError) as info:
+        fetch()
+    message = str(info.value)
+    assert "\n" not in message and "NotADirectoryError" in message
+    assert f"the Hugging Face cache {tmp_path / 'a_file' / 'hub'} cannot be written" in message
+    assert "HF_HOME" in message and "check the connection" not in message

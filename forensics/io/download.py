@@ -15,6 +15,7 @@ downloaded, and what is missing is a one-line error that names the file and how 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -182,23 +183,39 @@ def _no_such_file(exc: Exception) -> bool:
     return remote is not None and isinstance(exc, remote) and not (local is not None and isinstance(exc, local))
 
 
-def _why(exc: BaseException) -> tuple[str, int | None]:
-    """What went wrong under a failed ``hf_hub_download``, and the HTTP status the server answered, if any.
-    huggingface_hub wraps a 500 or a refused request in "cannot find the requested files in the local
-    cache. Please check your connection": the status and the innermost error say what happened."""
+#: an OSError of these numbers under a failed download is the cache folder's (full, read-only, not a folder)
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                           errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """What went wrong under a failed ``hf_hub_download``, and what to do about it. huggingface_hub wraps a
+    500, a refused request or a full disk in "cannot find the requested files in the local cache. Please
+    check your connection": the HTTP status the server answered, else the innermost error, says what happened."""
     chain, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
     answered = [e for e in chain if isinstance(getattr(getattr(e, "response", None), "status_code", None), int)]
-    said = answered[0] if answered else chain[-1]
-    status = said.response.status_code if answered else None
+    local = [e for e in chain if isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS]
+    said = answered[0] if answered else local[0] if local else chain[-1]
     reason = " ".join(str(said).split()) or type(said).__name__
     if len(reason) > 300:  # whole sentences, when there are some
         cut = reason[:300]
         reason = cut[:cut.rfind(". ") + 1] if ". " in cut else cut + "…"
-    return (f"HTTP {status}: {reason}" if status is not None else f"{type(said).__name__}: {reason}"), status
+    if not answered:
+        advice = (f"the Hugging Face cache {hf_cache_dir()} cannot be written: free space there, or point HF_HOME "
+                  "(or HF_HUB_CACHE) at a folder that can" if local else
+                  "check the connection (HF_ENDPOINT for a mirror)")
+        return f"{type(said).__name__}: {reason}", advice
+    status = said.response.status_code
+    advice = ("the server failed: try again later" if status >= 500 else
+              "the repo is private or gated, or not there: log in if you have access (`hf auth login`, or HF_TOKEN)"
+              if status in (401, 403) else
+              "the hub has no such repo or revision (HF_ENDPOINT for a mirror)" if status == 404 else
+              "check the connection (HF_ENDPOINT for a mirror)")
+    return f"HTTP {status}: {reason}", advice
 
 
 @contextlib.contextmanager
@@ -249,12 +266,7 @@ def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[P
         except Exception as exc:  # the hub unreachable, a repo not found, a refused request: one line
             if _no_such_file(exc):
                 continue
-            reason, status = _why(exc)
-            advice = ("the server failed: try again later" if status is not None and status >= 500 else
-                      "the repo is private or gated, or not there: log in if you have access (`hf auth login`, or "
-                      "HF_TOKEN)" if status in (401, 403) else
-                      "the hub has no such repo or revision (HF_ENDPOINT for a mirror)" if status == 404 else
-                      "check the connection (HF_ENDPOINT for a mirror)")
+            reason, advice = _failure(exc)
             raise WeightsError(f"{what}: cannot download {repo_id}/{filename} from {endpoint} ({reason}); {advice}, "
                                "or pass --weights PATH") from None
         check_published_digest(path, f"{what} ({repo_id}/{filename}, just downloaded)")
