@@ -73,3 +73,32 @@ def test_checking_a_plots_folder_leaves_nothing_behind(tmp_path):
     (tmp_path / "figs").mkdir()
     check_outputs(None, tmp_path / "figs")
     assert list((tmp_path / "figs").iterdir()) == []
+
+
+def test_an_html_report_never_replaces_the_evidence_it_reports_on(no_work, tmp_path):
+    np.savez(tmp_path / "set.npz", images=labelled((1, 120)))
+    kept = (tmp_path / "set.npz").read_bytes()
+    (tmp_path / "again.npz").hardlink_to(tmp_path / "set.npz")
+    for html in (tmp_path / "set.npz", tmp_path / "sub" / ".." / "set.npz", tmp_path / "again.npz"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        for command in ("attribute", "memorization"):
+            done = cli(command, tmp_path / "set.npz", "-p", VIT, "--html", html)
+            assert done.exit_code == 2 and no_work == [], done.output
+            assert "is the images' own file: the report would replace the evidence" in " ".join(done.stderr.split())
+    assert (tmp_path / "set.npz").read_bytes() == kept
+
+
+def test_plots_are_never_written_among_the_images_the_next_run_reads(no_work, tmp_path):
+    # curves.png, ranking.png, … in the evidence folder were read as three more images by the next run on it
+    from PIL import Image
+
+    (tmp_path / "case" / "sub").mkdir(parents=True)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "case" / "a.png")
+    for plots in (tmp_path / "case", tmp_path / "case" / "figs", tmp_path / "case" / "sub" / ".." / "sub"):
+        done = cli("attribute", tmp_path / "case", "-p", VIT, "--plots", plots)
+        assert done.exit_code == 2 and no_work == [], done.output
+        assert "lies in the images' folder" in " ".join(done.stderr.split())
+    assert sorted(p.name for p in (tmp_path / "case").rglob("*")) == ["a.png", "sub"]
+    from forensics.report.html import check_outputs
+
+    check_outputs(None, tmp_path / "figs", evidence=tmp_path / "case")  # beside it: fine

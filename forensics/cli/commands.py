@@ -104,7 +104,7 @@ def attribute(
     from forensics.report.terminal import render_attribution
 
     use_offline(offline)
-    check_reports(html_out, plots_dir)  # before minutes of embedding, not after
+    check_reports(html_out, plots_dir, images)  # before minutes of embedding, not after
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, matcher=matcher, device=device, weights=weights,
@@ -153,7 +153,7 @@ def memorization(
     from forensics.report.terminal import render_memorization
 
     use_offline(offline)
-    check_reports(html_out, plots_dir)  # before minutes of embedding, not after
+    check_reports(html_out, plots_dir, images)  # before minutes of embedding, not after
     progress, update = progress_bar()
     with progress:
         result = run(images, protocol=protocol, registry=registry, device=device, weights=weights,

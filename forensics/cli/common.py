@@ -289,15 +289,15 @@ def check_output(path: Any) -> None:
     check_output_path(path)
 
 
-def check_reports(html_out: Any, plots_dir: Any) -> None:
+def check_reports(html_out: Any, plots_dir: Any, evidence: Any = None) -> None:
     """Refuse what ``--html`` / ``--plots`` ask for before the run, not after it: ``--plots`` without the extra
     'plots' (a missing extra, exit 1, as :func:`forensics.extras.require` says it), then the output paths
-    (:func:`forensics.report.html.check_outputs`)."""
+    (:func:`forensics.report.html.check_outputs`), which must stay apart from ``evidence``, the images read."""
     if html_out is None and plots_dir is None:
         return
     from forensics.report.html import check_outputs
 
-    check_outputs(html_out, plots_dir)
+    check_outputs(html_out, plots_dir, evidence=evidence)
 
 
 def write_reports(page: str, result: Any, html_out: Any, plots_dir: Any) -> None:

@@ -209,7 +209,7 @@ def invmm(
         raise UsageError("give IMAGES (a folder, .npz or .npy), or --list")
     from forensics.api import invmm as run
     overrides = _parse_settings(setting)
-    check_reports(html_out, plots_dir)  # before minutes of optimisation, not after
+    check_reports(html_out, plots_dir, images)  # before minutes of optimisation, not after
     progress, update = progress_bar()
     live: dict[str, Any] = {}
 

@@ -183,11 +183,16 @@ class Page:
         return written
 
 
-def check_outputs(html_out: str | os.PathLike[str] | None, plots_dir: str | os.PathLike[str] | None) -> None:
+def check_outputs(html_out: str | os.PathLike[str] | None, plots_dir: str | os.PathLike[str] | None, *,
+                  evidence: str | os.PathLike[str] | None = None) -> None:
     """Refuse, before any work, an ``--html`` file or a ``--plots`` folder that cannot be written, and
-    ``--plots`` without matplotlib (one line naming the extra)."""
+    ``--plots`` without matplotlib (one line naming the extra). ``evidence``: the images the run reads (a file
+    or folder), which an output must not replace (``--html`` the input file) or join (``--plots`` inside the
+    folder: its PNGs would be read as images by the next run on it)."""
     from forensics.io.atomic import check_output_path
 
+    if evidence is not None:
+        _check_apart(html_out, plots_dir, Path(evidence))
     if html_out is not None:
         check_output_path(html_out)
     if plots_dir is None:
@@ -205,6 +210,35 @@ def check_outputs(html_out: str | os.PathLike[str] | None, plots_dir: str | os.P
         if not existing.is_dir():
             raise UsageError(f"--plots {shown}: {printable(str(existing))} is not a folder")
     _probe_folder(folder, f"--plots {shown}")
+
+
+def _check_apart(html_out: str | os.PathLike[str] | None, plots_dir: str | os.PathLike[str] | None,
+                 evidence: Path) -> None:
+    """Refuse an ``--html`` that is the evidence file itself, or a ``--plots`` folder that is, or lies in, the
+    evidence folder (:func:`check_outputs`)."""
+    try:
+        if not evidence.exists():
+            return  # the read says what is missing
+        where = evidence.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name the system refuses: the read says so
+        return
+    shown = printable(str(evidence))
+    if html_out is not None and (Path(html_out).resolve() == where or _same_file(Path(html_out), evidence)):
+        raise UsageError(f"--html {printable(str(html_out))} is the images' own file: the report would replace the "
+                         "evidence; give another file")
+    if plots_dir is not None and where.is_dir():
+        folder = Path(plots_dir).resolve()
+        if folder == where or where in folder.parents:
+            raise UsageError(f"--plots {printable(str(plots_dir))} lies in the images' folder {shown}: its PNG files "
+                             "would be read as images by the next run on it; give a folder outside it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (a hard link too); False where either is missing or unreadable."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _probe_folder(folder: Path, said: str) -> None:
