@@ -372,11 +372,15 @@ class AttributionResult:
 
 # -- memorization ---------------------------------------------------------------------------------
 def copying_level(layer_readings: Sequence[str]) -> str:
-    """Where along the depth copying shows: early layers see colour and texture, late ones meaning."""
+    """Where along the depth copying shows: early layers see colour and texture, late ones meaning. Where
+    none does, how many layers could not be read: "none" of layers that were all undefined is no finding."""
     n = len(layer_readings)
     hits = [i for i, r in enumerate(layer_readings) if r == "copying"]
     if not hits:
-        return "none"
+        undefined = sum(r == "undefined" for r in layer_readings)
+        if n and undefined == n:
+            return "undefined (no layer could be read)"
+        return f"none ({undefined} of {n} layers undefined)" if undefined else "none"
     if len(hits) == n:
         return "every layer (near-exact copies)"
     third = max(1, n // 3)

@@ -102,3 +102,14 @@ def test_plots_are_never_written_among_the_images_the_next_run_reads(no_work, tm
     from forensics.report.html import check_outputs
 
     check_outputs(None, tmp_path / "figs", evidence=tmp_path / "case")  # beside it: fine
+
+
+def test_a_copying_level_of_layers_that_were_all_undefined_is_not_none():
+    # one image: mean-z is undefined at every mnist-pixel layer, and memorization read "mnist-pixel: none",
+    # an absence of copying it never measured
+    from forensics.results import copying_level
+
+    assert copying_level(["undefined"] * 18) == "undefined (no layer could be read)"
+    assert copying_level(["no evidence", "undefined", "underfitting"]) == "none (1 of 3 layers undefined)"
+    assert copying_level(["no evidence", "underfitting"]) == "none"
+    assert copying_level(["copying", "undefined", "no evidence"]).startswith("low-level")
