@@ -5,6 +5,7 @@ before the run rather than after it, and error lines that say what to do."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,14 @@ def test_a_copying_level_of_layers_that_were_all_undefined_is_not_none():
     assert copying_level(["no evidence", "undefined", "underfitting"]) == "none (1 of 3 layers undefined)"
     assert copying_level(["no evidence", "underfitting"]) == "none"
     assert copying_level(["copying", "undefined", "no evidence"]).startswith("low-level")
+
+
+def test_the_html_lists_the_candidates_as_the_terminal_does(fake_engine, tmp_path):
+    # the HTML showed the ranking only as a picture: no score to quote, no closest instance anywhere
+    import forensics
+    from forensics.report.html import attribution_page
+
+    result = forensics.attribute(labelled((2, 120)), protocol=VIT)
+    text = " ".join(re.sub(r"<[^>]+>", " ", attribution_page(result, plots=False).html()).split())
+    for i, c in enumerate(result.candidates, 1):
+        assert f"{i} {c.generator} {float(c.score):.3f} {c.instance}" in text

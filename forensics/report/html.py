@@ -455,6 +455,10 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
                   "the verdict outlined." if verdict["generator"] is not None or family is None else
                   f"the generators of the family named ({', '.join(members)}) outlined."),
               fallback=ranking_svg(doc["candidates"], palette, named=named))
+    # the figures as text, as the terminal lists them: what a case file quotes (the closest instance is nowhere else)
+    page.table(["#", "generator", "score", "closest instance"],
+               [(i, c["generator"], f"{c['score']:.3f}", c.get("instance") or "")
+                for i, c in enumerate(doc["candidates"], 1)], numeric=(0, 2))
     names, matrix = result.generator_similarity()
     page.heading("How alike the registry's generators are")
     page.plot("similarity", lambda: P.heatmap_figure(names, matrix),
