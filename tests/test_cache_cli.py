@@ -215,3 +215,19 @@ def test_folders_holding_no_file_are_no_entries(tmp_path, monkeypatch, cache):
     (tmp_path / "bare" / "datasets").mkdir()
     assert forensics.list_cache().items == ()
     assert "is empty" in cli("cache", "list").stdout
+
+
+def test_an_archive_left_by_a_download_that_stopped_is_listed_as_unfinished_not_as_a_data_set(cache):
+    datasets = cache / "datasets"
+    (datasets / "cifar-10-batches-py").mkdir(parents=True)
+    (datasets / "cifar-10-batches-py" / "test_batch").write_bytes(b"x" * 30)
+    (item,) = [i for i in forensics.list_cache().items if i.kind == "datasets"]
+    assert item.what == "data sets fetched by forensics (CIFAR-10): cifar-10-batches-py; `cache clear` keeps them"
+    (datasets / "cifar-10-python.tar.gz").write_bytes(b"x" * 20)  # a third of the archive, the connection dropped
+    (item,) = [i for i in forensics.list_cache().items if i.kind == "datasets"]
+    assert "an unfinished download: cifar-10-python.tar.gz (fetched again when needed)" in item.what
+    assert item.what.startswith("data sets fetched by forensics (CIFAR-10): cifar-10-batches-py;")
+    (datasets / "cifar-10-batches-py" / "test_batch").unlink()
+    (item,) = [i for i in forensics.list_cache().items if i.kind == "datasets"]
+    assert item.what.startswith("data sets fetched by forensics (CIFAR-10): none whole; an unfinished download")
+    assert item.size == 20

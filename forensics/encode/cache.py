@@ -381,9 +381,15 @@ def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
         elif top.name == "datasets" and top.is_dir() and not top.is_symlink():
             # data sets forensics fetches (CIFAR-10, forensics_datasets.cifar10_cache), kept by `cache clear`
             size, mtime = _size_and_time(top)
-            held = sorted(item.name for item in top.iterdir() if not _holds_nothing(item))
+            # a data set is the folder an archive unpacked into; the archive is removed once unpacked, so one
+            # still there is a download (or an unpacking) that stopped: fetched again from the start when needed
+            items = [item for item in sorted(top.iterdir()) if not _holds_nothing(item)]
+            held = [item.name for item in items if item.is_dir()]
+            unfinished = [item.name for item in items if not item.is_dir()]
             yield CacheEntry(top, "datasets", size, mtime, "data sets fetched by forensics (CIFAR-10): "
-                             + ", ".join(held) + "; `cache clear` keeps them")
+                             + (", ".join(held) or "none whole")
+                             + (f"; an unfinished download: {', '.join(unfinished)} (fetched again when needed)"
+                                if unfinished else "") + "; `cache clear` keeps them")
         else:
             size, mtime = _size_and_time(top)
             yield CacheEntry(top, "other", size, mtime, "not written by this version of forensics")
