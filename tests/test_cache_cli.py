@@ -231,3 +231,15 @@ def test_an_archive_left_by_a_download_that_stopped_is_listed_as_unfinished_not_
     (item,) = [i for i in forensics.list_cache().items if i.kind == "datasets"]
     assert item.what.startswith("data sets fetched by forensics (CIFAR-10): none whole; an unfinished download")
     assert item.size == 20
+
+
+def test_a_write_that_a_run_stopped_midway_is_listed_as_unfinished_and_cleared(cache):
+    reference = cache / "reference" / f".{short(reference_key(forensics.open_protocol(VIT)), 24)}.npz.k2j3x9.tmp"
+    reference.write_bytes(b"0" * 40)  # what write_atomic leaves when the process is killed before its rename
+    (cache / "layers").mkdir()
+    (cache / "layers" / ".efficientnet_lite0-ab12.json.q8w.tmp").write_text("{")
+    unfinished = [i for i in forensics.list_cache().items if i.path.name.endswith(".tmp")]
+    assert sorted(i.kind for i in unfinished) == ["layers", "reference"]
+    assert {i.what for i in unfinished} == {"an unfinished write (a run stopped while writing it; never read)"}
+    forensics.clear_cache()
+    assert not reference.exists() and not (cache / "layers" / ".efficientnet_lite0-ab12.json.q8w.tmp").exists()

@@ -320,6 +320,14 @@ def _holds_nothing(path: Path) -> bool:
         return False
 
 
+def _unfinished(path: Path) -> str | None:
+    """What a temporary file of :func:`~forensics.io.atomic.write_atomic` left behind is (a run stopped while
+    writing it: never read, removed by ``cache clear``), or None for any other file."""
+    if path.name.startswith(".") and path.name.endswith(".tmp") and not path.is_dir():
+        return "an unfinished write (a run stopped while writing it; never read)"
+    return None
+
+
 def _describe(folder: Path) -> tuple[str, str | None]:
     """One line about an embedding entry, and its key, from its index."""
     try:
@@ -373,11 +381,12 @@ def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
         elif top.name == "reference" and top.is_dir() and not top.is_symlink():
             for item in sorted(i for i in top.iterdir() if not _holds_nothing(i)):
                 size, mtime = _size_and_time(item)
-                yield CacheEntry(item, "reference", size, mtime, f"reference side {item.name}")
+                yield CacheEntry(item, "reference", size, mtime, _unfinished(item) or f"reference side {item.name}")
         elif top.name == "layers" and top.is_dir() and not top.is_symlink():
             for item in sorted(i for i in top.iterdir() if not _holds_nothing(i)):  # an encoder's layer widths, measured once (forensics_timm)
                 size, mtime = _size_and_time(item)
-                yield CacheEntry(item, "layers", size, mtime, f"layer widths of {item.stem.rsplit('-', 1)[0]}")
+                yield CacheEntry(item, "layers", size, mtime,
+                                 _unfinished(item) or f"layer widths of {item.stem.rsplit('-', 1)[0]}")
         elif top.name == "datasets" and top.is_dir() and not top.is_symlink():
             # data sets forensics fetches (CIFAR-10, forensics_datasets.cifar10_cache), kept by `cache clear`
             size, mtime = _size_and_time(top)
