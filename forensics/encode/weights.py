@@ -4,8 +4,9 @@ Order: an explicit local file; a weights package installed with pip (the plugin 
 timm / open_clip / Hugging Face cache when the user has the files already; else, unless offline, the
 file downloaded from the Hub into the Hugging Face cache as timm and open_clip do
 (:mod:`forensics.io.download`), where later runs find it. A file of the Hugging Face cache is checked against
-the digest the hub published for it before use; the encoder's tensors are then checked against the
-protocol's weights digest (:func:`forensics.engine.build_encoder`). Random initialisation only when asked
+the digest the hub published for it before use, a file of torch hub's checkpoint folder against the
+sha256 digits its name carries; the encoder's tensors are then checked against the protocol's weights
+digest (:func:`forensics.engine.build_encoder`). Random initialisation only when asked
 for by the name ``"random"``. Anything else is a :class:`WeightsError` that says how to provide the weights.
 """
 
@@ -103,12 +104,14 @@ def random_init(model_factory: Callable[[], torch.nn.Module], seed: int = 0) -> 
 class Found:
     """Where weights were found: ``source`` is ``"file"``, ``"package"`` or ``"cache"`` (a file downloaded now
     lands in the Hugging Face cache, and is recorded as found there, as every later run finds it).
-    ``hub`` is ``repo/filename`` for a file of the Hugging Face cache, checked before use."""
+    ``hub`` is ``repo/filename`` for a file of the Hugging Face cache, ``url`` the download URL of a file of
+    torch hub's checkpoint folder; each is checked before use."""
 
     source: str
     path: Path
     detail: str
     hub: str | None = None
+    url: str | None = None
 
     def describe(self) -> str:
         return f"{self.source}: {self.detail}"
@@ -174,7 +177,7 @@ def locate(name: str, weights: str | Path | None, sources: Sources) -> Found | N
     for url in sources.urls:
         cached = torch_hub_cached_file(url)
         if cached is not None:
-            return Found("cache", cached, f"torch hub cache ({cached})")
+            return Found("cache", cached, f"torch hub cache ({cached})", url=url)
     return None
 
 
@@ -207,7 +210,7 @@ def resolve(name: str, weights: str | Path | None, sources: Sources) -> Found:
     """Like :func:`locate`, then (no explicit file, nothing on this machine, downloads on) the file fetched
     from the Hugging Face Hub into its cache. A file of that cache must match the digest the hub published;
     a missing weight is a :class:`WeightsError` saying how to supply it."""
-    from forensics.io.download import check_published_digest, hf_download, offline
+    from forensics.io.download import check_published_digest, check_torch_hub_digest, hf_download, offline
 
     found = locate(name, weights, sources)
     if found is None and downloadable(sources) and not offline():
@@ -218,6 +221,8 @@ def resolve(name: str, weights: str | Path | None, sources: Sources) -> Found:
         raise WeightsError(how_to_supply(name, sources))
     if found.hub is not None:
         check_published_digest(found.path, f"weights of {name} ({found.hub})")
+    elif found.url is not None:
+        check_torch_hub_digest(found.path, f"weights of {name} (torch hub's copy of {found.url})")
     return found
 
 

@@ -173,6 +173,28 @@ def check_published_digest(path: Path, what: str) -> None:
                            "to fetch it anew, or pass --weights PATH")
 
 
+#: torch hub's name for a published checkpoint, ``name-<first hex digits of its sha256>.ext`` (torchvision's and
+#: timm's releases use 8); fewer digits are not taken for a digest ("vit.g.16-600e.pth.tar")
+_TORCH_HUB_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")
+
+
+def check_torch_hub_digest(path: Path, what: str) -> None:
+    """Refuse a file of torch hub's checkpoint folder whose sha256 does not begin with the digits its name
+    carries (torch hub's own convention, which its ``check_hash`` checks): a truncated or damaged download.
+    A name without such digits is not checked. Nothing is deleted: the error says where the file is."""
+    found = _TORCH_HUB_DIGEST.search(path.name)
+    if found is None:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    if not h.hexdigest().startswith(found.group(1)):
+        raise WeightsError(f"{what} at {path} is not the file published under that name (its sha256 begins "
+                           f"{found.group(1)}, the file's {h.hexdigest()[:len(found.group(1))]}): it is refused and "
+                           f"left in place; delete it and run again, or pass --weights PATH")
+
+
 def _no_such_file(exc: Exception) -> bool:
     """Whether ``exc`` is huggingface_hub saying the repo has no such file (a 404 of the hub), not that the hub
     could not be reached (``LocalEntryNotFoundError``, an ``EntryNotFoundError`` too), whatever its version."""
