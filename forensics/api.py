@@ -432,6 +432,25 @@ def _keep_only(data: np.ndarray, record: ImageInput, condition: str | Sequence[s
     return data[keep], record, condition
 
 
+def _repeats_named(of: np.ndarray, record: ImageInput, shown: int = 3) -> str:
+    """The first few repeats and what they repeat, for the warning: a folder's files by their path in it, an
+    array's images by their index (from 0): ``e.g. b.png repeats a.png, c.png repeats a.png, …``."""
+    files = record.files if len(record.files) == len(of) else ()
+    folder = Path(record.path) if record.path is not None else None
+
+    def name(i: int) -> str:
+        if not files:
+            return f"image {i}"
+        try:
+            return Path(files[i]).relative_to(folder).as_posix() if folder is not None else Path(files[i]).name
+        except ValueError:
+            return Path(files[i]).name
+
+    pairs = [f"{name(int(i))} repeats {name(int(of[i]))}" for i in np.flatnonzero(of >= 0)[:shown + 1]]
+    counted = "" if files else " (counting from 0)"
+    return "e.g. " + ", ".join(pairs[:shown]) + (", …" if len(pairs) > shown else "") + counted
+
+
 def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequence[str], drop: bool
                      ) -> tuple[np.ndarray, ImageInput, str | Sequence[str], str | None]:
     """The images, their record and a declared per-image ``condition`` with the images that repeat an earlier
@@ -440,19 +459,21 @@ def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequ
     the curve (docs/robustness.md, "Images that repeat")."""
     from dataclasses import replace
 
-    from forensics.io.images import repeated
+    from forensics.io.images import repeat_of
 
-    again = repeated(data)
+    of = repeat_of(data)
+    again = of >= 0
     k, n = int(again.sum()), len(data)
     if not k:
         return data, record, condition, None
     if not drop:
         return data, replace(record, repeats=k), condition, (
-            f"{k} of the {n} images repeat an earlier image of the set pixel for pixel ({n - k} distinct); each "
-            "counts as one more draw of the generator and moves the curve: if the repeats come from how the "
-            "evidence was gathered (a file kept twice), run again with --drop-repeats")
+            f"{k} of the {n} images repeat an earlier image of the set pixel for pixel ({n - k} distinct; "
+            f"{_repeats_named(of, record)}); each counts as one more draw of the generator and moves the curve: if "
+            "the repeats come from how the evidence was gathered (a file kept twice), run again with --drop-repeats")
     if n - k < 2:
-        raise UsageError(f"the {n} images hold {n - k} distinct one(s): too few to score without repeats")
+        raise UsageError(f"the {n} images hold {n - k} distinct image{'s' * (n - k != 1)}: too few to score without "
+                         "repeats; run without --drop-repeats to count each repeat as a draw")
     data, record, condition = _keep_only(data, record, condition, ~again)
     return data, replace(record, repeats=k, repeats_dropped=True), condition, (
         f"{k} of the {n} images repeated an earlier image of the set pixel for pixel and were dropped "

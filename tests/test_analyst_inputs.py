@@ -8,6 +8,7 @@ import pytest
 
 from forensics.errors import UsageError
 from forensics.io.images import as_uint8_images
+from test_cli_ux import VIT, fake_engine, labelled  # noqa: F401 - fake_engine is a fixture
 
 
 @pytest.mark.parametrize("array, advice", [
@@ -38,3 +39,33 @@ def test_the_advice_given_for_a_16_bit_array_reads_it_as_the_16_bit_png_reader_d
     wide = grey.astype(np.uint16) * 257 + np.uint16(100)  # not exactly 257 × an 8-bit value
     Image.fromarray(wide).save(tmp_path / "x.png")
     np.testing.assert_array_equal(decode_image(tmp_path / "x.png"), np.round(wide / 257).astype(np.uint8))
+
+
+def test_the_repeats_warning_names_which_files_repeat_which(fake_engine, tmp_path):
+    # "1 of the 121 images repeat an earlier image" left the analyst to find the file kept twice among 121
+    from PIL import Image
+
+    import forensics
+
+    images = labelled((1, 120))
+    folder = tmp_path / "case"
+    (folder / "sub").mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    Image.fromarray(images[7]).save(folder / "sub" / "copy of 007.png")
+    (line,) = [w for w in forensics.attribute(folder, protocol=VIT).warnings if "repeat" in w]
+    assert "1 of the 121 images repeat an earlier image" in line and "e.g. sub/copy of 007.png repeats 007.png" in line
+    np.savez(tmp_path / "set.npz", images=np.concatenate([images, images[[3, 3, 4, 5]]]))
+    (line,) = [w for w in forensics.attribute(tmp_path / "set.npz", protocol=VIT).warnings if "repeat" in w]
+    assert ("e.g. image 120 repeats image 3, image 121 repeats image 3, image 122 repeats image 4, … (counting from 0)"
+            in line), line
+
+
+def test_repeat_of_points_each_repeat_at_the_first_of_its_group():
+    from forensics.io.images import repeat_of, repeated
+
+    images = np.zeros((6, 4, 4), np.uint8)
+    images[1] = images[4] = 1
+    images[3] = 2
+    assert repeat_of(images).tolist() == [-1, -1, 0, -1, 1, 0]
+    assert repeated(images).tolist() == [False, False, True, False, True, True]

@@ -548,7 +548,7 @@ def test_images_repeated_in_a_set_are_warned_of_or_dropped_and_the_rest_scored_e
     same = np.repeat(query[:1], 50, axis=0)
     np.savez(tmp_path / "same.npz", images=same)
     r = run(["attribute", str(tmp_path / "same.npz"), "--registry", str(reg), "--drop-repeats"])
-    assert r.exit_code == 2 and "hold 1 distinct one(s): too few to score without repeats" in r.stderr
+    assert r.exit_code == 2 and "hold 1 distinct image: too few to score without repeats" in r.stderr
 
 
 def test_images_an_instance_was_enrolled_from_are_counted_and_dropped_on_request(registry, plugin_host, tmp_path):

@@ -376,14 +376,21 @@ def _to_uint8_advice(dtype: np.dtype, finite: bool, low: float, high: float) -> 
 
 def repeated(images: np.ndarray) -> np.ndarray:
     """Which images repeat an earlier image of the set pixel for pixel (a boolean mask over the first axis;
-    the first of each group is not a repeat). Each image's digest (:func:`~forensics.io.hashing.image_digests`)
-    once, equal digests compared in full."""
+    the first of each group is not a repeat): :func:`repeat_of` ≥ 0."""
+    return repeat_of(images) >= 0
+
+
+def repeat_of(images: np.ndarray) -> np.ndarray:
+    """For each image, the index of the earlier image of the set it repeats pixel for pixel, -1 for none (the
+    first of each group). Each image's digest (:func:`~forensics.io.hashing.image_digests`) once, equal
+    digests compared in full."""
     first: dict[bytes, list[int]] = {}
-    out = np.zeros(len(images), dtype=bool)
+    out = np.full(len(images), -1, dtype=np.int64)
     for i, (image, digest) in enumerate(zip(images, image_digests(images))):
         kin = first.setdefault(digest.tobytes(), [])
-        if any(np.array_equal(images[j], image) for j in kin):
-            out[i] = True
+        same = next((j for j in kin if np.array_equal(images[j], image)), None)
+        if same is not None:
+            out[i] = same
         else:
             kin.append(i)
     return out
