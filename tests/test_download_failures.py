@@ -149,3 +149,17 @@ def test_a_cache_folder_that_cannot_be_written_is_said_as_such_not_as_the_connec
     assert "\n" not in message and "NotADirectoryError" in message
     assert f"the Hugging Face cache {tmp_path / 'a_file' / 'hub'} cannot be written" in message
     assert "HF_HOME" in message and "check the connection" not in message
+
+
+def test_downloads_in_several_threads_leave_the_hub_logger_as_it_was():
+    from forensics.io.download import _quiet_hub
+
+    logger = logging.getLogger("huggingface_hub")
+    before = logger.level
+    first, second = _quiet_hub(), _quiet_hub()
+    first.__enter__()
+    second.__enter__()  # a second thread's download begins while the first is under way
+    first.__exit__(None, None, None)
+    assert logger.level == logging.ERROR  # the second still downloads, quietly
+    second.__exit__(None, None, None)
+    assert logger.level == before

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -240,17 +241,28 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     return f"HTTP {status}: {reason}", advice
 
 
+_QUIET = {"depth": 0, "level": logging.NOTSET}
+_QUIET_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_hub():
     """huggingface_hub's own warnings silenced for the duration (each retry of a failed request is two lines
-    on stderr): the error that ends the download says what happened, in one line."""
+    on stderr): the error that ends the download says what happened, in one line. Downloads in several
+    threads at once: the logger's level is restored when the last one ends."""
     hub = logging.getLogger("huggingface_hub")
-    level = hub.level
-    hub.setLevel(logging.ERROR)
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
+            _QUIET["level"] = hub.level
+            hub.setLevel(logging.ERROR)
+        _QUIET["depth"] += 1
     try:
         yield
     finally:
-        hub.setLevel(level)
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                hub.setLevel(_QUIET["level"])
 
 
 def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[Path, str]:
