@@ -125,3 +125,45 @@ def test_the_html_lists_the_candidates_as_the_terminal_does(fake_engine, tmp_pat
     text = " ".join(re.sub(r"<[^>]+>", " ", attribution_page(result, plots=False).html()).split())
     for i, c in enumerate(result.candidates, 1):
         assert f"{i} {c.generator} {float(c.score):.3f} {c.instance}" in text
+
+
+def _curve(readings: list[tuple[str, float | None, str | None]]):
+    from forensics.engine import Curve, LayerValue
+    from forensics.protocol import Fingerprint
+
+    layers = tuple(LayerValue(name, v, None if v is None else 1.0, why, "undefined" if v is None else "no evidence")
+                   for name, v, why in readings)
+    return Curve(Fingerprint.from_values("sha256:" + "0" * 64, [v for _, v, _ in readings]), layers, 1)
+
+
+def test_layers_undefined_for_one_reason_are_said_once_per_run_not_once_each():
+    # one image under the default protocol: 18 identical lines, one per mnist-pixel layer, under the table
+    from rich.console import Console
+
+    from forensics.report.terminal import render_curve
+
+    why = "mean-z needs at least 2 generated images, got 1"
+    curve = _curve([("a/0", 0.5, None), ("a/1", None, "no cell held enough images"), ("a/2", 0.1, None),
+                    ("a/3", None, "no cell held enough images")]
+                   + [(f"p/{i}", None, why) for i in range(18)])
+    console = Console(record=True, width=200)
+    render_curve(curve, console)
+    lines = [line.strip() for line in console.export_text().splitlines() if "undefined —" in line]
+    assert lines == ["a/1: undefined — no cell held enough images",  # a/2 between: not one run
+                     "a/3: undefined — no cell held enough images",
+                     f"p/0 … p/17 (18 layers): undefined — {why}"]
+
+
+def test_the_html_says_undefined_layers_as_the_terminal_does(fake_engine):
+    from dataclasses import replace
+
+    import forensics
+    from forensics.report.html import memorization_page
+
+    result = forensics.memorization(labelled((1, 120)), protocol=VIT)
+    names = [lv.layer for lv in result.curve.layers]
+    why = "no cell held enough images"
+    result = replace(result, curve=_curve([(n, None, why) for n in names]))
+    text = " ".join(re.sub(r"<[^>]+>", " ", memorization_page(result, plots=False).html()).split())
+    assert f"{names[0]} … {names[-1]} ({len(names)} layers): undefined — {why}" in text
+    assert f"{names[1]}: undefined" not in text

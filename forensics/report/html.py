@@ -47,7 +47,7 @@ from forensics.match import lookalike_note
 from forensics.report import plots as P
 from forensics.report.terminal import (
     OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, pooled_line, printable,
-    remainder_text, stability_line,
+    remainder_text, stability_line, undefined_lines,
 )
 
 if TYPE_CHECKING:
@@ -525,8 +525,9 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
                                   {label: "#888" for label in parts}))
     page.table(["layer", value_heading(what), "reading", "P_n counted"], _curve_rows(doc),
                numeric=(1, 3))
-    for layer, reason in (curve.get("undefined") or {}).items():
-        page.text(f"{layer}: undefined — {reason}", cls="warn")
+    undefined = curve.get("undefined") or {}
+    for line in undefined_lines((layer, layer in undefined, undefined.get(layer)) for layer in curve["layers"]):
+        page.text(line, cls="warn")
     if doc.get("parts"):
         page.heading("The parts combined")
         page.text("Each kind of file scored against T and P_n put through the same processing; the curve above "

@@ -6,7 +6,7 @@ report); nothing here computes a figure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
@@ -301,9 +301,25 @@ def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
         ct.add_row(escape(lv.layer), text, bar(v, scale, half),
                    Text(lv.reading, style=colours.get(lv.reading, "white")), "" if w is None else f"{100 * w:.0f}%")
     console.print(ct)
-    for lv in curve.layers:
-        if lv.value is None:
-            console.print(Text(f"  {lv.layer}: undefined — {lv.undefined_reason}", style="yellow"))
+    for line in undefined_lines((lv.layer, lv.value is None, lv.undefined_reason) for lv in curve.layers):
+        console.print(Text(f"  {line}", style="yellow"))
+
+
+def undefined_lines(layers: Iterable[tuple[str, bool, str | None]]) -> list[str]:
+    """Why layers are undefined, from ``(layer, undefined, reason)`` for every layer in order: one line per run
+    of adjacent layers undefined for the same reason (``a/x.0 … a/x.7 (8 layers): undefined — mean-z needs at
+    least 2 generated images, got 1``), not one per layer: a combination's statistic undefined at every one of
+    its layers says it once."""
+    runs: list[list[Any]] = []
+    adjacent = False
+    for layer, undefined, reason in layers:
+        if undefined and adjacent and runs[-1][2] == reason:
+            runs[-1][1], runs[-1][3] = layer, runs[-1][3] + 1
+        elif undefined:
+            runs.append([layer, layer, reason, 1])
+        adjacent = undefined
+    return [f"{first}: undefined — {reason}" if k == 1 else f"{first} … {last} ({k} layers): undefined — {reason}"
+            for first, last, reason, k in runs]
 
 
 def render_memorization(result: MemorizationResult, console: Console) -> None:
