@@ -175,3 +175,30 @@ def test_iter_entries_lists_what_is_there(vit):
 def test_a_shard_record_round_trips():
     s = Shard("000000000000-000000000003.npy", 0, 3, "sha256:" + "0" * 64)
     assert Shard(**s.to_dict()) == s and s.stop == 3
+
+
+@pytest.mark.parametrize("damage, said", [("truncate", "shard 000000000000-000000000004.npy is not what was written"),
+                                          ("index", "its index cannot be read"),
+                                          ("lose", "a shard is missing")])
+def test_a_damaged_entry_is_said_in_one_warning_before_it_is_computed_again(caplog, damage, said):
+    import logging
+
+    store = EmbeddingCache()
+    folder = store.put(KEY, np.ones((8, 3), np.float32), shard_rows=4)
+    shard = folder / "000000000000-000000000004.npy"
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-8])
+    elif damage == "index":
+        (folder / "index.json").write_text("{")
+    else:
+        shard.unlink()
+    with caplog.at_level(logging.WARNING, logger="forensics"):
+        assert store.get(KEY, rows=8) is None
+    (record,) = caplog.records
+    assert record.name == "forensics.encode.cache" and "\n" not in record.getMessage()
+    assert f"cached embeddings {folder} were damaged ({said}" in record.getMessage()
+    assert "computed again" in record.getMessage() and not folder.exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="forensics"):
+        assert store.get(KEY, rows=8) is None  # absent now: nothing more to say
+    assert caplog.records == []

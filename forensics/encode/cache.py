@@ -31,6 +31,7 @@ old files) with its size, time and a one-line description: what ``forensics cach
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ import numpy as np
 from forensics.errors import ForensicsError
 from forensics.io.atomic import write_atomic, write_text_atomic
 from forensics.io.hashing import sha256_array, sha256_json, short
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CACHE_FORMAT", "SHARD_BYTES", "CacheEntry", "EmbeddingCache", "Shard", "cache_dir", "embedding_key",
            "encoder_record", "iter_entries", "shard_rows_for"]
@@ -184,11 +187,12 @@ class EmbeddingCache:
                       for s in meta["shards"]]
             n, dim = int(meta["rows"]), int(meta["dim"])
         except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-            return self._discard(folder)
+            return self._discard(folder, "its index cannot be read")
         if meta.get("format") != CACHE_FORMAT or meta.get("key") != key or meta.get("dtype") != "<f4" or dim < 1 \
-                or (rows is not None and n != rows) or not _tiles(shards, n) \
-                or not all((folder / s.file).is_file() for s in shards):
-            return self._discard(folder)
+                or (rows is not None and n != rows) or not _tiles(shards, n):
+            return self._discard(folder, "its index does not describe it")
+        if not all((folder / s.file).is_file() for s in shards):
+            return self._discard(folder, "a shard is missing")
         meta["shards"] = shards
         return meta
 
@@ -211,7 +215,7 @@ class EmbeddingCache:
         for shard in meta["shards"]:
             part = out[shard.start:shard.stop]
             if not read_npy_into(folder / shard.file, part) or sha256_array(part) != shard.sha256:
-                return self._discard(folder)
+                return self._discard(folder, f"shard {shard.file} is not what was written (truncated or changed)")
         return out
 
     # -- writing ----------------------------------------------------------------------------------
@@ -251,7 +255,11 @@ class EmbeddingCache:
         """Remove ``key``'s entry."""
         self._discard(self.path(key))
 
-    def _discard(self, folder: Path) -> None:
+    def _discard(self, folder: Path, why: str | None = None) -> None:
+        """Remove an entry; ``why`` it is damaged, when it is, said in a warning (a disk that damages files, a
+        run that takes as long again as the first), whose caller computes the embeddings again."""
+        if why is not None and folder.exists():
+            log.warning("cached embeddings %s were damaged (%s): removed, and computed again", folder, why)
         _remove(folder)
         return None
 
