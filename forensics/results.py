@@ -402,6 +402,17 @@ def copying_levels(protocol: Protocol | Combination, layer_readings: Sequence[st
     return "; ".join(f"{part.name}: {copying_level(layer_readings[a:b])}" for part, a, b in part_spans(protocol))
 
 
+def reading_spans(protocol: Protocol | Combination) -> list[tuple[str, int, int, dict[str, float]]]:
+    """Each combined protocol's layers in a curve and the reading cut-offs of its statistic: (name, first,
+    stop, thresholds), in curve order; one for a single protocol. A combination's statistics read alike
+    only where they are one statistic: C_T's copying below −2 is mean-z's underfitting."""
+    from forensics.protocol import part_spans
+    from forensics.stats.base import get_statistic
+
+    return [(part.name, a, b, dict(get_statistic(part.statistic.name).reading_thresholds))
+            for part, a, b in part_spans(protocol)]
+
+
 @dataclass(frozen=True)
 class MemorizationResult:
     """``forensics.memorization``: the curve of all the images as one batch, each layer's reading, and the

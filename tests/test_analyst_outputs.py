@@ -167,3 +167,34 @@ def test_the_html_says_undefined_layers_as_the_terminal_does(fake_engine):
     text = " ".join(re.sub(r"<[^>]+>", " ", memorization_page(result, plots=False).html()).split())
     assert f"{names[0]} … {names[-1]} ({len(names)} layers): undefined — {why}" in text
     assert f"{names[1]}: undefined" not in text
+
+
+def test_a_combinations_memorization_plot_shades_each_protocols_own_bands():
+    # the default combines C_T (copying below -2) with mean-z (underfitting beyond ±2): the plot shaded the
+    # whole width red below -2, so the mean-z layers' underfitting points sat in a band labelled copying
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+
+    from forensics.report import plots as P
+
+    ct, mean_z = {"copying_below": -2.0, "underfitting_above": 2.0}, {"differs_beyond": 2.0}
+    fig = P.memorization_figure(["a/0", "a/1", "p/0", "p/1"], [-3.0, 0.5, -3.0, 3.0],
+                                ["copying", "no evidence", "underfitting", "underfitting"], {**ct, **mean_z},
+                                spans=[(0, 2, ct), (2, 4, mean_z)])
+    below = {}  # the colour of the band under -2, by the layers it spans
+    for band in fig.axes[0].collections:
+        (xs, ys) = band.get_paths()[0].vertices.T if band.get_paths() else ([], [])
+        if len(xs) and min(ys) < -2 and max(ys) <= -2 + 1e-9:
+            below[(round(min(xs), 1), round(max(xs), 1))] = to_hex(band.get_facecolor()[0][:3])
+    assert below == {(-0.5, 1.5): P.READING_COLOURS["copying"], (1.5, 3.5): P.READING_COLOURS["underfitting"]}
+
+
+def test_memorization_says_which_protocols_read_which_way():
+    import forensics
+    from forensics.report.terminal import reading_rules_text
+    from forensics.results import reading_spans
+
+    said = reading_rules_text(reading_spans(forensics.open_protocol("mnist-effnet-vit-pixel")))
+    assert said == ("mnist-effnet-lite0, mnist-vit: copying below -2, underfitting above 2; "
+                    "mnist-pixel: underfitting beyond ±2")
+    assert reading_rules_text(reading_spans(forensics.open_protocol(VIT))) == "copying below -2, underfitting above 2"

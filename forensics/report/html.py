@@ -493,10 +493,13 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
     page.heading(f"Copying: {doc['level']}", 1)
     page.raw(f"<p>{_source_line(doc)}<br><span class=dim>{_compute_line(doc)}</span></p>")
     thresholds = doc.get("thresholds") or {}
-    if thresholds:
-        from forensics.report.terminal import thresholds_text
+    from forensics.results import reading_spans
 
-        page.text(f"Read with {thresholds_text(thresholds)}: |C_T| > 2 is significant; below the copying line "
+    spans = reading_spans(result.protocol)
+    if thresholds:
+        from forensics.report.terminal import reading_rules_text
+
+        page.text(f"Read with {reading_rules_text(spans)}: |C_T| > 2 is significant; below the copying line "
                   "the images sit closer to the training set than fresh data does.", cls="dim")
     from forensics.report.terminal import memorization_assumed_text
 
@@ -514,7 +517,8 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
     parts = {f"{p['n_images']} {'as generated' if p['condition'] == 'none' else p['condition']}": p["curve"]["values"]
              for p in doc.get("parts") or ()}
     page.plot("curve", lambda: P.memorization_figure(curve["layers"], curve["values"], curve["readings"], thresholds,
-                                                     parts=parts, label=what),
+                                                     parts=parts, label=what,
+                                                     spans=[(a, b, t) for _, a, b, t in spans]),
               alt=f"{what} per layer, each point coloured by its reading",
               caption="Early layers see colour and texture, late layers meaning. Red band: copying; blue "
                       "band: underfitting; a hollow mark: undefined (no cell held enough images)."

@@ -377,11 +377,14 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
 @styled
 def memorization_figure(layers: Sequence[str], values: Sequence[float | None], readings: Sequence[str],
                         thresholds: Mapping[str, float] | None = None,
-                        parts: Mapping[str, Sequence[float | None]] | None = None, label: str = "C_T") -> Figure:
+                        parts: Mapping[str, Sequence[float | None]] | None = None, label: str = "C_T", *,
+                        spans: Sequence[tuple[int, int, Mapping[str, float]]] | None = None) -> Figure:
     """C_T (or the statistics ``label`` names) per layer, each point in its reading's colour, over the bands the
-    statistic reads as copying (below) and underfitting (above); an undefined layer is a hollow mark on the zero
-    line. ``parts`` (label → values): the curves a combined one was made of (files processed in several ways),
-    thin grey."""
+    statistic reads as copying (below) and underfitting (above; mean-z's ``differs_beyond``: both sides); an
+    undefined layer is a hollow mark on the zero line. ``spans`` ((first, stop, thresholds) per combined
+    protocol, in curve order) gives each protocol's layers its own statistic's bands, else ``thresholds`` holds
+    for every layer. ``parts`` (label → values): the curves a combined one was made of (files processed in
+    several ways), thin grey."""
     from matplotlib.lines import Line2D
 
     v = _finite(values)
@@ -390,19 +393,22 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
     ax = fig.subplots()
     drawn = {label: _finite(p) for label, p in (parts or {}).items()}
     finite = np.concatenate([v[np.isfinite(v)], *(p[np.isfinite(p)] for p in drawn.values())])
-    thresholds = dict(thresholds or {})
-    below = thresholds.get("copying_below")
-    above = thresholds.get("underfitting_above")
-    marks = list(finite) + [t for t in (below, above) if t is not None] + [0.0]
+    spans = list(spans) if spans else [(0, len(layers), dict(thresholds or {}))]
+    bands = [(a, b, *_bands(t)) for a, b, t in spans]
+    marks = list(finite) + [t for *_, below, above in bands for t in (below, above) if t is not None] + [0.0]
     lo, hi = min(marks), max(marks)
     pad = 0.12 * ((hi - lo) or 1.0)
     lo, hi = lo - pad, hi + pad
-    if below is not None:
-        ax.axhspan(lo, below, color=READING_COLOURS["copying"], alpha=0.08, lw=0)
-        ax.axhline(below, color=READING_COLOURS["copying"], lw=0.8, ls="--")
-    if above is not None:
-        ax.axhspan(above, hi, color=READING_COLOURS["underfitting"], alpha=0.08, lw=0)
-        ax.axhline(above, color=READING_COLOURS["underfitting"], lw=0.8, ls="--")
+    for a, b, low_reading, below, above in bands:
+        left, right = (-0.5 if a == 0 else a - 0.5), (len(layers) - 0.5 if b >= len(layers) else b - 0.5)
+        if below is not None:
+            colour = READING_COLOURS[low_reading]
+            ax.fill_between([left, right], lo, below, color=colour, alpha=0.08, lw=0)
+            ax.plot([left, right], [below, below], color=colour, lw=0.8, ls="--")
+        if above is not None:
+            colour = READING_COLOURS["underfitting"]
+            ax.fill_between([left, right], above, hi, color=colour, alpha=0.08, lw=0)
+            ax.plot([left, right], [above, above], color=colour, lw=0.8, ls="--")
     ax.axhline(0.0, color="#999999", lw=0.8)
     styles = [(0, (4, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 3))]
     for (label, p), style in zip(drawn.items(), styles * (1 + len(drawn) // len(styles))):
@@ -426,6 +432,16 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
     ax.legend(handles=handles, loc="upper right", fontsize=7, frameon=False, ncols=len(handles) or 1)
     layer_axis(ax, layers, span_in=WIDTH - 0.9)
     return fig
+
+
+def _bands(thresholds: Mapping[str, float]) -> tuple[str, float | None, float | None]:
+    """A statistic's reading cut-offs as (what the band below reads as, its upper edge, the edge of the
+    underfitting band above): C_T's copying below and underfitting above; mean-z's ``differs_beyond``,
+    underfitting on both sides."""
+    if "differs_beyond" in thresholds:
+        t = abs(float(thresholds["differs_beyond"]))
+        return "underfitting", -t, t
+    return "copying", thresholds.get("copying_below"), thresholds.get("underfitting_above")
 
 
 @styled

@@ -49,6 +49,19 @@ def thresholds_text(thresholds: Mapping[str, float]) -> str:
                      f"{name.replace('_', ' ')} {value:g}" for name, value in thresholds.items())
 
 
+def reading_rules_text(spans: Sequence[tuple[str, int, int, Mapping[str, float]]]) -> str:
+    """How a curve's layers are read, from :func:`forensics.results.reading_spans`: one statistic's
+    :func:`thresholds_text`, or for a combination whose statistics read differently each with the protocols
+    it holds for (``mnist-effnet-lite0, mnist-vit: copying below -2, underfitting above 2; mnist-pixel:
+    underfitting beyond ±2``)."""
+    rules: dict[str, list[str]] = {}
+    for name, _first, _stop, thresholds in spans:
+        rules.setdefault(thresholds_text(thresholds), []).append(name)
+    if len(rules) == 1:
+        return next(iter(rules))
+    return "; ".join(f"{', '.join(names)}: {text}" for text, names in rules.items())
+
+
 def printable(text: str) -> str:
     """``text`` as it can be written in UTF-8: a file name's undecodable bytes (kept by Python as lone
     surrogates) become ``\\udcXX`` escapes instead of failing the write."""
@@ -338,7 +351,9 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
     style = "bold red" if result.copying else "bold green"
     console.print(Text.assemble(("Copying: ", "bold"), (result.level, style)))
     if result.thresholds:
-        console.print(Text(f"  read with {thresholds_text(result.thresholds)}", style="dim"))
+        from forensics.results import reading_spans
+
+        console.print(Text(f"  read with {reading_rules_text(reading_spans(result.protocol))}", style="dim"))
     console.print(Text("  " + memorization_assumed_text(result.to_dict()), style="dim"))
     from forensics.results import protocol_section, statistic_label
 
