@@ -492,7 +492,11 @@ class Registry:
             if gfile.name.startswith(".") or (gfile.is_dir() and not gfile.is_symlink()):
                 continue
             label = self._label(gfile)
-            if gfile.suffix not in (".yaml", ".yml"):
+            if gfile.suffix == ".yml":  # every command reads and writes <name>.yaml: enrolling would write a second
+                problems.add(label, None, f"a generator file is named <generator>.yaml: rename it {gfile.stem}.yaml")
+                self.unread.setdefault(proto.name, set()).add(gfile.stem)
+                continue
+            if gfile.suffix != ".yaml":
                 problems.add(label, None, "not a .yaml file (only generator files belong in generators/)")
                 continue
             try:
@@ -1231,7 +1235,7 @@ class Registry:
             if root != self.path and not gdir.is_dir():
                 continue
             if gdir.is_dir():
-                for gfile in sorted(gdir.glob("*.y*ml")):
+                for gfile in sorted(gdir.glob("*.yaml")):
                     found.setdefault(gfile.stem, (gfile, root))
         return found
 

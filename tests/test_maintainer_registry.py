@@ -1,0 +1,33 @@
+"""A registry maintainer's hand edits and mistakes: files named otherwise than the commands name them, and
+what the commands then read, write and say."""
+
+from __future__ import annotations
+
+import pytest
+
+from forensics.errors import RegistryError
+from forensics.registry import Registry
+
+ONE = "sha256:" + "ab" * 32
+TWO = "sha256:" + "cd" * 32
+
+
+@pytest.fixture
+def reg(tmp_path, toy_protocol, fingerprints) -> Registry:
+    r = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    r.add_protocol(proto, default=True)
+    r.enroll("toy", "gan", fingerprints(proto, [1.0, 2.0, 3.0]), {"input_sha256": ONE, "n_images": 10})
+    return r
+
+
+def test_a_generator_file_named_yml_is_a_problem_not_a_second_file_on_enrolment(reg, toy_protocol, fingerprints):
+    # every command writes <generator>.yaml: a .yml file read as the generator would have enrolling write a
+    # second file beside it (two files of one generator: the registry no longer opens)
+    gdir = reg.path / "toy" / "generators"
+    (gdir / "gan.yaml").rename(gdir / "gan.yml")
+    problems = Registry.open(reg.path, strict=False).validate()
+    assert any("gan.yml" in p and "rename it gan.yaml" in p for p in problems), problems
+    with pytest.raises(RegistryError, match="rename it gan.yaml"):
+        Registry.open(reg.path)
+    assert sorted(p.name for p in gdir.iterdir()) == ["gan.yml"]
