@@ -25,11 +25,24 @@ DATA = bytes(range(256)) * 4096  # 1 MiB, an LFS file of the hub
 class FailingHub(FakeHub):
     """A hub that, while ``failure`` is set, drops each download after a third of the file (``"drop"``), answers
     every request with an HTTP status (``500``, ``401``) or with a proxy's HTML page and status 200
-    (``"html"``)."""
+    (``"html"``), or sends the download to another host that refuses it (``"cdn403"``, an expired link)."""
 
     failure: str | int | None = None
 
     def _answer(self, handler, *, body):
+        if self.failure == "cdn403":  # the hub sends the bytes from another host, which refuses them
+            self.requests.append((handler.command, handler.path))
+            if handler.path.startswith("/cdn/"):
+                return self._send(handler, 403, b"Request has expired", {}, body)
+            port = handler.headers["Host"].rsplit(":", 1)[1]
+            sha = hashlib.sha256(DATA).hexdigest()
+            handler.send_response(302)
+            for key, value in {"Location": f"http://localhost:{port}/cdn{handler.path}", "X-Repo-Commit": "c" * 40,
+                               "ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(DATA)),
+                               "Content-Length": "0"}.items():
+                handler.send_header(key, value)
+            handler.end_headers()
+            return None
         if isinstance(self.failure, int):
             self.requests.append((handler.command, handler.path))
             return self._send(handler, self.failure, b"no", {}, body)
@@ -163,3 +176,14 @@ def test_downloads_in_several_threads_leave_the_hub_logger_as_it_was():
     assert logger.level == logging.ERROR  # the second still downloads, quietly
     second.__exit__(None, None, None)
     assert logger.level == before
+
+
+def test_a_refusal_by_the_server_the_hub_sent_the_download_to_is_not_blamed_on_the_repo(hub, hub_log):
+    hub.failure = "cdn403"
+    with pytest.raises(WeightsError) as info:
+        fetch()
+    message = str(info.value)
+    assert "\n" not in message and "HTTP 403 from localhost:" in message
+    assert "where the hub sent the download" in message
+    assert "try again later" in message and "private or gated" not in message
+    assert ("GET", "/cdn/org/tiny/resolve/main/model.safetensors") in hub.requests

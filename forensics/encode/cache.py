@@ -391,7 +391,8 @@ def iter_entries(root: str | Path | None = None) -> Iterator[CacheEntry]:
                 size, mtime = _size_and_time(item)
                 yield CacheEntry(item, "reference", size, mtime, _unfinished(item) or f"reference side {item.name}")
         elif top.name == "layers" and top.is_dir() and not top.is_symlink():
-            for item in sorted(i for i in top.iterdir() if not _holds_nothing(i)):  # an encoder's layer widths, measured once (forensics_timm)
+            # an encoder's layer widths, measured once (forensics_timm)
+            for item in sorted(i for i in top.iterdir() if not _holds_nothing(i)):
                 size, mtime = _size_and_time(item)
                 yield CacheEntry(item, "layers", size, mtime,
                                  _unfinished(item) or f"layer widths of {item.stem.rsplit('-', 1)[0]}")

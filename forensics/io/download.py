@@ -211,6 +211,12 @@ _LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES
                            errno.EEXIST, errno.ENAMETOOLONG})
 
 
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc
+
+
 def _failure(exc: BaseException) -> tuple[str, str]:
     """What went wrong under a failed ``hf_hub_download``, and what to do about it. huggingface_hub wraps a
     500, a refused request or a full disk in "cannot find the requested files in the local cache. Please
@@ -233,6 +239,13 @@ def _failure(exc: BaseException) -> tuple[str, str]:
                   "check the connection (HF_ENDPOINT for a mirror)")
         return f"{type(said).__name__}: {reason}", advice
     status = said.response.status_code
+    try:  # the hub sends a file's bytes from another server (its CDN): a refusal there is no matter of the repo's
+        elsewhere = _host(str(said.response.request.url)) != _host(hf_endpoint() or "https://huggingface.co")
+    except (AttributeError, RuntimeError):  # a response without its request
+        elsewhere = False
+    if elsewhere:
+        return (f"HTTP {status} from {_host(str(said.response.request.url))}, where the hub sent the download: "
+                f"{reason}"), "try again later"
     advice = ("the server failed: try again later" if status >= 500 else
               "the repo is private or gated, or not there: log in if you have access (`hf auth login`, or HF_TOKEN)"
               if status in (401, 403) else
