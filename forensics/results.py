@@ -371,9 +371,10 @@ class AttributionResult:
 
 
 # -- memorization ---------------------------------------------------------------------------------
-def copying_level(layer_readings: Sequence[str]) -> str:
-    """Where along the depth copying shows: early layers see colour and texture, late ones meaning. Where
-    none does, how many layers could not be read: "none" of layers that were all undefined is no finding."""
+def copying_level(layer_readings: Sequence[str], layers: Sequence[str] = ()) -> str:
+    """Where along the depth copying shows: early layers see colour and texture, late ones meaning; copying at
+    both ends says at which ``layers`` (names; else positions from 0), adjacent ones as a run. Where none does,
+    how many layers could not be read: "none" of layers that were all undefined is no finding."""
     n = len(layer_readings)
     hits = [i for i, r in enumerate(layer_readings) if r == "copying"]
     if not hits:
@@ -390,7 +391,15 @@ def copying_level(layer_readings: Sequence[str]) -> str:
         return "low-level (early layers: colour, texture)"
     if late and not early:
         return "semantic (late layers: content, meaning)"
-    return "mixed (" + ", ".join(str(i) for i in hits) + ")"
+    names = list(layers) if len(layers) == n else [str(i) for i in range(n)]
+    runs: list[list[int]] = []
+    for i in hits:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    where = ", ".join(names[r[0]] if len(r) == 1 else f"{names[r[0]]} … {names[r[-1]]}" for r in runs)
+    return f"mixed (early and late layers: {where}; {len(hits)} of {n} layers)"
 
 
 def copying_levels(protocol: Protocol | Combination, layer_readings: Sequence[str]) -> str:
@@ -398,8 +407,9 @@ def copying_levels(protocol: Protocol | Combination, layer_readings: Sequence[st
     from forensics.protocol import part_spans
 
     if len(protocol.parts) == 1:
-        return copying_level(layer_readings)
-    return "; ".join(f"{part.name}: {copying_level(layer_readings[a:b])}" for part, a, b in part_spans(protocol))
+        return copying_level(layer_readings, protocol.parts[0].layers)
+    return "; ".join(f"{part.name}: {copying_level(layer_readings[a:b], part.layers)}"
+                     for part, a, b in part_spans(protocol))
 
 
 def reading_spans(protocol: Protocol | Combination) -> list[tuple[str, int, int, dict[str, float]]]:

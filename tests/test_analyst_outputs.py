@@ -198,3 +198,18 @@ def test_memorization_says_which_protocols_read_which_way():
     assert said == ("mnist-effnet-lite0, mnist-vit: copying below -2, underfitting above 2; "
                     "mnist-pixel: underfitting beyond ±2")
     assert reading_rules_text(reading_spans(forensics.open_protocol(VIT))) == "copying below -2, underfitting above 2"
+
+
+def test_copying_at_both_ends_names_the_layers_not_their_positions():
+    # the kde-copier's held-out set read "mnist-vit: mixed (1, 2, 3, 4, 5, 6, 7)": numbers nobody is told the
+    # meaning of, for copying at 7 of 8 layers
+    import forensics
+    from forensics.results import copying_level, copying_levels
+
+    names = [f"blocks.{i}" for i in range(8)]
+    assert (copying_level(["no evidence"] + ["copying"] * 7, names)
+            == "mixed (early and late layers: blocks.1 … blocks.7; 7 of 8 layers)")
+    vit = forensics.open_protocol(VIT)
+    readings = ["copying", "no evidence", "copying", "copying", "no evidence", "no evidence", "no evidence", "copying"]
+    assert copying_levels(vit, readings) == ("mixed (early and late layers: blocks.0, blocks.2 … blocks.3, blocks.7; "
+                                             "4 of 8 layers)")
