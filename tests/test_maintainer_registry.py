@@ -31,3 +31,12 @@ def test_a_generator_file_named_yml_is_a_problem_not_a_second_file_on_enrolment(
     with pytest.raises(RegistryError, match="rename it gan.yaml"):
         Registry.open(reg.path)
     assert sorted(p.name for p in gdir.iterdir()) == ["gan.yml"]
+
+
+@pytest.mark.parametrize("text", ["", "# gan: taken out for now\n", "\n\n"])
+def test_a_generator_file_of_comments_alone_is_said_to_be_empty(reg, text):
+    (reg.path / "toy" / "generators" / "gan.yaml").write_text(text)
+    problems = Registry.open(reg.path, strict=False).validate()
+    assert any(p.endswith("gan.yaml: empty: no YAML document (only blank lines or comments)") for p in problems), \
+        problems
+    assert not any("NoneType" in p for p in problems)

@@ -234,6 +234,9 @@ def _as_yaml_float(text: Any) -> str | None:
 # -- checks --------------------------------------------------------------------------------------
 def check_schema(data: Any, label: str, problems: Problems) -> bool:
     """Whether ``data`` is a mapping of this :data:`SCHEMA_VERSION`; adds the problem when not."""
+    if data is None:  # an empty file, or one of comments alone (a hand edit, or a write cut short elsewhere)
+        problems.add(label, None, "empty: no YAML document (only blank lines or comments)")
+        return False
     if not isinstance(data, Mapping):
         problems.add(label, None, f"expected a mapping at the top, got {type(data).__name__}")
         return False
