@@ -40,3 +40,15 @@ def test_a_generator_file_of_comments_alone_is_said_to_be_empty(reg, text):
     assert any(p.endswith("gan.yaml: empty: no YAML document (only blank lines or comments)") for p in problems), \
         problems
     assert not any("NoneType" in p for p in problems)
+
+
+@pytest.mark.parametrize("name", ["x" * 129, ".hidden", "-x", "My GAN"])
+def test_a_name_refused_says_every_rule_it_may_break(name):
+    from forensics.errors import UsageError
+    from forensics.registry.model import check_name
+
+    with pytest.raises(UsageError) as got:
+        check_name("generator name", name)
+    message = str(got.value)
+    assert "at most 128" in message and "the first a letter or digit" in message
+    assert len(message) < 200 and (name[:20] in message)

@@ -19,7 +19,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 def check_name(what: str, name: str) -> None:
     """Refuse a ``what`` (``"generator name"``, ...) that :data:`NAME_RE` does not accept."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # fullmatch: '$' would let a final newline by
-        raise UsageError(f"{what} {name!r:.80}: use letters, digits, '_', '.', '+', '-'")
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:79] + "…"
+        raise UsageError(f"{what} {shown}: use letters, digits, '_', '.', '+', '-', at most 128 of them, the first "
+                         "a letter or digit")
 
 
 def family_problem(family: object) -> str | None:
