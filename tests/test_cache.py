@@ -138,6 +138,33 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert store.clear() == 0 and files(tmp_path / "c") == []
 
 
+def test_a_write_that_fails_midway_takes_the_shards_it_wrote_with_it(tmp_path, monkeypatch):
+    # a full disk after two of four shards: what was written would never be read (no index), and on that full
+    # disk it would keep every later write from fitting
+    store = EmbeddingCache(tmp_path / "c")
+    key = "sha256:" + "ab" * 32
+    save, written = np.save, []
+
+    def fills_up(f, array, **kwargs):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(len(array))
+        save(f, array, **kwargs)
+
+    monkeypatch.setattr(np, "save", fills_up)
+    with pytest.raises(OSError, match="No space left"):
+        store.put(key, np.ones((8, 3), np.float32), shard_rows=2)
+    monkeypatch.undo()
+    assert written == [2, 2] and files(tmp_path / "c") == []
+    store.put(key, np.ones((8, 3), np.float32), shard_rows=2)
+    written.clear()
+    monkeypatch.setattr(np, "save", fills_up)
+    with pytest.raises(OSError, match="No space left"):  # written again, by another process: the whole entry stays
+        store.put(key, np.ones((8, 3), np.float32), shard_rows=2)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(store.get(key, rows=8), np.ones((8, 3), np.float32))
+
+
 def test_embeddings_that_cannot_be_cached_are_returned_with_a_warning(lite, monkeypatch):
     # a read-only cache folder or a full disk: the forward pass is not lost
     from forensics.encode import cache as caches

@@ -242,14 +242,22 @@ class EmbeddingCache:
     def put(self, key: str, array: np.ndarray, *, what: Mapping[str, Any] | None = None,
             shard_rows: int | None = None) -> Path:
         """Write ``array`` (rows × dim) under ``key``: shards of ``shard_rows`` rows (default: about
-        :data:`SHARD_BYTES` each), then the index. Returns the entry's folder."""
+        :data:`SHARD_BYTES` each), then the index. Returns the entry's folder. A write that fails (a full disk)
+        takes the shards it wrote with it: they are never read without their index, and on a full disk they
+        would keep every other write from fitting."""
         array = np.ascontiguousarray(array, dtype=np.float32)
         if array.ndim != 2:
             raise ValueError(f"embeddings are a 2-D array, got shape {array.shape}")
         step = int(shard_rows) if shard_rows else shard_rows_for(array.shape[1])
-        shards = [self.write_shard(key, s, array[s:s + step]) for s in range(0, max(1, len(array)), step)]
-        self.write_index(key, shards, rows=len(array), dim=array.shape[1], what=what)
-        return self.path(key)
+        folder = self.path(key)
+        try:
+            shards = [self.write_shard(key, s, array[s:s + step]) for s in range(0, max(1, len(array)), step)]
+            self.write_index(key, shards, rows=len(array), dim=array.shape[1], what=what)
+        except BaseException:
+            if not (folder / INDEX).is_file():  # (an entry another process completed meanwhile stays)
+                _remove(folder)
+            raise
+        return folder
 
     def discard(self, key: str) -> None:
         """Remove ``key``'s entry."""
