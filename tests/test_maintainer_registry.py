@@ -3,6 +3,7 @@ what the commands then read, write and say."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from forensics.errors import RegistryError
@@ -52,3 +53,29 @@ def test_a_name_refused_says_every_rule_it_may_break(name):
     message = str(got.value)
     assert "at most 128" in message and "the first a letter or digit" in message
     assert len(message) < 200 and (name[:20] in message)
+
+
+def test_calibrating_one_matcher_keeps_the_others_thresholds(tmp_path, toy_protocol, fingerprints):
+    from forensics.api import calibrate
+    from forensics.registry.schema import read_yaml
+
+    r = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    r.add_protocol(proto, default=True)
+    rng = np.random.default_rng(0)
+    for g, centre, digit in (("gan", 0.0, "1"), ("vae", 3.0, "2"), ("gmm", -3.0, "3")):
+        curves = [tuple(centre + rng.normal(0, 0.3, 3)) for _ in range(3)]
+        r.enroll("toy", g, fingerprints(proto, *curves), {"input_sha256": "sha256:" + digit * 64, "n_images": 30})
+    cfile = r.path / "toy" / "calibration.yaml"
+    calibrate(protocol="toy", registry=r.path)
+    every = read_yaml(cfile, "calibration.yaml")["matchers"]
+    assert {"alpha", "cosine"} <= set(every)
+    calibrate(protocol="toy", registry=r.path, matchers=["alpha"])
+    again = read_yaml(cfile, "calibration.yaml")["matchers"]
+    assert set(again) == set(every) and {k: v for k, v in again.items() if k != "alpha"} == \
+        {k: v for k, v in every.items() if k != "alpha"}
+    # once the references change, a matcher not calibrated again has no thresholds of theirs to keep
+    Registry.open(r.path).enroll("toy", "gan", fingerprints(proto, (0.1, 0.2, 0.3)), {"input_sha256": TWO,
+                                                                                      "n_images": 10})
+    calibrate(protocol="toy", registry=r.path, matchers=["alpha"])
+    assert set(read_yaml(cfile, "calibration.yaml")["matchers"]) == {"alpha"}

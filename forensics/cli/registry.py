@@ -607,7 +607,8 @@ def _unknown_when(cal: dict) -> str:
 @handle_errors
 def calibrate(
     protocol: Optional[str] = OPT_PROTOCOL,
-    matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s), repeatable (default: all)."),
+    matcher: list[str] = typer.Option([], "--matcher", "-m", help="Matcher(s), repeatable (default: all; the "
+                                      "others' recorded thresholds are kept while the references are unchanged)."),
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
 ):

@@ -1748,17 +1748,39 @@ class Registry:
         return changed
 
     def save_calibration(self, protocol_name: str, calibrations: Mapping[str, Mapping[str, Any]]) -> Path:
-        """Record open-set calibrations (matcher name → :meth:`Matcher.describe`'s ``open_set`` plus options)."""
+        """Record open-set calibrations (matcher name → :meth:`Matcher.describe`'s ``open_set`` plus options).
+        The recorded calibration of a matcher not in ``calibrations`` (``registry calibrate --matcher alpha``)
+        is kept where it was made on the same references, as read now under the lock; one made on others is
+        dropped, as every matcher's would be recalibrated."""
         self.protocol(protocol_name)
         cfile = self.path / protocol_name / CALIBRATION_FILE
         with self.lock():
             self._copy_up([protocol_name])  # a calibration is read beside its protocol's record
+            matchers = {k: dict(v) for k, v in calibrations.items()}
+            digests = {v.get("references_digest") for v in matchers.values()}
+            if len(digests) == 1 and None not in digests:
+                for name, cal in self._recorded_calibrations(protocol_name).items():
+                    if name not in matchers and cal.get("references_digest") in digests:
+                        matchers[name] = cal
             data = {"schema_version": SCHEMA_VERSION, "created": utc_now(), "tool_version": tool_version(),
-                    "matchers": {k: dict(v) for k, v in sorted(calibrations.items())}}
+                    "matchers": dict(sorted(matchers.items()))}
             write_yaml(self.check_file_target(cfile), data,
                        "# open-set thresholds, recorded by `forensics registry calibrate`\n")
         self.reload()
         return cfile
+
+    def _recorded_calibrations(self, protocol_name: str) -> dict[str, dict[str, Any]]:
+        """The matchers' calibrations of ``protocol_name`` as its nearest calibration file holds them now (a
+        matcher with a problem left out; an unreadable file: none)."""
+        for root in self.layers:
+            cfile = root / protocol_name / CALIBRATION_FILE
+            if _there(cfile):
+                try:
+                    return parse_calibration(read_yaml(cfile, self._label(cfile), root=root), self._label(cfile),
+                                             Problems()) or {}
+                except RegistryError:
+                    return {}
+        return {}
 
     def copy_to(self, target: Path) -> None:
         """Copy the registry's files to ``target`` (tests, snapshots): of layers, what reads see, as one folder."""
