@@ -95,7 +95,7 @@ def test_clear_older_than_keeps_younger_entries(cache):
             os.utime(entry, (old, old))
     result = cli("cache", "clear", "--older-than", "30d", "--yes")
     assert result.exit_code == 0, result.output
-    assert "removed 1 entries" in result.stdout
+    assert "removed 1 entry (" in result.stdout  # one, said as one
     assert "reference" not in kinds(forensics.list_cache())
     assert kinds(forensics.list_cache()).count("embeddings") == 3
 
@@ -243,3 +243,13 @@ def test_a_write_that_a_run_stopped_midway_is_listed_as_unfinished_and_cleared(c
     assert {i.what for i in unfinished} == {"an unfinished write (a run stopped while writing it; never read)"}
     forensics.clear_cache()
     assert not reference.exists() and not (cache / "layers" / ".efficientnet_lite0-ab12.json.q8w.tmp").exists()
+
+
+def test_one_entry_is_said_as_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "c"))
+    (tmp_path / "c" / "layers").mkdir(parents=True)
+    (tmp_path / "c" / "layers" / "efficientnet_lite0-ab12.json").write_text("{}")
+    listed = cli("cache", "list")
+    assert "1 entry, 2 B in all" in listed.stdout and "entries," not in listed.stdout
+    assert "1 cache entry would be removed" in cli("cache", "clear").output
+    assert "removed 1 entry (2 B)" in cli("cache", "clear", "--yes").stdout

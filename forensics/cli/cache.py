@@ -24,6 +24,11 @@ def size_text(n: int) -> str:
     return f"{n} B"
 
 
+def entries_text(n: int, what: str = "") -> str:
+    """``1 entry``, ``3 entries``; ``what`` before the noun (``"cache "``: ``1 cache entry``)."""
+    return f"{n} {what}{'entry' if n == 1 else 'entries'}"
+
+
 def age_text(seconds: float) -> str:
     """An age as a person reads it: 45 s, 12 min, 5 h, 3 d."""
     for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -60,7 +65,7 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
         table.add_row(esc(kind), esc(", ".join(protocols) or "—"), esc(what), esc(encoder or "—"), str(len(items)),
                       size_text(sum(i.size for i in items)), age)
     out.print(table)
-    out.print(f"{len(result.items)} entries, {size_text(result.total)} in all (`--json` lists each); "
+    out.print(f"{entries_text(len(result.items))}, {size_text(result.total)} in all (`--json` lists each); "
               "`forensics cache clear` removes them", markup=False)
 
 
@@ -116,10 +121,10 @@ def clear(
         if yes:
             return True
         if not sys.stdin.isatty():
-            raise UsageError(f"{len(items)} cache entries would be removed; add --yes to remove them without "
+            raise UsageError(f"{entries_text(len(items), 'cache ')} would be removed; add --yes to remove them without "
                              "asking (stdin is not a terminal)")
         total = size_text(sum(i.size for i in items))
-        return typer.confirm(f"Remove {len(items)} cache entries ({total})?", default=False, err=True)
+        return typer.confirm(f"Remove {entries_text(len(items), 'cache ')} ({total})?", default=False, err=True)
 
     result = clear_cache(older_than=older_than, protocol=protocol, registry=registry, confirm=ask)
     if json_out:
@@ -129,4 +134,4 @@ def clear(
     if not result.confirmed:
         err.print("nothing removed")
     elif not json_out:
-        out.print(f"removed {len(result.removed)} entries ({size_text(result.freed)}) from {esc(result.cache)}")
+        out.print(f"removed {entries_text(len(result.removed))} ({size_text(result.freed)}) from {esc(result.cache)}")
