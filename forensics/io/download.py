@@ -208,7 +208,7 @@ def _no_such_file(exc: Exception) -> bool:
 
 #: an OSError of these numbers under a failed download is the cache folder's (full, read-only, not a folder)
 _LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                           errno.EEXIST, errno.ENAMETOOLONG})
+                           errno.ENAMETOOLONG})
 
 
 def _host(url: str) -> str:
