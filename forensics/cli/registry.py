@@ -480,13 +480,19 @@ def diff(
     from rich.table import Table
 
     from forensics.api import diff_registry
+    from forensics.registry import registry_layers
 
     result = diff_registry(other, registry=registry)
+    layers = registry_layers(registry)
+    if other.startswith("git:") and Path(result.new) != layers[0]:  # the user registry is not in git
+        err.print(f"[yellow]note:[/] {esc(layers[0])} is not in git: compared the bundled registry {esc(result.new)} "
+                  f"at {esc(other[4:] or 'HEAD')} and now (a folder compares yours: forensics registry diff FOLDER)",
+                  soft_wrap=True)
     if json_out:
         print_json(result.to_dict())
         return
     if not result.changes:
-        out.print("no differences")
+        out.print(f"no differences: {result.old} → {result.new}", markup=False)
         return
     table = Table(title=f"{esc(result.old)} → {esc(result.new)}", title_justify="left")
     for col in ("change", "what", "protocol", "generator", "instance", "detail"):

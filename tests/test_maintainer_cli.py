@@ -1,0 +1,32 @@
+"""``forensics registry …`` as a registry maintainer reads it: what each command says it compared, kept or wrote."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from forensics.cli.registry import app
+from forensics.registry import Registry, bundled_registry_path
+from forensics.registry.diff import in_git
+
+runner = CliRunner()
+
+pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
+
+
+def run(*args, code=0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    return result
+
+
+@pytest.mark.skipif(not in_git(bundled_registry_path()), reason="the bundled registry of an installed package")
+def test_diff_at_a_git_revision_says_it_compared_the_bundled_registry_when_yours_is_not_in_git(
+        tmp_path, monkeypatch, toy_protocol):
+    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
+    Registry.open(tmp_path / "data" / "registry", create=True).add_protocol(toy_protocol())  # yours: not in git
+    result = run("diff", "git:HEAD")
+    said = " ".join(result.stderr.split())
+    assert f"{tmp_path / 'data' / 'registry'} is not in git: compared the bundled registry" in said
+    assert str(bundled_registry_path()) in result.stdout  # what was compared, also where nothing differs
+    assert "not in git" not in run("diff", tmp_path / "data" / "registry").stderr  # a folder compares yours
