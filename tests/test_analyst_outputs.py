@@ -213,3 +213,19 @@ def test_copying_at_both_ends_names_the_layers_not_their_positions():
     readings = ["copying", "no evidence", "copying", "copying", "no evidence", "no evidence", "no evidence", "copying"]
     assert copying_levels(vit, readings) == ("mixed (early and late layers: blocks.0, blocks.2 … blocks.3, blocks.7; "
                                              "4 of 8 layers)")
+
+
+def test_the_html_says_whose_margin_over_whom(fake_engine):
+    # the HTML's "margin +0.011" named neither side; under an unknown verdict nothing on the page said which
+    # two candidates it separates
+    from dataclasses import replace
+
+    import forensics
+    from forensics.report.html import attribution_page
+
+    result = forensics.attribute(labelled((2, 120)), protocol=VIT)
+    first, second = (c.generator for c in result.candidates[:2])
+    text = lambda r: " ".join(re.sub(r"<[^>]+>", " ", attribution_page(r, plots=False).html()).split())  # noqa: E731
+    assert f"margin {result.verdict.margin:+.3f} over {second}" in text(result)
+    unknown = replace(result, attribution=replace(result.attribution, verdict=None, reason="unknown: too far"))
+    assert f"margin {result.verdict.margin:+.3f} ({first} over {second})" in text(unknown)

@@ -412,6 +412,9 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     page.heading(f"Attribution: {title}" if family is None or verdict["generator"] is not None else
                  f"Attribution: the family {family} — {family_text(members)}", 1)
     margin = "" if verdict["margin"] is None else f" · margin {verdict['margin']:+.3f}"
+    if margin and len(doc["candidates"]) > 1:  # of the best candidate over the runner-up, as the terminal says
+        first, second = (_esc(c["generator"]) for c in doc["candidates"][:2])
+        margin += f" over {second}" if verdict["generator"] is not None else f" ({first} over {second})"
     score = "" if verdict["score"] is None else f" · score {verdict['score']:.3f}"
     if verdict["score"] is not None and verdict["generator"] is None and doc["candidates"]:
         score += f" ({_esc(doc['candidates'][0]['generator'])})"   # a family's: its best member's
