@@ -19,9 +19,10 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
                 "readings": ["copying" | "no evidence" | "underfitting" | "undefined", ...]},
       "batches": [{"values": [...], "verdict": "..." | null,          # one per batch of m images, then
                    "family": "..." | null,                            # a family named instead (see below)
-                   "n_images": 500, "partial": false}, ...],          # a remainder of >= m/2 as its own
+                   "n_images": 500, "partial": false}, ...],          # a remainder of >= 100 as its own
       "partial_batch": false,                                         # fewer than m images were given
-      "left_out": 0,                     # images after the last full batch, too few (< m/2) to attribute
+      "left_out": 0,                     # images after the last full batch, too few to attribute (< 100;
+                                         # < m/2 where the references cannot be redrawn at their size)
       "matcher": {"name": "alpha", ...},
       "candidates": [{"generator": "...", "score": 0.93, "instance": "..."}, ...],   # best first
       "verdict": {"generator": "..." | null, "score": float | null, "margin": float | null,
