@@ -69,3 +69,23 @@ def test_repeat_of_points_each_repeat_at_the_first_of_its_group():
     images[3] = 2
     assert repeat_of(images).tolist() == [-1, -1, 0, -1, 1, 0]
     assert repeated(images).tolist() == [False, False, True, False, True, True]
+
+
+def test_a_broken_link_among_the_images_is_named_as_one(tmp_path):
+    # it read "case/zz.png does not exist; give a folder of PNG/JPEG images or an .npz/.npy file", to an
+    # analyst who had given a folder
+    from PIL import Image
+
+    from forensics.io.images import read_image_set
+
+    (tmp_path / "case").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "case" / "a.png")
+    (tmp_path / "case" / "zz.png").symlink_to(tmp_path / "gone" / "x.png")
+    with pytest.raises(UsageError) as refused:
+        read_image_set(tmp_path / "case")
+    said = str(refused.value)
+    assert said.startswith(f"{tmp_path / 'case' / 'zz.png'} is a link to nothing") and "repair or remove the link" in said
+    assert "give a folder" not in said
+    (tmp_path / "link.npz").symlink_to(tmp_path / "gone.npz")  # given itself: the same line
+    with pytest.raises(UsageError, match="is a link to nothing"):
+        read_image_set(tmp_path / "link.npz")

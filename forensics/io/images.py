@@ -100,6 +100,9 @@ def _stat(path: Path) -> os.stat_result:
     try:
         return os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):  # a folder's file too: "does not exist" would send the analyst to the folder
+            raise UsageError(f"{_show(path)} is a link to nothing ({_show(Path(os.readlink(path)))} is not there); "
+                             "repair or remove the link") from None
         raise UsageError(f"{_show(path)} does not exist; give a folder of PNG/JPEG images or an .npz/.npy "
                          "file") from None
     except (OSError, ValueError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, ENOTDIR; ValueError: a NUL byte
