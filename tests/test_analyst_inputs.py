@@ -89,3 +89,15 @@ def test_a_broken_link_among_the_images_is_named_as_one(tmp_path):
     (tmp_path / "link.npz").symlink_to(tmp_path / "gone.npz")  # given itself: the same line
     with pytest.raises(UsageError, match="is a link to nothing"):
         read_image_set(tmp_path / "link.npz")
+
+
+def test_an_empty_image_file_is_said_to_be_empty(tmp_path):
+    from PIL import Image
+
+    from forensics.io.images import read_image_set
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"b\.png: the file is empty \(0 bytes: a copy or download cut short\?\); "
+                                         r"repair it, or move it out of the images"):
+        read_image_set(tmp_path)

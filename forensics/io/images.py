@@ -109,11 +109,14 @@ def _stat(path: Path) -> os.stat_result:
         raise UsageError(f"cannot read {_show(path)}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def _regular_file(path: Path) -> None:
-    """Refuse, without opening it, anything but a regular file: a FIFO would block, a device never end."""
-    if not stat.S_ISREG(_stat(path).st_mode):
+def _regular_file(path: Path) -> os.stat_result:
+    """Refuse, without opening it, anything but a regular file: a FIFO would block, a device never end.
+    Returns its ``os.stat``."""
+    st = _stat(path)
+    if not stat.S_ISREG(st.st_mode):
         raise UsageError(f"{_show(path)} is not a regular file (a FIFO, device or socket); give an image file, "
                          "a folder of them or an .npz/.npy file")
+    return st
 
 #: what the embedding takes: one uint8 array (N, H, W[, C]), or a sequence of image files
 ImageInput = Union[np.ndarray, Sequence[Union[str, Path]]]
@@ -418,7 +421,10 @@ def _decode(file: str | Path) -> tuple[np.ndarray, int, bool]:
 
     file = Path(file)
     where = _show(file)
-    _regular_file(file)
+    if _regular_file(file).st_size == 0:  # Pillow's "cannot identify image file" says nothing of why
+        raise UsageError(f"cannot decode {where}: the file is empty (0 bytes: a copy or download cut short?); "
+                         "repair it, or move it out of the images (a set is read whole: no image file is left out "
+                         "unsaid)")
     limit = max_pixels()
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
         Image.MAX_IMAGE_PIXELS = limit  # FORENSICS_MAX_PIXELS raised above Pillow's own bomb limit
