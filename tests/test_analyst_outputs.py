@@ -229,3 +229,26 @@ def test_the_html_says_whose_margin_over_whom(fake_engine):
     assert f"margin {result.verdict.margin:+.3f} over {second}" in text(result)
     unknown = replace(result, attribution=replace(result.attribution, verdict=None, reason="unknown: too far"))
     assert f"margin {result.verdict.margin:+.3f} ({first} over {second})" in text(unknown)
+
+
+def test_the_reports_record_what_reading_the_folder_skipped(fake_engine, tmp_path):
+    # 20 PNGs attributed out of a folder of 500 HEIC files: only a stderr note said so, lost with the terminal;
+    # neither the report on stdout nor the HTML case file did
+    from PIL import Image
+
+    import forensics
+    from forensics.report.html import attribution_page, memorization_page
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    for i, image in enumerate(labelled((1, 120))):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    for i in range(3):
+        (folder / f"{i}.heic").write_bytes(b"heic")
+    (folder / ".DS_Store").write_bytes(b"")
+    said = "skipped 1 hidden, 3 not an image"
+    assert said in " ".join(run_cli("attribute", folder, "-p", VIT).split())
+    assert said in " ".join(run_cli("memorization", folder, "-p", VIT).split())
+    html = lambda page: " ".join(re.sub(r"<[^>]+>", " ", page.html()).split())  # noqa: E731
+    assert said in html(attribution_page(forensics.attribute(folder, protocol=VIT), plots=False))
+    assert said in html(memorization_page(forensics.memorization(folder, protocol=VIT), plots=False))

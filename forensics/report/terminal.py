@@ -70,7 +70,15 @@ def printable(text: str) -> str:
 
 def _source(result: AttributionResult | MemorizationResult) -> str:
     where = printable(result.input.path) if result.input.path is not None else "an array"
-    return f" from {where}  (sha256 {short(result.input.sha256)})\n"
+    skipped = skipped_text(result.input.to_dict())
+    return f" from {where}  (sha256 {short(result.input.sha256)})" + (f"; {skipped}" if skipped else "") + "\n"
+
+
+def skipped_text(record: Mapping[str, Any]) -> str:
+    """What reading a folder skipped, from a report's ``input``: ``skipped 1 hidden, 500 not an image`` (the
+    report is the record: stderr's note alone is lost with the terminal), or ""."""
+    skipped = sorted((reason, n) for reason, n in (record.get("skipped") or {}).items() if n)
+    return ("skipped " + ", ".join(f"{n:,} {reason}" for reason, n in skipped)) if skipped else ""
 
 
 def _encoders(result: AttributionResult | MemorizationResult) -> str:
