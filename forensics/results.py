@@ -404,13 +404,27 @@ def copying_level(layer_readings: Sequence[str], layers: Sequence[str] = ()) -> 
 
 
 def copying_levels(protocol: Protocol | Combination, layer_readings: Sequence[str]) -> str:
-    """:func:`copying_level` along each encoder's depth; for a combination, one per combined protocol."""
+    """:func:`copying_level` along each encoder's depth; for a combination, one per combined protocol. A
+    protocol whose statistic never reads copying (mean-z: a difference either way reads as underfitting) says
+    so, not "none": it never looked."""
     from forensics.protocol import part_spans
 
+    def level(part: Protocol, readings: Sequence[str]) -> str:
+        if "copying" not in readings and not _reads_copying(part.statistic.name):
+            return f"not read ({part.statistic.name} never reads copying)"
+        return copying_level(readings, part.layers)
+
     if len(protocol.parts) == 1:
-        return copying_level(layer_readings, protocol.parts[0].layers)
-    return "; ".join(f"{part.name}: {copying_level(layer_readings[a:b], part.layers)}"
-                     for part, a, b in part_spans(protocol))
+        return level(protocol.parts[0], layer_readings)
+    return "; ".join(f"{part.name}: {level(part, layer_readings[a:b])}" for part, a, b in part_spans(protocol))
+
+
+def _reads_copying(statistic: str) -> bool:
+    """Whether the statistic named reads any value as copying (asked of its ``reading`` at both extremes)."""
+    from forensics.stats.base import get_statistic
+
+    reading = get_statistic(statistic).reading
+    return any(reading(v) == "copying" for v in (-1e12, 1e12))
 
 
 def reading_spans(protocol: Protocol | Combination) -> list[tuple[str, int, int, dict[str, float]]]:

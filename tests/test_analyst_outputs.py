@@ -252,3 +252,18 @@ def test_the_reports_record_what_reading_the_folder_skipped(fake_engine, tmp_pat
     html = lambda page: " ".join(re.sub(r"<[^>]+>", " ", page.html()).split())  # noqa: E731
     assert said in html(attribution_page(forensics.attribute(folder, protocol=VIT), plots=False))
     assert said in html(memorization_page(forensics.memorization(folder, protocol=VIT), plots=False))
+
+
+def test_a_protocol_whose_statistic_never_reads_copying_is_not_said_to_find_none():
+    # every memorization under the default said "mnist-pixel: none", as if it had looked for copying and found
+    # none; its mean-z reads a difference either way as underfitting and never copying
+    import forensics
+    from forensics.results import copying_levels
+
+    default = forensics.open_protocol("mnist-effnet-vit-pixel")
+    assert copying_levels(default, ["no evidence"] * 9 + ["copying"] + ["no evidence"] * 7 + ["underfitting"] * 18) == (
+        "mnist-effnet-lite0: none; mnist-vit: low-level (early layers: colour, texture); "
+        "mnist-pixel: not read (mean-z never reads copying)")
+    assert copying_levels(forensics.open_protocol("mnist-pixel"), ["no evidence"] * 18) == (
+        "not read (mean-z never reads copying)")
+    assert copying_levels(forensics.open_protocol(VIT), ["no evidence"] * 8) == "none"
