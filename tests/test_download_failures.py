@@ -92,7 +92,7 @@ def hub(monkeypatch, tmp_path):
 
 @pytest.fixture
 def hub_log():
-    """What huggingface_hub logs at WARNING or above (it prints it on stderr, two lines a retry)."""
+    """What huggingface_hub's own handler (on stderr: two lines a retry) is given to print, at WARNING or above."""
     records = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
@@ -100,6 +100,11 @@ def hub_log():
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+
+
+def notices(caplog) -> list[str]:
+    """What forensics said of the download while it went on (warning lines on the command line)."""
+    return [r.getMessage() for r in caplog.records if r.name == "forensics.io.download"]
 
 
 def fetch():
@@ -112,16 +117,21 @@ def cached_files(tmp_path):
     return sorted(p.name for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts)
 
 
-def test_a_download_dropped_mid_file_is_one_line_then_a_rerun_fetches_it_whole(hub, hub_log, tmp_path):
+def test_a_download_dropped_mid_file_is_one_line_then_a_rerun_fetches_it_whole(hub, hub_log, caplog, tmp_path):
     from forensics.io.download import hf_cached
 
     hub.failure = "drop"
-    with pytest.raises(WeightsError) as info:
-        fetch()
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(WeightsError) as info:
+            fetch()
     message = str(info.value)
     assert "\n" not in message and "cannot download org/tiny/model.safetensors" in message
     assert "peer closed connection" in message and "check the connection" in message
-    assert hub_log == []  # none of the library's "Trying to resume download..." lines
+    assert hub_log == []  # none of the library's "Trying to resume download..." lines, five times over
+    (said,) = notices(caplog)  # the first retry, said once, in one line
+    assert "\n" not in said and said.startswith("downloading org/tiny/model.safetensors: Error while downloading")
+    assert "peer closed connection" in said and said.endswith("; trying again (for minutes, where the server does "
+                                                             "not answer)")
     assert hf_cached(REPO, ["model.safetensors"]) is None  # the third it got is nothing a later run trusts
     assert not [name for name in cached_files(tmp_path) if not name.endswith(".incomplete")]
     hub.failure = None
@@ -130,15 +140,17 @@ def test_a_download_dropped_mid_file_is_one_line_then_a_rerun_fetches_it_whole(h
 
 
 @pytest.mark.parametrize("status, says", [(500, "HTTP 500"), (401, "HTTP 401")])
-def test_an_http_error_names_the_status_and_what_to_do(hub, hub_log, status, says):
+def test_an_http_error_names_the_status_and_what_to_do(hub, hub_log, caplog, status, says):
     hub.failure = status
-    with pytest.raises(WeightsError) as info:
-        fetch()
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(WeightsError) as info:
+            fetch()
     message = str(info.value)
     assert "\n" not in message and says in message
     assert ("try again later" if status == 500 else "log in if you have access") in message
     assert "local cache" not in message  # not huggingface_hub's "cannot find the requested files in the local cache"
     assert hub_log == []
+    assert len(notices(caplog)) == (1 if status == 500 else 0)  # a 500 is retried: said once; a 401 is not
 
 
 def test_a_server_that_is_no_hub_answering_200_with_a_page_is_one_line(hub, hub_log, tmp_path):
@@ -164,18 +176,23 @@ def test_a_cache_folder_that_cannot_be_written_is_said_as_such_not_as_the_connec
     assert "HF_HOME" in message and "check the connection" not in message
 
 
-def test_downloads_in_several_threads_leave_the_hub_logger_as_it_was():
+def test_downloads_in_several_threads_put_the_hub_loggers_handlers_back_when_the_last_ends():
     from forensics.io.download import _quiet_hub
 
     logger = logging.getLogger("huggingface_hub")
-    before = logger.level
-    first, second = _quiet_hub(), _quiet_hub()
-    first.__enter__()
-    second.__enter__()  # a second thread's download begins while the first is under way
-    first.__exit__(None, None, None)
-    assert logger.level == logging.ERROR  # the second still downloads, quietly
-    second.__exit__(None, None, None)
-    assert logger.level == before
+    own = logging.StreamHandler()
+    logger.addHandler(own)
+    try:
+        before = list(logger.handlers)
+        first, second = _quiet_hub("a"), _quiet_hub("b")
+        first.__enter__()
+        second.__enter__()  # a second thread's download begins while the first is under way
+        first.__exit__(None, None, None)
+        assert own not in logger.handlers  # the second still downloads, quietly
+        second.__exit__(None, None, None)
+        assert logger.handlers == before
+    finally:
+        logger.removeHandler(own)
 
 
 def test_a_refusal_by_the_server_the_hub_sent_the_download_to_is_not_blamed_on_the_repo(hub, hub_log):

@@ -254,28 +254,50 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     return f"HTTP {status}: {reason}", advice
 
 
-_QUIET = {"depth": 0, "level": logging.NOTSET}
+log = logging.getLogger(__name__)
+_QUIET = {"depth": 0, "handlers": []}
 _QUIET_LOCK = threading.Lock()
 
 
+class _FirstRetry(logging.Handler):
+    """Says huggingface_hub's first notice of a download (a retry, a resumed transfer) once, as one line:
+    against a server that does not answer, its retries take minutes, which should not pass unexplained."""
+
+    def __init__(self, what: str):
+        super().__init__(logging.WARNING)
+        self.what, self.said = what, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.said:
+            self.said = True
+            first = " ".join(record.getMessage().splitlines()[0].split()) if record.getMessage() else "a retry"
+            log.warning("%s: %s; trying again (for minutes, where the server does not answer)", self.what, first)
+
+
 @contextlib.contextmanager
-def _quiet_hub():
-    """huggingface_hub's own warnings silenced for the duration (each retry of a failed request is two lines
-    on stderr): the error that ends the download says what happened, in one line. Downloads in several
-    threads at once: the logger's level is restored when the last one ends."""
+def _quiet_hub(what: str):
+    """huggingface_hub's own log lines held back for the duration (each retry of a failed request is two lines
+    on stderr), the first of them said once as one line of ours (:class:`_FirstRetry`): the error that ends
+    the download says what happened, in one line. Downloads in several threads at once: the library's own
+    handlers are put back when the last one ends."""
     hub = logging.getLogger("huggingface_hub")
     with _QUIET_LOCK:
         if _QUIET["depth"] == 0:
-            _QUIET["level"] = hub.level
-            hub.setLevel(logging.ERROR)
+            _QUIET["handlers"] = list(hub.handlers)
+            for handler in _QUIET["handlers"]:
+                hub.removeHandler(handler)
         _QUIET["depth"] += 1
+    first = _FirstRetry(what)
+    hub.addHandler(first)
     try:
         yield
     finally:
+        hub.removeHandler(first)
         with _QUIET_LOCK:
             _QUIET["depth"] -= 1
             if _QUIET["depth"] == 0:
-                hub.setLevel(_QUIET["level"])
+                for handler in _QUIET["handlers"]:
+                    hub.addHandler(handler)
 
 
 def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[Path, str]:
@@ -305,7 +327,7 @@ def hf_download(repo_id: str, filenames: Iterable[str], *, what: str) -> tuple[P
     repo, revision = split_revision(repo_id)
     for filename in filenames:
         try:
-            with _quiet_hub():
+            with _quiet_hub(f"downloading {repo}/{filename}"):
                 path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(hf_cache_dir()),
                                             endpoint=hf_endpoint(), library_name="forensics",
                                             library_version=__version__,
