@@ -30,3 +30,15 @@ def test_diff_at_a_git_revision_says_it_compared_the_bundled_registry_when_yours
     assert f"{tmp_path / 'data' / 'registry'} is not in git: compared the bundled registry" in said
     assert str(bundled_registry_path()) in result.stdout  # what was compared, also where nothing differs
     assert "not in git" not in run("diff", tmp_path / "data" / "registry").stderr  # a folder compares yours
+
+
+@pytest.mark.parametrize("option", [("--iters", "0"), ("--threads", "0"), ("--seed", "-1")])
+def test_zoo_train_refuses_a_count_it_cannot_use_before_training(tmp_path, option):
+    # --iters 0 read as "not given" trained the full schedule (minutes); --threads 0 failed after the checks
+    # as an unexpected error; --seed -1 wrote a set named run-1
+    from forensics.cli.zoo import app as zoo
+
+    result = runner.invoke(zoo, ["train", "vae", *option, "--samples", str(tmp_path / "samples"),
+                                 "--ckpt-dir", str(tmp_path / "ckpt")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert option[0] in result.output and not (tmp_path / "samples").exists() and not (tmp_path / "ckpt").exists()

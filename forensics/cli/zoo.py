@@ -237,9 +237,10 @@ def heldout(
 def train(
     generator: str = typer.Argument(..., help="vae, dcgan, sngan, pixelcnn, gmm, kde-copier, ddpm-net (the diffusion "
                                               "network), or a sampler of it: ddpm, ddim, pndm."),
-    seed: int = typer.Option(0, "--seed", help="Seed: 0, 1, 2 make run0..run2, 3 makes heldout."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="Override the training iterations (resumes)."),
-    threads: int = typer.Option(1, "--threads", help="Torch threads (1 reproduces the shipped sets bit for bit)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed: 0, 1, 2 make run0..run2, 3 makes heldout."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override the training iterations (resumes)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Torch threads (1 reproduces the shipped sets bit for "
+                                "bit)."),
     samples: Optional[Path] = _SAMPLES,
     ckpt_dir: Optional[Path] = typer.Option(None, "--ckpt-dir", help="Checkpoints (default $FORENSICS_ZOO_CKPT "
                                                                      "or /tmp/zoo); training resumes from them."),
