@@ -267,3 +267,15 @@ def test_a_protocol_whose_statistic_never_reads_copying_is_not_said_to_find_none
     assert copying_levels(forensics.open_protocol("mnist-pixel"), ["no evidence"] * 18) == (
         "not read (mean-z never reads copying)")
     assert copying_levels(forensics.open_protocol(VIT), ["no evidence"] * 8) == "none"
+
+
+def test_a_memorization_plot_with_parts_keeps_its_value_axis_label():
+    # files processed in several ways: the value axis was labelled with the last part's name ("60 resize2")
+    # instead of the statistic
+    pytest.importorskip("matplotlib")
+    from forensics.report import plots as P
+
+    fig = P.memorization_figure(["a/0", "a/1"], [-3.0, 0.5], ["copying", "no evidence"],
+                                {"copying_below": -2.0, "underfitting_above": 2.0},
+                                parts={"60 as generated": [-2.5, 0.1], "60 resize2": [-3.5, 0.9]}, label="C_T")
+    assert fig.axes[0].get_ylabel() == "C_T"

@@ -411,8 +411,8 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
             ax.plot([left, right], [above, above], color=colour, lw=0.8, ls="--")
     ax.axhline(0.0, color="#999999", lw=0.8)
     styles = [(0, (4, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 3))]
-    for (label, p), style in zip(drawn.items(), styles * (1 + len(drawn) // len(styles))):
-        ax.plot(x, p, color="#8a8a8a", lw=1.0, ls=style, zorder=1, label=label)
+    for (name, p), style in zip(drawn.items(), styles * (1 + len(drawn) // len(styles))):
+        ax.plot(x, p, color="#8a8a8a", lw=1.0, ls=style, zorder=1, label=name)
     ax.plot(x, v, color=QUERY_COLOUR, lw=1.6, zorder=2)
     for reading, colour in READING_COLOURS.items():
         idx = [i for i, r in enumerate(readings) if r == reading]
@@ -427,8 +427,8 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
     ax.grid(axis="y", color="#eeeeee", lw=0.6)
     handles = [Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in READING_COLOURS.items()
                if r in readings]
-    handles += [Line2D([], [], color="#8a8a8a", lw=1.0, ls=style, label=label)
-                for label, style in zip(drawn, styles * (1 + len(drawn) // len(styles)))]
+    handles += [Line2D([], [], color="#8a8a8a", lw=1.0, ls=style, label=name)
+                for name, style in zip(drawn, styles * (1 + len(drawn) // len(styles)))]
     ax.legend(handles=handles, loc="upper right", fontsize=7, frameon=False, ncols=len(handles) or 1)
     layer_axis(ax, layers, span_in=WIDTH - 0.9)
     return fig
