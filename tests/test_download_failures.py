@@ -204,3 +204,24 @@ def test_a_refusal_by_the_server_the_hub_sent_the_download_to_is_not_blamed_on_t
     assert "where the hub sent the download" in message
     assert "try again later" in message and "private or gated" not in message
     assert ("GET", "/cdn/org/tiny/resolve/main/model.safetensors") in hub.requests
+
+
+def test_a_server_that_never_answers_is_said_as_such(hub, monkeypatch):
+    # what huggingface_hub raises after its retries against a server that takes the connection and never answers
+    # (six and a half minutes of them: mimicked here, not waited for)
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def hung(*args, **kwargs):
+        try:
+            raise TimeoutError("timed out")
+        except TimeoutError as exc:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot "
+                                          "find the requested files in the local cache.") from exc
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hung)
+    with pytest.raises(WeightsError) as info:
+        fetch()
+    message = str(info.value)
+    assert "\n" not in message and "(TimeoutError: timed out)" in message and "local cache" not in message
+    assert "did not answer in time" in message and "HF_HUB_ETAG_TIMEOUT" in message

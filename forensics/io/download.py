@@ -234,9 +234,12 @@ def _failure(exc: BaseException) -> tuple[str, str]:
         cut = reason[:300]
         reason = cut[:cut.rfind(". ") + 1] if ". " in cut else cut + "…"
     if not answered:
+        timed_out = any(isinstance(e, TimeoutError) or type(e).__name__.endswith("Timeout") for e in chain)
         advice = (f"the Hugging Face cache {hf_cache_dir()} cannot be written: free space there, or point HF_HOME "
                   "(or HF_HUB_CACHE) at a folder that can" if local else
-                  "check the connection (HF_ENDPOINT for a mirror)")
+                  "the server took the connection but did not answer in time, on any try: check the connection "
+                  "or the mirror (HF_ENDPOINT); HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT give it longer"
+                  if timed_out else "check the connection (HF_ENDPOINT for a mirror)")
         return f"{type(said).__name__}: {reason}", advice
     status = said.response.status_code
     try:  # the hub sends a file's bytes from another server (its CDN): a refusal there is no matter of the repo's
