@@ -11,7 +11,7 @@ The key is a SHA-256 of everything the values depend on: the content hash of the
 name, options and weights digest, the layer, the pooling, the preprocessing and the autocast dtype. The
 index lists the shards in order, each with its row range and the sha256 of its array; only an entry
 whose index is whole, whose shards tile its rows and whose shards match their digests is read. Anything
-else is damage: the entry is removed and recomputed.
+else is damage: the entry is removed, with a warning, and recomputed.
 
 The layout does not depend on who wrote it. The local engine writes shards of about
 :data:`SHARD_BYTES`; the Ray engine (:mod:`forensics.distributed`) has each encoder actor write the shards
