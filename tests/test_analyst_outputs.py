@@ -279,3 +279,24 @@ def test_a_memorization_plot_with_parts_keeps_its_value_axis_label():
                                 {"copying_below": -2.0, "underfitting_above": 2.0},
                                 parts={"60 as generated": [-2.5, 0.1], "60 resize2": [-3.5, 0.9]}, label="C_T")
     assert fig.axes[0].get_ylabel() == "C_T"
+
+
+def test_the_memorization_legend_hides_no_point():
+    # the legend sat in the axes' upper right, over the highest points of the last layers
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.legend import Legend
+
+    from forensics.report import plots as P
+
+    values = [3.0] * 30 + [14.0, 15.0, 16.0]
+    fig = P.memorization_figure([f"a/{i}" for i in range(33)], values, ["underfitting"] * 33,
+                                {"copying_below": -2.0, "underfitting_above": 2.0})
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = fig.axes[0]
+    (legend,) = fig.findobj(Legend)
+    box = legend.get_window_extent(canvas.get_renderer())
+    points = ax.transData.transform(np.column_stack([np.arange(33), values]))
+    assert not [i for i, (x, y) in enumerate(points) if box.contains(x, y)]
+    assert P.layout_problems(fig) == []

@@ -94,7 +94,8 @@ def test_layer_names_are_never_cut_and_never_overlap(n_layers):
              "250 jpeg90": [None, *rng.normal(0, 3, n_layers - 1)]}  # the curves a combined one was made of
     readings = ["copying", "undefined"] + ["no evidence"] * (n_layers - 2)
     with_parts = P.memorization_figure(layers, query, readings, {"copying_below": -2.0}, parts=parts)
-    assert set(parts) <= {t.get_text() for ax in with_parts.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    legends = [*with_parts.legends, *(ax.get_legend() for ax in with_parts.axes if ax.get_legend())]
+    assert set(parts) <= {t.get_text() for legend in legends for t in legend.get_texts()}
     for fig in (P.curves_figure(layers, query, refs, LONG, scores={g: 0.5 for g in LONG}),
                 P.memorization_figure(layers, query, readings, {"copying_below": -2.0, "underfitting_above": 2.0}),
                 with_parts):

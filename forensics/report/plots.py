@@ -429,7 +429,8 @@ def memorization_figure(layers: Sequence[str], values: Sequence[float | None], r
                if r in readings]
     handles += [Line2D([], [], color="#8a8a8a", lw=1.0, ls=style, label=name)
                 for name, style in zip(drawn, styles * (1 + len(drawn) // len(styles)))]
-    ax.legend(handles=handles, loc="upper right", fontsize=7, frameon=False, ncols=len(handles) or 1)
+    # under the layer names, outside the axes: in their upper right it hid the points that sit highest
+    fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False, ncols=len(handles) or 1)
     layer_axis(ax, layers, span_in=WIDTH - 0.9)
     return fig
 
