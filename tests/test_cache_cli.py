@@ -253,3 +253,27 @@ def test_one_entry_is_said_as_one(tmp_path, monkeypatch):
     assert "1 entry, 2 B in all" in listed.stdout and "entries," not in listed.stdout
     assert "1 cache entry would be removed" in cli("cache", "clear").output
     assert "removed 1 entry (2 B)" in cli("cache", "clear", "--yes").stdout
+
+
+def test_a_cache_that_cannot_be_written_is_not_said_cleared(cache, monkeypatch):
+    # a read-only cache folder (a shared or mounted one): an entry that cannot be deleted was reported removed
+    # (a folder) or ended the command as an unexpected OSError (a file)
+    import errno
+    import shutil
+    from pathlib import Path
+
+    def read_only(path, *args, ignore_errors=False, **kwargs):
+        if not ignore_errors:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def read_only_file(self, missing_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "rmtree", read_only)
+        patched.setattr(Path, "unlink", read_only_file)
+        result = cli("cache", "clear", "--yes")
+    assert result.exit_code == 1 and "removed" not in result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot remove ") and "(Read-only file system): clearing the cache needs" in line
+    assert len(forensics.list_cache().items) == 6  # all still there, as said

@@ -147,11 +147,19 @@ class CacheEntry:
         _remove(self.path)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _remove(path: Path, *, strict: bool = True) -> None:
+    """Delete a file or a folder with its files. ``strict``: one that cannot be deleted (a read-only cache
+    folder) is a :class:`ForensicsError` that says so, never an entry reported removed that is still there;
+    else (damage found while reading, which must not stop a run) what can go goes, quietly."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=not strict)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        if strict and (path.exists() or path.is_symlink()):  # (not another process that removed it first)
+            raise ForensicsError(f"cannot remove {path} from the cache ({exc.strerror or exc}): clearing the cache "
+                                 "needs its folder writable (the entries before this one were removed)") from None
 
 
 class EmbeddingCache:
@@ -255,7 +263,7 @@ class EmbeddingCache:
             self.write_index(key, shards, rows=len(array), dim=array.shape[1], what=what)
         except BaseException:
             if not (folder / INDEX).is_file():  # (an entry another process completed meanwhile stays)
-                _remove(folder)
+                _remove(folder, strict=False)
             raise
         return folder
 
@@ -268,7 +276,7 @@ class EmbeddingCache:
         run that takes as long again as the first), whose caller computes the embeddings again."""
         if why is not None and folder.exists():
             log.warning("cached embeddings %s were damaged (%s): removed, and computed again", folder, why)
-        _remove(folder)
+        _remove(folder, strict=False)
         return None
 
     def clear(self) -> int:
