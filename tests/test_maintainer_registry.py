@@ -79,3 +79,27 @@ def test_calibrating_one_matcher_keeps_the_others_thresholds(tmp_path, toy_proto
                                                                                       "n_images": 10})
     calibrate(protocol="toy", registry=r.path, matchers=["alpha"])
     assert set(read_yaml(cfile, "calibration.yaml")["matchers"]) == {"alpha"}
+
+
+def test_an_instance_enrolled_under_a_combination_is_not_removed_under_one_of_its_protocols(tmp_path, toy_protocol,
+                                                                                             fingerprints):
+    # removed under one part, the combination names an instance missing under it: a problem no command could
+    # open the registry past, the removal it advised included
+    from forensics.errors import UsageError
+    from forensics.protocol import Combination
+
+    r = Registry.open(tmp_path / "two", create=True)
+    a, b = toy_protocol("a", layers=3), toy_protocol("b", layers=2, k=4)
+    r.add_protocol(a, default=True)
+    r.add_protocol(b)
+    r.add_protocol(Combination("ab", (a, b)))
+    r.enroll("ab", "g", fingerprints(r.protocol("ab"), [1.0, 2.0, 3.0, 4.0, 5.0]), {"input_sha256": ONE})
+    r.enroll("a", "g", fingerprints(a, [7.0, 8.0, 9.0]), {"input_sha256": TWO})  # under a alone
+    before = {p: p.read_bytes() for p in sorted(r.path.rglob("*.yaml"))}
+    for part, instance in (("a", None), ("b", None), ("a", "abababababab-0"), ("b", "abababababab-0")):
+        with pytest.raises(UsageError, match="enrolled under the combination ab.*--protocol ab"):
+            r.remove(part, "g", instance)
+    assert {p: p.read_bytes() for p in sorted(r.path.rglob("*.yaml"))} == before
+    assert r.remove("a", "g", "cdcdcdcdcdcd-0") == ["cdcdcdcdcdcd-0"]  # enrolled under a alone: a's to remove
+    assert r.remove("ab", "g") == ["abababababab-0"]
+    assert Registry.open(r.path).validate() == [] and not (r.path / "a" / "generators" / "g.yaml").exists()

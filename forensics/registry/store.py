@@ -418,8 +418,11 @@ class Registry:
                     if any(inst is not None and inst.provenance.get("combination") == combo.name for inst in got):
                         self._join_problems.append(
                             f"{label}: {g}/{iid} was enrolled under the combination but is missing under "
-                            f"{', '.join(lacking)} (an interrupted enrolment?); enrol the same images again under "
-                            f"{combo.name} to complete it, or remove it with `forensics registry remove`")
+                            f"{', '.join(lacking)} (an interrupted enrolment, or removed under one protocol alone?); "
+                            "no command opens the registry until it is whole: delete the instance from "
+                            + ", ".join(f"{p.name}/{GENERATORS_DIR}/{g}.yaml" for p, inst in zip(combo.parts, got)
+                                        if inst is not None)
+                            + " by hand (the file, where it is the last)")
                         continue
                     left_out.setdefault(tuple(lacking), []).append(iid)
                     continue
@@ -1548,6 +1551,9 @@ class Registry:
                     continue
                 found = True
                 held += [i.id for i in entry.instances]
+                if not isinstance(proto, Combination):  # an instance a combination joins goes from all its parts
+                    self._check_uncombined(part, generator, [i for i in entry.instances
+                                                             if instance is None or i.id == instance])
                 if instance is None:
                     removed += [i.id for i in entry.instances]
                     changes.append((gfile, None))
@@ -1577,6 +1583,22 @@ class Registry:
                     self._remove_instance_files(part.name, generator, iid)
         self.reload()
         return list(dict.fromkeys(removed))
+
+    def _check_uncombined(self, part: Protocol, generator: str, instances: Sequence[Instance]) -> None:
+        """Refuse to remove, under ``part`` alone, an instance enrolled under a combination of it that another
+        of its protocols still holds: the combination would name an instance missing under a part, a problem
+        that keeps the registry from opening."""
+        for inst in instances:
+            combo = self.protocols.get(inst.provenance.get("combination"))
+            if not isinstance(combo, Combination) or part.name not in [p.name for p in combo.parts]:
+                continue
+            others = [p.name for p in combo.parts if p.name != part.name and generator in self.generators.get(p.name, {})
+                      and any(i.id == inst.id for i in self.generators[p.name][generator].instances)]
+            if others:
+                raise UsageError(f"{generator}/{inst.id} was enrolled under the combination {combo.name}, which reads "
+                                 f"it from {', '.join(others)} too: removed under {part.name} alone, it would leave "
+                                 f"the combination broken; remove it with --protocol {combo.name} (from each of its "
+                                 "protocols)")
 
     def _remove_instance_files(self, protocol_name: str, generator: str, instance: str) -> None:
         """Remove an instance's per-image files (records, image digests) from the written layer, and its
