@@ -300,3 +300,11 @@ def test_the_memorization_legend_hides_no_point():
     points = ax.transData.transform(np.column_stack([np.arange(33), values]))
     assert not [i for i, (x, y) in enumerate(points) if box.contains(x, y)]
     assert P.layout_problems(fig) == []
+
+
+def test_plots_and_html_at_one_path_are_refused_before_the_run(no_work, tmp_path):
+    # the plots' folder was made there first, and the HTML then refused after the whole run
+    done = cli("attribute", DDPM, "-p", VIT, "--html", tmp_path / "case.html", "--plots", tmp_path / "case.html")
+    assert done.exit_code == 2 and no_work == [], done.output
+    assert "is the --html file's own path" in " ".join(done.stderr.split())
+    assert list(tmp_path.iterdir()) == []

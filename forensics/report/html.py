@@ -197,6 +197,9 @@ def check_outputs(html_out: str | os.PathLike[str] | None, plots_dir: str | os.P
         check_output_path(html_out)
     if plots_dir is None:
         return
+    if html_out is not None and Path(plots_dir).absolute() == Path(html_out).absolute():
+        raise UsageError(f"--plots {printable(str(plots_dir))} is the --html file's own path: the plots' folder would "
+                         "take its place; give the plots a folder of their own")
     P.require()
     folder = Path(plots_dir)
     shown = printable(str(folder))
