@@ -139,18 +139,20 @@ def test_a_download_dropped_mid_file_is_one_line_then_a_rerun_fetches_it_whole(h
     assert path.read_bytes() == DATA and cached_files(tmp_path) == [hashlib.sha256(DATA).hexdigest()]
 
 
-@pytest.mark.parametrize("status, says", [(500, "HTTP 500"), (401, "HTTP 401")])
-def test_an_http_error_names_the_status_and_what_to_do(hub, hub_log, caplog, status, says):
+@pytest.mark.parametrize("status, says, advice", [(500, "HTTP 500", "the server failed: try again later"),
+                                                  (401, "HTTP 401", "log in if you have access"),
+                                                  (429, "HTTP 429", "the hub limits how often it is asked")])
+def test_an_http_error_names_the_status_and_what_to_do(hub, hub_log, caplog, status, says, advice):
     hub.failure = status
     with caplog.at_level(logging.WARNING):
         with pytest.raises(WeightsError) as info:
             fetch()
     message = str(info.value)
     assert "\n" not in message and says in message
-    assert ("try again later" if status == 500 else "log in if you have access") in message
+    assert advice in message
     assert "local cache" not in message  # not huggingface_hub's "cannot find the requested files in the local cache"
     assert hub_log == []
-    assert len(notices(caplog)) == (1 if status == 500 else 0)  # a 500 is retried: said once; a 401 is not
+    assert len(notices(caplog)) == (0 if status == 401 else 1)  # a 500 or 429 is retried: said once; a 401 is not
 
 
 def test_a_server_that_is_no_hub_answering_200_with_a_page_is_one_line(hub, hub_log, tmp_path):

@@ -253,6 +253,8 @@ def _failure(exc: BaseException) -> tuple[str, str]:
               "the repo is private or gated, or not there: log in if you have access (`hf auth login`, or HF_TOKEN)"
               if status in (401, 403) else
               "the hub has no such repo or revision (HF_ENDPOINT for a mirror)" if status == 404 else
+              "the hub limits how often it is asked: try again later (logged in, with HF_TOKEN, the limit is higher)"
+              if status == 429 else
               "check the connection (HF_ENDPOINT for a mirror)")
     return f"HTTP {status}: {reason}", advice
 
