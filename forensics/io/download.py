@@ -6,7 +6,12 @@ Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/hu
 and open_clip keep theirs: a file fetched once is found there by every later run, offline. ``HF_ENDPOINT``
 (a mirror) is honoured. A downloaded file is checked against the digest the hub published for it (the
 sha256 of an LFS file, the git blob id of a small one) each time it is used: a file that does not match
-is refused, and left where it is — nothing of the user's is deleted.
+is refused, and left where it is — nothing of the user's is deleted. A file of torch hub's checkpoint folder
+is checked against the sha256 digits its name carries (torch hub's convention).
+
+A download that fails is one line that names the HTTP status the server answered (or the cause: a dropped
+connection, a server that never answers, a cache folder that cannot be written) and what to do;
+huggingface_hub retries on its own, and of its log lines only the first is said, as one warning line.
 
 Offline: the command line's ``--offline``, ``FORENSICS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``. Then nothing is
 downloaded, and what is missing is a one-line error that names the file and how to get it.
