@@ -81,11 +81,9 @@ def test_calibrating_one_matcher_keeps_the_others_thresholds(tmp_path, toy_proto
     assert set(read_yaml(cfile, "calibration.yaml")["matchers"]) == {"alpha"}
 
 
-def test_an_instance_enrolled_under_a_combination_is_not_removed_under_one_of_its_protocols(tmp_path, toy_protocol,
-                                                                                             fingerprints):
-    # removed under one part, the combination names an instance missing under it: a problem no command could
-    # open the registry past, the removal it advised included
-    from forensics.errors import UsageError
+@pytest.fixture
+def two(tmp_path, toy_protocol, fingerprints) -> Registry:
+    """Protocols a (3 layers) and b (2 layers), their combination ab, and g enrolled under ab."""
     from forensics.protocol import Combination
 
     r = Registry.open(tmp_path / "two", create=True)
@@ -94,6 +92,15 @@ def test_an_instance_enrolled_under_a_combination_is_not_removed_under_one_of_it
     r.add_protocol(b)
     r.add_protocol(Combination("ab", (a, b)))
     r.enroll("ab", "g", fingerprints(r.protocol("ab"), [1.0, 2.0, 3.0, 4.0, 5.0]), {"input_sha256": ONE})
+    return r
+
+
+def test_an_instance_enrolled_under_a_combination_is_not_removed_under_one_of_its_protocols(two, fingerprints):
+    # removed under one part, the combination names an instance missing under it: a problem no command could
+    # open the registry past, the removal it advised included
+    from forensics.errors import UsageError
+
+    r, a = two, two.protocol("a")
     r.enroll("a", "g", fingerprints(a, [7.0, 8.0, 9.0]), {"input_sha256": TWO})  # under a alone
     before = {p: p.read_bytes() for p in sorted(r.path.rglob("*.yaml"))}
     for part, instance in (("a", None), ("b", None), ("a", "abababababab-0"), ("b", "abababababab-0")):
@@ -103,3 +110,15 @@ def test_an_instance_enrolled_under_a_combination_is_not_removed_under_one_of_it
     assert r.remove("a", "g", "cdcdcdcdcdcd-0") == ["cdcdcdcdcdcd-0"]  # enrolled under a alone: a's to remove
     assert r.remove("ab", "g") == ["abababababab-0"]
     assert Registry.open(r.path).validate() == [] and not (r.path / "a" / "generators" / "g.yaml").exists()
+
+
+def test_a_family_set_under_one_protocol_may_not_contradict_the_others_of_a_combination(two):
+    # two families for one generator under a combination is a problem every command but `family` stops at
+    from forensics.errors import UsageError
+
+    assert two.set_family("ab", "g", "net") == ["a", "b"]
+    with pytest.raises(UsageError, match="combination ab, where a records family net.*--protocol ab"):
+        two.set_family("b", "g", "other")
+    assert two.set_family("b", "g", "net") == [] and two.set_family("b", "g", None) == ["b"]  # agreeing, clearing
+    assert Registry.open(two.path).validate() == [] and two.generator_entries("ab")["g"].family == "net"
+    assert two.set_family("ab", "g", "other") == ["a", "b"]  # every protocol at once

@@ -194,8 +194,12 @@ def test_a_combination_carries_its_parts_family(two):
     assert families(two, "ab") == {"g": "net", "h": None} and two.validate() == []
     assert two.set_family("ab", "h", "other") == ["a", "b"]  # set under a combination: in every part
     assert families(two, "a")["h"] == families(two, "b")["h"] == families(two, "ab")["h"] == "other"
-    # the parts disagree: a problem validate reports, naming both, and the family command resolves it
-    two.set_family("a", "g", "else")
+    # the parts disagree (set under one part, the command refuses it: a file edited by hand): a problem validate
+    # reports, naming both, and the family command resolves it
+    with pytest.raises(UsageError, match="combination ab, where b records family net"):
+        two.set_family("a", "g", "else")
+    path = gfile(two, "a", "g")
+    path.write_text(path.read_text().replace("protocol_digest:", "family: else\nprotocol_digest:"))
     reopened = Registry.open(two.path, strict=False)
     (problem,) = reopened.problems
     assert "g: its protocols record different families (a: else, b: net)" in problem
@@ -341,6 +345,10 @@ def test_a_bundled_generators_family_is_set_in_a_copy_in_the_user_registry(tmp_p
     assert run("family", "ddim").stdout.strip().endswith("family ddpm-net")  # the default combination's
     run("family", "ddim", "ddpm-net", "--protocol", "mnist-vit")  # already so: nothing is copied
     assert not (tmp_path / "data" / "registry" / "mnist-vit").exists()
-    run("family", "ddim", "other", "--protocol", "mnist-vit")  # as enrol and records do: the file is copied up
+    # another family under one protocol of the default combination would contradict its other protocols'
+    run("family", "ddim", "other", "--protocol", "mnist-vit", code=2)
+    assert not (tmp_path / "data" / "registry" / "mnist-vit").exists()
+    run("family", "ddim", "--clear", "--protocol", "mnist-vit")  # as enrol and records do: the file is copied up
     copy = tmp_path / "data" / "registry" / "mnist-vit" / "generators" / "ddim.yaml"
-    assert shipped.read_bytes() == before and yaml.safe_load(copy.read_text())["family"] == "other"
+    assert shipped.read_bytes() == before and "family" not in yaml.safe_load(copy.read_text())
+    assert Registry.open().validate() == []

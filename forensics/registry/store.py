@@ -1725,6 +1725,15 @@ class Registry:
         proto = self.protocol(protocol_name)
         for part in proto.parts:
             self._generator_file(part.name, generator)
+        if family is not None and not isinstance(proto, Combination):
+            for combo in self.combinations_of(protocol_name):  # the family it joins the other parts' under
+                others = {p.name: self.generators.get(p.name, {})[generator].family for p in self.protocols[combo].parts
+                          if p.name != protocol_name and generator in self.generators.get(p.name, {})}
+                clash = {p: f for p, f in others.items() if f is not None and f != family}
+                if generator in self.generators.get(combo, {}) and clash:
+                    raise UsageError(f"{generator} is read under the combination {combo}, where "
+                                     + ", ".join(f"{p} records family {f}" for p, f in clash.items())
+                                     + f": set the family of every protocol with --protocol {combo}")
         with self.lock():
             changes: list[tuple[Path, dict[str, Any]]] = []
             changed: list[str] = []
