@@ -122,3 +122,14 @@ def test_a_family_set_under_one_protocol_may_not_contradict_the_others_of_a_comb
     assert two.set_family("b", "g", "net") == [] and two.set_family("b", "g", None) == ["b"]  # agreeing, clearing
     assert Registry.open(two.path).validate() == [] and two.generator_entries("ab")["g"].family == "net"
     assert two.set_family("ab", "g", "other") == ["a", "b"]  # every protocol at once
+
+
+def test_enrolling_under_one_protocol_with_a_family_the_combination_contradicts_is_refused(two, fingerprints):
+    from forensics.errors import UsageError
+
+    two.set_family("ab", "g", "net")
+    with pytest.raises(UsageError, match="combination ab, where b records family net"):
+        two.enroll("a", "g", fingerprints(two.protocol("a"), [7.0, 8.0, 9.0]), {"input_sha256": TWO}, family="other")
+    assert [i.id for i in two.generators["a"]["g"].instances] == ["abababababab-0"]
+    two.enroll("a", "g", fingerprints(two.protocol("a"), [7.0, 8.0, 9.0]), {"input_sha256": TWO}, family="net")
+    assert Registry.open(two.path).validate() == []

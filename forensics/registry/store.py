@@ -1287,6 +1287,7 @@ class Registry:
         self.check_enrolment(protocol_name, generator)
         if family is not None:
             check_family(family)
+            self._check_family_agrees(protocol_name, generator, family)
         fingerprints = list(fingerprints)
         if not fingerprints:
             raise UsageError("nothing to enrol: no fingerprints")
@@ -1725,15 +1726,7 @@ class Registry:
         proto = self.protocol(protocol_name)
         for part in proto.parts:
             self._generator_file(part.name, generator)
-        if family is not None and not isinstance(proto, Combination):
-            for combo in self.combinations_of(protocol_name):  # the family it joins the other parts' under
-                others = {p.name: self.generators.get(p.name, {})[generator].family for p in self.protocols[combo].parts
-                          if p.name != protocol_name and generator in self.generators.get(p.name, {})}
-                clash = {p: f for p, f in others.items() if f is not None and f != family}
-                if generator in self.generators.get(combo, {}) and clash:
-                    raise UsageError(f"{generator} is read under the combination {combo}, where "
-                                     + ", ".join(f"{p} records family {f}" for p, f in clash.items())
-                                     + f": set the family of every protocol with --protocol {combo}")
+        self._check_family_agrees(protocol_name, generator, family)
         with self.lock():
             changes: list[tuple[Path, dict[str, Any]]] = []
             changed: list[str] = []
@@ -1777,6 +1770,21 @@ class Registry:
                 self._write_all(changes)
         self.reload()
         return changed
+
+    def _check_family_agrees(self, protocol_name: str, generator: str, family: str | None) -> None:
+        """Refuse ``family`` for ``generator`` under the plain protocol ``protocol_name`` where a combination of
+        it joins the generator's instances with another protocol's that records another family: two families
+        under one combination are a problem every command but `registry family` stops at."""
+        if family is None or isinstance(self.protocol(protocol_name), Combination):
+            return
+        for combo in self.combinations_of(protocol_name):  # the family it joins the other parts' under
+            others = {p.name: self.generators.get(p.name, {})[generator].family for p in self.protocols[combo].parts
+                      if p.name != protocol_name and generator in self.generators.get(p.name, {})}
+            clash = {p: f for p, f in others.items() if f is not None and f != family}
+            if generator in self.generators.get(combo, {}) and clash:
+                raise UsageError(f"{generator} is read under the combination {combo}, where "
+                                 + ", ".join(f"{p} records family {f}" for p, f in clash.items())
+                                 + f": set the family of every protocol with --protocol {combo}")
 
     def save_calibration(self, protocol_name: str, calibrations: Mapping[str, Mapping[str, Any]]) -> Path:
         """Record open-set calibrations (matcher name → :meth:`Matcher.describe`'s ``open_set`` plus options).
