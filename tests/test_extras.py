@@ -45,6 +45,10 @@ def test_a_missing_extra_names_itself(without):
     ("openclip", "open_clip", lambda: __import__("forensics_openclip")._factory("openclip_vit_b_32.openai")(
         weights="random")),
     ("openclip", "open_clip", lambda: __import__("forensics_openclip").describe("openclip_vit_b_32.openai")),
+    ("diffusers", "diffusers", lambda: __import__("forensics_diffusers.models", fromlist=["x"])._libraries()),
+    ("diffusers", "transformers", lambda: __import__("forensics_diffusers.models", fromlist=["x"])._libraries()),
+    ("faiss", "faiss", lambda: __import__("forensics.distributed.search", fromlist=["x"]).ShardedSearch(
+        backend="faiss-flat").nearest(np.zeros((2, 3)), np.ones((4, 3)), "euclidean")),
 ])
 def test_each_job_that_needs_an_extra_says_which(without, extra, module, job):
     from forensics.zoo import data

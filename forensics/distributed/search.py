@@ -45,8 +45,10 @@ FAISS_HINT = "pip install 'forensics-attribution[faiss]'"
 def _faiss() -> Any:
     try:
         import faiss
-    except ImportError:
-        raise UsageError(f"the FAISS search backends need FAISS: {FAISS_HINT}, or use the exact search") from None
+    except ImportError:  # a missing extra: a failed run (exit 1), as every missing extra
+        from forensics.extras import MissingExtra
+
+        raise MissingExtra(f"the FAISS search backends need FAISS: {FAISS_HINT}, or use the exact search") from None
     return faiss
 
 

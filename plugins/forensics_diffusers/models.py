@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from forensics.errors import UsageError
+from forensics.extras import MissingExtra
 from forensics.inversion.model import DiffusionModel, SoftPrompt, check_images, official_ddim_timesteps
 
 INSTALL = "pip install 'forensics-attribution[diffusers]'"
@@ -66,9 +67,9 @@ def _libraries():
     try:
         import diffusers
         import transformers
-    except ImportError as exc:
-        raise UsageError(f"diffusers models need the diffusers extra ({exc.name or exc} is not installed): "
-                         f"{INSTALL}") from None
+    except ImportError as exc:  # a missing extra: a failed run (exit 1), as every missing extra
+        raise MissingExtra(f"diffusers models need the diffusers extra ({exc.name or exc} is not installed): "
+                           f"{INSTALL}") from None
     return diffusers, transformers
 
 
