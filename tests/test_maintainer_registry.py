@@ -133,3 +133,11 @@ def test_enrolling_under_one_protocol_with_a_family_the_combination_contradicts_
     assert [i.id for i in two.generators["a"]["g"].instances] == ["abababababab-0"]
     two.enroll("a", "g", fingerprints(two.protocol("a"), [7.0, 8.0, 9.0]), {"input_sha256": TWO}, family="net")
     assert Registry.open(two.path).validate() == []
+
+
+def test_a_generator_file_renamed_by_hand_says_both_ways_back(reg):
+    gdir = reg.path / "toy" / "generators"
+    (gdir / "gan.yaml").rename(gdir / "gan2.yaml")
+    problems = Registry.open(reg.path, strict=False).validate()
+    assert any(p.endswith("gan2.yaml: generator: 'gan' does not match the file name gan2.yaml (renamed by hand?): "
+                          "rename the file gan.yaml, or the generator gan2") for p in problems), problems

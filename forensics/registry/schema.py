@@ -325,7 +325,9 @@ def _generator_name(name: Any, label: str, stem: str, problems: Problems) -> str
         problems.add(label, "generator", f"expected a name of letters, digits, '_.+-', got {name!r}")
         return stem
     if name != stem:
-        problems.add(label, "generator", f"{name!r} does not match the file name {stem!r}.yaml")
+        problems.add(label, "generator", f"{name!r} does not match the file name {stem}.yaml (renamed by hand?): "
+                                         f"rename the file {name}.yaml"
+                                         + (f", or the generator {stem}" if NAME_RE.fullmatch(stem) else ""))
     return name
 
 
