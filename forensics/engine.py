@@ -196,10 +196,18 @@ def _read_npz(path: Path, *, remove: bool = True) -> dict[str, np.ndarray] | Non
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         if remove:
-            path.unlink(missing_ok=True)
+            _damaged(path, exc)
         return None
+
+
+def _damaged(path: Path, why: BaseException) -> None:
+    """Remove a damaged cached reference side, saying so: it is computed again (minutes for a large T), and a
+    disk that damages files should not go unnoticed."""
+    log.warning("the cached reference side %s was damaged (%s): removed, and computed again", path,
+                str(why).splitlines()[0] if str(why) else type(why).__name__)
+    path.unlink(missing_ok=True)
 
 
 #: reference sides opened in this process: (path, layers, statistic) → (file version, recorded digest, refs)
@@ -293,11 +301,11 @@ def load_reference(path: Path, layers: Sequence[str], statistic: Statistic, *,
                           "arrays, bit for bit)", stacklevel=2)
         elif refs is not None:  # the cache file in the mapped layout (with every fit's structures) from now on
             version = _rewrite(path, _pack(refs, layers)) or version
-    except (Damaged, OSError):
+    except (Damaged, OSError) as exc:
         if shipped:
             check(path, protocol, expected=expected)  # a changed file is refused as such
         else:
-            path.unlink(missing_ok=True)
+            _damaged(path, exc)
         return None
     else:
         if shipped:

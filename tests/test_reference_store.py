@@ -109,14 +109,24 @@ def test_a_cached_reference_side_loads_in_place_and_scores_as_fitted(tmp_path):
     engines.forget_opened()
 
 
-def test_a_damaged_cache_file_is_removed_and_an_old_one_rewritten(tmp_path):
+def test_a_damaged_cache_file_is_removed_and_an_old_one_rewritten(tmp_path, caplog):
     refs = fitted_layers()
     path = engines.save_reference(tmp_path / "ref.npz", refs, LAYERS)
     raw = bytearray(path.read_bytes())
     raw[raw.find(refs[1].training_points.tobytes()) + 3] ^= 0x01
     path.write_bytes(bytes(raw))
     engines.forget_opened()
-    assert engines.load_reference(path, LAYERS, STAT) is None and not path.exists()
+    with caplog.at_level("WARNING", logger="forensics"):
+        assert engines.load_reference(path, LAYERS, STAT) is None and not path.exists()
+    # said, not silent: the fit is minutes for a large T, and a disk that damages files should be noticed
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith(f"the cached reference side {path} was damaged (")
+    assert said[0].endswith("removed, and computed again")
+    (tmp_path / "cut.npz").write_bytes(bytes(raw[:100]))  # cut short: neither layout reads it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="forensics"):
+        assert engines.load_reference(tmp_path / "cut.npz", LAYERS, STAT) is None
+    assert not (tmp_path / "cut.npz").exists() and "was damaged" in caplog.text
     from forensics.io.atomic import save_npz_atomic
 
     old = save_npz_atomic(tmp_path / "old.npz", engines._pack(refs, LAYERS))  # the previous layout
