@@ -308,3 +308,14 @@ def test_plots_and_html_at_one_path_are_refused_before_the_run(no_work, tmp_path
     assert done.exit_code == 2 and no_work == [], done.output
     assert "is the --html file's own path" in " ".join(done.stderr.split())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_memorization_html_says_a_small_set_shrinks_c_t_once(fake_engine):
+    # the warning said it, and a second line after it said it again in other words
+    import forensics
+    from forensics.report.html import memorization_page
+
+    result = forensics.memorization(labelled((1, 120)), protocol=VIT)
+    assert result.partial_batch
+    text = " ".join(re.sub(r"<[^>]+>", " ", memorization_page(result, plots=False).html().split("<pre>")[0]).split())
+    assert text.count("|C_T| shrinks with fewer images") == 1

@@ -514,11 +514,8 @@ def memorization_page(result: MemorizationResult, *, plots: bool | None = None) 
     from forensics.report.terminal import memorization_assumed_text
 
     page.text(memorization_assumed_text(doc) + ".", cls="dim")
-    for line in doc.get("warnings") or ():
+    for line in doc.get("warnings") or ():  # a set smaller than the protocol's batch among them
         page.text(line, cls="warn")
-    if doc.get("partial_batch"):
-        page.text(f"Fewer images than the protocol's batch of {doc['protocol']['batch_size']}: |C_T| shrinks with "
-                  "fewer images.", cls="warn")
     curve = doc["curve"]
     from forensics.results import statistic_label, value_heading
 
