@@ -2390,6 +2390,13 @@ def clear_cache(*, older_than: str | float | None = None, protocol: str | None =
 
     for item in chosen:
         _remove(item.path)
+    for folder in sorted({item.path.parent for item in chosen}, key=lambda p: -len(p.parts)):
+        while folder != root and root in folder.parents:  # the folders the entries emptied go with them
+            try:
+                folder.rmdir()  # only an empty one: anything else there stays
+            except OSError:
+                break
+            folder = folder.parent
     return CacheClearing(root, tuple(chosen), tuple(refused), True)
 
 

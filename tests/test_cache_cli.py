@@ -77,6 +77,7 @@ def test_clear_all_removes_what_forensics_wrote_and_nothing_else(cache):
     left = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert left == ["notes.txt"]  # the user's own file stays
     assert kinds(forensics.list_cache()) == ["other"]
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]  # the folders the entries emptied went too
 
 
 def test_clear_by_protocol_removes_only_what_serves_it(cache):
@@ -84,6 +85,7 @@ def test_clear_by_protocol_removes_only_what_serves_it(cache):
     assert {(i.kind, i.protocols) for i in result.removed} == {("embeddings", (VIT,)), ("reference", (VIT,))}
     assert len(result.removed) == 3
     assert kinds(forensics.list_cache()) == ["embeddings", "old", "other"]
+    assert (cache / "embeddings").is_dir() and not (cache / "reference").exists()  # a folder still holding stays
     with pytest.raises(forensics.ForensicsError, match="nope"):
         forensics.clear_cache(protocol="nope")
 
