@@ -1224,8 +1224,8 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
         origins.append(scorer.reference_origin if len(groups) == 1 else f"{name}: {scorer.reference_origin}")
     curve = parts_curve([c for _, c in parts], proto)
     few = None if len(data) >= proto.batch_size else (
-        f"{len(data)} images, fewer than the protocol's batch of {proto.batch_size}: |C_T| shrinks with fewer images, "
-        "so a layer read as no evidence is weaker evidence of none")
+        f"{len(data)} image{'s' * (len(data) != 1)}, fewer than the protocol's batch of {proto.batch_size}: |C_T| "
+        "shrinks with fewer images, so a layer read as no evidence is weaker evidence of none")
     warnings = tuple(w for w in (*notes, repeats, cond.warning, cond.withhold, few) if w)
 
     def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it

@@ -319,3 +319,15 @@ def test_the_memorization_html_says_a_small_set_shrinks_c_t_once(fake_engine):
     assert result.partial_batch
     text = " ".join(re.sub(r"<[^>]+>", " ", memorization_page(result, plots=False).html().split("<pre>")[0]).split())
     assert text.count("|C_T| shrinks with fewer images") == 1
+
+
+def test_one_image_is_one_image_in_every_report(fake_engine, tmp_path):
+    import forensics
+    from forensics.report.html import attribution_page
+
+    np.savez(tmp_path / "one.npz", images=labelled((1, 1)))
+    for command in ("attribute", "memorization"):
+        said = " ".join(run_cli(command, tmp_path / "one.npz", "-p", VIT).split())
+        assert "1 image from" in said and "1 images" not in said
+    page = attribution_page(forensics.attribute(tmp_path / "one.npz", protocol=VIT), plots=False).html()
+    assert "1 image from" in " ".join(re.sub(r"<[^>]+>", " ", page).split())

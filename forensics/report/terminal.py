@@ -74,6 +74,11 @@ def _source(result: AttributionResult | MemorizationResult) -> str:
     return f" from {where}  (sha256 {short(result.input.sha256)})" + (f"; {skipped}" if skipped else "") + "\n"
 
 
+def images_text(n: int) -> str:
+    """``1 image``, ``500 images``, ``12,000 images``."""
+    return f"{n:,} image{'s' * (n != 1)}"
+
+
 def skipped_text(record: Mapping[str, Any]) -> str:
     """What reading a folder skipped, from a report's ``input``: ``skipped 1 hidden, 500 not an image`` (the
     report is the record: stderr's note alone is lost with the terminal), or ""."""
@@ -96,7 +101,7 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     verdict = result.verdict
     candidates = result.candidates
     header = Text()
-    header.append(f"{result.input.n_images} images", style="bold")
+    header.append(images_text(result.input.n_images), style="bold")
     header.append(_source(result))
     header.append("protocol ", style="dim")
     header.append(proto.name, style="bold")
@@ -193,7 +198,7 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
     known), the batch size of the references it was matched against and the operating point of the open-set
     thresholds."""
     at = doc.get("compared_at")
-    size = (f"against references of {at} images" + (" redrawn from the enrolled instances' per-image records"
+    size = (f"against references of {images_text(at)}" + (" redrawn from the enrolled instances' per-image records"
                                                      if any(r.get("batch_size") == at for r in doc.get("redrawn", ()))
                                                      else "")
             if at else "against references of another batch size (not comparable)")
@@ -351,7 +356,7 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
 
     proto = result.protocol
     header = Text()
-    header.append(f"{result.input.n_images} images", style="bold")
+    header.append(images_text(result.input.n_images), style="bold")
     header.append(_source(result))
     header.append(f"protocol {proto.name}  digest {short(proto.digest)}  ·  encoder {_encoders(result)}  ·  "
                   f"{compute_text(result)}", style="dim")
