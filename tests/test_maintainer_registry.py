@@ -141,3 +141,41 @@ def test_a_generator_file_renamed_by_hand_says_both_ways_back(reg):
     problems = Registry.open(reg.path, strict=False).validate()
     assert any(p.endswith("gan2.yaml: generator: 'gan' does not match the file name gan2.yaml (renamed by hand?): "
                           "rename the file gan.yaml, or the generator gan2") for p in problems), problems
+
+
+@pytest.mark.parametrize("where", ["write_yaml", "write_records"])
+def test_an_enrolment_that_fails_half_way_leaves_no_records_of_instances_never_enrolled(reg, fingerprints, monkeypatch,
+                                                                                        where):
+    # the records and image digests are written before the generator file that names them: a full disk at that
+    # file, or Ctrl-C among the records, left files that named no instance (and a registry that said "nothing
+    # was left half-written")
+    import errno
+
+    from forensics.registry import store
+
+    proto = reg.protocol("toy")
+    records = [{"none": [np.full((10, 2), float(k + j)) for k in range(3)]} for j in range(2)]
+    digests = [np.full((10, 16), j, np.uint8) for j in range(2)]
+    before = sorted(p.relative_to(reg.path) for p in reg.path.rglob("*") if p.name != ".lock")
+    calls = []
+
+    def fail(*args, **kwargs):
+        calls.append(args)
+        if where == "write_yaml":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if len(calls) == 2:  # the second instance's records
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = getattr(store, where)
+    monkeypatch.setattr(store, where, fail)
+    with pytest.raises(RegistryError if where == "write_yaml" else KeyboardInterrupt,
+                       match="No space left on device; nothing was left half-written" if where == "write_yaml" else None):
+        reg.enroll("toy", "vae", fingerprints(proto, [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]), {"input_sha256": TWO},
+                   records=records, image_digests=digests)
+    assert sorted(p.relative_to(reg.path) for p in reg.path.rglob("*") if p.name != ".lock") == before
+    monkeypatch.undo()
+    again = Registry.open(reg.path, strict=False)
+    assert again.validate() == [] and not again.stray_records("toy")
+    assert reg.enroll("toy", "vae", fingerprints(proto, [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]), {"input_sha256": TWO},
+                      records=records, image_digests=digests) == ["cdcdcdcdcdcd-0", "cdcdcdcdcdcd-1"]

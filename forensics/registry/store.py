@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from forensics.conditions import NONE, codecs, describe_codecs, processing_digest
-from forensics.errors import ProtocolMismatch, RegistryError, UsageError
+from forensics.errors import ForensicsError, ProtocolMismatch, RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, sha256_array, short
 from forensics.match import CALIBRATION_RULE, EnrolledCurve, references_digest
@@ -1331,13 +1331,6 @@ class Registry:
                 list(records[0]) if records else [])
             for path, _ in [(gfile, None) for gfile, entry in writes if entry is not None] + processing:
                 self.check_file_target(path)  # every file it would write can be, before any is
-            for (part, _, _), (gfile, entry), arrays in zip(part_spans(proto), writes, kept):
-                if entry is not None and arrays is not None:  # the files first: a generator file never names a
-                    for iid, by_condition in zip(new_ids, arrays):  # records file that is not there
-                        self._write_records(part.name, generator, iid, by_condition)
-                if entry is not None and image_digests is not None:
-                    for iid, digests in zip(new_ids, image_digests):
-                        self._write_digests(part.name, generator, iid, digests)
             todo = [(gfile, entry) for gfile, entry in writes if entry is not None]
             if not todo and getattr(self, "_completed", False):  # the interrupted enrolment, completed just now
                 self._ensure_gitignore()
@@ -1346,9 +1339,21 @@ class Registry:
                 raise UsageError(f"{generator} already has the instance(s) {', '.join(new_ids)} under every protocol "
                                  f"of {protocol_name} (the same images enrolled twice?); remove them first with "
                                  "`forensics registry remove`")
-            if todo is not None:
-                self._copy_up([part.name for part in proto.parts])  # the protocols they are read against
-                self._write_all([(gfile, entry.to_dict()) for gfile, entry in todo] + processing)
+            new = [part.name for (part, _, _), (_, entry) in zip(part_spans(proto), writes) if entry is not None]
+            try:
+                for (part, _, _), (gfile, entry), arrays in zip(part_spans(proto), writes, kept):
+                    if entry is not None and arrays is not None:  # the files first: a generator file never names
+                        for iid, by_condition in zip(new_ids, arrays):  # a records file that is not there
+                            self._write_records(part.name, generator, iid, by_condition)
+                    if entry is not None and image_digests is not None:
+                        for iid, digests in zip(new_ids, image_digests):
+                            self._write_digests(part.name, generator, iid, digests)
+                if todo is not None:
+                    self._copy_up([part.name for part in proto.parts])  # the protocols they are read against
+                    self._write_all([(gfile, entry.to_dict()) for gfile, entry in todo] + processing)
+            except BaseException:  # a full disk, an interrupt: no records are left that no generator file names
+                self._drop_unnamed(new, generator, new_ids)
+                raise
             self._ensure_gitignore()
         self.reload()
         return new_ids
@@ -1600,6 +1605,25 @@ class Registry:
                                  f"it from {', '.join(others)} too: removed under {part.name} alone, it would leave "
                                  f"the combination broken; remove it with --protocol {combo.name} (from each of its "
                                  "protocols)")
+
+    def _drop_unnamed(self, protocols: Sequence[str], generator: str, ids: Sequence[str]) -> None:
+        """After a failed enrolment, under the lock: remove the per-image files of instances ``ids`` that the
+        generator's file under each of ``protocols`` does not name (they were written for it, then it was not).
+        A write committed by its journal is left for the next opening to complete."""
+        if (self.path / JOURNAL).exists():
+            return
+        for name in protocols:
+            try:
+                entry = self._read_entry(self.protocols[name], self._generator_file(name, generator))
+            except (ForensicsError, OSError):
+                continue  # unreadable now: what it names is not known, nothing is removed
+            named = {i.id for i in entry.instances} if entry is not None else set()
+            for iid in ids:
+                if iid not in named:
+                    with contextlib.suppress(OSError):
+                        self._remove_instance_files(name, generator, iid)
+            with contextlib.suppress(OSError):  # made for them alone: left empty
+                (self.path / name / RECORDS_DIR).rmdir()
 
     def _remove_instance_files(self, protocol_name: str, generator: str, instance: str) -> None:
         """Remove an instance's per-image files (records, image digests) from the written layer, and its
