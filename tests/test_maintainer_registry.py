@@ -179,3 +179,24 @@ def test_an_enrolment_that_fails_half_way_leaves_no_records_of_instances_never_e
     assert again.validate() == [] and not again.stray_records("toy")
     assert reg.enroll("toy", "vae", fingerprints(proto, [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]), {"input_sha256": TWO},
                       records=records, image_digests=digests) == ["cdcdcdcdcdcd-0", "cdcdcdcdcdcd-1"]
+
+
+def test_instances_are_not_said_redrawn_at_more_images_than_their_records_hold():
+    # `registry evaluate --batch-size 1000` on instances of 50 images reported "leave-one-out at batches of 1000"
+    # while every "sub-batch" was the instance's 50 images
+    from forensics.errors import UsageError
+    from forensics.match.batchsize import references_at
+    from forensics.match.types import EnrolledCurve
+    from forensics.protocol import Fingerprint
+
+    rec = np.random.default_rng(0).normal(size=(2, 50, 1))  # (layers, images, fields)
+
+    def curves_of(r, subsets):
+        return [r[:, rows, 0].mean(axis=1) for rows in subsets]
+
+    enrolled = EnrolledCurve("g", "i0", Fingerprint("sha256:" + "0" * 64, tuple(curves_of(rec, [np.arange(50)])[0])), {})
+    assert references_at([enrolled], {"i0": rec}, 50, curves_of).references[0].provenance["batch_size"] == 50
+    for size, mixture in ((51, None), (1000, None), (60, [30, 30])):
+        stacked = rec if mixture is None else np.concatenate([rec, rec], axis=1)
+        with pytest.raises(UsageError, match=f"a batch of {size} images cannot be drawn from the 50 images g/i0"):
+            references_at([enrolled], {"i0": stacked}, size, curves_of, mixture=mixture)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from forensics.errors import UsageError
 from forensics.match.types import EnrolledCurve
 from forensics.protocol import Fingerprint
 
@@ -147,12 +148,14 @@ def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.
         if rec is None:
             missing.append(f"{r.generator}/{r.instance}")
             continue
+        n = rec.shape[1] if mixture is None else rec.shape[1] // len(mixture)
+        if size > n:  # a sub-batch of size would be all n images, then called a batch of size
+            raise UsageError(f"a batch of {size} images cannot be drawn from the {n} images {r.generator}/"
+                             f"{r.instance} keeps records of (the protocol's batch size m): ask for at most {n}")
         if mixture is None:
-            n = rec.shape[1]
             drawn = subbatches(n, size, draws, seed, 0)
             calibration = subbatches(n, size, calibration_draws, seed, 1)
         else:
-            n = rec.shape[1] // len(mixture)
             drawn = mixed_subbatches(n, mixture, draws, seed, 0)
             calibration = mixed_subbatches(n, mixture, calibration_draws, seed, 1)
         curves = curves_of(rec, [*drawn, *calibration])
