@@ -200,3 +200,16 @@ def test_instances_are_not_said_redrawn_at_more_images_than_their_records_hold()
         stacked = rec if mixture is None else np.concatenate([rec, rec], axis=1)
         with pytest.raises(UsageError, match=f"a batch of {size} images cannot be drawn from the 50 images g/i0"):
             references_at([enrolled], {"i0": stacked}, size, curves_of, mixture=mixture)
+
+
+def test_a_protocol_name_that_differs_only_in_case_is_refused(two, toy_protocol):
+    # as generator names are: on a file system that ignores case the two folders are one
+    from forensics.errors import UsageError
+    from forensics.protocol import Combination
+
+    before = sorted(p.name for p in two.path.iterdir())
+    for protocol in (toy_protocol("A", layers=4), Combination("AB", (two.protocol("a"), two.protocol("b")))):
+        with pytest.raises(UsageError, match=f"protocol '{protocol.name.lower()}' already exists \\(names are "
+                                             "compared ignoring case\\)"):
+            two.add_protocol(protocol)
+    assert sorted(p.name for p in two.path.iterdir()) == before

@@ -1135,6 +1135,11 @@ class Registry:
         """Under the lock: (its protocol file in the written layer, the read-only layer that holds it or None,
         whether the file is written, whether ``registry.yaml`` is), after :meth:`add_protocol`'s refusals and a
         check that every file it would write can be."""
+        taken = next((n for n in sorted(self.protocols) if n.lower() == protocol.name.lower() and n != protocol.name),
+                     None)
+        if taken is not None:  # one folder on a file system that ignores case (macOS, Windows): one would overwrite
+            raise UsageError(f"protocol {taken!r} already exists (names are compared ignoring case); pick another "
+                             f"name, or use {taken!r}")
         folder = self.path / protocol.name
         pfile = folder / PROTOCOL_FILE
         lower = None if pfile.is_file() else \
