@@ -42,3 +42,18 @@ def test_zoo_train_refuses_a_count_it_cannot_use_before_training(tmp_path, optio
                                  "--ckpt-dir", str(tmp_path / "ckpt")])
     assert result.exit_code == 2, (result.output, result.exception)
     assert option[0] in result.output and not (tmp_path / "samples").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_evaluate_says_which_generators_leave_one_out_could_not_test(tmp_path):
+    import shutil
+
+    from forensics.registry.papercurves import PROTOCOL_NAME
+
+    target = tmp_path / "reg"
+    shutil.copytree(Registry.open().layer_of(PROTOCOL_NAME) / PROTOCOL_NAME, target / PROTOCOL_NAME)
+    Registry.open(target, create=True).set_default(PROTOCOL_NAME)
+    for instance in ("ddpm_2", "ddpm_3"):
+        run("remove", "DDPM", "--instance", instance, "--registry", target)
+    text = " ".join(run("evaluate", "--registry", target, "-m", "alpha").stdout.split())
+    assert "leave-one-out leaves out DDPM: each has one instance, none left to name it (enrol another run)" in text
+    assert "16 instances of 6 generators" in text

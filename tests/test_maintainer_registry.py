@@ -213,3 +213,24 @@ def test_a_protocol_name_that_differs_only_in_case_is_refused(two, toy_protocol)
                                              "compared ignoring case\\)"):
             two.add_protocol(protocol)
     assert sorted(p.name for p in two.path.iterdir()) == before
+
+
+def test_leave_one_out_leaves_out_a_generators_only_instance_rather_than_count_it_wrong():
+    # a new user enrols 500 images at m = 500: one instance per generator, and `registry evaluate` reported leave-
+    # one-out accuracy 0.000 however well the curves tell them apart
+    from forensics.match import leave_one_out
+    from forensics.schemas import validate
+
+    paper = [r for r in Registry.open().enrolled("he2024-cifar10-vitb16")]
+    keep = [r for r in paper if r.generator in ("BigGAN", "SNGAN")]
+    sole = [next(r for r in paper if r.generator == g) for g in ("DDPM", "ContraGAN")]
+    ev = leave_one_out(keep + sole, "alpha")
+    whole = leave_one_out(keep, "alpha")
+    assert (ev.n, ev.correct) == (whole.n, whole.correct) == (6, 6)
+    assert ev.labels == ["BigGAN", "ContraGAN", "DDPM", "SNGAN"]
+    assert ev.confusion[1] == ev.confusion[2] == [0, 0, 0, 0] and ev.error is None
+    every = leave_one_out(sole, "alpha")
+    assert every.n == 0 and every.loo_accuracy is None and "every generator has one instance" in every.error
+    validate({"schema": "forensics.evaluation/1", "registry": "r", "protocols": [
+        {"protocol": "p", "digest": "sha256:" + "0" * 64, "n_generators": 2, "n_instances": 2,
+         "generators": ["ContraGAN", "DDPM"], "matchers": [every.to_dict()]}]})

@@ -531,6 +531,11 @@ def _render_evaluation(result: EvaluationResult) -> None:
                 open_set_text(os_), left_out_text(lgo),
                 f"{split['correct']}/{split['n']}" if "correct" in split else "—")
         out.print(table)
+        sole = next(([lab for lab, row in zip(m["confusion"]["labels"], m["confusion"]["matrix"]) if not any(row)]
+                     for m in p["matchers"] if not m.get("error") and m.get("confusion")), [])
+        if sole:  # no instance of theirs left to name them: not counted (the generator left out tests them)
+            out.print(f"leave-one-out leaves out {', '.join(sole)}: each has one instance, none left to name it "
+                      "(enrol another run)", markup=False)
         for line in filter(None, map(pooled_line, p["matchers"])):
             out.print(line, markup=False)
         for m in p["matchers"]:

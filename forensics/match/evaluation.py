@@ -80,7 +80,9 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
                   queries: Mapping[str, Sequence[Any]] | None = None,
                   operating_point: str = DEFAULT_OPERATING_POINT, pool: Pool | None = None,
                   **options: Any) -> Evaluation:
-    """Attribute every instance with itself left out of the references.
+    """Attribute every instance with itself left out of the references; an instance that is its generator's
+    only one is not (no instance of its generator is left to name: it is what :func:`leave_generator_out`
+    tests), and its generator's row of the confusion matrix stays empty.
 
     ``correct`` counts the closed-set answer (the top candidate), as the paper does; ``open_set``
     counts how the open-set verdicts came out (answered right, answered with the generator's family rather
@@ -108,6 +110,8 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
         rest = refs[:i] + refs[i + 1:]
         m = make()
         name, opts = m.name, m.options()
+        if not any(o.generator == r.generator for o in rest):  # its generator's only instance: none left to name,
+            continue  # it would count as wrong however good the curve (:func:`leave_generator_out` tests it)
         try:
             m = _answering(m.fit(rest, queries or None), pool, refs, [r.instance]).at_operating_point(operating_point)
             results = [m.attribute(q) for q in (queries.get(r.instance) or [r.fingerprint])]
@@ -130,6 +134,10 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
                                 "score": result.candidates[0].score, "margin": result.margin,
                                 "distance_ratio": result.distance_ratio, "verdict": result.verdict,
                                 "family": result.family})
+    if refs and not predictions:  # every generator has one instance
+        return Evaluation(name or str(matcher), opts, 0, 0, labels, confusion, [],
+                          error="every generator has one instance: left out, none of its generator is left to "
+                                "name it; enrol a second run of some")
     open_set = ({"answered_right": right, "answered_family": family, "answered_wrong": wrong, "unknown": unknown}
                 if open_set_used else None)
     return Evaluation(name or str(matcher), opts, len(predictions), correct, labels, confusion, predictions,
