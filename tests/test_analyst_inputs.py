@@ -3,6 +3,8 @@ each either read as its pixels mean or refused in one line that says what to do 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -101,3 +103,30 @@ def test_an_empty_image_file_is_said_to_be_empty(tmp_path):
     with pytest.raises(UsageError, match=r"b\.png: the file is empty \(0 bytes: a copy or download cut short\?\); "
                                          r"repair it, or move it out of the images"):
         read_image_set(tmp_path)
+
+
+def test_an_unreadable_image_file_is_said_to_be_unreadable_not_damaged(tmp_path, monkeypatch):
+    # "cannot decode x.png: [Errno 13] Permission denied: 'x.png'; repair it, …": nothing to repair. (As root
+    # no mode bit refuses a read, so the refusal the system would give is raised where the file is opened.)
+    import os
+
+    from PIL import Image
+
+    from forensics.io.images import read_image_set
+
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name)
+    (tmp_path / "b.png").chmod(0)
+    if os.geteuid() == 0:
+        opened = Image.open
+
+        def refuse(file, *args, **kwargs):
+            if Path(file).name == "b.png":
+                raise PermissionError(13, "Permission denied", str(file))
+            return opened(file, *args, **kwargs)
+
+        monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(UsageError) as refused:
+        read_image_set(tmp_path)
+    said = str(refused.value)
+    assert said.startswith(f"cannot read {tmp_path / 'b.png'}: permission denied; make it readable") and "repair" not in said

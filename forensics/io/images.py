@@ -440,6 +440,9 @@ def _decode(file: str | Path) -> tuple[np.ndarray, int, bool]:
                 return _pixels(im, where), frames, _transparent(im)
     except ForensicsError:
         raise
+    except PermissionError:  # not a damaged file: "repair it" would send the analyst the wrong way
+        raise UsageError(f"cannot read {where}: permission denied; make it readable to this user (chmod a+r) or move "
+                         "it out of the images (a set is read whole: no image file is left out unsaid)") from None
     except Image.DecompressionBombError as exc:
         raise UsageError(f"{where}: {str(exc).splitlines()[0][:200]}; set FORENSICS_MAX_PIXELS to raise the "
                          "limit") from None
