@@ -57,3 +57,44 @@ def test_evaluate_says_which_generators_leave_one_out_could_not_test(tmp_path):
     text = " ".join(run("evaluate", "--registry", target, "-m", "alpha").stdout.split())
     assert "leave-one-out leaves out DDPM: each has one instance, none left to name it (enrol another run)" in text
     assert "16 instances of 6 generators" in text
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_enrolment_interrupted_says_whether_anything_was_enrolled(tmp_path, monkeypatch, toy_protocol, when):
+    import forensics.api
+    from forensics.protocol import Fingerprint
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    reg.add_protocol(proto, default=True)
+
+    def enroll(images, name, *, protocol=None, registry=None, **kwargs):  # Ctrl-C before or after the write
+        if when == "after":
+            fingerprints = [Fingerprint.from_values(proto.digest, (1.0, 2.0, 3.0))]
+            Registry.open(registry).enroll(protocol or "toy", name, fingerprints, {"input_sha256": "sha256:" + "ab" * 32})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(forensics.api, "enroll", enroll)
+    (tmp_path / "x.npz").write_bytes(b"")
+    result = run("enroll", "gan", tmp_path / "x.npz", "--registry", reg.path, code=130)
+    said = " ".join(result.stderr.split())
+    if when == "before":
+        assert f"error: interrupted: nothing was enrolled under toy in {reg.path}" in said
+    else:
+        assert (f"error: interrupted after the enrolment was written: 1 instance(s) of gan under toy (abababababab-0) "
+                f"in {reg.path}") in said
+
+
+def test_a_calibration_interrupted_says_nothing_was_recorded(tmp_path, monkeypatch, toy_protocol):
+    import forensics.api
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    reg.add_protocol(toy_protocol(), default=True)
+
+    def calibrate(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(forensics.api, "calibrate", calibrate)
+    said = " ".join(run("calibrate", "--registry", reg.path, code=130).stderr.split())
+    assert f"error: interrupted: no thresholds were recorded; {reg.path / 'toy' / 'calibration.yaml'} is as it was" \
+        in said

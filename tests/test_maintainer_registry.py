@@ -169,8 +169,8 @@ def test_an_enrolment_that_fails_half_way_leaves_no_records_of_instances_never_e
 
     real = getattr(store, where)
     monkeypatch.setattr(store, where, fail)
-    with pytest.raises(RegistryError if where == "write_yaml" else KeyboardInterrupt,
-                       match="No space left on device; nothing was left half-written" if where == "write_yaml" else None):
+    said = "No space left on device; nothing was left half-written" if where == "write_yaml" else None
+    with pytest.raises(RegistryError if where == "write_yaml" else KeyboardInterrupt, match=said):
         reg.enroll("toy", "vae", fingerprints(proto, [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]), {"input_sha256": TWO},
                    records=records, image_digests=digests)
     assert sorted(p.relative_to(reg.path) for p in reg.path.rglob("*") if p.name != ".lock") == before
@@ -194,7 +194,8 @@ def test_instances_are_not_said_redrawn_at_more_images_than_their_records_hold()
     def curves_of(r, subsets):
         return [r[:, rows, 0].mean(axis=1) for rows in subsets]
 
-    enrolled = EnrolledCurve("g", "i0", Fingerprint("sha256:" + "0" * 64, tuple(curves_of(rec, [np.arange(50)])[0])), {})
+    curve = tuple(curves_of(rec, [np.arange(50)])[0])
+    enrolled = EnrolledCurve("g", "i0", Fingerprint("sha256:" + "0" * 64, curve), {})
     assert references_at([enrolled], {"i0": rec}, 50, curves_of).references[0].provenance["batch_size"] == 50
     for size, mixture in ((51, None), (1000, None), (60, [30, 30])):
         stacked = rec if mixture is None else np.concatenate([rec, rec], axis=1)

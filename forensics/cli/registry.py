@@ -286,13 +286,18 @@ def enroll(
     Example: forensics registry enroll dcgan samples/dcgan.npz --protocol mnist-effnet-lite0
     """
     from forensics.api import enroll as run
+    from forensics.provenance import utc_now
 
     use_offline(offline)
     progress, update = progress_bar()
-    with progress:
-        result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,
-                     device=device, weights=weights, progress=update, recursive=not no_recursive, engine=engine,
-                     ray_address=ray_address, conditions=conditions, family=family)
+    since = utc_now()
+    try:
+        with progress:
+            result = run(images, name, protocol=protocol, registry=registry, description=description, note=note,
+                         device=device, weights=weights, progress=update, recursive=not no_recursive,
+                         engine=engine, ray_address=ray_address, conditions=conditions, family=family)
+    except KeyboardInterrupt:
+        fail(_interrupted_enrolment(name, protocol, registry, since), 130)
     input_notes(images, result.skipped)
     for line in result.warnings:
         err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
@@ -309,6 +314,25 @@ def enroll(
         out.print(f"enrolled {len(result.instances)} instance(s) of [bold]{esc(name)}[/] under {esc(result.protocol)}: "
                   f"{esc(', '.join(result.instances))}"
                   + (f"; per-image records under {esc(', '.join(result.conditions))}" if result.conditions else ""))
+
+
+def _interrupted_enrolment(name: str, protocol: Optional[str], registry: Optional[Path], since: str) -> str:
+    """What an enrolment interrupted (Ctrl-C) since ``since`` left in the registry, as the error line says it:
+    the instances of ``name`` it wrote, or nothing (an interrupted write removes what it had written)."""
+    from forensics.errors import ForensicsError
+    from forensics.registry import Registry
+
+    try:
+        reg = Registry.open(registry, strict=False)
+        pname = reg.resolve_protocol(protocol)
+        entry = reg.generator_entries(pname).get(name)
+    except ForensicsError:
+        return "interrupted"
+    new = [i.id for i in entry.instances if str(i.provenance.get("created", "")) >= since] if entry else []
+    if new:
+        return (f"interrupted after the enrolment was written: {len(new)} instance(s) of {name} under {pname} "
+                f"({', '.join(new)}) in {reg.path}")
+    return f"interrupted: nothing was enrolled under {pname} in {reg.path}"
 
 
 @app.command()
@@ -604,6 +628,25 @@ def evaluate(
         _render_evaluation(result)
 
 
+def _interrupted_calibration(protocol: Optional[str], registry: Optional[Path], since: str) -> str:
+    """What a calibration interrupted (Ctrl-C) since ``since`` left, as the error line says it: its file is
+    written whole at the end, or not at all."""
+    from forensics.errors import ForensicsError
+    from forensics.registry import Registry
+    from forensics.registry.schema import read_yaml
+    from forensics.registry.store import CALIBRATION_FILE
+
+    try:
+        reg = Registry.open(registry, strict=False)
+        cfile = reg.path / reg.resolve_protocol(protocol) / CALIBRATION_FILE
+        created = str(read_yaml(cfile, str(cfile)).get("created", "")) if cfile.is_file() else ""
+    except (ForensicsError, AttributeError):
+        return "interrupted"
+    if created >= since:
+        return f"interrupted after the thresholds were recorded in {cfile}"
+    return f"interrupted: no thresholds were recorded; {cfile} is as it was"
+
+
 def _unknown_when(cal: dict) -> str:
     """A calibration's thresholds as the tests that make a verdict "unknown"."""
     tests = [f"score < {cal['score']:.4f}" if cal.get("score") is not None else None,
@@ -634,10 +677,15 @@ def calibrate(
     from forensics.api import calibrate as run
     from forensics.match import lookalike_note
     from forensics.match.calibration import DEFAULT_OPERATING_POINT
+    from forensics.provenance import utc_now
 
     progress, update = progress_bar()
-    with progress:
-        result = run(protocol=protocol, registry=registry, matchers=matcher, progress=update)
+    since = utc_now()
+    try:
+        with progress:
+            result = run(protocol=protocol, registry=registry, matchers=matcher, progress=update)
+    except KeyboardInterrupt:
+        fail(_interrupted_calibration(protocol, registry, since), 130)
     records, path = result.matchers, result.file
     for mname, why in result.skipped.items():
         err.print(f"[yellow]note:[/] {esc(mname)} not calibrated: {esc(why)}")

@@ -1603,7 +1603,8 @@ class Registry:
             combo = self.protocols.get(inst.provenance.get("combination"))
             if not isinstance(combo, Combination) or part.name not in [p.name for p in combo.parts]:
                 continue
-            others = [p.name for p in combo.parts if p.name != part.name and generator in self.generators.get(p.name, {})
+            others = [p.name for p in combo.parts
+                      if p.name != part.name and generator in self.generators.get(p.name, {})
                       and any(i.id == inst.id for i in self.generators[p.name][generator].instances)]
             if others:
                 raise UsageError(f"{generator}/{inst.id} was enrolled under the combination {combo.name}, which reads "
