@@ -71,7 +71,7 @@ def test_an_enrolment_interrupted_says_whether_anything_was_enrolled(tmp_path, m
     def enroll(images, name, *, protocol=None, registry=None, **kwargs):  # Ctrl-C before or after the write
         if when == "after":
             fingerprints = [Fingerprint.from_values(proto.digest, (1.0, 2.0, 3.0))]
-            Registry.open(registry).enroll(protocol or "toy", name, fingerprints, {"input_sha256": "sha256:" + "ab" * 32})
+            Registry.open(registry).enroll("toy", name, fingerprints, {"input_sha256": "sha256:" + "ab" * 32})
         raise KeyboardInterrupt
 
     monkeypatch.setattr(forensics.api, "enroll", enroll)
