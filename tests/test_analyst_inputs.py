@@ -130,3 +130,25 @@ def test_an_unreadable_image_file_is_said_to_be_unreadable_not_damaged(tmp_path,
         read_image_set(tmp_path)
     said = str(refused.value)
     assert said.startswith(f"cannot read {tmp_path / 'b.png'}: permission denied; make it readable") and "repair" not in said
+
+
+def test_an_unreadable_array_file_is_one_clear_line(tmp_path, monkeypatch):
+    # an .npz this user may not read was an "unexpected PermissionError" (exit 1), not one line saying what to do
+    import builtins
+    import os
+
+    import forensics.io.images as images
+    from forensics.io.images import read_image_set
+
+    np.savez(tmp_path / "set.npz", images=np.zeros((2, 4, 4), np.uint8))
+    (tmp_path / "set.npz").chmod(0)
+    if os.geteuid() == 0:  # as root no mode bit refuses a read: the refusal the system would give, where it opens
+
+        def refuse(file, *args, **kwargs):
+            if Path(file).name == "set.npz":
+                raise PermissionError(13, "Permission denied", str(file))
+            return builtins.open(file, *args, **kwargs)
+
+        monkeypatch.setattr(images, "open", refuse, raising=False)
+    with pytest.raises(UsageError, match=r"cannot read .*set\.npz: Permission denied; make it readable to this user"):
+        read_image_set(tmp_path / "set.npz")

@@ -222,10 +222,15 @@ def _read_array(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
     suffix = path.suffix.lower()
     where = _show(path)
     magic = {".npz": b"PK", ".npy": b"\x93NUMPY"}[suffix]
-    with open(path, "rb") as f:
-        if f.read(len(magic)) != magic:
-            raise UsageError(f"{where} is not an {suffix} file (it does not start as one); write one with "
-                             f"numpy.savez(path, images=uint8_array)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as exc:  # no permission, an I/O error: one line, not an unexpected error
+        advice = "; make it readable to this user (chmod a+r)" if isinstance(exc, PermissionError) else ""
+        raise UsageError(f"cannot read {where}: {exc.strerror or exc}{advice}") from None
+    if head != magic:
+        raise UsageError(f"{where} is not an {suffix} file (it does not start as one); write one with "
+                         f"numpy.savez(path, images=uint8_array)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a numpy warning on reading is a damaged file, never stderr noise
