@@ -235,3 +235,24 @@ def test_leave_one_out_leaves_out_a_generators_only_instance_rather_than_count_i
     validate({"schema": "forensics.evaluation/1", "registry": "r", "protocols": [
         {"protocol": "p", "digest": "sha256:" + "0" * 64, "n_generators": 2, "n_instances": 2,
          "generators": ["ContraGAN", "DDPM"], "matchers": [every.to_dict()]}]})
+
+
+def test_refresh_keeps_a_bundled_generators_family_cleared_in_the_user_registry(tmp_path, monkeypatch):
+    # `registry family ddim --clear` copies the bundled file without its family; refresh said the copy "added
+    # nothing" and removed it, the family back. A copy that says nothing of a family (made before the bundled
+    # file named one) still takes the bundled file's.
+    import yaml
+
+    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
+    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
+    copy = tmp_path / "data" / "registry" / "mnist-vit" / "generators" / "ddim.yaml"
+    assert Registry.open().set_family("mnist-vit", "ddim", None) == ["mnist-vit"]
+    assert yaml.safe_load(copy.read_text())["family"] is None
+    (row,) = Registry.open().refresh("mnist-vit", "ddim")
+    assert row["action"] == "current" and copy.is_file()
+    reg = Registry.open()
+    assert reg.generator_entries("mnist-vit")["ddim"].family is None and reg.validate() == []
+    assert reg.set_family("mnist-vit", "ddim", None) == []  # already so
+    copy.write_text(copy.read_text().replace("family: null\n", ""))  # a copy older than the bundled family
+    (row,) = Registry.open().refresh("mnist-vit", "ddim")
+    assert row["action"] == "removed" and Registry.open().generator_entries("mnist-vit")["ddim"].family == "ddpm-net"

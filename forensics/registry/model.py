@@ -68,11 +68,15 @@ class GeneratorEntry:
     protocol_digest: str
     instances: list[Instance] = field(default_factory=list)
     family: str | None = None
+    #: the family cleared here over a file below that names one (``family: null``, written): a user registry's
+    #: copy of a bundled file keeps it cleared through ``registry refresh``, where a copy with no ``family`` key
+    #: (one made before the bundled file named it) takes the bundled file's
+    family_cleared: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "generator": self.name,
                                "description": self.description}
-        if self.family is not None:
+        if self.family is not None or self.family_cleared:
             out["family"] = self.family
         out["protocol_digest"] = self.protocol_digest
         out["instances"] = [i.to_dict() for i in self.instances]

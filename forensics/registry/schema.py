@@ -305,7 +305,8 @@ def parse_generator(data: Any, label: str, stem: str, protocol: Protocol | None,
         problems.add(label, "protocol_digest", f"{short(digest)} is not the digest of protocol {protocol.name!r} "
                                                f"({short(protocol.digest)}): curves made under another protocol")
     instances = data.get("instances")
-    entry = GeneratorEntry(name, description, digest if isinstance(digest, str) else "", [], family)
+    entry = GeneratorEntry(name, description, digest if isinstance(digest, str) else "", [], family,
+                           "family" in data and data["family"] is None)
     if not isinstance(instances, list):
         problems.add(label, "instances", f"expected a list, got {type(instances).__name__}")
         return None

@@ -1731,11 +1731,12 @@ class Registry:
                     row["dropped_records"].append(f"{inst.id}/{c}")
                     if here.is_file():
                         drop.append(self._safe(here))
-        # a family set here (`registry family`) is the user's choice, kept over the bundled file's
-        own_family = copy.family is not None and copy.family != below.family
+        # a family set or cleared here (`registry family`) is the user's choice, kept over the bundled file's; a
+        # copy that names none and says nothing of it was made before the bundled file named one: it takes that
+        own_family = copy.family != below.family and (copy.family is not None or copy.family_cleared)
         entry = GeneratorEntry(below.name, below.description, below.protocol_digest,
                                [*below.instances, *(i for i in copy.instances if i.id not in theirs)],
-                               copy.family if own_family else below.family)
+                               copy.family if own_family else below.family, own_family and copy.family_cleared)
         if not row["kept"] and not row["kept_records"] and not own_family:
             row["action"] = "removed"
         elif entry.to_dict() != copy.to_dict():
@@ -1773,7 +1774,7 @@ class Registry:
                     if entry.family == family:
                         continue  # already so: nothing is copied
                     # as an enrolment does: the bundled file is copied into this layer, with the new family
-                    entry.family = family
+                    entry.family, entry.family_cleared = family, family is None  # (cleared: kept so by refresh)
                     changes.append((gfile, entry.to_dict()))
                     changed.append(part.name)
                     copied.append(part.name)
@@ -1787,9 +1788,12 @@ class Registry:
                     raise RegistryError((others or problems or [f"{label}: unreadable"])[0]
                                         + " (fix the file before writing to it)")
                 found = True
-                if entry.family == family and ("family" in data) == (family is not None):
-                    continue  # already so (a bad value, or a null, reads as None: written again without it)
-                entry.family = family
+                below = self._entry_below(part, generator)
+                cleared = family is None and below is not None and below[1].family is not None  # over the bundled
+                if entry.family == family and ("family" in data) == (family is not None or cleared) \
+                        and (not cleared or data["family"] is None):
+                    continue  # already so (a bad value, or a needless null, reads as None: written again)
+                entry.family, entry.family_cleared = family, cleared
                 changes.append((gfile, entry.to_dict()))
                 changed.append(part.name)
             if not found:
