@@ -256,3 +256,18 @@ def test_refresh_keeps_a_bundled_generators_family_cleared_in_the_user_registry(
     copy.write_text(copy.read_text().replace("family: null\n", ""))  # a copy older than the bundled family
     (row,) = Registry.open().refresh("mnist-vit", "ddim")
     assert row["action"] == "removed" and Registry.open().generator_entries("mnist-vit")["ddim"].family == "ddpm-net"
+
+
+def test_refresh_keeps_a_description_given_to_a_bundled_generator(tmp_path, monkeypatch):
+    # `registry enroll dcgan … --description "…"` copies the bundled file with it; refresh put the bundled one back
+    monkeypatch.delenv("FORENSICS_REGISTRY", raising=False)
+    monkeypatch.setenv("FORENSICS_DATA_DIR", str(tmp_path / "data"))
+    bundled = Registry.open().layer_of("mnist-vit", "dcgan") / "mnist-vit"
+    copy = tmp_path / "data" / "registry" / "mnist-vit" / "generators" / "dcgan.yaml"
+    copy.parent.mkdir(parents=True)
+    (copy.parent.parent / "protocol.yaml").write_bytes((bundled / "protocol.yaml").read_bytes())
+    copy.write_text((bundled / "generators" / "dcgan.yaml").read_text().replace("description: ''",
+                                                                                "description: our DCGAN, three runs"))
+    (row,) = Registry.open().refresh("mnist-vit", "dcgan")
+    assert row["action"] == "current" and copy.is_file()
+    assert Registry.open().generator_entries("mnist-vit")["dcgan"].description == "our DCGAN, three runs"

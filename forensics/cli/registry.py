@@ -416,8 +416,8 @@ def refresh(
     Enrolling an instance of a bundled generator, or keeping records for one (registry records, zoo
     enroll --conditions), copies its file into the user registry, where it hides the bundled file. When a
     new release changes the bundled file, each copy becomes that file again plus what the copy added:
-    instances enrolled here, and records under conditions the bundled file does not keep (dropped for an
-    instance whose curve changed). A copy that adds nothing is removed.
+    instances enrolled here, a family or description given here, and records under conditions the bundled
+    file does not keep (dropped for an instance whose curve changed). A copy that adds nothing is removed.
 
     Example: forensics registry refresh
     """

@@ -1734,10 +1734,12 @@ class Registry:
         # a family set or cleared here (`registry family`) is the user's choice, kept over the bundled file's; a
         # copy that names none and says nothing of it was made before the bundled file named one: it takes that
         own_family = copy.family != below.family and (copy.family is not None or copy.family_cleared)
-        entry = GeneratorEntry(below.name, below.description, below.protocol_digest,
+        own_description = copy.description not in ("", below.description)  # `registry enroll --description`
+        entry = GeneratorEntry(below.name, copy.description if own_description else below.description,
+                               below.protocol_digest,
                                [*below.instances, *(i for i in copy.instances if i.id not in theirs)],
                                copy.family if own_family else below.family, own_family and copy.family_cleared)
-        if not row["kept"] and not row["kept_records"] and not own_family:
+        if not row["kept"] and not row["kept_records"] and not own_family and not own_description:
             row["action"] = "removed"
         elif entry.to_dict() != copy.to_dict():
             row["action"] = "updated"
