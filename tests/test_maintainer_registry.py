@@ -271,3 +271,17 @@ def test_refresh_keeps_a_description_given_to_a_bundled_generator(tmp_path, monk
     (row,) = Registry.open().refresh("mnist-vit", "dcgan")
     assert row["action"] == "current" and copy.is_file()
     assert Registry.open().generator_entries("mnist-vit")["dcgan"].description == "our DCGAN, three runs"
+
+
+def test_diff_says_a_generator_file_that_does_not_read_is_not_added_or_removed(two, tmp_path):
+    from forensics.registry import diff
+
+    old = tmp_path / "old"
+    two.copy_to(old)
+    (two.path / "a" / "generators" / "g.yaml").write_text("instances: [\n")  # a bad hand edit
+    changes = diff(Registry.open(old, strict=False), Registry.open(two.path, strict=False))
+    assert [(c["change"], c["protocol"], c["generator"]) for c in changes] == [("changed", "a", "g"),
+                                                                                ("changed", "ab", "g")]
+    assert all("its file does not read in the new state" in c["detail"] for c in changes)
+    back = diff(Registry.open(two.path, strict=False), Registry.open(old, strict=False))
+    assert all("does not read in the old state" in c["detail"] for c in back) and len(back) == 2

@@ -46,6 +46,13 @@ def diff(a: Registry, b: Registry) -> list[dict[str, Any]]:
         ga, gb = a.generators.get(name, {}), b.generators.get(name, {})
         for g in sorted(set(ga) | set(gb)):
             ea, eb = ga.get(g), gb.get(g)
+            if (ea is None or eb is None) and any(g in (a if ea is None else b).unread.get(part.name, ())
+                                                  for part in (pa if ea is None else pb).parts):
+                # its file is there but does not read: neither added nor removed
+                state = "old" if ea is None else "new"
+                add("changed", "generator", name, g, detail=f"its file does not read in the {state} state "
+                                                          "(`forensics registry validate` on it says why)")
+                continue
             if ea is None or eb is None:
                 owner = eb or ea
                 add("added" if ea is None else "removed", "generator", name, g,
