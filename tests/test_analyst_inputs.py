@@ -152,3 +152,16 @@ def test_an_unreadable_array_file_is_one_clear_line(tmp_path, monkeypatch):
         monkeypatch.setattr(images, "open", refuse, raising=False)
     with pytest.raises(UsageError, match=r"cannot read .*set\.npz: Permission denied; make it readable to this user"):
         read_image_set(tmp_path / "set.npz")
+
+
+def test_links_in_a_loop_among_the_images_say_what_to_do(tmp_path):
+    from PIL import Image
+
+    from forensics.io.images import read_image_set
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "c.png")
+    (tmp_path / "c.png").symlink_to(tmp_path / "b.png")
+    with pytest.raises(UsageError, match=r"cannot read .*b\.png: Too many levels of symbolic links; links that lead "
+                                         r"back to themselves: repair or remove them"):
+        read_image_set(tmp_path)

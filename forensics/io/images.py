@@ -30,6 +30,7 @@ or a device given as input is refused without being opened.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -106,7 +107,9 @@ def _stat(path: Path) -> os.stat_result:
         raise UsageError(f"{_show(path)} does not exist; give a folder of PNG/JPEG images or an .npz/.npy "
                          "file") from None
     except (OSError, ValueError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, ENOTDIR; ValueError: a NUL byte
-        raise UsageError(f"cannot read {_show(path)}: {getattr(exc, 'strerror', None) or exc}") from None
+        looped = getattr(exc, "errno", None) == errno.ELOOP
+        loop = "; links that lead back to themselves: repair or remove them" if looped else ""
+        raise UsageError(f"cannot read {_show(path)}: {getattr(exc, 'strerror', None) or exc}{loop}") from None
 
 
 def _regular_file(path: Path) -> os.stat_result:
