@@ -98,3 +98,37 @@ def test_a_calibration_interrupted_says_nothing_was_recorded(tmp_path, monkeypat
     said = " ".join(run("calibrate", "--registry", reg.path, code=130).stderr.split())
     assert f"error: interrupted: no thresholds were recorded; {reg.path / 'toy' / 'calibration.yaml'} is as it was" \
         in said
+
+
+def test_enrolling_without_a_condition_the_others_keep_is_warned_of(tmp_path, toy_protocol):
+    # a query is matched under a condition only when every instance keeps it: `--conditions none` on one new
+    # instance silently stopped JPEG matching for the whole protocol
+    from pathlib import Path
+
+    import numpy as np
+
+    from forensics.cli.registry import _conditions_lacking
+    from forensics.protocol import Fingerprint
+    from forensics.results import EnrolmentResult
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    reg.add_protocol(proto, default=True)
+
+    def enrol(name, curve, digest, conditions):
+        records = [{c: [np.full((10, 2), k + curve[0]) for k in range(3)] for c in conditions}]
+        ids = reg.enroll("toy", name, [Fingerprint.from_values(proto.digest, curve)], {"input_sha256": digest},
+                         records=records)
+        return EnrolmentResult(protocol="toy", generator=name, instances=tuple(ids), n_images=10,
+                               input_sha256=digest, registry=reg.path, batch_size=10, left_out=0, n_undefined=0,
+                               skipped={}, conditions=tuple(conditions), warnings=())
+
+    first = enrol("gan", (1.0, 2.0, 3.0), "sha256:" + "ab" * 32, ["none", "jpeg90", "resize2"])
+    assert _conditions_lacking("gan", Path("a.npz"), first, reg.path) is None  # nothing else enrolled
+    second = enrol("vae", (4.0, 5.0, 6.0), "sha256:" + "cd" * 32, ["none"])
+    said = _conditions_lacking("vae", Path("my images/vae.npz"), second, reg.path)
+    assert said.startswith("the other instances of toy keep per-image records under 2 condition(s) these do not "
+                           "(jpeg90, resize2)")
+    assert "`forensics registry records vae 'my images/vae.npz' --protocol toy --conditions jpeg90,resize2`" in said
+    third = enrol("gmm", (7.0, 8.0, 9.0), "sha256:" + "ef" * 32, ["none", "jpeg90", "resize2"])
+    assert _conditions_lacking("gmm", Path("c.npz"), third, reg.path) is None  # vae keeps none of them already

@@ -299,7 +299,7 @@ def enroll(
     except KeyboardInterrupt:
         fail(_interrupted_enrolment(name, protocol, registry, since), 130)
     input_notes(images, result.skipped)
-    for line in result.warnings:
+    for line in [*result.warnings, *filter(None, [_conditions_lacking(name, images, result, registry)])]:
         err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
     if result.left_out:
         err.print(f"[yellow]note:[/] {result.n_images} images make {len(result.instances)} batch(es) of "
@@ -314,6 +314,29 @@ def enroll(
         out.print(f"enrolled {len(result.instances)} instance(s) of [bold]{esc(name)}[/] under {esc(result.protocol)}: "
                   f"{esc(', '.join(result.instances))}"
                   + (f"; per-image records under {esc(', '.join(result.conditions))}" if result.conditions else ""))
+
+
+def _conditions_lacking(name: str, images: Path, result: Any, registry: Optional[Path]) -> Optional[str]:
+    """The conditions every other instance of the protocol keeps records under that the instances just enrolled
+    do not (``--conditions``), as a warning: a query is matched under a condition only when every instance keeps
+    it, so leaving one out stops it for all of them."""
+    import shlex
+
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry, strict=False)
+    others = [r for r in reg.enrolled(result.protocol) if not (r.generator == name and r.instance in result.instances)]
+    if not others:
+        return None
+    kept = set.intersection(*(set(reg.instance_record_conditions(result.protocol, r.generator, r.instance))
+                              for r in others))
+    lacking = sorted(kept - set(result.conditions))
+    if not lacking:
+        return None
+    return (f"the other instances of {result.protocol} keep per-image records under {len(lacking)} condition(s) these "
+            f"do not ({', '.join(lacking[:6])}{' …' if len(lacking) > 6 else ''}): no query under them is matched by "
+            f"its condition until these keep them too (`forensics registry records {shlex.quote(name)} "
+            f"{shlex.quote(str(images))} --protocol {result.protocol} --conditions {','.join(lacking)}`)")
 
 
 def _interrupted_enrolment(name: str, protocol: Optional[str], registry: Optional[Path], since: str) -> str:
