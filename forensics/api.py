@@ -439,12 +439,15 @@ def _repeats_named(of: np.ndarray, record: ImageInput, shown: int = 3) -> str:
     folder = Path(record.path) if record.path is not None else None
 
     def name(i: int) -> str:
+        from forensics.io.atomic import _show
+
         if not files:
             return f"image {i}"
         try:
-            return Path(files[i]).relative_to(folder).as_posix() if folder is not None else Path(files[i]).name
+            shown = Path(files[i]).relative_to(folder).as_posix() if folder is not None else Path(files[i]).name
         except ValueError:
-            return Path(files[i]).name
+            shown = Path(files[i]).name
+        return _show(shown, 60)  # a name's newline or control character escaped: the warning is one line
 
     pairs = [f"{name(int(i))} repeats {name(int(of[i]))}" for i in np.flatnonzero(of >= 0)[:shown + 1]]
     counted = "" if files else " (counting from 0)"

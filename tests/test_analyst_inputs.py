@@ -165,3 +165,16 @@ def test_links_in_a_loop_among_the_images_say_what_to_do(tmp_path):
     with pytest.raises(UsageError, match=r"cannot read .*b\.png: Too many levels of symbolic links; links that lead "
                                          r"back to themselves: repair or remove them"):
         read_image_set(tmp_path)
+
+
+def test_the_repeats_warning_stays_one_line_whatever_the_file_names(fake_engine, tmp_path):
+    from PIL import Image
+
+    import forensics
+
+    images = labelled((1, 120))
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i:03d}.png")
+    Image.fromarray(images[0]).save(tmp_path / "copy\nof 000.png")
+    (line,) = [w for w in forensics.attribute(tmp_path, protocol=VIT).warnings if "repeat" in w]
+    assert "\n" not in line and "copy\\nof 000.png repeats 000.png" in line
