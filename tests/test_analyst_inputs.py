@@ -178,3 +178,15 @@ def test_the_repeats_warning_stays_one_line_whatever_the_file_names(fake_engine,
     Image.fromarray(images[0]).save(tmp_path / "copy\nof 000.png")
     (line,) = [w for w in forensics.attribute(tmp_path, protocol=VIT).warnings if "repeat" in w]
     assert "\n" not in line and "copy\\nof 000.png repeats 000.png" in line
+
+
+def test_a_multi_frame_note_stays_one_line_whatever_the_file_name(tmp_path):
+    from PIL import Image
+
+    from forensics.io.images import read_image_set
+
+    frames = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (0, 80, 160)]
+    frames[0].save(tmp_path / "anim\nation.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    (note,) = read_image_set(tmp_path).notes
+    assert "\n" not in note and note.startswith("anim\\nation.gif holds 3 frames")

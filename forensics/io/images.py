@@ -494,10 +494,11 @@ def _notes(files: Sequence[Path], frames: Sequence[int], transparent: Sequence[b
 
 
 def _relative(file: Path, folder: Path) -> str:
+    """``file``'s path in ``folder``, for a one-line note: a newline or control character in it escaped."""
     try:
-        return file.relative_to(folder).as_posix()
+        return _show(file.relative_to(folder).as_posix(), 60)
     except ValueError:
-        return file.name
+        return _show(file.name, 60)
 
 
 def _pixels(im, where: str) -> np.ndarray:
