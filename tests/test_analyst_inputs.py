@@ -190,3 +190,18 @@ def test_a_multi_frame_note_stays_one_line_whatever_the_file_name(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
     (note,) = read_image_set(tmp_path).notes
     assert "\n" not in note and note.startswith("anim\\nation.gif holds 3 frames")
+
+
+def test_16_bit_colour_reads_as_documented(tmp_path):
+    # the docstring said every 16-bit image is value/257 rounded; colour is Pillow's high byte: the same pixels
+    # for an 8-bit image saved as 16-bit, within 1 otherwise
+    tifffile = pytest.importorskip("tifffile")
+    from forensics.io.images import decode_image
+
+    eight = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 7 % 256).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "saved.tif", eight.astype(np.uint16) * 257, photometric="rgb")
+    np.testing.assert_array_equal(decode_image(tmp_path / "saved.tif"), eight)
+    wide = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 97 % 65536).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "wide.tif", wide, photometric="rgb")
+    rounded = np.round(wide / 257).astype(int)
+    assert np.abs(decode_image(tmp_path / "wide.tif").astype(int) - rounded).max() <= 1

@@ -7,8 +7,9 @@ with the protocol's own resize and centre crop (the step the encoder would take 
 reads through the same functions: :func:`decode_image` for a list of files, :func:`as_rgb_uint8` for what
 an encoder is given, :func:`images_digest` for its cache key.
 
-Files are decoded to what their pixels mean, in 0..255: EXIF orientation applied first; 16-bit images
-scaled (value/257, rounded: an 8-bit image saved as 16-bit reads back identical); float images in [0, 1]
+Files are decoded to what their pixels mean, in 0..255: EXIF orientation applied first; 16-bit grey images
+scaled (value/257, rounded: an 8-bit image saved as 16-bit reads back identical; 16-bit colour as Pillow reads
+it, its high byte: identical too, within 1 of that otherwise); float images in [0, 1]
 scaled by 255 (other floats, and NaN, refused); palette, bilevel and grey-with-alpha images whose colours are
 all grey read as grey, so that the same pixels give the same content hash whatever the file's mode. Only the
 first frame of a multi-frame file (a multi-page TIFF, an animated GIF or WebP) is read, and alpha is dropped:
@@ -419,7 +420,8 @@ def _decode(file: str | Path) -> tuple[np.ndarray, int, bool]:
     """One file → (uint8 pixels: (H, W) for grey images, else (H, W, 3) RGB; how many frames the file holds,
     of which only the first is read; whether it carries transparency, alpha below 255 somewhere, dropped).
 
-    EXIF orientation is applied first. 16-bit images are scaled to 8 bits (value/257, rounded), float
+    EXIF orientation is applied first. 16-bit grey images are scaled to 8 bits (value/257, rounded; 16-bit
+    colour is Pillow's, the high byte: the same for an 8-bit image saved as 16-bit, within 1 otherwise), float
     images in [0, 1] by 255 (other floats, NaN included, are refused), 32-bit integer images are taken as
     they are when they hold 0..255 (else refused). Palette, bilevel and grey+alpha images read as grey when
     all their colours are grey, else as RGB; alpha and CMYK are converted by Pillow. Grey repeated to three
