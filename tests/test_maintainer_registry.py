@@ -285,3 +285,27 @@ def test_diff_says_a_generator_file_that_does_not_read_is_not_added_or_removed(t
     assert all("its file does not read in the new state" in c["detail"] for c in changes)
     back = diff(Registry.open(two.path, strict=False), Registry.open(old, strict=False))
     assert all("does not read in the old state" in c["detail"] for c in back) and len(back) == 2
+
+
+def test_thresholds_chosen_before_another_command_enrolled_are_not_recorded(tmp_path, toy_protocol, fingerprints):
+    # `registry calibrate` takes minutes; an enrolment meanwhile made what it would record stale on arrival
+    from forensics.match import make_matcher
+
+    r = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    r.add_protocol(proto, default=True)
+    rng = np.random.default_rng(0)
+    for g, centre, digit in (("gan", 0.0, "1"), ("vae", 3.0, "2"), ("gmm", -3.0, "3")):
+        curves = [tuple(centre + rng.normal(0, 0.3, 3)) for _ in range(3)]
+        r.enroll("toy", g, fingerprints(proto, *curves), {"input_sha256": "sha256:" + digit * 64, "n_images": 30})
+    m = make_matcher("alpha").fit(r.enrolled("toy"))
+    record = {"options": m.options(), **{k: v for k, v in m.calibration.items() if k != "source"}}
+    Registry.open(r.path).enroll("toy", "gan", fingerprints(proto, (0.1, 0.2, 0.3)), {"input_sha256": TWO})
+    with pytest.raises(RegistryError, match="changed while it was calibrated.*nothing was written"):
+        r.save_calibration("toy", {"alpha": record})
+    assert not (r.path / "toy" / "calibration.yaml").exists()
+    fresh = Registry.open(r.path)
+    m = make_matcher("alpha").fit(fresh.enrolled("toy"))
+    fresh.save_calibration("toy", {"alpha": {"options": m.options(), **{k: v for k, v in m.calibration.items()
+                                                                         if k != "source"}}})
+    assert Registry.open(r.path).calibration("toy", "alpha")["calibrated"] and not Registry.open(r.path).warnings

@@ -1830,9 +1830,16 @@ class Registry:
         self.protocol(protocol_name)
         cfile = self.path / protocol_name / CALIBRATION_FILE
         with self.lock():
-            self._copy_up([protocol_name])  # a calibration is read beside its protocol's record
             matchers = {k: dict(v) for k, v in calibrations.items()}
             digests = {v.get("references_digest") for v in matchers.values()}
+            now = Registry(self.path, self.below)  # as another process may have left it while these were chosen
+            now._holding = True
+            now._load(create=True)
+            if protocol_name in now.protocols and digests - {None, references_digest(now.enrolled(protocol_name))}:
+                raise RegistryError(f"the instances of {protocol_name} changed while it was calibrated (enrolled or "
+                                    "removed by another command): these thresholds would be stale, and nothing was "
+                                    f"written; run `forensics registry calibrate -p {protocol_name}` again")
+            self._copy_up([protocol_name])  # a calibration is read beside its protocol's record
             if len(digests) == 1 and None not in digests:
                 for name, cal in self._recorded_calibrations(protocol_name).items():
                     if name not in matchers and cal.get("references_digest") in digests:
