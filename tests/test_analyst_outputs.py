@@ -331,3 +331,12 @@ def test_one_image_is_one_image_in_every_report(fake_engine, tmp_path):
         assert "1 image from" in said and "1 images" not in said
     page = attribution_page(forensics.attribute(tmp_path / "one.npz", protocol=VIT), plots=False).html()
     assert "1 image from" in " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
+def test_a_run_with_stdout_closed_is_refused_before_any_work(no_work, monkeypatch, capsys):
+    # `forensics attribute x --json >&-`: an unexpected AttributeError after the whole run; the terminal
+    # report vanished with exit 0
+    monkeypatch.setattr("sys.stdout", None)
+    for command in ("attribute", "memorization"):
+        assert run([command, str(DDPM), "-p", VIT, "--json"]) == 2 and no_work == []
+        assert "error: stdout is closed: the report would go nowhere" in capsys.readouterr().err

@@ -394,6 +394,7 @@ def run(argv: list[str] | None = None) -> int:
 
     Click's errors (an unknown command or option, a bad option value) become one line on stderr, with a
     hint to ``--help``, and exit 2, as the commands' own errors do; a library's warnings become one line."""
+    import sys
     import warnings
 
     try:  # typer ≥ 0.20 carries its own copy of click, whose exceptions its commands raise
@@ -404,6 +405,9 @@ def run(argv: list[str] | None = None) -> int:
     from forensics.cli.common import error_line, show_warning
     from forensics.errors import ForensicsError
 
+    if sys.stdout is None:  # started with stdout closed (`>&-`): a report would vanish, or fail once made
+        error_line("stdout is closed: the report would go nowhere; redirect it instead (> report.txt, or > /dev/null)")
+        return 2
     saved = warnings.showwarning
     warnings.showwarning = show_warning
     # the library's own notices (a plugin that stays enabled, a switch naming no plugin) as warning lines too
