@@ -132,3 +132,20 @@ def test_enrolling_without_a_condition_the_others_keep_is_warned_of(tmp_path, to
     assert "`forensics registry records vae 'my images/vae.npz' --protocol toy --conditions jpeg90,resize2`" in said
     third = enrol("gmm", (7.0, 8.0, 9.0), "sha256:" + "ef" * 32, ["none", "jpeg90", "resize2"])
     assert _conditions_lacking("gmm", Path("c.npz"), third, reg.path) is None  # vae keeps none of them already
+
+
+def test_a_default_naming_a_protocol_removed_by_hand_is_mended_by_registry_default(tmp_path, toy_protocol):
+    # the problem stopped every command, the one that mends it too
+    import shutil
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    reg.add_protocol(toy_protocol(), default=True)
+    reg.add_protocol(toy_protocol("gone", layers=2), default=True)
+    shutil.rmtree(reg.path / "gone")
+    said = " ".join(run("list", "--registry", reg.path, code=1).stderr.split())
+    assert "default_protocol: 'gone' is not a protocol of this registry (known: toy); make one of them the default " \
+           "with `forensics registry default NAME`" in said
+    assert run("default", "toy", "--registry", reg.path).stdout.strip() == "toy"
+    assert Registry.open(reg.path).default_protocol == "toy"
+    (reg.path / "toy" / "protocol.yaml").write_text("schema_version: 1\n")  # another problem still stops it
+    run("default", "toy", "--registry", reg.path, code=1)

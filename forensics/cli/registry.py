@@ -779,8 +779,17 @@ def default(
 
     Example: forensics registry default he2024-cifar10-vitb16
     """
-    from forensics.api import open_registry, set_default_protocol
+    from forensics.api import open_registry
+    from forensics.errors import RegistryError
+    from forensics.registry import Registry
 
-    default = set_default_protocol(protocol, registry=registry) if protocol is not None else \
-        open_registry(registry).default_protocol
-    out.print(default or "none", markup=False)
+    if protocol is None:
+        out.print(open_registry(registry).default_protocol or "none", markup=False)
+        return
+    reg = Registry.open(registry, strict=False)  # a default naming a protocol that is gone is what this mends
+    others = [p for p in reg.problems if ": default_protocol: " not in p]
+    if others:
+        more = f" (and {len(others) - 1} more; run `forensics registry validate`)" if len(others) > 1 else ""
+        raise RegistryError(others[0] + more)
+    reg.set_default(protocol)
+    out.print(protocol, markup=False)

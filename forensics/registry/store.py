@@ -350,7 +350,8 @@ class Registry:
             top = next((r / REGISTRY_FILE for r, d in zip(self.layers, defaults) if d is not None), self.path)
             problems.add(self._label(top), "default_protocol",
                          f"{self.default_protocol!r} is not a protocol of this registry "
-                         f"(known: {', '.join(sorted(self.protocols)) or 'none'})")
+                         f"(known: {', '.join(sorted(self.protocols)) or 'none'}); make one of them the default with "
+                         "`forensics registry default NAME`")
         self.problems = list(problems)
 
     def _read_protocol_file(self, pfile: Path, problems: Problems, root: Path | None = None
