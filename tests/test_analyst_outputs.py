@@ -340,3 +340,30 @@ def test_a_run_with_stdout_closed_is_refused_before_any_work(no_work, monkeypatc
     for command in ("attribute", "memorization"):
         assert run([command, str(DDPM), "-p", VIT, "--json"]) == 2 and no_work == []
         assert "error: stdout is closed: the report would go nowhere" in capsys.readouterr().err
+
+
+def test_a_statistic_whose_reading_refuses_extremes_keeps_its_copying_level(register_plugin):
+    # asking a plugin's statistic whether it ever reads copying must not fail the report
+    import types
+
+    from forensics import hookimpl
+    from forensics.results import _reads_copying
+    from test_plugins import MeanGap
+
+    class Fussy(MeanGap):
+        def reading(self, value):
+            if abs(value) > 1e6:
+                raise ValueError("out of range")
+            return "copying" if value < 0.5 else "no evidence"
+
+    class Never(MeanGap):
+        def reading(self, value):
+            return "no evidence" if value is not None else "undefined"
+
+    def forensics_statistics(register):
+        register("fussy", Fussy())
+        register("never", Never())
+
+    register_plugin(types.SimpleNamespace(forensics_statistics=hookimpl(forensics_statistics)), "local")
+    assert _reads_copying("fussy") and not _reads_copying("never") and _reads_copying("ct")
+    assert not _reads_copying("mean-z")
