@@ -339,7 +339,8 @@ class Combination:
             _digest_field(item, "digest", f"{where}.combines[{i}]")
             if name not in protocols:
                 raise RegistryError(f"{where}.combines[{i}]: no protocol {name!r} in this registry "
-                                    "(a combination combines plain protocols of the same registry)")
+                                    "(a combination combines plain protocols of the same registry): put its folder "
+                                    "back, or remove the combination's folder")
             part = protocols[name]
             if part.digest != item["digest"]:
                 raise RegistryError(f"{where}.combines[{i}]: protocol {name!r} has changed since the combination "

@@ -309,3 +309,12 @@ def test_thresholds_chosen_before_another_command_enrolled_are_not_recorded(tmp_
     fresh.save_calibration("toy", {"alpha": {"options": m.options(), **{k: v for k, v in m.calibration.items()
                                                                          if k != "source"}}})
     assert Registry.open(r.path).calibration("toy", "alpha")["calibrated"] and not Registry.open(r.path).warnings
+
+
+def test_a_combination_whose_protocol_was_removed_by_hand_says_how_to_mend_it(two):
+    import shutil
+
+    shutil.rmtree(two.path / "b")
+    problems = Registry.open(two.path, strict=False).validate()
+    assert any("ab/protocol.yaml: protocol.combines[1]: no protocol 'b' in this registry" in p
+               and p.endswith("put its folder back, or remove the combination's folder") for p in problems), problems
