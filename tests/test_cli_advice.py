@@ -112,6 +112,9 @@ def test_the_data_sets_folder_is_forensics_own(user, tmp_path):
     import forensics
 
     (tmp_path / "cache" / "datasets").mkdir(parents=True)  # what a failed CIFAR-10 fetch leaves
+    assert forensics.list_cache().items == ()  # a folder holding no file is no entry, and never "not written"
+    (tmp_path / "cache" / "datasets" / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cache" / "datasets" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"0" * 10)
     (item,) = forensics.list_cache().items
     assert item.kind == "datasets" and "not written" not in item.what
     result = cli("cache", "list")
