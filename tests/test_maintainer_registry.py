@@ -318,3 +318,21 @@ def test_a_combination_whose_protocol_was_removed_by_hand_says_how_to_mend_it(tw
     problems = Registry.open(two.path, strict=False).validate()
     assert any("ab/protocol.yaml: protocol.combines[1]: no protocol 'b' in this registry" in p
                and p.endswith("put its folder back, or remove the combination's folder") for p in problems), problems
+
+
+def test_a_registry_under_a_file_is_refused_in_one_line_before_the_work(tmp_path, toy_protocol, fingerprints):
+    # FORENSICS_DATA_DIR naming a file: enrol and calibrate did their minutes of work, then "unexpected
+    # NotADirectoryError"
+    (tmp_path / "data").write_text("not a folder\n")
+    reg = Registry.open(tmp_path / "reg", create=True)
+    reg.add_protocol(toy_protocol(), default=True)
+    under = Registry.open(tmp_path / "data" / "registry", create=True, below=[reg.path])
+    for check in (lambda: under.check_enrolment("toy", "gan"),
+                  lambda: under.check_file_target(under.path / "toy" / "calibration.yaml"),
+                  lambda: under.enroll("toy", "gan", fingerprints(reg.protocol("toy"), [1.0, 2.0, 3.0]), {})):
+        with pytest.raises(RegistryError, match=f"{tmp_path / 'data'} is a file, not a folder; move it"):
+            check()
+    with pytest.raises(RegistryError, match="cannot write the registry at .*: Not a directory; nothing was left"):
+        with under.lock():  # a write that finds it out only then
+            pass
+    assert (tmp_path / "data").read_text() == "not a folder\n"

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 #: the errors of a registry that cannot be written (read-only, no permission, full), said in one line
 _FULL = {28, 122}  # ENOSPC, EDQUOT
-_CANNOT_WRITE = {1, 5, 13, 30, *_FULL}  # EPERM, EIO, EACCES, EROFS
+_CANNOT_WRITE = {1, 5, 13, 20, 30, *_FULL}  # EPERM, EIO, EACCES, ENOTDIR (a file on its way), EROFS
 _WHAT_TO_DO = {False: "make it writable, or write to another registry with --registry (or FORENSICS_DATA_DIR)",
                True: "free some space on its disk, then run the command again"}
 
@@ -964,6 +964,9 @@ class Registry:
         folder = self.path
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
+        if not folder.is_dir():  # FORENSICS_DATA_DIR (or a folder above it) names a file
+            raise RegistryError(f"cannot write the registry at {self.path}: {folder} is a file, not a folder; move "
+                                "it, or write to another registry with --registry (or FORENSICS_DATA_DIR)")
         if not os.access(folder, os.W_OK) or ((self.path / LOCK_FILE).exists()
                                               and not os.access(self.path / LOCK_FILE, os.W_OK)):
             raise RegistryError(f"cannot write the registry at {self.path}: {folder} is read-only here; "
@@ -1255,11 +1258,13 @@ class Registry:
 
     def check_enrolment(self, protocol_name: str, generator: str) -> None:
         """What :meth:`enroll` refuses before anything is computed: an unknown protocol, a bad generator name,
-        a generators folder that is a link. Call it before embedding (minutes) to fail at once."""
+        a generators folder that is a link, a registry that cannot be written. Call it before embedding
+        (minutes) to fail at once."""
         proto = self.protocol(protocol_name)
         check_name("generator name", generator)
         for part in proto.parts:
             self._generator_file(part.name, generator)
+        self.check_writable()
 
     def enroll(self, protocol_name: str, generator: str, fingerprints: Sequence[Fingerprint],
                provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None,
