@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -149,3 +150,21 @@ def test_a_default_naming_a_protocol_removed_by_hand_is_mended_by_registry_defau
     assert Registry.open(reg.path).default_protocol == "toy"
     (reg.path / "toy" / "protocol.yaml").write_text("schema_version: 1\n")  # another problem still stops it
     run("default", "toy", "--registry", reg.path, code=1)
+
+
+def test_removing_an_instance_says_which_recorded_thresholds_it_made_stale(tmp_path, toy_protocol):
+    from forensics.api import calibrate
+    from forensics.protocol import Fingerprint
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    proto = toy_protocol()
+    reg.add_protocol(proto, default=True)
+    rng = np.random.default_rng(0)
+    for g, centre, digit in (("gan", 0.0, "1"), ("vae", 3.0, "2"), ("gmm", -3.0, "3")):
+        fps = [Fingerprint.from_values(proto.digest, tuple(centre + rng.normal(0, 0.3, 3))) for _ in range(3)]
+        reg.enroll("toy", g, fps, {"input_sha256": "sha256:" + digit * 64})
+    assert "recalibrate" not in run("remove", "gan", "--instance", "111111111111-2", "--registry", reg.path).stderr
+    calibrate(protocol="toy", registry=reg.path, matchers=["alpha"])  # none recorded before: nothing to redo
+    said = " ".join(run("remove", "gan", "--instance", "111111111111-1", "--registry", reg.path).stderr.split())
+    assert "note: the recorded open-set thresholds of toy were made on the instances before: recalibrate with " \
+           "`forensics registry calibrate -p toy`" in said

@@ -308,6 +308,7 @@ def enroll(
     if result.n_undefined:
         err.print(f"[yellow]note:[/] {result.n_undefined} layer value(s) undefined (no cell passed the threshold), "
                   "stored as null")
+    _recalibrate_note(result.protocol, registry)
     if json_out:
         print_json(result.to_dict())
     else:
@@ -417,11 +418,31 @@ def remove(
     from forensics.api import remove as run
 
     result = run(name, instance=instance, protocol=protocol, registry=registry)
+    _recalibrate_note(result.protocol, registry)
     if json_out:
         print_json(result.to_dict())
     else:
         out.print(f"removed {len(result.removed)} instance(s) of {name} from {result.protocol}: "
                   f"{', '.join(result.removed)}", markup=False)
+
+
+def _recalibrate_note(protocol: str, registry: Optional[Path]) -> None:
+    """After an enrolment or removal under ``protocol``: a note naming the protocols (it, its parts, the
+    combinations of them) whose recorded thresholds were made on other instances, and the command to redo them."""
+    from forensics.match import references_digest
+    from forensics.registry import Registry
+
+    reg = Registry.open(registry, strict=False)
+    if protocol not in reg.protocols:
+        return
+    parts = [p.name for p in reg.protocols[protocol].parts]
+    names = dict.fromkeys([protocol, *parts, *(c for p in parts for c in reg.combinations_of(p))])
+    stale = [n for n in names if n in reg.protocols and any(cal.get("references_digest") != references_digest(
+        reg.enrolled(n)) for cal in reg.calibrations.get(n, {}).values())]
+    if stale:
+        err.print(f"[yellow]note:[/] the recorded open-set thresholds of {esc(', '.join(stale))} were made on the "
+                  "instances before: recalibrate with "
+                  + esc("; ".join(f"`forensics registry calibrate -p {n}`" for n in stale)), soft_wrap=True)
 
 
 @app.command()
