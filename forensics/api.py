@@ -1307,6 +1307,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         check_compute(device, engine=engine)
     data, record, notes = read_images(images, proto, recursive=recursive, progress=progress)
     _as_written(record)
+    _not_enrolled_yet(reg, pname, generator, record.sha256)
     again = int(repeated(data).sum())
     warnings = notes + (() if not again else (
         f"{again} of the {len(data)} images repeat an earlier image of the set pixel for pixel: each counts as one "
@@ -1346,6 +1347,30 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                            left_out=len(data) % proto.batch_size,
                            n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped),
                            conditions=tuple(records[0]) if records else (), warnings=warnings)
+
+
+def _not_enrolled_yet(reg: Any, pname: str, generator: str, sha256: str | None) -> None:
+    """Refuse, before the embedding (minutes under every condition), images that :meth:`Registry.enroll` would
+    refuse after it: images some instance was enrolled from (its recorded ``input_sha256``) under another
+    generator, or under this one in every protocol of ``pname`` (a combination enrols each protocol that lacks
+    them)."""
+    if sha256 is None:
+        return
+    parts = reg.protocol(pname).parts
+    held: dict[str, dict[str, list[str]]] = {}  # protocol → generator → its instances from these images
+    for part in parts:
+        for ref in reg.enrolled(part.name):
+            if ref.provenance.get("input_sha256") == sha256:
+                held.setdefault(part.name, {}).setdefault(ref.generator, []).append(ref.instance)
+    others = sorted({f"{g}/{i}" for gens in held.values() for g, ids in gens.items() if g != generator for i in ids})
+    if others:
+        raise UsageError(f"these images are enrolled already as {', '.join(others)} under {pname} (the same images "
+                         f"under another name?); to enrol them as {generator}, remove those first with `forensics "
+                         "registry remove`")
+    if len(held) == len(parts) and all(generator in gens for gens in held.values()):
+        ids = sorted({i for gens in held.values() for i in gens[generator]})
+        raise UsageError(f"{generator} already has the instance(s) {', '.join(ids)} under every protocol of {pname} "
+                         "(the same images enrolled twice?); remove them first with `forensics registry remove`")
 
 
 def add_records(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,

@@ -221,7 +221,12 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch, toy_protocol)
     prov = refs[0].provenance
     assert prov["input_sha256"] == doc["input_sha256"] and prov["n_images"] == 25 and prov["note"] == "run 1"
     assert prov["command"].startswith("forensics registry enroll gan") and "--conditions" not in prov["command"]
-    run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", code=2)  # same images twice
+    calls.clear()
+    twice = run("enroll", "gan", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", code=2)  # same images twice
+    assert "gan already has the instance(s)" in twice.stderr and "enrolled twice" in twice.stderr
+    renamed = run("enroll", "gan-b", tmp_path / "imgs.npz", "--registry", tmp_path / "reg", code=2)
+    assert f"enrolled already as gan/{refs[0].instance}, gan/{refs[1].instance}" in renamed.stderr
+    assert calls == {}  # both refused before the embedding (minutes under every condition), not after it
     # the conditions kept are part of the command that repeats an enrolment
     shifted = np.roll(images, 1, axis=0)
     np.savez(tmp_path / "more.npz", images=shifted)
