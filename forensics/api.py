@@ -450,8 +450,8 @@ def _repeats_named(of: np.ndarray, record: ImageInput, shown: int = 3) -> str:
         return _show(shown, 60)  # a name's newline or control character escaped: the warning is one line
 
     pairs = [f"{name(int(i))} repeats {name(int(of[i]))}" for i in np.flatnonzero(of >= 0)[:shown + 1]]
-    counted = "" if files else " (counting from 0)"
-    return "e.g. " + ", ".join(pairs[:shown]) + (", …" if len(pairs) > shown else "") + counted
+    counting = "" if files else " (counting from 0)"
+    return "e.g. " + ", ".join(pairs[:shown]) + (", …" if len(pairs) > shown else "") + counting
 
 
 def _without_repeats(data: np.ndarray, record: ImageInput, condition: str | Sequence[str], drop: bool
@@ -1195,6 +1195,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
 
     from forensics import engine as engines
     from forensics.conditions import codecs, mixture_of, processing_digest
+    from forensics.report import counted
     from forensics.stats.base import get_statistic
 
     _check_conditions(condition)
@@ -1227,7 +1228,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
         origins.append(scorer.reference_origin if len(groups) == 1 else f"{name}: {scorer.reference_origin}")
     curve = parts_curve([c for _, c in parts], proto)
     few = None if len(data) >= proto.batch_size else (
-        f"{len(data)} image{'s' * (len(data) != 1)}, fewer than the protocol's batch of {proto.batch_size}: |C_T| "
+        f"{counted(len(data), 'image')}, fewer than the protocol's batch of {proto.batch_size}: |C_T| "
         "shrinks with fewer images, so a layer read as no evidence is weaker evidence of none")
     warnings = tuple(w for w in (*notes, repeats, cond.warning, cond.withhold, few) if w)
 
@@ -1762,6 +1763,7 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
     from forensics.engine import make_engine
     from forensics.errors import PluginError
     from forensics.match import make_matcher
+    from forensics.report import counted
 
     from forensics.registry.store import CALIBRATION_FILE
 
@@ -1777,7 +1779,7 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
         try:
             need = make_matcher(mname).min_generators
             if not matchers and n_generators < need:  # every matcher asked: those that cannot be are said
-                skipped[mname] = (f"needs at least {need} generators, the references hold {n_generators}: enrol "
+                skipped[mname] = (f"needs at least {counted(need, 'generator')}, the references hold {n_generators}: enrol "
                                   f"another, then calibrate again")
                 continue
             with _Step(progress, f"calibrating {mname} on {name}"):

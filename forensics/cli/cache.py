@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from forensics.cli.common import OPT_JSON, OPT_REGISTRY, err, esc, handle_errors, out, print_json
+from forensics.report import counted
 
 app = typer.Typer(name="cache", no_args_is_help=True,
                   help="The user cache ($FORENSICS_CACHE_DIR, else the platform's cache folder): list, clear.\n\n"
@@ -22,11 +23,6 @@ def size_text(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
-
-
-def entries_text(n: int, what: str = "") -> str:
-    """``1 entry``, ``3 entries``; ``what`` before the noun (``"cache "``: ``1 cache entry``)."""
-    return f"{n} {what}{'entry' if n == 1 else 'entries'}"
 
 
 def age_text(seconds: float) -> str:
@@ -65,7 +61,7 @@ def list_(registry: Optional[Path] = OPT_REGISTRY, json_out: bool = OPT_JSON):
         table.add_row(esc(kind), esc(", ".join(protocols) or "—"), esc(what), esc(encoder or "—"), str(len(items)),
                       size_text(sum(i.size for i in items)), age)
     out.print(table)
-    out.print(f"{entries_text(len(result.items))}, {size_text(result.total)} in all (`--json` lists each); "
+    out.print(f"{counted(len(result.items), 'entry', 'entries')}, {size_text(result.total)} in all (`--json` lists each); "
               "`forensics cache clear` removes them", markup=False)
 
 
@@ -121,10 +117,10 @@ def clear(
         if yes:
             return True
         if not sys.stdin.isatty():
-            raise UsageError(f"{entries_text(len(items), 'cache ')} would be removed; add --yes to remove them without "
+            raise UsageError(f"{counted(len(items), 'cache entry', 'cache entries')} would be removed; add --yes to remove them without "
                              "asking (stdin is not a terminal)")
         total = size_text(sum(i.size for i in items))
-        return typer.confirm(f"Remove {entries_text(len(items), 'cache ')} ({total})?", default=False, err=True)
+        return typer.confirm(f"Remove {counted(len(items), 'cache entry', 'cache entries')} ({total})?", default=False, err=True)
 
     result = clear_cache(older_than=older_than, protocol=protocol, registry=registry, confirm=ask)
     if json_out:
@@ -134,4 +130,4 @@ def clear(
     if not result.confirmed:
         err.print("nothing removed")
     elif not json_out:
-        out.print(f"removed {entries_text(len(result.removed))} ({size_text(result.freed)}) from {esc(result.cache)}")
+        out.print(f"removed {counted(len(result.removed), 'entry', 'entries')} ({size_text(result.freed)}) from {esc(result.cache)}")

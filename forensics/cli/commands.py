@@ -188,14 +188,14 @@ def curate(
     """
     from forensics.api import curate as run
     from forensics.io.hashing import short
+    from forensics.report import counted
 
     check_output(output)
     result = run(source, kind, count=count, seed=seed, out=output)
     if json_out:
         print_json(result.to_dict())
     else:
-        n = len(result.images)
-        out.print(f"wrote {n} {'copy' if n == 1 else 'copies'} of {esc(source)} (kind {esc(kind)}) to {esc(output)} "
+        out.print(f"wrote {counted(len(result.images), 'copy', 'copies')} of {esc(source)} (kind {esc(kind)}) to {esc(output)} "
                   f"(seed {seed}; sha256 {short(result.sha256)}…)")
 
 

@@ -13,6 +13,7 @@ from forensics.cli.common import (
     check_reports, input_notes, out, print_json, progress_bar, write_reports,
 )
 from forensics.errors import UsageError
+from forensics.report import counted
 
 SETTING_HELP = ("Override one InvMM parameter, NAME=VALUE (repeatable): noise_batch, check_every, delta, xi, lr, "
                 "max_steps, lambda0, window, verify_samples, verify_steps, guidance (comma-separated), "
@@ -106,7 +107,7 @@ def render_invmm(result: Any, console: Any) -> None:
 
     doc = result.to_dict()
     header = Text()
-    header.append(f"{result.input.n_images} image{'s' if result.input.n_images != 1 else ''}", style="bold")
+    header.append(counted(result.input.n_images, "image"), style="bold")
     header.append(f" from {result.input.path}\n" if result.input.path else " (array)\n")
     header.append(f"model {doc['model']['name']}  ·  preset {result.preset}  ·  similarity "
                   f"{doc['similarity']['name']} (β {doc['similarity']['threshold']:g})  ·  seed {result.seed}  ·  "

@@ -14,6 +14,7 @@ from forensics.cli.common import (
 )
 from forensics.cli.common import OPT_CONDITIONS, OPT_NO_RECURSIVE, OPT_OPERATING_POINT, OPT_PLOTS, input_notes
 from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, check_reports, write_reports
+from forensics.report import counted
 
 if TYPE_CHECKING:
     from forensics.results import EvaluationResult, ProtocolDetail, RegistryListing
@@ -168,7 +169,7 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
         made = result.processing.get(part.name)
         if made:  # what processed the images of its records (`registry validate` checks it against this machine)
             by = sorted({describe_codecs(m) for m in made.values()})
-            out.print(f"{indent}records   under {len(made)} conditions besides none, made with {'; '.join(by)}",
+            out.print(f"{indent}records   under {counted(len(made), 'condition')} besides none, made with {'; '.join(by)}",
                       markup=False)
     for mname, cal in result.calibration.items():  # whose open-set thresholds answer
         out.print(f"  calibration {mname}: {_calibration_text(cal, proto.name)}", markup=False)
@@ -740,7 +741,7 @@ def calibrate(
             if cal.get("calibrated"):
                 pooled = cal.get("pooled") or {}
                 on = (f"{pooled['n_answer']:,} + {pooled['n_unknown']:,} held-out queries of {pooled['n_cells']} "
-                      f"(condition, batch size) cells pooled: {len(pooled['conditions'])} conditions at "
+                      f"(condition, batch size) cells pooled: {counted(len(pooled['conditions']), 'condition')} at "
                       f"{', '.join(map(str, pooled['sizes']))} images" if pooled.get("adopted") else
                       f"{cal['n_answer']} + {cal['n_unknown']} leave-one-out queries")
                 out.print(f"{mname}: unknown when {_unknown_when(cal)} "

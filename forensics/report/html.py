@@ -377,13 +377,14 @@ def _curve_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def _source_line(doc: dict[str, Any]) -> str:
-    from forensics.report.terminal import images_text, skipped_text
+    from forensics.report import counted
+    from forensics.report.terminal import skipped_text
 
     where = doc["input"]["path"]
     src = f" from <code>{_esc(where)}</code>" if where is not None else " from an array"
     skipped = skipped_text(doc["input"])
     src += f" ({_esc(skipped)})" if skipped else ""
-    return (f"{_esc(images_text(doc['input']['n_images']))}{src} (<span class=dim>{_esc(doc['input']['sha256'])}</span>)"
+    return (f"{_esc(counted(doc['input']['n_images'], 'image'))}{src} (<span class=dim>{_esc(doc['input']['sha256'])}</span>)"
             f"<br>protocol <b>{_esc(doc['protocol']['name'])}</b> <span class=dim>{_esc(doc['protocol']['digest'])}"
             f"</span> · encoder {_esc(doc['protocol']['encoder'])} · m = {_esc(doc['protocol']['batch_size'])}")
 

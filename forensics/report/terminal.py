@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from forensics.io.hashing import short
+from forensics.report import counted
 from forensics.match import lookalike_note
 
 if TYPE_CHECKING:
@@ -74,11 +75,6 @@ def _source(result: AttributionResult | MemorizationResult) -> str:
     return f" from {where}  (sha256 {short(result.input.sha256)})" + (f"; {skipped}" if skipped else "") + "\n"
 
 
-def images_text(n: int) -> str:
-    """``1 image``, ``500 images``, ``12,000 images``."""
-    return f"{n:,} image{'s' * (n != 1)}"
-
-
 def skipped_text(record: Mapping[str, Any]) -> str:
     """What reading a folder skipped, from a report's ``input``: ``skipped 1 hidden, 500 not an image`` (the
     report is the record: stderr's note alone is lost with the terminal), or ""."""
@@ -101,7 +97,7 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     verdict = result.verdict
     candidates = result.candidates
     header = Text()
-    header.append(images_text(result.input.n_images), style="bold")
+    header.append(counted(result.input.n_images, "image"), style="bold")
     header.append(_source(result))
     header.append("protocol ", style="dim")
     header.append(proto.name, style="bold")
@@ -198,7 +194,7 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
     known), the batch size of the references it was matched against and the operating point of the open-set
     thresholds."""
     at = doc.get("compared_at")
-    size = (f"against references of {images_text(at)}" + (" redrawn from the enrolled instances' per-image records"
+    size = (f"against references of {counted(at, 'image')}" + (" redrawn from the enrolled instances' per-image records"
                                                      if any(r.get("batch_size") == at for r in doc.get("redrawn", ()))
                                                      else "")
             if at else "against references of another batch size (not comparable)")
@@ -356,7 +352,7 @@ def render_memorization(result: MemorizationResult, console: Console) -> None:
 
     proto = result.protocol
     header = Text()
-    header.append(images_text(result.input.n_images), style="bold")
+    header.append(counted(result.input.n_images, "image"), style="bold")
     header.append(_source(result))
     header.append(f"protocol {proto.name}  digest {short(proto.digest)}  ·  encoder {_encoders(result)}  ·  "
                   f"{compute_text(result)}", style="dim")
