@@ -1319,7 +1319,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         "generator's spread shrinks, or two generators look alike); then remove the new instances (`forensics "
         f"registry remove {generator} --instance ID`) and enrol images no instance holds"
         for label, k in _shared_with_enrolled(data, reg, pname, reg.enrolled(pname))[0]) + tuple(
-        filter(None, [_reencoded(record)]))
+        filter(None, [_reencoded(record), _family_replaced(reg, pname, generator, family)]))
     if len(data) >= proto.batch_size:  # (fewer: compute_fingerprints refuses them)
         _embedding_begins(proto, progress, "query images", len(data))
     from forensics.conditions import parse_conditions
@@ -1348,6 +1348,17 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                            left_out=len(data) % proto.batch_size,
                            n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped),
                            conditions=tuple(records[0]) if records else (), warnings=warnings)
+
+
+def _family_replaced(reg: Any, pname: str, generator: str, family: str | None) -> str | None:
+    """The warning for ``enroll --family`` that replaces the family ``generator`` has: a family is the
+    generator's, so every instance it has moves with it (`registry family` is the command that says so)."""
+    had = {r.family for r in reg.enrolled(pname) if r.generator == generator} - {None}
+    if family is None or had <= {family}:  # a first family, or the same one: nothing replaced
+        return None
+    old = sorted(had)[0]
+    return (f"{generator}'s family was {old} and is now {family}, for every instance it has, not only the new ones; "
+            f"`forensics registry family {generator} {old} --protocol {pname}` sets it back")
 
 
 def _not_enrolled_yet(reg: Any, pname: str, generator: str, sha256: str | None) -> None:

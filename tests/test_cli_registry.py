@@ -233,6 +233,15 @@ def test_enroll_wiring_with_a_stub_pipeline(tmp_path, monkeypatch, toy_protocol)
     run("enroll", "gan2", tmp_path / "more.npz", "--registry", tmp_path / "reg", "--conditions", "none,jpeg90")
     (again,) = [r for r in Registry.open(tmp_path / "reg").enrolled("toy") if r.generator == "gan2"][:1]
     assert again.provenance["command"].endswith("--conditions none,jpeg90"), again.provenance["command"]
+    # a family given at enrolment is the generator's: replacing one it had moves every instance, and says so
+    np.savez(tmp_path / "third.npz", images=np.random.default_rng(2).integers(0, 255, size=(10, 8, 8), dtype=np.uint8))
+    first = json.loads(run("enroll", "gan3", tmp_path / "third.npz", "--registry", tmp_path / "reg", "--family",
+                           "net-a", "--json").stdout)
+    assert first["warnings"] == []  # a first family replaces nothing
+    np.savez(tmp_path / "fourth.npz", images=np.random.default_rng(3).integers(0, 255, size=(10, 8, 8), dtype=np.uint8))
+    moved = run("enroll", "gan3", tmp_path / "fourth.npz", "--registry", tmp_path / "reg", "--family", "net-b")
+    assert "gan3's family was net-a and is now net-b, for every instance it has" in " ".join(moved.stderr.split())
+    assert {r.family for r in Registry.open(tmp_path / "reg").enrolled("toy") if r.generator == "gan3"} == {"net-b"}
     # images repeated pixel for pixel are enrolled as given, with a warning the maintainer can act on
     from forensics.schemas import validate
 
