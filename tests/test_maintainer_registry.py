@@ -55,10 +55,8 @@ def test_a_name_refused_says_every_rule_it_may_break(name):
     assert len(message) < 200 and (name[:20] in message)
 
 
-def test_calibrating_one_matcher_keeps_the_others_thresholds(tmp_path, toy_protocol, fingerprints):
-    from forensics.api import calibrate
-    from forensics.registry.schema import read_yaml
-
+def three_generators(tmp_path, toy_protocol, fingerprints) -> Registry:
+    """A registry of the toy protocol with three generators of three instances each, apart enough to calibrate."""
     r = Registry.open(tmp_path / "reg", create=True)
     proto = toy_protocol()
     r.add_protocol(proto, default=True)
@@ -66,6 +64,14 @@ def test_calibrating_one_matcher_keeps_the_others_thresholds(tmp_path, toy_proto
     for g, centre, digit in (("gan", 0.0, "1"), ("vae", 3.0, "2"), ("gmm", -3.0, "3")):
         curves = [tuple(centre + rng.normal(0, 0.3, 3)) for _ in range(3)]
         r.enroll("toy", g, fingerprints(proto, *curves), {"input_sha256": "sha256:" + digit * 64, "n_images": 30})
+    return r
+
+
+def test_calibrating_one_matcher_keeps_the_others_thresholds(tmp_path, toy_protocol, fingerprints):
+    from forensics.api import calibrate
+    from forensics.registry.schema import read_yaml
+
+    r = three_generators(tmp_path, toy_protocol, fingerprints)
     cfile = r.path / "toy" / "calibration.yaml"
     calibrate(protocol="toy", registry=r.path)
     every = read_yaml(cfile, "calibration.yaml")["matchers"]
@@ -75,7 +81,7 @@ def test_calibrating_one_matcher_keeps_the_others_thresholds(tmp_path, toy_proto
     assert set(again) == set(every) and {k: v for k, v in again.items() if k != "alpha"} == \
         {k: v for k, v in every.items() if k != "alpha"}
     # once the references change, a matcher not calibrated again has no thresholds of theirs to keep
-    Registry.open(r.path).enroll("toy", "gan", fingerprints(proto, (0.1, 0.2, 0.3)), {"input_sha256": TWO,
+    Registry.open(r.path).enroll("toy", "gan", fingerprints(r.protocol("toy"), (0.1, 0.2, 0.3)), {"input_sha256": TWO,
                                                                                       "n_images": 10})
     calibrate(protocol="toy", registry=r.path, matchers=["alpha"])
     assert set(read_yaml(cfile, "calibration.yaml")["matchers"]) == {"alpha"}
@@ -291,16 +297,10 @@ def test_thresholds_chosen_before_another_command_enrolled_are_not_recorded(tmp_
     # `registry calibrate` takes minutes; an enrolment meanwhile made what it would record stale on arrival
     from forensics.match import make_matcher
 
-    r = Registry.open(tmp_path / "reg", create=True)
-    proto = toy_protocol()
-    r.add_protocol(proto, default=True)
-    rng = np.random.default_rng(0)
-    for g, centre, digit in (("gan", 0.0, "1"), ("vae", 3.0, "2"), ("gmm", -3.0, "3")):
-        curves = [tuple(centre + rng.normal(0, 0.3, 3)) for _ in range(3)]
-        r.enroll("toy", g, fingerprints(proto, *curves), {"input_sha256": "sha256:" + digit * 64, "n_images": 30})
+    r = three_generators(tmp_path, toy_protocol, fingerprints)
     m = make_matcher("alpha").fit(r.enrolled("toy"))
     record = {"options": m.options(), **{k: v for k, v in m.calibration.items() if k != "source"}}
-    Registry.open(r.path).enroll("toy", "gan", fingerprints(proto, (0.1, 0.2, 0.3)), {"input_sha256": TWO})
+    Registry.open(r.path).enroll("toy", "gan", fingerprints(r.protocol("toy"), (0.1, 0.2, 0.3)), {"input_sha256": TWO})
     with pytest.raises(RegistryError, match="changed while it was calibrated.*nothing was written"):
         r.save_calibration("toy", {"alpha": record})
     assert not (r.path / "toy" / "calibration.yaml").exists()
