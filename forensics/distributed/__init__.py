@@ -52,22 +52,25 @@ def _worker_env() -> dict[str, str]:
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
-def _reachable(address: str | None, timeout: float = 5.0) -> None:
+def _reachable(address: str | None, timeout: float = 5.0, *, given: str = "--ray-address") -> None:
     """Refuse a cluster address where no Ray answers, in seconds: Ray itself would retry for minutes, logging
     as it goes. The host must accept a connection on the port and speak gRPC there (HTTP/2: its server's
     first frame is a SETTINGS frame), as a Ray head's GCS (HOST:6379) and Ray Client (ray://HOST:10001) do;
-    a web server (the dashboard's 8265), a proxy or another service does not."""
+    a web server (the dashboard's 8265), a proxy or another service does not. ``given``: where the address
+    came from (``--ray-address``, or Ray's own ``RAY_ADDRESS``), as the messages name it."""
     import socket
 
     if address is None or address in ("auto", "local"):
         return
+    fix = "check --ray-address, or drop it to start a local Ray instance" if given == "--ray-address" else \
+        f"check {given}, or unset it to start a local Ray instance"
     if "://" in address and not address.startswith("ray://"):
-        raise UsageError(f"--ray-address takes auto, HOST:PORT or ray://HOST:PORT, not {address!r} (the dashboard's "
+        raise UsageError(f"{given} takes auto, HOST:PORT or ray://HOST:PORT, not {address!r} (the dashboard's "
                          "http:// address is not where Ray is reached)")
     target = address.split("://", 1)[-1]
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
-        raise UsageError(f"--ray-address takes auto, HOST:PORT or ray://HOST:PORT, not {address!r}")
+        raise UsageError(f"{given} takes auto, HOST:PORT or ray://HOST:PORT, not {address!r}")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
             conn.settimeout(timeout)
@@ -82,11 +85,10 @@ def _reachable(address: str | None, timeout: float = 5.0) -> None:
         if isinstance(exc, (socket.timeout, TimeoutError)) and "first" in locals():
             first = b""  # connected, but nothing came back
         else:
-            raise UsageError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); check --ray-address, "
-                             "or drop it to start a local Ray instance") from None
+            raise UsageError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); {fix}") from None
     if len(first) < 9 or first[3] != 4:
-        raise UsageError(f"something answers at {address}, but not Ray (no gRPC there): check the port — a Ray "
-                         "head is reached at HOST:6379 or ray://HOST:10001 (8265 is its dashboard)")
+        raise UsageError(f"something answers at {address}, but not Ray (no gRPC there): check the port of {given} — "
+                         "a Ray head is reached at HOST:6379 or ray://HOST:10001 (8265 is its dashboard)")
 
 
 def starts_local(address: str | None) -> bool:
@@ -106,16 +108,22 @@ def connect(address: str | None = None) -> Any:
     debug = os.environ.get("FORENSICS_DEBUG", "") not in ("", "0")
     level = logging.INFO if debug else logging.ERROR
     if not ray.is_initialized():
-        _reachable(address)
+        if address:
+            _reachable(address)
+        else:  # Ray's own RAY_ADDRESS: a cluster that does not answer there had Ray retry for minutes, logging
+            _reachable(os.environ.get("RAY_ADDRESS") or None, given="RAY_ADDRESS")
         try:
             # no address (nor Ray's own RAY_ADDRESS): a new local instance, as the help says — never a cluster
             # that `ray start` left running here, which Ray would join (it may span machines without the cache)
             ray.init(address=address or (None if os.environ.get("RAY_ADDRESS") else "local"), include_dashboard=False,
                      log_to_driver=debug, logging_level=level, runtime_env={"env_vars": _worker_env()})
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            env = None if address else os.environ.get("RAY_ADDRESS")
+            where = f"the Ray cluster at {address or env}" if address or env else "a local Ray instance"
+            fix = "check --ray-address (or drop it for a local instance)" if not env else \
+                "check Ray's RAY_ADDRESS in the environment (or unset it for a local instance)"
             raise UsageError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
-                             "check --ray-address (or drop it for a local instance)") from None
+                             f"{fix}") from None
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
     import ray.data
