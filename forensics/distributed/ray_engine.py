@@ -174,6 +174,14 @@ class RayEngine(Engine):
         if self.ray_device == "cuda" and resources.get("GPU", 0) < 1:
             raise UsageError("--device cuda with --engine ray needs GPUs in the Ray cluster; it has none")
         self.threads = int(threads) if threads else torch.get_num_threads()
+        widest = max((node.get("Resources", {}).get("CPU", 0) for node in self.ray.nodes() if node.get("Alive")),
+                     default=0)
+        if self.ray_device == "cpu" and widest < self.threads:
+            # an actor asking for more CPUs than any node has is never placed: the pipeline waited for ever
+            raise UsageError(f"each Ray encoder actor runs torch at {self.threads} threads (the driver's count, which "
+                             f"keeps the values bit-identical) and so needs {self.threads} CPUs of one node, but the "
+                             f"Ray cluster's largest node has {widest:g}: give --threads {max(1, int(widest))} or "
+                             "fewer (or FORENSICS_THREADS)")
         if actors is None:
             actors = int(resources.get("GPU", 0)) if self.ray_device == "cuda" else \
                 int(resources.get("CPU", 1)) // self.threads
