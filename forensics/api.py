@@ -584,10 +584,9 @@ def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, wei
     from forensics.io.images import check_workers
 
     check_workers(workers)  # an array in memory decodes nothing, but workers=-1 is still no number of processes
-    options: dict[str, Any] = {} if engine == "ray" else {"workers": workers}  # Ray Data reads in parallel
-    if engine == "ray" and workers > 1:
-        log.warning("--workers %d is for the local engine: under --engine ray, Ray Data reads the images in "
-                    "parallel itself", workers)
+    # the files of a folder are decoded on this machine (read_images, in ``workers`` processes) under either
+    # engine; the local engine also preprocesses in them, Ray in its Ray Data tasks
+    options: dict[str, Any] = {} if engine == "ray" else {"workers": workers}
     return make_engine(protocol, reference_dir=reg.reference_dir, device=device, weights=weights,
                        use_cache=cache, progress=_engine_progress(progress), amp=amp, engine=engine,
                        ray_address=ray_address, condition=condition, **options)

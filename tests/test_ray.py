@@ -257,21 +257,26 @@ def test_sharded_search_on_ray_tasks_is_exact(ray_local):
     assert np.array_equal(got, nearest_distance(queries, train, "euclidean"))
 
 
-def test_workers_under_the_ray_engine_are_said_to_do_nothing(monkeypatch, caplog, toy_protocol):
-    # Ray Data reads the images itself: --workers 2 was ignored without a word
+def test_workers_under_the_ray_engine_decode_the_folder_on_this_machine(monkeypatch, caplog, tmp_path):
+    """A folder's files are decoded on the driver under either engine (their digest, repeats and processing are
+    read from the pixels there), in --workers processes: under Ray, --workers 2 was said to do nothing while it
+    decoded the folder in two processes. Ray's engine is not handed them (its Ray Data tasks preprocess)."""
     import forensics.api as api
     import forensics.engine as engines
 
-    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: "an engine")
-    reg = type("Reg", (), {"reference_dir": None})()
-    with caplog.at_level("WARNING", logger="forensics"):
-        assert api._engine(reg, toy_protocol(), device="cpu", weights=None, cache=True, workers=2, amp=None,
-                           progress=None, engine="ray") == "an engine"
-        api._engine(reg, toy_protocol(), device="cpu", weights=None, cache=True, workers=2, amp=None,
-                    progress=None, engine="local")
-    said = [r.getMessage() for r in caplog.records if "--workers" in r.getMessage()]
-    assert said == ["--workers 2 is for the local engine: under --engine ray, Ray Data reads the images in "
-                    "parallel itself"]
+    made, read = [], []
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: made.append(k) or "an engine")
+
+    def reading(images, protocol, **kw):
+        read.append(kw["workers"])
+        raise KeyboardInterrupt  # the engine and the reading are all this test is about
+
+    monkeypatch.setattr(api, "read_images", reading)
+    (tmp_path / "imgs").mkdir()
+    with caplog.at_level("WARNING", logger="forensics"), pytest.raises(KeyboardInterrupt):
+        api.attribute(tmp_path / "imgs", protocol="mnist-vit", engine="ray", workers=2)
+    assert read == [2] and "workers" not in made[0] and made[0]["engine"] == "ray"
+    assert not [r for r in caplog.records if "--workers" in r.getMessage()]
 
 
 def test_a_forensics_error_raised_in_a_ray_task_comes_back_as_its_own_line(monkeypatch):

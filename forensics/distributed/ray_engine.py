@@ -150,7 +150,8 @@ class RayEngine(Engine):
     torch threads per CPU actor (default: the driver's, which keeps values bit-identical to the local
     engine's); ``shard_rows``: images per shard (default: a multiple of the batch size near
     :data:`PIXEL_BYTES` of pixels, and at least two shards per actor). The other options are
-    :class:`Engine`'s; ``workers`` is not used (Ray Data reads in parallel)."""
+    :class:`Engine`'s; ``workers`` is not used (Ray Data tasks preprocess; a folder's files are decoded before,
+    by the caller, in its own worker processes)."""
 
     def __init__(self, protocol: Any, *, address: str | None = None, actors: int | None = None,
                  threads: int | None = None, shard_rows: int | None = None, device: str = "cpu", **options: Any):
