@@ -84,14 +84,19 @@ def dataset_split(name: str, split: str, options: Mapping[str, Any] | None = Non
 def load_reference_set(ref: DataRef) -> np.ndarray:
     """The images of a protocol's reference set, checked against its recorded count and hash."""
     images = dataset_split(ref.dataset, ref.split, ref.options, needed_by="the protocol")
+    # your own images (data set "folder") changed on disk: say where, and what to do
+    path = (ref.options or {}).get("path")
+    where, todo = ((f" ({path})", ": put back the images the protocol was made from, or make a new protocol of "
+                    "these (`forensics protocol create` under another name)") if path else ("", ""))
     if len(images) != ref.count:
-        raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split} has {len(images)} images here, "
-                               f"the protocol recorded {ref.count}")
+        raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split}{where} has {len(images)} images here, "
+                               f"the protocol recorded {ref.count}{todo}")
     if ref.sha256 is not None:
         digest = sha256_array(np.asarray(images))
         if digest != ref.sha256:
-            raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split} on this machine (sha256 {short(digest)}) is "
-                                   f"not the protocol's ({short(ref.sha256)}); fingerprints would not be comparable")
+            raise ProtocolMismatch(f"data set {ref.dataset}/{ref.split}{where} on this machine (sha256 "
+                                   f"{short(digest)}) is not the protocol's ({short(ref.sha256)}); fingerprints "
+                                   f"would not be comparable{todo}")
     return np.asarray(images)
 
 
