@@ -429,7 +429,12 @@ class Engine:
                 raise ForensicsError(f"the reference side shipped with protocol {self.protocol.name!r} ({path}) "
                                      "cannot be read by this version of forensics; re-create it with "
                                      "`forensics protocol create … --ship-reference` and re-enrol")
-        refs = self._fit_reference(layers, device)
+        try:
+            refs = self._fit_reference(layers, device)
+        except StatisticError as exc:  # T and P_n do not suit the protocol's settings, which are fixed
+            raise StatisticError(f"protocol {self.protocol.name!r} cannot fit its reference side ({exc}): a "
+                                 "protocol's settings are fixed, so define one with those changed (`forensics "
+                                 "protocol create`, under a name not yet written)") from exc
         self.reference_origin = "computed"
         if self.use_cache:
             path = cache_dir() / "reference" / self._reference_paths()[-1].name

@@ -35,3 +35,29 @@ def test_a_changed_training_folder_is_named_with_what_to_do(tmp_path):
     for error in (changed.value, added.value):
         message = str(error)
         assert "\n" not in message and str(folder) in message and "protocol create" in message
+
+
+def test_a_protocol_whose_cells_miss_the_heldout_set_says_its_settings_are_fixed(tmp_path, monkeypatch):
+    # T holds dark and bright images, P_n only dark ones: with k = 2 one cell holds no held-out image, which
+    # protocol create (without --ship-reference) cannot see; the first enrolment is where it shows
+    import forensics
+    from forensics.errors import StatisticError
+
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
+    train, heldout = tmp_path / "T", tmp_path / "P"
+    train.mkdir(), heldout.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        level = 20 if i % 2 else 230
+        Image.fromarray((level + rng.integers(0, 20, (16, 16))).astype(np.uint8)).save(train / f"{i:03d}.png")
+        Image.fromarray((20 + rng.integers(0, 20, (16, 16))).astype(np.uint8)).save(heldout / f"{i:03d}.png")
+    registry = tmp_path / "registry"
+    forensics.create_protocol("two-cells", train=train, heldout=heldout, encoder="pixel-statistics",
+                              layers=["intensity.0"], k=2, distance="euclidean", tau=0.25, batch_size=10, registry=registry)
+    samples = (20 + rng.integers(0, 20, (10, 16, 16))).astype(np.uint8)
+    with pytest.raises(StatisticError) as failed:
+        forensics.enroll(samples, "dark", protocol="two-cells", registry=registry, conditions="none")
+    message = str(failed.value)
+    assert "\n" not in message and "'two-cells'" in message and "protocol create" in message
+    assert "no test points" in message
+    assert not (registry / "two-cells" / "generators").exists()  # nothing half-written
