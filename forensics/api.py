@@ -1950,7 +1950,8 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     brought to the encoder's size as a query would be, and that size is recorded with them."""
     from forensics.engine import new_encoder
     from forensics.io.hashing import sha256_array
-    from forensics.io.images import load_images
+    from forensics.io.atomic import _show
+    from forensics.io.images import read_image_set, repeat_of
     from forensics.protocol import DataRef, EncoderRef, Protocol, StatisticRef
     from forensics.stats.base import check_layer_dims, get_statistic, split_params
 
@@ -1961,15 +1962,28 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     fit, score = split_params(get_statistic(statistic), statistic_params)
     stat_ref = StatisticRef(statistic, {**fit, **score})
     size, resize = int(enc_ref.preprocessing["size"]), int(enc_ref.preprocessing["resize"])
-    refs = []
+    refs, sets = [], []
     for split, where in (("train", train), ("test", heldout)):
         path = Path(where).expanduser().resolve()
-        images = load_images(path, size=size, resize=resize)[0]
+        sets.append(read_image_set(path, size=size, resize=resize))
+        images = sets[-1].images
         refs.append(DataRef(dataset="folder", split=split, count=int(len(images)), sha256=sha256_array(images),
                             options={"path": str(path), "size": size, "resize": resize}))
     if refs[0].sha256 == refs[1].sha256:
         raise UsageError("the held-out images are the training images: P_n must be images of the same kind that "
                          "the generators never saw")
+    t, p = (s.images if s.images.ndim == 4 or sets[1 - i].images.ndim == 3 else
+            np.repeat(s.images[..., None], 3, axis=-1) for i, s in enumerate(sets))  # grey as RGB beside RGB
+    if t.shape[1:] == p.shape[1:]:  # a held-out image that is a training image pixel for pixel was seen
+        of = repeat_of(np.concatenate([t, p]))[len(t):]
+        seen = np.flatnonzero((of >= 0) & (of < len(t)))
+        if len(seen):
+            first = int(seen[0])
+            named = _show(sets[1].files[first].name, 60) if len(sets[1].files) == len(p) else \
+                f"image {first} (from 0)"
+            raise UsageError(f"{len(seen)} of the {len(p)} held-out images are also training images, pixel for "
+                             f"pixel (e.g. {named}): P_n must be images the generators never saw; remove them "
+                             "from --heldout")
     return Protocol(name=name, description=description, train=refs[0], test=refs[1], encoder=enc_ref,
                     statistic=stat_ref, batch_size=batch_size)
 

@@ -61,3 +61,24 @@ def test_a_protocol_whose_cells_miss_the_heldout_set_says_its_settings_are_fixed
     assert "\n" not in message and "'two-cells'" in message and "protocol create" in message
     assert "no test points" in message
     assert not (registry / "two-cells" / "generators").exists()  # nothing half-written
+
+
+def test_held_out_images_that_are_training_images_are_refused_even_a_few(tmp_path):
+    # P_n stands for images the generators never saw: a shared image, even of another mode, is refused by name
+    import forensics
+    from forensics.errors import UsageError
+
+    train, heldout = _pngs(tmp_path / "T", 12, seed=1), _pngs(tmp_path / "P", 12, seed=2)
+    Image.open(train / "0003.png").convert("RGB").save(train / "0003.png")  # T read as RGB, P_n as grey
+    Image.open(train / "0005.png").save(heldout / "shared.png")
+    registry = tmp_path / "registry"
+    with pytest.raises(UsageError) as refused:
+        forensics.create_protocol("leaky", train=train, heldout=heldout, encoder="pixel-statistics",
+                                  statistic="mean-z", batch_size=10, registry=registry)
+    message = str(refused.value)
+    assert "\n" not in message and "1 of the 13 held-out images" in message and "shared.png" in message
+    assert not (registry / "leaky").exists()
+    (heldout / "shared.png").unlink()
+    forensics.create_protocol("clean", train=train, heldout=heldout, encoder="pixel-statistics",
+                              statistic="mean-z", batch_size=10, registry=registry)
+    assert (registry / "clean" / "protocol.yaml").is_file()
