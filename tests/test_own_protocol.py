@@ -82,3 +82,24 @@ def test_held_out_images_that_are_training_images_are_refused_even_a_few(tmp_pat
     forensics.create_protocol("clean", train=train, heldout=heldout, encoder="pixel-statistics",
                               statistic="mean-z", batch_size=10, registry=registry)
     assert (registry / "clean" / "protocol.yaml").is_file()
+
+
+def test_creating_the_same_protocol_from_moved_folders_records_where_they_now_are(tmp_path):
+    # a folder's path is outside the digest: the same images elsewhere are the same protocol, and creating it
+    # again from there must record the new place (it said "written" and kept the old one, which then failed)
+    import yaml
+
+    import forensics
+
+    train, heldout = _pngs(tmp_path / "T", 12, seed=1), _pngs(tmp_path / "P", 12, seed=2)
+    registry = tmp_path / "registry"
+    first = forensics.create_protocol("mine", train=train, heldout=heldout, encoder="pixel-statistics",
+                                      statistic="mean-z", batch_size=10, registry=registry, description="my data")
+    heldout.rename(tmp_path / "moved")
+    again = forensics.create_protocol("mine", train=train, heldout=tmp_path / "moved", encoder="pixel-statistics",
+                                      statistic="mean-z", batch_size=10, registry=registry)
+    record = yaml.safe_load((registry / "mine" / "protocol.yaml").read_text())
+    assert record["digest"] == first.protocol.digest == again.protocol.digest
+    assert record["protocol"]["test"]["options"]["path"] == str((tmp_path / "moved").resolve())
+    assert record["protocol"]["train"]["options"]["path"] == str(train.resolve())
+    assert record["protocol"]["description"] == "my data"  # the rest of its record stays as it was

@@ -36,6 +36,7 @@ So a checkout or an installed package never changes unless a command is pointed 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -1109,10 +1110,12 @@ class Registry:
         check_name("protocol name", protocol.name)
         known = self.protocols.get(protocol.name)
         if known is not None and known.digest == protocol.digest and not overwrite and \
-                (not default or self.default_protocol == protocol.name):
+                (not default or self.default_protocol == protocol.name) and _places(known) == _places(protocol):
             return self.layer_of(protocol.name) / protocol.name / PROTOCOL_FILE  # nothing to write
         with self.lock():
             pfile, lower, write, top = self._protocol_plan(protocol, overwrite=overwrite, default=default)
+            if write and not overwrite and known is not None and known.digest == protocol.digest:
+                protocol = dataclasses.replace(protocol, description=known.description)  # only its folders moved
             if write:
                 if isinstance(protocol, Combination):  # the user registry reads alone too: its parts beside it
                     self._copy_up([p.name for p in protocol.parts])
@@ -1159,7 +1162,9 @@ class Registry:
             problems = Problems()
             old = self._load_protocol(pfile, protocol.name, problems)
             if old is not None and old.digest == protocol.digest and not overwrite:
-                write = False  # the same protocol: its record (and description) stays as it is
+                # the same protocol: its record (and description) stays as it is, but for where its own
+                # reference folders now are (a path is outside the digest: moved folders are the same protocol)
+                write = _places(old) != _places(protocol)
             if old is not None and old.digest != protocol.digest:
                 if not overwrite:
                     raise UsageError(f"protocol {protocol.name!r} already exists with other settings "
@@ -1882,3 +1887,9 @@ class Registry:
         if self.below:  # the default the layers name together
             write_yaml(Path(target) / REGISTRY_FILE, {"schema_version": SCHEMA_VERSION,
                                                       "default_protocol": self.default_protocol}, HEADER)
+
+
+def _places(protocol: Protocol | Combination) -> list[dict[str, Any]]:
+    """Where a protocol's reference sets are read from as its file records them (a folder's path, outside the
+    digest); none for a combination."""
+    return [ref.record() for ref in (getattr(protocol, "train", None), getattr(protocol, "test", None)) if ref]
