@@ -103,3 +103,17 @@ def test_creating_the_same_protocol_from_moved_folders_records_where_they_now_ar
     assert record["protocol"]["test"]["options"]["path"] == str((tmp_path / "moved").resolve())
     assert record["protocol"]["train"]["options"]["path"] == str(train.resolve())
     assert record["protocol"]["description"] == "my data"  # the rest of its record stays as it was
+
+
+def test_curating_a_training_folder_of_several_sizes_says_what_to_do(tmp_path):
+    # curate takes no protocol, so "read only under a protocol" left its user nowhere to go
+    import forensics
+    from forensics.errors import UsageError
+
+    train = _pngs(tmp_path / "T", 4)
+    Image.open(train / "0001.png").resize((20, 20)).save(train / "0001.png")
+    with pytest.raises(UsageError) as refused:
+        forensics.curate(train, kind="copy", out=tmp_path / "copies.npz")
+    message = str(refused.value)
+    assert "\n" not in message and "16×16, 20×20" in message and "bring them to one size first" in message
+    assert not (tmp_path / "copies.npz").exists()

@@ -694,8 +694,10 @@ def _load_folder(folder: Path, *, size: int | None, resize: int | None, workers:
         back = [a if a.shape[:2] == native else resample(a[None], native)[0] for a in decoded]
         return ImageSet(np.stack(back), digest, tuple(files), found, recursive, sizes, each, notes=notes)
     if size is None or resize is None:
-        raise UsageError(f"{_show(folder)} holds images of {len(shapes)} different sizes; they can be read only under a "
-                         "protocol, which says how to resize them")
+        shown = ", ".join(f"{h}×{w}" for h, w in sizes[:3]) + (", …" if len(sizes) > 3 else "")
+        raise UsageError(f"{_show(folder)} holds images of {len(sizes)} different sizes ({shown}), and this command "
+                         "reads images of one size (only a protocol's says how to resize them): bring them to one "
+                         "size first")
     return ImageSet(np.stack([_fit(a, size=size, resize=resize) for a in decoded]), digest, tuple(files), found,
                     recursive, sizes, each, notes=notes)
 
