@@ -1949,9 +1949,9 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     :func:`forensics.engine.make_protocol` makes one of a registered data set. Images of several sizes are
     brought to the encoder's size as a query would be, and that size is recorded with them."""
     from forensics.engine import new_encoder
-    from forensics.io.hashing import sha256_array
     from forensics.io.atomic import _show
-    from forensics.io.images import read_image_set, repeat_of
+    from forensics.io.hashing import image_digests, sha256_array
+    from forensics.io.images import read_image_set
     from forensics.protocol import DataRef, EncoderRef, Protocol, StatisticRef
     from forensics.stats.base import check_layer_dims, get_statistic, split_params
 
@@ -1972,18 +1972,14 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     if refs[0].sha256 == refs[1].sha256:
         raise UsageError("the held-out images are the training images: P_n must be images of the same kind that "
                          "the generators never saw")
-    t, p = (s.images if s.images.ndim == 4 or sets[1 - i].images.ndim == 3 else
-            np.repeat(s.images[..., None], 3, axis=-1) for i, s in enumerate(sets))  # grey as RGB beside RGB
-    if t.shape[1:] == p.shape[1:]:  # a held-out image that is a training image pixel for pixel was seen
-        of = repeat_of(np.concatenate([t, p]))[len(t):]
-        seen = np.flatnonzero((of >= 0) & (of < len(t)))
-        if len(seen):
-            first = int(seen[0])
-            named = _show(sets[1].files[first].name, 60) if len(sets[1].files) == len(p) else \
-                f"image {first} (from 0)"
-            raise UsageError(f"{len(seen)} of the {len(p)} held-out images are also training images, pixel for "
-                             f"pixel (e.g. {named}): P_n must be images the generators never saw; remove them "
-                             "from --heldout")
+    # a held-out image that is a training image was seen: each image's digest, a grey one in RGB as grey
+    trained = {d.tobytes() for d in image_digests(sets[0].images)}
+    seen = [i for i, d in enumerate(image_digests(sets[1].images)) if d.tobytes() in trained]
+    if seen:
+        n = len(sets[1].images)
+        named = _show(sets[1].files[seen[0]].name, 60) if len(sets[1].files) == n else f"image {seen[0]} (from 0)"
+        raise UsageError(f"{len(seen)} of the {n} held-out images are also training images, pixel for pixel (e.g. "
+                         f"{named}): P_n must be images the generators never saw; remove them from --heldout")
     return Protocol(name=name, description=description, train=refs[0], test=refs[1], encoder=enc_ref,
                     statistic=stat_ref, batch_size=batch_size)
 
