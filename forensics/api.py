@@ -1976,10 +1976,16 @@ def _own_data_protocol(name: str, *, train: str | Path, heldout: str | Path, enc
     trained = {d.tobytes() for d in image_digests(sets[0].images)}
     seen = [i for i, d in enumerate(image_digests(sets[1].images)) if d.tobytes() in trained]
     if seen:
-        n = len(sets[1].images)
-        named = _show(sets[1].files[seen[0]].name, 60) if len(sets[1].files) == n else f"image {seen[0]} (from 0)"
-        raise UsageError(f"{len(seen)} of the {n} held-out images are also training images, pixel for pixel (e.g. "
-                         f"{named}): P_n must be images the generators never saw; remove them from --heldout")
+        n, shown = len(sets[1].images), 5
+        files = sets[1].files if len(sets[1].files) == n else None
+        folder = Path(heldout).expanduser().resolve()
+        names = [_show(str(files[i].relative_to(folder)) if files[i].is_relative_to(folder) else files[i].name, 60)
+                 if files is not None else f"image {i}" for i in seen[:shown]]
+        listed = ", ".join(names) + (f" and {len(seen) - shown} more" if len(seen) > shown else "") + \
+            ("" if files is not None else " (counting from 0)")
+        raise UsageError(f"{len(seen)} of the {n} held-out images {'is' if len(seen) == 1 else 'are'} also training "
+                         f"images, pixel for pixel ({listed}): P_n must be images the generators never saw; remove "
+                         "them from --heldout")
     return Protocol(name=name, description=description, train=refs[0], test=refs[1], encoder=enc_ref,
                     statistic=stat_ref, batch_size=batch_size)
 

@@ -76,9 +76,20 @@ def test_held_out_images_that_are_training_images_are_refused_even_a_few(tmp_pat
         forensics.create_protocol("leaky", train=train, heldout=heldout, encoder="pixel-statistics",
                                   statistic="mean-z", batch_size=10, registry=registry)
     message = str(refused.value)
-    assert "\n" not in message and "1 of the 13 held-out images" in message and "shared.png" in message
+    assert "\n" not in message and "1 of the 13 held-out images is also" in message and "shared.png" in message
     assert not (registry / "leaky").exists()
+    (heldout / "more").mkdir()  # several: each named where it lies, so that they can be removed, five at most
+    for i in range(6):
+        Image.open(train / f"{i + 6:04d}.png").save(heldout / "more" / f"seen{i}.png")
+    with pytest.raises(UsageError) as refused:
+        forensics.create_protocol("leaky", train=train, heldout=heldout, encoder="pixel-statistics",
+                                  statistic="mean-z", batch_size=10, registry=registry)
+    message = str(refused.value)
+    assert "7 of the 19 held-out images are also" in message and "and 2 more" in message
+    assert "more/seen0.png, more/seen1.png" in message
     (heldout / "shared.png").unlink()
+    for i in range(6):
+        (heldout / "more" / f"seen{i}.png").unlink()
     forensics.create_protocol("clean", train=train, heldout=heldout, encoder="pixel-statistics",
                               statistic="mean-z", batch_size=10, registry=registry)
     assert (registry / "clean" / "protocol.yaml").is_file()
