@@ -458,6 +458,32 @@ def test_a_distance_ratio_the_separation_does_not_need_is_capped_at_the_farthest
     assert (cal["balanced_accuracy"], cal["answered_right"], cal["unknown_right"]) == (1.0, 1.0, 1.0)
 
 
+def test_a_needed_distance_ratio_stays_within_where_right_answers_end():
+    from forensics.match.calibration import answer_end, calibrate
+    from forensics.match.types import CalibrationPoints
+
+    def calibrated(answer_ratios, unknown_ratios):
+        # score and margin alike for every point: only the ratio separates answers from unknowns
+        answer = [(0.5, 0.1, r) for r in answer_ratios]
+        unknown = [(0.5, 0.1, r) for r in unknown_ratios]
+
+        class Given:
+            def calibration_points(self, references):
+                return CalibrationPoints(answer, unknown, "given", [], [])
+
+        return calibrate(Given(), toy_refs())
+
+    # the nearest unknown far away: the middle of the gap (about 2.4) would name what lies 1.7× away, where
+    # no right answer came; the ratio stops where the answers point to, 1.44 · 1.44/1.2 (Robson–Whitlock)
+    far = calibrated((1.0, 1.2, 1.44, 1.44), (4.0, 5.0))
+    assert far["distance_ratio"] == pytest.approx(1.44 * 1.44 / 1.2) == answer_end(np.array([1.0, 1.2, 1.44]))
+    assert (far["answered_right"], far["unknown_right"]) == (1.0, 1.0)  # every answer kept, as before
+    # an unknown near the answers: the middle of the gap lies within that end and stays the threshold
+    near = calibrated((1.0, 1.2, 1.44), (1.5, 5.0))
+    assert 1.44 < near["distance_ratio"] < 1.5
+    assert answer_end(np.array([1.3])) == 1.3  # one answer: its own ratio
+
+
 def test_a_matcher_that_scores_nan_is_named_as_broken_not_ranked():
     from forensics.errors import PluginError
     from forensics.match.nearest import SimilarityMatcher

@@ -37,10 +37,11 @@ CALIBRATION_RULE = ("thresholds on (best score, margin over the runner-up, dista
                     "among tying triples a threshold that need not apply is not (margin, then score, then distance "
                     "ratio), else the middle of the tying range (geometric for the ratio); a distance ratio that need "
                     "not apply is set at the farthest answer that passes the other two, so that nothing farther from "
-                    "a generator than calibration ever saw a right answer lie is named; the left-out generators' "
-                    "runs the thresholds let through are recorded as lookalikes of the generator they were named, and "
-                    "the held-out queries they let through named as another generator of the references as "
-                    "confusions")
+                    "a generator than calibration ever saw a right answer lie is named, and one that is needed at "
+                    "most at the upper end of the answers' ratios estimated from the two farthest (Robson and "
+                    "Whitlock); the left-out generators' runs the thresholds let through are recorded as lookalikes "
+                    "of the generator they were named, and the held-out queries they let through named as another "
+                    "generator of the references as confusions")
 
 THRESHOLDS = ("score", "margin", "distance_ratio")  # the calibrated open-set thresholds, by their keys
 
@@ -392,7 +393,8 @@ def _best_thresholds(answer: np.ndarray, unknown: np.ndarray,
     the ratio, halfway on a log scale). ``named`` and ``cautious`` (:data:`OPERATING_POINTS`): among the
     triples within one standard error of the best balanced accuracy, those keeping the most answers (catching
     the most unknowns), then the best balanced accuracy among them, then the same tie rule. A ratio that need
-    not apply is capped at the largest among the answers that pass the score and the margin. Returns, per
+    not apply is capped at the largest among the answers that pass the score and the margin, one that does at
+    :func:`answer_end` of them when the middle lies beyond it. Returns, per
     point, (score, margin, ratio, balanced accuracy, share of answers kept, share of unknowns caught)."""
     def lower_bounds(values: np.ndarray) -> np.ndarray:
         # every test as "value ≥ cut": the ratio is an upper bound, so it is negated; NaN passes
@@ -459,17 +461,35 @@ def _chosen(answer: np.ndarray, unknown: np.ndarray, cuts: Sequence[np.ndarray],
     ties = [row for row in ties if row[0] == ts]
     # a ratio's middle is geometric: halfway between 1.5× and 24× is 6×, not 12.75×
     ratio = -middle([row[2] for row in ties], lambda v: math.log(max(-v, 1e-12)))
-    if ratio == math.inf:
+    far = answer[_passes(answer, ts, tm, math.inf), 2]
+    far = np.unique(far[np.isfinite(far)])
+    if ratio == math.inf and len(far):
         # Unneeded on these points, but not on what calibration never saw (a batch of curated copies of
         # T lies far from every generator and may still pass the score and the margin): the ratio is
         # capped at the farthest answer that passes the other two, which keeps every answer it kept.
-        far = answer[_passes(answer, ts, tm, math.inf), 2]
-        far = far[np.isfinite(far)]
-        if len(far):
-            ratio = float(far.max())
+        ratio = float(far[-1])
+    elif len(far):
+        # Needed, and the middle of the gap to the nearest unknown may lie well beyond every answer when no
+        # simulated unknown came close; an unenrolled generator may. The ratio is kept within where right
+        # answers end: ANSWER_END's estimate of that end, which keeps every answer it kept.
+        ratio = min(ratio, answer_end(far))
     acc_a = float(_passes(answer, ts, tm, ratio).mean())
     acc_u = 1.0 - float(_passes(unknown, ts, tm, ratio).mean())
     return ts, tm, ratio, 0.5 * (acc_a + acc_u), acc_a, acc_u
+
+
+ANSWER_END = ("the upper end of the right answers' distance ratios estimated from the two farthest (Robson and "
+              "Whitlock 1964, on a log scale: the farthest times its step from the next)")
+
+
+def answer_end(ratios: np.ndarray) -> float:
+    """Where right answers' distance ratios end, estimated from the distinct finite ``ratios`` (ascending) by
+    :data:`ANSWER_END`: x(n)·x(n)/x(n−1), the farthest itself when there is one. The farthest answer alone
+    would turn away one new right answer in n + 1 (the chance that it lies beyond n others); one step
+    more bounds the end the answers point to, not the one they reached."""
+    if len(ratios) < 2 or ratios[-2] <= 0:
+        return float(ratios[-1])
+    return float(ratios[-1] * (ratios[-1] / ratios[-2]))
 
 
 def _passes(points: np.ndarray, t_score: float, t_margin: float, t_ratio: float) -> np.ndarray:
