@@ -447,7 +447,7 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
         query, declared = as_query(images, condition, Path(tmp) / "q", webp_as_generated)
         # (as the most common: a folder of several sizes read as before, brought to one by the protocol's
         # resize, not each back to the generators' size)
-        data, record = api.read_images(query, proto, native=None if as_most_common else api.generated_size(refs))
+        data, record, _ = api.read_images(query, proto, native=None if as_most_common else api.generated_size(refs))
         cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs),
                               mixtures=not as_most_common)
         kept = engine.records(api._as_matched(cond, data))  # brought back to the generators' size
