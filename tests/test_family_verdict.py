@@ -154,6 +154,25 @@ def test_evaluation_counts_family_answers_apart():
     assert all(p["family"] == 0 for g, p in lgo["per_generator"].items() if g not in ("a", "b"))
 
 
+def test_a_left_out_generator_named_as_its_sibling_is_counted_apart_from_unrelated_names():
+    from forensics.report.terminal import left_out_text
+
+    refs = curves(offset_b=0.02)  # a and b within each other's noise: either left out is named as the other
+    lgo = leave_generator_out(refs, "alpha")
+    per = lgo["per_generator"]
+    assert per["a"]["attributed_to"].get("b", 0) > 0
+    for g, p in per.items():  # the named ones of its own family ("net" for a and b, none for the others)
+        own = "net" if g in ("a", "b") else None
+        assert p["sibling"] == sum(k for other, k in p["attributed_to"].items()
+                                   if own is not None and other in ("a", "b"))
+    assert lgo["sibling"] == sum(p["sibling"] for p in per.values()) > 0
+    assert f"({lgo['sibling']} named as a sibling)" in left_out_text(lgo)
+    # without families the same names are not siblings: nothing says the network was right
+    plain = leave_generator_out(curves(offset_b=0.02, families=False), "alpha")
+    assert plain["sibling"] == 0 and plain["per_generator"]["a"]["attributed_to"] == per["a"]["attributed_to"]
+    assert "sibling" not in left_out_text(plain)
+
+
 def test_references_redrawn_at_another_size_keep_their_family():
     refs = curves(per=2)
     records = {r.instance: np.zeros((1, 10, 2)) for r in refs}

@@ -176,7 +176,9 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
 
     Every such instance should come out "unknown"; ``unknown_rate`` is the fraction that did. A run that
     names its own generator's family (another generator of it stays enrolled) is counted as ``family``:
-    neither unknown nor wrong. ``queries``, ``operating_point`` and ``pool`` as :func:`leave_one_out` takes
+    neither unknown nor wrong. One named as another generator *of its own family* (a sampler of one network
+    named as a sibling sampler: the network right, the sampler not) is counted in ``sibling`` as well as in
+    ``attributed_to``: still wrong, but not as wrong as an unrelated generator. ``queries``, ``operating_point`` and ``pool`` as :func:`leave_one_out` takes
     them (a pool's thresholds chosen without the points of the left-out generator's instances).
     """
     check_operating_point(operating_point)
@@ -184,7 +186,8 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
     queries = queries or {}
     make = _factory(matcher, options)
     per: dict[str, Any] = {}
-    total = unknown = in_family = 0
+    total = unknown = in_family = siblings = 0
+    family_of = {r.generator: r.family for r in refs}
     for g in sorted({r.generator for r in refs}):
         rest = [r for r in refs if r.generator != g]
         held = [r for r in refs if r.generator == g]
@@ -202,12 +205,16 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         for a in answers:
             if a.named is not None:
                 named[a.named] = named.get(a.named, 0) + 1
-        per[g] = {"n": len(answers), "unknown": n_unknown, "family": n_family, "attributed_to": named}
+        own = held[0].family
+        n_sibling = 0 if own is None else sum(k for other, k in named.items() if family_of.get(other) == own)
+        per[g] = {"n": len(answers), "unknown": n_unknown, "family": n_family, "sibling": n_sibling,
+                  "attributed_to": named}
         total += len(answers)
         unknown += n_unknown
         in_family += n_family
+        siblings += n_sibling
     return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
-            "family": in_family, "operating_point": operating_point, "per_generator": per}
+            "family": in_family, "sibling": siblings, "operating_point": operating_point, "per_generator": per}
 
 
 def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",

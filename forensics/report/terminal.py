@@ -389,11 +389,13 @@ def open_set_text(open_set: Mapping[str, Any] | None) -> str:
 
 
 def left_out_text(left_out: Mapping[str, Any] | None) -> str:
-    """Leave-generator-out as one cell: runs "unknown" of n, and those that named their own generator's
-    family (another generator of it still enrolled), when any did."""
+    """Leave-generator-out as one cell: runs "unknown" of n, those that named their own generator's
+    family (another generator of it still enrolled), and those named as a sibling of it, when any did."""
     lgo = left_out or {}
-    family = f" (family {lgo['family']})" if lgo.get("family") else ""
-    return f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}{family}"
+    notes = [f"family {lgo['family']}"] if lgo.get("family") else []
+    if lgo.get("sibling"):
+        notes.append(f"{lgo['sibling']} named as a sibling")
+    return f"{lgo.get('unknown', '—')}/{lgo.get('n', '—')}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def pooled_line(evaluation: Mapping[str, Any]) -> str | None:
