@@ -471,22 +471,19 @@ def _chosen(answer: np.ndarray, unknown: np.ndarray, cuts: Sequence[np.ndarray],
     elif len(far):
         # Needed, and the middle of the gap to the nearest unknown may lie well beyond every answer when no
         # simulated unknown came close; an unenrolled generator may. The ratio is kept within where right
-        # answers end: ANSWER_END's estimate of that end, which keeps every answer it kept.
+        # answers end (answer_end's estimate of it), which keeps every answer it kept.
         ratio = min(ratio, answer_end(far))
     acc_a = float(_passes(answer, ts, tm, ratio).mean())
     acc_u = 1.0 - float(_passes(unknown, ts, tm, ratio).mean())
     return ts, tm, ratio, 0.5 * (acc_a + acc_u), acc_a, acc_u
 
 
-ANSWER_END = ("the upper end of the right answers' distance ratios estimated from the two farthest (Robson and "
-              "Whitlock 1964, on a log scale: the farthest times its step from the next)")
-
-
 def answer_end(ratios: np.ndarray) -> float:
     """Where right answers' distance ratios end, estimated from the distinct finite ``ratios`` (ascending) by
-    :data:`ANSWER_END`: x(n)·x(n)/x(n−1), the farthest itself when there is one. The farthest answer alone
-    would turn away one new right answer in n + 1 (the chance that it lies beyond n others); one step
-    more bounds the end the answers point to, not the one they reached."""
+    the two farthest, as Robson and Whitlock (1964) estimate a truncation point, on a log scale: x(n)·x(n)/x(n−1),
+    the farthest itself when there is one. The farthest answer alone would turn away one new right answer in
+    n + 1 (the chance that it lies beyond n others); one step more bounds the end the answers point to, not
+    the one they reached."""
     if len(ratios) < 2 or ratios[-2] <= 0:
         return float(ratios[-1])
     return float(ratios[-1] * (ratios[-1] / ratios[-2]))

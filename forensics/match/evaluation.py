@@ -178,8 +178,9 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
     names its own generator's family (another generator of it stays enrolled) is counted as ``family``:
     neither unknown nor wrong. One named as another generator *of its own family* (a sampler of one network
     named as a sibling sampler: the network right, the sampler not) is counted in ``sibling`` as well as in
-    ``attributed_to``: still wrong, but not as wrong as an unrelated generator. ``queries``, ``operating_point`` and ``pool`` as :func:`leave_one_out` takes
-    them (a pool's thresholds chosen without the points of the left-out generator's instances).
+    ``attributed_to``: still wrong, but not as wrong as an unrelated generator. ``queries``, ``operating_point``
+    and ``pool`` as :func:`leave_one_out` takes them (a pool's thresholds chosen without the points of the
+    left-out generator's instances).
     """
     check_operating_point(operating_point)
     refs = list(references)
