@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
+from clirun import invoked
 
 from forensics.cli.registry import app
 from forensics.protocol import Fingerprint
 from forensics.registry import Registry
 from forensics.registry.papercurves import PROTOCOL_NAME
-
-runner = CliRunner()
 
 
 pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
@@ -34,10 +33,7 @@ def paper_copy(tmp_path):
     return target
 
 
-def run(*args, code=0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    return result
+run = partial(invoked, app)
 
 
 def test_every_command_has_an_example_in_its_help():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clirun import invoked
 
 from forensics.cli.zoo import app
 from forensics.registry import Registry
@@ -15,16 +16,12 @@ from forensics.zoo.catalog import REFERENCE_INSTANCES, samples_dir
 
 PROTOCOL = "mnist-effnet-lite0"
 DEFAULT = "mnist-effnet-vit-pixel"  # the combination of PROTOCOL, mnist-vit and mnist-pixel
-runner = CliRunner()
 
 
 pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
-def run(*args, code=0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    return result
+run = partial(invoked, app)
 
 
 @pytest.fixture

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clirun import invoked, runner
 
 from forensics.cli.registry import app
 from forensics.registry import Registry, bundled_registry_path
 from forensics.registry.diff import in_git
 
-runner = CliRunner()
 
 pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
 
 
-def run(*args, code=0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    return result
+run = partial(invoked, app)
 
 
 @pytest.mark.skipif(not in_git(bundled_registry_path()), reason="the bundled registry of an installed package")

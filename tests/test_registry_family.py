@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
+from clirun import invoked
 
 from forensics.errors import RegistryError, UsageError
 from forensics.protocol import Combination, Fingerprint
@@ -22,7 +22,6 @@ from forensics.registry.model import GeneratorEntry
 
 SHA = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
-runner = CliRunner()
 
 
 pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
@@ -66,9 +65,7 @@ def families(reg: Registry, protocol: str) -> dict[str, str | None]:
 def run(*args, code: int = 0):
     from forensics.cli.registry import app
 
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    return result
+    return invoked(app, *args, code=code)
 
 
 # -- the record ----------------------------------------------------------------------------------
