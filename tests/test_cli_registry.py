@@ -135,7 +135,7 @@ def test_evaluate_stability_recalibrates_with_each_reference_left_out(paper_copy
 
 def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     from forensics.match import make_matcher
-    from forensics.match.calibration import Pool
+    from forensics.match.calibration import POOL_RULE, Pool
 
     text = run("calibrate", "--registry", paper_copy, "-m", "alpha").stdout
     assert "at the named operating point: unknown when" in text and "at the cautious operating point" in text
@@ -161,6 +161,10 @@ def test_calibrate_records_thresholds_that_matchers_reuse(paper_copy):
     assert any("pooled thresholds were chosen under an older rule" in w for w in Registry.open(paper_copy).warnings)
     shown = " ".join(run("show", PROTOCOL_NAME, "--registry", paper_copy).stdout.split())
     assert "alpha: unknown when" in shown and "was chosen under an older rule: run `forensics registry calibrate -p he2024-cifar10-vitb16`" in shown
+    # and one whose triples a former calibration rule chose (the pooling rule unchanged)
+    reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "pooled": {
+        **pooled, "rule": POOL_RULE, "calibration_rule": "a former calibration rule"}}})
+    assert any("pooled thresholds were chosen under an older rule" in w for w in Registry.open(paper_copy).warnings)
     reg.save_calibration(PROTOCOL_NAME, {"alpha": {**recorded, "pooled": {**pooled, "adopted": False}}})
     assert not Registry.open(paper_copy).warnings  # one not adopted answers nowhere: nothing to warn of
     run("remove", "DDPM", "--instance", "ddpm_3", "--registry", paper_copy)

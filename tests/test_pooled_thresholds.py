@@ -129,6 +129,9 @@ def test_a_pool_answers_only_where_adopted_and_for_the_references_and_rule_it_wa
     assert not pool_applies({**record, "adopted": False}, refs)
     assert not pool_applies(record, refs[1:]) and not pool_applies(None, refs)
     assert not pool_applies({**record, "rule": "an older rule"}, refs)
+    # its triples chosen by another calibration rule (one recorded before a change to it): not this version's
+    assert not pool_applies({**record, "calibration_rule": "an older rule"}, refs)
+    assert not pool_applies({k: v for k, v in record.items() if k != "calibration_rule"}, refs)
 
 
 def test_a_pool_is_adopted_unless_it_falls_more_than_a_standard_error_behind_each_fold_on_its_own():

@@ -316,7 +316,8 @@ class Pool:
         chosen = {}
         for name, found in _best_thresholds(np.array(answer, float), np.array(unknown, float)).items():
             chosen[name] = dict(zip(_POOLED, (*(_finite_or_none(v) for v in found[:3]), *found[3:])))
-        return {"rule": POOL_RULE, "references_digest": references_digest(list(references)),
+        return {"rule": POOL_RULE, "calibration_rule": CALIBRATION_RULE,
+                "references_digest": references_digest(list(references)),
                 "conditions": sorted({c for c, _ in self.cells}), "sizes": sorted({s for _, s in self.cells}),
                 "n_cells": len(self.cells), "n_answer": len(answer), "n_unknown": len(unknown),
                 "operating_points": chosen}
@@ -347,9 +348,10 @@ def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
 
 
 def pool_applies(pooled: Mapping[str, Any] | None, references: Sequence[EnrolledCurve]) -> bool:
-    """Whether a recorded pool answers: adopted (:func:`adoption`), and chosen under this version's rules on
-    these ``references``."""
+    """Whether a recorded pool answers: adopted (:func:`adoption`), and chosen under this version's rules (the
+    pool's and the calibration rule it chose its triples by) on these ``references``."""
     return bool(pooled) and pooled.get("adopted") is True and pooled.get("rule") == POOL_RULE and \
+        pooled.get("calibration_rule") == CALIBRATION_RULE and \
         pooled.get("references_digest") == references_digest(list(references))
 
 

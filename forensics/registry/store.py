@@ -553,7 +553,8 @@ class Registry:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
                                      "matchers recalibrate at fit (run `forensics registry calibrate "
                                      f"-p {protocol}`)")
-            elif (cal.get("pooled") or {}).get("adopted") and cal["pooled"].get("rule") != POOL_RULE:
+            elif (cal.get("pooled") or {}).get("adopted") and (cal["pooled"].get("rule") != POOL_RULE or
+                                                               cal["pooled"].get("calibration_rule") != CALIBRATION_RULE):
                 self.warnings.append(f"{label}: matchers.{name}: its pooled thresholds were chosen under an older "
                                      "rule than this version's; each (condition, batch size) calibrates on its own "
                                      f"until `forensics registry calibrate -p {protocol}` pools again")
