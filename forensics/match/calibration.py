@@ -347,11 +347,16 @@ def pooled_calibration(cal: Mapping[str, Any], pooled: Mapping[str, Any],
     return at_operating_point(out, cal.get("operating_point") or DEFAULT_OPERATING_POINT)
 
 
+def pool_rules_current(pooled: Mapping[str, Any]) -> bool:
+    """Whether a recorded pool was chosen under this version's rules: the pool's and the calibration rule it
+    chose its triples by."""
+    return pooled.get("rule") == POOL_RULE and pooled.get("calibration_rule") == CALIBRATION_RULE
+
+
 def pool_applies(pooled: Mapping[str, Any] | None, references: Sequence[EnrolledCurve]) -> bool:
-    """Whether a recorded pool answers: adopted (:func:`adoption`), and chosen under this version's rules (the
-    pool's and the calibration rule it chose its triples by) on these ``references``."""
-    return bool(pooled) and pooled.get("adopted") is True and pooled.get("rule") == POOL_RULE and \
-        pooled.get("calibration_rule") == CALIBRATION_RULE and \
+    """Whether a recorded pool answers: adopted (:func:`adoption`), and chosen under this version's rules
+    (:func:`pool_rules_current`) on these ``references``."""
+    return bool(pooled) and pooled.get("adopted") is True and pool_rules_current(pooled) and \
         pooled.get("references_digest") == references_digest(list(references))
 
 

@@ -50,7 +50,7 @@ from forensics.errors import ForensicsError, ProtocolMismatch, RegistryError, Us
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, sha256_array, short
 from forensics.match import CALIBRATION_RULE, EnrolledCurve, references_digest
-from forensics.match.calibration import POOL_RULE
+from forensics.match.calibration import pool_rules_current
 from forensics.protocol import Combination, Fingerprint, Protocol, is_combination, part_spans
 from forensics.provenance import tool_version, user, utc_now
 from forensics.registry.diff import diff
@@ -553,8 +553,7 @@ class Registry:
                 self.warnings.append(f"{label}: matchers.{name}: calibrated under an older rule than this version's; "
                                      "matchers recalibrate at fit (run `forensics registry calibrate "
                                      f"-p {protocol}`)")
-            elif (cal.get("pooled") or {}).get("adopted") and (cal["pooled"].get("rule") != POOL_RULE or
-                                                               cal["pooled"].get("calibration_rule") != CALIBRATION_RULE):
+            elif (cal.get("pooled") or {}).get("adopted") and not pool_rules_current(cal["pooled"]):
                 self.warnings.append(f"{label}: matchers.{name}: its pooled thresholds were chosen under an older "
                                      "rule than this version's; each (condition, batch size) calibrates on its own "
                                      f"until `forensics registry calibrate -p {protocol}` pools again")
