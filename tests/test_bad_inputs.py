@@ -484,6 +484,10 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case: Case, world, tmp_p
     else:
         code, out, err = _in_process(argv, case.env, capfd)
     lines = [line for line in err.splitlines() if line.strip()]
+    if case.hold_lock:  # a run that reached the write before the signal said, as it should, that it waits for
+        # the lock the test holds (on a quick machine it does, on a busy one it is still embedding): not the failure
+        lines = [line for line in lines if not (line.startswith("warning: the registry at")
+                                                 and "is being written by another process" in line)]
     shown = f"exit {code}; stderr:\n{err[-3000:]}\nstdout:\n{out[-1000:]}"
     assert code in case.codes, shown
     if code == 0:  # a kind that is no longer refused: it must have worked
