@@ -426,7 +426,8 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
     reads it (files for png/jpeg/webp, the condition read from them), brought back to the generators' size
     and embedded once — a sub-batch's curve from the set's records is exactly its own curve
     (tests/test_any_size). Kept in ``cache`` (None: not kept) under a key of the images, the condition, the
-    protocol, the tool's version and the codecs, so that measuring another matching rule re-reads nothing."""
+    protocol, the tool's version and the codecs, so that measuring another matching rule re-reads nothing; a
+    combination's records are kept part by part, so that two combinations sharing a part embed it once."""
     import dataclasses
     import hashlib
 
@@ -434,14 +435,20 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
     from forensics.conditions import Detected, codecs
     from forensics.provenance import tool_version
 
-    key = hashlib.sha256(images.tobytes() + repr((images.shape, condition, webp_as_generated, as_most_common,
-                                                  proto.digest, tool_version(), codecs())).encode()).hexdigest()[:24]
-    path = None if cache is None else cache / f"{key}.npz"
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            fields = json.loads(str(z["detected"]))
-            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-            return Detected(**fields), [z[f"layer{i}"] for i in range(int(z["layers"]))]
+    def key(part) -> str:  # one file per protocol a combination combines: parts shared by two combinations are reused
+        return hashlib.sha256(images.tobytes() + repr((images.shape, condition, webp_as_generated, as_most_common,
+                                                       part.digest, tool_version(), codecs())).encode()).hexdigest()[:24]
+
+    parts = proto.parts
+    paths = None if cache is None else [cache / f"{key(part)}.npz" for part in parts]
+    if paths is not None and all(path.is_file() for path in paths):
+        kept = []
+        for path in paths:
+            with np.load(path, allow_pickle=False) as z:
+                fields = json.loads(str(z["detected"]))
+                kept += [z[f"layer{i}"] for i in range(int(z["layers"]))]
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        return Detected(**fields), kept
     refs = matchers.references
     with tempfile.TemporaryDirectory() as tmp:
         query, declared = as_query(images, condition, Path(tmp) / "q", webp_as_generated)
@@ -451,12 +458,16 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
         cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs),
                               mixtures=not as_most_common)
         kept = engine.records(api._as_matched(cond, data))  # brought back to the generators' size
-    if path is not None:
+    if paths is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(".part.npz")
-        np.savez(part, detected=json.dumps(dataclasses.asdict(cond)), layers=len(kept),
-                 **{f"layer{i}": r for i, r in enumerate(kept)})
-        part.replace(path)
+        start = 0
+        for part, path in zip(parts, paths):
+            layers = kept[start:start + len(part.layers)]
+            start += len(part.layers)
+            temp = path.with_suffix(".part.npz")
+            np.savez(temp, detected=json.dumps(dataclasses.asdict(cond)), layers=len(layers),
+                     **{f"layer{i}": r for i, r in enumerate(layers)})
+            temp.replace(path)
     return cond, kept
 
 

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_robust_attribution_answers_a_batch_as_attribute_does(tmp_path, bundled_registry):
+    # and answers it the same from its records cache, kept part by part of the default combination
     from forensics import api
 
     samples = bundled_registry.reference_dir("mnist-effnet-lite0").parent / "samples"  # the zoo's, shared
@@ -21,13 +22,21 @@ def test_robust_attribution_answers_a_batch_as_attribute_does(tmp_path, bundled_
     sets = tmp_path / "sets"
     sets.mkdir()
     np.savez(sets / "vae-seed9.npz", images=images)
-    out = tmp_path / "out.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "robust_attribution.py"), "--sets", str(sets),
-                          "--only", "vae-seed9", "--curated", "0", "--conditions", "none", "--sizes", "100",
-                          "--batches", "1", "--skip-loo", "--json", str(out)],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    cache = tmp_path / "cache"
+
+    def measured() -> list[dict]:
+        out = tmp_path / "out.json"
+        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "robust_attribution.py"), "--sets", str(sets),
+                              "--only", "vae-seed9", "--curated", "0", "--conditions", "none", "--sizes", "100",
+                              "--batches", "1", "--skip-loo", "--records-cache", str(cache), "--json", str(out)],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.loads(out.read_text())["rows"]
+
+    rows = measured()
+    assert len(list(cache.glob("*.npz"))) == len(api.open_protocol().parts) == 3
+    again = measured()  # from the cache
+    assert again == rows
     assert [(r["generator"], r["set"], r["condition"], r["size"], r["batch"]) for r in rows] == [
         ("vae", "vae-seed9", "none", 100, 0)]
     row = rows[0]
@@ -36,3 +45,18 @@ def test_robust_attribution_answers_a_batch_as_attribute_does(tmp_path, bundled_
     assert (row["verdict"], row["family"], row["reason"]) == (verdict.generator, verdict.family, verdict.reason)
     assert row["outcome"] in ("right", "family", "unknown", "wrong")
     assert row["left_out_outcome"] in ("unknown", "family", "wrong")
+
+
+def test_statistic_separation_lists_every_statistic_of_the_encoder_per_condition():
+    from forensics.plugins import get_encoder_factory
+
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "statistic_separation.py"), "--pair", "gmm,vae",
+                          "--conditions", "none,jpeg90"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    names = get_encoder_factory("pixel-statistics")().layer_names
+    for block in run.stdout.split("\n\n")[1:]:
+        listed = [line.split()[0] for line in block.strip().splitlines()[2:]]
+        assert sorted(listed) == sorted(names), block
+        ratios = [float(line.split()[1]) for line in block.strip().splitlines()[2:]]
+        assert ratios == sorted(ratios, reverse=True)  # most separating first
+    assert "none: gmm against vae" in run.stdout and "jpeg90: gmm against vae" in run.stdout

@@ -27,7 +27,7 @@ def encoder(**options):
 
 
 def numpy_statistics(images: np.ndarray) -> np.ndarray:
-    """Each image's 18 statistics, computed here from their definitions (module docstring of the plugin)."""
+    """Each image's 20 statistics, computed here from their definitions (module docstring of the plugin)."""
     x = images.astype(np.float64) / 255.0
     if x.ndim == 4:
         x = x.mean(axis=3)
@@ -41,7 +41,9 @@ def numpy_statistics(images: np.ndarray) -> np.ndarray:
     v = radius / (math.sqrt(2) / 2) * 8
     ring = np.clip(np.ceil(v - 1e-9).astype(int) - 1, 0, 7)  # ring j holds v in (j, j + 1]: an edge in the inner one
     spec = np.log(1e-8 + np.stack([power[:, ring == k].mean(axis=1) for k in range(8)], axis=1))
-    return np.hstack([hist, gx[:, None], gy[:, None], spec])
+    level = np.rint(x * 255)  # the grey level nearest each pixel's luminance
+    ends = np.stack([(level == 0).mean(axis=(1, 2)), (level == 255).mean(axis=(1, 2))], axis=1)
+    return np.hstack([hist, gx[:, None], gy[:, None], spec, ends])
 
 
 def embed(enc, images):
@@ -54,15 +56,17 @@ def embed(enc, images):
 def test_each_statistic_is_its_definition(shape):
     images = np.random.default_rng(1).integers(0, 256, size=shape, dtype=np.uint8)
     images[0] = 0  # a blank image: one intensity bin, no gradient, no power
+    images[1, :14] = 255  # half of an image at the top of the range
     got = embed(encoder(), images)
-    assert got.shape == (shape[0], 18)
+    assert got.shape == (shape[0], 20)
+    assert got[0, -2] == 1.0 and got[1, -1] >= 0.5  # every pixel of the blank at the bottom; the top half at the top
     np.testing.assert_allclose(got, numpy_statistics(images), rtol=1e-5, atol=1e-6)
     assert np.allclose(got[:, :8].sum(axis=1), 1.0)  # the intensity shares of an image sum to one
 
 
 def test_layers_options_and_identity():
     enc = encoder(image_size=16)
-    assert enc.layer_names[:2] == ("intensity.0", "intensity.1") and enc.layer_names[-1] == "spectrum.8"
+    assert enc.layer_names[:2] == ("intensity.0", "intensity.1") and enc.layer_names[-1] == "saturated.high"
     assert enc.layer_dims() == {name: 1 for name in enc.layer_names}
     assert enc.identity()["weights"] == encoder().identity()["weights"]  # the definition, not a size
     assert enc.preprocessing.size == 16
@@ -194,7 +198,7 @@ def test_combined_with_c_t_from_creation_to_attribution(tmp_path, plugin_host):
     stored = api.open_registry(reg)
     refs = stored.enrolled("digits-both")
     records, problems = stored.records("digits-both", refs, "jpeg90")
-    assert not problems and {a.shape for a in records.values()} == {(8 + 18, 100, 2)}
+    assert not problems and {a.shape for a in records.values()} == {(8 + 20, 100, 2)}
     mem = api.memorization(query, protocol="digits-both", registry=reg).to_dict()
     assert mem["thresholds"] == {"copying_below": -2.0, "underfitting_above": 2.0, "differs_beyond": 2.0}
     assert "copying" not in mem["curve"]["readings"][8:]
@@ -223,3 +227,19 @@ def test_the_bundled_mnist_pixel_curves_come_back_from_their_images(generator):
         got = forensics.attribute(default_registry_path().parent / inst.provenance["input"], protocol="mnist-pixel",
                                   registry=reg).curve.fingerprint.values
         assert got == inst.values, inst.id
+
+
+def test_a_protocol_made_with_another_definition_is_told_to_be_made_again():
+    # a protocol recorded under pixel-statistics/1 (18 statistics) met this version's encoder: it was told to pass
+    # --weights, which an encoder without weights cannot take
+    from dataclasses import replace
+
+    from forensics.engine import build_encoder
+    from forensics.errors import ProtocolMismatch
+    from forensics.protocol import EncoderRef
+
+    ref = EncoderRef.from_identity(encoder().identity())
+    assert build_encoder(ref).weights.digest == ref.weights  # its own definition builds
+    with pytest.raises(ProtocolMismatch, match=r"make the protocol again \(`forensics protocol create`\)") as err:
+        build_encoder(replace(ref, weights="sha256:" + "0" * 64))
+    assert "--weights" not in str(err.value)

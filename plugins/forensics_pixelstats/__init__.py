@@ -13,7 +13,13 @@ of its channels, in [0, 1], after the protocol's resize and crop):
 - ``intensity.0`` … ``intensity.7``: the share of its pixels in each eighth of [0, 1];
 - ``gradient.x``, ``gradient.y``: the mean absolute difference between horizontal (vertical) neighbours;
 - ``spectrum.1`` … ``spectrum.8``: the log of its mean power (|FFT|² / pixels, the image's mean removed) in
-  eight equal rings of spatial frequency from 0 to √2/2 cycles per pixel (1e-8 added before the log).
+  eight equal rings of spatial frequency from 0 to √2/2 cycles per pixel (1e-8 added before the log);
+- ``saturated.low``, ``saturated.high``: the share of its pixels at the darkest and at the brightest value a
+  file can hold (luminance within half a grey level of 0, of 1). A generator clips what it writes to the
+  range, and how much of an image it pushes to the ends is its own (McCloskey & Albright 2019 tell GAN
+  images from camera images by it); unlike the first intensity bin, which counts everything darker than
+  1/8, it counts exactly the pixels the generator left at the end of the range, which a resampling round
+  trip leaves where their neighbours are alike (docs/robustness.md, "Pixels at the ends of the range").
 
 No weights: the definition is the identity (its digest, :data:`DEFINITION`, is what a protocol records).
 
@@ -41,12 +47,14 @@ from forensics.hookspecs import RegisterEncoder, RegisterStatistic, hookimpl
 
 BINS = 8
 BANDS = 8
+SATURATED = 0.5 / 255  # within half a grey level of either end of the range
 LAYERS = (tuple(f"intensity.{k}" for k in range(BINS)) + ("gradient.x", "gradient.y")
-          + tuple(f"spectrum.{k}" for k in range(1, BANDS + 1)))
+          + tuple(f"spectrum.{k}" for k in range(1, BANDS + 1)) + ("saturated.low", "saturated.high"))
 #: what the encoder computes, versioned: its digest stands for weights in a protocol
-DEFINITION = (f"pixel-statistics/1: luminance = mean of channels in [0,1]; intensity: {BINS} equal bins of [0,1] "
+DEFINITION = (f"pixel-statistics/2: luminance = mean of channels in [0,1]; intensity: {BINS} equal bins of [0,1] "
               f"(share of pixels); gradient: mean |difference| of horizontal, vertical neighbours; spectrum: "
-              f"log(1e-8 + mean |FFT(x - mean)|^2 / pixels) in {BANDS} equal rings of radius 0..sqrt(2)/2 cycles/pixel")
+              f"log(1e-8 + mean |FFT(x - mean)|^2 / pixels) in {BANDS} equal rings of radius 0..sqrt(2)/2 cycles/pixel; "
+              f"saturated: share of pixels with luminance <= 0.5/255, >= 1 - 0.5/255")
 DIGEST = "sha256:" + hashlib.sha256(DEFINITION.encode()).hexdigest()
 NAME = "pixel-statistics"
 
@@ -119,14 +127,17 @@ class PixelStatistics(Encoder):
             1, rings.expand(b, -1), power.reshape(b, -1))
         counts = torch.bincount(rings, minlength=BANDS).to(torch.float64)
         spectrum = torch.log(1e-8 + sums / counts)
+        low = (x <= SATURATED).to(torch.float64).mean(dim=(1, 2))
+        high = (x >= 1.0 - SATURATED).to(torch.float64).mean(dim=(1, 2))
         values = {**{f"intensity.{k}": shares[:, k] for k in range(BINS)}, "gradient.x": gx, "gradient.y": gy,
-                  **{f"spectrum.{k + 1}": spectrum[:, k] for k in range(BANDS)}}
+                  **{f"spectrum.{k + 1}": spectrum[:, k] for k in range(BANDS)},
+                  "saturated.low": low, "saturated.high": high}
         return [values[name].reshape(b, 1).to(torch.float32).to(self.device) for name in wanted]
 
 
 def make_pixel_statistics(*, weights: str | None = None, device: str = "cpu", **options: Any) -> PixelStatistics:
     """Low-level statistics of each image's luminance: intensity histogram, mean gradients, power spectrum
-    rings (no weights). Option: image_size (default 28)."""
+    rings, pixels at the ends of the range (no weights). Option: image_size (default 28)."""
     return PixelStatistics(weights=weights, device=device, **options)
 
 
