@@ -15,7 +15,7 @@ Nothing in the tool changes; the registry's sample sets are read as shipped.
 
     .venv/bin/python benchmarks/statistic_separation.py --pair ddim,pndm --conditions none,resize2,resize0.5,jpeg85
 
-One thread (FORENSICS_THREADS=1), as the other measurements; about 10 s a condition.
+One thread (FORENSICS_THREADS=1), as the other measurements; a few seconds a condition.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
                     help="post-processing conditions (forensics.conditions), comma-separated")
     ap.add_argument("--samples", type=Path, default=ROOT / "registry" / "mnist-effnet-lite0" / "samples")
     a = ap.parse_args()
-    from forensics.conditions import NONE, get_condition
+    from forensics.conditions import get_condition
 
     pair = tuple(a.pair.split(","))
     if len(pair) != 2:
@@ -73,7 +73,7 @@ def main() -> None:
             rows = []
             for s in SETS:
                 images = np.load(a.samples / g / f"{s}.npz")["images"]
-                names, values = statistics(images if condition == NONE else process.apply(images))
+                names, values = statistics(process.apply(images))
                 rows.append(values.mean(axis=0))
                 errors.append(values.std(axis=0, ddof=1) / np.sqrt(len(values)))
             means[g] = np.array(rows)
