@@ -21,6 +21,7 @@ One thread (FORENSICS_THREADS=1), as the other measurements; a few seconds a con
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -34,12 +35,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SETS = ("run0", "run1", "run2", "heldout")
 
 
+@functools.cache
+def encoder():
+    from forensics.plugins import get_encoder_factory
+
+    return get_encoder_factory("pixel-statistics")()
+
+
 def statistics(images: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
     """The ``pixel-statistics`` encoder's layer names and each image's values, (N, layers)."""
     from forensics.encode.encoder import preprocess
-    from forensics.plugins import get_encoder_factory
 
-    enc = get_encoder_factory("pixel-statistics")()
+    enc = encoder()
     pixels = preprocess(images, enc.preprocessing)
     return enc.layer_names, np.hstack([v.numpy() for v in enc.forward_layers(pixels, enc.layer_names)])
 

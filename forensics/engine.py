@@ -158,14 +158,14 @@ def build_encoder(ref: EncoderRef, *, weights: str | None = None, device: str = 
     if weights is None and ref.weights_source == "random":
         weights = "random"
     encoder = build(provided, Encoder, lambda: provided.obj(weights=weights, device=device, **dict(ref.options)))
-    if ref.weights is not None and encoder.weights.digest != ref.weights and encoder.weights.source == "package":
-        # weights (or a definition) the plugin's package ships: no file to pass, the installed package changed
-        raise ProtocolMismatch(f"the {ref.name} encoder installed ({encoder.weights.detail}, sha256 "
-                               f"{short(encoder.weights.digest)}) is not the one the protocol was made with (sha256 "
-                               f"{short(ref.weights)}): install the version of its package the protocol was made "
-                               f"with, or make the protocol again (`forensics protocol create`) and enrol its "
-                               f"generators again")
     if ref.weights is not None and encoder.weights.digest != ref.weights:
+        if encoder.weights.source == "package":
+            # weights (or a definition) the plugin's package ships: no file to pass, the installed package changed
+            raise ProtocolMismatch(f"the {ref.name} encoder installed ({encoder.weights.detail}, sha256 "
+                                   f"{short(encoder.weights.digest)}) is not the one the protocol was made with "
+                                   f"(sha256 {short(ref.weights)}): install the version of its package the protocol "
+                                   f"was made with, or make the protocol again (`forensics protocol create`) and "
+                                   f"enrol its generators again")
         raise ProtocolMismatch(f"the {ref.name} weights found ({encoder.weights.source}: {encoder.weights.detail}, "
                                f"sha256 {short(encoder.weights.digest)}) are not the protocol's "
                                f"(sha256 {short(ref.weights)}); pass --weights with the protocol's weights file")
