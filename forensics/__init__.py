@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         attribute, calibrate, combine_protocols, create_protocol, curate, diff_registry, enroll, evaluate,
         import_paper, list_encoders, list_plugins, list_protocols, memorization, open_protocol, open_registry,
         remove, set_default_protocol, show_protocol, validate_registry, zoo_enroll, zoo_heldout, zoo_list,
-        zoo_quality, list_cache, clear_cache, invmm, add_records, generator_family, refresh,
+        zoo_quality, list_cache, clear_cache, invmm, add_records, generator_family, refresh, remove_protocol,
     )
     from forensics.encode.encoder import Encoder
     from forensics.engine import Curve, LayerValue
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         EnrolmentResult, EvaluationResult, HeldoutResult, ImageInput, MemorizationResult, PaperImport,
         PluginListing, ProtocolCreation, ProtocolDetail, ProtocolSummary, RegistryDiff, RegistryListing,
         RemovalResult, ValidationResult, Verdict, ZooEnrolment, ZooListing, ZooQuality, CacheItem, CacheListing,
-        CacheClearing, InvMMResult, FamilyResult, RefreshResult,
+        CacheClearing, InvMMResult, FamilyResult, RefreshResult, ProtocolRemoval,
     )
     from forensics.stats.ct import CellResult, CTResult, FittedCT, ct_score
 
@@ -59,7 +59,8 @@ _LAZY: dict[str, str] = {
                      "calibrate", "create_protocol", "combine_protocols", "curate", "list_protocols",
                      "show_protocol", "validate_registry", "diff_registry", "import_paper", "set_default_protocol",
                      "list_plugins", "list_encoders", "zoo_list", "zoo_heldout", "zoo_enroll", "zoo_quality",
-                     "list_cache", "clear_cache", "invmm", "add_records", "generator_family", "refresh"),
+                     "list_cache", "clear_cache", "invmm", "add_records", "generator_family", "refresh",
+                     "remove_protocol"),
                     "forensics.api"),
     # what they return
     **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",
@@ -67,7 +68,8 @@ _LAZY: dict[str, str] = {
                      "ProtocolCreation", "CombinationResult", "CurationResult", "RegistryListing",
                      "ProtocolSummary", "ProtocolDetail", "ValidationResult", "RegistryDiff", "PaperImport",
                      "PluginListing", "EncoderListing", "HeldoutResult", "ZooListing", "ZooEnrolment",
-                     "ZooQuality", "CacheItem", "CacheListing", "CacheClearing", "InvMMResult", "FamilyResult", "RefreshResult"),
+                     "ZooQuality", "CacheItem", "CacheListing", "CacheClearing", "InvMMResult", "FamilyResult", "RefreshResult",
+                     "ProtocolRemoval"),
                     "forensics.results"),
     # the pieces they are made of
     **dict.fromkeys(("Curve", "LayerValue"), "forensics.engine"),

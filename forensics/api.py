@@ -37,7 +37,7 @@ from forensics.results import (
 )
 
 if TYPE_CHECKING:
-    from forensics.results import CacheClearing, CacheItem, CacheListing, FamilyResult
+    from forensics.results import CacheClearing, CacheItem, CacheListing, FamilyResult, ProtocolRemoval
     from forensics.engine import CombinedEngine, Curve, Engine
     from forensics.match import EnrolledCurve
     from forensics.conditions import Mixture
@@ -2029,6 +2029,39 @@ def combine_protocols(name: str, parts: Sequence[str], *, description: str = "",
                              written=not unchanged, file=stored)
 
 
+def remove_protocol(name: str, *, registry: RegistryLike = None,
+                    confirm: Callable[[ProtocolRemoval], bool] | None = None) -> ProtocolRemoval:
+    """Remove protocol ``name`` from the written registry (the user registry, or the one folder ``registry``
+    names) with everything kept beside it there: its enrolled generators, calibration, per-image records and
+    shipped reference side (:meth:`forensics.registry.Registry.remove_protocol`). Refused, nothing removed, for
+    a protocol that comes with forensics and for one a combination combines (remove the combination first); one
+    that was the written registry's default leaves none there (a registry below decides it again).
+    ``confirm(planned)`` is asked first with what would go (a :class:`~forensics.results.ProtocolRemoval` whose
+    ``confirmed`` is False); nothing is removed when it says no. The user cache is left as it is: every registry
+    shares it (a copy of this one may read the same entries), so the entries that served this protocol and no
+    other of the registry's are listed (``cache_served``), for `forensics cache clear` to free. The reference
+    images a protocol of your own data names outside the registry are never touched."""
+    import dataclasses
+
+    from forensics.encode.cache import cache_dir
+    from forensics.results import ProtocolRemoval
+
+    if confirm is not None and not callable(confirm):
+        raise UsageError("confirm is a function asked with what would be removed (True: remove it), not a value")
+    reg = open_registry(registry)
+    found = reg.protocol_contents(name)
+    served = tuple(item for item in _cache_items(cache_dir(), reg) if set(item.protocols) == {name})
+    planned = ProtocolRemoval(name, reg.path, found["combination"], tuple(found["generators"]), found["instances"],
+                              found["files"], found["bytes"], served, found["default"], reg.default_protocol,
+                              confirmed=False)
+    if confirm is not None and not confirm(planned):
+        return planned
+    found = reg.remove_protocol(name)
+    return dataclasses.replace(planned, generators=tuple(found["generators"]), n_instances=found["instances"],
+                               n_files=found["files"], size=found["bytes"], was_default=found["default"],
+                               default_protocol=reg.default_protocol, confirmed=True)
+
+
 # -- curation -------------------------------------------------------------------------------------
 def curate(source: str | Path | np.ndarray, kind: str, *, count: int | None = None, seed: int = 0,
            out: str | Path | None = None) -> CurationResult:
@@ -2396,13 +2429,15 @@ def parse_duration(text: str) -> float:
     return float(found.group(1)) * DURATION_UNITS[found.group(2) or "d"]
 
 
-def clear_cache(*, older_than: str | float | None = None, protocol: str | None = None,
+def clear_cache(*, older_than: str | float | None = None, protocol: str | None = None, unused: bool = False,
                 registry: RegistryLike = None, confirm: Callable[[Sequence[CacheItem]], bool] | None = None
                 ) -> CacheClearing:
     """Remove entries of the user cache: all of them, those last written more than ``older_than`` ago (a
-    duration such as ``"30d"``, or seconds), or those serving ``protocol`` (its reference side and the
-    embeddings of its reference sets; under a combination, its protocols'). ``confirm(items)`` is asked
-    first (the command line asks the user); nothing is removed when it says no.
+    duration such as ``"30d"``, or seconds), those serving ``protocol`` (its reference side and the
+    embeddings of its reference sets; under a combination, its protocols'), or with ``unused`` those serving
+    none of the registry's protocols (a protocol's after :func:`remove_protocol`); the conditions given all
+    hold for what is removed. ``confirm(items)`` is asked first (the command line asks the user); nothing is
+    removed when it says no.
 
     Only what forensics writes is removed (embeddings, reference sides, layer widths, files of older formats), never
     anything else found in the folder; a link is refused (left alone), as is anything that resolves
@@ -2432,6 +2467,8 @@ def clear_cache(*, older_than: str | float | None = None, protocol: str | None =
         if age is not None and item.age_s < age:
             continue
         if wanted is not None and not wanted & set(item.protocols):
+            continue
+        if unused and item.protocols:
             continue
         real = os.path.realpath(item.path)
         if item.path.is_symlink():

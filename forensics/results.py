@@ -78,6 +78,7 @@ REFRESH_SCHEMA = "forensics.registry-refresh/1"
 CALIBRATION_SCHEMA = "forensics.calibration/1"
 PROTOCOL_CREATION_SCHEMA = "forensics.protocol-creation/1"
 PROTOCOL_COMBINATION_SCHEMA = "forensics.protocol-combination/1"
+PROTOCOL_REMOVAL_SCHEMA = "forensics.protocol-removal/1"
 PAPER_IMPORT_SCHEMA = "forensics.paper-import/1"
 PLUGINS_SCHEMA = "forensics.plugin-list/1"
 CURATION_SCHEMA = "forensics.curation/1"
@@ -636,6 +637,33 @@ class CombinationResult:
                 "digest": self.combination.digest,
                 "combines": [p.name for p in self.combination.parts], "n_instances": self.n_instances,
                 "registry": str(self.registry)}
+
+
+@dataclass(frozen=True)
+class ProtocolRemoval:
+    """``forensics.remove_protocol``: the protocol removed from the written registry (none when not
+    confirmed) with what lay beside it there, the user cache's entries that served it and no other of the
+    registry's protocols (left in the cache, which every registry shares), and the registry's default
+    protocol after it."""
+
+    protocol: str
+    registry: Path
+    combination: bool
+    generators: tuple[str, ...]
+    n_instances: int
+    n_files: int
+    size: int
+    cache_served: tuple[CacheItem, ...]
+    was_default: bool
+    default_protocol: str | None
+    confirmed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": PROTOCOL_REMOVAL_SCHEMA, "protocol": self.protocol, "registry": str(self.registry),
+                "confirmed": self.confirmed, "combination": self.combination, "generators": list(self.generators),
+                "n_instances": self.n_instances, "n_files": self.n_files, "size_bytes": self.size,
+                "cache_served": [i.to_dict() for i in self.cache_served],
+                "was_default": self.was_default, "default_protocol": self.default_protocol}
 
 
 # -- reading the registry ------------------------------------------------------------------------

@@ -177,6 +177,28 @@ def user(monkeypatch, tmp_path):
     return tmp_path / "data" / "registry"
 
 
+def fingerprint_of(path) -> dict[str, tuple[int, int, str | None]]:
+    """Every file under ``path``: size, mtime and (for text) its sha256, to show that nothing changed."""
+    import hashlib
+
+    state = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = f.stat()
+        digest = hashlib.sha256(f.read_bytes()).hexdigest() if f.suffix in (".yaml", ".json", "") else None
+        state[str(f.relative_to(path))] = (stat.st_size, stat.st_mtime_ns, digest)
+    return state
+
+
+@pytest.fixture
+def bundled_unchanged():
+    """Asserts, after the test, that the bundled registry is as it was."""
+    from forensics.registry import bundled_registry_path
+
+    before = fingerprint_of(bundled_registry_path())
+    yield
+    assert fingerprint_of(bundled_registry_path()) == before
+
+
 @pytest.fixture
 def without(monkeypatch):
     """``without("matplotlib", ...)``: those modules cannot be imported for the test (as if not installed)."""

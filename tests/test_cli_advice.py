@@ -4,7 +4,6 @@ checked. Offline, on CPU, with the user registry in a temporary folder over the 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 
 import pytest
@@ -21,20 +20,6 @@ runner = CliRunner()
 
 
 pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
-
-
-@pytest.fixture
-def bundled_unchanged():
-    """Asserts, after the test, that no file of the bundled registry changed."""
-    def state() -> dict[str, str]:
-        return {str(f): hashlib.sha256(f.read_bytes()).hexdigest()
-                for f in sorted(bundled_registry_path().rglob("*.yaml")) if f.is_file()}
-
-    before = state()
-    yield
-    assert state() == before
-
-
 
 
 def cli(*args, code: int = 0):

@@ -4,7 +4,6 @@ shipped protocol's record or an enrolled sample set."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -27,24 +26,6 @@ runner = CliRunner()
 
 
 pytestmark = pytest.mark.usefixtures("plugin_host")  # the bundled plugins only, whatever else is installed
-
-
-def fingerprint_of(path: Path) -> dict[str, tuple[int, int, str | None]]:
-    """Every file under ``path``: size, mtime and (for text) its sha256, to show that nothing changed."""
-    state = {}
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = f.stat()
-        digest = hashlib.sha256(f.read_bytes()).hexdigest() if f.suffix in (".yaml", ".json", "") else None
-        state[str(f.relative_to(path))] = (stat.st_size, stat.st_mtime_ns, digest)
-    return state
-
-
-@pytest.fixture
-def bundled_unchanged():
-    """Asserts, after the test, that the bundled registry is as it was."""
-    before = fingerprint_of(bundled_registry_path())
-    yield
-    assert fingerprint_of(bundled_registry_path()) == before
 
 
 def cli(*args: str, code: int = 0):

@@ -97,11 +97,13 @@ def clear(
                                              "than this: 30d, 12h, 90m, 2w (a plain number: days)."),
     protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Only what serves this protocol: its "
                                            "reference side and the embeddings of its reference sets."),
+    unused: bool = typer.Option(False, "--unused", help="Only entries that serve none of the registry's protocols "
+                                "(those of a removed protocol, say)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking (needed when not on a terminal)."),
     registry: Optional[Path] = OPT_REGISTRY,
     json_out: bool = OPT_JSON,
 ):
-    """Remove cache entries (all, or --older-than, or --protocol), after asking unless --yes.
+    """Remove cache entries (all, or --older-than, --protocol, --unused), after asking unless --yes.
 
     Only what forensics wrote there is removed; links and anything else are left alone. A removed
     reference side or embedding is recomputed when next needed (minutes).
@@ -122,7 +124,7 @@ def clear(
         total = size_text(sum(i.size for i in items))
         return typer.confirm(f"Remove {counted(len(items), 'cache entry', 'cache entries')} ({total})?", default=False, err=True)
 
-    result = clear_cache(older_than=older_than, protocol=protocol, registry=registry, confirm=ask)
+    result = clear_cache(older_than=older_than, protocol=protocol, unused=unused, registry=registry, confirm=ask)
     if json_out:
         print_json(result.to_dict())
     for item, why in result.refused:

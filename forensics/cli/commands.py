@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -317,6 +318,57 @@ def protocol_combine(
         where = result.file if result.file is not None else result.registry
         out.print(f"{what} exists unchanged at {esc(where)}; nothing written; {result.n_instances} instance(s) "
                   "enrolled under all of them")
+
+
+@protocol_app.command("remove")
+@handle_errors
+def protocol_remove(
+    name: str = typer.Argument(..., help="The protocol (or combination) to remove."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking (needed when not on a terminal)."),
+    registry: Optional[Path] = OPT_REGISTRY,
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON (a stable schema)."),
+):
+    """Remove a protocol of your registry with everything kept beside it, after asking unless --yes.
+
+    Its enrolled generators, calibration, per-image records and reference side go with it. A bundled
+    protocol, or one a combination combines, is refused. The cache stays: `forensics cache clear --unused`.
+    Example: forensics protocol remove my-data --yes
+    """
+    from forensics.api import remove_protocol
+    from forensics.cli.cache import size_text
+    from forensics.errors import UsageError
+    from forensics.report import counted
+
+    def said(plan) -> str:
+        what = "combination" if plan.combination else "protocol"
+        held = (f"{counted(len(plan.generators), 'generator')} ({counted(plan.n_instances, 'instance')}), "
+                if plan.generators else "")
+        return f"{what} {name}: {held}{counted(plan.n_files, 'file')} ({size_text(plan.size)})"
+
+    def ask(plan) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(f"{said(plan)} would be removed; add --yes to remove it without asking (stdin is not a "
+                             "terminal)")
+        return typer.confirm(f"Remove {said(plan)}?", default=False, err=True)
+
+    result = remove_protocol(name, registry=registry, confirm=ask)
+    if json_out:
+        print_json(result.to_dict())
+    if not result.confirmed:
+        err.print("nothing removed")
+        return
+    if not json_out:
+        out.print(f"removed {esc(said(result))} from {esc(result.registry)}")
+    if result.was_default:
+        err.print(f"[yellow]note:[/] {esc(name)} was the default protocol; the default is now "
+                  + (esc(result.default_protocol) if result.default_protocol else
+                     "none: set one with `forensics registry default NAME`"), soft_wrap=True)
+    if result.cache_served:
+        err.print(f"[yellow]note:[/] {counted(len(result.cache_served), 'cache entry', 'cache entries')} "
+                  f"({size_text(sum(i.size for i in result.cache_served))}) served it alone; the cache, which every "
+                  "registry shares, keeps them: `forensics cache clear --unused` frees them", soft_wrap=True)
 
 
 @app.command()

@@ -87,6 +87,9 @@ LOCK_FILE = ".lock"
 LOCK_TIMEOUT_S = 120.0
 #: a write of several files (a combination enrolment) in progress: which temporary file becomes which file
 JOURNAL = ".journal.tmp"
+#: the ending of a removed protocol's folder between being renamed aside and deleted (``.<name>`` before it):
+#: hidden, so never read as a protocol, and a temporary name a registry's ``.gitignore`` already ignores
+REMOVING = ".removing.tmp"
 
 __all__ = ["Registry", "bundled_registry_path", "default_registry_path", "diff", "registry_layers",
            "user_registry_path", "SCHEMA_VERSION"]
@@ -1084,6 +1087,9 @@ class Registry:
                     if inside(below, self.path) and below.is_dir():
                         folders += [d for d in (below, *below.rglob("*")) if d.is_dir() and not d.is_symlink()
                                     and inside(d, self.path)]
+        for aside in self.path.glob(f".*{REMOVING}"):  # a protocol's folder whose removal was killed midway
+            if aside.is_dir() and not aside.is_symlink():
+                _remove_tree(aside)
         for folder in folders:
             # every file of the registry is written under this lock: a temporary one is a killed write's
             for tmp in folder.glob(".*.tmp"):
@@ -1214,6 +1220,53 @@ class Registry:
         with self.lock():
             self._write_top(protocol_name)
         self.reload()
+
+    def protocol_contents(self, protocol_name: str) -> dict[str, Any]:
+        """What removing ``protocol_name`` would remove (:meth:`remove_protocol`), after its refusals: the
+        folder, and how many generators, instances and files (of how many bytes) lie in it."""
+        check_name("protocol name", protocol_name)
+        proto = self.protocol(protocol_name)
+        lower = next((root for root in self.below if (root / protocol_name / PROTOCOL_FILE).is_file()), None)
+        if lower is not None:
+            mine = [g for g, e in self.generators.get(protocol_name, {}).items()
+                    if (self.path / protocol_name / GENERATORS_DIR / f"{g}.yaml").is_file()]
+            raise UsageError(f"protocol {protocol_name!r} comes with forensics (the bundled registry at {lower}, "
+                             "read-only) and cannot be removed"
+                             + (f"; remove what you enrolled under it with `forensics registry remove GENERATOR "
+                                f"--protocol {protocol_name}` ({', '.join(mine)})" if mine else ""))
+        combos = self.combinations_of(protocol_name)
+        if combos:
+            raise UsageError(f"protocol {protocol_name!r} is combined in {', '.join(combos)}: remove "
+                             + ("that combination" if len(combos) == 1 else "those combinations")
+                             + " first (`forensics protocol remove NAME`)")
+        folder = self._safe(self.path / protocol_name)
+        files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+        generators = self.generators.get(protocol_name, {}) if not isinstance(proto, Combination) else {}
+        return {"protocol": protocol_name, "folder": folder, "combination": isinstance(proto, Combination),
+                "generators": sorted(generators), "instances": sum(len(e.instances) for e in generators.values()),
+                "files": len(files), "bytes": sum(p.stat().st_size for p in files),
+                "default": self._current_default() == protocol_name}
+
+    def remove_protocol(self, protocol_name: str) -> dict[str, Any]:
+        """Remove a protocol the written layer holds, with everything kept beside it there (its enrolled
+        generators, calibration, per-image records, shipped reference side); returns
+        :meth:`protocol_contents`. Refused for a protocol of a read-only layer (the bundled registry) and for
+        one a combination combines (remove the combination first). A protocol that was the written layer's
+        default leaves no default there (a layer below, if any, decides it again). The folder goes at once:
+        renamed aside under the lock, then deleted; a removal killed between the two is finished by the next
+        write. Files a reference set of the protocol names outside the registry are never touched."""
+        with self.lock():
+            found = self.protocol_contents(protocol_name)
+            self.check_writable()
+            if found["default"]:  # first: killed after it, the protocol stays, not the default
+                self._write_top(None)
+            aside = self.path / f".{protocol_name}{REMOVING}"
+            if aside.exists() or aside.is_symlink():
+                _remove_tree(aside)
+            os.replace(found["folder"], aside)
+            _remove_tree(aside)
+        self.reload()
+        return found
 
     def _ensure_gitignore(self) -> None:
         gi = self.path / ".gitignore"
@@ -1887,6 +1940,15 @@ class Registry:
         if self.below:  # the default the layers name together
             write_yaml(Path(target) / REGISTRY_FILE, {"schema_version": SCHEMA_VERSION,
                                                       "default_protocol": self.default_protocol}, HEADER)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete ``path`` and what lies under it; a link in it is removed, never followed (a link is removed as
+    a file)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)
 
 
 def _places(protocol: Protocol | Combination) -> list[dict[str, Any]]:
