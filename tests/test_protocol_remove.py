@@ -20,7 +20,7 @@ from forensics.encode.cache import EmbeddingCache, embedding_key
 from forensics.engine import reference_key
 from forensics.errors import UsageError
 from forensics.io.hashing import short
-from forensics.protocol import Combination, Fingerprint
+from forensics.protocol import Combination
 from forensics.registry import Registry, bundled_registry_path
 from forensics.registry.store import REMOVING
 

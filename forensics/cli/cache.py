@@ -3,13 +3,12 @@ and clearing it (:func:`forensics.list_cache`, :func:`forensics.clear_cache`).""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from forensics.cli.common import OPT_JSON, OPT_REGISTRY, err, esc, handle_errors, out, print_json
+from forensics.cli.common import OPT_JSON, OPT_REGISTRY, confirmed, err, esc, handle_errors, out, print_json
 from forensics.report import counted
 
 app = typer.Typer(name="cache", no_args_is_help=True,
@@ -110,19 +109,13 @@ def clear(
     Example: forensics cache clear --older-than 30d --yes
     """
     from forensics.api import clear_cache, parse_duration
-    from forensics.errors import UsageError
 
     if older_than is not None:
         parse_duration(older_than)  # a bad duration fails before anything is listed
 
     def ask(items) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError(f"{counted(len(items), 'cache entry', 'cache entries')} would be removed; add --yes to remove them without "
-                             "asking (stdin is not a terminal)")
-        total = size_text(sum(i.size for i in items))
-        return typer.confirm(f"Remove {counted(len(items), 'cache entry', 'cache entries')} ({total})?", default=False, err=True)
+        return confirmed(yes, f"{counted(len(items), 'cache entry', 'cache entries')} "
+                              f"({size_text(sum(i.size for i in items))})")
 
     result = clear_cache(older_than=older_than, protocol=protocol, unused=unused, registry=registry, confirm=ask)
     if json_out:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,8 +13,8 @@ from forensics.cli.common import OPT_ENGINE, OPT_RAY_ADDRESS, check_reports, wri
 from forensics.cli.common import (
     OPT_AMP, OPT_CONDITION, OPT_DEVICE, OPT_DROP_ENROLLED, OPT_DROP_REPEATS, OPT_HTML, OPT_NO_CACHE, OPT_NO_RECURSIVE,
     OPT_OFFLINE, OPT_OPERATING_POINT, OPT_PLOTS, OPT_PROTOCOL, OPT_REGISTRY, OPT_WEIGHTS, OPT_WORKERS, STATE,
-    batch_notes, check_output, distribution_version, err, esc, handle_errors, input_notes, out, print_json,
-    progress_bar, use_offline,
+    batch_notes, check_output, confirmed, distribution_version, err, esc, handle_errors, input_notes, out,
+    print_json, progress_bar, use_offline,
 )
 
 app = typer.Typer(
@@ -336,7 +335,6 @@ def protocol_remove(
     """
     from forensics.api import remove_protocol
     from forensics.cli.cache import size_text
-    from forensics.errors import UsageError
     from forensics.report import counted
 
     def said(plan) -> str:
@@ -345,15 +343,7 @@ def protocol_remove(
                 if plan.generators else "")
         return f"{what} {name}: {held}{counted(plan.n_files, 'file')} ({size_text(plan.size)})"
 
-    def ask(plan) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError(f"{said(plan)} would be removed; add --yes to remove it without asking (stdin is not a "
-                             "terminal)")
-        return typer.confirm(f"Remove {said(plan)}?", default=False, err=True)
-
-    result = remove_protocol(name, registry=registry, confirm=ask)
+    result = remove_protocol(name, registry=registry, confirm=lambda plan: confirmed(yes, said(plan)))
     if json_out:
         print_json(result.to_dict())
     if not result.confirmed:
