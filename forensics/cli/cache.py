@@ -114,8 +114,7 @@ def clear(
         parse_duration(older_than)  # a bad duration fails before anything is listed
 
     def ask(items) -> bool:
-        return confirmed(yes, f"{counted(len(items), 'cache entry', 'cache entries')} "
-                              f"({size_text(sum(i.size for i in items))})")
+        return confirmed(yes, counted(len(items), 'cache entry', 'cache entries'), size_text(sum(i.size for i in items)))
 
     result = clear_cache(older_than=older_than, protocol=protocol, unused=unused, registry=registry, confirm=ask)
     if json_out:

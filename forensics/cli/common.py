@@ -107,16 +107,16 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def confirmed(yes: bool, what: str) -> bool:
-    """Whether to remove ``what`` ("3 cache entries (1.2 MB)"): yes with ``--yes``, else the user's answer on a
-    terminal; off a terminal, where nobody can answer, a usage error saying to add ``--yes``."""
+def confirmed(yes: bool, what: str, size: str | None = None) -> bool:
+    """Whether to remove ``what`` ("3 cache entries", of ``size`` "1.2 MB" when given): yes with ``--yes``, else
+    the user's answer on a terminal; off a terminal, where nobody can answer, a usage error saying to add ``--yes``."""
     from forensics.errors import UsageError
 
     if yes:
         return True
     if not sys.stdin.isatty():
         raise UsageError(f"{what} would be removed; add --yes to remove without asking (stdin is not a terminal)")
-    return typer.confirm(f"Remove {what}?", default=False, err=True)
+    return typer.confirm(f"Remove {what}{f' ({size})' if size else ''}?", default=False, err=True)
 
 
 def progress_bar(*, quiet: bool | None = None):
