@@ -916,6 +916,29 @@ def _weighted_matcher(name: str, weights: Sequence[float] | None, problems: list
         return make_matcher(name)
 
 
+def _colour_unlike(images: np.ndarray, references: Sequence[Any], protocol: str) -> str | None:
+    """A warning when the query ``images`` are in colour and every enrolled instance of ``references`` records
+    grey images (provenance ``image_colour``), or the other way round; None when they are alike or an instance
+    records nothing. The curve of a tinted copy, or a grey one, is not its generator's: "unknown" then may only
+    mean the colour."""
+    from forensics.io.images import in_colour
+    from forensics.report import counted
+
+    made = {r.provenance.get("image_colour") for r in references}
+    if len(made) != 1 or None in made:
+        return None
+    coloured = int(in_colour(images).sum())
+    if made == {False} and coloured:
+        return (f"{coloured} of the {counted(len(images), 'image')} are in colour, and every generator enrolled under "
+                f"{protocol} made grey images: colour they never made moves the curve, so the verdict may speak of "
+                "the colour rather than the generator; attribute the images as they were made, if you have them")
+    if made == {True} and not coloured:
+        return (f"the images are grey, and every generator enrolled under {protocol} made colour images: a grey "
+                "copy's curve is not its generator's, so the verdict may speak of the conversion rather than the "
+                "generator; attribute the images as they were made, if you have them")
+    return None
+
+
 def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
     """The (height, width) the enrolled instances were generated at, as their provenance records it
     (``image_size``); None when one records none or they differ."""
@@ -1102,6 +1125,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     data, record, condition, enrolled = _without_enrolled(data, record, condition, reg, proto.name, references,
                                                           drop_enrolled)
     data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
+    colour = _colour_unlike(data, references, proto.name)
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
     cond = _condition(condition, record, sized.conditions(), native, mixtures=True)
@@ -1166,7 +1190,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
-                             warnings=tuple(dict.fromkeys([*notes, *enrolled, *filter(None, [repeats]), *sized.problems,
+                             warnings=tuple(dict.fromkeys([*notes, *enrolled, *filter(None, [repeats, colour]),
+                                                           *sized.problems,
                                                            *filter(None, [cond.warning, mixed]),
                                                            *_batch_warnings(len(data), size, batches,
                                                                             0 if rest_attributed else rest,
@@ -1289,7 +1314,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     matched against it; each condition embeds the images once more. ``family``: the model the generator
     shares with other enrolled generators (:func:`generator_family`), recorded in its file; None leaves it."""
     from forensics import engine as engines
-    from forensics.io.images import repeated
+    from forensics.io.images import in_colour, repeated
     from forensics.registry.model import check_family, check_name
 
     check_name("generator name", generator)  # the name first: it decides where anything would be written
@@ -1331,6 +1356,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
     if len(record.sizes) == 1:  # the size the generator writes: queries of another size were resampled
         provenance["image_size"] = list(map(int, record.sizes[0]))
+    provenance["image_colour"] = bool(in_colour(data).any())  # a query unlike every generator's is warned of
     if record.path is not None:
         provenance["input"] = record.path
         kept = conditions if conditions is None or isinstance(conditions, str) else ",".join(conditions)
@@ -1395,6 +1421,7 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     keeps records under}."""
     from forensics import engine as engines
     from forensics.conditions import parse_conditions
+    from forensics.io.images import in_colour
 
     _check_input(images)
     reg = open_registry(registry)
@@ -1413,15 +1440,16 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     # only what some instance lacks is embedded (none always: it must give back the enrolled curves)
     wanted = [c for c in parse_conditions(conditions)
               if any(c not in reg.instance_record_conditions(pname, generator, r.instance) for r in mine)]
-    size = list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None
+    facts = {"image_size": list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None,
+             "image_colour": bool(in_colour(data).any())}
     digests = _batch_digests(data, proto.batch_size)
-    if not wanted:  # every condition kept already: at most the images' digests to add, which need no embedding
-        return _keep_digests(reg, pname, generator, mine, digests, size)
+    if not wanted:  # every condition kept already: at most the images' digests and facts to add: no embedding
+        return _keep_digests(reg, pname, generator, mine, digests, facts)
     fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(wanted),
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir)
-    return _keep_records(reg, pname, generator, mine, fps, records, size, digests)
+    return _keep_records(reg, pname, generator, mine, fps, records, facts, digests)
 
 
 def generator_protocol(generator: str, protocol: str | None = None, *,
@@ -1459,21 +1487,21 @@ def _batch_of(ref: EnrolledCurve) -> int:
 
 
 def _keep_digests(reg: Registry, protocol: str, generator: str, instances: Sequence[EnrolledCurve],
-                  digests: Sequence[np.ndarray], image_size: Sequence[int] | None) -> dict[str, list[str]]:
+                  digests: Sequence[np.ndarray], facts: Mapping[str, Any]) -> dict[str, list[str]]:
     """Keep the digests of the images ``instances`` were enrolled from (their input's hash checked by the
-    caller) where they keep none, without embedding anything. Returns {instance id: the conditions it keeps
-    records under}."""
+    caller), and ``facts`` about them (``image_size``, ``image_colour``: :meth:`Registry.add_records`), where
+    they keep none, without embedding anything. Returns {instance id: the conditions it keeps records under}."""
     for ref in instances:
         if _batch_of(ref) >= len(digests):
             raise UsageError(f"{generator}/{ref.instance} is batch {_batch_of(ref)} of its input, which holds "
                              f"{len(digests)} batches")
-    return {ref.instance: reg.add_records(protocol, generator, ref.instance, {}, image_size=image_size,
+    return {ref.instance: reg.add_records(protocol, generator, ref.instance, {}, **facts,
                                           image_digests=digests[_batch_of(ref)]) for ref in instances}
 
 
 def _keep_records(reg: Registry, protocol: str, generator: str, instances: Sequence[EnrolledCurve],
                   fps: Sequence[Any], records: Sequence[Mapping[str, Any]] | None,
-                  image_size: Sequence[int] | None, digests: Sequence[np.ndarray]) -> dict[str, list[str]]:
+                  facts: Mapping[str, Any], digests: Sequence[np.ndarray]) -> dict[str, list[str]]:
     """Keep the per-image records computed from the images ``instances`` were enrolled from (``fps`` and
     ``records``: :func:`forensics.engine.batch_records` of those images, one per batch), after checking that
     each instance's batch gives back its enrolled curve (to 1e-9), else nothing is written. Returns
@@ -1491,7 +1519,7 @@ def _keep_records(reg: Registry, protocol: str, generator: str, instances: Seque
             raise UsageError(f"these images do not give back {generator}/{ref.instance}'s enrolled curve here (off by "
                              f"up to {worst:.3g}): another encoder build or weights? Re-enrol it instead")
         plan.append((ref.instance, records[j], digests[j]))
-    return {iid: reg.add_records(protocol, generator, iid, recs, image_size=image_size, image_digests=d)
+    return {iid: reg.add_records(protocol, generator, iid, recs, **facts, image_digests=d)
             for iid, recs, d in plan}
 
 
@@ -2223,7 +2251,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     each set as it is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
     from forensics.conditions import parse_conditions
     from forensics.engine import batch_records, check_weights, engine_class
-    from forensics.io.images import load_images
+    from forensics.io.images import in_colour, load_images
     from forensics.zoo.catalog import FAMILIES, select
 
     _check_weights(weights)
@@ -2247,6 +2275,8 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             if not z.path.is_file():
                 raise _missing(z.path)
             images, digest = load_images(z.path)
+            facts = {"image_size": [int(images.shape[1]), int(images.shape[2])],
+                     "image_colour": bool(in_colour(images).any())}
             mine = [r for r in enrolled if r.generator == z.generator and r.provenance.get("input_sha256") == digest]
             lacking = sorted({c for r in mine
                               for c in set(wanted) - set(reg.instance_record_conditions(proto.name, z.generator,
@@ -2254,15 +2284,14 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             unhashed = [r for r in mine if r.provenance.get("image_digests") is None]
             if unhashed:  # enrolled before the images' digests were kept: their set's hash vouches for them
                 hashed += len(unhashed)
-                _keep_digests(reg, proto.name, z.generator, unhashed, _batch_digests(images, proto.batch_size),
-                              [int(images.shape[1]), int(images.shape[2])])
+                _keep_digests(reg, proto.name, z.generator, unhashed, _batch_digests(images, proto.batch_size), facts)
             if mine and not lacking:
                 skipped += 1
                 continue
             if not mine and len(images) < proto.batch_size:
                 raise UsageError(f"{z.path} holds {len(images)} images; protocol {proto.name} needs batches of "
                                  f"{proto.batch_size}")
-            todo.append((z, images, digest, mine, lacking))
+            todo.append((z, images, digest, mine, lacking, facts))
         if not todo:
             continue
         runner = build(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
@@ -2271,13 +2300,12 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
         if not runner.keeps_records:  # no records to add: the sets enrolled already are done
             skipped += sum(1 for item in todo if item[3])
             todo = [item for item in todo if not item[3]]
-        for z, images, digest, mine, lacking in todo:
+        for z, images, digest, mine, lacking, facts in todo:
             what = f"{z.generator}/{z.instance}"
             _embedding_begins(proto, progress, what, len(images))
-            size = [int(images.shape[1]), int(images.shape[2])]
             if mine:  # none too: its curve must be the enrolled one
                 fps, records = batch_records(runner, images, lacking, what)
-                kept = _keep_records(reg, proto.name, z.generator, mine, fps, records, size,
+                kept = _keep_records(reg, proto.name, z.generator, mine, fps, records, facts,
                                      _batch_digests(images, proto.batch_size))
                 recorded.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance,
                                  "ids": sorted(kept), "conditions": lacking})
@@ -2285,8 +2313,8 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             fps, records = batch_records(runner, images, wanted, what)
             command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
                        "--instance", z.instance]
-            provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path),
-                          "image_size": size, "command": " ".join(shlex.quote(a) for a in command),
+            provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path), **facts,
+                          "command": " ".join(shlex.quote(a) for a in command),
                           "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
             ids = reg.enroll(proto.name, z.generator, fps, provenance, records=records,
                              family=FAMILIES.get(z.generator), image_digests=_batch_digests(images, proto.batch_size))

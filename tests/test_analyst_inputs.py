@@ -73,6 +73,80 @@ def test_repeat_of_points_each_repeat_at_the_first_of_its_group():
     assert repeated(images).tolist() == [False, False, True, False, True, True]
 
 
+def test_in_colour_is_true_where_the_red_green_and_blue_channels_differ():
+    from forensics.io.images import in_colour
+
+    grey = np.arange(4 * 3 * 3, dtype=np.uint8).reshape(4, 3, 3)
+    assert in_colour(grey).tolist() == [False] * 4
+    assert in_colour(grey[..., None]).tolist() == [False] * 4
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    assert in_colour(rgb).tolist() == [False] * 4  # a grey image read as RGB is grey
+    rgba = np.concatenate([rgb, np.arange(4 * 9, dtype=np.uint8).reshape(4, 3, 3, 1)], axis=-1)
+    assert in_colour(rgba).tolist() == [False] * 4  # alpha is not colour
+    rgb[1, 2, 0, 2] += 3  # one blue value of one pixel, beyond a codec's rounding
+    rgb[2, 1, 1, 0] += 2  # as lossy WebP gives a grey image back: a level or two apart
+    rgb[3, ..., 0] = 0
+    assert in_colour(rgb).tolist() == [False, True, False, True]
+
+
+def test_a_grey_image_saved_as_lossy_webp_or_jpeg_reads_back_grey(tmp_path):
+    # WebP stores colour planes whatever the image: a grey digit comes back with channels a level apart
+    from PIL import Image
+
+    from forensics.io.images import in_colour, read_image_set
+
+    digits = labelled((1, 6))
+    digits[:, 5:20, 5:20] = np.arange(15 * 15, dtype=np.uint8).reshape(15, 15)  # edges for the codecs to blur
+    for kind, options in (("webp", {"quality": 50}), ("jpg", {"quality": 75})):
+        (tmp_path / kind).mkdir()
+        for i, image in enumerate(digits):
+            Image.fromarray(image).convert("RGB").save(tmp_path / kind / f"{i}.{kind}", **options)
+        read = read_image_set(tmp_path / kind).images
+        assert read.shape[:3] == digits.shape and not in_colour(read).any(), kind
+
+
+def test_a_query_in_colour_against_generators_that_made_grey_images_is_warned_of(fake_engine):
+    # a tinted copy of a grey generator's images came back "unknown", far from every generator, with no word
+    # of why; the enrolled instances record whether their images were in colour, and a query unlike all is said
+    import forensics
+
+    refs = forensics.open_registry().enrolled(VIT)
+    assert {r.provenance.get("image_colour") for r in refs} == {False}  # the bundled zoo: grey digits
+    grey = labelled((1, 500))
+    as_rgb = np.repeat(grey[..., None], 3, axis=-1)
+    tinted = as_rgb.copy()
+    tinted[..., 2] = 200  # blue where the digits are black
+
+    def colour_warnings(images):
+        return [w for w in forensics.attribute(images, protocol=VIT).warnings if "colour" in w]
+
+    assert colour_warnings(grey) == [] and colour_warnings(as_rgb) == []
+    (line,) = colour_warnings(tinted)
+    assert line.startswith("500 of the 500 images are in colour, and every generator enrolled under mnist-vit made "
+                           "grey images") and "\n" not in line
+    as_rgb[:7] = tinted[:7]
+    (line,) = colour_warnings(as_rgb)
+    assert line.startswith("7 of the 500 images are in colour")
+
+
+def test_the_colour_warning_needs_every_instance_to_say_and_to_agree():
+    from types import SimpleNamespace
+
+    from forensics.api import _colour_unlike
+
+    def refs(*colours):
+        return [SimpleNamespace(provenance={} if c is None else {"image_colour": c}) for c in colours]
+
+    grey, tinted = np.zeros((3, 4, 4), np.uint8), np.zeros((3, 4, 4, 3), np.uint8)
+    tinted[0, 0, 0, 0] = 9
+    assert _colour_unlike(tinted, refs(False, False), "p").startswith("1 of the 3 images are in colour")
+    assert _colour_unlike(grey, refs(True, True), "p").startswith(
+        "the images are grey, and every generator enrolled under p made colour images")
+    for alike in ((grey, refs(False)), (tinted, refs(True)), (tinted, refs(True, False)), (grey, refs(True, None)),
+                  (tinted, refs(False, None)), (tinted, [])):
+        assert _colour_unlike(*alike, "p") is None
+
+
 def test_a_broken_link_among_the_images_is_named_as_one(tmp_path):
     # it read "case/zz.png does not exist; give a folder of PNG/JPEG images or an .npz/.npy file", to an
     # analyst who had given a folder

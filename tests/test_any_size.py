@@ -1069,6 +1069,7 @@ def test_images_of_another_size_are_brought_back_to_the_size_the_generators_writ
     images = np.load(data / "query-noise.npz")["images"][:M]
     h, w = images.shape[1:3]  # the digits: 8×8
     assert [r.provenance.get("image_size") for r in Registry.open(reg).enrolled("d")] == [[h, w]] * 6
+    assert [r.provenance.get("image_colour") for r in Registry.open(reg).enrolled("d")] == [False] * 6
     folder = _files(tmp_path / "up", _one_way(images, "resize2"), "png")
     r = run(["attribute", str(folder), "--registry", str(reg), "--json"])
     assert r.exit_code == 0, r.output
@@ -1246,17 +1247,19 @@ def test_records_are_added_only_from_the_instances_own_images(digits, plugin_hos
     assert {p: p.read_bytes() for p in folder.rglob("*.npy")} == after
     with pytest.raises(UsageError, match="no generator 'nobody'"):
         api.add_records(str(data / "rotate.npz"), "nobody", registry=copy)
-    # an instance enrolled before the image size was recorded gets it from its own images, nothing else moves
+    # an instance enrolled before the image size and colour were recorded gets them from its own images,
+    # nothing else moves
     import yaml
 
     doc = yaml.safe_load(gen_file.read_text())
     for inst in doc["instances"]:
-        del inst["provenance"]["image_size"]
+        del inst["provenance"]["image_size"], inst["provenance"]["image_colour"]
     gen_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    assert all("image_size" not in r.provenance for r in Registry.open(copy).enrolled("d") if r.generator == "rotate")
+    assert all("image_size" not in r.provenance and "image_colour" not in r.provenance
+               for r in Registry.open(copy).enrolled("d") if r.generator == "rotate")
     assert api.add_records(str(data / "rotate.npz"), "rotate", registry=copy, conditions="none") == kept
-    assert [r.provenance["image_size"] for r in Registry.open(copy).enrolled("d") if r.generator == "rotate"] == [
-        [8, 8], [8, 8]]
+    assert [(r.provenance["image_size"], r.provenance["image_colour"]) for r in Registry.open(copy).enrolled("d")
+            if r.generator == "rotate"] == [([8, 8], False), ([8, 8], False)]
     assert {p: p.read_bytes() for p in folder.rglob("*.npy")} == after
 
 

@@ -525,6 +525,14 @@ def test_validate_reports_an_image_size_that_is_not_height_and_width(two, finger
     failed_validation(proc)
     assert "two/a/generators/g.yaml: instances[0] (abababababab-0).provenance.image_size: expected [height, width] " \
            "in pixels, got [28, -1]" in proc.stdout
+    gfile.write_text(gfile.read_text().replace("image_size: [28, -1]", "image_size: [28, 28]\n    image_colour: 'no'"))
+    proc = cli("registry", "validate", "--registry", str(two.path))
+    failed_validation(proc)
+    assert "instances[0] (abababababab-0).provenance.image_colour: expected true or false (whether any image is in " \
+           "colour), got 'no'" in proc.stdout
+    gfile.write_text(gfile.read_text().replace("image_colour: 'no'", "image_colour: false"))
+    assert "image_colour" not in cli("registry", "validate", "--registry", str(two.path)).stdout
+    gfile.write_text(gfile.read_text().replace("image_size: [28, 28]", "image_size: [28, -1]"))
     # sizes that disagree (or instances that record none) leave queries of another size as they are: said
     gfile.write_text(gfile.read_text().replace("image_size: [28, -1]", "image_size: [32, 32]"))
     proc = cli("registry", "validate", "--registry", str(two.path), "--json")

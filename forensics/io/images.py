@@ -389,6 +389,28 @@ def _to_uint8_advice(dtype: np.dtype, finite: bool, low: float, high: float) -> 
     return "bring them to 0..255 as their writer scaled them first, then save them as uint8"
 
 
+GREY_TOLERANCE = 2
+"""How far apart (in grey levels) the channels of a pixel of a grey image may come back from a codec that stores
+colour: a grey digit saved as lossy WebP (quality 50 to 90) reads back with channels 1 apart, as JPEG 0 apart."""
+
+
+def in_colour(images: np.ndarray) -> np.ndarray:
+    """Which images are in colour: a boolean mask over the first axis, true where two of the red, green and blue
+    channels differ by more than :data:`GREY_TOLERANCE` somewhere (a grey image read as RGB, its channels equal or
+    a codec's rounding apart, is not; alpha is not looked at). Grey sets, (N, H, W) or one channel, are in colour
+    nowhere."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] < 3:
+        return np.zeros(len(images), dtype=bool)
+    out = np.zeros(len(images), dtype=bool)
+    for i, image in enumerate(images):  # one image at a time: no copy of a large set in wider integers
+        rgb = image[..., :3].astype(np.int16)
+        out[i] = bool((np.abs(rgb[..., 0] - rgb[..., 1]).max() > GREY_TOLERANCE)
+                      or (np.abs(rgb[..., 1] - rgb[..., 2]).max() > GREY_TOLERANCE)
+                      or (np.abs(rgb[..., 0] - rgb[..., 2]).max() > GREY_TOLERANCE))
+    return out
+
+
 def repeated(images: np.ndarray) -> np.ndarray:
     """Which images repeat an earlier image of the set pixel for pixel (a boolean mask over the first axis;
     the first of each group is not a repeat): :func:`repeat_of` ≥ 0."""

@@ -408,6 +408,10 @@ def _parse_provenance(prov: Any, key: str, label: str, problems: Problems) -> di
     if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
             isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)):
         problems.add(label, f"{key}.image_size", f"expected [height, width] in pixels, got {size!r:.40}")
+    colour = prov.get("image_colour")
+    if colour is not None and not isinstance(colour, bool):
+        problems.add(label, f"{key}.image_colour", f"expected true or false (whether any image is in colour), got "
+                                                    f"{colour!r:.40}")
     created = prov.get("created")
     if "created" in prov and not is_iso_time(created):
         problems.add(label, f"{key}.created", f"expected a UTC ISO time, got {created!r}")

@@ -846,12 +846,13 @@ class Registry:
 
     def add_records(self, protocol_name: str, generator: str, instance: str,
                     records: Mapping[str, Sequence[Any]], image_size: Sequence[int] | None = None,
-                    image_digests: Any | None = None) -> list[str]:
+                    image_digests: Any | None = None, image_colour: bool | None = None) -> list[str]:
         """Keep per-image records ({condition: one array per layer of the protocol}) for an instance already
         enrolled (under a combination, under every part). The caller vouches that they are the instance's
         own images (:func:`forensics.add_records` checks the images' hash and that the ``none`` records
         reproduce the enrolled curve exactly). A condition the instance keeps already is left as it is (its
-        file and digest untouched). ``image_size`` ([height, width] of those images) is recorded in the
+        file and digest untouched). ``image_size`` ([height, width] of those images) and ``image_colour``
+        (whether any of them is in colour) are recorded in the
         instance's provenance where it records none, and so are ``image_digests`` (the images' digests,
         :func:`forensics.io.hashing.image_digests`) with their file. Files first, then the generator files
         naming them, all or nothing. A generator file only a read-only layer holds (the bundled registry) is
@@ -863,6 +864,8 @@ class Registry:
             if len(layers) != len(proto.layers):
                 raise UsageError(f"records under {c} have {len(layers)} layers; protocol {protocol_name!r} has "
                                  f"{len(proto.layers)}")
+        given = {"image_size": None if image_size is None else [int(n) for n in image_size],
+                 "image_colour": None if image_colour is None else bool(image_colour)}
         with self.lock():
             plan = []
             for part, a, b in part_spans(proto):
@@ -877,20 +880,19 @@ class Registry:
                                      + ", ".join(i.id for i in entry.instances))
                 arrays = {c: as_records(list(layers[a:b]), c) for c, layers in records.items()
                           if c not in inst.records}
-                sized = image_size is not None and inst.provenance.get("image_size") is None
+                facts = {k: v for k, v in given.items() if v is not None and inst.provenance.get(k) is None}
                 hashed = image_digests is not None and inst.provenance.get("image_digests") is None
-                if arrays or sized or hashed:
-                    plan.append((part, gfile, entry, inst, arrays, sized, hashed))
+                if arrays or facts or hashed:
+                    plan.append((part, gfile, entry, inst, arrays, facts, hashed))
             processing = self._processing_writes([part.name for part, _, _, _, arrays, _, _ in plan if arrays],
                                                  sorted({c for *_, arrays, _, _ in plan for c in arrays}))
             for path, _ in [(gfile, None) for _, gfile, *_ in plan] + processing:  # before any file is written
                 self.check_file_target(path)
             changes = []
-            for part, gfile, entry, inst, arrays, sized, hashed in plan:
+            for part, gfile, entry, inst, arrays, facts, hashed in plan:
                 self._write_records(part.name, generator, instance, arrays)
                 inst.records = {**inst.records, **{c: sha256_array(x) for c, x in arrays.items()}}
-                if sized:
-                    inst.provenance["image_size"] = [int(n) for n in image_size]
+                inst.provenance.update(facts)
                 if hashed:
                     inst.provenance["image_digests"] = self._write_digests(part.name, generator, instance,
                                                                            image_digests)
