@@ -574,6 +574,13 @@ def check_compute(device: str = "cpu", amp: str | None = None, engine: str = "lo
     return {"device": str(device), "amp": amp, "engine": engine}
 
 
+def _on_cluster(compute: dict[str, Any], engine: Engine | CombinedEngine) -> dict[str, Any]:
+    """A report's ``compute`` (:func:`check_compute`) with the cluster that computed (``ray``: address, Ray's
+    version, nodes, actors, threads), where one did."""
+    cluster = engine.cluster
+    return compute if cluster is None else {**compute, "ray": cluster}
+
+
 def _engine(reg: Registry, protocol: Protocol | Combination, *, device: str, weights: str | None, cache: bool,
             workers: int, amp: str | None, progress: Progress | None, engine: str = "local",
             ray_address: str | None = None, condition: str = "none") -> Engine | CombinedEngine:
@@ -1186,7 +1193,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              batches=tuple(batches), matcher=answered_by.describe(),
                              references=tuple(answered_by.enrolled),  # the curves the verdict was matched against
                              reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
-                             compute=compute, left_out=0 if rest_attributed else rest, compared_at=overall.compared_at,
+                             compute=_on_cluster(compute, engine), left_out=0 if rest_attributed else rest,
+                             compared_at=overall.compared_at,
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
                              condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
                                                                          for p in proto.parts}),
@@ -1262,7 +1270,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     return MemorizationResult(input=replace(record, n_images=curve.n_images), protocol=proto,
                               curve=curve, thresholds=thresholds,
                               reference_origin=origins[0] if len(origins) == 1 else "; ".join(origins),
-                              partial_batch=len(data) < proto.batch_size, compute=compute,
+                              partial_batch=len(data) < proto.batch_size, compute=_on_cluster(compute, scorer),
                               condition=_with_processing(cond, this_machine), warnings=warnings,
                               parts=tuple(parts) if len(parts) > 1 else ())
 

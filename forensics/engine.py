@@ -375,6 +375,11 @@ class Engine:
         self._reference_side: list[Any] | None = None
         self.reference_origin: str | None = None
 
+    @property
+    def cluster(self) -> dict[str, Any] | None:
+        """What a report records (``compute.ray``) of the cluster that computed; None for this process."""
+        return None
+
     def encoder(self) -> Encoder:
         """The protocol's encoder, built and checked against the protocol's record on first call (it loads
         the weights), then kept."""
@@ -657,6 +662,10 @@ class CombinedEngine:
         if all(origin is None for _, origin in origins):
             return None
         return "; ".join(f"{name}: {origin}" for name, origin in origins)
+
+    @property
+    def cluster(self) -> dict[str, Any] | None:
+        return self.engines[0].cluster  # every part on the one cluster (or in this process)
 
     def _join(self, curves: Sequence[Curve]) -> Curve:
         layers = tuple(replace(lv, layer=f"{e.protocol.name}/{lv.layer}")

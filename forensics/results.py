@@ -33,7 +33,8 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
                   "family_members": ["...", ...],   # generators (those it could not choose between)
                   "at_operating_points": {"named": {"generator": ..., "family": ...}, ...}},  # each point's answer
       "reference": {"origin": "...", "n_references": 15},
-      "compute": {"device": "cpu", "amp": null | "bf16" | "fp16", "engine": "local" | "ray"}  # where, how, in which precision
+      "compute": {"device": "cpu", "amp": null | "bf16" | "fp16", "engine": "local" | "ray",  # where, how, in which
+                  "ray": {"address", "version", "nodes", "actors", "threads"}}  # precision; the cluster, under Ray
     }
 
 Schema ``forensics.memorization/1``: schema, tool, created, input, protocol, curve (as above), level

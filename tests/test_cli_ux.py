@@ -45,6 +45,7 @@ class FakeEngine:
         self.generators = sorted({r.generator for r in refs})
         self.curve_of = {g: next(r.fingerprint.values for r in refs if r.generator == g) for g in self.generators}
         self.reference_origin = "fake"
+        self.cluster = None  # computed here, as the local engine
         self.built = self.fitted = False
 
     def encoder(self):

@@ -74,6 +74,25 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch, toy_protocol):
     assert "\n" not in str(info.value)
 
 
+def test_a_report_says_which_cluster_computed():
+    from types import SimpleNamespace
+
+    from forensics.report import cluster_text
+    from forensics.report.html import _compute_line
+    from forensics.report.terminal import compute_text
+
+    ray = {"engine": "ray", "device": "cuda", "amp": None,
+           "ray": {"address": "head:6379", "version": "2.60.0", "nodes": 3, "actors": 12, "threads": 1}}
+    assert compute_text(SimpleNamespace(compute=ray)) == \
+        "the Ray 2.60.0 cluster at head:6379 (3 nodes, 12 actors), device cuda, float32"
+    assert _compute_line({"compute": ray}) == \
+        "computed on the Ray 2.60.0 cluster at head:6379 (3 nodes, 12 actors)'s cuda, float32"
+    assert cluster_text({"engine": "ray", "device": "cpu"}) == "a Ray cluster"  # a report from before it was kept
+    assert cluster_text({"engine": "local", "device": "cpu"}) is None
+    assert compute_text(SimpleNamespace(compute={"engine": "local", "device": "cpu", "amp": "bf16"})) == \
+        "device cpu, amp bf16"
+
+
 def test_engine_names_are_checked(toy_protocol):
     with pytest.raises(UsageError, match="local or ray"):
         make_engine(toy_protocol(), engine="spark")
@@ -226,6 +245,13 @@ def test_attribute_json_is_the_same_with_engine_ray(ray_local, monkeypatch, caps
     assert on_ray["curve"] == local["curve"]
     assert on_ray["verdict"] == local["verdict"]
     assert (local["compute"]["engine"], on_ray["compute"]["engine"]) == ("local", "ray")  # where it ran is kept
+    # and which cluster: joined through the connection made here, by its own address, with Ray's version
+    from forensics.schemas import validate
+
+    assert "ray" not in local["compute"]
+    assert on_ray["compute"]["ray"] == {"address": ray_local.get_runtime_context().gcs_address,
+                                        "version": ray_local.__version__, "nodes": 1, "actors": 2, "threads": 1}
+    validate(on_ray)
 
 
 @pytest.mark.slow
@@ -244,6 +270,7 @@ def test_memorization_of_images_processed_in_several_ways_is_the_same_on_ray(ray
     on_ray = api.memorization(mixed, protocol="mnist-vit", condition=kinds, engine="ray")
     assert [(n, c.fingerprint.values) for n, c in on_ray.parts] == [(n, c.fingerprint.values) for n, c in local.parts]
     assert on_ray.curve.fingerprint.values == local.curve.fingerprint.values and len(local.parts) == 2
+    assert "ray" not in local.compute and on_ray.compute["ray"]["version"] == ray_local.__version__
 
 
 @pytest.mark.slow

@@ -169,7 +169,11 @@ class RayEngine(Engine):
                              "CUDA GPU: give --ray-address of a cluster with GPUs, or --device cpu")
         # the driver builds and checks the encoder on its CPU; the actors move it to their GPU
         super().__init__(protocol, device="cpu", **options)
+        local = starts_local(address)
         self.ray = connect(address)
+        # as given; a connection made before (by the caller) by the cluster's own address
+        self.address = address or os.environ.get("RAY_ADDRESS") or (
+            "local" if local else str(self.ray.get_runtime_context().gcs_address))
         self.ray_device = "cuda" if str(device).startswith("cuda") else "cpu"
         resources = self.ray.cluster_resources()
         if self.ray_device == "cuda" and resources.get("GPU", 0) < 1:
@@ -191,6 +195,15 @@ class RayEngine(Engine):
         self.local = sum(1 for node in self.ray.nodes() if node.get("Alive")) <= 1  # one machine
         self._remote_refs: list[Any] | None = None
         self._encoder_ref: Any = None
+
+    @property
+    def cluster(self) -> dict[str, Any]:
+        """What a report records of the cluster (``compute.ray``): its address as given (``local``: a Ray instance
+        this run started; joined through a connection the caller made, the cluster's GCS address), Ray's version, the
+        nodes alive, and the encoder actors and each one's torch threads."""
+        return {"address": self.address, "version": str(self.ray.__version__),
+                "nodes": sum(1 for node in self.ray.nodes() if node.get("Alive")), "actors": self.actors,
+                "threads": self.threads}
 
     def _statistic_device(self) -> str | None:
         return self.ray_device if self.ray_device != "cpu" and self.statistic.devices else None

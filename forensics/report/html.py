@@ -44,6 +44,7 @@ import numpy as np
 
 from forensics.errors import UsageError
 from forensics.match import lookalike_note
+from forensics.report import cluster_text
 from forensics.report import plots as P
 from forensics.report.terminal import (
     OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, pooled_line, printable,
@@ -392,7 +393,8 @@ def _source_line(doc: dict[str, Any]) -> str:
 def _compute_line(doc: dict[str, Any]) -> str:
     compute = doc.get("compute") or {}
     where = _esc(compute.get("device"))
-    where = f"a Ray cluster's {where}" if compute.get("engine") == "ray" else where
+    cluster = cluster_text(compute)
+    where = f"{_esc(cluster)}'s {where}" if cluster else where
     return f"computed on {where}, {_esc(compute.get('amp') or 'float32')}"
 
 

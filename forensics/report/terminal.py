@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from forensics.io.hashing import short
-from forensics.report import counted
+from forensics.report import cluster_text, counted
 from forensics.match import lookalike_note
 
 if TYPE_CHECKING:
@@ -286,11 +286,11 @@ def evaluation_scope(protocol: Mapping[str, Any]) -> str:
 
 def compute_text(result: AttributionResult | MemorizationResult) -> str:
     """Where the curve was computed, and in which precision: ``device cpu, float32``, ``device cuda, amp bf16``
-    or, on a Ray cluster, ``Ray cluster, device cuda, float32``."""
+    or, on a Ray cluster, ``the Ray 2.60.0 cluster at local (1 node, 2 actors), device cpu, float32``."""
     compute = result.compute
     amp = compute.get("amp")
-    cluster = "Ray cluster, " if compute.get("engine") == "ray" else ""
-    return f"{cluster}device {compute.get('device')}, {'amp ' + amp if amp else 'float32'}"
+    cluster = cluster_text(compute)
+    return f"{cluster + ', ' if cluster else ''}device {compute.get('device')}, {'amp ' + amp if amp else 'float32'}"
 
 
 def render_curve(curve: Curve, console: Console, label: str = "C_T") -> None:
