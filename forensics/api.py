@@ -923,11 +923,13 @@ def _weighted_matcher(name: str, weights: Sequence[float] | None, problems: list
         return make_matcher(name)
 
 
-def _colour_unlike(images: np.ndarray, references: Sequence[Any], protocol: str) -> str | None:
+def _colour_unlike(images: np.ndarray, references: Sequence[Any], protocol: str, *, copying: bool = False
+                   ) -> str | None:
     """A warning when the query ``images`` are in colour and every enrolled instance of ``references`` records
     grey images (provenance ``image_colour``), or the other way round; None when they are alike or an instance
     records nothing. The curve of a tinted copy, or a grey one, is not its generator's: "unknown" then may only
-    mean the colour."""
+    mean the colour. ``copying``: said of a memorization run, where the generators stand for T (as for its size):
+    a tinted copy of a training image lies away from it, and copying may read as none."""
     from forensics.io.images import in_colour
     from forensics.report import counted
 
@@ -936,14 +938,17 @@ def _colour_unlike(images: np.ndarray, references: Sequence[Any], protocol: str)
         return None
     coloured = int(in_colour(images).sum())
     if made == {False} and coloured:
-        return (f"{coloured} of the {counted(len(images), 'image')} are in colour, and every generator enrolled under "
-                f"{protocol} made grey images: colour they never made moves the curve, so the verdict may speak of "
-                "the colour rather than the generator; attribute the images as they were made, if you have them")
-    if made == {True} and not coloured:
-        return (f"the images are grey, and every generator enrolled under {protocol} made colour images: a grey "
-                "copy's curve is not its generator's, so the verdict may speak of the conversion rather than the "
-                "generator; attribute the images as they were made, if you have them")
-    return None
+        said = (f"{coloured} of the {counted(len(images), 'image')} are in colour, and every generator enrolled under "
+                f"{protocol} made grey images")
+    elif made == {True} and not coloured:
+        said = f"the images are grey, and every generator enrolled under {protocol} made colour images"
+    else:
+        return None
+    if copying:
+        return (f"{said}, as T's are: a copy of a training image in other colours lies away from it, so copying may "
+                "read as none; score the images as they were made, if you have them")
+    return (f"{said}: the colour moves the curve, so the verdict may speak of the colour rather than the "
+            "generator; attribute the images as they were made, if you have them")
 
 
 def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
@@ -1245,6 +1250,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     data, record, notes = read_images(images, proto, workers=workers, recursive=recursive, progress=progress,
                                       native=native)
     data, record, condition, repeats = _without_repeats(data, record, condition, drop_repeats)
+    colour = _colour_unlike(data, reg.enrolled(proto.name), proto.name, copying=True)
     cond = _condition(condition, record, None, native, mixtures=combinable(proto))
     data = _as_matched(cond, data)
     groups = ([(cond.name, np.arange(len(data)))] if cond.mixture is None else
@@ -1262,7 +1268,7 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     few = None if len(data) >= proto.batch_size else (
         f"{counted(len(data), 'image')}, fewer than the protocol's batch of {proto.batch_size}: |C_T| "
         "shrinks with fewer images, so a layer read as no evidence is weaker evidence of none")
-    warnings = tuple(w for w in (*notes, repeats, cond.warning, cond.withhold, few) if w)
+    warnings = tuple(w for w in (*notes, repeats, colour, cond.warning, cond.withhold, few) if w)
 
     def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it
         return {p.name: {"digest": processing_digest(name), **codecs()} for p in proto.parts}

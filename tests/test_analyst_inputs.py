@@ -127,6 +127,11 @@ def test_a_query_in_colour_against_generators_that_made_grey_images_is_warned_of
     as_rgb[:7] = tinted[:7]
     (line,) = colour_warnings(as_rgb)
     assert line.startswith("7 of the 500 images are in colour")
+    # asked whether they copy T, the generators stand for T (as for its size): a tinted copy lies away from it
+    (line,) = [w for w in forensics.memorization(tinted, protocol=VIT).warnings if "colour" in w]
+    assert "made grey images, as T's are: a copy of a training image in other colours lies away from it, so " \
+           "copying may read as none" in line
+    assert not [w for w in forensics.memorization(grey, protocol=VIT).warnings if "colour" in w]
 
 
 def test_the_colour_warning_needs_every_instance_to_say_and_to_agree():
