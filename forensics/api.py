@@ -951,6 +951,16 @@ def _colour_unlike(images: np.ndarray, references: Sequence[Any], protocol: str,
             "generator; attribute the images as they were made, if you have them")
 
 
+def _image_facts(images: np.ndarray, sizes: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """What an instance's provenance records of the images it was enrolled from, beside their hash: their
+    ``image_size`` ([height, width]; None when ``sizes``, the sizes they came in, are several) and whether any
+    was in colour (``image_colour``)."""
+    from forensics.io.images import in_colour
+
+    return {"image_size": [int(n) for n in sizes[0]] if len(sizes) == 1 else None,
+            "image_colour": bool(in_colour(images).any())}
+
+
 def generated_size(references: Sequence[Any]) -> tuple[int, int] | None:
     """The (height, width) the enrolled instances were generated at, as their provenance records it
     (``image_size``); None when one records none or they differ."""
@@ -1328,7 +1338,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     matched against it; each condition embeds the images once more. ``family``: the model the generator
     shares with other enrolled generators (:func:`generator_family`), recorded in its file; None leaves it."""
     from forensics import engine as engines
-    from forensics.io.images import in_colour, repeated
+    from forensics.io.images import repeated
     from forensics.registry.model import check_family, check_name
 
     check_name("generator name", generator)  # the name first: it decides where anything would be written
@@ -1368,9 +1378,8 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                                                     reference_dir=reg.reference_dir, engine=engine,
                                                     ray_address=ray_address)
     provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
-    if len(record.sizes) == 1:  # the size the generator writes: queries of another size were resampled
-        provenance["image_size"] = list(map(int, record.sizes[0]))
-    provenance["image_colour"] = bool(in_colour(data).any())  # a query unlike every generator's is warned of
+    # the size the generator writes (queries of another size were resampled), its colour (unlike it: warned of)
+    provenance.update({k: v for k, v in _image_facts(data, record.sizes).items() if v is not None})
     if record.path is not None:
         provenance["input"] = record.path
         kept = conditions if conditions is None or isinstance(conditions, str) else ",".join(conditions)
@@ -1435,7 +1444,6 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     keeps records under}."""
     from forensics import engine as engines
     from forensics.conditions import parse_conditions
-    from forensics.io.images import in_colour
 
     _check_input(images)
     reg = open_registry(registry)
@@ -1454,8 +1462,7 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     # only what some instance lacks is embedded (none always: it must give back the enrolled curves)
     wanted = [c for c in parse_conditions(conditions)
               if any(c not in reg.instance_record_conditions(pname, generator, r.instance) for r in mine)]
-    facts = {"image_size": list(map(int, record.sizes[0])) if len(record.sizes) == 1 else None,
-             "image_colour": bool(in_colour(data).any())}
+    facts = _image_facts(data, record.sizes)
     digests = _batch_digests(data, proto.batch_size)
     if not wanted:  # every condition kept already: at most the images' digests and facts to add: no embedding
         return _keep_digests(reg, pname, generator, mine, digests, facts)
@@ -2265,7 +2272,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     each set as it is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
     from forensics.conditions import parse_conditions
     from forensics.engine import batch_records, check_weights, engine_class
-    from forensics.io.images import in_colour, load_images
+    from forensics.io.images import load_images
     from forensics.zoo.catalog import FAMILIES, select
 
     _check_weights(weights)
@@ -2289,8 +2296,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             if not z.path.is_file():
                 raise _missing(z.path)
             images, digest = load_images(z.path)
-            facts = {"image_size": [int(images.shape[1]), int(images.shape[2])],
-                     "image_colour": bool(in_colour(images).any())}
+            facts = _image_facts(images, [images.shape[1:3]])
             mine = [r for r in enrolled if r.generator == z.generator and r.provenance.get("input_sha256") == digest]
             lacking = sorted({c for r in mine
                               for c in set(wanted) - set(reg.instance_record_conditions(proto.name, z.generator,
