@@ -260,6 +260,8 @@ def validate_registry(registry: RegistryLike = None) -> ValidationResult:
     """Check every file of the registry (schema, digests, NaN/inf, duplicate names, curve lengths, each
     per-image records file and each instance's image digests file against the digest its generator file
     records); the problems are returned (``result.ok``), not raised."""
+    from collections import Counter
+
     from forensics.conditions import records_hint
     from forensics.registry import Registry
 
@@ -303,6 +305,15 @@ def validate_registry(registry: RegistryLike = None) -> ValidationResult:
                                    "records it)" if unsized else "")
                                 + ": queries of another size are matched as they are, not brought back to the size "
                                   "the generators write")
+            colours = Counter(r.provenance.get("image_colour") for r in refs)
+            if len(colours) > 1:  # a query's colour is then told against none of them
+                said = {True: "colour", False: "grey", None: "no colour"}
+                uncoloured = [f"{r.generator}/{r.instance}" for r in refs if r.provenance.get("image_colour") is None]
+                warnings.append(f"{name}: the instances record " + ", ".join(
+                    f"{n} {said[c]}" for c, n in sorted(colours.items(), key=lambda kv: str(kv[0])))
+                                + (" (" + ", ".join(uncoloured[:5]) + (" …" if len(uncoloured) > 5 else "")
+                                   + "; `forensics registry records NAME IMAGES` records it)" if uncoloured else "")
+                                + ": a query in colour, or grey, is not told it is unlike the generators' images")
     warnings += reg.processing_warnings()
     return ValidationResult(reg.path, tuple(problems), tuple(warnings), len(reg.protocols), n_instances)
 

@@ -543,6 +543,11 @@ def test_validate_reports_an_image_size_that_is_not_height_and_width(two, finger
     doc = json.loads(cli("registry", "validate", "--registry", str(two.path), "--json").stdout)
     assert "a: the instances record 2 image size(s): queries of another size are matched as they are, not brought " \
            "back to the size the generators write" in doc["warnings"]
+    # and instances that disagree on colour (or record none) leave a query's colour unchecked: said, with the fix
+    (line,) = [w for w in doc["warnings"] if "colour" in w]
+    assert line.startswith("a: the instances record 1 grey, 1 no colour (h/") and line.endswith(
+        "`forensics registry records NAME IMAGES` records it): a query in colour, or grey, is not told it is unlike "
+        "the generators' images")
 
 
 def test_validate_reports_bad_protocol_records_and_an_empty_registry_file(reg):
