@@ -2622,6 +2622,24 @@ def _model_images(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
+def _model_colour(images: np.ndarray, channels: int, model: str) -> str | None:
+    """A warning when images in colour meet a model that makes grey ones (they are brought to its luma), or grey
+    images a model that makes colour ones: a copy of a training image in other colours is not what the model
+    reproduces, so it may read as never memorized. None when they are alike."""
+    from forensics.io.images import in_colour
+    from forensics.report import counted
+
+    coloured = int(in_colour(images).sum())
+    if channels == 1 and coloured:
+        return (f"{coloured} of the {counted(len(images), 'image')} are in colour, and {model} makes grey images: they "
+                "were brought to grey (ITU-R 601 luma), and a copy in other colours than its training image may read as "
+                "never reproduced; invert the images as they were made, if you have them")
+    if channels == 3 and not coloured:
+        return (f"the images are grey, and {model} makes colour images: a grey copy of a colour training image may read "
+                "as never reproduced; invert the images as they were made, if you have them")
+    return None
+
+
 def invmm_settings(preset: str, overrides: dict[str, Any] | None = None) -> Any:
     """The settings of a run: the named preset with ``overrides`` (any :class:`InvMMSettings` field)."""
     from forensics.inversion.measure import PRESETS
@@ -2748,6 +2766,7 @@ def invmm(images: Images, *, model: str = "mnist-dup", preset: str | None = None
                             files=tuple(found.files))
         notes = tuple(found.notes)
     pixels = _model_images(data, net.image_shape)
+    notes += tuple(filter(None, [_model_colour(data, int(net.image_shape[0]), str(model))]))
     targets = torch.from_numpy(pixels).float().div(127.5).sub(1.0)
     dtype = torch.bfloat16 if amp == "bf16" else None
     group = min(group or 8, len(targets))

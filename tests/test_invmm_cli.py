@@ -189,6 +189,22 @@ def test_images_are_brought_to_the_models_size_and_channels(plugin_host, tmp_pat
     result = forensics.invmm(path, model="mnist-ddpm", settings=TINY_SETTINGS)
     assert result.targets.shape == (2, 28, 28)
     assert np.abs(result.targets.astype(int) - grey.astype(int)).mean() < 8
+    assert not [w for w in result.warnings if "colour" in w]  # grey saved as RGB is grey
+    rgb[0, ..., 0] = 255  # one of them tinted red: brought to grey, and said
+    np.save(path, rgb)
+    (line,) = [w for w in forensics.invmm(path, model="mnist-ddpm", settings=TINY_SETTINGS).warnings if "colour" in w]
+    assert line.startswith("1 of the 2 images are in colour, and mnist-ddpm makes grey images: they were brought to "
+                           "grey (ITU-R 601 luma)")
+
+
+def test_grey_images_for_a_model_of_colour_images_are_warned_of_and_alike_ones_are_not():
+    from forensics.api import _model_colour
+
+    grey, colour = np.zeros((2, 4, 4), np.uint8), np.zeros((2, 4, 4, 3), np.uint8)
+    colour[:, 0, 0] = (200, 10, 10)
+    assert _model_colour(grey, 3, "m").startswith("the images are grey, and m makes colour images")
+    assert _model_colour(colour, 1, "m").startswith("2 of the 2 images are in colour, and m makes grey images")
+    assert _model_colour(colour, 3, "m") is None and _model_colour(grey, 1, "m") is None
 
 
 @pytest.mark.parametrize("scores, success", [([math.inf] * 3, [False] * 3),
