@@ -941,25 +941,32 @@ def _colour_unlike(images: np.ndarray, references: Sequence[Any], protocol: str,
     records nothing. The curve of a tinted copy, or a grey one, is not its generator's: "unknown" then may only
     mean the colour. ``copying``: said of a memorization run, where the generators stand for T (as for its size):
     a tinted copy of a training image lies away from it, and copying may read as none."""
-    from forensics.io.images import in_colour
-    from forensics.report import counted
-
     made = {r.provenance.get("image_colour") for r in references}
     if len(made) != 1 or None in made:
         return None
-    coloured = int(in_colour(images).sum())
-    if made == {False} and coloured:
-        said = (f"{coloured} of the {counted(len(images), 'image')} are in colour, and every generator enrolled under "
-                f"{protocol} made grey images")
-    elif made == {True} and not coloured:
-        said = f"the images are grey, and every generator enrolled under {protocol} made colour images"
-    else:
+    said = _colour_said(images, made.pop(), f"every generator enrolled under {protocol} made")
+    if said is None:
         return None
     if copying:
         return (f"{said}, as T's are: a copy of a training image in other colours lies away from it, so copying may "
                 "read as none; score the images as they were made, if you have them")
     return (f"{said}: the colour moves the curve, so the verdict may speak of the colour rather than the "
             "generator; attribute the images as they were made, if you have them")
+
+
+def _colour_said(images: np.ndarray, colour: bool, maker: str) -> str | None:
+    """The first half of a warning that ``images`` are unlike what ``maker`` ("mnist-ddpm makes", say) makes:
+    some in colour where it makes grey images (``colour`` False), or all grey where it makes colour ones; None
+    when they are alike."""
+    from forensics.io.images import in_colour
+    from forensics.report import counted
+
+    coloured = int(in_colour(images).sum())
+    if not colour and coloured:
+        return f"{coloured} of the {counted(len(images), 'image')} are in colour, and {maker} grey images"
+    if colour and not coloured:
+        return f"the images are grey, and {maker} colour images"
+    return None
 
 
 def _image_facts(images: np.ndarray, sizes: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -2626,18 +2633,12 @@ def _model_colour(images: np.ndarray, channels: int, model: str) -> str | None:
     """A warning when images in colour meet a model that makes grey ones (they are brought to its luma), or grey
     images a model that makes colour ones: a copy of a training image in other colours is not what the model
     reproduces, so it may read as never memorized. None when they are alike."""
-    from forensics.io.images import in_colour
-    from forensics.report import counted
-
-    coloured = int(in_colour(images).sum())
-    if channels == 1 and coloured:
-        return (f"{coloured} of the {counted(len(images), 'image')} are in colour, and {model} makes grey images: they "
-                "were brought to grey (ITU-R 601 luma), and a copy in other colours than its training image may read as "
-                "never reproduced; invert the images as they were made, if you have them")
-    if channels == 3 and not coloured:
-        return (f"the images are grey, and {model} makes colour images: a grey copy of a colour training image may read "
-                "as never reproduced; invert the images as they were made, if you have them")
-    return None
+    said = _colour_said(images, channels != 1, f"{model} makes")
+    if said is None:
+        return None
+    done = "they were brought to grey (ITU-R 601 luma), and a copy in other colours than its training image" \
+        if channels == 1 else "a grey copy of a colour training image"
+    return f"{said}: {done} may read as never reproduced; invert the images as they were made, if you have them"
 
 
 def invmm_settings(preset: str, overrides: dict[str, Any] | None = None) -> Any:
