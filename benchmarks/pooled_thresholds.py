@@ -127,12 +127,12 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
             pooled[key] = _best_thresholds(a, u, (point,))[point][:3]
         return pooled[key]
 
-    def answer(mt, vec, triple, withhold):
+    def answer(mt, vec, triple, withhold, drawn):
         if triple is not None:
             mt = copy.copy(mt)
             mt.calibration = {**mt.calibration, "score": triple[0], "margin": triple[1], "distance_ratio": triple[2]}
         got = mt.attribute(vec)
-        return got.withheld(withhold) if withhold is not None else got
+        return got.withheld(withhold) if withhold is not None else api._resampled(got, mt, drawn)
 
     tables = {variant: defaultdict(Counter) for variant, _ in pools}
     for q in queries:
@@ -144,17 +144,18 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
                 start = b * size
                 parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                 vec = api.mean_curve(engine.curves_from_records(q["kept"], parts), proto).fingerprint.vector()
+                drawn = api.resample_vectors(engine, proto, q["kept"], parts)  # as attribute resamples the batch
                 at = min(size, m)
                 row = ("curated copies" if curated else "sets",
                        "none and JPEG" if q["condition"] in JPEG else "resampled", size)
                 for variant, groups in pools:
                     t = tables[variant][row]
                     mine = answer(fitted[(q["under"], at, "all")], vec,
-                                  thresholds(variant, groups, q["under"], at, "all"), q["withhold"])
+                                  thresholds(variant, groups, q["under"], at, "all"), q["withhold"], drawn)
                     t[RA._outcome(mine, q["gen"], families)] += 1
                     if q["gen"] in generators:
                         left = answer(fitted[(q["under"], at, q["gen"])], vec,
-                                      thresholds(variant, groups, q["under"], at, q["gen"]), q["withhold"])
+                                      thresholds(variant, groups, q["under"], at, q["gen"]), q["withhold"], drawn)
                         t["left out " + RA._outcome(left, q["gen"], families)] += 1
     for variant, _ in pools:
         print(f"\n{variant} ({point}): right · family · unknown · wrong; left out named as another (→ unknown)")

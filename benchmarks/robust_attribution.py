@@ -322,12 +322,14 @@ def main() -> int:
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                     curves = engine.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
+                    drawn = api.resample_vectors(engine, proto, kept, parts)  # as attribute resamples the batch
                     under = cond.of(slice(start, start + size))  # as attribute matches it (a mean: scaled to m)
                     under = under if isinstance(under, str) else scaled_mixture(under, min(size, m))
                     for point in points:
-                        answer = answering(under, min(size, m), "all", point).attribute(vec)
-                        left = (answering(under, min(size, m), gen, point).attribute(vec)
-                                if gen in generators else answer)
+                        mine = answering(under, min(size, m), "all", point)
+                        answer = api._resampled(mine.attribute(vec), mine, drawn)
+                        theirs = answering(under, min(size, m), gen, point) if gen in generators else None
+                        left = answer if theirs is None else api._resampled(theirs.attribute(vec), theirs, drawn)
                         if cond.withhold is not None:  # as attribute answers: no generator named
                             answer, left = answer.withheld(cond.withhold), left.withheld(cond.withhold)
                         outcome = _outcome(answer, gen, families)

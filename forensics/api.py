@@ -934,6 +934,28 @@ def _weighted_matcher(name: str, weights: Sequence[float] | None, problems: list
         return make_matcher(name)
 
 
+def resample_vectors(engine: Engine | CombinedEngine, protocol: Protocol | Combination,
+                     records: Sequence[np.ndarray], parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The curves (as matchers read them) of the bootstrap resamples of the images at ``parts`` (rows of their
+    per-image ``records``, one array a batch; a resample of several batches is the mean of theirs), as
+    :func:`attribute` draws them (:func:`forensics.match.resampling.bootstrap_rows`)."""
+    from forensics.match.resampling import bootstrap_rows
+
+    curves = engine.curves_from_records(records, bootstrap_rows(parts))
+    k = len(parts)
+    return [mean_curve(curves[j:j + k], protocol).fingerprint.vector() for j in range(0, len(curves), k)]
+
+
+def _resampled(found: Any, fitted: Any, vectors: Sequence[np.ndarray] | None) -> Any:
+    """``found`` held to the resampling rule (:mod:`forensics.match.resampling`) over the resamples' curves
+    ``vectors`` (:func:`resample_vectors`); as it is where there are none (no per-image records)."""
+    from forensics.match.resampling import first_ranked, resampled
+
+    if vectors is None:
+        return found
+    return resampled(found, first_ranked(fitted, vectors), fitted.families, decide=fitted.open_set)
+
+
 def _colour_unlike(images: np.ndarray, references: Sequence[Any], protocol: str, *, copying: bool = False
                    ) -> str | None:
     """A warning when the query ``images`` are in colour and every enrolled instance of ``references`` records
@@ -1185,25 +1207,29 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     any_size = not whole and sized.complete(cond.name)
     full, rest, rest_attributed = split_batches(len(data), size, any_size=any_size)
     _embedding_begins(proto, progress, "query images", full)
-    curves = engine.curves(data[:full])
+    curves, kept = engine.curves_and_records(data[:full])
 
-    def answer(fitted: Any, curve: Curve) -> Any:
+    def answer(fitted: Any, curve: Curve, records: list[np.ndarray] | None, parts: list[np.ndarray]) -> Any:
         found = fitted.attribute(curve.fingerprint.vector())
-        return found if cond.withhold is None else found.withheld(cond.withhold)
+        if cond.withhold is not None:
+            return found.withheld(cond.withhold)
+        return _resampled(found, fitted, None if records is None else resample_vectors(engine, proto, records, parts))
 
-    def attributed(curve: Curve, partial: bool, rows: slice) -> BatchAttribution:
+    def attributed(curve: Curve, partial: bool, rows: slice, records: list[np.ndarray] | None,
+                   at_rows: np.ndarray) -> BatchAttribution:
         under = cond.of(rows)  # a batch of files processed in several ways: its own mixture
         redraw = (curve.n_images != size or not isinstance(under, str)) and sized.complete(cond.name)
         with _Step(progress, f"matching at a batch of {curve.n_images}") if redraw else contextlib.nullcontext():
             fitted, at = sized.at(under, curve.n_images)
-        return BatchAttribution(curve, answer(fitted, curve), partial=partial, compared_at=at,
+        return BatchAttribution(curve, answer(fitted, curve, records, [at_rows]), partial=partial, compared_at=at,
                                 mixture=None if isinstance(under, str) or at is None else dict(under))
 
-    batches = [attributed(c, full < size, slice(i * size, min((i + 1) * size, full))) for i, c in enumerate(curves)]
+    spans = [np.arange(i * size, min((i + 1) * size, full)) for i in range(len(curves))]
+    batches = [attributed(c, full < size, slice(rows[0], rows[-1] + 1), kept, rows) for c, rows in zip(curves, spans)]
     if rest_attributed:
         _embedding_begins(proto, progress, f"the last {rest} images", rest)
-        (last,) = engine.curves(data[full:], what=f"the last {rest} images")
-        batches.append(attributed(last, True, slice(full, None)))
+        (last,), kept_last = engine.curves_and_records(data[full:], what=f"the last {rest} images")
+        batches.append(attributed(last, True, slice(full, None), kept_last, np.arange(rest)))
     curve = mean_curve(curves, proto)
     # the mean of full batches is a curve at m, whatever number of images it sums: under a mixture, the
     # references at m hold the full batches' conditions in their proportions
@@ -1213,7 +1239,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     else:
         overall_under = whole_mix if isinstance(whole_mix, str) else scaled_mixture(whole_mix, size)
         fitted, at = sized.at(overall_under, size)
-        overall = BatchAttribution(curve, answer(fitted, curve), compared_at=at,
+        overall = BatchAttribution(curve, answer(fitted, curve, kept, spans), compared_at=at,
                                    mixture=None if isinstance(overall_under, str) or at is None else dict(overall_under))
     answered_by = sized.at(overall_under, overall.compared_at or size)[0]
     named = [b.attribution.verdict or b.attribution.family for b in batches[:len(curves)]]
@@ -2245,8 +2271,9 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
             raise _missing(z.path)
         images = load_images(z.path)[0]
         _embedding_begins(proto, progress, f"{z.generator}/{z.instance}", len(images))
-        curve = engine.curves(images, what=f"{z.generator}/{z.instance}", partial=False)[0]
-        answers = {n: m.attribute(curve.fingerprint.vector()) for n, m in fitted.items()}
+        (curve, *_), kept = engine.curves_and_records(images, what=f"{z.generator}/{z.instance}", partial=False)
+        drawn = None if kept is None else resample_vectors(engine, proto, kept, [np.arange(curve.n_images)])
+        answers = {n: _resampled(m.attribute(curve.fingerprint.vector()), m, drawn) for n, m in fitted.items()}
         sets.append(HeldoutSet(z.generator, z.path, curve, answers))
     return HeldoutResult(pname, tuple(fitted), tuple(sets))
 

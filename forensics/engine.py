@@ -603,6 +603,12 @@ class Engine:
         With fewer than m images, one curve of them all (``partial``; its values are not on the same scale
         as the registry's and reports say so). A remainder after the last full batch is left out.
         """
+        return self.curves_and_records(images, what=what, partial=partial, records=False)[0]
+
+    def curves_and_records(self, images: np.ndarray, *, what: str = "query images", partial: bool = True,
+                           records: bool = True) -> tuple[list[Curve], list[np.ndarray] | None]:
+        """:meth:`curves` and, from the same embedding, the images' per-image :meth:`records` (``None``
+        where the statistic keeps none, or not asked for): what resampling a batch's images needs."""
         m = self.protocol.batch_size
         n = len(images)
         if n == 0:
@@ -610,10 +616,12 @@ class Engine:
         if n < m and not partial:
             raise UsageError(f"the protocol's batch size is {m} images, only {n} given")
         embeddings = self.embed(images, what)
+        kept = ([ref.records(e) for ref, e in zip(self.reference_side(), embeddings)]
+                if records and self.keeps_records else None)
         if n < m:
-            return [self.curve_from_embeddings(embeddings)]
+            return [self.curve_from_embeddings(embeddings)], kept
         batches = [[e[s:s + m] for e in embeddings] for s in range(0, n - m + 1, m)]
-        return [self.curve_from_scores(scores, m) for scores in self._score(batches)]
+        return [self.curve_from_scores(scores, m) for scores in self._score(batches)], kept
 
 
 def keeps_records(fits: Sequence[Any]) -> bool:
@@ -677,8 +685,16 @@ class CombinedEngine:
         return self._join([e.curve(images, f"{what} ({e.protocol.name})") for e in self.engines])
 
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
-        per_part = [e.curves(images, what=f"{what} ({e.protocol.name})", partial=partial) for e in self.engines]
-        return [self._join(batch) for batch in zip(*per_part)]
+        return self.curves_and_records(images, what=what, partial=partial, records=False)[0]
+
+    def curves_and_records(self, images: np.ndarray, *, what: str = "query images", partial: bool = True,
+                           records: bool = True) -> tuple[list[Curve], list[np.ndarray] | None]:
+        """Every part's :meth:`Engine.curves_and_records`: the curves joined, the records end to end (``None``
+        unless every part keeps them)."""
+        per_part = [e.curves_and_records(images, what=f"{what} ({e.protocol.name})", partial=partial,
+                                         records=records and self.keeps_records) for e in self.engines]
+        kept = None if any(k is None for _, k in per_part) else [r for _, k in per_part for r in k]
+        return [self._join(batch) for batch in zip(*(c for c, _ in per_part))], kept
 
     @property
     def keeps_records(self) -> bool:

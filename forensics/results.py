@@ -206,6 +206,9 @@ class Verdict:
     family_members: Sequence[str] = ()       # its generators the answer could not choose between
     # what each operating point's thresholds would have answered: {point: {"generator": …, "family": …}}
     at_operating_points: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    # bootstrap resamples of the batch's images: how many, their seed, how often each generator ranked first and
+    # how often what the answer names did (forensics.match.resampling); None when not resampled
+    resampling: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, attribution: Attribution) -> Verdict:
@@ -219,7 +222,8 @@ class Verdict:
                    reason=attribution.reason,
                    lookalikes={g: list(v) for g, v in attribution.lookalikes.items()},
                    family=family, family_members=tuple(attribution.family_members) if family is not None else (),
-                   at_operating_points={p: dict(v) for p, v in attribution.at_operating_points.items()})
+                   at_operating_points={p: dict(v) for p, v in attribution.at_operating_points.items()},
+                   resampling=None if attribution.resampling is None else dict(attribution.resampling))
 
     @property
     def named(self) -> str | None:
@@ -236,7 +240,8 @@ class Verdict:
                 "distance_ratio": self.distance_ratio, "reason": self.reason,
                 "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
                 "family": self.family, "family_members": list(self.family_members),
-                "at_operating_points": {p: dict(v) for p, v in self.at_operating_points.items()}}
+                "at_operating_points": {p: dict(v) for p, v in self.at_operating_points.items()},
+                "resampling": None if self.resampling is None else dict(self.resampling)}
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,8 @@ class BatchAttribution:
                "compared_at": self.compared_at}
         if self.mixture is not None:
             out["mixture"] = dict(self.mixture)
+        if self.attribution.resampling is not None:
+            out["resampling"] = dict(self.attribution.resampling)
         return out
 
 

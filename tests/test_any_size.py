@@ -1510,3 +1510,52 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
     assert res.attribution.threshold["pooled_cells"] is None and not [w for w in res.warnings if "pooled" in w]
     assert api.evaluate(registry=reg, matchers=["alpha"]).protocols[0].matchers[0].evaluation.pooled_cells is None
     assert shown()["thresholds_from"] == "own" and shown()["pool"]["adopted"] is False
+
+
+@pytest.mark.slow
+def test_a_batch_resampled_from_its_records_is_the_curve_of_its_images_drawn_again(digits, plugin_host):
+    """The resampling check's curves (forensics.match.resampling) are the curves of the images drawn with
+    replacement, embedded anew: repeated images included."""
+    from forensics.engine import make_engine
+    from forensics.match.resampling import bootstrap_rows
+
+    reg, data = digits
+    registry = Registry.open(reg)
+    engine = make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
+    images = np.load(data / "query-rotate.npz")["images"]
+    curves, records = engine.curves_and_records(images)
+    assert [c.fingerprint.values for c in curves] == [c.fingerprint.values for c in engine.curves(images)]
+    assert all(np.array_equal(a, b) for a, b in zip(records, engine.records(images)))
+    parts = [np.arange(0, M), np.arange(M, len(images))]
+    rows = bootstrap_rows(parts, resamples=2, seed=3)
+    assert [len(r) for r in rows] == [M, len(images) - M] * 2
+    assert all(set(r) <= set(p) for r, p in zip(rows, parts * 2)) and any(len(set(r)) < len(r) for r in rows)
+    assert all(np.array_equal(a, b) for a, b in zip(rows, bootstrap_rows(parts, resamples=2, seed=3)))
+    for r, curve in zip(rows, engine.curves_from_records(records, rows)):
+        assert curve.fingerprint.values == engine.curve(images[r]).fingerprint.values
+    assert engine.curves_and_records(images, records=False)[1] is None
+
+
+@pytest.mark.slow
+def test_every_verdict_on_images_says_how_it_held_over_resamples(digits, plugin_host):
+    reg, data = digits
+    r = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    from forensics.match.resampling import RESAMPLES, SEED
+    from forensics.schemas import validate
+
+    validate(doc)
+    every = [doc["verdict"]["resampling"], *(b["resampling"] for b in doc["batches"])]
+    for res in every:
+        assert res["resamples"] == RESAMPLES and res["seed"] == SEED
+        assert sum(res["first"].values()) == RESAMPLES and list(res["first"].values()) == sorted(
+            res["first"].values(), reverse=True)
+    named = doc["verdict"]["generator"]
+    if named is not None:  # a name stands only where it leads in most resamples
+        assert 2 * doc["verdict"]["resampling"]["leads"] > RESAMPLES
+        assert doc["verdict"]["resampling"]["first"].get(named) == doc["verdict"]["resampling"]["leads"]
+    again = json.loads(run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg), "--json"]).stdout)
+    assert again["verdict"]["resampling"] == doc["verdict"]["resampling"]  # seeded: the same report twice
+    shown = run(["attribute", str(data / "query-noise.npz"), "--registry", str(reg)])
+    assert "resamples of the images" in shown.output

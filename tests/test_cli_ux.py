@@ -71,6 +71,9 @@ class FakeEngine:
             out.append(Curve(Fingerprint.from_values(self.protocol.digest, list(values)), layers, len(batch)))
         return out
 
+    def curves_and_records(self, images, *, what="query images", partial=True):
+        return self.curves(images, what=what, partial=partial), None  # keeps no per-image records
+
     def curve(self, images, what="images"):
         return self.curves(images, what=what)[0]
 

@@ -346,6 +346,11 @@ class Matcher(abc.ABC):
                        "each turned away by the thresholds")
         return answer(best.generator, reason, info, lookalikes)
 
+    @property
+    def families(self) -> dict[str, str]:
+        """{generator: family} of the fitted references' generators that share a family with another."""
+        return dict(self._families)
+
     def describe(self) -> dict[str, Any]:
         """What a report records about the matcher: its name, options and open-set calibration."""
         return {"name": self.name, "options": {k: v for k, v in self.options().items()},

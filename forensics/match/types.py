@@ -60,6 +60,8 @@ class Attribution:
     out an unenrolled generator like them. ``family``: when the verdict names a family rather than one of
     its generators (``verdict`` is then ``None``), the family; ``family_members``: its generators between
     which the answer could not choose (see :meth:`forensics.match.Matcher.attribute`).
+    ``resampling``: how often each generator ranked first over bootstrap resamples of the batch's images,
+    and how often what the answer names did (:mod:`forensics.match.resampling`); ``None`` when not resampled.
     ``at_operating_points``: what the thresholds of each operating point calibration recorded would have
     answered, as {point: {"generator": …, "family": …}} (both ``None``: unknown); empty when not calibrated.
     """
@@ -75,6 +77,7 @@ class Attribution:
     family: str | None = None
     family_members: tuple[str, ...] = ()
     at_operating_points: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    resampling: Mapping[str, Any] | None = None
 
     def withheld(self, why: str) -> Attribution:
         """This answer turned to "unknown" because of ``why``, whatever the thresholds said (the
@@ -105,6 +108,7 @@ class Attribution:
                 "lookalikes": {g: list(v) for g, v in self.lookalikes.items()},
                 "family": self.family, "family_members": list(self.family_members),
                 "at_operating_points": {p: dict(v) for p, v in self.at_operating_points.items()},
+                "resampling": None if self.resampling is None else dict(self.resampling),
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 

@@ -48,7 +48,7 @@ from forensics.report import cluster_text
 from forensics.report import plots as P
 from forensics.report.terminal import (
     OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, pooled_line, printable,
-    remainder_text, stability_line, undefined_lines,
+    remainder_text, resampling_text, stability_line, undefined_lines,
 )
 
 if TYPE_CHECKING:
@@ -433,10 +433,10 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     page.raw(f"<p>{_source_line(doc)} · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}"
              f"<br><span class=dim>{_compute_line(doc)}</span></p>")
     page.text(verdict.get("reason") or "", cls="dim")
-    points = operating_points_text(verdict)
-    if points:
-        text, depends = points
-        page.text(text[0].upper() + text[1:] + ".", cls="warn" if depends else "dim")
+    for said in (operating_points_text(verdict), resampling_text(verdict)):
+        if said:
+            text, warn = said
+            page.text(text[0].upper() + text[1:] + ".", cls="warn" if warn else "dim")
     best = doc["candidates"][0]["generator"] if family is not None and doc["candidates"] else None
     note = lookalike_note(verdict["generator"] or best, verdict.get("lookalikes"))  # a family's: its best member's
     if note:

@@ -128,10 +128,10 @@ def render_attribution(result: AttributionResult, console: Console, *, top: int 
     if note:
         line.append(f"\n  {note}", style="yellow")
     doc = result.to_dict()
-    points = operating_points_text(doc["verdict"])
-    if points:
-        text, depends = points
-        line.append(f"\n  {text}", style="yellow" if depends else "dim")
+    for said in (operating_points_text(doc["verdict"]), resampling_text(doc["verdict"])):
+        if said:
+            text, warn = said
+            line.append(f"\n  {text}", style="yellow" if warn else "dim")
     console.print(line)
     console.print(Text("  " + assumed_text(doc), style="dim"))
 
@@ -268,6 +268,21 @@ def operating_points_text(verdict: Mapping[str, Any]) -> tuple[str, bool] | None
     if len(set(labels.values())) == 1:
         return "the same at every operating point", False
     return "depends on the operating point: " + " · ".join(f"{p} → {label}" for p, label in labels.items()), True
+
+
+def resampling_text(verdict: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """How the answer held over bootstrap resamples of the batch's images, in one line, and whether it failed
+    to (None when not resampled): ``ddpm ranks first in 97 of 100 resamples of the images``; with nothing
+    named, the generators most often first."""
+    res = verdict.get("resampling")
+    if not res:
+        return None
+    n = res["resamples"]
+    named = verdict.get("generator") or verdict.get("family")
+    if named is not None:
+        return f"{named} ranks first in {res['leads']} of {n} resamples of the images", False
+    firsts = ", ".join(f"{g} {k}" for g, k in list(res["first"].items())[:3])
+    return f"ranked first in {n} resamples of the images: {firsts}", res.get("leads") is not None
 
 
 def evaluation_scope(protocol: Mapping[str, Any]) -> str:
