@@ -155,7 +155,8 @@ def child(args) -> None:
     ph.wrap(engines.Engine, "encoder", "model build")
     ph.wrap(engines.Engine, "reference_side", "reference load")
     ph.wrap(engines.Engine, "embed", "embed")
-    ph.wrap(engines.Engine, "_score", "statistic")  # every batch is scored here, a set smaller than m too
+    ph.wrap(engines.Engine, "_score", "statistic")  # a batch scored from its embeddings
+    ph.wrap(engines.Engine, "_records_of", "statistic")  # or its images' records, the search done once
     ph.wrap(api, "read_images", "decode")
     ph.wrap(api, "resample_vectors", "resampling")  # the batch drawn again from its records, and ranked
     ph.wrap(resampling, "first_ranked", "resampling")

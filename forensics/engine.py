@@ -566,7 +566,12 @@ class Engine:
         the curve of those images. Only for statistics that keep records (:attr:`keeps_records`)."""
         if not self.keeps_records:
             raise UsageError(f"statistic {self.protocol.statistic.name!r} keeps no per-image records")
-        return [ref.records(e) for ref, e in zip(self.reference_side(), self.embed(images, what))]
+        return self._records_of(self.embed(images, what))
+
+    def _records_of(self, embeddings: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per layer, the statistic's per-image records of the embedded images (one array a layer, as
+        :meth:`embed` gives them). Engines that score elsewhere override this."""
+        return [ref.records(e) for ref, e in zip(self.reference_side(), embeddings)]
 
     def curve_from_records(self, records: Sequence[np.ndarray], rows: np.ndarray | None = None) -> Curve:
         """The curve of the images whose per-layer :meth:`records` are ``records`` (only ``rows`` of
@@ -608,7 +613,9 @@ class Engine:
     def curves_and_records(self, images: np.ndarray, *, what: str = "query images", partial: bool = True,
                            records: bool = True) -> tuple[list[Curve], list[np.ndarray] | None]:
         """:meth:`curves` and, from the same embedding, the images' per-image :meth:`records` (``None``
-        where the statistic keeps none, or not asked for): what resampling a batch's images needs."""
+        where the statistic keeps none, or not asked for): what resampling a batch's images needs. With
+        records, the curves are scored from them (the same values: a statistic's score is that of its
+        records), so the statistic's search runs once."""
         m = self.protocol.batch_size
         n = len(images)
         if n == 0:
@@ -616,12 +623,14 @@ class Engine:
         if n < m and not partial:
             raise UsageError(f"the protocol's batch size is {m} images, only {n} given")
         embeddings = self.embed(images, what)
-        kept = ([ref.records(e) for ref, e in zip(self.reference_side(), embeddings)]
-                if records and self.keeps_records else None)
+        if records and self.keeps_records:
+            kept = self._records_of(embeddings)
+            rows = [None] if n < m else [np.arange(s, s + m) for s in range(0, n - m + 1, m)]
+            return self.curves_from_records(kept, rows), kept
         if n < m:
-            return [self.curve_from_embeddings(embeddings)], kept
+            return [self.curve_from_embeddings(embeddings)], None
         batches = [[e[s:s + m] for e in embeddings] for s in range(0, n - m + 1, m)]
-        return [self.curve_from_scores(scores, m) for scores in self._score(batches)], kept
+        return [self.curve_from_scores(scores, m) for scores in self._score(batches)], None
 
 
 def keeps_records(fits: Sequence[Any]) -> bool:

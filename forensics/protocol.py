@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -241,8 +242,9 @@ class Protocol:
         return {"train": self.train.to_dict(), "test": self.test.to_dict(), "encoder": self.encoder.to_dict(),
                 "statistic": self.statistic.to_dict(), "batch_size": self.batch_size}
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """sha256 of :meth:`content` (computed once: a protocol is immutable, and every curve names it)."""
         return sha256_json(self.content())
 
     def to_dict(self) -> dict[str, Any]:
@@ -317,8 +319,9 @@ class Combination:
     def content(self) -> dict[str, Any]:
         return {"combines": [p.digest for p in self.parts]}
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """sha256 of :meth:`content`, computed once."""
         return sha256_json(self.content())
 
     def to_dict(self) -> dict[str, Any]:

@@ -142,6 +142,13 @@ def _score_layer(ref: Any, score_params: dict, device: str | None, queries: list
     return out
 
 
+def _records_layer(ref: Any, device: str | None, queries: np.ndarray) -> np.ndarray:
+    """Ray task: one layer's per-image records of a run of query images."""
+    if device:
+        ref = ref.to(device)
+    return ref.records(queries)
+
+
 # -- the engine ----------------------------------------------------------------------------------
 class RayEngine(Engine):
     """An :class:`~forensics.engine.Engine` whose embedding, fitting and scoring run on Ray (see the
@@ -390,6 +397,21 @@ class RayEngine(Engine):
             for i, r in enumerate(_get(ray, future)):
                 results[g + i][layer] = StatisticError(r[1]) if isinstance(r, tuple) else r
         return results
+
+
+    def _records_of(self, embeddings: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per layer, the images' per-image records, from tasks of one layer and a run of consecutive images
+        each (as :meth:`_score` groups batches), joined in order."""
+        ray = self.ray
+        refs = self._reference_objects()
+        n = len(embeddings[0]) if len(embeddings) else 0
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        size = max(1, math.ceil(n / max(1, math.ceil(2 * cpus / max(1, len(refs))))))
+        device = self._statistic_device()
+        task = ray.remote(num_gpus=1 if device else 0)(_records_layer)
+        futures = [[task.remote(ref, device, ray.put(np.ascontiguousarray(e[s:s + size]))) for s in range(0, n, size)]
+                   for ref, e in zip(refs, embeddings)]
+        return [np.concatenate([_get(ray, f) for f in layer]) for layer in futures]
 
 
 def _map_actors(ds: Any, options: dict[str, Any], *, restart: bool) -> Any:
