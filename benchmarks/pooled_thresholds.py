@@ -144,7 +144,7 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
                 start = b * size
                 parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                 vec = api.mean_curve(engine.curves_from_records(q["kept"], parts), proto).fingerprint.vector()
-                drawn = api.resample_vectors(engine, proto, q["kept"], parts)  # as attribute resamples the batch
+                drawn = api.resample_vectors(engine, q["kept"], parts).mean(axis=1)  # as attribute resamples the set
                 at = min(size, m)
                 row = ("curated copies" if curated else "sets",
                        "none and JPEG" if q["condition"] in JPEG else "resampled", size)

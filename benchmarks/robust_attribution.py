@@ -322,7 +322,7 @@ def main() -> int:
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                     curves = engine.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
-                    drawn = api.resample_vectors(engine, proto, kept, parts)  # as attribute resamples the batch
+                    drawn = api.resample_vectors(engine, kept, parts).mean(axis=1)  # as attribute resamples the set
                     under = cond.of(slice(start, start + size))  # as attribute matches it (a mean: scaled to m)
                     under = under if isinstance(under, str) else scaled_mixture(under, min(size, m))
                     for point in points:

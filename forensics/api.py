@@ -934,21 +934,22 @@ def _weighted_matcher(name: str, weights: Sequence[float] | None, problems: list
         return make_matcher(name)
 
 
-def resample_vectors(engine: Engine | CombinedEngine, protocol: Protocol | Combination,
-                     records: Sequence[np.ndarray], parts: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The curves (as matchers read them) of the bootstrap resamples of the images at ``parts`` (rows of their
-    per-image ``records``, one array a batch; a resample of several batches is the mean of theirs), as
-    :func:`attribute` draws them (:func:`forensics.match.resampling.bootstrap_rows`)."""
+def resample_vectors(engine: Engine | CombinedEngine, records: Sequence[np.ndarray],
+                     parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The curves, as matchers read them, of the bootstrap resamples of the images at ``parts`` (rows of their
+    per-image ``records``, one array a batch), as :func:`attribute` draws them
+    (:func:`forensics.match.resampling.bootstrap_rows`): an array (resamples, parts, layers). A part's
+    resamples are ``[:, i]``; a set of several batches resampled batch by batch is their mean over parts
+    (``.mean(axis=1)``, as :func:`mean_curve` makes the set's curve)."""
     from forensics.match.resampling import bootstrap_rows
 
     curves = engine.curves_from_records(records, bootstrap_rows(parts))
-    k = len(parts)
-    return [mean_curve(curves[j:j + k], protocol).fingerprint.vector() for j in range(0, len(curves), k)]
+    return np.array([c.fingerprint.vector() for c in curves]).reshape(-1, len(parts), len(engine.protocol.layers))
 
 
-def _resampled(found: Any, fitted: Any, vectors: Sequence[np.ndarray] | None) -> Any:
+def _resampled(found: Any, fitted: Any, vectors: np.ndarray | None) -> Any:
     """``found`` held to the resampling rule (:mod:`forensics.match.resampling`) over the resamples' curves
-    ``vectors`` (:func:`resample_vectors`); as it is where there are none (no per-image records)."""
+    ``vectors`` (one a row: :func:`resample_vectors`); as it is where there are none (no per-image records)."""
     from forensics.match.resampling import first_ranked, resampled
 
     if vectors is None:
@@ -1208,28 +1209,29 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     full, rest, rest_attributed = split_batches(len(data), size, any_size=any_size)
     _embedding_begins(proto, progress, "query images", full)
     curves, kept = engine.curves_and_records(data[:full])
+    spans = [np.arange(i * size, min((i + 1) * size, full)) for i in range(len(curves))]
+    # every batch resampled in one draw: a batch's resamples, and their means over batches the whole set's
+    drawn = None if kept is None else resample_vectors(engine, kept, spans)
 
-    def answer(fitted: Any, curve: Curve, records: list[np.ndarray] | None, parts: list[np.ndarray]) -> Any:
+    def answer(fitted: Any, curve: Curve, vectors: np.ndarray | None) -> Any:
         found = fitted.attribute(curve.fingerprint.vector())
-        if cond.withhold is not None:
-            return found.withheld(cond.withhold)
-        return _resampled(found, fitted, None if records is None else resample_vectors(engine, proto, records, parts))
+        return found.withheld(cond.withhold) if cond.withhold is not None else _resampled(found, fitted, vectors)
 
-    def attributed(curve: Curve, partial: bool, rows: slice, records: list[np.ndarray] | None,
-                   at_rows: np.ndarray) -> BatchAttribution:
+    def attributed(curve: Curve, partial: bool, rows: slice, vectors: np.ndarray | None) -> BatchAttribution:
         under = cond.of(rows)  # a batch of files processed in several ways: its own mixture
         redraw = (curve.n_images != size or not isinstance(under, str)) and sized.complete(cond.name)
         with _Step(progress, f"matching at a batch of {curve.n_images}") if redraw else contextlib.nullcontext():
             fitted, at = sized.at(under, curve.n_images)
-        return BatchAttribution(curve, answer(fitted, curve, records, [at_rows]), partial=partial, compared_at=at,
+        return BatchAttribution(curve, answer(fitted, curve, vectors), partial=partial, compared_at=at,
                                 mixture=None if isinstance(under, str) or at is None else dict(under))
 
-    spans = [np.arange(i * size, min((i + 1) * size, full)) for i in range(len(curves))]
-    batches = [attributed(c, full < size, slice(rows[0], rows[-1] + 1), kept, rows) for c, rows in zip(curves, spans)]
+    batches = [attributed(c, full < size, slice(rows[0], rows[-1] + 1), None if drawn is None else drawn[:, i])
+               for i, (c, rows) in enumerate(zip(curves, spans))]
     if rest_attributed:
         _embedding_begins(proto, progress, f"the last {rest} images", rest)
         (last,), kept_last = engine.curves_and_records(data[full:], what=f"the last {rest} images")
-        batches.append(attributed(last, True, slice(full, None), kept_last, np.arange(rest)))
+        alone = None if kept_last is None else resample_vectors(engine, kept_last, [np.arange(rest)])[:, 0]
+        batches.append(attributed(last, True, slice(full, None), alone))
     curve = mean_curve(curves, proto)
     # the mean of full batches is a curve at m, whatever number of images it sums: under a mixture, the
     # references at m hold the full batches' conditions in their proportions
@@ -1239,7 +1241,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     else:
         overall_under = whole_mix if isinstance(whole_mix, str) else scaled_mixture(whole_mix, size)
         fitted, at = sized.at(overall_under, size)
-        overall = BatchAttribution(curve, answer(fitted, curve, kept, spans), compared_at=at,
+        overall = BatchAttribution(curve, answer(fitted, curve, None if drawn is None else drawn.mean(axis=1)),
+                                   compared_at=at,
                                    mixture=None if isinstance(overall_under, str) or at is None else dict(overall_under))
     answered_by = sized.at(overall_under, overall.compared_at or size)[0]
     named = [b.attribution.verdict or b.attribution.family for b in batches[:len(curves)]]
@@ -2272,7 +2275,7 @@ def zoo_heldout(*, protocol: str | None = None, registry: RegistryLike = None,
         images = load_images(z.path)[0]
         _embedding_begins(proto, progress, f"{z.generator}/{z.instance}", len(images))
         (curve, *_), kept = engine.curves_and_records(images, what=f"{z.generator}/{z.instance}", partial=False)
-        drawn = None if kept is None else resample_vectors(engine, proto, kept, [np.arange(curve.n_images)])
+        drawn = None if kept is None else resample_vectors(engine, kept, [np.arange(curve.n_images)])[:, 0]
         answers = {n: _resampled(m.attribute(curve.fingerprint.vector()), m, drawn) for n, m in fitted.items()}
         sets.append(HeldoutSet(z.generator, z.path, curve, answers))
     return HeldoutResult(pname, tuple(fitted), tuple(sets))

@@ -52,3 +52,21 @@ def test_unknown_stays_unknown_and_a_closed_set_answer_is_only_recorded():
     got = resampled(answer("ddim"), ["sngan"] * 100, FAMILIES, decide=False)
     assert got.verdict == "ddim" and got.resampling["leads"] == 0
     assert resampled(answer("ddim"), [], FAMILIES) == answer("ddim")
+
+
+def test_the_report_says_how_the_answer_held():
+    from forensics.report.terminal import resampling_text
+    from forensics.results import Verdict
+
+    def said(a):
+        return resampling_text(Verdict.of(a).to_dict())
+
+    assert said(answer("ddim")) is None  # not resampled
+    assert said(resampled(answer("ddim"), ["ddim"] * 97 + ["pndm"] * 3, FAMILIES)) == (
+        "ddim ranks first in 97 of 100 resamples of the images", False)
+    assert said(resampled(answer(family="net"), ["ddim"] * 60 + ["pndm"] * 40, FAMILIES)) == (
+        "a generator of net ranks first in 100 of 100 resamples of the images", False)
+    turned = said(resampled(answer("ddim"), ["sngan"] * 55 + ["ddim"] * 45, FAMILIES))
+    assert turned == ("ranked first in 100 resamples of the images: sngan 55, ddim 45", True)  # a warning
+    assert said(resampled(answer(), ["sngan"] * 100, FAMILIES)) == (
+        "ranked first in 100 resamples of the images: sngan 100", False)

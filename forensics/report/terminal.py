@@ -278,9 +278,10 @@ def resampling_text(verdict: Mapping[str, Any]) -> tuple[str, bool] | None:
     if not res:
         return None
     n = res["resamples"]
-    named = verdict.get("generator") or verdict.get("family")
-    if named is not None:
-        return f"{named} ranks first in {res['leads']} of {n} resamples of the images", False
+    if verdict.get("generator") is not None:
+        return f"{verdict['generator']} ranks first in {res['leads']} of {n} resamples of the images", False
+    if verdict.get("family") is not None:
+        return f"a generator of {verdict['family']} ranks first in {res['leads']} of {n} resamples of the images", False
     firsts = ", ".join(f"{g} {k}" for g, k in list(res["first"].items())[:3])
     return f"ranked first in {n} resamples of the images: {firsts}", res.get("leads") is not None
 
