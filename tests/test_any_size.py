@@ -1534,6 +1534,16 @@ def test_a_batch_resampled_from_its_records_is_the_curve_of_its_images_drawn_aga
     for r, curve in zip(rows, engine.curves_from_records(records, rows)):
         assert curve.fingerprint.values == engine.curve(images[r]).fingerprint.values
     assert engine.curves_and_records(images, records=False)[1] is None
+    # what attribute ranks: resample j of batch i is the curve of rows[j·parts + i]; the set's, their mean
+    from forensics.api import mean_curve, resample_vectors
+
+    drawn = resample_vectors(engine, records, parts)
+    assert drawn.shape == (100, 2, len(engine.protocol.layers))
+    everything = engine.curves_from_records(records, bootstrap_rows(parts))
+    for j in (0, 57):
+        pair = everything[2 * j:2 * j + 2]
+        assert [list(drawn[j, i]) for i in (0, 1)] == [list(c.fingerprint.vector()) for c in pair]
+        assert np.array_equal(drawn.mean(axis=1)[j], mean_curve(pair, engine.protocol).fingerprint.vector())
 
 
 @pytest.mark.slow
