@@ -433,10 +433,11 @@ def attribution_page(result: AttributionResult, *, top: int = 4, plots: bool | N
     page.raw(f"<p>{_source_line(doc)} · matcher {_esc(doc['matcher'].get('name'))}{score}{margin}"
              f"<br><span class=dim>{_compute_line(doc)}</span></p>")
     page.text(verdict.get("reason") or "", cls="dim")
-    for said in (operating_points_text(verdict), resampling_text(verdict)):
-        if said:
-            text, warn = said
-            page.text(text[0].upper() + text[1:] + ".", cls="warn" if warn else "dim")
+    points, resamples = operating_points_text(verdict), resampling_text(verdict)
+    if points:
+        page.text(points[0][0].upper() + points[0][1:] + ".", cls="warn" if points[1] else "dim")
+    if resamples:  # it may begin with a generator's name, which keeps its case
+        page.text("Resampled: " + resamples[0] + ".", cls="warn" if resamples[1] else "dim")
     best = doc["candidates"][0]["generator"] if family is not None and doc["candidates"] else None
     note = lookalike_note(verdict["generator"] or best, verdict.get("lookalikes"))  # a family's: its best member's
     if note:
