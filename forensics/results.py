@@ -19,7 +19,8 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
                 "readings": ["copying" | "no evidence" | "underfitting" | "undefined", ...]},
       "batches": [{"values": [...], "verdict": "..." | null,          # one per batch of m images, then
                    "family": "..." | null,                            # a family named instead (see below)
-                   "n_images": 500, "partial": false}, ...],          # a remainder of >= 100 as its own
+                   "n_images": 500, "partial": false,                 # a remainder of >= 100 as its own
+                   "resampling": {...}}, ...],                        # as the verdict's, for this batch
       "partial_batch": false,                                         # fewer than m images were given
       "left_out": 0,                     # images after the last full batch, too few to attribute (< 100;
                                          # < m/2 where the references cannot be redrawn at their size)
@@ -31,7 +32,9 @@ JSON schema ``forensics.attribution/1`` (stable; fields are only ever added)::
                   "lookalikes": {generator: [runs named, runs]},  # left out at calibration, named this verdict
                   "family": "..." | null,          # generator null: the family named, not which of its
                   "family_members": ["...", ...],   # generators (those it could not choose between)
-                  "at_operating_points": {"named": {"generator": ..., "family": ...}, ...}},  # each point's answer
+                  "at_operating_points": {"named": {"generator": ..., "family": ...}, ...},  # each point's answer
+                  "resampling": {"resamples": 100, "seed": 0, "leads": 97 | null,   # bootstrap resamples of the
+                                 "first": {generator: resamples ranked first}} | null},  # images: a name must lead in most
       "reference": {"origin": "...", "n_references": 15},
       "compute": {"device": "cpu", "amp": null | "bf16" | "fp16", "engine": "local" | "ray",  # where, how, in which
                   "ray": {"address", "version", "nodes", "actors", "threads"}}  # precision; the cluster, under Ray
