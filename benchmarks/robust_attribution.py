@@ -220,6 +220,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", default=None, help="comma-separated set names (e.g. vae-seed4): only these sets")
     ap.add_argument("--skip-loo", action="store_true", help="leave out the leave-one-out table")
+    ap.add_argument("--no-resampling", action="store_true",
+                    help="answer without the resampling rule (forensics.match.resampling), for a comparison")
     ap.add_argument("--webp-as-generated", action="store_true",
                     help="declare lossy WebP files as generated (condition none) instead of reading their quality")
     ap.add_argument("--as-most-common", action="store_true",
@@ -322,7 +324,8 @@ def main() -> int:
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
                     curves = engine.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
-                    drawn = api.resample_vectors(engine, kept, parts).mean(axis=1)  # as attribute resamples the set
+                    drawn = (None if a.no_resampling  # as attribute resamples the set
+                             else api.resample_vectors(engine, kept, parts).mean(axis=1))
                     under = cond.of(slice(start, start + size))  # as attribute matches it (a mean: scaled to m)
                     under = under if isinstance(under, str) else scaled_mixture(under, min(size, m))
                     for point in points:
