@@ -398,7 +398,6 @@ class RayEngine(Engine):
                 results[g + i][layer] = StatisticError(r[1]) if isinstance(r, tuple) else r
         return results
 
-
     def _records_of(self, embeddings: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per layer, the images' per-image records, from tasks of one layer and a run of consecutive images
         each (as :meth:`_score` groups batches), joined in order."""
