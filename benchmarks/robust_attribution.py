@@ -6,7 +6,8 @@ PNDM under sampling seed 4, the Gaussian mixture and the copier under seed 4, an
 DCGAN, SNGAN and PixelCNN under training seed 4 (checkpoints in ``$FORENSICS_ZOO_CKPT``, default ``/tmp/zoo``:
 an interrupted build resumes), 1,000 images each (so that m′ = 1,000 exists); ``--build --seed 5`` draws another
 such family of sets. They are written to ``--sets`` (default ``~/.cache/forensics/robust-sets``) with the command
-and seed in a json beside each; every set there is queried.
+and seed in a json beside each; every set there is queried but those an enrolled run drew (the seed-4
+DCGAN and SNGAN runs are enrolled, as ``run4``, so their sets leave the query side).
 
 Curated copies of T (``--curated``, 500 of each kind by default: rotated, noisy, downsampled, shuffled,
 background-swapped and exact copies) are queries no enrolled generator made: they must come back "unknown"
@@ -117,13 +118,17 @@ def build(out: Path, n: int = 1000, only: set[str] | None = None, seed: int = NE
 
 def query_sets(sets: Path, curated: int = 0) -> list[tuple[str, str, np.ndarray]]:
     """(generator, set name, images) for every heldout set and every new set found; with ``curated``,
-    also that many images of each curated copy kind of T (``curated-<kind>``: must come back unknown)."""
+    also that many images of each curated copy kind of T (``curated-<kind>``: must come back unknown). A
+    set drawn by a run the zoo enrols (its generator and seed those of a ``run<seed>``: the same training
+    run, or the same sampling stream) is no query: it is left out, with a note."""
     from forensics import api
     from forensics.curation import KINDS, curate
+    from forensics.zoo.catalog import is_reference, read_manifest
     from forensics.zoo.data import mnist_split
 
     reg = api.open_registry()
     samples = reg.reference_dir("mnist-effnet-lite0").parent / "samples"
+    enrolled = {(z.generator, z.seed) for z in read_manifest(samples) if is_reference(z.instance)}
     found = []
     if curated:
         train = mnist_split()[0]
@@ -132,7 +137,10 @@ def query_sets(sets: Path, curated: int = 0) -> list[tuple[str, str, np.ndarray]
     for gen in sorted(p.name for p in samples.iterdir() if p.is_dir()):
         found.append((gen, "heldout", np.load(samples / gen / "heldout.npz")["images"]))
     for path in sorted(sets.glob("*.npz")):
-        gen = path.stem.rsplit("-seed", 1)[0]
+        gen, seed = path.stem.rsplit("-seed", 1)
+        if (gen, int(seed)) in enrolled:
+            print(f"left out {path.name}: drawn by {gen}'s enrolled run{seed}", file=sys.stderr, flush=True)
+            continue
         found.append((gen, path.stem, np.load(path)["images"]))
     return found
 

@@ -137,13 +137,13 @@ def bundled_registry():
 
 @pytest.fixture(scope="session")
 def zoo_reference_sets() -> set[tuple[str, str]]:
-    """The zoo's reference sample sets (runs 0-2 of every generator in its manifest) as (generator,
+    """The zoo's reference sample sets (every ``run<seed>`` in its manifest) as (generator,
     content hash of the images): what the bundled registry must have enrolled under every MNIST protocol."""
     from forensics.io.images import load_images
-    from forensics.zoo.catalog import REFERENCE_INSTANCES, read_manifest, samples_dir
+    from forensics.zoo.catalog import is_reference, read_manifest, samples_dir
 
     return {(z.generator, load_images(z.path)[1]) for z in read_manifest(samples_dir())
-            if z.instance in REFERENCE_INSTANCES}
+            if is_reference(z.instance)}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from clirun import invoked
 
 from forensics.cli.zoo import app
 from forensics.registry import Registry
-from forensics.zoo.catalog import REFERENCE_INSTANCES, samples_dir
+from forensics.errors import UsageError
+from forensics.zoo.catalog import ZooInstance, is_reference, samples_dir, select
 
 PROTOCOL = "mnist-effnet-lite0"
 DEFAULT = "mnist-effnet-vit-pixel"  # the combination of PROTOCOL, mnist-vit and mnist-pixel
@@ -42,13 +43,27 @@ def test_every_command_has_an_example_in_its_help():
         assert "Example" in run(cmd, "--help").output, cmd
 
 
+def test_the_reference_runs_are_every_run_of_a_seed_and_never_the_heldout_set():
+    def zoo(*names):
+        return [ZooInstance(g, n, samples_dir() / g / f"{n}.npz", "", None, {}, {}) for g, n in names]
+
+    every = zoo(("dcgan", "run0"), ("dcgan", "run4"), ("dcgan", "heldout"), ("vae", "run1"), ("vae", "run12"),
+                ("vae", "runaway"), ("vae", "rerun1"))
+    assert [(z.generator, z.instance) for z in select(every, None, None)] == [
+        ("dcgan", "run0"), ("dcgan", "run4"), ("vae", "run1"), ("vae", "run12")]
+    assert [z.instance for z in select(every, ["dcgan"], ["heldout"])] == ["heldout"]  # named: taken as asked
+    with pytest.raises(UsageError, match="no zoo instance matches"):
+        select(zoo(("vae", "heldout")), None, None)
+
+
 def test_list_shows_every_set_and_what_is_enrolled():
     doc = json.loads(run("list", "--json").output)
     rows = doc["instances"]
-    assert doc["protocol"] == DEFAULT and len(rows) == 36  # enrolled: under every protocol it combines
+    assert doc["protocol"] == DEFAULT and len(rows) == 38  # enrolled: under every protocol it combines
     assert all(r["present"] for r in rows)
     enrolled = {(r["generator"], r["instance"]) for r in rows if r["enrolled"]}
-    assert {i for _, i in enrolled} == set(REFERENCE_INSTANCES) and len(enrolled) == 27
+    assert enrolled == {(r["generator"], r["instance"]) for r in rows if is_reference(r["instance"])}
+    assert len(enrolled) == 29 and {("dcgan", "run4"), ("sngan", "run4")} <= enrolled
     assert all(r["quality"]["fd_pca"] > 0 for r in rows)
 
 

@@ -72,7 +72,7 @@ def enroll(
     protocol: Optional[str] = OPT_PROTOCOL,
     generator: Optional[list[str]] = _GENERATOR,
     instance: Optional[list[str]] = typer.Option(None, "--instance", "-i",
-                                                 help="Enrol this instance (repeatable; default: run0, run1, run2; "
+                                                 help="Enrol this instance (repeatable; default: every run<seed>; "
                                                       "'heldout' is the query set and best kept out)."),
     samples: Optional[Path] = _SAMPLES,
     device: str = OPT_DEVICE,
@@ -87,7 +87,7 @@ def enroll(
 
     A set enrolled there already is given the records it lacks under --conditions (checked to give back
     its enrolled curve), else skipped: `--conditions jpeg60` keeps a new condition for every enrolled zoo
-    instance. One encoder serves every set, so the 27 reference instances cost one start-up. Under a
+    instance. One encoder serves every set, so the reference instances cost one start-up. Under a
     combination, the sets are enrolled under each protocol it combines.
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
@@ -237,7 +237,7 @@ def heldout(
 def train(
     generator: str = typer.Argument(..., help="vae, dcgan, sngan, pixelcnn, gmm, kde-copier, ddpm-net (the diffusion "
                                               "network), or a sampler of it: ddpm, ddim, pndm."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed: 0, 1, 2 make run0..run2, 3 makes heldout."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed S makes run<S> (a reference run), but 3 makes heldout."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Override the training iterations (resumes)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch threads (1 reproduces the shipped sets bit for "
                                 "bit)."),

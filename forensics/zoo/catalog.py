@@ -2,13 +2,15 @@
 
 Kept free of torch so that listing the zoo is instant. The sample sets live in the bundled registry
 (``registry/mnist-effnet-lite0/samples/<generator>/<instance>.npz``); every protocol over the same MNIST
-split enrols from them. ``run0`` … ``run2`` are the reference instances, ``heldout`` is each class's
-query set and is never enrolled by default.
+split enrols from them. Every ``run<seed>`` set is a reference instance (``run0`` … ``run2`` of every
+generator, and a fourth run, ``run4``, of the GANs, whose training runs lie farther apart than one run's
+batches); ``heldout`` (seed 3) is each class's query set and is never enrolled by default.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,6 @@ from forensics.errors import UsageError
 from forensics.io.hashing import PREFIX, sha256_file
 
 SAMPLES_SUBDIR = Path("mnist-effnet-lite0") / "samples"
-REFERENCE_INSTANCES = ("run0", "run1", "run2")
 HELDOUT_INSTANCE = "heldout"
 SET_SIZE = 500  # images in every sample set (m)
 MANIFEST_SCHEMA = "forensics-zoo-manifest/1"
@@ -70,17 +71,23 @@ def read_manifest(folder: str | Path) -> list[ZooInstance]:
     return sorted(out, key=lambda z: (z.generator, z.instance))
 
 
+def is_reference(instance: str) -> bool:
+    """Whether a zoo instance is one the registry enrols: a training (or sampling) run ``run<seed>``."""
+    return re.fullmatch(r"run\d+", instance) is not None
+
+
 def select(instances: list[ZooInstance], generators: list[str] | None,
            names: list[str] | None) -> list[ZooInstance]:
-    """The instances of ``generators`` (all when None) named in ``names`` (the reference runs when None)."""
+    """The instances of ``generators`` (all when None) named in ``names`` (every reference run when None)."""
     known = sorted({z.generator for z in instances})
     for g in generators or []:
         if g not in known:
             raise UsageError(f"the zoo has no generator {g!r}; it has {', '.join(known)}")
-    wanted = set(names) if names else set(REFERENCE_INSTANCES)
-    chosen = [z for z in instances if (not generators or z.generator in generators) and z.instance in wanted]
+    chosen = [z for z in instances if (not generators or z.generator in generators)
+              and (z.instance in names if names else is_reference(z.instance))]
     if not chosen:
-        raise UsageError(f"no zoo instance matches (instances {sorted(wanted)}); `forensics zoo list` shows them")
+        wanted = sorted(names) if names else "run<seed>"
+        raise UsageError(f"no zoo instance matches (instances {wanted}); `forensics zoo list` shows them")
     return chosen
 
 

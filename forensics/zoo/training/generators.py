@@ -8,7 +8,7 @@
 Generators: see ``GENERATORS``. Trained ones checkpoint under ``--ckpt-dir`` (default /tmp/zoo) and
 resume from there; a finished run is not retrained. Each call writes
 ``DIR/<generator>/<instance>.npz`` (key ``images``: uint8 (m, 28, 28)) and ``<instance>.json``
-(seed, settings, timings, quality). Instance names: seed 0,1,2 -> ``run0..run2``; seed 3 -> ``heldout``.
+(seed, settings, timings, quality). Instance names: seed S -> ``run<S>``, but seed 3 -> ``heldout`` (the query set).
 Everything is CPU and single-threaded by default (``--threads``) so reruns reproduce bit-for-bit on the
 same machine/torch build.
 """
