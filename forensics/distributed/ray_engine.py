@@ -376,15 +376,19 @@ class RayEngine(Engine):
             self._remote_refs = [self.ray.put(ref) for ref in self.reference_side()]
         return self._remote_refs
 
+    def _run_length(self, n: int, layers: int) -> int:
+        """How many consecutive items (batches, or images) one task of one layer takes: about two tasks per
+        CPU of the cluster over all ``layers``, none empty."""
+        cpus = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        return max(1, math.ceil(n / max(1, math.ceil(2 * cpus / max(1, layers)))))
+
     def _score(self, batches: list[list[np.ndarray]]) -> list[list[Any]]:
         """Per batch, per layer: the statistic's score (or a StatisticError), from tasks of one layer and a
         group of consecutive batches each."""
         ray = self.ray
         refs = self._reference_objects()
         n_layers = len(refs)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        groups = min(len(batches), max(1, math.ceil(2 * cpus / max(1, n_layers))))
-        size = math.ceil(len(batches) / groups)
+        size = self._run_length(len(batches), n_layers)
         device = self._statistic_device()
         score = ray.remote(num_gpus=1 if device else 0)(_score_layer)
         futures = {}
@@ -404,8 +408,7 @@ class RayEngine(Engine):
         ray = self.ray
         refs = self._reference_objects()
         n = len(embeddings[0]) if len(embeddings) else 0
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = max(1, math.ceil(n / max(1, math.ceil(2 * cpus / max(1, len(refs))))))
+        size = self._run_length(n, len(refs))
         device = self._statistic_device()
         task = ray.remote(num_gpus=1 if device else 0)(_records_layer)
         futures = [[task.remote(ref, device, ray.put(np.ascontiguousarray(e[s:s + size]))) for s in range(0, n, size)]
