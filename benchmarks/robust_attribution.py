@@ -406,9 +406,14 @@ def main() -> int:
         for size, point in ((s, p) for s in sorted({min(s, m) for s in sizes}) for p in points):
             ev = evaluated(condition, size, point)
             lgo, ops = ev["leave_generator_out"], ev["open_set"]
+            misranked = Counter(f"{p['generator']}→{p['predicted']}" for p in ev["predictions"]
+                                if p["predicted"] != p["generator"])
             loo_rows.append({"condition": condition, "size": size, "operating_point": point, "n": ev["n"],
-                             "correct": ev["correct"], "open_set": ops, "left_out_unknown": lgo["unknown"],
-                             "left_out_family": lgo["family"], "left_out_n": lgo["n"]})
+                             "correct": ev["correct"], "misranked": dict(sorted(misranked.items())),
+                             "open_set": ops, "left_out_unknown": lgo["unknown"],
+                             "left_out_family": lgo["family"], "left_out_n": lgo["n"],
+                             "left_out_named": {g: dict(v["attributed_to"])
+                                                for g, v in lgo.get("per_generator", {}).items() if v["attributed_to"]}})
             print(f"| {condition} | {size} | {point} | {ev['correct']}/{ev['n']} | {ops['answered_right']} · "
                   f"{ops['answered_family']} · {ops['answered_wrong']} · {ops['unknown']} | "
                   f"{lgo['unknown']} (+ {lgo['family']}) of {lgo['n']} |", flush=True)

@@ -22,15 +22,18 @@ def test_robust_attribution_answers_a_batch_as_attribute_does(tmp_path, bundled_
     sets = tmp_path / "sets"
     sets.mkdir()
     np.savez(sets / "vae-seed9.npz", images=images)
+    np.savez(sets / "dcgan-seed4.npz", images=images)  # named as drawn by an enrolled run (dcgan/run4): no query
     cache = tmp_path / "cache"
 
     def measured() -> list[dict]:
         out = tmp_path / "out.json"
         run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "robust_attribution.py"), "--sets", str(sets),
-                              "--only", "vae-seed9", "--curated", "0", "--conditions", "none", "--sizes", "100",
-                              "--batches", "1", "--skip-loo", "--records-cache", str(cache), "--json", str(out)],
+                              "--only", "vae-seed9,dcgan-seed4", "--curated", "0", "--conditions", "none",
+                              "--sizes", "100", "--batches", "1", "--skip-loo", "--records-cache", str(cache),
+                              "--json", str(out)],
                              capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-2000:]
+        assert "left out dcgan-seed4.npz: drawn by dcgan's enrolled run4" in run.stderr
         return json.loads(out.read_text())["rows"]
 
     rows = measured()
