@@ -5,8 +5,9 @@ The registry stays at the top of the source tree (``registry/``, where git revie
 the wheel as ``forensics/_registry``, where :func:`forensics.registry.bundled_registry_path` finds it in an
 installed package. Inside the package rather than as a data package of its own (``forensics_registry``)
 or a download: the fingerprints, the shipped reference sides and the demo sets belong to the code version
-that computed them (a digest mismatch between the two is refused), they are small (37 MB, every file of
-which the default protocol, the demo or the zoo reads), and one install and one uninstall cover both.
+that computed them (a digest mismatch between the two is refused), every file of them is read by the default
+protocol, the demo or the zoo (most of it the enrolled runs' per-image records under every condition: sizes
+in docs/install.md), and one install and one uninstall cover both.
 Nothing writes there: commands write to the user registry (see :mod:`forensics.registry.store`).
 
 The sdist carries ``registry/`` too, so that a wheel built from it has the same contents. Editable
