@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -75,7 +76,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = (100, 200, 300, 500, 1000)
 CONDITIONS = ("none", "png", "jpeg95", "jpeg90", "jpeg85", "jpeg75", "resize2", "resize0.5", "crop90")
 NEW = ("ddpm", "ddim", "pndm", "gmm", "kde-copier", "vae", "dcgan", "sngan", "pixelcnn")
-NEW_SEED = 4  # seeds 0–2 are the enrolled runs, 3 the shipped held-out sets
+NEW_SEED = 4  # seeds 0–2: every generator's enrolled runs (a set drawn by one is left out); 3: the held-out sets
 
 
 def default_sets() -> Path:
@@ -137,7 +138,11 @@ def query_sets(sets: Path, curated: int = 0) -> list[tuple[str, str, np.ndarray]
     for gen in sorted(p.name for p in samples.iterdir() if p.is_dir()):
         found.append((gen, "heldout", np.load(samples / gen / "heldout.npz")["images"]))
     for path in sorted(sets.glob("*.npz")):
-        gen, seed = path.stem.rsplit("-seed", 1)
+        named = re.fullmatch(r"(.+)-seed(\d+)", path.stem)
+        if named is None:
+            raise SystemExit(f"{path}: a query set's file is named <generator>-seed<N>.npz (what --build writes), "
+                             "so that its generator is known and a set drawn by an enrolled run is left out; rename it")
+        gen, seed = named[1], named[2]
         if (gen, int(seed)) in enrolled:
             print(f"left out {path.name}: drawn by {gen}'s enrolled run{seed}", file=sys.stderr, flush=True)
             continue

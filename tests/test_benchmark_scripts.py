@@ -63,3 +63,20 @@ def test_statistic_separation_lists_every_statistic_of_the_encoder_per_condition
         ratios = [float(line.split()[1]) for line in block.strip().splitlines()[2:]]
         assert ratios == sorted(ratios, reverse=True)  # most separating first
     assert "none: gmm against vae" in run.stdout and "jpeg90: gmm against vae" in run.stdout
+
+
+def test_robust_attribution_refuses_a_query_set_whose_name_does_not_say_its_generator(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    for name in ("FORENSICS_THREADS", "OMP_NUM_THREADS"):  # what the script sets on import, put back after
+        monkeypatch.setenv(name, "1")
+    spec = importlib.util.spec_from_file_location("robust_attribution", ROOT / "benchmarks" / "robust_attribution.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    np.savez(tmp_path / "evidence.npz", images=np.zeros((100, 28, 28), np.uint8))
+    with pytest.raises(SystemExit, match=r"evidence\.npz: a query set's file is named <generator>-seed<N>\.npz"):
+        module.query_sets(tmp_path)
+    (tmp_path / "evidence.npz").rename(tmp_path / "vae-seed9.npz")
+    assert [(g, name) for g, name, _ in module.query_sets(tmp_path)][-1] == ("vae", "vae-seed9")

@@ -67,7 +67,7 @@ def test_reads_see_the_bundled_registry_and_write_nothing(user, bundled_unchange
     reg = Registry.open()
     assert reg.layers == (user, bundled_registry_path()) and reg.validate() == []
     assert reg.default_protocol == DEFAULT and {DEFAULT, *PARTS, PAPER} <= set(reg.protocols)
-    assert len(reg.enrolled(DEFAULT)) == 29 and reg.reference_dir("mnist-vit").is_dir()
+    assert len(reg.enrolled(DEFAULT)) == 30 and reg.reference_dir("mnist-vit").is_dir()
     cli("registry", "list")
     # validate names both folders it read, as list does: the user registry alone does not exist yet
     assert f"{user} over {bundled_registry_path()}: " in " ".join(cli("registry", "validate").output.split())
@@ -154,7 +154,7 @@ def test_protocol_combine_as_the_readme_writes_it_changes_no_shipped_file(user, 
     cli("protocol", "combine", "my-combination", *PARTS)
     assert (user / "my-combination" / "protocol.yaml").is_file()
     reg = Registry.open()
-    assert reg.validate() == [] and len(reg.enrolled("my-combination")) == 29
+    assert reg.validate() == [] and len(reg.enrolled("my-combination")) == 30
     assert Registry.open(user).validate() == []  # its parts' records were copied beside it
     # "how the default was made": the same combination again is nothing to do, its description stays
     description = reg.protocol(DEFAULT).description
@@ -228,7 +228,7 @@ def test_zoo_reads_a_user_set_over_the_bundled_one(user, bundled_unchanged):
     manifest["instances"] = [dict(entry, instance="heldout", file="gmm/heldout.npz")]
     (mine / "MANIFEST.json").write_text(json.dumps(manifest))
     rows = json.loads(cli("zoo", "list", "--json").stdout)["instances"]
-    assert len(rows) == 38
+    assert len(rows) == 39
     gmm = {r["instance"]: r for r in rows if r["generator"] == "gmm"}
     assert Path(gmm["heldout"]["file"]) == mine / "gmm" / "heldout.npz" and gmm["heldout"]["enrolled"]
     assert Path(gmm["run1"]["file"]) == bundled / "gmm" / "run1.npz"
