@@ -747,6 +747,41 @@ class _Records:
         records = self.records(condition)
         return bool(records) and all(r.instance in records for r in self.references)
 
+    def resamples(self, condition: str | Mixture, size: int) -> dict[str, list[np.ndarray]] | None:
+        """For each instance (by id), the curves of the bootstrap resamples of each batch that stands for it at
+        ``size`` under ``condition`` — the single sub-batches :meth:`redraw` draws for it, or at (none, m) its
+        own images — drawn as ``attribute`` draws a batch's (:func:`forensics.match.resampling.bootstrap_rows`):
+        one array per batch, a resample a row. None when the instances keep no records to draw them from."""
+        from forensics.engine import records_curves
+        from forensics.match.resampling import bootstrap_rows
+
+        if not all(self.complete(c) for c in ([condition] if isinstance(condition, str) else [c for c, _ in condition])):
+            return None
+        m = self.proto.batch_size
+        if condition == "none" and size == m:
+            records = self.records("none")
+            batches = {r.instance: [np.arange(records[r.instance].shape[1])] for r in self.references}
+        else:
+            redrawn = self.redraw(condition, size)
+            records = self._stacked(condition)
+            batches = {r.instance: list(redrawn.query_rows[r.instance]) for r in redrawn.references}
+        curves_of = records_curves(self.engine)
+        found: dict[str, list[np.ndarray]] = {}
+        for instance, rows in batches.items():
+            drawn = [resample for batch in rows for resample in bootstrap_rows([batch])]
+            vectors = np.asarray(curves_of(records[instance], drawn))
+            found[instance] = list(vectors.reshape(len(rows), -1, vectors.shape[-1]))
+        return found
+
+    def _stacked(self, condition: str | Mixture) -> dict[str, np.ndarray]:
+        """Each instance's records under ``condition``; under a mixture, its records under the mixture's
+        conditions stacked along the images, in order (what :func:`~forensics.match.batchsize.references_at`
+        draws a mixed batch from)."""
+        if isinstance(condition, str):
+            return self.records(condition)
+        return {r.instance: np.concatenate([self.records(c)[r.instance] for c, _ in condition], axis=1)
+                for r in self.references}
+
     def redraw(self, condition: str | Mixture, size: int) -> Any:
         """The enrolled instances redrawn under ``condition`` (a name or a mixture) at ``size`` from their
         records (:class:`forensics.match.batchsize.AtBatchSize`); every instance must keep them."""
@@ -756,12 +791,8 @@ class _Records:
         key = (condition if isinstance(condition, str) else tuple(condition), size)
         if key in self._redrawn:  # (seeded: the same draws every time)
             return self._redrawn[key]
-        if isinstance(condition, str):
-            records, mixture = self.records(condition), None
-        else:  # each instance's records under the mixture's conditions, stacked along the images
-            records = {r.instance: np.concatenate([self.records(c)[r.instance] for c, _ in condition], axis=1)
-                       for r in self.references}
-            mixture = [k for _, k in condition]
+        records = self._stacked(condition)
+        mixture = None if isinstance(condition, str) else [k for _, k in condition]
         self._redrawn[key] = references_at(self.references, records, size, records_curves(self.engine),
                                            mixture=mixture)
         return self._redrawn[key]
@@ -1678,13 +1709,16 @@ def _takes_weights(name: str) -> bool:
 
 def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
                      stability: bool = False, queries: Mapping[str, Sequence[Any]] | None = None,
-                     operating_point: str = "balanced", pool: Any = None, **options: Any) -> MatcherEvaluation:
+                     operating_point: str = "balanced", pool: Any = None,
+                     resamples: Mapping[str, Sequence[np.ndarray]] | None = None, **options: Any) -> MatcherEvaluation:
     """Leave-one-out, leave-generator-out and (when instances carry the role ``test_batch``) the
     hold-out split of one matcher on a protocol's references; ``queries`` (by instance id) stand for a
     held-out instance in place of its own curve (:func:`forensics.match.batchsize.references_at`);
     ``options`` go to the matcher (for example its ``layer_weights``); the open-set verdicts use the
     thresholds of ``operating_point``, pooled over ``pool``'s cells without each fold's own points where
-    a :class:`~forensics.match.calibration.Pool` is given."""
+    a :class:`~forensics.match.calibration.Pool` is given; ``resamples`` (by instance id, aligned with its
+    queries) hold every answer to the resampling rule as ``attribute`` holds a batch to it
+    (:func:`forensics.match.leave_one_out`)."""
     from dataclasses import replace
 
     from forensics.match import calibration_stability, holdout, leave_generator_out, leave_one_out
@@ -1692,11 +1726,13 @@ def evaluate_matcher(references: Sequence[EnrolledCurve], matcher: str, *,
     refs = list(references)
     if not refs:
         return MatcherEvaluation(matcher, None)
-    ev = leave_one_out(refs, matcher, queries=queries, operating_point=operating_point, pool=pool, **options)
+    ev = leave_one_out(refs, matcher, queries=queries, operating_point=operating_point, pool=pool,
+                       resamples=resamples, **options)
     if ev.error is not None:
         return MatcherEvaluation(matcher, ev)
     ev = replace(ev, leave_generator_out=leave_generator_out(refs, matcher, queries=queries,
-                                                             operating_point=operating_point, pool=pool, **options))
+                                                             operating_point=operating_point, pool=pool,
+                                                             resamples=resamples, **options))
     if queries is None and any(r.provenance.get("role") == "test_batch" for r in refs):
         try:
             split = holdout(refs, matcher, operating_point=operating_point)
@@ -1722,17 +1758,23 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
     from forensics.errors import PluginError
     from forensics.match.calibration import pool_applies
 
+    from forensics.conditions import parse_mixture
+
     enrolled = refs = reg.enrolled(name)
     proto = reg.protocol(name)
     queries, weights = None, None
     size = batch_size or proto.batch_size
+    sized = (_Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), enrolled)
+             if reg.record_conditions(name) else None)
     if batch_size is not None or condition != "none":
-        refs, queries, weights = _redrawn(reg, proto, refs, size, condition)
+        refs, queries, weights = _redrawn(reg, proto, refs, size, condition, sized)
+    with _Step(progress, f"resampling {name}'s queries"):
+        mixture = parse_mixture(condition, size)
+        resamples = None if sized is None else sized.resamples(condition if mixture is None else mixture, size)
     pooled = {m: (reg.calibration(name, m) or {}).get("pooled") for m in matchers}
     pooled = {m: p for m, p in pooled.items() if pool_applies(p, enrolled)}
     pools: dict[str, Any] = {}
-    if pooled:
-        sized = _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), enrolled)
+    if pooled and sized is not None:
         for m, p in pooled.items():  # (the cells of one pool, redrawn once for every matcher pooled on them)
             with _Step(progress, f"pooling {m}'s calibration points on {name}"):
                 pools.update(_pools(sized, [m], conditions=p["conditions"], sizes=p["sizes"], progress=progress))
@@ -1742,7 +1784,8 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
             try:
                 options = {} if weights is None or not _takes_weights(m) else {"layer_weights": list(weights)}
                 found.append(evaluate_matcher(refs, m, stability=stability, queries=queries,
-                                              operating_point=operating_point, pool=pools.get(m), **options))
+                                              operating_point=operating_point, pool=pools.get(m),
+                                              resamples=resamples, **options))
             except PluginError as exc:
                 if named:
                     raise
@@ -1783,11 +1826,12 @@ def _lacking_records(reg: Registry, name: str, refs: Sequence[EnrolledCurve], co
 
 
 def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int,
-             condition: str) -> tuple[list, dict, Any]:
+             condition: str, sized: _Records | None = None) -> tuple[list, dict, Any]:
     """``refs`` redrawn at ``size`` under ``condition`` (:func:`forensics.match.batchsize.references_at`),
     the sub-batches that stand for each, and the layer weights they are compared with; a one-line error
     when the registry keeps no such records. ``condition`` may name a mixture (``none/jpeg90``:
-    :func:`forensics.conditions.parse_mixture`): batches of ``size`` with that many images under each."""
+    :func:`forensics.conditions.parse_mixture`): batches of ``size`` with that many images under each.
+    ``sized``: the records of ``refs`` already read (and the redrawing kept there), else read here."""
     from forensics.conditions import parse_mixture
     from forensics.engine import make_engine
 
@@ -1798,7 +1842,7 @@ def _redrawn(reg: Registry, proto: Any, refs: Sequence[EnrolledCurve], size: int
     lacking = _lacking_records(reg, proto.name, refs, parts)
     if lacking:  # from the generator files alone: no reference side is fitted (or fetched) to find it out
         raise UsageError(f"{proto.name}: {lacking}")
-    sized = _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs)
+    sized = sized or _Records(reg, proto, make_engine(proto, reference_dir=reg.reference_dir), refs)
     for c in parts:
         missing = [f"{r.generator}/{r.instance}" for r in refs if r.instance not in sized.records(c)]
         if missing:

@@ -1365,12 +1365,25 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
     assert not any("hides" in w for w in Registry.open(user, below=[copy]).warnings)
 
 
+def held_to_the_rule(ev: dict) -> None:
+    """An evaluation whose answers were held to the resampling rule as `attribute` holds a batch to it: every
+    name it gave led in most of the resamples, and it says how many it turned away."""
+    from forensics.match.resampling import RESAMPLES
+
+    assert ev["resampling"]["resamples"] == ev["leave_generator_out"]["resampling"]["resamples"] == RESAMPLES
+    named = [p for p in ev["predictions"] if p["verdict"] is not None or p["family"] is not None]
+    assert all(2 * p["leads"] > RESAMPLES for p in named)
+    turned = ev["resampling"]["turned_unknown"]
+    assert 0 <= turned <= ev["open_set"]["unknown"]
+
+
 @pytest.mark.slow
 def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_host):
     reg, _ = digits
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha"])
     plain = json.loads(r.stdout)["protocols"][0]
     assert plain["batch_size"] == M and plain["condition"] == "none" and plain["matchers"][0]["n"] == 6
+    held_to_the_rule(plain["matchers"][0])  # as generated, at m: each instance's own images resampled
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha", "--batch-size", "60",
              "--condition", "jpeg90"])
     assert r.exit_code == 0, r.output
@@ -1380,6 +1393,7 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
     ev = got["matchers"][0]
     assert ev["n"] == 6 * CALIBRATION_DRAWS  # each held-out instance queried by single sub-batches of 60
     assert ev["leave_generator_out"]["n"] == 6 * CALIBRATION_DRAWS
+    held_to_the_rule(ev)
     from forensics.schemas import validate
 
     validate(doc)

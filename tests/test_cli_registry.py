@@ -82,6 +82,7 @@ def test_evaluate_reports_loo_confusion_and_split(paper_copy):
     assert sum(map(sum, alpha["confusion"]["matrix"])) == 18
     assert (alpha["split"]["correct"], alpha["split"]["n"]) == (6, 6)
     assert alpha["leave_generator_out"]["n"] == 18
+    assert alpha["resampling"] is None  # published curves keep no per-image records to resample
     assert (cosine["correct"], cosine["split"]["correct"]) == (12, 4)
     text = run("evaluate", "--registry", paper_copy, "-m", "alpha").stdout
     assert "confusion" in text and "15/18" in text and "PNDM" in text

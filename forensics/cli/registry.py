@@ -578,7 +578,7 @@ def _render_evaluation(result: EvaluationResult) -> None:
     from rich.table import Table
 
     from forensics.report.terminal import (
-        OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, pooled_line, stability_line,
+        OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, pooled_line, resampling_line, stability_line,
     )
 
     for p in (p.to_dict() for p in result.protocols):
@@ -605,7 +605,7 @@ def _render_evaluation(result: EvaluationResult) -> None:
         if sole:  # no instance of theirs left to name them: not counted (the generator left out tests them)
             out.print(f"leave-one-out leaves out {', '.join(sole)}: each has one instance, none left to name it "
                       "(enrol another run)", markup=False)
-        for line in filter(None, map(pooled_line, p["matchers"])):
+        for line in filter(None, [*map(pooled_line, p["matchers"]), *map(resampling_line, p["matchers"])]):
             out.print(line, markup=False)
         for m in p["matchers"]:
             if "calibration_stability" in m:

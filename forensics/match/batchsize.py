@@ -77,8 +77,9 @@ def mixed_subbatches(n: int, counts: Sequence[int], draws: int, seed: int, purpo
 @dataclass(frozen=True)
 class AtBatchSize:
     """The enrolled instances redrawn at a batch size: their reference curves (``references``), the
-    single sub-batch curves that stand for each instance in calibration (``queries``, by instance id), and
-    the instances left out for lack of records (``without_records``)."""
+    single sub-batch curves that stand for each instance in calibration (``queries``, by instance id), the
+    rows of its records each of those sub-batches holds (``query_rows``, in the same order), and the
+    instances left out for lack of records (``without_records``)."""
 
     size: int
     references: tuple[EnrolledCurve, ...]
@@ -87,6 +88,7 @@ class AtBatchSize:
     calibration_draws: int
     without_records: tuple[str, ...] = field(default=())
     layer_weights: tuple[float, ...] | None = None
+    query_rows: Mapping[str, Sequence[np.ndarray]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """What the references at this size are, for a report."""
@@ -142,6 +144,7 @@ def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.
         raise ValueError(f"a mixture of {sum(mixture)} images for batches of {size}")
     refs: list[EnrolledCurve] = []
     queries: dict[str, list[np.ndarray]] = {}
+    rows: dict[str, list[np.ndarray]] = {}
     missing: list[str] = []
     for r in references:
         rec = records.get(r.instance)
@@ -165,5 +168,6 @@ def references_at(references: Sequence[EnrolledCurve], records: Mapping[str, np.
                                   Fingerprint(r.fingerprint.protocol_digest, tuple(float(v) for v in mean)), prov,
                                   r.family))
         queries[r.instance] = list(curves[len(drawn):])
+        rows[r.instance] = list(calibration)
     weights = layer_weights(refs, queries) if refs else None
-    return AtBatchSize(size, tuple(refs), queries, draws, calibration_draws, tuple(missing), weights)
+    return AtBatchSize(size, tuple(refs), queries, draws, calibration_draws, tuple(missing), weights, rows)

@@ -13,9 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from forensics.errors import UsageError
 from forensics.match.base import Matcher, make_matcher
 from forensics.match.calibration import DEFAULT_OPERATING_POINT, THRESHOLDS, Pool, calibrate, check_operating_point
+from forensics.match.resampling import SEED, first_ranked, resampled
 from forensics.match.types import EnrolledCurve
 
 
@@ -36,6 +39,7 @@ class Evaluation:
     error: str | None = None
     operating_point: str = DEFAULT_OPERATING_POINT
     pooled_cells: int | None = None
+    resampling: dict[str, Any] | None = None
 
     @property
     def loo_accuracy(self) -> float | None:
@@ -47,7 +51,7 @@ class Evaluation:
                 "confusion": {"labels": self.labels, "matrix": self.confusion,
                               "rows": "true generator", "columns": "predicted generator"},
                 "open_set": self.open_set, "operating_point": self.operating_point,
-                "pooled_cells": self.pooled_cells,
+                "pooled_cells": self.pooled_cells, "resampling": self.resampling,
                 "leave_generator_out": self.leave_generator_out,
                 "split": self.split, "error": self.error, "predictions": self.predictions}
 
@@ -76,9 +80,35 @@ def _answering(m: Matcher, pool: Pool | None, references: Sequence[EnrolledCurve
     return m.with_pooled_thresholds(record)
 
 
+def _answers(m: Matcher, queries: Sequence[Any], resamples: Sequence[np.ndarray] | None) -> list[tuple[Any, bool]]:
+    """The fitted matcher ``m``'s answer to each of ``queries``, held to the resampling rule
+    (:mod:`forensics.match.resampling`) over its resamples' curves (``resamples[j]``: an array, one resample a
+    row) as ``attribute`` holds a batch to it; with whether the rule turned a name into "unknown". Without
+    ``resamples`` (no per-image records to draw them from), the answers as they are."""
+    found = []
+    for j, q in enumerate(queries):
+        answer = m.attribute(q)
+        if resamples is None:
+            found.append((answer, False))
+            continue
+        held = resampled(answer, first_ranked(m, resamples[j]), m.families, decide=m.open_set)
+        found.append((held, answer.named is not None and held.named is None))
+    return found
+
+
+def resampling_record(turned: int, resamples: Mapping[str, Sequence[np.ndarray]] | None) -> dict[str, Any] | None:
+    """What an evaluation records of the resampling rule: how many resamples each query's answer was held to,
+    their seed, and how many answers the rule turned into "unknown" (None: the rule was not applied)."""
+    if resamples is None:
+        return None
+    counts = {len(v) for per in resamples.values() for v in per}
+    return {"resamples": max(counts) if counts else 0, "seed": SEED, "turned_unknown": turned}
+
+
 def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
                   queries: Mapping[str, Sequence[Any]] | None = None,
                   operating_point: str = DEFAULT_OPERATING_POINT, pool: Pool | None = None,
+                  resamples: Mapping[str, Sequence[np.ndarray]] | None = None,
                   **options: Any) -> Evaluation:
     """Attribute every instance with itself left out of the references; an instance that is its generator's
     only one is not (no instance of its generator is left to name: it is what :func:`leave_generator_out`
@@ -93,7 +123,11 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     calibration points of every (condition, batch size) cell, as ``registry calibrate`` pools them
     (:class:`~forensics.match.calibration.Pool`); given, each fold answers with the pooled thresholds chosen
     without the held-out instance's own points (the rest were computed with it among the references: a
-    refit of every cell per fold would take the folds' number of times longer).
+    refit of every cell per fold would take the folds' number of times longer). ``resamples``: for each
+    instance (by id), the curves of the bootstrap resamples of each of its queries (aligned with them; one
+    array each, a resample a row), as ``attribute`` draws them from a batch's per-image records: each answer is
+    held to the resampling rule (:mod:`forensics.match.resampling`) as ``attribute`` holds it, and ``resampling``
+    counts what the rule turned into "unknown".
     """
     check_operating_point(operating_point)
     refs = list(references)
@@ -103,7 +137,7 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     index = {g: i for i, g in enumerate(labels)}
     confusion = [[0] * len(labels) for _ in labels]
     predictions = []
-    correct = right = wrong = unknown = family = 0
+    correct = right = wrong = unknown = family = turned = 0
     name, opts = None, {}
     open_set_used = False
     for i, r in enumerate(refs):
@@ -114,11 +148,13 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
             continue  # it would count as wrong however good the curve (:func:`leave_generator_out` tests it)
         try:
             m = _answering(m.fit(rest, queries or None), pool, refs, [r.instance]).at_operating_point(operating_point)
-            results = [m.attribute(q) for q in (queries.get(r.instance) or [r.fingerprint])]
+            results = _answers(m, queries.get(r.instance) or [r.fingerprint],
+                               None if resamples is None else resamples[r.instance])
         except UsageError as exc:
             return Evaluation(name, opts, len(refs), 0, labels, confusion, [], error=str(exc))
         open_set_used = open_set_used or m.open_set
-        for result in results:
+        for result, turned_unknown in results:
+            turned += turned_unknown
             top = result.candidates[0].generator
             confusion[index[r.generator]][index[top]] += 1
             correct += top == r.generator
@@ -133,7 +169,8 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
             predictions.append({"generator": r.generator, "instance": r.instance, "predicted": top,
                                 "score": result.candidates[0].score, "margin": result.margin,
                                 "distance_ratio": result.distance_ratio, "verdict": result.verdict,
-                                "family": result.family})
+                                "family": result.family,
+                                "leads": None if result.resampling is None else result.resampling["leads"]})
     if refs and not predictions:  # every generator has one instance
         return Evaluation(name or str(matcher), opts, 0, 0, labels, confusion, [],
                           error="every generator has one instance: left out, none of its generator is left to "
@@ -142,7 +179,8 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
                 if open_set_used else None)
     return Evaluation(name or str(matcher), opts, len(predictions), correct, labels, confusion, predictions,
                       open_set, operating_point=operating_point,
-                      pooled_cells=len(pool.cells) if pool is not None and open_set_used else None)
+                      pooled_cells=len(pool.cells) if pool is not None and open_set_used else None,
+                      resampling=resampling_record(turned, resamples) if open_set_used else None)
 
 
 def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
@@ -171,6 +209,7 @@ def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Ma
 def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha", *,
                         queries: Mapping[str, Sequence[Any]] | None = None,
                         operating_point: str = DEFAULT_OPERATING_POINT, pool: Pool | None = None,
+                        resamples: Mapping[str, Sequence[np.ndarray]] | None = None,
                         **options: Any) -> dict[str, Any]:
     """Leave each whole generator out and attribute its instances: the open-set test.
 
@@ -178,16 +217,16 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
     names its own generator's family (another generator of it stays enrolled) is counted as ``family``:
     neither unknown nor wrong. One named as another generator *of its own family* (a sampler of one network
     named as a sibling sampler: the network right, the sampler not) is counted in ``sibling`` as well as in
-    ``attributed_to``: still wrong, but not as wrong as an unrelated generator. ``queries``, ``operating_point``
-    and ``pool`` as :func:`leave_one_out` takes them (a pool's thresholds chosen without the points of the
-    left-out generator's instances).
+    ``attributed_to``: still wrong, but not as wrong as an unrelated generator. ``queries``, ``operating_point``,
+    ``pool`` and ``resamples`` as :func:`leave_one_out` takes them (a pool's thresholds chosen without the points
+    of the left-out generator's instances; ``resampling`` counts the names the rule turned into "unknown").
     """
     check_operating_point(operating_point)
     refs = list(references)
     queries = queries or {}
     make = _factory(matcher, options)
     per: dict[str, Any] = {}
-    total = unknown = in_family = siblings = 0
+    total = unknown = in_family = siblings = turned = 0
     family_of = {r.generator: r.family for r in refs}
     for g in sorted({r.generator for r in refs}):
         rest = [r for r in refs if r.generator != g]
@@ -199,7 +238,10 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         except UsageError as exc:
             per[g] = {"n": len(held), "error": str(exc)}
             continue
-        answers = [m.attribute(q) for r in held for q in (queries.get(r.instance) or [r.fingerprint])]
+        held_to = [found for r in held for found in _answers(m, queries.get(r.instance) or [r.fingerprint],
+                                                             None if resamples is None else resamples[r.instance])]
+        answers = [a for a, _ in held_to]
+        turned += sum(t for _, t in held_to)
         n_unknown = sum(a.named is None for a in answers)
         n_family = sum(a.verdict is None and a.family is not None and a.family == held[0].family for a in answers)
         named: dict[str, int] = {}
@@ -215,7 +257,8 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         in_family += n_family
         siblings += n_sibling
     return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
-            "family": in_family, "sibling": siblings, "operating_point": operating_point, "per_generator": per}
+            "family": in_family, "sibling": siblings, "operating_point": operating_point,
+            "resampling": resampling_record(turned, resamples), "per_generator": per}
 
 
 def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",

@@ -48,7 +48,7 @@ from forensics.report import cluster_text
 from forensics.report import plots as P
 from forensics.report.terminal import (
     OPEN_SET_COLUMN, evaluation_scope, left_out_text, open_set_text, operating_points_text, pooled_line, printable,
-    remainder_text, resampling_text, stability_line, undefined_lines,
+    remainder_text, resampling_line, resampling_text, stability_line, undefined_lines,
 )
 
 if TYPE_CHECKING:
@@ -589,7 +589,7 @@ def evaluation_page(result: EvaluationResult, *, plots: bool | None = None) -> P
         if bars:
             page.plot(f"accuracy-{p['protocol']}", lambda bars=bars: P.accuracy_figure(bars),
                       alt=f"leave-one-out accuracy and leave-generator-out unknown rate per matcher on {p['protocol']}")
-        for line in filter(None, map(pooled_line, p["matchers"])):
+        for line in filter(None, [*map(pooled_line, p["matchers"]), *map(resampling_line, p["matchers"])]):
             page.text(line, cls="dim")
         for m in p["matchers"]:
             if "calibration_stability" in m:

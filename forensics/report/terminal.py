@@ -423,6 +423,19 @@ def pooled_line(evaluation: Mapping[str, Any]) -> str | None:
             "`registry calibrate` pooled, each fold's chosen without its own points")
 
 
+def resampling_line(evaluation: Mapping[str, Any]) -> str | None:
+    """Where a matcher's evaluation held its answers to the resampling rule (``resampling``), one line saying
+    so and how many names it turned into "unknown"."""
+    found = evaluation.get("resampling")
+    if not found:
+        return None
+    left_out = ((evaluation.get("leave_generator_out") or {}).get("resampling") or {}).get("turned_unknown", 0)
+    return (f"{evaluation['matcher']}: every answer held to the resampling rule as `attribute` holds a batch (a name "
+            f"stands where it ranks first in most of {found['resamples']} resamples of the batch's images, seed "
+            f"{found['seed']}): it turned {found['turned_unknown']} leave-one-out and {left_out} left-out-generator "
+            "answers into \"unknown\"")
+
+
 def stability_line(matcher: str, stability: Mapping[str, Any]) -> str:
     """How far a matcher's open-set thresholds moved with one run dropped, as one line."""
     parts = []

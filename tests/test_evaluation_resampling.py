@@ -1,0 +1,91 @@
+"""`registry evaluate` holds every answer to the resampling rule as `attribute` holds a batch to it
+(forensics.match.resampling): a name stands only where it ranks first in more than half of the bootstrap
+resamples of the query's images, and the evaluation counts what the rule turned into "unknown"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forensics.match import EnrolledCurve
+from forensics.match.evaluation import leave_generator_out, leave_one_out
+from forensics.match.resampling import RESAMPLES, SEED
+from forensics.protocol import Fingerprint
+
+DIGEST = "sha256:" + "e" * 64
+X = np.linspace(0, 1, 6)
+BASES = {"a": 4 * X - 1, "b": 2 * np.sin(6 * X) + 1, "c": 8 * (X - 0.5) ** 2 - 1, "d": -3 * X + 0.5}
+
+
+def curves(per: int = 6, seed: int = 0) -> list[EnrolledCurve]:
+    rng = np.random.default_rng(seed)
+    return [EnrolledCurve(g, f"{g}{i}", Fingerprint.from_values(DIGEST, (base + rng.normal(0, 0.05, len(X))).tolist()))
+            for g, base in BASES.items() for i in range(per)]
+
+
+def steady(refs: list[EnrolledCurve]) -> dict[str, list[np.ndarray]]:
+    """Every resample of an instance's query ranks as the query itself: its own curve, each time."""
+    return {r.instance: [np.tile(r.fingerprint.vector(), (RESAMPLES, 1))] for r in refs}
+
+
+def swayed(refs: list[EnrolledCurve], instance: str, towards: str, share: int) -> dict[str, list[np.ndarray]]:
+    """``share`` of ``instance``'s resamples look like generator ``towards`` (its base curve), the rest like the
+    query."""
+    found = steady(refs)
+    rows = found[instance][0].copy()
+    rows[:share] = BASES[towards]
+    found[instance] = [rows]
+    return found
+
+
+def test_resamples_that_rank_as_the_query_change_no_answer_and_say_how_many_led():
+    refs = curves()
+    plain = leave_one_out(refs, "alpha")
+    held = leave_one_out(refs, "alpha", resamples=steady(refs))
+    assert plain.open_set["answered_right"] > 0
+    assert held.open_set == plain.open_set and held.correct == plain.correct
+    assert held.resampling == {"resamples": RESAMPLES, "seed": SEED, "turned_unknown": 0}
+    for before, after in zip(plain.predictions, held.predictions):
+        assert after["verdict"] == before["verdict"]
+        assert after["leads"] == (RESAMPLES if after["verdict"] is not None else None)
+    assert plain.resampling is None and all(p["leads"] is None for p in plain.predictions)
+    lgo = leave_generator_out(refs, "alpha", resamples=steady(refs))
+    assert lgo["unknown"] == leave_generator_out(refs, "alpha")["unknown"]
+    assert lgo["resampling"] == {"resamples": RESAMPLES, "seed": SEED, "turned_unknown": 0}
+
+
+@pytest.mark.parametrize("share, stands", [(RESAMPLES // 2 - 1, True), (RESAMPLES // 2, False), (RESAMPLES, False)])
+def test_a_name_stands_only_where_it_leads_in_more_than_half_of_the_resamples(share, stands):
+    refs = curves()
+    plain = {p["instance"]: p for p in leave_one_out(refs, "alpha").predictions}
+    assert plain["a0"]["verdict"] == "a"
+    held = leave_one_out(refs, "alpha", resamples=swayed(refs, "a0", "b", share))
+    answer = {p["instance"]: p for p in held.predictions}["a0"]
+    assert answer["leads"] == RESAMPLES - share  # how often what the batch as drawn named led, either way
+    assert answer["verdict"] == ("a" if stands else None)
+    assert answer["predicted"] == "a"  # the closed-set answer (the batch as drawn) is the batch's, whatever the rule
+    assert held.resampling["turned_unknown"] == (0 if stands else 1)
+    assert held.correct == leave_one_out(refs, "alpha").correct
+    assert all(p["verdict"] == plain[p["instance"]]["verdict"] for p in held.predictions if p["instance"] != "a0")
+
+
+def test_a_left_out_generator_named_on_a_draw_that_few_resamples_repeat_is_unknown():
+    """A generator left out entirely and named as another (its curve moved onto the other's) is turned away
+    when most of its resamples rank a third generator first; one whose resamples name the same steadily is not."""
+    refs = curves()
+    moved = [EnrolledCurve(r.generator, r.instance, Fingerprint.from_values(DIGEST, (BASES["b"] + 0.01).tolist()))
+             if r.instance == "a0" else r for r in refs]
+    plain = leave_generator_out(moved, "alpha")
+    assert plain["per_generator"]["a"]["attributed_to"] == {"b": 1}
+    kept = leave_generator_out(moved, "alpha", resamples=steady(moved))
+    assert kept["per_generator"]["a"]["attributed_to"] == {"b": 1} and kept["resampling"]["turned_unknown"] == 0
+    turned = leave_generator_out(moved, "alpha", resamples=swayed(moved, "a0", "c", RESAMPLES))
+    assert turned["per_generator"]["a"]["attributed_to"] == {}
+    assert turned["unknown"] == plain["unknown"] + 1 and turned["resampling"]["turned_unknown"] == 1
+
+
+def test_a_closed_set_matcher_keeps_its_answers_and_records_no_rule():
+    refs = curves()
+    held = leave_one_out(refs, "alpha", open_set=False, resamples=swayed(refs, "a0", "b", RESAMPLES))
+    assert held.open_set is None and held.resampling is None
+    assert held.correct == leave_one_out(refs, "alpha", open_set=False).correct
