@@ -89,3 +89,18 @@ def test_a_closed_set_matcher_keeps_its_answers_and_records_no_rule():
     held = leave_one_out(refs, "alpha", open_set=False, resamples=swayed(refs, "a0", "b", RESAMPLES))
     assert held.open_set is None and held.resampling is None
     assert held.correct == leave_one_out(refs, "alpha", open_set=False).correct
+
+
+def test_a_matcher_that_ranks_no_new_curve_is_evaluated_without_the_rule():
+    """The fid baseline looks up the FID recorded of each known image set; a resample of images has none, so
+    its answers are evaluated as they are, and the evaluation says the rule was not applied."""
+    from forensics.match import FIDMatcher
+    from forensics.match.baselines import curve_key
+
+    refs = curves()
+    fids = {curve_key(r.fingerprint): 10.0 * "abcd".index(r.generator) + int(r.instance[1:]) * 0.1 for r in refs}
+    plain = leave_one_out(refs, FIDMatcher(fids=fids))
+    held = leave_one_out(refs, FIDMatcher(fids=fids), resamples=swayed(refs, "a0", "b", RESAMPLES))
+    assert held.resampling is None and held.open_set == plain.open_set and held.correct == plain.correct
+    lgo = leave_generator_out(refs, FIDMatcher(fids=fids), resamples=steady(refs))
+    assert lgo["resampling"] is None and lgo["unknown"] == leave_generator_out(refs, FIDMatcher(fids=fids))["unknown"]

@@ -79,6 +79,9 @@ class Matcher(abc.ABC):
     """The registered name (set by :func:`make_matcher`); recorded in every attribution."""
     min_generators: int = 1
     """The fewest generators the matcher can be fitted on (a classifier needs two)."""
+    reads_curves: bool = True
+    """Whether it ranks any curve of the protocol's layers, as the resampling rule needs (a resample's curve is
+    new); False for one that looks up what is recorded of known image sets instead (the ``fid`` baseline)."""
 
     def __init__(self, *, open_set: bool = True, calibration: Mapping[str, Any] | None = None,
                  layer_weights: Sequence[float] | None = None):

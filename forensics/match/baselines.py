@@ -241,6 +241,7 @@ class FIDMatcher(ScalarBaseline):
 
     name = "fid"
     baseline = True
+    reads_curves = False
 
     def __init__(self, *, fids: Mapping[str, float] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
