@@ -974,8 +974,8 @@ def resample_vectors(engine: Engine | CombinedEngine, records: Sequence[np.ndarr
     (``.mean(axis=1)``, as :func:`mean_curve` makes the set's curve)."""
     from forensics.match.resampling import bootstrap_rows
 
-    curves = engine.curves_from_records(records, bootstrap_rows(parts))
-    return np.array([c.fingerprint.vector() for c in curves]).reshape(-1, len(parts), len(engine.protocol.layers))
+    vectors = engine.vectors_from_records(records, bootstrap_rows(parts))
+    return vectors.reshape(-1, len(parts), len(engine.protocol.layers))
 
 
 def _resampled(found: Any, fitted: Any, vectors: np.ndarray | None) -> Any:

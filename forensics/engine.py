@@ -602,6 +602,30 @@ class Engine:
         return [self.curve_from_scores([layer[j] for layer in per_layer], n if rows is None else len(rows))
                 for j, rows in enumerate(subsets)]
 
+    def vectors_from_records(self, records: Sequence[np.ndarray], subsets: Sequence[np.ndarray | None]) -> np.ndarray:
+        """The curve vectors (:meth:`~forensics.protocol.Fingerprint.vector`: undefined values as 0) of
+        :meth:`curves_from_records`, one row a subset, the same numbers: a layer whose statistic offers
+        ``subset_values`` (the values alone, NaN where undefined) is read from it, others through their curves.
+        What resampling and redrawing a set repeat thousands of times need, without a curve object each."""
+        columns: list[np.ndarray | None] = []
+        for layer, ref, r in zip(self.protocol.layers, self.reference_side(), records):
+            values = None
+            if callable(getattr(ref, "subset_values", None)):
+                try:
+                    values = np.asarray(ref.subset_values(r, subsets, **self.score_params), dtype=np.float64)
+                except StatisticError:
+                    values = None  # the records themselves are refused: said layer by layer, as curves say it
+            if values is not None and (values.shape != (len(subsets),) or np.isinf(values).any()):
+                from forensics.plugins import broken
+
+                raise broken("statistics", self.protocol.statistic.name,
+                             f"gave values of shape {values.shape} (or infinite) at {layer} for {len(subsets)} subsets")
+            columns.append(None if values is None else np.where(np.isnan(values), 0.0, values))
+        if any(c is None for c in columns):  # some layer only scores: whole curves, as curves_from_records makes
+            whole = np.array([c.fingerprint.vector() for c in self.curves_from_records(records, subsets)])
+            return whole.reshape(len(subsets), len(self.protocol.layers))
+        return np.stack(columns, axis=1) if columns else np.zeros((len(subsets), 0))
+
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:
         """One curve per batch of the protocol's m images.
 
@@ -718,12 +742,21 @@ class CombinedEngine:
 
     def curves_from_records(self, records: Sequence[np.ndarray],
                             subsets: Sequence[np.ndarray | None]) -> list[Curve]:
+        parts = [e.curves_from_records(r, subsets) for e, r in self._parts_of(records)]
+        return [self._join([part[j] for part in parts]) for j in range(len(subsets))]
+
+    def vectors_from_records(self, records: Sequence[np.ndarray], subsets: Sequence[np.ndarray | None]) -> np.ndarray:
+        """Every part's :meth:`Engine.vectors_from_records`, end to end: the joined curves' vectors."""
+        return np.hstack([e.vectors_from_records(r, subsets) for e, r in self._parts_of(records)])
+
+    def _parts_of(self, records: Sequence[np.ndarray]) -> list[tuple[Engine, Sequence[np.ndarray]]]:
+        """Each part's engine with its layers' share of the combined ``records``."""
         parts, start = [], 0
         for e in self.engines:
             n = len(e.protocol.layers)
-            parts.append(e.curves_from_records(records[start:start + n], subsets))
+            parts.append((e, records[start:start + n]))
             start += n
-        return [self._join([part[j] for part in parts]) for j in range(len(subsets))]
+        return parts
 
 
 ENGINES = ("local", "ray")
@@ -752,7 +785,7 @@ def records_curves(engine: Engine | CombinedEngine
     """``curves_of(records, subsets)`` for :func:`forensics.match.batchsize.references_at`: the curve vector
     (undefined values as 0) of each subset of rows of an instance's (layers, images, fields) records."""
     def curves_of(records: np.ndarray, subsets: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [c.fingerprint.vector() for c in engine.curves_from_records(list(records), subsets)]
+        return list(engine.vectors_from_records(list(records), subsets))
 
     return curves_of
 

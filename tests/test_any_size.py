@@ -82,6 +82,33 @@ def test_many_subsets_scored_together_are_each_subsets_own_score(fitted):
         fit.score_subsets(records, [subsets[0], np.arange(0, 160, 40)])
 
 
+def test_the_values_of_many_subsets_are_their_scores_to_the_last_bit(fitted):
+    """What resampling and redrawing use (FittedCT.subset_values): each subset's C_T value alone, bit for bit
+    the value of scoring it, NaN where it is undefined; every τ rule, repeated rows, subsets of every size."""
+    fit, generated = fitted
+    records = fit.records(generated)
+    rng = np.random.default_rng(5)
+    subsets = [None, *(rng.choice(len(generated), size, replace=True) for size in (12, 40, 77, 160, 300)),
+               *(rng.choice(len(generated), size, replace=False) for size in (30, 90, 121)), np.arange(0, 160, 40)]
+    undefined = 0
+    for params in ({}, {"batch_size": 160}, {"tau": 0.0}, {"tau": 0.3}):
+        values = fit.subset_values(records, subsets, **params)
+        undefined += int(np.isnan(values).sum())
+        assert values.shape == (len(subsets),)
+        for rows, value in zip(subsets, values):
+            try:
+                expected = fit.score_records(records if rows is None else records[rows], **params).value
+            except StatisticError:
+                assert np.isnan(value)
+            else:
+                assert value == expected  # exactly: the same sums in the same order
+    assert undefined  # some subset undefined under some τ: the NaN path is taken
+    with pytest.raises(StatisticError, match="no generated points"):
+        fit.subset_values(records, [np.arange(0)])
+    with pytest.raises(StatisticError, match="must be a non-empty"):
+        fit.subset_values(records[:, :1], [None])
+
+
 @pytest.mark.slow  # the digits registry
 def test_the_engine_scores_many_subsets_as_it_scores_each(digits, plugin_host):
     from forensics.engine import make_engine
@@ -109,6 +136,9 @@ def test_the_engine_scores_many_subsets_as_it_scores_each(digits, plugin_host):
     engine.score_params = {**engine.score_params, "tau": 0.5}  # a cell must hold half a subset: some cannot
     undefined = [v for curve in same_as_alone() for v in curve.layers if v.value is None]
     assert undefined and all("no cell counts" in v.undefined_reason for v in undefined)
+    # the vectors alone (what resampling ranks): the curves' own, undefined values as 0
+    vectors = engine.vectors_from_records(list(records), subsets)
+    assert np.array_equal(vectors, [c.fingerprint.vector() for c in engine.curves_from_records(list(records), subsets)])
 
 
 def test_the_default_cell_threshold_keeps_the_cells_of_a_batch_of_m_in_a_small_batch(fitted):

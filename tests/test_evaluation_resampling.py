@@ -104,3 +104,23 @@ def test_a_matcher_that_ranks_no_new_curve_is_evaluated_without_the_rule():
     assert held.resampling is None and held.open_set == plain.open_set and held.correct == plain.correct
     lgo = leave_generator_out(refs, FIDMatcher(fids=fids), resamples=steady(refs))
     assert lgo["resampling"] is None and lgo["unknown"] == leave_generator_out(refs, FIDMatcher(fids=fids))["unknown"]
+
+
+def test_the_default_protocols_resample_vectors_are_its_curves_to_the_last_bit(bundled_registry, plugin_host):
+    """The vectors resampling ranks come from each statistic's values alone (C_T's and mean-z's
+    ``subset_values``); on the bundled default, every part of it, they are the curves' own vectors exactly."""
+    from forensics.engine import make_engine
+    from forensics.match.resampling import bootstrap_rows
+
+    name = bundled_registry.resolve_protocol(None)
+    engine = make_engine(bundled_registry.protocol(name), reference_dir=bundled_registry.reference_dir)
+    refs = bundled_registry.enrolled(name)
+    records = bundled_registry.records(name, refs[:1], "jpeg75")[0][refs[0].instance]
+    n = records.shape[1]
+    subsets = [None, np.arange(1), np.arange(2), *bootstrap_rows([np.arange(n)], resamples=6),
+               *bootstrap_rows([np.arange(100)], resamples=6, seed=1)]
+    vectors = engine.vectors_from_records(list(records), subsets)
+    curves = engine.curves_from_records(list(records), subsets)
+    assert vectors.shape == (len(subsets), len(engine.protocol.layers))
+    assert np.array_equal(vectors, [c.fingerprint.vector() for c in curves])
+    assert any(c.fingerprint.undefined for c in curves[1:3])  # one or two images: layers undefined, 0 in both

@@ -126,6 +126,13 @@ def test_mean_z_is_welchs_statistic_and_its_records_score_any_subset_exactly():
     # records padded with more fields (a combination's records beside C_T's) read the same
     padded = np.hstack([records, np.full_like(records, np.nan)])
     assert fit.score_records(padded).value == fit.score(generated).value
+    # the values alone (what resampling ranks), bit for bit, for subsets of every size, repeated rows among them
+    many = [None, np.array([3]), np.array([4, 4]), *(rng.choice(150, size) for size in (2, 7, 40, 40, 150, 333))]
+    values = fit.subset_values(padded, many)
+    assert np.isnan(values[1])  # one image: undefined, as scoring it says
+    for rows, value in zip(many[2:], values[2:]):
+        assert value == fit.score(generated[rows]).value
+    assert values[0] == fit.score(generated).value
 
 
 def test_mean_z_of_fresh_data_is_standard_normal_and_grows_with_the_batch_where_it_differs():

@@ -211,6 +211,21 @@ class FittedMeanZ:
             out.append(MeanZ(float((v.mean() - self.mean) / se), float(v.mean()), self.mean))
         return out
 
+    def subset_values(self, records: Any, subsets: Sequence[np.ndarray | None], **_: Any) -> np.ndarray:
+        """The value of :meth:`score_subsets` for each subset, to the last bit, NaN where it is undefined:
+        the subsets of one size as the rows of one array, their means and variances taken row by row."""
+        values = np.asarray(records, dtype=np.float64).reshape(len(records), -1)[:, 0]
+        rows = [np.arange(len(values)) if r is None else np.asarray(r) for r in subsets]
+        out = np.full(len(rows), np.nan)
+        sizes = np.array([len(r) for r in rows])
+        for size in np.unique(sizes[sizes >= 2]):
+            which = np.flatnonzero(sizes == size)
+            v = values[np.stack([rows[j] for j in which])]
+            se = np.sqrt(v.var(axis=1, ddof=1) / int(size) + self.var / self.n_test)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[which] = np.where(se == 0.0, np.nan, (v.mean(axis=1) - self.mean) / np.where(se == 0.0, 1.0, se))
+        return out
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"format": np.array(1), "mean": np.array(self.mean), "var": np.array(self.var),
                 "n_test": np.array(self.n_test)}

@@ -414,6 +414,43 @@ class FittedCT:
         return [self._aggregate(index if rows is None else index[rows], twice if rows is None else twice[rows],
                                 tau, batch_size) for rows in subsets]
 
+    def subset_values(self, records, subsets, *, tau: float | None = None,
+                      batch_size: int | None = None) -> np.ndarray:
+        """The value of :meth:`score_subsets` for each subset, to the last bit, NaN where it is undefined (no
+        cell counts), without the per-cell results: every subset's cell counts and rank sums at once, then
+        each cell's Z added in the order :meth:`score_subsets` adds it. What resampling and redrawing a set
+        repeat thousands of times (:meth:`forensics.engine.Engine.vectors_from_records`)."""
+        _check_tau(tau)
+        if batch_size is not None:
+            _positive_int(batch_size, "batch_size")
+        index, twice = self._ranked(records)
+        rows = [np.arange(len(index)) if r is None else np.asarray(r) for r in subsets]
+        if not rows:
+            return np.empty(0)
+        sizes = np.array([len(r) for r in rows])
+        if (sizes == 0).any():
+            raise StatisticError("C_T of no generated points: give at least one")
+        k = len(self._cells)
+        which = np.repeat(np.arange(len(rows)), sizes)
+        flat = np.concatenate(rows)
+        slots = which * k + index[flat]
+        counts = np.bincount(slots, minlength=len(rows) * k).reshape(len(rows), k)
+        twice_u = np.bincount(slots, weights=twice[flat], minlength=len(rows) * k).reshape(len(rows), k)
+        taus = np.array([default_tau(int(m), k, batch_size) if tau is None else float(tau) for m in sizes])
+        num, den = np.zeros(len(rows)), np.zeros(len(rows))
+        for i, lp in enumerate(self._test_by_cell()):
+            mq, n = counts[:, i], len(lp)
+            counted = (mq > 0) & (mq / sizes > taus)
+            if not counted.any():
+                continue
+            m_c = mq[counted]
+            z = (twice_u[counted, i] / 2.0 - (m_c * n / 2.0 - 0.5)) / np.sqrt(m_c * n * (m_c + n + 1) / 12.0)
+            w = n / self.n_test
+            num[counted] += w * z
+            den[counted] += w
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den == 0.0, np.nan, num / np.where(den == 0.0, 1.0, den))
+
     def _ranked(self, records) -> tuple[np.ndarray, np.ndarray]:
         """Of each checked record: its cell's position among the fit's cells, and twice its Mann–Whitney
         rank among that cell's test distances (the number below it, twice, plus the number equal to it),
