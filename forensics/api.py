@@ -755,7 +755,8 @@ class _Records:
         from forensics.engine import records_curves
         from forensics.match.resampling import bootstrap_rows
 
-        if not all(self.complete(c) for c in ([condition] if isinstance(condition, str) else [c for c, _ in condition])):
+        parts = [condition] if isinstance(condition, str) else [c for c, _ in condition]
+        if not all(self.complete(c) for c in parts):
             return None
         m = self.proto.batch_size
         if condition == "none" and size == m:
@@ -1755,10 +1756,9 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
     fold's chosen anew on the same cells' points without the fold's own. ``named``: the matchers were asked for
     by name; when not (every matcher), a broken plugin matcher is left out with a warning."""
     from forensics.engine import make_engine
+    from forensics.conditions import parse_mixture
     from forensics.errors import PluginError
     from forensics.match.calibration import pool_applies
-
-    from forensics.conditions import parse_mixture
 
     enrolled = refs = reg.enrolled(name)
     proto = reg.protocol(name)
@@ -1768,9 +1768,11 @@ def evaluate_protocol(reg: Registry, name: str, matchers: Sequence[str], *, stab
              if reg.record_conditions(name) else None)
     if batch_size is not None or condition != "none":
         refs, queries, weights = _redrawn(reg, proto, refs, size, condition, sized)
-    with _Step(progress, f"resampling {name}'s queries"):
-        mixture = parse_mixture(condition, size)
-        resamples = None if sized is None else sized.resamples(condition if mixture is None else mixture, size)
+    resamples = None
+    if sized is not None:  # each query's resamples, as attribute draws a batch's (none without records)
+        with _Step(progress, f"resampling {name}'s queries"):
+            mixture = parse_mixture(condition, size)
+            resamples = sized.resamples(condition if mixture is None else mixture, size)
     pooled = {m: (reg.calibration(name, m) or {}).get("pooled") for m in matchers}
     pooled = {m: p for m, p in pooled.items() if pool_applies(p, enrolled)}
     pools: dict[str, Any] = {}

@@ -222,7 +222,8 @@ def test_evaluation_reports_each_protocol_and_matcher(plugin_host):
     events = []
     forensics.evaluate(protocol=VIT, matchers=["alpha", "cosine"], progress=lambda *e: events.append(e))
     steps = [w for w, d, t in events if (d, t) == (0, 0)]
-    assert steps == ["reading the registry", *[f"pooling {m}'s calibration points on {VIT}" for m in pooled],
+    assert steps == ["reading the registry", f"resampling {VIT}'s queries",  # (each held to the resampling rule)
+                     *[f"pooling {m}'s calibration points on {VIT}" for m in pooled],
                      f"evaluating alpha on {VIT}", f"evaluating cosine on {VIT}"]
     cells = [(d, t) for w, d, t in events if w == "pooling calibration points"]
     assert not pooled or (cells[0][0] == 0 and cells[-1][0] == cells[-1][1] > 1)
