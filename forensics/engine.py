@@ -661,7 +661,8 @@ def keeps_records(fits: Sequence[Any]) -> bool:
     """Whether fitted statistics give per-image records: ``records(generated)`` and ``score_records(records,
     **score_params)``, the second of any subset of the first's rows being the score of that subset. Such a
     statistic may also offer ``score_subsets(records, subsets, **score_params)``, the ``score_records`` of
-    each subset of rows (None: all), which :meth:`Engine.curves_from_records` then uses."""
+    each subset of rows (None: all), which :meth:`Engine.curves_from_records` then uses, and ``subset_values``
+    (their values alone), which :meth:`Engine.vectors_from_records` uses."""
     return all(callable(getattr(f, "records", None)) and callable(getattr(f, "score_records", None)) for f in fits)
 
 

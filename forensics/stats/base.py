@@ -31,7 +31,11 @@ A statistic whose score splits exactly into a part per generated point lets sets
 be matched without embedding anything again: its fitted objects have ``records(generated)`` (one row per
 point) and ``score_records(records, **score_params)``, the score of any subset of those rows being the
 score of those points; they may add ``score_subsets(records, subsets, **score_params)``, the
-``score_records`` of each subset of rows (None: all), which the engine then uses to redraw references.
+``score_records`` of each subset of rows (None: all), which the engine then uses to redraw references, and
+``subset_values(records, subsets, **score_params)``, those scores' values alone as a float array (NaN where a
+subset's score is undefined), the same numbers, which resampling and redrawing read thousands at a time
+(:meth:`forensics.engine.Engine.vectors_from_records`; the bundled C_T and mean-z are tested to give their
+scores' values bit for bit).
 """
 
 from __future__ import annotations
