@@ -1414,6 +1414,9 @@ def test_registry_evaluate_at_another_batch_size_and_condition(digits, plugin_ho
     plain = json.loads(r.stdout)["protocols"][0]
     assert plain["batch_size"] == M and plain["condition"] == "none" and plain["matchers"][0]["n"] == 6
     held_to_the_rule(plain["matchers"][0])  # as generated, at m: each instance's own images resampled
+    text = " ".join(run(["registry", "evaluate", "--registry", str(reg), "-m", "alpha"]).stdout.split())
+    assert "alpha: every answer held to the resampling rule as `attribute` holds a batch" in text
+    assert f"it turned {plain['matchers'][0]['resampling']['turned_unknown']} leave-one-out and" in text
     r = run(["registry", "evaluate", "--registry", str(reg), "--json", "-m", "alpha", "--batch-size", "60",
              "--condition", "jpeg90"])
     assert r.exit_code == 0, r.output
