@@ -582,48 +582,49 @@ class Engine:
                             subsets: Sequence[np.ndarray | None]) -> list[Curve]:
         """:meth:`curve_from_records` of each of ``subsets`` (rows, or None for all), each layer's subsets
         scored together where the statistic offers ``score_subsets`` (the same values, sooner)."""
-        per_layer: list[list[Any]] = []
-        for ref, r in zip(self.reference_side(), records):
-            scores: list[Any] | None = None
-            if callable(getattr(ref, "score_subsets", None)):
-                try:
-                    scores = list(ref.score_subsets(r, subsets, **self.score_params))
-                except StatisticError:
-                    scores = None  # some subset is undefined: each on its own, to say which
-            if scores is None:
-                scores = []
-                for rows in subsets:
-                    try:
-                        scores.append(ref.score_records(r if rows is None else r[rows], **self.score_params))
-                    except StatisticError as exc:
-                        scores.append(exc)
-            per_layer.append(scores)
+        per_layer = [self._subset_scores(ref, r, subsets) for ref, r in zip(self.reference_side(), records)]
         n = len(records[0]) if len(records) else 0
         return [self.curve_from_scores([layer[j] for layer in per_layer], n if rows is None else len(rows))
                 for j, rows in enumerate(subsets)]
 
+    def _subset_scores(self, ref: Any, records: np.ndarray, subsets: Sequence[np.ndarray | None]) -> list[Any]:
+        """One layer's score of each subset of its ``records`` (a :class:`StatisticError` where undefined), all
+        together where the statistic offers ``score_subsets``."""
+        if callable(getattr(ref, "score_subsets", None)):
+            try:
+                return list(ref.score_subsets(records, subsets, **self.score_params))
+            except StatisticError:
+                pass  # some subset is undefined: each on its own, to say which
+        scores: list[Any] = []
+        for rows in subsets:
+            try:
+                scores.append(ref.score_records(records if rows is None else records[rows], **self.score_params))
+            except StatisticError as exc:
+                scores.append(exc)
+        return scores
+
     def vectors_from_records(self, records: Sequence[np.ndarray], subsets: Sequence[np.ndarray | None]) -> np.ndarray:
         """The curve vectors (:meth:`~forensics.protocol.Fingerprint.vector`: undefined values as 0) of
         :meth:`curves_from_records`, one row a subset, the same numbers: a layer whose statistic offers
-        ``subset_values`` (the values alone, NaN where undefined) is read from it, others through their curves.
+        ``subset_values`` (the values alone, NaN where undefined) is read from it, the others from their scores.
         What resampling and redrawing a set repeat thousands of times need, without a curve object each."""
-        columns: list[np.ndarray | None] = []
+        columns = []
         for layer, ref, r in zip(self.protocol.layers, self.reference_side(), records):
             values = None
             if callable(getattr(ref, "subset_values", None)):
                 try:
                     values = np.asarray(ref.subset_values(r, subsets, **self.score_params), dtype=np.float64)
                 except StatisticError:
-                    values = None  # the records themselves are refused: said layer by layer, as curves say it
-            if values is not None and (values.shape != (len(subsets),) or np.isinf(values).any()):
+                    values = None  # the records themselves are refused: each subset scored, as curves are
+            if values is None:
+                values = np.array([np.nan if isinstance(score, StatisticError) else self._value(score, layer)
+                                   for score in self._subset_scores(ref, r, subsets)], dtype=np.float64)
+            elif values.shape != (len(subsets),) or np.isinf(values).any():
                 from forensics.plugins import broken
 
                 raise broken("statistics", self.protocol.statistic.name,
                              f"gave values of shape {values.shape} (or infinite) at {layer} for {len(subsets)} subsets")
-            columns.append(None if values is None else np.where(np.isnan(values), 0.0, values))
-        if any(c is None for c in columns):  # some layer only scores: whole curves, as curves_from_records makes
-            whole = np.array([c.fingerprint.vector() for c in self.curves_from_records(records, subsets)])
-            return whole.reshape(len(subsets), len(self.protocol.layers))
+            columns.append(np.where(np.isnan(values), 0.0, values))
         return np.stack(columns, axis=1) if columns else np.zeros((len(subsets), 0))
 
     def curves(self, images: np.ndarray, *, what: str = "query images", partial: bool = True) -> list[Curve]:

@@ -106,9 +106,11 @@ def test_a_matcher_that_ranks_no_new_curve_is_evaluated_without_the_rule():
     assert lgo["resampling"] is None and lgo["unknown"] == leave_generator_out(refs, FIDMatcher(fids=fids))["unknown"]
 
 
-def test_the_default_protocols_resample_vectors_are_its_curves_to_the_last_bit(bundled_registry, plugin_host):
+def test_the_default_protocols_resample_vectors_are_its_curves_to_the_last_bit(bundled_registry, plugin_host,
+                                                                             monkeypatch):
     """The vectors resampling ranks come from each statistic's values alone (C_T's and mean-z's
-    ``subset_values``); on the bundled default, every part of it, they are the curves' own vectors exactly."""
+    ``subset_values``); on the bundled default, every part of it, they are the curves' own vectors exactly —
+    also where a statistic gives no values alone and its layers are read from its scores."""
     from forensics.engine import make_engine
     from forensics.match.resampling import bootstrap_rows
 
@@ -124,3 +126,7 @@ def test_the_default_protocols_resample_vectors_are_its_curves_to_the_last_bit(b
     assert vectors.shape == (len(subsets), len(engine.protocol.layers))
     assert np.array_equal(vectors, [c.fingerprint.vector() for c in curves])
     assert any(c.fingerprint.undefined for c in curves[1:3])  # one or two images: layers undefined, 0 in both
+    from forensics_pixelstats import FittedMeanZ
+
+    monkeypatch.delattr(FittedMeanZ, "subset_values")  # a statistic that only scores, beside one that does both
+    assert np.array_equal(engine.vectors_from_records(list(records), subsets), vectors)
