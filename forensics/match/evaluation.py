@@ -84,17 +84,24 @@ def _answers(m: Matcher, queries: Sequence[Any], resamples: Sequence[np.ndarray]
     """The fitted matcher ``m``'s answer to each of ``queries``, held to the resampling rule
     (:mod:`forensics.match.resampling`) over its resamples' curves (``resamples[j]``: an array, one resample a
     row) as ``attribute`` holds a batch to it; with whether the rule turned a name into "unknown". Without
-    ``resamples`` (no per-image records to draw them from), or for a matcher that ranks no new curve
-    (:attr:`~forensics.match.Matcher.reads_curves`), the answers as they are."""
+    ``resamples`` (:func:`_held_to_rule`), the answers as they are."""
     found = []
     for j, q in enumerate(queries):
         answer = m.attribute(q)
-        if resamples is None or not m.reads_curves:
+        if resamples is None:
             found.append((answer, False))
             continue
         held = resampled(answer, first_ranked(m, resamples[j]), m.families, decide=m.open_set)
         found.append((held, answer.named is not None and held.named is None))
     return found
+
+
+def _held_to_rule(make: Callable[[], Matcher], resamples: Mapping[str, Sequence[np.ndarray]] | None
+                  ) -> Mapping[str, Sequence[np.ndarray]] | None:
+    """``resamples`` where the answers of the matchers ``make`` makes can be held to the resampling rule; None
+    where there are none (no per-image records) or the matcher ranks no new curve
+    (:attr:`~forensics.match.Matcher.reads_curves`: the ``fid`` baseline)."""
+    return resamples if resamples is not None and make().reads_curves else None
 
 
 def resampling_record(turned: int, resamples: Mapping[str, Sequence[np.ndarray]] | None) -> dict[str, Any] | None:
@@ -140,7 +147,8 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     predictions = []
     correct = right = wrong = unknown = family = turned = 0
     name, opts = None, {}
-    open_set_used, applied = False, True
+    open_set_used = False
+    resamples = _held_to_rule(make, resamples)
     for i, r in enumerate(refs):
         rest = refs[:i] + refs[i + 1:]
         m = make()
@@ -154,7 +162,6 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
         except UsageError as exc:
             return Evaluation(name, opts, len(refs), 0, labels, confusion, [], error=str(exc))
         open_set_used = open_set_used or m.open_set
-        applied = m.reads_curves
         for result, turned_unknown in results:
             turned += turned_unknown
             top = result.candidates[0].generator
@@ -182,7 +189,7 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
     return Evaluation(name or str(matcher), opts, len(predictions), correct, labels, confusion, predictions,
                       open_set, operating_point=operating_point,
                       pooled_cells=len(pool.cells) if pool is not None and open_set_used else None,
-                      resampling=resampling_record(turned, resamples) if open_set_used and applied else None)
+                      resampling=resampling_record(turned, resamples) if open_set_used else None)
 
 
 def calibration_stability(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
@@ -229,7 +236,7 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
     make = _factory(matcher, options)
     per: dict[str, Any] = {}
     total = unknown = in_family = siblings = turned = 0
-    applied = True
+    resamples = _held_to_rule(make, resamples)
     family_of = {r.generator: r.family for r in refs}
     for g in sorted({r.generator for r in refs}):
         rest = [r for r in refs if r.generator != g]
@@ -244,7 +251,6 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         held_to = [found for r in held for found in _answers(m, queries.get(r.instance) or [r.fingerprint],
                                                              None if resamples is None else resamples[r.instance])]
         answers = [a for a, _ in held_to]
-        applied = m.reads_curves
         turned += sum(t for _, t in held_to)
         n_unknown = sum(a.named is None for a in answers)
         n_family = sum(a.verdict is None and a.family is not None and a.family == held[0].family for a in answers)
@@ -262,7 +268,7 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         siblings += n_sibling
     return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
             "family": in_family, "sibling": siblings, "operating_point": operating_point,
-            "resampling": resampling_record(turned, resamples) if applied else None, "per_generator": per}
+            "resampling": resampling_record(turned, resamples), "per_generator": per}
 
 
 def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
