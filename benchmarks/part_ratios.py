@@ -94,10 +94,10 @@ def main() -> int:
                        api._weighted_matcher("alpha", layer_weights(rest, queries)).fit(rest, queries))
                 fits[g] = (fit, part_spreads(fit, rest, queries, parts))
             for gen, _, images in sets:
-                _, kept = R.query_records(images, condition, proto, engine, matchers, a.records_cache)
+                _, kept, scorer = R.query_records(images, condition, proto, engine, matchers, a.records_cache)
                 for b in range(1 if size >= proto.batch_size else min(3, len(images) // size)):
                     batch = [np.arange(b * size, (b + 1) * size)]
-                    vec = api.mean_curve(engine.curves_from_records(kept, batch), proto).fingerprint.vector()
+                    vec = api.mean_curve(scorer.curves_from_records(kept, batch), proto).fingerprint.vector()
                     for who in ("all", gen):
                         fit, spreads = fits[who]
                         answer = fit.attribute(vec)

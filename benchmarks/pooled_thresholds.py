@@ -60,9 +60,9 @@ def records(cache: Path, conditions: list[str], curated: int, only: set[str] | N
         if only is not None and name not in only:
             continue
         for condition in conditions:
-            cond, kept = RA.query_records(images, condition, proto, engine, matchers, cache)
+            cond, kept, scorer = RA.query_records(images, condition, proto, engine, matchers, cache)
             print(f"{name} {gen} {condition} → {cond.name} [{time.time() - t0:.0f} s]", file=sys.stderr, flush=True)
-            yield {"gen": gen, "name": name, "condition": condition, "n": len(images), "kept": kept,
+            yield {"gen": gen, "name": name, "condition": condition, "n": len(images), "kept": kept, "scorer": scorer,
                    "under": cond.of(slice(0, len(images))), "withhold": cond.withhold}
 
 
@@ -143,8 +143,8 @@ def measure(queries: list[dict], sizes: list[int], pools: list[tuple[str, list[l
             for b in range(1 if size >= m else min(3, q["n"] // size)):
                 start = b * size
                 parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
-                vec = api.mean_curve(engine.curves_from_records(q["kept"], parts), proto).fingerprint.vector()
-                drawn = api.resample_vectors(engine, q["kept"], parts).mean(axis=1)  # as attribute resamples the set
+                vec = api.mean_curve(q["scorer"].curves_from_records(q["kept"], parts), proto).fingerprint.vector()
+                drawn = api.resample_vectors(q["scorer"], q["kept"], parts).mean(axis=1)  # as attribute resamples the set
                 at = min(size, m)
                 row = ("curated copies" if curated else "sets",
                        "none and JPEG" if q["condition"] in JPEG else "resampled", size)

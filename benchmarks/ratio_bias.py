@@ -54,11 +54,11 @@ def ratios_at(matchers, refs, condition: str, size: int, sets, proto, engine, ca
 
     deployed, held = [], []
     for gen, _, images in sets:
-        _, kept = R.query_records(images, condition, proto, engine, matchers, cache)
+        _, kept, scorer = R.query_records(images, condition, proto, engine, matchers, cache)
         own = [r.instance for r in references if r.generator == gen]
         for b in range(min(batches, len(images) // size)):
             parts = [np.arange(b * size, (b + 1) * size)]
-            vec = api.mean_curve(engine.curves_from_records(kept, parts), proto).fingerprint.vector()
+            vec = api.mean_curve(scorer.curves_from_records(kept, parts), proto).fingerprint.vector()
             if full.rank(vec)[0].generator != gen:
                 continue
             deployed.append(full.distance_ratio(vec, gen))

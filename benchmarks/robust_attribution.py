@@ -326,7 +326,7 @@ def main() -> int:
         if only is not None and name not in only:
             continue
         for condition in conditions:
-            cond, kept = query_records(images, condition, proto, engine, matchers, a.records_cache,
+            cond, kept, scorer = query_records(images, condition, proto, engine, matchers, a.records_cache,
                                        webp_as_generated=a.webp_as_generated, as_most_common=a.as_most_common)
             for size in sizes:
                 if size > len(images):
@@ -335,10 +335,10 @@ def main() -> int:
                 for b in range(n_batches):
                     start = b * size
                     parts = [np.arange(start + s, start + min(s + m, size)) for s in range(0, size, m)]
-                    curves = engine.curves_from_records(kept, parts)
+                    curves = scorer.curves_from_records(kept, parts)
                     vec = api.mean_curve(curves, proto).fingerprint.vector()
                     drawn = (None if a.no_resampling  # as attribute resamples the set
-                             else api.resample_vectors(engine, kept, parts).mean(axis=1))
+                             else api.resample_vectors(scorer, kept, parts).mean(axis=1))
                     under = cond.of(slice(start, start + size))  # as attribute matches it (a mean: scaled to m)
                     under = under if isinstance(under, str) else scaled_mixture(under, min(size, m))
                     for point in points:
@@ -459,8 +459,11 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
     from forensics.provenance import tool_version
 
     def key(part) -> str:  # one file per protocol a combination combines: parts shared by two combinations are reused
+        # (what T and P_n are put through for records under the condition: records scored otherwise are others)
+        against = [matchers.reg.record_reference(part.name, c) for c in condition.split("/")]
         return hashlib.sha256(images.tobytes() + repr((images.shape, condition, webp_as_generated, as_most_common,
-                                                       part.digest, tool_version(), codecs())).encode()).hexdigest()[:24]
+                                                       part.digest, tool_version(), codecs(), against)
+                                                      ).encode()).hexdigest()[:24]
 
     parts = proto.parts
     paths = None if cache is None else [cache / f"{key(part)}.npz" for part in parts]
@@ -471,7 +474,8 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
                 fields = json.loads(str(z["detected"]))
                 kept += [z[f"layer{i}"] for i in range(int(z["layers"]))]
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-        return Detected(**fields), kept
+        cond = Detected(**fields)
+        return cond, kept, api._query_scorer(matchers, cond)
     refs = matchers.references
     with tempfile.TemporaryDirectory() as tmp:
         query, declared = as_query(images, condition, Path(tmp) / "q", webp_as_generated)
@@ -480,7 +484,8 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
         data, record, _ = api.read_images(query, proto, native=None if as_most_common else api.generated_size(refs))
         cond = api._condition(declared, record, matchers.conditions(), api.generated_size(refs),
                               mixtures=not as_most_common)
-        kept = engine.records(api._as_matched(cond, data))  # brought back to the generators' size
+        # brought back to the generators' size, each image scored against T and P_n as attribute scores it
+        kept = api._query_scorer(matchers, cond).records(api._as_matched(cond, data))
     if paths is not None:
         cache.mkdir(parents=True, exist_ok=True)
         start = 0
@@ -491,7 +496,7 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
             np.savez(temp, detected=json.dumps(dataclasses.asdict(cond)), layers=len(layers),
                      **{f"layer{i}": r for i, r in enumerate(layers)})
             temp.replace(path)
-    return cond, kept
+    return cond, kept, api._query_scorer(matchers, cond)
 
 
 def _outcome(answer, generator: str, families: dict[str, str]) -> str:

@@ -17,6 +17,7 @@ begun, and a step is over when ``done == total > 0``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import shlex
@@ -97,10 +98,11 @@ def _parts(engine: Engine | CombinedEngine) -> list[Engine]:
 def _prepare(engine: Engine | CombinedEngine, progress: Progress | None) -> None:
     """Build each encoder (loading its weights) and load or fit each reference side now, each a step the
     user sees, rather than silently inside the first embedding."""
-    for part in _parts(engine):
+    for part in [p for e in (engine.engines if isinstance(engine, _InParts) else [engine]) for p in _parts(e)]:
         with _Step(progress, f"loading encoder {part.protocol.encoder.name}"):
             part.encoder()
-        with _Step(progress, f"loading the reference side of {part.protocol.name}"):
+        under = "" if part.condition == "none" else f" under {part.condition} (T and P_n put through it)"
+        with _Step(progress, f"loading the reference side of {part.protocol.name}{under}"):
             part.reference_side()
 
 
@@ -719,6 +721,88 @@ def _batch_warnings(n: int, m: int, batches: Sequence[Any], left_out: int, least
     return found
 
 
+class _InParts:
+    """Scores images whose records were scored against different reference sides (files processed in several
+    ways, under conditions whose T and P_n differ: :func:`forensics.conditions.reference_condition`): the rows
+    of part ``g`` (``groups[row] == g``) against ``engines[g]``'s, a subset's curve its parts' curves combined
+    by the statistic (:func:`parts_curve`), as :func:`memorization` reads such a set. ``groups`` may instead
+    give one part per block of rows (an instance's records under a mixture's conditions, stacked, as many
+    images under each). What redrawing and resampling call of an engine: ``protocol``,
+    :meth:`curves_from_records` and :meth:`vectors_from_records`."""
+
+    def __init__(self, engines: Sequence[Any], groups: np.ndarray, *, blocks: bool = False):
+        self.engines, self.groups, self.blocks = list(engines), np.asarray(groups), blocks
+        self.protocol = self.engines[0].protocol
+
+    def _groups(self, n: int) -> np.ndarray:
+        return np.repeat(self.groups, n // len(self.groups)) if self.blocks else self.groups
+
+    def curves_from_records(self, records: Sequence[np.ndarray], subsets: Sequence[np.ndarray | None]) -> list[Curve]:
+        groups = self._groups(len(records[0]))
+        everything = np.arange(len(groups))
+        rows = [everything if r is None else np.asarray(r) for r in subsets]
+        per_part = []
+        for g, engine in enumerate(self.engines):
+            mine = [r[groups[r] == g] for r in rows]
+            kept = [j for j, r in enumerate(mine) if len(r)]
+            curves = engine.curves_from_records(records, [mine[j] for j in kept]) if kept else []
+            per_part.append(dict(zip(kept, curves)))
+        return [parts_curve([part[j] for part in per_part if j in part], self.protocol) for j in range(len(rows))]
+
+    def vectors_from_records(self, records: Sequence[np.ndarray], subsets: Sequence[np.ndarray | None]) -> np.ndarray:
+        curves = self.curves_from_records(records, subsets)
+        return np.array([c.fingerprint.vector() for c in curves]).reshape(len(curves), len(self.protocol.layers))
+
+    def curves_and_records(self, images: np.ndarray, *, what: str = "query images", partial: bool = True
+                           ) -> tuple[list[Curve], list[np.ndarray]]:
+        """As :meth:`forensics.engine.Engine.curves_and_records`: a curve per batch of the protocol's m (the
+        last, partial, too unless ``partial`` is False) and every image's records, each scored against its
+        part's reference side."""
+        kept = self.records(images, what)
+        m = self.protocol.batch_size
+        end = len(images) if partial else len(images) - len(images) % m
+        spans = [np.arange(s, min(s + m, end)) for s in range(0, end, m)]
+        return self.curves_from_records(kept, spans), kept
+
+    def records(self, images: np.ndarray, what: str = "images") -> list[np.ndarray]:
+        """Each image's records against its own part's reference side, in the images' order."""
+        kept: list[np.ndarray] | None = None
+        for g, engine in enumerate(self.engines):
+            rows = np.flatnonzero(self.groups == g)
+            if not len(rows):
+                continue
+            part = engine.records(images[rows], what)
+            if kept is None:
+                kept = [np.full((len(images), *r.shape[1:]), np.nan) for r in part]
+            for whole, r in zip(kept, part):
+                whole[rows] = r
+        return kept or []
+
+
+def _query_scorer(records: _Records, cond: Any, rows: slice = slice(None)) -> Any:
+    """What scores the query images ``rows`` read under ``cond`` (:class:`forensics.conditions.Detected`): each
+    image against T and P_n put through what the references' records under its condition were scored against
+    (:meth:`_Records.engine_for`), so that query and references are scored alike."""
+    if cond.mixture is None:
+        return records.engine_for(cond.name)
+    names = list(dict.fromkeys(cond.mixture))
+    return _scorer([records.engine_for(c) for c in names], np.array([names.index(c) for c in cond.mixture[rows]]))
+
+
+def _scorer(engines: Sequence[Any], groups: np.ndarray | None = None) -> Any:
+    """One engine where every one of ``engines`` (one per condition, in order) is the same (records under
+    all of them scored against one reference side: scored together, as one batch), else :class:`_InParts`
+    over the distinct ones; ``groups``: each row's index into ``engines`` (None: one block of rows each)."""
+    distinct: list[Any] = []
+    for e in engines:
+        if not any(e is d for d in distinct):
+            distinct.append(e)
+    if len(distinct) == 1:
+        return distinct[0]
+    index = np.array([next(i for i, d in enumerate(distinct) if d is e) for e in engines])
+    return _InParts(distinct, index if groups is None else index[groups], blocks=groups is None)
+
+
 class _Records:
     """The enrolled instances' per-image records under each condition, read once (what failed its checks in
     ``problems``), and the instances redrawn from them at any batch size and condition."""
@@ -737,6 +821,17 @@ class _Records:
                 self.problems += problems
             self._records[condition] = found
         return self._records[condition]
+
+    def engine_for(self, condition: str) -> Any:
+        """The engine with the reference side the records under ``condition`` were scored against."""
+        return self.engine.under(self.reg.record_references(self.proto.name, condition))
+
+    def scorer(self, condition: str | Mixture) -> Any:
+        """What scores records under ``condition`` (under a mixture, each condition's records stacked, as
+        :meth:`_stacked` gives them): :meth:`engine_for`, or :func:`_scorer` of each condition's."""
+        if isinstance(condition, str):
+            return self.engine_for(condition)
+        return _scorer([self.engine_for(c) for c, _ in condition])
 
     def conditions(self) -> list[str]:
         """The conditions under which every enrolled instance keeps records."""
@@ -766,7 +861,7 @@ class _Records:
             redrawn = self.redraw(condition, size)
             records = self._stacked(condition)
             batches = {r.instance: list(redrawn.query_rows[r.instance]) for r in redrawn.references}
-        curves_of = records_curves(self.engine)
+        curves_of = records_curves(self.scorer(condition))
         found: dict[str, list[np.ndarray]] = {}
         for instance, rows in batches.items():
             drawn = [resample for batch in rows for resample in bootstrap_rows([batch])]
@@ -794,7 +889,7 @@ class _Records:
             return self._redrawn[key]
         records = self._stacked(condition)
         mixture = None if isinstance(condition, str) else [k for _, k in condition]
-        self._redrawn[key] = references_at(self.references, records, size, records_curves(self.engine),
+        self._redrawn[key] = references_at(self.references, records, size, records_curves(self.scorer(condition)),
                                            mixture=mixture)
         return self._redrawn[key]
 
@@ -1224,8 +1319,10 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     _prepare(engine, progress)
     sized = _Matchers(reg, proto, engine, references, matcher, m, operating_point)
     cond = _condition(condition, record, sized.conditions(), native, mixtures=True)
-    if cond.mixture is not None and not all(sized.complete(c) for c in set(cond.mixture)):
-        # some records failed their checks: the files read as one condition, the most common (warned of)
+    if cond.mixture is not None and (not all(sized.complete(c) for c in set(cond.mixture)) or (
+            isinstance(_query_scorer(sized, cond), _InParts) and not combinable(proto))):
+        # some records failed their checks, or the conditions' records were scored against different T and P_n
+        # and a statistic cannot combine parts: the files read as one condition, the most common (warned of)
         cond = _condition(condition, record, sized.conditions(), native)
     if cond.name != "none" and not sized.complete(cond.name):
         cond = replace(cond, name="none", detail=cond.detail + "; the references keep no records under it, so the "
@@ -1240,10 +1337,12 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     any_size = not whole and sized.complete(cond.name)
     full, rest, rest_attributed = split_batches(len(data), size, any_size=any_size)
     _embedding_begins(proto, progress, "query images", full)
-    curves, kept = engine.curves_and_records(data[:full])
+    scorer = _query_scorer(sized, cond, slice(0, full))  # T and P_n as the references' records under cond had them
+    _prepare(scorer, progress)
+    curves, kept = scorer.curves_and_records(data[:full])
     spans = [np.arange(i * size, min((i + 1) * size, full)) for i in range(len(curves))]
     # every batch resampled in one draw: a batch's resamples, and their means over batches the whole set's
-    drawn = None if kept is None else resample_vectors(engine, kept, spans)
+    drawn = None if kept is None else resample_vectors(scorer, kept, spans)
 
     def answer(fitted: Any, curve: Curve, vectors: np.ndarray | None) -> Any:
         found = fitted.attribute(curve.fingerprint.vector())
@@ -1261,8 +1360,9 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                for i, (c, rows) in enumerate(zip(curves, spans))]
     if rest_attributed:
         _embedding_begins(proto, progress, f"the last {rest} images", rest)
-        (last,), kept_last = engine.curves_and_records(data[full:], what=f"the last {rest} images")
-        alone = None if kept_last is None else resample_vectors(engine, kept_last, [np.arange(rest)])[:, 0]
+        last_scorer = _query_scorer(sized, cond, slice(full, None))
+        (last,), kept_last = last_scorer.curves_and_records(data[full:], what=f"the last {rest} images")
+        alone = None if kept_last is None else resample_vectors(last_scorer, kept_last, [np.arange(rest)])[:, 0]
         batches.append(attributed(last, True, slice(full, None), alone))
     curve = mean_curve(curves, proto)
     # the mean of full batches is a curve at m, whatever number of images it sums: under a mixture, the
@@ -1290,7 +1390,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
                              compute=_on_cluster(compute, engine), left_out=0 if rest_attributed else rest,
                              compared_at=overall.compared_at,
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),
-                             condition=_with_processing(cond, lambda c: {p.name: reg.processing_of(p.name).get(c)
+                             condition=_with_processing(cond, lambda c: {p.name: _recorded_processing(reg, p.name, c)
                                                                          for p in proto.parts}),
                              warnings=tuple(dict.fromkeys([*notes, *enrolled, *filter(None, [repeats, colour]),
                                                            *sized.problems,
@@ -1368,6 +1468,14 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
                               partial_batch=len(data) < proto.batch_size, compute=_on_cluster(compute, scorer),
                               condition=_with_processing(cond, this_machine), warnings=warnings,
                               parts=tuple(parts) if len(parts) > 1 else ())
+
+
+def _recorded_processing(reg: Registry, protocol: str, condition: str) -> dict[str, str] | None:
+    """The registry's record of what processed a plain protocol's records under ``condition``, with what T and
+    P_n were put through when they were scored (``reference``: said for records kept before it was recorded
+    too, as they are), or None where it records none."""
+    made = reg.processing_of(protocol).get(condition)
+    return None if made is None else {**made, "reference": reg.record_reference(protocol, condition)}
 
 
 def _with_processing(cond: Any, processing: Callable[[str], Mapping[str, Mapping[str, str] | None]]
@@ -1455,7 +1563,8 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir, engine=engine,
-                                                    ray_address=ray_address)
+                                                    ray_address=ray_address,
+                                                    references=lambda c: reg.record_references(pname, c))
     provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
     # the size the generator writes (queries of another size were resampled), its colour (unlike it: warned of)
     provenance.update({k: v for k, v in _image_facts(data, record.sizes).items() if v is not None})
@@ -1548,7 +1657,8 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(wanted),
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
-                                                    reference_dir=reg.reference_dir)
+                                                    reference_dir=reg.reference_dir,
+                                                    references=lambda c: reg.record_references(pname, c))
     return _keep_records(reg, pname, generator, mine, fps, records, facts, digests)
 
 
@@ -1608,7 +1718,16 @@ def _keep_records(reg: Registry, protocol: str, generator: str, instances: Seque
     {instance id: the conditions it now keeps records under}."""
     if records is None:
         raise UsageError(f"the statistic of {protocol} keeps no per-image records")
-    plan = []
+    plan = [(ref.instance, records[j], digests[j]) for ref, j in _giving_back(generator, instances, fps)]
+    return {iid: reg.add_records(protocol, generator, iid, recs, **facts, image_digests=d)
+            for iid, recs, d in plan}
+
+
+def _giving_back(generator: str, instances: Sequence[EnrolledCurve], fps: Sequence[Any]
+                 ) -> list[tuple[EnrolledCurve, int]]:
+    """Each of ``instances`` with the batch of its input it was enrolled from, checked to give back its enrolled
+    curve here (``fps``: the input's batches' fingerprints, to 1e-9); else a one-line error and nothing kept."""
+    found = []
     for ref in instances:
         j = _batch_of(ref)
         if j >= len(fps):
@@ -1618,9 +1737,8 @@ def _keep_records(reg: Registry, protocol: str, generator: str, instances: Seque
             worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("nan")
             raise UsageError(f"these images do not give back {generator}/{ref.instance}'s enrolled curve here (off by "
                              f"up to {worst:.3g}): another encoder build or weights? Re-enrol it instead")
-        plan.append((ref.instance, records[j], digests[j]))
-    return {iid: reg.add_records(protocol, generator, iid, recs, **facts, image_digests=d)
-            for iid, recs, d in plan}
+        found.append((ref, j))
+    return found
 
 
 def remove(generator: str, *, instance: str | None = None, protocol: str | None = None,
@@ -2357,20 +2475,29 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
                samples: str | Path | None = None, device: str = "cpu", weights: str | None = None,
                progress: Progress | None = None,
                on_enrolled: Callable[[dict[str, Any]], None] | None = None, engine: str = "local",
-               ray_address: str | None = None, conditions: str | Sequence[str] | None = "all") -> ZooEnrolment:
+               ray_address: str | None = None, conditions: str | Sequence[str] | None = "all",
+               rescore: bool = False) -> ZooEnrolment:
     """Enrol the zoo's sample sets (default: the reference runs) under a protocol, each instance keeping
     per-image records under ``conditions`` as :func:`enroll` does; under a combination, under each protocol
     it combines. A set enrolled already is given the records it lacks under ``conditions`` (checked, as
     :func:`add_records` checks them, to give back its enrolled curve), else skipped: so ``--conditions
-    jpeg60`` keeps a new condition for every enrolled zoo instance in one command. ``on_enrolled`` hears of
-    each set as it is stored; ``engine``/``ray_address`` as :func:`attribute` takes them."""
-    from forensics.conditions import parse_conditions
+    jpeg60`` keeps a new condition for every enrolled zoo instance in one command. ``rescore``: the records the
+    enrolled sets keep under ``conditions`` are computed again, scored against T and P_n as this version scores
+    them (:func:`forensics.conditions.reference_condition`), and replace those kept, all at once per protocol
+    (:meth:`forensics.registry.Registry.rescore_records`; every instance keeping records under them must be a
+    zoo set chosen here). ``on_enrolled`` hears of each set as it is stored; ``engine``/``ray_address`` as
+    :func:`attribute` takes them."""
+    from forensics.conditions import NONE, parse_conditions, reference_condition
     from forensics.engine import batch_records, check_weights, engine_class
     from forensics.io.images import load_images
     from forensics.zoo.catalog import FAMILIES, select
 
     _check_weights(weights)
     wanted = parse_conditions(conditions)
+    again = sorted(c for c in wanted if c != NONE) if rescore else []
+    if rescore and not again:
+        raise UsageError("--rescore scores records under the conditions named by --conditions again; name some "
+                         "(none is scored against T and P_n as they are, always)")
     reg = open_registry(registry)
     chosen = select(_zoo_sets(samples, reg)[1], list(generators) if generators else None,
                     list(instances) if instances else None)
@@ -2399,7 +2526,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             if unhashed:  # enrolled before the images' digests were kept: their set's hash vouches for them
                 hashed += len(unhashed)
                 _keep_digests(reg, proto.name, z.generator, unhashed, _batch_digests(images, proto.batch_size), facts)
-            if mine and not lacking:
+            if mine and not lacking and not again:
                 skipped += 1
                 continue
             if not mine and len(images) < proto.batch_size:
@@ -2411,20 +2538,29 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
         runner = build(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
                        progress=_engine_progress(progress))
         _prepare(runner, progress)
+        against = functools.partial(reg.record_reference, proto.name)
         if not runner.keeps_records:  # no records to add: the sets enrolled already are done
             skipped += sum(1 for item in todo if item[3])
             todo = [item for item in todo if not item[3]]
+        scored: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
         for z, images, digest, mine, lacking, facts in todo:
             what = f"{z.generator}/{z.instance}"
             _embedding_begins(proto, progress, what, len(images))
+            if mine and again:  # scored again, kept once every set of the protocol is
+                fps, records = batch_records(runner, images, again, what, references=reference_condition)
+                for ref, j in _giving_back(z.generator, mine, fps):
+                    scored[(z.generator, ref.instance)] = {c: records[j][c] for c in again}
+                recorded.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance,
+                                 "ids": sorted(r.instance for r in mine), "conditions": again, "rescored": True})
+                continue
             if mine:  # none too: its curve must be the enrolled one
-                fps, records = batch_records(runner, images, lacking, what)
+                fps, records = batch_records(runner, images, lacking, what, references=against)
                 kept = _keep_records(reg, proto.name, z.generator, mine, fps, records, facts,
                                      _batch_digests(images, proto.batch_size))
                 recorded.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance,
                                  "ids": sorted(kept), "conditions": lacking})
                 continue
-            fps, records = batch_records(runner, images, wanted, what)
+            fps, records = batch_records(runner, images, wanted, what, references=against)
             command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
                        "--instance", z.instance]
             provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path), **facts,
@@ -2435,6 +2571,8 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
             if on_enrolled is not None:
                 on_enrolled(done[-1])
+        if scored:
+            reg.rescore_records(proto.name, scored, again)
     return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded), hashed)
 
 

@@ -202,6 +202,16 @@ def get_condition(name: str) -> Condition:
                      "a resampling and a re-encoding joined by '+' (e.g. crop90+webp80)")
 
 
+def reference_condition(name: str) -> str:
+    """What T and P_n are put through when records of images under the condition ``name`` are scored — the
+    rule for records a registry does not keep yet (those it keeps say what they were scored against:
+    :meth:`forensics.registry.Registry.record_reference`): the same condition, like with like. Processed images
+    scored against T and P_n as they are lie far from both, all generators' alike, and their C_T curves crowd
+    together; scored against T and P_n processed alike, what sets a generator apart shows again
+    (docs/robustness.md, "T and P_n through the query's processing"). ``none``: T and P_n as they are."""
+    return get_condition(name).name
+
+
 def codecs() -> dict[str, str]:
     """The versions of what applies the conditions: Pillow, and the JPEG and WebP libraries it was built with."""
     import PIL

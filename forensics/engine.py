@@ -11,6 +11,7 @@ does the same for a combination of protocols, one engine per part; :func:`make_e
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -374,6 +375,8 @@ class Engine:
         self._encoder: Encoder | None = None
         self._reference_side: list[Any] | None = None
         self.reference_origin: str | None = None
+        self._root = self  # the engine whose encoder every engine of :meth:`under` shares
+        self._under: dict[str, Engine] = {condition: self}
 
     @property
     def cluster(self) -> dict[str, Any] | None:
@@ -382,10 +385,27 @@ class Engine:
 
     def encoder(self) -> Encoder:
         """The protocol's encoder, built and checked against the protocol's record on first call (it loads
-        the weights), then kept."""
-        if self._encoder is None:
-            self._encoder = build_encoder(self.protocol.encoder, weights=self.weights, device=self.device)
-        return self._encoder
+        the weights), then kept (one for this engine and every engine :meth:`under` gives)."""
+        root = self._root
+        if root._encoder is None:
+            root._encoder = build_encoder(self.protocol.encoder, weights=self.weights, device=self.device)
+        return root._encoder
+
+    def under(self, condition: str | Mapping[str, str]) -> Engine:
+        """This engine with T and P_n put through ``condition`` (a name, or a name per protocol, this one's
+        taken; absent: as they are): the reference side that records of images under a condition are scored
+        against (:func:`forensics.conditions.reference_condition`). The same encoder and options; each
+        condition's engine made once and kept, so its reference side is fitted (or read) once."""
+        from forensics.conditions import NONE, get_condition
+
+        name = condition if isinstance(condition, str) else condition.get(self.protocol.name, NONE)
+        found = self._under.get(name)
+        if found is None:
+            get_condition(name)  # an unknown condition fails here, in one line
+            found = copy.copy(self)
+            found.condition, found._reference_side, found.reference_origin = name, None, None
+            self._under[name] = found  # the dict is shared: every engine of the family finds it
+        return found
 
     def embed(self, images: np.ndarray, what: str = "images", *, cache: bool = False,
               images_hash: str | None = None) -> list[np.ndarray]:
@@ -699,6 +719,16 @@ class CombinedEngine:
         cls = engine or Engine
         self.engines = [cls(p, shipped_dir=dirs.get(p.name), **options) for p in combination.parts]
 
+    def under(self, condition: str | Mapping[str, str]) -> CombinedEngine:
+        """Every part's :meth:`Engine.under` (``condition``: one name for all parts, or a name per part)."""
+        key = condition if isinstance(condition, str) else tuple(sorted(condition.items()))
+        under = self.__dict__.setdefault("_under", {})
+        if key not in under:
+            found = copy.copy(self)
+            found.engines = [e.under(condition) for e in self.engines]
+            under[key] = found
+        return under[key]
+
     @property
     def reference_origin(self) -> str | None:
         origins = [(e.protocol.name, e.reference_origin) for e in self.engines]
@@ -843,11 +873,14 @@ def compute_fingerprints(images: np.ndarray, protocol: Protocol | Combination, *
 def fingerprints_and_records(images: np.ndarray, protocol: Protocol | Combination, *,
                              conditions: Sequence[str] = ("none",), device: str = "cpu", weights: str | None = None,
                              progress: Progress | None = None, reference_dir: Callable[[str], Path] | None = None,
-                             engine: str = "local", ray_address: str | None = None
+                             engine: str = "local", ray_address: str | None = None,
+                             references: Callable[[str], str | Mapping[str, str]] | None = None
                              ) -> tuple[list[Fingerprint], list[dict[str, list[np.ndarray]]] | None]:
     """What ``registry enroll`` stores: one fingerprint per full batch of the protocol's m images, and per
     batch its per-image records under each post-processing condition (:mod:`forensics.conditions`; the
-    images put through it, embedded and kept by the statistic), or None when the statistic keeps no
+    images put through it, embedded and kept by the statistic, scored against T and P_n put through
+    ``references(condition)`` — the registry's :meth:`~forensics.registry.Registry.record_references` — or
+    by default :func:`~forensics.conditions.reference_condition`), or None when the statistic keeps no
     records. The fingerprints are the curves of the ``none`` records: the same as :meth:`Engine.curves`."""
     from forensics.conditions import get_condition
 
@@ -857,21 +890,25 @@ def fingerprints_and_records(images: np.ndarray, protocol: Protocol | Combinatio
         get_condition(c)
     eng = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress,
                       engine=engine, ray_address=ray_address)
-    return batch_records(eng, images, conditions)
+    return batch_records(eng, images, conditions, references=references)
 
 
-def batch_records(eng: Any, images: np.ndarray, conditions: Sequence[str] = ("none",), what: str = "images"
+def batch_records(eng: Any, images: np.ndarray, conditions: Sequence[str] = ("none",), what: str = "images", *,
+                  references: Callable[[str], str | Mapping[str, str]] | None = None
                   ) -> tuple[list[Fingerprint], list[dict[str, list[np.ndarray]]] | None]:
     """:func:`fingerprints_and_records` computed by an engine already started (``eng``: one serves many
     sets); ``what`` names the images in its progress."""
-    from forensics.conditions import NONE, get_condition
+    from forensics.conditions import NONE, get_condition, reference_condition
+
+    against = references or reference_condition
 
     m = eng.protocol.batch_size
     conditions = [NONE] + [c for c in dict.fromkeys(conditions) if c != NONE]
     full = len(images) - len(images) % m
     if not eng.keeps_records:
         return [c.fingerprint for c in eng.curves(images, what=what, partial=False)], None
-    kept = {c: eng.records(get_condition(c).apply(images[:full]), what if c == NONE else f"{what} ({c})")
+    kept = {c: eng.under(against(c)).records(get_condition(c).apply(images[:full]),
+                                             what if c == NONE else f"{what} ({c})")
             for c in conditions}
     batches = [np.arange(s, s + m) for s in range(0, full, m)]
     fps = [curve.fingerprint for curve in eng.curves_from_records(kept[NONE], batches)]

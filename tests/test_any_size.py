@@ -853,7 +853,7 @@ def test_records_are_kept_only_where_this_machine_processes_as_the_registrys_wer
     # a condition it processes alike is kept, and one no layer has kept yet is recorded with its versions
     user.add_records("toy", "g", a, recs("crop90", "webp70"))
     mine = yaml.safe_load((user_path / "toy" / "records" / "processing.yaml").read_text())["conditions"]
-    assert mine["webp70"] == {"digest": real("webp70"), "pillow": "99.0", "jpeg": "libjpeg 9f"}
+    assert mine["webp70"] == {"digest": real("webp70"), "pillow": "99.0", "jpeg": "libjpeg 9f", "reference": "webp70"}
     warned = user.reload().processing_warnings()
     assert len(warned) == 2 and all("Pillow 99.0 (libjpeg 9f) processes images otherwise than the Pillow" in w
                                     and "records under jpeg60: records under them cannot be kept here" in w
@@ -1202,7 +1202,9 @@ def test_lossy_webp_files_name_no_generator_unless_a_condition_is_declared(digit
         api.add_records(str(data / f"{kind}.npz"), kind, registry=copy, conditions="webp75")
     kept = json.loads(run(["attribute", str(folder), "--registry", str(copy), "--json"]).stdout)
     assert kept["condition"]["name"] == "webp75" and kept["condition"]["source"] == "files" and not kept["warnings"]
-    assert not kept["verdict"]["reason"].startswith(f"unknown: {M} of the") and kept["curve"] == doc["curve"]
+    assert not kept["verdict"]["reason"].startswith(f"unknown: {M} of the")
+    # scored against T and P_n re-encoded alike, as the references' records under it were
+    assert kept["condition"]["processing"]["d"]["reference"] == "webp75" and kept["curve"] != doc["curve"]
 
 
 @pytest.mark.slow
@@ -1326,8 +1328,8 @@ def test_the_zoo_enrolment_keeps_records_and_adds_the_conditions_an_enrolled_set
     kept = {(r.generator, r.instance): registry.instance_record_conditions("d", r.generator, r.instance) for r in refs}
     assert len(kept) == 4 and all(v == (["crop90", "jpeg90", "none"] if g == "rotate" else ["crop90", "none"])
                                   for (g, _), v in kept.items())
-    # what is kept is the images' records under the condition, batch by batch
-    engine = make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
+    # what is kept is the images' records under the condition, batch by batch, against T and P_n put through it
+    engine = make_engine(registry.protocol("d"), reference_dir=registry.reference_dir).under("crop90")
     records, problems = registry.records("d", refs, "crop90")
     assert not problems
     for g in ("rotate", "noise"):

@@ -82,13 +82,18 @@ def enroll(
     engine: str = OPT_ENGINE,
     ray_address: Optional[str] = OPT_RAY_ADDRESS,
     conditions: str = OPT_CONDITIONS,
+    rescore: bool = typer.Option(False, "--rescore", help="Compute the records the enrolled sets keep under "
+                                 "--conditions again, scored against T and P_n as this version scores them, and "
+                                 "replace them all at once (records kept by an earlier version)."),
 ):
     """Enrol the zoo's sample sets in a protocol, each with per-image records under --conditions.
 
     A set enrolled there already is given the records it lacks under --conditions (checked to give back
     its enrolled curve), else skipped: `--conditions jpeg60` keeps a new condition for every enrolled zoo
     instance. One encoder serves every set, so the reference instances cost one start-up. Under a
-    combination, the sets are enrolled under each protocol it combines.
+    combination, the sets are enrolled under each protocol it combines. With --rescore the records kept
+    under --conditions are scored again (resampled and re-encoded images against T and P_n put through the
+    same processing) and replaced, every instance of a protocol at once.
     Example: forensics zoo enroll --protocol mnist-effnet-lite0
     """
     from forensics.api import zoo_enroll
@@ -102,14 +107,17 @@ def enroll(
     with progress:
         result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
                             samples=samples, device=device, weights=weights, on_enrolled=tell, progress=update,
-                            engine=engine, ray_address=ray_address, conditions=conditions)
+                            engine=engine, ray_address=ray_address, conditions=conditions, rescore=rescore)
     if json_out:
         print_json(result.to_dict())
     else:
         where = result.protocol if len(result.parts) == 1 else f"{result.protocol} ({', '.join(result.parts)})"
-        added = sorted({c for d in result.recorded for c in d["conditions"]})
+        added = sorted({c for d in result.recorded if not d.get("rescored") for c in d["conditions"]})
+        again = sorted({c for d in result.recorded if d.get("rescored") for c in d["conditions"]})
+        n_again = sum(1 for d in result.recorded if d.get("rescored"))
         out.print(f"{len(result.enrolled)} zoo set(s) enrolled under {where}"
-                  + (f"; {len(result.recorded)} given records under {', '.join(added)}" if added else "")
+                  + (f"; {len(result.recorded) - n_again} given records under {', '.join(added)}" if added else "")
+                  + (f"; {n_again} scored again under {', '.join(again)}" if again else "")
                   + f"; {result.skipped} already there"
                   + (f"; the digests of their images kept for {result.hashed} instance(s)" if result.hashed else ""),
                   markup=False)

@@ -521,9 +521,10 @@ def _check_operating_points(points: Mapping[str, Any], label: str, key: str, pro
 
 
 def parse_processing(data: Any, label: str, problems: Problems) -> dict[str, dict[str, str]] | None:
-    """The conditions of a records ``processing.yaml``'s ``data``: {condition: {digest, pillow, and the jpeg
-    and webp libraries where known}}; a condition with a problem is left out, a file with one at the top
-    gives None."""
+    """The conditions of a records ``processing.yaml``'s ``data``: {condition: {digest, pillow, the jpeg
+    and webp libraries where known, and ``reference``: what T and P_n were put through when the records were
+    scored, where said (records kept before it was said were scored against T and P_n as they are)}}; a
+    condition with a problem is left out, a file with one at the top gives None."""
     if not check_schema(data, label, problems):
         return None
     check_keys(data, {"schema_version", "conditions"}, label, problems)
@@ -537,9 +538,11 @@ def parse_processing(data: Any, label: str, problems: Problems) -> dict[str, dic
         check_keys(entry, set(_PROCESSING_KEYS), label, problems, prefix=f"{key}.")
         if not is_digest(entry.get("digest")):
             problems.add(label, f"{key}.digest", f"expected a sha256 digest, got {entry.get('digest')!r:.40}")
-        for field_ in _PROCESSING_KEYS[1:]:
+        for field_ in _PROCESSING_KEYS[1:4]:
             if field_ in entry and not isinstance(entry[field_], str):
                 problems.add(label, f"{key}.{field_}", f"expected a version, got {entry[field_]!r:.40}")
+        if "reference" in entry and (why := _condition_name_problem(entry["reference"])) is not None:
+            problems.add(label, f"{key}.reference", f"{why} (what T and P_n were put through)")
         if "pillow" not in entry:
             problems.add(label, f"{key}.pillow", "missing (the Pillow version that made the records)")
         if len(problems) == n0:
@@ -547,7 +550,7 @@ def parse_processing(data: Any, label: str, problems: Problems) -> dict[str, dic
     return found
 
 
-_PROCESSING_KEYS = ("digest", "pillow", "jpeg", "webp")
+_PROCESSING_KEYS = ("digest", "pillow", "jpeg", "webp", "reference")
 
 
 def _condition_name_problem(name: Any) -> str | None:

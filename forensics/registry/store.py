@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forensics.conditions import NONE, codecs, describe_codecs, processing_digest
+from forensics.conditions import NONE, codecs, describe_codecs, processing_digest, reference_condition
 from forensics.errors import ForensicsError, ProtocolMismatch, RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, sha256_array, short
@@ -66,6 +66,11 @@ from forensics.registry.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _put_through(reference: str) -> str:
+    """``as they are`` or ``put through resize0.5``: what a reference side was, in words."""
+    return "as they are" if reference == NONE else f"put through {reference}"
 
 #: the errors of a registry that cannot be written (read-only, no permission, full), said in one line
 _FULL = {28, 122}  # ENOSPC, EDQUOT
@@ -580,7 +585,12 @@ class Registry:
         self.processing[protocol] = found
         for (_, near, ours), (_, far, theirs) in zip(found, found[1:]):
             for condition in sorted(set(ours) & set(theirs)):
-                if ours[condition]["digest"] != theirs[condition]["digest"]:
+                ref_ours, ref_theirs = (e[condition].get("reference", NONE) for e in (ours, theirs))
+                if ref_ours != ref_theirs:
+                    self.warnings.append(f"{near}: records under {condition} were scored against T and P_n "
+                                         f"{_put_through(ref_ours)}, those of {far} {_put_through(ref_theirs)}: the "
+                                         f"two are not comparable; keep them again (`forensics registry records`)")
+                elif ours[condition]["digest"] != theirs[condition]["digest"]:
                     self.warnings.append(f"{near}: records under {condition} were made by another processing "
                                          f"({describe_codecs(ours[condition])}) than those of {far} "
                                          f"({describe_codecs(theirs[condition])}): the two are not comparable; "
@@ -606,6 +616,22 @@ class Registry:
         for _, _, entries in reversed(self.processing.get(protocol_name, [])):
             merged.update(entries)
         return dict(sorted(merged.items()))
+
+    def record_reference(self, protocol_name: str, condition: str) -> str:
+        """What T and P_n were put through when the records of a plain protocol under ``condition`` were scored
+        (the nearest layer's ``processing.yaml`` says; records kept before it said so were scored against T and
+        P_n as they are), or will be, where no layer keeps records under it yet
+        (:func:`forensics.conditions.reference_condition`): records under one condition are scored alike in
+        every layer, so that they can be drawn together."""
+        if condition == NONE:
+            return NONE
+        made = self.processing_of(protocol_name).get(condition)
+        return reference_condition(condition) if made is None else made.get("reference", NONE)
+
+    def record_references(self, protocol_name: str, condition: str) -> dict[str, str]:
+        """:meth:`record_reference` of each part of a protocol or combination, by part name (what
+        :meth:`forensics.engine.Engine.under` takes)."""
+        return {part.name: self.record_reference(part.name, condition) for part in self.protocol(protocol_name).parts}
 
     def processing_warnings(self) -> list[str]:
         """One line per layer whose records this machine would process otherwise under some condition (another
@@ -644,7 +670,8 @@ class Registry:
                             f"keep them with that Pillow, or leave {condition} out (--conditions)")
             path = processing_path(self.path, protocol)
             own = next((entries for layer, _, entries in layers if layer == self.path), {})
-            new = {c: {"digest": processing_digest(c), **codecs()} for c in conditions if c not in own}
+            new = {c: {"digest": processing_digest(c), **codecs(), "reference": self.record_reference(protocol, c)}
+                   for c in conditions if c not in own}
             if new:
                 writes.append((self._safe(path), {"schema_version": SCHEMA_VERSION,
                                                   "conditions": {**own, **new}}))
@@ -902,6 +929,88 @@ class Registry:
                 self._write_all(changes + processing)
         self.reload()
         return sorted(self._instance(proto.parts[0].name, generator, instance).records)
+
+    def rescore_records(self, protocol_name: str, records: Mapping[tuple[str, str], Mapping[str, Sequence[Any]]],
+                        conditions: Sequence[str]) -> list[str]:
+        """Replace what a plain protocol's instances keep under ``conditions`` (not ``none``) with ``records``
+        ({(generator, instance id): {condition: one array per layer}}), scored against T and P_n put through
+        :func:`~forensics.conditions.reference_condition` of each — records kept before a version scored them so
+        are thereby made like new ones. Every instance that keeps records under one of ``conditions`` must be
+        given, and its generator file must lie in the written layer (the records of one condition are scored
+        alike or not drawn together); every file — records, generator files, ``processing.yaml`` — is replaced
+        at once through the journal, all or nothing. Returns the conditions now scored so."""
+        proto = self.protocol(protocol_name)
+        if is_combination(proto):
+            raise UsageError(f"{protocol_name} combines protocols: score the records of each of "
+                             f"{', '.join(p.name for p in proto.parts)} again")
+        conditions = sorted({c for c in conditions if c != NONE})
+        for c in conditions:
+            check_name("condition", c)
+        with self.lock():
+            keeping = {(name, inst.id) for name, entry in self.generators.get(protocol_name, {}).items()
+                       for inst in entry.instances if set(inst.records) & set(conditions)}
+            missing = sorted(keeping - set(records))
+            if missing:
+                raise UsageError(f"{len(missing)} instance(s) of {protocol_name} keep records under "
+                                 f"{', '.join(conditions)} but are not given again ({', '.join(f'{g}/{i}' for g, i in missing[:3])}"
+                                 f"{' …' if len(missing) > 3 else ''}): records of one condition must all be scored "
+                                 "alike; give every one, or remove those instances")
+            pairs: list[tuple[Path | None, Path]] = []
+            changes = []
+            try:
+                by_generator: dict[str, dict[str, Mapping[str, Sequence[Any]]]] = {}
+                for (generator, iid), kept in records.items():
+                    by_generator.setdefault(generator, {})[iid] = kept
+                for generator, given in sorted(by_generator.items()):
+                    gfile = self._generator_file(protocol_name, generator)
+                    entry = self._read_entry(proto, gfile) if gfile.is_file() else None
+                    if entry is None:
+                        raise UsageError(f"{protocol_name}/{generator}: its generator file is not in the written "
+                                         f"registry {self.path}; score records again where it lies")
+                    for iid, kept in given.items():
+                        inst = next((i for i in entry.instances if i.id == iid), None)
+                        if inst is None:
+                            raise UsageError(f"{generator} has no instance {iid!r} under {protocol_name}")
+                        if sorted(kept) != conditions:
+                            raise UsageError(f"{generator}/{iid}: records given under {', '.join(sorted(kept))}, "
+                                             f"not {', '.join(conditions)}")
+                        digests = {}
+                        for c in conditions:
+                            if len(kept[c]) != len(proto.layers):
+                                raise UsageError(f"records under {c} have {len(kept[c])} layers; protocol "
+                                                 f"{protocol_name!r} has {len(proto.layers)}")
+                            path = self.check_file_target(records_path(self.path, protocol_name, generator, iid, c))
+                            tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+                            pairs.append((tmp, path))
+                            digests[c] = write_records(tmp, as_records(list(kept[c]), c))
+                        inst.records = {**inst.records, **digests}
+                    changes.append((gfile, entry.to_dict()))
+                path = processing_path(self.path, protocol_name)
+                own = next((entries for layer, _, entries in self.processing.get(protocol_name, [])
+                            if layer == self.path), {})
+                scored = {c: {"digest": processing_digest(c), **codecs(), "reference": reference_condition(c)}
+                          for c in conditions}
+                changes.append((self._safe(path), {"schema_version": SCHEMA_VERSION,
+                                                   "conditions": dict(sorted({**own, **scored}.items()))}))
+                from forensics.registry.schema import dump_yaml
+
+                for target, data in changes:
+                    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    pairs.append((tmp, target))
+                    with open(tmp, "xb") as f:
+                        f.write(dump_yaml(data).encode("utf-8"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.chmod(tmp, 0o644)
+            except BaseException:
+                for tmp, _ in pairs:
+                    if tmp is not None:
+                        tmp.unlink(missing_ok=True)
+                raise
+            self._commit(pairs)
+        self.reload()
+        return conditions
 
     def reference_dir(self, protocol_name: str) -> Path:
         """Where the fitted reference side of a protocol is shipped: the nearest layer that holds one (the
