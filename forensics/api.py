@@ -1277,7 +1277,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     reads and writes the reference-side cache; a folder is searched recursively unless ``recursive`` is
     False. ``engine="ray"`` computes on a Ray cluster (``ray_address``, a local one when None): the same
     curve, to the last bit. ``condition``: the post-processing the images went through
-    (:mod:`forensics.conditions`), matched against the instances under the same processing; ``"auto"``
+    (:mod:`forensics.conditions`), matched against the instances under the same processing, query and
+    instances alike scored against T and P_n put through it (where the registry's records were); ``"auto"``
     reads it from the files (a JPEG's quantisation tables), else takes the images as generated. Files read
     as processed in several ways (some re-saved as JPEG, some not) keep each its own condition, and each
     batch is matched against the instances redrawn with as many images under each condition as it holds;

@@ -5,14 +5,16 @@ these moves an encoder's early layers, and so the C_T curve, enough to name the 
 processed set is compared with fingerprints of unprocessed sets (docs/findings.md measures which layers
 move, and by how much). The remedy here is to compare like with like: an enrolled instance keeps its
 per-image records under each condition of :data:`CONDITIONS` (its own images put through the same
-processing, :mod:`forensics.registry.records`), and a query is matched against the instances under the
-condition it arrived in — read from the files where they say it (a JPEG's quantisation tables give its
-quality, a lossy WebP its quantiser, the images' size a resampling), else as the analyst declares it
-(``--condition``), else "none" (as generated). Files that arrived processed in several ways (some re-saved
-or resized, some not) each keep their own condition, and a batch of them is matched against the instances
-redrawn with as many images under each (:func:`mixed`, :data:`Mixture`). ``memorization``, which has no
-instances, puts T and P_n through the query's condition instead (:class:`forensics.engine.Engine`'s
-``condition``), each kind's for files processed in several ways.
+processing, :mod:`forensics.registry.records`, scored against T and P_n put through it too:
+:func:`reference_condition`), and a query is matched against the instances under the condition it arrived
+in, scored alike — read from the files where they say it (a JPEG's quantisation tables give its quality, a
+lossy WebP its quantiser, the images' size a resampling), else as the analyst declares it (``--condition``),
+else "none" (as generated). Files that arrived processed in several ways (some re-saved or resized, some
+not) each keep their own condition, and a batch of them is matched against the instances redrawn with as
+many images under each (:func:`mixed`, :data:`Mixture`), each kind's images scored against its own T and P_n
+and the parts combined by the statistic. ``memorization``, which has no instances, puts T and P_n through
+the query's condition alike (:class:`forensics.engine.Engine`'s ``condition``), each kind's for files
+processed in several ways.
 
 Each condition is a deterministic function of uint8 images ((N, H, W) or (N, H, W, C)): a re-encoding, a
 resampling round trip, or a resampling with a re-encoding at the resampled size (``resize2+jpeg90``);

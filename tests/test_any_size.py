@@ -1162,7 +1162,8 @@ def test_resized_jpeg_files_are_matched_against_records_kept_under_the_combinati
     from forensics.conditions import describe_codecs
     from forensics.report.terminal import assumed_text
 
-    assert f"(their images processed alike by {describe_codecs(made)})" in assumed_text(doc)
+    assert f"(their images processed alike by {describe_codecs(made)}; each set scored against T and P_n " \
+           "processed alike)" in assumed_text(doc)
     # the same images as the combined condition makes them from the generator's, declared: the same curve
     np.savez(tmp_path / "combined.npz", images=get_condition("resize2+jpeg90").apply(images))
     declared = json.loads(run(["attribute", str(tmp_path / "combined.npz"), "--registry", str(reg), "--json",

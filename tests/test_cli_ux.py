@@ -46,7 +46,11 @@ class FakeEngine:
         self.curve_of = {g: next(r.fingerprint.values for r in refs if r.generator == g) for g in self.generators}
         self.reference_origin = "fake"
         self.cluster = None  # computed here, as the local engine
+        self.condition = "none"  # T and P_n as they are
         self.built = self.fitted = False
+
+    def under(self, condition):
+        return self  # keeps no records, so none is scored against T and P_n processed otherwise
 
     def encoder(self):
         self.built = True

@@ -169,8 +169,12 @@ def _render_protocol(result: ProtocolDetail, *, full_curves: bool) -> None:
         made = result.processing.get(part.name)
         if made:  # what processed the images of its records (`registry validate` checks it against this machine)
             by = sorted({describe_codecs(m) for m in made.values()})
-            out.print(f"{indent}records   under {counted(len(made), 'condition')} besides none, made with {'; '.join(by)}",
-                      markup=False)
+            alike = sum(1 for m in made.values() if m.get("reference", "none") != "none")
+            against = ("each scored against T and P_n processed alike" if alike == len(made) else
+                       "scored against T and P_n as they are" if not alike else
+                       f"{alike} of them scored against T and P_n processed alike, the others against them as they are")
+            out.print(f"{indent}records   under {counted(len(made), 'condition')} besides none, made with {'; '.join(by)}; "
+                      f"{against}", markup=False)
     for mname, cal in result.calibration.items():  # whose open-set thresholds answer
         out.print(f"  calibration {mname}: {_calibration_text(cal, proto.name)}", markup=False)
     instances = [inst for e in chosen.values() for inst in e.instances]

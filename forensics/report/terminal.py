@@ -200,9 +200,18 @@ def assumed_text(doc: Mapping[str, Any]) -> str:
             if at else "against references of another batch size (not comparable)")
     point = ((doc.get("matcher") or {}).get("open_set") or {}).get("operating_point")
     thresholds = f"; open-set thresholds of the {point} operating point" if point else ""
-    made = processing_text(doc.get("condition") or {})
-    return (f"Assumed: {condition_text(doc.get('condition') or {})}; matched {size}"
-            + (f" (their images processed alike by {made})" if made else "") + thresholds)
+    cond = doc.get("condition") or {}
+    made = processing_text(cond)
+    alike = "; each set scored against T and P_n processed alike" if scored_alike(cond) else ""
+    return (f"Assumed: {condition_text(cond)}; matched {size}"
+            + (f" (their images processed alike by {made}{alike})" if made else "") + thresholds)
+
+
+def scored_alike(cond: Mapping[str, Any]) -> bool:
+    """Whether the records matched under a report's condition were scored against T and P_n put through a
+    processing (``condition.processing``'s ``reference``), as the query's images then are."""
+    recorded = [cond.get("processing") or {}, *((part.get("processing") or {}) for part in cond.get("mixture", ()))]
+    return any(m.get("reference", "none") != "none" for made in recorded for m in made.values())
 
 
 #: how many kinds of processing the one-line condition of a mixture names (the JSON has every one)
