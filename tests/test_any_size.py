@@ -904,26 +904,13 @@ KINDS = ("rotate", "shuffle", "noise")
 def digits(tmp_path_factory):
     """A protocol on the digits with the MNIST ViT (m = 100); three generators × 2 instances enrolled with
     records under none and jpeg90; a query set of 150 images of each generator."""
+    from clirun import digits_registry
+
     from forensics import plugins
-    from forensics.curation import curate
-    from forensics_datasets import load_digits
 
     old = plugins.reset(plugins.PluginHost(autoload=False))
-    root = tmp_path_factory.mktemp("anysize")
-    reg, data = root / "registry", root / "data"
-    data.mkdir()
-    train = load_digits("train")
     try:
-        r = run(["protocol", "create", "d", "--dataset", "digits", "--encoder", "vit_mnist_tiny.forensics", "--k",
-                 "3", "--projection", "16", "--batch-size", str(M), "--registry", str(reg), "--default"])
-        assert r.exit_code == 0, r.output
-        for i, kind in enumerate(KINDS):  # two batches of m: two instances
-            np.savez(data / f"{kind}.npz", images=curate(train[:2 * M], kind, seed=10 * i))
-            r = run(["registry", "enroll", kind, str(data / f"{kind}.npz"), "--registry", str(reg),
-                     "--conditions", "none,jpeg90"])
-            assert r.exit_code == 0, r.output
-            np.savez(data / f"query-{kind}.npz", images=curate(train[800:950], kind, seed=100 + i))
-        yield reg, data
+        yield digits_registry(tmp_path_factory.mktemp("anysize"), KINDS, "none,jpeg90", 150, M)
     finally:
         plugins.reset(old)
 

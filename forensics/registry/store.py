@@ -955,60 +955,39 @@ class Registry:
                                  f"{', '.join(conditions)} but are not given again ({', '.join(f'{g}/{i}' for g, i in missing[:3])}"
                                  f"{' …' if len(missing) > 3 else ''}): records of one condition must all be scored "
                                  "alike; give every one, or remove those instances")
-            pairs: list[tuple[Path | None, Path]] = []
+            arrays: list[tuple[Path, Any]] = []
             changes = []
-            try:
-                by_generator: dict[str, dict[str, Mapping[str, Sequence[Any]]]] = {}
-                for (generator, iid), kept in records.items():
-                    by_generator.setdefault(generator, {})[iid] = kept
-                for generator, given in sorted(by_generator.items()):
-                    gfile = self._generator_file(protocol_name, generator)
-                    entry = self._read_entry(proto, gfile) if gfile.is_file() else None
-                    if entry is None:
-                        raise UsageError(f"{protocol_name}/{generator}: its generator file is not in the written "
-                                         f"registry {self.path}; score records again where it lies")
-                    for iid, kept in given.items():
-                        inst = next((i for i in entry.instances if i.id == iid), None)
-                        if inst is None:
-                            raise UsageError(f"{generator} has no instance {iid!r} under {protocol_name}")
-                        if sorted(kept) != conditions:
-                            raise UsageError(f"{generator}/{iid}: records given under {', '.join(sorted(kept))}, "
-                                             f"not {', '.join(conditions)}")
-                        digests = {}
-                        for c in conditions:
-                            if len(kept[c]) != len(proto.layers):
-                                raise UsageError(f"records under {c} have {len(kept[c])} layers; protocol "
-                                                 f"{protocol_name!r} has {len(proto.layers)}")
-                            path = self.check_file_target(records_path(self.path, protocol_name, generator, iid, c))
-                            tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-                            pairs.append((tmp, path))
-                            digests[c] = write_records(tmp, as_records(list(kept[c]), c))
-                        inst.records = {**inst.records, **digests}
-                    changes.append((gfile, entry.to_dict()))
-                path = processing_path(self.path, protocol_name)
-                own = next((entries for layer, _, entries in self.processing.get(protocol_name, [])
-                            if layer == self.path), {})
-                scored = {c: {"digest": processing_digest(c), **codecs(), "reference": reference_condition(c)}
-                          for c in conditions}
-                changes.append((self._safe(path), {"schema_version": SCHEMA_VERSION,
-                                                   "conditions": dict(sorted({**own, **scored}.items()))}))
-                from forensics.registry.schema import dump_yaml
-
-                for target, data in changes:
-                    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    pairs.append((tmp, target))
-                    with open(tmp, "xb") as f:
-                        f.write(dump_yaml(data).encode("utf-8"))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.chmod(tmp, 0o644)
-            except BaseException:
-                for tmp, _ in pairs:
-                    if tmp is not None:
-                        tmp.unlink(missing_ok=True)
-                raise
-            self._commit(pairs)
+            by_generator: dict[str, dict[str, Mapping[str, Sequence[Any]]]] = {}
+            for (generator, iid), kept in records.items():
+                by_generator.setdefault(generator, {})[iid] = kept
+            for generator, given in sorted(by_generator.items()):
+                gfile = self._generator_file(protocol_name, generator)
+                entry = self._read_entry(proto, gfile) if gfile.is_file() else None
+                if entry is None:
+                    raise UsageError(f"{protocol_name}/{generator}: its generator file is not in the written "
+                                     f"registry {self.path}; score records again where it lies")
+                for iid, kept in given.items():
+                    inst = next((i for i in entry.instances if i.id == iid), None)
+                    if inst is None:
+                        raise UsageError(f"{generator} has no instance {iid!r} under {protocol_name}")
+                    if sorted(kept) != conditions:
+                        raise UsageError(f"{generator}/{iid}: records given under {', '.join(sorted(kept))}, "
+                                         f"not {', '.join(conditions)}")
+                    for c in conditions:
+                        if len(kept[c]) != len(proto.layers):
+                            raise UsageError(f"records under {c} have {len(kept[c])} layers; protocol "
+                                             f"{protocol_name!r} has {len(proto.layers)}")
+                        array = as_records(list(kept[c]), c)
+                        arrays.append((records_path(self.path, protocol_name, generator, iid, c), array))
+                        inst.records = {**inst.records, c: sha256_array(array)}
+                changes.append((gfile, entry.to_dict()))
+            own = next((entries for layer, _, entries in self.processing.get(protocol_name, [])
+                        if layer == self.path), {})
+            scored = {c: {"digest": processing_digest(c), **codecs(), "reference": reference_condition(c)}
+                      for c in conditions}
+            changes.append((self._safe(processing_path(self.path, protocol_name)),
+                            {"schema_version": SCHEMA_VERSION, "conditions": dict(sorted({**own, **scored}.items()))}))
+            self._write_all(changes, arrays)
         self.reload()
         return conditions
 
@@ -1538,15 +1517,16 @@ class Registry:
         self.reload()
         return new_ids
 
-    def _write_all(self, files: Sequence[tuple[Path, Mapping[str, Any] | None]]) -> None:
+    def _write_all(self, files: Sequence[tuple[Path, Mapping[str, Any] | None]],
+                   arrays: Sequence[tuple[Path, Any]] = ()) -> None:
         """Write several registry files all or nothing (under the lock): each to a temporary file beside it;
         then a journal of temporary → final names, committed by an atomic rename; then the renames; then the
         journal is removed. A write killed before the journal is committed changes nothing (its temporary
         files are removed by the next write); one killed after is completed by the next write. A file whose
-        data is None is removed."""
-        for path, _ in files:  # nothing is written where one target cannot be
+        data is None is removed. ``arrays``: records files (:func:`as_records` arrays) written with them."""
+        for path, _ in [*files, *arrays]:  # nothing is written where one target cannot be
             self.check_file_target(path)
-        if len(files) == 1:
+        if len(files) == 1 and not arrays:
             path, data = files[0]
             if data is None:
                 path.unlink()
@@ -1557,6 +1537,11 @@ class Registry:
 
         pairs = []
         try:
+            for path, array in arrays:
+                tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pairs.append((tmp, path))
+                write_records(tmp, array)
             for path, data in files:
                 if data is None:
                     pairs.append((None, path))
