@@ -734,6 +734,11 @@ class _InParts:
         self.engines, self.groups, self.blocks = list(engines), np.asarray(groups), blocks
         self.protocol = self.engines[0].protocol
 
+    @property
+    def reference_origin(self) -> str | None:
+        """Where each part's reference sides came from, as the report records it."""
+        return "; ".join(dict.fromkeys(e.reference_origin for e in self.engines if e.reference_origin)) or None
+
     def _groups(self, n: int) -> np.ndarray:
         return np.repeat(self.groups, n // len(self.groups)) if self.blocks else self.groups
 
@@ -1387,7 +1392,7 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     return AttributionResult(input=record, protocol=proto, curve=curve, attribution=overall.attribution,
                              batches=tuple(batches), matcher=answered_by.describe(),
                              references=tuple(answered_by.enrolled),  # the curves the verdict was matched against
-                             reference_origin=engine.reference_origin, partial_batch=len(data) < proto.batch_size,
+                             reference_origin=scorer.reference_origin, partial_batch=len(data) < proto.batch_size,
                              compute=_on_cluster(compute, engine), left_out=0 if rest_attributed else rest,
                              compared_at=overall.compared_at,
                              redrawn=tuple(v for _, v in sorted(sized.described.items())),

@@ -101,6 +101,11 @@ def test_a_resampled_query_is_scored_against_the_references_reference_side_and_t
     registry = Registry.open(reg)
     engine = make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
     assert doc["curve"]["values"] == list(engine.under("resize2").curve(images).fingerprint.values)
+    from forensics.engine import reference_key
+    from forensics.io.hashing import short
+
+    # the report says which reference side the curve was scored against: T and P_n put through resize2
+    assert short(reference_key(registry.protocol("d"), "resize2"), 24) in doc["reference"]["origin"]
     assert doc["curve"]["values"] != list(engine.curve(images).fingerprint.values)
     plain = run(["attribute", str(data / "q-resize2.npz"), "--registry", str(reg), "--json", "--condition", "none"])
     assert "processing" not in json.loads(plain.stdout)["condition"]
