@@ -1344,7 +1344,8 @@ def attribute(images: Images, *, protocol: str | None = None, registry: Registry
     full, rest, rest_attributed = split_batches(len(data), size, any_size=any_size)
     _embedding_begins(proto, progress, "query images", full)
     scorer = _query_scorer(sized, cond, slice(0, full))  # T and P_n as the references' records under cond had them
-    _prepare(scorer, progress)
+    if scorer is not engine:
+        _prepare(scorer, progress)
     curves, kept = scorer.curves_and_records(data[:full])
     spans = [np.arange(i * size, min((i + 1) * size, full)) for i in range(len(curves))]
     # every batch resampled in one draw: a batch's resamples, and their means over batches the whole set's
@@ -1451,9 +1452,10 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     groups = ([(cond.name, np.arange(len(data)))] if cond.mixture is None else
               [(name, np.flatnonzero(np.asarray(cond.mixture) == name)) for name, _ in mixture_of(cond.mixture)])
     parts, origins = [], []
-    for name, rows in groups:  # each condition's images against T and P_n put through it
-        scorer = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
-                         progress=progress, engine=engine, ray_address=ray_address, condition=name)
+    base = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
+                   progress=progress, engine=engine, ray_address=ray_address, condition=groups[0][0])
+    for name, rows in groups:  # each condition's images against T and P_n put through it, one encoder for all
+        scorer = base.under(name)
         _prepare(scorer, progress)
         what = "images" if len(groups) == 1 else "images as generated" if name == "none" else f"{name} images"
         _embedding_begins(proto, progress, what, len(rows))

@@ -724,9 +724,12 @@ class CombinedEngine:
         key = condition if isinstance(condition, str) else tuple(sorted(condition.items()))
         under = self.__dict__.setdefault("_under", {})
         if key not in under:
-            found = copy.copy(self)
-            found.engines = [e.under(condition) for e in self.engines]
-            under[key] = found
+            engines = [e.under(condition) for e in self.engines]
+            if all(a is b for a, b in zip(engines, self.engines)):
+                under[key] = self  # every part's T and P_n as this engine's: this engine
+            else:
+                under[key] = found = copy.copy(self)
+                found.engines = engines
         return under[key]
 
     @property
