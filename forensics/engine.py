@@ -403,9 +403,15 @@ class Engine:
         if found is None:
             get_condition(name)  # an unknown condition fails here, in one line
             found = copy.copy(self)
-            found.condition, found._reference_side, found.reference_origin = name, None, None
+            found.condition = name
+            found._forget_reference()
             self._under[name] = found  # the dict is shared: every engine of the family finds it
         return found
+
+    def _forget_reference(self) -> None:
+        """Drop what this engine keeps of its reference side, so that it fits or reads its own (an engine of
+        :meth:`under`, copied from another). Engines that keep more of it elsewhere extend this."""
+        self._reference_side, self.reference_origin = None, None
 
     def embed(self, images: np.ndarray, what: str = "images", *, cache: bool = False,
               images_hash: str | None = None) -> list[np.ndarray]:

@@ -370,6 +370,10 @@ class RayEngine(Engine):
                 self.progress(f"fitting {self.protocol.statistic.name}", i + 1, len(layers))
         return refs
 
+    def _forget_reference(self) -> None:
+        super()._forget_reference()
+        self._remote_refs = None  # the reference side in the object store: the copied engine's
+
     # -- curves -----------------------------------------------------------------------------------
     def _reference_objects(self) -> list[Any]:
         if self._remote_refs is None:
