@@ -1587,12 +1587,56 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         provenance["note"] = note
     ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records, family=family,
                      image_digests=_batch_digests(data, proto.batch_size))
+    _ship_scoring_sides(reg, engines.make_engine(proto, reference_dir=reg.reference_dir))
     return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
                            n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped),
                            conditions=tuple(records[0]) if records else (), warnings=warnings)
 
+
+def _ship_scoring_sides(reg: Registry, eng: Any, *, fit: bool = False) -> list[Path]:
+    """Ship the part that scores records (:meth:`forensics.engine.Engine.ship_scoring_side`) of each processed
+    reference side the records of ``eng``'s protocols are scored against (their ``processing.yaml``'s
+    ``reference``), where it is not shipped yet, beside each protocol whose reference folder lies in the written
+    registry (or that has none yet): whoever reads the registry then scores those records without fitting T and
+    P_n under that processing (minutes). A protocol whose side a layer below ships is left alone, as a folder
+    written here would hide that one. ``eng``: an engine (or combined engine) of the protocol; the sides are
+    those it holds or the cache holds (what computing the records left there), or with ``fit`` fitted where
+    neither does. Returns the files shipped."""
+    from forensics.conditions import NONE
+
+    shipped = []
+    for part in getattr(eng, "engines", [eng]):
+        folder = reg.reference_dir(part.protocol.name)
+        if not folder.resolve().is_relative_to(reg.path.resolve()):
+            continue
+        references = {made.get("reference", NONE) for made in reg.processing_of(part.protocol.name).values()}
+        for reference in sorted(references - {NONE}):
+            path = part.under(reference).ship_scoring_side(reg, fit=fit)
+            if path is not None:
+                shipped.append(path)
+    return shipped
+
+
+def ship_scoring_sides(*, protocol: str | None = None, registry: RegistryLike = None, device: str = "cpu",
+                       progress: Progress | None = None) -> list[Path]:
+    """Ship, beside each protocol of the registry (or of ``protocol``, a combination's parts), the part that
+    scores records of every processed reference side its records are scored against, where it is not shipped
+    yet (:func:`_ship_scoring_sides`), fitting T and P_n under that processing where this machine's cache does
+    not hold the side (a minute or so each). Enrolment ships them itself; this is for records kept by a version
+    that did not, or a registry copied without them. Returns the files shipped."""
+    from forensics.engine import make_engine
+
+    reg = open_registry(registry)
+    names = sorted({part.name for name in ([reg.resolve_protocol(protocol)] if protocol else sorted(reg.protocols))
+                    for part in reg.protocol(name).parts})
+    shipped: list[Path] = []
+    for name in names:
+        eng = make_engine(reg.protocol(name), reference_dir=reg.reference_dir, device=device,
+                          progress=_engine_progress(progress))
+        shipped += _ship_scoring_sides(reg, eng, fit=True)
+    return shipped
 
 def _family_replaced(reg: Any, pname: str, generator: str, family: str | None) -> str | None:
     """The warning for ``enroll --family`` that replaces the family ``generator`` has: a family is the
@@ -1667,7 +1711,9 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir,
                                                     references=lambda c: reg.record_references(pname, c))
-    return _keep_records(reg, pname, generator, mine, fps, records, facts, digests)
+    kept = _keep_records(reg, pname, generator, mine, fps, records, facts, digests)
+    _ship_scoring_sides(reg, engines.make_engine(proto, reference_dir=reg.reference_dir))
+    return kept
 
 
 def generator_protocol(generator: str, protocol: str | None = None, *,
@@ -2581,6 +2627,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
                 on_enrolled(done[-1])
         if scored:
             reg.rescore_records(proto.name, scored, again)
+        _ship_scoring_sides(reg, runner)
     return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded), hashed)
 
 

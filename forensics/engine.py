@@ -374,6 +374,7 @@ class Engine:
             self.score_params = dict(fix(self.score_params, protocol.batch_size))
         self._encoder: Encoder | None = None
         self._reference_side: list[Any] | None = None
+        self._scoring_side: list[Any] | None = None
         self.reference_origin: str | None = None
         self._root = self  # the engine whose encoder every engine of :meth:`under` shares
         self._under: dict[str, Engine] = {condition: self}
@@ -411,7 +412,7 @@ class Engine:
     def _forget_reference(self) -> None:
         """Drop what this engine keeps of its reference side, so that it fits or reads its own (an engine of
         :meth:`under`, copied from another). Engines that keep more of it elsewhere extend this."""
-        self._reference_side, self.reference_origin = None, None
+        self._reference_side, self._scoring_side, self.reference_origin = None, None, None
 
     def embed(self, images: np.ndarray, what: str = "images", *, cache: bool = False,
               images_hash: str | None = None) -> list[np.ndarray]:
@@ -431,11 +432,21 @@ class Engine:
             return None
         return self.shipped_dir / f"{short(reference_key(self.protocol), 24)}.npz"
 
+    def scoring_path(self) -> Path | None:
+        """Where a registry ships what scoring records under the engine's condition needs
+        (:meth:`scoring_side`), if it may: beside the protocol's own side, named as the whole side's cache file."""
+        if self.shipped_dir is None or self.condition == "none":
+            return None
+        return self.shipped_dir / self._reference_name()
+
+    def _reference_name(self) -> str:
+        return f"{short(reference_key(self.protocol, self.condition), 24)}.npz"
+
     def _reference_paths(self) -> list[Path]:
         shipped = self._shipped_path()
         paths = [] if shipped is None else [shipped]
         if self.use_cache:
-            paths.append(cache_dir() / "reference" / f"{short(reference_key(self.protocol, self.condition), 24)}.npz")
+            paths.append(cache_dir() / "reference" / self._reference_name())
         return paths
 
     def reference_side(self) -> list[Any]:
@@ -445,6 +456,45 @@ class Engine:
         if self._reference_side is None:
             self._reference_side = self._load_or_fit()
         return self._reference_side
+
+    def scoring_side(self) -> list[Any]:
+        """What scoring per-image records needs of the reference side, one per layer: the reference side when this
+        engine holds it already; else, under a condition, the part of it the registry ships for scoring records
+        (:meth:`ship_scoring_side`; checked against the digest the registry records), so that the records a
+        registry keeps under a processed side are scored without fitting T and P_n under it; else the reference
+        side itself (:meth:`reference_side`, fitted if need be). Records scored against either give the same values."""
+        if self._reference_side is not None:
+            return self._reference_side
+        if self._scoring_side is None:
+            path = self.scoring_path()
+            found = None if path is None else load_reference(path, self.protocol.layers, self.statistic,
+                                                            protocol=self.protocol.name)
+            if found is None:
+                return self.reference_side()
+            self._scoring_side, self.reference_origin = found, f"{path} (the part that scores records)"
+        return self._scoring_side
+
+    def ship_scoring_side(self, registry: Any, *, fit: bool = False) -> Path | None:
+        """Store the part of this engine's reference side that scores records (the statistic's ``scoring_part``)
+        in ``registry``, with its digest, where :meth:`scoring_side` reads it (:meth:`scoring_path`). The side is
+        the one this engine holds, else the cache's; with ``fit``, else fitted (minutes). The file's path, or None
+        where there is nothing to ship: T and P_n as they are (the protocol's own side is shipped whole,
+        :meth:`ship_reference`), a statistic without a scoring part, the file shipped already, or (without
+        ``fit``) a side neither held nor cached."""
+        path = self.scoring_path()
+        if path is None or path.is_file():
+            return None
+        refs = self._reference_side
+        if refs is None and self.use_cache:
+            refs = load_reference(cache_dir() / "reference" / self._reference_name(), self.protocol.layers,
+                                  self.statistic)
+        if refs is None and fit:
+            refs = self.reference_side()
+        if refs is None or not all(callable(getattr(ref, "scoring_part", None)) for ref in refs):
+            return None
+        parts = [ref.scoring_part() for ref in refs]
+        return registry.ship_reference(self.protocol.name, path.name,
+                                       lambda target: save_reference(target, parts, self.protocol.layers))
 
     def _statistic_device(self) -> str | None:
         """The engine's device for the statistic, when it is not the CPU and the statistic can use it."""
@@ -584,7 +634,7 @@ class Engine:
     def keeps_records(self) -> bool:
         """Whether the protocol's statistic gives per-image records (:meth:`records`), from which the
         curve of any sub-batch is computed without the images."""
-        return keeps_records(self.reference_side())
+        return keeps_records(self.scoring_side())
 
     def records(self, images: np.ndarray, what: str = "images") -> list[np.ndarray]:
         """Per protocol layer, the statistic's per-image records of ``images`` (one row per image, in
@@ -608,7 +658,7 @@ class Engine:
                             subsets: Sequence[np.ndarray | None]) -> list[Curve]:
         """:meth:`curve_from_records` of each of ``subsets`` (rows, or None for all), each layer's subsets
         scored together where the statistic offers ``score_subsets`` (the same values, sooner)."""
-        per_layer = [self._subset_scores(ref, r, subsets) for ref, r in zip(self.reference_side(), records)]
+        per_layer = [self._subset_scores(ref, r, subsets) for ref, r in zip(self.scoring_side(), records)]
         n = len(records[0]) if len(records) else 0
         return [self.curve_from_scores([layer[j] for layer in per_layer], n if rows is None else len(rows))
                 for j, rows in enumerate(subsets)]
@@ -635,7 +685,7 @@ class Engine:
         ``subset_values`` (the values alone, NaN where undefined) is read from it, the others from their scores.
         What resampling and redrawing a set repeat thousands of times need, without a curve object each."""
         columns = []
-        for layer, ref, r in zip(self.protocol.layers, self.reference_side(), records):
+        for layer, ref, r in zip(self.protocol.layers, self.scoring_side(), records):
             values = None
             if callable(getattr(ref, "subset_values", None)):
                 try:

@@ -129,7 +129,8 @@ def test_random_weights_are_refused_before_any_data_is_read(user, monkeypatch, p
 
 # -- 6: a registry path that is not there is wrong usage ------------------------------------------------
 @pytest.mark.parametrize("args", [
-    ("registry", "list"), ("registry", "validate"), ("registry", "migrate-reference"), ("registry", "show"),
+    ("registry", "list"), ("registry", "validate"), ("registry", "migrate-reference"), ("registry", "ship-scoring"),
+    ("registry", "show"),
     ("registry", "default"), ("registry", "refresh"), ("registry", "calibrate"), ("cache", "list"),
     ("zoo", "list"), ("attribute", str(SAMPLE)),
 ])

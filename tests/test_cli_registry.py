@@ -38,7 +38,7 @@ run = partial(invoked, app)
 
 def test_every_command_has_an_example_in_its_help():
     for cmd in ("list", "show", "validate", "enroll", "remove", "diff", "evaluate", "calibrate", "import-paper",
-                "records", "refresh", "family", "default", "migrate-reference"):
+                "records", "refresh", "family", "default", "migrate-reference", "ship-scoring"):
         result = run(cmd, "--help")
         assert "Example" in result.output, cmd
         assert "--registry" in result.output

@@ -275,3 +275,118 @@ def test_records_kept_by_an_earlier_version_are_scored_again_and_replaced_all_at
     r = run(["zoo", "enroll", "--samples", str(samples), "--registry", str(copy), "--conditions", "none",
              "--rescore"])
     assert r.exit_code == 2 and "--rescore scores records under the conditions named by --conditions" in r.output
+
+
+# -- what a registry ships to score its records under a processed side ----------------------------------
+@pytest.mark.parametrize("distance,projection,given", [("cosine", 8, False), ("euclidean", None, False),
+                                                       ("euclidean", None, True)])
+def test_the_scoring_part_of_a_fit_scores_records_as_the_whole_fit_does(distance, projection, given):
+    from forensics.errors import UsageError
+    from forensics.stats.ct import FittedCT
+
+    rng = np.random.default_rng(3)
+    t, p, q = rng.normal(size=(600, 12)), rng.normal(size=(150, 12)), rng.normal(size=(400, 12)) * 0.8
+    cells = dict(train_cells=rng.integers(0, 4, 600), test_cells=rng.integers(0, 4, 150)) if given else {}
+    fit = FittedCT.fit(t, p, k=5, distance=distance, projection=projection, seed=1, **cells)
+    records = fit.records(q, generated_cells=rng.integers(0, 4, 400) if given else None)
+    part = FittedCT.from_arrays(fit.scoring_part().to_arrays())
+    assert part.scoring_only and not fit.scoring_only
+    subsets = [None, np.arange(120), rng.permutation(400)[:250], np.arange(5)]
+    for params in ({}, {"tau": 0.05}, {"batch_size": 500}):
+        whole = fit.score_subsets(records, subsets[:3], **params)
+        assert part.score_subsets(records, subsets[:3], **params) == whole  # every cell's U and Z, to the bit
+        assert np.array_equal(part.subset_values(records, subsets, **params),
+                              fit.subset_values(records, subsets, **params), equal_nan=True)
+    assert part.n_train == fit.n_train and part.n_test == fit.n_test
+    stored = part.to_arrays()
+    assert "train" not in stored and "centres" not in stored and "components" not in stored
+    assert sum(v.nbytes for v in stored.values()) < sum(np.asarray(v).nbytes for v in fit.to_arrays().values()) / 10
+    for call in (lambda: part.records(q), lambda: part.score(q), lambda: part.transform(q),
+                 lambda: part.training_points):
+        with pytest.raises(UsageError, match="scores records only"):
+            call()
+    broken = {**stored, "offsets": stored["offsets"][:-1]}
+    with pytest.raises(ValueError, match="do not fit together"):
+        FittedCT.from_arrays(broken)
+    with pytest.raises(ValueError, match="do not fit together"):
+        FittedCT.from_arrays({**stored, "test_cells": stored["test_cells"] + 100})
+
+
+def test_mean_z_ships_itself_as_its_scoring_part():
+    from forensics_pixelstats import FittedMeanZ
+
+    rng = np.random.default_rng(4)
+    fit = FittedMeanZ.fit(rng.normal(size=(50, 1)), rng.normal(size=(80, 1)))
+    records = fit.records(rng.normal(size=(60, 1)) + 0.3)
+    part = FittedMeanZ.from_arrays(fit.scoring_part().to_arrays())
+    subsets = [None, np.arange(20), np.arange(1)]
+    assert np.array_equal(part.subset_values(records, subsets), fit.subset_values(records, subsets), equal_nan=True)
+
+@pytest.mark.slow
+def test_enrolment_ships_what_scores_its_processed_records_and_a_fresh_machine_scores_them_without_fitting(
+        resampled, plugin_host, tmp_path, monkeypatch):
+    from forensics import engine as engines
+    from forensics.registry.reference import read_manifest
+
+    reg, _ = resampled
+    registry = Registry.open(reg)
+    held = engines.make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
+    folder = registry.reference_dir("d")
+    manifest = read_manifest(folder, "manifest")
+    for condition in ("jpeg90", "resize2"):
+        path = held.under(condition).scoring_path()
+        assert path.parent == folder and path.name in manifest  # shipped with its digest
+        whole = engines.cache_dir() / "reference" / path.name
+        assert path.stat().st_size * 10 < whole.stat().st_size
+    assert run(["registry", "validate", "--registry", str(reg)]).exit_code == 0
+    refs = registry.enrolled("d")
+    kept, problems = registry.records("d", refs, "resize2")
+    assert not problems
+    rows = [None, np.arange(30), np.arange(40, 100)]
+    expected = [[c.fingerprint.values for c in held.under("resize2").curves_from_records(kept[r.instance], rows)]
+                for r in refs]
+    # a machine whose cache holds no side: the shipped part scores the records, and nothing is fitted
+    engines.forget_opened()
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(engines.Engine, "_fit_reference", lambda *a, **k: pytest.fail("fitted a reference side"))
+    fresh = engines.make_engine(registry.protocol("d"), reference_dir=registry.reference_dir).under("resize2")
+    assert [[c.fingerprint.values for c in fresh.curves_from_records(kept[r.instance], rows)]
+            for r in refs] == expected
+    assert np.array_equal(fresh.vectors_from_records(kept[refs[0].instance], rows),
+                          held.under("resize2").vectors_from_records(kept[refs[0].instance], rows))
+    assert "the part that scores records" in fresh.reference_origin
+    assert fresh.keeps_records
+
+
+@pytest.mark.slow
+def test_a_changed_scoring_part_is_refused_and_a_missing_one_is_shipped_again(resampled, plugin_host, tmp_path):
+    from forensics import engine as engines
+    from forensics.registry.reference import MANIFEST, read_manifest
+
+    reg, _ = resampled
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy)
+    registry = Registry.open(copy)
+    path = engines.make_engine(registry.protocol("d"), reference_dir=registry.reference_dir).under(
+        "jpeg90").scoring_path()
+    original, digest = path.read_bytes(), read_manifest(path.parent, "m")[path.name]
+    kept, _ = registry.records("d", registry.enrolled("d"), "jpeg90")
+    records = next(iter(kept.values()))
+    data = bytearray(original)
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    engines.forget_opened()
+    with pytest.raises(RegistryError, match="does not match the digest"):
+        engines.make_engine(registry.protocol("d"), reference_dir=registry.reference_dir).under(
+            "jpeg90").curve_from_records(records)
+    assert run(["registry", "validate", "--registry", str(copy)]).exit_code == 1
+    # removed, with its digest: the records are scored after fitting, and `ship-scoring` ships the same file again
+    path.unlink()
+    (path.parent / MANIFEST).write_text("".join(line for line in (path.parent / MANIFEST).read_text().splitlines(True)
+                                                if path.name not in line))
+    r = run(["registry", "ship-scoring", "--registry", str(copy)])
+    assert r.exit_code == 0, r.output
+    assert f"{path.name}: shipped" in r.output.replace("\n", "")
+    assert path.read_bytes() == original and read_manifest(path.parent, "m")[path.name] == digest
+    r = run(["registry", "ship-scoring", "--registry", str(copy)])
+    assert r.exit_code == 0 and "nothing to ship" in r.output

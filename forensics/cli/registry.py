@@ -259,6 +259,27 @@ def migrate_reference(protocol: Optional[str] = OPT_PROTOCOL, registry: Optional
                 err.print(f"{esc(str(path))}: {'rewritten, laid out to be mapped' if rewritten else 'already mapped'}")
 
 
+@app.command("ship-scoring")
+@handle_errors
+def ship_scoring(protocol: Optional[str] = OPT_PROTOCOL, registry: Optional[Path] = OPT_REGISTRY,
+                 device: str = OPT_DEVICE):
+    """Ship what scoring the records kept under processed images needs, for every condition whose records are
+    scored against T and P_n put through it (a few hundred KB each; T and P_n are fitted where this machine's
+    cache lacks them, a minute or so each). Enrolment ships them itself: this is for records kept by a version
+    that did not, or a registry copied without them. Without them such records are still scored, after fitting.
+
+    Example: forensics registry ship-scoring --registry ./registry
+    """
+    from forensics import api
+
+    progress, update = progress_bar()
+    with progress:
+        shipped = api.ship_scoring_sides(protocol=protocol, registry=registry, device=device, progress=update)
+    for path in shipped:
+        err.print(f"{esc(str(path))}: shipped (the part that scores records)")
+    if not shipped:
+        err.print("nothing to ship: every processed side the records are scored against is shipped already")
+
 # -- enrol / remove -------------------------------------------------------------------------------
 @app.command()
 @handle_errors

@@ -35,7 +35,11 @@ score of those points; they may add ``score_subsets(records, subsets, **score_pa
 ``subset_values(records, subsets, **score_params)``, those scores' values alone as a float array (NaN where a
 subset's score is undefined), the same numbers, which resampling and redrawing read thousands at a time
 (:meth:`forensics.engine.Engine.vectors_from_records`; the bundled C_T and mean-z are tested to give their
-scores' values bit for bit).
+scores' values bit for bit). Such a fit may also offer ``scoring_part()``: a fit (``to_arrays``/``from_arrays``
+like any) that scores records as it does, to the bit, without what making them needs (C_T's: the cells and
+P_n's distances, not T's points); a registry ships it for records kept under a condition whose T and P_n were
+processed alike, so that they are scored without fitting that side
+(:meth:`forensics.engine.Engine.scoring_side`).
 """
 
 from __future__ import annotations

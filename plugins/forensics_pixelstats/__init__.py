@@ -226,6 +226,11 @@ class FittedMeanZ:
                 out[which] = np.where(se == 0.0, np.nan, (v.mean(axis=1) - self.mean) / np.where(se == 0.0, 1.0, se))
         return out
 
+    def scoring_part(self) -> FittedMeanZ:
+        """What scoring records needs of this fit: all of it (P_n's mean, variance and size; T is not kept), so
+        that a registry ships it for records under a condition as it does C_T's (a few hundred bytes a layer)."""
+        return self
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"format": np.array(1), "mean": np.array(self.mean), "var": np.array(self.var),
                 "n_test": np.array(self.n_test)}

@@ -217,6 +217,7 @@ class FittedCT:
         self._outdated = False         # read from arrays without this version's layouts (from_arrays)
         self._device = device          # None: the CPU path; else the torch device the searches run on
         self._test_sorted: list[np.ndarray] | None = None  # each cell's test distances, sorted (built once)
+        self._scoring_only = False     # :meth:`scoring_part`: no projection, centres or training points
 
     # read-only attributes
     k = property(lambda self: self._k, doc="Number of k-means cells asked for (ignored with given cells).")
@@ -224,9 +225,37 @@ class FittedCT:
     projection = property(lambda self: self._projection, doc="PCA dimensions, or None for no projection.")
     seed = property(lambda self: self._seed, doc="Seed of k-means.")
     dim = property(lambda self: self._dim, doc="Dimension of the input embeddings.")
-    n_train = property(lambda self: len(self._train), doc="Number of training points.")
+    n_train = property(lambda self: int(self._offsets[-1]), doc="Number of training points.")
     n_test = property(lambda self: len(self._test_dist), doc="Number of test points.")
     device = property(lambda self: self._device, doc="The torch device the searches run on, or None (the CPU path).")
+
+    @property
+    def scoring_only(self) -> bool:
+        """Whether this is a :meth:`scoring_part`: it scores records (:meth:`score_records`,
+        :meth:`score_subsets`, :meth:`subset_values`) but cannot make them."""
+        return self._scoring_only
+
+    def scoring_part(self) -> FittedCT:
+        """What scoring records needs of this fit, and nothing more: the cells, each cell's number of training
+        points and the test points' cells and nearest-training distances (a few KB a layer, where the whole fit
+        holds T's points and the cells' search layouts). Records scored against it give the values they give
+        against the whole fit, to the last bit; it cannot make records (no projection, centres or training
+        points): what a registry ships so that the records it keeps under a condition whose T and P_n were
+        processed alike can be scored without fitting that side (:meth:`forensics.engine.Engine.scoring_side`)."""
+        return self._scoring(k=self._k, distance=self._distance, projection=self._projection, seed=self._seed,
+                             dim=self._dim, cells=self._cells, offsets=self._offsets, test_dist=self._test_dist,
+                             test_cells=self._test_cells)
+
+    @classmethod
+    def _scoring(cls, **given: Any) -> FittedCT:
+        part = cls(mean=None, components=None, centres=None, train=np.empty((0, 0)), **given)
+        part._scoring_only = True
+        return part
+
+    def _makes_records(self) -> None:
+        if self._scoring_only:
+            raise UsageError("this C_T fit is the part that scores records only (cells and P_n's distances): fit "
+                             "it on T and P_n to embed or score images")
 
     @property
     def arrays_outdated(self) -> bool:
@@ -316,6 +345,7 @@ class FittedCT:
     def training_points(self) -> np.ndarray:
         """T in the statistic's space (projected, and unit-normalised for the cosine distance), grouped by
         cell; read-only."""
+        self._makes_records()
         view = self._train.view()
         view.flags.writeable = False
         return view
@@ -326,6 +356,7 @@ class FittedCT:
         return self._prepare(points, "points")
 
     def _prepare(self, generated, name: str = "generated") -> np.ndarray:
+        self._makes_records()
         q = _as_matrix(generated, name)
         if q.shape[1] != self._dim:
             raise StatisticError(f"{name} has {q.shape[1]} dimensions but the fit has {self._dim}; "
@@ -506,7 +537,14 @@ class FittedCT:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Everything :meth:`score` needs, as numpy arrays (for ``np.savez``); see :meth:`from_arrays`.
         With them, each cell's search layout (:func:`.search.pack_layouts`: its float32 score rows and
-        its groups, made now where not yet), so that a fit read back searches at once."""
+        its groups, made now where not yet), so that a fit read back searches at once. Of a
+        :meth:`scoring_part`: what it holds, marked ``part: scoring``."""
+        if self._scoring_only:
+            return {"format": np.array(2), "part": np.array("scoring"), "k": np.array(self._k),
+                    "distance": np.array(self._distance),
+                    "projection": np.array(-1 if self._projection is None else self._projection),
+                    "seed": np.array(self._seed), "dim": np.array(self._dim), "cells": self._cells,
+                    "offsets": self._offsets, "test_dist": self._test_dist, "test_cells": self._test_cells}
         arrays = {"format": np.array(2), "k": np.array(self._k), "distance": np.array(self._distance),
                   "projection": np.array(-1 if self._projection is None else self._projection),
                   "seed": np.array(self._seed), "dim": np.array(self._dim), "cells": self._cells,
@@ -538,6 +576,8 @@ class FittedCT:
             arrays = {**arrays, "cells": cells, "offsets": offsets}
         elif int(arrays["format"]) != 2:
             raise ValueError(f"C_T arrays of format {int(arrays['format'])}, expected 2")
+        if "part" in arrays:
+            return cls._scoring_from_arrays(arrays, projection)
         train, offsets = np.asarray(arrays["train"]), np.asarray(arrays["offsets"], dtype=np.int64)
         distance = str(arrays["distance"])
         if train.ndim != 2 or offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(train):
@@ -552,6 +592,24 @@ class FittedCT:
                      test_cells=np.asarray(arrays["test_cells"], dtype=np.int64), layouts=layouts)
         fitted._outdated = layouts is None
         return fitted
+
+    @classmethod
+    def _scoring_from_arrays(cls, arrays, projection: int) -> FittedCT:
+        """A :meth:`scoring_part` from its :meth:`to_arrays`, its cells, offsets and test points checked to fit."""
+        if str(arrays["part"]) != "scoring":
+            raise ValueError(f"C_T arrays of a part {str(arrays['part'])!r}, expected 'scoring'")
+        cells = np.asarray(arrays["cells"], dtype=np.int64)
+        offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+        test_dist = np.asarray(arrays["test_dist"], dtype=np.float64)
+        test_cells = np.asarray(arrays["test_cells"], dtype=np.int64)
+        if (cells.ndim != 1 or offsets.shape != (len(cells) + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any()
+                or test_dist.ndim != 1 or test_cells.shape != test_dist.shape or not np.isfinite(test_dist).all()
+                or not np.isin(test_cells, cells).all()):
+            raise ValueError("C_T scoring arrays whose cells, offsets and test points do not fit together")
+        return cls._scoring(k=int(arrays["k"]), distance=str(arrays["distance"]),
+                            projection=None if projection < 0 else projection, seed=int(arrays["seed"]),
+                            dim=int(arrays["dim"]), cells=cells, offsets=offsets, test_dist=test_dist,
+                            test_cells=test_cells)
 
 
 def ct_score(train, test, generated, *, cells=None, k: int = 10, distance: str = "euclidean",
