@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         import_paper, list_encoders, list_plugins, list_protocols, memorization, open_protocol, open_registry,
         remove, set_default_protocol, show_protocol, validate_registry, zoo_enroll, zoo_heldout, zoo_list,
         zoo_quality, list_cache, clear_cache, invmm, add_records, generator_family, refresh, remove_protocol,
+        ship_scoring_sides,
     )
     from forensics.encode.encoder import Encoder
     from forensics.engine import Curve, LayerValue
@@ -60,7 +61,7 @@ _LAZY: dict[str, str] = {
                      "show_protocol", "validate_registry", "diff_registry", "import_paper", "set_default_protocol",
                      "list_plugins", "list_encoders", "zoo_list", "zoo_heldout", "zoo_enroll", "zoo_quality",
                      "list_cache", "clear_cache", "invmm", "add_records", "generator_family", "refresh",
-                     "remove_protocol"),
+                     "remove_protocol", "ship_scoring_sides"),
                     "forensics.api"),
     # what they return
     **dict.fromkeys(("AttributionResult", "BatchAttribution", "Verdict", "ImageInput", "MemorizationResult",

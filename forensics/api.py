@@ -316,9 +316,33 @@ def validate_registry(registry: RegistryLike = None) -> ValidationResult:
                                 + (" (" + ", ".join(uncoloured[:5]) + (" …" if len(uncoloured) > 5 else "")
                                    + "; `forensics registry records NAME IMAGES` records it)" if uncoloured else "")
                                 + ": a query in colour, or grey, is not told it is unlike the generators' images")
+            if unscored := _unshipped_scoring(reg, name):
+                warnings.append(f"{name}: records under {', '.join(unscored)} are scored against T and P_n processed "
+                                "alike, and the registry ships no part that scores them: matching them fits T and "
+                                "P_n under each first (a minute or so each, once per machine); `forensics registry "
+                                "ship-scoring` ships them")
     warnings += reg.processing_warnings()
     return ValidationResult(reg.path, tuple(problems), tuple(warnings), len(reg.protocols), n_instances)
 
+
+def _unshipped_scoring(reg: Registry, name: str) -> list[str]:
+    """The conditions whose records the plain protocol ``name`` scores against a processed reference side of which
+    the registry could ship the part that scores them (:func:`_ship_scoring_sides`) but does not."""
+    from forensics.conditions import NONE
+    from forensics.engine import reference_file
+
+    if not _ships_here(reg, name):
+        return []
+    folder = reg.reference_dir(name)
+    return [condition for condition, made in reg.processing_of(name).items()
+            if made.get("reference", NONE) != NONE
+            and not (folder / reference_file(reg.protocols[name], made["reference"])).is_file()]
+
+
+def _ships_here(reg: Registry, name: str) -> bool:
+    """Whether the written registry holds the reference folder of the protocol ``name``, or none holds one: where
+    the parts that score its records are shipped (a folder written over a lower layer's would hide that one)."""
+    return reg.reference_dir(name).resolve().is_relative_to(reg.path.resolve())
 
 def diff_registry(other: str | Path, *, registry: RegistryLike = None) -> RegistryDiff:
     """What the registry state ``other`` (a folder, or ``git:REV``: this registry at a git revision)
@@ -1608,8 +1632,7 @@ def _ship_scoring_sides(reg: Registry, eng: Any, *, fit: bool = False) -> list[P
 
     shipped = []
     for part in getattr(eng, "engines", [eng]):
-        folder = reg.reference_dir(part.protocol.name)
-        if not folder.resolve().is_relative_to(reg.path.resolve()):
+        if not _ships_here(reg, part.protocol.name):
             continue
         references = {made.get("reference", NONE) for made in reg.processing_of(part.protocol.name).values()}
         for reference in sorted(references - {NONE}):
@@ -2701,8 +2724,7 @@ def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
         registry = Registry.open(registry, strict=False)
     try:
         from forensics.conditions import applicable
-        from forensics.engine import processed_hash, reference_key
-        from forensics.io.hashing import short
+        from forensics.engine import processed_hash, reference_file
 
         reg = open_registry(registry)
         for name in sorted(reg.protocols):
@@ -2711,7 +2733,7 @@ def _cache_items(root: Path, registry: RegistryLike) -> list[CacheItem]:
                     continue  # a combination's parts are listed under their own names
                 conditions = applicable()  # memorization fits T and P_n put through the query's condition
                 for condition in conditions:
-                    by_reference.setdefault(f"{short(reference_key(part, condition), 24)}.npz", []).append(name)
+                    by_reference.setdefault(reference_file(part, condition), []).append(name)
                 for ref, role in ((part.train, "T"), (part.test, "P_n")):
                     if ref.sha256:
                         for key in (ref.sha256, *(processed_hash(ref.sha256, c) for c in conditions if c != "none")):

@@ -188,6 +188,12 @@ def reference_key(protocol: Protocol, condition: str = "none") -> str:
     return sha256_json(content if condition == "none" else {**content, **processing(condition)})
 
 
+def reference_file(protocol: Protocol, condition: str = "none") -> str:
+    """The file name of the protocol's reference side under ``condition``: in the cache, and where a registry
+    ships it (T and P_n as they are) or the part of it that scores records (under a condition)."""
+    return f"{short(reference_key(protocol, condition), 24)}.npz"
+
+
 def processing(condition: str) -> dict[str, str]:
     """What images put through ``condition`` depend on beside the images: the condition and the Pillow that
     applies it (another Pillow may encode JPEG or WebP otherwise, and what was cached is then left aside)."""
@@ -430,23 +436,20 @@ class Engine:
         """Where a registry ships the protocol's own reference side (T and P_n as they are), if it may."""
         if self.shipped_dir is None or self.condition != "none":
             return None
-        return self.shipped_dir / f"{short(reference_key(self.protocol), 24)}.npz"
+        return self.shipped_dir / reference_file(self.protocol)
 
     def scoring_path(self) -> Path | None:
         """Where a registry ships what scoring records under the engine's condition needs
         (:meth:`scoring_side`), if it may: beside the protocol's own side, named as the whole side's cache file."""
         if self.shipped_dir is None or self.condition == "none":
             return None
-        return self.shipped_dir / self._reference_name()
-
-    def _reference_name(self) -> str:
-        return f"{short(reference_key(self.protocol, self.condition), 24)}.npz"
+        return self.shipped_dir / reference_file(self.protocol, self.condition)
 
     def _reference_paths(self) -> list[Path]:
         shipped = self._shipped_path()
         paths = [] if shipped is None else [shipped]
         if self.use_cache:
-            paths.append(cache_dir() / "reference" / self._reference_name())
+            paths.append(cache_dir() / "reference" / reference_file(self.protocol, self.condition))
         return paths
 
     def reference_side(self) -> list[Any]:
@@ -486,7 +489,7 @@ class Engine:
             return None
         refs = self._reference_side
         if refs is None and self.use_cache:
-            refs = load_reference(cache_dir() / "reference" / self._reference_name(), self.protocol.layers,
+            refs = load_reference(cache_dir() / "reference" / reference_file(self.protocol, self.condition), self.protocol.layers,
                                   self.statistic)
         if refs is None and fit:
             refs = self.reference_side()
@@ -567,7 +570,7 @@ class Engine:
         """Store the fitted reference side beside the protocol in ``registry``, with its digest (the engine checks
         a shipped file against it before use), both at once (:meth:`forensics.registry.Registry.ship_reference`)."""
         refs = self.reference_side()
-        return registry.ship_reference(self.protocol.name, f"{short(reference_key(self.protocol), 24)}.npz",
+        return registry.ship_reference(self.protocol.name, reference_file(self.protocol),
                                        lambda path: save_reference(path, refs, self.protocol.layers))
 
     # -- curves ----------------------------------------------------------------------------------

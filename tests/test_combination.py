@@ -195,7 +195,8 @@ def combined(tmp_path_factory):
             np.savez(data / f"{kind}.npz", images=curate(train[:200], kind, seed=i))
             np.savez(data / f"query-{kind}.npz", images=curate(train[200:300], kind, seed=100 + i))
             for name in PARTS:
-                r = run(["registry", "enroll", kind, str(data / f"{kind}.npz"), "-p", name, "--registry", str(reg)])
+                r = run(["registry", "enroll", kind, str(data / f"{kind}.npz"), "-p", name, "--registry", str(reg),
+                         "--conditions", "none,jpeg90"])  # each condition fits T and P_n put through it: one
                 assert r.exit_code == 0, r.output
         np.savez(data / "copies.npz", images=train[300:400])
         r = run(["protocol", "combine", "digits-both", *PARTS, "--registry", str(reg), "--description", "both"])
@@ -258,7 +259,7 @@ def test_registry_commands_under_a_combination(combined, plugin_host, tmp_path):
     # enrolling under the combination enrols under both of its protocols, from one reading of the images
     np.savez(tmp_path / "noise.npz", images=np.load(data / "copies.npz")["images"][::-1])
     r = run(["registry", "enroll", "reversed", str(tmp_path / "noise.npz"), "-p", "digits-both", "--registry",
-             str(reg), "--json"])
+             str(reg), "--json", "--conditions", "none,jpeg90"])
     assert r.exit_code == 0, r.output
     after = Registry.open(reg)
     (iid,) = json.loads(r.stdout)["instances"]

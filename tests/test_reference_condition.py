@@ -384,9 +384,13 @@ def test_a_changed_scoring_part_is_refused_and_a_missing_one_is_shipped_again(re
     path.unlink()
     (path.parent / MANIFEST).write_text("".join(line for line in (path.parent / MANIFEST).read_text().splitlines(True)
                                                 if path.name not in line))
+    r = run(["registry", "validate", "--registry", str(copy)])
+    assert r.exit_code == 0 and "records under jpeg90 are scored against T and P_n processed alike, and the registry " \
+        "ships no part that scores them" in " ".join(r.output.split())
     r = run(["registry", "ship-scoring", "--registry", str(copy)])
     assert r.exit_code == 0, r.output
     assert f"{path.name}: shipped" in r.output.replace("\n", "")
+    assert "ships no part" not in run(["registry", "validate", "--registry", str(copy)]).output
     assert path.read_bytes() == original and read_manifest(path.parent, "m")[path.name] == digest
     r = run(["registry", "ship-scoring", "--registry", str(copy)])
     assert r.exit_code == 0 and "nothing to ship" in r.output
