@@ -301,7 +301,7 @@ def main() -> int:
                     fit = api._weighted_matcher(a.matcher, layer_weights(rest, queries)).fit(rest, queries)
                 pooled = pool_without(g)
                 return fit if pooled is None else fit.with_pooled_thresholds(pooled)
-            loo[key] = {"all": full, **{g: without(g) for g in generators}}
+            loo[key] = _Fitted(without, all=full)
         return loo[key]
 
     points = a.operating_points.split(",")
@@ -426,6 +426,20 @@ def main() -> int:
         a.json.write_text(json.dumps({"matcher": a.matcher, "protocol": proto.name, "rows": rows, "loo": loo_rows,
                                       "threads": os.environ.get("FORENSICS_THREADS")}, indent=1) + "\n")
     return 0
+
+
+class _Fitted(dict):
+    """The matchers at one (condition, size), by who answers: "all", or the generator left out, each fitted when
+    first asked for (a pooled calibration without a generator takes tens of seconds; a run of a few sets asks for
+    few)."""
+
+    def __init__(self, without, **given):
+        super().__init__(**given)
+        self._without = without
+
+    def __missing__(self, generator: str):
+        self[generator] = found = self._without(generator)
+        return found
 
 
 def default_matching(matcher: str = "alpha"):
