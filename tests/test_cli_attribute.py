@@ -44,7 +44,8 @@ def registry(tmp_path_factory):
         for i, kind in enumerate(GENERATORS):
             images = curate(train[:300], kind, seed=i)
             np.savez(data / f"{kind}.npz", images=images)
-            r = run(["registry", "enroll", kind, str(data / f"{kind}.npz"), "--registry", str(reg)])
+            r = run(["registry", "enroll", kind, str(data / f"{kind}.npz"), "--registry", str(reg),
+                     "--conditions", "none,jpeg90"])  # each condition fits T and P_n put through it: one
             assert r.exit_code == 0, r.output
             query = curate(train[300:400], kind, seed=100 + i)
             np.savez(data / f"query-{kind}.npz", images=query)
@@ -641,7 +642,7 @@ def test_enrolled_images_are_told_from_their_digests_kept_backfilled_or_broken(r
 
     real, engines.fingerprints_and_records = engines.fingerprints_and_records, embeds
     try:
-        assert len(api.add_records(data / "rotate.npz", "rotate", registry=copy)) == 3
+        assert len(api.add_records(data / "rotate.npz", "rotate", registry=copy, conditions="none,jpeg90")) == 3
     finally:
         engines.fingerprints_and_records = real
     first, other = sorted((r for r in Registry.open(copy).enrolled("digits-vit") if r.generator == "rotate"),
