@@ -445,11 +445,15 @@ class Engine:
             return None
         return self.shipped_dir / reference_file(self.protocol, self.condition)
 
+    def _cache_path(self) -> Path:
+        """Where the cache keeps the reference side under the engine's condition."""
+        return cache_dir() / "reference" / reference_file(self.protocol, self.condition)
+
     def _reference_paths(self) -> list[Path]:
         shipped = self._shipped_path()
         paths = [] if shipped is None else [shipped]
         if self.use_cache:
-            paths.append(cache_dir() / "reference" / reference_file(self.protocol, self.condition))
+            paths.append(self._cache_path())
         return paths
 
     def reference_side(self) -> list[Any]:
@@ -489,8 +493,7 @@ class Engine:
             return None
         refs = self._reference_side
         if refs is None and self.use_cache:
-            refs = load_reference(cache_dir() / "reference" / reference_file(self.protocol, self.condition), self.protocol.layers,
-                                  self.statistic)
+            refs = load_reference(self._cache_path(), self.protocol.layers, self.statistic)
         if refs is None and fit:
             refs = self.reference_side()
         if refs is None or not all(callable(getattr(ref, "scoring_part", None)) for ref in refs):
@@ -528,7 +531,7 @@ class Engine:
                                  "protocol create`, under a name not yet written)") from exc
         self.reference_origin = "computed"
         if self.use_cache:
-            path = cache_dir() / "reference" / self._reference_paths()[-1].name
+            path = self._cache_path()
             try:
                 save_reference(path, refs, layers)
                 self.reference_origin = f"computed, cached at {path}"
