@@ -526,6 +526,12 @@ class Engine:
         try:
             refs = self._fit_reference(layers, device)
         except StatisticError as exc:  # T and P_n do not suit the protocol's settings, which are fixed
+            if self.condition != "none":  # the protocol's own side fits; T and P_n processed so do not
+                raise StatisticError(
+                    f"protocol {self.protocol.name!r} cannot fit its reference side with T and P_n put through "
+                    f"{self.condition} ({exc}): records under {self.condition} cannot be scored against T and P_n "
+                    f"processed alike; leave {self.condition} out of --conditions (its records are then not kept)"
+                ) from exc
             raise StatisticError(f"protocol {self.protocol.name!r} cannot fit its reference side ({exc}): a "
                                  "protocol's settings are fixed, so define one with those changed (`forensics "
                                  "protocol create`, under a name not yet written)") from exc

@@ -394,3 +394,30 @@ def test_a_changed_scoring_part_is_refused_and_a_missing_one_is_shipped_again(re
     assert path.read_bytes() == original and read_manifest(path.parent, "m")[path.name] == digest
     r = run(["registry", "ship-scoring", "--registry", str(copy)])
     assert r.exit_code == 0 and "nothing to ship" in r.output
+
+
+def test_a_processed_reference_side_that_cannot_be_fitted_names_its_condition_and_what_to_do(
+        resampled, tmp_path, monkeypatch):
+    # k-means on T put through a condition can leave a cell that no point of P_n put through it reaches (seen:
+    # EfficientNet-Lite0's blocks.0 under WebP 90 on MNIST); the protocol's own side fits, so the error says
+    # which condition cannot be scored alike and how to enrol without it
+    from forensics import engine as engines
+    from forensics.errors import StatisticError
+
+    reg, _ = resampled
+    registry = Registry.open(reg)
+    engines.forget_opened()
+    monkeypatch.setenv("FORENSICS_CACHE_DIR", str(tmp_path / "empty"))
+
+    def no_cell(*_, **__):
+        raise StatisticError("cell 7 has no test points; use fewer cells (k) or a larger test set")
+
+    monkeypatch.setattr(engines.Engine, "_fit_reference", no_cell)
+    engine = engines.make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
+    with pytest.raises(StatisticError) as caught:
+        engine.under("webp90").reference_side()
+    message = str(caught.value)
+    assert "put through webp90" in message and "cell 7 has no test points" in message
+    assert "leave webp90 out of --conditions" in message and "\n" not in message
+    with pytest.raises(StatisticError, match="define one with those changed"):  # T and P_n as they are
+        engine.reference_side()
