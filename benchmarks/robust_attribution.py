@@ -473,8 +473,9 @@ def query_records(images: np.ndarray, condition: str, proto, engine, matchers, c
     from forensics.provenance import tool_version
 
     def key(part) -> str:  # one file per protocol a combination combines: parts shared by two combinations are reused
-        # (what T and P_n are put through for records under the condition: records scored otherwise are others)
-        against = [matchers.reg.record_reference(part.name, c) for c in condition.split("/")]
+        # (what T and P_n are put through for records under each condition the registry keeps: the set's condition is
+        # known only once its files are read, and records scored otherwise are others)
+        against = sorted((c, made.get("reference", "none")) for c, made in matchers.reg.processing_of(part.name).items())
         return hashlib.sha256(images.tobytes() + repr((images.shape, condition, webp_as_generated, as_most_common,
                                                        part.digest, tool_version(), codecs(), against)
                                                       ).encode()).hexdigest()[:24]
