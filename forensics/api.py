@@ -344,6 +344,7 @@ def _ships_here(reg: Registry, name: str) -> bool:
     the parts that score its records are shipped (a folder written over a lower layer's would hide that one)."""
     return reg.reference_dir(name).resolve().is_relative_to(reg.path.resolve())
 
+
 def diff_registry(other: str | Path, *, registry: RegistryLike = None) -> RegistryDiff:
     """What the registry state ``other`` (a folder, or ``git:REV``: this registry at a git revision)
     and the registry (default: $FORENSICS_REGISTRY, else the user registry over the bundled one) disagree
