@@ -253,8 +253,8 @@ def calibration_summary(cal: Mapping[str, Any], references: Sequence[EnrolledCur
     found: dict[str, Any] = {"thresholds_from": answering, "calibrated": bool(cal.get("calibrated")),
                              **{k: cal.get(k) for k in THRESHOLDS}}
     if pooled:
-        found["pool"] = {k: pooled.get(k) for k in ("n_cells", "adopted", "balanced_accuracy",
-                                                    "own_balanced_accuracy", "standard_error")}
+        found["pool"] = {k: pooled.get(k) for k in ("n_cells", "adopted", "balanced_accuracy", "own_balanced_accuracy",
+                                                    "standard_error", "pool_lost", "pool_gained", "chance")}
     return found
 
 
@@ -941,16 +941,17 @@ def _adoption(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[str, 
     from forensics.match import leave_generator_out, leave_one_out
     from forensics.match.calibration import adoption
 
-    def counts(pooled: Any) -> tuple[int, int, int, int]:
+    def outcomes(pooled: Any) -> tuple[list[bool], list[bool]]:
         loo = leave_one_out(refs, name, pool=pooled)
         lgo = leave_generator_out(refs, name, pool=pooled)
         if loo.error is not None or not loo.open_set or not lgo["n"]:
             raise UsageError(f"the {name} matcher cannot be evaluated on these references: {loo.error}")
-        named = loo.open_set["answered_right"] + loo.open_set["answered_family"]
-        return named, loo.n, lgo["unknown"] + lgo["family"], lgo["n"]
+        runs = [run for g in sorted(lgo["per_generator"]) for run in lgo["per_generator"][g].get("runs", [])]
+        return ([p["outcome"] in ("right", "family") for p in loo.predictions],
+                [run["outcome"] in ("unknown", "family") for run in runs])
 
     try:
-        found = adoption(counts(None), counts(pool))
+        found = adoption(outcomes(None), outcomes(pool))
     except UsageError as exc:
         return {"adopted": False, "reason": str(exc)}
     return {**found, "checked_on": "leave-one-out and leave-generator-out of the enrolled curves as generated"}

@@ -1475,16 +1475,15 @@ def test_calibration_pools_every_kept_condition_and_size_and_every_batch_answers
     import shutil
 
     from forensics import api
-    from forensics.match.calibration import pool_sizes
+    from forensics.match.calibration import ADOPTION_LEVEL, pool_sizes
 
     src, data = digits
     reg = tmp_path / "registry"
     shutil.copytree(src, reg)  # the module's registry stays as it is
     result = api.calibrate(registry=reg, matchers=["alpha"])
     pooled = result.matchers["alpha"]["pooled"]
-    # adopted: on the enrolled runs as generated, no more than a standard error behind each fold on its own
-    assert pooled["adopted"] is True
-    assert pooled["balanced_accuracy"] >= pooled["own_balanced_accuracy"] - pooled["standard_error"]
+    # adopted: on the enrolled runs as generated, not behind each fold on its own by more than chance puts it
+    assert pooled["adopted"] is True and pooled["chance"] >= ADOPTION_LEVEL
     # every condition every instance keeps, at 1/5 to all of m: 2 × 4 cells, every held-out point of each
     assert pooled["conditions"] == ["jpeg90", "none"] and pooled["sizes"] == pool_sizes(M) == [20, 40, 60, 100]
     assert pooled["n_cells"] == 8

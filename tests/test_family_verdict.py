@@ -152,6 +152,17 @@ def test_evaluation_counts_family_answers_apart():
     # a generator left out while its sibling stays: its runs may name the family, never count as unknown
     assert lgo["family"] == sum(p.get("family", 0) for p in lgo["per_generator"].values())
     assert all(p["family"] == 0 for g, p in lgo["per_generator"].items() if g not in ("a", "b"))
+    # each query's outcome, as the counts tally them (what the pool's adoption pairs query by query)
+    told = [p["outcome"] for p in leave_one_out(refs, "alpha").predictions]
+    assert {k: told.count(k) for k in ("right", "family", "wrong", "unknown")} == {
+        "right": loo["answered_right"], "family": loo["answered_family"], "wrong": loo["answered_wrong"],
+        "unknown": loo["unknown"]}
+    for g, p in lgo["per_generator"].items():
+        runs = p["runs"]
+        assert len(runs) == p["n"] and all(r["instance"].startswith(g) for r in runs)
+        assert sum(r["outcome"] == "unknown" for r in runs) == p["unknown"]
+        assert sum(r["outcome"] == "family" for r in runs) == p["family"]
+        assert {r["named"] for r in runs if r["outcome"] != "unknown"} == set(p["attributed_to"])
 
 
 def test_a_left_out_generator_named_as_its_sibling_is_counted_apart_from_unrelated_names():

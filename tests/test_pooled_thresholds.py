@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from forensics.errors import UsageError
 from forensics.match import make_matcher
 from forensics.match.calibration import (
-    OPERATING_POINTS, POOL_RULE, THRESHOLDS, Pool, adoption, calibrate, pool_applies, pool_sizes, thresholds,
+    ADOPTION_LEVEL, OPERATING_POINTS, POOL_RULE, THRESHOLDS, Pool, adoption, calibrate, pool_applies, pool_sizes, thresholds,
 )
 from forensics.match.evaluation import leave_generator_out, leave_one_out
 from forensics.match.types import CalibrationPoints, references_digest
@@ -134,17 +135,65 @@ def test_a_pool_answers_only_where_adopted_and_for_the_references_and_rule_it_wa
     assert not pool_applies({k: v for k, v in record.items() if k != "calibration_rule"}, refs)
 
 
-def test_a_pool_is_adopted_unless_it_falls_more_than_a_standard_error_behind_each_fold_on_its_own():
-    # (answered right or as the family, leave-one-out queries, left out and unknown, left-out runs)
-    own = (23, 27, 25, 27)
-    kept, caught = 23 / 27, 25 / 27
-    se = 0.5 * np.sqrt(kept * (1 - kept) / 27 + caught * (1 - caught) / 27)
-    assert adoption(own, own) == {"adopted": True, "balanced_accuracy": 0.5 * (kept + caught),
-                                  "own_balanced_accuracy": 0.5 * (kept + caught), "standard_error": se}
-    assert adoption(own, (24, 27, 26, 27))["adopted"]  # better
-    assert adoption(own, (22, 27, 25, 27))["adopted"]  # one answer fewer: within a standard error
-    fell = adoption(own, (27, 27, 16, 27))  # every run named, but 9 more left-out runs let through
-    assert not fell["adopted"] and fell["balanced_accuracy"] < fell["own_balanced_accuracy"] - fell["standard_error"]
+def brute_force_chance(own, pooled):
+    """P(shortfall ≥ observed) by enumerating every sign of every discordant query (the independent reference)."""
+    import itertools
+
+    terms, observed = [], 0.0
+    for mine, theirs in zip(own, pooled):
+        w = 0.5 / len(mine)
+        observed += sum(w * (a - b) for a, b in zip(mine, theirs))
+        terms += [w for a, b in zip(mine, theirs) if a != b]
+    hits = sum(sum(s * w for s, w in zip(signs, terms)) >= observed - 1e-12
+               for signs in itertools.product((1, -1), repeat=len(terms)))
+    return hits / 2 ** len(terms)
+
+
+def outcomes(loo_right, loo_n, lgo_caught, lgo_n):
+    return [True] * loo_right + [False] * (loo_n - loo_right), [True] * lgo_caught + [False] * (lgo_n - lgo_caught)
+
+
+def test_adoption_compares_the_two_calibrations_on_the_same_queries():
+    own = outcomes(23, 27, 25, 27)
+    same = adoption(own, own)
+    assert same["adopted"] and same["chance"] == 1.0 and same["standard_error"] == 0.0
+    assert same["balanced_accuracy"] == same["own_balanced_accuracy"] == pytest.approx(0.5 * (23 / 27 + 25 / 27))
+    assert (same["pool_lost"], same["pool_gained"]) == (0, 0)
+    assert adoption(own, outcomes(24, 27, 26, 27))["adopted"]  # better
+    # every run named, but 9 more left-out runs let through: far more lost than chance would lose
+    fell = adoption(own, outcomes(27, 27, 16, 27))
+    assert not fell["adopted"] and (fell["pool_lost"], fell["pool_gained"]) == (9, 4)
+    assert fell["balanced_accuracy"] < fell["own_balanced_accuracy"] - fell["standard_error"]
+
+
+def test_one_query_lost_never_declines_a_pool_even_against_a_perfect_score():
+    # a perfect own score has no spread to measure a loss against; the queries the two answer apart do
+    perfect = outcomes(30, 30, 30, 30)
+    one = adoption(perfect, outcomes(29, 30, 30, 30))
+    assert one["adopted"] and one["chance"] == pytest.approx(0.5)
+    assert adoption(perfect, outcomes(28, 30, 30, 30))["adopted"]  # two: a quarter of the time by chance
+    three = adoption(perfect, outcomes(27, 30, 30, 30))
+    assert not three["adopted"] and three["chance"] == pytest.approx(1 / 8)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_adoptions_chance_is_exact_against_every_sign_of_the_discordant_queries(seed):
+    rng = np.random.default_rng(seed)
+    n_loo, n_lgo = (int(k) for k in rng.integers(3, 9, size=2))
+    own = [[bool(v) for v in rng.random(n) < 0.8] for n in (n_loo, n_lgo)]
+    pooled = [[a if rng.random() < 0.6 else not a for a in part] for part in own]
+    found = adoption(own, pooled)
+    assert found["chance"] == pytest.approx(brute_force_chance(own, pooled))
+    assert found["adopted"] == (found["chance"] >= ADOPTION_LEVEL)
+    discordant = [(a, b, 0.5 / len(part)) for part, theirs in zip(own, pooled) for a, b in zip(part, theirs) if a != b]
+    assert found["pool_lost"] == sum(a and not b for a, b, _ in discordant)
+    assert found["pool_gained"] == sum(b and not a for a, b, _ in discordant)
+    assert found["standard_error"] == pytest.approx(np.sqrt(sum(w * w for *_, w in discordant)))
+
+
+def test_adoption_refuses_evaluations_of_different_queries():
+    with pytest.raises(UsageError, match="same queries"):
+        adoption(outcomes(3, 4, 3, 4), outcomes(3, 5, 3, 4))
 
 
 def test_each_fold_of_an_evaluation_chooses_the_pooled_thresholds_without_its_own_points():

@@ -124,9 +124,18 @@ def _calibration_text(cal: dict, protocol: str) -> str:
                 f"cells was chosen under an older rule: run {again})")
     if pool and pool.get("balanced_accuracy") is not None:
         return (f"{when} as generated at m, each other cell calibrated on its own (the pool over "
-                f"{pool['n_cells']} cells was not adopted: {pool['balanced_accuracy']:.3f} against "
-                f"{pool['own_balanced_accuracy']:.3f} ± {pool['standard_error']:.3f})")
+                f"{pool['n_cells']} cells was not adopted: {_shortfall(pool)})")
     return f"{when} as generated at m, each other cell calibrated on its own"
+
+
+def _shortfall(pool: Mapping[str, Any]) -> str:
+    """How a declined pool fell behind each fold calibrated on its own (a record made before the paired check
+    says no more than the two balanced accuracies)."""
+    said = f"balanced accuracy {pool['balanced_accuracy']:.3f} pooled against {pool['own_balanced_accuracy']:.3f}"
+    if pool.get("chance") is None:
+        return said
+    return (f"{said} each fold its own ({pool['pool_lost']} queries lost, {pool['pool_gained']} gained: as far "
+            f"behind by chance {pool['chance']:.3f} of the time)")
 
 
 def _held(provenance: Mapping[str, Any], m: int) -> str:
@@ -773,9 +782,7 @@ def calibrate(
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {on})", markup=False)
                 if pooled and not pooled.get("adopted"):
                     why = pooled.get("reason") or (
-                        f"on the enrolled runs' leave-one-out and leave-generator-out, balanced accuracy "
-                        f"{pooled['balanced_accuracy']:.3f} pooled against {pooled['own_balanced_accuracy']:.3f} "
-                        f"± {pooled['standard_error']:.3f} each fold its own")
+                        f"on the enrolled runs' leave-one-out and leave-generator-out, {_shortfall(pooled)}")
                     out.print(f"  not pooled over its {pooled['n_cells']} (condition, batch size) cells: {why}; "
                               "each cell calibrated on its own", markup=False)
                 for point, at in (cal.get("operating_points") or {}).items():

@@ -19,6 +19,7 @@ unknowns. A fitted matcher answers at the balanced one, and at another through
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -266,8 +267,10 @@ POOL_RULE = ("one threshold triple per operating point, chosen by the calibratio
              "layer's noise times the root of its signal over it: forensics.match.batchsize.layer_weights) and "
              "confusions; "
              "adopted for a matcher only where, on the enrolled curves' own leave-one-out and leave-generator-out "
-             "as generated at m (each fold's pooled thresholds chosen without its own points), they fall no more "
-             "than one standard error behind each fold calibrated on its own")
+             "as generated at m (each fold's pooled thresholds chosen without its own points), they do not fall "
+             "behind each fold calibrated on its own, on the same queries, by more than chance would put them: the "
+             "probability of a shortfall as large with each query the two answer differently as likely to have gone "
+             "either way is at least the one-sided tail beyond one standard error (0.159)")
 
 POOL_SHARES = (0.2, 0.4, 0.6, 1.0)
 """The batch sizes a pooled calibration draws its cells at, as shares of the protocol's m (100, 200, 300 and
@@ -360,21 +363,52 @@ def pool_applies(pooled: Mapping[str, Any] | None, references: Sequence[Enrolled
         pooled.get("references_digest") == references_digest(list(references))
 
 
-def adoption(own: tuple[int, int, int, int], pooled: tuple[int, int, int, int]) -> dict[str, Any]:
-    """Whether a pool is adopted, from the enrolled curves' open-set evaluation as generated at m, each
-    fold calibrated on its own (``own``) and with the pool (``pooled``), each as (leave-one-out queries
-    answered right or with their family, leave-one-out queries, left-out generators' runs answered
-    "unknown" or with their family, those runs): the balanced accuracy of the two, and adopted unless the
-    pool's falls more than one standard error (of the own one) behind."""
-    def balanced(counts: tuple[int, int, int, int]) -> tuple[float, float, float]:
-        named, n, unknown, m = counts
-        return 0.5 * (named / n + unknown / m), named / n, unknown / m
+ADOPTION_LEVEL = 0.5 * math.erfc(1 / math.sqrt(2))
+"""How unlikely, by chance alone, a pool's shortfall against each fold calibrated on its own must be for the pool
+to be declined: the one-sided tail beyond one standard error of a normal (0.159)."""
 
-    mine, kept, caught = balanced(own)
-    theirs = balanced(pooled)[0]
-    se = 0.5 * math.sqrt(kept * (1 - kept) / own[1] + caught * (1 - caught) / own[3])
-    return {"adopted": theirs >= mine - se - 1e-12, "balanced_accuracy": theirs, "own_balanced_accuracy": mine,
-            "standard_error": se}
+
+def adoption(own: tuple[Sequence[bool], Sequence[bool]], pooled: tuple[Sequence[bool], Sequence[bool]]
+             ) -> dict[str, Any]:
+    """Whether a pool is adopted, from the enrolled curves' open-set evaluation as generated at m, each fold
+    calibrated on its own (``own``) and with the pool (``pooled``), each as (for every leave-one-out query,
+    whether it was answered right or with its family; for every run of a left-out generator, whether it was
+    answered "unknown" or with its family), the two aligned query by query.
+
+    The two are compared on the same queries, so only the queries they answer differently (discordant) say
+    which does better. The pool is declined where it falls behind in balanced accuracy by more than chance
+    would put it, were each discordant query as likely to have gone either way: where the exact probability
+    of a shortfall at least as large under that null (every sign flip of the discordant queries' weights,
+    ``1/(2 n)`` of their half of the balanced accuracy) is below :data:`ADOPTION_LEVEL`. One query lost and
+    none gained is never enough, whatever the folds' own accuracy (a perfect one included). Returns the two
+    balanced accuracies, the discordant queries each way, that probability, and the standard error of the
+    difference under the null."""
+    mine, theirs = ([np.asarray(part, bool) for part in side] for side in (own, pooled))
+    if any(a.shape != b.shape or not len(a) for a, b in zip(mine, theirs)):
+        raise UsageError("the own and pooled evaluations must answer the same queries, and at least one of each kind")
+    weights = [0.5 / len(a) for a in mine]
+    balanced = [float(sum(w * a.sum() for w, a in zip(weights, side))) for side in (mine, theirs)]
+    # per part: queries the pool lost (own right, pool not) and gained
+    lost = [int((a & ~b).sum()) for a, b in zip(mine, theirs)]
+    gained = [int((b & ~a).sum()) for a, b in zip(mine, theirs)]
+    shortfall = balanced[0] - balanced[1]
+    chance = _sign_flip_tail([k + g for k, g in zip(lost, gained)], weights, shortfall)
+    se = math.sqrt(sum((k + g) * w * w for k, g, w in zip(lost, gained, weights)))
+    return {"adopted": chance >= ADOPTION_LEVEL, "balanced_accuracy": balanced[1],
+            "own_balanced_accuracy": balanced[0], "standard_error": se,
+            "pool_lost": sum(lost), "pool_gained": sum(gained), "chance": chance}
+
+
+def _sign_flip_tail(counts: Sequence[int], weights: Sequence[float], observed: float) -> float:
+    """P(sum of ``counts[j]`` terms ±``weights[j]``, each sign even odds, ≥ ``observed``): exact, over how
+    many of each part's terms come out positive (binomial counts)."""
+    tail = 0.0
+    for ups in itertools.product(*(range(k + 1) for k in counts)):
+        value = sum(w * (2 * u - k) for u, k, w in zip(ups, counts, weights))
+        if value >= observed - 1e-12:
+            tail += math.exp(sum(math.lgamma(k + 1) - math.lgamma(u + 1) - math.lgamma(k - u + 1) - k * math.log(2)
+                                 for u, k in zip(ups, counts)))
+    return min(1.0, tail)
 
 
 def _finite_or_none(v: float) -> float | None:

@@ -169,16 +169,20 @@ def leave_one_out(references: Sequence[EnrolledCurve], matcher: str | Matcher = 
             correct += top == r.generator
             if result.named is None:
                 unknown += 1
+                outcome = "unknown"
             elif result.verdict == r.generator:
                 right += 1
+                outcome = "right"
             elif result.verdict is None and result.family == r.family:
                 family += 1
+                outcome = "family"
             else:
                 wrong += 1
+                outcome = "wrong"
             predictions.append({"generator": r.generator, "instance": r.instance, "predicted": top,
                                 "score": result.candidates[0].score, "margin": result.margin,
                                 "distance_ratio": result.distance_ratio, "verdict": result.verdict,
-                                "family": result.family,
+                                "family": result.family, "outcome": outcome if m.open_set else None,
                                 "leads": None if result.resampling is None else result.resampling["leads"]})
     if refs and not predictions:  # every generator has one instance
         return Evaluation(name or str(matcher), opts, 0, 0, labels, confusion, [],
@@ -248,12 +252,14 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         except UsageError as exc:
             per[g] = {"n": len(held), "error": str(exc)}
             continue
-        held_to = [found for r in held for found in _answers(m, queries.get(r.instance) or [r.fingerprint],
-                                                             None if resamples is None else resamples[r.instance])]
-        answers = [a for a, _ in held_to]
-        turned += sum(t for _, t in held_to)
-        n_unknown = sum(a.named is None for a in answers)
-        n_family = sum(a.verdict is None and a.family is not None and a.family == held[0].family for a in answers)
+        held_to = [(r.instance, *found) for r in held
+                   for found in _answers(m, queries.get(r.instance) or [r.fingerprint],
+                                         None if resamples is None else resamples[r.instance])]
+        answers = [a for _, a, _ in held_to]
+        turned += sum(t for _, _, t in held_to)
+        outcomes = [_left_out_outcome(a, held[0].family) for a in answers]
+        n_unknown = outcomes.count("unknown")
+        n_family = outcomes.count("family")
         named: dict[str, int] = {}
         for a in answers:
             if a.named is not None:
@@ -261,7 +267,9 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
         own = held[0].family
         n_sibling = 0 if own is None else sum(k for other, k in named.items() if family_of.get(other) == own)
         per[g] = {"n": len(answers), "unknown": n_unknown, "family": n_family, "sibling": n_sibling,
-                  "attributed_to": named}
+                  "attributed_to": named,
+                  "runs": [{"instance": who, "outcome": how, "named": a.named}
+                           for (who, a, _), how in zip(held_to, outcomes)]}
         total += len(answers)
         unknown += n_unknown
         in_family += n_family
@@ -269,6 +277,16 @@ def leave_generator_out(references: Sequence[EnrolledCurve], matcher: str | Matc
     return {"n": total, "unknown": unknown, "unknown_rate": unknown / total if total else None,
             "family": in_family, "sibling": siblings, "operating_point": operating_point,
             "resampling": resampling_record(turned, resamples), "per_generator": per}
+
+
+def _left_out_outcome(answer: Any, family: str | None) -> str:
+    """How a run of a generator left out of the references was answered: "unknown", "family" (its own
+    family named, another generator of it staying enrolled) or "named" (a generator named)."""
+    if answer.named is None:
+        return "unknown"
+    if answer.verdict is None and answer.family is not None and answer.family == family:
+        return "family"
+    return "named"
 
 
 def holdout(references: Sequence[EnrolledCurve], matcher: str | Matcher = "alpha",
