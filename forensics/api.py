@@ -17,7 +17,6 @@ begun, and a step is over when ``done == total > 0``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import shlex
@@ -1448,7 +1447,10 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     fresh data processed alike still reads 0. Files processed in several ways (some re-saved as JPEG, some
     not) are scored in parts, each condition's images against T and P_n put through it, and the parts'
     curves combined by the statistic (:func:`parts_curve`; ``parts`` of the result holds each); ``condition``
-    may also declare that, one name per image in reading order (an array cannot say it). Repeated images:
+    may also declare that, one name per image in reading order (an array cannot say it). Where the statistic
+    cannot be fitted on T and P_n put through a condition, that condition's images are scored against T and P_n
+    as they are (:func:`forensics.engine.fitted_references`), and the result says so (a warning, and
+    ``condition.processing.<protocol>.reference``, which names what T and P_n were put through). Repeated images:
     as :func:`attribute` (``drop_repeats``)."""
     from dataclasses import replace
 
@@ -1477,11 +1479,20 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     data = _as_matched(cond, data)
     groups = ([(cond.name, np.arange(len(data)))] if cond.mixture is None else
               [(name, np.flatnonzero(np.asarray(cond.mixture) == name)) for name, _ in mixture_of(cond.mixture)])
-    parts, origins = [], []
+    parts, origins, fell = [], [], []
+    assumed: dict[str, dict[str, str]] = {}  # per condition, per protocol: what T and P_n were put through
     base = _engine(reg, proto, device=device, weights=weights, cache=cache, workers=workers, amp=amp,
                    progress=progress, engine=engine, ray_address=ray_address, condition=groups[0][0])
+
+    def as_they_are(unfit: Any) -> None:  # T and P_n cannot be processed alike: scored against them as they are
+        fell.append(f"{unfit.protocol}: the {unfit.condition} images were scored against T and P_n as they are, not "
+                    f"put through {unfit.condition}: the statistic cannot be fitted on them so processed "
+                    f"({unfit.reason}); a processed copy of a training image then lies farther from it than from its "
+                    "twin processed alike, so copying reads weaker than it is")
+
     for name, rows in groups:  # each condition's images against T and P_n put through it, one encoder for all
-        scorer = base.under(name)
+        assumed[name] = engines.fitted_references(base, name, as_they_are)  # fitted (or read) now, then kept
+        scorer = base.under(assumed[name])
         _prepare(scorer, progress)
         what = "images" if len(groups) == 1 else "images as generated" if name == "none" else f"{name} images"
         _embedding_begins(proto, progress, what, len(rows))
@@ -1491,10 +1502,11 @@ def memorization(images: Images, *, protocol: str | None = None, registry: Regis
     few = None if len(data) >= proto.batch_size else (
         f"{counted(len(data), 'image')}, fewer than the protocol's batch of {proto.batch_size}: |C_T| "
         "shrinks with fewer images, so a layer read as no evidence is weaker evidence of none")
-    warnings = tuple(w for w in (*notes, repeats, colour, cond.warning, cond.withhold, few) if w)
+    warnings = tuple(w for w in (*notes, repeats, colour, cond.warning, cond.withhold, *fell, few) if w)
 
-    def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it
-        return {p.name: {"digest": processing_digest(name), **codecs()} for p in proto.parts}
+    def this_machine(name: str) -> dict[str, Mapping[str, str]]:  # what put T and P_n through it (or would have)
+        return {p.name: {"digest": processing_digest(name), **codecs(), "reference": assumed[name][p.name]}
+                for p in proto.parts}
 
     return MemorizationResult(input=replace(record, n_images=curve.n_images), protocol=proto,
                               curve=curve, thresholds=thresholds,
@@ -1545,6 +1557,52 @@ def _reading_thresholds(statistics: Sequence[Any]) -> dict[str, float]:
 
 
 # -- enrolment ------------------------------------------------------------------------------------
+class _RecordSides:
+    """What an enrolment scores the records of ``protocol`` (each part of a combination) under each condition
+    against: ``sides(condition)``, by part name, is what :func:`forensics.engine.batch_records` takes as its
+    ``references`` (and :meth:`forensics.registry.Registry.enroll` as what scored them: :meth:`of`) — the
+    registry's record (:meth:`~forensics.registry.Registry.record_reference`: its records' reference, or the
+    rule for a condition it keeps no records under yet), or with ``rescore`` the rule for each, every record
+    under it being scored again. ``fall_back`` is the engine's ``fall_back``: where the statistic cannot be
+    fitted on T and P_n put through a condition, a part's records under it are scored against T and P_n as they
+    are (one warning a part and condition, naming the statistic's reason; the registry records it), unless the
+    registry keeps records under that condition scored against the processed side already and they are not all
+    scored again: then a :class:`~forensics.errors.StatisticError` naming the condition, as those records and new
+    ones would not be comparable."""
+
+    def __init__(self, reg: Registry, protocol: str, *, rescore: bool = False):
+        self.reg, self.rescore = reg, rescore
+        self.parts = [part.name for part in reg.protocol(protocol).parts]
+        self.fell: dict[tuple[str, str], str] = {}  # (part, condition) → why it is scored against none
+
+    def __call__(self, condition: str) -> dict[str, str]:
+        from forensics.conditions import NONE, reference_condition
+
+        return {p: NONE if (p, condition) in self.fell else reference_condition(condition) if self.rescore
+                else self.reg.record_reference(p, condition) for p in self.parts}
+
+    def of(self, conditions: Sequence[str]) -> dict[str, dict[str, str]]:
+        """What the records under each of ``conditions`` were scored against, by part: what the registry records."""
+        return {c: self(c) for c in conditions}
+
+    def fall_back(self, unfit: Any) -> None:
+        """Score ``unfit.protocol``'s records under ``unfit.condition`` against T and P_n as they are
+        (:class:`forensics.engine.ProcessedSideUnfit`), and warn of it; or raise, as the class says."""
+        import warnings
+
+        from forensics.errors import StatisticError
+
+        if not self.rescore and unfit.condition in self.reg.processing_of(unfit.protocol):
+            raise StatisticError(f"{unfit}: the registry's records under {unfit.condition} were scored against T and "
+                                 "P_n processed so, and new ones must be scored alike; leave "
+                                 f"{unfit.condition} out of --conditions") from unfit
+        self.fell[(unfit.protocol, unfit.condition)] = unfit.reason
+        warnings.warn(f"{unfit.protocol}: records under {unfit.condition} are scored against T and P_n as they are, "
+                      f"not put through {unfit.condition}: the statistic cannot be fitted on them so processed "
+                      f"({unfit.reason}); processing.yaml records it, and queries under {unfit.condition} are scored "
+                      "alike", stacklevel=2)
+
+
 def enroll(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
            description: str = "", note: str | None = None, device: str = "cpu", weights: str | None = None,
            progress: Progress | None = None, recursive: bool = True, engine: str = "local",
@@ -1593,12 +1651,13 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
         _embedding_begins(proto, progress, "query images", len(data))
     from forensics.conditions import parse_conditions
 
+    sides = _RecordSides(reg, pname)
     fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(conditions),
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
                                                     reference_dir=reg.reference_dir, engine=engine,
-                                                    ray_address=ray_address,
-                                                    references=lambda c: reg.record_references(pname, c))
+                                                    ray_address=ray_address, references=sides,
+                                                    fall_back=sides.fall_back)
     provenance: dict[str, Any] = {"input_sha256": record.sha256, "n_images": int(len(data))}
     # the size the generator writes (queries of another size were resampled), its colour (unlike it: warned of)
     provenance.update({k: v for k, v in _image_facts(data, record.sizes).items() if v is not None})
@@ -1612,7 +1671,8 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
     if note:
         provenance["note"] = note
     ids = reg.enroll(pname, generator, fps, provenance, description=description, records=records, family=family,
-                     image_digests=_batch_digests(data, proto.batch_size))
+                     image_digests=_batch_digests(data, proto.batch_size),
+                     references=sides.of(records[0]) if records else None)
     _ship_scoring_sides(reg, engines.make_engine(proto, reference_dir=reg.reference_dir))
     return EnrolmentResult(protocol=pname, generator=generator, instances=tuple(ids), n_images=int(len(data)),
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
@@ -1731,12 +1791,13 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     digests = _batch_digests(data, proto.batch_size)
     if not wanted:  # every condition kept already: at most the images' digests and facts to add: no embedding
         return _keep_digests(reg, pname, generator, mine, digests, facts)
+    sides = _RecordSides(reg, pname)
     fps, records = engines.fingerprints_and_records(data, proto, conditions=parse_conditions(wanted),
                                                     device=device, weights=weights,
                                                     progress=_engine_progress(progress),
-                                                    reference_dir=reg.reference_dir,
-                                                    references=lambda c: reg.record_references(pname, c))
-    kept = _keep_records(reg, pname, generator, mine, fps, records, facts, digests)
+                                                    reference_dir=reg.reference_dir, references=sides,
+                                                    fall_back=sides.fall_back)
+    kept = _keep_records(reg, pname, generator, mine, fps, records, facts, digests, sides)
     _ship_scoring_sides(reg, engines.make_engine(proto, reference_dir=reg.reference_dir))
     return kept
 
@@ -1790,15 +1851,17 @@ def _keep_digests(reg: Registry, protocol: str, generator: str, instances: Seque
 
 def _keep_records(reg: Registry, protocol: str, generator: str, instances: Sequence[EnrolledCurve],
                   fps: Sequence[Any], records: Sequence[Mapping[str, Any]] | None,
-                  facts: Mapping[str, Any], digests: Sequence[np.ndarray]) -> dict[str, list[str]]:
+                  facts: Mapping[str, Any], digests: Sequence[np.ndarray], sides: _RecordSides
+                  ) -> dict[str, list[str]]:
     """Keep the per-image records computed from the images ``instances`` were enrolled from (``fps`` and
-    ``records``: :func:`forensics.engine.batch_records` of those images, one per batch), after checking that
-    each instance's batch gives back its enrolled curve (to 1e-9), else nothing is written. Returns
-    {instance id: the conditions it now keeps records under}."""
+    ``records``: :func:`forensics.engine.batch_records` of those images, one per batch, scored against what
+    ``sides`` says), after checking that each instance's batch gives back its enrolled curve (to 1e-9), else
+    nothing is written. Returns {instance id: the conditions it now keeps records under}."""
     if records is None:
         raise UsageError(f"the statistic of {protocol} keeps no per-image records")
     plan = [(ref.instance, records[j], digests[j]) for ref, j in _giving_back(generator, instances, fps)]
-    return {iid: reg.add_records(protocol, generator, iid, recs, **facts, image_digests=d)
+    return {iid: reg.add_records(protocol, generator, iid, recs, **facts, image_digests=d,
+                                 references=sides.of(recs))
             for iid, recs, d in plan}
 
 
@@ -2562,11 +2625,12 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     :func:`add_records` checks them, to give back its enrolled curve), else skipped: so ``--conditions
     jpeg60`` keeps a new condition for every enrolled zoo instance in one command. ``rescore``: the records the
     enrolled sets keep under ``conditions`` are computed again, scored against T and P_n as this version scores
-    them (:func:`forensics.conditions.reference_condition`), and replace those kept, all at once per protocol
+    them (:func:`forensics.conditions.reference_condition`; as they are where the statistic cannot be fitted on
+    them so processed, warned of: :class:`_RecordSides`), and replace those kept, all at once per protocol
     (:meth:`forensics.registry.Registry.rescore_records`; every instance keeping records under them must be a
     zoo set chosen here). ``on_enrolled`` hears of each set as it is stored; ``engine``/``ray_address`` as
     :func:`attribute` takes them."""
-    from forensics.conditions import NONE, parse_conditions, reference_condition
+    from forensics.conditions import NONE, parse_conditions
     from forensics.engine import batch_records, check_weights, engine_class
     from forensics.io.images import load_images
     from forensics.zoo.catalog import FAMILIES, select
@@ -2617,7 +2681,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
         runner = build(proto, device=device, weights=weights, shipped_dir=reg.reference_dir(proto.name),
                        progress=_engine_progress(progress))
         _prepare(runner, progress)
-        against = functools.partial(reg.record_reference, proto.name)
+        against, anew = _RecordSides(reg, proto.name), _RecordSides(reg, proto.name, rescore=True)
         if not runner.keeps_records:  # no records to add: the sets enrolled already are done
             skipped += sum(1 for item in todo if item[3])
             todo = [item for item in todo if not item[3]]
@@ -2626,32 +2690,34 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
             what = f"{z.generator}/{z.instance}"
             _embedding_begins(proto, progress, what, len(images))
             if mine and again:  # scored again, kept once every set of the protocol is
-                fps, records = batch_records(runner, images, again, what, references=reference_condition)
+                fps, records = batch_records(runner, images, again, what, references=anew, fall_back=anew.fall_back)
                 for ref, j in _giving_back(z.generator, mine, fps):
                     scored[(z.generator, ref.instance)] = {c: records[j][c] for c in again}
                 recorded.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance,
                                  "ids": sorted(r.instance for r in mine), "conditions": again, "rescored": True})
                 continue
             if mine:  # none too: its curve must be the enrolled one
-                fps, records = batch_records(runner, images, lacking, what, references=against)
+                fps, records = batch_records(runner, images, lacking, what, references=against,
+                                             fall_back=against.fall_back)
                 kept = _keep_records(reg, proto.name, z.generator, mine, fps, records, facts,
-                                     _batch_digests(images, proto.batch_size))
+                                     _batch_digests(images, proto.batch_size), against)
                 recorded.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance,
                                  "ids": sorted(kept), "conditions": lacking})
                 continue
-            fps, records = batch_records(runner, images, wanted, what, references=against)
+            fps, records = batch_records(runner, images, wanted, what, references=against, fall_back=against.fall_back)
             command = ["forensics", "zoo", "enroll", "--protocol", proto.name, "--generator", z.generator,
                        "--instance", z.instance]
             provenance = {"input_sha256": digest, "n_images": int(len(images)), "input": str(z.path), **facts,
                           "command": " ".join(shlex.quote(a) for a in command),
                           "note": f"zoo instance {z.generator}/{z.instance}, seed {z.seed}"}
             ids = reg.enroll(proto.name, z.generator, fps, provenance, records=records,
-                             family=FAMILIES.get(z.generator), image_digests=_batch_digests(images, proto.batch_size))
+                             family=FAMILIES.get(z.generator), image_digests=_batch_digests(images, proto.batch_size),
+                             references=against.of(records[0]) if records else None)
             done.append({"protocol": proto.name, "generator": z.generator, "instance": z.instance, "ids": ids})
             if on_enrolled is not None:
                 on_enrolled(done[-1])
         if scored:
-            reg.rescore_records(proto.name, scored, again)
+            reg.rescore_records(proto.name, scored, again, {c: anew(c)[proto.name] for c in again})
         _ship_scoring_sides(reg, runner)
     return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded), hashed)
 

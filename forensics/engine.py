@@ -527,11 +527,7 @@ class Engine:
             refs = self._fit_reference(layers, device)
         except StatisticError as exc:  # T and P_n do not suit the protocol's settings, which are fixed
             if self.condition != "none":  # the protocol's own side fits; T and P_n processed so do not
-                raise StatisticError(
-                    f"protocol {self.protocol.name!r} cannot fit its reference side with T and P_n put through "
-                    f"{self.condition} ({exc}): records under {self.condition} cannot be scored against T and P_n "
-                    f"processed alike; leave {self.condition} out of --conditions (its records are then not kept)"
-                ) from exc
+                raise ProcessedSideUnfit(self.protocol.name, self.condition, str(exc)) from exc
             raise StatisticError(f"protocol {self.protocol.name!r} cannot fit its reference side ({exc}): a "
                                  "protocol's settings are fixed, so define one with those changed (`forensics "
                                  "protocol create`, under a name not yet written)") from exc
@@ -746,6 +742,45 @@ class Engine:
         return [self.curve_from_scores(scores, m) for scores in self._score(batches)], None
 
 
+class ProcessedSideUnfit(StatisticError):
+    """The statistic cannot be fitted on T and P_n put through a condition (not none), though the protocol's own
+    side fits: k-means on the processed T can leave a cell that no processed point of P_n falls in (seen:
+    EfficientNet-Lite0's ``blocks.0`` under WebP 90 on MNIST). ``reason``: the statistic's own words.
+    :func:`fitted_references` falls back to T and P_n as they are where its caller allows it."""
+
+    def __init__(self, protocol: str, condition: str, reason: str):
+        super().__init__(f"protocol {protocol!r} cannot fit its reference side with T and P_n put through "
+                         f"{condition} ({reason})")
+        self.protocol, self.condition, self.reason = protocol, condition, reason
+
+
+def fitted_references(eng: Any, references: str | Mapping[str, str],
+                      fall_back: Callable[[ProcessedSideUnfit], None] | None = None) -> dict[str, str]:
+    """What each protocol of ``eng`` (an :class:`Engine`, or each part of a :class:`CombinedEngine`) puts T and
+    P_n through, by protocol name (what :meth:`Engine.under` takes): ``references`` (one name for all, or a name
+    per protocol, absent: none) where its reference side under it can be had — read, or fitted now, then kept —
+    else T and P_n as they are, where the statistic cannot be fitted on them so processed
+    (:class:`ProcessedSideUnfit`) and ``fall_back(error)`` returns (it raises where the caller cannot score
+    under the protocol's own side instead; without it, the error is raised). The protocol's own side (none)
+    is not fitted here, and its error stays the engine's."""
+    from forensics.conditions import NONE
+
+    used = {}
+    for part in getattr(eng, "engines", [eng]):
+        name = part.protocol.name
+        reference = references if isinstance(references, str) else references.get(name, NONE)
+        if reference != NONE:
+            try:
+                part.under(reference).reference_side()
+            except ProcessedSideUnfit as exc:
+                if fall_back is None:
+                    raise
+                fall_back(exc)
+                reference = NONE
+        used[name] = reference
+    return used
+
+
 def keeps_records(fits: Sequence[Any]) -> bool:
     """Whether fitted statistics give per-image records: ``records(generated)`` and ``score_records(records,
     **score_params)``, the second of any subset of the first's rows being the score of that subset. Such a
@@ -945,14 +980,17 @@ def fingerprints_and_records(images: np.ndarray, protocol: Protocol | Combinatio
                              conditions: Sequence[str] = ("none",), device: str = "cpu", weights: str | None = None,
                              progress: Progress | None = None, reference_dir: Callable[[str], Path] | None = None,
                              engine: str = "local", ray_address: str | None = None,
-                             references: Callable[[str], str | Mapping[str, str]] | None = None
+                             references: Callable[[str], str | Mapping[str, str]] | None = None,
+                             fall_back: Callable[[ProcessedSideUnfit], None] | None = None
                              ) -> tuple[list[Fingerprint], list[dict[str, list[np.ndarray]]] | None]:
     """What ``registry enroll`` stores: one fingerprint per full batch of the protocol's m images, and per
     batch its per-image records under each post-processing condition (:mod:`forensics.conditions`; the
     images put through it, embedded and kept by the statistic, scored against T and P_n put through
     ``references(condition)`` — the registry's :meth:`~forensics.registry.Registry.record_references` — or
-    by default :func:`~forensics.conditions.reference_condition`), or None when the statistic keeps no
-    records. The fingerprints are the curves of the ``none`` records: the same as :meth:`Engine.curves`."""
+    by default :func:`~forensics.conditions.reference_condition`; where the statistic cannot be fitted on them
+    so processed, against T and P_n as they are if ``fall_back`` allows it: :func:`fitted_references`), or None
+    when the statistic keeps no records. The fingerprints are the curves of the ``none`` records: the same as
+    :meth:`Engine.curves`."""
     from forensics.conditions import get_condition
 
     if len(images) < protocol.batch_size:
@@ -961,11 +999,12 @@ def fingerprints_and_records(images: np.ndarray, protocol: Protocol | Combinatio
         get_condition(c)
     eng = make_engine(protocol, reference_dir=reference_dir, device=device, weights=weights, progress=progress,
                       engine=engine, ray_address=ray_address)
-    return batch_records(eng, images, conditions, references=references)
+    return batch_records(eng, images, conditions, references=references, fall_back=fall_back)
 
 
 def batch_records(eng: Any, images: np.ndarray, conditions: Sequence[str] = ("none",), what: str = "images", *,
-                  references: Callable[[str], str | Mapping[str, str]] | None = None
+                  references: Callable[[str], str | Mapping[str, str]] | None = None,
+                  fall_back: Callable[[ProcessedSideUnfit], None] | None = None
                   ) -> tuple[list[Fingerprint], list[dict[str, list[np.ndarray]]] | None]:
     """:func:`fingerprints_and_records` computed by an engine already started (``eng``: one serves many
     sets); ``what`` names the images in its progress."""
@@ -978,8 +1017,8 @@ def batch_records(eng: Any, images: np.ndarray, conditions: Sequence[str] = ("no
     full = len(images) - len(images) % m
     if not eng.keeps_records:
         return [c.fingerprint for c in eng.curves(images, what=what, partial=False)], None
-    kept = {c: eng.under(against(c)).records(get_condition(c).apply(images[:full]),
-                                             what if c == NONE else f"{what} ({c})")
+    kept = {c: eng.under(fitted_references(eng, against(c), fall_back)).records(
+                get_condition(c).apply(images[:full]), what if c == NONE else f"{what} ({c})")
             for c in conditions}
     batches = [np.arange(s, s + m) for s in range(0, full, m)]
     fps = [curve.fingerprint for curve in eng.curves_from_records(kept[NONE], batches)]

@@ -214,7 +214,8 @@ def test_memorization_compares_processed_images_with_t_and_p_n_processed_alike(r
     assert (doc["condition"]["name"], doc["condition"]["source"]) == ("jpeg62", "files") and not doc["warnings"]
     from forensics.conditions import codecs, processing_digest  # what put T and P_n through it: this machine
 
-    assert doc["condition"]["processing"] == {"digits-vit": {"digest": processing_digest("jpeg62"), **codecs()}}
+    assert doc["condition"]["processing"] == {"digits-vit": {"digest": processing_digest("jpeg62"), **codecs(),
+                                                             "reference": "jpeg62"}}
     # each copy lies at distance 0 from its own training image processed alike: copying at every layer
     assert set(doc["curve"]["readings"]) == {"copying"}
     assert doc["reference"]["origin"].startswith("computed")  # T and P_n processed, fitted, cached once

@@ -396,11 +396,11 @@ def test_a_changed_scoring_part_is_refused_and_a_missing_one_is_shipped_again(re
     assert r.exit_code == 0 and "nothing to ship" in r.output
 
 
-def test_a_processed_reference_side_that_cannot_be_fitted_names_its_condition_and_what_to_do(
-        resampled, tmp_path, monkeypatch):
+def test_a_processed_reference_side_that_cannot_be_fitted_names_its_condition_and_why(resampled, tmp_path,
+                                                                                       monkeypatch):
     # k-means on T put through a condition can leave a cell that no point of P_n put through it reaches (seen:
     # EfficientNet-Lite0's blocks.0 under WebP 90 on MNIST); the protocol's own side fits, so the error says
-    # which condition cannot be scored alike and how to enrol without it
+    # which condition and why, for its callers to fall back to T and P_n as they are (test_condition_fallback.py)
     from forensics import engine as engines
     from forensics.errors import StatisticError
 
@@ -414,10 +414,15 @@ def test_a_processed_reference_side_that_cannot_be_fitted_names_its_condition_an
 
     monkeypatch.setattr(engines.Engine, "_fit_reference", no_cell)
     engine = engines.make_engine(registry.protocol("d"), reference_dir=registry.reference_dir)
-    with pytest.raises(StatisticError) as caught:
+    with pytest.raises(engines.ProcessedSideUnfit) as caught:
         engine.under("webp90").reference_side()
-    message = str(caught.value)
-    assert "put through webp90" in message and "cell 7 has no test points" in message
-    assert "leave webp90 out of --conditions" in message and "\n" not in message
-    with pytest.raises(StatisticError, match="define one with those changed"):  # T and P_n as they are
+    unfit = caught.value
+    assert (unfit.protocol, unfit.condition) == ("d", "webp90") and unfit.reason.startswith("cell 7 has no test")
+    message = str(unfit)
+    assert "put through webp90" in message and "cell 7 has no test points" in message and "\n" not in message
+    assert engines.fitted_references(engine, "webp90", lambda error: None) == {"d": NONE}
+    with pytest.raises(engines.ProcessedSideUnfit):  # without a fall-back: the error
+        engines.fitted_references(engine, "webp90")
+    with pytest.raises(StatisticError, match="define one with those changed") as own:  # T and P_n as they are
         engine.reference_side()
+    assert not isinstance(own.value, engines.ProcessedSideUnfit)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forensics.conditions import NONE, codecs, describe_codecs, processing_digest, reference_condition
+from forensics.conditions import NONE, codecs, describe_codecs, get_condition, processing_digest, reference_condition
 from forensics.errors import ForensicsError, ProtocolMismatch, RegistryError, UsageError
 from forensics.io.atomic import write_text_atomic
 from forensics.io.hashing import is_digest, sha256_array, short
@@ -628,6 +628,21 @@ class Registry:
         made = self.processing_of(protocol_name).get(condition)
         return reference_condition(condition) if made is None else made.get("reference", NONE)
 
+    def _given_reference(self, references: Mapping[str, str | Mapping[str, str]] | None, protocol: str,
+                         condition: str) -> str:
+        """What the records of ``protocol`` under ``condition`` about to be kept were scored against, as their
+        caller says (``references``: per condition, one name for every protocol or a name per protocol — what
+        scored them, which may be T and P_n as they are where the processed side cannot be fitted:
+        :func:`forensics.engine.fitted_references`); without ``references``, :meth:`record_reference`."""
+        if references is None:
+            return self.record_reference(protocol, condition)
+        given = references.get(condition)
+        given = given.get(protocol) if isinstance(given, Mapping) else given
+        if given is None:
+            raise UsageError(f"records under {condition} are given without what they were scored against "
+                             f"(protocol {protocol})")
+        return get_condition(given).name
+
     def record_references(self, protocol_name: str, condition: str) -> dict[str, str]:
         """:meth:`record_reference` of each part of a protocol or combination, by part name (what
         :meth:`forensics.engine.Engine.under` takes)."""
@@ -648,16 +663,19 @@ class Registry:
                                  "as before)")
         return found
 
-    def _processing_writes(self, protocols: Sequence[str], conditions: Sequence[str]
+    def _processing_writes(self, protocols: Sequence[str], conditions: Sequence[str],
+                           references: Mapping[str, str | Mapping[str, str]] | None = None
                            ) -> list[tuple[Path, dict[str, Any]]]:
         """Check, before records under ``conditions`` are kept for ``protocols``, that this machine processes
-        images under each as the records every layer keeps under it were processed (a :class:`RegistryError`
-        naming the versions, else); returns the written layer's processing files to write, with the
-        conditions they do not record yet added."""
+        images under each as the records every layer keeps under it were processed, and that they were scored
+        against the T and P_n those were (:meth:`_given_reference`; a :class:`RegistryError` naming the versions
+        or the references, else); returns the written layer's processing files to write, with the conditions
+        they do not record yet added, each with the reference its records were scored against."""
         conditions = [c for c in conditions if c != NONE]
         writes = []
         for protocol in protocols:
             layers = self.processing.get(protocol, [])
+            scored = {c: self._given_reference(references, protocol, c) for c in conditions}
             for condition in conditions:
                 here = processing_digest(condition)
                 for _, label, entries in layers:
@@ -668,9 +686,16 @@ class Registry:
                             f"{condition} otherwise than the one that kept the registry's records under it "
                             f"({describe_codecs(made)}, {label}): records kept here would not be comparable; "
                             f"keep them with that Pillow, or leave {condition} out (--conditions)")
+                kept = self.processing_of(protocol).get(condition)
+                if kept is not None and kept.get("reference", NONE) != scored[condition]:
+                    raise RegistryError(
+                        f"{protocol}: these records under {condition} were scored against T and P_n "
+                        f"{_put_through(scored[condition])}, the registry's against T and P_n "
+                        f"{_put_through(kept.get('reference', NONE))}: records of one condition are scored alike, "
+                        f"or they are not comparable; leave {condition} out (--conditions)")
             path = processing_path(self.path, protocol)
             own = next((entries for layer, _, entries in layers if layer == self.path), {})
-            new = {c: {"digest": processing_digest(c), **codecs(), "reference": self.record_reference(protocol, c)}
+            new = {c: {"digest": processing_digest(c), **codecs(), "reference": scored[c]}
                    for c in conditions if c not in own}
             if new:
                 writes.append((self._safe(path), {"schema_version": SCHEMA_VERSION,
@@ -873,7 +898,8 @@ class Registry:
 
     def add_records(self, protocol_name: str, generator: str, instance: str,
                     records: Mapping[str, Sequence[Any]], image_size: Sequence[int] | None = None,
-                    image_digests: Any | None = None, image_colour: bool | None = None) -> list[str]:
+                    image_digests: Any | None = None, image_colour: bool | None = None,
+                    references: Mapping[str, str | Mapping[str, str]] | None = None) -> list[str]:
         """Keep per-image records ({condition: one array per layer of the protocol}) for an instance already
         enrolled (under a combination, under every part). The caller vouches that they are the instance's
         own images (:func:`forensics.add_records` checks the images' hash and that the ``none`` records
@@ -884,7 +910,8 @@ class Registry:
         :func:`forensics.io.hashing.image_digests`) with their file. Files first, then the generator files
         naming them, all or nothing. A generator file only a read-only layer holds (the bundled registry) is
         copied into the written layer with the new records, as :meth:`enroll` copies it with new instances; the
-        records it kept already stay where they are. Returns the conditions now kept."""
+        records it kept already stay where they are. ``references``: what the records were scored against, as
+        :meth:`enroll` takes it. Returns the conditions now kept."""
         proto = self.protocol(protocol_name)
         for c, layers in records.items():
             check_name("condition", c)
@@ -912,7 +939,8 @@ class Registry:
                 if arrays or facts or hashed:
                     plan.append((part, gfile, entry, inst, arrays, facts, hashed))
             processing = self._processing_writes([part.name for part, _, _, _, arrays, _, _ in plan if arrays],
-                                                 sorted({c for *_, arrays, _, _ in plan for c in arrays}))
+                                                 sorted({c for *_, arrays, _, _ in plan for c in arrays}),
+                                                 references)
             for path, _ in [(gfile, None) for _, gfile, *_ in plan] + processing:  # before any file is written
                 self.check_file_target(path)
             changes = []
@@ -931,11 +959,13 @@ class Registry:
         return sorted(self._instance(proto.parts[0].name, generator, instance).records)
 
     def rescore_records(self, protocol_name: str, records: Mapping[tuple[str, str], Mapping[str, Sequence[Any]]],
-                        conditions: Sequence[str]) -> list[str]:
+                        conditions: Sequence[str], references: Mapping[str, str]) -> list[str]:
         """Replace what a plain protocol's instances keep under ``conditions`` (not ``none``) with ``records``
         ({(generator, instance id): {condition: one array per layer}}), scored against T and P_n put through
-        :func:`~forensics.conditions.reference_condition` of each — records kept before a version scored them so
-        are thereby made like new ones. Every instance that keeps records under one of ``conditions`` must be
+        ``references[condition]`` — :func:`~forensics.conditions.reference_condition` of each, or none where the
+        statistic cannot be fitted on T and P_n so processed (:func:`forensics.engine.fitted_references`) — and
+        record that in ``processing.yaml``: records kept before a version scored them so are thereby made like new
+        ones. Every instance that keeps records under one of ``conditions`` must be
         given, and its generator file must lie in the written layer (the records of one condition are scored
         alike or not drawn together); every file — records, generator files, ``processing.yaml`` — is replaced
         at once through the journal, all or nothing. Returns the conditions now scored so."""
@@ -946,6 +976,7 @@ class Registry:
         conditions = sorted({c for c in conditions if c != NONE})
         for c in conditions:
             check_name("condition", c)
+        scored = {c: self._given_reference(references, protocol_name, c) for c in conditions}
         with self.lock():
             keeping = {(name, inst.id) for name, entry in self.generators.get(protocol_name, {}).items()
                        for inst in entry.instances if set(inst.records) & set(conditions)}
@@ -983,10 +1014,9 @@ class Registry:
                 changes.append((gfile, entry.to_dict()))
             own = next((entries for layer, _, entries in self.processing.get(protocol_name, [])
                         if layer == self.path), {})
-            scored = {c: {"digest": processing_digest(c), **codecs(), "reference": reference_condition(c)}
-                      for c in conditions}
+            made = {c: {"digest": processing_digest(c), **codecs(), "reference": scored[c]} for c in conditions}
             changes.append((self._safe(processing_path(self.path, protocol_name)),
-                            {"schema_version": SCHEMA_VERSION, "conditions": dict(sorted({**own, **scored}.items()))}))
+                            {"schema_version": SCHEMA_VERSION, "conditions": dict(sorted({**own, **made}.items()))}))
             self._write_all(changes, arrays)
         self.reload()
         return conditions
@@ -1417,7 +1447,8 @@ class Registry:
     def enroll(self, protocol_name: str, generator: str, fingerprints: Sequence[Fingerprint],
                provenance: Mapping[str, Any], *, description: str = "", ids: Sequence[str] | None = None,
                records: Sequence[Mapping[str, Sequence[Any]]] | None = None, family: str | None = None,
-               image_digests: Sequence[Any] | None = None) -> list[str]:
+               image_digests: Sequence[Any] | None = None,
+               references: Mapping[str, str | Mapping[str, str]] | None = None) -> list[str]:
         """Add ``fingerprints`` as new instances of ``generator`` under a protocol; returns their ids.
 
         ``provenance`` is recorded with every instance, completed with ``created`` (UTC), ``by``,
@@ -1434,6 +1465,11 @@ class Registry:
         written to ``<protocol>/records/<generator>/<id>/<condition>.npy`` and its digest recorded with the
         instance, so that queries of any size and condition can be matched against it
         (:mod:`forensics.registry.records`). The files are written before the generator files that name them.
+        ``references``: per condition, what T and P_n were put through when its records were scored — one name
+        for every protocol, or a name per protocol (what scored them: :func:`forensics.engine.fitted_references`);
+        recorded in ``processing.yaml`` for a condition the registry keeps no records under yet, and refused
+        where it differs from what the registry's records under it were scored against. Default: the
+        registry's record (:meth:`record_reference`).
 
         ``family``: the model the generator shares with other enrolled generators (:meth:`set_family`), set
         (or replaced) on its file with the new instances; None leaves its file's family as it is.
@@ -1487,7 +1523,7 @@ class Registry:
                       for (part, a, b), arrays in zip(part_spans(proto), kept)]
             processing = self._processing_writes(
                 [part.name for (part, _, _), (_, entry) in zip(part_spans(proto), writes) if entry is not None],
-                list(records[0]) if records else [])
+                list(records[0]) if records else [], references)
             for path, _ in [(gfile, None) for gfile, entry in writes if entry is not None] + processing:
                 self.check_file_target(path)  # every file it would write can be, before any is
             todo = [(gfile, entry) for gfile, entry in writes if entry is not None]
