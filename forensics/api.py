@@ -929,31 +929,21 @@ def _pool_record(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[st
     when there is nothing to pool (a single cell, or no points to choose on)."""
     found = pool.record(refs) if pool is not None and len(pool.cells) > 1 else None
     if found is not None:
-        found.update(_adoption(refs, name, pool))
+        found.update(_adoption(pool))
     return found
 
 
-def _adoption(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[str, Any]:
-    """Whether the matcher ``name`` adopts ``pool`` (:func:`forensics.match.calibration.adoption`): its
-    leave-one-out and leave-generator-out on the enrolled curves as generated, each fold calibrated on its
-    own and with the pool (without the fold's own points)."""
-    from forensics.match import leave_generator_out, leave_one_out
-    from forensics.match.calibration import adoption
+def _adoption(pool: Any) -> dict[str, Any]:
+    """Whether ``pool`` is adopted (:func:`forensics.match.calibration.pool_adoption`: every cell's held-out
+    queries, each fold's judged by the cell's own thresholds and the pool's, both chosen without its points)."""
+    from forensics.match.calibration import pool_adoption
 
-    def outcomes(pooled: Any) -> tuple[list[bool], list[bool]]:
-        loo = leave_one_out(refs, name, pool=pooled)
-        lgo = leave_generator_out(refs, name, pool=pooled)
-        if loo.error is not None or not loo.open_set or not lgo["n"]:
-            raise UsageError(f"the {name} matcher cannot be evaluated on these references: {loo.error}")
-        runs = [run for g in sorted(lgo["per_generator"]) for run in lgo["per_generator"][g].get("runs", [])]
-        return ([p["outcome"] in ("right", "family") for p in loo.predictions],
-                [run["outcome"] in ("unknown", "family") for run in runs])
-
-    try:
-        found = adoption(outcomes(None), outcomes(pool))
-    except UsageError as exc:
-        return {"adopted": False, "reason": str(exc)}
-    return {**found, "checked_on": "leave-one-out and leave-generator-out of the enrolled curves as generated"}
+    found = pool_adoption(pool)
+    if found is None:
+        return {"adopted": False, "reason": "the pooled points do not say which instance each came from, or leave "
+                                            "no fold both kinds of points to choose thresholds on"}
+    return {**found, "checked_on": f"the held-out queries of all {found['n_cells']} pooled cells, in "
+                                   f"{found['folds']} folds of instances"}
 
 
 def _pools(sized: _Records, names: Sequence[str], *, conditions: Sequence[str] | None = None,

@@ -9,7 +9,8 @@ import pytest
 from forensics.errors import UsageError
 from forensics.match import make_matcher
 from forensics.match.calibration import (
-    ADOPTION_LEVEL, OPERATING_POINTS, POOL_RULE, THRESHOLDS, Pool, adoption, calibrate, pool_applies, pool_sizes, thresholds,
+    ADOPTION_LEVEL, OPERATING_POINTS, POOL_RULE, THRESHOLDS, Pool, adoption, calibrate, pool_adoption, pool_applies,
+    pool_sizes, thresholds,
 )
 from forensics.match.evaluation import leave_generator_out, leave_one_out
 from forensics.match.types import CalibrationPoints, references_digest
@@ -189,6 +190,43 @@ def test_adoptions_chance_is_exact_against_every_sign_of_the_discordant_queries(
     assert found["pool_lost"] == sum(a and not b for a, b, _ in discordant)
     assert found["pool_gained"] == sum(b and not a for a, b, _ in discordant)
     assert found["standard_error"] == pytest.approx(np.sqrt(sum(w * w for *_, w in discordant)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pool_adoption_judges_each_folds_points_at_every_cell_by_thresholds_chosen_without_them(seed):
+    refs = overlapping_refs()
+    pool = Pool()
+    for k, (condition, size) in enumerate([("none", 100), ("jpeg90", 100), ("none", 40)]):
+        pool.add(condition, size, tagged(*random_points(10 * seed + k), seed=10 * seed + k))
+    found = pool_adoption(pool, folds=3)
+    # the same, independently: the pool's record without the fold, each cell calibrated without it, by hand
+    instances = sorted({w for p in pool.points for w in (*p.answer_from, *p.unknown_from)})
+    own, pooled = ([], []), ([], [])
+
+    def passes(v, t):
+        return v[0] >= t[0] and v[1] >= t[1] and not v[2] > t[2]  # a NaN ratio passes
+
+    for group in [instances[k::3] for k in range(3)]:
+        everywhere = thresholds(pool.record(refs, without=group)["operating_points"]["balanced"])
+        for p in pool.points:
+            keep_a = [v for v, w in zip(p.answer, p.answer_from) if w not in group]
+            keep_u = [v for v, w in zip(p.unknown, p.unknown_from) if w not in group]
+            held_a = [v for v, w in zip(p.answer, p.answer_from) if w in group]
+            held_u = [v for v, w in zip(p.unknown, p.unknown_from) if w in group]
+            cal = calibrate(Given(CalibrationPoints(keep_a, keep_u, "given", [], [])), refs)
+            if not (held_a or held_u) or not cal["calibrated"]:
+                continue
+            for side, t in ((own, thresholds(cal)), (pooled, everywhere)):
+                side[0].extend(passes(v, t) for v in held_a)
+                side[1].extend(not passes(v, t) for v in held_u)
+    assert found == {**adoption(own, pooled), "folds": 3, "n_cells": 3}
+    assert len(own[0]) == sum(len(p.answer) for p in pool.points)  # every point judged once, by its fold
+
+
+def test_pool_adoption_needs_points_that_say_their_instance():
+    pool = Pool()
+    pool.add("none", 100, CalibrationPoints(*random_points(0), "given", [], []))
+    assert pool_adoption(pool) is None
 
 
 def test_adoption_refuses_evaluations_of_different_queries():

@@ -7,7 +7,7 @@ The thresholds are the triple that maximises the balanced accuracy of that decis
 (:data:`CALIBRATION_RULE`). Left-out generators that pass them anyway are recorded as *lookalikes* of
 the generator they were named, and held-out instances whose generator stayed enrolled but that the thresholds
 let through named as another as *confusions* (which generators calibration would have named for one another;
-a verdict naming one of a family whose generators were confused names the family instead, see
+a verdict naming a generator as which a sibling of its family was named names the family instead, see
 :meth:`forensics.match.Matcher.attribute`). Both are the thresholds' own: each operating point records its.
 
 That is the *balanced* operating point. Calibration also records the thresholds of two others
@@ -19,7 +19,6 @@ unknowns. A fitted matcher answers at the balanced one, and at another through
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -266,11 +265,11 @@ POOL_RULE = ("one threshold triple per operating point, chosen by the calibratio
              "thresholds answer at every cell, each cell keeping its own spreads, layer weights (one over each "
              "layer's noise times the root of its signal over it: forensics.match.batchsize.layer_weights) and "
              "confusions; "
-             "adopted for a matcher only where, on the enrolled curves' own leave-one-out and leave-generator-out "
-             "as generated at m (each fold's pooled thresholds chosen without its own points), they do not fall "
-             "behind each fold calibrated on its own, on the same queries, by more than chance would put them: the "
-             "probability of a shortfall as large with each query the two answer differently as likely to have gone "
-             "either way is at least the one-sided tail beyond one standard error (0.159)")
+             "adopted for a matcher only where, on the held-out queries of every cell it pools, in 10 folds of "
+             "instances each judged by the cell's own thresholds and by the pool's, both chosen without the fold's "
+             "points, it does not fall behind the cells' own by more than chance would put it: the probability of a "
+             "shortfall in balanced accuracy as large, each query the two judge differently as likely to have gone "
+             "either way, is at least the one-sided tail beyond one standard error (0.159)")
 
 POOL_SHARES = (0.2, 0.4, 0.6, 1.0)
 """The batch sizes a pooled calibration draws its cells at, as shares of the protocol's m (100, 200, 300 and
@@ -370,19 +369,17 @@ to be declined: the one-sided tail beyond one standard error of a normal (0.159)
 
 def adoption(own: tuple[Sequence[bool], Sequence[bool]], pooled: tuple[Sequence[bool], Sequence[bool]]
              ) -> dict[str, Any]:
-    """Whether a pool is adopted, from the enrolled curves' open-set evaluation as generated at m, each fold
-    calibrated on its own (``own``) and with the pool (``pooled``), each as (for every leave-one-out query,
-    whether it was answered right or with its family; for every run of a left-out generator, whether it was
-    answered "unknown" or with its family), the two aligned query by query.
+    """Whether a pool is adopted, from the same queries judged by each cell's own thresholds (``own``) and by
+    the pool's (``pooled``), each as (for every query that should be answered, whether it was; for every query
+    that should be "unknown", whether it was), the two aligned query by query (:func:`pool_adoption` makes them).
 
-    The two are compared on the same queries, so only the queries they answer differently (discordant) say
-    which does better. The pool is declined where it falls behind in balanced accuracy by more than chance
-    would put it, were each discordant query as likely to have gone either way: where the exact probability
-    of a shortfall at least as large under that null (every sign flip of the discordant queries' weights,
-    ``1/(2 n)`` of their half of the balanced accuracy) is below :data:`ADOPTION_LEVEL`. One query lost and
-    none gained is never enough, whatever the folds' own accuracy (a perfect one included). Returns the two
-    balanced accuracies, the discordant queries each way, that probability, and the standard error of the
-    difference under the null."""
+    Only the queries the two judge differently (discordant) say which does better. The pool is declined where it
+    falls behind in balanced accuracy by more than chance would put it, were each discordant query as likely to
+    have gone either way: where the exact probability of a shortfall at least as large under that null (every
+    sign flip of the discordant queries' weights, ``1/(2 n)`` of their half of the balanced accuracy) is below
+    :data:`ADOPTION_LEVEL`. One query lost and none gained is never enough, whatever the own accuracy (a perfect
+    one included). Returns the two balanced accuracies, the discordant queries each way, that probability, and
+    the standard error of the difference under the null."""
     mine, theirs = ([np.asarray(part, bool) for part in side] for side in (own, pooled))
     if any(a.shape != b.shape or not len(a) for a, b in zip(mine, theirs)):
         raise UsageError("the own and pooled evaluations must answer the same queries, and at least one of each kind")
@@ -400,15 +397,68 @@ def adoption(own: tuple[Sequence[bool], Sequence[bool]], pooled: tuple[Sequence[
 
 
 def _sign_flip_tail(counts: Sequence[int], weights: Sequence[float], observed: float) -> float:
-    """P(sum of ``counts[j]`` terms ±``weights[j]``, each sign even odds, ≥ ``observed``): exact, over how
-    many of each part's terms come out positive (binomial counts)."""
-    tail = 0.0
-    for ups in itertools.product(*(range(k + 1) for k in counts)):
-        value = sum(w * (2 * u - k) for u, k, w in zip(ups, counts, weights))
-        if value >= observed - 1e-12:
-            tail += math.exp(sum(math.lgamma(k + 1) - math.lgamma(u + 1) - math.lgamma(k - u + 1) - k * math.log(2)
-                                 for u, k in zip(ups, counts)))
-    return min(1.0, tail)
+    """P(sum of ``counts[j]`` terms ±``weights[j]``, each sign even odds, ≥ ``observed``) for two parts:
+    exact, over how many of the first part's terms come out positive, with the second's binomial tail."""
+    (k1, k2), (w1, w2) = counts, weights
+
+    def pmf(k: int) -> np.ndarray:
+        u = np.arange(k + 1)
+        return np.exp(math.lgamma(k + 1) - np.vectorize(math.lgamma)(u + 1.0)
+                      - np.vectorize(math.lgamma)(k - u + 1.0) - k * math.log(2))
+
+    first, second = pmf(k1), pmf(k2)
+    at_least = np.concatenate([np.cumsum(second[::-1])[::-1], [0.0]])  # P(v ≥ j), j = 0 … k2 + 1
+    # the first part's value for each count u of positive terms, and the fewest positive terms v of the
+    # second that bring the sum to the observed value
+    rest = observed - w1 * (2 * np.arange(k1 + 1) - k1) - 1e-12
+    need = np.clip(np.ceil((rest / w2 + k2) / 2 - 1e-9), 0, k2 + 1).astype(int)
+    return float(min(1.0, np.sum(first * at_least[need])))
+
+
+ADOPTION_FOLDS = 10
+"""The folds of instances the adoption check holds out in turn (every instance where there are fewer)."""
+
+
+def pool_adoption(pool: Pool, point: str = DEFAULT_OPERATING_POINT, folds: int = ADOPTION_FOLDS
+                  ) -> dict[str, Any] | None:
+    """Whether ``pool`` is adopted (:func:`adoption`), judged where it answers: at every cell it pools, the
+    held-out queries of each fold of instances (:data:`ADOPTION_FOLDS`, instances dealt out in order) judged once
+    by the cell's own thresholds and once by the pool's, both chosen at operating ``point`` on the points that
+    remain without the fold's — an answer point judged right where it passes them, an unknown point where it
+    does not. A cell left with no answer or no unknown point without the fold judges none of its points for it.
+    None where the points do not say which instance each came from."""
+    if not pool.points or not all(p.tagged for p in pool.points):
+        return None
+    cells = [(np.asarray(p.answer, float).reshape(-1, 3), np.asarray(p.answer_from, object),
+              np.asarray(p.unknown, float).reshape(-1, 3), np.asarray(p.unknown_from, object)) for p in pool.points]
+    instances = sorted({str(w) for _, af, _, uf in cells for w in (*af, *uf)})
+    groups = [instances[k::folds] for k in range(min(folds, len(instances)))]
+    own: tuple[list[bool], list[bool]] = ([], [])
+    pooled: tuple[list[bool], list[bool]] = ([], [])
+
+    def chosen(answer: np.ndarray, unknown: np.ndarray) -> tuple[float, float, float] | None:
+        if not len(answer) or not len(unknown):
+            return None
+        return tuple(_best_thresholds(answer, unknown, (point,))[point][:3])  # type: ignore[return-value]
+
+    for group in groups:
+        held = [(np.isin(af, group), np.isin(uf, group)) for _, af, _, uf in cells]
+        everywhere = chosen(np.concatenate([a[~ha] for (a, _, _, _), (ha, _) in zip(cells, held)]),
+                            np.concatenate([u[~hu] for (_, _, u, _), (_, hu) in zip(cells, held)]))
+        if everywhere is None:
+            continue
+        for (a, _, u, _), (ha, hu) in zip(cells, held):
+            if not ha.any() and not hu.any():
+                continue
+            mine = chosen(a[~ha], u[~hu])
+            if mine is None:
+                continue
+            for side, t in ((own, mine), (pooled, everywhere)):
+                side[0].extend(_passes(a[ha], *t).tolist())
+                side[1].extend((~_passes(u[hu], *t)).tolist())
+    if not own[0] or not own[1]:
+        return None
+    return {**adoption(own, pooled), "folds": len(groups), "n_cells": len(cells)}
 
 
 def _finite_or_none(v: float) -> float | None:
