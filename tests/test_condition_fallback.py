@@ -226,6 +226,27 @@ def test_memorization_of_files_under_a_condition_that_cannot_be_fitted_says_whic
     # the curve is that of the same images against T and P_n as they are
     plain = api.memorization(folder, registry=reg, condition=NONE)
     assert doc["curve"]["values"] == list(plain.curve.fingerprint.values)
+    # and the report's line of what it assumed says so, not "put through the same processing"
+    from forensics.report.terminal import memorization_assumed_text
+
+    said = memorization_assumed_text(doc)
+    assert "T and P_n as they are" in said and "same processing" not in said
+    r = run(["memorization", str(folder), "--registry", str(reg)])
+    assert r.exit_code == 0 and "T and P_n as they are" in " ".join(r.output.split()), r.output
+
+
+def test_the_assumed_line_names_each_part_scored_against_t_and_p_n_as_they_are():
+    from forensics.report.terminal import memorization_assumed_text
+
+    made = {"digest": "sha256:" + "0" * 64, "pillow": "13.0.0"}
+    doc = {"condition": {"name": "webp90", "source": "files",
+                         "processing": {"a": {**made, "reference": "webp90"}, "b": {**made, "reference": NONE}}}}
+    said = memorization_assumed_text(doc)
+    assert "T and P_n put through the same processing" in said and "but as they are for b" in said
+    doc["condition"]["processing"]["a"]["reference"] = NONE
+    assert "T and P_n as they are" in memorization_assumed_text(doc)
+    doc["condition"]["processing"] = {"a": {**made, "reference": "webp90"}}
+    assert "as they are" not in memorization_assumed_text(doc)
 
 
 # -- the store records what the caller scored records against, all or nothing -------------------------

@@ -259,10 +259,17 @@ def memorization_assumed_text(doc: Mapping[str, Any]) -> str:
         each = ("the images of each kind scored against T and P_n put through the same processing"
                 + (f" (by {made})" if made else "") + " and the parts' C_T combined")
         return f"Assumed: {condition_text(cond, each)}"
-    alike = ("" if cond.get("name", "none") == "none"
-             else "; T and P_n put through the same processing" + (f" (by {made})" if made else "")
-             + " before C_T was taken")
-    return f"Assumed: {condition_text(cond)}{alike}"
+    if cond.get("name", "none") == "none":
+        return f"Assumed: {condition_text(cond)}"
+    # where the statistic could not be fitted on T and P_n so processed, they were taken as they are
+    as_is = sorted(p for p, m in (cond.get("processing") or {}).items() if m.get("reference") == "none")
+    unfit = "their processed side cannot be fitted: see the warnings"
+    if as_is and len(as_is) == len(cond.get("processing") or {}):
+        return f"Assumed: {condition_text(cond)}; T and P_n as they are ({unfit})"
+    alike = "; T and P_n put through the same processing" + (f" (by {made})" if made else "")
+    if as_is:
+        alike += f", but as they are for {', '.join(as_is)} ({unfit})"
+    return f"Assumed: {condition_text(cond)}{alike} before C_T was taken"
 
 
 def operating_points_text(verdict: Mapping[str, Any]) -> tuple[str, bool] | None:
