@@ -197,8 +197,7 @@ def members_text(members: Sequence[str]) -> str:
 class Verdict:
     """The answer of an attribution: the generator named, or ``None``, and why. With ``generator``
     ``None``, a ``family`` means the answer named the family (one network whose generators, its samplers,
-    calibration saw a sibling's queries taken for the one ranked first) but not which of ``family_members``; no
-    family: "unknown"."""
+    calibration saw taken for one another) but not which of ``family_members``; no family: "unknown"."""
 
     generator: str | None
     score: float | None       # the best candidate's score when something was named; None when "unknown"

@@ -111,22 +111,6 @@ def test_confused_siblings_are_answered_as_their_family_not_as_either():
     assert plain.verdict == "a" and plain.family is None and plain.family_members == ()
 
 
-def test_only_a_siblings_queries_named_as_the_verdict_make_it_the_family():
-    m = fitted(curves(offset_b=0.6))
-    assert not m.calibration["confusions"]
-    # calibration let 2 of a's 8 held-out queries through as b, and none of b's as a
-    m.calibration = {**m.calibration, "confusions": {"a": {"b": [2, 8]}}}
-    as_b = m.attribute(NET + 0.6)  # b leads: an answer "b" may be one of a's batches, as calibration saw
-    assert as_b.verdict is None and as_b.family == "net" and set(as_b.family_members) == {"a", "b"}
-    assert as_b.reason.endswith("but calibration named held-out a as b 2 of 8 times")
-    as_a = m.attribute(NET)  # a leads: calibration never named b's queries a, so "a" is not the doubtful answer
-    assert as_a.verdict == "a" and as_a.family is None
-    assert as_a.reason.endswith("; calibration named held-out a as b 2 of 8 times, never the other way")
-    # seen both ways: either answer is the family
-    m.calibration = {**m.calibration, "confusions": {"a": {"b": [2, 8]}, "b": {"a": [1, 8]}}}
-    assert m.attribute(NET).family == "net" and m.attribute(NET + 0.6).family == "net"
-
-
 def test_a_well_separated_family_names_the_generator():
     m = fitted(curves(offset_b=0.6))
     assert not m.calibration["confusions"]

@@ -543,8 +543,7 @@ def family(
     """Show, set or clear a generator's family: the model it shares with other enrolled generators.
 
     Generators of one family (one diffusion network under several samplers) can draw curves the matchers
-    cannot tell apart; when calibration shows a sibling's batches taken for the generator ranked first, the
-    verdict names the family.
+    cannot tell apart; when calibration shows them taken for one another, the verdict names the family.
     Under a combination, the family is set under every protocol it combines. Nothing is re-enrolled. A
     generator of the bundled registry has its file copied into the user registry with the new family.
     Example: forensics registry family ddim ddpm-net --protocol mnist-effnet-lite0

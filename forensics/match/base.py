@@ -262,12 +262,11 @@ class Matcher(abc.ABC):
 
         Generators of one *family* (one network under several samplers, as the registry records it on
         the references) can be told apart less well than the rest. When the best candidate passes every
-        threshold but calibration, through the same thresholds, let held-out queries of another generator of
-        its family through named as it (its ``confusions``), naming it would be wrong that often: the answer
-        names the family instead (``verdict`` ``None``, ``family`` and ``family_members`` set). Its own queries
-        named as a sibling make a verdict naming the sibling wrong, not this one: the generator is named, and
-        the reason says so. A query the thresholds reject stays "unknown", whatever its family: an unenrolled
-        generator often lies between two close ones.
+        threshold but calibration, through the same thresholds, named it for another generator of its family
+        or that one for it (its ``confusions``), naming either would be wrong that often: the answer names
+        the family instead
+        (``verdict`` ``None``, ``family`` and ``family_members`` set). A query the thresholds reject stays
+        "unknown", whatever its family: an unenrolled generator often lies between two close ones.
 
         ``at_operating_points`` says what each operating point's thresholds would have answered (how far
         the verdict depends on the choice of point).
@@ -328,9 +327,8 @@ class Matcher(abc.ABC):
             passed.append(f"distance {ratio:.2f}× {best.generator}'s spread ≤ {t_ratio:.2f}×")
         reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
                   "no open-set threshold applies") + f" ({n_refs})"
-        seen = [found for g, f in sorted(self._families.items()) if f == family and g != best.generator
-                for found in confused(cal, best.generator, g)] if family is not None else []
-        taken = [found for found in seen if found[1] == best.generator]  # a sibling's queries named as it
+        taken = [seen for g, f in sorted(self._families.items()) if f == family and g != best.generator
+                 for seen in confused(cal, best.generator, g)] if family is not None else []
         if taken:
             members = sorted({best.generator, *(own for own, _, _, _ in taken), *(o for _, o, _, _ in taken)})
             how = "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in taken)
@@ -341,9 +339,6 @@ class Matcher(abc.ABC):
         if named_as:
             reason += "; calibration named held-out " + ", ".join(
                 f"{own} as {best.generator} {k} of {n} times" for own, (k, n) in sorted(named_as.items()))
-        if seen:  # only its own queries named as a sibling: a verdict naming the sibling would be the doubtful one
-            reason += "; calibration named held-out " + ", ".join(
-                f"{own} as {other} {k} of {n} times" for own, other, k, n in seen) + ", never the other way"
         # ranked first as the verdict but turned away by the thresholds: no wrong name, yet near ones
         through = {own: k for own, (k, _) in named_as.items()}
         turned = [f"{own} {row[best.generator][0] - through.get(own, 0)} of {row[best.generator][1]} times"
