@@ -27,6 +27,8 @@ from forensics.conditions import NONE, get_condition
 from forensics.errors import RegistryError, StatisticError, UsageError
 from forensics.registry import Registry
 
+from test_reference_condition import enrol_as_before
+
 M = 100
 UNFIT = "webp90"
 REASON = "cell 7 has no test points; use fewer cells (k) or a larger test set"
@@ -159,24 +161,15 @@ def test_records_kept_against_the_processed_side_are_not_switched_for_new_instan
 @pytest.mark.slow
 def test_rescoring_falls_back_for_the_condition_that_cannot_be_fitted_and_says_so(copy, plugin_host, tmp_path,
                                                                                  monkeypatch):
-    from forensics import api, conditions
+    from forensics import api
     from forensics.engine import make_engine
-    from forensics.registry import store
     from forensics.schemas import validate
 
     reg, data = copy
     for g in ("rotate",):
         Registry.open(reg).remove("d", g)
     (reg / "d" / "records" / "processing.yaml").unlink()  # no records are left to say how they were made
-    samples = tmp_path / "samples"
-    (samples / "rotate").mkdir(parents=True)
-    shutil.copy(data / "rotate.npz", samples / "rotate" / "run0.npz")
-    (samples / "MANIFEST.json").write_text(json.dumps({"instances": [
-        {"generator": "rotate", "instance": "run0", "file": "rotate/run0.npz", "sha256": "0" * 64, "seed": 0}]}))
-    with monkeypatch.context() as m:  # an earlier version: records scored against T and P_n as they are
-        m.setattr(conditions, "reference_condition", lambda name: NONE)
-        m.setattr(store, "reference_condition", lambda name: NONE)
-        api.zoo_enroll(registry=reg, samples=samples, conditions=f"none,jpeg90,{UNFIT}")
+    samples = enrol_as_before(monkeypatch, reg, data, tmp_path, f"none,jpeg90,{UNFIT}")
     assert {c: e["reference"] for c, e in processing(reg).items()} == {"jpeg90": NONE, UNFIT: NONE}
     unfittable(monkeypatch)
     refs = Registry.open(reg).enrolled("d")

@@ -31,6 +31,25 @@ def run(args, **kw):
     return CliRunner().invoke(app, args, **kw)
 
 
+def enrol_as_before(monkeypatch, registry, data, tmp_path, conditions):
+    """Enrol one run of the rotate kind (``data/rotate.npz``) under ``conditions`` as an earlier version did,
+    scoring records against T and P_n as they are; returns the zoo samples folder it made."""
+    from forensics import api
+    from forensics import conditions as conditions_module
+    from forensics.registry import store
+
+    samples = tmp_path / "samples"
+    (samples / "rotate").mkdir(parents=True)
+    shutil.copy(data / "rotate.npz", samples / "rotate" / "run0.npz")
+    (samples / "MANIFEST.json").write_text(json.dumps({"instances": [
+        {"generator": "rotate", "instance": "run0", "file": "rotate/run0.npz", "sha256": "0" * 64, "seed": 0}]}))
+    with monkeypatch.context() as m:
+        m.setattr(conditions_module, "reference_condition", lambda name: NONE)
+        m.setattr(store, "reference_condition", lambda name: NONE)
+        api.zoo_enroll(registry=registry, samples=samples, conditions=conditions)
+    return samples
+
+
 def test_records_under_a_condition_are_scored_against_t_and_p_n_put_through_it():
     assert reference_condition(NONE) == NONE
     for name in CONDITIONS:
@@ -218,9 +237,7 @@ def test_two_layers_that_score_a_condition_against_different_references_are_warn
 @pytest.mark.slow
 def test_records_kept_by_an_earlier_version_are_scored_again_and_replaced_all_at_once(resampled, plugin_host,
                                                                                        tmp_path, monkeypatch):
-    from forensics import api, conditions
     from forensics.engine import make_engine
-    from forensics.registry import store
     from forensics.schemas import validate
 
     reg, data = resampled
@@ -230,15 +247,7 @@ def test_records_kept_by_an_earlier_version_are_scored_again_and_replaced_all_at
         Registry.open(copy).remove("d", g)
     path = copy / "d" / "records" / "processing.yaml"
     path.unlink()  # no records are left to say how they were made
-    samples = tmp_path / "samples"
-    (samples / "rotate").mkdir(parents=True)
-    shutil.copy(data / "rotate.npz", samples / "rotate" / "run0.npz")
-    (samples / "MANIFEST.json").write_text(json.dumps({"instances": [
-        {"generator": "rotate", "instance": "run0", "file": "rotate/run0.npz", "sha256": "0" * 64, "seed": 0}]}))
-    with monkeypatch.context() as m:  # an earlier version: records scored against T and P_n as they are
-        m.setattr(conditions, "reference_condition", lambda name: NONE)
-        m.setattr(store, "reference_condition", lambda name: NONE)
-        api.zoo_enroll(registry=copy, samples=samples, conditions="none,jpeg90")
+    samples = enrol_as_before(monkeypatch, copy, data, tmp_path, "none,jpeg90")
     assert yaml.safe_load(path.read_text())["conditions"]["jpeg90"]["reference"] == NONE
     registry = Registry.open(copy)
     assert registry.record_reference("d", "jpeg90") == NONE

@@ -129,13 +129,14 @@ def _calibration_text(cal: dict, protocol: str) -> str:
 
 
 def _shortfall(pool: Mapping[str, Any]) -> str:
-    """How a declined pool fell behind each fold calibrated on its own (a record made before the paired check
+    """How a declined pool fell behind each cell calibrated on its own (a record made before the paired check
     says no more than the two balanced accuracies)."""
     said = f"balanced accuracy {pool['balanced_accuracy']:.3f} pooled against {pool['own_balanced_accuracy']:.3f}"
     if pool.get("chance") is None:
         return said
-    return (f"{said} each fold its own ({pool['pool_lost']} queries lost, {pool['pool_gained']} gained: as far "
-            f"behind by chance {pool['chance']:.3f} of the time)")
+    chance = f"{pool['chance']:.3f}" if pool["chance"] >= 0.001 else "less than 0.001"
+    return (f"{said} with each cell's own ({pool['pool_lost']:,} held-out queries lost, {pool['pool_gained']:,} "
+            f"gained: as far behind by chance {chance} of the time)")
 
 
 def _held(provenance: Mapping[str, Any], m: int) -> str:
@@ -749,8 +750,8 @@ def calibrate(
 
     Writes <protocol>/calibration.yaml; matchers reuse it while the references are unchanged. Where the
     instances keep per-image records, one set of thresholds is chosen on every kept condition at 1/5 to all
-    of the protocol's batch size, and answers every batch where it does not fall behind on the enrolled runs
-    (about 2 minutes on the default).
+    of the protocol's batch size, and answers every batch where it does not fall behind each cell's own
+    thresholds on the cells' held-out queries (about 2 minutes on the default).
     Example: forensics registry calibrate --protocol he2024-cifar10-vitb16
     """
     from forensics.api import calibrate as run
@@ -782,7 +783,7 @@ def calibrate(
                           f"(balanced accuracy {cal['balanced_accuracy']:.3f} on {on})", markup=False)
                 if pooled and not pooled.get("adopted"):
                     why = pooled.get("reason") or (
-                        f"on the enrolled runs' leave-one-out and leave-generator-out, {_shortfall(pooled)}")
+                        f"on every cell's held-out queries, {_shortfall(pooled)}")
                     out.print(f"  not pooled over its {pooled['n_cells']} (condition, batch size) cells: {why}; "
                               "each cell calibrated on its own", markup=False)
                 for point, at in (cal.get("operating_points") or {}).items():

@@ -7,7 +7,7 @@ The thresholds are the triple that maximises the balanced accuracy of that decis
 (:data:`CALIBRATION_RULE`). Left-out generators that pass them anyway are recorded as *lookalikes* of
 the generator they were named, and held-out instances whose generator stayed enrolled but that the thresholds
 let through named as another as *confusions* (which generators calibration would have named for one another;
-a verdict naming a generator as which a sibling of its family was named names the family instead, see
+a verdict naming one of a family whose generators were confused names the family instead, see
 :meth:`forensics.match.Matcher.attribute`). Both are the thresholds' own: each operating point records its.
 
 That is the *balanced* operating point. Calibration also records the thresholds of two others
