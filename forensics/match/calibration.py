@@ -363,7 +363,7 @@ def pool_applies(pooled: Mapping[str, Any] | None, references: Sequence[Enrolled
 
 
 ADOPTION_LEVEL = 0.5 * math.erfc(1 / math.sqrt(2))
-"""How unlikely, by chance alone, a pool's shortfall against each fold calibrated on its own must be for the pool
+"""How unlikely, by chance alone, a pool's shortfall against each cell calibrated on its own must be for the pool
 to be declined: the one-sided tail beyond one standard error of a normal (0.159)."""
 
 
@@ -401,10 +401,9 @@ def _sign_flip_tail(counts: Sequence[int], weights: Sequence[float], observed: f
     exact, over how many of the first part's terms come out positive, with the second's binomial tail."""
     (k1, k2), (w1, w2) = counts, weights
 
-    def pmf(k: int) -> np.ndarray:
-        u = np.arange(k + 1)
-        return np.exp(math.lgamma(k + 1) - np.vectorize(math.lgamma)(u + 1.0)
-                      - np.vectorize(math.lgamma)(k - u + 1.0) - k * math.log(2))
+    def pmf(k: int) -> np.ndarray:  # Binomial(k, 1/2), from log-factorials (no overflow at any k)
+        logs = np.array([math.lgamma(j + 1.0) for j in range(k + 1)])
+        return np.exp(logs[k] - logs - logs[::-1] - k * math.log(2))
 
     first, second = pmf(k1), pmf(k2)
     at_least = np.concatenate([np.cumsum(second[::-1])[::-1], [0.0]])  # P(v ≥ j), j = 0 … k2 + 1
