@@ -273,7 +273,7 @@ def main() -> int:
         if g not in pooled_without:
             pools = api._pools(matchers, [a.matcher], conditions=matchers.pooled["conditions"],
                                sizes=matchers.pooled["sizes"], without=g)
-            found = api._pool_record([r for r in refs if r.generator != g], a.matcher, pools.get(a.matcher))
+            found = api._pool_record([r for r in refs if r.generator != g], pools.get(a.matcher))
             pooled_without[g] = found if found is not None and found["adopted"] else None
             print(f"pooled thresholds without {g}: {found and {k: found[k] for k in ('adopted', 'operating_points')}}",
                   file=sys.stderr, flush=True)

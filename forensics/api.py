@@ -923,8 +923,8 @@ class _Records:
         return self._redrawn[key]
 
 
-def _pool_record(refs: Sequence[EnrolledCurve], name: str, pool: Any) -> dict[str, Any] | None:
-    """What ``calibration.yaml`` records of the matcher ``name``'s ``pool`` over ``refs``: its thresholds
+def _pool_record(refs: Sequence[EnrolledCurve], pool: Any) -> dict[str, Any] | None:
+    """What ``calibration.yaml`` records of a matcher's ``pool`` over ``refs``: its thresholds
     (:meth:`~forensics.match.calibration.Pool.record`) and whether it is adopted (:func:`_adoption`); None
     when there is nothing to pool (a single cell, or no points to choose on)."""
     found = pool.record(refs) if pool is not None and len(pool.cells) > 1 else None
@@ -2204,7 +2204,7 @@ def calibrate(*, protocol: str | None = None, registry: RegistryLike = None,
     for mname, m in fitted.items():
         with _Step(progress, f"checking {mname}'s pooled thresholds on {name}") if mname in pools else \
                 contextlib.nullcontext():
-            pooled = _pool_record(refs, mname, pools.get(mname))
+            pooled = _pool_record(refs, pools.get(mname))
         if pooled is not None and pooled["adopted"]:
             m = m.with_pooled_thresholds(pooled)
         cal = dict(m.calibration or {})
