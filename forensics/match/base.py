@@ -48,6 +48,7 @@ from forensics.match.calibration import (
     CALIBRATION_RULE, DEFAULT_OPERATING_POINT, at_operating_point, calibrate, check_operating_point, confused,
     held_out_points, pooled_calibration, refit_points, threshold_info, thresholds,
 )
+from forensics.match.family import FamilyDiscriminant, fit_families
 from forensics.match.similarity import generator_spreads, in_spreads, pairwise_distances, query_spreads
 from forensics.match.types import (
     Attribution, CalibrationPoints, Candidate, EnrolledCurve, as_curve, references_digest,
@@ -94,6 +95,7 @@ class Matcher(abc.ABC):
         self.protocol_digest: str | None = None
         self.n_layers: int | None = None
         self._families: dict[str, str] = {}
+        self._discriminants: dict[str, FamilyDiscriminant] = {}
 
     # -- what a matcher implements ----------------------------------------------------------------
     @abc.abstractmethod
@@ -163,11 +165,14 @@ class Matcher(abc.ABC):
         shared = {f for f in named.values() if sum(v == f for v in named.values()) > 1}
         self._families = {g: f for g, f in named.items() if f in shared}
         self._curves, self._curve_labels = x, labels
+        self._discriminants = {}
         if queries is None:
             self._spreads = generator_spreads(pairwise_distances(x, x), labels)
         else:  # the spread a query of one batch sees (the references are means of several)
-            self._spreads = query_spreads(x, labels, [r.instance for r in references],
-                                          {k: [self._query(q) for q in v] for k, v in queries.items()})
+            weighted = {k: [self._query(q) for q in v] for k, v in queries.items()}
+            self._spreads = query_spreads(x, labels, [r.instance for r in references], weighted)
+            if self.open_set and self._families:  # what tells a family's members apart at this batch size
+                self._discriminants = fit_families(self._families, references, weighted)
         self.calibration, self.held_out_points = None, None
         if self.open_set:
             given = self._given_calibration
@@ -327,8 +332,24 @@ class Matcher(abc.ABC):
             passed.append(f"distance {ratio:.2f}× {best.generator}'s spread ≤ {t_ratio:.2f}×")
         reason = (("passes the open-set thresholds: " + " and ".join(passed)) if passed else
                   "no open-set threshold applies") + f" ({n_refs})"
+        disc = self._discriminants.get(family) if family is not None else None
+        if disc is not None:
+            pick, d2 = disc.classify(self._query(vec))
+            doubt = disc.confused(best.generator)
+            others = " and ".join(m for m in disc.members if m != best.generator)
+            if pick == best.generator and d2 <= disc.reach and not doubt:
+                reason += (f"; told from {others} by the {family} discriminant (squared distance {d2:.1f} within its "
+                           f"reach {disc.reach:.1f}; held-out sub-batches of {best.generator} within reach and "
+                           f"named right {disc.right[best.generator]} of {disc.held_out[best.generator]})")
+            else:
+                why = (f"the {family} discriminant names {pick}" if pick != best.generator else
+                       f"it lies beyond the {family} discriminant's reach ({d2:.1f} > {disc.reach:.1f})"
+                       if d2 > disc.reach else "the discriminant's held-out check named " +
+                       "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubt))
+                return answer(None, f"the family {family}, not which of {' or '.join(disc.members)}: "
+                                    f"{best.generator} {reason}, but {why}", info, lookalikes, family, disc.members)
         taken = [seen for g, f in sorted(self._families.items()) if f == family and g != best.generator
-                 for seen in confused(cal, best.generator, g)] if family is not None else []
+                 for seen in confused(cal, best.generator, g)] if family is not None and disc is None else []
         if taken:
             members = sorted({best.generator, *(own for own, _, _, _ in taken), *(o for _, o, _, _ in taken)})
             how = "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in taken)
@@ -354,12 +375,20 @@ class Matcher(abc.ABC):
         """{generator: family} of the fitted references' generators that share a family with another."""
         return dict(self._families)
 
+    @property
+    def discriminants(self) -> dict[str, FamilyDiscriminant]:
+        """{family: its discriminant} where the matcher was fitted with single sub-batches standing for each
+        instance and the family's members can be told apart by one (:mod:`forensics.match.family`)."""
+        return dict(self._discriminants)
+
     def describe(self) -> dict[str, Any]:
         """What a report records about the matcher: its name, options and open-set calibration."""
         return {"name": self.name, "options": {k: v for k, v in self.options().items()},
                 "n_references": len(self.enrolled), "generators": self.generators,
                 "references_digest": references_digest(self.enrolled) if self.enrolled else None,
-                "open_set": self.calibration}
+                "open_set": self.calibration,
+                **({"families": {f: d.describe() for f, d in sorted(self._discriminants.items())}}
+                   if self._discriminants else {})}
 
 
 def _weights(weights: Sequence[float] | None) -> np.ndarray | None:

@@ -1,0 +1,176 @@
+"""Telling apart the generators of one family: a discriminant fitted on single sub-batches.
+
+Generators of one *family* (one network under several samplers) lie close together, and a small batch's
+curve is noisy: at m′ = 100 the similarity ranks a held-out sub-batch first as a sibling a few times in fifty,
+so a verdict naming one of them would be wrong that often. Yet the samplers differ along directions in
+which a batch's noise is small: weighed by that noise (a Mahalanobis distance), they come apart.
+
+Where a matcher is fitted with single sub-batches standing for each instance (a batch size or condition the
+references are redrawn at, :mod:`forensics.match.batchsize`), each family gets a :class:`FamilyDiscriminant`:
+the members' mean sub-batch curves and one within-member covariance pooled over them, shrunk towards a
+multiple of the identity by Ledoit and Wolf's rule (2004, "A well-conditioned estimator for large-dimensional
+covariance matrices"), the curves weighed as the matcher weighs them; a curve goes to the member whose mean
+is nearest in that metric (linear discriminant analysis with equal priors). It is checked on the references
+alone, as the open-set thresholds are:
+
+- each instance held out in turn (its sub-batches classified by a discriminant fitted without it): which
+  members it confuses;
+- each member left out in turn (its sub-batches classified by a discriminant of the others): how far a
+  sampler that is not enrolled lies from the member it is taken for.
+
+The *reach* is the squared distance that best tells the first kind classified right (within reach) from the
+second kind and the first kind classified wrong (beyond it), by balanced accuracy, at the smallest such cut.
+A verdict (:meth:`forensics.match.Matcher.attribute`) names one member of a family only where the similarity
+and the discriminant agree on it, within reach, and the held-out check never took it for a sibling or a
+sibling for it within reach; otherwise it names the family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from forensics.match.types import EnrolledCurve
+
+FAMILY_RULE = ("within a family, a linear discriminant (equal priors) on the single sub-batches that stand for "
+               "each instance, weighed as the matcher weighs curves, with one within-member covariance pooled over "
+               "the members and shrunk by Ledoit and Wolf's rule; checked holding out each instance and leaving out "
+               "each member; its reach the squared Mahalanobis distance that best tells held-out sub-batches "
+               "classified right from left-out members' and misclassified ones (balanced accuracy, the smallest "
+               "such cut); a member is named only where the similarity and the discriminant agree on it, within "
+               "reach, and the held-out check took it for no sibling nor a sibling for it within reach")
+
+
+@dataclass(frozen=True)
+class FamilyDiscriminant:
+    """The discriminant of one family, and what holding out its instances and leaving out its members showed
+    (see the module docstring). ``confusions``: {member: {member named instead: held-out sub-batches within
+    reach}}; ``held_out``: {member: its held-out sub-batches}; ``left_out``: {member left out: [its sub-batches
+    within reach of another member, its sub-batches]}."""
+
+    family: str
+    members: tuple[str, ...]
+    means: np.ndarray
+    precision: np.ndarray
+    reach: float
+    held_out: Mapping[str, int]
+    right: Mapping[str, int]
+    confusions: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    left_out: Mapping[str, Sequence[int]] = field(default_factory=dict)
+
+    def classify(self, vec: np.ndarray) -> tuple[str, float]:
+        """(the member whose mean is nearest to the weighted curve ``vec``, its squared distance)."""
+        return _nearest(self.means, self.precision, self.members, np.asarray(vec, dtype=np.float64)[None, :])[0]
+
+    def confused(self, member: str) -> list[tuple[str, str, int, int]]:
+        """(own member, member named, held-out sub-batches, sub-batches of the own member) for every way the
+        held-out check took ``member`` for a sibling or a sibling for it within reach (none: [])."""
+        out = []
+        for own, row in sorted(self.confusions.items()):
+            for other, k in sorted(row.items()):
+                if k and member in (own, other):
+                    out.append((own, other, int(k), int(self.held_out[own])))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records about the discriminant (JSON-ready)."""
+        return {"rule": FAMILY_RULE, "members": list(self.members), "reach": round(float(self.reach), 4),
+                "held_out": dict(self.held_out), "right": dict(self.right),
+                "confusions": {g: dict(r) for g, r in self.confusions.items()},
+                "left_out": {g: list(v) for g, v in self.left_out.items()}}
+
+
+def _fit(x: np.ndarray, y: np.ndarray, members: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(member means, precision of the pooled within-member covariance shrunk by Ledoit–Wolf)."""
+    from sklearn.covariance import ledoit_wolf
+
+    means = np.stack([x[y == g].mean(axis=0) for g in members])
+    residuals = x - means[np.searchsorted(np.asarray(members), y)]  # members are sorted
+    cov, _ = ledoit_wolf(residuals, assume_centered=True)
+    return means, np.linalg.pinv(cov, hermitian=True)
+
+
+def _nearest(means: np.ndarray, precision: np.ndarray, members: Sequence[str],
+             x: np.ndarray) -> list[tuple[str, float]]:
+    """For each row of ``x``: (nearest member, squared Mahalanobis distance to its mean)."""
+    diff = x[:, None, :] - means[None, :, :]
+    d2 = np.einsum("nkl,lm,nkm->nk", diff, precision, diff)
+    k = d2.argmin(axis=1)
+    return [(members[j], float(d2[i, j])) for i, j in enumerate(k)]
+
+
+def _reach(accept: np.ndarray, refuse: np.ndarray) -> float:
+    """The cut on squared distance (a curve within it is accepted) of the best balanced accuracy between
+    ``accept`` and ``refuse``; the smallest among ties. No accepted value: nothing is within reach (−1)."""
+    if not len(accept):
+        return -1.0
+    if not len(refuse):
+        return float(accept.max())
+    cuts = np.unique(accept)
+    kept = np.searchsorted(np.sort(accept), cuts, side="right") / len(accept)
+    caught = 1.0 - np.searchsorted(np.sort(refuse), cuts, side="right") / len(refuse)
+    ba = 0.5 * (kept + caught)
+    return float(cuts[int(np.flatnonzero(ba >= ba.max() - 1e-12)[0])])
+
+
+def fit_family(family: str, curves: Mapping[str, tuple[str, np.ndarray]]) -> FamilyDiscriminant | None:
+    """The discriminant of ``family`` from ``curves`` ({instance: (member, its sub-batches' weighted curves,
+    one a row)}); ``None`` where it cannot be checked: fewer than two members, a member with fewer than two
+    instances (none to hold out), or fewer sub-batches beyond the members' means than layers (too few to
+    estimate a batch's noise)."""
+    members = tuple(sorted({g for g, _ in curves.values()}))
+    by_member = {g: [i for i, (h, _) in curves.items() if h == g] for g in members}
+    n = sum(len(v) for _, v in curves.values())
+    n_layers = next(iter(curves.values()))[1].shape[1] if curves else 0
+    if len(members) < 2 or min(len(v) for v in by_member.values()) < 2 or n - len(members) < n_layers:
+        return None
+    ids = sorted(curves)
+    x = np.concatenate([curves[i][1] for i in ids]).astype(np.float64)
+    y = np.concatenate([[curves[i][0]] * len(curves[i][1]) for i in ids]).astype(str)
+    inst = np.concatenate([[i] * len(curves[i][1]) for i in ids]).astype(str)
+    held: list[tuple[str, str, float]] = []  # (own, classified as, d²) of held-out instances' sub-batches
+    for i in ids:
+        rest = inst != i
+        means, precision = _fit(x[rest], y[rest], members)
+        held += [(curves[i][0], g, d) for g, d in _nearest(means, precision, members, x[~rest])]
+    strays: list[tuple[str, float]] = []  # (member left out, d²) of its sub-batches to the others'
+    for g in members:
+        rest = y != g
+        others = tuple(h for h in members if h != g)
+        means, precision = _fit(x[rest], y[rest], others)
+        strays += [(g, d) for _, d in _nearest(means, precision, others, x[~rest])]
+    accept = np.array([d for own, got, d in held if got == own])
+    refuse = np.array([d for own, got, d in held if got != own] + [d for _, d in strays])
+    reach = _reach(accept, refuse)
+    confusions: dict[str, dict[str, int]] = {}
+    for own, got, d in held:
+        if got != own and d <= reach:
+            confusions.setdefault(own, {})
+            confusions[own][got] = confusions[own].get(got, 0) + 1
+    means, precision = _fit(x, y, members)
+    return FamilyDiscriminant(
+        family, members, means, precision, reach,
+        held_out={g: int((y == g).sum()) for g in members},
+        right={g: sum(1 for own, got, d in held if own == g and got == g and d <= reach) for g in members},
+        confusions=confusions,
+        left_out={g: [sum(1 for h, d in strays if h == g and d <= reach), int((y == g).sum())] for g in members})
+
+
+def fit_families(families: Mapping[str, str], references: Sequence[EnrolledCurve],
+                 queries: Mapping[str, Sequence[np.ndarray]]) -> dict[str, FamilyDiscriminant]:
+    """{family: its discriminant} for every family of ``families`` ({generator: family}) whose members'
+    instances all have weighted sub-batch curves in ``queries`` (by instance id) and that can be checked."""
+    out = {}
+    for family in sorted(set(families.values())):
+        refs = [r for r in references if families.get(r.generator) == family]
+        if not refs or any(not queries.get(r.instance) for r in refs):
+            continue
+        found = fit_family(family, {r.instance: (r.generator, np.stack([np.asarray(q, np.float64)
+                                                                         for q in queries[r.instance]]))
+                                    for r in refs})
+        if found is not None:
+            out[family] = found
+    return out
