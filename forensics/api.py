@@ -1555,7 +1555,8 @@ class _RecordSides:
     rule for a condition it keeps no records under yet), or with ``rescore`` the rule for each, every record
     under it being scored again. ``fall_back`` is the engine's ``fall_back``: where the statistic cannot be
     fitted on T and P_n put through a condition, a part's records under it are scored against T and P_n as they
-    are (one warning a part and condition, naming the statistic's reason; the registry records it), unless the
+    are (one note a part and condition in ``notes``, naming the statistic's reason, for the caller's result to
+    carry among its warnings; the registry records it), unless the
     registry keeps records under that condition scored against the processed side already and they are not all
     scored again: then a :class:`~forensics.errors.StatisticError` naming the condition, as those records and new
     ones would not be comparable."""
@@ -1564,6 +1565,7 @@ class _RecordSides:
         self.reg, self.rescore = reg, rescore
         self.parts = [part.name for part in reg.protocol(protocol).parts]
         self.fell: dict[tuple[str, str], str] = {}  # (part, condition) → why it is scored against none
+        self.notes: list[str] = []  # one sentence a fallback, for the caller's warnings
 
     def __call__(self, condition: str) -> dict[str, str]:
         from forensics.conditions import NONE, reference_condition
@@ -1577,9 +1579,7 @@ class _RecordSides:
 
     def fall_back(self, unfit: Any) -> None:
         """Score ``unfit.protocol``'s records under ``unfit.condition`` against T and P_n as they are
-        (:class:`forensics.engine.ProcessedSideUnfit`), and warn of it; or raise, as the class says."""
-        import warnings
-
+        (:class:`forensics.engine.ProcessedSideUnfit`), and note it; or raise, as the class says."""
         from forensics.errors import StatisticError
 
         if not self.rescore and unfit.condition in self.reg.processing_of(unfit.protocol):
@@ -1587,10 +1587,10 @@ class _RecordSides:
                                  "P_n processed so, and new ones must be scored alike; leave "
                                  f"{unfit.condition} out of --conditions") from unfit
         self.fell[(unfit.protocol, unfit.condition)] = unfit.reason
-        warnings.warn(f"{unfit.protocol}: records under {unfit.condition} are scored against T and P_n as they are, "
-                      f"not put through {unfit.condition}: the statistic cannot be fitted on them so processed "
-                      f"({unfit.reason}); processing.yaml records it, and queries under {unfit.condition} are scored "
-                      "alike", stacklevel=2)
+        self.notes.append(f"{unfit.protocol}: records under {unfit.condition} are scored against T and P_n as they "
+                          f"are, not put through {unfit.condition}: the statistic cannot be fitted on them so processed "
+                          f"({unfit.reason}); processing.yaml records it, and queries under {unfit.condition} are "
+                          "scored alike")
 
 
 def enroll(images: Images, generator: str, *, protocol: str | None = None, registry: RegistryLike = None,
@@ -1668,7 +1668,7 @@ def enroll(images: Images, generator: str, *, protocol: str | None = None, regis
                            input_sha256=record.sha256, registry=reg.path, batch_size=proto.batch_size,
                            left_out=len(data) % proto.batch_size,
                            n_undefined=sum(len(fp.undefined) for fp in fps), skipped=dict(record.skipped),
-                           conditions=tuple(records[0]) if records else (), warnings=warnings)
+                           conditions=tuple(records[0]) if records else (), warnings=warnings + tuple(sides.notes))
 
 
 def _ship_scoring_sides(reg: Registry, eng: Any, *, fit: bool = False) -> list[Path]:
@@ -1789,6 +1789,10 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
                                                     fall_back=sides.fall_back)
     kept = _keep_records(reg, pname, generator, mine, fps, records, facts, digests, sides)
     _ship_scoring_sides(reg, engines.make_engine(proto, reference_dir=reg.reference_dir))
+    import warnings
+
+    for note in sides.notes:  # (the result is the instances' conditions: the CLI prints warnings as they come)
+        warnings.warn(note, stacklevel=2)
     return kept
 
 
@@ -2642,6 +2646,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
     parts = reg.protocol(pname).parts
     done: list[dict[str, Any]] = []
     recorded: list[dict[str, Any]] = []
+    notes: list[str] = []  # the enrolments' warnings
     skipped = hashed = 0
     for proto in parts:  # a combination reads its protocols' instances: enrol under each
         enrolled = reg.enrolled(proto.name)
@@ -2709,7 +2714,9 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
         if scored:
             reg.rescore_records(proto.name, scored, again, {c: anew(c)[proto.name] for c in again})
         _ship_scoring_sides(reg, runner)
-    return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded), hashed)
+        notes += [*against.notes, *anew.notes]
+    return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded), hashed,
+                        tuple(notes))
 
 
 def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,

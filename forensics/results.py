@@ -924,8 +924,8 @@ class ZooListing:
 class ZooEnrolment:
     """``forensics.zoo_enroll``: the zoo sets enrolled (protocol, generator, instance, ids), those enrolled
     before that were given records under conditions they lacked (the same, and ``conditions``), how many
-    were there already with every condition asked for, and how many instances were given their images'
-    digests (kept since)."""
+    were there already with every condition asked for, how many instances were given their images' digests
+    (kept since), and what the user should know (``warnings``: a condition scored against T and P_n as they are)."""
 
     protocol: str
     parts: tuple[str, ...]
@@ -933,11 +933,12 @@ class ZooEnrolment:
     skipped: int
     recorded: tuple[Mapping[str, Any], ...] = ()
     hashed: int = 0  # instances (per protocol) given the digests of their images, kept since
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": ZOO_ENROLL_SCHEMA, "protocol": self.protocol,
                 "enrolled": [dict(d) for d in self.enrolled], "recorded": [dict(d) for d in self.recorded],
-                "skipped": self.skipped, "hashed": self.hashed}
+                "skipped": self.skipped, "hashed": self.hashed, "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,8 @@ def enroll(
         result = zoo_enroll(protocol=protocol, registry=registry, generators=generator, instances=instance,
                             samples=samples, device=device, weights=weights, on_enrolled=tell, progress=update,
                             engine=engine, ray_address=ray_address, conditions=conditions, rescore=rescore)
+    for line in result.warnings:  # (on stderr, also beside --json: its "warnings" say the same)
+        err.print(f"[yellow]warning:[/] {esc(line)}", soft_wrap=True)
     if json_out:
         print_json(result.to_dict())
     else:
