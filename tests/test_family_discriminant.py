@@ -98,7 +98,9 @@ def test_the_reach_is_the_smallest_cut_of_the_best_balanced_accuracy():
     every = np.unique(np.concatenate([accept, refuse]))
     best = max(ba(c) for c in every)
     assert ba(cut) == pytest.approx(best)
-    assert all(ba(c) < best - 1e-12 for c in every if c < cut)
+    below, above = every[every <= cut].max(), every[every > cut].min()  # halfway between two values seen
+    assert cut == pytest.approx(0.5 * (below + above))
+    assert all(ba(c) < best - 1e-12 for c in every if c < below)  # the smallest of the tying cuts
     assert _reach(np.array([]), refuse) < 0 and _reach(accept, np.array([])) == accept.max()
 
 
@@ -170,3 +172,19 @@ def test_the_report_records_the_discriminant():
     rec = json.loads(json.dumps(d["families"]))
     assert rec["net"]["members"] == ["a", "b", "c"] and rec["net"]["reach"] > 0
     assert set(rec["net"]["left_out"]) == {"a", "b", "c"}
+
+
+def test_a_member_doubted_by_one_held_out_check_is_named_only_where_the_other_never_doubted_it():
+    import dataclasses
+
+    m = fitted()
+    q = MEMBERS["b"]
+    assert m.attribute(q).verdict == "b"
+    m._discriminants["net"] = dataclasses.replace(m.discriminants["net"], confusions={"a": {"b": 2}})
+    m.calibration = {**m.calibration, "confusions": {}}
+    ans = m.attribute(q)
+    assert ans.verdict == "b" and "calibration's thresholds let no held-out sibling through" in ans.reason
+    m.calibration = {**m.calibration, "confusions": {"b": {"c": [1, 48]}}}
+    ans = m.attribute(q)
+    assert ans.verdict is None and ans.family == "net" and "both held-out checks took it for a sibling" in ans.reason
+    assert m.attribute(MEMBERS["c"]).verdict == "c"  # doubted by calibration alone: the discriminant never was

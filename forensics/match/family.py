@@ -19,10 +19,12 @@ alone, as the open-set thresholds are:
   sampler that is not enrolled lies from the member it is taken for.
 
 The *reach* is the squared distance that best tells the first kind classified right (within reach) from the
-second kind and the first kind classified wrong (beyond it), by balanced accuracy, at the smallest such cut.
+second kind and the first kind classified wrong (beyond it), by balanced accuracy: the smallest such cut, placed
+halfway to the next distance seen.
 A verdict (:meth:`forensics.match.Matcher.attribute`) names one member of a family only where the similarity
-and the discriminant agree on it, within reach, and the held-out check never took it for a sibling or a
-sibling for it within reach; otherwise it names the family.
+and the discriminant agree on it, within reach, and one of the two held-out checks never took it for a sibling
+nor a sibling for it: the discriminant's (within reach), or calibration's through the open-set thresholds
+(its ``confusions``); otherwise it names the family.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ FAMILY_RULE = ("within a family, a linear discriminant (equal priors) on the sin
                "the members and shrunk by Ledoit and Wolf's rule; checked holding out each instance and leaving out "
                "each member; its reach the squared Mahalanobis distance that best tells held-out sub-batches "
                "classified right from left-out members' and misclassified ones (balanced accuracy, the smallest "
-               "such cut); a member is named only where the similarity and the discriminant agree on it, within "
-               "reach, and the held-out check took it for no sibling nor a sibling for it within reach")
+               "such cut, halfway to the next distance seen); a member is named only where the similarity and the discriminant agree on it, within "
+               "reach, and either the discriminant's held-out check (within reach) or calibration's (through the "
+               "open-set thresholds) took it for no sibling nor a sibling for it")
 
 
 @dataclass(frozen=True)
@@ -104,16 +107,19 @@ def _nearest(means: np.ndarray, precision: np.ndarray, members: Sequence[str],
 
 def _reach(accept: np.ndarray, refuse: np.ndarray) -> float:
     """The cut on squared distance (a curve within it is accepted) of the best balanced accuracy between
-    ``accept`` and ``refuse``; the smallest among ties. No accepted value: nothing is within reach (−1)."""
+    ``accept`` and ``refuse``: of the tying cuts the smallest, placed halfway to the next value seen (every cut
+    between the two splits the points alike; the middle, as the open-set calibration places its thresholds).
+    No accepted value: nothing is within reach (−1)."""
     if not len(accept):
         return -1.0
-    if not len(refuse):
-        return float(accept.max())
     cuts = np.unique(accept)
     kept = np.searchsorted(np.sort(accept), cuts, side="right") / len(accept)
-    caught = 1.0 - np.searchsorted(np.sort(refuse), cuts, side="right") / len(refuse)
+    caught = 1.0 - np.searchsorted(np.sort(refuse), cuts, side="right") / max(len(refuse), 1)
     ba = 0.5 * (kept + caught)
-    return float(cuts[int(np.flatnonzero(ba >= ba.max() - 1e-12)[0])])
+    cut = float(cuts[int(np.flatnonzero(ba >= ba.max() - 1e-12)[0])])
+    above = np.concatenate([accept, refuse])
+    above = above[above > cut]
+    return cut if not len(above) else 0.5 * (cut + float(above.min()))
 
 
 def fit_family(family: str, curves: Mapping[str, tuple[str, np.ndarray]]) -> FamilyDiscriminant | None:
