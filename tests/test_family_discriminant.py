@@ -168,10 +168,16 @@ def test_no_discriminant_without_sub_batches_or_held_out_instances():
 
 
 def test_the_report_records_the_discriminant():
-    d = fitted().describe()
-    rec = json.loads(json.dumps(d["families"]))
+    import jsonschema
+
+    from forensics.schemas import load
+
+    d = json.loads(json.dumps(fitted().describe()))
+    rec = d["families"]
     assert rec["net"]["members"] == ["a", "b", "c"] and rec["net"]["reach"] > 0
     assert set(rec["net"]["left_out"]) == {"a", "b", "c"}
+    schema = load("forensics.attribution/1")
+    jsonschema.validate(d, {**schema["$defs"]["matcher_record"], "$defs": schema["$defs"]})
 
 
 def test_a_member_doubted_by_one_held_out_check_is_named_only_where_the_other_never_doubted_it():
