@@ -83,7 +83,7 @@ def test_classification_is_the_nearest_member_in_the_shrunk_pooled_metric():
     for base in (*MEMBERS.values(), NET + [0.2, 0, 0, 0, 0, 0.1]):  # the last: a stranger
         q = sub_batches(base, rng, 1)[0]
         d2 = {g: float((q - m) @ prec @ (q - m)) for g, m in means.items()}
-        g, d = disc.classify(q)
+        g, d, _ = disc.classify(q)
         assert g == min(d2, key=d2.get) and d == pytest.approx(d2[g], rel=1e-9)
 
 
@@ -138,7 +138,7 @@ def test_where_the_two_disagree_the_answer_is_the_family():
     seen = 0
     for q in sub_batches(MEMBERS["b"], rng, 400):
         first = m.rank(q)[0].generator
-        pick, _ = disc.classify(m._query(q))
+        pick, _, _ = disc.classify(m._query(q))
         if first in MEMBERS and pick != first:
             ans = m.attribute(q)
             assert ans.verdict is None and ans.family in ("net", None)
@@ -186,7 +186,8 @@ def test_a_member_doubted_by_one_held_out_check_is_named_only_where_the_other_ne
     m = fitted()
     q = MEMBERS["b"]
     assert m.attribute(q).verdict == "b"
-    m._discriminants["net"] = dataclasses.replace(m.discriminants["net"], confusions={"a": {"b": 2}})
+    m._discriminants["net"] = dataclasses.replace(m.discriminants["net"], confusions={"a": {"b": 2}},
+                                                  leads={"a": {"b": 1e9}})  # surer than any query
     m.calibration = {**m.calibration, "confusions": {}}
     ans = m.attribute(q)
     assert ans.verdict == "b" and "calibration's thresholds let no held-out sibling through" in ans.reason
@@ -194,3 +195,20 @@ def test_a_member_doubted_by_one_held_out_check_is_named_only_where_the_other_ne
     ans = m.attribute(q)
     assert ans.verdict is None and ans.family == "net" and "both held-out checks took it for a sibling" in ans.reason
     assert m.attribute(MEMBERS["c"]).verdict == "c"  # doubted by calibration alone: the discriminant never was
+
+
+def test_a_held_out_confusion_doubts_only_answers_it_was_as_sure_of():
+    """A held-out sub-batch named as a sibling by a small lead says nothing against a query the discriminant
+    names by a larger one: the query is named; one named by a smaller lead answers the family."""
+    import dataclasses
+
+    m = fitted()
+    q = MEMBERS["b"]
+    _, _, lead = m.discriminants["net"].classify(m._query(q))
+    m.calibration = {**m.calibration, "confusions": {"b": {"a": [1, 48]}}}  # calibration's similarity doubts b
+    for found, named in ((0.5 * lead, "b"), (2 * lead, None)):
+        m._discriminants["net"] = dataclasses.replace(m.discriminants["net"], confusions={"b": {"a": 1}},
+                                                      leads={"b": {"a": found}})
+        ans = m.attribute(q)
+        assert ans.verdict == named, (found, lead, ans.reason)
+    assert "by leads of" in ans.reason and ans.family == "net"

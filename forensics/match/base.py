@@ -336,12 +336,13 @@ class Matcher(abc.ABC):
                  for seen in confused(cal, best.generator, g)] if family is not None else []
         disc = self._discriminants.get(family) if family is not None else None
         if disc is not None:
-            pick, d2 = disc.classify(self._query(vec))
-            doubt = disc.confused(best.generator)
+            pick, d2, lead = disc.classify(self._query(vec))
+            doubt = disc.confused(best.generator, lead)  # held-out confusions at least as sure as this answer
             others = " and ".join(m for m in disc.members if m != best.generator)
             if pick == best.generator and d2 <= disc.reach and not (doubt and taken):
                 held = (f"held-out sub-batches of {best.generator} within reach and named right "
-                        f"{disc.right[best.generator]} of {disc.held_out[best.generator]}" if not doubt else
+                        f"{disc.right[best.generator]} of {disc.held_out[best.generator]}, none confused with a "
+                        f"sibling by a lead of {lead:.1f} or more" if not doubt else
                         "calibration's thresholds let no held-out sibling through as it, nor it as one")
                 reason += (f"; told from {others} by the {family} discriminant (squared distance {d2:.1f} within its "
                            f"reach {disc.reach:.1f}; {held})")
@@ -351,7 +352,7 @@ class Matcher(abc.ABC):
                 why = (f"the {family} discriminant names {pick}" if pick != best.generator else
                        f"it lies beyond the {family} discriminant's reach ({d2:.1f} > {disc.reach:.1f})"
                        if d2 > disc.reach else f"both held-out checks took it for a sibling: the discriminant's "
-                       f"named {how}, calibration's " + "; ".join(f"{own} as {other} {k} of {n} times"
+                       f"named {how}, by leads of {lead:.1f} or more, calibration's " + "; ".join(f"{own} as {other} {k} of {n} times"
                                                                   for own, other, k, n in taken))
                 return answer(None, f"the family {family}, not which of {' or '.join(disc.members)}: "
                                     f"{best.generator} {reason}, but {why}", info, lookalikes, family, disc.members)

@@ -23,8 +23,9 @@ second kind and the first kind classified wrong (beyond it), by balanced accurac
 halfway to the next distance seen.
 A verdict (:meth:`forensics.match.Matcher.attribute`) names one member of a family only where the similarity
 and the discriminant agree on it, within reach, and one of the two held-out checks never took it for a sibling
-nor a sibling for it: the discriminant's (within reach), or calibration's through the open-set thresholds
-(its ``confusions``); otherwise it names the family.
+nor a sibling for it: the discriminant's (within reach, and by a *lead* — the squared distance to the second
+nearest member less that to the nearest — at least the query's), or calibration's through the open-set
+thresholds (its ``confusions``); otherwise it names the family.
 """
 
 from __future__ import annotations
@@ -43,16 +44,18 @@ FAMILY_RULE = ("within a family, a linear discriminant (equal priors) on the sin
                "each member; its reach the squared Mahalanobis distance that best tells held-out sub-batches "
                "classified right from left-out members' and misclassified ones (balanced accuracy, the smallest "
                "such cut, halfway to the next distance seen); a member is named only where the similarity and the discriminant agree on it, within "
-               "reach, and either the discriminant's held-out check (within reach) or calibration's (through the "
-               "open-set thresholds) took it for no sibling nor a sibling for it")
+               "reach, and either the discriminant's held-out check (within reach, by a lead over the second nearest "
+               "member at least the query's) or calibration's (through the open-set thresholds) took it for no sibling "
+               "nor a sibling for it")
 
 
 @dataclass(frozen=True)
 class FamilyDiscriminant:
     """The discriminant of one family, and what holding out its instances and leaving out its members showed
     (see the module docstring). ``confusions``: {member: {member named instead: held-out sub-batches within
-    reach}}; ``held_out``: {member: its held-out sub-batches}; ``left_out``: {member left out: [its sub-batches
-    within reach of another member, its sub-batches]}."""
+    reach}}, and ``leads`` the largest lead each of those was named by; ``held_out``: {member: its held-out
+    sub-batches}; ``left_out``: {member left out: [its sub-batches within reach of another member, its
+    sub-batches]}."""
 
     family: str
     members: tuple[str, ...]
@@ -62,19 +65,22 @@ class FamilyDiscriminant:
     held_out: Mapping[str, int]
     right: Mapping[str, int]
     confusions: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    leads: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     left_out: Mapping[str, Sequence[int]] = field(default_factory=dict)
 
-    def classify(self, vec: np.ndarray) -> tuple[str, float]:
-        """(the member whose mean is nearest to the weighted curve ``vec``, its squared distance)."""
+    def classify(self, vec: np.ndarray) -> tuple[str, float, float]:
+        """(the member whose mean is nearest to the weighted curve ``vec``, its squared distance, its lead: the
+        squared distance to the second nearest less that)."""
         return _nearest(self.means, self.precision, self.members, np.asarray(vec, dtype=np.float64)[None, :])[0]
 
-    def confused(self, member: str) -> list[tuple[str, str, int, int]]:
+    def confused(self, member: str, lead: float = 0.0) -> list[tuple[str, str, int, int]]:
         """(own member, member named, held-out sub-batches, sub-batches of the own member) for every way the
-        held-out check took ``member`` for a sibling or a sibling for it within reach (none: [])."""
+        held-out check took ``member`` for a sibling or a sibling for it within reach, by a lead of at least
+        ``lead`` (none: [])."""
         out = []
         for own, row in sorted(self.confusions.items()):
             for other, k in sorted(row.items()):
-                if k and member in (own, other):
+                if k and member in (own, other) and self.leads[own][other] >= lead:
                     out.append((own, other, int(k), int(self.held_out[own])))
         return out
 
@@ -83,6 +89,7 @@ class FamilyDiscriminant:
         return {"rule": FAMILY_RULE, "members": list(self.members), "reach": round(float(self.reach), 4),
                 "held_out": dict(self.held_out), "right": dict(self.right),
                 "confusions": {g: dict(r) for g, r in self.confusions.items()},
+                "leads": {g: {h: round(float(v), 4) for h, v in r.items()} for g, r in self.leads.items()},
                 "left_out": {g: list(v) for g, v in self.left_out.items()}}
 
 
@@ -97,12 +104,14 @@ def _fit(x: np.ndarray, y: np.ndarray, members: Sequence[str]) -> tuple[np.ndarr
 
 
 def _nearest(means: np.ndarray, precision: np.ndarray, members: Sequence[str],
-             x: np.ndarray) -> list[tuple[str, float]]:
-    """For each row of ``x``: (nearest member, squared Mahalanobis distance to its mean)."""
+             x: np.ndarray) -> list[tuple[str, float, float]]:
+    """For each row of ``x``: (nearest member, squared Mahalanobis distance to its mean, that to the second
+    nearest less it; infinite with one member)."""
     diff = x[:, None, :] - means[None, :, :]
     d2 = np.einsum("nkl,lm,nkm->nk", diff, precision, diff)
     k = d2.argmin(axis=1)
-    return [(members[j], float(d2[i, j])) for i, j in enumerate(k)]
+    second = np.sort(d2, axis=1)[:, 1] if d2.shape[1] > 1 else np.full(len(d2), np.inf)
+    return [(members[j], float(d2[i, j]), float(second[i] - d2[i, j])) for i, j in enumerate(k)]
 
 
 def _reach(accept: np.ndarray, refuse: np.ndarray) -> float:
@@ -137,31 +146,34 @@ def fit_family(family: str, curves: Mapping[str, tuple[str, np.ndarray]]) -> Fam
     x = np.concatenate([curves[i][1] for i in ids]).astype(np.float64)
     y = np.concatenate([[curves[i][0]] * len(curves[i][1]) for i in ids]).astype(str)
     inst = np.concatenate([[i] * len(curves[i][1]) for i in ids]).astype(str)
-    held: list[tuple[str, str, float]] = []  # (own, classified as, d²) of held-out instances' sub-batches
+    held: list[tuple[str, str, float, float]] = []  # (own, classified as, d², lead) of held-out sub-batches
     for i in ids:
         rest = inst != i
         means, precision = _fit(x[rest], y[rest], members)
-        held += [(curves[i][0], g, d) for g, d in _nearest(means, precision, members, x[~rest])]
+        held += [(curves[i][0], *found) for found in _nearest(means, precision, members, x[~rest])]
     strays: list[tuple[str, float]] = []  # (member left out, d²) of its sub-batches to the others'
     for g in members:
         rest = y != g
         others = tuple(h for h in members if h != g)
         means, precision = _fit(x[rest], y[rest], others)
-        strays += [(g, d) for _, d in _nearest(means, precision, others, x[~rest])]
-    accept = np.array([d for own, got, d in held if got == own])
-    refuse = np.array([d for own, got, d in held if got != own] + [d for _, d in strays])
+        strays += [(g, d) for _, d, _ in _nearest(means, precision, others, x[~rest])]
+    accept = np.array([d for own, got, d, _ in held if got == own])
+    refuse = np.array([d for own, got, d, _ in held if got != own] + [d for _, d in strays])
     reach = _reach(accept, refuse)
     confusions: dict[str, dict[str, int]] = {}
-    for own, got, d in held:
+    leads: dict[str, dict[str, float]] = {}
+    for own, got, d, lead in held:
         if got != own and d <= reach:
             confusions.setdefault(own, {})
             confusions[own][got] = confusions[own].get(got, 0) + 1
+            leads.setdefault(own, {})
+            leads[own][got] = max(leads[own].get(got, 0.0), lead)
     means, precision = _fit(x, y, members)
     return FamilyDiscriminant(
         family, members, means, precision, reach,
         held_out={g: int((y == g).sum()) for g in members},
-        right={g: sum(1 for own, got, d in held if own == g and got == g and d <= reach) for g in members},
-        confusions=confusions,
+        right={g: sum(1 for own, got, d, _ in held if own == g and got == g and d <= reach) for g in members},
+        confusions=confusions, leads=leads,
         left_out={g: [sum(1 for h, d in strays if h == g and d <= reach), int((y == g).sum())] for g in members})
 
 
