@@ -335,27 +335,13 @@ class Matcher(abc.ABC):
         taken = [seen for g, f in sorted(self._families.items()) if f == family and g != best.generator
                  for seen in confused(cal, best.generator, g)] if family is not None else []
         disc = self._discriminants.get(family) if family is not None else None
-        if disc is not None:
-            pick, d2, lead = disc.classify(self._query(vec))
-            doubt = disc.confused(best.generator, lead)  # held-out confusions at least as sure as this answer
-            others = " and ".join(m for m in disc.members if m != best.generator)
-            if pick == best.generator and d2 <= disc.reach and not (doubt and taken):
-                held = (f"held-out sub-batches of {best.generator} within reach and named right "
-                        f"{disc.right[best.generator]} of {disc.held_out[best.generator]}, none confused with a "
-                        f"sibling by a lead of {lead:.1f} or more" if not doubt else
-                        "calibration's thresholds let no held-out sibling through as it, nor it as one")
-                reason += (f"; told from {others} by the {family} discriminant (squared distance {d2:.1f} within its "
-                           f"reach {disc.reach:.1f}; {held})")
-                taken = []
-            else:
-                how = "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubt)
-                why = (f"the {family} discriminant names {pick}" if pick != best.generator else
-                       f"it lies beyond the {family} discriminant's reach ({d2:.1f} > {disc.reach:.1f})"
-                       if d2 > disc.reach else f"both held-out checks took it for a sibling: the discriminant's "
-                       f"named {how}, by leads of {lead:.1f} or more, calibration's " + "; ".join(f"{own} as {other} {k} of {n} times"
-                                                                  for own, other, k, n in taken))
+        if disc is not None:  # the family's discriminant decides whether its member is named
+            named, words = disc.judge(best.generator, self._query(vec), taken)
+            if not named:
                 return answer(None, f"the family {family}, not which of {' or '.join(disc.members)}: "
-                                    f"{best.generator} {reason}, but {why}", info, lookalikes, family, disc.members)
+                                    f"{best.generator} {reason}, but {words}", info, lookalikes, family, disc.members)
+            reason += f"; {words}"
+            taken = []
         if taken:
             members = sorted({best.generator, *(own for own, _, _, _ in taken), *(o for _, o, _, _ in taken)})
             how = "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in taken)

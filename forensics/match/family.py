@@ -84,6 +84,30 @@ class FamilyDiscriminant:
                     out.append((own, other, int(k), int(self.held_out[own])))
         return out
 
+    def judge(self, member: str, vec: np.ndarray, doubted: Sequence[tuple[str, str, int, int]] = ()
+              ) -> tuple[bool, str]:
+        """Whether a verdict may name ``member``, ranked first by the similarity for the weighted curve ``vec``,
+        and why, in words for its reason (see the module docstring). ``doubted``: how calibration's held-out
+        check, through the open-set thresholds, took ``member`` for a sibling or a sibling for it (own, named,
+        queries, of them; :func:`forensics.match.calibration.confused`)."""
+        pick, d2, lead = self.classify(vec)
+        doubt = self.confused(member, lead)  # held-out confusions at least as sure as this answer
+        if pick != member:
+            return False, f"the {self.family} discriminant names {pick}"
+        if d2 > self.reach:
+            return False, f"it lies beyond the {self.family} discriminant's reach ({d2:.1f} > {self.reach:.1f})"
+        if doubt and doubted:
+            return False, ("both held-out checks took it for a sibling: the discriminant's named "
+                           + "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubt)
+                           + f", by leads of {lead:.1f} or more, calibration's "
+                           + "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubted))
+        held = (f"held-out sub-batches of {member} within reach and named right {self.right[member]} of "
+                f"{self.held_out[member]}, none confused with a sibling by a lead of {lead:.1f} or more"
+                if not doubt else "calibration's thresholds let no held-out sibling through as it, nor it as one")
+        others = " and ".join(m for m in self.members if m != member)
+        return True, (f"told from {others} by the {self.family} discriminant (squared distance {d2:.1f} within its "
+                      f"reach {self.reach:.1f}; {held})")
+
     def describe(self) -> dict[str, Any]:
         """What a report records about the discriminant (JSON-ready)."""
         return {"rule": FAMILY_RULE, "members": list(self.members), "reach": round(float(self.reach), 4),
