@@ -101,8 +101,9 @@ class FamilyDiscriminant:
                            + "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubt)
                            + f", by leads of {lead:.1f} or more, calibration's "
                            + "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubted))
+        surer = f" by a lead of {lead:.1f} or more" if self.confused(member) else ""
         held = (f"held-out sub-batches of {member} within reach and named right {self.right[member]} of "
-                f"{self.held_out[member]}, none confused with a sibling by a lead of {lead:.1f} or more"
+                f"{self.held_out[member]}, none confused with a sibling{surer}"
                 if not doubt else "calibration's thresholds let no held-out sibling through as it, nor it as one")
         others = " and ".join(m for m in self.members if m != member)
         return True, (f"told from {others} by the {self.family} discriminant (squared distance {d2:.1f} within its "
