@@ -43,10 +43,10 @@ FAMILY_RULE = ("within a family, a linear discriminant (equal priors) on the sin
                "the members and shrunk by Ledoit and Wolf's rule; checked holding out each instance and leaving out "
                "each member; its reach the squared Mahalanobis distance that best tells held-out sub-batches "
                "classified right from left-out members' and misclassified ones (balanced accuracy, the smallest "
-               "such cut, halfway to the next distance seen); a member is named only where the similarity and the discriminant agree on it, within "
-               "reach, and either the discriminant's held-out check (within reach, by a lead over the second nearest "
-               "member at least the query's) or calibration's (through the open-set thresholds) took it for no sibling "
-               "nor a sibling for it")
+               "such cut, halfway to the next distance seen); a member is named only where the similarity and the "
+               "discriminant agree on it, within reach, and either the discriminant's held-out check (within reach, "
+               "by a lead over the second nearest member at least the query's) or calibration's (through the "
+               "open-set thresholds) took it for no sibling nor a sibling for it")
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,8 @@ class FamilyDiscriminant:
         if d2 > self.reach:
             return False, f"it lies beyond the {self.family} discriminant's reach ({d2:.1f} > {self.reach:.1f})"
         if doubt and doubted:
-            return False, ("both held-out checks took it for a sibling: the discriminant's named "
-                           + "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubt)
-                           + f", by leads of {lead:.1f} or more, calibration's "
-                           + "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in doubted))
+            return False, (f"both held-out checks took it for a sibling: the discriminant's named {_times(doubt)}, by "
+                           f"leads of {lead:.1f} or more, calibration's {_times(doubted)}")
         surer = f" by a lead of {lead:.1f} or more" if self.confused(member) else ""
         held = (f"held-out sub-batches of {member} within reach and named right {self.right[member]} of "
                 f"{self.held_out[member]}, none confused with a sibling{surer}"
@@ -116,6 +114,11 @@ class FamilyDiscriminant:
                 "confusions": {g: dict(r) for g, r in self.confusions.items()},
                 "leads": {g: {h: round(float(v), 4) for h, v in r.items()} for g, r in self.leads.items()},
                 "left_out": {g: list(v) for g, v in self.left_out.items()}}
+
+
+def _times(confusions: Sequence[tuple[str, str, int, int]]) -> str:
+    """(own, named, k, n) confusions in words: "ddpm as pndm 2 of 48 times; …"."""
+    return "; ".join(f"{own} as {other} {k} of {n} times" for own, other, k, n in confusions)
 
 
 def _fit(x: np.ndarray, y: np.ndarray, members: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
