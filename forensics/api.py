@@ -1757,6 +1757,8 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
     (to 1e-9), else nothing is written. Conditions an instance keeps already are left as they are; an instance
     enrolled before the digests of its images were kept gets them. Returns {instance id: the conditions it now
     keeps records under}."""
+    import warnings
+
     from forensics import engine as engines
     from forensics.conditions import parse_conditions
 
@@ -1789,8 +1791,6 @@ def add_records(images: Images, generator: str, *, protocol: str | None = None, 
                                                     fall_back=sides.fall_back)
     kept = _keep_records(reg, pname, generator, mine, fps, records, facts, digests, sides)
     _ship_scoring_sides(reg, engines.make_engine(proto, reference_dir=reg.reference_dir))
-    import warnings
-
     for note in sides.notes:  # (the result is the instances' conditions: the CLI prints warnings as they come)
         warnings.warn(note, stacklevel=2)
     return kept
@@ -2716,7 +2716,7 @@ def zoo_enroll(*, protocol: str | None = None, registry: RegistryLike = None,
         _ship_scoring_sides(reg, runner)
         notes += [*against.notes, *anew.notes]
     return ZooEnrolment(pname, tuple(p.name for p in parts), tuple(done), skipped, tuple(recorded), hashed,
-                        tuple(notes))
+                        tuple(dict.fromkeys(notes)))  # (sets scored anew and sets rescored may fall back alike)
 
 
 def zoo_quality(*, protocol: str | None = None, registry: RegistryLike = None,
